@@ -1,0 +1,66 @@
+//! The host <-> guest protocol of Airlock: typed messages, their framing and a
+//! host-side client.
+//!
+//! This crate sits at the bottom of the layers. The guest agent
+//! (`airlock-agent`) serves it inside the VM and the orchestrator (`airlock`)
+//! speaks it from the host; nothing here knows about QEMU, images or VMs.
+//!
+//! - [`message`]: requests (tagged by `action`) and events (tagged by `type`),
+//!   each carrying an operation id so several operations can be in flight.
+//! - [`framing`]: newline-delimited JSON with a hard line limit. A malformed,
+//!   oversized or unknown line yields a typed [`ProtocolError`] and the stream
+//!   stays usable for the next line.
+//! - [`client`]: the host side: one reader task dispatching events to the
+//!   operation that awaits them.
+//!
+//! It does not choose transports: anything that is `AsyncRead`/`AsyncWrite`
+//! works (virtio-serial ports in the guest, unix sockets on the host, pipes in
+//! tests).
+//!
+//! ```
+//! use airlock_protocol::{decode_request, encode_line, Request, RequestBody};
+//!
+//! let line = encode_line(&Request::new(7, RequestBody::Ping)).unwrap();
+//! assert_eq!(line, b"{\"op\":7,\"action\":\"ping\"}\n");
+//! let back = decode_request(&line[..line.len() - 1]).unwrap();
+//! assert_eq!(back.op, 7);
+//! ```
+
+pub mod client;
+mod data;
+mod error;
+pub mod framing;
+pub mod message;
+
+pub use data::Data;
+pub use error::ProtocolError;
+pub use framing::{
+    decode_event, decode_request, encode_line, FrameDecoder, FrameReader, FrameWriter,
+    DEFAULT_MAX_LINE_BYTES,
+};
+pub use message::*;
+
+/// Version of the wire protocol. The agent reports it in `pong`; a host
+/// refuses an agent whose protocol differs ([`check_protocol`]).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the virtio-serial port that carries requests (host -> guest).
+pub const CMD_PORT_NAME: &str = "airlock.cmd";
+/// Name of the virtio-serial port that carries events (guest -> host).
+pub const EVENT_PORT_NAME: &str = "airlock.event";
+
+/// Checks the protocol version a `pong` reported against ours.
+///
+/// # Errors
+/// [`ProtocolError::VersionMismatch`] when they differ.
+pub fn check_protocol(agent_version: &str, agent_protocol: u32) -> Result<(), ProtocolError> {
+    if agent_protocol == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::VersionMismatch {
+            host: PROTOCOL_VERSION,
+            guest: agent_protocol,
+            agent_version: agent_version.to_owned(),
+        })
+    }
+}

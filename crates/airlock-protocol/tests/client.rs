@@ -1,0 +1,215 @@
+//! The host client against a scripted fake agent over in-memory pipes.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use airlock_protocol::client::{sha256_hex, Client, ExecEvent};
+use airlock_protocol::*;
+use std::time::Duration;
+use tokio::io::{duplex, DuplexStream};
+
+const T: Duration = Duration::from_secs(5);
+
+/// A fake agent: answers each request with the events `script` returns.
+fn fake_agent(script: fn(&Request) -> Vec<EventBody>) -> Client {
+    let (host_cmd, agent_cmd) = duplex(1 << 16);
+    let (agent_event, host_event) = duplex(1 << 16);
+    tokio::spawn(serve(agent_cmd, agent_event, script));
+    Client::new(host_event, host_cmd)
+}
+
+async fn serve(cmd: DuplexStream, event: DuplexStream, script: fn(&Request) -> Vec<EventBody>) {
+    let mut reader = FrameReader::new(cmd);
+    let mut writer = FrameWriter::new(event);
+    while let Ok(Some(line)) = reader.next_request().await {
+        let Ok(request) = line else { continue };
+        for body in script(&request) {
+            writer.send(&Event::new(request.op, body)).await.unwrap();
+        }
+    }
+}
+
+fn pong() -> EventBody {
+    EventBody::Pong {
+        version: "test".into(),
+        protocol: PROTOCOL_VERSION,
+    }
+}
+
+fn exec_request(code: &str) -> ExecRequest {
+    ExecRequest {
+        language: Language::Raw,
+        code: code.into(),
+        timeout_ms: 1000,
+        env: Default::default(),
+        cwd: None,
+    }
+}
+
+#[tokio::test]
+async fn ping_returns_the_agent_version() {
+    let client = fake_agent(|_| vec![pong()]);
+    let info = client.handshake(T).await.unwrap();
+    assert_eq!(info.version, "test");
+}
+
+#[tokio::test]
+async fn handshake_refuses_another_protocol() {
+    let client = fake_agent(|_| {
+        vec![EventBody::Pong {
+            version: "old".into(),
+            protocol: 0,
+        }]
+    });
+    assert!(matches!(
+        client.handshake(T).await,
+        Err(ProtocolError::VersionMismatch { guest: 0, .. })
+    ));
+}
+
+#[tokio::test]
+async fn exec_collects_output_until_complete() {
+    let client = fake_agent(|_| {
+        vec![
+            EventBody::Stdout {
+                data: Data::text_or_base64("a"),
+            },
+            EventBody::Stderr {
+                data: Data::text_or_base64(vec![0xffu8]),
+            },
+            EventBody::Stdout {
+                data: Data::text_or_base64("b"),
+            },
+            EventBody::Complete(Completion {
+                exit_code: 3,
+                timed_out: false,
+                duration_ms: 1,
+                spawn_ms: 0,
+                stdout_truncated: false,
+                stderr_truncated: false,
+            }),
+        ]
+    });
+    let out = client
+        .exec_collect(exec_request("x"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"ab");
+    assert_eq!(out.stderr, vec![0xff]);
+    assert_eq!(out.completion.exit_code, 3);
+}
+
+#[tokio::test]
+async fn exec_stream_yields_events_in_order_then_none() {
+    let client = fake_agent(|_| {
+        vec![
+            EventBody::Stdout {
+                data: Data::text_or_base64("x"),
+            },
+            EventBody::Complete(Completion {
+                exit_code: 0,
+                timed_out: false,
+                duration_ms: 1,
+                spawn_ms: 0,
+                stdout_truncated: false,
+                stderr_truncated: false,
+            }),
+        ]
+    });
+    let mut stream = client.exec(exec_request("x")).await.unwrap();
+    assert_eq!(
+        stream.next().await.unwrap(),
+        Some(ExecEvent::Stdout("x".into()))
+    );
+    assert!(matches!(
+        stream.next().await.unwrap(),
+        Some(ExecEvent::Complete(_))
+    ));
+    assert_eq!(stream.next().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn guest_error_event_becomes_a_typed_error() {
+    let client = fake_agent(|_| {
+        vec![EventBody::Error {
+            kind: ErrorKind::EnvRefused,
+            message: "LD_PRELOAD is refused".into(),
+        }]
+    });
+    let err = client
+        .exec_collect(exec_request("x"), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::Guest {
+            kind: ErrorKind::EnvRefused,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn silent_guest_times_out() {
+    let client = fake_agent(|_| vec![]);
+    let err = client.ping(Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Timeout { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn closed_channel_ends_pending_operations() {
+    let (host_cmd, _agent_cmd) = duplex(1024);
+    let (agent_event, host_event) = duplex(1024);
+    let client = Client::new(host_event, host_cmd);
+    drop(agent_event);
+    let err = client.ping(T).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Closed), "{err}");
+}
+
+#[tokio::test]
+async fn read_file_verifies_the_checksum() {
+    let client = fake_agent(|r| match &r.body {
+        RequestBody::ReadFile { path } if path == "good" => vec![
+            EventBody::FileData {
+                data: Data::base64("hel"),
+            },
+            EventBody::FileData {
+                data: Data::base64("lo"),
+            },
+            EventBody::FileDone {
+                size: 5,
+                sha256: sha256_hex(b"hello"),
+            },
+        ],
+        _ => vec![
+            EventBody::FileData {
+                data: Data::base64("hello"),
+            },
+            EventBody::FileDone {
+                size: 5,
+                sha256: sha256_hex(b"other"),
+            },
+        ],
+    });
+    assert_eq!(client.read_file("good", T).await.unwrap().data, b"hello");
+    assert!(matches!(
+        client.read_file("bad", T).await,
+        Err(ProtocolError::Unexpected { .. })
+    ));
+}
+
+#[tokio::test]
+async fn write_file_sends_chunks_and_checks_the_ack() {
+    let client = fake_agent(|r| match &r.body {
+        RequestBody::WriteFile { .. } => vec![EventBody::FileAck {
+            size: 0,
+            sha256: None,
+        }],
+        RequestBody::FileEnd => vec![EventBody::FileAck {
+            size: 3,
+            sha256: Some(sha256_hex(b"abc")),
+        }],
+        _ => vec![],
+    });
+    let sha = client.write_file("f", 0o644, b"abc", T).await.unwrap();
+    assert_eq!(sha, sha256_hex(b"abc"));
+}

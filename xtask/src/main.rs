@@ -1,0 +1,40 @@
+//! `cargo xtask`: the developer tasks of the Airlock workspace.
+//!
+//! Every task first makes sure the host has what it needs (Debian packages,
+//! guest images), so that a fresh clone on a fresh machine works with one
+//! command. Tasks print what they do on stderr.
+
+mod host;
+mod images;
+mod lint;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of `cargo xtask`.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Airlock developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks.
+#[derive(Subcommand)]
+enum Task {
+    /// Build the guest images (kernel, initramfs, root disks) into the cache.
+    Images(images::ImagesArgs),
+    /// Install what the host lacks, then run fmt check, clippy and every test.
+    Test(test::TestArgs),
+    /// fmt check and clippy only.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Images(args) => images::run(&args).map(|_| ()),
+        Task::Test(args) => test::run(&args),
+        Task::Lint => lint::run(),
+    }
+}

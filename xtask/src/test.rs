@@ -1,0 +1,22 @@
+//! `cargo xtask test`: host set-up, lint, then every test of the workspace.
+
+use crate::host::{self, cargo, run_checked};
+use anyhow::Result;
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args, Debug, Default)]
+pub struct TestArgs {
+    /// Skip fmt and clippy (for quick local iterations; CI never sets it).
+    #[arg(long)]
+    pub no_lint: bool,
+}
+
+/// Runs the whole test set-up and suite.
+pub fn run(args: &TestArgs) -> Result<()> {
+    host::ensure(host::TEST_REQUIREMENTS)?;
+    if !args.no_lint {
+        crate::lint::run()?;
+    }
+    eprintln!("xtask: cargo test --workspace");
+    run_checked(cargo().args(["test", "--workspace"]))
+}
