@@ -1,0 +1,304 @@
+//! The interface every backend serves: [`Limiter`] creates [`VmGroup`]s;
+//! a group attaches processes, reports statistics and removes itself.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{debug, info};
+
+use crate::attach::PreExecHook;
+use crate::backend::{Backend, BackendKind, GroupDir};
+use crate::cgroupfs::{group_pids, write_value};
+use crate::id::GroupId;
+use crate::limits::Limits;
+use crate::probe::{probe, ProbeConfig, ProbeResult};
+use crate::remove::{remove_group, RemoveReport};
+use crate::rlimit::{apply_to_pid, clamp_to_current, rlimits_for, RlimitSetting};
+use crate::sweep::{sweep, SweepOptions, SweepReport};
+use crate::{v1, v2, LimitsError};
+
+/// Resource usage of a group. A field is `None` when the backend or the
+/// kernel does not offer it (the rlimit backend offers none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Memory charged to the group now (includes page cache).
+    pub memory_current_bytes: Option<u64>,
+    /// Highest memory charged since creation (v2 needs Linux 5.19+).
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time used by every process of the group (v1 needs cpuacct).
+    pub cpu_usage: Option<Duration>,
+    /// Processes the kernel's OOM killer killed in the group.
+    pub oom_kills: Option<u64>,
+    /// Tasks (processes and threads) in the group now.
+    pub pids_current: Option<u64>,
+}
+
+/// Creates, and sweeps, the limits groups of one backend.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    probed: ProbeResult,
+}
+
+impl Limiter {
+    /// Probes the host ([`crate::probe`]) and uses what it chose.
+    pub fn probe(config: &ProbeConfig) -> Self {
+        Self::from_probe(probe(config))
+    }
+
+    /// Uses a probe result (or a hand-made one, e.g. a cgroup v2 backend
+    /// over a temporary directory in tests).
+    pub fn from_probe(probed: ProbeResult) -> Self {
+        info!(backend = %probed.kind(), reason = %probed.reason, "limits backend");
+        Self { probed }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> &Backend {
+        &self.probed.backend
+    }
+
+    /// Which kind of backend is in use.
+    pub fn kind(&self) -> BackendKind {
+        self.probed.kind()
+    }
+
+    /// Why this backend was chosen (for `airlock doctor`).
+    pub fn reason(&self) -> &str {
+        &self.probed.reason
+    }
+
+    /// Creates the group `airlock/<tenant>/<vm>` with `limits`.
+    ///
+    /// # Errors
+    /// [`LimitsError::InvalidId`] / [`LimitsError::InvalidLimits`] before
+    /// touching anything; [`LimitsError::Create`] if the group exists
+    /// already (ids must be unique) or cannot be made;
+    /// [`LimitsError::Write`] if a limit is refused (the group is removed
+    /// again).
+    pub fn create(&self, tenant: &str, vm: &str, limits: &Limits) -> Result<VmGroup, LimitsError> {
+        let id = GroupId::new(tenant, vm)?;
+        limits.validate()?;
+        let per_process_caps = self.kind() == BackendKind::Rlimit;
+        let mut rlimits = rlimits_for(limits, per_process_caps);
+        clamp_to_current(&mut rlimits);
+        let make = || match self.backend() {
+            Backend::CgroupV2 { parent } => v2::create(parent, &id, limits).map(|d| vec![d]),
+            Backend::CgroupV1 { hierarchies } => v1::create(hierarchies, &id, limits),
+            Backend::Rlimit => Ok(Vec::new()),
+        };
+        // A sweep may remove an empty tenant directory between our mkdirs:
+        // then the VM's mkdir finds no parent; one retry recreates it.
+        let dirs = match make() {
+            Err(LimitsError::Create { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                make()?
+            }
+            other => other?,
+        };
+        debug!(group = %id, backend = %self.kind(), memory_mib = limits.memory_mib,
+            cpu_millis = limits.cpu_millis, pids_max = limits.pids_max, "limits group created");
+        Ok(VmGroup {
+            id,
+            kind: self.kind(),
+            dirs,
+            rlimits,
+        })
+    }
+
+    /// Removes stale groups left by a crashed run (see [`SweepOptions`]).
+    /// Blocks up to about a second per stale group: from async code use
+    /// [`Limiter::sweep_stale_async`].
+    pub fn sweep_stale(&self, options: &SweepOptions) -> SweepReport {
+        sweep(self.backend(), options)
+    }
+
+    /// [`Limiter::sweep_stale`] on tokio's blocking pool.
+    pub async fn sweep_stale_async(&self, options: SweepOptions) -> SweepReport {
+        let backend = self.backend().clone();
+        tokio::task::spawn_blocking(move || sweep(&backend, &options))
+            .await
+            .unwrap_or_else(|e| SweepReport {
+                errors: vec![format!("sweep task failed: {e}")],
+                ..SweepReport::default()
+            })
+    }
+}
+
+/// One VM's group. Cloning it does not duplicate the group: every clone
+/// names the same directories.
+#[derive(Debug, Clone)]
+pub struct VmGroup {
+    id: GroupId,
+    kind: BackendKind,
+    dirs: Vec<GroupDir>,
+    rlimits: Vec<RlimitSetting>,
+}
+
+impl VmGroup {
+    /// The group's name.
+    pub fn id(&self) -> &GroupId {
+        &self.id
+    }
+
+    /// The backend that enforces it.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Its directories (one per hierarchy; none for rlimits).
+    pub fn dirs(&self) -> Vec<&Path> {
+        self.dirs.iter().map(|d| d.path.as_path()).collect()
+    }
+
+    /// The rlimits a child gets from [`VmGroup::prepare_command`].
+    pub fn rlimits(&self) -> &[RlimitSetting] {
+        &self.rlimits
+    }
+
+    /// Moves a running process (all its threads) into the group. With
+    /// rlimits, sets its limits with `prlimit` instead.
+    ///
+    /// Prefer [`VmGroup::prepare_command`]: a process attached after it
+    /// started ran unlimited until then, and its children forked meanwhile
+    /// stay outside.
+    ///
+    /// # Errors
+    /// [`LimitsError::Attach`] naming the file that refused the pid.
+    pub fn attach_pid(&self, pid: u32) -> Result<(), LimitsError> {
+        let err = |path: PathBuf, source: io::Error| LimitsError::Attach {
+            vm_id: self.id.vm().to_owned(),
+            what: format!("pid {pid}"),
+            path,
+            source,
+        };
+        if self.kind == BackendKind::Rlimit {
+            return apply_to_pid(pid, &self.rlimits)
+                .map_err(|e| err(PathBuf::from(format!("/proc/{pid}")), e));
+        }
+        for d in &self.dirs {
+            let procs = d.path.join("cgroup.procs");
+            write_value(&procs, &pid.to_string()).map_err(|e| err(procs, e))?;
+        }
+        Ok(())
+    }
+
+    /// Prepares what a child needs to join the group between fork and exec
+    /// (see [`PreExecHook`]). Opens the `cgroup.procs` files now.
+    ///
+    /// # Errors
+    /// [`LimitsError::Attach`] if a `cgroup.procs` cannot be opened (the
+    /// group was removed, or permissions).
+    pub fn pre_exec_hook(&self) -> Result<PreExecHook, LimitsError> {
+        let procs: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .map(|d| d.path.join("cgroup.procs"))
+            .collect();
+        PreExecHook::new(&procs, self.rlimits.clone()).map_err(|(path, source)| {
+            LimitsError::Attach {
+                vm_id: self.id.vm().to_owned(),
+                what: "the child before exec".to_owned(),
+                path,
+                source,
+            }
+        })
+    }
+
+    /// Makes `cmd` start its process inside the group, with the group's
+    /// rlimits, from its first instruction: the child joins between fork
+    /// and exec, and the spawn fails if it cannot. No shell is involved.
+    ///
+    /// # Errors
+    /// As [`VmGroup::pre_exec_hook`].
+    pub fn prepare_command(&self, cmd: &mut std::process::Command) -> Result<(), LimitsError> {
+        self.pre_exec_hook()?.install(cmd);
+        Ok(())
+    }
+
+    /// [`VmGroup::prepare_command`] for a tokio `Command`.
+    ///
+    /// # Errors
+    /// As [`VmGroup::pre_exec_hook`].
+    pub fn prepare_tokio_command(
+        &self,
+        cmd: &mut tokio::process::Command,
+    ) -> Result<(), LimitsError> {
+        self.pre_exec_hook()?.install_tokio(cmd);
+        Ok(())
+    }
+
+    /// Pids of the processes in the group now (empty for rlimits).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.dirs.iter().flat_map(|d| group_pids(&d.path)).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Reads the group's statistics.
+    ///
+    /// # Errors
+    /// [`LimitsError::Read`] if the group is gone or a file is unreadable.
+    pub fn stats(&self) -> Result<Stats, LimitsError> {
+        match self.kind {
+            BackendKind::CgroupV2 => match self.dirs.first() {
+                Some(d) => v2::stats(&d.path, self.id.vm()),
+                None => Ok(Stats::default()),
+            },
+            BackendKind::CgroupV1 => v1::stats(&self.dirs, self.id.vm()),
+            BackendKind::Rlimit => Ok(Stats::default()),
+        }
+    }
+
+    /// Kills every process left in the group, waits (up to `timeout`) until
+    /// it is empty and removes its directories in every hierarchy.
+    /// Idempotent; never fails: the report says what happened. Blocks up to
+    /// `timeout`: from async code use [`VmGroup::remove_async`].
+    pub fn remove(&self, timeout: Duration) -> RemoveReport {
+        remove_group(&self.id.to_string(), self.kind, &self.dirs, timeout)
+    }
+
+    /// [`VmGroup::remove`] on tokio's blocking pool.
+    pub async fn remove_async(&self, timeout: Duration) -> RemoveReport {
+        let group = self.clone();
+        tokio::task::spawn_blocking(move || group.remove(timeout))
+            .await
+            .unwrap_or_else(|e| RemoveReport {
+                group: self.id.to_string(),
+                errors: vec![format!("removal task failed: {e}")],
+                ..RemoveReport::default()
+            })
+    }
+}
+
+/// Makes a directory that may exist already (a tenant or `airlock/`).
+pub(crate) fn make_dir(vm_id: &str, dir: &Path) -> Result<(), LimitsError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(LimitsError::Create {
+            vm_id: vm_id.to_owned(),
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Makes a VM's group directory, which must not exist yet.
+pub(crate) fn make_group_dir(vm_id: &str, dir: &Path) -> Result<(), LimitsError> {
+    std::fs::create_dir(dir).map_err(|source| LimitsError::Create {
+        vm_id: vm_id.to_owned(),
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Writes a limit, with context on failure.
+pub(crate) fn write_control(vm_id: &str, path: &Path, value: &str) -> Result<(), LimitsError> {
+    write_value(path, value).map_err(|source| LimitsError::Write {
+        vm_id: vm_id.to_owned(),
+        path: path.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
+}
