@@ -1,0 +1,73 @@
+//! QEMU for Airlock: the command line of a microVM, and the host probes it
+//! depends on.
+//!
+//! Two halves, kept apart:
+//!
+//! - **Pure** ([`QemuArgs::build`]): a [`VmSpec`] (what the VM is made of:
+//!   memory, vCPUs, kernel, root disk, sockets, network) and the
+//!   [`HostCaps`] (architecture, accelerator, QEMU version, io_uring, TSC
+//!   frequency) give the argv, validated and with every option value
+//!   escaped. x86_64 guests run on `-M microvm`, aarch64 guests on `-M virt`,
+//!   all devices on virtio-mmio. Golden files under `tests/golden/` show
+//!   every combination.
+//! - **Effectful** ([`probe`]): finds QEMU (`$AIRLOCK_QEMU` or `PATH`),
+//!   reads its version, asks it whether `aio=io_uring` works, reads the host
+//!   TSC frequency, and decides between KVM and TCG by booting the real
+//!   guest kernel under KVM with a short deadline (a `/dev/kvm` that opens is
+//!   not proof: nested KVMs often cannot run a guest). The KVM verdict is
+//!   cached on disk; `AIRLOCK_ACCEL` overrides it with a warning.
+//!
+//! It does not spawn or supervise VMs, talk QMP, or create overlays and
+//! sockets: the orchestrator (`airlock`) does, with this argv.
+//!
+//! Layer: a leaf crate under the orchestrator; it depends on no other
+//! Airlock crate.
+//!
+//! ```
+//! use airlock_qemu::{
+//!     Accel, Arch, BootImages, DiskAccess, HostCaps, QemuArgs, QemuVersion, RootDisk, VmSpec,
+//! };
+//! use std::path::Path;
+//!
+//! let spec = VmSpec::new(
+//!     "run-1",
+//!     BootImages { kernel: "/img/bzImage".into(), initramfs: "/img/initramfs.cpio".into() },
+//!     RootDisk {
+//!         base: "/img/rootfs-python.qcow2".into(),
+//!         overlay: "/run/airlock/run-1/root.qcow2".into(),
+//!         access: DiskAccess::ReadOnly,
+//!     },
+//!     Path::new("/run/airlock/run-1"),
+//! );
+//! let caps = HostCaps {
+//!     arch: Arch::X86_64,
+//!     accel: Accel::Tcg,
+//!     qemu_version: QemuVersion::new(7, 2, 0),
+//!     io_uring: true,
+//!     tsc_khz: Some(2_596_120),
+//! };
+//! let argv = QemuArgs::build(&spec, &caps).unwrap();
+//! assert!(argv.iter().any(|a| a == "-nodefaults"));
+//! assert!(argv.iter().any(|a| a.to_string_lossy().contains("serial=airlock-root")));
+//! ```
+
+mod accel;
+mod args;
+mod caps;
+mod error;
+mod opts;
+pub mod probe;
+mod spec;
+
+pub use accel::{choose_accel, parse_accel_override, AccelChoice, AccelVerdict};
+pub use args::{argv_to_lines, kernel_cmdline, QemuArgs, MIN_QEMU, MIN_QEMU_NETDEV_STREAM};
+pub use caps::{Accel, Arch, HostCaps, QemuVersion};
+pub use error::QemuError;
+pub use opts::escape_value;
+pub use probe::{probe_host, HostProber, HostReport, ProbeConfig};
+pub use spec::{
+    validate_vm_id, BootImages, DiskAccess, DiskFormat, ExtraDrive, ForwardProtocol, HostForward,
+    IncomingMigration, NetworkAttachment, RootDisk, VmSpec, CMD_PORT_NAME, DEFAULT_MEMORY_MIB,
+    EVENT_PORT_NAME, GUEST_KERNEL_HZ, GUEST_MAC, MAX_DRIVE_SERIAL_BYTES, MAX_KERNEL_CMDLINE_BYTES,
+    MAX_MEMORY_MIB, MAX_SOCKET_PATH_BYTES, MAX_VCPUS, MIN_MEMORY_MIB, ROOT_SERIAL,
+};
