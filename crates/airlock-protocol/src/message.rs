@@ -19,7 +19,7 @@ pub type OpId = u64;
 pub enum Language {
     /// `python3 -c CODE`.
     Python,
-    /// `node` with the code on stdin.
+    /// `node -e CODE` (stdin for large code).
     Javascript,
     /// `bash -c CODE`.
     Raw,

@@ -1,0 +1,626 @@
+//! Running user code, warming interpreters and installing packages.
+//!
+//! The pure part builds an [`ExecPlan`] (program, arguments, code on stdin
+//! or not, extra environment). The effectful part ([`run`]) spawns it as the
+//! sandbox user in a fresh process group, in the home (or a directory
+//! beneath it), with a clean environment; streams its output through
+//! [`crate::output::OutputBatcher`]s; enforces the deadline (SIGTERM to the
+//! group, SIGKILL after the grace); and kills what is left of the group when
+//! the main process ends, so a background child holding the pipes cannot
+//! hang the exec.
+
+use crate::env_policy::{build_env, check_env};
+use crate::home::Home;
+use crate::output::{OutputBatcher, StreamKind};
+use crate::reaper::spawn_tracked;
+use crate::rel_path::RelPath;
+use crate::{sys, AgentConfig, AgentError};
+use airlock_protocol::{Completion, Data, Event, EventBody, Language, OpId};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+/// Code up to this size goes on the command line (`-c`/`-e`); larger code,
+/// or code holding a NUL byte, goes on stdin. The kernel caps one argument
+/// at 128 KiB (`MAX_ARG_STRLEN`).
+pub const MAX_ARG_CODE_BYTES: usize = 64 * 1024;
+
+/// How `bash` runs code given on stdin.
+const RAW_FROM_STDIN: &str = "eval \"$(cat)\"";
+
+/// Longest package name accepted by `install_packages`.
+pub const MAX_PACKAGE_NAME_BYTES: usize = 256;
+
+/// Most packages in one `install_packages`.
+pub const MAX_PACKAGES: usize = 100;
+
+/// After the drain deadline, a pipe that yields nothing for this long is
+/// considered finished.
+const DRAIN_IDLE: Duration = Duration::from_millis(20);
+
+/// Deadline for the kernel to deliver a SIGKILL and the child to be reaped.
+const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecPlan {
+    /// The program, looked up in the child's `PATH`.
+    pub program: &'static str,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Code to write on stdin (else stdin is `/dev/null`).
+    pub stdin: Option<String>,
+    /// Environment the agent adds for this tool (before the host's).
+    pub extra_env: Vec<(&'static str, &'static str)>,
+}
+
+/// The plan for running `code` in `language`.
+pub fn plan_exec(language: Language, code: &str) -> ExecPlan {
+    let on_stdin = code.len() > MAX_ARG_CODE_BYTES || code.contains('\0');
+    let (program, inline, from_stdin): (_, &[&str], &[&str]) = match language {
+        Language::Python => ("python3", &["-c"], &["-"]),
+        Language::Javascript => ("node", &["-e"], &["-"]),
+        // The whole script is read before it runs, so the code's own reads
+        // of stdin see end-of-file, as with /dev/null. (`source
+        // /proc/self/fd/0` fails: the pipe belongs to root, the code runs
+        // as the sandbox user.)
+        Language::Raw => ("bash", &["-c"], &["-c", RAW_FROM_STDIN]),
+    };
+    let mut args: Vec<String> = if on_stdin { from_stdin } else { inline }
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    if !on_stdin {
+        args.push(code.to_owned());
+    }
+    ExecPlan {
+        program,
+        args,
+        stdin: on_stdin.then(|| code.to_owned()),
+        extra_env: Vec::new(),
+    }
+}
+
+/// The plan for starting an interpreter once with trivial code.
+pub fn plan_warm(language: Language) -> ExecPlan {
+    let code = match language {
+        Language::Python => "pass",
+        Language::Javascript => "0",
+        Language::Raw => ":",
+    };
+    plan_exec(language, code)
+}
+
+/// Checks one package name: not empty, not an option (`-...`), no
+/// whitespace or control characters, bounded length.
+///
+/// # Errors
+/// [`AgentError::InvalidRequest`] naming the package.
+pub fn check_package_name(name: &str) -> Result<(), AgentError> {
+    let refuse = |why: &str| {
+        let shown: String = name.chars().take(64).collect();
+        Err(AgentError::InvalidRequest(format!(
+            "package {shown:?} refused: {why}"
+        )))
+    };
+    if name.is_empty() {
+        return refuse("empty name");
+    }
+    if name.starts_with('-') {
+        return refuse("names may not start with '-' (options are not accepted)");
+    }
+    if name.len() > MAX_PACKAGE_NAME_BYTES {
+        return refuse(&format!("longer than {MAX_PACKAGE_NAME_BYTES} bytes"));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// The plan for installing packages with the language's package manager,
+/// into the sandbox user's own space.
+///
+/// # Errors
+/// [`AgentError::Unsupported`] for `raw`, [`AgentError::InvalidRequest`] for
+/// an empty list, too many packages or a refused name.
+pub fn plan_install(
+    language: Language,
+    packages: &[String],
+    home: &str,
+) -> Result<ExecPlan, AgentError> {
+    if packages.is_empty() {
+        return Err(AgentError::InvalidRequest("no packages to install".into()));
+    }
+    if packages.len() > MAX_PACKAGES {
+        return Err(AgentError::InvalidRequest(format!(
+            "{} packages: at most {MAX_PACKAGES} per request",
+            packages.len()
+        )));
+    }
+    packages.iter().try_for_each(|p| check_package_name(p))?;
+    let (program, head, extra_env): (_, Vec<String>, _) = match language {
+        Language::Python => (
+            "python3",
+            [
+                "-m",
+                "pip",
+                "install",
+                "--user",
+                "--no-cache-dir",
+                "--no-input",
+            ]
+            .map(String::from)
+            .into(),
+            // Debian marks its Python externally managed (PEP 668); a --user
+            // install into the sandbox home does not touch the system's.
+            vec![
+                ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
+                ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+            ],
+        ),
+        Language::Javascript => (
+            "npm",
+            vec![
+                "install".into(),
+                "--prefix".into(),
+                home.to_owned(),
+                "--no-audit".into(),
+                "--no-fund".into(),
+            ],
+            vec![("NPM_CONFIG_UPDATE_NOTIFIER", "false")],
+        ),
+        Language::Raw => {
+            return Err(AgentError::Unsupported(
+                "install_packages needs python or javascript (raw has no package manager)".into(),
+            ))
+        }
+    };
+    let mut args = head;
+    args.extend(packages.iter().cloned());
+    Ok(ExecPlan {
+        program,
+        args,
+        stdin: None,
+        extra_env,
+    })
+}
+
+/// One process to run.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecSpec {
+    /// What to start.
+    pub plan: ExecPlan,
+    /// Variables from the host (checked here).
+    pub env: BTreeMap<String, String>,
+    /// Working directory relative to the home.
+    pub cwd: Option<String>,
+    /// Deadline.
+    pub timeout: Duration,
+    /// Whether output is sent to the host (not for `warm_repl`).
+    pub forward_output: bool,
+}
+
+/// Where a process's output goes.
+#[derive(Debug, Clone)]
+struct Sink {
+    op: OpId,
+    events: mpsc::Sender<Event>,
+    forward: bool,
+}
+
+impl Sink {
+    async fn send(&self, kind: StreamKind, bytes: bytes::Bytes) {
+        if !self.forward {
+            return;
+        }
+        let data = Data::text_or_base64(bytes);
+        let body = match kind {
+            StreamKind::Stdout => EventBody::Stdout { data },
+            StreamKind::Stderr => EventBody::Stderr { data },
+        };
+        // A closed channel means the host is gone: keep draining the pipe.
+        let _ = self.events.send(Event::new(self.op, body)).await;
+    }
+}
+
+/// Kills the process group on drop unless disarmed (cancelled execs).
+struct GroupKiller {
+    pgid: Pid,
+    armed: bool,
+}
+
+impl GroupKiller {
+    fn signal(&self, signal: Signal) {
+        match killpg(self.pgid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(pgid = self.pgid.as_raw(), %signal, error = %e, "killpg failed")
+            }
+        }
+    }
+
+    /// SIGKILL to what is left, once; the group id may be reused after.
+    fn kill_rest(&mut self) {
+        if self.armed {
+            self.signal(Signal::SIGKILL);
+            self.armed = false;
+        }
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill_rest();
+    }
+}
+
+/// Runs a process to its end and reports how it ended; output events go to
+/// `events` as they come.
+pub(crate) async fn run(
+    op: OpId,
+    spec: ExecSpec,
+    config: &AgentConfig,
+    events: &mpsc::Sender<Event>,
+) -> Result<Completion, AgentError> {
+    if spec.timeout.is_zero() {
+        return Err(AgentError::InvalidRequest(
+            "timeout_ms must be above 0".into(),
+        ));
+    }
+    check_env(&spec.env, config.max_env_bytes)?;
+    let cwd = open_cwd(config, spec.cwd.clone()).await?;
+    let env = build_env(config, &spec.plan.extra_env, &spec.env);
+
+    let mut command = Command::new(spec.plan.program);
+    command
+        .args(&spec.plan.args)
+        .env_clear()
+        .envs(&env)
+        .stdin(if spec.plan.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(run_as) = config.run_as {
+        // std drops the supplementary groups (setgroups(0)) when root sets
+        // a uid without explicit groups.
+        command.uid(run_as.uid).gid(run_as.gid);
+    }
+    sys::set_child_setup(&mut command, cwd.as_raw_fd());
+
+    let started = Instant::now();
+    let (mut child, tracked) = spawn_tracked(&mut command).map_err(|source| AgentError::Spawn {
+        program: spec.plan.program.to_owned(),
+        source,
+    })?;
+    let spawn_ms = millis(started.elapsed());
+    drop(cwd);
+    let mut group = GroupKiller {
+        pgid: tracked.pid(),
+        armed: true,
+    };
+    tracing::debug!(
+        op,
+        program = spec.plan.program,
+        pid = tracked.pid().as_raw(),
+        spawn_ms,
+        "spawned"
+    );
+
+    let feeder = match (child.stdin.take(), spec.plan.stdin) {
+        (Some(mut stdin), Some(code)) => Some(AbortOnDrop(tokio::spawn(async move {
+            // The process may exit without reading: EPIPE is fine.
+            let _ = stdin.write_all(code.as_bytes()).await;
+        }))),
+        _ => None,
+    };
+    let sink = Sink {
+        op,
+        events: events.clone(),
+        forward: spec.forward_output,
+    };
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let pumps = async {
+        tokio::join!(
+            pump(
+                stdout,
+                StreamKind::Stdout,
+                config.stdout_cap_bytes,
+                config,
+                &sink,
+                exited_rx.clone()
+            ),
+            pump(
+                stderr,
+                StreamKind::Stderr,
+                config.stderr_cap_bytes,
+                config,
+                &sink,
+                exited_rx.clone()
+            ),
+        )
+    };
+    let waiter = async {
+        let ended = wait_with_deadline(&mut child, &group, spec.timeout, config.kill_grace).await;
+        let duration_ms = millis(started.elapsed());
+        // The main process is gone: nothing of its group may outlive it.
+        group.kill_rest();
+        let _ = exited_tx.send(true);
+        ended.map(|(status, timed_out)| (status, timed_out, duration_ms))
+    };
+    let ((stdout_truncated, stderr_truncated), ended) = tokio::join!(pumps, waiter);
+    drop(feeder);
+    drop(tracked);
+    let (status, timed_out, duration_ms) =
+        ended.map_err(|message| AgentError::Internal { op, message })?;
+    let exit_code = exit_code(status);
+    tracing::info!(
+        op,
+        program = spec.plan.program,
+        exit_code,
+        timed_out,
+        duration_ms,
+        "process ended"
+    );
+    Ok(Completion {
+        exit_code,
+        timed_out,
+        duration_ms,
+        spawn_ms,
+        stdout_truncated,
+        stderr_truncated,
+    })
+}
+
+/// Waits for the main process; past the deadline sends SIGTERM to the group,
+/// then SIGKILL after the grace. Returns the status and whether it timed
+/// out.
+async fn wait_with_deadline(
+    child: &mut tokio::process::Child,
+    group: &GroupKiller,
+    timeout: Duration,
+    grace: Duration,
+) -> Result<(ExitStatus, bool), String> {
+    let wait_err = |e: std::io::Error| format!("waiting for the process failed: {e}");
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
+    let first = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, child.wait()).await,
+        None => Ok(child.wait().await),
+    };
+    if let Ok(status) = first {
+        return status.map(|s| (s, false)).map_err(wait_err);
+    }
+    group.signal(Signal::SIGTERM);
+    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
+        return status.map(|s| (s, true)).map_err(wait_err);
+    }
+    group.signal(Signal::SIGKILL);
+    match tokio::time::timeout(KILL_REAP_TIMEOUT, child.wait()).await {
+        Ok(status) => status.map(|s| (s, true)).map_err(wait_err),
+        Err(_) => Err(format!(
+            "the process survived SIGKILL for {KILL_REAP_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Reads one pipe to its end (or, once the main process has exited, to the
+/// drain deadline), sending batched chunks. Returns whether it truncated.
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    kind: StreamKind,
+    cap_bytes: u64,
+    config: &AgentConfig,
+    sink: &Sink,
+    mut exited: watch::Receiver<bool>,
+) -> bool {
+    let Some(mut pipe) = pipe else { return false };
+    let mut batcher = OutputBatcher::new(kind, cap_bytes, config.output_flush_bytes);
+    let mut buf = vec![0u8; config.output_flush_bytes.max(4096)];
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        let give_up_at = drain_deadline.map(|d| d.max(now + DRAIN_IDLE));
+        tokio::select! {
+            read = pipe.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    for chunk in batcher.push(&buf[..n]) {
+                        sink.send(kind, chunk).await;
+                    }
+                    flush_at = match (batcher.has_pending(), flush_at) {
+                        (false, _) => None,
+                        (true, None) => Some(tokio::time::Instant::now() + config.output_flush_interval),
+                        (true, at) => at,
+                    };
+                }
+            },
+            () = sleep_until_opt(flush_at), if flush_at.is_some() => {
+                if let Some(chunk) = batcher.flush_on_timer() {
+                    sink.send(kind, chunk).await;
+                }
+                flush_at = batcher
+                    .has_pending()
+                    .then(|| tokio::time::Instant::now() + config.output_flush_interval);
+            },
+            _ = exited.changed(), if drain_deadline.is_none() => {
+                drain_deadline = Some(tokio::time::Instant::now() + config.output_drain_timeout);
+            },
+            () = sleep_until_opt(give_up_at), if give_up_at.is_some() => {
+                tracing::debug!(stream = kind.name(), "pipe still open after the drain deadline: a process escaped the group");
+                break;
+            },
+        }
+    }
+    if let Some(chunk) = batcher.finish() {
+        sink.send(kind, chunk).await;
+    }
+    if batcher.truncated() {
+        tracing::info!(
+            stream = kind.name(),
+            dropped_bytes = batcher.dropped_bytes(),
+            "output truncated"
+        );
+    }
+    batcher.truncated()
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens the working directory beneath the home (`O_PATH`), for `fchdir`
+/// in the child.
+async fn open_cwd(config: &AgentConfig, cwd: Option<String>) -> Result<OwnedFd, AgentError> {
+    let home = config.home.clone();
+    blocking(move || {
+        let path = cwd.unwrap_or_default();
+        let rel = RelPath::parse(&path)?;
+        Home::open(&home)?
+            .open_beneath(&rel, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| AgentError::from_resolve(&path, "open working directory", e))
+    })
+    .await
+}
+
+/// Runs blocking file-system work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(AgentError::Internal {
+            op: 0,
+            message: format!("blocking task failed: {e}"),
+        })
+    })
+}
+
+/// Exit code; 128+N for a death by signal N.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => -1,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Aborts a task when dropped.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_code_goes_on_the_command_line() {
+        let p = plan_exec(Language::Python, "print(1)");
+        assert_eq!(
+            (p.program, p.args.as_slice()),
+            ("python3", &["-c".to_owned(), "print(1)".to_owned()][..])
+        );
+        assert_eq!(p.stdin, None);
+        assert_eq!(plan_exec(Language::Javascript, "1").args, ["-e", "1"]);
+        assert_eq!(plan_exec(Language::Raw, "id").args, ["-c", "id"]);
+    }
+
+    #[test]
+    fn big_code_or_nul_goes_on_stdin() {
+        let big = "x".repeat(MAX_ARG_CODE_BYTES + 1);
+        for (language, args) in [
+            (Language::Python, vec!["-"]),
+            (Language::Javascript, vec!["-"]),
+            (Language::Raw, vec!["-c", RAW_FROM_STDIN]),
+        ] {
+            let p = plan_exec(language, &big);
+            assert_eq!(p.args, args);
+            assert_eq!(p.stdin.as_deref(), Some(big.as_str()));
+            assert!(plan_exec(language, "a\0b").stdin.is_some());
+        }
+        assert!(plan_exec(Language::Raw, &"x".repeat(MAX_ARG_CODE_BYTES))
+            .stdin
+            .is_none());
+    }
+
+    #[test]
+    fn warm_plans_run_trivial_code() {
+        for language in Language::ALL {
+            let p = plan_warm(language);
+            assert!(p.stdin.is_none());
+            assert!(p.args.last().is_some_and(|code| code.len() <= 4));
+        }
+    }
+
+    #[test]
+    fn install_plans_use_the_user_space_and_keep_names_as_operands() {
+        let pkgs = vec!["requests==2.31".to_owned(), "@scope/pkg".to_owned()];
+        let py = plan_install(Language::Python, &pkgs, "/home/sandbox").unwrap();
+        assert_eq!(py.program, "python3");
+        assert!(py.args.contains(&"--user".to_owned()));
+        assert!(py.args.contains(&"--no-cache-dir".to_owned()));
+        assert!(py.args.ends_with(&pkgs));
+        let js = plan_install(Language::Javascript, &pkgs, "/home/sandbox").unwrap();
+        assert_eq!(js.program, "npm");
+        assert!(js
+            .args
+            .windows(2)
+            .any(|w| w == ["--prefix", "/home/sandbox"]));
+        assert!(js.args.ends_with(&pkgs));
+    }
+
+    #[test]
+    fn install_refuses_options_and_odd_names() {
+        for bad in [
+            "-r",
+            "--index-url=http://x",
+            "",
+            "a b",
+            "a\nb",
+            &"x".repeat(300),
+        ] {
+            let err = plan_install(Language::Python, &[bad.to_owned()], "/h").unwrap_err();
+            assert_eq!(
+                err.kind(),
+                airlock_protocol::ErrorKind::InvalidRequest,
+                "{bad:?}"
+            );
+        }
+        assert!(plan_install(Language::Python, &[], "/h").is_err());
+        let many = vec!["a".to_owned(); MAX_PACKAGES + 1];
+        assert!(plan_install(Language::Python, &many, "/h").is_err());
+        let err = plan_install(Language::Raw, &["x".to_owned()], "/h").unwrap_err();
+        assert_eq!(err.kind(), airlock_protocol::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn signal_deaths_report_128_plus_the_signal() {
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+    }
+}

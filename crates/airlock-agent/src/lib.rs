@@ -1,0 +1,60 @@
+//! `airlock-agent`: the program inside each Airlock VM that runs code and
+//! moves files, serving the host's requests over the protocol of
+//! [`airlock_protocol`].
+//!
+//! It sits at the bottom of the layers, in the guest: the orchestrator talks
+//! to it through the protocol crate's client; it depends on nothing else of
+//! Airlock. It does not boot anything, mount anything (`airlock-init` does),
+//! or decide policy for the host (limits come from its flags).
+//!
+//! - [`serve`] answers requests from any `AsyncRead`/`AsyncWrite` pair:
+//!   virtio-serial ports in the guest ([`ports`]), unix sockets or in-memory
+//!   pipes in tests. Several operations run at once.
+//! - [`exec`]: user code as the unprivileged sandbox user, in its own process
+//!   group, with a clean environment ([`env_policy`]), streamed and capped
+//!   output ([`output`]), a deadline (TERM, then KILL).
+//! - File transfer (`files`): atomic chunked writes, chunked reads, listings,
+//!   every path checked ([`rel_path`]) and opened beneath the home
+//!   (`openat2(RESOLVE_BENEATH)`).
+//! - [`reaper`]: zombie reaping when the agent is PID 1.
+//!
+//! ```no_run
+//! use airlock_agent::{serve, AgentConfig, RunAs};
+//! use std::sync::Arc;
+//!
+//! # async fn demo() -> Result<(), airlock_agent::AgentError> {
+//! let config = AgentConfig {
+//!     home: "/home/sandbox".into(),
+//!     run_as: Some(RunAs::SANDBOX),
+//!     ..AgentConfig::default()
+//! };
+//! let (cmd, event) = (tokio::io::empty(), tokio::io::sink());
+//! serve(cmd, event, Arc::new(config)).await
+//! # }
+//! ```
+
+mod config;
+pub mod env_policy;
+mod error;
+pub mod exec;
+mod files;
+mod home;
+pub mod output;
+pub mod ports;
+pub mod reaper;
+pub mod rel_path;
+mod server;
+mod sys;
+
+pub use config::{AgentConfig, RunAs};
+pub use error::AgentError;
+pub use home::prepare_home;
+pub use server::{serve, AGENT_VERSION};
+
+/// The line the agent prints on stderr (the guest console) once ready.
+pub fn ready_line() -> String {
+    format!(
+        "airlock-agent {AGENT_VERSION} ready (protocol {})",
+        airlock_protocol::PROTOCOL_VERSION
+    )
+}

@@ -1,0 +1,473 @@
+//! Serving the protocol on one command stream and one event stream.
+//!
+//! One dispatcher reads requests (through the protocol crate's buffered
+//! [`FrameReader`]); each operation runs in its own task; one writer sends
+//! every event, fed by a bounded channel, so events of different operations
+//! interleave while each operation's events stay in order. The last event of
+//! an operation goes through the dispatcher, which forgets the op id first:
+//! once the host has seen it, the id may be reused.
+//!
+//! Bad input never ends the service: a malformed, oversized or unknown line
+//! is answered with an `error` event (on the line's op when readable, else
+//! op 0), an op id already in flight or a chunk without an open write with
+//! `bad_state`.
+
+use crate::exec::{self, plan_exec, plan_install, plan_warm, AbortOnDrop, ExecSpec};
+use crate::files::{list_dir, FileReader, FileWriter};
+use crate::{AgentConfig, AgentError};
+use airlock_protocol::{
+    Data, ErrorKind, Event, EventBody, ExecRequest, FrameReader, FrameWriter, Language, OpId,
+    ProtocolError, Request, RequestBody, PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+/// The agent's version, reported in `pong`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Events queued for the writer before operations wait (backpressure).
+const EVENT_QUEUE: usize = 64;
+/// File chunks queued per write before the dispatcher waits.
+const WRITE_QUEUE: usize = 16;
+/// After the command stream ended: how long queued events may take to go
+/// out.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
+/// Failed writes remembered (their late chunks are dropped quietly).
+const FAILED_WRITES_REMEMBERED: usize = 1024;
+
+/// Serves requests from `reader`, sending events to `writer`, until the
+/// command stream ends. Operations still in flight then are cancelled
+/// (their processes killed, partial writes removed) and queued events are
+/// sent.
+///
+/// # Errors
+/// [`AgentError::Config`] for an invalid configuration,
+/// [`AgentError::Transport`] when either stream fails.
+pub async fn serve<R, W>(reader: R, writer: W, config: Arc<AgentConfig>) -> Result<(), AgentError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    config.validate()?;
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let writer = write_events(
+        events_rx,
+        FrameWriter::with_limit(writer, config.max_line_bytes),
+    );
+    tokio::pin!(writer);
+    let reader = FrameReader::with_limit(reader, config.max_line_bytes);
+    let mut dispatcher = Dispatcher::new(config, events_tx);
+    let read_result = tokio::select! {
+        result = dispatcher.run(reader) => result,
+        written = &mut writer => {
+            return written.and(Err(AgentError::Transport(std::io::Error::other(
+                "the event writer stopped",
+            ))));
+        }
+    };
+    drop(dispatcher); // cancels the operations in flight, closes the queue
+    match tokio::time::timeout(WRITER_DRAIN, writer).await {
+        Ok(written) => written?,
+        Err(_) => tracing::warn!("queued events not sent within {WRITER_DRAIN:?}: dropped"),
+    }
+    tracing::info!("command stream ended");
+    read_result
+}
+
+/// Sends events until every sender is gone. An event too large for a line
+/// is replaced by an error on its op.
+async fn write_events<W: AsyncWrite + Unpin>(
+    mut events: mpsc::Receiver<Event>,
+    mut writer: FrameWriter<W>,
+) -> Result<(), AgentError> {
+    while let Some(event) = events.recv().await {
+        let result = match writer.send(&event).await {
+            Err(ProtocolError::Encode { message }) => {
+                let body = EventBody::Error {
+                    kind: ErrorKind::LimitExceeded,
+                    message: format!(
+                        "the {} event could not be sent: {message}",
+                        event.body.type_name()
+                    ),
+                };
+                writer.send(&Event::new(event.op, body)).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => {}
+            Err(ProtocolError::Io(e)) => return Err(AgentError::Transport(e)),
+            Err(other) => {
+                return Err(AgentError::Transport(std::io::Error::other(
+                    other.to_string(),
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Input of a write in progress.
+#[derive(Debug)]
+enum WriteInput {
+    Chunk(Data),
+    End,
+}
+
+/// An operation in flight.
+struct OpSlot {
+    _task: AbortOnDrop<()>,
+    /// Set for writes: where their chunks go.
+    chunks: Option<mpsc::Sender<WriteInput>>,
+}
+
+type OpFuture = Pin<Box<dyn Future<Output = EventBody> + Send>>;
+
+struct Dispatcher {
+    config: Arc<AgentConfig>,
+    events: mpsc::Sender<Event>,
+    ops: HashMap<OpId, OpSlot>,
+    failed_writes: HashSet<OpId>,
+    done_tx: mpsc::UnboundedSender<(OpId, EventBody)>,
+    done_rx: mpsc::UnboundedReceiver<(OpId, EventBody)>,
+}
+
+impl Dispatcher {
+    fn new(config: Arc<AgentConfig>, events: mpsc::Sender<Event>) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            config,
+            events,
+            ops: HashMap::new(),
+            failed_writes: HashSet::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: FrameReader<R>,
+    ) -> Result<(), AgentError> {
+        loop {
+            tokio::select! {
+                biased;
+                Some((op, body)) = self.done_rx.recv() => self.finish(op, body).await?,
+                next = reader.next_request() => match next {
+                    Err(e) => return Err(AgentError::Transport(e)),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(error))) => self.bad_line(error).await?,
+                    Ok(Some(Ok(request))) => self.handle(request).await?,
+                },
+            }
+        }
+    }
+
+    /// Sends one event; fails only when the writer is gone.
+    async fn emit(&self, op: OpId, body: EventBody) -> Result<(), AgentError> {
+        self.events
+            .send(Event::new(op, body))
+            .await
+            .map_err(|_| AgentError::Transport(std::io::Error::other("the event writer is gone")))
+    }
+
+    async fn refuse(&self, op: OpId, error: AgentError) -> Result<(), AgentError> {
+        tracing::info!(op, kind = ?error.kind(), %error, "request refused");
+        self.emit(op, error_body(&error)).await
+    }
+
+    /// An operation ended: forget it, then send its last event.
+    async fn finish(&mut self, op: OpId, body: EventBody) -> Result<(), AgentError> {
+        let Some(slot) = self.ops.remove(&op) else {
+            // The op was cancelled (a malformed follow-up line) after its task
+            // had finished: its error was the last event already. No new op
+            // can hold the id yet, as `done` messages are handled before the
+            // next request line.
+            tracing::debug!(op, "last event of a cancelled operation dropped");
+            return Ok(());
+        };
+        if slot.chunks.is_some() && matches!(body, EventBody::Error { .. }) {
+            self.remember_failed_write(op);
+        }
+        self.emit(op, body).await
+    }
+
+    fn remember_failed_write(&mut self, op: OpId) {
+        if self.failed_writes.len() >= FAILED_WRITES_REMEMBERED {
+            self.failed_writes.clear();
+        }
+        self.failed_writes.insert(op);
+    }
+
+    async fn bad_line(&mut self, error: ProtocolError) -> Result<(), AgentError> {
+        let op = error.op().unwrap_or(0);
+        tracing::info!(op, kind = ?error.kind(), %error, "bad request line");
+        // A malformed follow-up of an open write dooms that write.
+        if self.ops.get(&op).is_some_and(|slot| slot.chunks.is_some()) {
+            self.ops.remove(&op);
+            self.remember_failed_write(op);
+        }
+        let body = EventBody::Error {
+            kind: error.kind(),
+            message: error.to_string(),
+        };
+        self.emit(op, body).await
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<(), AgentError> {
+        let op = request.op;
+        let input = match request.body {
+            RequestBody::FileChunk { data } => WriteInput::Chunk(data),
+            RequestBody::FileEnd => WriteInput::End,
+            body => {
+                self.failed_writes.remove(&op);
+                return self.start(op, body).await;
+            }
+        };
+        let Some(chunks) = self.ops.get(&op).and_then(|slot| slot.chunks.clone()) else {
+            if self.failed_writes.contains(&op) {
+                if matches!(input, WriteInput::End) {
+                    self.failed_writes.remove(&op);
+                }
+                return Ok(()); // the write already failed and said so
+            }
+            let action = if matches!(input, WriteInput::End) {
+                "file_end"
+            } else {
+                "file_chunk"
+            };
+            return self
+                .refuse(
+                    op,
+                    AgentError::BadState(format!(
+                        "{action} for op {op}, which has no open write: send write_file first"
+                    )),
+                )
+                .await;
+        };
+        // A closed channel: the write just failed; its error is on its way.
+        let _ = chunks.send(input).await;
+        Ok(())
+    }
+
+    async fn start(&mut self, op: OpId, body: RequestBody) -> Result<(), AgentError> {
+        if self.ops.contains_key(&op) {
+            return self
+                .refuse(
+                    op,
+                    AgentError::BadState(format!("op {op} is already in flight: use a new op id")),
+                )
+                .await;
+        }
+        // A ping always answers: it is how the host sees the agent is alive.
+        let is_ping = matches!(body, RequestBody::Ping);
+        if !is_ping && self.ops.len() >= self.config.max_ops_in_flight {
+            return self
+                .refuse(
+                    op,
+                    AgentError::LimitExceeded {
+                        what: "operations in flight".into(),
+                        limit_bytes: self.config.max_ops_in_flight as u64,
+                    },
+                )
+                .await;
+        }
+        let action = body.action();
+        let ctx = OpCtx {
+            op,
+            config: Arc::clone(&self.config),
+            events: self.events.clone(),
+        };
+        let mut chunks = None;
+        let work: OpFuture = match body {
+            RequestBody::Ping => {
+                let pong = EventBody::Pong {
+                    version: AGENT_VERSION.to_owned(),
+                    protocol: PROTOCOL_VERSION,
+                };
+                return self.emit(op, pong).await;
+            }
+            // Routed by `handle`; answered here only for completeness.
+            RequestBody::FileChunk { .. } | RequestBody::FileEnd => {
+                return self
+                    .refuse(op, AgentError::BadState("no open write".into()))
+                    .await;
+            }
+            RequestBody::Exec(request) => Box::pin(ctx.exec(request)),
+            RequestBody::WriteFile { path, mode, size } => {
+                let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+                chunks = Some(tx);
+                Box::pin(ctx.write(path, mode, size, rx))
+            }
+            RequestBody::ReadFile { path } => Box::pin(ctx.read(path)),
+            RequestBody::ListFiles { path } => Box::pin(ctx.list(path)),
+            RequestBody::WarmRepl { language } => Box::pin(ctx.warm(language)),
+            RequestBody::InstallPackages {
+                language,
+                packages,
+                timeout_ms,
+            } => Box::pin(ctx.install(language, packages, timeout_ms)),
+        };
+        tracing::info!(op, action, "operation started");
+        let done = self.done_tx.clone();
+        let task = tokio::spawn(async move {
+            let last = work.await;
+            let _ = done.send((op, last));
+        });
+        self.ops.insert(
+            op,
+            OpSlot {
+                _task: AbortOnDrop(task),
+                chunks,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn error_body(error: &AgentError) -> EventBody {
+    EventBody::Error {
+        kind: error.kind(),
+        message: error.to_string(),
+    }
+}
+
+/// The last event of an operation from its result.
+fn last_event(result: Result<EventBody, AgentError>) -> EventBody {
+    result.unwrap_or_else(|error| {
+        tracing::info!(kind = ?error.kind(), %error, "operation failed");
+        error_body(&error)
+    })
+}
+
+/// What an operation's task holds.
+struct OpCtx {
+    op: OpId,
+    config: Arc<AgentConfig>,
+    events: mpsc::Sender<Event>,
+}
+
+impl OpCtx {
+    async fn emit(&self, body: EventBody) -> Result<(), AgentError> {
+        self.events
+            .send(Event::new(self.op, body))
+            .await
+            .map_err(|_| AgentError::Transport(std::io::Error::other("the event writer is gone")))
+    }
+
+    async fn run_process(&self, spec: ExecSpec) -> EventBody {
+        last_event(
+            exec::run(self.op, spec, &self.config, &self.events)
+                .await
+                .map(EventBody::Complete),
+        )
+    }
+
+    async fn exec(self, request: ExecRequest) -> EventBody {
+        let spec = ExecSpec {
+            plan: plan_exec(request.language, &request.code),
+            env: request.env,
+            cwd: request.cwd,
+            timeout: Duration::from_millis(request.timeout_ms),
+            forward_output: true,
+        };
+        self.run_process(spec).await
+    }
+
+    async fn warm(self, language: Language) -> EventBody {
+        let spec = ExecSpec {
+            plan: plan_warm(language),
+            env: Default::default(),
+            cwd: None,
+            timeout: self.config.warm_timeout,
+            forward_output: false,
+        };
+        self.run_process(spec).await
+    }
+
+    async fn install(
+        self,
+        language: Language,
+        packages: Vec<String>,
+        timeout_ms: u64,
+    ) -> EventBody {
+        let home = self.config.home.to_string_lossy().into_owned();
+        let plan = match plan_install(language, &packages, &home) {
+            Ok(plan) => plan,
+            Err(error) => return last_event(Err(error)),
+        };
+        let spec = ExecSpec {
+            plan,
+            env: Default::default(),
+            cwd: None,
+            timeout: Duration::from_millis(timeout_ms),
+            forward_output: true,
+        };
+        self.run_process(spec).await
+    }
+
+    async fn write(
+        self,
+        path: String,
+        mode: u32,
+        size: Option<u64>,
+        mut input: mpsc::Receiver<WriteInput>,
+    ) -> EventBody {
+        let result = async {
+            let mut writer = FileWriter::create(&self.config, &path, mode, size).await?;
+            self.emit(EventBody::FileAck {
+                size: 0,
+                sha256: None,
+            })
+            .await?;
+            while let Some(message) = input.recv().await {
+                match message {
+                    WriteInput::Chunk(data) => writer.append(data.as_bytes()).await?,
+                    WriteInput::End => {
+                        let (size, sha256) = writer.commit().await?;
+                        tracing::info!(op = self.op, path, size, "file written");
+                        return Ok(EventBody::FileAck {
+                            size,
+                            sha256: Some(sha256),
+                        });
+                    }
+                }
+            }
+            Err(AgentError::BadState(
+                "the command stream ended before file_end".into(),
+            ))
+        }
+        .await;
+        last_event(result)
+    }
+
+    async fn read(self, path: String) -> EventBody {
+        let result = async {
+            let mut reader = FileReader::open(&self.config, &path).await?;
+            while let Some(chunk) = reader.next_chunk().await? {
+                self.emit(EventBody::FileData {
+                    data: Data::base64(chunk),
+                })
+                .await?;
+            }
+            let (size, sha256) = reader.finish();
+            tracing::info!(op = self.op, path, size, "file read");
+            Ok(EventBody::FileDone { size, sha256 })
+        }
+        .await;
+        last_event(result)
+    }
+
+    async fn list(self, path: String) -> EventBody {
+        last_event(
+            list_dir(&self.config, &path)
+                .await
+                .map(|entries| EventBody::FileList { entries }),
+        )
+    }
+}

@@ -1,0 +1,110 @@
+//! The few system calls that neither std nor nix wrap the way the agent
+//! needs them: `openat2` and `openat` returning an owned descriptor, and the
+//! child setup run between fork and exec. Every `unsafe` block of the crate
+//! is in this module.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `struct open_how` of `linux/openat2.h` (the kernel ABI; `libc`'s
+/// version is `non_exhaustive` and cannot be built outside that crate).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dir, path, flags, mode)` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_MAGICLINKS`: the path may not leave `dir` (by `..`, an
+/// absolute path or a symlink) nor go through `/proc` magic links.
+/// `O_CLOEXEC` is always added. Fails with `ENOSYS` on kernels before 5.6.
+pub(crate) fn openat2_beneath(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    let creates = flags & (libc::O_CREAT | libc::O_TMPFILE) != 0;
+    let how = OpenHow {
+        // Open flags are a bit set: reinterpret the int's bits.
+        flags: u64::from((flags | libc::O_CLOEXEC) as u32),
+        // The kernel refuses a mode without O_CREAT/O_TMPFILE.
+        mode: if creates { u64::from(mode) } else { 0 },
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a valid
+    // `open_how` of the size passed; both outlive the call, which does not
+    // keep them. The return value is checked below.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned `fd` as a new descriptor; nothing
+    // else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Plain `openat(dir, path, flags | O_CLOEXEC, mode)`.
+pub(crate) fn openat(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the
+    // call; the return value is checked below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor; nothing
+    // else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes the child, between fork and exec (after std applied uid, gid and
+/// process group), change into the directory `cwd` refers to and set
+/// `PR_SET_NO_NEW_PRIVS` (set-uid programs cannot raise its privileges).
+///
+/// `cwd` must stay open until the command is spawned.
+pub(crate) fn set_child_setup(command: &mut tokio::process::Command, cwd: RawFd) {
+    let setup = move || -> io::Result<()> {
+        // SAFETY: fchdir and prctl are async-signal-safe system calls on
+        // plain integers; `cwd` is open in the parent at fork time, so it
+        // is open in the child.
+        unsafe {
+            if libc::fchdir(cwd) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe system calls and
+    // does not allocate (`last_os_error` reads errno), as required between
+    // fork and exec.
+    unsafe {
+        command.pre_exec(setup);
+    }
+}
