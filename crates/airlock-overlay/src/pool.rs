@@ -1,0 +1,876 @@
+//! [`OverlayPool`]: the handle an orchestrator keeps, and the state it shares
+//! with its refill task.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::PoolConfig;
+use crate::error::{OverlayError, Result};
+use crate::naming::{ready_name, temp_name, BaseId, BaseStat};
+use crate::pool_dir::{device_of, rename_noreplace, PoolDir};
+use crate::qemu_img::{create_overlay, remove_quietly, CreateSpec};
+use crate::refill::{self, next_retry, plan_refill, retry_delay, Completion, Job, RefillNeed};
+
+/// How long `new` waits for `qemu-img --version`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `stop` waits for the refill task to wind down.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// An overlay handed to a caller: it now lives at `path` and is the caller's
+/// to use and delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// Where the overlay is now (the `dest` given to `acquire`).
+    pub path: PathBuf,
+    /// The absolute base image path written into the overlay.
+    pub backing: PathBuf,
+    /// Identity of the base version the overlay was made on.
+    pub base_id: BaseId,
+    /// `true` when it came from the pool (a rename); `false` when the pool
+    /// was empty and it was created on demand (the slow path).
+    pub pool_hit: bool,
+    /// Time spent in `acquire`.
+    pub elapsed: Duration,
+}
+
+/// What a pool holds and has done for one base image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseStats {
+    /// The base as the caller named it.
+    pub base: PathBuf,
+    /// The absolute path written into its overlays.
+    pub backing: PathBuf,
+    /// Identity of the base version the pool currently serves.
+    pub base_id: BaseId,
+    /// Overlays ready to hand out.
+    pub ready: usize,
+    /// Background creations in flight.
+    pub creating: usize,
+    /// Acquires served from the pool.
+    pub hits: u64,
+    /// Acquires that had to create their overlay.
+    pub misses: u64,
+    /// Overlays created in the background.
+    pub created: u64,
+    /// Overlays deleted because their base changed.
+    pub retired: u64,
+    /// Creations that failed (background and on demand).
+    pub create_failures: u64,
+    /// The last creation error, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// A snapshot of a pool, one entry per registered base (sorted by path).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Per base image.
+    pub bases: Vec<BaseStats>,
+}
+
+impl PoolStats {
+    /// The entry of `base` (as the caller named it), if registered.
+    pub fn base(&self, base: impl AsRef<Path>) -> Option<&BaseStats> {
+        self.bases.iter().find(|b| b.base == base.as_ref())
+    }
+
+    /// Overlays ready over all bases.
+    pub fn ready_total(&self) -> usize {
+        self.bases.iter().map(|b| b.ready).sum()
+    }
+}
+
+/// What `stop` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StopReport {
+    /// Pooled and half-made overlays deleted.
+    pub removed_files: usize,
+    /// Whether the refill task ended within its grace period.
+    pub refill_stopped_cleanly: bool,
+}
+
+/// Per-base pool state.
+#[derive(Debug)]
+struct BaseState {
+    backing: PathBuf,
+    id: BaseId,
+    ready: VecDeque<PathBuf>,
+    creating: usize,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+    hits: u64,
+    misses: u64,
+    created: u64,
+    retired: u64,
+    create_failures: u64,
+}
+
+impl BaseState {
+    fn new(backing: PathBuf, id: BaseId) -> Self {
+        Self {
+            backing,
+            id,
+            ready: VecDeque::new(),
+            creating: 0,
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+            hits: 0,
+            misses: 0,
+            created: 0,
+            retired: 0,
+            create_failures: 0,
+        }
+    }
+
+    /// Switches to a new base version; returns the overlays to delete.
+    fn retire(&mut self, backing: PathBuf, id: BaseId) -> Vec<PathBuf> {
+        self.backing = backing;
+        self.id = id;
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+        let old: Vec<PathBuf> = self.ready.drain(..).collect();
+        self.retired += old.len() as u64;
+        old
+    }
+
+    fn record_failure(&mut self, error: &OverlayError, backoff: Option<Duration>) {
+        self.create_failures += 1;
+        self.last_error = Some(error.to_string());
+        if let Some(delay) = backoff {
+            self.failures = self.failures.saturating_add(1);
+            self.retry_at = Some(Instant::now() + delay);
+        }
+    }
+
+    fn record_success(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+    }
+
+    fn need(&self) -> RefillNeed {
+        RefillNeed {
+            ready: self.ready.len(),
+            creating: self.creating,
+            failing: self.failures > 0,
+            retry_at: self.retry_at,
+        }
+    }
+}
+
+/// State shared by the pool handles and the refill task.
+pub(crate) struct Shared {
+    pub(crate) config: PoolConfig,
+    dir: PoolDir,
+    bases: Mutex<HashMap<PathBuf, BaseState>>,
+    seq: AtomicU64,
+    /// Wakes the refill task.
+    pub(crate) wake: Notify,
+    /// Signalled whenever overlays become ready.
+    filled: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn lock_bases(&self) -> MutexGuard<'_, HashMap<PathBuf, BaseState>> {
+        // A panic while holding the lock leaves plain counters and lists
+        // behind, still consistent enough to serve and clean up.
+        self.bases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn spec(&self, backing: PathBuf, out: PathBuf) -> CreateSpec {
+        CreateSpec {
+            program: self.config.qemu_img.clone(),
+            base: backing,
+            base_format: self.config.base_format,
+            out,
+            cluster_size_bytes: self.config.cluster_size_bytes,
+            lazy_refcounts: self.config.lazy_refcounts,
+            extended_l2: self.config.extended_l2,
+        }
+    }
+
+    /// Stats `base` and makes sure its pool serves that version: registers
+    /// it on first sight, retires its overlays when it changed.
+    async fn observe_base(&self, base: &Path) -> Result<BaseId> {
+        let unreadable = |source: io::Error| OverlayError::BaseUnreadable {
+            base: base.to_path_buf(),
+            source,
+        };
+        let meta = tokio::fs::metadata(base).await.map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(unreadable(io::Error::other("not a regular file")));
+        }
+        let id = BaseId::from_stat(&BaseStat::from_metadata(&meta));
+        if self.lock_bases().get(base).is_some_and(|s| s.id == id) {
+            return Ok(id);
+        }
+        let backing = tokio::fs::canonicalize(base).await.map_err(unreadable)?;
+        let retired = {
+            let mut bases = self.lock_bases();
+            match bases.get_mut(base) {
+                Some(state) if state.id == id => Vec::new(),
+                Some(state) => {
+                    tracing::info!(
+                        base = %base.display(), old_id = %state.id, new_id = %id,
+                        retired = state.ready.len(), "base image changed; retiring its overlays"
+                    );
+                    state.retire(backing, id)
+                }
+                None => {
+                    tracing::debug!(base = %base.display(), base_id = %id, "base image registered");
+                    bases.insert(base.to_path_buf(), BaseState::new(backing, id));
+                    Vec::new()
+                }
+            }
+        };
+        for path in &retired {
+            remove_quietly(path).await;
+        }
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Re-stats every base (so a changed base is retired even if nobody
+    /// acquires); a base that became unreadable is marked failing.
+    pub(crate) async fn refresh_bases(&self) {
+        let keys: Vec<PathBuf> = self.lock_bases().keys().cloned().collect();
+        for key in keys {
+            if let Err(error) = self.observe_base(&key).await {
+                let mut bases = self.lock_bases();
+                if let Some(state) = bases.get_mut(&key) {
+                    let in_backoff = state.retry_at.is_some_and(|at| at > Instant::now());
+                    if !in_backoff {
+                        tracing::warn!(base = %key.display(), %error, "base image unusable");
+                        let delay = retry_delay(
+                            state.failures.saturating_add(1),
+                            self.config.retry_backoff_min,
+                            self.config.retry_backoff_max,
+                        );
+                        state.record_failure(&error, Some(delay));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reserves background creations for up to `free_slots` overlays; also
+    /// says when the task must wake for a back-off to expire.
+    pub(crate) fn plan_jobs(&self, free_slots: usize) -> (Vec<Job>, Option<Instant>) {
+        let now = Instant::now();
+        let target = self.config.target_per_base;
+        let mut bases = self.lock_bases();
+        let mut keys: Vec<PathBuf> = bases.keys().cloned().collect();
+        keys.sort();
+        let needs: Vec<RefillNeed> = keys
+            .iter()
+            .filter_map(|k| bases.get(k).map(BaseState::need))
+            .collect();
+        let picks = plan_refill(&needs, target, free_slots, now);
+        let mut jobs = Vec::with_capacity(picks.len());
+        for index in picks {
+            let Some(state) = bases.get_mut(&keys[index]) else {
+                continue;
+            };
+            state.creating += 1;
+            let seq = self.next_seq();
+            let out = self.dir.path.join(temp_name(&state.id, seq));
+            jobs.push(Job {
+                key: keys[index].clone(),
+                id: state.id,
+                spec: self.spec(state.backing.clone(), out),
+                ready_path: self.dir.path.join(ready_name(&state.id, seq)),
+            });
+        }
+        let needs: Vec<RefillNeed> = keys
+            .iter()
+            .filter_map(|k| bases.get(k).map(BaseState::need))
+            .collect();
+        (jobs, next_retry(&needs, target, now))
+    }
+
+    /// Books a finished background creation.
+    pub(crate) async fn complete(&self, done: Option<Completion>) {
+        let Some(done) = done else {
+            return;
+        };
+        let stale = {
+            let mut bases = self.lock_bases();
+            let Some(state) = bases.get_mut(&done.key) else {
+                return;
+            };
+            state.creating = state.creating.saturating_sub(1);
+            match done.result {
+                Ok(path) if state.id == done.id && !self.is_stopped() => {
+                    state.ready.push_back(path);
+                    state.created += 1;
+                    state.record_success();
+                    None
+                }
+                Ok(path) => Some(path),
+                Err(OverlayError::Stopped) => None,
+                Err(error) => {
+                    let delay = retry_delay(
+                        state.failures.saturating_add(1),
+                        self.config.retry_backoff_min,
+                        self.config.retry_backoff_max,
+                    );
+                    tracing::warn!(
+                        base = %done.key.display(), %error,
+                        failures = state.failures + 1, retry_in_ms = delay.as_millis() as u64,
+                        "background overlay creation failed"
+                    );
+                    state.record_failure(&error, Some(delay));
+                    None
+                }
+            }
+        };
+        if let Some(path) = stale {
+            // Made on a base version that was retired meanwhile (or stopped).
+            remove_quietly(&path).await;
+        }
+        self.filled.notify_waiters();
+    }
+
+    /// Deletes every ready overlay; returns how many.
+    pub(crate) async fn remove_all_ready(&self) -> usize {
+        let paths: Vec<PathBuf> = self
+            .lock_bases()
+            .values_mut()
+            .flat_map(|state| state.ready.drain(..))
+            .collect();
+        for path in &paths {
+            remove_quietly(path).await;
+        }
+        paths.len()
+    }
+
+    /// The hot path, in one blocking hop: stats `base` and, if the pool
+    /// serves that version, moves its oldest ready overlay to `dest`.
+    fn try_hit_blocking(&self, base: &Path, dest: &Path) -> HitOutcome {
+        let meta = match std::fs::metadata(base) {
+            Ok(meta) if meta.is_file() => meta,
+            // The async slow path reports this with the right error.
+            Ok(_) | Err(_) => return HitOutcome::Unknown,
+        };
+        let id = BaseId::from_stat(&BaseStat::from_metadata(&meta));
+        loop {
+            let (pooled, backing) = {
+                let mut bases = self.lock_bases();
+                let Some(state) = bases.get_mut(base).filter(|s| s.id == id) else {
+                    return HitOutcome::Unknown;
+                };
+                let Some(pooled) = state.ready.pop_front() else {
+                    return HitOutcome::Empty { id };
+                };
+                (pooled, state.backing.clone())
+            };
+            match self.move_out_blocking(&pooled, dest) {
+                Ok(()) => {
+                    if let Some(state) = self.lock_bases().get_mut(base) {
+                        state.hits += 1;
+                    }
+                    return HitOutcome::Hit { id, backing };
+                }
+                Err(MoveError::SourceGone) => {
+                    tracing::warn!(path = %pooled.display(), "pooled overlay vanished; skipping it");
+                }
+                Err(MoveError::Fatal(error)) => {
+                    if !self.put_back(base, id, pooled.clone()) {
+                        // Retired meanwhile: nobody else will delete it.
+                        if let Err(error) = std::fs::remove_file(&pooled) {
+                            tracing::warn!(path = %pooled.display(), %error, "cannot remove overlay file");
+                        }
+                    }
+                    return HitOutcome::Failed(error);
+                }
+            }
+        }
+    }
+
+    /// Puts back an overlay that could not be moved out.
+    fn put_back(&self, base: &Path, id: BaseId, path: PathBuf) -> bool {
+        let mut bases = self.lock_bases();
+        match bases.get_mut(base) {
+            Some(state) if state.id == id && !self.is_stopped() => {
+                state.ready.push_front(path);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves an overlay out of the pool directory, never replacing `dest`.
+    fn move_out_blocking(&self, from: &Path, dest: &Path) -> std::result::Result<(), MoveError> {
+        let error = match rename_noreplace(from, dest) {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let dest_dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Err(match error.raw_os_error() {
+            Some(errno) if errno == Errno::EEXIST as i32 => {
+                MoveError::Fatal(OverlayError::DestinationExists {
+                    dest: dest.to_path_buf(),
+                })
+            }
+            Some(errno) if errno == Errno::EXDEV as i32 => {
+                MoveError::Fatal(OverlayError::CrossFilesystem {
+                    pool_dir: self.dir.path.clone(),
+                    other: dest_dir.to_path_buf(),
+                    pool_dev: self.dir.dev,
+                    other_dev: device_of(dest_dir).unwrap_or(0),
+                })
+            }
+            _ if error.kind() == io::ErrorKind::NotFound
+                && std::fs::symlink_metadata(from).is_err() =>
+            {
+                MoveError::SourceGone
+            }
+            _ => MoveError::Fatal(OverlayError::Io {
+                op: "move an overlay to",
+                path: dest.to_path_buf(),
+                source: error,
+            }),
+        })
+    }
+}
+
+/// How the hot path ended.
+enum HitOutcome {
+    /// An overlay was moved to the destination.
+    Hit { id: BaseId, backing: PathBuf },
+    /// The pool of this (current) base version is empty.
+    Empty { id: BaseId },
+    /// The base is new, changed or unreadable: take the async slow path.
+    Unknown,
+    /// Moving the overlay failed.
+    Failed(OverlayError),
+}
+
+/// What `acquire` does after the hot path.
+enum Served {
+    /// Done: an overlay of base version `id` is at the destination.
+    Hit { id: BaseId, backing: PathBuf },
+    /// Create one on demand for base version `id`.
+    Empty { id: BaseId },
+}
+
+/// Why an overlay could not be moved out.
+enum MoveError {
+    /// The pooled file vanished (deleted behind our back): try another.
+    SourceGone,
+    /// Anything else: the caller gets this error.
+    Fatal(OverlayError),
+}
+
+/// Owns the refill task: cancels it when the last pool handle goes away.
+struct RefillTask {
+    shared: Arc<Shared>,
+    handle: Mutex<Option<JoinHandle<usize>>>,
+}
+
+impl Drop for RefillTask {
+    fn drop(&mut self) {
+        // The task sees the signal, kills its qemu-img children and deletes
+        // the pooled overlays on its own (while the runtime lives; a later
+        // pool sweeps whatever is left).
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+/// A pool of ready qcow2 overlays per base image.
+///
+/// Cheap to clone (all clones share one pool) and usable from many tasks at
+/// once. Its background refill task lives until [`stop`](Self::stop) is
+/// called or the last clone is dropped.
+#[derive(Clone)]
+pub struct OverlayPool {
+    shared: Arc<Shared>,
+    task: Arc<RefillTask>,
+}
+
+impl fmt::Debug for OverlayPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverlayPool")
+            .field("pool_dir", &self.shared.dir.path)
+            .field("stopped", &self.shared.is_stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OverlayPool {
+    /// Validates `config`, creates and locks the pool directory, checks that
+    /// `work_root` (if given) is on its filesystem and that qemu-img runs,
+    /// sweeps leftovers of an earlier process and starts the refill task.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`OverlayError::InvalidConfig`], [`OverlayError::PoolDir`],
+    /// [`OverlayError::PoolDirLocked`], [`OverlayError::CrossFilesystem`],
+    /// [`OverlayError::QemuImgMissing`].
+    pub async fn new(config: PoolConfig) -> Result<Self> {
+        config.validate()?;
+        let dir = PoolDir::open(&config.pool_dir).await?;
+        if let Some(root) = &config.work_root {
+            dir.check_same_filesystem(root).await?;
+        }
+        probe_qemu_img(&config.qemu_img).await?;
+        let swept = dir.sweep(|_| false).await?;
+        tracing::info!(
+            pool_dir = %dir.path.display(), swept,
+            target_per_base = config.target_per_base, "overlay pool started"
+        );
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config,
+            dir,
+            bases: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            wake: Notify::new(),
+            filled: Notify::new(),
+            shutdown,
+        });
+        let handle = tokio::spawn(refill::run(Arc::clone(&shared)));
+        Ok(Self {
+            task: Arc::new(RefillTask {
+                shared: Arc::clone(&shared),
+                handle: Mutex::new(Some(handle)),
+            }),
+            shared,
+        })
+    }
+
+    /// The pool directory (canonical).
+    pub fn pool_dir(&self) -> &Path {
+        &self.shared.dir.path
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.config
+    }
+
+    /// Registers `base` so its pool starts filling now rather than at the
+    /// first `acquire`. Registering again is harmless; a base that changed
+    /// since is re-identified and its old overlays retired.
+    ///
+    /// # Errors
+    /// [`OverlayError::BaseUnreadable`] when the file cannot be read;
+    /// [`OverlayError::Stopped`] after `stop`.
+    pub async fn register_base(&self, base: impl AsRef<Path>) -> Result<BaseId> {
+        self.ensure_running()?;
+        self.shared.observe_base(base.as_ref()).await
+    }
+
+    /// Moves a ready overlay of `base` to `dest` (a rename, no copy) and
+    /// returns at once. When the pool is empty, creates one on demand (the
+    /// slow path, `pool_hit: false`). Registers `base` on first use; if the
+    /// base changed since its overlays were made, they are deleted, never
+    /// handed out. `dest` must not exist and must be on the pool directory's
+    /// filesystem; its parent must exist.
+    ///
+    /// Always pass the same spelling of a base path: the pool is keyed by
+    /// the path as given.
+    ///
+    /// # Errors
+    /// [`OverlayError::BaseUnreadable`], [`OverlayError::QemuImgFailed`]
+    /// (naming the base and qemu-img's stderr), [`OverlayError::CreateTimeout`],
+    /// [`OverlayError::DestinationExists`], [`OverlayError::CrossFilesystem`],
+    /// [`OverlayError::Io`], [`OverlayError::Stopped`].
+    pub async fn acquire(
+        &self,
+        base: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+    ) -> Result<Acquired> {
+        let (base, dest) = (base.as_ref(), dest.as_ref());
+        let start = std::time::Instant::now();
+        self.ensure_running()?;
+        let id = match self.try_hit(base, dest).await? {
+            Served::Hit { id, backing } => {
+                self.shared.wake.notify_one();
+                let elapsed = start.elapsed();
+                tracing::debug!(
+                    base = %base.display(), dest = %dest.display(),
+                    elapsed_us = elapsed.as_micros() as u64, "overlay acquired from pool"
+                );
+                return Ok(Acquired {
+                    path: dest.to_path_buf(),
+                    backing,
+                    base_id: id,
+                    pool_hit: true,
+                    elapsed,
+                });
+            }
+            Served::Empty { id } => id,
+        };
+        self.create_on_demand(base, id, dest, start).await
+    }
+
+    /// Runs the hot path; on a new or changed base, (re)registers it (which
+    /// retires old overlays) and runs it once more.
+    async fn try_hit(&self, base: &Path, dest: &Path) -> Result<Served> {
+        let mut registered = None;
+        for _ in 0..2 {
+            let shared = Arc::clone(&self.shared);
+            let (base_owned, dest_owned) = (base.to_path_buf(), dest.to_path_buf());
+            let outcome = tokio::task::spawn_blocking(move || {
+                shared.try_hit_blocking(&base_owned, &dest_owned)
+            })
+            .await
+            .map_err(|join| OverlayError::Io {
+                op: "move an overlay to",
+                path: dest.to_path_buf(),
+                source: io::Error::other(join),
+            })?;
+            match outcome {
+                HitOutcome::Hit { id, backing } => return Ok(Served::Hit { id, backing }),
+                HitOutcome::Empty { id } => return Ok(Served::Empty { id }),
+                HitOutcome::Failed(error) => return Err(error),
+                HitOutcome::Unknown => {
+                    registered = Some(self.shared.observe_base(base).await?);
+                }
+            }
+        }
+        // The base changed twice in a row under us: serve its latest
+        // registered version on demand.
+        match registered {
+            Some(id) => Ok(Served::Empty { id }),
+            None => Err(OverlayError::Stopped),
+        }
+    }
+
+    async fn create_on_demand(
+        &self,
+        base: &Path,
+        id: BaseId,
+        dest: &Path,
+        start: std::time::Instant,
+    ) -> Result<Acquired> {
+        let backing = self
+            .shared
+            .lock_bases()
+            .get(base)
+            .map(|s| s.backing.clone())
+            .ok_or(OverlayError::Stopped)?;
+        let out = self
+            .shared
+            .dir
+            .path
+            .join(temp_name(&id, self.shared.next_seq()));
+        let spec = self.shared.spec(backing.clone(), out.clone());
+        let created = create_overlay(
+            &spec,
+            base,
+            self.shared.config.create_timeout,
+            self.shared.shutdown_receiver(),
+        )
+        .await;
+        if let Err(error) = created {
+            if !matches!(error, OverlayError::Stopped) {
+                if let Some(state) = self.shared.lock_bases().get_mut(base) {
+                    state.record_failure(&error, None);
+                }
+            }
+            return Err(error);
+        }
+        let shared = Arc::clone(&self.shared);
+        let (out_owned, dest_owned) = (out.clone(), dest.to_path_buf());
+        let moved =
+            tokio::task::spawn_blocking(move || shared.move_out_blocking(&out_owned, &dest_owned))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(MoveError::Fatal(OverlayError::Io {
+                        op: "move an overlay to",
+                        path: dest.to_path_buf(),
+                        source: io::Error::other(join),
+                    }))
+                });
+        if let Err(error) = moved {
+            remove_quietly(&out).await;
+            return Err(match error {
+                MoveError::Fatal(error) => error,
+                // Only `stop` deletes our temp files behind our back.
+                MoveError::SourceGone => OverlayError::Stopped,
+            });
+        }
+        if let Some(state) = self.shared.lock_bases().get_mut(base) {
+            state.misses += 1;
+        }
+        self.shared.wake.notify_one();
+        let elapsed = start.elapsed();
+        if self.shared.config.target_per_base > 0 {
+            // Worth noticing: the pool is too small for the demand.
+            tracing::info!(
+                base = %base.display(), dest = %dest.display(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "overlay pool empty; created overlay on demand"
+            );
+        } else {
+            tracing::debug!(
+                base = %base.display(), dest = %dest.display(),
+                elapsed_ms = elapsed.as_millis() as u64, "created overlay on demand"
+            );
+        }
+        Ok(Acquired {
+            path: dest.to_path_buf(),
+            backing,
+            base_id: id,
+            pool_hit: false,
+            elapsed,
+        })
+    }
+
+    /// A snapshot of every base's pool and counters.
+    pub fn stats(&self) -> PoolStats {
+        let bases = self.shared.lock_bases();
+        let mut stats: Vec<BaseStats> = bases
+            .iter()
+            .map(|(key, s)| BaseStats {
+                base: key.clone(),
+                backing: s.backing.clone(),
+                base_id: s.id,
+                ready: s.ready.len(),
+                creating: s.creating,
+                hits: s.hits,
+                misses: s.misses,
+                created: s.created,
+                retired: s.retired,
+                create_failures: s.create_failures,
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        stats.sort_by(|a, b| a.base.cmp(&b.base));
+        PoolStats { bases: stats }
+    }
+
+    /// Waits until every registered base has `target_per_base` overlays
+    /// ready, or `timeout` passes. Returns whether the pool is full.
+    pub async fn wait_full(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let target = self.shared.config.target_per_base;
+        loop {
+            let notified = self.shared.filled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let full = self
+                .shared
+                .lock_bases()
+                .values()
+                .all(|s| s.ready.len() >= target);
+            if full {
+                return true;
+            }
+            if self.shared.is_stopped()
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stops the refill task (killing creations in flight) and deletes every
+    /// pooled overlay and temp file. Overlays already acquired are not
+    /// touched. Idempotent; afterwards `acquire` fails with
+    /// [`OverlayError::Stopped`]. Never fails: what it could not do is
+    /// logged and reflected in the report.
+    pub async fn stop(&self) -> StopReport {
+        self.shared.shutdown.send_replace(true);
+        let handle = self
+            .task
+            .handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let mut report = StopReport {
+            removed_files: 0,
+            refill_stopped_cleanly: true,
+        };
+        if let Some(mut handle) = handle {
+            match tokio::time::timeout(STOP_GRACE, &mut handle).await {
+                Ok(Ok(removed)) => report.removed_files += removed,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "overlay refill task failed");
+                    report.refill_stopped_cleanly = false;
+                }
+                Err(_) => {
+                    tracing::warn!("overlay refill task did not stop in time; aborting it");
+                    handle.abort();
+                    report.refill_stopped_cleanly = false;
+                }
+            }
+        }
+        report.removed_files += self.shared.remove_all_ready().await;
+        match self.shared.dir.sweep(|_| false).await {
+            Ok(swept) => report.removed_files += swept,
+            Err(error) => tracing::warn!(%error, "cannot sweep overlay pool dir on stop"),
+        }
+        tracing::info!(
+            pool_dir = %self.shared.dir.path.display(),
+            removed = report.removed_files, "overlay pool stopped"
+        );
+        report
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        if self.shared.is_stopped() {
+            Err(OverlayError::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs `qemu-img --version` so a missing qemu-img fails at start, clearly.
+async fn probe_qemu_img(program: &Path) -> Result<()> {
+    let spawn_error = |source: io::Error| OverlayError::QemuImgMissing {
+        program: program.to_path_buf(),
+        source,
+    };
+    let output = tokio::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(PROBE_TIMEOUT, output).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(spawn_error(io::Error::other(format!(
+            "`--version` ended with {status}"
+        )))),
+        Ok(Err(source)) => Err(spawn_error(source)),
+        Err(_) => Err(spawn_error(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("`--version` did not answer within {PROBE_TIMEOUT:?}"),
+        ))),
+    }
+}
