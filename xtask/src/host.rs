@@ -16,15 +16,89 @@ pub struct Requirement {
 
 /// What the tests need on the host.
 pub const TEST_REQUIREMENTS: &[Requirement] = &[
-    Requirement { probe: "python3", package: "python3" },
-    Requirement { probe: "node", package: "nodejs" },
-    Requirement { probe: "bash", package: "bash" },
+    Requirement {
+        probe: "python3",
+        package: "python3",
+    },
+    Requirement {
+        probe: "node",
+        package: "nodejs",
+    },
+    Requirement {
+        probe: "bash",
+        package: "bash",
+    },
+];
+
+/// What `cargo xtask images` needs: QEMU (to check images), debootstrap,
+/// the kernel sources and toolchain, cpio, e2fsprogs and compressors. `lz4`
+/// compresses the kernel (`CONFIG_KERNEL_LZ4`: fastest to decompress).
+pub const IMAGE_REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        probe: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+    },
+    Requirement {
+        probe: "qemu-img",
+        package: "qemu-utils",
+    },
+    Requirement {
+        probe: "/usr/sbin/debootstrap",
+        package: "debootstrap",
+    },
+    Requirement {
+        probe: "/usr/src/linux-source-6.1.tar.xz",
+        package: "linux-source-6.1",
+    },
+    Requirement {
+        probe: "/usr/share/build-essential/list",
+        package: "build-essential",
+    },
+    Requirement {
+        probe: "bc",
+        package: "bc",
+    },
+    Requirement {
+        probe: "flex",
+        package: "flex",
+    },
+    Requirement {
+        probe: "bison",
+        package: "bison",
+    },
+    Requirement {
+        probe: "/usr/include/libelf.h",
+        package: "libelf-dev",
+    },
+    Requirement {
+        probe: "/usr/include/openssl/ssl.h",
+        package: "libssl-dev",
+    },
+    Requirement {
+        probe: "cpio",
+        package: "cpio",
+    },
+    Requirement {
+        probe: "/usr/sbin/mkfs.ext4",
+        package: "e2fsprogs",
+    },
+    Requirement {
+        probe: "xz",
+        package: "xz-utils",
+    },
+    Requirement {
+        probe: "lz4",
+        package: "lz4",
+    },
 ];
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().map(Path::to_path_buf).unwrap_or(manifest_dir)
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest_dir)
 }
 
 /// Finds a program on PATH.
@@ -70,13 +144,19 @@ pub fn ensure(requirements: &[Requirement]) -> Result<()> {
         );
     }
     run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-    run_checked(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     for r in requirements {
         if which(r.probe).is_none() {
-            bail!("package {} installed but {} is still missing", r.package, r.probe);
+            bail!(
+                "package {} installed but {} is still missing",
+                r.package,
+                r.probe
+            );
         }
     }
     Ok(())
@@ -100,4 +180,11 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root());
     cmd
+}
+
+/// The cargo target dir of the workspace (`$CARGO_TARGET_DIR` or `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }

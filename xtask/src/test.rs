@@ -14,9 +14,15 @@ pub struct TestArgs {
 /// Runs the whole test set-up and suite.
 pub fn run(args: &TestArgs) -> Result<()> {
     host::ensure(host::TEST_REQUIREMENTS)?;
+    crate::images::ensure()?;
     if !args.no_lint {
         crate::lint::run()?;
     }
     eprintln!("xtask: cargo test --workspace");
-    run_checked(cargo().args(["test", "--workspace"]))
+    // The images are built: VM tests must run, never skip.
+    run_checked(
+        cargo()
+            .args(["test", "--workspace"])
+            .env("AIRLOCK_REQUIRE_VM_TESTS", "1"),
+    )
 }

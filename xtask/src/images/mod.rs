@@ -1,12 +1,534 @@
-//! `cargo xtask images`: guest kernel, initramfs and root disks (built in a later change).
+//! `cargo xtask images`: the guest kernel, the initramfs and one root disk
+//! per language, built from Debian packages into a content-addressed cache.
+//!
+//! Every artefact is named by the sha256 of its inputs (see [`inputs`]), so
+//! a run rebuilds only what changed and a run with nothing to do takes a
+//! second or two. Artefacts are built in `<images>/tmp/` and renamed into
+//! place when complete: an interrupted build never leaves a half-written
+//! file under a final name. `manifest.json` lists the current artefacts;
+//! other crates and tasks read it (or call [`ensure`]).
+//!
+//! Layout of the images dir (`~/.cache/airlock/images`, or `$AIRLOCK_IMAGES`):
+//! ```text
+//! manifest.json               current artefacts (file, hash, size, build time, inputs)
+//! kernel-<hash>.bzImage        initramfs-<hash>.cpio        rootfs-<lang>-<hash>.qcow2
+//! trees/<lang>-<hash>/        debootstrapped trees (stage 1 of the root disks)
+//! work/                       kernel sources and objects (incremental kernel builds)
+//! debs/                       debootstrap's package cache
+//! apt-versions.json           cached `apt-cache madison` answers
+//! tmp/                        builds in progress (emptied at every run)
+//! ```
 
-use anyhow::Result;
+mod apt;
+mod guest_bins;
+mod initramfs;
+mod inputs;
+mod kernel;
+mod manifest;
+mod progress;
+mod rootfs;
+
+pub use manifest::{Artefact, Kind, Manifest};
+
+use crate::host;
+use anyhow::{bail, Context, Result};
+use inputs::{sha256_file, sha256_hex, Inputs};
+use nix::fcntl::{Flock, FlockArg};
+use progress::{mib, Step};
+use rootfs::Language;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 /// Options of `cargo xtask images`.
 #[derive(clap::Args, Debug, Default)]
-pub struct ImagesArgs {}
+pub struct ImagesArgs {
+    /// Rebuild the selected artefacts even when they are current.
+    #[arg(long)]
+    pub force: bool,
+    /// Build only these artefacts (repeat or comma-separate); default: all.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Kind>,
+}
 
-/// Builds the images.
-pub fn run(_args: &ImagesArgs) -> Result<()> {
-    anyhow::bail!("images: not built yet")
+/// The workspace the images are built from.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// Its root directory.
+    pub root: PathBuf,
+}
+
+/// Environment variable overriding the images dir.
+pub const IMAGES_ENV: &str = "AIRLOCK_IMAGES";
+
+/// Makes sure every artefact is built and current; a quick no-op when it is.
+/// Other tasks (`test`, `demo`) call it first.
+pub fn ensure() -> Result<Manifest> {
+    run(&ImagesArgs::default())
+}
+
+/// The images dir: `$AIRLOCK_IMAGES`, else `~/.cache/airlock/images`.
+pub fn images_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(IMAGES_ENV).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(cache) => Ok(cache.join("airlock/images")),
+        None => bail!("neither {IMAGES_ENV} nor HOME is set: set {IMAGES_ENV} to the images dir"),
+    }
+}
+
+/// Builds what is missing or stale, writes the manifest, prunes old
+/// artefacts, and returns the manifest.
+pub fn run(args: &ImagesArgs) -> Result<Manifest> {
+    let started = Instant::now();
+    host::ensure(host::IMAGE_REQUIREMENTS)?;
+    let dir = images_dir()?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("create the images dir {}", dir.display()))?;
+    let _lock = lock(&dir)?;
+    let scratch = dir.join("tmp");
+    reset_dir(&scratch)?;
+
+    let ws = Workspace {
+        root: host::workspace_root(),
+    };
+    let bins = guest_bins::build(&ws)?;
+    let selected: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| args.only.is_empty() || args.only.contains(k))
+        .collect();
+    let mut planner = Planner {
+        ws: &ws,
+        dir: &dir,
+        bins: &bins,
+        archive: None,
+    };
+    let mut plans = Vec::new();
+    for kind in selected {
+        plans.push(planner.plan(kind)?);
+    }
+
+    let mut manifest = Manifest::load(&dir);
+    let mut todo = Vec::new();
+    for plan in plans {
+        let file = plan.kind.file_name(&plan.hash);
+        if !args.force && manifest.is_current(plan.kind, &plan.hash) {
+            eprintln!("images: {} is current ({file})", plan.kind.key());
+        } else if let (false, Ok(meta)) = (args.force, std::fs::metadata(dir.join(&file))) {
+            eprintln!(
+                "images: {} found on disk, adopted ({file})",
+                plan.kind.key()
+            );
+            manifest.artefacts.insert(
+                plan.kind.key().to_owned(),
+                plan.artefact(file, meta.len(), 0.0),
+            );
+        } else {
+            todo.push(plan);
+        }
+    }
+    if todo.iter().any(|p| p.tree.is_some()) && !host::is_root() {
+        bail!(
+            "building root disks needs root (debootstrap, chroot, device nodes): \
+             run `sudo -E cargo xtask images` (or as root)"
+        );
+    }
+    manifest.save()?;
+    for plan in &todo {
+        let (file, size, seconds) = planner.build(plan, &scratch)?;
+        manifest.artefacts.insert(
+            plan.kind.key().to_owned(),
+            plan.artefact(file, size, seconds),
+        );
+        manifest.save()?;
+    }
+    prune(&manifest, &dir, args.only.is_empty().then_some(&planner))?;
+    reset_dir(&scratch)?;
+    for kind in Kind::ALL {
+        if let (Some(a), Some(path)) = (manifest.get(kind), manifest.path(kind)) {
+            eprintln!(
+                "images: {:<18} {:>10}  {}",
+                kind.key(),
+                mib(a.size_bytes),
+                path.display()
+            );
+        }
+    }
+    eprintln!(
+        "images: done in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(manifest)
+}
+
+/// One artefact to check or build.
+struct Plan {
+    kind: Kind,
+    inputs: Inputs,
+    hash: String,
+    /// For root disks: the stage-1 tree (hash, inputs).
+    tree: Option<(String, Inputs)>,
+}
+
+impl Plan {
+    fn artefact(&self, file: String, size_bytes: u64, build_seconds: f64) -> Artefact {
+        Artefact {
+            file,
+            hash: self.hash.clone(),
+            size_bytes,
+            build_seconds: (build_seconds * 10.0).round() / 10.0,
+            inputs: self.inputs.entries().clone(),
+        }
+    }
+}
+
+/// Computes inputs and runs builds.
+struct Planner<'a> {
+    ws: &'a Workspace,
+    dir: &'a Path,
+    bins: &'a guest_bins::GuestBins,
+    archive: Option<apt::Archive>,
+}
+
+impl Planner<'_> {
+    fn archive(&mut self) -> Result<apt::Archive> {
+        if let Some(a) = &self.archive {
+            return Ok(a.clone());
+        }
+        let archive = apt::host_archive()?;
+        self.archive = Some(archive.clone());
+        Ok(archive)
+    }
+
+    fn plan(&mut self, kind: Kind) -> Result<Plan> {
+        let mut inputs = Inputs::new(kind.key());
+        let mut tree = None;
+        match kind {
+            Kind::Kernel => {
+                let fragment = kernel::read_fragment(self.ws)?;
+                inputs
+                    .add("fragment-sha256", sha256_hex(fragment.as_bytes()))
+                    .add(
+                        kernel::SOURCE_PACKAGE,
+                        apt::installed_version(kernel::SOURCE_PACKAGE)?,
+                    )
+                    .add("gcc", kernel::compiler_version()?);
+            }
+            Kind::Initramfs => {
+                inputs.add("airlock-init-sha256", digest(&self.bins.init)?);
+            }
+            Kind::RootfsRaw | Kind::RootfsPython | Kind::RootfsJavascript => {
+                let lang =
+                    Language::of_kind(kind).context("a root disk kind without a language")?;
+                let archive = self.archive()?;
+                let versions = apt::package_versions(
+                    lang.packages(),
+                    &archive,
+                    &self.dir.join("apt-versions.json"),
+                )?;
+                let mut tree_inputs = Inputs::new(&format!("tree-{}", lang.name()));
+                tree_inputs
+                    .add("mirror", archive.mirror.as_str())
+                    .add("suite", archive.suite.as_str());
+                for (package, version) in &versions {
+                    tree_inputs.add(format!("package {package}"), version.as_str());
+                }
+                let tree_hash = tree_inputs.hash();
+                for (label, value) in tree_inputs.entries() {
+                    if label != "artefact" {
+                        inputs.add(label.clone(), value.clone());
+                    }
+                }
+                inputs.add("tree", tree_hash.as_str());
+                let agent = match &self.bins.agent {
+                    Some(path) => digest(path)?,
+                    None => "absent".to_owned(),
+                };
+                inputs.add("airlock-agent-sha256", agent);
+                tree = Some((tree_hash, tree_inputs));
+            }
+        }
+        let hash = inputs.hash();
+        Ok(Plan {
+            kind,
+            inputs,
+            hash,
+            tree,
+        })
+    }
+
+    /// Builds one artefact into `scratch`, renames it into place; returns
+    /// (file name, size, seconds).
+    fn build(&self, plan: &Plan, scratch: &Path) -> Result<(String, u64, f64)> {
+        let file = plan.kind.file_name(&plan.hash);
+        let tmp_out = scratch.join(&file);
+        let step = Step::start_quiet(format!("{}: build {file}", plan.kind.key()));
+        match plan.kind {
+            Kind::Kernel => {
+                let version = plan
+                    .inputs
+                    .entries()
+                    .get(kernel::SOURCE_PACKAGE)
+                    .cloned()
+                    .unwrap_or_default();
+                let work = self.dir.join("work");
+                std::fs::create_dir_all(&work)
+                    .with_context(|| format!("create {}", work.display()))?;
+                kernel::build(self.ws, &version, &work, &tmp_out)?;
+            }
+            Kind::Initramfs => {
+                let init = std::fs::read(&self.bins.init)
+                    .with_context(|| format!("read {}", self.bins.init.display()))?;
+                let archive = initramfs::write_newc(&initramfs::airlock_entries(init));
+                std::fs::write(&tmp_out, archive)
+                    .with_context(|| format!("write {}", tmp_out.display()))?;
+            }
+            Kind::RootfsRaw | Kind::RootfsPython | Kind::RootfsJavascript => {
+                let lang =
+                    Language::of_kind(plan.kind).context("a root disk kind without a language")?;
+                let (tree_hash, _) = plan
+                    .tree
+                    .as_ref()
+                    .context("a root disk plan without a tree")?;
+                let tree = self.ensure_tree(lang, tree_hash, scratch)?;
+                let uuid = uuid_from_hash(&plan.hash);
+                rootfs::build_image(
+                    lang,
+                    &tree,
+                    self.bins.agent.as_deref(),
+                    scratch,
+                    &uuid,
+                    &tmp_out,
+                )?;
+            }
+        }
+        let final_path = self.dir.join(&file);
+        std::fs::rename(&tmp_out, &final_path)
+            .with_context(|| format!("rename {} to {}", tmp_out.display(), final_path.display()))?;
+        let size = std::fs::metadata(&final_path)?.len();
+        let seconds = step.done(&mib(size));
+        Ok((file, size, seconds))
+    }
+
+    /// The stage-1 tree of `lang`, built when absent.
+    fn ensure_tree(&self, lang: Language, tree_hash: &str, scratch: &Path) -> Result<PathBuf> {
+        let trees = self.dir.join("trees");
+        let tree = trees.join(tree_dir_name(lang, tree_hash));
+        if tree.join("etc/passwd").is_file() {
+            eprintln!(
+                "images: rootfs-{}: reusing tree {}",
+                lang.name(),
+                tree.display()
+            );
+            return Ok(tree);
+        }
+        std::fs::create_dir_all(&trees).with_context(|| format!("create {}", trees.display()))?;
+        let tmp_tree = scratch.join(format!("tree-{}", lang.name()));
+        let log = scratch.join(format!("rootfs-{}-debootstrap.log", lang.name()));
+        let archive = self
+            .archive
+            .clone()
+            .context("root disk planned without an archive")?;
+        rootfs::build_tree(lang, &archive, &self.dir.join("debs"), &tmp_tree, &log)?;
+        std::fs::rename(&tmp_tree, &tree)
+            .with_context(|| format!("rename to {}", tree.display()))?;
+        Ok(tree)
+    }
+}
+
+fn tree_dir_name(lang: Language, tree_hash: &str) -> String {
+    format!(
+        "{}-{}",
+        lang.name(),
+        tree_hash.get(..16).unwrap_or(tree_hash)
+    )
+}
+
+/// A UUID-shaped string from a hash (mkfs `-U` and `hash_seed`).
+fn uuid_from_hash(hash: &str) -> String {
+    let h: String = hash
+        .chars()
+        .chain(std::iter::repeat('0'))
+        .take(32)
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn digest(path: &Path) -> Result<String> {
+    sha256_file(path).with_context(|| format!("hash {}", path.display()))
+}
+
+/// Removes artefacts not in the manifest and, after a full run, trees that
+/// no current root disk uses.
+fn prune(manifest: &Manifest, dir: &Path, full_run: Option<&Planner<'_>>) -> Result<()> {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("list {}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for stale in manifest.stale_files(&names) {
+        eprintln!("images: pruning old {stale}");
+        std::fs::remove_file(dir.join(&stale)).with_context(|| format!("remove {stale}"))?;
+    }
+    if full_run.is_none() {
+        return Ok(());
+    }
+    let keep: Vec<String> = Language::ALL
+        .into_iter()
+        .filter_map(|lang| {
+            let tree = manifest.get(lang.kind())?.inputs.get("tree")?;
+            Some(tree_dir_name(lang, tree))
+        })
+        .collect();
+    let Ok(trees) = std::fs::read_dir(dir.join("trees")) else {
+        return Ok(());
+    };
+    for entry in trees.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) {
+            eprintln!("images: pruning old tree {name}");
+            std::fs::remove_dir_all(entry.path()).with_context(|| format!("remove tree {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes the images dir's lock (waits for another run to finish).
+fn lock(dir: &Path) -> Result<Flock<std::fs::File>> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((file, _)) => {
+            eprintln!(
+                "images: another `cargo xtask images` holds {}: waiting",
+                path.display()
+            );
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| anyhow::anyhow!("lock {}: {errno}", path.display()))
+        }
+    }
+}
+
+/// Empties (or creates) a scratch dir.
+fn reset_dir(path: &Path) -> Result<()> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).with_context(|| format!("remove {}", path.display()))?;
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))
+}
+
+/// Runs a command with its output appended to `log`; on failure, the error
+/// carries the command, the log's last lines and its path.
+fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open log {}", log.display()))?;
+    writeln!(out, "$ {cmd:?}").with_context(|| format!("write {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("dup {}", log.display()))?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .with_context(|| format!("cannot start {:?}: is it installed?", cmd.get_program()))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        bail!(
+            "command failed ({status}): {cmd:?}\n--- last lines of {} ---\n{tail}",
+            log.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; fails with its stderr.
+fn command_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {:?}: is it installed?", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "command failed ({}): {cmd:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_from_hash_is_uuid_shaped() {
+        let uuid = uuid_from_hash(&"0123456789abcdef".repeat(4));
+        assert_eq!(uuid, "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(uuid_from_hash("ab").len(), 36);
+    }
+
+    #[test]
+    fn manifest_keys_are_the_documented_ones() {
+        let keys: Vec<_> = Kind::ALL.into_iter().map(Kind::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "kernel",
+                "initramfs",
+                "rootfs-raw",
+                "rootfs-python",
+                "rootfs-javascript"
+            ]
+        );
+    }
+
+    #[test]
+    fn images_dir_honours_the_override() {
+        // Only reads the environment; other tests do not set it.
+        if std::env::var_os(IMAGES_ENV).is_some() {
+            return;
+        }
+        let dir = images_dir().unwrap();
+        assert!(dir.ends_with("airlock/images"));
+    }
+
+    #[test]
+    fn run_logged_reports_the_log_tail() {
+        let log = std::env::temp_dir().join(format!("xtask-log-{}", std::process::id()));
+        let err =
+            run_logged(Command::new("sh").args(["-c", "echo boom; exit 3"]), &log).unwrap_err();
+        std::fs::remove_file(&log).unwrap();
+        let text = err.to_string();
+        assert!(
+            text.contains("boom") && text.contains("exit status: 3"),
+            "{text}"
+        );
+    }
 }

@@ -1,0 +1,53 @@
+//! The pure logic of `airlock-init`, the first process of every Airlock guest.
+//!
+//! `airlock-init` is PID 1 inside the VM. It lives alone in the initramfs,
+//! mounts `/proc`, `/sys` and `/dev`, finds the root disk by its virtio
+//! serial (`airlock-root`), mounts it read-only with tmpfs for `/tmp` and the
+//! sandbox home, switches root and runs the guest agent as its child. It
+//! reaps zombies and powers the VM off when the agent exits.
+//!
+//! This library holds the decisions, free of syscalls so they are tested on
+//! the host: the kernel command line contract ([`BootArgs`]), the root disk
+//! choice ([`find_root_disk`]) and the console line with the boot milestones
+//! ([`Milestones`]). The binary (`src/main.rs`) is the thin effectful shell.
+//!
+//! It does not speak the host protocol (that is `airlock-agent`), load
+//! kernel modules (the guest kernel has none) or run user code.
+//!
+//! Layer: guest side, below the agent; built static by `cargo xtask images`
+//! and packed as `/init` into the initramfs.
+//!
+//! ```
+//! use airlock_init::{find_root_disk, BootArgs, DiskSerial, Milestones};
+//!
+//! let args = BootArgs::parse("console=ttyS0 airlock.tmp_mib=32").unwrap();
+//! assert_eq!((args.tmp_mib, args.home_mib), (32, 256));
+//!
+//! let disks = [DiskSerial::new("vda", "airlock-root\n")];
+//! assert_eq!(find_root_disk(&disks, "airlock-root"), Some("vda"));
+//!
+//! let line = Milestones { kernel_ms: 800, root_ms: 850, agent_ms: 860 }.ready_line();
+//! assert_eq!(line, "airlock-init: ready kernel_ms=800 root_ms=850 agent_ms=860");
+//! ```
+
+mod cmdline;
+mod error;
+mod milestones;
+mod rootdisk;
+
+pub use cmdline::{BootArgs, DEFAULT_HOME_MIB, DEFAULT_TMP_MIB, MAX_TMPFS_MIB};
+pub use error::InitError;
+pub use milestones::Milestones;
+pub use rootdisk::{describe_disks, find_root_disk, DiskSerial, ROOT_SERIAL};
+
+/// Where the agent lives in every root disk.
+pub const AGENT_PATH: &str = "/usr/local/bin/airlock-agent";
+
+/// Numeric id of the unprivileged `sandbox` user (and its group).
+pub const SANDBOX_UID: u32 = 1000;
+
+/// The sandbox user's home: a size-capped tmpfs owned by [`SANDBOX_UID`].
+pub const SANDBOX_HOME: &str = "/home/sandbox";
+
+/// Prefix of every line `airlock-init` writes to the console.
+pub const LOG_PREFIX: &str = "airlock-init:";

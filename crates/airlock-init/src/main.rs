@@ -1,0 +1,308 @@
+//! `airlock-init`: PID 1 of Airlock guests.
+//!
+//! The effectful shell around the `airlock_init` library: mounts, root
+//! switch, agent supervision and power-off. Every failure prints one
+//! `airlock-init: fatal: ...` line on the console and powers the VM off;
+//! init never hangs and never panics on bad input.
+
+use airlock_init::{
+    describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, AGENT_PATH,
+    LOG_PREFIX, ROOT_SERIAL, SANDBOX_HOME, SANDBOX_UID,
+};
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::{chdir, chroot, Pid};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Where the root disk is mounted before the switch.
+const NEW_ROOT: &str = "/sysroot";
+/// How long to wait for the root disk to appear.
+const ROOT_DISK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two looks at `/sys/block`.
+const ROOT_DISK_POLL: Duration = Duration::from_millis(5);
+/// Size cap of `/run`, in MiB.
+const RUN_MIB: u64 = 16;
+/// Where the kernel takes the machine restart method.
+const REBOOT_TYPE: &str = "/sys/kernel/reboot/type";
+/// The agent's PATH.
+const AGENT_PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn main() {
+    match boot() {
+        Ok(status) => console(&format!(
+            "{LOG_PREFIX} agent exited ({status}), powering off"
+        )),
+        Err(err) => console(&format!("{LOG_PREFIX} fatal: {err}")),
+    }
+    power_off();
+}
+
+/// The whole boot; returns how the agent ended.
+fn boot() -> Result<String, InitError> {
+    let kernel_ms = boottime_ms();
+    mount_kernel_filesystems()?;
+    restart_by_triple_fault()?;
+    load_modules();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|source| InitError::Io {
+        what: "read /proc/cmdline".into(),
+        source,
+    })?;
+    let args = BootArgs::parse(&cmdline)?;
+    let disk = wait_for_root_disk()?;
+    mount_new_root(&disk, &args)?;
+    switch_root()?;
+    let root_ms = boottime_ms();
+    let agent = spawn_agent()?;
+    let agent_ms = boottime_ms();
+    console(
+        &Milestones {
+            kernel_ms,
+            root_ms,
+            agent_ms,
+        }
+        .ready_line(),
+    );
+    Ok(supervise(agent))
+}
+
+/// `/proc` (pids of other users hidden), `/sys` and `/dev` in the initramfs.
+fn mount_kernel_filesystems() -> Result<(), InitError> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", hardened, Some("hidepid=2"))?;
+    mount_fs("sysfs", "/sys", "sysfs", hardened, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+}
+
+/// Loads kernel modules. The guest kernel has every driver built in and
+/// module loading disabled, so there is nothing to load: this is a
+/// deliberate no-op kept as the place to do it should that ever change.
+fn load_modules() {}
+
+/// Polls `/sys/block` until a disk carries [`ROOT_SERIAL`]; returns its
+/// `/dev` path.
+fn wait_for_root_disk() -> Result<String, InitError> {
+    let start = Instant::now();
+    loop {
+        let disks = read_disk_serials();
+        if let Some(name) = find_root_disk(&disks, ROOT_SERIAL) {
+            return Ok(format!("/dev/{name}"));
+        }
+        if start.elapsed() >= ROOT_DISK_TIMEOUT {
+            return Err(InitError::RootDiskNotFound {
+                serial: ROOT_SERIAL.into(),
+                waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                seen: describe_disks(&disks),
+            });
+        }
+        std::thread::sleep(ROOT_DISK_POLL);
+    }
+}
+
+/// Every block device with a readable serial (disks without one are skipped).
+fn read_disk_serials() -> Vec<DiskSerial> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let serial = std::fs::read_to_string(entry.path().join("serial")).ok()?;
+            Some(DiskSerial { name, serial })
+        })
+        .collect()
+}
+
+/// The root disk read-only under [`NEW_ROOT`], with size-capped tmpfs for
+/// `/tmp`, `/run` and the sandbox home.
+fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
+    let root_flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_fs(disk, NEW_ROOT, "ext4", root_flags, None)?;
+    let scratch = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let tmp = format!("mode=1777,size={}m", args.tmp_mib);
+    mount_fs(
+        "tmpfs",
+        &format!("{NEW_ROOT}/tmp"),
+        "tmpfs",
+        scratch,
+        Some(&tmp),
+    )?;
+    let run = format!("mode=0755,size={RUN_MIB}m");
+    mount_fs(
+        "tmpfs",
+        &format!("{NEW_ROOT}/run"),
+        "tmpfs",
+        scratch,
+        Some(&run),
+    )?;
+    let home = format!(
+        "mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID},size={}m",
+        args.home_mib
+    );
+    mount_fs(
+        "tmpfs",
+        &format!("{NEW_ROOT}{SANDBOX_HOME}"),
+        "tmpfs",
+        scratch,
+        Some(&home),
+    )?;
+    for dir in ["/dev", "/proc", "/sys"] {
+        move_mount(dir, &format!("{NEW_ROOT}{dir}"))?;
+    }
+    let dev = format!("{NEW_ROOT}/dev");
+    make_dir(&format!("{dev}/pts"))?;
+    let pts = "newinstance,ptmxmode=0666,mode=0620";
+    mount_fs(
+        "devpts",
+        &format!("{dev}/pts"),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(pts),
+    )?;
+    make_dir(&format!("{dev}/shm"))?;
+    mount_fs("tmpfs", &format!("{dev}/shm"), "tmpfs", scratch, Some(&tmp))
+}
+
+/// Frees the initramfs (removes `/init`), then makes [`NEW_ROOT`] the root:
+/// `MS_MOVE` onto `/` and `chroot`, as switch_root does.
+fn switch_root() -> Result<(), InitError> {
+    // The initramfs holds nothing else worth freeing (a few empty dirs).
+    std::fs::remove_file("/init").map_err(|source| InitError::Io {
+        what: "free the initramfs (rm /init)".into(),
+        source,
+    })?;
+    chdir(NEW_ROOT).map_err(|source| sys(format!("chdir {NEW_ROOT}"), source))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|source| sys(format!("move {NEW_ROOT} to /"), source))?;
+    chroot(".").map_err(|source| sys("chroot to the new root".into(), source))?;
+    chdir("/").map_err(|source| sys("chdir / in the new root".into(), source))
+}
+
+/// Starts the agent with a minimal environment and the console as stdio.
+fn spawn_agent() -> Result<Child, InitError> {
+    Command::new(AGENT_PATH)
+        .env_clear()
+        .env("PATH", AGENT_PATH_ENV)
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .current_dir("/")
+        .spawn()
+        .map_err(|source| InitError::AgentSpawn {
+            path: AGENT_PATH.into(),
+            source,
+        })
+}
+
+/// Reaps every child (orphans are re-parented to PID 1) until the agent
+/// exits; returns how it ended. Signals are not forwarded to anyone.
+fn supervise(agent: Child) -> String {
+    let agent_pid = Pid::from_raw(i32::try_from(agent.id()).unwrap_or(i32::MAX));
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == agent_pid => {
+                return format!("exit code {code}")
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == agent_pid => {
+                return format!("killed by {signal}")
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(err) => return format!("lost track of it: waitpid: {err}"),
+        }
+    }
+}
+
+/// Makes every restart of the guest a triple fault, which resets the machine
+/// at once; QEMU, started with `-no-reboot`, exits on that reset.
+///
+/// The kernel's default restart methods do not work on microvm with
+/// `acpi=off`: there is no ACPI, no keyboard controller and no 0xcf9 port,
+/// and the BIOS fallback never returns (measured: QEMU kept running). Set
+/// early, so that a kernel panic (`panic=-1` restarts) also ends the VM.
+fn restart_by_triple_fault() -> Result<(), InitError> {
+    std::fs::write(REBOOT_TYPE, "triple").map_err(|source| InitError::Io {
+        what: format!("write {REBOOT_TYPE}"),
+        source,
+    })
+}
+
+/// Powers the VM off by restarting it (see [`restart_by_triple_fault`]).
+///
+/// `RB_POWER_OFF` cannot stop QEMU here: without ACPI the kernel only halts
+/// the CPUs and QEMU keeps running (measured).
+fn power_off() -> ! {
+    nix::unistd::sync();
+    // Idempotent; repeated in case init failed before setting it.
+    drop(restart_by_triple_fault());
+    let err = reboot(RebootMode::RB_AUTOBOOT);
+    console(&format!("{LOG_PREFIX} fatal: restart failed: {err:?}"));
+    // Exiting makes the kernel panic; `panic=-1` then restarts, which QEMU
+    // (`-no-reboot`) turns into an exit. Last resort, never a hang.
+    std::process::exit(1)
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    mount(Some(source), target, Some(fstype), flags, data)
+        .map_err(|err| sys(format!("mount {fstype} {source} on {target}"), err))
+}
+
+fn move_mount(from: &str, to: &str) -> Result<(), InitError> {
+    mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|err| sys(format!("move mount {from} to {to}"), err))
+}
+
+fn make_dir(path: &str) -> Result<(), InitError> {
+    if Path::new(path).is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir(path).map_err(|source| InitError::Io {
+        what: format!("mkdir {path}"),
+        source,
+    })
+}
+
+fn sys(what: String, source: nix::Error) -> InitError {
+    InitError::Sys { what, source }
+}
+
+/// Milliseconds since the kernel started (0 if the clock is unreadable).
+fn boottime_ms() -> u64 {
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| {
+            let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+            let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+            secs * 1000 + nanos / 1_000_000
+        })
+        .unwrap_or(0)
+}
+
+/// Writes one line to `/dev/console` (stderr if it cannot be opened).
+fn console(line: &str) {
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open("/dev/console");
+    let result = match opened {
+        Ok(mut console) => writeln!(console, "{line}"),
+        Err(_) => writeln!(std::io::stderr(), "{line}"),
+    };
+    // Nowhere left to report a failed console write.
+    drop(result);
+}

@@ -1,0 +1,488 @@
+//! Root disks, one per language: debootstrap (minbase) a tree, trim it, add
+//! the `sandbox` user, then ext4 and a compressed read-only qcow2.
+//!
+//! Two stages, each cached: the trimmed tree (slow: downloads and installs
+//! packages) is kept under `trees/` keyed by its package inputs, so an agent
+//! change only redoes the fast second stage (agent copy, mkfs, qemu-img).
+
+use super::apt::Archive;
+use super::progress::{mib, Step};
+use super::{run_logged, Kind};
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+/// A guest language, i.e. one root disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// bash, coreutils, busybox.
+    Raw,
+    /// python3 with venv and pip.
+    Python,
+    /// nodejs and npm.
+    Javascript,
+}
+
+impl Language {
+    /// Every language, in build order.
+    pub const ALL: [Language; 3] = [Language::Raw, Language::Python, Language::Javascript];
+
+    /// The language's name (`raw`, `python`, `javascript`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Raw => "raw",
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+        }
+    }
+
+    /// The artefact kind of its root disk.
+    pub fn kind(self) -> Kind {
+        match self {
+            Language::Raw => Kind::RootfsRaw,
+            Language::Python => Kind::RootfsPython,
+            Language::Javascript => Kind::RootfsJavascript,
+        }
+    }
+
+    /// The language of a root disk kind.
+    pub fn of_kind(kind: Kind) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.kind() == kind)
+    }
+
+    /// Packages added to debootstrap's minbase (their versions are inputs of
+    /// the disk's hash).
+    pub fn packages(self) -> &'static [&'static str] {
+        match self {
+            Language::Raw => &["bash", "coreutils", "busybox"],
+            Language::Python => &[
+                "bash",
+                "coreutils",
+                "python3",
+                "python3-venv",
+                "python3-pip",
+            ],
+            Language::Javascript => &["bash", "coreutils", "nodejs", "npm"],
+        }
+    }
+
+    /// Packages of [`Language::packages`] installed after debootstrap with
+    /// `apt-get` in the chroot: debootstrap's resolver ignores `Provides`,
+    /// and npm's dependencies need it (node-has, node-color-support, ...).
+    pub fn apt_packages(self) -> &'static [&'static str] {
+        match self {
+            Language::Javascript => &["npm"],
+            Language::Raw | Language::Python => &[],
+        }
+    }
+
+    /// Packages passed to debootstrap's `--include`.
+    pub fn debootstrap_packages(self) -> Vec<&'static str> {
+        let later = self.apt_packages();
+        self.packages()
+            .iter()
+            .copied()
+            .filter(|p| !later.contains(p))
+            .collect()
+    }
+
+    /// The largest the compressed qcow2 may be, in MiB; the build fails above.
+    pub fn budget_mib(self) -> u64 {
+        match self {
+            Language::Raw => 100,
+            Language::Python => 150,
+            Language::Javascript => 200,
+        }
+    }
+}
+
+/// Numeric id of the sandbox user and group.
+pub const SANDBOX_ID: u32 = 1000;
+/// Where the agent goes in every root disk.
+pub const AGENT_IN_ROOT: &str = "usr/local/bin/airlock-agent";
+
+/// The passwd, group, shadow and gshadow lines of the `sandbox` user.
+const SANDBOX_ENTRIES: [(&str, &str); 4] = [
+    (
+        "etc/passwd",
+        "sandbox:x:1000:1000:Airlock sandbox:/home/sandbox:/bin/bash",
+    ),
+    ("etc/group", "sandbox:x:1000:"),
+    ("etc/shadow", "sandbox:!::0:99999:7:::"),
+    ("etc/gshadow", "sandbox:!::"),
+];
+
+/// `text` (a passwd-style file) with `line` appended, unless an entry with
+/// the same name exists already. Fails when another entry holds the same
+/// numeric id (third field), which would alias the sandbox user.
+pub fn add_entry(text: &str, line: &str) -> Result<String> {
+    let mut fields = line.split(':');
+    let name = fields.next().unwrap_or_default();
+    let id = fields.nth(1).filter(|id| id.parse::<u32>().is_ok());
+    for existing in text.lines() {
+        let mut ef = existing.split(':');
+        let ename = ef.next().unwrap_or_default();
+        if ename == name {
+            return Ok(text.to_owned());
+        }
+        if let (Some(id), Some(eid)) = (id, ef.nth(1)) {
+            if eid == id {
+                bail!("id {id} is already taken by {ename:?}: cannot add the sandbox user");
+            }
+        }
+    }
+    let mut out = text.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(line);
+    out.push('\n');
+    Ok(out)
+}
+
+/// Paths under the tree whose content is removed by [`trim`]: docs (but
+/// copyright files), man pages, locales, apt lists and caches, logs.
+const TRIMMED_DIRS: [&str; 9] = [
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/linda",
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "var/log",
+];
+
+/// Stage 1: debootstraps, trims and configures the tree of `lang` into
+/// `tree` (which must not exist). `debs` caches downloaded packages.
+pub fn build_tree(
+    lang: Language,
+    archive: &Archive,
+    debs: &Path,
+    tree: &Path,
+    log: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(debs).with_context(|| format!("create {}", debs.display()))?;
+    let include = lang.debootstrap_packages().join(",");
+    let step = Step::start(format!(
+        "rootfs-{}: debootstrap --variant=minbase {} (+{include})",
+        lang.name(),
+        archive.suite
+    ));
+    run_logged(
+        Command::new("debootstrap")
+            .arg("--variant=minbase")
+            .arg("--arch=amd64")
+            .arg(format!("--include={include}"))
+            .arg(format!("--cache-dir={}", debs.display()))
+            .arg(&archive.suite)
+            .arg(tree)
+            .arg(&archive.mirror),
+        log,
+    )?;
+    step.done("");
+    if !lang.apt_packages().is_empty() {
+        let packages = lang.apt_packages();
+        let step = Step::start(format!(
+            "rootfs-{}: apt-get install {}",
+            lang.name(),
+            packages.join(" ")
+        ));
+        run_logged(chroot_apt(tree).args(["update", "-q"]), log)?;
+        run_logged(
+            chroot_apt(tree)
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(packages),
+            log,
+        )?;
+        run_logged(chroot_apt(tree).arg("clean"), log)?;
+        step.done("");
+    }
+    let step = Step::start(format!("rootfs-{}: trim and configure", lang.name()));
+    trim(tree)?;
+    configure(tree)?;
+    step.done(&format!("tree {}", mib(tree_bytes(tree))));
+    Ok(())
+}
+
+/// `apt-get` inside the tree (non-interactive).
+fn chroot_apt(tree: &Path) -> Command {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(tree)
+        .arg("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C");
+    cmd
+}
+
+/// Removes what a sandbox never reads (see [`TRIMMED_DIRS`]) and every doc
+/// file but the copyright notices.
+fn trim(tree: &Path) -> Result<()> {
+    for dir in TRIMMED_DIRS {
+        empty_dir(&tree.join(dir), &|_| false)?;
+    }
+    empty_dir(&tree.join("usr/share/doc"), &|name| name == "copyright")?;
+    for file in [
+        "var/lib/dpkg/status-old",
+        "var/lib/dpkg/diversions-old",
+        "var/cache/ldconfig/aux-cache",
+    ] {
+        let path = tree.join(file);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything under `dir` except files for which `keep` says so
+/// (and the directories holding them).
+fn empty_dir(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<bool> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(false);
+    };
+    let mut kept_any = false;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("stat {}", path.display()))?;
+        if file_type.is_dir() {
+            if empty_dir(&path, keep)? {
+                kept_any = true;
+            } else {
+                std::fs::remove_dir(&path).with_context(|| format!("remove {}", path.display()))?;
+            }
+        } else if keep(&entry.file_name().to_string_lossy()) {
+            kept_any = true;
+        } else {
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+    }
+    Ok(kept_any)
+}
+
+/// The sandbox user, mount points, host name and a resolv.conf the agent
+/// can write (root is read-only, `/run` is a tmpfs).
+fn configure(tree: &Path) -> Result<()> {
+    for (file, line) in SANDBOX_ENTRIES {
+        let path = tree.join(file);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let updated = add_entry(&text, line).with_context(|| format!("edit {}", path.display()))?;
+        std::fs::write(&path, updated).with_context(|| format!("write {}", path.display()))?;
+    }
+    let home = tree.join("home/sandbox");
+    std::fs::create_dir_all(&home).with_context(|| format!("create {}", home.display()))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::chown(&home, Some(SANDBOX_ID), Some(SANDBOX_ID))
+        .with_context(|| format!("chown {}", home.display()))?;
+    for (dir, mode) in [("tmp", 0o1777), ("run", 0o755), ("usr/local/bin", 0o755)] {
+        let path = tree.join(dir);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    std::fs::write(tree.join("etc/hostname"), "airlock\n")?;
+    std::fs::write(tree.join("etc/hosts"), "127.0.0.1\tlocalhost airlock\n")?;
+    // debootstrap copies the host's resolv.conf: never ship it.
+    let resolv = tree.join("etc/resolv.conf");
+    if resolv.symlink_metadata().is_ok() {
+        std::fs::remove_file(&resolv).with_context(|| format!("remove {}", resolv.display()))?;
+    }
+    symlink("../run/resolv.conf", &resolv).with_context(|| format!("link {}", resolv.display()))?;
+    Ok(())
+}
+
+/// Stage 2: puts the agent (if built) in `tree`, then makes `out` (qcow2)
+/// through an ext4 image in `scratch`. `uuid` makes mkfs reproducible.
+pub fn build_image(
+    lang: Language,
+    tree: &Path,
+    agent: Option<&Path>,
+    scratch: &Path,
+    uuid: &str,
+    out: &Path,
+) -> Result<u64> {
+    let agent_dst = tree.join(AGENT_IN_ROOT);
+    match agent {
+        Some(agent) => {
+            std::fs::copy(agent, &agent_dst)
+                .with_context(|| format!("copy {} to {}", agent.display(), agent_dst.display()))?;
+            std::fs::set_permissions(&agent_dst, std::fs::Permissions::from_mode(0o755))?;
+        }
+        None => {
+            eprintln!(
+                "images: rootfs-{}: no airlock-agent crate yet: the disk has no agent",
+                lang.name()
+            );
+            if agent_dst.exists() {
+                std::fs::remove_file(&agent_dst)?;
+            }
+        }
+    }
+    let (bytes, inodes) = tree_usage(tree);
+    let size_mib = ext4_size_mib(bytes, inodes);
+    let ext4 = scratch.join(format!("rootfs-{}.ext4", lang.name()));
+    let log = scratch.join(format!("rootfs-{}-image.log", lang.name()));
+    let step = Step::start(format!(
+        "rootfs-{}: mkfs.ext4 ({size_mib} MiB, {inodes} files)",
+        lang.name()
+    ));
+    run_logged(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-m", "0", "-O", "^has_journal"])
+            .args(["-L", &format!("airlock-{}", lang.name())])
+            .args([
+                "-U",
+                uuid,
+                "-E",
+                &format!("hash_seed={uuid},root_owner=0:0"),
+            ])
+            .args(["-N", &(inodes + 1024).to_string()])
+            .arg("-d")
+            .arg(tree)
+            .arg(&ext4)
+            .arg(format!("{size_mib}M"))
+            .env("E2FSPROGS_FAKE_TIME", "1"),
+        &log,
+    )?;
+    step.done("");
+    let step = Step::start(format!(
+        "rootfs-{}: qemu-img convert -c (compressed qcow2)",
+        lang.name()
+    ));
+    run_logged(
+        Command::new("qemu-img")
+            .args(["convert", "-c", "-O", "qcow2"])
+            .arg(&ext4)
+            .arg(out),
+        &log,
+    )?;
+    std::fs::remove_file(&ext4).with_context(|| format!("remove {}", ext4.display()))?;
+    let size = std::fs::metadata(out)
+        .with_context(|| format!("stat {}", out.display()))?
+        .len();
+    step.done(&mib(size));
+    if size > lang.budget_mib() * 1024 * 1024 {
+        bail!(
+            "rootfs-{} is {} which is over its budget of {} MiB: trim more in xtask/src/images/rootfs.rs",
+            lang.name(),
+            mib(size),
+            lang.budget_mib()
+        );
+    }
+    Ok(size)
+}
+
+/// ext4 size for a tree: its blocks plus 10 % and 16 MiB for metadata, in
+/// whole MiB. `bytes` is already rounded to blocks.
+pub fn ext4_size_mib(bytes: u64, inodes: u64) -> u64 {
+    let inode_table = inodes * 256;
+    let total = bytes + bytes / 10 + inode_table + 16 * 1024 * 1024;
+    total.div_ceil(1024 * 1024)
+}
+
+/// Bytes (rounded up to 4 KiB blocks) and entries of a tree.
+fn tree_usage(tree: &Path) -> (u64, u64) {
+    fn walk(dir: &Path, acc: &mut (u64, u64)) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            acc.1 += 1;
+            acc.0 += meta.len().div_ceil(4096).max(1) * 4096;
+            if meta.is_dir() {
+                walk(&entry.path(), acc);
+            }
+        }
+    }
+    let mut acc = (0, 0);
+    walk(tree, &mut acc);
+    acc
+}
+
+fn tree_bytes(tree: &Path) -> u64 {
+    tree_usage(tree).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+
+    #[test]
+    fn adds_the_sandbox_user() {
+        let out = add_entry(PASSWD, SANDBOX_ENTRIES[0].1).unwrap();
+        assert!(out.starts_with(PASSWD));
+        assert!(out.ends_with("sandbox:x:1000:1000:Airlock sandbox:/home/sandbox:/bin/bash\n"));
+    }
+
+    #[test]
+    fn adding_twice_changes_nothing() {
+        let once = add_entry(PASSWD, SANDBOX_ENTRIES[0].1).unwrap();
+        assert_eq!(add_entry(&once, SANDBOX_ENTRIES[0].1).unwrap(), once);
+    }
+
+    #[test]
+    fn refuses_a_taken_id() {
+        let text = "debian:x:1000:1000::/home/debian:/bin/sh\n";
+        let err = add_entry(text, SANDBOX_ENTRIES[0].1).unwrap_err();
+        assert!(err.to_string().contains("\"debian\""), "{err}");
+    }
+
+    #[test]
+    fn shadow_lines_have_no_id_and_append_cleanly() {
+        let out = add_entry("root:*:19000:0:99999:7:::", SANDBOX_ENTRIES[2].1).unwrap();
+        assert_eq!(out, "root:*:19000:0:99999:7:::\nsandbox:!::0:99999:7:::\n");
+    }
+
+    #[test]
+    fn ext4_size_leaves_room() {
+        let bytes = 170 * 1024 * 1024;
+        let size = ext4_size_mib(bytes, 10_000);
+        assert!(size * 1024 * 1024 > bytes + bytes / 10);
+        assert!(size < 250);
+        assert_eq!(ext4_size_mib(0, 0), 16);
+    }
+
+    #[test]
+    fn every_language_has_its_own_kind_and_packages() {
+        for lang in Language::ALL {
+            assert_eq!(Language::of_kind(lang.kind()), Some(lang));
+            assert!(lang.packages().contains(&"bash"));
+        }
+        assert!(Language::Python.packages().contains(&"python3-pip"));
+        assert_eq!(Language::Python.budget_mib(), 150);
+        assert_eq!(
+            Language::Javascript.debootstrap_packages(),
+            ["bash", "coreutils", "nodejs"]
+        );
+    }
+
+    #[test]
+    fn empty_dir_keeps_only_what_is_asked() {
+        let root = std::env::temp_dir().join(format!("xtask-trim-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("doc/a")).unwrap();
+        std::fs::create_dir_all(root.join("doc/b")).unwrap();
+        std::fs::write(root.join("doc/a/copyright"), "c").unwrap();
+        std::fs::write(root.join("doc/a/changelog.gz"), "x").unwrap();
+        std::fs::write(root.join("doc/b/README"), "x").unwrap();
+        empty_dir(&root.join("doc"), &|n| n == "copyright").unwrap();
+        let a: Vec<_> = std::fs::read_dir(root.join("doc/a"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        let b_exists = root.join("doc/b").exists();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(a, ["copyright"]);
+        assert!(!b_exists);
+    }
+}
