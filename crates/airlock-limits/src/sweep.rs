@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use crate::backend::{Backend, GroupDir, REQUIRED_CONTROLLERS};
 use crate::cgroupfs::group_pids;
@@ -129,9 +129,11 @@ pub(crate) fn sweep(backend: &Backend, options: &SweepOptions) -> SweepReport {
     for ((tenant, vm), dirs) in groups {
         let name = GroupId::new(&tenant, &vm)
             .map_or_else(|_| format!("{tenant}/{vm}"), |id| id.to_string());
-        let pids: Vec<u32> = dirs.iter().flat_map(|d| group_pids(&d.path)).collect();
+        let mut pids: Vec<u32> = dirs.iter().flat_map(|d| group_pids(&d.path)).collect();
+        pids.sort_unstable();
+        pids.dedup();
         if !pids.is_empty() {
-            warn!(group = %name, ?pids, "limits group has live processes; left alone");
+            debug!(group = %name, ?pids, "limits group has live processes (another run): left alone");
             report.busy.push(name);
             continue;
         }
