@@ -4,6 +4,7 @@
 //! guest images), so that a fresh clone on a fresh machine works with one
 //! command. Tasks print what they do on stderr.
 
+mod demo;
 mod host;
 mod images;
 mod lint;
@@ -28,6 +29,8 @@ enum Task {
     Test(test::TestArgs),
     /// fmt check and clippy only.
     Lint,
+    /// Install what the host lacks, build the images, run code in VMs.
+    Demo,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Task::Images(args) => images::run(&args).map(|_| ()),
         Task::Test(args) => test::run(&args),
         Task::Lint => lint::run(),
+        Task::Demo => demo::run(),
     }
 }

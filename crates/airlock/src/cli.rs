@@ -1,0 +1,455 @@
+//! The command line of the `airlock` binary (kept in the library so its
+//! parsing is unit-tested).
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::request::{parse_env_pair, RunRequest, DEFAULT_MEMORY_MIB};
+use crate::scheduler::{RunObserver, Scheduler, Stage};
+use crate::vm::OutputStream;
+use airlock_protocol::Language;
+use clap::{Args, Parser, Subcommand};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Exit status when the code timed out.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when Airlock itself failed.
+pub const EXIT_AIRLOCK_FAILED: i32 = 125;
+/// Exit status after Ctrl-C.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Runs untrusted code in throw-away QEMU microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run code in a fresh VM and print its output.
+    #[command(allow_negative_numbers = true)]
+    Run(RunArgs),
+    /// Show what the host offers (accelerator, QEMU, images, cgroups,
+    /// gvproxy) and what to fix.
+    Doctor,
+}
+
+/// Arguments of `airlock run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The code, or a file holding it (its extension picks the language).
+    /// Without it and without -c, the code is read from stdin.
+    pub code_or_file: Option<String>,
+    /// A line of code (repeatable; lines are joined with newlines).
+    #[arg(short = 'c', long = "code")]
+    pub code: Vec<String>,
+    /// python, javascript or raw (bash). Default: from the file extension,
+    /// else python.
+    #[arg(short, long)]
+    pub language: Option<String>,
+    /// Timeout for the code, in seconds (boot not included).
+    #[arg(short, long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Guest memory in MiB.
+    #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// An environment variable for the code (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Print the whole result as JSON on stdout instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line and no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the kernel and init log to stderr, and full error details.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+impl RunArgs {
+    /// Turns the arguments into a request (reading the file or stdin).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad language, timeout or env pair,
+    /// [`Error::Io`] for an unreadable file or stdin.
+    pub fn to_request(&self, stdin: &mut dyn Read) -> Result<RunRequest, Error> {
+        let mut language = match &self.language {
+            Some(name) => Some(
+                name.parse::<Language>()
+                    .map_err(|e| Error::invalid("language", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let code = if !self.code.is_empty() {
+            if self.code_or_file.is_some() {
+                return Err(Error::invalid(
+                    "code",
+                    "give the code either as an argument or with -c, not both",
+                ));
+            }
+            self.code.join("\n")
+        } else if let Some(arg) = &self.code_or_file {
+            let path = Path::new(arg);
+            if looks_like_file(arg) && path.is_file() {
+                if language.is_none() {
+                    language = path
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .and_then(Language::from_extension);
+                }
+                std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?
+            } else {
+                arg.clone()
+            }
+        } else {
+            let mut code = String::new();
+            stdin
+                .read_to_string(&mut code)
+                .map_err(|e| Error::io("read", PathBuf::from("<stdin>"), e))?;
+            code
+        };
+        if !self.timeout.is_finite() || self.timeout <= 0.0 {
+            return Err(Error::invalid(
+                "timeout",
+                format!("{} is not a positive number of seconds", self.timeout),
+            ));
+        }
+        let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
+        request.timeout = Duration::try_from_secs_f64(self.timeout)
+            .map_err(|e| Error::invalid("timeout", e.to_string()))?;
+        request.memory_mib = self.memory;
+        request.vcpus = self.cpus;
+        for pair in &self.env {
+            let (k, v) = parse_env_pair(pair)?;
+            request.env.insert(k, v);
+        }
+        request.validate()?;
+        Ok(request)
+    }
+}
+
+/// Whether an argument is meant as a file name rather than code: no
+/// whitespace or code punctuation, and a known extension or a path separator.
+fn looks_like_file(arg: &str) -> bool {
+    !arg.contains(|c: char| c.is_whitespace() || "()'\";{}=$`".contains(c))
+        && (arg.contains('/')
+            || Path::new(arg)
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| Language::from_extension(e).is_some()))
+}
+
+/// Parses the arguments and runs the CLI; returns the process exit status.
+/// Help and version exit 0; bad usage exits 125 like any other failure of
+/// Airlock itself (so that 1..=123 always belong to the user's code).
+pub fn main_from_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => main(cli),
+        Err(e) => {
+            let code = if e.use_stderr() {
+                EXIT_AIRLOCK_FAILED
+            } else {
+                0
+            };
+            let _ = e.print();
+            if code != 0 {
+                eprintln!("airlock: hint: see `airlock --help`");
+            }
+            code
+        }
+    }
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main(cli: Cli) -> i32 {
+    let debug = matches!(&cli.command, Command::Run(a) if a.debug);
+    init_tracing(debug);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the runtime: {e}");
+            return EXIT_AIRLOCK_FAILED;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Doctor => crate::doctor::run().await,
+        }
+    })
+}
+
+fn init_tracing(debug: bool) {
+    let default = if debug { "airlock=debug,info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints an Airlock failure: one line, a hint, details with --debug.
+fn report_failure(error: &Error, debug: bool) {
+    let text = error.to_string();
+    let mut lines = text.lines();
+    eprintln!("airlock: error: {}", lines.next().unwrap_or_default());
+    if debug {
+        for line in lines {
+            eprintln!("  {line}");
+        }
+    }
+    if let Some(hint) = error.hint() {
+        eprintln!("airlock: hint: {hint}");
+    }
+}
+
+async fn run(args: RunArgs) -> i32 {
+    let request = match args.to_request(&mut std::io::stdin()) {
+        Ok(r) => r,
+        Err(e) => {
+            report_failure(&e, args.debug);
+            return EXIT_AIRLOCK_FAILED;
+        }
+    };
+    let config = Config {
+        debug_console: args.debug,
+        // One run, one VM: creating its overlay on demand is cheaper than
+        // filling a pool that would be thrown away.
+        overlay_pool_target: 0,
+        ..Config::default()
+    };
+    let scheduler = match Scheduler::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            report_failure(&e, args.debug);
+            return EXIT_AIRLOCK_FAILED;
+        }
+    };
+    let show_progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let mut observer = Terminal::new(show_progress, !args.json, request.language);
+    let result = tokio::select! {
+        result = scheduler.run_observed(request, &mut observer) => result,
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the run destroys its VM; the registry catches the rest.
+            observer.clear_progress();
+            let killed = crate::process::registry().kill_all();
+            eprintln!("airlock: interrupted ({} VM(s) stopped)", killed.len().max(1));
+            scheduler.manager().shutdown().await;
+            return EXIT_INTERRUPTED;
+        }
+    };
+    observer.clear_progress();
+    scheduler.manager().shutdown().await;
+    match result {
+        Ok(result) => {
+            if args.json {
+                match serde_json::to_string_pretty(&result) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("airlock: error: cannot encode the result: {e}");
+                        return EXIT_AIRLOCK_FAILED;
+                    }
+                }
+            } else if !args.quiet {
+                let t = &result.timings;
+                eprintln!(
+                    "airlock: exit {}{} in {} ms (boot {} ms, exec {} ms, teardown {} ms)",
+                    result.exit_code,
+                    if result.timed_out { " (timed out)" } else { "" },
+                    t.total_ms,
+                    t.overlay_ms + t.spawn_ms + t.guest_ready_ms,
+                    t.exec_ms,
+                    t.teardown_ms
+                );
+            }
+            if result.timed_out {
+                EXIT_TIMEOUT
+            } else {
+                result.exit_code
+            }
+        }
+        Err(e) => {
+            report_failure(&e, args.debug);
+            EXIT_AIRLOCK_FAILED
+        }
+    }
+}
+
+/// Streams output to the terminal and shows a progress line while booting.
+struct Terminal {
+    progress: bool,
+    stream_output: bool,
+    language: Language,
+    started: Instant,
+    spinner: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Terminal {
+    fn new(progress: bool, stream_output: bool, language: Language) -> Self {
+        Self {
+            progress,
+            stream_output,
+            language,
+            started: Instant::now(),
+            spinner: None,
+        }
+    }
+
+    fn clear_progress(&mut self) {
+        if let Some(spinner) = self.spinner.take() {
+            spinner.abort();
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+impl RunObserver for Terminal {
+    fn stage(&mut self, stage: Stage) {
+        match stage {
+            Stage::Booting if self.progress => {
+                let language = self.language;
+                let started = self.started;
+                self.spinner = Some(tokio::spawn(async move {
+                    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+                    let mut i = 0;
+                    loop {
+                        eprint!(
+                            "\r\x1b[2K{} booting a {language} VM... {:.1}s",
+                            FRAMES[i % FRAMES.len()],
+                            started.elapsed().as_secs_f64()
+                        );
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }));
+            }
+            Stage::Running | Stage::TearingDown => self.clear_progress(),
+            Stage::Booting => {}
+        }
+    }
+
+    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
+        if !self.stream_output {
+            return;
+        }
+        // A closed stdout (e.g. `| head`) must not abort the run.
+        let _ = match stream {
+            OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            OutputStream::Stderr => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(bytes).and_then(|()| err.flush())
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["airlock", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => a,
+            Command::Doctor => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn code_argument_defaults_to_python() {
+        let r = parse(&["print(1)"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(r.language, Language::Python);
+        assert_eq!(r.code, "print(1)");
+    }
+
+    #[test]
+    fn repeated_dash_c_lines_are_joined() {
+        let r = parse(&["-l", "raw", "-c", "echo a", "-c", "echo b"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(r.code, "echo a\necho b");
+        assert_eq!(r.language, Language::Raw);
+    }
+
+    #[test]
+    fn a_file_argument_is_read_and_its_extension_picks_the_language() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hello.js");
+        std::fs::write(&file, "console.log(1)").unwrap();
+        let r = parse(&[file.to_str().unwrap()])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(r.language, Language::Javascript);
+        assert_eq!(r.code, "console.log(1)");
+    }
+
+    #[test]
+    fn stdin_is_read_without_code_arguments() {
+        let r = parse(&["-l", "js"])
+            .to_request(&mut "console.log(2)".as_bytes())
+            .unwrap();
+        assert_eq!(r.code, "console.log(2)");
+    }
+
+    #[test]
+    fn options_map_to_the_request() {
+        let r = parse(&[
+            "-t", "2.5", "-m", "256", "--cpus", "2", "-e", "A=1", "-e", "B=x=y", "1",
+        ])
+        .to_request(&mut std::io::empty())
+        .unwrap();
+        assert_eq!(r.timeout, Duration::from_millis(2500));
+        assert_eq!((r.memory_mib, r.vcpus), (256, 2));
+        assert_eq!(r.env.get("B").map(String::as_str), Some("x=y"));
+    }
+
+    #[test]
+    fn bad_input_fails_before_any_vm_with_the_field_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-l", "cobol", "x"], "language"),
+            (&[""], "code"),
+            (&["-m", "1", "x"], "memory_mib"),
+            (&["-t", "0", "x"], "timeout"),
+            (&["-t", "nan", "x"], "timeout"),
+            (&["-e", "NOEQUALS", "x"], "env"),
+            (&["-e", "1BAD=v", "x"], "env"),
+            (&["-c", "a", "b"], "code"),
+        ];
+        for (args, field) in cases {
+            match parse(args).to_request(&mut std::io::empty()) {
+                Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, *field, "{args:?}"),
+                other => panic!("{args:?}: expected InvalidInput, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn code_that_mentions_a_file_is_still_code() {
+        assert!(!looks_like_file("print(open('/etc/x').read())"));
+        assert!(looks_like_file("script.py"));
+        assert!(looks_like_file("./run"));
+    }
+}

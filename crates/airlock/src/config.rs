@@ -1,0 +1,128 @@
+//! The orchestrator's configuration: one typed struct with defaults,
+//! validated once.
+
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The per-user cache dir: `$AIRLOCK_CACHE_DIR`, else `~/.cache/airlock`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AIRLOCK_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache").join("airlock")
+}
+
+/// The default dir for per-VM work dirs (sockets must stay short):
+/// `$AIRLOCK_RUN_DIR`, else `/run/airlock` for root, else
+/// `$XDG_RUNTIME_DIR/airlock`, else `/tmp/airlock-<uid>`.
+pub fn default_run_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AIRLOCK_RUN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/airlock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("airlock");
+    }
+    PathBuf::from(format!("/tmp/airlock-{uid}"))
+}
+
+/// How the orchestrator runs VMs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the guest images are.
+    pub images_dir: PathBuf,
+    /// Where per-VM work dirs go.
+    pub run_dir: PathBuf,
+    /// At most this many VMs at once; more runs wait (backpressure).
+    pub max_concurrent_vms: usize,
+    /// Deadline from QEMU start to the agent's first answer.
+    pub boot_timeout: Duration,
+    /// Boot attempts for transient failures (at least 1).
+    pub boot_attempts: u32,
+    /// Grace between SIGTERM and SIGKILL at teardown.
+    pub kill_grace: Duration,
+    /// Overlays kept ready per root disk (0: each VM creates its own, which
+    /// suits one-shot commands; a server wants a few).
+    pub overlay_pool_target: usize,
+    /// Echo the guest console to stderr (kernel and init log).
+    pub debug_console: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            images_dir: crate::images::Images::default_dir(),
+            run_dir: default_run_dir(),
+            max_concurrent_vms: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            boot_timeout: Duration::from_secs(60),
+            boot_attempts: 2,
+            kill_grace: Duration::from_secs(2),
+            overlay_pool_target: 2,
+            debug_console: false,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_concurrent_vms == 0 {
+            return Err(Error::Config(
+                "max_concurrent_vms must be at least 1".into(),
+            ));
+        }
+        if self.boot_attempts == 0 {
+            return Err(Error::Config("boot_attempts must be at least 1".into()));
+        }
+        if self.boot_timeout < Duration::from_millis(100) {
+            return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
+        }
+        // A work dir is run_dir/vms/<16 hex>/ and the longest socket name is
+        // "event.sock": keep room under the 108-byte sun_path.
+        let longest = self.run_dir.as_os_str().len() + "/vms/".len() + 16 + "/event.sock".len();
+        if longest >= 108 {
+            return Err(Error::Config(format!(
+                "run dir {} is too long for unix socket paths ({longest} >= 108 bytes): set AIRLOCK_RUN_DIR to a shorter path",
+                self.run_dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_long_run_dir_is_refused_with_the_fix() {
+        let config = Config {
+            run_dir: PathBuf::from(format!("/{}", "d".repeat(90))),
+            ..Config::default()
+        };
+        let msg = config.validate().unwrap_err().to_string();
+        assert!(msg.contains("AIRLOCK_RUN_DIR"), "{msg}");
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        let config = Config {
+            max_concurrent_vms: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! `airlock doctor`: what the host offers and what to fix.
+
+use crate::config::Config;
+use crate::host::Host;
+use crate::images::Images;
+use std::path::PathBuf;
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether `airlock run` can work as far as this check goes.
+    pub ok: bool,
+    /// What was found.
+    pub found: String,
+    /// How to fix it, when not ok.
+    pub fix: Option<String>,
+}
+
+/// Where gvproxy is: `$AIRLOCK_GVPROXY`, PATH, podman's libexec folders, or
+/// the copy `cargo xtask` puts in the cache.
+pub fn find_gvproxy() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AIRLOCK_GVPROXY") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("gvproxy"));
+    let fixed = [
+        PathBuf::from("/usr/libexec/podman/gvproxy"),
+        PathBuf::from("/usr/lib/podman/gvproxy"),
+        crate::config::cache_dir().join("bin").join("gvproxy"),
+    ];
+    on_path.chain(fixed).find(|p| p.is_file())
+}
+
+/// Runs every check.
+pub async fn checks() -> Vec<Check> {
+    let config = Config::default();
+    let mut out = Vec::new();
+    let images = Images::load(&config.images_dir);
+    match &images {
+        Ok(images) => out.push(Check {
+            name: "images",
+            ok: true,
+            found: format!(
+                "{} (kernel, initramfs, raw/python/javascript root disks)",
+                images.dir.display()
+            ),
+            fix: None,
+        }),
+        Err(e) => out.push(Check {
+            name: "images",
+            ok: false,
+            found: e.to_string(),
+            fix: Some(
+                "run `cargo xtask images` (or set AIRLOCK_IMAGES to a built images dir)".into(),
+            ),
+        }),
+    }
+    match images.as_ref().ok() {
+        Some(images) => match Host::probe(images).await {
+            Ok(host) => {
+                out.push(Check {
+                    name: "qemu",
+                    ok: true,
+                    found: format!(
+                        "{} ({})",
+                        host.qemu_binary.display(),
+                        host.caps.qemu_version
+                    ),
+                    fix: None,
+                });
+                out.push(Check {
+                    name: "accelerator",
+                    ok: true,
+                    found: format!("{} ({})", host.caps.accel.as_str(), host.accel_reason),
+                    fix: None,
+                });
+            }
+            Err(e) => out.push(Check {
+                name: "qemu",
+                ok: false,
+                found: e.to_string(),
+                fix: e.hint().map(str::to_owned).or_else(|| {
+                    Some("install the qemu-system-x86 package or set AIRLOCK_QEMU".into())
+                }),
+            }),
+        },
+        None => out.push(Check {
+            name: "accelerator",
+            ok: false,
+            found: "not probed: the KVM probe boots the guest kernel, which is missing".into(),
+            fix: Some("build the images first".into()),
+        }),
+    }
+    let limiter = tokio::task::spawn_blocking(|| {
+        airlock_limits::Limiter::probe(&airlock_limits::ProbeConfig::default())
+    })
+    .await;
+    match limiter {
+        Ok(limiter) => out.push(Check {
+            name: "limits",
+            ok: true,
+            found: format!("{}: {}", limiter.kind(), limiter.reason()),
+            fix: (limiter.kind() == airlock_limits::BackendKind::Rlimit).then(|| {
+                "only rlimits apply: run as root or in a delegated cgroup v2 (see docs/limits.md) for memory and CPU limits".to_owned()
+            }),
+        }),
+        Err(e) => out.push(Check {
+            name: "limits",
+            ok: false,
+            found: format!("probe failed: {e}"),
+            fix: None,
+        }),
+    }
+    out.push(Check {
+        name: "run dir",
+        ok: config.validate().is_ok(),
+        found: config.run_dir.display().to_string(),
+        fix: config.validate().err().map(|e| e.to_string()),
+    });
+    match find_gvproxy() {
+        Some(p) => out.push(Check {
+            name: "gvproxy",
+            ok: true,
+            found: p.display().to_string(),
+            fix: None,
+        }),
+        None => out.push(Check {
+            name: "gvproxy",
+            ok: true, // only network modes need it
+            found: "not found (needed only for --network and --expose)".into(),
+            fix: Some("install the `gvproxy` package or set AIRLOCK_GVPROXY".into()),
+        }),
+    }
+    out
+}
+
+/// Prints the report; exit status 0 when `airlock run` can work, else 1.
+pub async fn run() -> i32 {
+    let checks = checks().await;
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in &checks {
+        let mark = if c.ok { "ok  " } else { "FAIL" };
+        println!("{mark} {:width$}  {}", c.name, c.found);
+        if let Some(fix) = &c.fix {
+            println!("     {:width$}  fix: {fix}", "");
+        }
+    }
+    if checks.iter().all(|c| c.ok) {
+        0
+    } else {
+        1
+    }
+}

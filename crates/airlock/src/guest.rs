@@ -1,0 +1,182 @@
+//! Reaching the guest agent: connect to QEMU's virtio-serial sockets, check
+//! who serves them, and wait until the agent answers, racing QEMU's death.
+
+use crate::error::{Error, Result};
+use crate::process::{file_tail, QemuProcess};
+use airlock_protocol::client::{AgentInfo, Client};
+use airlock_protocol::ProtocolError;
+use rand::Rng;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+/// First wait between tries; doubled (with jitter) up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait between tries.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Exponential backoff with ±25% jitter (so parallel boots do not poll in
+/// lockstep): `FIRST_BACKOFF * 2^attempt`, capped.
+pub fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
+    let base = first.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let jitter = rand::thread_rng().gen_range(0.75..=1.25);
+    base.mul_f64(jitter)
+}
+
+/// Where the VM's files are, for error messages.
+pub struct GuestPaths<'a> {
+    /// The VM id.
+    pub vm_id: &'a str,
+    /// The `airlock.cmd` socket.
+    pub cmd_socket: &'a Path,
+    /// The `airlock.event` socket.
+    pub event_socket: &'a Path,
+    /// The guest console log.
+    pub console_log: &'a Path,
+}
+
+/// Connects to the agent of a booting VM and waits for its `pong`, within
+/// `timeout`. Fails at once when QEMU exits.
+///
+/// # Errors
+/// [`Error::VmDied`], [`Error::BootTimeout`], [`Error::PeerMismatch`], or
+/// [`Error::Protocol`] for an agent with another protocol version.
+pub async fn wait_ready(
+    paths: &GuestPaths<'_>,
+    qemu: &mut QemuProcess,
+    timeout: Duration,
+) -> Result<(Client, AgentInfo)> {
+    let deadline = Instant::now() + timeout;
+    let pid = qemu.pid();
+    let connect_and_ping = async {
+        let cmd = connect(paths.cmd_socket, deadline).await;
+        let event = connect(paths.event_socket, deadline).await;
+        let (Some(cmd), Some(event)) = (cmd, event) else {
+            return Ok(None);
+        };
+        for (stream, path) in [(&cmd, paths.cmd_socket), (&event, paths.event_socket)] {
+            check_peer(stream, path, paths.vm_id, pid)?;
+        }
+        let client = Client::new(event, cmd);
+        let mut attempt = 0;
+        while Instant::now() < deadline {
+            let wait = backoff(attempt, Duration::from_millis(50), Duration::from_secs(1));
+            match client.handshake(wait.min(deadline - Instant::now())).await {
+                Ok(info) => return Ok(Some((client, info))),
+                Err(ProtocolError::Timeout { .. }) => attempt += 1,
+                Err(e @ ProtocolError::VersionMismatch { .. }) => {
+                    return Err(Error::Protocol {
+                        vm_id: paths.vm_id.to_owned(),
+                        source: e,
+                    })
+                }
+                // The channel closed (QEMU going away): let the race below
+                // report the death, or time out.
+                Err(_) => tokio::time::sleep_until(deadline).await,
+            }
+        }
+        Ok(None)
+    };
+    let outcome = tokio::select! {
+        ready = connect_and_ping => ready,
+        status = qemu.wait() => {
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            return Err(Error::VmDied {
+                vm_id: paths.vm_id.to_owned(),
+                when: "during boot",
+                status,
+                stderr_tail: qemu.stderr_tail(),
+                console_tail: file_tail(paths.console_log),
+            });
+        }
+    };
+    match outcome? {
+        Some(ready) => Ok(ready),
+        None => Err(Error::BootTimeout {
+            vm_id: paths.vm_id.to_owned(),
+            after: timeout,
+            stderr_tail: qemu.stderr_tail(),
+            console_tail: file_tail(paths.console_log),
+        }),
+    }
+}
+
+/// Connects to a unix socket that QEMU is about to create, retrying with
+/// backoff until the deadline. `None` when the deadline passed.
+async fn connect(path: &Path, deadline: Instant) -> Option<UnixStream> {
+    let mut attempt = 0;
+    loop {
+        if let Ok(stream) = UnixStream::connect(path).await {
+            return Some(stream);
+        }
+        let wait = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
+        if Instant::now() + wait >= deadline {
+            return None;
+        }
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+/// Checks with SO_PEERCRED that the socket is served by our QEMU.
+fn check_peer(stream: &UnixStream, path: &Path, vm_id: &str, qemu_pid: u32) -> Result<()> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| Error::io("read peer credentials of", path, e))?;
+    let peer_pid = cred.pid().unwrap_or(-1);
+    if u32::try_from(peer_pid).ok() == Some(qemu_pid) {
+        Ok(())
+    } else {
+        Err(Error::PeerMismatch {
+            vm_id: vm_id.to_owned(),
+            path: path.to_path_buf(),
+            peer_pid,
+            qemu_pid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let first = Duration::from_millis(10);
+        let max = Duration::from_millis(500);
+        let b0 = backoff(0, first, max);
+        assert!(b0 >= Duration::from_micros(7500) && b0 <= Duration::from_micros(12500));
+        let b3 = backoff(3, first, max);
+        assert!(b3 >= Duration::from_millis(60) && b3 <= Duration::from_millis(100));
+        for attempt in [10, 40, 1000] {
+            assert!(backoff(attempt, first, max) <= max.mul_f64(1.25));
+        }
+    }
+
+    #[tokio::test]
+    async fn peer_check_refuses_a_socket_served_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let client = UnixStream::connect(&path).await.unwrap();
+        let _server = listener.accept().await.unwrap();
+        // The peer is this test process.
+        let ours = std::process::id();
+        check_peer(&client, &path, "vm", ours).unwrap();
+        let err = check_peer(&client, &path, "vm", ours + 1).unwrap_err();
+        assert!(matches!(err, Error::PeerMismatch { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_gives_up_at_the_deadline() {
+        let start = Instant::now();
+        let got = connect(
+            Path::new("/nonexistent/sock"),
+            start + Duration::from_millis(100),
+        )
+        .await;
+        assert!(got.is_none());
+        assert!(start.elapsed() < Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,167 @@
+//! The guest images built by `cargo xtask images`, found through their
+//! `manifest.json`.
+
+use crate::error::{Error, Result};
+use airlock_protocol::Language;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest format this crate reads.
+const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Deserialize)]
+struct Manifest {
+    format: u32,
+    artefacts: BTreeMap<String, Artefact>,
+}
+
+#[derive(Deserialize)]
+struct Artefact {
+    file: String,
+    hash: String,
+}
+
+/// The images a VM boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    /// The images dir.
+    pub dir: PathBuf,
+    /// The kernel (`bzImage`).
+    pub kernel: PathBuf,
+    /// The initramfs holding the init.
+    pub initramfs: PathBuf,
+    /// Root disk (qcow2 base image) per language.
+    pub rootfs: BTreeMap<Language, PathBuf>,
+    /// Input hash per root disk (identifies the base for overlays).
+    pub rootfs_hash: BTreeMap<Language, String>,
+}
+
+impl Images {
+    /// The default images dir: `$AIRLOCK_IMAGES`, else
+    /// `~/.cache/airlock/images`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("AIRLOCK_IMAGES") {
+            return PathBuf::from(dir);
+        }
+        crate::config::cache_dir().join("images")
+    }
+
+    /// Reads `dir/manifest.json` and checks that every file it names exists.
+    ///
+    /// # Errors
+    /// [`Error::ImagesMissing`] saying what is missing.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let missing = |what: String| Error::ImagesMissing {
+            dir: dir.to_path_buf(),
+            what,
+        };
+        let path = dir.join("manifest.json");
+        let bytes =
+            std::fs::read(&path).map_err(|e| missing(format!("{}: {e}", path.display())))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| missing(format!("{} is not a valid manifest: {e}", path.display())))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(missing(format!(
+                "manifest format {} (this airlock reads {MANIFEST_FORMAT})",
+                manifest.format
+            )));
+        }
+        let file = |key: &str| -> Result<(PathBuf, String)> {
+            let artefact = manifest
+                .artefacts
+                .get(key)
+                .ok_or_else(|| missing(format!("no {key} in the manifest")))?;
+            let p = dir.join(&artefact.file);
+            if !p.is_file() {
+                return Err(missing(format!("{} (listed as {key})", p.display())));
+            }
+            Ok((p, artefact.hash.clone()))
+        };
+        let mut rootfs = BTreeMap::new();
+        let mut rootfs_hash = BTreeMap::new();
+        for language in Language::ALL {
+            let (p, hash) = file(&format!("rootfs-{language}"))?;
+            rootfs.insert(language, p);
+            rootfs_hash.insert(language, hash);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            kernel: file("kernel")?.0,
+            initramfs: file("initramfs")?.0,
+            rootfs,
+            rootfs_hash,
+        })
+    }
+
+    /// The root disk of a language.
+    ///
+    /// # Errors
+    /// [`Error::ImagesMissing`] (cannot happen for a loaded set).
+    pub fn rootfs(&self, language: Language) -> Result<&Path> {
+        self.rootfs
+            .get(&language)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| Error::ImagesMissing {
+                dir: self.dir.clone(),
+                what: format!("no root disk for {language}"),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_images(dir: &Path, skip: &str) {
+        let mut artefacts = serde_json::Map::new();
+        for key in [
+            "kernel",
+            "initramfs",
+            "rootfs-raw",
+            "rootfs-python",
+            "rootfs-javascript",
+        ] {
+            let file = format!("{key}-0123456789abcdef.img");
+            if key != skip {
+                std::fs::write(dir.join(&file), b"x").unwrap();
+            }
+            artefacts.insert(
+                key.into(),
+                serde_json::json!({"file": file, "hash": "ab", "size_bytes": 1, "build_seconds": 0.0}),
+            );
+        }
+        let manifest = serde_json::json!({"format": 1, "artefacts": artefacts});
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_complete_manifest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        write_images(dir.path(), "");
+        let images = Images::load(dir.path()).unwrap();
+        assert!(images
+            .rootfs(Language::Javascript)
+            .unwrap()
+            .ends_with("rootfs-javascript-0123456789abcdef.img"));
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        write_images(dir.path(), "kernel");
+        let msg = Images::load(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains("kernel-0123456789abcdef.img"), "{msg}");
+        assert!(msg.contains("cargo xtask images"), "{msg}");
+    }
+
+    #[test]
+    fn no_manifest_says_to_build_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = Images::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("manifest.json") && msg.contains("cargo xtask images"),
+            "{msg}"
+        );
+    }
+}

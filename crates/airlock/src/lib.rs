@@ -1,0 +1,58 @@
+//! Airlock's orchestrator: it composes the lower crates into VMs that run
+//! untrusted code, and provides the `airlock` command.
+//!
+//! It sits at the top of the layers (design section 2): it uses
+//! `airlock-qemu` for argv and host probes, `airlock-overlay` for disk
+//! overlays, `airlock-limits` to confine each VM's processes and
+//! `airlock-protocol` to talk to the guest agent; nothing depends on it.
+//!
+//! - [`VmManager`] runs a VM's life (design section 3): validated input, a
+//!   private work dir, an overlay from the pool, QEMU in its own process
+//!   group with its output drained, a wait for the agent that races QEMU's
+//!   death under one deadline, retries of transient boot failures, a
+//!   semaphore bounding live VMs, and a teardown that always runs.
+//! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
+//!   [`RunResult`] with output, exit code and a timing breakdown.
+//!
+//! ```no_run
+//! use airlock::{Config, RunRequest, Scheduler};
+//! use airlock_protocol::Language;
+//!
+//! # async fn demo() -> airlock::Result<()> {
+//! let scheduler = Scheduler::start(Config::default()).await?;
+//! let result = scheduler.run(RunRequest::new(Language::Python, "print(6*7)")).await?;
+//! assert_eq!(result.stdout, b"42\n");
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+mod config;
+pub mod doctor;
+mod error;
+mod guest;
+mod host;
+mod images;
+pub mod process;
+mod request;
+mod scheduler;
+mod vm;
+mod workdir;
+
+pub use config::{cache_dir, default_run_dir, Config};
+pub use error::{Error, Result};
+pub use host::Host;
+pub use images::Images;
+pub use request::{
+    parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
+    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,
+};
+pub use scheduler::{RunObserver, Scheduler, Stage};
+pub use vm::{
+    BootTimings, ExecOutcome, OutputStream, TeardownReport, Usage, Vm, VmManager, VmOptions,
+};
+pub use workdir::WorkDir;
+
+/// Milliseconds of a duration, saturating.
+pub(crate) fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

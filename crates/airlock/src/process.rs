@@ -1,0 +1,328 @@
+//! QEMU as a child process: spawned in its own process group, its output
+//! drained (a full pipe would stall it), killed TERM-then-KILL, and
+//! registered so that Ctrl-C can kill what is left.
+
+use crate::error::{Error, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+/// Bytes of QEMU's stderr kept for error messages.
+const STDERR_TAIL_BYTES: usize = 4096;
+/// Bytes of the console log shown in error messages.
+const CONSOLE_TAIL_BYTES: usize = 3072;
+
+/// The last bytes written to a stream.
+#[derive(Debug, Default)]
+pub struct Tail {
+    bytes: VecDeque<u8>,
+    capacity: usize,
+}
+
+impl Tail {
+    /// A tail keeping the last `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            bytes: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Appends bytes, dropping the oldest beyond the capacity.
+    pub fn push(&mut self, data: &[u8]) {
+        let data = &data[data.len().saturating_sub(self.capacity)..];
+        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.capacity);
+        self.bytes.drain(..overflow);
+        self.bytes.extend(data);
+    }
+
+    /// The kept bytes as (lossy) text.
+    pub fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        let mut v = a.to_vec();
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+/// The last `CONSOLE_TAIL_BYTES` of a log file, as text ("" when absent).
+pub fn file_tail(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(CONSOLE_TAIL_BYTES);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// A running QEMU.
+#[derive(Debug)]
+pub struct QemuProcess {
+    child: Child,
+    pid: u32,
+    stderr_tail: Arc<Mutex<Tail>>,
+    drains: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl QemuProcess {
+    /// Spawns `cmd` in a new process group, with stdin closed and
+    /// stdout/stderr drained into `log` (stderr also into an in-memory tail).
+    /// The child is killed if this value is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Spawn`]; [`Error::Io`] when the log cannot be created.
+    pub fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
+        let program = PathBuf::from(cmd.as_std().get_program());
+        let log_file = std::fs::File::create(log).map_err(|e| Error::io("create", log, e))?;
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            vm_id: vm_id.to_owned(),
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        registry().register(pid, vm_id);
+        let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
+        let stderr_tail = Arc::new(Mutex::new(Tail::new(STDERR_TAIL_BYTES)));
+        let mut drains = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            drains.push(tokio::spawn(drain(out, Arc::clone(&log), None)));
+        }
+        if let Some(err) = child.stderr.take() {
+            drains.push(tokio::spawn(drain(
+                err,
+                log,
+                Some(Arc::clone(&stderr_tail)),
+            )));
+        }
+        Ok(Self {
+            child,
+            pid,
+            stderr_tail,
+            drains,
+            status: None,
+        })
+    }
+
+    /// QEMU's pid (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The end of QEMU's stderr so far.
+    pub fn stderr_tail(&self) -> String {
+        lock(&self.stderr_tail).text()
+    }
+
+    /// Waits for QEMU to exit (cancel-safe).
+    ///
+    /// # Errors
+    /// The wait's I/O error.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let status = self.child.wait().await?;
+        self.status = Some(status);
+        // Let the drains reach the end of the pipes so the tail is complete.
+        for drain in &mut self.drains {
+            let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        }
+        Ok(status)
+    }
+
+    /// The exit status if QEMU has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Stops QEMU and everything in its process group: SIGTERM, then SIGKILL
+    /// after `grace`. Never fails; says what it took.
+    pub async fn terminate(&mut self, grace: Duration) -> Termination {
+        let outcome = if self.try_status().is_some() {
+            Termination::AlreadyExited
+        } else {
+            signal_group(self.pid, Signal::SIGTERM);
+            match tokio::time::timeout(grace, self.wait()).await {
+                Ok(_) => Termination::Terminated,
+                Err(_) => {
+                    signal_group(self.pid, Signal::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+                    Termination::Killed
+                }
+            }
+        };
+        // Whatever QEMU left in its group (helpers) goes too.
+        signal_group(self.pid, Signal::SIGKILL);
+        registry().unregister(self.pid);
+        outcome
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            signal_group(self.pid, Signal::SIGKILL);
+        }
+        registry().unregister(self.pid);
+        for drain in &self.drains {
+            drain.abort();
+        }
+    }
+}
+
+/// How a QEMU was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Termination {
+    /// It had exited on its own.
+    AlreadyExited,
+    /// It exited on SIGTERM.
+    Terminated,
+    /// It needed SIGKILL.
+    Killed,
+}
+
+fn signal_group(pid: u32, signal: Signal) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid > 1 {
+        // ESRCH (already gone) is the expected outcome of a late signal.
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+async fn drain<R: AsyncRead + Unpin>(
+    mut from: R,
+    log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    tail: Option<Arc<Mutex<Tail>>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(tail) = &tail {
+                    lock(tail).push(&buf[..n]);
+                }
+                let mut file = log.lock().await;
+                // A failing log must not stop the draining.
+                let _ = file.write_all(&buf[..n]).await;
+            }
+        }
+    }
+    let _ = log.lock().await.flush().await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every QEMU this process has started and not yet stopped, so that an
+/// interrupted airlock kills them all.
+#[derive(Debug, Default)]
+pub struct ProcessRegistry {
+    live: Mutex<HashMap<u32, String>>,
+}
+
+/// The process-wide registry.
+pub fn registry() -> &'static ProcessRegistry {
+    static REGISTRY: OnceLock<ProcessRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(ProcessRegistry::default)
+}
+
+impl ProcessRegistry {
+    fn register(&self, pid: u32, vm_id: &str) {
+        if pid != 0 {
+            lock(&self.live).insert(pid, vm_id.to_owned());
+        }
+    }
+
+    fn unregister(&self, pid: u32) {
+        lock(&self.live).remove(&pid);
+    }
+
+    /// How many QEMUs are registered.
+    pub fn len(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Whether none is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// SIGKILLs the process group of every registered QEMU; returns the VM
+    /// ids. Work dirs are removed by the VMs' own teardown or by the next
+    /// start's sweep.
+    pub fn kill_all(&self) -> Vec<String> {
+        let live: Vec<(u32, String)> = lock(&self.live).drain().collect();
+        for (pid, vm_id) in &live {
+            tracing::warn!(vm_id, pid, "killing QEMU on interrupt");
+            signal_group(*pid, Signal::SIGKILL);
+        }
+        live.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::new(4);
+        t.push(b"ab");
+        t.push(b"cdef");
+        assert_eq!(t.text(), "cdef");
+        t.push(b"0123456789");
+        assert_eq!(t.text(), "6789");
+    }
+
+    #[tokio::test]
+    async fn output_is_drained_to_the_log_and_stderr_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let mut p = QemuProcess::spawn(cmd, "t1", &log).unwrap();
+        let status = p.wait().await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(p.stderr_tail(), "err\n");
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(logged.contains("out") && logged.contains("err"));
+    }
+
+    #[tokio::test]
+    async fn terminate_escalates_to_kill_for_a_term_ignoring_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; sleep 30 & wait"]);
+        let mut p = QemuProcess::spawn(cmd, "t2", &dir.path().join("log")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let outcome = p.terminate(Duration::from_millis(300)).await;
+        assert_eq!(outcome, Termination::Killed);
+        assert!(p.try_status().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Command::new("/nonexistent/qemu");
+        let err = QemuProcess::spawn(cmd, "t3", &dir.path().join("log")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/qemu"), "{err}");
+    }
+}

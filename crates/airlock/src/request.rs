@@ -1,0 +1,312 @@
+//! What a run asks for, how it is validated, and what it returns.
+//!
+//! Validation is pure and happens before anything is touched (design
+//! section 3, step 1): a refused request never starts a VM.
+
+use crate::error::{Error, Result};
+use airlock_protocol::Language;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Largest accepted source code, in bytes.
+pub const MAX_CODE_BYTES: usize = 4 * 1024 * 1024;
+/// Guest memory bounds, in MiB.
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384;
+/// vCPU bounds.
+pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
+/// Longest accepted run timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Largest total size of the environment (names and values), in bytes.
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Default guest memory, in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 512;
+/// Default run timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One run: boot a VM, run code once, destroy the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// The interpreter.
+    pub language: Language,
+    /// The source code.
+    pub code: String,
+    /// Deadline for the code itself (boot not included).
+    pub timeout: Duration,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Environment variables for the code.
+    pub env: BTreeMap<String, String>,
+    /// Who the run is for (groups limits and logs); `[A-Za-z0-9_-]{1,128}`.
+    pub tenant: String,
+}
+
+impl RunRequest {
+    /// A request with default limits.
+    pub fn new(language: Language, code: impl Into<String>) -> Self {
+        Self {
+            language,
+            code: code.into(),
+            timeout: DEFAULT_TIMEOUT,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            vcpus: 1,
+            env: BTreeMap::new(),
+            tenant: "default".into(),
+        }
+    }
+
+    /// Checks every field; the first problem is returned.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field and what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        if self.code.trim().is_empty() {
+            return Err(Error::invalid("code", "the code is empty"));
+        }
+        if self.code.len() > MAX_CODE_BYTES {
+            return Err(Error::invalid(
+                "code",
+                format!(
+                    "{} bytes is over the limit of {MAX_CODE_BYTES} bytes",
+                    self.code.len()
+                ),
+            ));
+        }
+        if self.code.contains('\0') {
+            return Err(Error::invalid("code", "the code contains a NUL byte"));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(Error::invalid(
+                "timeout",
+                format!(
+                    "{:?} is outside 1 ms ..= {} s",
+                    self.timeout,
+                    MAX_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        if !MEMORY_MIB_RANGE.contains(&self.memory_mib) {
+            return Err(Error::invalid(
+                "memory_mib",
+                format!(
+                    "{} MiB is outside {} ..= {} MiB",
+                    self.memory_mib,
+                    MEMORY_MIB_RANGE.start(),
+                    MEMORY_MIB_RANGE.end()
+                ),
+            ));
+        }
+        if !VCPUS_RANGE.contains(&self.vcpus) {
+            return Err(Error::invalid(
+                "vcpus",
+                format!(
+                    "{} is outside {} ..= {}",
+                    self.vcpus,
+                    VCPUS_RANGE.start(),
+                    VCPUS_RANGE.end()
+                ),
+            ));
+        }
+        validate_identifier("tenant", &self.tenant)?;
+        validate_env(&self.env)
+    }
+}
+
+/// Checks an identifier (tenant, session, VM name): `[A-Za-z0-9_-]{1,128}`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `field`.
+pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
+    let ok = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("{value:?} must be 1 to 128 characters of A-Z, a-z, 0-9, '_' or '-'"),
+        ))
+    }
+}
+
+/// Checks environment variables on the host side: POSIX names, no NUL, a
+/// total size cap. (The agent refuses injection variables itself, with the
+/// name in its message.)
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `env`.
+pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
+    let mut total = 0;
+    for (name, value) in env {
+        let mut bytes = name.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Error::invalid(
+                "env",
+                format!("{name:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(
+                "env",
+                format!("the value of {name} contains a NUL byte"),
+            ));
+        }
+        total += name.len() + value.len() + 2;
+    }
+    if total > MAX_ENV_BYTES {
+        return Err(Error::invalid(
+            "env",
+            format!("{total} bytes of environment is over the limit of {MAX_ENV_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `KEY=VALUE` (as given to `-e`).
+///
+/// # Errors
+/// [`Error::InvalidInput`] when there is no `=`.
+pub fn parse_env_pair(pair: &str) -> Result<(String, String)> {
+    match pair.split_once('=') {
+        Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+        None => Err(Error::invalid("env", format!("{pair:?} is not KEY=VALUE"))),
+    }
+}
+
+/// Where the time of a run went, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Checking the request.
+    pub validate_ms: u64,
+    /// Taking (or making) the VM's disk overlay.
+    pub overlay_ms: u64,
+    /// Whether the overlay came from the pool (else made on demand).
+    pub overlay_pool_hit: bool,
+    /// Starting QEMU.
+    pub spawn_ms: u64,
+    /// From QEMU started to the agent's first answer.
+    pub guest_ready_ms: u64,
+    /// Running the code, as seen from the host.
+    pub exec_ms: u64,
+    /// Destroying the VM.
+    pub teardown_ms: u64,
+    /// The whole run.
+    pub total_ms: u64,
+    /// Boot attempts made (more than 1 after a transient failure).
+    pub boot_attempts: u32,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunResult {
+    /// The VM that ran the code.
+    pub vm_id: String,
+    /// Standard output (lossy UTF-8 in JSON).
+    #[serde(serialize_with = "lossy")]
+    pub stdout: Vec<u8>,
+    /// Standard error (lossy UTF-8 in JSON).
+    #[serde(serialize_with = "lossy")]
+    pub stderr: Vec<u8>,
+    /// The code's exit code (128+N for signal N).
+    pub exit_code: i32,
+    /// Whether the timeout killed the code.
+    pub timed_out: bool,
+    /// Whether stdout was cut at its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at its cap.
+    pub stderr_truncated: bool,
+    /// Where the time went.
+    pub timings: Timings,
+    /// What the VM's processes used on the host (from its limits group).
+    pub usage: crate::vm::Usage,
+}
+
+fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_request() -> RunRequest {
+        RunRequest::new(Language::Python, "print(1)")
+    }
+
+    fn field_of(r: &RunRequest) -> &'static str {
+        match r.validate() {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_default_request_is_valid() {
+        ok_request().validate().unwrap();
+    }
+
+    #[test]
+    fn empty_or_blank_code_is_refused() {
+        let mut r = ok_request();
+        r.code = "  \n".into();
+        assert_eq!(field_of(&r), "code");
+    }
+
+    #[test]
+    fn oversized_code_is_refused() {
+        let mut r = ok_request();
+        r.code = "x".repeat(MAX_CODE_BYTES + 1);
+        assert_eq!(field_of(&r), "code");
+    }
+
+    #[test]
+    fn memory_out_of_range_is_refused_with_the_range() {
+        for memory_mib in [0, 127, 16385] {
+            let mut r = ok_request();
+            r.memory_mib = memory_mib;
+            let msg = r.validate().unwrap_err().to_string();
+            assert!(msg.contains("128 ..= 16384"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_vcpus_and_timeouts_are_refused() {
+        let mut r = ok_request();
+        r.vcpus = 0;
+        assert_eq!(field_of(&r), "vcpus");
+        let mut r = ok_request();
+        r.timeout = Duration::ZERO;
+        assert_eq!(field_of(&r), "timeout");
+    }
+
+    #[test]
+    fn identifiers_follow_the_documented_alphabet() {
+        assert!(validate_identifier("tenant", "team_A-1").is_ok());
+        for bad in ["", "a b", "../x", "é", &"a".repeat(129)] {
+            assert!(validate_identifier("tenant", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn env_names_must_be_posix() {
+        let mut r = ok_request();
+        r.env.insert("1X".into(), "v".into());
+        assert_eq!(field_of(&r), "env");
+        let mut r = ok_request();
+        r.env.insert("GOOD_1".into(), "a=b".into());
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn env_pairs_split_at_the_first_equals() {
+        assert_eq!(parse_env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env_pair("A").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! [`Scheduler::run`]: one request, one fresh VM, destroyed afterwards.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::ms;
+use crate::request::{RunRequest, RunResult, Timings};
+use crate::vm::{OutputStream, VmManager, VmOptions};
+use airlock_protocol::ExecRequest;
+use std::time::Instant;
+
+/// What a run is doing, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for a slot, taking an overlay, booting.
+    Booting,
+    /// The agent answered; the code is about to run.
+    Running,
+    /// The code ended; the VM is being destroyed.
+    TearingDown,
+}
+
+/// Receives a run's progress and output as they happen.
+pub trait RunObserver: Send {
+    /// The run entered `stage`.
+    fn stage(&mut self, _stage: Stage) {}
+    /// A chunk of output.
+    fn output(&mut self, stream: OutputStream, bytes: &[u8]);
+}
+
+/// Ignores everything (for [`Scheduler::run`]).
+struct Discard;
+
+impl RunObserver for Discard {
+    fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+/// Runs requests, each in its own VM.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    manager: VmManager,
+}
+
+impl Scheduler {
+    /// Starts a scheduler (and its VM manager) with `config`.
+    ///
+    /// # Errors
+    /// As [`VmManager::start`].
+    pub async fn start(config: Config) -> Result<Self> {
+        Ok(Self {
+            manager: VmManager::start(config).await?,
+        })
+    }
+
+    /// The VM manager underneath.
+    pub fn manager(&self) -> &VmManager {
+        &self.manager
+    }
+
+    /// Runs the request and returns its collected result.
+    ///
+    /// # Errors
+    /// As [`Scheduler::run_observed`].
+    pub async fn run(&self, request: RunRequest) -> Result<RunResult> {
+        self.run_observed(request, &mut Discard).await
+    }
+
+    /// Runs the request, streaming progress and output to `observer`.
+    /// Validation happens before any VM starts; the VM is destroyed whatever
+    /// happens (also when this future is dropped).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] for a refused request, else boot and
+    /// exec errors.
+    pub async fn run_observed(
+        &self,
+        request: RunRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<RunResult> {
+        let start = Instant::now();
+        request.validate()?;
+        let validate_ms = ms(start.elapsed());
+        observer.stage(Stage::Booting);
+        let mut vm = self
+            .manager
+            .boot(&VmOptions {
+                tenant: request.tenant.clone(),
+                language: request.language,
+                memory_mib: request.memory_mib,
+                vcpus: request.vcpus,
+            })
+            .await?;
+        observer.stage(Stage::Running);
+        let exec_start = Instant::now();
+        let outcome = vm
+            .exec(
+                ExecRequest {
+                    language: request.language,
+                    code: request.code,
+                    timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+                    env: request.env,
+                    cwd: None,
+                },
+                |stream, bytes| observer.output(stream, bytes),
+            )
+            .await;
+        let exec_ms = ms(exec_start.elapsed());
+        observer.stage(Stage::TearingDown);
+        let teardown = vm.destroy().await;
+        for problem in &teardown.problems {
+            tracing::warn!(vm_id = teardown.vm_id, problem, "teardown problem");
+        }
+        let outcome = outcome?;
+        let boot = vm.boot_timings();
+        Ok(RunResult {
+            vm_id: vm.id().to_owned(),
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            exit_code: outcome.completion.exit_code,
+            timed_out: outcome.completion.timed_out,
+            stdout_truncated: outcome.completion.stdout_truncated,
+            stderr_truncated: outcome.completion.stderr_truncated,
+            timings: Timings {
+                validate_ms,
+                overlay_ms: boot.overlay_ms,
+                overlay_pool_hit: boot.overlay_pool_hit,
+                spawn_ms: boot.spawn_ms,
+                guest_ready_ms: boot.guest_ready_ms,
+                exec_ms,
+                teardown_ms: teardown.elapsed_ms,
+                total_ms: ms(start.elapsed()),
+                boot_attempts: boot.attempts,
+            },
+            usage: teardown.usage,
+        })
+    }
+}
