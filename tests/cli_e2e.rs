@@ -1,0 +1,186 @@
+//! The `airlock` command end to end: output, exit statuses, JSON, bad
+//! input and missing dependencies, on real VMs (TCG here).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use airlock_tests::images_or_skip;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn airlock(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn run_prints_42_and_exits_0() {
+    if images_or_skip("cli_42").is_none() {
+        return;
+    }
+    let o = airlock(&["run", "print(6*7)"], &[], "");
+    assert_eq!(out(&o), "42\n", "stderr: {}", err(&o));
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn the_codes_exit_status_passes_through_and_stdin_is_code() {
+    if images_or_skip("cli_exit").is_none() {
+        return;
+    }
+    let o = airlock(&["run", "-q", "-l", "raw"], &[], "echo from-stdin; exit 7");
+    assert_eq!(out(&o), "from-stdin\n", "stderr: {}", err(&o));
+    assert_eq!(o.status.code(), Some(7));
+    assert!(
+        err(&o).is_empty(),
+        "-q prints nothing of its own: {}",
+        err(&o)
+    );
+}
+
+#[test]
+fn a_timeout_exits_124_and_keeps_partial_output() {
+    if images_or_skip("cli_timeout").is_none() {
+        return;
+    }
+    let o = airlock(
+        &[
+            "run",
+            "-l",
+            "raw",
+            "-t",
+            "1",
+            "echo start; sleep 30; echo never",
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(124), "stderr: {}", err(&o));
+    assert_eq!(out(&o), "start\n");
+}
+
+#[test]
+fn json_output_holds_the_whole_result() {
+    if images_or_skip("cli_json").is_none() {
+        return;
+    }
+    let o = airlock(
+        &[
+            "run",
+            "--json",
+            "-l",
+            "javascript",
+            "-e",
+            "N=5",
+            "console.log(process.env.N * 2)",
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v["stdout"], "10\n");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["timed_out"], false);
+    for field in [
+        "validate_ms",
+        "overlay_ms",
+        "spawn_ms",
+        "guest_ready_ms",
+        "exec_ms",
+        "teardown_ms",
+        "total_ms",
+    ] {
+        assert!(v["timings"][field].is_u64(), "{field} in {v}");
+    }
+    assert!(v["usage"].is_object(), "{v}");
+}
+
+#[test]
+fn bad_input_exits_125_at_once_with_the_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "-l", "cobol", "x"], "unknown language"),
+        (&["run", "-m", "8", "print(1)"], "memory_mib"),
+        (&["run", "-e", "NOPE", "print(1)"], "KEY=VALUE"),
+        (&["run", "-t", "-1", "print(1)"], "timeout"),
+    ];
+    for (args, needle) in cases {
+        let start = Instant::now();
+        let o = airlock(args, &[], "");
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", err(&o));
+        assert!(err(&o).contains(needle), "{args:?}: {}", err(&o));
+        assert!(err(&o).contains("hint:"), "{args:?}: {}", err(&o));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{args:?} must not boot anything"
+        );
+    }
+}
+
+#[test]
+fn a_missing_qemu_names_the_fix() {
+    if images_or_skip("cli_missing_qemu").is_none() {
+        return;
+    }
+    let o = airlock(
+        &["run", "print(1)"],
+        &[("AIRLOCK_QEMU", "/nonexistent/qemu-system-x86_64")],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        err(&o).contains("qemu-system-x86") || err(&o).contains("AIRLOCK_QEMU"),
+        "{}",
+        err(&o)
+    );
+}
+
+#[test]
+fn a_missing_kernel_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = serde_json::json!({"format": 1, "artefacts": {
+        "kernel": {"file": "kernel-0000000000000000.bzImage", "hash": "00"},
+    }});
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let o = airlock(
+        &["run", "print(1)"],
+        &[("AIRLOCK_IMAGES", dir.path().to_str().unwrap())],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(125));
+    assert!(err(&o).contains("cargo xtask images"), "{}", err(&o));
+}
+
+#[test]
+fn doctor_reports_the_accelerator_and_limits() {
+    if images_or_skip("cli_doctor").is_none() {
+        return;
+    }
+    let o = airlock(&["doctor"], &[], "");
+    let report = out(&o);
+    assert_eq!(o.status.code(), Some(0), "{report}{}", err(&o));
+    for line in ["accelerator", "qemu", "images", "limits", "gvproxy"] {
+        assert!(report.contains(line), "{line} missing in:\n{report}");
+    }
+}
