@@ -184,3 +184,40 @@ fn doctor_reports_the_accelerator_and_limits() {
         assert!(report.contains(line), "{line} missing in:\n{report}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_the_vm_and_leaves_nothing_behind() {
+    if images_or_skip("cli_ctrl_c").is_none() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let run_dir = tempfile::Builder::new()
+        .prefix("al-int")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+        .args(["run", "-l", "raw", "echo started; sleep 60"])
+        .env("AIRLOCK_RUN_DIR", run_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "started\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", err(&o));
+    let vms = run_dir.path().join("vms");
+    let left: Vec<_> = std::fs::read_dir(&vms)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "work dirs left: {left:?}");
+    assert!(airlock_tests::qemu_processes_mentioning(run_dir.path().to_str().unwrap()).is_empty());
+}

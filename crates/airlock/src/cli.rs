@@ -249,8 +249,13 @@ async fn run(args: RunArgs) -> i32 {
         _ = tokio::signal::ctrl_c() => {
             // Dropping the run destroys its VM; the registry catches the rest.
             observer.clear_progress();
-            let killed = crate::process::registry().kill_all();
-            eprintln!("airlock: interrupted ({} VM(s) stopped)", killed.len().max(1));
+            // Dropping the run stopped its VM; anything still registered
+            // (a boot in flight) is killed here.
+            let stragglers = crate::process::registry().kill_all();
+            eprintln!(
+                "airlock: interrupted: the VM was stopped and its files removed{}",
+                if stragglers.is_empty() { String::new() } else { format!(" ({} more killed)", stragglers.len()) }
+            );
             scheduler.manager().shutdown().await;
             return EXIT_INTERRUPTED;
         }

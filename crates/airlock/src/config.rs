@@ -46,8 +46,9 @@ pub struct Config {
     pub boot_attempts: u32,
     /// Grace between SIGTERM and SIGKILL at teardown.
     pub kill_grace: Duration,
-    /// Overlays kept ready per root disk (0: each VM creates its own, which
-    /// suits one-shot commands; a server wants a few).
+    /// Overlays kept ready per root disk in use (0: each VM creates its
+    /// own, which suits one-shot commands). Default: one per VM slot, at
+    /// most 8.
     pub overlay_pool_target: usize,
     /// Echo the guest console to stderr (kernel and init log).
     pub debug_console: bool,
@@ -55,14 +56,17 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let max_concurrent_vms = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
         Self {
             images_dir: crate::images::Images::default_dir(),
             run_dir: default_run_dir(),
-            max_concurrent_vms: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            max_concurrent_vms,
             boot_timeout: Duration::from_secs(60),
             boot_attempts: 2,
             kill_grace: Duration::from_secs(2),
-            overlay_pool_target: 2,
+            // The pool follows the concurrency: enough ready overlays for
+            // every slot, capped (each is a file and a qemu-img run).
+            overlay_pool_target: max_concurrent_vms.min(8),
             debug_console: false,
         }
     }
