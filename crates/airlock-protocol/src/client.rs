@@ -4,6 +4,12 @@
 //! op id), so several operations run at once over one channel. Requests go
 //! through a shared writer. When the guest closes the channel every pending
 //! operation ends with [`ProtocolError::Closed`].
+//!
+//! Backpressure: each operation buffers a bounded number of events; when an
+//! operation's buffer is full the reader waits, which stalls the channel
+//! (and, through virtio-serial, the guest's writer) until that operation is
+//! read. Read every stream you start, or drop it: a dropped operation's
+//! events are discarded.
 
 use crate::framing::{FrameReader, FrameWriter, DEFAULT_MAX_LINE_BYTES};
 use crate::message::*;
