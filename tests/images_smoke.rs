@@ -6,103 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock::Images;
-use airlock_protocol::client::{Client, ExecOutput};
+use airlock_protocol::client::ExecOutput;
 use airlock_protocol::{ExecRequest, Language};
-use airlock_qemu::{
-    probe_host, BootImages, DiskAccess, HostCaps, ProbeConfig, QemuArgs, RootDisk, VmSpec,
-};
-use airlock_tests::{images_or_skip, qemu_binary};
-use std::path::{Path, PathBuf};
+use airlock_qemu::NetworkAttachment;
+use airlock_tests::{boot_plain, host_caps, images_or_skip, PlainVm};
 use std::time::{Duration, Instant};
-use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
-
-const BOOT_DEADLINE: Duration = Duration::from_secs(90);
-
-struct PlainVm {
-    client: Client,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-async fn caps(images: &Images) -> HostCaps {
-    let mut config = ProbeConfig::from_env();
-    config.kvm_probe_images = Some(BootImages {
-        kernel: images.kernel.clone(),
-        initramfs: images.initramfs.clone(),
-    });
-    probe_host(&config).await.unwrap().caps
-}
-
-async fn connect(path: &Path, deadline: Instant) -> UnixStream {
-    loop {
-        match UnixStream::connect(path).await {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-async fn boot_plain(images: &Images, caps: &HostCaps, language: Language) -> PlainVm {
-    let dir = tempfile::Builder::new()
-        .prefix("al-smoke")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let base: PathBuf = images.rootfs(language).unwrap().to_path_buf();
-    let overlay = dir.path().join("root.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&base)
-        .arg(&overlay)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let spec = VmSpec::new(
-        "smoke",
-        BootImages {
-            kernel: images.kernel.clone(),
-            initramfs: images.initramfs.clone(),
-        },
-        RootDisk {
-            base,
-            overlay,
-            access: DiskAccess::ReadOnly,
-        },
-        dir.path(),
-    );
-    let argv = QemuArgs::build(&spec, caps).unwrap();
-    let child = Command::new(qemu_binary().unwrap())
-        .args(&argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + BOOT_DEADLINE;
-    let cmd = connect(&spec.cmd_socket, deadline).await;
-    let event = connect(&spec.event_socket, deadline).await;
-    let client = Client::new(event, cmd);
-    loop {
-        match client.handshake(Duration::from_millis(250)).await {
-            Ok(_) => break,
-            Err(e) if Instant::now() > deadline => {
-                let console = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
-                panic!(
-                    "{language}: agent not ready after {BOOT_DEADLINE:?}: {e}\nconsole:\n{console}"
-                );
-            }
-            Err(_) => {}
-        }
-    }
-    PlainVm {
-        client,
-        child,
-        _dir: dir,
-    }
-}
 
 async fn exec(vm: &PlainVm, language: Language, code: &str) -> ExecOutput {
     vm.client
@@ -129,7 +37,7 @@ async fn every_image_boots_runs_its_language_as_uid_1000_with_a_read_only_root()
     let Some(images) = images_or_skip("images_smoke") else {
         return;
     };
-    let caps = caps(&images).await;
+    let caps = host_caps(&images).await;
     let hello = [
         (Language::Python, "print(1)"),
         (Language::Javascript, "console.log(1)"),
@@ -140,7 +48,7 @@ async fn every_image_boots_runs_its_language_as_uid_1000_with_a_read_only_root()
         let (images, caps) = (images.clone(), caps.clone());
         tokio::spawn(async move {
             let start = Instant::now();
-            let mut vm = boot_plain(&images, &caps, language).await;
+            let mut vm = boot_plain(&images, &caps, language, NetworkAttachment::None, |_| Vec::new()).await;
             let boot = start.elapsed();
             let out = exec(&vm, language, code).await;
             assert_eq!(text(&out.stdout), "1\n", "{language}: {}", text(&out.stderr));
@@ -172,7 +80,7 @@ async fn ten_boots_in_a_row_under_full_cpu_load_never_hang() {
     let Some(images) = images_or_skip("images_smoke_under_load") else {
         return;
     };
-    let caps = caps(&images).await;
+    let caps = host_caps(&images).await;
     // Both cores busy for the whole test.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut load: Vec<std::process::Child> = (0..cores)
@@ -186,7 +94,14 @@ async fn ten_boots_in_a_row_under_full_cpu_load_never_hang() {
     let mut times = Vec::new();
     for i in 0..10 {
         let start = Instant::now();
-        let mut vm = boot_plain(&images, &caps, Language::Raw).await;
+        let mut vm = boot_plain(
+            &images,
+            &caps,
+            Language::Raw,
+            NetworkAttachment::None,
+            |_| Vec::new(),
+        )
+        .await;
         let out = exec(&vm, Language::Raw, "echo up").await;
         assert_eq!(text(&out.stdout), "up\n", "boot {i}");
         times.push(start.elapsed());

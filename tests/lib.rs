@@ -8,7 +8,20 @@
 //! that is set up to run them.
 
 use airlock::Images;
-use std::path::PathBuf;
+use airlock_protocol::client::Client;
+use airlock_protocol::Language;
+use airlock_qemu::{
+    probe_host, BootImages, DiskAccess, HostCaps, NetworkAttachment, ProbeConfig, QemuArgs,
+    RootDisk, VmSpec,
+};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+/// How long a plain boot may take to reach the agent.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(90);
 
 /// The variable that turns skips into failures.
 pub const REQUIRE_ENV: &str = "AIRLOCK_REQUIRE_VM_TESTS";
@@ -65,4 +78,113 @@ pub fn qemu_processes_mentioning(needle: &str) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// The probed host capabilities (the KVM verdict is cached on disk).
+///
+/// # Panics
+/// When the probe fails: a test prerequisite.
+pub async fn host_caps(images: &Images) -> HostCaps {
+    let mut config = ProbeConfig::from_env();
+    config.kvm_probe_images = Some(BootImages {
+        kernel: images.kernel.clone(),
+        initramfs: images.initramfs.clone(),
+    });
+    probe_host(&config).await.expect("host probe").caps
+}
+
+/// A VM booted with a plain QEMU command (argv from `airlock-qemu`, no
+/// orchestrator), and what keeps it alive.
+pub struct PlainVm {
+    /// The agent's client.
+    pub client: Client,
+    /// QEMU (killed on drop).
+    pub child: Child,
+    /// The VM's files: overlay, sockets, console log.
+    pub dir: tempfile::TempDir,
+    /// The guest console log.
+    pub console_log: PathBuf,
+}
+
+async fn connect(path: &Path, deadline: Instant) -> UnixStream {
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Boots `language`'s image with `network` behind a throw-away overlay and
+/// waits for its agent; `extra_argv(work_dir)` is appended to QEMU's argv.
+///
+/// # Panics
+/// When the VM does not come up: the test fails with the console log.
+pub async fn boot_plain(
+    images: &Images,
+    caps: &HostCaps,
+    language: Language,
+    network: NetworkAttachment,
+    extra_argv: impl FnOnce(&Path) -> Vec<OsString>,
+) -> PlainVm {
+    let dir = tempfile::Builder::new()
+        .prefix("al-plain")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let base = images.rootfs(language).expect("root disk").to_path_buf();
+    let overlay = dir.path().join("root.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(made.success(), "qemu-img create failed");
+    let mut spec = VmSpec::new(
+        "plain",
+        BootImages {
+            kernel: images.kernel.clone(),
+            initramfs: images.initramfs.clone(),
+        },
+        RootDisk {
+            base,
+            overlay,
+            access: DiskAccess::ReadOnly,
+        },
+        dir.path(),
+    );
+    spec.network = network;
+    let mut argv = QemuArgs::build(&spec, caps).expect("argv");
+    argv.extend(extra_argv(dir.path()));
+    let child = Command::new(qemu_binary().expect("qemu"))
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn qemu");
+    let deadline = Instant::now() + BOOT_DEADLINE;
+    let cmd = connect(&spec.cmd_socket, deadline).await;
+    let event = connect(&spec.event_socket, deadline).await;
+    let client = Client::new(event, cmd);
+    loop {
+        match client.handshake(Duration::from_millis(250)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                let console = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
+                panic!(
+                    "{language}: agent not ready after {BOOT_DEADLINE:?}: {e}\nconsole:\n{console}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    PlainVm {
+        client,
+        child,
+        dir,
+        console_log: spec.console_log,
+    }
 }

@@ -1,10 +1,11 @@
 //! The pure logic of `airlock-init`, the first process of every Airlock guest.
 //!
 //! `airlock-init` is PID 1 inside the VM. It lives alone in the initramfs,
-//! mounts `/proc`, `/sys` and `/dev`, finds the root disk by its virtio
-//! serial (`airlock-root`), mounts it read-only with tmpfs for `/tmp` and the
-//! sandbox home, switches root and runs the guest agent as its child. It
-//! reaps zombies and powers the VM off when the agent exits.
+//! mounts `/proc`, `/sys` and `/dev`, brings the loopback interface up,
+//! finds the root disk by its virtio serial (`airlock-root`), mounts it
+//! read-only with tmpfs for `/tmp` and the sandbox home, switches root and
+//! runs the guest agent as its child. It reaps zombies and powers the VM off
+//! when the agent exits.
 //!
 //! This library holds the decisions, free of syscalls so they are tested on
 //! the host: the kernel command line contract ([`BootArgs`]), the root disk
@@ -12,7 +13,9 @@
 //! ([`Milestones`]). The binary (`src/main.rs`) is the thin effectful shell.
 //!
 //! It does not speak the host protocol (that is `airlock-agent`), load
-//! kernel modules (the guest kernel has none) or run user code.
+//! kernel modules (the guest kernel has none), configure `eth0` (the kernel
+//! does, from the static `ip=` argument the host passes to VMs with a
+//! network) or run user code.
 //!
 //! Layer: guest side, below the agent; built static by `cargo xtask images`
 //! and packed as `/init` into the initramfs.

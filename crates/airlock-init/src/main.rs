@@ -5,6 +5,8 @@
 //! `airlock-init: fatal: ...` line on the console and powers the VM off;
 //! init never hangs and never panics on bad input.
 
+mod loopback;
+
 use airlock_init::{
     describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, AGENT_PATH,
     LOG_PREFIX, ROOT_SERIAL, SANDBOX_HOME, SANDBOX_UID,
@@ -49,6 +51,8 @@ fn boot() -> Result<String, InitError> {
     mount_kernel_filesystems()?;
     restart_by_triple_fault()?;
     load_modules();
+    // eth0, when the VM has one, is configured by the kernel (`ip=`).
+    loopback::bring_up()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|source| InitError::Io {
         what: "read /proc/cmdline".into(),
         source,

@@ -4,10 +4,12 @@
 use crate::opts::OptList;
 use crate::spec::{
     DiskAccess, IncomingMigration, NetworkAttachment, VmSpec, CMD_PORT_NAME, EVENT_PORT_NAME,
-    GUEST_KERNEL_HZ, GUEST_MAC, MAX_KERNEL_CMDLINE_BYTES, ROOT_SERIAL,
+    GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET, GUEST_NET_PREFIX_LEN,
+    HOST_IPV4, MAX_KERNEL_CMDLINE_BYTES, ROOT_SERIAL,
 };
 use crate::{Accel, Arch, HostCaps, QemuError};
 use std::ffi::{OsStr, OsString};
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// Oldest QEMU this crate emits command lines for (`server=on,wait=off`
@@ -82,8 +84,20 @@ impl QemuArgs {
 /// The kernel command line for `spec` on `caps`.
 pub fn kernel_cmdline(spec: &VmSpec, caps: &HostCaps) -> String {
     let mut words = base_kernel_words(caps, spec.quiet_kernel);
+    if spec.network != NetworkAttachment::None {
+        words.push(guest_ip_config());
+    }
     words.extend(spec.extra_kernel_args.iter().cloned());
     words.join(" ")
+}
+
+/// The kernel's static IP configuration of the guest NIC:
+/// `ip=<guest>::<gateway>:<netmask>::eth0:off` (`off`: no DHCP, BOOTP or
+/// RARP; init brings `lo` up itself). The NIC is the only one, so it is
+/// `eth0`.
+fn guest_ip_config() -> String {
+    let netmask = Ipv4Addr::from(u32::MAX << (32 - u32::from(GUEST_NET_PREFIX_LEN)));
+    format!("ip={GUEST_IPV4}::{GATEWAY_IPV4}:{netmask}::eth0:off")
 }
 
 /// The words every guest gets: console, no ACPI, exit on panic, and on
@@ -287,11 +301,19 @@ impl Argv {
                 .flag("server", false)
                 .set("addr.type", "unix")
                 .set("addr.path", socket),
-            NetworkAttachment::User { host_forwards } => host_forwards
-                .iter()
-                .fold(OptList::new("user").set("id", "n0"), |opts, fwd| {
-                    opts.set("hostfwd", fwd.to_qemu())
-                }),
+            // gvproxy's addresses, so the guest's static configuration fits
+            // both backends: the gateway answers DNS, HOST_IPV4 is the
+            // host's loopback, forwards go to the guest's address.
+            NetworkAttachment::User { host_forwards } => host_forwards.iter().fold(
+                OptList::new("user")
+                    .set("id", "n0")
+                    .set("net", format!("{GUEST_NET}/{GUEST_NET_PREFIX_LEN}"))
+                    .set("host", HOST_IPV4.to_string())
+                    .set("dns", GATEWAY_IPV4.to_string())
+                    .set("dhcpstart", GUEST_IPV4.to_string())
+                    .flag("ipv6", false),
+                |opts, fwd| opts.set("hostfwd", fwd.to_qemu()),
+            ),
         };
         self.opt("-netdev", netdev);
         // Offloads off: the backend then gets plain, checksummed Ethernet
@@ -461,6 +483,49 @@ mod tests {
         let line = kernel_cmdline(&s, &caps());
         assert!(!line.contains("quiet"));
         assert!(line.ends_with(" airlock.tmp_mib=32"), "{line}");
+    }
+
+    #[test]
+    fn cmdline_configures_eth0_statically_only_with_a_network() {
+        let ip = "ip=192.168.127.2::192.168.127.1:255.255.255.0::eth0:off";
+        assert!(!kernel_cmdline(&spec(), &caps()).contains("ip="));
+        let stream = VmSpec {
+            network: NetworkAttachment::Stream {
+                socket: "/work/vm-1/net.sock".into(),
+            },
+            extra_kernel_args: vec!["airlock.tmp_mib=32".into()],
+            ..spec()
+        };
+        let user = VmSpec {
+            network: NetworkAttachment::User {
+                host_forwards: Vec::new(),
+            },
+            ..spec()
+        };
+        for s in [&stream, &user] {
+            let line = kernel_cmdline(s, &caps());
+            assert_eq!(line.matches(ip).count(), 1, "{line}");
+        }
+        // The network word comes before the caller's extra words.
+        assert!(kernel_cmdline(&stream, &caps()).ends_with(&format!("{ip} airlock.tmp_mib=32")));
+    }
+
+    #[test]
+    fn user_network_uses_the_gvproxy_addresses() {
+        let s = VmSpec {
+            network: NetworkAttachment::User {
+                host_forwards: vec![crate::HostForward::tcp_localhost(18080, 8080)],
+            },
+            ..spec()
+        };
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        assert_eq!(
+            value_after(&argv, "-netdev"),
+            [
+                "user,id=n0,net=192.168.127.0/24,host=192.168.127.254,dns=192.168.127.1,\
+              dhcpstart=192.168.127.2,ipv6=off,hostfwd=tcp:127.0.0.1:18080-:8080"
+            ]
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub use probe::{probe_host, HostProber, HostReport, ProbeConfig};
 pub use spec::{
     validate_vm_id, BootImages, DiskAccess, DiskFormat, ExtraDrive, ForwardProtocol, HostForward,
     IncomingMigration, NetworkAttachment, RootDisk, VmSpec, CMD_PORT_NAME, DEFAULT_MEMORY_MIB,
-    EVENT_PORT_NAME, GUEST_KERNEL_HZ, GUEST_MAC, MAX_DRIVE_SERIAL_BYTES, MAX_KERNEL_CMDLINE_BYTES,
+    EVENT_PORT_NAME, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET,
+    GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_DRIVE_SERIAL_BYTES, MAX_KERNEL_CMDLINE_BYTES,
     MAX_MEMORY_MIB, MAX_SOCKET_PATH_BYTES, MAX_VCPUS, MIN_MEMORY_MIB, ROOT_SERIAL,
 };

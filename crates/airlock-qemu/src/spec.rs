@@ -19,6 +19,25 @@ pub const EVENT_PORT_NAME: &str = "airlock.event";
 /// (192.168.127.2) for exactly this address.
 pub const GUEST_MAC: &str = "5a:94:ef:e4:0c:ee";
 
+// The guest network. gvproxy (0.8.1) fixes it at 192.168.127.0/24; the
+// `User` attachment is set up with the same addresses, so the guest is
+// configured the same way whichever backend it has.
+
+/// The guest network (with [`GUEST_NET_PREFIX_LEN`]): 192.168.127.0/24.
+pub const GUEST_NET: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 0);
+/// Prefix length of [`GUEST_NET`].
+pub const GUEST_NET_PREFIX_LEN: u8 = 24;
+/// The guest's address on eth0 (gvproxy's static lease for [`GUEST_MAC`]).
+/// The kernel sets it at boot from the static `ip=` argument: no DHCP.
+pub const GUEST_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 2);
+/// The default gateway, which is also the guest's DNS server (the root
+/// disks' `/etc/resolv.conf` names it).
+pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 1);
+/// The address at which the guest reaches the host side's loopback:
+/// gvproxy translates it to 127.0.0.1 of its own network namespace, QEMU's
+/// user networking to the host's 127.0.0.1.
+pub const HOST_IPV4: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
+
 /// Smallest guest memory accepted.
 pub const MIN_MEMORY_MIB: u32 = 64;
 /// Largest guest memory accepted (a typo guard, not a policy).
@@ -172,8 +191,9 @@ pub enum NetworkAttachment {
         /// gvproxy's `-listen-qemu` socket.
         socket: PathBuf,
     },
-    /// QEMU's built-in user networking (slirp) with host forwards. For
-    /// development only: the guest reaches whatever the host reaches.
+    /// QEMU's built-in user networking (slirp) with host forwards, on
+    /// gvproxy's addresses ([`GUEST_NET`]). For development only: the guest
+    /// reaches whatever the host reaches.
     User {
         /// Ports forwarded from the host.
         host_forwards: Vec<HostForward>,

@@ -9,7 +9,7 @@ use std::path::Path;
 /// Version of the build recipes. Bump it when a build step changes in a way
 /// the other inputs do not show (trimming, mkfs options, cpio layout, ...):
 /// every artefact is then rebuilt.
-pub const BUILD_VERSION: &str = "airlock-images-1";
+pub const BUILD_VERSION: &str = "airlock-images-2";
 
 /// The labelled inputs of one artefact. The hash covers labels and values,
 /// so reordering or renaming an input changes it too.

@@ -9,7 +9,7 @@ use super::apt::Archive;
 use super::progress::{mib, Step};
 use super::{run_logged, Kind};
 use anyhow::{bail, Context, Result};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -265,8 +265,15 @@ fn empty_dir(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<bool> {
     Ok(kept_any)
 }
 
-/// The sandbox user, mount points, host name and a resolv.conf the agent
-/// can write (root is read-only, `/run` is a tmpfs).
+/// The guest's `/etc/resolv.conf`: gvproxy's gateway answers DNS. Without a
+/// network there is no route to it, so lookups fail at once.
+const RESOLV_CONF: &str = "nameserver 192.168.127.1\n";
+
+/// The guest's `/etc/hosts`: IPv4 only, like the guest kernel (no `::1`
+/// line, which would make clients try an address family that does not exist).
+const HOSTS: &str = "127.0.0.1\tlocalhost\n127.0.1.1\tairlock\n";
+
+/// The sandbox user, mount points, host name, hosts and resolv.conf.
 fn configure(tree: &Path) -> Result<()> {
     for (file, line) in SANDBOX_ENTRIES {
         let path = tree.join(file);
@@ -286,13 +293,14 @@ fn configure(tree: &Path) -> Result<()> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
     std::fs::write(tree.join("etc/hostname"), "airlock\n")?;
-    std::fs::write(tree.join("etc/hosts"), "127.0.0.1\tlocalhost airlock\n")?;
-    // debootstrap copies the host's resolv.conf: never ship it.
+    std::fs::write(tree.join("etc/hosts"), HOSTS)?;
+    // debootstrap copies the host's resolv.conf: never ship it. Remove
+    // first: it may be a link, which `write` would follow.
     let resolv = tree.join("etc/resolv.conf");
     if resolv.symlink_metadata().is_ok() {
         std::fs::remove_file(&resolv).with_context(|| format!("remove {}", resolv.display()))?;
     }
-    symlink("../run/resolv.conf", &resolv).with_context(|| format!("link {}", resolv.display()))?;
+    std::fs::write(&resolv, RESOLV_CONF).with_context(|| format!("write {}", resolv.display()))?;
     Ok(())
 }
 
