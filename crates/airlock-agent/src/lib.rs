@@ -53,8 +53,14 @@ pub use server::{serve, AGENT_VERSION};
 
 /// The line the agent prints on stderr (the guest console) once ready.
 pub fn ready_line() -> String {
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or_else(String::new, |secs| {
+            format!(" at {:.0} ms since boot", secs * 1000.0)
+        });
     format!(
-        "airlock-agent {AGENT_VERSION} ready (protocol {})",
+        "airlock-agent {AGENT_VERSION} ready (protocol {}){uptime}",
         airlock_protocol::PROTOCOL_VERSION
     )
 }

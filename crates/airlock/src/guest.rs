@@ -15,6 +15,10 @@ use tokio::time::Instant;
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest wait between tries.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// First wait for a pong before pinging again.
+const PING_FIRST_WAIT: Duration = Duration::from_millis(20);
+/// Longest wait for a pong before pinging again.
+const PING_MAX_WAIT: Duration = Duration::from_millis(80);
 
 /// Exponential backoff with ±25% jitter (so parallel boots do not poll in
 /// lockstep): `FIRST_BACKOFF * 2^attempt`, capped.
@@ -61,7 +65,9 @@ pub async fn wait_ready(
         let client = Client::new(event, cmd);
         let mut attempt = 0;
         while Instant::now() < deadline {
-            let wait = backoff(attempt, Duration::from_millis(50), Duration::from_secs(1));
+            // Short, capped waits: a ping sent before the agent opened its
+            // port may be lost, and the next one must follow soon.
+            let wait = backoff(attempt, PING_FIRST_WAIT, PING_MAX_WAIT);
             match client.handshake(wait.min(deadline - Instant::now())).await {
                 Ok(info) => return Ok(Some((client, info))),
                 Err(ProtocolError::Timeout { .. }) => attempt += 1,
