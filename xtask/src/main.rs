@@ -4,6 +4,7 @@
 //! guest images), so that a fresh clone on a fresh machine works with one
 //! command. Tasks print what they do on stderr.
 
+mod bench;
 mod demo;
 mod host;
 mod images;
@@ -31,6 +32,9 @@ enum Task {
     Lint,
     /// Install what the host lacks, build the images, run code in VMs.
     Demo,
+    /// Measure cold runs against the floor and the overlay pool; write
+    /// docs/benchmarks.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Lint => lint::run(),
         Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(&args),
     }
 }

@@ -19,9 +19,9 @@
 //! tmp/                        builds in progress (emptied at every run)
 //! ```
 
-mod apt;
+pub(crate) mod apt;
 mod guest_bins;
-mod initramfs;
+pub mod initramfs;
 mod inputs;
 mod kernel;
 mod manifest;

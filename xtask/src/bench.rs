@@ -1,0 +1,349 @@
+//! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
+//! boot of the same kernel to an init that ends the VM at once), the
+//! overlay pool, and QEMU's host memory; writes `docs/benchmarks.md`.
+//!
+//! Speed goals are checked here and written into the table, never asserted
+//! in timed tests.
+
+use crate::host::{self, cargo, run_checked, workspace_root};
+use crate::images::{self, Kind};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Cold runs per language (and floor boots).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Overlay acquires per mode (pool hit, on demand).
+    #[arg(long, default_value_t = 50)]
+    pub acquires: usize,
+}
+
+/// Goal: Airlock's overhead over the floor, interpreter start excluded.
+const OVERHEAD_GOAL: f64 = 0.15;
+/// Goal: a pool hit under 1 ms at p95.
+const POOL_HIT_P95_GOAL: Duration = Duration::from_millis(1);
+
+/// The snippets: (language, code).
+const SNIPPETS: [(&str, &str); 3] = [
+    ("python", "print(1)"),
+    ("javascript", "console.log(1)"),
+    ("raw", "true"),
+];
+
+/// One cold `airlock run --json`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    wall_ms: f64,
+    total_ms: f64,
+    overlay_ms: f64,
+    spawn_ms: f64,
+    ready_ms: f64,
+    exec_ms: f64,
+    teardown_ms: f64,
+    peak_mib: f64,
+}
+
+/// p50 and p95 of values (nearest rank).
+fn percentiles(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let i = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        v.get(i.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+    };
+    (rank(50.0), rank(95.0))
+}
+
+/// Runs the benchmarks and writes the table.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.runs == 0 || args.acquires == 0 {
+        bail!("--runs and --acquires must be at least 1");
+    }
+    host::ensure(host::TEST_REQUIREMENTS)?;
+    let manifest = images::ensure()?;
+    eprintln!("xtask: building the airlock binary (release)");
+    run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;
+    let airlock = host::target_dir().join("release").join("airlock");
+
+    let mut rows = Vec::new();
+    for (language, code) in SNIPPETS {
+        let mut samples = Vec::new();
+        for i in 0..args.runs {
+            eprint!(
+                "\rxtask: bench {language} cold run {}/{}   ",
+                i + 1,
+                args.runs
+            );
+            samples.push(cold_run(&airlock, language, code)?);
+        }
+        eprintln!();
+        rows.push((language, samples));
+    }
+
+    let kernel = manifest
+        .path(Kind::Kernel)
+        .context("no kernel in the manifest")?;
+    let floor = floor_boots(&kernel, args.runs)?;
+    let overlay = overlay_bench(
+        &manifest.path(Kind::RootfsRaw).context("no raw root disk")?,
+        args.acquires,
+    )?;
+    let doc = render(&rows, &floor, &overlay, args.runs)?;
+    let path = workspace_root().join("docs").join("benchmarks.md");
+    std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
+    let start = Instant::now();
+    let out = Command::new(airlock)
+        .args(["run", "--json", "-q", "-l", language, code])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {}", airlock.display()))?;
+    let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "airlock run -l {language} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parse airlock's JSON result")?;
+    let t = &v["timings"];
+    let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    Ok(Sample {
+        wall_ms,
+        total_ms: f(&t["total_ms"]),
+        overlay_ms: f(&t["overlay_ms"]),
+        spawn_ms: f(&t["spawn_ms"]),
+        ready_ms: f(&t["guest_ready_ms"]),
+        exec_ms: f(&t["exec_ms"]),
+        teardown_ms: f(&t["teardown_ms"]),
+        peak_mib: f(&v["usage"]["peak_memory_mib"]),
+    })
+}
+
+/// Wall times (ms) of bare QEMU boots of the kernel to an init that ends
+/// the VM at once: the same machine, CPU, memory and TSC arguments as
+/// Airlock's VMs, no disk and no ports.
+fn floor_boots(kernel: &Path, runs: usize) -> Result<Vec<f64>> {
+    let dir = std::env::temp_dir().join(format!("airlock-bench-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let init = dir.join("init");
+    run_checked(
+        Command::new("gcc")
+            .args(["-static", "-Os", "-o"])
+            .arg(&init)
+            .arg(workspace_root().join("xtask/bench/floor-init.c")),
+    )?;
+    let cpio =
+        images::initramfs::write_newc(&images::initramfs::airlock_entries(std::fs::read(&init)?));
+    let initrd = dir.join("floor.cpio");
+    std::fs::write(&initrd, cpio)?;
+    let tsc_khz = host_tsc_khz().unwrap_or(0);
+    let mut append = String::from("console=ttyS0 acpi=off panic=-1 reboot=t quiet");
+    if tsc_khz > 0 {
+        let _ = write!(
+            append,
+            " tsc_early_khz={tsc_khz} lpj={} tsc=reliable no_timer_check",
+            tsc_khz * 10
+        );
+    }
+    let mut times = Vec::new();
+    for i in 0..runs {
+        eprint!("\rxtask: bench floor boot {}/{runs}   ", i + 1);
+        let start = Instant::now();
+        let status = Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,acpi=off",
+            ])
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-no-reboot",
+                "-display",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", &append])
+            .args(["-serial", "null"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot start qemu-system-x86_64")?;
+        if !status.success() {
+            bail!("floor boot failed ({status})");
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    eprintln!();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(times)
+}
+
+/// The host TSC in kHz from /proc/cpuinfo (enough for the floor's boot).
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// Pool hit and on-demand acquire latency, in ms (p50, p95).
+struct OverlayNumbers {
+    hit: (f64, f64),
+    miss: (f64, f64),
+}
+
+fn overlay_bench(base: &Path, iterations: usize) -> Result<OverlayNumbers> {
+    eprintln!("xtask: bench overlay acquires ({iterations} per mode)");
+    let scratch: PathBuf =
+        std::env::temp_dir().join(format!("airlock-bench-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(airlock_overlay::measure_acquire(
+        &airlock_overlay::AcquireBenchSetup {
+            base: base.to_path_buf(),
+            scratch_dir: scratch.clone(),
+            iterations,
+            config: airlock_overlay::PoolConfig::default(),
+        },
+    ));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let bench = result?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(OverlayNumbers {
+        hit: (ms(bench.hit.p50), ms(bench.hit.p95)),
+        miss: (ms(bench.miss.p50), ms(bench.miss.p95)),
+    })
+}
+
+fn render(
+    rows: &[(&str, Vec<Sample>)],
+    floor: &[f64],
+    overlay: &OverlayNumbers,
+    runs: usize,
+) -> Result<String> {
+    let mut d = String::new();
+    let (floor50, floor95) = percentiles(floor);
+    writeln!(d, "# Benchmarks\n")?;
+    writeln!(
+        d,
+        "Written by `cargo xtask bench` ({runs} cold runs per language, release build). \
+         Machine: {} cores, {}, accelerator as `airlock doctor` reports it. \
+         Times in ms, p50 / p95.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        qemu_version()
+    )?;
+    writeln!(d, "## Cold `airlock run`\n")?;
+    writeln!(d, "Each run is a fresh `airlock run --json` process: probe (cached), VM boot, exec, teardown.\n")?;
+    writeln!(d, "| language | wall | total (in airlock) | overlay | spawn | guest ready | exec | teardown | peak host memory (MiB) |")?;
+    writeln!(d, "|---|---|---|---|---|---|---|---|---|")?;
+    let pair = |v: Vec<f64>| {
+        let (a, b) = percentiles(&v);
+        format!("{a:.0} / {b:.0}")
+    };
+    for (language, s) in rows {
+        let col = |f: fn(&Sample) -> f64| pair(s.iter().map(f).collect());
+        writeln!(
+            d,
+            "| {language} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            col(|x| x.wall_ms),
+            col(|x| x.total_ms),
+            col(|x| x.overlay_ms),
+            col(|x| x.spawn_ms),
+            col(|x| x.ready_ms),
+            col(|x| x.exec_ms),
+            col(|x| x.teardown_ms),
+            col(|x| x.peak_mib),
+        )?;
+    }
+    writeln!(d, "\n## Against the floor\n")?;
+    writeln!(
+        d,
+        "The floor is a bare `qemu-system-x86_64` boot of the same kernel (same machine type, CPU, \
+         memory and TSC arguments) to an init that ends the VM at once: {floor50:.0} / {floor95:.0} ms. \
+         Airlock's cost excluding the interpreter is a run's total minus its exec time (boot, \
+         overlay, spawn, guest ready, teardown); the wall column adds the `airlock` process itself.\n"
+    )?;
+    writeln!(d, "| language | airlock excl. exec, p50 | ratio to floor | wall excl. exec, p50 | ratio | goal (< {:.0}% over) |", OVERHEAD_GOAL * 100.0)?;
+    writeln!(d, "|---|---|---|---|---|---|")?;
+    for (language, s) in rows {
+        let (inner, _) = percentiles(&s.iter().map(|x| x.total_ms - x.exec_ms).collect::<Vec<_>>());
+        let (wall, _) = percentiles(&s.iter().map(|x| x.wall_ms - x.exec_ms).collect::<Vec<_>>());
+        let ratio = inner / floor50;
+        let met = if ratio - 1.0 < OVERHEAD_GOAL {
+            "met"
+        } else {
+            "not met"
+        };
+        writeln!(
+            d,
+            "| {language} | {inner:.0} | {ratio:.2} | {wall:.0} | {:.2} | {met} |",
+            wall / floor50
+        )?;
+    }
+    writeln!(d, "\n## Overlay pool\n")?;
+    let share: Vec<f64> = rows
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|x| x.overlay_ms / x.total_ms * 100.0))
+        .collect();
+    let (share50, _) = percentiles(&share);
+    let met = if overlay.hit.1 < POOL_HIT_P95_GOAL.as_secs_f64() * 1000.0 {
+        "met"
+    } else {
+        "not met"
+    };
+    writeln!(d, "| acquire | p50 | p95 |\n|---|---|---|")?;
+    writeln!(
+        d,
+        "| pool hit (rename) | {:.3} | {:.3} |",
+        overlay.hit.0, overlay.hit.1
+    )?;
+    writeln!(
+        d,
+        "| on demand (qemu-img create) | {:.2} | {:.2} |",
+        overlay.miss.0, overlay.miss.1
+    )?;
+    writeln!(
+        d,
+        "\nGoal: a pool hit under 1 ms at p95: **{met}**. One-shot `airlock run` creates its overlay on \
+         demand (a pool would be filled and thrown away); the overlay's share of a cold run's total is \
+         {share50:.1}% (p50)."
+    )?;
+    Ok(d)
+}
+
+fn qemu_version() -> String {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "QEMU version unknown".into())
+}
