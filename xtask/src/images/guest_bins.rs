@@ -13,6 +13,24 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The flags of the guest build: a static executable.
 pub const GUEST_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 
+/// The guest RUSTFLAGS: static, and with the checkout's and cargo's paths
+/// remapped so that the binaries (and so the images' content hashes) do not
+/// depend on where the workspace was cloned: a CI clone then reuses the
+/// cached root disks instead of rebuilding them.
+fn guest_rustflags(workspace: &std::path::Path) -> String {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut flags = format!(
+        "{GUEST_RUSTFLAGS} --remap-path-prefix={}=/airlock",
+        workspace.display()
+    );
+    if let Some(home) = cargo_home {
+        flags.push_str(&format!(" --remap-path-prefix={}=/cargo", home.display()));
+    }
+    flags
+}
+
 /// Paths of the built binaries.
 #[derive(Debug, Clone)]
 pub struct GuestBins {
@@ -49,7 +67,7 @@ pub fn build(ws: &Workspace) -> Result<GuestBins> {
         cmd.args(["-p", "airlock-agent"]);
     }
     cmd.env("CARGO_TARGET_DIR", &target_dir)
-        .env("RUSTFLAGS", GUEST_RUSTFLAGS)
+        .env("RUSTFLAGS", guest_rustflags(&ws.root))
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     run_checked(&mut cmd)?;
     step.done("");
