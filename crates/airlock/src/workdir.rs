@@ -132,9 +132,10 @@ pub fn sweep_dead_process_dirs(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
+        let name = entry.file_name();
+        let Some(pid) = name
             .to_str()
+            .and_then(|n| n.split('-').next())
             .and_then(|n| n.parse::<u32>().ok())
         else {
             continue;
