@@ -367,14 +367,17 @@ async fn traversal_and_symlink_escapes_are_refused() {
     let home = agent.home.path();
     std::os::unix::fs::symlink("/etc", home.join("etc_link")).unwrap();
     std::os::unix::fs::symlink("..", home.join("up")).unwrap();
-    for path in [
-        "../x",
-        "/etc/passwd",
-        "a/../../x",
-        "etc_link/passwd",
-        "up/x",
-        "up/../x",
-    ] {
+    // A name nothing else uses: the home's parent is the shared temp dir.
+    let x = format!("airlock-escape-{}", std::process::id());
+    let paths = [
+        format!("../{x}"),
+        "/etc/passwd".to_owned(),
+        format!("a/../../{x}"),
+        "etc_link/passwd".to_owned(),
+        format!("up/{x}"),
+        format!("up/../{x}"),
+    ];
+    for path in paths.iter().map(String::as_str) {
         let (kind, _) = guest_error(agent.client.read_file(path, T).await);
         assert_eq!(kind, ErrorKind::InvalidPath, "read {path}");
         let (kind, _) = guest_error(agent.client.write_file(path, 0o644, b"evil", T).await);
@@ -389,7 +392,7 @@ async fn traversal_and_symlink_escapes_are_refused() {
     let (kind, _) = guest_error(agent.client.exec_collect(request, T).await);
     assert_eq!(kind, ErrorKind::InvalidPath);
     let parent = home.parent().unwrap();
-    assert!(!parent.join("x").exists());
+    assert!(!parent.join(&x).exists());
     let names: Vec<_> = std::fs::read_dir(home)
         .unwrap()
         .map(|e| e.unwrap().file_name())
