@@ -14,6 +14,7 @@ pub struct TestArgs {
 /// Runs the whole test set-up and suite.
 pub fn run(args: &TestArgs) -> Result<()> {
     host::ensure(host::TEST_REQUIREMENTS)?;
+    host::ensure_gvproxy()?;
     crate::images::ensure()?;
     if !args.no_lint {
         crate::lint::run()?;
@@ -22,7 +23,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The images are built: VM tests must run, never skip.
     run_checked(
         cargo()
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--no-fail-fast"])
             .env("AIRLOCK_REQUIRE_VM_TESTS", "1"),
     )
 }

@@ -1,0 +1,656 @@
+//! Starting gvproxy for one VM and tearing it down.
+//!
+//! [`GvproxyLauncher::launch`]: write the config (when the version takes
+//! one), spawn gvproxy in its own process group inside fresh namespaces
+//! (see [`crate::netns`]), its output going to a file, wait for its sockets
+//! by inotify events under a deadline, then push DNS zones and port
+//! forwards over its API. [`GvproxyHandle::stop`] kills the group (TERM,
+//! then KILL after a grace) and removes the sockets.
+
+use crate::api::GvproxyApi;
+use crate::config::{
+    command_line, dns_zones, expose_requests, render_yaml, Addressing, GvproxyPaths, GvproxySpec,
+};
+use crate::netns::{self, NamespaceKind, NamespacePlan};
+use crate::watch::DirWatch;
+use crate::{GvproxyBinary, GvproxyError};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Most bytes of gvproxy's logs quoted in an error.
+const LOG_TAIL_BYTES: usize = 2048;
+
+/// How long to wait for the group to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Work the caller adds to gvproxy's `Command` before it is spawned, e.g.
+/// installing the limits group's pre-exec hook
+/// (`Box::new(move |cmd| hook.install(cmd))`). It runs before this crate's
+/// own pre-exec set-up, so a hook that joins a cgroup does so before the
+/// namespaces change. It must only add pre-exec hooks: the program, its
+/// arguments, stdio and process group are this crate's.
+pub type ChildSetup = Box<dyn FnOnce(&mut std::process::Command) + Send>;
+
+/// How gvproxy is started and stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// How long gvproxy may take to open its sockets.
+    pub ready_timeout: Duration,
+    /// Deadline of each API call.
+    pub api_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL at stop.
+    pub stop_grace: Duration,
+    /// How to make the namespaces; `None`: by the effective uid.
+    pub namespace: Option<NamespaceKind>,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self {
+            ready_timeout: Duration::from_secs(10),
+            api_timeout: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(2),
+            namespace: None,
+        }
+    }
+}
+
+impl LaunchOptions {
+    /// Checks that every duration is non-zero and at most 5 minutes.
+    ///
+    /// # Errors
+    /// [`GvproxyError::InvalidOptions`].
+    pub fn validate(&self) -> Result<(), GvproxyError> {
+        for (name, value) in [
+            ("ready_timeout", self.ready_timeout),
+            ("api_timeout", self.api_timeout),
+            ("stop_grace", self.stop_grace),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(300) {
+                return Err(GvproxyError::InvalidOptions {
+                    reason: format!("{name} {value:?} is outside (0, 5 min]"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts gvproxy processes.
+#[derive(Debug, Clone)]
+pub struct GvproxyLauncher {
+    binary: GvproxyBinary,
+    options: LaunchOptions,
+}
+
+/// A guest port exposed by gvproxy on a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposedPort {
+    /// The guest port.
+    pub guest_port: u16,
+    /// The host port asked for (`None`: the bridge chooses).
+    pub host_port: Option<u16>,
+    /// The socket gvproxy listens on.
+    pub socket: PathBuf,
+}
+
+/// What [`GvproxyHandle::stop`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StopReport {
+    /// The VM.
+    pub vm_id: String,
+    /// The handle was already stopped: nothing was done.
+    pub already_stopped: bool,
+    /// gvproxy had exited before the stop (crash or killed by someone).
+    pub exited_before_stop: bool,
+    /// How gvproxy ended (`exit code 0`, `killed by signal 9`).
+    pub exit: Option<String>,
+    /// SIGKILL was needed after the grace.
+    pub forced: bool,
+    /// Files removed.
+    pub removed: Vec<PathBuf>,
+    /// What could not be done (teardown goes on regardless).
+    pub problems: Vec<String>,
+}
+
+/// A running gvproxy. Stop it with [`GvproxyHandle::stop`]; dropping it
+/// kills the process group with SIGKILL and removes the sockets.
+#[derive(Debug)]
+pub struct GvproxyHandle {
+    vm_id: String,
+    pid: u32,
+    child: tokio::process::Child,
+    netns: OwnedFd,
+    paths: GvproxyPaths,
+    exposed: Vec<ExposedPort>,
+    addressing: Addressing,
+    api: GvproxyApi,
+    stop_grace: Duration,
+    ready_after: Duration,
+    stopped: bool,
+}
+
+impl GvproxyLauncher {
+    /// A launcher for `binary`.
+    ///
+    /// # Errors
+    /// [`GvproxyError::InvalidOptions`].
+    pub fn new(binary: GvproxyBinary, options: LaunchOptions) -> Result<Self, GvproxyError> {
+        options.validate()?;
+        Ok(Self { binary, options })
+    }
+
+    /// The binary.
+    pub fn binary(&self) -> &GvproxyBinary {
+        &self.binary
+    }
+
+    /// Starts gvproxy for `spec` and returns once its QEMU socket listens
+    /// and its DNS zones and forwards are in place. `child_setup` runs on
+    /// the `Command` first (see [`ChildSetup`]).
+    ///
+    /// # Errors
+    /// Spec errors; [`GvproxyError::Netns`] when the namespaces cannot be
+    /// made (gvproxy is then never run); spawn, readiness and API errors
+    /// (gvproxy is stopped before returning them).
+    pub async fn launch(
+        &self,
+        spec: &GvproxySpec,
+        child_setup: Option<ChildSetup>,
+    ) -> Result<GvproxyHandle, GvproxyError> {
+        spec.validate()?;
+        let vm_id = spec.vm_id().to_owned();
+        let paths = spec.paths.clone();
+        let version = self.binary.version;
+        let addressing = Addressing::for_version(&vm_id, version);
+        prepare_dir(&paths, spec).await?;
+        if version.takes_config_file() {
+            let file = paths.config_file();
+            tokio::fs::write(&file, render_yaml(spec, addressing))
+                .await
+                .map_err(|e| GvproxyError::io("write", &file, e))?;
+        }
+        let output = tokio::fs::File::create(paths.output_file())
+            .await
+            .map_err(|e| GvproxyError::io("create", paths.output_file(), e))?
+            .into_std()
+            .await;
+        let stderr = output
+            .try_clone()
+            .map_err(|e| GvproxyError::io("dup", paths.output_file(), e))?;
+        let watch = DirWatch::new(paths.dir())?;
+
+        let mut cmd = std::process::Command::new(&self.binary.path);
+        cmd.args(command_line(spec, version))
+            .current_dir(paths.dir())
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(stderr)
+            .process_group(0);
+        if let Some(setup) = child_setup {
+            setup(&mut cmd);
+        }
+        let kind = self
+            .options
+            .namespace
+            .unwrap_or_else(NamespaceKind::for_current_user);
+        let (plan, steps) =
+            NamespacePlan::new(kind, paths.dir()).map_err(|source| GvproxyError::Netns {
+                vm_id: vm_id.clone(),
+                step: "prepare",
+                source,
+            })?;
+        plan.install(&mut cmd);
+
+        let started = Instant::now();
+        let child = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|source| match steps.last_step() {
+                Some(step) if step != "exec gvproxy" => GvproxyError::Netns {
+                    vm_id: vm_id.clone(),
+                    step,
+                    source,
+                },
+                _ => GvproxyError::Spawn {
+                    vm_id: vm_id.clone(),
+                    program: self.binary.path.clone(),
+                    source,
+                },
+            })?;
+        let pid = child.id().unwrap_or_default();
+        // Opened at once: the namespace outlives gvproxy while this fd (and
+        // any listener bound in it) lives.
+        let netns = match netns::open_netns_of(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // It is exiting or gone (a dead process has no
+                // namespaces); if it was not, our SIGKILL says so.
+                let mut child = child;
+                kill_group(pid, Signal::SIGKILL);
+                let mut status = child.wait().await.map(describe_status).unwrap_or_default();
+                if status == "killed by signal 9" {
+                    status = format!("{status}; cannot open /proc/{pid}/ns/net: {e}");
+                }
+                return Err(GvproxyError::Exited {
+                    vm_id,
+                    status,
+                    log_tail: log_tail(&paths).await,
+                });
+            }
+        };
+        let api = GvproxyApi::new(&vm_id, paths.api_socket(), self.options.api_timeout);
+        let mut handle = GvproxyHandle {
+            vm_id: vm_id.clone(),
+            pid,
+            child,
+            netns,
+            exposed: spec
+                .policy
+                .exposes
+                .iter()
+                .map(|e| ExposedPort {
+                    guest_port: e.guest_port,
+                    host_port: e.host_port,
+                    socket: paths.expose_socket(e.guest_port),
+                })
+                .collect(),
+            paths,
+            addressing,
+            api,
+            stop_grace: self.options.stop_grace,
+            ready_after: Duration::ZERO,
+            stopped: false,
+        };
+        let push_zones = !version.takes_config_file();
+        let ready_timeout = self.options.ready_timeout;
+        match handle
+            .finish_start(spec, watch, started, ready_timeout, push_zones)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    vm_id = %vm_id,
+                    pid,
+                    mode = %spec.policy.mode,
+                    ready_ms = handle.ready_after.as_millis() as u64,
+                    "gvproxy ready"
+                );
+                Ok(handle)
+            }
+            Err(e) => {
+                let report = handle.stop().await;
+                tracing::warn!(vm_id = %vm_id, error = %e, ?report, "gvproxy start failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl GvproxyHandle {
+    async fn finish_start(
+        &mut self,
+        spec: &GvproxySpec,
+        watch: DirWatch,
+        started: Instant,
+        ready_timeout: Duration,
+        push_zones: bool,
+    ) -> Result<(), GvproxyError> {
+        if netns::is_own_netns(self.netns.as_fd()).unwrap_or(true) {
+            return Err(GvproxyError::Netns {
+                vm_id: self.vm_id.clone(),
+                step: "check the namespace",
+                source: io::Error::other("gvproxy shares this process's network namespace"),
+            });
+        }
+        let deadline = tokio::time::Instant::from_std(started + ready_timeout);
+        for socket in [self.paths.api_socket(), self.paths.qemu_socket()] {
+            self.wait_for_file(&watch, &socket, deadline, ready_timeout)
+                .await?;
+        }
+        // The socket file appears at bind(), just before listen(): retry a
+        // refused first call until the deadline. Versions with `-config`
+        // read their zones from the file.
+        if push_zones {
+            for zone in dns_zones(&spec.policy, self.addressing) {
+                retry_refused(deadline, || self.api.add_dns_zone(&zone)).await?;
+            }
+        }
+        for request in expose_requests(spec, self.addressing) {
+            retry_refused(deadline, || self.api.expose(&request)).await?;
+        }
+        self.ready_after = started.elapsed();
+        Ok(())
+    }
+
+    async fn wait_for_file(
+        &mut self,
+        watch: &DirWatch,
+        file: &Path,
+        deadline: tokio::time::Instant,
+        ready_timeout: Duration,
+    ) -> Result<(), GvproxyError> {
+        loop {
+            if tokio::fs::symlink_metadata(file).await.is_ok() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = watch.changed() => {
+                    if let Err(e) = changed {
+                        return Err(GvproxyError::io("watch", self.paths.dir(), e));
+                    }
+                }
+                status = self.child.wait() => {
+                    let status = status.map(describe_status).unwrap_or_else(|e| e.to_string());
+                    return Err(GvproxyError::Exited {
+                        vm_id: self.vm_id.clone(),
+                        status,
+                        log_tail: log_tail(&self.paths).await,
+                    });
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(GvproxyError::NotReady {
+                        vm_id: self.vm_id.clone(),
+                        deadline: ready_timeout,
+                        waiting_for: file.to_path_buf(),
+                        log_tail: log_tail(&self.paths).await,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The VM.
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+
+    /// gvproxy's pid (also its process group).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The socket QEMU's `-netdev stream` connects to. gvproxy listens on
+    /// it already, and accepts one connection.
+    pub fn qemu_socket(&self) -> PathBuf {
+        self.paths.qemu_socket()
+    }
+
+    /// gvproxy's API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.paths.api_socket()
+    }
+
+    /// A client of gvproxy's API.
+    pub fn api(&self) -> &GvproxyApi {
+        &self.api
+    }
+
+    /// The files of this gvproxy (sockets, logs).
+    pub fn paths(&self) -> &GvproxyPaths {
+        &self.paths
+    }
+
+    /// The addresses of the virtual network.
+    pub fn addressing(&self) -> Addressing {
+        self.addressing
+    }
+
+    /// The exposed guest ports and their unix sockets.
+    pub fn exposed_ports(&self) -> &[ExposedPort] {
+        &self.exposed
+    }
+
+    /// gvproxy's network namespace (an fd of `/proc/<pid>/ns/net` opened
+    /// right after spawn). Bind listeners in it with
+    /// [`crate::bind_tcp_in_netns`].
+    pub fn netns_fd(&self) -> BorrowedFd<'_> {
+        self.netns.as_fd()
+    }
+
+    /// Time from spawn to ready (sockets up, zones and forwards pushed).
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// Stops gvproxy: SIGTERM to its process group, SIGKILL after the
+    /// grace, then removes its sockets and pid file (logs stay). Never
+    /// fails and is idempotent: problems are listed in the report.
+    pub async fn stop(&mut self) -> StopReport {
+        let mut report = StopReport {
+            vm_id: self.vm_id.clone(),
+            ..StopReport::default()
+        };
+        if self.stopped {
+            report.already_stopped = true;
+            return report;
+        }
+        self.stopped = true;
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                report.exited_before_stop = true;
+                report.exit = Some(describe_status(status));
+            }
+            Ok(None) => {
+                kill_group(self.pid, Signal::SIGTERM);
+                match tokio::time::timeout(self.stop_grace, self.child.wait()).await {
+                    Ok(status) => report.exit = status.map(describe_status).ok(),
+                    Err(_) => {
+                        report.forced = true;
+                        kill_group(self.pid, Signal::SIGKILL);
+                        match tokio::time::timeout(KILL_WAIT, self.child.wait()).await {
+                            Ok(status) => report.exit = status.map(describe_status).ok(),
+                            Err(_) => report.problems.push(format!(
+                                "gvproxy (pid {}) still runs {KILL_WAIT:?} after SIGKILL",
+                                self.pid
+                            )),
+                        }
+                    }
+                }
+            }
+            Err(e) => report
+                .problems
+                .push(format!("cannot check gvproxy's status: {e}")),
+        }
+        for file in self.files_to_remove() {
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => report.removed.push(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => report
+                    .problems
+                    .push(format!("remove {}: {e}", file.display())),
+            }
+        }
+        tracing::info!(
+            vm_id = %self.vm_id,
+            pid = self.pid,
+            exit = report.exit.as_deref().unwrap_or("unknown"),
+            forced = report.forced,
+            removed = report.removed.len(),
+            problems = report.problems.len(),
+            "gvproxy stopped"
+        );
+        report
+    }
+
+    fn files_to_remove(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.paths.api_socket(),
+            self.paths.qemu_socket(),
+            self.paths.pid_file(),
+        ];
+        files.extend(self.exposed.iter().map(|e| e.socket.clone()));
+        files
+    }
+}
+
+impl Drop for GvproxyHandle {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill_group(self.pid, Signal::SIGKILL);
+        }
+        let mut report = StopReport::default();
+        remove_files(&self.files_to_remove(), &mut report);
+        tracing::warn!(
+            vm_id = %self.vm_id,
+            pid = self.pid,
+            "gvproxy handle dropped without stop(): killed its group"
+        );
+    }
+}
+
+/// Removes `files` synchronously (for `Drop`; `stop` does it with tokio).
+fn remove_files(files: &[PathBuf], report: &mut StopReport) {
+    for file in files {
+        match std::fs::remove_file(file) {
+            Ok(()) => report.removed.push(file.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => report
+                .problems
+                .push(format!("remove {}: {e}", file.display())),
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pid` (gvproxy leads its group). A
+/// group already gone is fine.
+fn kill_group(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    if raw <= 1 {
+        return;
+    }
+    let _ = nix::sys::signal::killpg(Pid::from_raw(raw), signal);
+}
+
+/// Makes the directory (0700) and removes stale sockets of a previous run.
+async fn prepare_dir(paths: &GvproxyPaths, spec: &GvproxySpec) -> Result<(), GvproxyError> {
+    let dir = paths.dir();
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| GvproxyError::io("create", dir, e))?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(|e| GvproxyError::io("chmod", dir, e))?;
+    let mut stale = vec![paths.api_socket(), paths.qemu_socket(), paths.pid_file()];
+    stale.extend(spec.expose_sockets().into_iter().map(|(_, s)| s));
+    for file in stale {
+        match tokio::fs::remove_file(&file).await {
+            Ok(()) => tracing::debug!(path = %file.display(), "removed a stale gvproxy file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(GvproxyError::io("remove stale", &file, e)),
+        }
+    }
+    Ok(())
+}
+
+async fn retry_refused<F, Fut>(
+    deadline: tokio::time::Instant,
+    mut call: F,
+) -> Result<(), GvproxyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), GvproxyError>>,
+{
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match call().await {
+            Err(GvproxyError::Api { ref reason, .. })
+                if reason.contains("Connection refused")
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A readable exit status.
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "unknown status".into(),
+    }
+}
+
+/// The ends of gvproxy's log and output, for error messages.
+async fn log_tail(paths: &GvproxyPaths) -> String {
+    let mut parts = Vec::new();
+    for file in [paths.log_file(), paths.output_file()] {
+        if let Ok(text) = tokio::fs::read_to_string(&file).await {
+            let text = text.trim();
+            if !text.is_empty() {
+                parts.push(tail(text, LOG_TAIL_BYTES / 2));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "(empty)".into()
+    } else {
+        parts.join(" | ")
+    }
+}
+
+fn tail(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max_bytes;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_options_are_valid() {
+        assert!(LaunchOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_or_huge_durations_are_refused() {
+        let o = LaunchOptions {
+            ready_timeout: Duration::ZERO,
+            ..LaunchOptions::default()
+        };
+        assert!(o.validate().is_err());
+        let o = LaunchOptions {
+            stop_grace: Duration::from_secs(301),
+            ..LaunchOptions::default()
+        };
+        assert!(o.validate().unwrap_err().to_string().contains("stop_grace"));
+    }
+
+    #[test]
+    fn tail_cuts_at_a_char_boundary() {
+        assert_eq!(tail("short", 10), "short");
+        let t = tail("ééééé", 3);
+        assert!(t.starts_with("...") && t.ends_with('é'));
+    }
+
+    #[test]
+    fn removing_missing_files_is_not_a_problem() {
+        let mut report = StopReport::default();
+        remove_files(
+            &[PathBuf::from("/nonexistent-airlock-test/x.sock")],
+            &mut report,
+        );
+        assert!(report.removed.is_empty() && report.problems.is_empty());
+    }
+}
