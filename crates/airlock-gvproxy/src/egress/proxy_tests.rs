@@ -744,7 +744,10 @@ fn serve_outside_a_runtime_is_an_error_not_a_panic() {
         ..EgressConfig::default()
     };
     let result = EgressProxy::serve(std_listener(), std_listener(), config);
-    assert!(matches!(result, Err(crate::GvproxyError::EgressNoRuntime { .. })));
+    assert!(matches!(
+        result,
+        Err(crate::GvproxyError::EgressNoRuntime { .. })
+    ));
 }
 
 /// Real TLS: a rustls client and server talk through the proxy.
