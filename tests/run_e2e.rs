@@ -31,6 +31,7 @@ fn options(language: Language) -> VmOptions {
         language,
         memory_mib: 512,
         vcpus: 1,
+        network: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::network::{ExposedAddr, NetworkRequest};
 use crate::request::{parse_env_pair, RunRequest, DEFAULT_MEMORY_MIB};
 use crate::scheduler::{RunObserver, Scheduler, Stage};
 use crate::vm::OutputStream;
@@ -64,6 +65,21 @@ pub struct RunArgs {
     /// An environment variable for the code (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Let the guest reach allowlisted domains on ports 80 and 443, nothing
+    /// else. Without --allow-domain the language's default allowlist
+    /// applies: python: pypi.org, files.pythonhosted.org; javascript:
+    /// registry.npmjs.org; raw: none (nothing is reachable).
+    #[arg(long)]
+    pub network: bool,
+    /// A domain the guest may reach (repeatable; `*.example.com` allows
+    /// its subdomains). Implies --network.
+    #[arg(long = "allow-domain", value_name = "NAME")]
+    pub allow_domain: Vec<String>,
+    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp]
+    /// (repeatable; without HOST a free port is chosen and printed). The
+    /// guest still reaches nothing unless --network is given.
+    #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
+    pub expose: Vec<String>,
     /// Print the whole result as JSON on stdout instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -126,6 +142,7 @@ impl RunArgs {
         let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
         request.timeout = Duration::try_from_secs_f64(self.timeout)
             .map_err(|e| Error::invalid("timeout", e.to_string()))?;
+        request.network = self.network_request(request.language)?;
         request.memory_mib = self.memory;
         request.vcpus = self.cpus;
         for pair in &self.env {
@@ -134,6 +151,32 @@ impl RunArgs {
         }
         request.validate()?;
         Ok(request)
+    }
+}
+
+impl RunArgs {
+    fn network_request(&self, language: Language) -> Result<NetworkRequest, Error> {
+        let invalid = |e: airlock_gvproxy::GvproxyError| Error::invalid("network", e.to_string());
+        let allow = if self.network || !self.allow_domain.is_empty() {
+            Some(if self.allow_domain.is_empty() {
+                airlock_gvproxy::default_allowlist(language.as_str()).map_err(invalid)?
+            } else {
+                self.allow_domain
+                    .iter()
+                    .map(|d| airlock_gvproxy::DomainPattern::parse(d).map_err(invalid))
+                    .collect::<Result<_, _>>()?
+            })
+        } else {
+            None
+        };
+        // An empty allowlist (raw's default) reaches nothing: no allowlist.
+        let allow = allow.filter(|a: &Vec<_>| !a.is_empty());
+        let exposes = self
+            .expose
+            .iter()
+            .map(|e| airlock_gvproxy::Expose::parse(e).map_err(invalid))
+            .collect::<Result<_, _>>()?;
+        Ok(NetworkRequest { allow, exposes })
     }
 }
 
@@ -350,6 +393,16 @@ impl RunObserver for Terminal {
         }
     }
 
+    fn exposed(&mut self, ports: &[ExposedAddr]) {
+        self.clear_progress();
+        for port in ports {
+            eprintln!(
+                "airlock: guest port {} is served at {}",
+                port.guest_port, port.host
+            );
+        }
+    }
+
     fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
         if !self.stream_output {
             return;
@@ -442,6 +495,14 @@ mod tests {
             (&["-e", "NOEQUALS", "x"], "env"),
             (&["-e", "1BAD=v", "x"], "env"),
             (&["-c", "a", "b"], "code"),
+            (&["--allow-domain", "bad..name", "x"], "network"),
+            (&["--allow-domain", "*.*.example.com", "x"], "network"),
+            (&["--expose", "0", "x"], "network"),
+            (&["--expose", "70000", "x"], "network"),
+            (
+                &["--expose", "80:8080", "--expose", "81:8080", "x"],
+                "network",
+            ),
         ];
         for (args, field) in cases {
             match parse(args).to_request(&mut std::io::empty()) {
@@ -449,6 +510,40 @@ mod tests {
                 other => panic!("{args:?}: expected InvalidInput, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn network_flags_map_to_modes_and_defaults() {
+        use airlock_gvproxy::NetworkMode;
+        let none = parse(&["x"]).to_request(&mut std::io::empty()).unwrap();
+        assert_eq!(none.network.mode(), NetworkMode::None);
+        let ports = parse(&["--expose", "8080", "x"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(ports.network.mode(), NetworkMode::Ports);
+        let py = parse(&["--network", "x"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        let names: Vec<String> = py
+            .network
+            .allow
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(names, ["pypi.org", "files.pythonhosted.org"]);
+        let raw = parse(&["-l", "raw", "--network", "x"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(
+            raw.network.mode(),
+            NetworkMode::None,
+            "raw has no default domains"
+        );
+        let one = parse(&["--allow-domain", "*.Example.com", "x"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(one.network.mode(), NetworkMode::Allowlist);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn default_run_dir() -> PathBuf {
 }
 
 /// How the orchestrator runs VMs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where the guest images are.
     pub images_dir: PathBuf,
@@ -52,6 +52,8 @@ pub struct Config {
     pub overlay_pool_target: usize,
     /// Echo the guest console to stderr (kernel and init log).
     pub debug_console: bool,
+    /// Test-only egress settings (fake resolver, private upstreams).
+    pub egress_test: crate::network::EgressTestOverrides,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             // every slot, capped (each is a file and a qemu-img run).
             overlay_pool_target: max_concurrent_vms.min(8),
             debug_console: false,
+            egress_test: crate::network::EgressTestOverrides::default(),
         }
     }
 }

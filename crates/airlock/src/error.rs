@@ -103,6 +103,15 @@ pub enum Error {
     /// Setting up a VM's limits group failed.
     #[error(transparent)]
     Limits(#[from] airlock_limits::LimitsError),
+    /// The VM's network (gvproxy, egress proxy) could not be set up.
+    #[error("vm {vm_id}: network: {source}")]
+    Network {
+        /// The VM.
+        vm_id: String,
+        /// What went wrong.
+        #[source]
+        source: airlock_gvproxy::GvproxyError,
+    },
     /// Talking to the guest agent failed.
     #[error("vm {vm_id}: {source}")]
     Protocol {
@@ -134,6 +143,9 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             Error::InvalidInput { .. } => Some("see `airlock run --help`"),
+            Error::Network { .. } => Some(
+                "network modes need gvproxy (`cargo xtask test` or `demo` fetches it) and root or user namespaces; see docs/network.md",
+            ),
             Error::ImagesMissing { .. } => {
                 Some("run `cargo xtask images` to build the guest images")
             }

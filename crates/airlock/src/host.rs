@@ -51,20 +51,17 @@ impl Host {
         })
     }
 
-    /// The QEMU arguments of one VM: its root disk is the overlay in its
-    /// work dir over `base`; sockets and logs live in the work dir.
-    ///
-    /// # Errors
-    /// [`crate::Error::Qemu`] for a spec QEMU cannot run.
-    pub fn qemu_argv(
+    /// The QEMU spec of one VM: its root disk is the overlay in its work
+    /// dir over `base`; sockets and logs live in the work dir. Adjust it
+    /// (network, kernel verbosity), then [`Host::argv`].
+    pub fn vm_spec(
         &self,
         vm_id: &str,
         options: &VmOptions,
         images: &Images,
         workdir: &WorkDir,
         base: &Path,
-        debug_console: bool,
-    ) -> Result<Vec<OsString>> {
+    ) -> VmSpec {
         let mut spec = VmSpec::new(
             vm_id,
             BootImages {
@@ -79,13 +76,19 @@ impl Host {
             workdir.path(),
         );
         spec.memory_mib = options.memory_mib;
-        // With --debug the whole kernel log is worth its console time.
-        spec.quiet_kernel = !debug_console;
         spec.vcpus = options.vcpus;
         spec.console_log = workdir.console_log();
         spec.cmd_socket = workdir.cmd_socket();
         spec.event_socket = workdir.event_socket();
         spec.qmp_socket = workdir.qmp_socket();
-        Ok(QemuArgs::build(&spec, &self.caps)?)
+        spec
+    }
+
+    /// The QEMU arguments of `spec` on this host.
+    ///
+    /// # Errors
+    /// [`crate::Error::Qemu`] for a spec QEMU cannot run.
+    pub fn argv(&self, spec: &VmSpec) -> Result<Vec<OsString>> {
+        Ok(QemuArgs::build(spec, &self.caps)?)
     }
 }

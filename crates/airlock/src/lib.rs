@@ -32,6 +32,7 @@ mod error;
 mod guest;
 mod host;
 mod images;
+mod network;
 pub mod process;
 mod request;
 mod scheduler;
@@ -42,6 +43,7 @@ pub use config::{cache_dir, default_run_dir, Config};
 pub use error::{Error, Result};
 pub use host::Host;
 pub use images::Images;
+pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
 pub use request::{
     parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
     DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,

@@ -41,6 +41,8 @@ pub struct RunRequest {
     pub env: BTreeMap<String, String>,
     /// Who the run is for (groups limits and logs); `[A-Za-z0-9_-]{1,128}`.
     pub tenant: String,
+    /// Network: none (default), exposed ports, or an allowlist.
+    pub network: crate::network::NetworkRequest,
 }
 
 impl RunRequest {
@@ -54,6 +56,7 @@ impl RunRequest {
             vcpus: 1,
             env: BTreeMap::new(),
             tenant: "default".into(),
+            network: crate::network::NetworkRequest::default(),
         }
     }
 
@@ -110,6 +113,7 @@ impl RunRequest {
             ));
         }
         validate_identifier("tenant", &self.tenant)?;
+        self.network.validate()?;
         validate_env(&self.env)
     }
 }
@@ -226,6 +230,8 @@ pub struct RunResult {
     pub timings: Timings,
     /// What the VM's processes used on the host (from its limits group).
     pub usage: crate::vm::Usage,
+    /// What the network did (`None`: the VM had none).
+    pub network: Option<crate::network::NetworkReport>,
 }
 
 fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {

@@ -25,6 +25,8 @@ pub trait RunObserver: Send {
     fn stage(&mut self, _stage: Stage) {}
     /// A chunk of output.
     fn output(&mut self, stream: OutputStream, bytes: &[u8]);
+    /// The VM is up and these guest ports are served on the host.
+    fn exposed(&mut self, _ports: &[crate::network::ExposedAddr]) {}
 }
 
 /// Ignores everything (for [`Scheduler::run`]).
@@ -87,8 +89,10 @@ impl Scheduler {
                 language: request.language,
                 memory_mib: request.memory_mib,
                 vcpus: request.vcpus,
+                network: request.network.clone(),
             })
             .await?;
+        observer.exposed(vm.exposed());
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
         let outcome = vm
@@ -131,6 +135,7 @@ impl Scheduler {
                 boot_attempts: boot.attempts,
             },
             usage: teardown.usage,
+            network: teardown.network,
         })
     }
 }

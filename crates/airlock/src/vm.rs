@@ -7,12 +7,15 @@ use crate::guest::{self, backoff, GuestPaths};
 use crate::host::Host;
 use crate::images::Images;
 use crate::ms;
+use crate::network::{ExposedAddr, NetworkReport, VmNetwork};
 use crate::process::{file_tail, QemuProcess, Termination};
 use crate::workdir::{self, WorkDir};
+use airlock_gvproxy::NetworkMode;
 use airlock_limits::{Limiter, Limits, VmGroup, VmShape};
 use airlock_overlay::{OverlayPool, PoolConfig};
 use airlock_protocol::client::{AgentInfo, Client, ExecEvent};
 use airlock_protocol::{Completion, ExecRequest, Language, ProtocolError};
+use airlock_qemu::NetworkAttachment;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +37,8 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// vCPUs.
     pub vcpus: u32,
+    /// Network (default none: no network device).
+    pub network: crate::network::NetworkRequest,
 }
 
 /// Where a VM's boot time went, in milliseconds.
@@ -64,6 +69,8 @@ pub struct TeardownReport {
     pub workdir_removed: bool,
     /// Resource use read from the limits group just before removal.
     pub usage: Usage,
+    /// What the network did (`None`: the VM had none).
+    pub network: Option<NetworkReport>,
     /// Problems met (teardown never fails; it reports).
     pub problems: Vec<String>,
     /// Time it took, in ms.
@@ -217,6 +224,7 @@ impl VmManager {
             id: vm_id.clone(),
             workdir,
             qemu: None,
+            network: None,
             group: None,
             client: None,
             agent: None,
@@ -232,14 +240,11 @@ impl VmManager {
         vm.timings.overlay_pool_hit = acquired.pool_hit;
 
         let spawn_start = Instant::now();
-        let argv = inner.host.qemu_argv(
-            &vm_id,
-            options,
-            &inner.images,
-            &vm.workdir,
-            base,
-            inner.config.debug_console,
-        )?;
+        let mut spec = inner
+            .host
+            .vm_spec(&vm_id, options, &inner.images, &vm.workdir, base);
+        // With --debug the whole kernel log is worth its console time.
+        spec.quiet_kernel = !inner.config.debug_console;
         let limits = Limits::for_vm(VmShape {
             guest_memory_mib: u64::from(options.memory_mib),
             vcpus: options.vcpus,
@@ -247,16 +252,38 @@ impl VmManager {
                 airlock_qemu::Accel::Kvm => airlock_limits::Accel::Kvm,
                 airlock_qemu::Accel::Tcg => airlock_limits::Accel::Tcg,
             },
-            network: false,
+            network: options.network.mode() != NetworkMode::None,
         });
         let group = vm
             .group
             .insert(inner.limiter.create(&options.tenant, &vm_id, &limits)?);
+        if options.network.mode() != NetworkMode::None {
+            // gvproxy first (QEMU 7.2 connects once and never again), in the
+            // VM's limits group from its first instruction.
+            let hook = group.pre_exec_hook()?;
+            let setup: airlock_gvproxy::ChildSetup = Box::new(move |cmd| hook.install(cmd));
+            let network = VmNetwork::start(
+                &vm_id,
+                &vm.workdir.path().join("net"),
+                &options.network,
+                Some(setup),
+                &inner.config.egress_test,
+            )
+            .await?;
+            spec.network = NetworkAttachment::Stream {
+                socket: network.qemu_socket(),
+            };
+            vm.network = Some(network);
+        }
+        let argv = inner.host.argv(&spec)?;
         let mut cmd = Command::new(&inner.host.qemu_binary);
         cmd.args(&argv);
         // QEMU joins its group between fork and exec: limited from its
         // first instruction.
-        group.prepare_tokio_command(&mut cmd)?;
+        vm.group
+            .as_ref()
+            .ok_or_else(|| Error::Config("limits group missing".into()))?
+            .prepare_tokio_command(&mut cmd)?;
         let qemu = QemuProcess::spawn(cmd, &vm_id, &vm.workdir.qemu_log())?;
         let pid_file = vm.workdir.pid_file();
         std::fs::write(&pid_file, qemu.pid().to_string())
@@ -331,6 +358,7 @@ pub struct Vm {
     id: String,
     workdir: WorkDir,
     qemu: Option<QemuProcess>,
+    network: Option<VmNetwork>,
     group: Option<VmGroup>,
     client: Option<Client>,
     agent: Option<AgentInfo>,
@@ -395,6 +423,16 @@ impl Vm {
     /// The VM's work dir.
     pub fn workdir(&self) -> &WorkDir {
         &self.workdir
+    }
+
+    /// The exposed guest ports and their host addresses.
+    pub fn exposed(&self) -> &[ExposedAddr] {
+        self.network.as_ref().map_or(&[], VmNetwork::exposed)
+    }
+
+    /// gvproxy's pid, when the VM has a network.
+    pub fn gvproxy_pid(&self) -> Option<u32> {
+        self.network.as_ref().map(VmNetwork::gvproxy_pid)
     }
 
     /// QEMU's pid, while it runs.
@@ -504,6 +542,11 @@ impl Vm {
             None => None,
         };
         self.qemu = None;
+        let network = match self.network.as_mut() {
+            Some(network) => Some(network.stop().await),
+            None => None,
+        };
+        self.network = None;
         let mut usage = Usage::default();
         if let Some(group) = self.group.take() {
             match group.stats() {
@@ -534,6 +577,7 @@ impl Vm {
             termination,
             workdir_removed,
             usage,
+            network,
             problems,
             elapsed_ms: ms(start.elapsed()),
         };

@@ -24,8 +24,10 @@
 //! Tests that run an upstream on the host's loopback set
 //! `allow_private_for_tests`: it lifts the refusal of loopback and private
 //! addresses only. Link-local (the cloud metadata service), unspecified,
-//! multicast, broadcast, documentation, benchmarking and reserved addresses
-//! stay refused even then.
+//! multicast, broadcast, benchmarking and reserved addresses stay refused
+//! even then. Documentation ranges (TEST-NET) are allowed: they reach no
+//! internal service, and some sandboxed hosts' egress gateways answer
+//! public names with them.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -103,7 +105,11 @@ pub fn classify(ip: IpAddr) -> AddressKind {
 /// must stay off in production.
 pub fn check_address(ip: IpAddr, allow_private_for_tests: bool) -> Result<(), RefusedAddress> {
     match classify(ip) {
-        AddressKind::Public => Ok(()),
+        // Documentation ranges route nowhere on the internet and reach no
+        // internal service; sandboxed hosts whose egress gateway answers
+        // public names with TEST-NET addresses (as on the development
+        // machines) still work.
+        AddressKind::Public | AddressKind::Documentation => Ok(()),
         AddressKind::Loopback | AddressKind::Private if allow_private_for_tests => Ok(()),
         kind => Err(RefusedAddress { ip, kind }),
     }
@@ -314,7 +320,8 @@ mod tests {
             ("::", false, false),
             ("224.0.0.1", false, false),
             ("255.255.255.255", false, false),
-            ("192.0.2.1", false, false),
+            ("192.0.2.1", true, true),
+            ("203.0.113.80", true, true),
             ("198.18.0.1", false, false),
             ("240.0.0.1", false, false),
         ];

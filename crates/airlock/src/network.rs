@@ -1,0 +1,265 @@
+//! A VM's network (design section 6): its gvproxy in empty namespaces, the
+//! egress policy proxy for allowlisted names, and host TCP ports bridged to
+//! the guest's exposed ports.
+
+use crate::error::{Error, Result};
+use airlock_gvproxy::egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
+use airlock_gvproxy::{
+    bind_tcp_in_netns, find_gvproxy_cached, ChildSetup, DomainPattern, Expose, GvproxyHandle,
+    GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
+};
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::{TcpListener, UnixStream};
+use tokio::task::JoinHandle;
+
+/// What network a run asks for. The default is none: no network device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkRequest {
+    /// `Some`: the guest may reach these names on ports 80 and 443
+    /// (allowlist mode); `None`: it reaches nothing.
+    pub allow: Option<Vec<DomainPattern>>,
+    /// Guest ports served on host ports.
+    pub exposes: Vec<Expose>,
+}
+
+impl NetworkRequest {
+    /// The mode this request amounts to.
+    pub fn mode(&self) -> NetworkMode {
+        match (&self.allow, self.exposes.is_empty()) {
+            (Some(_), _) => NetworkMode::Allowlist,
+            (None, false) => NetworkMode::Ports,
+            (None, true) => NetworkMode::None,
+        }
+    }
+
+    /// The gvproxy policy of VM `vm_id`.
+    pub fn policy(&self, vm_id: &str) -> NetworkPolicy {
+        NetworkPolicy {
+            vm_id: vm_id.to_owned(),
+            mode: self.mode(),
+            allow: self.allow.clone().unwrap_or_default(),
+            exposes: self.exposes.clone(),
+        }
+    }
+
+    /// Checks the exposes (ports, duplicate host ports) before anything
+    /// starts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `network`.
+    pub fn validate(&self) -> Result<()> {
+        if self.mode() == NetworkMode::None {
+            return Ok(());
+        }
+        self.policy("request")
+            .validate()
+            .map_err(|e| Error::invalid("network", e.to_string()))
+    }
+}
+
+/// A guest port and the host address it is served on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExposedAddr {
+    /// The guest port.
+    pub guest_port: u16,
+    /// Where the host serves it (always on 127.0.0.1).
+    pub host: SocketAddr,
+}
+
+/// What a VM's network did, for the run result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkReport {
+    /// `none`, `ports` or `allowlist`.
+    pub mode: String,
+    /// Exposed ports and their host addresses.
+    pub exposed: Vec<ExposedAddr>,
+    /// Bytes the guest sent through the egress proxy.
+    pub bytes_out: u64,
+    /// Bytes the guest received through the egress proxy.
+    pub bytes_in: u64,
+    /// Connections the egress proxy refused.
+    pub denied_connections: u64,
+}
+
+/// Test-only settings of the egress proxy (a fake resolver, private
+/// upstream addresses allowed). Never set them in production: they let a
+/// guest reach the host's private addresses.
+#[derive(Clone, Default)]
+pub struct EgressTestOverrides {
+    /// Resolves allowlisted names instead of the host's resolver.
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Allow private and loopback upstream addresses.
+    pub allow_private: bool,
+}
+
+impl std::fmt::Debug for EgressTestOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressTestOverrides")
+            .field("resolver", &self.resolver.is_some())
+            .field("allow_private", &self.allow_private)
+            .finish()
+    }
+}
+
+/// A running VM network.
+pub struct VmNetwork {
+    mode: NetworkMode,
+    gvproxy: GvproxyHandle,
+    egress: Option<EgressHandle>,
+    exposed: Vec<ExposedAddr>,
+    bridges: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for VmNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmNetwork")
+            .field("mode", &self.mode)
+            .field("exposed", &self.exposed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmNetwork {
+    /// Starts gvproxy (joining the VM's limits group through `child_setup`),
+    /// the egress proxy inside its namespace (allowlist mode), and the host
+    /// side of every exposed port.
+    ///
+    /// # Errors
+    /// [`Error::Network`] (gvproxy missing, namespaces refused, a host port
+    /// taken).
+    pub async fn start(
+        vm_id: &str,
+        dir: &Path,
+        request: &NetworkRequest,
+        child_setup: Option<ChildSetup>,
+        overrides: &EgressTestOverrides,
+    ) -> Result<Self> {
+        let net = |e: airlock_gvproxy::GvproxyError| Error::Network {
+            vm_id: vm_id.to_owned(),
+            source: e,
+        };
+        let binary = find_gvproxy_cached().await.map_err(net)?;
+        let launcher = GvproxyLauncher::new(binary, LaunchOptions::default()).map_err(net)?;
+        let spec = GvproxySpec::new(request.policy(vm_id), dir);
+        let gvproxy = launcher.launch(&spec, child_setup).await.map_err(net)?;
+        let mut network = Self {
+            mode: request.mode(),
+            gvproxy,
+            egress: None,
+            exposed: Vec::new(),
+            bridges: Vec::new(),
+        };
+        if let Some(allow) = &request.allow {
+            let patterns = allow.clone();
+            let listen = |port| {
+                bind_tcp_in_netns(
+                    network.gvproxy.netns_fd(),
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                )
+            };
+            let (l80, l443) = (listen(80).map_err(net)?, listen(443).map_err(net)?);
+            let config = EgressConfig {
+                vm_id: vm_id.to_owned(),
+                allow: Arc::new(move |name: &str| patterns.iter().any(|p| p.matches(name))),
+                resolver: overrides
+                    .resolver
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(SystemResolver)),
+                allow_private_for_tests: overrides.allow_private,
+                ..EgressConfig::default()
+            };
+            network.egress = Some(EgressProxy::serve(l80, l443, config).map_err(net)?);
+        }
+        for port in network.gvproxy.exposed_ports().to_vec() {
+            let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
+            let listener = TcpListener::bind(host).await.map_err(|e| {
+                Error::io(
+                    "listen for exposed guest port on",
+                    PathBuf::from(host.to_string()),
+                    e,
+                )
+            })?;
+            let host = listener.local_addr().map_err(|e| {
+                Error::io("read the address of", PathBuf::from(host.to_string()), e)
+            })?;
+            network.exposed.push(ExposedAddr {
+                guest_port: port.guest_port,
+                host,
+            });
+            network.bridges.push(tokio::spawn(bridge(
+                listener,
+                port.socket,
+                vm_id.to_owned(),
+            )));
+        }
+        Ok(network)
+    }
+
+    /// The socket QEMU's `-netdev stream` connects to.
+    pub fn qemu_socket(&self) -> PathBuf {
+        self.gvproxy.qemu_socket()
+    }
+
+    /// The exposed ports' host addresses.
+    pub fn exposed(&self) -> &[ExposedAddr] {
+        &self.exposed
+    }
+
+    /// gvproxy's pid.
+    pub fn gvproxy_pid(&self) -> u32 {
+        self.gvproxy.pid()
+    }
+
+    /// Stops the bridges, the egress proxy and gvproxy; never fails.
+    pub async fn stop(&mut self) -> NetworkReport {
+        for bridge in self.bridges.drain(..) {
+            bridge.abort();
+        }
+        let stats = match self.egress.take() {
+            Some(egress) => Some(egress.stop().await),
+            None => None,
+        };
+        let report = self.gvproxy.stop().await;
+        tracing::debug!(?report, "gvproxy stopped");
+        NetworkReport {
+            mode: format!("{:?}", self.mode).to_lowercase(),
+            exposed: self.exposed.clone(),
+            bytes_out: stats.as_ref().map_or(0, |s| s.bytes_out),
+            bytes_in: stats.as_ref().map_or(0, |s| s.bytes_in),
+            denied_connections: stats.as_ref().map_or(0, |s| s.connections_denied),
+        }
+    }
+}
+
+impl Drop for VmNetwork {
+    fn drop(&mut self) {
+        for bridge in &self.bridges {
+            bridge.abort();
+        }
+    }
+}
+
+/// Serves one exposed port: each host connection is spliced to gvproxy's
+/// unix socket for the guest port.
+async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
+    loop {
+        let Ok((mut tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let socket = socket.clone();
+        let vm_id = vm_id.clone();
+        tokio::spawn(async move {
+            match UnixStream::connect(&socket).await {
+                Ok(mut unix) => {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+                Err(e) => {
+                    tracing::warn!(vm_id, %peer, error = %e, "exposed port: gvproxy socket unreachable")
+                }
+            }
+        });
+    }
+}
