@@ -3,7 +3,6 @@
 use crate::config::Config;
 use crate::host::Host;
 use crate::images::Images;
-use std::path::PathBuf;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,24 +15,6 @@ pub struct Check {
     pub found: String,
     /// How to fix it, when not ok.
     pub fix: Option<String>,
-}
-
-/// Where gvproxy is: `$AIRLOCK_GVPROXY`, PATH, podman's libexec folders, or
-/// the copy `cargo xtask` puts in the cache.
-pub fn find_gvproxy() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AIRLOCK_GVPROXY") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("gvproxy"));
-    let fixed = [
-        PathBuf::from("/usr/libexec/podman/gvproxy"),
-        PathBuf::from("/usr/lib/podman/gvproxy"),
-        crate::config::cache_dir().join("bin").join("gvproxy"),
-    ];
-    on_path.chain(fixed).find(|p| p.is_file())
 }
 
 /// Runs every check.
@@ -122,17 +103,17 @@ pub async fn checks() -> Vec<Check> {
         found: config.run_dir.display().to_string(),
         fix: config.validate().err().map(|e| e.to_string()),
     });
-    match find_gvproxy() {
-        Some(p) => out.push(Check {
+    match airlock_gvproxy::find_gvproxy_cached().await {
+        Ok(gvproxy) => out.push(Check {
             name: "gvproxy",
             ok: true,
-            found: p.display().to_string(),
+            found: format!("{} ({})", gvproxy.path.display(), gvproxy.version),
             fix: None,
         }),
-        None => out.push(Check {
+        Err(e) => out.push(Check {
             name: "gvproxy",
             ok: true, // only network modes need it
-            found: "not found (needed only for --network and --expose)".into(),
+            found: format!("not usable (needed only for --network and --expose): {e}"),
             fix: Some("install the `gvproxy` package or set AIRLOCK_GVPROXY".into()),
         }),
     }
