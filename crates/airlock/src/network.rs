@@ -82,6 +82,8 @@ pub struct NetworkReport {
     pub bytes_in: u64,
     /// Connections the egress proxy refused.
     pub denied_connections: u64,
+    /// Problems met while stopping (gvproxy gone early, files left).
+    pub problems: Vec<String>,
 }
 
 /// Test-only settings of the egress proxy (a fake resolver, private
@@ -224,12 +226,22 @@ impl VmNetwork {
         };
         let report = self.gvproxy.stop().await;
         tracing::debug!(?report, "gvproxy stopped");
+        let mut problems = report.problems;
+        // gvproxy ends by itself (status 0) once QEMU, stopped first, has
+        // closed its connection: only another end is worth reporting.
+        if report.exited_before_stop && report.exit.as_deref() != Some("exit code 0") {
+            problems.push(format!(
+                "gvproxy had exited before teardown ({})",
+                report.exit.as_deref().unwrap_or("unknown status")
+            ));
+        }
         NetworkReport {
             mode: format!("{:?}", self.mode).to_lowercase(),
             exposed: self.exposed.clone(),
             bytes_out: stats.as_ref().map_or(0, |s| s.bytes_out),
             bytes_in: stats.as_ref().map_or(0, |s| s.bytes_in),
             denied_connections: stats.as_ref().map_or(0, |s| s.connections_denied),
+            problems,
         }
     }
 }
@@ -246,8 +258,14 @@ impl Drop for VmNetwork {
 /// unix socket for the guest port.
 async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
     loop {
-        let Ok((mut tcp, peer)) = listener.accept().await else {
-            continue;
+        let (mut tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // A lasting error (out of descriptors) must not spin.
+                tracing::warn!(vm_id, error = %e, "exposed port: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let socket = socket.clone();
         let vm_id = vm_id.clone();

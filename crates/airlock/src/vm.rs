@@ -321,6 +321,13 @@ impl VmManager {
         self.inner.slots.close();
         let report = self.inner.overlays.stop().await;
         tracing::debug!(?report, "overlay pool stopped");
+        // The pool leaves its (empty, unlocked) dir behind: remove it.
+        let dir = self.inner.overlays.pool_dir().to_path_buf();
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the overlay pool dir");
+            }
+        }
     }
 }
 
@@ -543,7 +550,11 @@ impl Vm {
         };
         self.qemu = None;
         let network = match self.network.as_mut() {
-            Some(network) => Some(network.stop().await),
+            Some(network) => {
+                let report = network.stop().await;
+                problems.extend(report.problems.iter().cloned());
+                Some(report)
+            }
             None => None,
         };
         self.network = None;
