@@ -405,23 +405,11 @@ pub fn argv_to_lines(argv: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{BootImages, DiskAccess, DiskFormat, ExtraDrive, RootDisk};
+    use crate::spec::{DiskAccess, DiskFormat, ExtraDrive};
     use crate::QemuVersion;
 
     fn spec() -> VmSpec {
-        VmSpec::new(
-            "vm-1",
-            BootImages {
-                kernel: "/img/bzImage".into(),
-                initramfs: "/img/initramfs.cpio".into(),
-            },
-            RootDisk {
-                base: "/img/rootfs.qcow2".into(),
-                overlay: "/work/vm-1/root.qcow2".into(),
-                access: DiskAccess::ReadOnly,
-            },
-            Path::new("/work/vm-1"),
-        )
+        crate::spec::test_spec()
     }
 
     fn caps() -> HostCaps {

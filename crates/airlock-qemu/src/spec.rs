@@ -495,25 +495,31 @@ fn validate_forwards(vm_id: &str, forwards: &[HostForward]) -> Result<(), QemuEr
     Ok(())
 }
 
+/// A spec with fixed fake paths, for unit tests of this crate.
+#[cfg(test)]
+pub(crate) fn test_spec() -> VmSpec {
+    VmSpec::new(
+        "vm-1",
+        BootImages {
+            kernel: "/img/bzImage".into(),
+            initramfs: "/img/initramfs.cpio".into(),
+        },
+        RootDisk {
+            base: "/img/rootfs.qcow2".into(),
+            overlay: "/work/vm-1/root.qcow2".into(),
+            access: DiskAccess::ReadOnly,
+        },
+        Path::new("/work/vm-1"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStringExt;
 
     fn spec() -> VmSpec {
-        VmSpec::new(
-            "vm-1",
-            BootImages {
-                kernel: "/img/bzImage".into(),
-                initramfs: "/img/initramfs.cpio".into(),
-            },
-            RootDisk {
-                base: "/img/rootfs.qcow2".into(),
-                overlay: "/work/vm-1/root.qcow2".into(),
-                access: DiskAccess::ReadOnly,
-            },
-            Path::new("/work/vm-1"),
-        )
+        test_spec()
     }
 
     fn drive(id: &str, serial: &str, path: &str) -> ExtraDrive {
