@@ -303,6 +303,12 @@ fn render(
             wall / floor50
         )?;
     }
+    writeln!(
+        d,
+        "\nWhat the floor does not do: find and mount the root disk, switch root and start the agent \
+         (the init's `ready` line and the agent's, in the console with `airlock run --debug`, show \
+         about 35 ms and 75-95 ms under TCG), then answer the host's first ping."
+    )?;
     writeln!(d, "\n## Overlay pool\n")?;
     let share: Vec<f64> = rows
         .iter()
