@@ -61,6 +61,16 @@ where
     );
     tokio::pin!(writer);
     let reader = FrameReader::with_limit(reader, config.max_line_bytes);
+    // Say hello first: a ping sent before this channel opened is lost.
+    let hello = Event::new(
+        airlock_protocol::HELLO_OP,
+        EventBody::Pong {
+            version: AGENT_VERSION.to_owned(),
+            protocol: airlock_protocol::PROTOCOL_VERSION,
+        },
+    );
+    // The queue is empty: this cannot wait.
+    let _ = events_tx.send(hello).await;
     let mut dispatcher = Dispatcher::new(config, events_tx);
     let read_result = tokio::select! {
         result = dispatcher.run(reader) => result,

@@ -5,7 +5,8 @@ mod common;
 
 use airlock_protocol::client::sha256_hex;
 use airlock_protocol::{
-    Data, ErrorKind, EventBody, FileKind, Language, ProtocolError, RequestBody, PROTOCOL_VERSION,
+    Data, ErrorKind, EventBody, FileKind, Language, ProtocolError, RequestBody, HELLO_OP,
+    PROTOCOL_VERSION,
 };
 use common::*;
 use std::collections::BTreeMap;
@@ -850,24 +851,16 @@ async fn port_mode_serves_a_host_that_disconnects_and_comes_back() {
     tokio::spawn(airlock_agent::serve(served, agent_event, config));
     host.write_all(&line(1)).await.unwrap();
     drop(host);
-    let event = tokio::time::timeout(T, events.next_event())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let hello = next_event(&mut events).await;
+    assert_eq!((hello.op, hello.body.type_name()), (HELLO_OP, "pong"));
+    let event = next_event(&mut events).await;
     assert_eq!((event.op, event.body.type_name()), (1, "pong"));
     tokio::time::sleep(Duration::from_millis(100)).await; // several ends of file
 
     // Second host: served by the same agent.
     let mut host = connect().await.unwrap();
     host.write_all(&line(2)).await.unwrap();
-    let event = tokio::time::timeout(T, events.next_event())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut events).await;
     assert_eq!((event.op, event.body.type_name()), (2, "pong"));
 }
 
@@ -883,4 +876,15 @@ async fn a_missing_interpreter_is_a_spawn_failure() {
     assert_eq!(kind, ErrorKind::SpawnFailed);
     assert!(message.contains("python3"), "{message}");
     assert!(agent.client.ping(T).await.is_ok());
+}
+
+async fn next_event(
+    events: &mut airlock_protocol::FrameReader<tokio::io::DuplexStream>,
+) -> airlock_protocol::Event {
+    tokio::time::timeout(T, events.next_event())
+        .await
+        .expect("an event in time")
+        .expect("transport")
+        .expect("not closed")
+        .expect("decodable")
 }

@@ -13,7 +13,7 @@
 
 use crate::framing::{FrameReader, FrameWriter, DEFAULT_MAX_LINE_BYTES};
 use crate::message::*;
-use crate::{check_protocol, Data, ProtocolError};
+use crate::{check_protocol, Data, ProtocolError, HELLO_OP};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -77,6 +77,7 @@ pub struct FileContent {
 pub struct Client {
     writer: tokio::sync::Mutex<FrameWriter<Writer>>,
     routes: Routes,
+    hello: tokio::sync::watch::Receiver<Option<AgentInfo>>,
     next_op: AtomicU64,
     reader: JoinHandle<()>,
 }
@@ -104,13 +105,16 @@ impl Client {
         W: AsyncWrite + Send + Unpin + 'static,
     {
         let routes: Routes = Arc::default();
+        let (hello_tx, hello) = tokio::sync::watch::channel(None);
         let reader = tokio::spawn(route_events(
             FrameReader::with_limit(reader, DEFAULT_MAX_LINE_BYTES),
             Arc::clone(&routes),
+            hello_tx,
         ));
         Self {
             writer: tokio::sync::Mutex::new(FrameWriter::new(Box::new(writer) as Writer)),
             routes,
+            hello,
             next_op: AtomicU64::new(1),
             reader,
         }
@@ -160,6 +164,27 @@ impl Client {
             EventBody::Pong { version, protocol } => Ok(AgentInfo { version, protocol }),
             other => Err(unexpected("ping", other)),
         }
+    }
+
+    /// Waits for the agent's hello (see [`HELLO_OP`]) and checks its
+    /// protocol version. Returns at once if it already came.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Timeout`], [`ProtocolError::Closed`],
+    /// [`ProtocolError::VersionMismatch`].
+    pub async fn hello(&self, timeout: Duration) -> Result<AgentInfo, ProtocolError> {
+        let mut hello = self.hello.clone();
+        let info = within(timeout, "hello", async {
+            hello
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| ProtocolError::Closed)
+                .map(|info| info.clone())
+        })
+        .await?
+        .ok_or(ProtocolError::Closed)?;
+        check_protocol(&info.version, info.protocol)?;
+        Ok(info)
     }
 
     /// Pings and checks that the agent speaks our protocol version.
@@ -428,7 +453,11 @@ impl Drop for ExecStream<'_> {
 }
 
 /// Reads events and hands each to its operation until the stream ends.
-async fn route_events<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, routes: Routes) {
+async fn route_events<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    routes: Routes,
+    hello: tokio::sync::watch::Sender<Option<AgentInfo>>,
+) {
     loop {
         let event = match reader.next_event().await {
             Ok(Some(Ok(event))) => event,
@@ -442,6 +471,12 @@ async fn route_events<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, routes: 
                 break;
             }
         };
+        if event.op == HELLO_OP {
+            if let EventBody::Pong { version, protocol } = event.body {
+                hello.send_replace(Some(AgentInfo { version, protocol }));
+                continue;
+            }
+        }
         let route = lock(&routes).get(&event.op).cloned();
         match route {
             // A closed receiver means the operation was abandoned: drop.

@@ -44,6 +44,12 @@ pub use message::*;
 /// refuses an agent whose protocol differs ([`check_protocol`]).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The operation of the agent's hello: a `pong` the agent sends unasked
+/// each time its channel opens. A ping the host sends before the guest has
+/// opened its port is lost, so waiting for the hello, not only pinging,
+/// tells the host at once that the agent is there.
+pub const HELLO_OP: message::OpId = 0;
+
 /// Name of the virtio-serial port that carries requests (host -> guest).
 pub const CMD_PORT_NAME: &str = "airlock.cmd";
 /// Name of the virtio-serial port that carries events (guest -> host).

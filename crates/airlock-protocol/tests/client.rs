@@ -213,3 +213,26 @@ async fn write_file_sends_chunks_and_checks_the_ack() {
     let sha = client.write_file("f", 0o644, b"abc", T).await.unwrap();
     assert_eq!(sha, sha256_hex(b"abc"));
 }
+
+#[tokio::test]
+async fn hello_on_op_0_is_seen_without_a_ping() {
+    let (_host_cmd, agent_cmd) = duplex(1024);
+    let (agent_event, host_event) = duplex(1024);
+    let client = Client::new(host_event, _host_cmd);
+    drop(agent_cmd);
+    let mut writer = FrameWriter::new(agent_event);
+    writer.send(&Event::new(HELLO_OP, pong())).await.unwrap();
+    let info = client.hello(T).await.unwrap();
+    assert_eq!(info.version, "test");
+    // It stays: a later call returns at once.
+    assert_eq!(client.hello(Duration::from_millis(1)).await.unwrap(), info);
+}
+
+#[tokio::test]
+async fn no_hello_times_out() {
+    let client = fake_agent(|_| vec![]);
+    assert!(matches!(
+        client.hello(Duration::from_millis(50)).await,
+        Err(ProtocolError::Timeout { .. })
+    ));
+}

@@ -63,26 +63,8 @@ pub async fn wait_ready(
             check_peer(stream, path, paths.vm_id, pid)?;
         }
         let client = Client::new(event, cmd);
-        let mut attempt = 0;
-        while Instant::now() < deadline {
-            // Short, capped waits: a ping sent before the agent opened its
-            // port may be lost, and the next one must follow soon.
-            let wait = backoff(attempt, PING_FIRST_WAIT, PING_MAX_WAIT);
-            match client.handshake(wait.min(deadline - Instant::now())).await {
-                Ok(info) => return Ok(Some((client, info))),
-                Err(ProtocolError::Timeout { .. }) => attempt += 1,
-                Err(e @ ProtocolError::VersionMismatch { .. }) => {
-                    return Err(Error::Protocol {
-                        vm_id: paths.vm_id.to_owned(),
-                        source: e,
-                    })
-                }
-                // The channel closed (QEMU going away): let the race below
-                // report the death, or time out.
-                Err(_) => tokio::time::sleep_until(deadline).await,
-            }
-        }
-        Ok(None)
+        let info = await_agent(&client, paths.vm_id, deadline).await?;
+        Ok::<_, Error>(info.map(|info| (client, info)))
     };
     let outcome = tokio::select! {
         ready = connect_and_ping => ready,
@@ -106,6 +88,48 @@ pub async fn wait_ready(
             console_tail: file_tail(paths.console_log),
         }),
     }
+}
+
+/// Waits for the agent: its hello (sent when its port opens), or a pong
+/// to one of the pings sent meanwhile (they cover an agent that was up
+/// before we connected). `None` when the deadline passed.
+async fn await_agent(client: &Client, vm_id: &str, deadline: Instant) -> Result<Option<AgentInfo>> {
+    let refused = |e| Error::Protocol {
+        vm_id: vm_id.to_owned(),
+        source: e,
+    };
+    let hello = client.hello(deadline.saturating_duration_since(Instant::now()));
+    tokio::pin!(hello);
+    let mut hello_pending = true;
+    let mut attempt = 0;
+    while Instant::now() < deadline {
+        // Short, capped waits: a ping sent before the agent opened its port
+        // is lost, and the next one must follow soon.
+        let wait = backoff(attempt, PING_FIRST_WAIT, PING_MAX_WAIT);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let answer = tokio::select! {
+            said = &mut hello, if hello_pending => {
+                hello_pending = false;
+                match said {
+                    Ok(info) => Ok(info),
+                    Err(e @ ProtocolError::VersionMismatch { .. }) => return Err(refused(e)),
+                    // No hello (closed, or an agent up before we came):
+                    // the pings decide.
+                    Err(_) => continue,
+                }
+            }
+            ping = client.handshake(wait.min(remaining)) => ping,
+        };
+        match answer {
+            Ok(info) => return Ok(Some(info)),
+            Err(ProtocolError::Timeout { .. }) => attempt += 1,
+            Err(e @ ProtocolError::VersionMismatch { .. }) => return Err(refused(e)),
+            // The channel closed (QEMU going away): let the caller's race
+            // report the death, or time out.
+            Err(_) => tokio::time::sleep_until(deadline).await,
+        }
+    }
+    Ok(None)
 }
 
 /// Connects to a unix socket that QEMU is about to create, retrying with

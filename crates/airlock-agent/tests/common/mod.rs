@@ -78,6 +78,8 @@ fn spawn_agent(
 pub struct RawAgent {
     pub writer: FrameWriter<DuplexStream>,
     pub reader: FrameReader<DuplexStream>,
+    /// Whether the agent's hello (its first event) was read.
+    hello_seen: bool,
     pub home: tempfile::TempDir,
     pub served: JoinHandle<Result<(), AgentError>>,
 }
@@ -91,6 +93,7 @@ pub fn start_raw_with(adjust: impl FnOnce(&mut AgentConfig)) -> RawAgent {
     RawAgent {
         writer: FrameWriter::new(host_cmd),
         reader: FrameReader::new(host_event),
+        hello_seen: false,
         home,
         served,
     }
@@ -111,7 +114,21 @@ impl RawAgent {
         inner.write_all(b"\n").await.expect("write");
     }
 
+    /// The next event after the agent's hello, which must come first.
     pub async fn next(&mut self) -> Event {
+        if !self.hello_seen {
+            let hello = self.read().await;
+            assert_eq!(
+                (hello.op, hello.body.type_name()),
+                (airlock_protocol::HELLO_OP, "pong"),
+                "the agent's first event is its hello"
+            );
+            self.hello_seen = true;
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Event {
         tokio::time::timeout(T, self.reader.next_event())
             .await
             .expect("an event in time")
