@@ -67,6 +67,15 @@ async fn launch(
         .unwrap()
 }
 
+/// gvproxy launched in `mode` with default options in a fresh temp dir,
+/// or `None` (test skipped) where it cannot run.
+async fn start(mode: NetworkMode) -> Option<(tempfile::TempDir, GvproxyHandle)> {
+    let binary = gvproxy().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let gv = launch(&binary, dir.path(), mode, LaunchOptions::default()).await;
+    Some((dir, gv))
+}
+
 fn nsenter(pid: u32, script: &str) -> std::process::Output {
     Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))
@@ -77,17 +86,9 @@ fn nsenter(pid: u32, script: &str) -> std::process::Output {
 
 #[tokio::test]
 async fn launch_pushes_zones_and_forwards_and_stop_cleans_up() {
-    let Some(binary) = gvproxy().await else {
+    let Some((_dir, mut gv)) = start(NetworkMode::Allowlist).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut gv = launch(
-        &binary,
-        dir.path(),
-        NetworkMode::Allowlist,
-        LaunchOptions::default(),
-    )
-    .await;
 
     // Listening before QEMU would start.
     assert!(gv.qemu_socket().exists());
@@ -132,17 +133,9 @@ async fn launch_pushes_zones_and_forwards_and_stop_cleans_up() {
 
 #[tokio::test]
 async fn namespace_has_only_lo_and_no_route() {
-    let Some(binary) = gvproxy().await else {
+    let Some((_dir, mut gv)) = start(NetworkMode::Ports).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut gv = launch(
-        &binary,
-        dir.path(),
-        NetworkMode::Ports,
-        LaunchOptions::default(),
-    )
-    .await;
 
     // /proc/net follows the reader's namespace (/sys/class/net would not).
     let out = nsenter(
@@ -160,17 +153,9 @@ async fn namespace_has_only_lo_and_no_route() {
 
 #[tokio::test]
 async fn listener_bound_in_netns_is_reachable_there_only() {
-    let Some(binary) = gvproxy().await else {
+    let Some((_dir, mut gv)) = start(NetworkMode::Allowlist).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut gv = launch(
-        &binary,
-        dir.path(),
-        NetworkMode::Allowlist,
-        LaunchOptions::default(),
-    )
-    .await;
 
     // Port 80 as the egress proxy uses it, and a free port for the host probe.
     let l80 =
@@ -230,17 +215,9 @@ async fn listener_bound_in_netns_is_reachable_there_only() {
 
 #[tokio::test]
 async fn gvproxy_cannot_touch_files_outside_its_dir() {
-    let Some(binary) = gvproxy().await else {
+    let Some((dir, mut gv)) = start(NetworkMode::Ports).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut gv = launch(
-        &binary,
-        dir.path(),
-        NetworkMode::Ports,
-        LaunchOptions::default(),
-    )
-    .await;
 
     // A unix forward removes the file at its path first: the guest can ask
     // for one too (gateway port 80). Outside gvproxy's dir it must fail.
@@ -274,17 +251,9 @@ async fn gvproxy_cannot_touch_files_outside_its_dir() {
 
 #[tokio::test]
 async fn killed_gvproxy_still_stops_cleanly() {
-    let Some(binary) = gvproxy().await else {
+    let Some((_dir, mut gv)) = start(NetworkMode::Ports).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut gv = launch(
-        &binary,
-        dir.path(),
-        NetworkMode::Ports,
-        LaunchOptions::default(),
-    )
-    .await;
     let socket = gv.exposed_ports()[0].socket.clone();
 
     nix::sys::signal::kill(
