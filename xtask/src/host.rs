@@ -200,13 +200,10 @@ const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// signing keys (bookworm's `2023.3+deb12u1` and newer ship it).
 const TRIXIE_KEY_MARKER: &str = "/usr/share/keyrings/debian-archive-trixie-stable.gpg";
 
-/// Airlock's cache dir: `$AIRLOCK_CACHE_DIR`, else `~/.cache/airlock`.
+/// Airlock's cache dir, resolved by [`airlock_sys_util::dirs`] exactly as
+/// the `airlock` binary does.
 fn airlock_cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("AIRLOCK_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set: set AIRLOCK_CACHE_DIR")?;
-    Ok(PathBuf::from(home).join(".cache").join("airlock"))
+    Ok(airlock_sys_util::AirlockDirs::from_env()?.cache)
 }
 
 /// Finds gvproxy in the order `airlock_gvproxy::find_gvproxy` uses (keep

@@ -106,9 +106,9 @@ impl SearchPath {
         Self {
             explicit: var("AIRLOCK_GVPROXY").map(PathBuf::from),
             path_var: var("PATH"),
-            cache_dir: var("AIRLOCK_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache").join("airlock"))),
+            cache_dir: airlock_sys_util::AirlockDirs::from_env()
+                .ok()
+                .map(|d| d.cache),
         }
     }
 

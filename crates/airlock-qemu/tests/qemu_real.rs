@@ -340,11 +340,7 @@ fn real_images() -> Option<(BootImages, Option<std::path::PathBuf>)> {
             None,
         ));
     }
-    let dir = std::env::var_os("AIRLOCK_IMAGES")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/airlock/images"))
-        })?;
+    let dir = airlock_sys_util::AirlockDirs::from_env().ok()?.images;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
     let file = |key: &str| {

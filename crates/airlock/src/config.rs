@@ -2,33 +2,36 @@
 //! validated once.
 
 use crate::error::{Error, Result};
+use airlock_sys_util::AirlockDirs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The per-user cache dir: `$AIRLOCK_CACHE_DIR`, else `~/.cache/airlock`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AIRLOCK_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    home.join(".cache").join("airlock")
+/// Airlock's dirs from this process's environment (see
+/// [`airlock_sys_util::dirs`] for the order); when none can be named (no
+/// `HOME`, a relative override), a warning and a private dir under `/tmp`.
+pub fn dirs() -> AirlockDirs {
+    AirlockDirs::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "falling back to Airlock dirs under /tmp");
+        let uid = nix::unistd::getuid();
+        let cache = PathBuf::from(format!("/tmp/airlock-cache-{uid}"));
+        AirlockDirs {
+            images: cache.join("images"),
+            probe: cache.join("probe"),
+            bin: cache.join("bin"),
+            run: PathBuf::from(format!("/tmp/airlock-{uid}")),
+            cache,
+        }
+    })
 }
 
-/// The default dir for per-VM work dirs (sockets must stay short):
-/// `$AIRLOCK_RUN_DIR`, else `/run/airlock` for root, else
-/// `$XDG_RUNTIME_DIR/airlock`, else `/tmp/airlock-<uid>`.
+/// The per-user cache dir (see [`dirs`]).
+pub fn cache_dir() -> PathBuf {
+    dirs().cache
+}
+
+/// The default dir for per-VM work dirs (see [`dirs`]).
 pub fn default_run_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AIRLOCK_RUN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let uid = nix::unistd::getuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/airlock");
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join("airlock");
-    }
-    PathBuf::from(format!("/tmp/airlock-{uid}"))
+    dirs().run
 }
 
 /// How the orchestrator runs VMs.

@@ -38,13 +38,10 @@ pub struct Images {
 }
 
 impl Images {
-    /// The default images dir: `$AIRLOCK_IMAGES`, else
-    /// `~/.cache/airlock/images`.
+    /// The default images dir: `$AIRLOCK_IMAGES`, else `<cache>/images`
+    /// (see [`airlock_sys_util::dirs`]).
     pub fn default_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os("AIRLOCK_IMAGES") {
-            return PathBuf::from(dir);
-        }
-        crate::config::cache_dir().join("images")
+        crate::config::dirs().images
     }
 
     /// Reads `dir/manifest.json` and checks that every file it names exists.

@@ -39,7 +39,7 @@ mod scheduler;
 mod vm;
 mod workdir;
 
-pub use config::{cache_dir, default_run_dir, Config};
+pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
 pub use host::Host;
 pub use images::Images;

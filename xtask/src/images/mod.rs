@@ -59,28 +59,16 @@ pub struct Workspace {
     pub root: PathBuf,
 }
 
-/// Environment variable overriding the images dir.
-pub const IMAGES_ENV: &str = "AIRLOCK_IMAGES";
-
 /// Makes sure every artefact is built and current; a quick no-op when it is.
 /// Other tasks (`test`, `demo`) call it first.
 pub fn ensure() -> Result<Manifest> {
     run(&ImagesArgs::default())
 }
 
-/// The images dir: `$AIRLOCK_IMAGES`, else `~/.cache/airlock/images`.
+/// The images dir: `$AIRLOCK_IMAGES`, else `<cache>/images`, resolved by
+/// [`airlock_sys_util::dirs`] exactly as the `airlock` binary does.
 pub fn images_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(IMAGES_ENV).filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    match cache {
-        Some(cache) => Ok(cache.join("airlock/images")),
-        None => bail!("neither {IMAGES_ENV} nor HOME is set: set {IMAGES_ENV} to the images dir"),
-    }
+    Ok(airlock_sys_util::AirlockDirs::from_env()?.images)
 }
 
 /// Builds what is missing or stale, writes the manifest, prunes old
@@ -507,16 +495,6 @@ mod tests {
                 "rootfs-javascript"
             ]
         );
-    }
-
-    #[test]
-    fn images_dir_honours_the_override() {
-        // Only reads the environment; other tests do not set it.
-        if std::env::var_os(IMAGES_ENV).is_some() {
-            return;
-        }
-        let dir = images_dir().unwrap();
-        assert!(dir.ends_with("airlock/images"));
     }
 
     #[test]

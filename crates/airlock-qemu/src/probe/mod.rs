@@ -74,7 +74,7 @@ impl Default for ProbeConfig {
 
 impl ProbeConfig {
     /// Defaults plus `AIRLOCK_QEMU`, `PATH`, `AIRLOCK_ACCEL`,
-    /// `AIRLOCK_CACHE_DIR` / `HOME`. The KVM probe images are the caller's
+    /// the cache dir of `airlock_sys_util::dirs`. The KVM probe images are the caller's
     /// to set.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
@@ -82,7 +82,9 @@ impl ProbeConfig {
             qemu_binary: var("AIRLOCK_QEMU").map(PathBuf::from),
             search_path: var("PATH").unwrap_or_else(|| DEFAULT_SEARCH_PATH.into()),
             accel_override: var("AIRLOCK_ACCEL").map(|v| v.to_string_lossy().into_owned()),
-            cache_dir: cache_dir_from(var("AIRLOCK_CACHE_DIR"), var("HOME")),
+            cache_dir: airlock_sys_util::AirlockDirs::from_env()
+                .ok()
+                .map(|d| d.cache),
             ..Self::default()
         }
     }
@@ -121,16 +123,6 @@ impl ProbeConfig {
         }
         parse_accel_override(self.accel_override.as_deref()).map(|_| ())
     }
-}
-
-/// Airlock's cache dir: `$AIRLOCK_CACHE_DIR`, else `$HOME/.cache/airlock`.
-pub fn cache_dir_from(
-    airlock_cache_dir: Option<OsString>,
-    home: Option<OsString>,
-) -> Option<PathBuf> {
-    airlock_cache_dir
-        .map(PathBuf::from)
-        .or_else(|| home.map(|h| Path::new(&h).join(".cache").join("airlock")))
 }
 
 /// What the probes found; `airlock doctor` prints it.
@@ -267,19 +259,6 @@ impl HostProber {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_dir_prefers_airlock_cache_dir() {
-        let dir = cache_dir_from(Some("/srv/cache".into()), Some("/home/u".into()));
-        assert_eq!(dir, Some(PathBuf::from("/srv/cache")));
-    }
-
-    #[test]
-    fn cache_dir_falls_back_to_home() {
-        let dir = cache_dir_from(None, Some("/home/u".into()));
-        assert_eq!(dir, Some(PathBuf::from("/home/u/.cache/airlock")));
-        assert_eq!(cache_dir_from(None, None), None);
-    }
 
     #[test]
     fn default_config_is_valid() {
