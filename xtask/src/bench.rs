@@ -65,7 +65,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.runs == 0 || args.acquires == 0 {
         bail!("--runs and --acquires must be at least 1");
     }
-    host::ensure(host::TEST_REQUIREMENTS)?;
+    host::ensure_all()?;
     let manifest = images::ensure()?;
     eprintln!("xtask: building the airlock binary (release)");
     run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;

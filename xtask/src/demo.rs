@@ -15,7 +15,7 @@ const SNIPPETS: &[(&str, &str)] = &[
 
 /// Runs the demo.
 pub fn run() -> Result<()> {
-    host::ensure(host::TEST_REQUIREMENTS)?;
+    host::ensure_all()?;
     host::ensure_gvproxy()?;
     crate::images::ensure()?;
     eprintln!("xtask: building the airlock binary (release)");

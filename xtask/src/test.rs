@@ -13,7 +13,7 @@ pub struct TestArgs {
 
 /// Runs the whole test set-up and suite.
 pub fn run(args: &TestArgs) -> Result<()> {
-    host::ensure(host::TEST_REQUIREMENTS)?;
+    host::ensure_all()?;
     host::ensure_gvproxy()?;
     crate::images::ensure()?;
     if !args.no_lint {

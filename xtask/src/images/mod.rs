@@ -28,6 +28,7 @@ mod manifest;
 mod progress;
 mod rootfs;
 
+pub use kernel::KernelSource;
 pub use manifest::{Artefact, Kind, Manifest};
 
 use crate::host;
@@ -73,9 +74,21 @@ pub fn images_dir() -> Result<PathBuf> {
 
 /// Builds what is missing or stale, writes the manifest, prunes old
 /// artefacts, and returns the manifest.
+///
+/// Three tracks run at once, because they wait on different things: the
+/// kernel (CPU: `make -j2`), the debootstrapped trees of the root disks
+/// (network and disk), and on this thread the guest binaries, the initramfs
+/// and then the root disk images (which wait for their trees). The kernel
+/// and the trees need no guest binary, so they start first. At the end a
+/// table says where the time went.
 pub fn run(args: &ImagesArgs) -> Result<Manifest> {
+    host::ensure_apt_lists()?;
+    let kernel_source = kernel::KernelSource::find()?;
+    host::ensure(&host::image_requirements(&kernel_source))?;
+    // The build's own time, without host set-up (which demo and test do
+    // before, for everything at once).
     let started = Instant::now();
-    host::ensure(host::IMAGE_REQUIREMENTS)?;
+    progress::reset_timeline();
     let dir = images_dir()?;
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("create the images dir {}", dir.display()))?;
@@ -86,58 +99,137 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
     let ws = Workspace {
         root: host::workspace_root(),
     };
-    let bins = guest_bins::build(&ws)?;
     let selected: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| args.only.is_empty() || args.only.contains(k))
         .collect();
-    let mut planner = Planner {
+    let planner = Planner {
         ws: &ws,
         dir: &dir,
-        bins: &bins,
-        archive: None,
+        archive: std::sync::OnceLock::new(),
+        kernel_source,
     };
-    let mut plans = Vec::new();
-    for kind in selected {
-        plans.push(planner.plan(kind)?);
-    }
-
     let mut manifest = Manifest::load(&dir);
-    let mut todo = Vec::new();
-    for plan in plans {
-        let file = plan.kind.file_name(&plan.hash);
-        if !args.force && manifest.is_current(plan.kind, &plan.hash) {
-            eprintln!("images: {} is current ({file})", plan.kind.key());
-        } else if let (false, Ok(meta)) = (args.force, std::fs::metadata(dir.join(&file))) {
-            eprintln!(
-                "images: {} found on disk, adopted ({file})",
-                plan.kind.key()
-            );
-            manifest.artefacts.insert(
-                plan.kind.key().to_owned(),
-                plan.artefact(file, meta.len(), 0.0),
-            );
-        } else {
-            todo.push(plan);
+
+    // Plans that need no guest binary: the kernel and the trees.
+    let kernel_plan = if selected.contains(&Kind::Kernel) {
+        let plan = planner.plan_kernel()?;
+        triage(plan, &mut manifest, &dir, args.force)
+    } else {
+        None
+    };
+    let mut trees_to_build = Vec::new();
+    for kind in &selected {
+        if let Some(lang) = Language::of_kind(*kind) {
+            let (tree_hash, _) = planner.plan_tree(lang)?;
+            if planner.tree_wanted_ahead(lang, &tree_hash, &manifest, args.force) {
+                trees_to_build.push((lang, tree_hash));
+            }
         }
     }
-    if todo.iter().any(|p| p.tree.is_some()) && !host::is_root() {
+    let trees_ahead: Vec<Language> = trees_to_build.iter().map(|(l, _)| *l).collect();
+    if !trees_to_build.is_empty() && !host::is_root() {
         bail!(
             "building root disks needs root (debootstrap, chroot, device nodes): \
              run `sudo -E cargo xtask images` (or as root)"
         );
     }
     manifest.save()?;
-    for plan in &todo {
-        let (file, size, seconds) = planner.build(plan, &scratch)?;
-        manifest.artefacts.insert(
-            plan.kind.key().to_owned(),
-            plan.artefact(file, size, seconds),
-        );
-        manifest.save()?;
-    }
-    prune(&manifest, &dir, args.only.is_empty().then_some(&planner))?;
-    reset_dir(&scratch)?;
+
+    let planner = &planner;
+    let scratch = &scratch;
+    let built = std::thread::scope(|scope| -> Result<Manifest> {
+        let kernel_track = kernel_plan.map(|plan| {
+            scope.spawn(move || -> Result<(Plan, String, u64, f64)> {
+                let (file, size, seconds) = planner.build(&plan, None, scratch)?;
+                Ok((plan, file, size, seconds))
+            })
+        });
+        // The trees are made one after another (they share debootstrap's
+        // package cache); each is announced as soon as it is ready, so its
+        // root disk image is made while the next tree is debootstrapped.
+        let (tree_ready_tx, tree_ready) = std::sync::mpsc::channel::<Language>();
+        let mut tree_track = (!trees_to_build.is_empty()).then(|| {
+            scope.spawn(move || -> Result<()> {
+                for (lang, tree_hash) in &trees_to_build {
+                    planner.ensure_tree(*lang, tree_hash, scratch)?;
+                    // The receiver may have stopped on an error of its own.
+                    let _ = tree_ready_tx.send(*lang);
+                }
+                Ok(())
+            })
+        });
+        let mut pending: Vec<Language> = trees_ahead.clone();
+
+        // This thread: guest binaries, then what depends on them.
+        let bins_result = guest_bins::build(&ws);
+        let main_result = bins_result.and_then(|bins| {
+            let mut todo = Vec::new();
+            for kind in selected.iter().filter(|k| **k != Kind::Kernel) {
+                let plan = planner.plan_with_bins(*kind, &bins)?;
+                todo.extend(triage(plan, &mut manifest, &dir, args.force));
+            }
+            if todo.iter().any(|p| p.tree.is_some()) && !host::is_root() {
+                bail!(
+                    "building root disks needs root (debootstrap, chroot, device nodes): \
+                     run `sudo -E cargo xtask images` (or as root)"
+                );
+            }
+            manifest.save()?;
+            // The initramfs first: it needs no tree; then the root disks in
+            // the order their trees are made.
+            todo.sort_by_key(|p| p.tree.is_some());
+            for plan in &todo {
+                if let Some(lang) = Language::of_kind(plan.kind) {
+                    while pending.contains(&lang) {
+                        match tree_ready.recv() {
+                            Ok(ready) => pending.retain(|l| *l != ready),
+                            // The tree track ended early: its error is
+                            // reported when it is joined.
+                            Err(_) => {
+                                return join_track(tree_track.take(), "root disk trees").and_then(
+                                    |()| bail!("the tree of rootfs-{} was not made", lang.name()),
+                                )
+                            }
+                        }
+                    }
+                }
+                let (file, size, seconds) = planner.build(plan, Some(&bins), scratch)?;
+                manifest.artefacts.insert(
+                    plan.kind.key().to_owned(),
+                    plan.artefact(file, size, seconds),
+                );
+                manifest.save()?;
+            }
+            Ok(())
+        });
+        // Every track ends before the scope does; report the first failure.
+        let trees_result = match tree_track {
+            Some(handle) => join_track(Some(handle), "root disk trees"),
+            None => Ok(()),
+        };
+        let kernel_result = match kernel_track {
+            Some(handle) => match handle.join() {
+                Ok(Ok((plan, file, size, seconds))) => {
+                    manifest.artefacts.insert(
+                        plan.kind.key().to_owned(),
+                        plan.artefact(file, size, seconds),
+                    );
+                    manifest.save()
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(anyhow::anyhow!("the kernel build thread panicked")),
+            },
+            None => Ok(()),
+        };
+        main_result?;
+        trees_result?;
+        kernel_result?;
+        Ok(manifest)
+    })?;
+    let manifest = built;
+    prune(&manifest, &dir, args.only.is_empty().then_some(planner))?;
+    reset_dir(scratch)?;
     for kind in Kind::ALL {
         if let (Some(a), Some(path)) = (manifest.get(kind), manifest.path(kind)) {
             eprintln!(
@@ -148,12 +240,47 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
             );
         }
     }
+    progress::print_timeline(started.elapsed());
     eprintln!(
         "images: done in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
         dir.display()
     );
     Ok(manifest)
+}
+
+/// `Some(plan)` when it must be built; `None` when the manifest has it
+/// current, or its file is on disk already (adopted into the manifest).
+fn triage(plan: Plan, manifest: &mut Manifest, dir: &Path, force: bool) -> Option<Plan> {
+    let file = plan.kind.file_name(&plan.hash);
+    if !force && manifest.is_current(plan.kind, &plan.hash) {
+        eprintln!("images: {} is current ({file})", plan.kind.key());
+        return None;
+    }
+    if let (false, Ok(meta)) = (force, std::fs::metadata(dir.join(&file))) {
+        eprintln!(
+            "images: {} found on disk, adopted ({file})",
+            plan.kind.key()
+        );
+        manifest.artefacts.insert(
+            plan.kind.key().to_owned(),
+            plan.artefact(file, meta.len(), 0.0),
+        );
+        return None;
+    }
+    Some(plan)
+}
+
+/// Waits for a build track, turning a panic into an error.
+fn join_track(
+    handle: Option<std::thread::ScopedJoinHandle<'_, Result<()>>>,
+    what: &str,
+) -> Result<()> {
+    match handle.map(std::thread::ScopedJoinHandle::join) {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(_)) => Err(anyhow::anyhow!("the {what} build thread panicked")),
+    }
 }
 
 /// One artefact to check or build.
@@ -166,6 +293,16 @@ struct Plan {
 }
 
 impl Plan {
+    fn new(kind: Kind, inputs: Inputs, tree: Option<(String, Inputs)>) -> Self {
+        let hash = inputs.hash();
+        Self {
+            kind,
+            inputs,
+            hash,
+            tree,
+        }
+    }
+
     fn artefact(&self, file: String, size_bytes: u64, build_seconds: f64) -> Artefact {
         Artefact {
             file,
@@ -181,80 +318,114 @@ impl Plan {
 struct Planner<'a> {
     ws: &'a Workspace,
     dir: &'a Path,
-    bins: &'a guest_bins::GuestBins,
-    archive: Option<apt::Archive>,
+    /// The host's Debian archive, read on first need.
+    archive: std::sync::OnceLock<apt::Archive>,
+    kernel_source: kernel::KernelSource,
 }
 
 impl Planner<'_> {
-    fn archive(&mut self) -> Result<apt::Archive> {
-        if let Some(a) = &self.archive {
+    fn archive(&self) -> Result<apt::Archive> {
+        if let Some(a) = self.archive.get() {
             return Ok(a.clone());
         }
         let archive = apt::host_archive()?;
-        self.archive = Some(archive.clone());
-        Ok(archive)
+        Ok(self.archive.get_or_init(|| archive).clone())
     }
 
-    fn plan(&mut self, kind: Kind) -> Result<Plan> {
+    /// The kernel's plan (its inputs need no guest binary).
+    fn plan_kernel(&self) -> Result<Plan> {
+        let mut inputs = Inputs::new(Kind::Kernel.key());
+        let fragment = kernel::read_fragment(self.ws)?;
+        inputs
+            .add("fragment-sha256", sha256_hex(fragment.as_bytes()))
+            .add(
+                self.kernel_source.package.as_str(),
+                apt::installed_version(&self.kernel_source.package)?,
+            )
+            .add("gcc", kernel::compiler_version()?);
+        Ok(Plan::new(Kind::Kernel, inputs, None))
+    }
+
+    /// The stage-1 tree of `lang`: its hash and inputs (mirror, suite and
+    /// the versions of its packages).
+    fn plan_tree(&self, lang: Language) -> Result<(String, Inputs)> {
+        let archive = self.archive()?;
+        let versions = apt::package_versions(
+            lang.packages(),
+            &archive,
+            &self.dir.join("apt-versions.json"),
+        )?;
+        let mut tree_inputs = Inputs::new(&format!("tree-{}", lang.name()));
+        tree_inputs
+            .add("mirror", archive.mirror.as_str())
+            .add("suite", archive.suite.as_str());
+        for (package, version) in &versions {
+            tree_inputs.add(format!("package {package}"), version.as_str());
+        }
+        Ok((tree_inputs.hash(), tree_inputs))
+    }
+
+    /// Whether to debootstrap `lang`'s tree before the guest binaries are
+    /// known: when it is absent and the current root disk (if any) was made
+    /// from another tree. A tree wanted only because the agent changed is
+    /// made on demand.
+    fn tree_wanted_ahead(
+        &self,
+        lang: Language,
+        tree_hash: &str,
+        manifest: &Manifest,
+        force: bool,
+    ) -> bool {
+        let exists = self
+            .dir
+            .join("trees")
+            .join(tree_dir_name(lang, tree_hash))
+            .join("etc/passwd")
+            .is_file();
+        let disk_uses_it = manifest
+            .get(lang.kind())
+            .and_then(|a| a.inputs.get("tree"))
+            .is_some_and(|t| t == tree_hash);
+        !exists && (force || !disk_uses_it)
+    }
+
+    /// The plan of an artefact whose inputs include a guest binary.
+    fn plan_with_bins(&self, kind: Kind, bins: &guest_bins::GuestBins) -> Result<Plan> {
         let mut inputs = Inputs::new(kind.key());
-        let mut tree = None;
         match kind {
-            Kind::Kernel => {
-                let fragment = kernel::read_fragment(self.ws)?;
-                inputs
-                    .add("fragment-sha256", sha256_hex(fragment.as_bytes()))
-                    .add(
-                        kernel::SOURCE_PACKAGE,
-                        apt::installed_version(kernel::SOURCE_PACKAGE)?,
-                    )
-                    .add("gcc", kernel::compiler_version()?);
-            }
+            Kind::Kernel => self.plan_kernel(),
             Kind::Initramfs => {
-                inputs.add("airlock-init-sha256", digest(&self.bins.init)?);
+                inputs.add("airlock-init-sha256", digest(&bins.init)?);
+                Ok(Plan::new(kind, inputs, None))
             }
             Kind::RootfsRaw | Kind::RootfsPython | Kind::RootfsJavascript => {
                 let lang =
                     Language::of_kind(kind).context("a root disk kind without a language")?;
-                let archive = self.archive()?;
-                let versions = apt::package_versions(
-                    lang.packages(),
-                    &archive,
-                    &self.dir.join("apt-versions.json"),
-                )?;
-                let mut tree_inputs = Inputs::new(&format!("tree-{}", lang.name()));
-                tree_inputs
-                    .add("mirror", archive.mirror.as_str())
-                    .add("suite", archive.suite.as_str());
-                for (package, version) in &versions {
-                    tree_inputs.add(format!("package {package}"), version.as_str());
-                }
-                let tree_hash = tree_inputs.hash();
+                let (tree_hash, tree_inputs) = self.plan_tree(lang)?;
                 for (label, value) in tree_inputs.entries() {
                     if label != "artefact" {
                         inputs.add(label.clone(), value.clone());
                     }
                 }
                 inputs.add("tree", tree_hash.as_str());
-                let agent = match &self.bins.agent {
+                let agent = match &bins.agent {
                     Some(path) => digest(path)?,
                     None => "absent".to_owned(),
                 };
                 inputs.add("airlock-agent-sha256", agent);
-                tree = Some((tree_hash, tree_inputs));
+                Ok(Plan::new(kind, inputs, Some((tree_hash, tree_inputs))))
             }
         }
-        let hash = inputs.hash();
-        Ok(Plan {
-            kind,
-            inputs,
-            hash,
-            tree,
-        })
     }
 
     /// Builds one artefact into `scratch`, renames it into place; returns
     /// (file name, size, seconds).
-    fn build(&self, plan: &Plan, scratch: &Path) -> Result<(String, u64, f64)> {
+    fn build(
+        &self,
+        plan: &Plan,
+        bins: Option<&guest_bins::GuestBins>,
+        scratch: &Path,
+    ) -> Result<(String, u64, f64)> {
         let file = plan.kind.file_name(&plan.hash);
         let tmp_out = scratch.join(&file);
         let step = Step::start_quiet(format!("{}: build {file}", plan.kind.key()));
@@ -263,17 +434,18 @@ impl Planner<'_> {
                 let version = plan
                     .inputs
                     .entries()
-                    .get(kernel::SOURCE_PACKAGE)
+                    .get(&self.kernel_source.package)
                     .cloned()
                     .unwrap_or_default();
                 let work = self.dir.join("work");
                 std::fs::create_dir_all(&work)
                     .with_context(|| format!("create {}", work.display()))?;
-                kernel::build(self.ws, &version, &work, &tmp_out)?;
+                kernel::build(self.ws, &self.kernel_source, &version, &work, &tmp_out)?;
             }
             Kind::Initramfs => {
-                let init = std::fs::read(&self.bins.init)
-                    .with_context(|| format!("read {}", self.bins.init.display()))?;
+                let bins = bins.context("the initramfs needs the guest binaries")?;
+                let init = std::fs::read(&bins.init)
+                    .with_context(|| format!("read {}", bins.init.display()))?;
                 let archive = initramfs::write_newc(&initramfs::airlock_entries(init));
                 std::fs::write(&tmp_out, archive)
                     .with_context(|| format!("write {}", tmp_out.display()))?;
@@ -290,7 +462,9 @@ impl Planner<'_> {
                 rootfs::build_image(
                     lang,
                     &tree,
-                    self.bins.agent.as_deref(),
+                    bins.context("a root disk needs the guest binaries")?
+                        .agent
+                        .as_deref(),
                     scratch,
                     &uuid,
                     &tmp_out,
@@ -320,10 +494,7 @@ impl Planner<'_> {
         std::fs::create_dir_all(&trees).with_context(|| format!("create {}", trees.display()))?;
         let tmp_tree = scratch.join(format!("tree-{}", lang.name()));
         let log = scratch.join(format!("rootfs-{}-debootstrap.log", lang.name()));
-        let archive = self
-            .archive
-            .clone()
-            .context("root disk planned without an archive")?;
+        let archive = self.archive()?;
         rootfs::build_tree(lang, &archive, &self.dir.join("debs"), &tmp_tree, &log)?;
         std::fs::rename(&tmp_tree, &tree)
             .with_context(|| format!("rename to {}", tree.display()))?;

@@ -2,6 +2,7 @@
 //! runs, one with the elapsed seconds when it ends.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,7 @@ impl Step {
     pub fn done(mut self, detail: &str) -> f64 {
         let seconds = self.elapsed_seconds();
         self.stop_ticker();
+        record(&self.label, self.start, seconds);
         let sep = if detail.is_empty() { "" } else { ": " };
         eprintln!("images: {} done in {seconds:.1} s{sep}{detail}", self.label);
         seconds
@@ -77,6 +79,46 @@ impl Step {
 impl Drop for Step {
     fn drop(&mut self) {
         self.stop_ticker();
+    }
+}
+
+/// Every finished step of this run: (label, start, seconds). Steps run on
+/// several threads, so the record is shared.
+static TIMELINE: Mutex<Vec<(String, Instant, f64)>> = Mutex::new(Vec::new());
+
+/// Starts a new timeline (one per `cargo xtask images` run).
+pub fn reset_timeline() {
+    if let Ok(mut t) = TIMELINE.lock() {
+        t.clear();
+    }
+}
+
+fn record(label: &str, start: Instant, seconds: f64) {
+    if let Ok(mut t) = TIMELINE.lock() {
+        t.push((label.to_owned(), start, seconds));
+    }
+}
+
+/// Prints where the time went: each finished step with its start (relative
+/// to the first) and duration, in start order. Steps of different tracks
+/// overlap, so durations add up to more than `wall`.
+pub fn print_timeline(wall: Duration) {
+    let Ok(mut steps) = TIMELINE.lock().map(|t| t.clone()) else {
+        return;
+    };
+    if steps.is_empty() {
+        return;
+    }
+    steps.sort_by_key(|(_, start, _)| *start);
+    let origin = steps[0].1;
+    eprintln!(
+        "images: where the time went (wall {:.1} s; tracks overlap):",
+        wall.as_secs_f64()
+    );
+    eprintln!("images:   {:>7}  {:>7}  step", "start", "took");
+    for (label, start, seconds) in &steps {
+        let at = start.duration_since(origin).as_secs_f64();
+        eprintln!("images:   {at:>6.1}s  {seconds:>6.1}s  {label}");
     }
 }
 

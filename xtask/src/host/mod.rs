@@ -1,96 +1,78 @@
-//! Host set-up: Debian packages the tasks need, installed when missing.
+//! Host set-up: the Debian packages the tasks need, planned with apt before
+//! anything is installed (see [`apt_plan`]), then checked by running the
+//! tools.
+
+pub mod apt_plan;
 
 use anyhow::{bail, Context, Result};
+use apt_plan::Apt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// A host requirement: satisfied when `probe` finds its file, else installed
 /// from the Debian package `package`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
     /// A program name looked up on PATH, or an absolute path that must exist.
-    pub probe: &'static str,
+    pub probe: String,
     /// The Debian package that provides it.
-    pub package: &'static str,
+    pub package: String,
+}
+
+impl Requirement {
+    fn new(probe: impl Into<String>, package: impl Into<String>) -> Self {
+        Self {
+            probe: probe.into(),
+            package: package.into(),
+        }
+    }
 }
 
 /// What the tests need on the host.
-pub const TEST_REQUIREMENTS: &[Requirement] = &[
-    Requirement {
-        probe: "python3",
-        package: "python3",
-    },
-    Requirement {
-        probe: "node",
-        package: "nodejs",
-    },
-    Requirement {
-        probe: "bash",
-        package: "bash",
-    },
-];
+pub fn test_requirements() -> Vec<Requirement> {
+    vec![
+        Requirement::new("python3", "python3"),
+        Requirement::new("node", "nodejs"),
+        Requirement::new("bash", "bash"),
+    ]
+}
 
-/// What `cargo xtask images` needs: QEMU (to check images), debootstrap,
-/// the kernel sources and toolchain, cpio, e2fsprogs and compressors. `lz4`
-/// compresses the kernel (`CONFIG_KERNEL_LZ4`: fastest to decompress).
-pub const IMAGE_REQUIREMENTS: &[Requirement] = &[
-    Requirement {
-        probe: "qemu-system-x86_64",
-        package: "qemu-system-x86",
-    },
-    Requirement {
-        probe: "qemu-img",
-        package: "qemu-utils",
-    },
-    Requirement {
-        probe: "/usr/sbin/debootstrap",
-        package: "debootstrap",
-    },
-    Requirement {
-        probe: "/usr/src/linux-source-6.1.tar.xz",
-        package: "linux-source-6.1",
-    },
-    Requirement {
-        probe: "/usr/share/build-essential/list",
-        package: "build-essential",
-    },
-    Requirement {
-        probe: "bc",
-        package: "bc",
-    },
-    Requirement {
-        probe: "flex",
-        package: "flex",
-    },
-    Requirement {
-        probe: "bison",
-        package: "bison",
-    },
-    Requirement {
-        probe: "/usr/include/libelf.h",
-        package: "libelf-dev",
-    },
-    Requirement {
-        probe: "/usr/include/openssl/ssl.h",
-        package: "libssl-dev",
-    },
-    Requirement {
-        probe: "cpio",
-        package: "cpio",
-    },
-    Requirement {
-        probe: "/usr/sbin/mkfs.ext4",
-        package: "e2fsprogs",
-    },
-    Requirement {
-        probe: "xz",
-        package: "xz-utils",
-    },
-    Requirement {
-        probe: "lz4",
-        package: "lz4",
-    },
-];
+/// What `cargo xtask images` needs: QEMU (to check images and build
+/// overlays), debootstrap, the kernel sources and toolchain, cpio, e2fsprogs
+/// and compressors. `lz4` compresses the kernel (`CONFIG_KERNEL_LZ4`:
+/// fastest to decompress).
+pub fn image_requirements(kernel: &crate::images::KernelSource) -> Vec<Requirement> {
+    vec![
+        Requirement::new("qemu-system-x86_64", apt_plan::QEMU_SYSTEM),
+        Requirement::new("qemu-img", apt_plan::QEMU_UTILS),
+        Requirement::new("/usr/sbin/debootstrap", "debootstrap"),
+        Requirement::new(kernel.tarball.to_string_lossy(), kernel.package.as_str()),
+        Requirement::new("/usr/share/build-essential/list", "build-essential"),
+        Requirement::new("bc", "bc"),
+        Requirement::new("flex", "flex"),
+        Requirement::new("bison", "bison"),
+        Requirement::new("/usr/include/libelf.h", "libelf-dev"),
+        Requirement::new("/usr/include/openssl/ssl.h", "libssl-dev"),
+        Requirement::new("cpio", "cpio"),
+        Requirement::new("/usr/sbin/mkfs.ext4", "e2fsprogs"),
+        Requirement::new("xz", "xz-utils"),
+        Requirement::new("lz4", "lz4"),
+    ]
+}
+
+/// Everything `demo`, `test` and `bench` need, set up in one apt
+/// transaction: the tests' tools and the image builders.
+///
+/// # Errors
+/// As [`ensure`].
+pub fn ensure_all() -> Result<()> {
+    ensure_apt_lists()?;
+    let kernel = crate::images::KernelSource::find()?;
+    let mut all = test_requirements();
+    all.extend(image_requirements(&kernel));
+    ensure(&all)
+}
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
@@ -122,44 +104,180 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Installs the packages of every unmet requirement with apt-get, running
-/// `apt-get update` first. A no-op when everything is present.
-pub fn ensure(requirements: &[Requirement]) -> Result<()> {
-    let mut missing: Vec<&str> = requirements
-        .iter()
-        .filter(|r| which(r.probe).is_none())
-        .map(|r| r.package)
-        .collect();
-    missing.sort_unstable();
-    missing.dedup();
-    if missing.is_empty() {
+/// Makes sure apt's package lists exist before anything asks apt about a
+/// package: `apt-get update` once per process when this host has never
+/// fetched them (a fresh machine), or when `AIRLOCK_APT_UPDATE=1`.
+///
+/// # Errors
+/// When the lists are missing and cannot be fetched.
+pub fn ensure_apt_lists() -> Result<()> {
+    static DONE: OnceLock<()> = OnceLock::new();
+    if DONE.get().is_some() {
         return Ok(());
     }
-    eprintln!("xtask: installing host packages: {}", missing.join(" "));
-    if !is_root() {
-        bail!(
-            "missing host packages {}: run `sudo apt-get install {}` (or run as root)",
-            missing.join(", "),
-            missing.join(" ")
-        );
+    let lists = Path::new("/var/lib/apt/lists");
+    let has_lists = std::fs::read_dir(lists)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        })
+        .unwrap_or(false);
+    let forced = std::env::var_os("AIRLOCK_APT_UPDATE").is_some_and(|v| v == "1");
+    if !has_lists || forced {
+        if which("apt-get").is_none() {
+            bail!("apt-get not found: Airlock's set-up needs a Debian host (12 or later)");
+        }
+        if !is_root() {
+            bail!("apt has no package lists yet: run `sudo apt-get update` (or run as root)");
+        }
+        eprintln!("xtask: apt-get update (no package lists yet)");
+        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
     }
-    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    for r in requirements {
-        if which(r.probe).is_none() {
+    // A second call in this process has nothing to do.
+    let _ = DONE.set(());
+    Ok(())
+}
+
+/// The packages of the unmet `requirements`; when either QEMU tool is
+/// missing, both QEMU packages (they must come from one version).
+fn missing_packages(requirements: &[Requirement]) -> Vec<String> {
+    let mut missing: Vec<String> = requirements
+        .iter()
+        .filter(|r| which(&r.probe).is_none())
+        .map(|r| r.package.clone())
+        .collect();
+    let qemu = [apt_plan::QEMU_SYSTEM, apt_plan::QEMU_UTILS];
+    if missing.iter().any(|p| qemu.contains(&p.as_str())) {
+        missing.extend(qemu.map(str::to_owned));
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    missing
+}
+
+/// Installs the packages of every unmet requirement in one planned apt
+/// transaction (nothing removed, downgrades only where set-up chose them),
+/// then checks that every tool is there and that the QEMU tools run.
+///
+/// # Errors
+/// When the plan is refused (nothing is changed then), apt fails, or a tool
+/// is still missing or broken afterwards (naming it and its package).
+pub fn ensure(requirements: &[Requirement]) -> Result<()> {
+    let missing = missing_packages(requirements);
+    if !missing.is_empty() {
+        if !is_root() {
             bail!(
-                "package {} installed but {} is still missing",
+                "missing host packages {}: run `sudo apt-get install {}` (or run as root)",
+                missing.join(", "),
+                missing.join(" ")
+            );
+        }
+        ensure_apt_lists()?;
+        let apt = Apt::default();
+        let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+        let (request, _simulation, notice) = apt_plan::plan(&apt, &names)?;
+        if !notice.is_empty() {
+            eprintln!("xtask: {notice}");
+        }
+        eprintln!("xtask: apt-get install {}", request.describe());
+        apt.install(&request)?;
+    }
+    verify(requirements)
+}
+
+/// Checks every requirement after set-up, and that the QEMU tools run and
+/// are new enough.
+fn verify(requirements: &[Requirement]) -> Result<()> {
+    for r in requirements {
+        if which(&r.probe).is_none() {
+            bail!(
+                "{} is missing after set-up; dpkg says of {}: {}. Reinstall it with \
+                 `apt-get install --reinstall {}`",
+                r.probe,
                 r.package,
-                r.probe
+                dpkg_state(&r.package),
+                r.package
+            );
+        }
+    }
+    let needs = |probe: &str| requirements.iter().any(|r| r.probe == probe);
+    let system = needs("qemu-system-x86_64")
+        .then(|| tool_version("qemu-system-x86_64"))
+        .transpose()?;
+    let img = needs("qemu-img")
+        .then(|| tool_version("qemu-img"))
+        .transpose()?;
+    if let Some(version) = system {
+        if version < MIN_QEMU {
+            bail!(
+                "qemu-system-x86_64 is QEMU {}.{}; Airlock needs {}.{} or newer \
+                 (`-netdev stream`): install a newer {}",
+                version.0,
+                version.1,
+                MIN_QEMU.0,
+                MIN_QEMU.1,
+                apt_plan::QEMU_SYSTEM
+            );
+        }
+        if let Some(img) = img.filter(|img| img.0 != version.0) {
+            eprintln!(
+                "xtask: warning: qemu-img is QEMU {}.{} but qemu-system-x86_64 is {}.{}: \
+                 install {} and {} of one version",
+                img.0,
+                img.1,
+                version.0,
+                version.1,
+                apt_plan::QEMU_UTILS,
+                apt_plan::QEMU_SYSTEM
             );
         }
     }
     Ok(())
+}
+
+/// The oldest QEMU whose argv Airlock builds (`-netdev stream` is 7.2).
+const MIN_QEMU: (u32, u32) = (7, 2);
+
+/// Runs `PROGRAM --version` and reads `version X.Y`.
+fn tool_version(program: &str) -> Result<(u32, u32)> {
+    let out = Command::new(program)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {program} --version"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{program} --version failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_qemu_version(&text)
+        .with_context(|| format!("cannot read a version from `{program} --version`: {text}"))
+}
+
+/// `X.Y` from `... version X.Y.Z ...`.
+fn parse_qemu_version(text: &str) -> Option<(u32, u32)> {
+    let rest = text.split("version ").nth(1)?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// What dpkg says of `package` (`install ok installed 1:7.2...`, or why not).
+fn dpkg_state(package: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status} ${Version}", package])
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if text.is_empty() {
+                "not installed".to_owned()
+            } else {
+                text
+            }
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Runs a command, inheriting stdio; fails with the command line on a
@@ -225,15 +343,6 @@ pub fn find_gvproxy() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether `apt-cache policy` output offers an installable candidate.
-fn policy_has_candidate(policy: &str) -> bool {
-    policy.lines().any(|line| {
-        line.trim()
-            .strip_prefix("Candidate:")
-            .is_some_and(|v| !v.trim().is_empty() && v.trim() != "(none)")
-    })
-}
-
 /// Makes sure gvproxy exists and returns its path.
 ///
 /// Found (see [`find_gvproxy`]): returned as is. Else, when the system's apt
@@ -254,12 +363,8 @@ pub fn ensure_gvproxy() -> Result<PathBuf> {
         );
     }
     let started = std::time::Instant::now();
-    let policy = Command::new("apt-cache")
-        .args(["policy", "gvproxy"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if policy_has_candidate(&policy) {
+    ensure_apt_lists()?;
+    if Apt::default().policy("gvproxy")?.candidate.is_some() {
         eprintln!("xtask: installing the gvproxy package");
         if !is_root() {
             bail!("gvproxy is missing: run `sudo apt-get install gvproxy` (or run as root)");
@@ -403,21 +508,32 @@ fn fetch_into(mirror: &str, work: &Path, bin_dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod gvproxy_tests {
-    use super::policy_has_candidate;
-
+mod tests {
     #[test]
-    fn policy_with_a_candidate_is_installable() {
-        let out = "gvproxy:\n  Installed: (none)\n  Candidate: 0.8.1-1\n  Version table:\n";
-        assert!(policy_has_candidate(out));
+    fn qemu_versions_are_read_from_either_tool() {
+        assert_eq!(
+            super::parse_qemu_version(
+                "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)"
+            ),
+            Some((7, 2))
+        );
+        assert_eq!(
+            super::parse_qemu_version("qemu-img version 10.0.2 (Debian 1:10.0.2+ds-2)"),
+            Some((10, 0))
+        );
+        assert_eq!(super::parse_qemu_version("nothing here"), None);
     }
 
     #[test]
-    fn policy_without_candidate_or_package_is_not() {
-        assert!(!policy_has_candidate(
-            "gvproxy:\n  Installed: (none)\n  Candidate: (none)\n"
-        ));
-        assert!(!policy_has_candidate(""));
+    fn a_missing_qemu_tool_brings_both_qemu_packages() {
+        let reqs = vec![super::Requirement::new(
+            "/nonexistent/qemu-img-for-test",
+            super::apt_plan::QEMU_UTILS,
+        )];
+        assert_eq!(
+            super::missing_packages(&reqs),
+            [super::apt_plan::QEMU_SYSTEM, super::apt_plan::QEMU_UTILS]
+        );
     }
 
     /// Installs gvproxy when missing (network, apt); run by hand with
