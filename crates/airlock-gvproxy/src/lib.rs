@@ -62,6 +62,7 @@ pub mod netns;
 mod policy;
 mod watch;
 
+pub use airlock_sys_util::ChildExit;
 pub use api::{GvproxyApi, MAX_RESPONSE_BYTES};
 pub use binary::{
     find_gvproxy, find_gvproxy_cached, probe_version, GvproxyBinary, GvproxyVersion, SearchPath,

@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use airlock_gvproxy::egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
-    bind_tcp_in_netns, find_gvproxy_cached, ChildSetup, DomainPattern, Expose, GvproxyHandle,
-    GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
+    bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
+    GvproxyHandle, GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -229,10 +229,12 @@ impl VmNetwork {
         let mut problems = report.problems;
         // gvproxy ends by itself (status 0) once QEMU, stopped first, has
         // closed its connection: only another end is worth reporting.
-        if report.exited_before_stop && report.exit.as_deref() != Some("exit code 0") {
+        if report.exited_before_stop && !report.exit.is_some_and(ChildExit::success) {
             problems.push(format!(
                 "gvproxy had exited before teardown ({})",
-                report.exit.as_deref().unwrap_or("unknown status")
+                report
+                    .exit
+                    .map_or_else(|| "unknown status".to_owned(), |x| x.to_string())
             ));
         }
         NetworkReport {
