@@ -3,7 +3,7 @@
 //! the guest's exposed ports.
 
 use crate::error::{Error, Result};
-use airlock_gvproxy::egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
+use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
     bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
     GvproxyHandle, GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
@@ -173,7 +173,13 @@ impl VmNetwork {
                 allow_private_for_tests: overrides.allow_private,
                 ..EgressConfig::default()
             };
-            network.egress = Some(EgressProxy::serve(l80, l443, config).map_err(net)?);
+            network.egress =
+                Some(
+                    EgressProxy::serve(l80, l443, config).map_err(|source| Error::Egress {
+                        vm_id: vm_id.to_owned(),
+                        source,
+                    })?,
+                );
         }
         for port in network.gvproxy.exposed_ports().to_vec() {
             let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
