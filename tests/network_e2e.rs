@@ -26,7 +26,7 @@ use airlock::{
     Config, EgressTestOverrides, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager,
     VmOptions,
 };
-use airlock_gvproxy::egress::{ResolveFuture, Resolver};
+use airlock_egress::{ResolveFuture, Resolver};
 use airlock_gvproxy::{DomainPattern, Expose};
 use airlock_protocol::{ExecRequest, Language};
 use airlock_tests::{images_or_skip, qemu_processes_mentioning};

@@ -16,11 +16,10 @@ use crate::reaper::spawn_tracked;
 use crate::rel_path::RelPath;
 use crate::{sys, AgentConfig, AgentError};
 use airlock_protocol::{Completion, Data, Event, EventBody, Language, OpId};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use airlock_sys_util::{signal_group, ChildExit};
+use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -233,17 +232,14 @@ impl Sink {
 
 /// Kills the process group on drop unless disarmed (cancelled execs).
 struct GroupKiller {
-    pgid: Pid,
+    pgid: u32,
     armed: bool,
 }
 
 impl GroupKiller {
     fn signal(&self, signal: Signal) {
-        match killpg(self.pgid, signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => {
-                tracing::warn!(pgid = self.pgid.as_raw(), %signal, error = %e, "killpg failed")
-            }
+        if let Err(e) = signal_group(self.pgid, signal) {
+            tracing::warn!(pgid = self.pgid, %signal, error = %e, "killpg failed")
         }
     }
 
@@ -308,7 +304,7 @@ pub(crate) async fn run(
     let spawn_ms = millis(started.elapsed());
     drop(cwd);
     let mut group = GroupKiller {
-        pgid: tracked.pid(),
+        pgid: u32::try_from(tracked.pid().as_raw()).unwrap_or_default(),
         armed: true,
     };
     tracing::debug!(
@@ -514,11 +510,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Exit code; 128+N for a death by signal N.
 pub fn exit_code(status: ExitStatus) -> i32 {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => -1,
-    }
+    ChildExit::from(status).shell_code()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -537,6 +529,7 @@ impl<T> Drop for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn small_code_goes_on_the_command_line() {

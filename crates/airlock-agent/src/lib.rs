@@ -3,8 +3,9 @@
 //! [`airlock_protocol`].
 //!
 //! It sits at the bottom of the layers, in the guest: the orchestrator talks
-//! to it through the protocol crate's client; it depends on nothing else of
-//! Airlock. It does not boot anything, mount anything (`airlock-init` does),
+//! to it through the protocol crate's client; of the rest of Airlock it uses
+//! only `airlock-sys-util` (process groups, exit statuses), without its
+//! tokio feature. It does not boot anything, mount anything (`airlock-init` does),
 //! or decide policy for the host (limits come from its flags).
 //!
 //! - [`serve`] answers requests from any `AsyncRead`/`AsyncWrite` pair:

@@ -1,11 +1,11 @@
 //! Finding the gvproxy binary and reading its version (once per process).
 
 use crate::GvproxyError;
+use airlock_sys_util::executable::{is_executable_async, path_candidates};
+use airlock_sys_util::{output_with_deadline, SysError};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -119,11 +119,10 @@ impl SearchPath {
         if let Some(explicit) = &self.explicit {
             return vec![explicit.clone()];
         }
-        let mut out: Vec<PathBuf> =
-            std::env::split_paths(self.path_var.as_deref().unwrap_or(OsStr::new("")))
-                .filter(|dir| dir.is_absolute())
-                .map(|dir| dir.join("gvproxy"))
-                .collect();
+        let mut out = path_candidates(
+            self.path_var.as_deref().unwrap_or(OsStr::new("")),
+            "gvproxy",
+        );
         out.extend(
             PODMAN_LIBEXEC_DIRS
                 .iter()
@@ -142,7 +141,7 @@ impl SearchPath {
 pub async fn find_gvproxy(search: &SearchPath) -> Result<GvproxyBinary, GvproxyError> {
     let candidates = search.candidates();
     for candidate in &candidates {
-        if is_executable(candidate).await {
+        if is_executable_async(candidate).await {
             let version = probe_version(candidate).await?;
             if version < GvproxyVersion::MIN {
                 return Err(GvproxyError::TooOld {
@@ -185,42 +184,27 @@ pub async fn find_gvproxy_cached() -> Result<GvproxyBinary, GvproxyError> {
         .cloned()
 }
 
-async fn is_executable(path: &Path) -> bool {
-    tokio::fs::metadata(path)
-        .await
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Runs `binary -version` under a deadline and parses it.
 ///
 /// # Errors
 /// Spawn failure, timeout or unreadable output.
 pub async fn probe_version(binary: &Path) -> Result<GvproxyVersion, GvproxyError> {
-    let run = tokio::process::Command::new(binary)
-        .arg("-version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("-version");
     let unreadable = |output: String| GvproxyError::UnreadableVersion {
         binary: binary.to_path_buf(),
         output,
     };
-    let output = match tokio::time::timeout(VERSION_DEADLINE, run).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(source)) => return Err(GvproxyError::io("run", binary, source)),
-        Err(_) => {
+    let output = match output_with_deadline(&mut cmd, None, VERSION_DEADLINE).await {
+        Ok(output) => output,
+        Err(SysError::Timeout { .. }) => {
             return Err(unreadable(format!(
                 "no answer to -version within {VERSION_DEADLINE:?}"
             )))
         }
+        Err(other) => return Err(GvproxyError::io("run", binary, other.into_io_error())),
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = format!("{}{}", output.stdout_text(), output.stderr_text());
     GvproxyVersion::parse(&text)
         .ok_or_else(|| unreadable(text.lines().next().unwrap_or_default().to_owned()))
 }

@@ -201,50 +201,6 @@ pub enum GvproxyError {
         #[source]
         source: std::io::Error,
     },
-
-    // The egress proxy (module `egress`): setup errors only; a refused
-    // connection is a DenyReason or a counter, never an error.
-    /// An [`EgressConfig`](crate::egress::EgressConfig) field is out of range.
-    #[error("invalid egress proxy config: `{field}` {reason}")]
-    EgressConfig {
-        /// The offending field.
-        field: &'static str,
-        /// Why it is refused and what is accepted.
-        reason: String,
-    },
-
-    /// [`EgressProxy::serve`](crate::egress::EgressProxy::serve) was called outside a
-    /// tokio runtime.
-    #[error("the egress proxy of VM {vm_id} must be started inside a tokio runtime (call it from async code)")]
-    EgressNoRuntime {
-        /// The VM the proxy was for.
-        vm_id: String,
-    },
-
-    /// A listener handed to the proxy cannot be used.
-    #[error(
-        "egress proxy of VM {vm_id}: cannot use the listener for port {port}: {source}; \
-         pass a bound, listening TCP socket"
-    )]
-    EgressListener {
-        /// The VM the proxy was for.
-        vm_id: String,
-        /// 80 or 443.
-        port: u16,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The throughput measurement could not run to the end.
-    #[error("egress throughput measurement failed while {step}: {source}")]
-    EgressMeasurement {
-        /// What it was doing.
-        step: &'static str,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 impl GvproxyError {

@@ -14,8 +14,8 @@ use crate::config::{
 use crate::netns::{self, NamespaceKind, NamespacePlan};
 use crate::watch::DirWatch;
 use crate::{GvproxyBinary, GvproxyError};
+use airlock_sys_util::{retry_until, signal_group, tail_text, Backoff, ChildExit};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +29,9 @@ const LOG_TAIL_BYTES: usize = 2048;
 
 /// How long to wait for the group to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits between API calls refused because gvproxy is not listening yet.
+const REFUSED_BACKOFF: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
 /// Work the caller adds to gvproxy's `Command` before it is spawned, e.g.
 /// installing the limits group's pre-exec hook
@@ -110,8 +113,8 @@ pub struct StopReport {
     pub already_stopped: bool,
     /// gvproxy had exited before the stop (crash or killed by someone).
     pub exited_before_stop: bool,
-    /// How gvproxy ended (`exit code 0`, `killed by signal 9`).
-    pub exit: Option<String>,
+    /// How gvproxy ended; `None` when that could not be learnt.
+    pub exit: Option<ChildExit>,
     /// SIGKILL was needed after the grace.
     pub forced: bool,
     /// Files removed.
@@ -234,8 +237,9 @@ impl GvproxyLauncher {
                 // namespaces); if it was not, our SIGKILL says so.
                 let mut child = child;
                 kill_group(pid, Signal::SIGKILL);
-                let mut status = child.wait().await.map(describe_status).unwrap_or_default();
-                if status == "killed by signal 9" {
+                let exit = child.wait().await.map(ChildExit::from).ok();
+                let mut status = exit.map(|x| x.to_string()).unwrap_or_default();
+                if exit == Some(ChildExit::Signal(libc::SIGKILL)) {
                     status = format!("{status}; cannot open /proc/{pid}/ns/net: {e}");
                 }
                 return Err(GvproxyError::Exited {
@@ -347,7 +351,9 @@ impl GvproxyHandle {
                     }
                 }
                 status = self.child.wait() => {
-                    let status = status.map(describe_status).unwrap_or_else(|e| e.to_string());
+                    let status = status
+                        .map(|s| ChildExit::from(s).to_string())
+                        .unwrap_or_else(|e| e.to_string());
                     return Err(GvproxyError::Exited {
                         vm_id: self.vm_id.clone(),
                         status,
@@ -435,17 +441,17 @@ impl GvproxyHandle {
         match self.child.try_wait() {
             Ok(Some(status)) => {
                 report.exited_before_stop = true;
-                report.exit = Some(describe_status(status));
+                report.exit = Some(ChildExit::from(status));
             }
             Ok(None) => {
                 kill_group(self.pid, Signal::SIGTERM);
                 match tokio::time::timeout(self.stop_grace, self.child.wait()).await {
-                    Ok(status) => report.exit = status.map(describe_status).ok(),
+                    Ok(status) => report.exit = status.map(ChildExit::from).ok(),
                     Err(_) => {
                         report.forced = true;
                         kill_group(self.pid, Signal::SIGKILL);
                         match tokio::time::timeout(KILL_WAIT, self.child.wait()).await {
-                            Ok(status) => report.exit = status.map(describe_status).ok(),
+                            Ok(status) => report.exit = status.map(ChildExit::from).ok(),
                             Err(_) => report.problems.push(format!(
                                 "gvproxy (pid {}) still runs {KILL_WAIT:?} after SIGKILL",
                                 self.pid
@@ -470,7 +476,7 @@ impl GvproxyHandle {
         tracing::info!(
             vm_id = %self.vm_id,
             pid = self.pid,
-            exit = report.exit.as_deref().unwrap_or("unknown"),
+            exit = %report.exit.map_or_else(|| "unknown".to_owned(), |x| x.to_string()),
             forced = report.forced,
             removed = report.removed.len(),
             problems = report.problems.len(),
@@ -522,13 +528,11 @@ fn remove_files(files: &[PathBuf], report: &mut StopReport) {
 }
 
 /// Sends `signal` to the process group `pid` (gvproxy leads its group). A
-/// group already gone is fine.
+/// group already gone is fine; a failure is logged (teardown goes on).
 fn kill_group(pid: u32, signal: Signal) {
-    let Ok(raw) = i32::try_from(pid) else { return };
-    if raw <= 1 {
-        return;
+    if let Err(error) = signal_group(pid, signal) {
+        tracing::debug!(pid, %signal, %error, "cannot signal gvproxy's group");
     }
-    let _ = nix::sys::signal::killpg(Pid::from_raw(raw), signal);
 }
 
 /// Makes the directory (0700) and removes stale sockets of a previous run.
@@ -552,37 +556,15 @@ async fn prepare_dir(paths: &GvproxyPaths, spec: &GvproxySpec) -> Result<(), Gvp
     Ok(())
 }
 
-async fn retry_refused<F, Fut>(
-    deadline: tokio::time::Instant,
-    mut call: F,
-) -> Result<(), GvproxyError>
+/// Calls `call` until gvproxy stops refusing the connection (its socket
+/// file appears at bind(), just before listen()) or `deadline` is near.
+async fn retry_refused<F, Fut>(deadline: tokio::time::Instant, call: F) -> Result<(), GvproxyError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), GvproxyError>>,
 {
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match call().await {
-            Err(GvproxyError::Api { ref reason, .. })
-                if reason.contains("Connection refused")
-                    && tokio::time::Instant::now() + pause < deadline =>
-            {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// A readable exit status.
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => "unknown status".into(),
-    }
+    let refused = |e: &GvproxyError| matches!(e, GvproxyError::Api { reason, .. } if reason.contains("Connection refused"));
+    retry_until(&REFUSED_BACKOFF, deadline, call, refused).await
 }
 
 /// The ends of gvproxy's log and output, for error messages.
@@ -592,7 +574,7 @@ async fn log_tail(paths: &GvproxyPaths) -> String {
         if let Ok(text) = tokio::fs::read_to_string(&file).await {
             let text = text.trim();
             if !text.is_empty() {
-                parts.push(tail(text, LOG_TAIL_BYTES / 2));
+                parts.push(tail_text(text, LOG_TAIL_BYTES / 2));
             }
         }
     }
@@ -601,17 +583,6 @@ async fn log_tail(paths: &GvproxyPaths) -> String {
     } else {
         parts.join(" | ")
     }
-}
-
-fn tail(text: &str, max_bytes: usize) -> String {
-    if text.len() <= max_bytes {
-        return text.to_owned();
-    }
-    let mut start = text.len() - max_bytes;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("...{}", &text[start..])
 }
 
 #[cfg(test)]
@@ -635,13 +606,6 @@ mod tests {
             ..LaunchOptions::default()
         };
         assert!(o.validate().unwrap_err().to_string().contains("stop_grace"));
-    }
-
-    #[test]
-    fn tail_cuts_at_a_char_boundary() {
-        assert_eq!(tail("short", 10), "short");
-        let t = tail("ééééé", 3);
-        assert!(t.starts_with("...") && t.ends_with('é'));
     }
 
     #[test]

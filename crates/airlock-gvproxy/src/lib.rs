@@ -22,15 +22,16 @@
 //!   configured over its API. [`GvproxyHandle`] gives the QEMU socket, the
 //!   exposed ports' sockets, and the namespace, in which
 //!   [`bind_tcp_in_netns`] opens the egress proxy's listeners.
-//! - **Egress** ([`egress`]): the policy proxy serving 127.0.0.1:80/443
-//!   inside that namespace.
 //!
-//! It does not start QEMU, bridge exposed sockets to host TCP ports, or
-//! apply resource limits (the caller passes a [`ChildSetup`] to put gvproxy
-//! in the VM's limits group).
+//! It does not start QEMU, bridge exposed sockets to host TCP ports, apply
+//! resource limits (the caller passes a [`ChildSetup`] to put gvproxy in
+//! the VM's limits group), or check what the guest connects to: the egress
+//! policy proxy serving 127.0.0.1:80/443 inside gvproxy's namespace is the
+//! `airlock-egress` crate.
 //!
-//! Layer: a leaf crate under the orchestrator; it depends on no other
-//! Airlock crate.
+//! Layer: a leaf crate under the orchestrator, beside `airlock-egress`; of
+//! Airlock it depends only on `airlock-sys-util` (ids, child processes,
+//! PATH lookup, exit statuses).
 //!
 //! ```
 //! use airlock_gvproxy::{
@@ -55,13 +56,13 @@
 mod api;
 mod binary;
 pub mod config;
-pub mod egress;
 mod error;
 mod launch;
 pub mod netns;
 mod policy;
 mod watch;
 
+pub use airlock_sys_util::ChildExit;
 pub use api::{GvproxyApi, MAX_RESPONSE_BYTES};
 pub use binary::{
     find_gvproxy, find_gvproxy_cached, probe_version, GvproxyBinary, GvproxyVersion, SearchPath,

@@ -360,22 +360,14 @@ pub fn default_allowlist(language: &str) -> Result<Vec<DomainPattern>, GvproxyEr
     names.iter().map(|n| DomainPattern::parse(n)).collect()
 }
 
-/// Checks a VM id: `[A-Za-z0-9_-]{1,128}`.
+/// Checks a VM id: `[A-Za-z0-9_-]{1,128}` ([`airlock_sys_util::id`]).
 ///
 /// # Errors
 /// [`GvproxyError::InvalidVmId`].
 pub fn validate_vm_id(vm_id: &str) -> Result<(), GvproxyError> {
-    let ok = (1..=128).contains(&vm_id.len())
-        && vm_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(GvproxyError::InvalidVmId {
-            vm_id: vm_id.to_owned(),
-        })
-    }
+    airlock_sys_util::check_id(vm_id).map_err(|_| GvproxyError::InvalidVmId {
+        vm_id: vm_id.to_owned(),
+    })
 }
 
 #[cfg(test)]

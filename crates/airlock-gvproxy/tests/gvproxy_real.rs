@@ -265,7 +265,7 @@ async fn killed_gvproxy_still_stops_cleanly() {
 
     let report = gv.stop().await;
     assert!(report.exited_before_stop, "{report:?}");
-    assert_eq!(report.exit.as_deref(), Some("killed by signal 9"));
+    assert_eq!(report.exit, Some(airlock_gvproxy::ChildExit::Signal(9)));
     assert!(report.problems.is_empty(), "{report:?}");
     for file in [gv.qemu_socket(), gv.api_socket(), socket] {
         assert!(!file.exists(), "{} left behind", file.display());

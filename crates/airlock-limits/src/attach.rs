@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::rlimit::RlimitSetting;
+use crate::resource::RlimitSetting;
 use crate::sys::{raw_resource, rlim};
 
 /// What a child must do between fork and exec to start inside its group:
@@ -108,7 +108,7 @@ fn open_for_write(path: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rlimit::Resource;
+    use crate::resource::Resource;
     use std::process::Command;
 
     #[test]

@@ -14,25 +14,11 @@ use crate::id::GroupId;
 use crate::limits::Limits;
 use crate::probe::{probe, ProbeConfig, ProbeResult};
 use crate::remove::{remove_group, RemoveReport};
-use crate::rlimit::{apply_to_pid, clamp_to_current, rlimits_for, RlimitSetting};
+use crate::resource::RlimitSetting;
+use crate::rlimit::{apply_to_pid, clamp_to_current, rlimits_for};
+use crate::stats::Stats;
 use crate::sweep::{sweep, SweepOptions, SweepReport};
 use crate::{v1, v2, LimitsError};
-
-/// Resource usage of a group. A field is `None` when the backend or the
-/// kernel does not offer it (the rlimit backend offers none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Memory charged to the group now (includes page cache).
-    pub memory_current_bytes: Option<u64>,
-    /// Highest memory charged since creation (v2 needs Linux 5.19+).
-    pub memory_peak_bytes: Option<u64>,
-    /// CPU time used by every process of the group (v1 needs cpuacct).
-    pub cpu_usage: Option<Duration>,
-    /// Processes the kernel's OOM killer killed in the group.
-    pub oom_kills: Option<u64>,
-    /// Tasks (processes and threads) in the group now.
-    pub pids_current: Option<u64>,
-}
 
 /// Creates, and sweeps, the limits groups of one backend.
 #[derive(Debug, Clone)]
@@ -269,36 +255,4 @@ impl VmGroup {
                 ..RemoveReport::default()
             })
     }
-}
-
-/// Makes a directory that may exist already (a tenant or `airlock/`).
-pub(crate) fn make_dir(vm_id: &str, dir: &Path) -> Result<(), LimitsError> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(LimitsError::Create {
-            vm_id: vm_id.to_owned(),
-            path: dir.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Makes a VM's group directory, which must not exist yet.
-pub(crate) fn make_group_dir(vm_id: &str, dir: &Path) -> Result<(), LimitsError> {
-    std::fs::create_dir(dir).map_err(|source| LimitsError::Create {
-        vm_id: vm_id.to_owned(),
-        path: dir.to_owned(),
-        source,
-    })
-}
-
-/// Writes a limit, with context on failure.
-pub(crate) fn write_control(vm_id: &str, path: &Path, value: &str) -> Result<(), LimitsError> {
-    write_value(path, value).map_err(|source| LimitsError::Write {
-        vm_id: vm_id.to_owned(),
-        path: path.to_owned(),
-        value: value.to_owned(),
-        source,
-    })
 }

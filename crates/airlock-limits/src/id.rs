@@ -8,20 +8,12 @@ use crate::LimitsError;
 /// Name of the directory every Airlock group lives under, in every hierarchy.
 pub const AIRLOCK_DIR: &str = "airlock";
 
-/// Longest accepted identifier.
-pub const MAX_ID_LEN: usize = 128;
-
-/// Whether `value` is a valid tenant or VM id: `[A-Za-z0-9_-]{1,128}`.
+/// The id check every Airlock crate shares: `[A-Za-z0-9_-]{1,128}`.
 ///
 /// Such an id can never be `.`/`..`, contain a `/`, or start a cgroup
 /// interface name (those all contain a `.`), so it is safe as a path
 /// component under `airlock/`.
-pub fn is_valid_id(value: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+pub use airlock_sys_util::id::{is_valid_id, MAX_ID_LEN};
 
 /// The identity of one VM's group: `airlock/<tenant>/<vm>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

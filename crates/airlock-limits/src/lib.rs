@@ -21,7 +21,8 @@
 //! crashed run left behind.
 //!
 //! This crate sits in the lower layer: it knows nothing of QEMU, images or
-//! the orchestrator, and depends on no other Airlock crate. It does not
+//! the orchestrator, and of Airlock depends only on `airlock-sys-util`
+//! (the id check). It does not
 //! limit code inside the guest (the agent does that), and does not decide
 //! a VM's size: [`Limits::for_vm`] turns a VM's shape into limits with the
 //! documented overheads. See `docs/limits.md`.
@@ -46,6 +47,7 @@
 mod attach;
 mod backend;
 mod cgroupfs;
+mod control;
 mod error;
 mod group;
 mod id;
@@ -53,7 +55,9 @@ mod limits;
 pub mod mountinfo;
 mod probe;
 mod remove;
+mod resource;
 mod rlimit;
+mod stats;
 mod sweep;
 mod sys;
 mod v1;
@@ -62,7 +66,7 @@ mod v2;
 pub use attach::PreExecHook;
 pub use backend::{Backend, BackendKind, V1Hierarchy, REQUIRED_CONTROLLERS};
 pub use error::LimitsError;
-pub use group::{Limiter, Stats, VmGroup};
+pub use group::{Limiter, VmGroup};
 pub use id::{is_valid_id, GroupId, AIRLOCK_DIR, MAX_ID_LEN};
 pub use limits::{
     Accel, Limits, VmShape, ADDRESS_SPACE_SLACK_MIB, CPU_OVERHEAD_MILLIS, DEFAULT_CPU_PERIOD,
@@ -74,5 +78,7 @@ pub use probe::{
     SELF_LEAF,
 };
 pub use remove::{RemoveReport, DEFAULT_REMOVE_TIMEOUT};
-pub use rlimit::{Resource, RlimitSetting, CPU_TIME_KILL_GRACE};
+pub use resource::{Resource, RlimitSetting};
+pub use rlimit::CPU_TIME_KILL_GRACE;
+pub use stats::Stats;
 pub use sweep::{SweepOptions, SweepReport};

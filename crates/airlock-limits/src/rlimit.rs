@@ -5,31 +5,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::limits::Limits;
+use crate::resource::{Resource, RlimitSetting};
 use crate::sys;
-
-/// A resource limited with `setrlimit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
-    /// `RLIMIT_AS`: bytes of address space.
-    AddressSpace,
-    /// `RLIMIT_CPU`: seconds of CPU time (SIGXCPU at soft, SIGKILL at hard).
-    CpuTime,
-    /// `RLIMIT_NOFILE`: open file descriptors.
-    OpenFiles,
-    /// `RLIMIT_CORE`: core dump size in bytes.
-    Core,
-}
-
-/// One rlimit to set: soft and hard values in the resource's unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RlimitSetting {
-    /// Which resource.
-    pub resource: Resource,
-    /// Soft limit.
-    pub soft: u64,
-    /// Hard limit (never below `soft`).
-    pub hard: u64,
-}
 
 /// Grace between RLIMIT_CPU's SIGXCPU (soft) and SIGKILL (hard).
 pub const CPU_TIME_KILL_GRACE: Duration = Duration::from_secs(1);

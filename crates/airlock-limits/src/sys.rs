@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::rlimit::{Resource, RlimitSetting};
+use crate::resource::{Resource, RlimitSetting};
 
 #[cfg(target_env = "gnu")]
 pub(crate) type RawResource = libc::__rlimit_resource_t;

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use crate::backend::{dir_with, GroupDir, V1Hierarchy};
 use crate::cgroupfs::{keyed_value, read_optional, read_u64_optional};
-use crate::group::{make_dir, make_group_dir, write_control, Stats};
+use crate::control::{make_dir, make_group_dir, read_error, write_control};
 use crate::id::{GroupId, AIRLOCK_DIR};
 use crate::limits::Limits;
-use crate::v2::read_error;
+use crate::stats::Stats;
 use crate::LimitsError;
 
 /// Creates `airlock/<tenant>/<vm>` in every hierarchy and writes the limits.

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use crate::backend::{GroupDir, REQUIRED_CONTROLLERS};
 use crate::cgroupfs::{keyed_value, read_optional, read_u64_optional};
-use crate::group::{make_dir, make_group_dir, write_control, Stats};
+use crate::control::{make_dir, make_group_dir, read_error, write_control};
 use crate::id::{GroupId, AIRLOCK_DIR};
 use crate::limits::Limits;
 use crate::probe::enable_controllers;
+use crate::stats::Stats;
 use crate::LimitsError;
 
 /// Creates `parent/airlock/<tenant>/<vm>` with controllers enabled on the
@@ -90,12 +91,4 @@ pub(crate) fn stats(dir: &Path, vm_id: &str) -> Result<Stats, LimitsError> {
         oom_kills: rd("memory.events")?.and_then(|t| keyed_value(&t, "oom_kill")),
         pids_current: num("pids.current")?,
     })
-}
-
-pub(crate) fn read_error(vm_id: &str, path: &Path, source: io::Error) -> LimitsError {
-    LimitsError::Read {
-        vm_id: vm_id.to_owned(),
-        path: path.to_owned(),
-        source,
-    }
 }

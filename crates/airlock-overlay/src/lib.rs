@@ -28,7 +28,8 @@
 //!
 //! # Place in the layers
 //! A leaf crate under the orchestrator (`airlock`), which takes one overlay
-//! per VM. It depends on no other Airlock crate.
+//! per VM. Of Airlock it depends only on `airlock-sys-util` (back-off,
+//! deadline runs).
 //!
 //! # Overlay options
 //! - `cluster_size=64k`: qemu's default and the base images'; larger
@@ -100,8 +101,10 @@ mod error;
 mod naming;
 mod pool;
 mod pool_dir;
+mod pool_state;
 mod qemu_img;
 mod refill;
+mod refill_plan;
 mod sweep;
 
 pub use bench::{measure_acquire, AcquireBench, AcquireBenchSetup, LatencySummary};

@@ -20,8 +20,8 @@
 //! It does not spawn or supervise VMs, talk QMP, or create overlays and
 //! sockets: the orchestrator (`airlock`) does, with this argv.
 //!
-//! Layer: a leaf crate under the orchestrator; it depends on no other
-//! Airlock crate.
+//! Layer: a leaf crate under the orchestrator; of Airlock it depends only
+//! on `airlock-sys-util` (ids, deadline runs, PATH lookup).
 //!
 //! ```
 //! use airlock_qemu::{

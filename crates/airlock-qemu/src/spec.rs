@@ -367,22 +367,14 @@ impl VmSpec {
     }
 }
 
-/// Checks a VM id: `[A-Za-z0-9_-]{1,128}`.
+/// Checks a VM id: `[A-Za-z0-9_-]{1,128}` ([`airlock_sys_util::id`]).
 ///
 /// # Errors
 /// [`QemuError::InvalidVmId`].
 pub fn validate_vm_id(vm_id: &str) -> Result<(), QemuError> {
-    let ok = (1..=128).contains(&vm_id.len())
-        && vm_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(QemuError::InvalidVmId {
-            vm_id: vm_id.to_owned(),
-        })
-    }
+    airlock_sys_util::check_id(vm_id).map_err(|_| QemuError::InvalidVmId {
+        vm_id: vm_id.to_owned(),
+    })
 }
 
 fn check_path(vm_id: &str, field: &'static str, path: &Path) -> Result<(), QemuError> {

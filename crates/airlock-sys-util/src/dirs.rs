@@ -16,6 +16,7 @@
 //! The resolution is a pure function of an [`EnvSnapshot`] and the uid, so it
 //! is tested without touching the process environment.
 
+use crate::SysError;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -25,24 +26,6 @@ pub const CACHE_DIR_ENV: &str = "AIRLOCK_CACHE_DIR";
 pub const IMAGES_ENV: &str = "AIRLOCK_IMAGES";
 /// Overrides the per-VM run dir.
 pub const RUN_DIR_ENV: &str = "AIRLOCK_RUN_DIR";
-
-/// Why the dirs cannot be resolved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DirsError {
-    /// No variable names a cache dir.
-    #[error(
-        "cannot tell where Airlock's cache is: neither AIRLOCK_CACHE_DIR, XDG_CACHE_HOME nor HOME is set; set AIRLOCK_CACHE_DIR"
-    )]
-    NoCacheDir,
-    /// A variable holds a relative path.
-    #[error("{var}={value:?} is a relative path: set it to an absolute path (or unset it)")]
-    Relative {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: PathBuf,
-    },
-}
 
 /// The environment variables the resolution reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,23 +78,25 @@ impl AirlockDirs {
     /// Resolves the dirs of this process (its environment and uid).
     ///
     /// # Errors
-    /// [`DirsError`] when no cache dir can be named or a variable is relative.
-    pub fn from_env() -> Result<Self, DirsError> {
+    /// [`SysError::NoCacheDir`] when no cache dir can be named;
+    /// [`SysError::Relative`] when a variable is relative.
+    pub fn from_env() -> Result<Self, SysError> {
         Self::resolve(&EnvSnapshot::from_process(), current_uid())
     }
 
     /// Resolves the dirs from `env` for a process running as `uid`.
     ///
     /// # Errors
-    /// [`DirsError`] when no cache dir can be named or a variable is relative.
-    pub fn resolve(env: &EnvSnapshot, uid: u32) -> Result<Self, DirsError> {
+    /// [`SysError::NoCacheDir`] when no cache dir can be named;
+    /// [`SysError::Relative`] when a variable is relative.
+    pub fn resolve(env: &EnvSnapshot, uid: u32) -> Result<Self, SysError> {
         let cache = match absolute(CACHE_DIR_ENV, &env.airlock_cache_dir)? {
             Some(dir) => dir,
             None => match absolute("XDG_CACHE_HOME", &env.xdg_cache_home)? {
                 Some(xdg) => xdg.join("airlock"),
                 None => absolute("HOME", &env.home)?
                     .map(|home| home.join(".cache").join("airlock"))
-                    .ok_or(DirsError::NoCacheDir)?,
+                    .ok_or(SysError::NoCacheDir)?,
             },
         };
         let images =
@@ -153,11 +138,11 @@ fn current_uid() -> u32 {
 }
 
 /// `value` as an absolute path; `None` when unset or empty.
-fn absolute(var: &'static str, value: &Option<OsString>) -> Result<Option<PathBuf>, DirsError> {
+fn absolute(var: &'static str, value: &Option<OsString>) -> Result<Option<PathBuf>, SysError> {
     match value.as_deref().filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) if Path::new(v).is_absolute() => Ok(Some(PathBuf::from(v))),
-        Some(v) => Err(DirsError::Relative {
+        Some(v) => Err(SysError::Relative {
             var,
             value: PathBuf::from(v),
         }),
@@ -265,7 +250,7 @@ mod tests {
     #[test]
     fn nothing_set_is_an_error_that_names_the_fix() {
         let err = AirlockDirs::resolve(&EnvSnapshot::default(), 1000).expect_err("no cache");
-        assert_eq!(err, DirsError::NoCacheDir);
+        assert!(matches!(err, SysError::NoCacheDir));
         assert!(err.to_string().contains("AIRLOCK_CACHE_DIR"));
     }
 }

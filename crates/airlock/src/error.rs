@@ -112,6 +112,15 @@ pub enum Error {
         #[source]
         source: airlock_gvproxy::GvproxyError,
     },
+    /// The VM's egress proxy could not be started.
+    #[error("vm {vm_id}: network: {source}")]
+    Egress {
+        /// The VM.
+        vm_id: String,
+        /// What went wrong.
+        #[source]
+        source: airlock_egress::EgressError,
+    },
     /// Talking to the guest agent failed.
     #[error("vm {vm_id}: {source}")]
     Protocol {
@@ -143,7 +152,7 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             Error::InvalidInput { .. } => Some("see `airlock run --help`"),
-            Error::Network { .. } => Some(
+            Error::Network { .. } | Error::Egress { .. } => Some(
                 "network modes need gvproxy (`cargo xtask test` or `demo` fetches it) and root or user namespaces; see docs/network.md",
             ),
             Error::ImagesMissing { .. } => {

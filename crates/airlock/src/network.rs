@@ -3,10 +3,10 @@
 //! the guest's exposed ports.
 
 use crate::error::{Error, Result};
-use airlock_gvproxy::egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
+use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
-    bind_tcp_in_netns, find_gvproxy_cached, ChildSetup, DomainPattern, Expose, GvproxyHandle,
-    GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
+    bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
+    GvproxyHandle, GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -173,7 +173,13 @@ impl VmNetwork {
                 allow_private_for_tests: overrides.allow_private,
                 ..EgressConfig::default()
             };
-            network.egress = Some(EgressProxy::serve(l80, l443, config).map_err(net)?);
+            network.egress =
+                Some(
+                    EgressProxy::serve(l80, l443, config).map_err(|source| Error::Egress {
+                        vm_id: vm_id.to_owned(),
+                        source,
+                    })?,
+                );
         }
         for port in network.gvproxy.exposed_ports().to_vec() {
             let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
@@ -229,10 +235,12 @@ impl VmNetwork {
         let mut problems = report.problems;
         // gvproxy ends by itself (status 0) once QEMU, stopped first, has
         // closed its connection: only another end is worth reporting.
-        if report.exited_before_stop && report.exit.as_deref() != Some("exit code 0") {
+        if report.exited_before_stop && !report.exit.is_some_and(ChildExit::success) {
             problems.push(format!(
                 "gvproxy had exited before teardown ({})",
-                report.exit.as_deref().unwrap_or("unknown status")
+                report
+                    .exit
+                    .map_or_else(|| "unknown status".to_owned(), |x| x.to_string())
             ));
         }
         NetworkReport {

@@ -10,12 +10,13 @@
 //! with the reason.
 
 use super::cache::{self, CacheKey, CachedVerdict, PROBE_FORMAT};
-use super::run::{describe_status, tail, STDERR_TAIL_BYTES};
+use super::run::{describe_status, STDERR_TAIL_BYTES};
 use super::tsc::parse_cpu_model;
 use crate::accel::AccelVerdict;
 use crate::args::{base_kernel_words, Argv};
 use crate::spec::BootImages;
 use crate::{Accel, Arch, HostCaps, QemuError, QemuVersion};
+use airlock_sys_util::{tail_text, TailBuffer};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -355,22 +356,19 @@ impl KvmProbe<'_> {
             })?;
         let stderr_pipe = child.stderr.take();
         let stderr_task = tokio::spawn(async move {
-            let mut buf = Vec::new();
+            // Keep the tail only; never stop reading (a full pipe would
+            // block QEMU).
+            let mut buf = TailBuffer::new(STDERR_TAIL_BYTES);
             if let Some(mut pipe) = stderr_pipe {
                 let mut chunk = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut chunk).await {
                     if n == 0 {
                         break;
                     }
-                    buf.extend_from_slice(&chunk[..n]);
-                    // Keep the tail only; never stop reading (a full pipe
-                    // would block QEMU).
-                    if buf.len() > 4 * STDERR_TAIL_BYTES {
-                        buf.drain(..buf.len() - STDERR_TAIL_BYTES);
-                    }
+                    buf.push(&chunk[..n]);
                 }
             }
-            String::from_utf8_lossy(&buf).into_owned()
+            buf.text()
         });
 
         let mut console;
@@ -411,7 +409,7 @@ impl KvmProbe<'_> {
             tracing::warn!("kvm probe: QEMU did not die within 2 s of SIGKILL");
         }
         let stderr_tail = match tokio::time::timeout(Duration::from_secs(1), stderr_task).await {
-            Ok(Ok(text)) => tail(&text, STDERR_TAIL_BYTES),
+            Ok(Ok(text)) => tail_text(&text, STDERR_TAIL_BYTES),
             _ => String::new(),
         };
         Ok(BootObservation {

@@ -9,7 +9,6 @@ pub mod kvm;
 mod run;
 pub mod tsc;
 
-pub use binary::path_candidates;
 pub use kvm::{KvmReport, VerdictSource, DEFAULT_INIT_MARKER};
 pub use tsc::TscSource;
 

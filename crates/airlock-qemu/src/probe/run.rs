@@ -1,11 +1,12 @@
-//! Running a short helper command under a deadline.
+//! Running a short helper command under a deadline, with the errors this
+//! crate reports (the running itself is [`airlock_sys_util::child`]).
 
 use crate::QemuError;
+use airlock_sys_util::{output_with_deadline, tail_text, SysError};
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// Most bytes of stderr kept for error messages.
@@ -28,81 +29,29 @@ pub(crate) async fn run(
     deadline: Duration,
     what: &'static str,
 ) -> Result<Finished, QemuError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| QemuError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        })?;
-    let input = stdin.to_vec();
-    let mut pipe = child.stdin.take();
-    let feed = async move {
-        if let Some(pipe) = pipe.as_mut() {
-            // QEMU may exit before reading everything: a broken pipe is fine.
-            let _ = pipe.write_all(&input).await;
-        }
-        drop(pipe);
-    };
-    let wait = async {
-        let (_, output) = tokio::join!(feed, child.wait_with_output());
-        output
-    };
-    match tokio::time::timeout(deadline, wait).await {
-        Ok(Ok(output)) => Ok(Finished {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    match output_with_deadline(&mut cmd, Some(stdin), deadline).await {
+        Ok(output) => Ok(Finished {
             status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: tail(&String::from_utf8_lossy(&output.stderr), STDERR_TAIL_BYTES),
+            stdout: output.stdout_text(),
+            stderr: tail_text(&output.stderr_text(), STDERR_TAIL_BYTES),
         }),
-        Ok(Err(source)) => Err(QemuError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        }),
-        // Dropping the future drops the child, which kill_on_drop kills.
-        Err(_) => Err(QemuError::Timeout {
+        Err(SysError::Timeout { .. }) => Err(QemuError::Timeout {
             program: program.to_path_buf(),
             what,
             deadline,
         }),
+        Err(other) => Err(QemuError::Spawn {
+            program: program.to_path_buf(),
+            source: other.into_io_error(),
+        }),
     }
 }
 
-/// The last `max_bytes` (about) of `text`, trimmed, cut at a char boundary.
-pub(crate) fn tail(text: &str, max_bytes: usize) -> String {
-    let text = text.trim();
-    if text.len() <= max_bytes {
-        return text.to_owned();
-    }
-    let mut start = text.len() - max_bytes;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("...{}", &text[start..])
-}
-
-/// A readable exit status: `exit code 1`, `signal 6 (SIGABRT)`.
+/// A readable exit status: `exit code 1`, `killed by signal 6 (SIGABRT)`.
 pub(crate) fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}{}", signal_name(signal)),
-        (None, None) => "unknown status".into(),
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGABRT => " (SIGABRT)",
-        libc::SIGKILL => " (SIGKILL)",
-        libc::SIGSEGV => " (SIGSEGV)",
-        libc::SIGSYS => " (SIGSYS: blocked by seccomp)",
-        libc::SIGTERM => " (SIGTERM)",
-        _ => "",
-    }
+    airlock_sys_util::ChildExit::from(status).to_string()
 }
 
 #[cfg(test)]
@@ -110,22 +59,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tail_keeps_short_text_whole() {
-        assert_eq!(tail("  hello \n", 10), "hello");
-    }
-
-    #[test]
-    fn tail_cuts_long_text_at_a_char_boundary() {
-        let t = tail("ééééé", 3);
-        assert!(t.starts_with("..."));
-        assert!(t.ends_with('é'));
-    }
-
-    #[test]
     fn describe_status_names_abort() {
         use std::os::unix::process::ExitStatusExt;
         let status = ExitStatus::from_raw(libc::SIGABRT);
         assert_eq!(describe_status(status), "killed by signal 6 (SIGABRT)");
         assert_eq!(describe_status(ExitStatus::from_raw(256)), "exit code 1");
+    }
+
+    #[tokio::test]
+    async fn a_helper_past_its_deadline_is_a_timeout_naming_what_it_did() {
+        let err = run(
+            Path::new("sleep"),
+            &["30".into()],
+            b"",
+            Duration::from_millis(50),
+            "a nap",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, QemuError::Timeout { what: "a nap", .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_helper_is_a_spawn_error() {
+        let err = run(
+            Path::new("/nonexistent-airlock/qemu"),
+            &[],
+            b"",
+            Duration::from_secs(1),
+            "--version",
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, QemuError::Spawn { .. }), "{err}");
     }
 }

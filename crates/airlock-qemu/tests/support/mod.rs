@@ -95,7 +95,5 @@ pub fn qemu_img(qemu: &Path) -> Option<PathBuf> {
     if sibling.is_file() {
         return Some(sibling);
     }
-    airlock_qemu::probe::path_candidates(&std::env::var_os("PATH")?, "qemu-img")
-        .into_iter()
-        .find(|p| p.is_file())
+    airlock_sys_util::find_executable(&std::env::var_os("PATH")?, "qemu-img")
 }

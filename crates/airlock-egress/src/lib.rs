@@ -1,5 +1,16 @@
-//! The egress policy proxy: what a VM in allowlist mode may reach.
+//! `airlock-egress`: the egress policy proxy, what a VM in allowlist mode
+//! may reach.
 //!
+//! It does not start gvproxy, make namespaces or bind its listeners in
+//! them (`airlock-gvproxy` does, with `bind_tcp_in_netns`), hold the
+//! allowlist's syntax (the caller passes a predicate, [`EgressConfig::allow`]),
+//! terminate TLS, or carry anything but TCP on ports 80 and 443.
+//!
+//! Layer: a leaf crate under the orchestrator (`airlock`), beside
+//! `airlock-gvproxy`; it depends on no other Airlock crate. Its errors are
+//! one enum, [`EgressError`].
+//!
+//! # How it works
 //! A VM with allowlist networking talks only to its gvproxy, which runs in
 //! an empty network namespace. gvproxy's DNS answers allowlisted names with
 //! its host address, which it translates to 127.0.0.1 of its namespace; there,
@@ -65,9 +76,9 @@
 //! # Example
 //! ```no_run
 //! use std::sync::Arc;
-//! use airlock_gvproxy::egress::{EgressConfig, EgressProxy};
+//! use airlock_egress::{EgressConfig, EgressProxy};
 //!
-//! # async fn demo() -> Result<(), airlock_gvproxy::GvproxyError> {
+//! # async fn demo() -> Result<(), airlock_egress::EgressError> {
 //! // In Airlock both listeners are bound inside the VM's gvproxy namespace.
 //! let l80 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
 //! let l443 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -98,6 +109,7 @@ pub mod address;
 mod bench;
 mod config;
 mod decision;
+mod error;
 pub mod http;
 pub mod name;
 mod proxy;
@@ -118,6 +130,7 @@ pub use decision::{
     loggable_name, permitted_addresses, requested_name, worth_parsing, DenyReason, RequestedName,
     ServicePort,
 };
+pub use error::EgressError;
 pub use proxy::{EgressHandle, EgressProxy};
 pub use resolver::{ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use stats::EgressStats;

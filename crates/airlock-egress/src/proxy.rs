@@ -19,7 +19,7 @@ use super::decision::{
 };
 use super::splice::{splice, Activity, Metered, SpliceEnd};
 use super::stats::{Counters, EgressStats};
-use crate::GvproxyError;
+use crate::EgressError;
 
 /// A fatal TLS alert `access_denied` (TLS 1.2 record version; any TLS
 /// client accepts it before the ServerHello), sent before closing a denied
@@ -79,16 +79,16 @@ impl EgressProxy {
         listener_80: std::net::TcpListener,
         listener_443: std::net::TcpListener,
         config: EgressConfig,
-    ) -> Result<EgressHandle, GvproxyError> {
+    ) -> Result<EgressHandle, EgressError> {
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(GvproxyError::EgressNoRuntime {
+            return Err(EgressError::NoRuntime {
                 vm_id: config.vm_id,
             });
         }
         let vm_id = config.vm_id.clone();
         let to_tokio = |listener: std::net::TcpListener, port: u16| {
-            let listener_error = |source| GvproxyError::EgressListener {
+            let listener_error = |source| EgressError::Listener {
                 vm_id: vm_id.clone(),
                 port,
                 source,
@@ -96,7 +96,7 @@ impl EgressProxy {
             listener.set_nonblocking(true).map_err(listener_error)?;
             let listener = TcpListener::from_std(listener).map_err(listener_error)?;
             let addr = listener.local_addr().map_err(listener_error)?;
-            Ok::<_, GvproxyError>((listener, addr))
+            Ok::<_, EgressError>((listener, addr))
         };
         let (http, http_addr) = to_tokio(listener_80, 80)?;
         let (https, https_addr) = to_tokio(listener_443, 443)?;

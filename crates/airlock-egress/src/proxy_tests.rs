@@ -733,7 +733,7 @@ async fn serve_refuses_an_invalid_config() {
     let result = EgressProxy::serve(std_listener(), std_listener(), EgressConfig::default());
     assert!(matches!(
         result,
-        Err(crate::GvproxyError::EgressConfig { field: "vm_id", .. })
+        Err(crate::EgressError::Config { field: "vm_id", .. })
     ));
 }
 
@@ -744,10 +744,7 @@ fn serve_outside_a_runtime_is_an_error_not_a_panic() {
         ..EgressConfig::default()
     };
     let result = EgressProxy::serve(std_listener(), std_listener(), config);
-    assert!(matches!(
-        result,
-        Err(crate::GvproxyError::EgressNoRuntime { .. })
-    ));
+    assert!(matches!(result, Err(crate::EgressError::NoRuntime { .. })));
 }
 
 /// Real TLS: a rustls client and server talk through the proxy.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::resolver::{Resolver, SystemResolver};
-use crate::GvproxyError;
+use crate::EgressError;
 
 /// Decides whether a guest may reach a name. It receives the validated name
 /// (lowercase, no trailing dot) and answers for both ports, 80 and 443.
@@ -103,9 +103,9 @@ impl fmt::Debug for EgressConfig {
 
 impl EgressConfig {
     /// Checks every field; the proxy relies on this and checks nothing again.
-    pub fn validate(&self) -> Result<(), GvproxyError> {
+    pub fn validate(&self) -> Result<(), EgressError> {
         let invalid = |field, reason: &str| {
-            Err(GvproxyError::EgressConfig {
+            Err(EgressError::Config {
                 field,
                 reason: reason.to_string(),
             })
@@ -155,7 +155,7 @@ mod tests {
 
     fn refused_field(config: &EgressConfig) -> &'static str {
         match config.validate() {
-            Err(GvproxyError::EgressConfig { field, .. }) => field,
+            Err(EgressError::Config { field, .. }) => field,
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
     }

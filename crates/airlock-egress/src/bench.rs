@@ -10,7 +10,7 @@ use super::config::EgressConfig;
 use super::proxy::EgressProxy;
 use super::resolver::StaticResolver;
 use super::sni::build::{client_hello, HelloSpec};
-use crate::GvproxyError;
+use crate::EgressError;
 
 /// Name the measurement's ClientHello asks for.
 const BENCH_NAME: &str = "bench.test";
@@ -27,7 +27,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// connect (negligible for large `total_bytes`). Everything runs on the
 /// current tokio runtime; use a multi-threaded one and a release build for
 /// meaningful numbers. The deadline is generous: 60 s plus 1 s per 10 MiB.
-pub async fn measure_throughput(total_bytes: u64) -> Result<f64, GvproxyError> {
+pub async fn measure_throughput(total_bytes: u64) -> Result<f64, EgressError> {
     let deadline = Duration::from_secs(60 + total_bytes / (10 * 1024 * 1024));
     match tokio::time::timeout(deadline, run(total_bytes)).await {
         Ok(result) => result,
@@ -38,11 +38,11 @@ pub async fn measure_throughput(total_bytes: u64) -> Result<f64, GvproxyError> {
     }
 }
 
-fn failed(step: &'static str, source: std::io::Error) -> GvproxyError {
-    GvproxyError::EgressMeasurement { step, source }
+fn failed(step: &'static str, source: std::io::Error) -> EgressError {
+    EgressError::Measurement { step, source }
 }
 
-async fn run(total_bytes: u64) -> Result<f64, GvproxyError> {
+async fn run(total_bytes: u64) -> Result<f64, EgressError> {
     let hello = client_hello(&HelloSpec {
         server_name: Some(BENCH_NAME.as_bytes().to_vec()),
         ..HelloSpec::default()
@@ -59,7 +59,7 @@ async fn run(total_bytes: u64) -> Result<f64, GvproxyError> {
 
     let std_listener = |step| {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| failed(step, e))?;
-        Ok::<_, GvproxyError>(listener)
+        Ok::<_, EgressError>(listener)
     };
     let config = EgressConfig {
         vm_id: "bench".into(),
