@@ -1,4 +1,5 @@
-//! A VM's network (design section 6): its gvproxy in empty namespaces, the
+//! A VM's network (step 4 in `docs/architecture.md`; `docs/network.md`):
+//! its gvproxy in empty namespaces, the
 //! egress policy proxy for allowlisted names, and host TCP ports bridged to
 //! the guest's exposed ports.
 
@@ -6,11 +7,13 @@ use crate::error::{Error, Result};
 use airlock_gvproxy::egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
     bind_tcp_in_netns, find_gvproxy_cached, ChildSetup, DomainPattern, Expose, GvproxyHandle,
-    GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
+    GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy, StopReport,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinHandle;
@@ -177,16 +180,18 @@ impl VmNetwork {
         }
         for port in network.gvproxy.exposed_ports().to_vec() {
             let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
-            let listener = TcpListener::bind(host).await.map_err(|e| {
-                Error::io(
-                    "listen for exposed guest port on",
-                    PathBuf::from(host.to_string()),
-                    e,
-                )
-            })?;
-            let host = listener.local_addr().map_err(|e| {
-                Error::io("read the address of", PathBuf::from(host.to_string()), e)
-            })?;
+            let bind_error = |action, source| Error::ExposeBind {
+                vm_id: vm_id.to_owned(),
+                action,
+                addr: host,
+                source,
+            };
+            let listener = TcpListener::bind(host)
+                .await
+                .map_err(|e| bind_error("listen for exposed guest port on", e))?;
+            let host = listener
+                .local_addr()
+                .map_err(|e| bind_error("read the address of", e))?;
             network.exposed.push(ExposedAddr {
                 guest_port: port.guest_port,
                 host,
@@ -226,15 +231,8 @@ impl VmNetwork {
         };
         let report = self.gvproxy.stop().await;
         tracing::debug!(?report, "gvproxy stopped");
-        let mut problems = report.problems;
-        // gvproxy ends by itself (status 0) once QEMU, stopped first, has
-        // closed its connection: only another end is worth reporting.
-        if report.exited_before_stop && report.exit.as_deref() != Some("exit code 0") {
-            problems.push(format!(
-                "gvproxy had exited before teardown ({})",
-                report.exit.as_deref().unwrap_or("unknown status")
-            ));
-        }
+        let mut problems = report.problems.clone();
+        problems.extend(early_exit_problem(&report));
         NetworkReport {
             mode: format!("{:?}", self.mode).to_lowercase(),
             exposed: self.exposed.clone(),
@@ -244,6 +242,31 @@ impl VmNetwork {
             problems,
         }
     }
+}
+
+/// How gvproxy ended, from its stop report. gvproxy's crate describes it
+/// in words (`exit code 0`, `killed by signal 9`); this is the one place
+/// that reads them, into an exit status.
+fn gvproxy_exit(report: &StopReport) -> Option<ExitStatus> {
+    let text = report.exit.as_deref()?;
+    let number = |prefix: &str| text.strip_prefix(prefix)?.trim().parse::<i32>().ok();
+    if let Some(code) = number("exit code ") {
+        return Some(ExitStatus::from_raw((code & 0xff) << 8));
+    }
+    number("killed by signal ").map(|signal| ExitStatus::from_raw(signal & 0x7f))
+}
+
+/// The problem to report when gvproxy had ended before teardown. gvproxy
+/// ends by itself (status 0) once QEMU, stopped first, has closed its
+/// connection: only another end is worth reporting.
+fn early_exit_problem(report: &StopReport) -> Option<String> {
+    if !report.exited_before_stop || gvproxy_exit(report).is_some_and(|s| s.success()) {
+        return None;
+    }
+    Some(format!(
+        "gvproxy had exited before teardown ({})",
+        report.exit.as_deref().unwrap_or("unknown status")
+    ))
 }
 
 impl Drop for VmNetwork {
@@ -279,5 +302,71 @@ async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped(exited_before_stop: bool, exit: Option<&str>) -> StopReport {
+        StopReport {
+            vm_id: "vm".into(),
+            exited_before_stop,
+            exit: exit.map(str::to_owned),
+            ..StopReport::default()
+        }
+    }
+
+    #[test]
+    fn gvproxy_exit_words_become_exit_statuses() {
+        let code = gvproxy_exit(&stopped(true, Some("exit code 3"))).unwrap();
+        let signal = gvproxy_exit(&stopped(true, Some("killed by signal 9"))).unwrap();
+        assert_eq!(code.code(), Some(3));
+        assert_eq!(signal.signal(), Some(9));
+        assert!(gvproxy_exit(&stopped(true, Some("exit code 0"))).is_some_and(|s| s.success()));
+        assert_eq!(gvproxy_exit(&stopped(true, Some("unknown status"))), None);
+        assert_eq!(gvproxy_exit(&stopped(false, None)), None);
+    }
+
+    #[test]
+    fn gvproxy_ending_cleanly_before_teardown_is_no_problem() {
+        assert_eq!(
+            early_exit_problem(&stopped(true, Some("exit code 0"))),
+            None
+        );
+        assert_eq!(
+            early_exit_problem(&stopped(false, Some("exit code 2"))),
+            None
+        );
+    }
+
+    #[test]
+    fn gvproxy_killed_or_failing_before_teardown_is_reported() {
+        let killed = early_exit_problem(&stopped(true, Some("killed by signal 9"))).unwrap();
+        assert!(killed.contains("killed by signal 9"), "{killed}");
+        let unknown = early_exit_problem(&stopped(true, None)).unwrap();
+        assert!(unknown.contains("unknown status"), "{unknown}");
+    }
+
+    #[test]
+    fn network_modes_follow_the_request() {
+        let none = NetworkRequest::default();
+        let ports = NetworkRequest {
+            allow: None,
+            exposes: vec![Expose {
+                guest_port: 8080,
+                host_port: None,
+                protocol: Default::default(),
+            }],
+        };
+        let allow = NetworkRequest {
+            allow: Some(Vec::new()),
+            exposes: Vec::new(),
+        };
+        assert_eq!(none.mode(), NetworkMode::None);
+        assert_eq!(ports.mode(), NetworkMode::Ports);
+        assert_eq!(allow.mode(), NetworkMode::Allowlist);
+        none.validate().unwrap();
     }
 }
