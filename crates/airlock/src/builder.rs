@@ -1,4 +1,4 @@
-//! The VM builder (steps 2 to 6 of a VM's life in `docs/architecture.md`):
+//! The VM builder (steps 3 to 8 of "A VM's life" in `docs/architecture.md`):
 //! one small function per step, and a [`BootGuard`] holding what the steps
 //! made so far. A failed step tears the half-built VM down before the error
 //! is returned; a cancelled boot (the future dropped) hands it to the

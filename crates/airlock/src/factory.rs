@@ -1,4 +1,4 @@
-//! The boot pipeline every VM goes through (see `docs/architecture.md`):
+//! The boot pipeline every VM goes through (`docs/architecture.md`, "Inside the orchestrator"):
 //! a slot (backpressure), then build attempts retried under one deadline,
 //! then the VM. Host-independent: the launcher and the disk source are
 //! seams, so this is tested without VMs.

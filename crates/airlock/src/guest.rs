@@ -1,6 +1,6 @@
 //! Reaching the guest agent: connect to QEMU's virtio-serial sockets, check
 //! who serves them, and wait until the agent answers, racing QEMU's death
-//! (step 6 of a VM's life in `docs/architecture.md`).
+//! (step 8 of "A VM's life" in `docs/architecture.md`).
 
 use crate::error::{Error, Result};
 use crate::exit::ProcessExit;

@@ -6,7 +6,7 @@
 //! overlays, `airlock-limits` to confine each VM's processes and
 //! `airlock-protocol` to talk to the guest agent; nothing depends on it.
 //!
-//! - [`VmManager`] runs a VM's life (`docs/architecture.md`): validated input, a
+//! - [`VmManager`] runs a VM's life (`docs/architecture.md`, "A VM's life"): validated input, a
 //!   private work dir, an overlay from the pool, QEMU in its own process
 //!   group with its output drained, a wait for the agent that races QEMU's
 //!   death under one deadline, retries of transient boot failures, a

@@ -1,4 +1,5 @@
-//! A VM's network (step 4 in `docs/architecture.md`; `docs/network.md`):
+//! A VM's network (step 6 of "A VM's life" in `docs/architecture.md`;
+//! `docs/network.md`):
 //! its gvproxy in empty namespaces, the
 //! egress policy proxy for allowlisted names, and host TCP ports bridged to
 //! the guest's exposed ports.

@@ -1,4 +1,4 @@
-//! The one teardown of a VM (step 8 in `docs/architecture.md`), used by
+//! The one teardown of a VM (`docs/architecture.md`, "Teardown"), used by
 //! [`crate::Vm::destroy`], by a failed boot, and, through the [`Reaper`],
 //! by a VM or half-built VM that is dropped (cancellation, Ctrl-C).
 //!

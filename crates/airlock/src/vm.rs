@@ -1,4 +1,4 @@
-//! A booted VM (step 7 of a VM's life in `docs/architecture.md`): run code
+//! A booted VM (step 9 of "A VM's life" in `docs/architecture.md`): run code
 //! in it with [`Vm::exec`], remove every trace of it with [`Vm::destroy`].
 //! A VM is made by the builder (`builder.rs`) through
 //! [`crate::VmManager::boot`].
