@@ -10,7 +10,7 @@ use crate::vm::OutputStream;
 use airlock_protocol::Language;
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Exit status when the code timed out.
@@ -130,7 +130,7 @@ impl RunArgs {
             let mut code = String::new();
             stdin
                 .read_to_string(&mut code)
-                .map_err(|e| Error::io("read", PathBuf::from("<stdin>"), e))?;
+                .map_err(|source| Error::ReadStdin { source })?;
             code
         };
         if !self.timeout.is_finite() || self.timeout <= 0.0 {
@@ -290,16 +290,16 @@ async fn run(args: RunArgs) -> i32 {
     let result = tokio::select! {
         result = scheduler.run_observed(request, &mut observer) => result,
         _ = tokio::signal::ctrl_c() => {
-            // Dropping the run destroys its VM; the registry catches the rest.
             observer.clear_progress();
-            // Dropping the run stopped its VM; anything still registered
-            // (a boot in flight) is killed here.
+            // Dropping the run handed its VM (or half-built VM) to the
+            // reaper; anything still registered is killed here at once,
+            // and the shutdown waits for the reaper to remove the files.
             let stragglers = crate::process::registry().kill_all();
+            scheduler.manager().shutdown().await;
             eprintln!(
                 "airlock: interrupted: the VM was stopped and its files removed{}",
                 if stragglers.is_empty() { String::new() } else { format!(" ({} more killed)", stragglers.len()) }
             );
-            scheduler.manager().shutdown().await;
             return EXIT_INTERRUPTED;
         }
     };

@@ -43,7 +43,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// At most this many VMs at once; more runs wait (backpressure).
     pub max_concurrent_vms: usize,
-    /// Deadline from QEMU start to the agent's first answer.
+    /// Longest wait for a free VM slot before a boot fails.
+    pub queue_timeout: Duration,
+    /// Deadline from QEMU start to the agent's first answer, per attempt.
     pub boot_timeout: Duration,
     /// Boot attempts for transient failures (at least 1).
     pub boot_attempts: u32,
@@ -62,10 +64,12 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let max_concurrent_vms = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+        let dirs = dirs();
         Self {
-            images_dir: crate::images::Images::default_dir(),
-            run_dir: default_run_dir(),
+            images_dir: dirs.images,
+            run_dir: dirs.run,
             max_concurrent_vms,
+            queue_timeout: Duration::from_secs(3600),
             boot_timeout: Duration::from_secs(60),
             boot_attempts: 2,
             kill_grace: Duration::from_secs(2),
@@ -91,6 +95,9 @@ impl Config {
         }
         if self.boot_attempts == 0 {
             return Err(Error::Config("boot_attempts must be at least 1".into()));
+        }
+        if self.queue_timeout.is_zero() {
+            return Err(Error::Config("queue_timeout must be above zero".into()));
         }
         if self.boot_timeout < Duration::from_millis(100) {
             return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
@@ -125,6 +132,22 @@ mod tests {
         };
         let msg = config.validate().unwrap_err().to_string();
         assert!(msg.contains("AIRLOCK_RUN_DIR"), "{msg}");
+    }
+
+    #[test]
+    fn zero_boot_attempts_or_queue_timeout_are_refused() {
+        for config in [
+            Config {
+                boot_attempts: 0,
+                ..Config::default()
+            },
+            Config {
+                queue_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+        ] {
+            assert!(matches!(config.validate(), Err(Error::Config(_))));
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! The crate's error type.
+//! The crate's error type: one enum, each variant with the context a user
+//! needs (VM id, path) and, through [`Error::hint`], what to do about it.
+//! [`Error::is_transient`] is what the boot retries go by (see
+//! `docs/architecture.md`, "Retries").
 
+use crate::exit::ProcessExit;
 use airlock_protocol::ProtocolError;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,9 +20,49 @@ pub enum Error {
         /// What is wrong and what is accepted.
         message: String,
     },
-    /// The configuration is not usable.
+    /// The configuration is not usable (raised by [`crate::Config::validate`]
+    /// only).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The VM manager was shut down: it boots no more VMs.
+    #[error("the VM manager is shut down")]
+    ShutDown,
+    /// Every VM slot stayed taken for the whole queue timeout.
+    #[error("no VM slot became free within {waited:?} ({slots} VMs at once at most)")]
+    QueueTimeout {
+        /// How long the run waited.
+        waited: Duration,
+        /// The number of slots ([`crate::Config::max_concurrent_vms`]).
+        slots: usize,
+    },
+    /// A helper task of the orchestrator failed (panicked or was cancelled).
+    #[error("{task} failed: {message}")]
+    TaskFailed {
+        /// What the task was doing.
+        task: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+    /// The code could not be read from standard input.
+    #[error("read the code from stdin: {source}")]
+    ReadStdin {
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host port for an exposed guest port could not be served.
+    #[error("vm {vm_id}: {action} {addr}: {source}")]
+    ExposeBind {
+        /// The VM.
+        vm_id: String,
+        /// What was being done.
+        action: &'static str,
+        /// The host address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The guest images are missing or incomplete.
     #[error("guest images missing in {dir}: {what}; build them with `cargo xtask images` (or set AIRLOCK_IMAGES)")]
     ImagesMissing {
@@ -25,14 +70,6 @@ pub enum Error {
         dir: PathBuf,
         /// What is missing.
         what: String,
-    },
-    /// A host dependency is missing.
-    #[error("{what} not found: {hint}")]
-    MissingDependency {
-        /// The missing program or file.
-        what: String,
-        /// How to fix it.
-        hint: String,
     },
     /// A file-system step failed.
     #[error("{action} {path}: {source}")]
@@ -63,8 +100,8 @@ pub enum Error {
         vm_id: String,
         /// When it died ("during boot", "during exec").
         when: &'static str,
-        /// QEMU's exit status.
-        status: String,
+        /// How QEMU ended.
+        status: ProcessExit,
         /// The end of QEMU's stderr.
         stderr_tail: String,
         /// The end of the guest console log.
@@ -161,6 +198,11 @@ impl Error {
             Error::VmDied { .. } | Error::BootTimeout { .. } => {
                 Some("run `airlock doctor` to check the host, or retry with --debug")
             }
+            Error::QueueTimeout { .. } => {
+                Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
+            }
+            Error::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
+            Error::ReadStdin { .. } => Some("pass the code as an argument or with -c"),
             _ => None,
         }
     }
@@ -187,3 +229,106 @@ impl Error {
 
 /// Result with the crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn died() -> Error {
+        Error::VmDied {
+            vm_id: "vm".into(),
+            when: "during boot",
+            status: ProcessExit::Exited(std::process::ExitStatus::from_raw(9)),
+            stderr_tail: String::new(),
+            console_tail: String::new(),
+        }
+    }
+
+    fn protocol(source: ProtocolError) -> Error {
+        Error::Protocol {
+            vm_id: "vm".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn a_vm_that_died_or_hung_during_boot_is_transient() {
+        let timeout = Error::BootTimeout {
+            vm_id: "vm".into(),
+            after: Duration::from_secs(1),
+            stderr_tail: String::new(),
+            console_tail: String::new(),
+        };
+        assert!(died().is_transient());
+        assert!(timeout.is_transient());
+    }
+
+    #[test]
+    fn a_lost_agent_channel_is_transient() {
+        for source in [
+            ProtocolError::Closed,
+            ProtocolError::Timeout {
+                what: "ping".into(),
+                after: Duration::from_secs(1),
+            },
+            ProtocolError::Io(std::io::Error::other("reset")),
+        ] {
+            assert!(protocol(source).is_transient());
+        }
+    }
+
+    #[test]
+    fn an_agent_with_another_protocol_version_is_permanent() {
+        let err = protocol(ProtocolError::VersionMismatch {
+            host: 1,
+            guest: 2,
+            agent_version: "9.9.9".into(),
+        });
+        assert!(!err.is_transient(), "{err}");
+    }
+
+    #[test]
+    fn input_configuration_and_host_errors_are_permanent() {
+        let permanent = [
+            Error::invalid("code", "empty"),
+            Error::Config("bad".into()),
+            Error::ShutDown,
+            Error::QueueTimeout {
+                waited: Duration::from_secs(1),
+                slots: 1,
+            },
+            Error::Spawn {
+                vm_id: "vm".into(),
+                program: "/nonexistent/qemu".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+            Error::PeerMismatch {
+                vm_id: "vm".into(),
+                path: "/s".into(),
+                peer_pid: 1,
+                qemu_pid: 2,
+            },
+            Error::io("create", "/x", std::io::Error::other("denied")),
+        ];
+        for err in permanent {
+            assert!(!err.is_transient(), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_dead_vm_keeps_the_exit_status_text_of_the_platform() {
+        let msg = died().to_string();
+        assert!(msg.contains("QEMU exited (signal: 9"), "{msg}");
+    }
+
+    #[test]
+    fn a_queue_timeout_names_the_slots_and_a_fix() {
+        let err = Error::QueueTimeout {
+            waited: Duration::from_secs(3),
+            slots: 4,
+        };
+        assert!(err.to_string().contains("4 VMs"), "{err}");
+        assert!(err.hint().is_some_and(|h| h.contains("max_concurrent_vms")));
+    }
+}

@@ -1,11 +1,14 @@
 //! Reaching the guest agent: connect to QEMU's virtio-serial sockets, check
-//! who serves them, and wait until the agent answers, racing QEMU's death.
+//! who serves them, and wait until the agent answers, racing QEMU's death
+//! (step 8 of "A VM's life" in `docs/architecture.md`).
 
 use crate::error::{Error, Result};
+use crate::exit::ProcessExit;
 use crate::process::{file_tail, QemuProcess};
 use airlock_protocol::client::{AgentInfo, Client};
 use airlock_protocol::ProtocolError;
 use rand::Rng;
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 use tokio::net::UnixStream;
@@ -40,8 +43,55 @@ pub struct GuestPaths<'a> {
     pub console_log: &'a Path,
 }
 
-/// Connects to the agent of a booting VM and waits for its `pong`, within
-/// `timeout`. Fails at once when QEMU exits.
+/// A guest agent that answered: the channel to it and what it said.
+#[derive(Debug)]
+pub struct Agent {
+    /// The protocol client.
+    pub client: Client,
+    /// The agent's version.
+    pub info: AgentInfo,
+}
+
+/// Races `agent` (which yields `None` once its deadline passed) against the
+/// machine's process exiting. The process exiting first is [`Error::VmDied`]
+/// with its logs; `None` is [`Error::BootTimeout`] after `waited`.
+///
+/// # Errors
+/// As above, or `agent`'s own error.
+pub async fn race_death<F>(
+    paths: &GuestPaths<'_>,
+    process: &mut QemuProcess,
+    waited: Duration,
+    agent: F,
+) -> Result<Agent>
+where
+    F: Future<Output = Result<Option<Agent>>>,
+{
+    let outcome = tokio::select! {
+        ready = agent => ready,
+        status = process.wait() => {
+            return Err(Error::VmDied {
+                vm_id: paths.vm_id.to_owned(),
+                when: "during boot",
+                status: ProcessExit::from_wait(status),
+                stderr_tail: process.stderr_tail(),
+                console_tail: file_tail(paths.console_log),
+            });
+        }
+    };
+    match outcome? {
+        Some(ready) => Ok(ready),
+        None => Err(Error::BootTimeout {
+            vm_id: paths.vm_id.to_owned(),
+            after: waited,
+            stderr_tail: process.stderr_tail(),
+            console_tail: file_tail(paths.console_log),
+        }),
+    }
+}
+
+/// Connects to the agent of a booting VM and waits for its `pong`, until
+/// `deadline`. Fails at once when QEMU exits.
 ///
 /// # Errors
 /// [`Error::VmDied`], [`Error::BootTimeout`], [`Error::PeerMismatch`], or
@@ -49,9 +99,9 @@ pub struct GuestPaths<'a> {
 pub async fn wait_ready(
     paths: &GuestPaths<'_>,
     qemu: &mut QemuProcess,
-    timeout: Duration,
-) -> Result<(Client, AgentInfo)> {
-    let deadline = Instant::now() + timeout;
+    deadline: Instant,
+) -> Result<Agent> {
+    let waited = deadline.saturating_duration_since(Instant::now());
     let pid = qemu.pid();
     let connect_and_ping = async {
         let cmd = connect(paths.cmd_socket, deadline).await;
@@ -64,30 +114,9 @@ pub async fn wait_ready(
         }
         let client = Client::new(event, cmd);
         let info = await_agent(&client, paths.vm_id, deadline).await?;
-        Ok::<_, Error>(info.map(|info| (client, info)))
+        Ok::<_, Error>(info.map(|info| Agent { client, info }))
     };
-    let outcome = tokio::select! {
-        ready = connect_and_ping => ready,
-        status = qemu.wait() => {
-            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-            return Err(Error::VmDied {
-                vm_id: paths.vm_id.to_owned(),
-                when: "during boot",
-                status,
-                stderr_tail: qemu.stderr_tail(),
-                console_tail: file_tail(paths.console_log),
-            });
-        }
-    };
-    match outcome? {
-        Some(ready) => Ok(ready),
-        None => Err(Error::BootTimeout {
-            vm_id: paths.vm_id.to_owned(),
-            after: timeout,
-            stderr_tail: qemu.stderr_tail(),
-            console_tail: file_tail(paths.console_log),
-        }),
-    }
+    race_death(paths, qemu, waited, connect_and_ping).await
 }
 
 /// Waits for the agent: its hello (sent when its port opens), or a pong
@@ -196,6 +225,74 @@ mod tests {
         check_peer(&client, &path, "vm", ours).unwrap();
         let err = check_peer(&client, &path, "vm", ours + 1).unwrap_err();
         assert!(matches!(err, Error::PeerMismatch { .. }), "{err}");
+    }
+
+    fn paths<'a>(console: &'a Path) -> GuestPaths<'a> {
+        GuestPaths {
+            vm_id: "vm1",
+            cmd_socket: Path::new("/nonexistent/cmd"),
+            event_socket: Path::new("/nonexistent/event"),
+            console_log: console,
+        }
+    }
+
+    fn spawn(dir: &Path, script: &str) -> QemuProcess {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", script]);
+        QemuProcess::spawn(cmd, "vm1", &dir.join("qemu.log")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_machine_that_exits_during_boot_is_reported_with_its_status_and_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        std::fs::write(&console, "kernel panic\n").unwrap();
+        let mut process = spawn(dir.path(), "echo no-kvm >&2; exit 3");
+        let never = std::future::pending::<Result<Option<Agent>>>();
+        let err = race_death(
+            &paths(&console),
+            &mut process,
+            Duration::from_secs(5),
+            never,
+        )
+        .await
+        .unwrap_err();
+        match &err {
+            Error::VmDied {
+                status,
+                stderr_tail,
+                console_tail,
+                when,
+                ..
+            } => {
+                assert_eq!(status.to_string(), "exit status: 3");
+                assert_eq!(stderr_tail, "no-kvm\n");
+                assert_eq!(console_tail, "kernel panic\n");
+                assert_eq!(*when, "during boot");
+            }
+            other => panic!("expected VmDied, got {other}"),
+        }
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_answers_is_a_boot_timeout_naming_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let mut process = spawn(dir.path(), "sleep 30");
+        let err = race_death(
+            &paths(&console),
+            &mut process,
+            Duration::from_millis(50),
+            async { Ok(None) },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::BootTimeout { after, .. } if after == Duration::from_millis(50)),
+            "{err}"
+        );
+        process.terminate(Duration::ZERO).await;
     }
 
     #[tokio::test]

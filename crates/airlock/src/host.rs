@@ -1,16 +1,10 @@
-//! What the host offers (QEMU, accelerator), probed once, and the QEMU
-//! command line of a VM built from it.
+//! What the host offers (QEMU, accelerator), probed once. Probe results
+//! only: the QEMU spec of a VM is built in `qemu_spec.rs`.
 
 use crate::error::Result;
 use crate::images::Images;
-use crate::vm::VmOptions;
-use crate::workdir::WorkDir;
-use airlock_qemu::{
-    probe_host, BootImages, DiskAccess, HostCaps, HostReport, ProbeConfig, QemuArgs, RootDisk,
-    VmSpec,
-};
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use airlock_qemu::{probe_host, BootImages, HostCaps, ProbeConfig};
+use std::path::PathBuf;
 
 /// The probed host.
 #[derive(Debug, Clone)]
@@ -21,8 +15,6 @@ pub struct Host {
     pub caps: HostCaps,
     /// Why this accelerator (one line).
     pub accel_reason: String,
-    /// The whole probe report.
-    pub report: HostReport,
 }
 
 impl Host {
@@ -44,51 +36,9 @@ impl Host {
             None => report.kvm.verdict.reason.clone(),
         };
         Ok(Self {
-            qemu_binary: report.qemu_binary.clone(),
-            caps: report.caps.clone(),
+            qemu_binary: report.qemu_binary,
+            caps: report.caps,
             accel_reason,
-            report,
         })
-    }
-
-    /// The QEMU spec of one VM: its root disk is the overlay in its work
-    /// dir over `base`; sockets and logs live in the work dir. Adjust it
-    /// (network, kernel verbosity), then [`Host::argv`].
-    pub fn vm_spec(
-        &self,
-        vm_id: &str,
-        options: &VmOptions,
-        images: &Images,
-        workdir: &WorkDir,
-        base: &Path,
-    ) -> VmSpec {
-        let mut spec = VmSpec::new(
-            vm_id,
-            BootImages {
-                kernel: images.kernel.clone(),
-                initramfs: images.initramfs.clone(),
-            },
-            RootDisk {
-                base: base.to_path_buf(),
-                overlay: workdir.overlay(),
-                access: DiskAccess::ReadOnly,
-            },
-            workdir.path(),
-        );
-        spec.memory_mib = options.memory_mib;
-        spec.vcpus = options.vcpus;
-        spec.console_log = workdir.console_log();
-        spec.cmd_socket = workdir.cmd_socket();
-        spec.event_socket = workdir.event_socket();
-        spec.qmp_socket = workdir.qmp_socket();
-        spec
-    }
-
-    /// The QEMU arguments of `spec` on this host.
-    ///
-    /// # Errors
-    /// [`crate::Error::Qemu`] for a spec QEMU cannot run.
-    pub fn argv(&self, spec: &VmSpec) -> Result<Vec<OsString>> {
-        Ok(QemuArgs::build(spec, &self.caps)?)
     }
 }

@@ -1,12 +1,12 @@
 //! Airlock's orchestrator: it composes the lower crates into VMs that run
 //! untrusted code, and provides the `airlock` command.
 //!
-//! It sits at the top of the layers (design section 2): it uses
+//! It sits at the top of the layers (see `docs/architecture.md`): it uses
 //! `airlock-qemu` for argv and host probes, `airlock-overlay` for disk
 //! overlays, `airlock-limits` to confine each VM's processes and
 //! `airlock-protocol` to talk to the guest agent; nothing depends on it.
 //!
-//! - [`VmManager`] runs a VM's life (design section 3): validated input, a
+//! - [`VmManager`] runs a VM's life (`docs/architecture.md`, "A VM's life"): validated input, a
 //!   private work dir, an overlay from the pool, QEMU in its own process
 //!   group with its output drained, a wait for the agent that races QEMU's
 //!   death under one deadline, retries of transient boot failures, a
@@ -25,33 +25,45 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 pub mod cli;
 mod config;
+mod disk;
 pub mod doctor;
 mod error;
+mod exit;
+mod factory;
 mod guest;
 mod host;
 mod images;
+mod launcher;
+mod manager;
 mod network;
 pub mod process;
+mod qemu_launcher;
+mod qemu_spec;
 mod request;
+mod retry;
 mod scheduler;
+mod slots;
+mod teardown;
 mod vm;
 mod workdir;
 
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
+pub use exit::ProcessExit;
 pub use host::Host;
 pub use images::Images;
+pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
 pub use request::{
     parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
     DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,
 };
 pub use scheduler::{RunObserver, Scheduler, Stage};
-pub use vm::{
-    BootTimings, ExecOutcome, OutputStream, TeardownReport, Usage, Vm, VmManager, VmOptions,
-};
+pub use teardown::{TeardownReport, Usage};
+pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm, VmOptions};
 pub use workdir::WorkDir;
 
 /// Milliseconds of a duration, saturating.

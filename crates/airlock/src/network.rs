@@ -1,4 +1,6 @@
-//! A VM's network (design section 6): its gvproxy in empty namespaces, the
+//! A VM's network (step 6 of "A VM's life" in `docs/architecture.md`;
+//! `docs/network.md`):
+//! its gvproxy in empty namespaces, the
 //! egress policy proxy for allowlisted names, and host TCP ports bridged to
 //! the guest's exposed ports.
 
@@ -7,6 +9,7 @@ use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemRe
 use airlock_gvproxy::{
     bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
     GvproxyHandle, GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
+    StopReport,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -183,16 +186,18 @@ impl VmNetwork {
         }
         for port in network.gvproxy.exposed_ports().to_vec() {
             let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
-            let listener = TcpListener::bind(host).await.map_err(|e| {
-                Error::io(
-                    "listen for exposed guest port on",
-                    PathBuf::from(host.to_string()),
-                    e,
-                )
-            })?;
-            let host = listener.local_addr().map_err(|e| {
-                Error::io("read the address of", PathBuf::from(host.to_string()), e)
-            })?;
+            let bind_error = |action, source| Error::ExposeBind {
+                vm_id: vm_id.to_owned(),
+                action,
+                addr: host,
+                source,
+            };
+            let listener = TcpListener::bind(host)
+                .await
+                .map_err(|e| bind_error("listen for exposed guest port on", e))?;
+            let host = listener
+                .local_addr()
+                .map_err(|e| bind_error("read the address of", e))?;
             network.exposed.push(ExposedAddr {
                 guest_port: port.guest_port,
                 host,
@@ -232,17 +237,8 @@ impl VmNetwork {
         };
         let report = self.gvproxy.stop().await;
         tracing::debug!(?report, "gvproxy stopped");
-        let mut problems = report.problems;
-        // gvproxy ends by itself (status 0) once QEMU, stopped first, has
-        // closed its connection: only another end is worth reporting.
-        if report.exited_before_stop && !report.exit.is_some_and(ChildExit::success) {
-            problems.push(format!(
-                "gvproxy had exited before teardown ({})",
-                report
-                    .exit
-                    .map_or_else(|| "unknown status".to_owned(), |x| x.to_string())
-            ));
-        }
+        let mut problems = report.problems.clone();
+        problems.extend(early_exit_problem(&report));
         NetworkReport {
             mode: format!("{:?}", self.mode).to_lowercase(),
             exposed: self.exposed.clone(),
@@ -252,6 +248,21 @@ impl VmNetwork {
             problems,
         }
     }
+}
+
+/// The problem to report when gvproxy had ended before teardown. gvproxy
+/// ends by itself (status 0) once QEMU, stopped first, has closed its
+/// connection: only another end is worth reporting.
+fn early_exit_problem(report: &StopReport) -> Option<String> {
+    if !report.exited_before_stop || report.exit.is_some_and(ChildExit::success) {
+        return None;
+    }
+    Some(format!(
+        "gvproxy had exited before teardown ({})",
+        report
+            .exit
+            .map_or_else(|| "unknown status".to_owned(), |x| x.to_string())
+    ))
 }
 
 impl Drop for VmNetwork {
@@ -287,5 +298,60 @@ async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped(exited_before_stop: bool, exit: Option<ChildExit>) -> StopReport {
+        StopReport {
+            vm_id: "vm".into(),
+            exited_before_stop,
+            exit,
+            ..StopReport::default()
+        }
+    }
+
+    #[test]
+    fn gvproxy_ending_cleanly_before_teardown_is_no_problem() {
+        assert_eq!(
+            early_exit_problem(&stopped(true, Some(ChildExit::Code(0)))),
+            None
+        );
+        assert_eq!(
+            early_exit_problem(&stopped(false, Some(ChildExit::Code(2)))),
+            None
+        );
+    }
+
+    #[test]
+    fn gvproxy_killed_or_failing_before_teardown_is_reported() {
+        let killed = early_exit_problem(&stopped(true, Some(ChildExit::Signal(9)))).unwrap();
+        assert!(killed.contains("killed by signal 9"), "{killed}");
+        let unknown = early_exit_problem(&stopped(true, None)).unwrap();
+        assert!(unknown.contains("unknown status"), "{unknown}");
+    }
+
+    #[test]
+    fn network_modes_follow_the_request() {
+        let none = NetworkRequest::default();
+        let ports = NetworkRequest {
+            allow: None,
+            exposes: vec![Expose {
+                guest_port: 8080,
+                host_port: None,
+                protocol: Default::default(),
+            }],
+        };
+        let allow = NetworkRequest {
+            allow: Some(Vec::new()),
+            exposes: Vec::new(),
+        };
+        assert_eq!(none.mode(), NetworkMode::None);
+        assert_eq!(ports.mode(), NetworkMode::Ports);
+        assert_eq!(allow.mode(), NetworkMode::Allowlist);
+        none.validate().unwrap();
     }
 }

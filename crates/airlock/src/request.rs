@@ -1,9 +1,11 @@
 //! What a run asks for, how it is validated, and what it returns.
 //!
-//! Validation is pure and happens before anything is touched (design
-//! section 3, step 1): a refused request never starts a VM.
+//! Validation is pure and happens before anything is touched (step 1 of a
+//! VM's life in `docs/architecture.md`): a refused request never starts a
+//! VM.
 
 use crate::error::{Error, Result};
+use crate::vm::BootTimings;
 use airlock_protocol::Language;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -189,6 +191,8 @@ pub fn parse_env_pair(pair: &str) -> Result<(String, String)> {
 pub struct Timings {
     /// Checking the request.
     pub validate_ms: u64,
+    /// Waiting for a free VM slot (backpressure).
+    pub queue_ms: u64,
     /// Taking (or making) the VM's disk overlay.
     pub overlay_ms: u64,
     /// Whether the overlay came from the pool (else made on demand).
@@ -205,6 +209,45 @@ pub struct Timings {
     pub total_ms: u64,
     /// Boot attempts made (more than 1 after a transient failure).
     pub boot_attempts: u32,
+}
+
+/// The phases of a run around the VM's boot, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunPhases {
+    /// Checking the request.
+    pub validate_ms: u64,
+    /// Running the code.
+    pub exec_ms: u64,
+    /// Destroying the VM.
+    pub teardown_ms: u64,
+    /// The whole run.
+    pub total_ms: u64,
+}
+
+impl Timings {
+    /// The breakdown of a run: its boot's timings and the phases around it.
+    pub fn new(boot: &BootTimings, phases: RunPhases) -> Self {
+        let BootTimings {
+            queue_ms,
+            overlay_ms,
+            overlay_pool_hit,
+            spawn_ms,
+            guest_ready_ms,
+            attempts,
+        } = *boot;
+        Self {
+            validate_ms: phases.validate_ms,
+            queue_ms,
+            overlay_ms,
+            overlay_pool_hit,
+            spawn_ms,
+            guest_ready_ms,
+            exec_ms: phases.exec_ms,
+            teardown_ms: phases.teardown_ms,
+            total_ms: phases.total_ms,
+            boot_attempts: attempts,
+        }
+    }
 }
 
 /// The result of a run.
@@ -229,7 +272,7 @@ pub struct RunResult {
     /// Where the time went.
     pub timings: Timings,
     /// What the VM's processes used on the host (from its limits group).
-    pub usage: crate::vm::Usage,
+    pub usage: crate::teardown::Usage,
     /// What the network did (`None`: the VM had none).
     pub network: Option<crate::network::NetworkReport>,
 }
@@ -308,6 +351,54 @@ mod tests {
         let mut r = ok_request();
         r.env.insert("GOOD_1".into(), "a=b".into());
         r.validate().unwrap();
+    }
+
+    #[test]
+    fn the_run_timings_keep_every_boot_timing_including_the_queue() {
+        let boot = BootTimings {
+            queue_ms: 1,
+            overlay_ms: 2,
+            overlay_pool_hit: true,
+            spawn_ms: 3,
+            guest_ready_ms: 4,
+            attempts: 2,
+        };
+        let phases = RunPhases {
+            validate_ms: 5,
+            exec_ms: 6,
+            teardown_ms: 7,
+            total_ms: 30,
+        };
+        let t = Timings::new(&boot, phases);
+        assert_eq!(
+            t,
+            Timings {
+                validate_ms: 5,
+                queue_ms: 1,
+                overlay_ms: 2,
+                overlay_pool_hit: true,
+                spawn_ms: 3,
+                guest_ready_ms: 4,
+                exec_ms: 6,
+                teardown_ms: 7,
+                total_ms: 30,
+                boot_attempts: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn the_run_timings_serialize_the_queue_wait() {
+        let json = serde_json::to_value(Timings::default()).unwrap();
+        for field in [
+            "validate_ms",
+            "queue_ms",
+            "overlay_ms",
+            "guest_ready_ms",
+            "boot_attempts",
+        ] {
+            assert!(json[field].is_number(), "{field} in {json}");
+        }
     }
 
     #[test]

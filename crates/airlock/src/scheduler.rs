@@ -2,9 +2,10 @@
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::manager::VmManager;
 use crate::ms;
-use crate::request::{RunRequest, RunResult, Timings};
-use crate::vm::{OutputStream, VmManager, VmOptions};
+use crate::request::{RunPhases, RunRequest, RunResult, Timings};
+use crate::vm::{OutputStream, VmOptions};
 use airlock_protocol::ExecRequest;
 use std::time::Instant;
 
@@ -123,17 +124,15 @@ impl Scheduler {
             timed_out: outcome.completion.timed_out,
             stdout_truncated: outcome.completion.stdout_truncated,
             stderr_truncated: outcome.completion.stderr_truncated,
-            timings: Timings {
-                validate_ms,
-                overlay_ms: boot.overlay_ms,
-                overlay_pool_hit: boot.overlay_pool_hit,
-                spawn_ms: boot.spawn_ms,
-                guest_ready_ms: boot.guest_ready_ms,
-                exec_ms,
-                teardown_ms: teardown.elapsed_ms,
-                total_ms: ms(start.elapsed()),
-                boot_attempts: boot.attempts,
-            },
+            timings: Timings::new(
+                boot,
+                RunPhases {
+                    validate_ms,
+                    exec_ms,
+                    teardown_ms: teardown.elapsed_ms,
+                    total_ms: ms(start.elapsed()),
+                },
+            ),
             usage: teardown.usage,
             network: teardown.network,
         })

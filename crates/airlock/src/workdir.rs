@@ -40,6 +40,24 @@ impl WorkDir {
         Ok(Self { path })
     }
 
+    /// [`WorkDir::create`] on tokio's blocking pool (for async code).
+    ///
+    /// # Errors
+    /// As [`WorkDir::create`].
+    pub async fn create_async(run_dir: &Path, vm_id: &str) -> Result<Self> {
+        let (run_dir, vm_id) = (run_dir.to_path_buf(), vm_id.to_owned());
+        let path = Self::vms_dir(&run_dir).join(&vm_id);
+        tokio::task::spawn_blocking(move || Self::create(&run_dir, &vm_id))
+            .await
+            .map_err(|e| Error::io("create", path, std::io::Error::other(e)))?
+    }
+
+    /// A work dir at `path`, not created (for tests of what is built from it).
+    #[cfg(test)]
+    pub(crate) fn at(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -86,6 +104,20 @@ impl WorkDir {
     /// The removal's I/O error (other than "not found").
     pub fn remove(&self) -> std::io::Result<bool> {
         match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl WorkDir {
+    /// [`WorkDir::remove`] through tokio (for async code).
+    ///
+    /// # Errors
+    /// As [`WorkDir::remove`].
+    pub async fn remove_async(&self) -> std::io::Result<bool> {
+        match tokio::fs::remove_dir_all(&self.path).await {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),

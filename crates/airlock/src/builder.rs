@@ -1,0 +1,322 @@
+//! The VM builder (steps 3 to 8 of "A VM's life" in `docs/architecture.md`):
+//! one small function per step, and a [`BootGuard`] holding what the steps
+//! made so far. A failed step tears the half-built VM down before the error
+//! is returned; a cancelled boot (the future dropped) hands it to the
+//! reaper. Either way it is the one teardown of `teardown.rs`.
+
+use crate::config::Config;
+use crate::disk::{DiskAcquired, DiskSource};
+use crate::error::{Error, Result};
+use crate::guest::Agent;
+use crate::images::Images;
+use crate::launcher::{Launcher, MachinePlan};
+use crate::ms;
+use crate::network::VmNetwork;
+use crate::slots::Slot;
+use crate::teardown::{Reaper, VmParts};
+use crate::vm::{BootTimings, Booted, Running, Vm, VmOptions};
+use crate::workdir::WorkDir;
+use airlock_gvproxy::NetworkMode;
+use airlock_limits::{Limiter, Limits, VmGroup, VmShape};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What building a VM uses, lent by its manager.
+pub struct BootContext<'a> {
+    /// Run dir, kill grace, `--debug` console, egress test settings.
+    pub config: &'a Config,
+    /// The root disks.
+    pub images: &'a Images,
+    /// How the machine is started.
+    pub launcher: &'a dyn Launcher,
+    /// Where overlays come from.
+    pub disks: &'a dyn DiskSource,
+    /// The limits backend.
+    pub limiter: &'a Limiter,
+    /// The accelerator (it sizes the limits group's memory).
+    pub accel: airlock_limits::Accel,
+    /// Who tears down what is dropped.
+    pub reaper: &'a Reaper,
+}
+
+/// A VM whose agent answered, not yet handed out.
+#[derive(Debug)]
+pub struct Built {
+    guard: BootGuard,
+    agent: Agent,
+    timings: BootTimings,
+    language: airlock_protocol::Language,
+}
+
+/// A half-built VM: whatever its steps made so far. Dropped unfinished, it
+/// hands everything to the reaper.
+#[derive(Debug)]
+pub struct BootGuard {
+    vm_id: String,
+    workdir: WorkDir,
+    parts: Option<VmParts>,
+    reaper: Reaper,
+    grace: Duration,
+}
+
+impl BootGuard {
+    fn new(vm_id: String, workdir: WorkDir, reaper: Reaper, grace: Duration) -> Self {
+        Self {
+            parts: Some(VmParts::new(vm_id.clone(), workdir.clone())),
+            vm_id,
+            workdir,
+            reaper,
+            grace,
+        }
+    }
+
+    /// What was made so far.
+    fn parts(&mut self) -> &mut VmParts {
+        let (vm_id, workdir) = (&self.vm_id, &self.workdir);
+        self.parts
+            .get_or_insert_with(|| VmParts::new(vm_id.clone(), workdir.clone()))
+    }
+
+    /// Takes the parts out: the guard no longer tears them down.
+    fn disarm(mut self) -> VmParts {
+        let taken = self.parts.take();
+        taken.unwrap_or_else(|| VmParts::new(self.vm_id.clone(), self.workdir.clone()))
+    }
+
+    /// Tears the half-built VM down now (a step failed).
+    async fn abandon(self) {
+        let grace = self.grace;
+        let reaper = self.reaper.clone();
+        let report = reaper.tear_down(self.disarm(), grace).await;
+        tracing::debug!(?report, "half-built VM torn down");
+        for problem in &report.problems {
+            tracing::warn!(
+                vm_id = report.vm_id,
+                problem,
+                "teardown after a failed boot"
+            );
+        }
+    }
+}
+
+impl Drop for BootGuard {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            self.reaper.hand_over(parts);
+        }
+    }
+}
+
+/// A fresh random VM id (16 hex digits).
+pub fn new_vm_id() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+/// Builds one VM, up to its agent's answer, by `deadline`. On error,
+/// everything made is torn down before the error is returned.
+///
+/// # Errors
+/// The failing step's error.
+pub async fn build(ctx: &BootContext<'_>, options: &VmOptions, deadline: Instant) -> Result<Built> {
+    let base = ctx.images.rootfs(options.language)?.to_path_buf();
+    let vm_id = new_vm_id();
+    let workdir = WorkDir::create_async(&ctx.config.run_dir, &vm_id).await?;
+    let mut guard = BootGuard::new(vm_id, workdir, ctx.reaper.clone(), ctx.config.kill_grace);
+    match run_steps(ctx, options, &base, deadline, &mut guard).await {
+        Ok((agent, timings)) => Ok(Built {
+            guard,
+            agent,
+            timings,
+            language: options.language,
+        }),
+        Err(e) => {
+            guard.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+async fn run_steps(
+    ctx: &BootContext<'_>,
+    options: &VmOptions,
+    base: &Path,
+    deadline: Instant,
+    guard: &mut BootGuard,
+) -> Result<(Agent, BootTimings)> {
+    let vm_id = guard.vm_id.clone();
+    let workdir = guard.workdir.clone();
+    let mut timings = BootTimings::default();
+
+    let disk = take_overlay(ctx.disks, base, &workdir).await?;
+    timings.overlay_ms = ms(disk.elapsed);
+    timings.overlay_pool_hit = disk.pool_hit;
+
+    let group = create_group(ctx, options, &vm_id)?;
+    let group = guard.parts().group.insert(group).clone();
+
+    let network = start_network(ctx, options, &vm_id, &workdir, &group).await?;
+    let network_socket = network.as_ref().map(VmNetwork::qemu_socket);
+    guard.parts().network = network;
+
+    let plan = machine_plan(ctx.config, options, &vm_id, &workdir, base, network_socket);
+    let spawn_start = Instant::now();
+    let process = ctx.launcher.spawn(&plan, &group).await?;
+    timings.spawn_ms = ms(spawn_start.elapsed());
+    let parts = guard.parts();
+    if ctx.config.debug_console {
+        // Owned by the VM: aborted at teardown.
+        parts.console_echo = Some(tokio::spawn(echo_console(workdir.console_log())));
+    }
+    let process = parts.process.insert(process);
+
+    let ready_start = Instant::now();
+    let agent = ctx.launcher.reach_agent(&plan, process, deadline).await?;
+    timings.guest_ready_ms = ms(ready_start.elapsed());
+    tracing::info!(
+        vm_id,
+        launcher = ctx.launcher.name(),
+        language = %options.language,
+        ready_ms = timings.guest_ready_ms,
+        agent = agent.info.version,
+        "guest ready"
+    );
+    Ok((agent, timings))
+}
+
+/// Step 3a: the VM's copy-on-write root disk, in its work dir.
+async fn take_overlay(
+    disks: &dyn DiskSource,
+    base: &Path,
+    workdir: &WorkDir,
+) -> Result<DiskAcquired> {
+    disks.acquire(base, &workdir.overlay()).await
+}
+
+/// Step 3b: the limits group the VM's processes start in.
+fn create_group(ctx: &BootContext<'_>, options: &VmOptions, vm_id: &str) -> Result<VmGroup> {
+    let limits = Limits::for_vm(VmShape {
+        guest_memory_mib: u64::from(options.memory_mib),
+        vcpus: options.vcpus,
+        accel: ctx.accel,
+        network: options.network.mode() != NetworkMode::None,
+    });
+    Ok(ctx.limiter.create(&options.tenant, vm_id, &limits)?)
+}
+
+/// Step 4: gvproxy (and the egress proxy) when the VM has a network; first,
+/// because QEMU 7.2 connects once and never again. gvproxy starts in the
+/// VM's limits group.
+async fn start_network(
+    ctx: &BootContext<'_>,
+    options: &VmOptions,
+    vm_id: &str,
+    workdir: &WorkDir,
+    group: &VmGroup,
+) -> Result<Option<VmNetwork>> {
+    if options.network.mode() == NetworkMode::None {
+        return Ok(None);
+    }
+    let hook = group.pre_exec_hook()?;
+    let setup: airlock_gvproxy::ChildSetup = Box::new(move |cmd| hook.install(cmd));
+    let network = VmNetwork::start(
+        vm_id,
+        &workdir.path().join("net"),
+        &options.network,
+        Some(setup),
+        &ctx.config.egress_test,
+    )
+    .await?;
+    Ok(Some(network))
+}
+
+/// Step 5's input: what the launcher starts.
+fn machine_plan(
+    config: &Config,
+    options: &VmOptions,
+    vm_id: &str,
+    workdir: &WorkDir,
+    base: &Path,
+    network_socket: Option<PathBuf>,
+) -> MachinePlan {
+    MachinePlan {
+        vm_id: vm_id.to_owned(),
+        memory_mib: options.memory_mib,
+        vcpus: options.vcpus,
+        workdir: workdir.clone(),
+        root_base: base.to_path_buf(),
+        network_socket,
+        verbose_console: config.debug_console,
+    }
+}
+
+impl Built {
+    /// The finished VM, holding `slot`, after `attempts` attempts that
+    /// waited `queued` for the slot.
+    pub async fn into_vm(self, slot: Slot, attempts: u32) -> Result<Vm> {
+        let Built {
+            guard,
+            agent,
+            mut timings,
+            language,
+        } = self;
+        timings.queue_ms = ms(slot.queued());
+        timings.attempts = attempts;
+        let (vm_id, workdir, reaper, grace) = (
+            guard.vm_id.clone(),
+            guard.workdir.clone(),
+            guard.reaper.clone(),
+            guard.grace,
+        );
+        let mut parts = guard.disarm();
+        let (Some(process), Some(group)) = (parts.process.take(), parts.group.take()) else {
+            let report = reaper.tear_down(parts, grace).await;
+            tracing::warn!(?report, "a built VM without its machine or group");
+            return Err(Error::TaskFailed {
+                task: "boot",
+                message: format!("vm {vm_id}: the machine or its limits group went missing"),
+            });
+        };
+        Ok(Vm::new(Booted {
+            id: vm_id,
+            language,
+            workdir,
+            agent: agent.info,
+            timings,
+            kill_grace: grace,
+            reaper,
+            running: Running {
+                process,
+                client: agent.client,
+                group,
+                slot,
+                network: parts.network.take(),
+                console_echo: parts.console_echo.take(),
+            },
+        }))
+    }
+}
+
+/// Copies what the guest writes to its console log to stderr, as it comes
+/// (`--debug`). Ends when aborted (at teardown).
+async fn echo_console(path: PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut file = loop {
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => break f,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut stderr = tokio::io::stderr();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match file.read(&mut buf).await {
+            Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(n) => {
+                let _ = stderr.write_all(&buf[..n]).await;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The boot pipeline every VM goes through (`docs/architecture.md`, "Inside the orchestrator"):
+//! a slot (backpressure), then build attempts retried under one deadline,
+//! then the VM. Host-independent: the launcher and the disk source are
+//! seams, so this is tested without VMs.
+
+use crate::builder::{build, BootContext};
+use crate::config::Config;
+use crate::disk::DiskSource;
+use crate::error::Result;
+use crate::images::Images;
+use crate::launcher::Launcher;
+use crate::retry::{retry, Retried, RetryPolicy};
+use crate::slots::Slots;
+use crate::teardown::Reaper;
+use crate::vm::{Vm, VmOptions};
+use airlock_limits::Limiter;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a [`VmFactory`] is made of.
+pub struct FactoryParts {
+    /// The configuration (validated).
+    pub config: Config,
+    /// The root disks.
+    pub images: Images,
+    /// How machines are started.
+    pub launcher: Arc<dyn Launcher>,
+    /// Where overlays come from.
+    pub disks: Arc<dyn DiskSource>,
+    /// The limits backend.
+    pub limiter: Limiter,
+    /// The accelerator in use.
+    pub accel: airlock_limits::Accel,
+}
+
+/// Boots VMs: slots, retries, the builder, the reaper.
+pub struct VmFactory {
+    config: Config,
+    images: Images,
+    launcher: Arc<dyn Launcher>,
+    disks: Arc<dyn DiskSource>,
+    limiter: Limiter,
+    accel: airlock_limits::Accel,
+    slots: Slots,
+    retry: RetryPolicy,
+    reaper: Reaper,
+}
+
+impl std::fmt::Debug for VmFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmFactory")
+            .field("launcher", &self.launcher.name())
+            .field("slots", &self.slots)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmFactory {
+    /// A factory; starts its reaper (call inside a tokio runtime).
+    pub fn new(parts: FactoryParts) -> Self {
+        let slots = Slots::new(parts.config.max_concurrent_vms, parts.config.queue_timeout);
+        let retry = RetryPolicy::from_config(&parts.config);
+        Self {
+            config: parts.config,
+            images: parts.images,
+            launcher: parts.launcher,
+            disks: parts.disks,
+            limiter: parts.limiter,
+            accel: parts.accel,
+            slots,
+            retry,
+            reaper: Reaper::start(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The limits backend.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Boots a VM and waits for its agent: takes a slot first (waiting in
+    /// line while all are taken), retries transient failures with jittered
+    /// backoff under one deadline, fails at once on permanent ones. The
+    /// slot is the VM's until it is destroyed.
+    ///
+    /// # Errors
+    /// [`crate::Error::ShutDown`], [`crate::Error::QueueTimeout`], or the
+    /// last boot error.
+    pub async fn boot(&self, options: &VmOptions) -> Result<Vm> {
+        let slot = self.slots.acquire().await?;
+        let ctx = BootContext {
+            config: &self.config,
+            images: &self.images,
+            launcher: self.launcher.as_ref(),
+            disks: self.disks.as_ref(),
+            limiter: &self.limiter,
+            accel: self.accel,
+            reaper: &self.reaper,
+        };
+        let Retried { result, attempts } =
+            retry(&self.retry, |_, deadline| build(&ctx, options, deadline)).await;
+        result?.into_vm(slot, attempts).await
+    }
+
+    /// Refuses further boots; waits (at most `timeout`) for the teardowns
+    /// of dropped VMs. Returns whether they all finished.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.slots.close();
+        self.reaper.flush(timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+//! The narrow seam between building a VM and its machine: a [`Launcher`]
+//! starts a machine for a prepared [`MachinePlan`] and reaches its agent.
+//!
+//! Everything around it (work dir, overlay, limits group, network, slots,
+//! retries, teardown) is the same whatever the launcher does, so a second
+//! way to start a machine (restoring a memory template instead of a cold
+//! boot) is one more implementation of this trait. See
+//! `docs/architecture.md`, "The launcher seam".
+
+use crate::error::Result;
+use crate::guest::Agent;
+use crate::process::QemuProcess;
+use crate::workdir::WorkDir;
+use airlock_limits::VmGroup;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use tokio::time::Instant;
+
+/// A boxed future, for the object-safe async methods of [`Launcher`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a machine is started from: all host-side resources are made
+/// already (work dir, overlay, limits group, network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachinePlan {
+    /// The VM id.
+    pub vm_id: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// The VM's work dir: overlay, sockets and logs live there.
+    pub workdir: WorkDir,
+    /// The read-only base image under the work dir's overlay.
+    pub root_base: PathBuf,
+    /// The unix socket of the VM's gvproxy (`None`: no network device).
+    pub network_socket: Option<PathBuf>,
+    /// Log the whole kernel output to the console (`--debug`).
+    pub verbose_console: bool,
+}
+
+/// Starts a machine and reaches its agent: the only part of a VM's boot
+/// that depends on how the machine comes to life.
+///
+/// The two steps are apart so that the builder owns the process between
+/// them: whatever happens while the agent is awaited (error, cancellation),
+/// the one teardown stops it.
+pub trait Launcher: Send + Sync {
+    /// A short name for logs (`qemu-cold-boot`).
+    fn name(&self) -> &'static str;
+
+    /// Starts the machine's process, inside `group` from its first
+    /// instruction, and returns once it runs. Must not wait for the guest.
+    ///
+    /// # Errors
+    /// [`crate::Error::Spawn`], [`crate::Error::Qemu`] (a plan QEMU cannot
+    /// run), [`crate::Error::Limits`] (the group refuses the child).
+    fn spawn<'a>(
+        &'a self,
+        plan: &'a MachinePlan,
+        group: &'a VmGroup,
+    ) -> BoxFuture<'a, Result<QemuProcess>>;
+
+    /// Waits until the machine's agent answers, racing the process's
+    /// death, until `deadline`.
+    ///
+    /// # Errors
+    /// [`crate::Error::VmDied`], [`crate::Error::BootTimeout`] (both
+    /// transient), [`crate::Error::PeerMismatch`], [`crate::Error::Protocol`].
+    fn reach_agent<'a>(
+        &'a self,
+        plan: &'a MachinePlan,
+        process: &'a mut QemuProcess,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Agent>>;
+}

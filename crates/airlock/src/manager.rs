@@ -1,0 +1,183 @@
+//! [`VmManager`]: the orchestrator's entry to VMs. It probes the host once,
+//! sweeps what a crashed run left, starts the overlay pool, and boots VMs
+//! through the [`VmFactory`] with the QEMU launcher.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::factory::{FactoryParts, VmFactory};
+use crate::host::Host;
+use crate::images::Images;
+use crate::qemu_launcher::QemuLauncher;
+use crate::vm::{Vm, VmOptions};
+use crate::workdir::{self, WorkDir};
+use airlock_limits::Limiter;
+use airlock_overlay::{OverlayPool, PoolConfig};
+use airlock_qemu::BootImages;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest wait at shutdown for the teardowns of dropped VMs.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
+
+/// Boots and tracks VMs; cheap to clone.
+#[derive(Clone)]
+pub struct VmManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    factory: VmFactory,
+    host: Host,
+    overlays: OverlayPool,
+}
+
+impl std::fmt::Debug for VmManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmManager")
+            .field("config", self.config())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs blocking work (small file-system scans, probes) off the runtime's
+/// worker threads.
+async fn blocking<T: Send + 'static>(
+    task: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::TaskFailed {
+            task,
+            message: e.to_string(),
+        })
+}
+
+impl VmManager {
+    /// Validates the configuration, finds the images, probes the host,
+    /// sweeps what a crashed run left, and starts the overlay pool.
+    ///
+    /// # Errors
+    /// [`Error::Config`], [`Error::ImagesMissing`], [`Error::Qemu`] (no
+    /// QEMU), [`Error::Overlay`], [`Error::Io`].
+    pub async fn start(config: Config) -> Result<Self> {
+        config.validate()?;
+        let dir = config.images_dir.clone();
+        let images = blocking("load the images manifest", move || Images::load(&dir)).await??;
+        let host = Host::probe(&images).await?;
+        let run_dir = config.run_dir.clone();
+        let swept = blocking("sweep stale work dirs", move || {
+            workdir::sweep_stale(&run_dir)
+        })
+        .await?;
+        if !swept.is_empty() {
+            tracing::info!(count = swept.len(), "removed stale VM work dirs");
+        }
+        let vms_dir = WorkDir::vms_dir(&config.run_dir);
+        tokio::fs::create_dir_all(&vms_dir)
+            .await
+            .map_err(|e| Error::io("create", &vms_dir, e))?;
+        // One pool per manager (a pool locks its dir), named after our pid;
+        // pools of processes that are gone are swept.
+        let pools = config.run_dir.join("overlays");
+        let swept_pools = pools.clone();
+        blocking("sweep overlay pools", move || {
+            workdir::sweep_dead_process_dirs(&swept_pools)
+        })
+        .await?;
+        let overlays = OverlayPool::new(PoolConfig {
+            pool_dir: pools.join(format!(
+                "{}-{}",
+                std::process::id(),
+                crate::builder::new_vm_id()
+            )),
+            work_root: Some(vms_dir),
+            target_per_base: config.overlay_pool_target,
+            ..PoolConfig::default()
+        })
+        .await?;
+        let limiter = blocking("probe the limits backend", || {
+            Limiter::probe(&airlock_limits::ProbeConfig::default())
+        })
+        .await?;
+        let swept = limiter
+            .sweep_stale_async(airlock_limits::SweepOptions::default())
+            .await;
+        tracing::debug!(?swept, "swept stale limits groups");
+        let accel = match host.caps.accel {
+            airlock_qemu::Accel::Kvm => airlock_limits::Accel::Kvm,
+            airlock_qemu::Accel::Tcg => airlock_limits::Accel::Tcg,
+        };
+        let launcher = QemuLauncher::new(
+            host.clone(),
+            BootImages {
+                kernel: images.kernel.clone(),
+                initramfs: images.initramfs.clone(),
+            },
+        );
+        let factory = VmFactory::new(FactoryParts {
+            config,
+            images,
+            launcher: Arc::new(launcher),
+            disks: Arc::new(overlays.clone()),
+            limiter,
+            accel,
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                factory,
+                host,
+                overlays,
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        self.inner.factory.config()
+    }
+
+    /// What the host offers (accelerator, QEMU).
+    pub fn host(&self) -> &Host {
+        &self.inner.host
+    }
+
+    /// The limits backend in use.
+    pub fn limiter(&self) -> &Limiter {
+        self.inner.factory.limiter()
+    }
+
+    /// The overlay pool.
+    pub fn overlays(&self) -> &OverlayPool {
+        &self.inner.overlays
+    }
+
+    /// Boots a VM and waits for its agent. Waits for a free slot first
+    /// (at most `max_concurrent_vms` VMs live at once); retries transient
+    /// boot failures with jittered backoff under one deadline; fails at
+    /// once on permanent ones.
+    ///
+    /// # Errors
+    /// [`Error::ShutDown`], [`Error::QueueTimeout`], or the last boot error.
+    pub async fn boot(&self, options: &VmOptions) -> Result<Vm> {
+        self.inner.factory.boot(options).await
+    }
+
+    /// Refuses further boots, waits for the teardown of VMs that were
+    /// dropped, and stops the overlay pool (deleting pooled overlays). VMs
+    /// still alive keep their own overlays until destroyed.
+    pub async fn shutdown(&self) {
+        if !self.inner.factory.shutdown(SHUTDOWN_FLUSH).await {
+            tracing::warn!("teardowns of dropped VMs still running at shutdown");
+        }
+        let report = self.inner.overlays.stop().await;
+        tracing::debug!(?report, "overlay pool stopped");
+        // The pool leaves its (empty, unlocked) dir behind: remove it.
+        let dir = self.inner.overlays.pool_dir().to_path_buf();
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the overlay pool dir");
+            }
+        }
+    }
+}
