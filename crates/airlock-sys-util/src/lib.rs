@@ -17,6 +17,8 @@
 //!   a retry loop bounded by a deadline.
 //! - [`child`] (feature `tokio`): a short helper program run to its end
 //!   under a deadline.
+//! - [`image_manifest`]: the format of the guest images' `manifest.json`,
+//!   written by `cargo xtask images` and read by the orchestrator.
 //!
 //! It does not spawn VMs, talk to QEMU or gvproxy, or hold any policy of its
 //! own: it answers "where" and "how", never "whether". Its errors are one
@@ -24,7 +26,7 @@
 //!
 //! Layer: the bottom of the workspace. It depends on no other Airlock crate;
 //! every other crate (the guest agent included) may depend on it. Without
-//! the `tokio` feature it needs only std, nix and thiserror, which is what
+//! the `tokio` feature it needs only std, nix, serde and thiserror, which is what
 //! the statically built guest agent takes.
 //!
 //! ```
@@ -50,6 +52,7 @@ mod error;
 pub mod executable;
 pub mod exit;
 pub mod id;
+pub mod image_manifest;
 pub mod process_group;
 pub mod tail;
 

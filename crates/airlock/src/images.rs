@@ -3,24 +3,11 @@
 
 use crate::error::{Error, Result};
 use airlock_protocol::Language;
-use serde::Deserialize;
+use airlock_sys_util::image_manifest::{
+    rootfs_key, ImageManifest, INITRAMFS_KEY, KERNEL_KEY, MANIFEST_FILE, MANIFEST_FORMAT,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The manifest format this crate reads.
-const MANIFEST_FORMAT: u32 = 1;
-
-#[derive(Deserialize)]
-struct Manifest {
-    format: u32,
-    artefacts: BTreeMap<String, Artefact>,
-}
-
-#[derive(Deserialize)]
-struct Artefact {
-    file: String,
-    hash: String,
-}
 
 /// The images a VM boots from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +40,10 @@ impl Images {
             dir: dir.to_path_buf(),
             what,
         };
-        let path = dir.join("manifest.json");
+        let path = dir.join(MANIFEST_FILE);
         let bytes =
             std::fs::read(&path).map_err(|e| missing(format!("{}: {e}", path.display())))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
+        let manifest: ImageManifest = serde_json::from_slice(&bytes)
             .map_err(|e| missing(format!("{} is not a valid manifest: {e}", path.display())))?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(missing(format!(
@@ -78,14 +65,14 @@ impl Images {
         let mut rootfs = BTreeMap::new();
         let mut rootfs_hash = BTreeMap::new();
         for language in Language::ALL {
-            let (p, hash) = file(&format!("rootfs-{language}"))?;
+            let (p, hash) = file(&rootfs_key(&language.to_string()))?;
             rootfs.insert(language, p);
             rootfs_hash.insert(language, hash);
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            kernel: file("kernel")?.0,
-            initramfs: file("initramfs")?.0,
+            kernel: file(KERNEL_KEY)?.0,
+            initramfs: file(INITRAMFS_KEY)?.0,
             rootfs,
             rootfs_hash,
         })

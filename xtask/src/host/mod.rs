@@ -21,6 +21,16 @@ pub struct Requirement {
 }
 
 impl Requirement {
+    /// Whether the host meets it: `probe` is an executable on PATH, or (when
+    /// it holds a `/`) an existing file.
+    pub fn is_met(&self) -> bool {
+        if self.probe.contains('/') {
+            Path::new(&self.probe).exists()
+        } else {
+            airlock_sys_util::which(&self.probe).is_some()
+        }
+    }
+
     fn new(probe: impl Into<String>, package: impl Into<String>) -> Self {
         Self {
             probe: probe.into(),
@@ -83,18 +93,6 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or(manifest_dir)
 }
 
-/// Finds a program on PATH.
-pub fn which(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return p.exists().then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     Command::new("id")
@@ -125,7 +123,7 @@ pub fn ensure_apt_lists() -> Result<()> {
         .unwrap_or(false);
     let forced = std::env::var_os("AIRLOCK_APT_UPDATE").is_some_and(|v| v == "1");
     if !has_lists || forced {
-        if which("apt-get").is_none() {
+        if airlock_sys_util::which("apt-get").is_none() {
             bail!("apt-get not found: Airlock's set-up needs a Debian host (12 or later)");
         }
         if !is_root() {
@@ -144,7 +142,7 @@ pub fn ensure_apt_lists() -> Result<()> {
 fn missing_packages(requirements: &[Requirement]) -> Vec<String> {
     let mut missing: Vec<String> = requirements
         .iter()
-        .filter(|r| which(&r.probe).is_none())
+        .filter(|r| !r.is_met())
         .map(|r| r.package.clone())
         .collect();
     let qemu = [apt_plan::QEMU_SYSTEM, apt_plan::QEMU_UTILS];
@@ -190,7 +188,7 @@ pub fn ensure(requirements: &[Requirement]) -> Result<()> {
 /// are new enough.
 fn verify(requirements: &[Requirement]) -> Result<()> {
     for r in requirements {
-        if which(&r.probe).is_none() {
+        if !r.is_met() {
             bail!(
                 "{} is missing after set-up; dpkg says of {}: {}. Reinstall it with \
                  `apt-get install --reinstall {}`",
@@ -318,29 +316,14 @@ const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// signing keys (bookworm's `2023.3+deb12u1` and newer ship it).
 const TRIXIE_KEY_MARKER: &str = "/usr/share/keyrings/debian-archive-trixie-stable.gpg";
 
-/// Airlock's cache dir, resolved by [`airlock_sys_util::dirs`] exactly as
-/// the `airlock` binary does.
-fn airlock_cache_dir() -> Result<PathBuf> {
-    Ok(airlock_sys_util::AirlockDirs::from_env()?.cache)
-}
-
-/// Finds gvproxy in the order `airlock_gvproxy::find_gvproxy` uses (keep
-/// them in step): `$AIRLOCK_GVPROXY`, PATH, podman's libexec folders, then
-/// the cache (`<cache>/bin/gvproxy`).
+/// Finds gvproxy along the search path the `airlock` binary uses
+/// (`airlock_gvproxy::SearchPath`: `$AIRLOCK_GVPROXY`, PATH, podman's libexec
+/// folders, then `<cache>/bin/gvproxy`).
 pub fn find_gvproxy() -> Option<PathBuf> {
-    if let Some(explicit) = std::env::var_os("AIRLOCK_GVPROXY").filter(|p| !p.is_empty()) {
-        let explicit = PathBuf::from(explicit);
-        return explicit.is_file().then_some(explicit);
-    }
-    which("gvproxy")
+    airlock_gvproxy::SearchPath::from_env()
+        .candidates()
         .into_iter()
-        .chain(["/usr/libexec/podman/gvproxy", "/usr/lib/podman/gvproxy"].map(PathBuf::from))
-        .chain(
-            airlock_cache_dir()
-                .ok()
-                .map(|d| d.join("bin").join("gvproxy")),
-        )
-        .find(|p| p.is_file())
+        .find(|p| airlock_sys_util::is_executable(p))
 }
 
 /// Makes sure gvproxy exists and returns its path.
@@ -405,11 +388,13 @@ fn fetch_gvproxy_from_next_release() -> Result<()> {
         "xtask: fetching gvproxy from Debian {GVPROXY_SUITE} ({}) into the cache",
         archive.mirror
     );
-    let cache = airlock_cache_dir()?;
-    let work = cache.join(format!("tmp-gvproxy-{}", std::process::id()));
+    let dirs = airlock_sys_util::AirlockDirs::from_env()?;
+    let work = dirs
+        .cache
+        .join(format!("tmp-gvproxy-{}", std::process::id()));
     // A leftover of an interrupted run is useless.
     drop(std::fs::remove_dir_all(&work));
-    let result = fetch_into(&archive.mirror, &work, &cache.join("bin"));
+    let result = fetch_into(&archive.mirror, &work, &dirs.bin);
     drop(std::fs::remove_dir_all(&work));
     result
 }

@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn the_system_cpio_lists_what_we_wrote() {
-        if crate::host::which("cpio").is_none() {
+        if airlock_sys_util::which("cpio").is_none() {
             return;
         }
         let mut child = std::process::Command::new("cpio")

@@ -1,15 +1,17 @@
-//! `manifest.json`: what the images dir holds, read by every consumer.
+//! `manifest.json`: what the images dir holds, read by every consumer. Its
+//! format is [`airlock_sys_util::image_manifest`], shared with the reader in
+//! the orchestrator; this module adds the writer's side (kinds, file names,
+//! atomic saves, staleness).
 
+use airlock_sys_util::image_manifest::{
+    ImageManifest, INITRAMFS_KEY, KERNEL_KEY, MANIFEST_FILE, MANIFEST_FORMAT,
+};
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// File name of the manifest inside the images dir.
-pub const MANIFEST_FILE: &str = "manifest.json";
-
-/// Version of the manifest format; bumped when fields change meaning.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// One built artefact (the shared format's record).
+pub use airlock_sys_util::image_manifest::ImageArtefact as Artefact;
 
 /// The artefacts, by kind. Their key in the manifest is [`Kind::key`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -39,8 +41,8 @@ impl Kind {
     /// The manifest key and file name stem, e.g. `rootfs-python`.
     pub fn key(self) -> &'static str {
         match self {
-            Kind::Kernel => "kernel",
-            Kind::Initramfs => "initramfs",
+            Kind::Kernel => KERNEL_KEY,
+            Kind::Initramfs => INITRAMFS_KEY,
             Kind::RootfsRaw => "rootfs-raw",
             Kind::RootfsPython => "rootfs-python",
             Kind::RootfsJavascript => "rootfs-javascript",
@@ -64,30 +66,12 @@ impl Kind {
     }
 }
 
-/// One built artefact.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Artefact {
-    /// File name inside the images dir.
-    pub file: String,
-    /// sha256 of the inputs (hex); the file name carries its first 16 digits.
-    pub hash: String,
-    /// Size of the file, in bytes.
-    pub size_bytes: u64,
-    /// How long the build took, in seconds (0 when adopted from an earlier run).
-    pub build_seconds: f64,
-    /// The inputs that went into the hash, readable (package versions,
-    /// binary digests, ...).
-    #[serde(default)]
-    pub inputs: BTreeMap<String, String>,
-}
-
-/// The content of `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The manifest of one images dir.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     /// [`MANIFEST_FORMAT`] of the writer.
     pub format: u32,
-    /// The images dir this manifest describes (not serialized).
-    #[serde(skip)]
+    /// The images dir this manifest describes.
     pub dir: PathBuf,
     /// Artefacts by key (`kernel`, `initramfs`, `rootfs-python`, ...).
     pub artefacts: BTreeMap<String, Artefact>,
@@ -108,13 +92,14 @@ impl Manifest {
     pub fn load(dir: &Path) -> Self {
         let parsed = std::fs::read(dir.join(MANIFEST_FILE))
             .ok()
-            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<ImageManifest>(&bytes).ok())
             .filter(|m| m.format == MANIFEST_FORMAT);
         match parsed {
-            Some(mut m) => {
-                m.dir = dir.to_path_buf();
-                m
-            }
+            Some(m) => Self {
+                format: m.format,
+                dir: dir.to_path_buf(),
+                artefacts: m.artefacts,
+            },
             None => Self::empty(dir),
         }
     }
@@ -123,7 +108,11 @@ impl Manifest {
     pub fn save(&self) -> Result<()> {
         let path = self.dir.join(MANIFEST_FILE);
         let tmp = self.dir.join(format!(".{MANIFEST_FILE}.tmp"));
-        let mut json = serde_json::to_string_pretty(self).context("serialize the manifest")?;
+        let on_disk = ImageManifest {
+            format: self.format,
+            artefacts: self.artefacts.clone(),
+        };
+        let mut json = serde_json::to_string_pretty(&on_disk).context("serialize the manifest")?;
         json.push('\n');
         std::fs::write(&tmp, json).with_context(|| format!("write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))
@@ -192,6 +181,14 @@ mod tests {
             build_seconds: 1.5,
             inputs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn root_disk_keys_are_the_shared_formats() {
+        use airlock_sys_util::image_manifest::rootfs_key;
+        assert_eq!(Kind::RootfsRaw.key(), rootfs_key("raw"));
+        assert_eq!(Kind::RootfsPython.key(), rootfs_key("python"));
+        assert_eq!(Kind::RootfsJavascript.key(), rootfs_key("javascript"));
     }
 
     #[test]
