@@ -5,7 +5,7 @@
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
 
-use crate::host::{self, cargo, run_checked, workspace_root};
+use crate::host::{self, run_checked, workspace_root};
 use crate::images::{self, Kind};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
@@ -67,9 +67,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     host::ensure_all()?;
     let manifest = images::ensure()?;
-    eprintln!("xtask: building the airlock binary (release)");
-    run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;
-    let airlock = host::target_dir().join("release").join("airlock");
+    let airlock = host::release_airlock()?;
 
     let mut rows = Vec::new();
     for (language, code) in SNIPPETS {

@@ -9,6 +9,7 @@ mod demo;
 mod host;
 mod images;
 mod lint;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,11 @@ enum Task {
     /// Measure cold runs against the floor and the overlay pool; write
     /// docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// Fault soak (not part of `test`): runs mixing languages, timeouts,
+    /// kills and signals, then a report of leftovers and of a long-lived
+    /// orchestrator's descriptors and memory; `--write` updates
+    /// docs/reliability.md.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => lint::run(),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Soak(args) => soak::run(&args),
     }
 }

@@ -298,6 +298,16 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// Builds the `airlock` binary (release) and returns its path.
+///
+/// # Errors
+/// When cargo fails.
+pub fn release_airlock() -> Result<PathBuf> {
+    eprintln!("xtask: building the airlock binary (release)");
+    run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;
+    Ok(target_dir().join("release").join("airlock"))
+}
+
 /// The cargo target dir of the workspace (`$CARGO_TARGET_DIR` or `target/`).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

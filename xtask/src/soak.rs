@@ -1,0 +1,700 @@
+//! `cargo xtask soak [--runs N]`: a fault soak, not part of `cargo xtask
+//! test`. It mixes ordinary runs of each language with every fault a run
+//! can meet (timeouts, QEMU or gvproxy killed, user code killing what it
+//! can, Ctrl-C, SIGTERM, SIGKILL of the `airlock` process), checks after
+//! each that nothing of a finished run is left, and runs ordinary requests
+//! through one long-lived orchestrator in this process, sampling its open
+//! file descriptors and RSS. It fails on any leftover (processes, work dirs,
+//! sockets, limits groups) or on growth of the long-lived process, and
+//! writes the result to `docs/reliability.md`.
+
+use crate::host::{self, workspace_root};
+use crate::images;
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options of `cargo xtask soak`.
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// Runs in all (scenarios rotate; every 4th is an in-process run).
+    #[arg(long, default_value_t = 300)]
+    pub runs: usize,
+    /// Write docs/reliability.md with the result (default: only print it).
+    #[arg(long)]
+    pub write: bool,
+}
+
+/// One kind of run the soak makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    /// `airlock run` of each language, ending normally.
+    Python,
+    Javascript,
+    Raw,
+    /// The code outlives its timeout: exit 124.
+    Timeout,
+    /// QEMU is killed mid-run: exit 125, nothing left.
+    KillQemu,
+    /// gvproxy of a run with an exposed port is killed mid-run.
+    KillGvproxy,
+    /// The code tries to kill everything it can, the agent included.
+    GuestKillsAll,
+    /// Ctrl-C (SIGINT) mid-run: exit 130.
+    CtrlC,
+    /// SIGTERM mid-run: handled like Ctrl-C.
+    Sigterm,
+    /// SIGKILL of the airlock process mid-run: its QEMU and gvproxy end
+    /// within 5 s, and the next start sweeps its files.
+    Sigkill,
+    /// A request through the long-lived in-process orchestrator.
+    Library,
+}
+
+impl Scenario {
+    /// The rotation of CLI scenarios.
+    const CLI: [Scenario; 10] = [
+        Scenario::Python,
+        Scenario::Timeout,
+        Scenario::KillQemu,
+        Scenario::Javascript,
+        Scenario::CtrlC,
+        Scenario::KillGvproxy,
+        Scenario::Raw,
+        Scenario::Sigkill,
+        Scenario::GuestKillsAll,
+        Scenario::Sigterm,
+    ];
+
+    /// The scenario of run `i`.
+    fn of_run(i: usize) -> Self {
+        if i % 4 == 3 {
+            Scenario::Library
+        } else {
+            Self::CLI[(i - i / 4) % Self::CLI.len()]
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Python => "python",
+            Scenario::Javascript => "javascript",
+            Scenario::Raw => "raw",
+            Scenario::Timeout => "timeout",
+            Scenario::KillQemu => "QEMU killed",
+            Scenario::KillGvproxy => "gvproxy killed",
+            Scenario::GuestKillsAll => "guest kills all",
+            Scenario::CtrlC => "Ctrl-C",
+            Scenario::Sigterm => "SIGTERM",
+            Scenario::Sigkill => "SIGKILL of airlock",
+            Scenario::Library => "long-lived library run",
+        }
+    }
+}
+
+/// How one run went.
+struct Outcome {
+    scenario: Scenario,
+    ok: bool,
+    detail: String,
+}
+
+/// A sample of the long-lived orchestrator.
+#[derive(Debug, Clone, Copy)]
+struct ProcSample {
+    fds: usize,
+    rss_kib: u64,
+}
+
+/// Runs the soak.
+pub fn run(args: &SoakArgs) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    host::ensure_all()?;
+    host::ensure_gvproxy()?;
+    images::ensure()?;
+    let airlock = host::release_airlock()?;
+    let soak_dir = PathBuf::from(format!("/run/airlock-soak-{}", std::process::id()));
+    let cli_dir = soak_dir.join("cli");
+    let lib_dir = soak_dir.join("lib");
+    std::fs::create_dir_all(&cli_dir).with_context(|| format!("create {}", cli_dir.display()))?;
+    let groups_before = limits_groups();
+    let started = Instant::now();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start a tokio runtime")?;
+    let scheduler = runtime.block_on(airlock::Scheduler::start(airlock::Config {
+        run_dir: lib_dir.clone(),
+        max_concurrent_vms: 2,
+        ..airlock::Config::default()
+    }))?;
+
+    let mut outcomes = Vec::new();
+    let mut samples = Vec::new();
+    for i in 0..args.runs {
+        let scenario = Scenario::of_run(i);
+        eprint!(
+            "\rxtask: soak {}/{} {:<24}",
+            i + 1,
+            args.runs,
+            scenario.name()
+        );
+        let outcome = match scenario {
+            Scenario::Library => {
+                let result = runtime.block_on(scheduler.run(airlock::RunRequest::new(
+                    airlock_protocol::Language::Python,
+                    "print(6 * 7)",
+                )));
+                samples.push(proc_sample()?);
+                match result {
+                    Ok(r)
+                        if r.exit_code == 0
+                            && String::from_utf8_lossy(&r.stdout).trim() == "42" =>
+                    {
+                        Outcome {
+                            scenario,
+                            ok: true,
+                            detail: String::new(),
+                        }
+                    }
+                    Ok(r) => Outcome {
+                        scenario,
+                        ok: false,
+                        detail: format!(
+                            "exit {}, stdout {:?}",
+                            r.exit_code,
+                            String::from_utf8_lossy(&r.stdout)
+                        ),
+                    },
+                    Err(e) => Outcome {
+                        scenario,
+                        ok: false,
+                        detail: e.to_string(),
+                    },
+                }
+            }
+            _ => cli_scenario(&airlock, &cli_dir, scenario),
+        };
+        // What a finished run leaves is a leak, except the files of a
+        // SIGKILLed run, which its processes' end and the next start
+        // remove.
+        let mut outcome = outcome;
+        if scenario != Scenario::Sigkill {
+            let left = leftovers(&cli_dir);
+            if !left.is_empty() {
+                outcome.ok = false;
+                outcome.detail = format!("{} leftovers: {}", outcome.detail, left.join("; "));
+            }
+        }
+        if !outcome.ok {
+            eprintln!(
+                "\nxtask: soak run {} ({}) failed: {}",
+                i + 1,
+                scenario.name(),
+                outcome.detail
+            );
+        }
+        outcomes.push(outcome);
+    }
+    eprintln!();
+    runtime.block_on(scheduler.manager().shutdown());
+    drop(runtime);
+
+    // One more start sweeps what a final SIGKILL left.
+    let _ = airlock_cmd(&airlock, &cli_dir)
+        .args(["run", "-q", "-l", "raw", "true"])
+        .output();
+    let mut final_left = leftovers(&cli_dir);
+    final_left.extend(leftovers(&lib_dir));
+    let groups_after = limits_groups();
+    final_left.extend(
+        groups_after
+            .iter()
+            .filter(|g| !groups_before.contains(g))
+            .map(|g| format!("limits group {}", g.display())),
+    );
+    let growth = growth_problem(&samples);
+    let report = render(
+        args.runs,
+        &outcomes,
+        &samples,
+        &final_left,
+        growth.as_deref(),
+        started.elapsed(),
+    );
+    eprintln!("{report}");
+    if args.write {
+        let path = workspace_root().join("docs").join("reliability.md");
+        std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("xtask: wrote {}", path.display());
+    }
+    drop(std::fs::remove_dir_all(&soak_dir));
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    if failed > 0 || !final_left.is_empty() || growth.is_some() {
+        bail!(
+            "soak failed: {failed} run(s) failed, {} leftover(s){}",
+            final_left.len(),
+            growth.map(|g| format!(", {g}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `airlock` with the soak's run dir.
+fn airlock_cmd(airlock: &Path, run_dir: &Path) -> Command {
+    let mut cmd = Command::new(airlock);
+    cmd.env("AIRLOCK_RUN_DIR", run_dir).stdin(Stdio::null());
+    cmd
+}
+
+/// One CLI scenario, to its end.
+fn cli_scenario(airlock: &Path, run_dir: &Path, scenario: Scenario) -> Outcome {
+    let result = match scenario {
+        Scenario::Python => expect_exit(
+            airlock,
+            run_dir,
+            &["-l", "python", "print(6*7)"],
+            0,
+            Some("42"),
+        ),
+        Scenario::Javascript => expect_exit(
+            airlock,
+            run_dir,
+            &["-l", "javascript", "console.log(6*7)"],
+            0,
+            Some("42"),
+        ),
+        Scenario::Raw => expect_exit(airlock, run_dir, &["-l", "raw", "echo 42"], 0, Some("42")),
+        Scenario::Timeout => expect_exit(
+            airlock,
+            run_dir,
+            &["-t", "1", "-l", "raw", "sleep 30"],
+            124,
+            None,
+        ),
+        Scenario::GuestKillsAll => {
+            // Whatever the code manages, the run ends with a status and the
+            // host cleans up; the agent survives `kill -9 -1` (other uid).
+            match run_to_end(
+                airlock,
+                run_dir,
+                &["-t", "10", "-l", "raw", "kill -9 -1; echo after"],
+            ) {
+                Ok((code, _)) if code != 125 => Ok(()),
+                Ok((code, out)) => Err(format!("exit {code}: {out}")),
+                Err(e) => Err(e),
+            }
+        }
+        Scenario::KillQemu => fault_mid_run(
+            airlock,
+            run_dir,
+            &["-t", "60", "-l", "raw", "sleep 50"],
+            |child, dir| {
+                kill_matching("qemu-system", dir, Signal::SIGKILL)?;
+                wait_status(child, Duration::from_secs(30)).and_then(|c| {
+                    (c == 125)
+                        .then_some(())
+                        .ok_or_else(|| format!("exit {c}, want 125"))
+                })
+            },
+        ),
+        Scenario::KillGvproxy => fault_mid_run(
+            airlock,
+            run_dir,
+            &["-t", "60", "--expose", "8080", "-l", "raw", "sleep 50"],
+            |child, dir| {
+                wait_for_process("gvproxy", dir, Duration::from_secs(30))?;
+                kill_matching("gvproxy", dir, Signal::SIGKILL)?;
+                // The run may end at once (network lost) or at its timeout;
+                // either way it ends and cleans up: end it now.
+                signal_pid(child.id(), Signal::SIGINT);
+                wait_status(child, Duration::from_secs(60)).map(|_| ())
+            },
+        ),
+        Scenario::CtrlC | Scenario::Sigterm => {
+            let (signal, want) = if scenario == Scenario::CtrlC {
+                (Signal::SIGINT, 130)
+            } else {
+                (Signal::SIGTERM, 143)
+            };
+            fault_mid_run(
+                airlock,
+                run_dir,
+                &["-t", "60", "-l", "raw", "sleep 50"],
+                move |child, _| {
+                    signal_pid(child.id(), signal);
+                    wait_status(child, Duration::from_secs(30)).and_then(|c| {
+                        (c == want || c == 130)
+                            .then_some(())
+                            .ok_or_else(|| format!("exit {c}, want {want}"))
+                    })
+                },
+            )
+        }
+        Scenario::Sigkill => fault_mid_run(
+            airlock,
+            run_dir,
+            &["-t", "60", "-l", "raw", "sleep 50"],
+            |child, dir| {
+                signal_pid(child.id(), Signal::SIGKILL);
+                let _ = child.wait();
+                // Its QEMU must end within 5 s on its own.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if processes_matching("qemu-system", dir).is_empty()
+                        && processes_matching("gvproxy", dir).is_empty()
+                    {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(format!(
+                    "QEMU/gvproxy still running 5 s after SIGKILL of airlock: {:?}",
+                    processes_matching("", dir)
+                ))
+            },
+        ),
+        Scenario::Library => Err("not a CLI scenario".into()),
+    };
+    Outcome {
+        scenario,
+        ok: result.is_ok(),
+        detail: result.err().unwrap_or_default(),
+    }
+}
+
+/// Runs `airlock run ARGS` and checks its exit status (and stdout).
+fn expect_exit(
+    airlock: &Path,
+    run_dir: &Path,
+    args: &[&str],
+    want: i32,
+    stdout: Option<&str>,
+) -> std::result::Result<(), String> {
+    let (code, out) = run_to_end(airlock, run_dir, args)?;
+    if code != want {
+        return Err(format!("exit {code}, want {want}: {out}"));
+    }
+    if let Some(s) = stdout {
+        if out.trim() != s {
+            return Err(format!("stdout {out:?}, want {s:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn run_to_end(
+    airlock: &Path,
+    run_dir: &Path,
+    args: &[&str],
+) -> std::result::Result<(i32, String), String> {
+    let out = airlock_cmd(airlock, run_dir)
+        .arg("run")
+        .arg("-q")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot start airlock: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+/// Starts `airlock run ARGS`, waits for its QEMU, then applies `fault`.
+fn fault_mid_run(
+    airlock: &Path,
+    run_dir: &Path,
+    args: &[&str],
+    fault: impl FnOnce(&mut Child, &Path) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let mut child = airlock_cmd(airlock, run_dir)
+        .arg("run")
+        .arg("-q")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start airlock: {e}"))?;
+    let result = wait_for_process("qemu-system", run_dir, Duration::from_secs(60))
+        // Let the guest get past boot into the code.
+        .map(|()| std::thread::sleep(Duration::from_secs(3)))
+        .and_then(|()| fault(&mut child, run_dir));
+    if result.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+fn wait_status(child: &mut Child, limit: Duration) -> std::result::Result<i32, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                return Ok(status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(-1));
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => return Err(format!("airlock still running after {limit:?}")),
+            Err(e) => return Err(format!("wait for airlock: {e}")),
+        }
+    }
+}
+
+fn wait_for_process(name: &str, dir: &Path, limit: Duration) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !processes_matching(name, dir).is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "no {name} mentioning {} within {limit:?}",
+        dir.display()
+    ))
+}
+
+/// Pids whose command line holds `name` and `dir`.
+fn processes_matching(name: &str, dir: &Path) -> Vec<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+                cmd.contains(name) && cmd.contains(&dir) && !cmd.contains("xtask")
+            })
+        })
+        .collect()
+}
+
+fn kill_matching(name: &str, dir: &Path, signal: Signal) -> std::result::Result<(), String> {
+    let pids = processes_matching(name, dir);
+    if pids.is_empty() {
+        return Err(format!("no {name} to kill"));
+    }
+    for pid in pids {
+        signal_pid(pid, signal);
+    }
+    Ok(())
+}
+
+fn signal_pid(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // The process may have ended already: nothing to do then.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// What a finished run must not leave under `run_dir`: processes naming
+/// it, work dirs and sockets in it.
+fn leftovers(run_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = processes_matching("", run_dir)
+        .into_iter()
+        .map(|pid| format!("process {pid}"))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(run_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Pools and locks are the orchestrator's own, not a run's.
+            if name.starts_with('.') || name == "overlays" || name.ends_with(".lock") {
+                continue;
+            }
+            out.push(format!("work dir or socket {}", entry.path().display()));
+        }
+    }
+    out
+}
+
+/// Airlock's limits groups on this host (cgroup v1 controllers and v2).
+fn limits_groups() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for root in roots.flatten() {
+        let airlock = root.path().join("airlock");
+        let Ok(tenants) = std::fs::read_dir(&airlock) else {
+            continue;
+        };
+        for tenant in tenants.flatten().filter(|e| e.path().is_dir()) {
+            let Ok(vms) = std::fs::read_dir(tenant.path()) else {
+                continue;
+            };
+            out.extend(vms.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn proc_sample() -> Result<ProcSample> {
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .context("list /proc/self/fd")?
+        .count();
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(ProcSample { fds, rss_kib })
+}
+
+/// Growth of the long-lived orchestrator after a warm-up of a quarter of
+/// its runs: more than 4 descriptors, or RSS up by more than 25 % + 16 MiB.
+fn growth_problem(samples: &[ProcSample]) -> Option<String> {
+    let warm = samples.get(samples.len() / 4)?;
+    let last = samples.last()?;
+    let max_fds = samples.iter().map(|s| s.fds).max()?;
+    if last.fds > warm.fds + 4 || max_fds > warm.fds + 8 {
+        return Some(format!(
+            "open descriptors grew from {} to {} (max {max_fds})",
+            warm.fds, last.fds
+        ));
+    }
+    if last.rss_kib > warm.rss_kib + warm.rss_kib / 4 + 16 * 1024 {
+        return Some(format!(
+            "RSS grew from {} KiB to {} KiB",
+            warm.rss_kib, last.rss_kib
+        ));
+    }
+    None
+}
+
+fn render(
+    runs: usize,
+    outcomes: &[Outcome],
+    samples: &[ProcSample],
+    left: &[String],
+    growth: Option<&str>,
+    wall: Duration,
+) -> String {
+    let mut out = String::new();
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = writeln!(out, "# Reliability\n");
+    let _ = writeln!(
+        out,
+        "Written by `cargo xtask soak --runs {runs} --write` on {date}: {cores} cores, {qemu}, \
+         TCG. {runs} runs in {:.0} min: CLI runs rotate through the scenarios below; every 4th run \
+         is a request through one long-lived orchestrator in the soak's own process.\n",
+        wall.as_secs_f64() / 60.0
+    );
+    let _ = writeln!(out, "| scenario | runs | failed |\n|---|---|---|");
+    let mut names: Vec<Scenario> = outcomes.iter().map(|o| o.scenario).collect();
+    names.sort();
+    names.dedup();
+    for s in names {
+        let n = outcomes.iter().filter(|o| o.scenario == s).count();
+        let failed = outcomes.iter().filter(|o| o.scenario == s && !o.ok).count();
+        let _ = writeln!(out, "| {} | {n} | {failed} |", s.name());
+    }
+    let _ = writeln!(out, "\n## Leftovers after the soak\n");
+    if left.is_empty() {
+        let _ = writeln!(
+            out,
+            "None: no QEMU or gvproxy process, work dir, socket or limits group of the soak remains."
+        );
+    } else {
+        for l in left {
+            let _ = writeln!(out, "- {l}");
+        }
+    }
+    let _ = writeln!(out, "\n## The long-lived orchestrator\n");
+    if let (Some(first), Some(warm), Some(last)) = (
+        samples.first(),
+        samples.get(samples.len() / 4),
+        samples.last(),
+    ) {
+        let _ = writeln!(
+            out,
+            "| sample | open fds | RSS (MiB) |\n|---|---|---|\n| first run | {} | {:.1} |\n| after warm-up (run {}) | {} | {:.1} |\n| last run ({}) | {} | {:.1} |",
+            first.fds,
+            first.rss_kib as f64 / 1024.0,
+            samples.len() / 4 + 1,
+            warm.fds,
+            warm.rss_kib as f64 / 1024.0,
+            samples.len(),
+            last.fds,
+            last.rss_kib as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nGrowth: {}. Failures of single runs, if any, are listed as the soak prints them.",
+        growth.unwrap_or("none")
+    );
+    for o in outcomes.iter().filter(|o| !o.ok) {
+        let _ = writeln!(out, "- {}: {}", o.scenario.name(), o.detail);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fourth_run_is_the_library_and_every_cli_scenario_comes_round() {
+        let first: Vec<Scenario> = (0..40).map(Scenario::of_run).collect();
+        assert_eq!(
+            first.iter().filter(|s| **s == Scenario::Library).count(),
+            10
+        );
+        for s in Scenario::CLI {
+            assert!(first.contains(&s), "{s:?} never runs in 40");
+        }
+    }
+
+    #[test]
+    fn steady_samples_show_no_growth_and_a_leak_does() {
+        let steady: Vec<ProcSample> = (0..20)
+            .map(|_| ProcSample {
+                fds: 30,
+                rss_kib: 50_000,
+            })
+            .collect();
+        assert_eq!(growth_problem(&steady), None);
+        let leaking: Vec<ProcSample> = (0..20)
+            .map(|i| ProcSample {
+                fds: 30 + i,
+                rss_kib: 50_000,
+            })
+            .collect();
+        assert!(growth_problem(&leaking).is_some_and(|g| g.contains("descriptors")));
+    }
+}
