@@ -69,6 +69,15 @@ pub enum ProtocolError {
         /// The deadline that passed.
         after: Duration,
     },
+    /// An environment variable is refused by the policy
+    /// ([`crate::check_env`]).
+    #[error("environment variable {name:?} refused: {reason}")]
+    EnvRefused {
+        /// The variable's name (cut to 64 characters).
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The guest answered an operation with an error event.
     #[error("guest error ({kind:?}): {message}")]
     Guest {
@@ -105,6 +114,7 @@ impl ProtocolError {
             Self::UnknownTag { .. } => ErrorKind::UnknownAction,
             Self::VersionMismatch { .. } => ErrorKind::Unsupported,
             Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::EnvRefused { .. } => ErrorKind::EnvRefused,
             Self::Guest { kind, .. } => *kind,
             _ => ErrorKind::Internal,
         }

@@ -10,6 +10,9 @@
 //! - [`framing`]: newline-delimited JSON with a hard line limit. A malformed,
 //!   oversized or unknown line yields a typed [`ProtocolError`] and the stream
 //!   stays usable for the next line.
+//! - [`env_policy`]: [`check_env`], which environment variables user code
+//!   may be given; the host checks before it boots, the agent before it
+//!   spawns.
 //! - [`client`]: the host side: one reader task dispatching events to the
 //!   operation that awaits them.
 //!
@@ -28,11 +31,13 @@
 
 pub mod client;
 mod data;
+pub mod env_policy;
 mod error;
 pub mod framing;
 pub mod message;
 
 pub use data::Data;
+pub use env_policy::check_env;
 pub use error::ProtocolError;
 pub use framing::{
     decode_event, decode_request, encode_line, FrameDecoder, FrameReader, FrameWriter,
