@@ -40,8 +40,8 @@ pub use data::Data;
 pub use env_policy::check_env;
 pub use error::ProtocolError;
 pub use framing::{
-    decode_event, decode_request, encode_line, FrameDecoder, FrameReader, FrameWriter,
-    DEFAULT_MAX_LINE_BYTES,
+    decode_event, decode_request, encode_line, encode_line_within, FrameDecoder, FrameReader,
+    FrameWriter, DEFAULT_MAX_LINE_BYTES,
 };
 pub use message::*;
 
@@ -59,6 +59,13 @@ pub const HELLO_OP: message::OpId = 0;
 pub const CMD_PORT_NAME: &str = "airlock.cmd";
 /// Name of the virtio-serial port that carries events (guest -> host).
 pub const EVENT_PORT_NAME: &str = "airlock.event";
+
+/// The marker line appended where a stream's output was cut at `cap_bytes`
+/// (`stream` is `stdout` or `stderr`): the agent adds it at its cap, the
+/// client at its own.
+pub fn truncation_marker(stream: &str, cap_bytes: u64) -> String {
+    format!("\n[airlock: {stream} truncated after {cap_bytes} bytes]\n")
+}
 
 /// Checks the protocol version a `pong` reported against ours.
 ///
