@@ -165,21 +165,26 @@ async fn closed_channel_ends_pending_operations() {
     assert!(matches!(err, ProtocolError::Closed), "{err}");
 }
 
+/// A read of the 5-byte file `hello` in two chunks.
+fn hello_in_two_chunks() -> Vec<EventBody> {
+    vec![
+        EventBody::FileData {
+            data: Data::base64("hel"),
+        },
+        EventBody::FileData {
+            data: Data::base64("lo"),
+        },
+        EventBody::FileDone {
+            size: 5,
+            sha256: sha256_hex(b"hello"),
+        },
+    ]
+}
+
 #[tokio::test]
 async fn read_file_verifies_the_checksum() {
     let client = fake_agent(|r| match &r.body {
-        RequestBody::ReadFile { path } if path == "good" => vec![
-            EventBody::FileData {
-                data: Data::base64("hel"),
-            },
-            EventBody::FileData {
-                data: Data::base64("lo"),
-            },
-            EventBody::FileDone {
-                size: 5,
-                sha256: sha256_hex(b"hello"),
-            },
-        ],
+        RequestBody::ReadFile { path } if path == "good" => hello_in_two_chunks(),
         _ => vec![
             EventBody::FileData {
                 data: Data::base64("hello"),
@@ -290,20 +295,7 @@ async fn read_file_over_the_bound_fails_naming_the_path() {
         max_read_file_bytes: 4,
         ..ClientConfig::default()
     };
-    let client = fake_agent_with(config, |_| {
-        vec![
-            EventBody::FileData {
-                data: Data::base64("hel"),
-            },
-            EventBody::FileData {
-                data: Data::base64("lo"),
-            },
-            EventBody::FileDone {
-                size: 5,
-                sha256: sha256_hex(b"hello"),
-            },
-        ]
-    });
+    let client = fake_agent_with(config, |_| hello_in_two_chunks());
     let err = client.read_file("out/big.bin", T).await.unwrap_err();
     assert!(
         matches!(&err, ProtocolError::FileTooLarge { path, limit_bytes: 4 } if path == "out/big.bin"),
