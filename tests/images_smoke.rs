@@ -1,8 +1,10 @@
 //! Boot smoke test of the guest images, with a plain QEMU command (argv
 //! from `airlock-qemu`, no orchestrator): every image boots, its agent
 //! answers over the two virtio-serial ports, user code runs as uid 1000
-//! with a read-only root and a writable home. Then 10 boots in a row with
-//! both cores busy: none may hang (the TCG calibration hang).
+//! with a read-only root and a writable home; no set-id file, no program
+//! run from `/dev`, no process outliving its exec (see [`hardening`]). Then
+//! 10 boots in a row with both cores busy: none may hang (the TCG
+//! calibration hang).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -66,6 +68,7 @@ async fn every_image_boots_runs_its_language_as_uid_1000_with_a_read_only_root()
                 "{language}: {}",
                 text(&probe.stderr)
             );
+            hardening(&vm, language).await;
             vm.child.kill().await.unwrap();
             eprintln!("{language}: booted to agent in {boot:?}");
         })
@@ -73,6 +76,60 @@ async fn every_image_boots_runs_its_language_as_uid_1000_with_a_read_only_root()
     for run in runs {
         run.await.unwrap();
     }
+}
+
+/// The guest hardening, checked in one booted VM of each image: no set-id
+/// file on the root disk, nothing runs from `/dev`, each exec in its own
+/// cgroup, and a process that left the exec's session dies with the exec.
+async fn hardening(vm: &PlainVm, language: Language) {
+    let setid = exec(
+        vm,
+        Language::Raw,
+        "find / -xdev -perm /6000 2>/dev/null; echo end",
+    )
+    .await;
+    assert_eq!(
+        text(&setid.stdout),
+        "end\n",
+        "{language}: set-id files on the root disk"
+    );
+
+    let dev = exec(
+        vm,
+        Language::Raw,
+        "cp /bin/true /dev/shm/t && chmod 755 /dev/shm/t && /dev/shm/t 2>/dev/null; echo $?; \
+         cut -d/ -f2 /proc/self/cgroup",
+    )
+    .await;
+    assert_eq!(
+        text(&dev.stdout),
+        "126\nairlock-exec\n",
+        "{language}: an executable in /dev/shm ran, or the exec is not in its cgroup: {}",
+        text(&dev.stderr)
+    );
+
+    // A `sleep 1000` in a new session and a double-forked writer of a
+    // marker: the exec returns at once, and must take them with it.
+    let escape = exec(
+        vm,
+        Language::Raw,
+        "setsid sh -c 'sleep 1000 & (sleep 2; echo escaped > \"$HOME/marker\") &' \
+         </dev/null >/dev/null 2>&1; echo started",
+    )
+    .await;
+    assert_eq!(text(&escape.stdout), "started\n", "{language}");
+    let after = exec(
+        vm,
+        Language::Raw,
+        "sleep 3; test -e \"$HOME/marker\" && echo marker || echo no-marker; \
+         for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -cx sleep",
+    )
+    .await;
+    assert_eq!(
+        text(&after.stdout),
+        "no-marker\n0\n",
+        "{language}: a process that left the exec's session survived it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

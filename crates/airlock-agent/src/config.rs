@@ -83,6 +83,11 @@ pub struct AgentConfig {
     pub warm_timeout: Duration,
     /// Operations in flight at once.
     pub max_ops_in_flight: usize,
+    /// A directory on cgroup2 under which each exec gets its own cgroup,
+    /// killed as a whole when the exec ends (see [`crate::exec_cgroup`]);
+    /// `None`: execs are killed by process group only, and a process that
+    /// calls `setsid()` can outlive its exec. Needs the agent to be root.
+    pub exec_cgroup_parent: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -103,6 +108,7 @@ impl Default for AgentConfig {
             output_drain_timeout: Duration::from_secs(1),
             warm_timeout: Duration::from_secs(60),
             max_ops_in_flight: 64,
+            exec_cgroup_parent: None,
         }
     }
 }
@@ -165,6 +171,18 @@ impl AgentConfig {
         }
         if self.user_name.is_empty() || self.user_name.contains('\0') {
             return fail(format!("user_name {:?} is not a user name", self.user_name));
+        }
+        if let Some(parent) = &self.exec_cgroup_parent {
+            if !parent.is_absolute() {
+                return fail(format!(
+                    "exec_cgroup_parent {parent:?} must be an absolute path"
+                ));
+            }
+            if !root {
+                return fail(format!(
+                    "exec_cgroup_parent {parent:?} needs the agent to run as root: leave it unset"
+                ));
+            }
         }
         if self.path_env.is_empty() || self.path_env.contains('\0') {
             return fail(format!("path_env {:?} is not a PATH", self.path_env));
@@ -264,6 +282,10 @@ mod tests {
             },
             AgentConfig {
                 path_env: String::new(),
+                ..valid()
+            },
+            AgentConfig {
+                exec_cgroup_parent: Some("relative/exec".into()),
                 ..valid()
             },
         ];

@@ -88,6 +88,21 @@ pub enum AgentError {
         /// How long the agent looked.
         waited: Duration,
     },
+    /// The cgroup that holds an exec's processes could not be made, joined
+    /// or killed.
+    #[error(
+        "exec cgroup {}: {action} failed: {source} (is cgroup2 mounted there and the agent root?)",
+        path.display()
+    )]
+    Cgroup {
+        /// What the agent was doing (`create`, `open cgroup.procs`, `kill`...).
+        action: &'static str,
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The command or event stream failed.
     #[error("transport failed: {0}")]
     Transport(#[source] std::io::Error),
@@ -114,7 +129,7 @@ impl AgentError {
             Self::Spawn { .. } => ErrorKind::SpawnFailed,
             Self::BadState(_) => ErrorKind::BadState,
             Self::Unsupported(_) => ErrorKind::Unsupported,
-            Self::Internal { .. } => ErrorKind::Internal,
+            Self::Internal { .. } | Self::Cgroup { .. } => ErrorKind::Internal,
         }
     }
 

@@ -2,14 +2,17 @@
 //!
 //! The pure part builds an [`ExecPlan`] (program, arguments, code on stdin
 //! or not, extra environment). The effectful part ([`run`]) spawns it as the
-//! sandbox user in a fresh process group, in the home (or a directory
+//! sandbox user in a fresh process group and its own cgroup
+//! ([`crate::exec_cgroup`], when configured), in the home (or a directory
 //! beneath it), with a clean environment; streams its output through
 //! [`crate::output::OutputBatcher`]s; enforces the deadline (SIGTERM to the
-//! group, SIGKILL after the grace); and kills what is left of the group when
-//! the main process ends, so a background child holding the pipes cannot
-//! hang the exec.
+//! group, SIGKILL to the group and the cgroup after the grace); and kills
+//! what is left of the group and the cgroup when the main process ends, so
+//! neither a background child holding the pipes nor a process that left the
+//! session (`setsid`) outlives the exec.
 
 use crate::env_policy::{build_env, check_env};
+use crate::exec_cgroup::ExecCgroup;
 use crate::home::Home;
 use crate::output::{OutputBatcher, StreamKind};
 use crate::reaper::spawn_tracked;
@@ -230,10 +233,13 @@ impl Sink {
     }
 }
 
-/// Kills the process group on drop unless disarmed (cancelled execs).
+/// Kills the process group and the exec cgroup on drop unless disarmed
+/// (cancelled execs).
 struct GroupKiller {
     pgid: u32,
     armed: bool,
+    /// The exec's cgroup, when the agent has one per exec.
+    cgroup: Option<ExecCgroup>,
 }
 
 impl GroupKiller {
@@ -243,10 +249,19 @@ impl GroupKiller {
         }
     }
 
+    /// SIGKILL to the group and to everything in the cgroup (which holds
+    /// processes that left the group too).
+    fn kill_all(&self) {
+        self.signal(Signal::SIGKILL);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+    }
+
     /// SIGKILL to what is left, once; the group id may be reused after.
     fn kill_rest(&mut self) {
         if self.armed {
-            self.signal(Signal::SIGKILL);
+            self.kill_all();
             self.armed = false;
         }
     }
@@ -274,6 +289,10 @@ pub(crate) async fn run(
     check_env(&spec.env, config.max_env_bytes)?;
     let cwd = open_cwd(config, spec.cwd.clone()).await?;
     let env = build_env(config, &spec.plan.extra_env, &spec.env);
+    let cgroup = match config.exec_cgroup_parent.clone() {
+        Some(parent) => Some(blocking(move || ExecCgroup::create(&parent)).await?),
+        None => None,
+    };
 
     let mut command = Command::new(spec.plan.program);
     command
@@ -289,12 +308,16 @@ pub(crate) async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(run_as) = config.run_as {
-        // std drops the supplementary groups (setgroups(0)) when root sets
-        // a uid without explicit groups.
-        command.uid(run_as.uid).gid(run_as.gid);
-    }
-    sys::set_child_setup(&mut command, cwd.as_raw_fd());
+    // The identity is dropped in the child setup, after it joined the
+    // cgroup (which needs root), not by std (which drops it first).
+    sys::set_child_setup(
+        &mut command,
+        sys::ChildSetup {
+            cwd: cwd.as_raw_fd(),
+            cgroup_procs: cgroup.as_ref().map(ExecCgroup::procs_fd),
+            run_as: config.run_as.map(|r| (r.uid, r.gid)),
+        },
+    );
 
     let started = Instant::now();
     let (mut child, tracked) = spawn_tracked(&mut command).map_err(|source| AgentError::Spawn {
@@ -306,11 +329,13 @@ pub(crate) async fn run(
     let mut group = GroupKiller {
         pgid: u32::try_from(tracked.pid().as_raw()).unwrap_or_default(),
         armed: true,
+        cgroup,
     };
     tracing::debug!(
         op,
         program = spec.plan.program,
         pid = tracked.pid().as_raw(),
+        cgroup = ?group.cgroup.as_ref().map(ExecCgroup::dir),
         spawn_ms,
         "spawned"
     );
@@ -361,6 +386,12 @@ pub(crate) async fn run(
     let ((stdout_truncated, stderr_truncated), ended) = tokio::join!(pumps, waiter);
     drop(feeder);
     drop(tracked);
+    if let Some(cgroup) = group.cgroup.take() {
+        // Processes that left the session die here, before the exec ends.
+        if let Err(message) = cgroup.remove(KILL_REAP_TIMEOUT).await {
+            tracing::warn!(op, %message, "exec cgroup not removed");
+        }
+    }
     let (status, timed_out, duration_ms) =
         ended.map_err(|message| AgentError::Internal { op, message })?;
     let exit_code = exit_code(status);
@@ -404,7 +435,7 @@ async fn wait_with_deadline(
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return status.map(|s| (s, true)).map_err(wait_err);
     }
-    group.signal(Signal::SIGKILL);
+    group.kill_all();
     match tokio::time::timeout(KILL_REAP_TIMEOUT, child.wait()).await {
         Ok(status) => status.map(|s| (s, true)).map_err(wait_err),
         Err(_) => Err(format!(

@@ -12,7 +12,7 @@
 //!   virtio-serial ports in the guest ([`ports`]), unix sockets or in-memory
 //!   pipes in tests. Several operations run at once.
 //! - [`exec`]: user code as the unprivileged sandbox user, in its own process
-//!   group, with a clean environment ([`env_policy`]), streamed and capped
+//!   group and cgroup ([`exec_cgroup`]: nothing it starts outlives it), with a clean environment ([`env_policy`]), streamed and capped
 //!   output ([`output`]), a deadline (TERM, then KILL).
 //! - File transfer (`files`): atomic chunked writes, chunked reads, listings,
 //!   every path checked ([`rel_path`]) and opened beneath the home
@@ -38,6 +38,7 @@ mod config;
 pub mod env_policy;
 mod error;
 pub mod exec;
+pub mod exec_cgroup;
 mod files;
 mod home;
 pub mod output;

@@ -5,6 +5,7 @@
 //! instead (`--cmd-socket`, `--event-socket`). Logs go to stderr (the guest
 //! console).
 
+use airlock_agent::exec_cgroup::{self, CGROUP2_ROOT, DEFAULT_PARENT};
 use airlock_agent::ports::{
     find_port, open_port, EofRetry, DEV_DIR, EOF_RETRY, PORT_WAIT, SYS_VIRTIO_PORTS,
 };
@@ -55,6 +56,11 @@ struct Args {
     /// Largest file written or read.
     #[arg(long, default_value_t = AgentConfig::default().max_file_bytes)]
     max_file_bytes: u64,
+    /// Give each exec its own cgroup under this directory (on cgroup2).
+    /// Default when root: /sys/fs/cgroup/airlock-exec if /sys/fs/cgroup is
+    /// cgroup2; without one, execs are killed by process group only.
+    #[arg(long, value_name = "DIR")]
+    exec_cgroup_parent: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -86,7 +92,8 @@ fn main() -> ExitCode {
 }
 
 fn config_from(args: &Args) -> AgentConfig {
-    let run_as = if nix::unistd::geteuid().is_root() {
+    let root = nix::unistd::geteuid().is_root();
+    let run_as = if root {
         Some(args.run_as.unwrap_or(RunAs::SANDBOX))
     } else {
         if let Some(run_as) = args.run_as {
@@ -101,13 +108,35 @@ fn config_from(args: &Args) -> AgentConfig {
         stdout_cap_bytes: args.stdout_cap_bytes,
         stderr_cap_bytes: args.stderr_cap_bytes,
         max_file_bytes: args.max_file_bytes,
+        exec_cgroup_parent: exec_cgroup_parent(args, root),
         ..AgentConfig::default()
     }
+}
+
+/// The exec cgroup parent: the flag, else the guest default when root and
+/// `/sys/fs/cgroup` is cgroup2, else none (with a warning).
+fn exec_cgroup_parent(args: &Args, root: bool) -> Option<PathBuf> {
+    if let Some(parent) = &args.exec_cgroup_parent {
+        return Some(parent.clone());
+    }
+    if root && exec_cgroup::is_cgroup2(Path::new(CGROUP2_ROOT)) {
+        return Some(PathBuf::from(DEFAULT_PARENT));
+    }
+    tracing::warn!(
+        "no cgroup2 at {CGROUP2_ROOT} (or not root): execs are killed by process group only, \
+         and a process that calls setsid() can outlive its exec"
+    );
+    None
 }
 
 async fn run(args: Args) -> Result<(), AgentError> {
     let config = config_from(&args);
     config.validate()?;
+    if let Some(parent) = config.exec_cgroup_parent.clone() {
+        tokio::task::spawn_blocking(move || exec_cgroup::prepare_parent(&parent))
+            .await
+            .map_err(|e| AgentError::Config(format!("preparing the exec cgroups failed: {e}")))??;
+    }
     let config = Arc::new(config);
     let for_home = Arc::clone(&config);
     tokio::task::spawn_blocking(move || prepare_home(&for_home))

@@ -31,10 +31,7 @@ impl StreamKind {
 
 /// The marker line appended where output was cut.
 pub fn truncation_marker(kind: StreamKind, cap_bytes: u64) -> String {
-    format!(
-        "\n[airlock: {} truncated after {cap_bytes} bytes]\n",
-        kind.name()
-    )
+    airlock_protocol::truncation_marker(kind.name(), cap_bytes)
 }
 
 /// Length of the longest prefix of `buf` that does not end inside a UTF-8

@@ -81,18 +81,47 @@ pub(crate) fn openat(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Makes the child, between fork and exec (after std applied uid, gid and
-/// process group), change into the directory `cwd` refers to and set
-/// `PR_SET_NO_NEW_PRIVS` (set-uid programs cannot raise its privileges).
-///
-/// `cwd` must stay open until the command is spawned.
-pub(crate) fn set_child_setup(command: &mut tokio::process::Command, cwd: RawFd) {
-    let setup = move || -> io::Result<()> {
-        // SAFETY: fchdir and prctl are async-signal-safe system calls on
-        // plain integers; `cwd` is open in the parent at fork time, so it
-        // is open in the child.
+/// What the child does between fork and exec (after std applied its
+/// process group).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildSetup {
+    /// The working directory to enter (must stay open until the spawn).
+    pub cwd: RawFd,
+    /// An exec cgroup's `cgroup.procs` to join (must stay open until the
+    /// spawn).
+    pub cgroup_procs: Option<RawFd>,
+    /// The identity to drop to (uid, gid), supplementary groups cleared.
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// Makes the child, between fork and exec: join the exec cgroup (while it is
+/// still root: an unprivileged process may not move itself), drop to the
+/// sandbox identity (`setgroups(0)`, `setgid`, `setuid`), change into the
+/// working directory and set `PR_SET_NO_NEW_PRIVS` (set-uid programs cannot
+/// raise its privileges). A failing step fails the spawn: user code never
+/// runs outside its cgroup or as root.
+pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: ChildSetup) {
+    let in_child = move || -> io::Result<()> {
+        // SAFETY: write, setgroups, setgid, setuid, fchdir and prctl are
+        // async-signal-safe system calls on plain integers and a static
+        // buffer; the descriptors are open in the parent at fork time, so
+        // they are open in the child.
         unsafe {
-            if libc::fchdir(cwd) != 0 {
+            if let Some(fd) = setup.cgroup_procs {
+                // "0" is the writing process.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, gid)) = setup.run_as {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::fchdir(setup.cwd) != 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -105,6 +134,6 @@ pub(crate) fn set_child_setup(command: &mut tokio::process::Command, cwd: RawFd)
     // does not allocate (`last_os_error` reads errno), as required between
     // fork and exec.
     unsafe {
-        command.pre_exec(setup);
+        command.pre_exec(in_child);
     }
 }

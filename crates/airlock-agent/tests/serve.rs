@@ -798,6 +798,76 @@ async fn a_background_child_holding_the_pipes_does_not_hang_the_exec() {
     );
 }
 
+/// Starts a `sleep 1000` in a new session (outside the exec's process
+/// group) and a double-forked writer of `marker`; prints the sleep's pid, its
+/// session id and the exec's own pid (its process group).
+const ESCAPE_THE_SESSION: &str = "setsid sh -c 'sleep 1000 & echo $! > pid; \
+    (sleep 2; echo escaped > marker) &' </dev/null >/dev/null 2>&1; \
+    read p < pid; echo $p $(cut -d' ' -f6 /proc/$p/stat) $$";
+
+#[tokio::test]
+async fn a_process_that_left_the_session_does_not_outlive_its_exec() {
+    // Arrange
+    let Some(cgroups) = TestCgroupParent::new("setsid") else {
+        eprintln!("skipped: needs root and a cgroup2 mount");
+        return;
+    };
+    let agent = start_with(|c| c.exec_cgroup_parent = Some(cgroups.path().to_owned())).await;
+
+    // Act
+    let out = run(&agent.client, Language::Raw, ESCAPE_THE_SESSION).await;
+
+    // Assert: the sleep had left the exec's session and group, and is dead
+    // as soon as the exec returned; the marker never appears.
+    let fields: Vec<i32> = text(&out.stdout)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let [sleep_pid, sleep_session, exec_pid] = fields[..] else {
+        panic!("unexpected output {:?}", text(&out.stdout))
+    };
+    assert_ne!(sleep_session, exec_pid, "the sleep left the exec's session");
+    assert!(
+        !is_running(sleep_pid),
+        "the setsid'd sleep survived the exec"
+    );
+    assert!(cgroups.children().is_empty(), "{:?}", cgroups.children());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!agent.home.path().join("marker").exists());
+}
+
+#[tokio::test]
+async fn a_timed_out_exec_kills_what_left_its_session() {
+    // Arrange
+    let Some(cgroups) = TestCgroupParent::new("timeout") else {
+        eprintln!("skipped: needs root and a cgroup2 mount");
+        return;
+    };
+    let agent = start_with(|c| {
+        c.exec_cgroup_parent = Some(cgroups.path().to_owned());
+        c.kill_grace = Duration::from_millis(200);
+    })
+    .await;
+    let mut request = exec_request(
+        Language::Raw,
+        "setsid sh -c 'sleep 1000 & echo $! > pid' </dev/null >/dev/null 2>&1; exec sleep 1000",
+    );
+    request.timeout_ms = 500;
+
+    // Act
+    let out = agent.client.exec_collect(request, T).await.expect("exec");
+
+    // Assert
+    assert!(out.completion.timed_out);
+    let pid: i32 = std::fs::read_to_string(agent.home.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!is_running(pid), "the setsid'd sleep survived the timeout");
+    assert!(cgroups.children().is_empty(), "{:?}", cgroups.children());
+}
+
 #[tokio::test]
 async fn operations_over_the_limit_are_refused_but_ping_answers() {
     let mut agent = start_raw_with(|c| c.max_ops_in_flight = 2);

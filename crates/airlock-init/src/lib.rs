@@ -3,7 +3,8 @@
 //! `airlock-init` is PID 1 inside the VM. It lives alone in the initramfs,
 //! mounts `/proc`, `/sys` and `/dev`, brings the loopback interface up,
 //! finds the root disk by its virtio serial (`airlock-root`), mounts it
-//! read-only with tmpfs for `/tmp` and the sandbox home, switches root and
+//! read-only with tmpfs for `/tmp` and the sandbox home (`/dev` and
+//! `/dev/shm` `noexec`, cgroup2 on `/sys/fs/cgroup`), switches root and
 //! runs the guest agent as its child. It reaps zombies and powers the VM off
 //! when the agent exits.
 //!

@@ -28,6 +28,8 @@ const NEW_ROOT: &str = "/sysroot";
 const ROOT_DISK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two looks at `/sys/block`.
 const ROOT_DISK_POLL: Duration = Duration::from_millis(5);
+/// Where cgroup2 is mounted (sysfs provides the directory).
+const CGROUP2_DIR: &str = "/sys/fs/cgroup";
 /// Size cap of `/run`, in MiB.
 const RUN_MIB: u64 = 16;
 /// Where the kernel takes the machine restart method.
@@ -76,6 +78,7 @@ fn boot() -> Result<String, InitError> {
 }
 
 /// `/proc` (pids of other users hidden), `/sys` and `/dev` in the initramfs.
+/// `/dev` is `noexec` like the others: nothing is ever run from it.
 fn mount_kernel_filesystems() -> Result<(), InitError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", "/proc", "proc", hardened, Some("hidepid=2"))?;
@@ -84,7 +87,7 @@ fn mount_kernel_filesystems() -> Result<(), InitError> {
         "devtmpfs",
         "/dev",
         "devtmpfs",
-        MsFlags::MS_NOSUID,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=0755"),
     )
 }
@@ -130,7 +133,9 @@ fn read_disk_serials() -> Vec<DiskSerial> {
 }
 
 /// The root disk read-only under [`NEW_ROOT`], with size-capped tmpfs for
-/// `/tmp`, `/run` and the sandbox home.
+/// `/tmp`, `/run` and the sandbox home, `/dev/pts` and `/dev/shm` (both
+/// `noexec`), and cgroup2 on `/sys/fs/cgroup` (the agent gives each exec
+/// its own cgroup there).
 fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
     let root_flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(disk, NEW_ROOT, "ext4", root_flags, None)?;
@@ -176,7 +181,20 @@ fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
         Some(pts),
     )?;
     make_dir(&format!("{dev}/shm"))?;
-    mount_fs("tmpfs", &format!("{dev}/shm"), "tmpfs", scratch, Some(&tmp))
+    mount_fs(
+        "tmpfs",
+        &format!("{dev}/shm"),
+        "tmpfs",
+        scratch | MsFlags::MS_NOEXEC,
+        Some(&tmp),
+    )?;
+    mount_fs(
+        "cgroup2",
+        &format!("{NEW_ROOT}{CGROUP2_DIR}"),
+        "cgroup2",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
 }
 
 /// Frees the initramfs (removes `/init`), then makes [`NEW_ROOT`] the root:

@@ -2,8 +2,20 @@
 //!
 //! One task reads events and routes each to the operation that awaits it (by
 //! op id), so several operations run at once over one channel. Requests go
-//! through a shared writer. When the guest closes the channel every pending
-//! operation ends with [`ProtocolError::Closed`].
+//! through one writer task that owns the command stream: a caller hands it a
+//! whole encoded line and waits (with a deadline, [`ClientConfig::send_timeout`])
+//! for the answer, so cancelling the caller (a dropped `write_file` future)
+//! never cuts a line. A failed write may have cut one: the writer then stops
+//! and every later send fails with [`ProtocolError::ChannelBroken`]. When the
+//! guest closes the channel every pending operation ends with
+//! [`ProtocolError::Closed`].
+//!
+//! Memory is bounded on this side too, whatever the guest sends:
+//! [`Client::exec_collect`] keeps at most [`ClientConfig::max_stdout_bytes`]
+//! and [`ClientConfig::max_stderr_bytes`] (past them the output is cut, the
+//! agent's marker line appended, and the completion flags the stream as
+//! truncated), and [`Client::read_file`] refuses a file over
+//! [`ClientConfig::max_read_file_bytes`].
 //!
 //! Backpressure: each operation buffers a bounded number of events; when an
 //! operation's buffer is full the reader waits, which stalls the channel
@@ -11,17 +23,17 @@
 //! read. Read every stream you start, or drop it: a dropped operation's
 //! events are discarded.
 
-use crate::framing::{FrameReader, FrameWriter, DEFAULT_MAX_LINE_BYTES};
+use crate::framing::{encode_line_within, FrameReader, DEFAULT_MAX_LINE_BYTES};
 use crate::message::*;
-use crate::{check_protocol, Data, ProtocolError, HELLO_OP};
+use crate::{check_protocol, truncation_marker, Data, ProtocolError, HELLO_OP};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Size of the chunks a file is sent in.
@@ -30,8 +42,74 @@ pub const FILE_CHUNK_BYTES: usize = 256 * 1024;
 /// Events buffered per operation before the reader waits (backpressure).
 const EVENTS_PER_OP: usize = 256;
 
+/// Lines queued for the writer task (a file chunk line is ~350 KiB).
+const QUEUED_LINES: usize = 8;
+
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 type Routes = Arc<Mutex<HashMap<OpId, mpsc::Sender<EventBody>>>>;
+
+/// The client's limits. Build it, [`ClientConfig::validate`] it (done by
+/// [`Client::with_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Standard output kept by [`Client::exec_collect`] (default 8 MiB,
+    /// twice the agent's default cap: it bites only on an agent that
+    /// ignores its own).
+    pub max_stdout_bytes: u64,
+    /// Standard error kept by [`Client::exec_collect`] (default 8 MiB).
+    pub max_stderr_bytes: u64,
+    /// Largest file [`Client::read_file`] reads into memory (default
+    /// 128 MiB).
+    pub max_read_file_bytes: u64,
+    /// Deadline of each line sent (default 30 s): a guest that stops reading
+    /// its command port cannot hang a caller.
+    pub send_timeout: Duration,
+    /// Longest line sent (default [`DEFAULT_MAX_LINE_BYTES`]).
+    pub max_line_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_stdout_bytes: 8 * 1024 * 1024,
+            max_stderr_bytes: 8 * 1024 * 1024,
+            max_read_file_bytes: 128 * 1024 * 1024,
+            send_timeout: Duration::from_secs(30),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Config`] naming the value.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        for (name, value) in [
+            ("max_stdout_bytes", self.max_stdout_bytes),
+            ("max_stderr_bytes", self.max_stderr_bytes),
+            ("max_read_file_bytes", self.max_read_file_bytes),
+            ("max_line_bytes", self.max_line_bytes as u64),
+        ] {
+            if value == 0 {
+                return Err(ProtocolError::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.send_timeout.is_zero() {
+            return Err(ProtocolError::Config(
+                "send_timeout must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line for the writer task, and where to say how its write went.
+struct Outgoing {
+    line: Vec<u8>,
+    done: oneshot::Sender<std::io::Result<()>>,
+}
 
 /// What the agent said about itself in `pong`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,11 +153,15 @@ pub struct FileContent {
 
 /// Host-side protocol client. Cheap to share behind an `Arc`.
 pub struct Client {
-    writer: tokio::sync::Mutex<FrameWriter<Writer>>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Why the writer stopped, once it has.
+    broken: Arc<Mutex<Option<String>>>,
     routes: Routes,
     hello: tokio::sync::watch::Receiver<Option<AgentInfo>>,
     next_op: AtomicU64,
+    config: ClientConfig,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Client {
@@ -93,13 +175,40 @@ impl std::fmt::Debug for Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
 impl Client {
     /// A client reading events from `reader` and writing requests to
-    /// `writer`. Must be called inside a tokio runtime.
+    /// `writer`, with the default [`ClientConfig`]. Must be called inside a
+    /// tokio runtime.
     pub fn new<R, W>(reader: R, writer: W) -> Self
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::start_tasks(reader, writer, ClientConfig::default())
+    }
+
+    /// As [`Client::new`], with `config`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Config`] for a value out of range.
+    pub fn with_config<R, W>(
+        reader: R,
+        writer: W,
+        config: ClientConfig,
+    ) -> Result<Self, ProtocolError>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        config.validate()?;
+        Ok(Self::start_tasks(reader, writer, config))
+    }
+
+    fn start_tasks<R, W>(reader: R, writer: W, config: ClientConfig) -> Self
     where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
@@ -111,13 +220,28 @@ impl Client {
             Arc::clone(&routes),
             hello_tx,
         ));
+        let (outgoing, lines) = mpsc::channel(QUEUED_LINES);
+        let broken = Arc::new(Mutex::new(None));
+        let writer = tokio::spawn(write_lines(
+            Box::new(writer) as Writer,
+            lines,
+            Arc::clone(&broken),
+        ));
         Self {
-            writer: tokio::sync::Mutex::new(FrameWriter::new(Box::new(writer) as Writer)),
+            outgoing,
+            broken,
             routes,
             hello,
             next_op: AtomicU64::new(1),
+            config,
             reader,
+            writer,
         }
+    }
+
+    /// The client's limits.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
     }
 
     /// Whether the event stream has ended (the guest is gone).
@@ -125,8 +249,41 @@ impl Client {
         self.reader.is_finished()
     }
 
+    /// Whether an earlier write failed: every send now fails.
+    pub fn is_broken(&self) -> bool {
+        lock(&self.broken).is_some()
+    }
+
     async fn send(&self, request: &Request) -> Result<(), ProtocolError> {
-        self.writer.lock().await.send(request).await
+        let line = encode_line_within(request, self.config.max_line_bytes)?;
+        self.send_line(line).await
+    }
+
+    /// Hands one whole line to the writer task and waits for its write,
+    /// within [`ClientConfig::send_timeout`]. Cancelling this future after
+    /// the hand-over does not stop the write: the line goes out whole.
+    async fn send_line(&self, line: Vec<u8>) -> Result<(), ProtocolError> {
+        let broken = || ProtocolError::ChannelBroken {
+            reason: lock(&self.broken)
+                .clone()
+                .unwrap_or_else(|| "the writer task ended".into()),
+        };
+        if self.is_broken() {
+            return Err(broken());
+        }
+        let (done, written) = oneshot::channel();
+        within(self.config.send_timeout, "send", async {
+            self.outgoing
+                .send(Outgoing { line, done })
+                .await
+                .map_err(|_| broken())?;
+            match written.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ProtocolError::Io(e)),
+                Err(_) => Err(broken()),
+            }
+        })
+        .await
     }
 
     /// Registers a new operation and sends its first request.
@@ -226,18 +383,20 @@ impl Client {
         let deadline = Duration::from_millis(request.timeout_ms) + grace;
         let mut stream = self.exec(request).await?;
         within(deadline, "exec", async {
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
+            let mut stdout = CappedOutput::new("stdout", self.config.max_stdout_bytes);
+            let mut stderr = CappedOutput::new("stderr", self.config.max_stderr_bytes);
             while let Some(event) = stream.next().await? {
                 match event {
-                    ExecEvent::Stdout(b) => stdout.extend_from_slice(&b),
-                    ExecEvent::Stderr(b) => stderr.extend_from_slice(&b),
-                    ExecEvent::Complete(completion) => {
+                    ExecEvent::Stdout(b) => stdout.push(&b),
+                    ExecEvent::Stderr(b) => stderr.push(&b),
+                    ExecEvent::Complete(mut completion) => {
+                        completion.stdout_truncated |= stdout.truncated;
+                        completion.stderr_truncated |= stderr.truncated;
                         return Ok(ExecOutput {
-                            stdout,
-                            stderr,
+                            stdout: stdout.bytes,
+                            stderr: stderr.bytes,
                             completion,
-                        })
+                        });
                     }
                 }
             }
@@ -304,10 +463,12 @@ impl Client {
         result
     }
 
-    /// Reads a file from the sandbox home and checks its sha256.
+    /// Reads a file from the sandbox home into memory (at most
+    /// [`ClientConfig::max_read_file_bytes`]) and checks its sha256.
     ///
     /// # Errors
     /// [`ProtocolError::Guest`] (not found, refused path),
+    /// [`ProtocolError::FileTooLarge`] (naming the path) past the limit,
     /// [`ProtocolError::Timeout`], [`ProtocolError::Closed`], or
     /// [`ProtocolError::Unexpected`] on a checksum mismatch.
     pub async fn read_file(
@@ -324,7 +485,16 @@ impl Client {
             let mut data = BytesMut::new();
             loop {
                 match next(&mut rx).await? {
-                    EventBody::FileData { data: chunk } => data.extend_from_slice(chunk.as_bytes()),
+                    EventBody::FileData { data: chunk } => {
+                        let limit = self.config.max_read_file_bytes;
+                        if (data.len() + chunk.as_bytes().len()) as u64 > limit {
+                            return Err(ProtocolError::FileTooLarge {
+                                path: path.to_owned(),
+                                limit_bytes: limit,
+                            });
+                        }
+                        data.extend_from_slice(chunk.as_bytes());
+                    }
                     EventBody::FileDone { size, sha256 } => {
                         let ours = sha256_hex(&data);
                         if size != data.len() as u64 || sha256 != ours {
@@ -383,16 +553,13 @@ impl Client {
         line: &[u8],
         timeout: Duration,
     ) -> Result<EventBody, ProtocolError> {
-        use tokio::io::AsyncWriteExt;
         let (tx, mut rx) = mpsc::channel(EVENTS_PER_OP);
         lock(&self.routes).insert(op, tx);
+        let mut whole = Vec::with_capacity(line.len() + 1);
+        whole.extend_from_slice(line);
+        whole.push(b'\n');
         let result = async {
-            let mut writer = self.writer.lock().await;
-            let inner = writer.get_mut();
-            inner.write_all(line).await?;
-            inner.write_all(b"\n").await?;
-            inner.flush().await?;
-            drop(writer);
+            self.send_line(whole).await?;
             within(timeout, "raw line", next(&mut rx)).await
         }
         .await;
@@ -449,6 +616,70 @@ impl ExecStream<'_> {
 impl Drop for ExecStream<'_> {
     fn drop(&mut self) {
         self.client.finish(self.op);
+    }
+}
+
+/// Output collected up to a cap; past it, the marker line and nothing more.
+#[derive(Debug)]
+struct CappedOutput {
+    stream: &'static str,
+    cap_bytes: u64,
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+impl CappedOutput {
+    fn new(stream: &'static str, cap_bytes: u64) -> Self {
+        Self {
+            stream,
+            cap_bytes,
+            bytes: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        let room = usize::try_from(self.cap_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.bytes.len());
+        if chunk.len() <= room {
+            self.bytes.extend_from_slice(chunk);
+            return;
+        }
+        self.bytes.extend_from_slice(&chunk[..room]);
+        self.bytes
+            .extend_from_slice(truncation_marker(self.stream, self.cap_bytes).as_bytes());
+        self.truncated = true;
+    }
+}
+
+/// Writes each queued line whole, in order, and reports each write. After a
+/// failed write (which may have cut its line) it records why and stops:
+/// every later send then fails.
+async fn write_lines(
+    mut writer: Writer,
+    mut lines: mpsc::Receiver<Outgoing>,
+    broken: Arc<Mutex<Option<String>>>,
+) {
+    while let Some(Outgoing { line, done }) = lines.recv().await {
+        let written = async {
+            writer.write_all(&line).await?;
+            writer.flush().await
+        }
+        .await;
+        if let Err(e) = &written {
+            *lock(&broken) = Some(e.to_string());
+            tracing::warn!(error = %e, "command channel write failed: the client is broken");
+        }
+        let failed = written.is_err();
+        // The caller may have given up waiting: the line is out regardless.
+        let _ = done.send(written);
+        if failed {
+            return;
+        }
     }
 }
 

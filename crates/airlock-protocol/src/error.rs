@@ -69,6 +69,37 @@ pub enum ProtocolError {
         /// The deadline that passed.
         after: Duration,
     },
+    /// An environment variable is refused by the policy
+    /// ([`crate::check_env`]).
+    #[error("environment variable {name:?} refused: {reason}")]
+    EnvRefused {
+        /// The variable's name (cut to 64 characters).
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A file read from the guest is larger than the client may hold in
+    /// memory ([`crate::client::ClientConfig::max_read_file_bytes`]).
+    #[error(
+        "file {path:?} is larger than the limit of {limit_bytes} bytes for reading into memory: \
+         raise ClientConfig::max_read_file_bytes or read a smaller file"
+    )]
+    FileTooLarge {
+        /// The path in the sandbox home.
+        path: String,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// The command channel failed during an earlier send (a line may have
+    /// been cut): every later send fails.
+    #[error("the command channel is broken ({reason}): start a new client")]
+    ChannelBroken {
+        /// The first failure.
+        reason: String,
+    },
+    /// A client configuration value is out of range.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
     /// The guest answered an operation with an error event.
     #[error("guest error ({kind:?}): {message}")]
     Guest {
@@ -105,6 +136,9 @@ impl ProtocolError {
             Self::UnknownTag { .. } => ErrorKind::UnknownAction,
             Self::VersionMismatch { .. } => ErrorKind::Unsupported,
             Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::EnvRefused { .. } => ErrorKind::EnvRefused,
+            Self::FileTooLarge { .. } => ErrorKind::LimitExceeded,
+            Self::Config(_) => ErrorKind::InvalidRequest,
             Self::Guest { kind, .. } => *kind,
             _ => ErrorKind::Internal,
         }

@@ -141,6 +141,28 @@ pub fn encode_line<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> 
     Ok(line)
 }
 
+/// [`encode_line`], refusing a line (newline excluded) over
+/// `max_line_bytes`.
+///
+/// # Errors
+/// [`ProtocolError::Encode`] when the message cannot be encoded or its line
+/// is over the limit.
+pub fn encode_line_within<T: Serialize>(
+    message: &T,
+    max_line_bytes: usize,
+) -> Result<Vec<u8>, ProtocolError> {
+    let line = encode_line(message)?;
+    if line.len() - 1 > max_line_bytes {
+        return Err(ProtocolError::Encode {
+            message: format!(
+                "line of {} bytes exceeds the limit of {max_line_bytes} bytes",
+                line.len() - 1
+            ),
+        });
+    }
+    Ok(line)
+}
+
 /// Just the fields needed to classify a line that failed to decode.
 #[derive(Deserialize)]
 struct Envelope {
@@ -301,16 +323,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// [`ProtocolError::Encode`] for a line over the limit, or the transport's
     /// error.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ProtocolError> {
-        let line = encode_line(message)?;
-        if line.len() - 1 > self.max_line_bytes {
-            return Err(ProtocolError::Encode {
-                message: format!(
-                    "line of {} bytes exceeds the limit of {} bytes",
-                    line.len() - 1,
-                    self.max_line_bytes
-                ),
-            });
-        }
+        let line = encode_line_within(message, self.max_line_bytes)?;
         self.inner.write_all(&line).await?;
         self.inner.flush().await?;
         Ok(())

@@ -10,6 +10,9 @@
 //! - [`framing`]: newline-delimited JSON with a hard line limit. A malformed,
 //!   oversized or unknown line yields a typed [`ProtocolError`] and the stream
 //!   stays usable for the next line.
+//! - [`env_policy`]: [`check_env`], which environment variables user code
+//!   may be given; the host checks before it boots, the agent before it
+//!   spawns.
 //! - [`client`]: the host side: one reader task dispatching events to the
 //!   operation that awaits them.
 //!
@@ -28,15 +31,17 @@
 
 pub mod client;
 mod data;
+pub mod env_policy;
 mod error;
 pub mod framing;
 pub mod message;
 
 pub use data::Data;
+pub use env_policy::check_env;
 pub use error::ProtocolError;
 pub use framing::{
-    decode_event, decode_request, encode_line, FrameDecoder, FrameReader, FrameWriter,
-    DEFAULT_MAX_LINE_BYTES,
+    decode_event, decode_request, encode_line, encode_line_within, FrameDecoder, FrameReader,
+    FrameWriter, DEFAULT_MAX_LINE_BYTES,
 };
 pub use message::*;
 
@@ -54,6 +59,13 @@ pub const HELLO_OP: message::OpId = 0;
 pub const CMD_PORT_NAME: &str = "airlock.cmd";
 /// Name of the virtio-serial port that carries events (guest -> host).
 pub const EVENT_PORT_NAME: &str = "airlock.event";
+
+/// The marker line appended where a stream's output was cut at `cap_bytes`
+/// (`stream` is `stdout` or `stderr`): the agent adds it at its cap, the
+/// client at its own.
+pub fn truncation_marker(stream: &str, cap_bytes: u64) -> String {
+    format!("\n[airlock: {stream} truncated after {cap_bytes} bytes]\n")
+}
 
 /// Checks the protocol version a `pong` reported against ours.
 ///

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock_protocol::client::{sha256_hex, Client, ExecEvent};
+use airlock_protocol::client::{sha256_hex, Client, ClientConfig, ExecEvent};
 use airlock_protocol::*;
 use std::time::Duration;
 use tokio::io::{duplex, DuplexStream};
@@ -165,21 +165,26 @@ async fn closed_channel_ends_pending_operations() {
     assert!(matches!(err, ProtocolError::Closed), "{err}");
 }
 
+/// A read of the 5-byte file `hello` in two chunks.
+fn hello_in_two_chunks() -> Vec<EventBody> {
+    vec![
+        EventBody::FileData {
+            data: Data::base64("hel"),
+        },
+        EventBody::FileData {
+            data: Data::base64("lo"),
+        },
+        EventBody::FileDone {
+            size: 5,
+            sha256: sha256_hex(b"hello"),
+        },
+    ]
+}
+
 #[tokio::test]
 async fn read_file_verifies_the_checksum() {
     let client = fake_agent(|r| match &r.body {
-        RequestBody::ReadFile { path } if path == "good" => vec![
-            EventBody::FileData {
-                data: Data::base64("hel"),
-            },
-            EventBody::FileData {
-                data: Data::base64("lo"),
-            },
-            EventBody::FileDone {
-                size: 5,
-                sha256: sha256_hex(b"hello"),
-            },
-        ],
+        RequestBody::ReadFile { path } if path == "good" => hello_in_two_chunks(),
         _ => vec![
             EventBody::FileData {
                 data: Data::base64("hello"),
@@ -235,4 +240,164 @@ async fn no_hello_times_out() {
         client.hello(Duration::from_millis(50)).await,
         Err(ProtocolError::Timeout { .. })
     ));
+}
+
+fn fake_agent_with(config: ClientConfig, script: fn(&Request) -> Vec<EventBody>) -> Client {
+    let (host_cmd, agent_cmd) = duplex(1 << 16);
+    let (agent_event, host_event) = duplex(1 << 16);
+    tokio::spawn(serve(agent_cmd, agent_event, script));
+    Client::with_config(host_event, host_cmd, config).unwrap()
+}
+
+#[tokio::test]
+async fn exec_collect_cuts_output_at_the_host_cap_and_flags_it() {
+    // Arrange: an agent that ignores its own cap.
+    let config = ClientConfig {
+        max_stdout_bytes: 15,
+        ..ClientConfig::default()
+    };
+    let client = fake_agent_with(config, |_| {
+        let chunk = || EventBody::Stdout {
+            data: Data::text_or_base64("0123456789"),
+        };
+        vec![
+            chunk(),
+            chunk(),
+            EventBody::Stderr {
+                data: Data::text_or_base64("err"),
+            },
+            chunk(),
+            EventBody::Complete(Completion {
+                exit_code: 0,
+                timed_out: false,
+                duration_ms: 1,
+                spawn_ms: 1,
+                stdout_truncated: false,
+                stderr_truncated: false,
+            }),
+        ]
+    });
+
+    // Act
+    let out = client.exec_collect(exec_request("x"), T).await.unwrap();
+
+    // Assert: 15 bytes, the agent's marker, the flag; stderr untouched.
+    let expected = format!("012345678901234{}", truncation_marker("stdout", 15));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert!(out.completion.stdout_truncated);
+    assert_eq!(out.stderr, b"err");
+    assert!(!out.completion.stderr_truncated);
+}
+
+#[tokio::test]
+async fn read_file_over_the_bound_fails_naming_the_path() {
+    let config = ClientConfig {
+        max_read_file_bytes: 4,
+        ..ClientConfig::default()
+    };
+    let client = fake_agent_with(config, |_| hello_in_two_chunks());
+    let err = client.read_file("out/big.bin", T).await.unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::FileTooLarge { path, limit_bytes: 4 } if path == "out/big.bin"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("out/big.bin"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+}
+
+#[tokio::test]
+async fn a_send_to_a_guest_that_stops_reading_ends_at_its_deadline() {
+    // Arrange: a command pipe of 16 bytes nobody reads.
+    let (host_cmd, _agent_cmd) = duplex(16);
+    let (_agent_event, host_event) = duplex(1024);
+    let config = ClientConfig {
+        send_timeout: Duration::from_millis(100),
+        ..ClientConfig::default()
+    };
+    let client = Client::with_config(host_event, host_cmd, config).unwrap();
+
+    // Act: a ping whose own deadline is far later.
+    let started = std::time::Instant::now();
+    let err = client.ping(Duration::from_secs(30)).await.unwrap_err();
+
+    // Assert
+    assert!(
+        matches!(&err, ProtocolError::Timeout { what, .. } if what == "send"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_cancelled_send_never_leaves_half_a_line() {
+    // Arrange: the agent does not read until told, through a 4 KiB pipe,
+    // so a 1 MiB request is stuck mid-line when its caller gives up.
+    let (host_cmd, agent_cmd) = duplex(4096);
+    let (agent_event, host_event) = duplex(1 << 16);
+    let client = Client::new(host_event, host_cmd);
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(async move {
+        wait.await.unwrap();
+        let mut reader = FrameReader::new(agent_cmd);
+        let mut writer = FrameWriter::new(agent_event);
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = reader.next_request().await {
+            let request = line.expect("every line the agent gets is whole");
+            seen.push(request.body.action().to_owned());
+            if matches!(request.body, RequestBody::Ping) {
+                writer.send(&Event::new(request.op, pong())).await.unwrap();
+                break;
+            }
+        }
+        seen
+    });
+
+    // Act: the exec's caller is cancelled while its line is half written.
+    let big = "x".repeat(1 << 20);
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(50), client.exec(exec_request(&big))).await;
+    assert!(cancelled.is_err(), "the send should still be in progress");
+    go.send(()).unwrap();
+    let pong = client.ping(T).await;
+
+    // Assert: the cut-off request arrived whole, then the ping.
+    assert!(pong.is_ok(), "{pong:?}");
+    assert_eq!(agent.await.unwrap(), ["exec", "ping"]);
+}
+
+#[tokio::test]
+async fn after_a_failed_write_every_send_fails_as_broken() {
+    let (host_cmd, agent_cmd) = duplex(1024);
+    let (_agent_event, host_event) = duplex(1024);
+    let client = Client::new(host_event, host_cmd);
+    drop(agent_cmd);
+    let first = client.ping(T).await.unwrap_err();
+    assert!(matches!(first, ProtocolError::Io(_)), "{first}");
+    assert!(client.is_broken());
+    let second = client.ping(T).await.unwrap_err();
+    assert!(
+        matches!(second, ProtocolError::ChannelBroken { .. }),
+        "{second}"
+    );
+}
+
+#[test]
+fn client_config_refuses_zero_limits() {
+    assert!(ClientConfig::default().validate().is_ok());
+    for config in [
+        ClientConfig {
+            max_stdout_bytes: 0,
+            ..ClientConfig::default()
+        },
+        ClientConfig {
+            max_read_file_bytes: 0,
+            ..ClientConfig::default()
+        },
+        ClientConfig {
+            send_timeout: Duration::ZERO,
+            ..ClientConfig::default()
+        },
+    ] {
+        assert!(matches!(config.validate(), Err(ProtocolError::Config(_))));
+    }
 }

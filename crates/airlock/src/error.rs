@@ -120,7 +120,10 @@ pub enum Error {
         console_tail: String,
     },
     /// A channel socket's peer is not our QEMU.
-    #[error("vm {vm_id}: socket {path} is served by pid {peer_pid}, not by our QEMU (pid {qemu_pid}): refusing it")]
+    #[error(
+        "vm {vm_id}: socket {path} is served by pid {peer_pid} uid {peer_uid}, not by our QEMU \
+         (pid {qemu_pid} uid {our_uid}): refusing it"
+    )]
     PeerMismatch {
         /// The VM.
         vm_id: String,
@@ -130,6 +133,10 @@ pub enum Error {
         peer_pid: i32,
         /// Our QEMU's pid.
         qemu_pid: u32,
+        /// The peer's uid.
+        peer_uid: u32,
+        /// Our uid (QEMU's).
+        our_uid: u32,
     },
     /// Building the QEMU command line or probing the host failed.
     #[error(transparent)]
@@ -308,6 +315,8 @@ mod tests {
                 path: "/s".into(),
                 peer_pid: 1,
                 qemu_pid: 2,
+                peer_uid: 0,
+                our_uid: 1000,
             },
             Error::io("create", "/x", std::io::Error::other("denied")),
         ];

@@ -178,13 +178,16 @@ async fn connect(path: &Path, deadline: Instant) -> Option<UnixStream> {
     }
 }
 
-/// Checks with SO_PEERCRED that the socket is served by our QEMU.
+/// Checks with SO_PEERCRED that the socket is served by our QEMU: its pid,
+/// and our own uid (QEMU runs as the user that started it; a pid alone
+/// could be matched by a reused pid of another user's process).
 fn check_peer(stream: &UnixStream, path: &Path, vm_id: &str, qemu_pid: u32) -> Result<()> {
     let cred = stream
         .peer_cred()
         .map_err(|e| Error::io("read peer credentials of", path, e))?;
     let peer_pid = cred.pid().unwrap_or(-1);
-    if u32::try_from(peer_pid).ok() == Some(qemu_pid) {
+    let our_uid = nix::unistd::geteuid().as_raw();
+    if is_our_qemu((peer_pid, cred.uid()), (qemu_pid, our_uid)) {
         Ok(())
     } else {
         Err(Error::PeerMismatch {
@@ -192,13 +195,31 @@ fn check_peer(stream: &UnixStream, path: &Path, vm_id: &str, qemu_pid: u32) -> R
             path: path.to_path_buf(),
             peer_pid,
             qemu_pid,
+            peer_uid: cred.uid(),
+            our_uid,
         })
     }
+}
+
+/// Whether a peer's (pid, uid) is our QEMU's (pid, uid).
+fn is_our_qemu(peer: (i32, u32), qemu: (u32, u32)) -> bool {
+    u32::try_from(peer.0).ok() == Some(qemu.0) && peer.1 == qemu.1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_must_match_both_pid_and_uid() {
+        assert!(is_our_qemu((42, 1000), (42, 1000)));
+        assert!(!is_our_qemu((42, 0), (42, 1000)), "same pid, another user");
+        assert!(
+            !is_our_qemu((43, 1000), (42, 1000)),
+            "same user, another pid"
+        );
+        assert!(!is_our_qemu((-1, 1000), (42, 1000)), "no pid");
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

@@ -413,6 +413,7 @@ impl Planner<'_> {
                     None => "absent".to_owned(),
                 };
                 inputs.add("airlock-agent-sha256", agent);
+                inputs.add("image-recipe", rootfs::IMAGE_RECIPE);
                 Ok(Plan::new(kind, inputs, Some((tree_hash, tree_inputs))))
             }
         }

@@ -3,7 +3,8 @@
 //!
 //! Two stages, each cached: the trimmed tree (slow: downloads and installs
 //! packages) is kept under `trees/` keyed by its package inputs, so an agent
-//! change only redoes the fast second stage (agent copy, mkfs, qemu-img).
+//! change only redoes the fast second stage (agent copy, set-uid and
+//! set-gid bits stripped, mkfs, qemu-img).
 
 use super::apt::Archive;
 use super::progress::{mib, Step};
@@ -304,8 +305,56 @@ fn configure(tree: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Stage 2: puts the agent (if built) in `tree`, then makes `out` (qcow2)
-/// through an ext4 image in `scratch`. `uuid` makes mkfs reproducible.
+/// What stage 2 does to a tree beyond copying the agent, as an input of the
+/// root disks' hash: changing it rebuilds the disks (not the trees, nor the
+/// kernel, as a [`super::inputs::BUILD_VERSION`] bump would).
+pub const IMAGE_RECIPE: &str = "strip-setid-1";
+
+/// Clears the set-uid and set-gid bits of every file and directory under
+/// `tree` (symlinks are left alone: `chmod` would follow them). Returns the
+/// paths changed, relative to `tree`, sorted.
+///
+/// No program of a root disk may raise privileges: the disk is mounted
+/// `nosuid` and user code runs with `no_new_privs`, and without the bits a
+/// mistake in either still grants nothing.
+pub fn strip_setid(tree: &Path) -> Result<Vec<std::path::PathBuf>> {
+    const SETID: u32 = 0o6000;
+    fn walk(tree: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("read {}", dir.display()))?
+                .path();
+            let meta = path
+                .symlink_metadata()
+                .with_context(|| format!("stat {}", path.display()))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            let mode = meta.permissions().mode();
+            if mode & SETID != 0 {
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(mode & 0o7777 & !SETID),
+                )
+                .with_context(|| format!("chmod {}", path.display()))?;
+                out.push(path.strip_prefix(tree).unwrap_or(&path).to_owned());
+            }
+            if meta.is_dir() {
+                walk(tree, &path, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(tree, tree, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Stage 2: puts the agent (if built) in `tree`, strips every set-uid and
+/// set-gid bit ([`strip_setid`]), then makes `out` (qcow2) through an ext4
+/// image in `scratch`. `uuid` makes mkfs reproducible.
 pub fn build_image(
     lang: Language,
     tree: &Path,
@@ -330,6 +379,19 @@ pub fn build_image(
                 std::fs::remove_file(&agent_dst)?;
             }
         }
+    }
+    let stripped = strip_setid(tree)?;
+    if !stripped.is_empty() {
+        eprintln!(
+            "images: rootfs-{}: cleared set-uid/set-gid bits of {} files ({})",
+            lang.name(),
+            stripped.len(),
+            stripped
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let (bytes, inodes) = tree_usage(tree);
     let size_mib = ext4_size_mib(bytes, inodes);
@@ -472,6 +534,63 @@ mod tests {
             Language::Javascript.debootstrap_packages(),
             ["bash", "coreutils", "nodejs"]
         );
+    }
+
+    #[test]
+    fn strip_setid_clears_only_the_setid_bits_and_skips_symlinks() {
+        // Arrange: set-uid, set-gid, sticky and plain files, a set-gid dir
+        // holding a set-uid file, and a symlink to a set-uid file.
+        let root = tempfile_dir("strip");
+        let modes = [
+            ("su", 0o4755),
+            ("sg", 0o2755),
+            ("both", 0o6711),
+            ("plain", 0o755),
+        ];
+        for (name, mode) in modes {
+            std::fs::write(root.join(name), "x").unwrap();
+            std::fs::set_permissions(root.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        std::fs::create_dir(root.join("mail")).unwrap();
+        std::fs::write(root.join("mail/inner"), "x").unwrap();
+        std::fs::set_permissions(
+            root.join("mail/inner"),
+            std::fs::Permissions::from_mode(0o4700),
+        )
+        .unwrap();
+        std::fs::set_permissions(root.join("mail"), std::fs::Permissions::from_mode(0o3775))
+            .unwrap();
+        std::os::unix::fs::symlink("su", root.join("link")).unwrap();
+
+        // Act
+        let stripped = strip_setid(&root).unwrap();
+        let again = strip_setid(&root).unwrap();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let modes_after: Vec<u32> = ["su", "sg", "both", "plain", "mail", "mail/inner"]
+            .iter()
+            .map(|p| mode(p))
+            .collect();
+        std::fs::remove_dir_all(&root).unwrap();
+
+        // Assert: the bits are gone, the rest of each mode kept (sticky too).
+        let names: Vec<String> = stripped.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["both", "mail", "mail/inner", "sg", "su"]);
+        assert_eq!(modes_after, [0o755, 0o755, 0o711, 0o755, 0o1775, 0o700]);
+        assert!(again.is_empty());
+    }
+
+    fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("xtask-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        root
     }
 
     #[test]

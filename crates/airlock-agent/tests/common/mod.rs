@@ -181,3 +181,66 @@ pub async fn run(client: &Client, language: Language, code: &str) -> ExecOutput 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A fresh directory on the host's cgroup2 hierarchy for exec cgroups,
+/// removed (with what is left in it) on drop. `None` unless the tests run
+/// as root on a host with a cgroup2 mount that holds this process.
+pub struct TestCgroupParent(std::path::PathBuf);
+
+impl TestCgroupParent {
+    pub fn new(tag: &str) -> Option<Self> {
+        if !is_root() {
+            return None;
+        }
+        // Our own cgroup (`0::/path`) under the first cgroup2 mount.
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mounts.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| left.split(' ').nth(4))?
+        })?;
+        let dir = std::path::Path::new(mount)
+            .join(own.trim_start_matches('/'))
+            .join(format!("airlock-agent-test-{tag}-{}", std::process::id()));
+        airlock_agent::exec_cgroup::prepare_parent(&dir).ok()?;
+        Some(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The exec cgroups left under the parent.
+    pub fn children(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestCgroupParent {
+    fn drop(&mut self) {
+        for child in self.children() {
+            let dir = self.0.join(child);
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
