@@ -58,9 +58,7 @@ pub fn qemu_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("AIRLOCK_QEMU") {
         return Some(PathBuf::from(p));
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
+    airlock_sys_util::which("qemu-system-x86_64")
 }
 
 /// QEMU processes whose command line mentions `needle`.

@@ -31,7 +31,6 @@ mod config;
 mod disk;
 pub mod doctor;
 mod error;
-mod exit;
 mod factory;
 mod guest;
 mod host;
@@ -50,9 +49,9 @@ mod teardown;
 mod vm;
 mod workdir;
 
+pub use airlock_sys_util::ChildExit;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
-pub use exit::ProcessExit;
 pub use host::Host;
 pub use images::Images;
 pub use manager::VmManager;

@@ -3,9 +3,9 @@
 //! registered so that Ctrl-C can kill what is left.
 
 use crate::error::{Error, Result};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use std::collections::{HashMap, VecDeque};
+use airlock_sys_util::TailBuffer;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,48 +17,11 @@ use tokio::task::JoinHandle;
 /// Bytes of QEMU's stderr kept for error messages.
 const STDERR_TAIL_BYTES: usize = 4096;
 /// Bytes of the console log shown in error messages.
-const CONSOLE_TAIL_BYTES: usize = 3072;
+pub(crate) const CONSOLE_TAIL_BYTES: usize = 3072;
 
-/// The last bytes written to a stream.
-#[derive(Debug, Default)]
-pub struct Tail {
-    bytes: VecDeque<u8>,
-    capacity: usize,
-}
-
-impl Tail {
-    /// A tail keeping the last `capacity` bytes.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            bytes: VecDeque::with_capacity(capacity),
-            capacity,
-        }
-    }
-
-    /// Appends bytes, dropping the oldest beyond the capacity.
-    pub fn push(&mut self, data: &[u8]) {
-        let data = &data[data.len().saturating_sub(self.capacity)..];
-        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.capacity);
-        self.bytes.drain(..overflow);
-        self.bytes.extend(data);
-    }
-
-    /// The kept bytes as (lossy) text.
-    pub fn text(&self) -> String {
-        let (a, b) = self.bytes.as_slices();
-        let mut v = a.to_vec();
-        v.extend_from_slice(b);
-        String::from_utf8_lossy(&v).into_owned()
-    }
-}
-
-/// The last `CONSOLE_TAIL_BYTES` of a log file, as text ("" when absent).
-pub fn file_tail(path: &Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return String::new();
-    };
-    let start = bytes.len().saturating_sub(CONSOLE_TAIL_BYTES);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
+/// The end of a guest console log, for error messages ("" when absent).
+pub(crate) fn console_tail(path: &Path) -> String {
+    airlock_sys_util::file_tail(path, CONSOLE_TAIL_BYTES)
 }
 
 /// A running QEMU.
@@ -66,7 +29,7 @@ pub fn file_tail(path: &Path) -> String {
 pub struct QemuProcess {
     child: Child,
     pid: u32,
-    stderr_tail: Arc<Mutex<Tail>>,
+    stderr_tail: Arc<Mutex<TailBuffer>>,
     drains: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
@@ -94,7 +57,7 @@ impl QemuProcess {
         let pid = child.id().unwrap_or_default();
         registry().register(pid, vm_id);
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
-        let stderr_tail = Arc::new(Mutex::new(Tail::new(STDERR_TAIL_BYTES)));
+        let stderr_tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
         let mut drains = Vec::new();
         if let Some(out) = child.stdout.take() {
             drains.push(tokio::spawn(drain(out, Arc::clone(&log), None)));
@@ -197,18 +160,18 @@ pub enum Termination {
     Killed,
 }
 
+/// Signals QEMU's process group; a group already gone is the expected
+/// outcome of a late signal, anything else is logged.
 fn signal_group(pid: u32, signal: Signal) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    if pid > 1 {
-        // ESRCH (already gone) is the expected outcome of a late signal.
-        let _ = killpg(Pid::from_raw(pid), signal);
+    if let Err(e) = airlock_sys_util::signal_group(pid, signal) {
+        tracing::warn!(pid, %signal, error = %e, "cannot signal a QEMU process group");
     }
 }
 
 async fn drain<R: AsyncRead + Unpin>(
     mut from: R,
     log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
-    tail: Option<Arc<Mutex<Tail>>>,
+    tail: Option<Arc<Mutex<TailBuffer>>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -282,14 +245,31 @@ impl ProcessRegistry {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_stderr_tail_keeps_the_last_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        // 5000 'a's then "end": more than the tail holds.
+        cmd.args([
+            "-c",
+            "head -c 5000 /dev/zero | tr '\\0' a >&2; printf end >&2",
+        ]);
+        let mut p = QemuProcess::spawn(cmd, "t0", &dir.path().join("log")).unwrap();
+        p.wait().await.unwrap();
+        let tail = p.stderr_tail();
+        assert_eq!(tail.len(), STDERR_TAIL_BYTES);
+        assert!(tail.ends_with("aend"), "{}", &tail[tail.len() - 8..]);
+    }
+
     #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut t = Tail::new(4);
-        t.push(b"ab");
-        t.push(b"cdef");
-        assert_eq!(t.text(), "cdef");
-        t.push(b"0123456789");
-        assert_eq!(t.text(), "6789");
+    fn the_console_tail_is_the_end_of_the_log_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, format!("{}last", "x".repeat(CONSOLE_TAIL_BYTES))).unwrap();
+        let tail = console_tail(&log);
+        assert_eq!(tail.len(), CONSOLE_TAIL_BYTES);
+        assert!(tail.ends_with("xlast"));
+        assert_eq!(console_tail(&dir.path().join("absent")), "");
     }
 
     #[tokio::test]
