@@ -233,10 +233,12 @@ mod tests {
         }
     }
 
-    fn spawn(dir: &Path, script: &str) -> QemuProcess {
+    async fn spawn(dir: &Path, script: &str) -> QemuProcess {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.args(["-c", script]);
-        QemuProcess::spawn(cmd, "vm1", &dir.join("qemu.log")).unwrap()
+        QemuProcess::spawn(cmd, "vm1", &dir.join("qemu.log"))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -244,7 +246,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         std::fs::write(&console, "kernel panic\n").unwrap();
-        let mut process = spawn(dir.path(), "echo no-kvm >&2; exit 3");
+        let mut process = spawn(dir.path(), "echo no-kvm >&2; exit 3").await;
         let never = std::future::pending::<Result<Option<Agent>>>();
         let err = race_death(
             &paths(&console),
@@ -276,7 +278,7 @@ mod tests {
     async fn an_agent_that_never_answers_is_a_boot_timeout_naming_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
-        let mut process = spawn(dir.path(), "sleep 30");
+        let mut process = spawn(dir.path(), "sleep 30").await;
         let err = race_death(
             &paths(&console),
             &mut process,

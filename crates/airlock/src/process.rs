@@ -1,6 +1,7 @@
-//! QEMU as a child process: spawned in its own process group, its output
-//! drained (a full pipe would stall it), killed TERM-then-KILL, and
-//! registered so that Ctrl-C can kill what is left.
+//! QEMU as a child process: spawned in its own process group (by the
+//! spawner thread, with a parent-death signal), its output drained (a full
+//! pipe would stall it), killed TERM-then-KILL, and registered so that an
+//! interrupt can kill what is left.
 
 use crate::error::{Error, Result};
 use airlock_sys_util::TailBuffer;
@@ -37,11 +38,13 @@ pub struct QemuProcess {
 impl QemuProcess {
     /// Spawns `cmd` in a new process group, with stdin closed and
     /// stdout/stderr drained into `log` (stderr also into an in-memory tail).
-    /// The child is killed if this value is dropped.
+    /// The child is killed if this value is dropped, and by the kernel if
+    /// this process dies (it is forked by the spawner thread with a
+    /// parent-death signal, see `spawner.rs`).
     ///
     /// # Errors
     /// [`Error::Spawn`]; [`Error::Io`] when the log cannot be created.
-    pub fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
+    pub async fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
         let program = PathBuf::from(cmd.as_std().get_program());
         let log_file = std::fs::File::create(log).map_err(|e| Error::io("create", log, e))?;
         cmd.process_group(0)
@@ -49,13 +52,15 @@ impl QemuProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            vm_id: vm_id.to_owned(),
-            program: program.clone(),
-            source,
-        })?;
+        let mut child = crate::spawner::spawn(cmd)
+            .await
+            .map_err(|source| Error::Spawn {
+                vm_id: vm_id.to_owned(),
+                program: program.clone(),
+                source,
+            })?;
         let pid = child.id().unwrap_or_default();
-        registry().register(pid, vm_id);
+        registry().register(pid, vm_id, "qemu");
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
         let stderr_tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
         let mut drains = Vec::new();
@@ -160,11 +165,11 @@ pub enum Termination {
     Killed,
 }
 
-/// Signals QEMU's process group; a group already gone is the expected
+/// Signals a child's process group; a group already gone is the expected
 /// outcome of a late signal, anything else is logged.
-fn signal_group(pid: u32, signal: Signal) {
+pub(crate) fn signal_group(pid: u32, signal: Signal) {
     if let Err(e) = airlock_sys_util::signal_group(pid, signal) {
-        tracing::warn!(pid, %signal, error = %e, "cannot signal a QEMU process group");
+        tracing::warn!(pid, %signal, error = %e, "cannot signal a process group");
     }
 }
 
@@ -194,11 +199,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Every QEMU this process has started and not yet stopped, so that an
-/// interrupted airlock kills them all.
+/// Every QEMU and gvproxy this process has started and not yet stopped
+/// (each the leader of its own process group), so that an interrupted
+/// airlock kills them all at once.
 #[derive(Debug, Default)]
 pub struct ProcessRegistry {
-    live: Mutex<HashMap<u32, String>>,
+    live: Mutex<HashMap<u32, Registered>>,
+}
+
+/// A registered process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The VM it serves.
+    pub vm_id: String,
+    /// What it is (`qemu`, `gvproxy`).
+    pub role: &'static str,
 }
 
 /// The process-wide registry.
@@ -208,17 +223,23 @@ pub fn registry() -> &'static ProcessRegistry {
 }
 
 impl ProcessRegistry {
-    fn register(&self, pid: u32, vm_id: &str) {
+    /// Registers the group leader `pid`, serving `vm_id` as `role`.
+    pub fn register(&self, pid: u32, vm_id: &str, role: &'static str) {
         if pid != 0 {
-            lock(&self.live).insert(pid, vm_id.to_owned());
+            let entry = Registered {
+                vm_id: vm_id.to_owned(),
+                role,
+            };
+            lock(&self.live).insert(pid, entry);
         }
     }
 
-    fn unregister(&self, pid: u32) {
+    /// Forgets `pid` (it was stopped).
+    pub fn unregister(&self, pid: u32) {
         lock(&self.live).remove(&pid);
     }
 
-    /// How many QEMUs are registered.
+    /// How many processes are registered.
     pub fn len(&self) -> usize {
         lock(&self.live).len()
     }
@@ -228,16 +249,21 @@ impl ProcessRegistry {
         self.len() == 0
     }
 
-    /// SIGKILLs the process group of every registered QEMU; returns the VM
-    /// ids. Work dirs are removed by the VMs' own teardown or by the next
-    /// start's sweep.
-    pub fn kill_all(&self) -> Vec<String> {
-        let live: Vec<(u32, String)> = lock(&self.live).drain().collect();
-        for (pid, vm_id) in &live {
-            tracing::warn!(vm_id, pid, "killing QEMU on interrupt");
+    /// SIGKILLs the process group of every registered process; returns
+    /// what was killed. Work dirs are removed by the VMs' own teardown or
+    /// by the next start's sweep.
+    pub fn kill_all(&self) -> Vec<Registered> {
+        let live: Vec<(u32, Registered)> = lock(&self.live).drain().collect();
+        for (pid, entry) in &live {
+            tracing::warn!(
+                vm_id = entry.vm_id,
+                pid,
+                role = entry.role,
+                "killing on interrupt"
+            );
             signal_group(*pid, Signal::SIGKILL);
         }
-        live.into_iter().map(|(_, id)| id).collect()
+        live.into_iter().map(|(_, entry)| entry).collect()
     }
 }
 
@@ -254,7 +280,9 @@ mod tests {
             "-c",
             "head -c 5000 /dev/zero | tr '\\0' a >&2; printf end >&2",
         ]);
-        let mut p = QemuProcess::spawn(cmd, "t0", &dir.path().join("log")).unwrap();
+        let mut p = QemuProcess::spawn(cmd, "t0", &dir.path().join("log"))
+            .await
+            .unwrap();
         p.wait().await.unwrap();
         let tail = p.stderr_tail();
         assert_eq!(tail.len(), STDERR_TAIL_BYTES);
@@ -278,7 +306,7 @@ mod tests {
         let log = dir.path().join("log");
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
-        let mut p = QemuProcess::spawn(cmd, "t1", &log).unwrap();
+        let mut p = QemuProcess::spawn(cmd, "t1", &log).await.unwrap();
         let status = p.wait().await.unwrap();
         assert_eq!(status.code(), Some(3));
         assert_eq!(p.stderr_tail(), "err\n");
@@ -291,7 +319,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "trap '' TERM; sleep 30 & wait"]);
-        let mut p = QemuProcess::spawn(cmd, "t2", &dir.path().join("log")).unwrap();
+        let mut p = QemuProcess::spawn(cmd, "t2", &dir.path().join("log"))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let outcome = p.terminate(Duration::from_millis(300)).await;
         assert_eq!(outcome, Termination::Killed);
@@ -299,10 +329,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kill_all_kills_every_registered_group_and_forgets_it() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let registry = ProcessRegistry::default();
+        registry.register(pid, "vm-k", "gvproxy");
+        assert_eq!(registry.len(), 1);
+        let killed = registry.kill_all();
+        assert_eq!(
+            killed,
+            vec![Registered {
+                vm_id: "vm-k".into(),
+                role: "gvproxy"
+            }]
+        );
+        assert!(registry.is_empty());
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_program_is_a_spawn_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let cmd = Command::new("/nonexistent/qemu");
-        let err = QemuProcess::spawn(cmd, "t3", &dir.path().join("log")).unwrap_err();
+        let err = QemuProcess::spawn(cmd, "t3", &dir.path().join("log"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/qemu"), "{err}");
     }
 }

@@ -113,7 +113,7 @@ impl Launcher for FakeLauncher {
             if boot != Boot::Dies && boot != Boot::SpawnFails {
                 cmd.arg("30");
             }
-            let process = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log())?;
+            let process = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
             self.pids.lock().unwrap().push(process.pid());
             Ok(process)
         })
