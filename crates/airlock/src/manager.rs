@@ -99,12 +99,13 @@ impl VmManager {
         // and start time; pools of processes that are gone are swept.
         let pools = config.run_dir.join("overlays");
         let swept_pools = pools.clone();
-        blocking("sweep overlay pools", move || {
-            sweep::sweep_dead_process_dirs(&swept_pools)
+        let pool_name = blocking("sweep overlay pools", move || {
+            sweep::sweep_dead_process_dirs(&swept_pools);
+            sweep::process_dir_name(&crate::builder::new_vm_id())
         })
         .await?;
         let overlays = OverlayPool::new(PoolConfig {
-            pool_dir: pools.join(sweep::process_dir_name(&crate::builder::new_vm_id())),
+            pool_dir: pools.join(pool_name),
             work_root: Some(vms_dir),
             target_per_base: config.overlay_pool_target,
             ..PoolConfig::default()
