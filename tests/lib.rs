@@ -58,13 +58,17 @@ pub fn qemu_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("AIRLOCK_QEMU") {
         return Some(PathBuf::from(p));
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
+    airlock_sys_util::which("qemu-system-x86_64")
 }
 
 /// QEMU processes whose command line mentions `needle`.
 pub fn qemu_processes_mentioning(needle: &str) -> Vec<u32> {
+    processes_mentioning("qemu-system", needle)
+}
+
+/// Live processes (zombies excluded) whose command line mentions both
+/// `program` and `needle`.
+pub fn processes_mentioning(program: &str, needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -72,9 +76,10 @@ pub fn qemu_processes_mentioning(needle: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
+            // A zombie's cmdline is empty, so it never matches.
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let text = String::from_utf8_lossy(&c);
-                text.contains("qemu-system") && text.contains(needle)
+                text.contains(program) && text.contains(needle)
             })
         })
         .collect()

@@ -182,7 +182,7 @@ async fn qemu_killed_mid_run_is_reported_and_leaves_nothing_behind() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("signal: 9"), "{err}");
+    assert!(err.to_string().contains("killed by signal 9"), "{err}");
     vm.destroy().await;
     assert!(!dir.exists(), "work dir (sockets, overlay, logs) removed");
     assert!(qemu_processes_mentioning(dir.to_str().unwrap()).is_empty());

@@ -41,6 +41,20 @@ const REFUSED_BACKOFF: Backoff = Backoff::new(Duration::from_millis(2), Duration
 /// arguments, stdio and process group are this crate's.
 pub type ChildSetup = Box<dyn FnOnce(&mut std::process::Command) + Send>;
 
+/// How the caller forks gvproxy, when it must be done its way: e.g. from
+/// one long-lived thread with a parent-death signal added last, so that
+/// gvproxy dies with its owner. It gets the finished `Command` (this
+/// crate's pre-exec set-up installed) and spawns it as is, adding at most
+/// pre-exec hooks of its own.
+pub type SpawnWith = std::sync::Arc<
+    dyn Fn(
+            tokio::process::Command,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = io::Result<tokio::process::Child>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// How gvproxy is started and stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchOptions {
@@ -87,10 +101,21 @@ impl LaunchOptions {
 }
 
 /// Starts gvproxy processes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GvproxyLauncher {
     binary: GvproxyBinary,
     options: LaunchOptions,
+    spawn_with: Option<SpawnWith>,
+}
+
+impl std::fmt::Debug for GvproxyLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GvproxyLauncher")
+            .field("binary", &self.binary)
+            .field("options", &self.options)
+            .field("spawn_with", &self.spawn_with.is_some())
+            .finish()
+    }
 }
 
 /// A guest port exposed by gvproxy on a unix socket.
@@ -147,7 +172,20 @@ impl GvproxyLauncher {
     /// [`GvproxyError::InvalidOptions`].
     pub fn new(binary: GvproxyBinary, options: LaunchOptions) -> Result<Self, GvproxyError> {
         options.validate()?;
-        Ok(Self { binary, options })
+        Ok(Self {
+            binary,
+            options,
+            spawn_with: None,
+        })
+    }
+
+    /// The same launcher, forking gvproxy with `spawn` (see [`SpawnWith`])
+    /// instead of a plain spawn on the calling thread.
+    pub fn with_spawn(self, spawn: SpawnWith) -> Self {
+        Self {
+            spawn_with: Some(spawn),
+            ..self
+        }
     }
 
     /// The binary.
@@ -213,20 +251,26 @@ impl GvproxyLauncher {
         plan.install(&mut cmd);
 
         let started = Instant::now();
-        let child = tokio::process::Command::from(cmd)
-            .spawn()
-            .map_err(|source| match steps.last_step() {
-                Some(step) if step != "exec gvproxy" => GvproxyError::Netns {
-                    vm_id: vm_id.clone(),
-                    step,
-                    source,
-                },
-                _ => GvproxyError::Spawn {
-                    vm_id: vm_id.clone(),
-                    program: self.binary.path.clone(),
-                    source,
-                },
-            })?;
+        let cmd = tokio::process::Command::from(cmd);
+        let spawned = match &self.spawn_with {
+            Some(spawn) => spawn(cmd).await,
+            None => {
+                let mut cmd = cmd;
+                cmd.spawn()
+            }
+        };
+        let child = spawned.map_err(|source| match steps.last_step() {
+            Some(step) if step != "exec gvproxy" => GvproxyError::Netns {
+                vm_id: vm_id.clone(),
+                step,
+                source,
+            },
+            _ => GvproxyError::Spawn {
+                vm_id: vm_id.clone(),
+                program: self.binary.path.clone(),
+                source,
+            },
+        })?;
         let pid = child.id().unwrap_or_default();
         // Opened at once: the namespace outlives gvproxy while this fd (and
         // any listener bound in it) lives.

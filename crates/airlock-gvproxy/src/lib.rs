@@ -75,7 +75,7 @@ pub use config::{
 };
 pub use error::GvproxyError;
 pub use launch::{
-    ChildSetup, ExposedPort, GvproxyHandle, GvproxyLauncher, LaunchOptions, StopReport,
+    ChildSetup, ExposedPort, GvproxyHandle, GvproxyLauncher, LaunchOptions, SpawnWith, StopReport,
 };
 pub use netns::{bind_tcp_in_netns, in_netns, NamespaceKind};
 pub use policy::{

@@ -17,7 +17,7 @@ use crate::remove::{remove_group, RemoveReport};
 use crate::resource::RlimitSetting;
 use crate::rlimit::{apply_to_pid, clamp_to_current, rlimits_for};
 use crate::stats::Stats;
-use crate::sweep::{sweep, SweepOptions, SweepReport};
+use crate::sweep::{group_dirs, sweep, SweepOptions, SweepReport};
 use crate::{v1, v2, LimitsError};
 
 /// Creates, and sweeps, the limits groups of one backend.
@@ -89,6 +89,27 @@ impl Limiter {
             dirs,
             rlimits,
         })
+    }
+
+    /// Kills every process in the group `airlock/<tenant>/<vm>` and removes
+    /// it, whoever made it: for the owner of a VM whose Airlock process
+    /// died (its work dir says which group was its). Unlike
+    /// [`Limiter::sweep_stale`], this does not spare a group that still
+    /// has processes: they are the orphans to end. A group that is gone
+    /// already is no error (its dirs are reported `already_absent`).
+    /// Blocks up to `timeout`.
+    ///
+    /// # Errors
+    /// [`LimitsError::InvalidId`] before touching anything.
+    pub fn remove_orphan(
+        &self,
+        tenant: &str,
+        vm: &str,
+        timeout: Duration,
+    ) -> Result<RemoveReport, LimitsError> {
+        let id = GroupId::new(tenant, vm)?;
+        let dirs = group_dirs(self.backend(), &id);
+        Ok(remove_group(&id.to_string(), self.kind(), &dirs, timeout))
     }
 
     /// Removes stale groups left by a crashed run (see [`SweepOptions`]).

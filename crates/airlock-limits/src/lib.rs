@@ -17,8 +17,9 @@
 //! [`VmGroup::prepare_tokio_command`]) makes the spawned process join the
 //! group before it execs, so QEMU runs limited from its first instruction.
 //! [`VmGroup::remove`] kills what is left and removes the group; it never
-//! fails and reports what it did. [`Limiter::sweep_stale`] removes groups a
-//! crashed run left behind.
+//! fails and reports what it did. [`Limiter::sweep_stale`] removes empty
+//! groups a crashed run left behind; [`Limiter::remove_orphan`] kills and
+//! removes one named group whose owner is known to be dead.
 //!
 //! This crate sits in the lower layer: it knows nothing of QEMU, images or
 //! the orchestrator, and of Airlock depends only on `airlock-sys-util`

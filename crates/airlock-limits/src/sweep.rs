@@ -101,6 +101,18 @@ fn roots(backend: &Backend) -> Vec<(PathBuf, Vec<String>)> {
     }
 }
 
+/// The directories the group `id` has (or had) under `backend`, one per
+/// hierarchy; none for rlimits.
+pub(crate) fn group_dirs(backend: &Backend, id: &GroupId) -> Vec<GroupDir> {
+    roots(backend)
+        .into_iter()
+        .map(|(root, controllers)| GroupDir {
+            path: root.join(id.tenant()).join(id.vm()),
+            controllers,
+        })
+        .collect()
+}
+
 /// Sweeps stale groups of `backend`.
 pub(crate) fn sweep(backend: &Backend, options: &SweepOptions) -> SweepReport {
     let mut report = SweepReport::default();

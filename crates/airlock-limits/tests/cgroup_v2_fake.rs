@@ -341,3 +341,37 @@ fn sweep_touches_only_valid_groups_under_airlock() {
             && all.removed_tenants.contains(&"t3".to_owned())
     );
 }
+
+#[test]
+fn an_orphans_group_is_killed_and_removed_by_name_even_when_busy() {
+    let root = fake_v2_root(ALL_CONTROLLERS);
+    let limiter = v2_limiter(root.path());
+    let vm = root.path().join("airlock/t/orphan");
+    fs::create_dir_all(&vm).unwrap();
+    fs::write(vm.join("cgroup.kill"), "").unwrap();
+    // A pid that cannot exist: "busy" for the sweep, which spares it.
+    fs::write(vm.join("cgroup.procs"), "999999999\n").unwrap();
+    let spared = limiter.sweep_stale(&SweepOptions {
+        min_age: Duration::ZERO,
+        tenant: None,
+    });
+    assert_eq!(spared.busy, vec!["airlock/t/orphan".to_owned()]);
+
+    let report = limiter
+        .remove_orphan("t", "orphan", Duration::from_millis(200))
+        .unwrap();
+
+    assert!(report.used_cgroup_kill, "{report:?}");
+    assert_eq!(read(vm.join("cgroup.kill")), "1");
+    let gone = limiter
+        .remove_orphan("t", "never-made", Duration::from_millis(200))
+        .unwrap();
+    assert!(gone.is_clean() && gone.removed_dirs.is_empty(), "{gone:?}");
+    assert_eq!(
+        gone.already_absent,
+        vec![root.path().join("airlock/t/never-made")]
+    );
+    assert!(limiter
+        .remove_orphan("t", "../x", Duration::from_millis(200))
+        .is_err());
+}

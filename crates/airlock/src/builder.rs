@@ -122,7 +122,7 @@ pub fn new_vm_id() -> String {
 pub async fn build(ctx: &BootContext<'_>, options: &VmOptions, deadline: Instant) -> Result<Built> {
     let base = ctx.images.rootfs(options.language)?.to_path_buf();
     let vm_id = new_vm_id();
-    let workdir = WorkDir::create_async(&ctx.config.run_dir, &vm_id).await?;
+    let workdir = WorkDir::create_owned(&ctx.config.run_dir, &vm_id, &options.tenant).await?;
     let mut guard = BootGuard::new(vm_id, workdir, ctx.reaper.clone(), ctx.config.kill_grace);
     match run_steps(ctx, options, &base, deadline, &mut guard).await {
         Ok((agent, timings)) => Ok(Built {
@@ -158,18 +158,25 @@ async fn run_steps(
 
     let network = start_network(ctx, options, &vm_id, &workdir, &group).await?;
     let network_socket = network.as_ref().map(VmNetwork::qemu_socket);
+    let gvproxy_pid = network.as_ref().map(VmNetwork::gvproxy_pid);
     guard.parts().network = network;
+    if let Some(pid) = gvproxy_pid {
+        // For the sweep, should this process die (`sweep.rs`).
+        workdir.record_process("gvproxy", pid).await?;
+    }
 
     let plan = machine_plan(ctx.config, options, &vm_id, &workdir, base, network_socket);
     let spawn_start = Instant::now();
     let process = ctx.launcher.spawn(&plan, &group).await?;
     timings.spawn_ms = ms(spawn_start.elapsed());
+    let qemu_pid = process.pid();
     let parts = guard.parts();
     if ctx.config.debug_console {
         // Owned by the VM: aborted at teardown.
         parts.console_echo = Some(tokio::spawn(echo_console(workdir.console_log())));
     }
     let process = parts.process.insert(process);
+    workdir.record_process("qemu", qemu_pid).await?;
 
     let ready_start = Instant::now();
     let agent = ctx.launcher.reach_agent(&plan, process, deadline).await?;

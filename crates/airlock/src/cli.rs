@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::interrupt::{self, Interrupts};
 use crate::network::{ExposedAddr, NetworkRequest};
 use crate::request::{parse_env_pair, RunRequest, DEFAULT_MEMORY_MIB};
 use crate::scheduler::{RunObserver, Scheduler, Stage};
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status when Airlock itself failed.
 pub const EXIT_AIRLOCK_FAILED: i32 = 125;
-/// Exit status after Ctrl-C.
+/// Exit status after Ctrl-C (SIGINT); SIGTERM gives 143 and SIGHUP 129:
+/// 128 + the signal, see [`crate::interrupt::exit_status`].
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Runs untrusted code in throw-away QEMU microVMs.
@@ -231,9 +233,26 @@ pub fn main(cli: Cli) -> i32 {
         }
     };
     runtime.block_on(async {
+        // From the start: an interrupt during start-up (probes, sweeps,
+        // pools) cleans up too; a second one forces.
+        let mut interrupts = match Interrupts::install(Box::new(interrupt::force_exit)) {
+            Ok(interrupts) => interrupts,
+            Err(e) => {
+                eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+                return EXIT_AIRLOCK_FAILED;
+            }
+        };
         match cli.command {
-            Command::Run(args) => run(args).await,
-            Command::Doctor => crate::doctor::run().await,
+            Command::Run(args) => run(args, &mut interrupts).await,
+            Command::Doctor => tokio::select! {
+                code = crate::doctor::run() => code,
+                stop = interrupts.first() => {
+                    // The probes' children are killed as their futures drop.
+                    crate::process::registry().kill_all();
+                    eprintln!("airlock: interrupted ({stop})");
+                    interrupt::exit_status(stop)
+                }
+            },
         }
     })
 }
@@ -263,7 +282,7 @@ fn report_failure(error: &Error, debug: bool) {
     }
 }
 
-async fn run(args: RunArgs) -> i32 {
+async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
     let request = match args.to_request(&mut std::io::stdin()) {
         Ok(r) => r,
         Err(e) => {
@@ -278,7 +297,21 @@ async fn run(args: RunArgs) -> i32 {
         overlay_pool_target: 0,
         ..Config::default()
     };
-    let scheduler = match Scheduler::start(config).await {
+    let run_dir = config.run_dir.clone();
+    let started = tokio::select! {
+        started = Scheduler::start(config) => started,
+        stop = interrupts.first() => {
+            // The start-up future is dropped: the probes' children with it
+            // (kill_on_drop); what is registered is killed, and this
+            // process's overlay pool dir, if made, removed.
+            crate::process::registry().kill_all();
+            let pools = run_dir.join("overlays");
+            let _ = tokio::task::spawn_blocking(move || crate::sweep::remove_own_process_dirs(&pools)).await;
+            eprintln!("airlock: interrupted ({stop}) while starting: nothing was left behind");
+            return interrupt::exit_status(stop);
+        }
+    };
+    let scheduler = match started {
         Ok(s) => s,
         Err(e) => {
             report_failure(&e, args.debug);
@@ -289,18 +322,19 @@ async fn run(args: RunArgs) -> i32 {
     let mut observer = Terminal::new(show_progress, !args.json, request.language);
     let result = tokio::select! {
         result = scheduler.run_observed(request, &mut observer) => result,
-        _ = tokio::signal::ctrl_c() => {
+        stop = interrupts.first() => {
             observer.clear_progress();
             // Dropping the run handed its VM (or half-built VM) to the
             // reaper; anything still registered is killed here at once,
             // and the shutdown waits for the reaper to remove the files.
+            // A second interrupt meanwhile forces (`interrupt.rs`).
             let stragglers = crate::process::registry().kill_all();
             scheduler.manager().shutdown().await;
             eprintln!(
-                "airlock: interrupted: the VM was stopped and its files removed{}",
-                if stragglers.is_empty() { String::new() } else { format!(" ({} more killed)", stragglers.len()) }
+                "airlock: interrupted ({stop}): the VM was stopped and its files removed{}",
+                if stragglers.is_empty() { String::new() } else { format!(" ({} processes killed)", stragglers.len()) }
             );
-            return EXIT_INTERRUPTED;
+            return interrupt::exit_status(stop);
         }
     };
     observer.clear_progress();

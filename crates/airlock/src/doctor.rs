@@ -1,8 +1,11 @@
-//! `airlock doctor`: what the host offers and what to fix.
+//! `airlock doctor`: what the host offers and what to fix. Like every
+//! start of Airlock, it first ends what dead Airlock processes left
+//! (`sweep.rs`) and says so.
 
 use crate::config::Config;
 use crate::host::Host;
 use crate::images::Images;
+use crate::sweep::SweepReport;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +20,7 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-/// Runs every check.
+/// Runs every check, and the sweep of what dead Airlock processes left.
 pub async fn checks() -> Vec<Check> {
     let config = Config::default();
     let mut out = Vec::new();
@@ -81,6 +84,7 @@ pub async fn checks() -> Vec<Check> {
         airlock_limits::Limiter::probe(&airlock_limits::ProbeConfig::default())
     })
     .await;
+    let sweeper = limiter.as_ref().ok().cloned();
     match limiter {
         Ok(limiter) => out.push(Check {
             name: "limits",
@@ -97,6 +101,12 @@ pub async fn checks() -> Vec<Check> {
             fix: None,
         }),
     }
+    let run_dir = config.run_dir.clone();
+    let swept = tokio::task::spawn_blocking(move || {
+        crate::sweep::sweep_orphans(&run_dir, sweeper.as_ref())
+    })
+    .await;
+    out.push(leftovers_check(swept.as_ref().map_err(ToString::to_string)));
     out.push(Check {
         name: "run dir",
         ok: config.validate().is_ok(),
@@ -120,6 +130,42 @@ pub async fn checks() -> Vec<Check> {
     out
 }
 
+/// The line about what dead Airlock processes had left, swept just now.
+fn leftovers_check(swept: Result<&SweepReport, String>) -> Check {
+    match swept {
+        Ok(report) if report.problems.is_empty() => Check {
+            name: "leftovers",
+            ok: true,
+            found: if report.removed.is_empty() {
+                "none: no VM of a dead Airlock process".to_owned()
+            } else {
+                format!(
+                    "removed {} VM work dir(s) of dead Airlock processes ({} process(es) killed, {} limits group(s) removed)",
+                    report.removed.len(),
+                    report.killed.len(),
+                    report.groups_removed.len()
+                )
+            },
+            fix: None,
+        },
+        Ok(report) => Check {
+            name: "leftovers",
+            ok: false,
+            found: format!(
+                "cannot remove everything dead Airlock processes left: {}",
+                report.problems.join("; ")
+            ),
+            fix: Some("run as the user (or root) that ran those VMs".into()),
+        },
+        Err(e) => Check {
+            name: "leftovers",
+            ok: false,
+            found: format!("the sweep failed: {e}"),
+            fix: None,
+        },
+    }
+}
+
 /// Prints the report; exit status 0 when `airlock run` can work, else 1.
 pub async fn run() -> i32 {
     let checks = checks().await;
@@ -135,5 +181,40 @@ pub async fn run() -> i32 {
         0
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leftovers_line_counts_what_was_swept_or_names_the_problem() {
+        let none = leftovers_check(Ok(&SweepReport::default()));
+        assert!(none.ok && none.found.starts_with("none"), "{none:?}");
+        let swept = SweepReport {
+            removed: vec!["/run/airlock/vms/a".into()],
+            killed: vec![("qemu".into(), 42)],
+            groups_removed: vec!["airlock/default/a".into()],
+            problems: Vec::new(),
+        };
+        let line = leftovers_check(Ok(&swept));
+        assert!(line.ok);
+        assert!(
+            line.found.contains("removed 1 VM work dir(s)"),
+            "{}",
+            line.found
+        );
+        assert!(
+            line.found.contains("1 process(es) killed"),
+            "{}",
+            line.found
+        );
+        let failed = SweepReport {
+            problems: vec!["remove /x: denied".into()],
+            ..SweepReport::default()
+        };
+        let bad = leftovers_check(Ok(&failed));
+        assert!(!bad.ok && bad.found.contains("denied") && bad.fix.is_some());
     }
 }

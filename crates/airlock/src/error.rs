@@ -3,8 +3,8 @@
 //! [`Error::is_transient`] is what the boot retries go by (see
 //! `docs/architecture.md`, "Retries").
 
-use crate::exit::ProcessExit;
 use airlock_protocol::ProtocolError;
+use airlock_sys_util::ChildExit;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,14 +94,15 @@ pub enum Error {
         source: std::io::Error,
     },
     /// QEMU exited before the guest was ready or while it ran.
-    #[error("vm {vm_id}: QEMU exited ({status}) {when}\n--- qemu stderr (tail) ---\n{stderr_tail}\n--- console (tail) ---\n{console_tail}")]
+    #[error("vm {vm_id}: QEMU exited ({}) {when}\n--- qemu stderr (tail) ---\n{stderr_tail}\n--- console (tail) ---\n{console_tail}", exit_text(.status))]
     VmDied {
         /// The VM.
         vm_id: String,
         /// When it died ("during boot", "during exec").
         when: &'static str,
-        /// How QEMU ended.
-        status: ProcessExit,
+        /// How QEMU ended; `None` when waiting for it failed, so that how
+        /// it ended is unknown.
+        status: Option<ChildExit>,
         /// The end of QEMU's stderr.
         stderr_tail: String,
         /// The end of the guest console log.
@@ -234,22 +235,33 @@ impl Error {
     }
 }
 
+/// How a child ended, in words; "unknown" when its wait failed.
+fn exit_text(status: &Option<ChildExit>) -> String {
+    status.map_or_else(
+        || "unknown status: wait failed".to_owned(),
+        |exit| exit.to_string(),
+    )
+}
+
 /// Result with the crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::ExitStatusExt;
 
-    fn died() -> Error {
+    fn died_with(status: Option<ChildExit>) -> Error {
         Error::VmDied {
             vm_id: "vm".into(),
             when: "during boot",
-            status: ProcessExit::Exited(std::process::ExitStatus::from_raw(9)),
+            status,
             stderr_tail: String::new(),
             console_tail: String::new(),
         }
+    }
+
+    fn died() -> Error {
+        died_with(Some(ChildExit::Signal(9)))
     }
 
     fn protocol(source: ProtocolError) -> Error {
@@ -326,9 +338,13 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_vm_keeps_the_exit_status_text_of_the_platform() {
+    fn a_dead_vm_names_how_qemu_ended() {
         let msg = died().to_string();
-        assert!(msg.contains("QEMU exited (signal: 9"), "{msg}");
+        assert!(msg.contains("QEMU exited (killed by signal 9"), "{msg}");
+        let code = died_with(Some(ChildExit::Code(3))).to_string();
+        assert!(code.contains("QEMU exited (exit code 3)"), "{code}");
+        let unknown = died_with(None).to_string();
+        assert!(unknown.contains("unknown status: wait failed"), "{unknown}");
     }
 
     #[test]

@@ -3,33 +3,34 @@
 //! (step 8 of "A VM's life" in `docs/architecture.md`).
 
 use crate::error::{Error, Result};
-use crate::exit::ProcessExit;
-use crate::process::{file_tail, QemuProcess};
+use crate::process::{console_tail, QemuProcess};
 use airlock_protocol::client::{AgentInfo, Client};
 use airlock_protocol::ProtocolError;
-use rand::Rng;
+use airlock_sys_util::{retry_until, Backoff, ChildExit};
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
-/// First wait between tries; doubled (with jitter) up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(10);
-/// Longest wait between tries.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// First wait for a pong before pinging again.
-const PING_FIRST_WAIT: Duration = Duration::from_millis(20);
-/// Longest wait for a pong before pinging again.
-const PING_MAX_WAIT: Duration = Duration::from_millis(80);
+/// Jitter of every wait here: ±25%, so that parallel boots do not poll
+/// in lockstep.
+pub(crate) const JITTER: f64 = 0.25;
 
-/// Exponential backoff with ±25% jitter (so parallel boots do not poll in
-/// lockstep): `FIRST_BACKOFF * 2^attempt`, capped.
-pub fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
-    let base = first.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let jitter = rand::thread_rng().gen_range(0.75..=1.25);
-    base.mul_f64(jitter)
-}
+/// Waits between tries to connect to a socket QEMU is about to create:
+/// 10 ms doubling to 500 ms.
+const CONNECT_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(10),
+    max: Duration::from_millis(500),
+    jitter: JITTER,
+};
+
+/// Waits for a pong before pinging again: 20 ms doubling to 80 ms.
+const PING_WAIT: Backoff = Backoff {
+    first: Duration::from_millis(20),
+    max: Duration::from_millis(80),
+    jitter: JITTER,
+};
 
 /// Where the VM's files are, for error messages.
 pub struct GuestPaths<'a> {
@@ -73,9 +74,9 @@ where
             return Err(Error::VmDied {
                 vm_id: paths.vm_id.to_owned(),
                 when: "during boot",
-                status: ProcessExit::from_wait(status),
+                status: status.ok().map(ChildExit::from),
                 stderr_tail: process.stderr_tail(),
-                console_tail: file_tail(paths.console_log),
+                console_tail: console_tail(paths.console_log),
             });
         }
     };
@@ -85,7 +86,7 @@ where
             vm_id: paths.vm_id.to_owned(),
             after: waited,
             stderr_tail: process.stderr_tail(),
-            console_tail: file_tail(paths.console_log),
+            console_tail: console_tail(paths.console_log),
         }),
     }
 }
@@ -134,7 +135,7 @@ async fn await_agent(client: &Client, vm_id: &str, deadline: Instant) -> Result<
     while Instant::now() < deadline {
         // Short, capped waits: a ping sent before the agent opened its port
         // is lost, and the next one must follow soon.
-        let wait = backoff(attempt, PING_FIRST_WAIT, PING_MAX_WAIT);
+        let wait = PING_WAIT.delay(attempt);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let answer = tokio::select! {
             said = &mut hello, if hello_pending => {
@@ -164,18 +165,14 @@ async fn await_agent(client: &Client, vm_id: &str, deadline: Instant) -> Result<
 /// Connects to a unix socket that QEMU is about to create, retrying with
 /// backoff until the deadline. `None` when the deadline passed.
 async fn connect(path: &Path, deadline: Instant) -> Option<UnixStream> {
-    let mut attempt = 0;
-    loop {
-        if let Ok(stream) = UnixStream::connect(path).await {
-            return Some(stream);
-        }
-        let wait = backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF);
-        if Instant::now() + wait >= deadline {
-            return None;
-        }
-        tokio::time::sleep(wait).await;
-        attempt += 1;
-    }
+    retry_until(
+        &CONNECT_BACKOFF,
+        deadline,
+        || UnixStream::connect(path),
+        |_| true,
+    )
+    .await
+    .ok()
 }
 
 /// Checks with SO_PEERCRED that the socket is served by our QEMU: its pid,
@@ -223,15 +220,15 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let first = Duration::from_millis(10);
-        let max = Duration::from_millis(500);
-        let b0 = backoff(0, first, max);
+        let max = CONNECT_BACKOFF.max;
+        let b0 = CONNECT_BACKOFF.delay(0);
         assert!(b0 >= Duration::from_micros(7500) && b0 <= Duration::from_micros(12500));
-        let b3 = backoff(3, first, max);
+        let b3 = CONNECT_BACKOFF.delay(3);
         assert!(b3 >= Duration::from_millis(60) && b3 <= Duration::from_millis(100));
         for attempt in [10, 40, 1000] {
-            assert!(backoff(attempt, first, max) <= max.mul_f64(1.25));
+            assert!(CONNECT_BACKOFF.delay(attempt) <= max.mul_f64(1.25));
         }
+        assert!(PING_WAIT.delay(40) <= PING_WAIT.max.mul_f64(1.25));
     }
 
     #[tokio::test]
@@ -257,10 +254,12 @@ mod tests {
         }
     }
 
-    fn spawn(dir: &Path, script: &str) -> QemuProcess {
+    async fn spawn(dir: &Path, script: &str) -> QemuProcess {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.args(["-c", script]);
-        QemuProcess::spawn(cmd, "vm1", &dir.join("qemu.log")).unwrap()
+        QemuProcess::spawn(cmd, "vm1", &dir.join("qemu.log"))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -268,7 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         std::fs::write(&console, "kernel panic\n").unwrap();
-        let mut process = spawn(dir.path(), "echo no-kvm >&2; exit 3");
+        let mut process = spawn(dir.path(), "echo no-kvm >&2; exit 3").await;
         let never = std::future::pending::<Result<Option<Agent>>>();
         let err = race_death(
             &paths(&console),
@@ -286,7 +285,7 @@ mod tests {
                 when,
                 ..
             } => {
-                assert_eq!(status.to_string(), "exit status: 3");
+                assert_eq!(*status, Some(ChildExit::Code(3)));
                 assert_eq!(stderr_tail, "no-kvm\n");
                 assert_eq!(console_tail, "kernel panic\n");
                 assert_eq!(*when, "during boot");
@@ -300,7 +299,7 @@ mod tests {
     async fn an_agent_that_never_answers_is_a_boot_timeout_naming_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
-        let mut process = spawn(dir.path(), "sleep 30");
+        let mut process = spawn(dir.path(), "sleep 30").await;
         let err = race_death(
             &paths(&console),
             &mut process,

@@ -1,5 +1,6 @@
 //! [`VmManager`]: the orchestrator's entry to VMs. It probes the host once,
-//! sweeps what a crashed run left, starts the overlay pool, and boots VMs
+//! sweeps what dead Airlock processes left (`sweep.rs`), starts the overlay
+//! pool, and boots VMs
 //! through the [`VmFactory`] with the QEMU launcher.
 
 use crate::config::Config;
@@ -8,8 +9,9 @@ use crate::factory::{FactoryParts, VmFactory};
 use crate::host::Host;
 use crate::images::Images;
 use crate::qemu_launcher::QemuLauncher;
+use crate::sweep;
 use crate::vm::{Vm, VmOptions};
-use crate::workdir::{self, WorkDir};
+use crate::workdir::WorkDir;
 use airlock_limits::Limiter;
 use airlock_overlay::{OverlayPool, PoolConfig};
 use airlock_qemu::BootImages;
@@ -65,45 +67,50 @@ impl VmManager {
         let dir = config.images_dir.clone();
         let images = blocking("load the images manifest", move || Images::load(&dir)).await??;
         let host = Host::probe(&images).await?;
-        let run_dir = config.run_dir.clone();
-        let swept = blocking("sweep stale work dirs", move || {
-            workdir::sweep_stale(&run_dir)
+        let limiter = blocking("probe the limits backend", || {
+            Limiter::probe(&airlock_limits::ProbeConfig::default())
+        })
+        .await?;
+        // What dead Airlock processes left: their VMs' processes, groups
+        // and work dirs (`sweep.rs`), then empty groups, then their pools.
+        let (run_dir, sweeper) = (config.run_dir.clone(), limiter.clone());
+        let swept = blocking("sweep orphaned VMs", move || {
+            sweep::sweep_orphans(&run_dir, Some(&sweeper))
         })
         .await?;
         if !swept.is_empty() {
-            tracing::info!(count = swept.len(), "removed stale VM work dirs");
+            tracing::info!(
+                work_dirs = swept.removed.len(),
+                killed = swept.killed.len(),
+                groups = swept.groups_removed.len(),
+                problems = ?swept.problems,
+                "swept what dead Airlock processes left"
+            );
         }
+        let swept = limiter
+            .sweep_stale_async(airlock_limits::SweepOptions::default())
+            .await;
+        tracing::debug!(?swept, "swept stale limits groups");
         let vms_dir = WorkDir::vms_dir(&config.run_dir);
         tokio::fs::create_dir_all(&vms_dir)
             .await
             .map_err(|e| Error::io("create", &vms_dir, e))?;
-        // One pool per manager (a pool locks its dir), named after our pid;
-        // pools of processes that are gone are swept.
+        // One pool per manager (a pool locks its dir), named after our pid
+        // and start time; pools of processes that are gone are swept.
         let pools = config.run_dir.join("overlays");
         let swept_pools = pools.clone();
-        blocking("sweep overlay pools", move || {
-            workdir::sweep_dead_process_dirs(&swept_pools)
+        let pool_name = blocking("sweep overlay pools", move || {
+            sweep::sweep_dead_process_dirs(&swept_pools);
+            sweep::process_dir_name(&crate::builder::new_vm_id())
         })
         .await?;
         let overlays = OverlayPool::new(PoolConfig {
-            pool_dir: pools.join(format!(
-                "{}-{}",
-                std::process::id(),
-                crate::builder::new_vm_id()
-            )),
+            pool_dir: pools.join(pool_name),
             work_root: Some(vms_dir),
             target_per_base: config.overlay_pool_target,
             ..PoolConfig::default()
         })
         .await?;
-        let limiter = blocking("probe the limits backend", || {
-            Limiter::probe(&airlock_limits::ProbeConfig::default())
-        })
-        .await?;
-        let swept = limiter
-            .sweep_stale_async(airlock_limits::SweepOptions::default())
-            .await;
-        tracing::debug!(?swept, "swept stale limits groups");
         let accel = match host.caps.accel {
             airlock_qemu::Accel::Kvm => airlock_limits::Accel::Kvm,
             airlock_qemu::Accel::Tcg => airlock_limits::Accel::Tcg,

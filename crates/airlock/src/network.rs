@@ -5,6 +5,7 @@
 //! the guest's exposed ports.
 
 use crate::error::{Error, Result};
+use crate::process::registry;
 use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
     bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
@@ -147,9 +148,15 @@ impl VmNetwork {
             source: e,
         };
         let binary = find_gvproxy_cached().await.map_err(net)?;
-        let launcher = GvproxyLauncher::new(binary, LaunchOptions::default()).map_err(net)?;
+        // Forked by the spawner thread with a parent-death signal: gvproxy
+        // dies with this process (`docs/architecture.md`, "Nothing
+        // outlives its owner").
+        let launcher = GvproxyLauncher::new(binary, LaunchOptions::default())
+            .map_err(net)?
+            .with_spawn(Arc::new(|cmd| Box::pin(crate::spawner::spawn(cmd))));
         let spec = GvproxySpec::new(request.policy(vm_id), dir);
         let gvproxy = launcher.launch(&spec, child_setup).await.map_err(net)?;
+        registry().register(gvproxy.pid(), vm_id, "gvproxy");
         let mut network = Self {
             mode: request.mode(),
             gvproxy,
@@ -236,6 +243,7 @@ impl VmNetwork {
             None => None,
         };
         let report = self.gvproxy.stop().await;
+        registry().unregister(self.gvproxy.pid());
         tracing::debug!(?report, "gvproxy stopped");
         let mut problems = report.problems.clone();
         problems.extend(early_exit_problem(&report));
@@ -267,6 +275,8 @@ fn early_exit_problem(report: &StopReport) -> Option<String> {
 
 impl Drop for VmNetwork {
     fn drop(&mut self) {
+        // The handle's own drop kills gvproxy's group.
+        registry().unregister(self.gvproxy.pid());
         for bridge in &self.bridges {
             bridge.abort();
         }

@@ -1,11 +1,12 @@
-//! QEMU as a child process: spawned in its own process group, its output
-//! drained (a full pipe would stall it), killed TERM-then-KILL, and
-//! registered so that Ctrl-C can kill what is left.
+//! QEMU as a child process: spawned in its own process group (by the
+//! spawner thread, with a parent-death signal), its output drained (a full
+//! pipe would stall it), killed TERM-then-KILL, and registered so that an
+//! interrupt can kill what is left.
 
 use crate::error::{Error, Result};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use std::collections::{HashMap, VecDeque};
+use airlock_sys_util::TailBuffer;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,48 +18,11 @@ use tokio::task::JoinHandle;
 /// Bytes of QEMU's stderr kept for error messages.
 const STDERR_TAIL_BYTES: usize = 4096;
 /// Bytes of the console log shown in error messages.
-const CONSOLE_TAIL_BYTES: usize = 3072;
+pub(crate) const CONSOLE_TAIL_BYTES: usize = 3072;
 
-/// The last bytes written to a stream.
-#[derive(Debug, Default)]
-pub struct Tail {
-    bytes: VecDeque<u8>,
-    capacity: usize,
-}
-
-impl Tail {
-    /// A tail keeping the last `capacity` bytes.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            bytes: VecDeque::with_capacity(capacity),
-            capacity,
-        }
-    }
-
-    /// Appends bytes, dropping the oldest beyond the capacity.
-    pub fn push(&mut self, data: &[u8]) {
-        let data = &data[data.len().saturating_sub(self.capacity)..];
-        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.capacity);
-        self.bytes.drain(..overflow);
-        self.bytes.extend(data);
-    }
-
-    /// The kept bytes as (lossy) text.
-    pub fn text(&self) -> String {
-        let (a, b) = self.bytes.as_slices();
-        let mut v = a.to_vec();
-        v.extend_from_slice(b);
-        String::from_utf8_lossy(&v).into_owned()
-    }
-}
-
-/// The last `CONSOLE_TAIL_BYTES` of a log file, as text ("" when absent).
-pub fn file_tail(path: &Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return String::new();
-    };
-    let start = bytes.len().saturating_sub(CONSOLE_TAIL_BYTES);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
+/// The end of a guest console log, for error messages ("" when absent).
+pub(crate) fn console_tail(path: &Path) -> String {
+    airlock_sys_util::file_tail(path, CONSOLE_TAIL_BYTES)
 }
 
 /// A running QEMU.
@@ -66,7 +30,7 @@ pub fn file_tail(path: &Path) -> String {
 pub struct QemuProcess {
     child: Child,
     pid: u32,
-    stderr_tail: Arc<Mutex<Tail>>,
+    stderr_tail: Arc<Mutex<TailBuffer>>,
     drains: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
@@ -74,11 +38,13 @@ pub struct QemuProcess {
 impl QemuProcess {
     /// Spawns `cmd` in a new process group, with stdin closed and
     /// stdout/stderr drained into `log` (stderr also into an in-memory tail).
-    /// The child is killed if this value is dropped.
+    /// The child is killed if this value is dropped, and by the kernel if
+    /// this process dies (it is forked by the spawner thread with a
+    /// parent-death signal, see `spawner.rs`).
     ///
     /// # Errors
     /// [`Error::Spawn`]; [`Error::Io`] when the log cannot be created.
-    pub fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
+    pub async fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
         let program = PathBuf::from(cmd.as_std().get_program());
         let log_file = std::fs::File::create(log).map_err(|e| Error::io("create", log, e))?;
         cmd.process_group(0)
@@ -86,15 +52,17 @@ impl QemuProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            vm_id: vm_id.to_owned(),
-            program: program.clone(),
-            source,
-        })?;
+        let mut child = crate::spawner::spawn(cmd)
+            .await
+            .map_err(|source| Error::Spawn {
+                vm_id: vm_id.to_owned(),
+                program: program.clone(),
+                source,
+            })?;
         let pid = child.id().unwrap_or_default();
-        registry().register(pid, vm_id);
+        registry().register(pid, vm_id, "qemu");
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
-        let stderr_tail = Arc::new(Mutex::new(Tail::new(STDERR_TAIL_BYTES)));
+        let stderr_tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
         let mut drains = Vec::new();
         if let Some(out) = child.stdout.take() {
             drains.push(tokio::spawn(drain(out, Arc::clone(&log), None)));
@@ -197,18 +165,18 @@ pub enum Termination {
     Killed,
 }
 
-fn signal_group(pid: u32, signal: Signal) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    if pid > 1 {
-        // ESRCH (already gone) is the expected outcome of a late signal.
-        let _ = killpg(Pid::from_raw(pid), signal);
+/// Signals a child's process group; a group already gone is the expected
+/// outcome of a late signal, anything else is logged.
+pub(crate) fn signal_group(pid: u32, signal: Signal) {
+    if let Err(e) = airlock_sys_util::signal_group(pid, signal) {
+        tracing::warn!(pid, %signal, error = %e, "cannot signal a process group");
     }
 }
 
 async fn drain<R: AsyncRead + Unpin>(
     mut from: R,
     log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
-    tail: Option<Arc<Mutex<Tail>>>,
+    tail: Option<Arc<Mutex<TailBuffer>>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -231,11 +199,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Every QEMU this process has started and not yet stopped, so that an
-/// interrupted airlock kills them all.
+/// Every QEMU and gvproxy this process has started and not yet stopped
+/// (each the leader of its own process group), so that an interrupted
+/// airlock kills them all at once.
 #[derive(Debug, Default)]
 pub struct ProcessRegistry {
-    live: Mutex<HashMap<u32, String>>,
+    live: Mutex<HashMap<u32, Registered>>,
+}
+
+/// A registered process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The VM it serves.
+    pub vm_id: String,
+    /// What it is (`qemu`, `gvproxy`).
+    pub role: &'static str,
 }
 
 /// The process-wide registry.
@@ -245,17 +223,23 @@ pub fn registry() -> &'static ProcessRegistry {
 }
 
 impl ProcessRegistry {
-    fn register(&self, pid: u32, vm_id: &str) {
+    /// Registers the group leader `pid`, serving `vm_id` as `role`.
+    pub fn register(&self, pid: u32, vm_id: &str, role: &'static str) {
         if pid != 0 {
-            lock(&self.live).insert(pid, vm_id.to_owned());
+            let entry = Registered {
+                vm_id: vm_id.to_owned(),
+                role,
+            };
+            lock(&self.live).insert(pid, entry);
         }
     }
 
-    fn unregister(&self, pid: u32) {
+    /// Forgets `pid` (it was stopped).
+    pub fn unregister(&self, pid: u32) {
         lock(&self.live).remove(&pid);
     }
 
-    /// How many QEMUs are registered.
+    /// How many processes are registered.
     pub fn len(&self) -> usize {
         lock(&self.live).len()
     }
@@ -265,16 +249,21 @@ impl ProcessRegistry {
         self.len() == 0
     }
 
-    /// SIGKILLs the process group of every registered QEMU; returns the VM
-    /// ids. Work dirs are removed by the VMs' own teardown or by the next
-    /// start's sweep.
-    pub fn kill_all(&self) -> Vec<String> {
-        let live: Vec<(u32, String)> = lock(&self.live).drain().collect();
-        for (pid, vm_id) in &live {
-            tracing::warn!(vm_id, pid, "killing QEMU on interrupt");
+    /// SIGKILLs the process group of every registered process; returns
+    /// what was killed. Work dirs are removed by the VMs' own teardown or
+    /// by the next start's sweep.
+    pub fn kill_all(&self) -> Vec<Registered> {
+        let live: Vec<(u32, Registered)> = lock(&self.live).drain().collect();
+        for (pid, entry) in &live {
+            tracing::warn!(
+                vm_id = entry.vm_id,
+                pid,
+                role = entry.role,
+                "killing on interrupt"
+            );
             signal_group(*pid, Signal::SIGKILL);
         }
-        live.into_iter().map(|(_, id)| id).collect()
+        live.into_iter().map(|(_, entry)| entry).collect()
     }
 }
 
@@ -282,14 +271,33 @@ impl ProcessRegistry {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_stderr_tail_keeps_the_last_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        // 5000 'a's then "end": more than the tail holds.
+        cmd.args([
+            "-c",
+            "head -c 5000 /dev/zero | tr '\\0' a >&2; printf end >&2",
+        ]);
+        let mut p = QemuProcess::spawn(cmd, "t0", &dir.path().join("log"))
+            .await
+            .unwrap();
+        p.wait().await.unwrap();
+        let tail = p.stderr_tail();
+        assert_eq!(tail.len(), STDERR_TAIL_BYTES);
+        assert!(tail.ends_with("aend"), "{}", &tail[tail.len() - 8..]);
+    }
+
     #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut t = Tail::new(4);
-        t.push(b"ab");
-        t.push(b"cdef");
-        assert_eq!(t.text(), "cdef");
-        t.push(b"0123456789");
-        assert_eq!(t.text(), "6789");
+    fn the_console_tail_is_the_end_of_the_log_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, format!("{}last", "x".repeat(CONSOLE_TAIL_BYTES))).unwrap();
+        let tail = console_tail(&log);
+        assert_eq!(tail.len(), CONSOLE_TAIL_BYTES);
+        assert!(tail.ends_with("xlast"));
+        assert_eq!(console_tail(&dir.path().join("absent")), "");
     }
 
     #[tokio::test]
@@ -298,7 +306,7 @@ mod tests {
         let log = dir.path().join("log");
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
-        let mut p = QemuProcess::spawn(cmd, "t1", &log).unwrap();
+        let mut p = QemuProcess::spawn(cmd, "t1", &log).await.unwrap();
         let status = p.wait().await.unwrap();
         assert_eq!(status.code(), Some(3));
         assert_eq!(p.stderr_tail(), "err\n");
@@ -311,7 +319,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "trap '' TERM; sleep 30 & wait"]);
-        let mut p = QemuProcess::spawn(cmd, "t2", &dir.path().join("log")).unwrap();
+        let mut p = QemuProcess::spawn(cmd, "t2", &dir.path().join("log"))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let outcome = p.terminate(Duration::from_millis(300)).await;
         assert_eq!(outcome, Termination::Killed);
@@ -319,10 +329,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kill_all_kills_every_registered_group_and_forgets_it() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let registry = ProcessRegistry::default();
+        registry.register(pid, "vm-k", "gvproxy");
+        assert_eq!(registry.len(), 1);
+        let killed = registry.kill_all();
+        assert_eq!(
+            killed,
+            vec![Registered {
+                vm_id: "vm-k".into(),
+                role: "gvproxy"
+            }]
+        );
+        assert!(registry.is_empty());
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_program_is_a_spawn_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let cmd = Command::new("/nonexistent/qemu");
-        let err = QemuProcess::spawn(cmd, "t3", &dir.path().join("log")).unwrap_err();
+        let err = QemuProcess::spawn(cmd, "t3", &dir.path().join("log"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/qemu"), "{err}");
     }
 }

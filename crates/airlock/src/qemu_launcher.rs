@@ -2,7 +2,7 @@
 //! in its own process group inside the VM's limits group, then the agent
 //! awaited over the virtio-serial sockets.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::guest::{self, Agent, GuestPaths};
 use crate::host::Host;
 use crate::launcher::{BoxFuture, Launcher, MachinePlan};
@@ -33,12 +33,7 @@ impl QemuLauncher {
         // QEMU joins its group between fork and exec: limited from its
         // first instruction.
         group.prepare_tokio_command(&mut cmd)?;
-        let qemu = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log())?;
-        // For the sweep after a crash: whose work dir this is.
-        let pid_file = plan.workdir.pid_file();
-        tokio::fs::write(&pid_file, qemu.pid().to_string())
-            .await
-            .map_err(|e| Error::io("write", &pid_file, e))?;
+        let qemu = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
         tracing::debug!(vm_id = plan.vm_id, pid = qemu.pid(), "QEMU started");
         Ok(qemu)
     }

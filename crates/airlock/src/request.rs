@@ -120,23 +120,13 @@ impl RunRequest {
     }
 }
 
-/// Checks an identifier (tenant, session, VM name): `[A-Za-z0-9_-]{1,128}`.
+/// Checks an identifier (tenant, session, VM name) with the shared
+/// [`airlock_sys_util::check_id`]: `[A-Za-z0-9_-]{1,128}`.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `field`.
+/// [`Error::InvalidInput`] for `field`, saying what is allowed.
 pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
-    let ok = (1..=128).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!("{value:?} must be 1 to 128 characters of A-Z, a-z, 0-9, '_' or '-'"),
-        ))
-    }
+    airlock_sys_util::check_id(value).map_err(|e| Error::invalid(field, e.to_string()))
 }
 
 /// Checks environment variables on the host side: POSIX names, no NUL, a
@@ -340,6 +330,13 @@ mod tests {
         assert!(validate_identifier("tenant", "team_A-1").is_ok());
         for bad in ["", "a b", "../x", "é", &"a".repeat(129)] {
             assert!(validate_identifier("tenant", bad).is_err(), "{bad:?}");
+        }
+        match validate_identifier("tenant", "a/b") {
+            Err(Error::InvalidInput { field, message }) => {
+                assert_eq!(field, "tenant");
+                assert!(message.contains("A-Z, a-z, 0-9"), "{message}");
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
         }
     }
 

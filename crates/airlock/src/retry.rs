@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::guest::backoff;
+use airlock_sys_util::Backoff;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -34,12 +34,21 @@ impl RetryPolicy {
         }
     }
 
+    /// The waits between attempts: `first_backoff` doubling to
+    /// `max_backoff`, with the same ±25% jitter as the agent's polls.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.first_backoff, self.max_backoff).with_jitter(crate::guest::JITTER)
+    }
+
     /// The one deadline over every attempt: room for each attempt's full
     /// timeout and the longest backoffs between them.
     pub fn budget(&self) -> Duration {
         let attempts = self.attempts.max(1);
         self.attempt_timeout.saturating_mul(attempts)
-            + self.max_backoff.mul_f64(1.25).saturating_mul(attempts - 1)
+            + self
+                .max_backoff
+                .mul_f64(1.0 + crate::guest::JITTER)
+                .saturating_mul(attempts - 1)
     }
 }
 
@@ -56,12 +65,17 @@ pub struct Retried<T> {
 /// permanent error, runs out of attempts, or the overall deadline leaves
 /// no room for the next backoff. Each attempt's deadline is its own
 /// timeout, cut to the overall deadline.
+///
+/// (Not `airlock_sys_util::retry_until`: that loop has no attempt cap and
+/// gives every call the same deadline; this one counts attempts and cuts
+/// each attempt's own deadline. The waits are the shared [`Backoff`].)
 pub async fn retry<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Retried<T>
 where
     F: FnMut(u32, Instant) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
     let overall = Instant::now() + policy.budget();
+    let backoff = policy.backoff();
     let mut n = 1;
     loop {
         let deadline = (Instant::now() + policy.attempt_timeout).min(overall);
@@ -75,7 +89,7 @@ where
                 }
             }
         };
-        let wait = backoff(n - 1, policy.first_backoff, policy.max_backoff);
+        let wait = backoff.delay(n - 1);
         if Instant::now() + wait >= overall {
             tracing::warn!(attempt = n, error = %error, "transient boot failure, no time left to retry");
             return Retried {
@@ -210,6 +224,16 @@ mod tests {
         .await;
         assert_eq!(retried.attempts, 1);
         assert!(retried.result.is_err());
+    }
+
+    #[test]
+    fn the_waits_double_from_the_first_backoff_within_the_jitter() {
+        let backoff = policy(3).backoff();
+        assert_eq!(backoff.base_delay(0), Duration::from_millis(200));
+        assert_eq!(backoff.base_delay(1), Duration::from_millis(400));
+        assert_eq!(backoff.base_delay(9), Duration::from_secs(2));
+        assert_eq!(backoff.delay_with(0, 0.0), Duration::from_millis(150));
+        assert_eq!(backoff.delay_with(9, 1.0), Duration::from_millis(2500));
     }
 
     #[test]

@@ -310,11 +310,13 @@ mod tests {
         limiter.create("test", vm_id, &limits).unwrap()
     }
 
-    fn parts_with_process(run: &std::path::Path, vm_id: &str) -> VmParts {
+    async fn parts_with_process(run: &std::path::Path, vm_id: &str) -> VmParts {
         let workdir = WorkDir::create(run, vm_id).unwrap();
         let mut cmd = tokio::process::Command::new("sleep");
         cmd.arg("30");
-        let process = QemuProcess::spawn(cmd, vm_id, &workdir.qemu_log()).unwrap();
+        let process = QemuProcess::spawn(cmd, vm_id, &workdir.qemu_log())
+            .await
+            .unwrap();
         let mut parts = VmParts::new(vm_id.to_owned(), workdir);
         parts.process = Some(process);
         parts.group = Some(rlimit_group(vm_id));
@@ -330,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn teardown_stops_the_process_removes_the_work_dir_and_frees_the_slot() {
         let run = tempfile::tempdir().unwrap();
-        let mut parts = parts_with_process(run.path(), "vm1");
+        let mut parts = parts_with_process(run.path(), "vm1").await;
         let pid = parts.process.as_ref().unwrap().pid();
         let slots = crate::slots::Slots::new(1, Duration::from_secs(1));
         parts.slot = Some(slots.acquire().await.unwrap());
@@ -367,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn a_teardown_whose_caller_is_cancelled_still_completes_on_the_reaper() {
         let run = tempfile::tempdir().unwrap();
-        let parts = parts_with_process(run.path(), "vm5");
+        let parts = parts_with_process(run.path(), "vm5").await;
         let pid = parts.process.as_ref().unwrap().pid();
         let dir = parts.workdir.path().to_path_buf();
         let reaper = Reaper::start();
@@ -383,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn parts_handed_to_the_reaper_are_torn_down_by_the_flush() {
         let run = tempfile::tempdir().unwrap();
-        let parts = parts_with_process(run.path(), "vm4");
+        let parts = parts_with_process(run.path(), "vm4").await;
         let pid = parts.process.as_ref().unwrap().pid();
         let dir = parts.workdir.path().to_path_buf();
         let reaper = Reaper::start();

@@ -4,9 +4,8 @@
 //! [`crate::VmManager::boot`].
 
 use crate::error::{Error, Result};
-use crate::exit::ProcessExit;
 use crate::network::{ExposedAddr, VmNetwork};
-use crate::process::{file_tail, QemuProcess};
+use crate::process::{console_tail, QemuProcess};
 use crate::slots::Slot;
 use crate::teardown::{Reaper, TeardownReport, VmParts};
 use crate::workdir::WorkDir;
@@ -277,12 +276,14 @@ impl Vm {
             Err(ProtocolError::Closed)
         };
         let console_log = self.workdir.console_log();
-        let died = |process: &QemuProcess, status| Error::VmDied {
-            vm_id: self.id.clone(),
-            when: "during exec",
-            status: ProcessExit::from_wait(status),
-            stderr_tail: process.stderr_tail(),
-            console_tail: file_tail(&console_log),
+        let died = |process: &QemuProcess, status: std::io::Result<std::process::ExitStatus>| {
+            Error::VmDied {
+                vm_id: self.id.clone(),
+                when: "during exec",
+                status: status.ok().map(airlock_sys_util::ChildExit::from),
+                stderr_tail: process.stderr_tail(),
+                console_tail: console_tail(&console_log),
+            }
         };
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,

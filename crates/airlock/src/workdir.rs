@@ -1,7 +1,10 @@
 //! The private work dir of one VM: every per-VM file (overlay, sockets,
-//! logs) lives there, so destroying a VM is one directory removal.
+//! logs) lives there, so destroying a VM is one directory removal. Its
+//! owner record (`owner.rs`) says which Airlock process made it and which
+//! processes run for it, for the sweep after a crash (`sweep.rs`).
 
 use crate::error::{Error, Result};
+use crate::owner::{parse_stat, process_line, OwnerRecord, ProcessStamp};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -40,16 +43,68 @@ impl WorkDir {
         Ok(Self { path })
     }
 
-    /// [`WorkDir::create`] on tokio's blocking pool (for async code).
+    /// [`WorkDir::create`], then its owner record: this process, and the
+    /// tenant of the VM's limits group. On tokio's blocking pool.
     ///
     /// # Errors
-    /// As [`WorkDir::create`].
-    pub async fn create_async(run_dir: &Path, vm_id: &str) -> Result<Self> {
+    /// As [`WorkDir::create`]; [`Error::Io`] when the record cannot be
+    /// written (the dir is removed again).
+    pub async fn create_owned(run_dir: &Path, vm_id: &str, tenant: &str) -> Result<Self> {
         let (run_dir, vm_id) = (run_dir.to_path_buf(), vm_id.to_owned());
         let path = Self::vms_dir(&run_dir).join(&vm_id);
-        tokio::task::spawn_blocking(move || Self::create(&run_dir, &vm_id))
-            .await
+        let tenant = tenant.to_owned();
+        let made = tokio::task::spawn_blocking(move || {
+            let dir = Self::create(&run_dir, &vm_id)?;
+            let owner = ProcessStamp::current().ok_or_else(|| {
+                Error::io(
+                    "read",
+                    "/proc/self/stat",
+                    std::io::Error::other("no start time"),
+                )
+            });
+            let written = owner.and_then(|owner| {
+                let record = OwnerRecord::new(owner, &tenant).render();
+                let file = dir.owner_file();
+                std::fs::write(&file, record).map_err(|e| Error::io("write", &file, e))
+            });
+            match written {
+                Ok(()) => Ok(dir),
+                Err(e) => {
+                    let _ = dir.remove();
+                    Err(e)
+                }
+            }
+        });
+        made.await
             .map_err(|e| Error::io("create", path, std::io::Error::other(e)))?
+    }
+
+    /// Appends process `pid`, serving this VM as `role`, to the owner
+    /// record, so that a sweep can end it if this process dies. A process
+    /// already gone is not recorded.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the record.
+    pub async fn record_process(&self, role: &str, pid: u32) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await;
+        let Some(fields) = stat.ok().as_deref().and_then(parse_stat) else {
+            return Ok(());
+        };
+        let stamp = ProcessStamp {
+            pid,
+            start_ticks: fields.start_ticks,
+        };
+        let file = self.owner_file();
+        let mut record = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .await
+            .map_err(|e| Error::io("open", &file, e))?;
+        record
+            .write_all(process_line(role, stamp).as_bytes())
+            .await
+            .map_err(|e| Error::io("append to", &file, e))
     }
 
     /// A work dir at `path`, not created (for tests of what is built from it).
@@ -93,9 +148,9 @@ impl WorkDir {
         self.path.join("qemu.log")
     }
 
-    /// QEMU's pid, for sweeping after a crash.
-    pub fn pid_file(&self) -> PathBuf {
-        self.path.join("qemu.pid")
+    /// The owner record (see `owner.rs`), for sweeping after a crash.
+    pub fn owner_file(&self) -> PathBuf {
+        self.path.join("owner")
     }
 
     /// Removes the dir and everything in it. Returns whether it existed.
@@ -125,74 +180,6 @@ impl WorkDir {
     }
 }
 
-/// Removes the work dirs of VMs whose QEMU is gone (left by a crashed
-/// airlock), and returns them. Dirs whose QEMU still runs are left alone:
-/// another airlock process may own them.
-pub fn sweep_stale(run_dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(WorkDir::vms_dir(run_dir)) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let pid = std::fs::read_to_string(path.join("qemu.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        let alive = pid.is_some_and(|pid| process_runs_in(pid, &path));
-        // A dir without a pid file may be one being set up right now by
-        // another process: only sweep it once it is old.
-        let young = pid.is_none()
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() < 600);
-        if !alive && !young && std::fs::remove_dir_all(&path).is_ok() {
-            tracing::info!(dir = %path.display(), "swept a stale VM work dir");
-            removed.push(path);
-        }
-    }
-    removed
-}
-
-/// Removes the subdirectories of `dir` named `<pid>` or `<pid>-<anything>`
-/// whose pid no longer runs (per-process dirs such as the overlay pools of
-/// crashed airlocks).
-pub fn sweep_dead_process_dirs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(dir = %entry.path().display(), "swept the dir of a dead airlock process")
-                }
-                Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "cannot sweep"),
-            }
-        }
-    }
-}
-
-/// Whether `pid` is alive and its command line mentions `dir` (so a reused
-/// pid is not mistaken for our QEMU).
-fn process_runs_in(pid: i32, dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let needle = dir.as_os_str().as_encoded_bytes();
-    cmdline.windows(needle.len()).any(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,35 +202,27 @@ mod tests {
         assert!(WorkDir::create(run.path(), "abc").is_err());
     }
 
-    #[test]
-    fn dirs_of_dead_processes_are_swept() {
-        let dir = tempfile::tempdir().unwrap();
-        let ours = dir.path().join(format!("{}-abc", std::process::id()));
-        let dead = dir.path().join("999999999-abc");
-        let other = dir.path().join("not-a-pid");
-        for d in [&ours, &dead, &other] {
-            std::fs::create_dir(d).unwrap();
-        }
-        sweep_dead_process_dirs(dir.path());
-        assert!(ours.exists() && other.exists());
-        assert!(!dead.exists());
-    }
-
-    #[test]
-    fn sweep_removes_dirs_of_dead_qemus_only() {
+    #[tokio::test]
+    async fn an_owned_work_dir_records_its_owner_tenant_and_processes() {
         let run = tempfile::tempdir().unwrap();
-        let dead = WorkDir::create(run.path(), "dead").unwrap();
-        std::fs::write(dead.pid_file(), "999999999").unwrap();
-        let live = WorkDir::create(run.path(), "live").unwrap();
-        // Our own process does not mention the dir: stands for a reused pid.
-        std::fs::write(live.pid_file(), std::process::id().to_string()).unwrap();
-        let fresh = WorkDir::create(run.path(), "fresh").unwrap();
-        let removed = sweep_stale(run.path());
-        assert!(removed.contains(&dead.path().to_path_buf()));
-        assert!(removed.contains(&live.path().to_path_buf()));
-        assert!(
-            fresh.path().exists(),
-            "a young dir without pid is being set up"
-        );
+        let wd = WorkDir::create_owned(run.path(), "vm-o", "team-a")
+            .await
+            .unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        wd.record_process("qemu", child.id()).await.unwrap();
+        // A process that is gone is not recorded.
+        wd.record_process("gvproxy", 999_999_999).await.unwrap();
+        let text = std::fs::read_to_string(wd.owner_file()).unwrap();
+        let record = OwnerRecord::parse(&text).unwrap();
+        assert_eq!(record.owner, ProcessStamp::current().unwrap());
+        assert_eq!(record.tenant, "team-a");
+        assert_eq!(record.processes.len(), 1);
+        assert_eq!(record.processes[0].role, "qemu");
+        assert_eq!(record.processes[0].stamp.pid, child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -113,7 +113,7 @@ impl Launcher for FakeLauncher {
             if boot != Boot::Dies && boot != Boot::SpawnFails {
                 cmd.arg("30");
             }
-            let process = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log())?;
+            let process = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
             self.pids.lock().unwrap().push(process.pid());
             Ok(process)
         })
@@ -377,7 +377,7 @@ async fn the_last_transient_error_is_returned_when_attempts_run_out() {
             stderr_tail,
             ..
         } => {
-            assert_eq!(status.to_string(), "exit status: 3");
+            assert_eq!(*status, Some(airlock_sys_util::ChildExit::Code(3)));
             assert_eq!(stderr_tail, "fake-vmm-died\n");
         }
         other => panic!("expected VmDied, got {other}"),
@@ -583,7 +583,7 @@ async fn a_machine_killed_during_exec_is_reported_as_died_during_exec() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("signal: 9"), "{err}");
+    assert!(err.to_string().contains("killed by signal 9"), "{err}");
     let report = vm.destroy().await;
     assert_eq!(
         report.termination,

@@ -1,0 +1,334 @@
+//! The sweep after a crash (`docs/architecture.md`, "Nothing outlives its
+//! owner"): every start of Airlock (and `airlock doctor`) ends what dead
+//! Airlock processes left: the processes of their VMs, the VMs' limits
+//! groups, work dirs (sockets included) and overlay pools.
+//!
+//! A VM work dir is an orphan when its owner record names an Airlock
+//! process that is dead, or whose pid now belongs to another process (told
+//! apart by start time). Dirs of live owners, this process included, are
+//! never touched. A dir without a record is one being made right now,
+//! unless it is older than [`UNRECORDED_GRACE`].
+//!
+//! Blocking (it reads `/proc` and waits for groups to empty): call it from
+//! the blocking pool.
+
+use crate::owner::{OwnerRecord, ProcessStamp};
+use crate::process::signal_group;
+use crate::workdir::WorkDir;
+use airlock_limits::Limiter;
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A work dir without an owner record younger than this may be one that
+/// another Airlock process is creating: it is left alone.
+pub const UNRECORDED_GRACE: Duration = Duration::from_secs(60);
+
+/// What a sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Work dirs removed.
+    pub removed: Vec<PathBuf>,
+    /// Orphaned processes killed: role and pid.
+    pub killed: Vec<(String, u32)>,
+    /// Limits groups removed (`airlock/<tenant>/<vm>`).
+    pub groups_removed: Vec<String>,
+    /// What could not be done.
+    pub problems: Vec<String>,
+}
+
+impl SweepReport {
+    /// Whether the sweep found nothing to do and met no problem.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty()
+            && self.killed.is_empty()
+            && self.groups_removed.is_empty()
+            && self.problems.is_empty()
+    }
+}
+
+/// What the sweep does with one work dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its owner lives: leave it.
+    Owned,
+    /// No record yet, and young: being made; leave it.
+    BeingMade,
+    /// Its owner is dead (or never recorded, long ago): end it.
+    Orphan,
+}
+
+/// The verdict on a work dir from its record (if any), whether the
+/// record's owner lives, and whether the dir is young. Pure.
+pub fn verdict(record: Option<&OwnerRecord>, owner_alive: bool, young: bool) -> Verdict {
+    match record {
+        Some(_) if owner_alive => Verdict::Owned,
+        None if young => Verdict::BeingMade,
+        _ => Verdict::Orphan,
+    }
+}
+
+/// Ends every orphaned VM under `run_dir`: kills its recorded processes
+/// that still run, removes its limits group (with `limiter`, killing
+/// whatever is left in it) and its work dir.
+pub fn sweep_orphans(run_dir: &Path, limiter: Option<&Limiter>) -> SweepReport {
+    let mut report = SweepReport::default();
+    let Ok(entries) = std::fs::read_dir(WorkDir::vms_dir(run_dir)) else {
+        return report;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(vm_id) = entry
+            .file_name()
+            .to_str()
+            .filter(|name| airlock_sys_util::is_valid_id(name))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let record = std::fs::read_to_string(path.join("owner"))
+            .ok()
+            .and_then(|text| OwnerRecord::parse(&text));
+        let owner_alive = record
+            .as_ref()
+            .is_some_and(|r| r.owner.liveness().is_alive());
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < UNRECORDED_GRACE);
+        if verdict(record.as_ref(), owner_alive, young) == Verdict::Orphan {
+            end_orphan(&path, &vm_id, record.as_ref(), limiter, &mut report);
+        }
+    }
+    report
+}
+
+fn end_orphan(
+    path: &Path,
+    vm_id: &str,
+    record: Option<&OwnerRecord>,
+    limiter: Option<&Limiter>,
+    report: &mut SweepReport,
+) {
+    if let Some(record) = record {
+        for process in &record.processes {
+            // Only the very process recorded (same start time): a reused
+            // pid is someone else's.
+            if process.stamp.liveness().is_alive() {
+                tracing::warn!(
+                    vm_id,
+                    role = process.role,
+                    pid = process.stamp.pid,
+                    "killing an orphaned process"
+                );
+                // Each was started as the leader of its own group.
+                signal_group(process.stamp.pid, Signal::SIGKILL);
+                report
+                    .killed
+                    .push((process.role.clone(), process.stamp.pid));
+            }
+        }
+        if let Some(limiter) = limiter {
+            match limiter.remove_orphan(
+                &record.tenant,
+                vm_id,
+                airlock_limits::DEFAULT_REMOVE_TIMEOUT,
+            ) {
+                Ok(removed) => {
+                    if !removed.removed_dirs.is_empty() {
+                        report.groups_removed.push(removed.group);
+                    }
+                    report.problems.extend(removed.errors);
+                }
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+    }
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {
+            tracing::info!(dir = %path.display(), "swept the work dir of a dead Airlock process");
+            report.removed.push(path.to_path_buf());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => report
+            .problems
+            .push(format!("remove {}: {e}", path.display())),
+    }
+}
+
+/// The name of this process's dir among per-process dirs (such as the
+/// overlay pools): `<pid>-<start ticks>-<suffix>`, so that
+/// [`sweep_dead_process_dirs`] can tell a reused pid.
+pub fn process_dir_name(suffix: &str) -> String {
+    let me = ProcessStamp::current().map_or(0, |s| s.start_ticks);
+    format!("{}-{me}-{suffix}", std::process::id())
+}
+
+/// Removes this process's own dirs among the per-process dirs in `dir`
+/// (named by [`process_dir_name`]): after an interrupted start-up.
+pub fn remove_own_process_dirs(dir: &Path) {
+    let prefix = process_dir_name("");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove");
+            }
+        }
+    }
+}
+
+/// Removes the subdirectories of `dir` named by [`process_dir_name`] (or
+/// the older `<pid>-<suffix>`) whose process is gone: the overlay pools of
+/// dead airlocks. Returns them.
+pub fn sweep_dead_process_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(alive) = name.to_str().and_then(process_dir_owner_alive) else {
+            continue;
+        };
+        if alive {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(dir = %entry.path().display(), "swept the dir of a dead airlock process");
+                removed.push(entry.path());
+            }
+            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "cannot sweep"),
+        }
+    }
+    removed
+}
+
+/// Whether the process a per-process dir name names still runs; `None`
+/// when the name names no process.
+fn process_dir_owner_alive(name: &str) -> Option<bool> {
+    let mut parts = name.split('-');
+    let pid = parts.next()?.parse::<u32>().ok()?;
+    let start = parts.next().and_then(|s| s.parse::<u64>().ok());
+    Some(match start {
+        Some(start_ticks) => ProcessStamp { pid, start_ticks }.liveness().is_alive(),
+        // An older name without a start time: the pid alone.
+        None => Path::new(&format!("/proc/{pid}")).exists(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::OwnedProcess;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    fn dead_owner() -> ProcessStamp {
+        ProcessStamp {
+            pid: 999_999_999,
+            start_ticks: 1,
+        }
+    }
+
+    fn write_record(dir: &WorkDir, record: &OwnerRecord) {
+        std::fs::write(dir.owner_file(), record.render()).unwrap();
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let old = std::time::SystemTime::now() - Duration::from_secs(secs);
+        let f = std::fs::File::open(path).unwrap();
+        f.set_modified(old).unwrap();
+    }
+
+    #[test]
+    fn the_verdict_spares_live_owners_and_dirs_being_made() {
+        let record = OwnerRecord::new(dead_owner(), "t");
+        assert_eq!(verdict(Some(&record), true, false), Verdict::Owned);
+        assert_eq!(verdict(Some(&record), false, true), Verdict::Orphan);
+        assert_eq!(verdict(None, false, true), Verdict::BeingMade);
+        assert_eq!(verdict(None, false, false), Verdict::Orphan);
+    }
+
+    #[test]
+    fn an_orphans_processes_are_killed_and_its_dir_removed() {
+        let run = tempfile::tempdir().unwrap();
+        let orphan = WorkDir::create(run.path(), "orphan").unwrap();
+        let mut qemu = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut record = OwnerRecord::new(dead_owner(), "t");
+        record.processes.push(OwnedProcess {
+            role: "qemu".into(),
+            stamp: ProcessStamp::of(qemu.id()).unwrap(),
+        });
+        // A recorded process whose pid now is another's (this test): spared.
+        record.processes.push(OwnedProcess {
+            role: "gvproxy".into(),
+            stamp: ProcessStamp {
+                pid: std::process::id(),
+                start_ticks: 1,
+            },
+        });
+        write_record(&orphan, &record);
+        let report = sweep_orphans(run.path(), None);
+        assert_eq!(report.killed, vec![("qemu".to_owned(), qemu.id())]);
+        assert_eq!(report.removed, vec![orphan.path().to_path_buf()]);
+        assert!(!orphan.path().exists());
+        assert_eq!(qemu.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn dirs_of_live_owners_and_young_dirs_without_a_record_are_left() {
+        let run = tempfile::tempdir().unwrap();
+        let ours = WorkDir::create(run.path(), "ours").unwrap();
+        write_record(
+            &ours,
+            &OwnerRecord::new(ProcessStamp::current().unwrap(), "t"),
+        );
+        let reused = WorkDir::create(run.path(), "reused").unwrap();
+        let mut stale_me = OwnerRecord::new(ProcessStamp::current().unwrap(), "t");
+        stale_me.owner.start_ticks = stale_me.owner.start_ticks.wrapping_sub(1);
+        write_record(&reused, &stale_me);
+        let young = WorkDir::create(run.path(), "young").unwrap();
+        let old = WorkDir::create(run.path(), "old").unwrap();
+        age(old.path(), 3600);
+        let report = sweep_orphans(run.path(), None);
+        assert!(ours.path().exists(), "our own VM");
+        assert!(young.path().exists(), "being made");
+        assert!(!reused.path().exists(), "the owner's pid is reused");
+        assert!(!old.path().exists(), "no record, long ago");
+        assert_eq!(report.removed.len(), 2, "{report:?}");
+        assert!(report.problems.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn dirs_of_dead_processes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join(process_dir_name("abc"));
+        let legacy_ours = dir.path().join(format!("{}-abc", std::process::id()));
+        let dead = dir.path().join("999999999-abc");
+        let reused = dir.path().join(format!("{}-1-abc", std::process::id()));
+        let other = dir.path().join("not-a-pid");
+        for d in [&ours, &legacy_ours, &dead, &reused, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let removed = sweep_dead_process_dirs(dir.path());
+        assert!(ours.exists() && legacy_ours.exists() && other.exists());
+        assert!(!dead.exists() && !reused.exists());
+        assert_eq!(removed.len(), 2);
+        remove_own_process_dirs(dir.path());
+        assert!(!ours.exists(), "after an interrupted start-up");
+        assert!(legacy_ours.exists() && other.exists());
+    }
+}
