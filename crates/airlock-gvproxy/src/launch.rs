@@ -13,7 +13,7 @@ use crate::api::GvproxyApi;
 use crate::config::{
     command_line, dns_zones, expose_requests, render_yaml, Addressing, GvproxyPaths, GvproxySpec,
 };
-use crate::netns::{self, Cover, NamespaceKind, NamespacePlan};
+use crate::netns::{self, Cover, NamespaceKind, NamespacePlan, StepReader};
 use crate::privileges::{ExecPlan, PrivilegeDrop, RunAs};
 use crate::watch::DirWatch;
 use crate::{GvproxyBinary, GvproxyError};
@@ -178,8 +178,9 @@ impl GvproxyLauncher {
     ///
     /// # Errors
     /// Spec errors; [`GvproxyError::Netns`] when the namespaces cannot be
-    /// made (gvproxy is then never run); spawn, readiness and API errors
-    /// (gvproxy is stopped before returning them).
+    /// made and [`GvproxyError::DropPrivileges`] when its privileges cannot
+    /// be dropped (gvproxy is then never run); spawn, readiness and API
+    /// errors (gvproxy is stopped before returning them).
     pub async fn launch(
         &self,
         spec: &GvproxySpec,
@@ -251,36 +252,19 @@ impl GvproxyLauncher {
             setup(&mut cmd);
         }
         let env = child_env(&cmd);
-        let privileges = run_as.map_or(PrivilegeDrop::CapabilitiesOnly, PrivilegeDrop::ToUser);
-        let (plan, steps) = {
-            let (vm_id, program, dir) = (
-                vm_id.clone(),
-                self.binary.path.clone(),
-                paths.dir().to_owned(),
-            );
-            blocking(&vm_id.clone(), move || {
-                let exec =
-                    ExecPlan::new(&program, &args, env).map_err(|source| GvproxyError::Spawn {
-                        vm_id: vm_id.clone(),
-                        program: program.clone(),
-                        source,
-                    })?;
-                let netns = |source| GvproxyError::Netns {
-                    vm_id: vm_id.clone(),
-                    step: "prepare",
-                    source,
-                };
-                let cover = match run_as {
-                    Some(run_as) => {
-                        Cover::needed(&dir, run_as, |p| std::fs::metadata(p)).map_err(netns)?
-                    }
-                    None => None,
-                };
-                NamespacePlan::new(kind, &dir, cover, privileges, exec).map_err(netns)
-            })
-            .await
-            .and_then(|r| r)?
+        let privileges = privilege_drop(run_as);
+        let child = ChildPlan {
+            vm_id: vm_id.clone(),
+            kind,
+            run_as,
+            program: self.binary.path.clone(),
+            args,
+            env,
+            dir: paths.dir().to_owned(),
         };
+        let (plan, steps) = blocking(&vm_id, move || child.prepare())
+            .await
+            .and_then(|r| r)?;
         // Last: it execs gvproxy itself.
         plan.install(&mut cmd);
 
@@ -609,6 +593,49 @@ fn remove_files(files: &[PathBuf], report: &mut StopReport) {
 fn kill_group(pid: u32, signal: Signal) {
     if let Err(error) = signal_group(pid, signal) {
         tracing::debug!(pid, %signal, %error, "cannot signal gvproxy's group");
+    }
+}
+
+/// What the child gives up: everything, as `run_as` when Airlock is root.
+fn privilege_drop(run_as: Option<RunAs>) -> PrivilegeDrop {
+    run_as.map_or(PrivilegeDrop::CapabilitiesOnly, PrivilegeDrop::ToUser)
+}
+
+/// What the child is prepared from (in the parent, off the runtime).
+struct ChildPlan {
+    vm_id: String,
+    kind: NamespaceKind,
+    run_as: Option<RunAs>,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: BTreeMap<OsString, OsString>,
+    dir: PathBuf,
+}
+
+impl ChildPlan {
+    /// Opens the binary, finds what to cover for gvproxy's user and builds
+    /// the pre-exec plan. Blocking.
+    fn prepare(self) -> Result<(NamespacePlan, StepReader), GvproxyError> {
+        let exec = ExecPlan::new(&self.program, &self.args, self.env).map_err(|source| {
+            GvproxyError::Spawn {
+                vm_id: self.vm_id.clone(),
+                program: self.program.clone(),
+                source,
+            }
+        })?;
+        let netns = |source| GvproxyError::Netns {
+            vm_id: self.vm_id.clone(),
+            step: "prepare",
+            source,
+        };
+        let cover = match self.run_as {
+            Some(run_as) => {
+                Cover::needed(&self.dir, run_as, |p| std::fs::metadata(p)).map_err(netns)?
+            }
+            None => None,
+        };
+        let privileges = privilege_drop(self.run_as);
+        NamespacePlan::new(self.kind, &self.dir, cover, privileges, exec).map_err(netns)
     }
 }
 

@@ -335,6 +335,22 @@ async fn gvproxy_runs_unprivileged_and_sees_only_its_dir() {
     let l443 = bind_tcp_in_netns(gv.netns_fd(), SocketAddr::from((Ipv4Addr::LOCALHOST, 443)));
     assert!(l443.is_ok(), "{l443:?}");
 
+    // A TCP forward asked over its API (the guest can ask too) cannot take
+    // a privileged port of its namespace, where the egress proxy listens.
+    let forward = |port: u16| {
+        format!(r#"{{"local":"127.0.0.1:{port}","remote":"192.168.127.2:22","protocol":"tcp"}}"#)
+    };
+    let err = gv
+        .api()
+        .post_json("/services/forwarder/expose", &forward(81))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    gv.api()
+        .post_json("/services/forwarder/expose", &forward(8081))
+        .await
+        .unwrap();
+
     // In its mount namespace the private dir above holds only the path to
     // its own: the disk beside it is not there.
     let inside = |p: &Path| format!("/proc/{pid}/root{}", p.display());
@@ -494,11 +510,10 @@ async fn measure_start_time_and_rss() {
         )
         .await;
         times.push(gv.ready_after());
-        let status = std::fs::read_to_string(format!("/proc/{}/status", gv.pid())).unwrap();
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        let rss = status_field(gv.pid(), "VmRSS")
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
             .unwrap();
         rss_kib.push(rss);
         gv.stop().await;
