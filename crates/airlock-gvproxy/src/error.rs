@@ -121,6 +121,22 @@ pub enum GvproxyError {
         source: std::io::Error,
     },
 
+    /// gvproxy could not give up its privileges: it is not started (it
+    /// never runs privileged).
+    #[error(
+        "vm {vm_id}: cannot drop gvproxy's privileges to {target} ({source}); gvproxy is not \
+         started: check LaunchOptions::run_as (an existing, unprivileged uid and gid)"
+    )]
+    DropPrivileges {
+        /// The VM.
+        vm_id: String,
+        /// What it was to become (uid and gid, or no capabilities).
+        target: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// gvproxy could not be started.
     #[error("vm {vm_id}: cannot start {program:?}: {source}")]
     Spawn {

@@ -1,8 +1,10 @@
 //! Starting gvproxy for one VM and tearing it down.
 //!
-//! [`GvproxyLauncher::launch`]: write the config (when the version takes
+//! [`GvproxyLauncher::launch`]: make gvproxy's directory (0700, owned by
+//! the user gvproxy will run as), write the config (when the version takes
 //! one), spawn gvproxy in its own process group inside fresh namespaces
-//! (see [`crate::netns`]), its output going to a file, wait for its sockets
+//! (see [`crate::netns`]) as an unprivileged user (see
+//! [`crate::privileges`]), its output going to a file, wait for its sockets
 //! by inotify events under a deadline, then push DNS zones and port
 //! forwards over its API. [`GvproxyHandle::stop`] kills the group (TERM,
 //! then KILL after a grace) and removes the sockets.
@@ -11,11 +13,14 @@ use crate::api::GvproxyApi;
 use crate::config::{
     command_line, dns_zones, expose_requests, render_yaml, Addressing, GvproxyPaths, GvproxySpec,
 };
-use crate::netns::{self, NamespaceKind, NamespacePlan};
+use crate::netns::{self, Cover, NamespaceKind, NamespacePlan, StepReader};
+use crate::privileges::{ExecPlan, PrivilegeDrop, RunAs};
 use crate::watch::DirWatch;
 use crate::{GvproxyBinary, GvproxyError};
 use airlock_sys_util::{retry_until, signal_group, tail_text, Backoff, ChildExit};
 use nix::sys::signal::Signal;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -37,8 +42,9 @@ const REFUSED_BACKOFF: Backoff = Backoff::new(Duration::from_millis(2), Duration
 /// installing the limits group's pre-exec hook
 /// (`Box::new(move |cmd| hook.install(cmd))`). It runs before this crate's
 /// own pre-exec set-up, so a hook that joins a cgroup does so before the
-/// namespaces change. It must only add pre-exec hooks: the program, its
-/// arguments, stdio and process group are this crate's.
+/// namespaces change (and as root). It must only add pre-exec hooks or
+/// environment variables (never `env_clear`): the program, its arguments,
+/// stdio and process group are this crate's.
 pub type ChildSetup = Box<dyn FnOnce(&mut std::process::Command) + Send>;
 
 /// How the caller forks gvproxy, when it must be done its way: e.g. from
@@ -66,6 +72,12 @@ pub struct LaunchOptions {
     pub stop_grace: Duration,
     /// How to make the namespaces; `None`: by the effective uid.
     pub namespace: Option<NamespaceKind>,
+    /// Who gvproxy runs as after a privileged set-up
+    /// ([`NamespaceKind::Privileged`]); `None`: [`crate::DEFAULT_USER`]
+    /// (`nobody`). A uid dedicated to gvproxy is better: no other process
+    /// then shares it. In a user namespace gvproxy keeps the caller's uid
+    /// and this is not used.
+    pub run_as: Option<RunAs>,
 }
 
 impl Default for LaunchOptions {
@@ -75,16 +87,21 @@ impl Default for LaunchOptions {
             api_timeout: Duration::from_secs(5),
             stop_grace: Duration::from_secs(2),
             namespace: None,
+            run_as: None,
         }
     }
 }
 
 impl LaunchOptions {
-    /// Checks that every duration is non-zero and at most 5 minutes.
+    /// Checks that every duration is non-zero and at most 5 minutes, and
+    /// that `run_as` is not root.
     ///
     /// # Errors
     /// [`GvproxyError::InvalidOptions`].
     pub fn validate(&self) -> Result<(), GvproxyError> {
+        if let Some(run_as) = self.run_as {
+            run_as.validate()?;
+        }
         for (name, value) in [
             ("ready_timeout", self.ready_timeout),
             ("api_timeout", self.api_timeout),
@@ -199,24 +216,57 @@ impl GvproxyLauncher {
     ///
     /// # Errors
     /// Spec errors; [`GvproxyError::Netns`] when the namespaces cannot be
-    /// made (gvproxy is then never run); spawn, readiness and API errors
-    /// (gvproxy is stopped before returning them).
+    /// made and [`GvproxyError::DropPrivileges`] when its privileges cannot
+    /// be dropped (gvproxy is then never run); spawn, readiness and API
+    /// errors (gvproxy is stopped before returning them).
     pub async fn launch(
         &self,
         spec: &GvproxySpec,
         child_setup: Option<ChildSetup>,
     ) -> Result<GvproxyHandle, GvproxyError> {
         spec.validate()?;
+        let kind = self
+            .options
+            .namespace
+            .unwrap_or_else(NamespaceKind::for_current_user);
+        let run_as = match (kind, self.options.run_as) {
+            (NamespaceKind::UserNamespace, _) => None,
+            (NamespaceKind::Privileged, Some(run_as)) => Some(run_as),
+            (NamespaceKind::Privileged, None) => Some(
+                blocking(spec.vm_id(), RunAs::default_user)
+                    .await
+                    .and_then(|r| r)?,
+            ),
+        };
+        prepare_dir(&spec.paths, spec, run_as).await?;
+        // The namespace set-up works on the real path (no symlink): so do
+        // gvproxy's arguments, resolved in its own mount namespace.
+        let canonical = tokio::fs::canonicalize(spec.paths.dir())
+            .await
+            .map_err(|e| GvproxyError::io("resolve", spec.paths.dir(), e))?;
+        let resolved;
+        let spec = if canonical == spec.paths.dir() {
+            spec
+        } else {
+            resolved = GvproxySpec {
+                paths: GvproxyPaths::new(canonical),
+                ..spec.clone()
+            };
+            resolved.validate()?;
+            &resolved
+        };
         let vm_id = spec.vm_id().to_owned();
         let paths = spec.paths.clone();
         let version = self.binary.version;
         let addressing = Addressing::for_version(&vm_id, version);
-        prepare_dir(&paths, spec).await?;
         if version.takes_config_file() {
             let file = paths.config_file();
             tokio::fs::write(&file, render_yaml(spec, addressing))
                 .await
                 .map_err(|e| GvproxyError::io("write", &file, e))?;
+            if let Some(run_as) = run_as {
+                chown(&file, run_as).await?;
+            }
         }
         let output = tokio::fs::File::create(paths.output_file())
             .await
@@ -228,8 +278,9 @@ impl GvproxyLauncher {
             .map_err(|e| GvproxyError::io("dup", paths.output_file(), e))?;
         let watch = DirWatch::new(paths.dir())?;
 
+        let args = command_line(spec, version);
         let mut cmd = std::process::Command::new(&self.binary.path);
-        cmd.args(command_line(spec, version))
+        cmd.args(&args)
             .current_dir(paths.dir())
             .stdin(Stdio::null())
             .stdout(output)
@@ -238,16 +289,21 @@ impl GvproxyLauncher {
         if let Some(setup) = child_setup {
             setup(&mut cmd);
         }
-        let kind = self
-            .options
-            .namespace
-            .unwrap_or_else(NamespaceKind::for_current_user);
-        let (plan, steps) =
-            NamespacePlan::new(kind, paths.dir()).map_err(|source| GvproxyError::Netns {
-                vm_id: vm_id.clone(),
-                step: "prepare",
-                source,
-            })?;
+        let env = child_env(&cmd);
+        let privileges = privilege_drop(run_as);
+        let child = ChildPlan {
+            vm_id: vm_id.clone(),
+            kind,
+            run_as,
+            program: self.binary.path.clone(),
+            args,
+            env,
+            dir: paths.dir().to_owned(),
+        };
+        let (plan, steps) = blocking(&vm_id, move || child.prepare())
+            .await
+            .and_then(|r| r)?;
+        // Last: it execs gvproxy itself.
         plan.install(&mut cmd);
 
         let started = Instant::now();
@@ -260,14 +316,19 @@ impl GvproxyLauncher {
             }
         };
         let child = spawned.map_err(|source| match steps.last_step() {
-            Some(step) if step != "exec gvproxy" => GvproxyError::Netns {
-                vm_id: vm_id.clone(),
-                step,
-                source,
-            },
-            _ => GvproxyError::Spawn {
+            None | Some(netns::EXEC_STEP) => GvproxyError::Spawn {
                 vm_id: vm_id.clone(),
                 program: self.binary.path.clone(),
+                source,
+            },
+            Some(netns::DROP_STEP) => GvproxyError::DropPrivileges {
+                vm_id: vm_id.clone(),
+                target: privileges.describe(),
+                source,
+            },
+            Some(step) => GvproxyError::Netns {
+                vm_id: vm_id.clone(),
+                step,
                 source,
             },
         })?;
@@ -579,8 +640,101 @@ fn kill_group(pid: u32, signal: Signal) {
     }
 }
 
-/// Makes the directory (0700) and removes stale sockets of a previous run.
-async fn prepare_dir(paths: &GvproxyPaths, spec: &GvproxySpec) -> Result<(), GvproxyError> {
+/// What the child gives up: everything, as `run_as` when Airlock is root.
+fn privilege_drop(run_as: Option<RunAs>) -> PrivilegeDrop {
+    run_as.map_or(PrivilegeDrop::CapabilitiesOnly, PrivilegeDrop::ToUser)
+}
+
+/// What the child is prepared from (in the parent, off the runtime).
+struct ChildPlan {
+    vm_id: String,
+    kind: NamespaceKind,
+    run_as: Option<RunAs>,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: BTreeMap<OsString, OsString>,
+    dir: PathBuf,
+}
+
+impl ChildPlan {
+    /// Opens the binary, finds what to cover for gvproxy's user and builds
+    /// the pre-exec plan. Blocking.
+    fn prepare(self) -> Result<(NamespacePlan, StepReader), GvproxyError> {
+        let exec = ExecPlan::new(&self.program, &self.args, self.env).map_err(|source| {
+            GvproxyError::Spawn {
+                vm_id: self.vm_id.clone(),
+                program: self.program.clone(),
+                source,
+            }
+        })?;
+        let netns = |source| GvproxyError::Netns {
+            vm_id: self.vm_id.clone(),
+            step: "prepare",
+            source,
+        };
+        let cover = match self.run_as {
+            Some(run_as) => {
+                Cover::needed(&self.dir, run_as, |p| std::fs::metadata(p)).map_err(netns)?
+            }
+            None => None,
+        };
+        let privileges = privilege_drop(self.run_as);
+        NamespacePlan::new(self.kind, &self.dir, cover, privileges, exec).map_err(netns)
+    }
+}
+
+/// The environment `cmd` would give its child: this process's, with the
+/// `Command`'s changes (`env`, `env_remove`; a [`ChildSetup`] must not
+/// call `env_clear`, which cannot be seen). The child is exec'd by
+/// [`crate::privileges`], not by `std`, so it needs it spelt out.
+fn child_env(cmd: &std::process::Command) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => env.insert(name.to_owned(), value.to_owned()),
+            None => env.remove(name),
+        };
+    }
+    env
+}
+
+/// Runs blocking `f` (user lookups, opening and stat'ing files) on tokio's
+/// blocking pool.
+async fn blocking<T, F>(vm_id: &str, f: F) -> Result<T, GvproxyError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| GvproxyError::Netns {
+            vm_id: vm_id.to_owned(),
+            step: "prepare",
+            source: io::Error::other(e),
+        })
+}
+
+/// Gives `path` to `run_as` (gvproxy's user).
+async fn chown(path: &Path, run_as: RunAs) -> Result<(), GvproxyError> {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::os::unix::fs::chown(&owned, Some(run_as.uid), Some(run_as.gid))
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|r| r)
+    .map_err(|e| GvproxyError::io("chown", path, e))
+}
+
+/// Makes the directory (0700, owned by `run_as` when given: gvproxy's
+/// sockets, pid file and log are created there by gvproxy itself) and
+/// removes stale files of a previous run (its log included: gvproxy's
+/// user may not be able to append to an older one).
+async fn prepare_dir(
+    paths: &GvproxyPaths,
+    spec: &GvproxySpec,
+    run_as: Option<RunAs>,
+) -> Result<(), GvproxyError> {
     let dir = paths.dir();
     tokio::fs::create_dir_all(dir)
         .await
@@ -588,7 +742,15 @@ async fn prepare_dir(paths: &GvproxyPaths, spec: &GvproxySpec) -> Result<(), Gvp
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .await
         .map_err(|e| GvproxyError::io("chmod", dir, e))?;
-    let mut stale = vec![paths.api_socket(), paths.qemu_socket(), paths.pid_file()];
+    if let Some(run_as) = run_as {
+        chown(dir, run_as).await?;
+    }
+    let mut stale = vec![
+        paths.api_socket(),
+        paths.qemu_socket(),
+        paths.pid_file(),
+        paths.log_file(),
+    ];
     stale.extend(spec.expose_sockets().into_iter().map(|(_, s)| s));
     for file in stale {
         match tokio::fs::remove_file(&file).await {
@@ -636,6 +798,27 @@ mod tests {
     #[test]
     fn default_options_are_valid() {
         assert!(LaunchOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn child_env_applies_the_commands_changes() {
+        let mut cmd = std::process::Command::new("true");
+        cmd.env("AIRLOCK_TEST_SET", "1").env_remove("PATH");
+        let env = child_env(&cmd);
+        assert_eq!(
+            env.get(std::ffi::OsStr::new("AIRLOCK_TEST_SET")),
+            Some(&"1".into())
+        );
+        assert!(!env.contains_key(std::ffi::OsStr::new("PATH")));
+    }
+
+    #[test]
+    fn root_run_as_is_refused() {
+        let o = LaunchOptions {
+            run_as: Some(RunAs { uid: 0, gid: 0 }),
+            ..LaunchOptions::default()
+        };
+        assert!(o.validate().unwrap_err().to_string().contains("root"));
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //!   namespace holding only `lo` (so whatever the guest sends has no route
 //!   out) and a mount namespace where only its own directory is writable
 //!   (its forwarding API is also served to the guest, and a forward creates
-//!   a socket at any path it is given); it is waited for by inotify, then
-//!   configured over its API. [`GvproxyHandle`] gives the QEMU socket, the
+//!   a socket at any path it is given), as an unprivileged user ([`RunAs`],
+//!   `nobody` by default) with no capabilities and `no_new_privs`; it is
+//!   waited for by inotify, then configured over its API. [`GvproxyHandle`] gives the QEMU socket, the
 //!   exposed ports' sockets, and the namespace, in which
 //!   [`bind_tcp_in_netns`] opens the egress proxy's listeners.
 //!
@@ -60,6 +61,7 @@ mod error;
 mod launch;
 pub mod netns;
 mod policy;
+pub mod privileges;
 mod watch;
 
 pub use airlock_sys_util::ChildExit;
@@ -82,3 +84,4 @@ pub use policy::{
     default_allowlist, validate_vm_id, DomainPattern, Expose, NetworkMode, NetworkPolicy, Protocol,
     MAX_DOMAIN_BYTES, MAX_LABEL_BYTES,
 };
+pub use privileges::{RunAs, DEFAULT_USER};

@@ -9,18 +9,26 @@
 //! - mount: every mount read-only except gvproxy's own directory. gvproxy
 //!   serves its port-forwarding API to the guest too (on the gateway's port
 //!   80), and a `unix` forward removes then creates a socket at any path it
-//!   is given: this confines that to gvproxy's directory.
+//!   is given: this confines that to gvproxy's directory. When gvproxy runs
+//!   as a user who cannot search a directory above its own (e.g. the VM's
+//!   0700 work dir), that directory is covered by a small read-only tmpfs
+//!   holding only the path down to gvproxy's directory, which is mounted
+//!   back there: gvproxy reaches its directory at the same path and sees
+//!   nothing else that was in the covered one (other VMs, the VM's disk).
 //!
-//! As root the namespaces are made directly. Otherwise a user namespace
-//! comes first (mapping the caller's uid and gid to 0), which needs
-//! unprivileged user namespaces. If neither works the spawn fails: gvproxy
-//! never runs on the host's network.
+//! As root the namespaces are made directly, then gvproxy drops to an
+//! unprivileged user with no capabilities (see [`crate::privileges`]).
+//! Otherwise a user namespace comes first (mapping the caller's uid and gid
+//! to 0), which needs unprivileged user namespaces, and gvproxy drops every
+//! capability it holds there. If this fails the spawn fails: gvproxy never
+//! runs on the host's network, nor privileged.
 //!
 //! [`in_netns`] runs a closure on a short-lived thread that joined the
 //! namespace with `setns`; [`bind_tcp_in_netns`] uses it to open listeners
 //! there (a socket keeps its namespace after the thread is gone).
 #![allow(unsafe_code)]
 
+use crate::privileges::{ExecPlan, PrivilegeDrop, RunAs};
 use crate::GvproxyError;
 use std::ffi::CString;
 use std::io;
@@ -28,20 +36,39 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Set-up steps in the child, reported through the step pipe (one byte per
 /// step, written before the step) so a failed spawn says which failed.
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 11] = [
     "unshare the namespaces",
     "write the user namespace's uid/gid maps",
     "make mounts private",
-    "bind gvproxy's directory",
+    "clone gvproxy's directory",
+    "cover the directories gvproxy may not search",
+    "mount gvproxy's directory",
     "make the filesystem read-only",
     "make gvproxy's directory writable",
     "bring up lo",
-    "exec gvproxy",
+    DROP_STEP,
+    EXEC_STEP,
 ];
+
+/// The step that drops gvproxy's privileges.
+pub(crate) const DROP_STEP: &str = "drop privileges";
+
+/// The last step: exec gvproxy.
+pub(crate) const EXEC_STEP: &str = "exec gvproxy";
+
+/// `OPEN_TREE_CLONE` of `open_tree(2)`.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+
+/// `MOVE_MOUNT_F_EMPTY_PATH` of `move_mount(2)`.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// Options of the tmpfs covering what gvproxy may not see: searchable by
+/// anyone, too small to matter (it is read-only anyway).
+const COVER_TMPFS_OPTIONS: &str = "mode=0711,size=64k,nr_inodes=256";
 
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
@@ -76,6 +103,61 @@ impl NamespaceKind {
     }
 }
 
+/// A tmpfs over the first directory above gvproxy's that its user may not
+/// search, holding only the path down to gvproxy's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cover {
+    /// Where the tmpfs goes.
+    pub(crate) at: PathBuf,
+    /// The directories to make in it, parents first; the last is gvproxy's
+    /// directory (its mount point).
+    pub(crate) dirs: Vec<PathBuf>,
+}
+
+impl Cover {
+    /// The cover `run_as` needs to reach `dir` (absolute, without symlinks
+    /// or `..`), `None` when it can search every directory above `dir`.
+    /// `metadata` stats a directory (following symlinks).
+    ///
+    /// # Errors
+    /// `metadata`'s error; `InvalidInput` when even `/` is not searchable.
+    pub(crate) fn needed(
+        dir: &Path,
+        run_as: RunAs,
+        metadata: impl Fn(&Path) -> io::Result<std::fs::Metadata>,
+    ) -> io::Result<Option<Self>> {
+        let mut above: Vec<&Path> = dir.ancestors().skip(1).collect();
+        above.reverse(); // "/" first
+        for (i, ancestor) in above.iter().enumerate() {
+            if run_as.can_traverse(&metadata(ancestor)?) {
+                continue;
+            }
+            if i == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("uid {} cannot search /", run_as.uid),
+                ));
+            }
+            let mut dirs: Vec<PathBuf> = above[i + 1..].iter().map(|p| p.to_path_buf()).collect();
+            dirs.push(dir.to_path_buf());
+            return Ok(Some(Self {
+                at: ancestor.to_path_buf(),
+                dirs,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// [`Cover`] as the child uses it.
+#[derive(Debug)]
+struct CoverPlan {
+    at: CString,
+    dirs: Vec<CString>,
+    tmpfs: CString,
+    options: CString,
+}
+
 /// Everything the child needs, prepared in the parent so the code between
 /// fork and exec makes only async-signal-safe syscalls and never allocates.
 #[derive(Debug)]
@@ -83,6 +165,9 @@ pub(crate) struct NamespacePlan {
     kind: NamespaceKind,
     root: CString,
     writable_dir: CString,
+    cover: Option<CoverPlan>,
+    privileges: PrivilegeDrop,
+    exec: ExecPlan,
     setgroups_path: CString,
     uid_map_path: CString,
     gid_map_path: CString,
@@ -115,12 +200,29 @@ impl StepReader {
 
 impl NamespacePlan {
     /// Prepares the child's work: `writable_dir` stays writable, all else
-    /// becomes read-only.
-    pub(crate) fn new(kind: NamespaceKind, writable_dir: &Path) -> io::Result<(Self, StepReader)> {
+    /// becomes read-only (and what `cover` names, hidden); then the child
+    /// gives up what `privileges` says and execs `exec`.
+    pub(crate) fn new(
+        kind: NamespaceKind,
+        writable_dir: &Path,
+        cover: Option<Cover>,
+        privileges: PrivilegeDrop,
+        exec: ExecPlan,
+    ) -> io::Result<(Self, StepReader)> {
         let (reader, writer) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        };
+        let path = |p: &Path| cstring(p.as_os_str().as_bytes());
+        let cover = match cover {
+            Some(c) => Some(CoverPlan {
+                at: path(&c.at)?,
+                dirs: c.dirs.iter().map(|d| path(d)).collect::<io::Result<_>>()?,
+                tmpfs: cstring(b"tmpfs")?,
+                options: cstring(COVER_TMPFS_OPTIONS.as_bytes())?,
+            }),
+            None => None,
         };
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
@@ -128,7 +230,10 @@ impl NamespacePlan {
             Self {
                 kind,
                 root: cstring(b"/")?,
-                writable_dir: cstring(writable_dir.as_os_str().as_bytes())?,
+                writable_dir: path(writable_dir)?,
+                cover,
+                privileges,
+                exec,
                 setgroups_path: cstring(b"/proc/self/setgroups")?,
                 uid_map_path: cstring(b"/proc/self/uid_map")?,
                 gid_map_path: cstring(b"/proc/self/gid_map")?,
@@ -140,14 +245,18 @@ impl NamespacePlan {
         ))
     }
 
-    /// Registers the namespace set-up to run in the child before exec.
+    /// Registers the set-up, the privilege drop and the exec to run in the
+    /// child. It must be the last pre-exec hook: it execs gvproxy itself,
+    /// so hooks added after it never run.
     pub(crate) fn install(self, cmd: &mut std::process::Command) {
         // SAFETY: `enter` makes only async-signal-safe syscalls (write,
-        // unshare, open, close, mount, syscall(mount_setattr), socket,
-        // ioctl) on data prepared in the parent (CStrings, byte buffers,
-        // owned fds kept alive by the closure), takes no lock and does not
-        // allocate (`io::Error::last_os_error` is allocation-free), as
-        // required between fork and exec.
+        // unshare, open, close, mount, mkdir, chmod, chdir,
+        // syscall(open_tree, move_mount, mount_setattr, capset, execveat),
+        // socket, ioctl, prctl, setgroups, setresgid, setresuid, fcntl) on
+        // data prepared in the parent (CStrings, byte buffers, owned fds
+        // kept alive by the closure), takes no lock and does not allocate
+        // (`io::Error::last_os_error` is allocation-free), as required
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || self.enter());
         }
@@ -194,23 +303,53 @@ impl NamespacePlan {
             )
         })?;
         self.step(3);
-        // SAFETY: as above; a bind mount of the directory onto itself.
+        // A detached copy of the directory's mount, taken before anything
+        // covers it, moved back onto its own path below.
+        let tree = open_tree(&self.writable_dir)?;
+        if let Some(cover) = &self.cover {
+            self.step(4);
+            cover.mount()?;
+        }
+        self.step(5);
+        let moved = move_mount(tree.as_raw_fd(), &self.writable_dir);
+        drop(tree);
+        moved?;
+        // SAFETY: NUL-terminated path owned by self. The cwd std set was
+        // the directory's old (now covered or read-only) mount.
+        check(unsafe { libc::chdir(self.writable_dir.as_ptr()) })?;
+        self.step(6);
+        mount_setattr(&self.root, MOUNT_ATTR_RDONLY, 0)?;
+        self.step(7);
+        mount_setattr(&self.writable_dir, 0, MOUNT_ATTR_RDONLY)?;
+        self.step(8);
+        loopback_up()?;
+        self.step(9);
+        self.privileges.apply()?;
+        self.step(10);
+        Err(self.exec.exec())
+    }
+}
+
+impl CoverPlan {
+    /// Mounts the tmpfs and makes the path in it (child side).
+    fn mount(&self) -> io::Result<()> {
+        // SAFETY: NUL-terminated strings owned by self.
         check(unsafe {
             libc::mount(
-                self.writable_dir.as_ptr(),
-                self.writable_dir.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
+                self.tmpfs.as_ptr(),
+                self.at.as_ptr(),
+                self.tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                self.options.as_ptr().cast(),
             )
         })?;
-        self.step(4);
-        mount_setattr(&self.root, MOUNT_ATTR_RDONLY, 0)?;
-        self.step(5);
-        mount_setattr(&self.writable_dir, 0, MOUNT_ATTR_RDONLY)?;
-        self.step(6);
-        loopback_up()?;
-        self.step(7);
+        for dir in &self.dirs {
+            // SAFETY: NUL-terminated path owned by self; chmod undoes the
+            // umask so gvproxy's user may search the path.
+            check(unsafe { libc::mkdir(dir.as_ptr(), 0o711) })?;
+            // SAFETY: as above.
+            check(unsafe { libc::chmod(dir.as_ptr(), 0o711) })?;
+        }
         Ok(())
     }
 }
@@ -239,6 +378,45 @@ fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
         Ok(())
     } else {
         Err(err)
+    }
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a
+/// detached bind mount of `path`.
+fn open_tree(path: &CString) -> io::Result<OwnedFd> {
+    // SAFETY: NUL-terminated path; integer flags.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// `move_mount(tree, "", AT_FDCWD, to, MOVE_MOUNT_F_EMPTY_PATH)`.
+fn move_mount(tree: RawFd, to: &CString) -> io::Result<()> {
+    // SAFETY: a live fd from open_tree, an empty and a NUL-terminated path.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -371,10 +549,20 @@ pub fn bind_tcp_in_netns(
 mod tests {
     use super::*;
 
+    fn plan(dir: &Path) -> io::Result<(NamespacePlan, StepReader)> {
+        let exec = ExecPlan::new(Path::new("/bin/sh"), &["-c", "true"], [("A", "1")])?;
+        NamespacePlan::new(
+            NamespaceKind::Privileged,
+            dir,
+            None,
+            PrivilegeDrop::CapabilitiesOnly,
+            exec,
+        )
+    }
+
     #[test]
     fn step_reader_reports_the_last_step_written() {
-        let (plan, reader) =
-            NamespacePlan::new(NamespaceKind::Privileged, Path::new("/tmp")).unwrap();
+        let (plan, reader) = plan(Path::new("/tmp")).unwrap();
         plan.step(0);
         plan.step(4);
         assert_eq!(reader.last_step(), Some(STEPS[4]));
@@ -384,7 +572,89 @@ mod tests {
     #[test]
     fn plan_refuses_a_path_with_nul() {
         let path = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/a\0b"));
-        assert!(NamespacePlan::new(NamespaceKind::Privileged, path).is_err());
+        assert!(plan(path).is_err());
+    }
+
+    #[test]
+    fn steps_end_with_the_drop_then_the_exec() {
+        assert_eq!(STEPS[STEPS.len() - 2], DROP_STEP);
+        assert_eq!(STEPS[STEPS.len() - 1], EXEC_STEP);
+    }
+
+    /// Stats from a table: (path, mode, uid, gid) of real temp dirs.
+    fn fake_tree(modes: &[(&str, u32)]) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let mut dir = top.path().to_path_buf();
+        for (name, mode) in modes {
+            dir.push(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        (top, dir)
+    }
+
+    #[test]
+    fn cover_starts_at_the_first_directory_the_user_cannot_search() {
+        let (top, dir) = fake_tree(&[
+            ("run", 0o755),
+            ("vms", 0o700),
+            ("vm-1", 0o700),
+            ("net", 0o700),
+        ]);
+        let owner = std::fs::metadata(top.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let stranger = RunAs {
+            uid: owner.uid() + 4242,
+            gid: owner.gid() + 4242,
+        };
+        // A 0700 temp dir is covered; opened, the first 0700 below it is.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let cover = Cover::needed(&dir, stranger, |p| std::fs::metadata(p))
+            .unwrap()
+            .unwrap();
+        assert_eq!(cover.at, top.path());
+        assert_eq!(cover.dirs.last(), Some(&dir));
+        assert_eq!(cover.dirs.len(), 4);
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let cover = Cover::needed(&dir, stranger, |p| std::fs::metadata(p))
+            .unwrap()
+            .unwrap();
+        let vms = top.path().join("run/vms");
+        assert_eq!(cover.at, vms);
+        assert_eq!(cover.dirs, vec![vms.join("vm-1"), vms.join("vm-1/net")]);
+    }
+
+    #[test]
+    fn no_cover_when_every_directory_above_is_searchable() {
+        let (top, dir) = fake_tree(&[("a", 0o711), ("net", 0o700)]);
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let owner = std::fs::metadata(top.path()).unwrap();
+        let stranger = RunAs {
+            uid: owner.uid() + 4242,
+            gid: owner.gid() + 4242,
+        };
+        let all_open = |p: &Path| std::fs::metadata(p);
+        // Above the temp dir are the system's /tmp and /: searchable.
+        assert_eq!(Cover::needed(&dir, stranger, all_open).unwrap(), None);
+    }
+
+    #[test]
+    fn an_unsearchable_root_cannot_be_covered() {
+        let (_top, dir) = fake_tree(&[("net", 0o700)]);
+        let closed = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let closed_meta = std::fs::metadata(closed.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let stranger = RunAs {
+            uid: closed_meta.uid() + 4242,
+            gid: closed_meta.gid() + 4242,
+        };
+        let err = Cover::needed(&dir, stranger, |_| std::fs::metadata(closed.path())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

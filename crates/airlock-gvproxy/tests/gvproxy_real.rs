@@ -272,6 +272,114 @@ async fn killed_gvproxy_still_stops_cleanly() {
     }
 }
 
+/// The value of `field` in `/proc/<pid>/status`.
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .trim()
+        .to_owned()
+}
+
+/// Asserts gvproxy `pid` holds no capability in any set and cannot gain one.
+fn assert_no_capabilities(pid: u32) {
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+}
+
+#[tokio::test]
+async fn gvproxy_runs_unprivileged_and_sees_only_its_dir() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(binary) = gvproxy().await else {
+        return;
+    };
+    // Private like a VM's work dir: gvproxy's user cannot search it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = dir.path().join("root.qcow2");
+    std::fs::write(&secret, "the VM's disk").unwrap();
+    let mut gv = launch(
+        &binary,
+        dir.path(),
+        NetworkMode::Allowlist,
+        LaunchOptions::default(),
+    )
+    .await;
+    let pid = gv.pid();
+    let nobody = airlock_gvproxy::RunAs::default_user().unwrap();
+
+    // uid and gid (real, effective, saved, filesystem), no groups, no
+    // capabilities, no way to gain any.
+    let ids = |id| format!("{id}\t{id}\t{id}\t{id}");
+    assert_eq!(status_field(pid, "Uid"), ids(nobody.uid));
+    assert_eq!(status_field(pid, "Gid"), ids(nobody.gid));
+    assert_ne!(nobody.uid, 0);
+    assert_eq!(status_field(pid, "Groups"), "");
+    assert_no_capabilities(pid);
+
+    // Its dir is its own and private; it made its sockets there, and they
+    // work (zones pushed, a listener for the egress proxy bound).
+    let meta = std::fs::metadata(gv.paths().dir()).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (nobody.uid, nobody.gid));
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(gv.api_socket()).unwrap().uid(),
+        nobody.uid
+    );
+    let zones = gv.api().get("/services/dns/all").await.unwrap();
+    assert!(zones.contains("pypi.org"), "{zones}");
+    let l443 = bind_tcp_in_netns(gv.netns_fd(), SocketAddr::from((Ipv4Addr::LOCALHOST, 443)));
+    assert!(l443.is_ok(), "{l443:?}");
+
+    // A TCP forward asked over its API (the guest can ask too) cannot take
+    // a privileged port of its namespace, where the egress proxy listens.
+    let forward = |port: u16| {
+        format!(r#"{{"local":"127.0.0.1:{port}","remote":"192.168.127.2:22","protocol":"tcp"}}"#)
+    };
+    let err = gv
+        .api()
+        .post_json("/services/forwarder/expose", &forward(81))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    gv.api()
+        .post_json("/services/forwarder/expose", &forward(8081))
+        .await
+        .unwrap();
+
+    // In its mount namespace the private dir above holds only the path to
+    // its own: the disk beside it is not there.
+    let inside = |p: &Path| format!("/proc/{pid}/root{}", p.display());
+    assert!(Path::new(&inside(&gv.api_socket())).exists());
+    let hidden = std::fs::metadata(inside(&secret));
+    assert_eq!(
+        hidden.unwrap_err().kind(),
+        std::io::ErrorKind::NotFound,
+        "gvproxy sees {}",
+        secret.display()
+    );
+    let report = gv.stop().await;
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(!report.exited_before_stop, "{report:?}");
+}
+
+#[tokio::test]
+async fn root_as_run_as_is_refused() {
+    let Some(binary) = gvproxy().await else {
+        return;
+    };
+    let options = LaunchOptions {
+        run_as: Some(airlock_gvproxy::RunAs { uid: 0, gid: 0 }),
+        ..LaunchOptions::default()
+    };
+    let err = GvproxyLauncher::new(binary, options).unwrap_err();
+    assert!(matches!(err, GvproxyError::InvalidOptions { .. }), "{err}");
+}
+
 #[tokio::test]
 async fn user_namespace_path_works_too() {
     let Some(binary) = gvproxy().await else {
@@ -287,6 +395,8 @@ async fn user_namespace_path_works_too() {
     assert!(zones.contains("pypi.org"), "{zones}");
     let listener = bind_tcp_in_netns(gv.netns_fd(), SocketAddr::from((Ipv4Addr::LOCALHOST, 443)));
     assert!(listener.is_ok(), "{listener:?}");
+    // It keeps the caller's uid (mapped to 0 inside), with no capability.
+    assert_no_capabilities(gv.pid());
     let report = gv.stop().await;
     assert!(report.problems.is_empty(), "{report:?}");
 }
@@ -400,11 +510,10 @@ async fn measure_start_time_and_rss() {
         )
         .await;
         times.push(gv.ready_after());
-        let status = std::fs::read_to_string(format!("/proc/{}/status", gv.pid())).unwrap();
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        let rss = status_field(gv.pid(), "VmRSS")
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
             .unwrap();
         rss_kib.push(rss);
         gv.stop().await;
