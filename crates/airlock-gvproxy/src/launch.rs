@@ -48,10 +48,11 @@ const REFUSED_BACKOFF: Backoff = Backoff::new(Duration::from_millis(2), Duration
 pub type ChildSetup = Box<dyn FnOnce(&mut std::process::Command) + Send>;
 
 /// How the caller forks gvproxy, when it must be done its way: e.g. from
-/// one long-lived thread with a parent-death signal added last, so that
-/// gvproxy dies with its owner. It gets the finished `Command` (this
-/// crate's pre-exec set-up installed) and spawns it as is, adding at most
-/// pre-exec hooks of its own.
+/// one long-lived thread, since gvproxy's parent-death signal (which this
+/// crate sets in the child, after the privilege drop) fires when the
+/// forking *thread* ends. It gets the finished `Command` and spawns it as
+/// is. Pre-exec hooks it adds never run: this crate's own hook ends in
+/// gvproxy's exec.
 pub type SpawnWith = std::sync::Arc<
     dyn Fn(
             tokio::process::Command,

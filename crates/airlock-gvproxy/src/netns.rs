@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 /// Set-up steps in the child, reported through the step pipe (one byte per
 /// step, written before the step) so a failed spawn says which failed.
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "unshare the namespaces",
     "write the user namespace's uid/gid maps",
     "make mounts private",
@@ -51,11 +51,19 @@ const STEPS: [&str; 11] = [
     "make gvproxy's directory writable",
     "bring up lo",
     DROP_STEP,
+    DEATH_STEP,
     EXEC_STEP,
 ];
 
 /// The step that drops gvproxy's privileges.
 pub(crate) const DROP_STEP: &str = "drop privileges";
+
+/// The step that makes gvproxy die with the process that forked it. It
+/// comes after the privilege drop, which (as any change of uid or gid)
+/// clears a parent-death signal set before it; and it is this crate's to
+/// do because the exec happens in this crate's hook, so no hook the caller
+/// adds after it would run.
+pub(crate) const DEATH_STEP: &str = "set the parent-death signal";
 
 /// The last step: exec gvproxy.
 pub(crate) const EXEC_STEP: &str = "exec gvproxy";
@@ -175,6 +183,9 @@ pub(crate) struct NamespacePlan {
     gid_map: Vec<u8>,
     /// Write end of the step pipe (close-on-exec).
     step_writer: OwnedFd,
+    /// The forking process: gvproxy gets SIGKILL when the thread that forks
+    /// it ends, and exits at once if this process is gone already.
+    parent: libc::pid_t,
 }
 
 /// The parent's end of the step pipe.
@@ -240,6 +251,7 @@ impl NamespacePlan {
                 uid_map: format!("0 {uid} 1\n").into_bytes(),
                 gid_map: format!("0 {gid} 1\n").into_bytes(),
                 step_writer: writer,
+                parent: nix::unistd::getpid().as_raw(),
             },
             StepReader(reader),
         ))
@@ -326,6 +338,14 @@ impl NamespacePlan {
         self.step(9);
         self.privileges.apply()?;
         self.step(10);
+        // SAFETY: plain syscalls with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })?;
+        // SAFETY: getppid cannot fail. A parent that died before the prctl
+        // re-parented this child: no signal will ever come, so stop here.
+        if unsafe { libc::getppid() } != self.parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        self.step(11);
         Err(self.exec.exec())
     }
 }
@@ -576,8 +596,9 @@ mod tests {
     }
 
     #[test]
-    fn steps_end_with_the_drop_then_the_exec() {
-        assert_eq!(STEPS[STEPS.len() - 2], DROP_STEP);
+    fn steps_end_with_the_drop_then_the_death_signal_then_the_exec() {
+        assert_eq!(STEPS[STEPS.len() - 3], DROP_STEP);
+        assert_eq!(STEPS[STEPS.len() - 2], DEATH_STEP);
         assert_eq!(STEPS[STEPS.len() - 1], EXEC_STEP);
     }
 
