@@ -129,31 +129,19 @@ pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
     airlock_sys_util::check_id(value).map_err(|e| Error::invalid(field, e.to_string()))
 }
 
-/// Checks environment variables on the host side: POSIX names, no NUL, a
-/// total size cap. (The agent refuses injection variables itself, with the
-/// name in its message.)
+/// Checks environment variables on the host side, before anything boots,
+/// with the one policy the agent applies again as a second line
+/// ([`airlock_protocol::check_env`]: POSIX names, injection variables such
+/// as `LD_PRELOAD` refused whatever their case, no control character but
+/// TAB in values), plus a total size cap.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for `env`.
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
     let mut total = 0;
     for (name, value) in env {
-        let mut bytes = name.bytes();
-        let first_ok = bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-        if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(Error::invalid(
-                "env",
-                format!("{name:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
-            ));
-        }
-        if value.contains('\0') {
-            return Err(Error::invalid(
-                "env",
-                format!("the value of {name} contains a NUL byte"),
-            ));
-        }
+        airlock_protocol::check_env(name, value)
+            .map_err(|e| Error::invalid("env", e.to_string()))?;
         total += name.len() + value.len() + 2;
     }
     if total > MAX_ENV_BYTES {
@@ -396,6 +384,25 @@ mod tests {
         ] {
             assert!(json[field].is_number(), "{field} in {json}");
         }
+    }
+
+    #[test]
+    fn injection_variables_are_refused_before_boot_whatever_their_case() {
+        for name in ["LD_PRELOAD", "ld_preload", "Ld_Library_Path"] {
+            let mut r = RunRequest::new(Language::Raw, "true");
+            r.env.insert(name.into(), "/tmp/x.so".into());
+            assert_eq!(field_of(&r), "env", "{name}");
+        }
+    }
+
+    #[test]
+    fn env_values_with_control_characters_are_refused_but_tab_is_kept() {
+        let mut r = RunRequest::new(Language::Raw, "true");
+        r.env.insert("A".into(), "\u{1b}[2J".into());
+        assert_eq!(field_of(&r), "env");
+        let mut ok = RunRequest::new(Language::Raw, "true");
+        ok.env.insert("A".into(), "a\tb".into());
+        ok.validate().expect("TAB is allowed");
     }
 
     #[test]
