@@ -187,7 +187,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         // remove.
         let mut outcome = outcome;
         if scenario != Scenario::Sigkill {
-            let left = leftovers(&cli_dir);
+            let mut left = leftovers(&cli_dir, None);
+            left.extend(leftovers(&lib_dir, Some(std::process::id())));
             if !left.is_empty() {
                 outcome.ok = false;
                 outcome.detail = format!("{} leftovers: {}", outcome.detail, left.join("; "));
@@ -211,8 +212,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let _ = airlock_cmd(&airlock, &cli_dir)
         .args(["run", "-q", "-l", "raw", "true"])
         .output();
-    let mut final_left = leftovers(&cli_dir);
-    final_left.extend(leftovers(&lib_dir));
+    let mut final_left = leftovers(&cli_dir, None);
+    final_left.extend(leftovers(&lib_dir, None));
     let groups_after = limits_groups();
     final_left.extend(
         groups_after
@@ -504,20 +505,27 @@ fn signal_pid(pid: u32, signal: Signal) {
 }
 
 /// What a finished run must not leave under `run_dir`: processes naming
-/// it, work dirs and sockets in it.
-fn leftovers(run_dir: &Path) -> Vec<String> {
+/// it, VM work dirs (`vms/*`, with their sockets) and overlay pool dirs
+/// (`overlays/*`) of processes that have ended. `owner_alive` is the pid
+/// of a process still running whose pool dir is its own (the soak's
+/// long-lived orchestrator), if any.
+fn leftovers(run_dir: &Path, owner_alive: Option<u32>) -> Vec<String> {
     let mut out: Vec<String> = processes_matching("", run_dir)
         .into_iter()
         .map(|pid| format!("process {pid}"))
         .collect();
-    if let Ok(entries) = std::fs::read_dir(run_dir) {
+    for (sub, what) in [("vms", "work dir"), ("overlays", "overlay pool dir")] {
+        let Ok(entries) = std::fs::read_dir(run_dir.join(sub)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            // Pools and locks are the orchestrator's own, not a run's.
-            if name.starts_with('.') || name == "overlays" || name.ends_with(".lock") {
+            // Pool dirs are named `<pid>-<start>-<id>`.
+            let own = owner_alive.is_some_and(|pid| name.starts_with(&format!("{pid}-")));
+            if sub == "overlays" && own {
                 continue;
             }
-            out.push(format!("work dir or socket {}", entry.path().display()));
+            out.push(format!("{what} {}", entry.path().display()));
         }
     }
     out
@@ -678,6 +686,19 @@ mod tests {
         for s in Scenario::CLI {
             assert!(first.contains(&s), "{s:?} never runs in 40");
         }
+    }
+
+    #[test]
+    fn work_dirs_and_dead_pool_dirs_are_leftovers_but_a_live_owners_pool_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("vms/abc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("overlays/42-7-x")).unwrap();
+        std::fs::create_dir_all(dir.path().join("overlays/43-7-y")).unwrap();
+        let left = leftovers(dir.path(), Some(42));
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().any(|l| l.contains("vms/abc")));
+        assert!(left.iter().any(|l| l.contains("43-7-y")));
+        assert!(leftovers(&dir.path().join("none"), None).is_empty());
     }
 
     #[test]
