@@ -1,0 +1,350 @@
+//! The attack suite: what untrusted code (or a hostile request) tries, on
+//! real VMs (TCG here), and the safe behaviour each attempt must meet. Each
+//! case carries a one-line comment saying what it proves.
+//!
+//! VMs are shared wherever one case cannot spoil the next: one VM runs the
+//! privilege and no-network cases exec after exec, one the file API cases,
+//! one the non-destructive containment cases; fork and thread bombs,
+//! memory and disk exhaustion each get a fresh VM. Every test uses its own
+//! run dir and ends with the host check: no QEMU or gvproxy mentions it, no
+//! work dir and no limits group is left.
+//!
+//! Covered elsewhere, not repeated here: a `setsid` or double-forked
+//! process dies with its exec, set-id files and executables in `/dev`
+//! (`images_smoke.rs`, `hardening`); writes to the root block device and
+//! the host memory group (`run_e2e.rs`); the ports mode's reach (DNS,
+//! public and gateway addresses, gvproxy's forwarding API) and the
+//! allowlist's SNI/Host denial of an unknown name (`network_e2e.rs`); a
+//! killed QEMU or gvproxy and a killed `airlock` process
+//! (`run_e2e.rs`, `network_e2e.rs`, `hardening_e2e.rs`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use airlock::{Config, NetworkRequest, Vm, VmManager, VmOptions};
+use airlock_protocol::Language;
+use airlock_tests::{exec_request, group_dirs, images_or_skip, text, wait_until_gone};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The tenant of every VM here (its limits groups are `airlock/attack/*`).
+const TENANT: &str = "attack";
+
+/// A private run dir, so the host checks see this test's leftovers only.
+fn run_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("al-atk")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+fn config(run_dir: &Path) -> Config {
+    Config {
+        run_dir: run_dir.to_path_buf(),
+        overlay_pool_target: 1,
+        ..Config::default()
+    }
+}
+
+fn options(language: Language, memory_mib: u32, network: NetworkRequest) -> VmOptions {
+    VmOptions {
+        tenant: TENANT.into(),
+        language,
+        memory_mib,
+        vcpus: 1,
+        network,
+    }
+}
+
+/// Destroys `vm` and checks that it left nothing: its limits group existed
+/// and is gone, its work dir is gone, no QEMU or gvproxy mentions it.
+async fn destroy_leaving_nothing(vm: &mut Vm, after: &str) {
+    let id = vm.id().to_owned();
+    let dir = vm.workdir().path().to_path_buf();
+    let groups = group_dirs(TENANT, &id);
+    for group in &groups {
+        assert!(group.is_dir(), "{after}: the limits group {group:?} exists");
+    }
+    let report = vm.destroy().await;
+    assert!(report.problems.is_empty(), "{after}: {:?}", report.problems);
+    assert!(report.workdir_removed && !dir.exists(), "{after}: {dir:?}");
+    let gone = wait_until_gone(dir.to_str().unwrap(), Duration::ZERO);
+    assert!(gone.is_ok(), "{after}: still running: {gone:?}");
+    for group in &groups {
+        assert!(!group.exists(), "{after}: {group:?} left");
+    }
+}
+
+/// The end-of-test host check: nothing running mentions the run dir, and
+/// it holds no VM work dir.
+async fn run_dir_is_clean(manager: &VmManager, run_dir: &Path) {
+    manager.shutdown().await;
+    let gone = wait_until_gone(run_dir.to_str().unwrap(), Duration::ZERO);
+    assert!(gone.is_ok(), "still running: {gone:?}");
+    let left: Vec<PathBuf> = std::fs::read_dir(run_dir.join("vms"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "work dirs left: {left:?}");
+}
+
+/// Runs `code` and returns the outcome (any exit code).
+async fn run(vm: &mut Vm, language: Language, code: &str, timeout_ms: u64) -> airlock::ExecOutcome {
+    vm.exec(exec_request(language, code, timeout_ms), |_, _| {})
+        .await
+        .unwrap_or_else(|e| panic!("{code}: {e}"))
+}
+
+/// One attack run as an exec in a shared VM, and the exact stdout of the
+/// safe behaviour.
+struct Case {
+    language: Language,
+    code: &'static str,
+    expect: &'static str,
+}
+
+const fn sh(code: &'static str, expect: &'static str) -> Case {
+    Case {
+        language: Language::Raw,
+        code,
+        expect,
+    }
+}
+
+const fn py(code: &'static str, expect: &'static str) -> Case {
+    Case {
+        language: Language::Python,
+        code,
+        expect,
+    }
+}
+
+/// Helpers the Python cases start with: `call` (a libc call: `ok` or the
+/// errno's name) and `attempt` (a Python call: `ok` or the errno's name).
+const PY_PRELUDE: &str = r#"
+import ctypes, errno, os, socket, time
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, *args):
+    if getattr(libc, name)(*args) == -1:
+        return errno.errorcode[ctypes.get_errno()]
+    return "ok"
+def attempt(f, *args):
+    try:
+        f(*args)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, type(e).__name__)
+"#;
+
+/// Runs the cases one after the other in `vm`; every mismatch is collected
+/// and reported together.
+async fn run_cases(vm: &mut Vm, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let code = match case.language {
+            Language::Python => format!("{PY_PRELUDE}\n{}", case.code),
+            _ => case.code.to_owned(),
+        };
+        let out = run(vm, case.language, &code, 20_000).await;
+        if text(&out.stdout) != case.expect {
+            failures.push(format!(
+                "{}\n  expected {:?}\n  got      {:?} (exit {}, stderr {:?})",
+                case.code,
+                case.expect,
+                text(&out.stdout),
+                out.completion.exit_code,
+                text(&out.stderr)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Privilege and no-network cases, in one VM without a network.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_code_has_no_privilege_and_no_network() {
+    let Some(_) = images_or_skip("attack_privilege") else {
+        return;
+    };
+    let dir = run_dir();
+    let manager = VmManager::start(config(dir.path())).await.unwrap();
+    let mut vm = manager
+        .boot(&options(Language::Python, 512, NetworkRequest::default()))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let cases = [
+        // User code runs as the sandbox user with no supplementary group.
+        sh("id -u; id -g; id -G", "1000\n1000\n1000\n"),
+        // It holds no capability and cannot gain one (no_new_privs).
+        py(
+            r#"st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+print(*(st[k].strip() for k in ("CapPrm", "CapEff", "CapAmb", "NoNewPrivs")))"#,
+            "0000000000000000 0000000000000000 0000000000000000 1\n",
+        ),
+        // A write to / fails with EROFS.
+        py(r#"print(attempt(open, "/pwned", "w"))"#, "EROFS\n"),
+        // System files cannot be changed (read-only root).
+        py(r#"print(attempt(open, "/etc/passwd", "a"))"#, "EROFS\n"),
+        // Mounting a file system is refused.
+        py(
+            r#"print(call("mount", b"none", b"/tmp", b"tmpfs", 0, None))"#,
+            "EPERM\n",
+        ),
+        // Remounting the root read-write is refused.
+        py(
+            r#"print(call("mount", None, b"/", None, 32, None))"#,
+            "EPERM\n",
+        ),
+        // A user namespace (`unshare -r`) is refused and the uid stays 1000.
+        py(
+            r#"print(call("unshare", 0x10000000) != "ok", os.getuid())"#,
+            "True 1000\n",
+        ),
+        // Mount and network namespaces are refused.
+        py(
+            r#"print(call("unshare", 0x00020000) != "ok", call("unshare", 0x40000000) != "ok")"#,
+            "True True\n",
+        ),
+        // ptrace of PID 1 is refused.
+        py(r#"print(call("ptrace", 16, 1, None, None))"#, "EPERM\n"),
+        // A raw IP socket is refused.
+        py(
+            r#"print(attempt(socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))"#,
+            "EPERM\n",
+        ),
+        // A packet socket is unavailable.
+        py(
+            r#"print(attempt(socket.socket, 17, socket.SOCK_RAW, 0) != "ok")"#,
+            "True\n",
+        ),
+        // Binding a port below 1024 is refused.
+        py(
+            r#"print(attempt(socket.socket().bind, ("127.0.0.1", 80)))"#,
+            "EACCES\n",
+        ),
+        // PID 1's environment cannot be read (its /proc entry is hidden).
+        py(
+            r#"print(attempt(open, "/proc/1/environ", "rb"))"#,
+            "ENOENT\n",
+        ),
+        // /proc shows the sandbox user's own processes only.
+        py(
+            r#"pids = [p for p in os.listdir("/proc") if p.isdigit()]
+print(sorted({os.stat("/proc/" + p).st_uid for p in pids}), "1" in pids)"#,
+            "[1000] False\n",
+        ),
+        // SIGKILL to PID 1 is refused.
+        py("print(attempt(os.kill, 1, 9))", "EPERM\n"),
+        // SIGKILL to every other pid reaches no process but its own.
+        py(
+            r#"me = os.getpid()
+print([p for p in range(2, 32768) if p != me and attempt(os.kill, p, 9) == "ok"])"#,
+            "[]\n",
+        ),
+        // kill(-1, SIGKILL) hits only the sandbox user's processes: the
+        // caller survives, and the next exec proves the agent did.
+        py("os.kill(-1, 9)\nprint('survived')", "survived\n"),
+        // /dev/mem, /dev/kmem, /dev/port and /proc/kcore do not exist.
+        py(
+            r#"print([os.path.exists(p) for p in ("/dev/mem", "/dev/kmem", "/dev/port", "/proc/kcore")])"#,
+            "[False, False, False, False]\n",
+        ),
+        // The only devices user code can write are the harmless ones (not
+        // the disk, the console, or the agent's virtio ports).
+        py(
+            r#"import stat
+found = []
+for name in sorted(os.listdir("/dev")):
+    path = "/dev/" + name
+    mode = os.lstat(path).st_mode
+    if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and os.access(path, os.W_OK):
+        found.append(name)
+print(found)"#,
+            "['full', 'null', 'ptmx', 'random', 'tty', 'urandom', 'zero']\n",
+        ),
+        // The agent's virtio-serial ports exist but cannot be opened.
+        py(
+            r#"import glob
+ports = sorted(glob.glob("/dev/vport*"))
+print(len(ports) >= 2, {attempt(open, p, "rb") for p in ports})"#,
+            "True {'EACCES'}\n",
+        ),
+        // The root disk cannot be read raw.
+        py(r#"print(attempt(open, "/dev/vda", "rb"))"#, "EACCES\n"),
+        // Kernel settings under /proc/sys cannot be changed.
+        py(
+            r#"print(attempt(open, "/proc/sys/kernel/hostname", "w"))"#,
+            "EACCES\n",
+        ),
+        // The exec cannot leave its cgroup or kill the agent's.
+        py(
+            r#"print(*(attempt(open, p, "w") for p in ("/sys/fs/cgroup/cgroup.procs",
+    "/sys/fs/cgroup/airlock-exec/cgroup.procs", "/sys/fs/cgroup/airlock-exec/cgroup.kill")))"#,
+            "EACCES EACCES EACCES\n",
+        ),
+        // It cannot shield itself from the OOM killer.
+        py(
+            r#"def lower():
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1000")
+print(attempt(lower))"#,
+            "EACCES\n",
+        ),
+        // setuid(0) is refused.
+        py("print(attempt(os.setuid, 0))", "EPERM\n"),
+        // chroot is refused.
+        py(r#"print(attempt(os.chroot, "/tmp"))"#, "EPERM\n"),
+        // A device node cannot be made (no way to /dev/mem through mknod).
+        py(
+            r#"print(attempt(os.mknod, os.path.expanduser("~/mem"), 0o20600, os.makedev(1, 1)))"#,
+            "EPERM\n",
+        ),
+        // The VM cannot be powered off or rebooted from user code.
+        py(r#"print(call("reboot", 0x4321fedc))"#, "EPERM\n"),
+        // The host name cannot be changed.
+        py(r#"print(call("sethostname", b"pwned", 5))"#, "EPERM\n"),
+        // The clock cannot be set.
+        py(
+            "print(attempt(time.clock_settime, time.CLOCK_REALTIME, 0.0))",
+            "EPERM\n",
+        ),
+        // No kernel module can be loaded.
+        py(
+            r#"print(libc.syscall(175, None, 0, b"") == -1 and ctypes.get_errno() in (errno.EPERM, errno.ENOSYS))"#,
+            "True\n",
+        ),
+        // No I/O port access.
+        py(r#"print(call("iopl", 3) in ("EPERM", "ENOSYS"))"#, "True\n"),
+        // No network: no route at all (only the header of the route table).
+        py(
+            r#"print(len(open("/proc/net/route").read().splitlines()))"#,
+            "1\n",
+        ),
+        // No network: a name does not resolve, and fails fast.
+        py(
+            r#"t = time.monotonic()
+try:
+    socket.getaddrinfo("example.com", 443)
+    print("resolved")
+except socket.gaierror:
+    print("fail", time.monotonic() - t < 3)"#,
+            "fail True\n",
+        ),
+        // No network: public addresses and the usual gateways are unreachable.
+        py(
+            r#"def dial(addr):
+    s = socket.socket()
+    s.settimeout(3)
+    return attempt(s.connect, addr)
+print(*(dial(a) for a in (("1.1.1.1", 443), ("192.168.127.1", 80), ("10.0.2.2", 80))))"#,
+            "ENETUNREACH ENETUNREACH ENETUNREACH\n",
+        ),
+    ];
+    let count = cases.len();
+    run_cases(&mut vm, &cases).await;
+    // The VM still answers after all of it.
+    let alive = run(&mut vm, Language::Raw, "echo alive", 5000).await;
+    assert_eq!(text(&alive.stdout), "alive\n");
+    eprintln!("{count} privilege cases in {:?}", start.elapsed());
+    destroy_leaving_nothing(&mut vm, "privilege cases").await;
+    run_dir_is_clean(&manager, dir.path()).await;
+}
