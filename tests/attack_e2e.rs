@@ -348,3 +348,248 @@ print(*(dial(a) for a in (("1.1.1.1", 443), ("192.168.127.1", 80), ("10.0.2.2", 
     destroy_leaving_nothing(&mut vm, "privilege cases").await;
     run_dir_is_clean(&manager, dir.path()).await;
 }
+
+/// Sandbox processes named `sleep` still alive (the leftovers of an exec).
+const COUNT_SLEEPS: &str =
+    "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -cx sleep";
+
+/// Process containment without lasting harm, in one VM: each runaway is
+/// ended by its exec's deadline and takes its whole tree with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn runaway_processes_end_with_their_exec() {
+    let Some(_) = images_or_skip("attack_runaways") else {
+        return;
+    };
+    let dir = run_dir();
+    let manager = VmManager::start(config(dir.path())).await.unwrap();
+    let mut vm = manager
+        .boot(&options(Language::Python, 512, NetworkRequest::default()))
+        .await
+        .unwrap();
+    // Timeout 1.5 s, kill grace 2 s: an exec that is not done by then is a
+    // failure (the margin covers TCG on shared cores).
+    let bounded = |what: &str, took: Duration| {
+        assert!(took < Duration::from_secs(8), "{what}: took {took:?}");
+    };
+
+    // A busy loop is ended by the timeout.
+    let t = Instant::now();
+    let out = run(&mut vm, Language::Raw, "while :; do :; done", 1500).await;
+    assert!(out.completion.timed_out, "busy loop: {out:?}");
+    bounded("busy loop", t.elapsed());
+
+    // A process that ignores SIGTERM is killed with SIGKILL after the grace.
+    let t = Instant::now();
+    let out = run(
+        &mut vm,
+        Language::Python,
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass",
+        1500,
+    )
+    .await;
+    assert!(out.completion.timed_out, "SIGTERM ignored: {out:?}");
+    assert_eq!(out.completion.exit_code, 137, "SIGTERM ignored: {out:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(3400),
+        "{:?}",
+        t.elapsed()
+    );
+    bounded("SIGTERM ignored", t.elapsed());
+
+    // A process tree (children, grandchildren, subshells) dies whole at the timeout.
+    let t = Instant::now();
+    let out = run(
+        &mut vm,
+        Language::Raw,
+        "sh -c 'sleep 1000 & sleep 1000' & (sleep 1000 &); trap '' TERM; sleep 1000",
+        1500,
+    )
+    .await;
+    assert!(out.completion.timed_out, "process tree: {out:?}");
+    bounded("process tree", t.elapsed());
+    let left = run(&mut vm, Language::Raw, COUNT_SLEEPS, 5000).await;
+    assert_eq!(text(&left.stdout), "0\n", "process tree left processes");
+
+    // Background children holding stdout open do not keep a finished exec
+    // alive, and die with it.
+    let t = Instant::now();
+    let out = run(
+        &mut vm,
+        Language::Raw,
+        "sleep 1000 & sleep 1000 2>&1 & echo main-done",
+        20_000,
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "main-done\n");
+    assert!(!out.completion.timed_out);
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    let left = run(&mut vm, Language::Raw, COUNT_SLEEPS, 5000).await;
+    assert_eq!(text(&left.stdout), "0\n", "background children left");
+
+    // Endless stdout is capped at 4 MiB, flagged, and still ends at the timeout.
+    let t = Instant::now();
+    let out = run(&mut vm, Language::Raw, "yes", 3000).await;
+    assert!(out.completion.timed_out && out.completion.stdout_truncated);
+    assert!(
+        (4 << 20..(4 << 20) + 4096).contains(&out.stdout.len()),
+        "{} bytes",
+        out.stdout.len()
+    );
+    bounded("endless stdout", t.elapsed() - Duration::from_millis(1500));
+
+    // Endless stderr is capped at 1 MiB the same way.
+    let out = run(&mut vm, Language::Raw, "yes >&2", 3000).await;
+    assert!(out.completion.timed_out && out.completion.stderr_truncated);
+    assert!(
+        (1 << 20..(1 << 20) + 4096).contains(&out.stderr.len()),
+        "{} bytes",
+        out.stderr.len()
+    );
+
+    // After all of it the VM still runs code, with no leftover process.
+    let out = run(&mut vm, Language::Raw, COUNT_SLEEPS, 5000).await;
+    assert_eq!(text(&out.stdout), "0\n");
+    destroy_leaving_nothing(&mut vm, "runaways").await;
+    run_dir_is_clean(&manager, dir.path()).await;
+}
+
+/// Boots a fresh VM, runs `code` (timeout `timeout_ms`), checks that the exec ends
+/// within its deadline and that the VM then still runs code; returns the
+/// outcome of the attack after destroying the VM and checking the host.
+async fn in_fresh_vm(
+    manager: &VmManager,
+    what: &str,
+    memory_mib: u32,
+    code: &str,
+    timeout_ms: u64,
+) -> airlock::ExecOutcome {
+    let mut vm = manager
+        .boot(&options(
+            Language::Python,
+            memory_mib,
+            NetworkRequest::default(),
+        ))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let out = vm
+        .exec(exec_request(Language::Python, code, timeout_ms), |_, _| {})
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let took = t.elapsed();
+    eprintln!(
+        "{what}: exec ended in {took:?}: exit {} timed_out {}",
+        out.completion.exit_code, out.completion.timed_out
+    );
+    let bound = Duration::from_millis(timeout_ms) + Duration::from_secs(12);
+    assert!(took < bound, "{what}: took {took:?}");
+    let after = run(&mut vm, Language::Raw, "echo alive", 10_000).await;
+    assert_eq!(
+        text(&after.stdout),
+        "alive\n",
+        "{what}: the VM no longer runs code"
+    );
+    destroy_leaving_nothing(&mut vm, what).await;
+    out
+}
+
+/// Destructive containment cases, each in a fresh VM: the exec ends, the
+/// VM survives it, and the host is left clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn bombs_and_exhaustion_end_and_leave_the_host_clean() {
+    let Some(_) = images_or_skip("attack_bombs") else {
+        return;
+    };
+    let dir = run_dir();
+    let manager = VmManager::start(config(dir.path())).await.unwrap();
+
+    // A fork bomb ends at the timeout and the guest recovers.
+    let out = in_fresh_vm(
+        &manager,
+        "fork bomb",
+        512,
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        3000,
+    )
+    .await;
+    assert!(out.completion.timed_out, "fork bomb: {out:?}");
+
+    // A thread bomb ends (thread limit or timeout) and the guest recovers.
+    let out = in_fresh_vm(
+        &manager,
+        "thread bomb",
+        512,
+        "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()",
+        3000,
+    )
+    .await;
+    assert_ne!(out.completion.exit_code, 0, "thread bomb: {out:?}");
+
+    // Memory exhaustion kills the hog (OOM killer or MemoryError), not the agent.
+    let out = in_fresh_vm(
+        &manager,
+        "memory hog",
+        256,
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(8 * 1024 * 1024))",
+        20_000,
+    )
+    .await;
+    assert!(!out.completion.timed_out, "memory hog: {out:?}");
+    assert!(
+        [1, 137].contains(&out.completion.exit_code),
+        "memory hog: {out:?}"
+    );
+
+    run_dir_is_clean(&manager, dir.path()).await;
+}
+
+/// Disk exhaustion: the size-capped tmpfs refuse more, the file API fails
+/// cleanly while the home is full and works again once it is freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_refused_cleanly_and_recovers() {
+    let Some(_) = images_or_skip("attack_disk") else {
+        return;
+    };
+    let dir = run_dir();
+    let manager = VmManager::start(config(dir.path())).await.unwrap();
+    let mut vm = manager
+        .boot(&options(Language::Python, 512, NetworkRequest::default()))
+        .await
+        .unwrap();
+    // Filling the home stops at its cap (256 MiB) with ENOSPC.
+    let out = run(
+        &mut vm,
+        Language::Raw,
+        "head -c 400M /dev/zero > ~/fill 2>/dev/null; echo $?; du -m ~/fill | cut -f1",
+        60_000,
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "1\n256\n", "{}", text(&out.stderr));
+    // /tmp and /dev/shm stop at theirs (64 MiB each).
+    let out = run(
+        &mut vm,
+        Language::Raw,
+        "for d in /tmp /dev/shm; do head -c 100M /dev/zero > $d/fill 2>/dev/null; echo $? $(du -m $d/fill | cut -f1); done",
+        60_000,
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "1 64\n1 64\n", "{}", text(&out.stderr));
+    // The file API reports the full home as an error, not a hang.
+    let client = vm.client().unwrap();
+    let err = client
+        .write_file("more.bin", 0o644, &[7u8; 1 << 20], Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), airlock_protocol::ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    // Once freed, the home takes files again.
+    let out = run(&mut vm, Language::Raw, "rm ~/fill && echo freed", 10_000).await;
+    assert_eq!(text(&out.stdout), "freed\n");
+    vm.client()
+        .unwrap()
+        .write_file("more.bin", 0o644, &[7u8; 1 << 20], Duration::from_secs(20))
+        .await
+        .unwrap();
+    destroy_leaving_nothing(&mut vm, "full disk").await;
+    run_dir_is_clean(&manager, dir.path()).await;
+}
