@@ -20,8 +20,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock::{Config, NetworkRequest, Vm, VmManager, VmOptions};
-use airlock_protocol::Language;
+use airlock::{Config, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager, VmOptions};
+use airlock_protocol::{ErrorKind, ExecRequest, Language, ProtocolError};
 use airlock_tests::{exec_request, group_dirs, images_or_skip, text, wait_until_gone};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -592,4 +592,235 @@ async fn a_full_disk_is_refused_cleanly_and_recovers() {
         .unwrap();
     destroy_leaving_nothing(&mut vm, "full disk").await;
     run_dir_is_clean(&manager, dir.path()).await;
+}
+
+/// Asserts that a file API call was refused by the guest with `kind`.
+fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, ProtocolError>, kind: ErrorKind) {
+    match result {
+        Err(e) => assert_eq!(e.kind(), kind, "{what}: {e}"),
+        Ok(v) => panic!("{what}: accepted: {v:?}"),
+    }
+}
+
+/// The file API against hostile paths and guest-planted links, in one VM;
+/// then the agent's own refusal of injection variables that skip the
+/// host's check.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_api_stays_inside_the_home() {
+    let Some(_) = images_or_skip("attack_files") else {
+        return;
+    };
+    let dir = run_dir();
+    let manager = VmManager::start(config(dir.path())).await.unwrap();
+    let mut vm = manager
+        .boot(&options(Language::Python, 512, NetworkRequest::default()))
+        .await
+        .unwrap();
+    // User code plants links out of the home, and a FIFO.
+    let planted = run(
+        &mut vm,
+        Language::Raw,
+        "cd ~ && ln -s /etc/passwd pw && ln -s /etc etcdir && ln -s /tmp/owned out \
+         && ln -s /tmp tmpdir && ln -s /proc/self/root root && mkfifo fifo && echo planted",
+        10_000,
+    )
+    .await;
+    assert_eq!(
+        text(&planted.stdout),
+        "planted\n",
+        "{}",
+        text(&planted.stderr)
+    );
+    let client = vm.client().unwrap();
+    let t = Duration::from_secs(10);
+    let data = b"x".as_slice();
+    use ErrorKind::{InvalidPath, LimitExceeded};
+
+    // `..` cannot climb out of the home, for writes, reads or listings.
+    refused(
+        "write ../x",
+        client.write_file("../x", 0o644, data, t).await,
+        InvalidPath,
+    );
+    // `..` hidden inside a path is refused too.
+    refused(
+        "write a/../../x",
+        client.write_file("a/../../x", 0o644, data, t).await,
+        InvalidPath,
+    );
+    // Reading through `..` is refused.
+    refused(
+        "read ../../etc/passwd",
+        client.read_file("../../etc/passwd", t).await,
+        InvalidPath,
+    );
+    // Listing through `..` is refused.
+    refused("list ..", client.list_files("..", t).await, InvalidPath);
+    // An absolute path is refused for writes...
+    refused(
+        "write /tmp/abs",
+        client.write_file("/tmp/abs", 0o644, data, t).await,
+        InvalidPath,
+    );
+    // ...and for reads.
+    refused(
+        "read /etc/passwd",
+        client.read_file("/etc/passwd", t).await,
+        InvalidPath,
+    );
+    // A NUL byte in a name is refused (no truncation to another name).
+    refused(
+        "write a\\0b",
+        client.write_file("a\0b", 0o644, data, t).await,
+        InvalidPath,
+    );
+    // An over-long path is refused.
+    let long = vec!["a"; 2100].join("/");
+    refused(
+        "write long",
+        client.write_file(&long, 0o644, data, t).await,
+        InvalidPath,
+    );
+    // A guest symlink to /etc/passwd is not followed on read.
+    let read = client.read_file("pw", t).await;
+    assert!(read.is_err(), "read through a symlink: {read:?}");
+    // A symlinked directory is not followed on read...
+    let read = client.read_file("etcdir/passwd", t).await;
+    assert!(read.is_err(), "read through a symlinked dir: {read:?}");
+    // ...nor on listing.
+    let list = client.list_files("etcdir", t).await;
+    assert!(list.is_err(), "list through a symlinked dir: {list:?}");
+    // Nor through /proc's magic links.
+    let read = client.read_file("root/etc/passwd", t).await;
+    assert!(read.is_err(), "read through /proc/self/root: {read:?}");
+    // A write into a symlinked directory is refused.
+    let write = client.write_file("tmpdir/x", 0o644, data, t).await;
+    assert!(write.is_err(), "write through a symlinked dir: {write:?}");
+    // A write onto a symlink replaces the link, never its target.
+    client.write_file("out", 0o644, b"mine", t).await.unwrap();
+    // Reading a FIFO fails at once instead of hanging the host.
+    let started = Instant::now();
+    let read = client.read_file("fifo", t).await;
+    assert!(read.is_err(), "read of a FIFO: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A write announced over the size cap (512 MiB) is refused before any byte is sent.
+    let huge = vec![0u8; (512 << 20) + 1];
+    let started = Instant::now();
+    refused(
+        "write over the cap",
+        client.write_file("huge", 0o644, &huge, t).await,
+        LimitExceeded,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(huge);
+    let after = run(
+        &mut vm,
+        Language::Raw,
+        "cd ~ && test -f out && ! test -L out && cat out; echo; \
+         ls /tmp/abs /tmp/x /tmp/owned /home/x 2>&1 | grep -c 'No such file'; ls ~",
+        10_000,
+    )
+    .await;
+    assert_eq!(
+        text(&after.stdout),
+        "mine\n4\netcdir\nfifo\nout\npw\nroot\ntmpdir\n",
+        "{}",
+        text(&after.stderr)
+    );
+
+    // Injection variables sent straight to the agent (skipping the host's
+    // check) are refused by the agent, naming the variable.
+    for (name, value) in [
+        ("LD_PRELOAD", "/tmp/x.so"),
+        ("ld_preload", "/tmp/x.so"),
+        ("TERM", "\u{1b}]0;x\u{7}"),
+    ] {
+        let mut request = exec_request(Language::Raw, "echo ran", 5000);
+        request.env.insert(name.into(), value.into());
+        match vm.exec(request, |_, _| {}).await {
+            Err(Error::Protocol { source, .. }) => {
+                assert_eq!(source.kind(), ErrorKind::EnvRefused, "{name}: {source}");
+                assert!(source.to_string().contains(name), "{name}: {source}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // An exec's working directory cannot be outside the home.
+    for cwd in ["/etc", "../..", "etcdir"] {
+        let request = ExecRequest {
+            cwd: Some(cwd.into()),
+            ..exec_request(Language::Raw, "pwd", 5000)
+        };
+        let result = vm.exec(request, |_, _| {}).await;
+        assert!(
+            matches!(&result, Err(Error::Protocol { .. })),
+            "cwd {cwd}: {result:?}"
+        );
+    }
+    destroy_leaving_nothing(&mut vm, "file API").await;
+    run_dir_is_clean(&manager, dir.path()).await;
+}
+
+/// Injection through the environment is refused before any VM boots, with
+/// an `env` error naming the variable.
+#[tokio::test(flavor = "multi_thread")]
+async fn env_injection_is_refused_before_boot() {
+    let Some(_) = images_or_skip("attack_env") else {
+        return;
+    };
+    let dir = run_dir();
+    let scheduler = Scheduler::start(Config {
+        overlay_pool_target: 0,
+        ..config(dir.path())
+    })
+    .await
+    .unwrap();
+    let cases = [
+        // The loader's preload.
+        ("LD_PRELOAD", "/home/sandbox/x.so"),
+        // The same in lower case (programs that ignore case).
+        ("ld_preload", "/home/sandbox/x.so"),
+        // Any loader variable.
+        ("LD_LIBRARY_PATH", "/home/sandbox"),
+        // Python's startup file.
+        ("PYTHONSTARTUP", "/home/sandbox/x.py"),
+        // Node's preload options.
+        ("NODE_OPTIONS", "--require /home/sandbox/x.js"),
+        // bash's startup file.
+        ("BASH_ENV", "/home/sandbox/x.sh"),
+        // The interpreter search path.
+        ("PATH", "/home/sandbox"),
+        // Airlock's own namespace.
+        ("AIRLOCK_DEBUG", "1"),
+        // A terminal escape in a value.
+        ("GREETING", "\u{1b}[2J"),
+        // A newline in a value.
+        ("GREETING", "a\nb"),
+    ];
+    for (name, value) in cases {
+        let mut request = RunRequest::new(Language::Raw, "echo ran");
+        request.env.insert(name.into(), value.into());
+        let started = Instant::now();
+        match scheduler.run(request).await {
+            Err(Error::InvalidInput { field, message }) => {
+                assert_eq!(field, "env", "{name}: {message}");
+                assert!(message.contains(name), "{name}: {message}");
+            }
+            other => panic!("{name}={value:?}: expected InvalidInput, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{name}: a VM was booted?"
+        );
+    }
+    // Nothing was started.
+    run_dir_is_clean(scheduler.manager(), dir.path()).await;
 }
