@@ -20,10 +20,19 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock::{Config, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager, VmOptions};
+use airlock::{
+    Config, EgressTestOverrides, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager,
+    VmOptions,
+};
+use airlock_gvproxy::DomainPattern;
 use airlock_protocol::{ErrorKind, ExecRequest, Language, ProtocolError};
-use airlock_tests::{exec_request, group_dirs, images_or_skip, text, wait_until_gone};
+use airlock_tests::{
+    exec_request, group_dirs, images_or_skip, last_json, python, serve, text, wait_until_gone,
+    TestResolver, Trap, NET_PRELUDE,
+};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The tenant of every VM here (its limits groups are `airlock/attack/*`).
@@ -823,4 +832,141 @@ async fn env_injection_is_refused_before_boot() {
     }
     // Nothing was started.
     run_dir_is_clean(scheduler.manager(), dir.path()).await;
+}
+
+/// Allowlist mode: other names through the proxy. `denied.test` resolves
+/// (on the host) to a trap, so any trick that makes the proxy dial it is
+/// caught; `allowed.test` is a plain upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_allowlist_proxy_dials_no_other_name() {
+    let Some(_) = images_or_skip("attack_allowlist") else {
+        return;
+    };
+    let trap = Trap::new();
+    let trap_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, trap.port()));
+    let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let allowed = http.local_addr().unwrap();
+    serve(http, "allowed-upstream-ok", Some);
+    let dir = run_dir();
+    let manager = VmManager::start(Config {
+        egress_test: EgressTestOverrides {
+            resolver: Some(Arc::new(TestResolver(vec![
+                ("allowed.test", 80, allowed),
+                ("denied.test", 80, trap_addr),
+                ("denied.test", 443, trap_addr),
+            ]))),
+            allow_private: true,
+        },
+        ..config(dir.path())
+    })
+    .await
+    .unwrap();
+    let network = NetworkRequest {
+        allow: Some(vec![DomainPattern::parse("allowed.test").unwrap()]),
+        exposes: Vec::new(),
+    };
+    let mut vm = manager
+        .boot(&options(Language::Python, 512, network))
+        .await
+        .unwrap();
+    let code = format!(
+        "{NET_PRELUDE}\n{}",
+        r#"
+import ssl, time, urllib.request
+PROXY = "192.168.127.254"
+def raw(port, payload, piece=None):
+    try:
+        with socket.create_connection((PROXY, port), timeout=5) as s:
+            for i in range(0, len(payload), piece or len(payload)):
+                s.sendall(payload[i:i + (piece or len(payload))])
+                if piece:
+                    time.sleep(0.01)
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode(errors="replace")
+    except Exception as e:
+        return "closed " + type(e).__name__
+def http(*lines):
+    return raw(80, ("\r\n".join(lines) + "\r\n\r\n").encode())
+def client_hello(sni):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+def add_zone(zone):
+    req = urllib.request.Request("http://192.168.127.1/services/dns/add",
+                                 data=json.dumps(zone).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except Exception as e:
+        return repr(e)
+out = {}
+out["control"] = http("GET / HTTP/1.1", "Host: allowed.test", "Connection: close")
+out["pipelined"] = http("GET / HTTP/1.1", "Host: allowed.test", "", "GET / HTTP/1.1", "Host: denied.test")
+out["absolute_uri"] = http("GET http://denied.test/ HTTP/1.1", "Host: allowed.test", "Connection: close")
+out["dup_host"] = http("GET / HTTP/1.1", "Host: allowed.test", "Host: denied.test", "Connection: close")
+out["dup_host_rev"] = http("GET / HTTP/1.1", "Host: denied.test", "Host: allowed.test", "Connection: close")
+out["upper"] = http("GET / HTTP/1.1", "Host: DENIED.TEST", "Connection: close")
+out["dot"] = http("GET / HTTP/1.1", "Host: denied.test.", "Connection: close")
+out["port"] = http("GET / HTTP/1.1", "Host: denied.test:80", "Connection: close")
+out["userinfo"] = http("GET / HTTP/1.1", "Host: allowed.test@denied.test", "Connection: close")
+out["suffix"] = http("GET / HTTP/1.1", "Host: allowed.test.denied.test", "Connection: close")
+out["connect"] = http("CONNECT denied.test:443 HTTP/1.1", "Host: denied.test:443")
+out["http10_no_host"] = http("GET http://denied.test/ HTTP/1.0")
+out["sni_split"] = raw(443, client_hello("denied.test"), piece=1)
+out["sni_dot"] = raw(443, client_hello("denied.test."))
+out["zone_add"] = add_zone({"name": "denied.test.", "records": [{"name": "", "ip": "192.168.127.254"}]})
+out["zone_catchall"] = add_zone({"name": "", "records": [], "defaultIP": "192.168.127.254"})
+out["dns_after"] = dns("denied.test")
+out["host_after"] = http("GET / HTTP/1.1", "Host: denied.test", "Connection: close")
+print(json.dumps(out))
+"#
+    );
+    let env = [("TRAP", trap.port().to_string())];
+    let results = last_json(&python(&mut vm, &code, &env).await);
+    eprintln!("allowlist other names: {results:#}");
+    // The control: the allowed name is served through the same path.
+    assert!(
+        results["control"]
+            .as_str()
+            .unwrap()
+            .contains("allowed-upstream-ok"),
+        "{results}"
+    );
+    // Pipelining a denied Host behind an allowed one never dials it.
+    // An absolute URI naming another host never dials it.
+    // Duplicate Host headers (either order) never dial the denied one.
+    // Case, a trailing dot or a port never sneak the name through.
+    // Userinfo and suffix tricks in Host never dial the denied name.
+    // CONNECT to another name is not a tunnel.
+    // HTTP/1.0 without Host, naming another host in the URI, never dials it.
+    // An SNI split over 1-byte segments, or with a trailing dot, never dials it.
+    // A DNS record the guest adds through gvproxy's API opens no way out.
+    for (case, result) in results.as_object().unwrap() {
+        let Some(result) = result.as_str() else {
+            continue;
+        };
+        if case != "control" && case != "pipelined" && case != "absolute_uri" && case != "dup_host"
+        {
+            assert!(!result.contains("200 OK"), "{case}: {result}");
+        }
+    }
+    assert_eq!(
+        trap.caught(),
+        0,
+        "the proxy dialled the denied name: {results:#}"
+    );
+    destroy_leaving_nothing(&mut vm, "allowlist").await;
+    run_dir_is_clean(&manager, dir.path()).await;
 }
