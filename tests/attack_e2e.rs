@@ -64,6 +64,17 @@ fn options(language: Language, memory_mib: u32, network: NetworkRequest) -> VmOp
     }
 }
 
+/// A manager on a private run dir and one Python VM without a network.
+async fn one_vm() -> (tempfile::TempDir, VmManager, Vm) {
+    let dir = run_dir();
+    let manager = VmManager::start(config(dir.path())).await.unwrap();
+    let vm = manager
+        .boot(&options(Language::Python, 512, NetworkRequest::default()))
+        .await
+        .unwrap();
+    (dir, manager, vm)
+}
+
 /// Destroys `vm` and checks that it left nothing: its limits group existed
 /// and is gone, its work dir is gone, no QEMU or gvproxy mentions it.
 async fn destroy_leaving_nothing(vm: &mut Vm, after: &str) {
@@ -173,12 +184,7 @@ async fn user_code_has_no_privilege_and_no_network() {
     let Some(_) = images_or_skip("attack_privilege") else {
         return;
     };
-    let dir = run_dir();
-    let manager = VmManager::start(config(dir.path())).await.unwrap();
-    let mut vm = manager
-        .boot(&options(Language::Python, 512, NetworkRequest::default()))
-        .await
-        .unwrap();
+    let (dir, manager, mut vm) = one_vm().await;
     let start = Instant::now();
     let cases = [
         // User code runs as the sandbox user with no supplementary group.
@@ -369,12 +375,7 @@ async fn runaway_processes_end_with_their_exec() {
     let Some(_) = images_or_skip("attack_runaways") else {
         return;
     };
-    let dir = run_dir();
-    let manager = VmManager::start(config(dir.path())).await.unwrap();
-    let mut vm = manager
-        .boot(&options(Language::Python, 512, NetworkRequest::default()))
-        .await
-        .unwrap();
+    let (dir, manager, mut vm) = one_vm().await;
     // Timeout 1.5 s, kill grace 2 s: an exec that is not done by then is a
     // failure (the margin covers TCG on shared cores).
     let bounded = |what: &str, took: Duration| {
@@ -559,12 +560,7 @@ async fn a_full_disk_is_refused_cleanly_and_recovers() {
     let Some(_) = images_or_skip("attack_disk") else {
         return;
     };
-    let dir = run_dir();
-    let manager = VmManager::start(config(dir.path())).await.unwrap();
-    let mut vm = manager
-        .boot(&options(Language::Python, 512, NetworkRequest::default()))
-        .await
-        .unwrap();
+    let (dir, manager, mut vm) = one_vm().await;
     // Filling the home stops at its cap (256 MiB) with ENOSPC.
     let out = run(
         &mut vm,
@@ -619,12 +615,7 @@ async fn the_file_api_stays_inside_the_home() {
     let Some(_) = images_or_skip("attack_files") else {
         return;
     };
-    let dir = run_dir();
-    let manager = VmManager::start(config(dir.path())).await.unwrap();
-    let mut vm = manager
-        .boot(&options(Language::Python, 512, NetworkRequest::default()))
-        .await
-        .unwrap();
+    let (dir, manager, mut vm) = one_vm().await;
     // User code plants links out of the home, and a FIFO.
     let planted = run(
         &mut vm,
@@ -881,13 +872,7 @@ def raw(port, payload, piece=None):
                 s.sendall(payload[i:i + (piece or len(payload))])
                 if piece:
                     time.sleep(0.01)
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode(errors="replace")
+            return recv_all(s)
     except Exception as e:
         return "closed " + type(e).__name__
 def http(*lines):

@@ -239,7 +239,8 @@ pub fn wait_until_gone(needle: &str, deadline: Duration) -> Result<Duration, Vec
 /// Python helpers guest network checks start with: `tcp` (connect with a
 /// short timeout: `connected`, `refused`, `timeout` or `error <errno>`),
 /// `dns` (A lookup: the addresses or `fail`), `dns_query` (a raw UDP DNS
-/// query: rcode and answer count, or `timeout`) and `parallel`. The script
+/// query: rcode and answer count, or `timeout`), `recv_all` (a socket's
+/// answer until it closes, as text) and `parallel`. The script
 /// reads `$TRAP` (a host port) and `$HOST_IP` (may be empty).
 pub const NET_PRELUDE: &str = r#"
 import json, os, socket, struct, concurrent.futures as cf
@@ -279,6 +280,14 @@ def dns_query(server, name, qtype, timeout=3.0):
         return "error %s" % e.errno
     finally:
         s.close()
+def recv_all(s):
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
 def parallel(checks):
     with cf.ThreadPoolExecutor(len(checks)) as pool:
         futures = {k: pool.submit(c[0], *c[1:]) for k, c in checks.items()}

@@ -497,13 +497,7 @@ def http_host(host):
     try:
         with socket.create_connection(("192.168.127.254", 80), timeout=5) as s:
             s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode())
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode(errors="replace")
+            return recv_all(s)
     except Exception as e:
         return "closed " + type(e).__name__
 checks = {
