@@ -919,7 +919,7 @@ print(json.dumps(out))
 "#
     );
     let env = [("TRAP", trap.port().to_string())];
-    let results = last_json(&python(&mut vm, &code, &env).await);
+    let results = last_json(&python(&vm, &code, &env).await);
     eprintln!("allowlist other names: {results:#}");
     // The control: the allowed name is served through the same path.
     assert!(

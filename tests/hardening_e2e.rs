@@ -225,3 +225,47 @@ fn sigterm_and_sighup_stop_a_run_like_ctrl_c() {
     term.join().unwrap();
     hup.join().unwrap();
 }
+
+/// The guest's own layer: once the host end of its command port has been
+/// closed for the agent's grace (10 s), the agent ends and init powers the
+/// VM off, so a VM whose owner vanished without killing QEMU still ends.
+#[test]
+fn a_vm_whose_host_end_closes_powers_itself_off() {
+    let Some(images) = images_or_skip("a_vm_whose_host_end_closes_powers_itself_off") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let caps = airlock_tests::host_caps(&images).await;
+        let vm = airlock_tests::boot_plain(
+            &images,
+            &caps,
+            airlock_protocol::Language::Raw,
+            airlock_qemu::NetworkAttachment::None,
+            |_| Vec::new(),
+        )
+        .await;
+        let airlock_tests::PlainVm {
+            client,
+            mut child,
+            dir,
+            console_log,
+        } = vm;
+        // The host goes away: both sockets close, QEMU keeps running.
+        drop(client);
+        let closed = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+        let console = std::fs::read_to_string(&console_log).unwrap_or_default();
+        assert!(
+            ended.is_ok(),
+            "QEMU still running 60 s after the host end closed; console:\n{console}"
+        );
+        let after = closed.elapsed();
+        assert!(
+            after >= Duration::from_secs(8),
+            "the VM ended after {after:?}, before the agent's grace: something else ended it\n{console}"
+        );
+        assert!(console.contains("the host is gone"), "{console}");
+        drop(dir);
+    });
+}

@@ -295,11 +295,12 @@ def parallel(checks):
 "#;
 
 /// Runs python `code` in `vm` with `env` (plus fast resolver options);
-/// returns its stdout after checking it exited 0.
+/// returns its stdout after checking it exited 0. It takes the VM shared
+/// (through its client), so it runs while another exec's stream is held.
 ///
 /// # Panics
 /// When the exec fails or exits non-zero (with its output).
-pub async fn python(vm: &mut Vm, code: &str, env: &[(&str, String)]) -> String {
+pub async fn python(vm: &Vm, code: &str, env: &[(&str, String)]) -> String {
     let mut vars: BTreeMap<String, String> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -309,7 +310,12 @@ pub async fn python(vm: &mut Vm, code: &str, env: &[(&str, String)]) -> String {
         env: vars,
         ..exec_request(Language::Python, code, 30_000)
     };
-    let out = vm.exec(request, |_, _| {}).await.expect("python exec");
+    let out = vm
+        .client()
+        .expect("a live VM")
+        .exec_collect(request, Duration::from_secs(10))
+        .await
+        .expect("python exec");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.completion.exit_code,

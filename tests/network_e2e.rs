@@ -27,6 +27,7 @@ use airlock::{
     VmOptions,
 };
 use airlock_gvproxy::{DomainPattern, Expose};
+use airlock_protocol::client::ExecStream;
 use airlock_protocol::{ExecRequest, Language};
 use airlock_tests::{
     host_ip, images_or_skip, last_json, python, qemu_processes_mentioning, serve, TestResolver,
@@ -40,17 +41,25 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Starts `python3 -m http.server 8080` serving `hello.txt` = `$NONCE`, in
-/// its own session (the agent kills the exec's process group when the exec
-/// ends), and waits until it accepts.
-const START_SERVER: &str = r#"
-import os, socket, subprocess, sys, time
+/// Serves `hello.txt` = `$NONCE` with `python3 -m http.server 8080` in the
+/// foreground: every process of an exec is killed when the exec ends (its
+/// own guest cgroup), so the server is an exec of its own that runs as
+/// long as the test holds its stream. Output goes nowhere, so the unread
+/// stream never holds events back.
+const SERVE: &str = r#"
+import os, sys
 www = os.path.abspath("www")
 os.makedirs(www, exist_ok=True)
 open(os.path.join(www, "hello.txt"), "w").write(os.environ["NONCE"])
-subprocess.Popen([sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", www],
-                 start_new_session=True, stdin=subprocess.DEVNULL,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+devnull = os.open(os.devnull, os.O_WRONLY)
+os.dup2(devnull, 1)
+os.dup2(devnull, 2)
+os.execv(sys.executable, [sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", www])
+"#;
+
+/// Waits until the guest's port 8080 accepts.
+const WAIT_FOR_SERVER: &str = r#"
+import socket, time
 for _ in range(400):
     try:
         socket.create_connection(("127.0.0.1", 8080), timeout=1).close()
@@ -101,9 +110,24 @@ fn http_get_until(addr: SocketAddr, path: &str, needle: &str, within: Duration) 
     }
 }
 
-async fn start_guest_server(vm: &mut Vm, nonce: &str) {
-    let out = python(vm, START_SERVER, &[("NONCE", nonce.to_owned())]).await;
+/// Starts the guest's HTTP server (see [`SERVE`]) and waits until it
+/// accepts; it serves while the returned stream is held.
+async fn start_guest_server<'a>(vm: &'a Vm, nonce: &str) -> ExecStream<'a> {
+    let server = vm
+        .client()
+        .unwrap()
+        .exec(ExecRequest {
+            language: Language::Python,
+            code: SERVE.into(),
+            timeout_ms: 600_000,
+            env: BTreeMap::from([("NONCE".to_owned(), nonce.to_owned())]),
+            cwd: None,
+        })
+        .await
+        .unwrap();
+    let out = python(vm, WAIT_FOR_SERVER, &[]).await;
     assert_eq!(out, "up\n", "guest http.server did not start");
+    server
 }
 
 /// Whether a process lives (a zombie counts as gone).
@@ -137,11 +161,11 @@ async fn ports_mode_serves_the_guest_port_and_reaches_nothing() {
     let start = Instant::now();
     let ports = options(ports_only());
     let (a, b) = tokio::join!(manager.boot(&ports), manager.boot(&ports));
-    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    let (a, b) = (a.unwrap(), b.unwrap());
     eprintln!("two ports-mode VMs booted in {:?}", start.elapsed());
     let (nonce_a, nonce_b) = (format!("a-{}", nonce()), format!("b-{}", nonce()));
-    start_guest_server(&mut a, &nonce_a).await;
-    start_guest_server(&mut b, &nonce_b).await;
+    let server_a = start_guest_server(&a, &nonce_a).await;
+    let server_b = start_guest_server(&b, &nonce_b).await;
 
     // The guest port is served on the host's loopback, on a chosen port.
     let (exposed_a, exposed_b) = (a.exposed()[0], b.exposed()[0]);
@@ -198,7 +222,7 @@ print(json.dumps(parallel(checks)))
 "#
     );
     let t = Instant::now();
-    let results = last_json(&python(&mut a, &code, &env).await);
+    let results = last_json(&python(&a, &code, &env).await);
     eprintln!("ports mode, guest checks in {:?}: {results}", t.elapsed());
     assert_eq!(results["dns_example"], "fail", "{results}");
     for (check, result) in results.as_object().unwrap() {
@@ -271,7 +295,7 @@ out["all_after"] = api("GET", "/services/forwarder/all")
 print(json.dumps(out))
 "#
     );
-    let results = last_json(&python(&mut a, &code, &env).await);
+    let results = last_json(&python(&a, &code, &env).await);
     eprintln!("gvproxy API from the guest: {results:#}");
     assert_eq!(results["all"][0], 200, "{results}");
     // /tmp is read-only in gvproxy's mount namespace; the other VM's work
@@ -325,9 +349,10 @@ print(json.dumps(out))
         &nonce_b,
         Duration::from_secs(10),
     );
-    assert_eq!(python(&mut b, "print('b ok')", &[]).await, "b ok\n");
+    assert_eq!(python(&b, "print('b ok')", &[]).await, "b ok\n");
 
     let gvproxy_pids = [a.gvproxy_pid().unwrap(), b.gvproxy_pid().unwrap()];
+    drop((server_a, server_b));
     for mut vm in [a, b] {
         let report = vm.destroy().await;
         assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -525,7 +550,7 @@ print(json.dumps(parallel(checks)))
 "#
     );
     let t = Instant::now();
-    let results = last_json(&python(&mut vm, &code, &env).await);
+    let results = last_json(&python(&vm, &code, &env).await);
     eprintln!(
         "allowlist mode, guest checks in {:?}: {results:#}",
         t.elapsed()
@@ -615,7 +640,7 @@ async fn a_killed_gvproxy_cuts_the_network_and_teardown_stays_clean() {
     let manager = VmManager::start(Config::default()).await.unwrap();
     let mut vm = manager.boot(&options(ports_only())).await.unwrap();
     let nonce = nonce();
-    start_guest_server(&mut vm, &nonce).await;
+    let server = start_guest_server(&vm, &nonce).await;
     let exposed = vm.exposed()[0].host;
     http_get_until(exposed, "/hello.txt", &nonce, Duration::from_secs(10));
 
@@ -636,6 +661,7 @@ async fn a_killed_gvproxy_cuts_the_network_and_teardown_stays_clean() {
         "{answer:?}"
     );
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    drop(server);
 
     // The guest: its network calls fail within their timeouts; the exec
     // itself ends normally (QEMU keeps running without its netdev peer) or,

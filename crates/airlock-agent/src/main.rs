@@ -7,7 +7,8 @@
 
 use airlock_agent::exec_cgroup::{self, CGROUP2_ROOT, DEFAULT_PARENT};
 use airlock_agent::ports::{
-    find_port, open_port, EofRetry, DEV_DIR, EOF_RETRY, PORT_WAIT, SYS_VIRTIO_PORTS,
+    find_port, is_host_gone, open_port, EofRetry, DEV_DIR, EOF_RETRY, HOST_GONE_GRACE, PORT_WAIT,
+    SYS_VIRTIO_PORTS,
 };
 use airlock_agent::{prepare_home, ready_line, serve, AgentConfig, AgentError, RunAs};
 use airlock_protocol::{CMD_PORT_NAME, EVENT_PORT_NAME};
@@ -226,16 +227,50 @@ async fn serve_ports(config: Arc<AgentConfig>) -> Result<(), AgentError> {
                     eprintln!("{}", ready_line());
                     ready = true;
                 }
+                let host_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let result = serve(
-                    EofRetry::new(cmd_port, EOF_RETRY),
+                    HostWatch {
+                        inner: EofRetry::new(cmd_port, EOF_RETRY)
+                            .with_host_gone_after(HOST_GONE_GRACE),
+                        gone: Arc::clone(&host_gone),
+                    },
                     event_port,
                     Arc::clone(&config),
                 )
                 .await;
+                if host_gone.load(std::sync::atomic::Ordering::SeqCst) {
+                    // The host that owned this VM is gone (killed, crashed):
+                    // end, so that init powers the VM off.
+                    eprintln!("airlock-agent: the host is gone: exiting");
+                    return Ok(());
+                }
                 tracing::warn!(?result, "port session ended: reopening the ports");
             }
             Err(e) => tracing::error!(error = %e, "cannot open the ports"),
         }
         tokio::time::sleep(REOPEN_PAUSE).await;
+    }
+}
+
+/// The command port's reader, noting when it ends because the host is gone
+/// (the error itself may be wrapped or dropped on its way out of `serve`).
+struct HostWatch<R> {
+    inner: R,
+    gone: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HostWatch<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &polled {
+            if is_host_gone(e) {
+                self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        polled
     }
 }

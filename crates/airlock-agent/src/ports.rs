@@ -99,25 +99,55 @@ pub async fn open_port(device: &Path, write: bool) -> Result<tokio::fs::File, Ag
         })
 }
 
-/// A reader for which end of file means "nobody there yet": it waits
-/// [`EOF_RETRY`] and reads again, forever.
+/// How long the host end of the command port may stay closed, once a host
+/// has been there, before the agent takes it as gone for good and ends (and
+/// init powers the VM off): the guest's own layer of "nothing outlives its
+/// owner". Long enough for a restore from a template, where the new host
+/// connects just after the VM resumes.
+pub const HOST_GONE_GRACE: Duration = Duration::from_secs(10);
+
+/// A reader for which end of file means "nobody there (yet)": it waits
+/// [`EOF_RETRY`] and reads again. Once data has come, an end of file that
+/// lasts past the grace given to [`EofRetry::with_host_gone_after`] is an
+/// error of kind `ConnectionAborted`: the host is gone.
 #[derive(Debug)]
 pub struct EofRetry<R> {
     inner: R,
     pause: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `None`: wait forever.
+    host_gone_after: Option<Duration>,
+    seen_data: bool,
+    eof_since: Option<tokio::time::Instant>,
 }
 
 impl<R> EofRetry<R> {
-    /// Wraps `inner`, pausing `pause` after each end of file.
+    /// Wraps `inner`, pausing `pause` after each end of file, forever.
     pub fn new(inner: R, pause: Duration) -> Self {
         Self {
             inner,
             pause,
             sleep: None,
+            host_gone_after: None,
+            seen_data: false,
+            eof_since: None,
         }
     }
+
+    /// Ends with a `ConnectionAborted` error when, after some data came,
+    /// reads keep finding the end of file for `grace`.
+    pub fn with_host_gone_after(mut self, grace: Duration) -> Self {
+        self.host_gone_after = Some(grace);
+        self
+    }
 }
+
+/// Whether `err` is [`EofRetry`]'s "the host is gone".
+pub fn is_host_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::ConnectionAborted && err.to_string().starts_with(HOST_GONE_MESSAGE)
+}
+
+const HOST_GONE_MESSAGE: &str = "the host end of the command port stayed closed";
 
 impl<R: AsyncRead + Unpin> AsyncRead for EofRetry<R> {
     fn poll_read(
@@ -136,7 +166,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for EofRetry<R> {
             let before = buf.filled().len();
             match Pin::new(&mut this.inner).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                    if let (true, Some(grace)) = (this.seen_data, this.host_gone_after) {
+                        let since = *this.eof_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= grace {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                format!("{HOST_GONE_MESSAGE} for {grace:?}"),
+                            )));
+                        }
+                    }
                     this.sleep = Some(Box::pin(tokio::time::sleep(this.pause)));
+                }
+                Poll::Ready(Ok(())) => {
+                    if buf.filled().len() > before {
+                        this.seen_data = true;
+                        this.eof_since = None;
+                    }
+                    return Poll::Ready(Ok(()));
                 }
                 other => return other,
             }
@@ -210,6 +256,40 @@ mod tests {
             }
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn a_host_that_stays_gone_after_data_ends_the_reader() {
+        let mut reader = EofRetry::new(
+            Flaky {
+                eofs_left: 0,
+                data: b"hi",
+            },
+            Duration::from_millis(5),
+        )
+        .with_host_gone_after(Duration::from_millis(60));
+        let mut buf = [0u8; 16];
+        assert_eq!(reader.read(&mut buf).await.unwrap(), 2);
+        // The data is used up: end of file from now on.
+        let started = Instant::now();
+        let err = reader.read(&mut buf).await.unwrap_err();
+        assert!(is_host_gone(&err), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(60));
+    }
+
+    #[tokio::test]
+    async fn end_of_file_before_any_data_is_waited_out_past_the_grace() {
+        let mut reader = EofRetry::new(
+            Flaky {
+                eofs_left: 20,
+                data: b"late",
+            },
+            Duration::from_millis(5),
+        )
+        .with_host_gone_after(Duration::from_millis(20));
+        let mut buf = [0u8; 16];
+        let n = reader.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"late", "no host yet is not a host gone");
     }
 
     #[tokio::test]
