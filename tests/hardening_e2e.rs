@@ -9,7 +9,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock_tests::{images_or_skip, processes_mentioning, qemu_processes_mentioning};
+use airlock_tests::{
+    group_dirs, images_or_skip, processes_mentioning, qemu_processes_mentioning, wait_until_gone,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Read};
@@ -128,37 +130,6 @@ impl Running {
     }
 }
 
-/// The dirs of the VM's limits group, one per hierarchy (none with rlimits).
-fn group_dirs(vm_id: &str) -> Vec<PathBuf> {
-    let limiter = airlock_limits::Limiter::probe(&airlock_limits::ProbeConfig::default());
-    limiter
-        .backend()
-        .airlock_dirs()
-        .into_iter()
-        .map(|d| d.join("default").join(vm_id))
-        .collect()
-}
-
-/// Polls until no QEMU and no gvproxy mentions `needle`; returns how long
-/// it took, or what is still running after `deadline`.
-fn wait_until_gone(needle: &str, deadline: Duration) -> Result<Duration, Vec<u32>> {
-    let start = Instant::now();
-    loop {
-        let mut left = qemu_processes_mentioning(needle);
-        left.extend(processes_mentioning("gvproxy", needle));
-        if left.is_empty() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > deadline {
-            for pid in &left {
-                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-            }
-            return Err(left);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// SIGKILLs the run, checks that its processes end within 5 s, then runs
 /// `airlock doctor` with the same run dir and checks that it removed the
 /// work dir and the limits group.
@@ -166,7 +137,7 @@ fn sigkill_then_sweep(extra: &[&str], gvproxy_expected: bool) {
     let mut run = Running::start(extra);
     let work_dir = run.work_dir();
     let vm_id = work_dir.file_name().unwrap().to_str().unwrap().to_owned();
-    let groups = group_dirs(&vm_id);
+    let groups = group_dirs("default", &vm_id);
     for group in &groups {
         assert!(group.is_dir(), "the VM's limits group {group:?} exists");
     }

@@ -1,20 +1,26 @@
 //! Shared support for Airlock's end-to-end tests (in `tests/*.rs` of this
 //! package): finding the guest images and QEMU, and skipping with a clear
-//! message where they are missing.
+//! message where they are missing; finding what a VM left on the host
+//! (processes, limits groups); and the guest-network checks shared by the
+//! network and attack tests (a Python prelude, host traps, test upstreams).
 //!
 //! `cargo xtask test` builds the images first and sets
 //! `AIRLOCK_REQUIRE_VM_TESTS=1`, so there a missing prerequisite fails the
 //! test instead of skipping it: VM tests never silently skip on a machine
 //! that is set up to run them.
 
-use airlock::Images;
+use airlock::{Images, Vm};
+use airlock_egress::{ResolveFuture, Resolver};
 use airlock_protocol::client::Client;
-use airlock_protocol::Language;
+use airlock_protocol::{ExecRequest, Language};
 use airlock_qemu::{
     probe_host, BootImages, DiskAccess, HostCaps, NetworkAttachment, ProbeConfig, QemuArgs,
     RootDisk, VmSpec,
 };
+use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
@@ -192,4 +198,255 @@ pub async fn boot_plain(
         dir,
         console_log: spec.console_log,
     }
+}
+
+/// The dirs of a VM's limits group (`airlock/<tenant>/<vm_id>`), one per
+/// hierarchy of the probed backend (none with rlimits).
+pub fn group_dirs(tenant: &str, vm_id: &str) -> Vec<PathBuf> {
+    let limiter = airlock_limits::Limiter::probe(&airlock_limits::ProbeConfig::default());
+    limiter
+        .backend()
+        .airlock_dirs()
+        .into_iter()
+        .map(|d| d.join(tenant).join(vm_id))
+        .collect()
+}
+
+/// Polls until no QEMU and no gvproxy mentions `needle`; returns how long
+/// it took, or (after SIGKILLing them) what was still running after
+/// `deadline`.
+pub fn wait_until_gone(needle: &str, deadline: Duration) -> Result<Duration, Vec<u32>> {
+    use nix::sys::signal::{kill, Signal};
+    let start = Instant::now();
+    loop {
+        let mut left = qemu_processes_mentioning(needle);
+        left.extend(processes_mentioning("gvproxy", needle));
+        if left.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            for pid in &left {
+                if let Ok(pid) = i32::try_from(*pid) {
+                    let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            return Err(left);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Python helpers guest network checks start with: `tcp` (connect with a
+/// short timeout: `connected`, `refused`, `timeout` or `error <errno>`),
+/// `dns` (A lookup: the addresses or `fail`), `dns_query` (a raw UDP DNS
+/// query: rcode and answer count, or `timeout`), `recv_all` (a socket's
+/// answer until it closes, as text) and `parallel`. The script
+/// reads `$TRAP` (a host port) and `$HOST_IP` (may be empty).
+pub const NET_PRELUDE: &str = r#"
+import json, os, socket, struct, concurrent.futures as cf
+HOST_IP = os.environ.get("HOST_IP", "")
+TRAP = int(os.environ["TRAP"])
+def tcp(host, port, timeout=3.0):
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        return "connected"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return "refused" if e.errno == 111 else "error %s" % e.errno
+    finally:
+        s.close()
+def dns(name):
+    try:
+        return sorted({a[4][0] for a in socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)})
+    except socket.gaierror:
+        return "fail"
+def dns_query(server, name, qtype, timeout=3.0):
+    q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    q += struct.pack(">HH", qtype, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        s.sendto(q, (server, 53))
+        data, _ = s.recvfrom(4096)
+        flags, _, answers = struct.unpack(">HHH", data[2:8])
+        return {"rcode": flags & 15, "answers": answers}
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return "error %s" % e.errno
+    finally:
+        s.close()
+def recv_all(s):
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+def parallel(checks):
+    with cf.ThreadPoolExecutor(len(checks)) as pool:
+        futures = {k: pool.submit(c[0], *c[1:]) for k, c in checks.items()}
+        return {k: f.result() for k, f in futures.items()}
+"#;
+
+/// Runs python `code` in `vm` with `env` (plus fast resolver options);
+/// returns its stdout after checking it exited 0. It takes the VM shared
+/// (through its client), so it runs while another exec's stream is held.
+///
+/// # Panics
+/// When the exec fails or exits non-zero (with its output).
+pub async fn python(vm: &Vm, code: &str, env: &[(&str, String)]) -> String {
+    let mut vars: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    vars.insert("RES_OPTIONS".into(), "timeout:1 attempts:1".into());
+    let request = ExecRequest {
+        env: vars,
+        ..exec_request(Language::Python, code, 30_000)
+    };
+    let out = vm
+        .client()
+        .expect("a live VM")
+        .exec_collect(request, Duration::from_secs(10))
+        .await
+        .expect("python exec");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.completion.exit_code,
+        0,
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The JSON object on the last line of a check script's output.
+///
+/// # Panics
+/// When that line is not JSON.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// A listener on every host address: a guest that reaches the host leaves
+/// a connection in its backlog.
+pub struct Trap(TcpListener);
+
+impl Trap {
+    /// Binds a trap on a free port.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub fn new() -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the trap");
+        listener.set_nonblocking(true).expect("non-blocking trap");
+        Self(listener)
+    }
+
+    /// Its port.
+    ///
+    /// # Panics
+    /// Never in practice (a bound listener has an address).
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().expect("trap address").port()
+    }
+
+    /// Connections that arrived so far.
+    pub fn caught(&self) -> usize {
+        std::iter::from_fn(|| self.0.accept().ok()).count()
+    }
+}
+
+impl Default for Trap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The host's primary non-loopback IPv4 address (the source of its default
+/// route), if it has one.
+pub fn host_ip() -> Option<Ipv4Addr> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect(("192.0.2.1", 9)).ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+/// A resolver for the egress proxy's test overrides: fixed answers per
+/// (name, port), every other lookup fails.
+pub struct TestResolver(pub Vec<(&'static str, u16, SocketAddr)>);
+
+impl Resolver for TestResolver {
+    fn resolve<'a>(&'a self, name: &'a str, port: u16) -> ResolveFuture<'a> {
+        let answer = self
+            .0
+            .iter()
+            .find(|(n, p, _)| *n == name && *p == port)
+            .map(|(_, _, addr)| vec![*addr])
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{name}:{port}: not a test upstream"),
+                )
+            });
+        Box::pin(async move { answer })
+    }
+}
+
+/// Answers every HTTP request on `listener` with `body` (after `wrap`
+/// turned the connection into a stream, e.g. TLS), each in a thread.
+pub fn serve<S: Read + Write + Send + 'static>(
+    listener: TcpListener,
+    body: &'static str,
+    wrap: impl Fn(TcpStream) -> Option<S> + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+            let Some(mut stream) = wrap(tcp) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.flush();
+            });
+        }
+    });
+}
+
+/// An exec of `code` with no extra environment.
+pub fn exec_request(language: Language, code: &str, timeout_ms: u64) -> ExecRequest {
+    ExecRequest {
+        language,
+        code: code.into(),
+        timeout_ms,
+        env: BTreeMap::new(),
+        cwd: None,
+    }
+}
+
+/// Output bytes as (lossy) text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }

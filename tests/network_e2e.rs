@@ -26,67 +26,20 @@ use airlock::{
     Config, EgressTestOverrides, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager,
     VmOptions,
 };
-use airlock_egress::{ResolveFuture, Resolver};
 use airlock_gvproxy::{DomainPattern, Expose};
 use airlock_protocol::client::ExecStream;
 use airlock_protocol::{ExecRequest, Language};
-use airlock_tests::{images_or_skip, qemu_processes_mentioning};
-use serde_json::Value;
+use airlock_tests::{
+    host_ip, images_or_skip, last_json, python, qemu_processes_mentioning, serve, TestResolver,
+    Trap, NET_PRELUDE,
+};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Helpers every guest check script starts with: `tcp` (connect with a
-/// short timeout: `connected`, `refused`, `timeout` or `error <errno>`),
-/// `dns` (A lookup: the addresses or `fail`), `dns_query` (a raw UDP DNS
-/// query: rcode and answer count, or `timeout`) and `parallel`.
-const PRELUDE: &str = r#"
-import json, os, socket, struct, concurrent.futures as cf
-HOST_IP = os.environ.get("HOST_IP", "")
-TRAP = int(os.environ["TRAP"])
-def tcp(host, port, timeout=3.0):
-    s = socket.socket()
-    s.settimeout(timeout)
-    try:
-        s.connect((host, port))
-        return "connected"
-    except socket.timeout:
-        return "timeout"
-    except OSError as e:
-        return "refused" if e.errno == 111 else "error %s" % e.errno
-    finally:
-        s.close()
-def dns(name):
-    try:
-        return sorted({a[4][0] for a in socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)})
-    except socket.gaierror:
-        return "fail"
-def dns_query(server, name, qtype, timeout=3.0):
-    q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
-    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
-    q += struct.pack(">HH", qtype, 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    try:
-        s.sendto(q, (server, 53))
-        data, _ = s.recvfrom(4096)
-        flags, _, answers = struct.unpack(">HHH", data[2:8])
-        return {"rcode": flags & 15, "answers": answers}
-    except socket.timeout:
-        return "timeout"
-    except OSError as e:
-        return "error %s" % e.errno
-    finally:
-        s.close()
-def parallel(checks):
-    with cf.ThreadPoolExecutor(len(checks)) as pool:
-        futures = {k: pool.submit(c[0], *c[1:]) for k, c in checks.items()}
-        return {k: f.result() for k, f in futures.items()}
-"#;
 
 /// Serves `hello.txt` = `$NONCE` with `python3 -m http.server 8080` in the
 /// foreground: every process of an exec is killed when the exec ends (its
@@ -130,77 +83,6 @@ fn ports_only() -> NetworkRequest {
     NetworkRequest {
         allow: None,
         exposes: vec![Expose::tcp(8080)],
-    }
-}
-
-/// Runs python `code` with `env` (plus fast resolver options); returns its
-/// stdout after checking it exited 0.
-async fn python(vm: &Vm, code: &str, env: &[(&str, String)]) -> String {
-    let mut vars: BTreeMap<String, String> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
-    vars.insert("RES_OPTIONS".into(), "timeout:1 attempts:1".into());
-    let out = vm
-        .client()
-        .unwrap()
-        .exec_collect(
-            ExecRequest {
-                language: Language::Python,
-                code: code.into(),
-                timeout_ms: 30_000,
-                env: vars,
-                cwd: None,
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.completion.exit_code,
-        0,
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The JSON object on the last line of a check script's output.
-fn last_json(stdout: &str) -> Value {
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-/// A listener on every host address: a guest that reaches the host leaves
-/// a connection in its backlog.
-struct Trap(TcpListener);
-
-impl Trap {
-    fn new() -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        Self(listener)
-    }
-
-    fn port(&self) -> u16 {
-        self.0.local_addr().unwrap().port()
-    }
-
-    /// Connections that arrived so far.
-    fn caught(&self) -> usize {
-        std::iter::from_fn(|| self.0.accept().ok()).count()
-    }
-}
-
-/// The host's primary non-loopback IPv4 address (the source of its default
-/// route), if it has one.
-fn host_ip() -> Option<Ipv4Addr> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-    socket.connect(("192.0.2.1", 9)).ok()?;
-    match socket.local_addr().ok()?.ip() {
-        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
-        _ => None,
     }
 }
 
@@ -320,7 +202,7 @@ async fn ports_mode_serves_the_guest_port_and_reaches_nothing() {
         ),
     ];
     let code = format!(
-        "{PRELUDE}\n{}",
+        "{NET_PRELUDE}\n{}",
         r#"
 checks = {
     "dns_example": (dns, "example.com"),
@@ -374,7 +256,7 @@ print(json.dumps(parallel(checks)))
         ("PROBE_PORT", probe_port.to_string()),
     ];
     let code = format!(
-        "{PRELUDE}\n{}",
+        "{NET_PRELUDE}\n{}",
         r#"
 import urllib.request, urllib.error
 def api(method, path, body=None):
@@ -500,60 +382,6 @@ fn free_host_port() -> u16 {
         .port()
 }
 
-/// Resolves `allowed.test` to the test's upstreams: port 443 to the HTTPS
-/// one, 80 to the HTTP one; every other name fails.
-struct UpstreamResolver {
-    http: SocketAddr,
-    https: SocketAddr,
-}
-
-impl Resolver for UpstreamResolver {
-    fn resolve<'a>(&'a self, name: &'a str, port: u16) -> ResolveFuture<'a> {
-        let answer = match (name, port) {
-            ("allowed.test", 443) => Ok(vec![self.https]),
-            ("allowed.test", 80) => Ok(vec![self.http]),
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{name}:{port}: not a test upstream"),
-            )),
-        };
-        Box::pin(async move { answer })
-    }
-}
-
-/// Answers every request on `listener` with `body` (after `wrap` turned
-/// the connection into a stream, e.g. TLS), each in a thread.
-fn serve<S: Read + Write + Send + 'static>(
-    listener: TcpListener,
-    body: &'static str,
-    wrap: impl Fn(TcpStream) -> Option<S> + Send + 'static,
-) {
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
-            let Some(mut stream) = wrap(tcp) else {
-                continue;
-            };
-            std::thread::spawn(move || {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.flush();
-            });
-        }
-    });
-}
-
 /// A self-signed certificate for `allowed.test` made with the host's
 /// `openssl`: (PEM certificate, DER certificate, PKCS#8 DER key).
 fn test_certificate(dir: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
@@ -622,11 +450,12 @@ async fn allowlist_mode_reaches_only_the_allowed_name_on_80_and_443() {
     );
     let https = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let upstreams = UpstreamResolver {
-        http: http.local_addr().unwrap(),
-        https: https.local_addr().unwrap(),
-    };
-    let https_port = upstreams.https.port();
+    let https_addr = https.local_addr().unwrap();
+    let upstreams = TestResolver(vec![
+        ("allowed.test", 443, https_addr),
+        ("allowed.test", 80, http.local_addr().unwrap()),
+    ]);
+    let https_port = https_addr.port();
     serve(https, "tls-upstream-ok", move |tcp| {
         let conn = rustls::ServerConnection::new(Arc::clone(&tls)).ok()?;
         Some(rustls::StreamOwned::new(conn, tcp))
@@ -664,7 +493,7 @@ async fn allowlist_mode_reaches_only_the_allowed_name_on_80_and_443() {
         ("UPSTREAM_PORT", https_port.to_string()),
     ];
     let code = format!(
-        "{PRELUDE}\n{}",
+        "{NET_PRELUDE}\n{}",
         r#"
 import http.client, ssl
 def fetch(scheme):
@@ -693,13 +522,7 @@ def http_host(host):
     try:
         with socket.create_connection(("192.168.127.254", 80), timeout=5) as s:
             s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode())
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode(errors="replace")
+            return recv_all(s)
     except Exception as e:
         return "closed " + type(e).__name__
 checks = {

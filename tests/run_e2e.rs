@@ -6,24 +6,9 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::{Config, Error, OutputStream, RunRequest, Scheduler, VmManager, VmOptions};
-use airlock_protocol::{ExecRequest, Language};
-use airlock_tests::{images_or_skip, qemu_processes_mentioning};
-use std::collections::BTreeMap;
+use airlock_protocol::Language;
+use airlock_tests::{exec_request as exec, images_or_skip, qemu_processes_mentioning, text};
 use std::time::{Duration, Instant};
-
-fn exec(language: Language, code: &str, timeout_ms: u64) -> ExecRequest {
-    ExecRequest {
-        language,
-        code: code.into(),
-        timeout_ms,
-        env: BTreeMap::new(),
-        cwd: None,
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn options(language: Language) -> VmOptions {
     VmOptions {
