@@ -69,11 +69,27 @@ pub fn prepare_parent(parent: &Path) -> Result<(), AgentError> {
         ));
     }
     match std::fs::create_dir(parent) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(err("create", e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err("create", e)),
     }
+    // The pids controller for the exec cgroups, so that each gets a
+    // `pids.max`. Where it cannot be had (a host whose pids controller is
+    // bound to cgroup v1, as in the agent's host tests) execs still get
+    // their cgroup, without the cap.
+    for dir in [above, parent] {
+        if let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), "+pids") {
+            tracing::warn!(dir = %dir.display(), error = %e, "no pids controller: execs have no process cap");
+            break;
+        }
+    }
+    Ok(())
 }
+
+/// The most processes and threads one exec may have at once (its cgroup's
+/// `pids.max`): a fork or thread bomb hits it and fails to grow instead of
+/// filling the guest until its timeout.
+pub const MAX_EXEC_PIDS: u32 = 1024;
 
 /// Whether a `cgroup.events` text says processes are left (`populated 1`).
 /// `None` when the text has no `populated` line.
@@ -120,6 +136,17 @@ impl ExecCgroup {
             path: dir.clone(),
             source,
         })?;
+        let pids_max = dir.join("pids.max");
+        if pids_max.exists() {
+            if let Err(source) = std::fs::write(&pids_max, MAX_EXEC_PIDS.to_string()) {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(AgentError::Cgroup {
+                    action: "write pids.max",
+                    path: dir,
+                    source,
+                });
+            }
+        }
         let procs = OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))

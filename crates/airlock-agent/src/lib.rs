@@ -47,6 +47,7 @@ pub mod reaper;
 pub mod rel_path;
 mod server;
 mod sys;
+pub use sys::protect_from_oom_killer;
 
 pub use config::{AgentConfig, RunAs};
 pub use error::AgentError;

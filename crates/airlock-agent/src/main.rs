@@ -197,6 +197,9 @@ fn bind(path: &Path) -> Result<UnixListener, AgentError> {
 /// Guest mode: find the ports by name and serve them forever; reopen them
 /// after a transport failure.
 async fn serve_ports(config: Arc<AgentConfig>) -> Result<(), AgentError> {
+    // In the guest the agent is what reports on user code: an OOM must take
+    // the code, never the agent (each exec gets the ordinary score back).
+    airlock_agent::protect_from_oom_killer();
     let find = |name: &'static str| {
         tokio::task::spawn_blocking(move || {
             find_port(

@@ -94,8 +94,21 @@ pub(crate) struct ChildSetup {
     pub run_as: Option<(u32, u32)>,
 }
 
+/// `/proc/self/oom_score_adj`, NUL-terminated for `open` in the child.
+const OOM_SCORE_ADJ: &[u8] = b"/proc/self/oom_score_adj\0";
+
+/// Makes the agent the OOM killer's last choice (`oom_score_adj` -1000):
+/// user code's memory hogs are killed, not the process that reports on
+/// them. Needs root; elsewhere a warning.
+pub fn protect_from_oom_killer() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::warn!(error = %e, "cannot protect the agent from the OOM killer");
+    }
+}
+
 /// Makes the child, between fork and exec: join the exec cgroup (while it is
-/// still root: an unprivileged process may not move itself), drop to the
+/// still root: an unprivileged process may not move itself), reset its
+/// `oom_score_adj` to 0, drop to the
 /// sandbox identity (`setgroups(0)`, `setgid`, `setuid`), change into the
 /// working directory and set `PR_SET_NO_NEW_PRIVS` (set-uid programs cannot
 /// raise its privileges). A failing step fails the spawn: user code never
@@ -110,6 +123,21 @@ pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: Chil
             if let Some(fd) = setup.cgroup_procs {
                 // "0" is the writing process.
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // The agent shields itself from the OOM killer (-1000) and the
+            // child inherits that: give user code the ordinary score back,
+            // so that a hog is what the OOM killer picks. Raising it needs
+            // no privilege.
+            let adj = libc::open(
+                OOM_SCORE_ADJ.as_ptr().cast(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if adj >= 0 {
+                let written = libc::write(adj, b"0".as_ptr().cast(), 1);
+                libc::close(adj);
+                if written != 1 {
                     return Err(io::Error::last_os_error());
                 }
             }
