@@ -41,6 +41,9 @@ pub(crate) fn reseed(entropy: &[u8], unix_time_ns: u64) -> Result<EventBody, Age
         .map_err(|e| io("open", URANDOM, e))?;
     crate::sys::add_entropy(urandom.as_fd(), entropy)
         .map_err(|e| io("RNDADDENTROPY", URANDOM, e))?;
+    // Crediting alone does not change what getrandom returns until the
+    // kernel's next scheduled reseed: force it.
+    crate::sys::reseed_crng(urandom.as_fd()).map_err(|e| io("RNDRESEEDCRNG", URANDOM, e))?;
     let before = clock_gettime(ClockId::CLOCK_REALTIME)
         .map_err(|e| io("read the clock", "CLOCK_REALTIME", e.into()))?;
     let target = Duration::from_nanos(unix_time_ns);

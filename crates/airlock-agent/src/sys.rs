@@ -111,6 +111,8 @@ pub(crate) fn set_child_setup(command: &mut tokio::process::Command, cwd: RawFd)
 
 /// `RNDADDENTROPY` (`linux/random.h`): `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` (`linux/random.h`): `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 /// Adds `bytes` to the kernel's entropy pool through `urandom` (an open
 /// `/dev/urandom` or `/dev/random`) and credits them as `bytes.len() * 8`
@@ -133,6 +135,21 @@ pub(crate) fn add_entropy(urandom: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<(
     // follow the header inside the allocation; it outlives the call, and
     // the kernel only reads it. The return value is checked below.
     let ret = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reseeds the kernel's CRNG from its input pool now (`RNDRESEEDCRNG`;
+/// needs `CAP_SYS_ADMIN`). Entropy added to an initialised pool is
+/// otherwise only drawn at the next scheduled reseed (up to a minute
+/// later), and until then every clone of a template would draw the same
+/// bytes from `getrandom`.
+pub(crate) fn reseed_crng(urandom: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: RNDRESEEDCRNG takes no argument; the descriptor is open for
+    // the call. The return value is checked below.
+    let ret = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Print the kernel and init log to stderr, and full error details.
     #[arg(long)]
     pub debug: bool,
+    /// Boot the VM from scratch instead of restoring the memory template
+    /// of its shape (runs with a network always boot cold).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 impl RunArgs {
@@ -276,6 +280,7 @@ async fn run(args: RunArgs) -> i32 {
         // One run, one VM: creating its overlay on demand is cheaper than
         // filling a pool that would be thrown away.
         overlay_pool_target: 0,
+        restore_templates: !args.cold,
         ..Config::default()
     };
     let scheduler = match Scheduler::start(config).await {
@@ -388,8 +393,14 @@ impl RunObserver for Terminal {
                     }
                 }));
             }
+            Stage::BuildingTemplate if self.progress => {
+                eprintln!(
+                    "airlock: building the {} memory template for this shape (once; later runs restore it)...",
+                    self.language
+                );
+            }
             Stage::Running | Stage::TearingDown => self.clear_progress(),
-            Stage::Booting => {}
+            Stage::Booting | Stage::BuildingTemplate => {}
         }
     }
 

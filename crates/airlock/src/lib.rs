@@ -47,6 +47,7 @@ mod retry;
 mod scheduler;
 mod slots;
 mod teardown;
+pub mod template;
 mod vm;
 mod workdir;
 

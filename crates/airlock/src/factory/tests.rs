@@ -230,6 +230,8 @@ impl Setup {
             initramfs: run.path().join("initramfs"),
             rootfs,
             rootfs_hash: BTreeMap::new(),
+            kernel_hash: String::new(),
+            initramfs_hash: String::new(),
         };
         let launcher = FakeLauncher::new(script);
         let factory = VmFactory::new(FactoryParts {
