@@ -38,6 +38,8 @@ pub enum Command {
     /// Show what the host offers (accelerator, QEMU, images, cgroups,
     /// gvproxy) and what to fix.
     Doctor,
+    /// Build, list or prune the memory templates `airlock run` restores.
+    Snapshot(crate::snapshot_cli::SnapshotArgs),
 }
 
 /// Arguments of `airlock run`.
@@ -238,6 +240,7 @@ pub fn main(cli: Cli) -> i32 {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Doctor => crate::doctor::run().await,
+            Command::Snapshot(args) => crate::snapshot_cli::run(args).await,
         }
     })
 }
@@ -441,7 +444,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(a) => a,
-            Command::Doctor => unreachable!(),
+            Command::Doctor | Command::Snapshot(_) => unreachable!(),
         }
     }
 

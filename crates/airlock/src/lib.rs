@@ -46,6 +46,7 @@ mod request;
 mod retry;
 mod scheduler;
 mod slots;
+pub mod snapshot_cli;
 mod teardown;
 pub mod template;
 mod vm;

@@ -83,7 +83,7 @@ pub struct Listed {
     pub metadata: Result<TemplateMetadata, String>,
     /// Disk space it takes (allocated blocks: the memory file is sparse).
     pub disk_bytes: u64,
-    /// Time since it was built (from the dir's mtime).
+    /// Time since it was built (`None` without readable metadata).
     pub age: Option<Duration>,
 }
 
@@ -214,13 +214,12 @@ impl TemplateStore {
                 let metadata = read_metadata(&dir);
                 Listed {
                     key: entry.file_name().to_string_lossy().into_owned(),
-                    metadata,
                     disk_bytes: disk_usage(&dir),
-                    age: entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok()),
+                    age: metadata.as_ref().ok().and_then(|m| {
+                        let built = SystemTime::UNIX_EPOCH + Duration::from_secs(m.created_unix);
+                        built.elapsed().ok()
+                    }),
+                    metadata,
                 }
             })
             .collect();
