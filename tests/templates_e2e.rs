@@ -174,39 +174,53 @@ async fn python_restores_like_a_cold_boot_with_its_own_entropy_and_the_host_cloc
     );
 }
 
-/// Raw (bash): restored runs keep output, exit codes and timeouts.
+/// Raw (bash) and JavaScript: restored runs keep output, exit codes and
+/// timeouts; nothing of the template's boot is left in the clone's home
+/// or /tmp (they look as after a cold boot).
 #[tokio::test(flavor = "multi_thread")]
-async fn raw_restores_with_output_exit_codes_and_timeouts() {
-    let Some(_) = images_or_skip("raw_restores") else {
+async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_dirs() {
+    let Some(_) = images_or_skip("raw_and_javascript_restore") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let restoring = scheduler(dir.path(), true).await;
-    let (first, built) = run(
-        &restoring,
-        Language::Raw,
-        "echo hello; echo oops >&2; exit 3",
-    )
-    .await;
-    assert!(built);
-    let (again, built) = run(
-        &restoring,
-        Language::Raw,
-        "echo hello; echo oops >&2; exit 3",
-    )
-    .await;
-    assert!(!built);
-    for result in [&first, &again] {
-        assert_eq!(text(&result.stdout), "hello\n");
-        assert_eq!(text(&result.stderr), "oops\n");
-        assert_eq!(result.exit_code, 3);
-        assert!(!result.timed_out);
+    let cold = scheduler(dir.path(), false).await;
+    let cases = [
+        (
+            Language::Raw,
+            "echo hello; echo oops >&2; exit 3",
+            "sleep 30",
+        ),
+        (
+            Language::Javascript,
+            "console.log('hello'); console.error('oops'); process.exit(3)",
+            "setTimeout(() => {}, 30000)",
+        ),
+    ];
+    for (language, code, slow_code) in cases {
+        let (first, built) = run(&restoring, language, code).await;
+        assert!(built, "{language}: no template existed");
+        let (again, built) = run(&restoring, language, code).await;
+        assert!(!built, "{language}: the template must be restored");
+        for result in [&first, &again] {
+            assert_eq!(text(&result.stdout), "hello\n", "{language}");
+            assert_eq!(text(&result.stderr), "oops\n", "{language}");
+            assert_eq!(result.exit_code, 3, "{language}");
+            assert!(!result.timed_out, "{language}");
+        }
+        let mut slow = request(language, slow_code);
+        slow.timeout = Duration::from_secs(1);
+        let timed_out = restoring.run(slow).await.unwrap();
+        assert!(timed_out.timed_out, "{language}: {timed_out:?}");
     }
-    let mut slow = request(Language::Raw, "sleep 30");
-    slow.timeout = Duration::from_secs(1);
-    let timed_out = restoring.run(slow).await.unwrap();
-    assert!(timed_out.timed_out, "{timed_out:?}");
+    let listing = "ls -A \"$HOME\" /tmp";
+    let (restored, _) = run(&restoring, Language::Raw, listing).await;
+    let (booted, _) = run(&cold, Language::Raw, listing).await;
+    assert_eq!(text(&restored.stdout), text(&booted.stdout));
+    assert_eq!(restored.exit_code, booted.exit_code);
+
     restoring.manager().shutdown().await;
+    cold.manager().shutdown().await;
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(qemu_processes_mentioning(&needle).is_empty());
 }

@@ -196,7 +196,13 @@ impl TemplateStore {
                 Err(_) => std::fs::remove_dir_all(&dir)?,
             }
         }
-        std::fs::rename(staging, &dir)?;
+        if let Err(e) = std::fs::rename(staging, &dir) {
+            // Another process renamed its build into place in between.
+            return match check(&dir, &key, inputs) {
+                Ok(metadata) => Ok(Template { dir, metadata }),
+                Err(_) => Err(e),
+            };
+        }
         std::fs::File::open(&self.root)?.sync_all()?;
         Ok(Template { dir, metadata })
     }
