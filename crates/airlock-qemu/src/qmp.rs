@@ -482,6 +482,23 @@ mod tests {
             message
         }
 
+        /// Greets, then takes the start of a migration: the
+        /// `x-ignore-shared` capability (checked) and the state file's
+        /// descriptor (closed after it is counted).
+        fn greet_and_take_state_fd(&mut self) {
+            self.greet();
+            let caps = self.answer("migrate-set-capabilities", json!({}));
+            assert_eq!(
+                caps["arguments"]["capabilities"][0],
+                json!({ "capability": "x-ignore-shared", "state": true })
+            );
+            let (getfd, fds) = self.recv();
+            assert_eq!(getfd["arguments"]["fdname"], MIGRATION_FD_NAME);
+            assert_eq!(fds.len(), 1, "the state file came without its descriptor");
+            nix::unistd::close(fds[0]).unwrap();
+            self.send(json!({ "return": {}, "id": getfd["id"] }));
+        }
+
         fn greet(&mut self) {
             self.send(json!({ "QMP": { "version": { "qemu": { "major": 7, "minor": 2, "micro": 22 }, "package": "" }, "capabilities": ["oob"] } }));
             self.answer("qmp_capabilities", json!({}));
@@ -601,106 +618,82 @@ mod tests {
         thread.join().unwrap();
     }
 
-    #[tokio::test]
-    async fn saving_sets_ignore_shared_passes_the_file_and_waits_for_completion() {
+    /// Saves (`save`) or loads a state file against a fake QEMU that takes
+    /// the capability and the descriptor, then runs `script`.
+    async fn migration(
+        save: bool,
+        script: impl FnOnce(&mut FakeQemu) + Send + 'static,
+    ) -> Result<(), QemuError> {
+        use std::os::fd::AsFd;
         let file = tempfile::tempfile().unwrap();
         let (mut client, thread) = client(|q| {
-            q.greet();
-            let caps = q.answer("migrate-set-capabilities", json!({}));
-            assert_eq!(
-                caps["arguments"]["capabilities"][0],
-                json!({ "capability": "x-ignore-shared", "state": true })
-            );
-            let (getfd, fds) = q.recv();
-            assert_eq!(fds.len(), 1);
-            q.send(json!({ "return": {}, "id": getfd["id"] }));
+            q.greet_and_take_state_fd();
+            script(q);
+        })
+        .await;
+        let result = if save {
+            client.save_device_state(file.as_fd(), soon()).await
+        } else {
+            client.load_device_state(file.as_fd(), soon()).await
+        };
+        thread.join().unwrap();
+        result
+    }
+
+    #[tokio::test]
+    async fn saving_sets_ignore_shared_passes_the_file_and_waits_for_completion() {
+        migration(true, |q| {
             let migrate = q.answer("migrate", json!({}));
             assert_eq!(migrate["arguments"]["uri"], "fd:airlock-state");
             q.answer("query-migrate", json!({ "status": "active" }));
             q.answer("query-migrate", json!({ "status": "completed" }));
         })
-        .await;
-        use std::os::fd::AsFd;
-        client
-            .save_device_state(file.as_fd(), soon())
-            .await
-            .unwrap();
-        thread.join().unwrap();
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
     async fn a_failed_save_reports_qemus_reason() {
-        let file = tempfile::tempfile().unwrap();
-        let (mut client, thread) = client(|q| {
-            q.greet();
-            q.answer("migrate-set-capabilities", json!({}));
-            let (getfd, _) = q.recv();
-            q.send(json!({ "return": {}, "id": getfd["id"] }));
+        let err = migration(true, |q| {
             q.answer("migrate", json!({}));
             q.answer(
                 "query-migrate",
                 json!({ "status": "failed", "error-desc": "Broken pipe" }),
             );
         })
-        .await;
-        use std::os::fd::AsFd;
-        let err = client
-            .save_device_state(file.as_fd(), soon())
-            .await
-            .unwrap_err();
+        .await
+        .unwrap_err();
         assert!(
             matches!(&err, QemuError::MigrationFailed { direction: "save", detail, .. } if detail == "Broken pipe"),
             "{err}"
         );
-        thread.join().unwrap();
     }
 
     #[tokio::test]
     async fn loading_waits_until_the_machine_leaves_inmigrate() {
-        let file = tempfile::tempfile().unwrap();
-        let (mut client, thread) = client(|q| {
-            q.greet();
-            q.answer("migrate-set-capabilities", json!({}));
-            let (getfd, fds) = q.recv();
-            assert_eq!(fds.len(), 1);
-            q.send(json!({ "return": {}, "id": getfd["id"] }));
+        migration(false, |q| {
             let incoming = q.answer("migrate-incoming", json!({}));
             assert_eq!(incoming["arguments"]["uri"], "fd:airlock-state");
             q.answer("query-status", json!({ "status": "inmigrate" }));
             q.answer("query-status", json!({ "status": "inmigrate" }));
             q.answer("query-status", json!({ "status": "paused" }));
         })
-        .await;
-        use std::os::fd::AsFd;
-        client
-            .load_device_state(file.as_fd(), soon())
-            .await
-            .unwrap();
-        thread.join().unwrap();
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
     async fn a_load_that_ends_running_is_not_taken_for_success() {
-        let file = tempfile::tempfile().unwrap();
-        let (mut client, thread) = client(|q| {
-            q.greet();
-            q.answer("migrate-set-capabilities", json!({}));
-            let (getfd, _) = q.recv();
-            q.send(json!({ "return": {}, "id": getfd["id"] }));
+        let err = migration(false, |q| {
             q.answer("migrate-incoming", json!({}));
             q.answer("query-status", json!({ "status": "internal-error" }));
         })
-        .await;
-        use std::os::fd::AsFd;
-        let err = client
-            .load_device_state(file.as_fd(), soon())
-            .await
-            .unwrap_err();
+        .await
+        .unwrap_err();
         assert!(
             matches!(&err, QemuError::MigrationFailed { direction: "load", status, .. } if status == "internal-error"),
             "{err}"
         );
-        thread.join().unwrap();
     }
 
     #[tokio::test]

@@ -74,27 +74,33 @@ impl TemplateInputs {
     }
 }
 
+/// Inputs with placeholder hashes, for tests.
+#[cfg(test)]
+pub(crate) fn test_inputs(language: Language, memory_mib: u32) -> TemplateInputs {
+    TemplateInputs {
+        format: TEMPLATE_FORMAT,
+        shape: TemplateShape {
+            language,
+            memory_mib,
+            vcpus: 1,
+        },
+        kernel_hash: "k".into(),
+        initramfs_hash: "i".into(),
+        rootfs_hash: "r".into(),
+        qemu_version: "7.2.0".into(),
+        accel: "tcg".into(),
+        argv_hash: "a".into(),
+        protocol: 2,
+        airlock_version: "0.1.0".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn inputs() -> TemplateInputs {
-        TemplateInputs {
-            format: TEMPLATE_FORMAT,
-            shape: TemplateShape {
-                language: Language::Python,
-                memory_mib: 512,
-                vcpus: 1,
-            },
-            kernel_hash: "k".into(),
-            initramfs_hash: "i".into(),
-            rootfs_hash: "r".into(),
-            qemu_version: "7.2.0".into(),
-            accel: "tcg".into(),
-            argv_hash: "a".into(),
-            protocol: 2,
-            airlock_version: "0.1.0".into(),
-        }
+        test_inputs(Language::Python, 512)
     }
 
     #[test]

@@ -322,26 +322,11 @@ fn disk_usage(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::key::{TemplateShape, TEMPLATE_FORMAT};
+    use crate::template::key::test_inputs;
     use airlock_protocol::Language;
 
     fn inputs(memory_mib: u32) -> TemplateInputs {
-        TemplateInputs {
-            format: TEMPLATE_FORMAT,
-            shape: TemplateShape {
-                language: Language::Raw,
-                memory_mib,
-                vcpus: 1,
-            },
-            kernel_hash: "k".into(),
-            initramfs_hash: "i".into(),
-            rootfs_hash: "r".into(),
-            qemu_version: "7.2.0".into(),
-            accel: "tcg".into(),
-            argv_hash: "a".into(),
-            protocol: 2,
-            airlock_version: "0.1.0".into(),
-        }
+        test_inputs(Language::Raw, memory_mib)
     }
 
     /// Builds a fake template (a sparse memory file, a small state) in the
