@@ -113,6 +113,8 @@ async fn python_restores_like_a_cold_boot_with_its_own_entropy_and_the_host_cloc
         (text(&restored.stdout), restored.exit_code),
         ("hello\n".into(), 3)
     );
+    assert!(restored.timings.restore.is_some(), "{:?}", restored.timings);
+    assert!(cold_run.timings.restore.is_none(), "{:?}", cold_run.timings);
     let mut slow = request(Language::Python, "import time\ntime.sleep(30)");
     slow.timeout = Duration::from_secs(1);
     let timed_out = restoring.run(slow).await.unwrap();

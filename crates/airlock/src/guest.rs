@@ -83,6 +83,8 @@ pub struct Agent {
     pub client: Client,
     /// The agent's version.
     pub info: AgentInfo,
+    /// Where a restore's time went (`None` after a cold boot).
+    pub restore: Option<crate::template::restore::RestoreTimings>,
 }
 
 /// Races `agent` (which yields `None` once its deadline passed) against the
@@ -161,7 +163,11 @@ pub async fn connect_agent(
     }
     let client = Client::new(event, cmd);
     let info = await_agent(&client, paths.vm_id, deadline).await?;
-    Ok(info.map(|info| Agent { client, info }))
+    Ok(info.map(|info| Agent {
+        client,
+        info,
+        restore: None,
+    }))
 }
 
 /// Waits for the agent: its hello (sent when its port opens), or a pong

@@ -75,6 +75,7 @@ impl FakeLauncher {
                 version: "fake".into(),
                 protocol: airlock_protocol::PROTOCOL_VERSION,
             },
+            restore: None,
         }
     }
 }

@@ -46,8 +46,9 @@ pub struct RestoreLauncher {
     template: Template,
 }
 
-/// Where a restore's time went, in milliseconds (logged per VM).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where a restore's time went, in milliseconds (in the VM's
+/// [`crate::BootTimings`] and a run's [`crate::Timings`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreTimings {
     /// QMP connected and the device state loaded.
     pub load_ms: u64,
@@ -93,7 +94,7 @@ impl RestoreLauncher {
         .await;
         resumed?;
         let agent_start = Instant::now();
-        let agent = guest::race_death(
+        let mut agent = guest::race_death(
             &paths,
             process,
             waited,
@@ -114,6 +115,7 @@ impl RestoreLauncher {
             total_ms = ms(start.elapsed()),
             "restored from a memory template"
         );
+        agent.restore = Some(timings);
         Ok(agent)
     }
 
