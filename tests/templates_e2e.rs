@@ -127,7 +127,8 @@ async fn python_restores_like_a_cold_boot_with_its_own_entropy_and_the_host_cloc
             .saturating_sub(Duration::from_secs_f64((unix_now() - saved_at).max(0.0))),
     )
     .await;
-    let probe = "import os, time\nprint(os.urandom(16).hex(), time.time())";
+    let probe =
+        "import os, random, time\nprint(os.urandom(16).hex() + str(random.random()), time.time())";
     let before = unix_now();
     let (a, b) = tokio::join!(
         run(&restoring, Language::Python, probe),
@@ -215,6 +216,41 @@ async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_di
         let timed_out = restoring.run(slow).await.unwrap();
         assert!(timed_out.timed_out, "{language}: {timed_out:?}");
     }
+    // A state file QEMU refuses although its checks pass (its metadata
+    // rewritten to match): the run boots cold instead, and the template is
+    // removed so that the next run rebuilds it.
+    let Found::Ready(template) = restoring
+        .templates()
+        .find(shape(Language::Raw))
+        .await
+        .unwrap()
+    else {
+        panic!("the raw template is gone");
+    };
+    let garbage = b"QEVM\0\0\0\x03 this is not a device state".to_vec();
+    std::fs::write(template.state_file(), &garbage).unwrap();
+    let metadata_path = template.dir.join("template.json");
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata_path).unwrap()).unwrap();
+    metadata["state_bytes"] = garbage.len().into();
+    metadata["state_sha256"] = airlock_protocol::client::sha256_hex(&garbage).into();
+    std::fs::write(&metadata_path, serde_json::to_vec(&metadata).unwrap()).unwrap();
+    let (fallback, built) = run(&restoring, Language::Raw, "echo fine").await;
+    assert!(!built, "the template looked intact: no rebuild was due");
+    assert_eq!(text(&fallback.stdout), "fine\n");
+    assert!(
+        fallback.timings.restore.is_none(),
+        "the failed restore was not replaced by a cold boot"
+    );
+    assert!(matches!(
+        restoring
+            .templates()
+            .find(shape(Language::Raw))
+            .await
+            .unwrap(),
+        Found::Build { .. }
+    ));
+
     let listing = "ls -A \"$HOME\" /tmp";
     let (restored, _) = run(&restoring, Language::Raw, listing).await;
     let (booted, _) = run(&cold, Language::Raw, listing).await;

@@ -166,6 +166,6 @@ impl Scheduler {
             }
         };
         observer.stage(Stage::Booting);
-        self.templates.boot(options, &template).await
+        self.templates.boot_or_cold(options, &template).await
     }
 }

@@ -195,6 +195,45 @@ impl Templates {
     }
 }
 
+impl Templates {
+    /// [`Templates::boot`], falling back to a cold boot when the restore
+    /// itself fails (QEMU refused the state, the clone died or hung, the
+    /// agent did not answer): the template is then removed with a
+    /// warning, so that the next run rebuilds it rather than trying it
+    /// again. Other errors (no slot, shut down) are returned as they are.
+    ///
+    /// # Errors
+    /// As [`VmManager::boot`].
+    pub async fn boot_or_cold(&self, options: &VmOptions, template: &Template) -> Result<Vm> {
+        let error = match self.boot(options, template).await {
+            Ok(vm) => return Ok(vm),
+            Err(e) if !restore_failed(&e) => return Err(e),
+            Err(e) => e,
+        };
+        let key = template.metadata.key.clone();
+        tracing::warn!(
+            template = key,
+            error = %error,
+            "restoring the memory template failed: booting cold; it will be rebuilt"
+        );
+        let store = self.store.clone();
+        let removed = blocking("remove a memory template", move || store.remove(&key)).await?;
+        if let Err(e) = removed {
+            tracing::warn!(template = template.metadata.key, error = %e, "cannot remove the template");
+        }
+        self.manager.boot(options).await
+    }
+}
+
+/// Whether `error` says the restore went wrong (rather than the host or
+/// the request).
+fn restore_failed(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Qemu(_) | Error::VmDied { .. } | Error::BootTimeout { .. } | Error::Protocol { .. }
+    )
+}
+
 /// The template shape of a VM.
 pub fn shape_of(options: &VmOptions) -> TemplateShape {
     TemplateShape {
