@@ -13,6 +13,9 @@
 //!   semaphore bounding live VMs, and a teardown that always runs.
 //! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
 //!   [`RunResult`] with output, exit code and a timing breakdown.
+//! - [`template`]: memory templates (`docs/templates.md`): a VM of one
+//!   shape saved once, restored in about a tenth of a second instead of a
+//!   boot, reseeded before any user code; `airlock snapshot` manages them.
 //!
 //! ```no_run
 //! use airlock::{Config, RunRequest, Scheduler};

@@ -1,6 +1,8 @@
 //! The cold-boot [`Launcher`]: QEMU started from the kernel and initramfs,
 //! in its own process group inside the VM's limits group, then the agent
-//! awaited over the virtio-serial sockets.
+//! awaited over the virtio-serial sockets. A memory template's own boot is
+//! this launcher with its RAM in a shared file ([`QemuLauncher::for_template`]);
+//! [`spawn_spec`] is shared with the restore launcher.
 
 use crate::error::{Error, Result};
 use crate::guest::{self, Agent, GuestFiles};
