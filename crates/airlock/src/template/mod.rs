@@ -10,7 +10,7 @@
 //!   atomically and checked before each use;
 //! - [`build`]: a template's boot, warm-up and save;
 //! - [`restore`]: the [`RestoreLauncher`], the second implementation of
-//!   [`crate::launcher::Launcher`]: slots, retries and teardown are those
+//!   `Launcher`: slots, retries and teardown are those
 //!   of every VM.
 //!
 //! [`Templates`] ties them to a [`VmManager`].

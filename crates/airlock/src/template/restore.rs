@@ -1,4 +1,4 @@
-//! The restore [`Launcher`]: QEMU started over a template's memory file
+//! The restore `Launcher`: QEMU started over a template's memory file
 //! (mapped privately, copy-on-write) with `-incoming defer`; over QMP the
 //! device state is loaded and the vCPUs resumed; then the agent is reached
 //! as after a cold boot, and reseeded (fresh entropy, the host's clock)
