@@ -33,8 +33,8 @@ pub enum SnapshotAction {
         #[arg(long, default_value_t = 1)]
         cpus: u32,
     },
-    /// List the templates: shape, disk size, age, and whether the current
-    /// images and QEMU can restore them.
+    /// List the templates: shape, disk size, age, uses, and whether the
+    /// current images and QEMU can restore them.
     List,
     /// Remove the templates the current images and QEMU cannot restore
     /// (other kernel, root disk, QEMU or agent), damaged ones, and
@@ -95,17 +95,18 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
         }
         SnapshotAction::List => {
             let listed = listed(templates).await?;
-            println!("KEY\tSHAPE\tDISK\tAGE\tSTATE");
+            println!("KEY\tSHAPE\tDISK\tAGE\tUSES\tSTATE");
             for (entry, current) in listed {
                 let shape = entry
                     .metadata
                     .as_ref()
                     .map_or_else(|_| "?".to_owned(), |m| m.inputs.shape.to_string());
                 println!(
-                    "{}\t{shape}\t{}\t{}\t{}",
+                    "{}\t{shape}\t{}\t{}\t{}\t{}",
                     entry.key,
                     mib(entry.disk_bytes),
                     entry.age.map_or_else(|| "?".to_owned(), age),
+                    entry.uses,
                     if current { "current" } else { "stale" }
                 );
             }

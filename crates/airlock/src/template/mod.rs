@@ -191,7 +191,16 @@ impl Templates {
             },
             template.clone(),
         );
-        self.manager.boot_with(options, &launcher).await
+        let vm = self.manager.boot_with(options, &launcher).await?;
+        let used = template.clone();
+        let counted = blocking("count a template use", move || {
+            TemplateStore::record_use(&used)
+        })
+        .await?;
+        if let Err(e) = counted {
+            tracing::debug!(template = template.metadata.key, error = %e, "use not counted");
+        }
+        Ok(vm)
     }
 }
 

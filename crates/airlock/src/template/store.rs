@@ -1,9 +1,10 @@
 //! The template store: `<cache>/templates/<key>/` holding the guest RAM
-//! (`memory`), the device state (`state`) and `template.json` (what it was
-//! built from, sizes, the state's sha256). A template is built in a staging
-//! dir (`.staging/<pid>-<key>`) and renamed into place whole, so a reader
-//! sees a complete template or none; each use checks it first, and a
-//! damaged or mismatched one is reported, never restored.
+//! (`memory`), the device state (`state`), `template.json` (what it was
+//! built from, sizes, the state's sha256) and `uses` (one byte per
+//! restore). A template is built in a staging dir (`.staging/<pid>-<key>`)
+//! and renamed into place whole, so a reader sees a complete template or
+//! none; each use checks it first, and a damaged or mismatched one is
+//! reported, never restored.
 //!
 //! Blocking file work: call it on the blocking pool.
 
@@ -20,6 +21,9 @@ pub const MEMORY_FILE: &str = "memory";
 pub const STATE_FILE: &str = "state";
 /// What the template is, as JSON.
 pub const METADATA_FILE: &str = "template.json";
+/// One byte appended per restore: its size is the use count (appends are
+/// atomic, so concurrent runs need no lock).
+pub const USES_FILE: &str = "uses";
 /// Where templates are built before they are renamed into place.
 const STAGING_DIR: &str = ".staging";
 
@@ -85,6 +89,8 @@ pub struct Listed {
     pub disk_bytes: u64,
     /// Time since it was built (`None` without readable metadata).
     pub age: Option<Duration>,
+    /// How many VMs were restored from it.
+    pub uses: u64,
 }
 
 /// The templates under one root dir.
@@ -221,6 +227,7 @@ impl TemplateStore {
                 Listed {
                     key: entry.file_name().to_string_lossy().into_owned(),
                     disk_bytes: disk_usage(&dir),
+                    uses: std::fs::metadata(dir.join(USES_FILE)).map_or(0, |m| m.len()),
                     age: metadata.as_ref().ok().and_then(|m| {
                         let built = SystemTime::UNIX_EPOCH + Duration::from_secs(m.created_unix);
                         built.elapsed().ok()
@@ -248,6 +255,19 @@ impl TemplateStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Counts one more restore of `template`.
+    ///
+    /// # Errors
+    /// The failing append.
+    pub fn record_use(template: &Template) -> io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(template.dir.join(USES_FILE))?
+            .write_all(b".")
     }
 
     /// Removes the template of `key` (a damaged one, before a rebuild).
@@ -426,8 +446,29 @@ mod tests {
         let store = TemplateStore::new(root.path());
         built(&store, &inputs(64));
         built(&store, &inputs(128));
+        let restored = store.lookup(&inputs(64));
+        let Lookup::Ready(template) = restored else {
+            panic!("{restored:?}");
+        };
+        TemplateStore::record_use(&template).unwrap();
+        TemplateStore::record_use(&template).unwrap();
+        assert!(
+            matches!(store.lookup(&inputs(64)), Lookup::Ready(_)),
+            "uses are not checked"
+        );
         let listed = store.list();
         assert_eq!(listed.len(), 2, "the staging dir is not listed");
+        let uses = |mib: u32| {
+            listed
+                .iter()
+                .find(|l| {
+                    l.metadata
+                        .as_ref()
+                        .is_ok_and(|m| m.inputs.shape.memory_mib == mib)
+                })
+                .map(|l| l.uses)
+        };
+        assert_eq!((uses(64), uses(128)), (Some(2), Some(0)));
         assert!(listed.iter().all(|l| l.metadata.is_ok()));
         let removed = store
             .prune(|l| {
