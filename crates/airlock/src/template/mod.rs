@@ -165,13 +165,21 @@ impl Templates {
         }
     }
 
-    /// A VM restored from `template` (which must be of `options`' shape):
-    /// the manager's slots, retries and teardown, the restore launcher.
+    /// A VM restored from `template` (which must be of `options`' shape,
+    /// without a network): the manager's slots, retries and teardown, the
+    /// restore launcher.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the shapes differ, or as
-    /// [`VmManager::boot`].
+    /// [`Error::InvalidInput`] when the shapes differ or a network is
+    /// asked for, or as [`VmManager::boot`].
     pub async fn boot(&self, options: &VmOptions, template: &Template) -> Result<Vm> {
+        if options.network.mode() != airlock_gvproxy::NetworkMode::None {
+            return Err(Error::invalid(
+                "network",
+                "a VM with a network cannot be restored from a memory template (QEMU 7.2 \
+                 cannot reconnect its network device): boot it cold",
+            ));
+        }
         let shape = template.metadata.inputs.shape;
         if shape != shape_of(options) {
             return Err(Error::invalid(
