@@ -102,7 +102,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
     let start = Instant::now();
     let out = Command::new(airlock)
-        .args(["run", "--json", "-q", "-l", language, code])
+        // --cold: `airlock run` restores memory templates by default.
+        .args(["run", "--cold", "--json", "-q", "-l", language, code])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {}", airlock.display()))?;

@@ -18,6 +18,8 @@
 //!   every path checked ([`rel_path`]) and opened beneath the home
 //!   (`openat2(RESOLVE_BENEATH)`).
 //! - [`reaper`]: zombie reaping when the agent is PID 1.
+//! - `reseed`: after a restore from a memory template, host entropy into
+//!   the kernel's pool and the host's wall clock.
 //!
 //! ```no_run
 //! use airlock_agent::{serve, AgentConfig, RunAs};
@@ -45,6 +47,7 @@ pub mod output;
 pub mod ports;
 pub mod reaper;
 pub mod rel_path;
+mod reseed;
 mod server;
 mod sys;
 pub use sys::protect_from_oom_killer;

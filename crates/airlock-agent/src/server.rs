@@ -317,6 +317,12 @@ impl Dispatcher {
             RequestBody::ReadFile { path } => Box::pin(ctx.read(path)),
             RequestBody::ListFiles { path } => Box::pin(ctx.list(path)),
             RequestBody::WarmRepl { language } => Box::pin(ctx.warm(language)),
+            RequestBody::Reseed {
+                entropy,
+                unix_time_ns,
+            } => Box::pin(async move {
+                last_event(crate::reseed::reseed(entropy.as_bytes(), unix_time_ns))
+            }),
             RequestBody::InstallPackages {
                 language,
                 packages,

@@ -165,3 +165,50 @@ pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: Chil
         command.pre_exec(in_child);
     }
 }
+
+/// `RNDADDENTROPY` (`linux/random.h`): `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` (`linux/random.h`): `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Adds `bytes` to the kernel's entropy pool through `urandom` (an open
+/// `/dev/urandom` or `/dev/random`) and credits them as `bytes.len() * 8`
+/// bits of entropy (`RNDADDENTROPY`; needs `CAP_SYS_ADMIN`).
+pub(crate) fn add_entropy(urandom: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    // `struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }`,
+    // laid out as one buffer of ints: two header words, then the bytes.
+    let words = bytes.len().div_ceil(4);
+    let mut info = vec![0u32; 2 + words];
+    let bits =
+        i32::try_from(bytes.len() * 8).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    info[0] = bits as u32;
+    info[1] = bytes.len() as u32;
+    for (word, chunk) in info[2..].iter_mut().zip(bytes.chunks(4)) {
+        let mut le = [0u8; 4];
+        le[..chunk.len()].copy_from_slice(chunk);
+        *word = u32::from_ne_bytes(le);
+    }
+    // SAFETY: `info` is a valid `rand_pool_info` whose `buf_size` bytes
+    // follow the header inside the allocation; it outlives the call, and
+    // the kernel only reads it. The return value is checked below.
+    let ret = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reseeds the kernel's CRNG from its input pool now (`RNDRESEEDCRNG`;
+/// needs `CAP_SYS_ADMIN`). Entropy added to an initialised pool is
+/// otherwise only drawn at the next scheduled reseed (up to a minute
+/// later), and until then every clone of a template would draw the same
+/// bytes from `getrandom`.
+pub(crate) fn reseed_crng(urandom: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: RNDRESEEDCRNG takes no argument; the descriptor is open for
+    // the call. The return value is checked below.
+    let ret = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

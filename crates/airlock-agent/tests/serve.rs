@@ -958,3 +958,26 @@ async fn next_event(
         .expect("not closed")
         .expect("decodable")
 }
+
+#[tokio::test]
+async fn a_reseed_with_too_little_entropy_is_refused_and_the_agent_goes_on() {
+    let agent = start().await;
+    // 31 bytes: refused before anything in the system is touched (a test
+    // must not set the host's clock).
+    let (kind, message) = guest_error(agent.client.reseed(&[7u8; 31], 0, T).await);
+    assert_eq!(kind, ErrorKind::InvalidRequest);
+    assert!(message.contains("at least 32"), "{message}");
+    let sh = run(&agent.client, Language::Raw, "echo still here").await;
+    assert_eq!(text(&sh.stdout), "still here\n");
+}
+
+#[tokio::test]
+async fn warm_repl_through_the_client_reports_the_completion() {
+    let agent = start().await;
+    let completion = agent
+        .client
+        .warm_repl(Language::Raw, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(completion.exit_code, 0);
+}

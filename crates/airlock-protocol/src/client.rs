@@ -542,6 +542,53 @@ impl Client {
         }
     }
 
+    /// Asks the agent to start `language`'s interpreter once (its files
+    /// into the page cache) and waits for it to finish.
+    ///
+    /// # Errors
+    /// As [`Client::ping`], or [`ProtocolError::Guest`].
+    pub async fn warm_repl(
+        &self,
+        language: Language,
+        timeout: Duration,
+    ) -> Result<Completion, ProtocolError> {
+        let (op, mut rx) = self.start(RequestBody::WarmRepl { language }).await?;
+        let answer = within(timeout, "warm_repl", next(&mut rx)).await;
+        self.finish(op);
+        match answer? {
+            EventBody::Complete(completion) => Ok(completion),
+            other => Err(unexpected("warm_repl", other)),
+        }
+    }
+
+    /// Sends fresh `entropy` and the host's wall clock (`unix_time_ns`) to
+    /// a restored guest; returns `(entropy_bytes, clock_step_ms)` as the
+    /// agent reports them.
+    ///
+    /// # Errors
+    /// As [`Client::ping`], or [`ProtocolError::Guest`].
+    pub async fn reseed(
+        &self,
+        entropy: &[u8],
+        unix_time_ns: u64,
+        timeout: Duration,
+    ) -> Result<(u64, i64), ProtocolError> {
+        let body = RequestBody::Reseed {
+            entropy: Data::base64(entropy.to_vec()),
+            unix_time_ns,
+        };
+        let (op, mut rx) = self.start(body).await?;
+        let answer = within(timeout, "reseed", next(&mut rx)).await;
+        self.finish(op);
+        match answer? {
+            EventBody::Reseeded {
+                entropy_bytes,
+                clock_step_ms,
+            } => Ok((entropy_bytes, clock_step_ms)),
+            other => Err(unexpected("reseed", other)),
+        }
+    }
+
     /// Sends a raw line (for tests of the agent's error handling), then
     /// waits for the first event of operation `op`.
     ///

@@ -47,7 +47,9 @@ pub use message::*;
 
 /// Version of the wire protocol. The agent reports it in `pong`; a host
 /// refuses an agent whose protocol differs ([`check_protocol`]).
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `reseed` / `reseeded` (after a restore from a memory template).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The operation of the agent's hello: a `pong` the agent sends unasked
 /// each time its channel opens. A ping the host sends before the guest has

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+/// The fewest entropy bytes a [`RequestBody::Reseed`] carries (256 bits).
+pub const MIN_RESEED_ENTROPY_BYTES: usize = 32;
+
 /// Operation id: chosen by the host per request; every event answering that
 /// request carries it.
 pub type OpId = u64;
@@ -148,6 +151,15 @@ pub enum RequestBody {
         /// The interpreter to warm.
         language: Language,
     },
+    /// After a restore from a memory template, before any user code: credit
+    /// fresh host entropy to the guest kernel's pool (`RNDADDENTROPY`) and
+    /// set the guest's wall clock. Answered by [`EventBody::Reseeded`].
+    Reseed {
+        /// At least [`MIN_RESEED_ENTROPY_BYTES`] random bytes from the host.
+        entropy: Data,
+        /// The host's wall clock, in nanoseconds since the Unix epoch.
+        unix_time_ns: u64,
+    },
     /// Install packages with the language's package manager: answered like
     /// an exec.
     InstallPackages {
@@ -172,6 +184,7 @@ impl RequestBody {
             RequestBody::ReadFile { .. } => "read_file",
             RequestBody::ListFiles { .. } => "list_files",
             RequestBody::WarmRepl { .. } => "warm_repl",
+            RequestBody::Reseed { .. } => "reseed",
             RequestBody::InstallPackages { .. } => "install_packages",
         }
     }
@@ -186,6 +199,7 @@ impl RequestBody {
         "read_file",
         "list_files",
         "warm_repl",
+        "reseed",
         "install_packages",
     ];
 }
@@ -273,6 +287,14 @@ pub enum EventBody {
         /// The entries, sorted by name.
         entries: Vec<FileEntry>,
     },
+    /// The answer to a reseed: what the guest did.
+    Reseeded {
+        /// Bytes credited to the kernel's entropy pool.
+        entropy_bytes: u64,
+        /// How far the guest's wall clock was stepped, in milliseconds
+        /// (positive: forward).
+        clock_step_ms: i64,
+    },
     /// The operation failed (last event of that operation).
     Error {
         /// What kind of failure.
@@ -294,6 +316,7 @@ impl EventBody {
             EventBody::FileData { .. } => "file_data",
             EventBody::FileDone { .. } => "file_done",
             EventBody::FileList { .. } => "file_list",
+            EventBody::Reseeded { .. } => "reseeded",
             EventBody::Error { .. } => "error",
         }
     }
@@ -308,6 +331,7 @@ impl EventBody {
         "file_data",
         "file_done",
         "file_list",
+        "reseeded",
         "error",
     ];
 }

@@ -37,6 +37,10 @@ fn all_requests() -> Vec<Request> {
         RequestBody::WarmRepl {
             language: Language::Python,
         },
+        RequestBody::Reseed {
+            entropy: Data::base64(vec![9u8; 32]),
+            unix_time_ns: u64::MAX,
+        },
         RequestBody::InstallPackages {
             language: Language::Python,
             packages: vec!["numpy".into()],
@@ -88,6 +92,10 @@ fn all_events() -> Vec<Event> {
                 kind: FileKind::Symlink,
                 mode: 0o777,
             }],
+        },
+        EventBody::Reseeded {
+            entropy_bytes: 32,
+            clock_step_ms: -5,
         },
         EventBody::Error {
             kind: ErrorKind::InvalidPath,

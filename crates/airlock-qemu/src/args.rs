@@ -3,9 +3,10 @@
 
 use crate::opts::OptList;
 use crate::spec::{
-    DiskAccess, IncomingMigration, NetworkAttachment, VmSpec, CMD_PORT_NAME, EVENT_PORT_NAME,
-    GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET, GUEST_NET_PREFIX_LEN,
-    HOST_IPV4, MAX_KERNEL_CMDLINE_BYTES, ROOT_SERIAL,
+    DiskAccess, IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, VmSpec,
+    CMD_PORT_NAME, EVENT_PORT_NAME, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC,
+    GUEST_NET, GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_KERNEL_CMDLINE_BYTES, MEMORY_BACKEND_ID,
+    ROOT_SERIAL,
 };
 use crate::{Accel, Arch, HostCaps, QemuError};
 use std::ffi::{OsStr, OsString};
@@ -50,6 +51,9 @@ impl QemuArgs {
 
         let mut argv = Argv::default();
         argv.push_base(&spec.vm_id, caps, spec.memory_mib, spec.vcpus);
+        if let Some(memory) = &spec.memory_file {
+            argv.push_memory_file(memory, spec.memory_mib);
+        }
         argv.push_boot(&spec.boot.kernel, &spec.boot.initramfs, &cmdline);
         argv.push_console(&spec.console_log);
         argv.push_rng();
@@ -188,6 +192,24 @@ impl Argv {
         self.pair("-cpu", cpu_model(caps));
         self.pair("-m", format!("{memory_mib}M"));
         self.pair("-smp", vcpus.to_string());
+    }
+
+    /// Guest RAM from a file: the backend object, and the machine told to
+    /// use it. QEMU merges a second `-machine` into the first, so the base
+    /// options stay the same for every VM and the probe.
+    pub(crate) fn push_memory_file(&mut self, memory: &MemoryFile, memory_mib: u32) {
+        self.opt(
+            "-object",
+            OptList::new("memory-backend-file")
+                .set("id", MEMORY_BACKEND_ID)
+                .set("size", format!("{memory_mib}M"))
+                .set("mem-path", &memory.path)
+                .flag("share", memory.sharing == MemorySharing::Shared),
+        );
+        self.opt(
+            "-machine",
+            OptList::empty().set("memory-backend", MEMORY_BACKEND_ID),
+        );
     }
 
     /// Direct kernel boot. `-kernel`, `-initrd` and `-append` take their

@@ -256,6 +256,56 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+
+    /// The QMP socket could not be reached or broke.
+    #[error("QMP on {socket:?}: {action}: {source}")]
+    QmpIo {
+        /// The QMP socket.
+        socket: PathBuf,
+        /// What was being done (`connect`, `read`, `send`).
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The QMP peer said something that is not QMP.
+    #[error("QMP on {socket:?}: {reason}: is this socket served by QEMU?")]
+    QmpProtocol {
+        /// The QMP socket.
+        socket: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// QEMU refused a QMP command.
+    #[error("QMP command {command} failed: {class}: {desc}")]
+    QmpCommand {
+        /// The command.
+        command: String,
+        /// QEMU's error class (`GenericError`, `CommandNotFound`, ...).
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+
+    /// A QMP command or wait did not finish by its deadline.
+    #[error("QMP {what} did not finish by its deadline: the machine may be stuck or the host overloaded")]
+    QmpTimeout {
+        /// The command or the state awaited.
+        what: String,
+    },
+
+    /// A migration (saving or loading device state) ended in failure.
+    #[error("migration {direction} failed in state {status}: {detail}")]
+    MigrationFailed {
+        /// `save` or `load`.
+        direction: &'static str,
+        /// The last migration or run state.
+        status: String,
+        /// QEMU's error description, when it gave one.
+        detail: String,
+    },
 }
 
 impl QemuError {

@@ -17,8 +17,12 @@
 //!   not proof: nested KVMs often cannot run a guest). The KVM verdict is
 //!   cached on disk; `AIRLOCK_ACCEL` overrides it with a warning.
 //!
-//! It does not spawn or supervise VMs, talk QMP, or create overlays and
-//! sockets: the orchestrator (`airlock`) does, with this argv.
+//! - **QMP** ([`QmpClient`]): a small async client for the commands the
+//!   orchestrator needs (pause, resume, and saving and loading a memory
+//!   template's device state over a descriptor passed with `getfd`).
+//!
+//! It does not spawn or supervise VMs, or create overlays and sockets: the
+//! orchestrator (`airlock`) does, with this argv and this client.
 //!
 //! Layer: a leaf crate under the orchestrator; of Airlock it depends only
 //! on `airlock-sys-util` (ids, deadline runs, PATH lookup).
@@ -57,6 +61,7 @@ mod caps;
 mod error;
 mod opts;
 pub mod probe;
+pub mod qmp;
 mod spec;
 
 pub use accel::{choose_accel, parse_accel_override, AccelChoice, AccelVerdict};
@@ -65,10 +70,12 @@ pub use caps::{Accel, Arch, HostCaps, QemuVersion};
 pub use error::QemuError;
 pub use opts::escape_value;
 pub use probe::{probe_host, HostProber, HostReport, ProbeConfig};
+pub use qmp::QmpClient;
 pub use spec::{
     validate_vm_id, BootImages, DiskAccess, DiskFormat, ExtraDrive, ForwardProtocol, HostForward,
-    IncomingMigration, NetworkAttachment, RootDisk, VmSpec, CMD_PORT_NAME, DEFAULT_MEMORY_MIB,
-    EVENT_PORT_NAME, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET,
-    GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_DRIVE_SERIAL_BYTES, MAX_KERNEL_CMDLINE_BYTES,
-    MAX_MEMORY_MIB, MAX_SOCKET_PATH_BYTES, MAX_VCPUS, MIN_MEMORY_MIB, ROOT_SERIAL,
+    IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, RootDisk, VmSpec,
+    CMD_PORT_NAME, DEFAULT_MEMORY_MIB, EVENT_PORT_NAME, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ,
+    GUEST_MAC, GUEST_NET, GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_DRIVE_SERIAL_BYTES,
+    MAX_KERNEL_CMDLINE_BYTES, MAX_MEMORY_MIB, MAX_SOCKET_PATH_BYTES, MAX_VCPUS, MEMORY_BACKEND_ID,
+    MIN_MEMORY_MIB, ROOT_SERIAL,
 };

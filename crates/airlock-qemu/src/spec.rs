@@ -214,6 +214,35 @@ pub enum IncomingMigration {
     Defer,
 }
 
+/// How the guest's RAM maps its memory file ([`MemoryFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySharing {
+    /// `share=on`: the guest's writes reach the file. A template VM runs
+    /// so: when it is saved, its RAM is already in the file, and the
+    /// migration stream (with `x-ignore-shared`) holds only device state.
+    Shared,
+    /// `share=off`: a private copy-on-write mapping; the file is never
+    /// written. Every clone of a template runs so, and clones share the
+    /// pages they do not write. (Not `readonly=on`: on QEMU 7.2 that makes
+    /// the RAM a ROM; the `rom=` property that separates the two is 8.2.)
+    Private,
+}
+
+/// Guest RAM backed by a file (`-object memory-backend-file`), the base of
+/// VM templating (QEMU `docs/system/vm-templating.rst`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFile {
+    /// The file holding the guest's RAM (created and sized by QEMU when
+    /// missing; it must be exactly the guest memory size when it exists).
+    pub path: PathBuf,
+    /// Whether the guest's writes reach the file.
+    pub sharing: MemorySharing,
+}
+
+/// The QEMU id of the file-backed RAM: the migration stream names the RAM
+/// block by it, so a template and its clones must agree.
+pub const MEMORY_BACKEND_ID: &str = "airlock-mem";
+
 /// Everything one VM's QEMU command line is built from.
 ///
 /// [`VmSpec::new`] fills in the defaults and puts the per-VM files into the
@@ -251,6 +280,8 @@ pub struct VmSpec {
     pub extra_drives: Vec<ExtraDrive>,
     /// Restore from a snapshot instead of booting.
     pub incoming: Option<IncomingMigration>,
+    /// Guest RAM in a file instead of anonymous memory (templates).
+    pub memory_file: Option<MemoryFile>,
 }
 
 impl VmSpec {
@@ -278,6 +309,7 @@ impl VmSpec {
             network: NetworkAttachment::None,
             extra_drives: Vec::new(),
             incoming: None,
+            memory_file: None,
         }
     }
 
@@ -311,6 +343,9 @@ impl VmSpec {
             ("root overlay", &self.root.overlay),
             ("console log", &self.console_log),
         ];
+        if let Some(memory) = &self.memory_file {
+            files.push(("memory file", &memory.path));
+        }
         let mut sockets: Vec<(&'static str, &Path)> = vec![
             ("cmd socket", &self.cmd_socket),
             ("event socket", &self.event_socket),
@@ -854,6 +889,29 @@ mod tests {
             "tcp:127.0.0.1:8080-:80"
         );
         assert_eq!(udp.to_qemu(), "udp:127.0.0.1:5353-:53");
+    }
+
+    #[test]
+    fn a_memory_file_must_be_an_absolute_path_of_its_own() {
+        let with = |path: &str| VmSpec {
+            memory_file: Some(MemoryFile {
+                path: path.into(),
+                sharing: MemorySharing::Private,
+            }),
+            ..spec()
+        };
+        assert!(matches!(
+            with("memory").validate(),
+            Err(QemuError::RelativePath {
+                field: "memory file",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with("/work/vm-1/console.log").validate(),
+            Err(QemuError::DuplicatePath { .. })
+        ));
+        with("/templates/t/memory").validate().unwrap();
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use airlock_qemu::probe::kvm::probe_args;
 use airlock_qemu::{
     argv_to_lines, Accel, Arch, BootImages, DiskAccess, DiskFormat, ExtraDrive, HostCaps,
-    HostForward, IncomingMigration, NetworkAttachment, QemuArgs, QemuVersion, RootDisk, VmSpec,
+    HostForward, IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, QemuArgs,
+    QemuVersion, RootDisk, VmSpec,
 };
 use std::path::{Path, PathBuf};
 
@@ -95,6 +96,26 @@ fn cases() -> Vec<(String, String)> {
     };
     let argv = QemuArgs::build(&full, &plain_host).unwrap();
     cases.push(("x86_64-tcg-all-options".into(), argv_to_lines(&argv)));
+
+    // VM templating: the template writes its RAM to a shared file and
+    // waits to be saved; a clone maps the file privately and waits for its
+    // device state over QMP.
+    for (name, sharing) in [
+        ("template", MemorySharing::Shared),
+        ("clone", MemorySharing::Private),
+    ] {
+        let mut spec = spec(NetworkAttachment::None);
+        spec.memory_mib = 512;
+        spec.memory_file = Some(MemoryFile {
+            path: "/cache/templates/0123456789abcdef/memory".into(),
+            sharing,
+        });
+        if sharing == MemorySharing::Private {
+            spec.incoming = Some(IncomingMigration::Defer);
+        }
+        let argv = QemuArgs::build(&spec, &caps(Arch::X86_64, Accel::Tcg)).unwrap();
+        cases.push((format!("x86_64-tcg-{name}"), argv_to_lines(&argv)));
+    }
 
     // The KVM probe's boot.
     let probe = probe_args(

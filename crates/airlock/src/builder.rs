@@ -181,6 +181,7 @@ async fn run_steps(
     let ready_start = Instant::now();
     let agent = ctx.launcher.reach_agent(&plan, process, deadline).await?;
     timings.guest_ready_ms = ms(ready_start.elapsed());
+    timings.restore = agent.restore;
     tracing::info!(
         vm_id,
         launcher = ctx.launcher.name(),

@@ -40,6 +40,8 @@ pub enum Command {
     /// Show what the host offers (accelerator, QEMU, images, cgroups,
     /// gvproxy) and what to fix.
     Doctor,
+    /// Build, list or prune the memory templates `airlock run` restores.
+    Snapshot(crate::snapshot_cli::SnapshotArgs),
 }
 
 /// Arguments of `airlock run`.
@@ -91,6 +93,10 @@ pub struct RunArgs {
     /// Print the kernel and init log to stderr, and full error details.
     #[arg(long)]
     pub debug: bool,
+    /// Boot the VM from scratch instead of restoring the memory template
+    /// of its shape (runs with a network always boot cold).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 impl RunArgs {
@@ -253,6 +259,15 @@ pub fn main(cli: Cli) -> i32 {
                     interrupt::exit_status(stop)
                 }
             },
+            Command::Snapshot(args) => tokio::select! {
+                code = crate::snapshot_cli::run(args) => code,
+                stop = interrupts.first() => {
+                    // A template build's VM is torn down as its future drops.
+                    crate::process::registry().kill_all();
+                    eprintln!("airlock: interrupted ({stop})");
+                    interrupt::exit_status(stop)
+                }
+            },
         }
     })
 }
@@ -295,6 +310,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         // One run, one VM: creating its overlay on demand is cheaper than
         // filling a pool that would be thrown away.
         overlay_pool_target: 0,
+        restore_templates: !args.cold,
         ..Config::default()
     };
     let run_dir = config.run_dir.clone();
@@ -422,8 +438,14 @@ impl RunObserver for Terminal {
                     }
                 }));
             }
+            Stage::BuildingTemplate if self.progress => {
+                eprintln!(
+                    "airlock: building the {} memory template for this shape (once; later runs restore it)...",
+                    self.language
+                );
+            }
             Stage::Running | Stage::TearingDown => self.clear_progress(),
-            Stage::Booting => {}
+            Stage::Booting | Stage::BuildingTemplate => {}
         }
     }
 
@@ -464,7 +486,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(a) => a,
-            Command::Doctor => unreachable!(),
+            Command::Doctor | Command::Snapshot(_) => unreachable!(),
         }
     }
 

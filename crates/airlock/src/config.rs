@@ -59,6 +59,12 @@ pub struct Config {
     pub debug_console: bool,
     /// Test-only egress settings (fake resolver, private upstreams).
     pub egress_test: crate::network::EgressTestOverrides,
+    /// Where memory templates are stored (`<cache>/templates`).
+    pub templates_dir: PathBuf,
+    /// Runs without a network restore from the memory template of their
+    /// shape (built first when missing) instead of booting cold. Off by
+    /// default for the library; `airlock run` turns it on (`--cold` off).
+    pub restore_templates: bool,
 }
 
 impl Default for Config {
@@ -78,6 +84,8 @@ impl Default for Config {
             overlay_pool_target: max_concurrent_vms.min(8),
             debug_console: false,
             egress_test: crate::network::EgressTestOverrides::default(),
+            templates_dir: dirs.cache.join("templates"),
+            restore_templates: false,
         }
     }
 }

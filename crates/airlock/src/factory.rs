@@ -79,6 +79,11 @@ impl VmFactory {
         &self.config
     }
 
+    /// The guest images.
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
     /// The limits backend.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
@@ -93,11 +98,21 @@ impl VmFactory {
     /// [`crate::Error::ShutDown`], [`crate::Error::QueueTimeout`], or the
     /// last boot error.
     pub async fn boot(&self, options: &VmOptions) -> Result<Vm> {
+        self.boot_with(options, self.launcher.as_ref()).await
+    }
+
+    /// [`VmFactory::boot`] with another launcher (a restore from a memory
+    /// template, or a template's own boot): same slots, retries and
+    /// teardown.
+    ///
+    /// # Errors
+    /// As [`VmFactory::boot`].
+    pub async fn boot_with(&self, options: &VmOptions, launcher: &dyn Launcher) -> Result<Vm> {
         let slot = self.slots.acquire().await?;
         let ctx = BootContext {
             config: &self.config,
             images: &self.images,
-            launcher: self.launcher.as_ref(),
+            launcher,
             disks: self.disks.as_ref(),
             limiter: &self.limiter,
             accel: self.accel,

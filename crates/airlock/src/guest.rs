@@ -3,12 +3,13 @@
 //! (step 8 of "A VM's life" in `docs/architecture.md`).
 
 use crate::error::{Error, Result};
+use crate::launcher::MachinePlan;
 use crate::process::{console_tail, QemuProcess};
 use airlock_protocol::client::{AgentInfo, Client};
 use airlock_protocol::ProtocolError;
 use airlock_sys_util::{retry_until, Backoff, ChildExit};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
@@ -44,6 +45,38 @@ pub struct GuestPaths<'a> {
     pub console_log: &'a Path,
 }
 
+/// The files of [`GuestPaths`], owned: made from a machine's plan.
+#[derive(Debug, Clone)]
+pub struct GuestFiles {
+    vm_id: String,
+    cmd_socket: PathBuf,
+    event_socket: PathBuf,
+    console_log: PathBuf,
+}
+
+impl GuestFiles {
+    /// The agent's sockets and the console log in `plan`'s work dir.
+    pub fn of(plan: &MachinePlan) -> Self {
+        let workdir = &plan.workdir;
+        Self {
+            vm_id: plan.vm_id.clone(),
+            cmd_socket: workdir.cmd_socket(),
+            event_socket: workdir.event_socket(),
+            console_log: workdir.console_log(),
+        }
+    }
+
+    /// Borrowed, for [`wait_ready`] and [`race_death`].
+    pub fn paths(&self) -> GuestPaths<'_> {
+        GuestPaths {
+            vm_id: &self.vm_id,
+            cmd_socket: &self.cmd_socket,
+            event_socket: &self.event_socket,
+            console_log: &self.console_log,
+        }
+    }
+}
+
 /// A guest agent that answered: the channel to it and what it said.
 #[derive(Debug)]
 pub struct Agent {
@@ -51,6 +84,8 @@ pub struct Agent {
     pub client: Client,
     /// The agent's version.
     pub info: AgentInfo,
+    /// Where a restore's time went (`None` after a cold boot).
+    pub restore: Option<crate::template::restore::RestoreTimings>,
 }
 
 /// Races `agent` (which yields `None` once its deadline passed) against the
@@ -59,14 +94,14 @@ pub struct Agent {
 ///
 /// # Errors
 /// As above, or `agent`'s own error.
-pub async fn race_death<F>(
+pub async fn race_death<T, F>(
     paths: &GuestPaths<'_>,
     process: &mut QemuProcess,
     waited: Duration,
     agent: F,
-) -> Result<Agent>
+) -> Result<T>
 where
-    F: Future<Output = Result<Option<Agent>>>,
+    F: Future<Output = Result<Option<T>>>,
 {
     let outcome = tokio::select! {
         ready = agent => ready,
@@ -104,20 +139,36 @@ pub async fn wait_ready(
 ) -> Result<Agent> {
     let waited = deadline.saturating_duration_since(Instant::now());
     let pid = qemu.pid();
-    let connect_and_ping = async {
-        let cmd = connect(paths.cmd_socket, deadline).await;
-        let event = connect(paths.event_socket, deadline).await;
-        let (Some(cmd), Some(event)) = (cmd, event) else {
-            return Ok(None);
-        };
-        for (stream, path) in [(&cmd, paths.cmd_socket), (&event, paths.event_socket)] {
-            check_peer(stream, path, paths.vm_id, pid)?;
-        }
-        let client = Client::new(event, cmd);
-        let info = await_agent(&client, paths.vm_id, deadline).await?;
-        Ok::<_, Error>(info.map(|info| Agent { client, info }))
+    race_death(paths, qemu, waited, connect_agent(paths, pid, deadline)).await
+}
+
+/// Connects to the agent's sockets (served by the QEMU of pid `qemu_pid`)
+/// and waits for its answer; `None` when the deadline passed. Does not
+/// watch the machine: race it with [`race_death`].
+///
+/// # Errors
+/// [`Error::PeerMismatch`], or [`Error::Protocol`] for an agent with
+/// another protocol version.
+pub async fn connect_agent(
+    paths: &GuestPaths<'_>,
+    qemu_pid: u32,
+    deadline: Instant,
+) -> Result<Option<Agent>> {
+    let cmd = connect(paths.cmd_socket, deadline).await;
+    let event = connect(paths.event_socket, deadline).await;
+    let (Some(cmd), Some(event)) = (cmd, event) else {
+        return Ok(None);
     };
-    race_death(paths, qemu, waited, connect_and_ping).await
+    for (stream, path) in [(&cmd, paths.cmd_socket), (&event, paths.event_socket)] {
+        check_peer(stream, path, paths.vm_id, qemu_pid)?;
+    }
+    let client = Client::new(event, cmd);
+    let info = await_agent(&client, paths.vm_id, deadline).await?;
+    Ok(info.map(|info| Agent {
+        client,
+        info,
+        restore: None,
+    }))
 }
 
 /// Waits for the agent: its hello (sent when its port opens), or a pong
@@ -304,7 +355,7 @@ mod tests {
             &paths(&console),
             &mut process,
             Duration::from_millis(50),
-            async { Ok(None) },
+            async { Ok(None::<Agent>) },
         )
         .await
         .unwrap_err();

@@ -22,6 +22,10 @@ pub struct Images {
     pub rootfs: BTreeMap<Language, PathBuf>,
     /// Input hash per root disk (identifies the base for overlays).
     pub rootfs_hash: BTreeMap<Language, String>,
+    /// Hash of the kernel (part of a memory template's key).
+    pub kernel_hash: String,
+    /// Hash of the initramfs (part of a memory template's key).
+    pub initramfs_hash: String,
 }
 
 impl Images {
@@ -69,12 +73,16 @@ impl Images {
             rootfs.insert(language, p);
             rootfs_hash.insert(language, hash);
         }
+        let (kernel, kernel_hash) = file(KERNEL_KEY)?;
+        let (initramfs, initramfs_hash) = file(INITRAMFS_KEY)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            kernel: file(KERNEL_KEY)?.0,
-            initramfs: file(INITRAMFS_KEY)?.0,
+            kernel,
+            initramfs,
             rootfs,
             rootfs_hash,
+            kernel_hash,
+            initramfs_hash,
         })
     }
 

@@ -13,6 +13,9 @@
 //!   semaphore bounding live VMs, and a teardown that always runs.
 //! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
 //!   [`RunResult`] with output, exit code and a timing breakdown.
+//! - [`template`]: memory templates (`docs/templates.md`): a VM of one
+//!   shape saved once, restored in about a tenth of a second instead of a
+//!   boot, reseeded before any user code; `airlock snapshot` manages them.
 //!
 //! ```no_run
 //! use airlock::{Config, RunRequest, Scheduler};
@@ -47,10 +50,12 @@ mod request;
 mod retry;
 mod scheduler;
 mod slots;
+pub mod snapshot_cli;
 #[allow(unsafe_code)] // PR_SET_PDEATHSIG between fork and exec
 mod spawner;
 pub mod sweep;
 mod teardown;
+pub mod template;
 mod vm;
 mod workdir;
 

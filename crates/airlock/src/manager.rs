@@ -43,7 +43,7 @@ impl std::fmt::Debug for VmManager {
 
 /// Runs blocking work (small file-system scans, probes) off the runtime's
 /// worker threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     task: &'static str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
@@ -168,6 +168,23 @@ impl VmManager {
     /// [`Error::ShutDown`], [`Error::QueueTimeout`], or the last boot error.
     pub async fn boot(&self, options: &VmOptions) -> Result<Vm> {
         self.inner.factory.boot(options).await
+    }
+
+    /// [`VmManager::boot`] through another launcher (memory templates).
+    ///
+    /// # Errors
+    /// As [`VmManager::boot`].
+    pub(crate) async fn boot_with(
+        &self,
+        options: &VmOptions,
+        launcher: &dyn crate::launcher::Launcher,
+    ) -> Result<Vm> {
+        self.inner.factory.boot_with(options, launcher).await
+    }
+
+    /// The guest images in use.
+    pub fn images(&self) -> &Images {
+        self.inner.factory.images()
     }
 
     /// Refuses further boots, waits for the teardown of VMs that were

@@ -1,15 +1,18 @@
 //! The cold-boot [`Launcher`]: QEMU started from the kernel and initramfs,
 //! in its own process group inside the VM's limits group, then the agent
-//! awaited over the virtio-serial sockets.
+//! awaited over the virtio-serial sockets. A memory template's own boot is
+//! this launcher with its RAM in a shared file ([`QemuLauncher::for_template`]);
+//! [`spawn_spec`] is shared with the restore launcher.
 
 use crate::error::Result;
-use crate::guest::{self, Agent, GuestPaths};
+use crate::guest::{self, Agent, GuestFiles};
 use crate::host::Host;
 use crate::launcher::{BoxFuture, Launcher, MachinePlan};
 use crate::process::QemuProcess;
 use crate::qemu_spec::vm_spec;
 use airlock_limits::VmGroup;
-use airlock_qemu::{BootImages, QemuArgs};
+use airlock_qemu::{BootImages, MemoryFile, MemorySharing, QemuArgs, VmSpec};
+use std::path::PathBuf;
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -18,44 +21,67 @@ use tokio::time::Instant;
 pub struct QemuLauncher {
     host: Host,
     boot: BootImages,
+    /// The guest RAM goes to this file, shared (a memory template's boot).
+    template_memory: Option<PathBuf>,
 }
 
 impl QemuLauncher {
     /// A launcher booting `boot` with the QEMU and accelerator of `host`.
     pub fn new(host: Host, boot: BootImages) -> Self {
-        Self { host, boot }
+        Self {
+            host,
+            boot,
+            template_memory: None,
+        }
+    }
+
+    /// A launcher for a memory template's boot: the guest RAM is the file
+    /// `memory`, mapped shared, so it holds the RAM when the VM is saved.
+    pub fn for_template(host: Host, boot: BootImages, memory: PathBuf) -> Self {
+        Self {
+            template_memory: Some(memory),
+            ..Self::new(host, boot)
+        }
     }
 
     async fn spawn_qemu(&self, plan: &MachinePlan, group: &VmGroup) -> Result<QemuProcess> {
-        let argv = QemuArgs::build(&vm_spec(plan, &self.boot), &self.host.caps)?;
-        let mut cmd = Command::new(&self.host.qemu_binary);
-        cmd.args(&argv);
-        // QEMU joins its group between fork and exec: limited from its
-        // first instruction.
-        group.prepare_tokio_command(&mut cmd)?;
-        let qemu = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
-        tracing::debug!(vm_id = plan.vm_id, pid = qemu.pid(), "QEMU started");
-        Ok(qemu)
+        let mut spec = vm_spec(plan, &self.boot);
+        spec.memory_file = self.template_memory.as_ref().map(|path| MemoryFile {
+            path: path.clone(),
+            sharing: MemorySharing::Shared,
+        });
+        spawn_spec(&self.host, &spec, plan, group).await
     }
+}
 
+/// Spawns QEMU for `spec` (the machine of `plan`) inside `group`, its
+/// output drained (the builder records it in the work dir's owner record). Shared by the
+/// cold-boot and the restore launchers.
+pub(crate) async fn spawn_spec(
+    host: &Host,
+    spec: &VmSpec,
+    plan: &MachinePlan,
+    group: &VmGroup,
+) -> Result<QemuProcess> {
+    let argv = QemuArgs::build(spec, &host.caps)?;
+    let mut cmd = Command::new(&host.qemu_binary);
+    cmd.args(&argv);
+    // QEMU joins its group between fork and exec: limited from its
+    // first instruction.
+    group.prepare_tokio_command(&mut cmd)?;
+    let qemu = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
+    tracing::debug!(vm_id = plan.vm_id, pid = qemu.pid(), "QEMU started");
+    Ok(qemu)
+}
+
+impl QemuLauncher {
     async fn wait_agent(
         plan: &MachinePlan,
         qemu: &mut QemuProcess,
         deadline: Instant,
     ) -> Result<Agent> {
-        let workdir = &plan.workdir;
-        let (cmd_socket, event_socket, console_log) = (
-            workdir.cmd_socket(),
-            workdir.event_socket(),
-            workdir.console_log(),
-        );
-        let paths = GuestPaths {
-            vm_id: &plan.vm_id,
-            cmd_socket: &cmd_socket,
-            event_socket: &event_socket,
-            console_log: &console_log,
-        };
-        guest::wait_ready(&paths, qemu, deadline).await
+        let files = GuestFiles::of(plan);
+        guest::wait_ready(&files.paths(), qemu, deadline).await
     }
 }
 

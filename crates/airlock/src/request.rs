@@ -187,6 +187,10 @@ pub struct Timings {
     pub total_ms: u64,
     /// Boot attempts made (more than 1 after a transient failure).
     pub boot_attempts: u32,
+    /// The restore's breakdown of `guest_ready_ms` (state load, resume,
+    /// agent, reseed), when the VM was restored from a memory template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::template::restore::RestoreTimings>,
 }
 
 /// The phases of a run around the VM's boot, in milliseconds.
@@ -212,6 +216,7 @@ impl Timings {
             spawn_ms,
             guest_ready_ms,
             attempts,
+            restore,
         } = *boot;
         Self {
             validate_ms: phases.validate_ms,
@@ -224,6 +229,7 @@ impl Timings {
             teardown_ms: phases.teardown_ms,
             total_ms: phases.total_ms,
             boot_attempts: attempts,
+            restore,
         }
     }
 }
@@ -262,6 +268,7 @@ fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::template::restore::RestoreTimings;
 
     fn ok_request() -> RunRequest {
         RunRequest::new(Language::Python, "print(1)")
@@ -347,6 +354,12 @@ mod tests {
             spawn_ms: 3,
             guest_ready_ms: 4,
             attempts: 2,
+            restore: Some(RestoreTimings {
+                load_ms: 8,
+                resume_ms: 9,
+                agent_ms: 10,
+                reseed_ms: 11,
+            }),
         };
         let phases = RunPhases {
             validate_ms: 5,
@@ -368,6 +381,7 @@ mod tests {
                 teardown_ms: 7,
                 total_ms: 30,
                 boot_attempts: 2,
+                restore: boot.restore,
             }
         );
     }

@@ -5,14 +5,18 @@ use crate::error::Result;
 use crate::manager::VmManager;
 use crate::ms;
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
-use crate::vm::{OutputStream, VmOptions};
+use crate::template::{shape_of, Found, Templates};
+use crate::vm::{OutputStream, Vm, VmOptions};
 use airlock_protocol::ExecRequest;
 use std::time::Instant;
 
 /// What a run is doing, for progress displays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Waiting for a slot, taking an overlay, booting.
+    /// No memory template of the run's shape exists (or it was damaged):
+    /// one is being built (once per shape; it takes a cold boot and more).
+    BuildingTemplate,
+    /// Waiting for a slot, taking an overlay, booting (or restoring).
     Booting,
     /// The agent answered; the code is about to run.
     Running,
@@ -41,6 +45,7 @@ impl RunObserver for Discard {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     manager: VmManager,
+    templates: Templates,
 }
 
 impl Scheduler {
@@ -49,9 +54,16 @@ impl Scheduler {
     /// # Errors
     /// As [`VmManager::start`].
     pub async fn start(config: Config) -> Result<Self> {
+        let manager = VmManager::start(config).await?;
         Ok(Self {
-            manager: VmManager::start(config).await?,
+            templates: Templates::new(manager.clone()),
+            manager,
         })
+    }
+
+    /// The memory templates runs restore from.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
     }
 
     /// The VM manager underneath.
@@ -82,17 +94,14 @@ impl Scheduler {
         let start = Instant::now();
         request.validate()?;
         let validate_ms = ms(start.elapsed());
-        observer.stage(Stage::Booting);
-        let mut vm = self
-            .manager
-            .boot(&VmOptions {
-                tenant: request.tenant.clone(),
-                language: request.language,
-                memory_mib: request.memory_mib,
-                vcpus: request.vcpus,
-                network: request.network.clone(),
-            })
-            .await?;
+        let options = VmOptions {
+            tenant: request.tenant.clone(),
+            language: request.language,
+            memory_mib: request.memory_mib,
+            vcpus: request.vcpus,
+            network: request.network.clone(),
+        };
+        let mut vm = self.boot(&options, observer).await?;
         observer.exposed(vm.exposed());
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
@@ -136,5 +145,27 @@ impl Scheduler {
             usage: teardown.usage,
             network: teardown.network,
         })
+    }
+
+    /// Restores the VM from the template of its shape when templates are
+    /// on and the VM has no network (a clone cannot reconnect its network
+    /// device to a new gvproxy on QEMU 7.2: such runs boot cold); else
+    /// boots it cold.
+    async fn boot(&self, options: &VmOptions, observer: &mut dyn RunObserver) -> Result<Vm> {
+        let restore = self.manager.config().restore_templates
+            && options.network.mode() == airlock_gvproxy::NetworkMode::None;
+        if !restore {
+            observer.stage(Stage::Booting);
+            return self.manager.boot(options).await;
+        }
+        let template = match self.templates.find(shape_of(options)).await? {
+            Found::Ready(template) => template,
+            Found::Build { inputs, .. } => {
+                observer.stage(Stage::BuildingTemplate);
+                self.templates.build(&inputs).await?
+            }
+        };
+        observer.stage(Stage::Booting);
+        self.templates.boot_or_cold(options, &template).await
     }
 }

@@ -50,6 +50,10 @@ pub struct BootTimings {
     pub guest_ready_ms: u64,
     /// Attempts made.
     pub attempts: u32,
+    /// Where a restore from a memory template spent its part of
+    /// `guest_ready_ms` (`None` after a cold boot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::template::restore::RestoreTimings>,
 }
 
 /// Output of an exec, collected.

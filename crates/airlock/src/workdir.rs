@@ -107,8 +107,8 @@ impl WorkDir {
             .map_err(|e| Error::io("append to", &file, e))
     }
 
-    /// A work dir at `path`, not created (for tests of what is built from it).
-    #[cfg(test)]
+    /// A work dir at `path`, not created (for what is built from its paths
+    /// alone: tests, a memory template's fixed argv).
     pub(crate) fn at(path: PathBuf) -> Self {
         Self { path }
     }

@@ -75,6 +75,7 @@ impl FakeLauncher {
                 version: "fake".into(),
                 protocol: airlock_protocol::PROTOCOL_VERSION,
             },
+            restore: None,
         }
     }
 }
@@ -230,6 +231,8 @@ impl Setup {
             initramfs: run.path().join("initramfs"),
             rootfs,
             rootfs_hash: BTreeMap::new(),
+            kernel_hash: String::new(),
+            initramfs_hash: String::new(),
         };
         let launcher = FakeLauncher::new(script);
         let factory = VmFactory::new(FactoryParts {

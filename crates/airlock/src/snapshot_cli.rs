@@ -1,0 +1,195 @@
+//! `airlock snapshot build | list | prune`: the memory templates that
+//! `airlock run` restores from (`docs/templates.md`).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::request::DEFAULT_MEMORY_MIB;
+use crate::template::{Listed, TemplateShape, Templates};
+use crate::VmManager;
+use airlock_protocol::Language;
+use clap::{Args, Subcommand};
+use std::time::Duration;
+
+/// Arguments of `airlock snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// What to do with the memory templates.
+    #[command(subcommand)]
+    pub action: SnapshotAction,
+}
+
+/// The `airlock snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Build (or rebuild) the memory template of a shape.
+    Build {
+        /// python, javascript or raw.
+        #[arg(short, long, default_value = "python")]
+        language: String,
+        /// Guest memory in MiB.
+        #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
+        memory: u32,
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+    },
+    /// List the templates: shape, disk size, age, uses, and whether the
+    /// current images and QEMU can restore them.
+    List,
+    /// Remove the templates the current images and QEMU cannot restore
+    /// (other kernel, root disk, QEMU or agent), damaged ones, and
+    /// half-built ones.
+    Prune,
+}
+
+/// Runs `airlock snapshot`; returns the process exit status.
+pub async fn run(args: SnapshotArgs) -> i32 {
+    let config = Config {
+        overlay_pool_target: 0,
+        ..Config::default()
+    };
+    let manager = match VmManager::start(config).await {
+        Ok(m) => m,
+        Err(e) => return failed(&e),
+    };
+    let templates = Templates::new(manager.clone());
+    let status = match action(&templates, args.action).await {
+        Ok(()) => 0,
+        Err(e) => failed(&e),
+    };
+    manager.shutdown().await;
+    status
+}
+
+async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
+    match action {
+        SnapshotAction::Build {
+            language,
+            memory,
+            cpus,
+        } => {
+            let language = language
+                .parse::<Language>()
+                .map_err(|e| Error::invalid("language", e.to_string()))?;
+            let shape = TemplateShape {
+                language,
+                memory_mib: memory,
+                vcpus: cpus,
+            };
+            let inputs = templates.inputs(shape)?;
+            eprintln!("airlock: building the memory template for {shape}...");
+            // An explicit build replaces what is there.
+            let store = templates.store().clone();
+            let key = inputs.key();
+            crate::manager::blocking("remove a memory template", move || store.remove(&key))
+                .await?
+                .map_err(|e| Error::io("remove", templates.store().dir(&inputs.key()), e))?;
+            let template = templates.build(&inputs).await?;
+            println!(
+                "{}\t{} ms\t{}",
+                template.metadata.key,
+                template.metadata.build_ms,
+                template.dir.display()
+            );
+            Ok(())
+        }
+        SnapshotAction::List => {
+            let listed = listed(templates).await?;
+            println!("KEY\tSHAPE\tDISK\tAGE\tUSES\tSTATE");
+            for (entry, current) in listed {
+                let shape = entry
+                    .metadata
+                    .as_ref()
+                    .map_or_else(|_| "?".to_owned(), |m| m.inputs.shape.to_string());
+                println!(
+                    "{}\t{shape}\t{}\t{}\t{}\t{}",
+                    entry.key,
+                    mib(entry.disk_bytes),
+                    entry.age.map_or_else(|| "?".to_owned(), age),
+                    entry.uses,
+                    if current { "current" } else { "stale" }
+                );
+            }
+            Ok(())
+        }
+        SnapshotAction::Prune => {
+            let current: Vec<String> = listed(templates)
+                .await?
+                .into_iter()
+                .filter(|(_, current)| *current)
+                .map(|(entry, _)| entry.key)
+                .collect();
+            let store = templates.store().clone();
+            let root = store.root().to_path_buf();
+            let removed = crate::manager::blocking("prune memory templates", move || {
+                store.prune(|entry| current.contains(&entry.key))
+            })
+            .await?
+            .map_err(|e| Error::io("prune templates in", root, e))?;
+            for key in &removed {
+                println!("removed {key}");
+            }
+            eprintln!("airlock: {} template(s) removed", removed.len());
+            Ok(())
+        }
+    }
+}
+
+/// Every template, and whether it is the intact current template of its
+/// shape (same inputs as this host and these images would build).
+async fn listed(templates: &Templates) -> Result<Vec<(Listed, bool)>> {
+    let store = templates.store().clone();
+    let entries = crate::manager::blocking("list memory templates", move || store.list()).await?;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let current = match &entry.metadata {
+            Ok(metadata) => {
+                let shape = metadata.inputs.shape;
+                matches!(templates.find(shape).await, Ok(crate::template::Found::Ready(t)) if t.metadata.key == entry.key)
+            }
+            Err(_) => false,
+        };
+        out.push((entry, current));
+    }
+    Ok(out)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h", secs / 3600),
+        _ => format!("{} d", secs / 86_400),
+    }
+}
+
+fn failed(error: &Error) -> i32 {
+    eprintln!("airlock: error: {error}");
+    if let Some(hint) = error.hint() {
+        eprintln!("airlock: hint: {hint}");
+    }
+    crate::cli::EXIT_AIRLOCK_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_shown_in_the_largest_sensible_unit() {
+        assert_eq!(age(Duration::from_secs(5)), "5 s");
+        assert_eq!(age(Duration::from_secs(600)), "10 min");
+        assert_eq!(age(Duration::from_secs(3 * 3600)), "3 h");
+        assert_eq!(age(Duration::from_secs(3 * 86_400)), "3 d");
+    }
+
+    #[test]
+    fn sizes_are_mebibytes() {
+        assert_eq!(mib(60 << 20), "60.0 MiB");
+    }
+}

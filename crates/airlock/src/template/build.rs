@@ -1,0 +1,119 @@
+//! Building a template: a VM of the shape booted through the normal
+//! builder with its RAM in a shared file, its interpreter warmed, then
+//! paused and its device state saved over QMP (`x-ignore-shared`: the RAM
+//! is already in the file), then ended. The files are made in a staging
+//! dir and renamed into the store whole.
+
+use super::key::TemplateInputs;
+use super::store::{Template, TemplateStore, MEMORY_FILE, STATE_FILE};
+use crate::error::{Error, Result};
+use crate::manager::{blocking, VmManager};
+use crate::network::NetworkRequest;
+use crate::qemu_launcher::QemuLauncher;
+use crate::vm::{Vm, VmOptions};
+use airlock_qemu::{BootImages, QmpClient};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The limits-group tenant of template VMs.
+const TEMPLATE_TENANT: &str = "templates";
+/// Longest wait for the interpreter's warm-up run.
+const WARM_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for pausing and saving the device state.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the template of `inputs` into `store` and returns it, checked.
+///
+/// # Errors
+/// The boot's error, [`Error::Protocol`] when the warm-up fails,
+/// [`Error::Qemu`] when the save fails, [`Error::Io`] for the files.
+pub async fn build(
+    manager: &VmManager,
+    store: &TemplateStore,
+    inputs: &TemplateInputs,
+) -> Result<Template> {
+    let started = Instant::now();
+    let key = inputs.key();
+    let staging = {
+        let (owned, key) = (store.clone(), key.clone());
+        blocking("create a template staging dir", move || owned.staging(&key))
+            .await?
+            .map_err(|e| Error::io("create a staging dir under", store.root(), e))?
+    };
+    let built = boot_and_save(manager, inputs, &staging).await;
+    if let Err(e) = built {
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        return Err(e);
+    }
+    let (store, inputs_owned, staging_owned) = (store.clone(), inputs.clone(), staging.clone());
+    let build_time = started.elapsed();
+    let template = blocking("install a template", move || {
+        store.install(&staging_owned, &inputs_owned, build_time)
+    })
+    .await?
+    .map_err(|e| Error::io("install the template from", &staging, e))?;
+    tracing::info!(
+        template = key,
+        build_ms = template.metadata.build_ms,
+        state_bytes = template.metadata.state_bytes,
+        "memory template built"
+    );
+    Ok(template)
+}
+
+async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &Path) -> Result<()> {
+    let images = manager.images();
+    let launcher = QemuLauncher::for_template(
+        manager.host().clone(),
+        BootImages {
+            kernel: images.kernel.clone(),
+            initramfs: images.initramfs.clone(),
+        },
+        staging.join(MEMORY_FILE),
+    );
+    let options = VmOptions {
+        tenant: TEMPLATE_TENANT.into(),
+        language: inputs.shape.language,
+        memory_mib: inputs.shape.memory_mib,
+        vcpus: inputs.shape.vcpus,
+        network: NetworkRequest::default(),
+    };
+    let mut vm = manager.boot_with(&options, &launcher).await?;
+    let saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;
+    let report = vm.destroy().await;
+    for problem in &report.problems {
+        tracing::warn!(vm_id = report.vm_id, problem, "teardown of a template VM");
+    }
+    saved
+}
+
+/// Warms the interpreter, pauses the VM and saves its device state.
+async fn warm_and_save(vm: &Vm, state: &Path) -> Result<()> {
+    let completion = vm
+        .client()?
+        .warm_repl(vm.language(), WARM_TIMEOUT)
+        .await
+        .map_err(|source| Error::Protocol {
+            vm_id: vm.id().to_owned(),
+            source,
+        })?;
+    if completion.exit_code != 0 {
+        tracing::warn!(
+            vm_id = vm.id(),
+            exit_code = completion.exit_code,
+            "the template's interpreter warm-up failed; saving it cold"
+        );
+    }
+    let deadline = Instant::now() + SAVE_TIMEOUT;
+    let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline).await?;
+    qmp.stop(deadline).await?;
+    let file = tokio::fs::File::create(state)
+        .await
+        .map_err(|e| Error::io("create", state, e))?
+        .into_std()
+        .await;
+    qmp.save_device_state(file.as_fd(), deadline).await?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! What a template must match to be restored, and the key it is stored
+//! under (pure: no file is touched).
+
+use airlock_protocol::Language;
+use serde::{Deserialize, Serialize};
+
+/// Version of the template layout and of what goes into its key; bumped
+/// when either changes, so older templates are never taken for new ones.
+pub const TEMPLATE_FORMAT: u32 = 1;
+
+/// The shape of the VMs a template serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TemplateShape {
+    /// The root disk and interpreter.
+    pub language: Language,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+}
+
+impl std::fmt::Display for TemplateShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} MiB {} vCPU",
+            self.language, self.memory_mib, self.vcpus
+        )
+    }
+}
+
+/// Everything a clone's machine must share with its template: any change
+/// gives another key, so a template of another kernel, root disk, QEMU or
+/// agent is never restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateInputs {
+    /// [`TEMPLATE_FORMAT`].
+    pub format: u32,
+    /// The VM shape.
+    pub shape: TemplateShape,
+    /// Hash of the kernel (images manifest).
+    pub kernel_hash: String,
+    /// Hash of the initramfs (images manifest).
+    pub initramfs_hash: String,
+    /// Hash of the language's root disk (images manifest); the agent is on
+    /// it.
+    pub rootfs_hash: String,
+    /// The QEMU version (`7.2.0`).
+    pub qemu_version: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Hash of the clone's argv with its per-VM paths fixed: the device
+    /// set and options (a template and its clones must have the same).
+    pub argv_hash: String,
+    /// The host<->agent protocol version.
+    pub protocol: u32,
+    /// This orchestrator's version.
+    pub airlock_version: String,
+}
+
+impl TemplateInputs {
+    /// The key: `<language>-<memory>m-<vcpus>c-<16 hex digits of the
+    /// sha256 of the inputs>`, readable and content-addressed.
+    pub fn key(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let digest = airlock_protocol::client::sha256_hex(&canonical);
+        format!(
+            "{}-{}m-{}c-{}",
+            self.shape.language,
+            self.shape.memory_mib,
+            self.shape.vcpus,
+            &digest[..16]
+        )
+    }
+}
+
+/// Inputs with placeholder hashes, for tests.
+#[cfg(test)]
+pub(crate) fn test_inputs(language: Language, memory_mib: u32) -> TemplateInputs {
+    TemplateInputs {
+        format: TEMPLATE_FORMAT,
+        shape: TemplateShape {
+            language,
+            memory_mib,
+            vcpus: 1,
+        },
+        kernel_hash: "k".into(),
+        initramfs_hash: "i".into(),
+        rootfs_hash: "r".into(),
+        qemu_version: "7.2.0".into(),
+        accel: "tcg".into(),
+        argv_hash: "a".into(),
+        protocol: 2,
+        airlock_version: "0.1.0".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> TemplateInputs {
+        test_inputs(Language::Python, 512)
+    }
+
+    #[test]
+    fn the_key_names_the_shape_and_is_stable() {
+        let key = inputs().key();
+        assert!(key.starts_with("python-512m-1c-"), "{key}");
+        assert_eq!(key.len(), "python-512m-1c-".len() + 16);
+        assert_eq!(key, inputs().key());
+        airlock_sys_util::check_id(&key).unwrap();
+    }
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let base = inputs().key();
+        let changed: Vec<TemplateInputs> = vec![
+            TemplateInputs {
+                kernel_hash: "k2".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                initramfs_hash: "i2".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                rootfs_hash: "r2".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                qemu_version: "8.2.0".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                accel: "kvm".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                argv_hash: "a2".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                protocol: 3,
+                ..inputs()
+            },
+            TemplateInputs {
+                airlock_version: "0.2.0".into(),
+                ..inputs()
+            },
+            TemplateInputs {
+                format: TEMPLATE_FORMAT + 1,
+                ..inputs()
+            },
+            TemplateInputs {
+                shape: TemplateShape {
+                    vcpus: 2,
+                    ..inputs().shape
+                },
+                ..inputs()
+            },
+        ];
+        for other in changed {
+            assert_ne!(other.key(), base, "{other:?}");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Memory templates (QEMU's VM templating, `docs/templates.md`): a VM of
+//! one shape booted once to "agent ready, interpreter warm", paused and
+//! saved, its guest RAM a file; every later VM of the shape is a clone
+//! that maps the file privately (copy-on-write) and loads only the device
+//! state, instead of booting.
+//!
+//! - [`key`]: what a template must match (images, QEMU, argv, shape,
+//!   protocol) and the key it is stored under;
+//! - [`store`]: the files under `<cache>/templates/<key>/`, written
+//!   atomically and checked before each use;
+//! - [`build`]: a template's boot, warm-up and save;
+//! - [`restore`]: the [`RestoreLauncher`], the second implementation of
+//!   `Launcher`: slots, retries and teardown are those
+//!   of every VM.
+//!
+//! [`Templates`] ties them to a [`VmManager`].
+
+pub mod build;
+pub mod key;
+pub mod restore;
+pub mod store;
+
+pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
+pub use restore::{clone_spec, RestoreLauncher};
+pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
+
+use crate::error::{Error, Result};
+use crate::launcher::MachinePlan;
+use crate::manager::{blocking, VmManager};
+use crate::vm::{Vm, VmOptions};
+use crate::workdir::WorkDir;
+use airlock_protocol::client::sha256_hex;
+use airlock_qemu::{argv_to_lines, BootImages, HostCaps, QemuArgs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What [`Templates::find`] found for a shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A checked template.
+    Ready(Template),
+    /// None usable: build one with [`Templates::build`].
+    Build {
+        /// What it must be built from.
+        inputs: TemplateInputs,
+        /// Why the one in the store was refused (`None`: there was none).
+        damaged: Option<String>,
+    },
+}
+
+/// The memory templates of one [`VmManager`]: found, built, restored.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    manager: VmManager,
+    store: TemplateStore,
+    /// One build at a time in this process (two runs of one missing shape
+    /// build it once).
+    building: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Templates {
+    /// The templates of `manager`, stored in its configured
+    /// `templates_dir`.
+    pub fn new(manager: VmManager) -> Self {
+        let store = TemplateStore::new(manager.config().templates_dir.clone());
+        Self {
+            manager,
+            store,
+            building: Arc::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &TemplateStore {
+        &self.store
+    }
+
+    /// What the template of `shape` must match on this host and images.
+    ///
+    /// # Errors
+    /// [`Error::ImagesMissing`] without a root disk for the language;
+    /// [`Error::Qemu`] for a shape QEMU refuses.
+    pub fn inputs(&self, shape: TemplateShape) -> Result<TemplateInputs> {
+        let images = self.manager.images();
+        let rootfs_hash = images
+            .rootfs_hash
+            .get(&shape.language)
+            .cloned()
+            .ok_or_else(|| Error::ImagesMissing {
+                dir: images.dir.clone(),
+                what: format!("no root disk for {}", shape.language),
+            })?;
+        let caps = &self.manager.host().caps;
+        Ok(TemplateInputs {
+            format: TEMPLATE_FORMAT,
+            shape,
+            kernel_hash: images.kernel_hash.clone(),
+            initramfs_hash: images.initramfs_hash.clone(),
+            rootfs_hash,
+            qemu_version: caps.qemu_version.to_string(),
+            accel: caps.accel.as_str().to_owned(),
+            argv_hash: argv_hash(shape, caps)?,
+            protocol: airlock_protocol::PROTOCOL_VERSION,
+            airlock_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    /// Looks up the template of `shape` and checks it. A damaged or
+    /// mismatched one is reported (and logged as a warning), never
+    /// returned.
+    ///
+    /// # Errors
+    /// As [`Templates::inputs`].
+    pub async fn find(&self, shape: TemplateShape) -> Result<Found> {
+        let inputs = self.inputs(shape)?;
+        let (store, looked_up) = (self.store.clone(), inputs.clone());
+        let found = blocking("check a memory template", move || store.lookup(&looked_up)).await?;
+        Ok(match found {
+            Lookup::Ready(template) => Found::Ready(*template),
+            Lookup::Missing => Found::Build {
+                inputs,
+                damaged: None,
+            },
+            Lookup::Damaged(reason) => {
+                tracing::warn!(
+                    template = inputs.key(),
+                    reason,
+                    "memory template damaged or mismatched: rebuilding it"
+                );
+                Found::Build {
+                    inputs,
+                    damaged: Some(reason),
+                }
+            }
+        })
+    }
+
+    /// Builds the template of `inputs` (replacing a damaged one), unless a
+    /// good one appeared while this waited for another build.
+    ///
+    /// # Errors
+    /// The template boot's or save's error.
+    pub async fn build(&self, inputs: &TemplateInputs) -> Result<Template> {
+        let _one_at_a_time = self.building.lock().await;
+        if let Found::Ready(template) = self.find(inputs.shape).await? {
+            return Ok(template);
+        }
+        let (store, key) = (self.store.clone(), inputs.key());
+        blocking("remove a damaged memory template", move || {
+            store.remove(&key)
+        })
+        .await?
+        .map_err(|e| Error::io("remove", self.store.dir(&inputs.key()), e))?;
+        build::build(&self.manager, &self.store, inputs).await
+    }
+
+    /// The template of `shape`, built first when missing or damaged.
+    ///
+    /// # Errors
+    /// As [`Templates::find`] and [`Templates::build`].
+    pub async fn ensure(&self, shape: TemplateShape) -> Result<Template> {
+        match self.find(shape).await? {
+            Found::Ready(template) => Ok(template),
+            Found::Build { inputs, .. } => self.build(&inputs).await,
+        }
+    }
+
+    /// A VM restored from `template` (which must be of `options`' shape,
+    /// without a network): the manager's slots, retries and teardown, the
+    /// restore launcher.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the shapes differ or a network is
+    /// asked for, or as [`VmManager::boot`].
+    pub async fn boot(&self, options: &VmOptions, template: &Template) -> Result<Vm> {
+        if options.network.mode() != airlock_gvproxy::NetworkMode::None {
+            return Err(Error::invalid(
+                "network",
+                "a VM with a network cannot be restored from a memory template (QEMU 7.2 \
+                 cannot reconnect its network device): boot it cold",
+            ));
+        }
+        let shape = template.metadata.inputs.shape;
+        if shape != shape_of(options) {
+            return Err(Error::invalid(
+                "template",
+                format!(
+                    "template {} is for {shape}, not for this VM",
+                    template.metadata.key
+                ),
+            ));
+        }
+        let images = self.manager.images();
+        let launcher = RestoreLauncher::new(
+            self.manager.host().clone(),
+            BootImages {
+                kernel: images.kernel.clone(),
+                initramfs: images.initramfs.clone(),
+            },
+            template.clone(),
+        );
+        let vm = self.manager.boot_with(options, &launcher).await?;
+        let used = template.clone();
+        let counted = blocking("count a template use", move || {
+            TemplateStore::record_use(&used)
+        })
+        .await?;
+        if let Err(e) = counted {
+            tracing::debug!(template = template.metadata.key, error = %e, "use not counted");
+        }
+        Ok(vm)
+    }
+}
+
+impl Templates {
+    /// [`Templates::boot`], falling back to a cold boot when the restore
+    /// itself fails (QEMU refused the state, the clone died or hung, the
+    /// agent did not answer): the template is then removed with a
+    /// warning, so that the next run rebuilds it rather than trying it
+    /// again. Other errors (no slot, shut down) are returned as they are.
+    ///
+    /// # Errors
+    /// As [`VmManager::boot`].
+    pub async fn boot_or_cold(&self, options: &VmOptions, template: &Template) -> Result<Vm> {
+        let error = match self.boot(options, template).await {
+            Ok(vm) => return Ok(vm),
+            Err(e) if !restore_failed(&e) => return Err(e),
+            Err(e) => e,
+        };
+        let key = template.metadata.key.clone();
+        tracing::warn!(
+            template = key,
+            error = %error,
+            "restoring the memory template failed: booting cold; it will be rebuilt"
+        );
+        let store = self.store.clone();
+        let removed = blocking("remove a memory template", move || store.remove(&key)).await?;
+        if let Err(e) = removed {
+            tracing::warn!(template = template.metadata.key, error = %e, "cannot remove the template");
+        }
+        self.manager.boot(options).await
+    }
+}
+
+/// Whether `error` says the restore went wrong (rather than the host or
+/// the request).
+fn restore_failed(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Qemu(_) | Error::VmDied { .. } | Error::BootTimeout { .. } | Error::Protocol { .. }
+    )
+}
+
+/// The template shape of a VM.
+pub fn shape_of(options: &VmOptions) -> TemplateShape {
+    TemplateShape {
+        language: options.language,
+        memory_mib: options.memory_mib,
+        vcpus: options.vcpus,
+    }
+}
+
+/// Hash of a clone's argv for `shape` on `caps`, its per-VM paths fixed:
+/// it changes when the device set or any option changes.
+fn argv_hash(shape: TemplateShape, caps: &HostCaps) -> Result<String> {
+    let fixed = PathBuf::from("/airlock/template");
+    let plan = MachinePlan {
+        vm_id: "template".into(),
+        memory_mib: shape.memory_mib,
+        vcpus: shape.vcpus,
+        workdir: WorkDir::at(fixed.join("vm")),
+        root_base: fixed.join("rootfs.qcow2"),
+        network_socket: None,
+        verbose_console: false,
+    };
+    let boot = BootImages {
+        kernel: fixed.join("kernel"),
+        initramfs: fixed.join("initramfs"),
+    };
+    let spec = clone_spec(&plan, &boot, &fixed.join("memory"));
+    let argv = QemuArgs::build(&spec, caps)?;
+    Ok(sha256_hex(argv_to_lines(&argv).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_protocol::Language;
+    use airlock_qemu::{Accel, Arch, QemuVersion};
+
+    fn caps() -> HostCaps {
+        HostCaps {
+            arch: Arch::X86_64,
+            accel: Accel::Tcg,
+            qemu_version: QemuVersion::new(7, 2, 0),
+            io_uring: true,
+            tsc_khz: Some(2_000_000),
+        }
+    }
+
+    fn shape(memory_mib: u32) -> TemplateShape {
+        TemplateShape {
+            language: Language::Python,
+            memory_mib,
+            vcpus: 1,
+        }
+    }
+
+    #[test]
+    fn the_argv_hash_follows_the_machine_and_the_host() {
+        let base = argv_hash(shape(512), &caps()).unwrap();
+        assert_eq!(base, argv_hash(shape(512), &caps()).unwrap());
+        assert_ne!(base, argv_hash(shape(256), &caps()).unwrap());
+        let other_tsc = HostCaps {
+            tsc_khz: Some(3_000_000),
+            ..caps()
+        };
+        assert_ne!(base, argv_hash(shape(512), &other_tsc).unwrap());
+        let no_io_uring = HostCaps {
+            io_uring: false,
+            ..caps()
+        };
+        assert_ne!(base, argv_hash(shape(512), &no_io_uring).unwrap());
+    }
+}

@@ -1,0 +1,239 @@
+//! The restore `Launcher`: QEMU started over a template's memory file
+//! (mapped privately, copy-on-write) with `-incoming defer`; over QMP the
+//! device state is loaded and the vCPUs resumed; then the agent is reached
+//! as after a cold boot, and reseeded (fresh entropy, the host's clock)
+//! before anything else runs in it.
+
+use super::store::Template;
+use crate::error::{Error, Result};
+use crate::guest::{self, Agent, GuestFiles};
+use crate::host::Host;
+use crate::launcher::{BoxFuture, Launcher, MachinePlan};
+use crate::ms;
+use crate::process::QemuProcess;
+use crate::qemu_launcher::spawn_spec;
+use crate::qemu_spec::vm_spec;
+use airlock_limits::VmGroup;
+use airlock_qemu::{BootImages, IncomingMigration, MemoryFile, MemorySharing, QmpClient, VmSpec};
+use rand::RngCore;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Fresh entropy sent to every clone (the protocol's minimum is 32).
+pub const RESEED_ENTROPY_BYTES: usize = 64;
+/// Longest wait for the agent's answer to the reseed.
+const RESEED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The clone's QEMU spec: the cold-boot spec of `plan`, its RAM the
+/// template's `memory` file mapped privately, waiting for its state.
+pub fn clone_spec(plan: &MachinePlan, boot: &BootImages, memory: &Path) -> VmSpec {
+    let mut spec = vm_spec(plan, boot);
+    spec.memory_file = Some(MemoryFile {
+        path: memory.to_path_buf(),
+        sharing: MemorySharing::Private,
+    });
+    spec.incoming = Some(IncomingMigration::Defer);
+    spec
+}
+
+/// Restores VMs from one checked template.
+#[derive(Debug, Clone)]
+pub struct RestoreLauncher {
+    host: Host,
+    boot: BootImages,
+    template: Template,
+}
+
+/// Where a restore's time went, in milliseconds (in the VM's
+/// [`crate::BootTimings`] and a run's [`crate::Timings`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreTimings {
+    /// QMP connected and the device state loaded.
+    pub load_ms: u64,
+    /// `cont`.
+    pub resume_ms: u64,
+    /// The agent answered after the resume.
+    pub agent_ms: u64,
+    /// Entropy and clock sent and applied.
+    pub reseed_ms: u64,
+}
+
+impl RestoreLauncher {
+    /// A launcher restoring `template` with the QEMU of `host`.
+    pub fn new(host: Host, boot: BootImages, template: Template) -> Self {
+        Self {
+            host,
+            boot,
+            template,
+        }
+    }
+
+    async fn spawn_clone(&self, plan: &MachinePlan, group: &VmGroup) -> Result<QemuProcess> {
+        let spec = clone_spec(plan, &self.boot, &self.template.memory_file());
+        spawn_spec(&self.host, &spec, plan, group).await
+    }
+
+    async fn restore(
+        &self,
+        plan: &MachinePlan,
+        process: &mut QemuProcess,
+        deadline: Instant,
+    ) -> Result<Agent> {
+        let files = GuestFiles::of(plan);
+        let paths = files.paths();
+        let waited = deadline.saturating_duration_since(Instant::now());
+        let pid = process.pid();
+        let mut timings = RestoreTimings::default();
+        let start = Instant::now();
+        let resumed = guest::race_death(&paths, process, waited, async {
+            self.load_and_resume(plan, deadline, &mut timings).await?;
+            Ok(Some(()))
+        })
+        .await;
+        resumed?;
+        let agent_start = Instant::now();
+        let mut agent = guest::race_death(
+            &paths,
+            process,
+            waited,
+            guest::connect_agent(&paths, pid, deadline),
+        )
+        .await?;
+        timings.agent_ms = ms(agent_start.elapsed());
+        let reseed_start = Instant::now();
+        reseed(&agent, &plan.vm_id).await?;
+        timings.reseed_ms = ms(reseed_start.elapsed());
+        tracing::info!(
+            vm_id = plan.vm_id,
+            template = self.template.metadata.key,
+            load_ms = timings.load_ms,
+            resume_ms = timings.resume_ms,
+            agent_ms = timings.agent_ms,
+            reseed_ms = timings.reseed_ms,
+            total_ms = ms(start.elapsed()),
+            "restored from a memory template"
+        );
+        agent.restore = Some(timings);
+        Ok(agent)
+    }
+
+    async fn load_and_resume(
+        &self,
+        plan: &MachinePlan,
+        deadline: Instant,
+        timings: &mut RestoreTimings,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let state_path = self.template.state_file();
+        let state = tokio::fs::File::open(&state_path)
+            .await
+            .map_err(|e| Error::io("open", &state_path, e))?
+            .into_std()
+            .await;
+        let mut qmp = QmpClient::connect(&plan.workdir.qmp_socket(), deadline).await?;
+        qmp.load_device_state(state.as_fd(), deadline).await?;
+        timings.load_ms = ms(start.elapsed());
+        let resume = Instant::now();
+        qmp.cont(deadline).await?;
+        timings.resume_ms = ms(resume.elapsed());
+        Ok(())
+    }
+}
+
+/// Sends fresh entropy and the host's clock to a restored agent.
+async fn reseed(agent: &Agent, vm_id: &str) -> Result<()> {
+    let mut entropy = [0u8; RESEED_ENTROPY_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut entropy);
+    let now_ns = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let (credited, step_ms) = agent
+        .client
+        .reseed(&entropy, now_ns, RESEED_TIMEOUT)
+        .await
+        .map_err(|source| Error::Protocol {
+            vm_id: vm_id.to_owned(),
+            source,
+        })?;
+    tracing::debug!(vm_id, credited, clock_step_ms = step_ms, "guest reseeded");
+    Ok(())
+}
+
+impl Launcher for RestoreLauncher {
+    fn name(&self) -> &'static str {
+        "qemu-template-restore"
+    }
+
+    fn spawn<'a>(
+        &'a self,
+        plan: &'a MachinePlan,
+        group: &'a VmGroup,
+    ) -> BoxFuture<'a, Result<QemuProcess>> {
+        Box::pin(self.spawn_clone(plan, group))
+    }
+
+    fn reach_agent<'a>(
+        &'a self,
+        plan: &'a MachinePlan,
+        process: &'a mut QemuProcess,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Agent>> {
+        Box::pin(self.restore(plan, process, deadline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workdir::WorkDir;
+    use std::path::PathBuf;
+
+    fn plan() -> MachinePlan {
+        MachinePlan {
+            vm_id: "0123456789abcdef".into(),
+            memory_mib: 512,
+            vcpus: 1,
+            workdir: WorkDir::at(PathBuf::from("/run/airlock/vms/0123456789abcdef")),
+            root_base: PathBuf::from("/images/rootfs-python.qcow2"),
+            network_socket: None,
+            verbose_console: false,
+        }
+    }
+
+    fn boot() -> BootImages {
+        BootImages {
+            kernel: "/images/bzImage".into(),
+            initramfs: "/images/initramfs".into(),
+        }
+    }
+
+    #[test]
+    fn a_clone_maps_the_template_memory_privately_and_waits_for_its_state() {
+        let memory = Path::new("/cache/templates/t/memory");
+        let spec = clone_spec(&plan(), &boot(), memory);
+        assert_eq!(
+            spec.memory_file,
+            Some(MemoryFile {
+                path: memory.to_path_buf(),
+                sharing: MemorySharing::Private,
+            })
+        );
+        assert_eq!(spec.incoming, Some(IncomingMigration::Defer));
+    }
+
+    #[test]
+    fn a_clone_differs_from_the_cold_boot_only_in_memory_and_incoming() {
+        let cold = vm_spec(&plan(), &boot());
+        let clone = clone_spec(&plan(), &boot(), Path::new("/t/memory"));
+        assert_eq!(
+            VmSpec {
+                memory_file: None,
+                incoming: None,
+                ..clone
+            },
+            cold
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Memory templates end to end, on real VMs: a run restores from the
+//! template of its shape (building it first), behaves as a cold run,
+//! gets its own entropy and the host's clock, and a damaged template is
+//! rebuilt, never restored.
+//!
+//! Each test has its own templates dir (a temp dir: the shared images and
+//! probe cache are used as they are) and shares its template between its
+//! assertions.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use airlock::template::{Found, TemplateShape};
+use airlock::{Config, OutputStream, RunObserver, RunRequest, RunResult, Scheduler, Stage};
+use airlock_protocol::Language;
+use airlock_tests::{images_or_skip, qemu_processes_mentioning};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Records the stages a run went through.
+#[derive(Default)]
+struct Stages(Vec<Stage>);
+
+impl RunObserver for Stages {
+    fn stage(&mut self, stage: Stage) {
+        self.0.push(stage);
+    }
+    fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+async fn scheduler(templates_dir: &Path, restore: bool) -> Scheduler {
+    Scheduler::start(Config {
+        templates_dir: templates_dir.to_path_buf(),
+        restore_templates: restore,
+        overlay_pool_target: 0,
+        ..Config::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn request(language: Language, code: &str) -> RunRequest {
+    RunRequest::new(language, code)
+}
+
+/// Runs `code` and returns the result and whether a template was built.
+async fn run(scheduler: &Scheduler, language: Language, code: &str) -> (RunResult, bool) {
+    let mut stages = Stages::default();
+    let result = scheduler
+        .run_observed(request(language, code), &mut stages)
+        .await
+        .unwrap();
+    (result, stages.0.contains(&Stage::BuildingTemplate))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn shape(language: Language) -> TemplateShape {
+    let defaults = RunRequest::new(language, "");
+    TemplateShape {
+        language,
+        memory_mib: defaults.memory_mib,
+        vcpus: defaults.vcpus,
+    }
+}
+
+/// Python: the first run builds the template, later runs restore it and
+/// match a cold run (output, exit code, timeout); two clones restored at
+/// once draw different random bytes; the clock is the host's although the
+/// template was saved seconds earlier; a truncated state file makes the
+/// next run rebuild the template instead of restoring it.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_restores_like_a_cold_boot_with_its_own_entropy_and_the_host_clock() {
+    let Some(_) = images_or_skip("python_restores") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let restoring = scheduler(dir.path(), true).await;
+    let cold = scheduler(dir.path(), false).await;
+    let code = "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\nsys.exit(3)";
+
+    // The first run builds the template, then restores it.
+    let (first, built) = run(&restoring, Language::Python, code).await;
+    assert!(built, "no template existed: the run must build one");
+    let found = restoring
+        .templates()
+        .find(shape(Language::Python))
+        .await
+        .unwrap();
+    let Found::Ready(template) = found else {
+        panic!("the template is not in the store after the build: {found:?}");
+    };
+    let saved_at = unix_now();
+
+    // A restored run behaves as a cold one.
+    let (restored, built) = run(&restoring, Language::Python, code).await;
+    assert!(!built, "the template exists: it must be restored");
+    let (cold_run, _) = run(&cold, Language::Python, code).await;
+    for result in [&first, &restored] {
+        assert_eq!(text(&result.stdout), text(&cold_run.stdout));
+        assert_eq!(text(&result.stderr), text(&cold_run.stderr));
+        assert_eq!(result.exit_code, cold_run.exit_code);
+    }
+    assert_eq!(
+        (text(&restored.stdout), restored.exit_code),
+        ("hello\n".into(), 3)
+    );
+    assert!(restored.timings.restore.is_some(), "{:?}", restored.timings);
+    assert!(cold_run.timings.restore.is_none(), "{:?}", cold_run.timings);
+    let mut slow = request(Language::Python, "import time\ntime.sleep(30)");
+    slow.timeout = Duration::from_secs(1);
+    let timed_out = restoring.run(slow).await.unwrap();
+    assert!(timed_out.timed_out, "{timed_out:?}");
+
+    // Two clones at once: different entropy; both on the host's clock
+    // although the template's clock stopped when it was saved.
+    tokio::time::sleep(
+        Duration::from_secs(3)
+            .saturating_sub(Duration::from_secs_f64((unix_now() - saved_at).max(0.0))),
+    )
+    .await;
+    let probe =
+        "import os, random, time\nprint(os.urandom(16).hex() + str(random.random()), time.time())";
+    let before = unix_now();
+    let (a, b) = tokio::join!(
+        run(&restoring, Language::Python, probe),
+        run(&restoring, Language::Python, probe)
+    );
+    let after = unix_now();
+    let parse = |r: &RunResult| {
+        let out = text(&r.stdout);
+        let mut words = out.split_whitespace();
+        let random = words.next().unwrap().to_owned();
+        let clock: f64 = words.next().unwrap().parse().unwrap();
+        (random, clock)
+    };
+    let ((random_a, clock_a), (random_b, clock_b)) = (parse(&a.0), parse(&b.0));
+    assert_ne!(random_a, random_b, "two clones drew the same random bytes");
+    for clock in [clock_a, clock_b] {
+        assert!(
+            clock >= before - 1.0 && clock <= after + 1.0,
+            "guest clock {clock} is not the host's ({before}..{after}) within 1 s"
+        );
+    }
+
+    // A truncated state file: the next run rebuilds, then restores.
+    let state = template.state_file();
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    let (after_damage, built) = run(&restoring, Language::Python, "print(6 * 7)").await;
+    assert!(built, "a damaged template must be rebuilt");
+    assert_eq!(text(&after_damage.stdout), "42\n");
+    // The rebuilt template passes the store's size and sha256 checks.
+    assert!(matches!(
+        restoring
+            .templates()
+            .find(shape(Language::Python))
+            .await
+            .unwrap(),
+        Found::Ready(_)
+    ));
+
+    restoring.manager().shutdown().await;
+    cold.manager().shutdown().await;
+    let needle = dir.path().to_string_lossy().into_owned();
+    assert!(
+        qemu_processes_mentioning(&needle).is_empty(),
+        "a clone of a template outlived its run"
+    );
+}
+
+/// Raw (bash) and JavaScript: restored runs keep output, exit codes and
+/// timeouts; nothing of the template's boot is left in the clone's home
+/// or /tmp (they look as after a cold boot).
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_dirs() {
+    let Some(_) = images_or_skip("raw_and_javascript_restore") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let restoring = scheduler(dir.path(), true).await;
+    let cold = scheduler(dir.path(), false).await;
+    let cases = [
+        (
+            Language::Raw,
+            "echo hello; echo oops >&2; exit 3",
+            "sleep 30",
+        ),
+        (
+            Language::Javascript,
+            "console.log('hello'); console.error('oops'); process.exit(3)",
+            "setTimeout(() => {}, 30000)",
+        ),
+    ];
+    for (language, code, slow_code) in cases {
+        let (first, built) = run(&restoring, language, code).await;
+        assert!(built, "{language}: no template existed");
+        let (again, built) = run(&restoring, language, code).await;
+        assert!(!built, "{language}: the template must be restored");
+        for result in [&first, &again] {
+            assert_eq!(text(&result.stdout), "hello\n", "{language}");
+            assert_eq!(text(&result.stderr), "oops\n", "{language}");
+            assert_eq!(result.exit_code, 3, "{language}");
+            assert!(!result.timed_out, "{language}");
+        }
+        let mut slow = request(language, slow_code);
+        slow.timeout = Duration::from_secs(1);
+        let timed_out = restoring.run(slow).await.unwrap();
+        assert!(timed_out.timed_out, "{language}: {timed_out:?}");
+    }
+    // A state file QEMU refuses although its checks pass (its metadata
+    // rewritten to match): the run boots cold instead, and the template is
+    // removed so that the next run rebuilds it.
+    let Found::Ready(template) = restoring
+        .templates()
+        .find(shape(Language::Raw))
+        .await
+        .unwrap()
+    else {
+        panic!("the raw template is gone");
+    };
+    let garbage = b"QEVM\0\0\0\x03 this is not a device state".to_vec();
+    std::fs::write(template.state_file(), &garbage).unwrap();
+    let metadata_path = template.dir.join("template.json");
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata_path).unwrap()).unwrap();
+    metadata["state_bytes"] = garbage.len().into();
+    metadata["state_sha256"] = airlock_protocol::client::sha256_hex(&garbage).into();
+    std::fs::write(&metadata_path, serde_json::to_vec(&metadata).unwrap()).unwrap();
+    let (fallback, built) = run(&restoring, Language::Raw, "echo fine").await;
+    assert!(!built, "the template looked intact: no rebuild was due");
+    assert_eq!(text(&fallback.stdout), "fine\n");
+    assert!(
+        fallback.timings.restore.is_none(),
+        "the failed restore was not replaced by a cold boot"
+    );
+    assert!(matches!(
+        restoring
+            .templates()
+            .find(shape(Language::Raw))
+            .await
+            .unwrap(),
+        Found::Build { .. }
+    ));
+
+    let listing = "ls -A \"$HOME\" /tmp";
+    let (restored, _) = run(&restoring, Language::Raw, listing).await;
+    let (booted, _) = run(&cold, Language::Raw, listing).await;
+    assert_eq!(text(&restored.stdout), text(&booted.stdout));
+    assert_eq!(restored.exit_code, booted.exit_code);
+
+    restoring.manager().shutdown().await;
+    cold.manager().shutdown().await;
+    let needle = dir.path().to_string_lossy().into_owned();
+    assert!(qemu_processes_mentioning(&needle).is_empty());
+}
