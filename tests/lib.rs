@@ -75,20 +75,9 @@ pub fn qemu_processes_mentioning(needle: &str) -> Vec<u32> {
 /// Live processes (zombies excluded) whose command line mentions both
 /// `program` and `needle`.
 pub fn processes_mentioning(program: &str, needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            // A zombie's cmdline is empty, so it never matches.
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let text = String::from_utf8_lossy(&c);
-                text.contains(program) && text.contains(needle)
-            })
-        })
-        .collect()
+    airlock_sys_util::proc_scan::pids_whose_cmdline(|cmd| {
+        cmd.contains(program) && cmd.contains(needle)
+    })
 }
 
 /// The probed host capabilities (the KVM verdict is cached on disk).

@@ -471,19 +471,9 @@ fn wait_for_process(name: &str, dir: &Path, limit: Duration) -> std::result::Res
 /// Pids whose command line holds `name` and `dir`.
 fn processes_matching(name: &str, dir: &Path) -> Vec<u32> {
     let dir = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
-                let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-                cmd.contains(name) && cmd.contains(&dir) && !cmd.contains("xtask")
-            })
-        })
-        .collect()
+    airlock_sys_util::proc_scan::pids_whose_cmdline(|cmd| {
+        cmd.contains(name) && cmd.contains(&dir) && !cmd.contains("xtask")
+    })
 }
 
 fn kill_matching(name: &str, dir: &Path, signal: Signal) -> std::result::Result<(), String> {

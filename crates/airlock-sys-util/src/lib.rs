@@ -12,6 +12,7 @@
 //!   readable form.
 //! - [`tail`]: the end of a program's output or log, for error messages.
 //! - [`process_group`]: signalling a child's whole process group.
+//! - [`proc_scan`]: finding processes by their command line.
 //! - [`executable`]: `PATH` candidates and the first executable among them.
 //! - [`backoff`]: exponential back-off with jitter, and (feature `tokio`)
 //!   a retry loop bounded by a deadline.
@@ -53,6 +54,7 @@ pub mod executable;
 pub mod exit;
 pub mod id;
 pub mod image_manifest;
+pub mod proc_scan;
 pub mod process_group;
 pub mod tail;
 
