@@ -48,7 +48,7 @@ enum Scenario {
     /// SIGTERM mid-run: handled like Ctrl-C.
     Sigterm,
     /// SIGKILL of the airlock process mid-run: its QEMU and gvproxy end
-    /// within 5 s, and the next start sweeps its files.
+    /// within 5 s, and the next start (`airlock doctor`) sweeps its files.
     Sigkill,
     /// A request through the long-lived in-process orchestrator.
     Library,
@@ -182,17 +182,14 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             }
             _ => cli_scenario(&airlock, &cli_dir, scenario),
         };
-        // What a finished run leaves is a leak, except the files of a
-        // SIGKILLed run, which its processes' end and the next start
-        // remove.
+        // What a finished run leaves is a leak (a SIGKILLed run's files
+        // included: its scenario runs the sweep of the next start).
         let mut outcome = outcome;
-        if scenario != Scenario::Sigkill {
-            let mut left = leftovers(&cli_dir, None);
-            left.extend(leftovers(&lib_dir, Some(std::process::id())));
-            if !left.is_empty() {
-                outcome.ok = false;
-                outcome.detail = format!("{} leftovers: {}", outcome.detail, left.join("; "));
-            }
+        let mut left = leftovers(&cli_dir, None);
+        left.extend(leftovers(&lib_dir, Some(std::process::id())));
+        if !left.is_empty() {
+            outcome.ok = false;
+            outcome.detail = format!("{} leftovers: {}", outcome.detail, left.join("; "));
         }
         if !outcome.ok {
             eprintln!(
@@ -208,10 +205,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     runtime.block_on(scheduler.manager().shutdown());
     drop(runtime);
 
-    // One more start sweeps what a final SIGKILL left.
-    let _ = airlock_cmd(&airlock, &cli_dir)
-        .args(["run", "-q", "-l", "raw", "true"])
-        .output();
+    // Nothing should be left to sweep; if anything is, it is reported.
     let mut final_left = leftovers(&cli_dir, None);
     final_left.extend(leftovers(&lib_dir, None));
     let groups_after = limits_groups();
@@ -348,18 +342,22 @@ fn cli_scenario(airlock: &Path, run_dir: &Path, scenario: Scenario) -> Outcome {
                 let _ = child.wait();
                 // Its QEMU must end within 5 s on its own.
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
+                loop {
                     if processes_matching("qemu-system", dir).is_empty()
                         && processes_matching("gvproxy", dir).is_empty()
                     {
-                        return Ok(());
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "QEMU/gvproxy still running 5 s after SIGKILL of airlock: {:?}",
+                            processes_matching("", dir)
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(format!(
-                    "QEMU/gvproxy still running 5 s after SIGKILL of airlock: {:?}",
-                    processes_matching("", dir)
-                ))
+                // The next start sweeps the dead run's files: `doctor` is one.
+                sweep_with_doctor(airlock, dir)
             },
         ),
         Scenario::Library => Err("not a CLI scenario".into()),
@@ -369,6 +367,20 @@ fn cli_scenario(airlock: &Path, run_dir: &Path, scenario: Scenario) -> Outcome {
         ok: result.is_ok(),
         detail: result.err().unwrap_or_default(),
     }
+}
+
+/// Runs `airlock doctor` (which sweeps what dead airlocks left) under a
+/// deadline.
+fn sweep_with_doctor(airlock: &Path, run_dir: &Path) -> std::result::Result<(), String> {
+    let mut child = airlock_cmd(airlock, run_dir)
+        .arg("doctor")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start airlock doctor: {e}"))?;
+    // doctor exits 1 when a check fails (e.g. no KVM); only its sweep
+    // matters here, and the leftover check after the run judges it.
+    wait_status(&mut child, Duration::from_secs(60)).map(|_| ())
 }
 
 /// Runs `airlock run ARGS` and checks its exit status (and stdout).
@@ -391,24 +403,50 @@ fn expect_exit(
     Ok(())
 }
 
+/// Runs `airlock run -q ARGS` to its end (at most [`RUN_DEADLINE`]):
+/// its exit status and its stdout and stderr together.
 fn run_to_end(
     airlock: &Path,
     run_dir: &Path,
     args: &[&str],
 ) -> std::result::Result<(i32, String), String> {
-    let out = airlock_cmd(airlock, run_dir)
+    use std::io::Read as _;
+    let mut child = airlock_cmd(airlock, run_dir)
         .arg("run")
         .arg("-q")
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot start airlock: {e}"))?;
+    // Drained on threads, so that a chatty run cannot block on a full pipe.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let code = wait_status(&mut child, RUN_DEADLINE);
+    if code.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
     );
-    Ok((out.status.code().unwrap_or(-1), text))
+    code.map(|c| (c, text))
 }
+
+/// The longest an ordinary soak run may take (its code's own timeouts are
+/// at most 60 s; boots under TCG on a loaded host take seconds).
+const RUN_DEADLINE: Duration = Duration::from_secs(180);
 
 /// Starts `airlock run ARGS`, waits for its QEMU, then applies `fault`.
 fn fault_mid_run(
