@@ -272,7 +272,7 @@ impl Client {
             return Err(broken());
         }
         let (done, written) = oneshot::channel();
-        within(self.config.send_timeout, "send", async {
+        let sent = within(self.config.send_timeout, "send", async {
             self.outgoing
                 .send(Outgoing { line, done })
                 .await
@@ -283,7 +283,18 @@ impl Client {
                 Err(_) => Err(broken()),
             }
         })
-        .await
+        .await;
+        if let Err(ProtocolError::Timeout { .. }) = &sent {
+            // The writer is stuck (the guest stopped reading): a later send
+            // would only wait out its own deadline behind this one.
+            lock(&self.broken).get_or_insert_with(|| {
+                format!(
+                    "a write did not finish within {:?}: the guest stopped reading",
+                    self.config.send_timeout
+                )
+            });
+        }
+        sent
     }
 
     /// Registers a new operation and sends its first request.

@@ -326,6 +326,18 @@ async fn a_send_to_a_guest_that_stops_reading_ends_at_its_deadline() {
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // And the channel is marked broken: the next send fails at once
+    // instead of waiting out a deadline of its own behind the stuck one.
+    assert!(client.is_broken());
+    let started = std::time::Instant::now();
+    let err = client.ping(Duration::from_secs(30)).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::ChannelBroken { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
