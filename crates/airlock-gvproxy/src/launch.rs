@@ -343,7 +343,12 @@ impl GvproxyLauncher {
                 // namespaces); if it was not, our SIGKILL says so.
                 let mut child = child;
                 kill_group(pid, Signal::SIGKILL);
-                let exit = child.wait().await.map(ChildExit::from).ok();
+                // Bounded: a child stuck in the kernel must not hang a boot.
+                let exit = tokio::time::timeout(KILL_WAIT, child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(ChildExit::from);
                 let mut status = exit.map(|x| x.to_string()).unwrap_or_default();
                 if exit == Some(ChildExit::Signal(libc::SIGKILL)) {
                     status = format!("{status}; cannot open /proc/{pid}/ns/net: {e}");
