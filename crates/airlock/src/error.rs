@@ -142,6 +142,19 @@ pub enum Error {
     /// Building the QEMU command line or probing the host failed.
     #[error(transparent)]
     Qemu(#[from] airlock_qemu::QemuError),
+    /// Restoring a VM from a memory template failed over QMP (the caller
+    /// boots cold instead and drops the template for a rebuild).
+    #[error("vm {vm_id}: restore from template {template} failed: {source}")]
+    Restore {
+        /// The VM.
+        vm_id: String,
+        /// The template's key.
+        template: String,
+        /// What QEMU or its QMP socket said (boxed: the error enum stays
+        /// small).
+        #[source]
+        source: Box<airlock_qemu::QemuError>,
+    },
     /// Taking a disk overlay failed.
     #[error(transparent)]
     Overlay(#[from] airlock_overlay::OverlayError),

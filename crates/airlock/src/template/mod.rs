@@ -247,7 +247,11 @@ impl Templates {
 fn restore_failed(error: &Error) -> bool {
     matches!(
         error,
-        Error::Qemu(_) | Error::VmDied { .. } | Error::BootTimeout { .. } | Error::Protocol { .. }
+        Error::Qemu(_)
+            | Error::Restore { .. }
+            | Error::VmDied { .. }
+            | Error::BootTimeout { .. }
+            | Error::Protocol { .. }
     )
 }
 

@@ -94,6 +94,8 @@ impl RestoreLauncher {
         .await;
         resumed?;
         let agent_start = Instant::now();
+        // What is left of the deadline after the load, for the error's text.
+        let waited = deadline.saturating_duration_since(agent_start);
         let mut agent = guest::race_death(
             &paths,
             process,
@@ -132,11 +134,20 @@ impl RestoreLauncher {
             .map_err(|e| Error::io("open", &state_path, e))?
             .into_std()
             .await;
-        let mut qmp = QmpClient::connect(&plan.workdir.qmp_socket(), deadline).await?;
-        qmp.load_device_state(state.as_fd(), deadline).await?;
+        let restore = |source| Error::Restore {
+            vm_id: plan.vm_id.clone(),
+            template: self.template.metadata.key.clone(),
+            source: Box::new(source),
+        };
+        let mut qmp = QmpClient::connect(&plan.workdir.qmp_socket(), deadline)
+            .await
+            .map_err(restore)?;
+        qmp.load_device_state(state.as_fd(), deadline)
+            .await
+            .map_err(restore)?;
         timings.load_ms = ms(start.elapsed());
         let resume = Instant::now();
-        qmp.cont(deadline).await?;
+        qmp.cont(deadline).await.map_err(restore)?;
         timings.resume_ms = ms(resume.elapsed());
         Ok(())
     }
