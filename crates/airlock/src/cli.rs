@@ -1,6 +1,9 @@
 //! The command line of the `airlock` binary (kept in the library so its
 //! parsing is unit-tested).
 
+/// `airlock snapshot`: building, listing and pruning memory templates.
+pub mod snapshot;
+
 use crate::config::Config;
 use crate::error::Error;
 use crate::interrupt::{self, Interrupts};
@@ -41,7 +44,7 @@ pub enum Command {
     /// gvproxy) and what to fix.
     Doctor,
     /// Build, list or prune the memory templates `airlock run` restores.
-    Snapshot(crate::snapshot_cli::SnapshotArgs),
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Arguments of `airlock run`.
@@ -260,7 +263,7 @@ pub fn main(cli: Cli) -> i32 {
                 }
             },
             Command::Snapshot(args) => tokio::select! {
-                code = crate::snapshot_cli::run(args) => code,
+                code = snapshot::run(args) => code,
                 stop = interrupts.first() => {
                     // A template build's VM is torn down as its future drops.
                     crate::process::registry().kill_all();

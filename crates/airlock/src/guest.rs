@@ -3,7 +3,6 @@
 //! (step 8 of "A VM's life" in `docs/architecture.md`).
 
 use crate::error::{Error, Result};
-use crate::launcher::MachinePlan;
 use crate::process::{console_tail, QemuProcess};
 use airlock_protocol::client::{AgentInfo, Client};
 use airlock_protocol::ProtocolError;
@@ -45,7 +44,7 @@ pub struct GuestPaths<'a> {
     pub console_log: &'a Path,
 }
 
-/// The files of [`GuestPaths`], owned: made from a machine's plan.
+/// The files of [`GuestPaths`], owned: made from a VM's work dir.
 #[derive(Debug, Clone)]
 pub struct GuestFiles {
     vm_id: String,
@@ -55,11 +54,10 @@ pub struct GuestFiles {
 }
 
 impl GuestFiles {
-    /// The agent's sockets and the console log in `plan`'s work dir.
-    pub fn of(plan: &MachinePlan) -> Self {
-        let workdir = &plan.workdir;
+    /// The agent's sockets and the console log of VM `vm_id` in `workdir`.
+    pub fn in_workdir(vm_id: &str, workdir: &crate::workdir::WorkDir) -> Self {
         Self {
-            vm_id: plan.vm_id.clone(),
+            vm_id: vm_id.to_owned(),
             cmd_socket: workdir.cmd_socket(),
             event_socket: workdir.event_socket(),
             console_log: workdir.console_log(),
@@ -85,7 +83,21 @@ pub struct Agent {
     /// The agent's version.
     pub info: AgentInfo,
     /// Where a restore's time went (`None` after a cold boot).
-    pub restore: Option<crate::template::restore::RestoreTimings>,
+    pub restore: Option<RestoreTimings>,
+}
+
+/// Where a restore's time went, in milliseconds (in the VM's
+/// [`crate::BootTimings`] and a run's [`crate::Timings`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreTimings {
+    /// QMP connected and the device state loaded.
+    pub load_ms: u64,
+    /// `cont`.
+    pub resume_ms: u64,
+    /// The agent answered after the resume.
+    pub agent_ms: u64,
+    /// Entropy and clock sent and applied.
+    pub reseed_ms: u64,
 }
 
 /// Races `agent` (which yields `None` once its deadline passed) against the

@@ -50,7 +50,6 @@ mod request;
 mod retry;
 mod scheduler;
 mod slots;
-pub mod snapshot_cli;
 #[allow(unsafe_code)] // PR_SET_PDEATHSIG between fork and exec
 mod spawner;
 pub mod sweep;

@@ -80,7 +80,7 @@ impl QemuLauncher {
         qemu: &mut QemuProcess,
         deadline: Instant,
     ) -> Result<Agent> {
-        let files = GuestFiles::of(plan);
+        let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
         guest::wait_ready(&files.paths(), qemu, deadline).await
     }
 }

@@ -190,7 +190,7 @@ pub struct Timings {
     /// The restore's breakdown of `guest_ready_ms` (state load, resume,
     /// agent, reseed), when the VM was restored from a memory template.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub restore: Option<crate::template::restore::RestoreTimings>,
+    pub restore: Option<crate::guest::RestoreTimings>,
 }
 
 /// The phases of a run around the VM's boot, in milliseconds.
@@ -268,7 +268,7 @@ fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::restore::RestoreTimings;
+    use crate::guest::RestoreTimings;
 
     fn ok_request() -> RunRequest {
         RunRequest::new(Language::Python, "print(1)")

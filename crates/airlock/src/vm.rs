@@ -53,7 +53,7 @@ pub struct BootTimings {
     /// Where a restore from a memory template spent its part of
     /// `guest_ready_ms` (`None` after a cold boot).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub restore: Option<crate::template::restore::RestoreTimings>,
+    pub restore: Option<crate::guest::RestoreTimings>,
 }
 
 /// Output of an exec, collected.

@@ -6,7 +6,7 @@
 
 use super::store::Template;
 use crate::error::{Error, Result};
-use crate::guest::{self, Agent, GuestFiles};
+use crate::guest::{self, Agent, GuestFiles, RestoreTimings};
 use crate::host::Host;
 use crate::launcher::{BoxFuture, Launcher, MachinePlan};
 use crate::ms;
@@ -46,20 +46,6 @@ pub struct RestoreLauncher {
     template: Template,
 }
 
-/// Where a restore's time went, in milliseconds (in the VM's
-/// [`crate::BootTimings`] and a run's [`crate::Timings`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RestoreTimings {
-    /// QMP connected and the device state loaded.
-    pub load_ms: u64,
-    /// `cont`.
-    pub resume_ms: u64,
-    /// The agent answered after the resume.
-    pub agent_ms: u64,
-    /// Entropy and clock sent and applied.
-    pub reseed_ms: u64,
-}
-
 impl RestoreLauncher {
     /// A launcher restoring `template` with the QEMU of `host`.
     pub fn new(host: Host, boot: BootImages, template: Template) -> Self {
@@ -81,7 +67,7 @@ impl RestoreLauncher {
         process: &mut QemuProcess,
         deadline: Instant,
     ) -> Result<Agent> {
-        let files = GuestFiles::of(plan);
+        let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
         let paths = files.paths();
         let waited = deadline.saturating_duration_since(Instant::now());
         let pid = process.pid();

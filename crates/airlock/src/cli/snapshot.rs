@@ -173,7 +173,7 @@ fn failed(error: &Error) -> i32 {
     if let Some(hint) = error.hint() {
         eprintln!("airlock: hint: {hint}");
     }
-    crate::cli::EXIT_AIRLOCK_FAILED
+    super::EXIT_AIRLOCK_FAILED
 }
 
 #[cfg(test)]
