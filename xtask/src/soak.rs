@@ -642,11 +642,17 @@ fn render(
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(workspace_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let _ = writeln!(out, "# Reliability\n");
     let _ = writeln!(
         out,
-        "Written by `cargo xtask soak --runs {runs} --write` on {date}: {cores} cores, {qemu}, \
-         TCG. {runs} runs in {:.0} min: CLI runs rotate through the scenarios below; every 4th run \
+        "Written by `cargo xtask soak --runs {runs} --write` on {date} at commit {commit}: \
+         {cores} cores, {qemu}, TCG. {runs} runs in {:.0} min: CLI runs rotate through the scenarios below; every 4th run \
          is a request through one long-lived orchestrator in the soak's own process.\n",
         wall.as_secs_f64() / 60.0
     );

@@ -103,7 +103,9 @@ pub async fn checks() -> Vec<Check> {
     }
     let run_dir = config.run_dir.clone();
     let swept = tokio::task::spawn_blocking(move || {
-        crate::sweep::sweep_orphans(&run_dir, sweeper.as_ref())
+        let mut report = crate::sweep::sweep_orphans(&run_dir, sweeper.as_ref());
+        report.pools_removed = crate::sweep::sweep_dead_process_dirs(&run_dir.join("overlays"));
+        report
     })
     .await;
     out.push(leftovers_check(swept.as_ref().map_err(ToString::to_string)));
@@ -136,14 +138,15 @@ fn leftovers_check(swept: Result<&SweepReport, String>) -> Check {
         Ok(report) if report.problems.is_empty() => Check {
             name: "leftovers",
             ok: true,
-            found: if report.removed.is_empty() {
+            found: if report.removed.is_empty() && report.pools_removed.is_empty() {
                 "none: no VM of a dead Airlock process".to_owned()
             } else {
                 format!(
-                    "removed {} VM work dir(s) of dead Airlock processes ({} process(es) killed, {} limits group(s) removed)",
+                    "removed {} VM work dir(s) of dead Airlock processes ({} process(es) killed, {} limits group(s) removed) and {} overlay pool dir(s)",
                     report.removed.len(),
                     report.killed.len(),
-                    report.groups_removed.len()
+                    report.groups_removed.len(),
+                    report.pools_removed.len()
                 )
             },
             fix: None,
@@ -196,6 +199,7 @@ mod tests {
             removed: vec!["/run/airlock/vms/a".into()],
             killed: vec![("qemu".into(), 42)],
             groups_removed: vec!["airlock/default/a".into()],
+            pools_removed: vec!["/run/airlock/overlays/1-2-x".into()],
             problems: Vec::new(),
         };
         let line = leftovers_check(Ok(&swept));
@@ -210,6 +214,16 @@ mod tests {
             "{}",
             line.found
         );
+        assert!(
+            line.found.contains("1 overlay pool dir(s)"),
+            "{}",
+            line.found
+        );
+        let pools_only = SweepReport {
+            pools_removed: vec!["/run/airlock/overlays/1-2-x".into()],
+            ..SweepReport::default()
+        };
+        assert!(!leftovers_check(Ok(&pools_only)).found.starts_with("none"));
         let failed = SweepReport {
             problems: vec!["remove /x: denied".into()],
             ..SweepReport::default()

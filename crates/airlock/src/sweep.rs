@@ -33,6 +33,9 @@ pub struct SweepReport {
     pub killed: Vec<(String, u32)>,
     /// Limits groups removed (`airlock/<tenant>/<vm>`).
     pub groups_removed: Vec<String>,
+    /// Overlay pool dirs of dead processes removed (filled by callers that
+    /// sweep the pools too, as `airlock doctor` does).
+    pub pools_removed: Vec<PathBuf>,
     /// What could not be done.
     pub problems: Vec<String>,
 }
@@ -43,6 +46,7 @@ impl SweepReport {
         self.removed.is_empty()
             && self.killed.is_empty()
             && self.groups_removed.is_empty()
+            && self.pools_removed.is_empty()
             && self.problems.is_empty()
     }
 }
