@@ -7,12 +7,15 @@
 //! process that is dead, or whose pid now belongs to another process (told
 //! apart by start time). Dirs of live owners, this process included, are
 //! never touched. A dir without a record is one being made right now,
-//! unless it is older than [`UNRECORDED_GRACE`].
+//! unless it is older than [`UNRECORDED_GRACE`]. A dir whose owner file
+//! exists but is unreadable or not a record this version knows (another
+//! version's, a damaged one) has an unknown owner: it is never removed,
+//! only reported (a young one may be a record being written).
 //!
 //! Blocking (it reads `/proc` and waits for groups to empty): call it from
 //! the blocking pool.
 
-use crate::owner::{OwnerRecord, ProcessStamp};
+use crate::owner::{OwnerFile, OwnerRecord, ProcessStamp};
 use crate::process::signal_group;
 use crate::workdir::WorkDir;
 use airlock_limits::Limiter;
@@ -56,15 +59,21 @@ pub enum Verdict {
     BeingMade,
     /// Its owner is dead (or never recorded, long ago): end it.
     Orphan,
+    /// Its owner file is there but unreadable or unknown, long ago: its
+    /// owner may live; leave it and report it.
+    Unknown,
 }
 
-/// The verdict on a work dir from its record (if any), whether the
-/// record's owner lives, and whether the dir is young. Pure.
-pub fn verdict(record: Option<&OwnerRecord>, owner_alive: bool, young: bool) -> Verdict {
-    match record {
-        Some(_) if owner_alive => Verdict::Owned,
-        None if young => Verdict::BeingMade,
-        _ => Verdict::Orphan,
+/// The verdict on a work dir from its owner file, whether the record's
+/// owner lives, and whether the dir is young. Pure.
+pub fn verdict(owner: &OwnerFile, owner_alive: bool, young: bool) -> Verdict {
+    match owner {
+        OwnerFile::Record(_) if owner_alive => Verdict::Owned,
+        OwnerFile::Record(_) => Verdict::Orphan,
+        // A young dir's record may be half-written: being made.
+        OwnerFile::Missing | OwnerFile::Unrecognised { .. } if young => Verdict::BeingMade,
+        OwnerFile::Missing => Verdict::Orphan,
+        OwnerFile::Unrecognised { .. } => Verdict::Unknown,
     }
 }
 
@@ -86,11 +95,9 @@ pub fn sweep_orphans(run_dir: &Path, limiter: Option<&Limiter>) -> SweepReport {
         else {
             continue;
         };
-        let record = std::fs::read_to_string(path.join("owner"))
-            .ok()
-            .and_then(|text| OwnerRecord::parse(&text));
-        let owner_alive = record
-            .as_ref()
+        let owner = OwnerFile::read(&path.join("owner"));
+        let owner_alive = owner
+            .record()
             .is_some_and(|r| r.owner.liveness().is_alive());
         let young = entry
             .metadata()
@@ -98,8 +105,20 @@ pub fn sweep_orphans(run_dir: &Path, limiter: Option<&Limiter>) -> SweepReport {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < UNRECORDED_GRACE);
-        if verdict(record.as_ref(), owner_alive, young) == Verdict::Orphan {
-            end_orphan(&path, &vm_id, record.as_ref(), limiter, &mut report);
+        match verdict(&owner, owner_alive, young) {
+            Verdict::Orphan => end_orphan(&path, &vm_id, owner.record(), limiter, &mut report),
+            Verdict::Unknown => {
+                let reason = match &owner {
+                    OwnerFile::Unrecognised { reason } => reason.as_str(),
+                    OwnerFile::Missing | OwnerFile::Record(_) => "unknown",
+                };
+                tracing::warn!(dir = %path.display(), reason, "work dir of an unknown owner left alone");
+                report.problems.push(format!(
+                    "{}: owner record {reason}; left alone (remove it by hand once no Airlock uses it)",
+                    path.display()
+                ));
+            }
+            Verdict::Owned | Verdict::BeingMade => {}
         }
     }
     report
@@ -251,11 +270,52 @@ mod tests {
 
     #[test]
     fn the_verdict_spares_live_owners_and_dirs_being_made() {
-        let record = OwnerRecord::new(dead_owner(), "t");
-        assert_eq!(verdict(Some(&record), true, false), Verdict::Owned);
-        assert_eq!(verdict(Some(&record), false, true), Verdict::Orphan);
-        assert_eq!(verdict(None, false, true), Verdict::BeingMade);
-        assert_eq!(verdict(None, false, false), Verdict::Orphan);
+        let record = OwnerFile::Record(OwnerRecord::new(dead_owner(), "t"));
+        assert_eq!(verdict(&record, true, false), Verdict::Owned);
+        assert_eq!(verdict(&record, false, true), Verdict::Orphan);
+        assert_eq!(
+            verdict(&OwnerFile::Missing, false, true),
+            Verdict::BeingMade
+        );
+        assert_eq!(verdict(&OwnerFile::Missing, false, false), Verdict::Orphan);
+    }
+
+    #[test]
+    fn the_verdict_never_makes_an_orphan_of_an_unknown_owner() {
+        let unknown = OwnerFile::Unrecognised {
+            reason: "not an owner record this version reads".into(),
+        };
+        assert_eq!(verdict(&unknown, false, true), Verdict::BeingMade);
+        assert_eq!(verdict(&unknown, false, false), Verdict::Unknown);
+    }
+
+    #[test]
+    fn an_old_dir_with_an_unreadable_record_is_reported_not_removed() {
+        let run = tempfile::tempdir().unwrap();
+        let other_version = WorkDir::create(run.path(), "nextversion").unwrap();
+        std::fs::write(
+            other_version.owner_file(),
+            "airlock-owner 2\nowner 1 1\ntenant t\n",
+        )
+        .unwrap();
+        let damaged = WorkDir::create(run.path(), "damaged").unwrap();
+        std::fs::write(damaged.owner_file(), "airlock-owner 1\nowner x\n").unwrap();
+        // An owner "file" that cannot be read as one.
+        let unreadable = WorkDir::create(run.path(), "unreadable").unwrap();
+        std::fs::create_dir(unreadable.owner_file()).unwrap();
+        for dir in [&other_version, &damaged, &unreadable] {
+            age(dir.path(), 3600);
+        }
+        let report = sweep_orphans(run.path(), None);
+        for dir in [&other_version, &damaged, &unreadable] {
+            assert!(dir.path().exists(), "{}", dir.path().display());
+        }
+        assert!(report.removed.is_empty(), "{report:?}");
+        assert_eq!(report.problems.len(), 3, "{report:?}");
+        assert!(
+            report.problems.iter().all(|p| p.contains("left alone")),
+            "{report:?}"
+        );
     }
 
     #[test]
