@@ -179,16 +179,34 @@ fn end_orphan(
 
 /// The name of this process's dir among per-process dirs (such as the
 /// overlay pools): `<pid>-<start ticks>-<suffix>`, so that
-/// [`sweep_dead_process_dirs`] can tell a reused pid.
-pub fn process_dir_name(suffix: &str) -> String {
-    let me = ProcessStamp::current().map_or(0, |s| s.start_ticks);
-    format!("{}-{me}-{suffix}", std::process::id())
+/// [`sweep_dead_process_dirs`] can tell a reused pid. Reads `/proc`.
+///
+/// # Errors
+/// When this process's start time cannot be read: a name without it
+/// would look like a dead process's to every other Airlock's sweep.
+pub fn process_dir_name(suffix: &str) -> std::io::Result<String> {
+    dir_name_of(ProcessStamp::current(), suffix)
+}
+
+/// The per-process dir name of the process `stamp` (`None`: its start
+/// time could not be read). Pure.
+fn dir_name_of(stamp: Option<ProcessStamp>, suffix: &str) -> std::io::Result<String> {
+    let me = stamp.ok_or_else(|| {
+        std::io::Error::other(
+            "cannot read this process's start time from /proc/self/stat, which tells \
+             Airlock's per-process dirs from those of dead processes: mount /proc",
+        )
+    })?;
+    Ok(format!("{}-{}-{suffix}", me.pid, me.start_ticks))
 }
 
 /// Removes this process's own dirs among the per-process dirs in `dir`
 /// (named by [`process_dir_name`]): after an interrupted start-up.
 pub fn remove_own_process_dirs(dir: &Path) {
-    let prefix = process_dir_name("");
+    // Without a start time no dir was named after this process.
+    let Ok(prefix) = process_dir_name("") else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -373,9 +391,25 @@ mod tests {
     }
 
     #[test]
+    fn a_per_process_dir_name_needs_the_start_time() {
+        let stamp = ProcessStamp {
+            pid: 42,
+            start_ticks: 7,
+        };
+        assert_eq!(dir_name_of(Some(stamp), "abc").unwrap(), "42-7-abc");
+        let err = dir_name_of(None, "abc").unwrap_err();
+        assert!(err.to_string().contains("mount /proc"), "{err}");
+        let mine = process_dir_name("x").unwrap();
+        assert!(
+            mine.starts_with(&format!("{}-", std::process::id())),
+            "{mine}"
+        );
+    }
+
+    #[test]
     fn dirs_of_dead_processes_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let ours = dir.path().join(process_dir_name("abc"));
+        let ours = dir.path().join(process_dir_name("abc").unwrap());
         let legacy_ours = dir.path().join(format!("{}-abc", std::process::id()));
         let dead = dir.path().join("999999999-abc");
         let reused = dir.path().join(format!("{}-1-abc", std::process::id()));
