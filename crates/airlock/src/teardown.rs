@@ -3,8 +3,9 @@
 //! by a VM or half-built VM that is dropped (cancellation, Ctrl-C).
 //!
 //! Teardown never fails, is idempotent (each part is taken once), and
-//! blocks no runtime thread: the limits group's removal, which polls until
-//! the group is empty, runs on the blocking pool.
+//! blocks no runtime thread: the limits group's stats and its removal,
+//! which read cgroupfs and poll until the group is empty, run on the
+//! blocking pool.
 
 use crate::ms;
 use crate::network::{NetworkReport, VmNetwork};
@@ -134,23 +135,10 @@ pub async fn teardown(mut parts: VmParts, grace: Duration) -> TeardownReport {
         }
         None => None,
     };
-    let mut usage = Usage::default();
-    if let Some(group) = parts.group.take() {
-        match group.stats() {
-            Ok(stats) => {
-                usage = Usage {
-                    peak_memory_mib: stats.memory_peak_bytes.map(|b| b / (1024 * 1024)),
-                    cpu_ms: stats.cpu_usage.map(ms),
-                    oom_kills: stats.oom_kills,
-                }
-            }
-            Err(e) => problems.push(format!("read limits stats: {e}")),
-        }
-        let removed = group
-            .remove_async(airlock_limits::DEFAULT_REMOVE_TIMEOUT)
-            .await;
-        problems.extend(removed.errors);
-    }
+    let usage = match parts.group.take() {
+        Some(group) => retire_group(group, &mut problems).await,
+        None => Usage::default(),
+    };
     let workdir_removed = match parts.workdir.remove_async().await {
         Ok(existed) => existed,
         Err(e) => {
@@ -170,6 +158,43 @@ pub async fn teardown(mut parts: VmParts, grace: Duration) -> TeardownReport {
     };
     tracing::debug!(vm_id = parts.vm_id, ?report, "VM destroyed");
     report
+}
+
+/// Reads the limits group's stats, then removes it (killing what is left
+/// in it), both on the blocking pool: they read and write cgroupfs and the
+/// removal polls until the group is empty.
+async fn retire_group(group: VmGroup, problems: &mut Vec<String>) -> Usage {
+    let retired = tokio::task::spawn_blocking(move || {
+        let stats = group.stats();
+        let removed = group.remove(airlock_limits::DEFAULT_REMOVE_TIMEOUT);
+        (stats, removed)
+    })
+    .await;
+    match retired {
+        Ok((stats, removed)) => {
+            problems.extend(removed.errors);
+            match stats {
+                Ok(stats) => usage_of(&stats),
+                Err(e) => {
+                    problems.push(format!("read limits stats: {e}"));
+                    Usage::default()
+                }
+            }
+        }
+        Err(e) => {
+            problems.push(format!("limits group removal task failed: {e}"));
+            Usage::default()
+        }
+    }
+}
+
+/// The usage a VM's limits group measured. Pure.
+fn usage_of(stats: &airlock_limits::Stats) -> Usage {
+    Usage {
+        peak_memory_mib: stats.memory_peak_bytes.map(|b| b / (1024 * 1024)),
+        cpu_ms: stats.cpu_usage.map(ms),
+        oom_kills: stats.oom_kills,
+    }
 }
 
 enum Job {
