@@ -320,6 +320,7 @@ async fn reap(mut rx: mpsc::UnboundedReceiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn rlimit_group(vm_id: &str) -> VmGroup {
         let limiter = airlock_limits::Limiter::from_probe(airlock_limits::ProbeResult {
@@ -398,10 +399,17 @@ mod tests {
         let pid = parts.process.as_ref().unwrap().pid();
         let dir = parts.workdir.path().to_path_buf();
         let reaper = Reaper::start();
-        let destroy = reaper.tear_down(parts, Duration::from_secs(2));
-        // Cancelled at its first wait.
-        let cancelled = tokio::time::timeout(Duration::from_millis(1), destroy).await;
-        assert!(cancelled.is_err() || !dir.exists());
+        let mut destroy = Box::pin(reaper.tear_down(parts, Duration::from_secs(2)));
+        // One poll hands the parts over and waits for the report. This
+        // test's runtime has one thread, busy here: the reaper has not run.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(destroy.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the teardown cannot have finished");
+        drop(destroy); // the caller is cancelled
+        assert!(
+            dir.exists() && alive(pid),
+            "cancelled before the teardown ran"
+        );
         assert!(reaper.flush(Duration::from_secs(10)).await);
         assert!(!dir.exists(), "work dir removed");
         assert!(!alive(pid), "process stopped");
