@@ -153,7 +153,7 @@ async fn run_steps(
     timings.overlay_ms = ms(disk.elapsed);
     timings.overlay_pool_hit = disk.pool_hit;
 
-    let group = create_group(ctx, options, &vm_id)?;
+    let group = create_group(ctx, options, &vm_id).await?;
     let group = guard.parts().group.insert(group).clone();
 
     let network = start_network(ctx, options, &vm_id, &workdir, &group).await?;
@@ -202,15 +202,42 @@ async fn take_overlay(
     disks.acquire(base, &workdir.overlay()).await
 }
 
-/// Step 3b: the limits group the VM's processes start in.
-fn create_group(ctx: &BootContext<'_>, options: &VmOptions, vm_id: &str) -> Result<VmGroup> {
+/// Step 3b: the limits group the VM's processes start in. Made on the
+/// blocking pool (it makes cgroupfs dirs and writes their files); if the
+/// boot is cancelled meanwhile, the group is removed there, as the boot's
+/// guard never got it.
+async fn create_group(ctx: &BootContext<'_>, options: &VmOptions, vm_id: &str) -> Result<VmGroup> {
     let limits = Limits::for_vm(VmShape {
         guest_memory_mib: u64::from(options.memory_mib),
         vcpus: options.vcpus,
         accel: ctx.accel,
         network: options.network.mode() != NetworkMode::None,
     });
-    Ok(ctx.limiter.create(&options.tenant, vm_id, &limits)?)
+    let (limiter, tenant, vm) = (
+        ctx.limiter.clone(),
+        options.tenant.clone(),
+        vm_id.to_owned(),
+    );
+    let (made, wait) = tokio::sync::oneshot::channel();
+    // Not awaited through its handle: the channel carries the group, and
+    // the task ends by itself once the group is made (and, unwanted,
+    // removed).
+    drop(tokio::task::spawn_blocking(move || {
+        let created = limiter.create(&tenant, &vm, &limits);
+        if let Err(Ok(group)) = made.send(created) {
+            let removed = group.remove(airlock_limits::DEFAULT_REMOVE_TIMEOUT);
+            tracing::debug!(
+                vm_id = vm,
+                ?removed,
+                "limits group of a cancelled boot removed"
+            );
+        }
+    }));
+    let created = wait.await.map_err(|_| Error::TaskFailed {
+        task: "create a limits group",
+        message: format!("vm {vm_id}: the task ended without a group (it panicked)"),
+    })?;
+    Ok(created?)
 }
 
 /// Step 4: gvproxy (and the egress proxy) when the VM has a network; first,

@@ -120,6 +120,19 @@ pub enum Error {
         /// The end of the guest console log.
         console_tail: String,
     },
+    /// A boot attempt did not finish by its deadline (plus
+    /// [`crate::retry::CUT_SLACK`]): a step before the agent wait hung, and
+    /// the attempt was cut (what it made is torn down by the reaper).
+    #[error(
+        "boot attempt {attempt} cut after {after:?}: a step before the guest agent wait \
+         (disk overlay, limits group, network, machine start) did not finish"
+    )]
+    AttemptTimeout {
+        /// The attempt (from 1).
+        attempt: u32,
+        /// How long it ran.
+        after: Duration,
+    },
     /// A channel socket's peer is not our QEMU.
     #[error(
         "vm {vm_id}: socket {path} is served by pid {peer_pid} uid {peer_uid}, not by our QEMU \
@@ -195,7 +208,7 @@ impl Error {
     /// opposed to a permanent error (bad input, missing dependency).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::VmDied { .. } | Error::BootTimeout { .. } => true,
+            Error::VmDied { .. } | Error::BootTimeout { .. } | Error::AttemptTimeout { .. } => true,
             Error::Protocol { source, .. } => {
                 matches!(
                     source,
@@ -216,7 +229,7 @@ impl Error {
             Error::ImagesMissing { .. } => {
                 Some("run `cargo xtask images` to build the guest images")
             }
-            Error::VmDied { .. } | Error::BootTimeout { .. } => {
+            Error::VmDied { .. } | Error::BootTimeout { .. } | Error::AttemptTimeout { .. } => {
                 Some("run `airlock doctor` to check the host, or retry with --debug")
             }
             Error::QueueTimeout { .. } => {
@@ -292,8 +305,14 @@ mod tests {
             stderr_tail: String::new(),
             console_tail: String::new(),
         };
+        let cut = Error::AttemptTimeout {
+            attempt: 1,
+            after: Duration::from_secs(1),
+        };
         assert!(died().is_transient());
         assert!(timeout.is_transient());
+        assert!(cut.is_transient());
+        assert!(cut.hint().is_some());
     }
 
     #[test]

@@ -1,9 +1,18 @@
 //! Interrupts of the `airlock` command: SIGINT (Ctrl-C), SIGTERM and SIGHUP
-//! all mean "stop": the first lets the command clean up (stop its VMs,
-//! remove their files) and exit with 128 + the signal; a second one forces:
-//! every registered QEMU and gvproxy is SIGKILLed and the process exits at
-//! once (the next start sweeps the files). See `docs/architecture.md`,
-//! "Nothing outlives its owner".
+//! all mean "stop", from the command's very start. What `cli.rs` does:
+//!
+//! - **First signal**: `airlock run` kills the run's VMs (one being booted
+//!   too) and tears them down, removes their files, and exits with 128 +
+//!   the signal (130, 143, 129); interrupted while starting, it drops the
+//!   start-up (killing the probes' children) and removes this process's
+//!   pool dir. `airlock doctor` and `airlock snapshot` kill what they
+//!   started and exit with 128 + the signal, leaving files to the next
+//!   sweep.
+//! - **Second signal** (while the first is being handled): the process
+//!   exits at once ([`force_exit`], which SIGKILLs whatever is still in the
+//!   process registry), leaving the files to the next start's sweep.
+//!
+//! See `docs/architecture.md`, "Nothing outlives its owner", layer 2.
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};

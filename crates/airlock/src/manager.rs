@@ -103,7 +103,8 @@ impl VmManager {
             sweep::sweep_dead_process_dirs(&swept_pools);
             sweep::process_dir_name(&crate::builder::new_vm_id())
         })
-        .await?;
+        .await?
+        .map_err(|e| Error::io("name the overlay pool after", "/proc/self/stat", e))?;
         let overlays = OverlayPool::new(PoolConfig {
             pool_dir: pools.join(pool_name),
             work_root: Some(vms_dir),

@@ -17,7 +17,8 @@
 //! `owner` and `process` lines hold a pid and its start time in clock ticks
 //! since boot (field 22 of `/proc/PID/stat`). Processes are appended as
 //! they start. Parsing and the liveness decision are pure; only
-//! [`ProcessStamp::of`] and [`ProcessStamp::liveness`] read `/proc`.
+//! [`ProcessStamp::of`] and [`ProcessStamp::liveness`] read `/proc`, and
+//! [`OwnerFile::read`] the record.
 
 use std::fmt::Write as _;
 
@@ -185,6 +186,53 @@ impl OwnerRecord {
     }
 }
 
+/// What a work dir's `owner` file holds, as far as this version can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerFile {
+    /// There is no owner file.
+    Missing,
+    /// A record this version reads.
+    Record(OwnerRecord),
+    /// A file that exists but cannot be read, or is no record this version
+    /// knows (another format, a bad line, half-written): who owns the dir
+    /// is unknown.
+    Unrecognised {
+        /// Why it could not be used.
+        reason: String,
+    },
+}
+
+impl OwnerFile {
+    /// Reads the owner file at `path` (blocking).
+    pub fn read(path: &std::path::Path) -> Self {
+        Self::from_read(std::fs::read_to_string(path))
+    }
+
+    /// What the result of reading an owner file says. Pure.
+    pub fn from_read(read: std::io::Result<String>) -> Self {
+        match read {
+            Ok(text) => OwnerRecord::parse(&text).map_or_else(
+                || Self::Unrecognised {
+                    reason: "not an owner record this version reads".to_owned(),
+                },
+                Self::Record,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::Missing,
+            Err(e) => Self::Unrecognised {
+                reason: format!("unreadable: {e}"),
+            },
+        }
+    }
+
+    /// The record, when there is one.
+    pub fn record(&self) -> Option<&OwnerRecord> {
+        match self {
+            Self::Record(record) => Some(record),
+            Self::Missing | Self::Unrecognised { .. } => None,
+        }
+    }
+}
+
 /// The line that records process `stamp` as `role` (appended to a record).
 pub fn process_line(role: &str, stamp: ProcessStamp) -> String {
     let mut line = String::new();
@@ -279,6 +327,32 @@ mod tests {
             "airlock-owner 1\nowner 4242 1\ntenant t\nsomething else\n",
         ] {
             assert_eq!(OwnerRecord::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_owner_file_is_missing_a_record_or_unrecognised() {
+        let r = record();
+        assert_eq!(
+            OwnerFile::from_read(Ok(r.render())),
+            OwnerFile::Record(r.clone())
+        );
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(OwnerFile::from_read(Err(missing)), OwnerFile::Missing);
+        for text in ["", "airlock-owner 2\nowner 4242 1\ntenant t\n", "junk"] {
+            let file = OwnerFile::from_read(Ok(text.to_owned()));
+            assert!(
+                matches!(file, OwnerFile::Unrecognised { .. }),
+                "{text:?}: {file:?}"
+            );
+            assert_eq!(file.record(), None);
+        }
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        match OwnerFile::from_read(Err(denied)) {
+            OwnerFile::Unrecognised { reason } => {
+                assert!(reason.contains("unreadable"), "{reason}")
+            }
+            other => panic!("expected Unrecognised, got {other:?}"),
         }
     }
 

@@ -1,13 +1,18 @@
 //! Retries of transient boot failures: jittered exponential backoff, a cap
-//! on attempts, and one deadline over all of them (see
-//! `docs/architecture.md`, "Retries").
+//! on attempts, a deadline per attempt that cuts every step of it, and one
+//! deadline over all of them (see `docs/architecture.md`, "Retries").
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use airlock_sys_util::Backoff;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long past its deadline an attempt runs before it is cut: room for
+/// the agent wait, which honours the deadline itself, to report its own
+/// timeout with the logs' tails instead of being cut with nothing.
+pub const CUT_SLACK: Duration = Duration::from_secs(1);
 
 /// How boots are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +46,11 @@ impl RetryPolicy {
     }
 
     /// The one deadline over every attempt: room for each attempt's full
-    /// timeout and the longest backoffs between them.
+    /// timeout (and its [`CUT_SLACK`]) and the longest backoffs between
+    /// them.
     pub fn budget(&self) -> Duration {
         let attempts = self.attempts.max(1);
-        self.attempt_timeout.saturating_mul(attempts)
+        (self.attempt_timeout + CUT_SLACK).saturating_mul(attempts)
             + self
                 .max_backoff
                 .mul_f64(1.0 + crate::guest::JITTER)
@@ -64,7 +70,12 @@ pub struct Retried<T> {
 /// Runs `attempt(n, deadline)` (n from 1) until it succeeds, fails with a
 /// permanent error, runs out of attempts, or the overall deadline leaves
 /// no room for the next backoff. Each attempt's deadline is its own
-/// timeout, cut to the overall deadline.
+/// timeout, cut to the overall deadline. An attempt still running
+/// [`CUT_SLACK`] after its deadline (a step that hung before the agent
+/// wait, which is the only step that watches `deadline` itself) is
+/// dropped and fails with the transient [`Error::AttemptTimeout`]; the
+/// attempt must therefore be cancel-safe (the builder's `BootGuard` hands
+/// what it made to the reaper when dropped).
 ///
 /// (Not `airlock_sys_util::retry_until`: that loop has no attempt cap and
 /// gives every call the same deadline; this one counts attempts and cuts
@@ -78,8 +89,16 @@ where
     let backoff = policy.backoff();
     let mut n = 1;
     loop {
-        let deadline = (Instant::now() + policy.attempt_timeout).min(overall);
-        let result = attempt(n, deadline).await;
+        let start = Instant::now();
+        let deadline = (start + policy.attempt_timeout).min(overall);
+        let result = tokio::time::timeout_at(deadline + CUT_SLACK, attempt(n, deadline))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::AttemptTimeout {
+                    attempt: n,
+                    after: start.elapsed(),
+                })
+            });
         let error = match result {
             Err(e) if e.is_transient() && n < policy.attempts => e,
             result => {
@@ -106,7 +125,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use std::sync::{Arc, Mutex};
 
     fn policy(attempts: u32) -> RetryPolicy {
@@ -213,17 +231,66 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_retry_starts_when_the_deadline_leaves_no_room() {
-        // One long attempt eats the whole budget: no second attempt.
-        let policy = policy(5);
-        let budget = policy.budget();
-        let retried: Retried<()> = retry(&policy, |_, _| async move {
-            tokio::time::sleep(budget).await;
-            Err(transient())
+    async fn an_attempt_that_ignores_its_deadline_is_cut_and_retried() {
+        let start = Instant::now();
+        let cut_at = Arc::new(Mutex::new(Vec::new()));
+        let retried = retry(&policy(2), |n, deadline| {
+            let cut_at = cut_at.clone();
+            async move {
+                if n == 1 {
+                    // Records when it is dropped, then never finishes.
+                    struct OnDrop(Arc<Mutex<Vec<Duration>>>, Instant);
+                    impl Drop for OnDrop {
+                        fn drop(&mut self) {
+                            self.0.lock().unwrap().push(self.1.elapsed());
+                        }
+                    }
+                    let _dropped = OnDrop(cut_at, start);
+                    std::future::pending::<()>().await;
+                }
+                assert!(deadline > Instant::now());
+                Ok(n)
+            }
         })
         .await;
-        assert_eq!(retried.attempts, 1);
-        assert!(retried.result.is_err());
+        assert_eq!(retried.result.unwrap(), 2);
+        assert_eq!(retried.attempts, 2);
+        let cut_at = cut_at.lock().unwrap().clone();
+        assert_eq!(cut_at, vec![Duration::from_secs(10) + CUT_SLACK]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_attempt_is_a_transient_attempt_timeout() {
+        let retried: Retried<()> = retry(&policy(1), |_, _| std::future::pending()).await;
+        match retried.result {
+            Err(e @ Error::AttemptTimeout { attempt: 1, after }) => {
+                assert_eq!(after, Duration::from_secs(10) + CUT_SLACK);
+                assert!(e.is_transient());
+            }
+            other => panic!("expected AttemptTimeout, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_that_all_hang_are_each_cut_within_the_budget() {
+        let policy = policy(5);
+        let budget = policy.budget();
+        let start = Instant::now();
+        let retried: Retried<()> = retry(&policy, |_, _| std::future::pending()).await;
+        assert_eq!(retried.attempts, 5);
+        assert!(
+            matches!(
+                retried.result,
+                Err(Error::AttemptTimeout { attempt: 5, .. })
+            ),
+            "{:?}",
+            retried.result
+        );
+        assert!(
+            start.elapsed() <= budget,
+            "{:?} > {budget:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
@@ -241,8 +308,8 @@ mod tests {
         let p = policy(2);
         assert_eq!(
             p.budget(),
-            Duration::from_secs(20) + Duration::from_millis(2500)
+            (Duration::from_secs(10) + CUT_SLACK) * 2 + Duration::from_millis(2500)
         );
-        assert_eq!(policy(1).budget(), Duration::from_secs(10));
+        assert_eq!(policy(1).budget(), Duration::from_secs(10) + CUT_SLACK);
     }
 }

@@ -14,6 +14,11 @@
 //! The child re-checks its parent after setting the signal: had the owner
 //! died between fork and `prctl`, no signal would ever come, so the child
 //! exits at once instead.
+//!
+//! A job that panics must not end that thread (its end would SIGKILL every
+//! child it forked): each job runs under `catch_unwind`, and its caller
+//! gets an error. Should the thread be gone all the same, the next spawn
+//! starts a new one.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -53,27 +58,65 @@ fn parent_is(parent: u32, ppid: i32) -> bool {
     u32::try_from(ppid).is_ok_and(|ppid| ppid == parent)
 }
 
-/// The spawner thread's queue (started on first use).
-fn spawner() -> io::Result<mpsc::Sender<Job>> {
+/// Queues `job` on the spawner thread, starting the thread on first use,
+/// or again should the one before be gone.
+fn submit(job: Job) -> io::Result<()> {
     static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
     let slot = SPAWNER.get_or_init(|| Mutex::new(None));
     let mut slot = slot
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(jobs) = slot.as_ref() {
-        return Ok(jobs.clone());
-    }
+    let job = match slot.as_ref() {
+        Some(jobs) => match jobs.send(job) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::SendError(job)) => {
+                tracing::error!("the airlock-spawner thread is gone: starting another");
+                job
+            }
+        },
+        None => job,
+    };
     let (jobs, queue) = mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("airlock-spawner".into())
         .spawn(move || {
             // Lives as long as the process: the sender is kept in a static.
             for job in queue {
-                job();
+                // Unwinding out of here would end the thread, and with it
+                // (the parent-death signal) every child it forked.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("a job of the airlock-spawner thread panicked");
+                }
             }
         })?;
-    *slot = Some(jobs.clone());
-    Ok(jobs)
+    jobs.send(job)
+        .map_err(|_| io::Error::other("the airlock-spawner thread ended at once"))?;
+    *slot = Some(jobs);
+    Ok(())
+}
+
+/// Runs `work` on the spawner thread inside the current tokio runtime and
+/// returns its result.
+///
+/// # Errors
+/// An `Other` error if the spawner thread cannot be started or `work`
+/// panicked (the thread carries on).
+async fn on_spawner<T, F>(work: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    submit(Box::new(move || {
+        let _entered = runtime.enter();
+        // If the caller went away, the result is dropped here (a child
+        // with kill_on_drop is killed).
+        let _ = reply.send(work());
+    }))?;
+    answer
+        .await
+        .map_err(|_| io::Error::other("a job of the airlock-spawner thread failed (panicked)"))
 }
 
 /// Spawns `cmd` from the spawner thread with [`die_with_parent`] (added
@@ -85,19 +128,7 @@ fn spawner() -> io::Result<mpsc::Sender<Job>> {
 /// started. Must be called inside a tokio runtime.
 pub async fn spawn(mut cmd: Command) -> io::Result<Child> {
     die_with_parent(cmd.as_std_mut());
-    let runtime = tokio::runtime::Handle::current();
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _entered = runtime.enter();
-        // If the caller went away, the child is dropped here (kill_on_drop).
-        let _ = reply.send(cmd.spawn());
-    });
-    spawner()?
-        .send(job)
-        .map_err(|_| io::Error::other("the airlock-spawner thread is gone"))?;
-    answer
-        .await
-        .map_err(|_| io::Error::other("the airlock-spawner thread dropped a spawn"))?
+    on_spawner(move || cmd.spawn()).await?
 }
 
 #[cfg(test)]
@@ -144,6 +175,38 @@ mod tests {
         child.start_kill().unwrap();
         let status = child.wait().await.unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_its_caller_and_spares_the_thread_and_its_children() {
+        let mut before = Command::new("sleep");
+        before.arg("30").kill_on_drop(true);
+        let mut before = spawn(before).await.unwrap();
+        let thread = on_spawner(|| std::thread::current().id()).await.unwrap();
+
+        let err = on_spawner(|| -> () { panic!("a job panics") })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+
+        assert_eq!(
+            on_spawner(|| std::thread::current().id()).await.unwrap(),
+            thread,
+            "the same spawner thread carries on"
+        );
+        let mut after = Command::new("sleep");
+        after.arg("30").kill_on_drop(true);
+        let mut after = spawn(after).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            before.try_wait().unwrap().is_none(),
+            "a child forked before the panic still runs"
+        );
+        assert!(after.try_wait().unwrap().is_none());
+        for child in [&mut before, &mut after] {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
     }
 
     #[tokio::test]

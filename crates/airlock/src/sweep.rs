@@ -7,12 +7,15 @@
 //! process that is dead, or whose pid now belongs to another process (told
 //! apart by start time). Dirs of live owners, this process included, are
 //! never touched. A dir without a record is one being made right now,
-//! unless it is older than [`UNRECORDED_GRACE`].
+//! unless it is older than [`UNRECORDED_GRACE`]. A dir whose owner file
+//! exists but is unreadable or not a record this version knows (another
+//! version's, a damaged one) has an unknown owner: it is never removed,
+//! only reported (a young one may be a record being written).
 //!
 //! Blocking (it reads `/proc` and waits for groups to empty): call it from
 //! the blocking pool.
 
-use crate::owner::{OwnerRecord, ProcessStamp};
+use crate::owner::{OwnerFile, OwnerRecord, ProcessStamp};
 use crate::process::signal_group;
 use crate::workdir::WorkDir;
 use airlock_limits::Limiter;
@@ -60,15 +63,21 @@ pub enum Verdict {
     BeingMade,
     /// Its owner is dead (or never recorded, long ago): end it.
     Orphan,
+    /// Its owner file is there but unreadable or unknown, long ago: its
+    /// owner may live; leave it and report it.
+    Unknown,
 }
 
-/// The verdict on a work dir from its record (if any), whether the
-/// record's owner lives, and whether the dir is young. Pure.
-pub fn verdict(record: Option<&OwnerRecord>, owner_alive: bool, young: bool) -> Verdict {
-    match record {
-        Some(_) if owner_alive => Verdict::Owned,
-        None if young => Verdict::BeingMade,
-        _ => Verdict::Orphan,
+/// The verdict on a work dir from its owner file, whether the record's
+/// owner lives, and whether the dir is young. Pure.
+pub fn verdict(owner: &OwnerFile, owner_alive: bool, young: bool) -> Verdict {
+    match owner {
+        OwnerFile::Record(_) if owner_alive => Verdict::Owned,
+        OwnerFile::Record(_) => Verdict::Orphan,
+        // A young dir's record may be half-written: being made.
+        OwnerFile::Missing | OwnerFile::Unrecognised { .. } if young => Verdict::BeingMade,
+        OwnerFile::Missing => Verdict::Orphan,
+        OwnerFile::Unrecognised { .. } => Verdict::Unknown,
     }
 }
 
@@ -90,11 +99,9 @@ pub fn sweep_orphans(run_dir: &Path, limiter: Option<&Limiter>) -> SweepReport {
         else {
             continue;
         };
-        let record = std::fs::read_to_string(path.join("owner"))
-            .ok()
-            .and_then(|text| OwnerRecord::parse(&text));
-        let owner_alive = record
-            .as_ref()
+        let owner = OwnerFile::read(&path.join("owner"));
+        let owner_alive = owner
+            .record()
             .is_some_and(|r| r.owner.liveness().is_alive());
         let young = entry
             .metadata()
@@ -102,8 +109,20 @@ pub fn sweep_orphans(run_dir: &Path, limiter: Option<&Limiter>) -> SweepReport {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < UNRECORDED_GRACE);
-        if verdict(record.as_ref(), owner_alive, young) == Verdict::Orphan {
-            end_orphan(&path, &vm_id, record.as_ref(), limiter, &mut report);
+        match verdict(&owner, owner_alive, young) {
+            Verdict::Orphan => end_orphan(&path, &vm_id, owner.record(), limiter, &mut report),
+            Verdict::Unknown => {
+                let reason = match &owner {
+                    OwnerFile::Unrecognised { reason } => reason.as_str(),
+                    OwnerFile::Missing | OwnerFile::Record(_) => "unknown",
+                };
+                tracing::warn!(dir = %path.display(), reason, "work dir of an unknown owner left alone");
+                report.problems.push(format!(
+                    "{}: owner record {reason}; left alone (remove it by hand once no Airlock uses it)",
+                    path.display()
+                ));
+            }
+            Verdict::Owned | Verdict::BeingMade => {}
         }
     }
     report
@@ -164,16 +183,34 @@ fn end_orphan(
 
 /// The name of this process's dir among per-process dirs (such as the
 /// overlay pools): `<pid>-<start ticks>-<suffix>`, so that
-/// [`sweep_dead_process_dirs`] can tell a reused pid.
-pub fn process_dir_name(suffix: &str) -> String {
-    let me = ProcessStamp::current().map_or(0, |s| s.start_ticks);
-    format!("{}-{me}-{suffix}", std::process::id())
+/// [`sweep_dead_process_dirs`] can tell a reused pid. Reads `/proc`.
+///
+/// # Errors
+/// When this process's start time cannot be read: a name without it
+/// would look like a dead process's to every other Airlock's sweep.
+pub fn process_dir_name(suffix: &str) -> std::io::Result<String> {
+    dir_name_of(ProcessStamp::current(), suffix)
+}
+
+/// The per-process dir name of the process `stamp` (`None`: its start
+/// time could not be read). Pure.
+fn dir_name_of(stamp: Option<ProcessStamp>, suffix: &str) -> std::io::Result<String> {
+    let me = stamp.ok_or_else(|| {
+        std::io::Error::other(
+            "cannot read this process's start time from /proc/self/stat, which tells \
+             Airlock's per-process dirs from those of dead processes: mount /proc",
+        )
+    })?;
+    Ok(format!("{}-{}-{suffix}", me.pid, me.start_ticks))
 }
 
 /// Removes this process's own dirs among the per-process dirs in `dir`
 /// (named by [`process_dir_name`]): after an interrupted start-up.
 pub fn remove_own_process_dirs(dir: &Path) {
-    let prefix = process_dir_name("");
+    // Without a start time no dir was named after this process.
+    let Ok(prefix) = process_dir_name("") else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -255,11 +292,52 @@ mod tests {
 
     #[test]
     fn the_verdict_spares_live_owners_and_dirs_being_made() {
-        let record = OwnerRecord::new(dead_owner(), "t");
-        assert_eq!(verdict(Some(&record), true, false), Verdict::Owned);
-        assert_eq!(verdict(Some(&record), false, true), Verdict::Orphan);
-        assert_eq!(verdict(None, false, true), Verdict::BeingMade);
-        assert_eq!(verdict(None, false, false), Verdict::Orphan);
+        let record = OwnerFile::Record(OwnerRecord::new(dead_owner(), "t"));
+        assert_eq!(verdict(&record, true, false), Verdict::Owned);
+        assert_eq!(verdict(&record, false, true), Verdict::Orphan);
+        assert_eq!(
+            verdict(&OwnerFile::Missing, false, true),
+            Verdict::BeingMade
+        );
+        assert_eq!(verdict(&OwnerFile::Missing, false, false), Verdict::Orphan);
+    }
+
+    #[test]
+    fn the_verdict_never_makes_an_orphan_of_an_unknown_owner() {
+        let unknown = OwnerFile::Unrecognised {
+            reason: "not an owner record this version reads".into(),
+        };
+        assert_eq!(verdict(&unknown, false, true), Verdict::BeingMade);
+        assert_eq!(verdict(&unknown, false, false), Verdict::Unknown);
+    }
+
+    #[test]
+    fn an_old_dir_with_an_unreadable_record_is_reported_not_removed() {
+        let run = tempfile::tempdir().unwrap();
+        let other_version = WorkDir::create(run.path(), "nextversion").unwrap();
+        std::fs::write(
+            other_version.owner_file(),
+            "airlock-owner 2\nowner 1 1\ntenant t\n",
+        )
+        .unwrap();
+        let damaged = WorkDir::create(run.path(), "damaged").unwrap();
+        std::fs::write(damaged.owner_file(), "airlock-owner 1\nowner x\n").unwrap();
+        // An owner "file" that cannot be read as one.
+        let unreadable = WorkDir::create(run.path(), "unreadable").unwrap();
+        std::fs::create_dir(unreadable.owner_file()).unwrap();
+        for dir in [&other_version, &damaged, &unreadable] {
+            age(dir.path(), 3600);
+        }
+        let report = sweep_orphans(run.path(), None);
+        for dir in [&other_version, &damaged, &unreadable] {
+            assert!(dir.path().exists(), "{}", dir.path().display());
+        }
+        assert!(report.removed.is_empty(), "{report:?}");
+        assert_eq!(report.problems.len(), 3, "{report:?}");
+        assert!(
+            report.problems.iter().all(|p| p.contains("left alone")),
+            "{report:?}"
+        );
     }
 
     #[test]
@@ -317,9 +395,25 @@ mod tests {
     }
 
     #[test]
+    fn a_per_process_dir_name_needs_the_start_time() {
+        let stamp = ProcessStamp {
+            pid: 42,
+            start_ticks: 7,
+        };
+        assert_eq!(dir_name_of(Some(stamp), "abc").unwrap(), "42-7-abc");
+        let err = dir_name_of(None, "abc").unwrap_err();
+        assert!(err.to_string().contains("mount /proc"), "{err}");
+        let mine = process_dir_name("x").unwrap();
+        assert!(
+            mine.starts_with(&format!("{}-", std::process::id())),
+            "{mine}"
+        );
+    }
+
+    #[test]
     fn dirs_of_dead_processes_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let ours = dir.path().join(process_dir_name("abc"));
+        let ours = dir.path().join(process_dir_name("abc").unwrap());
         let legacy_ours = dir.path().join(format!("{}-abc", std::process::id()));
         let dead = dir.path().join("999999999-abc");
         let reused = dir.path().join(format!("{}-1-abc", std::process::id()));

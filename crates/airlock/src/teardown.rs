@@ -3,8 +3,9 @@
 //! by a VM or half-built VM that is dropped (cancellation, Ctrl-C).
 //!
 //! Teardown never fails, is idempotent (each part is taken once), and
-//! blocks no runtime thread: the limits group's removal, which polls until
-//! the group is empty, runs on the blocking pool.
+//! blocks no runtime thread: the limits group's stats and its removal,
+//! which read cgroupfs and poll until the group is empty, run on the
+//! blocking pool.
 
 use crate::ms;
 use crate::network::{NetworkReport, VmNetwork};
@@ -134,23 +135,10 @@ pub async fn teardown(mut parts: VmParts, grace: Duration) -> TeardownReport {
         }
         None => None,
     };
-    let mut usage = Usage::default();
-    if let Some(group) = parts.group.take() {
-        match group.stats() {
-            Ok(stats) => {
-                usage = Usage {
-                    peak_memory_mib: stats.memory_peak_bytes.map(|b| b / (1024 * 1024)),
-                    cpu_ms: stats.cpu_usage.map(ms),
-                    oom_kills: stats.oom_kills,
-                }
-            }
-            Err(e) => problems.push(format!("read limits stats: {e}")),
-        }
-        let removed = group
-            .remove_async(airlock_limits::DEFAULT_REMOVE_TIMEOUT)
-            .await;
-        problems.extend(removed.errors);
-    }
+    let usage = match parts.group.take() {
+        Some(group) => retire_group(group, &mut problems).await,
+        None => Usage::default(),
+    };
     let workdir_removed = match parts.workdir.remove_async().await {
         Ok(existed) => existed,
         Err(e) => {
@@ -170,6 +158,43 @@ pub async fn teardown(mut parts: VmParts, grace: Duration) -> TeardownReport {
     };
     tracing::debug!(vm_id = parts.vm_id, ?report, "VM destroyed");
     report
+}
+
+/// Reads the limits group's stats, then removes it (killing what is left
+/// in it), both on the blocking pool: they read and write cgroupfs and the
+/// removal polls until the group is empty.
+async fn retire_group(group: VmGroup, problems: &mut Vec<String>) -> Usage {
+    let retired = tokio::task::spawn_blocking(move || {
+        let stats = group.stats();
+        let removed = group.remove(airlock_limits::DEFAULT_REMOVE_TIMEOUT);
+        (stats, removed)
+    })
+    .await;
+    match retired {
+        Ok((stats, removed)) => {
+            problems.extend(removed.errors);
+            match stats {
+                Ok(stats) => usage_of(&stats),
+                Err(e) => {
+                    problems.push(format!("read limits stats: {e}"));
+                    Usage::default()
+                }
+            }
+        }
+        Err(e) => {
+            problems.push(format!("limits group removal task failed: {e}"));
+            Usage::default()
+        }
+    }
+}
+
+/// The usage a VM's limits group measured. Pure.
+fn usage_of(stats: &airlock_limits::Stats) -> Usage {
+    Usage {
+        peak_memory_mib: stats.memory_peak_bytes.map(|b| b / (1024 * 1024)),
+        cpu_ms: stats.cpu_usage.map(ms),
+        oom_kills: stats.oom_kills,
+    }
 }
 
 enum Job {
@@ -295,6 +320,7 @@ async fn reap(mut rx: mpsc::UnboundedReceiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn rlimit_group(vm_id: &str) -> VmGroup {
         let limiter = airlock_limits::Limiter::from_probe(airlock_limits::ProbeResult {
@@ -373,10 +399,17 @@ mod tests {
         let pid = parts.process.as_ref().unwrap().pid();
         let dir = parts.workdir.path().to_path_buf();
         let reaper = Reaper::start();
-        let destroy = reaper.tear_down(parts, Duration::from_secs(2));
-        // Cancelled at its first wait.
-        let cancelled = tokio::time::timeout(Duration::from_millis(1), destroy).await;
-        assert!(cancelled.is_err() || !dir.exists());
+        let mut destroy = Box::pin(reaper.tear_down(parts, Duration::from_secs(2)));
+        // One poll hands the parts over and waits for the report. This
+        // test's runtime has one thread, busy here: the reaper has not run.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(destroy.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the teardown cannot have finished");
+        drop(destroy); // the caller is cancelled
+        assert!(
+            dir.exists() && alive(pid),
+            "cancelled before the teardown ran"
+        );
         assert!(reaper.flush(Duration::from_secs(10)).await);
         assert!(!dir.exists(), "work dir removed");
         assert!(!alive(pid), "process stopped");

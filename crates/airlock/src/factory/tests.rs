@@ -34,6 +34,9 @@ enum Boot {
     Refused,
     /// The agent is awaited until the boot is cancelled.
     Blocks,
+    /// Starting the machine never finishes (a step that ignores the
+    /// attempt's deadline).
+    SpawnHangs,
 }
 
 /// A launcher that plays a script of boots (then `Ready` for ever).
@@ -98,6 +101,9 @@ impl Launcher for FakeLauncher {
                 .pop_front()
                 .unwrap_or(Boot::Ready);
             self.plans.lock().unwrap().push(plan.clone());
+            if boot == Boot::SpawnHangs {
+                return std::future::pending().await;
+            }
             self.running
                 .lock()
                 .unwrap()
@@ -157,7 +163,7 @@ impl Launcher for FakeLauncher {
                     self.blocked.notify_one();
                     race_death(&paths, process, waited, std::future::pending()).await
                 }
-                Boot::Dies | Boot::Hangs | Boot::SpawnFails => {
+                Boot::Dies | Boot::Hangs | Boot::SpawnFails | Boot::SpawnHangs => {
                     let agent = async {
                         tokio::time::sleep_until(deadline).await;
                         Ok(None)
@@ -368,6 +374,51 @@ async fn an_agent_that_never_answers_times_out_and_the_boot_is_retried() {
         !alive(setup.launcher.pids()[0]),
         "the hung machine was stopped"
     );
+}
+
+#[tokio::test]
+async fn a_hanging_step_is_cut_at_the_attempt_deadline_and_the_boot_retried() {
+    let setup = Setup::with(
+        &[Boot::SpawnHangs, Boot::Ready],
+        |c| c.boot_timeout = Duration::from_millis(300),
+        false,
+    );
+    let start = Instant::now();
+    let vm = tokio::time::timeout(Duration::from_secs(10), boot(&setup))
+        .await
+        .expect("the hung attempt is cut, not waited on")
+        .unwrap();
+    let cut_after = Duration::from_millis(300) + crate::retry::CUT_SLACK;
+    assert!(start.elapsed() >= cut_after, "{:?}", start.elapsed());
+    assert_eq!(vm.boot_timings().attempts, 2);
+    assert_eq!(setup.launcher.spawned(), 2);
+    setup.flush().await;
+    assert_eq!(
+        setup.work_dirs(),
+        vec![vm.workdir().path().to_path_buf()],
+        "the cut attempt's work dir is torn down"
+    );
+}
+
+#[tokio::test]
+async fn a_step_that_hangs_in_every_attempt_fails_as_a_transient_attempt_timeout() {
+    let setup = Setup::with(
+        &[Boot::SpawnHangs, Boot::SpawnHangs],
+        |c| c.boot_timeout = Duration::from_millis(300),
+        false,
+    );
+    let err = tokio::time::timeout(Duration::from_secs(10), boot(&setup))
+        .await
+        .expect("every hung attempt is cut")
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::AttemptTimeout { attempt: 2, .. }),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    assert_eq!(setup.launcher.spawned(), 2);
+    setup.flush().await;
+    assert!(setup.nothing_left());
 }
 
 #[tokio::test]

@@ -138,7 +138,7 @@ impl TemplateStore {
         std::fs::create_dir_all(&staging)?;
         // Builds of processes that died halfway.
         crate::sweep::sweep_dead_process_dirs(&staging);
-        let dir = staging.join(crate::sweep::process_dir_name(key));
+        let dir = staging.join(crate::sweep::process_dir_name(key)?);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
