@@ -251,6 +251,7 @@ fn restore_failed(error: &Error) -> bool {
             | Error::Restore { .. }
             | Error::VmDied { .. }
             | Error::BootTimeout { .. }
+            | Error::AttemptTimeout { .. }
             | Error::Protocol { .. }
     )
 }
