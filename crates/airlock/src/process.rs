@@ -20,9 +20,13 @@ const STDERR_TAIL_BYTES: usize = 4096;
 /// Bytes of the console log shown in error messages.
 pub(crate) const CONSOLE_TAIL_BYTES: usize = 3072;
 
-/// The end of a guest console log, for error messages ("" when absent).
-pub(crate) fn console_tail(path: &Path) -> String {
-    airlock_sys_util::file_tail(path, CONSOLE_TAIL_BYTES)
+/// The end of a guest console log, for error messages ("" when absent or
+/// unreadable). Read on a blocking thread: the log is a file.
+pub(crate) async fn console_tail(path: &Path) -> String {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || airlock_sys_util::file_tail(&path, CONSOLE_TAIL_BYTES))
+        .await
+        .unwrap_or_default()
 }
 
 /// A running QEMU.
@@ -334,15 +338,15 @@ mod tests {
         assert!(tail.ends_with("aend"), "{}", &tail[tail.len() - 8..]);
     }
 
-    #[test]
-    fn the_console_tail_is_the_end_of_the_log_or_empty() {
+    #[tokio::test]
+    async fn the_console_tail_is_the_end_of_the_log_or_empty() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
         std::fs::write(&log, format!("{}last", "x".repeat(CONSOLE_TAIL_BYTES))).unwrap();
-        let tail = console_tail(&log);
+        let tail = console_tail(&log).await;
         assert_eq!(tail.len(), CONSOLE_TAIL_BYTES);
         assert!(tail.ends_with("xlast"));
-        assert_eq!(console_tail(&dir.path().join("absent")), "");
+        assert_eq!(console_tail(&dir.path().join("absent")).await, "");
     }
 
     #[tokio::test]

@@ -262,18 +262,11 @@ impl Vm {
         let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
         let run = collect_exec(client, request, &mut on_output);
         let console_log = self.workdir.console_log();
-        let died = |process: &QemuProcess, status: std::io::Result<std::process::ExitStatus>| {
-            Error::VmDied {
-                vm_id: self.id.clone(),
-                when: "during exec",
-                status: status.ok().map(airlock_sys_util::ChildExit::from),
-                stderr_tail: process.stderr_tail(),
-                console_tail: console_tail(&console_log),
-            }
-        };
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
-            status = process.wait() => return Err(died(process, status)),
+            status = process.wait() => {
+                return Err(died(&vm_id, process, status, &console_log).await);
+            }
         };
         match result {
             Ok(Ok(outcome)) => Ok(outcome),
@@ -281,7 +274,7 @@ impl Vm {
             // a dead VM is reported as such, with its logs.
             Ok(Err(e @ (ProtocolError::Closed | ProtocolError::Io(_)))) => {
                 match tokio::time::timeout(Duration::from_secs(2), process.wait()).await {
-                    Ok(status) => Err(died(process, status)),
+                    Ok(status) => Err(died(&vm_id, process, status, &console_log).await),
                     Err(_) => Err(protocol(e)),
                 }
             }
@@ -305,6 +298,23 @@ impl Vm {
             }
             State::Destroyed => TeardownReport::nothing_left(self.id.clone()),
         }
+    }
+}
+
+/// [`Error::VmDied`] for QEMU found dead during an exec, with its logs' tails
+/// (the console's read off the runtime).
+async fn died(
+    vm_id: &str,
+    process: &QemuProcess,
+    status: std::io::Result<std::process::ExitStatus>,
+    console_log: &std::path::Path,
+) -> Error {
+    Error::VmDied {
+        vm_id: vm_id.to_owned(),
+        when: "during exec",
+        status: status.ok().map(airlock_sys_util::ChildExit::from),
+        stderr_tail: process.stderr_tail(),
+        console_tail: console_tail(console_log).await,
     }
 }
 
