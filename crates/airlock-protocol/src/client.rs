@@ -14,7 +14,8 @@
 //! [`Client::exec_collect`] keeps at most [`ClientConfig::max_stdout_bytes`]
 //! and [`ClientConfig::max_stderr_bytes`] (past them the output is cut, the
 //! agent's marker line appended, and the completion flags the stream as
-//! truncated), and [`Client::read_file`] refuses a file over
+//! truncated); a caller reading an [`ExecStream`] itself collects through
+//! [`CappedExecOutput`] for the same caps; and [`Client::read_file`] refuses a file over
 //! [`ClientConfig::max_read_file_bytes`].
 //!
 //! Backpressure: each operation buffers a bounded number of events; when an
@@ -52,11 +53,13 @@ type Routes = Arc<Mutex<HashMap<OpId, mpsc::Sender<EventBody>>>>;
 /// [`Client::with_config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// Standard output kept by [`Client::exec_collect`] (default 8 MiB,
+    /// Standard output kept by [`Client::exec_collect`] and
+    /// [`CappedExecOutput`] (default 8 MiB,
     /// twice the agent's default cap: it bites only on an agent that
     /// ignores its own).
     pub max_stdout_bytes: u64,
-    /// Standard error kept by [`Client::exec_collect`] (default 8 MiB).
+    /// Standard error kept by [`Client::exec_collect`] and
+    /// [`CappedExecOutput`] (default 8 MiB).
     pub max_stderr_bytes: u64,
     /// Largest file [`Client::read_file`] reads into memory (default
     /// 128 MiB).
@@ -394,21 +397,16 @@ impl Client {
         let deadline = Duration::from_millis(request.timeout_ms) + grace;
         let mut stream = self.exec(request).await?;
         within(deadline, "exec", async {
-            let mut stdout = CappedOutput::new("stdout", self.config.max_stdout_bytes);
-            let mut stderr = CappedOutput::new("stderr", self.config.max_stderr_bytes);
+            let mut output = CappedExecOutput::new(&self.config);
             while let Some(event) = stream.next().await? {
                 match event {
-                    ExecEvent::Stdout(b) => stdout.push(&b),
-                    ExecEvent::Stderr(b) => stderr.push(&b),
-                    ExecEvent::Complete(mut completion) => {
-                        completion.stdout_truncated |= stdout.truncated;
-                        completion.stderr_truncated |= stderr.truncated;
-                        return Ok(ExecOutput {
-                            stdout: stdout.bytes,
-                            stderr: stderr.bytes,
-                            completion,
-                        });
+                    ExecEvent::Stdout(b) => {
+                        output.push_stdout(&b);
                     }
+                    ExecEvent::Stderr(b) => {
+                        output.push_stderr(&b);
+                    }
+                    ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
                 }
             }
             Err(ProtocolError::Closed)
@@ -677,7 +675,55 @@ impl Drop for ExecStream<'_> {
     }
 }
 
-/// Output collected up to a cap; past it, the marker line and nothing more.
+/// An exec's output collected within the client's caps
+/// ([`ClientConfig::max_stdout_bytes`], [`ClientConfig::max_stderr_bytes`]):
+/// past a cap the stream is cut, the agent's marker line
+/// ([`crate::truncation_marker`]) appended, and the completion flags it as
+/// truncated. [`Client::exec_collect`] uses it; so does any caller that reads
+/// an [`ExecStream`] itself and keeps the output, so that memory stays bounded
+/// whatever the guest sends.
+#[derive(Debug)]
+pub struct CappedExecOutput {
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+}
+
+impl CappedExecOutput {
+    /// Empty, with `config`'s caps.
+    pub fn new(config: &ClientConfig) -> Self {
+        Self {
+            stdout: CappedOutput::new("stdout", config.max_stdout_bytes),
+            stderr: CappedOutput::new("stderr", config.max_stderr_bytes),
+        }
+    }
+
+    /// Keeps a chunk of standard output up to the cap; returns what was
+    /// appended (the kept part, plus the marker where this chunk crossed
+    /// the cap; nothing once cut).
+    pub fn push_stdout(&mut self, chunk: &[u8]) -> &[u8] {
+        self.stdout.push(chunk)
+    }
+
+    /// As [`CappedExecOutput::push_stdout`], for standard error.
+    pub fn push_stderr(&mut self, chunk: &[u8]) -> &[u8] {
+        self.stderr.push(chunk)
+    }
+
+    /// The output kept, with `completion` flagging each stream the client
+    /// cut (a flag the agent set stays set).
+    pub fn finish(self, mut completion: Completion) -> ExecOutput {
+        completion.stdout_truncated |= self.stdout.truncated;
+        completion.stderr_truncated |= self.stderr.truncated;
+        ExecOutput {
+            stdout: self.stdout.bytes,
+            stderr: self.stderr.bytes,
+            completion,
+        }
+    }
+}
+
+/// One stream collected up to a cap; past it, the marker line and nothing
+/// more.
 #[derive(Debug)]
 struct CappedOutput {
     stream: &'static str,
@@ -696,21 +742,25 @@ impl CappedOutput {
         }
     }
 
-    fn push(&mut self, chunk: &[u8]) {
+    /// Appends what fits of `chunk` (and the marker when it does not all
+    /// fit); returns what was appended.
+    fn push(&mut self, chunk: &[u8]) -> &[u8] {
+        let start = self.bytes.len();
         if self.truncated {
-            return;
+            return &self.bytes[start..];
         }
         let room = usize::try_from(self.cap_bytes)
             .unwrap_or(usize::MAX)
-            .saturating_sub(self.bytes.len());
+            .saturating_sub(start);
         if chunk.len() <= room {
             self.bytes.extend_from_slice(chunk);
-            return;
+        } else {
+            self.bytes.extend_from_slice(&chunk[..room]);
+            self.bytes
+                .extend_from_slice(truncation_marker(self.stream, self.cap_bytes).as_bytes());
+            self.truncated = true;
         }
-        self.bytes.extend_from_slice(&chunk[..room]);
-        self.bytes
-            .extend_from_slice(truncation_marker(self.stream, self.cap_bytes).as_bytes());
-        self.truncated = true;
+        &self.bytes[start..]
     }
 }
 
@@ -823,4 +873,62 @@ fn unexpected(operation: &'static str, event: EventBody) -> ProtocolError {
 /// Hex sha256 of bytes (as both sides report it).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+
+    fn completion() -> Completion {
+        Completion {
+            exit_code: 0,
+            timed_out: false,
+            duration_ms: 1,
+            spawn_ms: 1,
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }
+    }
+
+    fn caps(stdout: u64, stderr: u64) -> ClientConfig {
+        ClientConfig {
+            max_stdout_bytes: stdout,
+            max_stderr_bytes: stderr,
+            ..ClientConfig::default()
+        }
+    }
+
+    #[test]
+    fn push_returns_what_was_kept_then_the_marker_then_nothing() {
+        let mut out = CappedExecOutput::new(&caps(5, 100));
+        assert_eq!(out.push_stdout(b"abc"), b"abc");
+        let marker = truncation_marker("stdout", 5);
+        assert_eq!(out.push_stdout(b"defg"), format!("de{marker}").as_bytes());
+        assert_eq!(out.push_stdout(b"more"), b"");
+        let output = out.finish(completion());
+        assert_eq!(output.stdout, format!("abcde{marker}").as_bytes());
+        assert!(output.completion.stdout_truncated);
+        assert!(!output.completion.stderr_truncated);
+    }
+
+    #[test]
+    fn output_exactly_at_the_cap_is_not_truncated() {
+        let mut out = CappedExecOutput::new(&caps(100, 4));
+        assert_eq!(out.push_stderr(b"four"), b"four");
+        let output = out.finish(completion());
+        assert_eq!(output.stderr, b"four");
+        assert!(!output.completion.stderr_truncated);
+    }
+
+    #[test]
+    fn a_truncation_the_agent_flagged_stays_flagged() {
+        let out = CappedExecOutput::new(&ClientConfig::default());
+        let output = out.finish(Completion {
+            stdout_truncated: true,
+            ..completion()
+        });
+        assert!(output.completion.stdout_truncated);
+    }
 }

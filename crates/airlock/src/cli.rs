@@ -13,6 +13,7 @@ use crate::scheduler::{RunObserver, Scheduler, Stage};
 use crate::vm::OutputStream;
 use airlock_protocol::Language;
 use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::Signal;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,7 +49,7 @@ pub enum Command {
 }
 
 /// Arguments of `airlock run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The code, or a file holding it (its extension picks the language).
     /// Without it and without -c, the code is read from stdin.
@@ -300,12 +301,50 @@ fn report_failure(error: &Error, debug: bool) {
     }
 }
 
+/// Turns `args` into a request on a thread of its own, since reading stdin
+/// (or the code file) blocks: the runtime keeps serving meanwhile, and
+/// `stop` (an interrupt) ends the wait. Returns the signal when it came
+/// first.
+///
+/// A thread, not `spawn_blocking`: a read of a terminal cannot be
+/// cancelled, and the runtime's drop would wait for a blocking task
+/// still in it. Interrupted, the thread is left in its read; it ends at
+/// end of input or with this process, which exits right after.
+async fn read_request<R: Read + Send + 'static>(
+    args: RunArgs,
+    mut stdin: R,
+    stop: impl std::future::Future<Output = Signal>,
+) -> std::result::Result<Result<RunRequest, Error>, Signal> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("airlock-stdin".into())
+        .spawn(move || {
+            // The receiver is gone after an interrupt: nothing to tell.
+            let _ = tx.send(args.to_request(&mut stdin));
+        });
+    if let Err(source) = spawned {
+        return Ok(Err(Error::ReadStdin { source }));
+    }
+    tokio::select! {
+        read = rx => Ok(read.unwrap_or_else(|_| {
+            Err(Error::ReadStdin {
+                source: std::io::Error::other("the reading thread ended without an answer"),
+            })
+        })),
+        stop = stop => Err(stop),
+    }
+}
+
 async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
-    let request = match args.to_request(&mut std::io::stdin()) {
-        Ok(r) => r,
-        Err(e) => {
+    let request = match read_request(args.clone(), std::io::stdin(), interrupts.first()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             report_failure(&e, args.debug);
             return EXIT_AIRLOCK_FAILED;
+        }
+        Err(stop) => {
+            eprintln!("airlock: interrupted ({stop}) while reading the code");
+            return interrupt::exit_status(stop);
         }
     };
     let config = Config {
@@ -344,11 +383,13 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         stop = interrupts.first() => {
             observer.clear_progress();
             // Dropping the run handed its VM (or half-built VM) to the
-            // reaper; anything still registered is killed here at once,
-            // and the shutdown waits for the reaper to remove the files.
-            // A second interrupt meanwhile forces (`interrupt.rs`).
-            let stragglers = crate::process::registry().kill_all();
+            // reaper, which SIGKILLs its machines and removes its files;
+            // the shutdown waits for that. Only what is still registered
+            // once the shutdown has given up is killed here: signalling
+            // while the reaper reaps could reach a reused group id. A
+            // second interrupt meanwhile forces (`interrupt.rs`).
             scheduler.manager().shutdown().await;
+            let stragglers = crate::process::registry().kill_all();
             eprintln!(
                 "airlock: interrupted ({stop}): the VM was stopped and its files removed{}",
                 if stragglers.is_empty() { String::new() } else { format!(" ({} processes killed)", stragglers.len()) }
@@ -603,6 +644,68 @@ mod tests {
             .to_request(&mut std::io::empty())
             .unwrap();
         assert_eq!(one.network.mode(), NetworkMode::Allowlist);
+    }
+
+    /// Stdin that blocks until `release` is dropped (like a terminal
+    /// nobody types into), then ends.
+    struct HeldStdin(std::sync::mpsc::Receiver<()>);
+
+    impl Read for HeldStdin {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(0)
+        }
+    }
+
+    // One runtime thread: a read blocking it would stop the timer below.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_interrupt_while_stdin_is_read_stops_the_wait() {
+        let (release, held) = std::sync::mpsc::channel();
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Signal::SIGINT
+        };
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_request(parse(&["-l", "raw"]), HeldStdin(held), stop),
+        )
+        .await;
+        drop(release);
+        assert!(
+            matches!(read, Ok(Err(Signal::SIGINT))),
+            "{:?}",
+            read.map(|r| r.map(|_| ()))
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stdin_read_off_the_runtime_gives_the_request() {
+        let read = read_request(
+            parse(&["-l", "raw"]),
+            std::io::Cursor::new(b"echo 3".to_vec()),
+            std::future::pending(),
+        )
+        .await;
+        let request = read.unwrap().unwrap();
+        assert_eq!(request.code, "echo 3");
+        assert_eq!(request.language, Language::Raw);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_request_read_off_the_runtime_is_its_error() {
+        let read = read_request(
+            parse(&["-t", "0", "x"]),
+            std::io::empty(),
+            std::future::pending(),
+        )
+        .await;
+        assert!(matches!(
+            read,
+            Ok(Err(Error::InvalidInput {
+                field: "timeout",
+                ..
+            }))
+        ));
     }
 
     #[test]

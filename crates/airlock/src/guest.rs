@@ -123,7 +123,7 @@ where
                 when: "during boot",
                 status: status.ok().map(ChildExit::from),
                 stderr_tail: process.stderr_tail(),
-                console_tail: console_tail(paths.console_log),
+                console_tail: console_tail(paths.console_log).await,
             });
         }
     };
@@ -133,7 +133,7 @@ where
             vm_id: paths.vm_id.to_owned(),
             after: waited,
             stderr_tail: process.stderr_tail(),
-            console_tail: console_tail(paths.console_log),
+            console_tail: console_tail(paths.console_log).await,
         }),
     }
 }

@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::{TcpListener, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// What network a run asks for. The default is none: no network device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -233,11 +233,10 @@ impl VmNetwork {
         self.gvproxy.pid()
     }
 
-    /// Stops the bridges, the egress proxy and gvproxy; never fails.
+    /// Stops the bridges (and every connection they carry), the egress
+    /// proxy and gvproxy; never fails.
     pub async fn stop(&mut self) -> NetworkReport {
-        for bridge in self.bridges.drain(..) {
-            bridge.abort();
-        }
+        stop_bridges(&mut self.bridges).await;
         let stats = match self.egress.take() {
             Some(egress) => Some(egress.stop().await),
             None => None,
@@ -255,6 +254,19 @@ impl VmNetwork {
             denied_connections: stats.as_ref().map_or(0, |s| s.connections_denied),
             problems,
         }
+    }
+}
+
+/// Aborts every bridge and waits (briefly) until each has ended: its
+/// connections are aborted with it.
+async fn stop_bridges(bridges: &mut Vec<JoinHandle<()>>) {
+    for bridge in bridges.iter() {
+        bridge.abort();
+    }
+    for bridge in bridges.drain(..) {
+        // An aborted task ends at its next poll; the deadline only guards
+        // against a runtime shutting down under us.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), bridge).await;
     }
 }
 
@@ -284,10 +296,17 @@ impl Drop for VmNetwork {
 }
 
 /// Serves one exposed port: each host connection is spliced to gvproxy's
-/// unix socket for the guest port.
+/// unix socket for the guest port. The connections are tasks of this
+/// loop's [`JoinSet`], reaped as they end: aborting the loop (teardown)
+/// drops the set, which aborts every connection still open.
 async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
+    let mut connections = JoinSet::new();
     loop {
-        let (mut tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (mut tcp, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // A lasting error (out of descriptors) must not spin.
@@ -298,7 +317,7 @@ async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
         };
         let socket = socket.clone();
         let vm_id = vm_id.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match UnixStream::connect(&socket).await {
                 Ok(mut unix) => {
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
@@ -313,6 +332,8 @@ async fn bridge(listener: TcpListener, socket: PathBuf, vm_id: String) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
     use super::*;
 
     fn stopped(exited_before_stop: bool, exit: Option<ChildExit>) -> StopReport {
@@ -342,6 +363,67 @@ mod tests {
         assert!(killed.contains("killed by signal 9"), "{killed}");
         let unknown = early_exit_problem(&stopped(true, None)).unwrap();
         assert!(unknown.contains("unknown status"), "{unknown}");
+    }
+
+    /// A bridge from a host port to a fake gvproxy socket; returns the
+    /// bridge task, its host address and the fake's listener.
+    async fn bridge_to_fake_gvproxy(
+        dir: &Path,
+    ) -> (JoinHandle<()>, SocketAddr, tokio::net::UnixListener) {
+        let socket = dir.join("guest-port.sock");
+        let gvproxy = tokio::net::UnixListener::bind(&socket).unwrap();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(bridge(listener, socket, "vm-b".into()));
+        (task, addr, gvproxy)
+    }
+
+    #[tokio::test]
+    async fn a_bridged_connection_open_across_teardown_is_closed_by_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (task, addr, gvproxy) = bridge_to_fake_gvproxy(dir.path()).await;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut guest, _) = gvproxy.accept().await.unwrap();
+        // The connection carries bytes both ways before the teardown.
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        guest.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        // Act: the teardown's stop of the bridges.
+        stop_bridges(&mut vec![task]).await;
+
+        // Assert: both ends see the connection closed, though neither
+        // closed it.
+        let deadline = std::time::Duration::from_secs(5);
+        let read = tokio::time::timeout(deadline, client.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "host end still open: {read:?}"
+        );
+        let read = tokio::time::timeout(deadline, guest.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "guest end still open: {read:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ended_bridged_connections_are_reaped_and_new_ones_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (task, addr, gvproxy) = bridge_to_fake_gvproxy(dir.path()).await;
+        for round in 0..3u8 {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut guest, _) = gvproxy.accept().await.unwrap();
+            guest.write_all(&[round]).await.unwrap();
+            drop(guest);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, [round]);
+        }
+        stop_bridges(&mut vec![task]).await;
     }
 
     #[test]

@@ -20,9 +20,13 @@ const STDERR_TAIL_BYTES: usize = 4096;
 /// Bytes of the console log shown in error messages.
 pub(crate) const CONSOLE_TAIL_BYTES: usize = 3072;
 
-/// The end of a guest console log, for error messages ("" when absent).
-pub(crate) fn console_tail(path: &Path) -> String {
-    airlock_sys_util::file_tail(path, CONSOLE_TAIL_BYTES)
+/// The end of a guest console log, for error messages ("" when absent or
+/// unreadable). Read on a blocking thread: the log is a file.
+pub(crate) async fn console_tail(path: &Path) -> String {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || airlock_sys_util::file_tail(&path, CONSOLE_TAIL_BYTES))
+        .await
+        .unwrap_or_default()
 }
 
 /// A running QEMU.
@@ -46,7 +50,9 @@ impl QemuProcess {
     /// [`Error::Spawn`]; [`Error::Io`] when the log cannot be created.
     pub async fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
         let program = PathBuf::from(cmd.as_std().get_program());
-        let log_file = std::fs::File::create(log).map_err(|e| Error::io("create", log, e))?;
+        let log_file = tokio::fs::File::create(log)
+            .await
+            .map_err(|e| Error::io("create", log, e))?;
         cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -61,7 +67,7 @@ impl QemuProcess {
             })?;
         let pid = child.id().unwrap_or_default();
         registry().register(pid, vm_id, "qemu");
-        let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
+        let log = Arc::new(tokio::sync::Mutex::new(log_file));
         let stderr_tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
         let mut drains = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -102,7 +108,7 @@ impl QemuProcess {
             return Ok(status);
         }
         let status = self.child.wait().await?;
-        self.status = Some(status);
+        self.reaped(status);
         // Let the drains reach the end of the pipes so the tail is complete.
         for drain in &mut self.drains {
             let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
@@ -110,35 +116,76 @@ impl QemuProcess {
         Ok(status)
     }
 
-    /// The exit status if QEMU has exited.
+    /// The exit status if QEMU has exited (reaping it).
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                self.reaped(status);
+            }
         }
         self.status
     }
 
+    /// Records the status of the reaped QEMU. Its pid, and so its process
+    /// group id, may now be reused: it leaves the registry at once, so that
+    /// an interrupt's `kill_all` cannot signal a stranger's group.
+    fn reaped(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        registry().unregister(self.pid);
+    }
+
     /// Stops QEMU and everything in its process group: SIGTERM, then SIGKILL
     /// after `grace`. Never fails; says what it took.
+    ///
+    /// The group is signalled only while QEMU is not reaped (alive, or a
+    /// zombie, which keeps its pid and so its group id taken): a QEMU
+    /// reaped earlier is left alone, since its group id may belong to
+    /// another process by now.
     pub async fn terminate(&mut self, grace: Duration) -> Termination {
         let outcome = if self.try_status().is_some() {
             Termination::AlreadyExited
         } else {
             signal_group(self.pid, Signal::SIGTERM);
-            match tokio::time::timeout(grace, self.wait()).await {
-                Ok(_) => Termination::Terminated,
-                Err(_) => {
-                    signal_group(self.pid, Signal::SIGKILL);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
-                    Termination::Killed
-                }
+            let exited = tokio::time::timeout(grace, self.exited()).await.is_ok();
+            // Not reaped yet: QEMU (if TERM was not enough) and whatever it
+            // left in its group (helpers) go now; then it is reaped.
+            signal_group(self.pid, Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+            if exited {
+                Termination::Terminated
+            } else {
+                Termination::Killed
             }
         };
-        // Whatever QEMU left in its group (helpers) goes too.
-        signal_group(self.pid, Signal::SIGKILL);
         registry().unregister(self.pid);
         outcome
     }
+
+    /// Waits until QEMU has exited without reaping it: it stays a zombie,
+    /// so its process group id cannot be reused meanwhile.
+    async fn exited(&self) {
+        while !exited_unreaped(self.pid) {
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+}
+
+/// How often [`QemuProcess::terminate`] looks whether QEMU has exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// Whether the child `pid` has exited, without reaping it
+/// (`waitid(WEXITED | WNOHANG | WNOWAIT)`). A child that cannot be waited
+/// for (already reaped) counts as exited.
+fn exited_unreaped(pid: u32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    !matches!(
+        waitid(Id::Pid(nix::unistd::Pid::from_raw(raw)), flags),
+        Ok(WaitStatus::StillAlive)
+    )
 }
 
 impl Drop for QemuProcess {
@@ -269,6 +316,8 @@ impl ProcessRegistry {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
     use super::*;
 
     #[tokio::test]
@@ -289,15 +338,15 @@ mod tests {
         assert!(tail.ends_with("aend"), "{}", &tail[tail.len() - 8..]);
     }
 
-    #[test]
-    fn the_console_tail_is_the_end_of_the_log_or_empty() {
+    #[tokio::test]
+    async fn the_console_tail_is_the_end_of_the_log_or_empty() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
         std::fs::write(&log, format!("{}last", "x".repeat(CONSOLE_TAIL_BYTES))).unwrap();
-        let tail = console_tail(&log);
+        let tail = console_tail(&log).await;
         assert_eq!(tail.len(), CONSOLE_TAIL_BYTES);
         assert!(tail.ends_with("xlast"));
-        assert_eq!(console_tail(&dir.path().join("absent")), "");
+        assert_eq!(console_tail(&dir.path().join("absent")).await, "");
     }
 
     #[tokio::test]
@@ -314,18 +363,111 @@ mod tests {
         assert!(logged.contains("out") && logged.contains("err"));
     }
 
+    /// Waits (at most 10 s) until the process's stderr contains `line`.
+    async fn stderr_says(p: &QemuProcess, line: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let tail = p.stderr_tail();
+            if tail.contains(line) {
+                return tail;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {line:?} on stderr: {tail:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie still answers signal 0; its state in /proc says Z.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
+    /// The pid a script printed as `helper <pid>` on stderr.
+    async fn helper_pid(p: &QemuProcess) -> i32 {
+        let tail = stderr_says(p, "ready").await;
+        tail.lines()
+            .find_map(|l| l.strip_prefix("helper "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn terminate_escalates_to_kill_for_a_term_ignoring_group() {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "trap '' TERM; sleep 30 & wait"]);
+        // "ready" only once the trap is in place.
+        cmd.args(["-c", "trap '' TERM; echo ready >&2; sleep 30 & wait"]);
         let mut p = QemuProcess::spawn(cmd, "t2", &dir.path().join("log"))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        stderr_says(&p, "ready").await;
         let outcome = p.terminate(Duration::from_millis(300)).await;
         assert_eq!(outcome, Termination::Killed);
         assert!(p.try_status().is_some());
+    }
+
+    #[tokio::test]
+    async fn terminate_kills_a_term_ignoring_helper_before_reaping_the_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        // The helper ignores TERM; the leader (exec'd sleep) dies of it.
+        cmd.args([
+            "-c",
+            "(trap '' TERM; exec sleep 30) & echo \"helper $!\" >&2; echo ready >&2; exec sleep 30",
+        ]);
+        let mut p = QemuProcess::spawn(cmd, "t4", &dir.path().join("log"))
+            .await
+            .unwrap();
+        let helper = helper_pid(&p).await;
+        let outcome = p.terminate(Duration::from_secs(5)).await;
+        assert_eq!(outcome, Termination::Terminated);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while alive(helper) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!alive(helper), "helper {helper} survived the teardown");
+    }
+
+    #[tokio::test]
+    async fn a_reaped_leaders_group_is_not_signalled_again() {
+        // Stands in for a group id reused after the leader was reaped: a
+        // process left in the old group must not get the teardown's kill.
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "sleep 30 & echo \"helper $!\" >&2; echo ready >&2; exit 0",
+        ]);
+        let mut p = QemuProcess::spawn(cmd, "t5", &dir.path().join("log"))
+            .await
+            .unwrap();
+        let helper = helper_pid(&p).await;
+        p.wait().await.unwrap();
+        let outcome = p.terminate(Duration::from_millis(100)).await;
+        drop(p);
+        let survived = alive(helper);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper), Signal::SIGKILL);
+        assert_eq!(outcome, Termination::AlreadyExited);
+        assert!(survived, "the reaped leader's group was signalled");
+    }
+
+    #[tokio::test]
+    async fn a_reaped_process_leaves_the_registry_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = QemuProcess::spawn(Command::new("true"), "t6", &dir.path().join("log"))
+            .await
+            .unwrap();
+        let pid = p.pid();
+        assert!(lock(&registry().live).contains_key(&pid));
+        p.wait().await.unwrap();
+        assert!(!lock(&registry().live).contains_key(&pid));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use crate::slots::Slot;
 use crate::teardown::{Reaper, TeardownReport, VmParts};
 use crate::workdir::WorkDir;
 use airlock_limits::VmGroup;
-use airlock_protocol::client::{AgentInfo, Client, ExecEvent};
+use airlock_protocol::client::{AgentInfo, CappedExecOutput, Client, ExecEvent};
 use airlock_protocol::{Completion, ExecRequest, Language, ProtocolError};
 use serde::Serialize;
 use std::time::Duration;
@@ -232,6 +232,12 @@ impl Vm {
     /// Runs code, handing output to `on_output` as it arrives, racing QEMU's
     /// death (a dead VM is reported with its logs, never as a hang).
     ///
+    /// The output kept (and handed to `on_output`) is capped by the
+    /// client's [`airlock_protocol::client::ClientConfig`]
+    /// (`max_stdout_bytes`, `max_stderr_bytes`): past a cap the stream is
+    /// cut, the marker line appended and the completion flags it as
+    /// truncated, whatever the guest sends.
+    ///
     /// # Errors
     /// [`Error::VmDied`] (QEMU exited), [`Error::Protocol`] (the agent
     /// refused or failed, or the host-side deadline passed).
@@ -254,44 +260,13 @@ impl Vm {
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
         let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
-        let run = async {
-            let mut stream = client.exec(request).await?;
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            while let Some(event) = stream.next().await? {
-                match event {
-                    ExecEvent::Stdout(b) => {
-                        on_output(OutputStream::Stdout, &b);
-                        stdout.extend_from_slice(&b);
-                    }
-                    ExecEvent::Stderr(b) => {
-                        on_output(OutputStream::Stderr, &b);
-                        stderr.extend_from_slice(&b);
-                    }
-                    ExecEvent::Complete(completion) => {
-                        return Ok(ExecOutcome {
-                            stdout,
-                            stderr,
-                            completion,
-                        })
-                    }
-                }
-            }
-            Err(ProtocolError::Closed)
-        };
+        let run = collect_exec(client, request, &mut on_output);
         let console_log = self.workdir.console_log();
-        let died = |process: &QemuProcess, status: std::io::Result<std::process::ExitStatus>| {
-            Error::VmDied {
-                vm_id: self.id.clone(),
-                when: "during exec",
-                status: status.ok().map(airlock_sys_util::ChildExit::from),
-                stderr_tail: process.stderr_tail(),
-                console_tail: console_tail(&console_log),
-            }
-        };
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
-            status = process.wait() => return Err(died(process, status)),
+            status = process.wait() => {
+                return Err(died(&vm_id, process, status, &console_log).await);
+            }
         };
         match result {
             Ok(Ok(outcome)) => Ok(outcome),
@@ -299,7 +274,7 @@ impl Vm {
             // a dead VM is reported as such, with its logs.
             Ok(Err(e @ (ProtocolError::Closed | ProtocolError::Io(_)))) => {
                 match tokio::time::timeout(Duration::from_secs(2), process.wait()).await {
-                    Ok(status) => Err(died(process, status)),
+                    Ok(status) => Err(died(&vm_id, process, status, &console_log).await),
                     Err(_) => Err(protocol(e)),
                 }
             }
@@ -326,6 +301,56 @@ impl Vm {
     }
 }
 
+/// [`Error::VmDied`] for QEMU found dead during an exec, with its logs' tails
+/// (the console's read off the runtime).
+async fn died(
+    vm_id: &str,
+    process: &QemuProcess,
+    status: std::io::Result<std::process::ExitStatus>,
+    console_log: &std::path::Path,
+) -> Error {
+    Error::VmDied {
+        vm_id: vm_id.to_owned(),
+        when: "during exec",
+        status: status.ok().map(airlock_sys_util::ChildExit::from),
+        stderr_tail: process.stderr_tail(),
+        console_tail: console_tail(console_log).await,
+    }
+}
+
+/// Runs an exec to its end, keeping its output within `client`'s caps and
+/// handing `on_output` what was kept, as it arrives.
+async fn collect_exec(
+    client: &Client,
+    request: ExecRequest,
+    on_output: &mut (impl FnMut(OutputStream, &[u8]) + Send),
+) -> std::result::Result<ExecOutcome, ProtocolError> {
+    let mut stream = client.exec(request).await?;
+    let mut output = CappedExecOutput::new(client.config());
+    while let Some(event) = stream.next().await? {
+        match event {
+            ExecEvent::Stdout(b) => emit(on_output, OutputStream::Stdout, output.push_stdout(&b)),
+            ExecEvent::Stderr(b) => emit(on_output, OutputStream::Stderr, output.push_stderr(&b)),
+            ExecEvent::Complete(completion) => {
+                let output = output.finish(completion);
+                return Ok(ExecOutcome {
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                    completion: output.completion,
+                });
+            }
+        }
+    }
+    Err(ProtocolError::Closed)
+}
+
+/// Hands `kept` to `on_output` unless nothing was kept (past the cap).
+fn emit(on_output: &mut impl FnMut(OutputStream, &[u8]), stream: OutputStream, kept: &[u8]) {
+    if !kept.is_empty() {
+        on_output(stream, kept);
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         // Cancellation or an early return: the same teardown, on the reaper.
@@ -333,5 +358,99 @@ impl Drop for Vm {
             self.reaper
                 .hand_over(running.into_parts(&self.id, &self.workdir));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+    use airlock_protocol::client::ClientConfig;
+    use airlock_protocol::{truncation_marker, Data, Event, EventBody, FrameReader, FrameWriter};
+
+    /// A fake agent that answers an exec with `chunks` stdout chunks of
+    /// 1 KiB, one stderr line, and a completion it does not flag as
+    /// truncated (an agent ignoring its own cap).
+    fn flooding_agent(config: ClientConfig, chunks: usize) -> Client {
+        let (host_cmd, agent_cmd) = tokio::io::duplex(1 << 16);
+        let (agent_event, host_event) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(agent_cmd);
+            let mut writer = FrameWriter::new(agent_event);
+            while let Ok(Some(line)) = reader.next_request().await {
+                let Ok(request) = line else { continue };
+                let mut events = vec![EventBody::Stderr {
+                    data: Data::text_or_base64("err\n"),
+                }];
+                events.extend((0..chunks).map(|_| EventBody::Stdout {
+                    data: Data::text_or_base64("x".repeat(1024)),
+                }));
+                events.push(EventBody::Complete(Completion {
+                    exit_code: 0,
+                    timed_out: false,
+                    duration_ms: 1,
+                    spawn_ms: 1,
+                    stdout_truncated: false,
+                    stderr_truncated: false,
+                }));
+                for body in events {
+                    if writer.send(&Event::new(request.op, body)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Client::with_config(host_event, host_cmd, config).unwrap()
+    }
+
+    fn request() -> ExecRequest {
+        ExecRequest {
+            language: Language::Raw,
+            code: "yes".into(),
+            timeout_ms: 5000,
+            env: Default::default(),
+            cwd: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_output_past_the_clients_cap_is_cut_marked_and_flagged() {
+        // Arrange: a 10 KiB stdout cap, an agent sending 100 KiB.
+        let config = ClientConfig {
+            max_stdout_bytes: 10 * 1024,
+            ..ClientConfig::default()
+        };
+        let client = flooding_agent(config, 100);
+        let mut streamed = Vec::new();
+
+        // Act
+        let outcome = collect_exec(&client, request(), &mut |stream, bytes: &[u8]| {
+            if stream == OutputStream::Stdout {
+                streamed.extend_from_slice(bytes);
+            }
+        })
+        .await
+        .unwrap();
+
+        // Assert: the cap, the marker, the flag; stderr untouched; what was
+        // streamed is what was kept.
+        let marker = truncation_marker("stdout", 10 * 1024);
+        assert_eq!(outcome.stdout.len(), 10 * 1024 + marker.len());
+        assert!(outcome.stdout.ends_with(marker.as_bytes()));
+        assert!(outcome.completion.stdout_truncated);
+        assert_eq!(outcome.stderr, b"err\n");
+        assert!(!outcome.completion.stderr_truncated);
+        assert_eq!(streamed, outcome.stdout);
+    }
+
+    #[tokio::test]
+    async fn exec_output_within_the_cap_is_kept_whole_and_unflagged() {
+        let client = flooding_agent(ClientConfig::default(), 3);
+        let outcome = collect_exec(&client, request(), &mut |_, _: &[u8]| {})
+            .await
+            .unwrap();
+        assert_eq!(outcome.stdout, "x".repeat(3 * 1024).as_bytes());
+        assert!(!outcome.completion.stdout_truncated);
     }
 }
