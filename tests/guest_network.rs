@@ -30,6 +30,7 @@ async fn python(vm: &PlainVm, code: &str, env: BTreeMap<String, String>) -> Stri
         .client
         .exec_collect(
             ExecRequest {
+                mode: Default::default(),
                 language: Language::Python,
                 code: code.into(),
                 timeout_ms: 30_000,

@@ -18,6 +18,7 @@ async fn exec(vm: &PlainVm, language: Language, code: &str) -> ExecOutput {
     vm.client
         .exec_collect(
             ExecRequest {
+                mode: Default::default(),
                 language,
                 code: code.into(),
                 timeout_ms: 30_000,

@@ -427,6 +427,7 @@ pub fn serve<S: Read + Write + Send + 'static>(
 /// An exec of `code` with no extra environment.
 pub fn exec_request(language: Language, code: &str, timeout_ms: u64) -> ExecRequest {
     ExecRequest {
+        mode: Default::default(),
         language,
         code: code.into(),
         timeout_ms,

@@ -117,6 +117,7 @@ async fn start_guest_server<'a>(vm: &'a Vm, nonce: &str) -> ExecStream<'a> {
         .client()
         .unwrap()
         .exec(ExecRequest {
+            mode: Default::default(),
             language: Language::Python,
             code: SERVE.into(),
             timeout_ms: 600_000,
@@ -670,6 +671,7 @@ async fn a_killed_gvproxy_cuts_the_network_and_teardown_stays_clean() {
     let outcome = vm
         .exec(
             ExecRequest {
+                mode: Default::default(),
                 language: Language::Python,
                 code: "import socket\ns = socket.socket()\ns.settimeout(2)\n\
                        try:\n    s.connect(('192.168.127.1', 80)); print('connected')\n\

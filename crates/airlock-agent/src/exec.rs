@@ -404,6 +404,7 @@ pub(crate) async fn run(
         "process ended"
     );
     Ok(Completion {
+        state_lost: false,
         exit_code,
         timed_out,
         duration_ms,

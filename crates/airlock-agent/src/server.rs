@@ -309,6 +309,11 @@ impl Dispatcher {
                     .await;
             }
             RequestBody::Exec(request) => Box::pin(ctx.exec(request)),
+            RequestBody::Cancel { .. } => {
+                return self
+                    .refuse(op, AgentError::Unsupported("cancel".into()))
+                    .await;
+            }
             RequestBody::WriteFile { path, mode, size } => {
                 let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                 chunks = Some(tx);

@@ -883,6 +883,7 @@ mod tests {
 
     fn completion() -> Completion {
         Completion {
+            state_lost: false,
             exit_code: 0,
             timed_out: false,
             duration_ms: 1,

@@ -49,7 +49,9 @@ pub use message::*;
 /// refuses an agent whose protocol differs ([`check_protocol`]).
 ///
 /// 2: `reseed` / `reseeded` (after a restore from a memory template).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: exec `mode` (`cell`: the persistent interpreter), `state_lost` in
+/// `complete`, `cancel`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The operation of the agent's hello: a `pong` the agent sends unasked
 /// each time its channel opens. A ping the host sends before the guest has

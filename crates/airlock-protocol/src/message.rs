@@ -145,7 +145,8 @@ pub enum RequestBody {
         /// Path relative to the sandbox home (`""` or `"."` for the home).
         path: String,
     },
-    /// Start an interpreter ahead of time so the next exec starts faster:
+    /// Start the language's persistent interpreter ahead of time (and
+    /// import its common modules) so that the next cell starts at once:
     /// answered by [`EventBody::Complete`].
     WarmRepl {
         /// The interpreter to warm.
@@ -159,6 +160,15 @@ pub enum RequestBody {
         entropy: Data,
         /// The host's wall clock, in nanoseconds since the Unix epoch.
         unix_time_ns: u64,
+    },
+    /// Interrupt the exec running under `target` (Ctrl-C in a session): a
+    /// cell gets SIGINT first where its interpreter survives it, then the
+    /// kill a timeout gets. The target's `complete` reports the end
+    /// (exit code 130 when interrupted). Not answered itself; an unknown or
+    /// finished target is ignored.
+    Cancel {
+        /// The op of the exec to interrupt.
+        target: OpId,
     },
     /// Install packages with the language's package manager: answered like
     /// an exec.
@@ -185,6 +195,7 @@ impl RequestBody {
             RequestBody::ListFiles { .. } => "list_files",
             RequestBody::WarmRepl { .. } => "warm_repl",
             RequestBody::Reseed { .. } => "reseed",
+            RequestBody::Cancel { .. } => "cancel",
             RequestBody::InstallPackages { .. } => "install_packages",
         }
     }
@@ -200,6 +211,7 @@ impl RequestBody {
         "list_files",
         "warm_repl",
         "reseed",
+        "cancel",
         "install_packages",
     ];
 }
@@ -219,6 +231,33 @@ pub struct ExecRequest {
     /// Working directory relative to the sandbox home (default: the home).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// A new process per exec (the default) or a cell of the persistent
+    /// interpreter.
+    #[serde(default, skip_serializing_if = "ExecMode::is_process")]
+    pub mode: ExecMode,
+}
+
+/// How an exec runs its code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecMode {
+    /// A new interpreter process (`python3 -c`, `node -e`, `bash -c`) that
+    /// exits with the code; nothing survives it.
+    #[default]
+    Process,
+    /// A cell of the language's persistent interpreter (started on first
+    /// use, or by `warm_repl`): globals, imports, cwd and shell variables
+    /// survive from cell to cell. Boundaries and exit codes travel out of
+    /// band; a cell that has to be killed ends the interpreter and its
+    /// completion says `state_lost`.
+    Cell,
+}
+
+impl ExecMode {
+    /// Whether this is [`ExecMode::Process`] (the wire default).
+    pub fn is_process(&self) -> bool {
+        matches!(self, ExecMode::Process)
+    }
 }
 
 /// An event, guest -> host.
@@ -353,6 +392,11 @@ pub struct Completion {
     /// Whether stderr went over its cap and was cut.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stderr_truncated: bool,
+    /// A cell only: the persistent interpreter had to be killed (timeout,
+    /// cancel, or it died), so the state of earlier cells is gone and the
+    /// next cell starts a fresh interpreter.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub state_lost: bool,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -37,6 +37,7 @@ fn pong() -> EventBody {
 
 fn exec_request(code: &str) -> ExecRequest {
     ExecRequest {
+        mode: Default::default(),
         language: Language::Raw,
         code: code.into(),
         timeout_ms: 1000,
@@ -80,6 +81,7 @@ async fn exec_collects_output_until_complete() {
                 data: Data::text_or_base64("b"),
             },
             EventBody::Complete(Completion {
+                state_lost: false,
                 exit_code: 3,
                 timed_out: false,
                 duration_ms: 1,
@@ -106,6 +108,7 @@ async fn exec_stream_yields_events_in_order_then_none() {
                 data: Data::text_or_base64("x"),
             },
             EventBody::Complete(Completion {
+                state_lost: false,
                 exit_code: 0,
                 timed_out: false,
                 duration_ms: 1,
@@ -268,6 +271,7 @@ async fn exec_collect_cuts_output_at_the_host_cap_and_flags_it() {
             },
             chunk(),
             EventBody::Complete(Completion {
+                state_lost: false,
                 exit_code: 0,
                 timed_out: false,
                 duration_ms: 1,

@@ -10,6 +10,7 @@ fn all_requests() -> Vec<Request> {
     let bodies = vec![
         RequestBody::Ping,
         RequestBody::Exec(ExecRequest {
+            mode: Default::default(),
             language: Language::Javascript,
             code: "console.log('é\\n')".into(),
             timeout_ms: 5,
@@ -17,6 +18,7 @@ fn all_requests() -> Vec<Request> {
             cwd: Some("sub/dir".into()),
         }),
         RequestBody::Exec(ExecRequest {
+            mode: Default::default(),
             language: Language::Raw,
             code: String::new(),
             timeout_ms: 0,
@@ -41,6 +43,15 @@ fn all_requests() -> Vec<Request> {
             entropy: Data::base64(vec![9u8; 32]),
             unix_time_ns: u64::MAX,
         },
+        RequestBody::Exec(ExecRequest {
+            mode: ExecMode::Cell,
+            language: Language::Javascript,
+            code: "await 1".into(),
+            timeout_ms: 5,
+            env: BTreeMap::new(),
+            cwd: None,
+        }),
+        RequestBody::Cancel { target: 7 },
         RequestBody::InstallPackages {
             language: Language::Python,
             packages: vec!["numpy".into()],
@@ -67,11 +78,21 @@ fn all_events() -> Vec<Event> {
             data: Data::text_or_base64(vec![0xc3u8, 0x28]),
         },
         EventBody::Complete(Completion {
+            state_lost: false,
             exit_code: -1,
             timed_out: true,
             duration_ms: 9,
             spawn_ms: 1,
             stdout_truncated: true,
+            stderr_truncated: false,
+        }),
+        EventBody::Complete(Completion {
+            state_lost: true,
+            exit_code: 130,
+            timed_out: false,
+            duration_ms: 9,
+            spawn_ms: 0,
+            stdout_truncated: false,
             stderr_truncated: false,
         }),
         EventBody::FileAck {
@@ -177,6 +198,7 @@ fn any_request() -> impl Strategy<Value = Request> {
         )
             .prop_map(
                 |(code, timeout_ms, env, cwd)| RequestBody::Exec(ExecRequest {
+                    mode: Default::default(),
                     language: Language::Python,
                     code,
                     timeout_ms,
@@ -199,6 +221,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         any_data().prop_map(|data| EventBody::Stderr { data }),
         (any::<i32>(), any::<bool>(), any::<u64>()).prop_map(|(exit_code, timed_out, d)| {
             EventBody::Complete(Completion {
+                state_lost: false,
                 exit_code,
                 timed_out,
                 duration_ms: d,

@@ -108,6 +108,7 @@ impl Scheduler {
         let outcome = vm
             .exec(
                 ExecRequest {
+                    mode: Default::default(),
                     language: request.language,
                     code: request.code,
                     timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),

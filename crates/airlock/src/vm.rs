@@ -387,6 +387,7 @@ mod tests {
                     data: Data::text_or_base64("x".repeat(1024)),
                 }));
                 events.push(EventBody::Complete(Completion {
+                    state_lost: false,
                     exit_code: 0,
                     timed_out: false,
                     duration_ms: 1,
@@ -406,6 +407,7 @@ mod tests {
 
     fn request() -> ExecRequest {
         ExecRequest {
+            mode: Default::default(),
             language: Language::Raw,
             code: "yes".into(),
             timeout_ms: 5000,

@@ -163,6 +163,7 @@ impl RawAgent {
 
 pub fn exec_request(language: Language, code: &str) -> ExecRequest {
     ExecRequest {
+        mode: Default::default(),
         language,
         code: code.to_owned(),
         timeout_ms: 20_000,

@@ -298,6 +298,7 @@ async fn boot(setup: &Setup) -> Result<Vm> {
 
 fn exec(code: &str) -> ExecRequest {
     ExecRequest {
+        mode: Default::default(),
         language: Language::Raw,
         code: code.into(),
         timeout_ms: 5000,
