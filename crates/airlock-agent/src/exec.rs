@@ -15,6 +15,7 @@ use crate::env_policy::{build_env, check_env};
 use crate::exec_cgroup::ExecCgroup;
 use crate::home::Home;
 use crate::output::{OutputBatcher, StreamKind};
+use crate::packages::{self, InstallTarget};
 use crate::reaper::spawn_tracked;
 use crate::rel_path::RelPath;
 use crate::{sys, AgentConfig, AgentError};
@@ -127,8 +128,11 @@ pub fn check_package_name(name: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The plan for installing packages with the language's package manager,
-/// into the sandbox user's own space.
+/// The plan for installing packages with the language's package manager:
+/// into the sandbox user's own space ([`InstallTarget::Home`]) or into the
+/// writable package layer ([`InstallTarget::Layer`], see
+/// [`crate::packages`]). Package names are operands after the options, so
+/// none can be read as an option.
 ///
 /// # Errors
 /// [`AgentError::Unsupported`] for `raw`, [`AgentError::InvalidRequest`] for
@@ -136,7 +140,7 @@ pub fn check_package_name(name: &str) -> Result<(), AgentError> {
 pub fn plan_install(
     language: Language,
     packages: &[String],
-    home: &str,
+    target: &InstallTarget,
 ) -> Result<ExecPlan, AgentError> {
     if packages.is_empty() {
         return Err(AgentError::InvalidRequest("no packages to install".into()));
@@ -148,44 +152,58 @@ pub fn plan_install(
         )));
     }
     packages.iter().try_for_each(|p| check_package_name(p))?;
-    let (program, head, extra_env): (_, Vec<String>, _) = match language {
-        Language::Python => (
+    let layer = matches!(target, InstallTarget::Layer);
+    let (program, mut args, mut extra_env): (_, Vec<String>, _) = match (language, target) {
+        (Language::Python, _) => (
             "python3",
             [
                 "-m",
                 "pip",
                 "install",
-                "--user",
                 "--no-cache-dir",
                 "--no-input",
+                "--compile",
             ]
             .map(String::from)
             .into(),
-            // Debian marks its Python externally managed (PEP 668); a --user
-            // install into the sandbox home does not touch the system's.
+            // Debian marks its Python externally managed (PEP 668); the
+            // install goes to the home or the layer, never the system's.
             vec![
                 ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
             ],
         ),
-        Language::Javascript => (
+        (Language::Javascript, _) => (
             "npm",
-            vec![
-                "install".into(),
-                "--prefix".into(),
-                home.to_owned(),
-                "--no-audit".into(),
-                "--no-fund".into(),
-            ],
+            ["install", "--no-audit", "--no-fund", "--no-update-notifier"]
+                .map(String::from)
+                .into(),
             vec![("NPM_CONFIG_UPDATE_NOTIFIER", "false")],
         ),
-        Language::Raw => {
+        (Language::Raw, _) => {
             return Err(AgentError::Unsupported(
                 "install_packages needs python or javascript (raw has no package manager)".into(),
             ))
         }
     };
-    let mut args = head;
+    match (language, target) {
+        (Language::Python, InstallTarget::Home(_)) => args.push("--user".into()),
+        (Language::Python, InstallTarget::Layer) => {
+            args.extend(["--target".into(), packages::PYTHON_DIR.into()]);
+        }
+        (_, InstallTarget::Home(home)) => args.extend(["--prefix".into(), home.clone()]),
+        (_, InstallTarget::Layer) => {
+            args.extend(["--prefix".into(), packages::NODE_PREFIX.into()]);
+        }
+    }
+    if layer {
+        // Downloads, builds and caches on the layer, not in the small /tmp.
+        extra_env.extend([
+            ("TMPDIR", packages::SCRATCH_DIR),
+            ("npm_config_cache", packages::SCRATCH_DIR),
+        ]);
+    }
+    args.push("--".into());
     args.extend(packages.iter().cloned());
     Ok(ExecPlan {
         program,
@@ -605,18 +623,34 @@ mod tests {
     #[test]
     fn install_plans_use_the_user_space_and_keep_names_as_operands() {
         let pkgs = vec!["requests==2.31".to_owned(), "@scope/pkg".to_owned()];
-        let py = plan_install(Language::Python, &pkgs, "/home/sandbox").unwrap();
+        let home = InstallTarget::Home("/home/sandbox".into());
+        let py = plan_install(Language::Python, &pkgs, &home).unwrap();
         assert_eq!(py.program, "python3");
         assert!(py.args.contains(&"--user".to_owned()));
         assert!(py.args.contains(&"--no-cache-dir".to_owned()));
         assert!(py.args.ends_with(&pkgs));
-        let js = plan_install(Language::Javascript, &pkgs, "/home/sandbox").unwrap();
+        assert_eq!(py.args[py.args.len() - pkgs.len() - 1], "--");
+        let js = plan_install(Language::Javascript, &pkgs, &home).unwrap();
         assert_eq!(js.program, "npm");
         assert!(js
             .args
             .windows(2)
             .any(|w| w == ["--prefix", "/home/sandbox"]));
         assert!(js.args.ends_with(&pkgs));
+    }
+
+    #[test]
+    fn layer_installs_target_the_layer_with_scratch_on_it() {
+        let pkgs = vec!["six==1.16.0".to_owned()];
+        let py = plan_install(Language::Python, &pkgs, &InstallTarget::Layer).unwrap();
+        assert!(py.args.windows(2).any(|w| w == ["--target", "/opt/python"]));
+        assert!(!py.args.contains(&"--user".to_owned()));
+        assert!(py.extra_env.contains(&("TMPDIR", "/opt/.install-tmp")));
+        let js = plan_install(Language::Javascript, &pkgs, &InstallTarget::Layer).unwrap();
+        assert!(js.args.windows(2).any(|w| w == ["--prefix", "/opt/node"]));
+        assert!(js
+            .extra_env
+            .contains(&("npm_config_cache", "/opt/.install-tmp")));
     }
 
     #[test]
@@ -629,17 +663,23 @@ mod tests {
             "a\nb",
             &"x".repeat(300),
         ] {
-            let err = plan_install(Language::Python, &[bad.to_owned()], "/h").unwrap_err();
+            let err = plan_install(
+                Language::Python,
+                &[bad.to_owned()],
+                &InstallTarget::Home("/h".into()),
+            )
+            .unwrap_err();
             assert_eq!(
                 err.kind(),
                 airlock_protocol::ErrorKind::InvalidRequest,
                 "{bad:?}"
             );
         }
-        assert!(plan_install(Language::Python, &[], "/h").is_err());
+        assert!(plan_install(Language::Python, &[], &InstallTarget::Home("/h".into())).is_err());
         let many = vec!["a".to_owned(); MAX_PACKAGES + 1];
-        assert!(plan_install(Language::Python, &many, "/h").is_err());
-        let err = plan_install(Language::Raw, &["x".to_owned()], "/h").unwrap_err();
+        assert!(plan_install(Language::Python, &many, &InstallTarget::Home("/h".into())).is_err());
+        let err =
+            plan_install(Language::Raw, &["x".to_owned()], &InstallTarget::Layer).unwrap_err();
         assert_eq!(err.kind(), airlock_protocol::ErrorKind::Unsupported);
     }
 

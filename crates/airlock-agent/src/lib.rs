@@ -5,8 +5,10 @@
 //! It sits at the bottom of the layers, in the guest: the orchestrator talks
 //! to it through the protocol crate's client; of the rest of Airlock it uses
 //! only `airlock-sys-util` (process groups, exit statuses), without its
-//! tokio feature. It does not boot anything, mount anything (`airlock-init` does),
-//! or decide policy for the host (limits come from its flags).
+//! tokio feature. It does not boot anything or mount anything
+//! (`airlock-init` does; the one exception is sealing the package layer
+//! read-only after an install), or decide policy for the host (limits come
+//! from its flags).
 //!
 //! - [`serve`] answers requests from any `AsyncRead`/`AsyncWrite` pair:
 //!   virtio-serial ports in the guest ([`ports`]), unix sockets or in-memory
@@ -17,6 +19,9 @@
 //! - File transfer (`files`): atomic chunked writes, chunked reads, listings,
 //!   every path checked ([`rel_path`]) and opened beneath the home
 //!   (`openat2(RESOLVE_BENEATH)`).
+//! - [`packages`]: the package layer on `/opt` (on `PYTHONPATH` and
+//!   `NODE_PATH` when present; installed into and sealed read-only in the
+//!   install VM).
 //! - [`reaper`]: zombie reaping when the agent is PID 1.
 //! - `reseed`: after a restore from a memory template, host entropy into
 //!   the kernel's pool and the host's wall clock.
@@ -44,6 +49,7 @@ pub mod exec_cgroup;
 mod files;
 mod home;
 pub mod output;
+pub mod packages;
 pub mod ports;
 pub mod reaper;
 pub mod rel_path;

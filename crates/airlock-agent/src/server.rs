@@ -14,6 +14,7 @@
 
 use crate::exec::{self, plan_exec, plan_install, plan_warm, AbortOnDrop, ExecSpec};
 use crate::files::{list_dir, FileReader, FileWriter};
+use crate::packages::InstallTarget;
 use crate::{AgentConfig, AgentError};
 use airlock_protocol::{
     Data, ErrorKind, Event, EventBody, ExecRequest, FrameReader, FrameWriter, Language, OpId,
@@ -332,7 +333,8 @@ impl Dispatcher {
                 language,
                 packages,
                 timeout_ms,
-            } => Box::pin(ctx.install(language, packages, timeout_ms)),
+                env,
+            } => Box::pin(ctx.install(language, packages, timeout_ms, env)),
         };
         tracing::info!(op, action, "operation started");
         let done = self.done_tx.clone();
@@ -411,25 +413,56 @@ impl OpCtx {
         self.run_process(spec).await
     }
 
+    /// Installs into the writable package layer when the guest has one
+    /// (the install VM: the layer is sealed read-only afterwards, whatever
+    /// the outcome), else into the sandbox user's own space.
     async fn install(
         self,
         language: Language,
         packages: Vec<String>,
         timeout_ms: u64,
+        env: std::collections::BTreeMap<String, String>,
     ) -> EventBody {
-        let home = self.config.home.to_string_lossy().into_owned();
-        let plan = match plan_install(language, &packages, &home) {
+        let layer = crate::packages::writable_layer();
+        let target = if layer {
+            InstallTarget::Layer
+        } else {
+            InstallTarget::Home(self.config.home.to_string_lossy().into_owned())
+        };
+        let plan = match plan_install(language, &packages, &target) {
             Ok(plan) => plan,
             Err(error) => return last_event(Err(error)),
         };
+        if layer {
+            let dir = match language {
+                Language::Javascript => crate::packages::NODE_PREFIX,
+                _ => crate::packages::PYTHON_DIR,
+            };
+            let owner = self.config.run_as.map(|r| (r.uid, r.gid));
+            let prepared =
+                exec::blocking(move || crate::packages::prepare_layer(&[dir], owner)).await;
+            if let Err(error) = prepared {
+                return last_event(Err(error));
+            }
+        }
         let spec = ExecSpec {
             plan,
-            env: Default::default(),
+            env,
             cwd: None,
             timeout: Duration::from_millis(timeout_ms),
             forward_output: true,
         };
-        self.run_process(spec).await
+        let done = self.run_process(spec).await;
+        if !layer {
+            return done;
+        }
+        match exec::blocking(crate::packages::seal_layer).await {
+            Ok(()) => {
+                tracing::info!(op = self.op, "package layer sealed read-only");
+                done
+            }
+            Err(error) => last_event(Err(error)),
+        }
     }
 
     async fn write(

@@ -171,7 +171,9 @@ pub enum RequestBody {
         target: OpId,
     },
     /// Install packages with the language's package manager: answered like
-    /// an exec.
+    /// an exec. Into the package layer when the guest has a writable one
+    /// (the install VM; the layer is made read-only once the install
+    /// ends), else into the sandbox user's own space.
     InstallPackages {
         /// Whose package manager (pip, npm).
         language: Language,
@@ -179,6 +181,11 @@ pub enum RequestBody {
         packages: Vec<String>,
         /// Deadline in milliseconds.
         timeout_ms: u64,
+        /// Extra environment variables for the package manager (e.g. the
+        /// CA bundle: `PIP_CERT`, `NODE_EXTRA_CA_CERTS`), checked like an
+        /// exec's.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
 }
 

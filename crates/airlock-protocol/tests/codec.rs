@@ -56,6 +56,7 @@ fn all_requests() -> Vec<Request> {
             language: Language::Python,
             packages: vec!["numpy".into()],
             timeout_ms: 1,
+            env: BTreeMap::from([("PIP_CERT".into(), "/home/sandbox/.ca.pem".into())]),
         },
     ];
     bodies
