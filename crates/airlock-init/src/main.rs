@@ -62,10 +62,12 @@ fn boot() -> Result<String, InitError> {
     })?;
     let args = BootArgs::parse(&cmdline)?;
     let disk = wait_for_disk(ROOT_SERIAL)?;
-    mount_new_root(&disk, &args)?;
-    if let Some(mode) = args.packages {
-        mount_packages(mode)?;
-    }
+    // Looked up now: /sys and /dev move into the new root below.
+    let packages = match args.packages {
+        Some(mode) => Some((wait_for_disk(PACKAGES_SERIAL)?, mode)),
+        None => None,
+    };
+    mount_new_root(&disk, &args, packages)?;
     switch_root()?;
     let root_ms = boottime_ms();
     let agent = spawn_agent()?;
@@ -136,13 +138,21 @@ fn read_disk_serials() -> Vec<DiskSerial> {
         .collect()
 }
 
-/// The root disk read-only under [`NEW_ROOT`], with size-capped tmpfs for
+/// The root disk read-only under [`NEW_ROOT`] (and the package layer on
+/// its `/opt` when there is one), with size-capped tmpfs for
 /// `/tmp`, `/run` and the sandbox home, `/dev/pts` and `/dev/shm` (both
 /// `noexec`), and cgroup2 on `/sys/fs/cgroup` (the agent gives each exec
 /// its own cgroup there).
-fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
+fn mount_new_root(
+    disk: &str,
+    args: &BootArgs,
+    packages: Option<(String, PackagesMount)>,
+) -> Result<(), InitError> {
     let root_flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(disk, NEW_ROOT, "ext4", root_flags, None)?;
+    if let Some((packages_disk, mode)) = packages {
+        mount_packages(&packages_disk, mode)?;
+    }
     let scratch = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let tmp = format!("mode=1777,size={}m", args.tmp_mib);
     mount_fs(
@@ -205,14 +215,13 @@ fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
 /// read-only for runs, writable for the install VM (whose agent remounts
 /// it read-only once the install is done). `nosuid,nodev` always; not
 /// `noexec`, as native extension modules are mapped executable.
-fn mount_packages(mode: PackagesMount) -> Result<(), InitError> {
-    let disk = wait_for_disk(PACKAGES_SERIAL)?;
+fn mount_packages(disk: &str, mode: PackagesMount) -> Result<(), InitError> {
     let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
     if mode == PackagesMount::ReadOnly {
         flags |= MsFlags::MS_RDONLY;
     }
     mount_fs(
-        &disk,
+        disk,
         &format!("{NEW_ROOT}{PACKAGES_MOUNT}"),
         "ext4",
         flags,

@@ -29,7 +29,7 @@ use crate::message::*;
 use crate::{check_protocol, truncation_marker, Data, ProtocolError, HELLO_OP};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -374,6 +374,34 @@ impl Client {
     /// [`ProtocolError::Closed`] or a transport error.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecStream<'_>, ProtocolError> {
         let (op, rx) = self.start(RequestBody::Exec(request)).await?;
+        Ok(ExecStream {
+            client: self,
+            op,
+            rx,
+            done: false,
+        })
+    }
+
+    /// Starts a package install (answered like an exec: output events,
+    /// then the completion); read its progress from the returned stream.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Closed`] or a transport error.
+    pub async fn install_packages(
+        &self,
+        language: Language,
+        packages: Vec<String>,
+        timeout: Duration,
+        env: BTreeMap<String, String>,
+    ) -> Result<ExecStream<'_>, ProtocolError> {
+        let (op, rx) = self
+            .start(RequestBody::InstallPackages {
+                language,
+                packages,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                env,
+            })
+            .await?;
         Ok(ExecStream {
             client: self,
             op,

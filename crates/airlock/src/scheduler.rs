@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::manager::VmManager;
 use crate::ms;
+use crate::packages::{self, InstallSettings, LayerOutcome, PackageDisk, PackagesReport};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
 use crate::template::{shape_of, Found, Templates};
 use crate::vm::{OutputStream, Vm, VmOptions};
@@ -16,6 +17,9 @@ pub enum Stage {
     /// No memory template of the run's shape exists (or it was damaged):
     /// one is being built (once per shape; it takes a cold boot and more).
     BuildingTemplate,
+    /// The run's package list has no layer yet: an install VM is
+    /// installing it (once per list; later runs attach the stored layer).
+    InstallingPackages,
     /// Waiting for a slot, taking an overlay, booting (or restoring).
     Booting,
     /// The agent answered; the code is about to run.
@@ -94,15 +98,27 @@ impl Scheduler {
         let start = Instant::now();
         request.validate()?;
         let validate_ms = ms(start.elapsed());
+        let layer = self.package_layer(&request, observer).await?;
         let options = VmOptions {
             tenant: request.tenant.clone(),
             language: request.language,
             memory_mib: request.memory_mib,
             vcpus: request.vcpus,
             network: request.network.clone(),
+            packages: layer.as_ref().map(|outcome| PackageDisk {
+                image: outcome.layer.image(),
+                writable: false,
+            }),
         };
         let mut vm = self.boot(&options, observer).await?;
         observer.exposed(vm.exposed());
+        let env = match self.guest_env(&vm, &options, request.env).await {
+            Ok(env) => env,
+            Err(e) => {
+                vm.destroy().await;
+                return Err(e);
+            }
+        };
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
         let outcome = vm
@@ -112,7 +128,7 @@ impl Scheduler {
                     language: request.language,
                     code: request.code,
                     timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-                    env: request.env,
+                    env,
                     cwd: None,
                 },
                 |stream, bytes| observer.output(stream, bytes),
@@ -145,7 +161,53 @@ impl Scheduler {
             ),
             usage: teardown.usage,
             network: teardown.network,
+            packages: layer.as_ref().map(PackagesReport::of),
         })
+    }
+
+    /// The layer of the request's packages (`None`: it has none): the
+    /// stored one, else one built now by an install VM
+    /// ([`Stage::InstallingPackages`]).
+    async fn package_layer(
+        &self,
+        request: &RunRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Option<LayerOutcome>> {
+        let list = request.package_list()?;
+        if list.is_empty() {
+            return Ok(None);
+        }
+        if let Some(layer) = packages::find_layer(&self.manager, &list).await? {
+            return Ok(Some(LayerOutcome {
+                layer,
+                install: None,
+            }));
+        }
+        observer.stage(Stage::InstallingPackages);
+        let settings = InstallSettings {
+            tenant: request.tenant.clone(),
+            ca: self.manager.config().ca_bundle.clone(),
+            ..InstallSettings::default()
+        };
+        packages::build_layer(&self.manager, &list, &settings)
+            .await
+            .map(Some)
+    }
+
+    /// The environment of the run's code: the request's, plus the CA
+    /// bundle's variables when the VM has an allowlist network (the bundle
+    /// is copied in first; see [`packages::ca`]).
+    async fn guest_env(
+        &self,
+        vm: &Vm,
+        options: &VmOptions,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        if options.network.mode() != airlock_gvproxy::NetworkMode::Allowlist {
+            return Ok(env);
+        }
+        let ca = packages::ca::install_bundle(vm, &self.manager.config().ca_bundle).await?;
+        Ok(packages::ca::with_ca_env(env, ca))
     }
 
     /// Restores the VM from the template of its shape when templates are
@@ -153,8 +215,10 @@ impl Scheduler {
     /// device to a new gvproxy on QEMU 7.2: such runs boot cold); else
     /// boots it cold.
     async fn boot(&self, options: &VmOptions, observer: &mut dyn RunObserver) -> Result<Vm> {
+        // Templates hold no package layer yet: runs with one boot cold.
         let restore = self.manager.config().restore_templates
-            && options.network.mode() == airlock_gvproxy::NetworkMode::None;
+            && options.network.mode() == airlock_gvproxy::NetworkMode::None
+            && options.packages.is_none();
         if !restore {
             observer.stage(Stage::Booting);
             return self.manager.boot(options).await;

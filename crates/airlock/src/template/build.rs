@@ -79,6 +79,7 @@ async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &P
         memory_mib: inputs.shape.memory_mib,
         vcpus: inputs.shape.vcpus,
         network: NetworkRequest::default(),
+        packages: None,
     };
     let mut vm = manager.boot_with(&options, &launcher).await?;
     let saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;

@@ -277,6 +277,7 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps) -> Result<String> {
         root_base: fixed.join("rootfs.qcow2"),
         network_socket: None,
         verbose_console: false,
+        packages: None,
     };
     let boot = BootImages {
         kernel: fixed.join("kernel"),

@@ -326,7 +326,7 @@ fn check(dir: &Path, key: &str, inputs: &TemplateInputs) -> Result<TemplateMetad
 }
 
 /// Allocated bytes of the files in `dir` (not their apparent size).
-fn disk_usage(dir: &Path) -> u64 {
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .map(|entries| {
