@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::manager::VmManager;
 use crate::ms;
-use crate::packages::{self, InstallSettings, LayerOutcome, PackageDisk, PackagesReport};
+use crate::packages::{self, PackageDisk, PackagesReport};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
 use crate::template::{shape_of, Found, Templates};
 use crate::vm::{OutputStream, Vm, VmOptions};
@@ -98,17 +98,23 @@ impl Scheduler {
         let start = Instant::now();
         request.validate()?;
         let validate_ms = ms(start.elapsed());
-        let layer = self.package_layer(&request, observer).await?;
+        let layer = packages::prepare(
+            &self.manager,
+            request.language,
+            &request.packages,
+            &request.tenant,
+            || observer.stage(Stage::InstallingPackages),
+        )
+        .await?;
         let options = VmOptions {
             tenant: request.tenant.clone(),
             language: request.language,
             memory_mib: request.memory_mib,
             vcpus: request.vcpus,
             network: request.network.clone(),
-            packages: layer.as_ref().map(|outcome| PackageDisk {
-                image: outcome.layer.image(),
-                writable: false,
-            }),
+            packages: layer
+                .as_ref()
+                .map(|outcome| PackageDisk::read_only(&outcome.layer)),
         };
         let mut vm = self.boot(&options, observer).await?;
         observer.exposed(vm.exposed());
@@ -163,35 +169,6 @@ impl Scheduler {
             network: teardown.network,
             packages: layer.as_ref().map(PackagesReport::of),
         })
-    }
-
-    /// The layer of the request's packages (`None`: it has none): the
-    /// stored one, else one built now by an install VM
-    /// ([`Stage::InstallingPackages`]).
-    async fn package_layer(
-        &self,
-        request: &RunRequest,
-        observer: &mut dyn RunObserver,
-    ) -> Result<Option<LayerOutcome>> {
-        let list = request.package_list()?;
-        if list.is_empty() {
-            return Ok(None);
-        }
-        if let Some(layer) = packages::find_layer(&self.manager, &list).await? {
-            return Ok(Some(LayerOutcome {
-                layer,
-                install: None,
-            }));
-        }
-        observer.stage(Stage::InstallingPackages);
-        let settings = InstallSettings {
-            tenant: request.tenant.clone(),
-            ca: self.manager.config().ca_bundle.clone(),
-            ..InstallSettings::default()
-        };
-        packages::build_layer(&self.manager, &list, &settings)
-            .await
-            .map(Some)
     }
 
     /// The environment of the run's code: the request's, plus the CA

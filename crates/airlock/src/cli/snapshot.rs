@@ -1,8 +1,11 @@
 //! `airlock snapshot build | list | prune`: the memory templates that
-//! `airlock run` restores from (`docs/templates.md`).
+//! `airlock run` restores from (`docs/templates.md`), and the package
+//! layers runs attach (`docs/packages.md`; listed and pruned only: a layer
+//! is built by the first run of its list).
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::packages::ListedLayer;
 use crate::request::DEFAULT_MEMORY_MIB;
 use crate::template::{Listed, TemplateShape, Templates};
 use crate::VmManager;
@@ -33,12 +36,15 @@ pub enum SnapshotAction {
         #[arg(long, default_value_t = 1)]
         cpus: u32,
     },
-    /// List the templates: shape, disk size, age, uses, and whether the
-    /// current images and QEMU can restore them.
+    /// List the templates (shape, disk size, age, uses, and whether the
+    /// current images and QEMU can restore them) and the package layers
+    /// (packages, disk size, age, and whether the current root disks can
+    /// use them).
     List,
     /// Remove the templates the current images and QEMU cannot restore
     /// (other kernel, root disk, QEMU or agent), damaged ones, and
-    /// half-built ones.
+    /// half-built ones; and the package layers of other root disks,
+    /// damaged ones and half-built ones.
     Prune,
 }
 
@@ -53,7 +59,7 @@ pub async fn run(args: SnapshotArgs) -> i32 {
         Err(e) => return failed(&e),
     };
     let templates = Templates::new(manager.clone());
-    let status = match action(&templates, args.action).await {
+    let status = match action(&manager, &templates, args.action).await {
         Ok(()) => 0,
         Err(e) => failed(&e),
     };
@@ -61,7 +67,7 @@ pub async fn run(args: SnapshotArgs) -> i32 {
     status
 }
 
-async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
+async fn action(manager: &VmManager, templates: &Templates, action: SnapshotAction) -> Result<()> {
     match action {
         SnapshotAction::Build {
             language,
@@ -110,6 +116,22 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
                     if current { "current" } else { "stale" }
                 );
             }
+            let layers = listed_layers(manager).await?;
+            println!();
+            println!("LAYER\tPACKAGES\tDISK\tAGE\tSTATE");
+            for (entry, current) in layers {
+                let packages = entry
+                    .metadata
+                    .as_ref()
+                    .map_or_else(|_| "?".to_owned(), |m| m.inputs.packages.join(","));
+                println!(
+                    "{}\t{packages}\t{}\t{}\t{}",
+                    entry.key,
+                    mib(entry.disk_bytes),
+                    entry.age.map_or_else(|| "?".to_owned(), age),
+                    if current { "current" } else { "stale" }
+                );
+            }
             Ok(())
         }
         SnapshotAction::Prune => {
@@ -130,6 +152,18 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
                 println!("removed {key}");
             }
             eprintln!("airlock: {} template(s) removed", removed.len());
+            let store = crate::packages::install::store_of(manager);
+            let root = store.root().to_path_buf();
+            let rootfs = manager.images().rootfs_hash.clone();
+            let removed = crate::manager::blocking("prune package layers", move || {
+                store.prune(|entry| crate::packages::layer::is_current(entry, &rootfs))
+            })
+            .await?
+            .map_err(|e| Error::io("prune package layers in", root, e))?;
+            for key in &removed {
+                println!("removed {key}");
+            }
+            eprintln!("airlock: {} package layer(s) removed", removed.len());
             Ok(())
         }
     }
@@ -152,6 +186,23 @@ async fn listed(templates: &Templates) -> Result<Vec<(Listed, bool)>> {
         out.push((entry, current));
     }
     Ok(out)
+}
+
+/// Every package layer, and whether the current root disks can use it.
+async fn listed_layers(manager: &VmManager) -> Result<Vec<(ListedLayer, bool)>> {
+    let store = crate::packages::install::store_of(manager);
+    let rootfs = manager.images().rootfs_hash.clone();
+    crate::manager::blocking("list package layers", move || {
+        store
+            .list()
+            .into_iter()
+            .map(|entry| {
+                let current = crate::packages::layer::is_current(&entry, &rootfs);
+                (entry, current)
+            })
+            .collect()
+    })
+    .await
 }
 
 fn mib(bytes: u64) -> String {

@@ -168,6 +168,42 @@ pub async fn ensure_layer(
     build_layer(manager, list, settings).await
 }
 
+/// The layer a VM of `language` with `packages` attaches, for runs and
+/// sessions alike: `None` for an empty list; the stored layer; else one
+/// built now (`on_install` is called first, for progress displays). Specs
+/// are checked before anything else.
+///
+/// A session calls it before booting and sets `VmOptions::packages` to
+/// [`PackageDisk::read_only`] of the layer.
+///
+/// # Errors
+/// [`Error::PackageSpec`], and as [`ensure_layer`].
+pub async fn prepare(
+    manager: &VmManager,
+    language: Language,
+    packages: &[String],
+    tenant: &str,
+    on_install: impl FnOnce() + Send,
+) -> Result<Option<LayerOutcome>> {
+    let list = PackageList::parse(language, packages)?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    if let Some(layer) = find_layer(manager, &list).await? {
+        return Ok(Some(LayerOutcome {
+            layer,
+            install: None,
+        }));
+    }
+    on_install();
+    let settings = InstallSettings {
+        tenant: tenant.to_owned(),
+        ca: manager.config().ca_bundle.clone(),
+        ..InstallSettings::default()
+    };
+    build_layer(manager, &list, &settings).await.map(Some)
+}
+
 /// The stored layer of `list`, checked; `None` when there is none (or it
 /// is damaged).
 ///

@@ -12,6 +12,7 @@ use super::spec::PackageList;
 use airlock_protocol::client::sha256_hex;
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -277,6 +278,19 @@ impl LayerStore {
     }
 }
 
+/// Whether a listed layer is usable with the root disks `rootfs_hash`
+/// (language -> hash): readable metadata of this format, built over the
+/// current root disk of its language. Stale layers are never attached
+/// (their key differs); `airlock snapshot prune` removes them.
+pub fn is_current(entry: &ListedLayer, rootfs_hash: &BTreeMap<Language, String>) -> bool {
+    entry.metadata.as_ref().is_ok_and(|m| {
+        m.key == entry.key
+            && m.inputs.key() == entry.key
+            && m.inputs.format == LAYER_FORMAT
+            && rootfs_hash.get(&m.inputs.language) == Some(&m.inputs.rootfs_hash)
+    })
+}
+
 /// Removes a layer dir. Its files are read-only, which does not stop their
 /// removal (the dir itself stays writable). A VM that has the image open
 /// keeps reading it until it ends.
@@ -414,6 +428,40 @@ mod tests {
         assert!(store.prune(|_| true).unwrap().is_empty());
         assert_eq!(store.prune(|_| false).unwrap(), [inputs.key()]);
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn only_layers_over_the_current_root_disk_are_current() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LayerStore::new(tmp.path());
+        let inputs = inputs(&["six==1.16.0"]);
+        let staging = stage(&store, &inputs, 10);
+        store
+            .publish(&staging, &inputs, Vec::new(), Duration::ZERO)
+            .unwrap();
+        std::fs::create_dir(tmp.path().join("python-pkgs-damaged")).unwrap();
+        let listed = store.list();
+        let current = BTreeMap::from([(Language::Python, "rootfs-abc".to_owned())]);
+        let rebuilt = BTreeMap::from([(Language::Python, "rootfs-new".to_owned())]);
+        let verdicts: Vec<(String, bool, bool)> = listed
+            .iter()
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    is_current(e, &current),
+                    is_current(e, &rebuilt),
+                )
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                (inputs.key(), true, false),
+                ("python-pkgs-damaged".to_owned(), false, false)
+            ]
+        );
+        let removed = store.prune(|e| is_current(e, &current)).unwrap();
+        assert_eq!(removed, ["python-pkgs-damaged"]);
     }
 
     #[test]

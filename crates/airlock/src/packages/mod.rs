@@ -24,7 +24,7 @@ pub mod spec;
 
 pub use ca::CaBundle;
 pub use install::{
-    build_layer, ensure_layer, find_layer, install_into, InstallReport, InstallSettings,
+    build_layer, ensure_layer, find_layer, install_into, prepare, InstallReport, InstallSettings,
     LayerOutcome, PackagesReport,
 };
 pub use layer::{Layer, LayerInputs, LayerMetadata, LayerStore, ListedLayer};
@@ -47,6 +47,14 @@ pub struct PackageDisk {
 }
 
 impl PackageDisk {
+    /// `layer`'s image, attached read-only (runs and sessions).
+    pub fn read_only(layer: &Layer) -> Self {
+        Self {
+            image: layer.image(),
+            writable: false,
+        }
+    }
+
     /// The disk as QEMU attaches it, and the kernel argument that tells
     /// `airlock-init` to mount it on `/opt` (pure).
     pub fn attachment(&self) -> (ExtraDrive, String) {
