@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
-//! overlay pool, and QEMU's host memory; writes `docs/benchmarks.md`.
+//! overlay pool, QEMU's host memory, and package lists (first install
+//! against cached runs); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -35,6 +36,34 @@ const SNIPPETS: [(&str, &str); 3] = [
     ("javascript", "console.log(1)"),
     ("raw", "true"),
 ];
+
+/// The package lists measured: (language, list, code that imports it).
+const PACKAGE_LISTS: [(&str, &str, &str); 2] = [
+    (
+        "python",
+        "six==1.16.0",
+        "import six; print(six.__version__)",
+    ),
+    (
+        "javascript",
+        "is-number@7.0.0",
+        "console.log(require('is-number')(1))",
+    ),
+];
+/// First installs measured per list (each is a full install VM).
+const MAX_INSTALL_RUNS: usize = 3;
+
+/// A package list's first installs and cached runs.
+struct PackageRows {
+    language: &'static str,
+    list: &'static str,
+    /// Runs that built the layer (install VM, then the run).
+    installs: Vec<Sample>,
+    /// The install VM's share of those (from the result's `packages`).
+    install_ms: Vec<f64>,
+    /// Runs that attached the stored layer.
+    cached: Vec<Sample>,
+}
 
 /// One cold `airlock run --json`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -92,7 +121,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         &manifest.path(Kind::RootfsRaw).context("no raw root disk")?,
         args.acquires,
     )?;
-    let doc = render(&rows, &floor, &overlay, args.runs)?;
+    let packages = PACKAGE_LISTS
+        .iter()
+        .map(|&(language, list, code)| package_bench(&airlock, language, list, code, args.runs))
+        .collect::<Result<Vec<_>>>()?;
+    let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    render_packages(&mut doc, &rows, &packages)?;
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
@@ -100,10 +134,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
+    cold_run_with(airlock, language, code, &[]).map(|(sample, _)| sample)
+}
+
+/// A cold run with `extra` arguments; also returns the whole JSON result.
+fn cold_run_with(
+    airlock: &Path,
+    language: &str,
+    code: &str,
+    extra: &[&str],
+) -> Result<(Sample, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(airlock)
         // --cold: `airlock run` restores memory templates by default.
-        .args(["run", "--cold", "--json", "-q", "-l", language, code])
+        .args(["run", "--cold", "--json", "-q", "-l", language])
+        .args(extra)
+        .arg(code)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {}", airlock.display()))?;
@@ -119,7 +165,7 @@ fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
         serde_json::from_slice(&out.stdout).context("parse airlock's JSON result")?;
     let t = &v["timings"];
     let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
-    Ok(Sample {
+    let sample = Sample {
         wall_ms,
         total_ms: f(&t["total_ms"]),
         overlay_ms: f(&t["overlay_ms"]),
@@ -128,7 +174,107 @@ fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
         exec_ms: f(&t["exec_ms"]),
         teardown_ms: f(&t["teardown_ms"]),
         peak_mib: f(&v["usage"]["peak_memory_mib"]),
-    })
+    };
+    Ok((sample, v))
+}
+
+/// First installs of `list` (its layer removed before each) and cached
+/// runs over the stored layer.
+fn package_bench(
+    airlock: &Path,
+    language: &'static str,
+    list: &'static str,
+    code: &str,
+    runs: usize,
+) -> Result<PackageRows> {
+    let layers = airlock_sys_util::AirlockDirs::from_env()?
+        .cache
+        .join("packages");
+    let args = ["--packages", list];
+    let mut rows = PackageRows {
+        language,
+        list,
+        installs: Vec::new(),
+        install_ms: Vec::new(),
+        cached: Vec::new(),
+    };
+    // Learn the layer's key (installing it if needed), then measure.
+    let (_, first) = cold_run_with(airlock, language, code, &args)?;
+    let key = first["packages"]["layer"]
+        .as_str()
+        .context("no packages.layer in the result")?
+        .to_owned();
+    for i in 0..runs.min(MAX_INSTALL_RUNS) {
+        eprint!("\rxtask: bench {list} first install {}   ", i + 1);
+        let dir = layers.join(&key);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        }
+        let (sample, v) = cold_run_with(airlock, language, code, &args)?;
+        if v["packages"]["cached"] != serde_json::Value::Bool(false) {
+            bail!("{list}: the layer was not rebuilt after its removal");
+        }
+        rows.install_ms.push(
+            v["packages"]["install"]["build_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        rows.installs.push(sample);
+    }
+    for i in 0..runs {
+        eprint!("\rxtask: bench {list} cached run {}/{runs}   ", i + 1);
+        let (sample, v) = cold_run_with(airlock, language, code, &args)?;
+        if v["packages"]["cached"] != serde_json::Value::Bool(true) {
+            bail!("{list}: a run after the install did not attach the stored layer");
+        }
+        rows.cached.push(sample);
+    }
+    eprintln!();
+    Ok(rows)
+}
+
+/// The packages section: first install against cached runs, and cached
+/// runs' boot against cold runs without packages.
+fn render_packages(
+    d: &mut String,
+    rows: &[(&str, Vec<Sample>)],
+    packages: &[PackageRows],
+) -> Result<()> {
+    let pair = |v: &[f64]| {
+        let (a, b) = percentiles(v);
+        format!("{a:.0} / {b:.0}")
+    };
+    writeln!(d, "\n## Packages\n")?;
+    writeln!(
+        d,
+        "A first install is a run whose package layer is missing: an install VM (allowlist network \
+         to the registries, through the egress proxy) builds the layer, then the run boots over it. \
+         A cached run attaches the stored layer read-only and makes no network connection. All \
+         cold boots (`--cold`: templates do not hold layers yet). Boot is total minus exec.\n"
+    )?;
+    writeln!(d, "| list | first install: wall | of which the install VM | cached run: wall | cached: boot | without packages: boot | cached: exec |")?;
+    writeln!(d, "|---|---|---|---|---|---|---|")?;
+    for p in packages {
+        let plain = rows
+            .iter()
+            .find(|(language, _)| *language == p.language)
+            .map(|(_, s)| s.iter().map(|x| x.total_ms - x.exec_ms).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let boot = |s: &[Sample]| s.iter().map(|x| x.total_ms - x.exec_ms).collect::<Vec<_>>();
+        writeln!(
+            d,
+            "| `{}` ({}) | {} | {} | {} | {} | {} | {} |",
+            p.list,
+            p.language,
+            pair(&p.installs.iter().map(|x| x.wall_ms).collect::<Vec<_>>()),
+            pair(&p.install_ms),
+            pair(&p.cached.iter().map(|x| x.wall_ms).collect::<Vec<_>>()),
+            pair(&boot(&p.cached)),
+            pair(&plain),
+            pair(&p.cached.iter().map(|x| x.exec_ms).collect::<Vec<_>>()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Wall times (ms) of bare QEMU boots of the kernel to an init that ends
