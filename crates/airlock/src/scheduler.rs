@@ -116,7 +116,8 @@ impl Scheduler {
                 .as_ref()
                 .map(|outcome| PackageDisk::read_only(&outcome.layer)),
         };
-        let mut vm = self.boot(&options, observer).await?;
+        let layer_key = layer.as_ref().map(|o| o.layer.metadata.key.as_str());
+        let mut vm = self.boot(&options, layer_key, observer).await?;
         observer.exposed(vm.exposed());
         let env = match self.guest_env(&vm, &options, request.env).await {
             Ok(env) => env,
@@ -187,20 +188,23 @@ impl Scheduler {
         Ok(packages::ca::with_ca_env(env, ca))
     }
 
-    /// Restores the VM from the template of its shape when templates are
-    /// on and the VM has no network (a clone cannot reconnect its network
-    /// device to a new gvproxy on QEMU 7.2: such runs boot cold); else
-    /// boots it cold.
-    async fn boot(&self, options: &VmOptions, observer: &mut dyn RunObserver) -> Result<Vm> {
-        // Templates hold no package layer yet: runs with one boot cold.
+    /// Restores the VM from the template of its shape (and package layer,
+    /// when it has one) when templates are on and the VM has no network
+    /// (a clone cannot reconnect its network device to a new gvproxy on
+    /// QEMU 7.2: such runs boot cold); else boots it cold.
+    async fn boot(
+        &self,
+        options: &VmOptions,
+        layer: Option<&str>,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Vm> {
         let restore = self.manager.config().restore_templates
-            && options.network.mode() == airlock_gvproxy::NetworkMode::None
-            && options.packages.is_none();
+            && options.network.mode() == airlock_gvproxy::NetworkMode::None;
         if !restore {
             observer.stage(Stage::Booting);
             return self.manager.boot(options).await;
         }
-        let template = match self.templates.find(shape_of(options)).await? {
+        let template = match self.templates.find_over(shape_of(options), layer).await? {
             Found::Ready(template) => template,
             Found::Build { inputs, .. } => {
                 observer.stage(Stage::BuildingTemplate);

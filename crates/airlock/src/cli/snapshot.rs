@@ -100,13 +100,16 @@ async fn action(manager: &VmManager, templates: &Templates, action: SnapshotActi
             Ok(())
         }
         SnapshotAction::List => {
-            let listed = listed(templates).await?;
+            let listed = listed(manager, templates).await?;
             println!("KEY\tSHAPE\tDISK\tAGE\tUSES\tSTATE");
             for (entry, current) in listed {
-                let shape = entry
-                    .metadata
-                    .as_ref()
-                    .map_or_else(|_| "?".to_owned(), |m| m.inputs.shape.to_string());
+                let shape = entry.metadata.as_ref().map_or_else(
+                    |_| "?".to_owned(),
+                    |m| match &m.inputs.packages_layer {
+                        Some(layer) => format!("{} + {layer}", m.inputs.shape),
+                        None => m.inputs.shape.to_string(),
+                    },
+                );
                 println!(
                     "{}\t{shape}\t{}\t{}\t{}\t{}",
                     entry.key,
@@ -135,7 +138,7 @@ async fn action(manager: &VmManager, templates: &Templates, action: SnapshotActi
             Ok(())
         }
         SnapshotAction::Prune => {
-            let current: Vec<String> = listed(templates)
+            let current: Vec<String> = listed(manager, templates)
                 .await?
                 .into_iter()
                 .filter(|(_, current)| *current)
@@ -171,15 +174,24 @@ async fn action(manager: &VmManager, templates: &Templates, action: SnapshotActi
 
 /// Every template, and whether it is the intact current template of its
 /// shape (same inputs as this host and these images would build).
-async fn listed(templates: &Templates) -> Result<Vec<(Listed, bool)>> {
+/// A template over a package layer is current only while that layer is.
+async fn listed(manager: &VmManager, templates: &Templates) -> Result<Vec<(Listed, bool)>> {
     let store = templates.store().clone();
     let entries = crate::manager::blocking("list memory templates", move || store.list()).await?;
+    let layers: Vec<String> = listed_layers(manager)
+        .await?
+        .into_iter()
+        .filter(|(_, current)| *current)
+        .map(|(layer, _)| layer.key)
+        .collect();
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let current = match &entry.metadata {
             Ok(metadata) => {
                 let shape = metadata.inputs.shape;
-                matches!(templates.find(shape).await, Ok(crate::template::Found::Ready(t)) if t.metadata.key == entry.key)
+                let layer = metadata.inputs.packages_layer.as_deref();
+                layer.is_none_or(|key| layers.iter().any(|k| k == key))
+                    && matches!(templates.find_over(shape, layer).await, Ok(crate::template::Found::Ready(t)) if t.metadata.key == entry.key)
             }
             Err(_) => false,
         };

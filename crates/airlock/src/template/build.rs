@@ -79,7 +79,15 @@ async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &P
         memory_mib: inputs.shape.memory_mib,
         vcpus: inputs.shape.vcpus,
         network: NetworkRequest::default(),
-        packages: None,
+        packages: inputs
+            .packages_layer
+            .as_ref()
+            .map(|key| crate::packages::PackageDisk {
+                image: crate::packages::install::store_of(manager)
+                    .dir(key)
+                    .join(crate::packages::layer::IMAGE_FILE),
+                writable: false,
+            }),
     };
     let mut vm = manager.boot_with(&options, &launcher).await?;
     let saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;
