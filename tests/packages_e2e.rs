@@ -43,6 +43,19 @@ async fn scheduler(packages_dir: &Path) -> Scheduler {
     .unwrap()
 }
 
+/// A scheduler that restores memory templates (kept in `templates_dir`).
+async fn restoring_scheduler(packages_dir: &Path, templates_dir: &Path) -> Scheduler {
+    Scheduler::start(Config {
+        packages_dir: packages_dir.to_path_buf(),
+        templates_dir: templates_dir.to_path_buf(),
+        restore_templates: true,
+        overlay_pool_target: 0,
+        ..Config::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn allow(names: &[&str]) -> NetworkRequest {
     NetworkRequest {
         allow: Some(
@@ -149,6 +162,54 @@ async fn a_pip_layer_is_installed_once_through_the_proxy_then_attached_offline()
     let listed = LayerStore::new(dir.path()).list();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, packages.layer);
+    scheduler.manager().shutdown().await;
+
+    // With templates: the first run without a network builds the template
+    // over the layer (no install), the next restores it.
+    let templates = tempfile::tempdir().unwrap();
+    let scheduler = restoring_scheduler(dir.path(), templates.path()).await;
+    let request = || {
+        let mut r = RunRequest::new(Language::Python, "import six; print(six.__version__)");
+        r.packages = vec!["six==1.16.0".into()];
+        r
+    };
+    let (built, stages) = run(&scheduler, request()).await;
+    assert_eq!(
+        text(&built.stdout),
+        "1.16.0\n",
+        "stderr: {}",
+        text(&built.stderr)
+    );
+    assert!(stages.contains(&Stage::BuildingTemplate), "{stages:?}");
+    assert!(!stages.contains(&Stage::InstallingPackages), "{stages:?}");
+    let (restored, stages) = run(&scheduler, request()).await;
+    assert_eq!(
+        text(&restored.stdout),
+        "1.16.0\n",
+        "stderr: {}",
+        text(&restored.stderr)
+    );
+    assert!(!stages.contains(&Stage::BuildingTemplate), "{stages:?}");
+    assert!(
+        restored.timings.restore.is_some(),
+        "restored from the template over the layer: {:?}",
+        restored.timings
+    );
+    // A run without packages does not take the layer's template.
+    let (plain, _) = run(
+        &scheduler,
+        RunRequest::new(
+            Language::Python,
+            "import importlib.util as u; print(u.find_spec('six') is None)",
+        ),
+    )
+    .await;
+    assert_eq!(
+        text(&plain.stdout),
+        "True\n",
+        "stderr: {}",
+        text(&plain.stderr)
+    );
     scheduler.manager().shutdown().await;
 }
 
