@@ -26,6 +26,18 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
+/// A run observer that records the stages a run went through and drops
+/// its output.
+#[derive(Debug, Default)]
+pub struct Stages(pub Vec<airlock::Stage>);
+
+impl airlock::RunObserver for Stages {
+    fn stage(&mut self, stage: airlock::Stage) {
+        self.0.push(stage);
+    }
+    fn output(&mut self, _: airlock::OutputStream, _: &[u8]) {}
+}
+
 /// How long a plain boot may take to reach the agent.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(90);
 

@@ -13,25 +13,11 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::packages::LayerStore;
-use airlock::{
-    Config, Error, NetworkRequest, OutputStream, RunObserver, RunRequest, RunResult, Scheduler,
-    Stage,
-};
+use airlock::{Config, Error, NetworkRequest, RunRequest, RunResult, Scheduler, Stage};
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::Language;
-use airlock_tests::images_or_skip;
+use airlock_tests::{images_or_skip, Stages};
 use std::path::Path;
-
-/// Records the stages a run went through.
-#[derive(Default)]
-struct Stages(Vec<Stage>);
-
-impl RunObserver for Stages {
-    fn stage(&mut self, stage: Stage) {
-        self.0.push(stage);
-    }
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
-}
 
 async fn scheduler(packages_dir: &Path) -> Scheduler {
     Scheduler::start(Config {

@@ -10,22 +10,11 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::template::{Found, TemplateShape};
-use airlock::{Config, OutputStream, RunObserver, RunRequest, RunResult, Scheduler, Stage};
+use airlock::{Config, RunRequest, RunResult, Scheduler, Stage};
 use airlock_protocol::Language;
-use airlock_tests::{images_or_skip, qemu_processes_mentioning};
+use airlock_tests::{images_or_skip, qemu_processes_mentioning, Stages};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
-
-/// Records the stages a run went through.
-#[derive(Default)]
-struct Stages(Vec<Stage>);
-
-impl RunObserver for Stages {
-    fn stage(&mut self, stage: Stage) {
-        self.0.push(stage);
-    }
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
-}
 
 async fn scheduler(templates_dir: &Path, restore: bool) -> Scheduler {
     Scheduler::start(Config {

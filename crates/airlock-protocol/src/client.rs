@@ -423,23 +423,8 @@ impl Client {
         grace: Duration,
     ) -> Result<ExecOutput, ProtocolError> {
         let deadline = Duration::from_millis(request.timeout_ms) + grace;
-        let mut stream = self.exec(request).await?;
-        within(deadline, "exec", async {
-            let mut output = CappedExecOutput::new(&self.config);
-            while let Some(event) = stream.next().await? {
-                match event {
-                    ExecEvent::Stdout(b) => {
-                        output.push_stdout(&b);
-                    }
-                    ExecEvent::Stderr(b) => {
-                        output.push_stderr(&b);
-                    }
-                    ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
-                }
-            }
-            Err(ProtocolError::Closed)
-        })
-        .await
+        let stream = self.exec(request).await?;
+        within(deadline, "exec", stream.collect()).await
     }
 
     /// Writes a file in the sandbox home, atomically: it appears under its
@@ -665,6 +650,29 @@ impl ExecStream<'_> {
     /// The operation id of this exec.
     pub fn op(&self) -> OpId {
         self.op
+    }
+
+    /// Reads the stream to its completion, keeping the output within the
+    /// client's caps ([`CappedExecOutput`]). No deadline of its own: wrap
+    /// it in one.
+    ///
+    /// # Errors
+    /// As [`ExecStream::next`], and [`ProtocolError::Closed`] when the
+    /// stream ends without a completion.
+    pub async fn collect(mut self) -> Result<ExecOutput, ProtocolError> {
+        let mut output = CappedExecOutput::new(&self.client.config);
+        while let Some(event) = self.next().await? {
+            match event {
+                ExecEvent::Stdout(b) => {
+                    output.push_stdout(&b);
+                }
+                ExecEvent::Stderr(b) => {
+                    output.push_stderr(&b);
+                }
+                ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
+            }
+        }
+        Err(ProtocolError::Closed)
     }
 
     /// The next piece of progress; `None` after [`ExecEvent::Complete`].

@@ -28,7 +28,7 @@ use crate::manager::{blocking, VmManager};
 use crate::network::{NetworkReport, NetworkRequest};
 use crate::vm::{Vm, VmOptions};
 use airlock_gvproxy::DomainPattern;
-use airlock_protocol::client::{CappedExecOutput, ExecEvent, ExecOutput, ExecStream};
+use airlock_protocol::client::ExecOutput;
 use airlock_protocol::{ExecRequest, Language};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -366,40 +366,14 @@ async fn run_install(
         .install_packages(list.language(), list.canonical(), timeout, env)
         .await
         .map_err(protocol)?;
-    collect(stream, client.config(), timeout + HOST_MARGIN)
-        .await
-        .map_err(protocol)
-}
-
-/// Collects an exec-like stream under a host deadline.
-async fn collect(
-    mut stream: ExecStream<'_>,
-    config: &airlock_protocol::client::ClientConfig,
-    deadline: Duration,
-) -> std::result::Result<ExecOutput, airlock_protocol::ProtocolError> {
-    let run = async {
-        let mut output = CappedExecOutput::new(config);
-        while let Some(event) = stream.next().await? {
-            match event {
-                ExecEvent::Stdout(b) => {
-                    output.push_stdout(&b);
-                }
-                ExecEvent::Stderr(b) => {
-                    output.push_stderr(&b);
-                }
-                ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
-            }
-        }
-        Err(airlock_protocol::ProtocolError::Closed)
-    };
-    tokio::time::timeout(deadline, run)
-        .await
-        .unwrap_or_else(|_| {
-            Err(airlock_protocol::ProtocolError::Timeout {
-                what: "install_packages".into(),
-                after: deadline,
-            })
-        })
+    let deadline = timeout + HOST_MARGIN;
+    match tokio::time::timeout(deadline, stream.collect()).await {
+        Ok(collected) => collected.map_err(protocol),
+        Err(_) => Err(protocol(airlock_protocol::ProtocolError::Timeout {
+            what: "install_packages".into(),
+            after: deadline,
+        })),
+    }
 }
 
 /// [`Error::PackageInstall`] unless the package manager succeeded.

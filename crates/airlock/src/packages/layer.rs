@@ -14,7 +14,6 @@ use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -153,18 +152,7 @@ impl LayerStore {
     /// # Errors
     /// The failing file operation.
     pub fn staging(&self, key: &str) -> io::Result<PathBuf> {
-        let staging = self.root.join(STAGING_DIR);
-        std::fs::create_dir_all(&staging)?;
-        crate::sweep::sweep_dead_process_dirs(&staging);
-        let dir = staging.join(crate::sweep::process_dir_name(key)?);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(false)
-            .create(&dir)?;
-        Ok(dir)
+        crate::sweep::fresh_staging_dir(&self.root.join(STAGING_DIR), key)
     }
 
     /// Completes the layer built in `staging` (its image written and the

@@ -134,19 +134,8 @@ impl TemplateStore {
     /// # Errors
     /// The failing file operation.
     pub fn staging(&self, key: &str) -> io::Result<PathBuf> {
-        let staging = self.root.join(STAGING_DIR);
-        std::fs::create_dir_all(&staging)?;
-        // Builds of processes that died halfway.
-        crate::sweep::sweep_dead_process_dirs(&staging);
-        let dir = staging.join(crate::sweep::process_dir_name(key)?);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(false)
-            .create(&dir)?;
-        Ok(dir)
+        // Builds of processes that died halfway are swept first.
+        crate::sweep::fresh_staging_dir(&self.root.join(STAGING_DIR), key)
     }
 
     /// Completes the template built in `staging`: measures its files,
@@ -281,8 +270,6 @@ impl TemplateStore {
         }
     }
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 fn read_metadata(dir: &Path) -> Result<TemplateMetadata, String> {
     let path = dir.join(METADATA_FILE);
