@@ -37,23 +37,28 @@ const SNIPPETS: [(&str, &str); 3] = [
     ("raw", "true"),
 ];
 
-/// The package lists measured: (language, list, code that imports it).
-const PACKAGE_LISTS: [(&str, &str, &str); 2] = [
+/// The package lists measured: (language, list, code that imports it,
+/// code of the start comparisons, run with and without the list).
+const PACKAGE_LISTS: [(&str, &str, &str, &str); 2] = [
     (
         "python",
         "six==1.16.0",
         "import six; print(six.__version__)",
+        "print(1)",
     ),
     (
         "javascript",
         "is-number@7.0.0",
         "console.log(require('is-number')(1))",
+        "console.log(1)",
     ),
 ];
 /// First installs measured per list (each is a full install VM).
 const MAX_INSTALL_RUNS: usize = 3;
 
-/// A package list's first installs and cached runs.
+/// A package list's first installs, and runs with the stored layer
+/// against runs without packages, taken in turns so that load on the
+/// machine weighs on both alike.
 struct PackageRows {
     language: &'static str,
     list: &'static str,
@@ -61,8 +66,10 @@ struct PackageRows {
     installs: Vec<Sample>,
     /// The install VM's share of those (from the result's `packages`).
     install_ms: Vec<f64>,
-    /// Runs that attached the stored layer.
-    cached: Vec<Sample>,
+    /// Cold runs over the stored layer, and cold runs without packages.
+    cold: (Vec<Sample>, Vec<Sample>),
+    /// Runs restored from their template: over the layer, and without.
+    restored: (Vec<Sample>, Vec<Sample>),
 }
 
 /// One cold `airlock run --json`.
@@ -123,10 +130,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?;
     let packages = PACKAGE_LISTS
         .iter()
-        .map(|&(language, list, code)| package_bench(&airlock, language, list, code, args.runs))
+        .map(|&list| package_bench(&airlock, list, args.runs))
         .collect::<Result<Vec<_>>>()?;
     let mut doc = render(&rows, &floor, &overlay, args.runs)?;
-    render_packages(&mut doc, &rows, &packages)?;
+    render_packages(&mut doc, &packages)?;
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
@@ -144,10 +151,23 @@ fn cold_run_with(
     code: &str,
     extra: &[&str],
 ) -> Result<(Sample, serde_json::Value)> {
+    run_json(airlock, language, code, extra, true)
+}
+
+/// One `airlock run --json` (`--cold` or restoring its template) with
+/// `extra` arguments; its sample and the whole JSON result.
+fn run_json(
+    airlock: &Path,
+    language: &str,
+    code: &str,
+    extra: &[&str],
+    cold: bool,
+) -> Result<(Sample, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(airlock)
         // --cold: `airlock run` restores memory templates by default.
-        .args(["run", "--cold", "--json", "-q", "-l", language])
+        .args(["run", "--json", "-q", "-l", language])
+        .args(cold.then_some("--cold"))
         .args(extra)
         .arg(code)
         .stdin(Stdio::null())
@@ -178,28 +198,28 @@ fn cold_run_with(
     Ok((sample, v))
 }
 
-/// First installs of `list` (its layer removed before each) and cached
-/// runs over the stored layer.
+/// First installs of `list` (its layer removed before each), then runs
+/// over the stored layer and runs without packages in turns, cold and
+/// restored from templates.
 fn package_bench(
     airlock: &Path,
-    language: &'static str,
-    list: &'static str,
-    code: &str,
+    (language, list, code, start_code): (&'static str, &'static str, &str, &str),
     runs: usize,
 ) -> Result<PackageRows> {
     let layers = airlock_sys_util::AirlockDirs::from_env()?
         .cache
         .join("packages");
-    let args = ["--packages", list];
+    let with = ["--packages", list];
     let mut rows = PackageRows {
         language,
         list,
         installs: Vec::new(),
         install_ms: Vec::new(),
-        cached: Vec::new(),
+        cold: (Vec::new(), Vec::new()),
+        restored: (Vec::new(), Vec::new()),
     };
     // Learn the layer's key (installing it if needed), then measure.
-    let (_, first) = cold_run_with(airlock, language, code, &args)?;
+    let (_, first) = cold_run_with(airlock, language, code, &with)?;
     let key = first["packages"]["layer"]
         .as_str()
         .context("no packages.layer in the result")?
@@ -210,7 +230,7 @@ fn package_bench(
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
         }
-        let (sample, v) = cold_run_with(airlock, language, code, &args)?;
+        let (sample, v) = cold_run_with(airlock, language, code, &with)?;
         if v["packages"]["cached"] != serde_json::Value::Bool(false) {
             bail!("{list}: the layer was not rebuilt after its removal");
         }
@@ -221,57 +241,67 @@ fn package_bench(
         );
         rows.installs.push(sample);
     }
+    // The templates of both shapes exist before the restored runs.
+    restored_run(airlock, language, start_code, &with)?;
+    restored_run(airlock, language, start_code, &[])?;
     for i in 0..runs {
-        eprint!("\rxtask: bench {list} cached run {}/{runs}   ", i + 1);
-        let (sample, v) = cold_run_with(airlock, language, code, &args)?;
+        eprint!(
+            "\rxtask: bench {list} against no packages {}/{runs}   ",
+            i + 1
+        );
+        let (sample, v) = cold_run_with(airlock, language, start_code, &with)?;
         if v["packages"]["cached"] != serde_json::Value::Bool(true) {
             bail!("{list}: a run after the install did not attach the stored layer");
         }
-        rows.cached.push(sample);
+        rows.cold.0.push(sample);
+        rows.cold.1.push(cold_run(airlock, language, start_code)?);
+        rows.restored
+            .0
+            .push(restored_run(airlock, language, start_code, &with)?);
+        rows.restored
+            .1
+            .push(restored_run(airlock, language, start_code, &[])?);
     }
     eprintln!();
     Ok(rows)
 }
 
-/// The packages section: first install against cached runs, and cached
-/// runs' boot against cold runs without packages.
-fn render_packages(
-    d: &mut String,
-    rows: &[(&str, Vec<Sample>)],
-    packages: &[PackageRows],
-) -> Result<()> {
-    let pair = |v: &[f64]| {
-        let (a, b) = percentiles(v);
+/// One run restored from its template (not `--cold`).
+fn restored_run(airlock: &Path, language: &str, code: &str, extra: &[&str]) -> Result<Sample> {
+    run_json(airlock, language, code, extra, false).map(|(sample, _)| sample)
+}
+
+/// The packages section: first installs, then runs over the stored layer
+/// against runs without packages.
+fn render_packages(d: &mut String, packages: &[PackageRows]) -> Result<()> {
+    let pair = |v: Vec<f64>| {
+        let (a, b) = percentiles(&v);
         format!("{a:.0} / {b:.0}")
     };
+    let total = |s: &[Sample]| pair(s.iter().map(|x| x.total_ms).collect());
     writeln!(d, "\n## Packages\n")?;
     writeln!(
         d,
         "A first install is a run whose package layer is missing: an install VM (allowlist network \
          to the registries, through the egress proxy) builds the layer, then the run boots over it. \
-         A cached run attaches the stored layer read-only and makes no network connection. All \
-         cold boots (`--cold`: templates do not hold layers yet). Boot is total minus exec.\n"
+         Then runs over the stored layer (no network connection) and runs without packages, the \
+         same trivial code, taken in turns: cold (`--cold`) and restored from their memory \
+         template (over the layer, and without). Totals inside airlock.\n"
     )?;
-    writeln!(d, "| list | first install: wall | of which the install VM | cached run: wall | cached: boot | without packages: boot | cached: exec |")?;
+    writeln!(d, "| list | first install: wall | of which the install VM | cold: with layer | cold: without | restored: with layer | restored: without |")?;
     writeln!(d, "|---|---|---|---|---|---|---|")?;
     for p in packages {
-        let plain = rows
-            .iter()
-            .find(|(language, _)| *language == p.language)
-            .map(|(_, s)| s.iter().map(|x| x.total_ms - x.exec_ms).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let boot = |s: &[Sample]| s.iter().map(|x| x.total_ms - x.exec_ms).collect::<Vec<_>>();
         writeln!(
             d,
             "| `{}` ({}) | {} | {} | {} | {} | {} | {} |",
             p.list,
             p.language,
-            pair(&p.installs.iter().map(|x| x.wall_ms).collect::<Vec<_>>()),
-            pair(&p.install_ms),
-            pair(&p.cached.iter().map(|x| x.wall_ms).collect::<Vec<_>>()),
-            pair(&boot(&p.cached)),
-            pair(&plain),
-            pair(&p.cached.iter().map(|x| x.exec_ms).collect::<Vec<_>>()),
+            pair(p.installs.iter().map(|x| x.wall_ms).collect()),
+            pair(p.install_ms.clone()),
+            total(&p.cold.0),
+            total(&p.cold.1),
+            total(&p.restored.0),
+            total(&p.restored.1),
         )?;
     }
     Ok(())
