@@ -9,6 +9,7 @@
 //! reader sees a complete layer or none.
 
 use super::spec::PackageList;
+use crate::template::store::{age_since, disk_usage, entry_dirs, read_json};
 use airlock_protocol::client::sha256_hex;
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
@@ -224,28 +225,21 @@ impl LayerStore {
 
     /// Every layer dir, with its metadata when readable, sorted by key.
     pub fn list(&self) -> Vec<ListedLayer> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        let mut listed: Vec<ListedLayer> = entries
-            .flatten()
-            .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|entry| {
-                let dir = entry.path();
+        entry_dirs(&self.root)
+            .into_iter()
+            .map(|(key, dir)| {
                 let metadata = read_metadata(&dir);
                 ListedLayer {
-                    key: entry.file_name().to_string_lossy().into_owned(),
-                    disk_bytes: crate::template::store::disk_usage(&dir),
-                    age: metadata.as_ref().ok().and_then(|m| {
-                        let built = SystemTime::UNIX_EPOCH + Duration::from_secs(m.created_unix);
-                        built.elapsed().ok()
-                    }),
+                    key,
+                    disk_bytes: disk_usage(&dir),
+                    age: metadata
+                        .as_ref()
+                        .ok()
+                        .and_then(|m| age_since(m.created_unix)),
                     metadata,
                 }
             })
-            .collect();
-        listed.sort_by(|a, b| a.key.cmp(&b.key));
-        listed
+            .collect()
     }
 
     /// Removes every layer `keep` refuses, and the staging dirs of dead
@@ -290,9 +284,7 @@ fn remove_layer_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn read_metadata(dir: &Path) -> Result<LayerMetadata, String> {
-    let path = dir.join(METADATA_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    read_json(&dir.join(METADATA_FILE))
 }
 
 /// Checks a layer dir against `inputs`; the reason when it must not be
