@@ -24,6 +24,11 @@ for (const name of ['path', 'os', 'crypto', 'child_process', 'events', 'http',
   require(name);
 }
 
+// process.stdout and stderr are made on first use, and a pipe's handle
+// counts as work in the loop: make them now, before any cell's baseline.
+void process.stdout.fd;
+void process.stderr.fd;
+
 const COMMANDS = 3;
 const REPORTS = 4;
 const report = (line) => fs.writeSync(REPORTS, line + '\n');
@@ -34,11 +39,15 @@ const report = (line) => fs.writeSync(REPORTS, line + '\n');
 let current = null;
 const errors = new Writable({
   write(chunk, _encoding, done) {
-    process.stderr.write(withoutDriverFrames(String(chunk)));
+    const text = String(chunk);
     const cell = current;
-    if (cell) {
-      cell.status = /ERR_SCRIPT_EXECUTION_INTERRUPTED|interrupted by `SIGINT`/.test(chunk) ? 130 : 1;
-      if (!cell.evaluated) evaluated(cell);
+    if (text.trim() !== '') {
+      process.stderr.write(withoutDriverFrames(text));
+      if (cell) {
+        if (/ERR_SCRIPT_EXECUTION_INTERRUPTED|interrupted by `SIGINT`/.test(text)) cell.status = 130;
+        else if (cell.status === 0) cell.status = 1;
+        if (!cell.evaluated) evaluated(cell);
+      }
     }
     done();
   },
