@@ -442,7 +442,7 @@ impl OpCtx {
     }
 
     async fn exec(self, request: ExecRequest) -> EventBody {
-        if request.mode == ExecMode::Cell {
+        if request.mode != ExecMode::Process {
             return last_event(
                 self.repls
                     .run_cell(self.op, request, &self.events, self.cancel.clone())

@@ -337,6 +337,42 @@ async fn a_timed_out_cell_is_interrupted_and_the_interpreter_answers_after() {
 }
 
 #[tokio::test]
+async fn a_one_shot_run_times_out_as_a_process_would() {
+    let cells = start_cells("oneshot").await;
+    let c = &cells.agent.client;
+    for (language, busy) in [
+        (
+            Language::Python,
+            "print('before', flush=True)\nwhile True: pass",
+        ),
+        (Language::Raw, "echo before; sleep 30"),
+        (
+            Language::Javascript,
+            "console.log('before'); while (true) {}",
+        ),
+    ] {
+        let mut request = cell_request(language, busy, 500);
+        request.mode = ExecMode::OneShot;
+        let out = cell_with(c, request).await;
+        // SIGTERM kills each of them: 128 + 15, nothing on stderr.
+        assert_eq!(
+            (
+                out.completion.exit_code,
+                out.completion.timed_out,
+                text(&out.stdout).as_str(),
+                text(&out.stderr).as_str()
+            ),
+            (143, true, "before\n", ""),
+            "{language}"
+        );
+        assert!(out.completion.state_lost, "{language}");
+        let mut request = cell_request(language, "", 5_000);
+        request.mode = ExecMode::OneShot;
+        assert_cell(&cell_with(c, request).await, 0, "", false);
+    }
+}
+
+#[tokio::test]
 async fn cancel_interrupts_a_running_cell_with_130() {
     let cells = start_cells("cancel").await;
     let c = &cells.agent.client;

@@ -251,6 +251,13 @@ pub enum ExecMode {
     /// band; a cell that has to be killed ends the interpreter and its
     /// completion says `state_lost`.
     Cell,
+    /// A one-off run in the warm interpreter (a VM restored from a
+    /// template, destroyed after): the code runs as a cell, nothing is
+    /// spawned, but a timeout or cancel ends it as a process exec ends
+    /// (SIGTERM, or SIGINT for a cancel, to the interpreter's group, then
+    /// SIGKILL after the grace), so exit codes and output are those a new
+    /// process would give. The interpreter does not survive the interrupt.
+    OneShot,
 }
 
 impl ExecMode {

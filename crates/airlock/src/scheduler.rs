@@ -43,15 +43,16 @@ impl RunObserver for Discard {
 
 /// How a one-shot run's code runs. In a VM restored from a template that
 /// holds its language's interpreter warm (python, raw: see
-/// [`crate::template::warm_of`]) it is a cell of that interpreter: no
-/// process is spawned (under TCG a new interpreter process costs hundreds
-/// of ms), and the clone is fresh (empty home and /tmp, nothing run
-/// before) and destroyed after, so the cell sees what a new process
-/// would. Otherwise (a cold boot, a javascript template, which holds no
-/// running Node) a process: starting the cell driver would cost more.
+/// [`crate::template::warm_of`]) it runs in that interpreter
+/// ([`ExecMode::OneShot`]): no process is spawned (under TCG a new
+/// interpreter process costs hundreds of ms), the clone is fresh (empty
+/// home and /tmp, nothing run before) and destroyed after, and a timeout
+/// ends it as it ends a process, so output, exit codes and timeouts are a
+/// cold run's. Otherwise (a cold boot, a javascript template, which holds
+/// no running Node) a process: starting the cell driver would cost more.
 pub fn one_shot_mode(restored: bool, language: Language) -> ExecMode {
     if restored && warm_of(language) == Warm::Interpreter {
-        ExecMode::Cell
+        ExecMode::OneShot
     } else {
         ExecMode::Process
     }
@@ -194,8 +195,8 @@ mod tests {
 
     #[test]
     fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
-        assert_eq!(one_shot_mode(true, Language::Python), ExecMode::Cell);
-        assert_eq!(one_shot_mode(true, Language::Raw), ExecMode::Cell);
+        assert_eq!(one_shot_mode(true, Language::Python), ExecMode::OneShot);
+        assert_eq!(one_shot_mode(true, Language::Raw), ExecMode::OneShot);
         assert_eq!(one_shot_mode(true, Language::Javascript), ExecMode::Process);
         for language in Language::ALL {
             assert_eq!(one_shot_mode(false, language), ExecMode::Process);

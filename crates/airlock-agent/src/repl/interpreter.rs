@@ -259,12 +259,20 @@ impl Interpreter {
                 },
                 () = tokio::time::sleep_until(deadline), if !interrupted => {
                     timed_out = true;
-                    kill_at = Some(self.interrupt(config).await);
+                    kill_at = Some(if cell.one_shot {
+                        self.signal_group(Signal::SIGTERM, config)
+                    } else {
+                        self.interrupt(config).await
+                    });
                 },
                 changed = cancel.changed(), if !interrupted => {
                     if changed.is_err() || *cancel.borrow() {
-                        cancelled = changed.is_ok();
-                        kill_at = Some(self.interrupt(config).await);
+                        cancelled = changed.is_ok() && !cell.one_shot;
+                        kill_at = Some(if cell.one_shot {
+                            self.signal_group(Signal::SIGINT, config)
+                        } else {
+                            self.interrupt(config).await
+                        });
                     }
                 },
                 () = sleep_until_opt(kill_at), if interrupted => break Stop::Killed,
@@ -294,6 +302,14 @@ impl Interpreter {
         tracing::info!(language = %self.language, pid = self.pid, "interrupting the cell");
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
         self.kill_cell_processes(Duration::from_millis(200)).await;
+        tokio::time::Instant::now() + config.kill_grace
+    }
+
+    /// `signal` to the interpreter's whole process group, as a process
+    /// exec is ended; returns when the grace ends.
+    fn signal_group(&self, signal: Signal, config: &AgentConfig) -> tokio::time::Instant {
+        tracing::info!(language = %self.language, pid = self.pid, %signal, "ending a one-shot run");
+        let _ = kill(Pid::from_raw(-self.pid), signal);
         tokio::time::Instant::now() + config.kill_grace
     }
 
@@ -454,6 +470,10 @@ pub(crate) struct CellInput<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Its deadline.
     pub timeout: Duration,
+    /// A one-off run: interrupts end the interpreter as they end a process
+    /// (SIGTERM on the deadline, SIGINT on a cancel, to the group), and
+    /// the exit code is its status.
+    pub one_shot: bool,
 }
 
 /// The next report line, parsed; `None` at end of file. Cancel-safe: a

@@ -23,7 +23,10 @@
 //! the completion says `state_lost` and the next cell starts a fresh
 //! interpreter. An interpreter that dies by itself (`exit 3`,
 //! `process.exit(3)`, `os._exit(3)`) gives its status and `state_lost`.
-//! Cancelled cells exit 130.
+//! Cancelled cells exit 130. A `one_shot` exec (a restored VM's single
+//! run) is a cell whose timeout or cancel ends the interpreter as a
+//! process exec is ended (SIGTERM or SIGINT to its group, then SIGKILL),
+//! so its exit code is what a new process would report.
 //!
 //! After a restore from a memory template ([`Repls::reseed`]), running
 //! interpreters are reseeded: Python's `random` from the freshly reseeded
@@ -41,7 +44,7 @@ mod interpreter;
 
 use crate::exec::{blocking, Sink};
 use crate::{AgentConfig, AgentError};
-use airlock_protocol::{Completion, Event, ExecRequest, Language, OpId};
+use airlock_protocol::{Completion, Event, ExecMode, ExecRequest, Language, OpId};
 use interpreter::{elapsed_ms, CellInput, Interpreter};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -148,6 +151,7 @@ impl Repls {
                     path: &cell.path,
                     env: &request.env,
                     timeout: Duration::from_millis(request.timeout_ms),
+                    one_shot: request.mode == ExecMode::OneShot,
                 },
                 &mut cancel,
                 &sink,
