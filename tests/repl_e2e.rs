@@ -340,7 +340,11 @@ async fn restored_runs_match_cold_runs_and_clones_draw_their_own_randomness() {
         let restored = run(&restoring, language, code, 30).await;
         let booted = run(&cold, language, code, 30).await;
         assert!(restored.timings.restore.is_some(), "{language}");
-        for (what, r) in [("first", &first), ("restored", &restored), ("cold", &booted)] {
+        for (what, r) in [
+            ("first", &first),
+            ("restored", &restored),
+            ("cold", &booted),
+        ] {
             assert_eq!(
                 (text(&r.stdout), text(&r.stderr), r.exit_code, r.timed_out),
                 ("out\n".into(), "err\n".into(), 3, false),

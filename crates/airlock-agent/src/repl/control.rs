@@ -213,7 +213,8 @@ mod tests {
             let lines: Vec<&str> = text.strip_suffix('\n').unwrap().split('\n').collect();
             prop_assert_eq!(lines.len(), 1 + env.len());
             let head: Vec<&str> = lines[0].split(' ').collect();
-            prop_assert_eq!(head, vec!["cell", &format_id(id), "/run/cells/x", &env.len().to_string()]);
+            let (id_text, count) = (format_id(id), env.len().to_string());
+            prop_assert_eq!(head, vec!["cell", id_text.as_str(), "/run/cells/x", count.as_str()]);
             for (line, (name, value)) in lines[1..].iter().zip(&env) {
                 prop_assert_eq!(line.split_once('='), Some((name.as_str(), value.as_str())));
             }
