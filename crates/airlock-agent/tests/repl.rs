@@ -2,6 +2,8 @@
 //! the real drivers (`python3`, `node` and `bash` of the host). One agent
 //! per test, its interpreter shared by the assertions.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use airlock_protocol::client::{Client, ExecEvent, ExecOutput};
