@@ -10,11 +10,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock::{Config, RunRequest, RunResult, Scheduler, Vm, VmOptions};
+use airlock::{RunRequest, RunResult, Scheduler, Vm, VmOptions};
 use airlock_protocol::client::{Client, ExecEvent, ExecOutput};
-use airlock_protocol::{ExecMode, ExecRequest, Language};
+use airlock_protocol::{ExecRequest, Language};
 use airlock_tests::{images_or_skip, qemu_processes_mentioning};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,14 +21,7 @@ use std::time::{Duration, Instant};
 const GRACE: Duration = Duration::from_secs(60);
 
 async fn scheduler(templates_dir: &Path, restore: bool) -> Scheduler {
-    Scheduler::start(Config {
-        templates_dir: templates_dir.to_path_buf(),
-        restore_templates: restore,
-        overlay_pool_target: 0,
-        ..Config::default()
-    })
-    .await
-    .unwrap()
+    airlock_tests::template_scheduler(templates_dir, restore).await
 }
 
 fn text(b: &[u8]) -> String {
@@ -37,14 +29,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn cell_request(language: Language, code: &str, timeout_ms: u64) -> ExecRequest {
-    ExecRequest {
-        mode: ExecMode::Cell,
-        language,
-        code: code.to_owned(),
-        timeout_ms,
-        env: BTreeMap::new(),
-        cwd: None,
-    }
+    ExecRequest::cell(language, code, timeout_ms)
 }
 
 async fn cell(client: &Client, language: Language, code: &str) -> ExecOutput {

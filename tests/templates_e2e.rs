@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::template::{Found, TemplateShape};
-use airlock::{Config, OutputStream, RunObserver, RunRequest, RunResult, Scheduler, Stage};
+use airlock::{OutputStream, RunObserver, RunRequest, RunResult, Scheduler, Stage};
 use airlock_protocol::Language;
 use airlock_tests::{images_or_skip, qemu_processes_mentioning};
 use std::path::Path;
@@ -28,14 +28,7 @@ impl RunObserver for Stages {
 }
 
 async fn scheduler(templates_dir: &Path, restore: bool) -> Scheduler {
-    Scheduler::start(Config {
-        templates_dir: templates_dir.to_path_buf(),
-        restore_templates: restore,
-        overlay_pool_target: 0,
-        ..Config::default()
-    })
-    .await
-    .unwrap()
+    airlock_tests::template_scheduler(templates_dir, restore).await
 }
 
 fn request(language: Language, code: &str) -> RunRequest {

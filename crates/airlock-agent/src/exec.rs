@@ -297,24 +297,16 @@ pub(crate) async fn run(
         None => None,
     };
 
-    let mut command = Command::new(spec.plan.program);
-    command
-        .args(&spec.plan.args)
-        .env_clear()
-        .envs(&env)
-        .stdin(if spec.plan.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // The identity is dropped in the child setup, after it joined the
-    // cgroup (which needs root), not by std (which drops it first).
-    sys::set_child_setup(
-        &mut command,
+    let stdin = if spec.plan.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut command = sandboxed_command(
+        spec.plan.program,
+        &spec.plan.args,
+        &env,
+        stdin,
         sys::ChildSetup {
             cwd: cwd.as_raw_fd(),
             cgroup_procs: cgroup.as_ref().map(ExecCgroup::procs_fd),
@@ -423,6 +415,32 @@ pub(crate) async fn run(
         stdout_truncated,
         stderr_truncated,
     })
+}
+
+/// The command for user code (an exec's process, a cell interpreter):
+/// `env` only, output piped, its own process group, killed on drop, and
+/// `setup` applied between fork and exec (cgroup, identity, cwd, control
+/// fds). The identity is dropped there, after the cgroup join (which needs
+/// root), not by std (which would drop it first).
+pub(crate) fn sandboxed_command<S: AsRef<std::ffi::OsStr>>(
+    program: &str,
+    args: &[S],
+    env: &BTreeMap<String, String>,
+    stdin: Stdio,
+    setup: sys::ChildSetup,
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    sys::set_child_setup(&mut command, setup);
+    command
 }
 
 /// Waits for the main process; past the deadline sends SIGTERM to the group

@@ -37,14 +37,7 @@ async fn start_cells(tag: &str) -> CellAgent {
 }
 
 fn cell_request(language: Language, code: &str, timeout_ms: u64) -> ExecRequest {
-    ExecRequest {
-        mode: ExecMode::Cell,
-        language,
-        code: code.to_owned(),
-        timeout_ms,
-        env: BTreeMap::new(),
-        cwd: None,
-    }
+    ExecRequest::cell(language, code, timeout_ms)
 }
 
 async fn cell(client: &Client, language: Language, code: &str) -> ExecOutput {

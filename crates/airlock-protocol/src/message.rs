@@ -237,6 +237,21 @@ pub struct ExecRequest {
     pub mode: ExecMode,
 }
 
+impl ExecRequest {
+    /// A cell of `language`'s persistent interpreter ([`ExecMode::Cell`]):
+    /// no extra environment, no cwd.
+    pub fn cell(language: Language, code: impl Into<String>, timeout_ms: u64) -> Self {
+        Self {
+            language,
+            code: code.into(),
+            timeout_ms,
+            env: BTreeMap::new(),
+            cwd: None,
+            mode: ExecMode::Cell,
+        }
+    }
+}
+
 /// How an exec runs its code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

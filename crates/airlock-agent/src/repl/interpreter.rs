@@ -4,7 +4,7 @@
 
 use super::control::{self, Report, MAX_REPORT_BYTES};
 use crate::env_policy::build_env;
-use crate::exec::{millis, open_cwd, Sink, KILL_REAP_TIMEOUT};
+use crate::exec::{millis, open_cwd, sandboxed_command, Sink, KILL_REAP_TIMEOUT};
 use crate::exec_cgroup::ExecCgroup;
 use crate::output::{OutputBatcher, StreamKind};
 use crate::reaper::{spawn_tracked, Tracked};
@@ -19,7 +19,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::watch;
 
 /// The drivers, embedded in the agent (see `drivers/`).
@@ -112,18 +112,11 @@ impl Interpreter {
         let (reports_ours, reports_child) =
             nix::unistd::pipe2(flags).map_err(|e| spawn_err(e.into()))?;
         let env = build_env(config, &[], &BTreeMap::new());
-        let mut command = Command::new(program);
-        command
-            .args(&args)
-            .env_clear()
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        sys::set_child_setup(
-            &mut command,
+        let mut command = sandboxed_command(
+            program,
+            &args,
+            &env,
+            Stdio::null(),
             sys::ChildSetup {
                 cwd: cwd.as_raw_fd(),
                 cgroup_procs: cgroup.as_ref().map(ExecCgroup::procs_fd),
