@@ -9,7 +9,6 @@ mod common;
 use airlock_protocol::client::{Client, ExecEvent, ExecOutput};
 use airlock_protocol::{ExecMode, ExecRequest, Language};
 use common::*;
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
