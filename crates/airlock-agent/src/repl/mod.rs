@@ -159,7 +159,7 @@ impl Repls {
             )
             .await;
         let duration_ms = elapsed_ms(cell_start);
-        cell.remove().await;
+        drop(cell);
         let end = end?;
         if end.interpreter_lost {
             if let Some(lost) = slot.interpreter.take() {
@@ -323,8 +323,13 @@ impl CellFile {
         .await
     }
 
-    async fn remove(self) {
-        if let Err(e) = tokio::fs::remove_file(&self.path).await {
+}
+
+impl Drop for CellFile {
+    /// Removed however the cell ends, a cancelled operation too (one
+    /// unlink on a tmpfs: too small to hand to the blocking pool).
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %self.path.display(), error = %e, "cell file not removed");
             }
