@@ -332,12 +332,16 @@ impl Interpreter {
         let status = match stop {
             Stop::Died(Some(status)) => Some(status),
             _ => {
-                // A died interpreter's status is still to be collected;
-                // the others are killed first.
-                if !matches!(stop, Stop::Died(None)) {
+                // An interpreter whose pipe closed is most likely exiting:
+                // its own status, if it comes within the grace. The others
+                // are killed first.
+                let wait = if matches!(stop, Stop::Died(None)) {
+                    config.kill_grace
+                } else {
                     self.kill_all();
-                }
-                match tokio::time::timeout(KILL_REAP_TIMEOUT, self.child.wait()).await {
+                    KILL_REAP_TIMEOUT
+                };
+                match tokio::time::timeout(wait, self.child.wait()).await {
                     Ok(Ok(status)) => Some(status),
                     _ => {
                         self.kill_all();
