@@ -160,6 +160,18 @@ sys.exit(9)"#;
         "False\n",
         false,
     );
+
+    // A cell closing its interpreter's stdout ends the interpreter within
+    // the grace, not at the cell's deadline.
+    let start = std::time::Instant::now();
+    let closed = cell(c, py, "import os, time\nos.close(1)\ntime.sleep(60)").await;
+    assert!(closed.completion.state_lost, "{closed:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_cell(&cell(c, py, "print('fresh')").await, 0, "fresh\n", false);
 }
 
 #[tokio::test]

@@ -322,7 +322,6 @@ impl CellFile {
         })
         .await
     }
-
 }
 
 impl Drop for CellFile {
