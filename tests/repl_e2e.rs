@@ -306,21 +306,19 @@ async fn restored_runs_match_cold_runs_and_clones_draw_their_own_randomness() {
         (
             Language::Python,
             "import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)",
-            "print('start', flush=True)\nwhile True: pass",
+            "while True: pass",
         ),
-        (
-            Language::Raw,
-            "echo out; echo err >&2; exit 3",
-            "echo start; sleep 100",
-        ),
+        (Language::Raw, "echo out; echo err >&2; exit 3", "sleep 100"),
         (
             Language::Javascript,
             "console.log('out'); console.error('err'); process.exit(3)",
-            "console.log('start'); while (true) {}",
+            "while (true) {}",
         ),
     ];
     for (language, code, busy) in cases {
-        // The first run builds the template; the second is a clone.
+        // The first run builds the template; the second is a clone. (The
+        // busy code prints nothing: under load a cold interpreter may not
+        // reach its first line within the timeout.)
         let first = run(&restoring, language, code, 30).await;
         let restored = run(&restoring, language, code, 30).await;
         let booted = run(&cold, language, code, 30).await;
