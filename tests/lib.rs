@@ -452,3 +452,20 @@ pub fn exec_request(language: Language, code: &str, timeout_ms: u64) -> ExecRequ
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A scheduler for template tests: templates in `templates_dir` (a temp
+/// dir: the shared images and probe cache are used as they are), restored
+/// from when `restore`, no overlay pool.
+///
+/// # Panics
+/// When the scheduler cannot start: a test prerequisite.
+pub async fn template_scheduler(templates_dir: &Path, restore: bool) -> airlock::Scheduler {
+    airlock::Scheduler::start(airlock::Config {
+        templates_dir: templates_dir.to_path_buf(),
+        restore_templates: restore,
+        overlay_pool_target: 0,
+        ..airlock::Config::default()
+    })
+    .await
+    .expect("scheduler start")
+}

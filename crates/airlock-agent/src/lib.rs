@@ -23,8 +23,12 @@
 //!   `NODE_PATH` when present; installed into and sealed read-only in the
 //!   install VM).
 //! - [`reaper`]: zombie reaping when the agent is PID 1.
+//! - [`repl`]: persistent interpreters (one per language) running the
+//!   cells of `exec` with `mode: cell`, nothing spawned per cell, with
+//!   boundaries and exit codes on a control pipe, never in the output.
 //! - `reseed`: after a restore from a memory template, host entropy into
-//!   the kernel's pool and the host's wall clock.
+//!   the kernel's pool and the host's wall clock; running interpreters
+//!   reseeded.
 //!
 //! ```no_run
 //! use airlock_agent::{serve, AgentConfig, RunAs};
@@ -53,6 +57,7 @@ pub mod packages;
 pub mod ports;
 pub mod reaper;
 pub mod rel_path;
+pub mod repl;
 mod reseed;
 mod server;
 mod sys;
@@ -61,7 +66,8 @@ pub use sys::protect_from_oom_killer;
 pub use config::{AgentConfig, RunAs};
 pub use error::AgentError;
 pub use home::prepare_home;
-pub use server::{serve, AGENT_VERSION};
+pub use repl::Repls;
+pub use server::{serve, serve_with, AGENT_VERSION};
 
 /// The line the agent prints on stderr (the guest console) once ready.
 pub fn ready_line() -> String {

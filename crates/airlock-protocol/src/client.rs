@@ -564,8 +564,9 @@ impl Client {
         }
     }
 
-    /// Asks the agent to start `language`'s interpreter once (its files
-    /// into the page cache) and waits for it to finish.
+    /// Asks the agent to start `language`'s persistent interpreter (the one
+    /// cells run in) with its common modules imported, and waits until it
+    /// is ready.
     ///
     /// # Errors
     /// As [`Client::ping`], or [`ProtocolError::Guest`].
@@ -609,6 +610,23 @@ impl Client {
             } => Ok((entropy_bytes, clock_step_ms)),
             other => Err(unexpected("reseed", other)),
         }
+    }
+
+    /// Interrupts the exec running under `target` (see
+    /// [`ExecStream::op`]): the agent sends SIGINT (a cell's interpreter
+    /// survives it where it can), then kills after its grace; the exec's
+    /// own stream reports the end (exit code 130 for a cell). Not
+    /// answered; an unknown or finished target is ignored by the agent.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Closed`] or a transport error.
+    pub async fn cancel(&self, target: OpId) -> Result<(), ProtocolError> {
+        if self.is_closed() {
+            return Err(ProtocolError::Closed);
+        }
+        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
+        self.send(&Request::new(op, RequestBody::Cancel { target }))
+            .await
     }
 
     /// Sends a raw line (for tests of the agent's error handling), then

@@ -6,9 +6,9 @@ use crate::manager::VmManager;
 use crate::ms;
 use crate::packages::{self, PackageDisk, PackagesReport};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
-use crate::template::{shape_of, Found, Templates};
+use crate::template::{shape_of, warm_of, Found, Templates, Warm};
 use crate::vm::{OutputStream, Vm, VmOptions};
-use airlock_protocol::ExecRequest;
+use airlock_protocol::{ExecMode, ExecRequest, Language};
 use std::time::Instant;
 
 /// What a run is doing, for progress displays.
@@ -43,6 +43,23 @@ struct Discard;
 
 impl RunObserver for Discard {
     fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+/// How a one-shot run's code runs. In a VM restored from a template that
+/// holds its language's interpreter warm (python, raw: see
+/// [`crate::template::warm_of`]) it runs in that interpreter
+/// ([`ExecMode::OneShot`]): no process is spawned (under TCG a new
+/// interpreter process costs hundreds of ms), the clone is fresh (empty
+/// home and /tmp, nothing run before) and destroyed after, and a timeout
+/// ends it as it ends a process, so output, exit codes and timeouts are a
+/// cold run's. Otherwise (a cold boot, a javascript template, which holds
+/// no running Node) a process: starting the cell driver would cost more.
+pub fn one_shot_mode(restored: bool, language: Language) -> ExecMode {
+    if restored && warm_of(language) == Warm::Interpreter {
+        ExecMode::OneShot
+    } else {
+        ExecMode::Process
+    }
 }
 
 /// Runs requests, each in its own VM.
@@ -128,10 +145,11 @@ impl Scheduler {
         };
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
+        let mode = one_shot_mode(vm.boot_timings().restore.is_some(), request.language);
         let outcome = vm
             .exec(
                 ExecRequest {
-                    mode: Default::default(),
+                    mode,
                     language: request.language,
                     code: request.code,
                     timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
@@ -213,5 +231,20 @@ impl Scheduler {
         };
         observer.stage(Stage::Booting);
         self.templates.boot_or_cold(options, &template).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
+        assert_eq!(one_shot_mode(true, Language::Python), ExecMode::OneShot);
+        assert_eq!(one_shot_mode(true, Language::Raw), ExecMode::OneShot);
+        assert_eq!(one_shot_mode(true, Language::Javascript), ExecMode::Process);
+        for language in Language::ALL {
+            assert_eq!(one_shot_mode(false, language), ExecMode::Process);
+        }
     }
 }

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the template layout and of what goes into its key; bumped
 /// when either changes, so older templates are never taken for new ones.
-pub const TEMPLATE_FORMAT: u32 = 1;
+/// 2: python and raw templates hold their live cell interpreter;
+/// javascript templates hold none (Node cannot be reseeded in place).
+pub const TEMPLATE_FORMAT: u32 = 2;
 
 /// The shape of the VMs a template serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

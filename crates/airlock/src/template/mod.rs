@@ -20,6 +20,7 @@ pub mod key;
 pub mod restore;
 pub mod store;
 
+pub use build::{warm_of, Warm};
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
