@@ -65,6 +65,12 @@ pub struct Config {
     /// shape (built first when missing) instead of booting cold. Off by
     /// default for the library; `airlock run` turns it on (`--cold` off).
     pub restore_templates: bool,
+    /// Warm pools, at most one per shape (`pool.rs`): runs and sessions of
+    /// a pool's shape without a network take a paused VM from it. Their
+    /// VMs hold slots, so together they must leave at least one of
+    /// `max_concurrent_vms` free. Default none (the one-shot CLI keeps no
+    /// pool).
+    pub warm_pools: Vec<crate::pool::PoolConfig>,
 }
 
 impl Default for Config {
@@ -86,6 +92,7 @@ impl Default for Config {
             egress_test: crate::network::EgressTestOverrides::default(),
             templates_dir: dirs.cache.join("templates"),
             restore_templates: false,
+            warm_pools: Vec::new(),
         }
     }
 }
@@ -110,6 +117,7 @@ impl Config {
         if self.boot_timeout < Duration::from_millis(100) {
             return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
         }
+        crate::pool::validate_pools(&self.warm_pools, self.max_concurrent_vms)?;
         // A work dir is run_dir/vms/<16 hex>/ and the longest socket name is
         // "event.sock": keep room under the 108-byte sun_path.
         let longest = self.run_dir.as_os_str().len() + "/vms/".len() + 16 + "/event.sock".len();

@@ -192,6 +192,12 @@ pub enum Error {
         #[source]
         source: airlock_egress::EgressError,
     },
+    /// A warm pool was shut down: it hands out no more VMs.
+    #[error("the warm pool of {shape} is shut down")]
+    PoolDrained {
+        /// The pool's shape.
+        shape: String,
+    },
     /// Talking to the guest agent failed.
     #[error("vm {vm_id}: {source}")]
     Protocol {
@@ -237,6 +243,9 @@ impl Error {
             }
             Error::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
             Error::ReadStdin { .. } => Some("pass the code as an argument or with -c"),
+            Error::PoolDrained { .. } | Error::ShutDown => {
+                Some("the scheduler was shut down: start a new one")
+            }
             _ => None,
         }
     }

@@ -13,6 +13,9 @@
 //!   semaphore bounding live VMs, and a teardown that always runs.
 //! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
 //!   [`RunResult`] with output, exit code and a timing breakdown.
+//! - [`pool`]: warm pools: per shape, restored VMs waiting paused (no
+//!   host CPU) for [`Scheduler::run`] and sessions to take; the pool
+//!   refills in the background ([`Config::warm_pools`]).
 //! - [`template`]: memory templates (`docs/templates.md`): a VM of one
 //!   shape saved once, restored in about a tenth of a second instead of a
 //!   boot, reseeded before any user code; `airlock snapshot` manages them.
@@ -43,6 +46,7 @@ mod launcher;
 mod manager;
 mod network;
 pub mod owner;
+pub mod pool;
 pub mod process;
 mod qemu_launcher;
 mod qemu_spec;
@@ -65,6 +69,7 @@ pub use host::Host;
 pub use images::Images;
 pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
+pub use pool::{PoolConfig, PoolStats, WarmPool};
 pub use request::{
     parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
     DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,

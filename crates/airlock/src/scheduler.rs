@@ -1,13 +1,18 @@
 //! [`Scheduler::run`]: one request, one fresh VM, destroyed afterwards.
+//! The VM comes from the warm pool of its shape when there is one, else
+//! from its memory template when templates are on, else a cold boot
+//! ([`Scheduler::start_vm`]).
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::manager::VmManager;
 use crate::ms;
+use crate::pool::{TemplateSource, WarmPool};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
 use crate::template::{shape_of, Found, Templates};
 use crate::vm::{OutputStream, Vm, VmOptions};
 use airlock_protocol::ExecRequest;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a run is doing, for progress displays.
@@ -46,6 +51,9 @@ impl RunObserver for Discard {
 pub struct Scheduler {
     manager: VmManager,
     templates: Templates,
+    /// One per configured shape; dropped with the last clone (their
+    /// waiting VMs then go to the manager's reaper).
+    pools: Arc<Vec<WarmPool>>,
 }
 
 impl Scheduler {
@@ -55,10 +63,46 @@ impl Scheduler {
     /// As [`VmManager::start`].
     pub async fn start(config: Config) -> Result<Self> {
         let manager = VmManager::start(config).await?;
+        let templates = Templates::new(manager.clone());
+        let pools = manager
+            .config()
+            .warm_pools
+            .iter()
+            .map(|pool| {
+                let source = TemplateSource::new(templates.clone(), pool.shape);
+                WarmPool::start(*pool, Box::new(source))
+            })
+            .collect();
         Ok(Self {
-            templates: Templates::new(manager.clone()),
+            templates,
             manager,
+            pools: Arc::new(pools),
         })
+    }
+
+    /// The warm pools ([`Config::warm_pools`], one per shape).
+    pub fn pools(&self) -> &[WarmPool] {
+        &self.pools
+    }
+
+    /// The warm pool of `options`' shape, when it has one and the VM has
+    /// no network.
+    fn pool_for(&self, options: &VmOptions) -> Option<&WarmPool> {
+        if options.network.mode() != airlock_gvproxy::NetworkMode::None {
+            return None;
+        }
+        let shape = shape_of(options);
+        self.pools.iter().find(|pool| pool.config().shape == shape)
+    }
+
+    /// Drains the warm pools (their waiting VMs destroyed), then shuts
+    /// the manager down ([`VmManager::shutdown`]): no VM starts after
+    /// this. VMs handed out before stay the caller's to destroy.
+    pub async fn shutdown(&self) {
+        for pool in self.pools.iter() {
+            pool.shutdown().await;
+        }
+        self.manager.shutdown().await;
     }
 
     /// The memory templates runs restore from.
@@ -101,7 +145,7 @@ impl Scheduler {
             vcpus: request.vcpus,
             network: request.network.clone(),
         };
-        let mut vm = self.boot(&options, observer).await?;
+        let mut vm = self.start_vm(&options, observer).await?;
         observer.exposed(vm.exposed());
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
@@ -148,11 +192,27 @@ impl Scheduler {
         })
     }
 
-    /// Restores the VM from the template of its shape when templates are
-    /// on and the VM has no network (a clone cannot reconnect its network
-    /// device to a new gvproxy on QEMU 7.2: such runs boot cold); else
-    /// boots it cold.
-    async fn boot(&self, options: &VmOptions, observer: &mut dyn RunObserver) -> Result<Vm> {
+    /// A VM of `options`, its agent answering, for runs and sessions: a
+    /// paused one from the warm pool of its shape when there is one
+    /// (restored on demand when the pool is empty; its limits group is
+    /// then the pool's, [`crate::pool::POOL_TENANT`]); else restored from
+    /// the template of its shape when templates are on and the VM has no
+    /// network (a clone cannot reconnect its network device to a new
+    /// gvproxy on QEMU 7.2: such VMs boot cold); else booted cold. The VM
+    /// is the caller's: destroy it after use.
+    ///
+    /// # Errors
+    /// As [`VmManager::boot`], [`Templates::build`] and
+    /// [`WarmPool::take`].
+    pub async fn start_vm(
+        &self,
+        options: &VmOptions,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Vm> {
+        if let Some(pool) = self.pool_for(options) {
+            observer.stage(Stage::Booting);
+            return pool.take().await;
+        }
         let restore = self.manager.config().restore_templates
             && options.network.mode() == airlock_gvproxy::NetworkMode::None;
         if !restore {

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod store;
 
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
+pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
 
