@@ -1,0 +1,193 @@
+//! Warm pools end to end, on real VMs: the pool fills with paused clones
+//! of the python template that use no host CPU; a run takes one (resumed,
+//! reseeded: its own entropy, the host's clock although it waited paused
+//! and its template was saved earlier), the pool refills; an empty pool
+//! restores on demand; the scheduler's shutdown leaves no process, work
+//! dir or limits group.
+//!
+//! One scheduler and one template (in temp dirs) serve every assertion.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use airlock::pool::POOL_TENANT;
+use airlock::template::TemplateShape;
+use airlock::{
+    Config, OutputStream, PoolConfig, RunObserver, RunRequest, RunResult, Scheduler, VmOptions,
+};
+use airlock_protocol::Language;
+use airlock_sys_util::proc_scan::cpu_ticks;
+use airlock_tests::{group_dirs, images_or_skip, qemu_processes_mentioning, text};
+use std::time::{Duration, SystemTime};
+
+/// Building the template, then two restores and warm-ups, under TCG on a
+/// busy host.
+const FILL_DEADLINE: Duration = Duration::from_secs(600);
+
+struct Discard;
+
+impl RunObserver for Discard {
+    fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn shape() -> TemplateShape {
+    let defaults = RunRequest::new(Language::Python, "");
+    TemplateShape {
+        language: Language::Python,
+        memory_mib: defaults.memory_mib,
+        vcpus: defaults.vcpus,
+    }
+}
+
+/// The random draw and the clock a run printed.
+fn entropy_and_clock(result: &RunResult) -> (String, f64) {
+    let out = text(&result.stdout);
+    let mut words = out.split_whitespace();
+    let random = words.next().unwrap().to_owned();
+    let clock = words.next().unwrap().parse().unwrap();
+    (random, clock)
+}
+
+const PROBE: &str =
+    "import os, random, time\nprint(os.urandom(16).hex() + str(random.random()), time.time())";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_nothing() {
+    let Some(_) = images_or_skip("warm_pool") else {
+        return;
+    };
+    let templates = tempfile::tempdir().unwrap();
+    let run_dir = tempfile::Builder::new()
+        .prefix("alp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let scheduler = Scheduler::start(Config {
+        templates_dir: templates.path().to_path_buf(),
+        run_dir: run_dir.path().to_path_buf(),
+        overlay_pool_target: 0,
+        max_concurrent_vms: 8,
+        warm_pools: vec![PoolConfig {
+            size: 2,
+            ..PoolConfig::new(shape())
+        }],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let pool = &scheduler.pools()[0];
+
+    // Fill: the template is built, two clones restored, warmed, paused.
+    assert!(pool.wait_full(FILL_DEADLINE).await, "{:?}", pool.stats());
+    let template_saved = unix_now();
+
+    // Paused pool VMs use no CPU.
+    let pids = pool.idle_qemu_pids();
+    assert_eq!(pids.len(), 2);
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap()).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap()).collect();
+    assert_eq!(before, after, "paused QEMUs {pids:?} used CPU over 2 s");
+
+    // Let the clones' guest clocks (stopped while paused) fall behind.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Take, use: two runs at once get the two waiting VMs, each with its
+    // own entropy and the host's clock.
+    let start = unix_now();
+    let (a, b) = tokio::join!(
+        scheduler.run(RunRequest::new(Language::Python, PROBE)),
+        scheduler.run(RunRequest::new(Language::Python, PROBE))
+    );
+    let end = unix_now();
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for r in [&a, &b] {
+        assert_eq!(r.exit_code, 0, "{}", text(&r.stderr));
+        assert!(r.timings.from_warm_pool, "{:?}", r.timings);
+    }
+    let ((random_a, clock_a), (random_b, clock_b)) = (entropy_and_clock(&a), entropy_and_clock(&b));
+    assert_ne!(
+        random_a, random_b,
+        "two pool VMs drew the same random bytes"
+    );
+    assert!(start - template_saved >= 3.0, "the clones waited paused");
+    for clock in [clock_a, clock_b] {
+        assert!(
+            clock >= start - 1.0 && clock <= end + 1.0,
+            "guest clock {clock} is not the host's ({start}..{end}) within 1 s"
+        );
+    }
+    assert!(
+        pids.iter().all(|p| cpu_ticks(*p).is_none()),
+        "a used pool VM is destroyed after its run"
+    );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.taken_warm, stats.taken_on_demand),
+        (2, 0),
+        "{stats:?}"
+    );
+
+    // Refill.
+    assert!(pool.wait_full(FILL_DEADLINE).await, "{:?}", pool.stats());
+    assert!(pool.stats().filled >= 4, "{:?}", pool.stats());
+
+    // Empty pool: hold the waiting VMs; the next take restores one on
+    // demand at once (the fill is still restoring its replacements).
+    let options = VmOptions {
+        tenant: "someone".into(),
+        language: Language::Python,
+        memory_mib: shape().memory_mib,
+        vcpus: shape().vcpus,
+        network: Default::default(),
+    };
+    let mut held = Vec::new();
+    while pool.stats().taken_on_demand == 0 && held.len() < 4 {
+        held.push(scheduler.start_vm(&options, &mut Discard).await.unwrap());
+    }
+    let stats = pool.stats();
+    assert!(stats.taken_warm >= 4, "{stats:?}");
+    assert_eq!(stats.taken_on_demand, 1, "{stats:?}");
+    let on_demand = held.last().unwrap();
+    assert!(!on_demand.boot_timings().from_warm_pool);
+    assert!(
+        on_demand.boot_timings().restore.is_some(),
+        "restored, not booted"
+    );
+    let ids: Vec<String> = held.iter().map(|vm| vm.id().to_owned()).collect();
+    for mut vm in held {
+        vm.destroy().await;
+    }
+
+    // Shutdown: the pool drains; nothing is left.
+    assert!(pool.wait_full(FILL_DEADLINE).await, "{:?}", pool.stats());
+    let waiting = pool.idle_qemu_pids();
+    scheduler.shutdown().await;
+    assert_eq!(pool.stats().idle, 0);
+    assert!(waiting.iter().all(|p| cpu_ticks(*p).is_none()));
+    for needle in [run_dir.path(), templates.path()] {
+        let needle = needle.to_string_lossy();
+        assert!(qemu_processes_mentioning(&needle).is_empty(), "QEMU left");
+    }
+    let vms = std::fs::read_dir(run_dir.path().join("vms"))
+        .unwrap()
+        .count();
+    assert_eq!(vms, 0, "work dirs left in {}", run_dir.path().display());
+    for id in &ids {
+        for tenant in [POOL_TENANT, "someone"] {
+            assert!(
+                group_dirs(tenant, id).iter().all(|d| !d.exists()),
+                "limits group of {id} left"
+            );
+        }
+    }
+    assert!(matches!(
+        pool.take().await,
+        Err(airlock::Error::PoolDrained { .. })
+    ));
+}
