@@ -60,8 +60,13 @@ pub struct MemoryRollup {
     pub pss_kib: u64,
     /// Private pages not written since read (e.g. read from a file).
     pub private_clean_kib: u64,
-    /// Private pages written (anonymous memory, copy-on-write copies).
+    /// Private pages written (anonymous memory, copy-on-write copies),
+    /// and page-cache pages that are dirty and mapped by this process
+    /// alone (a file just written counts here until written back).
     pub private_dirty_kib: u64,
+    /// Anonymous pages: heap, stacks, and copy-on-write copies of pages of
+    /// privately mapped files (what the process really wrote).
+    pub anonymous_kib: u64,
 }
 
 impl MemoryRollup {
@@ -98,6 +103,7 @@ pub fn parse_smaps_rollup(text: &str) -> MemoryRollup {
             "Pss" => rollup.pss_kib = kib,
             "Private_Clean" => rollup.private_clean_kib = kib,
             "Private_Dirty" => rollup.private_dirty_kib = kib,
+            "Anonymous" => rollup.anonymous_kib = kib,
             _ => {}
         }
     }
@@ -130,7 +136,8 @@ mod tests {
     fn smaps_rollup_keeps_rss_pss_and_private_lines() {
         let text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:  158000 kB\n\
                     Pss:  120000 kB\nPss_Anon:  1 kB\nShared_Clean: 9 kB\n\
-                    Private_Clean:  4000 kB\nPrivate_Dirty:  134000 kB\nbogus\n";
+                    Private_Clean:  4000 kB\nPrivate_Dirty:  134000 kB\nbogus\n\
+                    Anonymous:  90000 kB\n";
         let rollup = parse_smaps_rollup(text);
         assert_eq!(
             rollup,
@@ -139,6 +146,7 @@ mod tests {
                 pss_kib: 120_000,
                 private_clean_kib: 4000,
                 private_dirty_kib: 134_000,
+                anonymous_kib: 90_000,
             }
         );
         assert_eq!(rollup.private_kib(), 138_000);
