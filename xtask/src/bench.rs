@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
-//! overlay pool, and QEMU's host memory; writes `docs/benchmarks.md`.
+//! overlay pool, QEMU's host memory, and the fast paths (memory templates,
+//! the warm pool, idle cost: [`templates`]); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -12,6 +13,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod templates;
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -92,7 +95,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         &manifest.path(Kind::RootfsRaw).context("no raw root disk")?,
         args.acquires,
     )?;
-    let doc = render(&rows, &floor, &overlay, args.runs)?;
+    let fast = templates::measure(&airlock, args.runs)?;
+    let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    let cold_python = rows
+        .iter()
+        .find(|(language, _)| *language == "python")
+        .map(|(_, samples)| samples.as_slice())
+        .unwrap_or_default();
+    doc.push_str(&templates::render(&fast, cold_python)?);
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
@@ -166,7 +176,11 @@ fn floor_boots(kernel: &Path, runs: usize) -> Result<Vec<f64>> {
                 "-M",
                 "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,acpi=off",
             ])
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"])
+            .args([
+                "-accel",
+                &format!("tcg,tb-size={}", airlock_qemu::TCG_TB_SIZE_MIB),
+            ])
+            .args(["-cpu", "max", "-m", "512", "-smp", "1"])
             .args([
                 "-nodefaults",
                 "-no-user-config",
