@@ -110,17 +110,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
+    // --cold: `airlock run` restores memory templates by default.
+    json_run(airlock, &["--cold"], language, code).map(|(sample, _)| sample)
+}
+
+/// One fresh `airlock run --json -q [extra] -l LANGUAGE CODE`: its sample
+/// and its whole JSON result.
+fn json_run(
+    airlock: &Path,
+    extra: &[&str],
+    language: &str,
+    code: &str,
+) -> Result<(Sample, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(airlock)
-        // --cold: `airlock run` restores memory templates by default.
-        .args(["run", "--cold", "--json", "-q", "-l", language, code])
+        .args(["run", "--json", "-q"])
+        .args(extra)
+        .args(["-l", language, code])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {}", airlock.display()))?;
     let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
         bail!(
-            "airlock run -l {language} failed ({}): {}",
+            "airlock run {extra:?} -l {language} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -129,7 +142,7 @@ fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
         serde_json::from_slice(&out.stdout).context("parse airlock's JSON result")?;
     let t = &v["timings"];
     let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
-    Ok(Sample {
+    let sample = Sample {
         wall_ms,
         total_ms: f(&t["total_ms"]),
         overlay_ms: f(&t["overlay_ms"]),
@@ -138,7 +151,8 @@ fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
         exec_ms: f(&t["exec_ms"]),
         teardown_ms: f(&t["teardown_ms"]),
         peak_mib: f(&v["usage"]["peak_memory_mib"]),
-    })
+    };
+    Ok((sample, v))
 }
 
 /// Wall times (ms) of bare QEMU boots of the kernel to an init that ends

@@ -5,7 +5,7 @@
 //! template; template build time and size. Each figure is written with its
 //! goal beside it, met or not.
 
-use super::{percentiles, Sample};
+use super::{json_run, percentiles, Sample};
 use airlock::template::{Found, TemplateShape};
 use airlock::{Config, PoolConfig, RunRequest, Scheduler, VmOptions};
 use airlock_protocol::Language;
@@ -13,8 +13,7 @@ use airlock_sys_util::proc_scan::{clock_ticks_per_second, cpu_ticks, memory_roll
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Goal: a restored one-shot run at most this fraction of a cold one.
 const RESTORED_RATIO_GOAL: f64 = 0.15;
@@ -87,39 +86,14 @@ pub fn measure(airlock: &Path, runs: usize) -> Result<Numbers> {
 }
 
 fn restored_run(airlock: &Path) -> Result<Restored> {
-    let start = Instant::now();
-    let out = Command::new(airlock)
-        .args(["run", "--json", "-q", "-l", "python", "print(1)"])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {}", airlock.display()))?;
-    let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
-    if !out.status.success() {
-        bail!(
-            "restored airlock run failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parse airlock's JSON result")?;
-    let t = &v["timings"];
-    let r = &t["restore"];
+    let (run, v) = json_run(airlock, &[], "python", "print(1)")?;
+    let r = &v["timings"]["restore"];
     if r.is_null() {
-        bail!("the run was not restored from a template: {t}");
+        bail!("the run was not restored from a template: {v}");
     }
     let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
     Ok(Restored {
-        run: Sample {
-            wall_ms,
-            total_ms: f(&t["total_ms"]),
-            overlay_ms: f(&t["overlay_ms"]),
-            spawn_ms: f(&t["spawn_ms"]),
-            ready_ms: f(&t["guest_ready_ms"]),
-            exec_ms: f(&t["exec_ms"]),
-            teardown_ms: f(&t["teardown_ms"]),
-            peak_mib: f(&v["usage"]["peak_memory_mib"]),
-        },
+        run,
         load_ms: f(&r["load_ms"]),
         resume_ms: f(&r["resume_ms"]),
         agent_ms: f(&r["agent_ms"]),
@@ -314,40 +288,30 @@ pub fn render(n: &Numbers, cold_python: &[Sample]) -> Result<String> {
     writeln!(d, "| | cold | restored |\n|---|---|---|")?;
     let cold = |f: fn(&Sample) -> f64| pair(&cold_python.iter().map(f).collect::<Vec<_>>());
     let rest = |f: fn(&Restored) -> f64| pair(&n.restored.iter().map(f).collect::<Vec<_>>());
-    writeln!(
-        d,
-        "| wall | {} | {} |",
-        cold(|s| s.wall_ms),
-        rest(|r| r.run.wall_ms)
-    )?;
-    writeln!(
-        d,
-        "| QEMU start (spawn) | {} | {} |",
-        cold(|s| s.spawn_ms),
-        rest(|r| r.run.spawn_ms)
-    )?;
-    writeln!(
-        d,
-        "| boot / restore to agent ready | {} | {} |",
-        cold(|s| s.ready_ms),
-        rest(|r| r.run.ready_ms)
-    )?;
-    writeln!(d, "| - state load | | {} |", rest(|r| r.load_ms))?;
-    writeln!(d, "| - resume (`cont`) | | {} |", rest(|r| r.resume_ms))?;
-    writeln!(d, "| - agent answered | | {} |", rest(|r| r.agent_ms))?;
-    writeln!(d, "| - reseed | | {} |", rest(|r| r.reseed_ms))?;
-    writeln!(
-        d,
-        "| first exec | {} | {} |",
-        cold(|s| s.exec_ms),
-        rest(|r| r.run.exec_ms)
-    )?;
-    writeln!(
-        d,
-        "| teardown | {} | {} |",
-        cold(|s| s.teardown_ms),
-        rest(|r| r.run.teardown_ms)
-    )?;
+    type Row = (
+        &'static str,
+        Option<fn(&Sample) -> f64>,
+        fn(&Restored) -> f64,
+    );
+    let table: [Row; 9] = [
+        ("wall", Some(|s| s.wall_ms), |r| r.run.wall_ms),
+        ("QEMU start (spawn)", Some(|s| s.spawn_ms), |r| {
+            r.run.spawn_ms
+        }),
+        ("boot / restore to agent ready", Some(|s| s.ready_ms), |r| {
+            r.run.ready_ms
+        }),
+        ("- state load", None, |r| r.load_ms),
+        ("- resume (`cont`)", None, |r| r.resume_ms),
+        ("- agent answered", None, |r| r.agent_ms),
+        ("- reseed", None, |r| r.reseed_ms),
+        ("first exec", Some(|s| s.exec_ms), |r| r.run.exec_ms),
+        ("teardown", Some(|s| s.teardown_ms), |r| r.run.teardown_ms),
+    ];
+    for (label, cold_part, restored_part) in table {
+        let cold_cell = cold_part.map(cold).unwrap_or_default();
+        writeln!(d, "| {label} | {cold_cell} | {} |", rest(restored_part))?;
+    }
     let (cold50, _) = percentiles(&cold_python.iter().map(|s| s.wall_ms).collect::<Vec<_>>());
     let (rest50, _) = percentiles(&n.restored.iter().map(|r| r.run.wall_ms).collect::<Vec<_>>());
     let ratio = rest50 / cold50;
