@@ -320,6 +320,17 @@ pub fn render(n: &Numbers, cold_python: &[Sample]) -> Result<String> {
         "\nRestored / cold wall, p50: **{ratio:.2}x**; goal <= {RESTORED_RATIO_GOAL}x: **{}**.",
         met(ratio <= RESTORED_RATIO_GOAL)
     )?;
+    let p50_of =
+        |f: fn(&Restored) -> f64| percentiles(&n.restored.iter().map(f).collect::<Vec<_>>()).0;
+    let restore = p50_of(|r| r.load_ms + r.resume_ms + r.agent_ms + r.reseed_ms);
+    let exec = p50_of(|r| r.run.exec_ms);
+    writeln!(
+        d,
+        "\nWhere a restored run's time goes (p50): the restore itself (state load, resume, \
+         agent, reseed) {restore:.0} ms; the first exec {exec:.0} ms, a new `python3` process in a \
+         new QEMU whose TCG translation cache starts empty; the rest is the `airlock` process \
+         (probe cache, overlay, QEMU start, teardown)."
+    )?;
 
     writeln!(d, "\n## Warm pool (library)\n")?;
     let (p50, p95) = percentiles(&n.pool_ms);
