@@ -244,7 +244,7 @@ impl Error {
             Error::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
             Error::ReadStdin { .. } => Some("pass the code as an argument or with -c"),
             Error::PoolDrained { .. } | Error::ShutDown => {
-                Some("the scheduler was shut down: start a new one")
+                Some("it was shut down (Scheduler::shutdown): start a new Scheduler")
             }
             _ => None,
         }
