@@ -365,3 +365,10 @@ fn the_noop_cell_of_each_language_is_its_own_no_op() {
     assert_eq!(noop_code(Language::Javascript), "undefined");
     assert_eq!(noop_code(Language::Raw), ":");
 }
+
+#[test]
+fn pools_and_the_scheduler_can_be_shared_between_tasks() {
+    fn shared<T: Send + Sync>() {}
+    shared::<WarmPool>();
+    shared::<crate::Scheduler>();
+}
