@@ -2,8 +2,8 @@
 //! of the python template that use no host CPU; a run takes one (resumed,
 //! reseeded: its own entropy, the host's clock although it waited paused
 //! and its template was saved earlier), the pool refills; an empty pool
-//! restores on demand; the scheduler's shutdown leaves no process, work
-//! dir or limits group.
+//! restores on demand; a javascript pool serves its own shape; the
+//! scheduler's shutdown leaves no process, work dir or limits group.
 //!
 //! One scheduler and one template (in temp dirs) serve every assertion.
 
@@ -37,9 +37,13 @@ fn unix_now() -> f64 {
 }
 
 fn shape() -> TemplateShape {
-    let defaults = RunRequest::new(Language::Python, "");
+    shape_of(Language::Python)
+}
+
+fn shape_of(language: Language) -> TemplateShape {
+    let defaults = RunRequest::new(language, "");
     TemplateShape {
-        language: Language::Python,
+        language,
         memory_mib: defaults.memory_mib,
         vcpus: defaults.vcpus,
     }
@@ -72,15 +76,22 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
         run_dir: run_dir.path().to_path_buf(),
         overlay_pool_target: 0,
         max_concurrent_vms: 8,
-        warm_pools: vec![PoolConfig {
-            size: 2,
-            ..PoolConfig::new(shape())
-        }],
+        warm_pools: vec![
+            PoolConfig {
+                size: 2,
+                ..PoolConfig::new(shape())
+            },
+            PoolConfig {
+                size: 1,
+                ..PoolConfig::new(shape_of(Language::Javascript))
+            },
+        ],
         ..Config::default()
     })
     .await
     .unwrap();
     let pool = &scheduler.pools()[0];
+    let js_pool = &scheduler.pools()[1];
 
     // Fill: the template is built, two clones restored, warmed, paused.
     assert!(pool.wait_full(FILL_DEADLINE).await, "{:?}", pool.stats());
@@ -164,11 +175,31 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
         vm.destroy().await;
     }
 
-    // Shutdown: the pool drains; nothing is left.
+    // A pool of another language serves its own shape only.
+    assert!(
+        js_pool.wait_full(FILL_DEADLINE).await,
+        "{:?}",
+        js_pool.stats()
+    );
+    let js = scheduler
+        .run(RunRequest::new(
+            Language::Javascript,
+            "console.log(Math.random() < 1, typeof require('crypto').randomBytes)",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text(&js.stdout), "true function\n", "{}", text(&js.stderr));
+    assert!(js.timings.from_warm_pool);
+    assert_eq!(js_pool.stats().taken_warm, 1);
+
+    // Shutdown: the pools drain; nothing is left.
     assert!(pool.wait_full(FILL_DEADLINE).await, "{:?}", pool.stats());
-    let waiting = pool.idle_qemu_pids();
+    assert!(js_pool.wait_full(FILL_DEADLINE).await);
+    let mut waiting = pool.idle_qemu_pids();
+    waiting.extend(js_pool.idle_qemu_pids());
+    assert_eq!(waiting.len(), 3);
     scheduler.shutdown().await;
-    assert_eq!(pool.stats().idle, 0);
+    assert_eq!(pool.stats().idle + js_pool.stats().idle, 0);
     assert!(waiting.iter().all(|p| cpu_ticks(*p).is_none()));
     for needle in [run_dir.path(), templates.path()] {
         let needle = needle.to_string_lossy();
