@@ -69,6 +69,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--runs and --acquires must be at least 1");
     }
     host::ensure_all()?;
+    let load_before = load_average();
     let manifest = images::ensure()?;
     let airlock = host::release_airlock()?;
 
@@ -96,7 +97,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         args.acquires,
     )?;
     let fast = templates::measure(&airlock, args.runs)?;
-    let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    let load = [load_before, load_average()];
+    let mut doc = render(&rows, &floor, &overlay, args.runs, &load)?;
     let cold_python = rows
         .iter()
         .find(|(language, _)| *language == "python")
@@ -270,6 +272,7 @@ fn render(
     floor: &[f64],
     overlay: &OverlayNumbers,
     runs: usize,
+    load: &[String; 2],
 ) -> Result<String> {
     let mut d = String::new();
     let (floor50, floor95) = percentiles(floor);
@@ -277,10 +280,13 @@ fn render(
     writeln!(
         d,
         "Written by `cargo xtask bench` ({runs} cold runs per language, release build). \
-         Machine: {} cores, {}, accelerator as `airlock doctor` reports it. \
-         Times in ms, p50 / p95.\n",
+         Machine: {} cores, {}, accelerator as `airlock doctor` reports it; \
+         load average (1 min) {} at the start, {} at the end: under TCG every figure \
+         grows with the load. Times in ms, p50 / p95.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        qemu_version()
+        qemu_version(),
+        load[0],
+        load[1]
     )?;
     writeln!(d, "## Cold `airlock run`\n")?;
     writeln!(d, "Each run is a fresh `airlock run --json` process: probe (cached), VM boot, exec, teardown.\n")?;
@@ -365,6 +371,14 @@ fn render(
          {share50:.1}% (p50)."
     )?;
     Ok(d)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or `unknown`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn qemu_version() -> String {
