@@ -16,7 +16,7 @@ use airlock::{
 };
 use airlock_protocol::Language;
 use airlock_sys_util::proc_scan::cpu_ticks;
-use airlock_tests::{group_dirs, images_or_skip, qemu_processes_mentioning, text};
+use airlock_tests::{default_shape, group_dirs, images_or_skip, qemu_processes_mentioning, text};
 use std::time::{Duration, SystemTime};
 
 /// Building the template, then two restores and warm-ups, under TCG on a
@@ -37,16 +37,7 @@ fn unix_now() -> f64 {
 }
 
 fn shape() -> TemplateShape {
-    shape_of(Language::Python)
-}
-
-fn shape_of(language: Language) -> TemplateShape {
-    let defaults = RunRequest::new(language, "");
-    TemplateShape {
-        language,
-        memory_mib: defaults.memory_mib,
-        vcpus: defaults.vcpus,
-    }
+    default_shape(Language::Python)
 }
 
 /// The random draw and the clock a run printed.
@@ -83,7 +74,7 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
             },
             PoolConfig {
                 size: 1,
-                ..PoolConfig::new(shape_of(Language::Javascript))
+                ..PoolConfig::new(default_shape(Language::Javascript))
             },
         ],
         ..Config::default()

@@ -12,7 +12,7 @@
 use airlock::template::{Found, TemplateShape};
 use airlock::{Config, OutputStream, RunObserver, RunRequest, RunResult, Scheduler, Stage};
 use airlock_protocol::Language;
-use airlock_tests::{images_or_skip, qemu_processes_mentioning};
+use airlock_tests::{default_shape, images_or_skip, qemu_processes_mentioning};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -64,12 +64,7 @@ fn unix_now() -> f64 {
 }
 
 fn shape(language: Language) -> TemplateShape {
-    let defaults = RunRequest::new(language, "");
-    TemplateShape {
-        language,
-        memory_mib: defaults.memory_mib,
-        vcpus: defaults.vcpus,
-    }
+    default_shape(language)
 }
 
 /// Python: the first run builds the template, later runs restore it and

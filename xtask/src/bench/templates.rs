@@ -101,6 +101,18 @@ fn restored_run(airlock: &Path) -> Result<Restored> {
     })
 }
 
+/// A VM of the default python shape, no network.
+fn python_options() -> VmOptions {
+    let shape = python_shape();
+    VmOptions {
+        tenant: "bench".into(),
+        language: shape.language,
+        memory_mib: shape.memory_mib,
+        vcpus: shape.vcpus,
+        network: Default::default(),
+    }
+}
+
 fn python_shape() -> TemplateShape {
     TemplateShape {
         language: Language::Python,
@@ -162,13 +174,7 @@ async fn pool_runs(scheduler: &Scheduler, runs: usize) -> Result<(Vec<f64>, Vec<
     }
     eprintln!("xtask: bench idle CPU (paused, then running)");
     let paused = cpu_percent(&pool.idle_qemu_pids(), IDLE_WINDOW).await?;
-    let options = VmOptions {
-        tenant: "bench".into(),
-        language: Language::Python,
-        memory_mib: airlock::DEFAULT_MEMORY_MIB,
-        vcpus: 1,
-        network: Default::default(),
-    };
+    let options = python_options();
     let mut vm = scheduler.start_vm(&options, &mut Discard).await?;
     // Let the resume's own work end before the window opens.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -193,13 +199,7 @@ async fn clone_memory() -> Result<Vec<airlock_sys_util::proc_scan::MemoryRollup>
 }
 
 async fn clones(scheduler: &Scheduler) -> Result<Vec<airlock_sys_util::proc_scan::MemoryRollup>> {
-    let options = VmOptions {
-        tenant: "bench".into(),
-        language: Language::Python,
-        memory_mib: airlock::DEFAULT_MEMORY_MIB,
-        vcpus: 1,
-        network: Default::default(),
-    };
+    let options = python_options();
     let mut vms = Vec::new();
     for i in 0..CLONES {
         eprint!("\rxtask: bench clone {}/{CLONES}   ", i + 1);
