@@ -3,9 +3,11 @@
 //! reseeded: its own entropy, the host's clock although it waited paused
 //! and its template was saved earlier), the pool refills; an empty pool
 //! restores on demand; a javascript pool serves its own shape; the
-//! scheduler's shutdown leaves no process, work dir or limits group.
+//! scheduler's shutdown, or its drop, leaves no process, work dir or
+//! limits group.
 //!
-//! One scheduler and one template (in temp dirs) serve every assertion.
+//! One scheduler and its templates (in temp dirs) serve every assertion
+//! of the first test; the drop has its own.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -16,7 +18,9 @@ use airlock::{
 };
 use airlock_protocol::Language;
 use airlock_sys_util::proc_scan::cpu_ticks;
-use airlock_tests::{default_shape, group_dirs, images_or_skip, qemu_processes_mentioning, text};
+use airlock_tests::{
+    default_shape, group_dirs, images_or_skip, qemu_processes_mentioning, text, wait_until_gone,
+};
 use std::time::{Duration, SystemTime};
 
 /// Building the template, then two restores and warm-ups, under TCG on a
@@ -212,4 +216,56 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
         pool.take().await,
         Err(airlock::Error::PoolDrained { .. })
     ));
+}
+
+/// Dropping a scheduler with a full pool (no shutdown) hands the paused
+/// VMs to the reaper: their QEMUs, work dirs and limits groups go.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_scheduler_with_a_full_pool_leaves_nothing() {
+    let Some(_) = images_or_skip("warm_pool_drop") else {
+        return;
+    };
+    let templates = tempfile::tempdir().unwrap();
+    let run_dir = tempfile::Builder::new()
+        .prefix("ald")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let scheduler = Scheduler::start(Config {
+        templates_dir: templates.path().to_path_buf(),
+        run_dir: run_dir.path().to_path_buf(),
+        overlay_pool_target: 0,
+        max_concurrent_vms: 2,
+        warm_pools: vec![PoolConfig {
+            size: 1,
+            ..PoolConfig::new(default_shape(Language::Raw))
+        }],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let pool = &scheduler.pools()[0];
+    assert!(pool.wait_full(FILL_DEADLINE).await, "{:?}", pool.stats());
+    let pids = pool.idle_qemu_pids();
+    let vm_dirs: Vec<String> = std::fs::read_dir(run_dir.path().join("vms"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!((pids.len(), vm_dirs.len()), (1, 1));
+
+    drop(scheduler);
+
+    let needle = run_dir.path().to_string_lossy().into_owned();
+    wait_until_gone(&needle, Duration::from_secs(30)).expect("QEMU of the pool left");
+    let vms = run_dir.path().join("vms");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&vms).unwrap().count() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_dir(&vms).unwrap().count(), 0, "work dir left");
+    for id in &vm_dirs {
+        assert!(
+            group_dirs(POOL_TENANT, id).iter().all(|d| !d.exists()),
+            "limits group of {id} left"
+        );
+    }
 }
