@@ -448,6 +448,16 @@ pub fn exec_request(language: Language, code: &str, timeout_ms: u64) -> ExecRequ
     }
 }
 
+/// The memory-template shape of `language`'s default run (`RunRequest::new`).
+pub fn default_shape(language: Language) -> airlock::template::TemplateShape {
+    let defaults = airlock::RunRequest::new(language, "");
+    airlock::template::TemplateShape {
+        language,
+        memory_mib: defaults.memory_mib,
+        vcpus: defaults.vcpus,
+    }
+}
+
 /// Output bytes as (lossy) text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

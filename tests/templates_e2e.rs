@@ -12,7 +12,7 @@
 use airlock::template::{Found, TemplateShape};
 use airlock::{RunRequest, RunResult, Scheduler, Stage};
 use airlock_protocol::Language;
-use airlock_tests::{images_or_skip, qemu_processes_mentioning, Stages};
+use airlock_tests::{default_shape, images_or_skip, qemu_processes_mentioning, Stages};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -46,12 +46,7 @@ fn unix_now() -> f64 {
 }
 
 fn shape(language: Language) -> TemplateShape {
-    let defaults = RunRequest::new(language, "");
-    TemplateShape {
-        language,
-        memory_mib: defaults.memory_mib,
-        vcpus: defaults.vcpus,
-    }
+    default_shape(language)
 }
 
 /// Python: the first run builds the template, later runs restore it and
@@ -241,6 +236,96 @@ async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_di
 
     restoring.manager().shutdown().await;
     cold.manager().shutdown().await;
+    let needle = dir.path().to_string_lossy().into_owned();
+    assert!(qemu_processes_mentioning(&needle).is_empty());
+}
+
+/// A template is used only by the inputs it was made from: another kernel
+/// or QEMU gives another key; a template dir whose metadata names other
+/// inputs, whose state file was altered in place (same size) or whose
+/// memory file was cut is rebuilt, never restored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_of_other_inputs_or_altered_files_is_rebuilt_never_restored() {
+    let Some(_) = images_or_skip("template_other_inputs") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let restoring = scheduler(dir.path(), true).await;
+    let (_, built) = run(&restoring, Language::Raw, "echo 1").await;
+    assert!(built, "no template existed");
+
+    // Another kernel or QEMU: another key.
+    let inputs = restoring.templates().inputs(shape(Language::Raw)).unwrap();
+    let other_kernel = airlock::template::TemplateInputs {
+        kernel_hash: "another-kernel".into(),
+        ..inputs.clone()
+    };
+    let other_qemu = airlock::template::TemplateInputs {
+        qemu_version: "9.9.9".into(),
+        ..inputs.clone()
+    };
+    for other in [&other_kernel, &other_qemu] {
+        assert_ne!(other.key(), inputs.key());
+    }
+
+    type Damage = fn(&airlock::template::Template);
+    let damages: [(&str, Damage); 3] = [
+        ("metadata naming another kernel", |t| {
+            let path = t.dir.join("template.json");
+            let mut metadata: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            metadata["inputs"]["kernel_hash"] = "another-kernel".into();
+            std::fs::write(&path, serde_json::to_vec(&metadata).unwrap()).unwrap();
+        }),
+        ("a state file altered in place", |t| {
+            let mut bytes = std::fs::read(t.state_file()).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(t.state_file(), &bytes).unwrap();
+        }),
+        ("a cut memory file", |t| {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t.memory_file())
+                .unwrap();
+            let len = file.metadata().unwrap().len();
+            file.set_len(len / 2).unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        let Found::Ready(template) = restoring
+            .templates()
+            .find(shape(Language::Raw))
+            .await
+            .unwrap()
+        else {
+            panic!("{what}: no good template before the damage");
+        };
+        damage(&template);
+        assert!(
+            matches!(
+                restoring
+                    .templates()
+                    .find(shape(Language::Raw))
+                    .await
+                    .unwrap(),
+                Found::Build {
+                    damaged: Some(_),
+                    ..
+                }
+            ),
+            "{what}: the damaged template was not refused"
+        );
+        let (after, built) = run(&restoring, Language::Raw, "echo fine").await;
+        assert!(built, "{what}: the template must be rebuilt");
+        assert_eq!(text(&after.stdout), "fine\n", "{what}");
+        assert!(
+            after.timings.restore.is_some(),
+            "{what}: restored from the rebuilt one"
+        );
+    }
+
+    restoring.manager().shutdown().await;
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(qemu_processes_mentioning(&needle).is_empty());
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
-//! overlay pool, QEMU's host memory, and package lists (first install
-//! against cached runs); writes `docs/benchmarks.md`.
+//! overlay pool, QEMU's host memory, package lists (first install
+//! against cached runs) and the fast paths (memory templates, the warm
+//! pool, idle cost: [`templates`]); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -13,6 +14,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod templates;
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -102,6 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--runs and --acquires must be at least 1");
     }
     host::ensure_all()?;
+    let load_before = load_average();
     let manifest = images::ensure()?;
     let airlock = host::release_airlock()?;
 
@@ -132,8 +136,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|&list| package_bench(&airlock, list, args.runs))
         .collect::<Result<Vec<_>>>()?;
-    let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    let fast = templates::measure(&airlock, args.runs)?;
+    let load = [load_before, load_average()];
+    let mut doc = render(&rows, &floor, &overlay, args.runs, &load)?;
     render_packages(&mut doc, &packages)?;
+    let cold_python = rows
+        .iter()
+        .find(|(language, _)| *language == "python")
+        .map(|(_, samples)| samples.as_slice())
+        .unwrap_or_default();
+    doc.push_str(&templates::render(&fast, cold_python)?);
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
@@ -151,32 +163,33 @@ fn cold_run_with(
     code: &str,
     extra: &[&str],
 ) -> Result<(Sample, serde_json::Value)> {
-    run_json(airlock, language, code, extra, true)
+    // --cold: `airlock run` restores memory templates by default.
+    let args: Vec<&str> = std::iter::once("--cold")
+        .chain(extra.iter().copied())
+        .collect();
+    json_run(airlock, &args, language, code)
 }
 
-/// One `airlock run --json` (`--cold` or restoring its template) with
-/// `extra` arguments; its sample and the whole JSON result.
-fn run_json(
+/// One fresh `airlock run --json -q [extra] -l LANGUAGE CODE`: its sample
+/// and its whole JSON result.
+fn json_run(
     airlock: &Path,
+    extra: &[&str],
     language: &str,
     code: &str,
-    extra: &[&str],
-    cold: bool,
 ) -> Result<(Sample, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(airlock)
-        // --cold: `airlock run` restores memory templates by default.
-        .args(["run", "--json", "-q", "-l", language])
-        .args(cold.then_some("--cold"))
+        .args(["run", "--json", "-q"])
         .args(extra)
-        .arg(code)
+        .args(["-l", language, code])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {}", airlock.display()))?;
     let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
         bail!(
-            "airlock run -l {language} failed ({}): {}",
+            "airlock run {extra:?} -l {language} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -268,7 +281,7 @@ fn package_bench(
 
 /// One run restored from its template (not `--cold`).
 fn restored_run(airlock: &Path, language: &str, code: &str, extra: &[&str]) -> Result<Sample> {
-    run_json(airlock, language, code, extra, false).map(|(sample, _)| sample)
+    json_run(airlock, extra, language, code).map(|(sample, _)| sample)
 }
 
 /// The packages section: first installs, then runs over the stored layer
@@ -342,7 +355,11 @@ fn floor_boots(kernel: &Path, runs: usize) -> Result<Vec<f64>> {
                 "-M",
                 "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on,acpi=off",
             ])
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"])
+            .args([
+                "-accel",
+                &format!("tcg,tb-size={}", airlock_qemu::TCG_TB_SIZE_MIB),
+            ])
+            .args(["-cpu", "max", "-m", "512", "-smp", "1"])
             .args([
                 "-nodefaults",
                 "-no-user-config",
@@ -418,6 +435,7 @@ fn render(
     floor: &[f64],
     overlay: &OverlayNumbers,
     runs: usize,
+    load: &[String; 2],
 ) -> Result<String> {
     let mut d = String::new();
     let (floor50, floor95) = percentiles(floor);
@@ -425,10 +443,13 @@ fn render(
     writeln!(
         d,
         "Written by `cargo xtask bench` ({runs} cold runs per language, release build). \
-         Machine: {} cores, {}, accelerator as `airlock doctor` reports it. \
-         Times in ms, p50 / p95.\n",
+         Machine: {} cores, {}, accelerator as `airlock doctor` reports it; \
+         load average (1 min) {} at the start, {} at the end: under TCG every figure \
+         grows with the load. Times in ms, p50 / p95.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        qemu_version()
+        qemu_version(),
+        load[0],
+        load[1]
     )?;
     writeln!(d, "## Cold `airlock run`\n")?;
     writeln!(d, "Each run is a fresh `airlock run --json` process: probe (cached), VM boot, exec, teardown.\n")?;
@@ -513,6 +534,14 @@ fn render(
          {share50:.1}% (p50)."
     )?;
     Ok(d)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or `unknown`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn qemu_version() -> String {

@@ -188,7 +188,7 @@ impl Argv {
         // fork/exec, no scheduler or priority changes.
         self.opt("-sandbox", sandbox());
         self.opt("-machine", machine(caps));
-        self.pair("-accel", caps.accel.as_str());
+        self.opt("-accel", accelerator(caps));
         self.pair("-cpu", cpu_model(caps));
         self.pair("-m", format!("{memory_mib}M"));
         self.pair("-smp", vcpus.to_string());
@@ -386,6 +386,24 @@ fn machine(caps: &HostCaps) -> OptList {
                 Accel::Tcg => "3",
             },
         ),
+    }
+}
+
+/// The TCG translation cache of each VM, in MiB. QEMU 7.2 reserves 1 GiB
+/// by default and a VM keeps all it translates, private to it: about
+/// 30 MiB once python has started, and without bound for code that keeps
+/// making code (Node's JIT). 32 MiB holds an interpreter's start (a run's
+/// first exec is as fast as with the default); 16 would save another
+/// 14 MiB per VM but doubles the first exec of a new python process, which
+/// then no longer fits and is translated again (measured in
+/// `docs/templates.md`, "Memory per clone").
+pub const TCG_TB_SIZE_MIB: u32 = 32;
+
+fn accelerator(caps: &HostCaps) -> OptList {
+    let accel = OptList::new(caps.accel.as_str());
+    match caps.accel {
+        Accel::Kvm => accel,
+        Accel::Tcg => accel.set("tb-size", TCG_TB_SIZE_MIB.to_string()),
     }
 }
 
@@ -640,10 +658,13 @@ mod tests {
     }
 
     #[test]
-    fn kvm_uses_host_cpu_and_tcg_uses_max() {
+    fn kvm_uses_host_cpu_and_tcg_uses_max_with_a_capped_translation_cache() {
         let tcg = QemuArgs::build(&spec(), &caps()).unwrap();
         assert_eq!(value_after(&tcg, "-cpu"), ["max"]);
-        assert_eq!(value_after(&tcg, "-accel"), ["tcg"]);
+        assert_eq!(
+            value_after(&tcg, "-accel"),
+            [format!("tcg,tb-size={TCG_TB_SIZE_MIB}")]
+        );
         let kvm = QemuArgs::build(
             &spec(),
             &HostCaps {

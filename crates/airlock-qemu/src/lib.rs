@@ -65,7 +65,9 @@ pub mod qmp;
 mod spec;
 
 pub use accel::{choose_accel, parse_accel_override, AccelChoice, AccelVerdict};
-pub use args::{argv_to_lines, kernel_cmdline, QemuArgs, MIN_QEMU, MIN_QEMU_NETDEV_STREAM};
+pub use args::{
+    argv_to_lines, kernel_cmdline, QemuArgs, MIN_QEMU, MIN_QEMU_NETDEV_STREAM, TCG_TB_SIZE_MIB,
+};
 pub use caps::{Accel, Arch, HostCaps, QemuVersion};
 pub use error::QemuError;
 pub use opts::escape_value;

@@ -213,6 +213,12 @@ pub enum Error {
         /// What went wrong (with the package manager's output tail).
         reason: String,
     },
+    /// A warm pool was shut down: it hands out no more VMs.
+    #[error("the warm pool of {shape} is shut down")]
+    PoolDrained {
+        /// The pool's shape.
+        shape: String,
+    },
     /// Talking to the guest agent failed.
     #[error("vm {vm_id}: {source}")]
     Protocol {
@@ -264,6 +270,9 @@ impl Error {
             Error::PackageInstall { .. } => Some(
                 "check the names and versions exist on the registry; behind a TLS-inspecting proxy pass its CA with --ca-bundle; see docs/packages.md",
             ),
+            Error::PoolDrained { .. } | Error::ShutDown => {
+                Some("it was shut down (Scheduler::shutdown): start a new Scheduler")
+            }
             _ => None,
         }
     }

@@ -123,6 +123,12 @@ impl VmFactory {
         result?.into_vm(slot, attempts).await
     }
 
+    /// Slots free now.
+    #[cfg(test)]
+    pub(crate) fn slots_available(&self) -> usize {
+        self.slots.available()
+    }
+
     /// Refuses further boots; waits (at most `timeout`) for the teardowns
     /// of dropped VMs. Returns whether they all finished.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
@@ -132,4 +138,4 @@ impl VmFactory {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -16,6 +16,9 @@
 //! - [`packages`]: pinned pip and npm packages installed once, through
 //!   the egress proxy, into a read-only disk layer that later runs and
 //!   sessions attach (`docs/packages.md`).
+//! - [`pool`]: warm pools: per shape, restored VMs waiting paused (no
+//!   host CPU) for [`Scheduler::run`] and sessions to take; the pool
+//!   refills in the background ([`Config::warm_pools`]).
 //! - [`template`]: memory templates (`docs/templates.md`): a VM of one
 //!   shape saved once, restored in about a tenth of a second instead of a
 //!   boot, reseeded before any user code; `airlock snapshot` manages them.
@@ -47,6 +50,7 @@ mod manager;
 mod network;
 pub mod owner;
 pub mod packages;
+pub mod pool;
 pub mod process;
 mod qemu_launcher;
 mod qemu_spec;
@@ -69,6 +73,7 @@ pub use host::Host;
 pub use images::Images;
 pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
+pub use pool::{PoolConfig, PoolStats, WarmPool};
 pub use request::{
     parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
     DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,

@@ -206,6 +206,10 @@ pub struct Timings {
     /// agent, reseed), when the VM was restored from a memory template.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<crate::guest::RestoreTimings>,
+    /// The VM waited paused in a warm pool: `guest_ready_ms` is its take
+    /// (resume and reseed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_warm_pool: bool,
 }
 
 /// The phases of a run around the VM's boot, in milliseconds.
@@ -232,6 +236,7 @@ impl Timings {
             guest_ready_ms,
             attempts,
             restore,
+            from_warm_pool,
         } = *boot;
         Self {
             validate_ms: phases.validate_ms,
@@ -245,6 +250,7 @@ impl Timings {
             total_ms: phases.total_ms,
             boot_attempts: attempts,
             restore,
+            from_warm_pool,
         }
     }
 }
@@ -403,6 +409,7 @@ mod tests {
                 agent_ms: 10,
                 reseed_ms: 11,
             }),
+            from_warm_pool: true,
         };
         let phases = RunPhases {
             validate_ms: 5,
@@ -425,6 +432,7 @@ mod tests {
                 total_ms: 30,
                 boot_attempts: 2,
                 restore: boot.restore,
+                from_warm_pool: true,
             }
         );
     }

@@ -1,14 +1,19 @@
 //! [`Scheduler::run`]: one request, one fresh VM, destroyed afterwards.
+//! The VM comes from the warm pool of its shape when there is one, else
+//! from its memory template when templates are on, else a cold boot
+//! ([`Scheduler::start_vm`]).
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::manager::VmManager;
 use crate::ms;
 use crate::packages::{self, PackageDisk, PackagesReport};
+use crate::pool::{TemplateSource, WarmPool};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
 use crate::template::{shape_of, warm_of, Found, Templates, Warm};
-use crate::vm::{OutputStream, Vm, VmOptions};
+use crate::vm::{BootTimings, OutputStream, Vm, VmOptions};
 use airlock_protocol::{ExecMode, ExecRequest, Language};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a run is doing, for progress displays.
@@ -52,10 +57,12 @@ impl RunObserver for Discard {
 /// interpreter process costs hundreds of ms), the clone is fresh (empty
 /// home and /tmp, nothing run before) and destroyed after, and a timeout
 /// ends it as it ends a process, so output, exit codes and timeouts are a
-/// cold run's. Otherwise (a cold boot, a javascript template, which holds
-/// no running Node) a process: starting the cell driver would cost more.
-pub fn one_shot_mode(restored: bool, language: Language) -> ExecMode {
-    if restored && warm_of(language) == Warm::Interpreter {
+/// cold run's. A VM from a warm pool holds its interpreter warm in every
+/// language (the fill started it after its reseed, Node included). Otherwise
+/// (a cold boot, a javascript template, which holds no running Node) a
+/// process: starting the cell driver would cost more.
+pub fn one_shot_mode(boot: &BootTimings, language: Language) -> ExecMode {
+    if boot.from_warm_pool || (boot.restore.is_some() && warm_of(language) == Warm::Interpreter) {
         ExecMode::OneShot
     } else {
         ExecMode::Process
@@ -67,6 +74,9 @@ pub fn one_shot_mode(restored: bool, language: Language) -> ExecMode {
 pub struct Scheduler {
     manager: VmManager,
     templates: Templates,
+    /// One per configured shape; dropped with the last clone (their
+    /// waiting VMs then go to the manager's reaper).
+    pools: Arc<Vec<WarmPool>>,
 }
 
 impl Scheduler {
@@ -76,10 +86,48 @@ impl Scheduler {
     /// As [`VmManager::start`].
     pub async fn start(config: Config) -> Result<Self> {
         let manager = VmManager::start(config).await?;
+        let templates = Templates::new(manager.clone());
+        let pools = manager
+            .config()
+            .warm_pools
+            .iter()
+            .map(|pool| {
+                let source = TemplateSource::new(templates.clone(), pool.shape);
+                WarmPool::start(*pool, Box::new(source))
+            })
+            .collect();
         Ok(Self {
-            templates: Templates::new(manager.clone()),
+            templates,
             manager,
+            pools: Arc::new(pools),
         })
+    }
+
+    /// The warm pools ([`Config::warm_pools`], one per shape).
+    pub fn pools(&self) -> &[WarmPool] {
+        &self.pools
+    }
+
+    /// The warm pool of `options`' shape, when it has one and the VM has
+    /// no network and no package layer (pool VMs have neither).
+    fn pool_for(&self, options: &VmOptions) -> Option<&WarmPool> {
+        if options.network.mode() != airlock_gvproxy::NetworkMode::None
+            || options.packages.is_some()
+        {
+            return None;
+        }
+        let shape = shape_of(options);
+        self.pools.iter().find(|pool| pool.config().shape == shape)
+    }
+
+    /// Drains the warm pools (their waiting VMs destroyed), then shuts
+    /// the manager down ([`VmManager::shutdown`]): no VM starts after
+    /// this. VMs handed out before stay the caller's to destroy.
+    pub async fn shutdown(&self) {
+        for pool in self.pools.iter() {
+            pool.shutdown().await;
+        }
+        self.manager.shutdown().await;
     }
 
     /// The memory templates runs restore from.
@@ -133,8 +181,7 @@ impl Scheduler {
                 .as_ref()
                 .map(|outcome| PackageDisk::read_only(&outcome.layer)),
         };
-        let layer_key = layer.as_ref().map(|o| o.layer.metadata.key.as_str());
-        let mut vm = self.boot(&options, layer_key, observer).await?;
+        let mut vm = self.start_vm(&options, observer).await?;
         observer.exposed(vm.exposed());
         let env = match self.guest_env(&vm, &options, request.env).await {
             Ok(env) => env,
@@ -145,7 +192,7 @@ impl Scheduler {
         };
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
-        let mode = one_shot_mode(vm.boot_timings().restore.is_some(), request.language);
+        let mode = one_shot_mode(vm.boot_timings(), request.language);
         let outcome = vm
             .exec(
                 ExecRequest {
@@ -206,16 +253,28 @@ impl Scheduler {
         Ok(packages::ca::with_ca_env(env, ca))
     }
 
-    /// Restores the VM from the template of its shape (and package layer,
-    /// when it has one) when templates are on and the VM has no network
-    /// (a clone cannot reconnect its network device to a new gvproxy on
-    /// QEMU 7.2: such runs boot cold); else boots it cold.
-    async fn boot(
+    /// A VM of `options`, its agent answering, for runs and sessions: a
+    /// paused one from the warm pool of its shape when there is one
+    /// (restored on demand when the pool is empty; its limits group is
+    /// then the pool's, [`crate::pool::POOL_TENANT`]); else restored from
+    /// the template of its shape (and package layer, when it has one)
+    /// when templates are on and the VM has no network (a clone cannot reconnect its network device to a new
+    /// gvproxy on QEMU 7.2: such VMs boot cold); else booted cold. The VM
+    /// is the caller's: destroy it after use.
+    ///
+    /// # Errors
+    /// As [`VmManager::boot`], [`Templates::build`] and
+    /// [`WarmPool::take`].
+    pub async fn start_vm(
         &self,
         options: &VmOptions,
-        layer: Option<&str>,
         observer: &mut dyn RunObserver,
     ) -> Result<Vm> {
+        let layer = options.packages.as_ref().and_then(PackageDisk::layer_key);
+        if let Some(pool) = self.pool_for(options) {
+            observer.stage(Stage::Booting);
+            return pool.take().await;
+        }
         let restore = self.manager.config().restore_templates
             && options.network.mode() == airlock_gvproxy::NetworkMode::None;
         if !restore {
@@ -240,11 +299,29 @@ mod tests {
 
     #[test]
     fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
-        assert_eq!(one_shot_mode(true, Language::Python), ExecMode::OneShot);
-        assert_eq!(one_shot_mode(true, Language::Raw), ExecMode::OneShot);
-        assert_eq!(one_shot_mode(true, Language::Javascript), ExecMode::Process);
+        let restored = BootTimings {
+            restore: Some(Default::default()),
+            ..BootTimings::default()
+        };
+        let pooled = BootTimings {
+            from_warm_pool: true,
+            ..BootTimings::default()
+        };
+        assert_eq!(
+            one_shot_mode(&restored, Language::Python),
+            ExecMode::OneShot
+        );
+        assert_eq!(one_shot_mode(&restored, Language::Raw), ExecMode::OneShot);
+        assert_eq!(
+            one_shot_mode(&restored, Language::Javascript),
+            ExecMode::Process
+        );
         for language in Language::ALL {
-            assert_eq!(one_shot_mode(false, language), ExecMode::Process);
+            assert_eq!(
+                one_shot_mode(&BootTimings::default(), language),
+                ExecMode::Process
+            );
+            assert_eq!(one_shot_mode(&pooled, language), ExecMode::OneShot);
         }
     }
 }

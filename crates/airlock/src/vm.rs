@@ -57,6 +57,10 @@ pub struct BootTimings {
     /// `guest_ready_ms` (`None` after a cold boot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<crate::guest::RestoreTimings>,
+    /// The VM waited paused in a warm pool: `guest_ready_ms` is its take
+    /// (resume and reseed), the other fields are zero.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_warm_pool: bool,
 }
 
 /// Output of an exec, collected.
@@ -188,6 +192,16 @@ impl Vm {
     /// Where its boot time went.
     pub fn boot_timings(&self) -> &BootTimings {
         &self.timings
+    }
+
+    /// Records that this VM was taken from a warm pool, the take (resume
+    /// and reseed) lasting `take_ms`: its boot timings become the take's.
+    pub(crate) fn mark_taken_from_pool(&mut self, take_ms: u64) {
+        self.timings = BootTimings {
+            guest_ready_ms: take_ms,
+            from_warm_pool: true,
+            ..BootTimings::default()
+        };
     }
 
     /// What the agent said about itself.

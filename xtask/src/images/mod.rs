@@ -18,6 +18,10 @@
 //! apt-versions.json           cached `apt-cache madison` answers
 //! tmp/                        builds in progress (emptied at every run)
 //! ```
+//!
+//! A full run (no `--only`) then builds the default memory templates
+//! (python, javascript and raw at the default shape) into the templates
+//! dir, skipping those that are current ([`templates`]).
 
 pub(crate) mod apt;
 mod guest_bins;
@@ -27,6 +31,7 @@ mod kernel;
 mod manifest;
 mod progress;
 mod rootfs;
+pub mod templates;
 
 pub use kernel::KernelSource;
 pub use manifest::{Artefact, Kind, Manifest};
@@ -241,6 +246,10 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
         }
     }
     progress::print_timeline(started.elapsed());
+    if args.only.is_empty() {
+        // The images are current: the default memory templates of them.
+        templates::ensure_default(&dir)?;
+    }
     eprintln!(
         "images: done in {:.1} s ({})",
         started.elapsed().as_secs_f64(),

@@ -35,9 +35,15 @@
 //! reseedable from JavaScript, and `crypto` draws from OpenSSL's DRBG,
 //! seeded at start-up and reseeded only on its own schedule; two clones of
 //! a template holding a live Node would print the same numbers. So a Node
-//! interpreter running at reseed time is ended (the next cell starts a
-//! fresh one and says `state_lost`), and JavaScript templates do not hold
-//! one (the template builder only warms Node's files into the page cache).
+//! interpreter that was already running at this agent's first reseed (it
+//! may have been saved in a template and so be shared) is ended then (the
+//! next cell starts a fresh one and says `state_lost`), and JavaScript
+//! templates do not hold one (the template builder only warms Node's files
+//! into the page cache). A Node started after the first reseed seeded
+//! itself from this clone's reseeded kernel: no other VM shares its state,
+//! so later reseeds (a warm pool's take, after the fill reseeded the clone
+//! and started Node) keep it. The host never snapshots a VM after its
+//! first reseed.
 
 pub mod control;
 mod interpreter;
@@ -63,6 +69,9 @@ struct Slot {
     /// An interpreter was ended outside a cell (reseed): the next cell
     /// reports the state lost.
     lost: bool,
+    /// The running interpreter started after this agent's first reseed,
+    /// so its random state is this VM's own.
+    seeded_here: bool,
 }
 
 /// The persistent interpreters of one agent, one per language. Share it
@@ -70,6 +79,9 @@ struct Slot {
 pub struct Repls {
     config: Arc<AgentConfig>,
     slots: [Mutex<Slot>; 3],
+    /// Whether a reseed has run (interpreters started after it seeded
+    /// from a kernel no template shares).
+    reseeded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Repls {
@@ -92,6 +104,7 @@ impl Repls {
         Self {
             config,
             slots: Default::default(),
+            reseeded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -133,6 +146,7 @@ impl Repls {
                 state_lost = true;
             }
             slot.interpreter = Some(Interpreter::start(request.language, config).await?);
+            slot.seeded_here = self.reseeded.load(std::sync::atomic::Ordering::SeqCst);
             spawn_ms = elapsed_ms(started);
         }
         let Some(interpreter) = slot.interpreter.as_mut() else {
@@ -205,6 +219,7 @@ impl Repls {
                 slot.lost = true;
             }
             slot.interpreter = Some(Interpreter::start(language, &self.config).await?);
+            slot.seeded_here = self.reseeded.load(std::sync::atomic::Ordering::SeqCst);
             spawn_ms = elapsed_ms(started);
         }
         Ok(Completion {
@@ -220,9 +235,12 @@ impl Repls {
 
     /// After the kernel was reseeded (a restore from a memory template):
     /// reseeds the running Python and bash interpreters and ends a running
-    /// Node (see the module docs). An interpreter that does not answer is
-    /// ended too: better a lost state than a shared random stream.
+    /// Node that may be shared (see the module docs). An interpreter that
+    /// does not answer is ended too: better a lost state than a shared
+    /// random stream.
     pub(crate) async fn reseed(&self) {
+        self.reseeded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for language in Language::ALL {
             let Ok(mut slot) =
                 tokio::time::timeout(RESEED_LOCK_TIMEOUT, self.slots[index(language)].lock()).await
@@ -230,10 +248,12 @@ impl Repls {
                 tracing::warn!(%language, "interpreter busy during reseed: not reseeded");
                 continue;
             };
+            let seeded_here = slot.seeded_here;
             let Some(interpreter) = slot.interpreter.as_mut() else {
                 continue;
             };
             let reseeded = match interpreter.language() {
+                Language::Javascript if seeded_here => Ok(()),
                 Language::Javascript => Err("Node cannot be reseeded in place".to_owned()),
                 _ => match fresh_seed().await {
                     Ok(seed) => interpreter.reseed(seed).await,

@@ -1,6 +1,7 @@
 //! The boot pipeline on a fake launcher: no VM boots here. The fake's
 //! "machines" are real, harmless processes (`sleep`, `sh`), so teardown is
 //! checked for real: processes gone, work dirs removed, slots freed.
+//! The fakes are shared with the warm pool's tests (`pool/tests.rs`).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 
 /// How one fake boot attempt goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Boot {
+pub(crate) enum Boot {
     /// The agent answers at once.
     Ready,
     /// The machine exits during boot (transient).
@@ -41,7 +42,7 @@ enum Boot {
 
 /// A launcher that plays a script of boots (then `Ready` for ever).
 #[derive(Default)]
-struct FakeLauncher {
+pub(crate) struct FakeLauncher {
     script: Mutex<VecDeque<Boot>>,
     running: Mutex<HashMap<String, Boot>>,
     plans: Mutex<Vec<MachinePlan>>,
@@ -64,7 +65,7 @@ impl FakeLauncher {
         self.plans.lock().unwrap().len()
     }
 
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.pids.lock().unwrap().clone()
     }
 
@@ -203,10 +204,10 @@ impl DiskSource for FakeDisks {
     }
 }
 
-struct Setup {
-    run: tempfile::TempDir,
-    launcher: Arc<FakeLauncher>,
-    factory: VmFactory,
+pub(crate) struct Setup {
+    pub(crate) run: tempfile::TempDir,
+    pub(crate) launcher: Arc<FakeLauncher>,
+    pub(crate) factory: VmFactory,
 }
 
 impl Setup {
@@ -214,7 +215,7 @@ impl Setup {
         Self::with(script, |_| {}, false)
     }
 
-    fn with(script: &[Boot], tweak: impl FnOnce(&mut Config), disks_fail: bool) -> Self {
+    pub(crate) fn with(script: &[Boot], tweak: impl FnOnce(&mut Config), disks_fail: bool) -> Self {
         let run = tempfile::tempdir().unwrap();
         let mut config = Config {
             run_dir: run.path().to_path_buf(),
@@ -269,16 +270,16 @@ impl Setup {
 
     /// Whether every process the launcher started is gone, and no work dir
     /// is left.
-    fn nothing_left(&self) -> bool {
+    pub(crate) fn nothing_left(&self) -> bool {
         self.launcher.pids().into_iter().all(|pid| !alive(pid)) && self.work_dirs().is_empty()
     }
 
-    async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         assert!(self.factory.reaper.flush(Duration::from_secs(10)).await);
     }
 }
 
-fn options(language: Language) -> VmOptions {
+pub(crate) fn options(language: Language) -> VmOptions {
     VmOptions {
         packages: None,
         tenant: "test".into(),
@@ -289,7 +290,7 @@ fn options(language: Language) -> VmOptions {
     }
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 

@@ -55,6 +55,13 @@ impl PackageDisk {
         }
     }
 
+    /// The key of the layer this disk is (the name of the store dir that
+    /// holds the image, `<packages>/<key>/`): a template over the layer
+    /// is keyed by it.
+    pub fn layer_key(&self) -> Option<&str> {
+        self.image.parent()?.file_name()?.to_str()
+    }
+
     /// The disk as QEMU attaches it, and the kernel argument that tells
     /// `airlock-init` to mount it on `/opt` (pure).
     pub fn attachment(&self) -> (ExtraDrive, String) {

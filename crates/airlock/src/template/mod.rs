@@ -22,6 +22,7 @@ pub mod store;
 
 pub use build::{warm_of, Warm};
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
+pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
 

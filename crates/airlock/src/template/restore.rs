@@ -14,6 +14,7 @@ use crate::process::QemuProcess;
 use crate::qemu_launcher::spawn_spec;
 use crate::qemu_spec::vm_spec;
 use airlock_limits::VmGroup;
+use airlock_protocol::client::Client;
 use airlock_qemu::{BootImages, IncomingMigration, MemoryFile, MemorySharing, QmpClient, VmSpec};
 use rand::RngCore;
 use std::os::fd::AsFd;
@@ -91,7 +92,7 @@ impl RestoreLauncher {
         .await?;
         timings.agent_ms = ms(agent_start.elapsed());
         let reseed_start = Instant::now();
-        reseed(&agent, &plan.vm_id).await?;
+        reseed(&agent.client, &plan.vm_id).await?;
         timings.reseed_ms = ms(reseed_start.elapsed());
         tracing::info!(
             vm_id = plan.vm_id,
@@ -139,15 +140,15 @@ impl RestoreLauncher {
     }
 }
 
-/// Sends fresh entropy and the host's clock to a restored agent.
-async fn reseed(agent: &Agent, vm_id: &str) -> Result<()> {
+/// Sends fresh entropy and the host's clock to a restored agent (also
+/// used when a paused pool VM is resumed).
+pub(crate) async fn reseed(client: &Client, vm_id: &str) -> Result<()> {
     let mut entropy = [0u8; RESEED_ENTROPY_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
     let now_ns = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let (credited, step_ms) = agent
-        .client
+    let (credited, step_ms) = client
         .reseed(&entropy, now_ns, RESEED_TIMEOUT)
         .await
         .map_err(|source| Error::Protocol {
