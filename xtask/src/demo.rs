@@ -19,7 +19,14 @@ pub fn run() -> Result<()> {
     host::ensure_gvproxy()?;
     crate::images::ensure()?;
     eprintln!("xtask: building the airlock binary (release)");
-    run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "airlock-cli",
+        "--bin",
+        "airlock",
+    ]))?;
     let airlock = host::target_dir().join("release").join("airlock");
     for (language, code) in SNIPPETS {
         eprintln!("\n$ airlock run -l {language} '{code}'");

@@ -1,0 +1,149 @@
+//! The OpenAPI 3.1 document served at `GET /v1/openapi.json`: the paths
+//! written here, the request schemas generated from the very types the
+//! handlers parse (schemars), so the two cannot drift apart.
+
+use crate::api::RunBody;
+use serde_json::{json, Value};
+
+/// Every route of the REST API, as (method, path): what the document
+/// describes and the router serves (a unit test holds them together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/health"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/metrics"),
+    ("post", "/v1/runs"),
+];
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn errors() -> Value {
+    json!({
+        "400": error_response("Bad input (malformed JSON, a bad field)"),
+        "401": error_response("Missing or unknown API key"),
+        "413": error_response("Body over the limit"),
+        "429": error_response("Over a quota (the message names it)"),
+        "503": error_response("Draining or no VM capacity"),
+    })
+}
+
+fn schema_of<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+}
+
+fn with_errors(mut responses: Value) -> Value {
+    if let (Some(map), Value::Object(errors)) = (responses.as_object_mut(), errors()) {
+        map.extend(errors);
+    }
+    responses
+}
+
+/// The document.
+pub fn openapi() -> Value {
+    let run_result = json!({
+        "type": "object",
+        "description": "The same JSON as `airlock run --json`",
+        "properties": {
+            "vm_id": {"type": "string"},
+            "stdout": {"type": "string"}, "stderr": {"type": "string"},
+            "exit_code": {"type": "integer"}, "timed_out": {"type": "boolean"},
+            "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
+            "timings": {"type": "object"}, "usage": {"type": "object"},
+            "network": {"type": ["object", "null"]}
+        }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Airlock",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Run untrusted code in throw-away microVMs. Authenticate with `Authorization: Bearer KEY`."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["kind", "message"],
+                        "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}
+                },
+                "RunBody": schema_of::<RunBody>(),
+                "RunResult": run_result,
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/health": {"get": {
+                "summary": "Liveness (no key needed)", "security": [],
+                "responses": {"200": {"description": "`{\"status\": \"ok\" | \"draining\", \"version\"}`"}}
+            }},
+            "/v1/openapi.json": {"get": {
+                "summary": "This document (no key needed)", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1"}}
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (no key needed)", "security": [],
+                "responses": {"200": {"description": "Prometheus text format"}}
+            }},
+            "/v1/runs": {"post": {
+                "summary": "Run code once in a fresh VM",
+                "description": "With `Accept: text/event-stream`: events `stdout` and `stderr` (data `{\"text\"}` or `{\"b64\"}`), then one `result` (or `error`).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunBody"}}}},
+                "responses": with_errors(json!({
+                    "200": {"description": "The run's result", "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}},
+                        "text/event-stream": {"schema": {"type": "string"}}
+                    }}
+                }))
+            }},
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route_and_nothing_else() {
+        let doc = openapi();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut described: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        described.sort();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        routes.sort();
+        assert_eq!(described, routes);
+    }
+
+    #[test]
+    fn the_run_body_schema_comes_from_the_type() {
+        let doc = openapi();
+        let props = &doc["components"]["schemas"]["RunBody"]["properties"];
+        for field in [
+            "language",
+            "code",
+            "timeout_s",
+            "network",
+            "files",
+            "packages",
+        ] {
+            assert!(props[field].is_object(), "{field} in {props}");
+        }
+    }
+}
