@@ -38,8 +38,8 @@ impl EventObserver {
     fn flush(&mut self) {
         for (index, name) in [(0, "stdout"), (1, "stderr")] {
             let rest = std::mem::take(&mut self.pending[index]);
-            if !rest.is_empty() {
-                let _ = self.tx.send(output_event(name, &rest));
+            for event in output_events(name, &rest) {
+                let _ = self.tx.send(event);
             }
         }
     }
@@ -75,8 +75,34 @@ impl RunObserver for EventObserver {
         let rest = pending.split_off(cut);
         let chunk = std::mem::replace(pending, rest);
         // A closed channel: the client left; the task is being aborted.
-        let _ = self.tx.send(output_event(name, &chunk));
+        for event in output_events(name, &chunk) {
+            let _ = self.tx.send(event);
+        }
     }
+}
+
+/// The events of one whole chunk: its UTF-8 runs as text, the bytes
+/// between them as base64.
+fn output_events(name: &'static str, mut bytes: &[u8]) -> Vec<Event> {
+    let mut events = Vec::new();
+    while !bytes.is_empty() {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => {
+                events.push(output_event(name, bytes));
+                break;
+            }
+            Err(e) => {
+                let (text, rest) = bytes.split_at(e.valid_up_to());
+                if !text.is_empty() {
+                    events.push(output_event(name, text));
+                }
+                let bad = e.error_len().unwrap_or(rest.len());
+                events.push(output_event(name, &rest[..bad]));
+                bytes = &rest[bad..];
+            }
+        }
+    }
+    events
 }
 
 /// Where to cut `bytes` so that the part before is whole: everything,
@@ -159,12 +185,13 @@ mod tests {
         observer.output(OutputStream::Stdout, &[b'a', euro[0]]);
         observer.output(OutputStream::Stdout, &euro[1..]);
         observer.output(OutputStream::Stderr, &[0xff]);
+        observer.output(OutputStream::Stderr, b"x\xffy");
         observer.finish(Ok::<_, ServerError>(serde_json::json!({"exit_code": 0})));
         let mut events = Vec::new();
         while let Some(event) = rx.recv().await {
             events.push(format!("{event:?}"));
         }
-        assert_eq!(events.len(), 4, "{events:#?}");
+        assert_eq!(events.len(), 7, "{events:#?}");
         assert!(
             events[0].contains("stdout") && events[0].contains(r#"\"text\":\"a\""#),
             "{}",
@@ -172,6 +199,9 @@ mod tests {
         );
         assert!(events[1].contains(r"\xe2\x82\xac"), "{}", events[1]);
         assert!(events[2].contains("b64"), "{}", events[2]);
-        assert!(events[3].contains("result"), "{}", events[3]);
+        assert!(events[3].contains(r#"\"text\":\"x\""#), "{}", events[3]);
+        assert!(events[4].contains("b64"), "{}", events[4]);
+        assert!(events[5].contains(r#"\"text\":\"y\""#), "{}", events[5]);
+        assert!(events[6].contains("result"), "{}", events[6]);
     }
 }
