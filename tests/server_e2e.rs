@@ -102,7 +102,10 @@ impl Server {
         });
         let Ok(url) = rx.recv_timeout(Duration::from_secs(120)) else {
             let _ = child.kill();
-            panic!("the server did not listen:\n{}", log.lock().unwrap());
+            panic!(
+                "the server did not listen:\n{}",
+                log.lock().unwrap_or_else(|e| e.into_inner())
+            );
         };
         Self { child, url, log }
     }
@@ -276,16 +279,11 @@ fn rest_mcp_and_the_doc_examples_with_real_clients_then_sigterm_leaves_no_vm() {
     no_vm_left(&run);
 }
 
-#[test]
-fn sigterm_during_a_run_lets_it_finish_then_exits_0() {
-    let test = "sigterm_during_a_run_lets_it_finish_then_exits_0";
-    if images_or_skip(test).is_none() {
-        return;
-    }
-    let dir = run_dir();
-    let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+/// Sends a run of `code` (raw) to the server without reading the answer,
+/// and waits until its VM's QEMU runs; returns the open connection.
+fn start_run_and_wait_for_its_vm(server: &Server, run_dir: &Path, code: &str) -> TcpStream {
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let body = r#"{"language": "raw", "code": "sleep 3; echo finished"}"#;
+    let body = serde_json::json!({"language": "raw", "code": code}).to_string();
     let mut stream = TcpStream::connect(&addr).expect("connect");
     write!(
         stream,
@@ -293,7 +291,7 @@ fn sigterm_during_a_run_lets_it_finish_then_exits_0() {
         body.len()
     )
     .expect("send");
-    let needle = dir.path().to_string_lossy().into_owned();
+    let needle = run_dir.to_string_lossy().into_owned();
     let start = Instant::now();
     while qemu_processes_mentioning(&needle).is_empty() {
         assert!(
@@ -303,6 +301,18 @@ fn sigterm_during_a_run_lets_it_finish_then_exits_0() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    stream
+}
+
+#[test]
+fn sigterm_during_a_run_lets_it_finish_then_exits_0() {
+    let test = "sigterm_during_a_run_lets_it_finish_then_exits_0";
+    if images_or_skip(test).is_none() {
+        return;
+    }
+    let dir = run_dir();
+    let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+    let mut stream = start_run_and_wait_for_its_vm(&server, dir.path(), "sleep 3; echo finished");
     server.signal(nix::sys::signal::Signal::SIGTERM);
     // New work is refused while draining (or the listener is closed).
     let mut answer = String::new();
@@ -329,25 +339,7 @@ fn a_restart_after_sigkill_sweeps_what_the_killed_server_left() {
     }
     let dir = run_dir();
     let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
-    let addr = server.url.trim_start_matches("http://").to_owned();
-    let body = r#"{"language": "raw", "code": "sleep 120"}"#;
-    let mut stream = TcpStream::connect(&addr).expect("connect");
-    write!(
-        stream,
-        "POST /v1/runs HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let needle = dir.path().to_string_lossy().into_owned();
-    let start = Instant::now();
-    while qemu_processes_mentioning(&needle).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no VM started:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let stream = start_run_and_wait_for_its_vm(&server, dir.path(), "sleep 120");
     server.signal(nix::sys::signal::Signal::SIGKILL);
     assert_eq!(
         server.wait(Duration::from_secs(10)),

@@ -51,18 +51,7 @@ where
             Command::Serve(args) => airlock_server::cli::serve(args),
             Command::Mcp(args) => airlock_server::cli::mcp(args),
         },
-        Err(e) => {
-            let code = if e.use_stderr() {
-                airlock::cli::EXIT_AIRLOCK_FAILED
-            } else {
-                0
-            };
-            let _ = e.print();
-            if code != 0 {
-                eprintln!("airlock: hint: see `airlock --help`");
-            }
-            code
-        }
+        Err(e) => airlock::cli::usage_error(&e),
     }
 }
 

@@ -215,21 +215,7 @@ impl Ledger {
     /// # Errors
     /// [`ServerError::Quota`] for `concurrent_runs` when all are taken.
     pub fn start_run(&self, tenant: &str, quotas: &Quotas) -> Result<Place> {
-        let mut map = self.lock();
-        let usage = Self::usage(&mut map, tenant, quotas);
-        if usage.runs >= quotas.concurrent_runs {
-            return Err(quota(
-                tenant,
-                "concurrent_runs",
-                format!("{} runs already running", usage.runs),
-            ));
-        }
-        usage.runs += 1;
-        Ok(Place {
-            ledger: self.clone(),
-            tenant: tenant.to_owned(),
-            kind: PlaceKind::Run,
-        })
+        self.take(tenant, quotas, PlaceKind::Run)
     }
 
     /// Takes one of the tenant's live-session places.
@@ -237,20 +223,34 @@ impl Ledger {
     /// # Errors
     /// [`ServerError::Quota`] for `live_sessions` when all are taken.
     pub fn start_session(&self, tenant: &str, quotas: &Quotas) -> Result<Place> {
+        self.take(tenant, quotas, PlaceKind::Session)
+    }
+
+    fn take(&self, tenant: &str, quotas: &Quotas, kind: PlaceKind) -> Result<Place> {
         let mut map = self.lock();
         let usage = Self::usage(&mut map, tenant, quotas);
-        if usage.sessions >= quotas.live_sessions {
-            return Err(quota(
-                tenant,
+        let (count, limit, name, what) = match kind {
+            PlaceKind::Run => (
+                &mut usage.runs,
+                quotas.concurrent_runs,
+                "concurrent_runs",
+                "runs already running",
+            ),
+            PlaceKind::Session => (
+                &mut usage.sessions,
+                quotas.live_sessions,
                 "live_sessions",
-                format!("{} sessions already open", usage.sessions),
-            ));
+                "sessions already open",
+            ),
+        };
+        if *count >= limit {
+            return Err(quota(tenant, name, format!("{count} {what}")));
         }
-        usage.sessions += 1;
+        *count += 1;
         Ok(Place {
             ledger: self.clone(),
             tenant: tenant.to_owned(),
-            kind: PlaceKind::Session,
+            kind,
         })
     }
 

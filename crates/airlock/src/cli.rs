@@ -193,19 +193,23 @@ where
 {
     match Cli::try_parse_from(args) {
         Ok(cli) => main(cli),
-        Err(e) => {
-            let code = if e.use_stderr() {
-                EXIT_AIRLOCK_FAILED
-            } else {
-                0
-            };
-            let _ = e.print();
-            if code != 0 {
-                eprintln!("airlock: hint: see `airlock --help`");
-            }
-            code
-        }
+        Err(e) => usage_error(&e),
     }
+}
+
+/// Prints a parse error (or the help or version it carries) and returns
+/// the exit status: 0 for help and version, 125 for bad usage.
+pub fn usage_error(e: &clap::Error) -> i32 {
+    let code = if e.use_stderr() {
+        EXIT_AIRLOCK_FAILED
+    } else {
+        0
+    };
+    let _ = e.print();
+    if code != 0 {
+        eprintln!("airlock: hint: see `airlock --help`");
+    }
+    code
 }
 
 /// Runs the CLI; returns the process exit status.

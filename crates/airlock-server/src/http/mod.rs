@@ -75,6 +75,10 @@ async fn authenticate(
                 other => other.kind(),
             };
             Metrics::count(&airlock.metrics().denials, reason);
+            // Read the (bounded) body first: a response before the body is
+            // read makes the connection unusable for a keep-alive client.
+            let limit = airlock.config().max_body_bytes;
+            let _ = axum::body::to_bytes(request.into_body(), limit).await;
             return e.into_response();
         }
     };
