@@ -179,6 +179,17 @@ fn orchestrator_status(e: &airlock::Error) -> StatusCode {
     use airlock::Error as E;
     match e {
         E::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        #[cfg(feature = "sessions")]
+        E::SessionBusy { .. } => StatusCode::CONFLICT,
+        #[cfg(feature = "sessions")]
+        E::SessionClosed { .. } => StatusCode::NOT_FOUND,
+        #[cfg(feature = "sessions")]
+        E::File { source, .. } => match source.kind() {
+            airlock_protocol::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            airlock_protocol::ErrorKind::InvalidPath
+            | airlock_protocol::ErrorKind::LimitExceeded => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         E::QueueTimeout { .. } | E::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
         e if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,6 +200,17 @@ fn orchestrator_kind(e: &airlock::Error) -> &'static str {
     use airlock::Error as E;
     match e {
         E::InvalidInput { .. } => "invalid_input",
+        #[cfg(feature = "sessions")]
+        E::SessionBusy { .. } => "session_busy",
+        #[cfg(feature = "sessions")]
+        E::SessionClosed { .. } => "session_not_found",
+        #[cfg(feature = "sessions")]
+        E::File { source, .. } => match source.kind() {
+            airlock_protocol::ErrorKind::NotFound => "file_not_found",
+            airlock_protocol::ErrorKind::InvalidPath
+            | airlock_protocol::ErrorKind::LimitExceeded => "invalid_input",
+            _ => "internal",
+        },
         E::QueueTimeout { .. } => "overloaded",
         E::ShutDown => "draining",
         e if e.is_transient() => "vm_failed",

@@ -7,6 +7,9 @@
 //! - API keys ([`keys`]): a keys file maps the sha256 of each bearer key
 //!   to a tenant and its quotas ([`quota`]: concurrent runs, live
 //!   sessions, memory per VM, longest timeout, requests per minute).
+//! - Sessions (`sessions`, cargo feature `sessions`): the orchestrator's
+//!   `Session`s by id, each owned by one tenant, with REST routes (exec,
+//!   files, packages) and MCP tools; built once the orchestrator has them.
 //! - MCP ([`mcp`], rmcp): the same operations as tools, over stdio
 //!   (`airlock mcp`) and streamable HTTP at `/mcp`.
 //! - A life ([`server`]): listen on loopback by default, refuse a public
@@ -43,6 +46,8 @@ pub mod metrics;
 pub mod quota;
 pub mod server;
 mod service;
+#[cfg(feature = "sessions")]
+pub mod sessions;
 
 pub use config::ServerConfig;
 pub use error::{ErrorKind, Result, ServerError};

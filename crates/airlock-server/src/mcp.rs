@@ -43,7 +43,7 @@ pub struct McpTools {
 }
 
 /// Drops output: tool results hold it whole.
-struct Collect;
+pub(crate) struct Collect;
 
 impl RunObserver for Collect {
     fn output(&mut self, _: OutputStream, _: &[u8]) {}
@@ -51,7 +51,7 @@ impl RunObserver for Collect {
 
 /// A tool's answer for the model: the result as JSON text, or the error's
 /// message as a tool error (so the model can read it and try again).
-fn answer<T: serde::Serialize>(result: Result<T, ServerError>) -> CallToolResult {
+pub(crate) fn answer<T: serde::Serialize>(result: Result<T, ServerError>) -> CallToolResult {
     match result.and_then(|v| {
         serde_json::to_string_pretty(&v).map_err(|e| ServerError::internal("encode the result", e))
     }) {
@@ -89,7 +89,21 @@ impl McpTools {
         }
     }
 
-    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    /// The tools this server offers: runs, and sessions when built with
+    /// them.
+    fn tools() -> rmcp::handler::server::router::tool::ToolRouter<Self> {
+        #[cfg(feature = "sessions")]
+        return Self::tool_router() + Self::session_tool_router();
+        #[cfg(not(feature = "sessions"))]
+        Self::tool_router()
+    }
+
+    #[cfg(feature = "sessions")]
+    pub(crate) fn airlock(&self) -> &Airlock {
+        &self.airlock
+    }
+
+    pub(crate) fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
         if let Some(caller) = &self.fixed_caller {
             return Ok(caller.clone());
         }
@@ -137,7 +151,7 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = Self::tools())]
 impl ServerHandler for McpTools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(

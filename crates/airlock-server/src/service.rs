@@ -32,6 +32,8 @@ struct Inner {
     ledger: Ledger,
     metrics: Metrics,
     draining: CancellationToken,
+    #[cfg(feature = "sessions")]
+    sessions: crate::sessions::SessionTable,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -100,6 +102,8 @@ impl Airlock {
                 ledger: Ledger::default(),
                 metrics: Metrics::new(),
                 draining: CancellationToken::new(),
+                #[cfg(feature = "sessions")]
+                sessions: crate::sessions::SessionTable::default(),
             }),
         }
     }
@@ -122,6 +126,12 @@ impl Airlock {
     /// The quota ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.inner.ledger
+    }
+
+    /// The live sessions.
+    #[cfg(feature = "sessions")]
+    pub(crate) fn sessions(&self) -> &crate::sessions::SessionTable {
+        &self.inner.sessions
     }
 
     /// The caller without keys: the local user.
@@ -249,6 +259,8 @@ impl Airlock {
     /// Destroys every VM this server holds and stops the orchestrator.
     pub async fn shutdown(&self) {
         self.drain();
+        #[cfg(feature = "sessions")]
+        self.close_all_sessions().await;
         self.inner.scheduler.manager().shutdown().await;
     }
 }

@@ -4,8 +4,8 @@
 
 mod extract;
 pub mod openapi;
-mod runs;
-mod sse;
+pub(crate) mod runs;
+pub(crate) mod sse;
 
 pub use extract::ApiJson;
 pub use openapi::openapi;
@@ -32,6 +32,10 @@ struct TenantName(String);
 pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router {
     let body_limit = airlock.config().max_body_bytes;
     let mut authed = Router::new().route("/v1/runs", post(runs::create));
+    #[cfg(feature = "sessions")]
+    {
+        authed = crate::sessions::http::routes(authed, airlock.config().max_file_bytes);
+    }
     if let Some(mcp) = mcp {
         authed = authed.route_service("/mcp", mcp);
     }
@@ -144,6 +148,8 @@ async fn health(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {
+    #[cfg(feature = "sessions")]
+    airlock.sweep_sessions();
     (
         [(
             header::CONTENT_TYPE,

@@ -12,6 +12,24 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/openapi.json"),
     ("get", "/metrics"),
     ("post", "/v1/runs"),
+    #[cfg(feature = "sessions")]
+    ("post", "/v1/sessions"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions/{id}"),
+    #[cfg(feature = "sessions")]
+    ("delete", "/v1/sessions/{id}"),
+    #[cfg(feature = "sessions")]
+    ("post", "/v1/sessions/{id}/exec"),
+    #[cfg(feature = "sessions")]
+    ("post", "/v1/sessions/{id}/packages"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions/{id}/files"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions/{id}/files/{path}"),
+    #[cfg(feature = "sessions")]
+    ("put", "/v1/sessions/{id}/files/{path}"),
 ];
 
 fn error_response(description: &str) -> Value {
@@ -42,6 +60,46 @@ fn with_errors(mut responses: Value) -> Value {
     responses
 }
 
+#[cfg(feature = "sessions")]
+fn session_paths(paths: &mut serde_json::Map<String, Value>) {
+    let body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}});
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let path = json!({"name": "path", "in": "path", "required": true, "schema": {"type": "string"}, "description": "relative to the session's home; may hold `/`"});
+    let not_found = error_response("Unknown session, or another tenant's");
+    let busy = error_response("The session runs something already");
+    let ok = |d: &str| json!({"description": d});
+    paths.insert("/v1/sessions".into(), json!({
+        "post": {"summary": "Start a session", "requestBody": body("SessionBody"),
+                 "responses": with_errors(json!({"201": ok("`{id, language, created_at, last_used}`")}))},
+        "get": {"summary": "The caller's sessions", "responses": with_errors(json!({"200": ok("`{sessions: [..]}`")}))}
+    }));
+    paths.insert("/v1/sessions/{id}".into(), json!({
+        "parameters": [id],
+        "get": {"summary": "One session", "responses": with_errors(json!({"200": ok("`{id, language, created_at, last_used}`"), "404": not_found}))},
+        "delete": {"summary": "Close a session (its VM is destroyed)", "responses": with_errors(json!({"204": ok("Closed"), "404": not_found}))}
+    }));
+    paths.insert("/v1/sessions/{id}/exec".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Run a cell (state is kept); SSE as for runs", "requestBody": body("ExecBody"),
+                 "responses": with_errors(json!({"200": ok("`{stdout, stderr, exit_code, timed_out, state_lost, stdout_truncated, stderr_truncated, duration_ms}`"), "404": not_found, "409": busy}))}
+    }));
+    paths.insert("/v1/sessions/{id}/packages".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Install pinned packages", "requestBody": body("PackagesBody"),
+                 "responses": with_errors(json!({"200": ok("The installer's result, as an exec's"), "404": not_found, "409": busy}))}
+    }));
+    paths.insert("/v1/sessions/{id}/files".into(), json!({
+        "parameters": [id, {"name": "dir", "in": "query", "schema": {"type": "string"}}],
+        "get": {"summary": "List a directory", "responses": with_errors(json!({"200": ok("`{entries: [{name, size, kind, mode}]}`"), "404": not_found}))}
+    }));
+    paths.insert("/v1/sessions/{id}/files/{path}".into(), json!({
+        "parameters": [id, path],
+        "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "responses": with_errors(json!({"200": ok("The bytes"), "404": not_found}))},
+        "put": {"summary": "Write a file: raw body", "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
+                "responses": with_errors(json!({"200": ok("`{path, size, sha256}`"), "404": not_found, "409": busy}))}
+    }));
+}
+
 /// The document.
 pub fn openapi() -> Value {
     let run_result = json!({
@@ -56,7 +114,8 @@ pub fn openapi() -> Value {
             "network": {"type": ["object", "null"]}
         }
     });
-    json!({
+    #[allow(unused_mut)]
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Airlock",
@@ -102,7 +161,20 @@ pub fn openapi() -> Value {
                 }))
             }},
         }
-    })
+    });
+    #[cfg(feature = "sessions")]
+    {
+        use crate::sessions::{ExecBody, PackagesBody, SessionBody};
+        if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+            schemas.insert("SessionBody".into(), schema_of::<SessionBody>());
+            schemas.insert("ExecBody".into(), schema_of::<ExecBody>());
+            schemas.insert("PackagesBody".into(), schema_of::<PackagesBody>());
+        }
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            session_paths(paths);
+        }
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -119,6 +191,7 @@ mod tests {
                 ops.as_object()
                     .unwrap()
                     .keys()
+                    .filter(|key| *key != "parameters")
                     .map(move |method| (method.clone(), path.clone()))
             })
             .collect();
