@@ -62,9 +62,10 @@ pub enum ServerError {
     /// The server is draining (SIGTERM) and takes no new work.
     #[error("the server is shutting down and takes no new work")]
     Draining,
-    /// The orchestrator refused or failed.
+    /// The orchestrator refused or failed (boxed: the orchestrator's error
+    /// is large, and this enum travels in every `Result`).
     #[error(transparent)]
-    Orchestrator(#[from] airlock::Error),
+    Orchestrator(Box<airlock::Error>),
     /// The configuration file or a flag is not usable.
     #[error("configuration {source_name}: {message}")]
     Config {
@@ -98,6 +99,12 @@ pub enum ServerError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<airlock::Error> for ServerError {
+    fn from(e: airlock::Error) -> Self {
+        Self::Orchestrator(Box::new(e))
+    }
 }
 
 /// Result with the crate's error.
