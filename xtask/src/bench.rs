@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
-//! overlay pool, and QEMU's host memory; writes `docs/benchmarks.md`.
+//! overlay pool, QEMU's host memory, and runs and session execs through
+//! `airlock serve` (`bench_server.rs`); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -92,7 +93,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         &manifest.path(Kind::RootfsRaw).context("no raw root disk")?,
         args.acquires,
     )?;
-    let doc = render(&rows, &floor, &overlay, args.runs)?;
+    let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    doc.push_str(&crate::bench_server::render(
+        &crate::bench_server::measure(&airlock, args.runs)?,
+    )?);
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
