@@ -120,11 +120,6 @@ impl RunBody {
     /// [`ServerError::BadRequest`] (or an orchestrator's invalid input) for
     /// a bad field, [`ServerError::Quota`] over the quotas.
     pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
-        if self.packages.as_ref().is_some_and(|p| !p.is_empty()) {
-            return Err(ServerError::bad_request(
-                "packages: this server's orchestrator does not install packages in runs yet",
-            ));
-        }
         if self.files.as_ref().is_some_and(|f| !f.is_empty()) {
             return Err(ServerError::bad_request(
                 "files: this server's orchestrator does not take files in runs yet",
@@ -138,6 +133,7 @@ impl RunBody {
         request.vcpus = self.cpus.unwrap_or(1);
         request.env = self.env.clone().unwrap_or_default();
         request.network = network_request(language, self.network.as_ref())?;
+        request.packages = self.packages.clone().unwrap_or_default();
         request.validate()?;
         quotas.check_vm(tenant, request.memory_mib, request.timeout)?;
         Ok(request)
@@ -166,8 +162,9 @@ mod tests {
     #[test]
     fn fields_map_to_the_request() {
         let r = body(serde_json::json!({
-            "language": "raw", "code": "env", "timeout_s": 2.5, "memory_mib": 256,
-            "cpus": 2, "env": {"A": "1"}, "network": {"allow_domains": ["example.com"]}
+            "language": "python", "code": "1", "timeout_s": 2.5, "memory_mib": 256,
+            "cpus": 2, "env": {"A": "1"}, "network": {"allow_domains": ["example.com"]},
+            "packages": ["six==1.16.0"]
         }))
         .to_request("t", &Quotas::default())
         .unwrap();
@@ -175,6 +172,7 @@ mod tests {
         assert_eq!((r.memory_mib, r.vcpus), (256, 2));
         assert_eq!(r.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(r.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+        assert_eq!(r.packages, ["six==1.16.0"]);
     }
 
     #[test]

@@ -185,7 +185,9 @@ impl ServerError {
 fn orchestrator_status(e: &airlock::Error) -> StatusCode {
     use airlock::Error as E;
     match e {
-        E::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        E::InvalidInput { .. } | E::PackageSpec { .. } | E::PackageInstall { .. } => {
+            StatusCode::BAD_REQUEST
+        }
         #[cfg(feature = "sessions")]
         E::SessionBusy { .. } => StatusCode::CONFLICT,
         #[cfg(feature = "sessions")]
@@ -206,7 +208,8 @@ fn orchestrator_status(e: &airlock::Error) -> StatusCode {
 fn orchestrator_kind(e: &airlock::Error) -> &'static str {
     use airlock::Error as E;
     match e {
-        E::InvalidInput { .. } => "invalid_input",
+        E::InvalidInput { .. } | E::PackageSpec { .. } => "invalid_input",
+        E::PackageInstall { .. } => "package_install_failed",
         #[cfg(feature = "sessions")]
         E::SessionBusy { .. } => "session_busy",
         #[cfg(feature = "sessions")]

@@ -32,6 +32,10 @@ pub struct RunCodeParams {
     /// Seconds the code may run (default 30).
     #[serde(default)]
     pub timeout_s: Option<f64>,
+    /// Pinned packages to have installed, e.g. `["numpy==2.2.4"]` for
+    /// python or `["lodash@4.17.21"]` for javascript.
+    #[serde(default)]
+    pub packages: Option<Vec<String>>,
 }
 
 /// The tools.
@@ -119,6 +123,7 @@ impl McpTools {
         description = "Run a program once in a fresh, isolated Linux microVM and return its exit code, stdout and stderr as JSON. \
 Nothing persists: every call starts from a clean machine (use create_session to keep state between calls). \
 Limits: no network access, 512 MiB of memory, 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
+Third-party packages: list pinned versions in `packages` (installed once, then cached). \
 Languages: python (Python 3 with its standard library), javascript (Node.js), raw (a bash script with common Unix tools). \
 Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"}"
     )]
@@ -132,6 +137,7 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
             language: params.language.unwrap_or_else(|| "python".to_owned()),
             code: params.code,
             timeout_s: params.timeout_s,
+            packages: params.packages,
             ..RunBody::default()
         };
         let result = self

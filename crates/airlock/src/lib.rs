@@ -13,6 +13,9 @@
 //!   semaphore bounding live VMs, and a teardown that always runs.
 //! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
 //!   [`RunResult`] with output, exit code and a timing breakdown.
+//! - [`packages`]: pinned pip and npm packages installed once, through
+//!   the egress proxy, into a read-only disk layer that later runs and
+//!   sessions attach (`docs/packages.md`).
 //! - [`template`]: memory templates (`docs/templates.md`): a VM of one
 //!   shape saved once, restored in about a tenth of a second instead of a
 //!   boot, reseeded before any user code; `airlock snapshot` manages them.
@@ -43,6 +46,7 @@ mod launcher;
 mod manager;
 mod network;
 pub mod owner;
+pub mod packages;
 pub mod process;
 mod qemu_launcher;
 mod qemu_spec;

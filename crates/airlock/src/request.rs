@@ -45,6 +45,10 @@ pub struct RunRequest {
     pub tenant: String,
     /// Network: none (default), exposed ports, or an allowlist.
     pub network: crate::network::NetworkRequest,
+    /// Pinned packages (`pip name==version`, `npm name@version`; items may
+    /// hold several, comma-separated): installed once into a layer the run
+    /// attaches read-only (`docs/packages.md`). Empty: none.
+    pub packages: Vec<String>,
 }
 
 impl RunRequest {
@@ -59,6 +63,7 @@ impl RunRequest {
             env: BTreeMap::new(),
             tenant: "default".into(),
             network: crate::network::NetworkRequest::default(),
+            packages: Vec::new(),
         }
     }
 
@@ -116,7 +121,17 @@ impl RunRequest {
         }
         validate_identifier("tenant", &self.tenant)?;
         self.network.validate()?;
-        validate_env(&self.env)
+        validate_env(&self.env)?;
+        self.package_list().map(drop)
+    }
+
+    /// The run's packages, checked and sorted.
+    ///
+    /// # Errors
+    /// [`Error::PackageSpec`] for an unpinned or malformed spec, or
+    /// packages for `raw`.
+    pub fn package_list(&self) -> Result<crate::packages::PackageList> {
+        crate::packages::PackageList::parse(self.language, &self.packages)
     }
 }
 
@@ -259,6 +274,9 @@ pub struct RunResult {
     pub usage: crate::teardown::Usage,
     /// What the network did (`None`: the VM had none).
     pub network: Option<crate::network::NetworkReport>,
+    /// The package layer the run attached (`None`: no packages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<crate::packages::install::PackagesReport>,
 }
 
 fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -272,6 +290,31 @@ mod tests {
 
     fn ok_request() -> RunRequest {
         RunRequest::new(Language::Python, "print(1)")
+    }
+
+    #[test]
+    fn unpinned_or_malformed_packages_are_refused_before_boot() {
+        for (language, bad) in [
+            (Language::Python, "numpy"),
+            (Language::Python, "numpy>=2"),
+            (Language::Python, "--index-url=https://evil.example"),
+            (Language::Javascript, "is-number@^7.0.0"),
+            (Language::Raw, "jq==1.7"),
+        ] {
+            let mut r = RunRequest::new(language, "print(1)");
+            r.packages = vec![bad.into()];
+            assert!(
+                matches!(r.validate(), Err(Error::PackageSpec { .. })),
+                "{language} {bad}"
+            );
+        }
+        let mut ok = ok_request();
+        ok.packages = vec!["six==1.16.0,idna==3.7".into()];
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.package_list().unwrap().canonical(),
+            ["idna==3.7", "six==1.16.0"]
+        );
     }
 
     fn field_of(r: &RunRequest) -> &'static str {

@@ -33,6 +33,9 @@ pub struct VmOptions {
     pub vcpus: u32,
     /// Network (default none: no network device).
     pub network: crate::network::NetworkRequest,
+    /// A package layer disk to attach (`None`: none); see
+    /// `docs/packages.md`.
+    pub packages: Option<crate::packages::PackageDisk>,
 }
 
 /// Where a VM's boot time went, in milliseconds.
