@@ -2,13 +2,16 @@
 //! close (each described for a language model, with an example).
 
 use super::{ExecBody, SessionBody};
+use crate::keys::Caller;
 use crate::mcp::{answer, McpTools};
+use airlock::Session;
 use base64::Engine;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
 use rmcp::service::RequestContext;
 use rmcp::{schemars, tool, tool_router, ErrorData, RoleServer};
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Input of `create_session`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -92,6 +95,29 @@ pub struct SessionParams {
     pub session_id: String,
 }
 
+impl McpTools {
+    /// Runs `call` on the caller's session `id` and makes its answer; an
+    /// unknown (or another tenant's) session is a tool error.
+    async fn on_session<T, F, Fut>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        id: &str,
+        call: F,
+    ) -> Result<CallToolResult, ErrorData>
+    where
+        T: serde::Serialize,
+        F: FnOnce(Caller, Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<T>>,
+    {
+        let caller = self.caller(ctx)?;
+        let result = match self.airlock().session(&caller, id) {
+            Ok(session) => call(caller, session).await,
+            Err(e) => Err(e),
+        };
+        Ok(answer(result))
+    }
+}
+
 #[tool_router(router = session_tool_router, vis = "pub(crate)")]
 impl McpTools {
     #[tool(
@@ -125,28 +151,23 @@ Example: {\"session_id\": \"...\", \"code\": \"import math\\nprint(math.pi)\"}"
         Parameters(p): Parameters<ExecParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = self.caller(&ctx)?;
-        let airlock = self.airlock();
         let body = ExecBody {
             code: p.code,
             timeout_s: p.timeout_s,
             env: None,
         };
-        let result = match airlock.session(&caller, &p.session_id) {
-            Ok(session) => {
-                airlock
-                    .exec(&caller, &session, &body, &mut crate::mcp::Collect)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        Ok(answer(result.map(|r| {
-            serde_json::json!({
+        let airlock = self.airlock();
+        self.on_session(&ctx, &p.session_id, |caller, session| async move {
+            let r = airlock
+                .exec(&caller, &session, &body, &mut crate::mcp::Collect)
+                .await?;
+            Ok(serde_json::json!({
                 "exit_code": r.exit_code, "timed_out": r.timed_out, "state_lost": r.state_lost,
                 "stdout": String::from_utf8_lossy(&r.stdout), "stderr": String::from_utf8_lossy(&r.stderr),
                 "duration_ms": r.duration_ms,
-            })
-        })))
+            }))
+        })
+        .await
     }
 
     #[tool(
@@ -160,8 +181,6 @@ Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b
         Parameters(p): Parameters<WriteFileParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = self.caller(&ctx)?;
-        let airlock = self.airlock();
         let bytes = match (p.content, p.content_b64) {
             (Some(text), None) => Ok(text.into_bytes()),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
@@ -171,14 +190,11 @@ Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b
                 "give exactly one of content and content_b64",
             )),
         };
-        let result = match bytes {
-            Ok(bytes) => match airlock.session(&caller, &p.session_id) {
-                Ok(session) => airlock.write_file(&session, &p.path, &bytes).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        Ok(answer(result))
+        let airlock = self.airlock();
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            airlock.write_file(&session, &p.path, &bytes?).await
+        })
+        .await
     }
 
     #[tool(
@@ -191,13 +207,8 @@ Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
         Parameters(p): Parameters<PathParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = self.caller(&ctx)?;
-        let airlock = self.airlock();
-        let result = match airlock.session(&caller, &p.session_id) {
-            Ok(session) => session.read_file(&p.path).await.map_err(Into::into),
-            Err(e) => Err(e),
-        };
-        Ok(answer(result.map(|(bytes, info)| {
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            let (bytes, info) = session.read_file(&p.path).await?;
             let mut value =
                 serde_json::json!({"path": info.path, "size": info.size, "sha256": info.sha256});
             match String::from_utf8(bytes) {
@@ -208,8 +219,9 @@ Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
                         .into();
                 }
             }
-            value
-        })))
+            Ok(value)
+        })
+        .await
     }
 
     #[tool(
@@ -222,16 +234,10 @@ Example: {\"session_id\": \"...\", \"dir\": \"data\"}"
         Parameters(p): Parameters<ListParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = self.caller(&ctx)?;
-        let airlock = self.airlock();
-        let result = match airlock.session(&caller, &p.session_id) {
-            Ok(session) => session
-                .list_files(p.dir.as_deref().unwrap_or("."))
-                .await
-                .map_err(Into::into),
-            Err(e) => Err(e),
-        };
-        Ok(answer(result))
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            Ok(session.list_files(p.dir.as_deref().unwrap_or(".")).await?)
+        })
+        .await
     }
 
     #[tool(
@@ -245,16 +251,10 @@ Example: {\"session_id\": \"...\", \"packages\": [\"requests==2.32.3\"]}"
         Parameters(p): Parameters<PackagesParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let caller = self.caller(&ctx)?;
-        let airlock = self.airlock();
-        let result = match airlock.session(&caller, &p.session_id) {
-            Ok(session) => session
-                .install_packages(&p.packages)
-                .await
-                .map_err(Into::into),
-            Err(e) => Err(e),
-        };
-        Ok(answer(result))
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            Ok(session.install_packages(&p.packages).await?)
+        })
+        .await
     }
 
     #[tool(
