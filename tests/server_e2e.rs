@@ -380,3 +380,52 @@ fn mcp_over_stdio_with_the_official_python_client() {
     );
     no_vm_left(dir.path());
 }
+
+#[test]
+fn serve_refuses_a_public_address_without_keys_and_checks_a_config_file() {
+    let dir = run_dir();
+    let refused = Command::new(binary())
+        .args(["serve", "--listen", "0.0.0.0:7000"])
+        .env("AIRLOCK_RUN_DIR", dir.path())
+        .output()
+        .expect("run serve");
+    assert_eq!(refused.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("keys file"), "{stderr}");
+
+    let keys = dir.path().join("keys.toml");
+    add_key(&keys, "alice", &[]);
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"0.0.0.0:7000\"\nkeys_file = \"{}\"\n[quotas]\nconcurrent_runs = 2\nlive_sessions = 1\nmemory_mib = 512\ntimeout_s = 60\nrequests_per_minute = 100\n",
+            keys.display()
+        ),
+    )
+    .expect("write the config");
+    let checked = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve --check-config");
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        stdout.contains("configuration OK") && stdout.contains("1 key(s)"),
+        "{stdout}"
+    );
+
+    std::fs::write(&config, "listen = 7000\n").expect("write a bad config");
+    let bad = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve --check-config");
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("server.toml"));
+}
