@@ -187,15 +187,23 @@ fn no_vm_left(run_dir: &Path) {
         "QEMU processes of {needle} are left: {:?}",
         qemu_processes_mentioning(&needle)
     );
+    // A VM's teardown removes its work dir after its processes end.
     let vms = run_dir.join("vms");
-    let left: Vec<_> = std::fs::read_dir(&vms)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "work dirs left in {}: {left:?}",
-        vms.display()
-    );
+    let start = Instant::now();
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&vms)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "work dirs left in {}: {left:?}",
+            vms.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -288,12 +296,17 @@ fn rest_mcp_and_the_doc_examples_with_real_clients_then_sigterm_leaves_no_vm() {
 /// Sends a run of `code` (raw) to the server without reading the answer,
 /// and waits until its VM's QEMU runs; returns the open connection.
 fn start_run_and_wait_for_its_vm(server: &Server, run_dir: &Path, code: &str) -> TcpStream {
+    start_run_with(server, run_dir, code, "application/json")
+}
+
+/// As [`start_run_and_wait_for_its_vm`], accepting `accept`.
+fn start_run_with(server: &Server, run_dir: &Path, code: &str, accept: &str) -> TcpStream {
     let addr = server.url.trim_start_matches("http://").to_owned();
     let body = serde_json::json!({"language": "raw", "code": code}).to_string();
     let mut stream = TcpStream::connect(&addr).expect("connect");
     write!(
         stream,
-        "POST /v1/runs HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/runs HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
@@ -428,4 +441,30 @@ fn serve_refuses_a_public_address_without_keys_and_checks_a_config_file() {
         .expect("run serve --check-config");
     assert_eq!(bad.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("server.toml"));
+}
+
+#[test]
+fn a_client_that_leaves_an_event_stream_ends_the_run_and_its_vm() {
+    let test = "a_client_that_leaves_an_event_stream_ends_the_run_and_its_vm";
+    if images_or_skip(test).is_none() {
+        return;
+    }
+    let dir = run_dir();
+    let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+    let stream = start_run_with(&server, dir.path(), "sleep 120", "text/event-stream");
+    drop(stream);
+    // The stream's task is aborted and the run's VM destroyed while the
+    // server goes on.
+    no_vm_left(dir.path());
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "the server still runs"
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        server.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        server.log()
+    );
 }
