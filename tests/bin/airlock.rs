@@ -3,5 +3,5 @@
 //! line as the real binary's `main`.
 
 fn main() {
-    std::process::exit(airlock::cli::main_from_args(std::env::args_os()));
+    std::process::exit(airlock_cli::main_from_args(std::env::args_os()));
 }

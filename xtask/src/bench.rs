@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
 //! overlay pool, QEMU's host memory, package lists (first install
-//! against cached runs) and the fast paths (memory templates, the warm
-//! pool, idle cost: [`templates`]); writes `docs/benchmarks.md`.
+//! against cached runs), the fast paths (memory templates, the warm
+//! pool, idle cost: [`templates`]) and runs and session execs through
+//! `airlock serve` (`bench_server.rs`); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -146,6 +147,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|(_, samples)| samples.as_slice())
         .unwrap_or_default();
     doc.push_str(&templates::render(&fast, cold_python)?);
+    doc.push_str(&crate::bench_server::render(
+        &crate::bench_server::measure(&airlock, args.runs)?,
+    )?);
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());

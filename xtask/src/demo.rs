@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: set the host up, build the images, then run one
 //! Python, one JavaScript and one shell snippet through `airlock run`.
 
-use crate::host::{self, cargo, run_checked, workspace_root};
+use crate::host::{self, workspace_root};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 use std::time::Instant;
@@ -18,9 +18,7 @@ pub fn run() -> Result<()> {
     host::ensure_all()?;
     host::ensure_gvproxy()?;
     crate::images::ensure()?;
-    eprintln!("xtask: building the airlock binary (release)");
-    run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;
-    let airlock = host::target_dir().join("release").join("airlock");
+    let airlock = host::release_airlock()?;
     for (language, code) in SNIPPETS {
         eprintln!("\n$ airlock run -l {language} '{code}'");
         let start = Instant::now();

@@ -5,6 +5,8 @@
 //! command. Tasks print what they do on stderr.
 
 mod bench;
+mod bench_server;
+mod clients;
 mod demo;
 mod host;
 mod images;

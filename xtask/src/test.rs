@@ -16,6 +16,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     host::ensure_all()?;
     host::ensure_gvproxy()?;
     crate::images::ensure()?;
+    let python = crate::clients::ensure()?;
     if !args.no_lint {
         crate::lint::run()?;
     }
@@ -24,6 +25,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     run_checked(
         cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
-            .env("AIRLOCK_REQUIRE_VM_TESTS", "1"),
+            .env("AIRLOCK_REQUIRE_VM_TESTS", "1")
+            .env(crate::clients::PYTHON_ENV, python),
     )
 }

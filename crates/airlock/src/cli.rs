@@ -184,27 +184,7 @@ impl RunArgs {
 
 impl RunArgs {
     fn network_request(&self, language: Language) -> Result<NetworkRequest, Error> {
-        let invalid = |e: airlock_gvproxy::GvproxyError| Error::invalid("network", e.to_string());
-        let allow = if self.network || !self.allow_domain.is_empty() {
-            Some(if self.allow_domain.is_empty() {
-                airlock_gvproxy::default_allowlist(language.as_str()).map_err(invalid)?
-            } else {
-                self.allow_domain
-                    .iter()
-                    .map(|d| airlock_gvproxy::DomainPattern::parse(d).map_err(invalid))
-                    .collect::<Result<_, _>>()?
-            })
-        } else {
-            None
-        };
-        // An empty allowlist (raw's default) reaches nothing: no allowlist.
-        let allow = allow.filter(|a: &Vec<_>| !a.is_empty());
-        let exposes = self
-            .expose
-            .iter()
-            .map(|e| airlock_gvproxy::Expose::parse(e).map_err(invalid))
-            .collect::<Result<_, _>>()?;
-        Ok(NetworkRequest { allow, exposes })
+        NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)
     }
 }
 
@@ -229,19 +209,23 @@ where
 {
     match Cli::try_parse_from(args) {
         Ok(cli) => main(cli),
-        Err(e) => {
-            let code = if e.use_stderr() {
-                EXIT_AIRLOCK_FAILED
-            } else {
-                0
-            };
-            let _ = e.print();
-            if code != 0 {
-                eprintln!("airlock: hint: see `airlock --help`");
-            }
-            code
-        }
+        Err(e) => usage_error(&e),
     }
+}
+
+/// Prints a parse error (or the help or version it carries) and returns
+/// the exit status: 0 for help and version, 125 for bad usage.
+pub fn usage_error(e: &clap::Error) -> i32 {
+    let code = if e.use_stderr() {
+        EXIT_AIRLOCK_FAILED
+    } else {
+        0
+    };
+    let _ = e.print();
+    if code != 0 {
+        eprintln!("airlock: hint: see `airlock --help`");
+    }
+    code
 }
 
 /// Runs the CLI; returns the process exit status.

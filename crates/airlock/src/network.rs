@@ -30,6 +30,41 @@ pub struct NetworkRequest {
 }
 
 impl NetworkRequest {
+    /// The request `airlock run`'s flags (and the server's `network`
+    /// field) describe: `network` (or any `allow_domains`) turns egress
+    /// on, to `allow_domains` or, when none is named, to the language's
+    /// default allowlist (an empty allowlist, raw's, reaches nothing);
+    /// `exposes` are `GUEST[:HOST][/tcp]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `network` naming a bad domain or port.
+    pub fn from_flags(
+        language: airlock_protocol::Language,
+        network: bool,
+        allow_domains: &[String],
+        exposes: &[String],
+    ) -> Result<Self> {
+        let invalid = |e: airlock_gvproxy::GvproxyError| Error::invalid("network", e.to_string());
+        let allow = if network || !allow_domains.is_empty() {
+            Some(if allow_domains.is_empty() {
+                airlock_gvproxy::default_allowlist(language.as_str()).map_err(invalid)?
+            } else {
+                allow_domains
+                    .iter()
+                    .map(|d| DomainPattern::parse(d).map_err(invalid))
+                    .collect::<Result<_, _>>()?
+            })
+        } else {
+            None
+        };
+        let allow = allow.filter(|a: &Vec<_>| !a.is_empty());
+        let exposes = exposes
+            .iter()
+            .map(|e| Expose::parse(e).map_err(invalid))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { allow, exposes })
+    }
+
     /// The mode this request amounts to.
     pub fn mode(&self) -> NetworkMode {
         match (&self.allow, self.exposes.is_empty()) {

@@ -43,6 +43,8 @@ impl Requirement {
 pub fn test_requirements() -> Vec<Requirement> {
     vec![
         Requirement::new("python3", "python3"),
+        // `python3 -m venv` for the server tests' real clients (httpx, mcp).
+        Requirement::new("/usr/share/doc/python3-venv", "python3-venv"),
         Requirement::new("node", "nodejs"),
         Requirement::new("bash", "bash"),
     ]
@@ -304,7 +306,14 @@ pub fn cargo() -> Command {
 /// When cargo fails.
 pub fn release_airlock() -> Result<PathBuf> {
     eprintln!("xtask: building the airlock binary (release)");
-    run_checked(cargo().args(["build", "--release", "-p", "airlock", "--bin", "airlock"]))?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "airlock-cli",
+        "--bin",
+        "airlock",
+    ]))?;
     Ok(target_dir().join("release").join("airlock"))
 }
 

@@ -1,0 +1,221 @@
+//! The JSON bodies of the REST API and the MCP tools' inputs, and their
+//! translation into the orchestrator's requests. Their JSON schemas
+//! (schemars) feed the OpenAPI document and the MCP tool list, so the
+//! documents say what the code accepts.
+
+use crate::error::{Result, ServerError};
+use crate::quota::Quotas;
+use airlock::{NetworkRequest, RunRequest};
+use airlock_protocol::Language;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `POST /v1/runs`: run code once in a fresh VM.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    /// `python`, `javascript` or `raw` (bash).
+    pub language: String,
+    /// The source code.
+    pub code: String,
+    /// Timeout of the code in seconds (boot not included). Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    /// Guest memory in MiB. Default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// vCPUs. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Environment variables of the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Network access (none without this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkBody>,
+    /// Pinned packages (`pip name==version`, `npm name@version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<String>>,
+    /// Files written into the guest's home before the code runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileBody>>,
+}
+
+/// A VM's network.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkBody {
+    /// Domains the guest may reach on ports 80 and 443 (`*.example.com`
+    /// allows subdomains). Absent: the language's default registries;
+    /// empty: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_domains: Option<Vec<String>>,
+    /// Guest ports served on the server host's 127.0.0.1:
+    /// `GUEST[:HOST][/tcp]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<Vec<String>>,
+}
+
+/// A file given inline.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileBody {
+    /// Path relative to the guest's home dir.
+    pub path: String,
+    /// The content, base64.
+    pub content_b64: String,
+}
+
+/// Parses a language name.
+///
+/// # Errors
+/// [`ServerError::BadRequest`] naming the accepted names.
+pub fn parse_language(name: &str) -> Result<Language> {
+    name.parse::<Language>()
+        .map_err(|e| ServerError::bad_request(format!("language: {e}")))
+}
+
+/// A timeout in seconds, checked.
+///
+/// # Errors
+/// [`ServerError::BadRequest`] for a value that is not a positive number.
+pub fn parse_timeout(timeout_s: Option<f64>, default: Duration) -> Result<Duration> {
+    match timeout_s {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 => Duration::try_from_secs_f64(s)
+            .map_err(|e| ServerError::bad_request(format!("timeout_s: {e}"))),
+        Some(s) => Err(ServerError::bad_request(format!(
+            "timeout_s: {s} is not a positive number of seconds"
+        ))),
+    }
+}
+
+/// The network request of a body's `network` field.
+///
+/// # Errors
+/// [`ServerError::Orchestrator`] (400) for a bad domain or port.
+pub fn network_request(language: Language, body: Option<&NetworkBody>) -> Result<NetworkRequest> {
+    let Some(body) = body else {
+        return Ok(NetworkRequest::default());
+    };
+    let exposes = body.expose.clone().unwrap_or_default();
+    let request = match &body.allow_domains {
+        // No list: egress on, to the language's defaults.
+        None => NetworkRequest::from_flags(language, true, &[], &exposes)?,
+        Some(domains) if domains.is_empty() => {
+            NetworkRequest::from_flags(language, false, &[], &exposes)?
+        }
+        Some(domains) => NetworkRequest::from_flags(language, true, domains, &exposes)?,
+    };
+    Ok(request)
+}
+
+impl RunBody {
+    /// The orchestrator's request for `tenant`, checked against its quotas
+    /// (memory and timeout; the count of runs is the caller's).
+    ///
+    /// # Errors
+    /// [`ServerError::BadRequest`] (or an orchestrator's invalid input) for
+    /// a bad field, [`ServerError::Quota`] over the quotas.
+    pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
+        if self.files.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(ServerError::bad_request(
+                "files: this server's orchestrator does not take files in runs yet",
+            ));
+        }
+        let language = parse_language(&self.language)?;
+        let mut request = RunRequest::new(language, self.code.clone());
+        request.tenant = tenant.to_owned();
+        request.timeout = parse_timeout(self.timeout_s, airlock::DEFAULT_TIMEOUT)?;
+        request.memory_mib = self.memory_mib.unwrap_or(airlock::DEFAULT_MEMORY_MIB);
+        request.vcpus = self.cpus.unwrap_or(1);
+        request.env = self.env.clone().unwrap_or_default();
+        request.network = network_request(language, self.network.as_ref())?;
+        request.packages = self.packages.clone().unwrap_or_default();
+        request.validate()?;
+        quotas.check_vm(tenant, request.memory_mib, request.timeout)?;
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> RunBody {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_minimal_body_is_a_default_request_for_the_tenant() {
+        let r = body(serde_json::json!({"language": "python", "code": "print(1)"}))
+            .to_request("alice", &Quotas::default())
+            .unwrap();
+        assert_eq!(r.tenant, "alice");
+        assert_eq!(r.timeout, airlock::DEFAULT_TIMEOUT);
+        assert_eq!(r.memory_mib, airlock::DEFAULT_MEMORY_MIB);
+        assert_eq!(r.network, NetworkRequest::default());
+    }
+
+    #[test]
+    fn fields_map_to_the_request() {
+        let r = body(serde_json::json!({
+            "language": "python", "code": "1", "timeout_s": 2.5, "memory_mib": 256,
+            "cpus": 2, "env": {"A": "1"}, "network": {"allow_domains": ["example.com"]},
+            "packages": ["six==1.16.0"]
+        }))
+        .to_request("t", &Quotas::default())
+        .unwrap();
+        assert_eq!(r.timeout, Duration::from_millis(2500));
+        assert_eq!((r.memory_mib, r.vcpus), (256, 2));
+        assert_eq!(r.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(r.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+        assert_eq!(r.packages, ["six==1.16.0"]);
+    }
+
+    #[test]
+    fn an_empty_network_object_means_the_default_registries() {
+        let r = body(serde_json::json!({"language": "python", "code": "1", "network": {}}))
+            .to_request("t", &Quotas::default())
+            .unwrap();
+        assert_eq!(r.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+        let none = body(
+            serde_json::json!({"language": "python", "code": "1", "network": {"allow_domains": []}}),
+        )
+        .to_request("t", &Quotas::default())
+        .unwrap();
+        assert_eq!(none.network.mode(), airlock_gvproxy::NetworkMode::None);
+    }
+
+    #[test]
+    fn bad_fields_are_400_and_quotas_429() {
+        let q = Quotas {
+            memory_mib: 256,
+            ..Quotas::default()
+        };
+        for json in [
+            serde_json::json!({"language": "cobol", "code": "1"}),
+            serde_json::json!({"language": "python", "code": ""}),
+            serde_json::json!({"language": "python", "code": "1", "timeout_s": -1}),
+            serde_json::json!({"language": "python", "code": "1", "env": {"LD_PRELOAD": "x"}}),
+            serde_json::json!({"language": "python", "code": "1", "network": {"allow_domains": ["bad..name"]}}),
+        ] {
+            let err = body(json.clone()).to_request("t", &q).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400, "{json}: {err}");
+        }
+        let err = body(serde_json::json!({"language": "python", "code": "1", "memory_mib": 512}))
+            .to_request("t", &q)
+            .unwrap_err();
+        assert_eq!(err.status().as_u16(), 429, "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let parsed: std::result::Result<RunBody, _> = serde_json::from_value(
+            serde_json::json!({"language": "python", "code": "1", "tiemout": 1}),
+        );
+        assert!(parsed.is_err());
+    }
+}

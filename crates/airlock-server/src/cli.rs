@@ -1,0 +1,478 @@
+//! `airlock serve` (with `serve keys add|list|revoke`) and `airlock mcp`:
+//! their arguments and their runs, called by the `airlock` binary.
+//!
+//! `serve` on SIGTERM (or SIGINT, SIGHUP): stops accepting, lets running
+//! requests go on for the drain grace, destroys every VM, exits 0. A second
+//! signal kills every VM at once.
+
+use crate::config::{LogFormat, ServerConfig};
+use crate::error::{Result, ServerError};
+use crate::keys::{Keyring, KeysFile};
+use crate::quota::QuotaOverrides;
+use crate::service::Airlock;
+use airlock::interrupt::{self, Interrupts};
+use clap::{Args, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Exit status when the server fails.
+pub const EXIT_FAILED: i32 = 125;
+
+/// Arguments of `airlock serve`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServeArgs {
+    /// Manage API keys instead of serving.
+    #[command(subcommand)]
+    pub command: Option<ServeCommand>,
+    /// A TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7000). A non-loopback
+    /// address needs --keys-file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// The API keys file (`airlock serve keys add`). Without one every
+    /// request acts for the local user (loopback only).
+    #[arg(long, value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
+    /// Largest JSON body, in bytes.
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Largest file uploaded to a session, in bytes.
+    #[arg(long)]
+    pub max_file_bytes: Option<usize>,
+    /// VMs at once, all tenants together.
+    #[arg(long)]
+    pub max_concurrent_vms: Option<usize>,
+    /// Longest wait for a free VM slot, in seconds (then 503).
+    #[arg(long)]
+    pub queue_timeout_s: Option<u64>,
+    /// After SIGTERM, how long running requests may go on, in seconds.
+    #[arg(long)]
+    pub drain_grace_s: Option<u64>,
+    /// Log format on stderr.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Boot every VM cold instead of restoring memory templates.
+    #[arg(long)]
+    pub cold: bool,
+    /// Default quota: runs at once per tenant.
+    #[arg(long)]
+    pub quota_concurrent_runs: Option<u32>,
+    /// Default quota: live sessions per tenant.
+    #[arg(long)]
+    pub quota_live_sessions: Option<u32>,
+    /// Default quota: largest guest memory of one VM, in MiB.
+    #[arg(long)]
+    pub quota_memory_mib: Option<u32>,
+    /// Default quota: longest timeout of one run or exec, in seconds.
+    #[arg(long)]
+    pub quota_timeout_s: Option<u64>,
+    /// Default quota: requests per minute per tenant.
+    #[arg(long)]
+    pub quota_requests_per_minute: Option<u32>,
+    /// Check the configuration (and the keys file) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Subcommands of `airlock serve`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ServeCommand {
+    /// Add, list or revoke API keys.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// `airlock serve keys ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Make a new key for a tenant: the key is printed once; only its
+    /// sha256 is stored.
+    Add {
+        /// The tenant the key acts for (`[A-Za-z0-9_-]{1,128}`).
+        #[arg(long)]
+        tenant: String,
+        /// The keys file (default: `$XDG_CONFIG_HOME/airlock/keys.toml`).
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+        /// This key's quota: runs at once.
+        #[arg(long)]
+        concurrent_runs: Option<u32>,
+        /// This key's quota: live sessions.
+        #[arg(long)]
+        live_sessions: Option<u32>,
+        /// This key's quota: largest VM memory, in MiB.
+        #[arg(long)]
+        memory_mib: Option<u32>,
+        /// This key's quota: longest timeout, in seconds.
+        #[arg(long)]
+        timeout_s: Option<u64>,
+        /// This key's quota: requests per minute.
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+    },
+    /// List the keys (id, tenant, age, quotas; never the key).
+    List {
+        /// The keys file.
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+    },
+    /// Revoke a key by its id (from `keys list`).
+    Revoke {
+        /// The key's id.
+        id: String,
+        /// The keys file.
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+    },
+}
+
+/// Arguments of `airlock mcp`.
+#[derive(Debug, Clone, Args)]
+pub struct McpArgs {
+    /// Boot every VM cold instead of restoring memory templates.
+    #[arg(long)]
+    pub cold: bool,
+}
+
+/// The default keys file: `$XDG_CONFIG_HOME/airlock/keys.toml`, else
+/// `~/.config/airlock/keys.toml`.
+pub fn default_keys_file() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("airlock").join("keys.toml")
+}
+
+impl ServeArgs {
+    /// The configuration: the file's (if any), then the flags over it,
+    /// validated.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] for an unreadable file or a bad value.
+    pub fn to_config(&self) -> Result<ServerConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServerConfig::load(path)?,
+            None => ServerConfig::default(),
+        };
+        macro_rules! set {
+            ($($flag:ident => $($field:ident).+),* $(,)?) => {
+                $(if let Some(v) = self.$flag.clone() { c.$($field).+ = v; })*
+            };
+        }
+        set!(
+            listen => listen,
+            max_body_bytes => max_body_bytes,
+            max_file_bytes => max_file_bytes,
+            queue_timeout_s => queue_timeout_s,
+            drain_grace_s => drain_grace_s,
+            log_format => log_format,
+            quota_concurrent_runs => quotas.concurrent_runs,
+            quota_live_sessions => quotas.live_sessions,
+            quota_memory_mib => quotas.memory_mib,
+            quota_timeout_s => quotas.timeout_s,
+            quota_requests_per_minute => quotas.requests_per_minute,
+        );
+        if self.keys_file.is_some() {
+            c.keys_file.clone_from(&self.keys_file);
+        }
+        if self.max_concurrent_vms.is_some() {
+            c.max_concurrent_vms = self.max_concurrent_vms;
+        }
+        if self.cold {
+            c.restore_templates = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn report(error: &ServerError) {
+    eprintln!("airlock: error: {error}");
+    if let Some(hint) = error.hint() {
+        eprintln!("airlock: hint: {hint}");
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("airlock: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs `airlock serve keys ...`.
+fn keys(action: KeysAction) -> Result<()> {
+    match action {
+        KeysAction::Add {
+            tenant,
+            keys_file,
+            concurrent_runs,
+            live_sessions,
+            memory_mib,
+            timeout_s,
+            requests_per_minute,
+        } => {
+            let path = keys_file.unwrap_or_else(default_keys_file);
+            let mut file = KeysFile::load(&path, true)?;
+            let quotas = QuotaOverrides {
+                concurrent_runs,
+                live_sessions,
+                memory_mib,
+                timeout_s,
+                requests_per_minute,
+            };
+            let (key, entry) = file.add(&tenant, quotas, now_unix())?;
+            file.save(&path)?;
+            println!("{key}");
+            eprintln!(
+                "airlock: key {} for tenant {} added to {} (the key is shown once; only its hash is kept)",
+                entry.id,
+                entry.tenant,
+                path.display()
+            );
+            Ok(())
+        }
+        KeysAction::List { keys_file } => {
+            let path = keys_file.unwrap_or_else(default_keys_file);
+            let file = KeysFile::load(&path, true)?;
+            println!("ID\tTENANT\tCREATED_UNIX\tQUOTAS");
+            for k in &file.keys {
+                let quotas = toml::to_string(&k.quotas)
+                    .unwrap_or_default()
+                    .trim()
+                    .replace('\n', ", ");
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    k.id,
+                    k.tenant,
+                    k.created_unix,
+                    if quotas.is_empty() {
+                        "defaults"
+                    } else {
+                        &quotas
+                    }
+                );
+            }
+            Ok(())
+        }
+        KeysAction::Revoke { id, keys_file } => {
+            let path = keys_file.unwrap_or_else(default_keys_file);
+            let mut file = KeysFile::load(&path, false)?;
+            let entry = file.revoke(&id)?;
+            file.save(&path)?;
+            eprintln!(
+                "airlock: key {} of tenant {} revoked (a running server reads keys at start: restart it)",
+                entry.id, entry.tenant
+            );
+            Ok(())
+        }
+    }
+}
+
+fn load_keyring(config: &ServerConfig) -> Result<Option<Keyring>> {
+    config
+        .keys_file
+        .as_deref()
+        .map(|path: &Path| KeysFile::load(path, false).map(|f| Keyring::new(&f, config.quotas)))
+        .transpose()
+}
+
+/// Runs `airlock serve`; returns the process exit status.
+pub fn serve(args: ServeArgs) -> i32 {
+    if let Some(ServeCommand::Keys { action }) = args.command {
+        return match keys(action) {
+            Ok(()) => 0,
+            Err(e) => {
+                report(&e);
+                EXIT_FAILED
+            }
+        };
+    }
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return EXIT_FAILED;
+        }
+    };
+    let keyring = match load_keyring(&config) {
+        Ok(k) => k,
+        Err(e) => {
+            report(&e);
+            return EXIT_FAILED;
+        }
+    };
+    if args.check_config {
+        println!(
+            "configuration OK: listen {}, {} key(s), {} VM slot(s)",
+            config.listen,
+            keyring.as_ref().map_or(0, Keyring::len),
+            config.orchestrator().max_concurrent_vms
+        );
+        return 0;
+    }
+    init_logging(config.log_format, "info");
+    let Some(runtime) = runtime() else {
+        return EXIT_FAILED;
+    };
+    runtime.block_on(async move {
+        match crate::server::run(config, keyring).await {
+            Ok(()) => 0,
+            Err(e) => {
+                report(&e);
+                EXIT_FAILED
+            }
+        }
+    })
+}
+
+/// Runs `airlock mcp` (stdio); returns the process exit status.
+pub fn mcp(args: McpArgs) -> i32 {
+    init_logging(LogFormat::Text, "warn");
+    let config = ServerConfig {
+        restore_templates: !args.cold,
+        ..ServerConfig::default()
+    };
+    let Some(runtime) = runtime() else {
+        return EXIT_FAILED;
+    };
+    runtime.block_on(async move {
+        let mut interrupts = match Interrupts::install(Box::new(interrupt::force_exit)) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        let airlock = tokio::select! {
+            started = Airlock::start(config, None) => match started {
+                Ok(a) => a,
+                Err(e) => { report(&e); return EXIT_FAILED; }
+            },
+            stop = interrupts.first() => {
+                airlock::process::registry().kill_all();
+                return interrupt::exit_status(stop);
+            }
+        };
+        let served = tokio::select! {
+            served = crate::mcp::serve_stdio(airlock.clone()) => served,
+            _ = interrupts.first() => Ok(()),
+        };
+        airlock.shutdown().await;
+        airlock::process::registry().kill_all();
+        match served {
+            Ok(()) => 0,
+            Err(e) => {
+                report(&e);
+                EXIT_FAILED
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Top {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(args);
+        Top::try_parse_from(argv).unwrap().serve
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndrain_grace_s = 5\n").unwrap();
+        let config = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+            "--quota-concurrent-runs",
+            "2",
+            "--max-concurrent-vms",
+            "4",
+        ])
+        .to_config()
+        .unwrap();
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.drain_grace_s, 5);
+        assert_eq!(config.quotas.concurrent_runs, 2);
+        assert_eq!(config.max_concurrent_vms, Some(4));
+    }
+
+    #[test]
+    fn a_public_listen_without_keys_is_refused() {
+        assert!(parse(&["--listen", "0.0.0.0:7000"]).to_config().is_err());
+    }
+
+    #[test]
+    fn keys_add_list_and_revoke_work_on_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        keys(KeysAction::Add {
+            tenant: "alice".into(),
+            keys_file: Some(path.clone()),
+            concurrent_runs: Some(1),
+            live_sessions: None,
+            memory_mib: None,
+            timeout_s: None,
+            requests_per_minute: None,
+        })
+        .unwrap();
+        let file = KeysFile::load(&path, false).unwrap();
+        assert_eq!(file.keys.len(), 1);
+        assert_eq!(file.keys[0].quotas.concurrent_runs, Some(1));
+        keys(KeysAction::List {
+            keys_file: Some(path.clone()),
+        })
+        .unwrap();
+        keys(KeysAction::Revoke {
+            id: file.keys[0].id.clone(),
+            keys_file: Some(path.clone()),
+        })
+        .unwrap();
+        assert!(KeysFile::load(&path, false).unwrap().keys.is_empty());
+    }
+}

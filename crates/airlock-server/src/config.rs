@@ -1,0 +1,228 @@
+//! The server's configuration: one typed struct with defaults, read from a
+//! TOML file, overridden by flags, validated once ([`ServerConfig::validate`]).
+//!
+//! ```toml
+//! listen = "127.0.0.1:7000"
+//! keys_file = "/etc/airlock/keys.toml"
+//! max_concurrent_vms = 4
+//! drain_grace_s = 30
+//! log_format = "json"
+//! [quotas]                 # every tenant's defaults (a key may override)
+//! concurrent_runs = 4
+//! ```
+
+use crate::error::{Result, ServerError};
+use crate::quota::Quotas;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+
+/// How request and server logs are written (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How the server runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where to listen for HTTP.
+    pub listen: SocketAddr,
+    /// The keys file (`airlock serve keys add`). Without one, every request
+    /// acts for the local user, which is allowed on a loopback address only.
+    pub keys_file: Option<PathBuf>,
+    /// Largest JSON request body, in bytes (larger ones get 413).
+    pub max_body_bytes: usize,
+    /// Largest file uploaded to a session, in bytes (larger ones get 413).
+    pub max_file_bytes: usize,
+    /// VMs at once on this host, all tenants together (more runs wait up
+    /// to `queue_timeout_s`, then get 503). Default: the orchestrator's.
+    pub max_concurrent_vms: Option<usize>,
+    /// Longest wait for a free VM slot, in seconds.
+    pub queue_timeout_s: u64,
+    /// After SIGTERM: how long running requests may go on before every VM
+    /// is destroyed, in seconds.
+    pub drain_grace_s: u64,
+    /// Text or JSON logs.
+    pub log_format: LogFormat,
+    /// Runs without a network restore from memory templates instead of
+    /// booting cold.
+    pub restore_templates: bool,
+    /// Every tenant's quotas, unless its key overrides them.
+    pub quotas: Quotas,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            keys_file: None,
+            max_body_bytes: 8 << 20,
+            max_file_bytes: 64 << 20,
+            max_concurrent_vms: None,
+            queue_timeout_s: 120,
+            drain_grace_s: 30,
+            log_format: LogFormat::Text,
+            restore_templates: true,
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Parses a TOML configuration (unset fields take the defaults).
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] naming `path` and the bad field.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| ServerError::Config {
+            source_name: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML configuration file.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] when it cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config {
+            source_name: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks the values: a non-loopback address needs a keys file, limits
+    /// are above zero.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] naming the value and the fix.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| ServerError::Config {
+            source_name: "settings".into(),
+            message,
+        };
+        if !self.listen.ip().is_loopback() && self.keys_file.is_none() {
+            return Err(bad(format!(
+                "listening on {} (not a loopback address) needs a keys file: anyone who can reach it could run code; \
+                 give --keys-file (make keys with `airlock serve keys add`) or listen on 127.0.0.1",
+                self.listen
+            )));
+        }
+        for (name, value) in [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_file_bytes", self.max_file_bytes as u64),
+            ("queue_timeout_s", self.queue_timeout_s),
+            (
+                "quotas.concurrent_runs",
+                u64::from(self.quotas.concurrent_runs),
+            ),
+            (
+                "quotas.requests_per_minute",
+                u64::from(self.quotas.requests_per_minute),
+            ),
+            ("quotas.timeout_s", self.quotas.timeout_s),
+        ] {
+            if value == 0 {
+                return Err(bad(format!("{name} must be above zero")));
+            }
+        }
+        if self.max_concurrent_vms == Some(0) {
+            return Err(bad("max_concurrent_vms must be above zero".into()));
+        }
+        self.orchestrator()
+            .validate()
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// The orchestrator's configuration for this server.
+    pub fn orchestrator(&self) -> airlock::Config {
+        let mut config = airlock::Config {
+            queue_timeout: Duration::from_secs(self.queue_timeout_s),
+            restore_templates: self.restore_templates,
+            ..airlock::Config::default()
+        };
+        if let Some(n) = self.max_concurrent_vms {
+            config.max_concurrent_vms = n;
+            config.overlay_pool_target = n.min(8);
+        }
+        config
+    }
+
+    /// The grace after SIGTERM.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_listen_on_loopback_and_are_valid() {
+        let config = ServerConfig::default();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_public_address_without_keys_is_refused_with_the_fix() {
+        let config = ServerConfig {
+            listen: "0.0.0.0:7000".parse().unwrap(),
+            ..ServerConfig::default()
+        };
+        let msg = config.validate().unwrap_err().to_string();
+        assert!(msg.contains("--keys-file"), "{msg}");
+        let with_keys = ServerConfig {
+            keys_file: Some("/k.toml".into()),
+            ..config
+        };
+        with_keys.validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_sets_only_what_it_names() {
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "listen = \"127.0.0.1:9\"\nlog_format = \"json\"\n[quotas]\nconcurrent_runs = 1\nlive_sessions = 1\nmemory_mib = 256\ntimeout_s = 5\nrequests_per_minute = 10\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.quotas.concurrent_runs, 1);
+        assert_eq!(config.drain_grace_s, ServerConfig::default().drain_grace_s);
+    }
+
+    #[test]
+    fn unknown_fields_and_zero_limits_are_refused() {
+        let err = ServerConfig::parse(Path::new("s.toml"), "listn = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("s.toml"), "{err}");
+        let zero = ServerConfig {
+            max_body_bytes: 0,
+            ..ServerConfig::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn the_vm_limit_reaches_the_orchestrator() {
+        let config = ServerConfig {
+            max_concurrent_vms: Some(4),
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.orchestrator().max_concurrent_vms, 4);
+        assert!(config.orchestrator().restore_templates);
+    }
+}

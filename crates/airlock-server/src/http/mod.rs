@@ -1,0 +1,172 @@
+//! The REST API over HTTP (axum): routes, the bearer-key check, the
+//! request log and metrics, and the JSON error shape for every refusal
+//! (docs/api.md describes each route).
+
+mod extract;
+pub mod openapi;
+pub(crate) mod runs;
+pub(crate) mod sse;
+
+pub use extract::ApiJson;
+pub use openapi::openapi;
+
+use crate::error::{ErrorKind, ServerError};
+use crate::keys::Caller;
+use crate::metrics::{KindLabel, Metrics, RequestLabels};
+use crate::service::Airlock;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::time::Instant;
+
+/// The tenant a response was for (a response extension the request log
+/// reads).
+#[derive(Debug, Clone)]
+struct TenantName(String);
+
+/// The routes every caller must authenticate for, and the open ones.
+/// `mcp` is served at `/mcp` behind the same keys and quotas.
+pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router {
+    let body_limit = airlock.config().max_body_bytes;
+    let mut authed = Router::new().route("/v1/runs", post(runs::create));
+    #[cfg(feature = "sessions")]
+    {
+        authed = crate::sessions::http::routes(authed, airlock.config().max_file_bytes);
+    }
+    if let Some(mcp) = mcp {
+        authed = authed.route_service("/mcp", mcp);
+    }
+    let authed = authed.route_layer(middleware::from_fn_with_state(
+        airlock.clone(),
+        authenticate,
+    ));
+    let open = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_document))
+        .route("/metrics", get(metrics));
+    open.merge(authed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(airlock.clone(), log_request))
+        .with_state(airlock)
+}
+
+/// The bearer key of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// Authenticates the caller, counts the request against its rate, and
+/// hands the [`Caller`] to the handler.
+async fn authenticate(
+    State(airlock): State<Airlock>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = airlock
+        .authenticate(bearer(request.headers()))
+        .and_then(|caller| airlock.admit(&caller).map(|()| caller));
+    let caller: Caller = match caller {
+        Ok(caller) => caller,
+        Err(e) => {
+            let reason = match &e {
+                ServerError::Quota { quota, .. } => quota,
+                other => other.kind(),
+            };
+            Metrics::count(&airlock.metrics().denials, reason);
+            // Read the (bounded) body first: a response before the body is
+            // read makes the connection unusable for a keep-alive client.
+            let limit = airlock.config().max_body_bytes;
+            let _ = axum::body::to_bytes(request.into_body(), limit).await;
+            return e.into_response();
+        }
+    };
+    let tenant = TenantName(caller.tenant.clone());
+    request.extensions_mut().insert(caller);
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(tenant);
+    response
+}
+
+/// One log line and one metric per request: tenant, route, status,
+/// latency.
+async fn log_request(State(airlock): State<Airlock>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let tenant = response
+        .extensions()
+        .get::<TenantName>()
+        .map_or("-", |t| t.0.as_str());
+    let kind = response.extensions().get::<ErrorKind>().map(|k| k.0);
+    let metrics = airlock.metrics();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    if let Some(kind) = kind {
+        metrics
+            .errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+    tracing::info!(
+        target: "airlock_server::request",
+        tenant,
+        method = %method,
+        route,
+        status,
+        latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error = kind.unwrap_or(""),
+        "request"
+    );
+    response
+}
+
+async fn health(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
+    let status = if airlock.check_not_draining().is_ok() {
+        "ok"
+    } else {
+        "draining"
+    };
+    Json(serde_json::json!({"status": status, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {
+    #[cfg(feature = "sessions")]
+    airlock.sweep_sessions();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        airlock.metrics().render(),
+    )
+}
+
+async fn openapi_document(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
+    let _ = &airlock;
+    Json(openapi())
+}
+
+async fn not_found(request: Request) -> ServerError {
+    ServerError::RouteNotFound {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The OpenAPI 3.1 document served at `GET /v1/openapi.json`: the paths
+//! written here, the request schemas generated from the very types the
+//! handlers parse (schemars), so the two cannot drift apart.
+
+use crate::api::RunBody;
+use serde_json::{json, Value};
+
+/// Every route of the REST API, as (method, path): what the document
+/// describes and the router serves (a unit test holds them together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/health"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/metrics"),
+    ("post", "/v1/runs"),
+    #[cfg(feature = "sessions")]
+    ("post", "/v1/sessions"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions/{id}"),
+    #[cfg(feature = "sessions")]
+    ("delete", "/v1/sessions/{id}"),
+    #[cfg(feature = "sessions")]
+    ("post", "/v1/sessions/{id}/exec"),
+    #[cfg(feature = "sessions")]
+    ("post", "/v1/sessions/{id}/packages"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions/{id}/files"),
+    #[cfg(feature = "sessions")]
+    ("get", "/v1/sessions/{id}/files/{path}"),
+    #[cfg(feature = "sessions")]
+    ("put", "/v1/sessions/{id}/files/{path}"),
+];
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn errors() -> Value {
+    json!({
+        "400": error_response("Bad input (malformed JSON, a bad field)"),
+        "401": error_response("Missing or unknown API key"),
+        "413": error_response("Body over the limit"),
+        "429": error_response("Over a quota (the message names it)"),
+        "503": error_response("Draining or no VM capacity"),
+    })
+}
+
+fn schema_of<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+}
+
+fn with_errors(mut responses: Value) -> Value {
+    if let (Some(map), Value::Object(errors)) = (responses.as_object_mut(), errors()) {
+        map.extend(errors);
+    }
+    responses
+}
+
+#[cfg(feature = "sessions")]
+fn session_paths(paths: &mut serde_json::Map<String, Value>) {
+    let body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}});
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let path = json!({"name": "path", "in": "path", "required": true, "schema": {"type": "string"}, "description": "relative to the session's home; may hold `/`"});
+    let not_found = error_response("Unknown session, or another tenant's");
+    let busy = error_response("The session runs something already");
+    let ok = |d: &str| json!({"description": d});
+    paths.insert("/v1/sessions".into(), json!({
+        "post": {"summary": "Start a session", "requestBody": body("SessionBody"),
+                 "responses": with_errors(json!({"201": ok("`{id, language, created_at, last_used}`")}))},
+        "get": {"summary": "The caller's sessions", "responses": with_errors(json!({"200": ok("`{sessions: [..]}`")}))}
+    }));
+    paths.insert("/v1/sessions/{id}".into(), json!({
+        "parameters": [id],
+        "get": {"summary": "One session", "responses": with_errors(json!({"200": ok("`{id, language, created_at, last_used}`"), "404": not_found}))},
+        "delete": {"summary": "Close a session (its VM is destroyed)", "responses": with_errors(json!({"204": ok("Closed"), "404": not_found}))}
+    }));
+    paths.insert("/v1/sessions/{id}/exec".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Run a cell (state is kept); SSE as for runs", "requestBody": body("ExecBody"),
+                 "responses": with_errors(json!({"200": ok("`{stdout, stderr, exit_code, timed_out, state_lost, stdout_truncated, stderr_truncated, duration_ms}`"), "404": not_found, "409": busy}))}
+    }));
+    paths.insert("/v1/sessions/{id}/packages".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Install pinned packages", "requestBody": body("PackagesBody"),
+                 "responses": with_errors(json!({"200": ok("The installer's result, as an exec's"), "404": not_found, "409": busy}))}
+    }));
+    paths.insert("/v1/sessions/{id}/files".into(), json!({
+        "parameters": [id, {"name": "dir", "in": "query", "schema": {"type": "string"}}],
+        "get": {"summary": "List a directory", "responses": with_errors(json!({"200": ok("`{entries: [{name, size, kind, mode}]}`"), "404": not_found}))}
+    }));
+    paths.insert("/v1/sessions/{id}/files/{path}".into(), json!({
+        "parameters": [id, path],
+        "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "responses": with_errors(json!({"200": ok("The bytes"), "404": not_found}))},
+        "put": {"summary": "Write a file: raw body", "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
+                "responses": with_errors(json!({"200": ok("`{path, size, sha256}`"), "404": not_found, "409": busy}))}
+    }));
+}
+
+/// The document.
+pub fn openapi() -> Value {
+    let run_result = json!({
+        "type": "object",
+        "description": "The same JSON as `airlock run --json`",
+        "properties": {
+            "vm_id": {"type": "string"},
+            "stdout": {"type": "string"}, "stderr": {"type": "string"},
+            "exit_code": {"type": "integer"}, "timed_out": {"type": "boolean"},
+            "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
+            "timings": {"type": "object"}, "usage": {"type": "object"},
+            "network": {"type": ["object", "null"]}
+        }
+    });
+    #[allow(unused_mut)]
+    let mut doc = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Airlock",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Run untrusted code in throw-away microVMs. Authenticate with `Authorization: Bearer KEY`."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["kind", "message"],
+                        "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}
+                },
+                "RunBody": schema_of::<RunBody>(),
+                "RunResult": run_result,
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/health": {"get": {
+                "summary": "Liveness (no key needed)", "security": [],
+                "responses": {"200": {"description": "`{\"status\": \"ok\" | \"draining\", \"version\"}`"}}
+            }},
+            "/v1/openapi.json": {"get": {
+                "summary": "This document (no key needed)", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1"}}
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (no key needed)", "security": [],
+                "responses": {"200": {"description": "Prometheus text format"}}
+            }},
+            "/v1/runs": {"post": {
+                "summary": "Run code once in a fresh VM",
+                "description": "With `Accept: text/event-stream`: events `stdout` and `stderr` (data `{\"text\"}` or `{\"b64\"}`), then one `result` (or `error`).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunBody"}}}},
+                "responses": with_errors(json!({
+                    "200": {"description": "The run's result", "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}},
+                        "text/event-stream": {"schema": {"type": "string"}}
+                    }}
+                }))
+            }},
+        }
+    });
+    #[cfg(feature = "sessions")]
+    {
+        use crate::sessions::{ExecBody, PackagesBody, SessionBody};
+        if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+            schemas.insert("SessionBody".into(), schema_of::<SessionBody>());
+            schemas.insert("ExecBody".into(), schema_of::<ExecBody>());
+            schemas.insert("PackagesBody".into(), schema_of::<PackagesBody>());
+        }
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            session_paths(paths);
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route_and_nothing_else() {
+        let doc = openapi();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut described: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|key| *key != "parameters")
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        described.sort();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        routes.sort();
+        assert_eq!(described, routes);
+    }
+
+    #[test]
+    fn the_run_body_schema_comes_from_the_type() {
+        let doc = openapi();
+        let props = &doc["components"]["schemas"]["RunBody"]["properties"];
+        for field in [
+            "language",
+            "code",
+            "timeout_s",
+            "network",
+            "files",
+            "packages",
+        ] {
+            assert!(props[field].is_object(), "{field} in {props}");
+        }
+    }
+}

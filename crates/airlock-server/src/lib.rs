@@ -1,0 +1,54 @@
+//! Airlock's server: the orchestrator's runs (and sessions) for programs in
+//! any language, over HTTP and MCP, on one box.
+//!
+//! - REST over HTTP (axum, [`http`]): `POST /v1/runs` answers with the same
+//!   JSON as `airlock run --json`, or streams server-sent events; health,
+//!   Prometheus metrics and an OpenAPI document (`docs/api.md`).
+//! - API keys ([`keys`]): a keys file maps the sha256 of each bearer key
+//!   to a tenant and its quotas ([`quota`]: concurrent runs, live
+//!   sessions, memory per VM, longest timeout, requests per minute).
+//! - Sessions (`sessions`, cargo feature `sessions`): the orchestrator's
+//!   `Session`s by id, each owned by one tenant, with REST routes (exec,
+//!   files, packages) and MCP tools; built once the orchestrator has them.
+//! - MCP ([`mcp`], rmcp): the same operations as tools, over stdio
+//!   (`airlock mcp`) and streamable HTTP at `/mcp`.
+//! - A life ([`server`]): listen on loopback by default, refuse a public
+//!   address without keys, drain on SIGTERM and destroy every VM.
+//!
+//! What it does not do: run or manage VMs itself. Every VM comes from the
+//! orchestrator's public library API ([`airlock::Scheduler`]); the server
+//! adds only who may ask, how much, and the wire formats. It does not
+//! terminate TLS (put a reverse proxy in front for that).
+//!
+//! Layer: above the orchestrator (`airlock`), below the `airlock` binary
+//! (`airlock-cli`), which calls [`cli::serve`] and [`cli::mcp`].
+//!
+//! ```no_run
+//! use airlock_server::{Airlock, ServerConfig};
+//!
+//! # async fn demo() -> airlock_server::Result<()> {
+//! let config = ServerConfig::default(); // 127.0.0.1:7000, no keys
+//! let airlock = Airlock::start(config, None).await?;
+//! let router = airlock_server::http::router(airlock.clone(), None);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await.expect("bind");
+//! axum::serve(listener, router).await.expect("serve");
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod config;
+mod error;
+pub mod http;
+pub mod keys;
+pub mod mcp;
+pub mod metrics;
+pub mod quota;
+pub mod server;
+mod service;
+#[cfg(feature = "sessions")]
+pub mod sessions;
+
+pub use config::ServerConfig;
+pub use error::{ErrorKind, Result, ServerError};
+pub use service::{local_tenant, Airlock, PreparedRun};

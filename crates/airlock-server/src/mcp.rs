@@ -1,0 +1,203 @@
+//! The MCP tools (rmcp): the same operations as the REST API, described
+//! for a language model. Served over stdio by `airlock mcp` (the tenant is
+//! the local user) and over streamable HTTP at `/mcp` (the tenant is the
+//! bearer key's, checked by the same middleware as REST).
+
+use crate::api::RunBody;
+use crate::error::ServerError;
+use crate::keys::Caller;
+use crate::service::Airlock;
+use airlock::{OutputStream, RunObserver};
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The MCP service mounted at `/mcp`.
+pub type HttpService = StreamableHttpService<McpTools, LocalSessionManager>;
+
+/// Input of `run_code`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCodeParams {
+    /// `python` (default), `javascript` or `raw` (a bash script).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// The program to run, whole. Print what you want to see.
+    pub code: String,
+    /// Seconds the code may run (default 30).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Pinned packages to have installed, e.g. `["numpy==2.2.4"]` for
+    /// python or `["lodash@4.17.21"]` for javascript.
+    #[serde(default)]
+    pub packages: Option<Vec<String>>,
+}
+
+/// The tools.
+#[derive(Debug, Clone)]
+pub struct McpTools {
+    airlock: Airlock,
+    /// The caller over stdio; over HTTP the caller comes with each request.
+    fixed_caller: Option<Caller>,
+}
+
+/// Drops output: tool results hold it whole.
+pub(crate) struct Collect;
+
+impl RunObserver for Collect {
+    fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+/// A tool's answer for the model: the result as JSON text, or the error's
+/// message as a tool error (so the model can read it and try again).
+pub(crate) fn answer<T: serde::Serialize>(result: Result<T, ServerError>) -> CallToolResult {
+    match result.and_then(|v| {
+        serde_json::to_string_pretty(&v).map_err(|e| ServerError::internal("encode the result", e))
+    }) {
+        Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
+        Err(e) => {
+            let mut message = format!("{} ({})", e, e.kind());
+            if let Some(hint) = e.hint() {
+                message.push_str("; hint: ");
+                message.push_str(hint);
+            }
+            CallToolResult::error(vec![ContentBlock::text(message)])
+        }
+    }
+}
+
+/// What a model needs of a run's result.
+#[derive(Debug, serde::Serialize)]
+struct RunSummary {
+    exit_code: i32,
+    timed_out: bool,
+    stdout: String,
+    stderr: String,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    duration_ms: u64,
+}
+
+#[tool_router]
+impl McpTools {
+    /// Tools for `caller` (stdio), or for each HTTP request's caller.
+    pub fn new(airlock: Airlock, fixed_caller: Option<Caller>) -> Self {
+        Self {
+            airlock,
+            fixed_caller,
+        }
+    }
+
+    /// The tools this server offers: runs, and sessions when built with
+    /// them.
+    fn tools() -> rmcp::handler::server::router::tool::ToolRouter<Self> {
+        #[cfg(feature = "sessions")]
+        return Self::tool_router() + Self::session_tool_router();
+        #[cfg(not(feature = "sessions"))]
+        Self::tool_router()
+    }
+
+    #[cfg(feature = "sessions")]
+    pub(crate) fn airlock(&self) -> &Airlock {
+        &self.airlock
+    }
+
+    pub(crate) fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+        if let Some(caller) = &self.fixed_caller {
+            return Ok(caller.clone());
+        }
+        ctx.extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| ErrorData::invalid_request("no authenticated caller", None))
+    }
+
+    #[tool(
+        name = "run_code",
+        description = "Run a program once in a fresh, isolated Linux microVM and return its exit code, stdout and stderr as JSON. \
+Nothing persists: every call starts from a clean machine (use create_session to keep state between calls). \
+Limits: no network access, 512 MiB of memory, 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
+Third-party packages: list pinned versions in `packages` (installed once, then cached). \
+Languages: python (Python 3 with its standard library), javascript (Node.js), raw (a bash script with common Unix tools). \
+Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"}"
+    )]
+    async fn run_code(
+        &self,
+        Parameters(params): Parameters<RunCodeParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        let body = RunBody {
+            language: params.language.unwrap_or_else(|| "python".to_owned()),
+            code: params.code,
+            timeout_s: params.timeout_s,
+            packages: params.packages,
+            ..RunBody::default()
+        };
+        let result = self
+            .airlock
+            .run(&caller, &body, &mut Collect)
+            .await
+            .map(|r| RunSummary {
+                exit_code: r.exit_code,
+                timed_out: r.timed_out,
+                stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+                stdout_truncated: r.stdout_truncated,
+                stderr_truncated: r.stderr_truncated,
+                duration_ms: r.timings.total_ms,
+            });
+        Ok(answer(result))
+    }
+}
+
+#[tool_handler(router = Self::tools())]
+impl ServerHandler for McpTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+            "Airlock runs untrusted code in throw-away microVMs. Use run_code for one-off programs.",
+        )
+    }
+}
+
+/// The streamable-HTTP MCP service for `/mcp`, ended when the server
+/// drains.
+pub fn http_service(airlock: &Airlock) -> HttpService {
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(airlock.drain_token().child_token());
+    if !airlock.config().listen.ip().is_loopback() {
+        // Keys guard a public address; the Host check guards keyless
+        // loopback servers against DNS rebinding.
+        config = config.disable_allowed_hosts();
+    }
+    let tools = airlock.clone();
+    StreamableHttpService::new(
+        move || Ok(McpTools::new(tools.clone(), None)),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// Serves the tools over stdio for the local user until stdin ends.
+///
+/// # Errors
+/// [`ServerError::Internal`] when the MCP session cannot start or fails.
+pub async fn serve_stdio(airlock: Airlock) -> Result<(), ServerError> {
+    use rmcp::ServiceExt;
+    let caller = airlock.local_caller().clone();
+    let service = McpTools::new(airlock, Some(caller))
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| ServerError::internal("start MCP over stdio", e))?;
+    service
+        .waiting()
+        .await
+        .map_err(|e| ServerError::internal("serve MCP over stdio", e))?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The server's Prometheus metrics (`GET /metrics`, text format): requests,
+//! runs, sessions, VMs alive, boot/restore/exec latency histograms,
+//! denials and errors by kind.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Labels of a request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's pattern (`/v1/sessions/{id}`), not the raw path.
+    pub route: String,
+    /// The HTTP status.
+    pub status: u16,
+}
+
+/// One label: what happened.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The outcome, the denial's reason or the error's kind.
+    pub kind: String,
+}
+
+fn latency() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric of the server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// HTTP requests by route and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Runs by outcome (`ok`, `timed_out`, `error`).
+    pub runs: Family<KindLabel, Counter>,
+    /// Runs in progress.
+    pub runs_in_flight: Gauge,
+    /// Sessions created.
+    pub sessions_created: Counter,
+    /// Sessions alive now.
+    pub sessions_live: Gauge,
+    /// VMs this server holds now (runs in progress and live sessions).
+    pub vms_live: Gauge,
+    /// Cold boots: from QEMU started to the agent's first answer.
+    pub boot_seconds: Histogram,
+    /// Restores from a memory template, to the agent's first answer.
+    pub restore_seconds: Histogram,
+    /// Code execution (runs and session execs), as the host sees it.
+    pub exec_seconds: Histogram,
+    /// Whole runs, request to result.
+    pub run_seconds: Histogram,
+    /// Refused requests by reason (`unauthorized`, a quota's name,
+    /// `draining`).
+    pub denials: Family<KindLabel, Counter>,
+    /// Failed requests by error kind.
+    pub errors: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("airlock");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let runs = Family::<KindLabel, Counter>::default();
+        let runs_in_flight = Gauge::default();
+        let sessions_created = Counter::default();
+        let sessions_live = Gauge::default();
+        let vms_live = Gauge::default();
+        let boot_seconds = latency();
+        let restore_seconds = latency();
+        let exec_seconds = latency();
+        let run_seconds = latency();
+        let denials = Family::<KindLabel, Counter>::default();
+        let errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register("runs", "Runs by outcome", runs.clone());
+        registry.register("runs_in_flight", "Runs in progress", runs_in_flight.clone());
+        registry.register(
+            "sessions_created",
+            "Sessions created",
+            sessions_created.clone(),
+        );
+        registry.register("sessions_live", "Sessions alive", sessions_live.clone());
+        registry.register(
+            "vms_live",
+            "VMs held by this server (runs in progress and live sessions)",
+            vms_live.clone(),
+        );
+        registry.register(
+            "boot_seconds",
+            "Cold boots, QEMU start to agent ready",
+            boot_seconds.clone(),
+        );
+        registry.register(
+            "restore_seconds",
+            "Restores from a memory template, to agent ready",
+            restore_seconds.clone(),
+        );
+        registry.register(
+            "exec_seconds",
+            "Code execution as the host sees it",
+            exec_seconds.clone(),
+        );
+        registry.register("run_seconds", "Whole runs", run_seconds.clone());
+        registry.register("denials", "Refused requests by reason", denials.clone());
+        registry.register("errors", "Failed requests by kind", errors.clone());
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            runs,
+            runs_in_flight,
+            sessions_created,
+            sessions_live,
+            vms_live,
+            boot_seconds,
+            restore_seconds,
+            exec_seconds,
+            run_seconds,
+            denials,
+            errors,
+        }
+    }
+
+    /// Counts one `kind` in a family.
+    pub fn count(family: &Family<KindLabel, Counter>, kind: &str) {
+        family
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a finished run's timings.
+    pub fn record_run(&self, result: &airlock::RunResult) {
+        let t = &result.timings;
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        if t.restore.is_some() {
+            self.restore_seconds.observe(secs(t.guest_ready_ms));
+        } else {
+            self.boot_seconds.observe(secs(t.guest_ready_ms));
+        }
+        self.exec_seconds.observe(secs(t.exec_ms));
+        self.run_seconds.observe(secs(t.total_ms));
+        let outcome = if result.timed_out { "timed_out" } else { "ok" };
+        Self::count(&self.runs, outcome);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_every_metric_with_the_prefix() {
+        let m = Metrics::new();
+        Metrics::count(&m.denials, "unauthorized");
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: "/v1/runs".into(),
+                status: 200,
+            })
+            .inc();
+        let text = m.render();
+        for name in [
+            "airlock_http_requests_total{route=\"/v1/runs\",status=\"200\"} 1",
+            "airlock_denials_total{kind=\"unauthorized\"} 1",
+            "airlock_vms_live 0",
+            "airlock_exec_seconds_bucket",
+            "airlock_sessions_live",
+        ] {
+            assert!(text.contains(name), "{name} in\n{text}");
+        }
+    }
+}

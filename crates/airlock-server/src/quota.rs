@@ -1,0 +1,400 @@
+//! Tenants' quotas and what each tenant uses now: concurrent runs, live
+//! sessions, memory per VM, longest timeout, requests per minute.
+//!
+//! The checks are pure ([`Quotas::check_vm`], [`TokenBucket::try_take`]);
+//! [`Ledger`] holds the counts behind a mutex and hands out guards that
+//! give a run's or a session's place back when dropped, so a place is
+//! never leaked by an early return or a dropped request.
+
+use crate::error::{Result, ServerError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A tenant's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Runs at once (more get 429).
+    pub concurrent_runs: u32,
+    /// Sessions alive at once.
+    pub live_sessions: u32,
+    /// Largest guest memory of one VM, in MiB.
+    pub memory_mib: u32,
+    /// Longest timeout of one run or exec, in seconds.
+    pub timeout_s: u64,
+    /// Requests per minute (a token bucket of this size, refilled evenly).
+    pub requests_per_minute: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            concurrent_runs: 4,
+            live_sessions: 4,
+            memory_mib: 2048,
+            timeout_s: 300,
+            requests_per_minute: 600,
+        }
+    }
+}
+
+/// Per-key overrides of the server's default quotas (the keys file's
+/// `[keys.quotas]` table); unset fields take the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaOverrides {
+    /// See [`Quotas::concurrent_runs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent_runs: Option<u32>,
+    /// See [`Quotas::live_sessions`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_sessions: Option<u32>,
+    /// See [`Quotas::memory_mib`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// See [`Quotas::timeout_s`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// See [`Quotas::requests_per_minute`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+}
+
+impl QuotaOverrides {
+    /// The quotas: these overrides over `defaults`.
+    pub fn over(&self, defaults: Quotas) -> Quotas {
+        Quotas {
+            concurrent_runs: self.concurrent_runs.unwrap_or(defaults.concurrent_runs),
+            live_sessions: self.live_sessions.unwrap_or(defaults.live_sessions),
+            memory_mib: self.memory_mib.unwrap_or(defaults.memory_mib),
+            timeout_s: self.timeout_s.unwrap_or(defaults.timeout_s),
+            requests_per_minute: self
+                .requests_per_minute
+                .unwrap_or(defaults.requests_per_minute),
+        }
+    }
+}
+
+impl Quotas {
+    /// Checks one VM's memory and one run's (or exec's) timeout against
+    /// the limits.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] naming the quota.
+    pub fn check_vm(&self, tenant: &str, memory_mib: u32, timeout: Duration) -> Result<()> {
+        if memory_mib > self.memory_mib {
+            return Err(quota(
+                tenant,
+                "memory_mib",
+                format!("{memory_mib} MiB asked, at most {} MiB", self.memory_mib),
+            ));
+        }
+        self.check_timeout(tenant, timeout)
+    }
+
+    /// Checks a timeout against [`Quotas::timeout_s`].
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] for `timeout_s`.
+    pub fn check_timeout(&self, tenant: &str, timeout: Duration) -> Result<()> {
+        if timeout > Duration::from_secs(self.timeout_s) {
+            return Err(quota(
+                tenant,
+                "timeout_s",
+                format!(
+                    "{:.1} s asked, at most {} s",
+                    timeout.as_secs_f64(),
+                    self.timeout_s
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn quota(tenant: &str, quota: &'static str, message: String) -> ServerError {
+    ServerError::Quota {
+        tenant: tenant.to_owned(),
+        quota,
+        message,
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled at `capacity` per minute.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of `capacity` at `now`.
+    pub fn full(capacity: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(capacity),
+            last: now,
+        }
+    }
+
+    /// Takes a token at `now` if one is left (after refilling for the
+    /// time since the last call); `capacity` may change between calls.
+    pub fn try_take(&mut self, capacity: u32, now: Instant) -> bool {
+        let capacity = f64::from(capacity);
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * capacity / 60.0).min(capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What one tenant uses now.
+#[derive(Debug)]
+struct Usage {
+    runs: u32,
+    sessions: u32,
+    bucket: TokenBucket,
+}
+
+/// What every tenant uses now, and the guards that count it.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    tenants: Arc<Mutex<HashMap<String, Usage>>>,
+}
+
+impl Ledger {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Usage>> {
+        // A panic while holding the lock leaves plain counters behind:
+        // still usable.
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn usage<'a>(
+        map: &'a mut HashMap<String, Usage>,
+        tenant: &str,
+        quotas: &Quotas,
+    ) -> &'a mut Usage {
+        map.entry(tenant.to_owned()).or_insert_with(|| Usage {
+            runs: 0,
+            sessions: 0,
+            bucket: TokenBucket::full(quotas.requests_per_minute, Instant::now()),
+        })
+    }
+
+    /// Counts one request against the tenant's requests per minute.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] for `requests_per_minute`.
+    pub fn admit_request(&self, tenant: &str, quotas: &Quotas) -> Result<()> {
+        let mut map = self.lock();
+        let usage = Self::usage(&mut map, tenant, quotas);
+        if usage
+            .bucket
+            .try_take(quotas.requests_per_minute, Instant::now())
+        {
+            Ok(())
+        } else {
+            Err(quota(
+                tenant,
+                "requests_per_minute",
+                format!("more than {} requests a minute", quotas.requests_per_minute),
+            ))
+        }
+    }
+
+    /// Takes one of the tenant's concurrent-run places.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] for `concurrent_runs` when all are taken.
+    pub fn start_run(&self, tenant: &str, quotas: &Quotas) -> Result<Place> {
+        self.take(tenant, quotas, PlaceKind::Run)
+    }
+
+    /// Takes one of the tenant's live-session places.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] for `live_sessions` when all are taken.
+    pub fn start_session(&self, tenant: &str, quotas: &Quotas) -> Result<Place> {
+        self.take(tenant, quotas, PlaceKind::Session)
+    }
+
+    fn take(&self, tenant: &str, quotas: &Quotas, kind: PlaceKind) -> Result<Place> {
+        let mut map = self.lock();
+        let usage = Self::usage(&mut map, tenant, quotas);
+        let (count, limit, name, what) = match kind {
+            PlaceKind::Run => (
+                &mut usage.runs,
+                quotas.concurrent_runs,
+                "concurrent_runs",
+                "runs already running",
+            ),
+            PlaceKind::Session => (
+                &mut usage.sessions,
+                quotas.live_sessions,
+                "live_sessions",
+                "sessions already open",
+            ),
+        };
+        if *count >= limit {
+            return Err(quota(tenant, name, format!("{count} {what}")));
+        }
+        *count += 1;
+        Ok(Place {
+            ledger: self.clone(),
+            tenant: tenant.to_owned(),
+            kind,
+        })
+    }
+
+    /// The tenant's (runs, sessions) now.
+    pub fn in_use(&self, tenant: &str) -> (u32, u32) {
+        self.lock()
+            .get(tenant)
+            .map_or((0, 0), |u| (u.runs, u.sessions))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PlaceKind {
+    Run,
+    Session,
+}
+
+/// A run's or a session's place in its tenant's quota, given back on drop.
+#[derive(Debug)]
+pub struct Place {
+    ledger: Ledger,
+    tenant: String,
+    kind: PlaceKind,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut map = self.ledger.lock();
+        if let Some(usage) = map.get_mut(&self.tenant) {
+            match self.kind {
+                PlaceKind::Run => usage.runs = usage.runs.saturating_sub(1),
+                PlaceKind::Session => usage.sessions = usage.sessions.saturating_sub(1),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_only_the_fields_they_set() {
+        let o = QuotaOverrides {
+            concurrent_runs: Some(1),
+            ..QuotaOverrides::default()
+        };
+        let q = o.over(Quotas::default());
+        assert_eq!(q.concurrent_runs, 1);
+        assert_eq!(q.live_sessions, Quotas::default().live_sessions);
+    }
+
+    #[test]
+    fn memory_and_timeout_over_the_limits_name_their_quota() {
+        let q = Quotas {
+            memory_mib: 256,
+            timeout_s: 10,
+            ..Quotas::default()
+        };
+        q.check_vm("t", 256, Duration::from_secs(10)).unwrap();
+        match q.check_vm("t", 512, Duration::from_secs(1)) {
+            Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "memory_mib"),
+            other => panic!("{other:?}"),
+        }
+        match q.check_vm("t", 128, Duration::from_millis(10_001)) {
+            Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "timeout_s"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bucket_empties_then_refills_with_time() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(2, t0);
+        assert!(bucket.try_take(2, t0));
+        assert!(bucket.try_take(2, t0));
+        assert!(!bucket.try_take(2, t0));
+        // 2 a minute: one token every 30 s.
+        assert!(!bucket.try_take(2, t0 + Duration::from_secs(29)));
+        assert!(bucket.try_take(2, t0 + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn a_bucket_never_holds_more_than_its_capacity() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(1, t0);
+        let later = t0 + Duration::from_secs(3600);
+        assert!(bucket.try_take(1, later));
+        assert!(!bucket.try_take(1, later));
+    }
+
+    #[test]
+    fn run_places_are_counted_per_tenant_and_given_back_on_drop() {
+        let ledger = Ledger::default();
+        let q = Quotas {
+            concurrent_runs: 1,
+            ..Quotas::default()
+        };
+        let a = ledger.start_run("a", &q).unwrap();
+        assert!(matches!(
+            ledger.start_run("a", &q),
+            Err(ServerError::Quota {
+                quota: "concurrent_runs",
+                ..
+            })
+        ));
+        let _b = ledger
+            .start_run("b", &q)
+            .expect("another tenant is not affected");
+        drop(a);
+        assert_eq!(ledger.in_use("a"), (0, 0));
+        ledger.start_run("a", &q).unwrap();
+    }
+
+    #[test]
+    fn session_places_are_capped_by_live_sessions() {
+        let ledger = Ledger::default();
+        let q = Quotas {
+            live_sessions: 2,
+            ..Quotas::default()
+        };
+        let _one = ledger.start_session("a", &q).unwrap();
+        let _two = ledger.start_session("a", &q).unwrap();
+        assert!(ledger.start_session("a", &q).is_err());
+        assert_eq!(ledger.in_use("a"), (0, 2));
+    }
+
+    #[test]
+    fn requests_over_the_rate_are_refused() {
+        let ledger = Ledger::default();
+        let q = Quotas {
+            requests_per_minute: 3,
+            ..Quotas::default()
+        };
+        for _ in 0..3 {
+            ledger.admit_request("a", &q).unwrap();
+        }
+        assert!(matches!(
+            ledger.admit_request("a", &q),
+            Err(ServerError::Quota {
+                quota: "requests_per_minute",
+                ..
+            })
+        ));
+        ledger.admit_request("b", &q).unwrap();
+    }
+}

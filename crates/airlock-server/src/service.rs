@@ -1,0 +1,266 @@
+//! [`Airlock`]: what the REST routes and the MCP tools both call. It holds
+//! the orchestrator's [`Scheduler`], the keys, the tenants' quota ledger,
+//! the metrics and the draining flag, and applies the server's rules in
+//! one place: who the caller is, whether the quota allows the work, and
+//! that nothing new starts while the server drains.
+//!
+//! It uses the orchestrator's public library API only.
+
+use crate::api::RunBody;
+use crate::config::ServerConfig;
+use crate::error::{Result, ServerError};
+use crate::keys::{Caller, Keyring};
+use crate::metrics::Metrics;
+use crate::quota::Ledger;
+use airlock::{RunObserver, RunResult, Scheduler};
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The server's state, shared by every request (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Airlock {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    scheduler: Scheduler,
+    config: ServerConfig,
+    keyring: Option<Keyring>,
+    local: Caller,
+    ledger: Ledger,
+    metrics: Metrics,
+    draining: CancellationToken,
+    #[cfg(feature = "sessions")]
+    sessions: crate::sessions::SessionTable,
+}
+
+/// The tenant name of the local user (`airlock mcp`, and a server without
+/// a keys file): the login name when it is a valid identifier, else
+/// `local`.
+pub fn local_tenant() -> String {
+    let name = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_default();
+    if airlock_sys_util::id::is_valid_id(&name) {
+        name
+    } else {
+        "local".to_owned()
+    }
+}
+
+/// A run that passed its checks and holds its quota place.
+#[derive(Debug)]
+pub struct PreparedRun {
+    request: airlock::RunRequest,
+    _place: crate::quota::Place,
+}
+
+/// Adds one to a gauge until dropped.
+struct Held(Gauge);
+
+impl Held {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Airlock {
+    /// Starts the orchestrator for `config` (it sweeps what an earlier
+    /// server left behind) and builds the server's state.
+    ///
+    /// # Errors
+    /// [`ServerError::Orchestrator`] when the scheduler cannot start.
+    pub async fn start(config: ServerConfig, keyring: Option<Keyring>) -> Result<Self> {
+        let scheduler = Scheduler::start(config.orchestrator()).await?;
+        Ok(Self::new(scheduler, config, keyring))
+    }
+
+    /// The server's state over a running scheduler.
+    pub fn new(scheduler: Scheduler, config: ServerConfig, keyring: Option<Keyring>) -> Self {
+        let local = Caller {
+            tenant: local_tenant(),
+            quotas: config.quotas,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                scheduler,
+                config,
+                keyring,
+                local,
+                ledger: Ledger::default(),
+                metrics: Metrics::new(),
+                draining: CancellationToken::new(),
+                #[cfg(feature = "sessions")]
+                sessions: crate::sessions::SessionTable::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The scheduler underneath.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.inner.scheduler
+    }
+
+    /// The quota ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// The live sessions.
+    #[cfg(feature = "sessions")]
+    pub(crate) fn sessions(&self) -> &crate::sessions::SessionTable {
+        &self.inner.sessions
+    }
+
+    /// The caller without keys: the local user.
+    pub fn local_caller(&self) -> &Caller {
+        &self.inner.local
+    }
+
+    /// Who a request acts for: the key's tenant, or the local user when the
+    /// server has no keys file (loopback only).
+    ///
+    /// # Errors
+    /// [`ServerError::Unauthorized`] for a missing or unknown key.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+        let Some(keyring) = &self.inner.keyring else {
+            return Ok(self.inner.local.clone());
+        };
+        let Some(key) = bearer else {
+            return Err(ServerError::Unauthorized {
+                message: "missing API key: send `Authorization: Bearer KEY`".into(),
+            });
+        };
+        keyring
+            .authenticate(key)
+            .cloned()
+            .ok_or_else(|| ServerError::Unauthorized {
+                message: "unknown API key".into(),
+            })
+    }
+
+    /// Admits one request of `caller`: not while draining, and within its
+    /// requests per minute.
+    ///
+    /// # Errors
+    /// [`ServerError::Draining`], or [`ServerError::Quota`].
+    pub fn admit(&self, caller: &Caller) -> Result<()> {
+        self.check_not_draining()?;
+        self.inner
+            .ledger
+            .admit_request(&caller.tenant, &caller.quotas)
+    }
+
+    /// Fails when the server drains.
+    ///
+    /// # Errors
+    /// [`ServerError::Draining`].
+    pub fn check_not_draining(&self) -> Result<()> {
+        if self.inner.draining.is_cancelled() {
+            Err(ServerError::Draining)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a run before anything starts and takes its place in the
+    /// caller's quota: what [`Airlock::execute`] then runs. A refusal
+    /// here comes before any VM (and before a stream's first byte).
+    ///
+    /// # Errors
+    /// [`ServerError::Draining`], [`ServerError::BadRequest`] or an
+    /// orchestrator's invalid input, [`ServerError::Quota`].
+    pub fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
+        self.check_not_draining()?;
+        let request = body.to_request(&caller.tenant, &caller.quotas)?;
+        let place = self
+            .inner
+            .ledger
+            .start_run(&caller.tenant, &caller.quotas)?;
+        Ok(PreparedRun {
+            request,
+            _place: place,
+        })
+    }
+
+    /// Runs a prepared run in a fresh VM, streaming to `observer`; its
+    /// quota place is given back when it ends.
+    ///
+    /// # Errors
+    /// The orchestrator's errors.
+    pub async fn execute(
+        &self,
+        run: PreparedRun,
+        observer: &mut dyn RunObserver,
+    ) -> Result<RunResult> {
+        let PreparedRun { request, _place } = run;
+        let metrics = &self.inner.metrics;
+        let _in_flight = Held::new(&metrics.runs_in_flight);
+        let _vm = Held::new(&metrics.vms_live);
+        let result = self.inner.scheduler.run_observed(request, observer).await;
+        match &result {
+            Ok(result) => metrics.record_run(result),
+            Err(_) => Metrics::count(&metrics.runs, "error"),
+        }
+        Ok(result?)
+    }
+
+    /// [`Airlock::prepare_run`] then [`Airlock::execute`].
+    ///
+    /// # Errors
+    /// As both.
+    pub async fn run(
+        &self,
+        caller: &Caller,
+        body: &RunBody,
+        observer: &mut dyn RunObserver,
+    ) -> Result<RunResult> {
+        let run = self.prepare_run(caller, body)?;
+        self.execute(run, observer).await
+    }
+
+    /// Starts draining: new work is refused with 503 from now on.
+    pub fn drain(&self) {
+        self.inner.draining.cancel();
+    }
+
+    /// The token cancelled when draining starts.
+    pub fn drain_token(&self) -> &CancellationToken {
+        &self.inner.draining
+    }
+
+    /// Resolves when draining starts.
+    pub async fn draining(&self) {
+        self.inner.draining.cancelled().await;
+    }
+
+    /// Destroys every VM this server holds and stops the orchestrator.
+    pub async fn shutdown(&self) {
+        self.drain();
+        #[cfg(feature = "sessions")]
+        self.close_all_sessions().await;
+        self.inner.scheduler.manager().shutdown().await;
+    }
+}

@@ -1,0 +1,158 @@
+//! The session routes: create, list, show, delete, exec (JSON or SSE),
+//! files (PUT, GET, list) and packages.
+
+use super::{ExecBody, PackagesBody, SessionBody};
+use crate::error::ServerError;
+use crate::http::{sse, ApiJson};
+use crate::keys::Caller;
+use crate::service::Airlock;
+use airlock::{OutputStream, RunObserver};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+
+/// The session routes, added to the authenticated router.
+pub fn routes(router: Router<Airlock>, max_file_bytes: usize) -> Router<Airlock> {
+    router
+        .route("/v1/sessions", post(create).get(list))
+        .route("/v1/sessions/{id}", get(show).delete(close))
+        .route("/v1/sessions/{id}/exec", post(exec))
+        .route("/v1/sessions/{id}/packages", post(packages))
+        .route("/v1/sessions/{id}/files", get(list_files))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(read_file)
+                .put(write_file)
+                .layer(DefaultBodyLimit::max(max_file_bytes)),
+        )
+}
+
+struct Collect;
+
+impl RunObserver for Collect {
+    fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+async fn create(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<SessionBody>,
+) -> Result<Response, ServerError> {
+    let info = airlock.create_session(&caller, &body).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"sessions": airlock.list_sessions(&caller)}))
+}
+
+async fn show(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ServerError> {
+    Ok(Json(airlock.session_info(&caller, &id)?).into_response())
+}
+
+async fn close(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ServerError> {
+    airlock.close_session(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ExecBody>,
+) -> Result<Response, ServerError> {
+    let session = airlock.session(&caller, &id)?;
+    if crate::http::runs::wants_events(&headers) {
+        return Ok(sse::stream(move |mut observer| async move {
+            let result = airlock.exec(&caller, &session, &body, &mut observer).await;
+            (observer, result)
+        })
+        .into_response());
+    }
+    let result = airlock.exec(&caller, &session, &body, &mut Collect).await?;
+    Ok(Json(result).into_response())
+}
+
+async fn packages(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PackagesBody>,
+) -> Result<Response, ServerError> {
+    let session = airlock.session(&caller, &id)?;
+    let result = session.install_packages(&body.packages).await?;
+    Ok(Json(result).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DirQuery {
+    dir: Option<String>,
+}
+
+async fn list_files(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(query): Query<DirQuery>,
+) -> Result<Response, ServerError> {
+    let session = airlock.session(&caller, &id)?;
+    let entries = session
+        .list_files(query.dir.as_deref().unwrap_or("."))
+        .await?;
+    Ok(Json(serde_json::json!({"entries": entries})).into_response())
+}
+
+async fn read_file(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ServerError> {
+    let session = airlock.session(&caller, &id)?;
+    let (bytes, info) = session.read_file(&path).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::HeaderName::from_static("x-sha256"), info.sha256),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn write_file(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path((id, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ServerError> {
+    let session = airlock.session(&caller, &id)?;
+    let bytes = Bytes::from_request(request, &airlock)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ServerError::TooLarge {
+                    limit_bytes: airlock.config().max_file_bytes,
+                }
+            } else {
+                ServerError::bad_request(format!("cannot read the body: {rejection}"))
+            }
+        })?;
+    let info = airlock.write_file(&session, &path, &bytes).await?;
+    Ok(Json(info).into_response())
+}

@@ -1,0 +1,278 @@
+//! The session tools of the MCP server: create, exec, files, packages,
+//! close (each described for a language model, with an example).
+
+use super::{ExecBody, SessionBody};
+use crate::keys::Caller;
+use crate::mcp::{answer, McpTools};
+use airlock::Session;
+use base64::Engine;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::CallToolResult;
+use rmcp::service::RequestContext;
+use rmcp::{schemars, tool, tool_router, ErrorData, RoleServer};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Input of `create_session`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionParams {
+    /// `python` (default), `javascript` or `raw` (bash).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Guest memory in MiB (default 512).
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+}
+
+/// Input of `exec_in_session`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// The id `create_session` returned.
+    pub session_id: String,
+    /// Code to run in the session's interpreter; variables, imports and
+    /// files persist between calls.
+    pub code: String,
+    /// Seconds the code may run (default 30).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+}
+
+/// Input of `write_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFileParams {
+    /// The session.
+    pub session_id: String,
+    /// Path relative to the session's home dir, e.g. `data/in.csv`.
+    pub path: String,
+    /// The content as text (give this or `content_b64`).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// The content as base64, for binary files.
+    #[serde(default)]
+    pub content_b64: Option<String>,
+}
+
+/// Input of `read_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathParams {
+    /// The session.
+    pub session_id: String,
+    /// Path relative to the session's home dir.
+    pub path: String,
+}
+
+/// Input of `list_files`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// The session.
+    pub session_id: String,
+    /// Directory relative to the home dir (default: the home dir).
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// Input of `install_packages`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesParams {
+    /// The session.
+    pub session_id: String,
+    /// Pinned packages: `name==version` for Python, `name@version` for
+    /// JavaScript.
+    pub packages: Vec<String>,
+}
+
+/// Input of `close_session`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionParams {
+    /// The session.
+    pub session_id: String,
+}
+
+impl McpTools {
+    /// Runs `call` on the caller's session `id` and makes its answer; an
+    /// unknown (or another tenant's) session is a tool error.
+    async fn on_session<T, F, Fut>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        id: &str,
+        call: F,
+    ) -> Result<CallToolResult, ErrorData>
+    where
+        T: serde::Serialize,
+        F: FnOnce(Caller, Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<T>>,
+    {
+        let caller = self.caller(ctx)?;
+        let result = match self.airlock().session(&caller, id) {
+            Ok(session) => call(caller, session).await,
+            Err(e) => Err(e),
+        };
+        Ok(answer(result))
+    }
+}
+
+#[tool_router(router = session_tool_router, vis = "pub(crate)")]
+impl McpTools {
+    #[tool(
+        name = "create_session",
+        description = "Start a persistent sandbox: a Linux microVM whose interpreter keeps its state (variables, imports, files in its home dir) across exec_in_session calls. \
+Returns {\"id\": ...}; pass it to the other session tools. Limits: a few sessions per user; a session closes after 10 minutes without a call and after 1 hour; no network. Close it with close_session when done. \
+Example: {\"language\": \"python\"}"
+    )]
+    async fn create_session(
+        &self,
+        Parameters(p): Parameters<CreateSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        let body = SessionBody {
+            language: p.language.unwrap_or_else(|| "python".to_owned()),
+            memory_mib: p.memory_mib,
+            ..SessionBody::default()
+        };
+        Ok(answer(self.airlock().create_session(&caller, &body).await))
+    }
+
+    #[tool(
+        name = "exec_in_session",
+        description = "Run code in a session made by create_session, as the next cell of its interpreter: earlier definitions are still there. \
+Returns exit_code, stdout, stderr, timed_out and state_lost (true when the interpreter had to be restarted, e.g. after a timeout, so earlier state is gone). One call at a time per session. \
+Example: {\"session_id\": \"...\", \"code\": \"import math\\nprint(math.pi)\"}"
+    )]
+    async fn exec_in_session(
+        &self,
+        Parameters(p): Parameters<ExecParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let body = ExecBody {
+            code: p.code,
+            timeout_s: p.timeout_s,
+            env: None,
+        };
+        let airlock = self.airlock();
+        self.on_session(&ctx, &p.session_id, |caller, session| async move {
+            let r = airlock
+                .exec(&caller, &session, &body, &mut crate::mcp::Collect)
+                .await?;
+            Ok(serde_json::json!({
+                "exit_code": r.exit_code, "timed_out": r.timed_out, "state_lost": r.state_lost,
+                "stdout": String::from_utf8_lossy(&r.stdout), "stderr": String::from_utf8_lossy(&r.stderr),
+                "duration_ms": r.duration_ms,
+            }))
+        })
+        .await
+    }
+
+    #[tool(
+        name = "write_file",
+        description = "Write a file into a session's home dir (created with its parent dirs; replaced if it exists), e.g. input data for the code. \
+Give text in `content` or binary data in `content_b64`. Returns path, size and sha256. Limit: the server's file size limit (64 MiB by default). \
+Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b\\n1,2\\n\"}"
+    )]
+    async fn write_file(
+        &self,
+        Parameters(p): Parameters<WriteFileParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let bytes = match (p.content, p.content_b64) {
+            (Some(text), None) => Ok(text.into_bytes()),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| crate::ServerError::bad_request(format!("content_b64: {e}"))),
+            _ => Err(crate::ServerError::bad_request(
+                "give exactly one of content and content_b64",
+            )),
+        };
+        let airlock = self.airlock();
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            airlock.write_file(&session, &p.path, &bytes?).await
+        })
+        .await
+    }
+
+    #[tool(
+        name = "read_file",
+        description = "Read a file from a session's home dir, e.g. a result the code wrote. Returns path, size, sha256 and `content` (text) or `content_b64` (when the file is not UTF-8). \
+Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
+    )]
+    async fn read_file(
+        &self,
+        Parameters(p): Parameters<PathParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            let (bytes, info) = session.read_file(&p.path).await?;
+            let mut value =
+                serde_json::json!({"path": info.path, "size": info.size, "sha256": info.sha256});
+            match String::from_utf8(bytes) {
+                Ok(text) => value["content"] = text.into(),
+                Err(e) => {
+                    value["content_b64"] = base64::engine::general_purpose::STANDARD
+                        .encode(e.as_bytes())
+                        .into();
+                }
+            }
+            Ok(value)
+        })
+        .await
+    }
+
+    #[tool(
+        name = "list_files",
+        description = "List a directory of a session's home dir: name, size, kind (file, dir, symlink) and mode of each entry. \
+Example: {\"session_id\": \"...\", \"dir\": \"data\"}"
+    )]
+    async fn list_files(
+        &self,
+        Parameters(p): Parameters<ListParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            Ok(session.list_files(p.dir.as_deref().unwrap_or(".")).await?)
+        })
+        .await
+    }
+
+    #[tool(
+        name = "install_packages",
+        description = "Install pinned packages into a session with the language's package manager (pip for python, npm for javascript), through a proxy that reaches only the package registry. \
+Versions must be pinned. Returns the installer's exit_code, stdout and stderr. \
+Example: {\"session_id\": \"...\", \"packages\": [\"requests==2.32.3\"]}"
+    )]
+    async fn install_packages(
+        &self,
+        Parameters(p): Parameters<PackagesParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.on_session(&ctx, &p.session_id, |_, session| async move {
+            Ok(session.install_packages(&p.packages).await?)
+        })
+        .await
+    }
+
+    #[tool(
+        name = "close_session",
+        description = "Close a session made by create_session: its VM and every file in it are destroyed. Call it when the work is done. \
+Example: {\"session_id\": \"...\"}"
+    )]
+    async fn close_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        let result = self
+            .airlock()
+            .close_session(&caller, &p.session_id)
+            .await
+            .map(|()| serde_json::json!({"closed": p.session_id}));
+        Ok(answer(result))
+    }
+}

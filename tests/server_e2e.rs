@@ -1,0 +1,470 @@
+//! `airlock serve` and `airlock mcp` end to end, driven by clients this
+//! project did not write: the Python `httpx` package for REST and SSE
+//! (`tests/clients/rest_client.py`), the official Python `mcp` package over
+//! stdio and streamable HTTP (`tests/clients/mcp_client.py`), and the curl
+//! examples of `docs/api.md`. `cargo xtask test` makes their venv and sets
+//! `AIRLOCK_TEST_PYTHON`.
+//!
+//! Every test starts the real command (`CARGO_BIN_EXE_airlock-under-test`)
+//! with a private run dir, so what it leaves behind (QEMU processes, work
+//! dirs) is checked by that dir's name.
+
+use airlock_tests::{
+    images_or_skip, qemu_processes_mentioning, vm_tests_required, wait_until_gone,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The Python with httpx and mcp, or `None` after printing why the test is
+/// skipped.
+fn python_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("AIRLOCK_TEST_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    assert!(
+        !vm_tests_required(),
+        "{test}: AIRLOCK_TEST_PYTHON is not set: run `cargo xtask test`, which makes the clients' venv"
+    );
+    eprintln!("SKIP {test}: AIRLOCK_TEST_PYTHON is not set (run `cargo xtask test`)");
+    None
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_airlock-under-test")
+}
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients")
+}
+
+/// A private run dir, short enough for unix socket paths.
+fn run_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("al-srv")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+}
+
+/// Adds a key for `tenant` with extra `keys add` flags; returns the key.
+fn add_key(keys_file: &Path, tenant: &str, extra: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(["serve", "keys", "add", "--tenant", tenant, "--keys-file"])
+        .arg(keys_file)
+        .args(extra)
+        .output()
+        .expect("run keys add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).expect("utf-8 key");
+    key.trim().to_owned()
+}
+
+/// A running `airlock serve` (SIGKILLed on drop if still running).
+struct Server {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(run_dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--drain-grace-s", "20"])
+            .args(args)
+            .env("AIRLOCK_RUN_DIR", run_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start airlock serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        // Drains stderr for the life of the server (ends at its exit).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("airlock: listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let Ok(url) = rx.recv_timeout(Duration::from_secs(120)) else {
+            let _ = child.kill();
+            panic!(
+                "the server did not listen:\n{}",
+                log.lock().unwrap_or_else(|e| e.into_inner())
+            );
+        };
+        Self { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal the server");
+    }
+
+    /// Waits for the exit; its code.
+    fn wait(&mut self, deadline: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the server did not exit within {deadline:?}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python(python: &Path, args: &[&str], envs: &[(&str, &str)]) {
+    let out = Command::new(python)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(clients_dir())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shell blocks of docs/api.md (```sh, and ```sh-session when the
+/// server offers sessions), in order.
+fn doc_examples(with_sessions: bool) -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md"))
+        .expect("read docs/api.md");
+    let mut script = String::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        match (inside, line.trim_end()) {
+            (false, "```sh") => inside = true,
+            (false, "```sh-session") => inside = with_sessions,
+            (true, "```") => inside = false,
+            (true, line) => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    script
+}
+
+fn no_vm_left(run_dir: &Path) {
+    let needle = run_dir.to_string_lossy().into_owned();
+    assert!(
+        wait_until_gone(&needle, Duration::from_secs(10)).is_ok(),
+        "QEMU processes of {needle} are left: {:?}",
+        qemu_processes_mentioning(&needle)
+    );
+    // A VM's teardown removes its work dir after its processes end.
+    let vms = run_dir.join("vms");
+    let start = Instant::now();
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&vms)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "work dirs left in {}: {left:?}",
+            vms.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rest_mcp_and_the_doc_examples_with_real_clients_then_sigterm_leaves_no_vm() {
+    let test = "rest_mcp_and_the_doc_examples_with_real_clients_then_sigterm_leaves_no_vm";
+    let (Some(_), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+        return;
+    };
+    let dir = run_dir();
+    let keys = dir.path().join("keys.toml");
+    let key_a = add_key(&keys, "alice", &["--concurrent-runs", "20"]);
+    let key_b = add_key(&keys, "bob", &[]);
+    let key_limited = add_key(
+        &keys,
+        "carol",
+        &["--requests-per-minute", "4", "--memory-mib", "256"],
+    );
+    let run = dir.path().join("run");
+    let keys_arg = keys.to_string_lossy().into_owned();
+    let mut server = Server::start(
+        &run,
+        &[
+            "--keys-file",
+            &keys_arg,
+            "--max-concurrent-vms",
+            "4",
+            "--max-body-bytes",
+            "65536",
+            "--log-format",
+            "json",
+        ],
+    );
+    python(
+        &py,
+        &["rest_client.py"],
+        &[
+            ("AIRLOCK_URL", &server.url),
+            ("AIRLOCK_KEY_A", &key_a),
+            ("AIRLOCK_KEY_B", &key_b),
+            ("AIRLOCK_KEY_LIMITED", &key_limited),
+            ("AIRLOCK_MAX_BODY", "65536"),
+            ("AIRLOCK_CONCURRENT", "20"),
+        ],
+    );
+    python(&py, &["mcp_client.py", "http", &server.url, &key_a], &[]);
+
+    let offers_sessions = std::process::Command::new("curl")
+        .args(["-s", &format!("{}/v1/openapi.json", server.url)])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("/v1/sessions"));
+    let script = doc_examples(offers_sessions);
+    assert!(
+        script.contains("curl"),
+        "docs/api.md has no ```sh curl example"
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("AIRLOCK_URL", &server.url)
+        .env("AIRLOCK_KEY", &key_a)
+        .output()
+        .expect("run the doc examples");
+    assert!(
+        out.status.success(),
+        "the curl examples of docs/api.md failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One JSON log line per request, with tenant, route, status, latency.
+    let log = server.log();
+    let request_line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["route"] == "/v1/runs" && v["tenant"] == "alice")
+        .unwrap_or_else(|| panic!("no JSON request line for alice's run:\n{log}"));
+    for field in ["status", "latency_ms"] {
+        assert!(request_line[field].is_number(), "{field}: {request_line}");
+    }
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        server.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    no_vm_left(&run);
+}
+
+/// Sends a run of `code` (raw) to the server without reading the answer,
+/// and waits until its VM's QEMU runs; returns the open connection.
+fn start_run_and_wait_for_its_vm(server: &Server, run_dir: &Path, code: &str) -> TcpStream {
+    start_run_with(server, run_dir, code, "application/json")
+}
+
+/// As [`start_run_and_wait_for_its_vm`], accepting `accept`.
+fn start_run_with(server: &Server, run_dir: &Path, code: &str, accept: &str) -> TcpStream {
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let body = serde_json::json!({"language": "raw", "code": code}).to_string();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    write!(
+        stream,
+        "POST /v1/runs HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let needle = run_dir.to_string_lossy().into_owned();
+    let start = Instant::now();
+    while qemu_processes_mentioning(&needle).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no VM started:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stream
+}
+
+#[test]
+fn sigterm_during_a_run_lets_it_finish_then_exits_0() {
+    let test = "sigterm_during_a_run_lets_it_finish_then_exits_0";
+    if images_or_skip(test).is_none() {
+        return;
+    }
+    let dir = run_dir();
+    let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+    let mut stream = start_run_and_wait_for_its_vm(&server, dir.path(), "sleep 3; echo finished");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    // New work is refused while draining (or the listener is closed).
+    let mut answer = String::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("finished"), "{answer}");
+    assert_eq!(
+        server.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    no_vm_left(dir.path());
+}
+
+#[test]
+fn a_restart_after_sigkill_sweeps_what_the_killed_server_left() {
+    let test = "a_restart_after_sigkill_sweeps_what_the_killed_server_left";
+    if images_or_skip(test).is_none() {
+        return;
+    }
+    let dir = run_dir();
+    let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+    let stream = start_run_and_wait_for_its_vm(&server, dir.path(), "sleep 120");
+    server.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        server.wait(Duration::from_secs(10)),
+        None,
+        "killed by a signal"
+    );
+    drop(stream);
+    // The next start sweeps the dead server's VMs and work dirs.
+    let mut again = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+    no_vm_left(dir.path());
+    again.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        again.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        again.log()
+    );
+}
+
+#[test]
+fn mcp_over_stdio_with_the_official_python_client() {
+    let test = "mcp_over_stdio_with_the_official_python_client";
+    let (Some(_), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+        return;
+    };
+    let dir = run_dir();
+    let run = dir.path().to_string_lossy().into_owned();
+    python(
+        &py,
+        &["mcp_client.py", "stdio", binary()],
+        &[("AIRLOCK_RUN_DIR", &run)],
+    );
+    no_vm_left(dir.path());
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_keys_and_checks_a_config_file() {
+    let dir = run_dir();
+    let refused = Command::new(binary())
+        .args(["serve", "--listen", "0.0.0.0:7000"])
+        .env("AIRLOCK_RUN_DIR", dir.path())
+        .output()
+        .expect("run serve");
+    assert_eq!(refused.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("keys file"), "{stderr}");
+
+    let keys = dir.path().join("keys.toml");
+    add_key(&keys, "alice", &[]);
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"0.0.0.0:7000\"\nkeys_file = \"{}\"\n[quotas]\nconcurrent_runs = 2\nlive_sessions = 1\nmemory_mib = 512\ntimeout_s = 60\nrequests_per_minute = 100\n",
+            keys.display()
+        ),
+    )
+    .expect("write the config");
+    let checked = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve --check-config");
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        stdout.contains("configuration OK") && stdout.contains("1 key(s)"),
+        "{stdout}"
+    );
+
+    std::fs::write(&config, "listen = 7000\n").expect("write a bad config");
+    let bad = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve --check-config");
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("server.toml"));
+}
+
+#[test]
+fn a_client_that_leaves_an_event_stream_ends_the_run_and_its_vm() {
+    let test = "a_client_that_leaves_an_event_stream_ends_the_run_and_its_vm";
+    if images_or_skip(test).is_none() {
+        return;
+    }
+    let dir = run_dir();
+    let mut server = Server::start(dir.path(), &["--max-concurrent-vms", "1"]);
+    let stream = start_run_with(&server, dir.path(), "sleep 120", "text/event-stream");
+    drop(stream);
+    // The stream's task is aborted and the run's VM destroyed while the
+    // server goes on.
+    no_vm_left(dir.path());
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "the server still runs"
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        server.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+}
