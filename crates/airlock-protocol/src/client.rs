@@ -382,6 +382,31 @@ impl Client {
         })
     }
 
+    /// Starts a package install (`install_packages`, answered like an exec);
+    /// read its progress from the returned stream.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Closed`] or a transport error.
+    pub async fn install_packages(
+        &self,
+        language: Language,
+        packages: Vec<String>,
+        timeout_ms: u64,
+    ) -> Result<ExecStream<'_>, ProtocolError> {
+        let body = RequestBody::InstallPackages {
+            language,
+            packages,
+            timeout_ms,
+        };
+        let (op, rx) = self.start(body).await?;
+        Ok(ExecStream {
+            client: self,
+            op,
+            rx,
+            done: false,
+        })
+    }
+
     /// Runs an exec to its end, collecting the output. The host-side
     /// deadline is the request's timeout plus `grace` (the guest enforces the
     /// timeout itself; this only guards against a stuck guest).

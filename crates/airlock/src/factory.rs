@@ -131,5 +131,7 @@ impl VmFactory {
     }
 }
 
+/// The fake launcher and its set-up, shared with other modules' tests
+/// (sessions).
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -35,10 +35,22 @@ pub trait RunObserver: Send {
 }
 
 /// Ignores everything (for [`Scheduler::run`]).
-struct Discard;
+pub(crate) struct Discard;
 
 impl RunObserver for Discard {
     fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+/// Writes each upload into `vm`, in order; the first failure ends it.
+async fn upload_all(vm: &Vm, uploads: &[crate::files::FileUpload]) -> Result<()> {
+    if uploads.is_empty() {
+        return Ok(());
+    }
+    let client = vm.client()?;
+    for upload in uploads {
+        crate::files::upload(vm.id(), client, upload).await?;
+    }
+    Ok(())
 }
 
 /// Runs requests, each in its own VM.
@@ -105,20 +117,33 @@ impl Scheduler {
         observer.exposed(vm.exposed());
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
-        let outcome = vm
-            .exec(
-                ExecRequest {
-                    mode: Default::default(),
-                    language: request.language,
-                    code: request.code,
-                    timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-                    env: request.env,
-                    cwd: None,
-                },
-                |stream, bytes| observer.output(stream, bytes),
-            )
-            .await;
+        let uploaded = upload_all(&vm, &request.uploads).await;
+        let outcome = match uploaded {
+            Ok(()) => {
+                vm.exec(
+                    ExecRequest {
+                        mode: Default::default(),
+                        language: request.language,
+                        code: request.code,
+                        timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+                        env: request.env,
+                        cwd: None,
+                    },
+                    |stream, bytes| observer.output(stream, bytes),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let exec_ms = ms(exec_start.elapsed());
+        // Downloads after any end of the code (a failure or a timeout
+        // too), while the VM is still there; not after an Airlock error.
+        let downloads = match (&outcome, vm.client()) {
+            (Ok(_), Ok(client)) if !request.downloads.is_empty() => {
+                crate::files::download_all(vm.id(), client, &request.downloads).await
+            }
+            _ => Vec::new(),
+        };
         observer.stage(Stage::TearingDown);
         let teardown = vm.destroy().await;
         for problem in &teardown.problems {
@@ -145,6 +170,7 @@ impl Scheduler {
             ),
             usage: teardown.usage,
             network: teardown.network,
+            downloads,
         })
     }
 
@@ -152,7 +178,11 @@ impl Scheduler {
     /// on and the VM has no network (a clone cannot reconnect its network
     /// device to a new gvproxy on QEMU 7.2: such runs boot cold); else
     /// boots it cold.
-    async fn boot(&self, options: &VmOptions, observer: &mut dyn RunObserver) -> Result<Vm> {
+    pub(crate) async fn boot(
+        &self,
+        options: &VmOptions,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Vm> {
         let restore = self.manager.config().restore_templates
             && options.network.mode() == airlock_gvproxy::NetworkMode::None;
         if !restore {

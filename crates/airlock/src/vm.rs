@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 /// kill grace, before it declares the guest stuck.
 const EXEC_HOST_MARGIN: Duration = Duration::from_secs(10);
 
+/// How long a cancel waits for an error answer (it normally gets none).
+const CANCEL_ANSWER_WAIT: Duration = Duration::from_millis(50);
+
 /// What a VM is booted with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmOptions {
@@ -244,7 +247,57 @@ impl Vm {
     pub async fn exec(
         &mut self,
         request: ExecRequest,
+        on_output: impl FnMut(OutputStream, &[u8]) + Send,
+    ) -> Result<ExecOutcome> {
+        self.exec_interruptible(request, on_output, std::future::pending())
+            .await
+    }
+
+    /// As [`Vm::exec`]; when `interrupt` completes, the agent is asked to
+    /// interrupt the exec (`cancel`: SIGINT first for a cell, then the
+    /// kill a timeout gets), and the exec's own completion is still awaited
+    /// and returned (exit code 130 when interrupted). Sessions pass their
+    /// canceller here.
+    ///
+    /// # Errors
+    /// As [`Vm::exec`].
+    pub async fn exec_interruptible(
+        &mut self,
+        request: ExecRequest,
+        on_output: impl FnMut(OutputStream, &[u8]) + Send,
+        interrupt: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<ExecOutcome> {
+        self.run_job(GuestJob::Exec(request), on_output, interrupt)
+            .await
+    }
+
+    /// Installs `packages` with `language`'s package manager in the guest
+    /// (the agent's `install_packages`: pinned names checked again there),
+    /// streaming its output like an exec.
+    ///
+    /// # Errors
+    /// As [`Vm::exec`].
+    pub async fn install_packages(
+        &mut self,
+        language: Language,
+        packages: Vec<String>,
+        timeout: Duration,
+        on_output: impl FnMut(OutputStream, &[u8]) + Send,
+    ) -> Result<ExecOutcome> {
+        let job = GuestJob::Install {
+            language,
+            packages,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.run_job(job, on_output, std::future::pending()).await
+    }
+
+    /// Runs an exec-like job to its end (see [`Vm::exec_interruptible`]).
+    async fn run_job(
+        &mut self,
+        job: GuestJob,
         mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
+        interrupt: impl std::future::Future<Output = ()> + Send,
     ) -> Result<ExecOutcome> {
         let vm_id = self.id.clone();
         let protocol = |source| Error::Protocol {
@@ -259,8 +312,8 @@ impl Vm {
         } = &mut **running;
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
-        let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
-        let run = collect_exec(client, request, &mut on_output);
+        let deadline = Duration::from_millis(job.timeout_ms()) + EXEC_HOST_MARGIN;
+        let run = collect_exec(client, job, &mut on_output, interrupt);
         let console_log = self.workdir.console_log();
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
@@ -319,15 +372,40 @@ async fn died(
 }
 
 /// Runs an exec to its end, keeping its output within `client`'s caps and
-/// handing `on_output` what was kept, as it arrives.
+/// handing `on_output` what was kept, as it arrives. When `interrupt`
+/// completes, a `cancel` is sent for the exec (once) and its end is still
+/// awaited.
 async fn collect_exec(
     client: &Client,
-    request: ExecRequest,
+    job: GuestJob,
     on_output: &mut (impl FnMut(OutputStream, &[u8]) + Send),
+    interrupt: impl std::future::Future<Output = ()> + Send,
 ) -> std::result::Result<ExecOutcome, ProtocolError> {
-    let mut stream = client.exec(request).await?;
+    let mut stream = match job {
+        GuestJob::Exec(request) => client.exec(request).await?,
+        GuestJob::Install {
+            language,
+            packages,
+            timeout_ms,
+        } => {
+            client
+                .install_packages(language, packages, timeout_ms)
+                .await?
+        }
+    };
     let mut output = CappedExecOutput::new(client.config());
-    while let Some(event) = stream.next().await? {
+    let mut interrupt = std::pin::pin!(interrupt);
+    let mut interrupted = false;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event?,
+            () = &mut interrupt, if !interrupted => {
+                interrupted = true;
+                send_cancel(client, stream.op()).await;
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         match event {
             ExecEvent::Stdout(b) => emit(on_output, OutputStream::Stdout, output.push_stdout(&b)),
             ExecEvent::Stderr(b) => emit(on_output, OutputStream::Stderr, output.push_stderr(&b)),
@@ -342,6 +420,49 @@ async fn collect_exec(
         }
     }
     Err(ProtocolError::Closed)
+}
+
+/// What runs like an exec: output events, then one completion.
+enum GuestJob {
+    /// Code.
+    Exec(ExecRequest),
+    /// A package install.
+    Install {
+        language: Language,
+        packages: Vec<String>,
+        timeout_ms: u64,
+    },
+}
+
+impl GuestJob {
+    fn timeout_ms(&self) -> u64 {
+        match self {
+            GuestJob::Exec(request) => request.timeout_ms,
+            GuestJob::Install { timeout_ms, .. } => *timeout_ms,
+        }
+    }
+}
+
+/// Asks the agent to interrupt the exec running under `target`. A failure
+/// is only logged: the exec's own deadline still ends it.
+async fn send_cancel(client: &Client, target: airlock_protocol::OpId) {
+    // The cancel line goes under an op of its own, far from the client's
+    // counter (which starts at 1): the agent does not answer it (an agent
+    // before protocol 3's cancel answers with an error, which is logged).
+    let op = target | (1 << 62);
+    let request =
+        airlock_protocol::Request::new(op, airlock_protocol::RequestBody::Cancel { target });
+    let answer = match serde_json::to_vec(&request) {
+        Ok(line) => client.send_raw_line(op, &line, CANCEL_ANSWER_WAIT).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a cancel");
+            return;
+        }
+    };
+    match answer {
+        Err(ProtocolError::Timeout { .. }) => {}
+        other => tracing::debug!(target, ?other, "cancel answered"),
+    }
 }
 
 /// Hands `kept` to `on_output` unless nothing was kept (past the cap).
@@ -427,11 +548,16 @@ mod tests {
         let mut streamed = Vec::new();
 
         // Act
-        let outcome = collect_exec(&client, request(), &mut |stream, bytes: &[u8]| {
-            if stream == OutputStream::Stdout {
-                streamed.extend_from_slice(bytes);
-            }
-        })
+        let outcome = collect_exec(
+            &client,
+            GuestJob::Exec(request()),
+            &mut |stream, bytes: &[u8]| {
+                if stream == OutputStream::Stdout {
+                    streamed.extend_from_slice(bytes);
+                }
+            },
+            std::future::pending(),
+        )
         .await
         .unwrap();
 
@@ -449,9 +575,14 @@ mod tests {
     #[tokio::test]
     async fn exec_output_within_the_cap_is_kept_whole_and_unflagged() {
         let client = flooding_agent(ClientConfig::default(), 3);
-        let outcome = collect_exec(&client, request(), &mut |_, _: &[u8]| {})
-            .await
-            .unwrap();
+        let outcome = collect_exec(
+            &client,
+            GuestJob::Exec(request()),
+            &mut |_, _: &[u8]| {},
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         assert_eq!(outcome.stdout, "x".repeat(3 * 1024).as_bytes());
         assert!(!outcome.completion.stdout_truncated);
     }

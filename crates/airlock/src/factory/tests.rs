@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 /// How one fake boot attempt goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Boot {
+pub(crate) enum Boot {
     /// The agent answers at once.
     Ready,
     /// The machine exits during boot (transient).
@@ -41,13 +41,13 @@ enum Boot {
 
 /// A launcher that plays a script of boots (then `Ready` for ever).
 #[derive(Default)]
-struct FakeLauncher {
+pub(crate) struct FakeLauncher {
     script: Mutex<VecDeque<Boot>>,
     running: Mutex<HashMap<String, Boot>>,
     plans: Mutex<Vec<MachinePlan>>,
     pids: Mutex<Vec<u32>>,
     /// The agent ends of every channel, kept open.
-    peers: Mutex<Vec<tokio::io::DuplexStream>>,
+    pub(crate) peers: Mutex<Vec<tokio::io::DuplexStream>>,
     /// Signalled when a `Blocks` boot waits for its agent.
     blocked: Notify,
 }
@@ -64,7 +64,7 @@ impl FakeLauncher {
         self.plans.lock().unwrap().len()
     }
 
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.pids.lock().unwrap().clone()
     }
 
@@ -203,14 +203,14 @@ impl DiskSource for FakeDisks {
     }
 }
 
-struct Setup {
+pub(crate) struct Setup {
     run: tempfile::TempDir,
-    launcher: Arc<FakeLauncher>,
-    factory: VmFactory,
+    pub(crate) launcher: Arc<FakeLauncher>,
+    pub(crate) factory: VmFactory,
 }
 
 impl Setup {
-    fn new(script: &[Boot]) -> Self {
+    pub(crate) fn new(script: &[Boot]) -> Self {
         Self::with(script, |_| {}, false)
     }
 
@@ -273,12 +273,12 @@ impl Setup {
         self.launcher.pids().into_iter().all(|pid| !alive(pid)) && self.work_dirs().is_empty()
     }
 
-    async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         assert!(self.factory.reaper.flush(Duration::from_secs(10)).await);
     }
 }
 
-fn options(language: Language) -> VmOptions {
+pub(crate) fn options(language: Language) -> VmOptions {
     VmOptions {
         tenant: "test".into(),
         language,
@@ -288,7 +288,7 @@ fn options(language: Language) -> VmOptions {
     }
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
