@@ -1,9 +1,13 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
-//! overlay pool, and QEMU's host memory; writes `docs/benchmarks.md`.
+//! overlay pool, QEMU's host memory and sessions (a cell's round trip, a
+//! session's start: `bench/session.rs`); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
+
+/// The session rows: a cell's round trip, a session's start.
+mod session;
 
 use crate::host::{self, run_checked, workspace_root};
 use crate::images::{self, Kind};
@@ -92,7 +96,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         &manifest.path(Kind::RootfsRaw).context("no raw root disk")?,
         args.acquires,
     )?;
-    let doc = render(&rows, &floor, &overlay, args.runs)?;
+    let sessions = session::measure(args.runs)?;
+    let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    session::render(&mut doc, &sessions)?;
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
