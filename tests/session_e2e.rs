@@ -15,8 +15,7 @@ use airlock::{
 };
 use airlock_protocol::{ErrorKind, FileKind, Language, ProtocolError};
 use airlock_tests::{images_or_skip, text, wait_until_gone};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// Collects a cell's streamed output.
@@ -316,21 +315,13 @@ async fn javascript_and_bash_sessions_keep_state_and_an_idle_one_closes_itself()
 }
 
 fn airlock(args: &[&str], stdin: &str, dir: &std::path::Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    airlock_tests::run_with_stdin(
+        env!("CARGO_BIN_EXE_airlock-under-test"),
+        args,
+        &[],
+        stdin,
+        Some(dir),
+    )
 }
 
 /// Piped `airlock session`: `# %%` cells in one interpreter, output in

@@ -609,21 +609,26 @@ impl RunObserver for Terminal {
     }
 
     fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        if !self.stream_output {
-            return;
+        if self.stream_output {
+            write_output(stream, bytes);
         }
-        // A closed stdout (e.g. `| head`) must not abort the run.
-        let _ = match stream {
-            OutputStream::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
-            }
-            OutputStream::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(bytes).and_then(|()| err.flush())
-            }
-        };
     }
+}
+
+/// Writes a chunk of the guest's output to our stdout or stderr, flushed.
+/// A closed stdout (e.g. `| head`) must not abort a run or a session: a
+/// failed write is ignored.
+fn write_output(stream: OutputStream, bytes: &[u8]) {
+    let _ = match stream {
+        OutputStream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+        OutputStream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(bytes).and_then(|()| err.flush())
+        }
+    };
 }
 
 #[cfg(test)]

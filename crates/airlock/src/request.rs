@@ -311,7 +311,11 @@ pub struct RunResult {
     pub downloads: Vec<Downloaded>,
 }
 
-fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+/// Serializes bytes as text, invalid UTF-8 replaced (output in JSON).
+pub(crate) fn lossy<S: serde::Serializer>(
+    bytes: &[u8],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&String::from_utf8_lossy(bytes))
 }
 

@@ -171,10 +171,10 @@ impl CellRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CellResult {
     /// Standard output (lossy UTF-8 in JSON).
-    #[serde(serialize_with = "lossy")]
+    #[serde(serialize_with = "crate::request::lossy")]
     pub stdout: Vec<u8>,
     /// Standard error (lossy UTF-8 in JSON).
-    #[serde(serialize_with = "lossy")]
+    #[serde(serialize_with = "crate::request::lossy")]
     pub stderr: Vec<u8>,
     /// The cell's exit code: 0, 1 after an uncaught exception, 130 when
     /// interrupted, 128+N for a signal.
@@ -205,10 +205,6 @@ impl CellResult {
             duration_ms,
         }
     }
-}
-
-fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(bytes))
 }
 
 impl Scheduler {

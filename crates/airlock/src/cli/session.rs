@@ -15,7 +15,7 @@ pub mod input;
 /// The interactive REPL.
 mod repl;
 
-use super::{network_request, report_failure, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
+use super::{network_request, report_failure, write_output, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
 use crate::config::Config;
 use crate::error::Error;
 use crate::interrupt::{self, Interrupts};
@@ -25,9 +25,11 @@ use crate::session::{CellRequest, CellResult, Session, SessionOptions};
 use crate::vm::OutputStream;
 use airlock_protocol::Language;
 use clap::Args;
+use nix::sys::signal::Signal;
 use serde::Serialize;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::time::Duration;
+use tokio::signal::unix::{signal, Signal as UnixSignal, SignalKind};
 
 /// Arguments of `airlock session`.
 #[derive(Debug, Clone, Args)]
@@ -123,6 +125,20 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     let interactive = args.interactive();
+    // Interactive, SIGINT is not a stop signal of `Interrupts` (Ctrl-C
+    // interrupts a cell): until the REPL takes it over, it stops the
+    // start-up like the others.
+    let mut sigint = if interactive {
+        match signal(SignalKind::interrupt()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("airlock: cannot handle Ctrl-C: {e}");
+                return EXIT_AIRLOCK_FAILED;
+            }
+        }
+    } else {
+        None
+    };
     // Piped: the whole script first, so that a bad one starts no VM.
     let cells = if interactive {
         Vec::new()
@@ -165,7 +181,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
                 return EXIT_AIRLOCK_FAILED;
             }
         },
-        stop = interrupts.first() => {
+        stop = first_stop(interrupts, &mut sigint) => {
             crate::process::registry().kill_all();
             eprintln!("airlock: interrupted ({stop}) while starting");
             return interrupt::exit_status(stop);
@@ -176,7 +192,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
     }
     let started = tokio::select! {
         started = scheduler.session(options) => started,
-        stop = interrupts.first() => {
+        stop = first_stop(interrupts, &mut sigint) => {
             scheduler.manager().shutdown().await;
             eprintln!("airlock: interrupted ({stop}) while starting the session: nothing was left behind");
             return interrupt::exit_status(stop);
@@ -190,8 +206,8 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             return EXIT_AIRLOCK_FAILED;
         }
     };
-    let code = if interactive {
-        repl::run(&session, &args, timeout, interrupts).await
+    let code = if let Some(sigint) = sigint.as_mut() {
+        repl::run(&session, &args, timeout, interrupts, sigint).await
     } else {
         run_cells(&session, &cells, &args, timeout, interrupts).await
     };
@@ -202,6 +218,18 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
     drop(session);
     scheduler.manager().shutdown().await;
     code
+}
+
+/// The first stop signal: of `interrupts`, or SIGINT when the interactive
+/// session handles it itself.
+async fn first_stop(interrupts: &mut Interrupts, sigint: &mut Option<UnixSignal>) -> Signal {
+    match sigint {
+        Some(sigint) => tokio::select! {
+            stop = interrupts.first() => stop,
+            Some(()) = sigint.recv() => Signal::SIGINT,
+        },
+        None => interrupts.first().await,
+    }
 }
 
 /// Reads all of stdin on a thread of its own (a read cannot be cancelled;
@@ -331,18 +359,10 @@ impl RunObserver for Printer {
         if !self.print || bytes.is_empty() {
             return;
         }
-        // A closed stdout (`| head`) must not end the session.
-        let _ = match stream {
-            OutputStream::Stdout => {
-                self.open_line = !bytes.ends_with(b"\n");
-                let mut out = std::io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
-            }
-            OutputStream::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(bytes).and_then(|()| err.flush())
-            }
-        };
+        if stream == OutputStream::Stdout {
+            self.open_line = !bytes.ends_with(b"\n");
+        }
+        write_output(stream, bytes);
     }
 }
 

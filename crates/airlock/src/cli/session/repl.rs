@@ -3,8 +3,10 @@
 //! [`super::input::is_complete`]) on a thread of its own, cells and `:`
 //! commands run on the runtime.
 //!
-//! - Ctrl-C at the prompt clears the entry; while a cell runs it interrupts
-//!   the cell (the session's canceller) and the session goes on.
+//! - Ctrl-C at the prompt clears the entry (the editor reads the key in
+//!   raw mode); while a cell runs the terminal sends SIGINT, which
+//!   interrupts the cell (the session's canceller) and the session goes
+//!   on.
 //! - Ctrl-D at the prompt ends the session.
 //! - An error (a refused path, a failed download) is printed and the REPL
 //!   goes on; a closed session (idle timeout, lifetime, dead VM) ends it.
@@ -25,7 +27,6 @@ use reedline::{
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// Entries kept in the history file.
 const HISTORY_ENTRIES: usize = 1000;
@@ -194,15 +195,9 @@ pub(super) async fn run(
     args: &SessionArgs,
     timeout: Duration,
     interrupts: &mut Interrupts,
+    sigint: &mut tokio::signal::unix::Signal,
 ) -> i32 {
     let language = session.language();
-    let mut sigint = match signal(SignalKind::interrupt()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("airlock: cannot handle Ctrl-C: {e}");
-            return super::EXIT_AIRLOCK_FAILED;
-        }
-    };
     let (mut entries, next) = match start_editor(language) {
         Ok(editor) => editor,
         Err(e) => {
@@ -244,7 +239,7 @@ pub(super) async fn run(
                 None => {
                     let mut request = CellRequest::new(line);
                     request.timeout = timeout;
-                    run_cell(session, request, &mut sigint, interrupts).await
+                    run_cell(session, request, sigint, interrupts).await
                 }
             };
             match outcome {
