@@ -163,15 +163,8 @@ impl RunArgs {
                 .map_err(|source| Error::ReadStdin { source })?;
             code
         };
-        if !self.timeout.is_finite() || self.timeout <= 0.0 {
-            return Err(Error::invalid(
-                "timeout",
-                format!("{} is not a positive number of seconds", self.timeout),
-            ));
-        }
         let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
-        request.timeout = Duration::try_from_secs_f64(self.timeout)
-            .map_err(|e| Error::invalid("timeout", e.to_string()))?;
+        request.timeout = timeout_from_secs(self.timeout)?;
         request.network = self.network_request(request.language)?;
         request.memory_mib = self.memory;
         request.vcpus = self.cpus;
@@ -209,6 +202,21 @@ impl RunArgs {
     fn network_request(&self, language: Language) -> Result<NetworkRequest, Error> {
         network_request(language, self.network, &self.allow_domain, &self.expose)
     }
+}
+
+/// A `-t/--timeout` in seconds as a duration (shared by `airlock run` and
+/// `airlock session`).
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`timeout`) unless a finite positive number.
+fn timeout_from_secs(secs: f64) -> Result<Duration, Error> {
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(Error::invalid(
+            "timeout",
+            format!("{secs} is not a positive number of seconds"),
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| Error::invalid("timeout", e.to_string()))
 }
 
 /// The network of `--network`, `--allow-domain` and `--expose` (shared by

@@ -15,7 +15,10 @@ pub mod input;
 /// The interactive REPL.
 mod repl;
 
-use super::{network_request, report_failure, write_output, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
+use super::{
+    network_request, report_failure, timeout_from_secs, write_output, EXIT_AIRLOCK_FAILED,
+    EXIT_TIMEOUT,
+};
 use crate::config::Config;
 use crate::error::Error;
 use crate::interrupt::{self, Interrupts};
@@ -82,14 +85,7 @@ impl SessionArgs {
             .language
             .parse::<Language>()
             .map_err(|e| Error::invalid("language", e.to_string()))?;
-        if !self.timeout.is_finite() || self.timeout <= 0.0 {
-            return Err(Error::invalid(
-                "timeout",
-                format!("{} is not a positive number of seconds", self.timeout),
-            ));
-        }
-        let timeout = Duration::try_from_secs_f64(self.timeout)
-            .map_err(|e| Error::invalid("timeout", e.to_string()))?;
+        let timeout = timeout_from_secs(self.timeout)?;
         crate::request::validate_timeout(timeout)?;
         let mut options = SessionOptions::new(language);
         options.memory_mib = self.memory;
