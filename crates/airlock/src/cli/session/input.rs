@@ -2,7 +2,8 @@
 //!
 //! An entry goes on to another line while it is plainly unfinished:
 //! - a bracket `(`, `[` or `{` is open, or a string is (Python's triple
-//!   quotes, JavaScript's template literal, any quote in bash);
+//!   quotes, JavaScript's template literal, any quote in bash), or (bash)
+//!   an `if`, `case` or `do` lacks its `fi`, `esac` or `done`;
 //! - the last line ends with `\`, or (Python) with `:`;
 //! - (Python) a block was opened by a line ending with `:`: the entry ends
 //!   at an empty line, as in Python's own REPL.
@@ -112,6 +113,21 @@ fn scan(language: Language, text: &str) -> Scan {
             (_, '\'') => string = Some("'"),
             (_, '"') => string = Some("\""),
             (Language::Javascript, '`') => string = Some("`"),
+            (Language::Raw, c) if c.is_ascii_alphabetic() && is_word_start(&chars, i) => {
+                let word: String = rest
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+                    .collect();
+                if at_command_position(&chars, i) {
+                    match word.as_str() {
+                        "if" | "case" | "do" => depth += 1,
+                        "fi" | "esac" | "done" => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+                i += word.chars().count();
+                continue;
+            }
             (_, '(' | '[' | '{') => depth += 1,
             (_, ')' | ']' | '}') => depth = depth.saturating_sub(1),
             _ => {}
@@ -130,6 +146,31 @@ fn scan(language: Language, text: &str) -> Scan {
         open_brackets: depth,
         open_string,
     }
+}
+
+/// Whether `chars[i]` starts a word (bash keywords count only as words
+/// of their own).
+fn is_word_start(chars: &[char], i: usize) -> bool {
+    i == 0 || chars[i - 1].is_whitespace() || matches!(chars[i - 1], ';' | '(' | '&' | '|')
+}
+
+/// Whether the word at `chars[i]` is where bash reads a command (so that a
+/// keyword is one): at the start, after a newline, `;`, `&`, `|`, `(`, `{`,
+/// or after a keyword that a command follows (`then`, `do`, `else`, `elif`).
+fn at_command_position(chars: &[char], i: usize) -> bool {
+    let mut j = i;
+    while j > 0 && matches!(chars[j - 1], ' ' | '\t') {
+        j -= 1;
+    }
+    if j == 0 || matches!(chars[j - 1], '\n' | ';' | '&' | '|' | '(' | '{') {
+        return true;
+    }
+    let end = j;
+    while j > 0 && (chars[j - 1].is_ascii_alphanumeric() || chars[j - 1] == '_') {
+        j -= 1;
+    }
+    let previous: String = chars[j..end].iter().collect();
+    matches!(previous.as_str(), "then" | "do" | "else" | "elif")
 }
 
 /// A `#` starts a comment in Python anywhere outside strings; in bash only
@@ -163,6 +204,20 @@ mod tests {
         assert!(!is_complete(JS, "function f() {\n  return 1"));
         assert!(is_complete(JS, "function f() {\n  return 1\n}"));
         assert!(!is_complete(SH, "f() {"));
+    }
+
+    #[test]
+    fn bash_compound_commands_continue_until_closed() {
+        assert!(!is_complete(SH, "for i in 1 2; do"));
+        assert!(!is_complete(SH, "for i in 1 2; do\n  echo $i"));
+        assert!(is_complete(SH, "for i in 1 2; do\n  echo $i\ndone"));
+        assert!(!is_complete(SH, "if true; then"));
+        assert!(is_complete(SH, "if true; then echo y; fi"));
+        assert!(!is_complete(SH, "case $x in"));
+        assert!(is_complete(SH, "echo done; echo undo doing"));
+        assert!(is_complete(SH, "echo if case do"));
+        assert!(!is_complete(SH, "while true\ndo"));
+        assert!(is_complete(SH, "if true; then if false; then :; fi; fi"));
     }
 
     #[test]
