@@ -33,7 +33,8 @@ const HISTORY_ENTRIES: usize = 1000;
 
 const HELP: &str = "\
 Enter code to run it as a cell; state survives from cell to cell.
-Multi-line: an open bracket, block (`:`) or trailing `\\` continues; an empty line ends it.
+Multi-line: an open bracket or string, a Python block (`:`), a bash if/case/do
+or a trailing `\\` continues the entry; an empty line ends it.
 Ctrl-C interrupts the running cell (the session goes on); Ctrl-D ends the session.
   :upload LOCAL REMOTE    copy a host file into the sandbox home
   :download REMOTE LOCAL  copy a file of the sandbox home to the host
