@@ -275,6 +275,8 @@ struct Inner {
     language: Language,
     created_at: SystemTime,
     boot_ms: u64,
+    /// The guest ports served on the host.
+    exposed: Vec<crate::network::ExposedAddr>,
     /// The VM; `None` once closed. Held by the call that runs (busy).
     vm: AsyncMutex<Option<Vm>>,
     /// Why the session ended, once it has (the first reason wins).
@@ -298,6 +300,7 @@ impl Session {
             language: options.language,
             created_at: SystemTime::now(),
             boot_ms,
+            exposed: vm.exposed().to_vec(),
             vm: AsyncMutex::new(Some(vm)),
             closed: Mutex::new(None),
             shutdown: watch::channel(false).0,
@@ -338,6 +341,11 @@ impl Session {
     /// How long its VM took to boot (or restore), in milliseconds.
     pub fn boot_ms(&self) -> u64 {
         self.inner.boot_ms
+    }
+
+    /// The guest ports served on the host (`NetworkRequest::exposes`).
+    pub fn exposed(&self) -> &[crate::network::ExposedAddr] {
+        &self.inner.exposed
     }
 
     /// When a call last ended (or the session started, before any call).

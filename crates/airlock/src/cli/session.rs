@@ -202,6 +202,12 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             return EXIT_AIRLOCK_FAILED;
         }
     };
+    for port in session.exposed() {
+        eprintln!(
+            "airlock: guest port {} is served at {}",
+            port.guest_port, port.host
+        );
+    }
     let code = if let Some(sigint) = sigint.as_mut() {
         repl::run(&session, &args, timeout, interrupts, sigint).await
     } else {
