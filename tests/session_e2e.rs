@@ -314,6 +314,38 @@ async fn javascript_and_bash_sessions_keep_state_and_an_idle_one_closes_itself()
     scheduler.manager().shutdown().await;
 }
 
+/// With templates on, a session starts from the memory template of its
+/// shape (built first in a templates dir of its own): restored, not
+/// booted, and its cells keep state as a cold session's do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_starts_from_the_template_of_its_shape() {
+    if images_or_skip("session_template").is_none() {
+        return;
+    }
+    let templates = tempfile::tempdir().unwrap();
+    let scheduler = Scheduler::start(Config {
+        templates_dir: templates.path().to_path_buf(),
+        restore_templates: true,
+        overlay_pool_target: 0,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let session = scheduler
+        .session(SessionOptions::new(Language::Raw))
+        .await
+        .unwrap();
+    assert!(
+        session.boot_timings().restore.is_some(),
+        "restored: {:?}",
+        session.boot_timings()
+    );
+    assert_eq!(ok(&session, "X=42; cd /tmp").await, "");
+    assert_eq!(ok(&session, "echo $X $PWD").await, "42 /tmp\n");
+    session.close().await;
+    scheduler.manager().shutdown().await;
+}
+
 fn airlock(args: &[&str], stdin: &str, dir: &std::path::Path) -> Output {
     airlock_tests::run_with_stdin(
         env!("CARGO_BIN_EXE_airlock-under-test"),

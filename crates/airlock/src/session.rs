@@ -222,7 +222,6 @@ impl Scheduler {
         let vm = self
             .boot(&options.vm_options(), &mut crate::scheduler::Discard)
             .await?;
-        let boot_ms = ms(started.elapsed());
         // The interpreter of a restored VM runs already; a cold one's
         // starts now rather than on the first cell. A failure here is not
         // fatal: the first cell starts it.
@@ -231,7 +230,7 @@ impl Scheduler {
                 tracing::warn!(vm_id = vm.id(), error = %e, "warming the interpreter failed");
             }
         }
-        let session = Session::start(vm, &options, boot_ms);
+        let session = Session::start(vm, &options, ms(started.elapsed()));
         if !options.packages.is_empty() {
             let result = session.install_packages(&options.packages).await?;
             if result.exit_code != 0 || result.timed_out {
@@ -274,7 +273,9 @@ struct Inner {
     tenant: String,
     language: Language,
     created_at: SystemTime,
-    boot_ms: u64,
+    start_ms: u64,
+    /// Where the VM's boot (or restore) time went.
+    boot_timings: crate::vm::BootTimings,
     /// The guest ports served on the host.
     exposed: Vec<crate::network::ExposedAddr>,
     /// The VM; `None` once closed. Held by the call that runs (busy).
@@ -292,14 +293,15 @@ struct Inner {
 }
 
 impl Session {
-    fn start(vm: Vm, options: &SessionOptions, boot_ms: u64) -> Self {
+    fn start(vm: Vm, options: &SessionOptions, start_ms: u64) -> Self {
         let now = Instant::now();
         let inner = Arc::new(Inner {
             id: format!("s-{}", vm.id()),
             tenant: options.tenant.clone(),
             language: options.language,
             created_at: SystemTime::now(),
-            boot_ms,
+            start_ms,
+            boot_timings: vm.boot_timings().clone(),
             exposed: vm.exposed().to_vec(),
             vm: AsyncMutex::new(Some(vm)),
             closed: Mutex::new(None),
@@ -314,7 +316,7 @@ impl Session {
             cancel: Arc::new(watch::channel(0).0),
         });
         let watchdog = tokio::spawn(watch_lifetime(Arc::downgrade(&inner)));
-        tracing::info!(session_id = inner.id, language = %inner.language, boot_ms, "session started");
+        tracing::info!(session_id = inner.id, language = %inner.language, start_ms, "session started");
         Self { inner, watchdog }
     }
 
@@ -338,9 +340,16 @@ impl Session {
         self.inner.created_at
     }
 
-    /// How long its VM took to boot (or restore), in milliseconds.
-    pub fn boot_ms(&self) -> u64 {
-        self.inner.boot_ms
+    /// How long the session took to start (boot or restore, and warming
+    /// the interpreter), in milliseconds.
+    pub fn start_ms(&self) -> u64 {
+        self.inner.start_ms
+    }
+
+    /// Where its VM's boot time went; `restore` is set when the VM was
+    /// restored from a memory template rather than booted cold.
+    pub fn boot_timings(&self) -> &crate::vm::BootTimings {
+        &self.inner.boot_timings
     }
 
     /// The guest ports served on the host (`NetworkRequest::exposes`).

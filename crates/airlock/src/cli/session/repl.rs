@@ -210,7 +210,7 @@ pub(super) async fn run(
         eprintln!(
             "airlock: {language} session {} ready in {} ms; :help for commands, Ctrl-D to end",
             session.id(),
-            session.boot_ms()
+            session.start_ms()
         );
     }
     let mut status = 0;
