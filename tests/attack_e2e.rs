@@ -56,6 +56,7 @@ fn config(run_dir: &Path) -> Config {
 
 fn options(language: Language, memory_mib: u32, network: NetworkRequest) -> VmOptions {
     VmOptions {
+        packages: None,
         tenant: TENANT.into(),
         language,
         memory_mib,

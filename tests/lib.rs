@@ -26,6 +26,18 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
+/// A run observer that records the stages a run went through and drops
+/// its output.
+#[derive(Debug, Default)]
+pub struct Stages(pub Vec<airlock::Stage>);
+
+impl airlock::RunObserver for Stages {
+    fn stage(&mut self, stage: airlock::Stage) {
+        self.0.push(stage);
+    }
+    fn output(&mut self, _: airlock::OutputStream, _: &[u8]) {}
+}
+
 /// How long a plain boot may take to reach the agent.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -473,4 +485,21 @@ pub fn run_with_stdin(
     child
         .wait_with_output()
         .expect("wait for the program under test")
+}
+
+/// A scheduler for template tests: templates in `templates_dir` (a temp
+/// dir: the shared images and probe cache are used as they are), restored
+/// from when `restore`, no overlay pool.
+///
+/// # Panics
+/// When the scheduler cannot start: a test prerequisite.
+pub async fn template_scheduler(templates_dir: &Path, restore: bool) -> airlock::Scheduler {
+    airlock::Scheduler::start(airlock::Config {
+        templates_dir: templates_dir.to_path_buf(),
+        restore_templates: restore,
+        overlay_pool_target: 0,
+        ..airlock::Config::default()
+    })
+    .await
+    .expect("scheduler start")
 }

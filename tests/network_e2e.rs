@@ -71,6 +71,7 @@ for _ in range(400):
 
 fn options(network: NetworkRequest) -> VmOptions {
     VmOptions {
+        packages: None,
         tenant: "net-e2e".into(),
         language: Language::Python,
         memory_mib: 512,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 fn options(language: Language) -> VmOptions {
     VmOptions {
+        packages: None,
         tenant: "e2e".into(),
         language,
         memory_mib: 512,

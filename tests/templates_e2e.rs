@@ -10,32 +10,14 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::template::{Found, TemplateShape};
-use airlock::{Config, OutputStream, RunObserver, RunRequest, RunResult, Scheduler, Stage};
+use airlock::{RunRequest, RunResult, Scheduler, Stage};
 use airlock_protocol::Language;
-use airlock_tests::{images_or_skip, qemu_processes_mentioning};
+use airlock_tests::{images_or_skip, qemu_processes_mentioning, Stages};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// Records the stages a run went through.
-#[derive(Default)]
-struct Stages(Vec<Stage>);
-
-impl RunObserver for Stages {
-    fn stage(&mut self, stage: Stage) {
-        self.0.push(stage);
-    }
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
-}
-
 async fn scheduler(templates_dir: &Path, restore: bool) -> Scheduler {
-    Scheduler::start(Config {
-        templates_dir: templates_dir.to_path_buf(),
-        restore_templates: restore,
-        overlay_pool_target: 0,
-        ..Config::default()
-    })
-    .await
-    .unwrap()
+    airlock_tests::template_scheduler(templates_dir, restore).await
 }
 
 fn request(language: Language, code: &str) -> RunRequest {

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: measures cold runs against the floor (a bare QEMU
 //! boot of the same kernel to an init that ends the VM at once), the
-//! overlay pool, QEMU's host memory and sessions (a cell's round trip, a
-//! session's start: `bench/session.rs`); writes `docs/benchmarks.md`.
+//! overlay pool, QEMU's host memory, package lists (first install against
+//! cached runs) and sessions (a cell's round trip, a session's start:
+//! `bench/session.rs`); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -39,6 +40,41 @@ const SNIPPETS: [(&str, &str); 3] = [
     ("javascript", "console.log(1)"),
     ("raw", "true"),
 ];
+
+/// The package lists measured: (language, list, code that imports it,
+/// code of the start comparisons, run with and without the list).
+const PACKAGE_LISTS: [(&str, &str, &str, &str); 2] = [
+    (
+        "python",
+        "six==1.16.0",
+        "import six; print(six.__version__)",
+        "print(1)",
+    ),
+    (
+        "javascript",
+        "is-number@7.0.0",
+        "console.log(require('is-number')(1))",
+        "console.log(1)",
+    ),
+];
+/// First installs measured per list (each is a full install VM).
+const MAX_INSTALL_RUNS: usize = 3;
+
+/// A package list's first installs, and runs with the stored layer
+/// against runs without packages, taken in turns so that load on the
+/// machine weighs on both alike.
+struct PackageRows {
+    language: &'static str,
+    list: &'static str,
+    /// Runs that built the layer (install VM, then the run).
+    installs: Vec<Sample>,
+    /// The install VM's share of those (from the result's `packages`).
+    install_ms: Vec<f64>,
+    /// Cold runs over the stored layer, and cold runs without packages.
+    cold: (Vec<Sample>, Vec<Sample>),
+    /// Runs restored from their template: over the layer, and without.
+    restored: (Vec<Sample>, Vec<Sample>),
+}
 
 /// One cold `airlock run --json`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,8 +132,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         &manifest.path(Kind::RootfsRaw).context("no raw root disk")?,
         args.acquires,
     )?;
+    let packages = PACKAGE_LISTS
+        .iter()
+        .map(|&list| package_bench(&airlock, list, args.runs))
+        .collect::<Result<Vec<_>>>()?;
     let sessions = session::measure(args.runs)?;
     let mut doc = render(&rows, &floor, &overlay, args.runs)?;
+    render_packages(&mut doc, &packages)?;
     session::render(&mut doc, &sessions)?;
     let path = workspace_root().join("docs").join("benchmarks.md");
     std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
@@ -106,10 +147,35 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
+    cold_run_with(airlock, language, code, &[]).map(|(sample, _)| sample)
+}
+
+/// A cold run with `extra` arguments; also returns the whole JSON result.
+fn cold_run_with(
+    airlock: &Path,
+    language: &str,
+    code: &str,
+    extra: &[&str],
+) -> Result<(Sample, serde_json::Value)> {
+    run_json(airlock, language, code, extra, true)
+}
+
+/// One `airlock run --json` (`--cold` or restoring its template) with
+/// `extra` arguments; its sample and the whole JSON result.
+fn run_json(
+    airlock: &Path,
+    language: &str,
+    code: &str,
+    extra: &[&str],
+    cold: bool,
+) -> Result<(Sample, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(airlock)
         // --cold: `airlock run` restores memory templates by default.
-        .args(["run", "--cold", "--json", "-q", "-l", language, code])
+        .args(["run", "--json", "-q", "-l", language])
+        .args(cold.then_some("--cold"))
+        .args(extra)
+        .arg(code)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {}", airlock.display()))?;
@@ -125,7 +191,7 @@ fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
         serde_json::from_slice(&out.stdout).context("parse airlock's JSON result")?;
     let t = &v["timings"];
     let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
-    Ok(Sample {
+    let sample = Sample {
         wall_ms,
         total_ms: f(&t["total_ms"]),
         overlay_ms: f(&t["overlay_ms"]),
@@ -134,7 +200,117 @@ fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
         exec_ms: f(&t["exec_ms"]),
         teardown_ms: f(&t["teardown_ms"]),
         peak_mib: f(&v["usage"]["peak_memory_mib"]),
-    })
+    };
+    Ok((sample, v))
+}
+
+/// First installs of `list` (its layer removed before each), then runs
+/// over the stored layer and runs without packages in turns, cold and
+/// restored from templates.
+fn package_bench(
+    airlock: &Path,
+    (language, list, code, start_code): (&'static str, &'static str, &str, &str),
+    runs: usize,
+) -> Result<PackageRows> {
+    let layers = airlock_sys_util::AirlockDirs::from_env()?
+        .cache
+        .join("packages");
+    let with = ["--packages", list];
+    let mut rows = PackageRows {
+        language,
+        list,
+        installs: Vec::new(),
+        install_ms: Vec::new(),
+        cold: (Vec::new(), Vec::new()),
+        restored: (Vec::new(), Vec::new()),
+    };
+    // Learn the layer's key (installing it if needed), then measure.
+    let (_, first) = cold_run_with(airlock, language, code, &with)?;
+    let key = first["packages"]["layer"]
+        .as_str()
+        .context("no packages.layer in the result")?
+        .to_owned();
+    for i in 0..runs.min(MAX_INSTALL_RUNS) {
+        eprint!("\rxtask: bench {list} first install {}   ", i + 1);
+        let dir = layers.join(&key);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        }
+        let (sample, v) = cold_run_with(airlock, language, code, &with)?;
+        if v["packages"]["cached"] != serde_json::Value::Bool(false) {
+            bail!("{list}: the layer was not rebuilt after its removal");
+        }
+        rows.install_ms.push(
+            v["packages"]["install"]["build_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        rows.installs.push(sample);
+    }
+    // The templates of both shapes exist before the restored runs.
+    restored_run(airlock, language, start_code, &with)?;
+    restored_run(airlock, language, start_code, &[])?;
+    for i in 0..runs {
+        eprint!(
+            "\rxtask: bench {list} against no packages {}/{runs}   ",
+            i + 1
+        );
+        let (sample, v) = cold_run_with(airlock, language, start_code, &with)?;
+        if v["packages"]["cached"] != serde_json::Value::Bool(true) {
+            bail!("{list}: a run after the install did not attach the stored layer");
+        }
+        rows.cold.0.push(sample);
+        rows.cold.1.push(cold_run(airlock, language, start_code)?);
+        rows.restored
+            .0
+            .push(restored_run(airlock, language, start_code, &with)?);
+        rows.restored
+            .1
+            .push(restored_run(airlock, language, start_code, &[])?);
+    }
+    eprintln!();
+    Ok(rows)
+}
+
+/// One run restored from its template (not `--cold`).
+fn restored_run(airlock: &Path, language: &str, code: &str, extra: &[&str]) -> Result<Sample> {
+    run_json(airlock, language, code, extra, false).map(|(sample, _)| sample)
+}
+
+/// The packages section: first installs, then runs over the stored layer
+/// against runs without packages.
+fn render_packages(d: &mut String, packages: &[PackageRows]) -> Result<()> {
+    let pair = |v: Vec<f64>| {
+        let (a, b) = percentiles(&v);
+        format!("{a:.0} / {b:.0}")
+    };
+    let total = |s: &[Sample]| pair(s.iter().map(|x| x.total_ms).collect());
+    writeln!(d, "\n## Packages\n")?;
+    writeln!(
+        d,
+        "A first install is a run whose package layer is missing: an install VM (allowlist network \
+         to the registries, through the egress proxy) builds the layer, then the run boots over it. \
+         Then runs over the stored layer (no network connection) and runs without packages, the \
+         same trivial code, taken in turns: cold (`--cold`) and restored from their memory \
+         template (over the layer, and without). Totals inside airlock.\n"
+    )?;
+    writeln!(d, "| list | first install: wall | of which the install VM | cold: with layer | cold: without | restored: with layer | restored: without |")?;
+    writeln!(d, "|---|---|---|---|---|---|---|")?;
+    for p in packages {
+        writeln!(
+            d,
+            "| `{}` ({}) | {} | {} | {} | {} | {} | {} |",
+            p.list,
+            p.language,
+            pair(p.installs.iter().map(|x| x.wall_ms).collect()),
+            pair(p.install_ms.clone()),
+            total(&p.cold.0),
+            total(&p.cold.1),
+            total(&p.restored.0),
+            total(&p.restored.1),
+        )?;
+    }
+    Ok(())
 }
 
 /// Wall times (ms) of bare QEMU boots of the kernel to an init that ends

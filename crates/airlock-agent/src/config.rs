@@ -88,6 +88,10 @@ pub struct AgentConfig {
     /// `None`: execs are killed by process group only, and a process that
     /// calls `setsid()` can outlive its exec. Needs the agent to be root.
     pub exec_cgroup_parent: Option<PathBuf>,
+    /// Where the agent writes the code of each cell for its persistent
+    /// interpreter (made 0755 on first use; the files are root-owned,
+    /// 0644, removed after the cell). Absolute, no space or newline.
+    pub cell_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -109,6 +113,7 @@ impl Default for AgentConfig {
             warm_timeout: Duration::from_secs(60),
             max_ops_in_flight: 64,
             exec_cgroup_parent: None,
+            cell_dir: PathBuf::from("/run/airlock-cells"),
         }
     }
 }
@@ -125,6 +130,17 @@ impl AgentConfig {
         let fail = |msg: String| Err(AgentError::Config(msg));
         if !self.home.is_absolute() {
             return fail(format!("home {:?} must be an absolute path", self.home));
+        }
+        let cell_dir_ok = self.cell_dir.is_absolute()
+            && self
+                .cell_dir
+                .to_str()
+                .is_some_and(|dir| !dir.contains([' ', '\n', '\r']));
+        if !cell_dir_ok {
+            return fail(format!(
+                "cell_dir {:?} must be an absolute UTF-8 path without spaces or newlines",
+                self.cell_dir
+            ));
         }
         let root = nix::unistd::geteuid().is_root();
         if let Some(run_as) = self.run_as {

@@ -60,6 +60,8 @@ pub fn build_env(
         ("PYTHONDONTWRITEBYTECODE", "1"),
     ]
     .into_iter()
+    // The package layer's dirs, when the host attached one.
+    .chain(crate::packages::layer_env())
     .chain(extra.iter().copied())
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();

@@ -1,4 +1,4 @@
-//! Running user code, warming interpreters and installing packages.
+//! Running user code and installing packages, one process per request.
 //!
 //! The pure part builds an [`ExecPlan`] (program, arguments, code on stdin
 //! or not, extra environment). The effectful part ([`run`]) spawns it as the
@@ -15,6 +15,7 @@ use crate::env_policy::{build_env, check_env};
 use crate::exec_cgroup::ExecCgroup;
 use crate::home::Home;
 use crate::output::{OutputBatcher, StreamKind};
+use crate::packages::{self, InstallTarget};
 use crate::reaper::spawn_tracked;
 use crate::rel_path::RelPath;
 use crate::{sys, AgentConfig, AgentError};
@@ -48,7 +49,7 @@ pub const MAX_PACKAGES: usize = 100;
 const DRAIN_IDLE: Duration = Duration::from_millis(20);
 
 /// Deadline for the kernel to deliver a SIGKILL and the child to be reaped.
-const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,16 +91,6 @@ pub fn plan_exec(language: Language, code: &str) -> ExecPlan {
     }
 }
 
-/// The plan for starting an interpreter once with trivial code.
-pub fn plan_warm(language: Language) -> ExecPlan {
-    let code = match language {
-        Language::Python => "pass",
-        Language::Javascript => "0",
-        Language::Raw => ":",
-    };
-    plan_exec(language, code)
-}
-
 /// Checks one package name: not empty, not an option (`-...`), no
 /// whitespace or control characters, bounded length.
 ///
@@ -127,8 +118,11 @@ pub fn check_package_name(name: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The plan for installing packages with the language's package manager,
-/// into the sandbox user's own space.
+/// The plan for installing packages with the language's package manager:
+/// into the sandbox user's own space ([`InstallTarget::Home`]) or into the
+/// writable package layer ([`InstallTarget::Layer`], see
+/// [`crate::packages`]). Package names are operands after the options, so
+/// none can be read as an option.
 ///
 /// # Errors
 /// [`AgentError::Unsupported`] for `raw`, [`AgentError::InvalidRequest`] for
@@ -136,7 +130,7 @@ pub fn check_package_name(name: &str) -> Result<(), AgentError> {
 pub fn plan_install(
     language: Language,
     packages: &[String],
-    home: &str,
+    target: &InstallTarget,
 ) -> Result<ExecPlan, AgentError> {
     if packages.is_empty() {
         return Err(AgentError::InvalidRequest("no packages to install".into()));
@@ -148,44 +142,58 @@ pub fn plan_install(
         )));
     }
     packages.iter().try_for_each(|p| check_package_name(p))?;
-    let (program, head, extra_env): (_, Vec<String>, _) = match language {
-        Language::Python => (
+    let layer = matches!(target, InstallTarget::Layer);
+    let (program, mut args, mut extra_env): (_, Vec<String>, _) = match (language, target) {
+        (Language::Python, _) => (
             "python3",
             [
                 "-m",
                 "pip",
                 "install",
-                "--user",
                 "--no-cache-dir",
                 "--no-input",
+                "--compile",
             ]
             .map(String::from)
             .into(),
-            // Debian marks its Python externally managed (PEP 668); a --user
-            // install into the sandbox home does not touch the system's.
+            // Debian marks its Python externally managed (PEP 668); the
+            // install goes to the home or the layer, never the system's.
             vec![
                 ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
             ],
         ),
-        Language::Javascript => (
+        (Language::Javascript, _) => (
             "npm",
-            vec![
-                "install".into(),
-                "--prefix".into(),
-                home.to_owned(),
-                "--no-audit".into(),
-                "--no-fund".into(),
-            ],
+            ["install", "--no-audit", "--no-fund", "--no-update-notifier"]
+                .map(String::from)
+                .into(),
             vec![("NPM_CONFIG_UPDATE_NOTIFIER", "false")],
         ),
-        Language::Raw => {
+        (Language::Raw, _) => {
             return Err(AgentError::Unsupported(
                 "install_packages needs python or javascript (raw has no package manager)".into(),
             ))
         }
     };
-    let mut args = head;
+    match (language, target) {
+        (Language::Python, InstallTarget::Home(_)) => args.push("--user".into()),
+        (Language::Python, InstallTarget::Layer) => {
+            args.extend(["--target".into(), packages::PYTHON_DIR.into()]);
+        }
+        (_, InstallTarget::Home(home)) => args.extend(["--prefix".into(), home.clone()]),
+        (_, InstallTarget::Layer) => {
+            args.extend(["--prefix".into(), packages::NODE_PREFIX.into()]);
+        }
+    }
+    if layer {
+        // Downloads, builds and caches on the layer, not in the small /tmp.
+        extra_env.extend([
+            ("TMPDIR", packages::SCRATCH_DIR),
+            ("npm_config_cache", packages::SCRATCH_DIR),
+        ]);
+    }
+    args.push("--".into());
     args.extend(packages.iter().cloned());
     Ok(ExecPlan {
         program,
@@ -208,18 +216,31 @@ pub(crate) struct ExecSpec {
     pub timeout: Duration,
     /// Whether output is sent to the host (not for `warm_repl`).
     pub forward_output: bool,
+    /// Turns true when the host cancels the exec: SIGINT to the group,
+    /// then SIGKILL after the grace.
+    pub cancel: Option<watch::Receiver<bool>>,
 }
 
 /// Where a process's output goes.
 #[derive(Debug, Clone)]
-struct Sink {
+pub(crate) struct Sink {
     op: OpId,
     events: mpsc::Sender<Event>,
     forward: bool,
 }
 
 impl Sink {
-    async fn send(&self, kind: StreamKind, bytes: bytes::Bytes) {
+    /// Output of `op`, sent to `events` when `forward` (else dropped).
+    pub(crate) fn new(op: OpId, events: mpsc::Sender<Event>, forward: bool) -> Self {
+        Self {
+            op,
+            events,
+            forward,
+        }
+    }
+
+    /// Sends one chunk of `kind` (dropped when not forwarding).
+    pub(crate) async fn send(&self, kind: StreamKind, bytes: bytes::Bytes) {
         if !self.forward {
             return;
         }
@@ -294,28 +315,21 @@ pub(crate) async fn run(
         None => None,
     };
 
-    let mut command = Command::new(spec.plan.program);
-    command
-        .args(&spec.plan.args)
-        .env_clear()
-        .envs(&env)
-        .stdin(if spec.plan.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // The identity is dropped in the child setup, after it joined the
-    // cgroup (which needs root), not by std (which drops it first).
-    sys::set_child_setup(
-        &mut command,
+    let stdin = if spec.plan.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut command = sandboxed_command(
+        spec.plan.program,
+        &spec.plan.args,
+        &env,
+        stdin,
         sys::ChildSetup {
             cwd: cwd.as_raw_fd(),
             cgroup_procs: cgroup.as_ref().map(ExecCgroup::procs_fd),
             run_as: config.run_as.map(|r| (r.uid, r.gid)),
+            control: None,
         },
     );
 
@@ -376,7 +390,14 @@ pub(crate) async fn run(
         )
     };
     let waiter = async {
-        let ended = wait_with_deadline(&mut child, &group, spec.timeout, config.kill_grace).await;
+        let ended = wait_with_deadline(
+            &mut child,
+            &group,
+            spec.timeout,
+            config.kill_grace,
+            spec.cancel.clone(),
+        )
+        .await;
         let duration_ms = millis(started.elapsed());
         // The main process is gone: nothing of its group may outlive it.
         group.kill_rest();
@@ -414,31 +435,77 @@ pub(crate) async fn run(
     })
 }
 
-/// Waits for the main process; past the deadline sends SIGTERM to the group,
-/// then SIGKILL after the grace. Returns the status and whether it timed
-/// out.
+/// The command for user code (an exec's process, a cell interpreter):
+/// `env` only, output piped, its own process group, killed on drop, and
+/// `setup` applied between fork and exec (cgroup, identity, cwd, control
+/// fds). The identity is dropped there, after the cgroup join (which needs
+/// root), not by std (which would drop it first).
+pub(crate) fn sandboxed_command<S: AsRef<std::ffi::OsStr>>(
+    program: &str,
+    args: &[S],
+    env: &BTreeMap<String, String>,
+    stdin: Stdio,
+    setup: sys::ChildSetup,
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    sys::set_child_setup(&mut command, setup);
+    command
+}
+
+/// Waits for the main process; past the deadline sends SIGTERM to the group
+/// (on a cancel, SIGINT), then SIGKILL after the grace. Returns the status
+/// and whether it timed out.
 async fn wait_with_deadline(
     child: &mut tokio::process::Child,
     group: &GroupKiller,
     timeout: Duration,
     grace: Duration,
+    cancel: Option<watch::Receiver<bool>>,
 ) -> Result<(ExitStatus, bool), String> {
     let wait_err = |e: std::io::Error| format!("waiting for the process failed: {e}");
     let deadline = tokio::time::Instant::now().checked_add(timeout);
-    let first = match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, child.wait()).await,
-        None => Ok(child.wait().await),
+    let cancelled = async {
+        match cancel {
+            // A dropped sender (the op is going away) is no cancel.
+            Some(mut cancel) => {
+                if cancel.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
     };
-    if let Ok(status) = first {
-        return status.map(|s| (s, false)).map_err(wait_err);
-    }
-    group.signal(Signal::SIGTERM);
+    let until_deadline = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    let timed_out = tokio::select! {
+        status = child.wait() => return status.map(|s| (s, false)).map_err(wait_err),
+        () = until_deadline => true,
+        () = cancelled => false,
+    };
+    group.signal(if timed_out {
+        Signal::SIGTERM
+    } else {
+        Signal::SIGINT
+    });
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
-        return status.map(|s| (s, true)).map_err(wait_err);
+        return status.map(|s| (s, timed_out)).map_err(wait_err);
     }
     group.kill_all();
     match tokio::time::timeout(KILL_REAP_TIMEOUT, child.wait()).await {
-        Ok(status) => status.map(|s| (s, true)).map_err(wait_err),
+        Ok(status) => status.map(|s| (s, timed_out)).map_err(wait_err),
         Err(_) => Err(format!(
             "the process survived SIGKILL for {KILL_REAP_TIMEOUT:?}"
         )),
@@ -516,7 +583,10 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 
 /// Opens the working directory beneath the home (`O_PATH`), for `fchdir`
 /// in the child.
-async fn open_cwd(config: &AgentConfig, cwd: Option<String>) -> Result<OwnedFd, AgentError> {
+pub(crate) async fn open_cwd(
+    config: &AgentConfig,
+    cwd: Option<String>,
+) -> Result<OwnedFd, AgentError> {
     let home = config.home.clone();
     blocking(move || {
         let path = cwd.unwrap_or_default();
@@ -545,7 +615,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     ChildExit::from(status).shell_code()
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -594,29 +664,36 @@ mod tests {
     }
 
     #[test]
-    fn warm_plans_run_trivial_code() {
-        for language in Language::ALL {
-            let p = plan_warm(language);
-            assert!(p.stdin.is_none());
-            assert!(p.args.last().is_some_and(|code| code.len() <= 4));
-        }
-    }
-
-    #[test]
     fn install_plans_use_the_user_space_and_keep_names_as_operands() {
         let pkgs = vec!["requests==2.31".to_owned(), "@scope/pkg".to_owned()];
-        let py = plan_install(Language::Python, &pkgs, "/home/sandbox").unwrap();
+        let home = InstallTarget::Home("/home/sandbox".into());
+        let py = plan_install(Language::Python, &pkgs, &home).unwrap();
         assert_eq!(py.program, "python3");
         assert!(py.args.contains(&"--user".to_owned()));
         assert!(py.args.contains(&"--no-cache-dir".to_owned()));
         assert!(py.args.ends_with(&pkgs));
-        let js = plan_install(Language::Javascript, &pkgs, "/home/sandbox").unwrap();
+        assert_eq!(py.args[py.args.len() - pkgs.len() - 1], "--");
+        let js = plan_install(Language::Javascript, &pkgs, &home).unwrap();
         assert_eq!(js.program, "npm");
         assert!(js
             .args
             .windows(2)
             .any(|w| w == ["--prefix", "/home/sandbox"]));
         assert!(js.args.ends_with(&pkgs));
+    }
+
+    #[test]
+    fn layer_installs_target_the_layer_with_scratch_on_it() {
+        let pkgs = vec!["six==1.16.0".to_owned()];
+        let py = plan_install(Language::Python, &pkgs, &InstallTarget::Layer).unwrap();
+        assert!(py.args.windows(2).any(|w| w == ["--target", "/opt/python"]));
+        assert!(!py.args.contains(&"--user".to_owned()));
+        assert!(py.extra_env.contains(&("TMPDIR", "/opt/.install-tmp")));
+        let js = plan_install(Language::Javascript, &pkgs, &InstallTarget::Layer).unwrap();
+        assert!(js.args.windows(2).any(|w| w == ["--prefix", "/opt/node"]));
+        assert!(js
+            .extra_env
+            .contains(&("npm_config_cache", "/opt/.install-tmp")));
     }
 
     #[test]
@@ -629,17 +706,23 @@ mod tests {
             "a\nb",
             &"x".repeat(300),
         ] {
-            let err = plan_install(Language::Python, &[bad.to_owned()], "/h").unwrap_err();
+            let err = plan_install(
+                Language::Python,
+                &[bad.to_owned()],
+                &InstallTarget::Home("/h".into()),
+            )
+            .unwrap_err();
             assert_eq!(
                 err.kind(),
                 airlock_protocol::ErrorKind::InvalidRequest,
                 "{bad:?}"
             );
         }
-        assert!(plan_install(Language::Python, &[], "/h").is_err());
+        assert!(plan_install(Language::Python, &[], &InstallTarget::Home("/h".into())).is_err());
         let many = vec!["a".to_owned(); MAX_PACKAGES + 1];
-        assert!(plan_install(Language::Python, &many, "/h").is_err());
-        let err = plan_install(Language::Raw, &["x".to_owned()], "/h").unwrap_err();
+        assert!(plan_install(Language::Python, &many, &InstallTarget::Home("/h".into())).is_err());
+        let err =
+            plan_install(Language::Raw, &["x".to_owned()], &InstallTarget::Layer).unwrap_err();
         assert_eq!(err.kind(), airlock_protocol::ErrorKind::Unsupported);
     }
 

@@ -191,6 +191,43 @@ impl ExecCgroup {
         }
     }
 
+    /// SIGKILLs every process of the cgroup but `keep` (a persistent
+    /// interpreter: what its cell started must not outlive the cell) and
+    /// waits, up to `deadline`, until `keep` is alone. A process forked
+    /// while the list is read is caught by the next round.
+    ///
+    /// # Errors
+    /// A message when others are still there at the deadline or
+    /// `cgroup.procs` cannot be read.
+    pub(crate) async fn kill_all_but(&self, keep: i32, deadline: Duration) -> Result<(), String> {
+        let procs = self.dir.join("cgroup.procs");
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let text = tokio::fs::read_to_string(&procs)
+                .await
+                .map_err(|e| format!("read {}: {e}", procs.display()))?;
+            let others = other_pids(&text, keep);
+            if others.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(format!(
+                    "{} still holds {} process(es) besides the interpreter after {deadline:?}",
+                    self.dir.display(),
+                    others.len()
+                ));
+            }
+            for pid in others {
+                // Gone meanwhile (ESRCH) is what we want.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            tokio::time::sleep(EMPTY_POLL).await;
+        }
+    }
+
     /// Kills what is left, waits (up to `deadline`) until the cgroup is
     /// empty and removes it.
     ///
@@ -245,6 +282,15 @@ impl Drop for ExecCgroup {
     }
 }
 
+/// The pids of a `cgroup.procs` text but `keep`.
+pub fn other_pids(procs: &str, keep: i32) -> Vec<i32> {
+    procs
+        .lines()
+        .filter_map(|line| line.trim().parse::<i32>().ok())
+        .filter(|&pid| pid != keep)
+        .collect()
+}
+
 /// Removes the abandoned cgroups that have emptied; keeps the others.
 fn remove_abandoned() {
     let mut abandoned = ABANDONED.lock().unwrap_or_else(PoisonError::into_inner);
@@ -266,6 +312,14 @@ mod tests {
         assert_eq!(is_populated("frozen 0\n"), None);
         assert_eq!(is_populated("populated x\n"), None);
         assert_eq!(is_populated(""), None);
+    }
+
+    #[test]
+    fn other_pids_leave_out_the_kept_one_and_junk() {
+        assert_eq!(other_pids("12\n7\n99\n", 7), vec![12, 99]);
+        assert_eq!(other_pids("7\n", 7), Vec::<i32>::new());
+        assert_eq!(other_pids("", 7), Vec::<i32>::new());
+        assert_eq!(other_pids("x\n 5 \n", 7), vec![5]);
     }
 
     #[test]

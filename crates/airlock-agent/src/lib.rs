@@ -5,8 +5,10 @@
 //! It sits at the bottom of the layers, in the guest: the orchestrator talks
 //! to it through the protocol crate's client; of the rest of Airlock it uses
 //! only `airlock-sys-util` (process groups, exit statuses), without its
-//! tokio feature. It does not boot anything, mount anything (`airlock-init` does),
-//! or decide policy for the host (limits come from its flags).
+//! tokio feature. It does not boot anything or mount anything
+//! (`airlock-init` does; the one exception is sealing the package layer
+//! read-only after an install), or decide policy for the host (limits come
+//! from its flags).
 //!
 //! - [`serve`] answers requests from any `AsyncRead`/`AsyncWrite` pair:
 //!   virtio-serial ports in the guest ([`ports`]), unix sockets or in-memory
@@ -17,9 +19,16 @@
 //! - File transfer (`files`): atomic chunked writes, chunked reads, listings,
 //!   every path checked ([`rel_path`]) and opened beneath the home
 //!   (`openat2(RESOLVE_BENEATH)`).
+//! - [`packages`]: the package layer on `/opt` (on `PYTHONPATH` and
+//!   `NODE_PATH` when present; installed into and sealed read-only in the
+//!   install VM).
 //! - [`reaper`]: zombie reaping when the agent is PID 1.
+//! - [`repl`]: persistent interpreters (one per language) running the
+//!   cells of `exec` with `mode: cell`, nothing spawned per cell, with
+//!   boundaries and exit codes on a control pipe, never in the output.
 //! - `reseed`: after a restore from a memory template, host entropy into
-//!   the kernel's pool and the host's wall clock.
+//!   the kernel's pool and the host's wall clock; running interpreters
+//!   reseeded.
 //!
 //! ```no_run
 //! use airlock_agent::{serve, AgentConfig, RunAs};
@@ -44,9 +53,11 @@ pub mod exec_cgroup;
 mod files;
 mod home;
 pub mod output;
+pub mod packages;
 pub mod ports;
 pub mod reaper;
 pub mod rel_path;
+pub mod repl;
 mod reseed;
 mod server;
 mod sys;
@@ -55,7 +66,8 @@ pub use sys::protect_from_oom_killer;
 pub use config::{AgentConfig, RunAs};
 pub use error::AgentError;
 pub use home::prepare_home;
-pub use server::{serve, AGENT_VERSION};
+pub use repl::Repls;
+pub use server::{serve, serve_with, AGENT_VERSION};
 
 /// The line the agent prints on stderr (the guest console) once ready.
 pub fn ready_line() -> String {

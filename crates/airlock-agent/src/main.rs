@@ -10,7 +10,7 @@ use airlock_agent::ports::{
     find_port, is_host_gone, open_port, EofRetry, DEV_DIR, EOF_RETRY, HOST_GONE_GRACE, PORT_WAIT,
     SYS_VIRTIO_PORTS,
 };
-use airlock_agent::{prepare_home, ready_line, serve, AgentConfig, AgentError, RunAs};
+use airlock_agent::{prepare_home, ready_line, serve_with, AgentConfig, AgentError, Repls, RunAs};
 use airlock_protocol::{CMD_PORT_NAME, EVENT_PORT_NAME};
 use clap::Parser;
 use std::os::unix::fs::FileTypeExt;
@@ -139,6 +139,9 @@ async fn run(args: Args) -> Result<(), AgentError> {
             .map_err(|e| AgentError::Config(format!("preparing the exec cgroups failed: {e}")))??;
     }
     let config = Arc::new(config);
+    // The persistent interpreters outlive host connections (a template's
+    // clone is served by the same agent after its restore).
+    let repls = Arc::new(Repls::new(Arc::clone(&config)));
     let for_home = Arc::clone(&config);
     tokio::task::spawn_blocking(move || prepare_home(&for_home))
         .await
@@ -152,8 +155,8 @@ async fn run(args: Args) -> Result<(), AgentError> {
         });
     }
     match (&args.cmd_socket, &args.event_socket) {
-        (Some(cmd), Some(event)) => serve_sockets(cmd, event, config).await,
-        _ => serve_ports(config).await,
+        (Some(cmd), Some(event)) => serve_sockets(cmd, event, config, repls).await,
+        _ => serve_ports(config, repls).await,
     }
 }
 
@@ -163,6 +166,7 @@ async fn serve_sockets(
     cmd: &Path,
     event: &Path,
     config: Arc<AgentConfig>,
+    repls: Arc<Repls>,
 ) -> Result<(), AgentError> {
     let cmd_listener = bind(cmd)?;
     let event_listener = bind(event)?;
@@ -173,7 +177,14 @@ async fn serve_sockets(
             tokio::try_join!(cmd_listener.accept(), event_listener.accept())
                 .map_err(AgentError::Transport)?;
         tracing::info!("host connected");
-        if let Err(e) = serve(cmd_conn.0, event_conn.0, Arc::clone(&config)).await {
+        let served = serve_with(
+            cmd_conn.0,
+            event_conn.0,
+            Arc::clone(&config),
+            Arc::clone(&repls),
+        )
+        .await;
+        if let Err(e) = served {
             tracing::warn!(error = %e, "session ended with an error");
         }
     }
@@ -196,7 +207,7 @@ fn bind(path: &Path) -> Result<UnixListener, AgentError> {
 
 /// Guest mode: find the ports by name and serve them forever; reopen them
 /// after a transport failure.
-async fn serve_ports(config: Arc<AgentConfig>) -> Result<(), AgentError> {
+async fn serve_ports(config: Arc<AgentConfig>, repls: Arc<Repls>) -> Result<(), AgentError> {
     // In the guest the agent is what reports on user code: an OOM must take
     // the code, never the agent (each exec gets the ordinary score back).
     airlock_agent::protect_from_oom_killer();
@@ -231,7 +242,7 @@ async fn serve_ports(config: Arc<AgentConfig>) -> Result<(), AgentError> {
                     ready = true;
                 }
                 let host_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let result = serve(
+                let result = serve_with(
                     HostWatch {
                         inner: EofRetry::new(cmd_port, EOF_RETRY)
                             .with_host_gone_after(HOST_GONE_GRACE),
@@ -239,12 +250,14 @@ async fn serve_ports(config: Arc<AgentConfig>) -> Result<(), AgentError> {
                     },
                     event_port,
                     Arc::clone(&config),
+                    Arc::clone(&repls),
                 )
                 .await;
                 if host_gone.load(std::sync::atomic::Ordering::SeqCst) {
                     // The host that owned this VM is gone (killed, crashed):
                     // end, so that init powers the VM off.
                     eprintln!("airlock-agent: the host is gone: exiting");
+                    repls.shutdown().await;
                     return Ok(());
                 }
                 tracing::warn!(?result, "port session ended: reopening the ports");

@@ -12,12 +12,14 @@
 //! op 0), an op id already in flight or a chunk without an open write with
 //! `bad_state`.
 
-use crate::exec::{self, plan_exec, plan_install, plan_warm, AbortOnDrop, ExecSpec};
+use crate::exec::{self, plan_exec, plan_install, AbortOnDrop, ExecSpec};
 use crate::files::{list_dir, FileReader, FileWriter};
+use crate::packages::InstallTarget;
+use crate::repl::Repls;
 use crate::{AgentConfig, AgentError};
 use airlock_protocol::{
-    Data, ErrorKind, Event, EventBody, ExecRequest, FrameReader, FrameWriter, Language, OpId,
-    ProtocolError, Request, RequestBody, PROTOCOL_VERSION,
+    Data, ErrorKind, Event, EventBody, ExecMode, ExecRequest, FrameReader, FrameWriter, Language,
+    OpId, ProtocolError, Request, RequestBody, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,7 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// The agent's version, reported in `pong`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -43,12 +45,35 @@ const FAILED_WRITES_REMEMBERED: usize = 1024;
 /// Serves requests from `reader`, sending events to `writer`, until the
 /// command stream ends. Operations still in flight then are cancelled
 /// (their processes killed, partial writes removed) and queued events are
-/// sent.
+/// sent. The persistent interpreters of cells live as long as this call
+/// (see [`serve_with`] to keep them across connections).
 ///
 /// # Errors
 /// [`AgentError::Config`] for an invalid configuration,
 /// [`AgentError::Transport`] when either stream fails.
 pub async fn serve<R, W>(reader: R, writer: W, config: Arc<AgentConfig>) -> Result<(), AgentError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let repls = Arc::new(Repls::new(Arc::clone(&config)));
+    let served = serve_with(reader, writer, config, Arc::clone(&repls)).await;
+    repls.shutdown().await;
+    served
+}
+
+/// As [`serve`], with persistent interpreters that outlive it (the guest
+/// agent keeps one set for its whole life, across reconnections of the
+/// host).
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with<R, W>(
+    reader: R,
+    writer: W,
+    config: Arc<AgentConfig>,
+    repls: Arc<Repls>,
+) -> Result<(), AgentError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -71,7 +96,7 @@ where
     );
     // The queue is empty: this cannot wait.
     let _ = events_tx.send(hello).await;
-    let mut dispatcher = Dispatcher::new(config, events_tx);
+    let mut dispatcher = Dispatcher::new(config, repls, events_tx);
     let read_result = tokio::select! {
         result = dispatcher.run(reader) => result,
         written = &mut writer => {
@@ -134,12 +159,15 @@ struct OpSlot {
     _task: AbortOnDrop<()>,
     /// Set for writes: where their chunks go.
     chunks: Option<mpsc::Sender<WriteInput>>,
+    /// Set for execs: turned true by a `cancel`.
+    cancel: Option<watch::Sender<bool>>,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = EventBody> + Send>>;
 
 struct Dispatcher {
     config: Arc<AgentConfig>,
+    repls: Arc<Repls>,
     events: mpsc::Sender<Event>,
     ops: HashMap<OpId, OpSlot>,
     failed_writes: HashSet<OpId>,
@@ -148,10 +176,11 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(config: Arc<AgentConfig>, events: mpsc::Sender<Event>) -> Self {
+    fn new(config: Arc<AgentConfig>, repls: Arc<Repls>, events: mpsc::Sender<Event>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             config,
+            repls,
             events,
             ops: HashMap::new(),
             failed_writes: HashSet::new(),
@@ -274,6 +303,17 @@ impl Dispatcher {
                 )
                 .await;
         }
+        if let RequestBody::Cancel { target } = body {
+            // Not answered; an unknown or finished target is ignored.
+            match self.ops.get(&target).and_then(|slot| slot.cancel.as_ref()) {
+                Some(cancel) => {
+                    tracing::info!(op, target, "exec cancelled");
+                    cancel.send_replace(true);
+                }
+                None => tracing::debug!(op, target, "cancel for no running exec: ignored"),
+            }
+            return Ok(());
+        }
         // A ping always answers: it is how the host sees the agent is alive.
         let is_ping = matches!(body, RequestBody::Ping);
         if !is_ping && self.ops.len() >= self.config.max_ops_in_flight {
@@ -288,12 +328,16 @@ impl Dispatcher {
                 .await;
         }
         let action = body.action();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
         let ctx = OpCtx {
             op,
             config: Arc::clone(&self.config),
+            repls: Arc::clone(&self.repls),
             events: self.events.clone(),
+            cancel: cancel_rx,
         };
         let mut chunks = None;
+        let mut cancel = None;
         let work: OpFuture = match body {
             RequestBody::Ping => {
                 let pong = EventBody::Pong {
@@ -308,12 +352,12 @@ impl Dispatcher {
                     .refuse(op, AgentError::BadState("no open write".into()))
                     .await;
             }
-            RequestBody::Exec(request) => Box::pin(ctx.exec(request)),
-            RequestBody::Cancel { .. } => {
-                return self
-                    .refuse(op, AgentError::Unsupported("cancel".into()))
-                    .await;
+            RequestBody::Exec(request) => {
+                cancel = Some(cancel_tx);
+                Box::pin(ctx.exec(request))
             }
+            // Handled above; never an operation of its own.
+            RequestBody::Cancel { .. } => return Ok(()),
             RequestBody::WriteFile { path, mode, size } => {
                 let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                 chunks = Some(tx);
@@ -326,13 +370,19 @@ impl Dispatcher {
                 entropy,
                 unix_time_ns,
             } => Box::pin(async move {
-                last_event(crate::reseed::reseed(entropy.as_bytes(), unix_time_ns))
+                let reseeded = crate::reseed::reseed(entropy.as_bytes(), unix_time_ns);
+                if reseeded.is_ok() {
+                    // The kernel first: the interpreters draw from it.
+                    ctx.repls.reseed().await;
+                }
+                last_event(reseeded)
             }),
             RequestBody::InstallPackages {
                 language,
                 packages,
                 timeout_ms,
-            } => Box::pin(ctx.install(language, packages, timeout_ms)),
+                env,
+            } => Box::pin(ctx.install(language, packages, timeout_ms, env)),
         };
         tracing::info!(op, action, "operation started");
         let done = self.done_tx.clone();
@@ -345,6 +395,7 @@ impl Dispatcher {
             OpSlot {
                 _task: AbortOnDrop(task),
                 chunks,
+                cancel,
             },
         );
         Ok(())
@@ -370,7 +421,10 @@ fn last_event(result: Result<EventBody, AgentError>) -> EventBody {
 struct OpCtx {
     op: OpId,
     config: Arc<AgentConfig>,
+    repls: Arc<Repls>,
     events: mpsc::Sender<Event>,
+    /// Turns true when the host cancels this op (execs only).
+    cancel: watch::Receiver<bool>,
 }
 
 impl OpCtx {
@@ -390,46 +444,80 @@ impl OpCtx {
     }
 
     async fn exec(self, request: ExecRequest) -> EventBody {
+        if request.mode != ExecMode::Process {
+            return last_event(
+                self.repls
+                    .run_cell(self.op, request, &self.events, self.cancel.clone())
+                    .await
+                    .map(EventBody::Complete),
+            );
+        }
         let spec = ExecSpec {
             plan: plan_exec(request.language, &request.code),
             env: request.env,
             cwd: request.cwd,
             timeout: Duration::from_millis(request.timeout_ms),
             forward_output: true,
+            cancel: Some(self.cancel.clone()),
         };
         self.run_process(spec).await
     }
 
     async fn warm(self, language: Language) -> EventBody {
-        let spec = ExecSpec {
-            plan: plan_warm(language),
-            env: Default::default(),
-            cwd: None,
-            timeout: self.config.warm_timeout,
-            forward_output: false,
-        };
-        self.run_process(spec).await
+        last_event(self.repls.warm(language).await.map(EventBody::Complete))
     }
 
+    /// Installs into the writable package layer when the guest has one
+    /// (the install VM: the layer is sealed read-only afterwards, whatever
+    /// the outcome), else into the sandbox user's own space.
     async fn install(
         self,
         language: Language,
         packages: Vec<String>,
         timeout_ms: u64,
+        env: std::collections::BTreeMap<String, String>,
     ) -> EventBody {
-        let home = self.config.home.to_string_lossy().into_owned();
-        let plan = match plan_install(language, &packages, &home) {
+        let layer = crate::packages::writable_layer();
+        let target = if layer {
+            InstallTarget::Layer
+        } else {
+            InstallTarget::Home(self.config.home.to_string_lossy().into_owned())
+        };
+        let plan = match plan_install(language, &packages, &target) {
             Ok(plan) => plan,
             Err(error) => return last_event(Err(error)),
         };
+        if layer {
+            let dir = match language {
+                Language::Javascript => crate::packages::NODE_PREFIX,
+                _ => crate::packages::PYTHON_DIR,
+            };
+            let owner = self.config.run_as.map(|r| (r.uid, r.gid));
+            let prepared =
+                exec::blocking(move || crate::packages::prepare_layer(&[dir], owner)).await;
+            if let Err(error) = prepared {
+                return last_event(Err(error));
+            }
+        }
         let spec = ExecSpec {
             plan,
-            env: Default::default(),
+            env,
             cwd: None,
             timeout: Duration::from_millis(timeout_ms),
             forward_output: true,
+            cancel: None,
         };
-        self.run_process(spec).await
+        let done = self.run_process(spec).await;
+        if !layer {
+            return done;
+        }
+        match exec::blocking(crate::packages::seal_layer).await {
+            Ok(()) => {
+                tracing::info!(op = self.op, "package layer sealed read-only");
+                done
+            }
+            Err(error) => last_event(Err(error)),
+        }
     }
 
     async fn write(

@@ -92,7 +92,15 @@ pub(crate) struct ChildSetup {
     pub cgroup_procs: Option<RawFd>,
     /// The identity to drop to (uid, gid), supplementary groups cleared.
     pub run_as: Option<(u32, u32)>,
+    /// A persistent interpreter's control pipe ends (commands to read,
+    /// reports to write), given to the child as fds 3 and 4 (see
+    /// [`crate::repl`]). Both must stay open until the spawn.
+    pub control: Option<(RawFd, RawFd)>,
 }
+
+/// The fds a persistent interpreter reads commands from and writes
+/// reports to.
+pub(crate) const CONTROL_FDS: (RawFd, RawFd) = (3, 4);
 
 /// `/proc/self/oom_score_adj`, NUL-terminated for `open` in the child.
 const OOM_SCORE_ADJ: &[u8] = b"/proc/self/oom_score_adj\0";
@@ -115,7 +123,7 @@ pub fn protect_from_oom_killer() {
 /// runs outside its cgroup or as root.
 pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: ChildSetup) {
     let in_child = move || -> io::Result<()> {
-        // SAFETY: write, setgroups, setgid, setuid, fchdir and prctl are
+        // SAFETY: write, setgroups, setgid, setuid, fchdir, fcntl, dup2 and prctl are
         // async-signal-safe system calls on plain integers and a static
         // buffer; the descriptors are open in the parent at fork time, so
         // they are open in the child.
@@ -151,6 +159,19 @@ pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: Chil
             }
             if libc::fchdir(setup.cwd) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some((commands, reports)) = setup.control {
+                // Lift both above the targets first, so that installing one
+                // cannot close the other; dup2 clears close-on-exec.
+                let commands = libc::fcntl(commands, libc::F_DUPFD_CLOEXEC, 10);
+                let reports = libc::fcntl(reports, libc::F_DUPFD_CLOEXEC, 10);
+                if commands < 0
+                    || reports < 0
+                    || libc::dup2(commands, CONTROL_FDS.0) < 0
+                    || libc::dup2(reports, CONTROL_FDS.1) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
@@ -211,4 +232,17 @@ pub(crate) fn reseed_crng(urandom: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Bytes waiting in a pipe (`FIONREAD`): what a reader gets without
+/// blocking.
+pub(crate) fn pipe_pending_bytes(pipe: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid
+    // for the call; the descriptor is open. The return value is checked.
+    let ret = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(pending).unwrap_or(0))
 }

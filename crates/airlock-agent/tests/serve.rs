@@ -727,6 +727,7 @@ async fn install_packages_refuses_options_and_raw() {
         language,
         packages: packages.iter().map(|p| (*p).to_owned()).collect(),
         timeout_ms: 10_000,
+        env: Default::default(),
     };
     agent
         .send(1, install(Language::Python, &["-r", "/etc/passwd"]))

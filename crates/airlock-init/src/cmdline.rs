@@ -20,6 +20,20 @@ pub struct BootArgs {
     pub tmp_mib: u64,
     /// `airlock.home_mib=N`: size cap of `/home/sandbox`, in MiB.
     pub home_mib: u64,
+    /// `airlock.packages=ro|rw`: a package layer disk (serial
+    /// [`crate::PACKAGES_SERIAL`]) is attached; mount it on
+    /// [`crate::PACKAGES_MOUNT`], read-only (runs) or writable (the
+    /// install VM). `None`: no layer.
+    pub packages: Option<PackagesMount>,
+}
+
+/// How the package layer is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackagesMount {
+    /// Read-only: a run over a finished layer.
+    ReadOnly,
+    /// Writable: the install VM that fills the layer.
+    ReadWrite,
 }
 
 impl Default for BootArgs {
@@ -27,6 +41,7 @@ impl Default for BootArgs {
         Self {
             tmp_mib: DEFAULT_TMP_MIB,
             home_mib: DEFAULT_HOME_MIB,
+            packages: None,
         }
     }
 }
@@ -43,6 +58,7 @@ impl BootArgs {
             match key {
                 "airlock.tmp_mib" => args.tmp_mib = parse_mib(key, value)?,
                 "airlock.home_mib" => args.home_mib = parse_mib(key, value)?,
+                "airlock.packages" => args.packages = parse_packages(key, value)?,
                 _ => {}
             }
         }
@@ -81,6 +97,19 @@ fn split_words(cmdline: &str) -> Vec<String> {
     words
 }
 
+fn parse_packages(arg: &str, value: &str) -> Result<Option<PackagesMount>, InitError> {
+    match value {
+        "ro" => Ok(Some(PackagesMount::ReadOnly)),
+        "rw" => Ok(Some(PackagesMount::ReadWrite)),
+        "none" => Ok(None),
+        _ => Err(InitError::BadArg {
+            arg: arg.to_owned(),
+            value: value.to_owned(),
+            reason: "expected ro, rw or none".to_owned(),
+        }),
+    }
+}
+
 fn parse_mib(arg: &str, value: &str) -> Result<u64, InitError> {
     let bad = |reason: &str| InitError::BadArg {
         arg: arg.to_owned(),
@@ -111,7 +140,8 @@ mod tests {
             args,
             BootArgs {
                 tmp_mib: 64,
-                home_mib: 256
+                home_mib: 256,
+                packages: None,
             }
         );
     }
@@ -124,7 +154,8 @@ mod tests {
             args,
             BootArgs {
                 tmp_mib: 16,
-                home_mib: 512
+                home_mib: 512,
+                packages: None,
             }
         );
     }
@@ -139,6 +170,19 @@ mod tests {
     fn ignores_unknown_and_valueless_words() {
         let args = BootArgs::parse("quiet airlock.tmp_mib airlock.other=x ro").unwrap();
         assert_eq!(args, BootArgs::default());
+    }
+
+    #[test]
+    fn reads_the_package_layer_mode_and_refuses_others() {
+        let ro = BootArgs::parse("airlock.packages=ro").unwrap();
+        assert_eq!(ro.packages, Some(PackagesMount::ReadOnly));
+        let rw = BootArgs::parse("quiet airlock.packages=rw").unwrap();
+        assert_eq!(rw.packages, Some(PackagesMount::ReadWrite));
+        assert_eq!(
+            BootArgs::parse("airlock.packages=none").unwrap().packages,
+            None
+        );
+        assert!(BootArgs::parse("airlock.packages=yes").is_err());
     }
 
     #[test]
@@ -180,7 +224,7 @@ mod tests {
         fn any_valid_size_round_trips(tmp in 1u64..=MAX_TMPFS_MIB, home in 1u64..=MAX_TMPFS_MIB) {
             let line = format!("x=1 airlock.home_mib={home} y airlock.tmp_mib={tmp}");
             let args = BootArgs::parse(&line).unwrap();
-            prop_assert_eq!(args, BootArgs { tmp_mib: tmp, home_mib: home });
+            prop_assert_eq!(args, BootArgs { tmp_mib: tmp, home_mib: home, packages: None });
         }
     }
 }

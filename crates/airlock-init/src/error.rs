@@ -32,10 +32,11 @@ pub enum InitError {
         #[source]
         source: std::io::Error,
     },
-    /// No block device carries the root serial.
+    /// No block device carries the serial looked for (the root disk's,
+    /// or the package layer's when the command line announces one).
     #[error(
         "no disk with serial {serial} after {waited_ms} ms (seen: {seen}); \
-         give the root drive `serial={serial}` on its virtio-blk device"
+         give the drive `serial={serial}` on its virtio-blk device"
     )]
     RootDiskNotFound {
         /// The serial looked for.

@@ -39,7 +39,7 @@ mod error;
 mod milestones;
 mod rootdisk;
 
-pub use cmdline::{BootArgs, DEFAULT_HOME_MIB, DEFAULT_TMP_MIB, MAX_TMPFS_MIB};
+pub use cmdline::{BootArgs, PackagesMount, DEFAULT_HOME_MIB, DEFAULT_TMP_MIB, MAX_TMPFS_MIB};
 pub use error::InitError;
 pub use milestones::Milestones;
 pub use rootdisk::{describe_disks, find_root_disk, DiskSerial, ROOT_SERIAL};
@@ -49,6 +49,13 @@ pub const AGENT_PATH: &str = "/usr/local/bin/airlock-agent";
 
 /// Numeric id of the unprivileged `sandbox` user (and its group).
 pub const SANDBOX_UID: u32 = 1000;
+
+/// The serial the host gives a package layer disk.
+pub const PACKAGES_SERIAL: &str = "airlock-packages";
+
+/// Where the package layer is mounted (an empty dir of every root disk):
+/// `python/` holds pip's `--target`, `node/node_modules/` npm's packages.
+pub const PACKAGES_MOUNT: &str = "/opt";
 
 /// The sandbox user's home: a size-capped tmpfs owned by [`SANDBOX_UID`].
 pub const SANDBOX_HOME: &str = "/home/sandbox";

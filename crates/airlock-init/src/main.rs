@@ -8,8 +8,9 @@
 mod loopback;
 
 use airlock_init::{
-    describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, AGENT_PATH,
-    LOG_PREFIX, ROOT_SERIAL, SANDBOX_HOME, SANDBOX_UID,
+    describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, PackagesMount,
+    AGENT_PATH, LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL, ROOT_SERIAL, SANDBOX_HOME,
+    SANDBOX_UID,
 };
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 /// Where the root disk is mounted before the switch.
 const NEW_ROOT: &str = "/sysroot";
-/// How long to wait for the root disk to appear.
+/// How long to wait for a disk (root, package layer) to appear.
 const ROOT_DISK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two looks at `/sys/block`.
 const ROOT_DISK_POLL: Duration = Duration::from_millis(5);
@@ -60,8 +61,13 @@ fn boot() -> Result<String, InitError> {
         source,
     })?;
     let args = BootArgs::parse(&cmdline)?;
-    let disk = wait_for_root_disk()?;
-    mount_new_root(&disk, &args)?;
+    let disk = wait_for_disk(ROOT_SERIAL)?;
+    // Looked up now: /sys and /dev move into the new root below.
+    let packages = match args.packages {
+        Some(mode) => Some((wait_for_disk(PACKAGES_SERIAL)?, mode)),
+        None => None,
+    };
+    mount_new_root(&disk, &args, packages)?;
     switch_root()?;
     let root_ms = boottime_ms();
     let agent = spawn_agent()?;
@@ -97,18 +103,18 @@ fn mount_kernel_filesystems() -> Result<(), InitError> {
 /// deliberate no-op kept as the place to do it should that ever change.
 fn load_modules() {}
 
-/// Polls `/sys/block` until a disk carries [`ROOT_SERIAL`]; returns its
-/// `/dev` path.
-fn wait_for_root_disk() -> Result<String, InitError> {
+/// Polls `/sys/block` until a disk carries `serial`; returns its `/dev`
+/// path.
+fn wait_for_disk(serial: &str) -> Result<String, InitError> {
     let start = Instant::now();
     loop {
         let disks = read_disk_serials();
-        if let Some(name) = find_root_disk(&disks, ROOT_SERIAL) {
+        if let Some(name) = find_root_disk(&disks, serial) {
             return Ok(format!("/dev/{name}"));
         }
         if start.elapsed() >= ROOT_DISK_TIMEOUT {
             return Err(InitError::RootDiskNotFound {
-                serial: ROOT_SERIAL.into(),
+                serial: serial.into(),
                 waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
                 seen: describe_disks(&disks),
             });
@@ -132,13 +138,21 @@ fn read_disk_serials() -> Vec<DiskSerial> {
         .collect()
 }
 
-/// The root disk read-only under [`NEW_ROOT`], with size-capped tmpfs for
+/// The root disk read-only under [`NEW_ROOT`] (and the package layer on
+/// its `/opt` when there is one), with size-capped tmpfs for
 /// `/tmp`, `/run` and the sandbox home, `/dev/pts` and `/dev/shm` (both
 /// `noexec`), and cgroup2 on `/sys/fs/cgroup` (the agent gives each exec
 /// its own cgroup there).
-fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
+fn mount_new_root(
+    disk: &str,
+    args: &BootArgs,
+    packages: Option<(String, PackagesMount)>,
+) -> Result<(), InitError> {
     let root_flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(disk, NEW_ROOT, "ext4", root_flags, None)?;
+    if let Some((packages_disk, mode)) = packages {
+        mount_packages(&packages_disk, mode)?;
+    }
     let scratch = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let tmp = format!("mode=1777,size={}m", args.tmp_mib);
     mount_fs(
@@ -193,6 +207,24 @@ fn mount_new_root(disk: &str, args: &BootArgs) -> Result<(), InitError> {
         &format!("{NEW_ROOT}{CGROUP2_DIR}"),
         "cgroup2",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
+}
+
+/// Mounts the package layer disk on [`PACKAGES_MOUNT`] of the new root:
+/// read-only for runs, writable for the install VM (whose agent remounts
+/// it read-only once the install is done). `nosuid,nodev` always; not
+/// `noexec`, as native extension modules are mapped executable.
+fn mount_packages(disk: &str, mode: PackagesMount) -> Result<(), InitError> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+    if mode == PackagesMount::ReadOnly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount_fs(
+        disk,
+        &format!("{NEW_ROOT}{PACKAGES_MOUNT}"),
+        "ext4",
+        flags,
         None,
     )
 }

@@ -29,7 +29,7 @@ use crate::message::*;
 use crate::{check_protocol, truncation_marker, Data, ProtocolError, HELLO_OP};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -382,8 +382,8 @@ impl Client {
         })
     }
 
-    /// Starts a package install (`install_packages`, answered like an exec);
-    /// read its progress from the returned stream.
+    /// Starts a package install (answered like an exec: output events,
+    /// then the completion); read its progress from the returned stream.
     ///
     /// # Errors
     /// [`ProtocolError::Closed`] or a transport error.
@@ -391,14 +391,17 @@ impl Client {
         &self,
         language: Language,
         packages: Vec<String>,
-        timeout_ms: u64,
+        timeout: Duration,
+        env: BTreeMap<String, String>,
     ) -> Result<ExecStream<'_>, ProtocolError> {
-        let body = RequestBody::InstallPackages {
-            language,
-            packages,
-            timeout_ms,
-        };
-        let (op, rx) = self.start(body).await?;
+        let (op, rx) = self
+            .start(RequestBody::InstallPackages {
+                language,
+                packages,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                env,
+            })
+            .await?;
         Ok(ExecStream {
             client: self,
             op,
@@ -420,23 +423,8 @@ impl Client {
         grace: Duration,
     ) -> Result<ExecOutput, ProtocolError> {
         let deadline = Duration::from_millis(request.timeout_ms) + grace;
-        let mut stream = self.exec(request).await?;
-        within(deadline, "exec", async {
-            let mut output = CappedExecOutput::new(&self.config);
-            while let Some(event) = stream.next().await? {
-                match event {
-                    ExecEvent::Stdout(b) => {
-                        output.push_stdout(&b);
-                    }
-                    ExecEvent::Stderr(b) => {
-                        output.push_stderr(&b);
-                    }
-                    ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
-                }
-            }
-            Err(ProtocolError::Closed)
-        })
-        .await
+        let stream = self.exec(request).await?;
+        within(deadline, "exec", stream.collect()).await
     }
 
     /// Writes a file in the sandbox home, atomically: it appears under its
@@ -576,8 +564,9 @@ impl Client {
         }
     }
 
-    /// Asks the agent to start `language`'s interpreter once (its files
-    /// into the page cache) and waits for it to finish.
+    /// Asks the agent to start `language`'s persistent interpreter (the one
+    /// cells run in) with its common modules imported, and waits until it
+    /// is ready.
     ///
     /// # Errors
     /// As [`Client::ping`], or [`ProtocolError::Guest`].
@@ -623,6 +612,23 @@ impl Client {
         }
     }
 
+    /// Interrupts the exec running under `target` (see
+    /// [`ExecStream::op`]): the agent sends SIGINT (a cell's interpreter
+    /// survives it where it can), then kills after its grace; the exec's
+    /// own stream reports the end (exit code 130 for a cell). Not
+    /// answered; an unknown or finished target is ignored by the agent.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Closed`] or a transport error.
+    pub async fn cancel(&self, target: OpId) -> Result<(), ProtocolError> {
+        if self.is_closed() {
+            return Err(ProtocolError::Closed);
+        }
+        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
+        self.send(&Request::new(op, RequestBody::Cancel { target }))
+            .await
+    }
+
     /// Sends a raw line (for tests of the agent's error handling), then
     /// waits for the first event of operation `op`.
     ///
@@ -662,6 +668,29 @@ impl ExecStream<'_> {
     /// The operation id of this exec.
     pub fn op(&self) -> OpId {
         self.op
+    }
+
+    /// Reads the stream to its completion, keeping the output within the
+    /// client's caps ([`CappedExecOutput`]). No deadline of its own: wrap
+    /// it in one.
+    ///
+    /// # Errors
+    /// As [`ExecStream::next`], and [`ProtocolError::Closed`] when the
+    /// stream ends without a completion.
+    pub async fn collect(mut self) -> Result<ExecOutput, ProtocolError> {
+        let mut output = CappedExecOutput::new(&self.client.config);
+        while let Some(event) = self.next().await? {
+            match event {
+                ExecEvent::Stdout(b) => {
+                    output.push_stdout(&b);
+                }
+                ExecEvent::Stderr(b) => {
+                    output.push_stderr(&b);
+                }
+                ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
+            }
+        }
+        Err(ProtocolError::Closed)
     }
 
     /// The next piece of progress; `None` after [`ExecEvent::Complete`].

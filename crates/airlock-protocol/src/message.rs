@@ -171,7 +171,9 @@ pub enum RequestBody {
         target: OpId,
     },
     /// Install packages with the language's package manager: answered like
-    /// an exec.
+    /// an exec. Into the package layer when the guest has a writable one
+    /// (the install VM; the layer is made read-only once the install
+    /// ends), else into the sandbox user's own space.
     InstallPackages {
         /// Whose package manager (pip, npm).
         language: Language,
@@ -179,6 +181,11 @@ pub enum RequestBody {
         packages: Vec<String>,
         /// Deadline in milliseconds.
         timeout_ms: u64,
+        /// Extra environment variables for the package manager (e.g. the
+        /// CA bundle: `PIP_CERT`, `NODE_EXTRA_CA_CERTS`), checked like an
+        /// exec's.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
     },
 }
 
@@ -237,6 +244,21 @@ pub struct ExecRequest {
     pub mode: ExecMode,
 }
 
+impl ExecRequest {
+    /// A cell of `language`'s persistent interpreter ([`ExecMode::Cell`]):
+    /// no extra environment, no cwd.
+    pub fn cell(language: Language, code: impl Into<String>, timeout_ms: u64) -> Self {
+        Self {
+            language,
+            code: code.into(),
+            timeout_ms,
+            env: BTreeMap::new(),
+            cwd: None,
+            mode: ExecMode::Cell,
+        }
+    }
+}
+
 /// How an exec runs its code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -251,6 +273,13 @@ pub enum ExecMode {
     /// band; a cell that has to be killed ends the interpreter and its
     /// completion says `state_lost`.
     Cell,
+    /// A one-off run in the warm interpreter (a VM restored from a
+    /// template, destroyed after): the code runs as a cell, nothing is
+    /// spawned, but a timeout or cancel ends it as a process exec ends
+    /// (SIGTERM, or SIGINT for a cancel, to the interpreter's group, then
+    /// SIGKILL after the grace), so exit codes and output are those a new
+    /// process would give. The interpreter does not survive the interrupt.
+    OneShot,
 }
 
 impl ExecMode {

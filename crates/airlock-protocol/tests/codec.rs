@@ -51,11 +51,20 @@ fn all_requests() -> Vec<Request> {
             env: BTreeMap::new(),
             cwd: None,
         }),
+        RequestBody::Exec(ExecRequest {
+            mode: ExecMode::OneShot,
+            language: Language::Raw,
+            code: "exit 3".into(),
+            timeout_ms: 5,
+            env: BTreeMap::new(),
+            cwd: None,
+        }),
         RequestBody::Cancel { target: 7 },
         RequestBody::InstallPackages {
             language: Language::Python,
             packages: vec!["numpy".into()],
             timeout_ms: 1,
+            env: BTreeMap::from([("PIP_CERT".into(), "/home/sandbox/.ca.pem".into())]),
         },
     ];
     bodies

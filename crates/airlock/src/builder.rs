@@ -283,6 +283,7 @@ fn machine_plan(
         root_base: base.to_path_buf(),
         network_socket,
         verbose_console: config.debug_console,
+        packages: options.packages.clone(),
     }
 }
 

@@ -119,6 +119,18 @@ pub struct RunArgs {
     /// atomically. Repeatable.
     #[arg(long, value_name = "REMOTE:LOCAL")]
     pub download: Vec<String>,
+    /// Pinned packages to install and import (repeatable or
+    /// comma-separated): python `name==version`, javascript
+    /// `name@version`. Installed once through the registries (a separate
+    /// VM; the run itself gets no network from it), kept as a read-only
+    /// layer and attached to later runs with the same list.
+    #[arg(long = "packages", value_name = "SPEC[,SPEC...]")]
+    pub packages: Vec<String>,
+    /// The CA bundle (PEM) guests with a network trust, instead of the
+    /// host's system bundle (e.g. a TLS-inspecting proxy's CA with the
+    /// public roots).
+    #[arg(long = "ca-bundle", value_name = "PATH")]
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 impl RunArgs {
@@ -182,6 +194,10 @@ impl RunArgs {
             .into_iter()
             .map(|t| t.remote)
             .collect();
+        request.packages = self.packages.clone();
+        if let Some(path) = &self.ca_bundle {
+            crate::packages::CaBundle::File(path.clone()).resolve()?;
+        }
         request.validate()?;
         Ok(request)
     }
@@ -421,6 +437,10 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         // filling a pool that would be thrown away.
         overlay_pool_target: 0,
         restore_templates: !args.cold,
+        ca_bundle: args
+            .ca_bundle
+            .clone()
+            .map_or_else(Default::default, crate::packages::CaBundle::File),
         ..Config::default()
     };
     let run_dir = config.run_dir.clone();
@@ -601,8 +621,13 @@ impl RunObserver for Terminal {
                     self.language
                 );
             }
+            Stage::InstallingPackages if self.progress => {
+                eprintln!(
+                    "airlock: installing the packages into a layer (once per list; later runs attach it)..."
+                );
+            }
             Stage::Running | Stage::TearingDown => self.clear_progress(),
-            Stage::Booting | Stage::BuildingTemplate => {}
+            Stage::Booting | Stage::BuildingTemplate | Stage::InstallingPackages => {}
         }
     }
 

@@ -65,6 +65,11 @@ pub struct Config {
     /// shape (built first when missing) instead of booting cold. Off by
     /// default for the library; `airlock run` turns it on (`--cold` off).
     pub restore_templates: bool,
+    /// Where package layers are stored (`<cache>/packages`).
+    pub packages_dir: PathBuf,
+    /// The CA bundle guests with a network trust (default: the host's
+    /// system bundle; `--ca-bundle` picks a file).
+    pub ca_bundle: crate::packages::CaBundle,
 }
 
 impl Default for Config {
@@ -86,6 +91,8 @@ impl Default for Config {
             egress_test: crate::network::EgressTestOverrides::default(),
             templates_dir: dirs.cache.join("templates"),
             restore_templates: false,
+            packages_dir: dirs.cache.join("packages"),
+            ca_bundle: crate::packages::CaBundle::default(),
         }
     }
 }

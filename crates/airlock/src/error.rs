@@ -222,6 +222,27 @@ pub enum Error {
         /// Why it ended.
         reason: crate::session::CloseReason,
     },
+    /// A package spec was refused before anything started (unpinned,
+    /// a range, a URL, an option, a bad name).
+    #[error("package {spec:?} refused: {reason}")]
+    PackageSpec {
+        /// The spec (cut to 80 characters).
+        spec: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// Installing a package list into a layer failed (the package manager
+    /// failed, the registry was unreachable, the layer could not be
+    /// stored).
+    #[error("installing {packages} failed{}: {reason}", .vm_id.as_ref().map(|v| format!(" in vm {v}")).unwrap_or_default())]
+    PackageInstall {
+        /// The install VM, when one ran.
+        vm_id: Option<String>,
+        /// The package list, as given to the package manager.
+        packages: String,
+        /// What went wrong (with the package manager's output tail).
+        reason: String,
+    },
     /// Talking to the guest agent failed.
     #[error("vm {vm_id}: {source}")]
     Protocol {
@@ -274,6 +295,12 @@ impl Error {
                 "wait for the running call to end, or interrupt it with the session's canceller",
             ),
             Error::SessionClosed { .. } => Some("start a new session"),
+            Error::PackageSpec { .. } => Some(
+                "pin every package exactly: pip name==version, npm name@version; see docs/packages.md",
+            ),
+            Error::PackageInstall { .. } => Some(
+                "check the names and versions exist on the registry; behind a TLS-inspecting proxy pass its CA with --ca-bundle; see docs/packages.md",
+            ),
             _ => None,
         }
     }

@@ -38,6 +38,8 @@ pub struct MachinePlan {
     pub network_socket: Option<PathBuf>,
     /// Log the whole kernel output to the console (`--debug`).
     pub verbose_console: bool,
+    /// The package layer disk, when one is attached.
+    pub packages: Option<crate::packages::PackageDisk>,
 }
 
 /// Starts a machine and reaches its agent: the only part of a VM's boot

@@ -16,6 +16,9 @@
 //! - [`Scheduler::session`] starts a [`Session`]: one VM kept across
 //!   calls, its persistent interpreter running cell after cell, files moved
 //!   in and out (`docs/sessions.md`).
+//! - [`packages`]: pinned pip and npm packages installed once, through
+//!   the egress proxy, into a read-only disk layer that later runs and
+//!   sessions attach (`docs/packages.md`).
 //! - [`template`]: memory templates (`docs/templates.md`): a VM of one
 //!   shape saved once, restored in about a tenth of a second instead of a
 //!   boot, reseeded before any user code; `airlock snapshot` manages them.
@@ -47,6 +50,7 @@ mod launcher;
 mod manager;
 mod network;
 pub mod owner;
+pub mod packages;
 pub mod process;
 mod qemu_launcher;
 mod qemu_spec;

@@ -86,6 +86,11 @@ pub struct NetworkReport {
     pub bytes_in: u64,
     /// Connections the egress proxy refused.
     pub denied_connections: u64,
+    /// Connections the guest opened to the egress proxy (allowed, denied
+    /// or failed).
+    pub connections: u64,
+    /// Connections the egress proxy spliced to an upstream.
+    pub allowed_connections: u64,
     /// Problems met while stopping (gvproxy gone early, files left).
     pub problems: Vec<String>,
 }
@@ -252,6 +257,8 @@ impl VmNetwork {
             bytes_out: stats.as_ref().map_or(0, |s| s.bytes_out),
             bytes_in: stats.as_ref().map_or(0, |s| s.bytes_in),
             denied_connections: stats.as_ref().map_or(0, |s| s.connections_denied),
+            connections: stats.as_ref().map_or(0, |s| s.connections_accepted),
+            allowed_connections: stats.as_ref().map_or(0, |s| s.connections_allowed),
             problems,
         }
     }

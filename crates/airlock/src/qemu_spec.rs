@@ -32,6 +32,11 @@ pub fn vm_spec(plan: &MachinePlan, boot: &BootImages) -> VmSpec {
             socket: socket.clone(),
         };
     }
+    if let Some(disk) = &plan.packages {
+        let (drive, kernel_arg) = disk.attachment();
+        spec.extra_drives.push(drive);
+        spec.extra_kernel_args.push(kernel_arg);
+    }
     spec
 }
 
@@ -50,6 +55,7 @@ mod tests {
             root_base: PathBuf::from("/images/rootfs-python.qcow2"),
             network_socket,
             verbose_console,
+            packages: None,
         }
     }
 
@@ -102,6 +108,37 @@ mod tests {
         let socket = PathBuf::from("/run/airlock/vms/0123456789abcdef/net/qemu.sock");
         let spec = vm_spec(&plan(Some(socket.clone()), false), &boot());
         assert_eq!(spec.network, NetworkAttachment::Stream { socket });
+    }
+
+    #[test]
+    fn a_package_layer_is_a_second_disk_announced_on_the_command_line() {
+        use crate::packages::PackageDisk;
+        use airlock_qemu::{DiskFormat, ExtraDrive};
+        let mut with = plan(None, false);
+        with.packages = Some(PackageDisk {
+            image: PathBuf::from("/cache/packages/k/layer.img"),
+            writable: false,
+        });
+        let spec = vm_spec(&with, &boot());
+        assert_eq!(
+            spec.extra_drives,
+            [ExtraDrive {
+                id: "packages".into(),
+                path: PathBuf::from("/cache/packages/k/layer.img"),
+                format: DiskFormat::Raw,
+                access: DiskAccess::ReadOnly,
+                serial: "airlock-packages".into(),
+            }]
+        );
+        assert_eq!(spec.extra_kernel_args, ["airlock.packages=ro"]);
+        with.packages = Some(PackageDisk {
+            image: PathBuf::from("/stage/layer.img"),
+            writable: true,
+        });
+        let spec = vm_spec(&with, &boot());
+        assert_eq!(spec.extra_drives[0].access, DiskAccess::ReadWrite);
+        assert_eq!(spec.extra_kernel_args, ["airlock.packages=rw"]);
+        assert!(vm_spec(&plan(None, false), &boot()).extra_drives.is_empty());
     }
 
     #[test]

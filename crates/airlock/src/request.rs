@@ -53,6 +53,10 @@ pub struct RunRequest {
     /// ended, whatever its status (a timeout included); each lands in
     /// [`RunResult::downloads`], in this order.
     pub downloads: Vec<String>,
+    /// Pinned packages (`pip name==version`, `npm name@version`; items may
+    /// hold several, comma-separated): installed once into a layer the run
+    /// attaches read-only (`docs/packages.md`). Empty: none.
+    pub packages: Vec<String>,
 }
 
 impl RunRequest {
@@ -69,6 +73,7 @@ impl RunRequest {
             network: crate::network::NetworkRequest::default(),
             uploads: Vec::new(),
             downloads: Vec::new(),
+            packages: Vec::new(),
         }
     }
 
@@ -89,7 +94,16 @@ impl RunRequest {
         for path in &self.downloads {
             validate_guest_path("downloads", path)?;
         }
-        Ok(())
+        self.package_list().map(drop)
+    }
+
+    /// The run's packages, checked and sorted.
+    ///
+    /// # Errors
+    /// [`Error::PackageSpec`] for an unpinned or malformed spec, or
+    /// packages for `raw`.
+    pub fn package_list(&self) -> Result<crate::packages::PackageList> {
+        crate::packages::PackageList::parse(self.language, &self.packages)
     }
 }
 
@@ -309,6 +323,9 @@ pub struct RunResult {
     /// failed on its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub downloads: Vec<Downloaded>,
+    /// The package layer the run attached (`None`: no packages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<crate::packages::install::PackagesReport>,
 }
 
 /// Serializes bytes as text, invalid UTF-8 replaced (output in JSON).
@@ -326,6 +343,31 @@ mod tests {
 
     fn ok_request() -> RunRequest {
         RunRequest::new(Language::Python, "print(1)")
+    }
+
+    #[test]
+    fn unpinned_or_malformed_packages_are_refused_before_boot() {
+        for (language, bad) in [
+            (Language::Python, "numpy"),
+            (Language::Python, "numpy>=2"),
+            (Language::Python, "--index-url=https://evil.example"),
+            (Language::Javascript, "is-number@^7.0.0"),
+            (Language::Raw, "jq==1.7"),
+        ] {
+            let mut r = RunRequest::new(language, "print(1)");
+            r.packages = vec![bad.into()];
+            assert!(
+                matches!(r.validate(), Err(Error::PackageSpec { .. })),
+                "{language} {bad}"
+            );
+        }
+        let mut ok = ok_request();
+        ok.packages = vec!["six==1.16.0,idna==3.7".into()];
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.package_list().unwrap().canonical(),
+            ["idna==3.7", "six==1.16.0"]
+        );
     }
 
     fn field_of(r: &RunRequest) -> &'static str {

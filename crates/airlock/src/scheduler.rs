@@ -4,10 +4,11 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::manager::VmManager;
 use crate::ms;
+use crate::packages::{self, PackageDisk, PackagesReport};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
-use crate::template::{shape_of, Found, Templates};
+use crate::template::{shape_of, warm_of, Found, Templates, Warm};
 use crate::vm::{OutputStream, Vm, VmOptions};
-use airlock_protocol::ExecRequest;
+use airlock_protocol::{ExecMode, ExecRequest, Language};
 use std::time::Instant;
 
 /// What a run is doing, for progress displays.
@@ -16,6 +17,9 @@ pub enum Stage {
     /// No memory template of the run's shape exists (or it was damaged):
     /// one is being built (once per shape; it takes a cold boot and more).
     BuildingTemplate,
+    /// The run's package list has no layer yet: an install VM is
+    /// installing it (once per list; later runs attach the stored layer).
+    InstallingPackages,
     /// Waiting for a slot, taking an overlay, booting (or restoring).
     Booting,
     /// The agent answered; the code is about to run.
@@ -51,6 +55,23 @@ async fn upload_all(vm: &Vm, uploads: &[crate::files::FileUpload]) -> Result<()>
         crate::files::upload(vm.id(), client, upload).await?;
     }
     Ok(())
+}
+
+/// How a one-shot run's code runs. In a VM restored from a template that
+/// holds its language's interpreter warm (python, raw: see
+/// [`crate::template::warm_of`]) it runs in that interpreter
+/// ([`ExecMode::OneShot`]): no process is spawned (under TCG a new
+/// interpreter process costs hundreds of ms), the clone is fresh (empty
+/// home and /tmp, nothing run before) and destroyed after, and a timeout
+/// ends it as it ends a process, so output, exit codes and timeouts are a
+/// cold run's. Otherwise (a cold boot, a javascript template, which holds
+/// no running Node) a process: starting the cell driver would cost more.
+pub fn one_shot_mode(restored: bool, language: Language) -> ExecMode {
+    if restored && warm_of(language) == Warm::Interpreter {
+        ExecMode::OneShot
+    } else {
+        ExecMode::Process
+    }
 }
 
 /// Runs requests, each in its own VM.
@@ -106,27 +127,47 @@ impl Scheduler {
         let start = Instant::now();
         request.validate()?;
         let validate_ms = ms(start.elapsed());
+        let layer = packages::prepare(
+            &self.manager,
+            request.language,
+            &request.packages,
+            &request.tenant,
+            || observer.stage(Stage::InstallingPackages),
+        )
+        .await?;
         let options = VmOptions {
             tenant: request.tenant.clone(),
             language: request.language,
             memory_mib: request.memory_mib,
             vcpus: request.vcpus,
             network: request.network.clone(),
+            packages: layer
+                .as_ref()
+                .map(|outcome| PackageDisk::read_only(&outcome.layer)),
         };
-        let mut vm = self.boot(&options, observer).await?;
+        let layer_key = layer.as_ref().map(|o| o.layer.metadata.key.as_str());
+        let mut vm = self.boot(&options, layer_key, observer).await?;
         observer.exposed(vm.exposed());
+        let env = match self.guest_env(&vm, &options, request.env).await {
+            Ok(env) => env,
+            Err(e) => {
+                vm.destroy().await;
+                return Err(e);
+            }
+        };
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
+        let mode = one_shot_mode(vm.boot_timings().restore.is_some(), request.language);
         let uploaded = upload_all(&vm, &request.uploads).await;
         let outcome = match uploaded {
             Ok(()) => {
                 vm.exec(
                     ExecRequest {
-                        mode: Default::default(),
+                        mode,
                         language: request.language,
                         code: request.code,
                         timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-                        env: request.env,
+                        env,
                         cwd: None,
                     },
                     |stream, bytes| observer.output(stream, bytes),
@@ -170,17 +211,35 @@ impl Scheduler {
             ),
             usage: teardown.usage,
             network: teardown.network,
+            packages: layer.as_ref().map(PackagesReport::of),
             downloads,
         })
     }
 
-    /// Restores the VM from the template of its shape when templates are
-    /// on and the VM has no network (a clone cannot reconnect its network
-    /// device to a new gvproxy on QEMU 7.2: such runs boot cold); else
-    /// boots it cold.
+    /// The environment of the run's code: the request's, plus the CA
+    /// bundle's variables when the VM has an allowlist network (the bundle
+    /// is copied in first; see [`packages::ca`]).
+    pub(crate) async fn guest_env(
+        &self,
+        vm: &Vm,
+        options: &VmOptions,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        if options.network.mode() != airlock_gvproxy::NetworkMode::Allowlist {
+            return Ok(env);
+        }
+        let ca = packages::ca::install_bundle(vm, &self.manager.config().ca_bundle).await?;
+        Ok(packages::ca::with_ca_env(env, ca))
+    }
+
+    /// Restores the VM from the template of its shape (and package layer,
+    /// when it has one) when templates are on and the VM has no network
+    /// (a clone cannot reconnect its network device to a new gvproxy on
+    /// QEMU 7.2: such runs boot cold); else boots it cold.
     pub(crate) async fn boot(
         &self,
         options: &VmOptions,
+        layer: Option<&str>,
         observer: &mut dyn RunObserver,
     ) -> Result<Vm> {
         let restore = self.manager.config().restore_templates
@@ -189,7 +248,7 @@ impl Scheduler {
             observer.stage(Stage::Booting);
             return self.manager.boot(options).await;
         }
-        let template = match self.templates.find(shape_of(options)).await? {
+        let template = match self.templates.find_over(shape_of(options), layer).await? {
             Found::Ready(template) => template,
             Found::Build { inputs, .. } => {
                 observer.stage(Stage::BuildingTemplate);
@@ -198,5 +257,20 @@ impl Scheduler {
         };
         observer.stage(Stage::Booting);
         self.templates.boot_or_cold(options, &template).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
+        assert_eq!(one_shot_mode(true, Language::Python), ExecMode::OneShot);
+        assert_eq!(one_shot_mode(true, Language::Raw), ExecMode::OneShot);
+        assert_eq!(one_shot_mode(true, Language::Javascript), ExecMode::Process);
+        for language in Language::ALL {
+            assert_eq!(one_shot_mode(false, language), ExecMode::Process);
+        }
     }
 }

@@ -105,6 +105,7 @@ impl SessionOptions {
         validate_identifier("tenant", &self.tenant)?;
         validate_shape(self.memory_mib, self.vcpus)?;
         self.network.validate()?;
+        crate::packages::PackageList::parse(self.language, &self.packages)?;
         for (field, value) in [
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
@@ -122,13 +123,14 @@ impl SessionOptions {
         Ok(())
     }
 
-    fn vm_options(&self) -> crate::VmOptions {
+    fn vm_options(&self, layer: Option<&crate::packages::Layer>) -> crate::VmOptions {
         crate::VmOptions {
             tenant: self.tenant.clone(),
             language: self.language,
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
             network: self.network.clone(),
+            packages: layer.map(crate::packages::PackageDisk::read_only),
         }
     }
 }
@@ -219,9 +221,31 @@ impl Scheduler {
     pub async fn session(&self, options: SessionOptions) -> Result<Session> {
         options.validate()?;
         let started = Instant::now();
-        let vm = self
-            .boot(&options.vm_options(), &mut crate::scheduler::Discard)
+        // Packages known up front come as a read-only layer (installed once
+        // in an install VM): the session needs no network for them.
+        let layer = crate::packages::prepare(
+            self.manager(),
+            options.language,
+            &options.packages,
+            &options.tenant,
+            || {},
+        )
+        .await?;
+        let layer = layer.map(|outcome| outcome.layer);
+        let vm_options = options.vm_options(layer.as_ref());
+        let layer_key = layer.as_ref().map(|l| l.metadata.key.as_str());
+        let mut vm = self
+            .boot(&vm_options, layer_key, &mut crate::scheduler::Discard)
             .await?;
+        // With an allowlist network the host's CA bundle is copied in and
+        // every cell gets its variables (as a run's code does).
+        let base_env = match self.guest_env(&vm, &vm_options, BTreeMap::new()).await {
+            Ok(env) => env,
+            Err(e) => {
+                vm.destroy().await;
+                return Err(e);
+            }
+        };
         // The interpreter of a restored VM runs already; a cold one's
         // starts now rather than on the first cell. A failure here is not
         // fatal: the first cell starts it.
@@ -230,23 +254,26 @@ impl Scheduler {
                 tracing::warn!(vm_id = vm.id(), error = %e, "warming the interpreter failed");
             }
         }
-        let session = Session::start(vm, &options, ms(started.elapsed()));
-        if !options.packages.is_empty() {
-            let result = session.install_packages(&options.packages).await?;
-            if result.exit_code != 0 || result.timed_out {
-                return Err(Error::invalid(
-                    "packages",
-                    format!(
-                        "installing {} failed (exit {}): {}",
-                        options.packages.join(" "),
-                        result.exit_code,
-                        String::from_utf8_lossy(&result.stderr).trim()
-                    ),
-                ));
-            }
-        }
-        Ok(session)
+        let ca = self.manager().config().ca_bundle.clone();
+        Ok(Session::start(
+            vm,
+            &options,
+            SessionExtras {
+                start_ms: ms(started.elapsed()),
+                base_env,
+                ca,
+            },
+        ))
     }
+}
+
+/// What a session is started with besides its VM and options.
+struct SessionExtras {
+    start_ms: u64,
+    /// Variables every cell gets (the CA bundle's, with a network).
+    base_env: BTreeMap<String, String>,
+    /// The CA bundle an install trusts.
+    ca: crate::packages::CaBundle,
 }
 
 /// A VM kept across calls, with its persistent interpreter (see the module
@@ -274,6 +301,10 @@ struct Inner {
     language: Language,
     created_at: SystemTime,
     start_ms: u64,
+    /// Variables every cell gets under its own (the CA bundle's).
+    base_env: BTreeMap<String, String>,
+    /// The CA bundle installs trust.
+    ca: crate::packages::CaBundle,
     /// Where the VM's boot (or restore) time went.
     boot_timings: crate::vm::BootTimings,
     /// The guest ports served on the host.
@@ -293,7 +324,12 @@ struct Inner {
 }
 
 impl Session {
-    fn start(vm: Vm, options: &SessionOptions, start_ms: u64) -> Self {
+    fn start(vm: Vm, options: &SessionOptions, extras: SessionExtras) -> Self {
+        let SessionExtras {
+            start_ms,
+            base_env,
+            ca,
+        } = extras;
         let now = Instant::now();
         let inner = Arc::new(Inner {
             id: format!("s-{}", vm.id()),
@@ -301,6 +337,8 @@ impl Session {
             language: options.language,
             created_at: SystemTime::now(),
             start_ms,
+            base_env,
+            ca,
             boot_timings: vm.boot_timings().clone(),
             exposed: vm.exposed().to_vec(),
             vm: AsyncMutex::new(Some(vm)),
@@ -402,7 +440,7 @@ impl Session {
             language: self.inner.language,
             code: request.code,
             timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-            env: request.env,
+            env: crate::packages::ca::with_ca_env(request.env, self.inner.base_env.clone()),
             cwd: None,
         };
         let vm = call.vm();
@@ -485,18 +523,23 @@ impl Session {
     }
 
     /// Installs pinned packages (`name==version` for pip, `name@version`
-    /// for npm) with the language's package manager; the result reads like
-    /// a cell's.
+    /// for npm) into the session's home with the language's package
+    /// manager; the result reads like a cell's. The session needs a
+    /// network that allows the language's registries (packages known when
+    /// it starts go in [`SessionOptions::packages`] instead, with no
+    /// network).
     ///
     /// # Errors
-    /// As [`Session::exec`].
+    /// [`Error::PackageSpec`] for a refused spec, [`Error::PackageInstall`]
+    /// without a network, else as [`Session::exec`].
     pub async fn install_packages(&self, packages: &[String]) -> Result<CellResult> {
+        crate::packages::PackageList::parse(self.inner.language, packages)?;
         let mut call = self.inner.begin()?;
         let started = Instant::now();
         let vm = call.vm();
         let outcome = self
             .inner
-            .until_shutdown(install::install_packages(vm, self.inner.language, packages))
+            .until_shutdown(install::install_packages(vm, packages, &self.inner.ca))
             .await?;
         let outcome = call.check_vm(outcome).await?;
         Ok(CellResult::new(outcome, ms(started.elapsed())))

@@ -204,6 +204,28 @@ fn dir_name_of(stamp: Option<ProcessStamp>, suffix: &str) -> std::io::Result<Str
     Ok(format!("{}-{}-{suffix}", me.pid, me.start_ticks))
 }
 
+/// A fresh, empty per-process dir `<parent>/<pid>-<start>-<suffix>` (0700)
+/// for building something that is renamed into place when complete
+/// (memory templates, package layers); the dirs of dead processes' builds
+/// in `parent` are swept first. Blocking file work.
+///
+/// # Errors
+/// The failing file operation, or as [`process_dir_name`].
+pub fn fresh_staging_dir(parent: &Path, suffix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::create_dir_all(parent)?;
+    sweep_dead_process_dirs(parent);
+    let dir = parent.join(process_dir_name(suffix)?);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(false)
+        .create(&dir)?;
+    Ok(dir)
+}
+
 /// Removes this process's own dirs among the per-process dirs in `dir`
 /// (named by [`process_dir_name`]): after an interrupted start-up.
 pub fn remove_own_process_dirs(dir: &Path) {

@@ -20,9 +20,6 @@ use tokio::task::JoinHandle;
 /// kill grace, before it declares the guest stuck.
 const EXEC_HOST_MARGIN: Duration = Duration::from_secs(10);
 
-/// How long a cancel waits for an error answer (it normally gets none).
-const CANCEL_ANSWER_WAIT: Duration = Duration::from_millis(50);
-
 /// What a VM is booted with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmOptions {
@@ -36,6 +33,9 @@ pub struct VmOptions {
     pub vcpus: u32,
     /// Network (default none: no network device).
     pub network: crate::network::NetworkRequest,
+    /// A package layer disk to attach (`None`: none); see
+    /// `docs/packages.md`.
+    pub packages: Option<crate::packages::PackageDisk>,
 }
 
 /// Where a VM's boot time went, in milliseconds.
@@ -264,38 +264,6 @@ impl Vm {
     pub async fn exec_interruptible(
         &mut self,
         request: ExecRequest,
-        on_output: impl FnMut(OutputStream, &[u8]) + Send,
-        interrupt: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<ExecOutcome> {
-        self.run_job(GuestJob::Exec(request), on_output, interrupt)
-            .await
-    }
-
-    /// Installs `packages` with `language`'s package manager in the guest
-    /// (the agent's `install_packages`: pinned names checked again there),
-    /// streaming its output like an exec.
-    ///
-    /// # Errors
-    /// As [`Vm::exec`].
-    pub async fn install_packages(
-        &mut self,
-        language: Language,
-        packages: Vec<String>,
-        timeout: Duration,
-        on_output: impl FnMut(OutputStream, &[u8]) + Send,
-    ) -> Result<ExecOutcome> {
-        let job = GuestJob::Install {
-            language,
-            packages,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        };
-        self.run_job(job, on_output, std::future::pending()).await
-    }
-
-    /// Runs an exec-like job to its end (see [`Vm::exec_interruptible`]).
-    async fn run_job(
-        &mut self,
-        job: GuestJob,
         mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
         interrupt: impl std::future::Future<Output = ()> + Send,
     ) -> Result<ExecOutcome> {
@@ -312,8 +280,8 @@ impl Vm {
         } = &mut **running;
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
-        let deadline = Duration::from_millis(job.timeout_ms()) + EXEC_HOST_MARGIN;
-        let run = collect_exec(client, job, &mut on_output, interrupt);
+        let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
+        let run = collect_exec(client, request, &mut on_output, interrupt);
         let console_log = self.workdir.console_log();
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
@@ -377,22 +345,11 @@ async fn died(
 /// awaited.
 async fn collect_exec(
     client: &Client,
-    job: GuestJob,
+    request: ExecRequest,
     on_output: &mut (impl FnMut(OutputStream, &[u8]) + Send),
     interrupt: impl std::future::Future<Output = ()> + Send,
 ) -> std::result::Result<ExecOutcome, ProtocolError> {
-    let mut stream = match job {
-        GuestJob::Exec(request) => client.exec(request).await?,
-        GuestJob::Install {
-            language,
-            packages,
-            timeout_ms,
-        } => {
-            client
-                .install_packages(language, packages, timeout_ms)
-                .await?
-        }
-    };
+    let mut stream = client.exec(request).await?;
     let mut output = CappedExecOutput::new(client.config());
     let mut interrupt = std::pin::pin!(interrupt);
     let mut interrupted = false;
@@ -422,46 +379,11 @@ async fn collect_exec(
     Err(ProtocolError::Closed)
 }
 
-/// What runs like an exec: output events, then one completion.
-enum GuestJob {
-    /// Code.
-    Exec(ExecRequest),
-    /// A package install.
-    Install {
-        language: Language,
-        packages: Vec<String>,
-        timeout_ms: u64,
-    },
-}
-
-impl GuestJob {
-    fn timeout_ms(&self) -> u64 {
-        match self {
-            GuestJob::Exec(request) => request.timeout_ms,
-            GuestJob::Install { timeout_ms, .. } => *timeout_ms,
-        }
-    }
-}
-
 /// Asks the agent to interrupt the exec running under `target`. A failure
 /// is only logged: the exec's own deadline still ends it.
 async fn send_cancel(client: &Client, target: airlock_protocol::OpId) {
-    // The cancel line goes under an op of its own, far from the client's
-    // counter (which starts at 1): the agent does not answer it (an agent
-    // before protocol 3's cancel answers with an error, which is logged).
-    let op = target | (1 << 62);
-    let request =
-        airlock_protocol::Request::new(op, airlock_protocol::RequestBody::Cancel { target });
-    let answer = match serde_json::to_vec(&request) {
-        Ok(line) => client.send_raw_line(op, &line, CANCEL_ANSWER_WAIT).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode a cancel");
-            return;
-        }
-    };
-    match answer {
-        Err(ProtocolError::Timeout { .. }) => {}
-        other => tracing::debug!(target, ?other, "cancel answered"),
+    if let Err(e) = client.cancel(target).await {
+        tracing::warn!(target, error = %e, "cannot send a cancel");
     }
 }
 
@@ -550,7 +472,7 @@ mod tests {
         // Act
         let outcome = collect_exec(
             &client,
-            GuestJob::Exec(request()),
+            request(),
             &mut |stream, bytes: &[u8]| {
                 if stream == OutputStream::Stdout {
                     streamed.extend_from_slice(bytes);
@@ -577,7 +499,7 @@ mod tests {
         let client = flooding_agent(ClientConfig::default(), 3);
         let outcome = collect_exec(
             &client,
-            GuestJob::Exec(request()),
+            request(),
             &mut |_, _: &[u8]| {},
             std::future::pending(),
         )

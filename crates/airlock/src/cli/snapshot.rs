@@ -1,8 +1,11 @@
 //! `airlock snapshot build | list | prune`: the memory templates that
-//! `airlock run` restores from (`docs/templates.md`).
+//! `airlock run` restores from (`docs/templates.md`), and the package
+//! layers runs attach (`docs/packages.md`; listed and pruned only: a layer
+//! is built by the first run of its list).
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::packages::ListedLayer;
 use crate::request::DEFAULT_MEMORY_MIB;
 use crate::template::{Listed, TemplateShape, Templates};
 use crate::VmManager;
@@ -33,12 +36,15 @@ pub enum SnapshotAction {
         #[arg(long, default_value_t = 1)]
         cpus: u32,
     },
-    /// List the templates: shape, disk size, age, uses, and whether the
-    /// current images and QEMU can restore them.
+    /// List the templates (shape, disk size, age, uses, and whether the
+    /// current images and QEMU can restore them) and the package layers
+    /// (packages, disk size, age, and whether the current root disks can
+    /// use them).
     List,
     /// Remove the templates the current images and QEMU cannot restore
     /// (other kernel, root disk, QEMU or agent), damaged ones, and
-    /// half-built ones.
+    /// half-built ones; and the package layers of other root disks,
+    /// damaged ones and half-built ones.
     Prune,
 }
 
@@ -53,7 +59,7 @@ pub async fn run(args: SnapshotArgs) -> i32 {
         Err(e) => return failed(&e),
     };
     let templates = Templates::new(manager.clone());
-    let status = match action(&templates, args.action).await {
+    let status = match action(&manager, &templates, args.action).await {
         Ok(()) => 0,
         Err(e) => failed(&e),
     };
@@ -61,7 +67,7 @@ pub async fn run(args: SnapshotArgs) -> i32 {
     status
 }
 
-async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
+async fn action(manager: &VmManager, templates: &Templates, action: SnapshotAction) -> Result<()> {
     match action {
         SnapshotAction::Build {
             language,
@@ -94,13 +100,16 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
             Ok(())
         }
         SnapshotAction::List => {
-            let listed = listed(templates).await?;
+            let listed = listed(manager, templates).await?;
             println!("KEY\tSHAPE\tDISK\tAGE\tUSES\tSTATE");
             for (entry, current) in listed {
-                let shape = entry
-                    .metadata
-                    .as_ref()
-                    .map_or_else(|_| "?".to_owned(), |m| m.inputs.shape.to_string());
+                let shape = entry.metadata.as_ref().map_or_else(
+                    |_| "?".to_owned(),
+                    |m| match &m.inputs.packages_layer {
+                        Some(layer) => format!("{} + {layer}", m.inputs.shape),
+                        None => m.inputs.shape.to_string(),
+                    },
+                );
                 println!(
                     "{}\t{shape}\t{}\t{}\t{}\t{}",
                     entry.key,
@@ -110,10 +119,26 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
                     if current { "current" } else { "stale" }
                 );
             }
+            let layers = listed_layers(manager).await?;
+            println!();
+            println!("LAYER\tPACKAGES\tDISK\tAGE\tSTATE");
+            for (entry, current) in layers {
+                let packages = entry
+                    .metadata
+                    .as_ref()
+                    .map_or_else(|_| "?".to_owned(), |m| m.inputs.packages.join(","));
+                println!(
+                    "{}\t{packages}\t{}\t{}\t{}",
+                    entry.key,
+                    mib(entry.disk_bytes),
+                    entry.age.map_or_else(|| "?".to_owned(), age),
+                    if current { "current" } else { "stale" }
+                );
+            }
             Ok(())
         }
         SnapshotAction::Prune => {
-            let current: Vec<String> = listed(templates)
+            let current: Vec<String> = listed(manager, templates)
                 .await?
                 .into_iter()
                 .filter(|(_, current)| *current)
@@ -130,6 +155,18 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
                 println!("removed {key}");
             }
             eprintln!("airlock: {} template(s) removed", removed.len());
+            let store = crate::packages::install::store_of(manager);
+            let root = store.root().to_path_buf();
+            let rootfs = manager.images().rootfs_hash.clone();
+            let removed = crate::manager::blocking("prune package layers", move || {
+                store.prune(|entry| crate::packages::layer::is_current(entry, &rootfs))
+            })
+            .await?
+            .map_err(|e| Error::io("prune package layers in", root, e))?;
+            for key in &removed {
+                println!("removed {key}");
+            }
+            eprintln!("airlock: {} package layer(s) removed", removed.len());
             Ok(())
         }
     }
@@ -137,21 +174,47 @@ async fn action(templates: &Templates, action: SnapshotAction) -> Result<()> {
 
 /// Every template, and whether it is the intact current template of its
 /// shape (same inputs as this host and these images would build).
-async fn listed(templates: &Templates) -> Result<Vec<(Listed, bool)>> {
+/// A template over a package layer is current only while that layer is.
+async fn listed(manager: &VmManager, templates: &Templates) -> Result<Vec<(Listed, bool)>> {
     let store = templates.store().clone();
     let entries = crate::manager::blocking("list memory templates", move || store.list()).await?;
+    let layers: Vec<String> = listed_layers(manager)
+        .await?
+        .into_iter()
+        .filter(|(_, current)| *current)
+        .map(|(layer, _)| layer.key)
+        .collect();
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let current = match &entry.metadata {
             Ok(metadata) => {
                 let shape = metadata.inputs.shape;
-                matches!(templates.find(shape).await, Ok(crate::template::Found::Ready(t)) if t.metadata.key == entry.key)
+                let layer = metadata.inputs.packages_layer.as_deref();
+                layer.is_none_or(|key| layers.iter().any(|k| k == key))
+                    && matches!(templates.find_over(shape, layer).await, Ok(crate::template::Found::Ready(t)) if t.metadata.key == entry.key)
             }
             Err(_) => false,
         };
         out.push((entry, current));
     }
     Ok(out)
+}
+
+/// Every package layer, and whether the current root disks can use it.
+async fn listed_layers(manager: &VmManager) -> Result<Vec<(ListedLayer, bool)>> {
+    let store = crate::packages::install::store_of(manager);
+    let rootfs = manager.images().rootfs_hash.clone();
+    crate::manager::blocking("list package layers", move || {
+        store
+            .list()
+            .into_iter()
+            .map(|entry| {
+                let current = crate::packages::layer::is_current(&entry, &rootfs);
+                (entry, current)
+            })
+            .collect()
+    })
+    .await
 }
 
 fn mib(bytes: u64) -> String {

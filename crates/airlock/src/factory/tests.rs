@@ -280,6 +280,7 @@ impl Setup {
 
 pub(crate) fn options(language: Language) -> VmOptions {
     VmOptions {
+        packages: None,
         tenant: "test".into(),
         language,
         memory_mib: 256,

@@ -1,35 +1,31 @@
-//! The one place where a session installs packages
-//! ([`crate::Session::install_packages`], [`crate::SessionOptions::packages`]).
-//!
-//! Today it hands the list to the agent's `install_packages` (which checks
-//! the names again and runs pip `--user` or npm in the home), streaming
-//! like a cell; the install reaches the registries only if the session
-//! was given a network. The packages module (pinned-spec validation, the
-//! install through the egress proxy with the registries allowed for it
-//! alone, cached layers) replaces the body of [`install_packages`] with its
-//! own entry point; callers do not change.
+//! The one place where a running session installs packages
+//! ([`crate::Session::install_packages`]): the packages module's
+//! [`crate::packages::install_into`] (pinned specs checked, the CA bundle
+//! copied in, pip `--user` or npm in the home). It needs a session whose
+//! network allows the language's registries; packages known up front go in
+//! [`crate::SessionOptions::packages`] instead and come as a layer, with no
+//! network at all.
 
 use crate::error::Result;
 use crate::vm::{ExecOutcome, Vm};
-use airlock_protocol::Language;
 use std::time::Duration;
 
 /// Deadline of one install.
 pub(crate) const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Installs `packages` in `vm` for `language`.
+/// Installs `packages` in `vm`'s home, trusting `ca`.
 ///
 /// # Errors
-/// [`crate::Error::InvalidInput`] for an empty list, else as
-/// [`Vm::install_packages`].
+/// As [`crate::packages::install_into`].
 pub(crate) async fn install_packages(
-    vm: &mut Vm,
-    language: Language,
+    vm: &Vm,
     packages: &[String],
+    ca: &crate::packages::CaBundle,
 ) -> Result<ExecOutcome> {
-    if packages.is_empty() {
-        return Err(crate::Error::invalid("packages", "no packages to install"));
-    }
-    vm.install_packages(language, packages.to_vec(), INSTALL_TIMEOUT, |_, _| {})
-        .await
+    let output = crate::packages::install_into(vm, packages, ca, INSTALL_TIMEOUT).await?;
+    Ok(ExecOutcome {
+        stdout: output.stdout,
+        stderr: output.stderr,
+        completion: output.completion,
+    })
 }

@@ -117,7 +117,15 @@ async fn fixture(tweak: impl FnOnce(&mut SessionOptions)) -> Fixture {
     let seen = fake_agent(peer);
     let mut opts = SessionOptions::new(Language::Raw);
     tweak(&mut opts);
-    let session = Session::start(vm, &opts, 0);
+    let session = Session::start(
+        vm,
+        &opts,
+        SessionExtras {
+            start_ms: 0,
+            base_env: BTreeMap::new(),
+            ca: crate::packages::CaBundle::default(),
+        },
+    );
     Fixture {
         setup,
         session,
@@ -192,12 +200,11 @@ async fn a_second_call_during_a_cell_is_refused_at_once_and_cancel_interrupts_th
         let write = session.write_file("a.txt", b"a").await;
         let read = session.read_file("a.txt").await;
         let list = session.list_files("").await;
-        let install = session.install_packages(&["six==1.16.0".into()]).await;
         canceller.cancel();
         let cancelled = f.seen.recv().await;
-        (op, exec, write, read, list, install, cancelled)
+        (op, exec, write, read, list, cancelled)
     };
-    let (first, (op, exec, write, read, list, install, cancelled)) =
+    let (first, (op, exec, write, read, list, cancelled)) =
         tokio::time::timeout(Duration::from_secs(10), async {
             tokio::join!(first, others)
         })
@@ -207,7 +214,7 @@ async fn a_second_call_during_a_cell_is_refused_at_once_and_cancel_interrupts_th
     // Assert: refused at once, not queued; the cancel named the cell's op
     // and its result is the interrupted cell's.
     assert!(is_busy(&exec), "{exec:?}");
-    assert!(is_busy(&write) && is_busy(&read) && is_busy(&list) && is_busy(&install));
+    assert!(is_busy(&write) && is_busy(&read) && is_busy(&list));
     assert_eq!(cancelled, Some(Seen::Cancel { target: op }));
     assert_eq!(first.unwrap().exit_code, 130);
     // The session goes on.
@@ -339,20 +346,24 @@ async fn bad_cells_and_paths_are_refused_before_the_session_is_touched() {
 }
 
 #[tokio::test]
-async fn packages_go_to_the_agents_install() {
+async fn an_install_without_a_network_or_pin_is_refused_before_the_guest() {
     let mut f = fixture(|_| {}).await;
-    let result = f
+    let unpinned = f.session.install_packages(&["numpy".into()]).await;
+    assert!(
+        matches!(unpinned, Err(Error::PackageSpec { .. })),
+        "{unpinned:?}"
+    );
+    // Raw has no package manager: the spec check refuses it too.
+    let refused = f.session.install_packages(&["six==1.16.0".into()]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(f.seen.try_recv().is_err(), "nothing reached the agent");
+    // The session goes on.
+    let after = f
         .session
-        .install_packages(&["six==1.16.0".into()])
+        .exec(CellRequest::new("ok"), &mut Collect::default())
         .await
         .unwrap();
-    assert_eq!(result.exit_code, 0);
-    assert_eq!(
-        f.seen.recv().await,
-        Some(Seen::Install {
-            packages: vec!["six==1.16.0".into()]
-        })
-    );
+    assert_eq!(after.exit_code, 0);
 }
 
 #[test]

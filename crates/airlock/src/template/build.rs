@@ -1,5 +1,5 @@
 //! Building a template: a VM of the shape booted through the normal
-//! builder with its RAM in a shared file, its interpreter warmed, then
+//! builder with its RAM in a shared file, its interpreter warmed ([`Warm`]), then
 //! paused and its device state saved over QMP (`x-ignore-shared`: the RAM
 //! is already in the file), then ended. The files are made in a staging
 //! dir and renamed into the store whole.
@@ -11,6 +11,7 @@ use crate::manager::{blocking, VmManager};
 use crate::network::NetworkRequest;
 use crate::qemu_launcher::QemuLauncher;
 use crate::vm::{Vm, VmOptions};
+use airlock_protocol::{ExecMode, ExecRequest, Language};
 use airlock_qemu::{BootImages, QmpClient};
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -79,6 +80,15 @@ async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &P
         memory_mib: inputs.shape.memory_mib,
         vcpus: inputs.shape.vcpus,
         network: NetworkRequest::default(),
+        packages: inputs
+            .packages_layer
+            .as_ref()
+            .map(|key| crate::packages::PackageDisk {
+                image: crate::packages::install::store_of(manager)
+                    .dir(key)
+                    .join(crate::packages::layer::IMAGE_FILE),
+                writable: false,
+            }),
     };
     let mut vm = manager.boot_with(&options, &launcher).await?;
     let saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;
@@ -89,16 +99,59 @@ async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &P
     saved
 }
 
+/// How a template's interpreter is warmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warm {
+    /// `warm_repl`: the template holds the live cell interpreter, common
+    /// modules imported; a restored clone's first cell runs in it at once
+    /// (the agent reseeds it after the restore).
+    Interpreter,
+    /// Run this code once as a process (`mode: process`): the
+    /// interpreter's files are in the page cache, no interpreter is left
+    /// running.
+    PageCache(&'static str),
+}
+
+/// The warm-up of `language`'s templates. JavaScript only warms the page
+/// cache: a Node running in a template could not be reseeded in its clones
+/// (V8's `Math.random` state and OpenSSL's DRBG are seeded at start-up and
+/// cannot be reseeded from outside; the agent would have to restart it
+/// after every restore), so every clone would pay the restart anyway.
+pub fn warm_of(language: Language) -> Warm {
+    match language {
+        Language::Javascript => Warm::PageCache("0"),
+        Language::Python | Language::Raw => Warm::Interpreter,
+    }
+}
+
 /// Warms the interpreter, pauses the VM and saves its device state.
 async fn warm_and_save(vm: &Vm, state: &Path) -> Result<()> {
-    let completion = vm
-        .client()?
-        .warm_repl(vm.language(), WARM_TIMEOUT)
-        .await
-        .map_err(|source| Error::Protocol {
-            vm_id: vm.id().to_owned(),
-            source,
-        })?;
+    let protocol = |source| Error::Protocol {
+        vm_id: vm.id().to_owned(),
+        source,
+    };
+    let client = vm.client()?;
+    let completion = match warm_of(vm.language()) {
+        Warm::Interpreter => client
+            .warm_repl(vm.language(), WARM_TIMEOUT)
+            .await
+            .map_err(protocol)?,
+        Warm::PageCache(code) => {
+            let request = ExecRequest {
+                mode: ExecMode::Process,
+                language: vm.language(),
+                code: code.to_owned(),
+                timeout_ms: u64::try_from(WARM_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+                env: Default::default(),
+                cwd: None,
+            };
+            client
+                .exec_collect(request, WARM_TIMEOUT)
+                .await
+                .map_err(protocol)?
+                .completion
+        }
+    };
     if completion.exit_code != 0 {
         tracing::warn!(
             vm_id = vm.id(),
@@ -116,4 +169,16 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<()> {
         .await;
     qmp.save_device_state(file.as_fd(), deadline).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_interpreters_that_can_be_reseeded_stay_running_in_a_template() {
+        assert_eq!(warm_of(Language::Python), Warm::Interpreter);
+        assert_eq!(warm_of(Language::Raw), Warm::Interpreter);
+        assert!(matches!(warm_of(Language::Javascript), Warm::PageCache(_)));
+    }
 }

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the template layout and of what goes into its key; bumped
 /// when either changes, so older templates are never taken for new ones.
-pub const TEMPLATE_FORMAT: u32 = 1;
+/// 2: python and raw templates hold their live cell interpreter;
+/// javascript templates hold none (Node cannot be reseeded in place).
+pub const TEMPLATE_FORMAT: u32 = 2;
 
 /// The shape of the VMs a template serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,6 +58,11 @@ pub struct TemplateInputs {
     pub protocol: u32,
     /// This orchestrator's version.
     pub airlock_version: String,
+    /// The key of the package layer the template's VM has attached
+    /// (`None`: none; left out of the JSON then, so templates without a
+    /// layer keep their keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages_layer: Option<String>,
 }
 
 impl TemplateInputs {
@@ -92,6 +99,7 @@ pub(crate) fn test_inputs(language: Language, memory_mib: u32) -> TemplateInputs
         argv_hash: "a".into(),
         protocol: 2,
         airlock_version: "0.1.0".into(),
+        packages_layer: None,
     }
 }
 
@@ -110,6 +118,14 @@ mod tests {
         assert_eq!(key.len(), "python-512m-1c-".len() + 16);
         assert_eq!(key, inputs().key());
         airlock_sys_util::check_id(&key).unwrap();
+    }
+
+    #[test]
+    fn a_template_without_a_layer_keeps_the_key_of_the_format_before_layers() {
+        let json = serde_json::to_string(&inputs()).unwrap();
+        assert!(!json.contains("packages_layer"), "{json}");
+        let back: TemplateInputs = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, inputs());
     }
 
     #[test]
@@ -150,6 +166,10 @@ mod tests {
             },
             TemplateInputs {
                 format: TEMPLATE_FORMAT + 1,
+                ..inputs()
+            },
+            TemplateInputs {
+                packages_layer: Some("python-pkgs-0123456789abcdef".into()),
                 ..inputs()
             },
             TemplateInputs {

@@ -20,6 +20,7 @@ pub mod key;
 pub mod restore;
 pub mod store;
 
+pub use build::{warm_of, Warm};
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
@@ -81,6 +82,15 @@ impl Templates {
     /// [`Error::ImagesMissing`] without a root disk for the language;
     /// [`Error::Qemu`] for a shape QEMU refuses.
     pub fn inputs(&self, shape: TemplateShape) -> Result<TemplateInputs> {
+        self.inputs_over(shape, None)
+    }
+
+    /// What the template of `shape` with the package layer `layer` (its
+    /// key) attached must match.
+    ///
+    /// # Errors
+    /// As [`Templates::inputs`].
+    pub fn inputs_over(&self, shape: TemplateShape, layer: Option<&str>) -> Result<TemplateInputs> {
         let images = self.manager.images();
         let rootfs_hash = images
             .rootfs_hash
@@ -99,9 +109,10 @@ impl Templates {
             rootfs_hash,
             qemu_version: caps.qemu_version.to_string(),
             accel: caps.accel.as_str().to_owned(),
-            argv_hash: argv_hash(shape, caps)?,
+            argv_hash: argv_hash(shape, caps, layer.is_some())?,
             protocol: airlock_protocol::PROTOCOL_VERSION,
             airlock_version: env!("CARGO_PKG_VERSION").to_owned(),
+            packages_layer: layer.map(str::to_owned),
         })
     }
 
@@ -112,7 +123,19 @@ impl Templates {
     /// # Errors
     /// As [`Templates::inputs`].
     pub async fn find(&self, shape: TemplateShape) -> Result<Found> {
-        let inputs = self.inputs(shape)?;
+        self.find_inputs(self.inputs(shape)?).await
+    }
+
+    /// [`Templates::find`] for the template of `shape` over the package
+    /// layer `layer` (its key; `None`: no layer).
+    ///
+    /// # Errors
+    /// As [`Templates::inputs`].
+    pub async fn find_over(&self, shape: TemplateShape, layer: Option<&str>) -> Result<Found> {
+        self.find_inputs(self.inputs_over(shape, layer)?).await
+    }
+
+    async fn find_inputs(&self, inputs: TemplateInputs) -> Result<Found> {
         let (store, looked_up) = (self.store.clone(), inputs.clone());
         let found = blocking("check a memory template", move || store.lookup(&looked_up)).await?;
         Ok(match found {
@@ -142,7 +165,7 @@ impl Templates {
     /// The template boot's or save's error.
     pub async fn build(&self, inputs: &TemplateInputs) -> Result<Template> {
         let _one_at_a_time = self.building.lock().await;
-        if let Found::Ready(template) = self.find(inputs.shape).await? {
+        if let Found::Ready(template) = self.find_inputs(inputs.clone()).await? {
             return Ok(template);
         }
         let (store, key) = (self.store.clone(), inputs.key());
@@ -181,6 +204,22 @@ impl Templates {
             ));
         }
         let shape = template.metadata.inputs.shape;
+        let layer_attached = options.packages.as_ref().is_some_and(|disk| !disk.writable);
+        if layer_attached != template.metadata.inputs.packages_layer.is_some() {
+            return Err(Error::invalid(
+                "template",
+                format!(
+                    "template {} {} a package layer and this VM {}",
+                    template.metadata.key,
+                    if layer_attached { "has no" } else { "has" },
+                    if layer_attached {
+                        "has one"
+                    } else {
+                        "has none"
+                    }
+                ),
+            ));
+        }
         if shape != shape_of(options) {
             return Err(Error::invalid(
                 "template",
@@ -267,7 +306,7 @@ pub fn shape_of(options: &VmOptions) -> TemplateShape {
 
 /// Hash of a clone's argv for `shape` on `caps`, its per-VM paths fixed:
 /// it changes when the device set or any option changes.
-fn argv_hash(shape: TemplateShape, caps: &HostCaps) -> Result<String> {
+fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<String> {
     let fixed = PathBuf::from("/airlock/template");
     let plan = MachinePlan {
         vm_id: "template".into(),
@@ -277,6 +316,10 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps) -> Result<String> {
         root_base: fixed.join("rootfs.qcow2"),
         network_socket: None,
         verbose_console: false,
+        packages: layer.then(|| crate::packages::PackageDisk {
+            image: fixed.join("packages.img"),
+            writable: false,
+        }),
     };
     let boot = BootImages {
         kernel: fixed.join("kernel"),
@@ -313,18 +356,19 @@ mod tests {
 
     #[test]
     fn the_argv_hash_follows_the_machine_and_the_host() {
-        let base = argv_hash(shape(512), &caps()).unwrap();
-        assert_eq!(base, argv_hash(shape(512), &caps()).unwrap());
-        assert_ne!(base, argv_hash(shape(256), &caps()).unwrap());
+        let base = argv_hash(shape(512), &caps(), false).unwrap();
+        assert_eq!(base, argv_hash(shape(512), &caps(), false).unwrap());
+        assert_ne!(base, argv_hash(shape(256), &caps(), false).unwrap());
         let other_tsc = HostCaps {
             tsc_khz: Some(3_000_000),
             ..caps()
         };
-        assert_ne!(base, argv_hash(shape(512), &other_tsc).unwrap());
+        assert_ne!(base, argv_hash(shape(512), &other_tsc, false).unwrap());
         let no_io_uring = HostCaps {
             io_uring: false,
             ..caps()
         };
-        assert_ne!(base, argv_hash(shape(512), &no_io_uring).unwrap());
+        assert_ne!(base, argv_hash(shape(512), &no_io_uring, false).unwrap());
+        assert_ne!(base, argv_hash(shape(512), &caps(), true).unwrap());
     }
 }

@@ -189,6 +189,7 @@ mod tests {
 
     fn plan() -> MachinePlan {
         MachinePlan {
+            packages: None,
             vm_id: "0123456789abcdef".into(),
             memory_mib: 512,
             vcpus: 1,

@@ -134,19 +134,8 @@ impl TemplateStore {
     /// # Errors
     /// The failing file operation.
     pub fn staging(&self, key: &str) -> io::Result<PathBuf> {
-        let staging = self.root.join(STAGING_DIR);
-        std::fs::create_dir_all(&staging)?;
-        // Builds of processes that died halfway.
-        crate::sweep::sweep_dead_process_dirs(&staging);
-        let dir = staging.join(crate::sweep::process_dir_name(key)?);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(false)
-            .create(&dir)?;
-        Ok(dir)
+        // Builds of processes that died halfway are swept first.
+        crate::sweep::fresh_staging_dir(&self.root.join(STAGING_DIR), key)
     }
 
     /// Completes the template built in `staging`: measures its files,
@@ -215,29 +204,22 @@ impl TemplateStore {
 
     /// Every template dir, with its metadata when readable.
     pub fn list(&self) -> Vec<Listed> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        let mut listed: Vec<Listed> = entries
-            .flatten()
-            .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|entry| {
-                let dir = entry.path();
+        entry_dirs(&self.root)
+            .into_iter()
+            .map(|(key, dir)| {
                 let metadata = read_metadata(&dir);
                 Listed {
-                    key: entry.file_name().to_string_lossy().into_owned(),
+                    key,
                     disk_bytes: disk_usage(&dir),
                     uses: std::fs::metadata(dir.join(USES_FILE)).map_or(0, |m| m.len()),
-                    age: metadata.as_ref().ok().and_then(|m| {
-                        let built = SystemTime::UNIX_EPOCH + Duration::from_secs(m.created_unix);
-                        built.elapsed().ok()
-                    }),
+                    age: metadata
+                        .as_ref()
+                        .ok()
+                        .and_then(|m| age_since(m.created_unix)),
                     metadata,
                 }
             })
-            .collect();
-        listed.sort_by(|a, b| a.key.cmp(&b.key));
-        listed
+            .collect()
     }
 
     /// Removes every template `keep` refuses, and the staging dirs of dead
@@ -282,12 +264,37 @@ impl TemplateStore {
     }
 }
 
-use std::os::unix::fs::DirBuilderExt;
-
 fn read_metadata(dir: &Path) -> Result<TemplateMetadata, String> {
-    let path = dir.join(METADATA_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    read_json(&dir.join(METADATA_FILE))
+}
+
+/// The visible subdirs of a store's `root` (not `.staging`), as (name,
+/// path), sorted by name. Shared with the package layer store.
+pub(crate) fn entry_dirs(root: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A JSON metadata file, or why it cannot be read.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Time since `created_unix` (seconds since the epoch); `None` if later
+/// than now.
+pub(crate) fn age_since(created_unix: u64) -> Option<Duration> {
+    (SystemTime::UNIX_EPOCH + Duration::from_secs(created_unix))
+        .elapsed()
+        .ok()
 }
 
 /// Checks a template dir against `inputs`; the reason when it must not be
@@ -326,7 +333,7 @@ fn check(dir: &Path, key: &str, inputs: &TemplateInputs) -> Result<TemplateMetad
 }
 
 /// Allocated bytes of the files in `dir` (not their apparent size).
-fn disk_usage(dir: &Path) -> u64 {
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .map(|entries| {

@@ -1,0 +1,190 @@
+// The JavaScript cell driver of airlock-agent (crates/airlock-agent/src/repl).
+// Started as `node -e DRIVER`; talks to the agent only on fds 3 (commands)
+// and 4 (reports), never on stdout or stderr.
+//
+// Cells are evaluated by Node's own REPL machinery (`repl.start` over null
+// streams, then `server.eval`): it runs code in the global context, keeps
+// top-level `let`/`const`/`class` declarations from cell to cell, hoists
+// declarations out of code with top-level `await`, and supports `require`
+// and dynamic `import()`. `breakEvalOnSigint` makes SIGINT stop synchronous
+// code; a SIGINT while the cell awaits ends the cell (the promise is left
+// behind). A cell ends, as `node -e` does, once its code has run and the
+// event loop holds no more work it started (timers, sockets, children):
+// something meant to outlive the cell must be `unref()`ed.
+'use strict';
+const fs = require('fs');
+const net = require('net');
+const repl = require('repl');
+const util = require('util');
+const { Writable, Readable } = require('stream');
+
+// Common modules, loaded once so that a cell requiring them is fast.
+for (const name of ['path', 'os', 'crypto', 'child_process', 'events', 'http',
+  'https', 'url', 'zlib', 'assert', 'buffer', 'string_decoder', 'readline', 'timers/promises']) {
+  require(name);
+}
+
+// process.stdout and stderr are made on first use, and a pipe's handle
+// counts as work in the loop: make them now, before any cell's baseline.
+void process.stdout.fd;
+void process.stderr.fd;
+
+const COMMANDS = 3;
+const REPORTS = 4;
+const report = (line) => fs.writeSync(REPORTS, line + '\n');
+
+// The REPL hands errors to its domain, which prints them on its output:
+// errors of a cell's code and of its callbacks go to stderr and fail the
+// running cell; an error before the eval called back ends the eval.
+let current = null;
+const errors = new Writable({
+  write(chunk, _encoding, done) {
+    const text = String(chunk);
+    const cell = current;
+    if (text.trim() !== '') {
+      process.stderr.write(withoutDriverFrames(text));
+      if (cell) {
+        if (/ERR_SCRIPT_EXECUTION_INTERRUPTED|interrupted by `SIGINT`/.test(text)) cell.status = 130;
+        else if (cell.status === 0) cell.status = 1;
+        if (!cell.evaluated) evaluated(cell);
+      }
+    }
+    done();
+  },
+});
+const server = repl.start({
+  input: new Readable({ read() {} }),
+  output: errors,
+  prompt: '',
+  terminal: false,
+  useGlobal: true,
+  breakEvalOnSigint: true,
+  ignoreUndefined: true,
+});
+
+// A stack ends where the REPL's machinery (and this driver) begins.
+function withoutDriverFrames(text) {
+  const lines = text.split('\n');
+  const cut = lines.findIndex((l) => /^\s+at (sigintHandlersWrap|.*\(node:(vm|repl|domain):)/.test(l));
+  if (cut < 0) return text;
+  return lines.slice(0, cut).join('\n') + '\n';
+}
+
+const baseline = () => process.getActiveResourcesInfo().length;
+
+function finish(cell, status) {
+  if (current !== cell) return;
+  current = null;
+  if (process.exitCode !== undefined) {
+    if (status === 0) status = process.exitCode;
+    process.exitCode = undefined;
+  }
+  for (const [name, old] of cell.saved) {
+    if (old === undefined) delete process.env[name];
+    else process.env[name] = old;
+  }
+  report(`done ${cell.id} ${status & 0xff}`);
+}
+
+// The cell's work is done when the loop holds no more than it did before
+// the cell (our own poll is unref'd, so it does not count).
+function whenIdle(cell, base) {
+  if (current !== cell) return;
+  if (baseline() <= base) return finish(cell, cell.status);
+  setTimeout(() => whenIdle(cell, base), 5).unref();
+}
+
+function run(id, path, env) {
+  const cell = { id, path, status: 0, saved: [], evaluated: false, base: 0 };
+  for (const [name, value] of env) {
+    cell.saved.push([name, process.env[name]]);
+    process.env[name] = value;
+  }
+  current = cell;
+  let code;
+  try {
+    code = fs.readFileSync(path, 'utf8');
+  } catch (e) {
+    process.stderr.write(`${e.message}\n`);
+    return finish(cell, 1);
+  }
+  cell.base = baseline();
+  // While synchronous code runs, the REPL's SIGINT watchdog must be the
+  // only SIGINT handler: a `process.on('SIGINT')` listener would make
+  // libuv reset the signal to its default (death) when the REPL removes
+  // listeners around the script.
+  process.removeListener('SIGINT', interrupt);
+  try {
+    server.eval(code, server.context, '[eval]', (err) => {
+      if (current !== cell || cell.evaluated) return;
+      if (err) {
+        process.stderr.write(withoutDriverFrames(`Uncaught ${util.inspect(err)}\n`));
+        cell.status = 1;
+      }
+      evaluated(cell);
+    });
+  } finally {
+    process.on('SIGINT', interrupt);
+  }
+}
+
+function evaluated(cell) {
+  cell.evaluated = true;
+  setImmediate(() => whenIdle(cell, cell.base));
+}
+
+// A SIGINT outside synchronous code (an await, the wait for timers) ends
+// the running cell; one between cells is ignored.
+function interrupt() {
+  if (current) {
+    process.stderr.write('Error: Script execution was interrupted by `SIGINT`\n');
+    finish(current, 130);
+  }
+}
+process.on('SIGINT', interrupt);
+process.on('uncaughtException', (err) => {
+  process.stderr.write(`Uncaught ${util.inspect(err)}\n`);
+  if (current) current.status = 1;
+});
+process.on('unhandledRejection', (err) => {
+  process.stderr.write(`Uncaught ${util.inspect(err)}\n`);
+  if (current) current.status = 1;
+});
+
+let pending = '';
+let expected = null;
+const commands = new net.Socket({ fd: COMMANDS, readable: true, writable: false });
+commands.setEncoding('utf8');
+commands.on('data', (chunk) => {
+  pending += chunk;
+  let at;
+  while ((at = pending.indexOf('\n')) >= 0) {
+    const line = pending.slice(0, at);
+    pending = pending.slice(at + 1);
+    handle(line);
+  }
+});
+commands.on('end', () => process.exit(0));
+
+function handle(line) {
+  if (expected) {
+    const eq = line.indexOf('=');
+    expected.env.push([line.slice(0, eq), line.slice(eq + 1)]);
+    if (expected.env.length === expected.count) {
+      const { id, path, env } = expected;
+      expected = null;
+      run(id, path, env);
+    }
+    return;
+  }
+  const words = line.split(' ');
+  if (words[0] === 'cell' && words.length === 4) {
+    const count = Number(words[3]);
+    if (count === 0) return run(words[1], words[2], []);
+    expected = { id: words[1], path: words[2], count, env: [] };
+  } else {
+    report('error unknown command');
+  }
+}
+
+report('ready');

@@ -1,0 +1,337 @@
+//! Persistent interpreters: one per language per VM, running the cells of
+//! `exec` with `mode: cell` (`docs/protocol.md`, "cells").
+//!
+//! Each interpreter is a small driver program (`drivers/`, embedded in the
+//! agent) that runs cells inside one live process: Python in the globals of
+//! `__main__`, JavaScript through Node's REPL machinery, bash by sourcing
+//! each cell at its top level. Nothing is spawned per cell. The agent writes
+//! a cell's code to a root-owned file in [`AgentConfig::cell_dir`] and sends
+//! the driver a command on its fd 3; the driver runs it with the cell's
+//! `env` set for that cell alone, flushes stdout and stderr, and reports
+//! `done` with the exit code on its fd 4 ([`control`]). The agent then reads
+//! what the output pipes still hold (`FIONREAD`: the driver flushed before
+//! reporting) and answers `complete`. Output is never parsed, so a cell
+//! printing anything cannot end a cell or fake an exit code.
+//!
+//! The interpreter lives in its own cgroup ([`crate::exec_cgroup`]): after
+//! each cell every other process in it is killed, so children a cell
+//! started (`sleep 1000 &`, `subprocess.Popen`) do not outlive it.
+//! A timeout or `cancel` sends SIGINT to the interpreter (Python raises
+//! `KeyboardInterrupt`, Node's REPL breaks the script, bash's trap unwinds
+//! to the cell's top) and kills the cell's other processes; a driver that
+//! has not reported after the kill grace is killed with its whole cgroup:
+//! the completion says `state_lost` and the next cell starts a fresh
+//! interpreter. An interpreter that dies by itself (`exit 3`,
+//! `process.exit(3)`, `os._exit(3)`) gives its status and `state_lost`.
+//! Cancelled cells exit 130. A `one_shot` exec (a restored VM's single
+//! run) is a cell whose timeout or cancel ends the interpreter as a
+//! process exec is ended (SIGTERM or SIGINT to its group, then SIGKILL),
+//! so its exit code is what a new process would report.
+//!
+//! After a restore from a memory template ([`Repls::reseed`]), running
+//! interpreters are reseeded: Python's `random` from the freshly reseeded
+//! kernel, bash's `$RANDOM` from a fresh seed. Node cannot be: `Math.random`
+//! is V8's per-isolate xorshift state, seeded once at isolate start and not
+//! reseedable from JavaScript, and `crypto` draws from OpenSSL's DRBG,
+//! seeded at start-up and reseeded only on its own schedule; two clones of
+//! a template holding a live Node would print the same numbers. So a Node
+//! interpreter running at reseed time is ended (the next cell starts a
+//! fresh one and says `state_lost`), and JavaScript templates do not hold
+//! one (the template builder only warms Node's files into the page cache).
+
+pub mod control;
+mod interpreter;
+
+use crate::exec::{blocking, Sink};
+use crate::{AgentConfig, AgentError};
+use airlock_protocol::{Completion, Event, ExecMode, ExecRequest, Language, OpId};
+use interpreter::{elapsed_ms, CellInput, Interpreter};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Mutex};
+
+/// Longest wait for a language's interpreter to be free for a reseed.
+const RESEED_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One language's interpreter slot.
+#[derive(Default)]
+struct Slot {
+    interpreter: Option<Interpreter>,
+    /// An interpreter was ended outside a cell (reseed): the next cell
+    /// reports the state lost.
+    lost: bool,
+}
+
+/// The persistent interpreters of one agent, one per language. Share it
+/// behind an `Arc`; cells of one language run one at a time.
+pub struct Repls {
+    config: Arc<AgentConfig>,
+    slots: [Mutex<Slot>; 3],
+}
+
+impl std::fmt::Debug for Repls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repls").finish_non_exhaustive()
+    }
+}
+
+fn index(language: Language) -> usize {
+    match language {
+        Language::Python => 0,
+        Language::Javascript => 1,
+        Language::Raw => 2,
+    }
+}
+
+impl Repls {
+    /// No interpreter yet; they start on the first cell or `warm_repl`.
+    pub fn new(config: Arc<AgentConfig>) -> Self {
+        Self {
+            config,
+            slots: Default::default(),
+        }
+    }
+
+    /// Runs one cell, streaming its output as events of `op`.
+    ///
+    /// # Errors
+    /// [`AgentError::InvalidRequest`] for a zero timeout or a `cwd` (a
+    /// cell runs where the previous one left the interpreter);
+    /// [`AgentError::EnvRefused`]; [`AgentError::Spawn`] when the
+    /// interpreter cannot start; [`AgentError::Io`] for the cell file.
+    pub(crate) async fn run_cell(
+        &self,
+        op: OpId,
+        request: ExecRequest,
+        events: &mpsc::Sender<Event>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<Completion, AgentError> {
+        let config = &self.config;
+        if request.timeout_ms == 0 {
+            return Err(AgentError::InvalidRequest(
+                "timeout_ms must be above 0".into(),
+            ));
+        }
+        if request.cwd.is_some() {
+            return Err(AgentError::InvalidRequest(
+                "a cell has no cwd: it runs where the previous cell left the interpreter \
+                 (change it in the cell: os.chdir, process.chdir, cd)"
+                    .into(),
+            ));
+        }
+        crate::env_policy::check_env(&request.env, config.max_env_bytes)?;
+        let mut slot = self.slots[index(request.language)].lock().await;
+        let mut state_lost = std::mem::take(&mut slot.lost);
+        let started = Instant::now();
+        let mut spawn_ms = 0;
+        if !slot.interpreter.as_mut().is_some_and(Interpreter::is_alive) {
+            if let Some(dead) = slot.interpreter.take() {
+                dead.end().await;
+                state_lost = true;
+            }
+            slot.interpreter = Some(Interpreter::start(request.language, config).await?);
+            spawn_ms = elapsed_ms(started);
+        }
+        let Some(interpreter) = slot.interpreter.as_mut() else {
+            return Err(AgentError::Internal {
+                op,
+                message: "no interpreter after its start".into(),
+            });
+        };
+        let cell = CellFile::write(&config.cell_dir, request.language, request.code).await?;
+        let sink = Sink::new(op, events.clone(), true);
+        let cell_start = Instant::now();
+        let end = interpreter
+            .run_cell(
+                CellInput {
+                    id: cell.id,
+                    path: &cell.path,
+                    env: &request.env,
+                    timeout: Duration::from_millis(request.timeout_ms),
+                    one_shot: request.mode == ExecMode::OneShot,
+                },
+                &mut cancel,
+                &sink,
+                config,
+            )
+            .await;
+        let duration_ms = elapsed_ms(cell_start);
+        drop(cell);
+        let end = end?;
+        if end.interpreter_lost {
+            if let Some(lost) = slot.interpreter.take() {
+                lost.end().await;
+            }
+        } else {
+            interpreter
+                .kill_cell_processes(crate::exec::KILL_REAP_TIMEOUT)
+                .await;
+        }
+        tracing::info!(
+            op,
+            language = %request.language,
+            exit_code = end.exit_code,
+            timed_out = end.timed_out,
+            state_lost = end.interpreter_lost,
+            duration_ms,
+            "cell ended"
+        );
+        Ok(Completion {
+            exit_code: end.exit_code,
+            timed_out: end.timed_out,
+            duration_ms,
+            spawn_ms,
+            stdout_truncated: end.stdout_truncated,
+            stderr_truncated: end.stderr_truncated,
+            state_lost: state_lost || end.interpreter_lost,
+        })
+    }
+
+    /// Starts `language`'s interpreter (its common modules imported) unless
+    /// it runs already.
+    ///
+    /// # Errors
+    /// [`AgentError::Spawn`] when it cannot start.
+    pub(crate) async fn warm(&self, language: Language) -> Result<Completion, AgentError> {
+        let started = Instant::now();
+        let mut slot = self.slots[index(language)].lock().await;
+        let mut spawn_ms = 0;
+        if !slot.interpreter.as_mut().is_some_and(Interpreter::is_alive) {
+            if let Some(dead) = slot.interpreter.take() {
+                dead.end().await;
+                slot.lost = true;
+            }
+            slot.interpreter = Some(Interpreter::start(language, &self.config).await?);
+            spawn_ms = elapsed_ms(started);
+        }
+        Ok(Completion {
+            exit_code: 0,
+            timed_out: false,
+            duration_ms: elapsed_ms(started),
+            spawn_ms,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            state_lost: false,
+        })
+    }
+
+    /// After the kernel was reseeded (a restore from a memory template):
+    /// reseeds the running Python and bash interpreters and ends a running
+    /// Node (see the module docs). An interpreter that does not answer is
+    /// ended too: better a lost state than a shared random stream.
+    pub(crate) async fn reseed(&self) {
+        for language in Language::ALL {
+            let Ok(mut slot) =
+                tokio::time::timeout(RESEED_LOCK_TIMEOUT, self.slots[index(language)].lock()).await
+            else {
+                tracing::warn!(%language, "interpreter busy during reseed: not reseeded");
+                continue;
+            };
+            let Some(interpreter) = slot.interpreter.as_mut() else {
+                continue;
+            };
+            let reseeded = match interpreter.language() {
+                Language::Javascript => Err("Node cannot be reseeded in place".to_owned()),
+                _ => match fresh_seed().await {
+                    Ok(seed) => interpreter.reseed(seed).await,
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            if let Err(reason) = reseeded {
+                tracing::info!(%language, %reason, "interpreter ended at reseed");
+                if let Some(ended) = slot.interpreter.take() {
+                    ended.end().await;
+                }
+                slot.lost = true;
+            }
+        }
+    }
+
+    /// Ends every interpreter.
+    pub async fn shutdown(&self) {
+        for slot in &self.slots {
+            if let Some(interpreter) = slot.lock().await.interpreter.take() {
+                interpreter.end().await;
+            }
+        }
+    }
+}
+
+/// A seed from the kernel (reseeded just before).
+async fn fresh_seed() -> Result<u32, AgentError> {
+    blocking(|| {
+        let mut bytes = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|source| AgentError::Io {
+                action: "read",
+                path: "/dev/urandom".into(),
+                source,
+            })?;
+        // bash's $RANDOM takes a 31-bit seed.
+        Ok(u32::from_ne_bytes(bytes) & 0x7fff_ffff)
+    })
+    .await
+}
+
+/// A cell's code in a root-owned file the interpreter can read but the
+/// sandbox user cannot change (the directory is the agent's, mode 0755;
+/// the file is created exclusively, never through a symlink).
+struct CellFile {
+    id: u64,
+    path: PathBuf,
+}
+
+impl CellFile {
+    async fn write(dir: &Path, language: Language, code: String) -> Result<Self, AgentError> {
+        let dir = dir.to_owned();
+        blocking(move || {
+            let io = |action, path: &Path, source| AgentError::Io {
+                action,
+                path: path.display().to_string(),
+                source,
+            };
+            std::fs::DirBuilder::new()
+                .mode(0o755)
+                .recursive(true)
+                .create(&dir)
+                .map_err(|e| io("create", &dir, e))?;
+            // A directory made by someone else's umask still lets the
+            // interpreter in.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| io("chmod", &dir, e))?;
+            let mut id_bytes = [0u8; 8];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut id_bytes))
+                .map_err(|e| io("read", Path::new("/dev/urandom"), e))?;
+            let id = u64::from_ne_bytes(id_bytes);
+            let path = dir.join(format!("{language}-{}", control::format_id(id)));
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| io("create", &path, e))?;
+            file.write_all(code.as_bytes())
+                .map_err(|e| io("write", &path, e))?;
+            Ok(Self { id, path })
+        })
+        .await
+    }
+}
+
+impl Drop for CellFile {
+    /// Removed however the cell ends, a cancelled operation too (one
+    /// unlink on a tmpfs: too small to hand to the blocking pool).
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "cell file not removed");
+            }
+        }
+    }
+}
