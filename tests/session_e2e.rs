@@ -323,14 +323,7 @@ async fn a_session_starts_from_the_template_of_its_shape() {
         return;
     }
     let templates = tempfile::tempdir().unwrap();
-    let scheduler = Scheduler::start(Config {
-        templates_dir: templates.path().to_path_buf(),
-        restore_templates: true,
-        overlay_pool_target: 0,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    let scheduler = airlock_tests::template_scheduler(templates.path(), true).await;
     let session = scheduler
         .session(SessionOptions::new(Language::Raw))
         .await

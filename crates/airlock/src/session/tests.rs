@@ -144,6 +144,15 @@ impl RunObserver for Collect {
     }
 }
 
+/// Runs a quick cell and returns its exit code (the session still answers).
+async fn quick_cell(session: &Session, code: &str) -> i32 {
+    session
+        .exec(CellRequest::new(code), &mut Collect::default())
+        .await
+        .unwrap()
+        .exit_code
+}
+
 fn is_busy(result: &Result<impl std::fmt::Debug>) -> bool {
     matches!(result, Err(Error::SessionBusy { .. }))
 }
@@ -218,24 +227,14 @@ async fn a_second_call_during_a_cell_is_refused_at_once_and_cancel_interrupts_th
     assert_eq!(cancelled, Some(Seen::Cancel { target: op }));
     assert_eq!(first.unwrap().exit_code, 130);
     // The session goes on.
-    let after = f
-        .session
-        .exec(CellRequest::new("ok"), &mut Collect::default())
-        .await
-        .unwrap();
-    assert_eq!(after.exit_code, 0);
+    assert_eq!(quick_cell(&f.session, "ok").await, 0);
 }
 
 #[tokio::test]
 async fn a_cancel_while_no_cell_runs_does_not_touch_the_next_cell() {
     let mut f = fixture(|_| {}).await;
     f.session.canceller().cancel();
-    let result = f
-        .session
-        .exec(CellRequest::new("quick"), &mut Collect::default())
-        .await
-        .unwrap();
-    assert_eq!(result.exit_code, 0);
+    assert_eq!(quick_cell(&f.session, "quick").await, 0);
     assert!(matches!(f.seen.recv().await, Some(Seen::Exec { .. })));
     assert!(f.seen.try_recv().is_err(), "no cancel was sent");
 }
@@ -358,12 +357,7 @@ async fn an_install_without_a_network_or_pin_is_refused_before_the_guest() {
     assert!(refused.is_err(), "{refused:?}");
     assert!(f.seen.try_recv().is_err(), "nothing reached the agent");
     // The session goes on.
-    let after = f
-        .session
-        .exec(CellRequest::new("ok"), &mut Collect::default())
-        .await
-        .unwrap();
-    assert_eq!(after.exit_code, 0);
+    assert_eq!(quick_cell(&f.session, "ok").await, 0);
 }
 
 #[test]
