@@ -463,6 +463,40 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs `program` with `args` and extra `env`, in `dir` (else the current
+/// dir), feeding it `stdin`, and collects its output (for the CLI tests:
+/// `program` is `CARGO_BIN_EXE_airlock-under-test`).
+///
+/// # Panics
+/// When the program cannot be started: a test prerequisite.
+pub fn run_with_stdin(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+    dir: Option<&Path>,
+) -> std::process::Output {
+    use std::process::{Command as StdCommand, Stdio};
+    let mut command = StdCommand::new(program);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command.spawn().expect("start the program under test");
+    if let Some(mut input) = child.stdin.take() {
+        // A program that exits without reading its input closes the pipe.
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    child
+        .wait_with_output()
+        .expect("wait for the program under test")
+}
+
 /// A scheduler for template tests: templates in `templates_dir` (a temp
 /// dir: the shared images and probe cache are used as they are), restored
 /// from when `restore`, no overlay pool.

@@ -2,11 +2,16 @@
 //! boot of the same kernel to an init that ends the VM at once), the
 //! overlay pool, QEMU's host memory, package lists (first install
 //! against cached runs), the fast paths (memory templates, the warm
-//! pool, idle cost: [`templates`]) and runs and session execs through
-//! `airlock serve` (`bench_server.rs`); writes `docs/benchmarks.md`.
+//! pool, idle cost: [`templates`]), sessions (a cell's round trip, a
+//! session's start: `bench/session.rs`) and runs and session execs
+//! through `airlock serve` (`bench_server.rs`); writes
+//! `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
+
+/// The session rows: a cell's round trip, a session's start.
+mod session;
 
 use crate::host::{self, run_checked, workspace_root};
 use crate::images::{self, Kind};
@@ -138,9 +143,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|&list| package_bench(&airlock, list, args.runs))
         .collect::<Result<Vec<_>>>()?;
     let fast = templates::measure(&airlock, args.runs)?;
+    let sessions = session::measure(args.runs)?;
     let load = [load_before, load_average()];
     let mut doc = render(&rows, &floor, &overlay, args.runs, &load)?;
     render_packages(&mut doc, &packages)?;
+    session::render(&mut doc, &sessions)?;
     let cold_python = rows
         .iter()
         .find(|(language, _)| *language == "python")

@@ -54,9 +54,19 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Boot every VM cold instead of restoring memory templates.
+    /// Boot every VM cold instead of restoring memory templates (no warm
+    /// pool either).
     #[arg(long)]
     pub cold: bool,
+    /// A warm pool of paused VMs, `LANG[:SIZE]` (repeatable; replaces the
+    /// config file's pools; default one python VM). Runs and sessions of
+    /// that language at the default shape, without network or packages,
+    /// take a VM from it in milliseconds.
+    #[arg(long = "pool", value_name = "LANG[:SIZE]", value_parser = crate::config::PoolSpec::parse_flag)]
+    pub pools: Vec<crate::config::PoolSpec>,
+    /// No warm pool.
+    #[arg(long, conflicts_with = "pools")]
+    pub no_pool: bool,
     /// Default quota: runs at once per tenant.
     #[arg(long)]
     pub quota_concurrent_runs: Option<u32>,
@@ -188,6 +198,12 @@ impl ServeArgs {
         }
         if self.cold {
             c.restore_templates = false;
+        }
+        if !self.pools.is_empty() {
+            c.pools.clone_from(&self.pools);
+        }
+        if self.no_pool {
+            c.pools.clear();
         }
         c.validate()?;
         Ok(c)

@@ -9,6 +9,9 @@
 //! log_format = "json"
 //! [quotas]                 # every tenant's defaults (a key may override)
 //! concurrent_runs = 4
+//! [[pools]]                # warm pools: paused VMs ready for runs and sessions
+//! language = "python"
+//! size = 1
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -60,6 +63,89 @@ pub struct ServerConfig {
     pub restore_templates: bool,
     /// Every tenant's quotas, unless its key overrides them.
     pub quotas: Quotas,
+    /// Warm pools, at most one per shape: paused VMs restored from the
+    /// shape's memory template, taken by runs and sessions of that shape
+    /// without a network or packages (the rest restore or boot on
+    /// demand). Each pool VM holds a VM slot, so together they must leave
+    /// one free. Default: one python VM. Needs `restore_templates`.
+    pub pools: Vec<PoolSpec>,
+}
+
+/// One warm pool of [`ServerConfig::pools`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// The language of the pool's VMs.
+    pub language: airlock_protocol::Language,
+    /// Their memory in MiB (a request of another size does not use the
+    /// pool).
+    #[serde(default = "default_pool_memory")]
+    pub memory_mib: u32,
+    /// Their vCPUs.
+    #[serde(default = "default_pool_vcpus")]
+    pub vcpus: u32,
+    /// VMs kept waiting.
+    #[serde(default = "default_pool_size")]
+    pub size: usize,
+    /// A VM waiting longer than this (seconds) is replaced.
+    #[serde(default = "default_pool_max_idle")]
+    pub max_idle_s: u64,
+}
+
+fn default_pool_memory() -> u32 {
+    airlock::DEFAULT_MEMORY_MIB
+}
+fn default_pool_vcpus() -> u32 {
+    1
+}
+fn default_pool_size() -> usize {
+    1
+}
+fn default_pool_max_idle() -> u64 {
+    600
+}
+
+impl PoolSpec {
+    /// A pool of `size` VMs of `language` at the default shape.
+    pub fn new(language: airlock_protocol::Language, size: usize) -> Self {
+        Self {
+            language,
+            memory_mib: default_pool_memory(),
+            vcpus: default_pool_vcpus(),
+            size,
+            max_idle_s: default_pool_max_idle(),
+        }
+    }
+
+    /// Parses a `--pool` flag: `LANG[:SIZE]` (python, javascript, raw).
+    ///
+    /// # Errors
+    /// A message naming the bad part.
+    pub fn parse_flag(text: &str) -> std::result::Result<Self, String> {
+        let (language, size) = match text.split_once(':') {
+            Some((language, size)) => (
+                language,
+                size.parse::<usize>().map_err(|_| {
+                    format!("{size:?} is not a pool size (LANG[:SIZE], e.g. python:2)")
+                })?,
+            ),
+            None => (text, default_pool_size()),
+        };
+        let language = language.parse().map_err(|e| format!("{e}"))?;
+        Ok(Self::new(language, size))
+    }
+
+    fn pool_config(&self) -> airlock::pool::PoolConfig {
+        airlock::pool::PoolConfig {
+            shape: airlock::template::TemplateShape {
+                language: self.language,
+                memory_mib: self.memory_mib,
+                vcpus: self.vcpus,
+            },
+            size: self.size,
+            max_idle: Duration::from_secs(self.max_idle_s),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -75,6 +161,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             restore_templates: true,
             quotas: Quotas::default(),
+            pools: vec![PoolSpec::new(airlock_protocol::Language::Python, 1)],
         }
     }
 }
@@ -156,6 +243,9 @@ impl ServerConfig {
         if let Some(n) = self.max_concurrent_vms {
             config.max_concurrent_vms = n;
             config.overlay_pool_target = n.min(8);
+        }
+        if self.restore_templates {
+            config.warm_pools = self.pools.iter().map(PoolSpec::pool_config).collect();
         }
         config
     }

@@ -188,11 +188,8 @@ fn orchestrator_status(e: &airlock::Error) -> StatusCode {
         E::InvalidInput { .. } | E::PackageSpec { .. } | E::PackageInstall { .. } => {
             StatusCode::BAD_REQUEST
         }
-        #[cfg(feature = "sessions")]
         E::SessionBusy { .. } => StatusCode::CONFLICT,
-        #[cfg(feature = "sessions")]
         E::SessionClosed { .. } => StatusCode::NOT_FOUND,
-        #[cfg(feature = "sessions")]
         E::File { source, .. } => match source.kind() {
             airlock_protocol::ErrorKind::NotFound => StatusCode::NOT_FOUND,
             airlock_protocol::ErrorKind::InvalidPath
@@ -210,11 +207,8 @@ fn orchestrator_kind(e: &airlock::Error) -> &'static str {
     match e {
         E::InvalidInput { .. } | E::PackageSpec { .. } => "invalid_input",
         E::PackageInstall { .. } => "package_install_failed",
-        #[cfg(feature = "sessions")]
         E::SessionBusy { .. } => "session_busy",
-        #[cfg(feature = "sessions")]
         E::SessionClosed { .. } => "session_not_found",
-        #[cfg(feature = "sessions")]
         E::File { source, .. } => match source.kind() {
             airlock_protocol::ErrorKind::NotFound => "file_not_found",
             airlock_protocol::ErrorKind::InvalidPath

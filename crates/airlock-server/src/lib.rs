@@ -46,7 +46,6 @@ pub mod metrics;
 pub mod quota;
 pub mod server;
 mod service;
-#[cfg(feature = "sessions")]
 pub mod sessions;
 
 pub use config::ServerConfig;

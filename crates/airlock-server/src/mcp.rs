@@ -96,13 +96,9 @@ impl McpTools {
     /// The tools this server offers: runs, and sessions when built with
     /// them.
     fn tools() -> rmcp::handler::server::router::tool::ToolRouter<Self> {
-        #[cfg(feature = "sessions")]
-        return Self::tool_router() + Self::session_tool_router();
-        #[cfg(not(feature = "sessions"))]
-        Self::tool_router()
+        Self::tool_router() + Self::session_tool_router()
     }
 
-    #[cfg(feature = "sessions")]
     pub(crate) fn airlock(&self) -> &Airlock {
         &self.airlock
     }

@@ -26,6 +26,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// One label: a warm pool's shape (`python-512m-1c`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShapeLabel {
+    /// The pool's shape.
+    pub shape: String,
+}
+
 fn latency() -> Histogram {
     // 1 ms .. ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -60,6 +67,14 @@ pub struct Metrics {
     pub denials: Family<KindLabel, Counter>,
     /// Failed requests by error kind.
     pub errors: Family<KindLabel, Counter>,
+    /// VMs waiting paused in each warm pool.
+    pub pool_idle: Family<ShapeLabel, Gauge>,
+    /// Takes from each warm pool served by a waiting VM (since start).
+    pub pool_taken_warm: Family<ShapeLabel, Gauge>,
+    /// Takes that found the pool empty and restored on demand (since start).
+    pub pool_taken_on_demand: Family<ShapeLabel, Gauge>,
+    /// Takes from a warm pool: resume and reseed, to the agent ready.
+    pub pool_take_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -84,6 +99,10 @@ impl Metrics {
         let run_seconds = latency();
         let denials = Family::<KindLabel, Counter>::default();
         let errors = Family::<KindLabel, Counter>::default();
+        let pool_idle = Family::<ShapeLabel, Gauge>::default();
+        let pool_taken_warm = Family::<ShapeLabel, Gauge>::default();
+        let pool_taken_on_demand = Family::<ShapeLabel, Gauge>::default();
+        let pool_take_seconds = latency();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -120,6 +139,26 @@ impl Metrics {
         registry.register("run_seconds", "Whole runs", run_seconds.clone());
         registry.register("denials", "Refused requests by reason", denials.clone());
         registry.register("errors", "Failed requests by kind", errors.clone());
+        registry.register(
+            "pool_idle",
+            "VMs waiting paused in each warm pool",
+            pool_idle.clone(),
+        );
+        registry.register(
+            "pool_taken_warm",
+            "Takes from a warm pool served by a waiting VM",
+            pool_taken_warm.clone(),
+        );
+        registry.register(
+            "pool_taken_on_demand",
+            "Takes from an empty warm pool (restored on demand)",
+            pool_taken_on_demand.clone(),
+        );
+        registry.register(
+            "pool_take_seconds",
+            "Takes from a warm pool, resume and reseed",
+            pool_take_seconds.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -134,6 +173,30 @@ impl Metrics {
             run_seconds,
             denials,
             errors,
+            pool_idle,
+            pool_taken_warm,
+            pool_taken_on_demand,
+            pool_take_seconds,
+        }
+    }
+
+    /// Copies the warm pools' state into the pool gauges (before a scrape).
+    pub fn observe_pools(&self, pools: &[airlock::WarmPool]) {
+        let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for pool in pools {
+            let label = ShapeLabel {
+                shape: pool.config().shape.to_string(),
+            };
+            let stats = pool.stats();
+            self.pool_idle
+                .get_or_create(&label)
+                .set(as_gauge(stats.idle as u64));
+            self.pool_taken_warm
+                .get_or_create(&label)
+                .set(as_gauge(stats.taken_warm));
+            self.pool_taken_on_demand
+                .get_or_create(&label)
+                .set(as_gauge(stats.taken_on_demand));
         }
     }
 
@@ -150,7 +213,9 @@ impl Metrics {
     pub fn record_run(&self, result: &airlock::RunResult) {
         let t = &result.timings;
         let secs = |ms: u64| ms as f64 / 1000.0;
-        if t.restore.is_some() {
+        if t.from_warm_pool {
+            self.pool_take_seconds.observe(secs(t.guest_ready_ms));
+        } else if t.restore.is_some() {
             self.restore_seconds.observe(secs(t.guest_ready_ms));
         } else {
             self.boot_seconds.observe(secs(t.guest_ready_ms));

@@ -32,7 +32,6 @@ struct Inner {
     ledger: Ledger,
     metrics: Metrics,
     draining: CancellationToken,
-    #[cfg(feature = "sessions")]
     sessions: crate::sessions::SessionTable,
 }
 
@@ -102,7 +101,6 @@ impl Airlock {
                 ledger: Ledger::default(),
                 metrics: Metrics::new(),
                 draining: CancellationToken::new(),
-                #[cfg(feature = "sessions")]
                 sessions: crate::sessions::SessionTable::default(),
             }),
         }
@@ -129,7 +127,6 @@ impl Airlock {
     }
 
     /// The live sessions.
-    #[cfg(feature = "sessions")]
     pub(crate) fn sessions(&self) -> &crate::sessions::SessionTable {
         &self.inner.sessions
     }
@@ -259,8 +256,9 @@ impl Airlock {
     /// Destroys every VM this server holds and stops the orchestrator.
     pub async fn shutdown(&self) {
         self.drain();
-        #[cfg(feature = "sessions")]
         self.close_all_sessions().await;
-        self.inner.scheduler.manager().shutdown().await;
+        // The warm pools first (their paused VMs destroyed), then the
+        // manager: no VM starts after this.
+        self.inner.scheduler.shutdown().await;
     }
 }

@@ -1,8 +1,12 @@
 //! The command line of the `airlock` binary (kept in the library so its
 //! parsing is unit-tested).
 
+/// `airlock session`: the REPL and piped cells.
+pub mod session;
 /// `airlock snapshot`: building, listing and pruning memory templates.
 pub mod snapshot;
+/// `--upload` / `--download` and the REPL's file commands.
+pub mod transfer;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -46,6 +50,9 @@ pub enum Command {
     Doctor,
     /// Build, list or prune the memory templates `airlock run` restores.
     Snapshot(snapshot::SnapshotArgs),
+    /// Keep a VM and its interpreter across cells: a REPL on a terminal,
+    /// piped input run as `# %%` cells otherwise.
+    Session(session::SessionArgs),
 }
 
 /// Arguments of `airlock run`.
@@ -101,6 +108,17 @@ pub struct RunArgs {
     /// of its shape (runs with a network always boot cold).
     #[arg(long)]
     pub cold: bool,
+    /// Copy a host file into the sandbox home before the code runs:
+    /// LOCAL:REMOTE (split at the last `:`; a bare LOCAL keeps its file
+    /// name). Repeatable.
+    #[arg(long, value_name = "LOCAL:REMOTE")]
+    pub upload: Vec<String>,
+    /// Copy a file of the sandbox home to the host after the code ended
+    /// (also after a failure or a timeout): REMOTE:LOCAL (split at the
+    /// first `:`; a bare REMOTE lands in the current directory). Written
+    /// atomically. Repeatable.
+    #[arg(long, value_name = "REMOTE:LOCAL")]
+    pub download: Vec<String>,
     /// Pinned packages to install and import (repeatable or
     /// comma-separated): python `name==version`, javascript
     /// `name@version`. Installed once through the registries (a separate
@@ -157,15 +175,8 @@ impl RunArgs {
                 .map_err(|source| Error::ReadStdin { source })?;
             code
         };
-        if !self.timeout.is_finite() || self.timeout <= 0.0 {
-            return Err(Error::invalid(
-                "timeout",
-                format!("{} is not a positive number of seconds", self.timeout),
-            ));
-        }
         let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
-        request.timeout = Duration::try_from_secs_f64(self.timeout)
-            .map_err(|e| Error::invalid("timeout", e.to_string()))?;
+        request.timeout = timeout_from_secs(self.timeout)?;
         request.network = self.network_request(request.language)?;
         request.memory_mib = self.memory;
         request.vcpus = self.cpus;
@@ -173,6 +184,16 @@ impl RunArgs {
             let (k, v) = parse_env_pair(pair)?;
             request.env.insert(k, v);
         }
+        request.uploads = self
+            .upload
+            .iter()
+            .map(|spec| transfer::read_upload(spec))
+            .collect::<Result<_, _>>()?;
+        request.downloads = self
+            .download_targets()?
+            .into_iter()
+            .map(|t| t.remote)
+            .collect();
         request.packages = self.packages.clone();
         if let Some(path) = &self.ca_bundle {
             crate::packages::CaBundle::File(path.clone()).resolve()?;
@@ -180,12 +201,38 @@ impl RunArgs {
         request.validate()?;
         Ok(request)
     }
+
+    /// The `--download` targets, checked (guest path, local directory).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (`downloads`).
+    pub fn download_targets(&self) -> Result<Vec<transfer::DownloadTarget>, Error> {
+        self.download
+            .iter()
+            .map(|spec| transfer::parse_download(spec))
+            .collect()
+    }
 }
 
 impl RunArgs {
     fn network_request(&self, language: Language) -> Result<NetworkRequest, Error> {
         NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)
     }
+}
+
+/// A `-t/--timeout` in seconds as a duration (shared by `airlock run` and
+/// `airlock session`).
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`timeout`) unless a finite positive number.
+fn timeout_from_secs(secs: f64) -> Result<Duration, Error> {
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(Error::invalid(
+            "timeout",
+            format!("{secs} is not a positive number of seconds"),
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| Error::invalid("timeout", e.to_string()))
 }
 
 /// Whether an argument is meant as a file name rather than code: no
@@ -230,7 +277,16 @@ pub fn usage_error(e: &clap::Error) -> i32 {
 
 /// Runs the CLI; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
-    let debug = matches!(&cli.command, Command::Run(a) if a.debug);
+    let debug = match &cli.command {
+        Command::Run(a) => a.debug,
+        Command::Session(a) => a.debug,
+        _ => false,
+    };
+    // The interactive session takes Ctrl-C for "interrupt the cell".
+    let signals: &[Signal] = match &cli.command {
+        Command::Session(a) if a.interactive() => &[Signal::SIGTERM, Signal::SIGHUP],
+        _ => &interrupt::STOP_SIGNALS,
+    };
     init_tracing(debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,15 +301,17 @@ pub fn main(cli: Cli) -> i32 {
     runtime.block_on(async {
         // From the start: an interrupt during start-up (probes, sweeps,
         // pools) cleans up too; a second one forces.
-        let mut interrupts = match Interrupts::install(Box::new(interrupt::force_exit)) {
-            Ok(interrupts) => interrupts,
-            Err(e) => {
-                eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
-                return EXIT_AIRLOCK_FAILED;
-            }
-        };
+        let mut interrupts =
+            match Interrupts::install_signals(signals, Box::new(interrupt::force_exit)) {
+                Ok(interrupts) => interrupts,
+                Err(e) => {
+                    eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+                    return EXIT_AIRLOCK_FAILED;
+                }
+            };
         match cli.command {
             Command::Run(args) => run(args, &mut interrupts).await,
+            Command::Session(args) => session::run(args, &mut interrupts).await,
             Command::Doctor => tokio::select! {
                 code = crate::doctor::run() => code,
                 stop = interrupts.first() => {
@@ -405,6 +463,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
     scheduler.manager().shutdown().await;
     match result {
         Ok(result) => {
+            let saved = save_downloads(&args, &result).await;
             if args.json {
                 match serde_json::to_string_pretty(&result) {
                     Ok(json) => println!("{json}"),
@@ -425,7 +484,9 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
                     t.teardown_ms
                 );
             }
-            if result.timed_out {
+            if !saved {
+                EXIT_AIRLOCK_FAILED
+            } else if result.timed_out {
                 EXIT_TIMEOUT
             } else {
                 result.exit_code
@@ -436,6 +497,48 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             EXIT_AIRLOCK_FAILED
         }
     }
+}
+
+/// Writes each file of `--download` where it was asked (atomically), saying
+/// what was saved on stderr; returns whether every one was.
+async fn save_downloads(args: &RunArgs, result: &crate::request::RunResult) -> bool {
+    let targets = match args.download_targets() {
+        Ok(targets) => targets,
+        Err(e) => {
+            report_failure(&e, args.debug);
+            return false;
+        }
+    };
+    let mut all = true;
+    for (target, downloaded) in targets.iter().zip(&result.downloads) {
+        let saved = match (&downloaded.content, &downloaded.error) {
+            (Some(content), _) => {
+                let (local, content) = (target.local.clone(), content.clone());
+                crate::manager::blocking("write a downloaded file", move || {
+                    transfer::write_atomic(&local, &content)
+                })
+                .await
+                .and_then(|written| written)
+                .map_err(|e| e.to_string())
+            }
+            (None, error) => Err(error.clone().unwrap_or_else(|| "not read".into())),
+        };
+        match (saved, &downloaded.info) {
+            (Ok(()), Some(info)) if !args.quiet => eprintln!(
+                "airlock: downloaded {} -> {} ({} bytes, sha256 {})",
+                info.path,
+                target.local.display(),
+                info.size,
+                info.sha256
+            ),
+            (Ok(()), _) => {}
+            (Err(e), _) => {
+                all = false;
+                eprintln!("airlock: error: download {}: {e}", target.remote);
+            }
+        }
+    }
+    all
 }
 
 /// Streams output to the terminal and shows a progress line while booting.
@@ -513,21 +616,26 @@ impl RunObserver for Terminal {
     }
 
     fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        if !self.stream_output {
-            return;
+        if self.stream_output {
+            write_output(stream, bytes);
         }
-        // A closed stdout (e.g. `| head`) must not abort the run.
-        let _ = match stream {
-            OutputStream::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
-            }
-            OutputStream::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(bytes).and_then(|()| err.flush())
-            }
-        };
     }
+}
+
+/// Writes a chunk of the guest's output to our stdout or stderr, flushed.
+/// A closed stdout (e.g. `| head`) must not abort a run or a session: a
+/// failed write is ignored.
+fn write_output(stream: OutputStream, bytes: &[u8]) {
+    let _ = match stream {
+        OutputStream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+        OutputStream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(bytes).and_then(|()| err.flush())
+        }
+    };
 }
 
 #[cfg(test)]
@@ -539,7 +647,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(a) => a,
-            Command::Doctor | Command::Snapshot(_) => unreachable!(),
+            Command::Doctor | Command::Snapshot(_) | Command::Session(_) => unreachable!(),
         }
     }
 

@@ -192,6 +192,36 @@ pub enum Error {
         #[source]
         source: airlock_egress::EgressError,
     },
+    /// A file could not be moved to or from the guest (refused path,
+    /// missing file, symlink out of the home, checksum mismatch, size cap).
+    #[error("vm {vm_id}: {action} guest file {path:?}: {source}")]
+    File {
+        /// The VM.
+        vm_id: String,
+        /// The guest path, relative to the sandbox home.
+        path: String,
+        /// `read` or `write`.
+        action: &'static str,
+        /// What the agent or the channel said.
+        #[source]
+        source: ProtocolError,
+    },
+    /// A session already runs a call (an exec or a file operation): one
+    /// call at a time, a second one is refused at once, never queued.
+    #[error("session {session_id} is busy: it runs one call at a time")]
+    SessionBusy {
+        /// The session.
+        session_id: String,
+    },
+    /// The session has ended (closed, idle too long, past its lifetime, or
+    /// its VM died): every call is refused.
+    #[error("session {session_id} is closed: {reason}")]
+    SessionClosed {
+        /// The session.
+        session_id: String,
+        /// Why it ended.
+        reason: crate::session::CloseReason,
+    },
     /// A package spec was refused before anything started (unpinned,
     /// a range, a URL, an option, a bad name).
     #[error("package {spec:?} refused: {reason}")]
@@ -264,6 +294,13 @@ impl Error {
             }
             Error::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
             Error::ReadStdin { .. } => Some("pass the code as an argument or with -c"),
+            Error::File { .. } => Some(
+                "guest paths are relative to the sandbox home; symlinks leading out of it are refused",
+            ),
+            Error::SessionBusy { .. } => Some(
+                "wait for the running call to end, or interrupt it with the session's canceller",
+            ),
+            Error::SessionClosed { .. } => Some("start a new session"),
             Error::PackageSpec { .. } => Some(
                 "pin every package exactly: pip name==version, npm name@version; see docs/packages.md",
             ),

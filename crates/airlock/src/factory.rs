@@ -137,5 +137,7 @@ impl VmFactory {
     }
 }
 
+/// The fake launcher and its set-up, shared with other modules' tests
+/// (sessions).
 #[cfg(test)]
 pub(crate) mod tests;

@@ -45,9 +45,19 @@ impl Interrupts {
     /// # Errors
     /// The error of registering a handler.
     pub fn install(force: ForceAction) -> std::io::Result<Self> {
+        Self::install_signals(&STOP_SIGNALS, force)
+    }
+
+    /// As [`Interrupts::install`], for `signals` only (the interactive
+    /// `airlock session` handles SIGINT itself: Ctrl-C interrupts a cell,
+    /// it does not stop the command).
+    ///
+    /// # Errors
+    /// The error of registering a handler.
+    pub fn install_signals(signals: &[Signal], force: ForceAction) -> std::io::Result<Self> {
         let (tx, first) = watch::channel(None);
         let mut streams = Vec::new();
-        for stop in STOP_SIGNALS {
+        for &stop in signals {
             streams.push((stop, signal(SignalKind::from_raw(stop as i32))?));
         }
         let (any_tx, mut any) = mpsc::unbounded_channel();

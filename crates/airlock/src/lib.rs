@@ -13,6 +13,9 @@
 //!   semaphore bounding live VMs, and a teardown that always runs.
 //! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
 //!   [`RunResult`] with output, exit code and a timing breakdown.
+//! - [`Scheduler::session`] starts a [`Session`]: one VM kept across
+//!   calls, its persistent interpreter running cell after cell, files moved
+//!   in and out (`docs/sessions.md`).
 //! - [`packages`]: pinned pip and npm packages installed once, through
 //!   the egress proxy, into a read-only disk layer that later runs and
 //!   sessions attach (`docs/packages.md`).
@@ -41,6 +44,7 @@ mod disk;
 pub mod doctor;
 mod error;
 mod factory;
+mod files;
 mod guest;
 mod host;
 mod images;
@@ -57,6 +61,7 @@ mod qemu_spec;
 mod request;
 mod retry;
 mod scheduler;
+mod session;
 mod slots;
 #[allow(unsafe_code)] // PR_SET_PDEATHSIG between fork and exec
 mod spawner;
@@ -69,6 +74,9 @@ mod workdir;
 pub use airlock_sys_util::ChildExit;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
+pub use files::{
+    validate_guest_dir, validate_guest_path, Downloaded, FileInfo, FileUpload, DEFAULT_FILE_MODE,
+};
 pub use host::Host;
 pub use images::Images;
 pub use manager::VmManager;
@@ -79,6 +87,10 @@ pub use request::{
     DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,
 };
 pub use scheduler::{RunObserver, Scheduler, Stage};
+pub use session::{
+    CellRequest, CellResult, CloseReason, Session, SessionCanceller, SessionOptions,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME,
+};
 pub use teardown::{TeardownReport, Usage};
 pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm, VmOptions};
 pub use workdir::WorkDir;

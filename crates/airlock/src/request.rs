@@ -5,6 +5,7 @@
 //! VM.
 
 use crate::error::{Error, Result};
+use crate::files::{validate_guest_path, Downloaded, FileUpload};
 use crate::vm::BootTimings;
 use airlock_protocol::Language;
 use serde::Serialize;
@@ -45,6 +46,13 @@ pub struct RunRequest {
     pub tenant: String,
     /// Network: none (default), exposed ports, or an allowlist.
     pub network: crate::network::NetworkRequest,
+    /// Files written into the sandbox home before the code runs, in order
+    /// (each checked end to end by sha256).
+    pub uploads: Vec<FileUpload>,
+    /// Files (paths relative to the sandbox home) read back after the code
+    /// ended, whatever its status (a timeout included); each lands in
+    /// [`RunResult::downloads`], in this order.
+    pub downloads: Vec<String>,
     /// Pinned packages (`pip name==version`, `npm name@version`; items may
     /// hold several, comma-separated): installed once into a layer the run
     /// attaches read-only (`docs/packages.md`). Empty: none.
@@ -63,6 +71,8 @@ impl RunRequest {
             env: BTreeMap::new(),
             tenant: "default".into(),
             network: crate::network::NetworkRequest::default(),
+            uploads: Vec::new(),
+            downloads: Vec::new(),
             packages: Vec::new(),
         }
     }
@@ -72,56 +82,18 @@ impl RunRequest {
     /// # Errors
     /// [`Error::InvalidInput`] naming the field and what is accepted.
     pub fn validate(&self) -> Result<()> {
-        if self.code.trim().is_empty() {
-            return Err(Error::invalid("code", "the code is empty"));
-        }
-        if self.code.len() > MAX_CODE_BYTES {
-            return Err(Error::invalid(
-                "code",
-                format!(
-                    "{} bytes is over the limit of {MAX_CODE_BYTES} bytes",
-                    self.code.len()
-                ),
-            ));
-        }
-        if self.code.contains('\0') {
-            return Err(Error::invalid("code", "the code contains a NUL byte"));
-        }
-        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
-            return Err(Error::invalid(
-                "timeout",
-                format!(
-                    "{:?} is outside 1 ms ..= {} s",
-                    self.timeout,
-                    MAX_TIMEOUT.as_secs()
-                ),
-            ));
-        }
-        if !MEMORY_MIB_RANGE.contains(&self.memory_mib) {
-            return Err(Error::invalid(
-                "memory_mib",
-                format!(
-                    "{} MiB is outside {} ..= {} MiB",
-                    self.memory_mib,
-                    MEMORY_MIB_RANGE.start(),
-                    MEMORY_MIB_RANGE.end()
-                ),
-            ));
-        }
-        if !VCPUS_RANGE.contains(&self.vcpus) {
-            return Err(Error::invalid(
-                "vcpus",
-                format!(
-                    "{} is outside {} ..= {}",
-                    self.vcpus,
-                    VCPUS_RANGE.start(),
-                    VCPUS_RANGE.end()
-                ),
-            ));
-        }
+        validate_code(&self.code)?;
+        validate_timeout(self.timeout)?;
+        validate_shape(self.memory_mib, self.vcpus)?;
         validate_identifier("tenant", &self.tenant)?;
         self.network.validate()?;
         validate_env(&self.env)?;
+        for upload in &self.uploads {
+            validate_guest_path("uploads", &upload.path)?;
+        }
+        for path in &self.downloads {
+            validate_guest_path("downloads", path)?;
+        }
         self.package_list().map(drop)
     }
 
@@ -133,6 +105,79 @@ impl RunRequest {
     pub fn package_list(&self) -> Result<crate::packages::PackageList> {
         crate::packages::PackageList::parse(self.language, &self.packages)
     }
+}
+
+/// Checks source code (of a run or a session cell): not blank, at most
+/// [`MAX_CODE_BYTES`], no NUL byte.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `code`.
+pub(crate) fn validate_code(code: &str) -> Result<()> {
+    if code.trim().is_empty() {
+        return Err(Error::invalid("code", "the code is empty"));
+    }
+    if code.len() > MAX_CODE_BYTES {
+        return Err(Error::invalid(
+            "code",
+            format!(
+                "{} bytes is over the limit of {MAX_CODE_BYTES} bytes",
+                code.len()
+            ),
+        ));
+    }
+    if code.contains('\0') {
+        return Err(Error::invalid("code", "the code contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Checks a timeout: above zero, at most [`MAX_TIMEOUT`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `timeout`.
+pub(crate) fn validate_timeout(timeout: Duration) -> Result<()> {
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(Error::invalid(
+            "timeout",
+            format!(
+                "{:?} is outside 1 ms ..= {} s",
+                timeout,
+                MAX_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a VM's shape: memory within [`MEMORY_MIB_RANGE`], vCPUs within
+/// [`VCPUS_RANGE`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
+pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<()> {
+    if !MEMORY_MIB_RANGE.contains(&memory_mib) {
+        return Err(Error::invalid(
+            "memory_mib",
+            format!(
+                "{} MiB is outside {} ..= {} MiB",
+                memory_mib,
+                MEMORY_MIB_RANGE.start(),
+                MEMORY_MIB_RANGE.end()
+            ),
+        ));
+    }
+    if !VCPUS_RANGE.contains(&vcpus) {
+        return Err(Error::invalid(
+            "vcpus",
+            format!(
+                "{} is outside {} ..= {}",
+                vcpus,
+                VCPUS_RANGE.start(),
+                VCPUS_RANGE.end()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an identifier (tenant, session, VM name) with the shared
@@ -280,12 +325,20 @@ pub struct RunResult {
     pub usage: crate::teardown::Usage,
     /// What the network did (`None`: the VM had none).
     pub network: Option<crate::network::NetworkReport>,
+    /// The files of [`RunRequest::downloads`], in order, each read or
+    /// failed on its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downloads: Vec<Downloaded>,
     /// The package layer the run attached (`None`: no packages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packages: Option<crate::packages::install::PackagesReport>,
 }
 
-fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+/// Serializes bytes as text, invalid UTF-8 replaced (output in JSON).
+pub(crate) fn lossy<S: serde::Serializer>(
+    bytes: &[u8],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&String::from_utf8_lossy(bytes))
 }
 

@@ -44,10 +44,22 @@ pub trait RunObserver: Send {
 }
 
 /// Ignores everything (for [`Scheduler::run`]).
-struct Discard;
+pub(crate) struct Discard;
 
 impl RunObserver for Discard {
     fn output(&mut self, _: OutputStream, _: &[u8]) {}
+}
+
+/// Writes each upload into `vm`, in order; the first failure ends it.
+async fn upload_all(vm: &Vm, uploads: &[crate::files::FileUpload]) -> Result<()> {
+    if uploads.is_empty() {
+        return Ok(());
+    }
+    let client = vm.client()?;
+    for upload in uploads {
+        crate::files::upload(vm.id(), client, upload).await?;
+    }
+    Ok(())
 }
 
 /// How a one-shot run's code runs. In a VM restored from a template that
@@ -193,20 +205,33 @@ impl Scheduler {
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
         let mode = one_shot_mode(vm.boot_timings(), request.language);
-        let outcome = vm
-            .exec(
-                ExecRequest {
-                    mode,
-                    language: request.language,
-                    code: request.code,
-                    timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-                    env,
-                    cwd: None,
-                },
-                |stream, bytes| observer.output(stream, bytes),
-            )
-            .await;
+        let uploaded = upload_all(&vm, &request.uploads).await;
+        let outcome = match uploaded {
+            Ok(()) => {
+                vm.exec(
+                    ExecRequest {
+                        mode,
+                        language: request.language,
+                        code: request.code,
+                        timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+                        env,
+                        cwd: None,
+                    },
+                    |stream, bytes| observer.output(stream, bytes),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let exec_ms = ms(exec_start.elapsed());
+        // Downloads after any end of the code (a failure or a timeout
+        // too), while the VM is still there; not after an Airlock error.
+        let downloads = match (&outcome, vm.client()) {
+            (Ok(_), Ok(client)) if !request.downloads.is_empty() => {
+                crate::files::download_all(vm.id(), client, &request.downloads).await
+            }
+            _ => Vec::new(),
+        };
         observer.stage(Stage::TearingDown);
         let teardown = vm.destroy().await;
         for problem in &teardown.problems {
@@ -234,13 +259,14 @@ impl Scheduler {
             usage: teardown.usage,
             network: teardown.network,
             packages: layer.as_ref().map(PackagesReport::of),
+            downloads,
         })
     }
 
     /// The environment of the run's code: the request's, plus the CA
     /// bundle's variables when the VM has an allowlist network (the bundle
     /// is copied in first; see [`packages::ca`]).
-    async fn guest_env(
+    pub(crate) async fn guest_env(
         &self,
         vm: &Vm,
         options: &VmOptions,

@@ -261,7 +261,25 @@ impl Vm {
     pub async fn exec(
         &mut self,
         request: ExecRequest,
+        on_output: impl FnMut(OutputStream, &[u8]) + Send,
+    ) -> Result<ExecOutcome> {
+        self.exec_interruptible(request, on_output, std::future::pending())
+            .await
+    }
+
+    /// As [`Vm::exec`]; when `interrupt` completes, the agent is asked to
+    /// interrupt the exec (`cancel`: SIGINT first for a cell, then the
+    /// kill a timeout gets), and the exec's own completion is still awaited
+    /// and returned (exit code 130 when interrupted). Sessions pass their
+    /// canceller here.
+    ///
+    /// # Errors
+    /// As [`Vm::exec`].
+    pub async fn exec_interruptible(
+        &mut self,
+        request: ExecRequest,
         mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
+        interrupt: impl std::future::Future<Output = ()> + Send,
     ) -> Result<ExecOutcome> {
         let vm_id = self.id.clone();
         let protocol = |source| Error::Protocol {
@@ -277,7 +295,7 @@ impl Vm {
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
         let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
-        let run = collect_exec(client, request, &mut on_output);
+        let run = collect_exec(client, request, &mut on_output, interrupt);
         let console_log = self.workdir.console_log();
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
@@ -336,15 +354,29 @@ async fn died(
 }
 
 /// Runs an exec to its end, keeping its output within `client`'s caps and
-/// handing `on_output` what was kept, as it arrives.
+/// handing `on_output` what was kept, as it arrives. When `interrupt`
+/// completes, a `cancel` is sent for the exec (once) and its end is still
+/// awaited.
 async fn collect_exec(
     client: &Client,
     request: ExecRequest,
     on_output: &mut (impl FnMut(OutputStream, &[u8]) + Send),
+    interrupt: impl std::future::Future<Output = ()> + Send,
 ) -> std::result::Result<ExecOutcome, ProtocolError> {
     let mut stream = client.exec(request).await?;
     let mut output = CappedExecOutput::new(client.config());
-    while let Some(event) = stream.next().await? {
+    let mut interrupt = std::pin::pin!(interrupt);
+    let mut interrupted = false;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event?,
+            () = &mut interrupt, if !interrupted => {
+                interrupted = true;
+                send_cancel(client, stream.op()).await;
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         match event {
             ExecEvent::Stdout(b) => emit(on_output, OutputStream::Stdout, output.push_stdout(&b)),
             ExecEvent::Stderr(b) => emit(on_output, OutputStream::Stderr, output.push_stderr(&b)),
@@ -359,6 +391,14 @@ async fn collect_exec(
         }
     }
     Err(ProtocolError::Closed)
+}
+
+/// Asks the agent to interrupt the exec running under `target`. A failure
+/// is only logged: the exec's own deadline still ends it.
+async fn send_cancel(client: &Client, target: airlock_protocol::OpId) {
+    if let Err(e) = client.cancel(target).await {
+        tracing::warn!(target, error = %e, "cannot send a cancel");
+    }
 }
 
 /// Hands `kept` to `on_output` unless nothing was kept (past the cap).
@@ -444,11 +484,16 @@ mod tests {
         let mut streamed = Vec::new();
 
         // Act
-        let outcome = collect_exec(&client, request(), &mut |stream, bytes: &[u8]| {
-            if stream == OutputStream::Stdout {
-                streamed.extend_from_slice(bytes);
-            }
-        })
+        let outcome = collect_exec(
+            &client,
+            request(),
+            &mut |stream, bytes: &[u8]| {
+                if stream == OutputStream::Stdout {
+                    streamed.extend_from_slice(bytes);
+                }
+            },
+            std::future::pending(),
+        )
         .await
         .unwrap();
 
@@ -466,9 +511,14 @@ mod tests {
     #[tokio::test]
     async fn exec_output_within_the_cap_is_kept_whole_and_unflagged() {
         let client = flooding_agent(ClientConfig::default(), 3);
-        let outcome = collect_exec(&client, request(), &mut |_, _: &[u8]| {})
-            .await
-            .unwrap();
+        let outcome = collect_exec(
+            &client,
+            request(),
+            &mut |_, _: &[u8]| {},
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         assert_eq!(outcome.stdout, "x".repeat(3 * 1024).as_bytes());
         assert!(!outcome.completion.stdout_truncated);
     }

@@ -32,7 +32,6 @@ struct TenantName(String);
 pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router {
     let body_limit = airlock.config().max_body_bytes;
     let mut authed = Router::new().route("/v1/runs", post(runs::create));
-    #[cfg(feature = "sessions")]
     {
         authed = crate::sessions::http::routes(authed, airlock.config().max_file_bytes);
     }
@@ -148,8 +147,8 @@ async fn health(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {
-    #[cfg(feature = "sessions")]
     airlock.sweep_sessions();
+    airlock.metrics().observe_pools(airlock.scheduler().pools());
     (
         [(
             header::CONTENT_TYPE,

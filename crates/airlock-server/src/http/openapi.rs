@@ -12,23 +12,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/openapi.json"),
     ("get", "/metrics"),
     ("post", "/v1/runs"),
-    #[cfg(feature = "sessions")]
     ("post", "/v1/sessions"),
-    #[cfg(feature = "sessions")]
     ("get", "/v1/sessions"),
-    #[cfg(feature = "sessions")]
     ("get", "/v1/sessions/{id}"),
-    #[cfg(feature = "sessions")]
     ("delete", "/v1/sessions/{id}"),
-    #[cfg(feature = "sessions")]
     ("post", "/v1/sessions/{id}/exec"),
-    #[cfg(feature = "sessions")]
     ("post", "/v1/sessions/{id}/packages"),
-    #[cfg(feature = "sessions")]
     ("get", "/v1/sessions/{id}/files"),
-    #[cfg(feature = "sessions")]
     ("get", "/v1/sessions/{id}/files/{path}"),
-    #[cfg(feature = "sessions")]
     ("put", "/v1/sessions/{id}/files/{path}"),
 ];
 
@@ -60,7 +51,6 @@ fn with_errors(mut responses: Value) -> Value {
     responses
 }
 
-#[cfg(feature = "sessions")]
 fn session_paths(paths: &mut serde_json::Map<String, Value>) {
     let body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}});
     let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
@@ -162,7 +152,6 @@ pub fn openapi() -> Value {
             }},
         }
     });
-    #[cfg(feature = "sessions")]
     {
         use crate::sessions::{ExecBody, PackagesBody, SessionBody};
         if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {

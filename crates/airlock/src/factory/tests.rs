@@ -48,7 +48,7 @@ pub(crate) struct FakeLauncher {
     plans: Mutex<Vec<MachinePlan>>,
     pids: Mutex<Vec<u32>>,
     /// The agent ends of every channel, kept open.
-    peers: Mutex<Vec<tokio::io::DuplexStream>>,
+    pub(crate) peers: Mutex<Vec<tokio::io::DuplexStream>>,
     /// Signalled when a `Blocks` boot waits for its agent.
     blocked: Notify,
 }
@@ -211,7 +211,7 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    fn new(script: &[Boot]) -> Self {
+    pub(crate) fn new(script: &[Boot]) -> Self {
         Self::with(script, |_| {}, false)
     }
 

@@ -1,0 +1,463 @@
+//! `airlock session`: a session on the command line (`docs/sessions.md`).
+//!
+//! - stdin is a terminal: an interactive REPL ([`repl`]) with line editing,
+//!   history, multi-line entries ([`input`]), Ctrl-C interrupting the
+//!   running cell, Ctrl-D ending the session, and `:` commands.
+//! - stdin is not a terminal: the input is split into cells at Jupytext
+//!   percent markers ([`cells`]) and each runs in turn, its output printed
+//!   in order (or, with `--json`, one JSON result per line); the exit
+//!   status is the last cell's (124 when it timed out).
+
+/// Splitting a script into cells at `# %%` / `// %%` markers.
+pub mod cells;
+/// When a REPL entry is complete (multi-line input).
+pub mod input;
+/// The interactive REPL.
+mod repl;
+
+use super::{report_failure, timeout_from_secs, write_output, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
+use crate::config::Config;
+use crate::error::Error;
+use crate::interrupt::{self, Interrupts};
+use crate::network::NetworkRequest;
+use crate::request::DEFAULT_MEMORY_MIB;
+use crate::scheduler::{RunObserver, Scheduler};
+use crate::session::{CellRequest, CellResult, Session, SessionOptions};
+use crate::vm::OutputStream;
+use airlock_protocol::Language;
+use clap::Args;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use std::io::{IsTerminal, Read};
+use std::time::Duration;
+use tokio::signal::unix::{signal, Signal as UnixSignal, SignalKind};
+
+/// Arguments of `airlock session`.
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// python, javascript or raw (bash).
+    #[arg(short, long, default_value = "python")]
+    pub language: String,
+    /// Guest memory in MiB.
+    #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Let the guest reach the language's default allowlisted domains on
+    /// ports 80 and 443 (see `airlock run --help`).
+    #[arg(long)]
+    pub network: bool,
+    /// A domain the guest may reach (repeatable). Implies --network.
+    #[arg(long = "allow-domain", value_name = "NAME")]
+    pub allow_domain: Vec<String>,
+    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp].
+    #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
+    pub expose: Vec<String>,
+    /// Timeout of each cell, in seconds.
+    #[arg(short, long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Piped input: print one JSON result per cell (one line each) instead
+    /// of the output.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress or status lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the kernel and init log to stderr, and full error details.
+    #[arg(long)]
+    pub debug: bool,
+    /// Boot the VM from scratch instead of restoring the memory template
+    /// of its shape.
+    #[arg(long)]
+    pub cold: bool,
+}
+
+impl SessionArgs {
+    /// The session's options and each cell's timeout.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad language, timeout or network.
+    pub fn to_options(&self) -> Result<(SessionOptions, Duration), Error> {
+        let language = self
+            .language
+            .parse::<Language>()
+            .map_err(|e| Error::invalid("language", e.to_string()))?;
+        let timeout = timeout_from_secs(self.timeout)?;
+        crate::request::validate_timeout(timeout)?;
+        let mut options = SessionOptions::new(language);
+        options.memory_mib = self.memory;
+        options.vcpus = self.cpus;
+        options.network =
+            NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)?;
+        options.validate()?;
+        Ok((options, timeout))
+    }
+
+    /// Whether to run the REPL (stdin is a terminal) rather than piped cells.
+    pub fn interactive(&self) -> bool {
+        std::io::stdin().is_terminal()
+    }
+}
+
+/// The exit status of a cell: its own, 124 when it timed out.
+pub fn cell_status(result: &CellResult) -> i32 {
+    if result.timed_out {
+        EXIT_TIMEOUT
+    } else {
+        result.exit_code
+    }
+}
+
+/// Runs `airlock session`; returns the exit status.
+pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
+    let (options, timeout) = match args.to_options() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            report_failure(&e, args.debug);
+            return EXIT_AIRLOCK_FAILED;
+        }
+    };
+    let interactive = args.interactive();
+    // Interactive, SIGINT is not a stop signal of `Interrupts` (Ctrl-C
+    // interrupts a cell): until the REPL takes it over, it stops the
+    // start-up like the others.
+    let mut sigint = if interactive {
+        match signal(SignalKind::interrupt()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("airlock: cannot handle Ctrl-C: {e}");
+                return EXIT_AIRLOCK_FAILED;
+            }
+        }
+    } else {
+        None
+    };
+    // Piped: the whole script first, so that a bad one starts no VM.
+    let cells = if interactive {
+        Vec::new()
+    } else {
+        let script = tokio::select! {
+            read = read_stdin() => read,
+            stop = interrupts.first() => {
+                eprintln!("airlock: interrupted ({stop}) while reading the cells");
+                return interrupt::exit_status(stop);
+            }
+        };
+        let script = match script {
+            Ok(script) => script,
+            Err(e) => {
+                report_failure(&e, args.debug);
+                return EXIT_AIRLOCK_FAILED;
+            }
+        };
+        let cells = cells::split_cells(options.language, &script);
+        if cells.is_empty() {
+            report_failure(
+                &Error::invalid("code", "no code on stdin (cells are split at `# %%` lines)"),
+                args.debug,
+            );
+            return EXIT_AIRLOCK_FAILED;
+        }
+        cells
+    };
+    let config = Config {
+        debug_console: args.debug,
+        overlay_pool_target: 0,
+        restore_templates: !args.cold,
+        ..Config::default()
+    };
+    let scheduler = tokio::select! {
+        started = Scheduler::start(config) => match started {
+            Ok(s) => s,
+            Err(e) => {
+                report_failure(&e, args.debug);
+                return EXIT_AIRLOCK_FAILED;
+            }
+        },
+        stop = first_stop(interrupts, &mut sigint) => {
+            crate::process::registry().kill_all();
+            eprintln!("airlock: interrupted ({stop}) while starting");
+            return interrupt::exit_status(stop);
+        }
+    };
+    if !args.quiet && std::io::stderr().is_terminal() {
+        eprintln!("airlock: starting a {} session...", options.language);
+    }
+    let started = tokio::select! {
+        started = scheduler.session(options) => started,
+        stop = first_stop(interrupts, &mut sigint) => {
+            scheduler.manager().shutdown().await;
+            eprintln!("airlock: interrupted ({stop}) while starting the session: nothing was left behind");
+            return interrupt::exit_status(stop);
+        }
+    };
+    let session = match started {
+        Ok(session) => session,
+        Err(e) => {
+            report_failure(&e, args.debug);
+            scheduler.manager().shutdown().await;
+            return EXIT_AIRLOCK_FAILED;
+        }
+    };
+    for port in session.exposed() {
+        eprintln!(
+            "airlock: guest port {} is served at {}",
+            port.guest_port, port.host
+        );
+    }
+    let code = if let Some(sigint) = sigint.as_mut() {
+        repl::run(&session, &args, timeout, interrupts, sigint).await
+    } else {
+        run_cells(&session, &cells, &args, timeout, interrupts).await
+    };
+    let report = session.close().await;
+    for problem in &report.problems {
+        tracing::warn!(vm_id = report.vm_id, problem, "teardown problem");
+    }
+    drop(session);
+    scheduler.manager().shutdown().await;
+    code
+}
+
+/// The first stop signal: of `interrupts`, or SIGINT when the interactive
+/// session handles it itself.
+async fn first_stop(interrupts: &mut Interrupts, sigint: &mut Option<UnixSignal>) -> Signal {
+    match sigint {
+        Some(sigint) => tokio::select! {
+            stop = interrupts.first() => stop,
+            Some(()) = sigint.recv() => Signal::SIGINT,
+        },
+        None => interrupts.first().await,
+    }
+}
+
+/// Reads all of stdin on a thread of its own (a read cannot be cancelled;
+/// an interrupted one ends with the process).
+async fn read_stdin() -> Result<String, Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("airlock-stdin".into())
+        .spawn(move || {
+            let mut text = String::new();
+            let read = std::io::stdin()
+                .read_to_string(&mut text)
+                .map(|_| text)
+                .map_err(|source| Error::ReadStdin { source });
+            let _ = tx.send(read);
+        })
+        .map_err(|source| Error::ReadStdin { source })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::ReadStdin {
+            source: std::io::Error::other("the reading thread ended without an answer"),
+        })
+    })
+}
+
+/// One line of `airlock session --json`.
+#[derive(Debug, Serialize)]
+struct CellLine<'a> {
+    /// The cell's number, from 1.
+    cell: usize,
+    /// The script line where its code starts.
+    line: usize,
+    #[serde(flatten)]
+    result: &'a CellResult,
+}
+
+/// Runs piped cells in order; the status is the last cell's.
+async fn run_cells(
+    session: &Session,
+    cells: &[cells::Cell],
+    args: &SessionArgs,
+    timeout: Duration,
+    interrupts: &mut Interrupts,
+) -> i32 {
+    let mut status = 0;
+    for (index, cell) in cells.iter().enumerate() {
+        let mut observer = Printer::new(!args.json);
+        let mut request = CellRequest::new(cell.code.clone());
+        request.timeout = timeout;
+        let result = tokio::select! {
+            result = session.exec(request, &mut observer) => result,
+            stop = interrupts.first() => {
+                eprintln!("airlock: interrupted ({stop}): the session's VM is being stopped");
+                return interrupt::exit_status(stop);
+            }
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                report_failure(&e, args.debug);
+                return EXIT_AIRLOCK_FAILED;
+            }
+        };
+        observer.end_line();
+        if args.json {
+            let line = CellLine {
+                cell: index + 1,
+                line: cell.line,
+                result: &result,
+            };
+            match serde_json::to_string(&line) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("airlock: error: cannot encode the result: {e}");
+                    return EXIT_AIRLOCK_FAILED;
+                }
+            }
+        } else if !args.quiet {
+            if let Some(note) = status_note(&result) {
+                eprintln!("airlock: cell {} (line {}): {note}", index + 1, cell.line);
+            }
+        }
+        status = cell_status(&result);
+    }
+    status
+}
+
+/// A word on a cell that did not simply succeed.
+fn status_note(result: &CellResult) -> Option<String> {
+    let mut notes = Vec::new();
+    if result.timed_out {
+        notes.push("timed out".to_owned());
+    } else if result.exit_code != 0 {
+        notes.push(format!("exit {}", result.exit_code));
+    }
+    if result.state_lost {
+        notes.push("the interpreter was restarted: earlier state is lost".to_owned());
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// Prints a cell's output as it comes, and remembers whether stdout ended
+/// its last line (so that what follows starts on a line of its own).
+struct Printer {
+    print: bool,
+    open_line: bool,
+}
+
+impl Printer {
+    fn new(print: bool) -> Self {
+        Self {
+            print,
+            open_line: false,
+        }
+    }
+
+    /// Ends an unfinished last line of output.
+    fn end_line(&mut self) {
+        if self.open_line {
+            println!();
+            self.open_line = false;
+        }
+    }
+}
+
+impl RunObserver for Printer {
+    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
+        if !self.print || bytes.is_empty() {
+            return;
+        }
+        if stream == OutputStream::Stdout {
+            self.open_line = !bytes.ends_with(b"\n");
+        }
+        write_output(stream, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> SessionArgs {
+        let mut argv = vec!["airlock", "session"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Session(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_flags_map_to_options() {
+        let (options, timeout) = parse(&["-l", "js", "-m", "256", "-t", "2.5", "--cpus", "2"])
+            .to_options()
+            .unwrap();
+        assert_eq!(options.language, Language::Javascript);
+        assert_eq!((options.memory_mib, options.vcpus), (256, 2));
+        assert_eq!(timeout, Duration::from_millis(2500));
+        let (default, _) = parse(&[]).to_options().unwrap();
+        assert_eq!(default.language, Language::Python);
+        assert_eq!(default.network.mode(), airlock_gvproxy::NetworkMode::None);
+        let (net, _) = parse(&["--network"]).to_options().unwrap();
+        assert_eq!(net.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+    }
+
+    #[test]
+    fn bad_session_flags_name_the_field() {
+        for (args, field) in [
+            (&["-l", "cobol"][..], "language"),
+            (&["-t", "0"][..], "timeout"),
+            (&["-m", "1"][..], "memory_mib"),
+            (&["--expose", "0"][..], "network"),
+        ] {
+            match parse(args).to_options() {
+                Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    fn result(exit_code: i32, timed_out: bool, state_lost: bool) -> CellResult {
+        CellResult {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            exit_code,
+            timed_out,
+            state_lost,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_timed_out_cell_exits_124_and_others_their_own_status() {
+        assert_eq!(cell_status(&result(0, false, false)), 0);
+        assert_eq!(cell_status(&result(1, false, false)), 1);
+        assert_eq!(cell_status(&result(137, true, true)), 124);
+    }
+
+    #[test]
+    fn notes_say_timeouts_failures_and_lost_state() {
+        assert_eq!(status_note(&result(0, false, false)), None);
+        assert_eq!(status_note(&result(1, false, false)).unwrap(), "exit 1");
+        let note = status_note(&result(137, true, true)).unwrap();
+        assert!(
+            note.starts_with("timed out;") && note.contains("lost"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn a_json_line_holds_the_cell_number_and_the_result() {
+        let r = result(0, false, false);
+        let json = serde_json::to_value(CellLine {
+            cell: 2,
+            line: 5,
+            result: &r,
+        })
+        .unwrap();
+        assert_eq!(
+            (json["cell"].as_u64(), json["line"].as_u64()),
+            (Some(2), Some(5))
+        );
+        assert_eq!(json["exit_code"], 0);
+        assert!(json["stdout"].is_string());
+    }
+}

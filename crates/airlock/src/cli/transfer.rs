@@ -1,0 +1,239 @@
+//! Files between the host and the guest, on the command line:
+//! `airlock run --upload LOCAL:REMOTE --download REMOTE:LOCAL` and the
+//! session REPL's `:upload` / `:download`.
+//!
+//! Everything that can be checked before a VM boots is: the local file to
+//! upload is read, the guest path checked
+//! ([`crate::validate_guest_path`]), the local directory of a download
+//! must exist. A downloaded file is written atomically: a temporary file
+//! in the target's directory, synced, then renamed over the target.
+
+use crate::error::{Error, Result};
+use crate::files::{validate_guest_path, FileUpload, DEFAULT_FILE_MODE};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A download asked for: the guest path and where it lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadTarget {
+    /// Path relative to the sandbox home.
+    pub remote: String,
+    /// The local file written.
+    pub local: PathBuf,
+}
+
+/// Parses `LOCAL:REMOTE` (split at the last `:`; a bare `LOCAL` uploads to
+/// its file name in the home), reads the local file and checks the guest
+/// path. The file keeps its permission bits (`rwx` of its mode).
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`uploads`) for a bad guest path or a missing or
+/// unreadable local file.
+pub fn read_upload(spec: &str) -> Result<FileUpload> {
+    let (local, remote) = match spec.rsplit_once(':') {
+        Some((local, remote)) if !local.is_empty() => (local, remote.to_owned()),
+        _ => (spec, file_name(spec, "uploads")?),
+    };
+    validate_guest_path("uploads", &remote)?;
+    let path = Path::new(local);
+    let unreadable = |e: std::io::Error| {
+        Error::invalid("uploads", format!("cannot read local file {local:?}: {e}"))
+    };
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(Error::invalid(
+            "uploads",
+            format!("local {local:?} is not a regular file"),
+        ));
+    }
+    let content = std::fs::read(path).map_err(unreadable)?;
+    let mode = metadata.permissions().mode() & 0o777;
+    Ok(FileUpload {
+        path: remote,
+        content,
+        mode: if mode == 0 { DEFAULT_FILE_MODE } else { mode },
+    })
+}
+
+/// Parses `REMOTE:LOCAL` (split at the first `:`; a bare `REMOTE` lands in
+/// the current directory under its file name) and checks both sides: a
+/// valid guest path, an existing local directory, a target that is not a
+/// directory.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`downloads`).
+pub fn parse_download(spec: &str) -> Result<DownloadTarget> {
+    let (remote, local) = match spec.split_once(':') {
+        Some((remote, local)) if !local.is_empty() => (remote.to_owned(), PathBuf::from(local)),
+        Some((remote, _)) => (
+            remote.to_owned(),
+            PathBuf::from(file_name(remote, "downloads")?),
+        ),
+        None => (
+            spec.to_owned(),
+            PathBuf::from(file_name(spec, "downloads")?),
+        ),
+    };
+    validate_guest_path("downloads", &remote)?;
+    check_local_target(&local)?;
+    Ok(DownloadTarget { remote, local })
+}
+
+/// Checks that `local` can be written: its directory exists, it is not a
+/// directory itself.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`downloads`).
+pub fn check_local_target(local: &Path) -> Result<()> {
+    if local.is_dir() {
+        return Err(Error::invalid(
+            "downloads",
+            format!("local {} is a directory: name the file", local.display()),
+        ));
+    }
+    let dir = parent_dir(local);
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            "downloads",
+            format!("local directory {} does not exist", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// The last component of a path, for a side left out.
+fn file_name(path: &str, field: &'static str) -> Result<String> {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::invalid(field, format!("{path:?} names no file")))
+}
+
+fn parent_dir(local: &Path) -> &Path {
+    match local.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `content` to `local` atomically: a temporary file beside it
+/// (created exclusively, mode 0644), synced, renamed over `local`. On any
+/// failure the temporary file is removed and `local` is untouched.
+///
+/// # Errors
+/// [`Error::Io`] naming the step and the path.
+pub fn write_atomic(local: &Path, content: &[u8]) -> Result<()> {
+    let dir = parent_dir(local);
+    let name = local
+        .file_name()
+        .ok_or_else(|| Error::invalid("downloads", format!("{} names no file", local.display())))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".airlock-{}.tmp", crate::builder::new_vm_id()));
+    let temp = dir.join(temp_name);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| Error::io("create", &temp, e))?;
+        file.write_all(content)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io("write", &temp, e))?;
+        std::fs::rename(&temp, local).map_err(|e| Error::io("rename into place", local, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+
+    fn field(result: Result<impl std::fmt::Debug>) -> (&'static str, String) {
+        match result {
+            Err(Error::InvalidInput { field, message }) => (field, message),
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_upload_reads_the_local_file_and_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("run.sh");
+        std::fs::write(&local, b"echo hi").unwrap();
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let upload = read_upload(&format!("{}:bin/run.sh", local.display())).unwrap();
+        assert_eq!(upload.path, "bin/run.sh");
+        assert_eq!(upload.content, b"echo hi");
+        assert_eq!(upload.mode, 0o755);
+        let bare = read_upload(local.to_str().unwrap()).unwrap();
+        assert_eq!(bare.path, "run.sh");
+    }
+
+    #[test]
+    fn a_missing_local_file_or_a_bad_guest_path_fails_before_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("data.csv");
+        std::fs::write(&local, b"1").unwrap();
+        let (f, msg) = field(read_upload("/nonexistent/x.csv:x.csv"));
+        assert_eq!(f, "uploads");
+        assert!(msg.contains("/nonexistent/x.csv"), "{msg}");
+        for remote in ["../x", "/etc/passwd"] {
+            let (f, _) = field(read_upload(&format!("{}:{remote}", local.display())));
+            assert_eq!(f, "uploads", "{remote}");
+        }
+        let (_, msg) = field(read_upload(&format!("{}:", dir.path().display())));
+        assert!(msg.contains("home itself"), "{msg}");
+    }
+
+    #[test]
+    fn downloads_split_at_the_first_colon_and_check_the_local_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.csv");
+        let parsed = parse_download(&format!("results/out.csv:{}", target.display())).unwrap();
+        assert_eq!(parsed.remote, "results/out.csv");
+        assert_eq!(parsed.local, target);
+        let bare = parse_download("results/plot.png").unwrap();
+        assert_eq!(bare.local, PathBuf::from("plot.png"));
+        for bad in ["../x:out", "/etc/passwd:out", "a\0b:out"] {
+            assert_eq!(field(parse_download(bad)).0, "downloads", "{bad:?}");
+        }
+        let (_, msg) = field(parse_download("x:/nonexistent-dir/y"));
+        assert!(msg.contains("does not exist"), "{msg}");
+        let (_, msg) = field(parse_download(&format!("x:{}", dir.path().display())));
+        assert!(msg.contains("is a directory"), "{msg}");
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_target_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        std::fs::write(&target, b"old").unwrap();
+        write_atomic(&target, b"new content").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new content");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("out.bin")]);
+    }
+
+    #[test]
+    fn a_failed_atomic_write_leaves_the_target_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a non-empty directory: the rename fails.
+        let target = dir.path().join("busy");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), b"k").unwrap();
+        assert!(write_atomic(&target, b"x").is_err());
+        assert!(target.join("keep").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,298 @@
+//! Moving files between the host and a VM's sandbox home, for runs
+//! ([`crate::RunRequest::uploads`], [`crate::RunRequest::downloads`]) and
+//! sessions ([`crate::Session::write_file`], [`crate::Session::read_file`]).
+//!
+//! Guest paths are checked twice: here, before anything boots
+//! ([`validate_guest_path`]: relative to the home, no `..`, no NUL, within
+//! Linux's length limits), and again by the agent, which also resolves
+//! them beneath the home so that a symlink pointing outside (say to
+//! `/etc/passwd`) is refused. Contents are checked end to end: the client
+//! compares the sha256 it computed with the guest's, both ways.
+
+use crate::error::{Error, Result};
+use airlock_protocol::client::Client;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Longest accepted guest path, in bytes (Linux `PATH_MAX`, as the agent).
+pub const MAX_GUEST_PATH_BYTES: usize = 4096;
+/// Longest accepted component of a guest path (Linux `NAME_MAX`).
+pub const MAX_GUEST_NAME_BYTES: usize = 255;
+/// Permission bits of an uploaded file unless said otherwise.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+/// Deadline of one file transfer: a base plus a per-MiB allowance (the
+/// guest channel moves tens of MiB/s under TCG; this only guards against a
+/// stuck guest).
+pub(crate) fn transfer_timeout(bytes: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(bytes / 1024 / 1024 * 500)
+}
+
+/// A file to write into the sandbox home.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileUpload {
+    /// Path relative to the sandbox home (missing directories are made).
+    pub path: String,
+    /// The content.
+    pub content: Vec<u8>,
+    /// Permission bits (default [`DEFAULT_FILE_MODE`]).
+    pub mode: u32,
+}
+
+impl FileUpload {
+    /// An upload with the default mode.
+    pub fn new(path: impl Into<String>, content: impl Into<Vec<u8>>) -> Self {
+        Self {
+            path: path.into(),
+            content: content.into(),
+            mode: DEFAULT_FILE_MODE,
+        }
+    }
+}
+
+impl std::fmt::Debug for FileUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileUpload")
+            .field("path", &self.path)
+            .field("bytes", &self.content.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+/// A file as both sides saw it: its path, size and sha256 (hex), the two
+/// sides' checksums compared already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileInfo {
+    /// Path relative to the sandbox home.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+}
+
+/// One file read back after a run: its content, or why it could not be
+/// read (the others are read all the same).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Downloaded {
+    /// Path relative to the sandbox home, as asked.
+    pub path: String,
+    /// Size and sha256 when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<FileInfo>,
+    /// The content (not serialized: JSON carries `info`).
+    #[serde(skip)]
+    pub content: Option<Vec<u8>>,
+    /// Why it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Checks a guest path on the host, before anything boots: relative to the
+/// sandbox home, not the home itself, no NUL byte, no `..` component,
+/// within [`MAX_GUEST_PATH_BYTES`] and [`MAX_GUEST_NAME_BYTES`] per
+/// component. The agent checks again and also refuses symlinks that lead
+/// out of the home.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `field`, saying what is wrong.
+pub fn validate_guest_path(field: &'static str, path: &str) -> Result<()> {
+    validate_guest_dir(field, path)?;
+    if path.split('/').all(|c| c.is_empty() || c == ".") {
+        return Err(Error::invalid(
+            field,
+            format!("{path:?} names the sandbox home itself, not a file in it"),
+        ));
+    }
+    Ok(())
+}
+
+/// As [`validate_guest_path`], but the home itself (`""`, `"."`) is
+/// accepted: a directory to list.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `field`.
+pub fn validate_guest_dir(field: &'static str, path: &str) -> Result<()> {
+    let refuse = |why: String| Err(Error::invalid(field, format!("guest path {path:?}: {why}")));
+    if path.contains('\0') {
+        return refuse("it contains a NUL byte".into());
+    }
+    if path.len() > MAX_GUEST_PATH_BYTES {
+        return refuse(format!("longer than {MAX_GUEST_PATH_BYTES} bytes"));
+    }
+    if path.starts_with('/') {
+        return refuse("it is absolute: give a path relative to the sandbox home".into());
+    }
+    for component in path.split('/') {
+        if component == ".." {
+            return refuse("it contains a `..` component".into());
+        }
+        if component.len() > MAX_GUEST_NAME_BYTES {
+            return refuse(format!(
+                "a component is longer than {MAX_GUEST_NAME_BYTES} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `upload` through `client`; the sha256 is compared by the client.
+pub(crate) async fn upload(vm_id: &str, client: &Client, upload: &FileUpload) -> Result<FileInfo> {
+    let size = upload.content.len() as u64;
+    let sha256 = client
+        .write_file(
+            &upload.path,
+            upload.mode,
+            &upload.content,
+            transfer_timeout(size),
+        )
+        .await
+        .map_err(|source| Error::File {
+            vm_id: vm_id.to_owned(),
+            path: upload.path.clone(),
+            action: "write",
+            source,
+        })?;
+    Ok(FileInfo {
+        path: upload.path.clone(),
+        size,
+        sha256,
+    })
+}
+
+/// Reads `path` through `client`; the sha256 is compared by the client.
+pub(crate) async fn download(
+    vm_id: &str,
+    client: &Client,
+    path: &str,
+) -> Result<(Vec<u8>, FileInfo)> {
+    let timeout = transfer_timeout(client.config().max_read_file_bytes);
+    let content = client
+        .read_file(path, timeout)
+        .await
+        .map_err(|source| Error::File {
+            vm_id: vm_id.to_owned(),
+            path: path.to_owned(),
+            action: "read",
+            source,
+        })?;
+    let info = FileInfo {
+        path: path.to_owned(),
+        size: content.data.len() as u64,
+        sha256: content.sha256,
+    };
+    Ok((content.data, info))
+}
+
+/// Reads each of `paths`, each on its own: a failure is recorded and the
+/// next file is read all the same.
+pub(crate) async fn download_all(
+    vm_id: &str,
+    client: &Client,
+    paths: &[String],
+) -> Vec<Downloaded> {
+    let mut downloads = Vec::with_capacity(paths.len());
+    for path in paths {
+        downloads.push(match download(vm_id, client, path).await {
+            Ok((content, info)) => Downloaded {
+                path: path.clone(),
+                info: Some(info),
+                content: Some(content),
+                error: None,
+            },
+            Err(e) => Downloaded {
+                path: path.clone(),
+                info: None,
+                content: None,
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    downloads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(path: &str) -> String {
+        match validate_guest_path("path", path) {
+            Err(Error::InvalidInput { field, message }) => {
+                assert_eq!(field, "path");
+                message
+            }
+            other => panic!("{path:?}: expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn relative_paths_inside_the_home_are_accepted() {
+        for ok in [
+            "a",
+            "data/in.csv",
+            "./x",
+            "a/./b",
+            "dir/",
+            ".hidden",
+            "a..b",
+        ] {
+            validate_guest_path("path", ok).expect(ok);
+        }
+    }
+
+    #[test]
+    fn traversal_absolute_and_nul_are_refused_with_the_reason() {
+        assert!(refused("../x").contains("`..`"));
+        assert!(refused("a/../../x").contains("`..`"));
+        assert!(refused("/etc/passwd").contains("absolute"));
+        assert!(refused("a\0b").contains("NUL"));
+    }
+
+    #[test]
+    fn the_home_itself_is_not_a_file_but_may_be_listed() {
+        for home in ["", ".", "./", "/"] {
+            if home != "/" {
+                assert!(refused(home).contains("home itself"), "{home:?}");
+                validate_guest_dir("dir", home).expect(home);
+            }
+        }
+        assert!(validate_guest_dir("dir", "../").is_err());
+    }
+
+    #[test]
+    fn over_long_paths_and_names_are_refused() {
+        assert!(refused(&"a".repeat(256)).contains("component"));
+        let long = vec!["a"; 2100].join("/");
+        assert!(refused(&long).contains("longer than"));
+        validate_guest_path("path", &"a".repeat(255)).unwrap();
+    }
+
+    #[test]
+    fn an_upload_debug_shows_its_size_not_its_bytes() {
+        let text = format!("{:?}", FileUpload::new("x", vec![7u8; 1000]));
+        assert!(
+            text.contains("bytes: 1000") && text.contains("644"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn transfer_deadlines_grow_with_the_size() {
+        assert!(transfer_timeout(64 << 20) > transfer_timeout(0));
+        assert!(transfer_timeout(0) >= Duration::from_secs(60));
+    }
+
+    proptest::proptest! {
+        /// Whatever the host accepts could not escape the home lexically
+        /// (the agent guards against symlinks).
+        #[test]
+        fn accepted_paths_never_escape_lexically(path in "[a./\\x00]{0,12}") {
+            if validate_guest_path("path", &path).is_ok() {
+                proptest::prop_assert!(!path.starts_with('/'));
+                proptest::prop_assert!(!path.contains('\0'));
+                proptest::prop_assert!(path.split('/').all(|c| c != ".."));
+            }
+        }
+    }
+}

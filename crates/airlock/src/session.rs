@@ -1,0 +1,718 @@
+//! Sessions (`docs/sessions.md`): one VM kept for one tenant across calls,
+//! its language's persistent interpreter running cell after cell
+//! (`ExecMode::Cell`: Python globals, a Node context, a bash process), files
+//! in its home, installed packages.
+//!
+//! - [`crate::Scheduler::session`] starts one: from the memory template of
+//!   its shape when templates are on and it has no network (as a run
+//!   does), else by a cold boot.
+//! - **One call at a time.** [`Session::exec`] and the file and package
+//!   calls each hold the session while they run; a second call meanwhile
+//!   is refused at once with [`Error::SessionBusy`] (never queued: the
+//!   caller decides whether to wait, and a slow cell cannot pile up
+//!   callers). [`Session::canceller`] interrupts the running cell from
+//!   anywhere; [`Session::close`] ends the session even mid-call.
+//! - **Lifetime.** A watchdog task the session owns closes it once it has
+//!   been idle for [`SessionOptions::idle_timeout`] (default
+//!   [`DEFAULT_IDLE_TIMEOUT`], 10 min; a running call is never idle) or
+//!   has lived for [`SessionOptions::max_lifetime`] (default
+//!   [`DEFAULT_MAX_LIFETIME`], 1 h; a running call is cut). After that,
+//!   and after [`Session::close`], every call returns
+//!   [`Error::SessionClosed`] with the reason.
+//! - **Ownership.** Dropping a [`Session`] destroys its VM (through the
+//!   manager's reaper) and stops its watchdog.
+
+mod install;
+mod lifetime;
+
+pub use lifetime::CloseReason;
+
+use crate::error::{Error, Result};
+use crate::files::{self, validate_guest_dir, validate_guest_path, FileInfo, FileUpload};
+use crate::network::NetworkRequest;
+use crate::request::{
+    validate_code, validate_env, validate_identifier, validate_shape, validate_timeout,
+    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT,
+};
+use crate::scheduler::RunObserver;
+use crate::teardown::TeardownReport;
+use crate::vm::{ExecOutcome, Vm};
+use crate::{ms, Scheduler};
+use airlock_protocol::{ExecMode, ExecRequest, FileEntry, Language};
+use lifetime::{Activity, Verdict};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{watch, Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard};
+use tokio::task::JoinHandle;
+
+/// Default idle timeout of a session: closed after 10 minutes without a call.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Default maximum lifetime of a session: closed 1 hour after it started.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Longest accepted idle timeout or lifetime (a day).
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Deadline of warming the interpreter when a session starts.
+const WARM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a session is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Who the session is for (groups limits and logs); `[A-Za-z0-9_-]{1,128}`.
+    pub tenant: String,
+    /// The interpreter (and root disk).
+    pub language: Language,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Network: none (default), exposed ports, or an allowlist. A session
+    /// with a network boots cold.
+    pub network: NetworkRequest,
+    /// Pinned packages to install when the session starts (see
+    /// [`Session::install_packages`]).
+    pub packages: Vec<String>,
+    /// Closed after this long without a call (default
+    /// [`DEFAULT_IDLE_TIMEOUT`]).
+    pub idle_timeout: Duration,
+    /// Closed this long after it started, even mid-call (default
+    /// [`DEFAULT_MAX_LIFETIME`]).
+    pub max_lifetime: Duration,
+}
+
+impl SessionOptions {
+    /// Options with the defaults: tenant `default`, 512 MiB, 1 vCPU, no
+    /// network, no packages, 10 min idle timeout, 1 h lifetime.
+    pub fn new(language: Language) -> Self {
+        Self {
+            tenant: "default".into(),
+            language,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            vcpus: 1,
+            network: NetworkRequest::default(),
+            packages: Vec::new(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
+        }
+    }
+
+    /// Checks every field; the first problem is returned.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        validate_identifier("tenant", &self.tenant)?;
+        validate_shape(self.memory_mib, self.vcpus)?;
+        self.network.validate()?;
+        crate::packages::PackageList::parse(self.language, &self.packages)?;
+        for (field, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+        ] {
+            if value.is_zero() || value > MAX_SESSION_LIFETIME {
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "{value:?} is outside 1 ms ..= {} s",
+                        MAX_SESSION_LIFETIME.as_secs()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn vm_options(&self, layer: Option<&crate::packages::Layer>) -> crate::VmOptions {
+        crate::VmOptions {
+            tenant: self.tenant.clone(),
+            language: self.language,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            network: self.network.clone(),
+            packages: layer.map(crate::packages::PackageDisk::read_only),
+        }
+    }
+}
+
+/// One cell to run in a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellRequest {
+    /// The source code of the cell.
+    pub code: String,
+    /// Deadline of the cell; past it the cell is interrupted (SIGINT first,
+    /// then killed, which loses the interpreter's state).
+    pub timeout: Duration,
+    /// Extra environment variables for the cell.
+    pub env: BTreeMap<String, String>,
+}
+
+impl CellRequest {
+    /// A cell with the default timeout ([`DEFAULT_TIMEOUT`]) and no
+    /// environment.
+    pub fn new(code: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            timeout: DEFAULT_TIMEOUT,
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// Checks the code, timeout and environment as a run's.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        validate_code(&self.code)?;
+        validate_timeout(self.timeout)?;
+        validate_env(&self.env)
+    }
+}
+
+/// What a cell did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CellResult {
+    /// Standard output (lossy UTF-8 in JSON).
+    #[serde(serialize_with = "crate::request::lossy")]
+    pub stdout: Vec<u8>,
+    /// Standard error (lossy UTF-8 in JSON).
+    #[serde(serialize_with = "crate::request::lossy")]
+    pub stderr: Vec<u8>,
+    /// The cell's exit code: 0, 1 after an uncaught exception, 130 when
+    /// interrupted, 128+N for a signal.
+    pub exit_code: i32,
+    /// Whether the cell's timeout interrupted it.
+    pub timed_out: bool,
+    /// Whether the interpreter had to be killed: the state of earlier cells
+    /// is gone, the next cell starts a fresh interpreter.
+    pub state_lost: bool,
+    /// Whether stdout was cut at its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at its cap.
+    pub stderr_truncated: bool,
+    /// Wall time of the call as the host saw it, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl CellResult {
+    fn new(outcome: ExecOutcome, duration_ms: u64) -> Self {
+        Self {
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            exit_code: outcome.completion.exit_code,
+            timed_out: outcome.completion.timed_out,
+            state_lost: outcome.completion.state_lost,
+            stdout_truncated: outcome.completion.stdout_truncated,
+            stderr_truncated: outcome.completion.stderr_truncated,
+            duration_ms,
+        }
+    }
+}
+
+impl Scheduler {
+    /// Starts a session: validates `options`, boots its VM (restored from
+    /// the memory template of its shape when templates are on and it has
+    /// no network, else cold), starts the language's persistent
+    /// interpreter, installs `options.packages`, and starts the watchdog
+    /// of its idle timeout and lifetime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for refused options, else as a run's boot.
+    pub async fn session(&self, options: SessionOptions) -> Result<Session> {
+        options.validate()?;
+        let started = Instant::now();
+        // Packages known up front come as a read-only layer (installed once
+        // in an install VM): the session needs no network for them.
+        let layer = crate::packages::prepare(
+            self.manager(),
+            options.language,
+            &options.packages,
+            &options.tenant,
+            || {},
+        )
+        .await?;
+        let layer = layer.map(|outcome| outcome.layer);
+        let vm_options = options.vm_options(layer.as_ref());
+        let mut vm = self
+            .start_vm(&vm_options, &mut crate::scheduler::Discard)
+            .await?;
+        // With an allowlist network the host's CA bundle is copied in and
+        // every cell gets its variables (as a run's code does).
+        let base_env = match self.guest_env(&vm, &vm_options, BTreeMap::new()).await {
+            Ok(env) => env,
+            Err(e) => {
+                vm.destroy().await;
+                return Err(e);
+            }
+        };
+        // The interpreter of a restored VM runs already; a cold one's
+        // starts now rather than on the first cell. A failure here is not
+        // fatal: the first cell starts it.
+        if let Ok(client) = vm.client() {
+            if let Err(e) = client.warm_repl(options.language, WARM_TIMEOUT).await {
+                tracing::warn!(vm_id = vm.id(), error = %e, "warming the interpreter failed");
+            }
+        }
+        let ca = self.manager().config().ca_bundle.clone();
+        Ok(Session::start(
+            vm,
+            &options,
+            SessionExtras {
+                start_ms: ms(started.elapsed()),
+                base_env,
+                ca,
+            },
+        ))
+    }
+}
+
+/// What a session is started with besides its VM and options.
+struct SessionExtras {
+    start_ms: u64,
+    /// Variables every cell gets (the CA bundle's, with a network).
+    base_env: BTreeMap<String, String>,
+    /// The CA bundle an install trusts.
+    ca: crate::packages::CaBundle,
+}
+
+/// A VM kept across calls, with its persistent interpreter (see the module
+/// docs). `Send + Sync`; every method takes `&self`. Dropping it destroys
+/// the VM.
+pub struct Session {
+    inner: Arc<Inner>,
+    watchdog: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("language", &self.inner.language)
+            .field("closed", &self.inner.closed_reason())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a session and its watchdog share.
+struct Inner {
+    id: String,
+    tenant: String,
+    language: Language,
+    created_at: SystemTime,
+    start_ms: u64,
+    /// Variables every cell gets under its own (the CA bundle's).
+    base_env: BTreeMap<String, String>,
+    /// The CA bundle installs trust.
+    ca: crate::packages::CaBundle,
+    /// Where the VM's boot (or restore) time went.
+    boot_timings: crate::vm::BootTimings,
+    /// The guest ports served on the host.
+    exposed: Vec<crate::network::ExposedAddr>,
+    /// The VM; `None` once closed. Held by the call that runs (busy).
+    vm: AsyncMutex<Option<Vm>>,
+    /// Why the session ended, once it has (the first reason wins).
+    closed: Mutex<Option<CloseReason>>,
+    /// Set once the session ends: a running call stops at once.
+    shutdown: watch::Sender<bool>,
+    /// When the session was last used, and whether a call runs now.
+    activity: Mutex<Activity>,
+    /// Wakes the watchdog when a call ends (its idle clock restarts).
+    used: tokio::sync::Notify,
+    /// Bumped by [`SessionCanceller::cancel`]; a running cell watches it.
+    cancel: Arc<watch::Sender<u64>>,
+}
+
+impl Session {
+    fn start(vm: Vm, options: &SessionOptions, extras: SessionExtras) -> Self {
+        let SessionExtras {
+            start_ms,
+            base_env,
+            ca,
+        } = extras;
+        let now = Instant::now();
+        let inner = Arc::new(Inner {
+            id: format!("s-{}", vm.id()),
+            tenant: options.tenant.clone(),
+            language: options.language,
+            created_at: SystemTime::now(),
+            start_ms,
+            base_env,
+            ca,
+            boot_timings: vm.boot_timings().clone(),
+            exposed: vm.exposed().to_vec(),
+            vm: AsyncMutex::new(Some(vm)),
+            closed: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+            activity: Mutex::new(Activity::new(
+                now,
+                SystemTime::now(),
+                options.idle_timeout,
+                options.max_lifetime,
+            )),
+            used: tokio::sync::Notify::new(),
+            cancel: Arc::new(watch::channel(0).0),
+        });
+        let watchdog = tokio::spawn(watch_lifetime(Arc::downgrade(&inner)));
+        tracing::info!(session_id = inner.id, language = %inner.language, start_ms, "session started");
+        Self { inner, watchdog }
+    }
+
+    /// The session id (`s-` and its VM's id).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The language of its interpreter.
+    pub fn language(&self) -> Language {
+        self.inner.language
+    }
+
+    /// Who it is for.
+    pub fn tenant(&self) -> &str {
+        &self.inner.tenant
+    }
+
+    /// When it started.
+    pub fn created_at(&self) -> SystemTime {
+        self.inner.created_at
+    }
+
+    /// How long the session took to start (boot or restore, and warming
+    /// the interpreter), in milliseconds.
+    pub fn start_ms(&self) -> u64 {
+        self.inner.start_ms
+    }
+
+    /// Where its VM's boot time went; `restore` is set when the VM was
+    /// restored from a memory template rather than booted cold.
+    pub fn boot_timings(&self) -> &crate::vm::BootTimings {
+        &self.inner.boot_timings
+    }
+
+    /// The guest ports served on the host (`NetworkRequest::exposes`).
+    pub fn exposed(&self) -> &[crate::network::ExposedAddr] {
+        &self.inner.exposed
+    }
+
+    /// When a call last ended (or the session started, before any call).
+    pub fn last_used(&self) -> SystemTime {
+        lock(&self.inner.activity).last_used_wall()
+    }
+
+    /// Whether the session has ended: every call is refused.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed_reason().is_some()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.closed_reason()
+    }
+
+    /// Runs a cell of the persistent interpreter, streaming its output to
+    /// `observer` as it comes. An exception in the cell is its exit code 1
+    /// (the session goes on); a timeout interrupts it (`timed_out`), and
+    /// `state_lost` says whether the interpreter had to be killed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a refused cell, [`Error::SessionBusy`]
+    /// while another call runs, [`Error::SessionClosed`] after the end,
+    /// else the VM's errors (a VM that died closes the session).
+    pub async fn exec(
+        &self,
+        request: CellRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<CellResult> {
+        request.validate()?;
+        let mut call = self.inner.begin()?;
+        let started = Instant::now();
+        let mut cancels = self.inner.cancel.subscribe();
+        cancels.mark_unchanged();
+        let interrupt = async move {
+            // A dropped sender (the session is going away) is no cancel.
+            if cancels.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let exec = ExecRequest {
+            mode: ExecMode::Cell,
+            language: self.inner.language,
+            code: request.code,
+            timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+            env: crate::packages::ca::with_ca_env(request.env, self.inner.base_env.clone()),
+            cwd: None,
+        };
+        let vm = call.vm();
+        let outcome = self
+            .inner
+            .until_shutdown(vm.exec_interruptible(
+                exec,
+                |stream, bytes| observer.output(stream, bytes),
+                interrupt,
+            ))
+            .await?;
+        let outcome = call.check_vm(outcome).await?;
+        Ok(CellResult::new(outcome, ms(started.elapsed())))
+    }
+
+    /// A handle that interrupts the running cell (Ctrl-C), usable from any
+    /// task or thread while [`Session::exec`] runs. A cancel while no cell
+    /// runs does nothing.
+    pub fn canceller(&self) -> SessionCanceller {
+        SessionCanceller {
+            cancel: Arc::clone(&self.inner.cancel),
+        }
+    }
+
+    /// Writes a file into the sandbox home (atomically: it appears whole
+    /// or not at all; missing directories are made), checked end to end by
+    /// sha256.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a refused path, [`Error::File`] when the
+    /// agent refuses or fails it, [`Error::SessionBusy`],
+    /// [`Error::SessionClosed`].
+    pub async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<FileInfo> {
+        validate_guest_path("path", path)?;
+        let mut call = self.inner.begin()?;
+        let vm = call.vm();
+        let client = vm.client()?;
+        let upload = FileUpload::new(path, bytes);
+        self.inner
+            .until_shutdown(files::upload(vm.id(), client, &upload))
+            .await?
+    }
+
+    /// Reads a file of the sandbox home (at most 128 MiB), checked end to
+    /// end by sha256. A symlink leading out of the home is refused.
+    ///
+    /// # Errors
+    /// As [`Session::write_file`].
+    pub async fn read_file(&self, path: &str) -> Result<(Vec<u8>, FileInfo)> {
+        validate_guest_path("path", path)?;
+        let mut call = self.inner.begin()?;
+        let vm = call.vm();
+        let client = vm.client()?;
+        self.inner
+            .until_shutdown(files::download(vm.id(), client, path))
+            .await?
+    }
+
+    /// Lists a directory of the sandbox home (`""` or `"."`: the home),
+    /// sorted by name; symlinks are shown, not followed.
+    ///
+    /// # Errors
+    /// As [`Session::write_file`].
+    pub async fn list_files(&self, dir: &str) -> Result<Vec<FileEntry>> {
+        validate_guest_dir("dir", dir)?;
+        let mut call = self.inner.begin()?;
+        let vm = call.vm();
+        let vm_id = vm.id().to_owned();
+        let client = vm.client()?;
+        let listed = self
+            .inner
+            .until_shutdown(client.list_files(dir, files::transfer_timeout(0)))
+            .await?;
+        listed.map_err(|source| Error::File {
+            vm_id,
+            path: dir.to_owned(),
+            action: "list",
+            source,
+        })
+    }
+
+    /// Installs pinned packages (`name==version` for pip, `name@version`
+    /// for npm) into the session's home with the language's package
+    /// manager; the result reads like a cell's. The session needs a
+    /// network that allows the language's registries (packages known when
+    /// it starts go in [`SessionOptions::packages`] instead, with no
+    /// network).
+    ///
+    /// # Errors
+    /// [`Error::PackageSpec`] for a refused spec, [`Error::PackageInstall`]
+    /// without a network, else as [`Session::exec`].
+    pub async fn install_packages(&self, packages: &[String]) -> Result<CellResult> {
+        crate::packages::PackageList::parse(self.inner.language, packages)?;
+        let mut call = self.inner.begin()?;
+        let started = Instant::now();
+        let vm = call.vm();
+        let outcome = self
+            .inner
+            .until_shutdown(install::install_packages(vm, packages, &self.inner.ca))
+            .await?;
+        let outcome = call.check_vm(outcome).await?;
+        Ok(CellResult::new(outcome, ms(started.elapsed())))
+    }
+
+    /// Ends the session: a running call is stopped, the VM destroyed; every
+    /// later call returns [`Error::SessionClosed`]. Safe to call twice (the
+    /// second reports nothing left).
+    pub async fn close(&self) -> TeardownReport {
+        self.inner.close(CloseReason::Closed).await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+        // The VM goes with `inner` (its drop hands it to the reaper) once
+        // the watchdog's upgrade, if any, is gone too.
+    }
+}
+
+/// Interrupts the running cell of a session: `Clone + Send + Sync`, cheap.
+/// It does not keep the session alive.
+#[derive(Debug, Clone)]
+pub struct SessionCanceller {
+    cancel: Arc<watch::Sender<u64>>,
+}
+
+impl SessionCanceller {
+    /// Asks the running cell to stop (SIGINT first, then a kill, which loses
+    /// the state: see [`CellResult::state_lost`]); its [`Session::exec`]
+    /// returns its result (exit code 130 when interrupted). Does nothing
+    /// when no cell runs.
+    pub fn cancel(&self) {
+        self.cancel.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// One call holding the session; marks it used again when dropped.
+struct Call<'a> {
+    inner: &'a Inner,
+    vm: AsyncMutexGuard<'a, Option<Vm>>,
+}
+
+impl Call<'_> {
+    /// The session's VM (present: [`Inner::begin`] checked).
+    fn vm(&mut self) -> &mut Vm {
+        match self.vm.as_mut() {
+            Some(vm) => vm,
+            None => unreachable!("Inner::begin hands out calls only while the VM is there"),
+        }
+    }
+
+    /// A VM that died during the call ends the session.
+    async fn check_vm<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(Error::VmDied { .. }) = &result {
+            self.inner.mark_closed(CloseReason::VmDied);
+            if let Some(mut vm) = self.vm.take() {
+                vm.destroy().await;
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.activity).end_call(Instant::now(), SystemTime::now());
+        self.inner.used.notify_one();
+    }
+}
+
+impl Inner {
+    fn closed_reason(&self) -> Option<CloseReason> {
+        *lock(&self.closed)
+    }
+
+    fn closed_error(&self, reason: CloseReason) -> Error {
+        Error::SessionClosed {
+            session_id: self.id.clone(),
+            reason,
+        }
+    }
+
+    /// Takes the session for one call: refused at once when another call
+    /// holds it (busy) or when it has ended.
+    fn begin(&self) -> Result<Call<'_>> {
+        if let Some(reason) = self.closed_reason() {
+            return Err(self.closed_error(reason));
+        }
+        let vm = self.vm.try_lock().map_err(|_| Error::SessionBusy {
+            session_id: self.id.clone(),
+        })?;
+        if vm.is_none() {
+            let reason = self.closed_reason().unwrap_or(CloseReason::Closed);
+            return Err(self.closed_error(reason));
+        }
+        lock(&self.activity).begin_call();
+        Ok(Call { inner: self, vm })
+    }
+
+    /// Runs `fut` unless the session ends first (then
+    /// [`Error::SessionClosed`], and `fut` is dropped).
+    async fn until_shutdown<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T> {
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::select! {
+            value = fut => Ok(value),
+            _ = shutdown.wait_for(|&down| down) => {
+                Err(self.closed_error(self.closed_reason().unwrap_or(CloseReason::Closed)))
+            }
+        }
+    }
+
+    /// Records why the session ended (the first reason wins) and stops a
+    /// running call.
+    fn mark_closed(&self, reason: CloseReason) {
+        let mut closed = lock(&self.closed);
+        if closed.is_none() {
+            *closed = Some(reason);
+            tracing::info!(session_id = self.id, %reason, "session closed");
+        }
+        drop(closed);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Ends the session for `reason` and destroys the VM (waiting for a
+    /// running call to stop, which it does at once).
+    async fn close(&self, reason: CloseReason) -> TeardownReport {
+        self.mark_closed(reason);
+        let vm = self.vm.lock().await.take();
+        match vm {
+            Some(mut vm) => vm.destroy().await,
+            None => TeardownReport::nothing_left(self.id.clone()),
+        }
+    }
+}
+
+/// The watchdog: closes the session when it has been idle too long or has
+/// lived too long. Ends with the session (it holds only a weak reference).
+async fn watch_lifetime(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let verdict = lock(&strong.activity).verdict(Instant::now());
+        match verdict {
+            Verdict::Expired(reason) => {
+                let report = strong.close(reason).await;
+                for problem in &report.problems {
+                    tracing::warn!(session_id = strong.id, problem, "teardown problem");
+                }
+                return;
+            }
+            Verdict::CheckAt(at) => {
+                let woken = async {
+                    strong.used.notified().await;
+                };
+                let mut shutdown = strong.shutdown.subscribe();
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = woken => {}
+                    _ = shutdown.wait_for(|&down| down) => return,
+                }
+            }
+        }
+        drop(strong);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;
