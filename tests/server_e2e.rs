@@ -158,9 +158,8 @@ fn python(python: &Path, args: &[&str], envs: &[(&str, &str)]) {
     );
 }
 
-/// The shell blocks of docs/api.md (```sh, and ```sh-session when the
-/// server offers sessions), in order.
-fn doc_examples(with_sessions: bool) -> String {
+/// The shell blocks of docs/api.md (```sh and ```sh-session), in order.
+fn doc_examples() -> String {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md"))
         .expect("read docs/api.md");
     let mut script = String::new();
@@ -168,7 +167,7 @@ fn doc_examples(with_sessions: bool) -> String {
     for line in doc.lines() {
         match (inside, line.trim_end()) {
             (false, "```sh") => inside = true,
-            (false, "```sh-session") => inside = with_sessions,
+            (false, "```sh-session") => inside = true,
             (true, "```") => inside = false,
             (true, line) => {
                 script.push_str(line);
@@ -250,11 +249,7 @@ fn rest_mcp_and_the_doc_examples_with_real_clients_then_sigterm_leaves_no_vm() {
     );
     python(&py, &["mcp_client.py", "http", &server.url, &key_a], &[]);
 
-    let offers_sessions = std::process::Command::new("curl")
-        .args(["-s", &format!("{}/v1/openapi.json", server.url)])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("/v1/sessions"));
-    let script = doc_examples(offers_sessions);
+    let script = doc_examples();
     assert!(
         script.contains("curl"),
         "docs/api.md has no ```sh curl example"

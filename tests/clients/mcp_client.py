@@ -4,7 +4,7 @@ Usage: mcp_client.py stdio AIRLOCK_BINARY      (spawns `airlock mcp`)
        mcp_client.py http URL KEY              (streamable HTTP at URL/mcp)
 
 Lists the tools, checks each has a description and an input schema, runs
-code with `run_code`, and (when the server offers sessions) makes a
+code with `run_code`, and makes a
 session round trip. Prints one `ok ...` line per check; any failure raises.
 """
 
@@ -18,8 +18,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-EXPECTED = {"run_code"}
-SESSION_TOOLS = {
+EXPECTED = {
+    "run_code",
     "create_session",
     "exec_in_session",
     "write_file",
@@ -55,23 +55,22 @@ async def check(session: ClientSession):
     assert bad.is_error and "language" in text_of(bad), text_of(bad)
     print("ok a bad language is a tool error the model can read")
 
-    if SESSION_TOOLS <= tools.keys():
-        created = await session.call_tool("create_session", {"language": "python"})
-        assert not created.is_error, text_of(created)
-        sid = json.loads(text_of(created))["id"]
-        first = await session.call_tool("exec_in_session", {"session_id": sid, "code": "x = 20"})
-        assert not first.is_error, text_of(first)
-        second = await session.call_tool("exec_in_session", {"session_id": sid, "code": "print(x + 1)"})
-        assert json.loads(text_of(second))["stdout"] == "21\n", text_of(second)
-        wrote = await session.call_tool("write_file", {"session_id": sid, "path": "a.txt", "content": "hi"})
-        assert not wrote.is_error, text_of(wrote)
-        read = await session.call_tool("read_file", {"session_id": sid, "path": "a.txt"})
-        assert json.loads(text_of(read))["content"] == "hi", text_of(read)
-        listed = await session.call_tool("list_files", {"session_id": sid, "dir": "."})
-        assert "a.txt" in text_of(listed), text_of(listed)
-        closed = await session.call_tool("close_session", {"session_id": sid})
-        assert not closed.is_error, text_of(closed)
-        print("ok session round trip kept state and files")
+    created = await session.call_tool("create_session", {"language": "python"})
+    assert not created.is_error, text_of(created)
+    sid = json.loads(text_of(created))["id"]
+    first = await session.call_tool("exec_in_session", {"session_id": sid, "code": "x = 20"})
+    assert not first.is_error, text_of(first)
+    second = await session.call_tool("exec_in_session", {"session_id": sid, "code": "print(x + 1)"})
+    assert json.loads(text_of(second))["stdout"] == "21\n", text_of(second)
+    wrote = await session.call_tool("write_file", {"session_id": sid, "path": "a.txt", "content": "hi"})
+    assert not wrote.is_error, text_of(wrote)
+    read = await session.call_tool("read_file", {"session_id": sid, "path": "a.txt"})
+    assert json.loads(text_of(read))["content"] == "hi", text_of(read)
+    listed = await session.call_tool("list_files", {"session_id": sid, "dir": "."})
+    assert "a.txt" in text_of(listed), text_of(listed)
+    closed = await session.call_tool("close_session", {"session_id": sid})
+    assert not closed.is_error, text_of(closed)
+    print("ok session round trip kept state and files")
 
 
 async def main():

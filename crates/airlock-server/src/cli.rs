@@ -59,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub cold: bool,
     /// A warm pool of paused VMs, `LANG[:SIZE]` (repeatable; replaces the
-    /// config file's pools; default one python VM). Runs and sessions of
+    /// config file's pools; default one python VM when there are two VM
+    /// slots or more). Runs and sessions of
     /// that language at the default shape, without network or packages,
     /// take a VM from it in milliseconds.
     #[arg(long = "pool", value_name = "LANG[:SIZE]", value_parser = crate::config::PoolSpec::parse_flag)]
@@ -200,10 +201,10 @@ impl ServeArgs {
             c.restore_templates = false;
         }
         if !self.pools.is_empty() {
-            c.pools.clone_from(&self.pools);
+            c.pools = Some(self.pools.clone());
         }
         if self.no_pool {
-            c.pools.clear();
+            c.pools = Some(Vec::new());
         }
         c.validate()?;
         Ok(c)

@@ -67,8 +67,9 @@ pub struct ServerConfig {
     /// shape's memory template, taken by runs and sessions of that shape
     /// without a network or packages (the rest restore or boot on
     /// demand). Each pool VM holds a VM slot, so together they must leave
-    /// one free. Default: one python VM. Needs `restore_templates`.
-    pub pools: Vec<PoolSpec>,
+    /// one free. Unset: one python VM when there are at least two VM
+    /// slots, else none; `[]`: none. Needs `restore_templates`.
+    pub pools: Option<Vec<PoolSpec>>,
 }
 
 /// One warm pool of [`ServerConfig::pools`].
@@ -161,7 +162,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             restore_templates: true,
             quotas: Quotas::default(),
-            pools: vec![PoolSpec::new(airlock_protocol::Language::Python, 1)],
+            pools: None,
         }
     }
 }
@@ -245,7 +246,13 @@ impl ServerConfig {
             config.overlay_pool_target = n.min(8);
         }
         if self.restore_templates {
-            config.warm_pools = self.pools.iter().map(PoolSpec::pool_config).collect();
+            config.warm_pools = match &self.pools {
+                Some(pools) => pools.iter().map(PoolSpec::pool_config).collect(),
+                None if config.max_concurrent_vms >= 2 => {
+                    vec![PoolSpec::new(airlock_protocol::Language::Python, 1).pool_config()]
+                }
+                None => Vec::new(),
+            };
         }
         config
     }
@@ -259,6 +266,40 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pool_is_one_python_vm_when_two_slots_allow_it() {
+        let mut config = ServerConfig::default();
+        config.max_concurrent_vms = Some(4);
+        let pools = config.orchestrator().warm_pools;
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].shape.language, airlock_protocol::Language::Python);
+        assert_eq!(pools[0].size, 1);
+        config.max_concurrent_vms = Some(1);
+        assert!(config.orchestrator().warm_pools.is_empty());
+        assert!(config.validate().is_ok());
+        config.pools = Some(vec![PoolSpec::new(airlock_protocol::Language::Raw, 1)]);
+        assert!(
+            config.validate().is_err(),
+            "an explicit pool that fills every slot is refused"
+        );
+        config.max_concurrent_vms = Some(4);
+        config.restore_templates = false;
+        assert!(
+            config.orchestrator().warm_pools.is_empty(),
+            "--cold keeps no pool"
+        );
+    }
+
+    #[test]
+    fn pool_flags_parse_language_and_size() {
+        let spec = PoolSpec::parse_flag("javascript:3").unwrap();
+        assert_eq!(spec.language, airlock_protocol::Language::Javascript);
+        assert_eq!(spec.size, 3);
+        assert_eq!(PoolSpec::parse_flag("py").unwrap().size, 1);
+        assert!(PoolSpec::parse_flag("cobol:1").is_err());
+        assert!(PoolSpec::parse_flag("python:x").is_err());
+    }
 
     #[test]
     fn the_defaults_listen_on_loopback_and_are_valid() {
