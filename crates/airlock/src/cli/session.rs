@@ -54,6 +54,14 @@ pub struct SessionArgs {
     /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp].
     #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
     pub expose: Vec<String>,
+    /// Pinned packages the session starts with (repeatable or
+    /// comma-separated): python `name==version`, javascript
+    /// `name@version`. Installed once into a read-only layer, as for
+    /// `airlock run --packages`: the session needs no network for them.
+    /// (`:install` inside a session needs `--network`, the registries
+    /// allowed.)
+    #[arg(long = "packages", value_name = "SPEC[,SPEC...]")]
+    pub packages: Vec<String>,
     /// Timeout of each cell, in seconds.
     #[arg(short, long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -90,6 +98,7 @@ impl SessionArgs {
         options.vcpus = self.cpus;
         options.network =
             NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)?;
+        options.packages = self.packages.clone();
         options.validate()?;
         Ok((options, timeout))
     }
@@ -396,6 +405,23 @@ mod tests {
         assert_eq!(default.network.mode(), airlock_gvproxy::NetworkMode::None);
         let (net, _) = parse(&["--network"]).to_options().unwrap();
         assert_eq!(net.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+    }
+
+    #[test]
+    fn session_packages_are_pinned_specs_checked_before_boot() {
+        let (options, _) = parse(&["--packages", "six==1.16.0,idna==3.7"])
+            .to_options()
+            .unwrap();
+        assert_eq!(options.packages, ["six==1.16.0,idna==3.7"]);
+        for bad in ["six", "six>=1", "https://example.com/six.whl"] {
+            assert!(
+                matches!(
+                    parse(&[&format!("--packages={bad}")]).to_options(),
+                    Err(Error::PackageSpec { .. })
+                ),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]
