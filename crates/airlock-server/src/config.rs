@@ -269,8 +269,10 @@ mod tests {
 
     #[test]
     fn the_default_pool_is_one_python_vm_when_two_slots_allow_it() {
-        let mut config = ServerConfig::default();
-        config.max_concurrent_vms = Some(4);
+        let mut config = ServerConfig {
+            max_concurrent_vms: Some(4),
+            ..ServerConfig::default()
+        };
         let pools = config.orchestrator().warm_pools;
         assert_eq!(pools.len(), 1);
         assert_eq!(pools[0].shape.language, airlock_protocol::Language::Python);
