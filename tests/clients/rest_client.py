@@ -10,6 +10,8 @@ Prints one `ok ...` line per check; any failure raises.
 """
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 
@@ -103,6 +105,21 @@ def run_json(c):
     for field in ["vm_id", "timed_out", "timings", "usage"]:
         assert field in result, (field, result)
     print("ok POST /v1/runs answers with the run's JSON (stdout, stderr, exit code, env)")
+    content = bytes(range(256)) * 4
+    r = c.post(
+        "/v1/runs",
+        json={"language": "python",
+              "code": "import hashlib; print(hashlib.sha256(open('in/blob.bin','rb').read()).hexdigest())",
+              "files": [{"path": "in/blob.bin", "content_b64": base64.b64encode(content).decode()}]},
+        headers=auth(KEY_A),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == hashlib.sha256(content).hexdigest() + "\n", r.json()
+    print("ok files of a run land in the guest before the code runs")
+    r = c.post("/v1/runs", json={"language": "python", "code": "1",
+                                 "files": [{"path": "../x", "content_b64": ""}]}, headers=auth(KEY_A))
+    expect_error(r, 400, "invalid_input")
+    print("ok a file path leaving the home is a 400")
 
 
 def run_sse(c):

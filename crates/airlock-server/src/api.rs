@@ -68,6 +68,25 @@ pub struct FileBody {
     pub content_b64: String,
 }
 
+impl FileBody {
+    /// The orchestrator's upload (the path is checked with the request).
+    ///
+    /// # Errors
+    /// [`ServerError::BadRequest`] when `content_b64` is not base64.
+    pub fn to_upload(&self) -> Result<airlock::FileUpload> {
+        use base64::Engine;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(&self.content_b64)
+            .map_err(|e| {
+                ServerError::bad_request(format!(
+                    "files: {:?}: content_b64 is not base64: {e}",
+                    self.path
+                ))
+            })?;
+        Ok(airlock::FileUpload::new(self.path.clone(), content))
+    }
+}
+
 /// Parses a language name.
 ///
 /// # Errors
@@ -120,11 +139,6 @@ impl RunBody {
     /// [`ServerError::BadRequest`] (or an orchestrator's invalid input) for
     /// a bad field, [`ServerError::Quota`] over the quotas.
     pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
-        if self.files.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(ServerError::bad_request(
-                "files: this server's orchestrator does not take files in runs yet",
-            ));
-        }
         let language = parse_language(&self.language)?;
         let mut request = RunRequest::new(language, self.code.clone());
         request.tenant = tenant.to_owned();
@@ -134,6 +148,12 @@ impl RunBody {
         request.env = self.env.clone().unwrap_or_default();
         request.network = network_request(language, self.network.as_ref())?;
         request.packages = self.packages.clone().unwrap_or_default();
+        request.uploads = self
+            .files
+            .iter()
+            .flatten()
+            .map(FileBody::to_upload)
+            .collect::<Result<_>>()?;
         request.validate()?;
         quotas.check_vm(tenant, request.memory_mib, request.timeout)?;
         Ok(request)
@@ -173,6 +193,27 @@ mod tests {
         assert_eq!(r.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(r.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
         assert_eq!(r.packages, ["six==1.16.0"]);
+    }
+
+    #[test]
+    fn files_become_uploads_and_bad_ones_are_refused() {
+        let r = body(serde_json::json!({
+            "language": "python", "code": "1",
+            "files": [{"path": "in/a.txt", "content_b64": "aGk="}]
+        }))
+        .to_request("t", &Quotas::default())
+        .unwrap();
+        assert_eq!(r.uploads.len(), 1);
+        assert_eq!(r.uploads[0].path, "in/a.txt");
+        assert_eq!(r.uploads[0].content, b"hi");
+        for bad in [
+            serde_json::json!([{"path": "a", "content_b64": "%%%"}]),
+            serde_json::json!([{"path": "../x", "content_b64": ""}]),
+            serde_json::json!([{"path": "/etc/passwd", "content_b64": ""}]),
+        ] {
+            let b = body(serde_json::json!({"language": "python", "code": "1", "files": bad}));
+            assert!(b.to_request("t", &Quotas::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]
