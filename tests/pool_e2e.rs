@@ -160,6 +160,22 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
     let stats = pool.stats();
     assert!(stats.taken_warm >= 4, "{stats:?}");
     assert_eq!(stats.taken_on_demand, 1, "{stats:?}");
+    // A VM from the pool serves its taker's tenant: its QEMU is in the
+    // taker's limits group, and the pool's group for it is gone.
+    for vm in held.iter().filter(|vm| vm.boot_timings().from_warm_pool) {
+        let ours = group_dirs("someone", vm.id());
+        assert!(
+            !ours.is_empty() && ours.iter().all(|d| d.exists()),
+            "{ours:?}"
+        );
+        assert!(group_dirs(POOL_TENANT, vm.id()).iter().all(|d| !d.exists()));
+        let pid = vm.qemu_pid().unwrap();
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroups.contains(&format!("/airlock/someone/{}", vm.id())),
+            "{cgroups}"
+        );
+    }
     let on_demand = held.last().unwrap();
     assert!(!on_demand.boot_timings().from_warm_pool);
     assert!(

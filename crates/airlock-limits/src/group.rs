@@ -88,7 +88,32 @@ impl Limiter {
             kind: self.kind(),
             dirs,
             rlimits,
+            limits: limits.clone(),
         })
+    }
+
+    /// Moves the processes of `group` into a new group
+    /// `airlock/<tenant>/<same vm>` with the same limits, then removes the
+    /// old one: for a VM made before its tenant was known (a warm pool's).
+    /// On failure the processes moved so far go back and the new group is
+    /// removed: the VM stays in `group`.
+    ///
+    /// # Errors
+    /// As [`Limiter::create`] and [`VmGroup::attach_pid`].
+    pub fn regroup(&self, group: &VmGroup, tenant: &str) -> Result<VmGroup, LimitsError> {
+        let moved = self.create(tenant, group.id.vm(), &group.limits)?;
+        for pid in group.pids() {
+            if let Err(e) = moved.attach_pid(pid) {
+                for back in moved.pids() {
+                    let _ = group.attach_pid(back);
+                }
+                let _ = moved.remove(crate::DEFAULT_REMOVE_TIMEOUT);
+                return Err(e);
+            }
+        }
+        let removed = group.remove(crate::DEFAULT_REMOVE_TIMEOUT);
+        debug!(from = %group.id, to = %moved.id, ?removed, "limits group moved to its tenant");
+        Ok(moved)
     }
 
     /// Kills every process in the group `airlock/<tenant>/<vm>` and removes
@@ -139,6 +164,8 @@ pub struct VmGroup {
     kind: BackendKind,
     dirs: Vec<GroupDir>,
     rlimits: Vec<RlimitSetting>,
+    /// What it was made with (for [`Limiter::regroup`]).
+    limits: Limits,
 }
 
 impl VmGroup {

@@ -281,8 +281,9 @@ impl Scheduler {
 
     /// A VM of `options`, its agent answering, for runs and sessions: a
     /// paused one from the warm pool of its shape when there is one
-    /// (restored on demand when the pool is empty; its limits group is
-    /// then the pool's, [`crate::pool::POOL_TENANT`]); else restored from
+    /// (restored on demand when the pool is empty), its limits group moved
+    /// from the pool's ([`crate::pool::POOL_TENANT`]) to `options.tenant`;
+    /// else restored from
     /// the template of its shape (and package layer, when it has one)
     /// when templates are on and the VM has no network (a clone cannot reconnect its network device to a new
     /// gvproxy on QEMU 7.2: such VMs boot cold); else booted cold. The VM
@@ -299,7 +300,17 @@ impl Scheduler {
         let layer = options.packages.as_ref().and_then(PackageDisk::layer_key);
         if let Some(pool) = self.pool_for(options) {
             observer.stage(Stage::Booting);
-            return pool.take().await;
+            let mut vm = pool.take().await?;
+            // The pool made it under its own tenant: the VM joins the
+            // limits group of the tenant it now serves.
+            if let Err(e) = vm
+                .move_to_tenant(self.manager.limiter(), &options.tenant)
+                .await
+            {
+                vm.destroy().await;
+                return Err(e);
+            }
+            return Ok(vm);
         }
         let restore = self.manager.config().restore_templates
             && options.network.mode() == airlock_gvproxy::NetworkMode::None;

@@ -194,6 +194,29 @@ impl Vm {
         &self.timings
     }
 
+    /// Moves the VM's limits group to `tenant` (`airlock/<tenant>/<vm
+    /// id>`, the same limits) and its owner record with it: a warm pool's
+    /// VM is made before the tenant of the request that takes it is known.
+    ///
+    /// # Errors
+    /// [`Error::Limits`] when the processes cannot be moved (the VM stays
+    /// in its old group); [`Error::Io`] for the owner record.
+    pub(crate) async fn move_to_tenant(
+        &mut self,
+        limiter: &airlock_limits::Limiter,
+        tenant: &str,
+    ) -> Result<()> {
+        let State::Running(running) = &mut self.state else {
+            return Ok(());
+        };
+        let (limiter, old, to) = (limiter.clone(), running.group.clone(), tenant.to_owned());
+        let moved =
+            crate::manager::blocking("move a limits group", move || limiter.regroup(&old, &to))
+                .await??;
+        running.group = moved;
+        self.workdir.set_tenant(tenant).await
+    }
+
     /// Records that this VM was taken from a warm pool, the take (resume
     /// and reseed) lasting `take_ms`: its boot timings become the take's.
     pub(crate) fn mark_taken_from_pool(&mut self, take_ms: u64) {

@@ -79,6 +79,32 @@ impl WorkDir {
             .map_err(|e| Error::io("create", path, std::io::Error::other(e)))?
     }
 
+    /// Rewrites the owner record's tenant (the VM's limits group moved to
+    /// `airlock/<tenant>/<vm id>`), atomically: a sweep reads the old
+    /// record or the new one, whole. On tokio's blocking pool.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the record; [`Error::Io`] with
+    /// `InvalidData` when it is not a record.
+    pub async fn set_tenant(&self, tenant: &str) -> Result<()> {
+        let (file, tenant) = (self.owner_file(), tenant.to_owned());
+        crate::manager::blocking("rewrite an owner record", move || {
+            let text = std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
+            let mut record = OwnerRecord::parse(&text).ok_or_else(|| {
+                Error::io(
+                    "parse",
+                    &file,
+                    std::io::Error::from(std::io::ErrorKind::InvalidData),
+                )
+            })?;
+            record.tenant = tenant;
+            let temp = file.with_extension("tmp");
+            std::fs::write(&temp, record.render()).map_err(|e| Error::io("write", &temp, e))?;
+            std::fs::rename(&temp, &file).map_err(|e| Error::io("rename", &file, e))
+        })
+        .await?
+    }
+
     /// Appends process `pid`, serving this VM as `role`, to the owner
     /// record, so that a sweep can end it if this process dies. A process
     /// already gone is not recorded.
