@@ -39,8 +39,14 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::Signal;
 
 /// Runs untrusted code in throw-away QEMU microVMs.
+// The help's first line is spelled out: it was this crate's description
+// before the move, and the help is part of the command's output.
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, about)]
+#[command(
+    name = "airlock",
+    version,
+    about = "The `airlock` binary: the orchestrator's commands (run, doctor, snapshot) and the server's (serve, mcp) under one name."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
