@@ -215,36 +215,45 @@ fn looks_like_file(arg: &str) -> bool {
                 .is_some_and(|e| Language::from_extension(e).is_some()))
 }
 
-/// Turns `args` into a request on a thread of its own, since reading stdin
-/// (or the code file) blocks: the runtime keeps serving meanwhile, and
-/// `stop` (an interrupt) ends the wait. Returns the signal when it came
-/// first.
+/// Runs `read` (a blocking read of stdin or of a file) on a thread of its
+/// own and waits for its answer, so that the runtime keeps serving
+/// meanwhile and the caller can stop waiting (an interrupt).
 ///
 /// A thread, not `spawn_blocking`: a read of a terminal cannot be
 /// cancelled, and the runtime's drop would wait for a blocking task
-/// still in it. Interrupted, the thread is left in its read; it ends at
+/// still in it. Abandoned, the thread is left in its read; it ends at
 /// end of input or with this process, which exits right after.
+///
+/// # Errors
+/// `read`'s error; [`CliError::ReadStdin`] when the thread cannot start.
+pub(crate) async fn read_off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, CliError> + Send + 'static,
+) -> Result<T, CliError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("airlock-stdin".into())
+        .spawn(move || {
+            // The receiver is gone after an interrupt: nothing to tell.
+            let _ = tx.send(read());
+        })
+        .map_err(|source| CliError::ReadStdin { source })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(CliError::ReadStdin {
+            source: std::io::Error::other("the reading thread ended without an answer"),
+        })
+    })
+}
+
+/// Turns `args` into a request off the runtime ([`read_off_runtime`]:
+/// reading stdin or the code file blocks); `stop` (an interrupt) ends the
+/// wait. Returns the signal when it came first.
 async fn read_request<R: Read + Send + 'static>(
     args: RunArgs,
     mut stdin: R,
     stop: impl std::future::Future<Output = Signal>,
 ) -> Result<Result<RunRequest, CliError>, Signal> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("airlock-stdin".into())
-        .spawn(move || {
-            // The receiver is gone after an interrupt: nothing to tell.
-            let _ = tx.send(args.to_request(&mut stdin));
-        });
-    if let Err(source) = spawned {
-        return Ok(Err(CliError::ReadStdin { source }));
-    }
     tokio::select! {
-        read = rx => Ok(read.unwrap_or_else(|_| {
-            Err(CliError::ReadStdin {
-                source: std::io::Error::other("the reading thread ended without an answer"),
-            })
-        })),
+        read = read_off_runtime(move || args.to_request(&mut stdin)) => Ok(read),
         stop = stop => Err(stop),
     }
 }

@@ -19,7 +19,7 @@ mod repl;
 
 use crate::error::CliError;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
-use crate::run::timeout_from_secs;
+use crate::run::{read_off_runtime, timeout_from_secs};
 use airlock::{
     CellRequest, CellResult, Config, NetworkRequest, Scheduler, Session, SessionOptions,
     DEFAULT_MEMORY_MIB,
@@ -239,26 +239,17 @@ async fn first_stop(interrupts: &mut Interrupts, sigint: &mut Option<UnixSignal>
     }
 }
 
-/// Reads all of stdin on a thread of its own (a read cannot be cancelled;
-/// an interrupted one ends with the process).
+/// Reads all of stdin off the runtime (a read cannot be cancelled; an
+/// interrupted one ends with the process).
 async fn read_stdin() -> Result<String, CliError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("airlock-stdin".into())
-        .spawn(move || {
-            let mut text = String::new();
-            let read = std::io::stdin()
-                .read_to_string(&mut text)
-                .map(|_| text)
-                .map_err(|source| CliError::ReadStdin { source });
-            let _ = tx.send(read);
-        })
-        .map_err(|source| CliError::ReadStdin { source })?;
-    rx.await.unwrap_or_else(|_| {
-        Err(CliError::ReadStdin {
-            source: std::io::Error::other("the reading thread ended without an answer"),
-        })
+    read_off_runtime(|| {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map(|_| text)
+            .map_err(|source| CliError::ReadStdin { source })
     })
+    .await
 }
 
 /// One line of `airlock session --json`.
