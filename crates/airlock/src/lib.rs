@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod artifacts;
 mod builder;
 pub mod cli;
 mod config;

@@ -278,7 +278,7 @@ pub fn sweep_dead_process_dirs(dir: &Path) -> Vec<PathBuf> {
 
 /// Whether the process a per-process dir name names still runs; `None`
 /// when the name names no process.
-fn process_dir_owner_alive(name: &str) -> Option<bool> {
+pub(crate) fn process_dir_owner_alive(name: &str) -> Option<bool> {
     let mut parts = name.split('-');
     let pid = parts.next()?.parse::<u32>().ok()?;
     let start = parts.next().and_then(|s| s.parse::<u64>().ok());

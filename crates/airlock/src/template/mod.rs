@@ -6,8 +6,9 @@
 //!
 //! - [`key`]: what a template must match (images, QEMU, argv, shape,
 //!   protocol) and the key it is stored under;
-//! - [`store`]: the files under `<cache>/templates/<key>/`, written
-//!   atomically and checked before each use;
+//! - [`store`]: the files under `<cache>/templates/<key>/`, kept by the
+//!   generic [`crate::artifacts`] store: written atomically, checked
+//!   before each use, listed and pruned;
 //! - [`build`]: a template's boot, warm-up and save;
 //! - [`restore`]: the [`RestoreLauncher`], the second implementation of
 //!   `Launcher`: slots, retries and teardown are those
@@ -26,6 +27,7 @@ pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
 
+use crate::artifacts::{EntryState, Pruned};
 use crate::error::{Error, Result};
 use crate::launcher::MachinePlan;
 use crate::manager::{blocking, VmManager};
@@ -75,6 +77,56 @@ impl Templates {
     /// The store.
     pub fn store(&self) -> &TemplateStore {
         &self.store
+    }
+
+    /// Every template, half-built ones included, judged against this host
+    /// and these images: current when intact, what this host would build
+    /// for its shape now, and (built over a package layer) over a current
+    /// layer; stale, damaged or half-built otherwise.
+    ///
+    /// # Errors
+    /// [`Error::TaskFailed`] when the blocking task fails.
+    pub async fn list(&self) -> Result<Vec<Listed>> {
+        let templates = self.clone();
+        blocking("list memory templates", move || {
+            templates.store.entries(templates.current_judge())
+        })
+        .await
+    }
+
+    /// Removes the templates [`Templates::list`] does not find current
+    /// (stale, damaged, half-built), never one in use (restored VMs map
+    /// its memory file; a live process builds it).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for the first removal that failed.
+    pub async fn prune(&self) -> Result<Pruned> {
+        let templates = self.clone();
+        let root = self.store.root().to_path_buf();
+        blocking("prune memory templates", move || {
+            templates.store.prune_stale(templates.current_judge())
+        })
+        .await?
+        .map_err(|e| Error::io("prune templates in", root, e))
+    }
+
+    /// Whether a template's metadata is what this host would build now
+    /// (blocking: it lists the package layers).
+    fn current_judge(&self) -> impl Fn(&TemplateMetadata) -> bool + '_ {
+        let layers = crate::packages::install::store_of(&self.manager)
+            .list_over(&self.manager.images().rootfs_hash);
+        let current_layers: Vec<String> = layers
+            .into_iter()
+            .filter(|layer| layer.state == EntryState::Current)
+            .map(|layer| layer.key)
+            .collect();
+        move |metadata| {
+            let layer = metadata.inputs.packages_layer.as_deref();
+            layer.is_none_or(|key| current_layers.iter().any(|k| k == key))
+                && self
+                    .inputs_over(metadata.inputs.shape, layer)
+                    .is_ok_and(|inputs| inputs == metadata.inputs)
+        }
     }
 
     /// What the template of `shape` must match on this host and images.
