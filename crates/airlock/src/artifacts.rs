@@ -247,7 +247,7 @@ impl<M: Artifact> ArtifactStore<M> {
     pub fn staging(&self, key: &str) -> io::Result<Staging> {
         static BUILDS: AtomicU64 = AtomicU64::new(0);
         let build = BUILDS.fetch_add(1, Ordering::Relaxed);
-        let dir = crate::sweep::fresh_staging_dir(
+        let dir = crate::process_dirs::fresh_staging_dir(
             &self.root.join(STAGING_DIR),
             &format!("{build}-{key}"),
         )?;
@@ -382,7 +382,7 @@ impl<M: Artifact> ArtifactStore<M> {
             .collect();
         let staging_root = self.root.join(STAGING_DIR);
         for (name, dir) in entry_dirs(&staging_root) {
-            let building = crate::sweep::process_dir_owner_alive(&name).unwrap_or(false);
+            let building = crate::process_dirs::process_dir_owner_alive(&name).unwrap_or(false);
             let in_use = building || busy.contains(&Path::new(STAGING_DIR).join(&name));
             let key = staged_key(&name).to_owned();
             let metadata = read_metadata(&dir);

@@ -57,6 +57,7 @@ pub mod owner;
 pub mod packages;
 pub mod pool;
 pub mod process;
+mod process_dirs;
 mod qemu_launcher;
 mod qemu_spec;
 mod request;

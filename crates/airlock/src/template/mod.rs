@@ -113,7 +113,7 @@ impl Templates {
     /// Whether a template's metadata is what this host would build now
     /// (blocking: it lists the package layers).
     fn current_judge(&self) -> impl Fn(&TemplateMetadata) -> bool + '_ {
-        let layers = crate::packages::install::store_of(&self.manager)
+        let layers = crate::packages::layer::LayerStore::new(&self.manager.config().packages_dir)
             .list_over(&self.manager.images().rootfs_hash);
         let current_layers: Vec<String> = layers
             .into_iter()
