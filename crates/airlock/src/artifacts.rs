@@ -19,9 +19,11 @@
 //!
 //! Blocking file work: call it on the blocking pool.
 
+use airlock_protocol::client::sha256_hex;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -34,11 +36,12 @@ pub const STAGING_DIR: &str = ".staging";
 /// (appends are atomic, so concurrent users need no lock).
 pub const USES_FILE: &str = "uses";
 
-/// A kind of artifact, implemented by its metadata (what the metadata
-/// file holds).
-pub trait Artifact: Serialize + DeserializeOwned {
+/// A kind of artifact: what its metadata holds besides the key, the
+/// inputs and the build's time ([`Metadata::details`]), and which files
+/// make an entry whole.
+pub trait Artifact: fmt::Debug + Clone + PartialEq + Eq + Serialize + DeserializeOwned {
     /// What an entry is built from: the same inputs give the same key.
-    type Inputs: PartialEq;
+    type Inputs: fmt::Debug + Clone + PartialEq + Eq + Serialize + DeserializeOwned;
     /// The metadata file's name in an entry dir.
     const METADATA_FILE: &'static str;
     /// The entry's data files (besides the metadata), synced when it is
@@ -50,27 +53,57 @@ pub trait Artifact: Serialize + DeserializeOwned {
     /// The key (dir name) of the entry built from `inputs`; a valid
     /// identifier.
     fn key_of(inputs: &Self::Inputs) -> String;
-    /// The key recorded in the metadata.
-    fn key(&self) -> &str;
-    /// What the entry was built from.
-    fn inputs(&self) -> &Self::Inputs;
-    /// When it was built (seconds since the Unix epoch).
-    fn created_unix(&self) -> u64;
-    /// Checks the data files in `dir` against this metadata; the reason
-    /// when the entry must not be used.
+
+    /// Checks the data files in `dir` against `metadata`.
     ///
     /// # Errors
-    /// Why the entry is damaged.
-    fn check_files(&self, dir: &Path) -> Result<(), String>;
+    /// Why the entry is damaged and must not be used.
+    fn check_files(metadata: &Metadata<Self>, dir: &Path) -> Result<(), String>;
+}
+
+/// An entry's metadata file: what every kind records, and the kind's
+/// own details (flattened into the same JSON object). It derefs to the
+/// details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Metadata<A: Artifact> {
+    /// The key (the dir's name).
+    pub key: String,
+    /// What it was built from.
+    pub inputs: A::Inputs,
+    /// When it was built (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// How long the build took.
+    pub build_ms: u64,
+    /// What the kind records besides.
+    #[serde(flatten)]
+    pub details: A,
+}
+
+impl<A: Artifact> std::ops::Deref for Metadata<A> {
+    type Target = A;
+
+    fn deref(&self) -> &A {
+        &self.details
+    }
+}
+
+/// The short content address of `inputs`: 16 hex digits of the sha256 of
+/// their JSON (a kind's key is a readable prefix and this).
+pub fn digest_of(inputs: &impl Serialize) -> String {
+    let canonical = serde_json::to_vec(inputs).unwrap_or_default();
+    let mut digest = sha256_hex(&canonical);
+    digest.truncate(16);
+    digest
 }
 
 /// A checked entry, ready to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored<M> {
+pub struct Stored<A: Artifact> {
     /// Its dir.
     pub dir: PathBuf,
     /// Its metadata.
-    pub metadata: M,
+    pub metadata: Metadata<A>,
 }
 
 /// What the store holds for some inputs.
@@ -100,13 +133,13 @@ pub enum EntryState {
 
 /// One entry of [`ArtifactStore::entries`].
 #[derive(Debug, Clone)]
-pub struct StoreEntry<M> {
+pub struct StoreEntry<A: Artifact> {
     /// The key (for a half-built entry, the key being built).
     pub key: String,
     /// Its dir.
     pub dir: PathBuf,
     /// Its metadata, or why it cannot be read.
-    pub metadata: Result<M, String>,
+    pub metadata: Result<Metadata<A>, String>,
     /// Disk space it takes (allocated blocks: files may be sparse).
     pub disk_bytes: u64,
     /// Time since it was built (`None` without readable metadata; for a
@@ -190,12 +223,12 @@ impl Drop for Staging {
 
 /// The entries of one kind under one root dir.
 #[derive(Debug)]
-pub struct ArtifactStore<M> {
+pub struct ArtifactStore<A> {
     root: PathBuf,
-    kind: PhantomData<fn() -> M>,
+    kind: PhantomData<fn() -> A>,
 }
 
-impl<M> Clone for ArtifactStore<M> {
+impl<A> Clone for ArtifactStore<A> {
     fn clone(&self) -> Self {
         Self {
             root: self.root.clone(),
@@ -204,7 +237,7 @@ impl<M> Clone for ArtifactStore<M> {
     }
 }
 
-impl<M: Artifact> ArtifactStore<M> {
+impl<A: Artifact> ArtifactStore<A> {
     /// The store at `root` (created when an entry is first built).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
@@ -225,8 +258,8 @@ impl<M: Artifact> ArtifactStore<M> {
 
     /// Looks the entry of `inputs` up and checks it: its metadata, its
     /// inputs and its files.
-    pub fn lookup(&self, inputs: &M::Inputs) -> Lookup<Stored<M>> {
-        let key = M::key_of(inputs);
+    pub fn lookup(&self, inputs: &A::Inputs) -> Lookup<Stored<A>> {
+        let key = A::key_of(inputs);
         let dir = self.dir(&key);
         if !dir.exists() {
             return Lookup::Missing;
@@ -258,22 +291,25 @@ impl<M: Artifact> ArtifactStore<M> {
         })
     }
 
-    /// Completes the entry built in `staging`: `describe` measures its
-    /// files into its metadata, which is written; the files are synced
-    /// (and sealed read-only for a sealed kind) and the dir renamed into
-    /// place, replacing a damaged entry of the same key. When another
-    /// build published the key meanwhile, theirs is kept and returned. The
+    /// Completes the entry of `inputs` built in `staging`: `describe`
+    /// measures its files into the kind's details, and the metadata (with
+    /// the time `build` took) is written; the files are synced (and sealed
+    /// read-only for a sealed kind) and the dir renamed into place,
+    /// replacing a damaged entry of the same key. When another build
+    /// published the key meanwhile, theirs is kept and returned. The
     /// staging dir is gone afterwards, whatever happened.
     ///
     /// # Errors
-    /// `describe`'s error, metadata of another key than `staging`'s
+    /// `describe`'s error, inputs of another key than `staging`'s
     /// ([`io::ErrorKind::InvalidInput`]), the failing file operation.
     pub fn publish_staged(
         &self,
         staging: Staging,
-        describe: impl FnOnce(&Path) -> io::Result<M>,
-    ) -> io::Result<Stored<M>> {
-        let result = self.publish_inner(&staging, describe);
+        inputs: &A::Inputs,
+        build: Duration,
+        describe: impl FnOnce(&Path) -> io::Result<A>,
+    ) -> io::Result<Stored<A>> {
+        let result = self.publish_inner(&staging, inputs, build, describe);
         // Renamed into place, or not wanted: either way no longer there.
         if let Err(e) = staging.discard() {
             tracing::warn!(error = %e, "cannot remove a staging dir");
@@ -284,24 +320,32 @@ impl<M: Artifact> ArtifactStore<M> {
     fn publish_inner(
         &self,
         staging: &Staging,
-        describe: impl FnOnce(&Path) -> io::Result<M>,
-    ) -> io::Result<Stored<M>> {
-        let metadata = describe(staging.path())?;
-        let key = metadata.key().to_owned();
-        if key != staging.key() || M::key_of(metadata.inputs()) != key {
+        inputs: &A::Inputs,
+        build: Duration,
+        describe: impl FnOnce(&Path) -> io::Result<A>,
+    ) -> io::Result<Stored<A>> {
+        let key = A::key_of(inputs);
+        if key != staging.key() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "the metadata of {key} cannot be published from the staging dir of {}",
+                    "{key} cannot be published from the staging dir of {}",
                     staging.key()
                 ),
             ));
         }
+        let metadata = Metadata {
+            key: key.clone(),
+            inputs: inputs.clone(),
+            details: describe(staging.path())?,
+            created_unix: unix_now(),
+            build_ms: crate::ms(build),
+        };
         let json = serde_json::to_vec_pretty(&metadata).map_err(io::Error::other)?;
-        std::fs::write(staging.path().join(M::METADATA_FILE), json)?;
-        for file in M::DATA_FILES.iter().chain([&M::METADATA_FILE]) {
+        std::fs::write(staging.path().join(A::METADATA_FILE), json)?;
+        for file in A::DATA_FILES.iter().chain([&A::METADATA_FILE]) {
             let path = staging.path().join(file);
-            if M::SEALED {
+            if A::SEALED {
                 std::fs::set_permissions(
                     &path,
                     std::os::unix::fs::PermissionsExt::from_mode(0o444),
@@ -311,7 +355,7 @@ impl<M: Artifact> ArtifactStore<M> {
         }
         let dir = self.dir(&key);
         if dir.exists() {
-            match check(&dir, &key, Some(metadata.inputs())) {
+            match check(&dir, &key, Some(inputs)) {
                 // Someone else built it meanwhile: theirs is as good.
                 Ok(theirs) => {
                     return Ok(Stored {
@@ -324,7 +368,7 @@ impl<M: Artifact> ArtifactStore<M> {
         }
         if let Err(e) = std::fs::rename(staging.path(), &dir) {
             // Another build renamed its entry into place in between.
-            return match check(&dir, &key, Some(metadata.inputs())) {
+            return match check(&dir, &key, Some(inputs)) {
                 Ok(theirs) => Ok(Stored {
                     dir,
                     metadata: theirs,
@@ -340,7 +384,7 @@ impl<M: Artifact> ArtifactStore<M> {
     ///
     /// # Errors
     /// The failing append.
-    pub fn record_use(stored: &Stored<M>) -> io::Result<()> {
+    pub fn record_use(stored: &Stored<A>) -> io::Result<()> {
         use std::io::Write;
         std::fs::OpenOptions::new()
             .create(true)
@@ -360,17 +404,17 @@ impl<M: Artifact> ArtifactStore<M> {
     /// Every entry, published ones sorted by key and then half-built ones,
     /// each checked and judged: an intact entry is current when its key
     /// is that of its inputs and `current` accepts it, stale otherwise.
-    pub fn entries(&self, current: impl Fn(&M) -> bool) -> Vec<StoreEntry<M>> {
+    pub fn entries(&self, current: impl Fn(&Metadata<A>) -> bool) -> Vec<StoreEntry<A>> {
         // Before this lists anything: its own reads open no file then.
         let busy = entries_in_use(&self.root);
-        let mut entries: Vec<StoreEntry<M>> = entry_dirs(&self.root)
+        let mut entries: Vec<StoreEntry<A>> = entry_dirs(&self.root)
             .into_iter()
             .map(|(key, dir)| {
                 let in_use = busy.contains(Path::new(&key));
-                let checked = check::<M>(&dir, &key, None);
+                let checked = check::<A>(&dir, &key, None);
                 let state = match &checked {
                     Err(reason) => EntryState::Damaged(reason.clone()),
-                    Ok(m) if M::key_of(m.inputs()) == key && current(m) => EntryState::Current,
+                    Ok(m) if A::key_of(&m.inputs) == key && current(m) => EntryState::Current,
                     Ok(_) => EntryState::Stale,
                 };
                 let metadata = match checked {
@@ -397,7 +441,7 @@ impl<M: Artifact> ArtifactStore<M> {
     /// whose key is that of its inputs counts as current. Half-built ones
     /// are left out. [`ArtifactStore::entries`] takes a judge of what is
     /// current (such as `Templates::list`).
-    pub fn list(&self) -> Vec<StoreEntry<M>> {
+    pub fn list(&self) -> Vec<StoreEntry<A>> {
         let mut entries = self.entries(|_| true);
         entries.retain(|e| e.state != EntryState::HalfBuilt);
         entries
@@ -409,7 +453,7 @@ impl<M: Artifact> ArtifactStore<M> {
     ///
     /// # Errors
     /// The first removal that failed.
-    pub fn prune(&self, keep: impl Fn(&StoreEntry<M>) -> bool) -> io::Result<Vec<String>> {
+    pub fn prune(&self, keep: impl Fn(&StoreEntry<A>) -> bool) -> io::Result<Vec<String>> {
         let entries = self.entries(|_| true);
         remove_unless(entries, |e| e.state != EntryState::HalfBuilt && keep(e))
             .map(|pruned| pruned.removed)
@@ -420,7 +464,7 @@ impl<M: Artifact> ArtifactStore<M> {
     ///
     /// # Errors
     /// The first removal that failed.
-    pub fn prune_stale(&self, current: impl Fn(&M) -> bool) -> io::Result<Pruned> {
+    pub fn prune_stale(&self, current: impl Fn(&Metadata<A>) -> bool) -> io::Result<Pruned> {
         let entries = self.entries(current);
         remove_unless(entries, |e| e.state == EntryState::Current)
     }
@@ -434,9 +478,9 @@ impl<M: Artifact> ArtifactStore<M> {
 
 /// Removes every entry of `entries` that `keep` refuses and no process
 /// uses.
-fn remove_unless<M>(
-    entries: Vec<StoreEntry<M>>,
-    keep: impl Fn(&StoreEntry<M>) -> bool,
+fn remove_unless<A: Artifact>(
+    entries: Vec<StoreEntry<A>>,
+    keep: impl Fn(&StoreEntry<A>) -> bool,
 ) -> io::Result<Pruned> {
     let mut pruned = Pruned::default();
     for entry in entries {
@@ -463,13 +507,13 @@ fn remove_unless<M>(
 }
 
 /// A listed entry: its sizes, age and uses read from `dir`.
-fn listed<M: Artifact>(
+fn listed<A: Artifact>(
     key: String,
     dir: PathBuf,
-    metadata: Result<M, String>,
+    metadata: Result<Metadata<A>, String>,
     state: EntryState,
     in_use: bool,
-) -> StoreEntry<M> {
+) -> StoreEntry<A> {
     let uses = std::fs::metadata(dir.join(USES_FILE)).ok();
     StoreEntry {
         key,
@@ -477,7 +521,7 @@ fn listed<M: Artifact>(
         age: metadata
             .as_ref()
             .ok()
-            .and_then(|m| age_since(m.created_unix())),
+            .and_then(|m| age_since(m.created_unix)),
         uses: uses.as_ref().map_or(0, std::fs::Metadata::len),
         last_use: modified_age(&dir.join(USES_FILE)),
         dir,
@@ -489,20 +533,24 @@ fn listed<M: Artifact>(
 
 /// Checks the entry dir `dir` named `key` (against `inputs` when given);
 /// its metadata, or the reason it must not be used.
-fn check<M: Artifact>(dir: &Path, key: &str, inputs: Option<&M::Inputs>) -> Result<M, String> {
-    let metadata: M = read_metadata(dir)?;
-    if metadata.key() != key || inputs.is_some_and(|inputs| metadata.inputs() != inputs) {
+fn check<A: Artifact>(
+    dir: &Path,
+    key: &str,
+    inputs: Option<&A::Inputs>,
+) -> Result<Metadata<A>, String> {
+    let metadata: Metadata<A> = read_metadata(dir)?;
+    if metadata.key != key || inputs.is_some_and(|inputs| &metadata.inputs != inputs) {
         return Err(format!(
             "it was built from other inputs (key {})",
-            metadata.key()
+            metadata.key
         ));
     }
-    metadata.check_files(dir)?;
+    A::check_files(&metadata, dir)?;
     Ok(metadata)
 }
 
-fn read_metadata<M: Artifact>(dir: &Path) -> Result<M, String> {
-    let path = dir.join(M::METADATA_FILE);
+fn read_metadata<A: Artifact>(dir: &Path) -> Result<Metadata<A>, String> {
+    let path = dir.join(A::METADATA_FILE);
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -528,7 +576,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Now, in seconds since the Unix epoch (a metadata's `created_unix`).
-pub fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -658,6 +706,35 @@ fn mapped_path(line: &str) -> Option<&str> {
     (!path.ends_with(" (deleted)")).then_some(path)
 }
 
+/// Test support for the kinds' own tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Lookup;
+    use std::path::Path;
+
+    /// Why `lookup` found a damaged entry; panics when it did not.
+    pub(crate) fn damage<T: std::fmt::Debug>(lookup: Lookup<T>) -> String {
+        match lookup {
+            Lookup::Damaged(reason) => reason,
+            other => panic!("not found damaged: {other:?}"),
+        }
+    }
+
+    /// Checks that the metadata file at `path` has the top-level fields of
+    /// `older` (metadata in the layout an earlier version wrote), then
+    /// replaces it by `older`.
+    pub(crate) fn rewrite_in_older_layout(path: &Path, older: &serde_json::Value) {
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let fields =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(fields(&written), fields(older));
+        // A sealed file is read-only, its dir is not.
+        std::fs::remove_file(path).unwrap();
+        std::fs::write(path, serde_json::to_vec_pretty(older).unwrap()).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,10 +744,7 @@ mod tests {
     /// A kind for the tests: one data file of a recorded size.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     struct Blob {
-        key: String,
-        inputs: String,
         bytes: u64,
-        created_unix: u64,
     }
 
     impl Artifact for Blob {
@@ -682,43 +756,42 @@ mod tests {
         fn key_of(inputs: &String) -> String {
             format!("blob-{inputs}")
         }
-        fn key(&self) -> &str {
-            &self.key
-        }
-        fn inputs(&self) -> &String {
-            &self.inputs
-        }
-        fn created_unix(&self) -> u64 {
-            self.created_unix
-        }
-        fn check_files(&self, dir: &Path) -> Result<(), String> {
+
+        fn check_files(metadata: &Metadata<Self>, dir: &Path) -> Result<(), String> {
             let bytes = file_len(&dir.join("data"))?;
-            if bytes == self.bytes {
+            if bytes == metadata.bytes {
                 Ok(())
             } else {
-                Err(format!("data has {bytes} bytes, not {}", self.bytes))
+                Err(format!("data has {bytes} bytes, not {}", metadata.bytes))
             }
         }
     }
 
     type Store = ArtifactStore<Blob>;
 
-    fn describe(inputs: &str) -> impl FnOnce(&Path) -> io::Result<Blob> + '_ {
-        move |dir| {
-            Ok(Blob {
-                key: Blob::key_of(&inputs.to_owned()),
-                inputs: inputs.to_owned(),
-                bytes: std::fs::metadata(dir.join("data"))?.len(),
-                created_unix: unix_now(),
-            })
-        }
+    /// An empty store in a temp dir (removed when the dir is dropped).
+    fn fresh() -> (tempfile::TempDir, Store) {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        (root, store)
+    }
+
+    fn describe(dir: &Path) -> io::Result<Blob> {
+        Ok(Blob {
+            bytes: std::fs::metadata(dir.join("data"))?.len(),
+        })
+    }
+
+    /// Publishes `staging` as the entry of `inputs`.
+    fn publish_as(store: &Store, staging: Staging, inputs: &str) -> io::Result<Stored<Blob>> {
+        store.publish_staged(staging, &inputs.to_owned(), Duration::ZERO, describe)
     }
 
     /// Stages `data` for `inputs` and publishes it.
     fn publish(store: &Store, inputs: &str, data: &[u8]) -> io::Result<Stored<Blob>> {
         let staging = store.staging(&Blob::key_of(&inputs.to_owned()))?;
         std::fs::write(staging.path().join("data"), data)?;
-        store.publish_staged(staging, describe(inputs))
+        publish_as(store, staging, inputs)
     }
 
     fn staging_dirs(store: &Store) -> Vec<(String, PathBuf)> {
@@ -732,8 +805,7 @@ mod tests {
 
     #[test]
     fn a_published_entry_is_found_ready_and_its_staging_dir_is_gone() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (root, store) = fresh();
         assert_eq!(store.lookup(&"a".into()), Lookup::Missing);
         let stored = publish(&store, "a", b"hello").unwrap();
         assert_eq!(stored.dir, root.path().join("blob-a"));
@@ -744,13 +816,10 @@ mod tests {
 
     #[test]
     fn an_entry_whose_file_changed_is_damaged_and_a_new_publish_replaces_it() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let stored = publish(&store, "a", b"hello").unwrap();
         std::fs::write(stored.dir.join("data"), b"hi").unwrap();
-        let Lookup::Damaged(reason) = store.lookup(&"a".into()) else {
-            panic!("a changed entry was accepted");
-        };
+        let reason = testing::damage(store.lookup(&"a".into()));
         assert!(reason.contains("2 bytes"), "{reason}");
         publish(&store, "a", b"hello again").unwrap();
         let Lookup::Ready(stored) = store.lookup(&"a".into()) else {
@@ -761,8 +830,7 @@ mod tests {
 
     #[test]
     fn unreadable_metadata_or_metadata_of_other_inputs_is_damaged() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let stored = publish(&store, "a", b"hello").unwrap();
         let mut other = stored.metadata.clone();
         other.inputs = "b".into();
@@ -771,28 +839,23 @@ mod tests {
             serde_json::to_vec(&other).unwrap(),
         )
         .unwrap();
-        let Lookup::Damaged(reason) = store.lookup(&"a".into()) else {
-            panic!("metadata of other inputs was accepted");
-        };
+        let reason = testing::damage(store.lookup(&"a".into()));
         assert!(reason.contains("other inputs"), "{reason}");
         std::fs::write(stored.dir.join(Blob::METADATA_FILE), b"{").unwrap();
-        let Lookup::Damaged(reason) = store.lookup(&"a".into()) else {
-            panic!("unreadable metadata was accepted");
-        };
+        let reason = testing::damage(store.lookup(&"a".into()));
         assert!(reason.contains("blob.json"), "{reason}");
     }
 
     #[test]
     fn of_two_publishes_of_one_key_the_second_keeps_the_first() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let first = store.staging("blob-a").unwrap();
         let second = store.staging("blob-a").unwrap();
         std::fs::write(first.path().join("data"), b"first").unwrap();
         std::fs::write(second.path().join("data"), b"second").unwrap();
         let second_dir = second.path().to_path_buf();
-        let winner = store.publish_staged(first, describe("a")).unwrap();
-        let loser = store.publish_staged(second, describe("a")).unwrap();
+        let winner = publish_as(&store, first, "a").unwrap();
+        let loser = publish_as(&store, second, "a").unwrap();
         assert_eq!(loser, winner);
         assert_eq!(std::fs::read(winner.dir.join("data")).unwrap(), b"first");
         assert!(!second_dir.exists());
@@ -800,8 +863,7 @@ mod tests {
 
     #[test]
     fn racing_publishes_of_one_key_all_end_with_the_one_winner() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let racers = 8;
         let start = Arc::new(Barrier::new(racers));
         let results: Vec<Stored<Blob>> = std::thread::scope(|scope| {
@@ -812,7 +874,7 @@ mod tests {
                         let staging = store.staging("blob-a").unwrap();
                         std::fs::write(staging.path().join("data"), vec![b'x'; 10 + i]).unwrap();
                         start.wait();
-                        store.publish_staged(staging, describe("a")).unwrap()
+                        publish_as(&store, staging, "a").unwrap()
                     })
                 })
                 .collect();
@@ -828,8 +890,7 @@ mod tests {
 
     #[test]
     fn two_builds_of_one_key_in_one_process_stage_apart() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let first = store.staging("blob-a").unwrap();
         std::fs::write(first.path().join("data"), b"first").unwrap();
         let second = store.staging("blob-a").unwrap();
@@ -846,12 +907,11 @@ mod tests {
 
     #[test]
     fn a_failed_publish_removes_its_staging_dir() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let staging = store.staging("blob-a").unwrap();
         let dir = staging.path().to_path_buf();
         // No data file: describing it fails.
-        let err = store.publish_staged(staging, describe("a")).unwrap_err();
+        let err = publish_as(&store, staging, "a").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(!dir.exists());
         assert_eq!(store.lookup(&"a".into()), Lookup::Missing);
@@ -859,11 +919,10 @@ mod tests {
 
     #[test]
     fn metadata_of_another_key_is_not_published_from_a_staging_dir() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let staging = store.staging("blob-a").unwrap();
         std::fs::write(staging.path().join("data"), b"x").unwrap();
-        let err = store.publish_staged(staging, describe("b")).unwrap_err();
+        let err = publish_as(&store, staging, "b").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
         assert_eq!(store.lookup(&"b".into()), Lookup::Missing);
         assert!(staging_dirs(&store).is_empty());
@@ -871,8 +930,7 @@ mod tests {
 
     #[test]
     fn a_dropped_staging_dir_is_removed() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let staging = store.staging("blob-a").unwrap();
         std::fs::write(staging.path().join("data"), b"half").unwrap();
         let dir = staging.path().to_path_buf();
@@ -882,8 +940,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_staging_dir_dropped_on_the_runtime_is_removed_off_it() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let staging = store.staging("blob-a").unwrap();
         let dir = staging.path().to_path_buf();
         drop(staging);
@@ -896,8 +953,7 @@ mod tests {
 
     #[test]
     fn entries_tell_current_stale_damaged_and_half_built_apart() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (root, store) = fresh();
         publish(&store, "current", b"1").unwrap();
         publish(&store, "stale", b"2").unwrap();
         let damaged = publish(&store, "damaged", b"3").unwrap();
@@ -937,8 +993,7 @@ mod tests {
 
     #[test]
     fn an_entry_whose_key_is_not_that_of_its_inputs_is_never_current() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (root, store) = fresh();
         let stored = publish(&store, "a", b"1").unwrap();
         let renamed = root.path().join("blob-old-format");
         std::fs::rename(&stored.dir, &renamed).unwrap();
@@ -955,8 +1010,7 @@ mod tests {
 
     #[test]
     fn prune_removes_stale_damaged_and_dead_builds_and_keeps_current_ones() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (root, store) = fresh();
         publish(&store, "current", b"1").unwrap();
         publish(&store, "stale", b"2").unwrap();
         std::fs::create_dir(root.path().join("blob-damaged")).unwrap();
@@ -976,8 +1030,7 @@ mod tests {
 
     #[test]
     fn prune_never_removes_an_entry_a_process_has_open() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let ours = publish(&store, "ours", b"1").unwrap();
         let theirs = publish(&store, "theirs", b"2").unwrap();
         // This process holds one open; a child process the other.
@@ -1003,8 +1056,7 @@ mod tests {
 
     #[test]
     fn usage_sums_every_entry_half_built_ones_included() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         assert_eq!(store.usage(), 0);
         publish(&store, "a", &noise(8192)).unwrap();
         publish(&store, "b", &noise(4096)).unwrap();
@@ -1022,8 +1074,7 @@ mod tests {
 
     #[test]
     fn uses_are_counted_and_dated() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         let stored = publish(&store, "a", b"1").unwrap();
         assert_eq!(store.list()[0].uses, 0);
         assert_eq!(store.list()[0].last_use, None);
@@ -1037,8 +1088,7 @@ mod tests {
 
     #[test]
     fn removing_a_missing_entry_is_no_error() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::new(root.path());
+        let (_root, store) = fresh();
         store.remove("blob-none").unwrap();
         let stored = publish(&store, "a", b"1").unwrap();
         store.remove("blob-a").unwrap();

@@ -9,8 +9,9 @@
 //! whole, checked before each use.
 
 use super::spec::PackageList;
-use crate::artifacts::{self, Artifact, ArtifactStore, Pruned, Staging, StoreEntry, Stored};
-use airlock_protocol::client::sha256_hex;
+use crate::artifacts::{
+    self, Artifact, ArtifactStore, Metadata, Pruned, Staging, StoreEntry, Stored,
+};
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,31 +55,25 @@ impl LayerInputs {
     /// The key: `<language>-pkgs-<16 hex digits of the sha256 of the
     /// inputs>`; a valid identifier.
     pub fn key(&self) -> String {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        let digest = sha256_hex(&canonical);
-        format!("{}-pkgs-{}", self.language, &digest[..16])
+        format!("{}-pkgs-{}", self.language, artifacts::digest_of(self))
     }
 }
 
 /// `layer.json`.
+pub type LayerMetadata = Metadata<LayerDetails>;
+
+/// What `layer.json` records besides the key, the inputs and the
+/// build's time (the install's: boot, install, store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerMetadata {
-    /// The key (the dir's name).
-    pub key: String,
-    /// What it was built from.
-    pub inputs: LayerInputs,
+pub struct LayerDetails {
     /// What the package manager installed, dependencies included
     /// (`pip list --format=freeze`, `npm ls --all --parseable` names).
     pub installed: Vec<String>,
     /// Size of the image file (apparent; it is sparse).
     pub image_bytes: u64,
-    /// When it was built (seconds since the Unix epoch).
-    pub created_unix: u64,
-    /// How long the install took (boot, install, store).
-    pub build_ms: u64,
 }
 
-impl Artifact for LayerMetadata {
+impl Artifact for LayerDetails {
     type Inputs = LayerInputs;
     const METADATA_FILE: &'static str = METADATA_FILE;
     const DATA_FILES: &'static [&'static str] = &[IMAGE_FILE];
@@ -89,27 +84,15 @@ impl Artifact for LayerMetadata {
         inputs.key()
     }
 
-    fn key(&self) -> &str {
-        &self.key
-    }
-
-    fn inputs(&self) -> &LayerInputs {
-        &self.inputs
-    }
-
-    fn created_unix(&self) -> u64 {
-        self.created_unix
-    }
-
     /// The image's recorded size.
-    fn check_files(&self, dir: &Path) -> Result<(), String> {
+    fn check_files(metadata: &LayerMetadata, dir: &Path) -> Result<(), String> {
         let image = dir.join(IMAGE_FILE);
         let size = artifacts::file_len(&image)?;
-        if size != self.image_bytes {
+        if size != metadata.image_bytes {
             return Err(format!(
                 "{} is {size} bytes, {} recorded",
                 image.display(),
-                self.image_bytes
+                metadata.image_bytes
             ));
         }
         Ok(())
@@ -117,9 +100,9 @@ impl Artifact for LayerMetadata {
 }
 
 /// A checked layer, ready to attach.
-pub type Layer = Stored<LayerMetadata>;
+pub type Layer = Stored<LayerDetails>;
 
-impl Stored<LayerMetadata> {
+impl Stored<LayerDetails> {
     /// The disk image to attach read-only.
     pub fn image(&self) -> PathBuf {
         self.dir.join(IMAGE_FILE)
@@ -127,12 +110,12 @@ impl Stored<LayerMetadata> {
 }
 
 /// One entry of [`LayerStore::list`] and [`LayerStore::list_over`].
-pub type ListedLayer = StoreEntry<LayerMetadata>;
+pub type ListedLayer = StoreEntry<LayerDetails>;
 
 /// The layers under one root dir.
-pub type LayerStore = ArtifactStore<LayerMetadata>;
+pub type LayerStore = ArtifactStore<LayerDetails>;
 
-impl ArtifactStore<LayerMetadata> {
+impl ArtifactStore<LayerDetails> {
     /// The finished layer of `inputs`, checked (metadata matches, image
     /// present with the recorded size); `None` when there is none or it
     /// is damaged (a damaged one is rebuilt over).
@@ -166,14 +149,10 @@ impl ArtifactStore<LayerMetadata> {
         installed: Vec<String>,
         build: Duration,
     ) -> io::Result<Layer> {
-        self.publish_staged(staging, |dir| {
-            Ok(LayerMetadata {
-                key: inputs.key(),
-                inputs: inputs.clone(),
+        self.publish_staged(staging, inputs, build, |dir| {
+            Ok(LayerDetails {
                 installed,
                 image_bytes: std::fs::metadata(dir.join(IMAGE_FILE))?.len(),
-                created_unix: artifacts::unix_now(),
-                build_ms: crate::ms(build),
             })
         })
     }
@@ -217,6 +196,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
     use super::*;
+    use crate::artifacts::testing;
     use proptest::prelude::*;
 
     fn inputs(packages: &[&str]) -> LayerInputs {
@@ -276,11 +256,26 @@ mod tests {
         }
     }
 
+    /// An empty store in a temp dir (removed when the dir is dropped).
+    fn fresh() -> (tempfile::TempDir, LayerStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LayerStore::new(tmp.path());
+        (tmp, store)
+    }
+
     /// A staged layer with an image of `bytes` bytes.
     fn stage(store: &LayerStore, inputs: &LayerInputs, bytes: usize) -> Staging {
         let staging = store.staging(&inputs.key()).unwrap();
         std::fs::write(staging.path().join(IMAGE_FILE), vec![0u8; bytes]).unwrap();
         staging
+    }
+
+    /// A published layer of `inputs` with an image of `bytes` bytes.
+    fn published(store: &LayerStore, inputs: &LayerInputs, bytes: usize) -> Layer {
+        let staging = stage(store, inputs, bytes);
+        store
+            .publish(staging, inputs, Vec::new(), Duration::ZERO)
+            .unwrap()
     }
 
     #[test]
@@ -314,13 +309,9 @@ mod tests {
 
     #[test]
     fn only_layers_over_the_current_root_disk_are_current() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (tmp, store) = fresh();
         let inputs = inputs(&["six==1.16.0"]);
-        let staging = stage(&store, &inputs, 10);
-        store
-            .publish(staging, &inputs, Vec::new(), Duration::ZERO)
-            .unwrap();
+        published(&store, &inputs, 10);
         std::fs::create_dir(tmp.path().join("python-pkgs-damaged")).unwrap();
         let listed = store.list();
         let current = BTreeMap::from([(Language::Python, "rootfs-abc".to_owned())]);
@@ -348,30 +339,22 @@ mod tests {
 
     #[test]
     fn a_layer_whose_image_changed_size_is_not_attached() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (_tmp, store) = fresh();
         let inputs = inputs(&["idna==3.7"]);
-        let staging = stage(&store, &inputs, 100);
-        let layer = store
-            .publish(staging, &inputs, Vec::new(), Duration::ZERO)
-            .unwrap();
+        let layer = published(&store, &inputs, 100);
         let image = layer.image();
         std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
         std::fs::write(&image, b"short").unwrap();
         assert!(store.find(&inputs).is_none());
         // A rebuild replaces the damaged one.
-        let staging = stage(&store, &inputs, 200);
-        store
-            .publish(staging, &inputs, Vec::new(), Duration::ZERO)
-            .unwrap();
+        published(&store, &inputs, 200);
         assert_eq!(store.find(&inputs).unwrap().metadata.image_bytes, 200);
     }
 
     #[test]
     fn a_second_publish_of_one_key_keeps_the_first() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (_tmp, store) = fresh();
         let inputs = inputs(&["six==1.16.0"]);
         let first = stage(&store, &inputs, 100);
         store
@@ -389,17 +372,9 @@ mod tests {
     #[test]
     fn a_published_layer_is_sealed_and_stale_over_a_rebuilt_root_disk() {
         use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (_tmp, store) = fresh();
         let inputs = inputs(&["six==1.16.0"]);
-        let layer = store
-            .publish(
-                stage(&store, &inputs, 10),
-                &inputs,
-                Vec::new(),
-                Duration::ZERO,
-            )
-            .unwrap();
+        let layer = published(&store, &inputs, 10);
         for file in [IMAGE_FILE, METADATA_FILE] {
             let mode = std::fs::metadata(layer.dir.join(file))
                 .unwrap()
@@ -420,5 +395,25 @@ mod tests {
         assert_eq!(store.prune_over(&current).unwrap(), Pruned::default());
         assert_eq!(store.prune_over(&rebuilt).unwrap().removed, [inputs.key()]);
         assert!(store.find(&inputs).is_none());
+    }
+
+    #[test]
+    fn a_layer_json_of_the_layout_before_the_generic_store_still_reads() {
+        let (_tmp, store) = fresh();
+        let inputs = inputs(&["six==1.16.0"]);
+        // Keys never change silently: existing layers keep theirs.
+        assert_eq!(inputs.key(), "python-pkgs-6a913bc73062b35e");
+        let layer = published(&store, &inputs, 10);
+        let old = serde_json::json!({
+            "key": inputs.key(),
+            "inputs": inputs,
+            "installed": ["six==1.16.0"],
+            "image_bytes": 10,
+            "created_unix": 1_700_000_000_u64,
+            "build_ms": 5,
+        });
+        testing::rewrite_in_older_layout(&layer.dir.join(METADATA_FILE), &old);
+        let read = store.find(&inputs).unwrap();
+        assert_eq!(read.metadata.installed, ["six==1.16.0"]);
     }
 }

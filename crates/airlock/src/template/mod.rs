@@ -25,7 +25,7 @@ pub use build::{warm_of, Warm};
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
 pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
-pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
+pub use store::{Listed, Lookup, Template, TemplateDetails, TemplateMetadata, TemplateStore};
 
 use crate::artifacts::{EntryState, Pruned};
 use crate::error::{Error, Result};

@@ -8,7 +8,7 @@
 //! Blocking file work: call it on the blocking pool.
 
 use super::key::TemplateInputs;
-use crate::artifacts::{self, Artifact, ArtifactStore, Staging, StoreEntry, Stored};
+use crate::artifacts::{self, Artifact, ArtifactStore, Metadata, Staging, StoreEntry, Stored};
 use airlock_protocol::client::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -24,26 +24,50 @@ pub const METADATA_FILE: &str = "template.json";
 /// One byte appended per restore: its size is the use count.
 pub const USES_FILE: &str = artifacts::USES_FILE;
 
+/// The templates under one root dir.
+pub type TemplateStore = ArtifactStore<TemplateDetails>;
+
+impl ArtifactStore<TemplateDetails> {
+    /// Completes the template built in `staging` (its memory and state
+    /// files written): measures its files into its metadata and publishes
+    /// it ([`ArtifactStore::publish_staged`]: when another process
+    /// installed the same key meanwhile, theirs is kept).
+    ///
+    /// # Errors
+    /// The failing file operation; the staging dir is removed.
+    pub fn install(
+        &self,
+        staging: Staging,
+        inputs: &TemplateInputs,
+        build: Duration,
+    ) -> io::Result<Template> {
+        self.publish_staged(staging, inputs, build, |dir| {
+            let state = std::fs::read(dir.join(STATE_FILE))?;
+            Ok(TemplateDetails {
+                memory_bytes: std::fs::metadata(dir.join(MEMORY_FILE))?.len(),
+                state_bytes: state.len() as u64,
+                state_sha256: sha256_hex(&state),
+            })
+        })
+    }
+}
+
 /// `template.json`.
+pub type TemplateMetadata = Metadata<TemplateDetails>;
+
+/// What `template.json` records besides the key, the inputs and the
+/// build's time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TemplateMetadata {
-    /// The key (the dir's name).
-    pub key: String,
-    /// What it was built from.
-    pub inputs: TemplateInputs,
+pub struct TemplateDetails {
     /// Size of the memory file (the guest memory).
     pub memory_bytes: u64,
     /// Size of the state file.
     pub state_bytes: u64,
     /// Hex sha256 of the state file.
     pub state_sha256: String,
-    /// When it was built (seconds since the Unix epoch).
-    pub created_unix: u64,
-    /// How long the build took.
-    pub build_ms: u64,
 }
 
-impl Artifact for TemplateMetadata {
+impl Artifact for TemplateDetails {
     type Inputs = TemplateInputs;
     const METADATA_FILE: &'static str = METADATA_FILE;
     const DATA_FILES: &'static [&'static str] = &[MEMORY_FILE, STATE_FILE];
@@ -53,37 +77,25 @@ impl Artifact for TemplateMetadata {
         inputs.key()
     }
 
-    fn key(&self) -> &str {
-        &self.key
-    }
-
-    fn inputs(&self) -> &TemplateInputs {
-        &self.inputs
-    }
-
-    fn created_unix(&self) -> u64 {
-        self.created_unix
-    }
-
     /// The memory file's size (that of the shape's memory), the state
     /// file's size and sha256.
-    fn check_files(&self, dir: &Path) -> Result<(), String> {
-        let expected_memory = u64::from(self.inputs.shape.memory_mib) << 20;
+    fn check_files(metadata: &TemplateMetadata, dir: &Path) -> Result<(), String> {
+        let expected_memory = u64::from(metadata.inputs.shape.memory_mib) << 20;
         let memory_bytes = artifacts::file_len(&dir.join(MEMORY_FILE))?;
-        if memory_bytes != self.memory_bytes || memory_bytes != expected_memory {
+        if memory_bytes != metadata.memory_bytes || memory_bytes != expected_memory {
             return Err(format!(
                 "the memory file has {memory_bytes} bytes, not {expected_memory}"
             ));
         }
         let state = artifacts::read_file(&dir.join(STATE_FILE))?;
-        if state.len() as u64 != self.state_bytes {
+        if state.len() as u64 != metadata.state_bytes {
             return Err(format!(
                 "the state file has {} bytes, not {}",
                 state.len(),
-                self.state_bytes
+                metadata.state_bytes
             ));
         }
-        if sha256_hex(&state) != self.state_sha256 {
+        if sha256_hex(&state) != metadata.state_sha256 {
             return Err("the state file's sha256 differs from the recorded one".into());
         }
         Ok(())
@@ -91,9 +103,9 @@ impl Artifact for TemplateMetadata {
 }
 
 /// A checked template, ready to restore.
-pub type Template = Stored<TemplateMetadata>;
+pub type Template = Stored<TemplateDetails>;
 
-impl Stored<TemplateMetadata> {
+impl Stored<TemplateDetails> {
     /// The guest RAM file.
     pub fn memory_file(&self) -> PathBuf {
         self.dir.join(MEMORY_FILE)
@@ -109,48 +121,24 @@ impl Stored<TemplateMetadata> {
 pub type Lookup = artifacts::Lookup<Template>;
 
 /// One entry of [`TemplateStore::list`] (and of `Templates::list`).
-pub type Listed = StoreEntry<TemplateMetadata>;
-
-/// The templates under one root dir.
-pub type TemplateStore = ArtifactStore<TemplateMetadata>;
-
-impl ArtifactStore<TemplateMetadata> {
-    /// Completes the template built in `staging` (its memory and state
-    /// files written): measures its files into its metadata and publishes
-    /// it ([`ArtifactStore::publish_staged`]: when another process
-    /// installed the same key meanwhile, theirs is kept).
-    ///
-    /// # Errors
-    /// The failing file operation; the staging dir is removed.
-    pub fn install(
-        &self,
-        staging: Staging,
-        inputs: &TemplateInputs,
-        build: Duration,
-    ) -> io::Result<Template> {
-        self.publish_staged(staging, |dir| {
-            let state = std::fs::read(dir.join(STATE_FILE))?;
-            Ok(TemplateMetadata {
-                key: inputs.key(),
-                inputs: inputs.clone(),
-                memory_bytes: std::fs::metadata(dir.join(MEMORY_FILE))?.len(),
-                state_bytes: state.len() as u64,
-                state_sha256: sha256_hex(&state),
-                created_unix: artifacts::unix_now(),
-                build_ms: crate::ms(build),
-            })
-        })
-    }
-}
+pub type Listed = StoreEntry<TemplateDetails>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifacts::testing;
     use crate::template::key::test_inputs;
     use airlock_protocol::Language;
 
     fn inputs(memory_mib: u32) -> TemplateInputs {
         test_inputs(Language::Raw, memory_mib)
+    }
+
+    /// An empty store in a temp dir (removed when the dir is dropped).
+    fn fresh() -> (tempfile::TempDir, TemplateStore) {
+        let root = tempfile::tempdir().unwrap();
+        let store = TemplateStore::new(root.path());
+        (root, store)
     }
 
     /// Builds a fake template (a sparse memory file, a small state) in the
@@ -170,10 +158,16 @@ mod tests {
         template
     }
 
+    /// A store holding one template of 64 MiB.
+    fn with_one() -> (tempfile::TempDir, TemplateStore, Template) {
+        let (root, store) = fresh();
+        let template = built(&store, &inputs(64));
+        (root, store, template)
+    }
+
     #[test]
     fn an_installed_template_is_found_ready() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
+        let (_root, store) = fresh();
         assert_eq!(store.lookup(&inputs(64)), Lookup::Missing);
         let template = built(&store, &inputs(64));
         assert_eq!(template.metadata.state_bytes, 17);
@@ -182,48 +176,35 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_state_file_is_damaged() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
-        let template = built(&store, &inputs(64));
-        std::fs::write(template.state_file(), b"QEVM").unwrap();
-        let Lookup::Damaged(reason) = store.lookup(&inputs(64)) else {
-            panic!("a truncated template was accepted");
-        };
-        assert!(reason.contains("4 bytes"), "{reason}");
-    }
-
-    #[test]
-    fn an_altered_state_file_of_the_same_size_is_damaged() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
-        let template = built(&store, &inputs(64));
-        std::fs::write(template.state_file(), b"QEVM device stat!").unwrap();
-        let Lookup::Damaged(reason) = store.lookup(&inputs(64)) else {
-            panic!("an altered template was accepted");
-        };
-        assert!(reason.contains("sha256"), "{reason}");
+    fn a_truncated_or_altered_state_file_is_damaged() {
+        let cases: [(&[u8], &str); 2] = [
+            (b"QEVM", "4 bytes"),
+            // Same size, other bytes.
+            (b"QEVM device stat!", "sha256"),
+        ];
+        for (state, why) in cases {
+            let (_root, store, template) = with_one();
+            std::fs::write(template.state_file(), state).unwrap();
+            let reason = testing::damage(store.lookup(&inputs(64)));
+            assert!(reason.contains(why), "{reason}");
+        }
     }
 
     #[test]
     fn a_memory_file_of_another_size_is_damaged() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
-        let template = built(&store, &inputs(64));
+        let (_root, store, template) = with_one();
         std::fs::File::options()
             .write(true)
             .open(template.memory_file())
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        assert!(matches!(store.lookup(&inputs(64)), Lookup::Damaged(_)));
+        testing::damage(store.lookup(&inputs(64)));
     }
 
     #[test]
     fn metadata_of_other_inputs_is_damaged_even_under_the_right_name() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
-        let template = built(&store, &inputs(64));
+        let (_root, store, template) = with_one();
         let mut metadata = template.metadata.clone();
         metadata.inputs.qemu_version = "8.2.0".into();
         std::fs::write(
@@ -231,24 +212,21 @@ mod tests {
             serde_json::to_vec(&metadata).unwrap(),
         )
         .unwrap();
-        assert!(matches!(store.lookup(&inputs(64)), Lookup::Damaged(_)));
+        testing::damage(store.lookup(&inputs(64)));
     }
 
     #[test]
     fn installing_over_a_damaged_template_replaces_it() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
-        let template = built(&store, &inputs(64));
+        let (_root, store, template) = with_one();
         std::fs::remove_file(template.state_file()).unwrap();
-        assert!(matches!(store.lookup(&inputs(64)), Lookup::Damaged(_)));
+        testing::damage(store.lookup(&inputs(64)));
         built(&store, &inputs(64));
         assert!(matches!(store.lookup(&inputs(64)), Lookup::Ready(_)));
     }
 
     #[test]
     fn list_shows_templates_and_prune_removes_the_refused_ones() {
-        let root = tempfile::tempdir().unwrap();
-        let store = TemplateStore::new(root.path());
+        let (_root, store) = fresh();
         built(&store, &inputs(64));
         built(&store, &inputs(128));
         let restored = store.lookup(&inputs(64));
@@ -285,5 +263,26 @@ mod tests {
         assert_eq!(removed, vec![inputs(128).key()]);
         assert!(matches!(store.lookup(&inputs(64)), Lookup::Ready(_)));
         assert_eq!(store.lookup(&inputs(128)), Lookup::Missing);
+    }
+
+    #[test]
+    fn a_template_json_of_the_layout_before_the_generic_store_still_reads() {
+        let (_root, store, template) = with_one();
+        // Keys never change silently: existing templates keep theirs.
+        assert_eq!(template.metadata.key, "raw-64m-1c-c6163efeccd89a31");
+        let old = serde_json::json!({
+            "key": template.metadata.key,
+            "inputs": inputs(64),
+            "memory_bytes": 64 << 20,
+            "state_bytes": 17,
+            "state_sha256": template.metadata.state_sha256,
+            "created_unix": 1_700_000_000_u64,
+            "build_ms": 5,
+        });
+        testing::rewrite_in_older_layout(&template.dir.join(METADATA_FILE), &old);
+        let Lookup::Ready(read) = store.lookup(&inputs(64)) else {
+            panic!("the older layout was refused");
+        };
+        assert_eq!(read.metadata.created_unix, 1_700_000_000);
     }
 }
