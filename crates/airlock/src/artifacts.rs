@@ -2,16 +2,17 @@
 //! (`<cache>/templates/`) and package layers (`<cache>/packages/`).
 //!
 //! An entry is a dir `<root>/<key>/`: its data files and a JSON metadata
-//! file recording its key, what it was built from and what its files
-//! measure. It is built in a private staging dir
-//! (`<root>/.staging/<pid>-<start>-<key>`, a [`Staging`], removed when the
-//! build fails or is dropped) and renamed into place whole, so a reader
-//! sees a complete entry or none; of two builds of one key that race, both
-//! end with the winner's. Every use checks the entry first: a damaged one
-//! is reported, never used.
+//! file ([`Metadata`]) recording its key, what it was built from, when and
+//! how long, and what its files measure. It is built in a private staging
+//! dir (`<root>/.staging/<pid>-<start>-<n>-<key>`, a [`Staging`], removed
+//! when the build fails or is dropped) and renamed into place whole, so a
+//! reader sees a complete entry or none; of two builds of one key that
+//! race, both end with the winner's. Every use checks the entry first: a
+//! damaged one is reported, never used.
 //!
-//! What differs between kinds (the key, the metadata, which files make an
-//! entry whole) is an [`Artifact`], implemented by the kind's metadata.
+//! What differs between kinds (the key, the details the metadata records,
+//! which files make an entry whole) is an [`Artifact`], implemented by the
+//! kind's details type (`TemplateDetails`, `LayerDetails`).
 //! [`ArtifactStore::entries`] lists every entry with its state,
 //! [`ArtifactStore::prune_stale`] removes what is not current, never an
 //! entry some process has a file of open or mapped (a VM restored from a
