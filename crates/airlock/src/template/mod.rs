@@ -121,11 +121,9 @@ impl Templates {
             .map(|layer| layer.key)
             .collect();
         move |metadata| {
-            let layer = metadata.inputs.packages_layer.as_deref();
-            layer.is_none_or(|key| current_layers.iter().any(|k| k == key))
-                && self
-                    .inputs_over(metadata.inputs.shape, layer)
-                    .is_ok_and(|inputs| inputs == metadata.inputs)
+            is_current(metadata, &current_layers, |shape, layer| {
+                self.inputs_over(shape, layer)
+            })
         }
     }
 
@@ -334,6 +332,19 @@ impl Templates {
     }
 }
 
+/// Whether the template of `metadata` is what this host builds now: its
+/// package layer, if any, among `current_layers`, and its inputs those
+/// `inputs_over` gives for its shape and layer (pure).
+fn is_current(
+    metadata: &TemplateMetadata,
+    current_layers: &[String],
+    inputs_over: impl Fn(TemplateShape, Option<&str>) -> Result<TemplateInputs>,
+) -> bool {
+    let layer = metadata.inputs.packages_layer.as_deref();
+    layer.is_none_or(|key| current_layers.iter().any(|k| k == key))
+        && inputs_over(metadata.inputs.shape, layer).is_ok_and(|inputs| inputs == metadata.inputs)
+}
+
 /// Whether `error` says the restore went wrong (rather than the host or
 /// the request).
 fn restore_failed(error: &Error) -> bool {
@@ -405,6 +416,47 @@ mod tests {
             memory_mib,
             vcpus: 1,
         }
+    }
+
+    #[test]
+    fn a_template_is_current_only_with_this_hosts_inputs_and_a_current_layer() {
+        let mut inputs = key::test_inputs(Language::Python, 512);
+        let metadata = |inputs: &TemplateInputs| TemplateMetadata {
+            key: inputs.key(),
+            inputs: inputs.clone(),
+            created_unix: 0,
+            build_ms: 0,
+            details: TemplateDetails {
+                memory_bytes: 512 << 20,
+                state_bytes: 0,
+                state_sha256: String::new(),
+            },
+        };
+        let host = |other: &TemplateInputs| {
+            let other = other.clone();
+            move |shape: TemplateShape, layer: Option<&str>| {
+                Ok(TemplateInputs {
+                    shape,
+                    packages_layer: layer.map(str::to_owned),
+                    ..other.clone()
+                })
+            }
+        };
+        let same = inputs.clone();
+        assert!(is_current(&metadata(&inputs), &[], host(&same)));
+        let upgraded = TemplateInputs {
+            qemu_version: "8.2.0".into(),
+            ..inputs.clone()
+        };
+        assert!(!is_current(&metadata(&inputs), &[], host(&upgraded)));
+        let no_root_disk = |_: TemplateShape, _: Option<&str>| -> Result<TemplateInputs> {
+            Err(Error::invalid("language", "no root disk"))
+        };
+        assert!(!is_current(&metadata(&inputs), &[], no_root_disk));
+        inputs.packages_layer = Some("python-pkgs-0123".into());
+        let layers = ["python-pkgs-0123".to_owned()];
+        assert!(is_current(&metadata(&inputs), &layers, host(&same)));
+        assert!(!is_current(&metadata(&inputs), &[], host(&same)));
     }
 
     #[test]
