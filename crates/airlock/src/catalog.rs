@@ -9,9 +9,9 @@
 //! (`template::store`, `packages::layer`) are how it is done, not what a
 //! caller sees.
 
+use crate::artifacts::EntryState;
 use crate::error::{Error, Result};
 use crate::manager::{blocking, VmManager};
-use crate::artifacts::EntryState;
 use crate::packages::{install::store_of, ListedLayer};
 use crate::template::{Template, TemplateShape, Templates};
 use std::time::Duration;

@@ -41,8 +41,8 @@
 //! ```
 
 pub mod artifacts;
-mod catalog;
 mod builder;
+mod catalog;
 mod config;
 mod disk;
 pub mod doctor;
