@@ -12,6 +12,7 @@ use airlock_agent::ports::{
 };
 use airlock_agent::{prepare_home, ready_line, serve_with, AgentConfig, AgentError, Repls, RunAs};
 use airlock_protocol::{CMD_PORT_NAME, EVENT_PORT_NAME};
+use airlock_sys_util::IoError;
 use clap::Parser;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -192,11 +193,7 @@ async fn serve_sockets(
 
 /// Binds a unix socket, replacing a stale socket file.
 fn bind(path: &Path) -> Result<UnixListener, AgentError> {
-    let io_err = |action, source| AgentError::Io {
-        action,
-        path: path.display().to_string(),
-        source,
-    };
+    let io_err = |action, source| AgentError::from(IoError::new(action, path, source));
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;

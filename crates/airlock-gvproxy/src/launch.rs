@@ -17,7 +17,9 @@ use crate::netns::{self, Cover, NamespaceKind, NamespacePlan, StepReader};
 use crate::privileges::{ExecPlan, PrivilegeDrop, RunAs};
 use crate::watch::DirWatch;
 use crate::{GvproxyBinary, GvproxyError};
-use airlock_sys_util::{retry_until, signal_group, tail_text, Backoff, ChildExit};
+use airlock_sys_util::{
+    retry_until, signal_group, tail_text, Backoff, ChildExit, IoError, IoResultExt,
+};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -244,7 +246,7 @@ impl GvproxyLauncher {
         // gvproxy's arguments, resolved in its own mount namespace.
         let canonical = tokio::fs::canonicalize(spec.paths.dir())
             .await
-            .map_err(|e| GvproxyError::io("resolve", spec.paths.dir(), e))?;
+            .with_path("resolve", spec.paths.dir())?;
         let resolved;
         let spec = if canonical == spec.paths.dir() {
             spec
@@ -264,19 +266,17 @@ impl GvproxyLauncher {
             let file = paths.config_file();
             tokio::fs::write(&file, render_yaml(spec, addressing))
                 .await
-                .map_err(|e| GvproxyError::io("write", &file, e))?;
+                .with_path("write", &file)?;
             if let Some(run_as) = run_as {
                 chown(&file, run_as).await?;
             }
         }
         let output = tokio::fs::File::create(paths.output_file())
             .await
-            .map_err(|e| GvproxyError::io("create", paths.output_file(), e))?
+            .with_path("create", paths.output_file())?
             .into_std()
             .await;
-        let stderr = output
-            .try_clone()
-            .map_err(|e| GvproxyError::io("dup", paths.output_file(), e))?;
+        let stderr = output.try_clone().with_path("dup", paths.output_file())?;
         let watch = DirWatch::new(paths.dir())?;
 
         let args = command_line(spec, version);
@@ -458,7 +458,7 @@ impl GvproxyHandle {
             tokio::select! {
                 changed = watch.changed() => {
                     if let Err(e) = changed {
-                        return Err(GvproxyError::io("watch", self.paths.dir(), e));
+                        return Err(IoError::new("watch", self.paths.dir(), e).into());
                     }
                 }
                 status = self.child.wait() => {
@@ -729,7 +729,8 @@ async fn chown(path: &Path, run_as: RunAs) -> Result<(), GvproxyError> {
     .await
     .map_err(io::Error::other)
     .and_then(|r| r)
-    .map_err(|e| GvproxyError::io("chown", path, e))
+    .with_path("chown", path)?;
+    Ok(())
 }
 
 /// Makes the directory (0700, owned by `run_as` when given: gvproxy's
@@ -744,10 +745,10 @@ async fn prepare_dir(
     let dir = paths.dir();
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| GvproxyError::io("create", dir, e))?;
+        .with_path("create", dir)?;
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .await
-        .map_err(|e| GvproxyError::io("chmod", dir, e))?;
+        .with_path("chmod", dir)?;
     if let Some(run_as) = run_as {
         chown(dir, run_as).await?;
     }
@@ -762,7 +763,7 @@ async fn prepare_dir(
         match tokio::fs::remove_file(&file).await {
             Ok(()) => tracing::debug!(path = %file.display(), "removed a stale gvproxy file"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(GvproxyError::io("remove stale", &file, e)),
+            Err(e) => return Err(IoError::new("remove stale", &file, e).into()),
         }
     }
     Ok(())

@@ -28,7 +28,6 @@ use crate::framing::{encode_line_within, FrameReader, DEFAULT_MAX_LINE_BYTES};
 use crate::message::*;
 use crate::{check_protocol, truncation_marker, Data, ProtocolError, HELLO_OP};
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -924,10 +923,9 @@ fn unexpected(operation: &'static str, event: EventBody) -> ProtocolError {
     }
 }
 
-/// Hex sha256 of bytes (as both sides report it).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+/// Hex sha256 of bytes (as both sides report it); the one helper of
+/// `airlock-sys-util`, named here too for the client's callers.
+pub use airlock_sys_util::sha256_hex;
 
 #[cfg(test)]
 mod tests {

@@ -151,7 +151,7 @@ fn lists_fingerprint() -> String {
         })
         .unwrap_or_default();
     parts.sort();
-    super::inputs::sha256_hex(parts.join("\n").as_bytes())
+    airlock_sys_util::sha256_hex(parts.join("\n").as_bytes())
 }
 
 /// The versions of `packages` in `archive`, from `apt-cache madison`,

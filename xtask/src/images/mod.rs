@@ -37,8 +37,9 @@ pub use kernel::KernelSource;
 pub use manifest::{Artefact, Kind, Manifest};
 
 use crate::host;
+use airlock_sys_util::{sha256_file_hex, sha256_hex};
 use anyhow::{bail, Context, Result};
-use inputs::{sha256_file, sha256_hex, Inputs};
+use inputs::Inputs;
 use nix::fcntl::{Flock, FlockArg};
 use progress::{mib, Step};
 use rootfs::Language;
@@ -538,7 +539,7 @@ fn uuid_from_hash(hash: &str) -> String {
 }
 
 fn digest(path: &Path) -> Result<String> {
-    sha256_file(path).with_context(|| format!("hash {}", path.display()))
+    sha256_file_hex(path).with_context(|| format!("hash {}", path.display()))
 }
 
 /// Removes artefacts not in the manifest and, after a full run, trees that

@@ -16,7 +16,7 @@ use crate::accel::AccelVerdict;
 use crate::args::{base_kernel_words, Argv};
 use crate::spec::BootImages;
 use crate::{Accel, Arch, HostCaps, QemuError, QemuVersion};
-use airlock_sys_util::{tail_text, TailBuffer};
+use airlock_sys_util::{tail_text, IoResultExt, TailBuffer};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -336,7 +336,7 @@ impl KvmProbe<'_> {
         let scratch = tempfile::Builder::new()
             .prefix("airlock-kvm-probe-")
             .tempdir()
-            .map_err(|e| QemuError::io("create a temp dir for", std::env::temp_dir(), e))?;
+            .with_path("create a temp dir for", std::env::temp_dir())?;
         let console_log = scratch.path().join("console.log");
         let args = probe_args(self.arch, self.version, images, &console_log);
         tracing::debug!(binary = %self.binary.display(), ?args, "kvm probe: booting");
