@@ -11,7 +11,7 @@ use airlock_agent::ports::{
     SYS_VIRTIO_PORTS,
 };
 use airlock_agent::{prepare_home, ready_line, serve_with, AgentConfig, AgentError, Repls, RunAs};
-use airlock_protocol::{CMD_PORT_NAME, EVENT_PORT_NAME};
+use airlock_protocol::abi::{CMD_PORT_NAME, EVENT_PORT_NAME, SANDBOX_HOME};
 use airlock_sys_util::IoError;
 use clap::Parser;
 use std::os::unix::fs::FileTypeExt;
@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, requires = "cmd_socket", value_name = "PATH")]
     event_socket: Option<PathBuf>,
     /// The sandbox home: user code's working directory, root of file paths.
-    #[arg(long, default_value = "/home/sandbox", value_name = "DIR")]
+    #[arg(long, default_value = SANDBOX_HOME, value_name = "DIR")]
     home: PathBuf,
     /// Run user code as UID:GID (default 1000:1000 when root; ignored when
     /// the agent is not root).

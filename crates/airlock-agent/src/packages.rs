@@ -21,7 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Where `airlock-init` mounts the package layer.
-pub const PACKAGES_DIR: &str = "/opt";
+pub const PACKAGES_DIR: &str = airlock_protocol::abi::PACKAGES_MOUNT;
 /// pip's `--target` in the layer (on `PYTHONPATH`).
 pub const PYTHON_DIR: &str = "/opt/python";
 /// npm's `--prefix` in the layer.

@@ -9,8 +9,10 @@ mod loopback;
 
 use airlock_init::{
     describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, PackagesMount,
-    AGENT_PATH, LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL, ROOT_SERIAL, SANDBOX_HOME,
-    SANDBOX_UID,
+};
+use airlock_protocol::abi::{
+    AGENT_PATH, INIT_LOG_PREFIX as LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL, ROOT_SERIAL,
+    SANDBOX_HOME, SANDBOX_UID,
 };
 use airlock_sys_util::IoResultExt;
 use nix::mount::{mount, MsFlags};

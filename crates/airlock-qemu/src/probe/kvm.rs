@@ -34,7 +34,7 @@ pub const KERNEL_BANNER: &str = "Linux version ";
 /// does not give), so this line counts as reaching init too.
 pub const KERNEL_INIT_HANDOVER: &str = "Run /init as init process";
 /// The prefix of every line the guest init prints.
-pub const DEFAULT_INIT_MARKER: &str = "airlock-init:";
+pub const DEFAULT_INIT_MARKER: &str = airlock_protocol::abi::INIT_LOG_PREFIX;
 /// Guest memory for the probe boot.
 pub const PROBE_MEMORY_MIB: u32 = 128;
 /// How often the probe looks at the console and the process.
