@@ -264,14 +264,24 @@ impl GvproxyLauncher {
             exposed: exposed_ports(&spec),
             paths: spec.paths.clone(),
             addressing,
-            api: GvproxyApi::new(spec.vm_id(), spec.paths.api_socket(), self.options.api_timeout),
+            api: GvproxyApi::new(
+                spec.vm_id(),
+                spec.paths.api_socket(),
+                self.options.api_timeout,
+            ),
             stop_grace: self.options.stop_grace,
             ready_after: Duration::ZERO,
             stopped: false,
         };
         let push_zones = !version.takes_config_file();
         handle
-            .ready_or_stopped(&spec, watch, started, self.options.ready_timeout, push_zones)
+            .ready_or_stopped(
+                &spec,
+                watch,
+                started,
+                self.options.ready_timeout,
+                push_zones,
+            )
             .await
     }
 
@@ -659,17 +669,13 @@ async fn write_config(
 }
 
 /// gvproxy's output file, opened twice: its standard output and error.
-async fn open_output(
-    paths: &GvproxyPaths,
-) -> Result<(std::fs::File, std::fs::File), GvproxyError> {
+async fn open_output(paths: &GvproxyPaths) -> Result<(std::fs::File, std::fs::File), GvproxyError> {
     let stdout = tokio::fs::File::create(paths.output_file())
         .await
         .with_path("create", paths.output_file())?
         .into_std()
         .await;
-    let stderr = stdout
-        .try_clone()
-        .with_path("dup", paths.output_file())?;
+    let stderr = stdout.try_clone().with_path("dup", paths.output_file())?;
     Ok((stdout, stderr))
 }
 
