@@ -6,9 +6,9 @@
 //! change only redoes the fast second stage (agent copy, set-uid and
 //! set-gid bits stripped, mkfs, qemu-img).
 
-use super::apt::Archive;
 use super::progress::{mib, Step};
 use super::{run_logged, Kind};
+use crate::host::archive::Archive;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
