@@ -19,8 +19,8 @@ pub struct RunAs {
 impl RunAs {
     /// The sandbox user of the guest images (`1000:1000`).
     pub const SANDBOX: RunAs = RunAs {
-        uid: 1000,
-        gid: 1000,
+        uid: airlock_protocol::abi::SANDBOX_UID,
+        gid: airlock_protocol::abi::SANDBOX_UID,
     };
 }
 
@@ -97,7 +97,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            home: PathBuf::from("/home/sandbox"),
+            home: PathBuf::from(airlock_protocol::abi::SANDBOX_HOME),
             run_as: None,
             user_name: "sandbox".into(),
             path_env: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),

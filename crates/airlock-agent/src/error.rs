@@ -2,6 +2,7 @@
 //! [`ErrorKind`] reported to the host.
 
 use airlock_protocol::{ErrorKind, OpId};
+use airlock_sys_util::IoError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,16 +47,8 @@ pub enum AgentError {
         limit_bytes: u64,
     },
     /// A file operation failed.
-    #[error("{action} {path:?} failed: {source}")]
-    Io {
-        /// What the agent was doing (`create`, `write`, `rename`...).
-        action: &'static str,
-        /// The path as given by the host.
-        path: String,
-        /// The system error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The interpreter or package manager could not be started.
     #[error(
         "cannot start {program}: {source} (is it installed in the guest image, and may the \
@@ -125,7 +118,7 @@ impl AgentError {
             Self::InvalidPath { .. } => ErrorKind::InvalidPath,
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::LimitExceeded { .. } => ErrorKind::LimitExceeded,
-            Self::Io { .. } | Self::PortNotFound { .. } | Self::Transport(_) => ErrorKind::Io,
+            Self::Io(_) | Self::PortNotFound { .. } | Self::Transport(_) => ErrorKind::Io,
             Self::Spawn { .. } => ErrorKind::SpawnFailed,
             Self::BadState(_) => ErrorKind::BadState,
             Self::Unsupported(_) => ErrorKind::Unsupported,
@@ -155,11 +148,7 @@ impl AgentError {
             Some(libc::ENOENT) => Self::NotFound {
                 path: path.to_owned(),
             },
-            _ => Self::Io {
-                action,
-                path: path.to_owned(),
-                source: err,
-            },
+            _ => IoError::new(action, path, err).into(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::home::Home;
 use crate::rel_path::{name_cstring, RelPath};
 use crate::{sys, AgentConfig, AgentError, RunAs};
 use airlock_protocol::{FileEntry, FileKind};
+use airlock_sys_util::{IoError, IoResultExt};
 use nix::fcntl::{renameat, AtFlags};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -141,11 +142,7 @@ impl FileWriter {
                 Some(dir.as_raw_fd()),
                 fin.as_c_str(),
             )
-            .map_err(|e| AgentError::Io {
-                action: "rename into place",
-                path: path.clone(),
-                source: e.into(),
-            })?;
+            .with_path("rename into place", &path)?;
             // Make the rename durable (a no-op on tmpfs).
             let _ = nix::unistd::fsync(dir.as_raw_fd());
             Ok(())
@@ -157,11 +154,7 @@ impl FileWriter {
     }
 
     fn io(&self, action: &'static str, source: std::io::Error) -> AgentError {
-        AgentError::Io {
-            action,
-            path: self.path.clone(),
-            source,
-        }
+        AgentError::from(IoError::new(action, self.path.clone(), source))
     }
 }
 
@@ -185,11 +178,7 @@ fn create_temp(
     mode: u32,
     owner: Option<RunAs>,
 ) -> Result<(CString, OwnedFd), AgentError> {
-    let io_err = |action, source| AgentError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
+    let io_err = |action, source| AgentError::from(IoError::new(action, path.to_owned(), source));
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     for _ in 0..16 {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -248,11 +237,7 @@ impl FileReader {
             let fd = Home::open(&home)?
                 .open_beneath(&rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)
                 .map_err(|e| AgentError::from_resolve(&path, "open", e))?;
-            let stat = fstat(fd.as_raw_fd()).map_err(|e| AgentError::Io {
-                action: "inspect",
-                path: path.clone(),
-                source: e.into(),
-            })?;
+            let stat = fstat(fd.as_raw_fd()).with_path("inspect", &path)?;
             if kind_of(&stat) != FileKind::File {
                 return Err(AgentError::InvalidRequest(format!(
                     "{path:?} is not a regular file"
@@ -286,11 +271,7 @@ impl FileReader {
                 .file
                 .read(&mut chunk[filled..])
                 .await
-                .map_err(|source| AgentError::Io {
-                    action: "read",
-                    path: self.path.clone(),
-                    source,
-                })?;
+                .with_path("read", &self.path)?;
             if n == 0 {
                 break;
             }
@@ -327,11 +308,8 @@ pub(crate) async fn list_dir(
     let home = config.home.clone();
     let path = path.to_owned();
     blocking(move || {
-        let io_err = |action, e: nix::Error| AgentError::Io {
-            action,
-            path: path.clone(),
-            source: e.into(),
-        };
+        let io_err =
+            |action, e: nix::Error| AgentError::from(IoError::new(action, path.clone(), e.into()));
         let fd = Home::open(&home)?
             .open_beneath(&rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| AgentError::from_resolve(&path, "open directory", e))?;

@@ -14,6 +14,7 @@
 
 use crate::rel_path::{name_cstring, RelPath};
 use crate::{sys, AgentConfig, AgentError, RunAs};
+use airlock_sys_util::{IoError, IoResultExt};
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstatat, Mode, SFlag};
 use nix::unistd::{fchownat, Gid, Uid};
@@ -56,11 +57,7 @@ impl Home {
     }
 
     pub(crate) fn open_with(path: &Path, resolver: Resolver) -> Result<Home, AgentError> {
-        let io_err = |source| AgentError::Io {
-            action: "open the sandbox home",
-            path: path.display().to_string(),
-            source,
-        };
+        let io_err = |source| AgentError::from(IoError::new("open the sandbox home", path, source));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY)
@@ -146,11 +143,8 @@ impl Home {
                 Ok(next) => dir = next,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     let cname = name_cstring(name, rel.original())?;
-                    make_dir(&dir, &cname, owner).map_err(|source| AgentError::Io {
-                        action: "create directory",
-                        path: prefix.normalized(),
-                        source,
-                    })?;
+                    make_dir(&dir, &cname, owner)
+                        .with_path("create directory", prefix.normalized())?;
                     dir = self.open_beneath(&prefix, flags, 0).map_err(resolve_err)?;
                 }
                 Err(e) => return Err(resolve_err(e)),
@@ -217,11 +211,7 @@ fn open_component(
 /// [`AgentError::Io`] when the home cannot be created or handed over.
 pub fn prepare_home(config: &AgentConfig) -> Result<PathBuf, AgentError> {
     let home = config.home.clone();
-    let io_err = |action, source| AgentError::Io {
-        action,
-        path: home.display().to_string(),
-        source,
-    };
+    let io_err = |action, source| AgentError::from(IoError::new(action, &home, source));
     if !home.exists() {
         std::fs::create_dir_all(&home).map_err(|e| io_err("create the sandbox home", e))?;
     }

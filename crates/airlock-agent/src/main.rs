@@ -11,7 +11,8 @@ use airlock_agent::ports::{
     SYS_VIRTIO_PORTS,
 };
 use airlock_agent::{prepare_home, ready_line, serve_with, AgentConfig, AgentError, Repls, RunAs};
-use airlock_protocol::{CMD_PORT_NAME, EVENT_PORT_NAME};
+use airlock_protocol::abi::{CMD_PORT_NAME, EVENT_PORT_NAME, SANDBOX_HOME};
+use airlock_sys_util::IoError;
 use clap::Parser;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long, requires = "cmd_socket", value_name = "PATH")]
     event_socket: Option<PathBuf>,
     /// The sandbox home: user code's working directory, root of file paths.
-    #[arg(long, default_value = "/home/sandbox", value_name = "DIR")]
+    #[arg(long, default_value = SANDBOX_HOME, value_name = "DIR")]
     home: PathBuf,
     /// Run user code as UID:GID (default 1000:1000 when root; ignored when
     /// the agent is not root).
@@ -192,11 +193,7 @@ async fn serve_sockets(
 
 /// Binds a unix socket, replacing a stale socket file.
 fn bind(path: &Path) -> Result<UnixListener, AgentError> {
-    let io_err = |action, source| AgentError::Io {
-        action,
-        path: path.display().to_string(),
-        source,
-    };
+    let io_err = |action, source| AgentError::from(IoError::new(action, path, source));
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;

@@ -15,12 +15,13 @@
 //!   flushes it and leaves a clean file system for the host to keep.
 
 use crate::AgentError;
+use airlock_sys_util::{IoError, IoResultExt};
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Where `airlock-init` mounts the package layer.
-pub const PACKAGES_DIR: &str = "/opt";
+pub const PACKAGES_DIR: &str = airlock_protocol::abi::PACKAGES_MOUNT;
 /// pip's `--target` in the layer (on `PYTHONPATH`).
 pub const PYTHON_DIR: &str = "/opt/python";
 /// npm's `--prefix` in the layer.
@@ -81,11 +82,7 @@ pub fn writable_layer() -> bool {
 /// [`AgentError::Io`] naming the dir.
 pub fn prepare_layer(dirs: &[&str], owner: Option<(u32, u32)>) -> Result<(), AgentError> {
     for dir in dirs.iter().chain([&SCRATCH_DIR]) {
-        let io = |action, source| AgentError::Io {
-            action,
-            path: (*dir).to_owned(),
-            source,
-        };
+        let io = |action, source| AgentError::from(IoError::new(action, (*dir).to_owned(), source));
         std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| io("chown", e))?;
@@ -113,10 +110,12 @@ pub fn seal_layer() -> Result<(), AgentError> {
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOATIME;
-    let target = CString::new(PACKAGES_DIR).map_err(|e| AgentError::Io {
-        action: "remount read-only",
-        path: PACKAGES_DIR.into(),
-        source: std::io::Error::other(e),
+    let target = CString::new(PACKAGES_DIR).map_err(|e| {
+        AgentError::from(IoError::new(
+            "remount read-only",
+            PACKAGES_DIR,
+            std::io::Error::other(e),
+        ))
     })?;
     mount(
         None::<&str>,
@@ -125,11 +124,8 @@ pub fn seal_layer() -> Result<(), AgentError> {
         flags,
         None::<&str>,
     )
-    .map_err(|errno| AgentError::Io {
-        action: "remount read-only",
-        path: PACKAGES_DIR.into(),
-        source: std::io::Error::from(errno),
-    })
+    .with_path("remount read-only", PACKAGES_DIR)?;
+    Ok(())
 }
 
 #[cfg(test)]

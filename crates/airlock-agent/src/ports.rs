@@ -11,6 +11,7 @@
 //! until a host is connected.
 
 use crate::AgentError;
+use airlock_sys_util::IoError;
 use std::future::Future as _;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -92,11 +93,7 @@ pub async fn open_port(device: &Path, write: bool) -> Result<tokio::fs::File, Ag
         .write(write)
         .open(device)
         .await
-        .map_err(|source| AgentError::Io {
-            action: "open virtio-serial port",
-            path: device.display().to_string(),
-            source,
-        })
+        .map_err(|source| AgentError::from(IoError::new("open virtio-serial port", device, source)))
 }
 
 /// How long the host end of the command port may stay closed, once a host

@@ -11,17 +11,14 @@
 
 use crate::error::AgentError;
 use airlock_protocol::{EventBody, MIN_RESEED_ENTROPY_BYTES};
+use airlock_sys_util::IoError;
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_gettime, clock_settime, ClockId};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
 fn io(action: &'static str, path: &str, source: std::io::Error) -> AgentError {
-    AgentError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+    AgentError::from(IoError::new(action, path.to_owned(), source))
 }
 
 /// Where the entropy goes.

@@ -2,7 +2,7 @@
 
 use crate::GvproxyError;
 use airlock_sys_util::executable::{is_executable_async, path_candidates};
-use airlock_sys_util::{output_with_deadline, SysError};
+use airlock_sys_util::{output_with_deadline, IoError, SysError};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -202,7 +202,7 @@ pub async fn probe_version(binary: &Path) -> Result<GvproxyVersion, GvproxyError
                 "no answer to -version within {VERSION_DEADLINE:?}"
             )))
         }
-        Err(other) => return Err(GvproxyError::io("run", binary, other.into_io_error())),
+        Err(other) => return Err(IoError::new("run", binary, other.into_io_error()).into()),
     };
     let text = format!("{}{}", output.stdout_text(), output.stderr_text());
     GvproxyVersion::parse(&text)

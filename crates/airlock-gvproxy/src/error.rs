@@ -1,5 +1,6 @@
 //! The crate's one error type.
 
+use airlock_sys_util::IoError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -207,29 +208,6 @@ pub enum GvproxyError {
     },
 
     /// Reading or writing a file failed.
-    #[error("{action} {path:?}: {source}")]
-    Io {
-        /// What was being done (`read`, `create`, ...).
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl GvproxyError {
-    /// A [`GvproxyError::Io`] for `action` on `path`.
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Self::Io {
-            action,
-            path: path.into(),
-            source,
-        }
-    }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }

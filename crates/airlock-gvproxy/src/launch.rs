@@ -17,8 +17,11 @@ use crate::netns::{self, Cover, NamespaceKind, NamespacePlan, StepReader};
 use crate::privileges::{ExecPlan, PrivilegeDrop, RunAs};
 use crate::watch::DirWatch;
 use crate::{GvproxyBinary, GvproxyError};
-use airlock_sys_util::{retry_until, signal_group, tail_text, Backoff, ChildExit};
+use airlock_sys_util::{
+    retry_until, signal_group, tail_text, Backoff, ChildExit, IoError, IoResultExt,
+};
 use nix::sys::signal::Signal;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
@@ -226,6 +229,69 @@ impl GvproxyLauncher {
         child_setup: Option<ChildSetup>,
     ) -> Result<GvproxyHandle, GvproxyError> {
         spec.validate()?;
+        let (kind, run_as) = self.namespace_and_user(spec.vm_id()).await?;
+        prepare_dir(&spec.paths, spec, run_as).await?;
+        let spec = resolve_dir(spec).await?;
+        let version = self.binary.version;
+        let addressing = Addressing::for_version(spec.vm_id(), version);
+        if version.takes_config_file() {
+            write_config(&spec, addressing, run_as).await?;
+        }
+        let (stdout, stderr) = open_output(&spec.paths).await?;
+        let watch = DirWatch::new(spec.paths.dir())?;
+        let args = command_line(&spec, version);
+        let mut cmd = self.command(&args, spec.paths.dir(), stdout, stderr, child_setup);
+        let child = ChildPlan {
+            vm_id: spec.vm_id().to_owned(),
+            kind,
+            run_as,
+            program: self.binary.path.clone(),
+            args,
+            env: child_env(&cmd),
+            dir: spec.paths.dir().to_owned(),
+        };
+        let steps = child.install(&mut cmd).await?;
+        let started = Instant::now();
+        let child = self
+            .spawn(cmd, &steps, spec.vm_id(), &privilege_drop(run_as))
+            .await?;
+        let (child, netns) = open_netns(child, spec.vm_id(), &spec.paths).await?;
+        let handle = GvproxyHandle {
+            vm_id: spec.vm_id().to_owned(),
+            pid: child.id().unwrap_or_default(),
+            child,
+            netns,
+            exposed: exposed_ports(&spec),
+            paths: spec.paths.clone(),
+            addressing,
+            api: GvproxyApi::new(
+                spec.vm_id(),
+                spec.paths.api_socket(),
+                self.options.api_timeout,
+            ),
+            stop_grace: self.options.stop_grace,
+            ready_after: Duration::ZERO,
+            stopped: false,
+        };
+        let push_zones = !version.takes_config_file();
+        handle
+            .ready_or_stopped(
+                &spec,
+                watch,
+                started,
+                self.options.ready_timeout,
+                push_zones,
+            )
+            .await
+    }
+
+    /// Which namespaces gvproxy gets (the option, else what this process
+    /// may make) and, when Airlock is root, the user it runs as (the
+    /// option, else the default unprivileged user).
+    async fn namespace_and_user(
+        &self,
+        vm_id: &str,
+    ) -> Result<(NamespaceKind, Option<RunAs>), GvproxyError> {
         let kind = self
             .options
             .namespace
@@ -233,81 +299,47 @@ impl GvproxyLauncher {
         let run_as = match (kind, self.options.run_as) {
             (NamespaceKind::UserNamespace, _) => None,
             (NamespaceKind::Privileged, Some(run_as)) => Some(run_as),
-            (NamespaceKind::Privileged, None) => Some(
-                blocking(spec.vm_id(), RunAs::default_user)
-                    .await
-                    .and_then(|r| r)?,
-            ),
-        };
-        prepare_dir(&spec.paths, spec, run_as).await?;
-        // The namespace set-up works on the real path (no symlink): so do
-        // gvproxy's arguments, resolved in its own mount namespace.
-        let canonical = tokio::fs::canonicalize(spec.paths.dir())
-            .await
-            .map_err(|e| GvproxyError::io("resolve", spec.paths.dir(), e))?;
-        let resolved;
-        let spec = if canonical == spec.paths.dir() {
-            spec
-        } else {
-            resolved = GvproxySpec {
-                paths: GvproxyPaths::new(canonical),
-                ..spec.clone()
-            };
-            resolved.validate()?;
-            &resolved
-        };
-        let vm_id = spec.vm_id().to_owned();
-        let paths = spec.paths.clone();
-        let version = self.binary.version;
-        let addressing = Addressing::for_version(&vm_id, version);
-        if version.takes_config_file() {
-            let file = paths.config_file();
-            tokio::fs::write(&file, render_yaml(spec, addressing))
-                .await
-                .map_err(|e| GvproxyError::io("write", &file, e))?;
-            if let Some(run_as) = run_as {
-                chown(&file, run_as).await?;
+            (NamespaceKind::Privileged, None) => {
+                Some(blocking(vm_id, RunAs::default_user).await.and_then(|r| r)?)
             }
-        }
-        let output = tokio::fs::File::create(paths.output_file())
-            .await
-            .map_err(|e| GvproxyError::io("create", paths.output_file(), e))?
-            .into_std()
-            .await;
-        let stderr = output
-            .try_clone()
-            .map_err(|e| GvproxyError::io("dup", paths.output_file(), e))?;
-        let watch = DirWatch::new(paths.dir())?;
+        };
+        Ok((kind, run_as))
+    }
 
-        let args = command_line(spec, version);
+    /// gvproxy's command: its arguments, run in `dir` in its own process
+    /// group, its output to the log file; the caller's `child_setup` runs
+    /// on it first.
+    fn command(
+        &self,
+        args: &[OsString],
+        dir: &Path,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+        child_setup: Option<ChildSetup>,
+    ) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.binary.path);
-        cmd.args(&args)
-            .current_dir(paths.dir())
+        cmd.args(args)
+            .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(output)
+            .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
         if let Some(setup) = child_setup {
             setup(&mut cmd);
         }
-        let env = child_env(&cmd);
-        let privileges = privilege_drop(run_as);
-        let child = ChildPlan {
-            vm_id: vm_id.clone(),
-            kind,
-            run_as,
-            program: self.binary.path.clone(),
-            args,
-            env,
-            dir: paths.dir().to_owned(),
-        };
-        let (plan, steps) = blocking(&vm_id, move || child.prepare())
-            .await
-            .and_then(|r| r)?;
-        // Last: it execs gvproxy itself.
-        plan.install(&mut cmd);
+        cmd
+    }
 
-        let started = Instant::now();
+    /// Forks gvproxy (the caller's way when it gave one, see [`SpawnWith`]).
+    /// A failure is reported as the last pre-exec step the child reached:
+    /// the exec, the privilege drop or a namespace step.
+    async fn spawn(
+        &self,
+        cmd: std::process::Command,
+        steps: &StepReader,
+        vm_id: &str,
+        privileges: &PrivilegeDrop,
+    ) -> Result<tokio::process::Child, GvproxyError> {
         let cmd = tokio::process::Command::from(cmd);
         let spawned = match &self.spawn_with {
             Some(spawn) => spawn(cmd).await,
@@ -316,99 +348,62 @@ impl GvproxyLauncher {
                 cmd.spawn()
             }
         };
-        let child = spawned.map_err(|source| match steps.last_step() {
+        spawned.map_err(|source| match steps.last_step() {
             None | Some(netns::EXEC_STEP) => GvproxyError::Spawn {
-                vm_id: vm_id.clone(),
+                vm_id: vm_id.to_owned(),
                 program: self.binary.path.clone(),
                 source,
             },
             Some(netns::DROP_STEP) => GvproxyError::DropPrivileges {
-                vm_id: vm_id.clone(),
+                vm_id: vm_id.to_owned(),
                 target: privileges.describe(),
                 source,
             },
             Some(step) => GvproxyError::Netns {
-                vm_id: vm_id.clone(),
+                vm_id: vm_id.to_owned(),
                 step,
                 source,
             },
-        })?;
-        let pid = child.id().unwrap_or_default();
-        // Opened at once: the namespace outlives gvproxy while this fd (and
-        // any listener bound in it) lives.
-        let netns = match netns::open_netns_of(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                // It is exiting or gone (a dead process has no
-                // namespaces); if it was not, our SIGKILL says so.
-                let mut child = child;
-                kill_group(pid, Signal::SIGKILL);
-                // Bounded: a child stuck in the kernel must not hang a boot.
-                let exit = tokio::time::timeout(KILL_WAIT, child.wait())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(ChildExit::from);
-                let mut status = exit.map(|x| x.to_string()).unwrap_or_default();
-                if exit == Some(ChildExit::Signal(libc::SIGKILL)) {
-                    status = format!("{status}; cannot open /proc/{pid}/ns/net: {e}");
-                }
-                return Err(GvproxyError::Exited {
-                    vm_id,
-                    status,
-                    log_tail: log_tail(&paths).await,
-                });
-            }
-        };
-        let api = GvproxyApi::new(&vm_id, paths.api_socket(), self.options.api_timeout);
-        let mut handle = GvproxyHandle {
-            vm_id: vm_id.clone(),
-            pid,
-            child,
-            netns,
-            exposed: spec
-                .policy
-                .exposes
-                .iter()
-                .map(|e| ExposedPort {
-                    guest_port: e.guest_port,
-                    host_port: e.host_port,
-                    socket: paths.expose_socket(e.guest_port),
-                })
-                .collect(),
-            paths,
-            addressing,
-            api,
-            stop_grace: self.options.stop_grace,
-            ready_after: Duration::ZERO,
-            stopped: false,
-        };
-        let push_zones = !version.takes_config_file();
-        let ready_timeout = self.options.ready_timeout;
-        match handle
+        })
+    }
+}
+
+impl GvproxyHandle {
+    /// Finishes the start ([`GvproxyHandle::finish_start`]) and returns the
+    /// handle; on failure stops gvproxy first, then returns the error.
+    async fn ready_or_stopped(
+        mut self,
+        spec: &GvproxySpec,
+        watch: DirWatch,
+        started: Instant,
+        ready_timeout: Duration,
+        push_zones: bool,
+    ) -> Result<Self, GvproxyError> {
+        match self
             .finish_start(spec, watch, started, ready_timeout, push_zones)
             .await
         {
             Ok(()) => {
                 tracing::info!(
-                    vm_id = %vm_id,
-                    pid,
+                    vm_id = %self.vm_id,
+                    pid = self.pid,
                     mode = %spec.policy.mode,
-                    ready_ms = handle.ready_after.as_millis() as u64,
+                    ready_ms = self.ready_after.as_millis() as u64,
                     "gvproxy ready"
                 );
-                Ok(handle)
+                Ok(self)
             }
             Err(e) => {
-                let report = handle.stop().await;
-                tracing::warn!(vm_id = %vm_id, error = %e, ?report, "gvproxy start failed");
+                let report = self.stop().await;
+                tracing::warn!(vm_id = %self.vm_id, error = %e, ?report, "gvproxy start failed");
                 Err(e)
             }
         }
     }
-}
 
-impl GvproxyHandle {
+    /// Waits for gvproxy's sockets (by inotify, under the ready deadline),
+    /// checks it got its own network namespace, then pushes its DNS zones
+    /// (versions without a config file) and port forwards over its API.
     async fn finish_start(
         &mut self,
         spec: &GvproxySpec,
@@ -458,7 +453,7 @@ impl GvproxyHandle {
             tokio::select! {
                 changed = watch.changed() => {
                     if let Err(e) = changed {
-                        return Err(GvproxyError::io("watch", self.paths.dir(), e));
+                        return Err(IoError::new("watch", self.paths.dir(), e).into());
                     }
                 }
                 status = self.child.wait() => {
@@ -638,6 +633,99 @@ fn remove_files(files: &[PathBuf], report: &mut StopReport) {
     }
 }
 
+/// The spec with gvproxy's directory resolved to its real path (no
+/// symlink): the namespace set-up works on it, so must gvproxy's
+/// arguments, resolved in its own mount namespace.
+async fn resolve_dir(spec: &GvproxySpec) -> Result<Cow<'_, GvproxySpec>, GvproxyError> {
+    let canonical = tokio::fs::canonicalize(spec.paths.dir())
+        .await
+        .with_path("resolve", spec.paths.dir())?;
+    if canonical == spec.paths.dir() {
+        return Ok(Cow::Borrowed(spec));
+    }
+    let resolved = GvproxySpec {
+        paths: GvproxyPaths::new(canonical),
+        ..spec.clone()
+    };
+    resolved.validate()?;
+    Ok(Cow::Owned(resolved))
+}
+
+/// Writes gvproxy's config file (for versions that take one), owned by
+/// gvproxy's user.
+async fn write_config(
+    spec: &GvproxySpec,
+    addressing: Addressing,
+    run_as: Option<RunAs>,
+) -> Result<(), GvproxyError> {
+    let file = spec.paths.config_file();
+    tokio::fs::write(&file, render_yaml(spec, addressing))
+        .await
+        .with_path("write", &file)?;
+    if let Some(run_as) = run_as {
+        chown(&file, run_as).await?;
+    }
+    Ok(())
+}
+
+/// gvproxy's output file, opened twice: its standard output and error.
+async fn open_output(paths: &GvproxyPaths) -> Result<(std::fs::File, std::fs::File), GvproxyError> {
+    let stdout = tokio::fs::File::create(paths.output_file())
+        .await
+        .with_path("create", paths.output_file())?
+        .into_std()
+        .await;
+    let stderr = stdout.try_clone().with_path("dup", paths.output_file())?;
+    Ok((stdout, stderr))
+}
+
+/// Opens the network namespace of the just-spawned gvproxy, at once: it
+/// outlives gvproxy while this fd (and any listener bound in it) lives.
+/// When it cannot be opened, gvproxy is exiting or gone (a dead process
+/// has no namespaces): it is killed and reaped, and its end reported.
+async fn open_netns(
+    mut child: tokio::process::Child,
+    vm_id: &str,
+    paths: &GvproxyPaths,
+) -> Result<(tokio::process::Child, OwnedFd), GvproxyError> {
+    let pid = child.id().unwrap_or_default();
+    match netns::open_netns_of(pid) {
+        Ok(fd) => Ok((child, fd)),
+        Err(e) => {
+            // If it was not exiting, our SIGKILL says so.
+            kill_group(pid, Signal::SIGKILL);
+            // Bounded: a child stuck in the kernel must not hang a boot.
+            let exit = tokio::time::timeout(KILL_WAIT, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(ChildExit::from);
+            let mut status = exit.map(|x| x.to_string()).unwrap_or_default();
+            if exit == Some(ChildExit::Signal(libc::SIGKILL)) {
+                status = format!("{status}; cannot open /proc/{pid}/ns/net: {e}");
+            }
+            Err(GvproxyError::Exited {
+                vm_id: vm_id.to_owned(),
+                status,
+                log_tail: log_tail(paths).await,
+            })
+        }
+    }
+}
+
+/// The guest ports `spec` exposes, each with the socket gvproxy listens on.
+fn exposed_ports(spec: &GvproxySpec) -> Vec<ExposedPort> {
+    spec.policy
+        .exposes
+        .iter()
+        .map(|e| ExposedPort {
+            guest_port: e.guest_port,
+            host_port: e.host_port,
+            socket: spec.paths.expose_socket(e.guest_port),
+        })
+        .collect()
+}
+
 /// Sends `signal` to the process group `pid` (gvproxy leads its group). A
 /// group already gone is fine; a failure is logged (teardown goes on).
 fn kill_group(pid: u32, signal: Signal) {
@@ -687,6 +775,18 @@ impl ChildPlan {
         let privileges = privilege_drop(self.run_as);
         NamespacePlan::new(self.kind, &self.dir, cover, privileges, exec).map_err(netns)
     }
+
+    /// Prepares the plan off the runtime and installs it on `cmd`, last
+    /// (its pre-exec hook execs gvproxy itself). Returns what tells which
+    /// pre-exec step the child reached, for spawn errors.
+    async fn install(self, cmd: &mut std::process::Command) -> Result<StepReader, GvproxyError> {
+        let vm_id = self.vm_id.clone();
+        let (plan, steps) = blocking(&vm_id, move || self.prepare())
+            .await
+            .and_then(|r| r)?;
+        plan.install(cmd);
+        Ok(steps)
+    }
 }
 
 /// The environment `cmd` would give its child: this process's, with the
@@ -729,7 +829,8 @@ async fn chown(path: &Path, run_as: RunAs) -> Result<(), GvproxyError> {
     .await
     .map_err(io::Error::other)
     .and_then(|r| r)
-    .map_err(|e| GvproxyError::io("chown", path, e))
+    .with_path("chown", path)?;
+    Ok(())
 }
 
 /// Makes the directory (0700, owned by `run_as` when given: gvproxy's
@@ -744,10 +845,10 @@ async fn prepare_dir(
     let dir = paths.dir();
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| GvproxyError::io("create", dir, e))?;
+        .with_path("create", dir)?;
     tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .await
-        .map_err(|e| GvproxyError::io("chmod", dir, e))?;
+        .with_path("chmod", dir)?;
     if let Some(run_as) = run_as {
         chown(dir, run_as).await?;
     }
@@ -762,7 +863,7 @@ async fn prepare_dir(
         match tokio::fs::remove_file(&file).await {
             Ok(()) => tracing::debug!(path = %file.display(), "removed a stale gvproxy file"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(GvproxyError::io("remove stale", &file, e)),
+            Err(e) => return Err(IoError::new("remove stale", &file, e).into()),
         }
     }
     Ok(())

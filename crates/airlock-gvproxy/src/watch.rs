@@ -2,6 +2,7 @@
 #![allow(unsafe_code)]
 
 use crate::GvproxyError;
+use airlock_sys_util::{IoError, IoResultExt};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -22,17 +23,16 @@ impl AsRawFd for InotifyFd {
 impl DirWatch {
     /// Starts watching `dir` (add the watch before the files can appear).
     pub(crate) fn new(dir: &Path) -> Result<Self, GvproxyError> {
-        let watch_error = |e: nix::Error| GvproxyError::io("watch", dir, io::Error::from(e));
-        let inotify =
-            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(watch_error)?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .with_path("watch", dir)?;
         inotify
             .add_watch(dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-            .map_err(watch_error)?;
+            .with_path("watch", dir)?;
         // SAFETY: the fd belongs to the `Inotify` moved into the AsyncFd,
         // which owns it: it stays open for the AsyncFd's whole life and is
         // closed only when the AsyncFd (and so the Inotify) is dropped.
         let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }
-            .map_err(|e| GvproxyError::io("watch", dir, e.into()))?;
+            .map_err(|e| IoError::new("watch", dir, e.into()))?;
         Ok(Self(fd))
     }
 

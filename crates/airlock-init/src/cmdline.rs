@@ -1,6 +1,7 @@
 //! The kernel command line contract: the `airlock.*` arguments init reads.
 
 use crate::InitError;
+use airlock_protocol::abi::{PackagesMount, HOME_MIB_ARG, PACKAGES_ARG, TMP_MIB_ARG};
 
 /// Default size cap of `/tmp`, in MiB.
 pub const DEFAULT_TMP_MIB: u64 = 64;
@@ -21,19 +22,10 @@ pub struct BootArgs {
     /// `airlock.home_mib=N`: size cap of `/home/sandbox`, in MiB.
     pub home_mib: u64,
     /// `airlock.packages=ro|rw`: a package layer disk (serial
-    /// [`crate::PACKAGES_SERIAL`]) is attached; mount it on
-    /// [`crate::PACKAGES_MOUNT`], read-only (runs) or writable (the
+    /// [`airlock_protocol::abi::PACKAGES_SERIAL`]) is attached; mount it on
+    /// [`airlock_protocol::abi::PACKAGES_MOUNT`], read-only (runs) or writable (the
     /// install VM). `None`: no layer.
     pub packages: Option<PackagesMount>,
-}
-
-/// How the package layer is mounted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackagesMount {
-    /// Read-only: a run over a finished layer.
-    ReadOnly,
-    /// Writable: the install VM that fills the layer.
-    ReadWrite,
 }
 
 impl Default for BootArgs {
@@ -56,9 +48,9 @@ impl BootArgs {
                 continue;
             };
             match key {
-                "airlock.tmp_mib" => args.tmp_mib = parse_mib(key, value)?,
-                "airlock.home_mib" => args.home_mib = parse_mib(key, value)?,
-                "airlock.packages" => args.packages = parse_packages(key, value)?,
+                TMP_MIB_ARG => args.tmp_mib = parse_mib(key, value)?,
+                HOME_MIB_ARG => args.home_mib = parse_mib(key, value)?,
+                PACKAGES_ARG => args.packages = parse_packages(key, value)?,
                 _ => {}
             }
         }
@@ -98,11 +90,10 @@ fn split_words(cmdline: &str) -> Vec<String> {
 }
 
 fn parse_packages(arg: &str, value: &str) -> Result<Option<PackagesMount>, InitError> {
-    match value {
-        "ro" => Ok(Some(PackagesMount::ReadOnly)),
-        "rw" => Ok(Some(PackagesMount::ReadWrite)),
-        "none" => Ok(None),
-        _ => Err(InitError::BadArg {
+    match PackagesMount::parse(value) {
+        Some(mount) => Ok(Some(mount)),
+        None if value == "none" => Ok(None),
+        None => Err(InitError::BadArg {
             arg: arg.to_owned(),
             value: value.to_owned(),
             reason: "expected ro, rw or none".to_owned(),

@@ -24,14 +24,8 @@ pub enum InitError {
         source: nix::Error,
     },
     /// A file could not be read or written.
-    #[error("{what}: {source}")]
-    Io {
-        /// What init was doing, e.g. `read /proc/cmdline`.
-        what: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] airlock_sys_util::IoError),
     /// No block device carries the serial looked for (the root disk's,
     /// or the package layer's when the command line announces one).
     #[error(

@@ -13,6 +13,10 @@
 //! choice ([`find_root_disk`]) and the console line with the boot milestones
 //! ([`Milestones`]). The binary (`src/main.rs`) is the thin effectful shell.
 //!
+//! The names it shares with the host (disk serials, kernel arguments, the
+//! agent's path, the sandbox user and home) are the guest ABI,
+//! `airlock_protocol::abi`.
+//!
 //! It does not speak the host protocol (that is `airlock-agent`), load
 //! kernel modules (the guest kernel has none), configure `eth0` (the kernel
 //! does, from the static `ip=` argument the host passes to VMs with a
@@ -39,26 +43,8 @@ mod error;
 mod milestones;
 mod rootdisk;
 
-pub use cmdline::{BootArgs, PackagesMount, DEFAULT_HOME_MIB, DEFAULT_TMP_MIB, MAX_TMPFS_MIB};
+pub use airlock_protocol::abi::PackagesMount;
+pub use cmdline::{BootArgs, DEFAULT_HOME_MIB, DEFAULT_TMP_MIB, MAX_TMPFS_MIB};
 pub use error::InitError;
 pub use milestones::Milestones;
-pub use rootdisk::{describe_disks, find_root_disk, DiskSerial, ROOT_SERIAL};
-
-/// Where the agent lives in every root disk.
-pub const AGENT_PATH: &str = "/usr/local/bin/airlock-agent";
-
-/// Numeric id of the unprivileged `sandbox` user (and its group).
-pub const SANDBOX_UID: u32 = 1000;
-
-/// The serial the host gives a package layer disk.
-pub const PACKAGES_SERIAL: &str = "airlock-packages";
-
-/// Where the package layer is mounted (an empty dir of every root disk):
-/// `python/` holds pip's `--target`, `node/node_modules/` npm's packages.
-pub const PACKAGES_MOUNT: &str = "/opt";
-
-/// The sandbox user's home: a size-capped tmpfs owned by [`SANDBOX_UID`].
-pub const SANDBOX_HOME: &str = "/home/sandbox";
-
-/// Prefix of every line `airlock-init` writes to the console.
-pub const LOG_PREFIX: &str = "airlock-init:";
+pub use rootdisk::{describe_disks, find_root_disk, DiskSerial};

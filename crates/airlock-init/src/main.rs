@@ -9,9 +9,12 @@ mod loopback;
 
 use airlock_init::{
     describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, PackagesMount,
-    AGENT_PATH, LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL, ROOT_SERIAL, SANDBOX_HOME,
-    SANDBOX_UID,
 };
+use airlock_protocol::abi::{
+    AGENT_PATH, INIT_LOG_PREFIX as LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL, ROOT_SERIAL,
+    SANDBOX_HOME, SANDBOX_UID,
+};
+use airlock_sys_util::IoResultExt;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -56,10 +59,7 @@ fn boot() -> Result<String, InitError> {
     load_modules();
     // eth0, when the VM has one, is configured by the kernel (`ip=`).
     loopback::bring_up()?;
-    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|source| InitError::Io {
-        what: "read /proc/cmdline".into(),
-        source,
-    })?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").with_path("read", "/proc/cmdline")?;
     let args = BootArgs::parse(&cmdline)?;
     let disk = wait_for_disk(ROOT_SERIAL)?;
     // Looked up now: /sys and /dev move into the new root below.
@@ -233,10 +233,7 @@ fn mount_packages(disk: &str, mode: PackagesMount) -> Result<(), InitError> {
 /// `MS_MOVE` onto `/` and `chroot`, as switch_root does.
 fn switch_root() -> Result<(), InitError> {
     // The initramfs holds nothing else worth freeing (a few empty dirs).
-    std::fs::remove_file("/init").map_err(|source| InitError::Io {
-        what: "free the initramfs (rm /init)".into(),
-        source,
-    })?;
+    std::fs::remove_file("/init").with_path("free the initramfs: remove", "/init")?;
     chdir(NEW_ROOT).map_err(|source| sys(format!("chdir {NEW_ROOT}"), source))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(|source| sys(format!("move {NEW_ROOT} to /"), source))?;
@@ -285,10 +282,7 @@ fn supervise(agent: Child) -> String {
 /// and the BIOS fallback never returns (measured: QEMU kept running). Set
 /// early, so that a kernel panic (`panic=-1` restarts) also ends the VM.
 fn restart_by_triple_fault() -> Result<(), InitError> {
-    std::fs::write(REBOOT_TYPE, "triple").map_err(|source| InitError::Io {
-        what: format!("write {REBOOT_TYPE}"),
-        source,
-    })
+    Ok(std::fs::write(REBOOT_TYPE, "triple").with_path("write", REBOOT_TYPE)?)
 }
 
 /// Powers the VM off by restarting it (see [`restart_by_triple_fault`]).
@@ -326,10 +320,7 @@ fn make_dir(path: &str) -> Result<(), InitError> {
     if Path::new(path).is_dir() {
         return Ok(());
     }
-    std::fs::create_dir(path).map_err(|source| InitError::Io {
-        what: format!("mkdir {path}"),
-        source,
-    })
+    Ok(std::fs::create_dir(path).with_path("create directory", path)?)
 }
 
 fn sys(what: String, source: nix::Error) -> InitError {

@@ -1,6 +1,6 @@
 //! The one console line that reports how the boot went.
 
-use crate::LOG_PREFIX;
+use airlock_protocol::abi::INIT_LOG_PREFIX as LOG_PREFIX;
 
 /// Boot milestones, in milliseconds since the kernel started
 /// (`CLOCK_BOOTTIME`).

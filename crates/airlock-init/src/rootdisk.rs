@@ -1,8 +1,5 @@
 //! Choosing the root disk among the block devices by virtio serial.
 
-/// The serial the host gives the root drive (`-device virtio-blk-device,serial=...`).
-pub const ROOT_SERIAL: &str = "airlock-root";
-
 /// A block device and the content of its `/sys/block/<name>/serial`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSerial {
@@ -53,6 +50,7 @@ pub fn describe_disks(disks: &[DiskSerial]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_protocol::abi::ROOT_SERIAL;
     use proptest::prelude::*;
 
     #[test]

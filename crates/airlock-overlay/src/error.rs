@@ -1,5 +1,6 @@
 //! The one error type of this crate.
 
+use airlock_sys_util::IoError;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -149,16 +150,8 @@ pub enum OverlayError {
     },
 
     /// A file operation on an overlay failed.
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 
     /// The pool was stopped; it hands out nothing more.
     #[error("the overlay pool was stopped; create a new `OverlayPool` to acquire overlays")]

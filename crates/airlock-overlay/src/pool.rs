@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_sys_util::{output_with_deadline, SysError};
+use airlock_sys_util::{output_with_deadline, IoError, SysError};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -261,10 +261,12 @@ impl OverlayPool {
                 shared.try_hit_blocking(&base_owned, &dest_owned)
             })
             .await
-            .map_err(|join| OverlayError::Io {
-                op: "move an overlay to",
-                path: dest.to_path_buf(),
-                source: io::Error::other(join),
+            .map_err(|join| {
+                OverlayError::from(IoError::new(
+                    "move an overlay to",
+                    dest.to_path_buf(),
+                    io::Error::other(join),
+                ))
             })?;
             match outcome {
                 HitOutcome::Hit { id, backing } => return Ok(Served::Hit { id, backing }),
@@ -323,11 +325,11 @@ impl OverlayPool {
             tokio::task::spawn_blocking(move || shared.move_out_blocking(&out_owned, &dest_owned))
                 .await
                 .unwrap_or_else(|join| {
-                    Err(MoveError::Fatal(OverlayError::Io {
-                        op: "move an overlay to",
-                        path: dest.to_path_buf(),
-                        source: io::Error::other(join),
-                    }))
+                    Err(MoveError::Fatal(OverlayError::from(IoError::new(
+                        "move an overlay to",
+                        dest.to_path_buf(),
+                        io::Error::other(join),
+                    ))))
                 });
         if let Err(error) = moved {
             remove_quietly(&out).await;

@@ -1,6 +1,7 @@
 //! The pool directory on disk: creating and locking it, comparing
 //! filesystems, sweeping it, and moving overlays out of it.
 
+use airlock_sys_util::IoResultExt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -85,11 +86,7 @@ impl PoolDir {
     pub async fn check_same_filesystem(&self, other: &Path) -> Result<()> {
         let other_dev = tokio::fs::metadata(other)
             .await
-            .map_err(|source| OverlayError::Io {
-                op: "stat",
-                path: other.to_path_buf(),
-                source,
-            })?
+            .with_path("stat", other)?
             .dev();
         if other_dev == self.dev {
             Ok(())

@@ -3,6 +3,7 @@
 //! [`crate::pool`] (the handles) and [`crate::refill`] (the task) both use
 //! it; it uses neither.
 
+use airlock_sys_util::IoError;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -382,11 +383,11 @@ impl Shared {
             {
                 MoveError::SourceGone
             }
-            _ => MoveError::Fatal(OverlayError::Io {
-                op: "move an overlay to",
-                path: dest.to_path_buf(),
-                source: error,
-            }),
+            _ => MoveError::Fatal(OverlayError::from(IoError::new(
+                "move an overlay to",
+                dest.to_path_buf(),
+                error,
+            ))),
         })
     }
 }

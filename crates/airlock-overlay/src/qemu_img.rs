@@ -1,6 +1,7 @@
 //! Creating one overlay with `qemu-img create`: the argv (pure) and the run
 //! (a child process under a deadline, killed on cancellation).
 
+use airlock_sys_util::IoError;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -175,11 +176,11 @@ async fn run(
             status: status.to_string(),
             stderr: summarize_stderr(&stderr),
         }),
-        Ended::Exited(Err(source), _) => Err(OverlayError::Io {
-            op: "wait for qemu-img creating",
-            path: spec.out.clone(),
+        Ended::Exited(Err(source), _) => Err(OverlayError::from(IoError::new(
+            "wait for qemu-img creating",
+            spec.out.clone(),
             source,
-        }),
+        ))),
         Ended::TimedOut => {
             kill_and_reap(&mut child, &spec.out).await;
             Err(OverlayError::CreateTimeout {

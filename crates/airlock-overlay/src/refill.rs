@@ -8,6 +8,7 @@
 //! A base whose creations fail is retried with exponential back-off, one
 //! creation at a time, until one succeeds.
 
+use airlock_sys_util::IoError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +28,11 @@ async fn create_one(job: Job, timeout: Duration, cancel: watch::Receiver<bool>) 
         create_overlay(&job.spec, &job.key, timeout, cancel).await?;
         if let Err(source) = tokio::fs::rename(&job.spec.out, &job.ready_path).await {
             remove_quietly(&job.spec.out).await;
-            return Err(OverlayError::Io {
-                op: "rename a finished overlay to",
-                path: job.ready_path.clone(),
+            return Err(OverlayError::from(IoError::new(
+                "rename a finished overlay to",
+                job.ready_path.clone(),
                 source,
-            });
+            )));
         }
         Ok(job.ready_path.clone())
     }

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_overlay::{OverlayError, OverlayPool, PoolConfig};
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::process::Command;
 
@@ -79,7 +78,7 @@ fn pool_files(pool: &OverlayPool) -> Vec<String> {
 }
 
 fn sha256(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+    airlock_sys_util::sha256_file_hex(path).unwrap()
 }
 
 async fn has(program: &str) -> bool {

@@ -13,6 +13,9 @@
 //! - [`env_policy`]: [`check_env`], which environment variables user code
 //!   may be given; the host checks before it boots, the agent before it
 //!   spawns.
+//! - [`abi`]: the guest ABI, every name host and guest must spell the
+//!   same (disk serials, port names, kernel arguments, guest paths), used
+//!   by `airlock-qemu`, `airlock-init`, the agent and the orchestrator.
 //! - [`client`]: the host side: one reader task dispatching events to the
 //!   operation that awaits them.
 //!
@@ -29,6 +32,7 @@
 //! assert_eq!(back.op, 7);
 //! ```
 
+pub mod abi;
 pub mod client;
 mod data;
 pub mod env_policy;
@@ -58,11 +62,6 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// opened its port is lost, so waiting for the hello, not only pinging,
 /// tells the host at once that the agent is there.
 pub const HELLO_OP: message::OpId = 0;
-
-/// Name of the virtio-serial port that carries requests (host -> guest).
-pub const CMD_PORT_NAME: &str = "airlock.cmd";
-/// Name of the virtio-serial port that carries events (guest -> host).
-pub const EVENT_PORT_NAME: &str = "airlock.event";
 
 /// The marker line appended where a stream's output was cut at `cap_bytes`
 /// (`stream` is `stdout` or `stderr`): the agent adds it at its cap, the

@@ -4,11 +4,11 @@
 use crate::opts::OptList;
 use crate::spec::{
     DiskAccess, IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, VmSpec,
-    CMD_PORT_NAME, EVENT_PORT_NAME, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC,
-    GUEST_NET, GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_KERNEL_CMDLINE_BYTES, MEMORY_BACKEND_ID,
-    ROOT_SERIAL,
+    GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET, GUEST_NET_PREFIX_LEN,
+    HOST_IPV4, MAX_KERNEL_CMDLINE_BYTES, MEMORY_BACKEND_ID,
 };
 use crate::{Accel, Arch, HostCaps, QemuError};
+use airlock_protocol::abi::{CMD_PORT_NAME, EVENT_PORT_NAME, ROOT_SERIAL};
 use std::ffi::{OsStr, OsString};
 use std::net::Ipv4Addr;
 use std::path::Path;

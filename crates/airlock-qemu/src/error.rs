@@ -1,5 +1,6 @@
 //! The crate's one error type.
 
+use airlock_sys_util::IoError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -246,16 +247,8 @@ pub enum QemuError {
     },
 
     /// Reading or writing a file failed.
-    #[error("{action} {path:?}: {source}")]
-    Io {
-        /// What was being done (`read`, `write`, ...).
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 
     /// The QMP socket could not be reached or broke.
     #[error("QMP on {socket:?}: {action}: {source}")]
@@ -306,19 +299,4 @@ pub enum QemuError {
         /// QEMU's error description, when it gave one.
         detail: String,
     },
-}
-
-impl QemuError {
-    /// An [`QemuError::Io`] for `action` on `path`.
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Self::Io {
-            action,
-            path: path.into(),
-            source,
-        }
-    }
 }

@@ -1,20 +1,13 @@
 //! What one VM is made of: [`VmSpec`] and its parts, with validation.
 
 use crate::QemuError;
+use airlock_protocol::abi::ROOT_SERIAL;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Serial of the root disk. The guest init finds its root among the block
-/// devices by this serial (`/sys/block/*/serial`), so it must match
-/// `airlock_init::ROOT_SERIAL`.
-pub const ROOT_SERIAL: &str = "airlock-root";
-/// Name of the virtio-serial port carrying requests (host -> guest).
-pub const CMD_PORT_NAME: &str = "airlock.cmd";
-/// Name of the virtio-serial port carrying events (guest -> host).
-pub const EVENT_PORT_NAME: &str = "airlock.event";
 /// The guest NIC's MAC address: gvproxy's DHCP server has a static lease
 /// (192.168.127.2) for exactly this address.
 pub const GUEST_MAC: &str = "5a:94:ef:e4:0c:ee";

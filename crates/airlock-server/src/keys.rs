@@ -20,7 +20,6 @@ use crate::error::{Result, ServerError};
 use crate::quota::{QuotaOverrides, Quotas};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,7 +71,7 @@ pub struct KeysFile {
 
 /// The hex sha256 of a key.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    airlock_sys_util::sha256_hex(key.as_bytes())
 }
 
 /// A new random key: [`KEY_PREFIX`] and 32 random bytes in hex.

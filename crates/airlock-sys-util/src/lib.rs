@@ -20,14 +20,19 @@
 //!   under a deadline.
 //! - [`image_manifest`]: the format of the guest images' `manifest.json`,
 //!   written by `cargo xtask images` and read by the orchestrator.
+//! - [`io_error`]: [`IoError`], the one "could not {action} {path}" error
+//!   every crate's error enum wraps, and [`IoResultExt::with_path`].
+//! - [`digest`]: [`sha256_hex`] and [`sha256_file_hex`], the one spelling
+//!   of a content hash.
 //!
 //! It does not spawn VMs, talk to QEMU or gvproxy, or hold any policy of its
 //! own: it answers "where" and "how", never "whether". Its errors are one
-//! enum, [`SysError`]; callers map them into their own.
+//! enum, [`SysError`]; callers map them into their own. [`IoError`] is not
+//! one of them: it is the piece other crates' errors share.
 //!
 //! Layer: the bottom of the workspace. It depends on no other Airlock crate;
 //! every other crate (the guest agent included) may depend on it. Without
-//! the `tokio` feature it needs only std, nix, serde and thiserror, which is what
+//! the `tokio` feature it needs only std, nix, serde, thiserror, sha2 and hex, which is what
 //! the statically built guest agent takes.
 //!
 //! ```
@@ -48,12 +53,14 @@
 pub mod backoff;
 #[cfg(feature = "tokio")]
 pub mod child;
+pub mod digest;
 pub mod dirs;
 mod error;
 pub mod executable;
 pub mod exit;
 pub mod id;
 pub mod image_manifest;
+pub mod io_error;
 pub mod proc_scan;
 pub mod process_group;
 pub mod tail;
@@ -63,10 +70,12 @@ pub use backoff::retry_until;
 pub use backoff::Backoff;
 #[cfg(feature = "tokio")]
 pub use child::{output_with_deadline, ChildOutput};
+pub use digest::{sha256_file_hex, sha256_hex};
 pub use dirs::AirlockDirs;
 pub use error::SysError;
 pub use executable::{find_executable, is_executable, path_candidates, which};
 pub use exit::ChildExit;
 pub use id::{check_id, is_valid_id, Id, MAX_ID_LEN};
+pub use io_error::{IoError, IoResultExt};
 pub use process_group::{signal_group, GroupSignal};
 pub use tail::{file_tail, tail_text, TailBuffer};

@@ -65,16 +65,8 @@ pub enum Error {
         what: String,
     },
     /// A file-system step failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] airlock_sys_util::IoError),
     /// QEMU could not be started.
     #[error("vm {vm_id}: cannot start {program}: {source}")]
     Spawn {
@@ -318,11 +310,7 @@ impl Error {
         path: impl Into<PathBuf>,
         source: std::io::Error,
     ) -> Self {
-        Error::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        Error::Io(airlock_sys_util::IoError::new(action, path, source))
     }
 }
 

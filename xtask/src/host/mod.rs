@@ -3,9 +3,14 @@
 //! tools.
 
 pub mod apt_plan;
+pub mod archive;
+pub mod kernel_source;
+#[cfg(test)]
+mod setup_plan_tests;
 
 use anyhow::{bail, Context, Result};
 use apt_plan::Apt;
+use kernel_source::KernelSource;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -54,7 +59,7 @@ pub fn test_requirements() -> Vec<Requirement> {
 /// overlays), debootstrap, the kernel sources and toolchain, cpio, e2fsprogs
 /// and compressors. `lz4` compresses the kernel (`CONFIG_KERNEL_LZ4`:
 /// fastest to decompress).
-pub fn image_requirements(kernel: &crate::images::KernelSource) -> Vec<Requirement> {
+pub fn image_requirements(kernel: &KernelSource) -> Vec<Requirement> {
     vec![
         Requirement::new("qemu-system-x86_64", apt_plan::QEMU_SYSTEM),
         Requirement::new("qemu-img", apt_plan::QEMU_UTILS),
@@ -80,7 +85,7 @@ pub fn image_requirements(kernel: &crate::images::KernelSource) -> Vec<Requireme
 /// As [`ensure`].
 pub fn ensure_all() -> Result<()> {
     ensure_apt_lists()?;
-    let kernel = crate::images::KernelSource::find()?;
+    let kernel = KernelSource::find()?;
     let mut all = test_requirements();
     all.extend(image_requirements(&kernel));
     ensure(&all)
@@ -392,7 +397,7 @@ pub fn ensure_gvproxy() -> Result<PathBuf> {
 /// The Debian 12 path of [`ensure_gvproxy`]: private apt, `apt-get download`,
 /// `dpkg-deb -x`, copy into the cache.
 fn fetch_gvproxy_from_next_release() -> Result<()> {
-    let archive = crate::images::apt::host_archive()
+    let archive = archive::host_archive()
         .context("cannot find the system's Debian mirror to fetch gvproxy from")?;
     if !Path::new(TRIXIE_KEY_MARKER).is_file() {
         bail!(

@@ -3,8 +3,6 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
 
 /// Version of the build recipes. Bump it when a build step changes in a way
 /// the other inputs do not show (trimming, mkfs options, cpio layout, ...):
@@ -52,26 +50,6 @@ impl Inputs {
     }
 }
 
-/// The sha256 of a byte string, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// The sha256 of a file, hex (streamed: fine for binaries of a few MiB).
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,15 +88,5 @@ mod tests {
             Inputs::new("rootfs-raw").hash(),
             Inputs::new("rootfs-python").hash()
         );
-    }
-
-    #[test]
-    fn file_digest_matches_bytes_digest() {
-        let path = std::env::temp_dir().join(format!("xtask-sha-{}", std::process::id()));
-        std::fs::write(&path, b"abc").unwrap();
-        let from_file = sha256_file(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(from_file, sha256_hex(b"abc"));
-        assert!(from_file.starts_with("ba7816bf"));
     }
 }

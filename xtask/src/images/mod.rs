@@ -33,12 +33,14 @@ mod progress;
 mod rootfs;
 pub mod templates;
 
-pub use kernel::KernelSource;
 pub use manifest::{Artefact, Kind, Manifest};
 
 use crate::host;
+use crate::host::archive::{host_archive, Archive};
+use crate::host::kernel_source::KernelSource;
+use airlock_sys_util::{sha256_file_hex, sha256_hex};
 use anyhow::{bail, Context, Result};
-use inputs::{sha256_file, sha256_hex, Inputs};
+use inputs::Inputs;
 use nix::fcntl::{Flock, FlockArg};
 use progress::{mib, Step};
 use rootfs::Language;
@@ -88,7 +90,7 @@ pub fn images_dir() -> Result<PathBuf> {
 /// table says where the time went.
 pub fn run(args: &ImagesArgs) -> Result<Manifest> {
     host::ensure_apt_lists()?;
-    let kernel_source = kernel::KernelSource::find()?;
+    let kernel_source = KernelSource::find()?;
     host::ensure(&host::image_requirements(&kernel_source))?;
     // The build's own time, without host set-up (which demo and test do
     // before, for everything at once).
@@ -328,16 +330,16 @@ struct Planner<'a> {
     ws: &'a Workspace,
     dir: &'a Path,
     /// The host's Debian archive, read on first need.
-    archive: std::sync::OnceLock<apt::Archive>,
-    kernel_source: kernel::KernelSource,
+    archive: std::sync::OnceLock<Archive>,
+    kernel_source: KernelSource,
 }
 
 impl Planner<'_> {
-    fn archive(&self) -> Result<apt::Archive> {
+    fn archive(&self) -> Result<Archive> {
         if let Some(a) = self.archive.get() {
             return Ok(a.clone());
         }
-        let archive = apt::host_archive()?;
+        let archive = host_archive()?;
         Ok(self.archive.get_or_init(|| archive).clone())
     }
 
@@ -538,7 +540,7 @@ fn uuid_from_hash(hash: &str) -> String {
 }
 
 fn digest(path: &Path) -> Result<String> {
-    sha256_file(path).with_context(|| format!("hash {}", path.display()))
+    sha256_file_hex(path).with_context(|| format!("hash {}", path.display()))
 }
 
 /// Removes artefacts not in the manifest and, after a full run, trees that

@@ -6,9 +6,9 @@
 //! change only redoes the fast second stage (agent copy, set-uid and
 //! set-gid bits stripped, mkfs, qemu-img).
 
-use super::apt::Archive;
 use super::progress::{mib, Step};
 use super::{run_logged, Kind};
+use crate::host::archive::Archive;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -99,9 +99,12 @@ impl Language {
 }
 
 /// Numeric id of the sandbox user and group.
-pub const SANDBOX_ID: u32 = 1000;
-/// Where the agent goes in every root disk.
-pub const AGENT_IN_ROOT: &str = "usr/local/bin/airlock-agent";
+pub const SANDBOX_ID: u32 = airlock_protocol::abi::SANDBOX_UID;
+/// Where the agent goes in every root disk: the guest ABI's path, relative
+/// to the tree.
+fn agent_in_root() -> &'static str {
+    airlock_protocol::abi::AGENT_PATH.trim_start_matches('/')
+}
 
 /// The passwd, group, shadow and gshadow lines of the `sandbox` user.
 const SANDBOX_ENTRIES: [(&str, &str); 4] = [
@@ -363,7 +366,7 @@ pub fn build_image(
     uuid: &str,
     out: &Path,
 ) -> Result<u64> {
-    let agent_dst = tree.join(AGENT_IN_ROOT);
+    let agent_dst = tree.join(agent_in_root());
     match agent {
         Some(agent) => {
             std::fs::copy(agent, &agent_dst)

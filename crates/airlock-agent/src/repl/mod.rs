@@ -51,6 +51,7 @@ mod interpreter;
 use crate::exec::{blocking, Sink};
 use crate::{AgentConfig, AgentError};
 use airlock_protocol::{Completion, Event, ExecMode, ExecRequest, Language, OpId};
+use airlock_sys_util::{IoError, IoResultExt};
 use interpreter::{elapsed_ms, CellInput, Interpreter};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -286,11 +287,7 @@ async fn fresh_seed() -> Result<u32, AgentError> {
         let mut bytes = [0u8; 4];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|source| AgentError::Io {
-                action: "read",
-                path: "/dev/urandom".into(),
-                source,
-            })?;
+            .with_path("read", "/dev/urandom")?;
         // bash's $RANDOM takes a 31-bit seed.
         Ok(u32::from_ne_bytes(bytes) & 0x7fff_ffff)
     })
@@ -309,11 +306,8 @@ impl CellFile {
     async fn write(dir: &Path, language: Language, code: String) -> Result<Self, AgentError> {
         let dir = dir.to_owned();
         blocking(move || {
-            let io = |action, path: &Path, source| AgentError::Io {
-                action,
-                path: path.display().to_string(),
-                source,
-            };
+            let io =
+                |action, path: &Path, source| AgentError::from(IoError::new(action, path, source));
             std::fs::DirBuilder::new()
                 .mode(0o755)
                 .recursive(true)

@@ -8,6 +8,7 @@
 
 use crate::accel::AccelVerdict;
 use crate::QemuError;
+use airlock_sys_util::{sha256_file_hex, IoError, IoResultExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -91,7 +92,7 @@ pub(crate) async fn store(cache_dir: &Path, entry: &CachedVerdict) -> Result<Pat
     let dir = probe_dir(cache_dir);
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|e| QemuError::io("create", &dir, e))?;
+        .with_path("create", &dir)?;
     let path = dir.join(entry.key.file_name());
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -99,29 +100,24 @@ pub(crate) async fn store(cache_dir: &Path, entry: &CachedVerdict) -> Result<Pat
         std::process::id()
     ));
     let mut json = serde_json::to_vec_pretty(entry)
-        .map_err(|e| QemuError::io("serialize", &path, std::io::Error::other(e)))?;
+        .map_err(|e| IoError::new("serialize", &path, std::io::Error::other(e)))?;
     json.push(b'\n');
     tokio::fs::write(&tmp, &json)
         .await
-        .map_err(|e| QemuError::io("write", &tmp, e))?;
+        .with_path("write", &tmp)?;
     tokio::fs::rename(&tmp, &path)
         .await
-        .map_err(|e| QemuError::io("rename", &tmp, e))?;
+        .with_path("rename", &tmp)?;
     Ok(path)
 }
 
 /// sha256 (hex) of a file's content, hashed off the async threads.
 pub(crate) async fn file_sha256(path: &Path) -> Result<String, QemuError> {
     let owned = path.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher)?;
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .map_err(|e| QemuError::io("hash", path, std::io::Error::other(e)))?;
-    hashed.map_err(|e| QemuError::io("hash", path, e))
+    let hashed = tokio::task::spawn_blocking(move || sha256_file_hex(&owned))
+        .await
+        .map_err(|e| IoError::new("hash", path, std::io::Error::other(e)))?;
+    Ok(hashed.with_path("hash", path)?)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::accel::AccelVerdict;
 use crate::args::{base_kernel_words, Argv};
 use crate::spec::BootImages;
 use crate::{Accel, Arch, HostCaps, QemuError, QemuVersion};
-use airlock_sys_util::{tail_text, TailBuffer};
+use airlock_sys_util::{tail_text, IoResultExt, TailBuffer};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ pub const KERNEL_BANNER: &str = "Linux version ";
 /// does not give), so this line counts as reaching init too.
 pub const KERNEL_INIT_HANDOVER: &str = "Run /init as init process";
 /// The prefix of every line the guest init prints.
-pub const DEFAULT_INIT_MARKER: &str = "airlock-init:";
+pub const DEFAULT_INIT_MARKER: &str = airlock_protocol::abi::INIT_LOG_PREFIX;
 /// Guest memory for the probe boot.
 pub const PROBE_MEMORY_MIB: u32 = 128;
 /// How often the probe looks at the console and the process.
@@ -336,7 +336,7 @@ impl KvmProbe<'_> {
         let scratch = tempfile::Builder::new()
             .prefix("airlock-kvm-probe-")
             .tempdir()
-            .map_err(|e| QemuError::io("create a temp dir for", std::env::temp_dir(), e))?;
+            .with_path("create a temp dir for", std::env::temp_dir())?;
         let console_log = scratch.path().join("console.log");
         let args = probe_args(self.arch, self.version, images, &console_log);
         tracing::debug!(binary = %self.binary.display(), ?args, "kvm probe: booting");

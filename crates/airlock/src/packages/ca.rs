@@ -22,7 +22,7 @@ use std::time::Duration;
 /// The bundle's name in the guest home.
 pub const GUEST_CA_FILE: &str = ".airlock-ca-bundle.pem";
 /// The sandbox home of the guest images (`airlock-init`'s `SANDBOX_HOME`).
-pub const GUEST_HOME: &str = "/home/sandbox";
+pub const GUEST_HOME: &str = airlock_protocol::abi::SANDBOX_HOME;
 /// Largest bundle accepted (Debian's is about 220 KB).
 pub const MAX_CA_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
 /// Where systems keep their bundle, first found wins (Debian and Ubuntu,

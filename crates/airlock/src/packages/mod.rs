@@ -30,12 +30,13 @@ pub use install::{
 pub use layer::{Layer, LayerDetails, LayerInputs, LayerMetadata, LayerStore, ListedLayer};
 pub use spec::{PackageList, PackageManager, PackageSpec};
 
+use airlock_protocol::abi::PackagesMount;
 use airlock_qemu::{DiskAccess, DiskFormat, ExtraDrive};
 use std::path::PathBuf;
 
-/// The virtio serial of a package layer disk (`airlock-init` looks for
-/// it when the command line says `airlock.packages=ro|rw`).
-pub const PACKAGES_SERIAL: &str = "airlock-packages";
+/// The virtio serial of a package layer disk (the guest ABI's: `airlock-init`
+/// looks for it when the command line says `airlock.packages=ro|rw`).
+pub use airlock_protocol::abi::PACKAGES_SERIAL;
 
 /// A package layer disk attached to a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +66,10 @@ impl PackageDisk {
     /// The disk as QEMU attaches it, and the kernel argument that tells
     /// `airlock-init` to mount it on `/opt` (pure).
     pub fn attachment(&self) -> (ExtraDrive, String) {
-        let (access, mode) = if self.writable {
-            (DiskAccess::ReadWrite, "rw")
+        let (access, mount) = if self.writable {
+            (DiskAccess::ReadWrite, PackagesMount::ReadWrite)
         } else {
-            (DiskAccess::ReadOnly, "ro")
+            (DiskAccess::ReadOnly, PackagesMount::ReadOnly)
         };
         (
             ExtraDrive {
@@ -78,7 +79,7 @@ impl PackageDisk {
                 access,
                 serial: PACKAGES_SERIAL.into(),
             },
-            format!("airlock.packages={mode}"),
+            mount.kernel_arg(),
         )
     }
 }

@@ -1,0 +1,132 @@
+//! The control operations: the agent's hello and ping (with the protocol
+//! version check), the interpreter warm-up, the reseed after a restore, and
+//! a raw line for tests of the agent's error handling.
+
+use super::channel::{next, unexpected, within, AgentInfo};
+use super::handle::Client;
+use crate::message::{Completion, EventBody, Language, OpId, RequestBody};
+use crate::{check_protocol, Data, ProtocolError};
+use std::time::Duration;
+
+impl Client {
+    /// Sends `ping` and waits for `pong` (without checking the version).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Timeout`], [`ProtocolError::Closed`] or a transport
+    /// error.
+    pub async fn ping(&self, timeout: Duration) -> Result<AgentInfo, ProtocolError> {
+        let (op, mut rx) = self.channel.open(RequestBody::Ping).await?;
+        let answer = within(timeout, "ping", next(&mut rx)).await;
+        self.channel.close(op);
+        match answer? {
+            EventBody::Pong { version, protocol } => Ok(AgentInfo { version, protocol }),
+            other => Err(unexpected("ping", other)),
+        }
+    }
+
+    /// Waits for the agent's hello (see [`HELLO_OP`](crate::HELLO_OP)) and checks its
+    /// protocol version. Returns at once if it already came.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Timeout`], [`ProtocolError::Closed`],
+    /// [`ProtocolError::VersionMismatch`].
+    pub async fn hello(&self, timeout: Duration) -> Result<AgentInfo, ProtocolError> {
+        let mut hello = self.channel.hello();
+        let info = within(timeout, "hello", async {
+            hello
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| ProtocolError::Closed)
+                .map(|info| info.clone())
+        })
+        .await?
+        .ok_or(ProtocolError::Closed)?;
+        check_protocol(&info.version, info.protocol)?;
+        Ok(info)
+    }
+
+    /// Pings and checks that the agent speaks our protocol version.
+    ///
+    /// # Errors
+    /// As [`Client::ping`], and [`ProtocolError::VersionMismatch`].
+    pub async fn handshake(&self, timeout: Duration) -> Result<AgentInfo, ProtocolError> {
+        let info = self.ping(timeout).await?;
+        check_protocol(&info.version, info.protocol)?;
+        Ok(info)
+    }
+
+    /// Asks the agent to start `language`'s persistent interpreter (the one
+    /// cells run in) with its common modules imported, and waits until it
+    /// is ready.
+    ///
+    /// # Errors
+    /// As [`Client::ping`], or [`ProtocolError::Guest`].
+    pub async fn warm_repl(
+        &self,
+        language: Language,
+        timeout: Duration,
+    ) -> Result<Completion, ProtocolError> {
+        let (op, mut rx) = self
+            .channel
+            .open(RequestBody::WarmRepl { language })
+            .await?;
+        let answer = within(timeout, "warm_repl", next(&mut rx)).await;
+        self.channel.close(op);
+        match answer? {
+            EventBody::Complete(completion) => Ok(completion),
+            other => Err(unexpected("warm_repl", other)),
+        }
+    }
+
+    /// Sends fresh `entropy` and the host's wall clock (`unix_time_ns`) to
+    /// a restored guest; returns `(entropy_bytes, clock_step_ms)` as the
+    /// agent reports them.
+    ///
+    /// # Errors
+    /// As [`Client::ping`], or [`ProtocolError::Guest`].
+    pub async fn reseed(
+        &self,
+        entropy: &[u8],
+        unix_time_ns: u64,
+        timeout: Duration,
+    ) -> Result<(u64, i64), ProtocolError> {
+        let body = RequestBody::Reseed {
+            entropy: Data::base64(entropy.to_vec()),
+            unix_time_ns,
+        };
+        let (op, mut rx) = self.channel.open(body).await?;
+        let answer = within(timeout, "reseed", next(&mut rx)).await;
+        self.channel.close(op);
+        match answer? {
+            EventBody::Reseeded {
+                entropy_bytes,
+                clock_step_ms,
+            } => Ok((entropy_bytes, clock_step_ms)),
+            other => Err(unexpected("reseed", other)),
+        }
+    }
+
+    /// Sends a raw line (for tests of the agent's error handling), then
+    /// waits for the first event of operation `op`.
+    ///
+    /// # Errors
+    /// As [`Client::ping`].
+    pub async fn send_raw_line(
+        &self,
+        op: OpId,
+        line: &[u8],
+        timeout: Duration,
+    ) -> Result<EventBody, ProtocolError> {
+        let mut rx = self.channel.route(op);
+        let mut whole = Vec::with_capacity(line.len() + 1);
+        whole.extend_from_slice(line);
+        whole.push(b'\n');
+        let result = async {
+            self.channel.send_line(whole).await?;
+            within(timeout, "raw line", next(&mut rx)).await
+        }
+        .await;
+        self.channel.close(op);
+        result
+    }
+}
