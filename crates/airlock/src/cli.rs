@@ -177,9 +177,9 @@ impl RunArgs {
         };
         let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
         request.timeout = timeout_from_secs(self.timeout)?;
-        request.network = self.network_request(request.language)?;
-        request.memory_mib = self.memory;
-        request.vcpus = self.cpus;
+        request.spec.network = self.network_request(request.language())?;
+        request.spec.shape.memory_mib = self.memory;
+        request.spec.shape.vcpus = self.cpus;
         for pair in &self.env {
             let (k, v) = parse_env_pair(pair)?;
             request.env.insert(k, v);
@@ -194,7 +194,7 @@ impl RunArgs {
             .into_iter()
             .map(|t| t.remote)
             .collect();
-        request.packages = self.packages.clone();
+        request.spec.packages = self.packages.clone();
         if let Some(path) = &self.ca_bundle {
             crate::packages::CaBundle::File(path.clone()).resolve()?;
         }
@@ -439,7 +439,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     let show_progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
-    let mut observer = Terminal::new(show_progress, !args.json, request.language);
+    let mut observer = Terminal::new(show_progress, !args.json, request.language());
     let result = tokio::select! {
         result = scheduler.run_observed(request, &mut observer) => result,
         stop = interrupts.first() => {
@@ -450,7 +450,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             // once the shutdown has given up is killed here: signalling
             // while the reaper reaps could reach a reused group id. A
             // second interrupt meanwhile forces (`interrupt.rs`).
-            scheduler.manager().shutdown().await;
+            scheduler.shutdown().await;
             let stragglers = crate::process::registry().kill_all();
             eprintln!(
                 "airlock: interrupted ({stop}): the VM was stopped and its files removed{}",
@@ -460,7 +460,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     observer.clear_progress();
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
     match result {
         Ok(result) => {
             let saved = save_downloads(&args, &result).await;
@@ -656,7 +656,7 @@ mod tests {
         let r = parse(&["print(1)"])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(r.language, Language::Python);
+        assert_eq!(r.language(), Language::Python);
         assert_eq!(r.code, "print(1)");
     }
 
@@ -666,7 +666,7 @@ mod tests {
             .to_request(&mut std::io::empty())
             .unwrap();
         assert_eq!(r.code, "echo a\necho b");
-        assert_eq!(r.language, Language::Raw);
+        assert_eq!(r.language(), Language::Raw);
     }
 
     #[test]
@@ -677,7 +677,7 @@ mod tests {
         let r = parse(&[file.to_str().unwrap()])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(r.language, Language::Javascript);
+        assert_eq!(r.language(), Language::Javascript);
         assert_eq!(r.code, "console.log(1)");
     }
 
@@ -697,7 +697,7 @@ mod tests {
         .to_request(&mut std::io::empty())
         .unwrap();
         assert_eq!(r.timeout, Duration::from_millis(2500));
-        assert_eq!((r.memory_mib, r.vcpus), (256, 2));
+        assert_eq!((r.spec.shape.memory_mib, r.spec.shape.vcpus), (256, 2));
         assert_eq!(r.env.get("B").map(String::as_str), Some("x=y"));
     }
 
@@ -733,15 +733,16 @@ mod tests {
     fn network_flags_map_to_modes_and_defaults() {
         use airlock_gvproxy::NetworkMode;
         let none = parse(&["x"]).to_request(&mut std::io::empty()).unwrap();
-        assert_eq!(none.network.mode(), NetworkMode::None);
+        assert_eq!(none.spec.network.mode(), NetworkMode::None);
         let ports = parse(&["--expose", "8080", "x"])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(ports.network.mode(), NetworkMode::Ports);
+        assert_eq!(ports.spec.network.mode(), NetworkMode::Ports);
         let py = parse(&["--network", "x"])
             .to_request(&mut std::io::empty())
             .unwrap();
         let names: Vec<String> = py
+            .spec
             .network
             .allow
             .unwrap()
@@ -753,14 +754,14 @@ mod tests {
             .to_request(&mut std::io::empty())
             .unwrap();
         assert_eq!(
-            raw.network.mode(),
+            raw.spec.network.mode(),
             NetworkMode::None,
             "raw has no default domains"
         );
         let one = parse(&["--allow-domain", "*.Example.com", "x"])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(one.network.mode(), NetworkMode::Allowlist);
+        assert_eq!(one.spec.network.mode(), NetworkMode::Allowlist);
     }
 
     /// Stdin that blocks until `release` is dropped (like a terminal
@@ -805,7 +806,7 @@ mod tests {
         .await;
         let request = read.unwrap().unwrap();
         assert_eq!(request.code, "echo 3");
-        assert_eq!(request.language, Language::Raw);
+        assert_eq!(request.language(), Language::Raw);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -39,6 +39,7 @@
 
 mod builder;
 pub mod cli;
+mod close;
 mod config;
 mod disk;
 pub mod doctor;
@@ -50,8 +51,10 @@ mod host;
 mod images;
 pub mod interrupt;
 mod launcher;
+mod machine;
 mod manager;
 mod network;
+mod observer;
 pub mod owner;
 pub mod packages;
 pub mod pool;
@@ -63,15 +66,22 @@ mod retry;
 mod scheduler;
 mod session;
 mod slots;
+pub mod source;
 #[allow(unsafe_code)] // PR_SET_PDEATHSIG between fork and exec
 mod spawner;
+pub mod spec;
 pub mod sweep;
+mod task;
 mod teardown;
 pub mod template;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod vm;
 mod workdir;
 
+pub use airlock_protocol::Language;
 pub use airlock_sys_util::ChildExit;
+pub use close::CloseReason;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
 pub use files::{
@@ -79,20 +89,26 @@ pub use files::{
 };
 pub use host::Host;
 pub use images::Images;
+pub use machine::{PackageDisk, VmOptions};
 pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
-pub use pool::{PoolConfig, PoolStats, WarmPool};
+pub use observer::{Discard, RunObserver, Stage};
+pub use pool::{PoolStats, WarmPool};
 pub use request::{
-    parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
-    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,
+    parse_env_pair, validate_env, RunRequest, RunResult, Timings, DEFAULT_TIMEOUT, MAX_CODE_BYTES,
 };
-pub use scheduler::{RunObserver, Scheduler, Stage};
+pub use scheduler::{Scheduler, SchedulerParts};
 pub use session::{
-    CellRequest, CellResult, CloseReason, Session, SessionCanceller, SessionOptions,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME,
+    CellRequest, CellResult, Session, SessionCanceller, SessionOptions, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LIFETIME,
+};
+pub use source::{SandboxVm, VmSource};
+pub use spec::{
+    validate_identifier, CaBundle, MachineShape, PoolConfig, SandboxSpec, DEFAULT_MEMORY_MIB,
+    MEMORY_MIB_RANGE, VCPUS_RANGE,
 };
 pub use teardown::{TeardownReport, Usage};
-pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm, VmOptions};
+pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm};
 pub use workdir::WorkDir;
 
 /// Milliseconds of a duration, saturating.

@@ -10,7 +10,10 @@ use crate::host::Host;
 use crate::images::Images;
 use crate::qemu_launcher::QemuLauncher;
 use crate::sweep;
-use crate::vm::{Vm, VmOptions};
+// Re-exported for the CLI modules that still reach it here.
+use crate::machine::VmOptions;
+pub(crate) use crate::task::blocking;
+use crate::vm::Vm;
 use crate::workdir::WorkDir;
 use airlock_limits::Limiter;
 use airlock_overlay::{OverlayPool, PoolConfig};
@@ -39,20 +42,6 @@ impl std::fmt::Debug for VmManager {
             .field("config", self.config())
             .finish_non_exhaustive()
     }
-}
-
-/// Runs blocking work (small file-system scans, probes) off the runtime's
-/// worker threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    task: &'static str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::TaskFailed {
-            task,
-            message: e.to_string(),
-        })
 }
 
 impl VmManager {

@@ -94,11 +94,11 @@ impl SessionArgs {
         let timeout = timeout_from_secs(self.timeout)?;
         crate::request::validate_timeout(timeout)?;
         let mut options = SessionOptions::new(language);
-        options.memory_mib = self.memory;
-        options.vcpus = self.cpus;
-        options.network =
+        options.spec.shape.memory_mib = self.memory;
+        options.spec.shape.vcpus = self.cpus;
+        options.spec.network =
             NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)?;
-        options.packages = self.packages.clone();
+        options.spec.packages = self.packages.clone();
         options.validate()?;
         Ok((options, timeout))
     }
@@ -160,7 +160,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
                 return EXIT_AIRLOCK_FAILED;
             }
         };
-        let cells = cells::split_cells(options.language, &script);
+        let cells = cells::split_cells(options.language(), &script);
         if cells.is_empty() {
             report_failure(
                 &Error::invalid("code", "no code on stdin (cells are split at `# %%` lines)"),
@@ -191,12 +191,12 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     if !args.quiet && std::io::stderr().is_terminal() {
-        eprintln!("airlock: starting a {} session...", options.language);
+        eprintln!("airlock: starting a {} session...", options.language());
     }
     let started = tokio::select! {
         started = scheduler.session(options) => started,
         stop = first_stop(interrupts, &mut sigint) => {
-            scheduler.manager().shutdown().await;
+            scheduler.shutdown().await;
             eprintln!("airlock: interrupted ({stop}) while starting the session: nothing was left behind");
             return interrupt::exit_status(stop);
         }
@@ -205,7 +205,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         Ok(session) => session,
         Err(e) => {
             report_failure(&e, args.debug);
-            scheduler.manager().shutdown().await;
+            scheduler.shutdown().await;
             return EXIT_AIRLOCK_FAILED;
         }
     };
@@ -225,7 +225,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         tracing::warn!(vm_id = report.vm_id, problem, "teardown problem");
     }
     drop(session);
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
     code
 }
 
@@ -397,14 +397,23 @@ mod tests {
         let (options, timeout) = parse(&["-l", "js", "-m", "256", "-t", "2.5", "--cpus", "2"])
             .to_options()
             .unwrap();
-        assert_eq!(options.language, Language::Javascript);
-        assert_eq!((options.memory_mib, options.vcpus), (256, 2));
+        assert_eq!(options.language(), Language::Javascript);
+        assert_eq!(
+            (options.spec.shape.memory_mib, options.spec.shape.vcpus),
+            (256, 2)
+        );
         assert_eq!(timeout, Duration::from_millis(2500));
         let (default, _) = parse(&[]).to_options().unwrap();
-        assert_eq!(default.language, Language::Python);
-        assert_eq!(default.network.mode(), airlock_gvproxy::NetworkMode::None);
+        assert_eq!(default.language(), Language::Python);
+        assert_eq!(
+            default.spec.network.mode(),
+            airlock_gvproxy::NetworkMode::None
+        );
         let (net, _) = parse(&["--network"]).to_options().unwrap();
-        assert_eq!(net.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+        assert_eq!(
+            net.spec.network.mode(),
+            airlock_gvproxy::NetworkMode::Allowlist
+        );
     }
 
     #[test]
@@ -412,7 +421,7 @@ mod tests {
         let (options, _) = parse(&["--packages", "six==1.16.0,idna==3.7"])
             .to_options()
             .unwrap();
-        assert_eq!(options.packages, ["six==1.16.0,idna==3.7"]);
+        assert_eq!(options.spec.packages, ["six==1.16.0,idna==3.7"]);
         for bad in ["six", "six>=1", "https://example.com/six.whl"] {
             assert!(
                 matches!(

@@ -118,7 +118,7 @@ async fn fixture(tweak: impl FnOnce(&mut SessionOptions)) -> Fixture {
     let mut opts = SessionOptions::new(Language::Raw);
     tweak(&mut opts);
     let session = Session::start(
-        vm,
+        Box::new(vm),
         &opts,
         SessionExtras {
             start_ms: 0,
@@ -376,10 +376,10 @@ fn session_options_are_validated() {
         })
     ));
     let mut small = ok.clone();
-    small.memory_mib = 1;
+    small.spec.shape.memory_mib = 1;
     assert!(small.validate().is_err());
     let mut tenant = ok;
-    tenant.tenant = "a b".into();
+    tenant.spec.tenant = "a b".into();
     assert!(tenant.validate().is_err());
 }
 
