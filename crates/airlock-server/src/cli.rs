@@ -399,7 +399,6 @@ pub fn mcp(args: McpArgs) -> i32 {
                 Err(e) => { report(&e); return EXIT_FAILED; }
             },
             stop = interrupts.first() => {
-                airlock::process::registry().kill_all();
                 return interrupt::exit_status(stop);
             }
         };
@@ -408,7 +407,6 @@ pub fn mcp(args: McpArgs) -> i32 {
             _ = interrupts.first() => Ok(()),
         };
         airlock.shutdown().await;
-        airlock::process::registry().kill_all();
         match served {
             Ok(()) => 0,
             Err(e) => {

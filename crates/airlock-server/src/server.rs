@@ -24,7 +24,6 @@ pub async fn run(config: ServerConfig, keyring: Option<Keyring>) -> Result<()> {
     let airlock = tokio::select! {
         started = Airlock::start(config, keyring) => started?,
         stop = interrupts.first() => {
-            airlock::process::registry().kill_all();
             tracing::info!(%stop, "stopped while starting");
             return Ok(());
         }
@@ -71,11 +70,10 @@ pub async fn run(config: ServerConfig, keyring: Option<Keyring>) -> Result<()> {
     // Dropping the server drops the requests still running, and with them
     // their VMs; the shutdown waits for their teardown.
     drop(server);
-    airlock.shutdown().await;
-    let stragglers = airlock::process::registry().kill_all();
+    let stragglers = airlock.shutdown().await;
     tracing::info!(
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        killed = stragglers.len(),
+        killed = stragglers,
         "airlock serve: stopped; every VM destroyed"
     );
     Ok(())

@@ -316,7 +316,6 @@ pub fn main(cli: Cli) -> i32 {
                 code = crate::doctor::run() => code,
                 stop = interrupts.first() => {
                     // The probes' children are killed as their futures drop.
-                    crate::process::registry().kill_all();
                     eprintln!("airlock: interrupted ({stop})");
                     interrupt::exit_status(stop)
                 }
@@ -324,8 +323,8 @@ pub fn main(cli: Cli) -> i32 {
             Command::Snapshot(args) => tokio::select! {
                 code = snapshot::run(args) => code,
                 stop = interrupts.first() => {
-                    // A template build's VM is torn down as its future drops.
-                    crate::process::registry().kill_all();
+                    // A template build's VM is torn down as its future
+                    // drops, its processes with its manager's registry.
                     eprintln!("airlock: interrupted ({stop})");
                     interrupt::exit_status(stop)
                 }
@@ -422,9 +421,8 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         started = Scheduler::start(config) => started,
         stop = interrupts.first() => {
             // The start-up future is dropped: the probes' children with it
-            // (kill_on_drop); what is registered is killed, and this
-            // process's overlay pool dir, if made, removed.
-            crate::process::registry().kill_all();
+            // (kill_on_drop), the manager's processes with its registry;
+            // this process's overlay pool dir, if made, is removed.
             let pools = run_dir.join("overlays");
             let _ = tokio::task::spawn_blocking(move || crate::sweep::remove_own_process_dirs(&pools)).await;
             eprintln!("airlock: interrupted ({stop}) while starting: nothing was left behind");
@@ -446,15 +444,13 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             observer.clear_progress();
             // Dropping the run handed its VM (or half-built VM) to the
             // reaper, which SIGKILLs its machines and removes its files;
-            // the shutdown waits for that. Only what is still registered
-            // once the shutdown has given up is killed here: signalling
-            // while the reaper reaps could reach a reused group id. A
-            // second interrupt meanwhile forces (`interrupt.rs`).
-            scheduler.shutdown().await;
-            let stragglers = crate::process::registry().kill_all();
+            // the shutdown waits for that, and kills what is still
+            // registered once it has given up. A second interrupt
+            // meanwhile forces (`interrupt.rs`).
+            let stragglers = scheduler.shutdown().await;
             eprintln!(
                 "airlock: interrupted ({stop}): the VM was stopped and its files removed{}",
-                if stragglers.is_empty() { String::new() } else { format!(" ({} processes killed)", stragglers.len()) }
+                if stragglers == 0 { String::new() } else { format!(" ({stragglers} processes killed)") }
             );
             return interrupt::exit_status(stop);
         }

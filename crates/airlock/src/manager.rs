@@ -179,10 +179,16 @@ impl VmManager {
 
     /// Refuses further boots, waits for the teardown of VMs that were
     /// dropped, and stops the overlay pool (deleting pooled overlays). VMs
-    /// still alive keep their own overlays until destroyed.
-    pub async fn shutdown(&self) {
+    /// still alive keep their own overlays until destroyed. When the
+    /// teardowns did not end in time, their processes still registered are
+    /// killed; returns how many were.
+    pub async fn shutdown(&self) -> usize {
+        let mut stragglers = 0;
         if !self.inner.factory.shutdown(SHUTDOWN_FLUSH).await {
             tracing::warn!("teardowns of dropped VMs still running at shutdown");
+            // Only now: signalling while the reaper reaps could reach a
+            // reused group id.
+            stragglers = self.inner.factory.kill_stragglers();
         }
         let report = self.inner.overlays.stop().await;
         tracing::debug!(?report, "overlay pool stopped");
@@ -193,5 +199,6 @@ impl VmManager {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the overlay pool dir");
             }
         }
+        stragglers
     }
 }

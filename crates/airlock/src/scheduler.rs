@@ -201,14 +201,17 @@ impl Scheduler {
 
     /// Drains the warm pools (their waiting VMs destroyed), then shuts
     /// the manager down ([`VmManager::shutdown`]): no VM starts after
-    /// this. VMs handed out before stay the caller's to destroy.
-    pub async fn shutdown(&self) {
-        if let Some(host) = &self.inner.host {
-            for pool in host.pools.iter() {
-                pool.shutdown().await;
-            }
-            host.manager.shutdown().await;
+    /// this. VMs handed out before stay the caller's to destroy. Returns
+    /// how many processes the teardowns left and were killed (0 when
+    /// every teardown ended in time).
+    pub async fn shutdown(&self) -> usize {
+        let Some(host) = &self.inner.host else {
+            return 0;
+        };
+        for pool in host.pools.iter() {
+            pool.shutdown().await;
         }
+        host.manager.shutdown().await
     }
 
     /// Runs the request and returns its collected result.

@@ -249,7 +249,8 @@ impl FakeVm {
     }
 }
 
-fn completion(exit_code: i32) -> Completion {
+/// A completion with `exit_code` and nothing else of note.
+pub fn completion(exit_code: i32) -> Completion {
     Completion {
         exit_code,
         timed_out: false,

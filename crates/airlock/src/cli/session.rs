@@ -185,7 +185,6 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             }
         },
         stop = first_stop(interrupts, &mut sigint) => {
-            crate::process::registry().kill_all();
             eprintln!("airlock: interrupted ({stop}) while starting");
             return interrupt::exit_status(stop);
         }
