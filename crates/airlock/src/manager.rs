@@ -129,6 +129,13 @@ impl VmManager {
         })
     }
 
+    /// Removes the overlay pool dir this process made under `run_dir`, if
+    /// any: after a [`VmManager::start`] (or [`crate::Scheduler::start`])
+    /// that was interrupted and dropped. Blocking (small directory work).
+    pub fn remove_own_pool_dirs(run_dir: &std::path::Path) {
+        sweep::remove_own_process_dirs(&run_dir.join("overlays"));
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         self.inner.factory.config()

@@ -318,4 +318,85 @@ mod tests {
         assert!(json.get("network").is_none(), "{json}");
         assert_eq!(json["memory_mib"], 512);
     }
+
+    #[test]
+    fn the_json_schema_names_the_rest_fields_and_hides_the_cli_only_one() {
+        let schema = serde_json::to_value(schemars::schema_for!(SandboxArgs)).unwrap();
+        let properties = &schema["properties"];
+        for field in ["memory_mib", "cpus", "network", "packages"] {
+            assert!(properties.get(field).is_some(), "{field} in {schema}");
+        }
+        let network = serde_json::to_value(schemars::schema_for!(NetworkArgs)).unwrap();
+        assert!(
+            network["properties"].get("allow_domains").is_some(),
+            "{network}"
+        );
+        assert!(network["properties"].get("egress").is_none(), "{network}");
+    }
+
+    #[cfg(feature = "clap")]
+    mod cli {
+        use super::*;
+        use clap::Parser;
+
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            sandbox: SandboxArgs,
+            #[command(flatten)]
+            lifetime: LifetimeArgs,
+        }
+
+        fn parse(args: &[&str]) -> Cmd {
+            Cmd::try_parse_from(std::iter::once("airlock").chain(args.iter().copied())).unwrap()
+        }
+
+        #[test]
+        fn no_flags_give_the_same_defaults_as_an_empty_json_body() {
+            let cmd = parse(&[]);
+            assert_eq!(cmd.sandbox, SandboxArgs::default());
+            assert_eq!(cmd.lifetime, LifetimeArgs::default());
+        }
+
+        #[test]
+        fn the_cli_keeps_its_flag_names() {
+            let cmd = parse(&[
+                "-m",
+                "256",
+                "--cpus",
+                "2",
+                "--network",
+                "--allow-domain",
+                "example.com",
+                "--expose",
+                "8080",
+                "--packages",
+                "six==1.16.0",
+                "--idle-timeout",
+                "5",
+                "--max-lifetime",
+                "60",
+            ]);
+            assert_eq!(
+                cmd.sandbox.shape,
+                ShapeArgs {
+                    memory_mib: 256,
+                    cpus: 2
+                }
+            );
+            assert!(cmd.sandbox.network.egress);
+            assert_eq!(
+                cmd.sandbox.network.allow_domains.as_deref(),
+                Some(&["example.com".to_owned()][..])
+            );
+            assert_eq!(cmd.sandbox.network.expose, ["8080"]);
+            assert_eq!(cmd.sandbox.packages, ["six==1.16.0"]);
+            assert_eq!(
+                (cmd.lifetime.idle_timeout_s, cmd.lifetime.max_lifetime_s),
+                (5, 60)
+            );
+            let long = parse(&["--memory", "1024"]);
+            assert_eq!(long.sandbox.shape.memory_mib, 1024);
+        }
+    }
 }
