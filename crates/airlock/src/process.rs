@@ -507,19 +507,18 @@ mod tests {
         assert!(!lock(&registry.live).contains_key(&pid));
     }
 
-    #[tokio::test]
-    async fn dropping_the_last_registry_handle_kills_what_is_registered() {
-        let mut child = tokio::process::Command::new("sleep")
+    /// A `sleep 30` leading its own process group.
+    fn sleeping_group_leader() -> tokio::process::Child {
+        tokio::process::Command::new("sleep")
             .arg("30")
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .unwrap();
-        let registry = Arc::new(ProcessRegistry::default());
-        registry.register(child.id().unwrap(), "vm-d", "qemu");
+            .unwrap()
+    }
 
-        drop(registry);
-
+    /// Waits for `child` and checks SIGKILL ended it.
+    async fn assert_killed(child: &mut tokio::process::Child) {
         let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
             .await
             .unwrap()
@@ -531,13 +530,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dropping_the_last_registry_handle_kills_what_is_registered() {
+        let mut child = sleeping_group_leader();
+        let registry = Arc::new(ProcessRegistry::default());
+        registry.register(child.id().unwrap(), "vm-d", "qemu");
+
+        drop(registry);
+
+        assert_killed(&mut child).await;
+    }
+
+    #[tokio::test]
     async fn kill_all_kills_every_registered_group_and_forgets_it() {
-        let mut child = tokio::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = sleeping_group_leader();
         let pid = child.id().unwrap();
         let registry = ProcessRegistry::default();
         registry.register(pid, "vm-k", "gvproxy");
@@ -551,11 +556,7 @@ mod tests {
             }]
         );
         assert!(registry.is_empty());
-        let status = child.wait().await.unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
+        assert_killed(&mut child).await;
     }
 
     #[tokio::test]
