@@ -341,6 +341,8 @@ mod tests {
 
         #[derive(Debug, Parser)]
         struct Cmd {
+            /// A positional after the options, as `airlock run` has.
+            code: Option<String>,
             #[command(flatten)]
             sandbox: SandboxArgs,
             #[command(flatten)]
@@ -394,6 +396,15 @@ mod tests {
             assert_eq!(
                 (cmd.lifetime.idle_timeout_s, cmd.lifetime.max_lifetime_s),
                 (5, 60)
+            );
+            let twice = parse(&["--allow-domain", "a.org", "--allow-domain", "b.org", "x"]);
+            assert_eq!(
+                twice.sandbox.network.allow_domains.unwrap(),
+                ["a.org", "b.org"]
+            );
+            assert!(
+                Cmd::try_parse_from(["airlock", "--allow-domain"]).is_err(),
+                "a domain is required"
             );
             let long = parse(&["--memory", "1024"]);
             assert_eq!(long.sandbox.shape.memory_mib, 1024);
