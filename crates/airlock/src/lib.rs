@@ -22,7 +22,9 @@
 //! ends; see `docs/architecture.md`. Inside, a VM-source seam
 //! ([`VmSource`], [`SandboxVm`]) sits under the one run and session path,
 //! so a [`Scheduler`] can be built from fakes ([`Scheduler::from_parts`],
-//! `airlock::testing` with the `testing` feature).
+//! `airlock::testing` with the `testing` feature). [`Artifacts`] lists and
+//! prunes the stored memory templates and package layers (`airlock
+//! snapshot`); [`doctor`] says what the host offers, as data.
 //!
 //! Embedding it:
 //!
@@ -52,8 +54,8 @@
 //! # Ok(()) }
 //! ```
 
+mod artifacts;
 mod builder;
-pub mod cli;
 mod close;
 mod config;
 mod disk;
@@ -64,7 +66,6 @@ mod files;
 mod guest;
 mod host;
 mod images;
-pub mod interrupt;
 mod launcher;
 mod machine;
 mod manager;
@@ -96,6 +97,7 @@ mod workdir;
 
 pub use airlock_protocol::Language;
 pub use airlock_sys_util::ChildExit;
+pub use artifacts::{Artifacts, LayerEntry, TemplateEntry};
 pub use close::CloseReason;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
@@ -110,7 +112,8 @@ pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkReques
 pub use observer::{Discard, RunObserver, Stage};
 pub use pool::{PoolStats, WarmPool};
 pub use request::{
-    parse_env_pair, validate_env, RunRequest, RunResult, Timings, DEFAULT_TIMEOUT, MAX_CODE_BYTES,
+    parse_env_pair, validate_env, validate_timeout, RunRequest, RunResult, Timings,
+    DEFAULT_TIMEOUT, MAX_CODE_BYTES, MAX_TIMEOUT,
 };
 pub use scheduler::{Scheduler, SchedulerParts};
 pub use session::{

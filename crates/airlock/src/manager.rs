@@ -8,11 +8,10 @@ use crate::error::{Error, Result};
 use crate::factory::{FactoryParts, VmFactory};
 use crate::host::Host;
 use crate::images::Images;
+use crate::machine::VmOptions;
 use crate::qemu_launcher::QemuLauncher;
 use crate::sweep;
-// Re-exported for the CLI modules that still reach it here.
-use crate::machine::VmOptions;
-pub(crate) use crate::task::blocking;
+use crate::task::blocking;
 use crate::vm::Vm;
 use crate::workdir::WorkDir;
 use airlock_limits::Limiter;

@@ -6,10 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::files::{validate_guest_path, Downloaded, FileUpload};
-// Reached here by the in-crate CLI until it moves to airlock-cli.
 use crate::spec::SandboxSpec;
-#[allow(unused_imports)]
-pub(crate) use crate::spec::DEFAULT_MEMORY_MIB;
 use crate::vm::BootTimings;
 use airlock_protocol::Language;
 use serde::Serialize;
@@ -127,7 +124,7 @@ pub(crate) fn validate_code(code: &str) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for `timeout`.
-pub(crate) fn validate_timeout(timeout: Duration) -> Result<()> {
+pub fn validate_timeout(timeout: Duration) -> Result<()> {
     if timeout.is_zero() || timeout > MAX_TIMEOUT {
         return Err(Error::invalid(
             "timeout",

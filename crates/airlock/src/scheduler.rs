@@ -12,8 +12,7 @@ use crate::files::{Downloaded, FileUpload};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::ms;
-// `RunObserver` and `Stage` are re-exported for the in-crate CLI.
-pub(crate) use crate::observer::{Discard, RunObserver, Stage};
+use crate::observer::{Discard, RunObserver, Stage};
 use crate::packages::ca::{ca_env, read_bundle, with_ca_env, GUEST_CA_FILE};
 use crate::packages::install::PackagesReport;
 use crate::pool::{TemplateSource as PoolTemplates, WarmPool};
