@@ -823,7 +823,13 @@ async fn env_injection_is_refused_before_boot() {
         );
     }
     // Nothing was started.
-    run_dir_is_clean(scheduler.manager(), dir.path()).await;
+    run_dir_is_clean(
+        scheduler
+            .manager()
+            .expect("a started scheduler has a VM manager"),
+        dir.path(),
+    )
+    .await;
 }
 
 /// Allowlist mode: other names through the proxy. `denied.test` resolves

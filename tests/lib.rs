@@ -453,8 +453,8 @@ pub fn default_shape(language: Language) -> airlock::template::TemplateShape {
     let defaults = airlock::RunRequest::new(language, "");
     airlock::template::TemplateShape {
         language,
-        memory_mib: defaults.memory_mib,
-        vcpus: defaults.vcpus,
+        memory_mib: defaults.spec.shape.memory_mib,
+        vcpus: defaults.spec.shape.vcpus,
     }
 }
 

@@ -628,7 +628,7 @@ async fn none_mode_has_only_loopback_and_no_report() {
     assert_eq!(String::from_utf8_lossy(&result.stdout), "lo\n");
     assert_eq!(result.exit_code, 0);
     assert_eq!(result.network, None);
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// gvproxy killed under a running VM: the guest keeps running code, its
@@ -778,7 +778,7 @@ async fn bad_network_input_is_refused_before_any_vm_starts() {
     ];
     for (case, allow, exposes) in cases {
         let mut request = RunRequest::new(Language::Python, "print(1)");
-        request.network = NetworkRequest { allow, exposes };
+        request.spec.network = NetworkRequest { allow, exposes };
         let start = Instant::now();
         let result = scheduler.run(request).await;
         match result {
@@ -794,7 +794,7 @@ async fn bad_network_input_is_refused_before_any_vm_starts() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "a VM was started: {left:?}");
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 
     // And through the CLI: exit 125, naming the field, at once.
     for args in [

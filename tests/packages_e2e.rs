@@ -87,7 +87,7 @@ async fn a_pip_layer_is_installed_once_through_the_proxy_then_attached_offline()
          try:\n    socket.create_connection(('pypi.org', 443), timeout=5)\n    print('online')\n\
          except OSError:\n    print('offline')\n",
     );
-    first.packages = vec!["six==1.16.0".into()];
+    first.spec.packages = vec!["six==1.16.0".into()];
     first.timeout = std::time::Duration::from_secs(60);
     let (result, stages) = run(&scheduler, first).await;
     assert_eq!(
@@ -124,8 +124,8 @@ async fn a_pip_layer_is_installed_once_through_the_proxy_then_attached_offline()
          try:\n    open('/opt/python/planted.py', 'w')\n    print('writable')\n\
          except OSError as e:\n    print('read-only', e.errno)\n",
     );
-    second.packages = vec!["Six==1.16.0".into()];
-    second.network = allow(&["pypi.org", "files.pythonhosted.org"]);
+    second.spec.packages = vec!["Six==1.16.0".into()];
+    second.spec.network = allow(&["pypi.org", "files.pythonhosted.org"]);
     second.timeout = std::time::Duration::from_secs(60);
     let (result, stages) = run(&scheduler, second).await;
     assert_eq!(
@@ -148,7 +148,7 @@ async fn a_pip_layer_is_installed_once_through_the_proxy_then_attached_offline()
     let listed = LayerStore::new(dir.path()).list();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, packages.layer);
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 
     // With templates: the first run without a network builds the template
     // over the layer (no install), the next restores it.
@@ -156,7 +156,7 @@ async fn a_pip_layer_is_installed_once_through_the_proxy_then_attached_offline()
     let scheduler = restoring_scheduler(dir.path(), templates.path()).await;
     let request = || {
         let mut r = RunRequest::new(Language::Python, "import six; print(six.__version__)");
-        r.packages = vec!["six==1.16.0".into()];
+        r.spec.packages = vec!["six==1.16.0".into()];
         r
     };
     let (built, stages) = run(&scheduler, request()).await;
@@ -196,7 +196,7 @@ async fn a_pip_layer_is_installed_once_through_the_proxy_then_attached_offline()
         "stderr: {}",
         text(&plain.stderr)
     );
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// JavaScript: `is-number@7.0.0` installs through the proxy and `require`
@@ -214,7 +214,7 @@ async fn an_npm_layer_is_installed_once_and_required() {
             "const isNumber = require('is-number');\n\
              console.log(isNumber(5), isNumber('x'), require.resolve('is-number'));",
         );
-        r.packages = vec!["is-number@7.0.0".into()];
+        r.spec.packages = vec!["is-number@7.0.0".into()];
         r.timeout = std::time::Duration::from_secs(60);
         r
     };
@@ -245,7 +245,7 @@ async fn an_npm_layer_is_installed_once_and_required() {
     );
     assert!(second.packages.unwrap().cached);
     assert!(!stages.contains(&Stage::InstallingPackages), "{stages:?}");
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// Unpinned, ranged, optioned and malformed specs fail with
@@ -270,7 +270,7 @@ async fn bad_specs_are_refused_before_any_vm_boots() {
         (Language::Raw, "jq==1.7"),
     ] {
         let mut request = RunRequest::new(language, "print(1)");
-        request.packages = vec![spec.into()];
+        request.spec.packages = vec![spec.into()];
         let mut stages = Stages::default();
         let err = scheduler
             .run_observed(request, &mut stages)
@@ -284,7 +284,7 @@ async fn bad_specs_are_refused_before_any_vm_boots() {
         assert!(err.hint().is_some());
     }
     assert!(LayerStore::new(dir.path()).list().is_empty());
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// HTTPS to PyPI from a guest whose allowlist holds pypi.org: on a host
@@ -302,7 +302,7 @@ async fn https_to_pypi_works_with_the_host_ca_bundle() {
         "import urllib.request\n\
          print(urllib.request.urlopen('https://pypi.org/simple/six/', timeout=20).status)",
     );
-    request.network = allow(&["pypi.org"]);
+    request.spec.network = allow(&["pypi.org"]);
     request.timeout = std::time::Duration::from_secs(60);
     let (result, _) = run(&scheduler, request).await;
     assert_eq!(
@@ -313,5 +313,5 @@ async fn https_to_pypi_works_with_the_host_ca_bundle() {
     );
     let network = result.network.unwrap();
     assert_eq!(network.allowed_connections, 1, "{network:?}");
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }

@@ -61,11 +61,12 @@ async fn boot(scheduler: &Scheduler, language: Language) -> Vm {
     let defaults = RunRequest::new(language, "");
     scheduler
         .manager()
+        .expect("a started scheduler has a VM manager")
         .boot(&VmOptions {
             tenant: "repl-e2e".into(),
             language,
-            memory_mib: defaults.memory_mib,
-            vcpus: defaults.vcpus,
+            memory_mib: defaults.spec.shape.memory_mib,
+            vcpus: defaults.spec.shape.vcpus,
             network: Default::default(),
             packages: None,
         })
@@ -282,7 +283,7 @@ async fn cells_keep_state_and_survive_errors_timeouts_cancels_spoofing_and_child
     for mut vm in [py_vm, js_vm] {
         vm.destroy().await;
     }
-    sched.manager().shutdown().await;
+    sched.shutdown().await;
 }
 
 /// Restored one-shot runs (in the template's warm interpreter for python
@@ -381,8 +382,8 @@ async fn restored_runs_match_cold_runs_and_clones_draw_their_own_randomness() {
         }
     }
 
-    restoring.manager().shutdown().await;
-    cold.manager().shutdown().await;
+    restoring.shutdown().await;
+    cold.shutdown().await;
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(qemu_processes_mentioning(&needle).is_empty());
 }

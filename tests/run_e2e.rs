@@ -207,7 +207,7 @@ async fn eight_concurrent_runs_with_four_slots_all_succeed() {
         assert_eq!(result.exit_code, 0);
     }
     eprintln!("8 runs with 4 slots: {:?}", start.elapsed());
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// Bad input fails before any VM starts.
@@ -221,12 +221,12 @@ async fn bad_requests_fail_before_any_vm_starts() {
     let mut r = RunRequest::new(Language::Python, "");
     cases.push((r.clone(), "code"));
     r.code = "print(1)".into();
-    r.memory_mib = 64;
+    r.spec.shape.memory_mib = 64;
     cases.push((r.clone(), "memory_mib"));
-    r.memory_mib = 512;
-    r.tenant = "../etc".into();
+    r.spec.shape.memory_mib = 512;
+    r.spec.tenant = "../etc".into();
     cases.push((r.clone(), "tenant"));
-    r.tenant = "ok".into();
+    r.spec.tenant = "ok".into();
     r.env.insert("BAD NAME".into(), "x".into());
     cases.push((r, "env"));
     for (request, field) in cases {
@@ -240,7 +240,7 @@ async fn bad_requests_fail_before_any_vm_starts() {
             "no VM was booted"
         );
     }
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// A guest asked for more memory than it was given is stopped inside the
@@ -256,7 +256,7 @@ async fn a_memory_hungry_guest_stays_within_its_group_and_stats_are_reported() {
         Language::Python,
         "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 * 1024))",
     );
-    request.memory_mib = 256;
+    request.spec.shape.memory_mib = 256;
     let result = scheduler.run(request).await.unwrap();
     assert_ne!(result.exit_code, 0, "the allocation loop cannot succeed");
     let peak = result
@@ -277,7 +277,7 @@ async fn a_memory_hungry_guest_stays_within_its_group_and_stats_are_reported() {
         "memory-hungry guest: exit {}, usage {:?}",
         result.exit_code, result.usage
     );
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// A VM boots from a pooled overlay, and nothing it does reaches the base.
@@ -307,6 +307,7 @@ async fn a_pooled_overlay_boots_and_the_base_image_never_changes() {
     .unwrap();
     scheduler
         .manager()
+        .expect("a started scheduler has a VM manager")
         .overlays()
         .register_base(&base)
         .await
@@ -314,6 +315,7 @@ async fn a_pooled_overlay_boots_and_the_base_image_never_changes() {
     assert!(
         scheduler
             .manager()
+            .expect("a started scheduler has a VM manager")
             .overlays()
             .wait_full(Duration::from_secs(30))
             .await
@@ -327,6 +329,6 @@ async fn a_pooled_overlay_boots_and_the_base_image_never_changes() {
         .unwrap();
     assert!(result.timings.overlay_pool_hit, "{:?}", result.timings);
     assert_eq!(text(&result.stdout), "data\nno-disk-write\n");
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
     assert_eq!(sha(&base), before, "the base image changed");
 }

@@ -245,7 +245,7 @@ async fn a_python_session_keeps_state_through_errors_timeouts_and_files() {
         })
     ));
     wait_until_gone(&vm_needle, Duration::from_secs(5)).unwrap();
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// JavaScript and bash keep state across three cells (top-level await in
@@ -311,7 +311,7 @@ async fn javascript_and_bash_sessions_keep_state_and_an_idle_one_closes_itself()
     wait_until_gone(&needle, Duration::from_secs(5)).unwrap();
     assert!(!js.is_closed(), "the other session is untouched");
     js.close().await;
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 /// With templates on, a session starts from the memory template of its
@@ -336,7 +336,7 @@ async fn a_session_starts_from_the_template_of_its_shape() {
     assert_eq!(ok(&session, "X=42; cd /tmp").await, "");
     assert_eq!(ok(&session, "echo $X $PWD").await, "42 /tmp\n");
     session.close().await;
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
 }
 
 fn airlock(args: &[&str], stdin: &str, dir: &std::path::Path) -> Output {

@@ -69,6 +69,7 @@ async fn python_restores_like_a_cold_boot_with_its_own_entropy_and_the_host_cloc
     assert!(built, "no template existed: the run must build one");
     let found = restoring
         .templates()
+        .expect("a started scheduler has templates")
         .find(shape(Language::Python))
         .await
         .unwrap();
@@ -139,14 +140,15 @@ async fn python_restores_like_a_cold_boot_with_its_own_entropy_and_the_host_cloc
     assert!(matches!(
         restoring
             .templates()
+            .expect("a started scheduler has templates")
             .find(shape(Language::Python))
             .await
             .unwrap(),
         Found::Ready(_)
     ));
 
-    restoring.manager().shutdown().await;
-    cold.manager().shutdown().await;
+    restoring.shutdown().await;
+    cold.shutdown().await;
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(
         qemu_processes_mentioning(&needle).is_empty(),
@@ -198,6 +200,7 @@ async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_di
     // removed so that the next run rebuilds it.
     let Found::Ready(template) = restoring
         .templates()
+        .expect("a started scheduler has templates")
         .find(shape(Language::Raw))
         .await
         .unwrap()
@@ -222,6 +225,7 @@ async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_di
     assert!(matches!(
         restoring
             .templates()
+            .expect("a started scheduler has templates")
             .find(shape(Language::Raw))
             .await
             .unwrap(),
@@ -234,8 +238,8 @@ async fn raw_and_javascript_restore_with_output_exit_codes_timeouts_and_clean_di
     assert_eq!(text(&restored.stdout), text(&booted.stdout));
     assert_eq!(restored.exit_code, booted.exit_code);
 
-    restoring.manager().shutdown().await;
-    cold.manager().shutdown().await;
+    restoring.shutdown().await;
+    cold.shutdown().await;
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(qemu_processes_mentioning(&needle).is_empty());
 }
@@ -255,7 +259,11 @@ async fn a_template_of_other_inputs_or_altered_files_is_rebuilt_never_restored()
     assert!(built, "no template existed");
 
     // Another kernel or QEMU: another key.
-    let inputs = restoring.templates().inputs(shape(Language::Raw)).unwrap();
+    let inputs = restoring
+        .templates()
+        .expect("a started scheduler has templates")
+        .inputs(shape(Language::Raw))
+        .unwrap();
     let other_kernel = airlock::template::TemplateInputs {
         kernel_hash: "another-kernel".into(),
         ..inputs.clone()
@@ -295,6 +303,7 @@ async fn a_template_of_other_inputs_or_altered_files_is_rebuilt_never_restored()
     for (what, damage) in damages {
         let Found::Ready(template) = restoring
             .templates()
+            .expect("a started scheduler has templates")
             .find(shape(Language::Raw))
             .await
             .unwrap()
@@ -306,6 +315,7 @@ async fn a_template_of_other_inputs_or_altered_files_is_rebuilt_never_restored()
             matches!(
                 restoring
                     .templates()
+                    .expect("a started scheduler has templates")
                     .find(shape(Language::Raw))
                     .await
                     .unwrap(),
@@ -325,7 +335,7 @@ async fn a_template_of_other_inputs_or_altered_files_is_rebuilt_never_restored()
         );
     }
 
-    restoring.manager().shutdown().await;
+    restoring.shutdown().await;
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(qemu_processes_mentioning(&needle).is_empty());
 }

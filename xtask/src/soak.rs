@@ -202,7 +202,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         outcomes.push(outcome);
     }
     eprintln!();
-    runtime.block_on(scheduler.manager().shutdown());
+    runtime.block_on(scheduler.shutdown());
     drop(runtime);
 
     // Nothing should be left to sweep; if anything is, it is reported.

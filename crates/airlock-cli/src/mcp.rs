@@ -30,7 +30,7 @@ pub fn main(args: McpArgs) -> i32 {
                 Err(e) => return process::failed(e),
             },
             stop = interrupts.first() => {
-                airlock::process::registry().kill_all();
+                // The dropped start-up takes its manager's processes along.
                 return exit_status(stop);
             }
         };
@@ -39,7 +39,6 @@ pub fn main(args: McpArgs) -> i32 {
             _ = interrupts.first() => Ok(()),
         };
         airlock.shutdown().await;
-        airlock::process::registry().kill_all();
         match served {
             Ok(()) => 0,
             Err(e) => process::failed(e),

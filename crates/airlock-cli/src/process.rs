@@ -110,7 +110,7 @@ pub async fn unless_interrupted(
     tokio::select! {
         code = work => code,
         stop = interrupts.first() => {
-            airlock::process::registry().kill_all();
+            // `work` is dropped: its VMs with their manager's registry.
             eprintln!("airlock: interrupted ({stop})");
             exit_status(stop)
         }
@@ -253,13 +253,12 @@ impl Interrupts {
     }
 }
 
-/// The second interrupt of the `airlock` command: SIGKILL every registered
-/// process, say so, and exit at once with 128 + the signal.
+/// The second interrupt of the `airlock` command: say so and exit at once
+/// with 128 + the signal. The VMs' QEMUs and gvproxies die with this
+/// process (each was forked with a parent-death signal).
 pub fn force_exit(stop: Signal) {
-    let killed = airlock::process::registry().kill_all();
     eprintln!(
-        "airlock: {stop} again: killed {} process(es) at once; their files go at the next start",
-        killed.len()
+        "airlock: {stop} again: exiting at once; its VMs die with it, their files go at the next start"
     );
     std::process::exit(exit_status(stop));
 }

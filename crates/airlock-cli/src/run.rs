@@ -7,9 +7,11 @@ use crate::error::CliError;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
 use crate::transfer;
 use airlock::packages::CaBundle;
+use airlock::spec::args::SandboxArgs;
+use airlock::spec::DEFAULT_TENANT;
 use airlock::{
-    parse_env_pair, Config, ExposedAddr, NetworkRequest, OutputStream, RunObserver, RunRequest,
-    RunResult, Scheduler, Stage, DEFAULT_MEMORY_MIB,
+    parse_env_pair, Config, ExposedAddr, OutputStream, RunObserver, RunRequest, RunResult,
+    Scheduler, Stage,
 };
 use airlock_protocol::Language;
 use clap::Args;
@@ -34,30 +36,14 @@ pub struct RunArgs {
     /// Timeout for the code, in seconds (boot not included).
     #[arg(short, long, default_value_t = 30.0)]
     pub timeout: f64,
-    /// Guest memory in MiB.
-    #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
+    /// The sandbox: `-m/--memory`, `--cpus`, `--network`,
+    /// `--allow-domain`, `--expose`, `--packages` (one definition for every
+    /// front end: `airlock::spec::args`).
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// An environment variable for the code (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Let the guest reach allowlisted domains on ports 80 and 443, nothing
-    /// else. Without --allow-domain the language's default allowlist
-    /// applies: python: pypi.org, files.pythonhosted.org; javascript:
-    /// registry.npmjs.org; raw: none (nothing is reachable).
-    #[arg(long)]
-    pub network: bool,
-    /// A domain the guest may reach (repeatable; `*.example.com` allows
-    /// its subdomains). Implies --network.
-    #[arg(long = "allow-domain", value_name = "NAME")]
-    pub allow_domain: Vec<String>,
-    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp]
-    /// (repeatable; without HOST a free port is chosen and printed). The
-    /// guest still reaches nothing unless --network is given.
-    #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
-    pub expose: Vec<String>,
     /// Print the whole result as JSON on stdout instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -82,13 +68,6 @@ pub struct RunArgs {
     /// atomically. Repeatable.
     #[arg(long, value_name = "REMOTE:LOCAL")]
     pub download: Vec<String>,
-    /// Pinned packages to install and import (repeatable or
-    /// comma-separated): python `name==version`, javascript
-    /// `name@version`. Installed once through the registries (a separate
-    /// VM; the run itself gets no network from it), kept as a read-only
-    /// layer and attached to later runs with the same list.
-    #[arg(long = "packages", value_name = "SPEC[,SPEC...]")]
-    pub packages: Vec<String>,
     /// The CA bundle (PEM) guests with a network trust, instead of the
     /// host's system bundle (e.g. a TLS-inspecting proxy's CA with the
     /// public roots).
@@ -139,11 +118,12 @@ impl RunArgs {
                 .map_err(|source| CliError::ReadStdin { source })?;
             code
         };
-        let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
-        request.timeout = timeout_from_secs(self.timeout)?;
-        request.network = self.network_request(request.language)?;
-        request.memory_mib = self.memory;
-        request.vcpus = self.cpus;
+        let timeout = timeout_from_secs(self.timeout)?;
+        let spec = self
+            .sandbox
+            .to_spec(DEFAULT_TENANT, language.unwrap_or(Language::Python))?;
+        let mut request = RunRequest::in_sandbox(spec, code);
+        request.timeout = timeout;
         for pair in &self.env {
             let (k, v) = parse_env_pair(pair)?;
             request.env.insert(k, v);
@@ -158,7 +138,6 @@ impl RunArgs {
             .into_iter()
             .map(|t| t.remote)
             .collect();
-        request.packages = self.packages.clone();
         if let Some(path) = &self.ca_bundle {
             CaBundle::File(path.clone()).resolve()?;
         }
@@ -175,17 +154,6 @@ impl RunArgs {
             .iter()
             .map(|spec| transfer::parse_download(spec))
             .collect()
-    }
-}
-
-impl RunArgs {
-    fn network_request(&self, language: Language) -> Result<NetworkRequest, CliError> {
-        Ok(NetworkRequest::from_flags(
-            language,
-            self.network,
-            &self.allow_domain,
-            &self.expose,
-        )?)
     }
 }
 
@@ -288,11 +256,9 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         started = Scheduler::start(config) => started,
         stop = interrupts.first() => {
             // The start-up future is dropped: the probes' children with it
-            // (kill_on_drop); what is registered is killed, and this
-            // process's overlay pool dir, if made, removed.
-            airlock::process::registry().kill_all();
-            let pools = run_dir.join("overlays");
-            let _ = tokio::task::spawn_blocking(move || airlock::sweep::remove_own_process_dirs(&pools)).await;
+            // (kill_on_drop), the manager's processes with its registry;
+            // this process's overlay pool dir, if made, is removed.
+            let _ = tokio::task::spawn_blocking(move || airlock::VmManager::remove_own_pool_dirs(&run_dir)).await;
             eprintln!("airlock: interrupted ({stop}) while starting: nothing was left behind");
             return exit_status(stop);
         }
@@ -305,28 +271,26 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     let show_progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
-    let mut observer = Terminal::new(show_progress, !args.json, request.language);
+    let mut observer = Terminal::new(show_progress, !args.json, request.language());
     let result = tokio::select! {
         result = scheduler.run_observed(request, &mut observer) => result,
         stop = interrupts.first() => {
             observer.clear_progress();
             // Dropping the run handed its VM (or half-built VM) to the
             // reaper, which SIGKILLs its machines and removes its files;
-            // the shutdown waits for that. Only what is still registered
-            // once the shutdown has given up is killed here: signalling
-            // while the reaper reaps could reach a reused group id. A
-            // second interrupt meanwhile forces (`process.rs`).
-            scheduler.manager().shutdown().await;
-            let stragglers = airlock::process::registry().kill_all();
+            // the shutdown waits for that, and kills what is still
+            // registered once it has given up. A second interrupt
+            // meanwhile forces (`process.rs`).
+            let stragglers = scheduler.shutdown().await;
             eprintln!(
                 "airlock: interrupted ({stop}): the VM was stopped and its files removed{}",
-                if stragglers.is_empty() { String::new() } else { format!(" ({} processes killed)", stragglers.len()) }
+                if stragglers == 0 { String::new() } else { format!(" ({stragglers} processes killed)") }
             );
             return exit_status(stop);
         }
     };
     observer.clear_progress();
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
     match result {
         Ok(result) => {
             let saved = save_downloads(&args, &result).await;
@@ -518,7 +482,7 @@ mod tests {
         let r = parse(&["print(1)"])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(r.language, Language::Python);
+        assert_eq!(r.language(), Language::Python);
         assert_eq!(r.code, "print(1)");
     }
 
@@ -528,7 +492,7 @@ mod tests {
             .to_request(&mut std::io::empty())
             .unwrap();
         assert_eq!(r.code, "echo a\necho b");
-        assert_eq!(r.language, Language::Raw);
+        assert_eq!(r.language(), Language::Raw);
     }
 
     #[test]
@@ -539,7 +503,7 @@ mod tests {
         let r = parse(&[file.to_str().unwrap()])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(r.language, Language::Javascript);
+        assert_eq!(r.language(), Language::Javascript);
         assert_eq!(r.code, "console.log(1)");
     }
 
@@ -559,7 +523,7 @@ mod tests {
         .to_request(&mut std::io::empty())
         .unwrap();
         assert_eq!(r.timeout, Duration::from_millis(2500));
-        assert_eq!((r.memory_mib, r.vcpus), (256, 2));
+        assert_eq!((r.spec.shape.memory_mib, r.spec.shape.vcpus), (256, 2));
         assert_eq!(r.env.get("B").map(String::as_str), Some("x=y"));
     }
 
@@ -595,15 +559,16 @@ mod tests {
     fn network_flags_map_to_modes_and_defaults() {
         use airlock_gvproxy::NetworkMode;
         let none = parse(&["x"]).to_request(&mut std::io::empty()).unwrap();
-        assert_eq!(none.network.mode(), NetworkMode::None);
+        assert_eq!(none.spec.network.mode(), NetworkMode::None);
         let ports = parse(&["--expose", "8080", "x"])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(ports.network.mode(), NetworkMode::Ports);
+        assert_eq!(ports.spec.network.mode(), NetworkMode::Ports);
         let py = parse(&["--network", "x"])
             .to_request(&mut std::io::empty())
             .unwrap();
         let names: Vec<String> = py
+            .spec
             .network
             .allow
             .unwrap()
@@ -615,14 +580,14 @@ mod tests {
             .to_request(&mut std::io::empty())
             .unwrap();
         assert_eq!(
-            raw.network.mode(),
+            raw.spec.network.mode(),
             NetworkMode::None,
             "raw has no default domains"
         );
         let one = parse(&["--allow-domain", "*.Example.com", "x"])
             .to_request(&mut std::io::empty())
             .unwrap();
-        assert_eq!(one.network.mode(), NetworkMode::Allowlist);
+        assert_eq!(one.spec.network.mode(), NetworkMode::Allowlist);
     }
 
     /// Stdin that blocks until `release` is dropped (like a terminal
@@ -667,7 +632,7 @@ mod tests {
         .await;
         let request = read.unwrap().unwrap();
         assert_eq!(request.code, "echo 3");
-        assert_eq!(request.language, Language::Raw);
+        assert_eq!(request.language(), Language::Raw);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -141,13 +141,13 @@ impl RunBody {
     pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
         let language = parse_language(&self.language)?;
         let mut request = RunRequest::new(language, self.code.clone());
-        request.tenant = tenant.to_owned();
+        request.spec.tenant = tenant.to_owned();
         request.timeout = parse_timeout(self.timeout_s, airlock::DEFAULT_TIMEOUT)?;
-        request.memory_mib = self.memory_mib.unwrap_or(airlock::DEFAULT_MEMORY_MIB);
-        request.vcpus = self.cpus.unwrap_or(1);
+        request.spec.shape.memory_mib = self.memory_mib.unwrap_or(airlock::DEFAULT_MEMORY_MIB);
+        request.spec.shape.vcpus = self.cpus.unwrap_or(1);
         request.env = self.env.clone().unwrap_or_default();
-        request.network = network_request(language, self.network.as_ref())?;
-        request.packages = self.packages.clone().unwrap_or_default();
+        request.spec.network = network_request(language, self.network.as_ref())?;
+        request.spec.packages = self.packages.clone().unwrap_or_default();
         request.uploads = self
             .files
             .iter()
@@ -155,7 +155,7 @@ impl RunBody {
             .map(FileBody::to_upload)
             .collect::<Result<_>>()?;
         request.validate()?;
-        quotas.check_vm(tenant, request.memory_mib, request.timeout)?;
+        quotas.check_vm(tenant, request.spec.shape.memory_mib, request.timeout)?;
         Ok(request)
     }
 }
@@ -173,10 +173,10 @@ mod tests {
         let r = body(serde_json::json!({"language": "python", "code": "print(1)"}))
             .to_request("alice", &Quotas::default())
             .unwrap();
-        assert_eq!(r.tenant, "alice");
+        assert_eq!(r.spec.tenant, "alice");
         assert_eq!(r.timeout, airlock::DEFAULT_TIMEOUT);
-        assert_eq!(r.memory_mib, airlock::DEFAULT_MEMORY_MIB);
-        assert_eq!(r.network, NetworkRequest::default());
+        assert_eq!(r.spec.shape.memory_mib, airlock::DEFAULT_MEMORY_MIB);
+        assert_eq!(r.spec.network, NetworkRequest::default());
     }
 
     #[test]
@@ -189,10 +189,13 @@ mod tests {
         .to_request("t", &Quotas::default())
         .unwrap();
         assert_eq!(r.timeout, Duration::from_millis(2500));
-        assert_eq!((r.memory_mib, r.vcpus), (256, 2));
+        assert_eq!((r.spec.shape.memory_mib, r.spec.shape.vcpus), (256, 2));
         assert_eq!(r.env.get("A").map(String::as_str), Some("1"));
-        assert_eq!(r.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
-        assert_eq!(r.packages, ["six==1.16.0"]);
+        assert_eq!(
+            r.spec.network.mode(),
+            airlock_gvproxy::NetworkMode::Allowlist
+        );
+        assert_eq!(r.spec.packages, ["six==1.16.0"]);
     }
 
     #[test]
@@ -221,13 +224,16 @@ mod tests {
         let r = body(serde_json::json!({"language": "python", "code": "1", "network": {}}))
             .to_request("t", &Quotas::default())
             .unwrap();
-        assert_eq!(r.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+        assert_eq!(
+            r.spec.network.mode(),
+            airlock_gvproxy::NetworkMode::Allowlist
+        );
         let none = body(
             serde_json::json!({"language": "python", "code": "1", "network": {"allow_domains": []}}),
         )
         .to_request("t", &Quotas::default())
         .unwrap();
-        assert_eq!(none.network.mode(), airlock_gvproxy::NetworkMode::None);
+        assert_eq!(none.spec.network.mode(), airlock_gvproxy::NetworkMode::None);
     }
 
     #[test]

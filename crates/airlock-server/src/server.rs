@@ -31,7 +31,6 @@ pub async fn run<S: Display>(
     let airlock = tokio::select! {
         started = Airlock::start(config, keyring) => started?,
         stop = &mut shutdown => {
-            airlock::process::registry().kill_all();
             tracing::info!(%stop, "stopped while starting");
             return Ok(());
         }
@@ -78,11 +77,10 @@ pub async fn run<S: Display>(
     // Dropping the server drops the requests still running, and with them
     // their VMs; the shutdown waits for their teardown.
     drop(server);
-    airlock.shutdown().await;
-    let stragglers = airlock::process::registry().kill_all();
+    let stragglers = airlock.shutdown().await;
     tracing::info!(
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        killed = stragglers.len(),
+        killed = stragglers,
         "airlock serve: stopped; every VM destroyed"
     );
     Ok(())

@@ -254,11 +254,13 @@ impl Airlock {
     }
 
     /// Destroys every VM this server holds and stops the orchestrator.
-    pub async fn shutdown(&self) {
+    ///
+    /// Returns how many processes the VMs' teardowns left and were killed.
+    pub async fn shutdown(&self) -> usize {
         self.drain();
         self.close_all_sessions().await;
         // The warm pools first (their paused VMs destroyed), then the
         // manager: no VM starts after this.
-        self.inner.scheduler.shutdown().await;
+        self.inner.scheduler.shutdown().await
     }
 }

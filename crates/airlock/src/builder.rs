@@ -10,11 +10,12 @@ use crate::error::{Error, Result};
 use crate::guest::Agent;
 use crate::images::Images;
 use crate::launcher::{Launcher, MachinePlan};
+use crate::machine::VmOptions;
 use crate::ms;
 use crate::network::VmNetwork;
 use crate::slots::Slot;
 use crate::teardown::{Reaper, VmParts};
-use crate::vm::{BootTimings, Booted, Running, Vm, VmOptions};
+use crate::vm::{BootTimings, Booted, Running, Vm};
 use crate::workdir::WorkDir;
 use airlock_gvproxy::NetworkMode;
 use airlock_limits::{Limiter, Limits, VmGroup, VmShape};
@@ -38,6 +39,8 @@ pub struct BootContext<'a> {
     pub accel: airlock_limits::Accel,
     /// Who tears down what is dropped.
     pub reaper: &'a Reaper,
+    /// The manager's registry of live QEMUs and gvproxies.
+    pub processes: &'a std::sync::Arc<crate::process::ProcessRegistry>,
 }
 
 /// A VM whose agent answered, not yet handed out.
@@ -156,7 +159,10 @@ async fn run_steps(
     let group = create_group(ctx, options, &vm_id).await?;
     let group = guard.parts().group.insert(group).clone();
 
-    let network = start_network(ctx, options, &vm_id, &workdir, &group).await?;
+    let mut network = start_network(ctx, options, &vm_id, &workdir, &group).await?;
+    if let Some(network) = &mut network {
+        network.track(ctx.processes, &vm_id);
+    }
     let network_socket = network.as_ref().map(VmNetwork::qemu_socket);
     let gvproxy_pid = network.as_ref().map(VmNetwork::gvproxy_pid);
     guard.parts().network = network;
@@ -167,7 +173,8 @@ async fn run_steps(
 
     let plan = machine_plan(ctx.config, options, &vm_id, &workdir, base, network_socket);
     let spawn_start = Instant::now();
-    let process = ctx.launcher.spawn(&plan, &group).await?;
+    let mut process = ctx.launcher.spawn(&plan, &group).await?;
+    process.track(ctx.processes, &vm_id);
     timings.spawn_ms = ms(spawn_start.elapsed());
     let qemu_pid = process.pid();
     let parts = guard.parts();

@@ -11,8 +11,9 @@
 
 use crate::artifacts::EntryState;
 use crate::error::{Error, Result};
-use crate::manager::{blocking, VmManager};
+use crate::manager::VmManager;
 use crate::packages::{install::store_of, ListedLayer};
+use crate::task::blocking;
 use crate::template::{Template, TemplateShape, Templates};
 use std::time::Duration;
 

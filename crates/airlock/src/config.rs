@@ -69,13 +69,13 @@ pub struct Config {
     pub packages_dir: PathBuf,
     /// The CA bundle guests with a network trust (default: the host's
     /// system bundle; `--ca-bundle` picks a file).
-    pub ca_bundle: crate::packages::CaBundle,
+    pub ca_bundle: crate::spec::CaBundle,
     /// Warm pools, at most one per shape (`pool.rs`): runs and sessions of
     /// a pool's shape without a network take a paused VM from it. Their
     /// VMs hold slots, so together they must leave at least one of
     /// `max_concurrent_vms` free. Default none (the one-shot CLI keeps no
     /// pool).
-    pub warm_pools: Vec<crate::pool::PoolConfig>,
+    pub warm_pools: Vec<crate::spec::PoolConfig>,
 }
 
 impl Default for Config {
@@ -98,7 +98,7 @@ impl Default for Config {
             templates_dir: dirs.cache.join("templates"),
             restore_templates: false,
             packages_dir: dirs.cache.join("packages"),
-            ca_bundle: crate::packages::CaBundle::default(),
+            ca_bundle: crate::spec::CaBundle::default(),
             warm_pools: Vec::new(),
         }
     }
@@ -124,7 +124,7 @@ impl Config {
         if self.boot_timeout < Duration::from_millis(100) {
             return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
         }
-        crate::pool::validate_pools(&self.warm_pools, self.max_concurrent_vms)?;
+        crate::spec::validate_pools(&self.warm_pools, self.max_concurrent_vms)?;
         // A work dir is run_dir/vms/<16 hex>/ and the longest socket name is
         // "event.sock": keep room under the 108-byte sun_path.
         let longest = self.run_dir.as_os_str().len() + "/vms/".len() + 16 + "/event.sock".len();

@@ -2,7 +2,7 @@
 //! small seam so that the builder can be tested without `qemu-img`.
 
 use crate::error::Result;
-use crate::launcher::BoxFuture;
+use crate::task::BoxFuture;
 use airlock_overlay::OverlayPool;
 use std::path::Path;
 use std::time::Duration;

@@ -105,7 +105,8 @@ pub async fn checks() -> Vec<Check> {
     let run_dir = config.run_dir.clone();
     let swept = tokio::task::spawn_blocking(move || {
         let mut report = crate::sweep::sweep_orphans(&run_dir, sweeper.as_ref());
-        report.pools_removed = crate::sweep::sweep_dead_process_dirs(&run_dir.join("overlays"));
+        report.pools_removed =
+            crate::process_dirs::sweep_dead_process_dirs(&run_dir.join("overlays"));
         report
     })
     .await;

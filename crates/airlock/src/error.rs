@@ -205,7 +205,7 @@ pub enum Error {
         /// The session.
         session_id: String,
         /// Why it ended.
-        reason: crate::session::CloseReason,
+        reason: crate::close::CloseReason,
     },
     /// A package spec was refused before anything started (unpinned,
     /// a range, a URL, an option, a bad name).

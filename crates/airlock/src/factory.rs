@@ -9,10 +9,12 @@ use crate::disk::DiskSource;
 use crate::error::Result;
 use crate::images::Images;
 use crate::launcher::Launcher;
+use crate::machine::VmOptions;
+use crate::process::ProcessRegistry;
 use crate::retry::{retry, Retried, RetryPolicy};
 use crate::slots::Slots;
 use crate::teardown::Reaper;
-use crate::vm::{Vm, VmOptions};
+use crate::vm::Vm;
 use airlock_limits::Limiter;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,9 @@ pub struct VmFactory {
     slots: Slots,
     retry: RetryPolicy,
     reaper: Reaper,
+    /// Every live QEMU and gvproxy of this factory's VMs; what is left is
+    /// killed when the factory (the manager) drops.
+    processes: Arc<ProcessRegistry>,
 }
 
 impl std::fmt::Debug for VmFactory {
@@ -71,6 +76,7 @@ impl VmFactory {
             slots,
             retry,
             reaper: Reaper::start(),
+            processes: Arc::default(),
         }
     }
 
@@ -117,6 +123,7 @@ impl VmFactory {
             limiter: &self.limiter,
             accel: self.accel,
             reaper: &self.reaper,
+            processes: &self.processes,
         };
         let Retried { result, attempts } =
             retry(&self.retry, |_, deadline| build(&ctx, options, deadline)).await;
@@ -134,6 +141,12 @@ impl VmFactory {
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.slots.close();
         self.reaper.flush(timeout).await
+    }
+
+    /// Kills every process still registered (what teardowns left after
+    /// [`VmFactory::shutdown`] gave up); returns how many.
+    pub fn kill_stragglers(&self) -> usize {
+        self.processes.kill_all().len()
     }
 }
 

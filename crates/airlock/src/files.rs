@@ -89,6 +89,26 @@ pub struct Downloaded {
     pub error: Option<String>,
 }
 
+impl Downloaded {
+    /// The record of reading `path`: its content and info, or the error.
+    pub fn of(path: &str, read: Result<(Vec<u8>, FileInfo)>) -> Self {
+        match read {
+            Ok((content, info)) => Self {
+                path: path.to_owned(),
+                info: Some(info),
+                content: Some(content),
+                error: None,
+            },
+            Err(e) => Self {
+                path: path.to_owned(),
+                info: None,
+                content: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
 /// Checks a guest path on the host, before anything boots: relative to the
 /// sandbox home, not the home itself, no NUL byte, no `..` component,
 /// within [`MAX_GUEST_PATH_BYTES`] and [`MAX_GUEST_NAME_BYTES`] per
@@ -183,33 +203,6 @@ pub(crate) async fn download(
         sha256: content.sha256,
     };
     Ok((content.data, info))
-}
-
-/// Reads each of `paths`, each on its own: a failure is recorded and the
-/// next file is read all the same.
-pub(crate) async fn download_all(
-    vm_id: &str,
-    client: &Client,
-    paths: &[String],
-) -> Vec<Downloaded> {
-    let mut downloads = Vec::with_capacity(paths.len());
-    for path in paths {
-        downloads.push(match download(vm_id, client, path).await {
-            Ok((content, info)) => Downloaded {
-                path: path.clone(),
-                info: Some(info),
-                content: Some(content),
-                error: None,
-            },
-            Err(e) => Downloaded {
-                path: path.clone(),
-                info: None,
-                content: None,
-                error: Some(e.to_string()),
-            },
-        });
-    }
-    downloads
 }
 
 #[cfg(test)]

@@ -12,13 +12,10 @@ use crate::guest::Agent;
 use crate::process::QemuProcess;
 use crate::workdir::WorkDir;
 use airlock_limits::VmGroup;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use tokio::time::Instant;
 
-/// A boxed future, for the object-safe async methods of [`Launcher`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::task::BoxFuture;
 
 /// What a machine is started from: all host-side resources are made
 /// already (work dir, overlay, limits group, network).
@@ -39,7 +36,7 @@ pub struct MachinePlan {
     /// Log the whole kernel output to the console (`--debug`).
     pub verbose_console: bool,
     /// The package layer disk, when one is attached.
-    pub packages: Option<crate::packages::PackageDisk>,
+    pub packages: Option<crate::machine::PackageDisk>,
 }
 
 /// Starts a machine and reaches its agent: the only part of a VM's boot

@@ -1,48 +1,63 @@
-//! Airlock's orchestrator: it composes the lower crates into VMs that run
-//! untrusted code. It is a library: the `airlock` command (`crates/airlock-cli`)
-//! and the server (`crates/airlock-server`) are built on its public API.
+//! Airlock's orchestrator: runs untrusted code in disposable QEMU microVMs,
+//! one VM per run, or one kept per session.
 //!
-//! It sits at the top of the layers (see `docs/architecture.md`): it uses
-//! `airlock-qemu` for argv and host probes, `airlock-overlay` for disk
-//! overlays, `airlock-limits` to confine each VM's processes and
-//! `airlock-protocol` to talk to the guest agent; nothing depends on it.
+//! **What it does.** It turns a [`SandboxSpec`] (language, memory, vCPUs,
+//! network, packages, tenant) into a VM whose guest agent answers, runs
+//! code in it with output streamed and capped, moves files in and out,
+//! and destroys it, always: on success, error, timeout, cancellation or a
+//! dropped future. VMs come from a warm pool, a memory template or a cold
+//! boot (`docs/templates.md`); packages come as read-only disk layers
+//! (`docs/packages.md`); sessions keep a persistent interpreter across
+//! cells (`docs/sessions.md`).
 //!
-//! - [`VmManager`] runs a VM's life (`docs/architecture.md`, "A VM's life"): validated input, a
-//!   private work dir, an overlay from the pool, QEMU in its own process
-//!   group with its output drained, a wait for the agent that races QEMU's
-//!   death under one deadline, retries of transient boot failures, a
-//!   semaphore bounding live VMs, and a teardown that always runs.
-//! - [`Scheduler::run`] runs one [`RunRequest`] in one fresh VM and returns a
-//!   [`RunResult`] with output, exit code and a timing breakdown.
-//! - [`Scheduler::session`] starts a [`Session`]: one VM kept across
-//!   calls, its persistent interpreter running cell after cell, files moved
-//!   in and out (`docs/sessions.md`).
-//! - [`packages`]: pinned pip and npm packages installed once, through
-//!   the egress proxy, into a read-only disk layer that later runs and
-//!   sessions attach (`docs/packages.md`).
-//! - [`pool`]: warm pools: per shape, restored VMs waiting paused (no
-//!   host CPU) for [`Scheduler::run`] and sessions to take; the pool
-//!   refills in the background ([`Config::warm_pools`]).
-//! - [`template`]: memory templates (`docs/templates.md`): a VM of one
-//!   shape saved once, restored in about a tenth of a second instead of a
-//!   boot, reseeded before any user code; [`Artifacts`] lists and prunes
-//!   them and the package layers (`airlock snapshot`).
-//! - [`doctor`]: what the host offers and what to fix, as data.
+//! **What it does not do.** No command line, HTTP, MCP or terminal
+//! handling (the front ends in `airlock-cli` and `airlock-server` do),
+//! no guest images (built by `cargo xtask images`), no placement across
+//! hosts.
+//!
+//! **Where it sits.** Above the lower crates (`airlock-qemu` for argv and
+//! probes, `airlock-overlay` for disk overlays, `airlock-limits` for
+//! cgroups and rlimits, `airlock-gvproxy` and `airlock-egress` for the
+//! network, `airlock-protocol` for the guest channel) and below the front
+//! ends; see `docs/architecture.md`. Inside, a VM-source seam
+//! ([`VmSource`], [`SandboxVm`]) sits under the one run and session path,
+//! so a [`Scheduler`] can be built from fakes ([`Scheduler::from_parts`],
+//! `airlock::testing` with the `testing` feature). [`Artifacts`] lists and
+//! prunes the stored memory templates and package layers (`airlock
+//! snapshot`); [`doctor`] says what the host offers, as data.
+//!
+//! Embedding it:
 //!
 //! ```no_run
-//! use airlock::{Config, RunRequest, Scheduler};
-//! use airlock_protocol::Language;
+//! use airlock::{Config, Language, RunRequest, SandboxSpec, Scheduler, SessionOptions};
+//! use airlock::{CellRequest, Discard};
 //!
 //! # async fn demo() -> airlock::Result<()> {
+//! // Probes the host once; VMs run under this process's limits.
 //! let scheduler = Scheduler::start(Config::default()).await?;
-//! let result = scheduler.run(RunRequest::new(Language::Python, "print(6*7)")).await?;
+//!
+//! // One run: a fresh VM, destroyed after.
+//! let mut spec = SandboxSpec::new(Language::Python);
+//! spec.shape.memory_mib = 256;
+//! let result = scheduler.run(RunRequest::in_sandbox(spec, "print(6 * 7)")).await?;
 //! assert_eq!(result.stdout, b"42\n");
+//!
+//! // A session: one VM, state kept across cells.
+//! let session = scheduler.session(SessionOptions::new(Language::Python)).await?;
+//! session.exec(CellRequest::new("x = 41"), &mut Discard).await?;
+//! let cell = session.exec(CellRequest::new("print(x + 1)"), &mut Discard).await?;
+//! assert_eq!(cell.stdout, b"42\n");
+//! session.close().await;
+//!
+//! // Drains warm pools, waits for teardowns; leftovers are killed.
+//! scheduler.shutdown().await;
 //! # Ok(()) }
 //! ```
 
 pub mod artifacts;
 mod builder;
 mod catalog;
+mod close;
 mod config;
 mod disk;
 pub mod doctor;
@@ -53,12 +68,14 @@ mod guest;
 mod host;
 mod images;
 mod launcher;
+mod machine;
 mod manager;
 mod network;
-pub mod owner;
+mod observer;
+mod owner;
 pub mod packages;
 pub mod pool;
-pub mod process;
+mod process;
 mod process_dirs;
 mod qemu_launcher;
 mod qemu_spec;
@@ -67,16 +84,23 @@ mod retry;
 mod scheduler;
 mod session;
 mod slots;
+pub mod source;
 #[allow(unsafe_code)] // PR_SET_PDEATHSIG between fork and exec
 mod spawner;
-pub mod sweep;
+pub mod spec;
+mod sweep;
+mod task;
 mod teardown;
 pub mod template;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod vm;
 mod workdir;
 
+pub use airlock_protocol::Language;
 pub use airlock_sys_util::ChildExit;
 pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
+pub use close::CloseReason;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
 pub use files::{
@@ -84,21 +108,27 @@ pub use files::{
 };
 pub use host::Host;
 pub use images::Images;
+pub use machine::{PackageDisk, VmOptions};
 pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
-pub use pool::{PoolConfig, PoolStats, WarmPool};
+pub use observer::{Discard, RunObserver, Stage};
+pub use pool::{PoolStats, WarmPool};
 pub use request::{
-    parse_env_pair, validate_env, validate_identifier, validate_timeout, RunRequest, RunResult,
-    Timings, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MAX_TIMEOUT, MEMORY_MIB_RANGE,
-    VCPUS_RANGE,
+    parse_env_pair, validate_env, validate_timeout, RunRequest, RunResult, Timings,
+    DEFAULT_TIMEOUT, MAX_CODE_BYTES, MAX_TIMEOUT,
 };
-pub use scheduler::{RunObserver, Scheduler, Stage};
+pub use scheduler::{Scheduler, SchedulerParts};
 pub use session::{
-    CellRequest, CellResult, CloseReason, Session, SessionCanceller, SessionOptions,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME,
+    CellRequest, CellResult, Session, SessionCanceller, SessionOptions, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LIFETIME,
+};
+pub use source::{SandboxVm, VmSource};
+pub use spec::{
+    validate_identifier, CaBundle, MachineShape, PoolConfig, SandboxSpec, DEFAULT_MEMORY_MIB,
+    MEMORY_MIB_RANGE, VCPUS_RANGE,
 };
 pub use teardown::{TeardownReport, Usage};
-pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm, VmOptions};
+pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm};
 pub use workdir::WorkDir;
 
 /// Milliseconds of a duration, saturating.

@@ -8,9 +8,11 @@ use crate::error::{Error, Result};
 use crate::factory::{FactoryParts, VmFactory};
 use crate::host::Host;
 use crate::images::Images;
+use crate::machine::VmOptions;
 use crate::qemu_launcher::QemuLauncher;
 use crate::sweep;
-use crate::vm::{Vm, VmOptions};
+use crate::task::blocking;
+use crate::vm::Vm;
 use crate::workdir::WorkDir;
 use airlock_limits::Limiter;
 use airlock_overlay::{OverlayPool, PoolConfig};
@@ -39,20 +41,6 @@ impl std::fmt::Debug for VmManager {
             .field("config", self.config())
             .finish_non_exhaustive()
     }
-}
-
-/// Runs blocking work (small file-system scans, probes) off the runtime's
-/// worker threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    task: &'static str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::TaskFailed {
-            task,
-            message: e.to_string(),
-        })
 }
 
 impl VmManager {
@@ -100,8 +88,8 @@ impl VmManager {
         let pools = config.run_dir.join("overlays");
         let swept_pools = pools.clone();
         let pool_name = blocking("sweep overlay pools", move || {
-            sweep::sweep_dead_process_dirs(&swept_pools);
-            sweep::process_dir_name(&crate::builder::new_vm_id())
+            crate::process_dirs::sweep_dead_process_dirs(&swept_pools);
+            crate::process_dirs::process_dir_name(&crate::builder::new_vm_id())
         })
         .await?
         .map_err(|e| Error::io("name the overlay pool after", "/proc/self/stat", e))?;
@@ -138,6 +126,13 @@ impl VmManager {
                 overlays,
             }),
         })
+    }
+
+    /// Removes the overlay pool dir this process made under `run_dir`, if
+    /// any: after a [`VmManager::start`] (or [`crate::Scheduler::start`])
+    /// that was interrupted and dropped. Blocking (small directory work).
+    pub fn remove_own_pool_dirs(run_dir: &std::path::Path) {
+        crate::process_dirs::remove_own_process_dirs(&run_dir.join("overlays"));
     }
 
     /// The configuration in force.
@@ -190,10 +185,16 @@ impl VmManager {
 
     /// Refuses further boots, waits for the teardown of VMs that were
     /// dropped, and stops the overlay pool (deleting pooled overlays). VMs
-    /// still alive keep their own overlays until destroyed.
-    pub async fn shutdown(&self) {
+    /// still alive keep their own overlays until destroyed. When the
+    /// teardowns did not end in time, their processes still registered are
+    /// killed; returns how many were.
+    pub async fn shutdown(&self) -> usize {
+        let mut stragglers = 0;
         if !self.inner.factory.shutdown(SHUTDOWN_FLUSH).await {
             tracing::warn!("teardowns of dropped VMs still running at shutdown");
+            // Only now: signalling while the reaper reaps could reach a
+            // reused group id.
+            stragglers = self.inner.factory.kill_stragglers();
         }
         let report = self.inner.overlays.stop().await;
         tracing::debug!(?report, "overlay pool stopped");
@@ -204,5 +205,6 @@ impl VmManager {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the overlay pool dir");
             }
         }
+        stragglers
     }
 }

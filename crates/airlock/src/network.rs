@@ -5,7 +5,7 @@
 //! the guest's exposed ports.
 
 use crate::error::{Error, Result};
-use crate::process::registry;
+use crate::process::ProcessRegistry;
 use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
     bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
@@ -15,7 +15,7 @@ use airlock_gvproxy::{
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -157,6 +157,8 @@ pub struct VmNetwork {
     egress: Option<EgressHandle>,
     exposed: Vec<ExposedAddr>,
     bridges: Vec<JoinHandle<()>>,
+    /// The registry tracking gvproxy (see [`VmNetwork::track`]).
+    registry: Weak<ProcessRegistry>,
 }
 
 impl std::fmt::Debug for VmNetwork {
@@ -196,13 +198,13 @@ impl VmNetwork {
             .with_spawn(Arc::new(|cmd| Box::pin(crate::spawner::spawn(cmd))));
         let spec = GvproxySpec::new(request.policy(vm_id), dir);
         let gvproxy = launcher.launch(&spec, child_setup).await.map_err(net)?;
-        registry().register(gvproxy.pid(), vm_id, "gvproxy");
         let mut network = Self {
             mode: request.mode(),
             gvproxy,
             egress: None,
             exposed: Vec::new(),
             bridges: Vec::new(),
+            registry: Weak::new(),
         };
         if let Some(allow) = &request.allow {
             let patterns = allow.clone();
@@ -273,6 +275,19 @@ impl VmNetwork {
         self.gvproxy.pid()
     }
 
+    /// Registers gvproxy in `registry` (as serving `vm_id`) until the
+    /// network stops or is dropped.
+    pub(crate) fn track(&mut self, registry: &Arc<ProcessRegistry>, vm_id: &str) {
+        registry.register(self.gvproxy.pid(), vm_id, "gvproxy");
+        self.registry = Arc::downgrade(registry);
+    }
+
+    fn untrack(&self) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.unregister(self.gvproxy.pid());
+        }
+    }
+
     /// Stops the bridges (and every connection they carry), the egress
     /// proxy and gvproxy; never fails.
     pub async fn stop(&mut self) -> NetworkReport {
@@ -282,7 +297,7 @@ impl VmNetwork {
             None => None,
         };
         let report = self.gvproxy.stop().await;
-        registry().unregister(self.gvproxy.pid());
+        self.untrack();
         tracing::debug!(?report, "gvproxy stopped");
         let mut problems = report.problems.clone();
         problems.extend(early_exit_problem(&report));
@@ -330,7 +345,7 @@ fn early_exit_problem(report: &StopReport) -> Option<String> {
 impl Drop for VmNetwork {
     fn drop(&mut self) {
         // The handle's own drop kills gvproxy's group.
-        registry().unregister(self.gvproxy.pid());
+        self.untrack();
         for bridge in &self.bridges {
             bridge.abort();
         }

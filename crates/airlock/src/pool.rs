@@ -22,10 +22,13 @@
 //! The one-shot CLI keeps no pool (it would be filled and thrown away).
 
 use crate::error::{Error, Result};
-use crate::launcher::BoxFuture;
+use crate::machine::VmOptions;
 use crate::ms;
-use crate::template::{reseed, shape_of, TemplateShape, Templates};
-use crate::vm::{Vm, VmOptions};
+use crate::spec::MachineShape;
+pub use crate::spec::PoolConfig;
+use crate::task::BoxFuture;
+use crate::template::{reseed, Templates};
+use crate::vm::Vm;
 use airlock_protocol::{ExecMode, ExecRequest, Language};
 use airlock_qemu::QmpClient;
 use airlock_sys_util::Backoff;
@@ -50,76 +53,6 @@ const FILL_BACKOFF: Backoff = Backoff {
     max: Duration::from_secs(60),
     jitter: 0.25,
 };
-
-/// One warm pool: a shape, how many VMs wait, and for how long at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolConfig {
-    /// The shape of the pool's VMs (a request of another shape does not
-    /// use this pool).
-    pub shape: TemplateShape,
-    /// VMs kept waiting (each holds a VM slot).
-    pub size: usize,
-    /// A VM waiting longer than this is destroyed and replaced.
-    pub max_idle: Duration,
-}
-
-impl PoolConfig {
-    /// A pool of 2 VMs of `shape`, replaced after 10 minutes.
-    pub fn new(shape: TemplateShape) -> Self {
-        Self {
-            shape,
-            size: 2,
-            max_idle: Duration::from_secs(600),
-        }
-    }
-
-    /// Checks the values (called by [`crate::Config::validate`]).
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the pool and the bad value.
-    pub fn validate(&self) -> Result<()> {
-        let fail = |what: &str| Err(Error::Config(format!("warm pool {}: {what}", self.shape)));
-        if self.size == 0 {
-            return fail("size must be at least 1");
-        }
-        if self.max_idle < Duration::from_secs(1) {
-            return fail("max_idle must be at least 1 s");
-        }
-        if !crate::MEMORY_MIB_RANGE.contains(&self.shape.memory_mib) {
-            return fail("memory_mib is outside MEMORY_MIB_RANGE");
-        }
-        if !crate::VCPUS_RANGE.contains(&self.shape.vcpus) {
-            return fail("vcpus is outside VCPUS_RANGE");
-        }
-        Ok(())
-    }
-}
-
-/// Checks a set of pools against the VM slots: one pool per shape, and
-/// their VMs leave at least one slot for runs outside the pools (else a
-/// run of another shape would wait behind idle pool VMs).
-///
-/// # Errors
-/// [`Error::Config`].
-pub(crate) fn validate_pools(pools: &[PoolConfig], max_concurrent_vms: usize) -> Result<()> {
-    for (i, pool) in pools.iter().enumerate() {
-        pool.validate()?;
-        if pools[..i].iter().any(|other| other.shape == pool.shape) {
-            return Err(Error::Config(format!(
-                "two warm pools for {}: give each shape one pool",
-                pool.shape
-            )));
-        }
-    }
-    let pooled: usize = pools.iter().map(|p| p.size).sum();
-    if !pools.is_empty() && pooled >= max_concurrent_vms {
-        return Err(Error::Config(format!(
-            "warm pools hold {pooled} VMs but max_concurrent_vms is {max_concurrent_vms}: \
-             leave at least one slot for other runs"
-        )));
-    }
-    Ok(())
-}
 
 /// What a pool counted so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -168,22 +101,15 @@ pub(crate) struct TemplateSource {
 
 impl TemplateSource {
     /// VMs of `shape` from `templates`.
-    pub(crate) fn new(templates: Templates, shape: TemplateShape) -> Self {
+    pub(crate) fn new(templates: Templates, shape: MachineShape) -> Self {
         Self {
             templates,
-            options: VmOptions {
-                packages: None,
-                tenant: POOL_TENANT.into(),
-                language: shape.language,
-                memory_mib: shape.memory_mib,
-                vcpus: shape.vcpus,
-                network: Default::default(),
-            },
+            options: VmOptions::of_shape(shape, POOL_TENANT),
         }
     }
 
     async fn restore(&self) -> Result<Vm> {
-        let template = self.templates.ensure(shape_of(&self.options)).await?;
+        let template = self.templates.ensure(self.options.shape()).await?;
         self.templates.boot_or_cold(&self.options, &template).await
     }
 

@@ -1,7 +1,8 @@
 //! QEMU as a child process: spawned in its own process group (by the
 //! spawner thread, with a parent-death signal), its output drained (a full
-//! pipe would stall it), killed TERM-then-KILL, and registered so that an
-//! interrupt can kill what is left.
+//! pipe would stall it), killed TERM-then-KILL, and tracked in its VM
+//! manager's [`ProcessRegistry`], which kills what is left when the last
+//! handle to the manager (and so to the scheduler) drops.
 
 use crate::error::{Error, Result};
 use airlock_sys_util::TailBuffer;
@@ -9,7 +10,7 @@ use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -37,6 +38,8 @@ pub struct QemuProcess {
     stderr_tail: Arc<Mutex<TailBuffer>>,
     drains: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
+    /// The registry tracking it (see [`QemuProcess::track`]).
+    registry: Weak<ProcessRegistry>,
 }
 
 impl QemuProcess {
@@ -66,7 +69,6 @@ impl QemuProcess {
                 source,
             })?;
         let pid = child.id().unwrap_or_default();
-        registry().register(pid, vm_id, "qemu");
         let log = Arc::new(tokio::sync::Mutex::new(log_file));
         let stderr_tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
         let mut drains = Vec::new();
@@ -86,7 +88,24 @@ impl QemuProcess {
             stderr_tail,
             drains,
             status: None,
+            registry: Weak::new(),
         })
+    }
+
+    /// Registers QEMU in `registry` (as serving `vm_id`) until it is
+    /// reaped or dropped.
+    pub(crate) fn track(&mut self, registry: &Arc<ProcessRegistry>, vm_id: &str) {
+        if self.status.is_none() {
+            registry.register(self.pid, vm_id, "qemu");
+            self.registry = Arc::downgrade(registry);
+        }
+    }
+
+    /// Leaves the registry (QEMU was reaped or is being dropped).
+    fn untrack(&self) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.unregister(self.pid);
+        }
     }
 
     /// QEMU's pid (also its process group id).
@@ -128,10 +147,10 @@ impl QemuProcess {
 
     /// Records the status of the reaped QEMU. Its pid, and so its process
     /// group id, may now be reused: it leaves the registry at once, so that
-    /// an interrupt's `kill_all` cannot signal a stranger's group.
+    /// the registry's final kill cannot signal a stranger's group.
     fn reaped(&mut self, status: ExitStatus) {
         self.status = Some(status);
-        registry().unregister(self.pid);
+        self.untrack();
     }
 
     /// Stops QEMU and everything in its process group: SIGTERM, then SIGKILL
@@ -157,7 +176,7 @@ impl QemuProcess {
                 Termination::Killed
             }
         };
-        registry().unregister(self.pid);
+        self.untrack();
         outcome
     }
 
@@ -198,7 +217,7 @@ impl Drop for QemuProcess {
         if self.status.is_none() {
             signal_group(self.pid, Signal::SIGKILL);
         }
-        registry().unregister(self.pid);
+        self.untrack();
         for drain in &self.drains {
             drain.abort();
         }
@@ -251,9 +270,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Every QEMU and gvproxy this process has started and not yet stopped
-/// (each the leader of its own process group), so that an interrupted
-/// airlock kills them all at once.
+/// Every QEMU and gvproxy a VM manager has started and not yet stopped
+/// (each the leader of its own process group). Owned by the manager (the
+/// builder registers, the processes leave when reaped): when the last
+/// handle drops, whatever is still registered is killed, so no caller has
+/// to remember to.
 #[derive(Debug, Default)]
 pub struct ProcessRegistry {
     live: Mutex<HashMap<u32, Registered>>,
@@ -266,12 +287,6 @@ pub struct Registered {
     pub vm_id: String,
     /// What it is (`qemu`, `gvproxy`).
     pub role: &'static str,
-}
-
-/// The process-wide registry.
-pub fn registry() -> &'static ProcessRegistry {
-    static REGISTRY: OnceLock<ProcessRegistry> = OnceLock::new();
-    REGISTRY.get_or_init(ProcessRegistry::default)
 }
 
 impl ProcessRegistry {
@@ -292,30 +307,45 @@ impl ProcessRegistry {
     }
 
     /// How many processes are registered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.live).len()
     }
 
     /// Whether none is registered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// SIGKILLs the process group of every registered process; returns
     /// what was killed. Work dirs are removed by the VMs' own teardown or
-    /// by the next start's sweep.
-    pub fn kill_all(&self) -> Vec<Registered> {
+    /// by the next start's sweep. Called by the manager's shutdown (what
+    /// its teardowns left) and by the drop of the last handle.
+    pub(crate) fn kill_all(&self) -> Vec<Registered> {
         let live: Vec<(u32, Registered)> = lock(&self.live).drain().collect();
         for (pid, entry) in &live {
             tracing::warn!(
                 vm_id = entry.vm_id,
                 pid,
                 role = entry.role,
-                "killing on interrupt"
+                "killing a process its VM's teardown left"
             );
             signal_group(*pid, Signal::SIGKILL);
         }
         live.into_iter().map(|(_, entry)| entry).collect()
+    }
+}
+
+impl Drop for ProcessRegistry {
+    fn drop(&mut self) {
+        let killed = self.kill_all();
+        if !killed.is_empty() {
+            tracing::warn!(
+                killed = killed.len(),
+                "the last handle of the VM manager dropped: its processes were killed"
+            );
+        }
     }
 }
 
@@ -469,20 +499,50 @@ mod tests {
         let mut p = QemuProcess::spawn(Command::new("true"), "t6", &dir.path().join("log"))
             .await
             .unwrap();
+        let registry = Arc::new(ProcessRegistry::default());
+        p.track(&registry, "t6");
         let pid = p.pid();
-        assert!(lock(&registry().live).contains_key(&pid));
+        assert!(lock(&registry.live).contains_key(&pid));
         p.wait().await.unwrap();
-        assert!(!lock(&registry().live).contains_key(&pid));
+        assert!(!lock(&registry.live).contains_key(&pid));
     }
 
-    #[tokio::test]
-    async fn kill_all_kills_every_registered_group_and_forgets_it() {
-        let mut child = tokio::process::Command::new("sleep")
+    /// A `sleep 30` leading its own process group.
+    fn sleeping_group_leader() -> tokio::process::Child {
+        tokio::process::Command::new("sleep")
             .arg("30")
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
+            .unwrap()
+    }
+
+    /// Waits for `child` and checks SIGKILL ended it.
+    async fn assert_killed(child: &mut tokio::process::Child) {
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .unwrap()
             .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_registry_handle_kills_what_is_registered() {
+        let mut child = sleeping_group_leader();
+        let registry = Arc::new(ProcessRegistry::default());
+        registry.register(child.id().unwrap(), "vm-d", "qemu");
+
+        drop(registry);
+
+        assert_killed(&mut child).await;
+    }
+
+    #[tokio::test]
+    async fn kill_all_kills_every_registered_group_and_forgets_it() {
+        let mut child = sleeping_group_leader();
         let pid = child.id().unwrap();
         let registry = ProcessRegistry::default();
         registry.register(pid, "vm-k", "gvproxy");
@@ -496,11 +556,7 @@ mod tests {
             }]
         );
         assert!(registry.is_empty());
-        let status = child.wait().await.unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
+        assert_killed(&mut child).await;
     }
 
     #[tokio::test]

@@ -7,9 +7,10 @@
 use crate::error::Result;
 use crate::guest::{self, Agent, GuestFiles};
 use crate::host::Host;
-use crate::launcher::{BoxFuture, Launcher, MachinePlan};
+use crate::launcher::{Launcher, MachinePlan};
 use crate::process::QemuProcess;
 use crate::qemu_spec::vm_spec;
+use crate::task::BoxFuture;
 use airlock_limits::VmGroup;
 use airlock_qemu::{BootImages, MemoryFile, MemorySharing, QemuArgs, VmSpec};
 use std::path::PathBuf;

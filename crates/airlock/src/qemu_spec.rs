@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_package_layer_is_a_second_disk_announced_on_the_command_line() {
-        use crate::packages::PackageDisk;
+        use crate::machine::PackageDisk;
         use airlock_qemu::{DiskFormat, ExtraDrive};
         let mut with = plan(None, false);
         with.packages = Some(PackageDisk {

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::files::{validate_guest_path, Downloaded, FileUpload};
+use crate::spec::SandboxSpec;
 use crate::vm::BootTimings;
 use airlock_protocol::Language;
 use serde::Serialize;
@@ -14,38 +15,25 @@ use std::time::Duration;
 
 /// Largest accepted source code, in bytes.
 pub const MAX_CODE_BYTES: usize = 4 * 1024 * 1024;
-/// Guest memory bounds, in MiB.
-pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384;
-/// vCPU bounds.
-pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
 /// Longest accepted run timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Largest total size of the environment (names and values), in bytes.
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
-/// Default guest memory, in MiB.
-pub const DEFAULT_MEMORY_MIB: u32 = 512;
 /// Default run timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One run: boot a VM, run code once, destroy the VM.
+/// One run: a sandbox of [`RunRequest::spec`], code run once in it, the
+/// VM destroyed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRequest {
-    /// The interpreter.
-    pub language: Language,
+    /// The sandbox: tenant, shape, network, packages.
+    pub spec: SandboxSpec,
     /// The source code.
     pub code: String,
     /// Deadline for the code itself (boot not included).
     pub timeout: Duration,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// Number of vCPUs.
-    pub vcpus: u32,
     /// Environment variables for the code.
     pub env: BTreeMap<String, String>,
-    /// Who the run is for (groups limits and logs); `[A-Za-z0-9_-]{1,128}`.
-    pub tenant: String,
-    /// Network: none (default), exposed ports, or an allowlist.
-    pub network: crate::network::NetworkRequest,
     /// Files written into the sandbox home before the code runs, in order
     /// (each checked end to end by sha256).
     pub uploads: Vec<FileUpload>,
@@ -53,40 +41,41 @@ pub struct RunRequest {
     /// ended, whatever its status (a timeout included); each lands in
     /// [`RunResult::downloads`], in this order.
     pub downloads: Vec<String>,
-    /// Pinned packages (`pip name==version`, `npm name@version`; items may
-    /// hold several, comma-separated): installed once into a layer the run
-    /// attaches read-only (`docs/packages.md`). Empty: none.
-    pub packages: Vec<String>,
 }
 
 impl RunRequest {
-    /// A request with default limits.
+    /// A request with the default spec ([`SandboxSpec::new`]) and
+    /// timeout.
     pub fn new(language: Language, code: impl Into<String>) -> Self {
+        Self::in_sandbox(SandboxSpec::new(language), code)
+    }
+
+    /// A request in a sandbox of `spec`, with the default timeout.
+    pub fn in_sandbox(spec: SandboxSpec, code: impl Into<String>) -> Self {
         Self {
-            language,
+            spec,
             code: code.into(),
             timeout: DEFAULT_TIMEOUT,
-            memory_mib: DEFAULT_MEMORY_MIB,
-            vcpus: 1,
             env: BTreeMap::new(),
-            tenant: "default".into(),
-            network: crate::network::NetworkRequest::default(),
             uploads: Vec::new(),
             downloads: Vec::new(),
-            packages: Vec::new(),
         }
+    }
+
+    /// The language of the code.
+    pub fn language(&self) -> Language {
+        self.spec.shape.language
     }
 
     /// Checks every field; the first problem is returned.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field and what is accepted.
+    /// [`Error::InvalidInput`] naming the field and what is accepted,
+    /// [`Error::PackageSpec`] for a refused package.
     pub fn validate(&self) -> Result<()> {
         validate_code(&self.code)?;
         validate_timeout(self.timeout)?;
-        validate_shape(self.memory_mib, self.vcpus)?;
-        validate_identifier("tenant", &self.tenant)?;
-        self.network.validate()?;
+        self.spec.validate()?;
         validate_env(&self.env)?;
         for upload in &self.uploads {
             validate_guest_path("uploads", &upload.path)?;
@@ -94,7 +83,7 @@ impl RunRequest {
         for path in &self.downloads {
             validate_guest_path("downloads", path)?;
         }
-        self.package_list().map(drop)
+        Ok(())
     }
 
     /// The run's packages, checked and sorted.
@@ -103,7 +92,7 @@ impl RunRequest {
     /// [`Error::PackageSpec`] for an unpinned or malformed spec, or
     /// packages for `raw`.
     pub fn package_list(&self) -> Result<crate::packages::PackageList> {
-        crate::packages::PackageList::parse(self.language, &self.packages)
+        crate::packages::PackageList::parse(self.language(), &self.spec.packages)
     }
 }
 
@@ -147,46 +136,6 @@ pub fn validate_timeout(timeout: Duration) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Checks a VM's shape: memory within [`MEMORY_MIB_RANGE`], vCPUs within
-/// [`VCPUS_RANGE`].
-///
-/// # Errors
-/// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
-pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<()> {
-    if !MEMORY_MIB_RANGE.contains(&memory_mib) {
-        return Err(Error::invalid(
-            "memory_mib",
-            format!(
-                "{} MiB is outside {} ..= {} MiB",
-                memory_mib,
-                MEMORY_MIB_RANGE.start(),
-                MEMORY_MIB_RANGE.end()
-            ),
-        ));
-    }
-    if !VCPUS_RANGE.contains(&vcpus) {
-        return Err(Error::invalid(
-            "vcpus",
-            format!(
-                "{} is outside {} ..= {}",
-                vcpus,
-                VCPUS_RANGE.start(),
-                VCPUS_RANGE.end()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks an identifier (tenant, session, VM name) with the shared
-/// [`airlock_sys_util::check_id`]: `[A-Za-z0-9_-]{1,128}`.
-///
-/// # Errors
-/// [`Error::InvalidInput`] for `field`, saying what is allowed.
-pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
-    airlock_sys_util::check_id(value).map_err(|e| Error::invalid(field, e.to_string()))
 }
 
 /// Checks environment variables on the host side, before anything boots,
@@ -346,6 +295,7 @@ pub(crate) fn lossy<S: serde::Serializer>(
 mod tests {
     use super::*;
     use crate::guest::RestoreTimings;
+    use crate::spec::validate_identifier;
 
     fn ok_request() -> RunRequest {
         RunRequest::new(Language::Python, "print(1)")
@@ -361,14 +311,14 @@ mod tests {
             (Language::Raw, "jq==1.7"),
         ] {
             let mut r = RunRequest::new(language, "print(1)");
-            r.packages = vec![bad.into()];
+            r.spec.packages = vec![bad.into()];
             assert!(
                 matches!(r.validate(), Err(Error::PackageSpec { .. })),
                 "{language} {bad}"
             );
         }
         let mut ok = ok_request();
-        ok.packages = vec!["six==1.16.0,idna==3.7".into()];
+        ok.spec.packages = vec!["six==1.16.0,idna==3.7".into()];
         ok.validate().unwrap();
         assert_eq!(
             ok.package_list().unwrap().canonical(),
@@ -406,7 +356,7 @@ mod tests {
     fn memory_out_of_range_is_refused_with_the_range() {
         for memory_mib in [0, 127, 16385] {
             let mut r = ok_request();
-            r.memory_mib = memory_mib;
+            r.spec.shape.memory_mib = memory_mib;
             let msg = r.validate().unwrap_err().to_string();
             assert!(msg.contains("128 ..= 16384"), "{msg}");
         }
@@ -415,7 +365,7 @@ mod tests {
     #[test]
     fn bad_vcpus_and_timeouts_are_refused() {
         let mut r = ok_request();
-        r.vcpus = 0;
+        r.spec.shape.vcpus = 0;
         assert_eq!(field_of(&r), "vcpus");
         let mut r = ok_request();
         r.timeout = Duration::ZERO;

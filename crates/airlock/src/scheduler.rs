@@ -1,66 +1,33 @@
-//! [`Scheduler::run`]: one request, one fresh VM, destroyed afterwards.
-//! The VM comes from the warm pool of its shape when there is one, else
-//! from its memory template when templates are on, else a cold boot
-//! ([`Scheduler::start_vm`]).
+//! [`Scheduler`]: runs and sessions over the VM-source seam
+//! (`source/`). One path opens a sandbox for both ([`Scheduler::open`]):
+//! validate, prepare the package layer, derive the [`VmOptions`] from the
+//! spec, take a VM from the source [`choose_source`] picks (warm pool,
+//! memory template, cold boot), give it the guest environment, and destroy
+//! it on any error. A run then executes its code once and destroys the VM
+//! ([`Scheduler::run`]); a session keeps it ([`Scheduler::session`]).
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::files::{Downloaded, FileUpload};
+use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::ms;
-use crate::packages::{self, PackageDisk, PackagesReport};
-use crate::pool::{TemplateSource, WarmPool};
+use crate::observer::{Discard, RunObserver, Stage};
+use crate::packages::ca::{ca_env, read_bundle, with_ca_env, GUEST_CA_FILE};
+use crate::packages::install::PackagesReport;
+use crate::pool::{TemplateSource as PoolTemplates, WarmPool};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
-use crate::template::{shape_of, warm_of, Found, Templates, Warm};
-use crate::vm::{BootTimings, OutputStream, Vm, VmOptions};
+use crate::source::{
+    choose_source, ColdSource, LayerPreparer, PackagePreparer, PoolSource, SandboxVm, SourceKind,
+    TemplateSource, VmSource,
+};
+use crate::spec::{CaBundle, MachineShape, SandboxSpec};
+use crate::template::{warm_of, Templates, Warm};
+use crate::vm::BootTimings;
 use airlock_protocol::{ExecMode, ExecRequest, Language};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What a run is doing, for progress displays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// No memory template of the run's shape exists (or it was damaged):
-    /// one is being built (once per shape; it takes a cold boot and more).
-    BuildingTemplate,
-    /// The run's package list has no layer yet: an install VM is
-    /// installing it (once per list; later runs attach the stored layer).
-    InstallingPackages,
-    /// Waiting for a slot, taking an overlay, booting (or restoring).
-    Booting,
-    /// The agent answered; the code is about to run.
-    Running,
-    /// The code ended; the VM is being destroyed.
-    TearingDown,
-}
-
-/// Receives a run's progress and output as they happen.
-pub trait RunObserver: Send {
-    /// The run entered `stage`.
-    fn stage(&mut self, _stage: Stage) {}
-    /// A chunk of output.
-    fn output(&mut self, stream: OutputStream, bytes: &[u8]);
-    /// The VM is up and these guest ports are served on the host.
-    fn exposed(&mut self, _ports: &[crate::network::ExposedAddr]) {}
-}
-
-/// Ignores everything (for [`Scheduler::run`]).
-pub(crate) struct Discard;
-
-impl RunObserver for Discard {
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
-}
-
-/// Writes each upload into `vm`, in order; the first failure ends it.
-async fn upload_all(vm: &Vm, uploads: &[crate::files::FileUpload]) -> Result<()> {
-    if uploads.is_empty() {
-        return Ok(());
-    }
-    let client = vm.client()?;
-    for upload in uploads {
-        crate::files::upload(vm.id(), client, upload).await?;
-    }
-    Ok(())
-}
 
 /// How a one-shot run's code runs. In a VM restored from a template that
 /// holds its language's interpreter warm (python, raw: see
@@ -81,9 +48,37 @@ pub fn one_shot_mode(boot: &BootTimings, language: Language) -> ExecMode {
     }
 }
 
-/// Runs requests, each in its own VM.
-#[derive(Debug, Clone)]
-pub struct Scheduler {
+/// What a [`Scheduler`] is built from: its VM sources, its package
+/// preparer and its configuration. [`Scheduler::start`] makes the real
+/// ones; tests pass fakes (`airlock::testing`, feature `testing`).
+pub struct SchedulerParts {
+    /// Cold boots: every VM no other source serves.
+    pub cold: Arc<dyn VmSource>,
+    /// Restores from memory templates, used when
+    /// [`Config::restore_templates`] is on (`None`: never).
+    pub template: Option<Arc<dyn VmSource>>,
+    /// Warm pools, and the shapes they serve.
+    pub pool: Option<(Arc<dyn VmSource>, Vec<MachineShape>)>,
+    /// Package layers.
+    pub packages: Arc<dyn PackagePreparer>,
+    /// The configuration (what the scheduler reads of it:
+    /// `restore_templates`, `ca_bundle`).
+    pub config: Config,
+}
+
+impl std::fmt::Debug for SchedulerParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerParts")
+            .field("template", &self.template.is_some())
+            .field("pool", &self.pool.as_ref().map(|(_, shapes)| shapes))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the real scheduler also holds: the manager, templates and pools
+/// its sources use.
+#[derive(Debug)]
+struct HostParts {
     manager: VmManager,
     templates: Templates,
     /// One per configured shape; dropped with the last clone (their
@@ -91,65 +86,131 @@ pub struct Scheduler {
     pools: Arc<Vec<WarmPool>>,
 }
 
+struct Inner {
+    parts: SchedulerParts,
+    host: Option<HostParts>,
+}
+
+/// A sandbox opened for a run or a session: its VM and the environment its
+/// code gets.
+pub(crate) struct Opened {
+    /// The VM, the caller's to destroy.
+    pub vm: Box<dyn SandboxVm>,
+    /// The guest environment (the CA bundle's variables with a network).
+    pub env: BTreeMap<String, String>,
+    /// The package layer attached, for the run result.
+    pub packages: Option<PackagesReport>,
+}
+
+/// Runs requests, each in its own VM, and starts sessions; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("parts", &self.inner.parts)
+            .field("host", &self.inner.host)
+            .finish()
+    }
+}
+
 impl Scheduler {
-    /// Starts a scheduler (and its VM manager) with `config`.
+    /// Starts a scheduler (and its VM manager) with `config`: it probes
+    /// the host, and its sources are the manager's cold boot, its memory
+    /// templates and the configured warm pools.
     ///
     /// # Errors
     /// As [`VmManager::start`].
     pub async fn start(config: Config) -> Result<Self> {
         let manager = VmManager::start(config).await?;
         let templates = Templates::new(manager.clone());
-        let pools = manager
-            .config()
-            .warm_pools
-            .iter()
-            .map(|pool| {
-                let source = TemplateSource::new(templates.clone(), pool.shape);
-                WarmPool::start(*pool, Box::new(source))
-            })
-            .collect();
+        let config = manager.config().clone();
+        let pools: Arc<Vec<WarmPool>> = Arc::new(
+            config
+                .warm_pools
+                .iter()
+                .map(|pool| {
+                    let source = PoolTemplates::new(templates.clone(), pool.shape);
+                    WarmPool::start(*pool, Box::new(source))
+                })
+                .collect(),
+        );
+        let shapes: Vec<MachineShape> = config.warm_pools.iter().map(|p| p.shape).collect();
+        let parts = SchedulerParts {
+            cold: Arc::new(ColdSource::new(manager.clone())),
+            template: Some(Arc::new(TemplateSource::new(templates.clone()))),
+            pool: (!shapes.is_empty()).then(|| {
+                let source: Arc<dyn VmSource> =
+                    Arc::new(PoolSource::new(manager.clone(), Arc::clone(&pools)));
+                (source, shapes)
+            }),
+            packages: Arc::new(LayerPreparer::new(manager.clone())),
+            config,
+        };
         Ok(Self {
-            templates,
-            manager,
-            pools: Arc::new(pools),
+            inner: Arc::new(Inner {
+                parts,
+                host: Some(HostParts {
+                    manager,
+                    templates,
+                    pools,
+                }),
+            }),
         })
     }
 
-    /// The warm pools ([`Config::warm_pools`], one per shape).
-    pub fn pools(&self) -> &[WarmPool] {
-        &self.pools
+    /// A scheduler over `parts` and nothing else: no host probe, no VM
+    /// manager ([`Scheduler::manager`] is `None`). For tests with fake
+    /// sources and for embedders that bring their own.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when `parts.config` is invalid.
+    pub fn from_parts(parts: SchedulerParts) -> Result<Self> {
+        parts.config.validate()?;
+        Ok(Self {
+            inner: Arc::new(Inner { parts, host: None }),
+        })
     }
 
-    /// The warm pool of `options`' shape, when it has one and the VM has
-    /// no network and no package layer (pool VMs have neither).
-    fn pool_for(&self, options: &VmOptions) -> Option<&WarmPool> {
-        if options.network.mode() != airlock_gvproxy::NetworkMode::None
-            || options.packages.is_some()
-        {
-            return None;
-        }
-        let shape = shape_of(options);
-        self.pools.iter().find(|pool| pool.config().shape == shape)
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.parts.config
+    }
+
+    /// The warm pools ([`Config::warm_pools`], one per shape; none when
+    /// built [`Scheduler::from_parts`]).
+    pub fn pools(&self) -> &[WarmPool] {
+        self.inner.host.as_ref().map_or(&[], |host| &host.pools)
+    }
+
+    /// The memory templates runs restore from (`None` when built
+    /// [`Scheduler::from_parts`]).
+    pub fn templates(&self) -> Option<&Templates> {
+        self.inner.host.as_ref().map(|host| &host.templates)
+    }
+
+    /// The VM manager underneath (`None` when built
+    /// [`Scheduler::from_parts`]).
+    pub fn manager(&self) -> Option<&VmManager> {
+        self.inner.host.as_ref().map(|host| &host.manager)
     }
 
     /// Drains the warm pools (their waiting VMs destroyed), then shuts
     /// the manager down ([`VmManager::shutdown`]): no VM starts after
-    /// this. VMs handed out before stay the caller's to destroy.
-    pub async fn shutdown(&self) {
-        for pool in self.pools.iter() {
+    /// this. VMs handed out before stay the caller's to destroy. Returns
+    /// how many processes the teardowns left and were killed (0 when
+    /// every teardown ended in time).
+    pub async fn shutdown(&self) -> usize {
+        let Some(host) = &self.inner.host else {
+            return 0;
+        };
+        for pool in host.pools.iter() {
             pool.shutdown().await;
         }
-        self.manager.shutdown().await;
-    }
-
-    /// The memory templates runs restore from.
-    pub fn templates(&self) -> &Templates {
-        &self.templates
-    }
-
-    /// The VM manager underneath.
-    pub fn manager(&self) -> &VmManager {
-        &self.manager
+        host.manager.shutdown().await
     }
 
     /// Runs the request and returns its collected result.
@@ -175,62 +236,44 @@ impl Scheduler {
         let start = Instant::now();
         request.validate()?;
         let validate_ms = ms(start.elapsed());
-        let layer = packages::prepare(
-            &self.manager,
-            request.language,
-            &request.packages,
-            &request.tenant,
-            || observer.stage(Stage::InstallingPackages),
-        )
-        .await?;
-        let options = VmOptions {
-            tenant: request.tenant.clone(),
-            language: request.language,
-            memory_mib: request.memory_mib,
-            vcpus: request.vcpus,
-            network: request.network.clone(),
-            packages: layer
-                .as_ref()
-                .map(|outcome| PackageDisk::read_only(&outcome.layer)),
-        };
-        let mut vm = self.start_vm(&options, observer).await?;
+        let RunRequest {
+            spec,
+            code,
+            timeout,
+            env,
+            uploads,
+            downloads,
+        } = request;
+        let Opened {
+            mut vm,
+            env,
+            packages,
+        } = self.open(&spec, env, observer).await?;
         observer.exposed(vm.exposed());
-        let env = match self.guest_env(&vm, &options, request.env).await {
-            Ok(env) => env,
-            Err(e) => {
-                vm.destroy().await;
-                return Err(e);
-            }
-        };
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
-        let mode = one_shot_mode(vm.boot_timings(), request.language);
-        let uploaded = upload_all(&vm, &request.uploads).await;
-        let outcome = match uploaded {
+        let language = spec.language();
+        let exec = ExecRequest {
+            mode: one_shot_mode(vm.boot_timings(), language),
+            language,
+            code,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            env,
+            cwd: None,
+        };
+        let outcome = match upload_all(vm.as_ref(), &uploads).await {
             Ok(()) => {
-                vm.exec(
-                    ExecRequest {
-                        mode,
-                        language: request.language,
-                        code: request.code,
-                        timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-                        env,
-                        cwd: None,
-                    },
-                    |stream, bytes| observer.output(stream, bytes),
-                )
-                .await
+                vm.exec(exec, &mut |stream, bytes| observer.output(stream, bytes))
+                    .await
             }
             Err(e) => Err(e),
         };
         let exec_ms = ms(exec_start.elapsed());
         // Downloads after any end of the code (a failure or a timeout
         // too), while the VM is still there; not after an Airlock error.
-        let downloads = match (&outcome, vm.client()) {
-            (Ok(_), Ok(client)) if !request.downloads.is_empty() => {
-                crate::files::download_all(vm.id(), client, &request.downloads).await
-            }
-            _ => Vec::new(),
+        let downloads = match &outcome {
+            Ok(_) => download_all(vm.as_ref(), &downloads).await,
+            Err(_) => Vec::new(),
         };
         observer.stage(Stage::TearingDown);
         let teardown = vm.destroy().await;
@@ -238,7 +281,6 @@ impl Scheduler {
             tracing::warn!(vm_id = teardown.vm_id, problem, "teardown problem");
         }
         let outcome = outcome?;
-        let boot = vm.boot_timings();
         Ok(RunResult {
             vm_id: vm.id().to_owned(),
             stdout: outcome.stdout,
@@ -248,7 +290,7 @@ impl Scheduler {
             stdout_truncated: outcome.completion.stdout_truncated,
             stderr_truncated: outcome.completion.stderr_truncated,
             timings: Timings::new(
-                boot,
+                vm.boot_timings(),
                 RunPhases {
                     validate_ms,
                     exec_ms,
@@ -258,107 +300,119 @@ impl Scheduler {
             ),
             usage: teardown.usage,
             network: teardown.network,
-            packages: layer.as_ref().map(PackagesReport::of),
+            packages,
             downloads,
         })
     }
 
-    /// The environment of the run's code: the request's, plus the CA
-    /// bundle's variables when the VM has an allowlist network (the bundle
-    /// is copied in first; see [`packages::ca`]).
-    pub(crate) async fn guest_env(
-        &self,
-        vm: &Vm,
-        options: &VmOptions,
-        env: std::collections::BTreeMap<String, String>,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
-        if options.network.mode() != airlock_gvproxy::NetworkMode::Allowlist {
-            return Ok(env);
-        }
-        let ca = packages::ca::install_bundle(vm, &self.manager.config().ca_bundle).await?;
-        Ok(packages::ca::with_ca_env(env, ca))
-    }
-
-    /// A VM of `options`, its agent answering, for runs and sessions: a
-    /// paused one from the warm pool of its shape when there is one
-    /// (restored on demand when the pool is empty), its limits group moved
-    /// from the pool's ([`crate::pool::POOL_TENANT`]) to `options.tenant`;
-    /// else restored from
-    /// the template of its shape (and package layer, when it has one)
-    /// when templates are on and the VM has no network (a clone cannot reconnect its network device to a new
-    /// gvproxy on QEMU 7.2: such VMs boot cold); else booted cold. The VM
-    /// is the caller's: destroy it after use.
+    /// Opens a sandbox of `spec` (validated by the caller) for a run or a
+    /// session: its package layer prepared, a VM from the chosen source,
+    /// the guest environment (`env`, plus the CA bundle's variables with
+    /// an allowlist network). On an error after the VM started, the VM is
+    /// destroyed.
     ///
     /// # Errors
-    /// As [`VmManager::boot`], [`Templates::build`] and
-    /// [`WarmPool::take`].
+    /// As the package preparer, the VM source and the CA bundle's copy.
+    pub(crate) async fn open(
+        &self,
+        spec: &SandboxSpec,
+        env: BTreeMap<String, String>,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Opened> {
+        let prepared = self
+            .inner
+            .parts
+            .packages
+            .prepare(spec.language(), &spec.packages, &spec.tenant, observer)
+            .await?;
+        let (disk, packages) = prepared.map(|p| (p.disk, p.report)).unzip();
+        let options = VmOptions::for_spec(spec, disk);
+        let mut vm = self.start_vm(&options, observer).await?;
+        match self.guest_env(vm.as_ref(), spec, env).await {
+            Ok(env) => Ok(Opened { vm, env, packages }),
+            Err(e) => {
+                vm.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The CA bundle a sandbox of `spec` trusts: its own, else the
+    /// configuration's.
+    pub(crate) fn ca_bundle_of(&self, spec: &SandboxSpec) -> CaBundle {
+        spec.ca_bundle
+            .clone()
+            .unwrap_or_else(|| self.config().ca_bundle.clone())
+    }
+
+    /// The environment of the sandbox's code: `env`, plus the CA bundle's
+    /// variables when the VM has an allowlist network (the bundle is
+    /// copied in first; see [`crate::packages::ca`]).
+    async fn guest_env(
+        &self,
+        vm: &dyn SandboxVm,
+        spec: &SandboxSpec,
+        env: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        if spec.network.mode() != airlock_gvproxy::NetworkMode::Allowlist {
+            return Ok(env);
+        }
+        let Some(bundle) = read_bundle(&self.ca_bundle_of(spec)).await? else {
+            return Ok(env);
+        };
+        let upload = FileUpload {
+            mode: 0o644,
+            ..FileUpload::new(GUEST_CA_FILE, bundle)
+        };
+        vm.upload(&upload).await?;
+        Ok(with_ca_env(env, ca_env()))
+    }
+
+    /// A VM of `options`, its agent answering, from the source
+    /// [`choose_source`] picks: the warm pool of its shape, its memory
+    /// template (when [`Config::restore_templates`]), or a cold boot. The
+    /// VM is the caller's: destroy it after use.
+    ///
+    /// # Errors
+    /// As the chosen [`VmSource::acquire`].
     pub async fn start_vm(
         &self,
         options: &VmOptions,
         observer: &mut dyn RunObserver,
-    ) -> Result<Vm> {
-        let layer = options.packages.as_ref().and_then(PackageDisk::layer_key);
-        if let Some(pool) = self.pool_for(options) {
-            observer.stage(Stage::Booting);
-            let mut vm = pool.take().await?;
-            // The pool made it under its own tenant: the VM joins the
-            // limits group of the tenant it now serves.
-            if let Err(e) = vm
-                .move_to_tenant(self.manager.limiter(), &options.tenant)
-                .await
-            {
-                vm.destroy().await;
-                return Err(e);
-            }
-            return Ok(vm);
-        }
-        let restore = self.manager.config().restore_templates
-            && options.network.mode() == airlock_gvproxy::NetworkMode::None;
-        if !restore {
-            observer.stage(Stage::Booting);
-            return self.manager.boot(options).await;
-        }
-        let template = match self.templates.find_over(shape_of(options), layer).await? {
-            Found::Ready(template) => template,
-            Found::Build { inputs, .. } => {
-                observer.stage(Stage::BuildingTemplate);
-                self.templates.build(&inputs).await?
-            }
+    ) -> Result<Box<dyn SandboxVm>> {
+        let parts = &self.inner.parts;
+        let shapes = parts.pool.as_ref().map_or(&[][..], |(_, shapes)| shapes);
+        let restore = parts.config.restore_templates && parts.template.is_some();
+        let source = match (
+            choose_source(options, shapes, restore),
+            &parts.pool,
+            &parts.template,
+        ) {
+            (SourceKind::Pool, Some((pool, _)), _) => pool,
+            (SourceKind::Template, _, Some(template)) => template,
+            _ => &parts.cold,
         };
-        observer.stage(Stage::Booting);
-        self.templates.boot_or_cold(options, &template).await
+        source.acquire(options, observer).await
     }
+}
+
+/// Writes each upload into `vm`, in order; the first failure ends it.
+async fn upload_all(vm: &dyn SandboxVm, uploads: &[FileUpload]) -> Result<()> {
+    for upload in uploads {
+        vm.upload(upload).await?;
+    }
+    Ok(())
+}
+
+/// Reads each of `paths` from `vm`, each on its own: a failure is recorded
+/// and the next file is read all the same.
+async fn download_all(vm: &dyn SandboxVm, paths: &[String]) -> Vec<Downloaded> {
+    let mut downloads = Vec::with_capacity(paths.len());
+    for path in paths {
+        downloads.push(Downloaded::of(path, vm.download(path).await));
+    }
+    downloads
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
-        let restored = BootTimings {
-            restore: Some(Default::default()),
-            ..BootTimings::default()
-        };
-        let pooled = BootTimings {
-            from_warm_pool: true,
-            ..BootTimings::default()
-        };
-        assert_eq!(
-            one_shot_mode(&restored, Language::Python),
-            ExecMode::OneShot
-        );
-        assert_eq!(one_shot_mode(&restored, Language::Raw), ExecMode::OneShot);
-        assert_eq!(
-            one_shot_mode(&restored, Language::Javascript),
-            ExecMode::Process
-        );
-        for language in Language::ALL {
-            assert_eq!(
-                one_shot_mode(&BootTimings::default(), language),
-                ExecMode::Process
-            );
-            assert_eq!(one_shot_mode(&pooled, language), ExecMode::OneShot);
-        }
-    }
-}
+mod tests;

@@ -22,21 +22,18 @@
 //! - **Ownership.** Dropping a [`Session`] destroys its VM (through the
 //!   manager's reaper) and stops its watchdog.
 
-mod install;
 mod lifetime;
 
-pub use lifetime::CloseReason;
+pub use crate::close::CloseReason;
 
 use crate::error::{Error, Result};
-use crate::files::{self, validate_guest_dir, validate_guest_path, FileInfo, FileUpload};
-use crate::network::NetworkRequest;
-use crate::request::{
-    validate_code, validate_env, validate_identifier, validate_shape, validate_timeout,
-    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT,
-};
-use crate::scheduler::RunObserver;
+use crate::files::{validate_guest_dir, validate_guest_path, FileInfo, FileUpload};
+use crate::observer::{Discard, RunObserver};
+use crate::request::{validate_code, validate_env, validate_timeout, DEFAULT_TIMEOUT};
+use crate::source::SandboxVm;
+use crate::spec::{CaBundle, SandboxSpec};
 use crate::teardown::TeardownReport;
-use crate::vm::{ExecOutcome, Vm};
+use crate::vm::ExecOutcome;
 use crate::{ms, Scheduler};
 use airlock_protocol::{ExecMode, ExecRequest, FileEntry, Language};
 use lifetime::{Activity, Verdict};
@@ -53,26 +50,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// Longest accepted idle timeout or lifetime (a day).
 pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// Deadline of warming the interpreter when a session starts.
-const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What a session is started with.
+/// What a session is started with: its sandbox and its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Who the session is for (groups limits and logs); `[A-Za-z0-9_-]{1,128}`.
-    pub tenant: String,
-    /// The interpreter (and root disk).
-    pub language: Language,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Network: none (default), exposed ports, or an allowlist. A session
-    /// with a network boots cold.
-    pub network: NetworkRequest,
-    /// Pinned packages to install when the session starts (see
-    /// [`Session::install_packages`]).
-    pub packages: Vec<String>,
+    /// The sandbox: tenant, shape, network (a session with one boots
+    /// cold), packages (installed into a layer before it starts; see
+    /// [`Session::install_packages`] for later ones).
+    pub spec: SandboxSpec,
     /// Closed after this long without a call (default
     /// [`DEFAULT_IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,
@@ -82,19 +67,24 @@ pub struct SessionOptions {
 }
 
 impl SessionOptions {
-    /// Options with the defaults: tenant `default`, 512 MiB, 1 vCPU, no
-    /// network, no packages, 10 min idle timeout, 1 h lifetime.
+    /// Options with the defaults: the default spec of `language`
+    /// ([`SandboxSpec::new`]), 10 min idle timeout, 1 h lifetime.
     pub fn new(language: Language) -> Self {
+        Self::in_sandbox(SandboxSpec::new(language))
+    }
+
+    /// Options for a sandbox of `spec`, with the default lifetimes.
+    pub fn in_sandbox(spec: SandboxSpec) -> Self {
         Self {
-            tenant: "default".into(),
-            language,
-            memory_mib: DEFAULT_MEMORY_MIB,
-            vcpus: 1,
-            network: NetworkRequest::default(),
-            packages: Vec::new(),
+            spec,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_lifetime: DEFAULT_MAX_LIFETIME,
         }
+    }
+
+    /// The language of its interpreter.
+    pub fn language(&self) -> Language {
+        self.spec.shape.language
     }
 
     /// Checks every field; the first problem is returned.
@@ -102,10 +92,7 @@ impl SessionOptions {
     /// # Errors
     /// [`Error::InvalidInput`] naming the field.
     pub fn validate(&self) -> Result<()> {
-        validate_identifier("tenant", &self.tenant)?;
-        validate_shape(self.memory_mib, self.vcpus)?;
-        self.network.validate()?;
-        crate::packages::PackageList::parse(self.language, &self.packages)?;
+        self.spec.validate()?;
         for (field, value) in [
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
@@ -121,17 +108,6 @@ impl SessionOptions {
             }
         }
         Ok(())
-    }
-
-    fn vm_options(&self, layer: Option<&crate::packages::Layer>) -> crate::VmOptions {
-        crate::VmOptions {
-            tenant: self.tenant.clone(),
-            language: self.language,
-            memory_mib: self.memory_mib,
-            vcpus: self.vcpus,
-            network: self.network.clone(),
-            packages: layer.map(crate::packages::PackageDisk::read_only),
-        }
     }
 }
 
@@ -210,57 +186,33 @@ impl CellResult {
 }
 
 impl Scheduler {
-    /// Starts a session: validates `options`, boots its VM (restored from
-    /// the memory template of its shape when templates are on and it has
-    /// no network, else cold), starts the language's persistent
-    /// interpreter, installs `options.packages`, and starts the watchdog
-    /// of its idle timeout and lifetime.
+    /// Starts a session: validates `options`, opens its sandbox as a run
+    /// does (package layer, a VM from the pool, template or cold boot,
+    /// the CA bundle with a network), starts the language's persistent
+    /// interpreter, and starts the watchdog of its idle timeout and
+    /// lifetime.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for refused options, else as a run's boot.
     pub async fn session(&self, options: SessionOptions) -> Result<Session> {
         options.validate()?;
         let started = Instant::now();
-        // Packages known up front come as a read-only layer (installed once
-        // in an install VM): the session needs no network for them.
-        let layer = crate::packages::prepare(
-            self.manager(),
-            options.language,
-            &options.packages,
-            &options.tenant,
-            || {},
-        )
-        .await?;
-        let layer = layer.map(|outcome| outcome.layer);
-        let vm_options = options.vm_options(layer.as_ref());
-        let mut vm = self
-            .start_vm(&vm_options, &mut crate::scheduler::Discard)
+        let opened = self
+            .open(&options.spec, BTreeMap::new(), &mut Discard)
             .await?;
-        // With an allowlist network the host's CA bundle is copied in and
-        // every cell gets its variables (as a run's code does).
-        let base_env = match self.guest_env(&vm, &vm_options, BTreeMap::new()).await {
-            Ok(env) => env,
-            Err(e) => {
-                vm.destroy().await;
-                return Err(e);
-            }
-        };
         // The interpreter of a restored VM runs already; a cold one's
         // starts now rather than on the first cell. A failure here is not
         // fatal: the first cell starts it.
-        if let Ok(client) = vm.client() {
-            if let Err(e) = client.warm_repl(options.language, WARM_TIMEOUT).await {
-                tracing::warn!(vm_id = vm.id(), error = %e, "warming the interpreter failed");
-            }
+        if let Err(e) = opened.vm.warm_repl().await {
+            tracing::warn!(vm_id = opened.vm.id(), error = %e, "warming the interpreter failed");
         }
-        let ca = self.manager().config().ca_bundle.clone();
         Ok(Session::start(
-            vm,
+            opened.vm,
             &options,
             SessionExtras {
                 start_ms: ms(started.elapsed()),
-                base_env,
-                ca,
+                base_env: opened.env,
+                ca: self.ca_bundle_of(&options.spec),
             },
         ))
     }
@@ -272,7 +224,7 @@ struct SessionExtras {
     /// Variables every cell gets (the CA bundle's, with a network).
     base_env: BTreeMap<String, String>,
     /// The CA bundle an install trusts.
-    ca: crate::packages::CaBundle,
+    ca: CaBundle,
 }
 
 /// A VM kept across calls, with its persistent interpreter (see the module
@@ -303,13 +255,13 @@ struct Inner {
     /// Variables every cell gets under its own (the CA bundle's).
     base_env: BTreeMap<String, String>,
     /// The CA bundle installs trust.
-    ca: crate::packages::CaBundle,
+    ca: CaBundle,
     /// Where the VM's boot (or restore) time went.
     boot_timings: crate::vm::BootTimings,
     /// The guest ports served on the host.
     exposed: Vec<crate::network::ExposedAddr>,
     /// The VM; `None` once closed. Held by the call that runs (busy).
-    vm: AsyncMutex<Option<Vm>>,
+    vm: AsyncMutex<Option<Box<dyn SandboxVm>>>,
     /// Why the session ended, once it has (the first reason wins).
     closed: Mutex<Option<CloseReason>>,
     /// Set once the session ends: a running call stops at once.
@@ -323,7 +275,7 @@ struct Inner {
 }
 
 impl Session {
-    fn start(vm: Vm, options: &SessionOptions, extras: SessionExtras) -> Self {
+    fn start(vm: Box<dyn SandboxVm>, options: &SessionOptions, extras: SessionExtras) -> Self {
         let SessionExtras {
             start_ms,
             base_env,
@@ -332,8 +284,8 @@ impl Session {
         let now = Instant::now();
         let inner = Arc::new(Inner {
             id: format!("s-{}", vm.id()),
-            tenant: options.tenant.clone(),
-            language: options.language,
+            tenant: options.spec.tenant.clone(),
+            language: options.language(),
             created_at: SystemTime::now(),
             start_ms,
             base_env,
@@ -447,8 +399,8 @@ impl Session {
             .inner
             .until_shutdown(vm.exec_interruptible(
                 exec,
-                |stream, bytes| observer.output(stream, bytes),
-                interrupt,
+                &mut |stream, bytes| observer.output(stream, bytes),
+                Box::pin(interrupt),
             ))
             .await?;
         let outcome = call.check_vm(outcome).await?;
@@ -476,11 +428,8 @@ impl Session {
         validate_guest_path("path", path)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        let client = vm.client()?;
         let upload = FileUpload::new(path, bytes);
-        self.inner
-            .until_shutdown(files::upload(vm.id(), client, &upload))
-            .await?
+        self.inner.until_shutdown(vm.upload(&upload)).await?
     }
 
     /// Reads a file of the sandbox home (at most 128 MiB), checked end to
@@ -492,10 +441,7 @@ impl Session {
         validate_guest_path("path", path)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        let client = vm.client()?;
-        self.inner
-            .until_shutdown(files::download(vm.id(), client, path))
-            .await?
+        self.inner.until_shutdown(vm.download(path)).await?
     }
 
     /// Lists a directory of the sandbox home (`""` or `"."`: the home),
@@ -507,18 +453,7 @@ impl Session {
         validate_guest_dir("dir", dir)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        let vm_id = vm.id().to_owned();
-        let client = vm.client()?;
-        let listed = self
-            .inner
-            .until_shutdown(client.list_files(dir, files::transfer_timeout(0)))
-            .await?;
-        listed.map_err(|source| Error::File {
-            vm_id,
-            path: dir.to_owned(),
-            action: "list",
-            source,
-        })
+        self.inner.until_shutdown(vm.list_files(dir)).await?
     }
 
     /// Installs pinned packages (`name==version` for pip, `name@version`
@@ -538,7 +473,7 @@ impl Session {
         let vm = call.vm();
         let outcome = self
             .inner
-            .until_shutdown(install::install_packages(vm, packages, &self.inner.ca))
+            .until_shutdown(vm.install(packages, &self.inner.ca))
             .await?;
         let outcome = call.check_vm(outcome).await?;
         Ok(CellResult::new(outcome, ms(started.elapsed())))
@@ -580,14 +515,14 @@ impl SessionCanceller {
 /// One call holding the session; marks it used again when dropped.
 struct Call<'a> {
     inner: &'a Inner,
-    vm: AsyncMutexGuard<'a, Option<Vm>>,
+    vm: AsyncMutexGuard<'a, Option<Box<dyn SandboxVm>>>,
 }
 
 impl Call<'_> {
     /// The session's VM (present: [`Inner::begin`] checked).
-    fn vm(&mut self) -> &mut Vm {
+    fn vm(&mut self) -> &mut dyn SandboxVm {
         match self.vm.as_mut() {
-            Some(vm) => vm,
+            Some(vm) => vm.as_mut(),
             None => unreachable!("Inner::begin hands out calls only while the VM is there"),
         }
     }

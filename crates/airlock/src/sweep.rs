@@ -13,16 +13,13 @@
 //! only reported (a young one may be a record being written).
 //!
 //! The per-process dirs (overlay pools, staging dirs) of dead processes
-//! are swept by [`sweep_dead_process_dirs`] (`process_dirs.rs`).
+//! are swept by `process_dirs::sweep_dead_process_dirs`.
 //!
 //! Blocking (it reads `/proc` and waits for groups to empty): call it from
 //! the blocking pool.
 
 use crate::owner::{OwnerFile, OwnerRecord};
 use crate::process::signal_group;
-pub use crate::process_dirs::{
-    fresh_staging_dir, process_dir_name, remove_own_process_dirs, sweep_dead_process_dirs,
-};
 use crate::workdir::WorkDir;
 use airlock_limits::Limiter;
 use nix::sys::signal::Signal;

@@ -20,24 +20,6 @@ use tokio::task::JoinHandle;
 /// kill grace, before it declares the guest stuck.
 const EXEC_HOST_MARGIN: Duration = Duration::from_secs(10);
 
-/// What a VM is booted with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmOptions {
-    /// Who the VM is for (its limits group is `airlock/<tenant>/<vm>`).
-    pub tenant: String,
-    /// Which root disk.
-    pub language: Language,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Network (default none: no network device).
-    pub network: crate::network::NetworkRequest,
-    /// A package layer disk to attach (`None`: none); see
-    /// `docs/packages.md`.
-    pub packages: Option<crate::packages::PackageDisk>,
-}
-
 /// Where a VM's boot time went, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BootTimings {
@@ -211,7 +193,7 @@ impl Vm {
         };
         let (limiter, old, to) = (limiter.clone(), running.group.clone(), tenant.to_owned());
         let moved =
-            crate::manager::blocking("move a limits group", move || limiter.regroup(&old, &to))
+            crate::task::blocking("move a limits group", move || limiter.regroup(&old, &to))
                 .await??;
         running.group = moved;
         self.workdir.set_tenant(tenant).await

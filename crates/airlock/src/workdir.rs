@@ -88,7 +88,7 @@ impl WorkDir {
     /// `InvalidData` when it is not a record.
     pub async fn set_tenant(&self, tenant: &str) -> Result<()> {
         let (file, tenant) = (self.owner_file(), tenant.to_owned());
-        crate::manager::blocking("rewrite an owner record", move || {
+        crate::task::blocking("rewrite an owner record", move || {
             let text = std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
             let mut record = OwnerRecord::parse(&text).ok_or_else(|| {
                 Error::io(

@@ -56,11 +56,15 @@ pub(super) fn measure(starts: usize) -> Result<SessionNumbers> {
             let options = SessionOptions::new(Language::Python);
             if restore {
                 let shape = airlock::template::TemplateShape {
-                    language: options.language,
-                    memory_mib: options.memory_mib,
-                    vcpus: options.vcpus,
+                    language: options.language(),
+                    memory_mib: options.spec.shape.memory_mib,
+                    vcpus: options.spec.shape.vcpus,
                 };
-                scheduler.templates().ensure(shape).await?;
+                scheduler
+                    .templates()
+                    .expect("a started scheduler has templates")
+                    .ensure(shape)
+                    .await?;
             }
             for i in 0..starts {
                 eprint!(
@@ -82,7 +86,7 @@ pub(super) fn measure(starts: usize) -> Result<SessionNumbers> {
                 session.close().await;
             }
             eprintln!();
-            scheduler.manager().shutdown().await;
+            scheduler.shutdown().await;
         }
         Ok(numbers)
     })

@@ -213,7 +213,7 @@ async fn clones(scheduler: &Scheduler) -> Result<Vec<airlock_sys_util::proc_scan
             env: Default::default(),
             cwd: None,
         };
-        vm.exec(exec, |_, _| {}).await?;
+        vm.exec(exec, &mut |_, _| {}).await?;
         vms.push(vm);
     }
     eprintln!();
@@ -238,7 +238,12 @@ async fn template_sizes() -> Result<Vec<(TemplateShape, f64, u64, u64)>> {
     .await?;
     let mut rows = Vec::new();
     for shape in crate::images::templates::default_shapes() {
-        if let Found::Ready(t) = scheduler.templates().find(shape).await? {
+        if let Found::Ready(t) = scheduler
+            .templates()
+            .expect("a started scheduler has templates")
+            .find(shape)
+            .await?
+        {
             let allocated = allocated_bytes(&t.memory_file());
             rows.push((
                 shape,

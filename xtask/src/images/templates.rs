@@ -47,7 +47,9 @@ pub fn ensure_default(images_dir: &Path) -> Result<()> {
 }
 
 async fn build_missing(scheduler: &airlock::Scheduler) -> Result<()> {
-    let templates = scheduler.templates();
+    let templates = scheduler
+        .templates()
+        .expect("a started scheduler has templates");
     for shape in default_shapes() {
         let label = format!("template {shape}");
         let inputs = match templates.find(shape).await? {

@@ -20,10 +20,9 @@ mod repl;
 use crate::error::CliError;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
 use crate::run::{read_off_runtime, timeout_from_secs};
-use airlock::{
-    CellRequest, CellResult, Config, NetworkRequest, Scheduler, Session, SessionOptions,
-    DEFAULT_MEMORY_MIB,
-};
+use airlock::spec::args::{LifetimeArgs, SandboxArgs};
+use airlock::spec::DEFAULT_TENANT;
+use airlock::{CellRequest, CellResult, Config, Scheduler, Session, SessionOptions};
 use airlock_protocol::Language;
 use clap::Args;
 use nix::sys::signal::Signal;
@@ -39,30 +38,15 @@ pub struct SessionArgs {
     /// python, javascript or raw (bash).
     #[arg(short, long, default_value = "python")]
     pub language: String,
-    /// Guest memory in MiB.
-    #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
-    /// Let the guest reach the language's default allowlisted domains on
-    /// ports 80 and 443 (see `airlock run --help`).
-    #[arg(long)]
-    pub network: bool,
-    /// A domain the guest may reach (repeatable). Implies --network.
-    #[arg(long = "allow-domain", value_name = "NAME")]
-    pub allow_domain: Vec<String>,
-    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp].
-    #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
-    pub expose: Vec<String>,
-    /// Pinned packages the session starts with (repeatable or
-    /// comma-separated): python `name==version`, javascript
-    /// `name@version`. Installed once into a read-only layer, as for
-    /// `airlock run --packages`: the session needs no network for them.
-    /// (`:install` inside a session needs `--network`, the registries
-    /// allowed.)
-    #[arg(long = "packages", value_name = "SPEC[,SPEC...]")]
-    pub packages: Vec<String>,
+    /// The sandbox, as `airlock run`'s: `-m/--memory`, `--cpus`,
+    /// `--network`, `--allow-domain`, `--expose`, `--packages` (installed
+    /// into a read-only layer before the session starts; `:install` inside
+    /// a session needs `--network`).
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// `--idle-timeout`, `--max-lifetime`.
+    #[command(flatten)]
+    pub lifetime: LifetimeArgs,
     /// Timeout of each cell, in seconds.
     #[arg(short, long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -96,12 +80,9 @@ impl SessionArgs {
             .map_err(|e| CliError::invalid("language", e.to_string()))?;
         let timeout = timeout_from_secs(self.timeout)?;
         airlock::validate_timeout(timeout)?;
-        let mut options = SessionOptions::new(language);
-        options.memory_mib = self.memory;
-        options.vcpus = self.cpus;
-        options.network =
-            NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)?;
-        options.packages = self.packages.clone();
+        let spec = self.sandbox.to_spec(DEFAULT_TENANT, language)?;
+        let mut options = SessionOptions::in_sandbox(spec);
+        self.lifetime.apply(&mut options);
         options.validate()?;
         Ok((options, timeout))
     }
@@ -154,7 +135,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
                 return EXIT_AIRLOCK_FAILED;
             }
         };
-        let cells = cells::split_cells(options.language, &script);
+        let cells = cells::split_cells(options.language(), &script);
         if cells.is_empty() {
             process::report(
                 CliError::invalid("code", "no code on stdin (cells are split at `# %%` lines)"),
@@ -179,18 +160,17 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             }
         },
         stop = first_stop(interrupts, &mut sigint) => {
-            airlock::process::registry().kill_all();
             eprintln!("airlock: interrupted ({stop}) while starting");
             return exit_status(stop);
         }
     };
     if !args.quiet && std::io::stderr().is_terminal() {
-        eprintln!("airlock: starting a {} session...", options.language);
+        eprintln!("airlock: starting a {} session...", options.language());
     }
     let started = tokio::select! {
         started = scheduler.session(options) => started,
         stop = first_stop(interrupts, &mut sigint) => {
-            scheduler.manager().shutdown().await;
+            scheduler.shutdown().await;
             eprintln!("airlock: interrupted ({stop}) while starting the session: nothing was left behind");
             return exit_status(stop);
         }
@@ -199,7 +179,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         Ok(session) => session,
         Err(e) => {
             process::report(e, Detail::FirstLine { debug: args.debug });
-            scheduler.manager().shutdown().await;
+            scheduler.shutdown().await;
             return EXIT_AIRLOCK_FAILED;
         }
     };
@@ -223,7 +203,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         tracing::warn!(vm_id = report.vm_id, problem, "teardown problem");
     }
     drop(session);
-    scheduler.manager().shutdown().await;
+    scheduler.shutdown().await;
     code
 }
 
@@ -336,14 +316,23 @@ mod tests {
         let (options, timeout) = parse(&["-l", "js", "-m", "256", "-t", "2.5", "--cpus", "2"])
             .to_options()
             .unwrap();
-        assert_eq!(options.language, Language::Javascript);
-        assert_eq!((options.memory_mib, options.vcpus), (256, 2));
+        assert_eq!(options.language(), Language::Javascript);
+        assert_eq!(
+            (options.spec.shape.memory_mib, options.spec.shape.vcpus),
+            (256, 2)
+        );
         assert_eq!(timeout, Duration::from_millis(2500));
         let (default, _) = parse(&[]).to_options().unwrap();
-        assert_eq!(default.language, Language::Python);
-        assert_eq!(default.network.mode(), airlock_gvproxy::NetworkMode::None);
+        assert_eq!(default.language(), Language::Python);
+        assert_eq!(
+            default.spec.network.mode(),
+            airlock_gvproxy::NetworkMode::None
+        );
         let (net, _) = parse(&["--network"]).to_options().unwrap();
-        assert_eq!(net.network.mode(), airlock_gvproxy::NetworkMode::Allowlist);
+        assert_eq!(
+            net.spec.network.mode(),
+            airlock_gvproxy::NetworkMode::Allowlist
+        );
     }
 
     #[test]
@@ -351,7 +340,7 @@ mod tests {
         let (options, _) = parse(&["--packages", "six==1.16.0,idna==3.7"])
             .to_options()
             .unwrap();
-        assert_eq!(options.packages, ["six==1.16.0,idna==3.7"]);
+        assert_eq!(options.spec.packages, ["six==1.16.0,idna==3.7"]);
         for bad in ["six", "six>=1", "https://example.com/six.whl"] {
             assert!(
                 matches!(

@@ -208,19 +208,21 @@ impl Airlock {
         self.check_not_draining()?;
         let language = parse_language(&body.language)?;
         let mut options = SessionOptions::new(language);
-        options.tenant.clone_from(&caller.tenant);
+        options.spec.tenant.clone_from(&caller.tenant);
         if let Some(m) = body.memory_mib {
-            options.memory_mib = m;
+            options.spec.shape.memory_mib = m;
         }
         if let Some(s) = body.idle_timeout_s {
             options.idle_timeout = Duration::from_secs(s);
         }
-        options.packages = body.packages.clone().unwrap_or_default();
-        options.network = network_request(language, body.network.as_ref())?;
+        options.spec.packages = body.packages.clone().unwrap_or_default();
+        options.spec.network = network_request(language, body.network.as_ref())?;
         options.validate()?;
-        caller
-            .quotas
-            .check_vm(&caller.tenant, options.memory_mib, Duration::ZERO)?;
+        caller.quotas.check_vm(
+            &caller.tenant,
+            options.spec.shape.memory_mib,
+            Duration::ZERO,
+        )?;
         // Sessions the orchestrator closed (idle, lifetime) give their
         // places back here.
         self.sweep_sessions();

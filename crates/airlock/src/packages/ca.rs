@@ -14,6 +14,7 @@
 //! an image, a layer or the repository.
 
 use crate::error::{Error, Result};
+pub use crate::spec::CaBundle;
 use crate::vm::Vm;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,20 +36,6 @@ pub const SYSTEM_BUNDLES: &[&str] = &[
 ];
 /// Deadline of the bundle's write into the guest.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Which CA bundle guests with a network trust.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum CaBundle {
-    /// The host's system bundle: `$SSL_CERT_FILE` when set, else the
-    /// first of [`SYSTEM_BUNDLES`] that exists; none found: the guest's
-    /// own.
-    #[default]
-    System,
-    /// This file (`--ca-bundle PATH`).
-    File(PathBuf),
-    /// The guest's own bundle only.
-    GuestOnly,
-}
 
 impl CaBundle {
     /// The file to copy in, if any (looks at the host's files).
@@ -128,22 +115,33 @@ pub fn ca_env() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Copies the bundle `choice` resolves to into `vm` and returns the
-/// variables to add to its processes' environment (empty when there is no
-/// bundle to copy).
+/// The bytes of the bundle `choice` resolves to, checked (`None`: no
+/// bundle to copy in).
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a missing or malformed bundle,
-/// [`Error::Io`] when it cannot be read, [`Error::Protocol`] when the
-/// write fails.
-pub async fn install_bundle(vm: &Vm, choice: &CaBundle) -> Result<BTreeMap<String, String>> {
+/// [`Error::Io`] when it cannot be read.
+pub async fn read_bundle(choice: &CaBundle) -> Result<Option<Vec<u8>>> {
     let Some(path) = choice.resolve()? else {
-        return Ok(BTreeMap::new());
+        return Ok(None);
     };
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| Error::io("read the CA bundle", &path, e))?;
     check_bundle(&path, &bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Copies the bundle `choice` resolves to into `vm` and returns the
+/// variables to add to its processes' environment (empty when there is no
+/// bundle to copy).
+///
+/// # Errors
+/// As [`read_bundle`]; [`Error::Protocol`] when the write fails.
+pub async fn install_bundle(vm: &Vm, choice: &CaBundle) -> Result<BTreeMap<String, String>> {
+    let Some(bytes) = read_bundle(choice).await? else {
+        return Ok(BTreeMap::new());
+    };
     vm.client()?
         .write_file(GUEST_CA_FILE, 0o644, &bytes, WRITE_TIMEOUT)
         .await
@@ -151,7 +149,7 @@ pub async fn install_bundle(vm: &Vm, choice: &CaBundle) -> Result<BTreeMap<Strin
             vm_id: vm.id().to_owned(),
             source,
         })?;
-    tracing::debug!(vm_id = vm.id(), bundle = %path.display(), "CA bundle copied in");
+    tracing::debug!(vm_id = vm.id(), "CA bundle copied in");
     Ok(ca_env())
 }
 

@@ -100,8 +100,8 @@ struct Fixture {
 
 const FULL: Duration = Duration::from_secs(10);
 
-fn shape() -> TemplateShape {
-    TemplateShape {
+fn shape() -> MachineShape {
+    MachineShape {
         language: Language::Raw,
         memory_mib: 256,
         vcpus: 1,
@@ -317,46 +317,6 @@ async fn dropping_the_pool_hands_its_vms_to_the_reaper() {
     setup.flush().await;
 
     assert!(setup.nothing_left());
-}
-
-#[test]
-fn pools_must_leave_a_slot_free_and_have_one_shape_each() {
-    let pool = PoolConfig::new(shape());
-    validate_pools(&[pool], 3).unwrap();
-    validate_pools(&[], 1).unwrap();
-    let too_many = validate_pools(&[pool], 2).unwrap_err().to_string();
-    assert!(too_many.contains("leave at least one slot"), "{too_many}");
-    let twice = validate_pools(&[pool, pool], 8).unwrap_err().to_string();
-    assert!(twice.contains("two warm pools"), "{twice}");
-}
-
-#[test]
-fn a_pool_of_no_vms_or_an_impossible_shape_is_refused() {
-    let empty = PoolConfig {
-        size: 0,
-        ..PoolConfig::new(shape())
-    };
-    assert!(matches!(empty.validate(), Err(Error::Config(_))));
-    let tiny = PoolConfig::new(TemplateShape {
-        memory_mib: 1,
-        ..shape()
-    });
-    assert!(matches!(tiny.validate(), Err(Error::Config(_))));
-    let hasty = PoolConfig {
-        max_idle: Duration::from_millis(10),
-        ..PoolConfig::new(shape())
-    };
-    assert!(matches!(hasty.validate(), Err(Error::Config(_))));
-}
-
-#[test]
-fn a_config_with_too_many_pooled_vms_is_refused() {
-    let config = crate::Config {
-        max_concurrent_vms: 2,
-        warm_pools: vec![PoolConfig::new(shape())],
-        ..crate::Config::default()
-    };
-    assert!(matches!(config.validate(), Err(Error::Config(_))));
 }
 
 #[test]

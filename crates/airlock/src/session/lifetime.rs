@@ -5,33 +5,8 @@
 //! of idleness, or [`Activity::max_lifetime`] after it started, whichever
 //! comes first (the lifetime also cuts a running call).
 
-use serde::Serialize;
+use crate::close::CloseReason;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CloseReason {
-    /// [`crate::Session::close`] was called.
-    Closed,
-    /// No call for its idle timeout.
-    IdleTimeout,
-    /// Its maximum lifetime passed.
-    MaxLifetime,
-    /// Its VM died.
-    VmDied,
-}
-
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CloseReason::Closed => "it was closed",
-            CloseReason::IdleTimeout => "it was idle for longer than its idle timeout",
-            CloseReason::MaxLifetime => "it reached its maximum lifetime",
-            CloseReason::VmDied => "its VM died",
-        })
-    }
-}
 
 /// What the watchdog should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

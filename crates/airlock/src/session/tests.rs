@@ -6,10 +6,9 @@
 
 use super::*;
 use crate::factory::tests::{alive, options, Setup};
+use crate::testing::completion;
 use crate::vm::OutputStream;
-use airlock_protocol::{
-    Completion, Data, Event, EventBody, FrameReader, FrameWriter, OpId, RequestBody,
-};
+use airlock_protocol::{Data, Event, EventBody, FrameReader, FrameWriter, OpId, RequestBody};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 
@@ -27,18 +26,6 @@ enum Seen {
     Install {
         packages: Vec<String>,
     },
-}
-
-fn completion(exit_code: i32) -> Completion {
-    Completion {
-        exit_code,
-        timed_out: false,
-        duration_ms: 1,
-        spawn_ms: 0,
-        stdout_truncated: false,
-        stderr_truncated: false,
-        state_lost: false,
-    }
 }
 
 /// A fake agent on `peer`: a cell `block` waits for its cancel (then
@@ -118,7 +105,7 @@ async fn fixture(tweak: impl FnOnce(&mut SessionOptions)) -> Fixture {
     let mut opts = SessionOptions::new(Language::Raw);
     tweak(&mut opts);
     let session = Session::start(
-        vm,
+        Box::new(vm),
         &opts,
         SessionExtras {
             start_ms: 0,
@@ -376,10 +363,10 @@ fn session_options_are_validated() {
         })
     ));
     let mut small = ok.clone();
-    small.memory_mib = 1;
+    small.spec.shape.memory_mib = 1;
     assert!(small.validate().is_err());
     let mut tenant = ok;
-    tenant.tenant = "a b".into();
+    tenant.spec.tenant = "a b".into();
     assert!(tenant.validate().is_err());
 }
 

@@ -7,10 +7,12 @@
 use super::key::TemplateInputs;
 use super::store::{Template, TemplateStore, MEMORY_FILE, STATE_FILE};
 use crate::error::{Error, Result};
-use crate::manager::{blocking, VmManager};
+use crate::machine::VmOptions;
+use crate::manager::VmManager;
 use crate::network::NetworkRequest;
 use crate::qemu_launcher::QemuLauncher;
-use crate::vm::{Vm, VmOptions};
+use crate::task::blocking;
+use crate::vm::Vm;
 use airlock_protocol::{ExecMode, ExecRequest, Language};
 use airlock_qemu::{BootImages, QmpClient};
 use std::os::fd::AsFd;
@@ -82,7 +84,7 @@ async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &P
         packages: inputs
             .packages_layer
             .as_ref()
-            .map(|key| crate::packages::PackageDisk {
+            .map(|key| crate::machine::PackageDisk {
                 image: crate::packages::install::store_of(manager)
                     .dir(key)
                     .join(crate::packages::layer::IMAGE_FILE),

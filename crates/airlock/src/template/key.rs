@@ -1,6 +1,7 @@
 //! What a template must match to be restored, and the key it is stored
 //! under (pure: no file is touched).
 
+#[cfg(test)]
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
 
@@ -10,26 +11,8 @@ use serde::{Deserialize, Serialize};
 /// javascript templates hold none (Node cannot be reseeded in place).
 pub const TEMPLATE_FORMAT: u32 = 2;
 
-/// The shape of the VMs a template serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TemplateShape {
-    /// The root disk and interpreter.
-    pub language: Language,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// vCPUs.
-    pub vcpus: u32,
-}
-
-impl std::fmt::Display for TemplateShape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {} MiB {} vCPU",
-            self.language, self.memory_mib, self.vcpus
-        )
-    }
-}
+/// The shape of the VMs a template serves: the spec's machine shape.
+pub type TemplateShape = crate::spec::MachineShape;
 
 /// Everything a clone's machine must share with its template: any change
 /// gives another key, so a template of another kernel, root disk, QEMU or

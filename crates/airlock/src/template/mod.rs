@@ -30,8 +30,10 @@ pub use store::{Listed, Lookup, Template, TemplateDetails, TemplateMetadata, Tem
 use crate::artifacts::{EntryState, Pruned};
 use crate::error::{Error, Result};
 use crate::launcher::MachinePlan;
-use crate::manager::{blocking, VmManager};
-use crate::vm::{Vm, VmOptions};
+use crate::machine::VmOptions;
+use crate::manager::VmManager;
+use crate::task::blocking;
+use crate::vm::Vm;
 use crate::workdir::WorkDir;
 use airlock_protocol::client::sha256_hex;
 use airlock_qemu::{argv_to_lines, BootImages, HostCaps, QemuArgs};
@@ -361,11 +363,7 @@ fn restore_failed(error: &Error) -> bool {
 
 /// The template shape of a VM.
 pub fn shape_of(options: &VmOptions) -> TemplateShape {
-    TemplateShape {
-        language: options.language,
-        memory_mib: options.memory_mib,
-        vcpus: options.vcpus,
-    }
+    options.shape()
 }
 
 /// Hash of a clone's argv for `shape` on `caps`, its per-VM paths fixed:
@@ -380,7 +378,7 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<Strin
         root_base: fixed.join("rootfs.qcow2"),
         network_socket: None,
         verbose_console: false,
-        packages: layer.then(|| crate::packages::PackageDisk {
+        packages: layer.then(|| crate::machine::PackageDisk {
             image: fixed.join("packages.img"),
             writable: false,
         }),

@@ -1,0 +1,103 @@
+//! [`crate::Vm`] as a [`SandboxVm`]: each step through the VM's protocol
+//! client, errors carrying the VM id.
+
+use super::{OutputSink, SandboxVm};
+use crate::error::{Error, Result};
+use crate::files::{self, FileInfo, FileUpload};
+use crate::network::ExposedAddr;
+use crate::spec::CaBundle;
+use crate::task::BoxFuture;
+use crate::teardown::TeardownReport;
+use crate::vm::{BootTimings, ExecOutcome, Vm};
+use airlock_protocol::{ExecRequest, FileEntry, Language};
+use std::time::Duration;
+
+/// Deadline of warming the interpreter.
+const WARM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one install into a running VM.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl SandboxVm for Vm {
+    fn id(&self) -> &str {
+        Vm::id(self)
+    }
+
+    fn language(&self) -> Language {
+        Vm::language(self)
+    }
+
+    fn boot_timings(&self) -> &BootTimings {
+        Vm::boot_timings(self)
+    }
+
+    fn exposed(&self) -> &[ExposedAddr] {
+        Vm::exposed(self)
+    }
+
+    fn qemu_pid(&self) -> Option<u32> {
+        Vm::qemu_pid(self)
+    }
+
+    fn exec_interruptible<'a>(
+        &'a mut self,
+        request: ExecRequest,
+        on_output: OutputSink<'a>,
+        interrupt: BoxFuture<'a, ()>,
+    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+        Box::pin(Vm::exec_interruptible(self, request, on_output, interrupt))
+    }
+
+    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo>> {
+        Box::pin(async move { files::upload(self.id(), self.client()?, upload).await })
+    }
+
+    fn download<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo)>> {
+        Box::pin(async move { files::download(self.id(), self.client()?, path).await })
+    }
+
+    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>>> {
+        Box::pin(async move {
+            self.client()?
+                .list_files(dir, files::transfer_timeout(0))
+                .await
+                .map_err(|source| Error::File {
+                    vm_id: self.id().to_owned(),
+                    path: dir.to_owned(),
+                    action: "list",
+                    source,
+                })
+        })
+    }
+
+    fn warm_repl(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.client()?
+                .warm_repl(Vm::language(self), WARM_TIMEOUT)
+                .await
+                .map(drop)
+                .map_err(|source| Error::Protocol {
+                    vm_id: self.id().to_owned(),
+                    source,
+                })
+        })
+    }
+
+    fn install<'a>(
+        &'a mut self,
+        packages: &'a [String],
+        ca: &'a CaBundle,
+    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+        Box::pin(async move {
+            let output = crate::packages::install_into(self, packages, ca, INSTALL_TIMEOUT).await?;
+            Ok(ExecOutcome {
+                stdout: output.stdout,
+                stderr: output.stderr,
+                completion: output.completion,
+            })
+        })
+    }
+
+    fn destroy(&mut self) -> BoxFuture<'_, TeardownReport> {
+        Box::pin(Vm::destroy(self))
+    }
+}

@@ -1,0 +1,413 @@
+//! The options every front end takes, defined once.
+//!
+//! The CLI flattens them into its subcommands (`#[command(flatten)]`, with
+//! the `clap` feature, which only `airlock-cli` enables), the REST API and
+//! MCP into their request bodies (`#[serde(flatten)]`; their JSON schema
+//! comes from `schemars`). An option therefore has one name, default, help
+//! and error on every front end:
+//!
+//! | option            | CLI                          | JSON                          |
+//! |-------------------|------------------------------|-------------------------------|
+//! | guest memory      | `-m/--memory MIB` (512)      | `memory_mib` (512)            |
+//! | vCPUs             | `--cpus N` (1)               | `cpus` (1)                    |
+//! | egress            | `--network`, `--allow-domain`| `network: {allow_domains}`    |
+//! | exposed ports     | `--expose GUEST[:HOST]`      | `network: {expose}`           |
+//! | packages          | `--packages SPEC[,SPEC]`     | `packages`                    |
+//! | idle timeout      | `--idle-timeout S` (600)     | `idle_timeout_s` (600)        |
+//! | max lifetime      | `--max-lifetime S` (3600)    | `max_lifetime_s` (3600)       |
+//!
+//! The network is flat flags on the CLI and one object in JSON: its JSON
+//! form is the field `network` of [`SandboxArgs`] (absent: no network), so
+//! a body keeps `deny_unknown_fields` off when it flattens
+//! [`SandboxArgs`] (serde cannot combine the two).
+//!
+//! [`SandboxArgs::to_spec`] and [`LifetimeArgs::apply`] turn them into the
+//! library's [`SandboxSpec`] and [`crate::SessionOptions`], with the
+//! library's errors.
+
+use super::{SandboxSpec, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use crate::error::Result;
+use crate::network::NetworkRequest;
+use airlock_protocol::Language;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Default idle timeout of a session, in seconds (10 min).
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 10 * 60;
+/// Default maximum lifetime of a session, in seconds (1 h).
+pub const DEFAULT_MAX_LIFETIME_S: u64 = 60 * 60;
+
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+
+fn default_cpus() -> u32 {
+    DEFAULT_VCPUS
+}
+
+fn default_idle_timeout_s() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_S
+}
+
+fn default_max_lifetime_s() -> u64 {
+    DEFAULT_MAX_LIFETIME_S
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// The machine's size: memory and vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct ShapeArgs {
+    /// Guest memory in MiB.
+    #[cfg_attr(
+        feature = "clap",
+        arg(short = 'm', long = "memory", value_name = "MEMORY", default_value_t = DEFAULT_MEMORY_MIB)
+    )]
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    #[cfg_attr(feature = "clap", arg(long = "cpus", default_value_t = DEFAULT_VCPUS))]
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+}
+
+impl Default for ShapeArgs {
+    fn default() -> Self {
+        Self {
+            memory_mib: DEFAULT_MEMORY_MIB,
+            cpus: DEFAULT_VCPUS,
+        }
+    }
+}
+
+/// The network: egress to allowlisted domains, exposed guest ports.
+///
+/// CLI: `--network` turns egress on (to the language's default registries
+/// unless `--allow-domain` names others; any `--allow-domain` implies it);
+/// `--expose` alone serves ports and reaches nothing. JSON: the object's
+/// presence turns egress on; `allow_domains` absent means the language's
+/// default registries, empty means nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct NetworkArgs {
+    /// Let the guest reach allowlisted domains on ports 80 and 443, nothing
+    /// else. Without --allow-domain the language's default allowlist
+    /// applies: python: pypi.org, files.pythonhosted.org; javascript:
+    /// registry.npmjs.org; raw: none (nothing is reachable).
+    #[cfg_attr(feature = "clap", arg(long = "network"))]
+    #[serde(skip, default = "enabled")]
+    pub egress: bool,
+    /// A domain the guest may reach (repeatable; `*.example.com` allows
+    /// its subdomains). Implies --network.
+    #[cfg_attr(feature = "clap", arg(long = "allow-domain", value_name = "NAME"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_domains: Option<Vec<String>>,
+    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp]
+    /// (repeatable; without HOST a free port is chosen and printed). The
+    /// guest still reaches nothing unless --network is given.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "GUEST[:HOST][/tcp]"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+}
+
+impl NetworkArgs {
+    /// Whether nothing is asked (no egress, no port): no network device.
+    pub fn is_none(&self) -> bool {
+        !self.egress && self.allow_domains.is_none() && self.expose.is_empty()
+    }
+
+    /// The network request these options describe for `language`.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] for `network` naming a bad domain or
+    /// port.
+    pub fn to_request(&self, language: Language) -> Result<NetworkRequest> {
+        let domains = self.allow_domains.as_deref().unwrap_or_default();
+        // An explicitly empty allowlist (JSON `allow_domains: []`) reaches
+        // nothing, whatever turned egress on.
+        let egress = match &self.allow_domains {
+            Some(list) if list.is_empty() => false,
+            _ => self.egress || !domains.is_empty(),
+        };
+        NetworkRequest::from_flags(language, egress, domains, &self.expose)
+    }
+}
+
+/// What a sandbox is made of, as every front end takes it: shape, network
+/// and packages (the language and tenant come from elsewhere: the
+/// subcommand or body's own `language`, the caller's key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SandboxArgs {
+    /// Memory and vCPUs.
+    #[cfg_attr(feature = "clap", command(flatten))]
+    #[serde(flatten)]
+    pub shape: ShapeArgs,
+    /// Network access (none without this field).
+    #[cfg_attr(feature = "clap", command(flatten))]
+    #[serde(default, skip_serializing_if = "NetworkArgs::is_none")]
+    pub network: NetworkArgs,
+    /// Pinned packages to install (repeatable or comma-separated): python
+    /// `name==version`, javascript `name@version`. Installed once through
+    /// the registries (a separate VM; the sandbox itself gets no network
+    /// from it), kept as a read-only layer and attached to later sandboxes
+    /// with the same list.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "packages", value_name = "SPEC[,SPEC...]")
+    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+}
+
+impl SandboxArgs {
+    /// The spec of a sandbox of `language` for `tenant`; validated.
+    ///
+    /// # Errors
+    /// As [`SandboxSpec::validate`] and [`NetworkArgs::to_request`].
+    pub fn to_spec(&self, tenant: &str, language: Language) -> Result<SandboxSpec> {
+        let mut spec = SandboxSpec::new(language);
+        tenant.clone_into(&mut spec.tenant);
+        spec.shape.memory_mib = self.shape.memory_mib;
+        spec.shape.vcpus = self.shape.cpus;
+        spec.network = self.network.to_request(language)?;
+        spec.packages.clone_from(&self.packages);
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// How long a session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct LifetimeArgs {
+    /// Close the session after this many seconds without a call.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "idle-timeout", value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)
+    )]
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// Close the session this many seconds after it started, even mid-call.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "max-lifetime", value_name = "SECONDS", default_value_t = DEFAULT_MAX_LIFETIME_S)
+    )]
+    #[serde(default = "default_max_lifetime_s")]
+    pub max_lifetime_s: u64,
+}
+
+impl Default for LifetimeArgs {
+    fn default() -> Self {
+        Self {
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            max_lifetime_s: DEFAULT_MAX_LIFETIME_S,
+        }
+    }
+}
+
+impl LifetimeArgs {
+    /// Sets `options`' idle timeout and lifetime (checked by
+    /// [`crate::SessionOptions::validate`]).
+    pub fn apply(&self, options: &mut crate::SessionOptions) {
+        options.idle_timeout = Duration::from_secs(self.idle_timeout_s);
+        options.max_lifetime = Duration::from_secs(self.max_lifetime_s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+    use airlock_gvproxy::NetworkMode;
+
+    fn from_json(json: &str) -> SandboxArgs {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_empty_body_has_the_cli_defaults_and_no_network() {
+        let args = from_json("{}");
+        assert_eq!(args, SandboxArgs::default());
+        let spec = args.to_spec("t", Language::Python).unwrap();
+        assert_eq!((spec.shape.memory_mib, spec.shape.vcpus), (512, 1));
+        assert_eq!(spec.network.mode(), NetworkMode::None);
+        assert_eq!(spec.tenant, "t");
+    }
+
+    #[test]
+    fn the_json_field_names_are_the_rest_apis() {
+        let args = from_json(
+            r#"{"memory_mib": 256, "cpus": 2, "packages": ["six==1.16.0"],
+                "network": {"allow_domains": ["example.com"], "expose": ["8080"]}}"#,
+        );
+        assert_eq!(
+            args.shape,
+            ShapeArgs {
+                memory_mib: 256,
+                cpus: 2
+            }
+        );
+        let spec = args.to_spec("t", Language::Python).unwrap();
+        assert_eq!(spec.network.mode(), NetworkMode::Allowlist);
+        assert_eq!(spec.network.exposes.len(), 1);
+        assert_eq!(spec.packages, ["six==1.16.0"]);
+    }
+
+    #[test]
+    fn a_json_network_object_turns_egress_on_unless_its_allowlist_is_empty() {
+        let on = from_json(r#"{"network": {}}"#);
+        assert_eq!(
+            on.to_spec("t", Language::Python).unwrap().network.mode(),
+            NetworkMode::Allowlist
+        );
+        let ports = from_json(r#"{"network": {"allow_domains": [], "expose": ["80"]}}"#);
+        assert_eq!(
+            ports.to_spec("t", Language::Python).unwrap().network.mode(),
+            NetworkMode::Ports
+        );
+    }
+
+    #[test]
+    fn cli_style_expose_alone_serves_ports_and_reaches_nothing() {
+        let args = SandboxArgs {
+            network: NetworkArgs {
+                expose: vec!["8080".into()],
+                ..NetworkArgs::default()
+            },
+            ..SandboxArgs::default()
+        };
+        let spec = args.to_spec("t", Language::Python).unwrap();
+        assert_eq!(spec.network.mode(), NetworkMode::Ports);
+    }
+
+    #[test]
+    fn a_shape_out_of_range_is_the_librarys_error_on_every_front_end() {
+        let args = from_json(r#"{"memory_mib": 64}"#);
+        let err = args.to_spec("t", Language::Python).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::Error::InvalidInput {
+                    field: "memory_mib",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lifetimes_default_to_the_sessions_and_apply_as_durations() {
+        let lifetime: LifetimeArgs = serde_json::from_str(r#"{"idle_timeout_s": 5}"#).unwrap();
+        assert_eq!(lifetime.max_lifetime_s, DEFAULT_MAX_LIFETIME_S);
+        let mut options = crate::SessionOptions::new(Language::Raw);
+        lifetime.apply(&mut options);
+        assert_eq!(options.idle_timeout, Duration::from_secs(5));
+        assert_eq!(options.max_lifetime, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn absent_network_is_left_out_when_serialized() {
+        let json = serde_json::to_value(SandboxArgs::default()).unwrap();
+        assert!(json.get("network").is_none(), "{json}");
+        assert_eq!(json["memory_mib"], 512);
+    }
+
+    #[test]
+    fn the_json_schema_names_the_rest_fields_and_hides_the_cli_only_one() {
+        let schema = serde_json::to_value(schemars::schema_for!(SandboxArgs)).unwrap();
+        let properties = &schema["properties"];
+        for field in ["memory_mib", "cpus", "network", "packages"] {
+            assert!(properties.get(field).is_some(), "{field} in {schema}");
+        }
+        let network = serde_json::to_value(schemars::schema_for!(NetworkArgs)).unwrap();
+        assert!(
+            network["properties"].get("allow_domains").is_some(),
+            "{network}"
+        );
+        assert!(network["properties"].get("egress").is_none(), "{network}");
+    }
+
+    #[cfg(feature = "clap")]
+    mod cli {
+        use super::*;
+        use clap::Parser;
+
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            /// A positional after the options, as `airlock run` has.
+            code: Option<String>,
+            #[command(flatten)]
+            sandbox: SandboxArgs,
+            #[command(flatten)]
+            lifetime: LifetimeArgs,
+        }
+
+        fn parse(args: &[&str]) -> Cmd {
+            Cmd::try_parse_from(std::iter::once("airlock").chain(args.iter().copied())).unwrap()
+        }
+
+        #[test]
+        fn no_flags_give_the_same_defaults_as_an_empty_json_body() {
+            let cmd = parse(&[]);
+            assert_eq!(cmd.sandbox, SandboxArgs::default());
+            assert_eq!(cmd.lifetime, LifetimeArgs::default());
+        }
+
+        #[test]
+        fn the_cli_keeps_its_flag_names() {
+            let cmd = parse(&[
+                "-m",
+                "256",
+                "--cpus",
+                "2",
+                "--network",
+                "--allow-domain",
+                "example.com",
+                "--expose",
+                "8080",
+                "--packages",
+                "six==1.16.0",
+                "--idle-timeout",
+                "5",
+                "--max-lifetime",
+                "60",
+            ]);
+            assert_eq!(
+                cmd.sandbox.shape,
+                ShapeArgs {
+                    memory_mib: 256,
+                    cpus: 2
+                }
+            );
+            assert!(cmd.sandbox.network.egress);
+            assert_eq!(
+                cmd.sandbox.network.allow_domains.as_deref(),
+                Some(&["example.com".to_owned()][..])
+            );
+            assert_eq!(cmd.sandbox.network.expose, ["8080"]);
+            assert_eq!(cmd.sandbox.packages, ["six==1.16.0"]);
+            assert_eq!(
+                (cmd.lifetime.idle_timeout_s, cmd.lifetime.max_lifetime_s),
+                (5, 60)
+            );
+            let twice = parse(&["--allow-domain", "a.org", "--allow-domain", "b.org", "x"]);
+            assert_eq!(
+                twice.sandbox.network.allow_domains.unwrap(),
+                ["a.org", "b.org"]
+            );
+            assert!(
+                Cmd::try_parse_from(["airlock", "--allow-domain"]).is_err(),
+                "a domain is required"
+            );
+            let long = parse(&["--memory", "1024"]);
+            assert_eq!(long.sandbox.shape.memory_mib, 1024);
+        }
+    }
+}

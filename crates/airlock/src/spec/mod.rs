@@ -1,0 +1,368 @@
+//! The sandbox spec: the one description of a VM (design.md section 10).
+//!
+//! Plain data with its own validation and no I/O, like Firecracker's
+//! `vmm_config`:
+//!
+//! - [`MachineShape`]: what the machine is (language, memory, vCPUs); a
+//!   memory template and a warm pool serve one shape.
+//! - [`SandboxSpec`]: a sandbox for a tenant: its shape, network, packages
+//!   and CA bundle. [`crate::RunRequest`] and [`crate::SessionOptions`]
+//!   embed one; the [`crate::VmOptions`] a VM boots with are derived from
+//!   it in one place ([`crate::VmOptions::for_spec`]).
+//! - [`PoolConfig`]: a warm pool of one shape ([`crate::Config::warm_pools`]).
+//! - [`CaBundle`]: which CA bundle guests with a network trust.
+//! - [`args`]: the option types every front end (CLI, REST, MCP) flattens,
+//!   so that an option has one name, default and error everywhere.
+//!
+//! Where this wave's new fields go (each with its `validate` rule here):
+//! `image` (issue 20) next to `language` in [`MachineShape`]; `secrets`,
+//! `mounts` and `disk_mib` in [`SandboxSpec`] (see the comments there).
+
+pub mod args;
+
+use crate::error::{Error, Result};
+use crate::network::NetworkRequest;
+use airlock_protocol::Language;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Guest memory bounds, in MiB.
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384;
+/// vCPU bounds.
+pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
+/// Default guest memory, in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 512;
+/// Default number of vCPUs.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// The tenant of a spec that names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// What a machine is: the shape a memory template and a warm pool serve.
+///
+/// Its serde form is part of every template key (`docs/templates.md`):
+/// adding a field changes the keys unless it is skipped when unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MachineShape {
+    /// The root disk and interpreter.
+    pub language: Language,
+    // Issue 20 adds `image: Option<ImageRef>` here: a root disk other than
+    // the language's (`#[serde(skip_serializing_if = "Option::is_none")]`
+    // so that templates of language-only shapes keep their keys).
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+}
+
+impl MachineShape {
+    /// A shape of `language` with the default memory and vCPUs.
+    pub fn new(language: Language) -> Self {
+        Self {
+            language,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            vcpus: DEFAULT_VCPUS,
+        }
+    }
+
+    /// Checks memory and vCPUs against their ranges.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
+    pub fn validate(&self) -> Result<()> {
+        validate_shape(self.memory_mib, self.vcpus)
+    }
+}
+
+impl std::fmt::Display for MachineShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} MiB {} vCPU",
+            self.language, self.memory_mib, self.vcpus
+        )
+    }
+}
+
+/// Which CA bundle guests with a network trust (copied in after boot; see
+/// `packages/ca.rs`, which also resolves it on the host).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CaBundle {
+    /// The host's system bundle: `$SSL_CERT_FILE` when set, else the
+    /// first of [`crate::packages::ca::SYSTEM_BUNDLES`] that exists; none
+    /// found: the guest's own.
+    #[default]
+    System,
+    /// This file (`--ca-bundle PATH`).
+    File(PathBuf),
+    /// The guest's own bundle only.
+    GuestOnly,
+}
+
+/// A sandbox: what runs and sessions are made of. The only description of
+/// a VM; [`crate::VmOptions::for_spec`] derives the boot options from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// Who the sandbox is for (groups limits and logs);
+    /// `[A-Za-z0-9_-]{1,128}`.
+    pub tenant: String,
+    /// The machine.
+    pub shape: MachineShape,
+    /// Network: none (default), exposed ports, or an allowlist. A sandbox
+    /// with a network boots cold (a clone cannot reconnect its network).
+    pub network: NetworkRequest,
+    /// Pinned packages (`pip name==version`, `npm name@version`; items may
+    /// hold several, comma-separated): installed once into a layer the VM
+    /// attaches read-only (`docs/packages.md`). Empty: none.
+    pub packages: Vec<String>,
+    /// The CA bundle the guest trusts when it has an allowlist network;
+    /// `None`: the scheduler's ([`crate::Config::ca_bundle`]).
+    pub ca_bundle: Option<CaBundle>,
+    // This wave's fields go here, each checked in `validate`:
+    // - `secrets: Vec<SecretBinding>` (placeholders in the VM, substituted
+    //   by the egress proxy for the hosts each is bound to);
+    // - `mounts: Vec<Mount>` (host folders over virtio-9p, read-only by
+    //   default), becoming extra drives in `VmOptions`;
+    // - `disk_mib: Option<u32>` (a sparse per-VM workspace disk).
+}
+
+impl SandboxSpec {
+    /// A spec of `language` with the defaults: tenant `default`, 512 MiB,
+    /// 1 vCPU, no network, no packages, the scheduler's CA bundle.
+    pub fn new(language: Language) -> Self {
+        Self {
+            tenant: DEFAULT_TENANT.into(),
+            shape: MachineShape::new(language),
+            network: NetworkRequest::default(),
+            packages: Vec::new(),
+            ca_bundle: None,
+        }
+    }
+
+    /// The language of its interpreter and root disk.
+    pub fn language(&self) -> Language {
+        self.shape.language
+    }
+
+    /// Checks every field; the first problem is returned.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field, [`Error::PackageSpec`] for
+    /// an unpinned or malformed package.
+    pub fn validate(&self) -> Result<()> {
+        self.shape.validate()?;
+        validate_identifier("tenant", &self.tenant)?;
+        self.network.validate()?;
+        crate::packages::spec::PackageList::parse(self.shape.language, &self.packages).map(drop)
+    }
+}
+
+/// One warm pool: a shape, how many VMs wait, and for how long at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The shape of the pool's VMs (a request of another shape does not
+    /// use this pool).
+    pub shape: MachineShape,
+    /// VMs kept waiting (each holds a VM slot).
+    pub size: usize,
+    /// A VM waiting longer than this is destroyed and replaced.
+    pub max_idle: Duration,
+}
+
+impl PoolConfig {
+    /// A pool of 2 VMs of `shape`, replaced after 10 minutes.
+    pub fn new(shape: MachineShape) -> Self {
+        Self {
+            shape,
+            size: 2,
+            max_idle: Duration::from_secs(600),
+        }
+    }
+
+    /// Checks the values (called by [`crate::Config::validate`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the pool and the bad value.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |what: &str| Err(Error::Config(format!("warm pool {}: {what}", self.shape)));
+        if self.size == 0 {
+            return fail("size must be at least 1");
+        }
+        if self.max_idle < Duration::from_secs(1) {
+            return fail("max_idle must be at least 1 s");
+        }
+        if !MEMORY_MIB_RANGE.contains(&self.shape.memory_mib) {
+            return fail("memory_mib is outside MEMORY_MIB_RANGE");
+        }
+        if !VCPUS_RANGE.contains(&self.shape.vcpus) {
+            return fail("vcpus is outside VCPUS_RANGE");
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of pools against the VM slots: one pool per shape, and
+/// their VMs leave at least one slot for runs outside the pools (else a
+/// run of another shape would wait behind idle pool VMs).
+///
+/// # Errors
+/// [`Error::Config`].
+pub fn validate_pools(pools: &[PoolConfig], max_concurrent_vms: usize) -> Result<()> {
+    for (i, pool) in pools.iter().enumerate() {
+        pool.validate()?;
+        if pools[..i].iter().any(|other| other.shape == pool.shape) {
+            return Err(Error::Config(format!(
+                "two warm pools for {}: give each shape one pool",
+                pool.shape
+            )));
+        }
+    }
+    let pooled: usize = pools.iter().map(|p| p.size).sum();
+    if !pools.is_empty() && pooled >= max_concurrent_vms {
+        return Err(Error::Config(format!(
+            "warm pools hold {pooled} VMs but max_concurrent_vms is {max_concurrent_vms}: \
+             leave at least one slot for other runs"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a VM's shape: memory within [`MEMORY_MIB_RANGE`], vCPUs within
+/// [`VCPUS_RANGE`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
+pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<()> {
+    if !MEMORY_MIB_RANGE.contains(&memory_mib) {
+        return Err(Error::invalid(
+            "memory_mib",
+            format!(
+                "{} MiB is outside {} ..= {} MiB",
+                memory_mib,
+                MEMORY_MIB_RANGE.start(),
+                MEMORY_MIB_RANGE.end()
+            ),
+        ));
+    }
+    if !VCPUS_RANGE.contains(&vcpus) {
+        return Err(Error::invalid(
+            "vcpus",
+            format!(
+                "{} is outside {} ..= {}",
+                vcpus,
+                VCPUS_RANGE.start(),
+                VCPUS_RANGE.end()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an identifier (tenant, session, VM name) with the shared
+/// [`airlock_sys_util::check_id`]: `[A-Za-z0-9_-]{1,128}`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `field`, saying what is allowed.
+pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
+    airlock_sys_util::check_id(value).map_err(|e| Error::invalid(field, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::*;
+
+    fn field_of(result: Result<()>) -> &'static str {
+        match result {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_default_spec_is_valid() {
+        for language in Language::ALL {
+            SandboxSpec::new(language).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_spec_with_a_bad_tenant_is_refused_naming_the_tenant() {
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.tenant = "a/b".into();
+        assert_eq!(field_of(spec.validate()), "tenant");
+    }
+
+    #[test]
+    fn a_shape_out_of_range_is_refused_naming_the_field_and_range() {
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.shape.memory_mib = 64;
+        let err = spec.validate().unwrap_err();
+        assert!(err.to_string().contains("128 ..= 16384"), "{err}");
+        spec.shape.memory_mib = 512;
+        spec.shape.vcpus = 17;
+        assert_eq!(field_of(spec.validate()), "vcpus");
+    }
+
+    #[test]
+    fn unpinned_packages_make_the_spec_invalid() {
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.packages = vec!["numpy".into()];
+        assert!(matches!(spec.validate(), Err(Error::PackageSpec { .. })));
+    }
+
+    #[test]
+    fn the_shape_serializes_as_template_keys_always_did() {
+        let json = serde_json::to_string(&MachineShape::new(Language::Raw)).unwrap();
+        assert_eq!(json, r#"{"language":"raw","memory_mib":512,"vcpus":1}"#);
+    }
+
+    fn shape() -> MachineShape {
+        MachineShape {
+            language: Language::Raw,
+            memory_mib: 256,
+            vcpus: 1,
+        }
+    }
+
+    #[test]
+    fn pools_must_leave_a_slot_free_and_have_one_shape_each() {
+        let pool = PoolConfig::new(shape());
+        validate_pools(&[pool], 3).unwrap();
+        validate_pools(&[], 1).unwrap();
+        let too_many = validate_pools(&[pool], 2).unwrap_err().to_string();
+        assert!(too_many.contains("leave at least one slot"), "{too_many}");
+        let twice = validate_pools(&[pool, pool], 8).unwrap_err().to_string();
+        assert!(twice.contains("two warm pools"), "{twice}");
+    }
+
+    #[test]
+    fn a_pool_of_no_vms_or_an_impossible_shape_is_refused() {
+        let empty = PoolConfig {
+            size: 0,
+            ..PoolConfig::new(shape())
+        };
+        assert!(matches!(empty.validate(), Err(Error::Config(_))));
+        let tiny = PoolConfig::new(MachineShape {
+            memory_mib: 1,
+            ..shape()
+        });
+        assert!(matches!(tiny.validate(), Err(Error::Config(_))));
+        let hasty = PoolConfig {
+            max_idle: Duration::from_millis(10),
+            ..PoolConfig::new(shape())
+        };
+        assert!(matches!(hasty.validate(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn a_config_with_too_many_pooled_vms_is_refused() {
+        let config = crate::Config {
+            max_concurrent_vms: 2,
+            warm_pools: vec![PoolConfig::new(shape())],
+            ..crate::Config::default()
+        };
+        assert!(matches!(config.validate(), Err(Error::Config(_))));
+    }
+}
