@@ -1,0 +1,300 @@
+//! Every MCP tool over `/mcp`: JSON-RPC `initialize`, then `tools/list`
+//! and `tools/call`, behind the same keys, tenants and quotas as REST.
+
+use super::{Harness, Mcp, KEY_A, KEY_B};
+use crate::quota::Quotas;
+use base64::Engine;
+use serde_json::json;
+
+const TOOLS: [&str; 8] = [
+    "close_session",
+    "create_session",
+    "exec_in_session",
+    "install_packages",
+    "list_files",
+    "read_file",
+    "run_code",
+    "write_file",
+];
+
+#[tokio::test]
+async fn initialize_then_tools_list_names_every_tool_with_its_schema() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let (_, answer) = mcp.rpc("tools/list", json!({})).await;
+    let tools = answer["result"]["tools"].as_array().unwrap();
+    let mut names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, TOOLS);
+    for tool in tools {
+        assert_eq!(tool["inputSchema"]["type"], "object", "{tool}");
+        assert!(
+            tool["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("Example")),
+            "{tool}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn create_session_and_run_code_take_the_rest_options() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let (_, answer) = mcp.rpc("tools/list", json!({})).await;
+    let tools = answer["result"]["tools"].as_array().unwrap();
+    let schema = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["inputSchema"]["properties"].clone())
+            .unwrap()
+    };
+    let session = schema("create_session");
+    for field in [
+        "language",
+        "memory_mib",
+        "cpus",
+        "network",
+        "packages",
+        "idle_timeout_s",
+        "max_lifetime_s",
+    ] {
+        assert!(session[field].is_object(), "{field} in {session}");
+    }
+    let run = schema("run_code");
+    for field in [
+        "language",
+        "code",
+        "timeout_s",
+        "memory_mib",
+        "cpus",
+        "network",
+        "packages",
+    ] {
+        assert!(run[field].is_object(), "{field} in {run}");
+    }
+}
+
+#[tokio::test]
+async fn run_code_answers_the_runs_summary() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let result = mcp.call_ok("run_code", json!({"code": "exit 4"})).await;
+    assert_eq!(result["exit_code"], 4);
+    let result = mcp
+        .call_ok("run_code", json!({"code": "hi", "cpus": 2}))
+        .await;
+    assert_eq!(result["stdout"], "hi");
+    assert_eq!(h.fakes.cold.acquired()[1].vcpus, 2);
+    assert_eq!(
+        h.fakes.cold.acquired()[1].language,
+        airlock::Language::Python
+    );
+    assert_eq!(h.fakes.cold.acquired()[1].tenant, "alice");
+}
+
+#[tokio::test]
+async fn a_refused_run_is_a_tool_error_naming_its_kind() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let answer = mcp
+        .call("run_code", json!({"language": "cobol", "code": "1"}))
+        .await;
+    assert!(answer.is_error);
+    assert!(answer.text.contains("invalid_input"), "{}", answer.text);
+}
+
+#[tokio::test]
+async fn an_unknown_tool_argument_is_refused() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let (_, answer) = mcp
+        .rpc(
+            "tools/call",
+            json!({"name": "run_code", "arguments": {"code": "1", "bogus": 1}}),
+        )
+        .await;
+    let refused = answer["error"].is_object() || answer["result"]["isError"] == true;
+    assert!(refused, "{answer}");
+    assert!(answer.to_string().contains("bogus"), "{answer}");
+    assert_eq!(h.fakes.cold.acquired().len(), 0);
+}
+
+#[tokio::test]
+async fn create_session_applies_its_options_and_exec_keeps_the_vm() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let created = mcp
+        .call_ok(
+            "create_session",
+            json!({"language": "raw", "cpus": 2, "memory_mib": 256, "idle_timeout_s": 30}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let vm = &h.fakes.cold.acquired()[0];
+    assert_eq!((vm.vcpus, vm.memory_mib), (2, 256));
+    let cell = mcp
+        .call_ok(
+            "exec_in_session",
+            json!({"session_id": id, "code": "exit 2"}),
+        )
+        .await;
+    assert_eq!(cell["exit_code"], 2);
+    assert_eq!(cell["state_lost"], false);
+    assert_eq!(h.fakes.cold.acquired().len(), 1);
+}
+
+#[tokio::test]
+async fn create_session_defaults_to_python() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let created = mcp.call_ok("create_session", json!({})).await;
+    assert_eq!(created["language"], "python");
+}
+
+#[tokio::test]
+async fn write_read_and_list_files_round_trip() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let id = mcp.session().await;
+    let written = mcp
+        .call_ok(
+            "write_file",
+            json!({"session_id": id, "path": "data/a.txt", "content": "hi"}),
+        )
+        .await;
+    assert_eq!(written["size"], 2);
+    let bytes = base64::engine::general_purpose::STANDARD.encode([0xff, 0x00]);
+    mcp.call_ok(
+        "write_file",
+        json!({"session_id": id, "path": "data/b.bin", "content_b64": bytes}),
+    )
+    .await;
+    let text = mcp
+        .call_ok("read_file", json!({"session_id": id, "path": "data/a.txt"}))
+        .await;
+    assert_eq!(text["content"], "hi");
+    let binary = mcp
+        .call_ok("read_file", json!({"session_id": id, "path": "data/b.bin"}))
+        .await;
+    assert_eq!(binary["content_b64"], bytes.as_str());
+    let listed = mcp
+        .call_ok("list_files", json!({"session_id": id, "dir": "data"}))
+        .await;
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a.txt", "b.bin"]);
+}
+
+#[tokio::test]
+async fn write_file_needs_exactly_one_content() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let id = mcp.session().await;
+    for args in [
+        json!({"session_id": id, "path": "a"}),
+        json!({"session_id": id, "path": "a", "content": "x", "content_b64": "eA=="}),
+    ] {
+        let answer = mcp.call("write_file", args).await;
+        assert!(
+            answer.is_error && answer.text.contains("exactly one"),
+            "{}",
+            answer.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn install_packages_fails_as_a_tool_error_without_a_network() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let id = mcp.session().await;
+    let answer = mcp
+        .call(
+            "install_packages",
+            json!({"session_id": id, "packages": ["six==1.16.0"]}),
+        )
+        .await;
+    assert!(
+        answer.is_error && answer.text.contains("package_install_failed"),
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test]
+async fn install_packages_installs_into_a_session_with_a_network() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let created = mcp.call_ok("create_session", json!({"network": {}})).await;
+    let id = created["id"].as_str().unwrap();
+    let result = mcp
+        .call_ok(
+            "install_packages",
+            json!({"session_id": id, "packages": ["six==1.16.0"]}),
+        )
+        .await;
+    assert_eq!(result["exit_code"], 0);
+}
+
+#[tokio::test]
+async fn close_session_destroys_the_vm_and_later_calls_fail() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let id = mcp.session().await;
+    let closed = mcp
+        .call_ok("close_session", json!({"session_id": id}))
+        .await;
+    assert_eq!(closed["closed"], id.as_str());
+    assert_eq!(h.fakes.live(), 0);
+    let answer = mcp
+        .call("exec_in_session", json!({"session_id": id, "code": "1"}))
+        .await;
+    assert!(
+        answer.is_error && answer.text.contains("session_not_found"),
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test]
+async fn another_tenants_session_is_not_found_over_mcp() {
+    let h = Harness::new();
+    let mut alice = Mcp::connect(&h, KEY_A).await;
+    let id = alice.session().await;
+    let mut bob = Mcp::connect(&h, KEY_B).await;
+    for (tool, args) in [
+        ("exec_in_session", json!({"session_id": id, "code": "1"})),
+        ("read_file", json!({"session_id": id, "path": "a"})),
+        ("close_session", json!({"session_id": id})),
+    ] {
+        let answer = bob.call(tool, args).await;
+        assert!(
+            answer.is_error && answer.text.contains("session_not_found"),
+            "{tool}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(h.fakes.live(), 1);
+}
+
+#[tokio::test]
+async fn quotas_hold_over_mcp() {
+    let h = Harness::with_quotas(Quotas {
+        live_sessions: 1,
+        ..Quotas::default()
+    });
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    mcp.session().await;
+    let answer = mcp.call("create_session", json!({})).await;
+    assert!(
+        answer.is_error && answer.text.contains("live_sessions"),
+        "{}",
+        answer.text
+    );
+}
