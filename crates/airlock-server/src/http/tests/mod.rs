@@ -435,6 +435,17 @@ impl<'a> Mcp<'a> {
         answer.value
     }
 
+    /// `tools/call` that must fail as a tool error whose text holds
+    /// `needle`.
+    pub async fn call_err(&mut self, tool: &str, arguments: Value, needle: &str) {
+        let answer = self.call(tool, arguments).await;
+        assert!(
+            answer.is_error && answer.text.contains(needle),
+            "{tool}: {}",
+            answer.text
+        );
+    }
+
     /// A new python session over MCP, by id.
     pub async fn session(&mut self) -> String {
         let created = self
