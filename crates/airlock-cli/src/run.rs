@@ -7,9 +7,11 @@ use crate::error::CliError;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
 use crate::transfer;
 use airlock::packages::CaBundle;
+use airlock::spec::args::SandboxArgs;
+use airlock::spec::DEFAULT_TENANT;
 use airlock::{
-    parse_env_pair, Config, ExposedAddr, NetworkRequest, OutputStream, RunObserver, RunRequest,
-    RunResult, Scheduler, Stage, DEFAULT_MEMORY_MIB,
+    parse_env_pair, Config, ExposedAddr, OutputStream, RunObserver, RunRequest, RunResult,
+    Scheduler, Stage,
 };
 use airlock_protocol::Language;
 use clap::Args;
@@ -34,30 +36,14 @@ pub struct RunArgs {
     /// Timeout for the code, in seconds (boot not included).
     #[arg(short, long, default_value_t = 30.0)]
     pub timeout: f64,
-    /// Guest memory in MiB.
-    #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
+    /// The sandbox: `-m/--memory`, `--cpus`, `--network`,
+    /// `--allow-domain`, `--expose`, `--packages` (one definition for every
+    /// front end: `airlock::spec::args`).
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// An environment variable for the code (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Let the guest reach allowlisted domains on ports 80 and 443, nothing
-    /// else. Without --allow-domain the language's default allowlist
-    /// applies: python: pypi.org, files.pythonhosted.org; javascript:
-    /// registry.npmjs.org; raw: none (nothing is reachable).
-    #[arg(long)]
-    pub network: bool,
-    /// A domain the guest may reach (repeatable; `*.example.com` allows
-    /// its subdomains). Implies --network.
-    #[arg(long = "allow-domain", value_name = "NAME")]
-    pub allow_domain: Vec<String>,
-    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp]
-    /// (repeatable; without HOST a free port is chosen and printed). The
-    /// guest still reaches nothing unless --network is given.
-    #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
-    pub expose: Vec<String>,
     /// Print the whole result as JSON on stdout instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -82,13 +68,6 @@ pub struct RunArgs {
     /// atomically. Repeatable.
     #[arg(long, value_name = "REMOTE:LOCAL")]
     pub download: Vec<String>,
-    /// Pinned packages to install and import (repeatable or
-    /// comma-separated): python `name==version`, javascript
-    /// `name@version`. Installed once through the registries (a separate
-    /// VM; the run itself gets no network from it), kept as a read-only
-    /// layer and attached to later runs with the same list.
-    #[arg(long = "packages", value_name = "SPEC[,SPEC...]")]
-    pub packages: Vec<String>,
     /// The CA bundle (PEM) guests with a network trust, instead of the
     /// host's system bundle (e.g. a TLS-inspecting proxy's CA with the
     /// public roots).
@@ -139,11 +118,12 @@ impl RunArgs {
                 .map_err(|source| CliError::ReadStdin { source })?;
             code
         };
-        let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
-        request.timeout = timeout_from_secs(self.timeout)?;
-        request.spec.network = self.network_request(request.language())?;
-        request.spec.shape.memory_mib = self.memory;
-        request.spec.shape.vcpus = self.cpus;
+        let timeout = timeout_from_secs(self.timeout)?;
+        let spec = self
+            .sandbox
+            .to_spec(DEFAULT_TENANT, language.unwrap_or(Language::Python))?;
+        let mut request = RunRequest::in_sandbox(spec, code);
+        request.timeout = timeout;
         for pair in &self.env {
             let (k, v) = parse_env_pair(pair)?;
             request.env.insert(k, v);
@@ -158,7 +138,6 @@ impl RunArgs {
             .into_iter()
             .map(|t| t.remote)
             .collect();
-        request.spec.packages = self.packages.clone();
         if let Some(path) = &self.ca_bundle {
             CaBundle::File(path.clone()).resolve()?;
         }
@@ -175,17 +154,6 @@ impl RunArgs {
             .iter()
             .map(|spec| transfer::parse_download(spec))
             .collect()
-    }
-}
-
-impl RunArgs {
-    fn network_request(&self, language: Language) -> Result<NetworkRequest, CliError> {
-        Ok(NetworkRequest::from_flags(
-            language,
-            self.network,
-            &self.allow_domain,
-            &self.expose,
-        )?)
     }
 }
 

@@ -20,10 +20,9 @@ mod repl;
 use crate::error::CliError;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
 use crate::run::{read_off_runtime, timeout_from_secs};
-use airlock::{
-    CellRequest, CellResult, Config, NetworkRequest, Scheduler, Session, SessionOptions,
-    DEFAULT_MEMORY_MIB,
-};
+use airlock::spec::args::{LifetimeArgs, SandboxArgs};
+use airlock::spec::DEFAULT_TENANT;
+use airlock::{CellRequest, CellResult, Config, Scheduler, Session, SessionOptions};
 use airlock_protocol::Language;
 use clap::Args;
 use nix::sys::signal::Signal;
@@ -39,30 +38,15 @@ pub struct SessionArgs {
     /// python, javascript or raw (bash).
     #[arg(short, long, default_value = "python")]
     pub language: String,
-    /// Guest memory in MiB.
-    #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
-    /// Let the guest reach the language's default allowlisted domains on
-    /// ports 80 and 443 (see `airlock run --help`).
-    #[arg(long)]
-    pub network: bool,
-    /// A domain the guest may reach (repeatable). Implies --network.
-    #[arg(long = "allow-domain", value_name = "NAME")]
-    pub allow_domain: Vec<String>,
-    /// Serve a guest port on the host's 127.0.0.1: GUEST[:HOST][/tcp].
-    #[arg(long, value_name = "GUEST[:HOST][/tcp]")]
-    pub expose: Vec<String>,
-    /// Pinned packages the session starts with (repeatable or
-    /// comma-separated): python `name==version`, javascript
-    /// `name@version`. Installed once into a read-only layer, as for
-    /// `airlock run --packages`: the session needs no network for them.
-    /// (`:install` inside a session needs `--network`, the registries
-    /// allowed.)
-    #[arg(long = "packages", value_name = "SPEC[,SPEC...]")]
-    pub packages: Vec<String>,
+    /// The sandbox, as `airlock run`'s: `-m/--memory`, `--cpus`,
+    /// `--network`, `--allow-domain`, `--expose`, `--packages` (installed
+    /// into a read-only layer before the session starts; `:install` inside
+    /// a session needs `--network`).
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// `--idle-timeout`, `--max-lifetime`.
+    #[command(flatten)]
+    pub lifetime: LifetimeArgs,
     /// Timeout of each cell, in seconds.
     #[arg(short, long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -96,12 +80,9 @@ impl SessionArgs {
             .map_err(|e| CliError::invalid("language", e.to_string()))?;
         let timeout = timeout_from_secs(self.timeout)?;
         airlock::validate_timeout(timeout)?;
-        let mut options = SessionOptions::new(language);
-        options.spec.shape.memory_mib = self.memory;
-        options.spec.shape.vcpus = self.cpus;
-        options.spec.network =
-            NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)?;
-        options.spec.packages = self.packages.clone();
+        let spec = self.sandbox.to_spec(DEFAULT_TENANT, language)?;
+        let mut options = SessionOptions::in_sandbox(spec);
+        self.lifetime.apply(&mut options);
         options.validate()?;
         Ok((options, timeout))
     }

@@ -65,7 +65,7 @@ pub struct ShapeArgs {
     /// Guest memory in MiB.
     #[cfg_attr(
         feature = "clap",
-        arg(short = 'm', long = "memory", default_value_t = DEFAULT_MEMORY_MIB)
+        arg(short = 'm', long = "memory", value_name = "MEMORY", default_value_t = DEFAULT_MEMORY_MIB)
     )]
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
