@@ -5,16 +5,23 @@
 
 use crate::error::{Result, ServerError};
 use crate::quota::Quotas;
-use airlock::{NetworkRequest, RunRequest};
+use airlock::{RunRequest, SessionOptions};
 use airlock_protocol::Language;
+
+pub use airlock::spec::args::{LifetimeArgs, NetworkArgs, SandboxArgs, ShapeArgs};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `POST /v1/runs`: run code once in a fresh VM.
+///
+/// The sandbox's options (`memory_mib`, `cpus`, `network`, `packages`) are
+/// the library's [`SandboxArgs`], flattened: the same names, defaults and
+/// errors as the CLI's flags and the MCP tools' inputs. Unknown fields are
+/// refused by [`crate::json::parse`] (serde's `deny_unknown_fields` does
+/// not combine with `flatten`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RunBody {
     /// `python`, `javascript` or `raw` (bash).
     pub language: String,
@@ -23,39 +30,77 @@ pub struct RunBody {
     /// Timeout of the code in seconds (boot not included). Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<f64>,
-    /// Guest memory in MiB. Default 512.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<u32>,
-    /// vCPUs. Default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
+    /// Memory, vCPUs, network and packages.
+    #[serde(flatten)]
+    pub sandbox: SandboxArgs,
     /// Environment variables of the code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
-    /// Network access (none without this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkBody>,
-    /// Pinned packages (`pip name==version`, `npm name@version`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packages: Option<Vec<String>>,
     /// Files written into the guest's home before the code runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileBody>>,
 }
 
-/// A VM's network.
+/// `POST /v1/sessions`: the sandbox's options as for a run, and the
+/// session's lifetime ([`LifetimeArgs`]: `idle_timeout_s`,
+/// `max_lifetime_s`), both flattened. MCP's `create_session` takes the
+/// same ([`SessionSpec`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+pub struct SessionBody {
+    /// `python`, `javascript` or `raw` (bash).
+    pub language: String,
+    /// Memory, vCPUs, network, packages, idle timeout and lifetime.
+    #[serde(flatten)]
+    pub spec: SessionSpec,
+}
+
+/// What a session is made of besides its language: the sandbox and its
+/// lifetime, as REST and MCP take them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+pub struct SessionSpec {
+    /// Memory, vCPUs, network and packages.
+    #[serde(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Idle timeout and maximum lifetime.
+    #[serde(flatten)]
+    pub lifetime: LifetimeArgs,
+}
+
+impl SessionSpec {
+    /// The orchestrator's options of a session of `language` for
+    /// `tenant`, checked.
+    ///
+    /// # Errors
+    /// The library's errors (400) for a bad field.
+    pub fn to_options(&self, tenant: &str, language: Language) -> Result<SessionOptions> {
+        let spec = self.sandbox.to_spec(tenant, language)?;
+        let mut options = SessionOptions::in_sandbox(spec);
+        self.lifetime.apply(&mut options);
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// `POST /v1/sessions/{id}/exec`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkBody {
-    /// Domains the guest may reach on ports 80 and 443 (`*.example.com`
-    /// allows subdomains). Absent: the language's default registries;
-    /// empty: nothing.
+pub struct ExecBody {
+    /// The code: a cell of the session's interpreter (state is kept).
+    pub code: String,
+    /// Timeout in seconds. Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow_domains: Option<Vec<String>>,
-    /// Guest ports served on the server host's 127.0.0.1:
-    /// `GUEST[:HOST][/tcp]`.
+    pub timeout_s: Option<f64>,
+    /// Environment variables of this cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expose: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /v1/sessions/{id}/packages`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesBody {
+    /// Pinned packages (`pip name==version`, `npm name@version`).
+    pub packages: Vec<String>,
 }
 
 /// A file given inline.
@@ -111,26 +156,6 @@ pub fn parse_timeout(timeout_s: Option<f64>, default: Duration) -> Result<Durati
     }
 }
 
-/// The network request of a body's `network` field.
-///
-/// # Errors
-/// [`ServerError::Orchestrator`] (400) for a bad domain or port.
-pub fn network_request(language: Language, body: Option<&NetworkBody>) -> Result<NetworkRequest> {
-    let Some(body) = body else {
-        return Ok(NetworkRequest::default());
-    };
-    let exposes = body.expose.clone().unwrap_or_default();
-    let request = match &body.allow_domains {
-        // No list: egress on, to the language's defaults.
-        None => NetworkRequest::from_flags(language, true, &[], &exposes)?,
-        Some(domains) if domains.is_empty() => {
-            NetworkRequest::from_flags(language, false, &[], &exposes)?
-        }
-        Some(domains) => NetworkRequest::from_flags(language, true, domains, &exposes)?,
-    };
-    Ok(request)
-}
-
 impl RunBody {
     /// The orchestrator's request for `tenant`, checked against its quotas
     /// (memory and timeout; the count of runs is the caller's).
@@ -140,14 +165,10 @@ impl RunBody {
     /// a bad field, [`ServerError::Quota`] over the quotas.
     pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
         let language = parse_language(&self.language)?;
-        let mut request = RunRequest::new(language, self.code.clone());
-        request.spec.tenant = tenant.to_owned();
+        let spec = self.sandbox.to_spec(tenant, language)?;
+        let mut request = RunRequest::in_sandbox(spec, self.code.clone());
         request.timeout = parse_timeout(self.timeout_s, airlock::DEFAULT_TIMEOUT)?;
-        request.spec.shape.memory_mib = self.memory_mib.unwrap_or(airlock::DEFAULT_MEMORY_MIB);
-        request.spec.shape.vcpus = self.cpus.unwrap_or(1);
         request.env = self.env.clone().unwrap_or_default();
-        request.spec.network = network_request(language, self.network.as_ref())?;
-        request.spec.packages = self.packages.clone().unwrap_or_default();
         request.uploads = self
             .files
             .iter()
@@ -165,7 +186,7 @@ mod tests {
     use super::*;
 
     fn body(json: serde_json::Value) -> RunBody {
-        serde_json::from_value(json).unwrap()
+        crate::json::parse(json).unwrap()
     }
 
     #[test]
@@ -176,7 +197,7 @@ mod tests {
         assert_eq!(r.spec.tenant, "alice");
         assert_eq!(r.timeout, airlock::DEFAULT_TIMEOUT);
         assert_eq!(r.spec.shape.memory_mib, airlock::DEFAULT_MEMORY_MIB);
-        assert_eq!(r.spec.network, NetworkRequest::default());
+        assert_eq!(r.spec.network, airlock::NetworkRequest::default());
     }
 
     #[test]
@@ -259,10 +280,41 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
-        let parsed: std::result::Result<RunBody, _> = serde_json::from_value(
+    fn unknown_fields_are_refused_also_inside_the_flattened_options() {
+        for json in [
             serde_json::json!({"language": "python", "code": "1", "tiemout": 1}),
+            serde_json::json!({"language": "python", "code": "1", "network": {"allow": []}}),
+            serde_json::json!({"language": "python", "code": "1", "egress": true}),
+        ] {
+            let err = crate::json::parse::<RunBody>(json.clone()).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400, "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_session_body_takes_cpus_and_both_lifetimes() {
+        let body: SessionBody = crate::json::parse(serde_json::json!({
+            "language": "raw", "cpus": 2, "memory_mib": 256,
+            "idle_timeout_s": 5, "max_lifetime_s": 60
+        }))
+        .unwrap();
+        let language = parse_language(&body.language).unwrap();
+        let options = body.spec.to_options("t", language).unwrap();
+        assert_eq!(
+            (options.spec.shape.vcpus, options.spec.shape.memory_mib),
+            (2, 256)
         );
-        assert!(parsed.is_err());
+        assert_eq!(options.idle_timeout, Duration::from_secs(5));
+        assert_eq!(options.max_lifetime, Duration::from_secs(60));
+        assert_eq!(options.spec.tenant, "t");
+    }
+
+    #[test]
+    fn a_zero_lifetime_is_the_librarys_400() {
+        let spec: SessionSpec =
+            crate::json::parse(serde_json::json!({"max_lifetime_s": 0})).unwrap();
+        let err = spec.to_options("t", Language::Raw).unwrap_err();
+        assert_eq!(err.status().as_u16(), 400, "{err}");
+        assert_eq!(err.kind(), "invalid_input");
     }
 }

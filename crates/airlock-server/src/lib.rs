@@ -7,9 +7,13 @@
 //! - API keys ([`keys`]): a keys file maps the sha256 of each bearer key
 //!   to a tenant and its quotas ([`quota`]: concurrent runs, live
 //!   sessions, memory per VM, longest timeout, requests per minute).
-//! - Sessions (`sessions`, cargo feature `sessions`): the orchestrator's
-//!   `Session`s by id, each owned by one tenant, with REST routes (exec,
-//!   files, packages) and MCP tools; built once the orchestrator has them.
+//! - Sessions ([`sessions`]): the orchestrator's `Session`s by id, each
+//!   owned by one tenant, with REST routes (exec, files, packages) and MCP
+//!   tools.
+//! - Inputs ([`api`], [`json`]): the bodies and tool inputs flatten the
+//!   library's shared options (`airlock::spec::args`), so REST, MCP and
+//!   the CLI name, default and check each option alike; unknown fields are
+//!   refused against the published schema.
 //! - MCP ([`mcp`], rmcp): the same operations as tools, over stdio
 //!   (`airlock mcp`) and streamable HTTP at `/mcp`.
 //! - A life ([`server`]): listen on loopback by default, refuse a public
@@ -43,6 +47,7 @@ pub mod api;
 pub mod config;
 mod error;
 pub mod http;
+pub mod json;
 pub mod keys;
 pub mod mcp;
 pub mod metrics;

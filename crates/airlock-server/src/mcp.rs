@@ -3,11 +3,12 @@
 //! the local user) and over streamable HTTP at `/mcp` (the tenant is the
 //! bearer key's, checked by the same middleware as REST).
 
-use crate::api::RunBody;
+use crate::api::{RunBody, SandboxArgs};
 use crate::error::ServerError;
+use crate::json::Strict;
 use crate::keys::Caller;
 use crate::service::Airlock;
-use airlock::{OutputStream, RunObserver};
+use airlock::Discard;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
@@ -20,9 +21,10 @@ use std::sync::Arc;
 /// The MCP service mounted at `/mcp`.
 pub type HttpService = StreamableHttpService<McpTools, LocalSessionManager>;
 
-/// Input of `run_code`.
+/// Input of `run_code`: the REST run's options ([`SandboxArgs`],
+/// flattened: `memory_mib`, `cpus`, `network`, `packages`), with a default
+/// language.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RunCodeParams {
     /// `python` (default), `javascript` or `raw` (a bash script).
     #[serde(default)]
@@ -32,10 +34,9 @@ pub struct RunCodeParams {
     /// Seconds the code may run (default 30).
     #[serde(default)]
     pub timeout_s: Option<f64>,
-    /// Pinned packages to have installed, e.g. `["numpy==2.2.4"]` for
-    /// python or `["lodash@4.17.21"]` for javascript.
-    #[serde(default)]
-    pub packages: Option<Vec<String>>,
+    /// Memory, vCPUs, network and pinned packages, as for REST.
+    #[serde(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// The tools.
@@ -44,13 +45,6 @@ pub struct McpTools {
     airlock: Airlock,
     /// The caller over stdio; over HTTP the caller comes with each request.
     fixed_caller: Option<Caller>,
-}
-
-/// Drops output: tool results hold it whole.
-pub(crate) struct Collect;
-
-impl RunObserver for Collect {
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
 }
 
 /// A tool's answer for the model: the result as JSON text, or the error's
@@ -118,14 +112,14 @@ impl McpTools {
         name = "run_code",
         description = "Run a program once in a fresh, isolated Linux microVM and return its exit code, stdout and stderr as JSON. \
 Nothing persists: every call starts from a clean machine (use create_session to keep state between calls). \
-Limits: no network access, 512 MiB of memory, 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
+Limits: no network access unless `network` is given ({} reaches the language's package registries, {\"allow_domains\": [..]} those names on ports 80 and 443); 512 MiB of memory (memory_mib) and 1 vCPU (cpus); 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
 Third-party packages: list pinned versions in `packages` (installed once, then cached). \
 Languages: python (Python 3 with its standard library), javascript (Node.js), raw (a bash script with common Unix tools). \
 Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"}"
     )]
     async fn run_code(
         &self,
-        Parameters(params): Parameters<RunCodeParams>,
+        Parameters(Strict(params)): Parameters<Strict<RunCodeParams>>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
@@ -133,12 +127,12 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
             language: params.language.unwrap_or_else(|| "python".to_owned()),
             code: params.code,
             timeout_s: params.timeout_s,
-            packages: params.packages,
+            sandbox: params.sandbox,
             ..RunBody::default()
         };
         let result = self
             .airlock
-            .run(&caller, &body, &mut Collect)
+            .run(&caller, &body, &mut Discard)
             .await
             .map(|r| RunSummary {
                 exit_code: r.exit_code,

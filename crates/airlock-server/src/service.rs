@@ -32,7 +32,7 @@ struct Inner {
     ledger: Ledger,
     metrics: Metrics,
     draining: CancellationToken,
-    sessions: crate::sessions::SessionTable,
+    sessions: crate::sessions::table::SessionTable,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -101,7 +101,7 @@ impl Airlock {
                 ledger: Ledger::default(),
                 metrics: Metrics::new(),
                 draining: CancellationToken::new(),
-                sessions: crate::sessions::SessionTable::default(),
+                sessions: crate::sessions::table::SessionTable::default(),
             }),
         }
     }
@@ -127,7 +127,7 @@ impl Airlock {
     }
 
     /// The live sessions.
-    pub(crate) fn sessions(&self) -> &crate::sessions::SessionTable {
+    pub(crate) fn sessions(&self) -> &crate::sessions::table::SessionTable {
         &self.inner.sessions
     }
 

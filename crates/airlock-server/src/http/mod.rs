@@ -5,7 +5,10 @@
 mod extract;
 pub mod openapi;
 pub(crate) mod runs;
+mod sessions;
 pub(crate) mod sse;
+#[cfg(test)]
+mod tests;
 
 pub use extract::ApiJson;
 pub use openapi::openapi;
@@ -32,9 +35,7 @@ struct TenantName(String);
 pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router {
     let body_limit = airlock.config().max_body_bytes;
     let mut authed = Router::new().route("/v1/runs", post(runs::create));
-    {
-        authed = crate::sessions::http::routes(authed, airlock.config().max_file_bytes);
-    }
+    authed = sessions::routes(authed, airlock.config().max_file_bytes);
     if let Some(mcp) = mcp {
         authed = authed.route_service("/mcp", mcp);
     }

@@ -2,7 +2,9 @@
 //! written here, the request schemas generated from the very types the
 //! handlers parse (schemars), so the two cannot drift apart.
 
-use crate::api::RunBody;
+use crate::api::{ExecBody, PackagesBody, RunBody, SessionBody};
+use schemars::generate::SchemaSettings;
+use schemars::SchemaGenerator;
 use serde_json::{json, Value};
 
 /// Every route of the REST API, as (method, path): what the document
@@ -40,8 +42,24 @@ fn errors() -> Value {
     })
 }
 
-fn schema_of<T: schemars::JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+/// A generator whose references point into the document's
+/// `components/schemas` (a type a body uses, such as `FileBody` or
+/// `NetworkArgs`, lands there once, by name).
+fn generator() -> SchemaGenerator {
+    SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator()
+}
+
+/// The schemas of the request bodies and of every type they use, by name.
+fn body_schemas() -> serde_json::Map<String, Value> {
+    let mut generator = generator();
+    // Each body referenced once puts itself among the definitions.
+    let _ = generator.subschema_for::<RunBody>();
+    let _ = generator.subschema_for::<SessionBody>();
+    let _ = generator.subschema_for::<ExecBody>();
+    let _ = generator.subschema_for::<PackagesBody>();
+    generator.take_definitions(true)
 }
 
 fn with_errors(mut responses: Value) -> Value {
@@ -104,7 +122,6 @@ pub fn openapi() -> Value {
             "network": {"type": ["object", "null"]}
         }
     });
-    #[allow(unused_mut)]
     let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
@@ -121,7 +138,6 @@ pub fn openapi() -> Value {
                     "properties": {"error": {"type": "object", "required": ["kind", "message"],
                         "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}
                 },
-                "RunBody": schema_of::<RunBody>(),
                 "RunResult": run_result,
             }
         },
@@ -152,16 +168,11 @@ pub fn openapi() -> Value {
             }},
         }
     });
-    {
-        use crate::sessions::{ExecBody, PackagesBody, SessionBody};
-        if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-            schemas.insert("SessionBody".into(), schema_of::<SessionBody>());
-            schemas.insert("ExecBody".into(), schema_of::<ExecBody>());
-            schemas.insert("PackagesBody".into(), schema_of::<PackagesBody>());
-        }
-        if let Some(paths) = doc["paths"].as_object_mut() {
-            session_paths(paths);
-        }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(body_schemas());
+    }
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        session_paths(paths);
     }
     doc
 }
@@ -193,6 +204,72 @@ mod tests {
         assert_eq!(described, routes);
     }
 
+    /// Every `$ref` string anywhere in `value`.
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let doc = openapi();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 10, "{all:?}");
+        for reference in all {
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("{reference} is not local"));
+            assert!(
+                doc.pointer(pointer).is_some(),
+                "{reference} does not resolve"
+            );
+        }
+    }
+
+    #[test]
+    fn the_types_bodies_use_are_components_by_name() {
+        let doc = openapi();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "FileBody",
+            "NetworkArgs",
+            "SessionBody",
+            "ExecBody",
+            "PackagesBody",
+        ] {
+            assert!(schemas[name].is_object(), "{name} in {schemas}");
+        }
+        assert!(doc.pointer("/components/schemas/RunBody/$defs").is_none());
+    }
+
+    #[test]
+    fn the_session_body_names_cpus_and_both_lifetimes() {
+        let doc = openapi();
+        let props = &doc["components"]["schemas"]["SessionBody"]["properties"];
+        for field in [
+            "language",
+            "memory_mib",
+            "cpus",
+            "network",
+            "packages",
+            "idle_timeout_s",
+            "max_lifetime_s",
+        ] {
+            assert!(props[field].is_object(), "{field} in {props}");
+        }
+    }
+
     #[test]
     fn the_run_body_schema_comes_from_the_type() {
         let doc = openapi();
@@ -201,6 +278,8 @@ mod tests {
             "language",
             "code",
             "timeout_s",
+            "memory_mib",
+            "cpus",
             "network",
             "files",
             "packages",

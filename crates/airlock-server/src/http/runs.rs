@@ -7,18 +7,11 @@ use crate::api::RunBody;
 use crate::error::ServerError;
 use crate::keys::Caller;
 use crate::service::Airlock;
-use airlock::{OutputStream, RunObserver};
+use airlock::Discard;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-
-/// Ignores a run's output (the answer holds it whole).
-struct Collect;
-
-impl RunObserver for Collect {
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
-}
 
 /// Whether the client asked for server-sent events.
 pub fn wants_events(headers: &HeaderMap) -> bool {
@@ -45,6 +38,6 @@ pub async fn create(
         });
         return Ok(events.into_response());
     }
-    let result = airlock.execute(run, &mut Collect).await?;
+    let result = airlock.execute(run, &mut Discard).await?;
     Ok(Json(result).into_response())
 }

@@ -1,7 +1,8 @@
 //! The session tools of the MCP server: create, exec, files, packages,
 //! close (each described for a language model, with an example).
 
-use super::{ExecBody, SessionBody};
+use crate::api::{ExecBody, SessionBody, SessionSpec};
+use crate::json::Strict;
 use crate::keys::Caller;
 use crate::mcp::{answer, McpTools};
 use airlock::Session;
@@ -13,16 +14,18 @@ use rmcp::{schemars, tool, tool_router, ErrorData, RoleServer};
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// Input of `create_session`.
+/// Input of `create_session`: the REST session's options
+/// ([`SessionSpec`], flattened: `memory_mib`, `cpus`, `network`,
+/// `packages`, `idle_timeout_s`, `max_lifetime_s`), with a default
+/// language.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CreateSessionParams {
     /// `python` (default), `javascript` or `raw` (bash).
     #[serde(default)]
     pub language: Option<String>,
-    /// Guest memory in MiB (default 512).
-    #[serde(default)]
-    pub memory_mib: Option<u32>,
+    /// The sandbox and its lifetime, as for REST.
+    #[serde(flatten)]
+    pub spec: SessionSpec,
 }
 
 /// Input of `exec_in_session`.
@@ -123,19 +126,18 @@ impl McpTools {
     #[tool(
         name = "create_session",
         description = "Start a persistent sandbox: a Linux microVM whose interpreter keeps its state (variables, imports, files in its home dir) across exec_in_session calls. \
-Returns {\"id\": ...}; pass it to the other session tools. Limits: a few sessions per user; a session closes after 10 minutes without a call and after 1 hour; no network. Close it with close_session when done. \
+Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (memory_mib, cpus, network, packages) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
 Example: {\"language\": \"python\"}"
     )]
     async fn create_session(
         &self,
-        Parameters(p): Parameters<CreateSessionParams>,
+        Parameters(Strict(p)): Parameters<Strict<CreateSessionParams>>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = SessionBody {
             language: p.language.unwrap_or_else(|| "python".to_owned()),
-            memory_mib: p.memory_mib,
-            ..SessionBody::default()
+            spec: p.spec,
         };
         Ok(answer(self.airlock().create_session(&caller, &body).await))
     }
@@ -159,7 +161,7 @@ Example: {\"session_id\": \"...\", \"code\": \"import math\\nprint(math.pi)\"}"
         let airlock = self.airlock();
         self.on_session(&ctx, &p.session_id, |caller, session| async move {
             let r = airlock
-                .exec(&caller, &session, &body, &mut crate::mcp::Collect)
+                .exec(&caller, &session, &body, &mut airlock::Discard)
                 .await?;
             Ok(serde_json::json!({
                 "exit_code": r.exit_code, "timed_out": r.timed_out, "state_lost": r.state_lost,

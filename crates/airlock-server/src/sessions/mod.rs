@@ -8,195 +8,17 @@
 //! lifetime (its calls then fail with `SessionClosed`); the table drops
 //! closed sessions on the next lookup and in a sweep every few seconds.
 
-pub mod http;
 pub mod mcp;
+pub mod table;
 
-use crate::api::{network_request, parse_language, parse_timeout};
-use crate::error::{Result, ServerError};
+use self::table::{info, SessionInfo};
+use crate::api::{parse_language, parse_timeout, ExecBody, SessionBody};
+use crate::error::Result;
 use crate::keys::Caller;
-use crate::quota::Place;
 use crate::service::Airlock;
-use airlock::{CellRequest, CellResult, FileInfo, RunObserver, Session, SessionOptions};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
-
-/// `POST /v1/sessions`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SessionBody {
-    /// `python`, `javascript` or `raw` (bash).
-    pub language: String,
-    /// Guest memory in MiB. Default 512.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<u32>,
-    /// Closed after this many seconds without a call. Default 600.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_s: Option<u64>,
-    /// Pinned packages installed when the session starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packages: Option<Vec<String>>,
-    /// Network access (none without this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::api::NetworkBody>,
-}
-
-/// `POST /v1/sessions/{id}/exec`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExecBody {
-    /// The code: a cell of the session's interpreter (state is kept).
-    pub code: String,
-    /// Timeout in seconds. Default 30.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_s: Option<f64>,
-    /// Environment variables of this cell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<BTreeMap<String, String>>,
-}
-
-/// `POST /v1/sessions/{id}/packages`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PackagesBody {
-    /// Pinned packages (`pip name==version`, `npm name@version`).
-    pub packages: Vec<String>,
-}
-
-/// What the API says of a session.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionInfo {
-    /// Its id.
-    pub id: String,
-    /// Its language.
-    pub language: String,
-    /// When it started (seconds since the epoch).
-    pub created_at: u64,
-    /// When it was last used (seconds since the epoch).
-    pub last_used: u64,
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn info(session: &Session) -> SessionInfo {
-    SessionInfo {
-        id: session.id().to_owned(),
-        language: session.language().to_string(),
-        created_at: unix(session.created_at()),
-        last_used: unix(session.last_used()),
-    }
-}
-
-struct Entry {
-    session: Arc<Session>,
-    _place: Place,
-}
-
-/// The live sessions, by id.
-#[derive(Default)]
-pub struct SessionTable {
-    map: Mutex<HashMap<String, Entry>>,
-}
-
-impl std::fmt::Debug for SessionTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionTable")
-            .field("live", &self.lock().len())
-            .finish()
-    }
-}
-
-impl SessionTable {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn insert(&self, session: Session, place: Place) -> Arc<Session> {
-        let session = Arc::new(session);
-        self.lock().insert(
-            session.id().to_owned(),
-            Entry {
-                session: session.clone(),
-                _place: place,
-            },
-        );
-        session
-    }
-
-    /// The caller's session `id`: 404 when unknown, closed, or another
-    /// tenant's.
-    fn get(&self, tenant: &str, id: &str) -> Result<Arc<Session>> {
-        let mut map = self.lock();
-        match map.get(id) {
-            Some(e) if e.session.tenant() == tenant && !e.session.is_closed() => {
-                Ok(e.session.clone())
-            }
-            Some(e) if e.session.is_closed() => {
-                map.remove(id);
-                Err(not_found(id))
-            }
-            _ => Err(not_found(id)),
-        }
-    }
-
-    fn remove(&self, tenant: &str, id: &str) -> Result<Arc<Session>> {
-        let mut map = self.lock();
-        match map.get(id) {
-            Some(e) if e.session.tenant() == tenant => Ok(map
-                .remove(id)
-                .map(|e| e.session)
-                .ok_or_else(|| not_found(id))?),
-            _ => Err(not_found(id)),
-        }
-    }
-
-    fn list(&self, tenant: &str) -> Vec<SessionInfo> {
-        let mut out: Vec<SessionInfo> = self
-            .lock()
-            .values()
-            .filter(|e| e.session.tenant() == tenant && !e.session.is_closed())
-            .map(|e| info(&e.session))
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
-    }
-
-    /// Drops the sessions the orchestrator closed; returns how many.
-    pub fn sweep(&self) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, e| !e.session.is_closed());
-        before - map.len()
-    }
-
-    /// Takes every session out (to close them).
-    fn drain(&self) -> Vec<Arc<Session>> {
-        self.lock().drain().map(|(_, e)| e.session).collect()
-    }
-
-    /// Live sessions.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-}
-
-fn not_found(id: &str) -> ServerError {
-    ServerError::SessionNotFound {
-        session_id: id.to_owned(),
-    }
-}
+use airlock::{CellRequest, CellResult, FileInfo, RunObserver, Session};
+use std::sync::Arc;
+use std::time::Duration;
 
 impl Airlock {
     /// Starts a session for `caller`.
@@ -207,17 +29,7 @@ impl Airlock {
     pub async fn create_session(&self, caller: &Caller, body: &SessionBody) -> Result<SessionInfo> {
         self.check_not_draining()?;
         let language = parse_language(&body.language)?;
-        let mut options = SessionOptions::new(language);
-        options.spec.tenant.clone_from(&caller.tenant);
-        if let Some(m) = body.memory_mib {
-            options.spec.shape.memory_mib = m;
-        }
-        if let Some(s) = body.idle_timeout_s {
-            options.idle_timeout = Duration::from_secs(s);
-        }
-        options.spec.packages = body.packages.clone().unwrap_or_default();
-        options.spec.network = network_request(language, body.network.as_ref())?;
-        options.validate()?;
+        let options = body.spec.to_options(&caller.tenant, language)?;
         caller.quotas.check_vm(
             &caller.tenant,
             options.spec.shape.memory_mib,

@@ -1,12 +1,14 @@
 //! The session routes: create, list, show, delete, exec (JSON or SSE),
 //! files (PUT, GET, list) and packages.
 
-use super::{ExecBody, PackagesBody, SessionBody};
+use super::extract::ApiJson;
+use super::runs::wants_events;
+use super::sse;
+use crate::api::{ExecBody, PackagesBody, SessionBody};
 use crate::error::ServerError;
-use crate::http::{sse, ApiJson};
 use crate::keys::Caller;
 use crate::service::Airlock;
-use airlock::{OutputStream, RunObserver};
+use airlock::Discard;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -29,12 +31,6 @@ pub fn routes(router: Router<Airlock>, max_file_bytes: usize) -> Router<Airlock>
                 .put(write_file)
                 .layer(DefaultBodyLimit::max(max_file_bytes)),
         )
-}
-
-struct Collect;
-
-impl RunObserver for Collect {
-    fn output(&mut self, _: OutputStream, _: &[u8]) {}
 }
 
 async fn create(
@@ -78,14 +74,14 @@ async fn exec(
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Response, ServerError> {
     let session = airlock.session(&caller, &id)?;
-    if crate::http::runs::wants_events(&headers) {
+    if wants_events(&headers) {
         return Ok(sse::stream(move |mut observer| async move {
             let result = airlock.exec(&caller, &session, &body, &mut observer).await;
             (observer, result)
         })
         .into_response());
     }
-    let result = airlock.exec(&caller, &session, &body, &mut Collect).await?;
+    let result = airlock.exec(&caller, &session, &body, &mut Discard).await?;
     Ok(Json(result).into_response())
 }
 
