@@ -183,7 +183,10 @@ class Anything:
     };
     assert!(!bundle.is_main_result);
     assert_eq!(bundle.data["text/plain"], "B");
-    assert_eq!(bundle.data["application/json"], serde_json::json!({"a": [1, 2]}));
+    assert_eq!(
+        bundle.data["application/json"],
+        serde_json::json!({"a": [1, 2]})
+    );
     assert_eq!(bundle.binary("image/jpeg"), Some(Ok(vec![0xff, 0xd8])));
 
     // A failing method is skipped with a note; repr still shows.
@@ -299,10 +302,14 @@ sys.path.insert(0, root)
             data: [
                 (
                     "image/png".to_owned(),
-                    serde_json::json!(base64::engine::general_purpose::STANDARD
-                        .encode(format!("PNG{n}"))),
+                    serde_json::json!(
+                        base64::engine::general_purpose::STANDARD.encode(format!("PNG{n}"))
+                    ),
                 ),
-                ("text/plain".to_owned(), serde_json::json!(format!("<Figure {n}>"))),
+                (
+                    "text/plain".to_owned(),
+                    serde_json::json!(format!("<Figure {n}>")),
+                ),
             ]
             .into(),
             is_main_result: false,
@@ -321,13 +328,17 @@ sys.path.insert(0, root)
             png(1),
             png(2),
             plain("'end'", true),
-            png(3),
+            // Numbered 1 again: pyplot numbers from 1 once all are closed.
+            png(1),
             done(0)
         ]
     );
     // All closed: nothing is shown twice. A figure as the value is shown
     // once, as the main result.
-    assert_eq!(cells.py("plt.get_fignums()").await, [plain("[]", true), done(0)]);
+    assert_eq!(
+        cells.py("plt.get_fignums()").await,
+        [plain("[]", true), done(0)]
+    );
     let seen = cells.py("fig = plt.figure()\nfig").await;
     let Seen::Result(main) = &seen[0] else {
         panic!("{seen:?}")
@@ -371,15 +382,21 @@ async fn javascript_shows_the_last_value_with_inspect_and_errors() {
 async fn one_shot_runs_have_results_and_process_execs_and_bash_do_not() {
     let mut cells = start("res-modes", |_| {});
     assert_eq!(
-        cells.run(Language::Python, ExecMode::OneShot, "6 * 7").await,
+        cells
+            .run(Language::Python, ExecMode::OneShot, "6 * 7")
+            .await,
         [plain("42", true), done(0)]
     );
     assert_eq!(
-        cells.run(Language::Python, ExecMode::Process, "6 * 7").await,
+        cells
+            .run(Language::Python, ExecMode::Process, "6 * 7")
+            .await,
         [done(0)]
     );
     assert_eq!(
-        cells.run(Language::Raw, ExecMode::Cell, "echo 1; true").await,
+        cells
+            .run(Language::Raw, ExecMode::Cell, "echo 1; true")
+            .await,
         [out("1\n"), done(0)]
     );
 }
@@ -410,7 +427,13 @@ async fn a_forged_payload_for_another_cell_costs_only_the_state() {
         .py("import os; os.write(4, b'result 0000000000000000 2\\n{}')")
         .await;
     assert!(
-        matches!(seen.last(), Some(Seen::Complete { state_lost: true, .. })),
+        matches!(
+            seen.last(),
+            Some(Seen::Complete {
+                state_lost: true,
+                ..
+            })
+        ),
         "{seen:?}"
     );
     // A fresh interpreter: y is gone, results work.

@@ -49,7 +49,9 @@ fn is_false(b: &bool) -> bool {
 impl ExecResult {
     /// The `text/plain` representation, if any.
     pub fn text(&self) -> Option<&str> {
-        self.data.get("text/plain").and_then(serde_json::Value::as_str)
+        self.data
+            .get("text/plain")
+            .and_then(serde_json::Value::as_str)
     }
 
     /// The MIME types present, in the bundle's (sorted) order.

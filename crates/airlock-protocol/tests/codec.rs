@@ -132,7 +132,10 @@ fn all_events() -> Vec<Event> {
                 ("text/plain".to_owned(), serde_json::json!("   a\n0  1")),
                 ("text/html".to_owned(), serde_json::json!("<table></table>")),
                 ("image/png".to_owned(), serde_json::json!("iVBORw0KGgo=")),
-                ("application/json".to_owned(), serde_json::json!({"a": [1, 2.5, null]})),
+                (
+                    "application/json".to_owned(),
+                    serde_json::json!({"a": [1, 2.5, null]}),
+                ),
             ]),
             is_main_result: true,
             truncated: false,

@@ -646,7 +646,11 @@ fn describe(incoming: &Incoming) -> String {
     match incoming {
         Incoming::Report(report) => format!("{report:?}"),
         Incoming::Payload { kind, id, body } => {
-            format!("{kind:?} of cell {} ({} bytes)", control::format_id(*id), body.len())
+            format!(
+                "{kind:?} of cell {} ({} bytes)",
+                control::format_id(*id),
+                body.len()
+            )
         }
     }
 }
