@@ -379,6 +379,9 @@ impl Planner<'_> {
         if lang.trims_python_tests() {
             tree_inputs.add("trim", "python-tests");
         }
+        if !lang.purged_packages().is_empty() {
+            tree_inputs.add("purged", lang.purged_packages().join(","));
+        }
         Ok((tree_inputs.hash(), tree_inputs))
     }
 

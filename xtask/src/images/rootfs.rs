@@ -72,6 +72,50 @@ const DATA_STACK: [&str; 16] = [
     "fonts-dejavu-core",
 ];
 
+/// What the data stack's `Depends` drag in that nothing runs: Debian 12's
+/// python3-scipy depends on python3-pythran (a compiler of Python to C++,
+/// used to build scipy), which brings g++, the Boost headers and
+/// development packages (about 450 MiB of the tree). They are purged
+/// after the install with `dpkg --purge --force-depends`: the disk is
+/// read-only and apt never runs in it, so the recorded dependencies do
+/// not matter, and no module of the stack imports them at run time
+/// (checked by `tests/data_image.rs`).
+const DATA_BUILD_ONLY: [&str; 33] = [
+    "python3-pythran",
+    "python3-beniget",
+    "python3-gast",
+    "libxsimd-dev",
+    "libboost1.74-dev",
+    "libboost-dev",
+    "libopenblas-pthread-dev",
+    "libopenblas-dev",
+    "liblapack-dev",
+    "libblas-dev",
+    "g++",
+    "g++-12",
+    "gcc",
+    "gcc-12",
+    "cpp",
+    "cpp-12",
+    "libstdc++-12-dev",
+    "libgcc-12-dev",
+    "libc6-dev",
+    "libc-dev-bin",
+    "linux-libc-dev",
+    "libcrypt-dev",
+    "libnsl-dev",
+    "rpcsvc-proto",
+    "libpython3.11-dev",
+    "libpython3-dev",
+    "python3.11-dev",
+    "python3-dev",
+    "libexpat1-dev",
+    "zlib1g-dev",
+    "binutils",
+    "binutils-x86-64-linux-gnu",
+    "binutils-common",
+];
+
 /// What the `python-data` driver imports before it reports ready (so a
 /// template holds them imported), written to [`PRELOAD_IN_ROOT`].
 const DATA_PRELOAD: [&str; 4] = ["numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
@@ -154,6 +198,15 @@ impl RootDisk {
             .into_iter()
             .filter(|p| !later.contains(p))
             .collect()
+    }
+
+    /// Packages purged after the install (see [`DATA_BUILD_ONLY`]); an
+    /// input of the tree's hash.
+    pub fn purged_packages(self) -> &'static [&'static str] {
+        match self {
+            RootDisk::PythonData => &DATA_BUILD_ONLY,
+            RootDisk::Raw | RootDisk::Python | RootDisk::Javascript => &[],
+        }
     }
 
     /// Modules the Python cell driver imports before it is ready (written
@@ -283,6 +336,25 @@ pub fn build_tree(
             log,
         )?;
         run_logged(chroot_apt(tree).arg("clean"), log)?;
+        step.done("");
+    }
+    if !lang.purged_packages().is_empty() {
+        let step = Step::start(format!(
+            "rootfs-{}: dpkg --purge {} build-only packages",
+            lang.name(),
+            lang.purged_packages().len()
+        ));
+        // Not installed ones are only warned about.
+        run_logged(
+            Command::new("chroot")
+                .arg(tree)
+                .args(["dpkg", "--purge", "--force-depends"])
+                .args(lang.purged_packages())
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LC_ALL", "C"),
+            log,
+        )?;
         step.done("");
     }
     let step = Step::start(format!("rootfs-{}: trim and configure", lang.name()));
@@ -696,6 +768,11 @@ mod tests {
         assert_eq!(disk.preload()[..3], ["numpy", "pandas", "matplotlib"]);
         assert!(RootDisk::Python.preload().is_empty());
         assert!(disk.trims_python_tests() && !RootDisk::Python.trims_python_tests());
+        for purged in disk.purged_packages() {
+            assert!(!disk.packages().contains(purged), "{purged} is asked for");
+        }
+        assert!(disk.purged_packages().contains(&"g++-12"));
+        assert!(RootDisk::Python.purged_packages().is_empty());
     }
 
     #[test]
