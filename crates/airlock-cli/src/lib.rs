@@ -1,22 +1,52 @@
-//! The `airlock` binary's top level: the orchestrator's subcommands
-//! ([`airlock::cli::Command`]: `run`, `doctor`, `snapshot`) and the
-//! server's (`serve`, `mcp`) parsed as one command line.
+//! The `airlock` command: everything a person types. Each subcommand is a
+//! module that parses its arguments (clap), calls the library and prints
+//! what it got:
 //!
-//! It does nothing of its own: it parses and hands over. It sits at the
-//! very top of the layers, above `airlock` (the orchestrator) and
-//! `airlock-server` (which depends on the orchestrator, so the
-//! orchestrator's crate cannot hold a binary that serves).
+//! - [`run`]: `airlock run`, one piece of code in one fresh VM;
+//! - [`session`]: `airlock session`, the REPL and piped `# %%` cells;
+//! - [`snapshot`]: `airlock snapshot`, memory templates and package layers;
+//! - [`doctor`]: `airlock doctor`, the host checks;
+//! - [`serve`]: `airlock serve` and `serve keys`, the HTTP server;
+//! - [`mcp`]: `airlock mcp`, the MCP tools over stdio;
+//! - [`transfer`]: `--upload` / `--download` and the REPL's file commands.
+//!
+//! [`process`] is what they share as one process: the runtime, logging,
+//! stop signals, exit statuses (124 timeout, 125 Airlock failure, 128 + n
+//! after signal n) and how a failure is printed, with [`CliError`].
+//!
+//! It sits at the top of the layers, above the orchestrator (`airlock`)
+//! and the server (`airlock-server`), which are libraries: neither parses
+//! a command line, installs a signal handler or a log subscriber.
 //!
 //! ```
 //! let status = airlock_cli::main_from_args(["airlock", "--version"]);
 //! assert_eq!(status, 0);
 //! ```
 
+pub mod doctor;
+mod error;
+pub mod mcp;
+pub mod process;
+pub mod run;
+pub mod serve;
+pub mod session;
+pub mod snapshot;
+pub mod transfer;
+
+pub use error::CliError;
+
 use clap::{Parser, Subcommand};
+use nix::sys::signal::Signal;
 
 /// Runs untrusted code in throw-away QEMU microVMs.
+// The help's first line is spelled out: it was this crate's description
+// before the move, and the help is part of the command's output.
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, about)]
+#[command(
+    name = "airlock",
+    version,
+    about = "The `airlock` binary: the orchestrator's commands (run, doctor, snapshot) and the server's (serve, mcp) under one name."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -26,15 +56,23 @@ pub struct Cli {
 /// Every subcommand of `airlock`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The orchestrator's subcommands.
-    #[command(flatten)]
-    Core(airlock::cli::Command),
+    /// Run code in a fresh VM and print its output.
+    #[command(allow_negative_numbers = true)]
+    Run(run::RunArgs),
+    /// Show what the host offers (accelerator, QEMU, images, cgroups,
+    /// gvproxy) and what to fix.
+    Doctor,
+    /// Build, list or prune the memory templates `airlock run` restores.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Keep a VM and its interpreter across cells: a REPL on a terminal,
+    /// piped input run as `# %%` cells otherwise.
+    Session(session::SessionArgs),
     /// Serve runs, sessions and MCP over HTTP (REST, SSE, bearer keys,
     /// quotas, metrics); `airlock serve keys ...` manages the API keys.
-    Serve(airlock_server::cli::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Serve the MCP tools over stdio, for an agent on this host (the
     /// tenant is the local user).
-    Mcp(airlock_server::cli::McpArgs),
+    Mcp(mcp::McpArgs),
 }
 
 /// Parses the arguments and runs the command; returns the process exit
@@ -46,12 +84,48 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     match Cli::try_parse_from(args) {
-        Ok(cli) => match cli.command {
-            Command::Core(command) => airlock::cli::main(airlock::cli::Cli { command }),
-            Command::Serve(args) => airlock_server::cli::serve(args),
-            Command::Mcp(args) => airlock_server::cli::mcp(args),
-        },
-        Err(e) => airlock::cli::usage_error(&e),
+        Ok(cli) => main(cli),
+        Err(e) => process::usage_error(&e),
+    }
+}
+
+/// Runs a parsed command line; returns the process exit status.
+pub fn main(cli: Cli) -> i32 {
+    use airlock_server::config::LogFormat;
+    use process::{block_on, default_log_filter, init_logging, STOP_SIGNALS};
+    match cli.command {
+        Command::Run(args) => {
+            init_logging(LogFormat::Text, default_log_filter(args.debug));
+            block_on(&STOP_SIGNALS, |mut interrupts| async move {
+                run::run(args, &mut interrupts).await
+            })
+        }
+        Command::Session(args) => {
+            init_logging(LogFormat::Text, default_log_filter(args.debug));
+            // The interactive session takes Ctrl-C for "interrupt the cell".
+            let signals: &[Signal] = if args.interactive() {
+                &[Signal::SIGTERM, Signal::SIGHUP]
+            } else {
+                &STOP_SIGNALS
+            };
+            block_on(signals, |mut interrupts| async move {
+                session::run(args, &mut interrupts).await
+            })
+        }
+        Command::Doctor => {
+            init_logging(LogFormat::Text, default_log_filter(false));
+            block_on(&STOP_SIGNALS, |mut interrupts| async move {
+                doctor::run(&mut interrupts).await
+            })
+        }
+        Command::Snapshot(args) => {
+            init_logging(LogFormat::Text, default_log_filter(false));
+            block_on(&STOP_SIGNALS, |mut interrupts| async move {
+                snapshot::run(args, &mut interrupts).await
+            })
+        }
+        Command::Serve(args) => serve::main(args),
+        Command::Mcp(args) => mcp::main(args),
     }
 }
 
@@ -60,17 +134,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_core_subcommands_parse_through_the_flattened_enum() {
+    fn every_subcommand_parses() {
         let cli = Cli::try_parse_from(["airlock", "run", "-l", "raw", "true"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Core(airlock::cli::Command::Run(_))
-        ));
+        assert!(matches!(cli.command, Command::Run(_)));
         let cli = Cli::try_parse_from(["airlock", "doctor"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Core(airlock::cli::Command::Doctor)
-        ));
+        assert!(matches!(cli.command, Command::Doctor));
+        let cli = Cli::try_parse_from(["airlock", "snapshot", "list"]).unwrap();
+        assert!(matches!(cli.command, Command::Snapshot(_)));
+        let cli = Cli::try_parse_from(["airlock", "session", "-l", "js"]).unwrap();
+        assert!(matches!(cli.command, Command::Session(_)));
     }
 
     #[test]
@@ -84,5 +156,11 @@ mod tests {
     #[test]
     fn bad_usage_exits_125() {
         assert_eq!(main_from_args(["airlock", "no-such-command"]), 125);
+    }
+
+    #[test]
+    fn help_and_version_exit_0() {
+        assert_eq!(main_from_args(["airlock", "--version"]), 0);
+        assert_eq!(main_from_args(["airlock", "run", "--help"]), 0);
     }
 }

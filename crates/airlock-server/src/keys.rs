@@ -15,6 +15,7 @@
 //! concurrent_runs = 2
 //! ```
 
+use crate::config::ServerConfig;
 use crate::error::{Result, ServerError};
 use crate::quota::{QuotaOverrides, Quotas};
 use rand::RngCore;
@@ -43,6 +44,17 @@ pub struct KeyEntry {
     /// The tenant's quotas over the server's defaults.
     #[serde(default, skip_serializing_if = "is_default")]
     pub quotas: QuotaOverrides,
+}
+
+/// The default keys file: `$XDG_CONFIG_HOME/airlock/keys.toml`, else
+/// `~/.config/airlock/keys.toml`.
+pub fn default_keys_file() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("airlock").join("keys.toml")
 }
 
 fn is_default(q: &QuotaOverrides) -> bool {
@@ -227,6 +239,19 @@ impl Keyring {
             })
             .collect();
         Self { by_hash }
+    }
+
+    /// The keyring of `config`'s keys file, over its default quotas;
+    /// `None` without a keys file (every request acts for the local user).
+    ///
+    /// # Errors
+    /// As [`KeysFile::load`]: an unreadable or invalid keys file.
+    pub fn of_config(config: &ServerConfig) -> Result<Option<Self>> {
+        config
+            .keys_file
+            .as_deref()
+            .map(|path| KeysFile::load(path, false).map(|f| Self::new(&f, config.quotas)))
+            .transpose()
     }
 
     /// The caller a key acts for, if the key is known. Only the key's hash

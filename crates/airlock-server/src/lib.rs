@@ -21,7 +21,11 @@
 //! terminate TLS (put a reverse proxy in front for that).
 //!
 //! Layer: above the orchestrator (`airlock`), below the `airlock` binary
-//! (`airlock-cli`), which calls [`cli::serve`] and [`cli::mcp`].
+//! (`airlock-cli`), whose `serve` and `mcp` commands call [`server::run`]
+//! (until a shutdown future: the command's stop signal) and
+//! [`mcp::serve_stdio`], and manage the [`keys`] file. It parses no
+//! command line, installs no signal handler and no log subscriber: those
+//! belong to the process, that is to the binary.
 //!
 //! ```no_run
 //! use airlock_server::{Airlock, ServerConfig};
@@ -36,7 +40,6 @@
 //! ```
 
 pub mod api;
-pub mod cli;
 pub mod config;
 mod error;
 pub mod http;

@@ -1,29 +1,36 @@
 //! The HTTP server's life: start the orchestrator (which sweeps what an
-//! earlier, killed server left), listen, serve, and on the first stop
-//! signal drain: stop accepting, let running requests go on for the
-//! grace, destroy every VM, return.
+//! earlier, killed server left), listen, serve, and when told to stop (the
+//! `shutdown` future: `airlock serve`'s first stop signal) drain: stop
+//! accepting, let running requests go on for the grace, destroy every VM,
+//! return.
 
 use crate::config::ServerConfig;
 use crate::error::{Result, ServerError};
 use crate::keys::Keyring;
 use crate::service::Airlock;
-use airlock::interrupt::{self, Interrupts};
-use std::future::IntoFuture;
+use std::fmt::Display;
+use std::future::{Future, IntoFuture};
 use std::time::Instant;
 
-/// Serves until a stop signal, then drains; `Ok` after a clean drain.
+/// Serves `config` (validated) until `shutdown` resolves, then drains;
+/// `Ok` after a clean drain. `shutdown` resolving while the orchestrator
+/// starts ends the start-up: `Ok`, nothing served. Its output (e.g. the
+/// signal) is logged.
 ///
 /// # Errors
 /// [`ServerError::Orchestrator`] when the orchestrator cannot start,
 /// [`ServerError::Bind`] when the address is taken.
-pub async fn run(config: ServerConfig, keyring: Option<Keyring>) -> Result<()> {
-    let mut interrupts = Interrupts::install(Box::new(interrupt::force_exit))
-        .map_err(|e| ServerError::internal("handle SIGINT, SIGTERM and SIGHUP", e))?;
+pub async fn run<S: Display>(
+    config: ServerConfig,
+    keyring: Option<Keyring>,
+    shutdown: impl Future<Output = S>,
+) -> Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let listen = config.listen;
     let grace = config.drain_grace();
     let airlock = tokio::select! {
         started = Airlock::start(config, keyring) => started?,
-        stop = interrupts.first() => {
+        stop = &mut shutdown => {
             airlock::process::registry().kill_all();
             tracing::info!(%stop, "stopped while starting");
             return Ok(());
@@ -58,7 +65,7 @@ pub async fn run(config: ServerConfig, keyring: Option<Keyring>) -> Result<()> {
             served.map_err(|e| ServerError::internal("serve HTTP", e))?;
             None
         }
-        stop = interrupts.first() => Some(stop),
+        stop = &mut shutdown => Some(stop),
     };
     let started = Instant::now();
     if let Some(stop) = stopped_by {

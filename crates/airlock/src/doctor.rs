@@ -1,4 +1,5 @@
-//! `airlock doctor`: what the host offers and what to fix. Like every
+//! The host checks behind `airlock doctor`: what the host offers and what
+//! to fix, as a list of [`Check`]s (the command prints them). Like every
 //! start of Airlock, it first ends what dead Airlock processes left
 //! (`sweep.rs`) and says so.
 
@@ -166,24 +167,6 @@ fn leftovers_check(swept: Result<&SweepReport, String>) -> Check {
             found: format!("the sweep failed: {e}"),
             fix: None,
         },
-    }
-}
-
-/// Prints the report; exit status 0 when `airlock run` can work, else 1.
-pub async fn run() -> i32 {
-    let checks = checks().await;
-    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    for c in &checks {
-        let mark = if c.ok { "ok  " } else { "FAIL" };
-        println!("{mark} {:width$}  {}", c.name, c.found);
-        if let Some(fix) = &c.fix {
-            println!("     {:width$}  fix: {fix}", "");
-        }
-    }
-    if checks.iter().all(|c| c.ok) {
-        0
-    } else {
-        1
     }
 }
 

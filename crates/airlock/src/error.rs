@@ -43,13 +43,6 @@ pub enum Error {
         /// Why it failed.
         message: String,
     },
-    /// The code could not be read from standard input.
-    #[error("read the code from stdin: {source}")]
-    ReadStdin {
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
     /// A host port for an exposed guest port could not be served.
     #[error("vm {vm_id}: {action} {addr}: {source}")]
     ExposeBind {
@@ -293,7 +286,6 @@ impl Error {
                 Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
             }
             Error::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
-            Error::ReadStdin { .. } => Some("pass the code as an argument or with -c"),
             Error::File { .. } => Some(
                 "guest paths are relative to the sandbox home; symlinks leading out of it are refused",
             ),

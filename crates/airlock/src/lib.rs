@@ -1,5 +1,6 @@
 //! Airlock's orchestrator: it composes the lower crates into VMs that run
-//! untrusted code, and provides the `airlock` command.
+//! untrusted code. It is a library: the `airlock` command (`crates/airlock-cli`)
+//! and the server (`crates/airlock-server`) are built on its public API.
 //!
 //! It sits at the top of the layers (see `docs/architecture.md`): it uses
 //! `airlock-qemu` for argv and host probes, `airlock-overlay` for disk
@@ -24,7 +25,9 @@
 //!   refills in the background ([`Config::warm_pools`]).
 //! - [`template`]: memory templates (`docs/templates.md`): a VM of one
 //!   shape saved once, restored in about a tenth of a second instead of a
-//!   boot, reseeded before any user code; `airlock snapshot` manages them.
+//!   boot, reseeded before any user code; [`Artifacts`] lists and prunes
+//!   them and the package layers (`airlock snapshot`).
+//! - [`doctor`]: what the host offers and what to fix, as data.
 //!
 //! ```no_run
 //! use airlock::{Config, RunRequest, Scheduler};
@@ -37,8 +40,8 @@
 //! # Ok(()) }
 //! ```
 
+mod artifacts;
 mod builder;
-pub mod cli;
 mod config;
 mod disk;
 pub mod doctor;
@@ -48,7 +51,6 @@ mod files;
 mod guest;
 mod host;
 mod images;
-pub mod interrupt;
 mod launcher;
 mod manager;
 mod network;
@@ -72,6 +74,7 @@ mod vm;
 mod workdir;
 
 pub use airlock_sys_util::ChildExit;
+pub use artifacts::{Artifacts, LayerEntry, TemplateEntry};
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
 pub use files::{
@@ -83,8 +86,9 @@ pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
 pub use pool::{PoolConfig, PoolStats, WarmPool};
 pub use request::{
-    parse_env_pair, validate_env, validate_identifier, RunRequest, RunResult, Timings,
-    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MEMORY_MIB_RANGE, VCPUS_RANGE,
+    parse_env_pair, validate_env, validate_identifier, validate_timeout, RunRequest, RunResult,
+    Timings, DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, MAX_CODE_BYTES, MAX_TIMEOUT, MEMORY_MIB_RANGE,
+    VCPUS_RANGE,
 };
 pub use scheduler::{RunObserver, Scheduler, Stage};
 pub use session::{

@@ -135,7 +135,7 @@ pub(crate) fn validate_code(code: &str) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for `timeout`.
-pub(crate) fn validate_timeout(timeout: Duration) -> Result<()> {
+pub fn validate_timeout(timeout: Duration) -> Result<()> {
     if timeout.is_zero() || timeout > MAX_TIMEOUT {
         return Err(Error::invalid(
             "timeout",

@@ -1,5 +1,15 @@
-//! Interrupts of the `airlock` command: SIGINT (Ctrl-C), SIGTERM and SIGHUP
-//! all mean "stop", from the command's very start. What `cli.rs` does:
+//! The process every subcommand of `airlock` runs in: exit statuses, the
+//! tokio runtime, logging on stderr, stop signals, and how a failure is
+//! printed (one line, a hint).
+//!
+//! Exit statuses (so that 1..=123 belong to the user's code):
+//! - [`EXIT_TIMEOUT`] (124): the code timed out;
+//! - [`EXIT_AIRLOCK_FAILED`] (125): Airlock itself failed, bad usage
+//!   included;
+//! - 128 + n after stop signal n ([`exit_status`]).
+//!
+//! Stop signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP all mean "stop", from
+//! the command's very start.
 //!
 //! - **First signal**: `airlock run` kills the run's VMs (one being booted
 //!   too) and tears them down, removes their files, and exits with 128 +
@@ -7,16 +17,162 @@
 //!   start-up (killing the probes' children) and removes this process's
 //!   pool dir. `airlock doctor` and `airlock snapshot` kill what they
 //!   started and exit with 128 + the signal, leaving files to the next
-//!   sweep.
+//!   sweep. `airlock serve` drains.
 //! - **Second signal** (while the first is being handled): the process
 //!   exits at once ([`force_exit`], which SIGKILLs whatever is still in the
 //!   process registry), leaving the files to the next start's sweep.
 //!
 //! See `docs/architecture.md`, "Nothing outlives its owner", layer 2.
 
+use crate::error::CliError;
+use airlock_server::config::LogFormat;
 use nix::sys::signal::Signal;
+use std::future::Future;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
+
+/// Exit status when the code timed out.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when Airlock itself failed.
+pub const EXIT_AIRLOCK_FAILED: i32 = 125;
+
+/// The default log filter of a command (`AIRLOCK_LOG` overrides it):
+/// Airlock's debug events with `--debug`, else warnings only.
+pub fn default_log_filter(debug: bool) -> &'static str {
+    if debug {
+        "airlock=debug,info"
+    } else {
+        "warn"
+    }
+}
+
+/// Sends `tracing` events to stderr in `format`, filtered by `AIRLOCK_LOG`
+/// or else by `default` (a `tracing_subscriber::EnvFilter` directive).
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Already set (a test, a second call): the first one stays.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A multi-thread tokio runtime; `None` (said on stderr) when it cannot
+/// start.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("airlock: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `main` on a new runtime with `signals` handled from the start
+/// ([`Interrupts::install_signals`], a second one forcing the exit);
+/// returns its exit status, or 125 when the runtime or the handlers
+/// cannot be set up.
+pub fn block_on<F, Fut>(signals: &[Signal], main: F) -> i32
+where
+    F: FnOnce(Interrupts) -> Fut,
+    Fut: Future<Output = i32>,
+{
+    let Some(runtime) = runtime() else {
+        return EXIT_AIRLOCK_FAILED;
+    };
+    runtime.block_on(async {
+        match Interrupts::install_signals(signals, Box::new(force_exit)) {
+            Ok(interrupts) => main(interrupts).await,
+            Err(e) => {
+                eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+                EXIT_AIRLOCK_FAILED
+            }
+        }
+    })
+}
+
+/// Runs `work` unless a stop signal comes first; then kills what is
+/// registered (the work's children die as its future drops, a VM being
+/// built is torn down) and returns 128 + the signal. Files are left to the
+/// next sweep.
+pub async fn unless_interrupted(
+    work: impl Future<Output = i32>,
+    interrupts: &mut Interrupts,
+) -> i32 {
+    tokio::select! {
+        code = work => code,
+        stop = interrupts.first() => {
+            airlock::process::registry().kill_all();
+            eprintln!("airlock: interrupted ({stop})");
+            exit_status(stop)
+        }
+    }
+}
+
+/// How much of an error [`report`] prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The first line; the other lines (tails of logs) too, indented, when
+    /// `debug` (`airlock run --debug`).
+    FirstLine {
+        /// Whether the other lines are printed.
+        debug: bool,
+    },
+    /// The whole message as it is.
+    Whole,
+}
+
+/// Prints an Airlock failure on stderr: `airlock: error: ...`, then
+/// `airlock: hint: ...` when there is one.
+pub fn report(error: impl Into<CliError>, detail: Detail) {
+    let error = error.into();
+    let text = error.to_string();
+    match detail {
+        Detail::FirstLine { debug } => {
+            let mut lines = text.lines();
+            eprintln!("airlock: error: {}", lines.next().unwrap_or_default());
+            if debug {
+                for line in lines {
+                    eprintln!("  {line}");
+                }
+            }
+        }
+        Detail::Whole => eprintln!("airlock: error: {text}"),
+    }
+    if let Some(hint) = error.hint() {
+        eprintln!("airlock: hint: {hint}");
+    }
+}
+
+/// Prints `error` whole ([`Detail::Whole`]) and returns 125: the failure
+/// of a command that has no `--debug` (snapshot, serve, mcp).
+pub fn failed(error: impl Into<CliError>) -> i32 {
+    report(error, Detail::Whole);
+    EXIT_AIRLOCK_FAILED
+}
+
+/// Prints a parse error (or the help or version it carries) and returns
+/// the exit status: 0 for help and version, 125 for bad usage.
+pub fn usage_error(e: &clap::Error) -> i32 {
+    let code = if e.use_stderr() {
+        EXIT_AIRLOCK_FAILED
+    } else {
+        0
+    };
+    let _ = e.print();
+    if code != 0 {
+        eprintln!("airlock: hint: see `airlock --help`");
+    }
+    code
+}
 
 /// The signals that stop a command.
 pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
@@ -100,7 +256,7 @@ impl Interrupts {
 /// The second interrupt of the `airlock` command: SIGKILL every registered
 /// process, say so, and exit at once with 128 + the signal.
 pub fn force_exit(stop: Signal) {
-    let killed = crate::process::registry().kill_all();
+    let killed = airlock::process::registry().kill_all();
     eprintln!(
         "airlock: {stop} again: killed {} process(es) at once; their files go at the next start",
         killed.len()

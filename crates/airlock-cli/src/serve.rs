@@ -1,22 +1,20 @@
-//! `airlock serve` (with `serve keys add|list|revoke`) and `airlock mcp`:
-//! their arguments and their runs, called by the `airlock` binary.
+//! `airlock serve` (with `serve keys add|list|revoke`): its arguments,
+//! merged over the config file into the server's validated
+//! [`ServerConfig`], then [`airlock_server::server::run`] until the first
+//! stop signal.
 //!
-//! `serve` on SIGTERM (or SIGINT, SIGHUP): stops accepting, lets running
-//! requests go on for the drain grace, destroys every VM, exits 0. A second
-//! signal kills every VM at once.
+//! On SIGTERM (or SIGINT, SIGHUP) the server stops accepting, lets running
+//! requests go on for the drain grace, destroys every VM, exits 0. A
+//! second signal kills every VM at once.
 
-use crate::config::{LogFormat, ServerConfig};
-use crate::error::{Result, ServerError};
-use crate::keys::{Keyring, KeysFile};
-use crate::quota::QuotaOverrides;
-use crate::service::Airlock;
-use airlock::interrupt::{self, Interrupts};
+use crate::process::{self, STOP_SIGNALS};
+use airlock_server::config::{LogFormat, PoolSpec};
+use airlock_server::keys::{default_keys_file, Keyring, KeysFile};
+use airlock_server::quota::QuotaOverrides;
+use airlock_server::{server, ServerConfig, ServerError};
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
-/// Exit status when the server fails.
-pub const EXIT_FAILED: i32 = 125;
+use std::path::PathBuf;
 
 /// Arguments of `airlock serve`.
 #[derive(Debug, Clone, Args)]
@@ -53,7 +51,7 @@ pub struct ServeArgs {
     pub drain_grace_s: Option<u64>,
     /// Log format on stderr.
     #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
+    pub log_format: Option<LogFormatArg>,
     /// Boot every VM cold instead of restoring memory templates (no warm
     /// pool either).
     #[arg(long)]
@@ -63,8 +61,8 @@ pub struct ServeArgs {
     /// slots or more). Runs and sessions of
     /// that language at the default shape, without network or packages,
     /// take a VM from it in milliseconds.
-    #[arg(long = "pool", value_name = "LANG[:SIZE]", value_parser = crate::config::PoolSpec::parse_flag)]
-    pub pools: Vec<crate::config::PoolSpec>,
+    #[arg(long = "pool", value_name = "LANG[:SIZE]", value_parser = PoolSpec::parse_flag)]
+    pub pools: Vec<PoolSpec>,
     /// No warm pool.
     #[arg(long, conflicts_with = "pools")]
     pub no_pool: bool,
@@ -86,6 +84,24 @@ pub struct ServeArgs {
     /// Check the configuration (and the keys file) and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// `--log-format` (the server's [`LogFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 /// Subcommands of `airlock serve`.
@@ -143,32 +159,13 @@ pub enum KeysAction {
     },
 }
 
-/// Arguments of `airlock mcp`.
-#[derive(Debug, Clone, Args)]
-pub struct McpArgs {
-    /// Boot every VM cold instead of restoring memory templates.
-    #[arg(long)]
-    pub cold: bool,
-}
-
-/// The default keys file: `$XDG_CONFIG_HOME/airlock/keys.toml`, else
-/// `~/.config/airlock/keys.toml`.
-pub fn default_keys_file() -> PathBuf {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("airlock").join("keys.toml")
-}
-
 impl ServeArgs {
     /// The configuration: the file's (if any), then the flags over it,
     /// validated.
     ///
     /// # Errors
-    /// [`ServerError::Config`] for an unreadable file or a bad value.
-    pub fn to_config(&self) -> Result<ServerConfig> {
+    /// The server's `Config` error for an unreadable file or a bad value.
+    pub fn to_config(&self) -> Result<ServerConfig, ServerError> {
         let mut c = match &self.config {
             Some(path) => ServerConfig::load(path)?,
             None => ServerConfig::default(),
@@ -184,13 +181,15 @@ impl ServeArgs {
             max_file_bytes => max_file_bytes,
             queue_timeout_s => queue_timeout_s,
             drain_grace_s => drain_grace_s,
-            log_format => log_format,
             quota_concurrent_runs => quotas.concurrent_runs,
             quota_live_sessions => quotas.live_sessions,
             quota_memory_mib => quotas.memory_mib,
             quota_timeout_s => quotas.timeout_s,
             quota_requests_per_minute => quotas.requests_per_minute,
         );
+        if let Some(format) = self.log_format {
+            c.log_format = format.into();
+        }
         if self.keys_file.is_some() {
             c.keys_file.clone_from(&self.keys_file);
         }
@@ -211,38 +210,6 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-fn report(error: &ServerError) {
-    eprintln!("airlock: error: {error}");
-    if let Some(hint) = error.hint() {
-        eprintln!("airlock: hint: {hint}");
-    }
-}
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("airlock: cannot start the runtime: {e}");
-            None
-        }
-    }
-}
-
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -250,7 +217,7 @@ fn now_unix() -> u64 {
 }
 
 /// Runs `airlock serve keys ...`.
-fn keys(action: KeysAction) -> Result<()> {
+fn keys(action: KeysAction) -> Result<(), ServerError> {
     match action {
         KeysAction::Add {
             tenant,
@@ -318,38 +285,21 @@ fn keys(action: KeysAction) -> Result<()> {
     }
 }
 
-fn load_keyring(config: &ServerConfig) -> Result<Option<Keyring>> {
-    config
-        .keys_file
-        .as_deref()
-        .map(|path: &Path| KeysFile::load(path, false).map(|f| Keyring::new(&f, config.quotas)))
-        .transpose()
-}
-
 /// Runs `airlock serve`; returns the process exit status.
-pub fn serve(args: ServeArgs) -> i32 {
+pub fn main(args: ServeArgs) -> i32 {
     if let Some(ServeCommand::Keys { action }) = args.command {
         return match keys(action) {
             Ok(()) => 0,
-            Err(e) => {
-                report(&e);
-                EXIT_FAILED
-            }
+            Err(e) => process::failed(e),
         };
     }
     let config = match args.to_config() {
         Ok(c) => c,
-        Err(e) => {
-            report(&e);
-            return EXIT_FAILED;
-        }
+        Err(e) => return process::failed(e),
     };
-    let keyring = match load_keyring(&config) {
+    let keyring = match Keyring::of_config(&config) {
         Ok(k) => k,
-        Err(e) => {
-            report(&e);
-            return EXIT_FAILED;
-        }
+        Err(e) => return process::failed(e),
     };
     if args.check_config {
         println!(
@@ -360,67 +310,19 @@ pub fn serve(args: ServeArgs) -> i32 {
         );
         return 0;
     }
-    init_logging(config.log_format, "info");
-    let Some(runtime) = runtime() else {
-        return EXIT_FAILED;
-    };
-    runtime.block_on(async move {
-        match crate::server::run(config, keyring).await {
+    process::init_logging(config.log_format, "info");
+    process::block_on(&STOP_SIGNALS, |mut interrupts| async move {
+        match server::run(config, keyring, interrupts.first()).await {
             Ok(()) => 0,
-            Err(e) => {
-                report(&e);
-                EXIT_FAILED
-            }
-        }
-    })
-}
-
-/// Runs `airlock mcp` (stdio); returns the process exit status.
-pub fn mcp(args: McpArgs) -> i32 {
-    init_logging(LogFormat::Text, "warn");
-    let config = ServerConfig {
-        restore_templates: !args.cold,
-        ..ServerConfig::default()
-    };
-    let Some(runtime) = runtime() else {
-        return EXIT_FAILED;
-    };
-    runtime.block_on(async move {
-        let mut interrupts = match Interrupts::install(Box::new(interrupt::force_exit)) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
-                return EXIT_FAILED;
-            }
-        };
-        let airlock = tokio::select! {
-            started = Airlock::start(config, None) => match started {
-                Ok(a) => a,
-                Err(e) => { report(&e); return EXIT_FAILED; }
-            },
-            stop = interrupts.first() => {
-                airlock::process::registry().kill_all();
-                return interrupt::exit_status(stop);
-            }
-        };
-        let served = tokio::select! {
-            served = crate::mcp::serve_stdio(airlock.clone()) => served,
-            _ = interrupts.first() => Ok(()),
-        };
-        airlock.shutdown().await;
-        airlock::process::registry().kill_all();
-        match served {
-            Ok(()) => 0,
-            Err(e) => {
-                report(&e);
-                EXIT_FAILED
-            }
+            Err(e) => process::failed(e),
         }
     })
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
     use super::*;
     use clap::Parser;
 

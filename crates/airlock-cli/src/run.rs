@@ -1,59 +1,22 @@
-//! The command line of the `airlock` binary (kept in the library so its
-//! parsing is unit-tested).
+//! `airlock run`: one piece of code in one fresh VM, its output streamed
+//! (or, with `--json`, the whole result printed), a progress line while
+//! it boots, the files of `--download` saved after. The exit status is
+//! the code's own, 124 when it timed out, 125 when Airlock failed.
 
-/// `airlock session`: the REPL and piped cells.
-pub mod session;
-/// `airlock snapshot`: building, listing and pruning memory templates.
-pub mod snapshot;
-/// `--upload` / `--download` and the REPL's file commands.
-pub mod transfer;
-
-use crate::config::Config;
-use crate::error::Error;
-use crate::interrupt::{self, Interrupts};
-use crate::network::{ExposedAddr, NetworkRequest};
-use crate::request::{parse_env_pair, RunRequest, DEFAULT_MEMORY_MIB};
-use crate::scheduler::{RunObserver, Scheduler, Stage};
-use crate::vm::OutputStream;
+use crate::error::CliError;
+use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
+use crate::transfer;
+use airlock::packages::CaBundle;
+use airlock::{
+    parse_env_pair, Config, ExposedAddr, NetworkRequest, OutputStream, RunObserver, RunRequest,
+    RunResult, Scheduler, Stage, DEFAULT_MEMORY_MIB,
+};
 use airlock_protocol::Language;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use nix::sys::signal::Signal;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Exit status when the code timed out.
-pub const EXIT_TIMEOUT: i32 = 124;
-/// Exit status when Airlock itself failed.
-pub const EXIT_AIRLOCK_FAILED: i32 = 125;
-/// Exit status after Ctrl-C (SIGINT); SIGTERM gives 143 and SIGHUP 129:
-/// 128 + the signal, see [`crate::interrupt::exit_status`].
-pub const EXIT_INTERRUPTED: i32 = 130;
-
-/// Runs untrusted code in throw-away QEMU microVMs.
-#[derive(Debug, Parser)]
-#[command(name = "airlock", version, about)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run code in a fresh VM and print its output.
-    #[command(allow_negative_numbers = true)]
-    Run(RunArgs),
-    /// Show what the host offers (accelerator, QEMU, images, cgroups,
-    /// gvproxy) and what to fix.
-    Doctor,
-    /// Build, list or prune the memory templates `airlock run` restores.
-    Snapshot(snapshot::SnapshotArgs),
-    /// Keep a VM and its interpreter across cells: a REPL on a terminal,
-    /// piped input run as `# %%` cells otherwise.
-    Session(session::SessionArgs),
-}
 
 /// Arguments of `airlock run`.
 #[derive(Debug, Clone, Args)]
@@ -137,19 +100,20 @@ impl RunArgs {
     /// Turns the arguments into a request (reading the file or stdin).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a bad language, timeout or env pair,
-    /// [`Error::Io`] for an unreadable file or stdin.
-    pub fn to_request(&self, stdin: &mut dyn Read) -> Result<RunRequest, Error> {
+    /// A refused argument ([`CliError::invalid_field`]) for a bad language,
+    /// timeout, env pair or request, [`CliError::Io`] for an unreadable
+    /// file, [`CliError::ReadStdin`] for unreadable stdin.
+    pub fn to_request(&self, stdin: &mut dyn Read) -> Result<RunRequest, CliError> {
         let mut language = match &self.language {
             Some(name) => Some(
                 name.parse::<Language>()
-                    .map_err(|e| Error::invalid("language", e.to_string()))?,
+                    .map_err(|e| CliError::invalid("language", e.to_string()))?,
             ),
             None => None,
         };
         let code = if !self.code.is_empty() {
             if self.code_or_file.is_some() {
-                return Err(Error::invalid(
+                return Err(CliError::invalid(
                     "code",
                     "give the code either as an argument or with -c, not both",
                 ));
@@ -164,7 +128,7 @@ impl RunArgs {
                         .and_then(|e| e.to_str())
                         .and_then(Language::from_extension);
                 }
-                std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?
+                std::fs::read_to_string(path).map_err(|e| CliError::io("read", path, e))?
             } else {
                 arg.clone()
             }
@@ -172,7 +136,7 @@ impl RunArgs {
             let mut code = String::new();
             stdin
                 .read_to_string(&mut code)
-                .map_err(|source| Error::ReadStdin { source })?;
+                .map_err(|source| CliError::ReadStdin { source })?;
             code
         };
         let mut request = RunRequest::new(language.unwrap_or(Language::Python), code);
@@ -196,7 +160,7 @@ impl RunArgs {
             .collect();
         request.packages = self.packages.clone();
         if let Some(path) = &self.ca_bundle {
-            crate::packages::CaBundle::File(path.clone()).resolve()?;
+            CaBundle::File(path.clone()).resolve()?;
         }
         request.validate()?;
         Ok(request)
@@ -205,8 +169,8 @@ impl RunArgs {
     /// The `--download` targets, checked (guest path, local directory).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (`downloads`).
-    pub fn download_targets(&self) -> Result<Vec<transfer::DownloadTarget>, Error> {
+    /// A refused argument (`downloads`).
+    pub fn download_targets(&self) -> Result<Vec<transfer::DownloadTarget>, CliError> {
         self.download
             .iter()
             .map(|spec| transfer::parse_download(spec))
@@ -215,8 +179,13 @@ impl RunArgs {
 }
 
 impl RunArgs {
-    fn network_request(&self, language: Language) -> Result<NetworkRequest, Error> {
-        NetworkRequest::from_flags(language, self.network, &self.allow_domain, &self.expose)
+    fn network_request(&self, language: Language) -> Result<NetworkRequest, CliError> {
+        Ok(NetworkRequest::from_flags(
+            language,
+            self.network,
+            &self.allow_domain,
+            &self.expose,
+        )?)
     }
 }
 
@@ -224,15 +193,15 @@ impl RunArgs {
 /// `airlock session`).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] (`timeout`) unless a finite positive number.
-fn timeout_from_secs(secs: f64) -> Result<Duration, Error> {
+/// A refused argument (`timeout`) unless a finite positive number.
+pub(crate) fn timeout_from_secs(secs: f64) -> Result<Duration, CliError> {
     if !secs.is_finite() || secs <= 0.0 {
-        return Err(Error::invalid(
+        return Err(CliError::invalid(
             "timeout",
             format!("{secs} is not a positive number of seconds"),
         ));
     }
-    Duration::try_from_secs_f64(secs).map_err(|e| Error::invalid("timeout", e.to_string()))
+    Duration::try_from_secs_f64(secs).map_err(|e| CliError::invalid("timeout", e.to_string()))
 }
 
 /// Whether an argument is meant as a file name rather than code: no
@@ -246,163 +215,60 @@ fn looks_like_file(arg: &str) -> bool {
                 .is_some_and(|e| Language::from_extension(e).is_some()))
 }
 
-/// Parses the arguments and runs the CLI; returns the process exit status.
-/// Help and version exit 0; bad usage exits 125 like any other failure of
-/// Airlock itself (so that 1..=123 always belong to the user's code).
-pub fn main_from_args<I, T>(args: I) -> i32
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    match Cli::try_parse_from(args) {
-        Ok(cli) => main(cli),
-        Err(e) => usage_error(&e),
-    }
-}
-
-/// Prints a parse error (or the help or version it carries) and returns
-/// the exit status: 0 for help and version, 125 for bad usage.
-pub fn usage_error(e: &clap::Error) -> i32 {
-    let code = if e.use_stderr() {
-        EXIT_AIRLOCK_FAILED
-    } else {
-        0
-    };
-    let _ = e.print();
-    if code != 0 {
-        eprintln!("airlock: hint: see `airlock --help`");
-    }
-    code
-}
-
-/// Runs the CLI; returns the process exit status.
-pub fn main(cli: Cli) -> i32 {
-    let debug = match &cli.command {
-        Command::Run(a) => a.debug,
-        Command::Session(a) => a.debug,
-        _ => false,
-    };
-    // The interactive session takes Ctrl-C for "interrupt the cell".
-    let signals: &[Signal] = match &cli.command {
-        Command::Session(a) if a.interactive() => &[Signal::SIGTERM, Signal::SIGHUP],
-        _ => &interrupt::STOP_SIGNALS,
-    };
-    init_tracing(debug);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("airlock: cannot start the runtime: {e}");
-            return EXIT_AIRLOCK_FAILED;
-        }
-    };
-    runtime.block_on(async {
-        // From the start: an interrupt during start-up (probes, sweeps,
-        // pools) cleans up too; a second one forces.
-        let mut interrupts =
-            match Interrupts::install_signals(signals, Box::new(interrupt::force_exit)) {
-                Ok(interrupts) => interrupts,
-                Err(e) => {
-                    eprintln!("airlock: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
-                    return EXIT_AIRLOCK_FAILED;
-                }
-            };
-        match cli.command {
-            Command::Run(args) => run(args, &mut interrupts).await,
-            Command::Session(args) => session::run(args, &mut interrupts).await,
-            Command::Doctor => tokio::select! {
-                code = crate::doctor::run() => code,
-                stop = interrupts.first() => {
-                    // The probes' children are killed as their futures drop.
-                    crate::process::registry().kill_all();
-                    eprintln!("airlock: interrupted ({stop})");
-                    interrupt::exit_status(stop)
-                }
-            },
-            Command::Snapshot(args) => tokio::select! {
-                code = snapshot::run(args) => code,
-                stop = interrupts.first() => {
-                    // A template build's VM is torn down as its future drops.
-                    crate::process::registry().kill_all();
-                    eprintln!("airlock: interrupted ({stop})");
-                    interrupt::exit_status(stop)
-                }
-            },
-        }
-    })
-}
-
-fn init_tracing(debug: bool) {
-    let default = if debug { "airlock=debug,info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Prints an Airlock failure: one line, a hint, details with --debug.
-fn report_failure(error: &Error, debug: bool) {
-    let text = error.to_string();
-    let mut lines = text.lines();
-    eprintln!("airlock: error: {}", lines.next().unwrap_or_default());
-    if debug {
-        for line in lines {
-            eprintln!("  {line}");
-        }
-    }
-    if let Some(hint) = error.hint() {
-        eprintln!("airlock: hint: {hint}");
-    }
-}
-
-/// Turns `args` into a request on a thread of its own, since reading stdin
-/// (or the code file) blocks: the runtime keeps serving meanwhile, and
-/// `stop` (an interrupt) ends the wait. Returns the signal when it came
-/// first.
+/// Runs `read` (a blocking read of stdin or of a file) on a thread of its
+/// own and waits for its answer, so that the runtime keeps serving
+/// meanwhile and the caller can stop waiting (an interrupt).
 ///
 /// A thread, not `spawn_blocking`: a read of a terminal cannot be
 /// cancelled, and the runtime's drop would wait for a blocking task
-/// still in it. Interrupted, the thread is left in its read; it ends at
+/// still in it. Abandoned, the thread is left in its read; it ends at
 /// end of input or with this process, which exits right after.
+///
+/// # Errors
+/// `read`'s error; [`CliError::ReadStdin`] when the thread cannot start.
+pub(crate) async fn read_off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, CliError> + Send + 'static,
+) -> Result<T, CliError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("airlock-stdin".into())
+        .spawn(move || {
+            // The receiver is gone after an interrupt: nothing to tell.
+            let _ = tx.send(read());
+        })
+        .map_err(|source| CliError::ReadStdin { source })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(CliError::ReadStdin {
+            source: std::io::Error::other("the reading thread ended without an answer"),
+        })
+    })
+}
+
+/// Turns `args` into a request off the runtime ([`read_off_runtime`]:
+/// reading stdin or the code file blocks); `stop` (an interrupt) ends the
+/// wait. Returns the signal when it came first.
 async fn read_request<R: Read + Send + 'static>(
     args: RunArgs,
     mut stdin: R,
     stop: impl std::future::Future<Output = Signal>,
-) -> std::result::Result<Result<RunRequest, Error>, Signal> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("airlock-stdin".into())
-        .spawn(move || {
-            // The receiver is gone after an interrupt: nothing to tell.
-            let _ = tx.send(args.to_request(&mut stdin));
-        });
-    if let Err(source) = spawned {
-        return Ok(Err(Error::ReadStdin { source }));
-    }
+) -> Result<Result<RunRequest, CliError>, Signal> {
     tokio::select! {
-        read = rx => Ok(read.unwrap_or_else(|_| {
-            Err(Error::ReadStdin {
-                source: std::io::Error::other("the reading thread ended without an answer"),
-            })
-        })),
+        read = read_off_runtime(move || args.to_request(&mut stdin)) => Ok(read),
         stop = stop => Err(stop),
     }
 }
 
-async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
+/// Runs `airlock run`; returns the exit status.
+pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
     let request = match read_request(args.clone(), std::io::stdin(), interrupts.first()).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            report_failure(&e, args.debug);
+            process::report(e, Detail::FirstLine { debug: args.debug });
             return EXIT_AIRLOCK_FAILED;
         }
         Err(stop) => {
             eprintln!("airlock: interrupted ({stop}) while reading the code");
-            return interrupt::exit_status(stop);
+            return exit_status(stop);
         }
     };
     let config = Config {
@@ -414,7 +280,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         ca_bundle: args
             .ca_bundle
             .clone()
-            .map_or_else(Default::default, crate::packages::CaBundle::File),
+            .map_or_else(Default::default, CaBundle::File),
         ..Config::default()
     };
     let run_dir = config.run_dir.clone();
@@ -424,17 +290,17 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             // The start-up future is dropped: the probes' children with it
             // (kill_on_drop); what is registered is killed, and this
             // process's overlay pool dir, if made, removed.
-            crate::process::registry().kill_all();
+            airlock::process::registry().kill_all();
             let pools = run_dir.join("overlays");
-            let _ = tokio::task::spawn_blocking(move || crate::sweep::remove_own_process_dirs(&pools)).await;
+            let _ = tokio::task::spawn_blocking(move || airlock::sweep::remove_own_process_dirs(&pools)).await;
             eprintln!("airlock: interrupted ({stop}) while starting: nothing was left behind");
-            return interrupt::exit_status(stop);
+            return exit_status(stop);
         }
     };
     let scheduler = match started {
         Ok(s) => s,
         Err(e) => {
-            report_failure(&e, args.debug);
+            process::report(e, Detail::FirstLine { debug: args.debug });
             return EXIT_AIRLOCK_FAILED;
         }
     };
@@ -449,14 +315,14 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             // the shutdown waits for that. Only what is still registered
             // once the shutdown has given up is killed here: signalling
             // while the reaper reaps could reach a reused group id. A
-            // second interrupt meanwhile forces (`interrupt.rs`).
+            // second interrupt meanwhile forces (`process.rs`).
             scheduler.manager().shutdown().await;
-            let stragglers = crate::process::registry().kill_all();
+            let stragglers = airlock::process::registry().kill_all();
             eprintln!(
                 "airlock: interrupted ({stop}): the VM was stopped and its files removed{}",
                 if stragglers.is_empty() { String::new() } else { format!(" ({} processes killed)", stragglers.len()) }
             );
-            return interrupt::exit_status(stop);
+            return exit_status(stop);
         }
     };
     observer.clear_progress();
@@ -493,7 +359,7 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             }
         }
         Err(e) => {
-            report_failure(&e, args.debug);
+            process::report(e, Detail::FirstLine { debug: args.debug });
             EXIT_AIRLOCK_FAILED
         }
     }
@@ -501,26 +367,20 @@ async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
 
 /// Writes each file of `--download` where it was asked (atomically), saying
 /// what was saved on stderr; returns whether every one was.
-async fn save_downloads(args: &RunArgs, result: &crate::request::RunResult) -> bool {
+async fn save_downloads(args: &RunArgs, result: &RunResult) -> bool {
     let targets = match args.download_targets() {
         Ok(targets) => targets,
         Err(e) => {
-            report_failure(&e, args.debug);
+            process::report(e, Detail::FirstLine { debug: args.debug });
             return false;
         }
     };
     let mut all = true;
     for (target, downloaded) in targets.iter().zip(&result.downloads) {
         let saved = match (&downloaded.content, &downloaded.error) {
-            (Some(content), _) => {
-                let (local, content) = (target.local.clone(), content.clone());
-                crate::manager::blocking("write a downloaded file", move || {
-                    transfer::write_atomic(&local, &content)
-                })
+            (Some(content), _) => transfer::save_download(target.local.clone(), content.clone())
                 .await
-                .and_then(|written| written)
-                .map_err(|e| e.to_string())
-            }
+                .map_err(|e| e.to_string()),
             (None, error) => Err(error.clone().unwrap_or_else(|| "not read".into())),
         };
         match (saved, &downloaded.info) {
@@ -625,7 +485,7 @@ impl RunObserver for Terminal {
 /// Writes a chunk of the guest's output to our stdout or stderr, flushed.
 /// A closed stdout (e.g. `| head`) must not abort a run or a session: a
 /// failed write is ignored.
-fn write_output(stream: OutputStream, bytes: &[u8]) {
+pub(crate) fn write_output(stream: OutputStream, bytes: &[u8]) {
     let _ = match stream {
         OutputStream::Stdout => {
             let mut out = std::io::stdout().lock();
@@ -641,13 +501,15 @@ fn write_output(stream: OutputStream, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Cli, Command};
+    use clap::Parser;
 
     fn parse(args: &[&str]) -> RunArgs {
         let mut argv = vec!["airlock", "run"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(a) => a,
-            Command::Doctor | Command::Snapshot(_) | Command::Session(_) => unreachable!(),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -723,8 +585,8 @@ mod tests {
         ];
         for (args, field) in cases {
             match parse(args).to_request(&mut std::io::empty()) {
-                Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, *field, "{args:?}"),
-                other => panic!("{args:?}: expected InvalidInput, got {other:?}"),
+                Err(e) => assert_eq!(e.invalid_field(), Some(*field), "{args:?}: {e:?}"),
+                Ok(r) => panic!("{args:?}: expected a refused argument, got {r:?}"),
             }
         }
     }
@@ -816,13 +678,13 @@ mod tests {
             std::future::pending(),
         )
         .await;
-        assert!(matches!(
-            read,
-            Ok(Err(Error::InvalidInput {
-                field: "timeout",
-                ..
-            }))
-        ));
+        match read {
+            Ok(Err(e)) => assert_eq!(e.invalid_field(), Some("timeout"), "{e:?}"),
+            other => panic!(
+                "expected a refused timeout, got {:?}",
+                other.map(|r| r.map(|_| ()))
+            ),
+        }
     }
 
     #[test]

@@ -4,15 +4,17 @@
 //!
 //! Everything that can be checked before a VM boots is: the local file to
 //! upload is read, the guest path checked
-//! ([`crate::validate_guest_path`]), the local directory of a download
+//! ([`airlock::validate_guest_path`]), the local directory of a download
 //! must exist. A downloaded file is written atomically: a temporary file
 //! in the target's directory, synced, then renamed over the target.
 
-use crate::error::{Error, Result};
-use crate::files::{validate_guest_path, FileUpload, DEFAULT_FILE_MODE};
+use crate::error::CliError;
+use airlock::{validate_guest_path, FileUpload, DEFAULT_FILE_MODE};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+type Result<T, E = CliError> = std::result::Result<T, E>;
 
 /// A download asked for: the guest path and where it lands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +30,7 @@ pub struct DownloadTarget {
 /// path. The file keeps its permission bits (`rwx` of its mode).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] (`uploads`) for a bad guest path or a missing or
+/// [`CliError::Invalid`] (or the orchestrator's `InvalidInput` for the guest path) (`uploads`) for a bad guest path or a missing or
 /// unreadable local file.
 pub fn read_upload(spec: &str) -> Result<FileUpload> {
     let (local, remote) = match spec.rsplit_once(':') {
@@ -38,11 +40,11 @@ pub fn read_upload(spec: &str) -> Result<FileUpload> {
     validate_guest_path("uploads", &remote)?;
     let path = Path::new(local);
     let unreadable = |e: std::io::Error| {
-        Error::invalid("uploads", format!("cannot read local file {local:?}: {e}"))
+        CliError::invalid("uploads", format!("cannot read local file {local:?}: {e}"))
     };
     let metadata = std::fs::metadata(path).map_err(unreadable)?;
     if !metadata.is_file() {
-        return Err(Error::invalid(
+        return Err(CliError::invalid(
             "uploads",
             format!("local {local:?} is not a regular file"),
         ));
@@ -62,7 +64,7 @@ pub fn read_upload(spec: &str) -> Result<FileUpload> {
 /// directory.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] (`downloads`).
+/// [`CliError::Invalid`] (or the orchestrator's `InvalidInput` for the guest path) (`downloads`).
 pub fn parse_download(spec: &str) -> Result<DownloadTarget> {
     let (remote, local) = match spec.split_once(':') {
         Some((remote, local)) if !local.is_empty() => (remote.to_owned(), PathBuf::from(local)),
@@ -84,17 +86,17 @@ pub fn parse_download(spec: &str) -> Result<DownloadTarget> {
 /// directory itself.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] (`downloads`).
+/// [`CliError::Invalid`] (or the orchestrator's `InvalidInput` for the guest path) (`downloads`).
 pub fn check_local_target(local: &Path) -> Result<()> {
     if local.is_dir() {
-        return Err(Error::invalid(
+        return Err(CliError::invalid(
             "downloads",
             format!("local {} is a directory: name the file", local.display()),
         ));
     }
     let dir = parent_dir(local);
     if !dir.is_dir() {
-        return Err(Error::invalid(
+        return Err(CliError::invalid(
             "downloads",
             format!("local directory {} does not exist", dir.display()),
         ));
@@ -108,7 +110,7 @@ fn file_name(path: &str, field: &'static str) -> Result<String> {
         .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)
-        .ok_or_else(|| Error::invalid(field, format!("{path:?} names no file")))
+        .ok_or_else(|| CliError::invalid(field, format!("{path:?} names no file")))
 }
 
 fn parent_dir(local: &Path) -> &Path {
@@ -123,31 +125,48 @@ fn parent_dir(local: &Path) -> &Path {
 /// failure the temporary file is removed and `local` is untouched.
 ///
 /// # Errors
-/// [`Error::Io`] naming the step and the path.
+/// [`CliError::Io`] naming the step and the path.
 pub fn write_atomic(local: &Path, content: &[u8]) -> Result<()> {
     let dir = parent_dir(local);
-    let name = local
-        .file_name()
-        .ok_or_else(|| Error::invalid("downloads", format!("{} names no file", local.display())))?;
+    let name = local.file_name().ok_or_else(|| {
+        CliError::invalid("downloads", format!("{} names no file", local.display()))
+    })?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(format!(".airlock-{}.tmp", crate::builder::new_vm_id()));
+    temp_name.push(format!(
+        ".airlock-{:016x}.tmp",
+        rand::Rng::gen::<u64>(&mut rand::thread_rng())
+    ));
     let temp = dir.join(temp_name);
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| Error::io("create", &temp, e))?;
+            .map_err(|e| CliError::io("create", &temp, e))?;
         file.write_all(content)
             .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io("write", &temp, e))?;
-        std::fs::rename(&temp, local).map_err(|e| Error::io("rename into place", local, e))
+            .map_err(|e| CliError::io("write", &temp, e))?;
+        std::fs::rename(&temp, local).map_err(|e| CliError::io("rename into place", local, e))
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
     written
+}
+
+/// [`write_atomic`] on the blocking pool, for async callers (`--download`,
+/// the REPL's `:download`).
+///
+/// # Errors
+/// As [`write_atomic`]; [`CliError::TaskFailed`] when the task failed.
+pub async fn save_download(local: PathBuf, content: Vec<u8>) -> Result<()> {
+    tokio::task::spawn_blocking(move || write_atomic(&local, &content))
+        .await
+        .map_err(|e| CliError::TaskFailed {
+            task: "write a downloaded file",
+            message: e.to_string(),
+        })?
 }
 
 #[cfg(test)]
@@ -158,8 +177,11 @@ mod tests {
 
     fn field(result: Result<impl std::fmt::Debug>) -> (&'static str, String) {
         match result {
-            Err(Error::InvalidInput { field, message }) => (field, message),
-            other => panic!("expected InvalidInput, got {other:?}"),
+            Err(e) => match e.invalid_field() {
+                Some(field) => (field, e.to_string()),
+                None => panic!("expected a refused argument, got {e:?}"),
+            },
+            Ok(ok) => panic!("expected a refused argument, got {ok:?}"),
         }
     }
 

@@ -12,21 +12,22 @@
 pub mod cells;
 /// When a REPL entry is complete (multi-line input).
 pub mod input;
+/// A cell's output on the terminal, its status and a word on it.
+mod printer;
 /// The interactive REPL.
 mod repl;
 
-use super::{report_failure, timeout_from_secs, write_output, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
-use crate::config::Config;
-use crate::error::Error;
-use crate::interrupt::{self, Interrupts};
-use crate::network::NetworkRequest;
-use crate::request::DEFAULT_MEMORY_MIB;
-use crate::scheduler::{RunObserver, Scheduler};
-use crate::session::{CellRequest, CellResult, Session, SessionOptions};
-use crate::vm::OutputStream;
+use crate::error::CliError;
+use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
+use crate::run::{read_off_runtime, timeout_from_secs};
+use airlock::{
+    CellRequest, CellResult, Config, NetworkRequest, Scheduler, Session, SessionOptions,
+    DEFAULT_MEMORY_MIB,
+};
 use airlock_protocol::Language;
 use clap::Args;
 use nix::sys::signal::Signal;
+use printer::{cell_status, status_note, Printer};
 use serde::Serialize;
 use std::io::{IsTerminal, Read};
 use std::time::Duration;
@@ -85,14 +86,16 @@ impl SessionArgs {
     /// The session's options and each cell's timeout.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a bad language, timeout or network.
-    pub fn to_options(&self) -> Result<(SessionOptions, Duration), Error> {
+    /// A refused argument ([`CliError::invalid_field`]) for a bad language,
+    /// timeout or network; the orchestrator's `PackageSpec` for a package
+    /// that is not pinned.
+    pub fn to_options(&self) -> Result<(SessionOptions, Duration), CliError> {
         let language = self
             .language
             .parse::<Language>()
-            .map_err(|e| Error::invalid("language", e.to_string()))?;
+            .map_err(|e| CliError::invalid("language", e.to_string()))?;
         let timeout = timeout_from_secs(self.timeout)?;
-        crate::request::validate_timeout(timeout)?;
+        airlock::validate_timeout(timeout)?;
         let mut options = SessionOptions::new(language);
         options.memory_mib = self.memory;
         options.vcpus = self.cpus;
@@ -109,21 +112,12 @@ impl SessionArgs {
     }
 }
 
-/// The exit status of a cell: its own, 124 when it timed out.
-pub fn cell_status(result: &CellResult) -> i32 {
-    if result.timed_out {
-        EXIT_TIMEOUT
-    } else {
-        result.exit_code
-    }
-}
-
 /// Runs `airlock session`; returns the exit status.
 pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
     let (options, timeout) = match args.to_options() {
         Ok(parsed) => parsed,
         Err(e) => {
-            report_failure(&e, args.debug);
+            process::report(e, Detail::FirstLine { debug: args.debug });
             return EXIT_AIRLOCK_FAILED;
         }
     };
@@ -150,21 +144,21 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             read = read_stdin() => read,
             stop = interrupts.first() => {
                 eprintln!("airlock: interrupted ({stop}) while reading the cells");
-                return interrupt::exit_status(stop);
+                return exit_status(stop);
             }
         };
         let script = match script {
             Ok(script) => script,
             Err(e) => {
-                report_failure(&e, args.debug);
+                process::report(e, Detail::FirstLine { debug: args.debug });
                 return EXIT_AIRLOCK_FAILED;
             }
         };
         let cells = cells::split_cells(options.language, &script);
         if cells.is_empty() {
-            report_failure(
-                &Error::invalid("code", "no code on stdin (cells are split at `# %%` lines)"),
-                args.debug,
+            process::report(
+                CliError::invalid("code", "no code on stdin (cells are split at `# %%` lines)"),
+                Detail::FirstLine { debug: args.debug },
             );
             return EXIT_AIRLOCK_FAILED;
         }
@@ -180,14 +174,14 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         started = Scheduler::start(config) => match started {
             Ok(s) => s,
             Err(e) => {
-                report_failure(&e, args.debug);
+                process::report(e, Detail::FirstLine { debug: args.debug });
                 return EXIT_AIRLOCK_FAILED;
             }
         },
         stop = first_stop(interrupts, &mut sigint) => {
-            crate::process::registry().kill_all();
+            airlock::process::registry().kill_all();
             eprintln!("airlock: interrupted ({stop}) while starting");
-            return interrupt::exit_status(stop);
+            return exit_status(stop);
         }
     };
     if !args.quiet && std::io::stderr().is_terminal() {
@@ -198,13 +192,13 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         stop = first_stop(interrupts, &mut sigint) => {
             scheduler.manager().shutdown().await;
             eprintln!("airlock: interrupted ({stop}) while starting the session: nothing was left behind");
-            return interrupt::exit_status(stop);
+            return exit_status(stop);
         }
     };
     let session = match started {
         Ok(session) => session,
         Err(e) => {
-            report_failure(&e, args.debug);
+            process::report(e, Detail::FirstLine { debug: args.debug });
             scheduler.manager().shutdown().await;
             return EXIT_AIRLOCK_FAILED;
         }
@@ -216,7 +210,11 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         );
     }
     let code = if let Some(sigint) = sigint.as_mut() {
-        repl::run(&session, &args, timeout, interrupts, sigint).await
+        let shown = repl::Shown {
+            quiet: args.quiet,
+            debug: args.debug,
+        };
+        repl::run(&session, shown, timeout, interrupts, sigint).await
     } else {
         run_cells(&session, &cells, &args, timeout, interrupts).await
     };
@@ -241,26 +239,17 @@ async fn first_stop(interrupts: &mut Interrupts, sigint: &mut Option<UnixSignal>
     }
 }
 
-/// Reads all of stdin on a thread of its own (a read cannot be cancelled;
-/// an interrupted one ends with the process).
-async fn read_stdin() -> Result<String, Error> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("airlock-stdin".into())
-        .spawn(move || {
-            let mut text = String::new();
-            let read = std::io::stdin()
-                .read_to_string(&mut text)
-                .map(|_| text)
-                .map_err(|source| Error::ReadStdin { source });
-            let _ = tx.send(read);
-        })
-        .map_err(|source| Error::ReadStdin { source })?;
-    rx.await.unwrap_or_else(|_| {
-        Err(Error::ReadStdin {
-            source: std::io::Error::other("the reading thread ended without an answer"),
-        })
+/// Reads all of stdin off the runtime (a read cannot be cancelled; an
+/// interrupted one ends with the process).
+async fn read_stdin() -> Result<String, CliError> {
+    read_off_runtime(|| {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map(|_| text)
+            .map_err(|source| CliError::ReadStdin { source })
     })
+    .await
 }
 
 /// One line of `airlock session --json`.
@@ -291,13 +280,13 @@ async fn run_cells(
             result = session.exec(request, &mut observer) => result,
             stop = interrupts.first() => {
                 eprintln!("airlock: interrupted ({stop}): the session's VM is being stopped");
-                return interrupt::exit_status(stop);
+                return exit_status(stop);
             }
         };
         let result = match result {
             Ok(result) => result,
             Err(e) => {
-                report_failure(&e, args.debug);
+                process::report(e, Detail::FirstLine { debug: args.debug });
                 return EXIT_AIRLOCK_FAILED;
             }
         };
@@ -325,62 +314,12 @@ async fn run_cells(
     status
 }
 
-/// A word on a cell that did not simply succeed.
-fn status_note(result: &CellResult) -> Option<String> {
-    let mut notes = Vec::new();
-    if result.timed_out {
-        notes.push("timed out".to_owned());
-    } else if result.exit_code != 0 {
-        notes.push(format!("exit {}", result.exit_code));
-    }
-    if result.state_lost {
-        notes.push("the interpreter was restarted: earlier state is lost".to_owned());
-    }
-    (!notes.is_empty()).then(|| notes.join("; "))
-}
-
-/// Prints a cell's output as it comes, and remembers whether stdout ended
-/// its last line (so that what follows starts on a line of its own).
-struct Printer {
-    print: bool,
-    open_line: bool,
-}
-
-impl Printer {
-    fn new(print: bool) -> Self {
-        Self {
-            print,
-            open_line: false,
-        }
-    }
-
-    /// Ends an unfinished last line of output.
-    fn end_line(&mut self) {
-        if self.open_line {
-            println!();
-            self.open_line = false;
-        }
-    }
-}
-
-impl RunObserver for Printer {
-    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        if !self.print || bytes.is_empty() {
-            return;
-        }
-        if stream == OutputStream::Stdout {
-            self.open_line = !bytes.ends_with(b"\n");
-        }
-        write_output(stream, bytes);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::{Cli, Command};
     use clap::Parser;
 
     fn parse(args: &[&str]) -> SessionArgs {
@@ -416,8 +355,12 @@ mod tests {
         for bad in ["six", "six>=1", "https://example.com/six.whl"] {
             assert!(
                 matches!(
-                    parse(&[&format!("--packages={bad}")]).to_options(),
-                    Err(Error::PackageSpec { .. })
+                    parse(&[&format!("--packages={bad}")])
+                        .to_options()
+                        .map_err(|e| e
+                            .airlock()
+                            .map(|e| matches!(e, airlock::Error::PackageSpec { .. }))),
+                    Err(Some(true))
                 ),
                 "{bad} was accepted"
             );
@@ -433,7 +376,7 @@ mod tests {
             (&["--expose", "0"][..], "network"),
         ] {
             match parse(args).to_options() {
-                Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field, "{args:?}"),
+                Err(e) => assert_eq!(e.invalid_field(), Some(field), "{args:?}: {e:?}"),
                 other => panic!("{args:?}: {other:?}"),
             }
         }
@@ -450,24 +393,6 @@ mod tests {
             stderr_truncated: false,
             duration_ms: 1,
         }
-    }
-
-    #[test]
-    fn a_timed_out_cell_exits_124_and_others_their_own_status() {
-        assert_eq!(cell_status(&result(0, false, false)), 0);
-        assert_eq!(cell_status(&result(1, false, false)), 1);
-        assert_eq!(cell_status(&result(137, true, true)), 124);
-    }
-
-    #[test]
-    fn notes_say_timeouts_failures_and_lost_state() {
-        assert_eq!(status_note(&result(0, false, false)), None);
-        assert_eq!(status_note(&result(1, false, false)).unwrap(), "exit 1");
-        let note = status_note(&result(137, true, true)).unwrap();
-        assert!(
-            note.starts_with("timed out;") && note.contains("lost"),
-            "{note}"
-        );
     }
 
     #[test]

@@ -14,11 +14,11 @@
 //!   the status is 128 + the signal.
 
 use super::input::is_complete;
-use super::{cell_status, status_note, Printer, SessionArgs};
-use crate::cli::transfer::{check_local_target, write_atomic};
-use crate::error::Error;
-use crate::interrupt::{self, Interrupts};
-use crate::session::{CellRequest, Session};
+use super::printer::{cell_status, status_note, Printer};
+use crate::error::CliError;
+use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
+use crate::transfer::{check_local_target, save_download};
+use airlock::{CellRequest, Session};
 use airlock_protocol::{FileKind, Language};
 use reedline::{
     FileBackedHistory, Prompt, PromptEditMode, PromptHistorySearch, Reedline, Signal,
@@ -156,7 +156,7 @@ fn start_editor(
 )> {
     let (entries_tx, entries) = tokio::sync::mpsc::channel(1);
     let (next_tx, next_rx) = std::sync::mpsc::channel::<()>();
-    let history_file = crate::config::cache_dir().join(format!("session-history-{language}"));
+    let history_file = airlock::cache_dir().join(format!("session-history-{language}"));
     std::thread::Builder::new()
         .name("airlock-repl".into())
         .spawn(move || {
@@ -190,10 +190,19 @@ fn start_editor(
     Ok((entries, next_tx))
 }
 
+/// What the REPL says besides the cells' output.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shown {
+    /// No greeting (`--quiet`).
+    pub quiet: bool,
+    /// Errors with their details (`--debug`).
+    pub debug: bool,
+}
+
 /// Runs the REPL until Ctrl-D, a stop signal or the session's end.
 pub(super) async fn run(
     session: &Session,
-    args: &SessionArgs,
+    args: Shown,
     timeout: Duration,
     interrupts: &mut Interrupts,
     sigint: &mut tokio::signal::unix::Signal,
@@ -203,7 +212,7 @@ pub(super) async fn run(
         Ok(editor) => editor,
         Err(e) => {
             eprintln!("airlock: cannot start the line editor: {e}");
-            return super::EXIT_AIRLOCK_FAILED;
+            return EXIT_AIRLOCK_FAILED;
         }
     };
     if !args.quiet {
@@ -219,14 +228,14 @@ pub(super) async fn run(
             entry = entries.recv() => entry,
             stop = interrupts.first() => {
                 eprintln!("\nairlock: {stop}: ending the session");
-                return interrupt::exit_status(stop);
+                return exit_status(stop);
             }
         };
         let line = match entry {
             Some(Entry::Line(line)) => line,
             Some(Entry::Failed(e)) => {
                 eprintln!("airlock: error: the line editor failed: {e}");
-                return super::EXIT_AIRLOCK_FAILED;
+                return EXIT_AIRLOCK_FAILED;
             }
             Some(Entry::End) | None => return status,
         };
@@ -248,13 +257,15 @@ pub(super) async fn run(
                 Ok(None) => {}
                 Err(Stop::Signal(stop)) => {
                     eprintln!("airlock: {stop}: ending the session");
-                    return interrupt::exit_status(stop);
+                    return exit_status(stop);
                 }
-                Err(Stop::Error(e @ Error::SessionClosed { .. })) => {
-                    super::report_failure(&e, args.debug);
-                    return super::EXIT_AIRLOCK_FAILED;
+                Err(Stop::Error(e))
+                    if matches!(e.airlock(), Some(airlock::Error::SessionClosed { .. })) =>
+                {
+                    process::report(e, Detail::FirstLine { debug: args.debug });
+                    return EXIT_AIRLOCK_FAILED;
                 }
-                Err(Stop::Error(e)) => super::report_failure(&e, args.debug),
+                Err(Stop::Error(e)) => process::report(e, Detail::FirstLine { debug: args.debug }),
             }
         }
         if next.send(()).is_err() {
@@ -266,12 +277,18 @@ pub(super) async fn run(
 /// Why an entry stopped the REPL or failed.
 enum Stop {
     Signal(nix::sys::signal::Signal),
-    Error(Error),
+    Error(CliError),
 }
 
-impl From<Error> for Stop {
-    fn from(e: Error) -> Self {
+impl From<CliError> for Stop {
+    fn from(e: CliError) -> Self {
         Stop::Error(e)
+    }
+}
+
+impl From<airlock::Error> for Stop {
+    fn from(e: airlock::Error) -> Self {
+        Stop::Error(e.into())
     }
 }
 
@@ -311,9 +328,9 @@ async fn run_command(session: &Session, command: ReplCommand) -> Result<(), Stop
     match command {
         ReplCommand::Help => println!("{HELP}"),
         ReplCommand::Upload { local, remote } => {
-            crate::files::validate_guest_path("remote", &remote)?;
+            airlock::validate_guest_path("remote", &remote)?;
             let content = tokio::fs::read(&local).await.map_err(|e| {
-                Error::invalid("local", format!("cannot read {}: {e}", local.display()))
+                CliError::invalid("local", format!("cannot read {}: {e}", local.display()))
             })?;
             let info = session.write_file(&remote, &content).await?;
             println!(
@@ -327,11 +344,7 @@ async fn run_command(session: &Session, command: ReplCommand) -> Result<(), Stop
         ReplCommand::Download { remote, local } => {
             check_local_target(&local)?;
             let (content, info) = session.read_file(&remote).await?;
-            let target = local.clone();
-            crate::manager::blocking("write a downloaded file", move || {
-                write_atomic(&target, &content)
-            })
-            .await??;
+            save_download(local.clone(), content).await?;
             println!(
                 "downloaded {} -> {} ({} bytes, sha256 {})",
                 info.path,
