@@ -230,7 +230,7 @@ impl RootDisk {
             RootDisk::Raw => 100,
             RootDisk::Python => 150,
             RootDisk::Javascript => 200,
-            RootDisk::PythonData => 400,
+            RootDisk::PythonData => 320,
         }
     }
 }
