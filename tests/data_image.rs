@@ -55,9 +55,13 @@ async fn the_data_image_imports_its_stack_and_draws_with_agg() {
     // boot_plain boots a language's disk: make python's the data disk.
     images.rootfs.insert(Language::Python, disk);
     let caps = host_caps(&images).await;
-    let vm = boot_plain(&images, &caps, Language::Python, NetworkAttachment::None, |_| {
-        Vec::new()
-    })
+    let vm = boot_plain(
+        &images,
+        &caps,
+        Language::Python,
+        NetworkAttachment::None,
+        |_| Vec::new(),
+    )
     .await;
 
     let tools = exec(&vm, Language::Raw, SHELL_TOOLS).await;
@@ -126,9 +130,13 @@ async fn the_raw_image_has_the_shell_tools() {
         return;
     };
     let caps = host_caps(&images).await;
-    let vm = boot_plain(&images, &caps, Language::Raw, NetworkAttachment::None, |_| {
-        Vec::new()
-    })
+    let vm = boot_plain(
+        &images,
+        &caps,
+        Language::Raw,
+        NetworkAttachment::None,
+        |_| Vec::new(),
+    )
     .await;
     let tools = exec(&vm, Language::Raw, SHELL_TOOLS).await;
     assert_eq!(text(&tools.stdout), "tools-ok\n", "{}", text(&tools.stderr));

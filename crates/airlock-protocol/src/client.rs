@@ -26,7 +26,9 @@
 
 use crate::framing::{encode_line_within, FrameReader, DEFAULT_MAX_LINE_BYTES};
 use crate::message::*;
-use crate::{check_protocol, truncation_marker, Data, ProtocolError, HELLO_OP};
+use crate::{
+    check_protocol, truncation_marker, CellError, Data, ExecResult, ProtocolError, HELLO_OP,
+};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -130,6 +132,10 @@ pub enum ExecEvent {
     Stdout(Bytes),
     /// Bytes on standard error.
     Stderr(Bytes),
+    /// A value the cell showed (a MIME bundle), in order with the output.
+    Result(ExecResult),
+    /// The cell's uncaught exception (its traceback came on stderr).
+    CellError(CellError),
     /// The process ended.
     Complete(Completion),
 }
@@ -141,6 +147,10 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Everything written to standard error.
     pub stderr: Vec<u8>,
+    /// The values the cell showed, in order (none for a process exec).
+    pub results: Vec<ExecResult>,
+    /// The cell's uncaught exception, if any (the last one reported).
+    pub error: Option<CellError>,
     /// How it ended.
     pub completion: Completion,
 }
@@ -687,6 +697,8 @@ impl ExecStream<'_> {
                 ExecEvent::Stderr(b) => {
                     output.push_stderr(&b);
                 }
+                ExecEvent::Result(result) => output.push_result(result),
+                ExecEvent::CellError(error) => output.set_error(error),
                 ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
             }
         }
@@ -706,6 +718,8 @@ impl ExecStream<'_> {
         let event = match event {
             Ok(EventBody::Stdout { data }) => ExecEvent::Stdout(data.into_bytes()),
             Ok(EventBody::Stderr { data }) => ExecEvent::Stderr(data.into_bytes()),
+            Ok(EventBody::Result(result)) => ExecEvent::Result(result),
+            Ok(EventBody::CellError(error)) => ExecEvent::CellError(error),
             Ok(EventBody::Complete(c)) => {
                 self.done = true;
                 ExecEvent::Complete(c)
@@ -740,6 +754,8 @@ impl Drop for ExecStream<'_> {
 pub struct CappedExecOutput {
     stdout: CappedOutput,
     stderr: CappedOutput,
+    results: Vec<ExecResult>,
+    error: Option<CellError>,
 }
 
 impl CappedExecOutput {
@@ -748,7 +764,20 @@ impl CappedExecOutput {
         Self {
             stdout: CappedOutput::new("stdout", config.max_stdout_bytes),
             stderr: CappedOutput::new("stderr", config.max_stderr_bytes),
+            results: Vec::new(),
+            error: None,
         }
+    }
+
+    /// Keeps a result (the agent caps each cell's results: 64 MiB by
+    /// default, `docs/protocol.md`).
+    pub fn push_result(&mut self, result: ExecResult) {
+        self.results.push(result);
+    }
+
+    /// Keeps the cell's uncaught exception.
+    pub fn set_error(&mut self, error: CellError) {
+        self.error = Some(error);
     }
 
     /// Keeps a chunk of standard output up to the cap; returns what was
@@ -771,6 +800,8 @@ impl CappedExecOutput {
         ExecOutput {
             stdout: self.stdout.bytes,
             stderr: self.stderr.bytes,
+            results: self.results,
+            error: self.error,
             completion,
         }
     }

@@ -26,6 +26,8 @@ pub(crate) async fn install_packages(
     Ok(ExecOutcome {
         stdout: output.stdout,
         stderr: output.stderr,
+        results: output.results,
+        error: output.error,
         completion: output.completion,
     })
 }
