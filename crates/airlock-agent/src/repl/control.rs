@@ -12,8 +12,8 @@
 //! NAME=VALUE      (n lines)            done <id> <exit code>
 //! reseed <seed>                        reseeded
 //!                                      error <message>
-//!                                      result <id> <n>      + n bytes
-//!                                      cell_error <id> <n>  + n bytes
+//! ack                                  result <id> <n>      + n bytes
+//! ack                                  cell_error <id> <n>  + n bytes
 //! ```
 //!
 //! `result` and `cell_error` announce a payload of `<n>` bytes that follows
@@ -21,7 +21,10 @@
 //! value the cell showed) or of an [`airlock_protocol::CellError`] (its
 //! uncaught exception). The driver flushes stdout and stderr before it
 //! writes one, so the agent, reading what the output pipes hold first,
-//! forwards it in order with the cell's output. A payload over
+//! forwards it in order with the cell's output, then answers `ack`; the
+//! Python driver waits for it, so that what the cell prints next cannot be
+//! read before the result (Node's driver cannot block on its command
+//! socket and goes on). A payload over
 //! [`MAX_PAYLOAD_BYTES`] is a violation (the driver cuts results to
 //! [`airlock_protocol::result::MAX_RESULT_BYTES`] itself).
 //!
@@ -42,6 +45,9 @@ pub const MAX_REPORT_BYTES: usize = 256;
 /// The largest payload a `result` or `cell_error` may announce: a result
 /// at its cap ([`airlock_protocol::result::MAX_RESULT_BYTES`]).
 pub const MAX_PAYLOAD_BYTES: usize = airlock_protocol::result::MAX_RESULT_BYTES;
+
+/// The agent's answer to each payload, once it has forwarded it.
+pub const ACK: &[u8] = b"ack\n";
 
 /// What a payload that follows a report line holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -316,6 +316,11 @@ impl Interpreter {
         self.drain_pending(output).await;
         output.flush_now().await;
         output.result(event, body.len()).await;
+        // The driver waits for this before it goes on (Python): what it
+        // prints next cannot overtake the result.
+        if let Err(e) = self.commands.write_all(control::ACK).await {
+            tracing::warn!(error = %e, "the cell driver does not read its acks");
+        }
         Ok(())
     }
 

@@ -224,6 +224,9 @@ commands.on('data', (chunk) => {
 commands.on('end', () => process.exit(0));
 
 function handle(line) {
+  // The agent acknowledges each result; this driver does not wait for it
+  // (it cannot block on the command socket).
+  if (line === 'ack' && !expected) return;
   if (expected) {
     const eq = line.indexOf('=');
     expected.env.push([line.slice(0, eq), line.slice(eq + 1)]);

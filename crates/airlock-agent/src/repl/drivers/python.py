@@ -88,8 +88,10 @@ def note(message):
 
 def send(kind, payload):
     # `result` or `cell_error` of the running cell; dropped outside one (a
-    # thread that outlived its cell). Output first, so the agent keeps the
-    # order; SIGINT held off so that a report is never cut.
+    # thread that outlived its cell). Output first, then the report, then
+    # wait for the agent's `ack`: it has read the output written before
+    # the report, so nothing printed after can overtake it. SIGINT held
+    # off so that a report is never cut.
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     with send_lock:
         cell = state["cell"]
@@ -99,6 +101,8 @@ def send(kind, payload):
         old = signal.pthread_sigmask(signal.SIG_BLOCK, INT)
         try:
             write_all(REPORTS, f"{kind} {cell} {len(body)}\n".encode() + body)
+            if read_line() != "ack":
+                raise SystemExit("airlock: the agent did not acknowledge a result")
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
