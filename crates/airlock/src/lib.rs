@@ -40,8 +40,9 @@
 //! # Ok(()) }
 //! ```
 
-mod artifacts;
+pub mod artifacts;
 mod builder;
+mod catalog;
 mod config;
 mod disk;
 pub mod doctor;
@@ -58,6 +59,7 @@ pub mod owner;
 pub mod packages;
 pub mod pool;
 pub mod process;
+mod process_dirs;
 mod qemu_launcher;
 mod qemu_spec;
 mod request;
@@ -74,7 +76,7 @@ mod vm;
 mod workdir;
 
 pub use airlock_sys_util::ChildExit;
-pub use artifacts::{Artifacts, LayerEntry, TemplateEntry};
+pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
 pub use config::{cache_dir, default_run_dir, dirs, Config};
 pub use error::{Error, Result};
 pub use files::{

@@ -32,7 +32,7 @@ use airlock_protocol::client::ExecOutput;
 use airlock_protocol::{ExecRequest, Language};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Apparent size of a layer's disk, in MiB (sparse: only what is written
@@ -212,7 +212,7 @@ pub async fn prepare(
 pub async fn find_layer(manager: &VmManager, list: &PackageList) -> Result<Option<Layer>> {
     let inputs = inputs_of(manager, list)?;
     let store = store_of(manager);
-    let found = blocking("look up a package layer", move || store.lookup(&inputs)).await?;
+    let found = blocking("look up a package layer", move || store.find(&inputs)).await?;
     if let Some(layer) = &found {
         tracing::debug!(key = layer.metadata.key, "package layer found");
     }
@@ -238,18 +238,13 @@ pub async fn build_layer(
     })
     .await?
     .map_err(|e| Error::io("create a staging dir in", store.root(), e))?;
-    let built = build_in(manager, list, settings, &staging).await;
-    let (mut report, installed) = match built {
-        Ok(built) => built,
-        Err(e) => {
-            discard(staging).await;
-            return Err(e);
-        }
-    };
+    // On failure (or when this future is dropped) the staging dir goes
+    // with `staging`.
+    let (mut report, installed) = build_in(manager, list, settings, staging.path()).await?;
     let (publish_store, publish_inputs) = (store.clone(), inputs.clone());
     let elapsed = started.elapsed();
     let layer = blocking("store a package layer", move || {
-        publish_store.publish(&staging, &publish_inputs, installed, elapsed)
+        publish_store.publish(staging, &publish_inputs, installed, elapsed)
     })
     .await?
     .map_err(|e| Error::io("store the package layer in", store.dir(&inputs.key()), e))?;
@@ -263,20 +258,6 @@ pub async fn build_layer(
         layer,
         install: Some(report),
     })
-}
-
-/// Removes a staging dir off the runtime (errors only logged: the next
-/// build's sweep removes what is left).
-async fn discard(staging: PathBuf) {
-    let removed = blocking("remove a package layer staging dir", move || {
-        std::fs::remove_dir_all(&staging)
-    })
-    .await;
-    match removed {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove a package layer staging dir"),
-        Err(e) => tracing::warn!(error = %e, "cannot remove a package layer staging dir"),
-    }
 }
 
 /// The network of an install VM: the manager's registries, nothing else.

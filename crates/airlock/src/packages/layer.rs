@@ -4,19 +4,20 @@
 //!
 //! A layer is `<key>/layer.img` (a raw ext4 image the guest mounts
 //! read-only on `/opt`) and `<key>/layer.json` (what it was built from,
-//! what the package manager resolved, its size). It is built in a staging
-//! dir (`.staging/<pid>-<start>-<key>`) and renamed into place whole, so a
-//! reader sees a complete layer or none.
+//! what the package manager resolved, its size), both read-only, kept by
+//! the [`ArtifactStore`]: built in a staging dir, renamed into place
+//! whole, checked before each use.
 
 use super::spec::PackageList;
-use crate::template::store::{age_since, disk_usage, entry_dirs, read_json};
-use airlock_protocol::client::sha256_hex;
+use crate::artifacts::{
+    self, Artifact, ArtifactStore, Metadata, Pruned, Staging, StoreEntry, Stored,
+};
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Version of the layer layout (`python/`, `node/node_modules/` at the
 /// image's root) and of what goes into its key; bumped when either changes.
@@ -25,8 +26,6 @@ pub const LAYER_FORMAT: u32 = 1;
 pub const IMAGE_FILE: &str = "layer.img";
 /// The metadata in a layer dir.
 pub const METADATA_FILE: &str = "layer.json";
-/// Where layers are built before they are renamed into place.
-const STAGING_DIR: &str = ".staging";
 
 /// Everything a layer depends on: the same inputs give the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,207 +55,122 @@ impl LayerInputs {
     /// The key: `<language>-pkgs-<16 hex digits of the sha256 of the
     /// inputs>`; a valid identifier.
     pub fn key(&self) -> String {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        let digest = sha256_hex(&canonical);
-        format!("{}-pkgs-{}", self.language, &digest[..16])
+        format!("{}-pkgs-{}", self.language, artifacts::digest_of(self))
     }
 }
 
 /// `layer.json`.
+pub type LayerMetadata = Metadata<LayerDetails>;
+
+/// What `layer.json` records besides the key, the inputs and the
+/// build's time (the install's: boot, install, store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerMetadata {
-    /// The key (the dir's name).
-    pub key: String,
-    /// What it was built from.
-    pub inputs: LayerInputs,
+pub struct LayerDetails {
     /// What the package manager installed, dependencies included
     /// (`pip list --format=freeze`, `npm ls --all --parseable` names).
     pub installed: Vec<String>,
     /// Size of the image file (apparent; it is sparse).
     pub image_bytes: u64,
-    /// When it was built (seconds since the Unix epoch).
-    pub created_unix: u64,
-    /// How long the install took (boot, install, store).
-    pub build_ms: u64,
+}
+
+impl Artifact for LayerDetails {
+    type Inputs = LayerInputs;
+    const METADATA_FILE: &'static str = METADATA_FILE;
+    const DATA_FILES: &'static [&'static str] = &[IMAGE_FILE];
+    // A later VM attaches it read-only anyway.
+    const SEALED: bool = true;
+
+    fn key_of(inputs: &LayerInputs) -> String {
+        inputs.key()
+    }
+
+    /// The image's recorded size.
+    fn check_files(metadata: &LayerMetadata, dir: &Path) -> Result<(), String> {
+        let image = dir.join(IMAGE_FILE);
+        let size = artifacts::file_len(&image)?;
+        if size != metadata.image_bytes {
+            return Err(format!(
+                "{} is {size} bytes, {} recorded",
+                image.display(),
+                metadata.image_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A checked layer, ready to attach.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layer {
-    /// Its dir.
-    pub dir: PathBuf,
-    /// Its metadata.
-    pub metadata: LayerMetadata,
-}
+pub type Layer = Stored<LayerDetails>;
 
-impl Layer {
+impl Stored<LayerDetails> {
     /// The disk image to attach read-only.
     pub fn image(&self) -> PathBuf {
         self.dir.join(IMAGE_FILE)
     }
 }
 
-/// One entry of [`LayerStore::list`].
-#[derive(Debug, Clone)]
-pub struct ListedLayer {
-    /// The dir name.
-    pub key: String,
-    /// Its metadata, or why it cannot be read.
-    pub metadata: Result<LayerMetadata, String>,
-    /// Disk space it takes (allocated blocks).
-    pub disk_bytes: u64,
-    /// Time since it was built (`None` without readable metadata).
-    pub age: Option<Duration>,
-}
+/// One entry of [`LayerStore::list`] and [`LayerStore::list_over`].
+pub type ListedLayer = StoreEntry<LayerDetails>;
 
 /// The layers under one root dir.
-#[derive(Debug, Clone)]
-pub struct LayerStore {
-    root: PathBuf,
-}
+pub type LayerStore = ArtifactStore<LayerDetails>;
 
-impl LayerStore {
-    /// The store at `root` (created when a layer is first built).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// The root dir.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The dir of layer `key`.
-    pub fn dir(&self, key: &str) -> PathBuf {
-        self.root.join(key)
-    }
-
+impl ArtifactStore<LayerDetails> {
     /// The finished layer of `inputs`, checked (metadata matches, image
     /// present with the recorded size); `None` when there is none or it
     /// is damaged (a damaged one is rebuilt over).
-    pub fn lookup(&self, inputs: &LayerInputs) -> Option<Layer> {
-        let dir = self.dir(&inputs.key());
-        match check(&dir, inputs) {
-            Ok(metadata) => Some(Layer { dir, metadata }),
-            Err(reason) => {
-                if dir.exists() {
-                    tracing::warn!(dir = %dir.display(), reason, "damaged package layer: rebuilding it");
-                }
+    pub fn find(&self, inputs: &LayerInputs) -> Option<Layer> {
+        match self.lookup(inputs) {
+            artifacts::Lookup::Ready(layer) => Some(*layer),
+            artifacts::Lookup::Missing => None,
+            artifacts::Lookup::Damaged(reason) => {
+                tracing::warn!(
+                    key = inputs.key(),
+                    reason,
+                    "damaged package layer: rebuilding it"
+                );
                 None
             }
         }
     }
 
-    /// A fresh, empty staging dir for building layer `key` (0700); the
-    /// staging dirs of dead processes are swept first.
-    ///
-    /// # Errors
-    /// The failing file operation.
-    pub fn staging(&self, key: &str) -> io::Result<PathBuf> {
-        crate::sweep::fresh_staging_dir(&self.root.join(STAGING_DIR), key)
-    }
-
     /// Completes the layer built in `staging` (its image written and the
-    /// VM that wrote it gone): writes its metadata, syncs, and renames it
-    /// into place. When another process stored the same key meanwhile,
-    /// theirs is kept. The staging dir is gone afterwards, whatever
-    /// happened.
+    /// VM that wrote it gone): writes its metadata, seals and syncs it,
+    /// and renames it into place ([`ArtifactStore::publish_staged`]: when
+    /// another process stored the same key meanwhile, theirs is kept).
+    /// The staging dir is gone afterwards, whatever happened.
     ///
     /// # Errors
     /// The failing file operation.
     pub fn publish(
         &self,
-        staging: &Path,
+        staging: Staging,
         inputs: &LayerInputs,
         installed: Vec<String>,
         build: Duration,
     ) -> io::Result<Layer> {
-        let result = self.publish_inner(staging, inputs, installed, build);
-        if staging.exists() {
-            let _ = std::fs::remove_dir_all(staging);
-        }
-        result
-    }
-
-    fn publish_inner(
-        &self,
-        staging: &Path,
-        inputs: &LayerInputs,
-        installed: Vec<String>,
-        build: Duration,
-    ) -> io::Result<Layer> {
-        let key = inputs.key();
-        let image = staging.join(IMAGE_FILE);
-        let metadata = LayerMetadata {
-            key: key.clone(),
-            inputs: inputs.clone(),
-            installed,
-            image_bytes: std::fs::metadata(&image)?.len(),
-            created_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            build_ms: crate::ms(build),
-        };
-        let json = serde_json::to_vec_pretty(&metadata).map_err(io::Error::other)?;
-        std::fs::write(staging.join(METADATA_FILE), json)?;
-        // Read-only from now on: a later VM attaches it read-only anyway.
-        for file in [IMAGE_FILE, METADATA_FILE] {
-            let path = staging.join(file);
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
-            std::fs::File::open(&path)?.sync_all()?;
-        }
-        let dir = self.dir(&key);
-        if let Ok(metadata) = check(&dir, inputs) {
-            // Someone else built it meanwhile: theirs is as good.
-            return Ok(Layer { dir, metadata });
-        }
-        if dir.exists() {
-            remove_layer_dir(&dir)?;
-        }
-        if let Err(e) = std::fs::rename(staging, &dir) {
-            return match check(&dir, inputs) {
-                Ok(metadata) => Ok(Layer { dir, metadata }),
-                Err(_) => Err(e),
-            };
-        }
-        std::fs::File::open(&self.root)?.sync_all()?;
-        Ok(Layer { dir, metadata })
-    }
-
-    /// Every layer dir, with its metadata when readable, sorted by key.
-    pub fn list(&self) -> Vec<ListedLayer> {
-        entry_dirs(&self.root)
-            .into_iter()
-            .map(|(key, dir)| {
-                let metadata = read_metadata(&dir);
-                ListedLayer {
-                    key,
-                    disk_bytes: disk_usage(&dir),
-                    age: metadata
-                        .as_ref()
-                        .ok()
-                        .and_then(|m| age_since(m.created_unix)),
-                    metadata,
-                }
+        self.publish_staged(staging, inputs, build, |dir| {
+            Ok(LayerDetails {
+                installed,
+                image_bytes: std::fs::metadata(dir.join(IMAGE_FILE))?.len(),
             })
-            .collect()
+        })
     }
 
-    /// Removes every layer `keep` refuses, and the staging dirs of dead
-    /// builds. Returns the keys removed.
+    /// Every layer, half-built ones included, judged against the root
+    /// disks `rootfs_hash` (language -> hash): current when built over the
+    /// current root disk of its language in this format.
+    pub fn list_over(&self, rootfs_hash: &BTreeMap<Language, String>) -> Vec<ListedLayer> {
+        self.entries(|m| current_over(m, rootfs_hash))
+    }
+
+    /// Removes the layers [`LayerStore::list_over`] does not find current
+    /// (stale, damaged, half-built), never one in use.
     ///
     /// # Errors
     /// The first removal that failed.
-    pub fn prune(&self, keep: impl Fn(&ListedLayer) -> bool) -> io::Result<Vec<String>> {
-        crate::sweep::sweep_dead_process_dirs(&self.root.join(STAGING_DIR));
-        let mut removed = Vec::new();
-        for listed in self.list() {
-            if !keep(&listed) {
-                remove_layer_dir(&self.dir(&listed.key))?;
-                removed.push(listed.key);
-            }
-        }
-        Ok(removed)
+    pub fn prune_over(&self, rootfs_hash: &BTreeMap<Language, String>) -> io::Result<Pruned> {
+        self.prune_stale(|m| current_over(m, rootfs_hash))
     }
 }
 
@@ -266,49 +180,15 @@ impl LayerStore {
 /// (their key differs); `airlock snapshot prune` removes them.
 pub fn is_current(entry: &ListedLayer, rootfs_hash: &BTreeMap<Language, String>) -> bool {
     entry.metadata.as_ref().is_ok_and(|m| {
-        m.key == entry.key
-            && m.inputs.key() == entry.key
-            && m.inputs.format == LAYER_FORMAT
-            && rootfs_hash.get(&m.inputs.language) == Some(&m.inputs.rootfs_hash)
+        m.key == entry.key && m.inputs.key() == entry.key && current_over(m, rootfs_hash)
     })
 }
 
-/// Removes a layer dir. Its files are read-only, which does not stop their
-/// removal (the dir itself stays writable). A VM that has the image open
-/// keeps reading it until it ends.
-fn remove_layer_dir(dir: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-fn read_metadata(dir: &Path) -> Result<LayerMetadata, String> {
-    read_json(&dir.join(METADATA_FILE))
-}
-
-/// Checks a layer dir against `inputs`; the reason when it must not be
-/// attached.
-fn check(dir: &Path, inputs: &LayerInputs) -> Result<LayerMetadata, String> {
-    let metadata = read_metadata(dir)?;
-    if metadata.key != inputs.key() || &metadata.inputs != inputs {
-        return Err(format!(
-            "it was built from other inputs (key {})",
-            metadata.key
-        ));
-    }
-    let image = dir.join(IMAGE_FILE);
-    let size = std::fs::metadata(&image)
-        .map_err(|e| format!("{}: {e}", image.display()))?
-        .len();
-    if size != metadata.image_bytes {
-        return Err(format!(
-            "{} is {size} bytes, {} recorded",
-            image.display(),
-            metadata.image_bytes
-        ));
-    }
-    Ok(metadata)
+/// Whether `metadata` is of a layer of this format over the current root
+/// disk of its language.
+fn current_over(metadata: &LayerMetadata, rootfs_hash: &BTreeMap<Language, String>) -> bool {
+    metadata.inputs.format == LAYER_FORMAT
+        && rootfs_hash.get(&metadata.inputs.language) == Some(&metadata.inputs.rootfs_hash)
 }
 
 #[cfg(test)]
@@ -316,6 +196,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
     use super::*;
+    use crate::artifacts::testing;
     use proptest::prelude::*;
 
     fn inputs(packages: &[&str]) -> LayerInputs {
@@ -375,11 +256,26 @@ mod tests {
         }
     }
 
+    /// An empty store in a temp dir (removed when the dir is dropped).
+    fn fresh() -> (tempfile::TempDir, LayerStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LayerStore::new(tmp.path());
+        (tmp, store)
+    }
+
     /// A staged layer with an image of `bytes` bytes.
-    fn stage(store: &LayerStore, inputs: &LayerInputs, bytes: usize) -> PathBuf {
+    fn stage(store: &LayerStore, inputs: &LayerInputs, bytes: usize) -> Staging {
         let staging = store.staging(&inputs.key()).unwrap();
-        std::fs::write(staging.join(IMAGE_FILE), vec![0u8; bytes]).unwrap();
+        std::fs::write(staging.path().join(IMAGE_FILE), vec![0u8; bytes]).unwrap();
         staging
+    }
+
+    /// A published layer of `inputs` with an image of `bytes` bytes.
+    fn published(store: &LayerStore, inputs: &LayerInputs, bytes: usize) -> Layer {
+        let staging = stage(store, inputs, bytes);
+        store
+            .publish(staging, inputs, Vec::new(), Duration::ZERO)
+            .unwrap()
     }
 
     #[test]
@@ -387,19 +283,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = LayerStore::new(tmp.path().join("packages"));
         let inputs = inputs(&["six==1.16.0"]);
-        assert!(store.lookup(&inputs).is_none());
+        assert!(store.find(&inputs).is_none());
         let staging = stage(&store, &inputs, 4096);
+        let staged = staging.path().to_path_buf();
         let layer = store
             .publish(
-                &staging,
+                staging,
                 &inputs,
                 vec!["six==1.16.0".into()],
                 Duration::from_secs(3),
             )
             .unwrap();
-        assert!(!staging.exists());
+        assert!(!staged.exists());
         assert_eq!(layer.image(), store.dir(&inputs.key()).join(IMAGE_FILE));
-        let found = store.lookup(&inputs).unwrap();
+        let found = store.find(&inputs).unwrap();
         assert_eq!(found.metadata.installed, ["six==1.16.0"]);
         assert_eq!(found.metadata.image_bytes, 4096);
         let listed = store.list();
@@ -412,13 +309,9 @@ mod tests {
 
     #[test]
     fn only_layers_over_the_current_root_disk_are_current() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (tmp, store) = fresh();
         let inputs = inputs(&["six==1.16.0"]);
-        let staging = stage(&store, &inputs, 10);
-        store
-            .publish(&staging, &inputs, Vec::new(), Duration::ZERO)
-            .unwrap();
+        published(&store, &inputs, 10);
         std::fs::create_dir(tmp.path().join("python-pkgs-damaged")).unwrap();
         let listed = store.list();
         let current = BTreeMap::from([(Language::Python, "rootfs-abc".to_owned())]);
@@ -446,40 +339,81 @@ mod tests {
 
     #[test]
     fn a_layer_whose_image_changed_size_is_not_attached() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (_tmp, store) = fresh();
         let inputs = inputs(&["idna==3.7"]);
-        let staging = stage(&store, &inputs, 100);
-        let layer = store
-            .publish(&staging, &inputs, Vec::new(), Duration::ZERO)
-            .unwrap();
+        let layer = published(&store, &inputs, 100);
         let image = layer.image();
         std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
         std::fs::write(&image, b"short").unwrap();
-        assert!(store.lookup(&inputs).is_none());
+        assert!(store.find(&inputs).is_none());
         // A rebuild replaces the damaged one.
-        let staging = stage(&store, &inputs, 200);
-        store
-            .publish(&staging, &inputs, Vec::new(), Duration::ZERO)
-            .unwrap();
-        assert_eq!(store.lookup(&inputs).unwrap().metadata.image_bytes, 200);
+        published(&store, &inputs, 200);
+        assert_eq!(store.find(&inputs).unwrap().metadata.image_bytes, 200);
     }
 
     #[test]
     fn a_second_publish_of_one_key_keeps_the_first() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LayerStore::new(tmp.path());
+        let (_tmp, store) = fresh();
         let inputs = inputs(&["six==1.16.0"]);
         let first = stage(&store, &inputs, 100);
         store
-            .publish(&first, &inputs, vec!["first".into()], Duration::ZERO)
+            .publish(first, &inputs, vec!["first".into()], Duration::ZERO)
             .unwrap();
         let second = stage(&store, &inputs, 300);
+        let staged = second.path().to_path_buf();
         let kept = store
-            .publish(&second, &inputs, vec!["second".into()], Duration::ZERO)
+            .publish(second, &inputs, vec!["second".into()], Duration::ZERO)
             .unwrap();
         assert_eq!(kept.metadata.installed, ["first"]);
-        assert!(!second.exists());
+        assert!(!staged.exists());
+    }
+
+    #[test]
+    fn a_published_layer_is_sealed_and_stale_over_a_rebuilt_root_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_tmp, store) = fresh();
+        let inputs = inputs(&["six==1.16.0"]);
+        let layer = published(&store, &inputs, 10);
+        for file in [IMAGE_FILE, METADATA_FILE] {
+            let mode = std::fs::metadata(layer.dir.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o444, "{file}");
+        }
+        let current = BTreeMap::from([(Language::Python, "rootfs-abc".to_owned())]);
+        let rebuilt = BTreeMap::from([(Language::Python, "rootfs-new".to_owned())]);
+        assert_eq!(
+            store.list_over(&current)[0].state,
+            artifacts::EntryState::Current
+        );
+        assert_eq!(
+            store.list_over(&rebuilt)[0].state,
+            artifacts::EntryState::Stale
+        );
+        assert_eq!(store.prune_over(&current).unwrap(), Pruned::default());
+        assert_eq!(store.prune_over(&rebuilt).unwrap().removed, [inputs.key()]);
+        assert!(store.find(&inputs).is_none());
+    }
+
+    #[test]
+    fn a_layer_json_of_the_layout_before_the_generic_store_still_reads() {
+        let (_tmp, store) = fresh();
+        let inputs = inputs(&["six==1.16.0"]);
+        // Keys never change silently: existing layers keep theirs.
+        assert_eq!(inputs.key(), "python-pkgs-6a913bc73062b35e");
+        let layer = published(&store, &inputs, 10);
+        let old = serde_json::json!({
+            "key": inputs.key(),
+            "inputs": inputs,
+            "installed": ["six==1.16.0"],
+            "image_bytes": 10,
+            "created_unix": 1_700_000_000_u64,
+            "build_ms": 5,
+        });
+        testing::rewrite_in_older_layout(&layer.dir.join(METADATA_FILE), &old);
+        let read = store.find(&inputs).unwrap();
+        assert_eq!(read.metadata.installed, ["six==1.16.0"]);
     }
 }

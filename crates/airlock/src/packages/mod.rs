@@ -27,7 +27,7 @@ pub use install::{
     build_layer, ensure_layer, find_layer, install_into, prepare, InstallReport, InstallSettings,
     LayerOutcome, PackagesReport,
 };
-pub use layer::{Layer, LayerInputs, LayerMetadata, LayerStore, ListedLayer};
+pub use layer::{Layer, LayerDetails, LayerInputs, LayerMetadata, LayerStore, ListedLayer};
 pub use spec::{PackageList, PackageManager, PackageSpec};
 
 use airlock_qemu::{DiskAccess, DiskFormat, ExtraDrive};

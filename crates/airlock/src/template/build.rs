@@ -43,18 +43,17 @@ pub async fn build(
             .await?
             .map_err(|e| Error::io("create a staging dir under", store.root(), e))?
     };
-    let built = boot_and_save(manager, inputs, &staging).await;
-    if let Err(e) = built {
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        return Err(e);
-    }
-    let (store, inputs_owned, staging_owned) = (store.clone(), inputs.clone(), staging.clone());
+    // On failure (or when this future is dropped) the staging dir goes
+    // with `staging`.
+    boot_and_save(manager, inputs, staging.path()).await?;
+    let staged = staging.path().to_path_buf();
+    let (store, inputs_owned) = (store.clone(), inputs.clone());
     let build_time = started.elapsed();
     let template = blocking("install a template", move || {
-        store.install(&staging_owned, &inputs_owned, build_time)
+        store.install(staging, &inputs_owned, build_time)
     })
     .await?
-    .map_err(|e| Error::io("install the template from", &staging, e))?;
+    .map_err(|e| Error::io("install the template from", staged, e))?;
     tracing::info!(
         template = key,
         build_ms = template.metadata.build_ms,

@@ -69,14 +69,12 @@ impl TemplateInputs {
     /// The key: `<language>-<memory>m-<vcpus>c-<16 hex digits of the
     /// sha256 of the inputs>`, readable and content-addressed.
     pub fn key(&self) -> String {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        let digest = airlock_protocol::client::sha256_hex(&canonical);
         format!(
             "{}-{}m-{}c-{}",
             self.shape.language,
             self.shape.memory_mib,
             self.shape.vcpus,
-            &digest[..16]
+            crate::artifacts::digest_of(self)
         )
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! - [`key`]: what a template must match (images, QEMU, argv, shape,
 //!   protocol) and the key it is stored under;
-//! - [`store`]: the files under `<cache>/templates/<key>/`, written
-//!   atomically and checked before each use;
+//! - [`store`]: the files under `<cache>/templates/<key>/`, kept by the
+//!   generic [`crate::artifacts`] store: written atomically, checked
+//!   before each use, listed and pruned;
 //! - [`build`]: a template's boot, warm-up and save;
 //! - [`restore`]: the [`RestoreLauncher`], the second implementation of
 //!   `Launcher`: slots, retries and teardown are those
@@ -24,8 +25,9 @@ pub use build::{warm_of, Warm};
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
 pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
-pub use store::{Listed, Lookup, Template, TemplateMetadata, TemplateStore};
+pub use store::{Listed, Lookup, Template, TemplateDetails, TemplateMetadata, TemplateStore};
 
+use crate::artifacts::{EntryState, Pruned};
 use crate::error::{Error, Result};
 use crate::launcher::MachinePlan;
 use crate::manager::{blocking, VmManager};
@@ -75,6 +77,54 @@ impl Templates {
     /// The store.
     pub fn store(&self) -> &TemplateStore {
         &self.store
+    }
+
+    /// Every template, half-built ones included, judged against this host
+    /// and these images: current when intact, what this host would build
+    /// for its shape now, and (built over a package layer) over a current
+    /// layer; stale, damaged or half-built otherwise.
+    ///
+    /// # Errors
+    /// [`Error::TaskFailed`] when the blocking task fails.
+    pub async fn list(&self) -> Result<Vec<Listed>> {
+        let templates = self.clone();
+        blocking("list memory templates", move || {
+            templates.store.entries(templates.current_judge())
+        })
+        .await
+    }
+
+    /// Removes the templates [`Templates::list`] does not find current
+    /// (stale, damaged, half-built), never one in use (restored VMs map
+    /// its memory file; a live process builds it).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for the first removal that failed.
+    pub async fn prune(&self) -> Result<Pruned> {
+        let templates = self.clone();
+        let root = self.store.root().to_path_buf();
+        blocking("prune memory templates", move || {
+            templates.store.prune_stale(templates.current_judge())
+        })
+        .await?
+        .map_err(|e| Error::io("prune templates in", root, e))
+    }
+
+    /// Whether a template's metadata is what this host would build now
+    /// (blocking: it lists the package layers).
+    fn current_judge(&self) -> impl Fn(&TemplateMetadata) -> bool + '_ {
+        let layers = crate::packages::layer::LayerStore::new(&self.manager.config().packages_dir)
+            .list_over(&self.manager.images().rootfs_hash);
+        let current_layers: Vec<String> = layers
+            .into_iter()
+            .filter(|layer| layer.state == EntryState::Current)
+            .map(|layer| layer.key)
+            .collect();
+        move |metadata| {
+            is_current(metadata, &current_layers, |shape, layer| {
+                self.inputs_over(shape, layer)
+            })
+        }
     }
 
     /// What the template of `shape` must match on this host and images.
@@ -282,6 +332,19 @@ impl Templates {
     }
 }
 
+/// Whether the template of `metadata` is what this host builds now: its
+/// package layer, if any, among `current_layers`, and its inputs those
+/// `inputs_over` gives for its shape and layer (pure).
+fn is_current(
+    metadata: &TemplateMetadata,
+    current_layers: &[String],
+    inputs_over: impl Fn(TemplateShape, Option<&str>) -> Result<TemplateInputs>,
+) -> bool {
+    let layer = metadata.inputs.packages_layer.as_deref();
+    layer.is_none_or(|key| current_layers.iter().any(|k| k == key))
+        && inputs_over(metadata.inputs.shape, layer).is_ok_and(|inputs| inputs == metadata.inputs)
+}
+
 /// Whether `error` says the restore went wrong (rather than the host or
 /// the request).
 fn restore_failed(error: &Error) -> bool {
@@ -353,6 +416,47 @@ mod tests {
             memory_mib,
             vcpus: 1,
         }
+    }
+
+    #[test]
+    fn a_template_is_current_only_with_this_hosts_inputs_and_a_current_layer() {
+        let mut inputs = key::test_inputs(Language::Python, 512);
+        let metadata = |inputs: &TemplateInputs| TemplateMetadata {
+            key: inputs.key(),
+            inputs: inputs.clone(),
+            created_unix: 0,
+            build_ms: 0,
+            details: TemplateDetails {
+                memory_bytes: 512 << 20,
+                state_bytes: 0,
+                state_sha256: String::new(),
+            },
+        };
+        let host = |other: &TemplateInputs| {
+            let other = other.clone();
+            move |shape: TemplateShape, layer: Option<&str>| {
+                Ok(TemplateInputs {
+                    shape,
+                    packages_layer: layer.map(str::to_owned),
+                    ..other.clone()
+                })
+            }
+        };
+        let same = inputs.clone();
+        assert!(is_current(&metadata(&inputs), &[], host(&same)));
+        let upgraded = TemplateInputs {
+            qemu_version: "8.2.0".into(),
+            ..inputs.clone()
+        };
+        assert!(!is_current(&metadata(&inputs), &[], host(&upgraded)));
+        let no_root_disk = |_: TemplateShape, _: Option<&str>| -> Result<TemplateInputs> {
+            Err(Error::invalid("language", "no root disk"))
+        };
+        assert!(!is_current(&metadata(&inputs), &[], no_root_disk));
+        inputs.packages_layer = Some("python-pkgs-0123".into());
+        let layers = ["python-pkgs-0123".to_owned()];
+        assert!(is_current(&metadata(&inputs), &layers, host(&same)));
+        assert!(!is_current(&metadata(&inputs), &[], host(&same)));
     }
 
     #[test]
