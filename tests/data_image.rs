@@ -38,7 +38,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// The shell tools of every disk, each asked for its version.
-const SHELL_TOOLS: &str = "set -e; free -m >/dev/null; ps -o pid= -p 1 >/dev/null; \
+const SHELL_TOOLS: &str = "set -e; free -m >/dev/null; ps -o pid= -p $$ >/dev/null; \
     for t in find grep sed gawk tar gzip xz unzip file jq less git curl; do \
     command -v $t >/dev/null || { echo missing $t; exit 1; }; done; \
     test -s /etc/ssl/certs/ca-certificates.crt; echo tools-ok";
