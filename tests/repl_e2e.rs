@@ -92,7 +92,7 @@ async fn cancelled(client: &Client, language: Language, code: &str) -> (String, 
                 stdout.extend_from_slice(&b);
                 client.cancel(op).await.unwrap();
             }
-            Some(ExecEvent::Stderr(_)) => {}
+            Some(ExecEvent::Stderr(_) | ExecEvent::Result(_) | ExecEvent::CellError(_)) => {}
             Some(ExecEvent::Complete(done)) => {
                 return (text(&stdout), done.exit_code, done.state_lost);
             }

@@ -65,6 +65,12 @@ pub struct AgentConfig {
     pub stdout_cap_bytes: u64,
     /// Standard error kept per exec before truncation.
     pub stderr_cap_bytes: u64,
+    /// Rich results (`result` events: MIME bundles, base64 images) kept
+    /// per cell, counted as their wire JSON; past it results are dropped and
+    /// a marker line goes to stderr. Each result is also capped at
+    /// [`airlock_protocol::result::MAX_RESULT_BYTES`] and at
+    /// `max_line_bytes`.
+    pub results_cap_bytes: u64,
     /// Largest file written or read.
     pub max_file_bytes: u64,
     /// Largest total size of the extra environment of an exec (names plus
@@ -104,6 +110,7 @@ impl Default for AgentConfig {
             max_line_bytes: airlock_protocol::DEFAULT_MAX_LINE_BYTES,
             stdout_cap_bytes: 4 * 1024 * 1024,
             stderr_cap_bytes: 1024 * 1024,
+            results_cap_bytes: 64 * 1024 * 1024,
             max_file_bytes: 512 * 1024 * 1024,
             max_env_bytes: 128 * 1024,
             output_flush_bytes: 64 * 1024,
@@ -174,6 +181,7 @@ impl AgentConfig {
         for (name, value) in [
             ("stdout_cap_bytes", self.stdout_cap_bytes),
             ("stderr_cap_bytes", self.stderr_cap_bytes),
+            ("results_cap_bytes", self.results_cap_bytes),
             ("max_file_bytes", self.max_file_bytes),
             ("max_env_bytes", self.max_env_bytes as u64),
             ("max_ops_in_flight", self.max_ops_in_flight as u64),

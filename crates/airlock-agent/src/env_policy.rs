@@ -58,6 +58,11 @@ pub fn build_env(
         ("TMPDIR", "/tmp"),
         ("PYTHONUNBUFFERED", "1"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
+        // matplotlib (python-data image, or installed): draw off-screen,
+        // and keep its font cache where it can be written (the root is
+        // read-only).
+        ("MPLBACKEND", "Agg"),
+        ("MPLCONFIGDIR", "/tmp/matplotlib"),
     ]
     .into_iter()
     // The package layer's dirs, when the host attached one.
@@ -126,5 +131,7 @@ mod tests {
         assert_eq!(env["LANG"], "C");
         assert_eq!(env["TMPDIR"], "/var/tmp");
         assert_eq!(env["PYTHONUNBUFFERED"], "1");
+        assert_eq!(env["MPLBACKEND"], "Agg");
+        assert!(env["MPLCONFIGDIR"].starts_with("/tmp/"));
     }
 }

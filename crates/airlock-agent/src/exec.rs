@@ -252,6 +252,14 @@ impl Sink {
         // A closed channel means the host is gone: keep draining the pipe.
         let _ = self.events.send(Event::new(self.op, body)).await;
     }
+
+    /// Sends a cell's `result` or `cell_error` (dropped when not
+    /// forwarding).
+    pub(crate) async fn send_body(&self, body: EventBody) {
+        if self.forward {
+            let _ = self.events.send(Event::new(self.op, body)).await;
+        }
+    }
 }
 
 /// Kills the process group and the exec cgroup on drop unless disarmed

@@ -416,7 +416,7 @@ async fn cancel_interrupts_a_running_cell_with_130() {
                     stdout.extend_from_slice(&b);
                     c.cancel(op).await.unwrap();
                 }
-                Some(ExecEvent::Stderr(_)) => {}
+                Some(ExecEvent::Stderr(_) | ExecEvent::Result(_) | ExecEvent::CellError(_)) => {}
                 Some(ExecEvent::Complete(done)) => break done,
                 None => panic!("no completion"),
             }

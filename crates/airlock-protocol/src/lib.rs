@@ -10,6 +10,8 @@
 //! - [`framing`]: newline-delimited JSON with a hard line limit. A malformed,
 //!   oversized or unknown line yields a typed [`ProtocolError`] and the stream
 //!   stays usable for the next line.
+//! - [`result`]: the rich results of a cell (MIME bundles) and its
+//!   uncaught exception.
 //! - [`env_policy`]: [`check_env`], which environment variables user code
 //!   may be given; the host checks before it boots, the agent before it
 //!   spawns.
@@ -39,6 +41,7 @@ pub mod env_policy;
 mod error;
 pub mod framing;
 pub mod message;
+pub mod result;
 
 pub use data::Data;
 pub use env_policy::check_env;
@@ -48,6 +51,7 @@ pub use framing::{
     FrameWriter, DEFAULT_MAX_LINE_BYTES,
 };
 pub use message::*;
+pub use result::{is_binary_mime, CellError, ExecResult, MimeBundle};
 
 /// Version of the wire protocol. The agent reports it in `pong`; a host
 /// refuses an agent whose protocol differs ([`check_protocol`]).
@@ -55,7 +59,9 @@ pub use message::*;
 /// 2: `reseed` / `reseeded` (after a restore from a memory template).
 /// 3: exec `mode` (`cell`: the persistent interpreter), `state_lost` in
 /// `complete`, `cancel`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `result` (MIME bundles) and `cell_error` events of cells and
+/// one-shot runs.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The operation of the agent's hello: a `pong` the agent sends unasked
 /// each time its channel opens. A ping the host sends before the guest has

@@ -3,7 +3,7 @@
 //!
 //! `docs/protocol.md` shows every message on the wire.
 
-use crate::Data;
+use crate::{CellError, Data, ExecResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -328,6 +328,13 @@ pub enum EventBody {
         /// The bytes.
         data: Data,
     },
+    /// A value a cell shows (its last expression, `display(...)`, a
+    /// figure): a MIME bundle, in order with the exec's output. Cells and
+    /// one-shot runs only (`docs/protocol.md`, "result").
+    Result(ExecResult),
+    /// A cell's uncaught exception (its traceback is on stderr too). Cells
+    /// and one-shot runs only.
+    CellError(CellError),
     /// The process ended (last event of an exec).
     Complete(Completion),
     /// A file write was opened (`size` 0, no sha256) or committed.
@@ -379,6 +386,8 @@ impl EventBody {
             EventBody::Pong { .. } => "pong",
             EventBody::Stdout { .. } => "stdout",
             EventBody::Stderr { .. } => "stderr",
+            EventBody::Result(_) => "result",
+            EventBody::CellError(_) => "cell_error",
             EventBody::Complete(_) => "complete",
             EventBody::FileAck { .. } => "file_ack",
             EventBody::FileData { .. } => "file_data",
@@ -394,6 +403,8 @@ impl EventBody {
         "pong",
         "stdout",
         "stderr",
+        "result",
+        "cell_error",
         "complete",
         "file_ack",
         "file_data",

@@ -130,6 +130,61 @@ async fn exec_stream_yields_events_in_order_then_none() {
     assert_eq!(stream.next().await.unwrap(), None);
 }
 
+fn shown() -> ExecResult {
+    ExecResult {
+        data: [("text/plain".to_owned(), serde_json::json!("2"))].into(),
+        is_main_result: true,
+        truncated: false,
+    }
+}
+
+fn raised() -> CellError {
+    CellError {
+        name: "ValueError".into(),
+        value: "v".into(),
+        traceback: "Traceback...".into(),
+    }
+}
+
+fn output_result_error_complete(_: &Request) -> Vec<EventBody> {
+    vec![
+        EventBody::Stdout {
+            data: Data::text_or_base64("a"),
+        },
+        EventBody::Result(shown()),
+        EventBody::CellError(raised()),
+        EventBody::Complete(Completion {
+            state_lost: false,
+            exit_code: 1,
+            timed_out: false,
+            duration_ms: 1,
+            spawn_ms: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn results_and_the_cell_error_are_streamed_in_order_and_collected() {
+    let client = fake_agent(output_result_error_complete);
+    let mut stream = client.exec(exec_request("x")).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = stream.next().await.unwrap() {
+        seen.push(event);
+    }
+    assert_eq!(seen[1], ExecEvent::Result(shown()));
+    assert_eq!(seen[2], ExecEvent::CellError(raised()));
+    drop(stream);
+
+    let out = client
+        .exec_collect(exec_request("x"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!((out.results, out.error), (vec![shown()], Some(raised())));
+    assert_eq!(out.stdout, b"a");
+}
+
 #[tokio::test]
 async fn guest_error_event_becomes_a_typed_error() {
     let client = fake_agent(|_| {

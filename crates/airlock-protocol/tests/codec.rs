@@ -127,6 +127,29 @@ fn all_events() -> Vec<Event> {
             entropy_bytes: 32,
             clock_step_ms: -5,
         },
+        EventBody::Result(ExecResult {
+            data: MimeBundle::from([
+                ("text/plain".to_owned(), serde_json::json!("   a\n0  1")),
+                ("text/html".to_owned(), serde_json::json!("<table></table>")),
+                ("image/png".to_owned(), serde_json::json!("iVBORw0KGgo=")),
+                (
+                    "application/json".to_owned(),
+                    serde_json::json!({"a": [1, 2.5, null]}),
+                ),
+            ]),
+            is_main_result: true,
+            truncated: false,
+        }),
+        EventBody::Result(ExecResult {
+            data: MimeBundle::new(),
+            is_main_result: false,
+            truncated: true,
+        }),
+        EventBody::CellError(CellError {
+            name: "ZeroDivisionError".into(),
+            value: "division by zero".into(),
+            traceback: "Traceback (most recent call last):\n  File \"<string>\", line 1\n".into(),
+        }),
         EventBody::Error {
             kind: ErrorKind::InvalidPath,
             message: "no".into(),
@@ -224,8 +247,53 @@ fn any_request() -> impl Strategy<Value = Request> {
     (any::<u64>(), body).prop_map(|(op, body)| Request::new(op, body))
 }
 
+/// A JSON value as a representation may hold (no floats: they may not
+/// round-trip bit for bit through text).
+fn any_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        ".*".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(".*", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn any_result() -> impl Strategy<Value = ExecResult> {
+    let representation = prop_oneof![
+        ".*".prop_map(serde_json::Value::from),
+        any::<Vec<u8>>().prop_map(|bytes| {
+            use base64::Engine as _;
+            serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }),
+        any_json(),
+    ];
+    (
+        proptest::collection::btree_map("[a-z]{1,11}/[a-z+.-]{1,15}", representation, 0..5),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(data, is_main_result, truncated)| ExecResult {
+            data,
+            is_main_result,
+            truncated,
+        })
+}
+
 fn any_event() -> impl Strategy<Value = Event> {
     let body = prop_oneof![
+        any_result().prop_map(EventBody::Result),
+        (".*", ".*", ".*").prop_map(|(name, value, traceback)| EventBody::CellError(CellError {
+            name,
+            value,
+            traceback
+        })),
         any_data().prop_map(|data| EventBody::Stdout { data }),
         any_data().prop_map(|data| EventBody::Stderr { data }),
         (any::<i32>(), any::<bool>(), any::<u64>()).prop_map(|(exit_code, timed_out, d)| {
@@ -248,6 +316,20 @@ fn any_event() -> impl Strategy<Value = Event> {
 }
 
 proptest! {
+    #[test]
+    fn any_result_round_trips_and_its_binary_data_decodes(result in any_result()) {
+        let event = Event::new(3, EventBody::Result(result.clone()));
+        let line = encode_line(&event).unwrap();
+        prop_assert_eq!(decode_event(&line[..line.len() - 1]).unwrap(), event);
+        for mime in result.mime_types() {
+            if let Some(Ok(bytes)) = result.binary(mime) {
+                use base64::Engine as _;
+                let again = base64::engine::general_purpose::STANDARD.encode(bytes);
+                prop_assert_eq!(Some(again.as_str()), result.data[mime].as_str());
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(
         chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20),

@@ -107,7 +107,7 @@ pub use files::{
     validate_guest_dir, validate_guest_path, Downloaded, FileInfo, FileUpload, DEFAULT_FILE_MODE,
 };
 pub use host::Host;
-pub use images::Images;
+pub use images::{Image, ImageDisk, ImageLanguageMismatch, Images, UnknownImage};
 pub use machine::{PackageDisk, VmOptions};
 pub use manager::VmManager;
 pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};

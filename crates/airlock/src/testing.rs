@@ -298,6 +298,8 @@ impl SandboxVm for FakeVm {
             let mut outcome = ExecOutcome {
                 stdout: Vec::new(),
                 stderr: Vec::new(),
+                results: Vec::new(),
+                error: None,
                 completion: completion(0),
             };
             if let Some(n) = code.strip_prefix("exit ") {
@@ -434,6 +436,8 @@ impl SandboxVm for FakeVm {
             Ok(ExecOutcome {
                 stdout: format!("installed {}\n", list.canonical().join(" ")).into_bytes(),
                 stderr: Vec::new(),
+                results: Vec::new(),
+                error: None,
                 completion: completion(0),
             })
         })

@@ -52,6 +52,11 @@ pub struct ExecOutcome {
     pub stdout: Vec<u8>,
     /// Everything on stderr.
     pub stderr: Vec<u8>,
+    /// The values a cell or one-shot run showed (MIME bundles, in order;
+    /// none for a process exec): `docs/outputs.md`.
+    pub results: Vec<airlock_protocol::ExecResult>,
+    /// The cell's uncaught exception, if any.
+    pub error: Option<airlock_protocol::CellError>,
     /// How it ended.
     pub completion: Completion,
 }
@@ -385,11 +390,15 @@ async fn collect_exec(
         match event {
             ExecEvent::Stdout(b) => emit(on_output, OutputStream::Stdout, output.push_stdout(&b)),
             ExecEvent::Stderr(b) => emit(on_output, OutputStream::Stderr, output.push_stderr(&b)),
+            ExecEvent::Result(result) => output.push_result(result),
+            ExecEvent::CellError(error) => output.set_error(error),
             ExecEvent::Complete(completion) => {
                 let output = output.finish(completion);
                 return Ok(ExecOutcome {
                     stdout: output.stdout,
                     stderr: output.stderr,
+                    results: output.results,
+                    error: output.error,
                     completion: output.completion,
                 });
             }

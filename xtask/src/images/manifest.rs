@@ -26,16 +26,20 @@ pub enum Kind {
     RootfsPython,
     /// Root disk with nodejs and npm.
     RootfsJavascript,
+    /// Root disk with python3 and Debian's data stack (numpy, pandas,
+    /// matplotlib, scipy, scikit-learn, ...).
+    RootfsPythonData,
 }
 
 impl Kind {
     /// Every artefact, in build order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Kernel,
         Kind::Initramfs,
         Kind::RootfsRaw,
         Kind::RootfsPython,
         Kind::RootfsJavascript,
+        Kind::RootfsPythonData,
     ];
 
     /// The manifest key and file name stem, e.g. `rootfs-python`.
@@ -46,6 +50,7 @@ impl Kind {
             Kind::RootfsRaw => "rootfs-raw",
             Kind::RootfsPython => "rootfs-python",
             Kind::RootfsJavascript => "rootfs-javascript",
+            Kind::RootfsPythonData => "rootfs-python-data",
         }
     }
 
@@ -54,7 +59,10 @@ impl Kind {
         match self {
             Kind::Kernel => "bzImage",
             Kind::Initramfs => "cpio",
-            Kind::RootfsRaw | Kind::RootfsPython | Kind::RootfsJavascript => "qcow2",
+            Kind::RootfsRaw
+            | Kind::RootfsPython
+            | Kind::RootfsJavascript
+            | Kind::RootfsPythonData => "qcow2",
         }
     }
 
@@ -189,6 +197,7 @@ mod tests {
         assert_eq!(Kind::RootfsRaw.key(), rootfs_key("raw"));
         assert_eq!(Kind::RootfsPython.key(), rootfs_key("python"));
         assert_eq!(Kind::RootfsJavascript.key(), rootfs_key("javascript"));
+        assert_eq!(Kind::RootfsPythonData.key(), rootfs_key("python-data"));
     }
 
     #[test]
@@ -237,6 +246,14 @@ mod tests {
         assert!(is_artefact_name(
             Kind::RootfsPython,
             "rootfs-python-0123456789abcdef.qcow2"
+        ));
+        assert!(!is_artefact_name(
+            Kind::RootfsPython,
+            "rootfs-python-data-0123456789abcdef.qcow2"
+        ));
+        assert!(is_artefact_name(
+            Kind::RootfsPythonData,
+            "rootfs-python-data-0123456789abcdef.qcow2"
         ));
     }
 

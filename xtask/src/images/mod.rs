@@ -11,8 +11,8 @@
 //! Layout of the images dir (`~/.cache/airlock/images`, or `$AIRLOCK_IMAGES`):
 //! ```text
 //! manifest.json               current artefacts (file, hash, size, build time, inputs)
-//! kernel-<hash>.bzImage        initramfs-<hash>.cpio        rootfs-<lang>-<hash>.qcow2
-//! trees/<lang>-<hash>/        debootstrapped trees (stage 1 of the root disks)
+//! kernel-<hash>.bzImage        initramfs-<hash>.cpio        rootfs-<image>-<hash>.qcow2
+//! trees/<image>-<hash>/       debootstrapped trees (stage 1 of the root disks)
 //! work/                       kernel sources and objects (incremental kernel builds)
 //! debs/                       debootstrap's package cache
 //! apt-versions.json           cached `apt-cache madison` answers
@@ -20,8 +20,8 @@
 //! ```
 //!
 //! A full run (no `--only`) then builds the default memory templates
-//! (python, javascript and raw at the default shape) into the templates
-//! dir, skipping those that are current ([`templates`]).
+//! (python, javascript, raw and python-data at the default shape) into the
+//! templates dir, skipping those that are current ([`templates`]).
 
 pub(crate) mod apt;
 mod guest_bins;
@@ -43,7 +43,7 @@ use anyhow::{bail, Context, Result};
 use inputs::Inputs;
 use nix::fcntl::{Flock, FlockArg};
 use progress::{mib, Step};
-use rootfs::Language;
+use rootfs::RootDisk;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,14 +127,14 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
     };
     let mut trees_to_build = Vec::new();
     for kind in &selected {
-        if let Some(lang) = Language::of_kind(*kind) {
+        if let Some(lang) = RootDisk::of_kind(*kind) {
             let (tree_hash, _) = planner.plan_tree(lang)?;
             if planner.tree_wanted_ahead(lang, &tree_hash, &manifest, args.force) {
                 trees_to_build.push((lang, tree_hash));
             }
         }
     }
-    let trees_ahead: Vec<Language> = trees_to_build.iter().map(|(l, _)| *l).collect();
+    let trees_ahead: Vec<RootDisk> = trees_to_build.iter().map(|(l, _)| *l).collect();
     if !trees_to_build.is_empty() && !host::is_root() {
         bail!(
             "building root disks needs root (debootstrap, chroot, device nodes): \
@@ -155,7 +155,7 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
         // The trees are made one after another (they share debootstrap's
         // package cache); each is announced as soon as it is ready, so its
         // root disk image is made while the next tree is debootstrapped.
-        let (tree_ready_tx, tree_ready) = std::sync::mpsc::channel::<Language>();
+        let (tree_ready_tx, tree_ready) = std::sync::mpsc::channel::<RootDisk>();
         let mut tree_track = (!trees_to_build.is_empty()).then(|| {
             scope.spawn(move || -> Result<()> {
                 for (lang, tree_hash) in &trees_to_build {
@@ -166,7 +166,7 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
                 Ok(())
             })
         });
-        let mut pending: Vec<Language> = trees_ahead.clone();
+        let mut pending: Vec<RootDisk> = trees_ahead.clone();
 
         // This thread: guest binaries, then what depends on them.
         let bins_result = guest_bins::build(&ws);
@@ -187,7 +187,7 @@ pub fn run(args: &ImagesArgs) -> Result<Manifest> {
             // the order their trees are made.
             todo.sort_by_key(|p| p.tree.is_some());
             for plan in &todo {
-                if let Some(lang) = Language::of_kind(plan.kind) {
+                if let Some(lang) = RootDisk::of_kind(plan.kind) {
                     while pending.contains(&lang) {
                         match tree_ready.recv() {
                             Ok(ready) => pending.retain(|l| *l != ready),
@@ -359,10 +359,10 @@ impl Planner<'_> {
 
     /// The stage-1 tree of `lang`: its hash and inputs (mirror, suite and
     /// the versions of its packages).
-    fn plan_tree(&self, lang: Language) -> Result<(String, Inputs)> {
+    fn plan_tree(&self, lang: RootDisk) -> Result<(String, Inputs)> {
         let archive = self.archive()?;
         let versions = apt::package_versions(
-            lang.packages(),
+            &lang.packages(),
             &archive,
             &self.dir.join("apt-versions.json"),
         )?;
@@ -373,6 +373,17 @@ impl Planner<'_> {
         for (package, version) in &versions {
             tree_inputs.add(format!("package {package}"), version.as_str());
         }
+        // What only some trees do: absent from the others' inputs, so their
+        // hashes do not move.
+        if !lang.preload().is_empty() {
+            tree_inputs.add("python-preload", lang.preload().join(","));
+        }
+        if lang.trims_python_tests() {
+            tree_inputs.add("trim", "python-tests");
+        }
+        if !lang.purged_packages().is_empty() {
+            tree_inputs.add("purged", lang.purged_packages().join(","));
+        }
         Ok((tree_inputs.hash(), tree_inputs))
     }
 
@@ -382,7 +393,7 @@ impl Planner<'_> {
     /// made on demand.
     fn tree_wanted_ahead(
         &self,
-        lang: Language,
+        lang: RootDisk,
         tree_hash: &str,
         manifest: &Manifest,
         force: bool,
@@ -409,9 +420,12 @@ impl Planner<'_> {
                 inputs.add("airlock-init-sha256", digest(&bins.init)?);
                 Ok(Plan::new(kind, inputs, None))
             }
-            Kind::RootfsRaw | Kind::RootfsPython | Kind::RootfsJavascript => {
+            Kind::RootfsRaw
+            | Kind::RootfsPython
+            | Kind::RootfsJavascript
+            | Kind::RootfsPythonData => {
                 let lang =
-                    Language::of_kind(kind).context("a root disk kind without a language")?;
+                    RootDisk::of_kind(kind).context("a root disk kind without a language")?;
                 let (tree_hash, tree_inputs) = self.plan_tree(lang)?;
                 for (label, value) in tree_inputs.entries() {
                     if label != "artefact" {
@@ -462,9 +476,12 @@ impl Planner<'_> {
                 std::fs::write(&tmp_out, archive)
                     .with_context(|| format!("write {}", tmp_out.display()))?;
             }
-            Kind::RootfsRaw | Kind::RootfsPython | Kind::RootfsJavascript => {
+            Kind::RootfsRaw
+            | Kind::RootfsPython
+            | Kind::RootfsJavascript
+            | Kind::RootfsPythonData => {
                 let lang =
-                    Language::of_kind(plan.kind).context("a root disk kind without a language")?;
+                    RootDisk::of_kind(plan.kind).context("a root disk kind without a language")?;
                 let (tree_hash, _) = plan
                     .tree
                     .as_ref()
@@ -492,7 +509,7 @@ impl Planner<'_> {
     }
 
     /// The stage-1 tree of `lang`, built when absent.
-    fn ensure_tree(&self, lang: Language, tree_hash: &str, scratch: &Path) -> Result<PathBuf> {
+    fn ensure_tree(&self, lang: RootDisk, tree_hash: &str, scratch: &Path) -> Result<PathBuf> {
         let trees = self.dir.join("trees");
         let tree = trees.join(tree_dir_name(lang, tree_hash));
         if tree.join("etc/passwd").is_file() {
@@ -514,7 +531,7 @@ impl Planner<'_> {
     }
 }
 
-fn tree_dir_name(lang: Language, tree_hash: &str) -> String {
+fn tree_dir_name(lang: RootDisk, tree_hash: &str) -> String {
     format!(
         "{}-{}",
         lang.name(),
@@ -558,7 +575,7 @@ fn prune(manifest: &Manifest, dir: &Path, full_run: Option<&Planner<'_>>) -> Res
     if full_run.is_none() {
         return Ok(());
     }
-    let keep: Vec<String> = Language::ALL
+    let keep: Vec<String> = RootDisk::ALL
         .into_iter()
         .filter_map(|lang| {
             let tree = manifest.get(lang.kind())?.inputs.get("tree")?;
@@ -675,7 +692,8 @@ mod tests {
                 "initramfs",
                 "rootfs-raw",
                 "rootfs-python",
-                "rootfs-javascript"
+                "rootfs-javascript",
+                "rootfs-python-data"
             ]
         );
     }

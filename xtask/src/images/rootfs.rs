@@ -1,5 +1,6 @@
-//! Root disks, one per language: debootstrap (minbase) a tree, trim it, add
-//! the `sandbox` user, then ext4 and a compressed read-only qcow2.
+//! Root disks, one per image (`raw`, `python`, `javascript`,
+//! `python-data`): debootstrap (minbase) a tree, trim it, add the `sandbox`
+//! user, then ext4 and a compressed read-only qcow2.
 //!
 //! Two stages, each cached: the trimmed tree (slow: downloads and installs
 //! packages) is kept under `trees/` keyed by its package inputs, so an agent
@@ -14,36 +15,141 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-/// A guest language, i.e. one root disk.
+/// One root disk: an image a VM boots (its name is the `image` of the
+/// sandbox spec, `crates/airlock/src/images.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Language {
-    /// bash, coreutils, busybox.
+pub enum RootDisk {
+    /// bash, coreutils, busybox, the shell tools.
     Raw,
-    /// python3 with venv and pip.
+    /// python3 with venv and pip, the shell tools.
     Python,
-    /// nodejs and npm.
+    /// nodejs and npm, the shell tools.
     Javascript,
+    /// python3 and Debian's data stack (numpy, pandas, matplotlib, scipy,
+    /// scikit-learn, ...), the shell tools.
+    PythonData,
 }
 
-impl Language {
-    /// Every language, in build order.
-    pub const ALL: [Language; 3] = [Language::Raw, Language::Python, Language::Javascript];
+/// The tools a person reaches for in a shell, in every root disk.
+pub const SHELL_TOOLS: [&str; 16] = [
+    "procps",
+    "coreutils",
+    "findutils",
+    "grep",
+    "sed",
+    "gawk",
+    "tar",
+    "gzip",
+    "xz-utils",
+    "unzip",
+    "file",
+    "jq",
+    "less",
+    "git",
+    "curl",
+    "ca-certificates",
+];
 
-    /// The language's name (`raw`, `python`, `javascript`).
+/// Debian's data stack, in the `python-data` disk (installed with apt in
+/// the chroot: debootstrap's resolver ignores `Provides`, which numpy's
+/// BLAS alternatives need).
+const DATA_STACK: [&str; 16] = [
+    "python3-numpy",
+    "python3-pandas",
+    "python3-matplotlib",
+    "python3-scipy",
+    "python3-sklearn",
+    "python3-pil",
+    "python3-seaborn",
+    "python3-sympy",
+    "python3-statsmodels",
+    "python3-openpyxl",
+    "python3-xlsxwriter",
+    "python3-networkx",
+    "python3-bs4",
+    "python3-lxml",
+    "python3-tabulate",
+    "fonts-dejavu-core",
+];
+
+/// What the data stack's `Depends` drag in that nothing runs: Debian 12's
+/// python3-scipy depends on python3-pythran (a compiler of Python to C++,
+/// used to build scipy), which brings g++, the Boost headers and
+/// development packages (about 450 MiB of the tree). They are purged
+/// after the install with `dpkg --purge --force-depends`: the disk is
+/// read-only and apt never runs in it, so the recorded dependencies do
+/// not matter, and no module of the stack imports them at run time
+/// (checked by `tests/data_image.rs`).
+const DATA_BUILD_ONLY: [&str; 33] = [
+    "python3-pythran",
+    "python3-beniget",
+    "python3-gast",
+    "libxsimd-dev",
+    "libboost1.74-dev",
+    "libboost-dev",
+    "libopenblas-pthread-dev",
+    "libopenblas-dev",
+    "liblapack-dev",
+    "libblas-dev",
+    "g++",
+    "g++-12",
+    "gcc",
+    "gcc-12",
+    "cpp",
+    "cpp-12",
+    "libstdc++-12-dev",
+    "libgcc-12-dev",
+    "libc6-dev",
+    "libc-dev-bin",
+    "linux-libc-dev",
+    "libcrypt-dev",
+    "libnsl-dev",
+    "rpcsvc-proto",
+    "libpython3.11-dev",
+    "libpython3-dev",
+    "python3.11-dev",
+    "python3-dev",
+    "libexpat1-dev",
+    "zlib1g-dev",
+    "binutils",
+    "binutils-x86-64-linux-gnu",
+    "binutils-common",
+];
+
+/// What the `python-data` driver imports before it reports ready (so a
+/// template holds them imported), written to [`PRELOAD_IN_ROOT`].
+const DATA_PRELOAD: [&str; 4] = ["numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
+
+/// Where the Python cell driver finds the modules to import at start
+/// (`crates/airlock-agent/src/repl/drivers/python.py`, `PRELOAD`).
+pub const PRELOAD_IN_ROOT: &str = "etc/airlock/python-preload";
+
+impl RootDisk {
+    /// Every root disk, in build order.
+    pub const ALL: [RootDisk; 4] = [
+        RootDisk::Raw,
+        RootDisk::Python,
+        RootDisk::Javascript,
+        RootDisk::PythonData,
+    ];
+
+    /// The image's name (`raw`, `python`, `javascript`, `python-data`).
     pub fn name(self) -> &'static str {
         match self {
-            Language::Raw => "raw",
-            Language::Python => "python",
-            Language::Javascript => "javascript",
+            RootDisk::Raw => "raw",
+            RootDisk::Python => "python",
+            RootDisk::Javascript => "javascript",
+            RootDisk::PythonData => "python-data",
         }
     }
 
     /// The artefact kind of its root disk.
     pub fn kind(self) -> Kind {
         match self {
-            Language::Raw => Kind::RootfsRaw,
-            Language::Python => Kind::RootfsPython,
-            Language::Javascript => Kind::RootfsJavascript,
+            RootDisk::Raw => Kind::RootfsRaw,
+            RootDisk::Python => Kind::RootfsPython,
+            RootDisk::Javascript => Kind::RootfsJavascript,
+            RootDisk::PythonData => Kind::RootfsPythonData,
         }
     }
 
@@ -53,28 +159,35 @@ impl Language {
     }
 
     /// Packages added to debootstrap's minbase (their versions are inputs of
-    /// the disk's hash).
-    pub fn packages(self) -> &'static [&'static str] {
-        match self {
-            Language::Raw => &["bash", "coreutils", "busybox"],
-            Language::Python => &[
-                "bash",
-                "coreutils",
-                "python3",
-                "python3-venv",
-                "python3-pip",
-            ],
-            Language::Javascript => &["bash", "coreutils", "nodejs", "npm"],
+    /// the disk's hash): the disk's own, then [`SHELL_TOOLS`].
+    pub fn packages(self) -> Vec<&'static str> {
+        let own: &[&str] = match self {
+            RootDisk::Raw => &["bash", "busybox"],
+            RootDisk::Python => &["bash", "python3", "python3-venv", "python3-pip"],
+            RootDisk::Javascript => &["bash", "nodejs", "npm"],
+            RootDisk::PythonData => &["bash", "python3", "python3-venv"],
+        };
+        let mut packages: Vec<&str> = own.to_vec();
+        for tool in SHELL_TOOLS {
+            if !packages.contains(&tool) {
+                packages.push(tool);
+            }
         }
+        if self == RootDisk::PythonData {
+            packages.extend(DATA_STACK);
+        }
+        packages
     }
 
-    /// Packages of [`Language::packages`] installed after debootstrap with
+    /// Packages of [`RootDisk::packages`] installed after debootstrap with
     /// `apt-get` in the chroot: debootstrap's resolver ignores `Provides`,
-    /// and npm's dependencies need it (node-has, node-color-support, ...).
+    /// and npm's dependencies need it (node-has, node-color-support, ...),
+    /// as do numpy's BLAS and LAPACK alternatives.
     pub fn apt_packages(self) -> &'static [&'static str] {
         match self {
-            Language::Javascript => &["npm"],
-            Language::Raw | Language::Python => &[],
+            RootDisk::Javascript => &["npm"],
+            RootDisk::PythonData => &DATA_STACK,
+            RootDisk::Raw | RootDisk::Python => &[],
         }
     }
 
@@ -82,18 +195,42 @@ impl Language {
     pub fn debootstrap_packages(self) -> Vec<&'static str> {
         let later = self.apt_packages();
         self.packages()
-            .iter()
-            .copied()
+            .into_iter()
             .filter(|p| !later.contains(p))
             .collect()
+    }
+
+    /// Packages purged after the install (see [`DATA_BUILD_ONLY`]); an
+    /// input of the tree's hash.
+    pub fn purged_packages(self) -> &'static [&'static str] {
+        match self {
+            RootDisk::PythonData => &DATA_BUILD_ONLY,
+            RootDisk::Raw | RootDisk::Python | RootDisk::Javascript => &[],
+        }
+    }
+
+    /// Modules the Python cell driver imports before it is ready (written
+    /// to [`PRELOAD_IN_ROOT`]; an input of the tree's hash).
+    pub fn preload(self) -> &'static [&'static str] {
+        match self {
+            RootDisk::PythonData => &DATA_PRELOAD,
+            RootDisk::Raw | RootDisk::Python | RootDisk::Javascript => &[],
+        }
+    }
+
+    /// Whether the test suites Python packages ship (`*/tests/` under
+    /// `dist-packages`) are removed: tens of MiB that no program imports.
+    pub fn trims_python_tests(self) -> bool {
+        self == RootDisk::PythonData
     }
 
     /// The largest the compressed qcow2 may be, in MiB; the build fails above.
     pub fn budget_mib(self) -> u64 {
         match self {
-            Language::Raw => 100,
-            Language::Python => 150,
-            Language::Javascript => 200,
+            RootDisk::Raw => 100,
+            RootDisk::Python => 150,
+            RootDisk::Javascript => 200,
+            RootDisk::PythonData => 320,
         }
     }
 }
@@ -162,7 +299,7 @@ const TRIMMED_DIRS: [&str; 9] = [
 /// Stage 1: debootstraps, trims and configures the tree of `lang` into
 /// `tree` (which must not exist). `debs` caches downloaded packages.
 pub fn build_tree(
-    lang: Language,
+    lang: RootDisk,
     archive: &Archive,
     debs: &Path,
     tree: &Path,
@@ -204,9 +341,32 @@ pub fn build_tree(
         run_logged(chroot_apt(tree).arg("clean"), log)?;
         step.done("");
     }
+    if !lang.purged_packages().is_empty() {
+        let step = Step::start(format!(
+            "rootfs-{}: dpkg --purge {} build-only packages",
+            lang.name(),
+            lang.purged_packages().len()
+        ));
+        // Not installed ones are only warned about.
+        run_logged(
+            Command::new("chroot")
+                .arg(tree)
+                .args(["dpkg", "--purge", "--force-depends"])
+                .args(lang.purged_packages())
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LC_ALL", "C"),
+            log,
+        )?;
+        step.done("");
+    }
     let step = Step::start(format!("rootfs-{}: trim and configure", lang.name()));
     trim(tree)?;
+    if lang.trims_python_tests() {
+        trim_python_tests(tree)?;
+    }
     configure(tree)?;
+    write_preload(tree, lang.preload())?;
     step.done(&format!("tree {}", mib(tree_bytes(tree))));
     Ok(())
 }
@@ -240,6 +400,54 @@ fn trim(tree: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The directories of Python's system packages.
+const PYTHON_PACKAGE_DIRS: [&str; 2] = ["usr/lib/python3/dist-packages", "usr/lib/python3.11"];
+
+/// Removes the test suites of Python packages: every directory named
+/// `tests` (or `testing/tests`) below a package of [`PYTHON_PACKAGE_DIRS`],
+/// not the top-level packages themselves (`numpy.testing`,
+/// `pandas._testing` are kept: code imports them).
+fn trim_python_tests(tree: &Path) -> Result<()> {
+    fn walk(dir: &Path, depth: usize) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir {
+                continue;
+            }
+            if depth > 0 && entry.file_name() == "tests" {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("remove {}", path.display()))?;
+            } else {
+                walk(&path, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+    for dir in PYTHON_PACKAGE_DIRS {
+        walk(&tree.join(dir), 0)?;
+    }
+    Ok(())
+}
+
+/// Writes the modules the Python cell driver imports at start (nothing
+/// when there are none).
+fn write_preload(tree: &Path, modules: &[&str]) -> Result<()> {
+    if modules.is_empty() {
+        return Ok(());
+    }
+    let path = tree.join(PRELOAD_IN_ROOT);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let mut text = modules.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
 }
 
 /// Removes everything under `dir` except files for which `keep` says so
@@ -359,7 +567,7 @@ pub fn strip_setid(tree: &Path) -> Result<Vec<std::path::PathBuf>> {
 /// set-gid bit ([`strip_setid`]), then makes `out` (qcow2) through an ext4
 /// image in `scratch`. `uuid` makes mkfs reproducible.
 pub fn build_image(
-    lang: Language,
+    lang: RootDisk,
     tree: &Path,
     agent: Option<&Path>,
     scratch: &Path,
@@ -526,17 +734,90 @@ mod tests {
     }
 
     #[test]
-    fn every_language_has_its_own_kind_and_packages() {
-        for lang in Language::ALL {
-            assert_eq!(Language::of_kind(lang.kind()), Some(lang));
+    fn every_disk_has_its_own_kind_and_packages() {
+        for lang in RootDisk::ALL {
+            assert_eq!(RootDisk::of_kind(lang.kind()), Some(lang));
             assert!(lang.packages().contains(&"bash"));
         }
-        assert!(Language::Python.packages().contains(&"python3-pip"));
-        assert_eq!(Language::Python.budget_mib(), 150);
-        assert_eq!(
-            Language::Javascript.debootstrap_packages(),
-            ["bash", "coreutils", "nodejs"]
-        );
+        assert!(RootDisk::Python.packages().contains(&"python3-pip"));
+        assert_eq!(RootDisk::Python.budget_mib(), 150);
+        let js = RootDisk::Javascript.debootstrap_packages();
+        assert_eq!(js[..2], ["bash", "nodejs"]);
+        assert!(!js.contains(&"npm"));
+    }
+
+    #[test]
+    fn every_disk_has_the_shell_tools_once() {
+        for disk in RootDisk::ALL {
+            let packages = disk.packages();
+            for tool in SHELL_TOOLS {
+                let n = packages.iter().filter(|p| **p == tool).count();
+                assert_eq!(n, 1, "{tool} in {}", disk.name());
+                assert!(disk.debootstrap_packages().contains(&tool));
+            }
+        }
+    }
+
+    #[test]
+    fn the_data_disk_installs_the_stack_with_apt_and_preloads_it() {
+        let disk = RootDisk::PythonData;
+        assert_eq!(disk.name(), "python-data");
+        for package in ["python3-pandas", "python3-matplotlib", "fonts-dejavu-core"] {
+            assert!(disk.packages().contains(&package));
+            assert!(disk.apt_packages().contains(&package));
+            assert!(!disk.debootstrap_packages().contains(&package));
+        }
+        assert!(disk.debootstrap_packages().contains(&"python3"));
+        assert_eq!(disk.preload()[..3], ["numpy", "pandas", "matplotlib"]);
+        assert!(RootDisk::Python.preload().is_empty());
+        assert!(disk.trims_python_tests() && !RootDisk::Python.trims_python_tests());
+        for purged in disk.purged_packages() {
+            assert!(!disk.packages().contains(purged), "{purged} is asked for");
+        }
+        assert!(disk.purged_packages().contains(&"g++-12"));
+        assert!(RootDisk::Python.purged_packages().is_empty());
+    }
+
+    #[test]
+    fn python_test_suites_are_removed_but_not_testing_packages() {
+        let root = tempfile_dir("pytests");
+        let dist = root.join("usr/lib/python3/dist-packages");
+        for dir in [
+            "numpy/tests",
+            "numpy/core/tests",
+            "numpy/testing",
+            "pandas/_testing",
+            "tests",
+        ] {
+            std::fs::create_dir_all(dist.join(dir)).unwrap();
+            std::fs::write(dist.join(dir).join("x.py"), "x").unwrap();
+        }
+        trim_python_tests(&root).unwrap();
+        let exists = |d: &str| dist.join(d).exists();
+        let kept = ["numpy/testing", "pandas/_testing", "tests", "numpy/core"].map(exists);
+        let gone = ["numpy/tests", "numpy/core/tests"].map(exists);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(kept, [true; 4]);
+        assert_eq!(gone, [false; 2]);
+    }
+
+    #[test]
+    fn the_python_driver_reads_the_preload_file_written_here() {
+        let driver = include_str!("../../../crates/airlock-agent/src/repl/drivers/python.py");
+        let line = format!("PRELOAD = \"/{PRELOAD_IN_ROOT}\"");
+        assert!(driver.lines().any(|l| l == line), "{line} not in python.py");
+    }
+
+    #[test]
+    fn the_preload_file_lists_one_module_a_line() {
+        let root = tempfile_dir("preload");
+        write_preload(&root, RootDisk::Python.preload()).unwrap();
+        let none = root.join(PRELOAD_IN_ROOT).exists();
+        write_preload(&root, RootDisk::PythonData.preload()).unwrap();
+        let text = std::fs::read_to_string(root.join(PRELOAD_IN_ROOT)).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(!none);
+        assert_eq!(text, "numpy\npandas\nmatplotlib\nmatplotlib.pyplot\n");
     }
 
     #[test]

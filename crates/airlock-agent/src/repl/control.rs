@@ -12,7 +12,21 @@
 //! NAME=VALUE      (n lines)            done <id> <exit code>
 //! reseed <seed>                        reseeded
 //!                                      error <message>
+//! ack                                  result <id> <n>      + n bytes
+//! ack                                  cell_error <id> <n>  + n bytes
 //! ```
+//!
+//! `result` and `cell_error` announce a payload of `<n>` bytes that follows
+//! the line at once: the JSON of an [`airlock_protocol::ExecResult`] (a
+//! value the cell showed) or of an [`airlock_protocol::CellError`] (its
+//! uncaught exception). The driver flushes stdout and stderr before it
+//! writes one, so the agent, reading what the output pipes hold first,
+//! forwards it in order with the cell's output, then answers `ack`; the
+//! Python driver waits for it, so that what the cell prints next cannot be
+//! read before the result (Node's driver cannot block on its command
+//! socket and goes on). A payload over
+//! [`MAX_PAYLOAD_BYTES`] is a violation (the driver cuts results to
+//! [`airlock_protocol::result::MAX_RESULT_BYTES`] itself).
 //!
 //! `<id>` is 16 random hex digits per cell: a `done` for another id is a
 //! violation, as is any line that is not one of the above (a cell that
@@ -27,6 +41,22 @@ use std::path::Path;
 
 /// The longest report line accepted (a `done` is under 40 bytes).
 pub const MAX_REPORT_BYTES: usize = 256;
+
+/// The largest payload a `result` or `cell_error` may announce: a result
+/// at its cap ([`airlock_protocol::result::MAX_RESULT_BYTES`]).
+pub const MAX_PAYLOAD_BYTES: usize = airlock_protocol::result::MAX_RESULT_BYTES;
+
+/// The agent's answer to each payload, once it has forwarded it.
+pub const ACK: &[u8] = b"ack\n";
+
+/// What a payload that follows a report line holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// An [`airlock_protocol::ExecResult`].
+    Result,
+    /// An [`airlock_protocol::CellError`].
+    CellError,
+}
 
 /// What a driver reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +74,15 @@ pub enum Report {
     Reseeded,
     /// The driver did not understand a command.
     Error(String),
+    /// A payload of `bytes` bytes follows the line.
+    Payload {
+        /// What it holds.
+        kind: PayloadKind,
+        /// The cell it belongs to.
+        id: u64,
+        /// Its length.
+        bytes: usize,
+    },
 }
 
 /// Parses one report line (without its newline).
@@ -68,6 +107,20 @@ pub fn parse_report(line: &[u8]) -> Result<Report, String> {
                 id,
                 exit_code: i32::from(exit_code),
             })
+        }
+        [verb @ ("result" | "cell_error"), id, bytes] => {
+            let id = parse_id(id).ok_or_else(|| format!("a {verb} with a bad id: {text:?}"))?;
+            let bytes = bytes
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= MAX_PAYLOAD_BYTES && bytes.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| format!("a {verb} with a bad size: {text:?}"))?;
+            let kind = if *verb == "result" {
+                PayloadKind::Result
+            } else {
+                PayloadKind::CellError
+            };
+            Ok(Report::Payload { kind, id, bytes })
         }
         ["error", ..] => Ok(Report::Error(
             text.strip_prefix("error").unwrap_or("").trim().to_owned(),
@@ -161,6 +214,12 @@ mod tests {
             b"ready ",
             b"READY",
             b"\xff\xfe",
+            b"result 00000000000000ff",
+            b"result 00000000000000ff -1",
+            b"result 00000000000000ff +5",
+            b"result 00000000000000ff 99999999999",
+            b"cell_error ff 3",
+            b"result 00000000000000ff 3 x",
         ] {
             assert!(parse_report(bad).is_err(), "{bad:?}");
         }
@@ -187,6 +246,30 @@ mod tests {
             assert!(encode_cell(1, Path::new("/c"), &env).is_err(), "{name:?}");
         }
         assert_eq!(encode_reseed(7), b"reseed 7\n");
+    }
+
+    #[test]
+    fn payload_headers_announce_their_kind_cell_and_size() {
+        assert_eq!(
+            parse_report(b"result 00000000000000ff 12"),
+            Ok(Report::Payload {
+                kind: PayloadKind::Result,
+                id: 255,
+                bytes: 12
+            })
+        );
+        assert_eq!(
+            parse_report(b"cell_error 0000000000000001 0"),
+            Ok(Report::Payload {
+                kind: PayloadKind::CellError,
+                id: 1,
+                bytes: 0
+            })
+        );
+        let at_cap = format!("result 0000000000000001 {MAX_PAYLOAD_BYTES}");
+        assert!(parse_report(at_cap.as_bytes()).is_ok());
+        let over = format!("result 0000000000000001 {}", MAX_PAYLOAD_BYTES + 1);
+        assert!(parse_report(over.as_bytes()).is_err());
     }
 
     proptest! {

@@ -2,14 +2,15 @@
 //! and cgroup, as the sandbox user), the control pipes on its fds 3 and 4,
 //! its output pipes, and the loop that runs one cell.
 
-use super::control::{self, Report, MAX_REPORT_BYTES};
+use super::control::{self, PayloadKind, Report};
+use super::reports::{Incoming, ReportReader};
 use crate::env_policy::build_env;
 use crate::exec::{millis, open_cwd, sandboxed_command, Sink, KILL_REAP_TIMEOUT};
 use crate::exec_cgroup::ExecCgroup;
 use crate::output::{OutputBatcher, StreamKind};
 use crate::reaper::{spawn_tracked, Tracked};
 use crate::{sys, AgentConfig, AgentError};
-use airlock_protocol::Language;
+use airlock_protocol::{CellError, EventBody, ExecResult, Language};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::watch;
@@ -79,8 +80,7 @@ pub(crate) struct Interpreter {
     pid: i32,
     cgroup: Option<ExecCgroup>,
     commands: pipe::Sender,
-    reports: BufReader<pipe::Receiver>,
-    report_line: Vec<u8>,
+    reports: ReportReader<pipe::Receiver>,
     stdout: ChildStdout,
     stderr: ChildStderr,
 }
@@ -137,10 +137,9 @@ impl Interpreter {
             pid,
             cgroup,
             commands: pipe::Sender::from_owned_fd(commands_ours).map_err(spawn_err)?,
-            reports: BufReader::new(
+            reports: ReportReader::new(
                 pipe::Receiver::from_owned_fd(reports_ours).map_err(spawn_err)?,
             ),
-            report_line: Vec::new(),
             stdout,
             stderr,
         };
@@ -164,9 +163,9 @@ impl Interpreter {
         let tail = |stderr: &[u8]| String::from_utf8_lossy(stderr).trim().to_owned();
         loop {
             tokio::select! {
-                line = next_report(&mut self.reports, &mut self.report_line) => {
+                line = self.reports.next() => {
                     return match line {
-                        Ok(Some(Report::Ready)) => Ok(()),
+                        Ok(Some(Incoming::Report(Report::Ready))) => Ok(()),
                         Ok(Some(other)) => Err(format!("unexpected report {other:?}")),
                         Ok(None) => {
                             let status = tokio::time::timeout(KILL_REAP_TIMEOUT, self.child.wait()).await;
@@ -232,9 +231,14 @@ impl Interpreter {
         let stop = loop {
             let interrupted = kill_at.is_some();
             tokio::select! {
-                line = next_report(&mut self.reports, &mut self.report_line) => match line {
-                    Ok(Some(Report::Done { id, exit_code })) if id == cell.id => break Stop::Done(exit_code),
-                    Ok(Some(other)) => break Stop::Violation(format!("unexpected report {other:?}")),
+                line = self.reports.next() => match line {
+                    Ok(Some(Incoming::Report(Report::Done { id, exit_code }))) if id == cell.id => break Stop::Done(exit_code),
+                    Ok(Some(Incoming::Payload { kind, id, body })) if id == cell.id => {
+                        if let Err(message) = self.forward_payload(kind, &body, &mut output).await {
+                            break Stop::Violation(message);
+                        }
+                    }
+                    Ok(Some(other)) => break Stop::Violation(format!("unexpected report {}", describe(&other))),
                     Ok(None) => break Stop::Died(None),
                     Err(message) => break Stop::Violation(message),
                 },
@@ -287,6 +291,37 @@ impl Interpreter {
                 .after_loss(stop, timed_out, cancelled, &mut output, config)
                 .await),
         }
+    }
+
+    /// Forwards a `result` or `cell_error` of the running cell, after the
+    /// output the driver wrote before it (it flushed before reporting): in
+    /// order with stdout and stderr.
+    ///
+    /// # Errors
+    /// A payload that is not the JSON it announces: a violation.
+    async fn forward_payload(
+        &mut self,
+        kind: PayloadKind,
+        body: &[u8],
+        output: &mut CellOutput<'_>,
+    ) -> Result<(), String> {
+        let event = match kind {
+            PayloadKind::Result => serde_json::from_slice::<ExecResult>(body)
+                .map(EventBody::Result)
+                .map_err(|e| format!("a result that is not a MIME bundle: {e}"))?,
+            PayloadKind::CellError => serde_json::from_slice::<CellError>(body)
+                .map(EventBody::CellError)
+                .map_err(|e| format!("a cell_error that is not one: {e}"))?,
+        };
+        self.drain_pending(output).await;
+        output.flush_now().await;
+        output.result(event, body.len()).await;
+        // The driver waits for this before it goes on (Python): what it
+        // prints next cannot overtake the result.
+        if let Err(e) = self.commands.write_all(control::ACK).await {
+            tracing::warn!(error = %e, "the cell driver does not read its acks");
+        }
+        Ok(())
     }
 
     /// SIGINT to the interpreter, SIGKILL to everything else of the
@@ -433,13 +468,8 @@ impl Interpreter {
             .write_all(&control::encode_reseed(seed))
             .await
             .map_err(|e| format!("write: {e}"))?;
-        match tokio::time::timeout(
-            RESEED_TIMEOUT,
-            next_report(&mut self.reports, &mut self.report_line),
-        )
-        .await
-        {
-            Ok(Ok(Some(Report::Reseeded))) => Ok(()),
+        match tokio::time::timeout(RESEED_TIMEOUT, self.reports.next()).await {
+            Ok(Ok(Some(Incoming::Report(Report::Reseeded)))) => Ok(()),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(_) => Err(format!("no answer within {RESEED_TIMEOUT:?}")),
         }
@@ -473,29 +503,6 @@ pub(crate) struct CellInput<'a> {
     pub one_shot: bool,
 }
 
-/// The next report line, parsed; `None` at end of file. Cancel-safe: a
-/// partial line stays in `line`.
-async fn next_report<R: AsyncRead + Unpin>(
-    reports: &mut BufReader<R>,
-    line: &mut Vec<u8>,
-) -> Result<Option<Report>, String> {
-    let read = reports
-        .read_until(b'\n', line)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    if read == 0 && line.is_empty() {
-        return Ok(None);
-    }
-    if line.last() != Some(&b'\n') {
-        if line.len() > MAX_REPORT_BYTES {
-            return Err("an endless report line".into());
-        }
-        return Ok(None); // end of file inside a line
-    }
-    let whole = std::mem::take(line);
-    control::parse_report(&whole[..whole.len() - 1]).map(Some)
-}
-
 /// A cell's two output streams: batched, capped, flushed on a timer.
 struct CellOutput<'a> {
     sink: &'a Sink,
@@ -503,6 +510,7 @@ struct CellOutput<'a> {
     stderr: OutputBatcher,
     flush_interval: Duration,
     flush_at: Option<tokio::time::Instant>,
+    results: ResultBudget,
 }
 
 impl<'a> CellOutput<'a> {
@@ -521,6 +529,28 @@ impl<'a> CellOutput<'a> {
             ),
             flush_interval: config.output_flush_interval,
             flush_at: None,
+            results: ResultBudget::new(config),
+        }
+    }
+
+    /// Sends what both streams hold now (a result comes next).
+    async fn flush_now(&mut self) {
+        for kind in [StreamKind::Stdout, StreamKind::Stderr] {
+            if let Some(chunk) = self.batcher(kind).flush_on_timer() {
+                self.sink.send(kind, chunk).await;
+            }
+        }
+        self.flush_at = (self.stdout.has_pending() || self.stderr.has_pending())
+            .then(|| tokio::time::Instant::now() + self.flush_interval);
+    }
+
+    /// Sends a result (`wire_bytes` long as the driver encoded it) within
+    /// the budget; past it, a marker on stderr instead, once.
+    async fn result(&mut self, event: EventBody, wire_bytes: usize) {
+        match self.results.admit(wire_bytes) {
+            Admit::Send => self.sink.send_body(event).await,
+            Admit::Drop(Some(marker)) => self.push(StreamKind::Stderr, marker.as_bytes()).await,
+            Admit::Drop(None) => {}
         }
     }
 
@@ -566,6 +596,70 @@ impl<'a> CellOutput<'a> {
     }
 }
 
+/// What a cell's results may take: [`AgentConfig::results_cap_bytes`] in
+/// all, each under the event line limit.
+#[derive(Debug)]
+struct ResultBudget {
+    cap_bytes: u64,
+    max_line_bytes: usize,
+    used_bytes: u64,
+    dropped: bool,
+}
+
+/// Whether a result goes out.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Within the budget.
+    Send,
+    /// Over it; the marker line to add to stderr (the first time).
+    Drop(Option<String>),
+}
+
+/// Room on a `result` event's line beyond its payload (`{"op":...,"type":"result",`).
+const RESULT_LINE_OVERHEAD: usize = 64;
+
+impl ResultBudget {
+    fn new(config: &AgentConfig) -> Self {
+        Self {
+            cap_bytes: config.results_cap_bytes,
+            max_line_bytes: config.max_line_bytes,
+            used_bytes: 0,
+            dropped: false,
+        }
+    }
+
+    fn admit(&mut self, wire_bytes: usize) -> Admit {
+        let fits_line = wire_bytes.saturating_add(RESULT_LINE_OVERHEAD) <= self.max_line_bytes;
+        let total = self.used_bytes.saturating_add(wire_bytes as u64);
+        if fits_line && total <= self.cap_bytes {
+            self.used_bytes = total;
+            return Admit::Send;
+        }
+        let first = !std::mem::replace(&mut self.dropped, true);
+        Admit::Drop(first.then(|| {
+            format!(
+                "\n[airlock: a result of {wire_bytes} bytes dropped: a cell's results are capped at {} bytes, each at {} bytes]\n",
+                self.cap_bytes,
+                self.max_line_bytes.saturating_sub(RESULT_LINE_OVERHEAD)
+            )
+        }))
+    }
+}
+
+/// A report or payload, short, for a log line.
+fn describe(incoming: &Incoming) -> String {
+    match incoming {
+        Incoming::Report(report) => format!("{report:?}"),
+        Incoming::Payload { kind, id, body } => {
+            format!(
+                "{kind:?} of cell {} ({} bytes)",
+                control::format_id(*id),
+                body.len()
+            )
+        }
+    }
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -576,4 +670,35 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// Milliseconds since `start`.
 pub(crate) fn elapsed_ms(start: Instant) -> u64 {
     millis(start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the driver's `NAME = a * b * ... - c` line.
+    fn driver_constant(name: &str) -> usize {
+        let prefix = format!("{name} = ");
+        let line = PYTHON_DRIVER
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in python.py"));
+        let (product, minus) = line.split_once(" - ").unwrap_or((line, "0"));
+        let product: usize = product
+            .split(" * ")
+            .map(|n| n.trim().parse::<usize>().unwrap())
+            .product();
+        product - minus.trim().parse::<usize>().unwrap()
+    }
+
+    #[test]
+    fn the_python_driver_cuts_results_under_the_agents_payload_limit() {
+        let cap = driver_constant("RESULT_CAP");
+        // The bundle plus `"is_main_result":true,"truncated":true` and braces.
+        assert!(cap + 256 <= control::MAX_PAYLOAD_BYTES, "{cap}");
+        assert!(
+            cap + 4096 >= control::MAX_PAYLOAD_BYTES,
+            "{cap}: needlessly small"
+        );
+    }
 }

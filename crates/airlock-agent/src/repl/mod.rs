@@ -47,6 +47,7 @@
 
 pub mod control;
 mod interpreter;
+mod reports;
 
 use crate::exec::{blocking, Sink};
 use crate::{AgentConfig, AgentError};

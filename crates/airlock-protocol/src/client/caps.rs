@@ -3,7 +3,7 @@
 
 use super::config::ClientConfig;
 use crate::message::Completion;
-use crate::truncation_marker;
+use crate::{truncation_marker, CellError, ExecResult};
 
 /// The whole result of an exec.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +12,10 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Everything written to standard error.
     pub stderr: Vec<u8>,
+    /// The values the cell showed, in order (none for a process exec).
+    pub results: Vec<ExecResult>,
+    /// The cell's uncaught exception, if any (the last one reported).
+    pub error: Option<CellError>,
     /// How it ended.
     pub completion: Completion,
 }
@@ -27,6 +31,8 @@ pub struct ExecOutput {
 pub struct CappedExecOutput {
     stdout: CappedOutput,
     stderr: CappedOutput,
+    results: Vec<ExecResult>,
+    error: Option<CellError>,
 }
 
 impl CappedExecOutput {
@@ -35,7 +41,20 @@ impl CappedExecOutput {
         Self {
             stdout: CappedOutput::new("stdout", config.max_stdout_bytes),
             stderr: CappedOutput::new("stderr", config.max_stderr_bytes),
+            results: Vec::new(),
+            error: None,
         }
+    }
+
+    /// Keeps a result (the agent caps each cell's results: 64 MiB by
+    /// default, `docs/protocol.md`).
+    pub fn push_result(&mut self, result: ExecResult) {
+        self.results.push(result);
+    }
+
+    /// Keeps the cell's uncaught exception.
+    pub fn set_error(&mut self, error: CellError) {
+        self.error = Some(error);
     }
 
     /// Keeps a chunk of standard output up to the cap; returns what was
@@ -58,6 +77,8 @@ impl CappedExecOutput {
         ExecOutput {
             stdout: self.stdout.bytes,
             stderr: self.stderr.bytes,
+            results: self.results,
+            error: self.error,
             completion,
         }
     }

@@ -5,7 +5,7 @@ use super::caps::{CappedExecOutput, ExecOutput};
 use super::channel::{next, unexpected, within};
 use super::handle::Client;
 use crate::message::{Completion, EventBody, ExecRequest, Language, OpId, Request, RequestBody};
-use crate::ProtocolError;
+use crate::{CellError, ExecResult, ProtocolError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +18,10 @@ pub enum ExecEvent {
     Stdout(Bytes),
     /// Bytes on standard error.
     Stderr(Bytes),
+    /// A value the cell showed (a MIME bundle), in order with the output.
+    Result(ExecResult),
+    /// The cell's uncaught exception (its traceback came on stderr).
+    CellError(CellError),
     /// The process ended.
     Complete(Completion),
 }
@@ -134,6 +138,8 @@ impl ExecStream<'_> {
                 ExecEvent::Stderr(b) => {
                     output.push_stderr(&b);
                 }
+                ExecEvent::Result(result) => output.push_result(result),
+                ExecEvent::CellError(error) => output.set_error(error),
                 ExecEvent::Complete(completion) => return Ok(output.finish(completion)),
             }
         }
@@ -153,6 +159,8 @@ impl ExecStream<'_> {
         let event = match event {
             Ok(EventBody::Stdout { data }) => ExecEvent::Stdout(data.into_bytes()),
             Ok(EventBody::Stderr { data }) => ExecEvent::Stderr(data.into_bytes()),
+            Ok(EventBody::Result(result)) => ExecEvent::Result(result),
+            Ok(EventBody::CellError(error)) => ExecEvent::CellError(error),
             Ok(EventBody::Complete(c)) => {
                 self.done = true;
                 ExecEvent::Complete(c)

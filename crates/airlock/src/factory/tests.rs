@@ -241,6 +241,7 @@ impl Setup {
             rootfs_hash: BTreeMap::new(),
             kernel_hash: String::new(),
             initramfs_hash: String::new(),
+            image_disks: BTreeMap::new(),
         };
         let launcher = FakeLauncher::new(script);
         let factory = VmFactory::new(FactoryParts {

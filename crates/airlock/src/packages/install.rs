@@ -560,6 +560,8 @@ mod tests {
         ExecOutput {
             stdout: Vec::new(),
             stderr: stderr.to_vec(),
+            results: Vec::new(),
+            error: None,
             completion: Completion {
                 exit_code,
                 timed_out,

@@ -92,6 +92,8 @@ impl SandboxVm for Vm {
             Ok(ExecOutcome {
                 stdout: output.stdout,
                 stderr: output.stderr,
+                results: output.results,
+                error: output.error,
                 completion: output.completion,
             })
         })

@@ -11,6 +11,11 @@
 // behind). A cell ends, as `node -e` does, once its code has run and the
 // event loop holds no more work it started (timers, sockets, children):
 // something meant to outlive the cell must be `unref()`ed.
+//
+// Rich results (docs/protocol.md, "result"): the value of a cell's last
+// expression, unless `undefined`, goes to the agent as a `result` with
+// `text/plain` from `util.inspect` (as Node's REPL prints it); an error the
+// eval reports goes as a `cell_error` besides its stack on stderr.
 'use strict';
 const fs = require('fs');
 const net = require('net');
@@ -33,6 +38,54 @@ const COMMANDS = 3;
 const REPORTS = 4;
 const report = (line) => fs.writeSync(REPORTS, line + '\n');
 
+// A `result` or `cell_error` of `cell`: its line, then its JSON. Output
+// to pipes is synchronous in Node, so it is in its pipe already.
+function sendPayload(cell, kind, payload) {
+  if (current !== cell) return;
+  const body = Buffer.from(JSON.stringify(payload), 'utf8');
+  const all = Buffer.concat([Buffer.from(`${kind} ${cell.id} ${body.length}\n`), body]);
+  let at = 0;
+  while (at < all.length) at += fs.writeSync(REPORTS, all, at, all.length - at);
+}
+
+function showValue(cell, value) {
+  if (value === undefined) return;
+  let text;
+  try {
+    text = util.inspect(value);
+  } catch (e) {
+    text = `[value not shown: ${e}]`;
+  }
+  sendPayload(cell, 'result', { data: { 'text/plain': text }, is_main_result: true });
+}
+
+// The REPL's domain hands over only the printed error:
+// `Uncaught TypeError: bad` then the stack.
+function errorOfText(text) {
+  const first = text.replace(/^\s+/, '').split('\n', 1)[0].replace(/^Uncaught /, '');
+  const named = /^([A-Za-z_$][\w$]*): ([^]*)$/.exec(first);
+  return {
+    name: named ? named[1] : 'Error',
+    value: named ? named[2] : first,
+    traceback: text,
+  };
+}
+
+function errorOf(err) {
+  const isError = err !== null && typeof err === 'object';
+  let stack = '';
+  try {
+    stack = isError && typeof err.stack === 'string' ? withoutDriverFrames(err.stack) : util.inspect(err);
+  } catch (e) {
+    stack = String(e);
+  }
+  return {
+    name: isError && typeof err.name === 'string' ? err.name : typeof err,
+    value: isError && typeof err.message === 'string' ? err.message : String(err),
+    traceback: stack,
+  };
+}
+
 // The REPL hands errors to its domain, which prints them on its output:
 // errors of a cell's code and of its callbacks go to stderr and fail the
 // running cell; an error before the eval called back ends the eval.
@@ -43,6 +96,7 @@ const errors = new Writable({
     const cell = current;
     if (text.trim() !== '') {
       process.stderr.write(withoutDriverFrames(text));
+      if (cell) sendPayload(cell, 'cell_error', errorOfText(withoutDriverFrames(text)));
       if (cell) {
         if (/ERR_SCRIPT_EXECUTION_INTERRUPTED|interrupted by `SIGINT`/.test(text)) cell.status = 130;
         else if (cell.status === 0) cell.status = 1;
@@ -115,11 +169,14 @@ function run(id, path, env) {
   // listeners around the script.
   process.removeListener('SIGINT', interrupt);
   try {
-    server.eval(code, server.context, '[eval]', (err) => {
+    server.eval(code, server.context, '[eval]', (err, value) => {
       if (current !== cell || cell.evaluated) return;
       if (err) {
         process.stderr.write(withoutDriverFrames(`Uncaught ${util.inspect(err)}\n`));
         cell.status = 1;
+        sendPayload(cell, 'cell_error', errorOf(err));
+      } else {
+        showValue(cell, value);
       }
       evaluated(cell);
     });
@@ -167,6 +224,9 @@ commands.on('data', (chunk) => {
 commands.on('end', () => process.exit(0));
 
 function handle(line) {
+  // The agent acknowledges each result; this driver does not wait for it
+  // (it cannot block on the command socket).
+  if (line === 'ack' && !expected) return;
   if (expected) {
     const eq = line.indexOf('=');
     expected.env.push([line.slice(0, eq), line.slice(eq + 1)]);

@@ -2,11 +2,20 @@
 # Started as `python3 -c BOOTSTRAP DRIVER`; runs every cell in the globals
 # of `__main__` (as `python3 -c` runs its code), and talks to the agent
 # only on fds 3 (commands) and 4 (reports), never on stdout or stderr.
+#
+# Rich results, as Jupyter shows them (docs/protocol.md, "result"): the
+# value of a cell's last expression (not None, no trailing `;`) and every
+# `display(obj)` go to the agent as MIME bundles built from the IPython
+# display protocol (`_repr_mimebundle_`, `_repr_html_`, `_repr_png_`, ...)
+# plus `text/plain` from `repr`; matplotlib figures left open at the end of
+# a cell (or shown with `plt.show()`) go as `image/png`, then are closed; an
+# uncaught exception goes as `cell_error` besides its traceback on stderr.
 import os, sys, signal, threading
 
 # Common modules, imported once so that a cell importing them is fast.
 import json, re, math, random, collections, itertools, functools, datetime
 import pathlib, subprocess, io, time, string, textwrap, csv, statistics, traceback
+import ast, base64, builtins, contextlib, importlib.abc, importlib.util, warnings
 
 COMMANDS, REPORTS = 3, 4
 os.set_inheritable(COMMANDS, False)
@@ -15,9 +24,41 @@ commands = os.fdopen(COMMANDS, "rb", buffering=0)
 main = sys.modules["__main__"].__dict__
 INT = {signal.SIGINT}
 
+# A result's bundle may not be larger as JSON: past it, representations are
+# dropped. Its payload (the bundle and two flags) stays under the agent's
+# limit, airlock_protocol::result::MAX_RESULT_BYTES (checked by a test).
+RESULT_CAP = 16 * 1024 * 1024 - 2048
+# Modules the image wants in the warm interpreter (python-data: numpy,
+# pandas, matplotlib), one a line.
+PRELOAD = "/etc/airlock/python-preload"
+
+# The representations of the IPython display protocol, in the order tried.
+REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/pdf", "_repr_pdf_"),
+    ("application/javascript", "_repr_javascript_"),
+)
+
+# The running cell's id (None between cells), and the lock that keeps a
+# report whole when threads display at once.
+state = {"cell": None}
+send_lock = threading.Lock()
+
 
 def report(line):
     os.write(REPORTS, (line + "\n").encode())
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_line():
@@ -38,6 +79,275 @@ def flush():
             pass
 
 
+def note(message):
+    try:
+        print(f"[airlock: {message}]", file=sys.stderr)
+    except Exception:
+        pass
+
+
+def send(kind, payload):
+    # `result` or `cell_error` of the running cell; dropped outside one (a
+    # thread that outlived its cell). Output first, then the report, then
+    # wait for the agent's `ack`: it has read the output written before
+    # the report, so nothing printed after can overtake it. SIGINT held
+    # off so that a report is never cut.
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    with send_lock:
+        cell = state["cell"]
+        if cell is None:
+            return
+        flush()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, INT)
+        try:
+            write_all(REPORTS, f"{kind} {cell} {len(body)}\n".encode() + body)
+            if read_line() != "ack":
+                raise SystemExit("airlock: the agent did not acknowledge a result")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def real_method(obj, name):
+    # As IPython: no display methods of classes, nor of objects that answer
+    # any attribute (proxies, mocks).
+    if isinstance(obj, type):
+        return None
+    try:
+        if hasattr(obj, "_ipython_canary_method_should_not_exist_"):
+            return None
+        method = getattr(obj, name, None)
+    except Exception:
+        return None
+    return method if callable(method) else None
+
+
+def is_binary(mime):
+    return (mime.startswith("image/") and mime != "image/svg+xml") or mime in (
+        "application/pdf",
+        "application/octet-stream",
+    )
+
+
+def encode(mime, value):
+    # One representation as it goes on the wire, or None when it cannot.
+    if isinstance(value, tuple) and len(value) == 2:
+        value = value[0]  # (data, metadata)
+    if value is None:
+        return None
+    if is_binary(mime):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        if isinstance(value, str):
+            return value.strip()  # base64 already, as IPython takes it
+        return None
+    if mime == "application/json" or mime.endswith("+json"):
+        if isinstance(value, (str, bytes)):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return None
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def figure_png(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def special_png(obj):
+    # PNG of the types that have no _repr_png_ of their own: matplotlib
+    # figures and PIL images.
+    figure = sys.modules.get("matplotlib.figure")
+    if figure is not None and isinstance(obj, figure.Figure):
+        return figure_png(obj)
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and isinstance(obj, pil.Image):
+        buf = io.BytesIO()
+        obj.save(buf, format="PNG")
+        return buf.getvalue()
+    return None
+
+
+def plain(obj):
+    try:
+        return repr(obj)
+    except Exception as e:
+        return f"<{type(obj).__name__} object (repr failed: {e!r})>"
+
+
+def bundle_of(obj, include=None, exclude=None):
+    data = {}
+    method = real_method(obj, "_repr_mimebundle_")
+    if method is not None:
+        try:
+            try:
+                got = method(include=include, exclude=exclude)
+            except TypeError:
+                got = method()
+            if isinstance(got, tuple):
+                got = got[0]
+            for mime, value in (got or {}).items():
+                value = encode(mime, value)
+                if value is not None:
+                    data[mime] = value
+        except Exception as e:
+            note(f"{type(obj).__name__}._repr_mimebundle_() failed: {e!r}")
+    for mime, name in REPR_METHODS:
+        if mime in data:
+            continue
+        method = real_method(obj, name)
+        if method is None:
+            continue
+        try:
+            value = encode(mime, method())
+        except Exception as e:
+            note(f"{type(obj).__name__}.{name}() failed: {e!r}")
+            continue
+        if value is not None:
+            data[mime] = value
+    if "image/png" not in data:
+        try:
+            png = special_png(obj)
+        except Exception as e:
+            note(f"{type(obj).__name__} could not be drawn: {e!r}")
+            png = None
+        if png is not None:
+            data["image/png"] = base64.b64encode(png).decode("ascii")
+    if "text/plain" not in data:
+        data["text/plain"] = plain(obj)
+    if include is not None:
+        data = {k: v for k, v in data.items() if k in include}
+    if exclude is not None:
+        data = {k: v for k, v in data.items() if k not in exclude}
+    return data
+
+
+def within_cap(data):
+    # Drops the largest representations but text/plain until the result
+    # fits its cap; cuts text/plain last.
+    def size(d):
+        return len(json.dumps({"data": d}, ensure_ascii=False, separators=(",", ":")).encode())
+
+    truncated = False
+    while size(data) > RESULT_CAP:
+        others = [k for k in data if k != "text/plain"]
+        truncated = True
+        if others:
+            del data[max(others, key=lambda k: len(json.dumps(data[k], ensure_ascii=False)))]
+        else:
+            text = data.get("text/plain", "")
+            data["text/plain"] = text[: max(0, len(text) - (size(data) - RESULT_CAP) - 64)]
+    return data, truncated
+
+
+def show(obj, is_main_result=False, include=None, exclude=None):
+    data = bundle_of(obj, include, exclude)
+    if not data:
+        return
+    data, truncated = within_cap(data)
+    payload = {"data": data}
+    if is_main_result:
+        payload["is_main_result"] = True
+    if truncated:
+        payload["truncated"] = True
+    try:
+        send("result", payload)
+    except (TypeError, ValueError) as e:
+        note(f"a result of {type(obj).__name__} could not be sent: {e!r}")
+    figure = sys.modules.get("matplotlib.figure")
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if figure is not None and pyplot is not None and isinstance(obj, figure.Figure):
+        pyplot.close(obj)  # shown: not again at the end of the cell
+
+
+def display(*objs, include=None, exclude=None, raw=False, **_ignored):
+    """Shows each object as a rich result (IPython's display())."""
+    for obj in objs:
+        if raw and isinstance(obj, dict):
+            data = {}
+            for mime, value in obj.items():
+                value = encode(mime, value)
+                if value is not None:
+                    data[mime] = value
+            data, truncated = within_cap(data)
+            payload = {"data": data}
+            if truncated:
+                payload["truncated"] = True
+            send("result", payload)
+        else:
+            show(obj, include=include, exclude=exclude)
+
+
+def show_figures():
+    # Every open matplotlib figure, in the order made, then closed.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    try:
+        for num in pyplot.get_fignums():
+            show(pyplot.figure(num))
+    finally:
+        pyplot.close("all")
+
+
+def patch_pyplot(pyplot):
+    if getattr(pyplot.show, "_airlock", False):
+        return
+
+    def show_open_figures(*args, **kwargs):
+        """Shows every open figure as an image/png result, then closes it."""
+        show_figures()
+
+    show_open_figures._airlock = True
+    pyplot.show = show_open_figures
+
+
+class PyplotHook(importlib.abc.MetaPathFinder):
+    # Makes `plt.show()` show figures, the first time pyplot is imported.
+    def find_spec(self, name, path, target=None):
+        if name != "matplotlib.pyplot":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            patch_pyplot(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def preload():
+    # The image's modules, imported before `ready` without a word on
+    # stderr (a word there would land in the first cell's output).
+    try:
+        with open(PRELOAD) as f:
+            names = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+    except OSError:
+        return
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass
+
+
 def exit_status(code):
     # As the interpreter does for an uncaught SystemExit.
     if code is None:
@@ -51,6 +361,37 @@ def exit_status(code):
     return 1
 
 
+def split_last_expression(source):
+    # The cell's statements, and its last expression when it ends with one
+    # that is to be shown (as Jupyter: not when it ends with `;`).
+    # `source` is bytes (a coding declaration is honoured); offsets count
+    # UTF-8 bytes.
+    tree = ast.parse(source, "<string>", "exec")
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return tree, None
+    last = tree.body[-1]
+    lines = source.splitlines()
+    rest = lines[last.end_lineno - 1][last.end_col_offset :].decode("utf-8", "replace")
+    if rest.split("#", 1)[0].strip().startswith(";"):
+        return tree, None
+    tree.body.pop()
+    return tree, ast.Expression(last.value)
+
+
+def cell_error(e, tb):
+    try:
+        send(
+            "cell_error",
+            {
+                "name": type(e).__name__,
+                "value": str(e),
+                "traceback": "".join(traceback.format_exception(type(e), e, tb)),
+            },
+        )
+    except Exception:
+        pass
+
+
 def run(path):
     with open(path, "rb") as f:
         source = f.read()
@@ -58,7 +399,12 @@ def run(path):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, INT)
     try:
         try:
-            exec(compile(source, "<string>", "exec", dont_inherit=True), main)
+            body, last = split_last_expression(source)
+            exec(compile(body, "<string>", "exec", dont_inherit=True), main)
+            if last is not None:
+                value = eval(compile(last, "<string>", "eval", dont_inherit=True), main)
+                if value is not None:
+                    show(value, is_main_result=True)
             # As at interpreter exit: wait for the threads the cell started.
             for thread in threading.enumerate():
                 if thread not in before and not thread.daemon:
@@ -74,6 +420,7 @@ def run(path):
         while tb is not None and tb.tb_frame.f_code.co_filename != "<string>":
             tb = tb.tb_next
         sys.excepthook(type(e), e.with_traceback(tb), tb)
+        cell_error(e, tb)
         return 130 if isinstance(e, KeyboardInterrupt) else 1
 
 
@@ -90,18 +437,36 @@ def with_env(pairs, body):
                 os.environ[name] = old
 
 
+def end_cell():
+    # Figures left open are the cell's last results.
+    try:
+        show_figures()
+    except Exception as e:
+        note(f"figures could not be shown: {e!r}")
+
+
 def serve():
     signal.pthread_sigmask(signal.SIG_BLOCK, INT)
+    builtins.display = display
+    sys.meta_path.insert(0, PyplotHook())
+    if "matplotlib.pyplot" in sys.modules:
+        patch_pyplot(sys.modules["matplotlib.pyplot"])
+    preload()
     report("ready")
     while True:
         words = read_line().split(" ")
         if words[0] == "cell" and len(words) == 4:
             cell_id, path, count = words[1], words[2], int(words[3])
             pairs = [read_line().split("=", 1) for _ in range(count)]
+            with send_lock:
+                state["cell"] = cell_id
             try:
                 status = with_env(pairs, lambda: run(path))
+                end_cell()
             except KeyboardInterrupt:
                 status = 130
+            with send_lock:
+                state["cell"] = None
             flush()
             # A SIGINT that came after the cell ended must not hit the next.
             while signal.SIGINT in signal.sigpending():
@@ -109,8 +474,16 @@ def serve():
             report(f"done {cell_id} {status}")
         elif words[0] == "reseed" and len(words) == 2:
             # After a restore from a memory template: the kernel was just
-            # reseeded; `random` draws its new seed from it (os.urandom).
+            # reseeded; `random` draws its new seed from it (os.urandom),
+            # and so does numpy's global generator when it was imported
+            # (python-data preloads it: every clone would share its stream).
             random.seed()
+            numpy_random = sys.modules.get("numpy.random")
+            if numpy_random is not None:
+                try:
+                    numpy_random.seed()
+                except Exception:
+                    pass
             report("reseeded")
         else:
             report("error unknown command")
