@@ -25,6 +25,7 @@
 
 pub mod doctor;
 mod error;
+pub mod flags;
 pub mod mcp;
 pub mod process;
 pub mod run;
@@ -95,13 +96,13 @@ pub fn main(cli: Cli) -> i32 {
     use process::{block_on, default_log_filter, init_logging, STOP_SIGNALS};
     match cli.command {
         Command::Run(args) => {
-            init_logging(LogFormat::Text, default_log_filter(args.debug));
+            init_logging(LogFormat::Text, default_log_filter(args.flags.debug));
             block_on(&STOP_SIGNALS, |mut interrupts| async move {
                 run::run(args, &mut interrupts).await
             })
         }
         Command::Session(args) => {
-            init_logging(LogFormat::Text, default_log_filter(args.debug));
+            init_logging(LogFormat::Text, default_log_filter(args.flags.debug));
             // The interactive session takes Ctrl-C for "interrupt the cell".
             let signals: &[Signal] = if args.interactive() {
                 &[Signal::SIGTERM, Signal::SIGHUP]

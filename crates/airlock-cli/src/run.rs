@@ -4,6 +4,7 @@
 //! the code's own, 124 when it timed out, 125 when Airlock failed.
 
 use crate::error::CliError;
+use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
 use crate::transfer;
 use airlock::packages::CaBundle;
@@ -47,16 +48,9 @@ pub struct RunArgs {
     /// Print the whole result as JSON on stdout instead of streaming.
     #[arg(long)]
     pub json: bool,
-    /// No progress line and no summary on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Print the kernel and init log to stderr, and full error details.
-    #[arg(long)]
-    pub debug: bool,
-    /// Boot the VM from scratch instead of restoring the memory template
-    /// of its shape (runs with a network always boot cold).
-    #[arg(long)]
-    pub cold: bool,
+    /// `-q/--quiet`, `--debug`, `--cold` (as `airlock session`'s).
+    #[command(flatten)]
+    pub flags: VmFlags,
     /// Copy a host file into the sandbox home before the code runs:
     /// LOCAL:REMOTE (split at the last `:`; a bare LOCAL keeps its file
     /// name). Repeatable.
@@ -231,7 +225,12 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
     let request = match read_request(args.clone(), std::io::stdin(), interrupts.first()).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            process::report(e, Detail::FirstLine { debug: args.debug });
+            process::report(
+                e,
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
+            );
             return EXIT_AIRLOCK_FAILED;
         }
         Err(stop) => {
@@ -240,16 +239,11 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     let config = Config {
-        debug_console: args.debug,
-        // One run, one VM: creating its overlay on demand is cheaper than
-        // filling a pool that would be thrown away.
-        overlay_pool_target: 0,
-        restore_templates: !args.cold,
         ca_bundle: args
             .ca_bundle
             .clone()
             .map_or_else(Default::default, CaBundle::File),
-        ..Config::default()
+        ..args.flags.config()
     };
     let run_dir = config.run_dir.clone();
     let started = tokio::select! {
@@ -266,11 +260,16 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
     let scheduler = match started {
         Ok(s) => s,
         Err(e) => {
-            process::report(e, Detail::FirstLine { debug: args.debug });
+            process::report(
+                e,
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
+            );
             return EXIT_AIRLOCK_FAILED;
         }
     };
-    let show_progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let show_progress = !args.flags.quiet && !args.json && std::io::stderr().is_terminal();
     let mut observer = Terminal::new(show_progress, !args.json, request.language());
     let result = tokio::select! {
         result = scheduler.run_observed(request, &mut observer) => result,
@@ -302,7 +301,7 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
                         return EXIT_AIRLOCK_FAILED;
                     }
                 }
-            } else if !args.quiet {
+            } else if !args.flags.quiet {
                 let t = &result.timings;
                 eprintln!(
                     "airlock: exit {}{} in {} ms (boot {} ms, exec {} ms, teardown {} ms)",
@@ -323,7 +322,12 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
             }
         }
         Err(e) => {
-            process::report(e, Detail::FirstLine { debug: args.debug });
+            process::report(
+                e,
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
+            );
             EXIT_AIRLOCK_FAILED
         }
     }
@@ -335,7 +339,12 @@ async fn save_downloads(args: &RunArgs, result: &RunResult) -> bool {
     let targets = match args.download_targets() {
         Ok(targets) => targets,
         Err(e) => {
-            process::report(e, Detail::FirstLine { debug: args.debug });
+            process::report(
+                e,
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
+            );
             return false;
         }
     };
@@ -348,7 +357,7 @@ async fn save_downloads(args: &RunArgs, result: &RunResult) -> bool {
             (None, error) => Err(error.clone().unwrap_or_else(|| "not read".into())),
         };
         match (saved, &downloaded.info) {
-            (Ok(()), Some(info)) if !args.quiet => eprintln!(
+            (Ok(()), Some(info)) if !args.flags.quiet => eprintln!(
                 "airlock: downloaded {} -> {} ({} bytes, sha256 {})",
                 info.path,
                 target.local.display(),

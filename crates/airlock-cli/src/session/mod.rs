@@ -18,11 +18,12 @@ mod printer;
 mod repl;
 
 use crate::error::CliError;
+use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
 use crate::run::{read_off_runtime, timeout_from_secs};
 use airlock::spec::args::{LifetimeArgs, SandboxArgs};
 use airlock::spec::DEFAULT_TENANT;
-use airlock::{CellRequest, CellResult, Config, Scheduler, Session, SessionOptions};
+use airlock::{CellRequest, CellResult, Scheduler, Session, SessionOptions};
 use airlock_protocol::Language;
 use clap::Args;
 use nix::sys::signal::Signal;
@@ -54,16 +55,9 @@ pub struct SessionArgs {
     /// of the output.
     #[arg(long)]
     pub json: bool,
-    /// No progress or status lines on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Print the kernel and init log to stderr, and full error details.
-    #[arg(long)]
-    pub debug: bool,
-    /// Boot the VM from scratch instead of restoring the memory template
-    /// of its shape.
-    #[arg(long)]
-    pub cold: bool,
+    /// `-q/--quiet`, `--debug`, `--cold` (as `airlock run`'s).
+    #[command(flatten)]
+    pub flags: VmFlags,
 }
 
 impl SessionArgs {
@@ -98,7 +92,12 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
     let (options, timeout) = match args.to_options() {
         Ok(parsed) => parsed,
         Err(e) => {
-            process::report(e, Detail::FirstLine { debug: args.debug });
+            process::report(
+                e,
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
+            );
             return EXIT_AIRLOCK_FAILED;
         }
     };
@@ -131,7 +130,12 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         let script = match script {
             Ok(script) => script,
             Err(e) => {
-                process::report(e, Detail::FirstLine { debug: args.debug });
+                process::report(
+                    e,
+                    Detail::FirstLine {
+                        debug: args.flags.debug,
+                    },
+                );
                 return EXIT_AIRLOCK_FAILED;
             }
         };
@@ -139,23 +143,20 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         if cells.is_empty() {
             process::report(
                 CliError::invalid("code", "no code on stdin (cells are split at `# %%` lines)"),
-                Detail::FirstLine { debug: args.debug },
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
             );
             return EXIT_AIRLOCK_FAILED;
         }
         cells
     };
-    let config = Config {
-        debug_console: args.debug,
-        overlay_pool_target: 0,
-        restore_templates: !args.cold,
-        ..Config::default()
-    };
+    let config = args.flags.config();
     let scheduler = tokio::select! {
         started = Scheduler::start(config) => match started {
             Ok(s) => s,
             Err(e) => {
-                process::report(e, Detail::FirstLine { debug: args.debug });
+                process::report(e, Detail::FirstLine { debug: args.flags.debug });
                 return EXIT_AIRLOCK_FAILED;
             }
         },
@@ -164,7 +165,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             return exit_status(stop);
         }
     };
-    if !args.quiet && std::io::stderr().is_terminal() {
+    if !args.flags.quiet && std::io::stderr().is_terminal() {
         eprintln!("airlock: starting a {} session...", options.language());
     }
     let started = tokio::select! {
@@ -178,7 +179,12 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
     let session = match started {
         Ok(session) => session,
         Err(e) => {
-            process::report(e, Detail::FirstLine { debug: args.debug });
+            process::report(
+                e,
+                Detail::FirstLine {
+                    debug: args.flags.debug,
+                },
+            );
             scheduler.shutdown().await;
             return EXIT_AIRLOCK_FAILED;
         }
@@ -190,11 +196,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         );
     }
     let code = if let Some(sigint) = sigint.as_mut() {
-        let shown = repl::Shown {
-            quiet: args.quiet,
-            debug: args.debug,
-        };
-        repl::run(&session, shown, timeout, interrupts, sigint).await
+        repl::run(&session, args.flags, timeout, interrupts, sigint).await
     } else {
         run_cells(&session, &cells, &args, timeout, interrupts).await
     };
@@ -266,7 +268,12 @@ async fn run_cells(
         let result = match result {
             Ok(result) => result,
             Err(e) => {
-                process::report(e, Detail::FirstLine { debug: args.debug });
+                process::report(
+                    e,
+                    Detail::FirstLine {
+                        debug: args.flags.debug,
+                    },
+                );
                 return EXIT_AIRLOCK_FAILED;
             }
         };
@@ -284,7 +291,7 @@ async fn run_cells(
                     return EXIT_AIRLOCK_FAILED;
                 }
             }
-        } else if !args.quiet {
+        } else if !args.flags.quiet {
             if let Some(note) = status_note(&result) {
                 eprintln!("airlock: cell {} (line {}): {note}", index + 1, cell.line);
             }

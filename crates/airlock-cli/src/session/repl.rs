@@ -16,6 +16,7 @@
 use super::input::is_complete;
 use super::printer::{cell_status, status_note, Printer};
 use crate::error::CliError;
+use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
 use crate::transfer::{check_local_target, save_download};
 use airlock::{CellRequest, Session};
@@ -190,19 +191,10 @@ fn start_editor(
     Ok((entries, next_tx))
 }
 
-/// What the REPL says besides the cells' output.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Shown {
-    /// No greeting (`--quiet`).
-    pub quiet: bool,
-    /// Errors with their details (`--debug`).
-    pub debug: bool,
-}
-
 /// Runs the REPL until Ctrl-D, a stop signal or the session's end.
 pub(super) async fn run(
     session: &Session,
-    args: Shown,
+    args: VmFlags,
     timeout: Duration,
     interrupts: &mut Interrupts,
     sigint: &mut tokio::signal::unix::Signal,
