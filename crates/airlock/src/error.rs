@@ -146,9 +146,10 @@ pub enum Error {
         vm_id: Option<String>,
         /// What was being done.
         action: &'static str,
-        /// What QEMU, its probe or its QMP socket said.
+        /// What QEMU, its probe or its QMP socket said (boxed: the error enum stays
+        /// small).
         #[source]
-        source: airlock_qemu::QemuError,
+        source: Box<airlock_qemu::QemuError>,
     },
     /// Restoring a VM from a memory template failed over QMP (the caller
     /// boots cold instead and drops the template for a rebuild).
@@ -171,9 +172,10 @@ pub enum Error {
         vm_id: Option<String>,
         /// What was being done.
         action: &'static str,
-        /// What the overlay pool said.
+        /// What the overlay pool said (boxed: the error enum stays
+        /// small).
         #[source]
-        source: airlock_overlay::OverlayError,
+        source: Box<airlock_overlay::OverlayError>,
     },
     /// A limits-group step failed (creating, joining or moving a VM's
     /// group).
@@ -183,9 +185,10 @@ pub enum Error {
         vm_id: Option<String>,
         /// What was being done.
         action: &'static str,
-        /// What the limits crate said.
+        /// What the limits crate said (boxed: the error enum stays
+        /// small).
         #[source]
-        source: airlock_limits::LimitsError,
+        source: Box<airlock_limits::LimitsError>,
     },
     /// The VM's network (gvproxy, egress proxy) could not be set up.
     #[error("vm {vm_id}: network: {source}")]
@@ -342,7 +345,7 @@ impl Error {
         move |source| Error::Qemu {
             vm_id,
             action,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -356,7 +359,7 @@ impl Error {
         move |source| Error::Overlay {
             vm_id,
             action,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -370,7 +373,7 @@ impl Error {
         move |source| Error::Limits {
             vm_id,
             action,
-            source,
+            source: Box::new(source),
         }
     }
 
