@@ -244,7 +244,7 @@ async fn create_group(ctx: &BootContext<'_>, options: &VmOptions, vm_id: &str) -
         task: "create a limits group",
         message: format!("vm {vm_id}: the task ended without a group (it panicked)"),
     })?;
-    Ok(created?)
+    created.map_err(Error::limits(Some(vm_id), "create its limits group"))
 }
 
 /// Step 4: gvproxy (and the egress proxy) when the VM has a network; first,
@@ -260,7 +260,10 @@ async fn start_network(
     if options.network.mode() == NetworkMode::None {
         return Ok(None);
     }
-    let hook = group.pre_exec_hook()?;
+    let hook = group.pre_exec_hook().map_err(Error::limits(
+        Some(vm_id),
+        "prepare the network's limits hook",
+    ))?;
     let setup: airlock_gvproxy::ChildSetup = Box::new(move |cmd| hook.install(cmd));
     let network = VmNetwork::start(
         vm_id,

@@ -33,7 +33,9 @@ impl DiskSource for OverlayPool {
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<DiskAcquired>> {
         Box::pin(async move {
-            let acquired = OverlayPool::acquire(self, base, dest).await?;
+            let acquired = OverlayPool::acquire(self, base, dest)
+                .await
+                .map_err(crate::Error::overlay(None, "take a disk overlay"))?;
             Ok(DiskAcquired {
                 elapsed: acquired.elapsed,
                 pool_hit: acquired.pool_hit,

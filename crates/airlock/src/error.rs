@@ -11,6 +11,7 @@ use std::time::Duration;
 
 /// Everything that can make a run fail.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The request was refused before anything started.
     #[error("invalid {field}: {message}")]
@@ -137,9 +138,19 @@ pub enum Error {
         /// Our uid (QEMU's).
         our_uid: u32,
     },
-    /// Building the QEMU command line or probing the host failed.
-    #[error(transparent)]
-    Qemu(#[from] airlock_qemu::QemuError),
+    /// A QEMU step failed: probing the host, building the command line,
+    /// a QMP command.
+    #[error("{}{action}: {source}", vm_prefix(.vm_id))]
+    Qemu {
+        /// The VM, when the step was for one.
+        vm_id: Option<String>,
+        /// What was being done.
+        action: &'static str,
+        /// What QEMU, its probe or its QMP socket said (boxed: the error enum stays
+        /// small).
+        #[source]
+        source: Box<airlock_qemu::QemuError>,
+    },
     /// Restoring a VM from a memory template failed over QMP (the caller
     /// boots cold instead and drops the template for a rebuild).
     #[error("vm {vm_id}: restore from template {template} failed: {source}")]
@@ -153,12 +164,32 @@ pub enum Error {
         #[source]
         source: Box<airlock_qemu::QemuError>,
     },
-    /// Taking a disk overlay failed.
-    #[error(transparent)]
-    Overlay(#[from] airlock_overlay::OverlayError),
-    /// Setting up a VM's limits group failed.
-    #[error(transparent)]
-    Limits(#[from] airlock_limits::LimitsError),
+    /// A disk overlay step failed (starting the overlay pool, taking an
+    /// overlay for a VM).
+    #[error("{}{action}: {source}", vm_prefix(.vm_id))]
+    Overlay {
+        /// The VM, when the step was for one.
+        vm_id: Option<String>,
+        /// What was being done.
+        action: &'static str,
+        /// What the overlay pool said (boxed: the error enum stays
+        /// small).
+        #[source]
+        source: Box<airlock_overlay::OverlayError>,
+    },
+    /// A limits-group step failed (creating, joining or moving a VM's
+    /// group).
+    #[error("{}{action}: {source}", vm_prefix(.vm_id))]
+    Limits {
+        /// The VM, when the step was for one.
+        vm_id: Option<String>,
+        /// What was being done.
+        action: &'static str,
+        /// What the limits crate said (boxed: the error enum stays
+        /// small).
+        #[source]
+        source: Box<airlock_limits::LimitsError>,
+    },
     /// The VM's network (gvproxy, egress proxy) could not be set up.
     #[error("vm {vm_id}: network: {source}")]
     Network {
@@ -305,6 +336,47 @@ impl Error {
         }
     }
 
+    /// A mapper wrapping a QEMU error in [`Error::Qemu`] with its context.
+    pub(crate) fn qemu(
+        vm_id: Option<&str>,
+        action: &'static str,
+    ) -> impl FnOnce(airlock_qemu::QemuError) -> Self {
+        let vm_id = vm_id.map(str::to_owned);
+        move |source| Error::Qemu {
+            vm_id,
+            action,
+            source: Box::new(source),
+        }
+    }
+
+    /// A mapper wrapping an overlay error in [`Error::Overlay`] with its
+    /// context.
+    pub(crate) fn overlay(
+        vm_id: Option<&str>,
+        action: &'static str,
+    ) -> impl FnOnce(airlock_overlay::OverlayError) -> Self {
+        let vm_id = vm_id.map(str::to_owned);
+        move |source| Error::Overlay {
+            vm_id,
+            action,
+            source: Box::new(source),
+        }
+    }
+
+    /// A mapper wrapping a limits error in [`Error::Limits`] with its
+    /// context.
+    pub(crate) fn limits(
+        vm_id: Option<&str>,
+        action: &'static str,
+    ) -> impl FnOnce(airlock_limits::LimitsError) -> Self {
+        let vm_id = vm_id.map(str::to_owned);
+        move |source| Error::Limits {
+            vm_id,
+            action,
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -312,6 +384,13 @@ impl Error {
     ) -> Self {
         Error::Io(airlock_sys_util::IoError::new(action, path, source))
     }
+}
+
+/// `vm ID: ` when the error is about one VM, nothing otherwise.
+fn vm_prefix(vm_id: &Option<String>) -> String {
+    vm_id
+        .as_deref()
+        .map_or_else(String::new, |id| format!("vm {id}: "))
 }
 
 /// How a child ended, in words; "unknown" when its wait failed.
@@ -430,6 +509,39 @@ mod tests {
         assert!(code.contains("QEMU exited (exit code 3)"), "{code}");
         let unknown = died_with(None).to_string();
         assert!(unknown.contains("unknown status: wait failed"), "{unknown}");
+    }
+
+    #[test]
+    fn a_lower_crate_error_is_wrapped_with_the_vm_and_the_step() {
+        let source = airlock_limits::LimitsError::InvalidId {
+            kind: "tenant",
+            value: "a b".into(),
+        };
+        let err = Error::limits(Some("vm-7"), "move to the tenant's limits group")(source);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("vm vm-7: move to the tenant's limits group: invalid tenant id"),
+            "{msg}"
+        );
+        let chained = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            chained.is_some_and(|s| s.starts_with("invalid tenant id")),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn a_host_step_without_a_vm_has_no_vm_prefix() {
+        let source = airlock_limits::LimitsError::InvalidId {
+            kind: "vm",
+            value: String::new(),
+        };
+        let msg = Error::limits(None, "create its limits group")(source).to_string();
+        assert!(
+            msg.starts_with("create its limits group: invalid vm id"),
+            "{msg}"
+        );
     }
 
     #[test]

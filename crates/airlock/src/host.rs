@@ -1,7 +1,7 @@
 //! What the host offers (QEMU, accelerator), probed once. Probe results
 //! only: the QEMU spec of a VM is built in `qemu_spec.rs`.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::images::Images;
 use airlock_qemu::{probe_host, BootImages, HostCaps, ProbeConfig};
 use std::path::PathBuf;
@@ -30,7 +30,9 @@ impl Host {
             kernel: images.kernel.clone(),
             initramfs: images.initramfs.clone(),
         });
-        let report = probe_host(&config).await?;
+        let report = probe_host(&config)
+            .await
+            .map_err(Error::qemu(None, "probe the host"))?;
         let accel_reason = match &report.accel_warning {
             Some(warning) => format!("{}; {warning}", report.kvm.verdict.reason),
             None => report.kvm.verdict.reason.clone(),

@@ -54,7 +54,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod artifacts;
+mod artifacts;
 mod builder;
 mod catalog;
 mod close;

@@ -99,7 +99,8 @@ impl VmManager {
             target_per_base: config.overlay_pool_target,
             ..PoolConfig::default()
         })
-        .await?;
+        .await
+        .map_err(Error::overlay(None, "start the overlay pool"))?;
         let accel = match host.caps.accel {
             airlock_qemu::Accel::Kvm => airlock_limits::Accel::Kvm,
             airlock_qemu::Accel::Tcg => airlock_limits::Accel::Tcg,

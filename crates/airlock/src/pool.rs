@@ -116,8 +116,12 @@ impl TemplateSource {
     async fn warm_and_pause(&self, vm: &Vm) -> Result<Option<QmpClient>> {
         warm(vm).await?;
         let deadline = Instant::now() + QMP_TIMEOUT;
-        let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline).await?;
-        qmp.stop(deadline).await?;
+        let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
+            .await
+            .map_err(Error::qemu(Some(vm.id()), "connect to QMP to pause it"))?;
+        qmp.stop(deadline)
+            .await
+            .map_err(Error::qemu(Some(vm.id()), "pause it for the pool"))?;
         Ok(Some(qmp))
     }
 
@@ -125,9 +129,13 @@ impl TemplateSource {
         let deadline = Instant::now() + QMP_TIMEOUT;
         let mut qmp = match qmp {
             Some(qmp) => qmp,
-            None => QmpClient::connect(&vm.workdir().qmp_socket(), deadline).await?,
+            None => QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
+                .await
+                .map_err(Error::qemu(Some(vm.id()), "connect to QMP to resume it"))?,
         };
-        qmp.cont(deadline).await?;
+        qmp.cont(deadline)
+            .await
+            .map_err(Error::qemu(Some(vm.id()), "resume it from the pool"))?;
         reseed(vm.client()?, vm.id()).await
     }
 }

@@ -4,7 +4,7 @@
 //! this launcher with its RAM in a shared file ([`QemuLauncher::for_template`]);
 //! [`spawn_spec`] is shared with the restore launcher.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guest::{self, Agent, GuestFiles};
 use crate::host::Host;
 use crate::launcher::{Launcher, MachinePlan};
@@ -64,12 +64,20 @@ pub(crate) async fn spawn_spec(
     plan: &MachinePlan,
     group: &VmGroup,
 ) -> Result<QemuProcess> {
-    let argv = QemuArgs::build(spec, &host.caps)?;
+    let argv = QemuArgs::build(spec, &host.caps).map_err(Error::qemu(
+        Some(&plan.vm_id),
+        "build the QEMU command line",
+    ))?;
     let mut cmd = Command::new(&host.qemu_binary);
     cmd.args(&argv);
     // QEMU joins its group between fork and exec: limited from its
     // first instruction.
-    group.prepare_tokio_command(&mut cmd)?;
+    group
+        .prepare_tokio_command(&mut cmd)
+        .map_err(Error::limits(
+            Some(&plan.vm_id),
+            "put QEMU in its limits group",
+        ))?;
     let qemu = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
     tracing::debug!(vm_id = plan.vm_id, pid = qemu.pid(), "QEMU started");
     Ok(qemu)

@@ -193,13 +193,18 @@ impl Vm {
         limiter: &airlock_limits::Limiter,
         tenant: &str,
     ) -> Result<()> {
+        let vm_id = self.id.clone();
         let State::Running(running) = &mut self.state else {
             return Ok(());
         };
         let (limiter, old, to) = (limiter.clone(), running.group.clone(), tenant.to_owned());
         let moved =
             crate::task::blocking("move a limits group", move || limiter.regroup(&old, &to))
-                .await??;
+                .await?
+                .map_err(Error::limits(
+                    Some(&vm_id),
+                    "move to the tenant's limits group",
+                ))?;
         running.group = moved;
         self.workdir.set_tenant(tenant).await
     }

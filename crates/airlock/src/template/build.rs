@@ -161,14 +161,26 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<()> {
         );
     }
     let deadline = Instant::now() + SAVE_TIMEOUT;
-    let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline).await?;
-    qmp.stop(deadline).await?;
+    let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
+        .await
+        .map_err(Error::qemu(
+            Some(vm.id()),
+            "connect to QMP to save a template",
+        ))?;
+    qmp.stop(deadline)
+        .await
+        .map_err(Error::qemu(Some(vm.id()), "pause it to save a template"))?;
     let file = tokio::fs::File::create(state)
         .await
         .map_err(|e| Error::io("create", state, e))?
         .into_std()
         .await;
-    qmp.save_device_state(file.as_fd(), deadline).await?;
+    qmp.save_device_state(file.as_fd(), deadline)
+        .await
+        .map_err(Error::qemu(
+            Some(vm.id()),
+            "save the template's device state",
+        ))?;
     Ok(())
 }
 

@@ -352,7 +352,7 @@ fn is_current(
 fn restore_failed(error: &Error) -> bool {
     matches!(
         error,
-        Error::Qemu(_)
+        Error::Qemu { .. }
             | Error::Restore { .. }
             | Error::VmDied { .. }
             | Error::BootTimeout { .. }
@@ -388,7 +388,8 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<Strin
         initramfs: fixed.join("initramfs"),
     };
     let spec = clone_spec(&plan, &boot, &fixed.join("memory"));
-    let argv = QemuArgs::build(&spec, caps)?;
+    let argv = QemuArgs::build(&spec, caps)
+        .map_err(Error::qemu(None, "build a template's command line"))?;
     Ok(sha256_hex(argv_to_lines(&argv).as_bytes()))
 }
 
