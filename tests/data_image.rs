@@ -11,30 +11,20 @@
 
 use airlock::Image;
 use airlock_protocol::client::ExecOutput;
-use airlock_protocol::{ExecRequest, Language};
+use airlock_protocol::Language;
 use airlock_qemu::NetworkAttachment;
-use airlock_tests::{boot_plain, host_caps, images_or_skip, PlainVm};
+use airlock_tests::{boot_plain, host_caps, images_or_skip, text, PlainVm};
 use std::time::Duration;
 
+/// Runs `code` in `vm` as a process (the agent's timeout 120 s).
 async fn exec(vm: &PlainVm, language: Language, code: &str) -> ExecOutput {
-    vm.client
-        .exec_collect(
-            ExecRequest {
-                mode: Default::default(),
-                language,
-                code: code.into(),
-                timeout_ms: 120_000,
-                env: Default::default(),
-                cwd: None,
-            },
-            Duration::from_secs(150),
-        )
-        .await
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    vm.exec(
+        language,
+        code,
+        Duration::from_secs(120),
+        Duration::from_secs(150),
+    )
+    .await
 }
 
 /// The shell tools of every disk, each asked for its version.

@@ -9,30 +9,20 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock_protocol::client::ExecOutput;
-use airlock_protocol::{ExecRequest, Language};
+use airlock_protocol::Language;
 use airlock_qemu::NetworkAttachment;
-use airlock_tests::{boot_plain, host_caps, images_or_skip, PlainVm};
+use airlock_tests::{boot_plain, host_caps, images_or_skip, text, PlainVm};
 use std::time::{Duration, Instant};
 
+/// Runs `code` in `vm` as a process (the agent's timeout 30 s).
 async fn exec(vm: &PlainVm, language: Language, code: &str) -> ExecOutput {
-    vm.client
-        .exec_collect(
-            ExecRequest {
-                mode: Default::default(),
-                language,
-                code: code.into(),
-                timeout_ms: 30_000,
-                env: Default::default(),
-                cwd: None,
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    vm.exec(
+        language,
+        code,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

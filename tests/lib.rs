@@ -118,6 +118,36 @@ pub struct PlainVm {
     pub console_log: PathBuf,
 }
 
+impl PlainVm {
+    /// Runs `code` as a process of `language` (the agent enforces
+    /// `timeout`; the host waits `host_wait`) and collects its output.
+    ///
+    /// # Panics
+    /// When the exec fails (the test fails).
+    pub async fn exec(
+        &self,
+        language: Language,
+        code: &str,
+        timeout: Duration,
+        host_wait: Duration,
+    ) -> airlock_protocol::client::ExecOutput {
+        self.client
+            .exec_collect(
+                ExecRequest {
+                    mode: Default::default(),
+                    language,
+                    code: code.into(),
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    env: Default::default(),
+                    cwd: None,
+                },
+                host_wait,
+            )
+            .await
+            .expect("exec in a plain VM")
+    }
+}
+
 async fn connect(path: &Path, deadline: Instant) -> UnixStream {
     loop {
         match UnixStream::connect(path).await {
