@@ -305,6 +305,7 @@ async fn run_cells(
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+    use super::printer::tests::result;
     use super::*;
     use crate::{Cli, Command};
     use clap::Parser;
@@ -375,19 +376,6 @@ mod tests {
                 Err(e) => assert_eq!(e.invalid_field(), Some(field), "{args:?}: {e:?}"),
                 other => panic!("{args:?}: {other:?}"),
             }
-        }
-    }
-
-    fn result(exit_code: i32, timed_out: bool, state_lost: bool) -> CellResult {
-        CellResult {
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            exit_code,
-            timed_out,
-            state_lost,
-            stdout_truncated: false,
-            stderr_truncated: false,
-            duration_ms: 1,
         }
     }
 

@@ -66,10 +66,15 @@ impl RunObserver for Printer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn result(exit_code: i32, timed_out: bool, state_lost: bool) -> CellResult {
+    /// A cell's result with no output (for the session's tests too).
+    pub(in crate::session) fn result(
+        exit_code: i32,
+        timed_out: bool,
+        state_lost: bool,
+    ) -> CellResult {
         CellResult {
             stdout: Vec::new(),
             stderr: Vec::new(),
