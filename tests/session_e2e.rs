@@ -258,12 +258,21 @@ async fn javascript_and_bash_sessions_keep_state_and_an_idle_one_closes_itself()
     }
     let scheduler = scheduler().await;
     let mut raw_options = SessionOptions::new(Language::Raw);
-    raw_options.idle_timeout = Duration::from_secs(8);
+    raw_options.idle_timeout = Duration::from_secs(15);
     let (js, raw) = tokio::join!(
         scheduler.session(SessionOptions::new(Language::Javascript)),
         scheduler.session(raw_options),
     );
     let (js, raw) = (js.unwrap(), raw.unwrap());
+
+    // The bash session's cells go first: its 15 s idle clock starts when it
+    // opens, and the JavaScript cells may take longer than that under TCG.
+    assert_eq!(ok(&raw, "cd /tmp; X=21").await, "");
+    assert_eq!(ok(&raw, "twice() { echo $(( $1 * 2 )); }").await, "");
+    assert_eq!(ok(&raw, "pwd; twice $X").await, "/tmp\n42\n");
+    let failed = cell(&raw, "false").await;
+    assert_eq!((failed.exit_code, failed.state_lost), (1, false));
+    assert_eq!(ok(&raw, "echo $X").await, "21\n");
 
     assert_eq!(ok(&js, "let a = 20").await, "");
     assert_eq!(
@@ -287,14 +296,7 @@ async fn javascript_and_bash_sessions_keep_state_and_an_idle_one_closes_itself()
     );
     assert_eq!(ok(&js, "console.log(a)").await, "21\n");
 
-    assert_eq!(ok(&raw, "cd /tmp; X=21").await, "");
-    assert_eq!(ok(&raw, "twice() { echo $(( $1 * 2 )); }").await, "");
-    assert_eq!(ok(&raw, "pwd; twice $X").await, "/tmp\n42\n");
-    let failed = cell(&raw, "false").await;
-    assert_eq!((failed.exit_code, failed.state_lost), (1, false));
-    assert_eq!(ok(&raw, "echo $X").await, "21\n");
-
-    // Idle: no call for 8 s closes the bash session by itself.
+    // Idle: no call for 15 s closes the bash session by itself.
     let needle = raw.id().trim_start_matches("s-").to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !raw.is_closed() && Instant::now() < deadline {
