@@ -213,7 +213,7 @@ async fn clones(scheduler: &Scheduler) -> Result<Vec<airlock_sys_util::proc_scan
             env: Default::default(),
             cwd: None,
         };
-        vm.exec(exec, &mut |_, _| {}).await?;
+        vm.exec(exec, &mut |_| {}).await?;
         vms.push(vm);
     }
     eprintln!();

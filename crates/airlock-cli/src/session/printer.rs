@@ -84,6 +84,8 @@ pub(super) mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             duration_ms: 1,
+            results: Vec::new(),
+            error: None,
         }
     }
 
