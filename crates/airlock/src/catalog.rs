@@ -141,7 +141,8 @@ impl Artifacts {
     /// never one in use. Returns the keys removed.
     ///
     /// # Errors
-    /// [`Error::Io`] for the first removal that failed.
+    /// [`Error::Boot`] ([`BootError::Io`]) for the first removal that
+    /// failed.
     pub async fn prune_templates(&self) -> Result<Vec<String>> {
         Ok(self.templates.prune().await?.removed)
     }

@@ -90,7 +90,7 @@ pub enum BootError {
         console_tail: String,
     },
     /// A boot attempt did not finish by its deadline (plus
-    /// [`crate::retry::CUT_SLACK`]): a step before the agent wait hung, and
+    /// `retry::CUT_SLACK`): a step before the agent wait hung, and
     /// the attempt was cut (what it made is torn down by the reaper).
     #[error(
         "boot attempt {attempt} cut after {after:?}: a step before the guest agent wait \

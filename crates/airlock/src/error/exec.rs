@@ -38,7 +38,7 @@ pub enum ExecError {
         vm_id: String,
         /// The guest path, relative to the sandbox home.
         path: String,
-        /// `read` or `write`.
+        /// `read`, `write` or `list`.
         action: &'static str,
         /// What the agent or the channel said.
         #[source]
