@@ -226,8 +226,8 @@ impl Scheduler {
     /// happens (also when this future is dropped).
     ///
     /// # Errors
-    /// [`InputError::Invalid`] for a refused request, else boot and
-    /// exec errors.
+    /// [`RunError::Input`] for a refused request (before any VM starts),
+    /// [`RunError::Packages`], [`RunError::Boot`], [`RunError::Exec`].
     pub async fn run_observed(
         &self,
         request: RunRequest,

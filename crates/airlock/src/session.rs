@@ -193,7 +193,8 @@ impl Scheduler {
     /// lifetime.
     ///
     /// # Errors
-    /// [`InputError::Invalid`] for refused options, else as a run's boot.
+    /// [`SessionError::Input`] for refused options (nothing started),
+    /// [`SessionError::Packages`], [`SessionError::Boot`], [`SessionError::Exec`].
     pub async fn session(&self, options: SessionOptions) -> Result<Session, SessionError> {
         options.validate()?;
         let started = Instant::now();
@@ -367,7 +368,7 @@ impl Session {
     /// `state_lost` says whether the interpreter had to be killed.
     ///
     /// # Errors
-    /// [`InputError::Invalid`] for a refused cell, [`SessionError::Busy`]
+    /// [`SessionError::Input`] for a refused cell, [`SessionError::Busy`]
     /// while another call runs, [`SessionError::Closed`] after the end,
     /// else the VM's errors (a VM that died closes the session).
     pub async fn exec(
@@ -421,7 +422,7 @@ impl Session {
     /// sha256.
     ///
     /// # Errors
-    /// [`InputError::Invalid`] for a refused path, [`ExecError::File`] when the
+    /// [`SessionError::Input`] for a refused path, [`ExecError::File`] when the
     /// agent refuses or fails it, [`SessionError::Busy`],
     /// [`SessionError::Closed`].
     pub async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<FileInfo, SessionError> {
