@@ -21,8 +21,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::{
-    Config, EgressTestOverrides, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager,
-    VmOptions,
+    Config, EgressTestOverrides, ExecError, InputError, NetworkRequest, RunError, RunRequest,
+    Scheduler, Vm, VmManager, VmOptions,
 };
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::{ErrorKind, ExecRequest, Language, ProtocolError};
@@ -747,7 +747,7 @@ async fn the_file_api_stays_inside_the_home() {
         let mut request = exec_request(Language::Raw, "echo ran", 5000);
         request.env.insert(name.into(), value.into());
         match vm.exec(request, |_, _| {}).await {
-            Err(Error::Protocol { source, .. }) => {
+            Err(ExecError::Protocol { source, .. }) => {
                 assert_eq!(source.kind(), ErrorKind::EnvRefused, "{name}: {source}");
                 assert!(source.to_string().contains(name), "{name}: {source}");
             }
@@ -762,7 +762,7 @@ async fn the_file_api_stays_inside_the_home() {
         };
         let result = vm.exec(request, |_, _| {}).await;
         assert!(
-            matches!(&result, Err(Error::Protocol { .. })),
+            matches!(&result, Err(ExecError::Protocol { .. })),
             "cwd {cwd}: {result:?}"
         );
     }
@@ -811,7 +811,7 @@ async fn env_injection_is_refused_before_boot() {
         request.env.insert(name.into(), value.into());
         let started = Instant::now();
         match scheduler.run(request).await {
-            Err(Error::InvalidInput { field, message }) => {
+            Err(RunError::Input(InputError::Invalid { field, message })) => {
                 assert_eq!(field, "env", "{name}: {message}");
                 assert!(message.contains(name), "{name}: {message}");
             }

@@ -23,8 +23,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::{
-    Config, EgressTestOverrides, Error, NetworkRequest, RunRequest, Scheduler, Vm, VmManager,
-    VmOptions,
+    Config, EgressTestOverrides, ExecError, InputError, NetworkRequest, RunError, RunRequest,
+    Scheduler, Vm, VmManager, VmOptions,
 };
 use airlock_gvproxy::{DomainPattern, Expose};
 use airlock_protocol::client::ExecStream;
@@ -696,7 +696,7 @@ async fn a_killed_gvproxy_cuts_the_network_and_teardown_stays_clean() {
             );
         }
         Err(e) => assert!(
-            matches!(e, Error::VmDied { .. } | Error::Protocol { .. }),
+            matches!(e, ExecError::VmDied { .. } | ExecError::Protocol { .. }),
             "{e}"
         ),
     }
@@ -782,7 +782,7 @@ async fn bad_network_input_is_refused_before_any_vm_starts() {
         let start = Instant::now();
         let result = scheduler.run(request).await;
         match result {
-            Err(Error::InvalidInput { field, message }) => {
+            Err(RunError::Input(InputError::Invalid { field, message })) => {
                 assert_eq!(field, "network", "{case}: {message}");
             }
             other => panic!("{case}: {other:?}"),

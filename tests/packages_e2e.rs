@@ -13,7 +13,9 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::packages::LayerStore;
-use airlock::{Config, Error, NetworkRequest, RunRequest, RunResult, Scheduler, Stage};
+use airlock::{
+    Config, InputError, NetworkRequest, RunError, RunRequest, RunResult, Scheduler, Stage,
+};
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::Language;
 use airlock_tests::{images_or_skip, Stages};
@@ -277,7 +279,7 @@ async fn bad_specs_are_refused_before_any_vm_boots() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, Error::PackageSpec { .. }),
+            matches!(err, RunError::Input(InputError::PackageSpec { .. })),
             "{language} {spec}: {err}"
         );
         assert!(stages.0.is_empty(), "{spec}: {:?}", stages.0);

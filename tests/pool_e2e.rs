@@ -231,7 +231,7 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
     }
     assert!(matches!(
         pool.take().await,
-        Err(airlock::Error::PoolDrained { .. })
+        Err(airlock::BootError::PoolDrained { .. })
     ));
 }
 

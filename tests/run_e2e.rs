@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock::{Config, Error, OutputStream, RunRequest, Scheduler, VmManager, VmOptions};
+use airlock::{
+    Config, InputError, OutputStream, RunError, RunRequest, Scheduler, VmManager, VmOptions,
+};
 use airlock_protocol::Language;
 use airlock_tests::{exec_request as exec, images_or_skip, qemu_processes_mentioning, text};
 use std::time::{Duration, Instant};
@@ -158,16 +160,7 @@ async fn qemu_killed_mid_run_is_reported_and_leaves_nothing_behind() {
         .await
         .unwrap_err();
     killer.await.unwrap();
-    assert!(
-        matches!(
-            err,
-            Error::VmDied {
-                when: "during exec",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, airlock::ExecError::VmDied { .. }), "{err}");
     assert!(err.to_string().contains("killed by signal 9"), "{err}");
     vm.destroy().await;
     assert!(!dir.exists(), "work dir (sockets, overlay, logs) removed");
@@ -232,7 +225,7 @@ async fn bad_requests_fail_before_any_vm_starts() {
     for (request, field) in cases {
         let start = Instant::now();
         match scheduler.run(request).await {
-            Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+            Err(RunError::Input(InputError::Invalid { field: f, .. })) => assert_eq!(f, field),
             other => panic!("{field}: expected InvalidInput, got {other:?}"),
         }
         assert!(

@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use airlock::{
-    CellRequest, CellResult, CloseReason, Config, Error, OutputStream, RunObserver, Scheduler,
-    Session, SessionOptions,
+    CellRequest, CellResult, CloseReason, Config, ExecError, InputError, OutputStream, RunObserver,
+    Scheduler, Session, SessionError, SessionOptions,
 };
 use airlock_protocol::{ErrorKind, FileKind, Language, ProtocolError};
 use airlock_tests::{images_or_skip, text, wait_until_gone};
@@ -68,12 +68,12 @@ async fn ok(session: &Session, code: &str) -> String {
 /// The protocol crate's sha256, the one the client checks with.
 use airlock_protocol::client::sha256_hex;
 
-fn guest_kind(error: &Error) -> Option<ErrorKind> {
+fn guest_kind(error: &SessionError) -> Option<ErrorKind> {
     match error {
-        Error::File {
+        SessionError::Exec(ExecError::File {
             source: ProtocolError::Guest { kind, .. },
             ..
-        } => Some(*kind),
+        }) => Some(*kind),
         _ => None,
     }
 }
@@ -156,9 +156,9 @@ async fn a_python_session_keeps_state_through_errors_timeouts_and_files() {
         (busy, busy_file)
     };
     let (interrupted, (busy, busy_file)) = tokio::join!(interrupted, meanwhile);
-    assert!(matches!(busy, Err(Error::SessionBusy { .. })), "{busy:?}");
+    assert!(matches!(busy, Err(SessionError::Busy { .. })), "{busy:?}");
     assert!(
-        matches!(busy_file, Err(Error::SessionBusy { .. })),
+        matches!(busy_file, Err(SessionError::Busy { .. })),
         "{busy_file:?}"
     );
     assert_eq!(interrupted.exit_code, 130, "{interrupted:?}");
@@ -212,14 +212,14 @@ async fn a_python_session_keeps_state_through_errors_timeouts_and_files() {
         assert!(
             matches!(
                 session.read_file(path).await,
-                Err(Error::InvalidInput { .. })
+                Err(SessionError::Input(InputError::Invalid { .. }))
             ),
             "{path:?}"
         );
         assert!(
             matches!(
                 session.write_file(path, b"x").await,
-                Err(Error::InvalidInput { .. })
+                Err(SessionError::Input(InputError::Invalid { .. }))
             ),
             "{path:?}"
         );
@@ -239,7 +239,7 @@ async fn a_python_session_keeps_state_through_errors_timeouts_and_files() {
         session
             .exec(CellRequest::new("print(1)"), &mut Streamed::default())
             .await,
-        Err(Error::SessionClosed {
+        Err(SessionError::Closed {
             reason: CloseReason::Closed,
             ..
         })
@@ -305,7 +305,7 @@ async fn javascript_and_bash_sessions_keep_state_and_an_idle_one_closes_itself()
     assert_eq!(raw.close_reason(), Some(CloseReason::IdleTimeout));
     assert!(matches!(
         raw.list_files("").await,
-        Err(Error::SessionClosed {
+        Err(SessionError::Closed {
             reason: CloseReason::IdleTimeout,
             ..
         })

@@ -43,18 +43,48 @@ pub enum CliError {
         /// Why it failed.
         message: String,
     },
-    /// The orchestrator's error (boxed: it is large, and rare).
+    /// The orchestrator's error outside a run or a session (starting it,
+    /// the stored artifacts; boxed: it is large, and rare).
     #[error(transparent)]
     Airlock(Box<airlock::Error>),
+    /// A request the orchestrator's checks refused.
+    #[error(transparent)]
+    Input(airlock::InputError),
+    /// A boot outside a run or a session (a template build) failed.
+    #[error(transparent)]
+    Boot(Box<airlock::BootError>),
+    /// A run failed.
+    #[error(transparent)]
+    Run(Box<airlock::RunError>),
+    /// A session or one of its calls failed.
+    #[error(transparent)]
+    Session(Box<airlock::SessionError>),
     /// The server's error (boxed, as the orchestrator's).
     #[error(transparent)]
     Server(Box<airlock_server::ServerError>),
 }
 
-impl From<airlock::Error> for CliError {
-    fn from(e: airlock::Error) -> Self {
-        Self::Airlock(Box::new(e))
+impl From<airlock::InputError> for CliError {
+    fn from(e: airlock::InputError) -> Self {
+        Self::Input(e)
     }
+}
+
+macro_rules! from_boxed {
+    ($($error:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$error> for CliError {
+            fn from(e: $error) -> Self {
+                Self::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+from_boxed! {
+    airlock::Error => Airlock,
+    airlock::BootError => Boot,
+    airlock::RunError => Run,
+    airlock::SessionError => Session,
 }
 
 impl From<airlock_server::ServerError> for CliError {
@@ -88,28 +118,43 @@ impl CliError {
             Self::ReadStdin { .. } => Some("pass the code as an argument or with -c"),
             Self::Io { .. } | Self::TaskFailed { .. } => None,
             Self::Airlock(e) => e.hint(),
+            Self::Input(e) => e.hint(),
+            Self::Boot(e) => e.hint(),
+            Self::Run(e) => e.hint(),
+            Self::Session(e) => e.hint(),
             Self::Server(e) => e.hint(),
         }
     }
 
-    /// The orchestrator's error, when it is one.
-    pub fn airlock(&self) -> Option<&airlock::Error> {
+    /// The session's error, when it is one.
+    pub fn session(&self) -> Option<&airlock::SessionError> {
         match self {
-            Self::Airlock(e) => Some(e),
+            Self::Session(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The orchestrator's refusal of the request, when it is one (a
+    /// run's or a session's too).
+    pub fn input(&self) -> Option<&airlock::InputError> {
+        match self {
+            Self::Input(e) => Some(e),
+            Self::Run(e) => e.input(),
+            Self::Session(e) => e.input(),
             _ => None,
         }
     }
 
     /// The argument or field refused, when the error is a refusal before
-    /// anything started (the command's or the orchestrator's).
+    /// anything started (the command's or the orchestrator's, a package
+    /// spec aside).
     pub fn invalid_field(&self) -> Option<&'static str> {
         match self {
             Self::Invalid { field, .. } => Some(field),
-            Self::Airlock(e) => match e.as_ref() {
-                airlock::Error::InvalidInput { field, .. } => Some(field),
+            _ => match self.input()? {
+                airlock::InputError::Invalid { field, .. } => Some(field),
                 _ => None,
             },
-            _ => None,
         }
     }
 }
@@ -127,10 +172,10 @@ mod tests {
         );
         assert_eq!(own.invalid_field(), Some("timeout"));
         assert_eq!(own.hint(), Some("see `airlock run --help`"));
-        let passed_on = CliError::from(airlock::Error::InvalidInput {
+        let passed_on = CliError::from(airlock::RunError::from(airlock::InputError::Invalid {
             field: "memory_mib",
             message: "too small".into(),
-        });
+        }));
         assert_eq!(passed_on.invalid_field(), Some("memory_mib"));
         assert_eq!(passed_on.to_string(), "invalid memory_mib: too small");
     }

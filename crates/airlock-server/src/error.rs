@@ -62,10 +62,10 @@ pub enum ServerError {
     /// The server is draining (SIGTERM) and takes no new work.
     #[error("the server is shutting down and takes no new work")]
     Draining,
-    /// The orchestrator refused or failed (boxed: the orchestrator's error
-    /// is large, and this enum travels in every `Result`).
+    /// The orchestrator refused or failed (boxed: the orchestrator's errors
+    /// are large, and this enum travels in every `Result`).
     #[error(transparent)]
-    Orchestrator(Box<airlock::Error>),
+    Orchestrator(Box<OrchestratorError>),
     /// The configuration file or a flag is not usable.
     #[error("configuration {source_name}: {message}")]
     Config {
@@ -101,10 +101,39 @@ pub enum ServerError {
     },
 }
 
-impl From<airlock::Error> for ServerError {
-    fn from(e: airlock::Error) -> Self {
-        Self::Orchestrator(Box::new(e))
-    }
+/// An error of the orchestrator, by the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrchestratorError {
+    /// A request refused by the library's checks.
+    #[error(transparent)]
+    Input(airlock::InputError),
+    /// A run failed.
+    #[error(transparent)]
+    Run(airlock::RunError),
+    /// A session, or one of its calls, failed.
+    #[error(transparent)]
+    Session(airlock::SessionError),
+    /// The scheduler could not start.
+    #[error(transparent)]
+    Start(airlock::Error),
+}
+
+macro_rules! from_orchestrator {
+    ($($error:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$error> for ServerError {
+            fn from(e: $error) -> Self {
+                Self::Orchestrator(Box::new(OrchestratorError::$variant(e)))
+            }
+        }
+    )*};
+}
+
+from_orchestrator! {
+    airlock::InputError => Input,
+    airlock::RunError => Run,
+    airlock::SessionError => Session,
+    airlock::Error => Start,
 }
 
 /// Result with the crate's error.
@@ -182,44 +211,115 @@ impl ServerError {
     }
 }
 
-fn orchestrator_status(e: &airlock::Error) -> StatusCode {
-    use airlock::Error as E;
-    match e {
-        E::InvalidInput { .. } | E::PackageSpec { .. } | E::PackageInstall { .. } => {
-            StatusCode::BAD_REQUEST
+/// What an orchestrator error comes down to, whatever the operation.
+enum Cause<'a> {
+    Input,
+    Install,
+    Boot(&'a airlock::BootError),
+    Exec(&'a airlock::ExecError),
+    Busy,
+    Closed,
+    Other,
+}
+
+impl<'a> Cause<'a> {
+    fn of(e: &'a OrchestratorError) -> Self {
+        use airlock::{PackageError, RunError as R, SessionError as S};
+        let packages = |p: &'a PackageError| match p {
+            PackageError::Input(airlock::InputError::Unreadable { .. }) => Cause::Other,
+            PackageError::Input(_) => Cause::Input,
+            PackageError::Install { .. } => Cause::Install,
+            PackageError::Boot(b) => Cause::Boot(b),
+            PackageError::Exec(x) => Cause::Exec(x),
+            _ => Cause::Other,
+        };
+        match e {
+            // A CA bundle the server is configured with but cannot read is
+            // the server's fault, not the request's.
+            OrchestratorError::Input(airlock::InputError::Unreadable { .. })
+            | OrchestratorError::Run(R::Input(airlock::InputError::Unreadable { .. }))
+            | OrchestratorError::Session(S::Input(airlock::InputError::Unreadable { .. })) => {
+                Cause::Other
+            }
+            OrchestratorError::Input(_)
+            | OrchestratorError::Run(R::Input(_))
+            | OrchestratorError::Session(S::Input(_)) => Cause::Input,
+            OrchestratorError::Run(R::Packages(p)) | OrchestratorError::Session(S::Packages(p)) => {
+                packages(p)
+            }
+            OrchestratorError::Run(R::Boot(b))
+            | OrchestratorError::Session(S::Boot(b))
+            | OrchestratorError::Start(airlock::Error::Boot(b)) => Cause::Boot(b),
+            OrchestratorError::Run(R::Exec(x)) | OrchestratorError::Session(S::Exec(x)) => {
+                Cause::Exec(x)
+            }
+            OrchestratorError::Session(S::Busy { .. }) => Cause::Busy,
+            OrchestratorError::Session(S::Closed { .. }) => Cause::Closed,
+            _ => Cause::Other,
         }
-        E::SessionBusy { .. } => StatusCode::CONFLICT,
-        E::SessionClosed { .. } => StatusCode::NOT_FOUND,
-        E::File { source, .. } => match source.kind() {
-            airlock_protocol::ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            airlock_protocol::ErrorKind::InvalidPath
-            | airlock_protocol::ErrorKind::LimitExceeded => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-        E::QueueTimeout { .. } | E::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
-        e if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-fn orchestrator_kind(e: &airlock::Error) -> &'static str {
-    use airlock::Error as E;
+/// The file error's protocol kind, when `e` is a refused file.
+fn file_kind(e: &airlock::ExecError) -> Option<airlock_protocol::ErrorKind> {
     match e {
-        E::InvalidInput { .. } | E::PackageSpec { .. } => "invalid_input",
-        E::PackageInstall { .. } => "package_install_failed",
-        E::SessionBusy { .. } => "session_busy",
-        E::SessionClosed { .. } => "session_not_found",
-        E::File { source, .. } => match source.kind() {
-            airlock_protocol::ErrorKind::NotFound => "file_not_found",
-            airlock_protocol::ErrorKind::InvalidPath
-            | airlock_protocol::ErrorKind::LimitExceeded => "invalid_input",
-            _ => "internal",
+        airlock::ExecError::File { source, .. } => Some(source.kind()),
+        _ => None,
+    }
+}
+
+fn orchestrator_status(e: &OrchestratorError) -> StatusCode {
+    use airlock_protocol::ErrorKind as K;
+    match Cause::of(e) {
+        Cause::Input | Cause::Install => StatusCode::BAD_REQUEST,
+        Cause::Busy => StatusCode::CONFLICT,
+        Cause::Closed => StatusCode::NOT_FOUND,
+        Cause::Exec(x) => match file_kind(x) {
+            Some(K::NotFound) => StatusCode::NOT_FOUND,
+            Some(K::InvalidPath | K::LimitExceeded) => StatusCode::BAD_REQUEST,
+            Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            None if x.is_vm_lost() => StatusCode::SERVICE_UNAVAILABLE,
+            None => StatusCode::INTERNAL_SERVER_ERROR,
         },
-        E::QueueTimeout { .. } => "overloaded",
-        E::ShutDown => "draining",
-        e if e.is_transient() => "vm_failed",
-        E::ImagesMissing { .. } => "images_missing",
-        _ => "internal",
+        Cause::Boot(airlock::BootError::QueueTimeout { .. } | airlock::BootError::ShutDown) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Cause::Boot(b) if b.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        Cause::Boot(_) | Cause::Other => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn orchestrator_kind(e: &OrchestratorError) -> &'static str {
+    use airlock_protocol::ErrorKind as K;
+    match Cause::of(e) {
+        Cause::Input => "invalid_input",
+        Cause::Install => "package_install_failed",
+        Cause::Busy => "session_busy",
+        Cause::Closed => "session_not_found",
+        Cause::Exec(x) => match file_kind(x) {
+            Some(K::NotFound) => "file_not_found",
+            Some(K::InvalidPath | K::LimitExceeded) => "invalid_input",
+            Some(_) => "internal",
+            None if x.is_vm_lost() => "vm_failed",
+            None => "internal",
+        },
+        Cause::Boot(airlock::BootError::QueueTimeout { .. }) => "overloaded",
+        Cause::Boot(airlock::BootError::ShutDown) => "draining",
+        Cause::Boot(b) if b.is_transient() => "vm_failed",
+        Cause::Boot(airlock::BootError::ImagesMissing { .. }) => "images_missing",
+        Cause::Boot(_) | Cause::Other => "internal",
+    }
+}
+
+impl OrchestratorError {
+    /// A one-line hint for the operator or the client.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Input(e) => e.hint(),
+            Self::Run(e) => e.hint(),
+            Self::Session(e) => e.hint(),
+            Self::Start(e) => e.hint(),
+        }
     }
 }
 
@@ -279,18 +379,93 @@ mod tests {
 
     #[test]
     fn invalid_orchestrator_input_is_a_400_and_no_capacity_a_503() {
-        let invalid = ServerError::from(airlock::Error::InvalidInput {
+        let invalid = ServerError::from(airlock::RunError::from(airlock::InputError::Invalid {
             field: "code",
             message: "empty".into(),
-        });
+        }));
         assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
         assert_eq!(invalid.kind(), "invalid_input");
-        let full = ServerError::from(airlock::Error::QueueTimeout {
+        let full = ServerError::from(airlock::RunError::from(airlock::BootError::QueueTimeout {
             waited: std::time::Duration::from_secs(1),
             slots: 4,
-        });
+        }));
         assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(full.kind(), "overloaded");
+    }
+
+    #[test]
+    fn each_operations_error_keeps_the_status_and_kind_of_its_cause() {
+        use airlock::{BootError, ExecError, PackageError, RunError, SessionError};
+        let died = || ExecError::VmDied {
+            vm_id: "vm".into(),
+            status: None,
+            stderr_tail: String::new(),
+            console_tail: String::new(),
+        };
+        let cases: [(ServerError, u16, &str); 7] = [
+            (
+                RunError::from(PackageError::Install {
+                    vm_id: None,
+                    packages: "six==1".into(),
+                    reason: "no such version".into(),
+                })
+                .into(),
+                400,
+                "package_install_failed",
+            ),
+            (RunError::from(died()).into(), 503, "vm_failed"),
+            (
+                SessionError::Busy {
+                    session_id: "s".into(),
+                }
+                .into(),
+                409,
+                "session_busy",
+            ),
+            (
+                SessionError::Closed {
+                    session_id: "s".into(),
+                    reason: airlock::CloseReason::IdleTimeout,
+                }
+                .into(),
+                404,
+                "session_not_found",
+            ),
+            (
+                SessionError::from(BootError::ShutDown).into(),
+                503,
+                "draining",
+            ),
+            (
+                airlock::Error::from(BootError::ImagesMissing {
+                    dir: "/i".into(),
+                    what: "kernel".into(),
+                })
+                .into(),
+                500,
+                "images_missing",
+            ),
+            (
+                RunError::from(airlock::InputError::Unreadable {
+                    field: "ca_bundle",
+                    source: airlock_sys_util::IoError::new(
+                        "read the CA bundle",
+                        "/ca.pem",
+                        std::io::Error::other("denied"),
+                    ),
+                })
+                .into(),
+                500,
+                "internal",
+            ),
+        ];
+        for (error, status, kind) in cases {
+            assert_eq!(
+                (error.status().as_u16(), error.kind()),
+                (status, kind),
+                "{error}"
+            );
+        }
     }
 
     #[test]

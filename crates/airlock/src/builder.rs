@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::disk::{DiskAcquired, DiskSource};
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::guest::Agent;
 use crate::images::Images;
 use crate::launcher::{Launcher, MachinePlan};
@@ -122,7 +122,11 @@ pub fn new_vm_id() -> String {
 ///
 /// # Errors
 /// The failing step's error.
-pub async fn build(ctx: &BootContext<'_>, options: &VmOptions, deadline: Instant) -> Result<Built> {
+pub async fn build(
+    ctx: &BootContext<'_>,
+    options: &VmOptions,
+    deadline: Instant,
+) -> Result<Built, BootError> {
     let base = ctx.images.rootfs(options.language)?.to_path_buf();
     let vm_id = new_vm_id();
     let workdir = WorkDir::create_owned(&ctx.config.run_dir, &vm_id, &options.tenant).await?;
@@ -147,7 +151,7 @@ async fn run_steps(
     base: &Path,
     deadline: Instant,
     guard: &mut BootGuard,
-) -> Result<(Agent, BootTimings)> {
+) -> Result<(Agent, BootTimings), BootError> {
     let vm_id = guard.vm_id.clone();
     let workdir = guard.workdir.clone();
     let mut timings = BootTimings::default();
@@ -205,7 +209,7 @@ async fn take_overlay(
     disks: &dyn DiskSource,
     base: &Path,
     workdir: &WorkDir,
-) -> Result<DiskAcquired> {
+) -> Result<DiskAcquired, BootError> {
     disks.acquire(base, &workdir.overlay()).await
 }
 
@@ -213,7 +217,11 @@ async fn take_overlay(
 /// blocking pool (it makes cgroupfs dirs and writes their files); if the
 /// boot is cancelled meanwhile, the group is removed there, as the boot's
 /// guard never got it.
-async fn create_group(ctx: &BootContext<'_>, options: &VmOptions, vm_id: &str) -> Result<VmGroup> {
+async fn create_group(
+    ctx: &BootContext<'_>,
+    options: &VmOptions,
+    vm_id: &str,
+) -> Result<VmGroup, BootError> {
     let limits = Limits::for_vm(VmShape {
         guest_memory_mib: u64::from(options.memory_mib),
         vcpus: options.vcpus,
@@ -240,11 +248,11 @@ async fn create_group(ctx: &BootContext<'_>, options: &VmOptions, vm_id: &str) -
             );
         }
     }));
-    let created = wait.await.map_err(|_| Error::TaskFailed {
+    let created = wait.await.map_err(|_| BootError::TaskFailed {
         task: "create a limits group",
         message: format!("vm {vm_id}: the task ended without a group (it panicked)"),
     })?;
-    created.map_err(Error::limits(Some(vm_id), "create its limits group"))
+    created.map_err(BootError::limits(Some(vm_id), "create its limits group"))
 }
 
 /// Step 4: gvproxy (and the egress proxy) when the VM has a network; first,
@@ -256,11 +264,11 @@ async fn start_network(
     vm_id: &str,
     workdir: &WorkDir,
     group: &VmGroup,
-) -> Result<Option<VmNetwork>> {
+) -> Result<Option<VmNetwork>, BootError> {
     if options.network.mode() == NetworkMode::None {
         return Ok(None);
     }
-    let hook = group.pre_exec_hook().map_err(Error::limits(
+    let hook = group.pre_exec_hook().map_err(BootError::limits(
         Some(vm_id),
         "prepare the network's limits hook",
     ))?;
@@ -300,7 +308,7 @@ fn machine_plan(
 impl Built {
     /// The finished VM, holding `slot`, after `attempts` attempts that
     /// waited `queued` for the slot.
-    pub async fn into_vm(self, slot: Slot, attempts: u32) -> Result<Vm> {
+    pub async fn into_vm(self, slot: Slot, attempts: u32) -> Result<Vm, BootError> {
         let Built {
             guard,
             agent,
@@ -319,7 +327,7 @@ impl Built {
         let (Some(process), Some(group)) = (parts.process.take(), parts.group.take()) else {
             let report = reaper.tear_down(parts, grace).await;
             tracing::warn!(?report, "a built VM without its machine or group");
-            return Err(Error::TaskFailed {
+            return Err(BootError::TaskFailed {
                 task: "boot",
                 message: format!("vm {vm_id}: the machine or its limits group went missing"),
             });

@@ -10,7 +10,7 @@
 //! caller sees.
 
 use crate::artifacts::EntryState;
-use crate::error::{Error, Result};
+use crate::error::{BootError, Error, Result};
 use crate::manager::VmManager;
 use crate::packages::{install::store_of, ListedLayer};
 use crate::task::blocking;
@@ -72,17 +72,17 @@ impl Artifacts {
     /// (an explicit build always builds).
     ///
     /// # Errors
-    /// [`Error::ImagesMissing`] without a root disk for the language,
-    /// [`Error::Io`] when the old template cannot be removed, or the
+    /// [`BootError::ImagesMissing`] without a root disk for the language,
+    /// [`BootError::Io`] when the old template cannot be removed, or the
     /// template boot's or save's error.
-    pub async fn build_template(&self, shape: TemplateShape) -> Result<Template> {
+    pub async fn build_template(&self, shape: TemplateShape) -> Result<Template, BootError> {
         let inputs = self.templates.inputs(shape)?;
         let store = self.templates.store().clone();
         let key = inputs.key();
         let dir = store.dir(&key);
         blocking("remove a memory template", move || store.remove(&key))
             .await?
-            .map_err(|e| Error::io("remove", dir, e))?;
+            .map_err(|e| BootError::io("remove", dir, e))?;
         self.templates.build(&inputs).await
     }
 
@@ -90,7 +90,8 @@ impl Artifacts {
     /// out), judged against this host and its layers.
     ///
     /// # Errors
-    /// [`Error::TaskFailed`] when the listing task fails.
+    /// [`Error::Boot`] ([`BootError::TaskFailed`]) when the listing task
+    /// fails.
     pub async fn templates(&self) -> Result<Vec<TemplateEntry>> {
         let listed = self.templates.list().await?;
         Ok(listed
@@ -118,7 +119,8 @@ impl Artifacts {
     /// left out).
     ///
     /// # Errors
-    /// [`Error::TaskFailed`] when the listing task fails.
+    /// [`Error::Boot`] ([`BootError::TaskFailed`]) when the listing task
+    /// fails.
     pub async fn layers(&self) -> Result<Vec<LayerEntry>> {
         let store = store_of(&self.manager);
         let rootfs = self.manager.images().rootfs_hash.clone();
@@ -131,6 +133,7 @@ impl Artifacts {
                 .collect()
         })
         .await
+        .map_err(Error::from)
     }
 
     /// Removes every template that is not current (other kernel, root
@@ -138,7 +141,8 @@ impl Artifacts {
     /// never one in use. Returns the keys removed.
     ///
     /// # Errors
-    /// [`Error::Io`] for the first removal that failed.
+    /// [`Error::Boot`] ([`BootError::Io`]) for the first removal that
+    /// failed.
     pub async fn prune_templates(&self) -> Result<Vec<String>> {
         Ok(self.templates.prune().await?.removed)
     }

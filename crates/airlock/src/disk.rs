@@ -1,7 +1,7 @@
 //! Where a VM's root disk overlay comes from: the overlay pool, behind a
 //! small seam so that the builder can be tested without `qemu-img`.
 
-use crate::error::Result;
+use crate::error::{BootError, Result};
 use crate::task::BoxFuture;
 use airlock_overlay::OverlayPool;
 use std::path::Path;
@@ -21,9 +21,12 @@ pub trait DiskSource: Send + Sync {
     /// Puts an overlay over `base` at `dest`.
     ///
     /// # Errors
-    /// [`crate::Error::Overlay`].
-    fn acquire<'a>(&'a self, base: &'a Path, dest: &'a Path)
-        -> BoxFuture<'a, Result<DiskAcquired>>;
+    /// [`crate::BootError::Overlay`].
+    fn acquire<'a>(
+        &'a self,
+        base: &'a Path,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<DiskAcquired, BootError>>;
 }
 
 impl DiskSource for OverlayPool {
@@ -31,11 +34,11 @@ impl DiskSource for OverlayPool {
         &'a self,
         base: &'a Path,
         dest: &'a Path,
-    ) -> BoxFuture<'a, Result<DiskAcquired>> {
+    ) -> BoxFuture<'a, Result<DiskAcquired, BootError>> {
         Box::pin(async move {
             let acquired = OverlayPool::acquire(self, base, dest)
                 .await
-                .map_err(crate::Error::overlay(None, "take a disk overlay"))?;
+                .map_err(crate::BootError::overlay(None, "take a disk overlay"))?;
             Ok(DiskAcquired {
                 elapsed: acquired.elapsed,
                 pool_hit: acquired.pool_hit,

@@ -6,7 +6,7 @@
 use crate::builder::{build, BootContext};
 use crate::config::Config;
 use crate::disk::DiskSource;
-use crate::error::Result;
+use crate::error::{BootError, Result};
 use crate::images::Images;
 use crate::launcher::Launcher;
 use crate::machine::VmOptions;
@@ -101,9 +101,9 @@ impl VmFactory {
     /// slot is the VM's until it is destroyed.
     ///
     /// # Errors
-    /// [`crate::Error::ShutDown`], [`crate::Error::QueueTimeout`], or the
+    /// [`crate::BootError::ShutDown`], [`crate::BootError::QueueTimeout`], or the
     /// last boot error.
-    pub async fn boot(&self, options: &VmOptions) -> Result<Vm> {
+    pub async fn boot(&self, options: &VmOptions) -> Result<Vm, BootError> {
         self.boot_with(options, self.launcher.as_ref()).await
     }
 
@@ -113,7 +113,11 @@ impl VmFactory {
     ///
     /// # Errors
     /// As [`VmFactory::boot`].
-    pub async fn boot_with(&self, options: &VmOptions, launcher: &dyn Launcher) -> Result<Vm> {
+    pub async fn boot_with(
+        &self,
+        options: &VmOptions,
+        launcher: &dyn Launcher,
+    ) -> Result<Vm, BootError> {
         let slot = self.slots.acquire().await?;
         let ctx = BootContext {
             config: &self.config,

@@ -9,7 +9,7 @@
 //! `/etc/passwd`) is refused. Contents are checked end to end: the client
 //! compares the sha256 it computed with the guest's, both ways.
 
-use crate::error::{Error, Result};
+use crate::error::{ExecError, InputError};
 use airlock_protocol::client::Client;
 use serde::Serialize;
 use std::time::Duration;
@@ -91,7 +91,7 @@ pub struct Downloaded {
 
 impl Downloaded {
     /// The record of reading `path`: its content and info, or the error.
-    pub fn of(path: &str, read: Result<(Vec<u8>, FileInfo)>) -> Self {
+    pub fn of(path: &str, read: Result<(Vec<u8>, FileInfo), ExecError>) -> Self {
         match read {
             Ok((content, info)) => Self {
                 path: path.to_owned(),
@@ -116,11 +116,11 @@ impl Downloaded {
 /// out of the home.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `field`, saying what is wrong.
-pub fn validate_guest_path(field: &'static str, path: &str) -> Result<()> {
+/// [`InputError::Invalid`] for `field`, saying what is wrong.
+pub fn validate_guest_path(field: &'static str, path: &str) -> Result<(), InputError> {
     validate_guest_dir(field, path)?;
     if path.split('/').all(|c| c.is_empty() || c == ".") {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             format!("{path:?} names the sandbox home itself, not a file in it"),
         ));
@@ -132,9 +132,14 @@ pub fn validate_guest_path(field: &'static str, path: &str) -> Result<()> {
 /// accepted: a directory to list.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `field`.
-pub fn validate_guest_dir(field: &'static str, path: &str) -> Result<()> {
-    let refuse = |why: String| Err(Error::invalid(field, format!("guest path {path:?}: {why}")));
+/// [`InputError::Invalid`] for `field`.
+pub fn validate_guest_dir(field: &'static str, path: &str) -> Result<(), InputError> {
+    let refuse = |why: String| {
+        Err(InputError::invalid(
+            field,
+            format!("guest path {path:?}: {why}"),
+        ))
+    };
     if path.contains('\0') {
         return refuse("it contains a NUL byte".into());
     }
@@ -158,7 +163,11 @@ pub fn validate_guest_dir(field: &'static str, path: &str) -> Result<()> {
 }
 
 /// Writes `upload` through `client`; the sha256 is compared by the client.
-pub(crate) async fn upload(vm_id: &str, client: &Client, upload: &FileUpload) -> Result<FileInfo> {
+pub(crate) async fn upload(
+    vm_id: &str,
+    client: &Client,
+    upload: &FileUpload,
+) -> Result<FileInfo, ExecError> {
     let size = upload.content.len() as u64;
     let sha256 = client
         .write_file(
@@ -168,7 +177,7 @@ pub(crate) async fn upload(vm_id: &str, client: &Client, upload: &FileUpload) ->
             transfer_timeout(size),
         )
         .await
-        .map_err(|source| Error::File {
+        .map_err(|source| ExecError::File {
             vm_id: vm_id.to_owned(),
             path: upload.path.clone(),
             action: "write",
@@ -186,12 +195,12 @@ pub(crate) async fn download(
     vm_id: &str,
     client: &Client,
     path: &str,
-) -> Result<(Vec<u8>, FileInfo)> {
+) -> Result<(Vec<u8>, FileInfo), ExecError> {
     let timeout = transfer_timeout(client.config().max_read_file_bytes);
     let content = client
         .read_file(path, timeout)
         .await
-        .map_err(|source| Error::File {
+        .map_err(|source| ExecError::File {
             vm_id: vm_id.to_owned(),
             path: path.to_owned(),
             action: "read",
@@ -211,7 +220,7 @@ mod tests {
 
     fn refused(path: &str) -> String {
         match validate_guest_path("path", path) {
-            Err(Error::InvalidInput { field, message }) => {
+            Err(InputError::Invalid { field, message }) => {
                 assert_eq!(field, "path");
                 message
             }

@@ -2,7 +2,7 @@
 //! who serves them, and wait until the agent answers, racing QEMU's death
 //! (step 8 of "A VM's life" in `docs/architecture.md`).
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::process::{console_tail, QemuProcess};
 use airlock_protocol::client::{AgentInfo, Client};
 use airlock_protocol::ProtocolError;
@@ -101,8 +101,8 @@ pub struct RestoreTimings {
 }
 
 /// Races `agent` (which yields `None` once its deadline passed) against the
-/// machine's process exiting. The process exiting first is [`Error::VmDied`]
-/// with its logs; `None` is [`Error::BootTimeout`] after `waited`.
+/// machine's process exiting. The process exiting first is [`BootError::VmDied`]
+/// with its logs; `None` is [`BootError::BootTimeout`] after `waited`.
 ///
 /// # Errors
 /// As above, or `agent`'s own error.
@@ -111,14 +111,14 @@ pub async fn race_death<T, F>(
     process: &mut QemuProcess,
     waited: Duration,
     agent: F,
-) -> Result<T>
+) -> Result<T, BootError>
 where
-    F: Future<Output = Result<Option<T>>>,
+    F: Future<Output = Result<Option<T>, BootError>>,
 {
     let outcome = tokio::select! {
         ready = agent => ready,
         status = process.wait() => {
-            return Err(Error::VmDied {
+            return Err(BootError::VmDied {
                 vm_id: paths.vm_id.to_owned(),
                 when: "during boot",
                 status: status.ok().map(ChildExit::from),
@@ -129,7 +129,7 @@ where
     };
     match outcome? {
         Some(ready) => Ok(ready),
-        None => Err(Error::BootTimeout {
+        None => Err(BootError::BootTimeout {
             vm_id: paths.vm_id.to_owned(),
             after: waited,
             stderr_tail: process.stderr_tail(),
@@ -142,13 +142,13 @@ where
 /// `deadline`. Fails at once when QEMU exits.
 ///
 /// # Errors
-/// [`Error::VmDied`], [`Error::BootTimeout`], [`Error::PeerMismatch`], or
-/// [`Error::Protocol`] for an agent with another protocol version.
+/// [`BootError::VmDied`], [`BootError::BootTimeout`], [`BootError::PeerMismatch`], or
+/// [`BootError::Protocol`] for an agent with another protocol version.
 pub async fn wait_ready(
     paths: &GuestPaths<'_>,
     qemu: &mut QemuProcess,
     deadline: Instant,
-) -> Result<Agent> {
+) -> Result<Agent, BootError> {
     let waited = deadline.saturating_duration_since(Instant::now());
     let pid = qemu.pid();
     race_death(paths, qemu, waited, connect_agent(paths, pid, deadline)).await
@@ -159,13 +159,13 @@ pub async fn wait_ready(
 /// watch the machine: race it with [`race_death`].
 ///
 /// # Errors
-/// [`Error::PeerMismatch`], or [`Error::Protocol`] for an agent with
+/// [`BootError::PeerMismatch`], or [`BootError::Protocol`] for an agent with
 /// another protocol version.
 pub async fn connect_agent(
     paths: &GuestPaths<'_>,
     qemu_pid: u32,
     deadline: Instant,
-) -> Result<Option<Agent>> {
+) -> Result<Option<Agent>, BootError> {
     let cmd = connect(paths.cmd_socket, deadline).await;
     let event = connect(paths.event_socket, deadline).await;
     let (Some(cmd), Some(event)) = (cmd, event) else {
@@ -186,8 +186,12 @@ pub async fn connect_agent(
 /// Waits for the agent: its hello (sent when its port opens), or a pong
 /// to one of the pings sent meanwhile (they cover an agent that was up
 /// before we connected). `None` when the deadline passed.
-async fn await_agent(client: &Client, vm_id: &str, deadline: Instant) -> Result<Option<AgentInfo>> {
-    let refused = |e| Error::Protocol {
+async fn await_agent(
+    client: &Client,
+    vm_id: &str,
+    deadline: Instant,
+) -> Result<Option<AgentInfo>, BootError> {
+    let refused = |e| BootError::Protocol {
         vm_id: vm_id.to_owned(),
         source: e,
     };
@@ -241,16 +245,21 @@ async fn connect(path: &Path, deadline: Instant) -> Option<UnixStream> {
 /// Checks with SO_PEERCRED that the socket is served by our QEMU: its pid,
 /// and our own uid (QEMU runs as the user that started it; a pid alone
 /// could be matched by a reused pid of another user's process).
-fn check_peer(stream: &UnixStream, path: &Path, vm_id: &str, qemu_pid: u32) -> Result<()> {
+fn check_peer(
+    stream: &UnixStream,
+    path: &Path,
+    vm_id: &str,
+    qemu_pid: u32,
+) -> Result<(), BootError> {
     let cred = stream
         .peer_cred()
-        .map_err(|e| Error::io("read peer credentials of", path, e))?;
+        .map_err(|e| BootError::io("read peer credentials of", path, e))?;
     let peer_pid = cred.pid().unwrap_or(-1);
     let our_uid = nix::unistd::geteuid().as_raw();
     if is_our_qemu((peer_pid, cred.uid()), (qemu_pid, our_uid)) {
         Ok(())
     } else {
-        Err(Error::PeerMismatch {
+        Err(BootError::PeerMismatch {
             vm_id: vm_id.to_owned(),
             path: path.to_path_buf(),
             peer_pid,
@@ -305,7 +314,7 @@ mod tests {
         let ours = std::process::id();
         check_peer(&client, &path, "vm", ours).unwrap();
         let err = check_peer(&client, &path, "vm", ours + 1).unwrap_err();
-        assert!(matches!(err, Error::PeerMismatch { .. }), "{err}");
+        assert!(matches!(err, BootError::PeerMismatch { .. }), "{err}");
     }
 
     fn paths<'a>(console: &'a Path) -> GuestPaths<'a> {
@@ -331,7 +340,7 @@ mod tests {
         let console = dir.path().join("console.log");
         std::fs::write(&console, "kernel panic\n").unwrap();
         let mut process = spawn(dir.path(), "echo no-kvm >&2; exit 3").await;
-        let never = std::future::pending::<Result<Option<Agent>>>();
+        let never = std::future::pending::<Result<Option<Agent>, BootError>>();
         let err = race_death(
             &paths(&console),
             &mut process,
@@ -341,7 +350,7 @@ mod tests {
         .await
         .unwrap_err();
         match &err {
-            Error::VmDied {
+            BootError::VmDied {
                 status,
                 stderr_tail,
                 console_tail,
@@ -372,7 +381,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(
-            matches!(err, Error::BootTimeout { after, .. } if after == Duration::from_millis(50)),
+            matches!(err, BootError::BootTimeout { after, .. } if after == Duration::from_millis(50)),
             "{err}"
         );
         process.terminate(Duration::ZERO).await;

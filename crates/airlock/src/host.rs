@@ -1,7 +1,7 @@
 //! What the host offers (QEMU, accelerator), probed once. Probe results
 //! only: the QEMU spec of a VM is built in `qemu_spec.rs`.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::images::Images;
 use airlock_qemu::{probe_host, BootImages, HostCaps, ProbeConfig};
 use std::path::PathBuf;
@@ -23,8 +23,8 @@ impl Host {
     /// `AIRLOCK_ACCEL`.
     ///
     /// # Errors
-    /// [`crate::Error::Qemu`] (missing QEMU names the fix).
-    pub async fn probe(images: &Images) -> Result<Self> {
+    /// [`crate::BootError::Qemu`] (missing QEMU names the fix).
+    pub async fn probe(images: &Images) -> Result<Self, BootError> {
         let mut config = ProbeConfig::from_env();
         config.kvm_probe_images = Some(BootImages {
             kernel: images.kernel.clone(),
@@ -32,7 +32,7 @@ impl Host {
         });
         let report = probe_host(&config)
             .await
-            .map_err(Error::qemu(None, "probe the host"))?;
+            .map_err(BootError::qemu(None, "probe the host"))?;
         let accel_reason = match &report.accel_warning {
             Some(warning) => format!("{}; {warning}", report.kvm.verdict.reason),
             None => report.kvm.verdict.reason.clone(),

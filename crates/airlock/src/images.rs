@@ -7,7 +7,7 @@
 //! matplotlib, scipy, scikit-learn, ...), built by a full
 //! `cargo xtask images` and optional in an images dir.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use airlock_protocol::Language;
 use airlock_sys_util::image_manifest::{
     rootfs_key, ImageManifest, INITRAMFS_KEY, KERNEL_KEY, MANIFEST_FILE, MANIFEST_FORMAT,
@@ -191,9 +191,9 @@ impl Images {
     /// Reads `dir/manifest.json` and checks that every file it names exists.
     ///
     /// # Errors
-    /// [`Error::ImagesMissing`] saying what is missing.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let missing = |what: String| Error::ImagesMissing {
+    /// [`BootError::ImagesMissing`] saying what is missing.
+    pub fn load(dir: &Path) -> Result<Self, BootError> {
+        let missing = |what: String| BootError::ImagesMissing {
             dir: dir.to_path_buf(),
             what,
         };
@@ -208,7 +208,7 @@ impl Images {
                 manifest.format
             )));
         }
-        let file = |key: &str| -> Result<(PathBuf, String)> {
+        let file = |key: &str| -> Result<(PathBuf, String), BootError> {
             let artefact = manifest
                 .artefacts
                 .get(key)
@@ -252,12 +252,12 @@ impl Images {
     /// The root disk of `image`.
     ///
     /// # Errors
-    /// [`Error::ImagesMissing`] when the images dir does not hold it (an
+    /// [`BootError::ImagesMissing`] when the images dir does not hold it (an
     /// optional image not built: `cargo xtask images` builds it).
-    pub fn disk(&self, image: Image) -> Result<&ImageDisk> {
+    pub fn disk(&self, image: Image) -> Result<&ImageDisk, BootError> {
         self.image_disks
             .get(&image)
-            .ok_or_else(|| Error::ImagesMissing {
+            .ok_or_else(|| BootError::ImagesMissing {
                 dir: self.dir.clone(),
                 what: format!("the root disk of image {image} ({})", image.rootfs_key()),
             })
@@ -275,12 +275,12 @@ impl Images {
     /// The root disk of a language.
     ///
     /// # Errors
-    /// [`Error::ImagesMissing`] (cannot happen for a loaded set).
-    pub fn rootfs(&self, language: Language) -> Result<&Path> {
+    /// [`BootError::ImagesMissing`] (cannot happen for a loaded set).
+    pub fn rootfs(&self, language: Language) -> Result<&Path, BootError> {
         self.rootfs
             .get(&language)
             .map(PathBuf::as_path)
-            .ok_or_else(|| Error::ImagesMissing {
+            .ok_or_else(|| BootError::ImagesMissing {
                 dir: self.dir.clone(),
                 what: format!("no root disk for {language}"),
             })

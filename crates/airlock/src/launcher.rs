@@ -7,7 +7,7 @@
 //! boot) is one more implementation of this trait. See
 //! `docs/architecture.md`, "The launcher seam".
 
-use crate::error::Result;
+use crate::error::{BootError, Result};
 use crate::guest::Agent;
 use crate::process::QemuProcess;
 use crate::workdir::WorkDir;
@@ -53,24 +53,24 @@ pub trait Launcher: Send + Sync {
     /// instruction, and returns once it runs. Must not wait for the guest.
     ///
     /// # Errors
-    /// [`crate::Error::Spawn`], [`crate::Error::Qemu`] (a plan QEMU cannot
-    /// run), [`crate::Error::Limits`] (the group refuses the child).
+    /// [`crate::BootError::Spawn`], [`crate::BootError::Qemu`] (a plan QEMU cannot
+    /// run), [`crate::BootError::Limits`] (the group refuses the child).
     fn spawn<'a>(
         &'a self,
         plan: &'a MachinePlan,
         group: &'a VmGroup,
-    ) -> BoxFuture<'a, Result<QemuProcess>>;
+    ) -> BoxFuture<'a, Result<QemuProcess, BootError>>;
 
     /// Waits until the machine's agent answers, racing the process's
     /// death, until `deadline`.
     ///
     /// # Errors
-    /// [`crate::Error::VmDied`], [`crate::Error::BootTimeout`] (both
-    /// transient), [`crate::Error::PeerMismatch`], [`crate::Error::Protocol`].
+    /// [`crate::BootError::VmDied`], [`crate::BootError::BootTimeout`] (both
+    /// transient), [`crate::BootError::PeerMismatch`], [`crate::BootError::Protocol`].
     fn reach_agent<'a>(
         &'a self,
         plan: &'a MachinePlan,
         process: &'a mut QemuProcess,
         deadline: Instant,
-    ) -> BoxFuture<'a, Result<Agent>>;
+    ) -> BoxFuture<'a, Result<Agent, BootError>>;
 }

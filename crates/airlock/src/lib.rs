@@ -26,13 +26,19 @@
 //! prunes the stored memory templates and package layers (`airlock
 //! snapshot`); [`doctor`] says what the host offers, as data.
 //!
+//! **Errors** are per operation: [`Scheduler::run`] fails with a
+//! [`RunError`], a session with a [`SessionError`], a VM source with a
+//! [`BootError`] (which holds the retry decision,
+//! [`BootError::is_transient`]); starting a scheduler and the artifacts
+//! fail with the crate-level [`Error`]. Each has a `hint()` for the user.
+//!
 //! Embedding it:
 //!
 //! ```no_run
 //! use airlock::{Config, Language, RunRequest, SandboxSpec, Scheduler, SessionOptions};
 //! use airlock::{CellRequest, Discard};
 //!
-//! # async fn demo() -> airlock::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // Probes the host once; VMs run under this process's limits.
 //! let scheduler = Scheduler::start(Config::default()).await?;
 //!
@@ -102,7 +108,9 @@ pub use airlock_sys_util::ChildExit;
 pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
 pub use close::CloseReason;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
-pub use error::{Error, Result};
+pub use error::{
+    BootError, Error, ExecError, InputError, PackageError, Result, RunError, SessionError,
+};
 pub use files::{
     validate_guest_dir, validate_guest_path, Downloaded, FileInfo, FileUpload, DEFAULT_FILE_MODE,
 };

@@ -4,7 +4,7 @@
 //! through the [`VmFactory`] with the QEMU launcher.
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::factory::{FactoryParts, VmFactory};
 use crate::host::Host;
 use crate::images::Images;
@@ -48,8 +48,8 @@ impl VmManager {
     /// sweeps what a crashed run left, and starts the overlay pool.
     ///
     /// # Errors
-    /// [`Error::Config`], [`Error::ImagesMissing`], [`Error::Qemu`] (no
-    /// QEMU), [`Error::Overlay`], [`Error::Io`].
+    /// [`crate::Error::Config`], [`BootError::ImagesMissing`], [`BootError::Qemu`] (no
+    /// QEMU), [`BootError::Overlay`], [`BootError::Io`].
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
         let dir = config.images_dir.clone();
@@ -82,7 +82,7 @@ impl VmManager {
         let vms_dir = WorkDir::vms_dir(&config.run_dir);
         tokio::fs::create_dir_all(&vms_dir)
             .await
-            .map_err(|e| Error::io("create", &vms_dir, e))?;
+            .map_err(|e| BootError::io("create", &vms_dir, e))?;
         // One pool per manager (a pool locks its dir), named after our pid
         // and start time; pools of processes that are gone are swept.
         let pools = config.run_dir.join("overlays");
@@ -92,7 +92,7 @@ impl VmManager {
             crate::process_dirs::process_dir_name(&crate::builder::new_vm_id())
         })
         .await?
-        .map_err(|e| Error::io("name the overlay pool after", "/proc/self/stat", e))?;
+        .map_err(|e| BootError::io("name the overlay pool after", "/proc/self/stat", e))?;
         let overlays = OverlayPool::new(PoolConfig {
             pool_dir: pools.join(pool_name),
             work_root: Some(vms_dir),
@@ -100,7 +100,7 @@ impl VmManager {
             ..PoolConfig::default()
         })
         .await
-        .map_err(Error::overlay(None, "start the overlay pool"))?;
+        .map_err(BootError::overlay(None, "start the overlay pool"))?;
         let accel = match host.caps.accel {
             airlock_qemu::Accel::Kvm => airlock_limits::Accel::Kvm,
             airlock_qemu::Accel::Tcg => airlock_limits::Accel::Tcg,
@@ -162,8 +162,8 @@ impl VmManager {
     /// once on permanent ones.
     ///
     /// # Errors
-    /// [`Error::ShutDown`], [`Error::QueueTimeout`], or the last boot error.
-    pub async fn boot(&self, options: &VmOptions) -> Result<Vm> {
+    /// [`BootError::ShutDown`], [`BootError::QueueTimeout`], or the last boot error.
+    pub async fn boot(&self, options: &VmOptions) -> Result<Vm, BootError> {
         self.inner.factory.boot(options).await
     }
 
@@ -175,7 +175,7 @@ impl VmManager {
         &self,
         options: &VmOptions,
         launcher: &dyn crate::launcher::Launcher,
-    ) -> Result<Vm> {
+    ) -> Result<Vm, BootError> {
         self.inner.factory.boot_with(options, launcher).await
     }
 

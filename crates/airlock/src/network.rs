@@ -4,7 +4,7 @@
 //! egress policy proxy for allowlisted names, and host TCP ports bridged to
 //! the guest's exposed ports.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, InputError, Result};
 use crate::process::ProcessRegistry;
 use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
 use airlock_gvproxy::{
@@ -37,14 +37,15 @@ impl NetworkRequest {
     /// `exposes` are `GUEST[:HOST][/tcp]`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for `network` naming a bad domain or port.
+    /// [`InputError::Invalid`] for `network` naming a bad domain or port.
     pub fn from_flags(
         language: airlock_protocol::Language,
         network: bool,
         allow_domains: &[String],
         exposes: &[String],
-    ) -> Result<Self> {
-        let invalid = |e: airlock_gvproxy::GvproxyError| Error::invalid("network", e.to_string());
+    ) -> Result<Self, InputError> {
+        let invalid =
+            |e: airlock_gvproxy::GvproxyError| InputError::invalid("network", e.to_string());
         let allow = if network || !allow_domains.is_empty() {
             Some(if allow_domains.is_empty() {
                 airlock_gvproxy::default_allowlist(language.as_str()).map_err(invalid)?
@@ -88,14 +89,14 @@ impl NetworkRequest {
     /// starts.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for `network`.
-    pub fn validate(&self) -> Result<()> {
+    /// [`InputError::Invalid`] for `network`.
+    pub fn validate(&self) -> Result<(), InputError> {
         if self.mode() == NetworkMode::None {
             return Ok(());
         }
         self.policy("request")
             .validate()
-            .map_err(|e| Error::invalid("network", e.to_string()))
+            .map_err(|e| InputError::invalid("network", e.to_string()))
     }
 }
 
@@ -176,7 +177,7 @@ impl VmNetwork {
     /// side of every exposed port.
     ///
     /// # Errors
-    /// [`Error::Network`] (gvproxy missing, namespaces refused, a host port
+    /// [`BootError::Network`] (gvproxy missing, namespaces refused, a host port
     /// taken).
     pub async fn start(
         vm_id: &str,
@@ -184,10 +185,10 @@ impl VmNetwork {
         request: &NetworkRequest,
         child_setup: Option<ChildSetup>,
         overrides: &EgressTestOverrides,
-    ) -> Result<Self> {
-        let net = |e: airlock_gvproxy::GvproxyError| Error::Network {
+    ) -> Result<Self, BootError> {
+        let net = |e: airlock_gvproxy::GvproxyError| BootError::Network {
             vm_id: vm_id.to_owned(),
-            source: e,
+            source: Box::new(e),
         };
         let binary = find_gvproxy_cached().await.map_err(net)?;
         // Forked by the spawner thread with a parent-death signal: gvproxy
@@ -225,17 +226,16 @@ impl VmNetwork {
                 allow_private_for_tests: overrides.allow_private,
                 ..EgressConfig::default()
             };
-            network.egress =
-                Some(
-                    EgressProxy::serve(l80, l443, config).map_err(|source| Error::Egress {
-                        vm_id: vm_id.to_owned(),
-                        source,
-                    })?,
-                );
+            network.egress = Some(EgressProxy::serve(l80, l443, config).map_err(|source| {
+                BootError::Egress {
+                    vm_id: vm_id.to_owned(),
+                    source: Box::new(source),
+                }
+            })?);
         }
         for port in network.gvproxy.exposed_ports().to_vec() {
             let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
-            let bind_error = |action, source| Error::ExposeBind {
+            let bind_error = |action, source| BootError::ExposeBind {
                 vm_id: vm_id.to_owned(),
                 action,
                 addr: host,

@@ -21,7 +21,7 @@
 //!
 //! The one-shot CLI keeps no pool (it would be filled and thrown away).
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::machine::VmOptions;
 use crate::ms;
 use crate::spec::MachineShape;
@@ -83,13 +83,17 @@ pub(crate) struct Parked {
 pub(crate) trait PoolSource: Send + Sync {
     /// A running VM of the pool's shape, ready for code (restored and
     /// reseeded).
-    fn start(&self) -> BoxFuture<'_, Result<Vm>>;
+    fn start(&self) -> BoxFuture<'_, Result<Vm, BootError>>;
     /// Makes a new VM ready to wait: warms it, then pauses it. Returns the
     /// connection to resume it with.
-    fn park<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<Option<QmpClient>>>;
+    fn park<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<Option<QmpClient>, BootError>>;
     /// Resumes a waiting VM and makes it fit for a request (fresh entropy
     /// and clock).
-    fn resume<'a>(&'a self, vm: &'a Vm, qmp: Option<QmpClient>) -> BoxFuture<'a, Result<()>>;
+    fn resume<'a>(
+        &'a self,
+        vm: &'a Vm,
+        qmp: Option<QmpClient>,
+    ) -> BoxFuture<'a, Result<(), BootError>>;
 }
 
 /// VMs restored from the memory template of one shape (built first when
@@ -108,34 +112,37 @@ impl TemplateSource {
         }
     }
 
-    async fn restore(&self) -> Result<Vm> {
+    async fn restore(&self) -> Result<Vm, BootError> {
         let template = self.templates.ensure(self.options.shape()).await?;
         self.templates.boot_or_cold(&self.options, &template).await
     }
 
-    async fn warm_and_pause(&self, vm: &Vm) -> Result<Option<QmpClient>> {
+    async fn warm_and_pause(&self, vm: &Vm) -> Result<Option<QmpClient>, BootError> {
         warm(vm).await?;
         let deadline = Instant::now() + QMP_TIMEOUT;
         let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
             .await
-            .map_err(Error::qemu(Some(vm.id()), "connect to QMP to pause it"))?;
+            .map_err(BootError::qemu(Some(vm.id()), "connect to QMP to pause it"))?;
         qmp.stop(deadline)
             .await
-            .map_err(Error::qemu(Some(vm.id()), "pause it for the pool"))?;
+            .map_err(BootError::qemu(Some(vm.id()), "pause it for the pool"))?;
         Ok(Some(qmp))
     }
 
-    async fn cont_and_reseed(&self, vm: &Vm, qmp: Option<QmpClient>) -> Result<()> {
+    async fn cont_and_reseed(&self, vm: &Vm, qmp: Option<QmpClient>) -> Result<(), BootError> {
         let deadline = Instant::now() + QMP_TIMEOUT;
         let mut qmp = match qmp {
             Some(qmp) => qmp,
             None => QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
                 .await
-                .map_err(Error::qemu(Some(vm.id()), "connect to QMP to resume it"))?,
+                .map_err(BootError::qemu(
+                    Some(vm.id()),
+                    "connect to QMP to resume it",
+                ))?,
         };
         qmp.cont(deadline)
             .await
-            .map_err(Error::qemu(Some(vm.id()), "resume it from the pool"))?;
+            .map_err(BootError::qemu(Some(vm.id()), "resume it from the pool"))?;
         reseed(vm.client()?, vm.id()).await
     }
 }
@@ -145,8 +152,8 @@ impl TemplateSource {
 /// reseed, so that its own random state is the clone's), then a no-op
 /// cell, which translates the interpreter's code into this QEMU's empty
 /// TCG cache before a request pays for it.
-async fn warm(vm: &Vm) -> Result<()> {
-    let protocol = |source| Error::Protocol {
+async fn warm(vm: &Vm) -> Result<(), BootError> {
+    let protocol = |source| BootError::Protocol {
         vm_id: vm.id().to_owned(),
         source,
     };
@@ -187,15 +194,19 @@ fn noop_code(language: Language) -> &'static str {
 }
 
 impl PoolSource for TemplateSource {
-    fn start(&self) -> BoxFuture<'_, Result<Vm>> {
+    fn start(&self) -> BoxFuture<'_, Result<Vm, BootError>> {
         Box::pin(self.restore())
     }
 
-    fn park<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<Option<QmpClient>>> {
+    fn park<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<Option<QmpClient>, BootError>> {
         Box::pin(self.warm_and_pause(vm))
     }
 
-    fn resume<'a>(&'a self, vm: &'a Vm, qmp: Option<QmpClient>) -> BoxFuture<'a, Result<()>> {
+    fn resume<'a>(
+        &'a self,
+        vm: &'a Vm,
+        qmp: Option<QmpClient>,
+    ) -> BoxFuture<'a, Result<(), BootError>> {
         Box::pin(self.cont_and_reseed(vm, qmp))
     }
 }
@@ -357,9 +368,9 @@ impl WarmPool {
     /// resume and the reseed) or of the on-demand restore.
     ///
     /// # Errors
-    /// [`Error::PoolDrained`] after [`WarmPool::shutdown`]; else as the
+    /// [`BootError::PoolDrained`] after [`WarmPool::shutdown`]; else as the
     /// restore.
-    pub async fn take(&self) -> Result<Vm> {
+    pub async fn take(&self) -> Result<Vm, BootError> {
         let shared = &self.shared;
         if shared.closed.load(Ordering::SeqCst) {
             return Err(self.drained());
@@ -394,14 +405,14 @@ impl WarmPool {
         shared.source.start().await
     }
 
-    fn drained(&self) -> Error {
-        Error::PoolDrained {
+    fn drained(&self) -> BootError {
+        BootError::PoolDrained {
             shape: self.shared.config.shape.to_string(),
         }
     }
 
     /// Ends the fill (a VM being made is torn down) and destroys every
-    /// waiting VM; later takes fail with [`Error::PoolDrained`]. Safe to
+    /// waiting VM; later takes fail with [`BootError::PoolDrained`]. Safe to
     /// call twice.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
@@ -492,7 +503,7 @@ async fn fill(shared: Arc<Shared>) {
 }
 
 /// Makes one waiting VM: started, warmed, paused.
-async fn make_one(shared: &Shared) -> Result<Parked> {
+async fn make_one(shared: &Shared) -> Result<Parked, BootError> {
     let mut vm = shared.source.start().await?;
     match shared.source.park(&vm).await {
         Ok(qmp) => Ok(Parked {

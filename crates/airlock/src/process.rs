@@ -4,7 +4,7 @@
 //! manager's [`ProcessRegistry`], which kills what is left when the last
 //! handle to the manager (and so to the scheduler) drops.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use airlock_sys_util::TailBuffer;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -50,12 +50,12 @@ impl QemuProcess {
     /// parent-death signal, see `spawner.rs`).
     ///
     /// # Errors
-    /// [`Error::Spawn`]; [`Error::Io`] when the log cannot be created.
-    pub async fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self> {
+    /// [`BootError::Spawn`]; [`BootError::Io`] when the log cannot be created.
+    pub async fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self, BootError> {
         let program = PathBuf::from(cmd.as_std().get_program());
         let log_file = tokio::fs::File::create(log)
             .await
-            .map_err(|e| Error::io("create", log, e))?;
+            .map_err(|e| BootError::io("create", log, e))?;
         cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -63,7 +63,7 @@ impl QemuProcess {
             .kill_on_drop(true);
         let mut child = crate::spawner::spawn(cmd)
             .await
-            .map_err(|source| Error::Spawn {
+            .map_err(|source| BootError::Spawn {
                 vm_id: vm_id.to_owned(),
                 program: program.clone(),
                 source,

@@ -4,7 +4,7 @@
 //! this launcher with its RAM in a shared file ([`QemuLauncher::for_template`]);
 //! [`spawn_spec`] is shared with the restore launcher.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::guest::{self, Agent, GuestFiles};
 use crate::host::Host;
 use crate::launcher::{Launcher, MachinePlan};
@@ -45,7 +45,11 @@ impl QemuLauncher {
         }
     }
 
-    async fn spawn_qemu(&self, plan: &MachinePlan, group: &VmGroup) -> Result<QemuProcess> {
+    async fn spawn_qemu(
+        &self,
+        plan: &MachinePlan,
+        group: &VmGroup,
+    ) -> Result<QemuProcess, BootError> {
         let mut spec = vm_spec(plan, &self.boot);
         spec.memory_file = self.template_memory.as_ref().map(|path| MemoryFile {
             path: path.clone(),
@@ -63,8 +67,8 @@ pub(crate) async fn spawn_spec(
     spec: &VmSpec,
     plan: &MachinePlan,
     group: &VmGroup,
-) -> Result<QemuProcess> {
-    let argv = QemuArgs::build(spec, &host.caps).map_err(Error::qemu(
+) -> Result<QemuProcess, BootError> {
+    let argv = QemuArgs::build(spec, &host.caps).map_err(BootError::qemu(
         Some(&plan.vm_id),
         "build the QEMU command line",
     ))?;
@@ -74,7 +78,7 @@ pub(crate) async fn spawn_spec(
     // first instruction.
     group
         .prepare_tokio_command(&mut cmd)
-        .map_err(Error::limits(
+        .map_err(BootError::limits(
             Some(&plan.vm_id),
             "put QEMU in its limits group",
         ))?;
@@ -88,7 +92,7 @@ impl QemuLauncher {
         plan: &MachinePlan,
         qemu: &mut QemuProcess,
         deadline: Instant,
-    ) -> Result<Agent> {
+    ) -> Result<Agent, BootError> {
         let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
         guest::wait_ready(&files.paths(), qemu, deadline).await
     }
@@ -103,7 +107,7 @@ impl Launcher for QemuLauncher {
         &'a self,
         plan: &'a MachinePlan,
         group: &'a VmGroup,
-    ) -> BoxFuture<'a, Result<QemuProcess>> {
+    ) -> BoxFuture<'a, Result<QemuProcess, BootError>> {
         Box::pin(self.spawn_qemu(plan, group))
     }
 
@@ -112,7 +116,7 @@ impl Launcher for QemuLauncher {
         plan: &'a MachinePlan,
         process: &'a mut QemuProcess,
         deadline: Instant,
-    ) -> BoxFuture<'a, Result<Agent>> {
+    ) -> BoxFuture<'a, Result<Agent, BootError>> {
         Box::pin(Self::wait_agent(plan, process, deadline))
     }
 }

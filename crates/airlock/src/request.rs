@@ -4,7 +4,7 @@
 //! VM's life in `docs/architecture.md`): a refused request never starts a
 //! VM.
 
-use crate::error::{Error, Result};
+use crate::error::{InputError, Result};
 use crate::files::{validate_guest_path, Downloaded, FileUpload};
 use crate::spec::SandboxSpec;
 use crate::vm::BootTimings;
@@ -70,9 +70,9 @@ impl RunRequest {
     /// Checks every field; the first problem is returned.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field and what is accepted,
-    /// [`Error::PackageSpec`] for a refused package.
-    pub fn validate(&self) -> Result<()> {
+    /// [`InputError::Invalid`] naming the field and what is accepted,
+    /// [`InputError::PackageSpec`] for a refused package.
+    pub fn validate(&self) -> Result<(), InputError> {
         validate_code(&self.code)?;
         validate_timeout(self.timeout)?;
         self.spec.validate()?;
@@ -89,9 +89,9 @@ impl RunRequest {
     /// The run's packages, checked and sorted.
     ///
     /// # Errors
-    /// [`Error::PackageSpec`] for an unpinned or malformed spec, or
+    /// [`InputError::PackageSpec`] for an unpinned or malformed spec, or
     /// packages for `raw`.
-    pub fn package_list(&self) -> Result<crate::packages::PackageList> {
+    pub fn package_list(&self) -> Result<crate::packages::PackageList, InputError> {
         crate::packages::PackageList::parse(self.language(), &self.spec.packages)
     }
 }
@@ -100,13 +100,13 @@ impl RunRequest {
 /// [`MAX_CODE_BYTES`], no NUL byte.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `code`.
-pub(crate) fn validate_code(code: &str) -> Result<()> {
+/// [`InputError::Invalid`] for `code`.
+pub(crate) fn validate_code(code: &str) -> Result<(), InputError> {
     if code.trim().is_empty() {
-        return Err(Error::invalid("code", "the code is empty"));
+        return Err(InputError::invalid("code", "the code is empty"));
     }
     if code.len() > MAX_CODE_BYTES {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             "code",
             format!(
                 "{} bytes is over the limit of {MAX_CODE_BYTES} bytes",
@@ -115,7 +115,7 @@ pub(crate) fn validate_code(code: &str) -> Result<()> {
         ));
     }
     if code.contains('\0') {
-        return Err(Error::invalid("code", "the code contains a NUL byte"));
+        return Err(InputError::invalid("code", "the code contains a NUL byte"));
     }
     Ok(())
 }
@@ -123,10 +123,10 @@ pub(crate) fn validate_code(code: &str) -> Result<()> {
 /// Checks a timeout: above zero, at most [`MAX_TIMEOUT`].
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `timeout`.
-pub fn validate_timeout(timeout: Duration) -> Result<()> {
+/// [`InputError::Invalid`] for `timeout`.
+pub fn validate_timeout(timeout: Duration) -> Result<(), InputError> {
     if timeout.is_zero() || timeout > MAX_TIMEOUT {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             "timeout",
             format!(
                 "{:?} is outside 1 ms ..= {} s",
@@ -145,16 +145,16 @@ pub fn validate_timeout(timeout: Duration) -> Result<()> {
 /// TAB in values), plus a total size cap.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `env`.
-pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
+/// [`InputError::Invalid`] for `env`.
+pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InputError> {
     let mut total = 0;
     for (name, value) in env {
         airlock_protocol::check_env(name, value)
-            .map_err(|e| Error::invalid("env", e.to_string()))?;
+            .map_err(|e| InputError::invalid("env", e.to_string()))?;
         total += name.len() + value.len() + 2;
     }
     if total > MAX_ENV_BYTES {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             "env",
             format!("{total} bytes of environment is over the limit of {MAX_ENV_BYTES}"),
         ));
@@ -165,11 +165,14 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
 /// Parses `KEY=VALUE` (as given to `-e`).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when there is no `=`.
-pub fn parse_env_pair(pair: &str) -> Result<(String, String)> {
+/// [`InputError::Invalid`] when there is no `=`.
+pub fn parse_env_pair(pair: &str) -> Result<(String, String), InputError> {
     match pair.split_once('=') {
         Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
-        None => Err(Error::invalid("env", format!("{pair:?} is not KEY=VALUE"))),
+        None => Err(InputError::invalid(
+            "env",
+            format!("{pair:?} is not KEY=VALUE"),
+        )),
     }
 }
 
@@ -321,7 +324,7 @@ mod tests {
             let mut r = RunRequest::new(language, "print(1)");
             r.spec.packages = vec![bad.into()];
             assert!(
-                matches!(r.validate(), Err(Error::PackageSpec { .. })),
+                matches!(r.validate(), Err(InputError::PackageSpec { .. })),
                 "{language} {bad}"
             );
         }
@@ -336,7 +339,7 @@ mod tests {
 
     fn field_of(r: &RunRequest) -> &'static str {
         match r.validate() {
-            Err(Error::InvalidInput { field, .. }) => field,
+            Err(InputError::Invalid { field, .. }) => field,
             other => panic!("expected InvalidInput, got {other:?}"),
         }
     }
@@ -387,7 +390,7 @@ mod tests {
             assert!(validate_identifier("tenant", bad).is_err(), "{bad:?}");
         }
         match validate_identifier("tenant", "a/b") {
-            Err(Error::InvalidInput { field, message }) => {
+            Err(InputError::Invalid { field, message }) => {
                 assert_eq!(field, "tenant");
                 assert!(message.contains("A-Z, a-z, 0-9"), "{message}");
             }

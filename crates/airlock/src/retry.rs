@@ -3,7 +3,7 @@
 //! deadline over all of them (see `docs/architecture.md`, "Retries").
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use airlock_sys_util::Backoff;
 use std::future::Future;
 use std::time::Duration;
@@ -62,7 +62,7 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct Retried<T> {
     /// The success, or the error of the last attempt.
-    pub result: Result<T>,
+    pub result: Result<T, BootError>,
     /// Attempts made (1 when the first one decided).
     pub attempts: u32,
 }
@@ -73,7 +73,7 @@ pub struct Retried<T> {
 /// timeout, cut to the overall deadline. An attempt still running
 /// [`CUT_SLACK`] after its deadline (a step that hung before the agent
 /// wait, which is the only step that watches `deadline` itself) is
-/// dropped and fails with the transient [`Error::AttemptTimeout`]; the
+/// dropped and fails with the transient [`BootError::AttemptTimeout`]; the
 /// attempt must therefore be cancel-safe (the builder's `BootGuard` hands
 /// what it made to the reaper when dropped).
 ///
@@ -83,7 +83,7 @@ pub struct Retried<T> {
 pub async fn retry<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Retried<T>
 where
     F: FnMut(u32, Instant) -> Fut,
-    Fut: Future<Output = Result<T>>,
+    Fut: Future<Output = Result<T, BootError>>,
 {
     let overall = Instant::now() + policy.budget();
     let backoff = policy.backoff();
@@ -94,7 +94,7 @@ where
         let result = tokio::time::timeout_at(deadline + CUT_SLACK, attempt(n, deadline))
             .await
             .unwrap_or_else(|_| {
-                Err(Error::AttemptTimeout {
+                Err(BootError::AttemptTimeout {
                     attempt: n,
                     after: start.elapsed(),
                 })
@@ -136,8 +136,8 @@ mod tests {
         }
     }
 
-    fn transient() -> Error {
-        Error::BootTimeout {
+    fn transient() -> BootError {
+        BootError::BootTimeout {
             vm_id: "vm".into(),
             after: Duration::from_secs(10),
             stderr_tail: String::new(),
@@ -149,7 +149,7 @@ mod tests {
     /// (since the start) each attempt began.
     async fn run(
         policy: RetryPolicy,
-        script: Vec<Result<u32>>,
+        script: Vec<Result<u32, BootError>>,
     ) -> (Retried<u32>, Vec<(Duration, Duration)>) {
         let start = Instant::now();
         let script = Arc::new(Mutex::new(script.into_iter()));
@@ -188,8 +188,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_permanent_failure_is_not_retried() {
-        let (retried, seen) = run(policy(3), vec![Err(Error::invalid("code", "bad"))]).await;
-        assert!(matches!(retried.result, Err(Error::InvalidInput { .. })));
+        let (retried, seen) = run(policy(3), vec![Err(BootError::ShutDown)]).await;
+        assert!(matches!(retried.result, Err(BootError::ShutDown)));
         assert_eq!((retried.attempts, seen.len()), (1, 1));
     }
 
@@ -197,7 +197,7 @@ mod tests {
     async fn attempts_run_out_with_the_last_error() {
         let script = vec![Err(transient()), Err(transient()), Err(transient())];
         let (retried, seen) = run(policy(3), script).await;
-        assert!(matches!(retried.result, Err(Error::BootTimeout { .. })));
+        assert!(matches!(retried.result, Err(BootError::BootTimeout { .. })));
         assert_eq!((retried.attempts, seen.len()), (3, 3));
     }
 
@@ -263,7 +263,7 @@ mod tests {
     async fn a_cut_attempt_is_a_transient_attempt_timeout() {
         let retried: Retried<()> = retry(&policy(1), |_, _| std::future::pending()).await;
         match retried.result {
-            Err(e @ Error::AttemptTimeout { attempt: 1, after }) => {
+            Err(e @ BootError::AttemptTimeout { attempt: 1, after }) => {
                 assert_eq!(after, Duration::from_secs(10) + CUT_SLACK);
                 assert!(e.is_transient());
             }
@@ -281,7 +281,7 @@ mod tests {
         assert!(
             matches!(
                 retried.result,
-                Err(Error::AttemptTimeout { attempt: 5, .. })
+                Err(BootError::AttemptTimeout { attempt: 5, .. })
             ),
             "{:?}",
             retried.result

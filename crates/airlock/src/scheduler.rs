@@ -7,7 +7,7 @@
 //! ([`Scheduler::run`]); a session keeps it ([`Scheduler::session`]).
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{BootError, ExecError, InputError, PackageError, Result, RunError};
 use crate::files::{Downloaded, FileUpload};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
@@ -217,7 +217,7 @@ impl Scheduler {
     ///
     /// # Errors
     /// As [`Scheduler::run_observed`].
-    pub async fn run(&self, request: RunRequest) -> Result<RunResult> {
+    pub async fn run(&self, request: RunRequest) -> Result<RunResult, RunError> {
         self.run_observed(request, &mut Discard).await
     }
 
@@ -226,13 +226,13 @@ impl Scheduler {
     /// happens (also when this future is dropped).
     ///
     /// # Errors
-    /// [`crate::Error::InvalidInput`] for a refused request, else boot and
-    /// exec errors.
+    /// [`RunError::Input`] for a refused request (before any VM starts),
+    /// [`RunError::Packages`], [`RunError::Boot`], [`RunError::Exec`].
     pub async fn run_observed(
         &self,
         request: RunRequest,
         observer: &mut dyn RunObserver,
-    ) -> Result<RunResult> {
+    ) -> Result<RunResult, RunError> {
         let start = Instant::now();
         request.validate()?;
         let validate_ms = ms(start.elapsed());
@@ -248,7 +248,7 @@ impl Scheduler {
             mut vm,
             env,
             packages,
-        } = self.open(&spec, env, observer).await?;
+        } = self.open::<RunError>(&spec, env, observer).await?;
         observer.exposed(vm.exposed());
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
@@ -315,12 +315,15 @@ impl Scheduler {
     ///
     /// # Errors
     /// As the package preparer, the VM source and the CA bundle's copy.
-    pub(crate) async fn open(
+    pub(crate) async fn open<E>(
         &self,
         spec: &SandboxSpec,
         env: BTreeMap<String, String>,
         observer: &mut dyn RunObserver,
-    ) -> Result<Opened> {
+    ) -> Result<Opened, E>
+    where
+        E: From<PackageError> + From<BootError> + From<InputError> + From<ExecError>,
+    {
         let prepared = self
             .inner
             .parts
@@ -350,12 +353,15 @@ impl Scheduler {
     /// The environment of the sandbox's code: `env`, plus the CA bundle's
     /// variables when the VM has an allowlist network (the bundle is
     /// copied in first; see [`crate::packages::ca`]).
-    async fn guest_env(
+    async fn guest_env<E>(
         &self,
         vm: &dyn SandboxVm,
         spec: &SandboxSpec,
         env: BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>> {
+    ) -> Result<BTreeMap<String, String>, E>
+    where
+        E: From<InputError> + From<ExecError>,
+    {
         if spec.network.mode() != airlock_gvproxy::NetworkMode::Allowlist {
             return Ok(env);
         }
@@ -381,7 +387,7 @@ impl Scheduler {
         &self,
         options: &VmOptions,
         observer: &mut dyn RunObserver,
-    ) -> Result<Box<dyn SandboxVm>> {
+    ) -> Result<Box<dyn SandboxVm>, BootError> {
         let parts = &self.inner.parts;
         let shapes = parts.pool.as_ref().map_or(&[][..], |(_, shapes)| shapes);
         let restore = parts.config.restore_templates && parts.template.is_some();
@@ -399,7 +405,7 @@ impl Scheduler {
 }
 
 /// Writes each upload into `vm`, in order; the first failure ends it.
-async fn upload_all(vm: &dyn SandboxVm, uploads: &[FileUpload]) -> Result<()> {
+async fn upload_all(vm: &dyn SandboxVm, uploads: &[FileUpload]) -> Result<(), ExecError> {
     for upload in uploads {
         vm.upload(upload).await?;
     }

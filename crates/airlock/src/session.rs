@@ -8,7 +8,7 @@
 //!   does), else by a cold boot.
 //! - **One call at a time.** [`Session::exec`] and the file and package
 //!   calls each hold the session while they run; a second call meanwhile
-//!   is refused at once with [`Error::SessionBusy`] (never queued: the
+//!   is refused at once with [`SessionError::Busy`] (never queued: the
 //!   caller decides whether to wait, and a slow cell cannot pile up
 //!   callers). [`Session::canceller`] interrupts the running cell from
 //!   anywhere; [`Session::close`] ends the session even mid-call.
@@ -18,7 +18,7 @@
 //!   has lived for [`SessionOptions::max_lifetime`] (default
 //!   [`DEFAULT_MAX_LIFETIME`], 1 h; a running call is cut). After that,
 //!   and after [`Session::close`], every call returns
-//!   [`Error::SessionClosed`] with the reason.
+//!   [`SessionError::Closed`] with the reason.
 //! - **Ownership.** Dropping a [`Session`] destroys its VM (through the
 //!   manager's reaper) and stops its watchdog.
 
@@ -26,7 +26,7 @@ mod lifetime;
 
 pub use crate::close::CloseReason;
 
-use crate::error::{Error, Result};
+use crate::error::{ExecError, InputError, PackageError, Result, SessionError};
 use crate::files::{validate_guest_dir, validate_guest_path, FileInfo, FileUpload};
 use crate::observer::{Discard, RunObserver};
 use crate::request::{validate_code, validate_env, validate_timeout, DEFAULT_TIMEOUT};
@@ -90,15 +90,15 @@ impl SessionOptions {
     /// Checks every field; the first problem is returned.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<()> {
+    /// [`InputError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), InputError> {
         self.spec.validate()?;
         for (field, value) in [
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
         ] {
             if value.is_zero() || value > MAX_SESSION_LIFETIME {
-                return Err(Error::invalid(
+                return Err(InputError::invalid(
                     field,
                     format!(
                         "{value:?} is outside 1 ms ..= {} s",
@@ -137,8 +137,8 @@ impl CellRequest {
     /// Checks the code, timeout and environment as a run's.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<()> {
+    /// [`InputError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), InputError> {
         validate_code(&self.code)?;
         validate_timeout(self.timeout)?;
         validate_env(&self.env)
@@ -202,12 +202,13 @@ impl Scheduler {
     /// lifetime.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for refused options, else as a run's boot.
-    pub async fn session(&self, options: SessionOptions) -> Result<Session> {
+    /// [`SessionError::Input`] for refused options (nothing started),
+    /// [`SessionError::Packages`], [`SessionError::Boot`], [`SessionError::Exec`].
+    pub async fn session(&self, options: SessionOptions) -> Result<Session, SessionError> {
         options.validate()?;
         let started = Instant::now();
         let opened = self
-            .open(&options.spec, BTreeMap::new(), &mut Discard)
+            .open::<SessionError>(&options.spec, BTreeMap::new(), &mut Discard)
             .await?;
         // The interpreter of a restored VM runs already; a cold one's
         // starts now rather than on the first cell. A failure here is not
@@ -376,14 +377,14 @@ impl Session {
     /// `state_lost` says whether the interpreter had to be killed.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a refused cell, [`Error::SessionBusy`]
-    /// while another call runs, [`Error::SessionClosed`] after the end,
+    /// [`SessionError::Input`] for a refused cell, [`SessionError::Busy`]
+    /// while another call runs, [`SessionError::Closed`] after the end,
     /// else the VM's errors (a VM that died closes the session).
     pub async fn exec(
         &self,
         request: CellRequest,
         observer: &mut dyn RunObserver,
-    ) -> Result<CellResult> {
+    ) -> Result<CellResult, SessionError> {
         request.validate()?;
         let mut call = self.inner.begin()?;
         let started = Instant::now();
@@ -430,15 +431,15 @@ impl Session {
     /// sha256.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a refused path, [`Error::File`] when the
-    /// agent refuses or fails it, [`Error::SessionBusy`],
-    /// [`Error::SessionClosed`].
-    pub async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<FileInfo> {
+    /// [`SessionError::Input`] for a refused path, [`ExecError::File`] when the
+    /// agent refuses or fails it, [`SessionError::Busy`],
+    /// [`SessionError::Closed`].
+    pub async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<FileInfo, SessionError> {
         validate_guest_path("path", path)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
         let upload = FileUpload::new(path, bytes);
-        self.inner.until_shutdown(vm.upload(&upload)).await?
+        Ok(self.inner.until_shutdown(vm.upload(&upload)).await??)
     }
 
     /// Reads a file of the sandbox home (at most 128 MiB), checked end to
@@ -446,11 +447,11 @@ impl Session {
     ///
     /// # Errors
     /// As [`Session::write_file`].
-    pub async fn read_file(&self, path: &str) -> Result<(Vec<u8>, FileInfo)> {
+    pub async fn read_file(&self, path: &str) -> Result<(Vec<u8>, FileInfo), SessionError> {
         validate_guest_path("path", path)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        self.inner.until_shutdown(vm.download(path)).await?
+        Ok(self.inner.until_shutdown(vm.download(path)).await??)
     }
 
     /// Lists a directory of the sandbox home (`""` or `"."`: the home),
@@ -458,11 +459,11 @@ impl Session {
     ///
     /// # Errors
     /// As [`Session::write_file`].
-    pub async fn list_files(&self, dir: &str) -> Result<Vec<FileEntry>> {
+    pub async fn list_files(&self, dir: &str) -> Result<Vec<FileEntry>, SessionError> {
         validate_guest_dir("dir", dir)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        self.inner.until_shutdown(vm.list_files(dir)).await?
+        Ok(self.inner.until_shutdown(vm.list_files(dir)).await??)
     }
 
     /// Installs pinned packages (`name==version` for pip, `name@version`
@@ -473,9 +474,9 @@ impl Session {
     /// network).
     ///
     /// # Errors
-    /// [`Error::PackageSpec`] for a refused spec, [`Error::PackageInstall`]
+    /// [`InputError::PackageSpec`] for a refused spec, [`PackageError::Install`]
     /// without a network, else as [`Session::exec`].
-    pub async fn install_packages(&self, packages: &[String]) -> Result<CellResult> {
+    pub async fn install_packages(&self, packages: &[String]) -> Result<CellResult, SessionError> {
         crate::packages::PackageList::parse(self.inner.language, packages)?;
         let mut call = self.inner.begin()?;
         let started = Instant::now();
@@ -489,7 +490,7 @@ impl Session {
     }
 
     /// Ends the session: a running call is stopped, the VM destroyed; every
-    /// later call returns [`Error::SessionClosed`]. Safe to call twice (the
+    /// later call returns [`SessionError::Closed`]. Safe to call twice (the
     /// second reports nothing left).
     pub async fn close(&self) -> TeardownReport {
         self.inner.close(CloseReason::Closed).await
@@ -537,8 +538,16 @@ impl Call<'_> {
     }
 
     /// A VM that died during the call ends the session.
-    async fn check_vm<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Err(Error::VmDied { .. }) = &result {
+    async fn check_vm<T, E: Into<SessionError>>(
+        &mut self,
+        result: Result<T, E>,
+    ) -> Result<T, SessionError> {
+        let result = result.map_err(Into::into);
+        if let Err(
+            SessionError::Exec(ExecError::VmDied { .. })
+            | SessionError::Packages(PackageError::Exec(ExecError::VmDied { .. })),
+        ) = &result
+        {
             self.inner.mark_closed(CloseReason::VmDied);
             if let Some(mut vm) = self.vm.take() {
                 vm.destroy().await;
@@ -560,8 +569,8 @@ impl Inner {
         *lock(&self.closed)
     }
 
-    fn closed_error(&self, reason: CloseReason) -> Error {
-        Error::SessionClosed {
+    fn closed_error(&self, reason: CloseReason) -> SessionError {
+        SessionError::Closed {
             session_id: self.id.clone(),
             reason,
         }
@@ -569,11 +578,11 @@ impl Inner {
 
     /// Takes the session for one call: refused at once when another call
     /// holds it (busy) or when it has ended.
-    fn begin(&self) -> Result<Call<'_>> {
+    fn begin(&self) -> Result<Call<'_>, SessionError> {
         if let Some(reason) = self.closed_reason() {
             return Err(self.closed_error(reason));
         }
-        let vm = self.vm.try_lock().map_err(|_| Error::SessionBusy {
+        let vm = self.vm.try_lock().map_err(|_| SessionError::Busy {
             session_id: self.id.clone(),
         })?;
         if vm.is_none() {
@@ -585,8 +594,11 @@ impl Inner {
     }
 
     /// Runs `fut` unless the session ends first (then
-    /// [`Error::SessionClosed`], and `fut` is dropped).
-    async fn until_shutdown<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T> {
+    /// [`SessionError::Closed`], and `fut` is dropped).
+    async fn until_shutdown<T>(
+        &self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, SessionError> {
         let mut shutdown = self.shutdown.subscribe();
         tokio::select! {
             value = fut => Ok(value),

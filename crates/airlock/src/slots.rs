@@ -1,7 +1,7 @@
 //! VM slots: at most `max_concurrent_vms` VMs live at once; more boots wait
 //! in line (backpressure, not failure), up to a queue timeout.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -43,20 +43,20 @@ impl Slots {
     /// are taken. Cancel-safe: a waiter dropped in line takes nothing.
     ///
     /// # Errors
-    /// [`Error::QueueTimeout`] after the queue timeout; [`Error::ShutDown`]
+    /// [`BootError::QueueTimeout`] after the queue timeout; [`BootError::ShutDown`]
     /// once [`Slots::close`] was called.
-    pub async fn acquire(&self) -> Result<Slot> {
+    pub async fn acquire(&self) -> Result<Slot, BootError> {
         let start = Instant::now();
         let permit = tokio::time::timeout(
             self.queue_timeout,
             Arc::clone(&self.semaphore).acquire_owned(),
         )
         .await
-        .map_err(|_| Error::QueueTimeout {
+        .map_err(|_| BootError::QueueTimeout {
             waited: self.queue_timeout,
             slots: self.capacity,
         })?
-        .map_err(|_| Error::ShutDown)?;
+        .map_err(|_| BootError::ShutDown)?;
         Ok(Slot {
             _permit: permit,
             queued: start.elapsed(),
@@ -135,7 +135,7 @@ mod tests {
         let _taken = slots.acquire().await.unwrap();
         let err = slots.acquire().await.unwrap_err();
         assert!(
-            matches!(err, Error::QueueTimeout { slots: 1, waited } if waited == Duration::from_secs(5)),
+            matches!(err, BootError::QueueTimeout { slots: 1, waited } if waited == Duration::from_secs(5)),
             "{err}"
         );
     }
@@ -150,7 +150,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         slots.close();
-        assert!(matches!(waiter.await.unwrap(), Err(Error::ShutDown)));
-        assert!(matches!(slots.acquire().await, Err(Error::ShutDown)));
+        assert!(matches!(waiter.await.unwrap(), Err(BootError::ShutDown)));
+        assert!(matches!(slots.acquire().await, Err(BootError::ShutDown)));
     }
 }

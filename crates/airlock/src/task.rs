@@ -1,7 +1,7 @@
 //! Small async plumbing shared by the lower modules: boxed futures for
 //! object-safe traits, and blocking work moved off the runtime's workers.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -12,14 +12,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// worker threads.
 ///
 /// # Errors
-/// [`Error::TaskFailed`] when the work panicked or was cancelled.
+/// [`BootError::TaskFailed`] when the work panicked or was cancelled.
 pub(crate) async fn blocking<T: Send + 'static>(
     task: &'static str,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
+) -> Result<T, BootError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::TaskFailed {
+        .map_err(|e| BootError::TaskFailed {
             task,
             message: e.to_string(),
         })

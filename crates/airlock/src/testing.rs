@@ -23,14 +23,14 @@
 //! | `env NAME`           | the value of `NAME` in the exec's environment on stdout     |
 //! | `hang`               | runs until its timeout (`timed_out`, exit 137, state lost in a cell) or an interrupt (exit 130) |
 //! | `lose-state`         | exit 137, `state_lost`                                      |
-//! | `die`                | [`Error::VmDied`]                                           |
+//! | `die`                | [`ExecError::VmDied`]                                       |
 //! | lines of `show TEXT`, `result MIME DATA`, `raise NAME VALUE` | results, in order: `show` the main result (`text/plain` TEXT), `result` a displayed one (`{MIME: DATA}`, DATA as is: base64 for binary types), `raise` a cell error (traceback on stderr, exit 1) |
 //! | anything else        | echoed on stdout, exit 0                                    |
 //!
 //! Files live in memory per VM; installs succeed on a VM with a network
 //! (echoing the packages) and fail without one, as the real ones do.
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, ExecError, PackageError};
 use crate::files::{FileInfo, FileUpload};
 use crate::machine::VmOptions;
 use crate::network::ExposedAddr;
@@ -59,7 +59,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Makes the error of a scripted failure (errors are not `Clone`).
-pub type MakeError = Box<dyn FnOnce() -> Error + Send>;
+pub type MakeError<E> = Box<dyn FnOnce() -> E + Send>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -71,7 +71,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct SourceState {
     /// Failures of the next acquires, in order.
-    boot_errors: Mutex<VecDeque<MakeError>>,
+    boot_errors: Mutex<VecDeque<MakeError<BootError>>>,
     /// The options of every acquire that succeeded, in order.
     acquired: Mutex<Vec<VmOptions>>,
     /// Every exec any of its VMs ran, in order.
@@ -123,7 +123,7 @@ impl FakeVmSource {
 
     /// The next acquire fails with `error()` (queued: several calls fail
     /// several acquires).
-    pub fn fail_next_boot(&self, error: impl FnOnce() -> Error + Send + 'static) {
+    pub fn fail_next_boot(&self, error: impl FnOnce() -> BootError + Send + 'static) {
         lock(&self.state.boot_errors).push_back(Box::new(error));
     }
 
@@ -164,7 +164,7 @@ impl VmSource for FakeVmSource {
         &'a self,
         options: &'a VmOptions,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>>> {
+    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>, BootError>> {
         Box::pin(async move {
             observer.stage(Stage::Booting);
             let delay = *lock(&self.state.boot_delay);
@@ -231,8 +231,8 @@ impl FakeVm {
         }
     }
 
-    fn file_error(&self, path: &str, action: &'static str, kind: ErrorKind) -> Error {
-        Error::File {
+    fn file_error(&self, path: &str, action: &'static str, kind: ErrorKind) -> ExecError {
+        ExecError::File {
             vm_id: self.id.clone(),
             path: path.to_owned(),
             action,
@@ -243,8 +243,8 @@ impl FakeVm {
         }
     }
 
-    fn gone(&self) -> Option<Error> {
-        (self.destroyed || self.dead).then(|| Error::Protocol {
+    fn gone(&self) -> Option<ExecError> {
+        (self.destroyed || self.dead).then(|| ExecError::Protocol {
             vm_id: self.id.clone(),
             source: ProtocolError::Closed,
         })
@@ -332,7 +332,7 @@ impl SandboxVm for FakeVm {
         request: ExecRequest,
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
-    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
                 return Err(e);
@@ -372,9 +372,8 @@ impl SandboxVm for FakeVm {
                 outcome.completion.state_lost = true;
             } else if code == "die" {
                 self.dead = true;
-                return Err(Error::VmDied {
+                return Err(ExecError::VmDied {
                     vm_id: self.id.clone(),
-                    when: "during exec",
                     status: Some(airlock_sys_util::ChildExit::Signal(9)),
                     stderr_tail: String::new(),
                     console_tail: String::new(),
@@ -397,12 +396,13 @@ impl SandboxVm for FakeVm {
         })
     }
 
-    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo>> {
+    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
                 return Err(e);
             }
-            crate::files::validate_guest_path("path", &upload.path)?;
+            crate::files::validate_guest_path("path", &upload.path)
+                .map_err(|_| self.file_error(&upload.path, "write", ErrorKind::InvalidPath))?;
             lock(&self.files).insert(upload.path.clone(), upload.content.clone());
             Ok(FileInfo {
                 path: upload.path.clone(),
@@ -412,7 +412,10 @@ impl SandboxVm for FakeVm {
         })
     }
 
-    fn download<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo)>> {
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
                 return Err(e);
@@ -429,7 +432,7 @@ impl SandboxVm for FakeVm {
         })
     }
 
-    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>>> {
+    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
                 return Err(e);
@@ -460,7 +463,7 @@ impl SandboxVm for FakeVm {
         })
     }
 
-    fn warm_repl(&self) -> BoxFuture<'_, Result<()>> {
+    fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(async move {
             self.state.warmed.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -471,11 +474,11 @@ impl SandboxVm for FakeVm {
         &'a mut self,
         packages: &'a [String],
         _ca: &'a CaBundle,
-    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+    ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>> {
         Box::pin(async move {
             let list = PackageList::parse(self.options.language, packages)?;
             if self.options.network.mode() != NetworkMode::Allowlist {
-                return Err(Error::PackageInstall {
+                return Err(PackageError::Install {
                     vm_id: Some(self.id.clone()),
                     packages: list.canonical().join(" "),
                     reason: "this VM has no network".into(),
@@ -513,7 +516,7 @@ impl SandboxVm for FakeVm {
 #[derive(Clone, Default)]
 pub struct FakePackages {
     prepared: Arc<Mutex<Vec<Vec<String>>>>,
-    failures: Arc<Mutex<VecDeque<MakeError>>>,
+    failures: Arc<Mutex<VecDeque<MakeError<PackageError>>>>,
 }
 
 impl std::fmt::Debug for FakePackages {
@@ -531,7 +534,7 @@ impl FakePackages {
     }
 
     /// The next non-empty preparation fails with `error()`.
-    pub fn fail_next(&self, error: impl FnOnce() -> Error + Send + 'static) {
+    pub fn fail_next(&self, error: impl FnOnce() -> PackageError + Send + 'static) {
         lock(&self.failures).push_back(Box::new(error));
     }
 }
@@ -543,7 +546,7 @@ impl PackagePreparer for FakePackages {
         packages: &'a [String],
         _tenant: &'a str,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Option<PreparedPackages>>> {
+    ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>> {
         Box::pin(async move {
             let list = PackageList::parse(language, packages)?;
             if list.is_empty() {

@@ -3,7 +3,7 @@
 //! A VM is made by the builder (`builder.rs`) through
 //! [`crate::VmManager::boot`].
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, ExecError};
 use crate::network::{ExposedAddr, VmNetwork};
 use crate::process::{console_tail, QemuProcess};
 use crate::slots::Slot;
@@ -196,13 +196,13 @@ impl Vm {
     /// VM is made before the tenant of the request that takes it is known.
     ///
     /// # Errors
-    /// [`Error::Limits`] when the processes cannot be moved (the VM stays
-    /// in its old group); [`Error::Io`] for the owner record.
+    /// [`BootError::Limits`] when the processes cannot be moved (the VM stays
+    /// in its old group); [`BootError::Io`] for the owner record.
     pub(crate) async fn move_to_tenant(
         &mut self,
         limiter: &airlock_limits::Limiter,
         tenant: &str,
-    ) -> Result<()> {
+    ) -> Result<(), BootError> {
         let vm_id = self.id.clone();
         let State::Running(running) = &mut self.state else {
             return Ok(());
@@ -211,7 +211,7 @@ impl Vm {
         let moved =
             crate::task::blocking("move a limits group", move || limiter.regroup(&old, &to))
                 .await?
-                .map_err(Error::limits(
+                .map_err(BootError::limits(
                     Some(&vm_id),
                     "move to the tenant's limits group",
                 ))?;
@@ -261,11 +261,11 @@ impl Vm {
     /// The protocol client (for file operations and sessions).
     ///
     /// # Errors
-    /// [`Error::Protocol`] after the VM was destroyed.
-    pub fn client(&self) -> Result<&Client> {
+    /// [`ExecError::Protocol`] after the VM was destroyed.
+    pub fn client(&self) -> Result<&Client, ExecError> {
         self.running()
             .map(|r| &r.client)
-            .ok_or_else(|| Error::Protocol {
+            .ok_or_else(|| ExecError::Protocol {
                 vm_id: self.id.clone(),
                 source: ProtocolError::Closed,
             })
@@ -281,13 +281,13 @@ impl Vm {
     /// truncated, whatever the guest sends.
     ///
     /// # Errors
-    /// [`Error::VmDied`] (QEMU exited), [`Error::Protocol`] (the agent
+    /// [`ExecError::VmDied`] (QEMU exited), [`ExecError::Protocol`] (the agent
     /// refused or failed, or the host-side deadline passed).
     pub async fn exec(
         &mut self,
         request: ExecRequest,
         on_output: impl FnMut(OutputStream, &[u8]) + Send,
-    ) -> Result<ExecOutcome> {
+    ) -> Result<ExecOutcome, ExecError> {
         self.exec_interruptible(request, on_output, std::future::pending())
             .await
     }
@@ -305,7 +305,7 @@ impl Vm {
         request: ExecRequest,
         mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
         interrupt: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<ExecOutcome> {
+    ) -> Result<ExecOutcome, ExecError> {
         let on_progress = move |piece: ExecProgress<'_>| {
             if let ExecProgress::Output(stream, bytes) = piece {
                 on_output(stream, bytes);
@@ -324,9 +324,9 @@ impl Vm {
         request: ExecRequest,
         mut on_progress: impl FnMut(ExecProgress<'_>) + Send,
         interrupt: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<ExecOutcome> {
+    ) -> Result<ExecOutcome, ExecError> {
         let vm_id = self.id.clone();
-        let protocol = |source| Error::Protocol {
+        let protocol = |source| ExecError::Protocol {
             vm_id: vm_id.clone(),
             source,
         };
@@ -380,17 +380,16 @@ impl Vm {
     }
 }
 
-/// [`Error::VmDied`] for QEMU found dead during an exec, with its logs' tails
+/// [`ExecError::VmDied`] for QEMU found dead during an exec, with its logs' tails
 /// (the console's read off the runtime).
 async fn died(
     vm_id: &str,
     process: &QemuProcess,
     status: std::io::Result<std::process::ExitStatus>,
     console_log: &std::path::Path,
-) -> Error {
-    Error::VmDied {
+) -> ExecError {
+    ExecError::VmDied {
         vm_id: vm_id.to_owned(),
-        when: "during exec",
         status: status.ok().map(airlock_sys_util::ChildExit::from),
         stderr_tail: process.stderr_tail(),
         console_tail: console_tail(console_log).await,

@@ -3,7 +3,7 @@
 //! owner record (`owner.rs`) says which Airlock process made it and which
 //! processes run for it, for the sweep after a crash (`sweep.rs`).
 
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::owner::{parse_stat, process_line, OwnerRecord, ProcessStamp};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -24,22 +24,22 @@ impl WorkDir {
     /// private).
     ///
     /// # Errors
-    /// [`Error::Io`] naming the directory.
-    pub fn create(run_dir: &Path, vm_id: &str) -> Result<Self> {
+    /// [`BootError::Io`] naming the directory.
+    pub fn create(run_dir: &Path, vm_id: &str) -> Result<Self, BootError> {
         let vms = Self::vms_dir(run_dir);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&vms)
-            .map_err(|e| Error::io("create", &vms, e))?;
+            .map_err(|e| BootError::io("create", &vms, e))?;
         let path = vms.join(vm_id);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
+            .map_err(|e| BootError::io("create", &path, e))?;
         // The umask may have narrowed nothing, but never widened: make sure.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("chmod", &path, e))?;
+            .map_err(|e| BootError::io("chmod", &path, e))?;
         Ok(Self { path })
     }
 
@@ -47,16 +47,20 @@ impl WorkDir {
     /// tenant of the VM's limits group. On tokio's blocking pool.
     ///
     /// # Errors
-    /// As [`WorkDir::create`]; [`Error::Io`] when the record cannot be
+    /// As [`WorkDir::create`]; [`BootError::Io`] when the record cannot be
     /// written (the dir is removed again).
-    pub async fn create_owned(run_dir: &Path, vm_id: &str, tenant: &str) -> Result<Self> {
+    pub async fn create_owned(
+        run_dir: &Path,
+        vm_id: &str,
+        tenant: &str,
+    ) -> Result<Self, BootError> {
         let (run_dir, vm_id) = (run_dir.to_path_buf(), vm_id.to_owned());
         let path = Self::vms_dir(&run_dir).join(&vm_id);
         let tenant = tenant.to_owned();
         let made = tokio::task::spawn_blocking(move || {
             let dir = Self::create(&run_dir, &vm_id)?;
             let owner = ProcessStamp::current().ok_or_else(|| {
-                Error::io(
+                BootError::io(
                     "read",
                     "/proc/self/stat",
                     std::io::Error::other("no start time"),
@@ -65,7 +69,7 @@ impl WorkDir {
             let written = owner.and_then(|owner| {
                 let record = OwnerRecord::new(owner, &tenant).render();
                 let file = dir.owner_file();
-                std::fs::write(&file, record).map_err(|e| Error::io("write", &file, e))
+                std::fs::write(&file, record).map_err(|e| BootError::io("write", &file, e))
             });
             match written {
                 Ok(()) => Ok(dir),
@@ -76,7 +80,7 @@ impl WorkDir {
             }
         });
         made.await
-            .map_err(|e| Error::io("create", path, std::io::Error::other(e)))?
+            .map_err(|e| BootError::io("create", path, std::io::Error::other(e)))?
     }
 
     /// Rewrites the owner record's tenant (the VM's limits group moved to
@@ -84,14 +88,15 @@ impl WorkDir {
     /// record or the new one, whole. On tokio's blocking pool.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the record; [`Error::Io`] with
+    /// [`BootError::Io`] naming the record; [`BootError::Io`] with
     /// `InvalidData` when it is not a record.
-    pub async fn set_tenant(&self, tenant: &str) -> Result<()> {
+    pub async fn set_tenant(&self, tenant: &str) -> Result<(), BootError> {
         let (file, tenant) = (self.owner_file(), tenant.to_owned());
         crate::task::blocking("rewrite an owner record", move || {
-            let text = std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| BootError::io("read", &file, e))?;
             let mut record = OwnerRecord::parse(&text).ok_or_else(|| {
-                Error::io(
+                BootError::io(
                     "parse",
                     &file,
                     std::io::Error::from(std::io::ErrorKind::InvalidData),
@@ -99,8 +104,8 @@ impl WorkDir {
             })?;
             record.tenant = tenant;
             let temp = file.with_extension("tmp");
-            std::fs::write(&temp, record.render()).map_err(|e| Error::io("write", &temp, e))?;
-            std::fs::rename(&temp, &file).map_err(|e| Error::io("rename", &file, e))
+            std::fs::write(&temp, record.render()).map_err(|e| BootError::io("write", &temp, e))?;
+            std::fs::rename(&temp, &file).map_err(|e| BootError::io("rename", &file, e))
         })
         .await?
     }
@@ -110,8 +115,8 @@ impl WorkDir {
     /// already gone is not recorded.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the record.
-    pub async fn record_process(&self, role: &str, pid: u32) -> Result<()> {
+    /// [`BootError::Io`] naming the record.
+    pub async fn record_process(&self, role: &str, pid: u32) -> Result<(), BootError> {
         use tokio::io::AsyncWriteExt;
         let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await;
         let Some(fields) = stat.ok().as_deref().and_then(parse_stat) else {
@@ -126,11 +131,11 @@ impl WorkDir {
             .append(true)
             .open(&file)
             .await
-            .map_err(|e| Error::io("open", &file, e))?;
+            .map_err(|e| BootError::io("open", &file, e))?;
         record
             .write_all(process_line(role, stamp).as_bytes())
             .await
-            .map_err(|e| Error::io("append to", &file, e))
+            .map_err(|e| BootError::io("append to", &file, e))
     }
 
     /// A work dir at `path`, not created (for what is built from its paths

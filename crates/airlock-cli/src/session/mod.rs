@@ -355,8 +355,8 @@ mod tests {
                     parse(&[&format!("--packages={bad}")])
                         .to_options()
                         .map_err(|e| e
-                            .airlock()
-                            .map(|e| matches!(e, airlock::Error::PackageSpec { .. }))),
+                            .input()
+                            .map(|e| matches!(e, airlock::InputError::PackageSpec { .. }))),
                     Err(Some(true))
                 ),
                 "{bad} was accepted"

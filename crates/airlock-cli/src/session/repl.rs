@@ -252,7 +252,7 @@ pub(super) async fn run(
                     return exit_status(stop);
                 }
                 Err(Stop::Error(e))
-                    if matches!(e.airlock(), Some(airlock::Error::SessionClosed { .. })) =>
+                    if matches!(e.session(), Some(airlock::SessionError::Closed { .. })) =>
                 {
                     process::report(e, Detail::FirstLine { debug: args.debug });
                     return EXIT_AIRLOCK_FAILED;
@@ -278,8 +278,8 @@ impl From<CliError> for Stop {
     }
 }
 
-impl From<airlock::Error> for Stop {
-    fn from(e: airlock::Error) -> Self {
+impl From<airlock::SessionError> for Stop {
+    fn from(e: airlock::SessionError) -> Self {
         Stop::Error(e.into())
     }
 }
@@ -320,7 +320,7 @@ async fn run_command(session: &Session, command: ReplCommand) -> Result<(), Stop
     match command {
         ReplCommand::Help => println!("{HELP}"),
         ReplCommand::Upload { local, remote } => {
-            airlock::validate_guest_path("remote", &remote)?;
+            airlock::validate_guest_path("remote", &remote).map_err(CliError::from)?;
             let content = tokio::fs::read(&local).await.map_err(|e| {
                 CliError::invalid("local", format!("cannot read {}: {e}", local.display()))
             })?;

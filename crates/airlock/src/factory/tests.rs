@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::disk::DiskAcquired;
-use crate::error::Error;
+use crate::error::BootError;
 use crate::guest::{race_death, Agent, GuestPaths};
 use crate::launcher::MachinePlan;
 use crate::process::QemuProcess;
@@ -94,7 +94,7 @@ impl Launcher for FakeLauncher {
         &'a self,
         plan: &'a MachinePlan,
         _group: &'a VmGroup,
-    ) -> BoxFuture<'a, Result<QemuProcess>> {
+    ) -> BoxFuture<'a, Result<QemuProcess, BootError>> {
         Box::pin(async move {
             let boot = self
                 .script
@@ -133,7 +133,7 @@ impl Launcher for FakeLauncher {
         plan: &'a MachinePlan,
         process: &'a mut QemuProcess,
         deadline: Instant,
-    ) -> BoxFuture<'a, Result<Agent>> {
+    ) -> BoxFuture<'a, Result<Agent, BootError>> {
         Box::pin(async move {
             let boot = self.running.lock().unwrap()[&plan.vm_id];
             let (cmd, event, console) = (
@@ -149,7 +149,7 @@ impl Launcher for FakeLauncher {
             };
             let waited = deadline.saturating_duration_since(Instant::now());
             match boot {
-                Boot::Refused => Err(Error::Protocol {
+                Boot::Refused => Err(BootError::Protocol {
                     vm_id: plan.vm_id.clone(),
                     source: ProtocolError::VersionMismatch {
                         host: 1,
@@ -187,10 +187,10 @@ impl DiskSource for FakeDisks {
         &'a self,
         _base: &'a Path,
         dest: &'a Path,
-    ) -> BoxFuture<'a, Result<DiskAcquired>> {
+    ) -> BoxFuture<'a, Result<DiskAcquired, BootError>> {
         Box::pin(async move {
             if self.fail {
-                return Err(Error::io(
+                return Err(BootError::io(
                     "create overlay",
                     dest,
                     std::io::Error::other("disk full"),
@@ -296,7 +296,7 @@ pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-async fn boot(setup: &Setup) -> Result<Vm> {
+async fn boot(setup: &Setup) -> Result<Vm, BootError> {
     setup.factory.boot(&options(Language::Raw)).await
 }
 
@@ -417,7 +417,7 @@ async fn a_step_that_hangs_in_every_attempt_fails_as_a_transient_attempt_timeout
         .expect("every hung attempt is cut")
         .unwrap_err();
     assert!(
-        matches!(err, Error::AttemptTimeout { attempt: 2, .. }),
+        matches!(err, BootError::AttemptTimeout { attempt: 2, .. }),
         "{err}"
     );
     assert!(err.is_transient());
@@ -431,7 +431,7 @@ async fn the_last_transient_error_is_returned_when_attempts_run_out() {
     let setup = Setup::new(&[Boot::Dies, Boot::Dies, Boot::Ready]);
     let err = boot(&setup).await.unwrap_err();
     match &err {
-        Error::VmDied {
+        BootError::VmDied {
             status,
             stderr_tail,
             ..
@@ -449,7 +449,7 @@ async fn the_last_transient_error_is_returned_when_attempts_run_out() {
 async fn a_permanent_failure_is_not_retried_and_its_machine_is_stopped() {
     let setup = Setup::new(&[Boot::Refused, Boot::Ready]);
     let err = boot(&setup).await.unwrap_err();
-    assert!(matches!(err, Error::Protocol { .. }), "{err}");
+    assert!(matches!(err, BootError::Protocol { .. }), "{err}");
     assert_eq!(setup.launcher.spawned(), 1);
     assert!(setup.nothing_left());
 }
@@ -480,7 +480,7 @@ async fn a_language_without_a_root_disk_fails_before_anything_is_made() {
         .boot(&options(Language::Javascript))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ImagesMissing { .. }), "{err}");
+    assert!(matches!(err, BootError::ImagesMissing { .. }), "{err}");
     assert!(setup.work_dirs().is_empty());
 }
 
@@ -545,7 +545,7 @@ async fn a_dropped_vm_frees_its_slot_once_torn_down() {
 async fn a_shut_down_factory_refuses_boots() {
     let setup = Setup::new(&[]);
     assert!(setup.factory.shutdown(Duration::from_secs(5)).await);
-    assert!(matches!(boot(&setup).await, Err(Error::ShutDown)));
+    assert!(matches!(boot(&setup).await, Err(BootError::ShutDown)));
     assert_eq!(setup.launcher.spawned(), 0);
 }
 
@@ -633,13 +633,7 @@ async fn a_machine_killed_during_exec_is_reported_as_died_during_exec() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     let err = vm.exec(exec("sleep 60"), |_, _| {}).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            Error::VmDied {
-                when: "during exec",
-                ..
-            }
-        ),
+        matches!(err, crate::error::ExecError::VmDied { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("killed by signal 9"), "{err}");
@@ -659,7 +653,7 @@ async fn exec_after_destroy_is_a_closed_channel() {
     assert!(
         matches!(
             err,
-            Error::Protocol {
+            crate::error::ExecError::Protocol {
                 source: ProtocolError::Closed,
                 ..
             }

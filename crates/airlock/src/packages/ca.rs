@@ -13,7 +13,7 @@
 //! roots too, so nothing else stops working. The bundle is never part of
 //! an image, a layer or the repository.
 
-use crate::error::{Error, Result};
+use crate::error::{ExecError, InputError, PackageError};
 pub use crate::spec::CaBundle;
 use crate::vm::Vm;
 use std::collections::BTreeMap;
@@ -41,15 +41,15 @@ impl CaBundle {
     /// The file to copy in, if any (looks at the host's files).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when [`CaBundle::File`] does not exist.
-    pub fn resolve(&self) -> Result<Option<PathBuf>> {
+    /// [`InputError::Invalid`] when [`CaBundle::File`] does not exist.
+    pub fn resolve(&self) -> Result<Option<PathBuf>, InputError> {
         match self {
             CaBundle::GuestOnly => Ok(None),
             CaBundle::File(path) => {
                 if path.is_file() {
                     Ok(Some(path.clone()))
                 } else {
-                    Err(Error::invalid(
+                    Err(InputError::invalid(
                         "ca_bundle",
                         format!("{} is not a readable file", path.display()),
                     ))
@@ -82,9 +82,9 @@ fn system_bundle<'a>(
 /// Checks that `bytes` is a PEM bundle of reasonable size.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `ca_bundle`, naming `path`.
-pub fn check_bundle(path: &Path, bytes: &[u8]) -> Result<()> {
-    let bad = |why: &str| Error::invalid("ca_bundle", format!("{}: {why}", path.display()));
+/// [`InputError::Invalid`] for `ca_bundle`, naming `path`.
+pub fn check_bundle(path: &Path, bytes: &[u8]) -> Result<(), InputError> {
+    let bad = |why: &str| InputError::invalid("ca_bundle", format!("{}: {why}", path.display()));
     if bytes.len() > MAX_CA_BUNDLE_BYTES {
         return Err(bad(&format!(
             "{} bytes is over the limit of {MAX_CA_BUNDLE_BYTES}",
@@ -119,15 +119,18 @@ pub fn ca_env() -> BTreeMap<String, String> {
 /// bundle to copy in).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for a missing or malformed bundle,
-/// [`Error::Io`] when it cannot be read.
-pub async fn read_bundle(choice: &CaBundle) -> Result<Option<Vec<u8>>> {
+/// [`InputError::Invalid`] for a missing or malformed bundle,
+/// [`InputError::Unreadable`] when it cannot be read.
+pub async fn read_bundle(choice: &CaBundle) -> Result<Option<Vec<u8>>, InputError> {
     let Some(path) = choice.resolve()? else {
         return Ok(None);
     };
     let bytes = tokio::fs::read(&path)
         .await
-        .map_err(|e| Error::io("read the CA bundle", &path, e))?;
+        .map_err(|e| InputError::Unreadable {
+            field: "ca_bundle",
+            source: airlock_sys_util::IoError::new("read the CA bundle", &path, e),
+        })?;
     check_bundle(&path, &bytes)?;
     Ok(Some(bytes))
 }
@@ -137,15 +140,18 @@ pub async fn read_bundle(choice: &CaBundle) -> Result<Option<Vec<u8>>> {
 /// bundle to copy).
 ///
 /// # Errors
-/// As [`read_bundle`]; [`Error::Protocol`] when the write fails.
-pub async fn install_bundle(vm: &Vm, choice: &CaBundle) -> Result<BTreeMap<String, String>> {
+/// As [`read_bundle`]; [`ExecError::Protocol`] when the write fails.
+pub async fn install_bundle(
+    vm: &Vm,
+    choice: &CaBundle,
+) -> Result<BTreeMap<String, String>, PackageError> {
     let Some(bytes) = read_bundle(choice).await? else {
         return Ok(BTreeMap::new());
     };
     vm.client()?
         .write_file(GUEST_CA_FILE, 0o644, &bytes, WRITE_TIMEOUT)
         .await
-        .map_err(|source| Error::Protocol {
+        .map_err(|source| ExecError::Protocol {
             vm_id: vm.id().to_owned(),
             source,
         })?;

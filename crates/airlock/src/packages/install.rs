@@ -23,7 +23,7 @@ use super::ca::{self, CaBundle};
 use super::layer::{Layer, LayerInputs, LayerStore, IMAGE_FILE};
 use super::spec::{PackageList, PackageManager};
 use super::PackageDisk;
-use crate::error::{Error, Result};
+use crate::error::{BootError, ExecError, InputError, PackageError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::network::{NetworkReport, NetworkRequest};
@@ -136,14 +136,14 @@ pub fn store_of(manager: &VmManager) -> LayerStore {
 /// The layer inputs of `list` over the current images.
 ///
 /// # Errors
-/// [`Error::ImagesMissing`] when the language has no root disk.
-pub fn inputs_of(manager: &VmManager, list: &PackageList) -> Result<LayerInputs> {
+/// [`BootError::ImagesMissing`] when the language has no root disk.
+pub fn inputs_of(manager: &VmManager, list: &PackageList) -> Result<LayerInputs, BootError> {
     let images = manager.images();
     let rootfs_hash =
         images
             .rootfs_hash
             .get(&list.language())
-            .ok_or_else(|| Error::ImagesMissing {
+            .ok_or_else(|| BootError::ImagesMissing {
                 dir: images.dir.clone(),
                 what: format!("no root disk for {}", list.language()),
             })?;
@@ -154,13 +154,13 @@ pub fn inputs_of(manager: &VmManager, list: &PackageList) -> Result<LayerInputs>
 /// install VM (see the module docs).
 ///
 /// # Errors
-/// [`Error::PackageInstall`] when the install fails (with the package
+/// [`PackageError::Install`] when the install fails (with the package
 /// manager's output), boot and network errors of the install VM.
 pub async fn ensure_layer(
     manager: &VmManager,
     list: &PackageList,
     settings: &InstallSettings,
-) -> Result<LayerOutcome> {
+) -> Result<LayerOutcome, PackageError> {
     if let Some(layer) = find_layer(manager, list).await? {
         return Ok(LayerOutcome {
             layer,
@@ -179,14 +179,14 @@ pub async fn ensure_layer(
 /// [`PackageDisk::read_only`] of the layer.
 ///
 /// # Errors
-/// [`Error::PackageSpec`], and as [`ensure_layer`].
+/// [`InputError::PackageSpec`], and as [`ensure_layer`].
 pub async fn prepare(
     manager: &VmManager,
     language: Language,
     packages: &[String],
     tenant: &str,
     on_install: impl FnOnce() + Send,
-) -> Result<Option<LayerOutcome>> {
+) -> Result<Option<LayerOutcome>, PackageError> {
     let list = PackageList::parse(language, packages)?;
     if list.is_empty() {
         return Ok(None);
@@ -210,8 +210,11 @@ pub async fn prepare(
 /// is damaged).
 ///
 /// # Errors
-/// [`Error::ImagesMissing`], [`Error::TaskFailed`].
-pub async fn find_layer(manager: &VmManager, list: &PackageList) -> Result<Option<Layer>> {
+/// [`BootError::ImagesMissing`], [`BootError::TaskFailed`].
+pub async fn find_layer(
+    manager: &VmManager,
+    list: &PackageList,
+) -> Result<Option<Layer>, BootError> {
     let inputs = inputs_of(manager, list)?;
     let store = store_of(manager);
     let found = blocking("look up a package layer", move || store.find(&inputs)).await?;
@@ -230,7 +233,7 @@ pub async fn build_layer(
     manager: &VmManager,
     list: &PackageList,
     settings: &InstallSettings,
-) -> Result<LayerOutcome> {
+) -> Result<LayerOutcome, PackageError> {
     let inputs = inputs_of(manager, list)?;
     let store = store_of(manager);
     let started = Instant::now();
@@ -239,7 +242,7 @@ pub async fn build_layer(
         staging_store.staging(&key)
     })
     .await?
-    .map_err(|e| Error::io("create a staging dir in", store.root(), e))?;
+    .map_err(|e| BootError::io("create a staging dir in", store.root(), e))?;
     // On failure (or when this future is dropped) the staging dir goes
     // with `staging`.
     let (mut report, installed) = build_in(manager, list, settings, staging.path()).await?;
@@ -249,7 +252,7 @@ pub async fn build_layer(
         publish_store.publish(staging, &publish_inputs, installed, elapsed)
     })
     .await?
-    .map_err(|e| Error::io("store the package layer in", store.dir(&inputs.key()), e))?;
+    .map_err(|e| BootError::io("store the package layer in", store.dir(&inputs.key()), e))?;
     report.build_ms = crate::ms(started.elapsed());
     tracing::info!(
         key = layer.metadata.key,
@@ -263,16 +266,16 @@ pub async fn build_layer(
 }
 
 /// The network of an install VM: the manager's registries, nothing else.
-pub fn install_network(list: &PackageList) -> Result<NetworkRequest> {
+pub fn install_network(list: &PackageList) -> Result<NetworkRequest, InputError> {
     let allow = list
         .manager()
         .map_or(&[][..], PackageManager::registries)
         .iter()
         .map(|name| {
             name.parse::<DomainPattern>()
-                .map_err(|e| Error::invalid("network", e.to_string()))
+                .map_err(|e| InputError::invalid("network", e.to_string()))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, InputError>>()?;
     Ok(NetworkRequest {
         allow: Some(allow),
         exposes: Vec::new(),
@@ -286,7 +289,7 @@ async fn build_in(
     list: &PackageList,
     settings: &InstallSettings,
     staging: &Path,
-) -> Result<(InstallReport, Vec<String>)> {
+) -> Result<(InstallReport, Vec<String>), PackageError> {
     let image = staging.join(IMAGE_FILE);
     make_blank_image(&image).await?;
     let options = VmOptions {
@@ -323,7 +326,7 @@ async fn install_and_list(
     vm: &Vm,
     list: &PackageList,
     settings: &InstallSettings,
-) -> Result<(u64, Vec<String>)> {
+) -> Result<(u64, Vec<String>), PackageError> {
     let env = ca::install_bundle(vm, &settings.ca).await?;
     let started = Instant::now();
     let output = run_install(vm, list, settings.timeout, env).await?;
@@ -339,8 +342,8 @@ async fn run_install(
     list: &PackageList,
     timeout: Duration,
     env: BTreeMap<String, String>,
-) -> Result<ExecOutput> {
-    let protocol = |source| Error::Protocol {
+) -> Result<ExecOutput, ExecError> {
+    let protocol = |source| ExecError::Protocol {
         vm_id: vm.id().to_owned(),
         source,
     };
@@ -359,8 +362,8 @@ async fn run_install(
     }
 }
 
-/// [`Error::PackageInstall`] unless the package manager succeeded.
-fn check_install(vm_id: &str, list: &PackageList, output: &ExecOutput) -> Result<()> {
+/// [`PackageError::Install`] unless the package manager succeeded.
+fn check_install(vm_id: &str, list: &PackageList, output: &ExecOutput) -> Result<(), PackageError> {
     let completion = &output.completion;
     if completion.exit_code == 0 && !completion.timed_out {
         return Ok(());
@@ -375,7 +378,7 @@ fn check_install(vm_id: &str, list: &PackageList, output: &ExecOutput) -> Result
             completion.exit_code
         )
     };
-    Err(Error::PackageInstall {
+    Err(PackageError::Install {
         vm_id: Some(vm_id.to_owned()),
         packages: list.canonical().join(" "),
         reason: format!(
@@ -451,7 +454,7 @@ fn parse_listing(stdout: &[u8]) -> Vec<String> {
 /// A sparse raw file of [`LAYER_DISK_MIB`] holding an empty ext4 file
 /// system whose root the sandbox user owns (the host never reads what the
 /// guest writes into it).
-async fn make_blank_image(image: &Path) -> Result<()> {
+async fn make_blank_image(image: &Path) -> Result<(), PackageError> {
     let mut cmd = tokio::process::Command::new("mkfs.ext4");
     cmd.args([
         "-q",
@@ -469,7 +472,7 @@ async fn make_blank_image(image: &Path) -> Result<()> {
     ])
     .arg(image)
     .arg(format!("{LAYER_DISK_MIB}M"));
-    let failed = |reason: String| Error::PackageInstall {
+    let failed = |reason: String| PackageError::Install {
         vm_id: None,
         packages: String::new(),
         reason: format!("mkfs.ext4 {}: {reason}", image.display()),
@@ -498,25 +501,25 @@ async fn make_blank_image(image: &Path) -> Result<()> {
 /// network at all.
 ///
 /// # Errors
-/// [`Error::PackageSpec`] for a refused spec; [`Error::PackageInstall`]
+/// [`InputError::PackageSpec`] for a refused spec; [`PackageError::Install`]
 /// when the VM has no network (or the package manager fails: see the
 /// returned completion for its exit code; only a failure to run it at all
-/// is an error); [`Error::Protocol`].
+/// is an error); [`ExecError::Protocol`].
 pub async fn install_into(
     vm: &Vm,
     packages: &[String],
     ca: &CaBundle,
     timeout: Duration,
-) -> Result<ExecOutput> {
+) -> Result<ExecOutput, PackageError> {
     let list = PackageList::parse(vm.language(), packages)?;
     if list.is_empty() {
-        return Err(Error::PackageSpec {
+        return Err(PackageError::Input(InputError::PackageSpec {
             spec: String::new(),
             reason: "no packages given".into(),
-        });
+        }));
     }
     if vm.gvproxy_pid().is_none() {
-        return Err(Error::PackageInstall {
+        return Err(PackageError::Install {
             vm_id: Some(vm.id().to_owned()),
             packages: list.canonical().join(" "),
             reason: format!(
@@ -530,7 +533,7 @@ pub async fn install_into(
         });
     }
     let env = ca::install_bundle(vm, ca).await?;
-    run_install(vm, &list, timeout, env).await
+    Ok(run_install(vm, &list, timeout, env).await?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Pinned packages for runs and sessions (`docs/packages.md`).
 //!
 //! - [`spec`]: exact pins only (`pip name==version`, `npm name@version`),
-//!   refused before boot otherwise ([`crate::Error::PackageSpec`]).
+//!   refused before boot otherwise ([`crate::InputError::PackageSpec`]).
 //! - [`layer`]: the installed result kept as a read-only disk layer under
 //!   `<cache>/packages/<key>/`, content-addressed by (root disk, sorted
 //!   package list).

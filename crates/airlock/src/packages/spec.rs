@@ -11,14 +11,14 @@
 //!   with `.` or `_`); the version is an exact semver
 //!   (`MAJOR.MINOR.PATCH[-pre][+build]`).
 //!
-//! Everything else is refused with [`Error::PackageSpec`] before a VM
+//! Everything else is refused with [`InputError::PackageSpec`] before a VM
 //! boots: unpinned names, ranges (`>=`, `^`, `~`, `*`, `x`), tags
 //! (`latest`), extras, URLs, paths, `-e`, options such as `--index-url`,
 //! whitespace inside a spec. Pinning the listed packages is what makes a
 //! list a cache key; their own dependencies are resolved by the registry at
 //! install time and recorded in the layer (`docs/packages.md`).
 
-use crate::error::{Error, Result};
+use crate::error::{InputError, Result};
 use airlock_protocol::Language;
 use std::fmt;
 
@@ -89,9 +89,9 @@ impl PackageSpec {
     /// Parses one spec for `manager`.
     ///
     /// # Errors
-    /// [`Error::PackageSpec`] saying what is wrong and what is accepted.
-    pub fn parse(manager: PackageManager, spec: &str) -> Result<Self> {
-        let refuse = |why: String| Error::PackageSpec {
+    /// [`InputError::PackageSpec`] saying what is wrong and what is accepted.
+    pub fn parse(manager: PackageManager, spec: &str) -> Result<Self, InputError> {
+        let refuse = |why: String| InputError::PackageSpec {
             spec: shown(spec),
             reason: format!("{why}; pin it as {}", manager.pin_format()),
         };
@@ -161,9 +161,9 @@ impl PackageList {
     /// package are refused.
     ///
     /// # Errors
-    /// [`Error::PackageSpec`] for a refused spec, a language without a
+    /// [`InputError::PackageSpec`] for a refused spec, a language without a
     /// package manager, a package pinned twice, or too many packages.
-    pub fn parse<S: AsRef<str>>(language: Language, items: &[S]) -> Result<Self> {
+    pub fn parse<S: AsRef<str>>(language: Language, items: &[S]) -> Result<Self, InputError> {
         let specs: Vec<&str> = items
             .iter()
             .flat_map(|item| item.as_ref().split(','))
@@ -178,13 +178,13 @@ impl PackageList {
                     specs: Vec::new(),
                 });
             }
-            return Err(Error::PackageSpec {
+            return Err(InputError::PackageSpec {
                 spec: specs.first().map(|s| shown(s)).unwrap_or_default(),
                 reason: "raw has no package manager: use python (pip) or javascript (npm)".into(),
             });
         };
         if specs.len() > MAX_PACKAGES {
-            return Err(Error::PackageSpec {
+            return Err(InputError::PackageSpec {
                 spec: format!("{} specs", specs.len()),
                 reason: format!("at most {MAX_PACKAGES} packages per list"),
             });
@@ -192,11 +192,11 @@ impl PackageList {
         let mut parsed = specs
             .iter()
             .map(|s| PackageSpec::parse(manager, s))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, InputError>>()?;
         parsed.sort();
         parsed.dedup();
         if let Some(pair) = parsed.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(Error::PackageSpec {
+            return Err(InputError::PackageSpec {
                 spec: format!("{}, {}", pair[0], pair[1]),
                 reason: format!("{} is pinned to two versions: keep one", pair[0].name),
             });
@@ -434,11 +434,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn pip(spec: &str) -> Result<PackageSpec> {
+    fn pip(spec: &str) -> Result<PackageSpec, InputError> {
         PackageSpec::parse(PackageManager::Pip, spec)
     }
 
-    fn npm(spec: &str) -> Result<PackageSpec> {
+    fn npm(spec: &str) -> Result<PackageSpec, InputError> {
         PackageSpec::parse(PackageManager::Npm, spec)
     }
 
@@ -486,7 +486,10 @@ mod tests {
             "six==1.0\n",
         ] {
             let err = pip(bad).unwrap_err();
-            assert!(matches!(err, Error::PackageSpec { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, InputError::PackageSpec { .. }),
+                "{bad}: {err}"
+            );
             assert!(err.to_string().contains("name==version"), "{bad}: {err}");
         }
     }
@@ -536,7 +539,10 @@ mod tests {
             "a b@1.0.0",
         ] {
             let err = npm(bad).unwrap_err();
-            assert!(matches!(err, Error::PackageSpec { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, InputError::PackageSpec { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 

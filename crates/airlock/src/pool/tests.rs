@@ -51,8 +51,8 @@ impl Script {
             .is_ok()
     }
 
-    fn fake_error(what: &str) -> Error {
-        Error::TaskFailed {
+    fn fake_error(what: &str) -> BootError {
+        BootError::TaskFailed {
             task: "fake",
             message: what.into(),
         }
@@ -60,14 +60,14 @@ impl Script {
 }
 
 impl PoolSource for FakeSource {
-    fn start(&self) -> BoxFuture<'_, Result<Vm>> {
+    fn start(&self) -> BoxFuture<'_, Result<Vm, BootError>> {
         Box::pin(async move {
             self.script.record(Call::Start);
             self.setup.factory.boot(&options(Language::Raw)).await
         })
     }
 
-    fn park<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<Option<QmpClient>>> {
+    fn park<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<Option<QmpClient>, BootError>> {
         Box::pin(async move {
             if self.script.gate.load(Ordering::SeqCst) {
                 self.script.gate_open.notified().await;
@@ -80,7 +80,11 @@ impl PoolSource for FakeSource {
         })
     }
 
-    fn resume<'a>(&'a self, vm: &'a Vm, qmp: Option<QmpClient>) -> BoxFuture<'a, Result<()>> {
+    fn resume<'a>(
+        &'a self,
+        vm: &'a Vm,
+        qmp: Option<QmpClient>,
+    ) -> BoxFuture<'a, Result<(), BootError>> {
         Box::pin(async move {
             assert!(qmp.is_none(), "the fake parks without QMP");
             self.script.record(Call::Resume(vm.id().to_owned()));
@@ -283,7 +287,7 @@ async fn shutdown_destroys_the_waiting_vms_leaves_nothing_and_refuses_takes() {
     assert_eq!(f.setup.factory.slots_available(), 3, "slots freed");
     assert!(matches!(
         f.pool.take().await,
-        Err(Error::PoolDrained { .. })
+        Err(BootError::PoolDrained { .. })
     ));
     f.pool.shutdown().await; // twice is fine
 }

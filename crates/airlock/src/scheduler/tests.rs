@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use super::*;
-use crate::error::Error;
+use crate::error::SessionError;
 use crate::network::NetworkRequest;
 use crate::session::{CellRequest, SessionOptions};
 use crate::testing::{test_config, FakeSetup};
@@ -179,10 +179,10 @@ async fn a_refused_request_starts_nothing() {
     assert!(
         matches!(
             err,
-            Error::InvalidInput {
+            RunError::Input(InputError::Invalid {
                 field: "memory_mib",
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -193,9 +193,9 @@ async fn a_refused_request_starts_nothing() {
 #[tokio::test]
 async fn a_boot_error_is_the_runs_error_and_leaves_nothing() {
     let fakes = FakeSetup::new();
-    fakes.cold.fail_next_boot(|| Error::ShutDown);
+    fakes.cold.fail_next_boot(|| BootError::ShutDown);
     let err = fakes.scheduler.run(run("x")).await.unwrap_err();
-    assert!(matches!(err, Error::ShutDown), "{err}");
+    assert!(matches!(err, RunError::Boot(BootError::ShutDown)), "{err}");
     assert_eq!(fakes.live(), 0);
 }
 
@@ -205,7 +205,10 @@ async fn a_vm_that_dies_during_the_run_is_destroyed_and_the_error_returned() {
     let mut request = run("die");
     request.downloads = vec!["out.txt".into()];
     let err = fakes.scheduler.run(request).await.unwrap_err();
-    assert!(matches!(err, Error::VmDied { .. }), "{err}");
+    assert!(
+        matches!(err, RunError::Exec(ExecError::VmDied { .. })),
+        "{err}"
+    );
     assert_eq!(fakes.live(), 0);
 }
 
@@ -257,7 +260,7 @@ async fn packages_are_prepared_once_attached_read_only_and_reported() {
 #[tokio::test]
 async fn a_failed_package_preparation_starts_no_vm() {
     let fakes = FakeSetup::new();
-    fakes.packages.fail_next(|| Error::PackageInstall {
+    fakes.packages.fail_next(|| PackageError::Install {
         vm_id: None,
         packages: "six==1.16.0".into(),
         reason: "registry down".into(),
@@ -265,7 +268,10 @@ async fn a_failed_package_preparation_starts_no_vm() {
     let mut request = run("x");
     request.spec.packages = vec!["six==1.16.0".into()];
     let err = fakes.scheduler.run(request).await.unwrap_err();
-    assert!(matches!(err, Error::PackageInstall { .. }), "{err}");
+    assert!(
+        matches!(err, RunError::Packages(PackageError::Install { .. })),
+        "{err}"
+    );
     assert!(fakes.cold.acquired().is_empty());
 }
 
@@ -356,10 +362,10 @@ async fn a_bad_ca_bundle_fails_the_run_and_destroys_the_vm_it_started() {
     assert!(
         matches!(
             err,
-            Error::InvalidInput {
+            RunError::Input(InputError::Invalid {
                 field: "ca_bundle",
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -438,7 +444,7 @@ async fn a_second_call_while_one_runs_is_refused_busy_and_a_cancel_ends_the_firs
     session.canceller().cancel();
     let interrupted = running.await.unwrap().unwrap();
 
-    assert!(matches!(busy, Err(Error::SessionBusy { .. })), "{busy:?}");
+    assert!(matches!(busy, Err(SessionError::Busy { .. })), "{busy:?}");
     assert_eq!(interrupted.exit_code, 130);
     assert!(!interrupted.state_lost);
 }
@@ -456,11 +462,17 @@ async fn files_written_into_a_session_are_read_and_listed_back() {
     assert_eq!(listed[0].name, "a.txt");
     let missing = session.read_file("nope.txt").await.unwrap_err();
     assert!(
-        matches!(missing, Error::File { action: "read", .. }),
+        matches!(
+            missing,
+            SessionError::Exec(ExecError::File { action: "read", .. })
+        ),
         "{missing}"
     );
     let refused = session.read_file("../etc/passwd").await.unwrap_err();
-    assert!(matches!(refused, Error::InvalidInput { .. }), "{refused}");
+    assert!(
+        matches!(refused, SessionError::Input(InputError::Invalid { .. })),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
@@ -511,7 +523,7 @@ async fn a_closed_session_refuses_calls_and_its_vm_is_gone() {
     assert!(
         matches!(
             err,
-            Error::SessionClosed {
+            SessionError::Closed {
                 reason: CloseReason::Closed,
                 ..
             }
@@ -529,7 +541,10 @@ async fn a_vm_that_dies_closes_its_session() {
         .exec(CellRequest::new("die"), &mut Discard)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::VmDied { .. }), "{err}");
+    assert!(
+        matches!(err, SessionError::Exec(ExecError::VmDied { .. })),
+        "{err}"
+    );
     assert_eq!(session.close_reason(), Some(CloseReason::VmDied));
     assert_eq!(fakes.live(), 0);
 }
@@ -568,7 +583,7 @@ async fn a_session_past_its_lifetime_is_cut_mid_call() {
     assert!(
         matches!(
             err,
-            Error::SessionClosed {
+            SessionError::Closed {
                 reason: CloseReason::MaxLifetime,
                 ..
             }
@@ -585,7 +600,10 @@ async fn installs_need_a_network_and_run_in_the_session_with_one() {
         .install_packages(&["six==1.16.0".into()])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::PackageInstall { .. }), "{err}");
+    assert!(
+        matches!(err, SessionError::Packages(PackageError::Install { .. })),
+        "{err}"
+    );
     let online = session(&fakes, |o| o.spec.network = allowlist(Language::Python)).await;
     let installed = online
         .install_packages(&["six==1.16.0".into()])
@@ -598,13 +616,16 @@ async fn installs_need_a_network_and_run_in_the_session_with_one() {
 #[tokio::test]
 async fn a_session_that_cannot_start_leaves_nothing() {
     let fakes = FakeSetup::new();
-    fakes.cold.fail_next_boot(|| Error::ShutDown);
+    fakes.cold.fail_next_boot(|| BootError::ShutDown);
     let err = fakes
         .scheduler
         .session(SessionOptions::new(Language::Raw))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ShutDown), "{err}");
+    assert!(
+        matches!(err, SessionError::Boot(BootError::ShutDown)),
+        "{err}"
+    );
     let mut bad = SessionOptions::new(Language::Raw);
     bad.max_lifetime = Duration::ZERO;
     assert!(fakes.scheduler.session(bad).await.is_err());

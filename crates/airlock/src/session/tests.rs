@@ -140,13 +140,13 @@ async fn quick_cell(session: &Session, code: &str) -> i32 {
         .exit_code
 }
 
-fn is_busy(result: &Result<impl std::fmt::Debug>) -> bool {
-    matches!(result, Err(Error::SessionBusy { .. }))
+fn is_busy(result: &Result<impl std::fmt::Debug, SessionError>) -> bool {
+    matches!(result, Err(SessionError::Busy { .. }))
 }
 
-fn closed_reason<T: std::fmt::Debug>(result: Result<T>) -> CloseReason {
+fn closed_reason<T: std::fmt::Debug>(result: Result<T, SessionError>) -> CloseReason {
     match result {
-        Err(Error::SessionClosed { reason, .. }) => reason,
+        Err(SessionError::Closed { reason, .. }) => reason,
         other => panic!("expected SessionClosed, got {other:?}"),
     }
 }
@@ -315,18 +315,24 @@ async fn bad_cells_and_paths_are_refused_before_the_session_is_touched() {
             .exec(CellRequest::new(code), &mut Collect::default())
             .await;
         assert!(
-            matches!(refused, Err(Error::InvalidInput { field: "code", .. })),
+            matches!(
+                refused,
+                Err(SessionError::Input(InputError::Invalid {
+                    field: "code",
+                    ..
+                }))
+            ),
             "{code:?}: {refused:?}"
         );
     }
     for path in ["../x", "/etc/passwd", "a\0b", ""] {
         assert!(matches!(
             f.session.write_file(path, b"x").await,
-            Err(Error::InvalidInput { .. })
+            Err(SessionError::Input(InputError::Invalid { .. }))
         ));
         assert!(matches!(
             f.session.read_file(path).await,
-            Err(Error::InvalidInput { .. })
+            Err(SessionError::Input(InputError::Invalid { .. }))
         ));
     }
 }
@@ -336,7 +342,10 @@ async fn an_install_without_a_network_or_pin_is_refused_before_the_guest() {
     let mut f = fixture(|_| {}).await;
     let unpinned = f.session.install_packages(&["numpy".into()]).await;
     assert!(
-        matches!(unpinned, Err(Error::PackageSpec { .. })),
+        matches!(
+            unpinned,
+            Err(SessionError::Input(InputError::PackageSpec { .. }))
+        ),
         "{unpinned:?}"
     );
     // Raw has no package manager: the spec check refuses it too.
@@ -357,7 +366,7 @@ fn session_options_are_validated() {
     zero.idle_timeout = Duration::ZERO;
     assert!(matches!(
         zero.validate(),
-        Err(Error::InvalidInput {
+        Err(InputError::Invalid {
             field: "idle_timeout",
             ..
         })

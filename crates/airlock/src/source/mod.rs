@@ -21,7 +21,7 @@ mod vm_impl;
 
 pub use real::{ColdSource, LayerPreparer, PoolSource, TemplateSource};
 
-use crate::error::Result;
+use crate::error::{BootError, ExecError, PackageError};
 use crate::files::{FileInfo, FileUpload};
 use crate::machine::{PackageDisk, VmOptions};
 use crate::network::ExposedAddr;
@@ -64,14 +64,14 @@ pub trait SandboxVm: Send + Sync {
     /// completion still returned (exit code 130).
     ///
     /// # Errors
-    /// [`crate::Error::VmDied`] when the VM died (a session then ends),
-    /// [`crate::Error::Protocol`] when the agent failed.
+    /// [`crate::ExecError::VmDied`] when the VM died (a session then ends),
+    /// [`crate::ExecError::Protocol`] when the agent failed.
     fn exec_interruptible<'a>(
         &'a mut self,
         request: ExecRequest,
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
-    ) -> BoxFuture<'a, Result<ExecOutcome>>;
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>>;
 
     /// As [`SandboxVm::exec_interruptible`], never interrupted.
     ///
@@ -81,7 +81,7 @@ pub trait SandboxVm: Send + Sync {
         &'a mut self,
         request: ExecRequest,
         on_output: OutputSink<'a>,
-    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
         self.exec_interruptible(request, on_output, Box::pin(std::future::pending()))
     }
 
@@ -89,38 +89,41 @@ pub trait SandboxVm: Send + Sync {
     /// sha256).
     ///
     /// # Errors
-    /// [`crate::Error::File`].
-    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo>>;
+    /// [`ExecError::File`].
+    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>>;
 
     /// Reads a file of the sandbox home (checked by sha256).
     ///
     /// # Errors
-    /// [`crate::Error::File`].
-    fn download<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo)>>;
+    /// [`ExecError::File`].
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>>;
 
     /// Lists a directory of the sandbox home, sorted by name.
     ///
     /// # Errors
-    /// [`crate::Error::File`].
-    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>>>;
+    /// [`ExecError::File`].
+    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ExecError>>;
 
     /// Starts the persistent interpreter now rather than on the first
     /// cell.
     ///
     /// # Errors
-    /// [`crate::Error::Protocol`].
-    fn warm_repl(&self) -> BoxFuture<'_, Result<()>>;
+    /// [`crate::ExecError::Protocol`].
+    fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>>;
 
     /// Installs pinned packages into the home with the language's package
     /// manager, trusting `ca` (the VM needs a network to the registries).
     ///
     /// # Errors
-    /// [`crate::Error::PackageSpec`], [`crate::Error::PackageInstall`].
+    /// [`crate::InputError::PackageSpec`], [`PackageError::Install`].
     fn install<'a>(
         &'a mut self,
         packages: &'a [String],
         ca: &'a CaBundle,
-    ) -> BoxFuture<'a, Result<ExecOutcome>>;
+    ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>>;
 
     /// Destroys the VM (never fails, safe twice) and reports what it did.
     fn destroy(&mut self) -> BoxFuture<'_, TeardownReport>;
@@ -133,13 +136,13 @@ pub trait VmSource: Send + Sync {
     /// `observer`. The VM is the caller's: destroy it after use.
     ///
     /// # Errors
-    /// The source's boot errors ([`crate::Error::is_transient`] ones were
+    /// The source's boot errors ([`crate::BootError::is_transient`] ones were
     /// retried already).
     fn acquire<'a>(
         &'a self,
         options: &'a VmOptions,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>>>;
+    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>, BootError>>;
 }
 
 /// A package layer ready to attach, and its account for the run result.
@@ -159,14 +162,14 @@ pub trait PackagePreparer: Send + Sync {
     /// [`crate::Stage::InstallingPackages`] before an install.
     ///
     /// # Errors
-    /// [`crate::Error::PackageSpec`], [`crate::Error::PackageInstall`].
+    /// [`crate::InputError::PackageSpec`], [`PackageError::Install`].
     fn prepare<'a>(
         &'a self,
         language: Language,
         packages: &'a [String],
         tenant: &'a str,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Option<PreparedPackages>>>;
+    ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>>;
 }
 
 /// Which source a VM comes from.

@@ -3,7 +3,7 @@
 //! [`VmManager`].
 
 use super::{PackagePreparer, PreparedPackages, SandboxVm, VmSource};
-use crate::error::Result;
+use crate::error::{BootError, PackageError};
 use crate::machine::{PackageDisk, VmOptions};
 use crate::manager::VmManager;
 use crate::observer::{RunObserver, Stage};
@@ -32,7 +32,7 @@ impl VmSource for ColdSource {
         &'a self,
         options: &'a VmOptions,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>>> {
+    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>, BootError>> {
         Box::pin(async move {
             observer.stage(Stage::Booting);
             let vm = self.manager.boot(options).await?;
@@ -61,7 +61,7 @@ impl VmSource for TemplateSource {
         &'a self,
         options: &'a VmOptions,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>>> {
+    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>, BootError>> {
         Box::pin(async move {
             let layer = options.packages.as_ref().and_then(PackageDisk::layer_key);
             let template = match self.templates.find_over(options.shape(), layer).await? {
@@ -99,7 +99,7 @@ impl VmSource for PoolSource {
         &'a self,
         options: &'a VmOptions,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>>> {
+    ) -> BoxFuture<'a, Result<Box<dyn SandboxVm>, BootError>> {
         Box::pin(async move {
             observer.stage(Stage::Booting);
             let shape = options.shape();
@@ -142,7 +142,7 @@ impl PackagePreparer for LayerPreparer {
         packages: &'a [String],
         tenant: &'a str,
         observer: &'a mut dyn RunObserver,
-    ) -> BoxFuture<'a, Result<Option<PreparedPackages>>> {
+    ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>> {
         Box::pin(async move {
             let outcome =
                 crate::packages::prepare(&self.manager, language, packages, tenant, || {

@@ -2,7 +2,7 @@
 //! client, errors carrying the VM id.
 
 use super::{OutputSink, SandboxVm};
-use crate::error::{Error, Result};
+use crate::error::{ExecError, PackageError};
 use crate::files::{self, FileInfo, FileUpload};
 use crate::network::ExposedAddr;
 use crate::spec::CaBundle;
@@ -43,24 +43,27 @@ impl SandboxVm for Vm {
         request: ExecRequest,
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
-    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
         Box::pin(Vm::exec_streaming(self, request, on_output, interrupt))
     }
 
-    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo>> {
+    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
         Box::pin(async move { files::upload(self.id(), self.client()?, upload).await })
     }
 
-    fn download<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo)>> {
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
         Box::pin(async move { files::download(self.id(), self.client()?, path).await })
     }
 
-    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>>> {
+    fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ExecError>> {
         Box::pin(async move {
             self.client()?
                 .list_files(dir, files::transfer_timeout(0))
                 .await
-                .map_err(|source| Error::File {
+                .map_err(|source| ExecError::File {
                     vm_id: self.id().to_owned(),
                     path: dir.to_owned(),
                     action: "list",
@@ -69,13 +72,13 @@ impl SandboxVm for Vm {
         })
     }
 
-    fn warm_repl(&self) -> BoxFuture<'_, Result<()>> {
+    fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(async move {
             self.client()?
                 .warm_repl(Vm::language(self), WARM_TIMEOUT)
                 .await
                 .map(drop)
-                .map_err(|source| Error::Protocol {
+                .map_err(|source| ExecError::Protocol {
                     vm_id: self.id().to_owned(),
                     source,
                 })
@@ -86,7 +89,7 @@ impl SandboxVm for Vm {
         &'a mut self,
         packages: &'a [String],
         ca: &'a CaBundle,
-    ) -> BoxFuture<'a, Result<ExecOutcome>> {
+    ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>> {
         Box::pin(async move {
             let output = crate::packages::install_into(self, packages, ca, INSTALL_TIMEOUT).await?;
             Ok(ExecOutcome {

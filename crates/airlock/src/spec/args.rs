@@ -26,7 +26,7 @@
 //! library's errors.
 
 use super::{SandboxSpec, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
-use crate::error::Result;
+use crate::error::{InputError, Result};
 use crate::network::NetworkRequest;
 use airlock_protocol::Language;
 use schemars::JsonSchema;
@@ -123,9 +123,9 @@ impl NetworkArgs {
     /// The network request these options describe for `language`.
     ///
     /// # Errors
-    /// [`crate::Error::InvalidInput`] for `network` naming a bad domain or
+    /// [`InputError::Invalid`] for `network` naming a bad domain or
     /// port.
-    pub fn to_request(&self, language: Language) -> Result<NetworkRequest> {
+    pub fn to_request(&self, language: Language) -> Result<NetworkRequest, InputError> {
         let domains = self.allow_domains.as_deref().unwrap_or_default();
         // An explicitly empty allowlist (JSON `allow_domains: []`) reaches
         // nothing, whatever turned egress on.
@@ -169,7 +169,7 @@ impl SandboxArgs {
     ///
     /// # Errors
     /// As [`SandboxSpec::validate`] and [`NetworkArgs::to_request`].
-    pub fn to_spec(&self, tenant: &str, language: Language) -> Result<SandboxSpec> {
+    pub fn to_spec(&self, tenant: &str, language: Language) -> Result<SandboxSpec, InputError> {
         let mut spec = SandboxSpec::new(language);
         tenant.clone_into(&mut spec.tenant);
         spec.shape.memory_mib = self.shape.memory_mib;
@@ -293,7 +293,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                crate::Error::InvalidInput {
+                InputError::Invalid {
                     field: "memory_mib",
                     ..
                 }

@@ -20,7 +20,7 @@
 
 pub mod args;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::network::NetworkRequest;
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
@@ -68,8 +68,8 @@ impl MachineShape {
     /// Checks memory and vCPUs against their ranges.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
-    pub fn validate(&self) -> Result<()> {
+    /// [`InputError::Invalid`] for `memory_mib` or `vcpus`.
+    pub fn validate(&self) -> Result<(), InputError> {
         validate_shape(self.memory_mib, self.vcpus)
     }
 }
@@ -147,9 +147,9 @@ impl SandboxSpec {
     /// Checks every field; the first problem is returned.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field, [`Error::PackageSpec`] for
+    /// [`InputError::Invalid`] naming the field, [`InputError::PackageSpec`] for
     /// an unpinned or malformed package.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), InputError> {
         self.shape.validate()?;
         validate_identifier("tenant", &self.tenant)?;
         self.network.validate()?;
@@ -231,10 +231,10 @@ pub fn validate_pools(pools: &[PoolConfig], max_concurrent_vms: usize) -> Result
 /// [`VCPUS_RANGE`].
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
-pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<()> {
+/// [`InputError::Invalid`] for `memory_mib` or `vcpus`.
+pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<(), InputError> {
     if !MEMORY_MIB_RANGE.contains(&memory_mib) {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             "memory_mib",
             format!(
                 "{} MiB is outside {} ..= {} MiB",
@@ -245,7 +245,7 @@ pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<()> {
         ));
     }
     if !VCPUS_RANGE.contains(&vcpus) {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             "vcpus",
             format!(
                 "{} is outside {} ..= {}",
@@ -262,9 +262,9 @@ pub(crate) fn validate_shape(memory_mib: u32, vcpus: u32) -> Result<()> {
 /// [`airlock_sys_util::check_id`]: `[A-Za-z0-9_-]{1,128}`.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for `field`, saying what is allowed.
-pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
-    airlock_sys_util::check_id(value).map_err(|e| Error::invalid(field, e.to_string()))
+/// [`InputError::Invalid`] for `field`, saying what is allowed.
+pub fn validate_identifier(field: &'static str, value: &str) -> Result<(), InputError> {
+    airlock_sys_util::check_id(value).map_err(|e| InputError::invalid(field, e.to_string()))
 }
 
 #[cfg(test)]
@@ -273,9 +273,9 @@ mod tests {
 
     use super::*;
 
-    fn field_of(result: Result<()>) -> &'static str {
+    fn field_of(result: Result<(), InputError>) -> &'static str {
         match result {
-            Err(Error::InvalidInput { field, .. }) => field,
+            Err(InputError::Invalid { field, .. }) => field,
             other => panic!("expected InvalidInput, got {other:?}"),
         }
     }
@@ -309,7 +309,10 @@ mod tests {
     fn unpinned_packages_make_the_spec_invalid() {
         let mut spec = SandboxSpec::new(Language::Python);
         spec.packages = vec!["numpy".into()];
-        assert!(matches!(spec.validate(), Err(Error::PackageSpec { .. })));
+        assert!(matches!(
+            spec.validate(),
+            Err(InputError::PackageSpec { .. })
+        ));
     }
 
     #[test]

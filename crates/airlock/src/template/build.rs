@@ -6,7 +6,7 @@
 
 use super::key::TemplateInputs;
 use super::store::{Template, TemplateStore, MEMORY_FILE, STATE_FILE};
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::network::NetworkRequest;
@@ -30,20 +30,20 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Builds the template of `inputs` into `store` and returns it, checked.
 ///
 /// # Errors
-/// The boot's error, [`Error::Protocol`] when the warm-up fails,
-/// [`Error::Qemu`] when the save fails, [`Error::Io`] for the files.
+/// The boot's error, [`BootError::Protocol`] when the warm-up fails,
+/// [`BootError::Qemu`] when the save fails, [`BootError::Io`] for the files.
 pub async fn build(
     manager: &VmManager,
     store: &TemplateStore,
     inputs: &TemplateInputs,
-) -> Result<Template> {
+) -> Result<Template, BootError> {
     let started = Instant::now();
     let key = inputs.key();
     let staging = {
         let (owned, key) = (store.clone(), key.clone());
         blocking("create a template staging dir", move || owned.staging(&key))
             .await?
-            .map_err(|e| Error::io("create a staging dir under", store.root(), e))?
+            .map_err(|e| BootError::io("create a staging dir under", store.root(), e))?
     };
     // On failure (or when this future is dropped) the staging dir goes
     // with `staging`.
@@ -55,7 +55,7 @@ pub async fn build(
         store.install(staging, &inputs_owned, build_time)
     })
     .await?
-    .map_err(|e| Error::io("install the template from", staged, e))?;
+    .map_err(|e| BootError::io("install the template from", staged, e))?;
     tracing::info!(
         template = key,
         build_ms = template.metadata.build_ms,
@@ -65,7 +65,11 @@ pub async fn build(
     Ok(template)
 }
 
-async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &Path) -> Result<()> {
+async fn boot_and_save(
+    manager: &VmManager,
+    inputs: &TemplateInputs,
+    staging: &Path,
+) -> Result<(), BootError> {
     let images = manager.images();
     let launcher = QemuLauncher::for_template(
         manager.host().clone(),
@@ -126,8 +130,8 @@ pub fn warm_of(language: Language) -> Warm {
 }
 
 /// Warms the interpreter, pauses the VM and saves its device state.
-async fn warm_and_save(vm: &Vm, state: &Path) -> Result<()> {
-    let protocol = |source| Error::Protocol {
+async fn warm_and_save(vm: &Vm, state: &Path) -> Result<(), BootError> {
+    let protocol = |source| BootError::Protocol {
         vm_id: vm.id().to_owned(),
         source,
     };
@@ -163,21 +167,22 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<()> {
     let deadline = Instant::now() + SAVE_TIMEOUT;
     let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
         .await
-        .map_err(Error::qemu(
+        .map_err(BootError::qemu(
             Some(vm.id()),
             "connect to QMP to save a template",
         ))?;
-    qmp.stop(deadline)
-        .await
-        .map_err(Error::qemu(Some(vm.id()), "pause it to save a template"))?;
+    qmp.stop(deadline).await.map_err(BootError::qemu(
+        Some(vm.id()),
+        "pause it to save a template",
+    ))?;
     let file = tokio::fs::File::create(state)
         .await
-        .map_err(|e| Error::io("create", state, e))?
+        .map_err(|e| BootError::io("create", state, e))?
         .into_std()
         .await;
     qmp.save_device_state(file.as_fd(), deadline)
         .await
-        .map_err(Error::qemu(
+        .map_err(BootError::qemu(
             Some(vm.id()),
             "save the template's device state",
         ))?;

@@ -28,7 +28,7 @@ pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateDetails, TemplateMetadata, TemplateStore};
 
 use crate::artifacts::{EntryState, Pruned};
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::launcher::MachinePlan;
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
@@ -87,8 +87,8 @@ impl Templates {
     /// layer; stale, damaged or half-built otherwise.
     ///
     /// # Errors
-    /// [`Error::TaskFailed`] when the blocking task fails.
-    pub async fn list(&self) -> Result<Vec<Listed>> {
+    /// [`BootError::TaskFailed`] when the blocking task fails.
+    pub async fn list(&self) -> Result<Vec<Listed>, BootError> {
         let templates = self.clone();
         blocking("list memory templates", move || {
             templates.store.entries(templates.current_judge())
@@ -101,15 +101,15 @@ impl Templates {
     /// its memory file; a live process builds it).
     ///
     /// # Errors
-    /// [`Error::Io`] for the first removal that failed.
-    pub async fn prune(&self) -> Result<Pruned> {
+    /// [`BootError::Io`] for the first removal that failed.
+    pub async fn prune(&self) -> Result<Pruned, BootError> {
         let templates = self.clone();
         let root = self.store.root().to_path_buf();
         blocking("prune memory templates", move || {
             templates.store.prune_stale(templates.current_judge())
         })
         .await?
-        .map_err(|e| Error::io("prune templates in", root, e))
+        .map_err(|e| BootError::io("prune templates in", root, e))
     }
 
     /// Whether a template's metadata is what this host would build now
@@ -132,9 +132,9 @@ impl Templates {
     /// What the template of `shape` must match on this host and images.
     ///
     /// # Errors
-    /// [`Error::ImagesMissing`] without a root disk for the language;
-    /// [`Error::Qemu`] for a shape QEMU refuses.
-    pub fn inputs(&self, shape: TemplateShape) -> Result<TemplateInputs> {
+    /// [`BootError::ImagesMissing`] without a root disk for the language;
+    /// [`BootError::Qemu`] for a shape QEMU refuses.
+    pub fn inputs(&self, shape: TemplateShape) -> Result<TemplateInputs, BootError> {
         self.inputs_over(shape, None)
     }
 
@@ -143,13 +143,17 @@ impl Templates {
     ///
     /// # Errors
     /// As [`Templates::inputs`].
-    pub fn inputs_over(&self, shape: TemplateShape, layer: Option<&str>) -> Result<TemplateInputs> {
+    pub fn inputs_over(
+        &self,
+        shape: TemplateShape,
+        layer: Option<&str>,
+    ) -> Result<TemplateInputs, BootError> {
         let images = self.manager.images();
         let rootfs_hash = images
             .rootfs_hash
             .get(&shape.language)
             .cloned()
-            .ok_or_else(|| Error::ImagesMissing {
+            .ok_or_else(|| BootError::ImagesMissing {
                 dir: images.dir.clone(),
                 what: format!("no root disk for {}", shape.language),
             })?;
@@ -175,7 +179,7 @@ impl Templates {
     ///
     /// # Errors
     /// As [`Templates::inputs`].
-    pub async fn find(&self, shape: TemplateShape) -> Result<Found> {
+    pub async fn find(&self, shape: TemplateShape) -> Result<Found, BootError> {
         self.find_inputs(self.inputs(shape)?).await
     }
 
@@ -184,11 +188,15 @@ impl Templates {
     ///
     /// # Errors
     /// As [`Templates::inputs`].
-    pub async fn find_over(&self, shape: TemplateShape, layer: Option<&str>) -> Result<Found> {
+    pub async fn find_over(
+        &self,
+        shape: TemplateShape,
+        layer: Option<&str>,
+    ) -> Result<Found, BootError> {
         self.find_inputs(self.inputs_over(shape, layer)?).await
     }
 
-    async fn find_inputs(&self, inputs: TemplateInputs) -> Result<Found> {
+    async fn find_inputs(&self, inputs: TemplateInputs) -> Result<Found, BootError> {
         let (store, looked_up) = (self.store.clone(), inputs.clone());
         let found = blocking("check a memory template", move || store.lookup(&looked_up)).await?;
         Ok(match found {
@@ -216,7 +224,7 @@ impl Templates {
     ///
     /// # Errors
     /// The template boot's or save's error.
-    pub async fn build(&self, inputs: &TemplateInputs) -> Result<Template> {
+    pub async fn build(&self, inputs: &TemplateInputs) -> Result<Template, BootError> {
         let _one_at_a_time = self.building.lock().await;
         if let Found::Ready(template) = self.find_inputs(inputs.clone()).await? {
             return Ok(template);
@@ -226,7 +234,7 @@ impl Templates {
             store.remove(&key)
         })
         .await?
-        .map_err(|e| Error::io("remove", self.store.dir(&inputs.key()), e))?;
+        .map_err(|e| BootError::io("remove", self.store.dir(&inputs.key()), e))?;
         build::build(&self.manager, &self.store, inputs).await
     }
 
@@ -234,7 +242,7 @@ impl Templates {
     ///
     /// # Errors
     /// As [`Templates::find`] and [`Templates::build`].
-    pub async fn ensure(&self, shape: TemplateShape) -> Result<Template> {
+    pub async fn ensure(&self, shape: TemplateShape) -> Result<Template, BootError> {
         match self.find(shape).await? {
             Found::Ready(template) => Ok(template),
             Found::Build { inputs, .. } => self.build(&inputs).await,
@@ -246,22 +254,21 @@ impl Templates {
     /// restore launcher.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the shapes differ or a network is
+    /// [`BootError::TemplateMismatch`] when the shapes differ or a network is
     /// asked for, or as [`VmManager::boot`].
-    pub async fn boot(&self, options: &VmOptions, template: &Template) -> Result<Vm> {
+    pub async fn boot(&self, options: &VmOptions, template: &Template) -> Result<Vm, BootError> {
         if options.network.mode() != airlock_gvproxy::NetworkMode::None {
-            return Err(Error::invalid(
-                "network",
-                "a VM with a network cannot be restored from a memory template (QEMU 7.2 \
-                 cannot reconnect its network device): boot it cold",
-            ));
+            return Err(BootError::TemplateMismatch {
+                reason: "a VM with a network cannot be restored from a memory template (QEMU 7.2 \
+                         cannot reconnect its network device): boot it cold"
+                    .to_owned(),
+            });
         }
         let shape = template.metadata.inputs.shape;
         let layer_attached = options.packages.as_ref().is_some_and(|disk| !disk.writable);
         if layer_attached != template.metadata.inputs.packages_layer.is_some() {
-            return Err(Error::invalid(
-                "template",
-                format!(
+            return Err(BootError::TemplateMismatch {
+                reason: format!(
                     "template {} {} a package layer and this VM {}",
                     template.metadata.key,
                     if layer_attached { "has no" } else { "has" },
@@ -271,16 +278,15 @@ impl Templates {
                         "has none"
                     }
                 ),
-            ));
+            });
         }
         if shape != shape_of(options) {
-            return Err(Error::invalid(
-                "template",
-                format!(
+            return Err(BootError::TemplateMismatch {
+                reason: format!(
                     "template {} is for {shape}, not for this VM",
                     template.metadata.key
                 ),
-            ));
+            });
         }
         let images = self.manager.images();
         let launcher = RestoreLauncher::new(
@@ -313,7 +319,11 @@ impl Templates {
     ///
     /// # Errors
     /// As [`VmManager::boot`].
-    pub async fn boot_or_cold(&self, options: &VmOptions, template: &Template) -> Result<Vm> {
+    pub async fn boot_or_cold(
+        &self,
+        options: &VmOptions,
+        template: &Template,
+    ) -> Result<Vm, BootError> {
         let error = match self.boot(options, template).await {
             Ok(vm) => return Ok(vm),
             Err(e) if !restore_failed(&e) => return Err(e),
@@ -340,7 +350,7 @@ impl Templates {
 fn is_current(
     metadata: &TemplateMetadata,
     current_layers: &[String],
-    inputs_over: impl Fn(TemplateShape, Option<&str>) -> Result<TemplateInputs>,
+    inputs_over: impl Fn(TemplateShape, Option<&str>) -> Result<TemplateInputs, BootError>,
 ) -> bool {
     let layer = metadata.inputs.packages_layer.as_deref();
     layer.is_none_or(|key| current_layers.iter().any(|k| k == key))
@@ -349,15 +359,15 @@ fn is_current(
 
 /// Whether `error` says the restore went wrong (rather than the host or
 /// the request).
-fn restore_failed(error: &Error) -> bool {
+fn restore_failed(error: &BootError) -> bool {
     matches!(
         error,
-        Error::Qemu { .. }
-            | Error::Restore { .. }
-            | Error::VmDied { .. }
-            | Error::BootTimeout { .. }
-            | Error::AttemptTimeout { .. }
-            | Error::Protocol { .. }
+        BootError::Qemu { .. }
+            | BootError::Restore { .. }
+            | BootError::VmDied { .. }
+            | BootError::BootTimeout { .. }
+            | BootError::AttemptTimeout { .. }
+            | BootError::Protocol { .. }
     )
 }
 
@@ -368,7 +378,7 @@ pub fn shape_of(options: &VmOptions) -> TemplateShape {
 
 /// Hash of a clone's argv for `shape` on `caps`, its per-VM paths fixed:
 /// it changes when the device set or any option changes.
-fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<String> {
+fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<String, BootError> {
     let fixed = PathBuf::from("/airlock/template");
     let plan = MachinePlan {
         vm_id: "template".into(),
@@ -389,7 +399,7 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<Strin
     };
     let spec = clone_spec(&plan, &boot, &fixed.join("memory"));
     let argv = QemuArgs::build(&spec, caps)
-        .map_err(Error::qemu(None, "build a template's command line"))?;
+        .map_err(BootError::qemu(None, "build a template's command line"))?;
     Ok(sha256_hex(argv_to_lines(&argv).as_bytes()))
 }
 
@@ -448,9 +458,13 @@ mod tests {
             ..inputs.clone()
         };
         assert!(!is_current(&metadata(&inputs), &[], host(&upgraded)));
-        let no_root_disk = |_: TemplateShape, _: Option<&str>| -> Result<TemplateInputs> {
-            Err(Error::invalid("language", "no root disk"))
-        };
+        let no_root_disk =
+            |_: TemplateShape, _: Option<&str>| -> Result<TemplateInputs, BootError> {
+                Err(BootError::ImagesMissing {
+                    dir: "/images".into(),
+                    what: "no root disk".into(),
+                })
+            };
         assert!(!is_current(&metadata(&inputs), &[], no_root_disk));
         inputs.packages_layer = Some("python-pkgs-0123".into());
         let layers = ["python-pkgs-0123".to_owned()];

@@ -5,7 +5,7 @@
 //! before anything else runs in it.
 
 use super::store::Template;
-use crate::error::{Error, Result};
+use crate::error::{BootError, Result};
 use crate::guest::{self, Agent, GuestFiles, RestoreTimings};
 use crate::host::Host;
 use crate::launcher::{Launcher, MachinePlan};
@@ -58,7 +58,11 @@ impl RestoreLauncher {
         }
     }
 
-    async fn spawn_clone(&self, plan: &MachinePlan, group: &VmGroup) -> Result<QemuProcess> {
+    async fn spawn_clone(
+        &self,
+        plan: &MachinePlan,
+        group: &VmGroup,
+    ) -> Result<QemuProcess, BootError> {
         let spec = clone_spec(plan, &self.boot, &self.template.memory_file());
         spawn_spec(&self.host, &spec, plan, group).await
     }
@@ -68,7 +72,7 @@ impl RestoreLauncher {
         plan: &MachinePlan,
         process: &mut QemuProcess,
         deadline: Instant,
-    ) -> Result<Agent> {
+    ) -> Result<Agent, BootError> {
         let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
         let paths = files.paths();
         let waited = deadline.saturating_duration_since(Instant::now());
@@ -114,15 +118,15 @@ impl RestoreLauncher {
         plan: &MachinePlan,
         deadline: Instant,
         timings: &mut RestoreTimings,
-    ) -> Result<()> {
+    ) -> Result<(), BootError> {
         let start = Instant::now();
         let state_path = self.template.state_file();
         let state = tokio::fs::File::open(&state_path)
             .await
-            .map_err(|e| Error::io("open", &state_path, e))?
+            .map_err(|e| BootError::io("open", &state_path, e))?
             .into_std()
             .await;
-        let restore = |source| Error::Restore {
+        let restore = |source| BootError::Restore {
             vm_id: plan.vm_id.clone(),
             template: self.template.metadata.key.clone(),
             source: Box::new(source),
@@ -143,7 +147,7 @@ impl RestoreLauncher {
 
 /// Sends fresh entropy and the host's clock to a restored agent (also
 /// used when a paused pool VM is resumed).
-pub(crate) async fn reseed(client: &Client, vm_id: &str) -> Result<()> {
+pub(crate) async fn reseed(client: &Client, vm_id: &str) -> Result<(), BootError> {
     let mut entropy = [0u8; RESEED_ENTROPY_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
     let now_ns = SystemTime::now()
@@ -152,7 +156,7 @@ pub(crate) async fn reseed(client: &Client, vm_id: &str) -> Result<()> {
     let (credited, step_ms) = client
         .reseed(&entropy, now_ns, RESEED_TIMEOUT)
         .await
-        .map_err(|source| Error::Protocol {
+        .map_err(|source| BootError::Protocol {
             vm_id: vm_id.to_owned(),
             source,
         })?;
@@ -169,7 +173,7 @@ impl Launcher for RestoreLauncher {
         &'a self,
         plan: &'a MachinePlan,
         group: &'a VmGroup,
-    ) -> BoxFuture<'a, Result<QemuProcess>> {
+    ) -> BoxFuture<'a, Result<QemuProcess, BootError>> {
         Box::pin(self.spawn_clone(plan, group))
     }
 
@@ -178,7 +182,7 @@ impl Launcher for RestoreLauncher {
         plan: &'a MachinePlan,
         process: &'a mut QemuProcess,
         deadline: Instant,
-    ) -> BoxFuture<'a, Result<Agent>> {
+    ) -> BoxFuture<'a, Result<Agent, BootError>> {
         Box::pin(self.restore(plan, process, deadline))
     }
 }

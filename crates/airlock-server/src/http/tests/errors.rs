@@ -183,7 +183,7 @@ async fn no_vm_slot_in_time_is_503_overloaded() {
     let h = Harness::new();
     h.fakes
         .cold
-        .fail_next_boot(|| airlock::Error::QueueTimeout {
+        .fail_next_boot(|| airlock::BootError::QueueTimeout {
             waited: Duration::from_secs(1),
             slots: 1,
         });

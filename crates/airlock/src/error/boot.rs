@@ -1,40 +1,35 @@
-//! The crate's error type: one enum, each variant with the context a user
-//! needs (VM id, path) and, through [`Error::hint`], what to do about it.
-//! [`Error::is_transient`] is what the boot retries go by (see
-//! `docs/architecture.md`, "Retries").
+//! [`BootError`]: everything that can fail getting a ready VM, and the
+//! retry decision ([`BootError::is_transient`]) the boot retries go by.
 
+use super::exec::{exit_text, is_lost_channel, ExecError};
 use airlock_protocol::ProtocolError;
-use airlock_sys_util::ChildExit;
+use airlock_sys_util::{ChildExit, IoError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything that can make a run fail.
+/// Getting a VM whose guest agent answers failed: a slot, the host's
+/// pieces (QEMU, disk overlay, limits group, network), the machine, the
+/// agent, a memory template or a warm pool.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
-    /// The request was refused before anything started.
-    #[error("invalid {field}: {message}")]
-    InvalidInput {
-        /// The field at fault (`language`, `code`, `memory_mib`, ...).
-        field: &'static str,
-        /// What is wrong and what is accepted.
-        message: String,
-    },
-    /// The configuration is not usable (raised by [`crate::Config::validate`]
-    /// only).
-    #[error("invalid configuration: {0}")]
-    Config(String),
+pub enum BootError {
     /// The VM manager was shut down: it boots no more VMs.
     #[error("the VM manager is shut down")]
     ShutDown,
     /// Every VM slot stayed taken for the whole queue timeout.
     #[error("no VM slot became free within {waited:?} ({slots} VMs at once at most)")]
     QueueTimeout {
-        /// How long the run waited.
+        /// How long the boot waited.
         waited: Duration,
         /// The number of slots ([`crate::Config::max_concurrent_vms`]).
         slots: usize,
+    },
+    /// A warm pool was shut down: it hands out no more VMs.
+    #[error("the warm pool of {shape} is shut down")]
+    PoolDrained {
+        /// The pool's shape.
+        shape: String,
     },
     /// A helper task of the orchestrator failed (panicked or was cancelled).
     #[error("{task} failed: {message}")]
@@ -44,19 +39,6 @@ pub enum Error {
         /// Why it failed.
         message: String,
     },
-    /// A host port for an exposed guest port could not be served.
-    #[error("vm {vm_id}: {action} {addr}: {source}")]
-    ExposeBind {
-        /// The VM.
-        vm_id: String,
-        /// What was being done.
-        action: &'static str,
-        /// The host address.
-        addr: SocketAddr,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The guest images are missing or incomplete.
     #[error("guest images missing in {dir}: {what}; build them with `cargo xtask images` (or set AIRLOCK_IMAGES)")]
     ImagesMissing {
@@ -65,9 +47,9 @@ pub enum Error {
         /// What is missing.
         what: String,
     },
-    /// A file-system step failed.
+    /// A file-system step failed (the error names the step and the path).
     #[error(transparent)]
-    Io(#[from] airlock_sys_util::IoError),
+    Io(#[from] IoError),
     /// QEMU could not be started.
     #[error("vm {vm_id}: cannot start {program}: {source}")]
     Spawn {
@@ -79,12 +61,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// QEMU exited before the guest was ready or while it ran.
+    /// QEMU exited before the guest was ready.
     #[error("vm {vm_id}: QEMU exited ({}) {when}\n--- qemu stderr (tail) ---\n{stderr_tail}\n--- console (tail) ---\n{console_tail}", exit_text(.status))]
     VmDied {
         /// The VM.
         vm_id: String,
-        /// When it died ("during boot", "during exec").
+        /// When it died ("during boot"; "during exec" for an exec a
+        /// boot step ran, as a template's warm-up).
         when: &'static str,
         /// How QEMU ended; `None` when waiting for it failed, so that how
         /// it ended is unknown.
@@ -107,7 +90,7 @@ pub enum Error {
         console_tail: String,
     },
     /// A boot attempt did not finish by its deadline (plus
-    /// [`crate::retry::CUT_SLACK`]): a step before the agent wait hung, and
+    /// `retry::CUT_SLACK`): a step before the agent wait hung, and
     /// the attempt was cut (what it made is torn down by the reaper).
     #[error(
         "boot attempt {attempt} cut after {after:?}: a step before the guest agent wait \
@@ -138,6 +121,16 @@ pub enum Error {
         /// Our uid (QEMU's).
         our_uid: u32,
     },
+    /// Talking to the guest agent failed while the VM was made ready
+    /// (the handshake, a template's warm-up, a pool VM's reseed).
+    #[error("vm {vm_id}: {source}")]
+    Protocol {
+        /// The VM.
+        vm_id: String,
+        /// What the agent or its channel said.
+        #[source]
+        source: ProtocolError,
+    },
     /// A QEMU step failed: probing the host, building the command line,
     /// a QMP command.
     #[error("{}{action}: {source}", vm_prefix(.vm_id))]
@@ -146,8 +139,8 @@ pub enum Error {
         vm_id: Option<String>,
         /// What was being done.
         action: &'static str,
-        /// What QEMU, its probe or its QMP socket said (boxed: the error enum stays
-        /// small).
+        /// What QEMU, its probe or its QMP socket said (boxed: the enum
+        /// stays small).
         #[source]
         source: Box<airlock_qemu::QemuError>,
     },
@@ -159,10 +152,16 @@ pub enum Error {
         vm_id: String,
         /// The template's key.
         template: String,
-        /// What QEMU or its QMP socket said (boxed: the error enum stays
-        /// small).
+        /// What QEMU or its QMP socket said (boxed: the enum stays small).
         #[source]
         source: Box<airlock_qemu::QemuError>,
+    },
+    /// A VM's options do not fit the memory template asked to restore it
+    /// (another shape, a package layer on one side only, a network).
+    #[error("cannot restore from the memory template: {reason}")]
+    TemplateMismatch {
+        /// What differs.
+        reason: String,
     },
     /// A disk overlay step failed (starting the overlay pool, taking an
     /// overlay for a VM).
@@ -172,8 +171,7 @@ pub enum Error {
         vm_id: Option<String>,
         /// What was being done.
         action: &'static str,
-        /// What the overlay pool said (boxed: the error enum stays
-        /// small).
+        /// What the overlay pool said (boxed: the enum stays small).
         #[source]
         source: Box<airlock_overlay::OverlayError>,
     },
@@ -185,109 +183,52 @@ pub enum Error {
         vm_id: Option<String>,
         /// What was being done.
         action: &'static str,
-        /// What the limits crate said (boxed: the error enum stays
-        /// small).
+        /// What the limits crate said (boxed: the enum stays small).
         #[source]
         source: Box<airlock_limits::LimitsError>,
     },
-    /// The VM's network (gvproxy, egress proxy) could not be set up.
+    /// The VM's network (gvproxy) could not be set up.
     #[error("vm {vm_id}: network: {source}")]
     Network {
         /// The VM.
         vm_id: String,
-        /// What went wrong.
+        /// What went wrong (boxed: the enum stays small).
         #[source]
-        source: airlock_gvproxy::GvproxyError,
+        source: Box<airlock_gvproxy::GvproxyError>,
     },
     /// The VM's egress proxy could not be started.
     #[error("vm {vm_id}: network: {source}")]
     Egress {
         /// The VM.
         vm_id: String,
-        /// What went wrong.
+        /// What went wrong (boxed: the enum stays small).
         #[source]
-        source: airlock_egress::EgressError,
+        source: Box<airlock_egress::EgressError>,
     },
-    /// A file could not be moved to or from the guest (refused path,
-    /// missing file, symlink out of the home, checksum mismatch, size cap).
-    #[error("vm {vm_id}: {action} guest file {path:?}: {source}")]
-    File {
+    /// A host port for an exposed guest port could not be served.
+    #[error("vm {vm_id}: {action} {addr}: {source}")]
+    ExposeBind {
         /// The VM.
         vm_id: String,
-        /// The guest path, relative to the sandbox home.
-        path: String,
-        /// `read` or `write`.
+        /// What was being done.
         action: &'static str,
-        /// What the agent or the channel said.
+        /// The host address.
+        addr: SocketAddr,
+        /// The underlying error.
         #[source]
-        source: ProtocolError,
-    },
-    /// A session already runs a call (an exec or a file operation): one
-    /// call at a time, a second one is refused at once, never queued.
-    #[error("session {session_id} is busy: it runs one call at a time")]
-    SessionBusy {
-        /// The session.
-        session_id: String,
-    },
-    /// The session has ended (closed, idle too long, past its lifetime, or
-    /// its VM died): every call is refused.
-    #[error("session {session_id} is closed: {reason}")]
-    SessionClosed {
-        /// The session.
-        session_id: String,
-        /// Why it ended.
-        reason: crate::close::CloseReason,
-    },
-    /// A package spec was refused before anything started (unpinned,
-    /// a range, a URL, an option, a bad name).
-    #[error("package {spec:?} refused: {reason}")]
-    PackageSpec {
-        /// The spec (cut to 80 characters).
-        spec: String,
-        /// What is wrong and what is accepted.
-        reason: String,
-    },
-    /// Installing a package list into a layer failed (the package manager
-    /// failed, the registry was unreachable, the layer could not be
-    /// stored).
-    #[error("installing {packages} failed{}: {reason}", .vm_id.as_ref().map(|v| format!(" in vm {v}")).unwrap_or_default())]
-    PackageInstall {
-        /// The install VM, when one ran.
-        vm_id: Option<String>,
-        /// The package list, as given to the package manager.
-        packages: String,
-        /// What went wrong (with the package manager's output tail).
-        reason: String,
-    },
-    /// A warm pool was shut down: it hands out no more VMs.
-    #[error("the warm pool of {shape} is shut down")]
-    PoolDrained {
-        /// The pool's shape.
-        shape: String,
-    },
-    /// Talking to the guest agent failed.
-    #[error("vm {vm_id}: {source}")]
-    Protocol {
-        /// The VM.
-        vm_id: String,
-        /// The protocol error.
-        #[source]
-        source: ProtocolError,
+        source: std::io::Error,
     },
 }
 
-impl Error {
-    /// Whether trying again may succeed (a boot that died or hung), as
-    /// opposed to a permanent error (bad input, missing dependency).
+impl BootError {
+    /// Whether trying again may succeed (a VM that died or hung during
+    /// its boot, a lost agent channel), as opposed to a permanent error
+    /// (missing images, a host that lacks a piece, no slot, shut down):
+    /// what the boot retries go by (`retry.rs`).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::VmDied { .. } | Error::BootTimeout { .. } | Error::AttemptTimeout { .. } => true,
-            Error::Protocol { source, .. } => {
-                matches!(
-                    source,
-                    ProtocolError::Closed | ProtocolError::Timeout { .. } | ProtocolError::Io(_)
-                )
-            }
+            Self::VmDied { .. } | Self::BootTimeout { .. } | Self::AttemptTimeout { .. } => true,
+            Self::Protocol { source, .. } => is_lost_channel(source),
             _ => false,
         }
     }
@@ -295,94 +236,98 @@ impl Error {
     /// A one-line hint for the user, shown by the CLI under the error.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::InvalidInput { .. } => Some("see `airlock run --help`"),
-            Error::Network { .. } | Error::Egress { .. } => Some(
+            Self::Network { .. } | Self::Egress { .. } => Some(
                 "network modes need gvproxy (`cargo xtask test` or `demo` fetches it) and root or user namespaces; see docs/network.md",
             ),
-            Error::ImagesMissing { .. } => {
-                Some("run `cargo xtask images` to build the guest images")
-            }
-            Error::VmDied { .. } | Error::BootTimeout { .. } | Error::AttemptTimeout { .. } => {
+            Self::ImagesMissing { .. } => Some("run `cargo xtask images` to build the guest images"),
+            Self::VmDied { .. } | Self::BootTimeout { .. } | Self::AttemptTimeout { .. } => {
                 Some("run `airlock doctor` to check the host, or retry with --debug")
             }
-            Error::QueueTimeout { .. } => {
+            Self::QueueTimeout { .. } => {
                 Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
             }
-            Error::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
-            Error::File { .. } => Some(
-                "guest paths are relative to the sandbox home; symlinks leading out of it are refused",
-            ),
-            Error::SessionBusy { .. } => Some(
-                "wait for the running call to end, or interrupt it with the session's canceller",
-            ),
-            Error::SessionClosed { .. } => Some("start a new session"),
-            Error::PackageSpec { .. } => Some(
-                "pin every package exactly: pip name==version, npm name@version; see docs/packages.md",
-            ),
-            Error::PackageInstall { .. } => Some(
-                "check the names and versions exist on the registry; behind a TLS-inspecting proxy pass its CA with --ca-bundle; see docs/packages.md",
-            ),
-            Error::PoolDrained { .. } | Error::ShutDown => {
+            Self::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
+            Self::PoolDrained { .. } | Self::ShutDown => {
                 Some("it was shut down (Scheduler::shutdown): start a new Scheduler")
             }
             _ => None,
         }
     }
 
-    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// A mapper wrapping a QEMU error in [`Error::Qemu`] with its context.
+    /// A mapper wrapping a QEMU error in [`BootError::Qemu`] with its
+    /// context.
     pub(crate) fn qemu(
         vm_id: Option<&str>,
         action: &'static str,
     ) -> impl FnOnce(airlock_qemu::QemuError) -> Self {
         let vm_id = vm_id.map(str::to_owned);
-        move |source| Error::Qemu {
+        move |source| Self::Qemu {
             vm_id,
             action,
             source: Box::new(source),
         }
     }
 
-    /// A mapper wrapping an overlay error in [`Error::Overlay`] with its
-    /// context.
+    /// A mapper wrapping an overlay error in [`BootError::Overlay`] with
+    /// its context.
     pub(crate) fn overlay(
         vm_id: Option<&str>,
         action: &'static str,
     ) -> impl FnOnce(airlock_overlay::OverlayError) -> Self {
         let vm_id = vm_id.map(str::to_owned);
-        move |source| Error::Overlay {
+        move |source| Self::Overlay {
             vm_id,
             action,
             source: Box::new(source),
         }
     }
 
-    /// A mapper wrapping a limits error in [`Error::Limits`] with its
+    /// A mapper wrapping a limits error in [`BootError::Limits`] with its
     /// context.
     pub(crate) fn limits(
         vm_id: Option<&str>,
         action: &'static str,
     ) -> impl FnOnce(airlock_limits::LimitsError) -> Self {
         let vm_id = vm_id.map(str::to_owned);
-        move |source| Error::Limits {
+        move |source| Self::Limits {
             vm_id,
             action,
             source: Box::new(source),
         }
     }
 
+    /// A [`BootError::Io`] for `action` on `path`.
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
         source: std::io::Error,
     ) -> Self {
-        Error::Io(airlock_sys_util::IoError::new(action, path, source))
+        Self::Io(IoError::new(action, path, source))
+    }
+}
+
+/// An exec or a file step a boot ran (a template's warm-up, a pool VM's
+/// reseed) failed: the VM is not ready, and a VM that died or a lost
+/// channel is as transient as during the handshake.
+impl From<ExecError> for BootError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::VmDied {
+                vm_id,
+                status,
+                stderr_tail,
+                console_tail,
+            } => Self::VmDied {
+                vm_id,
+                when: "during exec",
+                status,
+                stderr_tail,
+                console_tail,
+            },
+            ExecError::Protocol { vm_id, source } | ExecError::File { vm_id, source, .. } => {
+                Self::Protocol { vm_id, source }
+            }
+        }
     }
 }
 
@@ -393,23 +338,12 @@ fn vm_prefix(vm_id: &Option<String>) -> String {
         .map_or_else(String::new, |id| format!("vm {id}: "))
 }
 
-/// How a child ended, in words; "unknown" when its wait failed.
-fn exit_text(status: &Option<ChildExit>) -> String {
-    status.map_or_else(
-        || "unknown status: wait failed".to_owned(),
-        |exit| exit.to_string(),
-    )
-}
-
-/// Result with the crate's error.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn died_with(status: Option<ChildExit>) -> Error {
-        Error::VmDied {
+    fn died_with(status: Option<ChildExit>) -> BootError {
+        BootError::VmDied {
             vm_id: "vm".into(),
             when: "during boot",
             status,
@@ -418,12 +352,12 @@ mod tests {
         }
     }
 
-    fn died() -> Error {
+    fn died() -> BootError {
         died_with(Some(ChildExit::Signal(9)))
     }
 
-    fn protocol(source: ProtocolError) -> Error {
-        Error::Protocol {
+    fn agent(source: ProtocolError) -> BootError {
+        BootError::Protocol {
             vm_id: "vm".into(),
             source,
         }
@@ -431,13 +365,13 @@ mod tests {
 
     #[test]
     fn a_vm_that_died_or_hung_during_boot_is_transient() {
-        let timeout = Error::BootTimeout {
+        let timeout = BootError::BootTimeout {
             vm_id: "vm".into(),
             after: Duration::from_secs(1),
             stderr_tail: String::new(),
             console_tail: String::new(),
         };
-        let cut = Error::AttemptTimeout {
+        let cut = BootError::AttemptTimeout {
             attempt: 1,
             after: Duration::from_secs(1),
         };
@@ -457,13 +391,13 @@ mod tests {
             },
             ProtocolError::Io(std::io::Error::other("reset")),
         ] {
-            assert!(protocol(source).is_transient());
+            assert!(agent(source).is_transient());
         }
     }
 
     #[test]
     fn an_agent_with_another_protocol_version_is_permanent() {
-        let err = protocol(ProtocolError::VersionMismatch {
+        let err = agent(ProtocolError::VersionMismatch {
             host: 1,
             guest: 2,
             agent_version: "9.9.9".into(),
@@ -472,21 +406,19 @@ mod tests {
     }
 
     #[test]
-    fn input_configuration_and_host_errors_are_permanent() {
+    fn host_and_capacity_errors_are_permanent() {
         let permanent = [
-            Error::invalid("code", "empty"),
-            Error::Config("bad".into()),
-            Error::ShutDown,
-            Error::QueueTimeout {
+            BootError::ShutDown,
+            BootError::QueueTimeout {
                 waited: Duration::from_secs(1),
                 slots: 1,
             },
-            Error::Spawn {
+            BootError::Spawn {
                 vm_id: "vm".into(),
                 program: "/nonexistent/qemu".into(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             },
-            Error::PeerMismatch {
+            BootError::PeerMismatch {
                 vm_id: "vm".into(),
                 path: "/s".into(),
                 peer_pid: 1,
@@ -494,7 +426,10 @@ mod tests {
                 peer_uid: 0,
                 our_uid: 1000,
             },
-            Error::io("create", "/x", std::io::Error::other("denied")),
+            BootError::TemplateMismatch {
+                reason: "another shape".into(),
+            },
+            BootError::io("create", "/x", std::io::Error::other("denied")),
         ];
         for err in permanent {
             assert!(!err.is_transient(), "{err}");
@@ -517,7 +452,7 @@ mod tests {
             kind: "tenant",
             value: "a b".into(),
         };
-        let err = Error::limits(Some("vm-7"), "move to the tenant's limits group")(source);
+        let err = BootError::limits(Some("vm-7"), "move to the tenant's limits group")(source);
         let msg = err.to_string();
         assert!(
             msg.starts_with("vm vm-7: move to the tenant's limits group: invalid tenant id"),
@@ -537,7 +472,7 @@ mod tests {
             kind: "vm",
             value: String::new(),
         };
-        let msg = Error::limits(None, "create its limits group")(source).to_string();
+        let msg = BootError::limits(None, "create its limits group")(source).to_string();
         assert!(
             msg.starts_with("create its limits group: invalid vm id"),
             "{msg}"
@@ -546,11 +481,35 @@ mod tests {
 
     #[test]
     fn a_queue_timeout_names_the_slots_and_a_fix() {
-        let err = Error::QueueTimeout {
+        let err = BootError::QueueTimeout {
             waited: Duration::from_secs(3),
             slots: 4,
         };
         assert!(err.to_string().contains("4 VMs"), "{err}");
         assert!(err.hint().is_some_and(|h| h.contains("max_concurrent_vms")));
+    }
+
+    #[test]
+    fn an_exec_a_boot_ran_keeps_its_vm_and_whether_it_may_be_retried() {
+        let died = BootError::from(ExecError::VmDied {
+            vm_id: "vm-3".into(),
+            status: Some(ChildExit::Code(1)),
+            stderr_tail: String::new(),
+            console_tail: String::new(),
+        });
+        assert!(died.is_transient());
+        assert!(
+            died.to_string().starts_with("vm vm-3: QEMU exited"),
+            "{died}"
+        );
+        let refused = BootError::from(ExecError::Protocol {
+            vm_id: "vm-3".into(),
+            source: ProtocolError::VersionMismatch {
+                host: 1,
+                guest: 2,
+                agent_version: "9".into(),
+            },
+        });
+        assert!(!refused.is_transient(), "{refused}");
     }
 }
