@@ -136,7 +136,7 @@ pub use spec::{
     MEMORY_MIB_RANGE, VCPUS_RANGE,
 };
 pub use teardown::{TeardownReport, Usage};
-pub use vm::{BootTimings, ExecOutcome, OutputStream, Vm};
+pub use vm::{BootTimings, ExecOutcome, ExecProgress, OutputStream, Vm};
 pub use workdir::WorkDir;
 
 /// Milliseconds of a duration, saturating.
