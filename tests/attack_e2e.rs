@@ -57,6 +57,7 @@ fn config(run_dir: &Path) -> Config {
 fn options(language: Language, memory_mib: u32, network: NetworkRequest) -> VmOptions {
     VmOptions {
         packages: None,
+        secrets: None,
         tenant: TENANT.into(),
         language,
         memory_mib,
@@ -854,6 +855,7 @@ async fn the_allowlist_proxy_dials_no_other_name() {
                 ("denied.test", 443, trap_addr),
             ]))),
             allow_private: true,
+            ..EgressTestOverrides::default()
         },
         ..config(dir.path())
     })

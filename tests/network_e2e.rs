@@ -72,6 +72,7 @@ for _ in range(400):
 fn options(network: NetworkRequest) -> VmOptions {
     VmOptions {
         packages: None,
+        secrets: None,
         tenant: "net-e2e".into(),
         language: Language::Python,
         memory_mib: 512,
@@ -468,6 +469,7 @@ async fn allowlist_mode_reaches_only_the_allowed_name_on_80_and_443() {
         egress_test: EgressTestOverrides {
             resolver: Some(Arc::new(upstreams)),
             allow_private: true,
+            ..EgressTestOverrides::default()
         },
         ..Config::default()
     };

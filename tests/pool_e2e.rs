@@ -147,6 +147,7 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
     // demand at once (the fill is still restoring its replacements).
     let options = VmOptions {
         packages: None,
+        secrets: None,
         tenant: "someone".into(),
         language: Language::Python,
         memory_mib: shape().memory_mib,

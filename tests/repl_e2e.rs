@@ -69,6 +69,7 @@ async fn boot(scheduler: &Scheduler, language: Language) -> Vm {
             vcpus: defaults.spec.shape.vcpus,
             network: Default::default(),
             packages: None,
+            secrets: None,
         })
         .await
         .unwrap()

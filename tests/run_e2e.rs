@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 fn options(language: Language) -> VmOptions {
     VmOptions {
         packages: None,
+        secrets: None,
         tenant: "e2e".into(),
         language,
         memory_mib: 512,

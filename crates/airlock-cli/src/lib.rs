@@ -29,6 +29,7 @@ pub mod flags;
 pub mod mcp;
 pub mod process;
 pub mod run;
+pub mod secrets;
 pub mod serve;
 pub mod session;
 pub mod snapshot;

@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// front end: `airlock::spec::args`).
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// `--secret NAME@HOST[,HOST...][:FILE]`.
+    #[command(flatten)]
+    pub secrets: crate::secrets::SecretFlags,
     /// An environment variable for the code (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -113,9 +116,10 @@ impl RunArgs {
             code
         };
         let timeout = timeout_from_secs(self.timeout)?;
-        let spec = self
+        let mut spec = self
             .sandbox
             .to_spec(DEFAULT_TENANT, language.unwrap_or(Language::Python))?;
+        spec.secrets = self.secrets.read(&|name| std::env::var_os(name))?;
         let mut request = RunRequest::in_sandbox(spec, code);
         request.timeout = timeout;
         for pair in &self.env {

@@ -4,8 +4,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ca::AirlockCa;
 use super::resolver::{Resolver, SystemResolver};
+use super::secret::SecretSet;
 use crate::EgressError;
+
+/// Which certificate authorities the proxy trusts when it opens its own
+/// TLS to a host it intercepts (hosts with a bound secret).
+#[derive(Debug, Clone, Default)]
+pub enum UpstreamRoots {
+    /// The host's trust store (`SSL_CERT_FILE`, `SSL_CERT_DIR` or the
+    /// system's bundle, as `rustls-native-certs` finds it).
+    #[default]
+    System,
+    /// The certificates in this PEM file (`--ca-bundle`).
+    PemFile(std::path::PathBuf),
+    /// These certificates (tests: a test CA).
+    Certificates(Vec<rustls::pki_types::CertificateDer<'static>>),
+}
 
 /// Decides whether a guest may reach a name. It receives the validated name
 /// (lowercase, no trailing dot) and answers for both ports, 80 and 443.
@@ -63,6 +79,16 @@ pub struct EgressConfig {
     /// refused. Must stay `false` (the default) in production: with it a
     /// guest whose allowed name resolves to the host's networks reaches them.
     pub allow_private_for_tests: bool,
+    /// The VM's secrets. Connections on 443 to a name one of them is bound
+    /// to are intercepted ([`crate::intercept`]); a placeholder headed
+    /// anywhere else is blocked. Default: none (nothing is intercepted).
+    pub secrets: Arc<SecretSet>,
+    /// The CA that signs the leaf certificates of intercepted names;
+    /// required when `secrets` is not empty.
+    pub ca: Option<Arc<AirlockCa>>,
+    /// Whom to trust upstream on intercepted connections. Default: the
+    /// host's trust store.
+    pub upstream_roots: UpstreamRoots,
 }
 
 impl Default for EgressConfig {
@@ -79,6 +105,9 @@ impl Default for EgressConfig {
             max_first_bytes: 16 * 1024,
             splice_buffer_bytes: 64 * 1024,
             allow_private_for_tests: false,
+            secrets: Arc::new(SecretSet::default()),
+            ca: None,
+            upstream_roots: UpstreamRoots::default(),
         }
     }
 }
@@ -97,6 +126,9 @@ impl fmt::Debug for EgressConfig {
             .field("max_first_bytes", &self.max_first_bytes)
             .field("splice_buffer_bytes", &self.splice_buffer_bytes)
             .field("allow_private_for_tests", &self.allow_private_for_tests)
+            .field("secrets", &self.secrets)
+            .field("ca", &self.ca.is_some())
+            .field("upstream_roots", &self.upstream_roots)
             .finish()
     }
 }
@@ -137,6 +169,12 @@ impl EgressConfig {
         if !(MIN_SPLICE_BUFFER_BYTES..=MAX_SPLICE_BUFFER_BYTES).contains(&self.splice_buffer_bytes)
         {
             return invalid("splice_buffer_bytes", "must be between 1024 and 1048576");
+        }
+        if !self.secrets.is_empty() && self.ca.is_none() {
+            return invalid(
+                "ca",
+                "must be set when there are secrets (AirlockCa::load_or_create)",
+            );
         }
         Ok(())
     }

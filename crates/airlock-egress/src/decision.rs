@@ -62,6 +62,12 @@ pub enum DenyReason {
     ConnectFailed(String),
     /// Connecting took longer than its deadline.
     ConnectTimeout,
+    /// TLS to the upstream failed on a connection the proxy intercepts
+    /// (certificate not trusted, no HTTP/1.1, ...); the text says why.
+    UpstreamTls(String),
+    /// A secret's placeholder in the server name or a plain-HTTP request:
+    /// the leak guard (counted in `secrets_blocked`).
+    SecretPlaceholder,
 }
 
 impl DenyReason {
@@ -74,6 +80,7 @@ impl DenyReason {
                 | DenyReason::ResolveTimeout
                 | DenyReason::ConnectFailed(_)
                 | DenyReason::ConnectTimeout
+                | DenyReason::UpstreamTls(_)
         )
     }
 }
@@ -103,6 +110,10 @@ impl fmt::Display for DenyReason {
             DenyReason::ResolveTimeout => f.write_str("resolving timed out"),
             DenyReason::ConnectFailed(err) => write!(f, "connecting failed: {err}"),
             DenyReason::ConnectTimeout => f.write_str("connecting timed out"),
+            DenyReason::UpstreamTls(err) => write!(f, "TLS to the server failed: {err}"),
+            DenyReason::SecretPlaceholder => {
+                f.write_str("a secret placeholder headed for a host it is not bound to")
+            }
         }
     }
 }

@@ -37,6 +37,15 @@ pub enum EgressError {
         source: std::io::Error,
     },
 
+    /// The TLS settings for intercepted hosts cannot be built.
+    #[error("egress proxy of VM {vm_id}: cannot set up TLS for hosts with secrets: {reason}")]
+    Tls {
+        /// The VM the proxy was for.
+        vm_id: String,
+        /// What failed and what to do.
+        reason: String,
+    },
+
     /// The throughput measurement could not run to the end.
     #[error("egress throughput measurement failed while {step}: {source}")]
     Measurement {

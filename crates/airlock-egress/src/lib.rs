@@ -4,7 +4,8 @@
 //! It does not start gvproxy, make namespaces or bind its listeners in
 //! them (`airlock-gvproxy` does, with `bind_tcp_in_netns`), hold the
 //! allowlist's syntax (the caller passes a predicate, [`EgressConfig::allow`]),
-//! terminate TLS, or carry anything but TCP on ports 80 and 443.
+//! or carry anything but TCP on ports 80 and 443. It terminates TLS only
+//! for names a secret is bound to ([`intercept`]).
 //!
 //! Layer: a leaf crate under the orchestrator (`airlock`), beside
 //! `airlock-gvproxy`; it depends on no other Airlock crate. Its errors are
@@ -29,6 +30,16 @@
 //! 5. connects to one of them on the same port, replays the bytes already
 //!    read, and splices both ways with backpressure until both sides close,
 //!    5 minutes pass without a byte, or the proxy stops.
+//!
+//! For a name one of the VM's secrets ([`EgressConfig::secrets`]) is bound
+//! to, step 5 is different on port 443: the proxy terminates the guest's
+//! TLS with a certificate from Airlock's CA ([`ca`]), opens its own verified
+//! TLS to the server, and relays HTTP/1.1 requests with the secrets'
+//! placeholders replaced by their values ([`intercept`]). The leak guard
+//! blocks any placeholder headed elsewhere: in a server name, in a
+//! plain-HTTP request (every request of the connection), or in a request
+//! to an intercepted host the secret is not bound to; each block is
+//! counted (`secrets_blocked`) with its host ([`EgressHandle::secret_blocks`]).
 //!
 //! Anything else closes the connection: port 443 gets a TLS `access_denied`
 //! alert, port 80 a `403 Forbidden` (or `502 Bad Gateway` when an allowed
@@ -65,8 +76,12 @@
 //!   capped, connections per VM are capped (256; more are closed at once),
 //!   and a splice moves data only as fast as the slower side takes it.
 //!
-//! What it does not do: it does not terminate TLS, so it cannot see what a
-//! client does inside an allowed TLS connection. Domain fronting (an
+//! What it does not do: outside hosts with a bound secret it does not
+//! terminate TLS, so it cannot see what a client does inside an allowed
+//! TLS connection (nor see a placeholder there: the leak guard covers
+//! server names, plain HTTP and intercepted hosts). Secrets are
+//! substituted over HTTP/1.1 only; HTTP/2 is refused by ALPN on
+//! intercepted hosts. Domain fronting (an
 //! allowed SNI, another `Host` inside TLS) and later requests with another
 //! `Host` on a kept-alive port-80 connection reach the same server as the
 //! allowed name; whether that server serves other sites is its business. An
@@ -107,24 +122,33 @@
 
 pub mod address;
 mod bench;
+pub mod ca;
 mod config;
+mod connection;
 mod decision;
 mod error;
 pub mod http;
+pub mod intercept;
 pub mod name;
 mod proxy;
+pub mod request;
 mod resolver;
+pub mod secret;
 pub mod sni;
 mod splice;
 mod stats;
+mod tls;
 
+#[cfg(test)]
+mod intercept_tests;
 #[cfg(test)]
 mod proxy_tests;
 
 pub use bench::measure_throughput;
+pub use ca::{AirlockCa, CaError};
 pub use config::{
-    AllowPredicate, EgressConfig, MAX_CONNECTIONS, MAX_FIRST_BYTES, MAX_SPLICE_BUFFER_BYTES,
-    MAX_VM_ID_BYTES, MIN_FIRST_BYTES, MIN_SPLICE_BUFFER_BYTES,
+    AllowPredicate, EgressConfig, UpstreamRoots, MAX_CONNECTIONS, MAX_FIRST_BYTES,
+    MAX_SPLICE_BUFFER_BYTES, MAX_VM_ID_BYTES, MIN_FIRST_BYTES, MIN_SPLICE_BUFFER_BYTES,
 };
 pub use decision::{
     loggable_name, permitted_addresses, requested_name, worth_parsing, DenyReason, RequestedName,
@@ -133,4 +157,5 @@ pub use decision::{
 pub use error::EgressError;
 pub use proxy::{EgressHandle, EgressProxy};
 pub use resolver::{ResolveFuture, Resolver, StaticResolver, SystemResolver};
-pub use stats::EgressStats;
+pub use secret::{HostPattern, Placeholder, Secret, SecretError, SecretSet, SecretValue};
+pub use stats::{EgressStats, SecretBlock, MAX_SECRET_BLOCKS_KEPT};

@@ -1,6 +1,5 @@
 //! The proxy itself: accept loops, per-connection checks, splicing, stop.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,31 +12,18 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
 use super::config::EgressConfig;
-use super::decision::{
-    loggable_name, permitted_addresses, requested_name, worth_parsing, DenyReason, RequestedName,
-    ServicePort,
+use super::connection::{
+    answer_refusal, connect_upstream, log_refusal, refusal_answer, refuse, Shared,
 };
-use super::splice::{splice, Activity, Metered, SpliceEnd};
-use super::stats::{Counters, EgressStats};
+use super::decision::{
+    loggable_name, requested_name, worth_parsing, DenyReason, RequestedName, ServicePort,
+};
+use super::intercept::serve_intercepted;
+use super::splice::{splice, Activity, Metered, PlaceholderGuard, SpliceEnd};
+use super::stats::{Counters, EgressStats, SecretBlock};
+use super::tls::InterceptTls;
 use crate::EgressError;
 
-/// A fatal TLS alert `access_denied` (TLS 1.2 record version; any TLS
-/// client accepts it before the ServerHello), sent before closing a denied
-/// port-443 connection so the client reports a refusal, not a reset.
-const TLS_ACCESS_DENIED_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 49];
-/// The answer to a denied port-80 request.
-const HTTP_FORBIDDEN: &[u8] =
-    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 41\r\n\
-Connection: close\r\n\r\nAirlock: this destination is not allowed\n";
-/// The answer to an allowed port-80 request whose server cannot be reached.
-const HTTP_BAD_GATEWAY: &[u8] =
-    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 41\r\n\
-Connection: close\r\n\r\nAirlock: the allowed server is unreachable\n";
-/// How long a refused connection may take to receive its answer and close;
-/// the answer is best effort.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// Bytes of a refused connection read and discarded while it closes.
-const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 /// Deadline for [`EgressHandle::stop`] to see every task end.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after an accept error (for example out of file descriptors), so
@@ -58,13 +44,6 @@ pub struct EgressHandle {
     https_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
-}
-
-/// What every connection task shares.
-struct Shared {
-    config: EgressConfig,
-    counters: Arc<Counters>,
-    slots: Arc<Semaphore>,
 }
 
 impl EgressProxy {
@@ -100,11 +79,29 @@ impl EgressProxy {
         };
         let (http, http_addr) = to_tokio(listener_80, 80)?;
         let (https, https_addr) = to_tokio(listener_443, 443)?;
+        let interceptor = match &config.ca {
+            Some(ca) if !config.secrets.is_empty() => {
+                let tls_error = |reason: String| EgressError::Tls {
+                    vm_id: vm_id.clone(),
+                    reason,
+                };
+                Some(
+                    InterceptTls::new(
+                        Arc::clone(&config.secrets),
+                        Arc::clone(ca),
+                        &config.upstream_roots,
+                    )
+                    .map_err(tls_error)?,
+                )
+            }
+            _ => None,
+        };
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             counters: Arc::clone(&counters),
             config,
+            interceptor,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(http, https, shared, shutdown_rx));
@@ -124,6 +121,13 @@ impl EgressHandle {
     /// The counters so far.
     pub fn stats(&self) -> EgressStats {
         self.counters.snapshot()
+    }
+
+    /// The requests and connections the leak guard blocked so far (the
+    /// first [`crate::MAX_SECRET_BLOCKS_KEPT`]; all are counted in
+    /// [`EgressStats::secrets_blocked`]).
+    pub fn secret_blocks(&self) -> Vec<SecretBlock> {
+        self.counters.secret_blocks()
     }
 
     /// Where the port-80 (HTTP) listener is bound.
@@ -255,6 +259,9 @@ async fn serve_connection(
             reason,
             raw_name.as_deref().map(loggable_name).unwrap_or_default(),
         )),
+        Ok(Some(RequestedName::Valid(name))) if leaked(config, &name, &first_bytes).is_some() => {
+            Err((DenyReason::SecretPlaceholder, name))
+        }
         Ok(Some(RequestedName::Valid(name))) if !(config.allow)(&name) => {
             Err((DenyReason::NotAllowed, name))
         }
@@ -262,8 +269,19 @@ async fn serve_connection(
     };
     let name = match name {
         Ok(name) => name,
+        Err((DenyReason::SecretPlaceholder, name)) => {
+            let (secret, place) = leaked(config, &name, &first_bytes).unwrap_or_default();
+            shared.counters.record_secret_block(&name, secret, place);
+            log_refusal(&shared, &name, port, &DenyReason::SecretPlaceholder);
+            return answer_refusal(guest, port, &DenyReason::SecretPlaceholder).await;
+        }
         Err((reason, name)) => return refuse(guest, port, &shared, &name, reason).await,
     };
+    if let Some(interceptor) = &shared.interceptor {
+        if port == ServicePort::Https && interceptor.secrets.any_bound_to(&name) {
+            return serve_intercepted(guest, first_bytes, &name, &shared, interceptor).await;
+        }
+    }
 
     // 2. Resolve on the host, keep public addresses, connect.
     let mut upstream = match connect_upstream(&name, port, config).await {
@@ -286,16 +304,26 @@ async fn serve_connection(
         Ok(Err(err)) => SpliceEnd::Error(err),
         Ok(Ok(())) => {
             drop(first_bytes);
-            let mut guest = Metered::new(&mut guest, &counters.bytes_out, &activity);
+            let guest = Metered::new(&mut guest, &counters.bytes_out, &activity);
+            // Plain HTTP: every later byte is checked for placeholders too.
+            let check = port == ServicePort::Http && !config.secrets.is_empty();
+            let mut guest = PlaceholderGuard::new(guest, check.then_some(&*config.secrets));
             let mut upstream = Metered::new(&mut upstream, &counters.bytes_in, &activity);
-            splice(
+            let end = splice(
                 &mut guest,
                 &mut upstream,
                 &activity,
                 config.idle_timeout,
                 config.splice_buffer_bytes,
             )
-            .await
+            .await;
+            if let Some(secret) = guest.found().and_then(|i| config.secrets.secret(i)) {
+                shared
+                    .counters
+                    .record_secret_block(&name, &secret.name, "plain HTTP");
+                log_refusal(&shared, &name, port, &DenyReason::SecretPlaceholder);
+            }
+            end
         }
     };
     match end {
@@ -337,90 +365,27 @@ async fn read_name(
     }
 }
 
-async fn connect_upstream(
+/// The leak guard before a connection is decided: a placeholder in the
+/// requested name, or (port 80) anywhere in the request head. Returns the
+/// secret's name and where it was seen.
+fn leaked<'a>(
+    config: &'a EgressConfig,
     name: &str,
-    port: ServicePort,
-    config: &EgressConfig,
-) -> Result<TcpStream, DenyReason> {
-    let resolved = match timeout(
-        config.resolve_timeout,
-        config.resolver.resolve(name, port.number()),
-    )
-    .await
-    {
-        Err(_) => return Err(DenyReason::ResolveTimeout),
-        Ok(Err(err)) => return Err(DenyReason::ResolveFailed(err.to_string())),
-        Ok(Ok(addrs)) => addrs,
-    };
-    let addrs = permitted_addresses(&resolved, config.allow_private_for_tests)?;
-    let attempts = async {
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for addr in &addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => return Ok(stream),
-                Err(err) => last_error = err,
-            }
-        }
-        Err(last_error)
-    };
-    let stream = match timeout(config.connect_timeout, attempts).await {
-        Err(_) => return Err(DenyReason::ConnectTimeout),
-        Ok(Err(err)) => return Err(DenyReason::ConnectFailed(err.to_string())),
-        Ok(Ok(stream)) => stream,
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-fn refusal_answer(port: ServicePort, reason: &DenyReason) -> &'static [u8] {
-    match (port, reason.is_upstream_failure()) {
-        (ServicePort::Https, _) => &TLS_ACCESS_DENIED_ALERT,
-        (ServicePort::Http, false) => HTTP_FORBIDDEN,
-        (ServicePort::Http, true) => HTTP_BAD_GATEWAY,
-    }
-}
-
-fn log_refusal(shared: &Shared, name: &str, port: ServicePort, reason: &DenyReason) {
-    let vm_id = shared.config.vm_id.as_str();
-    let port = port.number();
-    if reason.is_upstream_failure() {
-        tracing::warn!(vm_id, name, port, reason = %reason, "egress connection failed");
-    } else {
-        tracing::warn!(vm_id, name, port, reason = %reason, "egress connection denied");
-    }
-}
-
-/// Logs and counts a refusal, answers it (best effort) and closes.
-async fn refuse(
-    mut guest: TcpStream,
-    port: ServicePort,
-    shared: &Shared,
-    name: &str,
-    reason: DenyReason,
-) {
-    log_refusal(shared, name, port, &reason);
-    let counter = if reason.is_upstream_failure() {
-        &shared.counters.failed
-    } else {
-        &shared.counters.denied
-    };
-    Counters::bump(counter);
-    let answer = refusal_answer(port, &reason);
-    let _ = timeout(REFUSAL_LINGER, async {
-        guest.write_all(answer).await?;
-        guest.shutdown().await?;
-        // Closing with unread bytes makes the kernel send a reset, which can
-        // discard the answer before the client reads it: drain until the
-        // client closes (bounded in time and size).
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < REFUSAL_DRAIN_BYTES {
-            match guest.read(&mut sink).await? {
-                0 => break,
-                n => drained += n,
-            }
-        }
-        Ok::<(), io::Error>(())
-    })
-    .await;
+    first_bytes: &[u8],
+) -> Option<(&'a str, &'static str)> {
+    let secrets = &config.secrets;
+    let in_name = secrets
+        .first_unbound(name.as_bytes(), None)
+        .map(|f| (f, "server name"));
+    let found = in_name.or_else(|| {
+        // Over plain HTTP no secret is ever substituted: any placeholder
+        // is a leak. (On 443 the bytes after the ClientHello are
+        // encrypted; an intercepted connection checks its requests.)
+        let http = first_bytes.first().is_some_and(|b| b.is_ascii_alphabetic());
+        http.then(|| secrets.first_unbound(first_bytes, None))
+            .flatten()
+            .map(|f| (f, "plain HTTP"))
+    })?;
+    let secret = secrets.secret(found.0.secret)?;
+    Some((secret.name.as_str(), found.1))
 }

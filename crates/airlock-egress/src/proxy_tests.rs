@@ -231,6 +231,7 @@ async fn an_allowed_sni_is_spliced_both_ways_and_counted() {
             connections_active: 0,
             bytes_out: n,
             bytes_in: n,
+            secrets_blocked: 0,
         }
     );
     assert_eq!(upstream.received.load(Ordering::SeqCst), n);

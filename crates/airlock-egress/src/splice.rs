@@ -10,6 +10,37 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Implements `AsyncWrite` for a reader wrapper by passing every write
+/// through to its `inner` stream.
+macro_rules! forward_async_write {
+    ($ty:ty) => {
+        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use forward_async_write;
+
 /// When a connection last moved a byte, readable from another task.
 #[derive(Debug)]
 pub(crate) struct Activity {
@@ -99,6 +130,60 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
     }
 }
 
+/// A stream whose reads are checked for secret placeholders (plain HTTP
+/// after the first request head): a read that completes one fails with an
+/// error instead of returning its bytes, which ends the splice before they
+/// are forwarded. `None`: no check.
+pub(crate) struct PlaceholderGuard<'a, S> {
+    inner: S,
+    secrets: Option<&'a crate::secret::SecretSet>,
+    scanner: crate::secret::StreamScanner,
+    found: Option<usize>,
+}
+
+impl<'a, S> PlaceholderGuard<'a, S> {
+    pub(crate) fn new(inner: S, secrets: Option<&'a crate::secret::SecretSet>) -> Self {
+        PlaceholderGuard {
+            inner,
+            secrets,
+            scanner: crate::secret::StreamScanner::new(),
+            found: None,
+        }
+    }
+
+    /// The secret whose placeholder was seen, if any.
+    pub(crate) fn found(&self) -> Option<usize> {
+        self.found
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PlaceholderGuard<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.found.is_some() {
+            return Poll::Ready(Err(io::Error::other("secret placeholder")));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if let Some(secrets) = self.secrets {
+            let this = &mut *self;
+            if let Some(secret) = this.scanner.feed(secrets, &buf.filled()[before..]) {
+                this.found = Some(secret);
+                buf.set_filled(before);
+                return Poll::Ready(Err(io::Error::other(
+                    "a secret placeholder in a plain-HTTP request",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+forward_async_write!(PlaceholderGuard<'_, S>);
+
 /// How a splice ended.
 #[derive(Debug)]
 pub(crate) enum SpliceEnd {
@@ -137,7 +222,7 @@ where
 }
 
 /// Resolves once `idle` has passed since the last activity.
-async fn idle_expired(activity: &Activity, idle: Duration) {
+pub(crate) async fn idle_expired(activity: &Activity, idle: Duration) {
     loop {
         let deadline = activity.last() + idle;
         if Instant::now() >= deadline {

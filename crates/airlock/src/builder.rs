@@ -278,6 +278,7 @@ async fn start_network(
         &workdir.path().join("net"),
         &options.network,
         Some(setup),
+        options.secrets.as_ref(),
         &ctx.config.egress_test,
     )
     .await?;

@@ -70,6 +70,10 @@ pub struct Config {
     /// The CA bundle guests with a network trust (default: the host's
     /// system bundle; `--ca-bundle` picks a file).
     pub ca_bundle: crate::spec::CaBundle,
+    /// Where Airlock's CA for secret substitution lives (its key, mode
+    /// 0600, made on first use; `docs/secrets.md`). Default:
+    /// `<cache>/secrets-ca`.
+    pub secrets_ca_dir: PathBuf,
     /// Warm pools, at most one per shape (`pool.rs`): runs and sessions of
     /// a pool's shape without a network take a paused VM from it. Their
     /// VMs hold slots, so together they must leave at least one of
@@ -99,6 +103,7 @@ impl Default for Config {
             restore_templates: false,
             packages_dir: dirs.cache.join("packages"),
             ca_bundle: crate::spec::CaBundle::default(),
+            secrets_ca_dir: dirs.cache.join("secrets-ca"),
             warm_pools: Vec::new(),
         }
     }

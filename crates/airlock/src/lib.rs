@@ -118,7 +118,7 @@ pub use host::Host;
 pub use images::{Image, ImageDisk, ImageLanguageMismatch, Images, UnknownImage};
 pub use machine::{PackageDisk, VmOptions};
 pub use manager::VmManager;
-pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest};
+pub use network::{EgressTestOverrides, ExposedAddr, NetworkReport, NetworkRequest, VmSecrets};
 pub use observer::{Discard, RunObserver, Stage};
 pub use pool::{PoolStats, WarmPool};
 pub use request::{

@@ -31,6 +31,10 @@ pub struct VmOptions {
     /// A package layer disk to attach (`None`: none); see
     /// `docs/packages.md`.
     pub packages: Option<PackageDisk>,
+    /// The VM's secrets with their placeholders, for its egress proxy
+    /// (`None`: none). Set by the scheduler per VM: placeholders are new
+    /// for every VM.
+    pub secrets: Option<crate::network::VmSecrets>,
     // Where this wave's spec fields land: `mounts` as extra 9p devices,
     // `disk_mib` as a workspace drive, both read by `qemu_spec.rs`.
 }
@@ -38,15 +42,19 @@ pub struct VmOptions {
 impl VmOptions {
     /// The options of a VM for `spec` with the package layer disk
     /// `packages` (prepared from `spec.packages`): the one place a spec
-    /// becomes boot options.
+    /// becomes boot options. The hosts of the spec's secrets join the
+    /// allowlist (a spec with secrets and no network gets an allowlist of
+    /// exactly those hosts); `secrets` stays `None` until the scheduler
+    /// makes the VM's placeholders.
     pub fn for_spec(spec: &SandboxSpec, packages: Option<PackageDisk>) -> Self {
         Self {
             tenant: spec.tenant.clone(),
             language: spec.shape.language,
             memory_mib: spec.shape.memory_mib,
             vcpus: spec.shape.vcpus,
-            network: spec.network.clone(),
+            network: spec.network.with_secret_hosts(&spec.secrets),
             packages,
+            secrets: None,
         }
     }
 
@@ -60,6 +68,7 @@ impl VmOptions {
             vcpus: shape.vcpus,
             network: NetworkRequest::default(),
             packages: None,
+            secrets: None,
         }
     }
 

@@ -6,13 +6,17 @@
 
 use crate::error::{BootError, InputError, Result};
 use crate::process::ProcessRegistry;
-use airlock_egress::{EgressConfig, EgressHandle, EgressProxy, Resolver, SystemResolver};
+use airlock_egress::{
+    AirlockCa, EgressConfig, EgressHandle, EgressProxy, Resolver, Secret, SecretSet,
+    SystemResolver, UpstreamRoots,
+};
 use airlock_gvproxy::{
     bind_tcp_in_netns, find_gvproxy_cached, ChildExit, ChildSetup, DomainPattern, Expose,
     GvproxyHandle, GvproxyLauncher, GvproxySpec, LaunchOptions, NetworkMode, NetworkPolicy,
     StopReport,
 };
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -85,6 +89,26 @@ impl NetworkRequest {
         }
     }
 
+    /// This request with the hosts of `secrets` added to the allowlist
+    /// (an allowlist of only those hosts when there was none). Hosts
+    /// already allowed are not repeated; nothing else is added.
+    pub fn with_secret_hosts(&self, secrets: &[Secret]) -> Self {
+        let mut request = self.clone();
+        if secrets.is_empty() {
+            return request;
+        }
+        let allow = request.allow.get_or_insert_with(Vec::new);
+        for host in secrets.iter().flat_map(|s| &s.hosts) {
+            // A validated host pattern is a valid domain pattern.
+            if let Ok(pattern) = DomainPattern::parse(&host.to_string()) {
+                if !allow.contains(&pattern) {
+                    allow.push(pattern);
+                }
+            }
+        }
+        request
+    }
+
     /// Checks the exposes (ports, duplicate host ports) before anything
     /// starts.
     ///
@@ -97,6 +121,46 @@ impl NetworkRequest {
         self.policy("request")
             .validate()
             .map_err(|e| InputError::invalid("network", e.to_string()))
+    }
+}
+
+/// A VM's secrets as its egress proxy needs them: the values with this
+/// VM's placeholders, Airlock's CA, and whom to trust upstream.
+#[derive(Clone)]
+pub struct VmSecrets {
+    /// The secrets and their placeholders (new for every VM).
+    pub set: Arc<SecretSet>,
+    /// Airlock's CA (its key stays on the host).
+    pub ca: Arc<AirlockCa>,
+    /// The trust store for the real hosts.
+    pub upstream_roots: UpstreamRoots,
+}
+
+impl VmSecrets {
+    /// The guest's variables: each secret's name holding its placeholder.
+    pub fn guest_env(&self) -> BTreeMap<String, String> {
+        self.set
+            .iter()
+            .map(|(secret, placeholder)| (secret.name.clone(), placeholder.as_str().to_owned()))
+            .collect()
+    }
+}
+
+impl PartialEq for VmSecrets {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.set, &other.set)
+    }
+}
+
+impl Eq for VmSecrets {}
+
+impl std::fmt::Debug for VmSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SecretSet's Debug redacts the values.
+        f.debug_struct("VmSecrets")
+            .field("set", &self.set)
+            .field("upstream_roots", &self.upstream_roots)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,8 +189,15 @@ pub struct NetworkReport {
     /// Connections the guest opened to the egress proxy (allowed, denied
     /// or failed).
     pub connections: u64,
-    /// Connections the egress proxy spliced to an upstream.
+    /// Connections the egress proxy spliced to an upstream (or
+    /// intercepted, for hosts with a secret).
     pub allowed_connections: u64,
+    /// Requests or connections blocked because they carried a secret's
+    /// placeholder to a host it is not bound to (`docs/secrets.md`).
+    pub secret_blocked: u64,
+    /// The hosts of those blocks, each once, in order (the first 64
+    /// blocks).
+    pub secret_blocked_hosts: Vec<String>,
     /// Problems met while stopping (gvproxy gone early, files left).
     pub problems: Vec<String>,
 }
@@ -140,6 +211,9 @@ pub struct EgressTestOverrides {
     pub resolver: Option<Arc<dyn Resolver>>,
     /// Allow private and loopback upstream addresses.
     pub allow_private: bool,
+    /// Whom intercepted hosts (with a secret) are verified against,
+    /// instead of the host's trust store (a test CA).
+    pub upstream_roots: Option<UpstreamRoots>,
 }
 
 impl std::fmt::Debug for EgressTestOverrides {
@@ -147,6 +221,7 @@ impl std::fmt::Debug for EgressTestOverrides {
         f.debug_struct("EgressTestOverrides")
             .field("resolver", &self.resolver.is_some())
             .field("allow_private", &self.allow_private)
+            .field("upstream_roots", &self.upstream_roots.is_some())
             .finish()
     }
 }
@@ -184,6 +259,7 @@ impl VmNetwork {
         dir: &Path,
         request: &NetworkRequest,
         child_setup: Option<ChildSetup>,
+        secrets: Option<&VmSecrets>,
         overrides: &EgressTestOverrides,
     ) -> Result<Self, BootError> {
         let net = |e: airlock_gvproxy::GvproxyError| BootError::Network {
@@ -224,6 +300,13 @@ impl VmNetwork {
                     .clone()
                     .unwrap_or_else(|| Arc::new(SystemResolver)),
                 allow_private_for_tests: overrides.allow_private,
+                secrets: secrets.map(|s| Arc::clone(&s.set)).unwrap_or_default(),
+                ca: secrets.map(|s| Arc::clone(&s.ca)),
+                upstream_roots: overrides
+                    .upstream_roots
+                    .clone()
+                    .or_else(|| secrets.map(|s| s.upstream_roots.clone()))
+                    .unwrap_or_default(),
                 ..EgressConfig::default()
             };
             network.egress = Some(EgressProxy::serve(l80, l443, config).map_err(|source| {
@@ -292,10 +375,19 @@ impl VmNetwork {
     /// proxy and gvproxy; never fails.
     pub async fn stop(&mut self) -> NetworkReport {
         stop_bridges(&mut self.bridges).await;
-        let stats = match self.egress.take() {
-            Some(egress) => Some(egress.stop().await),
-            None => None,
+        let (stats, blocks) = match self.egress.take() {
+            Some(egress) => {
+                let blocks = egress.secret_blocks();
+                (Some(egress.stop().await), blocks)
+            }
+            None => (None, Vec::new()),
         };
+        let mut secret_blocked_hosts: Vec<String> = Vec::new();
+        for block in blocks {
+            if !secret_blocked_hosts.contains(&block.host) {
+                secret_blocked_hosts.push(block.host);
+            }
+        }
         let report = self.gvproxy.stop().await;
         self.untrack();
         tracing::debug!(?report, "gvproxy stopped");
@@ -309,6 +401,8 @@ impl VmNetwork {
             denied_connections: stats.as_ref().map_or(0, |s| s.connections_denied),
             connections: stats.as_ref().map_or(0, |s| s.connections_accepted),
             allowed_connections: stats.as_ref().map_or(0, |s| s.connections_allowed),
+            secret_blocked: stats.as_ref().map_or(0, |s| s.secrets_blocked),
+            secret_blocked_hosts,
             problems,
         }
     }
@@ -481,6 +575,35 @@ mod tests {
             assert_eq!(got, [round]);
         }
         stop_bridges(&mut vec![task]).await;
+    }
+
+    #[test]
+    fn secret_hosts_join_the_allowlist_and_nothing_else() {
+        use airlock_egress::{HostPattern, Secret, SecretValue};
+        let secret = |host: &str| Secret {
+            name: "K".into(),
+            value: SecretValue::new(b"v".to_vec()),
+            hosts: vec![HostPattern::parse("K", host).expect("host")],
+            body: false,
+        };
+        let none = NetworkRequest::default();
+        let with = none.with_secret_hosts(&[secret("*.example.com")]);
+        assert_eq!(with.mode(), NetworkMode::Allowlist);
+        let allow = with.allow.as_ref().expect("allowlist");
+        assert_eq!(allow.len(), 1);
+        assert!(allow[0].matches("api.example.com"));
+        assert!(!allow[0].matches("example.org"));
+        assert_eq!(none.with_secret_hosts(&[]), none);
+
+        let listed = NetworkRequest::from_flags(
+            airlock_protocol::Language::Python,
+            true,
+            &["api.example.com".into()],
+            &[],
+        )
+        .expect("request");
+        let with = listed.with_secret_hosts(&[secret("api.example.com")]);
+        assert_eq!(with.allow, listed.allow, "no duplicate");
     }
 
     #[test]

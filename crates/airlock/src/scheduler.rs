@@ -12,6 +12,7 @@ use crate::files::{Downloaded, FileUpload};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::ms;
+use crate::network::VmSecrets;
 use crate::observer::{Discard, RunObserver, Stage};
 use crate::packages::ca::{ca_env, read_bundle, with_ca_env, GUEST_CA_FILE};
 use crate::packages::install::PackagesReport;
@@ -24,6 +25,7 @@ use crate::source::{
 use crate::spec::{CaBundle, MachineShape, SandboxSpec};
 use crate::template::{warm_of, Templates, Warm};
 use crate::vm::BootTimings;
+use airlock_egress::{AirlockCa, SecretSet, UpstreamRoots};
 use airlock_protocol::{ExecMode, ExecRequest, Language};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -331,9 +333,13 @@ impl Scheduler {
             .prepare(spec.language(), &spec.packages, &spec.tenant, observer)
             .await?;
         let (disk, packages) = prepared.map(|p| (p.disk, p.report)).unzip();
-        let options = VmOptions::for_spec(spec, disk);
+        let mut options = VmOptions::for_spec(spec, disk);
+        options.secrets = self.vm_secrets::<E>(spec).await?;
         let mut vm = self.start_vm(&options, observer).await?;
-        match self.guest_env(vm.as_ref(), spec, env).await {
+        match self
+            .guest_env(vm.as_ref(), spec, options.secrets.as_ref(), env)
+            .await
+        {
             Ok(env) => Ok(Opened { vm, env, packages }),
             Err(e) => {
                 vm.destroy().await;
@@ -350,30 +356,86 @@ impl Scheduler {
             .unwrap_or_else(|| self.config().ca_bundle.clone())
     }
 
+    /// The secrets of a VM of `spec`, with new placeholders, Airlock's CA
+    /// (loaded, or made on first use) and the upstream trust store (the
+    /// sandbox's CA bundle); `None` without secrets.
+    ///
+    /// # Errors
+    /// [`InputError`] for `secrets` or `ca_bundle`,
+    /// [`BootError::SecretsCa`] when the CA cannot be made or loaded.
+    async fn vm_secrets<E>(&self, spec: &SandboxSpec) -> Result<Option<VmSecrets>, E>
+    where
+        E: From<InputError> + From<BootError>,
+    {
+        if spec.secrets.is_empty() {
+            return Ok(None);
+        }
+        let set = SecretSet::new(spec.secrets.clone())
+            .map_err(|e| InputError::invalid("secrets", e.to_string()))?;
+        let dir = self.config().secrets_ca_dir.clone();
+        let ca = tokio::task::spawn_blocking(move || AirlockCa::load_or_create(&dir))
+            .await
+            .map_err(|e| BootError::TaskFailed {
+                task: "loading Airlock's CA",
+                message: e.to_string(),
+            })?
+            .map_err(|source| BootError::SecretsCa { source })?;
+        let upstream_roots = match self.ca_bundle_of(spec).resolve()? {
+            Some(path) => UpstreamRoots::PemFile(path),
+            None => UpstreamRoots::System,
+        };
+        Ok(Some(VmSecrets {
+            set: Arc::new(set),
+            ca: Arc::new(ca),
+            upstream_roots,
+        }))
+    }
+
     /// The environment of the sandbox's code: `env`, plus the CA bundle's
     /// variables when the VM has an allowlist network (the bundle is
-    /// copied in first; see [`crate::packages::ca`]).
+    /// copied in first; see [`crate::packages::ca`]), plus each secret's
+    /// placeholder in the variable of its name (the bundle then ends with
+    /// Airlock's CA, so that intercepted hosts verify).
     async fn guest_env<E>(
         &self,
         vm: &dyn SandboxVm,
         spec: &SandboxSpec,
+        secrets: Option<&VmSecrets>,
         env: BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, E>
     where
         E: From<InputError> + From<ExecError>,
     {
-        if spec.network.mode() != airlock_gvproxy::NetworkMode::Allowlist {
+        if spec.network.with_secret_hosts(&spec.secrets).mode()
+            != airlock_gvproxy::NetworkMode::Allowlist
+        {
             return Ok(env);
         }
-        let Some(bundle) = read_bundle(&self.ca_bundle_of(spec)).await? else {
-            return Ok(env);
+        let host_bundle = read_bundle(&self.ca_bundle_of(spec)).await?;
+        let bundle = match (host_bundle, secrets) {
+            (None, None) => return Ok(env),
+            (bundle, None) => bundle.unwrap_or_default(),
+            // Without a host bundle the guest trusts only Airlock's CA:
+            // hosts without a secret then fail verification (docs/secrets.md).
+            (bundle, Some(secrets)) => {
+                let mut bundle = bundle.unwrap_or_default();
+                if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+                    bundle.push(b'\n');
+                }
+                bundle.extend_from_slice(secrets.ca.cert_pem().as_bytes());
+                bundle
+            }
         };
         let upload = FileUpload {
             mode: 0o644,
             ..FileUpload::new(GUEST_CA_FILE, bundle)
         };
         vm.upload(&upload).await?;
-        Ok(with_ca_env(env, ca_env()))
+        let mut env = with_ca_env(env, ca_env());
+        // The placeholder wins over a variable of the same name the caller
+        // set: the secret is what the name means in this sandbox.
+        env.extend(secrets.map(VmSecrets::guest_env).unwrap_or_default());
+        Ok(env)
     }
 
     /// A VM of `options`, its agent answering, from the source

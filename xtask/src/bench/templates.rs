@@ -111,6 +111,7 @@ fn python_options() -> VmOptions {
         memory_mib: shape.memory_mib,
         vcpus: shape.vcpus,
         network: Default::default(),
+        secrets: None,
     }
 }
 

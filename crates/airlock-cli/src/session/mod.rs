@@ -45,6 +45,9 @@ pub struct SessionArgs {
     /// a session needs `--network`).
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// `--secret NAME@HOST[,HOST...][:FILE]` (as `airlock run`'s).
+    #[command(flatten)]
+    pub secrets: crate::secrets::SecretFlags,
     /// `--idle-timeout`, `--max-lifetime`.
     #[command(flatten)]
     pub lifetime: LifetimeArgs,
@@ -74,7 +77,8 @@ impl SessionArgs {
             .map_err(|e| CliError::invalid("language", e.to_string()))?;
         let timeout = timeout_from_secs(self.timeout)?;
         airlock::validate_timeout(timeout)?;
-        let spec = self.sandbox.to_spec(DEFAULT_TENANT, language)?;
+        let mut spec = self.sandbox.to_spec(DEFAULT_TENANT, language)?;
+        spec.secrets = self.secrets.read(&|name| std::env::var_os(name))?;
         let mut options = SessionOptions::in_sandbox(spec);
         self.lifetime.apply(&mut options);
         options.validate()?;

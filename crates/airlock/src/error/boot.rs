@@ -39,6 +39,14 @@ pub enum BootError {
         /// Why it failed.
         message: String,
     },
+    /// Airlock's CA, which signs the certificates of the hosts a secret is
+    /// bound to, cannot be made or loaded.
+    #[error("Airlock's CA for secrets: {source}")]
+    SecretsCa {
+        /// What failed, with the file.
+        #[source]
+        source: airlock_egress::CaError,
+    },
     /// The guest images are missing or incomplete.
     #[error("guest images missing in {dir}: {what}; build them with `cargo xtask images` (or set AIRLOCK_IMAGES)")]
     ImagesMissing {
@@ -247,6 +255,9 @@ impl BootError {
                 Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
             }
             Self::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
+            Self::SecretsCa { .. } => Some(
+                "the CA lives under the cache (secrets-ca): remove a damaged file to make a new one; see docs/secrets.md",
+            ),
             Self::PoolDrained { .. } | Self::ShutDown => {
                 Some("it was shut down (Scheduler::shutdown): start a new Scheduler")
             }

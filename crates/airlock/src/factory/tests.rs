@@ -284,6 +284,7 @@ impl Setup {
 pub(crate) fn options(language: Language) -> VmOptions {
     VmOptions {
         packages: None,
+        secrets: None,
         tenant: "test".into(),
         language,
         memory_mib: 256,

@@ -9,7 +9,8 @@
 //! after boot, and its processes are pointed at it ([`ca_env`]):
 //! `SSL_CERT_FILE` (Python's `ssl`, `urllib`, OpenSSL), `REQUESTS_CA_BUNDLE`
 //! (requests), `PIP_CERT` (pip), `NODE_EXTRA_CA_CERTS` (Node's `https`,
-//! npm) and `NPM_CONFIG_CAFILE` (npm). The host bundle holds the public
+//! npm), `NPM_CONFIG_CAFILE` (npm) and `CURL_CA_BUNDLE` (curl). With
+//! secrets the bundle ends with Airlock's CA (`docs/secrets.md`). The host bundle holds the public
 //! roots too, so nothing else stops working. The bundle is never part of
 //! an image, a layer or the repository.
 
@@ -109,6 +110,7 @@ pub fn ca_env() -> BTreeMap<String, String> {
         "PIP_CERT",
         "NODE_EXTRA_CA_CERTS",
         "NPM_CONFIG_CAFILE",
+        "CURL_CA_BUNDLE",
     ]
     .into_iter()
     .map(|name| (name.to_owned(), path.clone()))

@@ -302,6 +302,7 @@ async fn build_in(
             image,
             writable: true,
         }),
+        secrets: None,
     };
     let mut vm = manager.boot(&options).await?;
     let ran = install_and_list(&vm, list, settings).await;

@@ -343,6 +343,77 @@ async fn an_allowlist_network_gets_the_ca_bundle_and_its_variables() {
     );
 }
 
+fn secret(name: &str, value: &str, host: &str) -> crate::spec::Secret {
+    crate::spec::Secret {
+        name: name.into(),
+        value: crate::spec::SecretValue::new(value.as_bytes().to_vec()),
+        hosts: vec![crate::spec::HostPattern::parse(name, host).unwrap()],
+        body: false,
+    }
+}
+
+#[tokio::test]
+async fn a_secret_reaches_the_guest_only_as_a_placeholder_with_airlocks_ca_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fakes = FakeSetup::with(
+        Config {
+            secrets_ca_dir: dir.path().join("ca"),
+            ..crate::testing::test_config()
+        },
+        &[],
+    );
+    let mut request = run("env API_TOKEN");
+    request.spec.secrets = vec![secret("API_TOKEN", "sk-real-value", "api.example.com")];
+    request.downloads = vec![GUEST_CA_FILE.into()];
+
+    let result = fakes.scheduler.run(request).await.unwrap();
+
+    let seen = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert!(seen.starts_with("airlock-secret-"), "{seen:?}");
+    assert_eq!(seen.len(), airlock_egress::secret::PLACEHOLDER_LEN);
+    let bundle = result.downloads[0]
+        .content
+        .clone()
+        .expect("bundle copied in");
+    let ca = std::fs::read_to_string(dir.path().join("ca").join(airlock_egress::ca::CA_FILE_NAME))
+        .unwrap();
+    let bundle = String::from_utf8(bundle).unwrap();
+    assert!(bundle.contains("-----BEGIN CERTIFICATE-----"));
+    assert!(
+        ca.contains(bundle.trim()),
+        "the guest gets Airlock's CA certificate"
+    );
+    assert!(!bundle.contains("PRIVATE KEY"), "never the key");
+    // The secret's host, and only it, was allowed; the VM's options carry
+    // the same placeholder its proxy substitutes.
+    let options = &fakes.cold.acquired()[0];
+    let allow = options.network.allow.as_ref().expect("an allowlist");
+    assert_eq!(allow.len(), 1);
+    assert!(allow[0].matches("api.example.com"));
+    let secrets = options.secrets.as_ref().expect("secrets for the proxy");
+    assert_eq!(secrets.guest_env()["API_TOKEN"], seen);
+    assert!(!format!("{options:?}").contains("sk-real-value"));
+}
+
+#[tokio::test]
+async fn placeholders_are_new_for_every_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let fakes = FakeSetup::with(
+        Config {
+            secrets_ca_dir: dir.path().join("ca"),
+            ..crate::testing::test_config()
+        },
+        &[],
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut request = run("env K");
+        request.spec.secrets = vec![secret("K", "v", "api.example.com")];
+        seen.push(fakes.scheduler.run(request).await.unwrap().stdout);
+    }
+    assert_ne!(seen[0], seen[1]);
+}
+
 #[tokio::test]
 async fn without_an_allowlist_network_no_bundle_is_copied() {
     let fakes = FakeSetup::new();

@@ -15,13 +15,15 @@
 //!   so that an option has one name, default and error everywhere.
 //!
 //! Where this wave's new fields go (each with its `validate` rule here):
-//! `image` (issue 20) next to `language` in [`MachineShape`]; `secrets`,
-//! `mounts` and `disk_mib` in [`SandboxSpec`] (see the comments there).
+//! `image` (issue 20) next to `language` in [`MachineShape`]; `mounts`
+//! and `disk_mib` in [`SandboxSpec`] (see the comments there). `secrets`
+//! (issue 21) is there: [`Secret`], the model of `airlock-egress`.
 
 pub mod args;
 
 use crate::error::{Error, InputError, Result};
 use crate::network::NetworkRequest;
+pub use airlock_egress::{HostPattern, Secret, SecretValue};
 use airlock_protocol::Language;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -118,9 +120,13 @@ pub struct SandboxSpec {
     /// The CA bundle the guest trusts when it has an allowlist network;
     /// `None`: the scheduler's ([`crate::Config::ca_bundle`]).
     pub ca_bundle: Option<CaBundle>,
+    /// Secrets (`docs/secrets.md`): the VM gets a random placeholder in
+    /// the variable of each one's name, and the egress proxy substitutes
+    /// the value in HTTPS requests to the hosts it is bound to (which
+    /// join the allowlist; nothing else does). Values never reach the VM,
+    /// and `Debug` shows none. Empty: none.
+    pub secrets: Vec<Secret>,
     // This wave's fields go here, each checked in `validate`:
-    // - `secrets: Vec<SecretBinding>` (placeholders in the VM, substituted
-    //   by the egress proxy for the hosts each is bound to);
     // - `mounts: Vec<Mount>` (host folders over virtio-9p, read-only by
     //   default), becoming extra drives in `VmOptions`;
     // - `disk_mib: Option<u32>` (a sparse per-VM workspace disk).
@@ -136,6 +142,7 @@ impl SandboxSpec {
             network: NetworkRequest::default(),
             packages: Vec::new(),
             ca_bundle: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -153,8 +160,26 @@ impl SandboxSpec {
         self.shape.validate()?;
         validate_identifier("tenant", &self.tenant)?;
         self.network.validate()?;
+        validate_secrets(&self.secrets)?;
         crate::packages::spec::PackageList::parse(self.shape.language, &self.packages).map(drop)
     }
+}
+
+/// Checks each secret and that no name is given twice.
+///
+/// # Errors
+/// [`InputError::Invalid`] for `secrets`, saying what to fix.
+pub fn validate_secrets(secrets: &[Secret]) -> Result<(), InputError> {
+    for (i, secret) in secrets.iter().enumerate() {
+        secret
+            .validate()
+            .map_err(|e| InputError::invalid("secrets", e.to_string()))?;
+        if secrets[..i].iter().any(|s| s.name == secret.name) {
+            let e = airlock_egress::SecretError::DuplicateName(secret.name.clone());
+            return Err(InputError::invalid("secrets", e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// One warm pool: a shape, how many VMs wait, and for how long at most.
@@ -303,6 +328,27 @@ mod tests {
         spec.shape.memory_mib = 512;
         spec.shape.vcpus = 17;
         assert_eq!(field_of(spec.validate()), "vcpus");
+    }
+
+    #[test]
+    fn bad_or_duplicate_secrets_make_the_spec_invalid() {
+        let secret = Secret {
+            name: "TOKEN".into(),
+            value: SecretValue::new(b"v".to_vec()),
+            hosts: vec![HostPattern::parse("TOKEN", "api.example.com").expect("host")],
+            body: false,
+        };
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.secrets = vec![secret.clone()];
+        assert!(spec.validate().is_ok());
+        spec.secrets = vec![secret.clone(), secret.clone()];
+        assert_eq!(field_of(spec.validate()), "secrets");
+        spec.secrets = vec![Secret {
+            hosts: Vec::new(),
+            ..secret
+        }];
+        assert_eq!(field_of(spec.validate()), "secrets");
+        assert!(!format!("{spec:?}").contains("value: [118]"));
     }
 
     #[test]

@@ -94,6 +94,7 @@ async fn boot_and_save(
                     .join(crate::packages::layer::IMAGE_FILE),
                 writable: false,
             }),
+        secrets: None,
     };
     let mut vm = manager.boot_with(&options, &launcher).await?;
     let saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;
