@@ -1,0 +1,274 @@
+//! What the MCP tools answer. A tool's output is JSON: the result's
+//! `structuredContent`, which the tool's `outputSchema` describes, and the
+//! same JSON in a first text item for clients without structured content
+//! (as the MCP specification asks). A run's or a cell's results (the
+//! values the code showed, `docs/outputs.md`) also come as content a
+//! client shows: an image as an image item, any other value as a text
+//! item of its best text form. Their images are not repeated inside the
+//! JSON, where a model would read them as text: a marker names each one.
+
+use crate::error::ServerError;
+use airlock::{CellResult, RunResult};
+use airlock_protocol::{CellError, ExecResult};
+use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::schemars::{self, JsonSchema};
+use serde::Serialize;
+
+/// Image types MCP clients show, as image content.
+const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// Text forms of a value, the best first: the first one present is a
+/// result's text item (HTML only when there is no plain text).
+const TEXT_TYPES: [&str; 6] = [
+    "text/plain",
+    "text/markdown",
+    "text/latex",
+    "text/html",
+    "image/svg+xml",
+    "application/json",
+];
+
+/// A tool's successful output: its JSON (`structuredContent`) and the
+/// content items after the JSON's text item.
+pub(crate) trait ToolOutput: Serialize {
+    /// The items after the JSON's text item (a run's results).
+    fn items(&self) -> Vec<ContentBlock> {
+        Vec::new()
+    }
+}
+
+/// A tool's answer: its output as structured content, JSON text and
+/// items, or the error's message as a tool error (so the model can read
+/// it and try again).
+pub(crate) fn answer<T: ToolOutput>(result: Result<T, ServerError>) -> CallToolResult {
+    let output = result.and_then(|output| {
+        let value = serde_json::to_value(&output)
+            .map_err(|e| ServerError::internal("encode the result", e))?;
+        let text = serde_json::to_string_pretty(&value)
+            .map_err(|e| ServerError::internal("encode the result", e))?;
+        Ok((output, value, text))
+    });
+    match output {
+        Ok((output, value, text)) => {
+            let mut content = vec![ContentBlock::text(text)];
+            content.extend(output.items());
+            let mut result = CallToolResult::success(content);
+            result.structured_content = Some(value);
+            result
+        }
+        Err(e) => {
+            let mut message = format!("{} ({})", e, e.kind());
+            if let Some(hint) = e.hint() {
+                message.push_str("; hint: ");
+                message.push_str(hint);
+            }
+            CallToolResult::error(vec![ContentBlock::text(message)])
+        }
+    }
+}
+
+/// Results as a model gets them: the bundles with every binary
+/// representation replaced by a marker, and the content items that show
+/// them, in order.
+#[derive(Debug, Default)]
+pub(crate) struct ShownResults {
+    /// The bundles for the JSON.
+    pub results: Vec<ExecResult>,
+    /// The image and text items.
+    pub items: Vec<ContentBlock>,
+}
+
+impl ShownResults {
+    /// Splits `results` into their JSON form and their content items.
+    pub fn new(results: Vec<ExecResult>) -> Self {
+        let mut shown = Self::default();
+        for mut result in results {
+            let mut item = None;
+            let binary: Vec<String> = result
+                .data
+                .keys()
+                .filter(|mime| airlock_protocol::is_binary_mime(mime))
+                .cloned()
+                .collect();
+            for mime in binary {
+                let marker = match result.binary(&mime) {
+                    Some(Ok(bytes)) if IMAGE_TYPES.contains(&mime.as_str()) && item.is_none() => {
+                        let b64 = result.data[&mime].as_str().unwrap_or_default().trim();
+                        item = Some(ContentBlock::image(b64, mime.clone()));
+                        format!("({} bytes, sent as an MCP image content item)", bytes.len())
+                    }
+                    Some(Ok(bytes)) => format!(
+                        "({} bytes, not sent over MCP: save it to a file to read it)",
+                        bytes.len()
+                    ),
+                    Some(Err(e)) => format!("(not sent: {e})"),
+                    None => continue,
+                };
+                result.data.insert(mime, serde_json::Value::String(marker));
+            }
+            let item = item.or_else(|| text_form(&result).map(ContentBlock::text));
+            shown.items.extend(item);
+            shown.results.push(result);
+        }
+        shown
+    }
+}
+
+/// A result's best text form, if it has one.
+fn text_form(result: &ExecResult) -> Option<String> {
+    TEXT_TYPES
+        .iter()
+        .find_map(|mime| match result.data.get(*mime)? {
+            serde_json::Value::String(text) => Some(text.clone()),
+            other => serde_json::to_string_pretty(other).ok(),
+        })
+}
+
+/// `run_code`'s output: what a model needs of a run's result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunSummary {
+    /// The program's exit code (137 when killed at its timeout).
+    pub exit_code: i32,
+    /// Whether it ran out of time.
+    pub timed_out: bool,
+    /// Its standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Its standard error (lossy UTF-8).
+    pub stderr: String,
+    /// Whether stdout was cut at its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at its cap.
+    pub stderr_truncated: bool,
+    /// Wall time of the whole run, boot included, in milliseconds.
+    pub duration_ms: u64,
+    /// The values the code showed, in order (its last expression,
+    /// `display()`, matplotlib figures): MIME bundles. An image's base64
+    /// is replaced here by a marker: the image itself follows as an image
+    /// content item.
+    pub results: Vec<ExecResult>,
+    /// The uncaught exception, if any (its traceback is on stderr too).
+    pub error: Option<CellError>,
+    #[serde(skip)]
+    #[schemars(skip)]
+    items: Vec<ContentBlock>,
+}
+
+impl From<RunResult> for RunSummary {
+    fn from(r: RunResult) -> Self {
+        let shown = ShownResults::new(r.results);
+        Self {
+            exit_code: r.exit_code,
+            timed_out: r.timed_out,
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
+            duration_ms: r.timings.total_ms,
+            results: shown.results,
+            error: r.error,
+            items: shown.items,
+        }
+    }
+}
+
+impl ToolOutput for RunSummary {
+    fn items(&self) -> Vec<ContentBlock> {
+        self.items.clone()
+    }
+}
+
+/// `exec_in_session`'s and `install_packages`'s output: a cell's result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CellSummary {
+    /// The cell's exit code (bash: its status; python and javascript: 1
+    /// after an uncaught exception).
+    pub exit_code: i32,
+    /// Whether it ran out of time.
+    pub timed_out: bool,
+    /// Whether the interpreter was restarted (after a timeout), so the
+    /// session's earlier state is gone.
+    pub state_lost: bool,
+    /// Its standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Its standard error (lossy UTF-8).
+    pub stderr: String,
+    /// Whether stdout was cut at its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at its cap.
+    pub stderr_truncated: bool,
+    /// Wall time of the call, in milliseconds.
+    pub duration_ms: u64,
+    /// The values the cell showed, in order, as for `run_code`.
+    pub results: Vec<ExecResult>,
+    /// The uncaught exception, if any (its traceback is on stderr too).
+    pub error: Option<CellError>,
+    #[serde(skip)]
+    #[schemars(skip)]
+    items: Vec<ContentBlock>,
+}
+
+impl From<CellResult> for CellSummary {
+    fn from(r: CellResult) -> Self {
+        let shown = ShownResults::new(r.results);
+        Self {
+            exit_code: r.exit_code,
+            timed_out: r.timed_out,
+            state_lost: r.state_lost,
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
+            duration_ms: r.duration_ms,
+            results: shown.results,
+            error: r.error,
+            items: shown.items,
+        }
+    }
+}
+
+impl ToolOutput for CellSummary {
+    fn items(&self) -> Vec<ContentBlock> {
+        self.items.clone()
+    }
+}
+
+/// `read_file`'s output.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FileRead {
+    /// Path relative to the session's home.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    /// The content, when it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The content as base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_b64: Option<String>,
+}
+
+impl ToolOutput for FileRead {}
+
+/// `list_files`'s output (and `GET /v1/sessions/{id}/files`'s).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FileList {
+    /// The directory's entries.
+    pub entries: Vec<airlock_protocol::FileEntry>,
+}
+
+impl ToolOutput for FileList {}
+
+/// `close_session`'s output.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Closed {
+    /// The id of the session closed.
+    pub closed: String,
+}
+
+impl ToolOutput for Closed {}
+
+impl ToolOutput for crate::sessions::table::SessionInfo {}
+
+impl ToolOutput for airlock::FileInfo {}
