@@ -7,7 +7,6 @@ use super::sse;
 use crate::api::{ExecBody, PackagesBody, SessionBody};
 use crate::error::ServerError;
 use crate::keys::Caller;
-use crate::mcp::output::FileList;
 use crate::service::Airlock;
 use airlock::Discard;
 use axum::body::Bytes;
@@ -112,7 +111,7 @@ async fn list_files(
     let entries = session
         .list_files(query.dir.as_deref().unwrap_or("."))
         .await?;
-    Ok(Json(FileList { entries }).into_response())
+    Ok(Json(serde_json::json!({"entries": entries})).into_response())
 }
 
 async fn read_file(

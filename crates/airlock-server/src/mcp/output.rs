@@ -251,7 +251,7 @@ pub struct FileRead {
 
 impl ToolOutput for FileRead {}
 
-/// `list_files`'s output (and `GET /v1/sessions/{id}/files`'s).
+/// `list_files`'s output (the JSON of `GET /v1/sessions/{id}/files`).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct FileList {
     /// The directory's entries.
