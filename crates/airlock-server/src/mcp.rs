@@ -121,7 +121,8 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
 impl ServerHandler for McpTools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "Airlock runs untrusted code in throw-away microVMs. Use run_code for one-off programs.",
+            "Airlock runs untrusted code in throw-away microVMs. Use run_code for one-off programs, create_session and exec_in_session to keep state. \
+What the code shows (a cell's last value, display(), a matplotlib chart) comes back in `results`, and as content: charts as images, other values as text.",
         )
     }
 }

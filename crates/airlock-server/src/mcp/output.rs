@@ -83,6 +83,11 @@ impl ShownResults {
     pub fn new(results: Vec<ExecResult>) -> Self {
         let mut shown = Self::default();
         for mut result in results {
+            // The image an MCP client shows: the first of IMAGE_TYPES the
+            // bundle holds whose base64 decodes.
+            let shown_image = IMAGE_TYPES
+                .into_iter()
+                .find(|mime| matches!(result.binary(mime), Some(Ok(_))));
             let mut item = None;
             let binary: Vec<String> = result
                 .data
@@ -92,7 +97,7 @@ impl ShownResults {
                 .collect();
             for mime in binary {
                 let marker = match result.binary(&mime) {
-                    Some(Ok(bytes)) if IMAGE_TYPES.contains(&mime.as_str()) && item.is_none() => {
+                    Some(Ok(bytes)) if shown_image == Some(mime.as_str()) => {
                         let b64 = result.data[&mime].as_str().unwrap_or_default().trim();
                         item = Some(ContentBlock::image(b64, mime.clone()));
                         format!("({} bytes, sent as an MCP image content item)", bytes.len())
@@ -272,3 +277,80 @@ impl ToolOutput for Closed {}
 impl ToolOutput for crate::sessions::table::SessionInfo {}
 
 impl ToolOutput for airlock::FileInfo {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bundle(data: serde_json::Value) -> ExecResult {
+        serde_json::from_value(json!({ "data": data })).expect("a bundle")
+    }
+
+    fn kinds(items: &[ContentBlock]) -> Vec<serde_json::Value> {
+        items
+            .iter()
+            .map(|item| serde_json::to_value(item).expect("an item"))
+            .collect()
+    }
+
+    #[test]
+    fn a_figure_is_one_image_item_and_a_marker_in_the_json() {
+        let shown = ShownResults::new(vec![bundle(json!({
+            "image/png": "iVBORw0KGgo=", "image/jpeg": "/9j/4A==",
+            "text/plain": "<Figure size 640x480 with 1 Axes>"
+        }))]);
+        let items = kinds(&shown.items);
+        assert_eq!(items.len(), 1, "one item per result: {items:?}");
+        assert_eq!(items[0]["type"], "image");
+        assert_eq!(items[0]["mimeType"], "image/png", "PNG first");
+        let data = &shown.results[0].data;
+        let png = data["image/png"].as_str().unwrap_or_default();
+        assert!(png.contains("8 bytes, sent as an MCP image"), "{png}");
+        let jpeg = data["image/jpeg"].as_str().unwrap_or_default();
+        assert!(jpeg.contains("4 bytes, not sent over MCP"), "{jpeg}");
+        assert_eq!(data["text/plain"], "<Figure size 640x480 with 1 Axes>");
+    }
+
+    #[test]
+    fn plain_text_wins_over_html_and_json_is_pretty_text() {
+        let shown = ShownResults::new(vec![
+            bundle(json!({"text/html": "<table/>", "text/plain": "   a"})),
+            bundle(json!({"text/html": "<table/>"})),
+            bundle(json!({"application/json": {"a": 1}})),
+        ]);
+        let texts: Vec<String> = kinds(&shown.items)
+            .iter()
+            .map(|item| item["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(texts, ["   a", "<table/>", "{\n  \"a\": 1\n}"]);
+        assert_eq!(
+            shown.results[0].data["text/html"], "<table/>",
+            "kept in the JSON"
+        );
+    }
+
+    #[test]
+    fn bad_base64_is_not_sent_and_says_why() {
+        let shown = ShownResults::new(vec![bundle(json!({"image/png": "%%%"}))]);
+        assert!(shown.items.is_empty());
+        let marker = shown.results[0].data["image/png"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            marker.contains("not sent") && marker.contains("base64"),
+            "{marker}"
+        );
+    }
+
+    #[test]
+    fn a_tool_error_has_no_structured_content() {
+        let result = answer::<Closed>(Err(ServerError::bad_request("no")));
+        assert_eq!(result.is_error, Some(true));
+        assert!(result.structured_content.is_none());
+        let ok = answer(Ok(Closed {
+            closed: "s1".into(),
+        }));
+        assert_eq!(ok.structured_content, Some(json!({"closed": "s1"})));
+    }
+}
