@@ -129,12 +129,14 @@ fn text_form(result: &ExecResult) -> Option<String> {
         })
 }
 
-/// `run_code`'s output: what a model needs of a run's result.
+/// What runs and cells have in common, as a model gets it: exit code,
+/// output and results.
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct RunSummary {
-    /// The program's exit code (137 when killed at its timeout).
+pub struct CodeOutput {
+    /// The exit code (137 when killed at the timeout; python and
+    /// javascript: 1 after an uncaught exception).
     pub exit_code: i32,
-    /// Whether it ran out of time.
+    /// Whether the code ran out of time.
     pub timed_out: bool,
     /// Its standard output (lossy UTF-8).
     pub stdout: String,
@@ -144,8 +146,6 @@ pub struct RunSummary {
     pub stdout_truncated: bool,
     /// Whether stderr was cut at its cap.
     pub stderr_truncated: bool,
-    /// Wall time of the whole run, boot included, in milliseconds.
-    pub duration_ms: u64,
     /// The values the code showed, in order (its last expression,
     /// `display()`, matplotlib figures): MIME bundles. An image's base64
     /// is replaced here by a marker: the image itself follows as an image
@@ -158,82 +158,96 @@ pub struct RunSummary {
     items: Vec<ContentBlock>,
 }
 
+impl CodeOutput {
+    /// The parts of a run's or a cell's result.
+    fn new(
+        exit_code: i32,
+        timed_out: bool,
+        (stdout, stdout_truncated): (&[u8], bool),
+        (stderr, stderr_truncated): (&[u8], bool),
+        results: Vec<ExecResult>,
+        error: Option<CellError>,
+    ) -> Self {
+        let shown = ShownResults::new(results);
+        Self {
+            exit_code,
+            timed_out,
+            stdout: String::from_utf8_lossy(stdout).into_owned(),
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+            stdout_truncated,
+            stderr_truncated,
+            results: shown.results,
+            error,
+            items: shown.items,
+        }
+    }
+}
+
+/// `run_code`'s output: what a model needs of a run's result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunSummary {
+    /// Exit code, output, results.
+    #[serde(flatten)]
+    pub output: CodeOutput,
+    /// Wall time of the whole run, boot included, in milliseconds.
+    pub duration_ms: u64,
+}
+
 impl From<RunResult> for RunSummary {
     fn from(r: RunResult) -> Self {
-        let shown = ShownResults::new(r.results);
         Self {
-            exit_code: r.exit_code,
-            timed_out: r.timed_out,
-            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-            stdout_truncated: r.stdout_truncated,
-            stderr_truncated: r.stderr_truncated,
+            output: CodeOutput::new(
+                r.exit_code,
+                r.timed_out,
+                (&r.stdout, r.stdout_truncated),
+                (&r.stderr, r.stderr_truncated),
+                r.results,
+                r.error,
+            ),
             duration_ms: r.timings.total_ms,
-            results: shown.results,
-            error: r.error,
-            items: shown.items,
         }
     }
 }
 
 impl ToolOutput for RunSummary {
     fn items(&self) -> Vec<ContentBlock> {
-        self.items.clone()
+        self.output.items.clone()
     }
 }
 
 /// `exec_in_session`'s and `install_packages`'s output: a cell's result.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct CellSummary {
-    /// The cell's exit code (bash: its status; python and javascript: 1
-    /// after an uncaught exception).
-    pub exit_code: i32,
-    /// Whether it ran out of time.
-    pub timed_out: bool,
+    /// Exit code, output, results.
+    #[serde(flatten)]
+    pub output: CodeOutput,
     /// Whether the interpreter was restarted (after a timeout), so the
     /// session's earlier state is gone.
     pub state_lost: bool,
-    /// Its standard output (lossy UTF-8).
-    pub stdout: String,
-    /// Its standard error (lossy UTF-8).
-    pub stderr: String,
-    /// Whether stdout was cut at its cap.
-    pub stdout_truncated: bool,
-    /// Whether stderr was cut at its cap.
-    pub stderr_truncated: bool,
     /// Wall time of the call, in milliseconds.
     pub duration_ms: u64,
-    /// The values the cell showed, in order, as for `run_code`.
-    pub results: Vec<ExecResult>,
-    /// The uncaught exception, if any (its traceback is on stderr too).
-    pub error: Option<CellError>,
-    #[serde(skip)]
-    #[schemars(skip)]
-    items: Vec<ContentBlock>,
 }
 
 impl From<CellResult> for CellSummary {
     fn from(r: CellResult) -> Self {
-        let shown = ShownResults::new(r.results);
         Self {
-            exit_code: r.exit_code,
-            timed_out: r.timed_out,
+            output: CodeOutput::new(
+                r.exit_code,
+                r.timed_out,
+                (&r.stdout, r.stdout_truncated),
+                (&r.stderr, r.stderr_truncated),
+                r.results,
+                r.error,
+            ),
             state_lost: r.state_lost,
-            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-            stdout_truncated: r.stdout_truncated,
-            stderr_truncated: r.stderr_truncated,
             duration_ms: r.duration_ms,
-            results: shown.results,
-            error: r.error,
-            items: shown.items,
         }
     }
 }
 
 impl ToolOutput for CellSummary {
     fn items(&self) -> Vec<ContentBlock> {
-        self.items.clone()
+        self.output.items.clone()
     }
 }
 

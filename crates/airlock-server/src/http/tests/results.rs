@@ -17,6 +17,17 @@ fn script() -> String {
     format!("show 42\nresult image/png {PNG_B64}\nraise ValueError bad value")
 }
 
+/// `script()` as a cell of session `id`, answered whole or as events.
+async fn exec_script(h: &Harness, id: &str, events: bool) -> super::Reply {
+    let path = format!("/v1/sessions/{id}/exec");
+    let body = json!({"code": script()});
+    if events {
+        h.post_events(KEY_A, &path, &body).await
+    } else {
+        h.post(KEY_A, &path, &body).await
+    }
+}
+
 /// Checks the results and error `script()` makes, as REST answers them.
 fn assert_scripts_results(answer: &Value) {
     assert_eq!(
@@ -52,14 +63,7 @@ async fn a_runs_json_carries_its_results_and_its_error() {
 async fn a_cells_json_carries_its_results_and_its_error() {
     let h = Harness::new();
     let id = h.session(KEY_A).await;
-    let answer = h
-        .post(
-            KEY_A,
-            &format!("/v1/sessions/{id}/exec"),
-            &json!({"code": script()}),
-        )
-        .await
-        .ok(StatusCode::OK);
+    let answer = exec_script(&h, &id, false).await.ok(StatusCode::OK);
     assert_scripts_results(&answer);
     assert_eq!(answer["state_lost"], false);
 }
@@ -69,12 +73,9 @@ fn names_and_data(events: &[(String, Value)]) -> (Vec<&str>, Vec<&Value>) {
     events.iter().map(|(n, d)| (n.as_str(), d)).unzip()
 }
 
-#[tokio::test]
-async fn a_streamed_run_sends_each_result_in_order_then_the_cell_error_then_done() {
-    let h = Harness::new();
-    let reply = h
-        .post_events(KEY_A, "/v1/runs", &body("python", &script(), json!({})))
-        .await;
+/// Checks the events of `script()`: each result in order, the stderr
+/// traceback, the cell error, then `done` with the whole answer.
+fn assert_scripts_events(reply: &super::Reply) {
     assert_eq!(reply.status, StatusCode::OK);
     let events = reply.events();
     let (names, data) = names_and_data(&events);
@@ -94,24 +95,19 @@ async fn a_streamed_run_sends_each_result_in_order_then_the_cell_error_then_done
 }
 
 #[tokio::test]
+async fn a_streamed_run_sends_each_result_in_order_then_the_cell_error_then_done() {
+    let h = Harness::new();
+    let reply = h
+        .post_events(KEY_A, "/v1/runs", &body("python", &script(), json!({})))
+        .await;
+    assert_scripts_events(&reply);
+}
+
+#[tokio::test]
 async fn a_streamed_cell_sends_its_results_and_cell_error_as_a_run_does() {
     let h = Harness::new();
     let id = h.session(KEY_A).await;
-    let reply = h
-        .post_events(
-            KEY_A,
-            &format!("/v1/sessions/{id}/exec"),
-            &json!({"code": script()}),
-        )
-        .await;
-    let events = reply.events();
-    let (names, data) = names_and_data(&events);
-    assert_eq!(
-        names,
-        ["result", "result", "stderr", "cell_error", "done"],
-        "{events:?}"
-    );
-    assert_scripts_results(data[4]);
+    assert_scripts_events(&exec_script(&h, &id, true).await);
 }
 
 #[tokio::test]
@@ -144,14 +140,7 @@ async fn the_openapi_document_describes_every_field_of_the_answers() {
     let run = h.run(KEY_A, &script(), json!({})).await.ok(StatusCode::OK);
     assert_described(&doc, "RunResult", &run);
     let id = h.session(KEY_A).await;
-    let cell = h
-        .post(
-            KEY_A,
-            &format!("/v1/sessions/{id}/exec"),
-            &json!({"code": script()}),
-        )
-        .await
-        .ok(StatusCode::OK);
+    let cell = exec_script(&h, &id, false).await.ok(StatusCode::OK);
     assert_described(&doc, "CellResult", &cell);
     for result in run["results"].as_array().expect("results") {
         assert_described(&doc, "ExecResult", result);
