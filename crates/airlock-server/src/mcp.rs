@@ -32,7 +32,8 @@ pub type HttpService = StreamableHttpService<McpTools, LocalSessionManager>;
 /// language.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RunCodeParams {
-    /// `python` (default), `javascript` or `raw` (a bash script).
+    /// `python`, `javascript` or `raw` (a bash script). Default: the
+    /// image's language, else python.
     #[serde(default)]
     pub language: Option<String>,
     /// The program to run, whole. Print what you want to see.
@@ -51,6 +52,15 @@ pub struct McpTools {
     airlock: Airlock,
     /// The caller over stdio; over HTTP the caller comes with each request.
     fixed_caller: Option<Caller>,
+}
+
+/// The language of a tool call that names none: its image's, else
+/// python.
+pub(crate) fn default_language(sandbox: &SandboxArgs) -> String {
+    sandbox
+        .shape
+        .language(None, airlock::Language::Python)
+        .to_string()
 }
 
 #[tool_router]
@@ -93,6 +103,7 @@ Nothing persists: every call starts from a clean machine (use create_session to 
 Limits: no network access unless `network` is given ({} reaches the language's package registries, {\"allow_domains\": [..]} those names on ports 80 and 443); 512 MiB of memory (memory_mib) and 1 vCPU (cpus); 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
 Third-party packages: list pinned versions in `packages` (installed once, then cached). \
 Languages: python (Python 3 with its standard library), javascript (Node.js), raw (a bash script with common Unix tools). \
+Data analysis: \"image\": \"python-data\" runs python with numpy, pandas, matplotlib, scipy, scikit-learn, seaborn, sympy and statsmodels installed; a chart drawn with matplotlib comes back as an image. \
 Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"}"
     )]
     async fn run_code(
@@ -102,7 +113,9 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = RunBody {
-            language: params.language.unwrap_or_else(|| "python".to_owned()),
+            language: params
+                .language
+                .unwrap_or_else(|| default_language(&params.sandbox)),
             code: params.code,
             timeout_s: params.timeout_s,
             sandbox: params.sandbox,

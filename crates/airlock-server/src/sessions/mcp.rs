@@ -5,7 +5,7 @@ use crate::api::{ExecBody, SessionBody, SessionSpec};
 use crate::json::Strict;
 use crate::keys::Caller;
 use crate::mcp::output::{answer, CellSummary, Closed, FileList, FileRead, ToolOutput};
-use crate::mcp::McpTools;
+use crate::mcp::{default_language, McpTools};
 use crate::sessions::table::SessionInfo;
 use airlock::FileInfo;
 use airlock::Session;
@@ -24,7 +24,8 @@ use std::sync::Arc;
 /// language.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateSessionParams {
-    /// `python` (default), `javascript` or `raw` (bash).
+    /// `python`, `javascript` or `raw` (bash). Default: the image's
+    /// language, else python.
     #[serde(default)]
     pub language: Option<String>,
     /// The sandbox and its lifetime, as for REST.
@@ -131,7 +132,7 @@ impl McpTools {
         name = "create_session",
         output_schema = schema_for_output::<SessionInfo>(),
         description = "Start a persistent sandbox: a Linux microVM whose interpreter keeps its state (variables, imports, files in its home dir) across exec_in_session calls. \
-Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (memory_mib, cpus, network, packages) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
+Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (image, memory_mib, cpus, network, packages; \"image\": \"python-data\" for pandas, numpy and matplotlib) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
 Example: {\"language\": \"python\"}"
     )]
     async fn create_session(
@@ -141,7 +142,9 @@ Example: {\"language\": \"python\"}"
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = SessionBody {
-            language: p.language.unwrap_or_else(|| "python".to_owned()),
+            language: p
+                .language
+                .unwrap_or_else(|| default_language(&p.spec.sandbox)),
             spec: p.spec,
         };
         Ok(answer(self.airlock().create_session(&caller, &body).await))

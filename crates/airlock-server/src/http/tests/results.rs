@@ -292,3 +292,116 @@ async fn every_tool_declares_an_object_output_schema() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_image_in_a_run_or_session_body_picks_the_vms_root_disk() {
+    let h = Harness::new();
+    h.run(KEY_A, "1", json!({"image": "python-data"}))
+        .await
+        .ok(StatusCode::OK);
+    h.post(
+        KEY_A,
+        "/v1/sessions",
+        &json!({"language": "python", "image": "python-data"}),
+    )
+    .await
+    .ok(StatusCode::CREATED);
+    h.run(KEY_A, "1", json!({})).await.ok(StatusCode::OK);
+    let images: Vec<airlock::Image> = h
+        .fakes
+        .cold
+        .acquired()
+        .iter()
+        .map(airlock::VmOptions::image)
+        .collect();
+    assert_eq!(
+        images,
+        [
+            airlock::Image::PythonData,
+            airlock::Image::PythonData,
+            airlock::Image::Python
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_image_or_one_of_another_language_is_400() {
+    let h = Harness::new();
+    let unknown = h
+        .run(KEY_A, "1", json!({"image": "python-gpu"}))
+        .await
+        .error(400, "invalid_input");
+    assert!(
+        unknown.contains("python-data"),
+        "names the images: {unknown}"
+    );
+    h.post(
+        KEY_A,
+        "/v1/runs",
+        &body("javascript", "1", json!({"image": "python-data"})),
+    )
+    .await
+    .error(400, "invalid_input");
+    h.post(
+        KEY_A,
+        "/v1/sessions",
+        &json!({"language": "raw", "image": "python-data"}),
+    )
+    .await
+    .error(400, "invalid_input");
+    assert_eq!(h.fakes.cold.acquired().len(), 0, "no VM for a refusal");
+}
+
+#[tokio::test]
+async fn mcp_tools_take_an_image_whose_language_is_the_default() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    mcp.call_ok("run_code", json!({"code": "1", "image": "python-data"}))
+        .await;
+    let created = mcp
+        .call_ok("create_session", json!({"image": "python-data"}))
+        .await;
+    assert_eq!(created["language"], "python");
+    mcp.call_err(
+        "run_code",
+        json!({"code": "1", "language": "raw", "image": "python-data"}),
+        "invalid_input",
+    )
+    .await;
+    let acquired = h.fakes.cold.acquired();
+    assert_eq!(acquired.len(), 2, "no VM for the refusal");
+    for vm in acquired {
+        assert_eq!(
+            (vm.image(), vm.language),
+            (airlock::Image::PythonData, airlock::Language::Python)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_documents_name_the_image_option() {
+    let doc = openapi::openapi();
+    for body in ["RunBody", "SessionBody"] {
+        let image = &doc["components"]["schemas"][body]["properties"]["image"];
+        assert!(image.is_object(), "{body}: {image}");
+    }
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let (_, answer) = mcp.rpc("tools/list", json!({})).await;
+    for name in ["run_code", "create_session"] {
+        let tool = answer["result"]["tools"]
+            .as_array()
+            .and_then(|tools| tools.iter().find(|t| t["name"] == name))
+            .expect("the tool");
+        assert!(
+            tool["inputSchema"]["properties"]["image"].is_object(),
+            "{tool}"
+        );
+        assert!(
+            tool["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("python-data")),
+            "{tool}"
+        );
+    }
+}
