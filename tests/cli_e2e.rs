@@ -315,3 +315,73 @@ fn a_data_run_prints_the_frame_and_saves_the_chart_as_a_png() {
         "the first chart is kept"
     );
 }
+
+/// Python that builds a whole 640x480 grayscale PNG with the standard
+/// library and displays it as a raw bundle, then leaves a value.
+const PNG_BY_HAND: &str = "import base64, struct, zlib\n\
+def chunk(kind, data):\n    \
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))\n\
+rows = b''.join(b'\\x00' + bytes(640) for _ in range(480))\n\
+png = (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 640, 480, 8, 0, 0, 0, 0))\n    \
+    + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))\n\
+print('made')\n\
+display({'image/png': base64.b64encode(png).decode(), 'text/plain': '<png>'}, raw=True)\n\
+6 * 7\n";
+
+#[test]
+fn a_displayed_png_is_saved_and_named_and_the_last_value_printed() {
+    let Some(images) = images_or_skip("cli_results") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let env = [
+        ("AIRLOCK_CACHE_DIR", cache.path().to_str().unwrap()),
+        ("AIRLOCK_IMAGES", images.dir.to_str().unwrap()),
+    ];
+    let run = |args: &[&str]| {
+        airlock_tests::run_with_stdin(
+            env!("CARGO_BIN_EXE_airlock-under-test"),
+            args,
+            &env,
+            "",
+            Some(work.path()),
+        )
+    };
+    let o = run(&["run", "-t", "60", PNG_BY_HAND]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
+    assert_eq!(out(&o), "made\n42\n", "stderr: {}", err(&o));
+    let png = std::fs::read(work.path().join("airlock-output/1.png")).unwrap();
+    assert_eq!(png_size(&png), Some((640, 480)), "a whole 640x480 PNG");
+    assert!(
+        err(&o)
+            .lines()
+            .any(|l| l.starts_with("image/png 640x480 ") && l.ends_with(" -> airlock-output/1.png")),
+        "{}",
+        err(&o)
+    );
+
+    // --json: the results in the JSON, base64, and nothing saved.
+    let o = run(&[
+        "run",
+        "--json",
+        "-t",
+        "60",
+        "--output-dir",
+        "json-out",
+        PNG_BY_HAND,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v["results"][0]["data"]["text/plain"], "<png>", "{v}");
+    assert_eq!(v["results"][1]["data"]["text/plain"], "42");
+    assert_eq!(v["results"][1]["is_main_result"], true);
+    assert!(v["results"][0]["data"]["image/png"]
+        .as_str()
+        .unwrap()
+        .starts_with("iVBORw0KGgo"));
+    assert!(
+        !work.path().join("json-out").exists(),
+        "--json saves nothing"
+    );
+}
