@@ -18,6 +18,7 @@ fn options(language: Language) -> VmOptions {
         secrets: None,
         tenant: "e2e".into(),
         language,
+        image: None,
         memory_mib: 512,
         vcpus: 1,
         network: Default::default(),

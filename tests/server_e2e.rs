@@ -1,7 +1,8 @@
 //! `airlock serve` and `airlock mcp` end to end, driven by clients this
 //! project did not write: the Python `httpx` package for REST and SSE
 //! (`tests/clients/rest_client.py`), the official Python `mcp` package over
-//! stdio and streamable HTTP (`tests/clients/mcp_client.py`), and the curl
+//! stdio and streamable HTTP (`tests/clients/mcp_client.py`), both on the
+//! `python-data` image's rich results (`tests/clients/data_client.py`), and the curl
 //! examples of `docs/api.md`. `cargo xtask test` makes their venv and sets
 //! `AIRLOCK_TEST_PYTHON`.
 //!
@@ -75,11 +76,17 @@ struct Server {
 
 impl Server {
     fn start(run_dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(run_dir, args, &[])
+    }
+
+    /// [`Server::start`] with more environment variables.
+    fn start_with_env(run_dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Self {
         let mut child = Command::new(binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--drain-grace-s", "20"])
             .args(args)
             .env("AIRLOCK_RUN_DIR", run_dir)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -112,6 +119,19 @@ impl Server {
 
     fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// SIGTERM, then the server exits 0 within a minute and leaves no VM
+    /// in `run_dir`.
+    fn terminate_and_check(&mut self, run_dir: &Path) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            self.wait(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            self.log()
+        );
+        no_vm_left(run_dir);
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -278,14 +298,7 @@ fn rest_mcp_and_the_doc_examples_with_real_clients_then_sigterm_leaves_no_vm() {
         assert!(request_line[field].is_number(), "{field}: {request_line}");
     }
 
-    server.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(
-        server.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        server.log()
-    );
-    no_vm_left(&run);
+    server.terminate_and_check(&run);
 }
 
 /// Sends a run of `code` (raw) to the server without reading the answer,
@@ -371,6 +384,48 @@ fn a_restart_after_sigkill_sweeps_what_the_killed_server_left() {
         "{}",
         again.log()
     );
+}
+
+/// The `python-data` image's rich results through `airlock serve`, with
+/// the real clients (`tests/clients/data_client.py`): a REST session
+/// returns `df.head()` as HTML and a figure as a 640x480 base64 PNG, and
+/// the official `mcp` client gets `run_code`'s chart as an image content
+/// item. The server restores memory templates, as it does by default,
+/// from a cache dir of the test's own (the images are the shared ones), so
+/// the data image's template is built there; no warm pool.
+#[test]
+fn python_data_results_reach_rest_and_mcp_clients_as_html_and_png() {
+    let test = "python_data_results_reach_rest_and_mcp_clients_as_html_and_png";
+    let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+        return;
+    };
+    if images.disk(airlock::Image::PythonData).is_err() {
+        assert!(
+            !vm_tests_required(),
+            "{test}: no python-data disk (cargo xtask images builds it)"
+        );
+        eprintln!("SKIP {test}: no python-data disk (cargo xtask images builds it)");
+        return;
+    }
+    let dir = run_dir();
+    let keys = dir.path().join("keys.toml");
+    let key = add_key(&keys, "alice", &[]);
+    let run = dir.path().join("run");
+    let keys_arg = keys.to_string_lossy().into_owned();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "pools = []\n").expect("write the config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let cache = dir.path().join("cache");
+    let mut server = Server::start_with_env(
+        &run,
+        &["--keys-file", &keys_arg, "--config", &config_arg],
+        &[
+            ("AIRLOCK_CACHE_DIR", &cache),
+            ("AIRLOCK_IMAGES", &images.dir),
+        ],
+    );
+    python(&py, &["data_client.py", &server.url, &key], &[]);
+    server.terminate_and_check(&run);
 }
 
 #[test]

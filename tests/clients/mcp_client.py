@@ -34,6 +34,14 @@ def text_of(result):
     return "".join(block.text for block in result.content if getattr(block, "type", "") == "text")
 
 
+def json_of(result):
+    """A tool's JSON: its structured content, which its first text item repeats."""
+    first = result.content[0]
+    assert first.type == "text", result
+    assert result.structured_content == json.loads(first.text), result
+    return result.structured_content
+
+
 async def check(session: ClientSession):
     await session.initialize()
     tools = {t.name: t for t in (await session.list_tools()).tools}
@@ -43,11 +51,12 @@ async def check(session: ClientSession):
         assert tool.description and len(tool.description) > 80, f"{tool.name}: short description"
         assert "Example" in tool.description, f"{tool.name}: no example in its description"
         assert tool.input_schema.get("type") == "object", f"{tool.name}: {tool.input_schema}"
+        assert (tool.output_schema or {}).get("type") == "object", f"{tool.name}: {tool.output_schema}"
     print(f"ok tools listed: {sorted(tools)}")
 
     result = await session.call_tool("run_code", {"language": "python", "code": "print(6 * 7)"})
     assert not result.is_error, text_of(result)
-    answer = json.loads(text_of(result))
+    answer = json_of(result)
     assert answer["exit_code"] == 0 and answer["stdout"] == "42\n", answer
     print("ok run_code printed 42")
 
@@ -57,15 +66,19 @@ async def check(session: ClientSession):
 
     created = await session.call_tool("create_session", {"language": "python"})
     assert not created.is_error, text_of(created)
-    sid = json.loads(text_of(created))["id"]
+    sid = json_of(created)["id"]
     first = await session.call_tool("exec_in_session", {"session_id": sid, "code": "x = 20"})
     assert not first.is_error, text_of(first)
     second = await session.call_tool("exec_in_session", {"session_id": sid, "code": "print(x + 1)"})
-    assert json.loads(text_of(second))["stdout"] == "21\n", text_of(second)
+    assert json_of(second)["stdout"] == "21\n", text_of(second)
+    value = await session.call_tool("exec_in_session", {"session_id": sid, "code": "x * 2"})
+    assert json_of(value)["results"][0]["data"]["text/plain"] == "40", text_of(value)
+    assert value.content[1].type == "text" and value.content[1].text == "40", value.content
+    print("ok a cell's value comes as structured content and as a text item")
     wrote = await session.call_tool("write_file", {"session_id": sid, "path": "a.txt", "content": "hi"})
     assert not wrote.is_error, text_of(wrote)
     read = await session.call_tool("read_file", {"session_id": sid, "path": "a.txt"})
-    assert json.loads(text_of(read))["content"] == "hi", text_of(read)
+    assert json_of(read)["content"] == "hi", text_of(read)
     listed = await session.call_tool("list_files", {"session_id": sid, "dir": "."})
     assert "a.txt" in text_of(listed), text_of(listed)
     closed = await session.call_tool("close_session", {"session_id": sid})

@@ -130,7 +130,7 @@ def run_sse(c):
         assert r.headers["content-type"].startswith("text/event-stream"), r.headers
         events = sse_events(r)
     names = [name for name, _ in events]
-    assert names[-1] == "result", events
+    assert names[-1] == "done", events
     stdout = [json.loads(d) for n, d in events if n == "stdout"]
     stderr = [json.loads(d) for n, d in events if n == "stderr"]
     assert any("text" in e and "one" in e["text"] for e in stdout), events
@@ -138,7 +138,7 @@ def run_sse(c):
     assert stderr and stderr[0]["text"] == "two\n", events
     result = json.loads(events[-1][1])
     assert result["exit_code"] == 0, result
-    print("ok SSE streams stdout/stderr events (text and b64) then the result")
+    print("ok SSE streams stdout/stderr events (text and b64) then done")
 
 
 async def concurrent_runs():
@@ -175,10 +175,26 @@ def sessions(c, sid):
     assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
     r = c.post(f"/v1/sessions/{sid}/exec", json={"code": "print(x + 1)"}, headers=a)
     assert r.json()["stdout"] == "42\n", r.text
-    with c.stream("POST", f"/v1/sessions/{sid}/exec", json={"code": "print('streamed')"},
+    r = c.post(f"/v1/sessions/{sid}/exec", json={"code": "x + 1"}, headers=a)
+    assert r.json()["results"] == [{"data": {"text/plain": "42"}, "is_main_result": True}], r.text
+    r = c.post(f"/v1/sessions/{sid}/exec", json={"code": "1 / 0"}, headers=a)
+    error = r.json()["error"]
+    assert error["name"] == "ZeroDivisionError" and "division by zero" in error["value"], r.text
+    print("ok a cell's value comes as its main result, an exception as its error")
+    code = "print('streamed')\nx * 2"
+    with c.stream("POST", f"/v1/sessions/{sid}/exec", json={"code": code},
                   headers=a | {"Accept": "text/event-stream"}) as s:
         events = sse_events(s)
-    assert events[-1][0] == "result" and any(n == "stdout" for n, _ in events), events
+    names = [n for n, _ in events]
+    assert names == ["stdout", "result", "done"], events
+    assert json.loads(events[1][1])["data"]["text/plain"] == "82", events
+    with c.stream("POST", f"/v1/sessions/{sid}/exec", json={"code": "raise KeyError('k')"},
+                  headers=a | {"Accept": "text/event-stream"}) as s:
+        events = sse_events(s)
+    names = [n for n, _ in events]
+    assert names[-2:] == ["cell_error", "done"] and "stderr" in names, events
+    assert json.loads(events[-2][1])["name"] == "KeyError", events
+    print("ok a streamed cell sends stdout, result, cell_error and done events in order")
     put = c.put(f"/v1/sessions/{sid}/files/data/in.txt", content=b"abc", headers=a)
     assert put.status_code == 200 and put.json()["size"] == 3, put.text
     got = c.get(f"/v1/sessions/{sid}/files/data/in.txt", headers=a)

@@ -8,7 +8,7 @@ use clap::Args;
 /// `-q/--quiet`, `--debug`, `--cold`.
 #[derive(Debug, Clone, Copy, Default, Args)]
 pub struct VmFlags {
-    /// No progress, status or summary lines on stderr.
+    /// No progress, status, summary or saved-result lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
     /// Print the kernel and init log to stderr, and full error details.

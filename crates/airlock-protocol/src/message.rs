@@ -445,6 +445,7 @@ fn is_false(b: &bool) -> bool {
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct FileEntry {
     /// File name (no directory part).
     pub name: String,
@@ -458,6 +459,7 @@ pub struct FileEntry {
 
 /// Kind of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     /// Regular file.

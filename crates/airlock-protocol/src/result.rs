@@ -29,6 +29,7 @@ pub type MimeBundle = BTreeMap<String, serde_json::Value>;
 /// One value shown by a cell (its last expression, `display(...)`, a
 /// figure).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct ExecResult {
     /// The representations, by MIME type (binary ones base64).
     pub data: MimeBundle,
@@ -90,6 +91,7 @@ pub fn is_binary_mime(mime: &str) -> bool {
 /// A cell's uncaught exception, as E2B's `ExecutionError` and Jupyter's
 /// `error` output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct CellError {
     /// The exception's type (`ZeroDivisionError`, `TypeError`).
     pub name: String,

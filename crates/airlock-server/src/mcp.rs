@@ -1,7 +1,11 @@
 //! The MCP tools (rmcp): the same operations as the REST API, described
 //! for a language model. Served over stdio by `airlock mcp` (the tenant is
 //! the local user) and over streamable HTTP at `/mcp` (the tenant is the
-//! bearer key's, checked by the same middleware as REST).
+//! bearer key's, checked by the same middleware as REST). Every tool
+//! answers structured content with a declared output schema, and a run's
+//! or a cell's results as image and text content ([`output`]).
+
+pub mod output;
 
 use crate::api::{RunBody, SandboxArgs};
 use crate::error::ServerError;
@@ -9,8 +13,10 @@ use crate::json::Strict;
 use crate::keys::Caller;
 use crate::service::Airlock;
 use airlock::Discard;
+use output::{answer, RunSummary};
+use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolResult, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -26,7 +32,8 @@ pub type HttpService = StreamableHttpService<McpTools, LocalSessionManager>;
 /// language.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RunCodeParams {
-    /// `python` (default), `javascript` or `raw` (a bash script).
+    /// `python`, `javascript` or `raw` (a bash script). Default: the
+    /// image's language, else python.
     #[serde(default)]
     pub language: Option<String>,
     /// The program to run, whole. Print what you want to see.
@@ -47,34 +54,13 @@ pub struct McpTools {
     fixed_caller: Option<Caller>,
 }
 
-/// A tool's answer for the model: the result as JSON text, or the error's
-/// message as a tool error (so the model can read it and try again).
-pub(crate) fn answer<T: serde::Serialize>(result: Result<T, ServerError>) -> CallToolResult {
-    match result.and_then(|v| {
-        serde_json::to_string_pretty(&v).map_err(|e| ServerError::internal("encode the result", e))
-    }) {
-        Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
-        Err(e) => {
-            let mut message = format!("{} ({})", e, e.kind());
-            if let Some(hint) = e.hint() {
-                message.push_str("; hint: ");
-                message.push_str(hint);
-            }
-            CallToolResult::error(vec![ContentBlock::text(message)])
-        }
-    }
-}
-
-/// What a model needs of a run's result.
-#[derive(Debug, serde::Serialize)]
-struct RunSummary {
-    exit_code: i32,
-    timed_out: bool,
-    stdout: String,
-    stderr: String,
-    stdout_truncated: bool,
-    stderr_truncated: bool,
-    duration_ms: u64,
+/// The language of a tool call that names none: its image's, else
+/// python.
+pub(crate) fn default_language(sandbox: &SandboxArgs) -> String {
+    sandbox
+        .shape
+        .language(None, airlock::Language::Python)
+        .to_string()
 }
 
 #[tool_router]
@@ -110,11 +96,14 @@ impl McpTools {
 
     #[tool(
         name = "run_code",
-        description = "Run a program once in a fresh, isolated Linux microVM and return its exit code, stdout and stderr as JSON. \
+        output_schema = schema_for_output::<RunSummary>(),
+        description = "Run a program once in a fresh, isolated Linux microVM and return its exit code, stdout, stderr and results as JSON. \
+Results are the values the code showed (python: its last expression, display(...), matplotlib figures; javascript: its last expression): each is a MIME bundle, and also comes as content to show, an image (a chart) as an image item, any other value as text. \
 Nothing persists: every call starts from a clean machine (use create_session to keep state between calls). \
 Limits: no network access unless `network` is given ({} reaches the language's package registries, {\"allow_domains\": [..]} those names on ports 80 and 443); 512 MiB of memory (memory_mib) and 1 vCPU (cpus); 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
 Third-party packages: list pinned versions in `packages` (installed once, then cached). \
 Languages: python (Python 3 with its standard library), javascript (Node.js), raw (a bash script with common Unix tools). \
+Data analysis: \"image\": \"python-data\" runs python with numpy, pandas, matplotlib, scipy, scikit-learn, seaborn, sympy and statsmodels installed; a chart drawn with matplotlib comes back as an image. \
 Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"}"
     )]
     async fn run_code(
@@ -124,7 +113,9 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = RunBody {
-            language: params.language.unwrap_or_else(|| "python".to_owned()),
+            language: params
+                .language
+                .unwrap_or_else(|| default_language(&params.sandbox)),
             code: params.code,
             timeout_s: params.timeout_s,
             sandbox: params.sandbox,
@@ -134,15 +125,7 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
             .airlock
             .run(&caller, &body, &mut Discard)
             .await
-            .map(|r| RunSummary {
-                exit_code: r.exit_code,
-                timed_out: r.timed_out,
-                stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-                stdout_truncated: r.stdout_truncated,
-                stderr_truncated: r.stderr_truncated,
-                duration_ms: r.timings.total_ms,
-            });
+            .map(RunSummary::from);
         Ok(answer(result))
     }
 }
@@ -151,7 +134,8 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
 impl ServerHandler for McpTools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "Airlock runs untrusted code in throw-away microVMs. Use run_code for one-off programs.",
+            "Airlock runs untrusted code in throw-away microVMs. Use run_code for one-off programs, create_session and exec_in_session to keep state. \
+What the code shows (a cell's last value, display(), a matplotlib chart) comes back in `results`, and as content: charts as images, other values as text.",
         )
     }
 }

@@ -62,7 +62,7 @@ impl std::fmt::Debug for FileUpload {
 
 /// A file as both sides saw it: its path, size and sha256 (hex), the two
 /// sides' checksums compared already.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FileInfo {
     /// Path relative to the sandbox home.
     pub path: String,

@@ -108,6 +108,7 @@ fn python_options() -> VmOptions {
         packages: None,
         tenant: "bench".into(),
         language: shape.language,
+        image: None,
         memory_mib: shape.memory_mib,
         vcpus: shape.vcpus,
         network: Default::default(),
@@ -118,6 +119,7 @@ fn python_options() -> VmOptions {
 fn python_shape() -> TemplateShape {
     TemplateShape {
         language: Language::Python,
+        image: None,
         memory_mib: airlock::DEFAULT_MEMORY_MIB,
         vcpus: 1,
     }

@@ -1,11 +1,17 @@
 //! The OpenAPI 3.1 document served at `GET /v1/openapi.json`: the paths
 //! written here, the request schemas generated from the very types the
-//! handlers parse (schemars), so the two cannot drift apart.
+//! handlers parse (schemars), so the two cannot drift apart; so are the
+//! schemas of a result (`ExecResult`) and a cell error (`CellError`) the
+//! answers carry.
 
 use crate::api::{ExecBody, PackagesBody, RunBody, SessionBody};
+use airlock_protocol::{CellError, ExecResult};
 use schemars::generate::SchemaSettings;
 use schemars::SchemaGenerator;
 use serde_json::{json, Value};
+
+/// The events of a streamed run or cell (`Accept: text/event-stream`).
+const EVENTS: &str = "With `Accept: text/event-stream`, events in the order the code made them: `stdout` and `stderr` (data `{\"text\"}` or `{\"b64\"}`), `result` per value the code showed (data: an `ExecResult`); then `cell_error` (data: a `CellError`) when the code raised, and last one `done` with the whole answer (or one `error`).";
 
 /// Every route of the REST API, as (method, path): what the document
 /// describes and the router serves (a unit test holds them together).
@@ -59,7 +65,26 @@ fn body_schemas() -> serde_json::Map<String, Value> {
     let _ = generator.subschema_for::<SessionBody>();
     let _ = generator.subschema_for::<ExecBody>();
     let _ = generator.subschema_for::<PackagesBody>();
+    // The types the answers carry.
+    let _ = generator.subschema_for::<ExecResult>();
+    let _ = generator.subschema_for::<CellError>();
     generator.take_definitions(true)
+}
+
+/// The `results` of an answer.
+fn results() -> Value {
+    json!({
+        "type": "array", "items": {"$ref": "#/components/schemas/ExecResult"},
+        "description": "The values the code showed, in order (its last expression, `display()`, figures): MIME bundles, binary ones base64. Absent when none."
+    })
+}
+
+/// The `error` of an answer.
+fn cell_error() -> Value {
+    json!({
+        "$ref": "#/components/schemas/CellError",
+        "description": "The code's uncaught exception (its traceback is on stderr too). Absent when none."
+    })
 }
 
 fn with_errors(mut responses: Value) -> Value {
@@ -89,12 +114,18 @@ fn session_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert("/v1/sessions/{id}/exec".into(), json!({
         "parameters": [id],
         "post": {"summary": "Run a cell (state is kept); SSE as for runs", "requestBody": body("ExecBody"),
-                 "responses": with_errors(json!({"200": ok("`{stdout, stderr, exit_code, timed_out, state_lost, stdout_truncated, stderr_truncated, duration_ms}`"), "404": not_found, "409": busy}))}
+                 "description": EVENTS,
+                 "responses": with_errors(json!({"200": {"description": "The cell's result", "content": {
+                     "application/json": {"schema": {"$ref": "#/components/schemas/CellResult"}},
+                     "text/event-stream": {"schema": {"type": "string"}}
+                 }}, "404": not_found, "409": busy}))}
     }));
     paths.insert("/v1/sessions/{id}/packages".into(), json!({
         "parameters": [id],
         "post": {"summary": "Install pinned packages", "requestBody": body("PackagesBody"),
-                 "responses": with_errors(json!({"200": ok("The installer's result, as an exec's"), "404": not_found, "409": busy}))}
+                 "responses": with_errors(json!({"200": {"description": "The installer's result, as an exec's", "content": {
+                     "application/json": {"schema": {"$ref": "#/components/schemas/CellResult"}}
+                 }}, "404": not_found, "409": busy}))}
     }));
     paths.insert("/v1/sessions/{id}/files".into(), json!({
         "parameters": [id, {"name": "dir", "in": "query", "schema": {"type": "string"}}],
@@ -119,7 +150,22 @@ pub fn openapi() -> Value {
             "exit_code": {"type": "integer"}, "timed_out": {"type": "boolean"},
             "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
             "timings": {"type": "object"}, "usage": {"type": "object"},
-            "network": {"type": ["object", "null"]}
+            "network": {"type": ["object", "null"]},
+            "results": results(),
+            "error": cell_error(),
+        }
+    });
+    let cell_result = json!({
+        "type": "object",
+        "description": "What a cell did (the same JSON as `airlock session --json` prints per cell)",
+        "properties": {
+            "stdout": {"type": "string"}, "stderr": {"type": "string"},
+            "exit_code": {"type": "integer"}, "timed_out": {"type": "boolean"},
+            "state_lost": {"type": "boolean", "description": "The interpreter was restarted (after a timeout): earlier state is gone"},
+            "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
+            "duration_ms": {"type": "integer"},
+            "results": results(),
+            "error": cell_error(),
         }
     });
     let mut doc = json!({
@@ -139,6 +185,7 @@ pub fn openapi() -> Value {
                         "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}
                 },
                 "RunResult": run_result,
+                "CellResult": cell_result,
             }
         },
         "security": [{"bearer": []}],
@@ -157,7 +204,7 @@ pub fn openapi() -> Value {
             }},
             "/v1/runs": {"post": {
                 "summary": "Run code once in a fresh VM",
-                "description": "With `Accept: text/event-stream`: events `stdout` and `stderr` (data `{\"text\"}` or `{\"b64\"}`), then one `result` (or `error`).",
+                "description": EVENTS,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunBody"}}}},
                 "responses": with_errors(json!({
                     "200": {"description": "The run's result", "content": {

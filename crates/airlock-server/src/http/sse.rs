@@ -1,13 +1,18 @@
-//! Server-sent events of a run or an exec: `stdout` and `stderr` events
-//! (data `{"text": ..}`, or `{"b64": ..}` for bytes that are not UTF-8),
-//! then one `result` event (or one `error` event).
+//! Server-sent events of a run or an exec, in the order the code made
+//! them: `stdout` and `stderr` events (data `{"text": ..}`, or `{"b64":
+//! ..}` for bytes that are not UTF-8) and one `result` event per value the
+//! code showed (data: the MIME bundle, `docs/outputs.md`); then one
+//! `cell_error` event when the code raised (data `{name, value,
+//! traceback}`), and last one `done` event with the whole answer (or one
+//! `error` event).
 //!
 //! The work runs in a task owned by the response stream: when the client
 //! goes away the stream is dropped, the task is aborted, and dropping the
 //! run destroys its VM.
 
 use crate::error::ServerError;
-use airlock::{OutputStream, RunObserver};
+use airlock::{CellResult, OutputStream, RunObserver, RunResult};
+use airlock_protocol::{CellError, ExecResult};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine;
 use serde::Serialize;
@@ -44,19 +49,49 @@ impl EventObserver {
         }
     }
 
-    /// Sends the final event.
-    fn finish<T: Serialize>(mut self, result: Result<T, ServerError>) {
-        self.flush();
-        let event = match result {
-            Ok(value) => Event::default().event("result").json_data(value),
-            Err(e) => Event::default().event("error").json_data(e.body()),
-        };
-        match event {
+    /// Sends an event whose data is `value`'s JSON.
+    fn send_json(&self, name: &'static str, value: impl Serialize) {
+        match Event::default().event(name).json_data(value) {
+            // A closed channel: the client left; the task is being aborted.
             Ok(event) => {
                 let _ = self.tx.send(event);
             }
-            Err(e) => tracing::warn!(error = %e, "cannot encode the final event"),
+            Err(e) => tracing::warn!(error = %e, event = name, "cannot encode an event"),
         }
+    }
+
+    /// Sends the last events: the cell error if any, then `done` (or
+    /// `error`).
+    fn finish<T: Answer>(mut self, result: Result<T, ServerError>) {
+        self.flush();
+        match result {
+            Ok(value) => {
+                if let Some(error) = value.cell_error() {
+                    self.send_json("cell_error", error);
+                }
+                self.send_json("done", value);
+            }
+            Err(e) => self.send_json("error", e.body()),
+        }
+    }
+}
+
+/// The whole answer of a streamed call: the `done` event's data, and the
+/// code's uncaught exception for the `cell_error` event before it.
+pub trait Answer: Serialize {
+    /// The code's uncaught exception, if it raised one.
+    fn cell_error(&self) -> Option<&CellError>;
+}
+
+impl Answer for RunResult {
+    fn cell_error(&self) -> Option<&CellError> {
+        self.error.as_ref()
+    }
+}
+
+impl Answer for CellResult {
+    fn cell_error(&self) -> Option<&CellError> {
+        self.error.as_ref()
     }
 }
 
@@ -78,6 +113,12 @@ impl RunObserver for EventObserver {
         for event in output_events(name, &chunk) {
             let _ = self.tx.send(event);
         }
+    }
+
+    fn result(&mut self, result: &ExecResult) {
+        // Output held back (a cut UTF-8 sequence) came before the result.
+        self.flush();
+        self.send_json("result", result);
     }
 }
 
@@ -153,7 +194,7 @@ pub fn stream<W, F, T>(work: W) -> impl axum::response::IntoResponse
 where
     W: FnOnce(EventObserver) -> F,
     F: Future<Output = (EventObserver, Result<T, ServerError>)> + Send + 'static,
-    T: Serialize,
+    T: Answer,
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let future = work(EventObserver::new(tx));
@@ -168,6 +209,21 @@ where
 mod tests {
     use super::*;
 
+    impl Answer for serde_json::Value {
+        fn cell_error(&self) -> Option<&CellError> {
+            None
+        }
+    }
+
+    /// Every event `observer` sent, as debug text, once it is dropped.
+    async fn drain(mut rx: mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+        let mut events = Vec::new();
+        while let Some(event) = rx.recv().await {
+            events.push(format!("{event:?}"));
+        }
+        events
+    }
+
     #[test]
     fn a_cut_utf8_sequence_waits_for_its_end() {
         let euro = "€".as_bytes();
@@ -179,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn text_split_across_chunks_arrives_as_text() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut observer = EventObserver::new(tx);
         let euro = "€".as_bytes();
         observer.output(OutputStream::Stdout, &[b'a', euro[0]]);
@@ -187,10 +243,7 @@ mod tests {
         observer.output(OutputStream::Stderr, &[0xff]);
         observer.output(OutputStream::Stderr, b"x\xffy");
         observer.finish(Ok::<_, ServerError>(serde_json::json!({"exit_code": 0})));
-        let mut events = Vec::new();
-        while let Some(event) = rx.recv().await {
-            events.push(format!("{event:?}"));
-        }
+        let events = drain(rx).await;
         assert_eq!(events.len(), 7, "{events:#?}");
         assert!(
             events[0].contains("stdout") && events[0].contains(r#"\"text\":\"a\""#),
@@ -202,6 +255,37 @@ mod tests {
         assert!(events[3].contains(r#"\"text\":\"x\""#), "{}", events[3]);
         assert!(events[4].contains("b64"), "{}", events[4]);
         assert!(events[5].contains(r#"\"text\":\"y\""#), "{}", events[5]);
-        assert!(events[6].contains("result"), "{}", events[6]);
+        assert!(events[6].contains("done"), "{}", events[6]);
+    }
+
+    #[tokio::test]
+    async fn a_result_comes_after_the_output_held_back_before_it() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut observer = EventObserver::new(tx);
+        let euro = "€".as_bytes();
+        observer.output(OutputStream::Stdout, &[b'a', euro[0]]);
+        observer.result(&ExecResult {
+            data: [("text/plain".to_owned(), serde_json::json!("2"))].into(),
+            is_main_result: true,
+            truncated: false,
+        });
+        observer.finish(Ok::<_, ServerError>(serde_json::json!({})));
+        let events = drain(rx).await;
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| {
+                ["stdout", "result", "done"]
+                    .into_iter()
+                    .find(|name| e.contains(&format!("event: {name}")))
+                    .unwrap_or("?")
+            })
+            .collect();
+        assert_eq!(names, ["stdout", "stdout", "result", "done"], "{events:#?}");
+        assert!(events[1].contains("b64"), "the held byte: {}", events[1]);
+        assert!(
+            events[2].contains(r#"\"is_main_result\":true"#),
+            "{}",
+            events[2]
+        );
     }
 }

@@ -4,9 +4,13 @@
 use crate::api::{ExecBody, SessionBody, SessionSpec};
 use crate::json::Strict;
 use crate::keys::Caller;
-use crate::mcp::{answer, McpTools};
+use crate::mcp::output::{answer, CellSummary, Closed, FileList, FileRead, ToolOutput};
+use crate::mcp::{default_language, McpTools};
+use crate::sessions::table::SessionInfo;
+use airlock::FileInfo;
 use airlock::Session;
 use base64::Engine;
+use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
 use rmcp::service::RequestContext;
@@ -20,7 +24,8 @@ use std::sync::Arc;
 /// language.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CreateSessionParams {
-    /// `python` (default), `javascript` or `raw` (bash).
+    /// `python`, `javascript` or `raw` (bash). Default: the image's
+    /// language, else python.
     #[serde(default)]
     pub language: Option<String>,
     /// The sandbox and its lifetime, as for REST.
@@ -108,7 +113,7 @@ impl McpTools {
         call: F,
     ) -> Result<CallToolResult, ErrorData>
     where
-        T: serde::Serialize,
+        T: ToolOutput,
         F: FnOnce(Caller, Arc<Session>) -> Fut,
         Fut: std::future::Future<Output = crate::Result<T>>,
     {
@@ -125,8 +130,9 @@ impl McpTools {
 impl McpTools {
     #[tool(
         name = "create_session",
+        output_schema = schema_for_output::<SessionInfo>(),
         description = "Start a persistent sandbox: a Linux microVM whose interpreter keeps its state (variables, imports, files in its home dir) across exec_in_session calls. \
-Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (memory_mib, cpus, network, packages) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
+Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (image, memory_mib, cpus, network, packages; \"image\": \"python-data\" for pandas, numpy and matplotlib) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
 Example: {\"language\": \"python\"}"
     )]
     async fn create_session(
@@ -136,7 +142,9 @@ Example: {\"language\": \"python\"}"
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = SessionBody {
-            language: p.language.unwrap_or_else(|| "python".to_owned()),
+            language: p
+                .language
+                .unwrap_or_else(|| default_language(&p.spec.sandbox)),
             spec: p.spec,
         };
         Ok(answer(self.airlock().create_session(&caller, &body).await))
@@ -144,8 +152,11 @@ Example: {\"language\": \"python\"}"
 
     #[tool(
         name = "exec_in_session",
+        output_schema = schema_for_output::<CellSummary>(),
         description = "Run code in a session made by create_session, as the next cell of its interpreter: earlier definitions are still there. \
-Returns exit_code, stdout, stderr, timed_out and state_lost (true when the interpreter had to be restarted, e.g. after a timeout, so earlier state is gone). One call at a time per session. \
+Returns exit_code, stdout, stderr, timed_out, state_lost (true when the interpreter had to be restarted, e.g. after a timeout, so earlier state is gone), results and error. \
+Results are the values the cell showed, as in Jupyter (python: its last expression, display(...), matplotlib figures; javascript: its last expression): each is a MIME bundle, and also comes as content to show, an image (a chart) as an image item, any other value as text. \
+error is the cell's uncaught exception {name, value, traceback}. One call at a time per session. \
 Example: {\"session_id\": \"...\", \"code\": \"import math\\nprint(math.pi)\"}"
     )]
     async fn exec_in_session(
@@ -160,20 +171,17 @@ Example: {\"session_id\": \"...\", \"code\": \"import math\\nprint(math.pi)\"}"
         };
         let airlock = self.airlock();
         self.on_session(&ctx, &p.session_id, |caller, session| async move {
-            let r = airlock
+            airlock
                 .exec(&caller, &session, &body, &mut airlock::Discard)
-                .await?;
-            Ok(serde_json::json!({
-                "exit_code": r.exit_code, "timed_out": r.timed_out, "state_lost": r.state_lost,
-                "stdout": String::from_utf8_lossy(&r.stdout), "stderr": String::from_utf8_lossy(&r.stderr),
-                "duration_ms": r.duration_ms,
-            }))
+                .await
+                .map(CellSummary::from)
         })
         .await
     }
 
     #[tool(
         name = "write_file",
+        output_schema = schema_for_output::<FileInfo>(),
         description = "Write a file into a session's home dir (created with its parent dirs; replaced if it exists), e.g. input data for the code. \
 Give text in `content` or binary data in `content_b64`. Returns path, size and sha256. Limit: the server's file size limit (64 MiB by default). \
 Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b\\n1,2\\n\"}"
@@ -201,6 +209,7 @@ Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b
 
     #[tool(
         name = "read_file",
+        output_schema = schema_for_output::<FileRead>(),
         description = "Read a file from a session's home dir, e.g. a result the code wrote. Returns path, size, sha256 and `content` (text) or `content_b64` (when the file is not UTF-8). \
 Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
     )]
@@ -211,24 +220,28 @@ Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
     ) -> Result<CallToolResult, ErrorData> {
         self.on_session(&ctx, &p.session_id, |_, session| async move {
             let (bytes, info) = session.read_file(&p.path).await?;
-            let mut value =
-                serde_json::json!({"path": info.path, "size": info.size, "sha256": info.sha256});
-            match String::from_utf8(bytes) {
-                Ok(text) => value["content"] = text.into(),
-                Err(e) => {
-                    value["content_b64"] = base64::engine::general_purpose::STANDARD
-                        .encode(e.as_bytes())
-                        .into();
-                }
-            }
-            Ok(value)
+            let (content, content_b64) = match String::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(e) => (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+                ),
+            };
+            Ok(FileRead {
+                path: info.path,
+                size: info.size,
+                sha256: info.sha256,
+                content,
+                content_b64,
+            })
         })
         .await
     }
 
     #[tool(
         name = "list_files",
-        description = "List a directory of a session's home dir: name, size, kind (file, dir, symlink) and mode of each entry. \
+        output_schema = schema_for_output::<FileList>(),
+        description = "List a directory of a session's home dir: {\"entries\": [..]} with the name, size, kind (file, dir, symlink) and mode of each entry. \
 Example: {\"session_id\": \"...\", \"dir\": \"data\"}"
     )]
     async fn list_files(
@@ -237,13 +250,15 @@ Example: {\"session_id\": \"...\", \"dir\": \"data\"}"
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         self.on_session(&ctx, &p.session_id, |_, session| async move {
-            Ok(session.list_files(p.dir.as_deref().unwrap_or(".")).await?)
+            let entries = session.list_files(p.dir.as_deref().unwrap_or(".")).await?;
+            Ok(FileList { entries })
         })
         .await
     }
 
     #[tool(
         name = "install_packages",
+        output_schema = schema_for_output::<CellSummary>(),
         description = "Install pinned packages into a session with the language's package manager (pip for python, npm for javascript), through a proxy that reaches only the package registry. \
 Versions must be pinned. Returns the installer's exit_code, stdout and stderr. \
 Example: {\"session_id\": \"...\", \"packages\": [\"requests==2.32.3\"]}"
@@ -254,13 +269,16 @@ Example: {\"session_id\": \"...\", \"packages\": [\"requests==2.32.3\"]}"
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         self.on_session(&ctx, &p.session_id, |_, session| async move {
-            Ok(session.install_packages(&p.packages).await?)
+            Ok(CellSummary::from(
+                session.install_packages(&p.packages).await?,
+            ))
         })
         .await
     }
 
     #[tool(
         name = "close_session",
+        output_schema = schema_for_output::<Closed>(),
         description = "Close a session made by create_session: its VM and every file in it are destroyed. Call it when the work is done. \
 Example: {\"session_id\": \"...\"}"
     )]
@@ -274,7 +292,9 @@ Example: {\"session_id\": \"...\"}"
             .airlock()
             .close_session(&caller, &p.session_id)
             .await
-            .map(|()| serde_json::json!({"closed": p.session_id}));
+            .map(|()| Closed {
+                closed: p.session_id,
+            });
         Ok(answer(result))
     }
 }

@@ -82,6 +82,7 @@ async fn boot_and_save(
     let options = VmOptions {
         tenant: TEMPLATE_TENANT.into(),
         language: inputs.shape.language,
+        image: inputs.shape.image,
         memory_mib: inputs.shape.memory_mib,
         vcpus: inputs.shape.vcpus,
         network: NetworkRequest::default(),

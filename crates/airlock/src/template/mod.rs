@@ -132,8 +132,8 @@ impl Templates {
     /// What the template of `shape` must match on this host and images.
     ///
     /// # Errors
-    /// [`BootError::ImagesMissing`] without a root disk for the language;
-    /// [`BootError::Qemu`] for a shape QEMU refuses.
+    /// [`BootError::ImagesMissing`] without a root disk for the shape's
+    /// image; [`BootError::Qemu`] for a shape QEMU refuses.
     pub fn inputs(&self, shape: TemplateShape) -> Result<TemplateInputs, BootError> {
         self.inputs_over(shape, None)
     }
@@ -149,14 +149,7 @@ impl Templates {
         layer: Option<&str>,
     ) -> Result<TemplateInputs, BootError> {
         let images = self.manager.images();
-        let rootfs_hash = images
-            .rootfs_hash
-            .get(&shape.language)
-            .cloned()
-            .ok_or_else(|| BootError::ImagesMissing {
-                dir: images.dir.clone(),
-                what: format!("no root disk for {}", shape.language),
-            })?;
+        let rootfs_hash = images.disk(shape.image())?.hash.clone();
         let caps = &self.manager.host().caps;
         Ok(TemplateInputs {
             format: TEMPLATE_FORMAT,
@@ -422,6 +415,7 @@ mod tests {
     fn shape(memory_mib: u32) -> TemplateShape {
         TemplateShape {
             language: Language::Python,
+            image: None,
             memory_mib,
             vcpus: 1,
         }

@@ -185,7 +185,7 @@ async fn write_read_and_list_files_round_trip() {
     let listed = mcp
         .call_ok("list_files", json!({"session_id": id, "dir": "data"}))
         .await;
-    let names: Vec<&str> = listed
+    let names: Vec<&str> = listed["entries"]
         .as_array()
         .unwrap()
         .iter()

@@ -15,6 +15,7 @@ mod errors;
 mod mcp;
 mod open;
 mod quotas;
+mod results;
 mod runs;
 mod sessions;
 mod sse;
@@ -330,6 +331,8 @@ pub(super) struct Mcp<'a> {
     key: &'a str,
     session: Option<String>,
     next_id: u64,
+    /// Each tool's declared output schema, by name.
+    output_schemas: std::collections::BTreeMap<String, Value>,
 }
 
 impl<'a> Mcp<'a> {
@@ -340,6 +343,7 @@ impl<'a> Mcp<'a> {
             key,
             session: None,
             next_id: 1,
+            output_schemas: std::collections::BTreeMap::new(),
         };
         let (reply, answer) = mcp
             .rpc(
@@ -361,6 +365,13 @@ impl<'a> Mcp<'a> {
             .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
             .await;
         assert!(note.status.is_success(), "{}", note.text());
+        let (_, tools) = mcp.rpc("tools/list", json!({})).await;
+        for tool in tools["result"]["tools"].as_array().into_iter().flatten() {
+            if let Some(name) = tool["name"].as_str() {
+                mcp.output_schemas
+                    .insert(name.to_owned(), tool["outputSchema"].clone());
+            }
+        }
         mcp
     }
 
@@ -410,7 +421,8 @@ impl<'a> Mcp<'a> {
     }
 
     /// `tools/call`: the tool's result (`isError` and its text parsed as
-    /// JSON when it is).
+    /// JSON when it is). A success's structured content must be that JSON
+    /// and fit the tool's output schema.
     pub async fn call(&mut self, tool: &str, arguments: Value) -> ToolAnswer {
         let (_, answer) = self
             .rpc("tools/call", json!({"name": tool, "arguments": arguments}))
@@ -421,10 +433,40 @@ impl<'a> Mcp<'a> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        ToolAnswer {
+        let answer = ToolAnswer {
             is_error: result["isError"].as_bool().unwrap_or(false),
             value: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
+        };
+        if !answer.is_error {
+            assert_eq!(result["structuredContent"], answer.value, "{tool}");
+            self.assert_fits_output_schema(tool, &answer.value);
+        }
+        answer
+    }
+
+    /// `value` has every field `tool`'s output schema requires and no
+    /// other than it names.
+    fn assert_fits_output_schema(&self, tool: &str, value: &Value) {
+        let schema = &self.output_schemas[tool];
+        let properties = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{tool}: no properties in {schema}"));
+        let fields = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{tool}: not an object: {value}"));
+        for field in fields.keys() {
+            assert!(
+                properties.contains_key(field),
+                "{tool}: `{field}` not in {schema}"
+            );
+        }
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let required = required.as_str().unwrap_or_default();
+            assert!(
+                fields.contains_key(required),
+                "{tool}: `{required}` missing in {value}"
+            );
         }
     }
 

@@ -1,13 +1,14 @@
 //! Server-sent events of runs and cells: `stdout`/`stderr` events with
-//! `{"text"}` data, one final `result` (or `error`) event, every frame
-//! well formed; refusals stay plain JSON.
+//! `{"text"}` data, one final `done` (or `error`) event, every frame
+//! well formed; refusals stay plain JSON. The `result` and `cell_error`
+//! events are `results.rs`'s.
 
 use super::{Harness, KEY_A};
 use axum::http::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
-async fn a_streamed_run_sends_stdout_then_one_result() {
+async fn a_streamed_run_sends_stdout_then_done() {
     let h = Harness::new();
     let reply = h
         .post_events(
@@ -19,7 +20,7 @@ async fn a_streamed_run_sends_stdout_then_one_result() {
     assert_eq!(reply.status, StatusCode::OK);
     let events = reply.events();
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["stdout", "result"], "{events:?}");
+    assert_eq!(names, ["stdout", "done"], "{events:?}");
     assert_eq!(events[0].1, json!({"text": "hello"}));
     assert_eq!(events[1].1["stdout"], "hello");
     assert_eq!(events[1].1["exit_code"], 0);
@@ -38,7 +39,7 @@ async fn stderr_comes_as_its_own_event() {
     let events = reply.events();
     assert_eq!(events[0].0, "stderr");
     assert_eq!(events[0].1["text"], "oops\n");
-    assert_eq!(events.last().unwrap().0, "result");
+    assert_eq!(events.last().unwrap().0, "done");
 }
 
 #[tokio::test]
@@ -52,7 +53,7 @@ async fn a_failure_after_the_stream_started_is_one_error_event() {
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["error"]["kind"], "vm_failed");
-    assert_eq!(events.iter().filter(|(n, _)| n == "result").count(), 0);
+    assert_eq!(events.iter().filter(|(n, _)| n == "done").count(), 0);
 }
 
 #[tokio::test]
@@ -64,7 +65,7 @@ async fn a_refusal_before_the_stream_is_plain_json() {
 }
 
 #[tokio::test]
-async fn a_streamed_cell_sends_its_output_then_the_cells_result() {
+async fn a_streamed_cell_sends_its_output_then_the_cells_answer() {
     let h = Harness::new();
     let id = h.session(KEY_A).await;
     let reply = h
@@ -77,7 +78,7 @@ async fn a_streamed_cell_sends_its_output_then_the_cells_result() {
     let events = reply.events();
     assert_eq!(events.first().unwrap().0, "stdout");
     let (name, result) = events.last().unwrap();
-    assert_eq!(name, "result");
+    assert_eq!(name, "done");
     assert_eq!(result["stdout"], "x");
     assert!(result.get("state_lost").is_some(), "{result}");
 }
