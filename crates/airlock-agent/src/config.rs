@@ -117,7 +117,7 @@ impl Default for AgentConfig {
             output_flush_interval: Duration::from_millis(50),
             kill_grace: Duration::from_secs(2),
             output_drain_timeout: Duration::from_secs(1),
-            warm_timeout: Duration::from_secs(60),
+            warm_timeout: airlock_protocol::abi::DRIVER_START_TIMEOUT,
             max_ops_in_flight: 64,
             exec_cgroup_parent: None,
             cell_dir: PathBuf::from("/run/airlock-cells"),

@@ -69,6 +69,17 @@ pub const SANDBOX_HOME: &str = "/home/sandbox";
 /// Numeric id of the unprivileged `sandbox` user (and its group).
 pub const SANDBOX_UID: u32 = 1000;
 
+/// Longest the agent waits for a language's cell driver to start and say
+/// it is ready (a `warm_repl`, or the first cell or one-shot run in a VM
+/// without a warm interpreter). It covers the image's preloaded modules:
+/// `python-data` imports numpy, pandas and matplotlib, over a minute under
+/// TCG on a loaded host.
+pub const DRIVER_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Longest the host waits for a warm-up it asked for:
+/// [`DRIVER_START_TIMEOUT`] and a margin for the answer to arrive.
+pub const HOST_WARM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(200);
+
 /// Prefix of every line `airlock-init` writes to the console.
 pub const INIT_LOG_PREFIX: &str = "airlock-init:";
 

@@ -23,8 +23,10 @@ use std::time::Duration;
 /// not combine with `flatten`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 pub struct RunBody {
-    /// `python`, `javascript` or `raw` (bash).
-    pub language: String,
+    /// `python`, `javascript` or `raw` (bash). Default: the image's
+    /// language, else python (as the CLI's `--language`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     /// The source code.
     pub code: String,
     /// Timeout of the code in seconds (boot not included). Default 30.
@@ -47,8 +49,10 @@ pub struct RunBody {
 /// same ([`SessionSpec`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 pub struct SessionBody {
-    /// `python`, `javascript` or `raw` (bash).
-    pub language: String,
+    /// `python`, `javascript` or `raw` (bash). Default: the image's
+    /// language, else python (as the CLI's `--language`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     /// Memory, vCPUs, network, packages, idle timeout and lifetime.
     #[serde(flatten)]
     pub spec: SessionSpec,
@@ -141,6 +145,18 @@ pub fn parse_language(name: &str) -> Result<Language> {
         .map_err(|e| ServerError::bad_request(format!("language: {e}")))
 }
 
+/// The language of a request: the one it names, else its image's, else
+/// python: the CLI's default, on every front end.
+///
+/// # Errors
+/// As [`parse_language`].
+pub fn language_of(language: Option<&str>, sandbox: &SandboxArgs) -> Result<Language> {
+    match language {
+        Some(name) => parse_language(name),
+        None => Ok(sandbox.shape.language(None, Language::Python)),
+    }
+}
+
 /// A timeout in seconds, checked.
 ///
 /// # Errors
@@ -164,7 +180,7 @@ impl RunBody {
     /// [`ServerError::BadRequest`] (or an orchestrator's invalid input) for
     /// a bad field, [`ServerError::Quota`] over the quotas.
     pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
-        let language = parse_language(&self.language)?;
+        let language = language_of(self.language.as_deref(), &self.sandbox)?;
         let spec = self.sandbox.to_spec(tenant, language)?;
         let mut request = RunRequest::in_sandbox(spec, self.code.clone());
         request.timeout = parse_timeout(self.timeout_s, airlock::DEFAULT_TIMEOUT)?;
@@ -298,7 +314,7 @@ mod tests {
             "idle_timeout_s": 5, "max_lifetime_s": 60
         }))
         .unwrap();
-        let language = parse_language(&body.language).unwrap();
+        let language = language_of(body.language.as_deref(), &body.spec.sandbox).unwrap();
         let options = body.spec.to_options("t", language).unwrap();
         assert_eq!(
             (options.spec.shape.vcpus, options.spec.shape.memory_mib),

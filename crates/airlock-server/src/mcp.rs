@@ -54,15 +54,6 @@ pub struct McpTools {
     fixed_caller: Option<Caller>,
 }
 
-/// The language of a tool call that names none: its image's, else
-/// python.
-pub(crate) fn default_language(sandbox: &SandboxArgs) -> String {
-    sandbox
-        .shape
-        .language(None, airlock::Language::Python)
-        .to_string()
-}
-
 #[tool_router]
 impl McpTools {
     /// Tools for `caller` (stdio), or for each HTTP request's caller.
@@ -113,9 +104,7 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = RunBody {
-            language: params
-                .language
-                .unwrap_or_else(|| default_language(&params.sandbox)),
+            language: params.language,
             code: params.code,
             timeout_s: params.timeout_s,
             sandbox: params.sandbox,

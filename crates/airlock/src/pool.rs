@@ -45,8 +45,6 @@ use tokio::time::Instant;
 pub const POOL_TENANT: &str = "warm-pool";
 /// Longest wait for a QMP `stop` or `cont`.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the warm-up inside a new pool VM.
-const WARM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Waits after failed fills: 1 s doubling to a minute.
 const FILL_BACKOFF: Backoff = Backoff {
     first: Duration::from_secs(1),
@@ -159,7 +157,7 @@ async fn warm(vm: &Vm) -> Result<(), BootError> {
     };
     let client = vm.client()?;
     let warmed = client
-        .warm_repl(vm.language(), WARM_TIMEOUT)
+        .warm_repl(vm.language(), airlock_protocol::abi::HOST_WARM_TIMEOUT)
         .await
         .map_err(protocol)?;
     if warmed.exit_code != 0 {
@@ -173,7 +171,8 @@ async fn warm(vm: &Vm) -> Result<(), BootError> {
         mode: ExecMode::Cell,
         language: vm.language(),
         code: noop_code(vm.language()).into(),
-        timeout_ms: u64::try_from(WARM_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: u64::try_from(airlock_protocol::abi::HOST_WARM_TIMEOUT.as_millis())
+            .unwrap_or(u64::MAX),
         env: Default::default(),
         cwd: None,
     };

@@ -22,7 +22,7 @@ use crate::source::{
     choose_source, ColdSource, LayerPreparer, PackagePreparer, PoolSource, SandboxVm, SourceKind,
     TemplateSource, VmSource,
 };
-use crate::spec::{CaBundle, MachineShape, SandboxSpec};
+use crate::spec::{CaBundle, Image, MachineShape, SandboxSpec};
 use crate::template::{warm_of, Templates, Warm};
 use crate::vm::BootTimings;
 use airlock_egress::{AirlockCa, SecretSet, UpstreamRoots};
@@ -41,13 +41,21 @@ use std::time::Instant;
 /// cold run's. A VM from a warm pool holds its interpreter warm in every
 /// language (the fill started it after its reseed, Node included). Otherwise
 /// (a cold boot, a javascript template, which holds no running Node) a
-/// process: starting the cell driver would cost more.
-pub fn one_shot_mode(boot: &BootTimings, language: Language) -> ExecMode {
-    if boot.from_warm_pool || (boot.restore.is_some() && warm_of(language) == Warm::Interpreter) {
+/// process: starting the cell driver would cost more. An image that is
+/// not a language's own (`python-data`) always runs in its interpreter,
+/// even cold: rich results are what it is for (`docs/outputs.md`).
+pub fn one_shot_mode(boot: &BootTimings, image: Image) -> ExecMode {
+    if has_warm_interpreter(boot, image.language()) || !image.is_language_default() {
         ExecMode::OneShot
     } else {
         ExecMode::Process
     }
+}
+
+/// Whether a VM with these boot timings holds a warm interpreter: taken
+/// from a pool, or restored from a template that holds one.
+fn has_warm_interpreter(boot: &BootTimings, language: Language) -> bool {
+    boot.from_warm_pool || (boot.restore.is_some() && warm_of(language) == Warm::Interpreter)
 }
 
 /// What a [`Scheduler`] is built from: its VM sources, its package
@@ -255,21 +263,28 @@ impl Scheduler {
         observer.stage(Stage::Running);
         let exec_start = Instant::now();
         let language = spec.language();
+        let mode = one_shot_mode(vm.boot_timings(), spec.shape.image());
+        // A one-shot run in a VM without a warm interpreter starts it first,
+        // under the warm-up's deadline rather than the code's timeout.
+        let cold_interpreter =
+            mode == ExecMode::OneShot && !has_warm_interpreter(vm.boot_timings(), language);
         let exec = ExecRequest {
-            mode: one_shot_mode(vm.boot_timings(), language),
+            mode,
             language,
             code,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             env,
             cwd: None,
         };
-        let outcome = match upload_all(vm.as_ref(), &uploads).await {
-            Ok(()) => {
-                vm.exec(exec, &mut |piece| crate::observer::forward(observer, piece))
-                    .await
+        let outcome = async {
+            upload_all(vm.as_ref(), &uploads).await?;
+            if cold_interpreter {
+                vm.warm_repl().await?;
             }
-            Err(e) => Err(e),
-        };
+            vm.exec(exec, &mut |piece| crate::observer::forward(observer, piece))
+                .await
+        }
+        .await;
         let exec_ms = ms(exec_start.elapsed());
         // Downloads after any end of the code (a failure or a timeout
         // too), while the VM is still there; not after an Airlock error.

@@ -5,7 +5,7 @@ use crate::api::{ExecBody, SessionBody, SessionSpec};
 use crate::json::Strict;
 use crate::keys::Caller;
 use crate::mcp::output::{answer, CellSummary, Closed, FileList, FileRead, ToolOutput};
-use crate::mcp::{default_language, McpTools};
+use crate::mcp::McpTools;
 use crate::sessions::table::SessionInfo;
 use airlock::FileInfo;
 use airlock::Session;
@@ -142,9 +142,7 @@ Example: {\"language\": \"python\"}"
     ) -> Result<CallToolResult, ErrorData> {
         let caller = self.caller(&ctx)?;
         let body = SessionBody {
-            language: p
-                .language
-                .unwrap_or_else(|| default_language(&p.spec.sandbox)),
+            language: p.language,
             spec: p.spec,
         };
         Ok(answer(self.airlock().create_session(&caller, &body).await))

@@ -12,7 +12,7 @@ pub mod mcp;
 pub mod table;
 
 use self::table::{info, SessionInfo};
-use crate::api::{parse_language, parse_timeout, ExecBody, SessionBody};
+use crate::api::{language_of, parse_timeout, ExecBody, SessionBody};
 use crate::error::Result;
 use crate::keys::Caller;
 use crate::service::Airlock;
@@ -28,7 +28,7 @@ impl Airlock {
     /// while draining; the orchestrator's errors.
     pub async fn create_session(&self, caller: &Caller, body: &SessionBody) -> Result<SessionInfo> {
         self.check_not_draining()?;
-        let language = parse_language(&body.language)?;
+        let language = language_of(body.language.as_deref(), &body.spec.sandbox)?;
         let options = body.spec.to_options(&caller.tenant, language)?;
         caller.quotas.check_vm(
             &caller.tenant,

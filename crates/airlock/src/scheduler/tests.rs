@@ -713,20 +713,45 @@ fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
         from_warm_pool: true,
         ..BootTimings::default()
     };
+    assert_eq!(one_shot_mode(&restored, Image::Python), ExecMode::OneShot);
+    assert_eq!(one_shot_mode(&restored, Image::Raw), ExecMode::OneShot);
     assert_eq!(
-        one_shot_mode(&restored, Language::Python),
-        ExecMode::OneShot
-    );
-    assert_eq!(one_shot_mode(&restored, Language::Raw), ExecMode::OneShot);
-    assert_eq!(
-        one_shot_mode(&restored, Language::Javascript),
+        one_shot_mode(&restored, Image::Javascript),
         ExecMode::Process
     );
     for language in Language::ALL {
+        let image = Image::of_language(language);
         assert_eq!(
-            one_shot_mode(&BootTimings::default(), language),
+            one_shot_mode(&BootTimings::default(), image),
             ExecMode::Process
         );
-        assert_eq!(one_shot_mode(&pooled, language), ExecMode::OneShot);
+        assert_eq!(one_shot_mode(&pooled, image), ExecMode::OneShot);
     }
+}
+
+#[test]
+fn a_python_data_run_is_always_a_cell_so_that_it_returns_results() {
+    for boot in [
+        BootTimings::default(),
+        BootTimings {
+            restore: Some(Default::default()),
+            ..BootTimings::default()
+        },
+    ] {
+        assert_eq!(one_shot_mode(&boot, Image::PythonData), ExecMode::OneShot);
+    }
+}
+
+#[tokio::test]
+async fn a_cold_python_data_run_warms_its_interpreter_before_the_code() {
+    let fakes = FakeSetup::new();
+    let mut request = run("show 2");
+    request.spec.shape = request.spec.shape.with_image(Image::PythonData);
+
+    let result = fakes.scheduler.run(request).await.unwrap();
+
+    assert_eq!(result.results[0].text(), Some("2"));
+    let execs = fakes.cold.execs();
+    assert_eq!(execs.last().unwrap().mode, ExecMode::OneShot);
+    assert_eq!(fakes.cold.warmed(), 1, "the interpreter started first");
 }

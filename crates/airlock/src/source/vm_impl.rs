@@ -12,8 +12,6 @@ use crate::vm::{BootTimings, ExecOutcome, Vm};
 use airlock_protocol::{ExecRequest, FileEntry, Language};
 use std::time::Duration;
 
-/// Deadline of warming the interpreter.
-const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of one install into a running VM.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -75,7 +73,7 @@ impl SandboxVm for Vm {
     fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(async move {
             self.client()?
-                .warm_repl(Vm::language(self), WARM_TIMEOUT)
+                .warm_repl(Vm::language(self), airlock_protocol::abi::HOST_WARM_TIMEOUT)
                 .await
                 .map(drop)
                 .map_err(|source| ExecError::Protocol {

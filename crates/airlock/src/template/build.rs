@@ -22,8 +22,6 @@ use tokio::time::Instant;
 
 /// The limits-group tenant of template VMs.
 const TEMPLATE_TENANT: &str = "templates";
-/// Longest wait for the interpreter's warm-up run.
-const WARM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for pausing and saving the device state.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -140,7 +138,7 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<(), BootError> {
     let client = vm.client()?;
     let completion = match warm_of(vm.language()) {
         Warm::Interpreter => client
-            .warm_repl(vm.language(), WARM_TIMEOUT)
+            .warm_repl(vm.language(), airlock_protocol::abi::HOST_WARM_TIMEOUT)
             .await
             .map_err(protocol)?,
         Warm::PageCache(code) => {
@@ -148,12 +146,13 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<(), BootError> {
                 mode: ExecMode::Process,
                 language: vm.language(),
                 code: code.to_owned(),
-                timeout_ms: u64::try_from(WARM_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms: u64::try_from(airlock_protocol::abi::HOST_WARM_TIMEOUT.as_millis())
+                    .unwrap_or(u64::MAX),
                 env: Default::default(),
                 cwd: None,
             };
             client
-                .exec_collect(request, WARM_TIMEOUT)
+                .exec_collect(request, airlock_protocol::abi::HOST_WARM_TIMEOUT)
                 .await
                 .map_err(protocol)?
                 .completion

@@ -325,6 +325,39 @@ async fn an_image_in_a_run_or_session_body_picks_the_vms_root_disk() {
 }
 
 #[tokio::test]
+async fn a_body_without_a_language_takes_its_images_else_python() {
+    let h = Harness::new();
+    h.post(
+        KEY_A,
+        "/v1/runs",
+        &json!({"code": "1", "image": "python-data"}),
+    )
+    .await
+    .ok(StatusCode::OK);
+    h.post(KEY_A, "/v1/sessions", &json!({"image": "python-data"}))
+        .await
+        .ok(StatusCode::CREATED);
+    h.post(KEY_A, "/v1/runs", &json!({"code": "1"}))
+        .await
+        .ok(StatusCode::OK);
+    let shapes: Vec<(airlock::Language, airlock::Image)> = h
+        .fakes
+        .cold
+        .acquired()
+        .iter()
+        .map(|o| (o.language, o.image()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            (airlock::Language::Python, airlock::Image::PythonData),
+            (airlock::Language::Python, airlock::Image::PythonData),
+            (airlock::Language::Python, airlock::Image::Python),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_image_or_one_of_another_language_is_400() {
     let h = Harness::new();
     let unknown = h
