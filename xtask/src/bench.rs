@@ -12,6 +12,8 @@
 
 /// The A/B rows: a baseline binary against this workspace's, interleaved.
 mod ab;
+/// The data rows: the python-data image's import, chart cells, memory.
+mod data;
 /// The session rows: a cell's round trip, a session's start.
 mod session;
 
@@ -36,8 +38,8 @@ pub struct BenchArgs {
     pub acquires: usize,
     /// Measure only these groups of rows (repeat or comma-separate); the
     /// sections they write replace the same sections of
-    /// docs/benchmarks.md, the others are kept. Default: `standard`, and
-    /// `ab` when `--baseline` is given.
+    /// docs/benchmarks.md, the others are kept. Default: `standard` and
+    /// `data`, and `ab` when `--baseline` is given.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Rows>,
     /// The `airlock` binary of the A/B's baseline (built from the
@@ -52,6 +54,11 @@ pub struct BenchArgs {
     /// the current side's). Default: `<baseline-images>-cache`.
     #[arg(long, requires = "baseline")]
     pub baseline_cache: Option<PathBuf>,
+    /// More sides for the A/B, each `LABEL,AIRLOCK,IMAGES,CACHE` (a binary
+    /// over its images and cache dir), between the baseline and this
+    /// workspace.
+    #[arg(long = "side", requires = "baseline")]
+    pub sides: Vec<String>,
     /// The baseline's name in the table (its commit id).
     #[arg(long, default_value = "baseline")]
     pub baseline_label: String,
@@ -69,6 +76,9 @@ pub enum Rows {
     Standard,
     /// The interleaved A/B against `--baseline` (issue 19).
     Ab,
+    /// The python-data image: its import against `print(1)`, chart cells in
+    /// a session, its template's memory (issue 20).
+    Data,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -149,7 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut only = args.only.clone();
     if only.is_empty() {
-        only.push(Rows::Standard);
+        only.extend([Rows::Standard, Rows::Data]);
         if args.baseline.is_some() {
             only.push(Rows::Ab);
         }
@@ -163,6 +173,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut doc = String::new();
     if only.contains(&Rows::Standard) {
         doc.push_str(&standard(args, &manifest, &airlock)?);
+    }
+    if only.contains(&Rows::Data) {
+        doc.push_str(&data::render(&data::measure(&airlock, args.runs)?)?);
     }
     if let (true, Some(baseline), Some(images)) = (
         only.contains(&Rows::Ab),
@@ -180,8 +193,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             images,
             &cache,
         );
-        let after = ab::Side::current(workspace_commit(), airlock.clone());
-        doc.push_str(&ab::render(&ab::measure(&before, &after, args.ab_rounds)?)?);
+        let mut sides = vec![before];
+        for spec in &args.sides {
+            sides.push(ab::Side::parse(spec)?);
+        }
+        sides.push(ab::Side::current(workspace_commit(), airlock.clone()));
+        doc.push_str(&ab::render(&ab::measure(&sides, args.ab_rounds)?)?);
     }
     let path = workspace_root().join("docs").join("benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();

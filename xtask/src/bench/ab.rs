@@ -1,9 +1,10 @@
 //! The A/B rows of `cargo xtask bench --baseline AIRLOCK --baseline-images
-//! DIR`: the one-shot rows (`print(1)`, `console.log(1)`, `true`; restored
-//! from the memory template and `--cold`) run by a baseline `airlock`
-//! binary over its own images and cache, and by this workspace's release
-//! binary over the current ones, interleaved: round after round, every row
-//! once per side, the side that goes first alternating. The machine is
+//! DIR [--side LABEL,AIRLOCK,IMAGES,CACHE]...`: the one-shot rows
+//! (`print(1)`, `console.log(1)`, `true`; restored from the memory template
+//! and `--cold`) run by a baseline `airlock` binary over its own images and
+//! cache, by any further sides, and by this workspace's release binary over
+//! the current images and cache, interleaved: round after round, every row
+//! once per side, the side that goes first turning. The machine is
 //! shared and its load moves; interleaving lets a moving load weigh on both
 //! sides alike, which two benches run one after the other cannot.
 
@@ -37,6 +38,23 @@ impl Side {
                 (CACHE_DIR_ENV.into(), cache.into()),
             ],
         }
+    }
+
+    /// A side from `LABEL,AIRLOCK,IMAGES,CACHE` (`--side`).
+    ///
+    /// # Errors
+    /// Not four comma-separated fields.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let fields: Vec<&str> = spec.split(',').collect();
+        let [label, airlock, images, cache] = fields[..] else {
+            bail!("--side {spec:?}: expected LABEL,AIRLOCK,IMAGES,CACHE");
+        };
+        Ok(Self::baseline(
+            label.to_owned(),
+            PathBuf::from(airlock),
+            Path::new(images),
+            Path::new(cache),
+        ))
     }
 
     /// This workspace's binary in the environment of the bench itself.
@@ -83,24 +101,24 @@ fn rows() -> Vec<Row> {
         .collect()
 }
 
-/// What the A/B measured: per row, the baseline's samples and the
-/// current side's.
+/// What the A/B measured: per row, each side's samples.
 pub(super) struct Numbers {
-    baseline: String,
-    current: String,
+    /// The sides' labels, the baseline first.
+    labels: Vec<String>,
     rounds: usize,
-    rows: Vec<(Row, Vec<Sample>, Vec<Sample>)>,
+    /// Per row, each side's samples (in the order of `labels`).
+    rows: Vec<(Row, Vec<Vec<Sample>>)>,
     /// The 1-minute load average at the start of each round, and at the end.
     load: Vec<String>,
 }
 
-/// Runs `rounds` interleaved rounds (after one unmeasured restored run per
-/// language and side, which builds a missing template).
+/// Runs `rounds` interleaved rounds over `sides` (the baseline first),
+/// after one unmeasured restored run per language and side, which builds
+/// a missing template.
 ///
 /// # Errors
 /// A run failing, or a restored row that was not restored.
-pub(super) fn measure(baseline: &Side, current: &Side, rounds: usize) -> Result<Numbers> {
-    let sides = [baseline, current];
+pub(super) fn measure(sides: &[Side], rounds: usize) -> Result<Numbers> {
     for side in sides {
         for (language, code) in SNIPPETS {
             eprintln!(
@@ -111,13 +129,17 @@ pub(super) fn measure(baseline: &Side, current: &Side, rounds: usize) -> Result<
         }
     }
     let rows = rows();
-    let mut samples: Vec<[Vec<Sample>; 2]> = rows.iter().map(|_| Default::default()).collect();
+    let mut samples: Vec<Vec<Vec<Sample>>> =
+        rows.iter().map(|_| vec![Vec::new(); sides.len()]).collect();
     let mut load = Vec::new();
     for round in 0..rounds {
         load.push(load_average());
-        // ABBA: the side that runs first alternates, so neither always
-        // finds the page cache warmed or the machine calmed by the other.
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        // The side that runs first turns with each round, so that none
+        // always finds the page cache warmed or the machine calmed by
+        // another.
+        let order: Vec<usize> = (0..sides.len())
+            .map(|i| (i + round) % sides.len())
+            .collect();
         for (i, row) in rows.iter().enumerate() {
             eprint!(
                 "\rxtask: bench A/B round {}/{rounds}: {} {}        ",
@@ -125,7 +147,7 @@ pub(super) fn measure(baseline: &Side, current: &Side, rounds: usize) -> Result<
                 if row.restored { "restored" } else { "cold" },
                 row.language
             );
-            for s in order {
+            for &s in &order {
                 samples[i][s].push(sides[s].run(row.restored, row.language, row.code)?);
             }
         }
@@ -133,14 +155,9 @@ pub(super) fn measure(baseline: &Side, current: &Side, rounds: usize) -> Result<
     eprintln!();
     load.push(load_average());
     Ok(Numbers {
-        baseline: baseline.label.clone(),
-        current: current.label.clone(),
+        labels: sides.iter().map(|s| s.label.clone()).collect(),
         rounds,
-        rows: rows
-            .into_iter()
-            .zip(samples)
-            .map(|(row, [a, b])| (row, a, b))
-            .collect(),
+        rows: rows.into_iter().zip(samples).collect(),
         load,
     })
 }
@@ -159,47 +176,49 @@ pub(super) fn render(n: &Numbers) -> Result<String> {
         (lo.min(l), hi.max(l))
     });
     writeln!(d, "\n{HEADING}\n")?;
+    let names: Vec<String> = n.labels.iter().map(|l| format!("`{l}`")).collect();
     writeln!(
         d,
-        "Written by `cargo xtask bench --only ab --baseline AIRLOCK --baseline-images DIR`. \
-         Before: `{}` (its release binary over images built by its own `cargo xtask images`, \
-         its own cache dir); after: `{}` (this workspace's release binary over the current \
-         images). {} rounds; in each, every row runs once per side, the side that goes first \
-         alternating. Other engineers compile on this 2-core machine at the same time: the load \
-         average (1 min) moved between {lo:.2} and {hi:.2} during the A/B ({} at the start, {} at \
-         the end). Under TCG every figure grows with the load, so only the interleaved \
-         comparison is fair: both sides met the same load. ms, p50 / p95.\n",
-        n.baseline,
-        n.current,
+        "Written by `cargo xtask bench --only ab --baseline AIRLOCK --baseline-images DIR \
+         [--side LABEL,AIRLOCK,IMAGES,CACHE]...`. Sides: {}; the baseline first, each an \
+         `airlock` release binary over images built by its own commit's `cargo xtask images` \
+         and a cache dir of its own (templates), the last this workspace's. {} rounds; in each, \
+         every row runs once per side, the side that goes first turning. Other engineers \
+         compile on this 2-core machine at the same time: the load average (1 min) moved \
+         between {lo:.2} and {hi:.2} during the A/B ({} at the start, {} at the end). Under TCG \
+         every figure grows with the load, so only the interleaved comparison is fair: every \
+         side met the same load. ms, p50 / p95; the ratio is the side's wall p50 over the \
+         baseline's.\n",
+        names.join(", "),
         n.rounds,
         n.load.first().map_or("unknown", String::as_str),
         n.load.last().map_or("unknown", String::as_str),
     )?;
     writeln!(
         d,
-        "| run | wall before | wall after | after / before (p50) | exec before | exec after | guest ready before | guest ready after |"
+        "| run | side | wall | / baseline (p50) | exec | guest ready |"
     )?;
-    writeln!(d, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(d, "|---|---|---|---|---|---|")?;
     let pair = |s: &[Sample], f: fn(&Sample) -> f64| {
         let (a, b) = percentiles(&s.iter().map(f).collect::<Vec<_>>());
         format!("{a:.0} / {b:.0}")
     };
-    for (row, before, after) in &n.rows {
-        let p50 = |s: &[Sample]| percentiles(&s.iter().map(|x| x.wall_ms).collect::<Vec<_>>()).0;
-        writeln!(
-            d,
-            "| {} {} `{}` | {} | {} | {:.2} | {} | {} | {} | {} |",
-            if row.restored { "restored" } else { "cold" },
-            row.language,
-            row.code,
-            pair(before, |x| x.wall_ms),
-            pair(after, |x| x.wall_ms),
-            p50(after) / p50(before),
-            pair(before, |x| x.exec_ms),
-            pair(after, |x| x.exec_ms),
-            pair(before, |x| x.ready_ms),
-            pair(after, |x| x.ready_ms),
-        )?;
+    let p50 = |s: &[Sample]| percentiles(&s.iter().map(|x| x.wall_ms).collect::<Vec<_>>()).0;
+    for (row, sides) in &n.rows {
+        let base = sides.first().map_or(f64::NAN, |s| p50(s));
+        for (label, samples) in n.labels.iter().zip(sides) {
+            writeln!(
+                d,
+                "| {} {} `{}` | `{label}` | {} | {:.2} | {} | {} |",
+                if row.restored { "restored" } else { "cold" },
+                row.language,
+                row.code,
+                pair(samples, |x| x.wall_ms),
+                p50(samples) / base,
+                pair(samples, |x| x.exec_ms),
+                pair(samples, |x| x.ready_ms),
+            )?;
+        }
     }
     Ok(d)
 }
@@ -218,6 +237,15 @@ mod tests {
     }
 
     #[test]
+    fn a_side_is_parsed_from_four_fields_and_refused_otherwise() {
+        let side = Side::parse("main,/bin/airlock,/img,/cache").unwrap();
+        assert_eq!(side.label, "main");
+        assert_eq!(side.airlock, Path::new("/bin/airlock"));
+        assert_eq!(side.env.len(), 2);
+        assert!(Side::parse("main,/bin/airlock").is_err());
+    }
+
+    #[test]
     fn rows_cover_every_snippet_restored_and_cold() {
         let rows = rows();
         assert_eq!(rows.len(), 2 * SNIPPETS.len());
@@ -225,16 +253,17 @@ mod tests {
     }
 
     #[test]
-    fn render_puts_both_sides_and_their_ratio_in_one_line() {
+    fn render_gives_each_side_a_line_with_its_ratio_to_the_baseline() {
         let row = rows()[0];
         let n = Numbers {
-            baseline: "f3c1902".into(),
-            current: "abc1234".into(),
+            labels: vec!["f3c1902".into(), "abc1234".into()],
             rounds: 2,
             rows: vec![(
                 row,
-                vec![sample(100.0), sample(100.0)],
-                vec![sample(150.0), sample(150.0)],
+                vec![
+                    vec![sample(100.0), sample(100.0)],
+                    vec![sample(150.0), sample(150.0)],
+                ],
             )],
             load: vec!["1.50".into(), "2.50".into(), "0.50".into()],
         };
@@ -242,11 +271,11 @@ mod tests {
         assert!(md.contains(HEADING), "{md}");
         assert!(md.contains("`f3c1902`") && md.contains("`abc1234`"), "{md}");
         assert!(md.contains("between 0.50 and 2.50"), "{md}");
-        assert!(
-            md.contains(
-                "| restored python `print(1)` | 100 / 100 | 150 / 150 | 1.50 | 50 / 50 | 75 / 75 |"
-            ),
-            "{md}"
-        );
+        for line in [
+            "| restored python `print(1)` | `f3c1902` | 100 / 100 | 1.00 | 50 / 50 | 10 / 10 |",
+            "| restored python `print(1)` | `abc1234` | 150 / 150 | 1.50 | 75 / 75 | 10 / 10 |",
+        ] {
+            assert!(md.contains(line), "{md}");
+        }
     }
 }
