@@ -59,6 +59,7 @@ fn options(language: Language, memory_mib: u32, network: NetworkRequest) -> VmOp
         packages: None,
         tenant: TENANT.into(),
         language,
+        image: None,
         memory_mib,
         vcpus: 1,
         network,

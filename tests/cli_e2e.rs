@@ -212,3 +212,106 @@ fn ctrl_c_stops_the_vm_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "work dirs left: {left:?}");
     assert!(airlock_tests::qemu_processes_mentioning(run_dir.path().to_str().unwrap()).is_empty());
 }
+
+/// Whether `bytes` is a whole PNG: the signature, then chunks (length,
+/// type, data, CRC) up to `IEND` at the very end; returns the `IHDR` size.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    if bytes.get(..8)? != b"\x89PNG\r\n\x1a\n" || bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let size = (word(16)?, word(20)?);
+    let mut at = 8;
+    loop {
+        let length = usize::try_from(word(at)?).ok()?;
+        let kind = bytes.get(at + 4..at + 8)?;
+        at = at.checked_add(12 + length)?;
+        if kind == b"IEND" {
+            return (at == bytes.len()).then_some(size);
+        }
+    }
+}
+
+#[test]
+fn a_data_run_prints_the_frame_and_saves_the_chart_as_a_png() {
+    let Some(images) = images_or_skip("cli_data") else {
+        return;
+    };
+    if images.disk(airlock::Image::PythonData).is_err() {
+        eprintln!("SKIP cli_data: no python-data disk (cargo xtask images builds it)");
+        return;
+    }
+    // Templates in a dir of this test's own (the images are the shared ones).
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let images_dir = images.dir.to_str().unwrap();
+    let code = "import pandas as pd\n\
+                import matplotlib.pyplot as plt\n\
+                df = pd.DataFrame({'x': [1, 2, 3], 'y': [4, 5, 6]})\n\
+                print('drawn')\n\
+                plt.plot(df.x, df.y)\n\
+                plt.show()\n\
+                df.head()\n";
+    let o = airlock_tests::run_with_stdin(
+        env!("CARGO_BIN_EXE_airlock-under-test"),
+        &["run", "--image", "python-data", "-t", "120", code],
+        &[
+            ("AIRLOCK_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("AIRLOCK_IMAGES", images_dir),
+        ],
+        "",
+        Some(work.path()),
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
+    assert_eq!(
+        out(&o),
+        "drawn\n   x  y\n0  1  4\n1  2  5\n2  3  6\n",
+        "the output, then the value of the last line; stderr: {}",
+        err(&o)
+    );
+    let png = std::fs::read(work.path().join("airlock-output/1.png")).unwrap();
+    assert_eq!(png_size(&png), Some((640, 480)), "a whole 640x480 PNG");
+    let line = err(&o)
+        .lines()
+        .find(|l| l.starts_with("image/png "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no line names the PNG: {}", err(&o)));
+    assert!(
+        line.starts_with("image/png 640x480 ") && line.ends_with(" -> airlock-output/1.png"),
+        "{line}"
+    );
+
+    // A second run into the same dir, quiet: the next number, no line.
+    let o = airlock_tests::run_with_stdin(
+        env!("CARGO_BIN_EXE_airlock-under-test"),
+        &[
+            "run",
+            "--image",
+            "python-data",
+            "-q",
+            "-t",
+            "120",
+            "--output-dir",
+            "airlock-output",
+            "import matplotlib.pyplot as plt; plt.plot([1, 2, 3]);",
+        ],
+        &[
+            ("AIRLOCK_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("AIRLOCK_IMAGES", images_dir),
+        ],
+        "",
+        Some(work.path()),
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
+    assert_eq!(out(&o), "", "a figure left open is saved, not printed");
+    assert!(!err(&o).contains("image/png"), "-q: {}", err(&o));
+    let second = std::fs::read(work.path().join("airlock-output/2.png")).unwrap();
+    assert_eq!(png_size(&second), Some((640, 480)));
+    assert_eq!(
+        std::fs::read(work.path().join("airlock-output/1.png")).unwrap(),
+        png,
+        "the first chart is kept"
+    );
+}

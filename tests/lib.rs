@@ -483,6 +483,7 @@ pub fn default_shape(language: Language) -> airlock::template::TemplateShape {
     let defaults = airlock::RunRequest::new(language, "");
     airlock::template::TemplateShape {
         language,
+        image: None,
         memory_mib: defaults.spec.shape.memory_mib,
         vcpus: defaults.spec.shape.vcpus,
     }

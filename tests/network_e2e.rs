@@ -74,6 +74,7 @@ fn options(network: NetworkRequest) -> VmOptions {
         packages: None,
         tenant: "net-e2e".into(),
         language: Language::Python,
+        image: None,
         memory_mib: 512,
         vcpus: 1,
         network,

@@ -149,6 +149,7 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
         packages: None,
         tenant: "someone".into(),
         language: Language::Python,
+        image: None,
         memory_mib: shape().memory_mib,
         vcpus: shape().vcpus,
         network: Default::default(),

@@ -65,6 +65,7 @@ async fn boot(scheduler: &Scheduler, language: Language) -> Vm {
         .boot(&VmOptions {
             tenant: "repl-e2e".into(),
             language,
+            image: None,
             memory_mib: defaults.spec.shape.memory_mib,
             vcpus: defaults.spec.shape.vcpus,
             network: Default::default(),

@@ -15,6 +15,7 @@ fn options(language: Language) -> VmOptions {
         packages: None,
         tenant: "e2e".into(),
         language,
+        image: None,
         memory_mib: 512,
         vcpus: 1,
         network: Default::default(),

@@ -8,7 +8,9 @@
 //! - [`doctor`]: `airlock doctor`, the host checks;
 //! - [`serve`]: `airlock serve` and `serve keys`, the HTTP server;
 //! - [`mcp`]: `airlock mcp`, the MCP tools over stdio;
-//! - [`transfer`]: `--upload` / `--download` and the REPL's file commands.
+//! - [`transfer`]: `--upload` / `--download` and the REPL's file commands;
+//! - [`results`]: the code's results on a terminal (values printed,
+//!   images saved into `--output-dir`).
 //!
 //! [`process`] is what they share as one process: the runtime, logging,
 //! stop signals, exit statuses (124 timeout, 125 Airlock failure, 128 + n
@@ -28,6 +30,7 @@ mod error;
 pub mod flags;
 pub mod mcp;
 pub mod process;
+pub mod results;
 pub mod run;
 pub mod serve;
 pub mod session;

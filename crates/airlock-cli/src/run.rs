@@ -6,6 +6,7 @@
 use crate::error::CliError;
 use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED, EXIT_TIMEOUT};
+use crate::results::{OutputArgs, ResultWriter};
 use crate::transfer;
 use airlock::packages::CaBundle;
 use airlock::spec::args::SandboxArgs;
@@ -31,7 +32,7 @@ pub struct RunArgs {
     #[arg(short = 'c', long = "code")]
     pub code: Vec<String>,
     /// python, javascript or raw (bash). Default: from the file extension,
-    /// else python.
+    /// else the language of `--image`, else python.
     #[arg(short, long)]
     pub language: Option<String>,
     /// Timeout for the code, in seconds (boot not included).
@@ -45,9 +46,15 @@ pub struct RunArgs {
     /// An environment variable for the code (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Print the whole result as JSON on stdout instead of streaming.
+    /// Print the whole result as JSON on stdout instead of streaming: the
+    /// output, the exit code, the timings, the results (`results`: MIME
+    /// bundles, binary ones base64; nothing is saved) and the uncaught
+    /// exception (`error`: name, value, traceback).
     #[arg(long)]
     pub json: bool,
+    /// `--output-dir DIR`: where images and other binary results go.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// `-q/--quiet`, `--debug`, `--cold` (as `airlock session`'s).
     #[command(flatten)]
     pub flags: VmFlags,
@@ -113,9 +120,8 @@ impl RunArgs {
             code
         };
         let timeout = timeout_from_secs(self.timeout)?;
-        let spec = self
-            .sandbox
-            .to_spec(DEFAULT_TENANT, language.unwrap_or(Language::Python))?;
+        let language = self.sandbox.shape.language(language, Language::Python);
+        let spec = self.sandbox.to_spec(DEFAULT_TENANT, language)?;
         let mut request = RunRequest::in_sandbox(spec, code);
         request.timeout = timeout;
         for pair in &self.env {
@@ -270,7 +276,9 @@ pub async fn run(args: RunArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     let show_progress = !args.flags.quiet && !args.json && std::io::stderr().is_terminal();
-    let mut observer = Terminal::new(show_progress, !args.json, request.language());
+    let results =
+        (!args.json).then(|| ResultWriter::new(args.output.output_dir.clone(), args.flags.quiet));
+    let mut observer = Terminal::new(show_progress, results, request.language());
     let result = tokio::select! {
         result = scheduler.run_observed(request, &mut observer) => result,
         stop = interrupts.first() => {
@@ -374,20 +382,24 @@ async fn save_downloads(args: &RunArgs, result: &RunResult) -> bool {
     all
 }
 
-/// Streams output to the terminal and shows a progress line while booting.
+/// Streams output and results to the terminal (without `results`:
+/// nothing, for `--json`) and shows a progress line while booting.
 struct Terminal {
     progress: bool,
-    stream_output: bool,
+    results: Option<ResultWriter>,
+    /// Whether stdout's last chunk left its line unfinished.
+    open_line: bool,
     language: Language,
     started: Instant,
     spinner: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Terminal {
-    fn new(progress: bool, stream_output: bool, language: Language) -> Self {
+    fn new(progress: bool, results: Option<ResultWriter>, language: Language) -> Self {
         Self {
             progress,
-            stream_output,
+            results,
+            open_line: false,
             language,
             started: Instant::now(),
             spinner: None,
@@ -449,10 +461,30 @@ impl RunObserver for Terminal {
     }
 
     fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        if self.stream_output {
+        if self.results.is_some() {
+            if stream == OutputStream::Stdout && !bytes.is_empty() {
+                self.open_line = !bytes.ends_with(b"\n");
+            }
             write_output(stream, bytes);
         }
     }
+
+    fn result(&mut self, result: &airlock_protocol::ExecResult) {
+        self.clear_progress();
+        if let Some(text) = self.results.as_mut().and_then(|w| w.show(result)) {
+            write_result_text(&mut self.open_line, &text);
+        }
+    }
+}
+
+/// Prints a result's text on stdout, on a line of its own.
+pub(crate) fn write_result_text(open_line: &mut bool, text: &str) {
+    let text = if std::mem::take(open_line) {
+        format!("\n{text}")
+    } else {
+        text.to_owned()
+    };
+    write_output(OutputStream::Stdout, text.as_bytes());
 }
 
 /// Writes a chunk of the guest's output to our stdout or stderr, flushed.
@@ -493,6 +525,19 @@ mod tests {
             .unwrap();
         assert_eq!(r.language(), Language::Python);
         assert_eq!(r.code, "print(1)");
+    }
+
+    #[test]
+    fn the_data_image_alone_runs_python_on_its_disk() {
+        let r = parse(&["--image", "python-data", "import pandas"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(r.language(), Language::Python);
+        assert_eq!(r.spec.image(), airlock::Image::PythonData);
+        let raw = parse(&["--image", "raw", "echo 1"])
+            .to_request(&mut std::io::empty())
+            .unwrap();
+        assert_eq!(raw.language(), Language::Raw, "an image picks its language");
     }
 
     #[test]
@@ -542,6 +587,11 @@ mod tests {
             (&["-l", "cobol", "x"], "language"),
             (&[""], "code"),
             (&["-m", "1", "x"], "memory_mib"),
+            (&["-l", "js", "--image", "python-data", "x"], "image"),
+            (
+                &["--image", "python-data", "--packages", "six==1.16.0", "x"],
+                "packages",
+            ),
             (&["-t", "0", "x"], "timeout"),
             (&["-t", "nan", "x"], "timeout"),
             (&["-e", "NOEQUALS", "x"], "env"),

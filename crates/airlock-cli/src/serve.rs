@@ -60,7 +60,8 @@ pub struct ServeArgs {
     /// config file's pools; default one python VM when there are two VM
     /// slots or more). Runs and sessions of
     /// that language at the default shape, without network or packages,
-    /// take a VM from it in milliseconds.
+    /// take a VM from it in milliseconds. LANG may be an image
+    /// (`python-data:1`): a pool serves one image.
     #[arg(long = "pool", value_name = "LANG[:SIZE]", value_parser = PoolSpec::parse_flag)]
     pub pools: Vec<PoolSpec>,
     /// No warm pool.

@@ -24,9 +24,15 @@ pub struct SnapshotArgs {
 pub enum SnapshotAction {
     /// Build (or rebuild) the memory template of a shape.
     Build {
-        /// python, javascript or raw.
-        #[arg(short, long, default_value = "python")]
-        language: String,
+        /// python, javascript or raw. Default: the language of `--image`,
+        /// else python.
+        #[arg(short, long)]
+        language: Option<String>,
+        /// The image: python, javascript, raw or python-data (its template
+        /// holds numpy, pandas and matplotlib imported). Default: the
+        /// language's own.
+        #[arg(long, value_name = "NAME")]
+        image: Option<airlock::Image>,
         /// Guest memory in MiB.
         #[arg(short, long, default_value_t = DEFAULT_MEMORY_MIB)]
         memory: u32,
@@ -34,7 +40,8 @@ pub enum SnapshotAction {
         #[arg(long, default_value_t = 1)]
         cpus: u32,
     },
-    /// List the templates (shape, disk size, age, uses, and whether the
+    /// List the templates (shape, its image first, disk size, age, uses,
+    /// and whether the
     /// current images and QEMU can restore them) and the package layers
     /// (packages, disk size, age, and whether the current root disks can
     /// use them).
@@ -75,17 +82,11 @@ async fn action(artifacts: &Artifacts, action: SnapshotAction) -> Result<(), Cli
     match action {
         SnapshotAction::Build {
             language,
+            image,
             memory,
             cpus,
         } => {
-            let language = language
-                .parse::<Language>()
-                .map_err(|e| CliError::invalid("language", e.to_string()))?;
-            let shape = TemplateShape {
-                language,
-                memory_mib: memory,
-                vcpus: cpus,
-            };
+            let shape = build_shape(language.as_deref(), image, memory, cpus)?;
             eprintln!("airlock: building the memory template for {shape}...");
             let template = artifacts.build_template(shape).await?;
             println!(
@@ -116,6 +117,38 @@ async fn action(artifacts: &Artifacts, action: SnapshotAction) -> Result<(), Cli
             Ok(())
         }
     }
+}
+
+/// The shape `airlock snapshot build` builds: the language asked, else
+/// the image's, else python; checked (pure).
+///
+/// # Errors
+/// A refused argument (`language`, `image`, `memory_mib`, `vcpus`).
+fn build_shape(
+    language: Option<&str>,
+    image: Option<airlock::Image>,
+    memory_mib: u32,
+    vcpus: u32,
+) -> Result<TemplateShape, CliError> {
+    let asked = language
+        .map(|name| {
+            name.parse::<Language>()
+                .map_err(|e| CliError::invalid("language", e.to_string()))
+        })
+        .transpose()?;
+    let language = asked
+        .or(image.map(airlock::Image::language))
+        .unwrap_or(Language::Python);
+    let mut shape = TemplateShape {
+        memory_mib,
+        vcpus,
+        ..TemplateShape::new(language)
+    };
+    if let Some(image) = image {
+        shape = shape.with_image(image);
+    }
+    shape.validate()?;
+    Ok(shape)
 }
 
 /// The two tables of `airlock snapshot list` (pure).
@@ -188,6 +221,25 @@ mod tests {
     }
 
     #[test]
+    fn a_build_for_the_data_image_is_a_python_shape_of_that_image() {
+        let shape = build_shape(None, Some(airlock::Image::PythonData), 512, 1).unwrap();
+        assert_eq!(shape.language, Language::Python);
+        assert_eq!(shape.image(), airlock::Image::PythonData);
+        assert_eq!(
+            build_shape(Some("js"), None, 256, 2).unwrap().to_string(),
+            "javascript 256 MiB 2 vCPU"
+        );
+        let mismatch = build_shape(Some("raw"), Some(airlock::Image::PythonData), 512, 1);
+        assert_eq!(
+            mismatch.unwrap_err().invalid_field(),
+            Some("image"),
+            "a language the image does not run is refused"
+        );
+        let tiny = build_shape(None, None, 1, 1).unwrap_err();
+        assert_eq!(tiny.invalid_field(), Some("memory_mib"));
+    }
+
+    #[test]
     fn sizes_are_mebibytes() {
         assert_eq!(mib(60 << 20), "60.0 MiB");
     }
@@ -196,6 +248,7 @@ mod tests {
     fn the_listing_shows_shapes_layers_and_unreadable_entries() {
         let shape = TemplateShape {
             language: Language::Python,
+            image: None,
             memory_mib: 512,
             vcpus: 1,
         };
@@ -226,9 +279,20 @@ mod tests {
             age: Some(Duration::from_secs(600)),
             current: false,
         }];
+        let data = TemplateEntry {
+            key: "t3".into(),
+            shape: Some(TemplateShape::of_image(airlock::Image::PythonData)),
+            ..templates[1].clone()
+        };
+        let data_line = listing(&[data], &[]);
+        assert!(
+            data_line.contains("t3\tpython-data 512 MiB 1 vCPU\t"),
+            "the shape names its image: {data_line}"
+        );
         let text = listing(&templates, &layers);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "KEY\tSHAPE\tDISK\tAGE\tUSES\tSTATE");
+        assert!(lines[1].starts_with("t1\tpython 512 MiB"), "{text}");
         assert_eq!(
             lines[1],
             format!("t1\t{shape} + python-pkgs-ab\t2.0 MiB\t5 s\t3\tcurrent")

@@ -78,6 +78,10 @@ pub struct ServerConfig {
 pub struct PoolSpec {
     /// The language of the pool's VMs.
     pub language: airlock_protocol::Language,
+    /// Their image, when not the language's own (`python-data`): a
+    /// request of another image does not use the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<airlock::Image>,
     /// Their memory in MiB (a request of another size does not use the
     /// pool).
     #[serde(default = "default_pool_memory")]
@@ -111,6 +115,7 @@ impl PoolSpec {
     pub fn new(language: airlock_protocol::Language, size: usize) -> Self {
         Self {
             language,
+            image: None,
             memory_mib: default_pool_memory(),
             vcpus: default_pool_vcpus(),
             size,
@@ -118,7 +123,8 @@ impl PoolSpec {
         }
     }
 
-    /// Parses a `--pool` flag: `LANG[:SIZE]` (python, javascript, raw).
+    /// Parses a `--pool` flag: `IMAGE[:SIZE]` (python, javascript, raw,
+    /// python-data; a language names its own image).
     ///
     /// # Errors
     /// A message naming the bad part.
@@ -127,19 +133,23 @@ impl PoolSpec {
             Some((language, size)) => (
                 language,
                 size.parse::<usize>().map_err(|_| {
-                    format!("{size:?} is not a pool size (LANG[:SIZE], e.g. python:2)")
+                    format!("{size:?} is not a pool size (IMAGE[:SIZE], e.g. python:2)")
                 })?,
             ),
             None => (text, default_pool_size()),
         };
-        let language = language.parse().map_err(|e| format!("{e}"))?;
-        Ok(Self::new(language, size))
+        let image: airlock::Image = language.parse().map_err(|e| format!("{e}"))?;
+        Ok(Self {
+            image: (!image.is_language_default()).then_some(image),
+            ..Self::new(image.language(), size)
+        })
     }
 
     fn pool_config(&self) -> airlock::pool::PoolConfig {
         airlock::pool::PoolConfig {
             shape: airlock::template::TemplateShape {
                 language: self.language,
+                image: self.image,
                 memory_mib: self.memory_mib,
                 vcpus: self.vcpus,
             },
@@ -301,6 +311,25 @@ mod tests {
         assert_eq!(PoolSpec::parse_flag("py").unwrap().size, 1);
         assert!(PoolSpec::parse_flag("cobol:1").is_err());
         assert!(PoolSpec::parse_flag("python:x").is_err());
+    }
+
+    #[test]
+    fn a_data_image_pool_is_a_python_pool_of_its_own_shape() {
+        let spec = PoolSpec::parse_flag("python-data:2").unwrap();
+        assert_eq!(spec.language, airlock_protocol::Language::Python);
+        assert_eq!(spec.image, Some(airlock::Image::PythonData));
+        let shape = spec.pool_config().shape;
+        assert_eq!(shape.image(), airlock::Image::PythonData);
+        assert_ne!(
+            shape,
+            PoolSpec::new(airlock_protocol::Language::Python, 2)
+                .pool_config()
+                .shape
+        );
+        assert_eq!(PoolSpec::parse_flag("python").unwrap().image, None);
+        let toml: PoolSpec =
+            toml::from_str("language = \"python\"\nimage = \"python-data\"").unwrap();
+        assert_eq!(toml.image, Some(airlock::Image::PythonData));
     }
 
     #[test]

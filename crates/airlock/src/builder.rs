@@ -123,7 +123,7 @@ pub fn new_vm_id() -> String {
 /// # Errors
 /// The failing step's error.
 pub async fn build(ctx: &BootContext<'_>, options: &VmOptions, deadline: Instant) -> Result<Built> {
-    let base = ctx.images.rootfs(options.language)?.to_path_buf();
+    let base = ctx.images.disk(options.image())?.path.clone();
     let vm_id = new_vm_id();
     let workdir = WorkDir::create_owned(&ctx.config.run_dir, &vm_id, &options.tenant).await?;
     let mut guard = BootGuard::new(vm_id, workdir, ctx.reaper.clone(), ctx.config.kill_grace);
@@ -193,6 +193,7 @@ async fn run_steps(
         vm_id,
         launcher = ctx.launcher.name(),
         language = %options.language,
+        image = %options.image(),
         ready_ms = timings.guest_ready_ms,
         agent = agent.info.version,
         "guest ready"

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::host::Host;
-use crate::images::Images;
+use crate::images::{Image, Images};
 use crate::sweep::SweepReport;
 
 /// One line of the report.
@@ -27,15 +27,18 @@ pub async fn checks() -> Vec<Check> {
     let mut out = Vec::new();
     let images = Images::load(&config.images_dir);
     match &images {
-        Ok(images) => out.push(Check {
-            name: "images",
-            ok: true,
-            found: format!(
-                "{} (kernel, initramfs, raw/python/javascript root disks)",
-                images.dir.display()
-            ),
-            fix: None,
-        }),
+        Ok(images) => {
+            out.push(Check {
+                name: "images",
+                ok: true,
+                found: format!(
+                    "{} (kernel, initramfs, raw/python/javascript root disks)",
+                    images.dir.display()
+                ),
+                fix: None,
+            });
+            out.extend(image_checks(images));
+        }
         Err(e) => out.push(Check {
             name: "images",
             ok: false,
@@ -171,9 +174,82 @@ fn leftovers_check(swept: Result<&SweepReport, String>) -> Check {
     }
 }
 
+/// One line per image: where its root disk is, or (an optional image)
+/// that it is not built and how to build it (pure).
+fn image_checks(images: &Images) -> Vec<Check> {
+    Image::ALL
+        .into_iter()
+        .map(|image| {
+            let name = match image {
+                Image::Python => "image python",
+                Image::Javascript => "image javascript",
+                Image::Raw => "image raw",
+                Image::PythonData => "image python-data",
+            };
+            match images.disk(image) {
+                Ok(disk) => Check {
+                    name,
+                    ok: true,
+                    found: disk.path.display().to_string(),
+                    fix: None,
+                },
+                Err(_) => Check {
+                    name,
+                    ok: true,
+                    found: "not built (optional; `--image` cannot name it)".into(),
+                    fix: Some(format!(
+                        "run `cargo xtask images` to build {} ({image}), or set \
+                         AIRLOCK_IMAGES to an images dir that has it",
+                        image.rootfs_key()
+                    )),
+                },
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_image_is_listed_with_its_disk_or_how_to_build_it() {
+        let disk = |name: &str| crate::images::ImageDisk {
+            path: format!("/images/rootfs-{name}-ab.qcow2").into(),
+            hash: "ab".into(),
+        };
+        let mut images = Images {
+            dir: "/images".into(),
+            kernel: "/images/k".into(),
+            initramfs: "/images/i".into(),
+            rootfs: Default::default(),
+            rootfs_hash: Default::default(),
+            kernel_hash: "k".into(),
+            initramfs_hash: "i".into(),
+            image_disks: [Image::Python, Image::Javascript, Image::Raw]
+                .into_iter()
+                .map(|image| (image, disk(image.name())))
+                .collect(),
+        };
+        let checks = image_checks(&images);
+        assert_eq!(checks.len(), 4);
+        assert!(checks.iter().all(|c| c.ok), "an optional image never fails");
+        assert_eq!(checks[0].name, "image python");
+        assert_eq!(checks[0].found, "/images/rootfs-python-ab.qcow2");
+        let data = &checks[3];
+        assert_eq!(data.name, "image python-data");
+        assert!(data.found.starts_with("not built"), "{data:?}");
+        assert!(
+            data.fix.as_deref().unwrap().contains("cargo xtask images"),
+            "{data:?}"
+        );
+        images
+            .image_disks
+            .insert(Image::PythonData, disk("python-data"));
+        let built = image_checks(&images);
+        assert_eq!(built[3].found, "/images/rootfs-python-data-ab.qcow2");
+        assert_eq!(built[3].fix, None);
+    }
 
     #[test]
     fn the_leftovers_line_counts_what_was_swept_or_names_the_problem() {

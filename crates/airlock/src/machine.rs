@@ -5,7 +5,7 @@
 //! the spec.
 
 use crate::network::NetworkRequest;
-use crate::spec::{MachineShape, SandboxSpec};
+use crate::spec::{Image, MachineShape, SandboxSpec};
 use airlock_protocol::abi::PackagesMount;
 use airlock_protocol::Language;
 use airlock_qemu::{DiskAccess, DiskFormat, ExtraDrive};
@@ -20,8 +20,11 @@ pub use airlock_protocol::abi::PACKAGES_SERIAL;
 pub struct VmOptions {
     /// Who the VM is for (its limits group is `airlock/<tenant>/<vm>`).
     pub tenant: String,
-    /// Which root disk.
+    /// The interpreter, and without `image` the root disk.
     pub language: Language,
+    /// A root disk other than the language's own (`None`: the language's;
+    /// [`MachineShape::image`]).
+    pub image: Option<Image>,
     /// Guest memory in MiB.
     pub memory_mib: u32,
     /// vCPUs.
@@ -43,6 +46,7 @@ impl VmOptions {
         Self {
             tenant: spec.tenant.clone(),
             language: spec.shape.language,
+            image: spec.shape.image,
             memory_mib: spec.shape.memory_mib,
             vcpus: spec.shape.vcpus,
             network: spec.network.clone(),
@@ -56,6 +60,7 @@ impl VmOptions {
         Self {
             tenant: tenant.to_owned(),
             language: shape.language,
+            image: shape.image,
             memory_mib: shape.memory_mib,
             vcpus: shape.vcpus,
             network: NetworkRequest::default(),
@@ -63,10 +68,16 @@ impl VmOptions {
         }
     }
 
+    /// The image the VM boots: `image`, else the language's own.
+    pub fn image(&self) -> Image {
+        self.shape().image()
+    }
+
     /// The machine's shape (what a template or warm pool must match).
     pub fn shape(&self) -> MachineShape {
         MachineShape {
             language: self.language,
+            image: self.image,
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
         }
@@ -135,6 +146,18 @@ mod tests {
         assert_eq!(options.shape(), spec.shape);
         assert_eq!(options.packages, Some(disk));
         assert_eq!(options.network, spec.network);
+    }
+
+    #[test]
+    fn a_data_spec_boots_the_data_image() {
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.shape = MachineShape::of_image(Image::PythonData);
+        let options = VmOptions::for_spec(&spec, None);
+        assert_eq!(options.image(), Image::PythonData);
+        assert_eq!(options.language, Language::Python);
+        assert_eq!(options.shape(), spec.shape);
+        let plain = VmOptions::for_spec(&SandboxSpec::new(Language::Python), None);
+        assert_eq!(plain.image(), Image::Python);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! sources report their stages here too.
 
 use crate::network::ExposedAddr;
-use crate::vm::OutputStream;
+use crate::vm::{ExecProgress, OutputStream};
+use airlock_protocol::ExecResult;
 
 /// What a run is doing, for progress displays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +29,21 @@ pub trait RunObserver: Send {
     fn stage(&mut self, _stage: Stage) {}
     /// A chunk of output.
     fn output(&mut self, stream: OutputStream, bytes: &[u8]);
+    /// A value the code showed (a cell's last expression, `display()`, a
+    /// figure), in order with the output. It is in the run's or cell's
+    /// result as well.
+    fn result(&mut self, _result: &ExecResult) {}
     /// The VM is up and these guest ports are served on the host.
     fn exposed(&mut self, _ports: &[ExposedAddr]) {}
+}
+
+/// Hands each piece of an exec's progress to the matching method of
+/// `observer`.
+pub(crate) fn forward(observer: &mut dyn RunObserver, piece: ExecProgress<'_>) {
+    match piece {
+        ExecProgress::Output(stream, bytes) => observer.output(stream, bytes),
+        ExecProgress::Result(result) => observer.result(result),
+    }
 }
 
 /// Ignores everything (for [`crate::Scheduler::run`] and sessions).

@@ -268,6 +268,14 @@ pub struct RunResult {
     pub stdout_truncated: bool,
     /// Whether stderr was cut at its cap.
     pub stderr_truncated: bool,
+    /// The values the code showed, in order (a python or javascript
+    /// run's last expression, `display()`, figures): MIME bundles,
+    /// `docs/outputs.md`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<airlock_protocol::ExecResult>,
+    /// The code's uncaught exception (its traceback is on stderr too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<airlock_protocol::CellError>,
     /// Where the time went.
     pub timings: Timings,
     /// What the VM's processes used on the host (from its limits group).

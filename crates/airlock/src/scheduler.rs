@@ -263,7 +263,7 @@ impl Scheduler {
         };
         let outcome = match upload_all(vm.as_ref(), &uploads).await {
             Ok(()) => {
-                vm.exec(exec, &mut |stream, bytes| observer.output(stream, bytes))
+                vm.exec(exec, &mut |piece| crate::observer::forward(observer, piece))
                     .await
             }
             Err(e) => Err(e),
@@ -289,6 +289,8 @@ impl Scheduler {
             timed_out: outcome.completion.timed_out,
             stdout_truncated: outcome.completion.stdout_truncated,
             stderr_truncated: outcome.completion.stderr_truncated,
+            results: outcome.results,
+            error: outcome.error,
             timings: Timings::new(
                 vm.boot_timings(),
                 RunPhases {

@@ -146,7 +146,7 @@ impl CellRequest {
 }
 
 /// What a cell did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CellResult {
     /// Standard output (lossy UTF-8 in JSON).
     #[serde(serialize_with = "crate::request::lossy")]
@@ -168,6 +168,13 @@ pub struct CellResult {
     pub stderr_truncated: bool,
     /// Wall time of the call as the host saw it, in milliseconds.
     pub duration_ms: u64,
+    /// The values the cell showed, in order (its last expression's value,
+    /// `display()`, figures): MIME bundles, `docs/outputs.md`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<airlock_protocol::ExecResult>,
+    /// The cell's uncaught exception (its traceback is on stderr too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<airlock_protocol::CellError>,
 }
 
 impl CellResult {
@@ -181,6 +188,8 @@ impl CellResult {
             stdout_truncated: outcome.completion.stdout_truncated,
             stderr_truncated: outcome.completion.stderr_truncated,
             duration_ms,
+            results: outcome.results,
+            error: outcome.error,
         }
     }
 }
@@ -399,7 +408,7 @@ impl Session {
             .inner
             .until_shutdown(vm.exec_interruptible(
                 exec,
-                &mut |stream, bytes| observer.output(stream, bytes),
+                &mut |piece| crate::observer::forward(observer, piece),
                 Box::pin(interrupt),
             ))
             .await?;

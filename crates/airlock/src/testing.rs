@@ -24,6 +24,7 @@
 //! | `hang`               | runs until its timeout (`timed_out`, exit 137, state lost in a cell) or an interrupt (exit 130) |
 //! | `lose-state`         | exit 137, `state_lost`                                      |
 //! | `die`                | [`Error::VmDied`]                                           |
+//! | lines of `show TEXT`, `result MIME DATA`, `raise NAME VALUE` | results, in order: `show` the main result (`text/plain` TEXT), `result` a displayed one (`{MIME: DATA}`, DATA as is: base64 for binary types), `raise` a cell error (traceback on stderr, exit 1) |
 //! | anything else        | echoed on stdout, exit 0                                    |
 //!
 //! Files live in memory per VM; installs succeed on a VM with a network
@@ -43,11 +44,12 @@ use crate::source::{
 use crate::spec::{CaBundle, MachineShape};
 use crate::task::BoxFuture;
 use crate::teardown::TeardownReport;
-use crate::vm::{BootTimings, ExecOutcome, OutputStream};
+use crate::vm::{BootTimings, ExecOutcome, ExecProgress, OutputStream};
 use crate::{Config, PackageDisk};
 use airlock_gvproxy::NetworkMode;
 use airlock_protocol::{
-    Completion, ErrorKind, ExecMode, ExecRequest, FileEntry, FileKind, Language, ProtocolError,
+    CellError, Completion, ErrorKind, ExecMode, ExecRequest, ExecResult, FileEntry, FileKind,
+    Language, ProtocolError,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
@@ -262,6 +264,48 @@ pub fn completion(exit_code: i32) -> Completion {
     }
 }
 
+/// Whether every line of `code` is a `show`, `result` or `raise` line.
+fn is_result_script(code: &str) -> bool {
+    code.lines().all(|line| {
+        ["show ", "result ", "raise "]
+            .iter()
+            .any(|word| line.starts_with(word))
+    })
+}
+
+/// Runs the `show`/`result`/`raise` lines of `code` into `outcome`.
+fn run_result_script(code: &str, outcome: &mut ExecOutcome) {
+    for line in code.lines() {
+        if let Some(text) = line.strip_prefix("show ") {
+            let mut result = result_of("text/plain", text);
+            result.is_main_result = true;
+            outcome.results.push(result);
+        } else if let Some(rest) = line.strip_prefix("result ") {
+            let (mime, data) = rest.split_once(' ').unwrap_or((rest, ""));
+            outcome.results.push(result_of(mime, data));
+        } else if let Some(rest) = line.strip_prefix("raise ") {
+            let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            let traceback = format!("Traceback (most recent call last):\n{name}: {value}\n");
+            outcome.stderr.extend_from_slice(traceback.as_bytes());
+            outcome.error = Some(CellError {
+                name: name.to_owned(),
+                value: value.to_owned(),
+                traceback,
+            });
+            outcome.completion.exit_code = 1;
+        }
+    }
+}
+
+/// A displayed result holding one representation.
+fn result_of(mime: &str, data: &str) -> ExecResult {
+    ExecResult {
+        data: [(mime.to_owned(), serde_json::Value::String(data.to_owned()))].into(),
+        is_main_result: false,
+        truncated: false,
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -335,14 +379,19 @@ impl SandboxVm for FakeVm {
                     stderr_tail: String::new(),
                     console_tail: String::new(),
                 });
+            } else if is_result_script(code) {
+                run_result_script(code, &mut outcome);
             } else {
                 outcome.stdout = request.code.clone().into_bytes();
             }
             if !outcome.stdout.is_empty() {
-                on_output(OutputStream::Stdout, &outcome.stdout);
+                on_output(ExecProgress::Output(OutputStream::Stdout, &outcome.stdout));
+            }
+            for result in &outcome.results {
+                on_output(ExecProgress::Result(result));
             }
             if !outcome.stderr.is_empty() {
-                on_output(OutputStream::Stderr, &outcome.stderr);
+                on_output(ExecProgress::Output(OutputStream::Stderr, &outcome.stderr));
             }
             Ok(outcome)
         })

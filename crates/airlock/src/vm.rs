@@ -61,6 +61,16 @@ pub struct ExecOutcome {
     pub completion: Completion,
 }
 
+/// One piece of an exec's progress, handed on as it arrives.
+#[derive(Debug, Clone, Copy)]
+pub enum ExecProgress<'a> {
+    /// A chunk of output, as kept within the caps.
+    Output(OutputStream, &'a [u8]),
+    /// A value the code showed (a cell's last expression, `display()`, a
+    /// figure): `docs/outputs.md`.
+    Result(&'a airlock_protocol::ExecResult),
+}
+
 /// Which stream a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -296,6 +306,25 @@ impl Vm {
         mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
         interrupt: impl std::future::Future<Output = ()> + Send,
     ) -> Result<ExecOutcome> {
+        let on_progress = move |piece: ExecProgress<'_>| {
+            if let ExecProgress::Output(stream, bytes) = piece {
+                on_output(stream, bytes);
+            }
+        };
+        self.exec_streaming(request, on_progress, interrupt).await
+    }
+
+    /// As [`Vm::exec_interruptible`], handing `on_progress` the results
+    /// (MIME bundles) as well as the output, in the order they come.
+    ///
+    /// # Errors
+    /// As [`Vm::exec`].
+    pub async fn exec_streaming(
+        &mut self,
+        request: ExecRequest,
+        mut on_progress: impl FnMut(ExecProgress<'_>) + Send,
+        interrupt: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<ExecOutcome> {
         let vm_id = self.id.clone();
         let protocol = |source| Error::Protocol {
             vm_id: vm_id.clone(),
@@ -310,7 +339,7 @@ impl Vm {
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
         let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
-        let run = collect_exec(client, request, &mut on_output, interrupt);
+        let run = collect_exec(client, request, &mut on_progress, interrupt);
         let console_log = self.workdir.console_log();
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
@@ -369,13 +398,13 @@ async fn died(
 }
 
 /// Runs an exec to its end, keeping its output within `client`'s caps and
-/// handing `on_output` what was kept, as it arrives. When `interrupt`
+/// handing `on_progress` what was kept and each result, as they arrive. When `interrupt`
 /// completes, a `cancel` is sent for the exec (once) and its end is still
 /// awaited.
 async fn collect_exec(
     client: &Client,
     request: ExecRequest,
-    on_output: &mut (impl FnMut(OutputStream, &[u8]) + Send),
+    on_progress: &mut (impl FnMut(ExecProgress<'_>) + Send),
     interrupt: impl std::future::Future<Output = ()> + Send,
 ) -> std::result::Result<ExecOutcome, ProtocolError> {
     let mut stream = client.exec(request).await?;
@@ -393,9 +422,12 @@ async fn collect_exec(
         };
         let Some(event) = event else { break };
         match event {
-            ExecEvent::Stdout(b) => emit(on_output, OutputStream::Stdout, output.push_stdout(&b)),
-            ExecEvent::Stderr(b) => emit(on_output, OutputStream::Stderr, output.push_stderr(&b)),
-            ExecEvent::Result(result) => output.push_result(result),
+            ExecEvent::Stdout(b) => emit(on_progress, OutputStream::Stdout, output.push_stdout(&b)),
+            ExecEvent::Stderr(b) => emit(on_progress, OutputStream::Stderr, output.push_stderr(&b)),
+            ExecEvent::Result(result) => {
+                on_progress(ExecProgress::Result(&result));
+                output.push_result(result);
+            }
             ExecEvent::CellError(error) => output.set_error(error),
             ExecEvent::Complete(completion) => {
                 let output = output.finish(completion);
@@ -420,10 +452,10 @@ async fn send_cancel(client: &Client, target: airlock_protocol::OpId) {
     }
 }
 
-/// Hands `kept` to `on_output` unless nothing was kept (past the cap).
-fn emit(on_output: &mut impl FnMut(OutputStream, &[u8]), stream: OutputStream, kept: &[u8]) {
+/// Hands `kept` to `on_progress` unless nothing was kept (past the cap).
+fn emit(on_progress: &mut impl FnMut(ExecProgress<'_>), stream: OutputStream, kept: &[u8]) {
     if !kept.is_empty() {
-        on_output(stream, kept);
+        on_progress(ExecProgress::Output(stream, kept));
     }
 }
 
@@ -506,8 +538,8 @@ mod tests {
         let outcome = collect_exec(
             &client,
             request(),
-            &mut |stream, bytes: &[u8]| {
-                if stream == OutputStream::Stdout {
+            &mut |piece: ExecProgress<'_>| {
+                if let ExecProgress::Output(OutputStream::Stdout, bytes) = piece {
                     streamed.extend_from_slice(bytes);
                 }
             },
@@ -533,7 +565,7 @@ mod tests {
         let outcome = collect_exec(
             &client,
             request(),
-            &mut |_, _: &[u8]| {},
+            &mut |_: ExecProgress<'_>| {},
             std::future::pending(),
         )
         .await

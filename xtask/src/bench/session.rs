@@ -57,6 +57,7 @@ pub(super) fn measure(starts: usize) -> Result<SessionNumbers> {
             if restore {
                 let shape = airlock::template::TemplateShape {
                     language: options.language(),
+                    image: None,
                     memory_mib: options.spec.shape.memory_mib,
                     vcpus: options.spec.shape.vcpus,
                 };

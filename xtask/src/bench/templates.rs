@@ -108,6 +108,7 @@ fn python_options() -> VmOptions {
         packages: None,
         tenant: "bench".into(),
         language: shape.language,
+        image: None,
         memory_mib: shape.memory_mib,
         vcpus: shape.vcpus,
         network: Default::default(),
@@ -117,6 +118,7 @@ fn python_options() -> VmOptions {
 fn python_shape() -> TemplateShape {
     TemplateShape {
         language: Language::Python,
+        image: None,
         memory_mib: airlock::DEFAULT_MEMORY_MIB,
         vcpus: 1,
     }
@@ -213,7 +215,7 @@ async fn clones(scheduler: &Scheduler) -> Result<Vec<airlock_sys_util::proc_scan
             env: Default::default(),
             cwd: None,
         };
-        vm.exec(exec, &mut |_, _| {}).await?;
+        vm.exec(exec, &mut |_| {}).await?;
         vms.push(vm);
     }
     eprintln!();

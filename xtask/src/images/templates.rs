@@ -16,6 +16,7 @@ pub fn default_shapes() -> Vec<TemplateShape> {
         .into_iter()
         .map(|language| TemplateShape {
             language,
+            image: None,
             memory_mib: airlock::DEFAULT_MEMORY_MIB,
             vcpus: 1,
         })

@@ -20,6 +20,7 @@ mod repl;
 use crate::error::CliError;
 use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
+use crate::results::{OutputArgs, ResultWriter};
 use crate::run::{read_off_runtime, timeout_from_secs};
 use airlock::spec::args::{LifetimeArgs, SandboxArgs};
 use airlock::spec::DEFAULT_TENANT;
@@ -36,9 +37,10 @@ use tokio::signal::unix::{signal, Signal as UnixSignal, SignalKind};
 /// Arguments of `airlock session`.
 #[derive(Debug, Clone, Args)]
 pub struct SessionArgs {
-    /// python, javascript or raw (bash).
-    #[arg(short, long, default_value = "python")]
-    pub language: String,
+    /// python, javascript or raw (bash). Default: the language of
+    /// `--image`, else python.
+    #[arg(short, long)]
+    pub language: Option<String>,
     /// The sandbox, as `airlock run`'s: `-m/--memory`, `--cpus`,
     /// `--network`, `--allow-domain`, `--expose`, `--packages` (installed
     /// into a read-only layer before the session starts; `:install` inside
@@ -52,9 +54,13 @@ pub struct SessionArgs {
     #[arg(short, long, default_value_t = 30.0)]
     pub timeout: f64,
     /// Piped input: print one JSON result per cell (one line each) instead
-    /// of the output.
+    /// of the output, with its results (binary ones base64; nothing is
+    /// saved) and its uncaught exception.
     #[arg(long)]
     pub json: bool,
+    /// `--output-dir DIR`: where images and other binary results go.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// `-q/--quiet`, `--debug`, `--cold` (as `airlock run`'s).
     #[command(flatten)]
     pub flags: VmFlags,
@@ -68,10 +74,14 @@ impl SessionArgs {
     /// timeout or network; the orchestrator's `PackageSpec` for a package
     /// that is not pinned.
     pub fn to_options(&self) -> Result<(SessionOptions, Duration), CliError> {
-        let language = self
-            .language
-            .parse::<Language>()
-            .map_err(|e| CliError::invalid("language", e.to_string()))?;
+        let asked = match &self.language {
+            Some(name) => Some(
+                name.parse::<Language>()
+                    .map_err(|e| CliError::invalid("language", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let language = self.sandbox.shape.language(asked, Language::Python);
         let timeout = timeout_from_secs(self.timeout)?;
         airlock::validate_timeout(timeout)?;
         let spec = self.sandbox.to_spec(DEFAULT_TENANT, language)?;
@@ -195,10 +205,19 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
             port.guest_port, port.host
         );
     }
+    let mut results = ResultWriter::new(args.output.output_dir.clone(), args.flags.quiet);
     let code = if let Some(sigint) = sigint.as_mut() {
-        repl::run(&session, args.flags, timeout, interrupts, sigint).await
+        repl::run(
+            &session,
+            args.flags,
+            timeout,
+            &mut results,
+            interrupts,
+            sigint,
+        )
+        .await
     } else {
-        run_cells(&session, &cells, &args, timeout, interrupts).await
+        run_cells(&session, &cells, &args, timeout, &mut results, interrupts).await
     };
     let report = session.close().await;
     for problem in &report.problems {
@@ -251,11 +270,12 @@ async fn run_cells(
     cells: &[cells::Cell],
     args: &SessionArgs,
     timeout: Duration,
+    results: &mut ResultWriter,
     interrupts: &mut Interrupts,
 ) -> i32 {
     let mut status = 0;
     for (index, cell) in cells.iter().enumerate() {
-        let mut observer = Printer::new(!args.json);
+        let mut observer = Printer::new((!args.json).then_some(&mut *results));
         let mut request = CellRequest::new(cell.code.clone());
         request.timeout = timeout;
         let result = tokio::select! {

@@ -3,7 +3,8 @@
 //! simply succeed. Shared by piped cells and the REPL.
 
 use crate::process::EXIT_TIMEOUT;
-use crate::run::write_output;
+use crate::results::ResultWriter;
+use crate::run::{write_output, write_result_text};
 use airlock::{CellResult, OutputStream, RunObserver};
 
 /// The exit status of a cell: its own, 124 when it timed out.
@@ -29,17 +30,18 @@ pub(super) fn status_note(result: &CellResult) -> Option<String> {
     (!notes.is_empty()).then(|| notes.join("; "))
 }
 
-/// Prints a cell's output as it comes, and remembers whether stdout ended
-/// its last line (so that what follows starts on a line of its own).
-pub(super) struct Printer {
-    print: bool,
+/// Prints a cell's output and results as they come (`results`: `None`
+/// prints nothing, for `--json`), and remembers whether stdout ended its
+/// last line (so that what follows starts on a line of its own).
+pub(super) struct Printer<'a> {
+    results: Option<&'a mut ResultWriter>,
     open_line: bool,
 }
 
-impl Printer {
-    pub(super) fn new(print: bool) -> Self {
+impl<'a> Printer<'a> {
+    pub(super) fn new(results: Option<&'a mut ResultWriter>) -> Self {
         Self {
-            print,
+            results,
             open_line: false,
         }
     }
@@ -53,15 +55,21 @@ impl Printer {
     }
 }
 
-impl RunObserver for Printer {
+impl RunObserver for Printer<'_> {
     fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        if !self.print || bytes.is_empty() {
+        if self.results.is_none() || bytes.is_empty() {
             return;
         }
         if stream == OutputStream::Stdout {
             self.open_line = !bytes.ends_with(b"\n");
         }
         write_output(stream, bytes);
+    }
+
+    fn result(&mut self, result: &airlock_protocol::ExecResult) {
+        if let Some(text) = self.results.as_mut().and_then(|w| w.show(result)) {
+            write_result_text(&mut self.open_line, &text);
+        }
     }
 }
 
@@ -84,6 +92,8 @@ pub(super) mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             duration_ms: 1,
+            results: Vec::new(),
+            error: None,
         }
     }
 

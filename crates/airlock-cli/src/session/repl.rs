@@ -18,6 +18,7 @@ use super::printer::{cell_status, status_note, Printer};
 use crate::error::CliError;
 use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
+use crate::results::ResultWriter;
 use crate::transfer::{check_local_target, save_download};
 use airlock::{CellRequest, Session};
 use airlock_protocol::{FileKind, Language};
@@ -196,6 +197,7 @@ pub(super) async fn run(
     session: &Session,
     args: VmFlags,
     timeout: Duration,
+    results: &mut ResultWriter,
     interrupts: &mut Interrupts,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> i32 {
@@ -241,7 +243,7 @@ pub(super) async fn run(
                 None => {
                     let mut request = CellRequest::new(line);
                     request.timeout = timeout;
-                    run_cell(session, request, sigint, interrupts).await
+                    run_cell(session, request, results, sigint, interrupts).await
                 }
             };
             match outcome {
@@ -288,11 +290,12 @@ impl From<airlock::Error> for Stop {
 async fn run_cell(
     session: &Session,
     request: CellRequest,
+    results: &mut ResultWriter,
     sigint: &mut tokio::signal::unix::Signal,
     interrupts: &mut Interrupts,
 ) -> Result<Option<i32>, Stop> {
     let canceller = session.canceller();
-    let mut printer = Printer::new(true);
+    let mut printer = Printer::new(Some(results));
     let result = {
         let exec = session.exec(request, &mut printer);
         tokio::pin!(exec);

@@ -237,11 +237,20 @@ impl Setup {
             dir: run.path().join("images"),
             kernel: run.path().join("bzImage"),
             initramfs: run.path().join("initramfs"),
-            rootfs,
             rootfs_hash: BTreeMap::new(),
             kernel_hash: String::new(),
             initramfs_hash: String::new(),
-            image_disks: BTreeMap::new(),
+            image_disks: rootfs
+                .iter()
+                .map(|(language, path)| {
+                    let disk = crate::images::ImageDisk {
+                        path: path.clone(),
+                        hash: String::new(),
+                    };
+                    (crate::Image::of_language(*language), disk)
+                })
+                .collect(),
+            rootfs,
         };
         let launcher = FakeLauncher::new(script);
         let factory = VmFactory::new(FactoryParts {
@@ -286,6 +295,7 @@ pub(crate) fn options(language: Language) -> VmOptions {
         packages: None,
         tenant: "test".into(),
         language,
+        image: None,
         memory_mib: 256,
         vcpus: 1,
         network: Default::default(),

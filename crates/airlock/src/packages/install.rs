@@ -292,6 +292,7 @@ async fn build_in(
     let options = VmOptions {
         tenant: settings.tenant.clone(),
         language: list.language(),
+        image: None,
         memory_mib: INSTALL_MEMORY_MIB,
         vcpus: 1,
         network: install_network(list)?,

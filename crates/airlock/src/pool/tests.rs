@@ -103,6 +103,7 @@ const FULL: Duration = Duration::from_secs(10);
 fn shape() -> MachineShape {
     MachineShape {
         language: Language::Raw,
+        image: None,
         memory_mib: 256,
         vcpus: 1,
     }

@@ -19,6 +19,9 @@ struct Seen {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exposed: usize,
+    /// Results and output in the order they came: `out` for a chunk of
+    /// stdout, else the result's `text/plain` or MIME types.
+    order: Vec<String>,
 }
 
 impl RunObserver for Seen {
@@ -26,6 +29,9 @@ impl RunObserver for Seen {
         self.stages.push(stage);
     }
     fn output(&mut self, stream: crate::vm::OutputStream, bytes: &[u8]) {
+        if stream == crate::vm::OutputStream::Stdout {
+            self.order.push("out".into());
+        }
         match stream {
             crate::vm::OutputStream::Stdout => self.stdout.extend_from_slice(bytes),
             crate::vm::OutputStream::Stderr => self.stderr.extend_from_slice(bytes),
@@ -33,6 +39,13 @@ impl RunObserver for Seen {
     }
     fn exposed(&mut self, ports: &[crate::network::ExposedAddr]) {
         self.exposed = ports.len();
+    }
+    fn result(&mut self, result: &airlock_protocol::ExecResult) {
+        let shown = match result.text() {
+            Some(text) => text.to_owned(),
+            None => result.mime_types().collect::<Vec<_>>().join(","),
+        };
+        self.order.push(shown);
     }
 }
 
@@ -76,6 +89,49 @@ async fn a_run_echoes_its_code_streams_it_and_destroys_its_vm() {
     );
     assert_eq!(fakes.live(), 0);
     assert_eq!(result.timings.boot_attempts, 1);
+}
+
+#[tokio::test]
+async fn a_runs_results_reach_its_observer_as_they_come_and_its_result() {
+    let fakes = FakeSetup::new();
+    let mut seen = Seen::default();
+
+    let result = fakes
+        .scheduler
+        .run_observed(
+            run("result image/png iVBORw0KGgo=\nshow 2\nraise ValueError bad"),
+            &mut seen,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(seen.order, ["image/png", "2"]);
+    assert_eq!(result.results.len(), 2);
+    assert!(!result.results[0].is_main_result);
+    assert_eq!(
+        result.results[0].binary("image/png").unwrap().unwrap(),
+        b"\x89PNG\r\n\x1a\n"
+    );
+    assert!(result.results[1].is_main_result);
+    let error = result.error.as_ref().unwrap();
+    assert_eq!(
+        (error.name.as_str(), error.value.as_str()),
+        ("ValueError", "bad")
+    );
+    assert_eq!(result.exit_code, 1);
+    let json = serde_json::to_value(&result).unwrap();
+    assert_eq!(json["results"][1]["data"]["text/plain"], "2");
+    assert_eq!(json["results"][1]["is_main_result"], true);
+    assert_eq!(json["error"]["name"], "ValueError");
+}
+
+#[tokio::test]
+async fn a_run_without_results_has_no_results_in_its_json() {
+    let fakes = FakeSetup::new();
+    let result = fakes.scheduler.run(run("print(1)")).await.unwrap();
+    assert!(result.results.is_empty() && result.error.is_none());
+    let json = serde_json::to_value(&result).unwrap();
+    assert!(json.get("results").is_none() && json.get("error").is_none());
 }
 
 #[tokio::test]
@@ -405,6 +461,39 @@ async fn files_written_into_a_session_are_read_and_listed_back() {
     );
     let refused = session.read_file("../etc/passwd").await.unwrap_err();
     assert!(matches!(refused, Error::InvalidInput { .. }), "{refused}");
+}
+
+#[tokio::test]
+async fn a_cells_results_stream_in_order_with_its_output() {
+    let fakes = FakeSetup::new();
+    let session = session(&fakes, |_| {}).await;
+    let mut seen = Seen::default();
+
+    let cell = session
+        .exec(
+            CellRequest::new("show 41\nresult text/html <b>x</b>"),
+            &mut seen,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(seen.order, ["41", "text/html"]);
+    assert_eq!(cell.results.len(), 2);
+    assert_eq!(cell.results[0].text(), Some("41"));
+    assert!(cell.results[0].is_main_result);
+    assert_eq!(cell.results[1].data["text/html"], "<b>x</b>");
+    assert!(cell.error.is_none());
+    let raised = session
+        .exec(
+            CellRequest::new("raise ZeroDivisionError division by zero"),
+            &mut seen,
+        )
+        .await
+        .unwrap();
+    assert_eq!(raised.exit_code, 1);
+    assert_eq!(raised.error.unwrap().name, "ZeroDivisionError");
+    assert!(String::from_utf8_lossy(&raised.stderr).contains("division by zero"));
+    session.close().await;
 }
 
 #[tokio::test]

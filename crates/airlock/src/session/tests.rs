@@ -388,8 +388,11 @@ fn a_cell_result_serializes_its_output_as_text() {
         stdout_truncated: false,
         stderr_truncated: false,
         duration_ms: 3,
+        results: Vec::new(),
+        error: None,
     };
     let json = serde_json::to_value(&result).unwrap();
     assert_eq!(json["stdout"], "1\n");
     assert_eq!(json["state_lost"], false);
+    assert!(json.get("results").is_none(), "no results, no field");
 }

@@ -30,12 +30,12 @@ use crate::packages::install::PackagesReport;
 use crate::spec::{CaBundle, MachineShape};
 use crate::task::BoxFuture;
 use crate::teardown::TeardownReport;
-use crate::vm::{BootTimings, ExecOutcome, OutputStream};
+use crate::vm::{BootTimings, ExecOutcome, ExecProgress};
 use airlock_gvproxy::NetworkMode;
 use airlock_protocol::{ExecRequest, FileEntry, Language};
 
-/// Where the output of an exec goes, as it arrives.
-pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, &[u8]) + Send);
+/// Where the output and results of an exec go, as they arrive.
+pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
 
 /// A running VM whose agent answers: what runs and sessions do with it.
 /// Every method is a step a run or a session takes; none blocks.
@@ -58,7 +58,8 @@ pub trait SandboxVm: Send + Sync {
         None
     }
 
-    /// Runs code, handing output to `on_output` as it arrives; when
+    /// Runs code, handing output and results to `on_output` as they
+    /// arrive; when
     /// `interrupt` completes, the running code is interrupted and its
     /// completion still returned (exit code 130).
     ///

@@ -44,7 +44,7 @@ impl SandboxVm for Vm {
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<ExecOutcome>> {
-        Box::pin(Vm::exec_interruptible(self, request, on_output, interrupt))
+        Box::pin(Vm::exec_streaming(self, request, on_output, interrupt))
     }
 
     fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo>> {

@@ -8,6 +8,7 @@
 //!
 //! | option            | CLI                          | JSON                          |
 //! |-------------------|------------------------------|-------------------------------|
+//! | image             | `--image NAME`               | `image` (the language's own)  |
 //! | guest memory      | `-m/--memory MIB` (512)      | `memory_mib` (512)            |
 //! | vCPUs             | `--cpus N` (1)               | `cpus` (1)                    |
 //! | egress            | `--network`, `--allow-domain`| `network: {allow_domains}`    |
@@ -25,7 +26,7 @@
 //! library's [`SandboxSpec`] and [`crate::SessionOptions`], with the
 //! library's errors.
 
-use super::{SandboxSpec, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use super::{Image, SandboxSpec, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use crate::error::Result;
 use crate::network::NetworkRequest;
 use airlock_protocol::Language;
@@ -58,10 +59,19 @@ fn enabled() -> bool {
     true
 }
 
-/// The machine's size: memory and vCPUs.
+/// The machine: its image, memory and vCPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ShapeArgs {
+    /// The guest image: python, javascript, raw, or python-data (python
+    /// with numpy, pandas, matplotlib, scipy, scikit-learn, seaborn,
+    /// sympy, statsmodels; numpy, pandas and matplotlib already imported).
+    /// Default: the language's own. An image alone picks its language
+    /// (`--image python-data` runs python); a language it does not run is
+    /// refused.
+    #[cfg_attr(feature = "clap", arg(long = "image", value_name = "NAME"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
     /// Guest memory in MiB.
     #[cfg_attr(
         feature = "clap",
@@ -78,9 +88,20 @@ pub struct ShapeArgs {
 impl Default for ShapeArgs {
     fn default() -> Self {
         Self {
+            image: None,
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_VCPUS,
         }
+    }
+}
+
+impl ShapeArgs {
+    /// The language of the sandbox: the one `asked` (a flag, a file's
+    /// extension, a body's field), else the image's, else `default`. A
+    /// language the image does not run is refused by
+    /// [`SandboxArgs::to_spec`].
+    pub fn language(&self, asked: Option<Language>, default: Language) -> Language {
+        asked.or(self.image.map(Image::language)).unwrap_or(default)
     }
 }
 
@@ -166,11 +187,16 @@ pub struct SandboxArgs {
 
 impl SandboxArgs {
     /// The spec of a sandbox of `language` for `tenant`; validated.
+    /// `language` is what was asked, or the image's
+    /// ([`ShapeArgs::language`]).
     ///
     /// # Errors
     /// As [`SandboxSpec::validate`] and [`NetworkArgs::to_request`].
     pub fn to_spec(&self, tenant: &str, language: Language) -> Result<SandboxSpec> {
         let mut spec = SandboxSpec::new(language);
+        if let Some(image) = self.shape.image {
+            spec.shape = spec.shape.with_image(image);
+        }
         tenant.clone_into(&mut spec.tenant);
         spec.shape.memory_mib = self.shape.memory_mib;
         spec.shape.vcpus = self.shape.cpus;
@@ -249,6 +275,7 @@ mod tests {
         assert_eq!(
             args.shape,
             ShapeArgs {
+                image: None,
                 memory_mib: 256,
                 cpus: 2
             }
@@ -303,6 +330,46 @@ mod tests {
     }
 
     #[test]
+    fn a_json_image_alone_picks_its_language_and_boots_its_disk() {
+        let args = from_json(r#"{"image": "python-data"}"#);
+        assert_eq!(args.shape.image, Some(Image::PythonData));
+        let language = args.shape.language(None, Language::Raw);
+        assert_eq!(language, Language::Python);
+        let spec = args.to_spec("t", language).unwrap();
+        assert_eq!(spec.image(), Image::PythonData);
+        assert_eq!(
+            serde_json::to_value(&args).unwrap()["image"],
+            "python-data",
+            "the image round-trips under its JSON name"
+        );
+    }
+
+    #[test]
+    fn an_unknown_json_image_is_refused_listing_the_names() {
+        let err = serde_json::from_str::<SandboxArgs>(r#"{"image": "r-data"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("python-data") && err.contains("raw"), "{err}");
+    }
+
+    #[test]
+    fn an_image_contradicting_the_language_is_refused_naming_the_image() {
+        let args = from_json(r#"{"image": "python-data"}"#);
+        let asked = args
+            .shape
+            .language(Some(Language::Javascript), Language::Python);
+        let err = args.to_spec("t", asked).unwrap_err();
+        assert!(
+            matches!(err, crate::Error::InvalidInput { field: "image", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("python-data runs python"), "{err}");
+        let own = from_json(r#"{"image": "javascript"}"#);
+        let spec = own.to_spec("t", Language::Javascript).unwrap();
+        assert_eq!(spec.shape.image, None, "a language's own image is no extra");
+    }
+
+    #[test]
     fn lifetimes_default_to_the_sessions_and_apply_as_durations() {
         let lifetime: LifetimeArgs = serde_json::from_str(r#"{"idle_timeout_s": 5}"#).unwrap();
         assert_eq!(lifetime.max_lifetime_s, DEFAULT_MAX_LIFETIME_S);
@@ -323,7 +390,7 @@ mod tests {
     fn the_json_schema_names_the_rest_fields_and_hides_the_cli_only_one() {
         let schema = serde_json::to_value(schemars::schema_for!(SandboxArgs)).unwrap();
         let properties = &schema["properties"];
-        for field in ["memory_mib", "cpus", "network", "packages"] {
+        for field in ["image", "memory_mib", "cpus", "network", "packages"] {
             assert!(properties.get(field).is_some(), "{field} in {schema}");
         }
         let network = serde_json::to_value(schemars::schema_for!(NetworkArgs)).unwrap();
@@ -382,6 +449,7 @@ mod tests {
             assert_eq!(
                 cmd.sandbox.shape,
                 ShapeArgs {
+                    image: None,
                     memory_mib: 256,
                     cpus: 2
                 }
@@ -408,6 +476,19 @@ mod tests {
             );
             let long = parse(&["--memory", "1024"]);
             assert_eq!(long.sandbox.shape.memory_mib, 1024);
+        }
+
+        #[test]
+        fn the_image_flag_takes_names_and_refuses_unknown_ones_listing_them() {
+            let data = parse(&["--image", "python-data"]);
+            assert_eq!(data.sandbox.shape.image, Some(Image::PythonData));
+            let err = Cmd::try_parse_from(["airlock", "--image", "r-data"])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("python, javascript, raw or python-data"),
+                "{err}"
+            );
         }
     }
 }

@@ -14,11 +14,17 @@
 //! - [`args`]: the option types every front end (CLI, REST, MCP) flattens,
 //!   so that an option has one name, default and error everywhere.
 //!
+//! - [`image`]: the guest images by name ([`Image`]); a shape's image is
+//!   its root disk, [`MachineShape::image`].
+//!
 //! Where this wave's new fields go (each with its `validate` rule here):
-//! `image` (issue 20) next to `language` in [`MachineShape`]; `secrets`,
-//! `mounts` and `disk_mib` in [`SandboxSpec`] (see the comments there).
+//! `secrets`, `mounts` and `disk_mib` in [`SandboxSpec`] (see the comments
+//! there).
 
 pub mod args;
+pub mod image;
+
+pub use image::Image;
 
 use crate::error::{Error, Result};
 use crate::network::NetworkRequest;
@@ -44,11 +50,16 @@ pub const DEFAULT_TENANT: &str = "default";
 /// adding a field changes the keys unless it is skipped when unset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MachineShape {
-    /// The root disk and interpreter.
+    /// The interpreter (and, without `image`, the root disk).
     pub language: Language,
-    // Issue 20 adds `image: Option<ImageRef>` here: a root disk other than
-    // the language's (`#[serde(skip_serializing_if = "Option::is_none")]`
-    // so that templates of language-only shapes keep their keys).
+    /// A root disk other than the language's own ([`Image::PythonData`]),
+    /// of that language. `None`: the language's own image. Set it with
+    /// [`MachineShape::with_image`], which keeps a language's own image as
+    /// `None`, so that one machine has one shape (and one template key:
+    /// it is left out of the JSON when `None`, so the keys of templates of
+    /// language-only shapes are those they always had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
     /// Guest memory in MiB.
     pub memory_mib: u32,
     /// vCPUs.
@@ -60,17 +71,49 @@ impl MachineShape {
     pub fn new(language: Language) -> Self {
         Self {
             language,
+            image: None,
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: DEFAULT_VCPUS,
         }
     }
 
-    /// Checks memory and vCPUs against their ranges.
+    /// A shape of `image` (its language, its root disk) with the default
+    /// memory and vCPUs.
+    pub fn of_image(image: Image) -> Self {
+        Self::new(image.language()).with_image(image)
+    }
+
+    /// This shape booting `image`: a language's own image is stored as
+    /// `None`. The language is left as it is, so that an image of another
+    /// language is refused by [`MachineShape::validate`] rather than
+    /// silently changing the language asked for.
+    #[must_use]
+    pub fn with_image(self, image: Image) -> Self {
+        Self {
+            image: (!image.is_language_default()).then_some(image),
+            ..self
+        }
+    }
+
+    /// The image the machine boots: `image`, else the language's own.
+    pub fn image(&self) -> Image {
+        self.image
+            .unwrap_or_else(|| Image::of_language(self.language))
+    }
+
+    /// Checks memory and vCPUs against their ranges, and that the image
+    /// runs the shape's language.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for `memory_mib` or `vcpus`.
+    /// [`Error::InvalidInput`] for `memory_mib`, `vcpus` or `image`.
     pub fn validate(&self) -> Result<()> {
-        validate_shape(self.memory_mib, self.vcpus)
+        validate_shape(self.memory_mib, self.vcpus)?;
+        if let Some(image) = self.image {
+            image
+                .check_language(self.language)
+                .map_err(|e| Error::invalid("image", e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -79,7 +122,9 @@ impl std::fmt::Display for MachineShape {
         write!(
             f,
             "{} {} MiB {} vCPU",
-            self.language, self.memory_mib, self.vcpus
+            self.image(),
+            self.memory_mib,
+            self.vcpus
         )
     }
 }
@@ -144,6 +189,11 @@ impl SandboxSpec {
         self.shape.language
     }
 
+    /// The image its VM boots ([`MachineShape::image`]).
+    pub fn image(&self) -> Image {
+        self.shape.image()
+    }
+
     /// Checks every field; the first problem is returned.
     ///
     /// # Errors
@@ -153,6 +203,19 @@ impl SandboxSpec {
         self.shape.validate()?;
         validate_identifier("tenant", &self.tenant)?;
         self.network.validate()?;
+        if let (Some(image), false) = (self.shape.image, self.packages.is_empty()) {
+            // A layer is installed by a VM of the language's own image and
+            // keyed by its root disk: it is not known to work over another.
+            return Err(Error::invalid(
+                "packages",
+                format!(
+                    "packages install over the {} image only, not over {image}: \
+                     leave the packages out ({image} ships its own stack, \
+                     docs/images.md) or use the {} image",
+                    self.shape.language, self.shape.language
+                ),
+            ));
+        }
         crate::packages::spec::PackageList::parse(self.shape.language, &self.packages).map(drop)
     }
 }
@@ -196,6 +259,13 @@ impl PoolConfig {
         }
         if !VCPUS_RANGE.contains(&self.shape.vcpus) {
             return fail("vcpus is outside VCPUS_RANGE");
+        }
+        if let Some(Err(e)) = self
+            .shape
+            .image
+            .map(|image| image.check_language(self.shape.language))
+        {
+            return fail(&e.to_string());
         }
         Ok(())
     }
@@ -318,9 +388,66 @@ mod tests {
         assert_eq!(json, r#"{"language":"raw","memory_mib":512,"vcpus":1}"#);
     }
 
+    #[test]
+    fn the_data_image_alone_gives_a_python_shape_that_names_its_image() {
+        let shape = MachineShape::of_image(Image::PythonData);
+        assert_eq!(shape.language, Language::Python);
+        assert_eq!(shape.image(), Image::PythonData);
+        shape.validate().unwrap();
+        assert_eq!(shape.to_string(), "python-data 512 MiB 1 vCPU");
+        let json = serde_json::to_string(&shape).unwrap();
+        assert_eq!(
+            json,
+            r#"{"language":"python","image":"python-data","memory_mib":512,"vcpus":1}"#
+        );
+        assert_eq!(serde_json::from_str::<MachineShape>(&json).unwrap(), shape);
+    }
+
+    #[test]
+    fn a_languages_own_image_is_the_shape_without_an_image() {
+        for language in Language::ALL {
+            let own = MachineShape::new(language).with_image(Image::of_language(language));
+            assert_eq!(own, MachineShape::new(language));
+            assert_eq!(own.image(), Image::of_language(language));
+        }
+        assert_ne!(
+            MachineShape::of_image(Image::PythonData),
+            MachineShape::new(Language::Python),
+            "a data VM is not a python VM: pools and templates keep them apart"
+        );
+    }
+
+    #[test]
+    fn an_image_that_contradicts_the_language_is_refused_naming_both() {
+        let mut spec = SandboxSpec::new(Language::Javascript);
+        spec.shape = spec.shape.with_image(Image::PythonData);
+        let err = spec.validate().unwrap_err();
+        assert_eq!(field_of(spec.validate()), "image");
+        assert!(
+            err.to_string()
+                .contains("python-data runs python code, not javascript"),
+            "{err}"
+        );
+        let pool = PoolConfig::new(spec.shape);
+        assert!(matches!(pool.validate(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn packages_over_the_data_image_are_refused_with_what_to_do() {
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.shape = MachineShape::of_image(Image::PythonData);
+        spec.packages = vec!["six==1.16.0".into()];
+        let err = spec.validate().unwrap_err().to_string();
+        assert_eq!(field_of(spec.validate()), "packages");
+        assert!(err.contains("python image"), "{err}");
+        spec.packages.clear();
+        spec.validate().unwrap();
+    }
+
     fn shape() -> MachineShape {
         MachineShape {
             language: Language::Raw,
+            image: None,
             memory_mib: 256,
             vcpus: 1,
         }

@@ -78,6 +78,7 @@ async fn boot_and_save(manager: &VmManager, inputs: &TemplateInputs, staging: &P
     let options = VmOptions {
         tenant: TEMPLATE_TENANT.into(),
         language: inputs.shape.language,
+        image: inputs.shape.image,
         memory_mib: inputs.shape.memory_mib,
         vcpus: inputs.shape.vcpus,
         network: NetworkRequest::default(),

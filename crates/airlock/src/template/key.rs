@@ -27,8 +27,8 @@ pub struct TemplateInputs {
     pub kernel_hash: String,
     /// Hash of the initramfs (images manifest).
     pub initramfs_hash: String,
-    /// Hash of the language's root disk (images manifest); the agent is on
-    /// it.
+    /// Hash of the shape's root disk, its image's (images manifest); the
+    /// agent is on it.
     pub rootfs_hash: String,
     /// The QEMU version (`7.2.0`).
     pub qemu_version: String,
@@ -49,12 +49,14 @@ pub struct TemplateInputs {
 }
 
 impl TemplateInputs {
-    /// The key: `<language>-<memory>m-<vcpus>c-<16 hex digits of the
-    /// sha256 of the inputs>`, readable and content-addressed.
+    /// The key: `<image>-<memory>m-<vcpus>c-<16 hex digits of the
+    /// sha256 of the inputs>`, readable and content-addressed (a
+    /// language's own image is named as the language: `python-512m-...`,
+    /// `python-data-512m-...`).
     pub fn key(&self) -> String {
         format!(
             "{}-{}m-{}c-{}",
-            self.shape.language,
+            self.shape.image(),
             self.shape.memory_mib,
             self.shape.vcpus,
             crate::artifacts::digest_of(self)
@@ -69,6 +71,7 @@ pub(crate) fn test_inputs(language: Language, memory_mib: u32) -> TemplateInputs
         format: TEMPLATE_FORMAT,
         shape: TemplateShape {
             language,
+            image: None,
             memory_mib,
             vcpus: 1,
         },
@@ -99,6 +102,24 @@ mod tests {
         assert_eq!(key.len(), "python-512m-1c-".len() + 16);
         assert_eq!(key, inputs().key());
         airlock_sys_util::check_id(&key).unwrap();
+    }
+
+    #[test]
+    fn a_data_template_is_keyed_apart_and_named_by_its_image() {
+        let data = TemplateInputs {
+            shape: inputs().shape.with_image(crate::spec::Image::PythonData),
+            ..inputs()
+        };
+        let key = data.key();
+        assert!(key.starts_with("python-data-512m-1c-"), "{key}");
+        assert_ne!(key, inputs().key());
+        airlock_sys_util::check_id(&key).unwrap();
+        let json = serde_json::to_string(&data).unwrap();
+        assert!(json.contains(r#""image":"python-data""#), "{json}");
+        assert!(
+            !serde_json::to_string(&inputs()).unwrap().contains("image"),
+            "language-only shapes keep the keys they had"
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Templates {
     /// What the template of `shape` must match on this host and images.
     ///
     /// # Errors
-    /// [`Error::ImagesMissing`] without a root disk for the language;
+    /// [`Error::ImagesMissing`] without a root disk for the shape's image;
     /// [`Error::Qemu`] for a shape QEMU refuses.
     pub fn inputs(&self, shape: TemplateShape) -> Result<TemplateInputs> {
         self.inputs_over(shape, None)
@@ -145,14 +145,7 @@ impl Templates {
     /// As [`Templates::inputs`].
     pub fn inputs_over(&self, shape: TemplateShape, layer: Option<&str>) -> Result<TemplateInputs> {
         let images = self.manager.images();
-        let rootfs_hash = images
-            .rootfs_hash
-            .get(&shape.language)
-            .cloned()
-            .ok_or_else(|| Error::ImagesMissing {
-                dir: images.dir.clone(),
-                what: format!("no root disk for {}", shape.language),
-            })?;
+        let rootfs_hash = images.disk(shape.image())?.hash.clone();
         let caps = &self.manager.host().caps;
         Ok(TemplateInputs {
             format: TEMPLATE_FORMAT,
@@ -412,6 +405,7 @@ mod tests {
     fn shape(memory_mib: u32) -> TemplateShape {
         TemplateShape {
             language: Language::Python,
+            image: None,
             memory_mib,
             vcpus: 1,
         }
