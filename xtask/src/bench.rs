@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// workspace.
     #[arg(long = "side", requires = "baseline")]
     pub sides: Vec<String>,
+    /// Leave this workspace out of the A/B: only the baseline and the
+    /// `--side`s run, and nothing is built (with `--only ab`).
+    #[arg(long, requires = "sides")]
+    pub ab_without_current: bool,
     /// The baseline's name in the table (its commit id).
     #[arg(long, default_value = "baseline")]
     pub baseline_label: String,
@@ -167,15 +171,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if only.contains(&Rows::Ab) && args.baseline.is_none() {
         bail!("the A/B rows need --baseline AIRLOCK and --baseline-images DIR");
     }
-    host::ensure_all()?;
-    let manifest = images::ensure()?;
-    let airlock = host::release_airlock()?;
     let mut doc = String::new();
-    if only.contains(&Rows::Standard) {
-        doc.push_str(&standard(args, &manifest, &airlock)?);
-    }
-    if only.contains(&Rows::Data) {
-        doc.push_str(&data::render(&data::measure(&airlock, args.runs)?)?);
+    let mut current = None;
+    if only != [Rows::Ab] || !args.ab_without_current {
+        host::ensure_all()?;
+        let manifest = images::ensure()?;
+        let airlock = host::release_airlock()?;
+        if only.contains(&Rows::Standard) {
+            doc.push_str(&standard(args, &manifest, &airlock)?);
+        }
+        if only.contains(&Rows::Data) {
+            doc.push_str(&data::render(&data::measure(&airlock, args.runs)?)?);
+        }
+        current = Some(airlock);
     }
     if let (true, Some(baseline), Some(images)) = (
         only.contains(&Rows::Ab),
@@ -197,7 +205,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for spec in &args.sides {
             sides.push(ab::Side::parse(spec)?);
         }
-        sides.push(ab::Side::current(workspace_commit(), airlock.clone()));
+        if let Some(airlock) = current.filter(|_| !args.ab_without_current) {
+            sides.push(ab::Side::current(workspace_commit(), airlock));
+        }
         doc.push_str(&ab::render(&ab::measure(&sides, args.ab_rounds)?)?);
     }
     let path = workspace_root().join("docs").join("benchmarks.md");

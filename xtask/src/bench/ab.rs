@@ -182,7 +182,8 @@ pub(super) fn render(n: &Numbers) -> Result<String> {
         "Written by `cargo xtask bench --only ab --baseline AIRLOCK --baseline-images DIR \
          [--side LABEL,AIRLOCK,IMAGES,CACHE]...`. Sides: {}; the baseline first, each an \
          `airlock` release binary over images built by its own commit's `cargo xtask images` \
-         and a cache dir of its own (templates), the last this workspace's. {} rounds; in each, \
+         and a cache dir of its own (templates); this workspace's last, unless \
+         `--ab-without-current`. {} rounds; in each, \
          every row runs once per side, the side that goes first turning. Other engineers \
          compile on this 2-core machine at the same time: the load average (1 min) moved \
          between {lo:.2} and {hi:.2} during the A/B ({} at the start, {} at the end). Under TCG \
