@@ -9,7 +9,7 @@
 //! - the python-data template's memory file (size, allocated) and one
 //!   clone's private memory (`/proc/PID/smaps_rollup` of its QEMU).
 
-use super::{json_run, percentiles};
+use super::{json_run, load_average, percentiles};
 use airlock_sys_util::proc_scan::{memory_rollup, MemoryRollup};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
@@ -47,6 +47,8 @@ pub(super) struct Numbers {
     second_cell: Vec<f64>,
     template: Option<(PathBuf, u64, u64)>,
     clone: Option<MemoryRollup>,
+    /// The 1-minute load average at the start and at the end.
+    load: [String; 2],
 }
 
 /// Measures `runs` of each row.
@@ -54,6 +56,7 @@ pub(super) struct Numbers {
 /// # Errors
 /// A run or a session failing, a chart cell without its PNG.
 pub(super) fn measure(airlock: &Path, runs: usize) -> Result<Numbers> {
+    let load_before = load_average();
     let image = ["--image", IMAGE];
     // Unmeasured: builds a missing template of either side.
     json_run(airlock, &image, "python", IMPORT)?;
@@ -87,6 +90,7 @@ pub(super) fn measure(airlock: &Path, runs: usize) -> Result<Numbers> {
         second_cell,
         template: template_memory()?,
         clone: clone_memory(airlock)?,
+        load: [load_before, load_average()],
     })
 }
 
@@ -235,7 +239,9 @@ pub(super) fn render(n: &Numbers) -> Result<String> {
         d,
         "Written by `cargo xtask bench --only data`, through the CLI: `airlock run --json \
          --image python-data` and `airlock session --json --image python-data` (cells piped), \
-         each a fresh process restored from its template. ms, p50 / p95.\n"
+         each a fresh process restored from its template. Load average (1 min) {} at the \
+         start, {} at the end: under TCG every time grows with the load. ms, p50 / p95.\n",
+        n.load[0], n.load[1]
     )?;
     let import = percentiles(&n.import_wall).0;
     let print = percentiles(&n.print_wall).0;
@@ -277,7 +283,9 @@ pub(super) fn render(n: &Numbers) -> Result<String> {
             "| python-data template memory file: size / allocated (MiB) | {:.0} / {:.1} | reported (`{}`) |",
             mib(*len),
             mib(*allocated),
-            path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+            path.parent()
+                .and_then(Path::file_name)
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned())
         )?,
         None => writeln!(d, "| python-data template memory file | not found | reported |")?,
     }
