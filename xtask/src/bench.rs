@@ -275,7 +275,12 @@ fn splice_sections(old: &str, new: &str) -> String {
     } else {
         new_pre
     };
-    for (_, body) in sections {
+    let last = sections.len().saturating_sub(1);
+    for (i, (_, mut body)) in sections.into_iter().enumerate() {
+        // A blank line before the next heading, whichever side wrote it.
+        if i < last && !body.ends_with("\n\n") {
+            body.push('\n');
+        }
         out.push_str(&body);
     }
     out
@@ -775,6 +780,12 @@ mod tests {
             out,
             "# Benchmarks\n\nnew intro\n\n## Cold\n\nnew cold\n\n## Issue 19 A/B\n\nold ab\n\n## Data\n\nrows\n"
         );
+    }
+
+    #[test]
+    fn splice_keeps_a_blank_line_before_the_heading_after_a_replaced_section() {
+        let out = splice_sections(OLD, "## Cold\n\nnew cold\n");
+        assert!(out.contains("new cold\n\n## Issue 19 A/B"), "{out}");
     }
 
     #[test]
