@@ -10,6 +10,10 @@
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
 
+/// The A/B rows: a baseline binary against this workspace's, interleaved.
+mod ab;
+/// The data rows: the python-data image's import, chart cells, memory.
+mod data;
 /// The session rows: a cell's round trip, a session's start.
 mod session;
 
@@ -32,6 +36,53 @@ pub struct BenchArgs {
     /// Overlay acquires per mode (pool hit, on demand).
     #[arg(long, default_value_t = 50)]
     pub acquires: usize,
+    /// Measure only these groups of rows (repeat or comma-separate); the
+    /// sections they write replace the same sections of
+    /// docs/benchmarks.md, the others are kept. Default: `standard` and
+    /// `data`, and `ab` when `--baseline` is given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Rows>,
+    /// The `airlock` binary of the A/B's baseline (built from the
+    /// baseline commit, `cargo build --release -p airlock-cli` there).
+    #[arg(long, requires = "baseline_images")]
+    pub baseline: Option<PathBuf>,
+    /// The images dir of the baseline, built by the baseline commit's own
+    /// `AIRLOCK_IMAGES=DIR cargo xtask images`.
+    #[arg(long, requires = "baseline")]
+    pub baseline_images: Option<PathBuf>,
+    /// The baseline's cache dir (its templates and probe verdicts; never
+    /// the current side's). Default: `<baseline-images>-cache`.
+    #[arg(long, requires = "baseline")]
+    pub baseline_cache: Option<PathBuf>,
+    /// More sides for the A/B, each `LABEL,AIRLOCK,IMAGES,CACHE` (a binary
+    /// over its images and cache dir), between the baseline and this
+    /// workspace.
+    #[arg(long = "side", requires = "baseline")]
+    pub sides: Vec<String>,
+    /// Leave this workspace out of the A/B: only the baseline and the
+    /// `--side`s run, and nothing is built (with `--only ab`).
+    #[arg(long, requires = "sides")]
+    pub ab_without_current: bool,
+    /// The baseline's name in the table (its commit id).
+    #[arg(long, default_value = "baseline")]
+    pub baseline_label: String,
+    /// Interleaved A/B rounds (each runs every row once per side).
+    #[arg(long, default_value_t = 15)]
+    pub ab_rounds: usize,
+}
+
+/// Groups of rows `cargo xtask bench --only` can measure alone.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Every row but the A/B: cold runs, the floor, the overlay pool,
+    /// packages, sessions, templates, the warm pool, idle cost, memory per
+    /// clone, the server.
+    Standard,
+    /// The interleaved A/B against `--baseline` (issue 19).
+    Ab,
+    /// The python-data image: its import against `print(1)`, chart cells in
+    /// a session, its template's memory (issue 20).
+    Data,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -107,13 +158,138 @@ fn percentiles(values: &[f64]) -> (f64, f64) {
 
 /// Runs the benchmarks and writes the table.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.runs == 0 || args.acquires == 0 {
-        bail!("--runs and --acquires must be at least 1");
+    if args.runs == 0 || args.acquires == 0 || args.ab_rounds == 0 {
+        bail!("--runs, --acquires and --ab-rounds must be at least 1");
     }
-    host::ensure_all()?;
+    let mut only = args.only.clone();
+    if only.is_empty() {
+        only.extend([Rows::Standard, Rows::Data]);
+        if args.baseline.is_some() {
+            only.push(Rows::Ab);
+        }
+    }
+    if only.contains(&Rows::Ab) && args.baseline.is_none() {
+        bail!("the A/B rows need --baseline AIRLOCK and --baseline-images DIR");
+    }
+    let mut doc = String::new();
+    let mut current = None;
+    if only != [Rows::Ab] || !args.ab_without_current {
+        host::ensure_all()?;
+        let manifest = images::ensure()?;
+        let airlock = host::release_airlock()?;
+        if only.contains(&Rows::Standard) {
+            doc.push_str(&standard(args, &manifest, &airlock)?);
+        }
+        if only.contains(&Rows::Data) {
+            doc.push_str(&data::render(&data::measure(&airlock, args.runs)?)?);
+        }
+        current = Some(airlock);
+    }
+    if let (true, Some(baseline), Some(images)) = (
+        only.contains(&Rows::Ab),
+        &args.baseline,
+        &args.baseline_images,
+    ) {
+        let cache = args.baseline_cache.clone().unwrap_or_else(|| {
+            let mut name = images.as_os_str().to_owned();
+            name.push("-cache");
+            PathBuf::from(name)
+        });
+        let before = ab::Side::baseline(
+            args.baseline_label.clone(),
+            baseline.clone(),
+            images,
+            &cache,
+        );
+        let mut sides = vec![before];
+        for spec in &args.sides {
+            sides.push(ab::Side::parse(spec)?);
+        }
+        if let Some(airlock) = current.filter(|_| !args.ab_without_current) {
+            sides.push(ab::Side::current(workspace_commit(), airlock));
+        }
+        doc.push_str(&ab::render(&ab::measure(&sides, args.ab_rounds)?)?);
+    }
+    let path = workspace_root().join("docs").join("benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, splice_sections(&old, &doc))
+        .with_context(|| format!("write {}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+/// This workspace's commit, short, `+` when the tree has changes.
+fn workspace_commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{commit}+"),
+        _ => commit,
+    }
+}
+
+/// `old` with the sections of `new` in place of its own: a section is a
+/// `## ` heading and what follows it up to the next; the text before the
+/// first heading of `new`, when there is any, replaces the one of `old`.
+/// Sections of `new` that `old` lacks go at its end.
+fn splice_sections(old: &str, new: &str) -> String {
+    fn split(doc: &str) -> (String, Vec<(String, String)>) {
+        let mut preamble = String::new();
+        let mut sections: Vec<(String, String)> = Vec::new();
+        for line in doc.split_inclusive('\n') {
+            if line.starts_with("## ") {
+                sections.push((line.trim_end().to_owned(), String::new()));
+            }
+            match sections.last_mut() {
+                Some((_, body)) => body.push_str(line),
+                None => preamble.push_str(line),
+            }
+        }
+        (preamble, sections)
+    }
+    let (old_pre, mut sections) = split(old);
+    let (new_pre, new_sections) = split(new);
+    for (heading, body) in new_sections {
+        match sections.iter_mut().find(|(h, _)| *h == heading) {
+            Some(slot) => slot.1 = body,
+            None => {
+                if let Some((_, last)) = sections.last_mut() {
+                    if !last.ends_with("\n\n") {
+                        last.push('\n');
+                    }
+                }
+                sections.push((heading, body));
+            }
+        }
+    }
+    let mut out = if new_pre.trim().is_empty() {
+        old_pre
+    } else {
+        new_pre
+    };
+    let last = sections.len().saturating_sub(1);
+    for (i, (_, mut body)) in sections.into_iter().enumerate() {
+        // A blank line before the next heading, whichever side wrote it.
+        if i < last && !body.ends_with("\n\n") {
+            body.push('\n');
+        }
+        out.push_str(&body);
+    }
+    out
+}
+
+/// Every row but the A/B: the whole document as it was before `--only`.
+fn standard(args: &BenchArgs, manifest: &images::Manifest, airlock: &Path) -> Result<String> {
     let load_before = load_average();
-    let manifest = images::ensure()?;
-    let airlock = host::release_airlock()?;
+    let airlock = airlock.to_path_buf();
 
     let mut rows = Vec::new();
     for (language, code) in SNIPPETS {
@@ -157,10 +333,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     doc.push_str(&crate::bench_server::render(
         &crate::bench_server::measure(&airlock, args.runs)?,
     )?);
-    let path = workspace_root().join("docs").join("benchmarks.md");
-    std::fs::write(&path, doc).with_context(|| format!("write {}", path.display()))?;
-    eprintln!("xtask: wrote {}", path.display());
-    Ok(())
+    Ok(doc)
 }
 
 fn cold_run(airlock: &Path, language: &str, code: &str) -> Result<Sample> {
@@ -189,8 +362,20 @@ fn json_run(
     language: &str,
     code: &str,
 ) -> Result<(Sample, serde_json::Value)> {
+    json_run_in(airlock, &[], extra, language, code)
+}
+
+/// [`json_run`] with `env` set for the `airlock` process.
+fn json_run_in(
+    airlock: &Path,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    extra: &[&str],
+    language: &str,
+    code: &str,
+) -> Result<(Sample, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(airlock)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["run", "--json", "-q"])
         .args(extra)
         .args(["-l", language, code])
@@ -567,4 +752,45 @@ fn qemu_version() -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "QEMU version unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str =
+        "# Benchmarks\n\nold intro\n\n## Cold\n\nold cold\n\n## Issue 19 A/B\n\nold ab\n";
+
+    #[test]
+    fn splice_replaces_a_measured_section_and_keeps_the_others() {
+        let out = splice_sections(OLD, "\n## Issue 19 A/B\n\nnew ab\n");
+        assert_eq!(
+            out,
+            "# Benchmarks\n\nold intro\n\n## Cold\n\nold cold\n\n## Issue 19 A/B\n\nnew ab\n"
+        );
+    }
+
+    #[test]
+    fn splice_takes_the_new_preamble_and_appends_new_sections() {
+        let out = splice_sections(
+            OLD,
+            "# Benchmarks\n\nnew intro\n\n## Cold\n\nnew cold\n\n## Data\n\nrows\n",
+        );
+        assert_eq!(
+            out,
+            "# Benchmarks\n\nnew intro\n\n## Cold\n\nnew cold\n\n## Issue 19 A/B\n\nold ab\n\n## Data\n\nrows\n"
+        );
+    }
+
+    #[test]
+    fn splice_keeps_a_blank_line_before_the_heading_after_a_replaced_section() {
+        let out = splice_sections(OLD, "## Cold\n\nnew cold\n");
+        assert!(out.contains("new cold\n\n## Issue 19 A/B"), "{out}");
+    }
+
+    #[test]
+    fn splice_into_an_empty_document_is_the_new_one() {
+        let new = "# Benchmarks\n\nintro\n\n## Cold\n\nrows\n";
+        assert_eq!(splice_sections("", new), new);
+    }
 }

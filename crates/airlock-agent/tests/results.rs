@@ -138,6 +138,40 @@ async fn python_shows_the_last_value_and_displays_in_order_with_output() {
     assert_eq!(cells.py("import sys; sys.exit(3)").await, [done(3)]);
 }
 
+/// The driver finds a cell's last statement from its last line at column 0
+/// when it can (no AST); lines that only look like a statement's start
+/// (in a bracket, in a string, after a `;`) must not fool it.
+#[tokio::test]
+async fn python_last_value_is_found_past_lines_that_look_like_statements() {
+    let mut cells = start("res-last", |_| {});
+    assert_eq!(
+        cells.py("[y for y in range(4)\nif y > 1]").await,
+        [plain("[2, 3]", true), done(0)]
+    );
+    assert_eq!(
+        cells.py("'''a\nimport b'''").await,
+        [plain(r"'a\nimport b'", true), done(0)]
+    );
+    assert_eq!(cells.py("import os; 7").await, [plain("7", true), done(0)]);
+    assert_eq!(cells.py("def f():\n    return 8\n").await, [done(0)]);
+    assert_eq!(
+        cells.py("def f():\n    return 8\n\nf()  # call\n").await,
+        [plain("8", true), done(0)]
+    );
+    assert_eq!(
+        cells.py("x = {\n'k': 9}\nx['k']").await,
+        [plain("9", true), done(0)]
+    );
+    assert_eq!(cells.py("if True:\n    10\n").await, [done(0)]);
+    assert_eq!(cells.py("x = 1\nx;").await, [done(0)]);
+    // The tail's line numbers are the cell's.
+    let seen = cells.py("a = 1\n\n1 / 0").await;
+    assert!(
+        matches!(&seen[0], Seen::Err(e) if e.contains("line 3")),
+        "{seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn python_rich_display_protocol_gives_each_representation() {
     let mut cells = start("res-rich", |_| {});

@@ -378,6 +378,79 @@ def split_last_expression(source):
     return tree, ast.Expression(last.value)
 
 
+# First words of a statement that is not an expression (not the soft
+# keywords `match`, `case`, `type`: each can start an expression).
+STATEMENT_WORDS = frozenset(
+    b"def class import from if for while with try return raise del pass "
+    b"assert global nonlocal break continue async".split()
+)
+
+
+def last_top_line(source):
+    # The offset of the last line that starts at column 0 with something
+    # else than a comment or a closing bracket, or None.
+    offset = len(source)
+    for line in reversed(source.splitlines(keepends=True)):
+        offset -= len(line)
+        if line[:1] not in (b"", b" ", b"\t", b"\f", b"\r", b"\n", b"#", b")", b"]", b"}"):
+            return offset
+    return None
+
+
+def first_word(tail):
+    word = tail[:16].split(None, 1)[0] if tail.strip() else b""
+    for i, byte in enumerate(word):
+        if not (byte == 95 or 48 <= byte <= 57 or 65 <= byte <= 90 or 97 <= byte <= 122):
+            return word[:i]
+    return word
+
+
+def compile_text(source, mode):
+    return compile(source, "<string>", mode, dont_inherit=True)
+
+
+def compile_cell(source):
+    # The code of the cell's statements, and of its last expression when
+    # it is to be shown (or None): split_last_expression's answer, found
+    # for the common cells from the text, without building an AST. An
+    # AST costs a fresh clone of a memory template about as much again as
+    # the cell (large C code, the AST's conversions, that TCG translates
+    # anew in every clone); compiling the text is what a cell always did.
+    #
+    # The tail is the cell from its last line at column 0. When the head
+    # before it compiles alone, the tail starts a top-level statement
+    # (the head ends outside any bracket, string or continuation), and
+    # the cell's statements are the head's and then the tail's (a tail
+    # that continues a compound statement, `else:` and the like, does
+    # not compile alone). So: a tail that is one expression (it compiles
+    # in `eval` mode, which a trailing `;` does not) is the value; a tail
+    # whose first word starts a statement, and holds no `;`, has none.
+    # Anything else, and a coding declaration (the tail alone would be
+    # read as UTF-8), takes the AST.
+    start = last_top_line(source)
+    if start is not None and b"coding" not in b"".join(source.splitlines(keepends=True)[:2]):
+        head, tail = source[:start], source[start:]
+        try:
+            head_code = compile_text(head, "exec")
+        except SyntaxError:
+            head_code = None
+        if head_code is None:
+            pass
+        elif tail[:1] == b"@" or first_word(tail) in STATEMENT_WORDS:
+            # One statement, unless a `;` may end it and start another.
+            if b";" not in tail:
+                return compile_text(source, "exec"), None
+        else:
+            try:
+                # Leading newlines keep the tail's line numbers.
+                return head_code, compile_text(b"\n" * head.count(b"\n") + tail, "eval")
+            except SyntaxError:
+                pass
+    body, last = split_last_expression(source)
+    last_code = None if last is None else compile(last, "<string>", "eval", dont_inherit=True)
+    return compile(body, "<string>", "exec", dont_inherit=True), last_code
+
+
 def cell_error(e, tb):
     try:
         send(
@@ -399,10 +472,10 @@ def run(path):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, INT)
     try:
         try:
-            body, last = split_last_expression(source)
-            exec(compile(body, "<string>", "exec", dont_inherit=True), main)
+            body, last = compile_cell(source)
+            exec(body, main)
             if last is not None:
-                value = eval(compile(last, "<string>", "eval", dont_inherit=True), main)
+                value = eval(last, main)
                 if value is not None:
                     show(value, is_main_result=True)
             # As at interpreter exit: wait for the threads the cell started.
