@@ -52,6 +52,7 @@ pub mod keys;
 pub mod mcp;
 pub mod metrics;
 pub mod quota;
+pub mod secrets;
 pub mod server;
 mod service;
 pub mod sessions;
