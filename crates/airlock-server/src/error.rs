@@ -227,7 +227,9 @@ impl ServerError {
             Self::SecretsDisabled => Some(
                 "the operator starts the server with `secrets_key_file` in its configuration or $AIRLOCK_SECRETS_KEY (docs/secrets.md)",
             ),
-            Self::SecretNotFound { .. } => Some("list the tenant's secrets with `GET /v1/secrets`"),
+            Self::SecretNotFound { .. } => Some(
+                "list the tenant's secrets: `GET /v1/secrets` or `airlock serve secrets list --tenant T`",
+            ),
             Self::Orchestrator(e) => e.hint(),
             _ => None,
         }
