@@ -242,9 +242,10 @@ impl Airlock {
     /// here comes before any VM (and before a stream's first byte).
     ///
     /// # Errors
-    /// [`ServerError::Draining`], [`ServerError::BadRequest`] or an
-    /// orchestrator's invalid input (an unknown secret),
-    /// [`ServerError::Quota`], [`ServerError::SecretsDisabled`].
+    /// [`ServerError::Draining`], [`ServerError::BadRequest`] (an unknown
+    /// secret name among them) or an orchestrator's invalid input,
+    /// [`ServerError::Quota`], [`ServerError::SecretsDisabled`] for secrets
+    /// on a server without a key.
     pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
