@@ -7,6 +7,7 @@
 //! - [`snapshot`]: `airlock snapshot`, memory templates and package layers;
 //! - [`doctor`]: `airlock doctor`, the host checks;
 //! - [`serve`]: `airlock serve` and `serve keys`, the HTTP server;
+//! - [`serve_secrets`]: `airlock serve secrets`, the server's secrets store;
 //! - [`mcp`]: `airlock mcp`, the MCP tools over stdio;
 //! - [`transfer`]: `--upload` / `--download` and the REPL's file commands;
 //! - [`results`]: the code's results on a terminal (values printed,
@@ -34,6 +35,7 @@ pub mod results;
 pub mod run;
 pub mod secrets;
 pub mod serve;
+pub mod serve_secrets;
 pub mod session;
 pub mod snapshot;
 pub mod transfer;

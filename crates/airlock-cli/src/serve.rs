@@ -1,4 +1,5 @@
-//! `airlock serve` (with `serve keys add|list|revoke`): its arguments,
+//! `airlock serve` (with `serve keys add|list|revoke` and `serve secrets
+//! set|list|delete`, [`crate::serve_secrets`]): its arguments,
 //! merged over the config file into the server's validated
 //! [`ServerConfig`], then [`airlock_server::server::run`] until the first
 //! stop signal.
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ServeArgs {
-    /// Manage API keys instead of serving.
+    /// Manage API keys or secrets instead of serving.
     #[command(subcommand)]
     pub command: Option<ServeCommand>,
     /// A TOML configuration file; flags override its values.
@@ -34,6 +35,11 @@ pub struct ServeArgs {
     /// request acts for the local user (loopback only).
     #[arg(long, value_name = "FILE")]
     pub keys_file: Option<PathBuf>,
+    /// The secrets store's key file (32 bytes as 64 hex digits or base64,
+    /// mode 0600); else $AIRLOCK_SECRETS_KEY. Without a key the server
+    /// keeps no secrets.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Largest JSON body, in bytes.
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
@@ -114,6 +120,13 @@ pub enum ServeCommand {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Set, list or delete a tenant's secrets (values from stdin, stored
+    /// encrypted; docs/secrets.md).
+    Secrets {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::serve_secrets::SecretsAction,
+    },
 }
 
 /// `airlock serve keys ...`.
@@ -193,6 +206,9 @@ impl ServeArgs {
         }
         if self.keys_file.is_some() {
             c.keys_file.clone_from(&self.keys_file);
+        }
+        if self.secrets_key_file.is_some() {
+            c.secrets_key_file.clone_from(&self.secrets_key_file);
         }
         if self.max_concurrent_vms.is_some() {
             c.max_concurrent_vms = self.max_concurrent_vms;
@@ -288,11 +304,15 @@ fn keys(action: KeysAction) -> Result<(), ServerError> {
 
 /// Runs `airlock serve`; returns the process exit status.
 pub fn main(args: ServeArgs) -> i32 {
-    if let Some(ServeCommand::Keys { action }) = args.command {
-        return match keys(action) {
-            Ok(()) => 0,
-            Err(e) => process::failed(e),
-        };
+    match args.command {
+        Some(ServeCommand::Keys { action }) => {
+            return match keys(action) {
+                Ok(()) => 0,
+                Err(e) => process::failed(e),
+            };
+        }
+        Some(ServeCommand::Secrets { action }) => return crate::serve_secrets::main(action),
+        None => {}
     }
     let config = match args.to_config() {
         Ok(c) => c,
@@ -303,6 +323,11 @@ pub fn main(args: ServeArgs) -> i32 {
         Err(e) => return process::failed(e),
     };
     if args.check_config {
+        // The secrets key, when one is given, must open the store.
+        let env_key = std::env::var(airlock_server::secrets::KEY_ENV).ok();
+        if let Err(e) = config.secret_store(env_key.as_deref()) {
+            return process::failed(e);
+        }
         println!(
             "configuration OK: listen {}, {} key(s), {} VM slot(s)",
             config.listen,

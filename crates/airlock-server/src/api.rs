@@ -41,6 +41,12 @@ pub struct RunBody {
     /// Files written into the guest's home before the code runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileBody>>,
+    /// Names of the tenant's secrets (`PUT /v1/secrets/{name}`) the code
+    /// may use: each is a placeholder in the variable of its name, and the
+    /// egress proxy puts the value into HTTPS requests to its hosts (which
+    /// join the allowlist). An unknown name is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `POST /v1/sessions`: the sandbox's options as for a run, and the
@@ -68,16 +74,27 @@ pub struct SessionSpec {
     /// Idle timeout and maximum lifetime.
     #[serde(flatten)]
     pub lifetime: LifetimeArgs,
+    /// Names of the tenant's secrets the session may use (as for a run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl SessionSpec {
     /// The orchestrator's options of a session of `language` for
-    /// `tenant`, checked.
+    /// `tenant`, with `secrets` (the values of [`SessionSpec::secrets`]),
+    /// checked.
     ///
     /// # Errors
     /// The library's errors (400) for a bad field.
-    pub fn to_options(&self, tenant: &str, language: Language) -> Result<SessionOptions> {
-        let spec = self.sandbox.to_spec(tenant, language)?;
+    pub fn to_options(
+        &self,
+        tenant: &str,
+        language: Language,
+        secrets: Vec<airlock::spec::Secret>,
+    ) -> Result<SessionOptions> {
+        let mut spec = self.sandbox.to_spec(tenant, language)?;
+        spec.secrets = secrets;
+        spec.validate()?;
         let mut options = SessionOptions::in_sandbox(spec);
         self.lifetime.apply(&mut options);
         options.validate()?;
@@ -105,6 +122,59 @@ pub struct ExecBody {
 pub struct PackagesBody {
     /// Pinned packages (`pip name==version`, `npm name@version`).
     pub packages: Vec<String>,
+}
+
+/// `PUT /v1/secrets/{name}`: a secret's value and the hosts it may go
+/// to. `Debug` shows no value, and no refusal quotes it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBody {
+    /// The value (1 to 16384 bytes of text). Stored encrypted; never
+    /// shown again.
+    #[schemars(with = "String")]
+    pub value: SecretText,
+    /// The hosts it may be sent to: names (`api.example.com`) or
+    /// `*.domain` (every name under the domain). At least one.
+    pub hosts: Vec<String>,
+    /// Substitute the value in request bodies too, not only in headers.
+    /// Default false.
+    #[serde(default)]
+    pub body: bool,
+}
+
+/// A secret's value in a request body: a JSON string. A value of another
+/// type is refused without being quoted (serde's own messages quote
+/// numbers), and `Debug` shows none.
+#[derive(Clone)]
+pub struct SecretText(pub airlock::spec::SecretValue);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => {
+                Ok(Self(airlock::spec::SecretValue::new(text.into_bytes())))
+            }
+            _ => Err(serde::de::Error::custom("`value` must be a JSON string")),
+        }
+    }
+}
+
+impl SecretBody {
+    /// The secret to store under `name`.
+    pub fn to_new_secret(&self, name: &str) -> crate::secrets::NewSecret {
+        crate::secrets::NewSecret {
+            name: name.to_owned(),
+            value: self.value.0.clone(),
+            hosts: self.hosts.clone(),
+            body: self.body,
+        }
+    }
 }
 
 /// A file given inline.
@@ -173,15 +243,22 @@ pub fn parse_timeout(timeout_s: Option<f64>, default: Duration) -> Result<Durati
 }
 
 impl RunBody {
-    /// The orchestrator's request for `tenant`, checked against its quotas
-    /// (memory and timeout; the count of runs is the caller's).
+    /// The orchestrator's request for `tenant`, with `secrets` (the
+    /// values of [`RunBody::secrets`]), checked against its quotas (memory
+    /// and timeout; the count of runs is the caller's).
     ///
     /// # Errors
     /// [`ServerError::BadRequest`] (or an orchestrator's invalid input) for
     /// a bad field, [`ServerError::Quota`] over the quotas.
-    pub fn to_request(&self, tenant: &str, quotas: &Quotas) -> Result<RunRequest> {
+    pub fn to_request(
+        &self,
+        tenant: &str,
+        quotas: &Quotas,
+        secrets: Vec<airlock::spec::Secret>,
+    ) -> Result<RunRequest> {
         let language = language_of(self.language.as_deref(), &self.sandbox)?;
-        let spec = self.sandbox.to_spec(tenant, language)?;
+        let mut spec = self.sandbox.to_spec(tenant, language)?;
+        spec.secrets = secrets;
         let mut request = RunRequest::in_sandbox(spec, self.code.clone());
         request.timeout = parse_timeout(self.timeout_s, airlock::DEFAULT_TIMEOUT)?;
         request.env = self.env.clone().unwrap_or_default();
@@ -208,7 +285,7 @@ mod tests {
     #[test]
     fn a_minimal_body_is_a_default_request_for_the_tenant() {
         let r = body(serde_json::json!({"language": "python", "code": "print(1)"}))
-            .to_request("alice", &Quotas::default())
+            .to_request("alice", &Quotas::default(), Vec::new())
             .unwrap();
         assert_eq!(r.spec.tenant, "alice");
         assert_eq!(r.timeout, airlock::DEFAULT_TIMEOUT);
@@ -223,7 +300,7 @@ mod tests {
             "cpus": 2, "env": {"A": "1"}, "network": {"allow_domains": ["example.com"]},
             "packages": ["six==1.16.0"]
         }))
-        .to_request("t", &Quotas::default())
+        .to_request("t", &Quotas::default(), Vec::new())
         .unwrap();
         assert_eq!(r.timeout, Duration::from_millis(2500));
         assert_eq!((r.spec.shape.memory_mib, r.spec.shape.vcpus), (256, 2));
@@ -241,7 +318,7 @@ mod tests {
             "language": "python", "code": "1",
             "files": [{"path": "in/a.txt", "content_b64": "aGk="}]
         }))
-        .to_request("t", &Quotas::default())
+        .to_request("t", &Quotas::default(), Vec::new())
         .unwrap();
         assert_eq!(r.uploads.len(), 1);
         assert_eq!(r.uploads[0].path, "in/a.txt");
@@ -252,14 +329,17 @@ mod tests {
             serde_json::json!([{"path": "/etc/passwd", "content_b64": ""}]),
         ] {
             let b = body(serde_json::json!({"language": "python", "code": "1", "files": bad}));
-            assert!(b.to_request("t", &Quotas::default()).is_err(), "{bad}");
+            assert!(
+                b.to_request("t", &Quotas::default(), Vec::new()).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn an_empty_network_object_means_the_default_registries() {
         let r = body(serde_json::json!({"language": "python", "code": "1", "network": {}}))
-            .to_request("t", &Quotas::default())
+            .to_request("t", &Quotas::default(), Vec::new())
             .unwrap();
         assert_eq!(
             r.spec.network.mode(),
@@ -268,7 +348,7 @@ mod tests {
         let none = body(
             serde_json::json!({"language": "python", "code": "1", "network": {"allow_domains": []}}),
         )
-        .to_request("t", &Quotas::default())
+        .to_request("t", &Quotas::default(), Vec::new())
         .unwrap();
         assert_eq!(none.spec.network.mode(), airlock_gvproxy::NetworkMode::None);
     }
@@ -286,11 +366,13 @@ mod tests {
             serde_json::json!({"language": "python", "code": "1", "env": {"LD_PRELOAD": "x"}}),
             serde_json::json!({"language": "python", "code": "1", "network": {"allow_domains": ["bad..name"]}}),
         ] {
-            let err = body(json.clone()).to_request("t", &q).unwrap_err();
+            let err = body(json.clone())
+                .to_request("t", &q, Vec::new())
+                .unwrap_err();
             assert_eq!(err.status().as_u16(), 400, "{json}: {err}");
         }
         let err = body(serde_json::json!({"language": "python", "code": "1", "memory_mib": 512}))
-            .to_request("t", &q)
+            .to_request("t", &q, Vec::new())
             .unwrap_err();
         assert_eq!(err.status().as_u16(), 429, "{err}");
     }
@@ -315,7 +397,7 @@ mod tests {
         }))
         .unwrap();
         let language = language_of(body.language.as_deref(), &body.spec.sandbox).unwrap();
-        let options = body.spec.to_options("t", language).unwrap();
+        let options = body.spec.to_options("t", language, Vec::new()).unwrap();
         assert_eq!(
             (options.spec.shape.vcpus, options.spec.shape.memory_mib),
             (2, 256)
@@ -329,7 +411,7 @@ mod tests {
     fn a_zero_lifetime_is_the_librarys_400() {
         let spec: SessionSpec =
             crate::json::parse(serde_json::json!({"max_lifetime_s": 0})).unwrap();
-        let err = spec.to_options("t", Language::Raw).unwrap_err();
+        let err = spec.to_options("t", Language::Raw, Vec::new()).unwrap_err();
         assert_eq!(err.status().as_u16(), 400, "{err}");
         assert_eq!(err.kind(), "invalid_input");
     }

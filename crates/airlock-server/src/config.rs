@@ -7,6 +7,7 @@
 //! max_concurrent_vms = 4
 //! drain_grace_s = 30
 //! log_format = "json"
+//! secrets_key_file = "/etc/airlock/secrets.key"  # 32 bytes, hex (mode 0600)
 //! [quotas]                 # every tenant's defaults (a key may override)
 //! concurrent_runs = 4
 //! [[pools]]                # warm pools: paused VMs ready for runs and sessions
@@ -44,6 +45,14 @@ pub struct ServerConfig {
     /// The keys file (`airlock serve keys add`). Without one, every request
     /// acts for the local user, which is allowed on a loopback address only.
     pub keys_file: Option<PathBuf>,
+    /// The key of the secrets store (`docs/secrets.md`): a file holding
+    /// 32 random bytes as 64 hex digits or base64 (`openssl rand -hex
+    /// 32`), mode 0600. Instead, `$AIRLOCK_SECRETS_KEY` may hold the key.
+    /// Without either the server keeps no secrets (`/v1/secrets` answers
+    /// 501).
+    pub secrets_key_file: Option<PathBuf>,
+    /// The secrets store (default `<cache>/server/secrets.json`).
+    pub secrets_file: Option<PathBuf>,
     /// Largest JSON request body, in bytes (larger ones get 413).
     pub max_body_bytes: usize,
     /// Largest file uploaded to a session, in bytes (larger ones get 413).
@@ -164,6 +173,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             keys_file: None,
+            secrets_key_file: None,
+            secrets_file: None,
             max_body_bytes: 8 << 20,
             max_file_bytes: 64 << 20,
             max_concurrent_vms: None,
@@ -265,6 +276,29 @@ impl ServerConfig {
             };
         }
         config
+    }
+
+    /// The secrets store of this configuration, its key from
+    /// `secrets_key_file` or `env_key` (the value of
+    /// `$AIRLOCK_SECRETS_KEY`); `None` without a key. Blocking (it reads
+    /// and checks the store).
+    ///
+    /// # Errors
+    /// [`ServerError::Secrets`]: a bad key, or one that does not open the
+    /// store.
+    pub fn secret_store(
+        &self,
+        env_key: Option<&str>,
+    ) -> Result<Option<crate::secrets::SecretStore>> {
+        let Some(key) = crate::secrets::SecretsKey::of(self.secrets_key_file.as_deref(), env_key)?
+        else {
+            return Ok(None);
+        };
+        let path = self
+            .secrets_file
+            .clone()
+            .unwrap_or_else(crate::secrets::default_secrets_file);
+        crate::secrets::SecretStore::open(path, key).map(Some)
     }
 
     /// The grace after SIGTERM.

@@ -82,6 +82,23 @@ pub enum ServerError {
         /// What went wrong.
         message: String,
     },
+    /// The secrets store or its key cannot be used.
+    #[error("secrets {source_name}: {message}")]
+    Secrets {
+        /// The store file, the key file or the key's variable.
+        source_name: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The caller's tenant has no secret of this name.
+    #[error("no secret {name}")]
+    SecretNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The server keeps no secrets: it was started without a key.
+    #[error("this server keeps no secrets: it was started without a secrets key")]
+    SecretsDisabled,
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -160,14 +177,19 @@ impl ServerError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::SessionNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::SessionNotFound { .. }
+            | Self::RouteNotFound { .. }
+            | Self::SecretNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::SecretsDisabled => StatusCode::NOT_IMPLEMENTED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Orchestrator(e) => orchestrator_status(e),
-            Self::Config { .. } | Self::Keys { .. } | Self::Bind { .. } | Self::Internal { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::Config { .. }
+            | Self::Keys { .. }
+            | Self::Secrets { .. }
+            | Self::Bind { .. }
+            | Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -185,6 +207,9 @@ impl ServerError {
             Self::Orchestrator(e) => orchestrator_kind(e),
             Self::Config { .. } => "config",
             Self::Keys { .. } => "keys",
+            Self::Secrets { .. } => "secrets",
+            Self::SecretNotFound { .. } => "secret_not_found",
+            Self::SecretsDisabled => "secrets_disabled",
             Self::Bind { .. } => "bind",
             Self::Internal { .. } => "internal",
         }
@@ -199,6 +224,12 @@ impl ServerError {
             Self::Quota { .. } => Some("wait for running work to end, or ask for a larger quota"),
             Self::Config { .. } => Some("check the file with `airlock serve --check-config`"),
             Self::Keys { .. } => Some("create keys with `airlock serve keys add --tenant NAME`"),
+            Self::SecretsDisabled => Some(
+                "the operator starts the server with `secrets_key_file` in its configuration or $AIRLOCK_SECRETS_KEY (docs/secrets.md)",
+            ),
+            Self::SecretNotFound { .. } => Some(
+                "list the tenant's secrets: `GET /v1/secrets` or `airlock serve secrets list --tenant T`",
+            ),
             Self::Orchestrator(e) => e.hint(),
             _ => None,
         }

@@ -10,6 +10,9 @@
 //! - Sessions ([`sessions`]): the orchestrator's `Session`s by id, each
 //!   owned by one tenant, with REST routes (exec, files, packages) and MCP
 //!   tools.
+//! - Secrets ([`secrets`]): each tenant's secrets, encrypted at rest under
+//!   the operator's key, named by runs and sessions (`"secrets": [..]`),
+//!   so the VM gets only placeholders (`docs/secrets.md`).
 //! - Inputs ([`api`], [`json`]): the bodies and tool inputs flatten the
 //!   library's shared options (`airlock::spec::args`), so REST, MCP and
 //!   the CLI name, default and check each option alike; unknown fields are
@@ -52,6 +55,7 @@ pub mod keys;
 pub mod mcp;
 pub mod metrics;
 pub mod quota;
+pub mod secrets;
 pub mod server;
 mod service;
 pub mod sessions;

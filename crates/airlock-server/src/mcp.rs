@@ -44,6 +44,12 @@ pub struct RunCodeParams {
     /// Memory, vCPUs, network and pinned packages, as for REST.
     #[serde(flatten)]
     pub sandbox: SandboxArgs,
+    /// Names of your secrets the code may use (set by the operator or with
+    /// `PUT /v1/secrets/{name}`): the code sees a placeholder in the
+    /// variable of that name, and HTTPS requests to the secret's hosts
+    /// carry the real value.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// The tools.
@@ -93,6 +99,7 @@ Results are the values the code showed (python: its last expression, display(...
 Nothing persists: every call starts from a clean machine (use create_session to keep state between calls). \
 Limits: no network access unless `network` is given ({} reaches the language's package registries, {\"allow_domains\": [..]} those names on ports 80 and 443); 512 MiB of memory (memory_mib) and 1 vCPU (cpus); 30 s by default (timeout_s, up to the server's limit); output is cut at a few MiB. \
 Third-party packages: list pinned versions in `packages` (installed once, then cached). \
+Secrets: `secrets` names stored secrets (e.g. [\"OPENAI_API_KEY\"]); the code reads a placeholder from the variable of that name and uses it as the real key: HTTPS requests to the secret's hosts carry the value, which the code never sees. \
 Languages: python (Python 3 with its standard library), javascript (Node.js), raw (a bash script with common Unix tools). \
 Data analysis: \"image\": \"python-data\" runs python with numpy, pandas, matplotlib, scipy, scikit-learn, seaborn, sympy and statsmodels installed; a chart drawn with matplotlib comes back as an image. \
 Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"}"
@@ -108,6 +115,7 @@ Example: {\"language\": \"python\", \"code\": \"import sys; print(sys.version)\"
             code: params.code,
             timeout_s: params.timeout_s,
             sandbox: params.sandbox,
+            secrets: params.secrets,
             ..RunBody::default()
         };
         let result = self

@@ -12,6 +12,7 @@ use crate::error::{Result, ServerError};
 use crate::keys::{Caller, Keyring};
 use crate::metrics::Metrics;
 use crate::quota::Ledger;
+use crate::secrets::SecretStore;
 use airlock::{RunObserver, RunResult, Scheduler};
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ struct Inner {
     metrics: Metrics,
     draining: CancellationToken,
     sessions: crate::sessions::table::SessionTable,
+    secrets: Option<SecretStore>,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -76,18 +78,39 @@ impl Drop for Held {
 }
 
 impl Airlock {
-    /// Starts the orchestrator for `config` (it sweeps what an earlier
-    /// server left behind) and builds the server's state.
+    /// Opens the secrets store (its key from the configuration or
+    /// `$AIRLOCK_SECRETS_KEY`), starts the orchestrator for `config` (it
+    /// sweeps what an earlier server left behind) and builds the server's
+    /// state.
     ///
     /// # Errors
-    /// [`ServerError::Orchestrator`] when the scheduler cannot start.
+    /// [`ServerError::Secrets`] for a bad key or one that does not open
+    /// the store, [`ServerError::Orchestrator`] when the scheduler cannot
+    /// start.
     pub async fn start(config: ServerConfig, keyring: Option<Keyring>) -> Result<Self> {
+        let for_store = config.clone();
+        let secrets = tokio::task::spawn_blocking(move || {
+            let env_key = std::env::var(crate::secrets::KEY_ENV).ok();
+            for_store.secret_store(env_key.as_deref())
+        })
+        .await
+        .map_err(|e| ServerError::internal("open the secrets store", e))??;
+        match &secrets {
+            Some(store) => tracing::info!(file = %store.path().display(), "secrets store open"),
+            None => tracing::info!("no secrets key: this server keeps no secrets"),
+        }
         let scheduler = Scheduler::start(config.orchestrator()).await?;
-        Ok(Self::new(scheduler, config, keyring))
+        Ok(Self::new(scheduler, config, keyring, secrets))
     }
 
-    /// The server's state over a running scheduler.
-    pub fn new(scheduler: Scheduler, config: ServerConfig, keyring: Option<Keyring>) -> Self {
+    /// The server's state over a running scheduler, with its secrets
+    /// store (`None`: the server keeps no secrets).
+    pub fn new(
+        scheduler: Scheduler,
+        config: ServerConfig,
+        keyring: Option<Keyring>,
+        secrets: Option<SecretStore>,
+    ) -> Self {
         let local = Caller {
             tenant: local_tenant(),
             quotas: config.quotas,
@@ -102,6 +125,7 @@ impl Airlock {
                 metrics: Metrics::new(),
                 draining: CancellationToken::new(),
                 sessions: crate::sessions::table::SessionTable::default(),
+                secrets,
             }),
         }
     }
@@ -129,6 +153,37 @@ impl Airlock {
     /// The live sessions.
     pub(crate) fn sessions(&self) -> &crate::sessions::table::SessionTable {
         &self.inner.sessions
+    }
+
+    /// The secrets store.
+    ///
+    /// # Errors
+    /// [`ServerError::SecretsDisabled`] when the server has none.
+    pub fn secret_store(&self) -> Result<&SecretStore> {
+        self.inner
+            .secrets
+            .as_ref()
+            .ok_or(ServerError::SecretsDisabled)
+    }
+
+    /// The caller's secrets `names`, for a sandbox spec (none asked: no
+    /// store needed).
+    ///
+    /// # Errors
+    /// 400 naming an unknown secret, 501 without a store.
+    pub async fn resolve_secrets(
+        &self,
+        caller: &Caller,
+        names: &[String],
+    ) -> Result<Vec<airlock::spec::Secret>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenant = caller.tenant.clone();
+        let names = names.to_vec();
+        self.secret_store()?
+            .blocking(move |store| store.resolve(&tenant, &names))
+            .await
     }
 
     /// The caller without keys: the local user.
@@ -187,11 +242,14 @@ impl Airlock {
     /// here comes before any VM (and before a stream's first byte).
     ///
     /// # Errors
-    /// [`ServerError::Draining`], [`ServerError::BadRequest`] or an
-    /// orchestrator's invalid input, [`ServerError::Quota`].
-    pub fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
+    /// [`ServerError::Draining`], [`ServerError::BadRequest`] (an unknown
+    /// secret name among them) or an orchestrator's invalid input,
+    /// [`ServerError::Quota`], [`ServerError::SecretsDisabled`] for secrets
+    /// on a server without a key.
+    pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
-        let request = body.to_request(&caller.tenant, &caller.quotas)?;
+        let secrets = self.resolve_secrets(caller, &body.secrets).await?;
+        let request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
         let place = self
             .inner
             .ledger
@@ -234,7 +292,7 @@ impl Airlock {
         body: &RunBody,
         observer: &mut dyn RunObserver,
     ) -> Result<RunResult> {
-        let run = self.prepare_run(caller, body)?;
+        let run = self.prepare_run(caller, body).await?;
         self.execute(run, observer).await
     }
 

@@ -5,6 +5,7 @@
 mod extract;
 pub mod openapi;
 pub(crate) mod runs;
+mod secrets;
 mod sessions;
 pub(crate) mod sse;
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router 
     let body_limit = airlock.config().max_body_bytes;
     let mut authed = Router::new().route("/v1/runs", post(runs::create));
     authed = sessions::routes(authed, airlock.config().max_file_bytes);
+    authed = secrets::routes(authed);
     if let Some(mcp) = mcp {
         authed = authed.route_service("/mcp", mcp);
     }

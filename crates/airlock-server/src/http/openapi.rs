@@ -4,7 +4,8 @@
 //! schemas of a result (`ExecResult`) and a cell error (`CellError`) the
 //! answers carry.
 
-use crate::api::{ExecBody, PackagesBody, RunBody, SessionBody};
+use crate::api::{ExecBody, PackagesBody, RunBody, SecretBody, SessionBody};
+use crate::secrets::SecretInfo;
 use airlock_protocol::{CellError, ExecResult};
 use schemars::generate::SchemaSettings;
 use schemars::SchemaGenerator;
@@ -29,6 +30,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/files"),
     ("get", "/v1/sessions/{id}/files/{path}"),
     ("put", "/v1/sessions/{id}/files/{path}"),
+    ("get", "/v1/secrets"),
+    ("put", "/v1/secrets/{name}"),
+    ("delete", "/v1/secrets/{name}"),
 ];
 
 fn error_response(description: &str) -> Value {
@@ -65,6 +69,8 @@ fn body_schemas() -> serde_json::Map<String, Value> {
     let _ = generator.subschema_for::<SessionBody>();
     let _ = generator.subschema_for::<ExecBody>();
     let _ = generator.subschema_for::<PackagesBody>();
+    let _ = generator.subschema_for::<SecretBody>();
+    let _ = generator.subschema_for::<SecretInfo>();
     // The types the answers carry.
     let _ = generator.subschema_for::<ExecResult>();
     let _ = generator.subschema_for::<CellError>();
@@ -136,6 +142,28 @@ fn session_paths(paths: &mut serde_json::Map<String, Value>) {
         "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "responses": with_errors(json!({"200": ok("The bytes"), "404": not_found}))},
         "put": {"summary": "Write a file: raw body", "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
                 "responses": with_errors(json!({"200": ok("`{path, size, sha256}`"), "404": not_found, "409": busy}))}
+    }));
+}
+
+fn secret_paths(paths: &mut serde_json::Map<String, Value>) {
+    let info = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SecretInfo"}}}});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "the variable the sandbox sees: `[A-Za-z_][A-Za-z0-9_]{0,127}`"});
+    let disabled = error_response("The server was started without a secrets key");
+    paths.insert("/v1/secrets".into(), json!({
+        "get": {"summary": "The caller's secrets: names, hosts, dates (never values)",
+                "responses": with_errors(json!({"200": {"description": "`{secrets: [SecretInfo]}`", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"secrets": {"type": "array", "items": {"$ref": "#/components/schemas/SecretInfo"}}}
+                }}}}, "501": disabled}))}
+    }));
+    paths.insert("/v1/secrets/{name}".into(), json!({
+        "parameters": [name],
+        "put": {"summary": "Store a secret (encrypted at rest; the value is never shown again)",
+                "description": "Runs and sessions name it in `secrets`: the sandbox gets a placeholder, and the egress proxy puts the value into HTTPS requests to its hosts (docs/secrets.md).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SecretBody"}}}},
+                "responses": with_errors(json!({"201": info("Stored"), "200": info("Replaced"), "501": disabled}))},
+        "delete": {"summary": "Delete a secret",
+                   "responses": with_errors(json!({"204": {"description": "Deleted"},
+                       "404": error_response("No secret of this name for the caller's tenant"), "501": disabled}))}
     }));
 }
 
@@ -220,6 +248,7 @@ pub fn openapi() -> Value {
     }
     if let Some(paths) = doc["paths"].as_object_mut() {
         session_paths(paths);
+        secret_paths(paths);
     }
     doc
 }

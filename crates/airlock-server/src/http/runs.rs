@@ -30,7 +30,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RunBody>,
 ) -> Result<Response, ServerError> {
-    let run = airlock.prepare_run(&caller, &body)?;
+    let run = airlock.prepare_run(&caller, &body).await?;
     if wants_events(&headers) {
         let events = sse::stream(move |mut observer| async move {
             let result = airlock.execute(run, &mut observer).await;

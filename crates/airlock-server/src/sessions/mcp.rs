@@ -132,7 +132,7 @@ impl McpTools {
         name = "create_session",
         output_schema = schema_for_output::<SessionInfo>(),
         description = "Start a persistent sandbox: a Linux microVM whose interpreter keeps its state (variables, imports, files in its home dir) across exec_in_session calls. \
-Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (image, memory_mib, cpus, network, packages; \"image\": \"python-data\" for pandas, numpy and matplotlib) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
+Returns {\"id\": ...}; pass it to the other session tools. Options as for run_code (image, memory_mib, cpus, network, packages, secrets; \"image\": \"python-data\" for pandas, numpy and matplotlib) and its lifetime: it closes after idle_timeout_s (600) without a call and max_lifetime_s (3600) after it started. Limits: a few sessions per user; no network unless `network` is given. Close it with close_session when done. \
 Example: {\"language\": \"python\"}"
     )]
     async fn create_session(

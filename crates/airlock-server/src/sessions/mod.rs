@@ -29,7 +29,8 @@ impl Airlock {
     pub async fn create_session(&self, caller: &Caller, body: &SessionBody) -> Result<SessionInfo> {
         self.check_not_draining()?;
         let language = language_of(body.language.as_deref(), &body.spec.sandbox)?;
-        let options = body.spec.to_options(&caller.tenant, language)?;
+        let secrets = self.resolve_secrets(caller, &body.spec.secrets).await?;
+        let options = body.spec.to_options(&caller.tenant, language, secrets)?;
         caller.quotas.check_vm(
             &caller.tenant,
             options.spec.shape.memory_mib,

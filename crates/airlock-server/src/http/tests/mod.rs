@@ -17,6 +17,7 @@ mod open;
 mod quotas;
 mod results;
 mod runs;
+mod secrets;
 mod sessions;
 mod sse;
 
@@ -49,7 +50,13 @@ pub(super) struct Harness {
     pub airlock: Airlock,
     pub fakes: FakeSetup,
     router: Router,
+    /// Holds the secrets store's file (removed with the harness).
+    pub secrets_dir: tempfile::TempDir,
 }
+
+/// The secrets key of every harness's store.
+pub(super) const SECRETS_KEY_HEX: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 impl Harness {
     /// Keys for `alice` and `bob`, the default configuration.
@@ -67,35 +74,53 @@ impl Harness {
 
     /// Keys for `alice` and `bob` under `config`.
     pub fn with_config(config: ServerConfig) -> Self {
-        let file = KeysFile {
-            keys: [(KEY_A, "alice"), (KEY_B, "bob")]
-                .into_iter()
-                .map(|(key, tenant)| KeyEntry {
-                    id: hash_key(key)[..12].to_owned(),
-                    sha256: hash_key(key),
-                    tenant: tenant.to_owned(),
-                    created_unix: 0,
-                    quotas: QuotaOverrides::default(),
-                })
-                .collect(),
-        };
-        let keyring = Keyring::new(&file, config.quotas);
-        Self::build(config, Some(keyring))
+        let keyring = two_tenants(config.quotas);
+        Self::build(config, Some(keyring), true)
+    }
+
+    /// Keys for `alice` and `bob`, and no secrets key: the server keeps
+    /// no secrets.
+    pub fn without_secrets() -> Self {
+        Self::build(
+            ServerConfig::default(),
+            Some(two_tenants(Quotas::default())),
+            false,
+        )
     }
 
     /// No keys file: every request acts for the local user.
     pub fn keyless() -> Self {
-        Self::build(ServerConfig::default(), None)
+        Self::build(ServerConfig::default(), None, true)
     }
 
-    fn build(config: ServerConfig, keyring: Option<Keyring>) -> Self {
-        let fakes = FakeSetup::new();
-        let airlock = Airlock::new(fakes.scheduler.clone(), config, keyring);
+    fn build(config: ServerConfig, keyring: Option<Keyring>, with_secrets: bool) -> Self {
+        let secrets_dir = tempfile::tempdir().expect("a temporary dir");
+        // Airlock's CA of VMs with secrets goes to the test's dir, not the
+        // user's cache.
+        let fakes = FakeSetup::with(
+            airlock::Config {
+                secrets_ca_dir: secrets_dir.path().join("ca"),
+                ..airlock::testing::test_config()
+            },
+            &[],
+        );
+        let secrets = with_secrets.then(|| {
+            let config = ServerConfig {
+                secrets_file: Some(secrets_dir.path().join("secrets.json")),
+                ..ServerConfig::default()
+            };
+            config
+                .secret_store(Some(SECRETS_KEY_HEX))
+                .expect("an empty store opens")
+                .expect("a key was given")
+        });
+        let airlock = Airlock::new(fakes.scheduler.clone(), config, keyring, secrets);
         let router = super::router(airlock.clone(), Some(crate::mcp::http_service(&airlock)));
         Self {
             airlock,
             fakes,
             router,
+            secrets_dir,
         }
     }
 
@@ -218,6 +243,23 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// The keys of `alice` and `bob`, both with `quotas`.
+fn two_tenants(quotas: Quotas) -> Keyring {
+    let file = KeysFile {
+        keys: [(KEY_A, "alice"), (KEY_B, "bob")]
+            .into_iter()
+            .map(|(key, tenant)| KeyEntry {
+                id: hash_key(key)[..12].to_owned(),
+                sha256: hash_key(key),
+                tenant: tenant.to_owned(),
+                created_unix: 0,
+                quotas: QuotaOverrides::default(),
+            })
+            .collect(),
+    };
+    Keyring::new(&file, quotas)
 }
 
 /// `{language, code}` with the fields of `extra` (an object) added.
