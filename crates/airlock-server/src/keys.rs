@@ -21,7 +21,6 @@ use crate::quota::{QuotaOverrides, Quotas};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The prefix of every key (it makes keys easy to spot in logs and by
@@ -127,29 +126,19 @@ impl KeysFile {
     /// # Errors
     /// [`ServerError::Keys`] when it cannot be written.
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         let text = toml::to_string_pretty(self).map_err(|e| keys_error(path, e))?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir {
             std::fs::create_dir_all(dir).map_err(|e| keys_error(path, e))?;
         }
-        let tmp = tmp_path(path);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(b"# Airlock API keys: only their sha256 is stored.\n")?;
-                f.write_all(text.as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(keys_error(path, e));
-        }
+        airlock_sys_util::write_private_atomic(
+            path,
+            &[
+                b"# Airlock API keys: only their sha256 is stored.\n",
+                text.as_bytes(),
+            ],
+        )
+        .map_err(|e| keys_error(path, e))?;
         Ok(())
     }
 
@@ -191,12 +180,6 @@ impl KeysFile {
             .ok_or_else(|| ServerError::bad_request(format!("no key with id {id:?}")))?;
         Ok(self.keys.remove(index))
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
 }
 
 fn keys_error(path: &Path, e: impl std::fmt::Display) -> ServerError {

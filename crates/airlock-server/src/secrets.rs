@@ -30,7 +30,6 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -364,23 +363,7 @@ impl SecretStore {
 
     fn write(&self, file: &StoreFile) -> Result<()> {
         let text = serde_json::to_vec_pretty(file).map_err(|e| self.error(e))?;
-        let tmp = sibling(&self.path, ".tmp");
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&text)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(self.error(e));
-        }
-        Ok(())
+        airlock_sys_util::write_private_atomic(&self.path, &[&text]).map_err(|e| self.error(e))
     }
 
     /// Runs `change` on the file's content (a new, empty one when there is
