@@ -82,6 +82,13 @@ pub struct AgentConfig {
     pub output_flush_interval: Duration,
     /// Between SIGTERM and SIGKILL of a timed-out process group.
     pub kill_grace: Duration,
+    /// How long an interrupted cell (cancelled, or past its timeout) has
+    /// to report, after SIGINT, before its interpreter is killed and its
+    /// state lost. Longer than [`Self::kill_grace`]: reporting a
+    /// `KeyboardInterrupt` is cheap, but a guest starved of CPU on a
+    /// loaded host (TCG) can take seconds to get to it, and losing the
+    /// interpreter costs the session all its state.
+    pub interrupt_grace: Duration,
     /// How long to wait for output pipes to close after the main process
     /// exited (a process that escaped the group may hold them open).
     pub output_drain_timeout: Duration,
@@ -116,6 +123,7 @@ impl Default for AgentConfig {
             output_flush_bytes: 64 * 1024,
             output_flush_interval: Duration::from_millis(50),
             kill_grace: Duration::from_secs(2),
+            interrupt_grace: Duration::from_secs(6),
             output_drain_timeout: Duration::from_secs(1),
             warm_timeout: airlock_protocol::abi::DRIVER_START_TIMEOUT,
             max_ops_in_flight: 64,

@@ -26,6 +26,7 @@ async fn start_cells(tag: &str) -> CellAgent {
         c.cell_dir = cells.path().join("cells");
         c.exec_cgroup_parent = cgroups.as_ref().map(|g| g.path().to_owned());
         c.kill_grace = Duration::from_millis(1500);
+        c.interrupt_grace = Duration::from_millis(1500);
     })
     .await;
     CellAgent {

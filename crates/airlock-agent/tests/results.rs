@@ -39,6 +39,7 @@ fn start(tag: &str, adjust: impl FnOnce(&mut airlock_agent::AgentConfig)) -> Cel
         c.cell_dir = dir.path().join("cells");
         c.exec_cgroup_parent = cgroups.as_ref().map(|g| g.path().to_owned());
         c.kill_grace = Duration::from_millis(1500);
+        c.interrupt_grace = Duration::from_millis(1500);
         adjust(c);
     });
     Cells {

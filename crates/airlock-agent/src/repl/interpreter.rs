@@ -204,7 +204,7 @@ impl Interpreter {
     /// streaming its output to `sink` until the driver reports it done.
     /// Past `timeout`, or when `cancel` turns true: SIGINT to the
     /// interpreter and SIGKILL to the cell's other processes; if the
-    /// driver has not reported after `config.kill_grace`, the whole cgroup
+    /// driver has not reported after `config.interrupt_grace`, the whole cgroup
     /// is killed and the interpreter is lost.
     pub(crate) async fn run_cell(
         &mut self,
@@ -330,7 +330,7 @@ impl Interpreter {
         tracing::info!(language = %self.language, pid = self.pid, "interrupting the cell");
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
         self.kill_cell_processes(Duration::from_millis(200)).await;
-        tokio::time::Instant::now() + config.kill_grace
+        tokio::time::Instant::now() + config.interrupt_grace
     }
 
     /// `signal` to the interpreter's whole process group, as a process
