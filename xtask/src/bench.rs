@@ -14,6 +14,8 @@
 mod ab;
 /// The data rows: the python-data image's import, chart cells, memory.
 mod data;
+/// The secrets rows: what interception costs an HTTPS request.
+mod secrets;
 /// The session rows: a cell's round trip, a session's start.
 mod session;
 
@@ -83,6 +85,9 @@ pub enum Rows {
     /// The python-data image: its import against `print(1)`, chart cells in
     /// a session, its template's memory (issue 20).
     Data,
+    /// The egress proxy: an HTTPS request to a host with a bound secret
+    /// against one to a host without (issue 21). No VM.
+    Secrets,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -145,6 +150,15 @@ struct Sample {
     peak_mib: f64,
 }
 
+/// How a goal's cell reads.
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "not met"
+    }
+}
+
 /// p50 and p95 of values (nearest rank).
 fn percentiles(values: &[f64]) -> (f64, f64) {
     let mut v = values.to_vec();
@@ -163,7 +177,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut only = args.only.clone();
     if only.is_empty() {
-        only.extend([Rows::Standard, Rows::Data]);
+        only.extend([Rows::Standard, Rows::Data, Rows::Secrets]);
         if args.baseline.is_some() {
             only.push(Rows::Ab);
         }
@@ -182,6 +196,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if only.contains(&Rows::Data) {
             doc.push_str(&data::render(&data::measure(&airlock, args.runs)?)?);
+        }
+        if only.contains(&Rows::Secrets) {
+            doc.push_str(&secrets::render(&secrets::measure(secrets::REQUESTS)?)?);
         }
         current = Some(airlock);
     }

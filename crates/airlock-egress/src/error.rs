@@ -46,8 +46,9 @@ pub enum EgressError {
         reason: String,
     },
 
-    /// The throughput measurement could not run to the end.
-    #[error("egress throughput measurement failed while {step}: {source}")]
+    /// A measurement ([`crate::measure_throughput`],
+    /// [`crate::measure_interception`]) could not run to the end.
+    #[error("egress measurement failed while {step}: {source}")]
     Measurement {
         /// What it was doing.
         step: &'static str,

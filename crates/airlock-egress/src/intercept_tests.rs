@@ -184,8 +184,6 @@ fn secret(name: &str, value: &str, host: &str, body: bool) -> Secret {
 
 struct Setup {
     proxy: EgressHandle,
-    /// The CA of the upstream's own certificate.
-    upstream_ca: CertificateDer<'static>,
     _sink: JoinHandle<()>,
     secrets: Arc<SecretSet>,
     ca: Arc<AirlockCa>,
@@ -258,7 +256,6 @@ async fn setup(upstream_alpn: &[&[u8]], trust_upstream: bool) -> Setup {
     let proxy = EgressProxy::serve(l80, l443, config).expect("serve");
     Setup {
         proxy,
-        upstream_ca: pki.ca_der.clone(),
         _sink: sink,
         secrets,
         ca,
@@ -649,76 +646,4 @@ async fn a_base64_encoded_placeholder_is_neither_caught_nor_substituted() {
     assert!(!got[0].head.contains("real-"));
     drop(tls);
     assert_eq!(settled(&setup.proxy).await.secrets_blocked, 0);
-}
-
-/// A guest's TLS connection to the proxy as `name`, trusting `root`.
-async fn guest_tls_trusting(
-    setup: &Setup,
-    name: &str,
-    root: CertificateDer<'static>,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(setup.proxy.https_addr())
-        .await
-        .expect("connect");
-    let server_name = ServerName::try_from(name.to_owned()).expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await
-        .expect("handshake")
-}
-
-/// p50, min and max in ms of `rounds` whole HTTPS requests to `name` (new
-/// connection, handshake, one request and its answer) through the proxy;
-/// `root`: the CA the guest trusts (`None`: Airlock's).
-async fn time_requests(
-    setup: &Setup,
-    name: &str,
-    root: Option<CertificateDer<'static>>,
-    rounds: usize,
-) -> (f64, f64, f64) {
-    let api = setup.placeholder("API_KEY");
-    let mut ms = Vec::new();
-    for _ in 0..rounds {
-        let started = std::time::Instant::now();
-        let mut tls = match &root {
-            None => guest_tls(setup, name, &[b"http/1.1"])
-                .await
-                .expect("handshake"),
-            Some(root) => guest_tls_trusting(setup, name, root.clone()).await,
-        };
-        let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nX-K: {api}\r\n\r\n");
-        let (status, _) = exchange(&mut tls, request.as_bytes()).await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
-        ms.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    ms.sort_by(f64::total_cmp);
-    (ms[ms.len() / 2], ms[0], ms[ms.len() - 1])
-}
-
-/// `cargo test -p airlock-egress --release --lib -- --ignored --nocapture
-/// measure_interception`: a whole HTTPS request through the proxy to an
-/// intercepted host against one to a passthrough host, on loopback.
-#[tokio::test]
-#[ignore = "a measurement, not a check: run with --ignored --nocapture"]
-async fn measure_interception_overhead() {
-    let setup = setup(&[b"http/1.1"], true).await;
-    // Warm up: the intercepted name's leaf certificate is made once.
-    time_requests(&setup, API, None, 1).await;
-    let passthrough = time_requests(&setup, PLAIN, Some(setup.upstream_ca.clone()), 100).await;
-    let intercepted = time_requests(&setup, API, None, 100).await;
-    println!(
-        "passthrough p50 {:.2} ms (min {:.2}, max {:.2})",
-        passthrough.0, passthrough.1, passthrough.2
-    );
-    println!(
-        "intercepted p50 {:.2} ms (min {:.2}, max {:.2})",
-        intercepted.0, intercepted.1, intercepted.2
-    );
 }

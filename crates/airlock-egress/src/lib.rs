@@ -119,9 +119,14 @@
 //! chunk sizes. The guest's own path (virtio-net under TCG, gvproxy's
 //! user-mode TCP stack) is expected to be far slower (not measured here),
 //! so the proxy should not be the bottleneck.
+//!
+//! [`measure_interception`] times whole HTTPS requests to a host with a
+//! bound secret against requests to one without (`cargo xtask bench`, the
+//! secrets rows of `docs/benchmarks.md`).
 
 pub mod address;
 mod bench;
+mod bench_interception;
 pub mod ca;
 mod config;
 mod connection;
@@ -145,6 +150,7 @@ mod intercept_tests;
 mod proxy_tests;
 
 pub use bench::measure_throughput;
+pub use bench_interception::{measure_interception, InterceptionCost};
 pub use ca::{AirlockCa, CaError};
 pub use config::{
     AllowPredicate, EgressConfig, UpstreamRoots, MAX_CONNECTIONS, MAX_FIRST_BYTES,

@@ -9,7 +9,7 @@
 //! - the python-data template's memory file (size, allocated) and one
 //!   clone's private memory (`/proc/PID/smaps_rollup` of its QEMU).
 
-use super::{json_run, load_average, percentiles};
+use super::{json_run, load_average, met, percentiles};
 use airlock_sys_util::proc_scan::{memory_rollup, MemoryRollup};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
@@ -211,14 +211,6 @@ fn descendant_named(pid: u32, prefix: &str) -> Option<u32> {
         }
     }
     None
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "not met"
-    }
 }
 
 /// The heading of the section [`render`] writes.

@@ -5,7 +5,7 @@
 //! template; template build time and size. Each figure is written with its
 //! goal beside it, met or not.
 
-use super::{json_run, percentiles, Sample};
+use super::{json_run, met, percentiles, Sample};
 use airlock::template::{Found, TemplateShape};
 use airlock::{Config, PoolConfig, RunRequest, Scheduler, VmOptions};
 use airlock_protocol::Language;
@@ -263,14 +263,6 @@ async fn template_sizes() -> Result<Vec<(TemplateShape, f64, u64, u64)>> {
 fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "not met"
-    }
 }
 
 fn pair(values: &[f64]) -> String {
