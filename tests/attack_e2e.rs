@@ -4,7 +4,7 @@
 //!
 //! VMs are shared wherever one case cannot spoil the next: one VM runs the
 //! privilege and no-network cases exec after exec, one the file API cases,
-//! one the non-destructive containment cases; fork and thread bombs,
+//! one the non-destructive containment cases, one every attack on secrets; fork and thread bombs,
 //! memory and disk exhaustion each get a fresh VM. Every test uses its own
 //! run dir and ends with the host check: no QEMU or gvproxy mentions it, no
 //! work dir and no limits group is left.
@@ -1074,12 +1074,7 @@ async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
     let result = scheduler.run(request).await.unwrap();
 
     let stdout = text(&result.stdout);
-    assert_eq!(
-        result.exit_code,
-        0,
-        "{stdout}\n{}",
-        text(&result.stderr)
-    );
+    assert_eq!(result.exit_code, 0, "{stdout}\n{}", text(&result.stderr));
     let out = last_json(&stdout);
     eprintln!("secret attacks: {out:#}");
     let tok = out["tokens"][0].as_str().unwrap().to_owned();
@@ -1200,7 +1195,10 @@ async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
             .starts_with("HTTP/1.1 421 Misdirected Request\r\n"),
         "{keepalive:?}"
     );
-    starts("absolute_form_bound", "HTTP/1.1 421 Misdirected Request\r\n");
+    starts(
+        "absolute_form_bound",
+        "HTTP/1.1 421 Misdirected Request\r\n",
+    );
     // HTTP/1.0 without Host, a folded field, two Host fields: 400.
     starts("http10_no_host_bound", "HTTP/1.1 400 Bad Request\r\n");
     starts("obs_fold_bound", "HTTP/1.1 400 Bad Request\r\n");
@@ -1245,9 +1243,18 @@ async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
     assert_eq!(out["dns_wild"], serde_json::json!(["192.168.127.254"]));
 
     // --- What each upstream received ---
-    assert!(api.wait_idle(Duration::from_secs(10)), "api.test still open");
-    assert!(pass.wait_idle(Duration::from_secs(10)), "pass.test still open");
-    assert!(plain.wait_idle(Duration::from_secs(10)), "other.test still open");
+    assert!(
+        api.wait_idle(Duration::from_secs(10)),
+        "api.test still open"
+    );
+    assert!(
+        pass.wait_idle(Duration::from_secs(10)),
+        "pass.test still open"
+    );
+    assert!(
+        plain.wait_idle(Duration::from_secs(10)),
+        "other.test still open"
+    );
     let api_requests = api.requests();
     let mut api_targets: Vec<String> = api_requests.iter().map(|r| r.target().to_owned()).collect();
     api_targets.sort();
@@ -1329,9 +1336,9 @@ async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
         .find(|r| r.target() == "/chunked-split")
         .unwrap();
     assert_eq!(text(&chunked_split.body), format!("token={tok}"));
-    assert!(plain_requests
-        .iter()
-        .any(|r| r.head.contains(&format!("Authorization: Basic {b64_tok}\r\n"))));
+    assert!(plain_requests.iter().any(|r| r
+        .head
+        .contains(&format!("Authorization: Basic {b64_tok}\r\n"))));
     // No whole placeholder ever passed the plain-HTTP guard.
     for raw in plain.raw() {
         assert!(!contains(&raw, tok.as_bytes()), "{}", text(&raw));
@@ -1404,8 +1411,7 @@ fn answer_api(request: &Received) -> Vec<u8> {
 
 /// Standard base64 with padding (what the guest's `base64.b64encode` makes).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for group in bytes.chunks(3) {
         let n = group

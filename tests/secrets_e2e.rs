@@ -12,7 +12,8 @@
 //! is bound to it.
 //!
 //! Still to come (issue 21): the value's absence from the memory file and
-//! the overlay, the attack cases, the benchmark.
+//! the overlay, the benchmark. The attacks on secrets are in the attack
+//! suite (`attack_e2e.rs`).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 

@@ -243,7 +243,11 @@ fn serve_requests(
             }
             buf.drain(..len).collect()
         };
-        let close = head.split("\r\n").next().unwrap_or_default().ends_with("1.0")
+        let close = head
+            .split("\r\n")
+            .next()
+            .unwrap_or_default()
+            .ends_with("1.0")
             || field(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let request = Received { head, body };
         let mut reply = answer(&request);
@@ -254,7 +258,12 @@ fn serve_requests(
                 reply.splice(at + 2..at + 2, b"Connection: close\r\n".iter().copied());
             }
         }
-        if stream.write_all(&reply).and_then(|()| stream.flush()).is_err() || close {
+        if stream
+            .write_all(&reply)
+            .and_then(|()| stream.flush())
+            .is_err()
+            || close
+        {
             return;
         }
     }

@@ -532,7 +532,7 @@ async fn a_guest_offering_only_http2_is_refused_with_a_no_application_protocol_a
     let result = guest_tls(&setup, API, &[b"h2"]).await;
     // The alert follows the ServerHello (TLS 1.3 encrypts it): it reaches
     // the guest only if the proxy's last vectored write sends both.
-    let err = result.err().expect("the handshake is refused");
+    let err = result.expect_err("the handshake is refused");
     assert!(
         err.to_string().contains("NoApplicationProtocol"),
         "the guest gets the alert, not a bare close: {err:?}"
@@ -728,4 +728,3 @@ async fn measure_interception_overhead() {
         intercepted.0, intercepted.1, intercepted.2
     );
 }
-
