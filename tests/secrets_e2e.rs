@@ -12,7 +12,8 @@
 //! is bound to it.
 //!
 //! Still to come (issue 21): the value's absence from the memory file and
-//! the overlay, the attack cases, the benchmark.
+//! the overlay, the benchmark. The attacks on secrets are in the attack
+//! suite (`attack_e2e.rs`).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -21,72 +22,11 @@ use airlock::{Config, EgressTestOverrides, NetworkRequest, RunRequest, Scheduler
 use airlock_egress::UpstreamRoots;
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::Language;
+use airlock_tests::upstream::{answer_ok, Upstream};
 use airlock_tests::{images_or_skip, serve, TestResolver};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// An HTTPS upstream on the host's loopback for `name`, with a certificate
-/// from a fresh test CA: (listener address, the CA's DER, the heads it
-/// received).
-fn https_upstream(name: &str) -> (std::net::SocketAddr, Vec<u8>, Arc<Mutex<Vec<String>>>) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let tls = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap(),
-    );
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let kept = Arc::clone(&heads);
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-            let Ok(conn) = rustls::ServerConnection::new(Arc::clone(&tls)) else {
-                continue;
-            };
-            let mut stream = rustls::StreamOwned::new(conn, tcp);
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            kept.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&head).into_owned());
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream",
-            );
-            stream.conn.send_close_notify();
-            let _ = stream.flush();
-        }
-    });
-    (addr, ca_cert.der().to_vec(), heads)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secret_is_substituted_for_its_host_and_never_seen_by_the_guest() {
@@ -98,7 +38,7 @@ async fn a_secret_is_substituted_for_its_host_and_never_seen_by_the_guest() {
         .unwrap()
         .subsec_nanos();
     let value = format!("sk-real-{}-{nanos}", std::process::id());
-    let (api, api_ca, heads) = https_upstream("api.test");
+    let api = Upstream::https("api.test", answer_ok);
     let plain = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let plain_addr = plain.local_addr().unwrap();
     serve(plain, "plain-upstream", Some);
@@ -106,11 +46,11 @@ async fn a_secret_is_substituted_for_its_host_and_never_seen_by_the_guest() {
     let scheduler = Scheduler::start(Config {
         egress_test: EgressTestOverrides {
             resolver: Some(Arc::new(TestResolver(vec![
-                ("api.test", 443, api),
+                ("api.test", 443, api.addr()),
                 ("other.test", 80, plain_addr),
             ]))),
             allow_private: true,
-            upstream_roots: Some(UpstreamRoots::Certificates(vec![api_ca.into()])),
+            upstream_roots: Some(UpstreamRoots::Certificates(vec![api.ca_der().into()])),
         },
         secrets_ca_dir: state.path().join("ca"),
         overlay_pool_target: 0,
@@ -183,7 +123,7 @@ print(json.dumps(out))
     assert_eq!(out["api"], serde_json::json!([200, "upstream"]), "{stdout}");
     assert_eq!(out["other"][0], 403, "{stdout}");
     assert_eq!(out["value_in_environ"], serde_json::json!([]), "{stdout}");
-    let heads = heads.lock().unwrap().clone();
+    let heads: Vec<String> = api.requests().into_iter().map(|r| r.head).collect();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(
         heads[0].contains(&format!("Authorization: Bearer {value}\r\n")),

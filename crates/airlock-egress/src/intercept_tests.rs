@@ -524,10 +524,16 @@ async fn an_http2_only_upstream_is_refused_clearly() {
 }
 
 #[tokio::test]
-async fn a_guest_offering_only_http2_is_refused() {
+async fn a_guest_offering_only_http2_is_refused_with_a_no_application_protocol_alert() {
     let setup = setup(&[b"http/1.1"], true).await;
     let result = guest_tls(&setup, API, &[b"h2"]).await;
-    assert!(result.is_err());
+    // The alert follows the ServerHello (TLS 1.3 encrypts it): it reaches
+    // the guest only if the proxy's last vectored write sends both.
+    let err = result.expect_err("the handshake is refused");
+    assert!(
+        err.to_string().contains("NoApplicationProtocol"),
+        "the guest gets the alert, not a bare close: {err:?}"
+    );
     let stats = settled(&setup.proxy).await;
     assert_eq!(stats.connections_denied, 1, "{stats:?}");
 }

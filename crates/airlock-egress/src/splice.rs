@@ -36,6 +36,21 @@ macro_rules! forward_async_write {
             ) -> std::task::Poll<std::io::Result<()>> {
                 std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
             }
+
+            // Forwarded too: the default writes only the first buffer, and
+            // rustls's last write before a failed handshake (the alert
+            // after the ServerHello) is one vectored write.
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
         }
     };
 }
