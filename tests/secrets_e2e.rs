@@ -258,6 +258,12 @@ print(json.dumps(out))
     })
     .await
     .unwrap();
+    for (pid, value_found, _, bytes) in &memory {
+        assert!(
+            !value_found,
+            "process {pid}'s memory ({bytes} bytes) holds the value"
+        );
+    }
     let (qemu_pid, _, qemu_has_placeholder, qemu_bytes) = memory[0];
     assert!(
         qemu_has_placeholder,
@@ -267,12 +273,6 @@ print(json.dumps(out))
         qemu_bytes > 200 << 20,
         "the whole guest RAM was read: {qemu_bytes} bytes"
     );
-    for (pid, value_found, _, bytes) in &memory {
-        assert!(
-            !value_found,
-            "process {pid}'s memory ({bytes} bytes) holds the value"
-        );
-    }
     let (found, searched) = files;
     assert!(searched >= 2, "the run dir's files: {searched}");
     assert!(found.is_empty(), "files holding the value: {found:?}");
