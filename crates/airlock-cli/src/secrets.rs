@@ -1,4 +1,4 @@
-//! `--secret`, shared by `airlock run` and `airlock session`: a secret's
+//! `--secret` and `--body-secret`, shared by `airlock run` and `airlock session`: a secret's
 //! name and hosts on the command line, its value from this process's
 //! environment or a file, never from the command line (which other users
 //! of the host can read in `/proc/*/cmdline`, and shells keep in history).
@@ -11,7 +11,8 @@ use clap::Args;
 
 use crate::error::CliError;
 
-/// `--secret NAME@HOST[,HOST...][:FILE]` (repeatable).
+/// `--secret NAME@HOST[,HOST...][:FILE]` and `--body-secret` (the same,
+/// substituted in request bodies too); both repeatable.
 #[derive(Debug, Clone, Default, Args)]
 pub struct SecretFlags {
     /// A secret the code may use but never see: NAME@HOST[,HOST...] takes
@@ -31,6 +32,15 @@ pub struct SecretFlags {
     /// api.openai.com carry the real key). See docs/secrets.md.
     #[arg(long = "secret", value_name = "NAME@HOST[,HOST...][:FILE]")]
     pub secret: Vec<String>,
+    /// Like --secret, and the placeholder is also replaced in the bodies
+    /// of requests to those hosts (for APIs that take a key in a JSON or
+    /// form body). Bodies to those hosts are then read whole by the proxy
+    /// (up to 8 MiB). Repeatable.
+    ///
+    /// Example: airlock run --body-secret DB_PASSWORD@db.example.com
+    /// job.py (job.py may POST {"password": os.environ["DB_PASSWORD"]}).
+    #[arg(long = "body-secret", value_name = "NAME@HOST[,HOST...][:FILE]")]
+    pub body_secret: Vec<String>,
 }
 
 impl SecretFlags {
@@ -42,16 +52,31 @@ impl SecretFlags {
     /// variable, bad host), [`CliError::Io`] for an unreadable file. No
     /// message ever holds a value.
     pub fn read(&self, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Vec<Secret>, CliError> {
-        self.secret.iter().map(|flag| read_one(flag, env)).collect()
+        let headers = self.secret.iter().map(|flag| read_one(flag, false, env));
+        let bodies = self
+            .body_secret
+            .iter()
+            .map(|flag| read_one(flag, true, env));
+        headers.chain(bodies).collect()
+    }
+}
+
+/// The name of the flag, for messages.
+fn flag_name(body: bool) -> &'static str {
+    if body {
+        "--body-secret"
+    } else {
+        "--secret"
     }
 }
 
 /// The parts of one flag: name, host patterns, file.
-fn parse_flag(flag: &str) -> Result<(&str, Vec<&str>, Option<&str>), CliError> {
+fn parse_flag(flag: &str, body: bool) -> Result<(&str, Vec<&str>, Option<&str>), CliError> {
     let bad = |why: &str| {
+        let option = flag_name(body);
         CliError::invalid(
             "secrets",
-            format!("--secret {flag:?}: {why}; write NAME@HOST[,HOST...] (value from $NAME) or NAME@HOST[,HOST...]:FILE"),
+            format!("{option} {flag:?}: {why}; write NAME@HOST[,HOST...] (value from $NAME) or NAME@HOST[,HOST...]:FILE"),
         )
     };
     let (name, rest) = flag.split_once('@').ok_or_else(|| bad("no '@'"))?;
@@ -71,8 +96,13 @@ fn parse_flag(flag: &str) -> Result<(&str, Vec<&str>, Option<&str>), CliError> {
     Ok((name, hosts, file))
 }
 
-fn read_one(flag: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Secret, CliError> {
-    let (name, hosts, file) = parse_flag(flag)?;
+fn read_one(
+    flag: &str,
+    body: bool,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Secret, CliError> {
+    let (name, hosts, file) = parse_flag(flag, body)?;
+    let option = flag_name(body);
     let hosts = hosts
         .into_iter()
         .map(|h| {
@@ -95,7 +125,7 @@ fn read_one(flag: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Secret
             let value = env(name).ok_or_else(|| {
                 CliError::invalid(
                     "secrets",
-                    format!("--secret {name}@...: ${name} is not set; export {name} in this shell, or give a file: --secret {name}@HOSTS:FILE"),
+                    format!("{option} {name}@...: ${name} is not set; export {name} in this shell, or give a file: {option} {name}@HOSTS:FILE"),
                 )
             })?;
             std::os::unix::ffi::OsStringExt::into_vec(value)
@@ -105,7 +135,7 @@ fn read_one(flag: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Secret
         name: name.to_owned(),
         value: SecretValue::new(value),
         hosts,
-        body: false,
+        body,
     };
     secret
         .validate()
@@ -120,6 +150,7 @@ mod tests {
     fn flags(list: &[&str]) -> SecretFlags {
         SecretFlags {
             secret: list.iter().map(|s| s.to_string()).collect(),
+            body_secret: Vec::new(),
         }
     }
 
@@ -180,5 +211,40 @@ mod tests {
             let err = flags(&[flag]).read(&env).expect_err(flag);
             assert_eq!(err.invalid_field(), Some("secrets"), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn a_body_secret_is_marked_body_and_named_in_its_errors() {
+        let both = SecretFlags {
+            secret: vec!["TOKEN@api.example.com".into()],
+            body_secret: vec!["DB_PASSWORD@db.example.com".into()],
+        };
+        let env = |n: &str| Some(OsString::from(format!("value-of-{n}")));
+
+        let secrets = both.read(&env).expect("valid");
+
+        assert_eq!(secrets.len(), 2);
+        assert!(!secrets[0].body);
+        assert_eq!(secrets[1].name, "DB_PASSWORD");
+        assert!(secrets[1].body);
+        assert_eq!(secrets[1].value.expose(), b"value-of-DB_PASSWORD");
+        let unset = SecretFlags {
+            secret: Vec::new(),
+            body_secret: vec!["DB_PASSWORD@db.example.com".into()],
+        };
+        let message = unset.read(&|_| None).expect_err("unset").to_string();
+        assert!(
+            message.contains("--body-secret DB_PASSWORD@..."),
+            "{message}"
+        );
+        let malformed = SecretFlags {
+            secret: Vec::new(),
+            body_secret: vec!["DB_PASSWORD".into()],
+        };
+        let message = malformed.read(&env).expect_err("no @").to_string();
+        assert!(
+            message.contains("--body-secret \"DB_PASSWORD\""),
+            "{message}"
+        );
     }
 }
