@@ -309,7 +309,7 @@ files = {
     "figure.py": (
         "class Figure:\n"
         "    def __init__(self, n): self.n = n\n"
-        "    def savefig(self, buf, format=None): buf.write(b'PNG%d' % self.n)\n"
+        "    def savefig(self, buf, format=None, **kwargs): buf.write(b'PNG%d' % self.n)\n"
         "    def __repr__(self): return '<Figure %d>' % self.n\n"
     ),
     "pyplot.py": (
