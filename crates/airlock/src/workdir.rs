@@ -8,6 +8,43 @@ use crate::owner::{parse_stat, process_line, OwnerRecord, ProcessStamp};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Refuses `dir` unless it is a real directory (not a symlink) owned by
+/// this process's effective user and writable by no one else: the run dir
+/// holds every VM's sockets and disk overlay, and a default like
+/// `/tmp/airlock-<uid>` can be made in advance by another user.
+///
+/// # Errors
+/// [`BootError::UnsafeRunDir`] saying what is wrong;
+/// [`BootError::Io`] when it cannot be examined.
+pub fn check_private_dir(dir: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| BootError::io("examine", dir, e))?;
+    let unsafe_because = |why: String| BootError::UnsafeRunDir {
+        path: dir.to_path_buf(),
+        why,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_because("it is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_because("it is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "it is owned by uid {}, not by this process's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_because(format!(
+            "its mode {:o} lets other users write in it",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// One VM's work dir (mode 0700).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkDir {
@@ -21,10 +58,12 @@ impl WorkDir {
     }
 
     /// Creates `run_dir/vms/<vm_id>` with mode 0700 (and its parents, also
-    /// private).
+    /// private), after checking that `run_dir` and `run_dir/vms` are this
+    /// process's own ([`check_private_dir`]).
     ///
     /// # Errors
-    /// [`BootError::Io`] naming the directory.
+    /// [`BootError::Io`] naming the directory;
+    /// [`BootError::UnsafeRunDir`] for a run dir another user could reach.
     pub fn create(run_dir: &Path, vm_id: &str) -> Result<Self, BootError> {
         let vms = Self::vms_dir(run_dir);
         std::fs::DirBuilder::new()
@@ -32,6 +71,8 @@ impl WorkDir {
             .mode(0o700)
             .create(&vms)
             .map_err(|e| BootError::io("create", &vms, e))?;
+        check_private_dir(run_dir)?;
+        check_private_dir(&vms)?;
         let path = vms.join(vm_id);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -224,6 +265,56 @@ mod tests {
         std::fs::write(wd.console_log(), b"x").unwrap();
         assert!(wd.remove().unwrap());
         assert!(!wd.remove().unwrap(), "second removal is a no-op");
+    }
+
+    #[test]
+    fn a_run_dir_others_may_write_in_is_refused_naming_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let run = parent.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+        let err = WorkDir::create(&run, "abc").unwrap_err();
+
+        assert!(matches!(err, BootError::UnsafeRunDir { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains(&run.display().to_string()), "{message}");
+        assert!(message.contains("777"), "{message}");
+        assert!(message.contains("AIRLOCK_RUN_DIR"), "{message}");
+        assert!(!run.join("vms").join("abc").exists());
+    }
+
+    #[test]
+    fn a_run_dir_that_is_a_symlink_or_a_file_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let real = parent.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = parent.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let file = parent.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+
+        let by_link = check_private_dir(&link).unwrap_err().to_string();
+        let by_file = check_private_dir(&file).unwrap_err().to_string();
+
+        assert!(by_link.contains("symbolic link"), "{by_link}");
+        assert!(by_file.contains("not a directory"), "{by_file}");
+        check_private_dir(&real).unwrap();
+    }
+
+    #[test]
+    fn a_run_dir_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // Only root can give a directory away.
+        }
+        let parent = tempfile::tempdir().unwrap();
+        let run = parent.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+
+        let err = check_private_dir(&run).unwrap_err().to_string();
+
+        assert!(err.contains("owned by uid 65534"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,18 @@ pub enum BootError {
         #[source]
         source: airlock_egress::CaError,
     },
+    /// The run dir (or its `vms` dir), where every VM's sockets, disk
+    /// overlay and console log live, is not this process's own: owned by
+    /// another user, writable by others, or not a plain directory. Another
+    /// user could then reach or replace those files (a `/tmp/airlock-<uid>`
+    /// made in advance by someone else).
+    #[error("the run dir {path} is unsafe: {why}; remove it (Airlock makes it again, private) or set AIRLOCK_RUN_DIR to a directory of your own")]
+    UnsafeRunDir {
+        /// The directory refused.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The guest images are missing or incomplete.
     #[error("guest images missing in {dir}: {what}; build them with `cargo xtask images` (or set AIRLOCK_IMAGES)")]
     ImagesMissing {
