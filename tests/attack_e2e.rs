@@ -28,7 +28,7 @@ use airlock::{
 use airlock_egress::UpstreamRoots;
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::{ErrorKind, ExecRequest, Language, ProtocolError};
-use airlock_tests::upstream::{answer_ok, contains, Received, Upstream};
+use airlock_tests::upstream::{answer_ok, contains, unique_secret, Received, Upstream};
 use airlock_tests::{
     exec_request, group_dirs, images_or_skip, last_json, python, serve, text, wait_until_gone,
     RecordingResolver, TestResolver, Trap, NET_PRELUDE,
@@ -1012,12 +1012,11 @@ async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
     let Some(_) = images_or_skip("attack_secrets") else {
         return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let value = |what: &str| format!("sk-{what}-{}-{nanos}", std::process::id());
-    let (api_value, body_value, other_value) = (value("api"), value("body"), value("other"));
+    let (api_value, body_value, other_value) = (
+        unique_secret("api"),
+        unique_secret("body"),
+        unique_secret("other"),
+    );
     let api = Upstream::https("api.test", answer_api);
     let pass = Upstream::https("pass.test", answer_ok);
     let plain = Upstream::plain(answer_ok);

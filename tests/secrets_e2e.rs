@@ -28,7 +28,7 @@ use airlock::{
 use airlock_egress::UpstreamRoots;
 use airlock_gvproxy::DomainPattern;
 use airlock_protocol::Language;
-use airlock_tests::upstream::{answer_ok, contains, Upstream};
+use airlock_tests::upstream::{answer_ok, contains, unique_secret, Upstream};
 use airlock_tests::{images_or_skip, processes_mentioning, serve, TestResolver};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
@@ -116,11 +116,7 @@ async fn a_secret_is_substituted_for_its_host_and_never_seen_by_the_guest() {
     let Some(_) = images_or_skip("secrets_substituted") else {
         return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let value = format!("sk-real-{}-{nanos}", std::process::id());
+    let value = unique_secret("real");
     let api = Upstream::https("api.test", answer_ok);
     let plain = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let plain_addr = plain.local_addr().unwrap();

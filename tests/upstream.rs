@@ -302,6 +302,14 @@ fn read_chunked(
     }
 }
 
+/// A secret value no other run of the tests makes: `sk-<what>-<pid>-<ns>`.
+pub fn unique_secret(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("sk-{what}-{}-{nanos}", std::process::id())
+}
+
 /// Whether `haystack` contains `needle`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
