@@ -50,7 +50,13 @@ impl QemuArgs {
         }
 
         let mut argv = Argv::default();
-        argv.push_base(&spec.vm_id, caps, spec.memory_mib, spec.vcpus);
+        argv.push_base(
+            &spec.vm_id,
+            caps,
+            spec.memory_mib,
+            spec.vcpus,
+            spec.translation_cache_mib,
+        );
         if let Some(memory) = &spec.memory_file {
             argv.push_memory_file(memory, spec.memory_mib);
         }
@@ -167,8 +173,16 @@ impl Argv {
         self.pair(flag, opts.finish());
     }
 
-    /// Identity, isolation, machine, accelerator, CPU, memory.
-    pub(crate) fn push_base(&mut self, vm_id: &str, caps: &HostCaps, memory_mib: u32, vcpus: u32) {
+    /// Identity, isolation, machine, accelerator (with its translation
+    /// cache under TCG), CPU, memory.
+    pub(crate) fn push_base(
+        &mut self,
+        vm_id: &str,
+        caps: &HostCaps,
+        memory_mib: u32,
+        vcpus: u32,
+        translation_cache_mib: u32,
+    ) {
         // Names the process in `ps` and QMP output.
         self.opt(
             "-name",
@@ -188,7 +202,7 @@ impl Argv {
         // fork/exec, no scheduler or priority changes.
         self.opt("-sandbox", sandbox());
         self.opt("-machine", machine(caps));
-        self.opt("-accel", accelerator(caps));
+        self.opt("-accel", accelerator(caps, translation_cache_mib));
         self.pair("-cpu", cpu_model(caps));
         self.pair("-m", format!("{memory_mib}M"));
         self.pair("-smp", vcpus.to_string());
@@ -389,7 +403,8 @@ fn machine(caps: &HostCaps) -> OptList {
     }
 }
 
-/// The TCG translation cache of each VM, in MiB. QEMU 7.2 reserves 1 GiB
+/// The default TCG translation cache of each VM, in MiB
+/// ([`crate::VmSpec::translation_cache_mib`]). QEMU 7.2 reserves 1 GiB
 /// by default and a VM keeps all it translates, private to it: about
 /// 30 MiB once python has started, and without bound for code that keeps
 /// making code (Node's JIT). 32 MiB holds an interpreter's start (a run's
@@ -399,11 +414,11 @@ fn machine(caps: &HostCaps) -> OptList {
 /// `docs/templates.md`, "Memory per clone").
 pub const TCG_TB_SIZE_MIB: u32 = 32;
 
-fn accelerator(caps: &HostCaps) -> OptList {
+fn accelerator(caps: &HostCaps, translation_cache_mib: u32) -> OptList {
     let accel = OptList::new(caps.accel.as_str());
     match caps.accel {
         Accel::Kvm => accel,
-        Accel::Tcg => accel.set("tb-size", TCG_TB_SIZE_MIB.to_string()),
+        Accel::Tcg => accel.set("tb-size", translation_cache_mib.to_string()),
     }
 }
 
@@ -655,6 +670,17 @@ mod tests {
             chardevs.contains("path=/work/vm,,1/qmp.sock,"),
             "{chardevs}"
         );
+    }
+
+    #[test]
+    fn a_spec_may_ask_for_a_larger_translation_cache_within_bounds() {
+        let mut s = spec();
+        s.translation_cache_mib = 128;
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        assert_eq!(value_after(&argv, "-accel"), ["tcg,tb-size=128"]);
+        s.translation_cache_mib = 4;
+        let err = QemuArgs::build(&s, &caps()).unwrap_err().to_string();
+        assert!(err.contains("translation cache of 4 MiB"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,19 @@ pub enum QemuError {
         max_mib: u32,
     },
 
+    /// The TCG translation cache is outside the supported range.
+    #[error("vm {vm_id}: a translation cache of {mib} MiB is outside {min_mib}..={max_mib} MiB")]
+    TranslationCacheOutOfRange {
+        /// The VM.
+        vm_id: String,
+        /// The requested size.
+        mib: u32,
+        /// Smallest accepted value.
+        min_mib: u32,
+        /// Largest accepted value.
+        max_mib: u32,
+    },
+
     /// The vCPU count is outside the supported range.
     #[error("vm {vm_id}: {vcpus} vCPUs is outside 1..={max}")]
     VcpusOutOfRange {

@@ -275,7 +275,17 @@ pub struct VmSpec {
     pub incoming: Option<IncomingMigration>,
     /// Guest RAM in a file instead of anonymous memory (templates).
     pub memory_file: Option<MemoryFile>,
+    /// The TCG translation cache in MiB (`-accel tcg,tb-size=`); ignored
+    /// under KVM. Default [`crate::TCG_TB_SIZE_MIB`]; an image whose code
+    /// does not fit (the data stack) asks for more, or the cache fills,
+    /// is flushed and everything is translated again.
+    pub translation_cache_mib: u32,
 }
+
+/// Smallest TCG translation cache accepted, in MiB.
+pub const MIN_TRANSLATION_CACHE_MIB: u32 = 8;
+/// Largest TCG translation cache accepted, in MiB (QEMU's own default).
+pub const MAX_TRANSLATION_CACHE_MIB: u32 = 1024;
 
 impl VmSpec {
     /// A VM with default resources (256 MiB, 1 vCPU, no network) whose
@@ -303,6 +313,7 @@ impl VmSpec {
             extra_drives: Vec::new(),
             incoming: None,
             memory_file: None,
+            translation_cache_mib: crate::args::TCG_TB_SIZE_MIB,
         }
     }
 
@@ -313,6 +324,16 @@ impl VmSpec {
     pub fn validate(&self) -> Result<(), QemuError> {
         validate_vm_id(&self.vm_id)?;
         let id = || self.vm_id.clone();
+        if !(MIN_TRANSLATION_CACHE_MIB..=MAX_TRANSLATION_CACHE_MIB)
+            .contains(&self.translation_cache_mib)
+        {
+            return Err(QemuError::TranslationCacheOutOfRange {
+                vm_id: id(),
+                mib: self.translation_cache_mib,
+                min_mib: MIN_TRANSLATION_CACHE_MIB,
+                max_mib: MAX_TRANSLATION_CACHE_MIB,
+            });
+        }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(QemuError::MemoryOutOfRange {
                 vm_id: id(),

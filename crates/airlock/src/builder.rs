@@ -304,6 +304,7 @@ fn machine_plan(
         network_socket,
         verbose_console: config.debug_console,
         packages: options.packages.clone(),
+        translation_cache_mib: options.image().translation_cache_mib(),
     }
 }
 

@@ -37,6 +37,9 @@ pub struct MachinePlan {
     pub verbose_console: bool,
     /// The package layer disk, when one is attached.
     pub packages: Option<crate::machine::PackageDisk>,
+    /// The TCG translation cache in MiB
+    /// ([`crate::spec::Image::translation_cache_mib`]).
+    pub translation_cache_mib: u32,
 }
 
 /// Starts a machine and reaches its agent: the only part of a VM's boot

@@ -21,6 +21,7 @@ pub fn vm_spec(plan: &MachinePlan, boot: &BootImages) -> VmSpec {
     );
     spec.memory_mib = plan.memory_mib;
     spec.vcpus = plan.vcpus;
+    spec.translation_cache_mib = plan.translation_cache_mib;
     spec.console_log = workdir.console_log();
     spec.cmd_socket = workdir.cmd_socket();
     spec.event_socket = workdir.event_socket();
@@ -56,6 +57,7 @@ mod tests {
             network_socket,
             verbose_console,
             packages: None,
+            translation_cache_mib: airlock_qemu::TCG_TB_SIZE_MIB,
         }
     }
 
@@ -64,6 +66,17 @@ mod tests {
             kernel: PathBuf::from("/images/bzImage"),
             initramfs: PathBuf::from("/images/initramfs"),
         }
+    }
+
+    #[test]
+    fn the_plans_translation_cache_reaches_the_spec() {
+        let mut plan = plan(None, false);
+        plan.translation_cache_mib = 128;
+        let boot = BootImages {
+            kernel: PathBuf::from("/images/kernel"),
+            initramfs: PathBuf::from("/images/initramfs"),
+        };
+        assert_eq!(vm_spec(&plan, &boot).translation_cache_mib, 128);
     }
 
     #[test]

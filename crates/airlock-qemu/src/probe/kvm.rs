@@ -202,7 +202,13 @@ pub fn probe_args(
         tsc_khz: None,
     };
     let mut argv = Argv::default();
-    argv.push_base("kvm-probe", &caps, PROBE_MEMORY_MIB, 1);
+    argv.push_base(
+        "kvm-probe",
+        &caps,
+        PROBE_MEMORY_MIB,
+        1,
+        crate::TCG_TB_SIZE_MIB,
+    );
     argv.push_boot(
         &images.kernel,
         &images.initramfs,

@@ -39,6 +39,10 @@ pub enum Image {
     PythonData,
 }
 
+/// The TCG translation cache of python-data VMs, in MiB
+/// ([`Image::translation_cache_mib`]).
+pub const DATA_TRANSLATION_CACHE_MIB: u32 = 128;
+
 impl Image {
     /// Every image, the languages' own first.
     pub const ALL: [Image; 4] = [
@@ -80,6 +84,21 @@ impl Image {
     /// Whether this is a language's own image, which every images dir has.
     pub fn is_language_default(self) -> bool {
         Image::of_language(self.language()) == self
+    }
+
+    /// The TCG translation cache its VMs get, in MiB (`-accel
+    /// tcg,tb-size`; nothing under KVM). The data stack's code does not fit
+    /// the default 32 MiB: a python-data session drawing charts translates
+    /// about 44 MiB, and with 32 the cache filled, was flushed and
+    /// everything was translated again, cell after cell (QEMU's
+    /// `info jit`: 3 flushes in three chart cells, none with 128).
+    /// Only what is translated is touched, so the larger cache costs
+    /// memory only as code runs.
+    pub fn translation_cache_mib(self) -> u32 {
+        match self {
+            Image::PythonData => DATA_TRANSLATION_CACHE_MIB,
+            Image::Raw | Image::Python | Image::Javascript => airlock_qemu::TCG_TB_SIZE_MIB,
+        }
     }
 
     /// Its root disk's key in `manifest.json` (`rootfs-python-data`).
@@ -152,6 +171,18 @@ impl FromStr for Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_data_vms_get_a_translation_cache_that_holds_the_data_stack() {
+        assert_eq!(Image::PythonData.translation_cache_mib(), 128);
+        for image in [Image::Python, Image::Javascript, Image::Raw] {
+            assert_eq!(
+                image.translation_cache_mib(),
+                airlock_qemu::TCG_TB_SIZE_MIB,
+                "{image:?}"
+            );
+        }
+    }
 
     #[test]
     fn image_names_parse_with_language_aliases_and_map_to_languages() {

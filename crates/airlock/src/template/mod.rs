@@ -385,6 +385,7 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<Strin
             image: fixed.join("packages.img"),
             writable: false,
         }),
+        translation_cache_mib: shape.image().translation_cache_mib(),
     };
     let boot = BootImages {
         kernel: fixed.join("kernel"),

@@ -203,6 +203,7 @@ mod tests {
             root_base: PathBuf::from("/images/rootfs-python.qcow2"),
             network_socket: None,
             verbose_console: false,
+            translation_cache_mib: airlock_qemu::TCG_TB_SIZE_MIB,
         }
     }
 
