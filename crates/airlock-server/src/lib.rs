@@ -21,6 +21,12 @@
 //!   (`airlock mcp`) and streamable HTTP at `/mcp`.
 //! - A life ([`server`]): listen on loopback by default, refuse a public
 //!   address without keys, drain on SIGTERM and destroy every VM.
+//! - The listener ([`listener`], hyper): connection caps in all and per
+//!   address, header, idle, send and body deadlines, the descriptor limit
+//!   raised at start; a request without a valid key is answered 401 at
+//!   once, its body unread, and its connection closed; a keyless server
+//!   takes only loopback `Host`s, no foreign `Origin` and JSON bodies
+//!   (`docs/security.md`).
 //!
 //! What it does not do: run or manage VMs itself. Every VM comes from the
 //! orchestrator's public library API ([`airlock::Scheduler`]); the server
@@ -52,6 +58,7 @@ mod error;
 pub mod http;
 pub mod json;
 pub mod keys;
+pub mod listener;
 pub mod mcp;
 pub mod metrics;
 pub mod quota;
