@@ -14,6 +14,7 @@
 //! A server with keys needs none of this: a page has no key.
 
 use crate::error::ServerError;
+use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
@@ -29,7 +30,8 @@ pub async fn guard(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let raw_body = route.as_deref() == Some(FILE_ROUTE) && request.method() == Method::PUT;
-    match check(request.headers(), raw_body) {
+    let body = has_body(request.headers()) || request.body().size_hint().lower() > 0;
+    match check(request.headers(), body, raw_body) {
         Ok(()) => next.run(request).await,
         Err(e) => {
             let mut response = e.into_response();
@@ -42,13 +44,14 @@ pub async fn guard(request: Request, next: Next) -> Response {
     }
 }
 
-/// Checks a keyless request's `Host`, `Origin` and body type (see the
-/// module's doc); `raw_body`: the route takes a file's bytes.
+/// Checks a keyless request's `Host`, `Origin` and, when it has a body,
+/// its type (see the module's doc); `raw_body`: the route takes a file's
+/// bytes.
 ///
 /// # Errors
 /// [`ServerError::Forbidden`] or [`ServerError::UnsupportedMediaType`],
 /// naming what was refused.
-pub fn check(headers: &HeaderMap, raw_body: bool) -> Result<(), ServerError> {
+pub fn check(headers: &HeaderMap, body: bool, raw_body: bool) -> Result<(), ServerError> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -73,7 +76,7 @@ pub fn check(headers: &HeaderMap, raw_body: bool) -> Result<(), ServerError> {
             });
         }
     }
-    if has_body(headers) {
+    if body {
         let given = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -183,9 +186,10 @@ mod tests {
     #[test]
     fn a_foreign_origin_is_refused_a_loopback_one_taken() {
         let host = (header::HOST, "127.0.0.1:7000");
-        check(&headers(std::slice::from_ref(&host)), false).unwrap();
+        check(&headers(std::slice::from_ref(&host)), false, false).unwrap();
         check(
             &headers(&[host.clone(), (header::ORIGIN, "http://localhost:3000")]),
+            false,
             false,
         )
         .unwrap();
@@ -195,7 +199,12 @@ mod tests {
             "http://127.0.0.1.evil.example",
             "file://",
         ] {
-            let e = check(&headers(&[host.clone(), (header::ORIGIN, origin)]), false).unwrap_err();
+            let e = check(
+                &headers(&[host.clone(), (header::ORIGIN, origin)]),
+                false,
+                false,
+            )
+            .unwrap_err();
             assert_eq!(e.kind(), "forbidden", "{origin}");
         }
     }
@@ -219,19 +228,17 @@ mod tests {
                 len.clone(),
                 (header::CONTENT_TYPE, content_type),
             ]);
-            assert_eq!(check(&h, raw).is_ok(), ok, "{content_type} raw={raw}");
+            assert_eq!(check(&h, true, raw).is_ok(), ok, "{content_type} raw={raw}");
         }
-        let e = check(&headers(&[host.clone(), len]), false).unwrap_err();
+        let no_type = headers(&[host.clone(), len]);
+        let e = check(&no_type, true, false).unwrap_err();
         assert_eq!(e.kind(), "unsupported_media_type");
-        check(
-            &headers(&[host.clone(), (header::CONTENT_LENGTH, "0")]),
-            false,
-        )
-        .unwrap();
-        assert!(check(
-            &headers(&[host, (header::TRANSFER_ENCODING, "chunked")]),
-            false
-        )
-        .is_err());
+        check(&no_type, false, false).unwrap();
+        assert!(has_body(&headers(&[(
+            header::TRANSFER_ENCODING,
+            "chunked"
+        )])));
+        assert!(!has_body(&headers(&[(header::CONTENT_LENGTH, "0")])));
+        assert!(has_body(&headers(&[(header::CONTENT_LENGTH, "12")])));
     }
 }
