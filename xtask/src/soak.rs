@@ -269,6 +269,22 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     Ok(())
 }
 
+/// Today (UTC) and the short commit of HEAD, for a report's first line.
+pub fn date_and_commit() -> (String, String) {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(workspace_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    (date, commit)
+}
+
 /// `airlock` with the soak's run dir.
 fn airlock_cmd(airlock: &Path, run_dir: &Path) -> Command {
     let mut cmd = Command::new(airlock);
@@ -664,17 +680,7 @@ fn render(
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace_root())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let (date, commit) = date_and_commit();
     let _ = writeln!(out, "# Reliability\n");
     let _ = writeln!(
         out,

@@ -19,7 +19,6 @@
 
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -188,23 +187,15 @@ fn start_server(airlock: &Path, dir: &Path) -> Result<(Server, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start {} serve", airlock.display()))?;
-    let stderr = child.stderr.take().context("the server's stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("airlock: listening on http://") {
-                    break url.parse::<SocketAddr>().context("the listen address")?;
-                }
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("airlock serve ended before listening");
-            }
+    let (url, drain) = crate::bench_server::until_listening(&mut child)?;
+    let addr = match url.strip_prefix("http://").map(str::parse::<SocketAddr>) {
+        Some(Ok(addr)) => addr,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("not a listen address: {url}");
         }
     };
-    let drain = std::thread::spawn(move || lines.for_each(drop));
     Ok((
         Server {
             child,
@@ -452,30 +443,12 @@ fn rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
 fn render(n: &Numbers) -> String {
     let quiet = median(&n.quiet_ms);
     let load = median(&n.load_ms);
     let max_load = n.load_ms.iter().copied().fold(0.0, f64::max);
     let growth = n.rss_peak_mib - n.rss_before_mib;
-    let date = Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let (date, commit) = crate::soak::date_and_commit();
     let mut d = String::new();
     let _ = writeln!(d, "{SECTION}\n");
     let _ = writeln!(
@@ -497,20 +470,20 @@ fn render(n: &Numbers) -> String {
         "| keyed run, median under load ({} runs, max {max_load:.0} ms) | {load:.0} ms ({:.2}x) | <= {LATENCY_GOAL}x | {} |",
         n.load_ms.len(),
         load / quiet,
-        verdict(load <= LATENCY_GOAL * quiet)
+        crate::bench_server::verdict(load <= LATENCY_GOAL * quiet)
     );
     let _ = writeln!(
         d,
         "| keyed runs failed under load | {} | 0 | {} |",
         n.load_failed,
-        verdict(n.load_failed == 0)
+        crate::bench_server::verdict(n.load_failed == 0)
     );
     let _ = writeln!(
         d,
         "| server RSS growth, 8 MiB of `\\xff` to a client reading nothing for {STALL_S} s | {growth:.1} MiB ({:.1} -> {:.1}) | <= {RSS_GOAL_MIB} MiB | {} |",
         n.rss_before_mib,
         n.rss_peak_mib,
-        verdict(growth <= RSS_GOAL_MIB)
+        crate::bench_server::verdict(growth <= RSS_GOAL_MIB)
     );
     let _ = writeln!(
         d,

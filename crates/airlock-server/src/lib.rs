@@ -48,7 +48,13 @@
 //! let airlock = Airlock::start(config, None).await?;
 //! let router = airlock_server::http::router(airlock.clone(), None);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await.expect("bind");
-//! axum::serve(listener, router).await.expect("serve");
+//! let limits = airlock.config().listener.clone();
+//! // Until the server drains; `server::run` does this, and the rest.
+//! let drain = airlock.clone();
+//! airlock_server::listener::serve(listener, router, limits, airlock.metrics().clone(), async move {
+//!     drain.draining().await
+//! })
+//! .await;
 //! # Ok(()) }
 //! ```
 
