@@ -133,8 +133,11 @@ def run_sse(c):
     assert names[-1] == "done", events
     stdout = [json.loads(d) for n, d in events if n == "stdout"]
     stderr = [json.loads(d) for n, d in events if n == "stderr"]
-    assert any("text" in e and "one" in e["text"] for e in stdout), events
-    assert any("b64" in e for e in stdout), "the 0xff byte comes as base64: %r" % events
+    # Each chunk is one event: text when UTF-8, else the whole chunk as base64.
+    data = b"".join(e["text"].encode() if "text" in e else base64.b64decode(e["b64"]) for e in stdout)
+    assert data == b"one\n\xffthree\n", events
+    assert any("b64" in e for e in stdout), "the chunk with 0xff comes as base64: %r" % events
+    assert all(len(e) == 1 and ("text" in e or "b64" in e) for e in stdout), events
     assert stderr and stderr[0]["text"] == "two\n", events
     result = json.loads(events[-1][1])
     assert result["exit_code"] == 0, result

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// Goal: sustained runs per second of `print(1)`.
 const RUNS_PER_S_GOAL: f64 = 4.0;
@@ -57,23 +57,7 @@ pub fn measure(airlock: &Path, runs: usize) -> Result<ServerNumbers> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start {} serve", airlock.display()))?;
-    let stderr = server.stderr.take().context("the server's stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("airlock: listening on ") {
-                    break url.to_owned();
-                }
-            }
-            _ => {
-                let _ = server.kill();
-                bail!("airlock serve ended before listening");
-            }
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.for_each(drop));
+    let (url, drain) = until_listening(&mut server)?;
     let out = Command::new(&python)
         .arg(workspace_root().join("tests/clients/bench_client.py"))
         .args([&url, &runs.to_string(), "20", "8"])
@@ -95,7 +79,35 @@ pub fn measure(airlock: &Path, runs: usize) -> Result<ServerNumbers> {
     serde_json::from_slice(&out.stdout).context("parse the bench client's JSON")
 }
 
-fn verdict(met: bool) -> &'static str {
+/// Waits for `server`'s (an `airlock serve` with its stderr piped) line
+/// saying where it listens; returns the URL, and the thread that keeps
+/// draining its log so the server never blocks on a full pipe. Kills and
+/// reaps it when it ends before listening.
+///
+/// # Errors
+/// When it ends before listening.
+pub fn until_listening(server: &mut Child) -> Result<(String, std::thread::JoinHandle<()>)> {
+    let stderr = server.stderr.take().context("the server's stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("airlock: listening on ") {
+                    break url.to_owned();
+                }
+            }
+            _ => {
+                let _ = server.kill();
+                let _ = server.wait();
+                bail!("airlock serve ended before listening");
+            }
+        }
+    };
+    Ok((url, std::thread::spawn(move || lines.for_each(drop))))
+}
+
+/// `met` or `not met`, for a goal's column.
+pub fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {

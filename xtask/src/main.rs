@@ -12,6 +12,7 @@ mod host;
 mod images;
 mod lint;
 mod soak;
+mod soak_server;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +42,8 @@ enum Task {
     /// Fault soak (not part of `test`): runs mixing languages, timeouts,
     /// kills and signals, then a report of leftovers and of a long-lived
     /// orchestrator's descriptors and memory; `--write` updates
-    /// docs/reliability.md.
+    /// docs/reliability.md. `--server`: `airlock serve` under clients
+    /// without a key, and a stream to a client that does not read.
     Soak(soak::SoakArgs),
 }
 

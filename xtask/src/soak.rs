@@ -26,6 +26,15 @@ pub struct SoakArgs {
     /// Write docs/reliability.md with the result (default: only print it).
     #[arg(long)]
     pub write: bool,
+    /// Soak `airlock serve` instead: clients without a key (idle and
+    /// slow-header connections) while a keyed client runs code, and a
+    /// stream to a client that does not read (`soak_server.rs`).
+    #[arg(long)]
+    pub server: bool,
+    /// With --server: the `airlock` binary to serve with (default: build
+    /// the release binary).
+    #[arg(long, value_name = "PATH", requires = "server")]
+    pub airlock: Option<PathBuf>,
 }
 
 /// One kind of run the soak makes.
@@ -111,6 +120,16 @@ struct ProcSample {
 
 /// Runs the soak.
 pub fn run(args: &SoakArgs) -> Result<()> {
+    if args.server {
+        // The images are the caller's: the server answers `images_missing`
+        // (naming `cargo xtask images`) when they are not there.
+        host::ensure_all()?;
+        let airlock = match &args.airlock {
+            Some(path) => path.clone(),
+            None => host::release_airlock()?,
+        };
+        return crate::soak_server::run(&airlock, args.write);
+    }
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -227,7 +246,15 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     eprintln!("{report}");
     if args.write {
         let path = workspace_root().join("docs").join("reliability.md");
-        std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
+        // The server soak's section stays.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let kept = crate::soak_server::split_section(&old).1.unwrap_or("");
+        let doc = if kept.is_empty() {
+            report
+        } else {
+            format!("{}\n\n{kept}", report.trim_end())
+        };
+        std::fs::write(&path, &doc).with_context(|| format!("write {}", path.display()))?;
         eprintln!("xtask: wrote {}", path.display());
     }
     drop(std::fs::remove_dir_all(&soak_dir));
@@ -240,6 +267,22 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Today (UTC) and the short commit of HEAD, for a report's first line.
+pub fn date_and_commit() -> (String, String) {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(workspace_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    (date, commit)
 }
 
 /// `airlock` with the soak's run dir.
@@ -637,17 +680,7 @@ fn render(
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace_root())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let (date, commit) = date_and_commit();
     let _ = writeln!(out, "# Reliability\n");
     let _ = writeln!(
         out,

@@ -328,6 +328,12 @@ pub fn main(args: ServeArgs) -> i32 {
         if let Err(e) = config.secret_store(env_key.as_deref()) {
             return process::failed(e);
         }
+        // The connection cap must fit the descriptor limit `serve` raises to.
+        let fits = airlock_server::listener::hard_nofile_limit()
+            .and_then(|nofile| airlock_server::listener::check_descriptors(&config, nofile));
+        if let Err(e) = fits {
+            return process::failed(e);
+        }
         println!(
             "configuration OK: listen {}, {} key(s), {} VM slot(s)",
             config.listen,

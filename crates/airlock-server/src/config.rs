@@ -13,6 +13,15 @@
 //! [[pools]]                # warm pools: paused VMs ready for runs and sessions
 //! language = "python"
 //! size = 1
+//! [listener]               # connections (docs/security.md)
+//! max_connections = 4096
+//! max_connections_per_address = 256
+//! header_read_timeout_s = 10
+//! idle_timeout_s = 60
+//! request_body_timeout_s = 120
+//! [streams]                # server-sent events of one request
+//! max_events = 65536
+//! max_bytes = 33554432
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -79,6 +88,83 @@ pub struct ServerConfig {
     /// one free. Unset: one python VM when there are at least two VM
     /// slots, else none; `[]`: none. Needs `restore_templates`.
     pub pools: Option<Vec<PoolSpec>>,
+    /// Connections: how many, from whom, how long (`docs/security.md`).
+    pub listener: ListenerConfig,
+    /// Server-sent event streams: how much one stream may carry.
+    pub streams: StreamLimits,
+}
+
+/// [`ServerConfig::listener`]: the limits of the HTTP listener, each
+/// closing a connection that holds the server without using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Open connections, all clients together; one more is closed at once
+    /// (must fit the descriptor limit with room for the VMs).
+    pub max_connections: usize,
+    /// Open connections from one IP address; one more is closed at once.
+    pub max_connections_per_address: usize,
+    /// Seconds a request's head (request line and headers) may take to
+    /// arrive: from the connection's accept for its first request, from
+    /// the head's first byte for a later one.
+    pub header_read_timeout_s: u64,
+    /// Seconds a kept-alive connection may wait for its next request, and
+    /// a response may wait for a client that reads nothing.
+    pub idle_timeout_s: u64,
+    /// Seconds a request's body may take to arrive, from its head.
+    pub request_body_timeout_s: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 60,
+            request_body_timeout_s: 120,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// [`ListenerConfig::header_read_timeout_s`].
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_s)
+    }
+
+    /// [`ListenerConfig::idle_timeout_s`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+
+    /// [`ListenerConfig::request_body_timeout_s`].
+    pub fn request_body_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_body_timeout_s)
+    }
+}
+
+/// [`ServerConfig::streams`]: the caps of one server-sent event stream
+/// (a streamed run or exec). Past either, one `cut` event says so and no
+/// more output or result events follow; the `done` event still carries
+/// the whole answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamLimits {
+    /// Output and result events of one stream.
+    pub max_events: usize,
+    /// Bytes of those events' data, all together.
+    pub max_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_events: 65_536,
+            // Base64 of the VM's 8 MiB stdout and stderr caps, with room.
+            max_bytes: 32 << 20,
+        }
+    }
 }
 
 /// One warm pool of [`ServerConfig::pools`].
@@ -184,6 +270,8 @@ impl Default for ServerConfig {
             restore_templates: true,
             quotas: Quotas::default(),
             pools: None,
+            listener: ListenerConfig::default(),
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -242,10 +330,35 @@ impl ServerConfig {
                 u64::from(self.quotas.requests_per_minute),
             ),
             ("quotas.timeout_s", self.quotas.timeout_s),
+            (
+                "listener.max_connections",
+                self.listener.max_connections as u64,
+            ),
+            (
+                "listener.max_connections_per_address",
+                self.listener.max_connections_per_address as u64,
+            ),
+            (
+                "listener.header_read_timeout_s",
+                self.listener.header_read_timeout_s,
+            ),
+            ("listener.idle_timeout_s", self.listener.idle_timeout_s),
+            (
+                "listener.request_body_timeout_s",
+                self.listener.request_body_timeout_s,
+            ),
+            ("streams.max_events", self.streams.max_events as u64),
+            ("streams.max_bytes", self.streams.max_bytes as u64),
         ] {
             if value == 0 {
                 return Err(bad(format!("{name} must be above zero")));
             }
+        }
+        if self.listener.max_connections_per_address > self.listener.max_connections {
+            return Err(bad(format!(
+                "listener.max_connections_per_address ({}) is above listener.max_connections ({}): lower it",
+                self.listener.max_connections_per_address, self.listener.max_connections
+            )));
         }
         if self.max_concurrent_vms == Some(0) {
             return Err(bad("max_concurrent_vms must be above zero".into()));
@@ -410,6 +523,56 @@ mod tests {
             ..ServerConfig::default()
         };
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn listener_limits_parse_default_and_refuse_zero_or_inverted_caps() {
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "[listener]\nmax_connections = 100\nmax_connections_per_address = 10\nheader_read_timeout_s = 3\n[streams]\nmax_events = 7\n",
+        )
+        .unwrap();
+        assert_eq!(config.listener.max_connections, 100);
+        assert_eq!(
+            config.listener.header_read_timeout(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            config.listener.idle_timeout_s,
+            ListenerConfig::default().idle_timeout_s
+        );
+        assert_eq!(config.streams.max_events, 7);
+        config.validate().unwrap();
+        let inverted = ServerConfig {
+            listener: ListenerConfig {
+                max_connections: 10,
+                max_connections_per_address: 11,
+                ..ListenerConfig::default()
+            },
+            ..ServerConfig::default()
+        };
+        let msg = inverted.validate().unwrap_err().to_string();
+        assert!(msg.contains("max_connections_per_address"), "{msg}");
+        for zero in [
+            ListenerConfig {
+                header_read_timeout_s: 0,
+                ..ListenerConfig::default()
+            },
+            ListenerConfig {
+                max_connections: 0,
+                ..ListenerConfig::default()
+            },
+        ] {
+            let config = ServerConfig {
+                listener: zero,
+                ..ServerConfig::default()
+            };
+            assert!(config.validate().is_err());
+        }
+        assert!(
+            ServerConfig::parse(Path::new("s.toml"), "[listener]\nmax_conns = 1\n").is_err(),
+            "unknown listener fields are refused"
+        );
     }
 
     #[test]

@@ -42,6 +42,20 @@ pub enum ServerError {
         /// The request's path.
         path: String,
     },
+    /// A keyless server refused a request a web page could have sent: a
+    /// `Host` that is not a loopback name (DNS rebinding) or a foreign
+    /// `Origin` (cross-site).
+    #[error("{message}")]
+    Forbidden {
+        /// What was refused and what is accepted.
+        message: String,
+    },
+    /// A keyless server refused a body that is not `application/json`.
+    #[error("{message}")]
+    UnsupportedMediaType {
+        /// The type given and the one accepted.
+        message: String,
+    },
     /// The body is larger than the server accepts.
     #[error("the request body is over the limit of {limit_bytes} bytes")]
     TooLarge {
@@ -177,6 +191,8 @@ impl ServerError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::SessionNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::SecretNotFound { .. } => StatusCode::NOT_FOUND,
@@ -199,6 +215,8 @@ impl ServerError {
         match self {
             Self::BadRequest { .. } => "invalid_input",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::SessionNotFound { .. } => "session_not_found",
             Self::RouteNotFound { .. } => "not_found",
             Self::TooLarge { .. } => "body_too_large",
@@ -222,6 +240,12 @@ impl ServerError {
                 Some("send `Authorization: Bearer KEY` with a key from `airlock serve keys add`")
             }
             Self::Quota { .. } => Some("wait for running work to end, or ask for a larger quota"),
+            Self::Forbidden { .. } => Some(
+                "a server without keys answers only local clients: use http://127.0.0.1 or http://localhost, not from a web page",
+            ),
+            Self::UnsupportedMediaType { .. } => {
+                Some("send the body with `Content-Type: application/json`")
+            }
             Self::Config { .. } => Some("check the file with `airlock serve --check-config`"),
             Self::Keys { .. } => Some("create keys with `airlock serve keys add --tenant NAME`"),
             Self::SecretsDisabled => Some(

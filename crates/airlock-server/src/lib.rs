@@ -21,6 +21,12 @@
 //!   (`airlock mcp`) and streamable HTTP at `/mcp`.
 //! - A life ([`server`]): listen on loopback by default, refuse a public
 //!   address without keys, drain on SIGTERM and destroy every VM.
+//! - The listener ([`listener`], hyper): connection caps in all and per
+//!   address, header, idle, send and body deadlines, the descriptor limit
+//!   raised at start; a request without a valid key is answered 401 at
+//!   once, its body unread, and its connection closed; a keyless server
+//!   takes only loopback `Host`s, no foreign `Origin` and JSON bodies
+//!   (`docs/security.md`).
 //!
 //! What it does not do: run or manage VMs itself. Every VM comes from the
 //! orchestrator's public library API ([`airlock::Scheduler`]); the server
@@ -42,7 +48,13 @@
 //! let airlock = Airlock::start(config, None).await?;
 //! let router = airlock_server::http::router(airlock.clone(), None);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await.expect("bind");
-//! axum::serve(listener, router).await.expect("serve");
+//! let limits = airlock.config().listener.clone();
+//! // Until the server drains; `server::run` does this, and the rest.
+//! let drain = airlock.clone();
+//! airlock_server::listener::serve(listener, router, limits, airlock.metrics().clone(), async move {
+//!     drain.draining().await
+//! })
+//! .await;
 //! # Ok(()) }
 //! ```
 
@@ -52,6 +64,7 @@ mod error;
 pub mod http;
 pub mod json;
 pub mod keys;
+pub mod listener;
 pub mod mcp;
 pub mod metrics;
 pub mod quota;

@@ -140,13 +140,11 @@ What the code shows (a cell's last value, display(), a matplotlib chart) comes b
 /// The streamable-HTTP MCP service for `/mcp`, ended when the server
 /// drains.
 pub fn http_service(airlock: &Airlock) -> HttpService {
-    let mut config = StreamableHttpServerConfig::default()
-        .with_cancellation_token(airlock.drain_token().child_token());
-    if !airlock.config().listen.ip().is_loopback() {
-        // Keys guard a public address; the Host check guards keyless
-        // loopback servers against DNS rebinding.
-        config = config.disable_allowed_hosts();
-    }
+    // Keys guard a server with keys; a keyless one checks `Host` and
+    // `Origin` on every route, this one included (`http::keyless`).
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(airlock.drain_token().child_token())
+        .disable_allowed_hosts();
     let tools = airlock.clone();
     StreamableHttpService::new(
         move || Ok(McpTools::new(tools.clone(), None)),

@@ -75,6 +75,18 @@ pub struct Metrics {
     pub pool_taken_on_demand: Family<ShapeLabel, Gauge>,
     /// Takes from a warm pool: resume and reseed, to the agent ready.
     pub pool_take_seconds: Histogram,
+    /// HTTP connections open now.
+    pub connections_open: Gauge,
+    /// Connections closed at their accept, by the cap they met
+    /// (`max_connections`, `max_connections_per_address`), and failed
+    /// accepts (`accept_error`).
+    pub connections_refused: Family<KindLabel, Counter>,
+    /// Connections closed by a deadline (`header_timeout`,
+    /// `idle_timeout`, `send_timeout`) and request bodies cut by theirs
+    /// (`request_body_timeout`).
+    pub connections_closed: Family<KindLabel, Counter>,
+    /// Event streams cut at a cap (`max_events`, `max_bytes`).
+    pub streams_cut: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +115,30 @@ impl Metrics {
         let pool_taken_warm = Family::<ShapeLabel, Gauge>::default();
         let pool_taken_on_demand = Family::<ShapeLabel, Gauge>::default();
         let pool_take_seconds = latency();
+        let connections_open = Gauge::default();
+        let connections_refused = Family::<KindLabel, Counter>::default();
+        let connections_closed = Family::<KindLabel, Counter>::default();
+        let streams_cut = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by the cap they met",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed by a deadline, by its kind",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "streams_cut",
+            "Event streams cut at a cap",
+            streams_cut.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -177,6 +213,10 @@ impl Metrics {
             pool_taken_warm,
             pool_taken_on_demand,
             pool_take_seconds,
+            connections_open,
+            connections_refused,
+            connections_closed,
+            streams_cut,
         }
     }
 

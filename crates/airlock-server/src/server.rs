@@ -9,7 +9,7 @@ use crate::error::{Result, ServerError};
 use crate::keys::Keyring;
 use crate::service::Airlock;
 use std::fmt::Display;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::Instant;
 
 /// Serves `config` (validated) until `shutdown` resolves, then drains;
@@ -26,6 +26,8 @@ pub async fn run<S: Display>(
     shutdown: impl Future<Output = S>,
 ) -> Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
+    let nofile = crate::listener::raise_nofile_limit()?;
+    crate::listener::check_descriptors(&config, nofile)?;
     let listen = config.listen;
     let grace = config.drain_grace();
     let airlock = tokio::select! {
@@ -53,17 +55,17 @@ pub async fn run<S: Display>(
     // The line a supervisor (or a test) waits for.
     eprintln!("airlock: listening on http://{local}");
     let drain = airlock.clone();
-    // Boxed so that it can be dropped (with the requests it runs) below.
-    let mut server = Box::pin(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { drain.draining().await })
-            .into_future(),
-    );
+    // Boxed so that it can be dropped (with the connections it owns, and
+    // their requests) below.
+    let mut server = Box::pin(crate::listener::serve(
+        listener,
+        router,
+        airlock.config().listener.clone(),
+        airlock.metrics().clone(),
+        async move { drain.draining().await },
+    ));
     let stopped_by = tokio::select! {
-        served = &mut server => {
-            served.map_err(|e| ServerError::internal("serve HTTP", e))?;
-            None
-        }
+        () = &mut server => None,
         stop = &mut shutdown => Some(stop),
     };
     let started = Instant::now();

@@ -186,6 +186,13 @@ impl Airlock {
             .await
     }
 
+    /// Whether the server has no keys file: every request acts for the
+    /// local user (loopback only), under the keyless checks
+    /// (`http::keyless`).
+    pub fn is_keyless(&self) -> bool {
+        self.inner.keyring.is_none()
+    }
+
     /// The caller without keys: the local user.
     pub fn local_caller(&self) -> &Caller {
         &self.inner.local

@@ -21,6 +21,7 @@
 //! | `exit N`             | exit code `N`, no output                                    |
 //! | `stderr TEXT`        | `TEXT` and a newline on stderr, exit 0                      |
 //! | `env NAME`           | the value of `NAME` in the exec's environment on stdout     |
+//! | `bytes XX N C`       | `N` bytes of hex `XX` on stdout, in chunks of `C`, yielding between chunks |
 //! | `hang`               | runs until its timeout (`timed_out`, exit 137, state lost in a cell) or an interrupt (exit 130) |
 //! | `lose-state`         | exit 137, `state_lost`                                      |
 //! | `die`                | [`ExecError::VmDied`]                                       |
@@ -346,7 +347,15 @@ impl SandboxVm for FakeVm {
                 error: None,
                 completion: completion(0),
             };
-            if let Some(n) = code.strip_prefix("exit ") {
+            let mut streamed = false;
+            if let Some((byte, count, chunk)) = code.strip_prefix("bytes ").and_then(bytes_spec) {
+                outcome.stdout = vec![byte; count];
+                for piece in outcome.stdout.chunks(chunk) {
+                    on_output(ExecProgress::Output(OutputStream::Stdout, piece));
+                    tokio::task::yield_now().await;
+                }
+                streamed = true;
+            } else if let Some(n) = code.strip_prefix("exit ") {
                 outcome.completion.exit_code = n.trim().parse().unwrap_or(1);
             } else if let Some(text) = code.strip_prefix("stderr ") {
                 outcome.stderr = format!("{text}\n").into_bytes();
@@ -383,7 +392,7 @@ impl SandboxVm for FakeVm {
             } else {
                 outcome.stdout = request.code.clone().into_bytes();
             }
-            if !outcome.stdout.is_empty() {
+            if !outcome.stdout.is_empty() && !streamed {
                 on_output(ExecProgress::Output(OutputStream::Stdout, &outcome.stdout));
             }
             for result in &outcome.results {
@@ -668,4 +677,14 @@ pub fn test_config() -> Config {
         max_concurrent_vms: 8,
         ..Config::default()
     }
+}
+
+/// `XX N C` of the fake's `bytes` program: the byte, the count, the chunk
+/// size (at least 1).
+fn bytes_spec(spec: &str) -> Option<(u8, usize, usize)> {
+    let mut parts = spec.split_whitespace();
+    let byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    let count = parts.next()?.parse().ok()?;
+    let chunk = parts.next()?.parse::<usize>().ok()?.max(1);
+    Some((byte, count, chunk))
 }

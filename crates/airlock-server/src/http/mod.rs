@@ -3,6 +3,7 @@
 //! (docs/api.md describes each route).
 
 mod extract;
+pub mod keyless;
 pub mod openapi;
 pub(crate) mod runs;
 mod secrets;
@@ -49,9 +50,15 @@ pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router 
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_document))
         .route("/metrics", get(metrics));
-    open.merge(authed)
+    let mut router = open
+        .merge(authed)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    if airlock.is_keyless() {
+        // Every route, `/mcp` and the open ones included.
+        router = router.layer(middleware::from_fn(keyless::guard));
+    }
+    router
         .layer(middleware::from_fn_with_state(airlock.clone(), log_request))
         .with_state(airlock)
 }
@@ -64,7 +71,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticates the caller, counts the request against its rate, and
-/// hands the [`Caller`] to the handler.
+/// hands the [`Caller`] to the handler. A refusal is answered at once,
+/// from the headers alone: the body is never read, and the connection is
+/// closed after the answer (`Connection: close`), so a client without a
+/// key cannot make the server read or hold its body.
 async fn authenticate(
     State(airlock): State<Airlock>,
     mut request: Request,
@@ -81,11 +91,13 @@ async fn authenticate(
                 other => other.kind(),
             };
             Metrics::count(&airlock.metrics().denials, reason);
-            // Read the (bounded) body first: a response before the body is
-            // read makes the connection unusable for a keep-alive client.
-            let limit = airlock.config().max_body_bytes;
-            let _ = axum::body::to_bytes(request.into_body(), limit).await;
-            return e.into_response();
+            drop(request);
+            let mut response = e.into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return response;
         }
     };
     let tenant = TenantName(caller.tenant.clone());

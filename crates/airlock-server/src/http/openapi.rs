@@ -12,7 +12,7 @@ use schemars::SchemaGenerator;
 use serde_json::{json, Value};
 
 /// The events of a streamed run or cell (`Accept: text/event-stream`).
-const EVENTS: &str = "With `Accept: text/event-stream`, events in the order the code made them: `stdout` and `stderr` (data `{\"text\"}` or `{\"b64\"}`), `result` per value the code showed (data: an `ExecResult`); then `cell_error` (data: a `CellError`) when the code raised, and last one `done` with the whole answer (or one `error`).";
+const EVENTS: &str = "With `Accept: text/event-stream`, events in the order the code made them: `stdout` and `stderr` (data `{\"text\"}` for a UTF-8 chunk, or `{\"b64\"}` with a whole chunk that is not), `result` per value the code showed (data: an `ExecResult`); past the stream's caps one `cut` (data `{\"reason\", \"max_events\", \"max_bytes\"}`) and no more of those; then `cell_error` (data: a `CellError`) when the code raised, and last one `done` with the whole answer (or one `error`).";
 
 /// Every route of the REST API, as (method, path): what the document
 /// describes and the router serves (a unit test holds them together).
@@ -46,7 +46,9 @@ fn errors() -> Value {
     json!({
         "400": error_response("Bad input (malformed JSON, a bad field)"),
         "401": error_response("Missing or unknown API key"),
+        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin"),
         "413": error_response("Body over the limit"),
+        "415": error_response("Keyless server: a body that is not application/json"),
         "429": error_response("Over a quota (the message names it)"),
         "503": error_response("Draining or no VM capacity"),
     })

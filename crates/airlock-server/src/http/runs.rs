@@ -32,7 +32,9 @@ pub async fn create(
 ) -> Result<Response, ServerError> {
     let run = airlock.prepare_run(&caller, &body).await?;
     if wants_events(&headers) {
-        let events = sse::stream(move |mut observer| async move {
+        let limits = airlock.config().streams.clone();
+        let metrics = airlock.metrics().clone();
+        let events = sse::stream(&limits, &metrics, move |mut observer| async move {
             let result = airlock.execute(run, &mut observer).await;
             (observer, result)
         });

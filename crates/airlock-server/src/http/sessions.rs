@@ -75,11 +75,15 @@ async fn exec(
 ) -> Result<Response, ServerError> {
     let session = airlock.session(&caller, &id)?;
     if wants_events(&headers) {
-        return Ok(sse::stream(move |mut observer| async move {
-            let result = airlock.exec(&caller, &session, &body, &mut observer).await;
-            (observer, result)
-        })
-        .into_response());
+        let config = airlock.config();
+        let (limits, metrics) = (config.streams.clone(), airlock.metrics().clone());
+        return Ok(
+            sse::stream(&limits, &metrics, move |mut observer| async move {
+                let result = airlock.exec(&caller, &session, &body, &mut observer).await;
+                (observer, result)
+            })
+            .into_response(),
+        );
     }
     let result = airlock.exec(&caller, &session, &body, &mut Discard).await?;
     Ok(Json(result).into_response())

@@ -1,40 +1,120 @@
 //! Server-sent events of a run or an exec, in the order the code made
-//! them: `stdout` and `stderr` events (data `{"text": ..}`, or `{"b64":
-//! ..}` for bytes that are not UTF-8) and one `result` event per value the
-//! code showed (data: the MIME bundle, `docs/outputs.md`); then one
-//! `cell_error` event when the code raised (data `{name, value,
-//! traceback}`), and last one `done` event with the whole answer (or one
-//! `error` event).
+//! them: `stdout` and `stderr` events (data `{"text": ..}`, or, for a
+//! chunk that is not UTF-8, one event `{"b64": ..}` with the whole chunk)
+//! and one `result` event per value the code showed (data: the MIME
+//! bundle, `docs/outputs.md`); then one `cell_error` event when the code
+//! raised (data `{name, value, traceback}`), and last one `done` event
+//! with the whole answer (or one `error` event).
+//!
+//! Bounded: the events go through a channel of [`CHANNEL_EVENTS`]; when
+//! it is full, the work (the run, the VM's output reader with it) is not
+//! polled until the client has read, so a client that does not read slows
+//! its run and holds at most the channel and one chunk's events. Each
+//! stream carries at most [`StreamLimits`]' events and bytes of output
+//! and results; past either, one `cut` event (data `{"reason",
+//! "max_events", "max_bytes"}`) and no more of them, while `done` still
+//! carries the whole answer.
 //!
 //! The work runs in a task owned by the response stream: when the client
 //! goes away the stream is dropped, the task is aborted, and dropping the
 //! run destroys its VM.
 
+use crate::config::StreamLimits;
 use crate::error::ServerError;
+use crate::metrics::Metrics;
 use airlock::{CellResult, OutputStream, RunObserver, RunResult};
 use airlock_protocol::{CellError, ExecResult};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// Events waiting for the client; past them the work waits.
+pub const CHANNEL_EVENTS: usize = 16;
+
+/// Events made while the channel was full, in order; the stream's task
+/// moves them to the channel before it polls the work again.
+type Overflow = Arc<Mutex<VecDeque<Event>>>;
+
+fn lock(overflow: &Overflow) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+    overflow.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a stream's events go, and what it has carried.
+#[derive(Debug)]
+struct Outbox {
+    tx: mpsc::Sender<Event>,
+    overflow: Overflow,
+    limits: StreamLimits,
+    metrics: Metrics,
+    events: usize,
+    bytes: usize,
+    cut: bool,
+}
+
+impl Outbox {
+    /// Queues `event`, in order: into the channel, or when it is full
+    /// into the overflow. A closed channel (the client left) drops it.
+    fn push(&self, event: Event) {
+        let mut overflow = lock(&self.overflow);
+        if !overflow.is_empty() {
+            overflow.push_back(event);
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {
+            overflow.push_back(event);
+        }
+    }
+
+    /// Queues an output or result event of `data`, within the stream's
+    /// caps; the first past them becomes the `cut` event.
+    fn push_capped(&mut self, name: &'static str, data: String) {
+        if self.cut {
+            return;
+        }
+        let reason = if self.events + 1 > self.limits.max_events {
+            Some("max_events")
+        } else if self.bytes + data.len() > self.limits.max_bytes {
+            Some("max_bytes")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.cut = true;
+            Metrics::count(&self.metrics.streams_cut, reason);
+            let data = serde_json::json!({
+                "reason": reason,
+                "max_events": self.limits.max_events,
+                "max_bytes": self.limits.max_bytes,
+            });
+            self.push(Event::default().event("cut").data(data.to_string()));
+            return;
+        }
+        self.events += 1;
+        self.bytes += data.len();
+        self.push(Event::default().event(name).data(data));
+    }
+}
 
 /// Sends a run's output as events; keeps a UTF-8 sequence cut between
 /// two chunks until its end arrives, so text stays text.
 #[derive(Debug)]
 pub struct EventObserver {
-    tx: mpsc::UnboundedSender<Event>,
+    out: Outbox,
     pending: [Vec<u8>; 2],
 }
 
 impl EventObserver {
-    fn new(tx: mpsc::UnboundedSender<Event>) -> Self {
+    fn new(out: Outbox) -> Self {
         Self {
-            tx,
+            out,
             pending: [Vec::new(), Vec::new()],
         }
     }
@@ -43,19 +123,16 @@ impl EventObserver {
     fn flush(&mut self) {
         for (index, name) in [(0, "stdout"), (1, "stderr")] {
             let rest = std::mem::take(&mut self.pending[index]);
-            for event in output_events(name, &rest) {
-                let _ = self.tx.send(event);
+            if !rest.is_empty() {
+                self.out.push_capped(name, output_data(&rest));
             }
         }
     }
 
-    /// Sends an event whose data is `value`'s JSON.
+    /// Sends a last event (never cut) whose data is `value`'s JSON.
     fn send_json(&self, name: &'static str, value: impl Serialize) {
         match Event::default().event(name).json_data(value) {
-            // A closed channel: the client left; the task is being aborted.
-            Ok(event) => {
-                let _ = self.tx.send(event);
-            }
+            Ok(event) => self.out.push(event),
             Err(e) => tracing::warn!(error = %e, event = name, "cannot encode an event"),
         }
     }
@@ -109,41 +186,17 @@ impl RunObserver for EventObserver {
         }
         let rest = pending.split_off(cut);
         let chunk = std::mem::replace(pending, rest);
-        // A closed channel: the client left; the task is being aborted.
-        for event in output_events(name, &chunk) {
-            let _ = self.tx.send(event);
-        }
+        self.out.push_capped(name, output_data(&chunk));
     }
 
     fn result(&mut self, result: &ExecResult) {
         // Output held back (a cut UTF-8 sequence) came before the result.
         self.flush();
-        self.send_json("result", result);
-    }
-}
-
-/// The events of one whole chunk: its UTF-8 runs as text, the bytes
-/// between them as base64.
-fn output_events(name: &'static str, mut bytes: &[u8]) -> Vec<Event> {
-    let mut events = Vec::new();
-    while !bytes.is_empty() {
-        match std::str::from_utf8(bytes) {
-            Ok(_) => {
-                events.push(output_event(name, bytes));
-                break;
-            }
-            Err(e) => {
-                let (text, rest) = bytes.split_at(e.valid_up_to());
-                if !text.is_empty() {
-                    events.push(output_event(name, text));
-                }
-                let bad = e.error_len().unwrap_or(rest.len());
-                events.push(output_event(name, &rest[..bad]));
-                bytes = &rest[bad..];
-            }
+        match serde_json::to_string(result) {
+            Ok(data) => self.out.push_capped("result", data),
+            Err(e) => tracing::warn!(error = %e, "cannot encode a result event"),
         }
     }
-    events
 }
 
 /// Where to cut `bytes` so that the part before is whole: everything,
@@ -157,20 +210,21 @@ pub fn utf8_cut(bytes: &[u8]) -> usize {
     }
 }
 
-/// One `stdout`/`stderr` event: text when the bytes are UTF-8, else base64.
-pub fn output_event(name: &'static str, bytes: &[u8]) -> Event {
+/// The data of one `stdout`/`stderr` event: `{"text"}` when the chunk is
+/// UTF-8, else `{"b64"}` of the whole chunk (standard alphabet, padded).
+fn output_data(bytes: &[u8]) -> String {
     let data = match std::str::from_utf8(bytes) {
         Ok(text) => serde_json::json!({ "text": text }),
         Err(_) => {
             serde_json::json!({ "b64": base64::engine::general_purpose::STANDARD.encode(bytes) })
         }
     };
-    Event::default().event(name).data(data.to_string())
+    data.to_string()
 }
 
 /// The events of a task.
 pub struct Events {
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: mpsc::Receiver<Event>,
     task: JoinHandle<()>,
 }
 
@@ -188,19 +242,65 @@ impl Drop for Events {
     }
 }
 
+/// Moves the overflow to the channel, waiting for room; `false` when the
+/// client left.
+async fn drain_overflow(tx: &mpsc::Sender<Event>, overflow: &Overflow) -> bool {
+    loop {
+        let Some(event) = lock(overflow).pop_front() else {
+            return true;
+        };
+        match tx.reserve().await {
+            Ok(permit) => permit.send(event),
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Spawns `work` with an [`EventObserver`] and streams its events; `work`
 /// gives the observer back with its result, which becomes the last event.
-pub fn stream<W, F, T>(work: W) -> impl axum::response::IntoResponse
+/// `limits` caps the stream; a cut is counted in `metrics`.
+pub fn stream<W, F, T>(
+    limits: &StreamLimits,
+    metrics: &Metrics,
+    work: W,
+) -> impl axum::response::IntoResponse
 where
     W: FnOnce(EventObserver) -> F,
     F: Future<Output = (EventObserver, Result<T, ServerError>)> + Send + 'static,
     T: Answer,
 {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let future = work(EventObserver::new(tx));
+    let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+    let overflow = Overflow::default();
+    let out = Outbox {
+        tx: tx.clone(),
+        overflow: Arc::clone(&overflow),
+        limits: limits.clone(),
+        metrics: metrics.clone(),
+        events: 0,
+        bytes: 0,
+        cut: false,
+    };
+    let future = work(EventObserver::new(out));
     let task = tokio::spawn(async move {
-        let (observer, result) = future.await;
+        let mut work = std::pin::pin!(future);
+        let (observer, result) = loop {
+            // While the client has not read what the work made, the work
+            // waits: its VM's output waits in the VM.
+            if !drain_overflow(&tx, &overflow).await {
+                return;
+            }
+            let step = std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
+                Poll::Ready(done) => Poll::Ready(Some(done)),
+                Poll::Pending if !lock(&overflow).is_empty() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            if let Some(done) = step {
+                break done;
+            }
+        };
         observer.finish(result);
+        drain_overflow(&tx, &overflow).await;
     });
     Sse::new(Events { rx, task }).keep_alive(KeepAlive::default())
 }
@@ -215,8 +315,24 @@ mod tests {
         }
     }
 
-    /// Every event `observer` sent, as debug text, once it is dropped.
-    async fn drain(mut rx: mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+    /// An observer under `limits` whose channel holds every event.
+    fn observer(limits: StreamLimits) -> (EventObserver, mpsc::Receiver<Event>, Metrics) {
+        let (tx, rx) = mpsc::channel(1024);
+        let metrics = Metrics::new();
+        let out = Outbox {
+            tx,
+            overflow: Overflow::default(),
+            limits,
+            metrics: metrics.clone(),
+            events: 0,
+            bytes: 0,
+            cut: false,
+        };
+        (EventObserver::new(out), rx, metrics)
+    }
+
+    /// Every event sent, as debug text, once the observer is dropped.
+    async fn drain(mut rx: mpsc::Receiver<Event>) -> Vec<String> {
         let mut events = Vec::new();
         while let Some(event) = rx.recv().await {
             events.push(format!("{event:?}"));
@@ -234,9 +350,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn text_split_across_chunks_arrives_as_text() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut observer = EventObserver::new(tx);
+    async fn text_split_across_chunks_arrives_as_text_and_a_bad_chunk_as_one_b64_event() {
+        let (mut observer, rx, _) = observer(StreamLimits::default());
         let euro = "€".as_bytes();
         observer.output(OutputStream::Stdout, &[b'a', euro[0]]);
         observer.output(OutputStream::Stdout, &euro[1..]);
@@ -244,24 +359,22 @@ mod tests {
         observer.output(OutputStream::Stderr, b"x\xffy");
         observer.finish(Ok::<_, ServerError>(serde_json::json!({"exit_code": 0})));
         let events = drain(rx).await;
-        assert_eq!(events.len(), 7, "{events:#?}");
+        assert_eq!(events.len(), 5, "{events:#?}");
         assert!(
             events[0].contains("stdout") && events[0].contains(r#"\"text\":\"a\""#),
             "{}",
             events[0]
         );
         assert!(events[1].contains(r"\xe2\x82\xac"), "{}", events[1]);
-        assert!(events[2].contains("b64"), "{}", events[2]);
-        assert!(events[3].contains(r#"\"text\":\"x\""#), "{}", events[3]);
-        assert!(events[4].contains("b64"), "{}", events[4]);
-        assert!(events[5].contains(r#"\"text\":\"y\""#), "{}", events[5]);
-        assert!(events[6].contains("done"), "{}", events[6]);
+        assert!(events[2].contains(r#"\"b64\":\"/w==\""#), "{}", events[2]);
+        // "x\xffy", whole, as one event.
+        assert!(events[3].contains(r#"\"b64\":\"eP95\""#), "{}", events[3]);
+        assert!(events[4].contains("done"), "{}", events[4]);
     }
 
     #[tokio::test]
     async fn a_result_comes_after_the_output_held_back_before_it() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut observer = EventObserver::new(tx);
+        let (mut observer, rx, _) = observer(StreamLimits::default());
         let euro = "€".as_bytes();
         observer.output(OutputStream::Stdout, &[b'a', euro[0]]);
         observer.result(&ExecResult {
@@ -287,5 +400,43 @@ mod tests {
             "{}",
             events[2]
         );
+    }
+
+    #[tokio::test]
+    async fn past_the_event_cap_one_cut_event_then_only_the_answer() {
+        let limits = StreamLimits {
+            max_events: 3,
+            ..StreamLimits::default()
+        };
+        let (mut observer, rx, metrics) = observer(limits);
+        for _ in 0..10 {
+            observer.output(OutputStream::Stdout, b"line\n");
+        }
+        observer.finish(Ok::<_, ServerError>(serde_json::json!({"stdout": "all"})));
+        let events = drain(rx).await;
+        assert_eq!(events.len(), 5, "{events:#?}");
+        assert!(events[3].contains("event: cut"), "{}", events[3]);
+        assert!(events[3].contains("max_events"), "{}", events[3]);
+        assert!(events[4].contains("event: done"), "{}", events[4]);
+        assert!(metrics
+            .render()
+            .contains("airlock_streams_cut_total{kind=\"max_events\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn past_the_byte_cap_one_cut_event() {
+        let limits = StreamLimits {
+            max_bytes: 100,
+            ..StreamLimits::default()
+        };
+        let (mut observer, rx, _) = observer(limits);
+        observer.output(OutputStream::Stdout, &[0xff; 40]);
+        observer.output(OutputStream::Stdout, &[0xff; 40]);
+        observer.output(OutputStream::Stderr, b"more");
+        observer.finish(Ok::<_, ServerError>(serde_json::json!({})));
+        let events = drain(rx).await;
+        let names: Vec<bool> = events.iter().map(|e| e.contains("event: cut")).collect();
+        assert_eq!(names, [false, true, false], "{events:#?}");
+        assert!(events[1].contains("max_bytes"), "{}", events[1]);
     }
 }

@@ -10,6 +10,7 @@
 //! [`Mcp`] (a JSON-RPC client of `/mcp`). What the fake VMs do with code
 //! (`exit N`, `hang`, `die`, echo) is listed in `airlock::testing`.
 
+mod attack;
 mod auth;
 mod errors;
 mod mcp;
@@ -126,10 +127,12 @@ impl Harness {
 
     /// Sends `request` through the router and reads the whole answer.
     pub async fn send(&self, mut request: Request<Body>) -> Reply {
-        // The MCP service checks the Host (DNS rebinding); a client sends one.
+        // A keyless server checks the Host (DNS rebinding); a client sends
+        // one (a test may send its own).
         request
             .headers_mut()
-            .insert(header::HOST, header::HeaderValue::from_static("127.0.0.1"));
+            .entry(header::HOST)
+            .or_insert(header::HeaderValue::from_static("127.0.0.1"));
         let response = self
             .router
             .clone()
@@ -181,8 +184,15 @@ impl Harness {
 
     /// `PUT path` with raw bytes.
     pub async fn put(&self, key: &str, path: &str, bytes: &[u8]) -> Reply {
-        self.send(Self::request(Method::PUT, path, key, &[], bytes.to_vec()))
-            .await
+        let headers = [("content-type", "application/octet-stream")];
+        self.send(Self::request(
+            Method::PUT,
+            path,
+            key,
+            &headers,
+            bytes.to_vec(),
+        ))
+        .await
     }
 
     /// `POST path` with a JSON body.
