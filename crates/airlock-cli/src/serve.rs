@@ -328,11 +328,21 @@ pub fn main(args: ServeArgs) -> i32 {
         if let Err(e) = config.secret_store(env_key.as_deref()) {
             return process::failed(e);
         }
-        // The connection cap must fit the descriptor limit `serve` raises to.
-        let fits = airlock_server::listener::hard_nofile_limit()
-            .and_then(|nofile| airlock_server::listener::check_descriptors(&config, nofile));
-        if let Err(e) = fits {
-            return process::failed(e);
+        // The connection cap must fit the descriptor limit `serve` raises
+        // to; one that does not is lowered at start, said here too.
+        let configured = config.listener.max_connections;
+        let mut fitted = config.clone();
+        let fits = airlock_server::listener::hard_nofile_limit().and_then(|nofile| {
+            airlock_server::listener::fit_descriptors(&mut fitted, nofile)
+                .map(|lowered| (lowered, nofile))
+        });
+        match fits {
+            Err(e) => return process::failed(e),
+            Ok((Some(lowered), nofile)) => eprintln!(
+                "warning: {}",
+                airlock_server::listener::lowered_cap_message(configured, lowered, nofile)
+            ),
+            Ok((None, _)) => {}
         }
         println!(
             "configuration OK: listen {}, {} key(s), {} VM slot(s)",

@@ -15,7 +15,7 @@
 //!   within the body timeout ([`DeadlineBody`]). Each close is counted
 //!   (`airlock_connections_closed_total{kind}`).
 //! - The descriptor limit: [`raise_nofile_limit`] raises the soft limit
-//!   to the hard one at start, and [`check_descriptors`] refuses a
+//!   to the hard one at start, and [`fit_descriptors`] lowers a
 //!   connection cap that would not fit under it.
 //! - Ownership: every connection task lives in the [`serve`] future's
 //!   `JoinSet`. When `shutdown` resolves, the loop stops accepting and
@@ -93,25 +93,49 @@ pub fn hard_nofile_limit() -> Result<u64> {
         .map_err(|e| ServerError::internal("read the descriptor limit (RLIMIT_NOFILE)", e))
 }
 
-/// Checks that `config`'s connection cap, with [`RESERVED_DESCRIPTORS`]
-/// beside it, fits under a descriptor limit of `nofile`.
+/// The fewest connections the server lowers its cap to when the
+/// descriptor limit is short; below this it refuses to start.
+pub const MIN_FITTED_CONNECTIONS: usize = 64;
+
+/// Fits `config`'s connection cap, with [`RESERVED_DESCRIPTORS`] beside
+/// it, under a descriptor limit of `nofile`: a cap that does not fit is
+/// lowered (and the per-address cap with it), since a lower cap only
+/// makes the server safer, and the new cap is returned for the caller to
+/// warn about; `None` when it fitted.
 ///
 /// # Errors
-/// [`ServerError::Config`] naming both numbers and the two fixes.
-pub fn check_descriptors(config: &ServerConfig, nofile: u64) -> Result<()> {
+/// [`ServerError::Config`] naming both numbers and the two fixes, when
+/// not even [`MIN_FITTED_CONNECTIONS`] fit.
+pub fn fit_descriptors(config: &mut ServerConfig, nofile: u64) -> Result<Option<usize>> {
     let wanted = config.listener.max_connections as u64 + RESERVED_DESCRIPTORS;
-    if wanted > nofile {
+    if wanted <= nofile {
+        return Ok(None);
+    }
+    let room = usize::try_from(nofile.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if room < MIN_FITTED_CONNECTIONS {
         return Err(ServerError::Config {
             source_name: "settings".into(),
             message: format!(
                 "listener.max_connections ({}) and {RESERVED_DESCRIPTORS} descriptors for VMs need a descriptor limit of {wanted}, \
-                 but the hard limit (RLIMIT_NOFILE) is {nofile}: lower listener.max_connections or raise the limit \
-                 (systemd: LimitNOFILE=; shell: ulimit -Hn)",
+                 but the hard limit (RLIMIT_NOFILE) is {nofile}, too low for even {MIN_FITTED_CONNECTIONS} connections: \
+                 raise the limit (systemd: LimitNOFILE=; shell: ulimit -Hn)",
                 config.listener.max_connections
             ),
         });
     }
-    Ok(())
+    config.listener.max_connections = room;
+    config.listener.max_connections_per_address =
+        config.listener.max_connections_per_address.min(room);
+    Ok(Some(room))
+}
+
+/// The warning for a cap [`fit_descriptors`] lowered from `configured`.
+pub fn lowered_cap_message(configured: usize, lowered: usize, nofile: u64) -> String {
+    format!(
+        "listener.max_connections lowered from {configured} to {lowered}: the hard descriptor limit \
+         (RLIMIT_NOFILE) is {nofile} and {RESERVED_DESCRIPTORS} are kept for VMs; raise the limit \
+         (systemd: LimitNOFILE=; shell: ulimit -Hn) or set a lower listener.max_connections"
+    )
 }
 
 /// Open connections, in all and per address.
@@ -616,15 +640,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_cap_that_does_not_fit_the_descriptor_limit_is_refused() {
-        let config = ServerConfig::default();
+    fn a_connection_cap_that_does_not_fit_the_descriptor_limit_is_lowered_to_fit() {
+        let mut config = ServerConfig::default();
         let needed = config.listener.max_connections as u64 + RESERVED_DESCRIPTORS;
-        check_descriptors(&config, needed).unwrap();
-        let msg = check_descriptors(&config, needed - 1)
+        assert_eq!(fit_descriptors(&mut config, needed).unwrap(), None);
+        assert_eq!(config.listener.max_connections, 4096);
+
+        let lowered = fit_descriptors(&mut config, 1024 + 100).unwrap();
+
+        assert_eq!(lowered, Some(100));
+        assert_eq!(config.listener.max_connections, 100);
+        assert_eq!(config.listener.max_connections_per_address, 100);
+        let msg = lowered_cap_message(4096, 100, 1124);
+        assert!(msg.contains("from 4096 to 100"), "{msg}");
+        assert!(msg.contains("LimitNOFILE"), "{msg}");
+    }
+
+    #[test]
+    fn a_descriptor_limit_too_low_for_any_useful_cap_is_refused() {
+        let mut config = ServerConfig::default();
+
+        let msg = fit_descriptors(&mut config, RESERVED_DESCRIPTORS + 10)
             .unwrap_err()
             .to_string();
+
         assert!(msg.contains("LimitNOFILE"), "{msg}");
         assert!(msg.contains("listener.max_connections"), "{msg}");
+        assert_eq!(config.listener.max_connections, 4096);
     }
 
     #[test]

@@ -21,13 +21,19 @@ use std::time::Instant;
 /// [`ServerError::Orchestrator`] when the orchestrator cannot start,
 /// [`ServerError::Bind`] when the address is taken.
 pub async fn run<S: Display>(
-    config: ServerConfig,
+    mut config: ServerConfig,
     keyring: Option<Keyring>,
     shutdown: impl Future<Output = S>,
 ) -> Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
     let nofile = crate::listener::raise_nofile_limit()?;
-    crate::listener::check_descriptors(&config, nofile)?;
+    let configured = config.listener.max_connections;
+    if let Some(lowered) = crate::listener::fit_descriptors(&mut config, nofile)? {
+        tracing::warn!(
+            "{}",
+            crate::listener::lowered_cap_message(configured, lowered, nofile)
+        );
+    }
     let listen = config.listen;
     let grace = config.drain_grace();
     let airlock = tokio::select! {
