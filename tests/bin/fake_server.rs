@@ -41,11 +41,11 @@ fn main() {
 }
 
 async fn serve(key: &str, state: PathBuf) -> Result<(), String> {
-    // Quotas high enough that a fuzzer mostly meets the routes, not 429s;
-    // the session cap still bounds how many fake sessions pile up.
+    // Quotas high enough that a fuzzer meets the routes, not 429s (a fake
+    // session costs a few KiB; a fuzz run opens a few hundred).
     let quotas = Quotas {
-        concurrent_runs: 16,
-        live_sessions: 16,
+        concurrent_runs: 64,
+        live_sessions: 4096,
         requests_per_minute: 1_000_000,
         ..Quotas::default()
     };
@@ -71,6 +71,7 @@ async fn serve(key: &str, state: PathBuf) -> Result<(), String> {
         airlock::Config {
             run_dir: state.join("run"),
             secrets_ca_dir: state.join("ca"),
+            max_concurrent_vms: 4096,
             ..airlock::testing::test_config()
         },
         &[],

@@ -26,6 +26,7 @@ pub struct RunBody {
     /// `python`, `javascript` or `raw` (bash). Default: the image's
     /// language, else python (as the CLI's `--language`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["python", "python3", "py", "javascript", "js", "node", "nodejs", "raw", "sh", "bash", "shell", null]))]
     pub language: Option<String>,
     /// The source code.
     pub code: String,
@@ -58,6 +59,7 @@ pub struct SessionBody {
     /// `python`, `javascript` or `raw` (bash). Default: the image's
     /// language, else python (as the CLI's `--language`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["python", "python3", "py", "javascript", "js", "node", "nodejs", "raw", "sh", "bash", "shell", null]))]
     pub language: Option<String>,
     /// Memory, vCPUs, network, packages, idle timeout and lifetime.
     #[serde(flatten)]
@@ -277,6 +279,26 @@ impl RunBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_language_names_the_schemas_list_are_the_ones_parsed() {
+        for schema in [
+            serde_json::to_value(schemars::schema_for!(RunBody)).unwrap(),
+            serde_json::to_value(schemars::schema_for!(SessionBody)).unwrap(),
+        ] {
+            let names = schema["properties"]["language"]["enum"].as_array().unwrap();
+            for name in names.iter().filter_map(serde_json::Value::as_str) {
+                assert!(parse_language(name).is_ok(), "{name}");
+            }
+            for language in [Language::Python, Language::Javascript, Language::Raw] {
+                assert!(
+                    names.contains(&serde_json::json!(language.to_string())),
+                    "{language}"
+                );
+            }
+            assert!(names.contains(&serde_json::Value::Null));
+        }
+    }
 
     fn body(json: serde_json::Value) -> RunBody {
         crate::json::parse(json).unwrap()
