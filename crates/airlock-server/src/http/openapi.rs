@@ -50,7 +50,8 @@ fn errors() -> Value {
         "401": error_response("Missing or unknown API key"),
         "413": error_response("Body over the limit"),
         "429": error_response("Over a quota (the message names it)"),
-        "503": error_response("Draining or no VM capacity"),
+        "500": error_response("The server failed (a VM that would not boot, an agent's unexpected error): never the caller's input"),
+        "503": error_response("Draining, no VM capacity, or the VM was lost"),
     })
 }
 
@@ -190,14 +191,14 @@ fn session_paths(paths: &mut serde_json::Map<String, Value>) {
         "parameters": [id, {"name": "dir", "in": "query", "schema": {"type": "string"}}],
         "get": {"summary": "List a directory", "operationId": "listFiles", "responses": with_errors(json!({"200": json_answer("`{entries: [FileEntry]}`", json!({
             "type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": schema_ref("FileEntry")}}
-        }), Value::Null), "404": not_found}))}
+        }), Value::Null), "404": not_found, "409": busy}))}
     }));
     paths.insert("/v1/sessions/{id}/files/{path}".into(), json!({
         "parameters": [id, path],
         "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "operationId": "readFile", "responses": with_errors(json!({"200": {
                     "description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                     "headers": {"x-sha256": {"description": "The sha256 of the bytes, in hex", "schema": {"type": "string"}}}
-                }, "404": not_found}))},
+                }, "404": not_found, "409": busy}))},
         "put": {"summary": "Write a file: raw body", "operationId": "writeFile", "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": with_errors(json!({"200": json_answer("Written: `{path, size, sha256}`", schema_ref("FileInfo"), written_links), "404": not_found, "409": busy}))}
     }));

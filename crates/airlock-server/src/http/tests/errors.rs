@@ -168,6 +168,43 @@ async fn a_second_call_into_a_busy_session_is_409() {
 }
 
 #[tokio::test]
+async fn reads_and_listings_of_a_busy_session_are_409_as_the_document_says() {
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    let exec = format!("/v1/sessions/{id}/exec");
+    let hanging = json!({"code": "hang", "timeout_s": 0.5});
+    let hang = h.post(KEY_A, &exec, &hanging);
+    let busy = async {
+        // Until the hanging cell has taken the session.
+        loop {
+            let listing = h.get(KEY_A, &format!("/v1/sessions/{id}/files")).await;
+            if listing.status == StatusCode::CONFLICT {
+                let read = h.get(KEY_A, &format!("/v1/sessions/{id}/files/a")).await;
+                return (listing, read);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (hung, (listing, read)) = tokio::join!(hang, busy);
+    listing.error(409, "session_busy");
+    read.error(409, "session_busy");
+    assert_eq!(hung.ok(StatusCode::OK)["timed_out"], true);
+    let doc = crate::http::openapi();
+    for (method, path) in [
+        ("get", "/v1/sessions/{id}/files"),
+        ("get", "/v1/sessions/{id}/files/{path}"),
+        ("put", "/v1/sessions/{id}/files/{path}"),
+        ("post", "/v1/sessions/{id}/exec"),
+        ("post", "/v1/sessions/{id}/packages"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["responses"]["409"].is_object(),
+            "{method} {path} does not document 409"
+        );
+    }
+}
+
+#[tokio::test]
 async fn draining_refuses_new_work_with_503() {
     let h = Harness::new();
     h.airlock.drain();
