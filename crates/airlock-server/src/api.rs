@@ -22,6 +22,8 @@ use std::time::Duration;
 /// refused by [`crate::json::parse`] (serde's `deny_unknown_fields` does
 /// not combine with `flatten`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+// Closed in the schema: `crate::json::parse` refuses any other field.
+#[schemars(deny_unknown_fields)]
 pub struct RunBody {
     /// `python`, `javascript` or `raw` (bash). Default: the image's
     /// language, else python (as the CLI's `--language`).
@@ -29,9 +31,11 @@ pub struct RunBody {
     #[schemars(extend("enum" = ["python", "python3", "py", "javascript", "js", "node", "nodejs", "raw", "sh", "bash", "shell", null]))]
     pub language: Option<String>,
     /// The source code.
+    #[schemars(length(min = 1))]
     pub code: String,
     /// Timeout of the code in seconds (boot not included). Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub timeout_s: Option<f64>,
     /// Memory, vCPUs, network and packages.
     #[serde(flatten)]
@@ -55,6 +59,8 @@ pub struct RunBody {
 /// `max_lifetime_s`), both flattened. MCP's `create_session` takes the
 /// same ([`SessionSpec`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+// Closed in the schema: `crate::json::parse` refuses any other field.
+#[schemars(deny_unknown_fields)]
 pub struct SessionBody {
     /// `python`, `javascript` or `raw` (bash). Default: the image's
     /// language, else python (as the CLI's `--language`).
@@ -109,9 +115,11 @@ impl SessionSpec {
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// The code: a cell of the session's interpreter (state is kept).
+    #[schemars(length(min = 1))]
     pub code: String,
     /// Timeout in seconds. Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub timeout_s: Option<f64>,
     /// Environment variables of this cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]

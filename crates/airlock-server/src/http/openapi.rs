@@ -208,7 +208,7 @@ fn secret_paths(paths: &mut serde_json::Map<String, Value>) {
     // A stored secret's name leads to its deletion.
     let delete = json!({"deleteSecret": {"operationId": "deleteSecret", "parameters": {"name": "$request.path.name"}}});
     let info = |d: &str| json_answer(d, schema_ref("SecretInfo"), delete.clone());
-    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "the variable the sandbox sees: `[A-Za-z_][A-Za-z0-9_]{0,127}`"});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}, "description": "the variable the sandbox sees: `[A-Za-z_][A-Za-z0-9_]{0,127}`"});
     let disabled = error_response("The server was started without a secrets key");
     paths.insert("/v1/secrets".into(), json!({
         "get": {"summary": "The caller's secrets: names, hosts, dates (never values)", "operationId": "listSecrets",
@@ -494,6 +494,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_request_body_schema_is_closed_as_the_parser_is() {
+        let doc = openapi();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "RunBody",
+            "SessionBody",
+            "ExecBody",
+            "PackagesBody",
+            "SecretBody",
+            "FileBody",
+        ] {
+            let schema = &schemas[name];
+            assert_eq!(schema["additionalProperties"], false, "{name}: {schema}");
+            // Flattened options are merged into `properties`, not left in
+            // an `allOf` that `additionalProperties` would not see.
+            assert!(schema.get("allOf").is_none(), "{name}: {schema}");
+        }
+        // A body the parser accepts whole is valid against its schema's
+        // property names.
+        let run = &schemas["RunBody"]["properties"];
+        for field in ["code", "memory_mib", "network", "files", "secrets", "env"] {
+            assert!(run[field].is_object(), "{field} in {run}");
+        }
+        assert!(crate::json::parse::<crate::api::RunBody>(
+            json!({"code": "1", "memory_mib": 256, "network": {}, "files": [], "env": {}})
+        )
+        .is_ok());
     }
 
     #[test]
