@@ -74,6 +74,8 @@ impl FakeServer {
             .arg(KEY)
             .arg(state)
             .env("RUST_LOG", "warn")
+            // It exits when its stdin closes: with this process.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -5,7 +5,8 @@
 //!
 //! Usage: `airlock-fake-server KEY STATE_DIR`. It binds `127.0.0.1:0`,
 //! prints `listening on http://ADDR` on stdout once it accepts, and serves
-//! until killed. `KEY` is tenant `fuzz`'s API key; `STATE_DIR` holds the
+//! until its stdin closes (its parent ended, however it ended) or it is
+//! killed. `KEY` is tenant `fuzz`'s API key; `STATE_DIR` holds the
 //! secrets store and the fakes' run dir.
 
 use airlock_server::keys::{hash_key, KeyEntry, Keyring, KeysFile};
@@ -18,6 +19,12 @@ use std::path::PathBuf;
 const SECRETS_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 fn main() {
+    // The parent holds our stdin: when it goes, so do we (no orphan server
+    // after a test killed mid-run).
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let mut args = std::env::args().skip(1);
     let (Some(key), Some(state)) = (args.next(), args.next()) else {
         eprintln!("usage: airlock-fake-server KEY STATE_DIR");
