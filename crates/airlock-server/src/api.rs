@@ -420,6 +420,16 @@ mod tests {
     }
 
     #[test]
+    fn a_network_given_as_an_array_is_refused_not_read_as_defaults() {
+        // Found by schemathesis: serde read `[]` as a network with every
+        // option defaulted, turning egress on.
+        let json = serde_json::json!({"code": "0", "network": []});
+        let err = crate::json::parse::<RunBody>(json).unwrap_err();
+        assert_eq!(err.status().as_u16(), 400, "{err}");
+        assert!(err.to_string().contains("`network`"), "{err}");
+    }
+
+    #[test]
     fn a_session_body_takes_cpus_and_both_lifetimes() {
         let body: SessionBody = crate::json::parse(serde_json::json!({
             "language": "raw", "cpus": 2, "memory_mib": 256,

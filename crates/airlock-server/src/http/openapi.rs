@@ -199,7 +199,7 @@ fn session_paths(paths: &mut serde_json::Map<String, Value>) {
                     "description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                     "headers": {"x-sha256": {"description": "The sha256 of the bytes, in hex", "schema": {"type": "string"}}}
                 }, "404": not_found, "409": busy}))},
-        "put": {"summary": "Write a file: raw body", "operationId": "writeFile", "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "put": {"summary": "Write a file: raw body", "operationId": "writeFile", "requestBody": {"required": false, "description": "The file's bytes; none (or an empty body) writes an empty file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": with_errors(json!({"200": json_answer("Written: `{path, size, sha256}`", schema_ref("FileInfo"), written_links), "404": not_found, "409": busy}))}
     }));
 }
