@@ -1,6 +1,6 @@
 //! The Python clients of the server tests: a venv under the Airlock cache
 //! (`<cache>/venv-clients`) with the pinned packages of
-//! `tests/clients/requirements.txt` (httpx, the official `mcp`), made with
+//! `tests/clients/requirements.txt` (httpx, the official `mcp`, schemathesis), made with
 //! Debian's `python3 -m venv` and filled from PyPI once; remade when the
 //! requirements change.
 

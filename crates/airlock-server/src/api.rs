@@ -22,15 +22,20 @@ use std::time::Duration;
 /// refused by [`crate::json::parse`] (serde's `deny_unknown_fields` does
 /// not combine with `flatten`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+// Closed in the schema: `crate::json::parse` refuses any other field.
+#[schemars(deny_unknown_fields)]
 pub struct RunBody {
     /// `python`, `javascript` or `raw` (bash). Default: the image's
     /// language, else python (as the CLI's `--language`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["python", "python3", "py", "javascript", "js", "node", "nodejs", "raw", "sh", "bash", "shell", null]))]
     pub language: Option<String>,
     /// The source code.
+    #[schemars(length(min = 1))]
     pub code: String,
     /// Timeout of the code in seconds (boot not included). Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub timeout_s: Option<f64>,
     /// Memory, vCPUs, network and packages.
     #[serde(flatten)]
@@ -54,10 +59,13 @@ pub struct RunBody {
 /// `max_lifetime_s`), both flattened. MCP's `create_session` takes the
 /// same ([`SessionSpec`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+// Closed in the schema: `crate::json::parse` refuses any other field.
+#[schemars(deny_unknown_fields)]
 pub struct SessionBody {
     /// `python`, `javascript` or `raw` (bash). Default: the image's
     /// language, else python (as the CLI's `--language`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["python", "python3", "py", "javascript", "js", "node", "nodejs", "raw", "sh", "bash", "shell", null]))]
     pub language: Option<String>,
     /// Memory, vCPUs, network, packages, idle timeout and lifetime.
     #[serde(flatten)]
@@ -107,9 +115,11 @@ impl SessionSpec {
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// The code: a cell of the session's interpreter (state is kept).
+    #[schemars(length(min = 1))]
     pub code: String,
     /// Timeout in seconds. Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub timeout_s: Option<f64>,
     /// Environment variables of this cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +288,26 @@ impl RunBody {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_language_names_the_schemas_list_are_the_ones_parsed() {
+        for schema in [
+            serde_json::to_value(schemars::schema_for!(RunBody)).unwrap(),
+            serde_json::to_value(schemars::schema_for!(SessionBody)).unwrap(),
+        ] {
+            let names = schema["properties"]["language"]["enum"].as_array().unwrap();
+            for name in names.iter().filter_map(serde_json::Value::as_str) {
+                assert!(parse_language(name).is_ok(), "{name}");
+            }
+            for language in [Language::Python, Language::Javascript, Language::Raw] {
+                assert!(
+                    names.contains(&serde_json::json!(language.to_string())),
+                    "{language}"
+                );
+            }
+            assert!(names.contains(&serde_json::Value::Null));
+        }
+    }
+
     fn body(json: serde_json::Value) -> RunBody {
         crate::json::parse(json).unwrap()
     }
@@ -387,6 +417,16 @@ mod tests {
             let err = crate::json::parse::<RunBody>(json.clone()).unwrap_err();
             assert_eq!(err.status().as_u16(), 400, "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn a_network_given_as_an_array_is_refused_not_read_as_defaults() {
+        // Found by schemathesis: serde read `[]` as a network with every
+        // option defaulted, turning egress on.
+        let json = serde_json::json!({"code": "0", "network": []});
+        let err = crate::json::parse::<RunBody>(json).unwrap_err();
+        assert_eq!(err.status().as_u16(), 400, "{err}");
+        assert!(err.to_string().contains("`network`"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,25 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
     }
 }
 
+/// Whether `schema` admits no array: its `type` names none, or each of
+/// its `anyOf`/`oneOf` alternatives admits none. A schema that says
+/// nothing of types admits arrays.
+fn refuses_arrays(schema: &Value, root: &Value) -> bool {
+    let schema = resolve(schema, root);
+    match schema.get("type") {
+        Some(Value::String(name)) => return name != "array",
+        Some(Value::Array(names)) => return !names.iter().any(|n| n == "array"),
+        _ => {}
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alternatives) = schema.get(key).and_then(Value::as_array) {
+            return !alternatives.is_empty()
+                && alternatives.iter().all(|a| refuses_arrays(a, root));
+        }
+    }
+    false
+}
+
 /// The properties of an object schema that accepts no others: its own and
 /// those of its `allOf` parts. `None` for a map (`additionalProperties`
 /// with a schema) or a schema that names no property.
@@ -83,6 +102,13 @@ fn check(
     path: &str,
 ) -> std::result::Result<(), String> {
     let schema = resolve(schema, root);
+    // serde reads a struct from a sequence too (its fields in order): an
+    // array where the schema wants none is refused here, as documented.
+    if value.is_array() && refuses_arrays(schema, root) {
+        let field = path.trim_end_matches('.');
+        let field = if field.is_empty() { "the body" } else { field };
+        return Err(format!("`{field}` must not be an array (see its schema)"));
+    }
     match value {
         Value::Object(fields) => {
             if let Some(properties) = closed_properties(schema, root) {
@@ -214,6 +240,23 @@ mod tests {
             assert!(err.contains(field), "{value}: {err}");
             assert!(err.contains(accepted), "the accepted names: {err}");
         }
+    }
+
+    #[test]
+    fn an_array_where_the_schema_wants_an_object_is_refused() {
+        // serde alone reads `[]` as an `Inner` with every field defaulted.
+        assert!(serde_json::from_value::<Inner>(json!([])).is_ok());
+        for (value, field) in [
+            (json!({"name": "x", "nested": []}), "`nested`"),
+            (json!({"name": "x", "list": [[]]}), "`list.0`"),
+            (json!(["x"]), "`the body`"),
+        ] {
+            let err = parse::<Outer>(value.clone()).unwrap_err().to_string();
+            assert!(err.contains(field), "{value}: {err}");
+            assert!(err.contains("must not be an array"), "{value}: {err}");
+        }
+        // Arrays where the schema wants one still pass.
+        assert!(parse::<Outer>(json!({"name": "x", "list": []})).is_ok());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use crate::api::{ExecBody, PackagesBody, RunBody, SecretBody, SessionBody};
 use crate::secrets::SecretInfo;
-use airlock_protocol::{CellError, ExecResult};
+use crate::sessions::table::SessionInfo;
+use airlock::FileInfo;
+use airlock_protocol::{CellError, ExecResult, FileEntry};
 use schemars::generate::SchemaSettings;
 use schemars::SchemaGenerator;
 use serde_json::{json, Value};
@@ -50,7 +52,8 @@ fn errors() -> Value {
         "413": error_response("Body over the limit"),
         "415": error_response("Keyless server: a body that is not application/json"),
         "429": error_response("Over a quota (the message names it)"),
-        "503": error_response("Draining or no VM capacity"),
+        "500": error_response("The server failed (a VM that would not boot, an agent's unexpected error): never the caller's input"),
+        "503": error_response("Draining, no VM capacity, or the VM was lost"),
     })
 }
 
@@ -76,6 +79,9 @@ fn body_schemas() -> serde_json::Map<String, Value> {
     // The types the answers carry.
     let _ = generator.subschema_for::<ExecResult>();
     let _ = generator.subschema_for::<CellError>();
+    let _ = generator.subschema_for::<SessionInfo>();
+    let _ = generator.subschema_for::<FileInfo>();
+    let _ = generator.subschema_for::<FileEntry>();
     generator.take_definitions(true)
 }
 
@@ -102,68 +108,123 @@ fn with_errors(mut responses: Value) -> Value {
     responses
 }
 
+/// The `operationId` of each session route a link can lead to, with its
+/// method and path (a unit test checks every session route is one).
+pub const SESSION_OPERATIONS: &[(&str, &str, &str)] = &[
+    ("getSession", "get", "/v1/sessions/{id}"),
+    ("closeSession", "delete", "/v1/sessions/{id}"),
+    ("execCell", "post", "/v1/sessions/{id}/exec"),
+    ("installPackages", "post", "/v1/sessions/{id}/packages"),
+    ("listFiles", "get", "/v1/sessions/{id}/files"),
+    ("readFile", "get", "/v1/sessions/{id}/files/{path}"),
+    ("writeFile", "put", "/v1/sessions/{id}/files/{path}"),
+];
+
+/// OpenAPI links from an answer carrying a session's `id` to every
+/// session route: what lets a generated client, or a stateful fuzzer,
+/// follow `POST /v1/sessions` into the session's routes.
+fn session_links() -> Value {
+    let links: serde_json::Map<String, Value> = SESSION_OPERATIONS
+        .iter()
+        .map(|(operation, _, _)| {
+            (
+                (*operation).to_owned(),
+                json!({"operationId": operation, "parameters": {"id": "$response.body#/id"}}),
+            )
+        })
+        .collect();
+    Value::Object(links)
+}
+
+/// A JSON answer of schema `schema`, with `links` when not null.
+fn json_answer(description: &str, schema: Value, links: Value) -> Value {
+    let mut answer =
+        json!({"description": description, "content": {"application/json": {"schema": schema}}});
+    if !links.is_null() {
+        answer["links"] = links;
+    }
+    answer
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
 fn session_paths(paths: &mut serde_json::Map<String, Value>) {
-    let body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}});
+    let body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": schema_ref(name)}}});
     let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     let path = json!({"name": "path", "in": "path", "required": true, "schema": {"type": "string"}, "description": "relative to the session's home; may hold `/`"});
     let not_found = error_response("Unknown session, or another tenant's");
     let busy = error_response("The session runs something already");
-    let ok = |d: &str| json!({"description": d});
+    let session = json_answer("The session", schema_ref("SessionInfo"), Value::Null);
+    // A written file's links: read it back; its session.
+    let written_links = json!({
+        "readBack": {"operationId": "readFile", "parameters": {"id": "$request.path.id", "path": "$request.path.path"}},
+        "getSession": {"operationId": "getSession", "parameters": {"id": "$request.path.id"}},
+    });
     paths.insert("/v1/sessions".into(), json!({
-        "post": {"summary": "Start a session", "requestBody": body("SessionBody"),
-                 "responses": with_errors(json!({"201": ok("`{id, language, created_at, last_used}`")}))},
-        "get": {"summary": "The caller's sessions", "responses": with_errors(json!({"200": ok("`{sessions: [..]}`")}))}
+        "post": {"summary": "Start a session", "operationId": "createSession", "requestBody": body("SessionBody"),
+                 "responses": with_errors(json!({"201": json_answer("Started: the session (its `id` leads to every session route)", schema_ref("SessionInfo"), session_links())}))},
+        "get": {"summary": "The caller's sessions", "operationId": "listSessions", "responses": with_errors(json!({"200": json_answer("`{sessions: [SessionInfo]}`", json!({
+            "type": "object", "required": ["sessions"], "properties": {"sessions": {"type": "array", "items": schema_ref("SessionInfo")}}
+        }), Value::Null)}))}
     }));
     paths.insert("/v1/sessions/{id}".into(), json!({
         "parameters": [id],
-        "get": {"summary": "One session", "responses": with_errors(json!({"200": ok("`{id, language, created_at, last_used}`"), "404": not_found}))},
-        "delete": {"summary": "Close a session (its VM is destroyed)", "responses": with_errors(json!({"204": ok("Closed"), "404": not_found}))}
+        "get": {"summary": "One session", "operationId": "getSession", "responses": with_errors(json!({"200": session, "404": not_found}))},
+        "delete": {"summary": "Close a session (its VM is destroyed)", "operationId": "closeSession", "responses": with_errors(json!({"204": {"description": "Closed"}, "404": not_found}))}
     }));
     paths.insert("/v1/sessions/{id}/exec".into(), json!({
         "parameters": [id],
-        "post": {"summary": "Run a cell (state is kept); SSE as for runs", "requestBody": body("ExecBody"),
+        "post": {"summary": "Run a cell (state is kept); SSE as for runs", "operationId": "execCell", "requestBody": body("ExecBody"),
                  "description": EVENTS,
                  "responses": with_errors(json!({"200": {"description": "The cell's result", "content": {
-                     "application/json": {"schema": {"$ref": "#/components/schemas/CellResult"}},
+                     "application/json": {"schema": schema_ref("CellResult")},
                      "text/event-stream": {"schema": {"type": "string"}}
                  }}, "404": not_found, "409": busy}))}
     }));
     paths.insert("/v1/sessions/{id}/packages".into(), json!({
         "parameters": [id],
-        "post": {"summary": "Install pinned packages", "requestBody": body("PackagesBody"),
-                 "responses": with_errors(json!({"200": {"description": "The installer's result, as an exec's", "content": {
-                     "application/json": {"schema": {"$ref": "#/components/schemas/CellResult"}}
-                 }}, "404": not_found, "409": busy}))}
+        "post": {"summary": "Install pinned packages", "operationId": "installPackages", "requestBody": body("PackagesBody"),
+                 "responses": with_errors(json!({"200": json_answer("The installer's result, as an exec's", schema_ref("CellResult"), Value::Null),
+                     "404": not_found, "409": busy}))}
     }));
     paths.insert("/v1/sessions/{id}/files".into(), json!({
         "parameters": [id, {"name": "dir", "in": "query", "schema": {"type": "string"}}],
-        "get": {"summary": "List a directory", "responses": with_errors(json!({"200": ok("`{entries: [{name, size, kind, mode}]}`"), "404": not_found}))}
+        "get": {"summary": "List a directory", "operationId": "listFiles", "responses": with_errors(json!({"200": json_answer("`{entries: [FileEntry]}`", json!({
+            "type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": schema_ref("FileEntry")}}
+        }), Value::Null), "404": not_found, "409": busy}))}
     }));
     paths.insert("/v1/sessions/{id}/files/{path}".into(), json!({
         "parameters": [id, path],
-        "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "responses": with_errors(json!({"200": ok("The bytes"), "404": not_found}))},
-        "put": {"summary": "Write a file: raw body", "requestBody": {"required": true, "content": {"application/octet-stream": {}}},
-                "responses": with_errors(json!({"200": ok("`{path, size, sha256}`"), "404": not_found, "409": busy}))}
+        "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "operationId": "readFile", "responses": with_errors(json!({"200": {
+                    "description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    "headers": {"x-sha256": {"description": "The sha256 of the bytes, in hex", "schema": {"type": "string"}}}
+                }, "404": not_found, "409": busy}))},
+        "put": {"summary": "Write a file: raw body", "operationId": "writeFile", "requestBody": {"required": false, "description": "The file's bytes; none (or an empty body) writes an empty file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": with_errors(json!({"200": json_answer("Written: `{path, size, sha256}`", schema_ref("FileInfo"), written_links), "404": not_found, "409": busy}))}
     }));
 }
 
 fn secret_paths(paths: &mut serde_json::Map<String, Value>) {
-    let info = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SecretInfo"}}}});
-    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "the variable the sandbox sees: `[A-Za-z_][A-Za-z0-9_]{0,127}`"});
+    // A stored secret's name leads to its deletion.
+    let delete = json!({"deleteSecret": {"operationId": "deleteSecret", "parameters": {"name": "$request.path.name"}}});
+    let info = |d: &str| json_answer(d, schema_ref("SecretInfo"), delete.clone());
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}, "description": "the variable the sandbox sees: `[A-Za-z_][A-Za-z0-9_]{0,127}`"});
     let disabled = error_response("The server was started without a secrets key");
     paths.insert("/v1/secrets".into(), json!({
-        "get": {"summary": "The caller's secrets: names, hosts, dates (never values)",
+        "get": {"summary": "The caller's secrets: names, hosts, dates (never values)", "operationId": "listSecrets",
                 "responses": with_errors(json!({"200": {"description": "`{secrets: [SecretInfo]}`", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"secrets": {"type": "array", "items": {"$ref": "#/components/schemas/SecretInfo"}}}
+                    "type": "object", "required": ["secrets"], "properties": {"secrets": {"type": "array", "items": {"$ref": "#/components/schemas/SecretInfo"}}}
                 }}}}, "501": disabled}))}
     }));
     paths.insert("/v1/secrets/{name}".into(), json!({
         "parameters": [name],
-        "put": {"summary": "Store a secret (encrypted at rest; the value is never shown again)",
+        "put": {"summary": "Store a secret (encrypted at rest; the value is never shown again)", "operationId": "putSecret",
                 "description": "Runs and sessions name it in `secrets`: the sandbox gets a placeholder, and the egress proxy puts the value into HTTPS requests to its hosts (docs/secrets.md).",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SecretBody"}}}},
                 "responses": with_errors(json!({"201": info("Stored"), "200": info("Replaced"), "501": disabled}))},
-        "delete": {"summary": "Delete a secret",
+        "delete": {"summary": "Delete a secret", "operationId": "deleteSecret",
                    "responses": with_errors(json!({"204": {"description": "Deleted"},
                        "404": error_response("No secret of this name for the caller's tenant"), "501": disabled}))}
     }));
@@ -221,19 +282,22 @@ pub fn openapi() -> Value {
         "security": [{"bearer": []}],
         "paths": {
             "/v1/health": {"get": {
-                "summary": "Liveness (no key needed)", "security": [],
-                "responses": {"200": {"description": "`{\"status\": \"ok\" | \"draining\", \"version\"}`"}}
+                "summary": "Liveness (no key needed)", "operationId": "health", "security": [],
+                "responses": {"200": json_answer("`{\"status\": \"ok\" | \"draining\", \"version\"}`", json!({
+                    "type": "object", "required": ["status", "version"],
+                    "properties": {"status": {"type": "string", "enum": ["ok", "draining"]}, "version": {"type": "string"}}
+                }), Value::Null)}
             }},
             "/v1/openapi.json": {"get": {
-                "summary": "This document (no key needed)", "security": [],
+                "summary": "This document (no key needed)", "operationId": "openapi", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1"}}
             }},
             "/metrics": {"get": {
-                "summary": "Prometheus metrics (no key needed)", "security": [],
+                "summary": "Prometheus metrics (no key needed)", "operationId": "metrics", "security": [],
                 "responses": {"200": {"description": "Prometheus text format"}}
             }},
             "/v1/runs": {"post": {
-                "summary": "Run code once in a fresh VM",
+                "summary": "Run code once in a fresh VM", "operationId": "run",
                 "description": EVENTS,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunBody"}}}},
                 "responses": with_errors(json!({
@@ -313,6 +377,155 @@ mod tests {
                 "{reference} does not resolve"
             );
         }
+    }
+
+    /// Every operation of the document: (operationId, method, path, the
+    /// operation).
+    fn operations(doc: &Value) -> Vec<(String, String, String, Value)> {
+        let mut out = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                if method == "parameters" {
+                    continue;
+                }
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                out.push((id.to_owned(), method.clone(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    /// The names of `{..}` parameters in `path`.
+    fn path_parameters(path: &str) -> Vec<String> {
+        path.split('{')
+            .skip(1)
+            .filter_map(|part| part.split_once('}'))
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_operation_has_a_unique_operation_id() {
+        let doc = openapi();
+        let mut ids: Vec<String> = operations(&doc).into_iter().map(|o| o.0).collect();
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "{ids:?}");
+        assert_eq!(count, ROUTES.len());
+    }
+
+    #[test]
+    fn every_link_names_an_operation_and_only_its_path_parameters() {
+        let doc = openapi();
+        let ops = operations(&doc);
+        let mut links = 0;
+        for (_, method, path, op) in &ops {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                for (name, link) in response["links"].as_object().into_iter().flatten() {
+                    links += 1;
+                    let target = link["operationId"].as_str().unwrap();
+                    let (_, _, target_path, _) =
+                        ops.iter().find(|o| o.0 == target).unwrap_or_else(|| {
+                            panic!("{method} {path} {status} link {name}: no operation {target}")
+                        });
+                    // A link fills some of the target's path parameters
+                    // (a file's `path` is the client's to choose).
+                    let given = link["parameters"].as_object().unwrap();
+                    let wanted = path_parameters(target_path);
+                    assert!(!given.is_empty(), "{method} {path} {status} link {name}");
+                    for parameter in given.keys() {
+                        assert!(
+                            wanted.contains(parameter),
+                            "{method} {path} {status} link {name}: {target_path} has no {parameter}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(links >= SESSION_OPERATIONS.len(), "{links} links");
+    }
+
+    #[test]
+    fn a_started_session_links_to_every_session_route() {
+        let doc = openapi();
+        let session_routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .filter(|(_, path)| path.starts_with("/v1/sessions/{id}"))
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        assert_eq!(session_routes.len(), SESSION_OPERATIONS.len());
+        let links = doc["paths"]["/v1/sessions"]["post"]["responses"]["201"]["links"]
+            .as_object()
+            .expect("links on 201");
+        let ops = operations(&doc);
+        for (method, path) in session_routes {
+            let (id, ..) = ops
+                .iter()
+                .find(|o| o.1 == method && o.2 == path)
+                .unwrap_or_else(|| panic!("{method} {path} is not described"));
+            let link = links
+                .values()
+                .find(|link| link["operationId"] == id.as_str())
+                .unwrap_or_else(|| panic!("no link from POST /v1/sessions to {method} {path}"));
+            assert_eq!(link["parameters"]["id"], "$response.body#/id");
+        }
+        // The id the links read is in the answer's schema.
+        let info = &doc["components"]["schemas"]["SessionInfo"];
+        assert!(
+            info["required"].as_array().unwrap().contains(&json!("id")),
+            "{info}"
+        );
+    }
+
+    #[test]
+    fn every_json_answer_has_a_schema_and_every_error_the_error_schema() {
+        let doc = openapi();
+        for (_, method, path, op) in operations(&doc) {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let json = &response["content"]["application/json"];
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        json["schema"]["$ref"], "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                } else if !json.is_null() {
+                    assert!(json["schema"].is_object(), "{method} {path} {status}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_request_body_schema_is_closed_as_the_parser_is() {
+        let doc = openapi();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "RunBody",
+            "SessionBody",
+            "ExecBody",
+            "PackagesBody",
+            "SecretBody",
+            "FileBody",
+        ] {
+            let schema = &schemas[name];
+            assert_eq!(schema["additionalProperties"], false, "{name}: {schema}");
+            // Flattened options are merged into `properties`, not left in
+            // an `allOf` that `additionalProperties` would not see.
+            assert!(schema.get("allOf").is_none(), "{name}: {schema}");
+        }
+        // A body the parser accepts whole is valid against its schema's
+        // property names.
+        let run = &schemas["RunBody"]["properties"];
+        for field in ["code", "memory_mib", "network", "files", "secrets", "env"] {
+            assert!(run[field].is_object(), "{field} in {run}");
+        }
+        assert!(crate::json::parse::<crate::api::RunBody>(
+            json!({"code": "1", "memory_mib": 256, "network": {}, "files": [], "env": {}})
+        )
+        .is_ok());
     }
 
     #[test]

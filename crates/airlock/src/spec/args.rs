@@ -78,10 +78,12 @@ pub struct ShapeArgs {
         arg(short = 'm', long = "memory", value_name = "MEMORY", default_value_t = DEFAULT_MEMORY_MIB)
     )]
     #[serde(default = "default_memory_mib")]
+    #[schemars(range(min = 128, max = 16384))]
     pub memory_mib: u32,
     /// Number of vCPUs.
     #[cfg_attr(feature = "clap", arg(long = "cpus", default_value_t = DEFAULT_VCPUS))]
     #[serde(default = "default_cpus")]
+    #[schemars(range(min = 1, max = 16))]
     pub cpus: u32,
 }
 
@@ -217,6 +219,7 @@ pub struct LifetimeArgs {
         arg(long = "idle-timeout", value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)
     )]
     #[serde(default = "default_idle_timeout_s")]
+    #[schemars(range(min = 1, max = 86400))]
     pub idle_timeout_s: u64,
     /// Close the session this many seconds after it started, even mid-call.
     #[cfg_attr(
@@ -224,6 +227,7 @@ pub struct LifetimeArgs {
         arg(long = "max-lifetime", value_name = "SECONDS", default_value_t = DEFAULT_MAX_LIFETIME_S)
     )]
     #[serde(default = "default_max_lifetime_s")]
+    #[schemars(range(min = 1, max = 86400))]
     pub max_lifetime_s: u64,
 }
 
@@ -399,6 +403,38 @@ mod tests {
             "{network}"
         );
         assert!(network["properties"].get("egress").is_none(), "{network}");
+    }
+
+    #[test]
+    fn the_json_schema_bounds_are_the_ones_validation_enforces() {
+        let schema = serde_json::to_value(schemars::schema_for!(SandboxArgs)).unwrap();
+        let bounds = |field: &str| {
+            let p = &schema["properties"][field];
+            (
+                p["minimum"].as_u64().unwrap(),
+                p["maximum"].as_u64().unwrap(),
+            )
+        };
+        let memory = crate::spec::MEMORY_MIB_RANGE;
+        let vcpus = crate::spec::VCPUS_RANGE;
+        assert_eq!(
+            bounds("memory_mib"),
+            (u64::from(*memory.start()), u64::from(*memory.end()))
+        );
+        assert_eq!(
+            bounds("cpus"),
+            (u64::from(*vcpus.start()), u64::from(*vcpus.end()))
+        );
+        let lifetime = serde_json::to_value(schemars::schema_for!(LifetimeArgs)).unwrap();
+        let max = crate::session::MAX_SESSION_LIFETIME.as_secs();
+        for field in ["idle_timeout_s", "max_lifetime_s"] {
+            let p = &lifetime["properties"][field];
+            assert_eq!(
+                (p["minimum"].as_u64(), p["maximum"].as_u64()),
+                (Some(1), Some(max)),
+                "{field}"
+            );
+        }
     }
 
     #[cfg(feature = "clap")]

@@ -1,7 +1,7 @@
 //! Every error status and kind docs/api.md lists, each from a request
 //! that earns it, answered as the API's error JSON.
 
-use super::{body, Harness, KEY_A};
+use super::{body, Harness, Reply, KEY_A};
 use crate::config::ServerConfig;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
@@ -145,26 +145,67 @@ async fn a_file_over_the_limit_is_413() {
         .error(413, "body_too_large");
 }
 
-#[tokio::test]
-async fn a_second_call_into_a_busy_session_is_409() {
-    let h = Harness::new();
-    let id = h.session(KEY_A).await;
+/// While a cell of session `id` hangs (0.5 s), `probe` until it answers
+/// 409; returns the hung cell's answer and the probe's 409.
+async fn while_busy<F, Fut>(h: &Harness, id: &str, probe: F) -> (Reply, Reply)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
     let path = format!("/v1/sessions/{id}/exec");
     let hanging = json!({"code": "hang", "timeout_s": 0.5});
     let hang = h.post(KEY_A, &path, &hanging);
     let busy = async {
         // Until the hanging cell has taken the session.
         loop {
-            let reply = h.post(KEY_A, &path, &json!({"code": "1"})).await;
+            let reply = probe().await;
             if reply.status == StatusCode::CONFLICT {
                 return reply;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    let (hung, busy) = tokio::join!(hang, busy);
+    tokio::join!(hang, busy)
+}
+
+#[tokio::test]
+async fn a_second_call_into_a_busy_session_is_409() {
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    let path = format!("/v1/sessions/{id}/exec");
+    let cell = json!({"code": "1"});
+    let (hung, busy) = while_busy(&h, &id, || h.post(KEY_A, &path, &cell)).await;
     busy.error(409, "session_busy");
     assert_eq!(hung.ok(StatusCode::OK)["timed_out"], true);
+}
+
+#[tokio::test]
+async fn reads_and_listings_of_a_busy_session_are_409_as_the_document_says() {
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    let (files, file) = (
+        format!("/v1/sessions/{id}/files"),
+        format!("/v1/sessions/{id}/files/a"),
+    );
+    let (hung, listing) = while_busy(&h, &id, || h.get(KEY_A, &files)).await;
+    listing.error(409, "session_busy");
+    assert_eq!(hung.ok(StatusCode::OK)["timed_out"], true);
+    let (hung, read) = while_busy(&h, &id, || h.get(KEY_A, &file)).await;
+    read.error(409, "session_busy");
+    assert_eq!(hung.ok(StatusCode::OK)["timed_out"], true);
+    let doc = crate::http::openapi();
+    for (method, path) in [
+        ("get", "/v1/sessions/{id}/files"),
+        ("get", "/v1/sessions/{id}/files/{path}"),
+        ("put", "/v1/sessions/{id}/files/{path}"),
+        ("post", "/v1/sessions/{id}/exec"),
+        ("post", "/v1/sessions/{id}/packages"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["responses"]["409"].is_object(),
+            "{method} {path} does not document 409"
+        );
+    }
 }
 
 #[tokio::test]
