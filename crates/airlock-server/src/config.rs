@@ -115,6 +115,11 @@ pub struct ListenerConfig {
     pub request_body_timeout_s: u64,
 }
 
+/// The largest listener deadline accepted, in seconds (a day).
+pub const MAX_LISTENER_TIMEOUT_S: u64 = 86_400;
+/// The largest connection cap accepted.
+pub const MAX_LISTENER_CONNECTIONS: u64 = 1_000_000;
+
 impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
@@ -354,6 +359,36 @@ impl ServerConfig {
                 return Err(bad(format!("{name} must be above zero")));
             }
         }
+        // Bounded above too: the deadlines are added to instants and to
+        // each other, and a huge value ("off") must not overflow them.
+        for (name, value, max) in [
+            (
+                "listener.header_read_timeout_s",
+                self.listener.header_read_timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "listener.idle_timeout_s",
+                self.listener.idle_timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "listener.request_body_timeout_s",
+                self.listener.request_body_timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "listener.max_connections",
+                self.listener.max_connections as u64,
+                MAX_LISTENER_CONNECTIONS,
+            ),
+        ] {
+            if value > max {
+                return Err(bad(format!(
+                    "{name} ({value}) is above its largest value, {max}"
+                )));
+            }
+        }
         if self.listener.max_connections_per_address > self.listener.max_connections {
             return Err(bad(format!(
                 "listener.max_connections_per_address ({}) is above listener.max_connections ({}): lower it",
@@ -523,6 +558,24 @@ mod tests {
             ..ServerConfig::default()
         };
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn listener_deadlines_and_caps_too_large_to_add_are_refused() {
+        let mut config = ServerConfig::default();
+        config.listener.idle_timeout_s = u64::MAX;
+
+        let err = config.validate().unwrap_err().to_string();
+
+        assert!(err.contains("listener.idle_timeout_s"), "{err}");
+        assert!(err.contains("86400"), "{err}");
+        let mut config = ServerConfig::default();
+        config.listener.max_connections = usize::MAX;
+        config.listener.max_connections_per_address = 1;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("listener.max_connections"), "{err}");
+        config.listener.max_connections = 86_400;
+        config.validate().unwrap();
     }
 
     #[test]

@@ -117,7 +117,9 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// Whether `authority` (`host[:port]`) names the loopback: `localhost`,
-/// `127.0.0.1` or `[::1]`, with a numeric port or none.
+/// an IPv4 loopback literal (`127.0.0.1`, or the `127.0.0.2` a server may
+/// listen on: a literal is never a rebound name) or `[::1]`, with a
+/// numeric port or none.
 pub fn is_loopback_authority(authority: &str) -> bool {
     let (host, after_host) = match authority.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -134,7 +136,9 @@ pub fn is_loopback_authority(authority: &str) -> bool {
             !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
         });
     let host_ok = host.eq_ignore_ascii_case("localhost")
-        || host == "127.0.0.1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
         || (host == "::1" && authority.starts_with('['));
     port_ok && host_ok
 }
@@ -161,6 +165,8 @@ mod tests {
             "127.0.0.1:7000",
             "[::1]",
             "[::1]:7000",
+            "127.0.0.2",
+            "127.3.4.5:7000",
         ] {
             assert!(is_loopback_authority(ok), "{ok}");
         }
@@ -170,7 +176,8 @@ mod tests {
             "evil.example:7000",
             "localhost.evil.example",
             "127.0.0.1.nip.io",
-            "127.0.0.2",
+            "127.1",
+            "128.0.0.1",
             "localhost:",
             "localhost:70a",
             "[::1",
