@@ -18,7 +18,7 @@ use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 /// The route whose body is a file's bytes.
 const FILE_ROUTE: &str = "/v1/sessions/{id}/files/{*path}";
@@ -33,14 +33,7 @@ pub async fn guard(request: Request, next: Next) -> Response {
     let body = has_body(request.headers()) || request.body().size_hint().lower() > 0;
     match check(request.headers(), body, raw_body) {
         Ok(()) => next.run(request).await,
-        Err(e) => {
-            let mut response = e.into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            response
-        }
+        Err(e) => super::refuse(request, e).await,
     }
 }
 

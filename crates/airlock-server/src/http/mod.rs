@@ -70,11 +70,43 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
+/// The most body a refused request may have for the server to read it
+/// (and drop it) before answering: a client whose small request is refused
+/// then reads the answer, where closing on an unread body would reset the
+/// connection and could lose it. A larger body is never read.
+pub(crate) const REFUSAL_DRAIN_BYTES: u64 = 64 * 1024;
+/// How long reading that small body may take.
+const REFUSAL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Answers `request` with `error` and `Connection: close`. A body that
+/// says it is at most [`REFUSAL_DRAIN_BYTES`] (`Content-Length`) is read
+/// and dropped first, for at most 2 s; any other body is left unread, so
+/// a refused client cannot make the server read or hold much.
+pub(crate) async fn refuse(request: Request, error: ServerError) -> Response {
+    let small = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > 0 && len <= REFUSAL_DRAIN_BYTES);
+    if small {
+        let limit = usize::try_from(REFUSAL_DRAIN_BYTES).unwrap_or(usize::MAX);
+        let body = axum::body::to_bytes(request.into_body(), limit);
+        let _ = tokio::time::timeout(REFUSAL_DRAIN_TIMEOUT, body).await;
+    }
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Authenticates the caller, counts the request against its rate, and
-/// hands the [`Caller`] to the handler. A refusal is answered at once,
-/// from the headers alone: the body is never read, and the connection is
-/// closed after the answer (`Connection: close`), so a client without a
-/// key cannot make the server read or hold its body.
+/// hands the [`Caller`] to the handler. A refusal is answered from the
+/// headers alone ([`refuse`]: a body over 64 KiB is never read) and the
+/// connection is closed after the answer, so a client without a key
+/// cannot make the server read or hold its body.
 async fn authenticate(
     State(airlock): State<Airlock>,
     mut request: Request,
@@ -91,13 +123,7 @@ async fn authenticate(
                 other => other.kind(),
             };
             Metrics::count(&airlock.metrics().denials, reason);
-            drop(request);
-            let mut response = e.into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            return response;
+            return refuse(request, e).await;
         }
     };
     let tenant = TenantName(caller.tenant.clone());

@@ -216,6 +216,30 @@ async fn a_big_body_without_a_key_is_answered_401_at_once_and_never_read() {
 }
 
 #[tokio::test]
+async fn a_small_body_without_a_key_is_read_so_its_client_gets_the_401() {
+    let h = Harness::new();
+    let served = Served::start(&h, fast()).await;
+    let mut conn = served.connect().await;
+    let body = format!("{{\"code\": \"{}\"}}", "x".repeat(40_000));
+    let head = format!(
+        "POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The body follows after a pause: the answer waits for it (a body the
+    // server never read would be reset under the client when it closes).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.write_all(body.as_bytes()).await.unwrap();
+
+    let (answer, _) = read_to_close(&mut conn).await;
+
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(h.fakes.cold.acquired().len(), 0);
+}
+
+#[tokio::test]
 async fn a_refusal_at_the_router_says_connection_close() {
     let h = Harness::new();
     let reply = h.run(NO_KEY, "print(1)", json!({})).await;
