@@ -403,17 +403,6 @@ fn machine(caps: &HostCaps) -> OptList {
     }
 }
 
-/// The default TCG translation cache of each VM, in MiB
-/// ([`crate::VmSpec::translation_cache_mib`]). QEMU 7.2 reserves 1 GiB
-/// by default and a VM keeps all it translates, private to it: about
-/// 30 MiB once python has started, and without bound for code that keeps
-/// making code (Node's JIT). 32 MiB holds an interpreter's start (a run's
-/// first exec is as fast as with the default); 16 would save another
-/// 14 MiB per VM but doubles the first exec of a new python process, which
-/// then no longer fits and is translated again (measured in
-/// `docs/templates.md`, "Memory per clone").
-pub const TCG_TB_SIZE_MIB: u32 = 32;
-
 fn accelerator(caps: &HostCaps, translation_cache_mib: u32) -> OptList {
     let accel = OptList::new(caps.accel.as_str());
     match caps.accel {
@@ -689,7 +678,7 @@ mod tests {
         assert_eq!(value_after(&tcg, "-cpu"), ["max"]);
         assert_eq!(
             value_after(&tcg, "-accel"),
-            [format!("tcg,tb-size={TCG_TB_SIZE_MIB}")]
+            [format!("tcg,tb-size={}", crate::TCG_TB_SIZE_MIB)]
         );
         let kvm = QemuArgs::build(
             &spec(),

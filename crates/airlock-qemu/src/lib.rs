@@ -65,9 +65,7 @@ pub mod qmp;
 mod spec;
 
 pub use accel::{choose_accel, parse_accel_override, AccelChoice, AccelVerdict};
-pub use args::{
-    argv_to_lines, kernel_cmdline, QemuArgs, MIN_QEMU, MIN_QEMU_NETDEV_STREAM, TCG_TB_SIZE_MIB,
-};
+pub use args::{argv_to_lines, kernel_cmdline, QemuArgs, MIN_QEMU, MIN_QEMU_NETDEV_STREAM};
 pub use caps::{Accel, Arch, HostCaps, QemuVersion};
 pub use error::QemuError;
 pub use opts::escape_value;
@@ -79,5 +77,5 @@ pub use spec::{
     DEFAULT_MEMORY_MIB, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET,
     GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_DRIVE_SERIAL_BYTES, MAX_KERNEL_CMDLINE_BYTES,
     MAX_MEMORY_MIB, MAX_SOCKET_PATH_BYTES, MAX_TRANSLATION_CACHE_MIB, MAX_VCPUS, MEMORY_BACKEND_ID,
-    MIN_MEMORY_MIB, MIN_TRANSLATION_CACHE_MIB,
+    MIN_MEMORY_MIB, MIN_TRANSLATION_CACHE_MIB, TCG_TB_SIZE_MIB,
 };

@@ -282,6 +282,17 @@ pub struct VmSpec {
     pub translation_cache_mib: u32,
 }
 
+/// The default TCG translation cache of each VM, in MiB
+/// ([`crate::VmSpec::translation_cache_mib`]). QEMU 7.2 reserves 1 GiB
+/// by default and a VM keeps all it translates, private to it: about
+/// 30 MiB once python has started, and without bound for code that keeps
+/// making code (Node's JIT). 32 MiB holds an interpreter's start (a run's
+/// first exec is as fast as with the default); 16 would save another
+/// 14 MiB per VM but doubles the first exec of a new python process, which
+/// then no longer fits and is translated again (measured in
+/// `docs/templates.md`, "Memory per clone").
+pub const TCG_TB_SIZE_MIB: u32 = 32;
+
 /// Smallest TCG translation cache accepted, in MiB.
 pub const MIN_TRANSLATION_CACHE_MIB: u32 = 8;
 /// Largest TCG translation cache accepted, in MiB (QEMU's own default).
@@ -313,7 +324,7 @@ impl VmSpec {
             extra_drives: Vec::new(),
             incoming: None,
             memory_file: None,
-            translation_cache_mib: crate::args::TCG_TB_SIZE_MIB,
+            translation_cache_mib: TCG_TB_SIZE_MIB,
         }
     }
 
