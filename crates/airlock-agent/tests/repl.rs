@@ -344,6 +344,42 @@ async fn a_timed_out_cell_is_interrupted_and_the_interpreter_answers_after() {
 }
 
 #[tokio::test]
+async fn a_javascript_cell_interrupted_in_synchronous_code_ends_despite_its_timers() {
+    // The SIGINT stops the loop (the REPL's watchdog), not an `await`: the
+    // 60 s timer the cell made before is still pending, and the cell must
+    // end now, not when the timer would.
+    let cells = start_cells("js-sync-interrupt").await;
+    let c = &cells.agent.client;
+    assert_cell(
+        &cell(c, Language::Javascript, "var kept = 7").await,
+        0,
+        "",
+        false,
+    );
+    let busy = "setTimeout(() => {}, 60000); while (true) {}";
+
+    let out = cell_with(c, cell_request(Language::Javascript, busy, 500)).await;
+
+    assert_eq!(
+        (
+            out.completion.exit_code,
+            out.completion.timed_out,
+            out.completion.state_lost
+        ),
+        (130, true, false),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.completion.duration_ms < 5_000, "{out:?}");
+    assert_cell(
+        &cell(c, Language::Javascript, "console.log(kept)").await,
+        0,
+        "7\n",
+        false,
+    );
+}
+
+#[tokio::test]
 async fn a_one_shot_run_times_out_as_a_process_would() {
     let cells = start_cells("oneshot").await;
     let c = &cells.agent.client;

@@ -98,9 +98,19 @@ const errors = new Writable({
       process.stderr.write(withoutDriverFrames(text));
       if (cell) sendPayload(cell, 'cell_error', errorOfText(withoutDriverFrames(text)));
       if (cell) {
-        if (/ERR_SCRIPT_EXECUTION_INTERRUPTED|interrupted by `SIGINT`/.test(text)) cell.status = 130;
-        else if (cell.status === 0) cell.status = 1;
-        if (!cell.evaluated) evaluated(cell);
+        if (/ERR_SCRIPT_EXECUTION_INTERRUPTED|interrupted by `SIGINT`/.test(text)) {
+          // Interrupted: the cell ends now, as on a SIGINT while it
+          // awaits. Waiting for the loop to go idle would wait for the
+          // timers it made before the interrupt (a SIGINT between
+          // `setTimeout(ok, 100000)` and its `await`), past the agent's
+          // grace, and the interpreter would be killed.
+          cell.status = 130;
+          cell.evaluated = true;
+          finish(cell, 130);
+        } else {
+          if (cell.status === 0) cell.status = 1;
+          if (!cell.evaluated) evaluated(cell);
+        }
       }
     }
     done();
