@@ -102,7 +102,10 @@ async fn timeout_keeps_partial_output_and_five_mib_arrive_whole() {
             exec(
                 Language::Python,
                 "import time\nprint('before', flush=True)\ntime.sleep(60)",
-                1500,
+                // Long enough for a fresh python to start and print on a
+                // loaded TCG host (1.5 s was not, in CI), far below the
+                // sleep.
+                10_000,
             ),
             |_, _| {},
         )
@@ -111,7 +114,7 @@ async fn timeout_keeps_partial_output_and_five_mib_arrive_whole() {
     assert!(out.completion.timed_out);
     assert_eq!(text(&out.stdout), "before\n");
     assert!(
-        start.elapsed() < Duration::from_secs(15),
+        start.elapsed() < Duration::from_secs(30),
         "{:?}",
         start.elapsed()
     );
