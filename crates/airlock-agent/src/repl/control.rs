@@ -49,6 +49,10 @@ pub const MAX_PAYLOAD_BYTES: usize = airlock_protocol::result::MAX_RESULT_BYTES;
 /// The agent's answer to each payload, once it has forwarded it.
 pub const ACK: &[u8] = b"ack\n";
 
+/// The agent's interrupt of a running JavaScript cell, as a command: the
+/// driver ends a cell that awaits without a signal.
+pub const INTERRUPT: &[u8] = b"interrupt\n";
+
 /// What a payload that follows a report line holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadKind {

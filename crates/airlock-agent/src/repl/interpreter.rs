@@ -35,6 +35,13 @@ const PYTHON_BOOTSTRAP: &str = "exec(compile(__import__('sys').argv.pop(1),'<air
 
 /// Longest wait for a driver's answer to `reseed`.
 const RESEED_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a JavaScript cell has to end on the `interrupt` command before
+/// it gets a SIGINT. A cell that awaits ends on the command at once; one
+/// still running after this runs synchronous code, where the REPL's
+/// watchdog stops it on the SIGINT. A SIGINT sent at once could land
+/// while the REPL has taken its listeners off around a script, which
+/// kills node (the interpreter and its state are lost).
+const JS_SIGINT_DELAY: Duration = Duration::from_millis(500);
 
 /// Stderr of a driver that failed to start, kept for the error message.
 const START_STDERR_BYTES: usize = 4096;
@@ -225,6 +232,7 @@ impl Interpreter {
         }
         let deadline = tokio::time::Instant::now() + cell.timeout;
         let mut kill_at: Option<tokio::time::Instant> = None;
+        let mut sigint_at: Option<tokio::time::Instant> = None;
         let (mut timed_out, mut cancelled) = (false, false);
         let mut out_buf = vec![0u8; config.output_flush_bytes.max(4096)];
         let mut err_buf = vec![0u8; config.output_flush_bytes.max(4096)];
@@ -256,21 +264,27 @@ impl Interpreter {
                 },
                 () = tokio::time::sleep_until(deadline), if !interrupted => {
                     timed_out = true;
-                    kill_at = Some(if cell.one_shot {
-                        self.signal_group(Signal::SIGTERM, config)
+                    if cell.one_shot {
+                        kill_at = Some(self.signal_group(Signal::SIGTERM, config));
                     } else {
-                        self.interrupt(config).await
-                    });
+                        let (kill, sigint) = self.interrupt(config).await;
+                        (kill_at, sigint_at) = (Some(kill), sigint);
+                    }
                 },
                 changed = cancel.changed(), if !interrupted => {
                     if changed.is_err() || *cancel.borrow() {
                         cancelled = changed.is_ok() && !cell.one_shot;
-                        kill_at = Some(if cell.one_shot {
-                            self.signal_group(Signal::SIGINT, config)
+                        if cell.one_shot {
+                            kill_at = Some(self.signal_group(Signal::SIGINT, config));
                         } else {
-                            self.interrupt(config).await
-                        });
+                            let (kill, sigint) = self.interrupt(config).await;
+                            (kill_at, sigint_at) = (Some(kill), sigint);
+                        }
                     }
+                },
+                () = sleep_until_opt(sigint_at), if sigint_at.is_some() => {
+                    sigint_at = None;
+                    self.send_sigint();
                 },
                 () = sleep_until_opt(kill_at), if interrupted => break Stop::Killed,
             }
@@ -324,13 +338,35 @@ impl Interpreter {
         Ok(())
     }
 
-    /// SIGINT to the interpreter, SIGKILL to everything else of the
-    /// cell; returns when the grace ends.
-    async fn interrupt(&mut self, config: &AgentConfig) -> tokio::time::Instant {
+    /// Interrupts the cell: SIGINT to the interpreter (for JavaScript, an
+    /// `interrupt` command first, and the SIGINT only at the returned
+    /// instant if the cell still runs then: see [`JS_SIGINT_DELAY`]),
+    /// SIGKILL to everything else of the cell. Returns when the grace ends
+    /// and when a delayed SIGINT is due.
+    async fn interrupt(
+        &mut self,
+        config: &AgentConfig,
+    ) -> (tokio::time::Instant, Option<tokio::time::Instant>) {
         tracing::info!(language = %self.language, pid = self.pid, "interrupting the cell");
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
+        let delayed = if self.language == Language::Javascript
+            && self.commands.write_all(control::INTERRUPT).await.is_ok()
+        {
+            Some(tokio::time::Instant::now() + JS_SIGINT_DELAY)
+        } else {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
+            None
+        };
         self.kill_cell_processes(Duration::from_millis(200)).await;
-        tokio::time::Instant::now() + config.interrupt_grace
+        (
+            tokio::time::Instant::now() + config.interrupt_grace,
+            delayed,
+        )
+    }
+
+    /// The delayed SIGINT of [`Interpreter::interrupt`].
+    fn send_sigint(&self) {
+        tracing::info!(language = %self.language, pid = self.pid, "the cell runs on: SIGINT");
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
     }
 
     /// `signal` to the interpreter's whole process group, as a process

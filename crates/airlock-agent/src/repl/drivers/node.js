@@ -237,6 +237,12 @@ function handle(line) {
   // The agent acknowledges each result; this driver does not wait for it
   // (it cannot block on the command socket).
   if (line === 'ack' && !expected) return;
+  // The agent's interrupt, as a command: it ends a cell that awaits (the
+  // event loop is free to read it) without a signal. A SIGINT follows
+  // only if the cell is still running, i.e. runs synchronous code, where
+  // the REPL's watchdog stops it; sent at any moment, a SIGINT can find
+  // the REPL between its listeners and kill the interpreter.
+  if (line === 'interrupt' && !expected) return interrupt();
   if (expected) {
     const eq = line.indexOf('=');
     expected.env.push([line.slice(0, eq), line.slice(eq + 1)]);
