@@ -22,6 +22,12 @@
 //! [streams]                # server-sent events of one request
 //! max_events = 65536
 //! max_bytes = 33554432
+//! [cache]                  # templates and package layers (docs/templates.md)
+//! template_shapes = [{ image = "python", memory_mib = 512, vcpus = 1 }]
+//! templates_max_mib = 4096
+//! layers_max_mib = 16384
+//! template_wait_s = 60
+//! layer_wait_s = 900
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -92,6 +98,73 @@ pub struct ServerConfig {
     pub listener: ListenerConfig,
     /// Server-sent event streams: how much one stream may carry.
     pub streams: StreamLimits,
+    /// Memory templates and package layers: which shapes get a template,
+    /// disk budgets, how long a request waits for another's build.
+    pub cache: CacheConfig,
+}
+
+/// [`ServerConfig::cache`]: what tenants can make the host build and keep.
+/// Without it every (image, memory, vCPUs, package list) a request picks
+/// would build and keep a template of 48-200 MiB, and every package list
+/// a layer of up to 4 GiB, for ever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// The shapes that get a memory template. A request rounds up to the
+    /// smallest one of its image that holds its memory and vCPUs (within
+    /// the tenant's memory quota), else it boots cold. Unset: each
+    /// image's default shape (512 MiB, 1 vCPU) and the pools' shapes;
+    /// `[]`: no templates but the pools'.
+    pub template_shapes: Option<Vec<ShapeSpec>>,
+    /// Disk budget of the memory templates, MiB: past it, after a build,
+    /// the least recently used are removed (never one in use).
+    pub templates_max_mib: u64,
+    /// Disk budget of the package layers, MiB, as for the templates.
+    pub layers_max_mib: u64,
+    /// Seconds a request waits for another request's build of the same
+    /// template before it boots cold.
+    pub template_wait_s: u64,
+    /// Seconds a request waits for another request's install of the same
+    /// package list before it fails as busy (409).
+    pub layer_wait_s: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            template_shapes: None,
+            templates_max_mib: 4096,
+            layers_max_mib: 16384,
+            template_wait_s: 60,
+            layer_wait_s: 900,
+        }
+    }
+}
+
+/// One shape of [`CacheConfig::template_shapes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapeSpec {
+    /// The image (python, javascript, raw, python-data); its language
+    /// comes with it.
+    pub image: airlock::Image,
+    /// Memory in MiB.
+    #[serde(default = "default_pool_memory")]
+    pub memory_mib: u32,
+    /// vCPUs.
+    #[serde(default = "default_pool_vcpus")]
+    pub vcpus: u32,
+}
+
+impl ShapeSpec {
+    /// The machine shape.
+    pub fn shape(&self) -> airlock::spec::MachineShape {
+        airlock::spec::MachineShape {
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            ..airlock::spec::MachineShape::of_image(self.image)
+        }
+    }
 }
 
 /// [`ServerConfig::listener`]: the limits of the HTTP listener, each
@@ -119,6 +192,9 @@ pub struct ListenerConfig {
 pub const MAX_LISTENER_TIMEOUT_S: u64 = 86_400;
 /// The largest connection cap accepted.
 pub const MAX_LISTENER_CONNECTIONS: u64 = 1_000_000;
+/// The largest cache budget accepted, MiB (1 PiB: "no budget" in practice,
+/// and no overflow in bytes).
+pub const MAX_CACHE_MIB: u64 = 1 << 30;
 
 impl Default for ListenerConfig {
     fn default() -> Self {
@@ -277,6 +353,7 @@ impl Default for ServerConfig {
             pools: None,
             listener: ListenerConfig::default(),
             streams: StreamLimits::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -354,6 +431,10 @@ impl ServerConfig {
             ),
             ("streams.max_events", self.streams.max_events as u64),
             ("streams.max_bytes", self.streams.max_bytes as u64),
+            ("cache.templates_max_mib", self.cache.templates_max_mib),
+            ("cache.layers_max_mib", self.cache.layers_max_mib),
+            ("cache.template_wait_s", self.cache.template_wait_s),
+            ("cache.layer_wait_s", self.cache.layer_wait_s),
         ] {
             if value == 0 {
                 return Err(bad(format!("{name} must be above zero")));
@@ -381,6 +462,26 @@ impl ServerConfig {
                 "listener.max_connections",
                 self.listener.max_connections as u64,
                 MAX_LISTENER_CONNECTIONS,
+            ),
+            (
+                "cache.template_wait_s",
+                self.cache.template_wait_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "cache.layer_wait_s",
+                self.cache.layer_wait_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "cache.templates_max_mib",
+                self.cache.templates_max_mib,
+                MAX_CACHE_MIB,
+            ),
+            (
+                "cache.layers_max_mib",
+                self.cache.layers_max_mib,
+                MAX_CACHE_MIB,
             ),
         ] {
             if value > max {
@@ -423,7 +524,50 @@ impl ServerConfig {
                 None => Vec::new(),
             };
         }
+        config.template_shapes = Some(self.template_shapes(&config.warm_pools));
+        config.templates_budget = Some(self.cache.templates_max_mib << 20);
+        config.layers_budget = Some(self.cache.layers_max_mib << 20);
+        config.template_wait = Duration::from_secs(self.cache.template_wait_s);
+        config.layer_wait = Duration::from_secs(self.cache.layer_wait_s);
         config
+    }
+
+    /// The shapes that get a memory template: the configured ones (or
+    /// each image's default shape), and the pools' (sorted, once each).
+    fn template_shapes(
+        &self,
+        pools: &[airlock::pool::PoolConfig],
+    ) -> Vec<airlock::spec::MachineShape> {
+        let mut shapes: Vec<airlock::spec::MachineShape> = match &self.cache.template_shapes {
+            Some(shapes) => shapes.iter().map(ShapeSpec::shape).collect(),
+            None => airlock::Image::ALL
+                .into_iter()
+                .map(airlock::spec::MachineShape::of_image)
+                .collect(),
+        };
+        shapes.extend(pools.iter().map(|pool| pool.shape));
+        shapes.sort_by_key(|s| (s.language, s.image, s.memory_mib, s.vcpus));
+        shapes.dedup();
+        shapes
+    }
+
+    /// The shape the sandbox `spec` runs at: the smallest template shape
+    /// of its image that holds its own, up to `max_memory_mib` (the
+    /// tenant's memory quota), so that it restores a template; its own when
+    /// none does (it boots cold), when it has a network (it boots cold
+    /// anyway) or when templates are off.
+    pub fn run_shape(
+        &self,
+        spec: &airlock::SandboxSpec,
+        max_memory_mib: u32,
+    ) -> airlock::spec::MachineShape {
+        let shape = spec.shape;
+        if !self.restore_templates || spec.network.mode() != airlock_gvproxy::NetworkMode::None {
+            return shape;
+        }
+        let config = self.orchestrator();
+        let shapes = config.template_shapes.as_deref().unwrap_or_default();
+        airlock::source::round_up_shape(shape, shapes, max_memory_mib).unwrap_or(shape)
     }
 
     /// The secrets store of this configuration, its key from
@@ -483,6 +627,87 @@ mod tests {
             config.orchestrator().warm_pools.is_empty(),
             "--cold keeps no pool"
         );
+    }
+
+    fn spec_of(memory_mib: u32, vcpus: u32) -> airlock::SandboxSpec {
+        let mut spec = airlock::SandboxSpec::new(airlock_protocol::Language::Python);
+        spec.shape.memory_mib = memory_mib;
+        spec.shape.vcpus = vcpus;
+        spec
+    }
+
+    #[test]
+    fn by_default_each_image_and_each_pool_shape_gets_a_template_and_budgets_are_set() {
+        let config = ServerConfig {
+            max_concurrent_vms: Some(4),
+            pools: Some(vec![PoolSpec {
+                memory_mib: 1024,
+                ..PoolSpec::new(airlock_protocol::Language::Raw, 1)
+            }]),
+            ..ServerConfig::default()
+        };
+        let orchestrator = config.orchestrator();
+        let shapes = orchestrator.template_shapes.unwrap();
+        assert_eq!(shapes.len(), airlock::Image::ALL.len() + 1, "{shapes:?}");
+        for image in airlock::Image::ALL {
+            assert!(shapes.contains(&airlock::spec::MachineShape::of_image(image)));
+        }
+        assert!(shapes.iter().any(|s| s.memory_mib == 1024));
+        assert_eq!(orchestrator.templates_budget, Some(4096 << 20));
+        assert_eq!(orchestrator.layers_budget, Some(16384 << 20));
+        assert_eq!(orchestrator.template_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_request_rounds_up_to_a_template_shape_within_its_quota_or_keeps_its_own() {
+        let config: ServerConfig = toml::from_str(
+            "[cache]\ntemplate_shapes = [{ image = \"python\", memory_mib = 512 }, { image = \"python\", memory_mib = 1024, vcpus = 2 }]\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let at = |memory, vcpus, quota| {
+            let shape = config.run_shape(&spec_of(memory, vcpus), quota);
+            (shape.memory_mib, shape.vcpus)
+        };
+        assert_eq!(at(256, 1, 2048), (512, 1));
+        assert_eq!(at(512, 1, 2048), (512, 1));
+        assert_eq!(at(600, 1, 2048), (1024, 2));
+        assert_eq!(at(512, 2, 2048), (1024, 2));
+        // Past the tenant's memory quota, or no shape holds it: its own.
+        assert_eq!(at(600, 1, 768), (600, 1));
+        assert_eq!(at(2048, 1, 4096), (2048, 1));
+        // A VM with a network boots cold: not rounded.
+        let mut networked = spec_of(256, 1);
+        networked.network = airlock::NetworkRequest::from_flags(
+            airlock_protocol::Language::Python,
+            true,
+            &["example.com".into()],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.run_shape(&networked, 2048).memory_mib, 256);
+        // Templates off: nothing is rounded.
+        let cold = ServerConfig {
+            restore_templates: false,
+            ..config.clone()
+        };
+        assert_eq!(cold.run_shape(&spec_of(256, 1), 2048).memory_mib, 256);
+    }
+
+    #[test]
+    fn cache_budgets_and_waits_are_bounded_both_ways() {
+        for toml in [
+            "[cache]\ntemplates_max_mib = 0\n",
+            "[cache]\nlayers_max_mib = 0\n",
+            "[cache]\ntemplate_wait_s = 0\n",
+            "[cache]\nlayer_wait_s = 999999999\n",
+            "[cache]\ntemplates_max_mib = 9223372036854775807\n",
+        ] {
+            let config: ServerConfig = toml::from_str(toml).unwrap();
+            assert!(config.validate().is_err(), "{toml}");
+        }
+        let unknown = toml::from_str::<ServerConfig>("[cache]\ntemplate_shape = []\n");
+        assert!(unknown.is_err(), "a misspelt key is refused");
     }
 
     #[test]

@@ -273,6 +273,7 @@ enum Cause<'a> {
     Boot(&'a airlock::BootError),
     Exec(&'a airlock::ExecError),
     Busy,
+    InstallBusy,
     Closed,
     Other,
 }
@@ -286,6 +287,7 @@ impl<'a> Cause<'a> {
             PackageError::Install { .. } => Cause::Install,
             PackageError::Boot(b) => Cause::Boot(b),
             PackageError::Exec(x) => Cause::Exec(x),
+            PackageError::Busy { .. } => Cause::InstallBusy,
             _ => Cause::Other,
         };
         match e {
@@ -327,7 +329,7 @@ fn orchestrator_status(e: &OrchestratorError) -> StatusCode {
     use airlock_protocol::ErrorKind as K;
     match Cause::of(e) {
         Cause::Input | Cause::Install => StatusCode::BAD_REQUEST,
-        Cause::Busy => StatusCode::CONFLICT,
+        Cause::Busy | Cause::InstallBusy => StatusCode::CONFLICT,
         Cause::Closed => StatusCode::NOT_FOUND,
         Cause::Exec(x) => match file_kind(x) {
             Some(K::NotFound) => StatusCode::NOT_FOUND,
@@ -350,6 +352,7 @@ fn orchestrator_kind(e: &OrchestratorError) -> &'static str {
         Cause::Input => "invalid_input",
         Cause::Install => "package_install_failed",
         Cause::Busy => "session_busy",
+        Cause::InstallBusy => "install_busy",
         Cause::Closed => "session_not_found",
         Cause::Exec(x) => match file_kind(x) {
             Some(K::NotFound) => "file_not_found",

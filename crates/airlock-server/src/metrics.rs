@@ -33,6 +33,25 @@ pub struct ShapeLabel {
     pub shape: String,
 }
 
+/// One label: a tenant.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// The tenant's name.
+    pub tenant: String,
+}
+
+/// What the caches take on disk, read before a scrape
+/// ([`Metrics::observe_caches`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// The memory templates, allocated bytes.
+    pub templates_bytes: u64,
+    /// The package layers, allocated bytes.
+    pub layers_bytes: u64,
+    /// The layers each tenant used (a shared one counts for each).
+    pub layers_by_tenant: std::collections::BTreeMap<String, u64>,
+}
+
 fn latency() -> Histogram {
     // 1 ms .. ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -87,6 +106,11 @@ pub struct Metrics {
     pub connections_closed: Family<KindLabel, Counter>,
     /// Event streams cut at a cap (`max_events`, `max_bytes`).
     pub streams_cut: Family<KindLabel, Counter>,
+    /// Disk the caches take (`templates`, `layers`), allocated bytes.
+    pub cache_bytes: Family<KindLabel, Gauge>,
+    /// Disk the package layers each tenant used take (a layer two tenants
+    /// share counts for both).
+    pub tenant_layer_bytes: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -195,6 +219,18 @@ impl Metrics {
             "Takes from a warm pool, resume and reseed",
             pool_take_seconds.clone(),
         );
+        let cache_bytes = Family::<KindLabel, Gauge>::default();
+        let tenant_layer_bytes = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "cache_bytes",
+            "Disk the memory templates and package layers take",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "tenant_layer_bytes",
+            "Disk the package layers each tenant used take",
+            tenant_layer_bytes.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -217,6 +253,30 @@ impl Metrics {
             connections_refused,
             connections_closed,
             streams_cut,
+            cache_bytes,
+            tenant_layer_bytes,
+        }
+    }
+
+    /// Copies what the caches take into their gauges (before a scrape).
+    pub fn observe_caches(&self, usage: &CacheUsage) {
+        let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (kind, bytes) in [
+            ("templates", usage.templates_bytes),
+            ("layers", usage.layers_bytes),
+        ] {
+            self.cache_bytes
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .set(as_gauge(bytes));
+        }
+        // A tenant whose layers are gone leaves the family.
+        self.tenant_layer_bytes.clear();
+        for (tenant, bytes) in &usage.layers_by_tenant {
+            self.tenant_layer_bytes
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.clone(),
+                })
+                .set(as_gauge(*bytes));
         }
     }
 
@@ -299,5 +359,30 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn cache_gauges_follow_the_last_observation() {
+        let m = Metrics::new();
+        let mut usage = CacheUsage {
+            templates_bytes: 300,
+            layers_bytes: 70,
+            ..CacheUsage::default()
+        };
+        usage.layers_by_tenant.insert("alice".into(), 70);
+        usage.layers_by_tenant.insert("bob".into(), 20);
+        m.observe_caches(&usage);
+        let text = m.render();
+        for line in [
+            "airlock_cache_bytes{kind=\"templates\"} 300",
+            "airlock_cache_bytes{kind=\"layers\"} 70",
+            "airlock_tenant_layer_bytes{tenant=\"alice\"} 70",
+            "airlock_tenant_layer_bytes{tenant=\"bob\"} 20",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        usage.layers_by_tenant.remove("bob");
+        m.observe_caches(&usage);
+        assert!(!m.render().contains("tenant=\"bob\""));
     }
 }

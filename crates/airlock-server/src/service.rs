@@ -77,6 +77,9 @@ impl Drop for Held {
     }
 }
 
+/// Longest a scrape waits for the caches' sizes.
+pub const CACHE_USAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Airlock {
     /// Opens the secrets store (its key from the configuration or
     /// `$AIRLOCK_SECRETS_KEY`), starts the orchestrator for `config` (it
@@ -256,7 +259,11 @@ impl Airlock {
     pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
-        let request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
+        let mut request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
+        request.spec.shape = self
+            .inner
+            .config
+            .run_shape(&request.spec, caller.quotas.memory_mib);
         let place = self
             .inner
             .ledger
@@ -301,6 +308,33 @@ impl Airlock {
     ) -> Result<RunResult> {
         let run = self.prepare_run(caller, body).await?;
         self.execute(run, observer).await
+    }
+
+    /// What the memory templates and package layers take on disk, per
+    /// tenant for the layers; `None` when reading them failed or took
+    /// longer than [`CACHE_USAGE_DEADLINE`] (a scrape goes on without).
+    pub async fn cache_usage(&self) -> Option<crate::metrics::CacheUsage> {
+        let config = self.inner.scheduler.config();
+        let (templates, layers) = (config.templates_dir.clone(), config.packages_dir.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let layers = airlock::packages::LayerStore::new(layers);
+            crate::metrics::CacheUsage {
+                templates_bytes: airlock::template::TemplateStore::new(templates).usage(),
+                layers_bytes: layers.usage(),
+                layers_by_tenant: layers.bytes_by_tenant(),
+            }
+        });
+        match tokio::time::timeout(CACHE_USAGE_DEADLINE, read).await {
+            Ok(Ok(usage)) => Some(usage),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read what the caches take");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("reading what the caches take is slow: left out of this scrape");
+                None
+            }
+        }
     }
 
     /// Starts draining: new work is refused with 503 from now on.

@@ -37,6 +37,11 @@ pub const STAGING_DIR: &str = ".staging";
 /// (appends are atomic, so concurrent users need no lock).
 pub const USES_FILE: &str = "uses";
 
+/// Eviction ([`ArtifactStore::evict_to_budget`] as the stores call it)
+/// spares an entry looked up this recently: a VM is about to map or
+/// attach it.
+pub const EVICT_SPARES_RECENT: Duration = Duration::from_secs(120);
+
 /// A kind of artifact: what its metadata holds besides the key, the
 /// inputs and the build's time ([`Metadata::details`]), and which files
 /// make an entry whole.
@@ -394,6 +399,21 @@ impl<A: Artifact> ArtifactStore<A> {
             .write_all(b".")
     }
 
+    /// Marks `stored` as used now without counting a use: the last-use
+    /// time that [`ArtifactStore::evict_to_budget`] orders by and spares
+    /// recent entries by (a lookup touches what it returns, before its
+    /// VM opens the files).
+    ///
+    /// # Errors
+    /// The failing open or time update.
+    pub fn touch(stored: &Stored<A>) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stored.dir.join(USES_FILE))?
+            .set_modified(SystemTime::now())
+    }
+
     /// Removes the entry of `key` (a damaged one, before a rebuild).
     ///
     /// # Errors
@@ -475,6 +495,90 @@ impl<A: Artifact> ArtifactStore<A> {
     pub fn usage(&self) -> u64 {
         allocated_bytes(&self.root)
     }
+
+    /// Brings the store under `budget` bytes (allocated) by removing
+    /// published entries, the least recently used first (never used: by
+    /// age), and never one that is in use (a file open or mapped by a
+    /// process, see [`StoreEntry::in_use`]), that `protect` names (the
+    /// entry the caller is about to use) or that was used or built less
+    /// than `recent` ago (a lookup records a use before its VM opens the
+    /// files). Half-built entries count against the budget but are left
+    /// to [`ArtifactStore::prune_stale`]. When what is left still exceeds
+    /// the budget, it says so in the log and in [`Evicted::over_by`].
+    ///
+    /// # Errors
+    /// The first removal that failed.
+    pub fn evict_to_budget(
+        &self,
+        budget: u64,
+        recent: Duration,
+        protect: impl Fn(&str) -> bool,
+    ) -> io::Result<Evicted> {
+        let entries = self.entries(|_| true);
+        let mut used: u64 = entries.iter().map(|e| e.disk_bytes).sum();
+        let mut evicted = Evicted::default();
+        if used <= budget {
+            return Ok(evicted);
+        }
+        let mut candidates: Vec<StoreEntry<A>> = entries
+            .into_iter()
+            .filter(|e| e.state != EntryState::HalfBuilt)
+            .collect();
+        // Longest unused first: the time since the last use, else since
+        // the build (an unreadable entry has neither and goes first).
+        candidates.sort_by_key(|e| std::cmp::Reverse(idle_for(e).unwrap_or(Duration::MAX)));
+        for entry in candidates {
+            if used <= budget {
+                break;
+            }
+            let recently = idle_for(&entry).is_some_and(|idle| idle < recent);
+            if entry.in_use || protect(&entry.key) || recently {
+                evicted.kept.push(entry.key);
+                continue;
+            }
+            remove_dir(&entry.dir)?;
+            used = used.saturating_sub(entry.disk_bytes);
+            evicted.freed_bytes += entry.disk_bytes;
+            tracing::info!(
+                key = entry.key,
+                bytes = entry.disk_bytes,
+                budget,
+                "evicted: least recently used, over the store's budget"
+            );
+            evicted.removed.push(entry.key);
+        }
+        evicted.over_by = used.saturating_sub(budget);
+        if evicted.over_by > 0 {
+            tracing::warn!(
+                root = %self.root.display(),
+                used,
+                budget,
+                kept = ?evicted.kept,
+                "over its budget: what is left is in use or was just used"
+            );
+        }
+        Ok(evicted)
+    }
+}
+
+/// What [`ArtifactStore::evict_to_budget`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Keys of the entries removed, least recently used first.
+    pub removed: Vec<String>,
+    /// Keys of entries that would have gone but are in use, protected or
+    /// just used.
+    pub kept: Vec<String>,
+    /// Disk space freed.
+    pub freed_bytes: u64,
+    /// How far the store is still over its budget (0: within it).
+    pub over_by: u64,
+}
+
+/// How long an entry has gone unused: since its last use, else since it
+/// was built; `None` when neither is known.
+fn idle_for<A: Artifact>(entry: &StoreEntry<A>) -> Option<Duration> {
+    entry.last_use.or(entry.age)
 }
 
 /// Removes every entry of `entries` that `keep` refuses and no process
@@ -802,6 +906,103 @@ mod tests {
     /// Bytes that no file system compresses away.
     fn noise(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7919 % 251) as u8).collect()
+    }
+
+    /// Sets the time of `stored`'s last use `ago` in the past.
+    fn used_ago(stored: &Stored<Blob>, ago: Duration) {
+        Store::record_use(stored).unwrap();
+        let when = SystemTime::now() - ago;
+        std::fs::File::options()
+            .write(true)
+            .open(stored.dir.join(USES_FILE))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_entries_until_the_store_fits() {
+        let (_root, store) = fresh();
+        let old = publish(&store, "old", &noise(64 * 1024)).unwrap();
+        let mid = publish(&store, "mid", &noise(64 * 1024)).unwrap();
+        let new = publish(&store, "new", &noise(64 * 1024)).unwrap();
+        used_ago(&old, 3 * HOUR);
+        used_ago(&mid, 2 * HOUR);
+        used_ago(&new, HOUR);
+        let total = store.usage();
+        let one = total / 3;
+        let evicted = store
+            .evict_to_budget(total - one / 2, Duration::from_secs(60), |_| false)
+            .unwrap();
+        assert_eq!(evicted.removed, ["blob-old"]);
+        assert_eq!(evicted.over_by, 0);
+        assert!(evicted.freed_bytes >= 64 * 1024, "{evicted:?}");
+        assert_eq!(store.lookup(&"old".into()), Lookup::Missing);
+        assert!(matches!(store.lookup(&"mid".into()), Lookup::Ready(_)));
+        // A store within its budget is left alone.
+        let again = store.evict_to_budget(total, HOUR, |_| false).unwrap();
+        assert_eq!(again, Evicted::default());
+    }
+
+    #[test]
+    fn eviction_never_removes_a_protected_recent_or_open_entry() {
+        let (_root, store) = fresh();
+        let open = publish(&store, "open", &noise(64 * 1024)).unwrap();
+        let guarded = publish(&store, "guarded", &noise(64 * 1024)).unwrap();
+        let recent = publish(&store, "recent", &noise(64 * 1024)).unwrap();
+        let idle = publish(&store, "idle", &noise(64 * 1024)).unwrap();
+        used_ago(&open, 9 * HOUR);
+        used_ago(&guarded, 8 * HOUR);
+        used_ago(&recent, Duration::from_secs(5));
+        used_ago(&idle, HOUR);
+        // This process holds a data file of `open` open: in use.
+        let _held = std::fs::File::open(open.dir.join("data")).unwrap();
+        let evicted = store
+            .evict_to_budget(0, Duration::from_secs(60), |key| key == "blob-guarded")
+            .unwrap();
+        assert_eq!(evicted.removed, ["blob-idle"]);
+        assert_eq!(evicted.kept, ["blob-open", "blob-guarded", "blob-recent"]);
+        assert!(evicted.over_by > 0);
+        for kept in ["open", "guarded", "recent"] {
+            assert!(
+                matches!(store.lookup(&kept.into()), Lookup::Ready(_)),
+                "{kept}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_touch_marks_an_entry_just_used_without_counting_a_use() {
+        let (_root, store) = fresh();
+        let a = publish(&store, "a", &noise(32 * 1024)).unwrap();
+        used_ago(&a, HOUR);
+        Store::touch(&a).unwrap();
+        let [listed] = &store.list()[..] else {
+            panic!("one entry");
+        };
+        assert_eq!(listed.uses, 1);
+        assert!(listed.last_use.unwrap() < Duration::from_secs(60));
+        let evicted = store
+            .evict_to_budget(0, Duration::from_secs(60), |_| false)
+            .unwrap();
+        assert_eq!(evicted.kept, ["blob-a"]);
+    }
+
+    #[test]
+    fn an_entry_never_used_is_evicted_by_its_age() {
+        let (_root, store) = fresh();
+        publish(&store, "a", &noise(32 * 1024)).unwrap();
+        let b = publish(&store, "b", &noise(32 * 1024)).unwrap();
+        used_ago(&b, HOUR);
+        // `a` was built just now and never used: too recent to go; `b`
+        // went unused for an hour.
+        let evicted = store
+            .evict_to_budget(0, Duration::from_secs(60), |_| false)
+            .unwrap();
+        assert_eq!(evicted.removed, ["blob-b"]);
+        assert_eq!(evicted.kept, ["blob-a"]);
     }
 
     #[test]

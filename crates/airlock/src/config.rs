@@ -80,6 +80,24 @@ pub struct Config {
     /// `max_concurrent_vms` free. Default none (the one-shot CLI keeps no
     /// pool).
     pub warm_pools: Vec<crate::spec::PoolConfig>,
+    /// The shapes that may have a memory template (`None`: every shape,
+    /// as the CLI does). A VM of another shape boots cold, so requests
+    /// cannot make the host build and keep a template for each (image,
+    /// memory, vCPUs) they pick. The server sets it (`[templates]`).
+    pub template_shapes: Option<Vec<crate::spec::MachineShape>>,
+    /// Disk budget of the memory templates, allocated bytes (`None`: no
+    /// budget). Past it, after each build, the least recently used are
+    /// removed, never one in use or just used.
+    pub templates_budget: Option<u64>,
+    /// Disk budget of the package layers, as for the templates.
+    pub layers_budget: Option<u64>,
+    /// Longest wait for another request's build of the same memory
+    /// template (one build per template at a time); past it the VM boots
+    /// cold rather than queue behind it.
+    pub template_wait: Duration,
+    /// Longest wait for another request's install of the same package
+    /// layer; past it the request fails as busy (retry later).
+    pub layer_wait: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +123,11 @@ impl Default for Config {
             ca_bundle: crate::spec::CaBundle::default(),
             secrets_ca_dir: dirs.cache.join("secrets-ca"),
             warm_pools: Vec::new(),
+            template_shapes: None,
+            templates_budget: None,
+            layers_budget: None,
+            template_wait: Duration::from_secs(60),
+            layer_wait: Duration::from_secs(900),
         }
     }
 }
@@ -130,6 +153,16 @@ impl Config {
             return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
         }
         crate::spec::validate_pools(&self.warm_pools, self.max_concurrent_vms)?;
+        for (name, budget) in [
+            ("templates_budget", self.templates_budget),
+            ("layers_budget", self.layers_budget),
+        ] {
+            if budget == Some(0) {
+                return Err(Error::Config(format!(
+                    "{name} must be above zero (leave it unset for no budget)"
+                )));
+            }
+        }
         // A work dir is run_dir/vms/<16 hex>/ and the longest socket name is
         // "event.sock": keep room under the 108-byte sun_path.
         let longest = self.run_dir.as_os_str().len() + "/vms/".len() + 16 + "/event.sock".len();

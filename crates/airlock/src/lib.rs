@@ -70,6 +70,7 @@ pub mod doctor;
 mod error;
 mod factory;
 mod files;
+mod flight;
 mod guest;
 mod host;
 mod images;

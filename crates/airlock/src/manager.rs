@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::error::{BootError, Result};
 use crate::factory::{FactoryParts, VmFactory};
+use crate::flight::SingleFlight;
 use crate::host::Host;
 use crate::images::Images;
 use crate::machine::VmOptions;
@@ -33,6 +34,8 @@ struct Inner {
     factory: VmFactory,
     host: Host,
     overlays: OverlayPool,
+    /// One install per package layer at a time.
+    layer_flights: SingleFlight,
 }
 
 impl std::fmt::Debug for VmManager {
@@ -125,6 +128,7 @@ impl VmManager {
                 factory,
                 host,
                 overlays,
+                layer_flights: SingleFlight::default(),
             }),
         })
     }
@@ -134,6 +138,12 @@ impl VmManager {
     /// that was interrupted and dropped. Blocking (small directory work).
     pub fn remove_own_pool_dirs(run_dir: &std::path::Path) {
         crate::process_dirs::remove_own_process_dirs(&run_dir.join("overlays"));
+    }
+
+    /// The single flight of package layer installs: one per layer at a
+    /// time, whoever asks.
+    pub(crate) fn layer_flights(&self) -> &SingleFlight {
+        &self.inner.layer_flights
     }
 
     /// The configuration in force.

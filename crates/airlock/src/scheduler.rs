@@ -20,7 +20,7 @@ use crate::pool::{TemplateSource as PoolTemplates, WarmPool};
 use crate::request::{RunPhases, RunRequest, RunResult, Timings};
 use crate::source::{
     choose_source, ColdSource, LayerPreparer, PackagePreparer, PoolSource, SandboxVm, SourceKind,
-    TemplateSource, VmSource,
+    TemplateSource, Templating, VmSource,
 };
 use crate::spec::{CaBundle, Image, MachineShape, SandboxSpec};
 use crate::template::{warm_of, Templates, Warm};
@@ -151,7 +151,10 @@ impl Scheduler {
         let shapes: Vec<MachineShape> = config.warm_pools.iter().map(|p| p.shape).collect();
         let parts = SchedulerParts {
             cold: Arc::new(ColdSource::new(manager.clone())),
-            template: Some(Arc::new(TemplateSource::new(templates.clone()))),
+            template: Some(Arc::new(TemplateSource::new(
+                templates.clone(),
+                manager.clone(),
+            ))),
             pool: (!shapes.is_empty()).then(|| {
                 let source: Arc<dyn VmSource> =
                     Arc::new(PoolSource::new(manager.clone(), Arc::clone(&pools)));
@@ -455,7 +458,8 @@ impl Scheduler {
 
     /// A VM of `options`, its agent answering, from the source
     /// [`choose_source`] picks: the warm pool of its shape, its memory
-    /// template (when [`Config::restore_templates`]), or a cold boot. The
+    /// template (when [`Config::restore_templates`], and its shape is one
+    /// of [`Config::template_shapes`] if those are set), or a cold boot. The
     /// VM is the caller's: destroy it after use.
     ///
     /// # Errors
@@ -468,8 +472,13 @@ impl Scheduler {
         let parts = &self.inner.parts;
         let shapes = parts.pool.as_ref().map_or(&[][..], |(_, shapes)| shapes);
         let restore = parts.config.restore_templates && parts.template.is_some();
+        let templating = match (restore, parts.config.template_shapes.as_deref()) {
+            (false, _) => Templating::Off,
+            (true, None) => Templating::AnyShape,
+            (true, Some(shapes)) => Templating::Shapes(shapes),
+        };
         let source = match (
-            choose_source(options, shapes, restore),
+            choose_source(options, shapes, templating),
             &parts.pool,
             &parts.template,
         ) {

@@ -30,12 +30,15 @@ impl Airlock {
         self.check_not_draining()?;
         let language = language_of(body.language.as_deref(), &body.spec.sandbox)?;
         let secrets = self.resolve_secrets(caller, &body.spec.secrets).await?;
-        let options = body.spec.to_options(&caller.tenant, language, secrets)?;
+        let mut options = body.spec.to_options(&caller.tenant, language, secrets)?;
         caller.quotas.check_vm(
             &caller.tenant,
             options.spec.shape.memory_mib,
             Duration::ZERO,
         )?;
+        options.spec.shape = self
+            .config()
+            .run_shape(&options.spec, caller.quotas.memory_mib);
         // Sessions the orchestrator closed (idle, lifetime) give their
         // places back here.
         self.sweep_sessions();

@@ -29,6 +29,15 @@ pub enum PackageError {
     /// Talking to the install VM failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// Another request was installing the same package list, still after
+    /// the wait ([`crate::Config::layer_wait`]).
+    #[error("{packages} is being installed by another request, still after {}s", .waited.as_secs())]
+    Busy {
+        /// The package list.
+        packages: String,
+        /// How long this request waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl PackageError {
@@ -41,6 +50,9 @@ impl PackageError {
             ),
             Self::Boot(e) => e.hint(),
             Self::Exec(e) => e.hint(),
+            Self::Busy { .. } => Some(
+                "retry in a minute: the layer is stored once that install ends, and later runs attach it at once",
+            ),
         }
     }
 }
@@ -61,6 +73,19 @@ mod tests {
             "installing numpy==9.9.9 failed in vm vm-2: no such version"
         );
         assert!(err.hint().is_some_and(|h| h.contains("--ca-bundle")));
+    }
+
+    #[test]
+    fn a_list_another_request_installs_is_busy_and_says_to_retry() {
+        let err = PackageError::Busy {
+            packages: "numpy==2.0.0".into(),
+            waited: std::time::Duration::from_secs(900),
+        };
+        assert_eq!(
+            err.to_string(),
+            "numpy==2.0.0 is being installed by another request, still after 900s"
+        );
+        assert!(err.hint().is_some_and(|h| h.contains("retry")));
     }
 
     #[test]

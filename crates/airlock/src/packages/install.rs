@@ -23,6 +23,7 @@ use super::ca::{self, CaBundle};
 use super::layer::{Layer, LayerInputs, LayerStore, IMAGE_FILE};
 use super::spec::{PackageList, PackageManager};
 use super::PackageDisk;
+use crate::artifacts::EVICT_SPARES_RECENT;
 use crate::error::{BootError, ExecError, InputError, PackageError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
@@ -192,6 +193,26 @@ pub async fn prepare(
         return Ok(None);
     }
     if let Some(layer) = find_layer(manager, &list).await? {
+        note_tenant(&layer, tenant).await;
+        return Ok(Some(LayerOutcome {
+            layer,
+            install: None,
+        }));
+    }
+    // One install per layer at a time: a second request for the same list
+    // waits for the first, then attaches what it stored.
+    let key = inputs_of(manager, &list)?.key();
+    let wait = manager.config().layer_wait;
+    let _flight = manager
+        .layer_flights()
+        .take(&key, wait)
+        .await
+        .map_err(|busy| PackageError::Busy {
+            packages: list.canonical().join(" "),
+            waited: busy.waited,
+        })?;
+    if let Some(layer) = find_layer(manager, &list).await? {
+        note_tenant(&layer, tenant).await;
         return Ok(Some(LayerOutcome {
             layer,
             install: None,
@@ -203,7 +224,48 @@ pub async fn prepare(
         ca: manager.config().ca_bundle.clone(),
         ..InstallSettings::default()
     };
-    build_layer(manager, &list, &settings).await.map(Some)
+    let outcome = build_layer(manager, &list, &settings).await?;
+    note_tenant(&outcome.layer, tenant).await;
+    evict_layers_over_budget(manager, &outcome.layer.metadata.key).await;
+    Ok(Some(outcome))
+}
+
+/// Records that `tenant` uses `layer` ([`LayerStore::bytes_by_tenant`]);
+/// a failure is logged, the layer is fine.
+async fn note_tenant(layer: &Layer, tenant: &str) {
+    let (layer, tenant) = (layer.clone(), tenant.to_owned());
+    let noted = blocking("note a package layer's tenant", move || {
+        LayerStore::note_tenant(&layer, &tenant)
+    })
+    .await;
+    match noted {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "a layer's tenant not recorded"),
+        Err(e) => tracing::debug!(error = %e, "a layer's tenant not recorded"),
+    }
+}
+
+/// Brings the layer store under its budget (`Config::layers_budget`),
+/// sparing `keep` (the layer just built); a failure is logged.
+async fn evict_layers_over_budget(manager: &VmManager, keep: &str) {
+    let Some(budget) = manager.config().layers_budget else {
+        return;
+    };
+    let (store, keep) = (store_of(manager), keep.to_owned());
+    let evicted = blocking("evict package layers", move || {
+        store.evict_to_budget(budget, EVICT_SPARES_RECENT, |key| key == keep)
+    })
+    .await;
+    match evicted {
+        Ok(Ok(evicted)) if !evicted.removed.is_empty() => tracing::info!(
+            removed = ?evicted.removed,
+            freed_bytes = evicted.freed_bytes,
+            "package layers evicted to stay within the budget"
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot evict package layers"),
+        Err(e) => tracing::warn!(error = %e, "cannot evict package layers"),
+    }
 }
 
 /// The stored layer of `list`, checked; `None` when there is none (or it
@@ -217,7 +279,17 @@ pub async fn find_layer(
 ) -> Result<Option<Layer>, BootError> {
     let inputs = inputs_of(manager, list)?;
     let store = store_of(manager);
-    let found = blocking("look up a package layer", move || store.find(&inputs)).await?;
+    let found = blocking("look up a package layer", move || {
+        let found = store.find(&inputs);
+        if let Some(layer) = &found {
+            // Marked used before a VM attaches it: eviction spares it.
+            if let Err(e) = LayerStore::touch(layer) {
+                tracing::debug!(key = layer.metadata.key, error = %e, "not touched");
+            }
+        }
+        found
+    })
+    .await?;
     if let Some(layer) = &found {
         tracing::debug!(key = layer.metadata.key, "package layer found");
     }

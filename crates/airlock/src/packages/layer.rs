@@ -26,6 +26,9 @@ pub const LAYER_FORMAT: u32 = 1;
 pub const IMAGE_FILE: &str = "layer.img";
 /// The metadata in a layer dir.
 pub const METADATA_FILE: &str = "layer.json";
+/// The tenants that used a layer, one a line
+/// ([`LayerStore::note_tenant`]).
+pub const TENANTS_FILE: &str = "tenants";
 
 /// Everything a layer depends on: the same inputs give the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +160,47 @@ impl ArtifactStore<LayerDetails> {
         })
     }
 
+    /// Records that `tenant` uses `layer` (a line in its `tenants` file,
+    /// once per tenant), for [`LayerStore::bytes_by_tenant`].
+    ///
+    /// # Errors
+    /// The failing read or append.
+    pub fn note_tenant(layer: &Layer, tenant: &str) -> io::Result<()> {
+        use std::io::Write;
+        let path = layer.dir.join(TENANTS_FILE);
+        let known = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        if known.lines().any(|line| line == tenant) || tenant.contains('\n') {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?
+            .write_all(format!("{tenant}\n").as_bytes())
+    }
+
+    /// What each tenant's layers take on disk: every published layer a
+    /// tenant used counts whole for it (a layer two tenants share counts
+    /// for both: either alone would need it), by tenant name.
+    pub fn bytes_by_tenant(&self) -> BTreeMap<String, u64> {
+        let mut bytes = BTreeMap::new();
+        for entry in self.list() {
+            let Ok(text) = std::fs::read_to_string(entry.dir.join(TENANTS_FILE)) else {
+                continue;
+            };
+            let tenants: std::collections::BTreeSet<&str> =
+                text.lines().filter(|l| !l.is_empty()).collect();
+            for tenant in tenants {
+                *bytes.entry(tenant.to_owned()).or_insert(0) += entry.disk_bytes;
+            }
+        }
+        bytes
+    }
+
     /// Every layer, half-built ones included, judged against the root
     /// disks `rootfs_hash` (language -> hash): current when built over the
     /// current root disk of its language in this format.
@@ -276,6 +320,39 @@ mod tests {
         store
             .publish(staging, inputs, Vec::new(), Duration::ZERO)
             .unwrap()
+    }
+
+    #[test]
+    fn each_tenant_is_charged_the_layers_it_used_once_each() {
+        let (_tmp, store) = fresh();
+        let six = published(&store, &inputs(&["six==1.16.0"]), 64 * 1024);
+        let attrs = published(&store, &inputs(&["attrs==23.1.0"]), 128 * 1024);
+        for (layer, tenant) in [
+            (&six, "alice"),
+            (&six, "bob"),
+            (&six, "alice"),
+            (&attrs, "bob"),
+        ] {
+            LayerStore::note_tenant(layer, tenant).unwrap();
+        }
+        let sizes: BTreeMap<String, u64> = store
+            .list()
+            .into_iter()
+            .map(|e| (e.key, e.disk_bytes))
+            .collect();
+        let (six_bytes, attrs_bytes) = (sizes[&six.metadata.key], sizes[&attrs.metadata.key]);
+        assert!(
+            six_bytes >= 64 * 1024 && attrs_bytes >= 128 * 1024,
+            "{sizes:?}"
+        );
+        let by_tenant = store.bytes_by_tenant();
+        assert_eq!(by_tenant.len(), 2, "{by_tenant:?}");
+        assert_eq!(by_tenant["alice"], six_bytes);
+        assert_eq!(by_tenant["bob"], six_bytes + attrs_bytes);
+        let noted = std::fs::read_to_string(six.dir.join(TENANTS_FILE)).unwrap();
+        assert_eq!(noted, "alice\nbob\n");
+        // The layer is still whole: the tenants file is not one of its files.
+        assert!(store.find(&inputs(&["six==1.16.0"])).is_some());
     }
 
     #[test]

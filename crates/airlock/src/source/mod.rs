@@ -183,30 +183,80 @@ pub enum SourceKind {
     Cold,
 }
 
+/// Which VMs may restore a memory template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Templating<'a> {
+    /// None: every VM without a pool boots cold.
+    Off,
+    /// Any shape (its template built on first use).
+    AnyShape,
+    /// Only these shapes (the operator's); others boot cold.
+    Shapes(&'a [MachineShape]),
+}
+
+impl Templating<'_> {
+    /// Whether a VM of `shape` may restore its template.
+    pub fn covers(&self, shape: &MachineShape) -> bool {
+        match self {
+            Templating::Off => false,
+            Templating::AnyShape => true,
+            Templating::Shapes(shapes) => shapes.contains(shape),
+        }
+    }
+}
+
 /// Which source serves `options` (pure): the warm pool of its shape when
 /// `pools` has one and the VM has no network and no package layer (pool
-/// VMs have neither); else its memory template when `restore_templates`
-/// and it has no network (a clone cannot reconnect its network device to
-/// a new gvproxy on QEMU 7.2); else a cold boot.
+/// VMs have neither); else its memory template when `templates` covers
+/// its shape and it has no network (a clone cannot reconnect its network
+/// device to a new gvproxy on QEMU 7.2); else a cold boot.
 pub fn choose_source(
     options: &VmOptions,
     pools: &[MachineShape],
-    restore_templates: bool,
+    templates: Templating<'_>,
 ) -> SourceKind {
     let no_network = options.network.mode() == NetworkMode::None;
-    if no_network && options.packages.is_none() && pools.contains(&options.shape()) {
+    let shape = options.shape();
+    let templated = templates.covers(&shape);
+    if no_network && options.packages.is_none() && pools.contains(&shape) {
         SourceKind::Pool
-    } else if no_network && restore_templates {
+    } else if no_network && templated {
         SourceKind::Template
     } else {
         SourceKind::Cold
     }
 }
 
+/// The smallest of `shapes` that holds `shape` (pure): same image and
+/// language, at least its memory and vCPUs, at most `max_memory_mib`;
+/// fewest MiB first, then fewest vCPUs. `shape` itself when it is one of
+/// them; `None` when none holds it (it boots cold). A server rounds
+/// requests up with it so that a few template shapes serve them all.
+pub fn round_up_shape(
+    shape: MachineShape,
+    shapes: &[MachineShape],
+    max_memory_mib: u32,
+) -> Option<MachineShape> {
+    shapes
+        .iter()
+        .filter(|s| {
+            s.language == shape.language
+                && s.image == shape.image
+                && s.memory_mib >= shape.memory_mib
+                && s.vcpus >= shape.vcpus
+                && s.memory_mib <= max_memory_mib.max(shape.memory_mib)
+        })
+        .min_by_key(|s| (s.memory_mib, s.vcpus))
+        .copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::network::NetworkRequest;
+
+    const ANY: Templating<'static> = Templating::AnyShape;
+    const OFF: Templating<'static> = Templating::Off;
 
     fn options(language: Language) -> VmOptions {
         VmOptions::of_shape(MachineShape::new(language), "t")
@@ -224,8 +274,8 @@ mod tests {
     fn a_vm_of_a_pooled_shape_without_network_or_packages_comes_from_the_pool() {
         let python = options(Language::Python);
         let pools = [python.shape()];
-        assert_eq!(choose_source(&python, &pools, false), SourceKind::Pool);
-        assert_eq!(choose_source(&python, &pools, true), SourceKind::Pool);
+        assert_eq!(choose_source(&python, &pools, OFF), SourceKind::Pool);
+        assert_eq!(choose_source(&python, &pools, ANY), SourceKind::Pool);
     }
 
     #[test]
@@ -233,10 +283,10 @@ mod tests {
         let pools = [options(Language::Python).shape()];
         let mut bigger = options(Language::Python);
         bigger.memory_mib = 1024;
-        assert_eq!(choose_source(&bigger, &pools, true), SourceKind::Template);
-        assert_eq!(choose_source(&bigger, &pools, false), SourceKind::Cold);
+        assert_eq!(choose_source(&bigger, &pools, ANY), SourceKind::Template);
+        assert_eq!(choose_source(&bigger, &pools, OFF), SourceKind::Cold);
         assert_eq!(
-            choose_source(&options(Language::Raw), &[], true),
+            choose_source(&options(Language::Raw), &[], ANY),
             SourceKind::Template
         );
     }
@@ -246,19 +296,85 @@ mod tests {
         let mut layered = options(Language::Python);
         layered.packages = Some(PackageDisk::read_only("/p/k/layer.img".into()));
         let pools = [layered.shape()];
-        assert_eq!(choose_source(&layered, &pools, true), SourceKind::Template);
-        assert_eq!(choose_source(&layered, &pools, false), SourceKind::Cold);
+        assert_eq!(choose_source(&layered, &pools, ANY), SourceKind::Template);
+        assert_eq!(choose_source(&layered, &pools, OFF), SourceKind::Cold);
     }
 
     #[test]
     fn a_vm_with_any_network_boots_cold() {
         let ported = with_ports(options(Language::Python));
         let pools = [ported.shape()];
-        assert_eq!(choose_source(&ported, &pools, true), SourceKind::Cold);
+        assert_eq!(choose_source(&ported, &pools, ANY), SourceKind::Cold);
         let mut egress = options(Language::Python);
         egress.network =
             NetworkRequest::from_flags(Language::Python, true, &["example.com".into()], &[])
                 .unwrap_or_default();
-        assert_eq!(choose_source(&egress, &pools, true), SourceKind::Cold);
+        assert_eq!(choose_source(&egress, &pools, ANY), SourceKind::Cold);
+    }
+
+    #[test]
+    fn with_configured_template_shapes_only_those_restore_and_the_rest_boot_cold() {
+        let python = options(Language::Python);
+        let mut bigger = options(Language::Python);
+        bigger.memory_mib = 1024;
+        let configured = [python.shape()];
+        let only = Templating::Shapes(&configured);
+        assert_eq!(choose_source(&python, &[], only), SourceKind::Template);
+        assert_eq!(choose_source(&bigger, &[], only), SourceKind::Cold);
+        // A layered VM of a configured shape restores its layer's template.
+        let mut layered = options(Language::Python);
+        layered.packages = Some(PackageDisk::read_only("/p/k/layer.img".into()));
+        assert_eq!(choose_source(&layered, &[], only), SourceKind::Template);
+        // An empty list: no templates at all.
+        assert_eq!(
+            choose_source(&python, &[], Templating::Shapes(&[])),
+            SourceKind::Cold
+        );
+    }
+
+    fn shape(language: Language, memory_mib: u32, vcpus: u32) -> MachineShape {
+        MachineShape {
+            memory_mib,
+            vcpus,
+            ..MachineShape::new(language)
+        }
+    }
+
+    #[test]
+    fn a_shape_rounds_up_to_the_smallest_configured_one_that_holds_it() {
+        let shapes = [
+            shape(Language::Python, 1024, 1),
+            shape(Language::Python, 512, 1),
+            shape(Language::Python, 512, 2),
+            shape(Language::Raw, 256, 1),
+        ];
+        let up = |s| round_up_shape(s, &shapes, 4096);
+        assert_eq!(up(shape(Language::Python, 300, 1)), Some(shapes[1]));
+        assert_eq!(up(shape(Language::Python, 512, 1)), Some(shapes[1]));
+        assert_eq!(up(shape(Language::Python, 512, 2)), Some(shapes[2]));
+        assert_eq!(up(shape(Language::Python, 513, 1)), Some(shapes[0]));
+        assert_eq!(up(shape(Language::Python, 2048, 1)), None);
+        assert_eq!(up(shape(Language::Python, 512, 4)), None);
+        assert_eq!(up(shape(Language::Javascript, 256, 1)), None);
+        assert_eq!(up(shape(Language::Raw, 128, 1)), Some(shapes[3]));
+        // Another image of the same language is another shape.
+        let data = MachineShape {
+            memory_mib: 256,
+            ..MachineShape::of_image(crate::Image::PythonData)
+        };
+        assert_eq!(up(data), None);
+    }
+
+    #[test]
+    fn rounding_up_stays_within_the_memory_a_caller_may_have() {
+        let shapes = [shape(Language::Python, 1024, 1)];
+        assert_eq!(
+            round_up_shape(shape(Language::Python, 512, 1), &shapes, 768),
+            None
+        );
+        assert_eq!(
+            round_up_shape(shape(Language::Python, 512, 1), &shapes, 1024),
+            Some(shapes[0])
+        );
     }
 }

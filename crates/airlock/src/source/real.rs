@@ -43,16 +43,19 @@ impl VmSource for ColdSource {
 
 /// VMs restored from the memory template of their shape (and package
 /// layer), the template built first when missing; a cold boot when the
-/// restore fails (the template is then dropped for a rebuild).
+/// restore fails (the template is then dropped for a rebuild) or when
+/// another request's build of it lasts past the manager's
+/// [`template_wait`](crate::Config::template_wait).
 #[derive(Debug, Clone)]
 pub struct TemplateSource {
     templates: Templates,
+    manager: VmManager,
 }
 
 impl TemplateSource {
-    /// Restores from `templates`.
-    pub fn new(templates: Templates) -> Self {
-        Self { templates }
+    /// Restores from `templates`, boots cold through `manager`.
+    pub fn new(templates: Templates, manager: VmManager) -> Self {
+        Self { templates, manager }
     }
 }
 
@@ -68,7 +71,15 @@ impl VmSource for TemplateSource {
                 Found::Ready(template) => template,
                 Found::Build { inputs, .. } => {
                     observer.stage(Stage::BuildingTemplate);
-                    self.templates.build(&inputs).await?
+                    let wait = self.manager.config().template_wait;
+                    match self.templates.build_within(&inputs, wait).await? {
+                        Some(template) => template,
+                        None => {
+                            observer.stage(Stage::Booting);
+                            let vm = self.manager.boot(options).await?;
+                            return Ok(Box::new(vm) as Box<dyn SandboxVm>);
+                        }
+                    }
                 }
             };
             observer.stage(Stage::Booting);

@@ -27,8 +27,9 @@ pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateDetails, TemplateMetadata, TemplateStore};
 
-use crate::artifacts::{EntryState, Pruned};
+use crate::artifacts::{EntryState, Pruned, EVICT_SPARES_RECENT};
 use crate::error::{BootError, Result};
+use crate::flight::SingleFlight;
 use crate::launcher::MachinePlan;
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
@@ -38,7 +39,7 @@ use crate::workdir::WorkDir;
 use airlock_protocol::client::sha256_hex;
 use airlock_qemu::{argv_to_lines, BootImages, HostCaps, QemuArgs};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::time::Duration;
 
 /// What [`Templates::find`] found for a shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +60,9 @@ pub enum Found {
 pub struct Templates {
     manager: VmManager,
     store: TemplateStore,
-    /// One build at a time in this process (two runs of one missing shape
-    /// build it once).
-    building: Arc<tokio::sync::Mutex<()>>,
+    /// One build per template at a time in this process (two runs of one
+    /// missing shape build it once); other templates build meanwhile.
+    building: SingleFlight,
 }
 
 impl Templates {
@@ -72,7 +73,7 @@ impl Templates {
         Self {
             manager,
             store,
-            building: Arc::default(),
+            building: SingleFlight::default(),
         }
     }
 
@@ -191,7 +192,17 @@ impl Templates {
 
     async fn find_inputs(&self, inputs: TemplateInputs) -> Result<Found, BootError> {
         let (store, looked_up) = (self.store.clone(), inputs.clone());
-        let found = blocking("check a memory template", move || store.lookup(&looked_up)).await?;
+        let found = blocking("check a memory template", move || {
+            let found = store.lookup(&looked_up);
+            if let Lookup::Ready(template) = &found {
+                // Marked used before a VM maps it: eviction spares it.
+                if let Err(e) = TemplateStore::touch(template) {
+                    tracing::debug!(template = template.metadata.key, error = %e, "not touched");
+                }
+            }
+            found
+        })
+        .await?;
         Ok(match found {
             Lookup::Ready(template) => Found::Ready(*template),
             Lookup::Missing => Found::Build {
@@ -213,22 +224,80 @@ impl Templates {
     }
 
     /// Builds the template of `inputs` (replacing a damaged one), unless a
-    /// good one appeared while this waited for another build.
+    /// good one appeared while this waited for another build of it.
     ///
     /// # Errors
     /// The template boot's or save's error.
     pub async fn build(&self, inputs: &TemplateInputs) -> Result<Template, BootError> {
-        let _one_at_a_time = self.building.lock().await;
-        if let Found::Ready(template) = self.find_inputs(inputs.clone()).await? {
-            return Ok(template);
+        match self.build_within(inputs, Duration::MAX).await? {
+            Some(template) => Ok(template),
+            None => Err(BootError::TaskFailed {
+                task: "wait for a memory template build",
+                message: "the wait without a deadline ended".to_owned(),
+            }),
         }
-        let (store, key) = (self.store.clone(), inputs.key());
+    }
+
+    /// As [`Templates::build`], waiting at most `wait` for another
+    /// request's build of the same template: `None` past it (boot cold
+    /// instead). After a build, the store is brought under its budget
+    /// ([`Config::templates_budget`](crate::Config::templates_budget)).
+    ///
+    /// # Errors
+    /// The template boot's or save's error.
+    pub async fn build_within(
+        &self,
+        inputs: &TemplateInputs,
+        wait: Duration,
+    ) -> Result<Option<Template>, BootError> {
+        let key = inputs.key();
+        let _flight = match self.building.take(&key, wait).await {
+            Ok(flight) => flight,
+            Err(busy) => {
+                tracing::info!(
+                    template = key,
+                    waited_ms = crate::ms(busy.waited),
+                    "template still being built: not waiting longer"
+                );
+                return Ok(None);
+            }
+        };
+        if let Found::Ready(template) = self.find_inputs(inputs.clone()).await? {
+            return Ok(Some(template));
+        }
+        let store = self.store.clone();
+        let removed_key = key.clone();
         blocking("remove a damaged memory template", move || {
-            store.remove(&key)
+            store.remove(&removed_key)
         })
         .await?
-        .map_err(|e| BootError::io("remove", self.store.dir(&inputs.key()), e))?;
-        build::build(&self.manager, &self.store, inputs).await
+        .map_err(|e| BootError::io("remove", self.store.dir(&key), e))?;
+        let template = build::build(&self.manager, &self.store, inputs).await?;
+        self.evict_over_budget(&key).await;
+        Ok(Some(template))
+    }
+
+    /// Brings the store under its budget, sparing `keep` (the template
+    /// just built). A failure is logged: the template built is fine.
+    async fn evict_over_budget(&self, keep: &str) {
+        let Some(budget) = self.manager.config().templates_budget else {
+            return;
+        };
+        let (store, keep) = (self.store.clone(), keep.to_owned());
+        let evicted = blocking("evict memory templates", move || {
+            store.evict_to_budget(budget, EVICT_SPARES_RECENT, |key| key == keep)
+        })
+        .await;
+        match evicted {
+            Ok(Ok(evicted)) if !evicted.removed.is_empty() => tracing::info!(
+                removed = ?evicted.removed,
+                freed_bytes = evicted.freed_bytes,
+                "memory templates evicted to stay within the budget"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot evict memory templates"),
+            Err(e) => tracing::warn!(error = %e, "cannot evict memory templates"),
+        }
     }
 
     /// The template of `shape`, built first when missing or damaged.

@@ -11,6 +11,7 @@
 //! (`exit N`, `hang`, `die`, echo) is listed in `airlock::testing`.
 
 mod attack;
+mod attack_cache;
 mod auth;
 mod errors;
 mod mcp;
@@ -79,6 +80,20 @@ impl Harness {
         Self::build(config, Some(keyring), true)
     }
 
+    /// Keys for `alice` and `bob` under `config`, and fakes that restore
+    /// templates as `config` has the orchestrator do (its template
+    /// shapes): `fakes.template` serves what would restore.
+    pub fn with_template_fakes(config: ServerConfig) -> Self {
+        let keyring = two_tenants(config.quotas);
+        let orchestrator = config.orchestrator();
+        let fakes = airlock::Config {
+            restore_templates: orchestrator.restore_templates,
+            template_shapes: orchestrator.template_shapes,
+            ..airlock::testing::test_config()
+        };
+        Self::build_over(config, Some(keyring), true, fakes)
+    }
+
     /// Keys for `alice` and `bob`, and no secrets key: the server keeps
     /// no secrets.
     pub fn without_secrets() -> Self {
@@ -95,13 +110,27 @@ impl Harness {
     }
 
     fn build(config: ServerConfig, keyring: Option<Keyring>, with_secrets: bool) -> Self {
+        Self::build_over(
+            config,
+            keyring,
+            with_secrets,
+            airlock::testing::test_config(),
+        )
+    }
+
+    fn build_over(
+        config: ServerConfig,
+        keyring: Option<Keyring>,
+        with_secrets: bool,
+        fakes: airlock::Config,
+    ) -> Self {
         let secrets_dir = tempfile::tempdir().expect("a temporary dir");
         // Airlock's CA of VMs with secrets goes to the test's dir, not the
         // user's cache.
         let fakes = FakeSetup::with(
             airlock::Config {
                 secrets_ca_dir: secrets_dir.path().join("ca"),
-                ..airlock::testing::test_config()
+                ..fakes
             },
             &[],
         );
