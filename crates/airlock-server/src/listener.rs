@@ -3,7 +3,9 @@
 //! the server.
 //!
 //! - Connection caps: [`ListenerConfig::max_connections`] in all and
-//!   [`ListenerConfig::max_connections_per_address`] from one IP; a
+//!   [`ListenerConfig::max_connections_per_address`] from one IPv4
+//!   address or one IPv6 /64 (a host owns a whole /64: counting each of
+//!   its addresses would give it 2^64 caps; [`address_block`]); a
 //!   connection over either is closed at once, before a byte is read
 //!   (`airlock_connections_refused_total{kind}`).
 //! - Deadlines, watched per connection ([`Watch`]): a request's head must
@@ -154,6 +156,22 @@ struct Slot {
     metrics: Metrics,
 }
 
+/// What the per-address cap counts a connection from `ip` under: an IPv4
+/// address as itself (also when it comes IPv4-mapped, `::ffff:a.b.c.d`),
+/// an IPv6 address as its /64 (pure).
+pub fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 impl Slots {
     /// A slot for a connection from `ip`, or the cap it would exceed.
     fn take(
@@ -161,6 +179,7 @@ impl Slots {
         ip: IpAddr,
         metrics: &Metrics,
     ) -> std::result::Result<Slot, &'static str> {
+        let ip = address_block(ip);
         let mut open = self
             .open
             .lock()
@@ -696,6 +715,34 @@ mod tests {
         drop(a1);
         let _b2 = slots.take(b, &metrics).unwrap();
         assert_eq!(metrics.connections_open.get(), 3);
+    }
+
+    #[test]
+    fn one_ipv6_host_is_counted_by_its_64_and_a_mapped_ipv4_as_itself() {
+        let block = |s: &str| address_block(s.parse().unwrap());
+        assert_eq!(
+            block("2001:db8:1:2:aaaa::1"),
+            block("2001:db8:1:2:ffff:1:2:3")
+        );
+        assert_eq!(block("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::");
+        assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
+        assert_eq!(block("::ffff:192.0.2.7"), block("192.0.2.7"));
+        assert_ne!(block("192.0.2.7"), block("192.0.2.8"));
+        let slots = Arc::new(Slots {
+            max: 10,
+            per_address: 2,
+            open: Mutex::new((0, HashMap::new())),
+        });
+        let metrics = Metrics::new();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = slots.take(ip("2001:db8::1"), &metrics).unwrap();
+        let _b = slots.take(ip("2001:db8::2"), &metrics).unwrap();
+        assert_eq!(
+            slots.take(ip("2001:db8::ffff:3"), &metrics).unwrap_err(),
+            "max_connections_per_address",
+            "another address of the same /64 is the same host"
+        );
+        let _c = slots.take(ip("2001:db8:0:1::1"), &metrics).unwrap();
     }
 
     #[test]
