@@ -22,6 +22,7 @@
 //! [streams]                # server-sent events of one request
 //! max_events = 65536
 //! max_bytes = 33554432
+//! max_stall_s = 10
 //! [cache]                  # templates and package layers (docs/templates.md)
 //! template_shapes = [{ image = "python", memory_mib = 512, vcpus = 1 }]
 //! templates_max_mib = 4096
@@ -236,6 +237,17 @@ pub struct StreamLimits {
     pub max_events: usize,
     /// Bytes of those events' data, all together.
     pub max_bytes: usize,
+    /// Seconds the work may wait for a client that reads nothing; past
+    /// it the stream is cut (`client_stalled`) and the work runs on to its
+    /// end (its VM is not held past its timeout), `done` still coming.
+    pub max_stall_s: u64,
+}
+
+impl StreamLimits {
+    /// [`StreamLimits::max_stall_s`].
+    pub fn max_stall(&self) -> Duration {
+        Duration::from_secs(self.max_stall_s)
+    }
 }
 
 impl Default for StreamLimits {
@@ -244,6 +256,7 @@ impl Default for StreamLimits {
             max_events: 65_536,
             // Base64 of the VM's 8 MiB stdout and stderr caps, with room.
             max_bytes: 32 << 20,
+            max_stall_s: 10,
         }
     }
 }
@@ -431,6 +444,7 @@ impl ServerConfig {
             ),
             ("streams.max_events", self.streams.max_events as u64),
             ("streams.max_bytes", self.streams.max_bytes as u64),
+            ("streams.max_stall_s", self.streams.max_stall_s),
             ("cache.templates_max_mib", self.cache.templates_max_mib),
             ("cache.layers_max_mib", self.cache.layers_max_mib),
             ("cache.template_wait_s", self.cache.template_wait_s),

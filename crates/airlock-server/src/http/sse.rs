@@ -9,7 +9,12 @@
 //! Bounded: the events go through a channel of [`CHANNEL_EVENTS`]; when
 //! it is full, the work (the run, the VM's output reader with it) is not
 //! polled until the client has read, so a client that does not read slows
-//! its run and holds at most the channel and one chunk's events. Each
+//! its run and holds at most the channel and one chunk's events. It slows
+//! it for [`StreamLimits::max_stall_s`] at most: past that the stream is
+//! cut (`cut` with reason `client_stalled`), its output and result events
+//! are dropped, and the work runs on to its end, so that a client that
+//! stops reading cannot hold a VM past its run's timeout; `done` still
+//! carries the whole answer when the client reads again. Each
 //! stream carries at most [`StreamLimits`]' events and bytes of output
 //! and results; past either, one `cut` event (data `{"reason",
 //! "max_events", "max_bytes"}`) and no more of them, while `done` still
@@ -31,8 +36,10 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -57,6 +64,9 @@ struct Outbox {
     events: usize,
     bytes: usize,
     cut: bool,
+    /// Set by the stream's task when the client stalled: no more output
+    /// or result events.
+    stalled: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -76,7 +86,7 @@ impl Outbox {
     /// Queues an output or result event of `data`, within the stream's
     /// caps; the first past them becomes the `cut` event.
     fn push_capped(&mut self, name: &'static str, data: String) {
-        if self.cut {
+        if self.cut || self.stalled.load(Ordering::Relaxed) {
             return;
         }
         let reason = if self.events + 1 > self.limits.max_events {
@@ -242,18 +252,63 @@ impl Drop for Events {
     }
 }
 
-/// Moves the overflow to the channel, waiting for room; `false` when the
-/// client left.
-async fn drain_overflow(tx: &mpsc::Sender<Event>, overflow: &Overflow) -> bool {
+/// How a wait for the client to read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Everything made is in the channel.
+    Done,
+    /// The client went away.
+    Left,
+    /// The client read nothing for the stall limit.
+    Stalled,
+}
+
+/// Moves the overflow to the channel, waiting for room, each wait at most
+/// `stall` (`None`: no limit).
+async fn drain_overflow(
+    tx: &mpsc::Sender<Event>,
+    overflow: &Overflow,
+    stall: Option<Duration>,
+) -> Drained {
     loop {
         let Some(event) = lock(overflow).pop_front() else {
-            return true;
+            return Drained::Done;
         };
-        match tx.reserve().await {
+        let reserved = match stall {
+            Some(stall) => match tokio::time::timeout(stall, tx.reserve()).await {
+                Ok(reserved) => reserved,
+                Err(_) => {
+                    lock(overflow).push_front(event);
+                    return Drained::Stalled;
+                }
+            },
+            None => tx.reserve().await,
+        };
+        match reserved {
             Ok(permit) => permit.send(event),
-            Err(_) => return false,
+            Err(_) => return Drained::Left,
         }
     }
+}
+
+/// Cuts a stream whose client stalled: the output and result events not
+/// yet in the channel are dropped (the answer has them), one `cut` event
+/// says why, and no more are made.
+fn cut_stalled(
+    overflow: &Overflow,
+    stalled: &AtomicBool,
+    limits: &StreamLimits,
+    metrics: &Metrics,
+) {
+    stalled.store(true, Ordering::Relaxed);
+    Metrics::count(&metrics.streams_cut, "client_stalled");
+    let data = serde_json::json!({
+        "reason": "client_stalled",
+        "max_stall_s": limits.max_stall_s,
+    });
+    let mut overflow = lock(overflow);
+    overflow.clear();
+    overflow.push_back(Event::default().event("cut").data(data.to_string()));
 }
 
 /// Spawns `work` with an [`EventObserver`] and streams its events; `work`
@@ -271,6 +326,7 @@ where
 {
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
     let overflow = Overflow::default();
+    let stalled = Arc::new(AtomicBool::new(false));
     let out = Outbox {
         tx: tx.clone(),
         overflow: Arc::clone(&overflow),
@@ -279,19 +335,31 @@ where
         events: 0,
         bytes: 0,
         cut: false,
+        stalled: Arc::clone(&stalled),
     };
     let future = work(EventObserver::new(out));
+    let (limits, metrics) = (limits.clone(), metrics.clone());
     let task = tokio::spawn(async move {
         let mut work = std::pin::pin!(future);
+        let stall = limits.max_stall();
         let (observer, result) = loop {
             // While the client has not read what the work made, the work
-            // waits: its VM's output waits in the VM.
-            if !drain_overflow(&tx, &overflow).await {
-                return;
+            // waits (its VM's output waits in the VM), up to the stall
+            // limit; then the work runs on without events.
+            if !stalled.load(Ordering::Relaxed) {
+                match drain_overflow(&tx, &overflow, Some(stall)).await {
+                    Drained::Done => {}
+                    Drained::Left => return,
+                    Drained::Stalled => cut_stalled(&overflow, &stalled, &limits, &metrics),
+                }
             }
             let step = std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
                 Poll::Ready(done) => Poll::Ready(Some(done)),
-                Poll::Pending if !lock(&overflow).is_empty() => Poll::Ready(None),
+                Poll::Pending
+                    if !stalled.load(Ordering::Relaxed) && !lock(&overflow).is_empty() =>
+                {
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             })
             .await;
@@ -300,7 +368,9 @@ where
             }
         };
         observer.finish(result);
-        drain_overflow(&tx, &overflow).await;
+        // No VM is held any more: the connection's send deadline bounds
+        // this wait.
+        drain_overflow(&tx, &overflow, None).await;
     });
     Sse::new(Events { rx, task }).keep_alive(KeepAlive::default())
 }
@@ -327,6 +397,7 @@ mod tests {
             events: 0,
             bytes: 0,
             cut: false,
+            stalled: Arc::default(),
         };
         (EventObserver::new(out), rx, metrics)
     }

@@ -437,6 +437,80 @@ async fn a_client_that_does_not_read_a_stream_holds_its_run_not_the_servers_memo
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_its_vm_past_the_stall_limit() {
+    let h = Harness::with_config(ServerConfig {
+        streams: StreamLimits {
+            max_stall_s: 1,
+            ..StreamLimits::default()
+        },
+        ..ServerConfig::default()
+    });
+    // 2 MiB of 0xff in 64 KiB chunks: 32 events, twice the channel.
+    let request = Harness::request(
+        Method::POST,
+        "/v1/runs",
+        KEY_A,
+        &[
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+        ],
+        body("python", "bytes ff 2097152 65536", json!({})).to_string(),
+    );
+    let response = h.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Nothing read: after the stall limit the run goes on and ends, and
+    // its VM with it.
+    let started = std::time::Instant::now();
+    h.until("the run starts", |h| {
+        h.airlock.metrics().runs_in_flight.get() == 1
+    })
+    .await;
+    while h.airlock.metrics().runs_in_flight.get() != 0 || h.fakes.live() != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run is still held by a client that reads nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("the rest of the stream comes once read")
+    {
+        if let Ok(data) = frame.expect("a frame").into_data() {
+            text.extend_from_slice(&data);
+        }
+    }
+    let text = String::from_utf8(text).unwrap();
+    let frames = super::sse_frames(&text);
+    let names: Vec<_> = frames.iter().filter_map(|(n, _)| n.as_deref()).collect();
+    let stdout = names.iter().filter(|n| **n == "stdout").count();
+    assert!(stdout < 32, "events past the stall were dropped: {stdout}");
+    assert_eq!(&names[names.len() - 2..], ["cut", "done"], "{names:?}");
+    let cut: serde_json::Value =
+        serde_json::from_str(frames[frames.len() - 2].1.as_deref().unwrap()).unwrap();
+    assert_eq!(cut["reason"], "client_stalled");
+    let done: serde_json::Value =
+        serde_json::from_str(frames.last().unwrap().1.as_deref().unwrap()).unwrap();
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert_eq!(
+        done["stdout"].as_str().unwrap().chars().count(),
+        2 * 1024 * 1024,
+        "the answer has the whole output"
+    );
+    assert_eq!(
+        counter(&h, "airlock_streams_cut_total{kind=\"client_stalled\"}"),
+        1
+    );
+}
+
+#[tokio::test]
 async fn non_utf8_output_past_the_streams_byte_cap_is_cut_and_the_answer_still_comes() {
     let h = Harness::with_config(ServerConfig {
         streams: StreamLimits {
