@@ -29,6 +29,17 @@ CHART = """import matplotlib.pyplot as plt
 fig, ax = plt.subplots()
 ax.plot(df["x"], df["y"]);"""
 
+# The PNG the driver wrote (its own encoder, not savefig's), decoded by PIL
+# in the guest, against the same figure saved by savefig: the same pixels.
+SAME_PIXELS = """import base64, io, numpy as np
+from PIL import Image
+fig, ax = plt.subplots()
+ax.plot(df["x"], df["y"])
+buf = io.BytesIO(); fig.savefig(buf, format="png"); plt.close(fig)
+got = np.asarray(Image.open(io.BytesIO(base64.b64decode(PNG))).convert("RGBA"))
+want = np.asarray(Image.open(buf).convert("RGBA"))
+print(got.shape, bool((got == want).all()))"""
+
 MCP_CHART = """import matplotlib.pyplot as plt
 plt.plot([1, 2, 3], [1, 4, 9])
 plt.show()"""
@@ -65,6 +76,13 @@ def rest(url, key):
             size = png_size(base64.b64decode(pngs[0]))
             assert size == (640, 480), size
             print(f"ok the figure comes back as a base64 PNG of {size[0]}x{size[1]}")
+
+            code = f"PNG = {pngs[0]!r}\n" + SAME_PIXELS
+            r = c.post(f"/v1/sessions/{sid}/exec", json={"code": code, "timeout_s": CELL_TIMEOUT_S})
+            cell = r.json()
+            assert r.status_code == 200 and cell["exit_code"] == 0, r.text
+            assert cell["stdout"] == "(480, 640, 4) True\n", cell
+            print("ok the PNG decodes to savefig's pixels")
         finally:
             assert c.delete(f"/v1/sessions/{sid}").status_code == 204
 

@@ -16,6 +16,7 @@ import os, sys, signal, threading
 import json, re, math, random, collections, itertools, functools, datetime
 import pathlib, subprocess, io, time, string, textwrap, csv, statistics, traceback
 import ast, base64, builtins, contextlib, importlib.abc, importlib.util, warnings
+import struct, zlib
 
 COMMANDS, REPORTS = 3, 4
 os.set_inheritable(COMMANDS, False)
@@ -157,11 +158,68 @@ def encode(mime, value):
 
 
 def figure_png(fig):
-    # zlib level 1, not PIL's 6: under TCG the encoding is a fifth of a
-    # figure's time at level 6; a line chart's PNG grows by about a third.
+    # A figure as PNG: drawn once and written by png_of_rgba when the
+    # figure has an Agg canvas and savefig's rcParams are the defaults
+    # (what savefig would give: same pixels, no metadata); savefig
+    # otherwise. Under TCG, savefig's PIL encoder (adaptive row filters)
+    # was a third of a chart cell; zlib level 1 over unfiltered rows writes
+    # a line chart in half the time, and smaller.
+    fast = fast_figure_pixels(fig)
+    if fast is not None:
+        return png_of_rgba(fast)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
     return buf.getvalue()
+
+
+def fast_figure_pixels(fig):
+    # The figure's RGBA pixels (a numpy array, rows x columns x 4) drawn
+    # on its own Agg canvas, or None when savefig would draw differently.
+    agg = sys.modules.get("matplotlib.backends.backend_agg")
+    numpy = sys.modules.get("numpy")
+    mpl = sys.modules.get("matplotlib")
+    if agg is None or numpy is None or mpl is None:
+        return None
+    if not isinstance(getattr(fig, "canvas", None), agg.FigureCanvasAgg):
+        return None
+    rc = mpl.rcParams
+    try:
+        defaults = (
+            rc["savefig.dpi"] == "figure"
+            and rc["savefig.facecolor"] == "auto"
+            and rc["savefig.edgecolor"] == "auto"
+            and not rc["savefig.transparent"]
+            and rc["savefig.bbox"] is None
+        )
+    except (KeyError, ValueError):
+        return None
+    if not defaults:
+        return None
+    fig.canvas.draw()
+    return numpy.asarray(fig.canvas.buffer_rgba())
+
+
+def png_chunk(tag, body):
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def png_of_rgba(rgba):
+    # An 8-bit PNG of RGBA pixels: RGB when every pixel is opaque (a
+    # quarter less to compress), filter None on every row, zlib level 1.
+    numpy = sys.modules["numpy"]
+    height, width, _ = rgba.shape
+    opaque = bool((rgba[:, :, 3] == 255).all())
+    channels = 3 if opaque else 4
+    rows = numpy.empty((height, width * channels + 1), numpy.uint8)
+    rows[:, 0] = 0
+    rows[:, 1:] = rgba[:, :, :channels].reshape(height, width * channels)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if opaque else 6, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows, 1))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def special_png(obj):
