@@ -384,4 +384,36 @@ fn a_displayed_png_is_saved_and_named_and_the_last_value_printed() {
         !work.path().join("json-out").exists(),
         "--json saves nothing"
     );
+
+    // On a terminal with kitty's image protocol (a pty made by `script`),
+    // the image is also shown inline; into a pipe (above) it never is.
+    std::fs::write(work.path().join("png.py"), PNG_BY_HAND).unwrap();
+    let command = format!(
+        "{} run -t 60 --output-dir tty-out png.py",
+        env!("CARGO_BIN_EXE_airlock-under-test")
+    );
+    let mut tty_env = env.to_vec();
+    tty_env.push(("AIRLOCK_INLINE_IMAGES", "kitty"));
+    let o = airlock_tests::run_with_stdin(
+        "script",
+        &["-q", "-e", "-c", &command, "/dev/null"],
+        &tty_env,
+        "",
+        Some(work.path()),
+    );
+    assert_eq!(o.status.code(), Some(0), "output: {}", out(&o));
+    let shown = out(&o);
+    let escape = shown
+        .find("\x1b_Ga=T,f=100,m=")
+        .unwrap_or_else(|| panic!("no kitty image escape in {shown:?}"));
+    assert!(
+        shown[escape..].contains(";iVBORw0KGgo"),
+        "the escape carries the PNG"
+    );
+    assert!(shown.contains("42"), "{shown:?}");
+    assert!(work.path().join("tty-out/1.png").exists(), "saved as well");
+    assert!(
+        !out(&run(&["run", "-t", "60", PNG_BY_HAND])).contains("\x1b_G"),
+        "no escape into a pipe"
+    );
 }

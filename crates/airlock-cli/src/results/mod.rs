@@ -14,6 +14,8 @@
 
 /// Image sizes from PNG, JPEG and GIF headers.
 pub mod dimensions;
+/// Images shown in the terminal too (kitty, iTerm2).
+pub mod inline;
 
 use airlock_protocol::{is_binary_mime, ExecResult};
 use clap::Args;
@@ -32,8 +34,10 @@ pub struct OutputArgs {
     /// first needed. Each file is named on stderr (`image/png 640x480 23
     /// KiB -> airlock-output/1.png`; -q silences that, not the saving).
     /// The value of the code's last expression is printed on stdout as
-    /// Jupyter shows it. With --json nothing is saved: the results are in
-    /// the JSON, binary ones base64.
+    /// Jupyter shows it. On a terminal with an image protocol (kitty,
+    /// iTerm2, WezTerm) images are also shown inline
+    /// (AIRLOCK_INLINE_IMAGES=0 turns that off). With --json nothing is
+    /// saved: the results are in the JSON, binary ones base64.
     #[arg(long = "output-dir", value_name = "DIR", default_value = DEFAULT_OUTPUT_DIR)]
     pub output_dir: PathBuf,
 }
@@ -197,15 +201,20 @@ pub struct ResultWriter {
     dir: PathBuf,
     quiet: bool,
     next: u64,
+    /// How images are shown in the terminal too, if it can.
+    inline: Option<inline::Protocol>,
 }
 
 impl ResultWriter {
     /// Files go to `dir`; `quiet` leaves out the stderr line of each.
+    /// Images are also shown inline when stdout is a terminal with an
+    /// image protocol ([`inline::detect`]).
     pub fn new(dir: PathBuf, quiet: bool) -> Self {
         Self {
             dir,
             quiet,
             next: 1,
+            inline: inline::detect(),
         }
     }
 
@@ -238,6 +247,13 @@ impl ResultWriter {
                     "airlock: error: cannot save a {mime} result in {}: {e}",
                     self.dir.display()
                 ),
+            }
+            if let Some(protocol) = self.inline.filter(|p| p.shows(mime)) {
+                let mut out = std::io::stdout().lock();
+                // A terminal that went away: the file is saved anyway.
+                let _ = out
+                    .write_all(protocol.escape(bytes).as_bytes())
+                    .and_then(|()| out.flush());
             }
         }
         shown.text.map(|mut text| {
