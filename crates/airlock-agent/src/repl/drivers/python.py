@@ -212,7 +212,9 @@ def png_of_rgba(rgba):
     channels = 3 if opaque else 4
     rows = numpy.empty((height, width * channels + 1), numpy.uint8)
     rows[:, 0] = 0
-    rows[:, 1:] = rgba[:, :, :channels].reshape(height, width * channels)
+    # One strided copy into a view of the rows (a reshape of the slice
+    # would copy once more).
+    rows[:, 1:].reshape(height, width, channels)[...] = rgba[:, :, :channels]
     header = struct.pack(">IIBBBBB", width, height, 8, 2 if opaque else 6, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
