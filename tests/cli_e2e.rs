@@ -404,7 +404,7 @@ fn a_displayed_png_is_saved_and_named_and_the_last_value_printed() {
     assert_eq!(o.status.code(), Some(0), "output: {}", out(&o));
     let shown = out(&o);
     let escape = shown
-        .find("\x1b_Ga=T,f=100,m=")
+        .find("\x1b_Ga=T,f=100,q=2,m=")
         .unwrap_or_else(|| panic!("no kitty image escape in {shown:?}"));
     assert!(
         shown[escape..].contains(";iVBORw0KGgo"),

@@ -169,14 +169,19 @@ fn listing(templates: &[TemplateEntry], layers: &[LayerEntry]) -> String {
             state(entry.current)
         ));
     }
-    out.push_str("\nLAYER\tPACKAGES\tDISK\tAGE\tSTATE\n");
+    out.push_str("\nLAYER\tPACKAGES\tDISK\tAGE\tSTATE\tTENANTS\n");
     for entry in layers {
         let packages = entry
             .packages
             .as_ref()
             .map_or_else(|| "?".to_owned(), |p| p.join(","));
+        let tenants = if entry.tenants.is_empty() {
+            "-".to_owned()
+        } else {
+            entry.tenants.join(",")
+        };
         out.push_str(&format!(
-            "{}\t{packages}\t{}\t{}\t{}\n",
+            "{}\t{packages}\t{}\t{}\t{}\t{tenants}\n",
             entry.key,
             mib(entry.disk_bytes),
             entry.age.map_or_else(|| "?".to_owned(), age),
@@ -278,6 +283,7 @@ mod tests {
             disk_bytes: 1 << 20,
             age: Some(Duration::from_secs(600)),
             current: false,
+            tenants: vec!["alice".into(), "bob".into()],
         }];
         let data = TemplateEntry {
             key: "t3".into(),
@@ -299,10 +305,10 @@ mod tests {
         );
         assert_eq!(lines[2], "t2\t?\t0.0 MiB\t?\t0\tstale");
         assert_eq!(lines[3], "");
-        assert_eq!(lines[4], "LAYER\tPACKAGES\tDISK\tAGE\tSTATE");
+        assert_eq!(lines[4], "LAYER\tPACKAGES\tDISK\tAGE\tSTATE\tTENANTS");
         assert_eq!(
             lines[5],
-            "python-pkgs-ab\tsix==1.16.0,idna==3.7\t1.0 MiB\t10 min\tstale"
+            "python-pkgs-ab\tsix==1.16.0,idna==3.7\t1.0 MiB\t10 min\tstale\talice,bob"
         );
     }
 }

@@ -510,6 +510,12 @@ impl ServerConfig {
                 self.listener.max_connections_per_address, self.listener.max_connections
             )));
         }
+        if self.streams.max_stall_s >= self.listener.idle_timeout_s {
+            return Err(bad(format!(
+                "streams.max_stall_s ({}) must be below listener.idle_timeout_s ({}): the idle deadline would close a stalled stream's connection first",
+                self.streams.max_stall_s, self.listener.idle_timeout_s
+            )));
+        }
         if self.max_concurrent_vms == Some(0) {
             return Err(bad("max_concurrent_vms must be above zero".into()));
         }
@@ -565,22 +571,25 @@ impl ServerConfig {
         shapes
     }
 
-    /// The shape the sandbox `spec` runs at: the smallest template shape
-    /// of its image that holds its own, up to `max_memory_mib` (the
-    /// tenant's memory quota), so that it restores a template; its own when
-    /// none does (it boots cold), when it has a network (it boots cold
-    /// anyway) or when templates are off.
+    /// The shape the sandbox `spec` runs at: the smallest of
+    /// `template_shapes` (the scheduler's, [`airlock::Config::template_shapes`])
+    /// of its image and vCPUs that holds its memory, up to
+    /// `max_memory_mib` (the tenant's memory quota), so that it restores a
+    /// template; its own when none does (it boots cold), when it has a
+    /// network (it boots cold anyway) or when templates are off.
     pub fn run_shape(
         &self,
         spec: &airlock::SandboxSpec,
+        template_shapes: Option<&[airlock::spec::MachineShape]>,
         max_memory_mib: u32,
     ) -> airlock::spec::MachineShape {
         let shape = spec.shape;
+        let Some(shapes) = template_shapes else {
+            return shape;
+        };
         if !self.restore_templates || spec.network.mode() != airlock_gvproxy::NetworkMode::None {
             return shape;
         }
-        let config = self.orchestrator();
-        let shapes = config.template_shapes.as_deref().unwrap_or_default();
         airlock::source::round_up_shape(shape, shapes, max_memory_mib).unwrap_or(shape)
     }
 
@@ -679,16 +688,21 @@ mod tests {
         )
         .unwrap();
         config.validate().unwrap();
+        let orchestrator = config.orchestrator();
+        let shapes = orchestrator.template_shapes.as_deref();
         let at = |memory, vcpus, quota| {
-            let shape = config.run_shape(&spec_of(memory, vcpus), quota);
+            let shape = config.run_shape(&spec_of(memory, vcpus), shapes, quota);
             (shape.memory_mib, shape.vcpus)
         };
         assert_eq!(at(256, 1, 2048), (512, 1));
         assert_eq!(at(512, 1, 2048), (512, 1));
-        assert_eq!(at(600, 1, 2048), (1024, 2));
+        assert_eq!(at(600, 2, 2048), (1024, 2));
         assert_eq!(at(512, 2, 2048), (1024, 2));
+        // More vCPUs are never given: a 1-vCPU request over 512 MiB boots
+        // cold at its own shape.
+        assert_eq!(at(600, 1, 2048), (600, 1));
         // Past the tenant's memory quota, or no shape holds it: its own.
-        assert_eq!(at(600, 1, 768), (600, 1));
+        assert_eq!(at(600, 2, 768), (600, 2));
         assert_eq!(at(2048, 1, 4096), (2048, 1));
         // A VM with a network boots cold: not rounded.
         let mut networked = spec_of(256, 1);
@@ -699,13 +713,16 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(config.run_shape(&networked, 2048).memory_mib, 256);
+        assert_eq!(config.run_shape(&networked, shapes, 2048).memory_mib, 256);
         // Templates off: nothing is rounded.
         let cold = ServerConfig {
             restore_templates: false,
             ..config.clone()
         };
-        assert_eq!(cold.run_shape(&spec_of(256, 1), 2048).memory_mib, 256);
+        assert_eq!(
+            cold.run_shape(&spec_of(256, 1), shapes, 2048).memory_mib,
+            256
+        );
     }
 
     #[test]

@@ -329,7 +329,8 @@ fn orchestrator_status(e: &OrchestratorError) -> StatusCode {
     use airlock_protocol::ErrorKind as K;
     match Cause::of(e) {
         Cause::Input | Cause::Install => StatusCode::BAD_REQUEST,
-        Cause::Busy | Cause::InstallBusy => StatusCode::CONFLICT,
+        Cause::Busy => StatusCode::CONFLICT,
+        Cause::InstallBusy => StatusCode::SERVICE_UNAVAILABLE,
         Cause::Closed => StatusCode::NOT_FOUND,
         Cause::Exec(x) => match file_kind(x) {
             Some(K::NotFound) => StatusCode::NOT_FOUND,

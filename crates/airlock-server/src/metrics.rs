@@ -33,23 +33,13 @@ pub struct ShapeLabel {
     pub shape: String,
 }
 
-/// One label: a tenant.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TenantLabel {
-    /// The tenant's name.
-    pub tenant: String,
-}
-
-/// What the caches take on disk, read before a scrape
-/// ([`Metrics::observe_caches`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the caches take on disk ([`Metrics::observe_caches`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheUsage {
     /// The memory templates, allocated bytes.
     pub templates_bytes: u64,
     /// The package layers, allocated bytes.
     pub layers_bytes: u64,
-    /// The layers each tenant used (a shared one counts for each).
-    pub layers_by_tenant: std::collections::BTreeMap<String, u64>,
 }
 
 fn latency() -> Histogram {
@@ -108,9 +98,6 @@ pub struct Metrics {
     pub streams_cut: Family<KindLabel, Counter>,
     /// Disk the caches take (`templates`, `layers`), allocated bytes.
     pub cache_bytes: Family<KindLabel, Gauge>,
-    /// Disk the package layers each tenant used take (a layer two tenants
-    /// share counts for both).
-    pub tenant_layer_bytes: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -220,16 +207,10 @@ impl Metrics {
             pool_take_seconds.clone(),
         );
         let cache_bytes = Family::<KindLabel, Gauge>::default();
-        let tenant_layer_bytes = Family::<TenantLabel, Gauge>::default();
         registry.register(
             "cache_bytes",
             "Disk the memory templates and package layers take",
             cache_bytes.clone(),
-        );
-        registry.register(
-            "tenant_layer_bytes",
-            "Disk the package layers each tenant used take",
-            tenant_layer_bytes.clone(),
         );
         Self {
             registry: Arc::new(registry),
@@ -254,7 +235,6 @@ impl Metrics {
             connections_closed,
             streams_cut,
             cache_bytes,
-            tenant_layer_bytes,
         }
     }
 
@@ -268,15 +248,6 @@ impl Metrics {
             self.cache_bytes
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .set(as_gauge(bytes));
-        }
-        // A tenant whose layers are gone leaves the family.
-        self.tenant_layer_bytes.clear();
-        for (tenant, bytes) in &usage.layers_by_tenant {
-            self.tenant_layer_bytes
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.clone(),
-                })
-                .set(as_gauge(*bytes));
         }
     }
 
@@ -364,25 +335,20 @@ mod tests {
     #[test]
     fn cache_gauges_follow_the_last_observation() {
         let m = Metrics::new();
-        let mut usage = CacheUsage {
+        m.observe_caches(&CacheUsage {
             templates_bytes: 300,
             layers_bytes: 70,
-            ..CacheUsage::default()
-        };
-        usage.layers_by_tenant.insert("alice".into(), 70);
-        usage.layers_by_tenant.insert("bob".into(), 20);
-        m.observe_caches(&usage);
+        });
+        m.observe_caches(&CacheUsage {
+            templates_bytes: 200,
+            layers_bytes: 70,
+        });
         let text = m.render();
         for line in [
-            "airlock_cache_bytes{kind=\"templates\"} 300",
+            "airlock_cache_bytes{kind=\"templates\"} 200",
             "airlock_cache_bytes{kind=\"layers\"} 70",
-            "airlock_tenant_layer_bytes{tenant=\"alice\"} 70",
-            "airlock_tenant_layer_bytes{tenant=\"bob\"} 20",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
-        usage.layers_by_tenant.remove("bob");
-        m.observe_caches(&usage);
-        assert!(!m.render().contains("tenant=\"bob\""));
     }
 }

@@ -35,6 +35,7 @@ struct Inner {
     draining: CancellationToken,
     sessions: crate::sessions::table::SessionTable,
     secrets: Option<SecretStore>,
+    cache_usage: std::sync::Mutex<CacheUsageState>,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -77,8 +78,16 @@ impl Drop for Held {
     }
 }
 
-/// Longest a scrape waits for the caches' sizes.
-pub const CACHE_USAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a scrape has the caches' sizes read again.
+pub const CACHE_USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The caches' sizes as last read, for `/metrics`.
+#[derive(Debug, Default)]
+struct CacheUsageState {
+    last: Option<crate::metrics::CacheUsage>,
+    read_at: Option<std::time::Instant>,
+    reading: bool,
+}
 
 impl Airlock {
     /// Opens the secrets store (its key from the configuration or
@@ -129,6 +138,7 @@ impl Airlock {
                 draining: CancellationToken::new(),
                 sessions: crate::sessions::table::SessionTable::default(),
                 secrets,
+                cache_usage: std::sync::Mutex::default(),
             }),
         }
     }
@@ -260,10 +270,11 @@ impl Airlock {
         self.check_not_draining()?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
         let mut request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
-        request.spec.shape = self
-            .inner
-            .config
-            .run_shape(&request.spec, caller.quotas.memory_mib);
+        request.spec.shape = self.inner.config.run_shape(
+            &request.spec,
+            self.inner.scheduler.config().template_shapes.as_deref(),
+            caller.quotas.memory_mib,
+        );
         let place = self
             .inner
             .ledger
@@ -310,31 +321,43 @@ impl Airlock {
         self.execute(run, observer).await
     }
 
-    /// What the memory templates and package layers take on disk, per
-    /// tenant for the layers; `None` when reading them failed or took
-    /// longer than [`CACHE_USAGE_DEADLINE`] (a scrape goes on without).
-    pub async fn cache_usage(&self) -> Option<crate::metrics::CacheUsage> {
-        let config = self.inner.scheduler.config();
-        let (templates, layers) = (config.templates_dir.clone(), config.packages_dir.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            let layers = airlock::packages::LayerStore::new(layers);
-            crate::metrics::CacheUsage {
-                templates_bytes: airlock::template::TemplateStore::new(templates).usage(),
-                layers_bytes: layers.usage(),
-                layers_by_tenant: layers.bytes_by_tenant(),
-            }
-        });
-        match tokio::time::timeout(CACHE_USAGE_DEADLINE, read).await {
-            Ok(Ok(usage)) => Some(usage),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read what the caches take");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("reading what the caches take is slow: left out of this scrape");
-                None
-            }
+    /// What the memory templates and package layers take on disk, as last
+    /// read; a read older than [`CACHE_USAGE_EVERY`] starts one new read
+    /// on the blocking pool (one at a time, whoever scrapes), whose
+    /// result a later scrape shows. A scrape never waits for the disk.
+    pub fn cache_usage(&self) -> Option<crate::metrics::CacheUsage> {
+        let mut state = self
+            .inner
+            .cache_usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = state
+            .read_at
+            .is_some_and(|at| at.elapsed() < CACHE_USAGE_EVERY);
+        if !fresh && !state.reading {
+            state.reading = true;
+            let config = self.inner.scheduler.config();
+            let (templates, layers) = (config.templates_dir.clone(), config.packages_dir.clone());
+            let shared = Arc::clone(&self.inner);
+            // Bounded work (two directory walks); it ends on its own and
+            // clears `reading`, so at most one runs.
+            drop(tokio::task::spawn_blocking(move || {
+                let usage = crate::metrics::CacheUsage {
+                    templates_bytes: airlock::template::TemplateStore::new(templates).usage(),
+                    layers_bytes: airlock::packages::LayerStore::new(layers).usage(),
+                };
+                let mut state = shared
+                    .cache_usage
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                *state = CacheUsageState {
+                    last: Some(usage),
+                    read_at: Some(std::time::Instant::now()),
+                    reading: false,
+                };
+            }));
         }
+        state.last
     }
 
     /// Starts draining: new work is refused with 503 from now on.

@@ -37,10 +37,19 @@ pub const STAGING_DIR: &str = ".staging";
 /// (appends are atomic, so concurrent users need no lock).
 pub const USES_FILE: &str = "uses";
 
-/// Eviction ([`ArtifactStore::evict_to_budget`] as the stores call it)
-/// spares an entry looked up this recently: a VM is about to map or
-/// attach it.
-pub const EVICT_SPARES_RECENT: Duration = Duration::from_secs(120);
+/// Evictions of every store, one at a time in this process.
+static EVICTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How recently looked-up entries eviction spares under `config`: a VM
+/// that looked one up may still wait for a slot, another build and its
+/// boot attempts before QEMU opens the files (then `/proc` shows it in
+/// use).
+pub fn eviction_spares(config: &crate::Config) -> Duration {
+    config.queue_timeout
+        + config.template_wait
+        + config.boot_timeout * config.boot_attempts
+        + Duration::from_secs(60)
+}
 
 /// A kind of artifact: what its metadata holds besides the key, the
 /// inputs and the build's time ([`Metadata::details`]), and which files
@@ -514,6 +523,11 @@ impl<A: Artifact> ArtifactStore<A> {
         recent: Duration,
         protect: impl Fn(&str) -> bool,
     ) -> io::Result<Evicted> {
+        // One eviction at a time in this process: two builds ending
+        // together would each remove what the store is over by.
+        let _one = EVICTING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entries = self.entries(|_| true);
         let mut used: u64 = entries.iter().map(|e| e.disk_bytes).sum();
         let mut evicted = Evicted::default();
@@ -531,7 +545,9 @@ impl<A: Artifact> ArtifactStore<A> {
             if used <= budget {
                 break;
             }
-            let recently = idle_for(&entry).is_some_and(|idle| idle < recent);
+            // Read again now: a lookup may have touched it since the list.
+            let used_since = modified_age(&entry.dir.join(USES_FILE));
+            let recently = used_since.or(entry.age).is_some_and(|idle| idle < recent);
             if entry.in_use || protect(&entry.key) || recently {
                 evicted.kept.push(entry.key);
                 continue;

@@ -51,6 +51,9 @@ pub struct LayerEntry {
     pub age: Option<Duration>,
     /// Whether the current root disks can attach it.
     pub current: bool,
+    /// The tenants that used it (what each tenant's layers cost: a layer
+    /// two tenants share counts for both), sorted.
+    pub tenants: Vec<String>,
 }
 
 /// The templates and package layers of one [`VmManager`]'s configuration,
@@ -176,6 +179,7 @@ fn layer_entry(entry: &ListedLayer) -> LayerEntry {
         disk_bytes: entry.disk_bytes,
         age: entry.age,
         current: entry.state == EntryState::Current,
+        tenants: crate::packages::LayerStore::tenants_of(&entry.dir),
     }
 }
 

@@ -80,10 +80,12 @@ pub struct Config {
     /// `max_concurrent_vms` free. Default none (the one-shot CLI keeps no
     /// pool).
     pub warm_pools: Vec<crate::spec::PoolConfig>,
-    /// The shapes that may have a memory template (`None`: every shape,
-    /// as the CLI does). A VM of another shape boots cold, so requests
-    /// cannot make the host build and keep a template for each (image,
-    /// memory, vCPUs) they pick. The server sets it (`[templates]`).
+    /// The shapes whose runs and sessions may restore a memory template
+    /// (`None`: every shape, as the CLI does). A VM of another shape
+    /// boots cold, so requests cannot make the host build and keep a
+    /// template for each (image, memory, vCPUs) they pick. Warm pools
+    /// build their own shape's template whatever this says. The server
+    /// sets it (`[cache] template_shapes`).
     pub template_shapes: Option<Vec<crate::spec::MachineShape>>,
     /// Disk budget of the memory templates, allocated bytes (`None`: no
     /// budget). Past it, after each build, the least recently used are
@@ -153,6 +155,11 @@ impl Config {
             return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
         }
         crate::spec::validate_pools(&self.warm_pools, self.max_concurrent_vms)?;
+        for shape in self.template_shapes.iter().flatten() {
+            shape
+                .validate()
+                .map_err(|e| Error::Config(format!("template shape {shape}: {e}")))?;
+        }
         for (name, budget) in [
             ("templates_budget", self.templates_budget),
             ("layers_budget", self.layers_budget),
@@ -208,6 +215,25 @@ mod tests {
             },
         ] {
             assert!(matches!(config.validate(), Err(Error::Config(_))));
+        }
+    }
+
+    #[test]
+    fn a_template_shape_outside_the_ranges_or_a_zero_budget_is_refused() {
+        let mut huge = crate::spec::MachineShape::new(airlock_protocol::Language::Python);
+        huge.memory_mib = 1 << 20;
+        for config in [
+            Config {
+                template_shapes: Some(vec![huge]),
+                ..Config::default()
+            },
+            Config {
+                templates_budget: Some(0),
+                ..Config::default()
+            },
+        ] {
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("template"), "{message}");
         }
     }
 

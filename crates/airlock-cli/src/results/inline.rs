@@ -49,7 +49,9 @@ impl Protocol {
                 for (i, chunk) in chunks.iter().enumerate() {
                     let more = u8::from(i + 1 < chunks.len());
                     if i == 0 {
-                        out.push_str(&format!("\x1b_Ga=T,f=100,m={more};{chunk}\x1b\\"));
+                        // q=2: the terminal answers nothing (an answer
+                        // would land in the session's input).
+                        out.push_str(&format!("\x1b_Ga=T,f=100,q=2,m={more};{chunk}\x1b\\"));
                     } else {
                         out.push_str(&format!("\x1b_Gm={more};{chunk}\x1b\\"));
                     }
@@ -155,7 +157,7 @@ mod tests {
             .collect();
         assert_eq!(parts.len(), 3);
         assert!(
-            parts[0].starts_with("\x1b_Ga=T,f=100,m=1;"),
+            parts[0].starts_with("\x1b_Ga=T,f=100,q=2,m=1;"),
             "{:?}",
             &parts[0][..20]
         );
@@ -175,7 +177,7 @@ mod tests {
     #[test]
     fn a_small_kitty_image_is_one_escape_without_more() {
         let escape = Protocol::Kitty.escape(b"png");
-        assert_eq!(escape, "\x1b_Ga=T,f=100,m=0;cG5n\x1b\\\n");
+        assert_eq!(escape, "\x1b_Ga=T,f=100,q=2,m=0;cG5n\x1b\\\n");
     }
 
     #[test]

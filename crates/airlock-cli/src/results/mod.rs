@@ -249,11 +249,13 @@ impl ResultWriter {
                 ),
             }
             if let Some(protocol) = self.inline.filter(|p| p.shows(mime)) {
-                let mut out = std::io::stdout().lock();
-                // A terminal that went away: the file is saved anyway.
-                let _ = out
-                    .write_all(protocol.escape(bytes).as_bytes())
-                    .and_then(|()| out.flush());
+                off_the_runtime(|| {
+                    let mut out = std::io::stdout().lock();
+                    // A terminal that went away: the file is saved anyway.
+                    let _ = out
+                        .write_all(protocol.escape(bytes).as_bytes())
+                        .and_then(|()| out.flush());
+                });
             }
         }
         shown.text.map(|mut text| {

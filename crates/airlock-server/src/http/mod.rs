@@ -190,7 +190,7 @@ async fn health(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
 async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {
     airlock.sweep_sessions();
     airlock.metrics().observe_pools(airlock.scheduler().pools());
-    if let Some(usage) = airlock.cache_usage().await {
+    if let Some(usage) = airlock.cache_usage() {
         airlock.metrics().observe_caches(&usage);
     }
     (

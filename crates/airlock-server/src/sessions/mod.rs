@@ -36,9 +36,11 @@ impl Airlock {
             options.spec.shape.memory_mib,
             Duration::ZERO,
         )?;
-        options.spec.shape = self
-            .config()
-            .run_shape(&options.spec, caller.quotas.memory_mib);
+        options.spec.shape = self.config().run_shape(
+            &options.spec,
+            self.scheduler().config().template_shapes.as_deref(),
+            caller.quotas.memory_mib,
+        );
         // Sessions the orchestrator closed (idle, lifetime) give their
         // places back here.
         self.sweep_sessions();

@@ -23,7 +23,7 @@ use super::ca::{self, CaBundle};
 use super::layer::{Layer, LayerInputs, LayerStore, IMAGE_FILE};
 use super::spec::{PackageList, PackageManager};
 use super::PackageDisk;
-use crate::artifacts::EVICT_SPARES_RECENT;
+use crate::artifacts::eviction_spares;
 use crate::error::{BootError, ExecError, InputError, PackageError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
@@ -252,8 +252,9 @@ async fn evict_layers_over_budget(manager: &VmManager, keep: &str) {
         return;
     };
     let (store, keep) = (store_of(manager), keep.to_owned());
+    let spares = eviction_spares(manager.config());
     let evicted = blocking("evict package layers", move || {
-        store.evict_to_budget(budget, EVICT_SPARES_RECENT, |key| key == keep)
+        store.evict_to_budget(budget, spares, |key| key == keep)
     })
     .await;
     match evicted {

@@ -183,19 +183,25 @@ impl ArtifactStore<LayerDetails> {
             .write_all(format!("{tenant}\n").as_bytes())
     }
 
+    /// The tenants that used the layer in `dir` ([`LayerStore::note_tenant`]),
+    /// sorted, once each; none when it records none.
+    pub fn tenants_of(dir: &Path) -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string(dir.join(TENANTS_FILE)) else {
+            return Vec::new();
+        };
+        let tenants: std::collections::BTreeSet<&str> =
+            text.lines().filter(|l| !l.is_empty()).collect();
+        tenants.into_iter().map(str::to_owned).collect()
+    }
+
     /// What each tenant's layers take on disk: every published layer a
     /// tenant used counts whole for it (a layer two tenants share counts
     /// for both: either alone would need it), by tenant name.
     pub fn bytes_by_tenant(&self) -> BTreeMap<String, u64> {
         let mut bytes = BTreeMap::new();
         for entry in self.list() {
-            let Ok(text) = std::fs::read_to_string(entry.dir.join(TENANTS_FILE)) else {
-                continue;
-            };
-            let tenants: std::collections::BTreeSet<&str> =
-                text.lines().filter(|l| !l.is_empty()).collect();
-            for tenant in tenants {
-                *bytes.entry(tenant.to_owned()).or_insert(0) += entry.disk_bytes;
+            for tenant in Self::tenants_of(&entry.dir) {
+                *bytes.entry(tenant).or_insert(0) += entry.disk_bytes;
             }
         }
         bytes

@@ -227,11 +227,12 @@ pub fn choose_source(
     }
 }
 
-/// The smallest of `shapes` that holds `shape` (pure): same image and
-/// language, at least its memory and vCPUs, at most `max_memory_mib`;
-/// fewest MiB first, then fewest vCPUs. `shape` itself when it is one of
-/// them; `None` when none holds it (it boots cold). A server rounds
-/// requests up with it so that a few template shapes serve them all.
+/// The smallest of `shapes` that holds `shape` (pure): same image,
+/// language and vCPUs (a request never gets more CPU than it asked for),
+/// at least its memory and at most `max_memory_mib`. `shape` itself when
+/// it is one of them; `None` when none holds it (it boots cold). A server
+/// rounds requests' memory up with it so that a few template shapes serve
+/// them all.
 pub fn round_up_shape(
     shape: MachineShape,
     shapes: &[MachineShape],
@@ -242,11 +243,11 @@ pub fn round_up_shape(
         .filter(|s| {
             s.language == shape.language
                 && s.image == shape.image
+                && s.vcpus == shape.vcpus
                 && s.memory_mib >= shape.memory_mib
-                && s.vcpus >= shape.vcpus
                 && s.memory_mib <= max_memory_mib.max(shape.memory_mib)
         })
-        .min_by_key(|s| (s.memory_mib, s.vcpus))
+        .min_by_key(|s| s.memory_mib)
         .copied()
 }
 
@@ -352,9 +353,12 @@ mod tests {
         assert_eq!(up(shape(Language::Python, 300, 1)), Some(shapes[1]));
         assert_eq!(up(shape(Language::Python, 512, 1)), Some(shapes[1]));
         assert_eq!(up(shape(Language::Python, 512, 2)), Some(shapes[2]));
+        assert_eq!(up(shape(Language::Python, 300, 2)), Some(shapes[2]));
         assert_eq!(up(shape(Language::Python, 513, 1)), Some(shapes[0]));
         assert_eq!(up(shape(Language::Python, 2048, 1)), None);
+        // vCPUs are never rounded up: more CPU than asked is not given.
         assert_eq!(up(shape(Language::Python, 512, 4)), None);
+        assert_eq!(up(shape(Language::Python, 600, 2)), None);
         assert_eq!(up(shape(Language::Javascript, 256, 1)), None);
         assert_eq!(up(shape(Language::Raw, 128, 1)), Some(shapes[3]));
         // Another image of the same language is another shape.

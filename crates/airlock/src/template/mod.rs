@@ -27,7 +27,7 @@ pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};
 pub use store::{Listed, Lookup, Template, TemplateDetails, TemplateMetadata, TemplateStore};
 
-use crate::artifacts::{EntryState, Pruned, EVICT_SPARES_RECENT};
+use crate::artifacts::{eviction_spares, EntryState, Pruned};
 use crate::error::{BootError, Result};
 use crate::flight::SingleFlight;
 use crate::launcher::MachinePlan;
@@ -229,11 +229,22 @@ impl Templates {
     /// # Errors
     /// The template boot's or save's error.
     pub async fn build(&self, inputs: &TemplateInputs) -> Result<Template, BootError> {
-        match self.build_within(inputs, Duration::MAX).await? {
+        // Another build of it may take its slot wait, its boot attempts
+        // and its warm-up: wait that long, not for ever.
+        let config = self.manager.config();
+        let wait = config.queue_timeout
+            + config.boot_timeout * config.boot_attempts
+            + airlock_protocol::abi::HOST_WARM_TIMEOUT
+            + Duration::from_secs(60);
+        match self.build_within(inputs, wait).await? {
             Some(template) => Ok(template),
             None => Err(BootError::TaskFailed {
-                task: "wait for a memory template build",
-                message: "the wait without a deadline ended".to_owned(),
+                task: "wait for another build of a memory template",
+                message: format!(
+                    "template {} was still being built after {}s",
+                    inputs.key(),
+                    wait.as_secs()
+                ),
             }),
         }
     }
@@ -278,14 +289,29 @@ impl Templates {
     }
 
     /// Brings the store under its budget, sparing `keep` (the template
-    /// just built). A failure is logged: the template built is fine.
+    /// just built) and the templates without a layer of the configured
+    /// shapes and the pools' (so that templates over package layers, which
+    /// any new list makes, cannot push them out). A failure is logged:
+    /// the template built is fine.
     async fn evict_over_budget(&self, keep: &str) {
-        let Some(budget) = self.manager.config().templates_budget else {
+        let config = self.manager.config();
+        let Some(budget) = config.templates_budget else {
             return;
         };
-        let (store, keep) = (self.store.clone(), keep.to_owned());
+        let mut kept: Vec<String> = config
+            .template_shapes
+            .iter()
+            .flatten()
+            .copied()
+            .chain(config.warm_pools.iter().map(|pool| pool.shape))
+            .filter_map(|shape| self.inputs(shape).ok())
+            .map(|inputs| inputs.key())
+            .collect();
+        kept.push(keep.to_owned());
+        let store = self.store.clone();
+        let spares = eviction_spares(config);
         let evicted = blocking("evict memory templates", move || {
-            store.evict_to_budget(budget, EVICT_SPARES_RECENT, |key| key == keep)
+            store.evict_to_budget(budget, spares, |key| kept.iter().any(|k| k == key))
         })
         .await;
         match evicted {

@@ -213,8 +213,11 @@ def png_of_rgba(rgba):
     rows = numpy.empty((height, width * channels + 1), numpy.uint8)
     rows[:, 0] = 0
     # One strided copy into a view of the rows (a reshape of the slice
-    # would copy once more).
-    rows[:, 1:].reshape(height, width, channels)[...] = rgba[:, :, :channels]
+    # would copy once more). Setting `shape` raises rather than copy, so
+    # the pixels can never land in a temporary.
+    pixels = rows[:, 1:]
+    pixels.shape = (height, width, channels)
+    pixels[...] = rgba[:, :, :channels]
     header = struct.pack(">IIBBBBB", width, height, 8, 2 if opaque else 6, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,7 @@
 //! Caches tenants could grow: memory templates only for the operator's
 //! shapes (a request rounds up to one, within its quota, or boots cold),
-//! and a package list another request is installing answered as busy.
+//! and a package list another request is installing answered as busy
+//! (503: retry later).
 //! The fakes stand for the sources: `fakes.template` serves what would
 //! restore (and build) a template, `fakes.cold` what boots cold.
 
@@ -49,12 +50,13 @@ fn shapes_served(source: &airlock::testing::FakeVmSource) -> Vec<(u32, u32)> {
 #[tokio::test]
 async fn a_tenant_cannot_make_the_host_keep_a_template_for_every_memory_size() {
     let h = two_shapes();
-    for memory in [128, 300, 400, 512, 513, 900] {
-        h.run(KEY_A, "1", json!({"memory_mib": memory}))
+    for (memory, cpus) in [(128, 1), (300, 1), (400, 1), (512, 1), (513, 2), (900, 2)] {
+        h.run(KEY_A, "1", json!({"memory_mib": memory, "cpus": cpus}))
             .await
             .ok(StatusCode::OK);
     }
-    // Six sizes asked, two template shapes used: each request rounded up.
+    // Six sizes asked, two template shapes used: each request's memory
+    // rounded up.
     assert_eq!(
         shapes_served(&h.fakes.template),
         [(512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 2)]
@@ -65,7 +67,12 @@ async fn a_tenant_cannot_make_the_host_keep_a_template_for_every_memory_size() {
 #[tokio::test]
 async fn a_shape_no_template_holds_boots_cold_as_asked() {
     let h = two_shapes();
-    h.run(KEY_A, "1", json!({"memory_mib": 1200}))
+    h.run(KEY_A, "1", json!({"memory_mib": 1200, "cpus": 2}))
+        .await
+        .ok(StatusCode::OK);
+    // More memory than 512 MiB at 1 vCPU: the 1 GiB shape has 2 vCPUs,
+    // which would give more CPU than asked.
+    h.run(KEY_A, "1", json!({"memory_mib": 600}))
         .await
         .ok(StatusCode::OK);
     h.run(KEY_A, "1", json!({"memory_mib": 256, "cpus": 4}))
@@ -81,7 +88,7 @@ async fn a_shape_no_template_holds_boots_cold_as_asked() {
     assert!(h.fakes.template.acquired().is_empty());
     assert_eq!(
         shapes_served(&h.fakes.cold),
-        [(1200, 1), (256, 4), (512, 1)]
+        [(1200, 2), (600, 1), (256, 4), (512, 1)]
     );
 }
 
@@ -124,7 +131,7 @@ async fn sessions_round_up_to_a_template_shape_too() {
 }
 
 #[tokio::test]
-async fn a_package_list_another_request_is_installing_is_409_install_busy() {
+async fn a_package_list_another_request_is_installing_is_503_install_busy() {
     let h = Harness::new();
     h.fakes.packages.fail_next(|| airlock::PackageError::Busy {
         packages: "six==1.16.0".into(),
@@ -133,7 +140,7 @@ async fn a_package_list_another_request_is_installing_is_409_install_busy() {
     let reply = h
         .run(KEY_A, "1", json!({"packages": ["six==1.16.0"]}))
         .await;
-    let message = reply.error(409, "install_busy");
+    let message = reply.error(503, "install_busy");
     assert!(message.contains("six==1.16.0"), "{message}");
     assert!(h.fakes.cold.acquired().is_empty(), "no VM for a busy layer");
 }
