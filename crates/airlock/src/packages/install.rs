@@ -40,8 +40,13 @@ use std::time::{Duration, Instant};
 /// Apparent size of a layer's disk, in MiB (sparse: only what is written
 /// takes space).
 pub const LAYER_DISK_MIB: u64 = 4096;
-/// Guest memory of an install VM, in MiB.
+/// Guest memory of an install VM, in MiB (less when its
+/// [`InstallLimits::memory_mib`] is lower).
 pub const INSTALL_MEMORY_MIB: u32 = 1024;
+/// The least guest memory an install VM boots with, in MiB: under it pip
+/// and npm fail on ordinary packages, so a smaller limit is refused
+/// before the VM boots ([`PackageError::InstallRefused`]).
+pub const MIN_INSTALL_MEMORY_MIB: u32 = 256;
 /// Default deadline of one install (the package manager's run).
 pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deadline of `mkfs.ext4`.
@@ -55,6 +60,49 @@ const ERROR_TAIL_BYTES: usize = 4000;
 /// Numeric id of the guest's sandbox user (owner of the layer's root).
 const SANDBOX_ID: u32 = 1000;
 
+/// What the install VM of a sandbox's packages may take (a field of
+/// [`crate::spec::SandboxSpec`]): the server sets its tenant's memory and
+/// timeout quotas here, so that an install is no larger than the tenant's
+/// own VMs; the CLI keeps the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallLimits {
+    /// Most guest memory, in MiB: the install VM takes the least of this
+    /// and [`INSTALL_MEMORY_MIB`]; under [`MIN_INSTALL_MEMORY_MIB`] an
+    /// install is refused.
+    pub memory_mib: u32,
+    /// Deadline of the package manager's run.
+    pub timeout: Duration,
+}
+
+impl Default for InstallLimits {
+    fn default() -> Self {
+        Self {
+            memory_mib: INSTALL_MEMORY_MIB,
+            timeout: DEFAULT_INSTALL_TIMEOUT,
+        }
+    }
+}
+
+impl InstallLimits {
+    /// The guest memory of an install VM under these limits.
+    ///
+    /// # Errors
+    /// [`PackageError::InstallRefused`] when the limit is under
+    /// [`MIN_INSTALL_MEMORY_MIB`].
+    pub fn install_memory_mib(&self, list: &PackageList) -> Result<u32, PackageError> {
+        if self.memory_mib < MIN_INSTALL_MEMORY_MIB {
+            return Err(PackageError::InstallRefused {
+                packages: list.canonical().join(" "),
+                reason: format!(
+                    "the memory limit is {} MiB, and an install VM needs at least {MIN_INSTALL_MEMORY_MIB} MiB",
+                    self.memory_mib
+                ),
+            });
+        }
+        Ok(self.memory_mib.min(INSTALL_MEMORY_MIB))
+    }
+}
+
 /// How a layer is installed.
 #[derive(Debug, Clone)]
 pub struct InstallSettings {
@@ -64,6 +112,8 @@ pub struct InstallSettings {
     pub ca: CaBundle,
     /// Deadline of the package manager's run.
     pub timeout: Duration,
+    /// Guest memory of the install VM, in MiB.
+    pub memory_mib: u32,
 }
 
 impl Default for InstallSettings {
@@ -72,6 +122,7 @@ impl Default for InstallSettings {
             tenant: "default".into(),
             ca: CaBundle::System,
             timeout: DEFAULT_INSTALL_TIMEOUT,
+            memory_mib: INSTALL_MEMORY_MIB,
         }
     }
 }
@@ -176,15 +227,18 @@ pub async fn ensure_layer(
 /// are checked before anything else.
 ///
 /// A session calls it before booting and sets `VmOptions::packages` to
-/// [`PackageDisk::read_only`] of the layer.
+/// [`PackageDisk::read_only`] of the layer. An install VM takes at most
+/// `limits`' memory and time.
 ///
 /// # Errors
-/// [`InputError::PackageSpec`], and as [`ensure_layer`].
+/// [`InputError::PackageSpec`], [`PackageError::InstallRefused`] when
+/// `limits` are too small for an install, and as [`ensure_layer`].
 pub async fn prepare(
     manager: &VmManager,
     language: Language,
     packages: &[String],
     tenant: &str,
+    limits: &InstallLimits,
     on_install: impl FnOnce() + Send,
 ) -> Result<Option<LayerOutcome>, PackageError> {
     let list = PackageList::parse(language, packages)?;
@@ -197,11 +251,13 @@ pub async fn prepare(
             install: None,
         }));
     }
+    let memory_mib = limits.install_memory_mib(&list)?;
     on_install();
     let settings = InstallSettings {
         tenant: tenant.to_owned(),
         ca: manager.config().ca_bundle.clone(),
-        ..InstallSettings::default()
+        timeout: limits.timeout,
+        memory_mib,
     };
     build_layer(manager, &list, &settings).await.map(Some)
 }
@@ -278,7 +334,7 @@ pub fn install_network(list: &PackageList) -> Result<NetworkRequest, InputError>
         .collect::<Result<Vec<_>, InputError>>()?;
     Ok(NetworkRequest {
         allow: Some(allow),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     })
 }
 
@@ -296,7 +352,7 @@ async fn build_in(
         tenant: settings.tenant.clone(),
         language: list.language(),
         image: None,
-        memory_mib: INSTALL_MEMORY_MIB,
+        memory_mib: settings.memory_mib,
         vcpus: 1,
         network: install_network(list)?,
         packages: Some(PackageDisk {

@@ -159,15 +159,18 @@ pub struct PreparedPackages {
 pub trait PackagePreparer: Send + Sync {
     /// The layer `packages` (of `language`, for `tenant`) attaches: `None`
     /// for an empty list. `observer` hears
-    /// [`crate::Stage::InstallingPackages`] before an install.
+    /// [`crate::Stage::InstallingPackages`] before an install, which takes
+    /// at most `limits`' memory and time.
     ///
     /// # Errors
-    /// [`crate::InputError::PackageSpec`], [`PackageError::Install`].
+    /// [`crate::InputError::PackageSpec`], [`PackageError::Install`],
+    /// [`PackageError::InstallRefused`] when `limits` are too small.
     fn prepare<'a>(
         &'a self,
         language: Language,
         packages: &'a [String],
         tenant: &'a str,
+        limits: &'a crate::packages::InstallLimits,
         observer: &'a mut dyn RunObserver,
     ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>>;
 }

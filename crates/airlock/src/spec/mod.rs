@@ -170,6 +170,10 @@ pub struct SandboxSpec {
     /// join the allowlist; nothing else does). Values never reach the VM,
     /// and `Debug` shows none. Empty: none.
     pub secrets: Vec<Secret>,
+    /// What the install VM of [`SandboxSpec::packages`] may take, when
+    /// the layer is not stored yet (default: 1 GiB, 600 s; the server
+    /// sets its tenant's quotas).
+    pub install: crate::packages::InstallLimits,
     // This wave's fields go here, each checked in `validate`:
     // - `mounts: Vec<Mount>` (host folders over virtio-9p, read-only by
     //   default), becoming extra drives in `VmOptions`;
@@ -187,6 +191,7 @@ impl SandboxSpec {
             packages: Vec::new(),
             ca_bundle: None,
             secrets: Vec::new(),
+            install: crate::packages::InstallLimits::default(),
         }
     }
 
