@@ -10,6 +10,18 @@
 //! secrets_key_file = "/etc/airlock/secrets.key"  # 32 bytes, hex (mode 0600)
 //! [quotas]                 # every tenant's defaults (a key may override)
 //! concurrent_runs = 4
+//! vcpus = 8                # vCPUs of all a tenant's running VMs
+//! vcpus_per_vm = 4
+//! [tenancy]                # fair shares of the VM slots between tenants
+//! share = 0.5              # one tenant holds at most this part while others wait
+//! queue_timeout_s = 10     # then 429 with Retry-After
+//! [expose]                 # network.expose: guest ports on host ports
+//! enabled = false
+//! address = "127.0.0.1"
+//! max_per_vm = 4
+//! [uploads]                # the files sent with a run
+//! max_bytes = 4194304
+//! timeout_s = 60
 //! [[pools]]                # warm pools: paused VMs ready for runs and sessions
 //! language = "python"
 //! size = 1
@@ -92,6 +104,150 @@ pub struct ServerConfig {
     pub listener: ListenerConfig,
     /// Server-sent event streams: how much one stream may carry.
     pub streams: StreamLimits,
+    /// Fair shares of the VM slots between tenants.
+    pub tenancy: TenancyConfig,
+    /// Whether and how tenants may expose guest ports on the host.
+    pub expose: ExposeConfig,
+    /// The files a run uploads.
+    pub uploads: UploadLimits,
+}
+
+/// [`ServerConfig::tenancy`]: how tenants share the host's VM slots
+/// (`crate::fair`). The slots are `max_concurrent_vms` less the warm
+/// pools' VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// The part of the slots one tenant may hold while others wait (0 to
+    /// 1; at least one slot). Free slots still go to a tenant past its
+    /// share when no one else waits.
+    pub share: f64,
+    /// Seconds a run or a session waits for a slot in its tenant's line;
+    /// then 429 `queue_timeout` with `Retry-After`.
+    pub queue_timeout_s: u64,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            share: 0.5,
+            queue_timeout_s: 10,
+        }
+    }
+}
+
+/// [`ServerConfig::expose`]: `network.expose` of REST and MCP bodies,
+/// guest ports served on host ports. Off by default: a tenant could
+/// otherwise bind the server's ports (a database's, while it restarts).
+/// The CLI is not concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExposeConfig {
+    /// Whether tenants may expose ports at all (otherwise 403
+    /// `expose_disabled`).
+    pub enabled: bool,
+    /// The host address exposed ports are bound on.
+    pub address: std::net::IpAddr,
+    /// Ports one VM may expose.
+    pub max_per_vm: usize,
+}
+
+impl Default for ExposeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            max_per_vm: 4,
+        }
+    }
+}
+
+/// The kernel's ephemeral port range when
+/// `/proc/sys/net/ipv4/ip_local_port_range` cannot be read (Linux's
+/// default).
+pub const DEFAULT_EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), or
+/// [`DEFAULT_EPHEMERAL_PORTS`]. Reads a small `/proc` file.
+pub fn ephemeral_port_range() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or(DEFAULT_EPHEMERAL_PORTS)
+}
+
+fn parse_port_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    let (low, high) = (parts.next()?.ok()?, parts.next()?.ok()?);
+    (low <= high && low > 0).then_some(low..=high)
+}
+
+impl ExposeConfig {
+    /// Applies the policy to a sandbox's network: none exposed passes;
+    /// else exposing must be enabled, at most `max_per_vm` ports, a host
+    /// port given only within `ephemeral` (else the server picks one);
+    /// the ports are then bound on `address`.
+    ///
+    /// # Errors
+    /// [`ServerError::ExposeDisabled`], [`ServerError::ExposeRefused`].
+    pub fn apply(
+        &self,
+        network: &mut airlock::NetworkRequest,
+        ephemeral: &std::ops::RangeInclusive<u16>,
+    ) -> Result<()> {
+        if network.exposes.is_empty() {
+            return Ok(());
+        }
+        if !self.enabled {
+            return Err(ServerError::ExposeDisabled);
+        }
+        if network.exposes.len() > self.max_per_vm {
+            return Err(ServerError::ExposeRefused {
+                message: format!(
+                    "{} ports asked, at most {} per VM",
+                    network.exposes.len(),
+                    self.max_per_vm
+                ),
+            });
+        }
+        for expose in &network.exposes {
+            if let Some(port) = expose.host_port.filter(|p| !ephemeral.contains(p)) {
+                return Err(ServerError::ExposeRefused {
+                    message: format!(
+                        "host port {port} (guest port {}) is outside this host's ephemeral range {}-{}: \
+                         give the guest port only and the server picks a free host port",
+                        expose.guest_port,
+                        ephemeral.start(),
+                        ephemeral.end()
+                    ),
+                });
+            }
+        }
+        network.expose_address = Some(self.address);
+        Ok(())
+    }
+}
+
+/// [`ServerConfig::uploads`]: the files sent inline with a run
+/// (`files` of `POST /v1/runs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadLimits {
+    /// Their decoded bytes, all together (more: 413
+    /// `uploads_too_large`).
+    pub max_bytes: usize,
+    /// Seconds to write them all into the VM (more: 408
+    /// `upload_timeout`).
+    pub timeout_s: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 4 << 20,
+            timeout_s: 60,
+        }
+    }
 }
 
 /// [`ServerConfig::listener`]: the limits of the HTTP listener, each
@@ -277,6 +433,9 @@ impl Default for ServerConfig {
             pools: None,
             listener: ListenerConfig::default(),
             streams: StreamLimits::default(),
+            tenancy: TenancyConfig::default(),
+            expose: ExposeConfig::default(),
+            uploads: UploadLimits::default(),
         }
     }
 }
@@ -354,6 +513,12 @@ impl ServerConfig {
             ),
             ("streams.max_events", self.streams.max_events as u64),
             ("streams.max_bytes", self.streams.max_bytes as u64),
+            ("quotas.vcpus", u64::from(self.quotas.vcpus)),
+            ("quotas.vcpus_per_vm", u64::from(self.quotas.vcpus_per_vm)),
+            ("tenancy.queue_timeout_s", self.tenancy.queue_timeout_s),
+            ("expose.max_per_vm", self.expose.max_per_vm as u64),
+            ("uploads.max_bytes", self.uploads.max_bytes as u64),
+            ("uploads.timeout_s", self.uploads.timeout_s),
         ] {
             if value == 0 {
                 return Err(bad(format!("{name} must be above zero")));
@@ -382,6 +547,16 @@ impl ServerConfig {
                 self.listener.max_connections as u64,
                 MAX_LISTENER_CONNECTIONS,
             ),
+            (
+                "tenancy.queue_timeout_s",
+                self.tenancy.queue_timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "uploads.timeout_s",
+                self.uploads.timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
         ] {
             if value > max {
                 return Err(bad(format!(
@@ -393,6 +568,12 @@ impl ServerConfig {
             return Err(bad(format!(
                 "listener.max_connections_per_address ({}) is above listener.max_connections ({}): lower it",
                 self.listener.max_connections_per_address, self.listener.max_connections
+            )));
+        }
+        if !(self.tenancy.share > 0.0 && self.tenancy.share <= 1.0) {
+            return Err(bad(format!(
+                "tenancy.share ({}) must be above 0 and at most 1 (the part of the VM slots one tenant may hold while others wait)",
+                self.tenancy.share
             )));
         }
         if self.max_concurrent_vms == Some(0) {
@@ -447,6 +628,26 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(crate::secrets::default_secrets_file);
         crate::secrets::SecretStore::open(path, key).map(Some)
+    }
+
+    /// The VM slots tenants share: the orchestrator's
+    /// `max_concurrent_vms` less the warm pools' VMs (at least 1).
+    pub fn tenant_slots(&self) -> usize {
+        let orchestrator = self.orchestrator();
+        let pooled: usize = orchestrator.warm_pools.iter().map(|p| p.size).sum();
+        orchestrator
+            .max_concurrent_vms
+            .saturating_sub(pooled)
+            .max(1)
+    }
+
+    /// The fair shares of [`ServerConfig::tenant_slots`].
+    pub fn fair_share(&self) -> crate::fair::FairShare {
+        crate::fair::FairShare::new(
+            self.tenant_slots(),
+            self.tenancy.share,
+            Duration::from_secs(self.tenancy.queue_timeout_s),
+        )
     }
 
     /// The grace after SIGTERM.
@@ -626,6 +827,90 @@ mod tests {
             ServerConfig::parse(Path::new("s.toml"), "[listener]\nmax_conns = 1\n").is_err(),
             "unknown listener fields are refused"
         );
+    }
+
+    #[test]
+    fn tenancy_expose_and_upload_tables_parse_and_are_checked() {
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "max_concurrent_vms = 6\npools = []\n[tenancy]\nshare = 0.25\n[expose]\nenabled = true\naddress = \"10.0.0.1\"\n[uploads]\nmax_bytes = 10\n",
+        )
+        .unwrap();
+        assert_eq!(config.tenancy.queue_timeout_s, 10);
+        assert!(config.expose.enabled);
+        assert_eq!(config.expose.max_per_vm, 4);
+        assert_eq!(config.uploads.max_bytes, 10);
+        assert_eq!(config.tenant_slots(), 6);
+        assert_eq!(config.fair_share().share_cap(), 1);
+        config.validate().unwrap();
+        for share in [0.0, 1.5, f64::NAN] {
+            let bad = ServerConfig {
+                tenancy: TenancyConfig {
+                    share,
+                    ..TenancyConfig::default()
+                },
+                ..ServerConfig::default()
+            };
+            let msg = bad.validate().unwrap_err().to_string();
+            assert!(msg.contains("tenancy.share"), "{msg}");
+        }
+        let pooled = ServerConfig {
+            max_concurrent_vms: Some(4),
+            ..ServerConfig::default()
+        };
+        assert_eq!(pooled.tenant_slots(), 3, "the default pool holds a slot");
+    }
+
+    #[test]
+    fn the_expose_policy_refuses_by_default_and_bounds_ports_when_enabled() {
+        let ephemeral = 32768..=60999;
+        let request = |specs: &[&str]| {
+            airlock::NetworkRequest::from_flags(
+                airlock_protocol::Language::Python,
+                false,
+                &[],
+                &specs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        let mut none = request(&[]);
+        ExposeConfig::default()
+            .apply(&mut none, &ephemeral)
+            .unwrap();
+        let mut one = request(&["8080"]);
+        assert!(matches!(
+            ExposeConfig::default().apply(&mut one, &ephemeral),
+            Err(ServerError::ExposeDisabled)
+        ));
+        let enabled = ExposeConfig {
+            enabled: true,
+            address: "10.1.2.3".parse().unwrap(),
+            max_per_vm: 2,
+        };
+        enabled.apply(&mut one, &ephemeral).unwrap();
+        assert_eq!(one.expose_address, Some(enabled.address));
+        let mut inside = request(&["8080:40000"]);
+        enabled.apply(&mut inside, &ephemeral).unwrap();
+        for specs in [&["80:5432"][..], &["1", "2", "3"]] {
+            let mut refused = request(specs);
+            assert!(
+                matches!(
+                    enabled.apply(&mut refused, &ephemeral),
+                    Err(ServerError::ExposeRefused { .. })
+                ),
+                "{specs:?}"
+            );
+            assert_eq!(refused.expose_address, None);
+        }
+    }
+
+    #[test]
+    fn the_ephemeral_range_is_read_or_defaulted() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_port_range("9 1"), None);
+        assert_eq!(parse_port_range("x"), None);
+        let range = ephemeral_port_range();
+        assert!(range.start() <= range.end());
     }
 
     #[test]

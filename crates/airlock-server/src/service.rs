@@ -1,8 +1,10 @@
 //! [`Airlock`]: what the REST routes and the MCP tools both call. It holds
 //! the orchestrator's [`Scheduler`], the keys, the tenants' quota ledger,
 //! the metrics and the draining flag, and applies the server's rules in
-//! one place: who the caller is, whether the quota allows the work, and
-//! that nothing new starts while the server drains.
+//! one place: who the caller is, whether the quota allows the work (and
+//! the sandbox fits the tenant's limits and the operator's expose
+//! policy), the tenant's fair share of the VM slots, and that nothing new
+//! starts while the server drains.
 //!
 //! It uses the orchestrator's public library API only.
 
@@ -35,6 +37,10 @@ struct Inner {
     draining: CancellationToken,
     sessions: crate::sessions::table::SessionTable,
     secrets: Option<SecretStore>,
+    fair: crate::fair::FairShare,
+    /// The kernel's ephemeral ports: the only fixed host ports a tenant
+    /// may expose.
+    ephemeral_ports: std::ops::RangeInclusive<u16>,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -104,7 +110,8 @@ impl Airlock {
     }
 
     /// The server's state over a running scheduler, with its secrets
-    /// store (`None`: the server keeps no secrets).
+    /// store (`None`: the server keeps no secrets). Reads the kernel's
+    /// ephemeral port range (a small `/proc` file).
     pub fn new(
         scheduler: Scheduler,
         config: ServerConfig,
@@ -118,7 +125,6 @@ impl Airlock {
         Self {
             inner: Arc::new(Inner {
                 scheduler,
-                config,
                 keyring,
                 local,
                 ledger: Ledger::default(),
@@ -126,6 +132,9 @@ impl Airlock {
                 draining: CancellationToken::new(),
                 sessions: crate::sessions::table::SessionTable::default(),
                 secrets,
+                fair: config.fair_share(),
+                ephemeral_ports: crate::config::ephemeral_port_range(),
+                config,
             }),
         }
     }
@@ -143,6 +152,65 @@ impl Airlock {
     /// The scheduler underneath.
     pub fn scheduler(&self) -> &Scheduler {
         &self.inner.scheduler
+    }
+
+    /// The tenants' fair shares of the VM slots.
+    pub fn fair_share(&self) -> &crate::fair::FairShare {
+        &self.inner.fair
+    }
+
+    /// Fits a sandbox to the caller and the operator's policy: its VM
+    /// within the tenant's memory and vCPUs per VM, its exposed ports
+    /// within `[expose]` (bound on its address), its install VM within
+    /// the tenant's memory and timeout.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`], [`ServerError::ExposeDisabled`],
+    /// [`ServerError::ExposeRefused`].
+    pub fn fit_sandbox(
+        &self,
+        caller: &Caller,
+        spec: &mut airlock::spec::SandboxSpec,
+    ) -> Result<()> {
+        let quotas = &caller.quotas;
+        quotas.check_vm(
+            &caller.tenant,
+            spec.shape.memory_mib,
+            spec.shape.vcpus,
+            std::time::Duration::ZERO,
+        )?;
+        self.inner
+            .config
+            .expose
+            .apply(&mut spec.network, &self.inner.ephemeral_ports)?;
+        spec.install = airlock::packages::InstallLimits {
+            memory_mib: quotas.memory_mib,
+            timeout: std::time::Duration::from_secs(quotas.timeout_s)
+                .min(airlock::packages::install::DEFAULT_INSTALL_TIMEOUT),
+        };
+        Ok(())
+    }
+
+    /// Takes the caller's place (count and vCPUs) for a VM of `vcpus`,
+    /// then a VM slot of its fair share, waiting in line for it up to the
+    /// queue time.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`], [`ServerError::QueueTimeout`].
+    pub async fn take_place(
+        &self,
+        caller: &Caller,
+        session: bool,
+        vcpus: u32,
+    ) -> Result<crate::quota::Place> {
+        let (tenant, quotas) = (&caller.tenant, &caller.quotas);
+        let place = if session {
+            self.inner.ledger.start_session(tenant, quotas, vcpus)?
+        } else {
+            self.inner.ledger.start_run(tenant, quotas, vcpus)?
+        };
+        let slot = self.inner.fair.acquire(tenant).await?;
+        Ok(place.with_slot(slot))
     }
 
     /// The quota ledger.
@@ -245,22 +313,34 @@ impl Airlock {
     }
 
     /// Checks a run before anything starts and takes its place in the
-    /// caller's quota: what [`Airlock::execute`] then runs. A refusal
-    /// here comes before any VM (and before a stream's first byte).
+    /// caller's quota and its VM slot: what [`Airlock::execute`] then
+    /// runs. A refusal here comes before any VM (and before a stream's
+    /// first byte).
     ///
     /// # Errors
     /// [`ServerError::Draining`], [`ServerError::BadRequest`] (an unknown
     /// secret name among them) or an orchestrator's invalid input,
-    /// [`ServerError::Quota`], [`ServerError::SecretsDisabled`] for secrets
-    /// on a server without a key.
+    /// [`ServerError::UploadsTooLarge`], the expose policy's errors,
+    /// [`ServerError::Quota`], [`ServerError::QueueTimeout`],
+    /// [`ServerError::SecretsDisabled`] for secrets on a server without a
+    /// key.
     pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
-        let request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
+        let mut request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
+        let uploads = &self.inner.config.uploads;
+        let total_bytes: usize = request.uploads.iter().map(|u| u.content.len()).sum();
+        if total_bytes > uploads.max_bytes {
+            return Err(ServerError::UploadsTooLarge {
+                total_bytes,
+                limit_bytes: uploads.max_bytes,
+            });
+        }
+        request.upload_timeout = std::time::Duration::from_secs(uploads.timeout_s);
+        self.fit_sandbox(caller, &mut request.spec)?;
         let place = self
-            .inner
-            .ledger
-            .start_run(&caller.tenant, &caller.quotas)?;
+            .take_place(caller, false, request.spec.shape.vcpus)
+            .await?;
         Ok(PreparedRun {
             request,
             _place: place,
