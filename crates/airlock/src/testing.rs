@@ -215,7 +215,13 @@ impl FakeVm {
             .iter()
             .map(|e| ExposedAddr {
                 guest_port: e.guest_port,
-                host: SocketAddr::from((Ipv4Addr::LOCALHOST, e.host_port.unwrap_or(e.guest_port))),
+                host: SocketAddr::from((
+                    options
+                        .network
+                        .expose_address
+                        .unwrap_or(Ipv4Addr::LOCALHOST.into()),
+                    e.host_port.unwrap_or(e.guest_port),
+                )),
             })
             .collect();
         Self {

@@ -11,6 +11,7 @@
 //! (`exit N`, `hang`, `die`, echo) is listed in `airlock::testing`.
 
 mod attack;
+mod attack_tenancy;
 mod auth;
 mod errors;
 mod mcp;
