@@ -27,6 +27,9 @@ use crate::error::{BootError, ExecError, InputError, PackageError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::network::{NetworkReport, NetworkRequest};
+pub use crate::spec::{
+    InstallLimits, DEFAULT_INSTALL_TIMEOUT, INSTALL_MEMORY_MIB, MIN_INSTALL_MEMORY_MIB,
+};
 use crate::task::blocking;
 use crate::vm::Vm;
 use airlock_gvproxy::DomainPattern;
@@ -40,15 +43,6 @@ use std::time::{Duration, Instant};
 /// Apparent size of a layer's disk, in MiB (sparse: only what is written
 /// takes space).
 pub const LAYER_DISK_MIB: u64 = 4096;
-/// Guest memory of an install VM, in MiB (less when its
-/// [`InstallLimits::memory_mib`] is lower).
-pub const INSTALL_MEMORY_MIB: u32 = 1024;
-/// The least guest memory an install VM boots with, in MiB: under it pip
-/// and npm fail on ordinary packages, so a smaller limit is refused
-/// before the VM boots ([`PackageError::InstallRefused`]).
-pub const MIN_INSTALL_MEMORY_MIB: u32 = 256;
-/// Default deadline of one install (the package manager's run).
-pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deadline of `mkfs.ext4`.
 const MKFS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of the listing of what was installed.
@@ -59,49 +53,6 @@ const HOST_MARGIN: Duration = Duration::from_secs(15);
 const ERROR_TAIL_BYTES: usize = 4000;
 /// Numeric id of the guest's sandbox user (owner of the layer's root).
 const SANDBOX_ID: u32 = 1000;
-
-/// What the install VM of a sandbox's packages may take (a field of
-/// [`crate::spec::SandboxSpec`]): the server sets its tenant's memory and
-/// timeout quotas here, so that an install is no larger than the tenant's
-/// own VMs; the CLI keeps the defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstallLimits {
-    /// Most guest memory, in MiB: the install VM takes the least of this
-    /// and [`INSTALL_MEMORY_MIB`]; under [`MIN_INSTALL_MEMORY_MIB`] an
-    /// install is refused.
-    pub memory_mib: u32,
-    /// Deadline of the package manager's run.
-    pub timeout: Duration,
-}
-
-impl Default for InstallLimits {
-    fn default() -> Self {
-        Self {
-            memory_mib: INSTALL_MEMORY_MIB,
-            timeout: DEFAULT_INSTALL_TIMEOUT,
-        }
-    }
-}
-
-impl InstallLimits {
-    /// The guest memory of an install VM under these limits.
-    ///
-    /// # Errors
-    /// [`PackageError::InstallRefused`] when the limit is under
-    /// [`MIN_INSTALL_MEMORY_MIB`].
-    pub fn install_memory_mib(&self, list: &PackageList) -> Result<u32, PackageError> {
-        if self.memory_mib < MIN_INSTALL_MEMORY_MIB {
-            return Err(PackageError::InstallRefused {
-                packages: list.canonical().join(" "),
-                reason: format!(
-                    "the memory limit is {} MiB, and an install VM needs at least {MIN_INSTALL_MEMORY_MIB} MiB",
-                    self.memory_mib
-                ),
-            });
-        }
-        Ok(self.memory_mib.min(INSTALL_MEMORY_MIB))
-    }
-}
 
 /// How a layer is installed.
 #[derive(Debug, Clone)]
