@@ -435,6 +435,33 @@ mod tests {
     }
 
     #[test]
+    fn an_install_vm_takes_the_least_of_its_need_and_the_limit_and_never_under_the_minimum() {
+        let list = crate::packages::spec::PackageList::parse(
+            Language::Python,
+            &["six==1.16.0".to_owned()],
+        )
+        .unwrap();
+        let limits = |memory_mib| InstallLimits {
+            memory_mib,
+            ..InstallLimits::default()
+        };
+        assert_eq!(
+            InstallLimits::default().install_memory_mib(&list).unwrap(),
+            INSTALL_MEMORY_MIB
+        );
+        assert_eq!(limits(512).install_memory_mib(&list).unwrap(), 512);
+        assert_eq!(
+            limits(4096).install_memory_mib(&list).unwrap(),
+            INSTALL_MEMORY_MIB
+        );
+        let err = limits(MIN_INSTALL_MEMORY_MIB - 1)
+            .install_memory_mib(&list)
+            .unwrap_err();
+        assert!(err.to_string().contains("six==1.16.0"), "{err}");
+        assert!(err.hint().is_some());
+    }
+
+    #[test]
     fn a_default_spec_is_valid() {
         for language in Language::ALL {
             SandboxSpec::new(language).validate().unwrap();
