@@ -495,6 +495,7 @@ impl SandboxVm for FakeVm {
         &'a mut self,
         packages: &'a [String],
         _ca: &'a CaBundle,
+        _timeout: Duration,
     ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>> {
         Box::pin(async move {
             let list = PackageList::parse(self.options.language, packages)?;

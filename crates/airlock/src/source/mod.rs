@@ -115,7 +115,8 @@ pub trait SandboxVm: Send + Sync {
     fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>>;
 
     /// Installs pinned packages into the home with the language's package
-    /// manager, trusting `ca` (the VM needs a network to the registries).
+    /// manager, trusting `ca` (the VM needs a network to the registries),
+    /// within `timeout`.
     ///
     /// # Errors
     /// [`crate::InputError::PackageSpec`], [`PackageError::Install`].
@@ -123,6 +124,7 @@ pub trait SandboxVm: Send + Sync {
         &'a mut self,
         packages: &'a [String],
         ca: &'a CaBundle,
+        timeout: std::time::Duration,
     ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>>;
 
     /// Destroys the VM (never fails, safe twice) and reports what it did.
