@@ -19,6 +19,7 @@
 //! enabled = false
 //! address = "127.0.0.1"
 //! max_per_vm = 4
+//! fixed_ports = false      # true: any fixed host port (one local user only)
 //! [uploads]                # the files sent with a run
 //! max_bytes = 4194304
 //! timeout_s = 60
@@ -150,6 +151,10 @@ pub struct ExposeConfig {
     pub address: std::net::IpAddr,
     /// Ports one VM may expose.
     pub max_per_vm: usize,
+    /// Fixed host ports outside the ephemeral range are accepted too:
+    /// for one local user only (`airlock mcp` sets it), never on a server
+    /// tenants share.
+    pub fixed_ports: bool,
 }
 
 impl Default for ExposeConfig {
@@ -158,6 +163,7 @@ impl Default for ExposeConfig {
             enabled: false,
             address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             max_per_vm: 4,
+            fixed_ports: false,
         }
     }
 }
@@ -211,7 +217,8 @@ impl ExposeConfig {
             });
         }
         for expose in &network.exposes {
-            if let Some(port) = expose.host_port.filter(|p| !ephemeral.contains(p)) {
+            let fixed = expose.host_port.filter(|p| !ephemeral.contains(p));
+            if let Some(port) = fixed.filter(|_| !self.fixed_ports) {
                 return Err(ServerError::ExposeRefused {
                     message: format!(
                         "host port {port} (guest port {}) is outside this host's ephemeral range {}-{}: \
@@ -441,6 +448,38 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The configuration of one local user's front end over the server's
+    /// tools (`airlock mcp` on stdio): the defaults, but as the CLI
+    /// behaves: exposed ports on 127.0.0.1 with any host port, vCPUs up
+    /// to the library's range, uploads and the wait for a VM slot bounded
+    /// only as the orchestrator bounds them.
+    pub fn local_user(restore_templates: bool) -> Self {
+        let defaults = Self::default();
+        Self {
+            restore_templates,
+            quotas: Quotas {
+                vcpus: u32::MAX,
+                vcpus_per_vm: *airlock::spec::VCPUS_RANGE.end(),
+                ..defaults.quotas
+            },
+            tenancy: TenancyConfig {
+                queue_timeout_s: defaults.queue_timeout_s,
+                ..TenancyConfig::default()
+            },
+            expose: ExposeConfig {
+                enabled: true,
+                max_per_vm: usize::from(u16::MAX),
+                fixed_ports: true,
+                ..ExposeConfig::default()
+            },
+            uploads: UploadLimits {
+                max_bytes: usize::MAX,
+                timeout_s: MAX_LISTENER_TIMEOUT_S,
+            },
+            ..defaults
+        }
+    }
+
     /// Parses a TOML configuration (unset fields take the defaults).
     ///
     /// # Errors
@@ -886,6 +925,7 @@ mod tests {
             enabled: true,
             address: "10.1.2.3".parse().unwrap(),
             max_per_vm: 2,
+            fixed_ports: false,
         };
         enabled.apply(&mut one, &ephemeral).unwrap();
         assert_eq!(one.expose_address, Some(enabled.address));
@@ -902,6 +942,11 @@ mod tests {
             );
             assert_eq!(refused.expose_address, None);
         }
+        let local = ServerConfig::local_user(true);
+        local.validate().unwrap();
+        let mut fixed = request(&["80:5432"]);
+        local.expose.apply(&mut fixed, &ephemeral).unwrap();
+        assert_eq!(local.quotas.vcpus_per_vm, 16);
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn expose_enabled(max_per_vm: usize) -> ExposeConfig {
         enabled: true,
         address: "127.0.0.2".parse().expect("an address"),
         max_per_vm,
+        fixed_ports: false,
     }
 }
 
