@@ -193,10 +193,11 @@ impl Airlock {
 
     /// Takes the caller's place (count and vCPUs) for a VM of `vcpus`,
     /// then a VM slot of its fair share, waiting in line for it up to the
-    /// queue time.
+    /// queue time (or until the server drains).
     ///
     /// # Errors
-    /// [`ServerError::Quota`], [`ServerError::QueueTimeout`].
+    /// [`ServerError::Quota`], [`ServerError::QueueTimeout`],
+    /// [`ServerError::Draining`].
     pub async fn take_place(
         &self,
         caller: &Caller,
@@ -209,7 +210,10 @@ impl Airlock {
         } else {
             self.inner.ledger.start_run(tenant, quotas, vcpus)?
         };
-        let slot = self.inner.fair.acquire(tenant).await?;
+        let slot = tokio::select! {
+            slot = self.inner.fair.acquire(tenant) => slot?,
+            () = self.inner.draining.cancelled() => return Err(ServerError::Draining),
+        };
         Ok(place.with_slot(slot))
     }
 

@@ -204,6 +204,23 @@ async fn a_request_past_the_queue_time_is_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_request_waiting_for_a_slot_is_503_at_once_when_the_server_drains() {
+    let h = server(|c| slots(c, 1, 30));
+    let _held = h.session(KEY_A).await;
+    let started = std::time::Instant::now();
+    let waiting = h.run(KEY_B, "1", json!({}));
+    let drain = async {
+        h.until("bob waits", |h| h.airlock.fair_share().waiting("bob") == 1)
+            .await;
+        h.airlock.drain();
+    };
+    let (reply, ()) = tokio::join!(waiting, drain);
+    reply.error(503, "draining");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(h.airlock.fair_share().waiting("bob"), 0);
+}
+
+#[tokio::test]
 async fn an_install_vm_takes_the_tenants_memory_and_timeout_or_is_refused() {
     let small = server(|c| {
         c.quotas = Quotas {
