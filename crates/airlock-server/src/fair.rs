@@ -162,6 +162,12 @@ impl FairShare {
         self.lock().holds(tenant)
     }
 
+    /// Slots held and requests waiting now, all tenants together.
+    pub fn totals(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.total, state.lines.values().map(VecDeque::len).sum())
+    }
+
     /// Requests of `tenant` waiting now.
     pub fn waiting(&self, tenant: &str) -> usize {
         self.lock().lines.get(tenant).map_or(0, VecDeque::len)

@@ -87,6 +87,10 @@ pub struct Metrics {
     pub connections_closed: Family<KindLabel, Counter>,
     /// Event streams cut at a cap (`max_events`, `max_bytes`).
     pub streams_cut: Family<KindLabel, Counter>,
+    /// VM slots tenants hold now (`crate::fair`; set at each scrape).
+    pub vm_slots_held: Gauge,
+    /// Runs and sessions waiting for a VM slot now (set at each scrape).
+    pub vm_slots_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -119,6 +123,18 @@ impl Metrics {
         let connections_refused = Family::<KindLabel, Counter>::default();
         let connections_closed = Family::<KindLabel, Counter>::default();
         let streams_cut = Family::<KindLabel, Counter>::default();
+        let vm_slots_held = Gauge::default();
+        let vm_slots_waiting = Gauge::default();
+        registry.register(
+            "vm_slots_held",
+            "VM slots tenants hold (fair shares)",
+            vm_slots_held.clone(),
+        );
+        registry.register(
+            "vm_slots_waiting",
+            "Runs and sessions waiting for a VM slot",
+            vm_slots_waiting.clone(),
+        );
         registry.register(
             "connections_open",
             "HTTP connections open",
@@ -217,7 +233,19 @@ impl Metrics {
             connections_refused,
             connections_closed,
             streams_cut,
+            vm_slots_held,
+            vm_slots_waiting,
         }
+    }
+
+    /// Copies the fair shares' slots held and requests waiting into
+    /// their gauges.
+    pub fn observe_fair(&self, fair: &crate::fair::FairShare) {
+        let (held, waiting) = fair.totals();
+        self.vm_slots_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.vm_slots_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Copies the warm pools' state into the pool gauges (before a scrape).

@@ -190,6 +190,7 @@ async fn health(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
 async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {
     airlock.sweep_sessions();
     airlock.metrics().observe_pools(airlock.scheduler().pools());
+    airlock.metrics().observe_fair(airlock.fair_share());
     (
         [(
             header::CONTENT_TYPE,

@@ -201,6 +201,13 @@ async fn a_request_past_the_queue_time_is_429_with_retry_after() {
         "the refused run gives its place back"
     );
     assert_eq!(h.airlock.fair_share().waiting("bob"), 0);
+    let metrics = h.get(KEY_A, "/metrics").await.text();
+    assert!(metrics.contains("airlock_vm_slots_held 1"), "{metrics}");
+    assert!(metrics.contains("airlock_vm_slots_waiting 0"), "{metrics}");
+    assert!(
+        metrics.contains("kind=\"queue_timeout\""),
+        "the refusal is counted: {metrics}"
+    );
 }
 
 #[tokio::test]
