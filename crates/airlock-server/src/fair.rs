@@ -225,7 +225,6 @@ impl FairShare {
                 retry_after_s: waited.as_secs().max(1),
             });
         }
-        waiting.done = true;
         Ok(Slot {
             fair: self.clone(),
             tenant: tenant.to_owned(),
@@ -245,11 +244,10 @@ struct Waiting<'a> {
 impl Waiting<'_> {
     /// Whether this ticket was given a slot (taken by the caller now).
     fn take_grant(&mut self) -> bool {
+        if !self.done {
+            self.done = self.fair.lock().granted.remove(&self.ticket);
+        }
         self.done
-            || self.fair.lock().granted.remove(&self.ticket) && {
-                self.done = true;
-                true
-            }
     }
 }
 
