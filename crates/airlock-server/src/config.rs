@@ -79,10 +79,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest file uploaded to a session, in bytes (larger ones get 413).
     pub max_file_bytes: usize,
-    /// VMs at once on this host, all tenants together (more runs wait up
-    /// to `queue_timeout_s`, then get 503). Default: the orchestrator's.
+    /// VMs at once on this host, all tenants together; less the warm
+    /// pools' VMs, the slots tenants share fairly ([`TenancyConfig`]:
+    /// more runs and sessions wait in their tenant's line up to
+    /// `tenancy.queue_timeout_s`, then get 429). Default: the
+    /// orchestrator's.
     pub max_concurrent_vms: Option<usize>,
-    /// Longest wait for a free VM slot, in seconds.
+    /// Longest wait of a boot for the orchestrator's own VM slot, in
+    /// seconds (then 503 `overloaded`); the fair shares in front of it
+    /// make it rare.
     pub queue_timeout_s: u64,
     /// After SIGTERM: how long running requests may go on before every VM
     /// is destroyed, in seconds.
