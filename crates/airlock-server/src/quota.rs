@@ -322,9 +322,12 @@ impl Ledger {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum PlaceKind {
+/// What a [`Place`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceKind {
+    /// A run (counted in `concurrent_runs`).
     Run,
+    /// A session (counted in `live_sessions`).
     Session,
 }
 

@@ -201,14 +201,15 @@ impl Airlock {
     pub async fn take_place(
         &self,
         caller: &Caller,
-        session: bool,
+        kind: crate::quota::PlaceKind,
         vcpus: u32,
     ) -> Result<crate::quota::Place> {
         let (tenant, quotas) = (&caller.tenant, &caller.quotas);
-        let place = if session {
-            self.inner.ledger.start_session(tenant, quotas, vcpus)?
-        } else {
-            self.inner.ledger.start_run(tenant, quotas, vcpus)?
+        let place = match kind {
+            crate::quota::PlaceKind::Run => self.inner.ledger.start_run(tenant, quotas, vcpus)?,
+            crate::quota::PlaceKind::Session => {
+                self.inner.ledger.start_session(tenant, quotas, vcpus)?
+            }
         };
         let slot = tokio::select! {
             slot = self.inner.fair.acquire(tenant) => slot?,
@@ -343,7 +344,11 @@ impl Airlock {
         request.upload_timeout = std::time::Duration::from_secs(uploads.timeout_s);
         self.fit_sandbox(caller, &mut request.spec)?;
         let place = self
-            .take_place(caller, false, request.spec.shape.vcpus)
+            .take_place(
+                caller,
+                crate::quota::PlaceKind::Run,
+                request.spec.shape.vcpus,
+            )
             .await?;
         Ok(PreparedRun {
             request,

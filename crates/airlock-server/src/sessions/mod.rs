@@ -37,7 +37,11 @@ impl Airlock {
         // places back here.
         self.sweep_sessions();
         let place = self
-            .take_place(caller, true, options.spec.shape.vcpus)
+            .take_place(
+                caller,
+                crate::quota::PlaceKind::Session,
+                options.spec.shape.vcpus,
+            )
             .await?;
         let session = self.scheduler().session(options).await?;
         let metrics = self.metrics();
