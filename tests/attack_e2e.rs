@@ -867,7 +867,7 @@ async fn the_allowlist_proxy_dials_no_other_name() {
     .unwrap();
     let network = NetworkRequest {
         allow: Some(vec![DomainPattern::parse("allowed.test").unwrap()]),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     };
     let mut vm = manager
         .boot(&options(Language::Python, 512, network))
@@ -1049,7 +1049,7 @@ async fn secrets_cannot_be_read_or_sent_anywhere_but_their_hosts() {
                 .map(|p| DomainPattern::parse(p).unwrap())
                 .collect(),
         ),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     };
     let secret = |name: &str, value: &str, host: &str, body: bool| Secret {
         name: name.into(),

@@ -86,6 +86,7 @@ fn ports_only() -> NetworkRequest {
     NetworkRequest {
         allow: None,
         exposes: vec![Expose::tcp(8080)],
+        expose_address: None,
     }
 }
 
@@ -477,7 +478,7 @@ async fn allowlist_mode_reaches_only_the_allowed_name_on_80_and_443() {
     let manager = VmManager::start(config).await.unwrap();
     let network = NetworkRequest {
         allow: Some(vec![DomainPattern::parse("allowed.test").unwrap()]),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     };
     let mut vm = manager.boot(&options(network)).await.unwrap();
     let ca = vm
@@ -781,7 +782,11 @@ async fn bad_network_input_is_refused_before_any_vm_starts() {
     ];
     for (case, allow, exposes) in cases {
         let mut request = RunRequest::new(Language::Python, "print(1)");
-        request.spec.network = NetworkRequest { allow, exposes };
+        request.spec.network = NetworkRequest {
+            allow,
+            exposes,
+            expose_address: None,
+        };
         let start = Instant::now();
         let result = scheduler.run(request).await;
         match result {
@@ -945,7 +950,7 @@ async fn measure_boot_time_with_and_without_network() {
     let manager = VmManager::start(Config::default()).await.unwrap();
     let allow = NetworkRequest {
         allow: Some(vec![DomainPattern::parse("pypi.org").unwrap()]),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     };
     let modes = [
         ("none", NetworkRequest::default()),

@@ -52,7 +52,7 @@ fn allow(names: &[&str]) -> NetworkRequest {
                 .map(|n| n.parse::<DomainPattern>().unwrap())
                 .collect(),
         ),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     }
 }
 

@@ -176,7 +176,7 @@ print(json.dumps(out))
     let mut spec = airlock::spec::SandboxSpec::new(Language::Python);
     spec.network = NetworkRequest {
         allow: Some(vec![DomainPattern::parse("other.test").unwrap()]),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     };
     spec.secrets = vec![Secret {
         name: "API_TOKEN".into(),

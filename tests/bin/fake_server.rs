@@ -54,11 +54,17 @@ async fn serve(key: &str, state: PathBuf) -> Result<(), String> {
         concurrent_runs: 64,
         live_sessions: 4096,
         requests_per_minute: 1_000_000,
+        vcpus: u32::MAX,
+        vcpus_per_vm: *airlock::spec::VCPUS_RANGE.end(),
         ..Quotas::default()
     };
+    // As many VM slots as the fake scheduler has, none pooled: each live
+    // session holds one, and a fuzz run opens a few hundred.
     let config = ServerConfig {
         quotas,
         secrets_file: Some(state.join("secrets.json")),
+        max_concurrent_vms: Some(4096),
+        pools: Some(Vec::new()),
         ..ServerConfig::default()
     };
     let keys = KeysFile {

@@ -19,10 +19,9 @@ pub struct McpArgs {
 /// Runs `airlock mcp` (stdio); returns the process exit status.
 pub fn main(args: McpArgs) -> i32 {
     process::init_logging(LogFormat::Text, "warn");
-    let config = ServerConfig {
-        restore_templates: !args.cold,
-        ..ServerConfig::default()
-    };
+    // One local user: the CLI's behaviour (any exposed port, no upload
+    // cap), not a shared server's policy.
+    let config = ServerConfig::local_user(!args.cold);
     process::block_on(&STOP_SIGNALS, |mut interrupts| async move {
         let airlock = tokio::select! {
             started = Airlock::start(config, None) => match started {

@@ -253,6 +253,8 @@ fn keys(action: KeysAction) -> Result<(), ServerError> {
                 memory_mib,
                 timeout_s,
                 requests_per_minute,
+                // vCPUs: the server's defaults, or the keys file's table.
+                ..QuotaOverrides::default()
             };
             let (key, entry) = file.add(&tenant, quotas, now_unix())?;
             file.save(&path)?;

@@ -279,7 +279,12 @@ impl RunBody {
             .map(FileBody::to_upload)
             .collect::<Result<_>>()?;
         request.validate()?;
-        quotas.check_vm(tenant, request.spec.shape.memory_mib, request.timeout)?;
+        quotas.check_vm(
+            tenant,
+            request.spec.shape.memory_mib,
+            request.spec.shape.vcpus,
+            request.timeout,
+        )?;
         Ok(request)
     }
 }

@@ -10,6 +10,19 @@
 //! secrets_key_file = "/etc/airlock/secrets.key"  # 32 bytes, hex (mode 0600)
 //! [quotas]                 # every tenant's defaults (a key may override)
 //! concurrent_runs = 4
+//! vcpus = 8                # vCPUs of all a tenant's running VMs
+//! vcpus_per_vm = 4
+//! [tenancy]                # fair shares of the VM slots between tenants
+//! share = 0.5              # one tenant holds at most this part while others wait
+//! queue_timeout_s = 10     # then 429 with Retry-After
+//! [expose]                 # network.expose: guest ports on host ports
+//! enabled = false
+//! address = "127.0.0.1"
+//! max_per_vm = 4
+//! fixed_ports = false      # true: any fixed host port (one local user only)
+//! [uploads]                # the files sent with a run
+//! max_bytes = 4194304
+//! timeout_s = 60
 //! [[pools]]                # warm pools: paused VMs ready for runs and sessions
 //! language = "python"
 //! size = 1
@@ -73,10 +86,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest file uploaded to a session, in bytes (larger ones get 413).
     pub max_file_bytes: usize,
-    /// VMs at once on this host, all tenants together (more runs wait up
-    /// to `queue_timeout_s`, then get 503). Default: the orchestrator's.
+    /// VMs at once on this host, all tenants together; less the warm
+    /// pools' VMs, the slots tenants share fairly ([`TenancyConfig`]:
+    /// more runs and sessions wait in their tenant's line up to
+    /// `tenancy.queue_timeout_s`, then get 429). Default: the
+    /// orchestrator's.
     pub max_concurrent_vms: Option<usize>,
-    /// Longest wait for a free VM slot, in seconds.
+    /// Longest wait of a boot for the orchestrator's own VM slot, in
+    /// seconds (then 503 `overloaded`); the fair shares in front of it
+    /// make it rare.
     pub queue_timeout_s: u64,
     /// After SIGTERM: how long running requests may go on before every VM
     /// is destroyed, in seconds.
@@ -102,6 +120,12 @@ pub struct ServerConfig {
     /// Memory templates and package layers: which shapes get a template,
     /// disk budgets, how long a request waits for another's build.
     pub cache: CacheConfig,
+    /// Fair shares of the VM slots between tenants.
+    pub tenancy: TenancyConfig,
+    /// Whether and how tenants may expose guest ports on the host.
+    pub expose: ExposeConfig,
+    /// The files a run uploads.
+    pub uploads: UploadLimits,
 }
 
 /// [`ServerConfig::cache`]: what tenants can make the host build and keep.
@@ -142,6 +166,30 @@ impl Default for CacheConfig {
     }
 }
 
+/// [`ServerConfig::tenancy`]: how tenants share the host's VM slots
+/// (`crate::fair`). The slots are `max_concurrent_vms` less the warm
+/// pools' VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// The part of the slots one tenant may hold while others wait (0 to
+    /// 1; at least one slot). Free slots still go to a tenant past its
+    /// share when no one else waits.
+    pub share: f64,
+    /// Seconds a run or a session waits for a slot in its tenant's line;
+    /// then 429 `queue_timeout` with `Retry-After`.
+    pub queue_timeout_s: u64,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            share: 0.5,
+            queue_timeout_s: 10,
+        }
+    }
+}
+
 /// One shape of [`CacheConfig::template_shapes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +212,126 @@ impl ShapeSpec {
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
             ..airlock::spec::MachineShape::of_image(self.image)
+        }
+    }
+}
+
+/// [`ServerConfig::expose`]: `network.expose` of REST and MCP bodies,
+/// guest ports served on host ports. Off by default: a tenant could
+/// otherwise bind the server's ports (a database's, while it restarts).
+/// The CLI is not concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExposeConfig {
+    /// Whether tenants may expose ports at all (otherwise 403
+    /// `expose_disabled`).
+    pub enabled: bool,
+    /// The host address exposed ports are bound on.
+    pub address: std::net::IpAddr,
+    /// Ports one VM may expose.
+    pub max_per_vm: usize,
+    /// Fixed host ports outside the ephemeral range are accepted too:
+    /// for one local user only (`airlock mcp` sets it), never on a server
+    /// tenants share.
+    pub fixed_ports: bool,
+}
+
+impl Default for ExposeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            max_per_vm: 4,
+            fixed_ports: false,
+        }
+    }
+}
+
+/// The kernel's ephemeral port range when
+/// `/proc/sys/net/ipv4/ip_local_port_range` cannot be read (Linux's
+/// default).
+pub const DEFAULT_EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), or
+/// [`DEFAULT_EPHEMERAL_PORTS`]. Reads a small `/proc` file.
+pub fn ephemeral_port_range() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or(DEFAULT_EPHEMERAL_PORTS)
+}
+
+fn parse_port_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    let (low, high) = (parts.next()?.ok()?, parts.next()?.ok()?);
+    (low <= high && low > 0).then_some(low..=high)
+}
+
+impl ExposeConfig {
+    /// Applies the policy to a sandbox's network: none exposed passes;
+    /// else exposing must be enabled, at most `max_per_vm` ports, a host
+    /// port given only within `ephemeral` (else the server picks one);
+    /// the ports are then bound on `address`.
+    ///
+    /// # Errors
+    /// [`ServerError::ExposeDisabled`], [`ServerError::ExposeRefused`].
+    pub fn apply(
+        &self,
+        network: &mut airlock::NetworkRequest,
+        ephemeral: &std::ops::RangeInclusive<u16>,
+    ) -> Result<()> {
+        if network.exposes.is_empty() {
+            return Ok(());
+        }
+        if !self.enabled {
+            return Err(ServerError::ExposeDisabled);
+        }
+        if network.exposes.len() > self.max_per_vm {
+            return Err(ServerError::ExposeRefused {
+                message: format!(
+                    "{} ports asked, at most {} per VM",
+                    network.exposes.len(),
+                    self.max_per_vm
+                ),
+            });
+        }
+        for expose in &network.exposes {
+            let fixed = expose.host_port.filter(|p| !ephemeral.contains(p));
+            if let Some(port) = fixed.filter(|_| !self.fixed_ports) {
+                return Err(ServerError::ExposeRefused {
+                    message: format!(
+                        "host port {port} (guest port {}) is outside this host's ephemeral range {}-{}: \
+                         give the guest port only and the server picks a free host port",
+                        expose.guest_port,
+                        ephemeral.start(),
+                        ephemeral.end()
+                    ),
+                });
+            }
+        }
+        network.expose_address = Some(self.address);
+        Ok(())
+    }
+}
+
+/// [`ServerConfig::uploads`]: the files sent inline with a run
+/// (`files` of `POST /v1/runs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadLimits {
+    /// Their decoded bytes, all together (more: 413
+    /// `uploads_too_large`).
+    pub max_bytes: usize,
+    /// Seconds to write them all into the VM (more: 408
+    /// `upload_timeout`).
+    pub timeout_s: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 4 << 20,
+            timeout_s: 60,
         }
     }
 }
@@ -367,11 +535,46 @@ impl Default for ServerConfig {
             listener: ListenerConfig::default(),
             streams: StreamLimits::default(),
             cache: CacheConfig::default(),
+            tenancy: TenancyConfig::default(),
+            expose: ExposeConfig::default(),
+            uploads: UploadLimits::default(),
         }
     }
 }
 
 impl ServerConfig {
+    /// The configuration of one local user's front end over the server's
+    /// tools (`airlock mcp` on stdio): the defaults, but as the CLI
+    /// behaves: exposed ports on 127.0.0.1 with any host port, vCPUs up
+    /// to the library's range, uploads and the wait for a VM slot bounded
+    /// only as the orchestrator bounds them.
+    pub fn local_user(restore_templates: bool) -> Self {
+        let defaults = Self::default();
+        Self {
+            restore_templates,
+            quotas: Quotas {
+                vcpus: u32::MAX,
+                vcpus_per_vm: *airlock::spec::VCPUS_RANGE.end(),
+                ..defaults.quotas
+            },
+            tenancy: TenancyConfig {
+                queue_timeout_s: defaults.queue_timeout_s,
+                ..TenancyConfig::default()
+            },
+            expose: ExposeConfig {
+                enabled: true,
+                max_per_vm: usize::from(u16::MAX),
+                fixed_ports: true,
+                ..ExposeConfig::default()
+            },
+            uploads: UploadLimits {
+                max_bytes: usize::MAX,
+                timeout_s: MAX_LISTENER_TIMEOUT_S,
+            },
+            ..defaults
+        }
+    }
+
     /// Parses a TOML configuration (unset fields take the defaults).
     ///
     /// # Errors
@@ -449,6 +652,12 @@ impl ServerConfig {
             ("cache.layers_max_mib", self.cache.layers_max_mib),
             ("cache.template_wait_s", self.cache.template_wait_s),
             ("cache.layer_wait_s", self.cache.layer_wait_s),
+            ("quotas.vcpus", u64::from(self.quotas.vcpus)),
+            ("quotas.vcpus_per_vm", u64::from(self.quotas.vcpus_per_vm)),
+            ("tenancy.queue_timeout_s", self.tenancy.queue_timeout_s),
+            ("expose.max_per_vm", self.expose.max_per_vm as u64),
+            ("uploads.max_bytes", self.uploads.max_bytes as u64),
+            ("uploads.timeout_s", self.uploads.timeout_s),
         ] {
             if value == 0 {
                 return Err(bad(format!("{name} must be above zero")));
@@ -497,6 +706,16 @@ impl ServerConfig {
                 self.cache.layers_max_mib,
                 MAX_CACHE_MIB,
             ),
+            (
+                "tenancy.queue_timeout_s",
+                self.tenancy.queue_timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
+            (
+                "uploads.timeout_s",
+                self.uploads.timeout_s,
+                MAX_LISTENER_TIMEOUT_S,
+            ),
         ] {
             if value > max {
                 return Err(bad(format!(
@@ -514,6 +733,12 @@ impl ServerConfig {
             return Err(bad(format!(
                 "streams.max_stall_s ({}) must be below listener.idle_timeout_s ({}): the idle deadline would close a stalled stream's connection first",
                 self.streams.max_stall_s, self.listener.idle_timeout_s
+            )));
+        }
+        if !(self.tenancy.share > 0.0 && self.tenancy.share <= 1.0) {
+            return Err(bad(format!(
+                "tenancy.share ({}) must be above 0 and at most 1 (the part of the VM slots one tenant may hold while others wait)",
+                self.tenancy.share
             )));
         }
         if self.max_concurrent_vms == Some(0) {
@@ -614,6 +839,26 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(crate::secrets::default_secrets_file);
         crate::secrets::SecretStore::open(path, key).map(Some)
+    }
+
+    /// The VM slots tenants share: the orchestrator's
+    /// `max_concurrent_vms` less the warm pools' VMs (at least 1).
+    pub fn tenant_slots(&self) -> usize {
+        let orchestrator = self.orchestrator();
+        let pooled: usize = orchestrator.warm_pools.iter().map(|p| p.size).sum();
+        orchestrator
+            .max_concurrent_vms
+            .saturating_sub(pooled)
+            .max(1)
+    }
+
+    /// The fair shares of [`ServerConfig::tenant_slots`].
+    pub fn fair_share(&self) -> crate::fair::FairShare {
+        crate::fair::FairShare::new(
+            self.tenant_slots(),
+            self.tenancy.share,
+            Duration::from_secs(self.tenancy.queue_timeout_s),
+        )
     }
 
     /// The grace after SIGTERM.
@@ -882,6 +1127,96 @@ mod tests {
             ServerConfig::parse(Path::new("s.toml"), "[listener]\nmax_conns = 1\n").is_err(),
             "unknown listener fields are refused"
         );
+    }
+
+    #[test]
+    fn tenancy_expose_and_upload_tables_parse_and_are_checked() {
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "max_concurrent_vms = 6\npools = []\n[tenancy]\nshare = 0.25\n[expose]\nenabled = true\naddress = \"10.0.0.1\"\n[uploads]\nmax_bytes = 10\n",
+        )
+        .unwrap();
+        assert_eq!(config.tenancy.queue_timeout_s, 10);
+        assert!(config.expose.enabled);
+        assert_eq!(config.expose.max_per_vm, 4);
+        assert_eq!(config.uploads.max_bytes, 10);
+        assert_eq!(config.tenant_slots(), 6);
+        assert_eq!(config.fair_share().share_cap(), 1);
+        config.validate().unwrap();
+        for share in [0.0, 1.5, f64::NAN] {
+            let bad = ServerConfig {
+                tenancy: TenancyConfig {
+                    share,
+                    ..TenancyConfig::default()
+                },
+                ..ServerConfig::default()
+            };
+            let msg = bad.validate().unwrap_err().to_string();
+            assert!(msg.contains("tenancy.share"), "{msg}");
+        }
+        let pooled = ServerConfig {
+            max_concurrent_vms: Some(4),
+            ..ServerConfig::default()
+        };
+        assert_eq!(pooled.tenant_slots(), 3, "the default pool holds a slot");
+    }
+
+    #[test]
+    fn the_expose_policy_refuses_by_default_and_bounds_ports_when_enabled() {
+        let ephemeral = 32768..=60999;
+        let request = |specs: &[&str]| {
+            airlock::NetworkRequest::from_flags(
+                airlock_protocol::Language::Python,
+                false,
+                &[],
+                &specs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        let mut none = request(&[]);
+        ExposeConfig::default()
+            .apply(&mut none, &ephemeral)
+            .unwrap();
+        let mut one = request(&["8080"]);
+        assert!(matches!(
+            ExposeConfig::default().apply(&mut one, &ephemeral),
+            Err(ServerError::ExposeDisabled)
+        ));
+        let enabled = ExposeConfig {
+            enabled: true,
+            address: "10.1.2.3".parse().unwrap(),
+            max_per_vm: 2,
+            fixed_ports: false,
+        };
+        enabled.apply(&mut one, &ephemeral).unwrap();
+        assert_eq!(one.expose_address, Some(enabled.address));
+        let mut inside = request(&["8080:40000"]);
+        enabled.apply(&mut inside, &ephemeral).unwrap();
+        for specs in [&["80:5432"][..], &["1", "2", "3"]] {
+            let mut refused = request(specs);
+            assert!(
+                matches!(
+                    enabled.apply(&mut refused, &ephemeral),
+                    Err(ServerError::ExposeRefused { .. })
+                ),
+                "{specs:?}"
+            );
+            assert_eq!(refused.expose_address, None);
+        }
+        let local = ServerConfig::local_user(true);
+        local.validate().unwrap();
+        let mut fixed = request(&["80:5432"]);
+        local.expose.apply(&mut fixed, &ephemeral).unwrap();
+        assert_eq!(local.quotas.vcpus_per_vm, 16);
+    }
+
+    #[test]
+    fn the_ephemeral_range_is_read_or_defaulted() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_port_range("9 1"), None);
+        assert_eq!(parse_port_range("x"), None);
+        let range = ephemeral_port_range();
+        assert!(range.start() <= range.end());
     }
 
     #[test]

@@ -73,6 +73,42 @@ pub enum ServerError {
         /// The limit and what was asked.
         message: String,
     },
+    /// No VM slot came within the queue time (`[tenancy]
+    /// queue_timeout_s`): the host's slots are taken (this tenant's share
+    /// among them). Answered with `Retry-After`.
+    #[error("tenant {tenant}: no VM slot free within {waited_s} s (the server holds {slots} VMs for tenants)")]
+    QueueTimeout {
+        /// The tenant.
+        tenant: String,
+        /// How long the request waited, in seconds.
+        waited_s: u64,
+        /// The slots tenants share.
+        slots: usize,
+        /// The `Retry-After` the answer carries, in seconds.
+        retry_after_s: u64,
+    },
+    /// The request exposes guest ports on a server whose operator has not
+    /// enabled it (`[expose] enabled`).
+    #[error("exposing guest ports (network.expose) is disabled on this server")]
+    ExposeDisabled,
+    /// The request's exposed ports are not within the operator's policy
+    /// (a fixed host port outside the ephemeral range, too many ports).
+    #[error("network.expose: {message}")]
+    ExposeRefused {
+        /// What is refused and what is accepted.
+        message: String,
+    },
+    /// A run's uploaded files are larger, together, than the server
+    /// accepts (`[uploads] max_bytes`).
+    #[error(
+        "the run's files are {total_bytes} bytes together, over the limit of {limit_bytes} bytes"
+    )]
+    UploadsTooLarge {
+        /// Their decoded size.
+        total_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
     /// The server is draining (SIGTERM) and takes no new work.
     #[error("the server is shutting down and takes no new work")]
     Draining,
@@ -198,7 +234,10 @@ impl ServerError {
             | Self::SecretNotFound { .. } => StatusCode::NOT_FOUND,
             Self::SecretsDisabled => StatusCode::NOT_IMPLEMENTED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Quota { .. } | Self::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ExposeDisabled => StatusCode::FORBIDDEN,
+            Self::ExposeRefused { .. } => StatusCode::BAD_REQUEST,
+            Self::UploadsTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Orchestrator(e) => orchestrator_status(e),
             Self::Config { .. }
@@ -221,6 +260,10 @@ impl ServerError {
             Self::RouteNotFound { .. } => "not_found",
             Self::TooLarge { .. } => "body_too_large",
             Self::Quota { .. } => "quota_exceeded",
+            Self::QueueTimeout { .. } => "queue_timeout",
+            Self::ExposeDisabled => "expose_disabled",
+            Self::ExposeRefused { .. } => "expose_refused",
+            Self::UploadsTooLarge { .. } => "uploads_too_large",
             Self::Draining => "draining",
             Self::Orchestrator(e) => orchestrator_kind(e),
             Self::Config { .. } => "config",
@@ -240,6 +283,18 @@ impl ServerError {
                 Some("send `Authorization: Bearer KEY` with a key from `airlock serve keys add`")
             }
             Self::Quota { .. } => Some("wait for running work to end, or ask for a larger quota"),
+            Self::QueueTimeout { .. } => {
+                Some("retry after the seconds of the `Retry-After` header: the host is busy")
+            }
+            Self::ExposeDisabled => Some(
+                "leave `network.expose` out, or ask the operator to set `[expose] enabled = true` (docs/security.md)",
+            ),
+            Self::ExposeRefused { .. } => Some(
+                "expose GUEST ports only (the server picks a free host port and reports it), at most `[expose] max_per_vm` of them",
+            ),
+            Self::UploadsTooLarge { .. } => Some(
+                "send fewer or smaller files with the run, or write them into a session with PUT /v1/sessions/{id}/files/{path}",
+            ),
             Self::Forbidden { .. } => Some(
                 "a server without keys answers only local clients: use http://127.0.0.1 or http://localhost, not from a web page",
             ),
@@ -270,6 +325,8 @@ impl ServerError {
 enum Cause<'a> {
     Input,
     Install,
+    InstallRefused,
+    UploadTimeout,
     Boot(&'a airlock::BootError),
     Exec(&'a airlock::ExecError),
     Busy,
@@ -285,6 +342,7 @@ impl<'a> Cause<'a> {
             PackageError::Input(airlock::InputError::Unreadable { .. }) => Cause::Other,
             PackageError::Input(_) => Cause::Input,
             PackageError::Install { .. } => Cause::Install,
+            PackageError::InstallRefused { .. } => Cause::InstallRefused,
             PackageError::Boot(b) => Cause::Boot(b),
             PackageError::Exec(x) => Cause::Exec(x),
             PackageError::Busy { .. } => Cause::InstallBusy,
@@ -307,6 +365,9 @@ impl<'a> Cause<'a> {
             OrchestratorError::Run(R::Boot(b))
             | OrchestratorError::Session(S::Boot(b))
             | OrchestratorError::Start(airlock::Error::Boot(b)) => Cause::Boot(b),
+            OrchestratorError::Run(R::Exec(airlock::ExecError::UploadTimeout { .. })) => {
+                Cause::UploadTimeout
+            }
             OrchestratorError::Run(R::Exec(x)) | OrchestratorError::Session(S::Exec(x)) => {
                 Cause::Exec(x)
             }
@@ -329,6 +390,8 @@ fn orchestrator_status(e: &OrchestratorError) -> StatusCode {
     use airlock_protocol::ErrorKind as K;
     match Cause::of(e) {
         Cause::Input | Cause::Install => StatusCode::BAD_REQUEST,
+        Cause::InstallRefused => StatusCode::TOO_MANY_REQUESTS,
+        Cause::UploadTimeout => StatusCode::REQUEST_TIMEOUT,
         Cause::Busy => StatusCode::CONFLICT,
         Cause::InstallBusy => StatusCode::SERVICE_UNAVAILABLE,
         Cause::Closed => StatusCode::NOT_FOUND,
@@ -352,6 +415,8 @@ fn orchestrator_kind(e: &OrchestratorError) -> &'static str {
     match Cause::of(e) {
         Cause::Input => "invalid_input",
         Cause::Install => "package_install_failed",
+        Cause::InstallRefused => "quota_exceeded",
+        Cause::UploadTimeout => "upload_timeout",
         Cause::Busy => "session_busy",
         Cause::InstallBusy => "install_busy",
         Cause::Closed => "session_not_found",
@@ -389,6 +454,12 @@ impl IntoResponse for ServerError {
             tracing::warn!(kind = self.kind(), error = %self, "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
+        if let Self::QueueTimeout { retry_after_s, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after_s),
+            );
+        }
         // Carried to the metrics and the request log.
         response.extensions_mut().insert(ErrorKind(self.kind()));
         response

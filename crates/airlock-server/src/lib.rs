@@ -61,6 +61,7 @@
 pub mod api;
 pub mod config;
 mod error;
+pub mod fair;
 pub mod http;
 pub mod json;
 pub mod keys;

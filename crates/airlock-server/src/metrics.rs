@@ -98,6 +98,10 @@ pub struct Metrics {
     pub streams_cut: Family<KindLabel, Counter>,
     /// Disk the caches take (`templates`, `layers`), allocated bytes.
     pub cache_bytes: Family<KindLabel, Gauge>,
+    /// VM slots tenants hold now (`crate::fair`; set at each scrape).
+    pub vm_slots_held: Gauge,
+    /// Runs and sessions waiting for a VM slot now (set at each scrape).
+    pub vm_slots_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -130,6 +134,18 @@ impl Metrics {
         let connections_refused = Family::<KindLabel, Counter>::default();
         let connections_closed = Family::<KindLabel, Counter>::default();
         let streams_cut = Family::<KindLabel, Counter>::default();
+        let vm_slots_held = Gauge::default();
+        let vm_slots_waiting = Gauge::default();
+        registry.register(
+            "vm_slots_held",
+            "VM slots tenants hold (fair shares)",
+            vm_slots_held.clone(),
+        );
+        registry.register(
+            "vm_slots_waiting",
+            "Runs and sessions waiting for a VM slot",
+            vm_slots_waiting.clone(),
+        );
         registry.register(
             "connections_open",
             "HTTP connections open",
@@ -235,6 +251,8 @@ impl Metrics {
             connections_closed,
             streams_cut,
             cache_bytes,
+            vm_slots_held,
+            vm_slots_waiting,
         }
     }
 
@@ -249,6 +267,16 @@ impl Metrics {
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .set(as_gauge(bytes));
         }
+    }
+
+    /// Copies the fair shares' slots held and requests waiting into
+    /// their gauges.
+    pub fn observe_fair(&self, fair: &crate::fair::FairShare) {
+        let (held, waiting) = fair.totals();
+        self.vm_slots_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.vm_slots_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Copies the warm pools' state into the pool gauges (before a scrape).

@@ -1,5 +1,6 @@
 //! Tenants' quotas and what each tenant uses now: concurrent runs, live
-//! sessions, memory per VM, longest timeout, requests per minute.
+//! sessions, memory and vCPUs per VM, vCPUs of all its VMs together,
+//! longest timeout, requests per minute.
 //!
 //! The checks are pure ([`Quotas::check_vm`], [`TokenBucket::try_take`]);
 //! [`Ledger`] holds the counts behind a mutex and hands out guards that
@@ -12,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A tenant's limits.
+/// A tenant's limits (a `[quotas]` table sets only what it names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     /// Runs at once (more get 429).
     pub concurrent_runs: u32,
@@ -26,6 +27,11 @@ pub struct Quotas {
     pub timeout_s: u64,
     /// Requests per minute (a token bucket of this size, refilled evenly).
     pub requests_per_minute: u32,
+    /// vCPUs of all the tenant's running VMs together (runs and
+    /// sessions); a VM that would pass it gets 429.
+    pub vcpus: u32,
+    /// Largest vCPU count of one VM.
+    pub vcpus_per_vm: u32,
 }
 
 impl Default for Quotas {
@@ -36,6 +42,8 @@ impl Default for Quotas {
             memory_mib: 2048,
             timeout_s: 300,
             requests_per_minute: 600,
+            vcpus: 8,
+            vcpus_per_vm: 4,
         }
     }
 }
@@ -60,6 +68,12 @@ pub struct QuotaOverrides {
     /// See [`Quotas::requests_per_minute`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// See [`Quotas::vcpus`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// See [`Quotas::vcpus_per_vm`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus_per_vm: Option<u32>,
 }
 
 impl QuotaOverrides {
@@ -73,22 +87,40 @@ impl QuotaOverrides {
             requests_per_minute: self
                 .requests_per_minute
                 .unwrap_or(defaults.requests_per_minute),
+            vcpus: self.vcpus.unwrap_or(defaults.vcpus),
+            vcpus_per_vm: self.vcpus_per_vm.unwrap_or(defaults.vcpus_per_vm),
         }
     }
 }
 
 impl Quotas {
-    /// Checks one VM's memory and one run's (or exec's) timeout against
-    /// the limits.
+    /// Checks one VM's memory and vCPUs, and one run's (or exec's)
+    /// timeout, against the limits.
     ///
     /// # Errors
     /// [`ServerError::Quota`] naming the quota.
-    pub fn check_vm(&self, tenant: &str, memory_mib: u32, timeout: Duration) -> Result<()> {
+    pub fn check_vm(
+        &self,
+        tenant: &str,
+        memory_mib: u32,
+        vcpus: u32,
+        timeout: Duration,
+    ) -> Result<()> {
         if memory_mib > self.memory_mib {
             return Err(quota(
                 tenant,
                 "memory_mib",
                 format!("{memory_mib} MiB asked, at most {} MiB", self.memory_mib),
+            ));
+        }
+        if vcpus > self.vcpus_per_vm.min(self.vcpus) {
+            return Err(quota(
+                tenant,
+                "vcpus_per_vm",
+                format!(
+                    "{vcpus} vCPUs asked, at most {} per VM",
+                    self.vcpus_per_vm.min(self.vcpus)
+                ),
             ));
         }
         self.check_timeout(tenant, timeout)
@@ -159,6 +191,8 @@ impl TokenBucket {
 struct Usage {
     runs: u32,
     sessions: u32,
+    /// vCPUs of its runs' and sessions' VMs.
+    vcpus: u32,
     bucket: TokenBucket,
 }
 
@@ -185,6 +219,7 @@ impl Ledger {
         map.entry(tenant.to_owned()).or_insert_with(|| Usage {
             runs: 0,
             sessions: 0,
+            vcpus: 0,
             bucket: TokenBucket::full(quotas.requests_per_minute, Instant::now()),
         })
     }
@@ -210,23 +245,27 @@ impl Ledger {
         }
     }
 
-    /// Takes one of the tenant's concurrent-run places.
+    /// Takes one of the tenant's concurrent-run places, for a VM of
+    /// `vcpus`.
     ///
     /// # Errors
-    /// [`ServerError::Quota`] for `concurrent_runs` when all are taken.
-    pub fn start_run(&self, tenant: &str, quotas: &Quotas) -> Result<Place> {
-        self.take(tenant, quotas, PlaceKind::Run)
+    /// [`ServerError::Quota`] for `concurrent_runs` when all are taken,
+    /// for `vcpus` when the tenant's VMs would hold more.
+    pub fn start_run(&self, tenant: &str, quotas: &Quotas, vcpus: u32) -> Result<Place> {
+        self.take(tenant, quotas, PlaceKind::Run, vcpus)
     }
 
-    /// Takes one of the tenant's live-session places.
+    /// Takes one of the tenant's live-session places, for a VM of
+    /// `vcpus`.
     ///
     /// # Errors
-    /// [`ServerError::Quota`] for `live_sessions` when all are taken.
-    pub fn start_session(&self, tenant: &str, quotas: &Quotas) -> Result<Place> {
-        self.take(tenant, quotas, PlaceKind::Session)
+    /// [`ServerError::Quota`] for `live_sessions` when all are taken, for
+    /// `vcpus` when the tenant's VMs would hold more.
+    pub fn start_session(&self, tenant: &str, quotas: &Quotas, vcpus: u32) -> Result<Place> {
+        self.take(tenant, quotas, PlaceKind::Session, vcpus)
     }
 
-    fn take(&self, tenant: &str, quotas: &Quotas, kind: PlaceKind) -> Result<Place> {
+    fn take(&self, tenant: &str, quotas: &Quotas, kind: PlaceKind, vcpus: u32) -> Result<Place> {
         let mut map = self.lock();
         let usage = Self::usage(&mut map, tenant, quotas);
         let (count, limit, name, what) = match kind {
@@ -246,12 +285,33 @@ impl Ledger {
         if *count >= limit {
             return Err(quota(tenant, name, format!("{count} {what}")));
         }
-        *count += 1;
+        if usage.vcpus.saturating_add(vcpus) > quotas.vcpus {
+            return Err(quota(
+                tenant,
+                "vcpus",
+                format!(
+                    "{} vCPUs held by running VMs, {vcpus} more asked, at most {} in all",
+                    usage.vcpus, quotas.vcpus
+                ),
+            ));
+        }
+        match kind {
+            PlaceKind::Run => usage.runs += 1,
+            PlaceKind::Session => usage.sessions += 1,
+        }
+        usage.vcpus += vcpus;
         Ok(Place {
             ledger: self.clone(),
             tenant: tenant.to_owned(),
             kind,
+            vcpus,
+            slot: None,
         })
+    }
+
+    /// The vCPUs the tenant's runs and sessions hold now.
+    pub fn vcpus_in_use(&self, tenant: &str) -> u32 {
+        self.lock().get(tenant).map_or(0, |u| u.vcpus)
     }
 
     /// The tenant's (runs, sessions) now.
@@ -262,29 +322,49 @@ impl Ledger {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum PlaceKind {
+/// What a [`Place`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceKind {
+    /// A run (counted in `concurrent_runs`).
     Run,
+    /// A session (counted in `live_sessions`).
     Session,
 }
 
-/// A run's or a session's place in its tenant's quota, given back on drop.
+/// A run's or a session's place in its tenant's quota (its count and its
+/// VM's vCPUs), with its VM slot once one is given, all given back on
+/// drop.
 #[derive(Debug)]
 pub struct Place {
     ledger: Ledger,
     tenant: String,
     kind: PlaceKind,
+    vcpus: u32,
+    slot: Option<crate::fair::Slot>,
+}
+
+impl Place {
+    /// This place holding `slot` too (given back with it).
+    pub fn with_slot(mut self, slot: crate::fair::Slot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut map = self.ledger.lock();
-        if let Some(usage) = map.get_mut(&self.tenant) {
-            match self.kind {
-                PlaceKind::Run => usage.runs = usage.runs.saturating_sub(1),
-                PlaceKind::Session => usage.sessions = usage.sessions.saturating_sub(1),
+        {
+            let mut map = self.ledger.lock();
+            if let Some(usage) = map.get_mut(&self.tenant) {
+                match self.kind {
+                    PlaceKind::Run => usage.runs = usage.runs.saturating_sub(1),
+                    PlaceKind::Session => usage.sessions = usage.sessions.saturating_sub(1),
+                }
+                usage.vcpus = usage.vcpus.saturating_sub(self.vcpus);
             }
         }
+        // The slot after the counts: a waiter it wakes sees them free.
+        drop(self.slot.take());
     }
 }
 
@@ -310,12 +390,12 @@ mod tests {
             timeout_s: 10,
             ..Quotas::default()
         };
-        q.check_vm("t", 256, Duration::from_secs(10)).unwrap();
-        match q.check_vm("t", 512, Duration::from_secs(1)) {
+        q.check_vm("t", 256, 1, Duration::from_secs(10)).unwrap();
+        match q.check_vm("t", 512, 1, Duration::from_secs(1)) {
             Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "memory_mib"),
             other => panic!("{other:?}"),
         }
-        match q.check_vm("t", 128, Duration::from_millis(10_001)) {
+        match q.check_vm("t", 128, 1, Duration::from_millis(10_001)) {
             Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "timeout_s"),
             other => panic!("{other:?}"),
         }
@@ -349,20 +429,20 @@ mod tests {
             concurrent_runs: 1,
             ..Quotas::default()
         };
-        let a = ledger.start_run("a", &q).unwrap();
+        let a = ledger.start_run("a", &q, 1).unwrap();
         assert!(matches!(
-            ledger.start_run("a", &q),
+            ledger.start_run("a", &q, 1),
             Err(ServerError::Quota {
                 quota: "concurrent_runs",
                 ..
             })
         ));
         let _b = ledger
-            .start_run("b", &q)
+            .start_run("b", &q, 1)
             .expect("another tenant is not affected");
         drop(a);
         assert_eq!(ledger.in_use("a"), (0, 0));
-        ledger.start_run("a", &q).unwrap();
+        ledger.start_run("a", &q, 1).unwrap();
     }
 
     #[test]
@@ -372,10 +452,47 @@ mod tests {
             live_sessions: 2,
             ..Quotas::default()
         };
-        let _one = ledger.start_session("a", &q).unwrap();
-        let _two = ledger.start_session("a", &q).unwrap();
-        assert!(ledger.start_session("a", &q).is_err());
+        let _one = ledger.start_session("a", &q, 1).unwrap();
+        let _two = ledger.start_session("a", &q, 1).unwrap();
+        assert!(ledger.start_session("a", &q, 1).is_err());
         assert_eq!(ledger.in_use("a"), (0, 2));
+    }
+
+    #[test]
+    fn vcpus_are_capped_per_vm_and_in_all_and_given_back_on_drop() {
+        let ledger = Ledger::default();
+        let q = Quotas {
+            vcpus: 4,
+            vcpus_per_vm: 2,
+            ..Quotas::default()
+        };
+        match q.check_vm("t", 256, 3, Duration::from_secs(1)) {
+            Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "vcpus_per_vm"),
+            other => panic!("{other:?}"),
+        }
+        let run = ledger.start_run("a", &q, 2).unwrap();
+        let session = ledger.start_session("a", &q, 2).unwrap();
+        assert_eq!(ledger.vcpus_in_use("a"), 4);
+        match ledger.start_run("a", &q, 1) {
+            Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "vcpus"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ledger.in_use("a"), (1, 1), "a refused place takes nothing");
+        ledger
+            .start_run("b", &q, 2)
+            .expect("another tenant has its own vCPUs");
+        drop(run);
+        assert_eq!(ledger.vcpus_in_use("a"), 2);
+        let _again = ledger.start_run("a", &q, 2).unwrap();
+        drop(session);
+        assert_eq!(ledger.vcpus_in_use("a"), 2);
+    }
+
+    #[test]
+    fn a_quotas_table_sets_only_what_it_names() {
+        let q: Quotas = toml::from_str("vcpus = 2\n").unwrap();
+        assert_eq!(q.vcpus, 2);
+        assert_eq!(q.memory_mib, Quotas::default().memory_mib);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! [`Airlock`]: what the REST routes and the MCP tools both call. It holds
 //! the orchestrator's [`Scheduler`], the keys, the tenants' quota ledger,
 //! the metrics and the draining flag, and applies the server's rules in
-//! one place: who the caller is, whether the quota allows the work, and
-//! that nothing new starts while the server drains.
+//! one place: who the caller is, whether the quota allows the work (and
+//! the sandbox fits the tenant's limits and the operator's expose
+//! policy), the tenant's fair share of the VM slots, and that nothing new
+//! starts while the server drains.
 //!
 //! It uses the orchestrator's public library API only.
 
@@ -36,6 +38,10 @@ struct Inner {
     sessions: crate::sessions::table::SessionTable,
     secrets: Option<SecretStore>,
     cache_usage: std::sync::Mutex<CacheUsageState>,
+    fair: crate::fair::FairShare,
+    /// The kernel's ephemeral ports: the only fixed host ports a tenant
+    /// may expose.
+    ephemeral_ports: std::ops::RangeInclusive<u16>,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -116,7 +122,8 @@ impl Airlock {
     }
 
     /// The server's state over a running scheduler, with its secrets
-    /// store (`None`: the server keeps no secrets).
+    /// store (`None`: the server keeps no secrets). Reads the kernel's
+    /// ephemeral port range (a small `/proc` file).
     pub fn new(
         scheduler: Scheduler,
         config: ServerConfig,
@@ -130,7 +137,6 @@ impl Airlock {
         Self {
             inner: Arc::new(Inner {
                 scheduler,
-                config,
                 keyring,
                 local,
                 ledger: Ledger::default(),
@@ -139,6 +145,9 @@ impl Airlock {
                 sessions: crate::sessions::table::SessionTable::default(),
                 secrets,
                 cache_usage: std::sync::Mutex::default(),
+                fair: config.fair_share(),
+                ephemeral_ports: crate::config::ephemeral_port_range(),
+                config,
             }),
         }
     }
@@ -156,6 +165,78 @@ impl Airlock {
     /// The scheduler underneath.
     pub fn scheduler(&self) -> &Scheduler {
         &self.inner.scheduler
+    }
+
+    /// The tenants' fair shares of the VM slots.
+    pub fn fair_share(&self) -> &crate::fair::FairShare {
+        &self.inner.fair
+    }
+
+    /// Fits a sandbox to the caller and the operator's policy: its VM
+    /// within the tenant's memory and vCPUs per VM, its exposed ports
+    /// within `[expose]` (bound on its address), its install VM within
+    /// the tenant's memory and timeout, its memory rounded up to a
+    /// template shape ([`ServerConfig::run_shape`]).
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`], [`ServerError::ExposeDisabled`],
+    /// [`ServerError::ExposeRefused`].
+    pub fn fit_sandbox(
+        &self,
+        caller: &Caller,
+        spec: &mut airlock::spec::SandboxSpec,
+    ) -> Result<()> {
+        let quotas = &caller.quotas;
+        quotas.check_vm(
+            &caller.tenant,
+            spec.shape.memory_mib,
+            spec.shape.vcpus,
+            std::time::Duration::ZERO,
+        )?;
+        self.inner
+            .config
+            .expose
+            .apply(&mut spec.network, &self.inner.ephemeral_ports)?;
+        spec.install = airlock::packages::InstallLimits {
+            memory_mib: quotas.memory_mib,
+            timeout: std::time::Duration::from_secs(quotas.timeout_s)
+                .min(airlock::packages::install::DEFAULT_INSTALL_TIMEOUT),
+        };
+        // Memory rounded up to a template shape (within the quota just
+        // checked), so that the VM restores one rather than booting cold.
+        spec.shape = self.inner.config.run_shape(
+            spec,
+            self.inner.scheduler.config().template_shapes.as_deref(),
+            quotas.memory_mib,
+        );
+        Ok(())
+    }
+
+    /// Takes the caller's place (count and vCPUs) for a VM of `vcpus`,
+    /// then a VM slot of its fair share, waiting in line for it up to the
+    /// queue time (or until the server drains).
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`], [`ServerError::QueueTimeout`],
+    /// [`ServerError::Draining`].
+    pub async fn take_place(
+        &self,
+        caller: &Caller,
+        kind: crate::quota::PlaceKind,
+        vcpus: u32,
+    ) -> Result<crate::quota::Place> {
+        let (tenant, quotas) = (&caller.tenant, &caller.quotas);
+        let place = match kind {
+            crate::quota::PlaceKind::Run => self.inner.ledger.start_run(tenant, quotas, vcpus)?,
+            crate::quota::PlaceKind::Session => {
+                self.inner.ledger.start_session(tenant, quotas, vcpus)?
+            }
+        };
+        let slot = tokio::select! {
+            slot = self.inner.fair.acquire(tenant) => slot?,
+            () = self.inner.draining.cancelled() => return Err(ServerError::Draining),
+        };
+        Ok(place.with_slot(slot))
     }
 
     /// The quota ledger.
@@ -258,27 +339,38 @@ impl Airlock {
     }
 
     /// Checks a run before anything starts and takes its place in the
-    /// caller's quota: what [`Airlock::execute`] then runs. A refusal
-    /// here comes before any VM (and before a stream's first byte).
+    /// caller's quota and its VM slot: what [`Airlock::execute`] then
+    /// runs. A refusal here comes before any VM (and before a stream's
+    /// first byte).
     ///
     /// # Errors
     /// [`ServerError::Draining`], [`ServerError::BadRequest`] (an unknown
     /// secret name among them) or an orchestrator's invalid input,
-    /// [`ServerError::Quota`], [`ServerError::SecretsDisabled`] for secrets
-    /// on a server without a key.
+    /// [`ServerError::UploadsTooLarge`], the expose policy's errors,
+    /// [`ServerError::Quota`], [`ServerError::QueueTimeout`],
+    /// [`ServerError::SecretsDisabled`] for secrets on a server without a
+    /// key.
     pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
         let mut request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
-        request.spec.shape = self.inner.config.run_shape(
-            &request.spec,
-            self.inner.scheduler.config().template_shapes.as_deref(),
-            caller.quotas.memory_mib,
-        );
+        let uploads = &self.inner.config.uploads;
+        let total_bytes: usize = request.uploads.iter().map(|u| u.content.len()).sum();
+        if total_bytes > uploads.max_bytes {
+            return Err(ServerError::UploadsTooLarge {
+                total_bytes,
+                limit_bytes: uploads.max_bytes,
+            });
+        }
+        request.upload_timeout = std::time::Duration::from_secs(uploads.timeout_s);
+        self.fit_sandbox(caller, &mut request.spec)?;
         let place = self
-            .inner
-            .ledger
-            .start_run(&caller.tenant, &caller.quotas)?;
+            .take_place(
+                caller,
+                crate::quota::PlaceKind::Run,
+                request.spec.shape.vcpus,
+            )
+            .await?;
         Ok(PreparedRun {
             request,
             _place: place,

@@ -124,7 +124,7 @@ pub use observer::{Discard, RunObserver, Stage};
 pub use pool::{PoolStats, WarmPool};
 pub use request::{
     parse_env_pair, validate_env, validate_timeout, RunRequest, RunResult, Timings,
-    DEFAULT_TIMEOUT, MAX_CODE_BYTES, MAX_TIMEOUT,
+    DEFAULT_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT, MAX_CODE_BYTES, MAX_TIMEOUT,
 };
 pub use scheduler::{Scheduler, SchedulerParts};
 pub use session::{

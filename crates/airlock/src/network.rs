@@ -17,7 +17,7 @@ use airlock_gvproxy::{
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use tokio::net::{TcpListener, UnixStream};
@@ -31,6 +31,10 @@ pub struct NetworkRequest {
     pub allow: Option<Vec<DomainPattern>>,
     /// Guest ports served on host ports.
     pub exposes: Vec<Expose>,
+    /// The host address the exposed ports are bound on; `None`:
+    /// 127.0.0.1 (the CLI's). The server sets the operator's
+    /// (`[expose] address`).
+    pub expose_address: Option<IpAddr>,
 }
 
 impl NetworkRequest {
@@ -67,7 +71,11 @@ impl NetworkRequest {
             .iter()
             .map(|e| Expose::parse(e).map_err(invalid))
             .collect::<Result<_, _>>()?;
-        Ok(Self { allow, exposes })
+        Ok(Self {
+            allow,
+            exposes,
+            expose_address: None,
+        })
     }
 
     /// The mode this request amounts to.
@@ -169,7 +177,8 @@ impl std::fmt::Debug for VmSecrets {
 pub struct ExposedAddr {
     /// The guest port.
     pub guest_port: u16,
-    /// Where the host serves it (always on 127.0.0.1).
+    /// Where the host serves it (on [`NetworkRequest::expose_address`],
+    /// 127.0.0.1 by default).
     pub host: SocketAddr,
 }
 
@@ -316,8 +325,11 @@ impl VmNetwork {
                 }
             })?);
         }
+        let address = request
+            .expose_address
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         for port in network.gvproxy.exposed_ports().to_vec() {
-            let host = SocketAddr::from((Ipv4Addr::LOCALHOST, port.host_port.unwrap_or(0)));
+            let host = SocketAddr::from((address, port.host_port.unwrap_or(0)));
             let bind_error = |action, source| BootError::ExposeBind {
                 vm_id: vm_id.to_owned(),
                 action,
@@ -616,10 +628,11 @@ mod tests {
                 host_port: None,
                 protocol: Default::default(),
             }],
+            expose_address: None,
         };
         let allow = NetworkRequest {
             allow: Some(Vec::new()),
-            exposes: Vec::new(),
+            ..NetworkRequest::default()
         };
         assert_eq!(none.mode(), NetworkMode::None);
         assert_eq!(ports.mode(), NetworkMode::Ports);

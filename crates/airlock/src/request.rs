@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// Largest accepted source code, in bytes.
 pub const MAX_CODE_BYTES: usize = 4 * 1024 * 1024;
+/// Default overall deadline of a run's uploads
+/// ([`RunRequest::upload_timeout`]).
+pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest accepted run timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Largest total size of the environment (names and values), in bytes.
@@ -37,6 +40,10 @@ pub struct RunRequest {
     /// Files written into the sandbox home before the code runs, in order
     /// (each checked end to end by sha256).
     pub uploads: Vec<FileUpload>,
+    /// Deadline of writing all [`RunRequest::uploads`] into the VM,
+    /// together (not counted in [`RunRequest::timeout`]); past it the run
+    /// fails with [`crate::ExecError::UploadTimeout`].
+    pub upload_timeout: Duration,
     /// Files (paths relative to the sandbox home) read back after the code
     /// ended, whatever its status (a timeout included); each lands in
     /// [`RunResult::downloads`], in this order.
@@ -58,6 +65,7 @@ impl RunRequest {
             timeout: DEFAULT_TIMEOUT,
             env: BTreeMap::new(),
             uploads: Vec::new(),
+            upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             downloads: Vec::new(),
         }
     }
@@ -75,6 +83,12 @@ impl RunRequest {
     pub fn validate(&self) -> Result<(), InputError> {
         validate_code(&self.code)?;
         validate_timeout(self.timeout)?;
+        if self.upload_timeout.is_zero() && !self.uploads.is_empty() {
+            return Err(InputError::invalid(
+                "upload_timeout",
+                "the uploads' deadline is zero: give it a positive duration",
+            ));
+        }
         self.spec.validate()?;
         validate_env(&self.env)?;
         for upload in &self.uploads {

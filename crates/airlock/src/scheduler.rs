@@ -255,6 +255,7 @@ impl Scheduler {
             timeout,
             env,
             uploads,
+            upload_timeout,
             downloads,
         } = request;
         let Opened {
@@ -280,7 +281,13 @@ impl Scheduler {
             cwd: None,
         };
         let outcome = async {
-            upload_all(vm.as_ref(), &uploads).await?;
+            tokio::time::timeout(upload_timeout, upload_all(vm.as_ref(), &uploads))
+                .await
+                .map_err(|_| ExecError::UploadTimeout {
+                    vm_id: vm.id().to_owned(),
+                    files: uploads.len(),
+                    timeout: upload_timeout,
+                })??;
             if cold_interpreter {
                 vm.warm_repl().await?;
             }
@@ -348,7 +355,13 @@ impl Scheduler {
             .inner
             .parts
             .packages
-            .prepare(spec.language(), &spec.packages, &spec.tenant, observer)
+            .prepare(
+                spec.language(),
+                &spec.packages,
+                &spec.tenant,
+                &spec.install,
+                observer,
+            )
             .await?;
         let (disk, packages) = prepared.map(|p| (p.disk, p.report)).unzip();
         let mut options = VmOptions::for_spec(spec, disk);

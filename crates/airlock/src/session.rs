@@ -266,6 +266,9 @@ struct Inner {
     base_env: BTreeMap<String, String>,
     /// The CA bundle installs trust.
     ca: CaBundle,
+    /// Deadline of an install into the VM (the spec's
+    /// [`crate::spec::InstallLimits::timeout`]).
+    install_timeout: std::time::Duration,
     /// Where the VM's boot (or restore) time went.
     boot_timings: crate::vm::BootTimings,
     /// The guest ports served on the host.
@@ -300,6 +303,7 @@ impl Session {
             start_ms,
             base_env,
             ca,
+            install_timeout: options.spec.install.timeout,
             boot_timings: vm.boot_timings().clone(),
             exposed: vm.exposed().to_vec(),
             vm: AsyncMutex::new(Some(vm)),
@@ -483,7 +487,7 @@ impl Session {
         let vm = call.vm();
         let outcome = self
             .inner
-            .until_shutdown(vm.install(packages, &self.inner.ca))
+            .until_shutdown(vm.install(packages, &self.inner.ca, self.inner.install_timeout))
             .await?;
         let outcome = call.check_vm(outcome).await?;
         Ok(CellResult::new(outcome, ms(started.elapsed())))

@@ -28,7 +28,8 @@
 //! | lines of `show TEXT`, `result MIME DATA`, `raise NAME VALUE` | results, in order: `show` the main result (`text/plain` TEXT), `result` a displayed one (`{MIME: DATA}`, DATA as is: base64 for binary types), `raise` a cell error (traceback on stderr, exit 1) |
 //! | anything else        | echoed on stdout, exit 0                                    |
 //!
-//! Files live in memory per VM; installs succeed on a VM with a network
+//! Files live in memory per VM (an upload whose path starts with `hang`
+//! never finishes); installs succeed on a VM with a network
 //! (echoing the packages) and fail without one, as the real ones do.
 
 use crate::error::{BootError, ExecError, PackageError};
@@ -36,7 +37,7 @@ use crate::files::{FileInfo, FileUpload};
 use crate::machine::VmOptions;
 use crate::network::ExposedAddr;
 use crate::observer::{RunObserver, Stage};
-use crate::packages::install::PackagesReport;
+use crate::packages::install::{InstallLimits, PackagesReport};
 use crate::packages::PackageList;
 use crate::scheduler::{Scheduler, SchedulerParts};
 use crate::source::{
@@ -214,7 +215,13 @@ impl FakeVm {
             .iter()
             .map(|e| ExposedAddr {
                 guest_port: e.guest_port,
-                host: SocketAddr::from((Ipv4Addr::LOCALHOST, e.host_port.unwrap_or(e.guest_port))),
+                host: SocketAddr::from((
+                    options
+                        .network
+                        .expose_address
+                        .unwrap_or(Ipv4Addr::LOCALHOST.into()),
+                    e.host_port.unwrap_or(e.guest_port),
+                )),
             })
             .collect();
         Self {
@@ -412,6 +419,11 @@ impl SandboxVm for FakeVm {
             }
             crate::files::validate_guest_path("path", &upload.path)
                 .map_err(|_| self.file_error(&upload.path, "write", ErrorKind::InvalidPath))?;
+            if upload.path.starts_with("hang") {
+                // A guest that never acknowledges the write: the caller's
+                // deadline ends it.
+                std::future::pending::<()>().await;
+            }
             lock(&self.files).insert(upload.path.clone(), upload.content.clone());
             Ok(FileInfo {
                 path: upload.path.clone(),
@@ -483,6 +495,7 @@ impl SandboxVm for FakeVm {
         &'a mut self,
         packages: &'a [String],
         _ca: &'a CaBundle,
+        _timeout: Duration,
     ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>> {
         Box::pin(async move {
             let list = PackageList::parse(self.options.language, packages)?;
@@ -521,12 +534,27 @@ impl SandboxVm for FakeVm {
 /// A [`PackagePreparer`] that checks the specs as the real one does and
 /// hands out a layer disk per list without installing anything; the first
 /// preparation of a list reports an install
-/// ([`Stage::InstallingPackages`]), later ones a cached layer.
+/// ([`Stage::InstallingPackages`]), later ones a cached layer. An install
+/// checks its [`InstallLimits`] as the real one does (and records them),
+/// and waits while installs are held ([`FakePackages::hold_installs`]).
 #[derive(Clone, Default)]
 pub struct FakePackages {
     prepared: Arc<Mutex<Vec<Vec<String>>>>,
     failures: Arc<Mutex<VecDeque<MakeError<PackageError>>>>,
+    installs: Arc<Mutex<Vec<InstallLimits>>>,
+    hold: Arc<InstallHold>,
 }
+
+/// Whether installs wait, and how many do.
+#[derive(Default)]
+struct InstallHold {
+    held: std::sync::atomic::AtomicBool,
+    waiting: AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+/// Longest a held fake install waits.
+const INSTALL_HOLD_DEADLINE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for FakePackages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -542,6 +570,45 @@ impl FakePackages {
         lock(&self.prepared).clone()
     }
 
+    /// The limits of each install (first preparation of a list), in
+    /// order.
+    pub fn installs(&self) -> Vec<InstallLimits> {
+        lock(&self.installs).clone()
+    }
+
+    /// Installs from now on wait (at most 30 s) until
+    /// [`FakePackages::release_installs`].
+    pub fn hold_installs(&self) {
+        self.hold.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held installs go on, and later ones not wait.
+    pub fn release_installs(&self) {
+        self.hold.held.store(false, Ordering::SeqCst);
+        self.hold.released.notify_waiters();
+    }
+
+    /// Installs waiting now.
+    pub fn installs_waiting(&self) -> usize {
+        self.hold.waiting.load(Ordering::SeqCst)
+    }
+
+    async fn wait_while_held(&self) {
+        let hold = &self.hold;
+        hold.waiting.fetch_add(1, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let released = hold.released.notified();
+                if !hold.held.load(Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
+        };
+        let _ = tokio::time::timeout(INSTALL_HOLD_DEADLINE, wait).await;
+        hold.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// The next non-empty preparation fails with `error()`.
     pub fn fail_next(&self, error: impl FnOnce() -> PackageError + Send + 'static) {
         lock(&self.failures).push_back(Box::new(error));
@@ -554,6 +621,7 @@ impl PackagePreparer for FakePackages {
         language: Language,
         packages: &'a [String],
         _tenant: &'a str,
+        limits: &'a InstallLimits,
         observer: &'a mut dyn RunObserver,
     ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>> {
         Box::pin(async move {
@@ -568,7 +636,10 @@ impl PackagePreparer for FakePackages {
             let canonical = list.canonical();
             let cached = lock(&self.prepared).contains(&canonical);
             if !cached {
+                limits.install_memory_mib(&list)?;
+                lock(&self.installs).push(*limits);
                 observer.stage(Stage::InstallingPackages);
+                self.wait_while_held().await;
             }
             lock(&self.prepared).push(canonical.clone());
             let key = sha256_hex(canonical.join("\n").as_bytes())[..16].to_owned();

@@ -193,6 +193,7 @@ async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {
     if let Some(usage) = airlock.cache_usage() {
         airlock.metrics().observe_caches(&usage);
     }
+    airlock.metrics().observe_fair(airlock.fair_share());
     (
         [(
             header::CONTENT_TYPE,

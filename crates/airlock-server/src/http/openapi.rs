@@ -48,13 +48,26 @@ fn errors() -> Value {
     json!({
         "400": error_response("Bad input (malformed JSON, a bad field)"),
         "401": error_response("Missing or unknown API key"),
-        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin"),
-        "413": error_response("Body over the limit"),
+        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin; `expose_disabled`: `network.expose` on a server whose operator has not enabled it"),
+        "413": error_response("Body over the limit; `uploads_too_large`: a run's files over `[uploads] max_bytes` together"),
         "415": error_response("Keyless server: a body that is not application/json"),
-        "429": error_response("Over a quota (the message names it)"),
+        "429": too_many(),
         "500": error_response("The server failed (a VM that would not boot, an agent's unexpected error): never the caller's input"),
         "503": error_response("Draining, no VM capacity, or the VM was lost"),
     })
+}
+
+/// 429: a quota (`quota_exceeded`, the message names it) or no VM slot
+/// within the queue time (`queue_timeout`, with `Retry-After`).
+fn too_many() -> Value {
+    let mut answer = error_response(
+        "`quota_exceeded`: over a quota (the message names it: concurrent_runs, live_sessions, memory_mib, vcpus, vcpus_per_vm, timeout_s, requests_per_minute; an install VM that the memory quota cannot hold); `queue_timeout`: no VM slot of the tenant's fair share came within the queue time",
+    );
+    answer["headers"] = json!({"Retry-After": {
+        "description": "With `queue_timeout`: seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 1}
+    }});
+    answer
 }
 
 /// A generator whose references point into the document's
@@ -304,7 +317,8 @@ pub fn openapi() -> Value {
                     "200": {"description": "The run's result", "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}},
                         "text/event-stream": {"schema": {"type": "string"}}
-                    }}
+                    }},
+                    "408": error_response("`upload_timeout`: the run's files were not written into its VM within `[uploads] timeout_s`")
                 }))
             }},
         }
@@ -496,6 +510,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_429_documents_retry_after_and_runs_their_upload_timeout() {
+        let doc = openapi();
+        for (_, method, path, op) in operations(&doc) {
+            let too_many = &op["responses"]["429"];
+            if too_many.is_null() {
+                continue;
+            }
+            assert_eq!(
+                too_many["headers"]["Retry-After"]["schema"]["type"], "integer",
+                "{method} {path}"
+            );
+        }
+        let run = &doc["paths"]["/v1/runs"]["post"]["responses"];
+        assert!(run["408"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("upload_timeout")));
     }
 
     #[test]

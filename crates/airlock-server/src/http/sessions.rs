@@ -74,18 +74,25 @@ async fn exec(
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Response, ServerError> {
     let session = airlock.session(&caller, &id)?;
+    // Refusals (a timeout over the quota) answer as JSON with their
+    // status, before a stream starts.
+    let request = airlock.prepare_exec(&caller, &body)?;
     if wants_events(&headers) {
         let config = airlock.config();
         let (limits, metrics) = (config.streams.clone(), airlock.metrics().clone());
         return Ok(
             sse::stream(&limits, &metrics, move |mut observer| async move {
-                let result = airlock.exec(&caller, &session, &body, &mut observer).await;
+                let result = airlock
+                    .exec_prepared(&session, request, &mut observer)
+                    .await;
                 (observer, result)
             })
             .into_response(),
         );
     }
-    let result = airlock.exec(&caller, &session, &body, &mut Discard).await?;
+    let result = airlock
+        .exec_prepared(&session, request, &mut Discard)
+        .await?;
     Ok(Json(result).into_response())
 }
 

@@ -18,35 +18,31 @@ use crate::keys::Caller;
 use crate::service::Airlock;
 use airlock::{CellRequest, CellResult, FileInfo, RunObserver, Session};
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Airlock {
     /// Starts a session for `caller`.
     ///
     /// # Errors
-    /// 400 for bad input, 429 over the live-sessions or memory quota, 503
-    /// while draining; the orchestrator's errors.
+    /// 400 for bad input, 403 or 400 for exposed ports the operator's
+    /// policy refuses, 429 over the live-sessions, memory or vCPU quota
+    /// or when no VM slot came in time, 503 while draining; the
+    /// orchestrator's errors.
     pub async fn create_session(&self, caller: &Caller, body: &SessionBody) -> Result<SessionInfo> {
         self.check_not_draining()?;
         let language = language_of(body.language.as_deref(), &body.spec.sandbox)?;
         let secrets = self.resolve_secrets(caller, &body.spec.secrets).await?;
         let mut options = body.spec.to_options(&caller.tenant, language, secrets)?;
-        caller.quotas.check_vm(
-            &caller.tenant,
-            options.spec.shape.memory_mib,
-            Duration::ZERO,
-        )?;
-        options.spec.shape = self.config().run_shape(
-            &options.spec,
-            self.scheduler().config().template_shapes.as_deref(),
-            caller.quotas.memory_mib,
-        );
+        self.fit_sandbox(caller, &mut options.spec)?;
         // Sessions the orchestrator closed (idle, lifetime) give their
         // places back here.
         self.sweep_sessions();
         let place = self
-            .ledger()
-            .start_session(&caller.tenant, &caller.quotas)?;
+            .take_place(
+                caller,
+                crate::quota::PlaceKind::Session,
+                options.spec.shape.vcpus,
+            )
+            .await?;
         let session = self.scheduler().session(options).await?;
         let metrics = self.metrics();
         metrics.sessions_created.inc();
@@ -105,6 +101,21 @@ impl Airlock {
         self.sessions().get(&caller.tenant, id)
     }
 
+    /// Checks a cell of `body` for `caller` before anything runs (and
+    /// before a stream's first byte).
+    ///
+    /// # Errors
+    /// 400 for a bad timeout, 429 for a timeout over the quota.
+    pub fn prepare_exec(&self, caller: &Caller, body: &ExecBody) -> Result<CellRequest> {
+        let mut request = CellRequest::new(body.code.clone());
+        request.timeout = parse_timeout(body.timeout_s, airlock::DEFAULT_TIMEOUT)?;
+        request.env = body.env.clone().unwrap_or_default();
+        caller
+            .quotas
+            .check_timeout(&caller.tenant, request.timeout)?;
+        Ok(request)
+    }
+
     /// Runs a cell in one of the caller's sessions.
     ///
     /// # Errors
@@ -117,12 +128,20 @@ impl Airlock {
         body: &ExecBody,
         observer: &mut dyn RunObserver,
     ) -> Result<CellResult> {
-        let mut request = CellRequest::new(body.code.clone());
-        request.timeout = parse_timeout(body.timeout_s, airlock::DEFAULT_TIMEOUT)?;
-        request.env = body.env.clone().unwrap_or_default();
-        caller
-            .quotas
-            .check_timeout(&caller.tenant, request.timeout)?;
+        let request = self.prepare_exec(caller, body)?;
+        self.exec_prepared(session, request, observer).await
+    }
+
+    /// Runs a cell [`Airlock::prepare_exec`] checked.
+    ///
+    /// # Errors
+    /// 404, 409 (busy), the orchestrator's errors.
+    pub async fn exec_prepared(
+        &self,
+        session: &Session,
+        request: CellRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<CellResult> {
         let result = session.exec(request, observer).await?;
         self.metrics()
             .exec_seconds

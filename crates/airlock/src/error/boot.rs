@@ -350,6 +350,13 @@ impl From<ExecError> for BootError {
             ExecError::Protocol { vm_id, source } | ExecError::File { vm_id, source, .. } => {
                 Self::Protocol { vm_id, source }
             }
+            ExecError::UploadTimeout { vm_id, timeout, .. } => Self::Protocol {
+                vm_id,
+                source: airlock_protocol::ProtocolError::Timeout {
+                    what: "uploads".into(),
+                    after: timeout,
+                },
+            },
         }
     }
 }

@@ -44,6 +44,17 @@ pub enum ExecError {
         #[source]
         source: ProtocolError,
     },
+    /// A run's uploads were not all written within their overall
+    /// deadline ([`crate::RunRequest::upload_timeout`]).
+    #[error("vm {vm_id}: the run's {files} uploaded file(s) were not written within {:.1} s", .timeout.as_secs_f64())]
+    UploadTimeout {
+        /// The VM.
+        vm_id: String,
+        /// How many files the run uploads.
+        files: usize,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
 }
 
 impl ExecError {
@@ -54,7 +65,7 @@ impl ExecError {
         match self {
             Self::VmDied { .. } => true,
             Self::Protocol { source, .. } => is_lost_channel(source),
-            Self::File { .. } => false,
+            Self::File { .. } | Self::UploadTimeout { .. } => false,
         }
     }
 
@@ -67,6 +78,9 @@ impl ExecError {
             Self::File { .. } => Some(
                 "guest paths are relative to the sandbox home; symlinks leading out of it are refused",
             ),
+            Self::UploadTimeout { .. } => {
+                Some("upload fewer or smaller files with the run, or give them a longer deadline")
+            }
             Self::Protocol { .. } => None,
         }
     }

@@ -23,6 +23,16 @@ pub enum PackageError {
         /// What went wrong (with the package manager's output tail).
         reason: String,
     },
+    /// An install VM was needed but the sandbox's
+    /// [`crate::packages::InstallLimits`] leave it too little (the
+    /// server's tenant quotas): nothing booted.
+    #[error("installing {packages} is refused: {reason}")]
+    InstallRefused {
+        /// The package list.
+        packages: String,
+        /// Which limit is too small, and what an install needs.
+        reason: String,
+    },
     /// The install VM could not be booted, or the layer store failed.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -47,6 +57,9 @@ impl PackageError {
             Self::Input(e) => e.hint(),
             Self::Install { .. } => Some(
                 "check the names and versions exist on the registry; behind a TLS-inspecting proxy pass its CA with --ca-bundle; see docs/packages.md",
+            ),
+            Self::InstallRefused { .. } => Some(
+                "ask for a larger memory quota, or use packages already installed by another run (their layer needs no install VM)",
             ),
             Self::Boot(e) => e.hint(),
             Self::Exec(e) => e.hint(),

@@ -28,6 +28,9 @@ use crate::error::{BootError, ExecError, InputError, PackageError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
 use crate::network::{NetworkReport, NetworkRequest};
+pub use crate::spec::{
+    InstallLimits, DEFAULT_INSTALL_TIMEOUT, INSTALL_MEMORY_MIB, MIN_INSTALL_MEMORY_MIB,
+};
 use crate::task::blocking;
 use crate::vm::Vm;
 use airlock_gvproxy::DomainPattern;
@@ -41,10 +44,6 @@ use std::time::{Duration, Instant};
 /// Apparent size of a layer's disk, in MiB (sparse: only what is written
 /// takes space).
 pub const LAYER_DISK_MIB: u64 = 4096;
-/// Guest memory of an install VM, in MiB.
-pub const INSTALL_MEMORY_MIB: u32 = 1024;
-/// Default deadline of one install (the package manager's run).
-pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deadline of `mkfs.ext4`.
 const MKFS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of the listing of what was installed.
@@ -65,6 +64,8 @@ pub struct InstallSettings {
     pub ca: CaBundle,
     /// Deadline of the package manager's run.
     pub timeout: Duration,
+    /// Guest memory of the install VM, in MiB.
+    pub memory_mib: u32,
 }
 
 impl Default for InstallSettings {
@@ -73,6 +74,7 @@ impl Default for InstallSettings {
             tenant: "default".into(),
             ca: CaBundle::System,
             timeout: DEFAULT_INSTALL_TIMEOUT,
+            memory_mib: INSTALL_MEMORY_MIB,
         }
     }
 }
@@ -177,15 +179,18 @@ pub async fn ensure_layer(
 /// are checked before anything else.
 ///
 /// A session calls it before booting and sets `VmOptions::packages` to
-/// [`PackageDisk::read_only`] of the layer.
+/// [`PackageDisk::read_only`] of the layer. An install VM takes at most
+/// `limits`' memory and time.
 ///
 /// # Errors
-/// [`InputError::PackageSpec`], and as [`ensure_layer`].
+/// [`InputError::PackageSpec`], [`PackageError::InstallRefused`] when
+/// `limits` are too small for an install, and as [`ensure_layer`].
 pub async fn prepare(
     manager: &VmManager,
     language: Language,
     packages: &[String],
     tenant: &str,
+    limits: &InstallLimits,
     on_install: impl FnOnce() + Send,
 ) -> Result<Option<LayerOutcome>, PackageError> {
     let list = PackageList::parse(language, packages)?;
@@ -218,11 +223,13 @@ pub async fn prepare(
             install: None,
         }));
     }
+    let memory_mib = limits.install_memory_mib(&list)?;
     on_install();
     let settings = InstallSettings {
         tenant: tenant.to_owned(),
         ca: manager.config().ca_bundle.clone(),
-        ..InstallSettings::default()
+        timeout: limits.timeout,
+        memory_mib,
     };
     let outcome = build_layer(manager, &list, &settings).await?;
     note_tenant(&outcome.layer, tenant).await;
@@ -351,7 +358,7 @@ pub fn install_network(list: &PackageList) -> Result<NetworkRequest, InputError>
         .collect::<Result<Vec<_>, InputError>>()?;
     Ok(NetworkRequest {
         allow: Some(allow),
-        exposes: Vec::new(),
+        ..NetworkRequest::default()
     })
 }
 
@@ -369,7 +376,7 @@ async fn build_in(
         tenant: settings.tenant.clone(),
         language: list.language(),
         image: None,
-        memory_mib: INSTALL_MEMORY_MIB,
+        memory_mib: settings.memory_mib,
         vcpus: 1,
         network: install_network(list)?,
         packages: Some(PackageDisk {

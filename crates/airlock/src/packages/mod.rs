@@ -24,8 +24,8 @@ pub mod spec;
 
 pub use ca::CaBundle;
 pub use install::{
-    build_layer, ensure_layer, find_layer, install_into, prepare, InstallReport, InstallSettings,
-    LayerOutcome, PackagesReport,
+    build_layer, ensure_layer, find_layer, install_into, prepare, InstallLimits, InstallReport,
+    InstallSettings, LayerOutcome, PackagesReport,
 };
 pub use layer::{Layer, LayerDetails, LayerInputs, LayerMetadata, LayerStore, ListedLayer};
 pub use spec::{PackageList, PackageManager, PackageSpec};

@@ -227,6 +227,56 @@ async fn uploads_land_before_the_code_and_downloads_are_read_each_on_its_own() {
     assert!(result.downloads[1].error.is_some());
 }
 
+#[tokio::test(start_paused = true)]
+async fn uploads_that_stall_past_their_deadline_fail_the_run_and_destroy_its_vm() {
+    let fakes = FakeSetup::new();
+    let mut request = run("x");
+    request.uploads = vec![
+        FileUpload::new("first.txt", b"1".to_vec()),
+        FileUpload::new("hang.bin", b"2".to_vec()),
+    ];
+    request.upload_timeout = Duration::from_secs(3);
+    let started = tokio::time::Instant::now();
+
+    let err = fakes.scheduler.run(request).await.unwrap_err();
+
+    match &err {
+        RunError::Exec(ExecError::UploadTimeout { files, timeout, .. }) => {
+            assert_eq!((*files, *timeout), (2, Duration::from_secs(3)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!err.to_string().is_empty());
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(fakes.live(), 0);
+}
+
+#[tokio::test]
+async fn install_limits_reach_the_package_preparer_and_a_too_small_one_is_refused() {
+    let fakes = FakeSetup::new();
+    let mut request = run("import six");
+    request.spec.packages = vec!["six==1.16.0".into()];
+    request.spec.install = crate::spec::InstallLimits {
+        memory_mib: 128,
+        timeout: Duration::from_secs(5),
+    };
+    let err = fakes.scheduler.run(request.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, RunError::Packages(PackageError::InstallRefused { .. })),
+        "{err}"
+    );
+    assert_eq!(fakes.live(), 0, "nothing booted");
+    request.spec.install.memory_mib = 300;
+    fakes.scheduler.run(request).await.unwrap();
+    assert_eq!(
+        fakes.packages.installs(),
+        [crate::spec::InstallLimits {
+            memory_mib: 300,
+            timeout: Duration::from_secs(5),
+        }]
+    );
+}
+
 #[tokio::test]
 async fn packages_are_prepared_once_attached_read_only_and_reported() {
     let fakes = FakeSetup::new();

@@ -115,7 +115,8 @@ pub trait SandboxVm: Send + Sync {
     fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>>;
 
     /// Installs pinned packages into the home with the language's package
-    /// manager, trusting `ca` (the VM needs a network to the registries).
+    /// manager, trusting `ca` (the VM needs a network to the registries),
+    /// within `timeout`.
     ///
     /// # Errors
     /// [`crate::InputError::PackageSpec`], [`PackageError::Install`].
@@ -123,6 +124,7 @@ pub trait SandboxVm: Send + Sync {
         &'a mut self,
         packages: &'a [String],
         ca: &'a CaBundle,
+        timeout: std::time::Duration,
     ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>>;
 
     /// Destroys the VM (never fails, safe twice) and reports what it did.
@@ -159,15 +161,18 @@ pub struct PreparedPackages {
 pub trait PackagePreparer: Send + Sync {
     /// The layer `packages` (of `language`, for `tenant`) attaches: `None`
     /// for an empty list. `observer` hears
-    /// [`crate::Stage::InstallingPackages`] before an install.
+    /// [`crate::Stage::InstallingPackages`] before an install, which takes
+    /// at most `limits`' memory and time.
     ///
     /// # Errors
-    /// [`crate::InputError::PackageSpec`], [`PackageError::Install`].
+    /// [`crate::InputError::PackageSpec`], [`PackageError::Install`],
+    /// [`PackageError::InstallRefused`] when `limits` are too small.
     fn prepare<'a>(
         &'a self,
         language: Language,
         packages: &'a [String],
         tenant: &'a str,
+        limits: &'a crate::packages::InstallLimits,
         observer: &'a mut dyn RunObserver,
     ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>>;
 }

@@ -152,12 +152,13 @@ impl PackagePreparer for LayerPreparer {
         language: Language,
         packages: &'a [String],
         tenant: &'a str,
+        limits: &'a crate::packages::InstallLimits,
         observer: &'a mut dyn RunObserver,
     ) -> BoxFuture<'a, Result<Option<PreparedPackages>, PackageError>> {
         Box::pin(async move {
             let outcome =
-                crate::packages::prepare(&self.manager, language, packages, tenant, || {
-                    observer.stage(Stage::InstallingPackages);
+                crate::packages::prepare(&self.manager, language, packages, tenant, limits, || {
+                    observer.stage(Stage::InstallingPackages)
                 })
                 .await?;
             Ok(outcome.map(|outcome| PreparedPackages {

@@ -12,9 +12,6 @@ use crate::vm::{BootTimings, ExecOutcome, Vm};
 use airlock_protocol::{ExecRequest, FileEntry, Language};
 use std::time::Duration;
 
-/// Deadline of one install into a running VM.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
-
 impl SandboxVm for Vm {
     fn id(&self) -> &str {
         Vm::id(self)
@@ -87,9 +84,10 @@ impl SandboxVm for Vm {
         &'a mut self,
         packages: &'a [String],
         ca: &'a CaBundle,
+        timeout: Duration,
     ) -> BoxFuture<'a, Result<ExecOutcome, PackageError>> {
         Box::pin(async move {
-            let output = crate::packages::install_into(self, packages, ca, INSTALL_TIMEOUT).await?;
+            let output = crate::packages::install_into(self, packages, ca, timeout).await?;
             Ok(ExecOutcome {
                 stdout: output.stdout,
                 stderr: output.stderr,

@@ -170,6 +170,10 @@ pub struct SandboxSpec {
     /// join the allowlist; nothing else does). Values never reach the VM,
     /// and `Debug` shows none. Empty: none.
     pub secrets: Vec<Secret>,
+    /// What the install VM of [`SandboxSpec::packages`] may take, when
+    /// the layer is not stored yet (default: 1 GiB, 600 s; the server
+    /// sets its tenant's quotas).
+    pub install: InstallLimits,
     // This wave's fields go here, each checked in `validate`:
     // - `mounts: Vec<Mount>` (host folders over virtio-9p, read-only by
     //   default), becoming extra drives in `VmOptions`;
@@ -187,6 +191,7 @@ impl SandboxSpec {
             packages: Vec::new(),
             ca_bundle: None,
             secrets: Vec::new(),
+            install: InstallLimits::default(),
         }
     }
 
@@ -242,6 +247,61 @@ pub fn validate_secrets(secrets: &[Secret]) -> Result<(), InputError> {
         }
     }
     Ok(())
+}
+
+/// Guest memory of an install VM, in MiB (less when its
+/// [`InstallLimits::memory_mib`] is lower).
+pub const INSTALL_MEMORY_MIB: u32 = 1024;
+/// The least guest memory an install VM boots with, in MiB: under it pip
+/// and npm fail on ordinary packages, so a smaller limit is refused
+/// before the VM boots ([`crate::PackageError::InstallRefused`]).
+pub const MIN_INSTALL_MEMORY_MIB: u32 = 256;
+/// Default deadline of one install (the package manager's run).
+pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// What the install VM of a sandbox's packages may take (a field of
+/// [`crate::spec::SandboxSpec`]): the server sets its tenant's memory and
+/// timeout quotas here, so that an install is no larger than the tenant's
+/// own VMs; the CLI keeps the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallLimits {
+    /// Most guest memory, in MiB: the install VM takes the least of this
+    /// and [`INSTALL_MEMORY_MIB`]; under [`MIN_INSTALL_MEMORY_MIB`] an
+    /// install is refused.
+    pub memory_mib: u32,
+    /// Deadline of the package manager's run.
+    pub timeout: Duration,
+}
+
+impl Default for InstallLimits {
+    fn default() -> Self {
+        Self {
+            memory_mib: INSTALL_MEMORY_MIB,
+            timeout: DEFAULT_INSTALL_TIMEOUT,
+        }
+    }
+}
+
+impl InstallLimits {
+    /// The guest memory of an install VM under these limits.
+    ///
+    /// # Errors
+    /// [`crate::PackageError::InstallRefused`] when the limit is under
+    /// [`MIN_INSTALL_MEMORY_MIB`].
+    pub fn install_memory_mib(
+        &self,
+        list: &crate::packages::spec::PackageList,
+    ) -> Result<u32, crate::error::PackageError> {
+        if self.memory_mib < MIN_INSTALL_MEMORY_MIB {
+            return Err(crate::error::PackageError::InstallRefused {
+                packages: list.canonical().join(" "),
+                reason: format!(
+                    "the memory limit is {} MiB, and an install VM needs at least {MIN_INSTALL_MEMORY_MIB} MiB",
+                    self.memory_mib
+                ),
+            });
+        }
+        Ok(self.memory_mib.min(INSTALL_MEMORY_MIB))
+    }
 }
 
 /// One warm pool: a shape, how many VMs wait, and for how long at most.
@@ -372,6 +432,33 @@ mod tests {
             Err(InputError::Invalid { field, .. }) => field,
             other => panic!("expected InvalidInput, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_install_vm_takes_the_least_of_its_need_and_the_limit_and_never_under_the_minimum() {
+        let list = crate::packages::spec::PackageList::parse(
+            Language::Python,
+            &["six==1.16.0".to_owned()],
+        )
+        .unwrap();
+        let limits = |memory_mib| InstallLimits {
+            memory_mib,
+            ..InstallLimits::default()
+        };
+        assert_eq!(
+            InstallLimits::default().install_memory_mib(&list).unwrap(),
+            INSTALL_MEMORY_MIB
+        );
+        assert_eq!(limits(512).install_memory_mib(&list).unwrap(), 512);
+        assert_eq!(
+            limits(4096).install_memory_mib(&list).unwrap(),
+            INSTALL_MEMORY_MIB
+        );
+        let err = limits(MIN_INSTALL_MEMORY_MIB - 1)
+            .install_memory_mib(&list)
+            .unwrap_err();
+        assert!(err.to_string().contains("six==1.16.0"), "{err}");
+        assert!(err.hint().is_some());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod attack;
 mod attack_cache;
+mod attack_tenancy;
 mod auth;
 mod errors;
 mod mcp;
