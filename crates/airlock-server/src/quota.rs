@@ -349,6 +349,32 @@ impl Place {
         self.slot = Some(slot);
         self
     }
+
+    /// Holds `vcpus` more for this place's VM, within the tenant's
+    /// `vcpus` quota (given back with the place). Taken once the VM has
+    /// its slot: requests waiting in line hold no vCPUs, so the quota
+    /// counts the VMs that run.
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] for `vcpus` when the tenant's running VMs
+    /// would hold more.
+    pub fn hold_vcpus(&mut self, quotas: &Quotas, vcpus: u32) -> Result<()> {
+        let mut map = self.ledger.lock();
+        let usage = Ledger::usage(&mut map, &self.tenant, quotas);
+        if usage.vcpus.saturating_add(vcpus) > quotas.vcpus {
+            return Err(quota(
+                &self.tenant,
+                "vcpus",
+                format!(
+                    "{} vCPUs held by running VMs, {vcpus} more asked, at most {} in all",
+                    usage.vcpus, quotas.vcpus
+                ),
+            ));
+        }
+        usage.vcpus += vcpus;
+        self.vcpus += vcpus;
+        Ok(())
+    }
 }
 
 impl Drop for Place {
@@ -371,6 +397,28 @@ impl Drop for Place {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpus_are_held_from_the_slot_on_and_given_back_with_the_place() {
+        let ledger = Ledger::default();
+        let quotas = Quotas {
+            vcpus: 8,
+            ..Quotas::default()
+        };
+        // Places waiting for a slot hold no vCPUs.
+        let mut first = ledger.start_run("t", &quotas, 0).unwrap();
+        let mut second = ledger.start_run("t", &quotas, 0).unwrap();
+        assert_eq!(ledger.vcpus_in_use("t"), 0);
+        first.hold_vcpus(&quotas, 6).unwrap();
+        let refused = second.hold_vcpus(&quotas, 4).unwrap_err().to_string();
+        assert!(refused.contains("vcpus"), "{refused}");
+        assert_eq!(ledger.vcpus_in_use("t"), 6);
+        drop(first);
+        assert_eq!(ledger.vcpus_in_use("t"), 0);
+        second.hold_vcpus(&quotas, 4).unwrap();
+        drop(second);
+        assert_eq!(ledger.vcpus_in_use("t"), 0);
+    }
 
     #[test]
     fn overrides_replace_only_the_fields_they_set() {

@@ -212,9 +212,10 @@ impl Airlock {
         Ok(())
     }
 
-    /// Takes the caller's place (count and vCPUs) for a VM of `vcpus`,
-    /// then a VM slot of its fair share, waiting in line for it up to the
-    /// queue time (or until the server drains).
+    /// Takes the caller's place (its count) for a VM of `vcpus`, then a
+    /// VM slot of its fair share, waiting in line for it up to the queue
+    /// time (or until the server drains), then the VM's vCPUs within the
+    /// tenant's quota.
     ///
     /// # Errors
     /// [`ServerError::Quota`], [`ServerError::QueueTimeout`],
@@ -226,17 +227,22 @@ impl Airlock {
         vcpus: u32,
     ) -> Result<crate::quota::Place> {
         let (tenant, quotas) = (&caller.tenant, &caller.quotas);
+        // The count first (a request over it waits for nothing); the
+        // vCPUs once the slot is given, so that only running VMs hold
+        // them (twenty runs queued for four slots hold four VMs' worth).
         let place = match kind {
-            crate::quota::PlaceKind::Run => self.inner.ledger.start_run(tenant, quotas, vcpus)?,
+            crate::quota::PlaceKind::Run => self.inner.ledger.start_run(tenant, quotas, 0)?,
             crate::quota::PlaceKind::Session => {
-                self.inner.ledger.start_session(tenant, quotas, vcpus)?
+                self.inner.ledger.start_session(tenant, quotas, 0)?
             }
         };
         let slot = tokio::select! {
             slot = self.inner.fair.acquire(tenant) => slot?,
             () = self.inner.draining.cancelled() => return Err(ServerError::Draining),
         };
-        Ok(place.with_slot(slot))
+        let mut place = place.with_slot(slot);
+        place.hold_vcpus(quotas, vcpus)?;
+        Ok(place)
     }
 
     /// The quota ledger.
