@@ -45,7 +45,8 @@ pub struct ServeArgs {
     /// Largest JSON body, in bytes.
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
-    /// Largest file uploaded to a session, in bytes.
+    /// Largest file written into or read from a session, in bytes
+    /// (`[files] max_bytes`).
     #[arg(long)]
     pub max_file_bytes: Option<usize>,
     /// VMs at once, all tenants together.
@@ -195,7 +196,7 @@ impl ServeArgs {
         set!(
             listen => listen,
             max_body_bytes => max_body_bytes,
-            max_file_bytes => max_file_bytes,
+            max_file_bytes => files.max_bytes,
             queue_timeout_s => queue_timeout_s,
             drain_grace_s => drain_grace_s,
             quota_concurrent_runs => quotas.concurrent_runs,

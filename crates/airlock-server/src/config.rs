@@ -22,6 +22,12 @@
 //! [streams]                # server-sent events of one request
 //! max_events = 65536
 //! max_bytes = 33554432
+//! [files]                  # one cap for session file reads and writes
+//! max_bytes = 67108864
+//! [mcp]                    # MCP over HTTP at /mcp
+//! max_body_bytes = 8388608
+//! max_sessions_per_tenant = 16
+//! max_read_file_bytes = 1048576
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -64,8 +70,10 @@ pub struct ServerConfig {
     pub secrets_file: Option<PathBuf>,
     /// Largest JSON request body, in bytes (larger ones get 413).
     pub max_body_bytes: usize,
-    /// Largest file uploaded to a session, in bytes (larger ones get 413).
-    pub max_file_bytes: usize,
+    /// The old spelling of `[files] max_bytes`, still read (a file that
+    /// gives both is refused); never written.
+    #[serde(skip_serializing)]
+    pub max_file_bytes: Option<usize>,
     /// VMs at once on this host, all tenants together (more runs wait up
     /// to `queue_timeout_s`, then get 503). Default: the orchestrator's.
     pub max_concurrent_vms: Option<usize>,
@@ -92,6 +100,55 @@ pub struct ServerConfig {
     pub listener: ListenerConfig,
     /// Server-sent event streams: how much one stream may carry.
     pub streams: StreamLimits,
+    /// Session files: one size cap for reads and writes.
+    pub files: FileLimits,
+    /// MCP over HTTP (`/mcp`): its body cap and sessions per tenant.
+    pub mcp: McpLimits,
+}
+
+/// [`ServerConfig::files`]: the one size cap of a session's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLimits {
+    /// Largest file a tenant may write into a session (`PUT`, MCP
+    /// `write_file`) or read from one (`GET`), in bytes: a larger upload
+    /// gets 413 before its body is read past the cap, a larger read fails
+    /// with `file_too_large` (413) as soon as it passes the cap, so the
+    /// server never holds more than this of one file.
+    pub max_bytes: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// [`ServerConfig::mcp`]: the limits of MCP over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpLimits {
+    /// Largest JSON-RPC message posted to `/mcp`, in bytes (413).
+    pub max_body_bytes: usize,
+    /// Live MCP sessions of one tenant; one more `initialize` gets 429.
+    pub max_sessions_per_tenant: usize,
+    /// Largest file the `read_file` tool returns, in bytes (a larger one
+    /// is a tool error pointing to `GET /v1/sessions/{id}/files/{path}`):
+    /// a tool answer is JSON text (base64 for binary files) read by a
+    /// model, not a transfer.
+    pub max_read_file_bytes: usize,
+}
+
+impl Default for McpLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            max_sessions_per_tenant: 16,
+            max_read_file_bytes: 1 << 20,
+        }
+    }
 }
 
 /// [`ServerConfig::listener`]: the limits of the HTTP listener, each
@@ -267,7 +324,7 @@ impl Default for ServerConfig {
             secrets_key_file: None,
             secrets_file: None,
             max_body_bytes: 8 << 20,
-            max_file_bytes: 64 << 20,
+            max_file_bytes: None,
             max_concurrent_vms: None,
             queue_timeout_s: 120,
             drain_grace_s: 30,
@@ -277,6 +334,8 @@ impl Default for ServerConfig {
             pools: None,
             listener: ListenerConfig::default(),
             streams: StreamLimits::default(),
+            files: FileLimits::default(),
+            mcp: McpLimits::default(),
         }
     }
 }
@@ -287,10 +346,21 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerError::Config`] naming `path` and the bad field.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| ServerError::Config {
+        let bad = |message: String| ServerError::Config {
             source_name: path.display().to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let mut config: Self = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if let Some(old) = config.max_file_bytes.take() {
+            if config.files != FileLimits::default() {
+                return Err(bad(
+                    "both max_file_bytes and [files] max_bytes are set: keep [files] max_bytes only"
+                        .into(),
+                ));
+            }
+            config.files.max_bytes = old;
+        }
+        Ok(config)
     }
 
     /// Reads and parses a TOML configuration file.
@@ -324,7 +394,16 @@ impl ServerConfig {
         }
         for (name, value) in [
             ("max_body_bytes", self.max_body_bytes as u64),
-            ("max_file_bytes", self.max_file_bytes as u64),
+            ("files.max_bytes", self.files.max_bytes as u64),
+            ("mcp.max_body_bytes", self.mcp.max_body_bytes as u64),
+            (
+                "mcp.max_sessions_per_tenant",
+                self.mcp.max_sessions_per_tenant as u64,
+            ),
+            (
+                "mcp.max_read_file_bytes",
+                self.mcp.max_read_file_bytes as u64,
+            ),
             ("queue_timeout_s", self.queue_timeout_s),
             (
                 "quotas.concurrent_runs",

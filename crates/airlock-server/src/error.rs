@@ -62,6 +62,17 @@ pub enum ServerError {
         /// The limit.
         limit_bytes: usize,
     },
+    /// A session file is larger than the server returns.
+    #[error("file {path:?} is larger than this server's limit of {limit_bytes} bytes{where_else}")]
+    FileTooLarge {
+        /// The path in the session's home.
+        path: String,
+        /// The limit (`[files] max_bytes`, or MCP's lower one).
+        limit_bytes: u64,
+        /// Where a larger file can be read, if anywhere (with its
+        /// leading separator).
+        where_else: &'static str,
+    },
     /// A tenant's quota would be exceeded.
     #[error("tenant {tenant}: quota {quota} exceeded: {message}")]
     Quota {
@@ -197,7 +208,7 @@ impl ServerError {
             | Self::RouteNotFound { .. }
             | Self::SecretNotFound { .. } => StatusCode::NOT_FOUND,
             Self::SecretsDisabled => StatusCode::NOT_IMPLEMENTED,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Orchestrator(e) => orchestrator_status(e),
@@ -220,6 +231,7 @@ impl ServerError {
             Self::SessionNotFound { .. } => "session_not_found",
             Self::RouteNotFound { .. } => "not_found",
             Self::TooLarge { .. } => "body_too_large",
+            Self::FileTooLarge { .. } => "file_too_large",
             Self::Quota { .. } => "quota_exceeded",
             Self::Draining => "draining",
             Self::Orchestrator(e) => orchestrator_kind(e),
