@@ -272,10 +272,128 @@ impl ServerError {
     }
 
     /// The error as the JSON body clients get:
-    /// `{"error": {"kind", "message"}}`.
+    /// `{"error": {"kind", "message", "request_id"?}}`, its message
+    /// [`ServerError::public`]'s (so this logs the whole error when the
+    /// message leaves something out).
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"kind": self.kind(), "message": self.to_string()}})
+        let public = self.public();
+        let mut error = serde_json::json!({"kind": public.kind, "message": public.message});
+        if let Some(id) = public.request_id {
+            error["request_id"] = serde_json::Value::String(id);
+        }
+        serde_json::json!({ "error": error })
     }
+
+    /// Whether the message is about the tenant's own request only (its
+    /// input, its key, its quota), so it is shown whole.
+    fn is_about_the_request(&self) -> bool {
+        match self {
+            Self::Orchestrator(e) => matches!(Cause::of(e), Cause::Input),
+            Self::Config { .. }
+            | Self::Keys { .. }
+            | Self::Secrets { .. }
+            | Self::Bind { .. }
+            | Self::Internal { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// What a tenant is told (REST, SSE and MCP alike), and the log line
+    /// that keeps the rest ([`PublicError::log`]): an error about the
+    /// request is told whole; any other (the server's, the VM's) only by
+    /// its first line (what follows are the tails of QEMU's stderr and
+    /// the guest console) with host paths (run dirs, caches, images)
+    /// replaced by `<host path>`. When the message leaves something out,
+    /// or the server failed, it carries a request id the log line also
+    /// carries, so an operator finds the whole error.
+    pub fn public(&self) -> PublicError {
+        let public = self.public_with(new_request_id);
+        public.log();
+        public
+    }
+
+    /// [`ServerError::public`] with ids from `request_id`, not logged.
+    fn public_with(&self, request_id: impl FnOnce() -> String) -> PublicError {
+        let whole = self.to_string();
+        let told = if self.is_about_the_request() {
+            whole.clone()
+        } else {
+            redact_host_paths(whole.lines().next().unwrap_or_default())
+        };
+        let needs_id = told != whole || self.status().is_server_error();
+        let request_id = needs_id.then(request_id);
+        let message = match &request_id {
+            Some(id) => format!("{told} (request id {id}: the server's log has the details)"),
+            None => told,
+        };
+        PublicError {
+            kind: self.kind(),
+            status: self.status().as_u16(),
+            message,
+            logged: request_id.is_some().then_some(whole),
+            request_id,
+        }
+    }
+}
+
+/// What a tenant is told of a [`ServerError`] ([`ServerError::public`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicError {
+    /// The error's kind.
+    pub kind: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// The message: no host path, no log tail.
+    pub message: String,
+    /// The id that ties the message to the server's log line, when the
+    /// message leaves something out or the server failed.
+    pub request_id: Option<String>,
+    /// The whole error, for the log line (with `request_id`).
+    logged: Option<String>,
+}
+
+impl PublicError {
+    /// Logs the whole error with its request id, when there is one.
+    fn log(&self) {
+        if let (Some(id), Some(whole)) = (&self.request_id, &self.logged) {
+            tracing::warn!(request_id = %id, kind = self.kind, status = self.status, error = %whole, "request failed");
+        }
+    }
+}
+
+/// A new request id: 12 random hex digits.
+fn new_request_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// `text` with every absolute path of two components or more (a host
+/// path: `/run/airlock/vms/x`, `/home/u/.cache/airlock/images`) replaced
+/// by `<host path>`.
+pub fn redact_host_paths(text: &str) -> String {
+    let is_path_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | '@' | '~');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut after_word = false;
+    while let Some(c) = rest.chars().next() {
+        if c == '/' && !after_word {
+            let end = rest.find(|c: char| !is_path_char(c)).unwrap_or(rest.len());
+            let candidate = &rest[..end];
+            if candidate[1..].contains('/') && candidate.len() > 2 {
+                out.push_str("<host path>");
+                rest = &rest[end..];
+                after_word = false;
+                continue;
+            }
+        }
+        after_word = c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// What an orchestrator error comes down to, whatever the operation.
@@ -393,9 +511,7 @@ impl OrchestratorError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(kind = self.kind(), error = %self, "request failed");
-        }
+        // `body` logs the whole error when it tells less, or failed.
         let mut response = (status, axum::Json(self.body())).into_response();
         // Carried to the metrics and the request log.
         response.extensions_mut().insert(ErrorKind(self.kind()));
@@ -411,6 +527,93 @@ pub struct ErrorKind(pub &'static str);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vm_died(console_tail: &str) -> ServerError {
+        airlock::SessionError::from(airlock::BootError::VmDied {
+            vm_id: "vm-1".into(),
+            when: "during boot",
+            status: None,
+            stderr_tail: "qemu: /run/airlock/vms/vm-1/disk.qcow2: locked".into(),
+            console_tail: console_tail.into(),
+        })
+        .into()
+    }
+
+    #[test]
+    fn a_boot_error_tells_its_first_line_and_a_request_id_the_log_line_carries() {
+        let e = vm_died("[    0.1] secret kernel line\nroot=/dev/vda");
+
+        let public = e.public_with(|| "abc123".to_owned());
+
+        assert!(e.to_string().contains("secret kernel line"));
+        assert!(
+            !public.message.contains("secret kernel line"),
+            "{}",
+            public.message
+        );
+        assert!(
+            !public.message.contains("/run/airlock"),
+            "{}",
+            public.message
+        );
+        assert!(
+            !public.message.contains("qemu stderr"),
+            "{}",
+            public.message
+        );
+        assert!(
+            public.message.contains("vm vm-1: QEMU exited"),
+            "{}",
+            public.message
+        );
+        assert!(
+            public.message.contains("request id abc123"),
+            "{}",
+            public.message
+        );
+        assert_eq!(public.request_id.as_deref(), Some("abc123"));
+        let logged = public.logged.as_deref().unwrap();
+        assert!(logged.contains("secret kernel line") && logged.contains("/run/airlock/vms"));
+        let body = e.body();
+        let id = body["error"]["request_id"].as_str().unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(id),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn host_paths_in_server_errors_are_redacted_but_the_tenants_input_is_told_whole() {
+        let io = airlock_sys_util::IoError::new(
+            "create",
+            "/home/op/.cache/airlock/templates/x.mem",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let e: ServerError = airlock::SessionError::from(airlock::BootError::from(io)).into();
+        let public = e.public_with(|| "id".to_owned());
+        assert!(!public.message.contains(".cache"), "{}", public.message);
+        assert!(public.message.contains("<host path>"), "{}", public.message);
+        assert!(public.logged.unwrap().contains("/home/op/.cache/airlock"));
+
+        let input: ServerError = airlock::InputError::Invalid {
+            field: "path",
+            message: "guest path \"/etc/passwd\": it is absolute".into(),
+        }
+        .into();
+        let public = input.public_with(|| unreachable!("told whole: no id"));
+        assert!(public.message.contains("/etc/passwd"), "{}", public.message);
+        assert_eq!(public.request_id, None);
+    }
+
+    #[test]
+    fn redaction_keeps_routes_words_and_lone_slashes() {
+        assert_eq!(
+            redact_host_paths("open /run/airlock/vms/a: denied, and/or 1/2 at /"),
+            "open <host path>: denied, and/or 1/2 at /"
+        );
+        assert_eq!(redact_host_paths("no path"), "no path");
+        assert_eq!(redact_host_paths("(/var/tmp/x)"), "(<host path>)");
+    }
 
     #[test]
     fn each_client_error_has_the_status_the_api_documents() {

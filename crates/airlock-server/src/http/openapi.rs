@@ -273,7 +273,8 @@ pub fn openapi() -> Value {
                     "type": "object",
                     "required": ["error"],
                     "properties": {"error": {"type": "object", "required": ["kind", "message"],
-                        "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}
+                        "properties": {"kind": {"type": "string"}, "message": {"type": "string"},
+                            "request_id": {"type": "string", "description": "When the message leaves details out (the server's fault): the id of the server's log line that has them"}}}}
                 },
                 "RunResult": run_result,
                 "CellResult": cell_result,

@@ -66,7 +66,8 @@ pub(crate) fn answer<T: ToolOutput>(result: Result<T, ServerError>) -> CallToolR
             result
         }
         Err(e) => {
-            let mut message = format!("{} ({})", e, e.kind());
+            let public = e.public();
+            let mut message = format!("{} ({})", public.message, public.kind);
             if let Some(hint) = e.hint() {
                 message.push_str("; hint: ");
                 message.push_str(hint);

@@ -330,3 +330,43 @@ async fn a_put_into_a_busy_session_is_409_before_its_body_is_read() {
     assert!(closes(&reply));
     assert_eq!(hung.ok(StatusCode::OK)["timed_out"], true);
 }
+
+fn dies_with_a_console_tail() -> airlock::BootError {
+    airlock::BootError::VmDied {
+        vm_id: "vm-9".into(),
+        when: "during boot",
+        status: None,
+        stderr_tail: "qemu: cannot open /run/airlock/vms/vm-9/overlay.qcow2".into(),
+        console_tail: "[ 0.2] host secret in the console".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_vm_error_reaches_the_tenant_without_console_tails_or_host_paths() {
+    let h = Harness::new();
+    h.fakes.cold.fail_next_boot(dies_with_a_console_tail);
+    let reply = h.run(KEY_A, "print(1)", json!({})).await;
+    let body = reply.json();
+    let text = reply.text();
+    assert!(reply.status.is_server_error(), "{text}");
+    assert!(
+        !text.contains("host secret") && !text.contains("/run/airlock"),
+        "{text}"
+    );
+    let id = body["error"]["request_id"].as_str().expect("a request id");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(id),
+        "{text}"
+    );
+
+    h.fakes.cold.fail_next_boot(dies_with_a_console_tail);
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let answer = mcp.call("run_code", json!({"code": "print(1)"})).await;
+    assert!(answer.is_error, "{}", answer.text);
+    assert!(
+        !answer.text.contains("host secret") && !answer.text.contains("/run/airlock"),
+        "{}",
+        answer.text
+    );
+    assert!(answer.text.contains("request id"), "{}", answer.text);
+}
