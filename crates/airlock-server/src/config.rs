@@ -28,6 +28,9 @@
 //! max_body_bytes = 8388608
 //! max_sessions_per_tenant = 16
 //! max_read_file_bytes = 1048576
+//! [egress]                 # what tenants' VMs may reach
+//! allowed_patterns = ["*.github.com", "pypi.org"]
+//! allow_documentation_ranges = false
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -104,6 +107,84 @@ pub struct ServerConfig {
     pub files: FileLimits,
     /// MCP over HTTP (`/mcp`): its body cap and sessions per tenant.
     pub mcp: McpLimits,
+    /// What tenants' VMs may reach on the network.
+    pub egress: EgressPolicy,
+}
+
+/// [`ServerConfig::egress`]: the operator's egress policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressPolicy {
+    /// The domain patterns tenants may allowlist (`network.allow_domains`):
+    /// each of a tenant's entries must be covered by one of them
+    /// (`*.github.com` covers `api.github.com` and `*.api.github.com`;
+    /// `pypi.org` only itself). Unset: any valid entry. The language's
+    /// default registries (`network: {}`) are not the tenant's choice and
+    /// are always allowed. A wildcard over a public suffix (`*.com`,
+    /// `*.co.uk`, `*`) is refused here and from tenants alike.
+    pub allowed_patterns: Option<Vec<String>>,
+    /// Let the egress proxy connect to documentation addresses
+    /// (`192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`),
+    /// refused by default: for hosts whose DNS answers public names with
+    /// them (a sandboxed development gateway). Also
+    /// `$AIRLOCK_EGRESS_ALLOW_DOC_RANGES=1`.
+    pub allow_documentation_ranges: bool,
+}
+
+impl EgressPolicy {
+    /// The operator's patterns, parsed; `None` when unset.
+    ///
+    /// # Errors
+    /// The first pattern that is not a domain or a `*.domain` below a
+    /// public suffix, with why.
+    pub fn patterns(
+        &self,
+    ) -> std::result::Result<Option<Vec<airlock_gvproxy::DomainPattern>>, String> {
+        self.allowed_patterns
+            .as_deref()
+            .map(|patterns| {
+                patterns
+                    .iter()
+                    .map(|p| {
+                        airlock_gvproxy::DomainPattern::parse(p)
+                            .map_err(|e| format!("egress.allowed_patterns: {e}"))
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// Checks a tenant's `allow_domains` against the operator's patterns.
+    ///
+    /// # Errors
+    /// [`ServerError::EgressNotAllowed`] naming the first entry no pattern
+    /// covers, and the patterns; [`ServerError::BadRequest`] for an entry
+    /// that is no valid pattern (a wildcard over a public suffix among
+    /// them).
+    pub fn check_tenant_domains(&self, domains: &[String]) -> Result<()> {
+        let Some(allowed) = self
+            .patterns()
+            .map_err(|e| ServerError::internal("read the egress policy", e))?
+        else {
+            return Ok(());
+        };
+        for domain in domains {
+            let pattern = airlock_gvproxy::DomainPattern::parse(domain)
+                .map_err(|e| ServerError::bad_request(format!("network.allow_domains: {e}")))?;
+            if !allowed.iter().any(|a| a.covers(&pattern)) {
+                return Err(ServerError::EgressNotAllowed {
+                    message: format!(
+                        "network.allow_domains: {domain:?} is outside what this server allows ({})",
+                        self.allowed_patterns
+                            .as_deref()
+                            .unwrap_or_default()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// [`ServerConfig::files`]: the one size cap of a session's files.
@@ -336,6 +417,7 @@ impl Default for ServerConfig {
             streams: StreamLimits::default(),
             files: FileLimits::default(),
             mcp: McpLimits::default(),
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -474,6 +556,7 @@ impl ServerConfig {
                 self.listener.max_connections_per_address, self.listener.max_connections
             )));
         }
+        self.egress.patterns().map_err(bad)?;
         if self.max_concurrent_vms == Some(0) {
             return Err(bad("max_concurrent_vms must be above zero".into()));
         }

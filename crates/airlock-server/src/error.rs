@@ -50,6 +50,13 @@ pub enum ServerError {
         /// What was refused and what is accepted.
         message: String,
     },
+    /// A tenant's network allowlist names a domain outside the operator's
+    /// `[egress] allowed_patterns`.
+    #[error("{message}")]
+    EgressNotAllowed {
+        /// The domain and the patterns allowed.
+        message: String,
+    },
     /// A keyless server refused a body that is not `application/json`.
     #[error("{message}")]
     UnsupportedMediaType {
@@ -202,7 +209,7 @@ impl ServerError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::EgressNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::SessionNotFound { .. }
             | Self::RouteNotFound { .. }
@@ -227,6 +234,7 @@ impl ServerError {
             Self::BadRequest { .. } => "invalid_input",
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
+            Self::EgressNotAllowed { .. } => "egress_not_allowed",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::SessionNotFound { .. } => "session_not_found",
             Self::RouteNotFound { .. } => "not_found",
@@ -252,6 +260,9 @@ impl ServerError {
                 Some("send `Authorization: Bearer KEY` with a key from `airlock serve keys add`")
             }
             Self::Quota { .. } => Some("wait for running work to end, or ask for a larger quota"),
+            Self::EgressNotAllowed { .. } => Some(
+                "allowlist only domains the server allows, or ask its operator to add one to `[egress] allowed_patterns`",
+            ),
             Self::Forbidden { .. } => Some(
                 "a server without keys answers only local clients: use http://127.0.0.1 or http://localhost, not from a web page",
             ),

@@ -287,6 +287,7 @@ impl Airlock {
     /// on a server without a key.
     pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
+        self.check_egress(&body.sandbox)?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
         let request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
         let place = self
@@ -333,6 +334,17 @@ impl Airlock {
     ) -> Result<RunResult> {
         let run = self.prepare_run(caller, body).await?;
         self.execute(run, observer).await
+    }
+
+    /// Checks the domains a sandbox allowlists against the operator's
+    /// `[egress] allowed_patterns`.
+    ///
+    /// # Errors
+    /// 403 `egress_not_allowed` for a domain outside them, 400 for a
+    /// malformed one (a wildcard over a public suffix among them).
+    pub fn check_egress(&self, sandbox: &airlock::spec::args::SandboxArgs) -> Result<()> {
+        let domains = sandbox.network.allow_domains.as_deref().unwrap_or_default();
+        self.inner.config.egress.check_tenant_domains(domains)
     }
 
     /// Starts draining: new work is refused with 503 from now on.

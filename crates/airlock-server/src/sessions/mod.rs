@@ -29,6 +29,7 @@ impl Airlock {
     pub async fn create_session(&self, caller: &Caller, body: &SessionBody) -> Result<SessionInfo> {
         self.check_not_draining()?;
         let language = language_of(body.language.as_deref(), &body.spec.sandbox)?;
+        self.check_egress(&body.spec.sandbox)?;
         let secrets = self.resolve_secrets(caller, &body.spec.secrets).await?;
         let options = body.spec.to_options(&caller.tenant, language, secrets)?;
         caller.quotas.check_vm(

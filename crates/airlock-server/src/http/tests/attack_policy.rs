@@ -370,3 +370,65 @@ async fn a_vm_error_reaches_the_tenant_without_console_tails_or_host_paths() {
     );
     assert!(answer.text.contains("request id"), "{}", answer.text);
 }
+
+fn github_only() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.egress.allowed_patterns = Some(vec!["*.github.com".into(), "pypi.org".into()]);
+    config
+}
+
+#[tokio::test]
+async fn an_allowlist_outside_the_operators_patterns_is_403_for_runs_and_sessions() {
+    let h = Harness::with_config(github_only());
+    let network = |domains: Value| json!({"network": {"allow_domains": domains}});
+
+    let evil = h
+        .run(
+            KEY_A,
+            "1",
+            network(json!(["api.github.com", "evil.example"])),
+        )
+        .await;
+    let session = h
+        .post(
+            KEY_A,
+            "/v1/sessions",
+            &json!({"language": "python", "network": {"allow_domains": ["*.pypi.org"]}}),
+        )
+        .await;
+
+    let message = evil.error(403, "egress_not_allowed");
+    assert!(
+        message.contains("evil.example") && message.contains("*.github.com"),
+        "{message}"
+    );
+    session.error(403, "egress_not_allowed");
+    assert!(h.fakes.cold.acquired().is_empty(), "no VM was started");
+    h.run(KEY_A, "1", network(json!(["api.github.com", "pypi.org"])))
+        .await
+        .ok(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wildcard_over_a_public_suffix_is_refused_with_or_without_an_operator_policy() {
+    for h in [Harness::new(), Harness::with_config(github_only())] {
+        for broad in ["*.com", "*", "*.co.uk"] {
+            let reply = h
+                .run(KEY_A, "1", json!({"network": {"allow_domains": [broad]}}))
+                .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_REQUEST,
+                "{broad}: {}",
+                reply.text()
+            );
+        }
+    }
+    let mut config = ServerConfig::default();
+    config.egress.allowed_patterns = Some(vec!["*.com".into()]);
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("egress.allowed_patterns") && err.contains("*.com"),
+        "{err}"
+    );
+}
