@@ -572,6 +572,8 @@ impl ServerConfig {
             restore_templates: self.restore_templates,
             ..airlock::Config::default()
         };
+        // The variable (read by the default) or the file turns it on.
+        config.egress_allow_documentation_ranges |= self.egress.allow_documentation_ranges;
         if let Some(n) = self.max_concurrent_vms {
             config.max_concurrent_vms = n;
             config.overlay_pool_target = n.min(8);
@@ -788,6 +790,35 @@ mod tests {
             ServerConfig::parse(Path::new("s.toml"), "[listener]\nmax_conns = 1\n").is_err(),
             "unknown listener fields are refused"
         );
+    }
+
+    #[test]
+    fn documentation_ranges_are_refused_unless_the_file_or_the_variable_allows_them() {
+        let from_env = std::env::var(airlock::ALLOW_DOC_RANGES_ENV).is_ok_and(|v| v == "1");
+        assert_eq!(
+            ServerConfig::default()
+                .orchestrator()
+                .egress_allow_documentation_ranges,
+            from_env
+        );
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "[egress]\nallow_documentation_ranges = true\nallowed_patterns = [\"*.github.com\"]\n",
+        )
+        .unwrap();
+        assert!(config.orchestrator().egress_allow_documentation_ranges);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_old_max_file_bytes_sets_the_one_file_cap_and_not_beside_the_new_one() {
+        let old = ServerConfig::parse(Path::new("s.toml"), "max_file_bytes = 10\n").unwrap();
+        assert_eq!(old.files.max_bytes, 10);
+        let both = ServerConfig::parse(
+            Path::new("s.toml"),
+            "max_file_bytes = 10\n[files]\nmax_bytes = 20\n",
+        );
+        assert!(both.is_err());
     }
 
     #[test]
