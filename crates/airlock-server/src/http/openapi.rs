@@ -48,8 +48,8 @@ fn errors() -> Value {
     json!({
         "400": error_response("Bad input (malformed JSON, a bad field)"),
         "401": error_response("Missing or unknown API key"),
-        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin"),
-        "413": error_response("Body over the limit"),
+        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin; or an allowlisted domain outside the server's egress policy (`egress_not_allowed`)"),
+        "413": error_response("Body over the limit; a session file over the file cap (`file_too_large`)"),
         "415": error_response("Keyless server: a body that is not application/json"),
         "429": error_response("Over a quota (the message names it)"),
         "500": error_response("The server failed (a VM that would not boot, an agent's unexpected error): never the caller's input"),
