@@ -86,7 +86,8 @@ pub enum ServerError {
         /// The tenant.
         tenant: String,
         /// The quota's name (`concurrent_runs`, `live_sessions`,
-        /// `memory_mib`, `timeout_s`, `requests_per_minute`).
+        /// `memory_mib`, `timeout_s`, `requests_per_minute`,
+        /// `mcp_sessions`).
         quota: &'static str,
         /// The limit and what was asked.
         message: String,

@@ -152,18 +152,15 @@ impl McpEndpoint {
     /// A POST without a session: an `initialize` that makes one, within
     /// the tenant's cap.
     async fn start(&self, request: Request, caller: &Caller) -> Response {
-        let live: Vec<String> = self
-            .manager
-            .sessions
-            .read()
-            .await
-            .keys()
-            .map(|id| id.to_string())
-            .collect();
-        let is_live = |id: &str| live.iter().any(|l| l == id);
         let refused = {
             let mut owners = lock(&self.owners);
+            // Read under our lock: an id in `by_session` went into rmcp's
+            // table before ours, so one missing there now is closed. When
+            // rmcp's table is being written, nothing is forgotten this time.
+            let live = self.manager.sessions.try_read().ok();
+            let is_live = |id: &str| live.as_ref().is_none_or(|table| table.contains_key(id));
             let count = owners.live_of(&caller.tenant, &is_live);
+            drop(live);
             if count >= self.max_sessions_per_tenant {
                 Some(ServerError::Quota {
                     tenant: caller.tenant.clone(),
