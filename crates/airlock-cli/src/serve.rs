@@ -4,9 +4,11 @@
 //! [`ServerConfig`], then [`airlock_server::server::run`] until the first
 //! stop signal.
 //!
-//! On SIGTERM (or SIGINT, SIGHUP) the server stops accepting, lets running
+//! On SIGTERM (or SIGINT) the server stops accepting, lets running
 //! requests go on for the drain grace, destroys every VM, exits 0. A
-//! second signal kills every VM at once.
+//! second signal kills every VM at once. SIGHUP reloads the keys file
+//! when there is one (a revoked key stops working at once); without one,
+//! it stops the server as SIGTERM does.
 
 use crate::process::{self, STOP_SIGNALS};
 use airlock_server::config::{LogFormat, PoolSpec};
@@ -43,7 +45,8 @@ pub struct ServeArgs {
     /// Largest JSON body, in bytes.
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
-    /// Largest file uploaded to a session, in bytes.
+    /// Largest file written into or read from a session, in bytes
+    /// (`[files] max_bytes`).
     #[arg(long)]
     pub max_file_bytes: Option<usize>,
     /// VMs at once, all tenants together.
@@ -163,7 +166,8 @@ pub enum KeysAction {
         #[arg(long, value_name = "FILE")]
         keys_file: Option<PathBuf>,
     },
-    /// Revoke a key by its id (from `keys list`).
+    /// Revoke a key by its id (from `keys list`). A running server stops
+    /// taking it on SIGHUP (it reloads the keys file), no restart needed.
     Revoke {
         /// The key's id.
         id: String,
@@ -192,7 +196,7 @@ impl ServeArgs {
         set!(
             listen => listen,
             max_body_bytes => max_body_bytes,
-            max_file_bytes => max_file_bytes,
+            max_file_bytes => files.max_bytes,
             queue_timeout_s => queue_timeout_s,
             drain_grace_s => drain_grace_s,
             quota_concurrent_runs => quotas.concurrent_runs,
@@ -296,7 +300,7 @@ fn keys(action: KeysAction) -> Result<(), ServerError> {
             let entry = file.revoke(&id)?;
             file.save(&path)?;
             eprintln!(
-                "airlock: key {} of tenant {} revoked (a running server reads keys at start: restart it)",
+                "airlock: key {} of tenant {} revoked (a running server drops it on SIGHUP: `kill -HUP <pid>`)",
                 entry.id, entry.tenant
             );
             Ok(())
@@ -355,7 +359,17 @@ pub fn main(args: ServeArgs) -> i32 {
         return 0;
     }
     process::init_logging(config.log_format, "info");
-    process::block_on(&STOP_SIGNALS, |mut interrupts| async move {
+    // With a keys file SIGHUP reloads it (`server::reload_keys_on_hangup`)
+    // instead of stopping the server.
+    let stops: &[nix::sys::signal::Signal] = if config.keys_file.is_some() {
+        &[
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGTERM,
+        ]
+    } else {
+        &STOP_SIGNALS
+    };
+    process::block_on(stops, |mut interrupts| async move {
         match server::run(config, keyring, interrupts.first()).await {
             Ok(()) => 0,
             Err(e) => process::failed(e),

@@ -21,13 +21,18 @@
 //! `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` (a NAT64 gateway would connect
 //! to `a.b.c.d`) and 6to4 `2002:AABB:CCDD::/48`.
 //!
-//! Tests that run an upstream on the host's loopback set
-//! `allow_private_for_tests`: it lifts the refusal of loopback and private
-//! addresses only. Link-local (the cloud metadata service), unspecified,
-//! multicast, broadcast, benchmarking and reserved addresses stay refused
-//! even then. Documentation ranges (TEST-NET) are allowed: they reach no
-//! internal service, and some sandboxed hosts' egress gateways answer
-//! public names with them.
+//! Everything but public addresses is refused by default. Two settings
+//! ([`AddressPolicy`]) lift one refusal each:
+//! - `allow_private_for_tests` (tests that run an upstream on the host's
+//!   loopback): loopback and private addresses only. Link-local (the cloud
+//!   metadata service), unspecified, multicast, broadcast, benchmarking and
+//!   reserved addresses stay refused even then.
+//! - `allow_documentation_ranges` (an operator's choice, for hosts whose
+//!   DNS answers public names with TEST-NET addresses, as some sandboxed
+//!   development gateways do): documentation addresses. No real name
+//!   resolves to them, so in production an answer in them is a forged or
+//!   misconfigured one, and may reach whatever the host's network routes
+//!   there.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -98,19 +103,25 @@ pub fn classify(ip: IpAddr) -> AddressKind {
     }
 }
 
-/// Decides whether the proxy may connect to `ip`.
-///
-/// `allow_private_for_tests` lifts the refusal of loopback and private
-/// addresses, and nothing else. It exists for tests with a local upstream and
-/// must stay off in production.
-pub fn check_address(ip: IpAddr, allow_private_for_tests: bool) -> Result<(), RefusedAddress> {
+/// The refusals lifted for one proxy (none by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    /// TEST ONLY: loopback and private addresses are allowed (an upstream
+    /// on the test host). Must stay off in production.
+    pub allow_private_for_tests: bool,
+    /// Documentation addresses (`192.0.2/24`, `198.51.100/24`,
+    /// `203.0.113/24`, `2001:db8::/32`, `3fff::/20`) are allowed: for a
+    /// host whose DNS answers public names with them.
+    pub allow_documentation_ranges: bool,
+}
+
+/// Decides whether the proxy may connect to `ip`: public addresses only,
+/// and those `policy` lifts the refusal of.
+pub fn check_address(ip: IpAddr, policy: AddressPolicy) -> Result<(), RefusedAddress> {
     match classify(ip) {
-        // Documentation ranges route nowhere on the internet and reach no
-        // internal service; sandboxed hosts whose egress gateway answers
-        // public names with TEST-NET addresses (as on the development
-        // machines) still work.
-        AddressKind::Public | AddressKind::Documentation => Ok(()),
-        AddressKind::Loopback | AddressKind::Private if allow_private_for_tests => Ok(()),
+        AddressKind::Public => Ok(()),
+        AddressKind::Documentation if policy.allow_documentation_ranges => Ok(()),
+        AddressKind::Loopback | AddressKind::Private if policy.allow_private_for_tests => Ok(()),
         kind => Err(RefusedAddress { ip, kind }),
     }
 }
@@ -309,6 +320,14 @@ mod tests {
     fn the_test_flag_lifts_only_loopback_and_private() {
         let cases = [
             ("8.8.8.8", true, true),
+            ("2001:4860::8888", true, true),
+            ("192.0.2.1", false, false),
+            ("198.51.100.7", false, false),
+            ("203.0.113.80", false, false),
+            ("2001:db8::1", false, false),
+            ("3fff::1", false, false),
+            ("::ffff:203.0.113.80", false, false),
+            ("64:ff9b::c633:6407", false, false),
             ("127.0.0.1", false, true),
             ("10.0.0.1", false, true),
             ("100.64.0.1", false, true),
@@ -320,26 +339,54 @@ mod tests {
             ("::", false, false),
             ("224.0.0.1", false, false),
             ("255.255.255.255", false, false),
-            ("192.0.2.1", true, true),
-            ("203.0.113.80", true, true),
             ("198.18.0.1", false, false),
             ("240.0.0.1", false, false),
         ];
+        let tests_mode = AddressPolicy {
+            allow_private_for_tests: true,
+            ..AddressPolicy::default()
+        };
         for (addr, production, tests) in cases {
             let ip: IpAddr = addr.parse().expect("test address parses");
             assert_eq!(
-                check_address(ip, false).is_ok(),
+                check_address(ip, AddressPolicy::default()).is_ok(),
                 production,
                 "{addr} production"
             );
-            assert_eq!(check_address(ip, true).is_ok(), tests, "{addr} test mode");
+            assert_eq!(
+                check_address(ip, tests_mode).is_ok(),
+                tests,
+                "{addr} test mode"
+            );
+        }
+    }
+
+    #[test]
+    fn documentation_ranges_are_allowed_only_when_the_operator_says_so() {
+        let doc = AddressPolicy {
+            allow_documentation_ranges: true,
+            ..AddressPolicy::default()
+        };
+        for addr in ["192.0.2.1", "198.51.100.7", "203.0.113.80", "2001:db8::1"] {
+            let ip: IpAddr = addr.parse().expect("test address parses");
+            let refusal = check_address(ip, AddressPolicy::default()).expect_err(addr);
+            assert_eq!(refusal.kind, AddressKind::Documentation, "{addr}");
+            assert!(check_address(ip, doc).is_ok(), "{addr}");
+        }
+        for still_refused in ["10.0.0.1", "127.0.0.1", "169.254.169.254", "198.18.0.1"] {
+            let ip: IpAddr = still_refused.parse().expect("test address parses");
+            assert!(check_address(ip, doc).is_err(), "{still_refused}");
         }
     }
 
     #[test]
     fn a_refusal_names_the_address_and_its_kind() {
         let ip: IpAddr = "169.254.169.254".parse().expect("test address parses");
-        let refusal = check_address(ip, true).expect_err("metadata address refused");
+        let everything = AddressPolicy {
+            allow_private_for_tests: true,
+            allow_documentation_ranges: true,
+        };
+        let refusal = check_address(ip, everything).expect_err("metadata address refused");
         assert_eq!(refusal.to_string(), "169.254.169.254 (link-local)");
     }
 

@@ -79,6 +79,10 @@ pub struct EgressConfig {
     /// refused. Must stay `false` (the default) in production: with it a
     /// guest whose allowed name resolves to the host's networks reaches them.
     pub allow_private_for_tests: bool,
+    /// Lets the proxy connect to documentation addresses (TEST-NET-1/2/3,
+    /// `2001:db8::/32`), refused by default: for a host whose DNS answers
+    /// public names with them (`crate::address`).
+    pub allow_documentation_ranges: bool,
     /// The VM's secrets. Connections on 443 to a name one of them is bound
     /// to are intercepted ([`crate::intercept`]); a placeholder headed
     /// anywhere else is blocked. Default: none (nothing is intercepted).
@@ -105,9 +109,20 @@ impl Default for EgressConfig {
             max_first_bytes: 16 * 1024,
             splice_buffer_bytes: 64 * 1024,
             allow_private_for_tests: false,
+            allow_documentation_ranges: false,
             secrets: Arc::new(SecretSet::default()),
             ca: None,
             upstream_roots: UpstreamRoots::default(),
+        }
+    }
+}
+
+impl EgressConfig {
+    /// The address refusals this proxy lifts.
+    pub fn address_policy(&self) -> crate::address::AddressPolicy {
+        crate::address::AddressPolicy {
+            allow_private_for_tests: self.allow_private_for_tests,
+            allow_documentation_ranges: self.allow_documentation_ranges,
         }
     }
 }
@@ -126,6 +141,10 @@ impl fmt::Debug for EgressConfig {
             .field("max_first_bytes", &self.max_first_bytes)
             .field("splice_buffer_bytes", &self.splice_buffer_bytes)
             .field("allow_private_for_tests", &self.allow_private_for_tests)
+            .field(
+                "allow_documentation_ranges",
+                &self.allow_documentation_ranges,
+            )
             .field("secrets", &self.secrets)
             .field("ca", &self.ca.is_some())
             .field("upstream_roots", &self.upstream_roots)

@@ -56,7 +56,7 @@ pub(crate) async fn connect_upstream(
         Ok(Err(err)) => return Err(DenyReason::ResolveFailed(err.to_string())),
         Ok(Ok(addrs)) => addrs,
     };
-    let addrs = permitted_addresses(&resolved, config.allow_private_for_tests)?;
+    let addrs = permitted_addresses(&resolved, config.address_policy())?;
     let attempts = async {
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in &addrs {

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::address::{check_address, RefusedAddress};
+use super::address::{check_address, AddressPolicy, RefusedAddress};
 use super::http::{parse_request_host, HttpParseError};
 use super::name::{normalize_dns_name, NameError};
 use super::sni::{ends_at_record_boundary, parse_client_hello, TlsParseError};
@@ -193,7 +193,7 @@ pub fn requested_name(
 /// Refused when none is left (an empty answer counts as a resolver failure).
 pub fn permitted_addresses(
     resolved: &[SocketAddr],
-    allow_private_for_tests: bool,
+    policy: AddressPolicy,
 ) -> Result<Vec<SocketAddr>, DenyReason> {
     if resolved.is_empty() {
         return Err(DenyReason::ResolveFailed("no addresses".into()));
@@ -201,7 +201,7 @@ pub fn permitted_addresses(
     let mut permitted = Vec::new();
     let mut refused = Vec::new();
     for addr in resolved {
-        match check_address(addr.ip(), allow_private_for_tests) {
+        match check_address(addr.ip(), policy) {
             Ok(()) => permitted.push(*addr),
             Err(refusal) => refused.push(refusal),
         }
@@ -402,21 +402,26 @@ mod tests {
             addr("93.184.215.14:443"),
             addr("[fe80::1]:443"),
         ];
+        let production = AddressPolicy::default();
+        let tests = AddressPolicy {
+            allow_private_for_tests: true,
+            ..production
+        };
         assert_eq!(
-            permitted_addresses(&mixed, false),
+            permitted_addresses(&mixed, production),
             Ok(vec![addr("93.184.215.14:443")])
         );
         let private = [addr("10.0.0.1:443"), addr("169.254.169.254:443")];
-        let denied = permitted_addresses(&private, false).expect_err("all refused");
+        let denied = permitted_addresses(&private, production).expect_err("all refused");
         assert_eq!(
             denied.to_string(),
             "name resolves only to refused addresses: 10.0.0.1 (private), 169.254.169.254 (link-local)"
         );
         assert_eq!(
-            permitted_addresses(&private, true),
+            permitted_addresses(&private, tests),
             Ok(vec![addr("10.0.0.1:443")])
         );
-        assert!(permitted_addresses(&[], false)
+        assert!(permitted_addresses(&[], production)
             .expect_err("empty")
             .is_upstream_failure());
     }

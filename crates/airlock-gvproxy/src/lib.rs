@@ -81,7 +81,7 @@ pub use launch::{
 };
 pub use netns::{bind_tcp_in_netns, in_netns, NamespaceKind};
 pub use policy::{
-    default_allowlist, validate_vm_id, DomainPattern, Expose, NetworkMode, NetworkPolicy, Protocol,
-    MAX_DOMAIN_BYTES, MAX_LABEL_BYTES,
+    default_allowlist, is_public_suffix, validate_vm_id, DomainPattern, Expose, NetworkMode,
+    NetworkPolicy, Protocol, MAX_DOMAIN_BYTES, MAX_LABEL_BYTES, MULTI_LABEL_PUBLIC_SUFFIXES,
 };
 pub use privileges::{RunAs, DEFAULT_USER};

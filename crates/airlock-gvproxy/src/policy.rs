@@ -42,8 +42,88 @@ impl fmt::Display for NetworkMode {
     }
 }
 
+/// Public suffixes of two labels or more under which anyone may register a
+/// name (a few of the Public Suffix List's most used): `*.co.uk` is as
+/// broad as `*.com`. Not the whole list: a wildcard over a suffix missing
+/// here is still refused by an operator's `[egress] allowed_patterns`.
+pub const MULTI_LABEL_PUBLIC_SUFFIXES: &[&str] = &[
+    "ac.uk",
+    "co.uk",
+    "gov.uk",
+    "ltd.uk",
+    "me.uk",
+    "net.uk",
+    "org.uk",
+    "plc.uk",
+    "com.au",
+    "net.au",
+    "org.au",
+    "edu.au",
+    "gov.au",
+    "co.nz",
+    "net.nz",
+    "org.nz",
+    "co.jp",
+    "ne.jp",
+    "or.jp",
+    "ac.jp",
+    "go.jp",
+    "co.kr",
+    "or.kr",
+    "com.br",
+    "net.br",
+    "org.br",
+    "com.cn",
+    "net.cn",
+    "org.cn",
+    "com.hk",
+    "com.tw",
+    "com.sg",
+    "com.my",
+    "co.in",
+    "net.in",
+    "org.in",
+    "co.za",
+    "org.za",
+    "com.mx",
+    "com.ar",
+    "com.tr",
+    "co.il",
+    "com.ua",
+    "co.id",
+    "or.id",
+    "com.ph",
+    "com.vn",
+    "com.pl",
+    "com.es",
+    "com.ru",
+    "github.io",
+    "gitlab.io",
+    "herokuapp.com",
+    "appspot.com",
+    "azurewebsites.net",
+    "cloudfront.net",
+    "amazonaws.com",
+    "blogspot.com",
+    "netlify.app",
+    "vercel.app",
+    "pages.dev",
+    "workers.dev",
+    "web.app",
+    "firebaseapp.com",
+];
+
+/// Whether `name` (lowercase, no trailing dot) is a public suffix: a
+/// single label (`com`, `io`) or one of [`MULTI_LABEL_PUBLIC_SUFFIXES`].
+/// A wildcard over one (`*.com`, `*.co.uk`) would allow every domain
+/// anyone registers there.
+pub fn is_public_suffix(name: &str) -> bool {
+    !name.contains('.') || MULTI_LABEL_PUBLIC_SUFFIXES.contains(&name)
+}
+
 /// An allowlisted domain: `example.com` (that name only) or
-/// `*.example.com` (every name under it, not the name itself).
+/// `*.example.com` (every name under it, not the name itself). A wildcard
+/// over a public suffix (`*.com`, `*.co.uk`; `*` alone) is refused.
 ///
 /// Parsed with [`DomainPattern::parse`]: RFC 1035 labels (letters, digits and
 /// inner hyphens, 1 to 63 bytes), at most 253 bytes in all, lowercased, one
@@ -93,10 +173,25 @@ impl DomainPattern {
                 "the last label is numeric, which no real domain has (an IP address?)",
             ));
         }
-        Ok(Self {
-            base: rest.to_ascii_lowercase(),
-            wildcard,
-        })
+        let base = rest.to_ascii_lowercase();
+        if wildcard && is_public_suffix(&base) {
+            return Err(invalid(
+                "a wildcard over a top-level domain or public suffix (`*.com`, `*.co.uk`) would allow every domain registered there: name the domain (`*.example.com`)",
+            ));
+        }
+        Ok(Self { base, wildcard })
+    }
+
+    /// Whether every name `other` allows, this pattern allows too (an
+    /// operator's pattern covering a tenant's): `*.github.com` covers
+    /// `api.github.com` and `*.api.github.com`, not `github.com`;
+    /// `github.com` covers only itself.
+    pub fn covers(&self, other: &DomainPattern) -> bool {
+        match (self.wildcard, other.wildcard) {
+            (_, false) => self.matches(&other.base),
+            (true, true) => self.base == other.base || self.matches(&other.base),
+            (false, true) => false,
+        }
     }
 
     /// The name without `*.`, lowercase (`example.com` for `*.example.com`).
@@ -373,6 +468,42 @@ pub fn validate_vm_id(vm_id: &str) -> Result<(), GvproxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_over_public_suffixes_are_refused_and_a_domain_under_one_is_not() {
+        for broad in ["*", "*.com", "*.COM.", "*.io", "*.co.uk", "*.github.io"] {
+            let err = DomainPattern::parse(broad).unwrap_err().to_string();
+            assert!(
+                err.contains("wildcard over a top-level domain")
+                    || err.contains("`*` is allowed only"),
+                "{broad}: {err}"
+            );
+        }
+        for fine in [
+            "*.example.com",
+            "*.example.co.uk",
+            "com",
+            "co.uk",
+            "*.me.github.io",
+        ] {
+            DomainPattern::parse(fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_operator_pattern_covers_exactly_the_names_it_allows() {
+        let p = |s: &str| DomainPattern::parse(s).unwrap();
+        let github = p("*.github.com");
+        assert!(github.covers(&p("api.github.com")));
+        assert!(github.covers(&p("*.api.github.com")));
+        assert!(github.covers(&p("*.github.com")));
+        assert!(!github.covers(&p("github.com")));
+        assert!(!github.covers(&p("evilgithub.com")));
+        assert!(!github.covers(&p("*.com.evil.org")));
+        assert!(p("pypi.org").covers(&p("pypi.org")));
+        assert!(!p("pypi.org").covers(&p("*.pypi.org")));
+        assert!(!p("pypi.org").covers(&p("files.pypi.org")));
+    }
     use proptest::prelude::*;
 
     fn domain(s: &str) -> DomainPattern {

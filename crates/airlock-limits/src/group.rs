@@ -92,16 +92,33 @@ impl Limiter {
         })
     }
 
-    /// Moves the processes of `group` into a new group
-    /// `airlock/<tenant>/<same vm>` with the same limits, then removes the
-    /// old one: for a VM made before its tenant was known (a warm pool's).
-    /// On failure the processes moved so far go back and the new group is
-    /// removed: the VM stays in `group`.
+    /// Gives a VM made before its tenant was known (a warm pool's) to
+    /// `tenant`, its limits unchanged; returns the group it is in now.
+    ///
+    /// - cgroup v2: the VM keeps its own group (returned as is), whose
+    ///   `memory.max` already bounds it. Moving would not move its memory:
+    ///   v2 leaves the pages a process charged (the VM's restored RAM, in
+    ///   hundreds of MiB) in the old group, so the new group's limit would
+    ///   count none of them and the VM could use its limit again on top;
+    ///   and a cgroup cannot be renamed to another parent. The group's
+    ///   name keeps the pool's tenant (the caller records where it is).
+    /// - cgroup v1 and rlimits: the processes move into a new group
+    ///   `airlock/<tenant>/<same vm>` with the same limits (v1 with
+    ///   `memory.move_charge_at_immigrate`, so its charges move too), then
+    ///   the old one is removed. On failure the processes moved so far go
+    ///   back and the new group is removed: the VM stays in `group`.
     ///
     /// # Errors
     /// As [`Limiter::create`] and [`VmGroup::attach_pid`].
     pub fn regroup(&self, group: &VmGroup, tenant: &str) -> Result<VmGroup, LimitsError> {
+        if group.kind == BackendKind::CgroupV2 {
+            debug!(group = %group.id, tenant, "limits group kept for its tenant (cgroup v2 moves no memory)");
+            return Ok(group.clone());
+        }
         let moved = self.create(tenant, group.id.vm(), &group.limits)?;
+        if moved.kind == BackendKind::CgroupV1 {
+            v1::move_charges_with_tasks(&moved.dirs, moved.id.vm());
+        }
         for pid in group.pids() {
             if let Err(e) = moved.attach_pid(pid) {
                 for back in moved.pids() {

@@ -46,6 +46,22 @@ pub(crate) fn create(
     }
 }
 
+/// Makes the memory group of `dirs` take the charges of the processes
+/// that move into it (anonymous and file pages:
+/// `memory.move_charge_at_immigrate = 3`), so a VM regrouped to its tenant
+/// brings its memory along. Best effort: kernels that dropped the file
+/// (or refuse it) leave the charges behind, as cgroup v2 always does.
+pub(crate) fn move_charges_with_tasks(dirs: &[GroupDir], vm_id: &str) {
+    if let Some(mem) = dir_with(dirs, "memory") {
+        let file = mem.join("memory.move_charge_at_immigrate");
+        if file.exists() {
+            if let Err(e) = write_control(vm_id, &file, "3") {
+                tracing::debug!(error = %e, "memory charges will not move with the VM");
+            }
+        }
+    }
+}
+
 fn write_limits(dirs: &[GroupDir], vm_id: &str, limits: &Limits) -> Result<(), LimitsError> {
     let w = |dir: &Path, file: &str, value: String| write_control(vm_id, &dir.join(file), &value);
     if let Some(mem) = dir_with(dirs, "memory") {

@@ -401,3 +401,47 @@ fn bad_input_is_refused_before_touching_anything() {
         assert!(!dir.join(&fx.tenant).join("bad-limits").exists());
     }
 }
+
+#[test]
+fn a_regrouped_v1_process_moves_with_its_memory_charges_and_the_old_group_goes() {
+    let Some(fx) = v1_fixture("a_regrouped_v1_process_moves_with_its_memory_charges") else {
+        return;
+    };
+    let pooled = fx
+        .limiter
+        .create(&fx.tenant, "regroup-v1", &small_limits())
+        .unwrap();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30");
+    pooled.prepare_command(&mut cmd).unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let other_tenant = format!("{}-taken", fx.tenant);
+
+    let taken = fx.limiter.regroup(&pooled, &other_tenant).unwrap();
+
+    assert_eq!(taken.pids(), vec![child.id()]);
+    assert!(pooled.pids().is_empty());
+    assert!(
+        pooled.dirs().iter().all(|d| !d.exists()),
+        "the old group is removed"
+    );
+    let memory = taken
+        .dirs()
+        .into_iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists())
+        .unwrap();
+    let immigrate = memory.join("memory.move_charge_at_immigrate");
+    if immigrate.exists() {
+        let value = std::fs::read_to_string(&immigrate).unwrap();
+        // Kernels that dropped charge moving (6.x) keep the file but refuse
+        // any value: then nothing could be done.
+        let refused = std::fs::write(&immigrate, "3").is_err();
+        assert!(value.trim() == "3" || refused, "{value:?}");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(taken.remove(DEFAULT_REMOVE_TIMEOUT).is_clean());
+    let _ = fx
+        .limiter
+        .remove_orphan(&other_tenant, "regroup-v1", DEFAULT_REMOVE_TIMEOUT);
+}

@@ -375,3 +375,31 @@ fn an_orphans_group_is_killed_and_removed_by_name_even_when_busy() {
         .remove_orphan("t", "../x", Duration::from_millis(200))
         .is_err());
 }
+
+#[test]
+fn a_regrouped_v2_vm_keeps_its_own_group_so_its_charged_memory_stays_under_its_limit() {
+    let root = fake_v2_root(ALL_CONTROLLERS);
+    let limiter = v2_limiter(root.path());
+    let limits = Limits {
+        memory_mib: 512,
+        ..Limits::default()
+    };
+    let pooled = limiter.create("pool", "vm-7", &limits).unwrap();
+    let dir = pooled.dirs()[0].to_owned();
+    // The restored VM's RAM, charged to the group it was restored in.
+    fs::write(dir.join("memory.current"), (400u64 << 20).to_string()).unwrap();
+
+    let taken = limiter.regroup(&pooled, "alice").unwrap();
+
+    assert_eq!(taken.dirs(), vec![dir.as_path()]);
+    assert_eq!(read(dir.join("memory.max")), (512u64 << 20).to_string());
+    assert_eq!(
+        taken.stats().unwrap().memory_current_bytes,
+        Some(400 << 20),
+        "the memory the VM holds is still counted against its limit"
+    );
+    assert!(
+        !root.path().join("airlock/alice/vm-7").exists(),
+        "no second group whose limit would not count that memory"
+    );
+}

@@ -42,6 +42,15 @@
 //! layers_max_mib = 16384
 //! template_wait_s = 60
 //! layer_wait_s = 900
+//! [files]                  # one cap for session file reads and writes
+//! max_bytes = 67108864
+//! [mcp]                    # MCP over HTTP at /mcp
+//! max_body_bytes = 8388608
+//! max_sessions_per_tenant = 16
+//! max_read_file_bytes = 1048576
+//! [egress]                 # what tenants' VMs may reach
+//! allowed_patterns = ["*.github.com", "pypi.org"]
+//! allow_documentation_ranges = false
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -84,8 +93,10 @@ pub struct ServerConfig {
     pub secrets_file: Option<PathBuf>,
     /// Largest JSON request body, in bytes (larger ones get 413).
     pub max_body_bytes: usize,
-    /// Largest file uploaded to a session, in bytes (larger ones get 413).
-    pub max_file_bytes: usize,
+    /// The old spelling of `[files] max_bytes`, still read (a file that
+    /// gives both is refused); never written.
+    #[serde(skip_serializing)]
+    pub max_file_bytes: Option<usize>,
     /// VMs at once on this host, all tenants together; less the warm
     /// pools' VMs, the slots tenants share fairly ([`TenancyConfig`]:
     /// more runs and sessions wait in their tenant's line up to
@@ -126,6 +137,12 @@ pub struct ServerConfig {
     pub expose: ExposeConfig,
     /// The files a run uploads.
     pub uploads: UploadLimits,
+    /// Session files: one size cap for reads and writes.
+    pub files: FileLimits,
+    /// MCP over HTTP (`/mcp`): its body cap and sessions per tenant.
+    pub mcp: McpLimits,
+    /// What tenants' VMs may reach on the network.
+    pub egress: EgressPolicy,
 }
 
 /// [`ServerConfig::cache`]: what tenants can make the host build and keep.
@@ -150,7 +167,7 @@ pub struct CacheConfig {
     /// template before it boots cold.
     pub template_wait_s: u64,
     /// Seconds a request waits for another request's install of the same
-    /// package list before it fails as busy (409).
+    /// package list before it fails as busy (503 `install_busy`).
     pub layer_wait_s: u64,
 }
 
@@ -314,6 +331,82 @@ impl ExposeConfig {
     }
 }
 
+/// [`ServerConfig::egress`]: the operator's egress policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressPolicy {
+    /// The domain patterns tenants may allowlist (`network.allow_domains`):
+    /// each of a tenant's entries must be covered by one of them
+    /// (`*.github.com` covers `api.github.com` and `*.api.github.com`;
+    /// `pypi.org` only itself). Unset: any valid entry. The language's
+    /// default registries (`network: {}`) are not the tenant's choice and
+    /// are always allowed. A wildcard over a public suffix (`*.com`,
+    /// `*.co.uk`, `*`) is refused here and from tenants alike.
+    pub allowed_patterns: Option<Vec<String>>,
+    /// Let the egress proxy connect to documentation addresses
+    /// (`192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`),
+    /// refused by default: for hosts whose DNS answers public names with
+    /// them (a sandboxed development gateway). Also
+    /// `$AIRLOCK_EGRESS_ALLOW_DOC_RANGES=1`.
+    pub allow_documentation_ranges: bool,
+}
+
+impl EgressPolicy {
+    /// The operator's patterns, parsed; `None` when unset.
+    ///
+    /// # Errors
+    /// The first pattern that is not a domain or a `*.domain` below a
+    /// public suffix, with why.
+    pub fn patterns(
+        &self,
+    ) -> std::result::Result<Option<Vec<airlock_gvproxy::DomainPattern>>, String> {
+        self.allowed_patterns
+            .as_deref()
+            .map(|patterns| {
+                patterns
+                    .iter()
+                    .map(|p| {
+                        airlock_gvproxy::DomainPattern::parse(p)
+                            .map_err(|e| format!("egress.allowed_patterns: {e}"))
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// Checks a tenant's `allow_domains` against the operator's patterns.
+    ///
+    /// # Errors
+    /// [`ServerError::EgressNotAllowed`] naming the first entry no pattern
+    /// covers, and the patterns; [`ServerError::BadRequest`] for an entry
+    /// that is no valid pattern (a wildcard over a public suffix among
+    /// them).
+    pub fn check_tenant_domains(&self, domains: &[String]) -> Result<()> {
+        let Some(allowed) = self
+            .patterns()
+            .map_err(|e| ServerError::internal("read the egress policy", e))?
+        else {
+            return Ok(());
+        };
+        for domain in domains {
+            let pattern = airlock_gvproxy::DomainPattern::parse(domain)
+                .map_err(|e| ServerError::bad_request(format!("network.allow_domains: {e}")))?;
+            if !allowed.iter().any(|a| a.covers(&pattern)) {
+                return Err(ServerError::EgressNotAllowed {
+                    message: format!(
+                        "network.allow_domains: {domain:?} is outside what this server allows ({})",
+                        self.allowed_patterns
+                            .as_deref()
+                            .unwrap_or_default()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// [`ServerConfig::uploads`]: the files sent inline with a run
 /// (`files` of `POST /v1/runs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,6 +425,51 @@ impl Default for UploadLimits {
         Self {
             max_bytes: 4 << 20,
             timeout_s: 60,
+        }
+    }
+}
+
+/// [`ServerConfig::files`]: the one size cap of a session's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLimits {
+    /// Largest file a tenant may write into a session (`PUT`, MCP
+    /// `write_file`) or read from one (`GET`), in bytes: a larger upload
+    /// gets 413 before its body is read past the cap, a larger read fails
+    /// with `file_too_large` (413) as soon as it passes the cap, so the
+    /// server never holds more than this of one file.
+    pub max_bytes: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// [`ServerConfig::mcp`]: the limits of MCP over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpLimits {
+    /// Largest JSON-RPC message posted to `/mcp`, in bytes (413).
+    pub max_body_bytes: usize,
+    /// Live MCP sessions of one tenant; one more `initialize` gets 429.
+    pub max_sessions_per_tenant: usize,
+    /// Largest file the `read_file` tool returns, in bytes (a larger one
+    /// is a tool error pointing to `GET /v1/sessions/{id}/files/{path}`):
+    /// a tool answer is JSON text (base64 for binary files) read by a
+    /// model, not a transfer.
+    pub max_read_file_bytes: usize,
+}
+
+impl Default for McpLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            max_sessions_per_tenant: 16,
+            max_read_file_bytes: 1 << 20,
         }
     }
 }
@@ -524,7 +662,7 @@ impl Default for ServerConfig {
             secrets_key_file: None,
             secrets_file: None,
             max_body_bytes: 8 << 20,
-            max_file_bytes: 64 << 20,
+            max_file_bytes: None,
             max_concurrent_vms: None,
             queue_timeout_s: 120,
             drain_grace_s: 30,
@@ -538,6 +676,9 @@ impl Default for ServerConfig {
             tenancy: TenancyConfig::default(),
             expose: ExposeConfig::default(),
             uploads: UploadLimits::default(),
+            files: FileLimits::default(),
+            mcp: McpLimits::default(),
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -580,10 +721,21 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerError::Config`] naming `path` and the bad field.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| ServerError::Config {
+        let bad = |message: String| ServerError::Config {
             source_name: path.display().to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let mut config: Self = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if let Some(old) = config.max_file_bytes.take() {
+            if config.files != FileLimits::default() {
+                return Err(bad(
+                    "both max_file_bytes and [files] max_bytes are set: keep [files] max_bytes only"
+                        .into(),
+                ));
+            }
+            config.files.max_bytes = old;
+        }
+        Ok(config)
     }
 
     /// Reads and parses a TOML configuration file.
@@ -617,7 +769,16 @@ impl ServerConfig {
         }
         for (name, value) in [
             ("max_body_bytes", self.max_body_bytes as u64),
-            ("max_file_bytes", self.max_file_bytes as u64),
+            ("files.max_bytes", self.files.max_bytes as u64),
+            ("mcp.max_body_bytes", self.mcp.max_body_bytes as u64),
+            (
+                "mcp.max_sessions_per_tenant",
+                self.mcp.max_sessions_per_tenant as u64,
+            ),
+            (
+                "mcp.max_read_file_bytes",
+                self.mcp.max_read_file_bytes as u64,
+            ),
             ("queue_timeout_s", self.queue_timeout_s),
             (
                 "quotas.concurrent_runs",
@@ -741,6 +902,7 @@ impl ServerConfig {
                 self.tenancy.share
             )));
         }
+        self.egress.patterns().map_err(bad)?;
         if self.max_concurrent_vms == Some(0) {
             return Err(bad("max_concurrent_vms must be above zero".into()));
         }
@@ -756,6 +918,8 @@ impl ServerConfig {
             restore_templates: self.restore_templates,
             ..airlock::Config::default()
         };
+        // The variable (read by the default) or the file turns it on.
+        config.egress_allow_documentation_ranges |= self.egress.allow_documentation_ranges;
         if let Some(n) = self.max_concurrent_vms {
             config.max_concurrent_vms = n;
             config.overlay_pool_target = n.min(8);
@@ -1217,6 +1381,35 @@ mod tests {
         assert_eq!(parse_port_range("x"), None);
         let range = ephemeral_port_range();
         assert!(range.start() <= range.end());
+    }
+
+    #[test]
+    fn documentation_ranges_are_refused_unless_the_file_or_the_variable_allows_them() {
+        let from_env = std::env::var(airlock::ALLOW_DOC_RANGES_ENV).is_ok_and(|v| v == "1");
+        assert_eq!(
+            ServerConfig::default()
+                .orchestrator()
+                .egress_allow_documentation_ranges,
+            from_env
+        );
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "[egress]\nallow_documentation_ranges = true\nallowed_patterns = [\"*.github.com\"]\n",
+        )
+        .unwrap();
+        assert!(config.orchestrator().egress_allow_documentation_ranges);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_old_max_file_bytes_sets_the_one_file_cap_and_not_beside_the_new_one() {
+        let old = ServerConfig::parse(Path::new("s.toml"), "max_file_bytes = 10\n").unwrap();
+        assert_eq!(old.files.max_bytes, 10);
+        let both = ServerConfig::parse(
+            Path::new("s.toml"),
+            "max_file_bytes = 10\n[files]\nmax_bytes = 20\n",
+        );
+        assert!(both.is_err());
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub enum ServerError {
         /// What was refused and what is accepted.
         message: String,
     },
+    /// A tenant's network allowlist names a domain outside the operator's
+    /// `[egress] allowed_patterns`.
+    #[error("{message}")]
+    EgressNotAllowed {
+        /// The domain and the patterns allowed.
+        message: String,
+    },
     /// A keyless server refused a body that is not `application/json`.
     #[error("{message}")]
     UnsupportedMediaType {
@@ -62,13 +69,25 @@ pub enum ServerError {
         /// The limit.
         limit_bytes: usize,
     },
+    /// A session file is larger than the server returns.
+    #[error("file {path:?} is larger than this server's limit of {limit_bytes} bytes{where_else}")]
+    FileTooLarge {
+        /// The path in the session's home.
+        path: String,
+        /// The limit (`[files] max_bytes`, or MCP's lower one).
+        limit_bytes: u64,
+        /// Where a larger file can be read, if anywhere (with its
+        /// leading separator).
+        where_else: &'static str,
+    },
     /// A tenant's quota would be exceeded.
     #[error("tenant {tenant}: quota {quota} exceeded: {message}")]
     Quota {
         /// The tenant.
         tenant: String,
         /// The quota's name (`concurrent_runs`, `live_sessions`,
-        /// `memory_mib`, `timeout_s`, `requests_per_minute`).
+        /// `memory_mib`, `timeout_s`, `requests_per_minute`,
+        /// `mcp_sessions`).
         quota: &'static str,
         /// The limit and what was asked.
         message: String,
@@ -227,17 +246,18 @@ impl ServerError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::EgressNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::SessionNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::SecretNotFound { .. } => StatusCode::NOT_FOUND,
             Self::SecretsDisabled => StatusCode::NOT_IMPLEMENTED,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::FileTooLarge { .. } | Self::UploadsTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Quota { .. } | Self::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ExposeDisabled => StatusCode::FORBIDDEN,
             Self::ExposeRefused { .. } => StatusCode::BAD_REQUEST,
-            Self::UploadsTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Orchestrator(e) => orchestrator_status(e),
             Self::Config { .. }
@@ -255,10 +275,12 @@ impl ServerError {
             Self::BadRequest { .. } => "invalid_input",
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
+            Self::EgressNotAllowed { .. } => "egress_not_allowed",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::SessionNotFound { .. } => "session_not_found",
             Self::RouteNotFound { .. } => "not_found",
             Self::TooLarge { .. } => "body_too_large",
+            Self::FileTooLarge { .. } => "file_too_large",
             Self::Quota { .. } => "quota_exceeded",
             Self::QueueTimeout { .. } => "queue_timeout",
             Self::ExposeDisabled => "expose_disabled",
@@ -295,6 +317,9 @@ impl ServerError {
             Self::UploadsTooLarge { .. } => Some(
                 "send fewer or smaller files with the run, or write them into a session with PUT /v1/sessions/{id}/files/{path}",
             ),
+            Self::EgressNotAllowed { .. } => Some(
+                "allowlist only domains the server allows, or ask its operator to add one to `[egress] allowed_patterns`",
+            ),
             Self::Forbidden { .. } => Some(
                 "a server without keys answers only local clients: use http://127.0.0.1 or http://localhost, not from a web page",
             ),
@@ -315,10 +340,128 @@ impl ServerError {
     }
 
     /// The error as the JSON body clients get:
-    /// `{"error": {"kind", "message"}}`.
+    /// `{"error": {"kind", "message", "request_id"?}}`, its message
+    /// [`ServerError::public`]'s (so this logs the whole error when the
+    /// message leaves something out).
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"kind": self.kind(), "message": self.to_string()}})
+        let public = self.public();
+        let mut error = serde_json::json!({"kind": public.kind, "message": public.message});
+        if let Some(id) = public.request_id {
+            error["request_id"] = serde_json::Value::String(id);
+        }
+        serde_json::json!({ "error": error })
     }
+
+    /// Whether the message is about the tenant's own request only (its
+    /// input, its key, its quota), so it is shown whole.
+    fn is_about_the_request(&self) -> bool {
+        match self {
+            Self::Orchestrator(e) => matches!(Cause::of(e), Cause::Input),
+            Self::Config { .. }
+            | Self::Keys { .. }
+            | Self::Secrets { .. }
+            | Self::Bind { .. }
+            | Self::Internal { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// What a tenant is told (REST, SSE and MCP alike), and the log line
+    /// that keeps the rest ([`PublicError::log`]): an error about the
+    /// request is told whole; any other (the server's, the VM's) only by
+    /// its first line (what follows are the tails of QEMU's stderr and
+    /// the guest console) with host paths (run dirs, caches, images)
+    /// replaced by `<host path>`. When the message leaves something out,
+    /// or the server failed, it carries a request id the log line also
+    /// carries, so an operator finds the whole error.
+    pub fn public(&self) -> PublicError {
+        let public = self.public_with(new_request_id);
+        public.log();
+        public
+    }
+
+    /// [`ServerError::public`] with ids from `request_id`, not logged.
+    fn public_with(&self, request_id: impl FnOnce() -> String) -> PublicError {
+        let whole = self.to_string();
+        let told = if self.is_about_the_request() {
+            whole.clone()
+        } else {
+            redact_host_paths(whole.lines().next().unwrap_or_default())
+        };
+        let needs_id = told != whole || self.status().is_server_error();
+        let request_id = needs_id.then(request_id);
+        let message = match &request_id {
+            Some(id) => format!("{told} (request id {id}: the server's log has the details)"),
+            None => told,
+        };
+        PublicError {
+            kind: self.kind(),
+            status: self.status().as_u16(),
+            message,
+            logged: request_id.is_some().then_some(whole),
+            request_id,
+        }
+    }
+}
+
+/// What a tenant is told of a [`ServerError`] ([`ServerError::public`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicError {
+    /// The error's kind.
+    pub kind: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// The message: no host path, no log tail.
+    pub message: String,
+    /// The id that ties the message to the server's log line, when the
+    /// message leaves something out or the server failed.
+    pub request_id: Option<String>,
+    /// The whole error, for the log line (with `request_id`).
+    logged: Option<String>,
+}
+
+impl PublicError {
+    /// Logs the whole error with its request id, when there is one.
+    fn log(&self) {
+        if let (Some(id), Some(whole)) = (&self.request_id, &self.logged) {
+            tracing::warn!(request_id = %id, kind = self.kind, status = self.status, error = %whole, "request failed");
+        }
+    }
+}
+
+/// A new request id: 12 random hex digits.
+fn new_request_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// `text` with every absolute path of two components or more (a host
+/// path: `/run/airlock/vms/x`, `/home/u/.cache/airlock/images`) replaced
+/// by `<host path>`.
+pub fn redact_host_paths(text: &str) -> String {
+    let is_path_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | '@' | '~');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut after_word = false;
+    while let Some(c) = rest.chars().next() {
+        if c == '/' && !after_word {
+            let end = rest.find(|c: char| !is_path_char(c)).unwrap_or(rest.len());
+            let candidate = &rest[..end];
+            if candidate[1..].contains('/') && candidate.len() > 2 {
+                out.push_str("<host path>");
+                rest = &rest[end..];
+                after_word = false;
+                continue;
+            }
+        }
+        after_word = c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// What an orchestrator error comes down to, whatever the operation.
@@ -450,9 +593,7 @@ impl OrchestratorError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(kind = self.kind(), error = %self, "request failed");
-        }
+        // `body` logs the whole error when it tells less, or failed.
         let mut response = (status, axum::Json(self.body())).into_response();
         if let Self::QueueTimeout { retry_after_s, .. } = &self {
             response.headers_mut().insert(
@@ -474,6 +615,93 @@ pub struct ErrorKind(pub &'static str);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vm_died(console_tail: &str) -> ServerError {
+        airlock::SessionError::from(airlock::BootError::VmDied {
+            vm_id: "vm-1".into(),
+            when: "during boot",
+            status: None,
+            stderr_tail: "qemu: /run/airlock/vms/vm-1/disk.qcow2: locked".into(),
+            console_tail: console_tail.into(),
+        })
+        .into()
+    }
+
+    #[test]
+    fn a_boot_error_tells_its_first_line_and_a_request_id_the_log_line_carries() {
+        let e = vm_died("[    0.1] secret kernel line\nroot=/dev/vda");
+
+        let public = e.public_with(|| "abc123".to_owned());
+
+        assert!(e.to_string().contains("secret kernel line"));
+        assert!(
+            !public.message.contains("secret kernel line"),
+            "{}",
+            public.message
+        );
+        assert!(
+            !public.message.contains("/run/airlock"),
+            "{}",
+            public.message
+        );
+        assert!(
+            !public.message.contains("qemu stderr"),
+            "{}",
+            public.message
+        );
+        assert!(
+            public.message.contains("vm vm-1: QEMU exited"),
+            "{}",
+            public.message
+        );
+        assert!(
+            public.message.contains("request id abc123"),
+            "{}",
+            public.message
+        );
+        assert_eq!(public.request_id.as_deref(), Some("abc123"));
+        let logged = public.logged.as_deref().unwrap();
+        assert!(logged.contains("secret kernel line") && logged.contains("/run/airlock/vms"));
+        let body = e.body();
+        let id = body["error"]["request_id"].as_str().unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(id),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn host_paths_in_server_errors_are_redacted_but_the_tenants_input_is_told_whole() {
+        let io = airlock_sys_util::IoError::new(
+            "create",
+            "/home/op/.cache/airlock/templates/x.mem",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let e: ServerError = airlock::SessionError::from(airlock::BootError::from(io)).into();
+        let public = e.public_with(|| "id".to_owned());
+        assert!(!public.message.contains(".cache"), "{}", public.message);
+        assert!(public.message.contains("<host path>"), "{}", public.message);
+        assert!(public.logged.unwrap().contains("/home/op/.cache/airlock"));
+
+        let input: ServerError = airlock::InputError::Invalid {
+            field: "path",
+            message: "guest path \"/etc/passwd\": it is absolute".into(),
+        }
+        .into();
+        let public = input.public_with(|| unreachable!("told whole: no id"));
+        assert!(public.message.contains("/etc/passwd"), "{}", public.message);
+        assert_eq!(public.request_id, None);
+    }
+
+    #[test]
+    fn redaction_keeps_routes_words_and_lone_slashes() {
+        assert_eq!(
+            redact_host_paths("open /run/airlock/vms/a: denied, and/or 1/2 at /"),
+            "open <host path>: denied, and/or 1/2 at /"
+        );
+        assert_eq!(redact_host_paths("no path"), "no path");
+        assert_eq!(redact_host_paths("(/var/tmp/x)"), "(<host path>)");
+    }
 
     #[test]
     fn each_client_error_has_the_status_the_api_documents() {

@@ -121,6 +121,29 @@ impl KeysFile {
         }
     }
 
+    /// Reads the keys file a server trusts: refused when another user
+    /// could rewrite it (writable by its group or by everyone, or owned by
+    /// neither this process's user nor root), since whoever writes it
+    /// makes keys. Blocking.
+    ///
+    /// # Errors
+    /// [`ServerError::Keys`] naming `path`, with the `chmod 600` (or
+    /// `chown`) to run, or as [`KeysFile::load`].
+    pub fn load_trusted(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| keys_error(path, e))?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if let Some(why) = airlock_sys_util::unsafe_to_trust(&meta, uid) {
+            return Err(keys_error(
+                path,
+                format!(
+                    "refused: {why}, so another user could add keys; run `chmod 600 {}` (and `chown` it to the server's user)",
+                    path.display()
+                ),
+            ));
+        }
+        Self::load(path, false)
+    }
+
     /// Writes the file whole (a temporary file renamed over it, mode 0600).
     ///
     /// # Errors
@@ -225,14 +248,16 @@ impl Keyring {
 
     /// The keyring of `config`'s keys file, over its default quotas;
     /// `None` without a keys file (every request acts for the local user).
+    /// Blocking (it reads the file).
     ///
     /// # Errors
-    /// As [`KeysFile::load`]: an unreadable or invalid keys file.
+    /// As [`KeysFile::load_trusted`]: an unreadable, invalid, or
+    /// group- or world-writable keys file.
     pub fn of_config(config: &ServerConfig) -> Result<Option<Self>> {
         config
             .keys_file
             .as_deref()
-            .map(|path| KeysFile::load(path, false).map(|f| Self::new(&f, config.quotas)))
+            .map(|path| KeysFile::load_trusted(path).map(|f| Self::new(&f, config.quotas)))
             .transpose()
     }
 
@@ -327,6 +352,32 @@ mod tests {
             let err = KeysFile::parse(Path::new("/etc/k.toml"), &text).unwrap_err();
             assert!(err.to_string().contains("/etc/k.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_keys_file_others_can_write_is_refused_with_the_chmod_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        KeysFile::default().save(&path).unwrap();
+        KeysFile::load_trusted(&path).unwrap();
+        for mode in [0o620, 0o666] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = KeysFile::load_trusted(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("chmod 600 {}", path.display())),
+                "{err}"
+            );
+            assert!(err.contains("writable"), "{err}");
+        }
+        let config = ServerConfig {
+            keys_file: Some(path.clone()),
+            ..ServerConfig::default()
+        };
+        assert!(
+            Keyring::of_config(&config).is_err(),
+            "the server refuses it at start"
+        );
     }
 
     #[test]

@@ -75,5 +75,5 @@ mod service;
 pub mod sessions;
 
 pub use config::ServerConfig;
-pub use error::{ErrorKind, Result, ServerError};
+pub use error::{redact_host_paths, ErrorKind, PublicError, Result, ServerError};
 pub use service::{local_tenant, Airlock, PreparedRun};

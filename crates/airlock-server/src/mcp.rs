@@ -5,6 +5,7 @@
 //! answers structured content with a declared output schema, and a run's
 //! or a cell's results as image and text content ([`output`]).
 
+pub mod endpoint;
 pub mod output;
 
 use crate::api::{RunBody, SandboxArgs};
@@ -18,14 +19,12 @@ use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use serde::Deserialize;
-use std::sync::Arc;
 
-/// The MCP service mounted at `/mcp`.
-pub type HttpService = StreamableHttpService<McpTools, LocalSessionManager>;
+/// The MCP service mounted at `/mcp`: rmcp's, with each MCP session bound
+/// to its tenant ([`endpoint`]).
+pub type HttpService = endpoint::McpEndpoint;
 
 /// Input of `run_code`: the REST run's options ([`SandboxArgs`],
 /// flattened: `memory_mib`, `cpus`, `network`, `packages`), with a default
@@ -140,17 +139,7 @@ What the code shows (a cell's last value, display(), a matplotlib chart) comes b
 /// The streamable-HTTP MCP service for `/mcp`, ended when the server
 /// drains.
 pub fn http_service(airlock: &Airlock) -> HttpService {
-    // Keys guard a server with keys; a keyless one checks `Host` and
-    // `Origin` on every route, this one included (`http::keyless`).
-    let config = StreamableHttpServerConfig::default()
-        .with_cancellation_token(airlock.drain_token().child_token())
-        .disable_allowed_hosts();
-    let tools = airlock.clone();
-    StreamableHttpService::new(
-        move || Ok(McpTools::new(tools.clone(), None)),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    )
+    endpoint::McpEndpoint::new(airlock)
 }
 
 /// Serves the tools over stdio for the local user until stdin ends.

@@ -2,7 +2,8 @@
 //! earlier, killed server left), listen, serve, and when told to stop (the
 //! `shutdown` future: `airlock serve`'s first stop signal) drain: stop
 //! accepting, let running requests go on for the grace, destroy every VM,
-//! return.
+//! return. With a keys file, SIGHUP reloads the keys
+//! ([`reload_keys_on_hangup`]).
 
 use crate::config::ServerConfig;
 use crate::error::{Result, ServerError};
@@ -73,6 +74,7 @@ pub async fn run<S: Display>(
     let stopped_by = tokio::select! {
         () = &mut server => None,
         stop = &mut shutdown => Some(stop),
+        () = reload_keys_on_hangup(&airlock) => None,
     };
     let started = Instant::now();
     if let Some(stop) = stopped_by {
@@ -92,4 +94,32 @@ pub async fn run<S: Display>(
         "airlock serve: stopped; every VM destroyed"
     );
     Ok(())
+}
+
+/// With a keys file: on each SIGHUP, reloads it ([`Airlock::reload_keys`]),
+/// so a key revoked from the file stops working without a restart; a bad
+/// file keeps the old keys and is logged as an error. Never returns
+/// (without a keys file, or when SIGHUP cannot be handled, it only
+/// waits); the server's life owns it and drops it when it ends.
+pub async fn reload_keys_on_hangup(airlock: &Airlock) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if airlock.is_keyless() || airlock.config().keys_file.is_none() {
+        return std::future::pending().await;
+    }
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP: the keys file is read at start only");
+            return std::future::pending().await;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match airlock.reload_keys().await {
+            Ok(keys) => tracing::info!(keys, "SIGHUP: keys file reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: keys file not reloaded; the old keys stay")
+            }
+        }
+    }
+    std::future::pending().await
 }

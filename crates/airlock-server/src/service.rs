@@ -11,7 +11,7 @@
 use crate::api::RunBody;
 use crate::config::ServerConfig;
 use crate::error::{Result, ServerError};
-use crate::keys::{Caller, Keyring};
+use crate::keys::{Caller, Keyring, KeysFile};
 use crate::metrics::Metrics;
 use crate::quota::Ledger;
 use crate::secrets::SecretStore;
@@ -30,7 +30,8 @@ pub struct Airlock {
 struct Inner {
     scheduler: Scheduler,
     config: ServerConfig,
-    keyring: Option<Keyring>,
+    /// Replaced whole by [`Airlock::reload_keys`] (SIGHUP).
+    keyring: Option<std::sync::RwLock<Arc<Keyring>>>,
     local: Caller,
     ledger: Ledger,
     metrics: Metrics,
@@ -137,7 +138,7 @@ impl Airlock {
         Self {
             inner: Arc::new(Inner {
                 scheduler,
-                keyring,
+                keyring: keyring.map(|k| std::sync::RwLock::new(Arc::new(k))),
                 local,
                 ledger: Ledger::default(),
                 metrics: Metrics::new(),
@@ -312,12 +313,43 @@ impl Airlock {
                 message: "missing API key: send `Authorization: Bearer KEY`".into(),
             });
         };
+        // A poisoned lock still holds a whole keyring (it is only ever
+        // replaced whole).
+        let keyring = Arc::clone(&keyring.read().unwrap_or_else(|p| p.into_inner()));
         keyring
             .authenticate(key)
             .cloned()
             .ok_or_else(|| ServerError::Unauthorized {
                 message: "unknown API key".into(),
             })
+    }
+
+    /// Reads the keys file again and replaces the keys in memory with its
+    /// keys (what SIGHUP does, `server::run`): a key revoked from the file
+    /// stops working, a new one starts. A file that cannot be used
+    /// (unreadable, invalid, writable by other users) changes nothing: the
+    /// old keys stay. Returns the number of keys now.
+    ///
+    /// # Errors
+    /// [`ServerError::Keys`] for a bad file, or a server without a keys
+    /// file (keyless: nothing to reload).
+    pub async fn reload_keys(&self) -> Result<usize> {
+        let (Some(current), Some(path)) = (&self.inner.keyring, &self.inner.config.keys_file)
+        else {
+            return Err(ServerError::Keys {
+                path: self.inner.config.keys_file.clone().unwrap_or_default(),
+                message: "this server has no keys file to reload".into(),
+            });
+        };
+        let (path, defaults) = (path.clone(), self.inner.config.quotas);
+        let keyring = tokio::task::spawn_blocking(move || {
+            KeysFile::load_trusted(&path).map(|file| Keyring::new(&file, defaults))
+        })
+        .await
+        .map_err(|e| ServerError::internal("reload the keys file", e))??;
+        let count = keyring.len();
+        *current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
+        Ok(count)
     }
 
     /// Admits one request of `caller`: not while draining, and within its
@@ -358,6 +390,7 @@ impl Airlock {
     /// key.
     pub async fn prepare_run(&self, caller: &Caller, body: &RunBody) -> Result<PreparedRun> {
         self.check_not_draining()?;
+        self.check_egress(&body.sandbox)?;
         let secrets = self.resolve_secrets(caller, &body.secrets).await?;
         let mut request = body.to_request(&caller.tenant, &caller.quotas, secrets)?;
         let uploads = &self.inner.config.uploads;
@@ -456,6 +489,17 @@ impl Airlock {
             }));
         }
         state.last
+    }
+
+    /// Checks the domains a sandbox allowlists against the operator's
+    /// `[egress] allowed_patterns`.
+    ///
+    /// # Errors
+    /// 403 `egress_not_allowed` for a domain outside them, 400 for a
+    /// malformed one (a wildcard over a public suffix among them).
+    pub fn check_egress(&self, sandbox: &airlock::spec::args::SandboxArgs) -> Result<()> {
+        let domains = sandbox.network.allow_domains.as_deref().unwrap_or_default();
+        self.inner.config.egress.check_tenant_domains(domains)
     }
 
     /// Starts draining: new work is refused with 503 from now on.

@@ -78,6 +78,6 @@ pub use executable::{find_executable, is_executable, path_candidates, which};
 pub use exit::ChildExit;
 pub use id::{check_id, is_valid_id, Id, MAX_ID_LEN};
 pub use io_error::{IoError, IoResultExt};
-pub use private_file::write_private_atomic;
+pub use private_file::{unsafe_to_trust, write_private_atomic};
 pub use process_group::{signal_group, GroupSignal};
 pub use tail::{file_tail, tail_text, TailBuffer};

@@ -281,6 +281,7 @@ async fn start_network(
         Some(setup),
         options.secrets.as_ref(),
         &ctx.config.egress_test,
+        ctx.config.egress_allow_documentation_ranges,
     )
     .await?;
     Ok(Some(network))

@@ -59,6 +59,11 @@ pub struct Config {
     pub debug_console: bool,
     /// Test-only egress settings (fake resolver, private upstreams).
     pub egress_test: crate::network::EgressTestOverrides,
+    /// Let the egress proxy connect to documentation addresses
+    /// (`192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`),
+    /// refused by default: for a host whose DNS answers public names with
+    /// them. Default: [`ALLOW_DOC_RANGES_ENV`] is `1`.
+    pub egress_allow_documentation_ranges: bool,
     /// Where memory templates are stored (`<cache>/templates`).
     pub templates_dir: PathBuf,
     /// Runs without a network restore from the memory template of their
@@ -102,6 +107,15 @@ pub struct Config {
     pub layer_wait: Duration,
 }
 
+/// The variable that lets the egress proxy reach documentation addresses
+/// ([`Config::egress_allow_documentation_ranges`]) when `1`.
+pub const ALLOW_DOC_RANGES_ENV: &str = "AIRLOCK_EGRESS_ALLOW_DOC_RANGES";
+
+/// Whether [`ALLOW_DOC_RANGES_ENV`] is `1`.
+fn allow_doc_ranges_from_env() -> bool {
+    std::env::var(ALLOW_DOC_RANGES_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
 impl Default for Config {
     fn default() -> Self {
         let max_concurrent_vms = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
@@ -119,6 +133,7 @@ impl Default for Config {
             overlay_pool_target: max_concurrent_vms.min(8),
             debug_console: false,
             egress_test: crate::network::EgressTestOverrides::default(),
+            egress_allow_documentation_ranges: allow_doc_ranges_from_env(),
             templates_dir: dirs.cache.join("templates"),
             restore_templates: false,
             packages_dir: dirs.cache.join("packages"),

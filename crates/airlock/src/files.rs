@@ -190,15 +190,17 @@ pub(crate) async fn upload(
     })
 }
 
-/// Reads `path` through `client`; the sha256 is compared by the client.
+/// Reads `path` through `client`, holding at most `max_bytes` (and the
+/// client's own limit); the sha256 is compared by the client.
 pub(crate) async fn download(
     vm_id: &str,
     client: &Client,
     path: &str,
+    max_bytes: u64,
 ) -> Result<(Vec<u8>, FileInfo), ExecError> {
-    let timeout = transfer_timeout(client.config().max_read_file_bytes);
+    let timeout = transfer_timeout(client.config().max_read_file_bytes.min(max_bytes));
     let content = client
-        .read_file(path, timeout)
+        .read_file_at_most(path, max_bytes, timeout)
         .await
         .map_err(|source| ExecError::File {
             vm_id: vm_id.to_owned(),

@@ -108,7 +108,7 @@ pub use airlock_protocol::Language;
 pub use airlock_sys_util::ChildExit;
 pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
 pub use close::CloseReason;
-pub use config::{cache_dir, default_run_dir, dirs, Config};
+pub use config::{cache_dir, default_run_dir, dirs, Config, ALLOW_DOC_RANGES_ENV};
 pub use error::{
     BootError, Error, ExecError, InputError, PackageError, Result, RunError, SessionError,
 };

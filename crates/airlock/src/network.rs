@@ -258,7 +258,9 @@ impl std::fmt::Debug for VmNetwork {
 impl VmNetwork {
     /// Starts gvproxy (joining the VM's limits group through `child_setup`),
     /// the egress proxy inside its namespace (allowlist mode), and the host
-    /// side of every exposed port.
+    /// side of every exposed port. `allow_documentation_ranges` lets the
+    /// proxy connect to documentation addresses
+    /// ([`crate::Config::egress_allow_documentation_ranges`]).
     ///
     /// # Errors
     /// [`BootError::Network`] (gvproxy missing, namespaces refused, a host port
@@ -270,6 +272,7 @@ impl VmNetwork {
         child_setup: Option<ChildSetup>,
         secrets: Option<&VmSecrets>,
         overrides: &EgressTestOverrides,
+        allow_documentation_ranges: bool,
     ) -> Result<Self, BootError> {
         let net = |e: airlock_gvproxy::GvproxyError| BootError::Network {
             vm_id: vm_id.to_owned(),
@@ -309,6 +312,7 @@ impl VmNetwork {
                     .clone()
                     .unwrap_or_else(|| Arc::new(SystemResolver)),
                 allow_private_for_tests: overrides.allow_private,
+                allow_documentation_ranges,
                 secrets: secrets.map(|s| Arc::clone(&s.set)).unwrap_or_default(),
                 ca: secrets.map(|s| Arc::clone(&s.ca)),
                 upstream_roots: overrides

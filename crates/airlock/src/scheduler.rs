@@ -516,7 +516,7 @@ async fn upload_all(vm: &dyn SandboxVm, uploads: &[FileUpload]) -> Result<(), Ex
 async fn download_all(vm: &dyn SandboxVm, paths: &[String]) -> Vec<Downloaded> {
     let mut downloads = Vec::with_capacity(paths.len());
     for path in paths {
-        downloads.push(Downloaded::of(path, vm.download(path).await));
+        downloads.push(Downloaded::of(path, vm.download(path, u64::MAX).await));
     }
     downloads
 }

@@ -452,10 +452,50 @@ impl Session {
     /// # Errors
     /// As [`Session::write_file`].
     pub async fn read_file(&self, path: &str) -> Result<(Vec<u8>, FileInfo), SessionError> {
+        self.read_file_at_most(path, u64::MAX).await
+    }
+
+    /// As [`Session::read_file`], holding at most `max_bytes` of the file
+    /// (and 128 MiB): a larger one fails with a `FileTooLarge` source as
+    /// soon as it passes the limit (a server's one file size cap).
+    ///
+    /// # Errors
+    /// As [`Session::write_file`].
+    pub async fn read_file_at_most(
+        &self,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, FileInfo), SessionError> {
         validate_guest_path("path", path)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        Ok(self.inner.until_shutdown(vm.download(path)).await??)
+        Ok(self
+            .inner
+            .until_shutdown(vm.download(path, max_bytes))
+            .await??)
+    }
+
+    /// Refuses at once, as a call would, when the session is busy with
+    /// another call or has ended: what a server checks before it reads an
+    /// upload's body. The answer may be stale by the time the call
+    /// starts; the call checks again.
+    ///
+    /// # Errors
+    /// [`SessionError::Busy`], [`SessionError::Closed`].
+    pub fn check_ready(&self) -> Result<(), SessionError> {
+        let inner = &self.inner;
+        if let Some(reason) = inner.closed_reason() {
+            return Err(inner.closed_error(reason));
+        }
+        // Not a call: the idle clock is left alone.
+        let vm = inner.vm.try_lock().map_err(|_| SessionError::Busy {
+            session_id: inner.id.clone(),
+        })?;
+        if vm.is_none() {
+            let reason = inner.closed_reason().unwrap_or(CloseReason::Closed);
+            return Err(inner.closed_error(reason));
+        }
+        Ok(())
     }
 
     /// Lists a directory of the sandbox home (`""` or `"."`: the home),

@@ -436,6 +436,7 @@ impl SandboxVm for FakeVm {
     fn download<'a>(
         &'a self,
         path: &'a str,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
@@ -444,6 +445,17 @@ impl SandboxVm for FakeVm {
             let content = lock(&self.files).get(path).cloned();
             let content =
                 content.ok_or_else(|| self.file_error(path, "read", ErrorKind::NotFound))?;
+            if content.len() as u64 > max_bytes {
+                return Err(ExecError::File {
+                    vm_id: self.id.clone(),
+                    path: path.to_owned(),
+                    action: "read",
+                    source: ProtocolError::FileTooLarge {
+                        path: path.to_owned(),
+                        limit_bytes: max_bytes,
+                    },
+                });
+            }
             let info = FileInfo {
                 path: path.to_owned(),
                 size: content.len() as u64,

@@ -194,6 +194,9 @@ impl Vm {
     /// Moves the VM's limits group to `tenant` (`airlock/<tenant>/<vm
     /// id>`, the same limits) and its owner record with it: a warm pool's
     /// VM is made before the tenant of the request that takes it is known.
+    /// With cgroup v2 the group stays where it is (its memory could not
+    /// move, [`airlock_limits::Limiter::regroup`]), and so does the owner
+    /// record's tenant, which says where a sweep finds the group.
     ///
     /// # Errors
     /// [`BootError::Limits`] when the processes cannot be moved (the VM stays
@@ -215,8 +218,12 @@ impl Vm {
                     Some(&vm_id),
                     "move to the tenant's limits group",
                 ))?;
+        let moved_to_tenant = moved.id().tenant() == tenant;
         running.group = moved;
-        self.workdir.set_tenant(tenant).await
+        if moved_to_tenant {
+            self.workdir.set_tenant(tenant).await?;
+        }
+        Ok(())
     }
 
     /// Records that this VM was taken from a warm pool, the take (resume

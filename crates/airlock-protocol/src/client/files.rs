@@ -94,6 +94,24 @@ impl Client {
         path: &str,
         timeout: Duration,
     ) -> Result<FileContent, ProtocolError> {
+        self.read_file_at_most(path, self.config.max_read_file_bytes, timeout)
+            .await
+    }
+
+    /// As [`Client::read_file`], with at most `limit_bytes` held (the
+    /// lower of it and the client's own limit): a larger file fails with
+    /// [`ProtocolError::FileTooLarge`] as soon as its chunks pass the
+    /// limit, so memory never holds more than the limit.
+    ///
+    /// # Errors
+    /// As [`Client::read_file`].
+    pub async fn read_file_at_most(
+        &self,
+        path: &str,
+        limit_bytes: u64,
+        timeout: Duration,
+    ) -> Result<FileContent, ProtocolError> {
+        let limit = limit_bytes.min(self.config.max_read_file_bytes);
         let (op, mut rx) = self
             .channel
             .open(RequestBody::ReadFile {
@@ -105,7 +123,6 @@ impl Client {
             loop {
                 match next(&mut rx).await? {
                     EventBody::FileData { data: chunk } => {
-                        let limit = self.config.max_read_file_bytes;
                         if (data.len() + chunk.as_bytes().len()) as u64 > limit {
                             return Err(ProtocolError::FileTooLarge {
                                 path: path.to_owned(),
@@ -126,7 +143,8 @@ impl Client {
                             });
                         }
                         return Ok(FileContent {
-                            data: data.to_vec(),
+                            // No copy: the buffer becomes the Vec.
+                            data: Vec::from(data),
                             sha256,
                         });
                     }

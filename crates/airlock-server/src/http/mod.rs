@@ -37,10 +37,16 @@ struct TenantName(String);
 pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router {
     let body_limit = airlock.config().max_body_bytes;
     let mut authed = Router::new().route("/v1/runs", post(runs::create));
-    authed = sessions::routes(authed, airlock.config().max_file_bytes);
+    authed = sessions::routes(authed, airlock.config().files.max_bytes);
     authed = secrets::routes(authed);
     if let Some(mcp) = mcp {
-        authed = authed.route_service("/mcp", mcp);
+        authed = authed.route(
+            "/mcp",
+            axum::routing::any(move |request: Request| {
+                let mcp = mcp.clone();
+                async move { mcp.handle(request).await }
+            }),
+        );
     }
     let authed = authed.route_layer(middleware::from_fn_with_state(
         airlock.clone(),

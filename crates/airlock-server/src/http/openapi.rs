@@ -48,8 +48,8 @@ fn errors() -> Value {
     json!({
         "400": error_response("Bad input (malformed JSON, a bad field)"),
         "401": error_response("Missing or unknown API key"),
-        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin; `expose_disabled`: `network.expose` on a server whose operator has not enabled it"),
-        "413": error_response("Body over the limit; `uploads_too_large`: a run's files over `[uploads] max_bytes` together"),
+        "403": error_response("Keyless server: a Host that is not a loopback name, or a foreign Origin; `expose_disabled`: `network.expose` on a server whose operator has not enabled it; `egress_not_allowed`: an allowlisted domain outside the server's egress policy"),
+        "413": error_response("Body over the limit; `uploads_too_large`: a run's files over `[uploads] max_bytes` together; `file_too_large`: a session file over the file cap"),
         "415": error_response("Keyless server: a body that is not application/json"),
         "429": too_many(),
         "500": error_response("The server failed (a VM that would not boot, an agent's unexpected error): never the caller's input"),
@@ -286,7 +286,8 @@ pub fn openapi() -> Value {
                     "type": "object",
                     "required": ["error"],
                     "properties": {"error": {"type": "object", "required": ["kind", "message"],
-                        "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}
+                        "properties": {"kind": {"type": "string"}, "message": {"type": "string"},
+                            "request_id": {"type": "string", "description": "When the message leaves details out (the server's fault): the id of the server's log line that has them"}}}}
                 },
                 "RunResult": run_result,
                 "CellResult": cell_result,

@@ -17,7 +17,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-/// The session routes, added to the authenticated router.
+/// The session routes, added to the authenticated router. File bodies
+/// are read by [`write_file`] itself, under `max_file_bytes`.
 pub fn routes(router: Router<Airlock>, max_file_bytes: usize) -> Router<Airlock> {
     router
         .route("/v1/sessions", post(create).get(list))
@@ -131,7 +132,7 @@ async fn read_file(
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ServerError> {
     let session = airlock.session(&caller, &id)?;
-    let (bytes, info) = session.read_file(&path).await?;
+    let (bytes, info) = airlock.read_file(&session, &path).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
@@ -142,24 +143,51 @@ async fn read_file(
         .into_response())
 }
 
+/// `PUT`: everything that can refuse the upload is checked from the
+/// headers first (the session is the caller's and live, not busy, the
+/// declared length within `[files] max_bytes`), and a refusal is answered
+/// at once with the body unread and the connection closed
+/// ([`super::refuse`]); only then is the body read, never past the cap.
 async fn write_file(
     State(airlock): State<Airlock>,
     Extension(caller): Extension<Caller>,
     Path((id, path)): Path<(String, String)>,
     request: Request,
-) -> Result<Response, ServerError> {
-    let session = airlock.session(&caller, &id)?;
-    let bytes = Bytes::from_request(request, &airlock)
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ServerError::TooLarge {
-                    limit_bytes: airlock.config().max_file_bytes,
-                }
-            } else {
-                ServerError::bad_request(format!("cannot read the body: {rejection}"))
-            }
-        })?;
-    let info = airlock.write_file(&session, &path, &bytes).await?;
-    Ok(Json(info).into_response())
+) -> Response {
+    let limit_bytes = airlock.config().files.max_bytes;
+    let session = match airlock.session(&caller, &id).and_then(|session| {
+        session.check_ready()?;
+        Ok(session)
+    }) {
+        Ok(session) => session,
+        Err(e) => return super::refuse(request, e).await,
+    };
+    if declared_length(request.headers()).is_some_and(|len| len > limit_bytes as u64) {
+        return super::refuse(request, ServerError::TooLarge { limit_bytes }).await;
+    }
+    let bytes = match Bytes::from_request(request, &airlock).await {
+        Ok(bytes) => bytes,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ServerError::TooLarge { limit_bytes }.into_response()
+        }
+        Err(rejection) => {
+            return ServerError::bad_request(format!("cannot read the body: {rejection}"))
+                .into_response()
+        }
+    };
+    match airlock.write_file(&session, &path, &bytes).await {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The body length a request declares (`Content-Length`), if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

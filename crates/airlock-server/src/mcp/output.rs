@@ -37,6 +37,9 @@ pub(crate) trait ToolOutput: Serialize {
     }
 }
 
+/// Largest tool answer given as pretty JSON text; a larger one is compact.
+const PRETTY_TEXT_MAX_BYTES: usize = 64 * 1024;
+
 /// A tool's answer: its output as structured content, JSON text and
 /// items, or the error's message as a tool error (so the model can read
 /// it and try again).
@@ -44,8 +47,14 @@ pub(crate) fn answer<T: ToolOutput>(result: Result<T, ServerError>) -> CallToolR
     let output = result.and_then(|output| {
         let value = serde_json::to_value(&output)
             .map_err(|e| ServerError::internal("encode the result", e))?;
-        let text = serde_json::to_string_pretty(&value)
-            .map_err(|e| ServerError::internal("encode the result", e))?;
+        // Pretty for a model to read, unless large (a file's content):
+        // then compact, not inflated further.
+        let text = if serde_json::to_vec(&value).map_or(0, |v| v.len()) > PRETTY_TEXT_MAX_BYTES {
+            serde_json::to_string(&value)
+        } else {
+            serde_json::to_string_pretty(&value)
+        }
+        .map_err(|e| ServerError::internal("encode the result", e))?;
         Ok((output, value, text))
     });
     match output {
@@ -57,7 +66,8 @@ pub(crate) fn answer<T: ToolOutput>(result: Result<T, ServerError>) -> CallToolR
             result
         }
         Err(e) => {
-            let mut message = format!("{} ({})", e, e.kind());
+            let public = e.public();
+            let mut message = format!("{} ({})", public.message, public.kind);
             if let Some(hint) = e.hint() {
                 message.push_str("; hint: ");
                 message.push_str(hint);

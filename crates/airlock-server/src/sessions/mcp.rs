@@ -209,6 +209,7 @@ Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b
         name = "read_file",
         output_schema = schema_for_output::<FileRead>(),
         description = "Read a file from a session's home dir, e.g. a result the code wrote. Returns path, size, sha256 and `content` (text) or `content_b64` (when the file is not UTF-8). \
+Limit: the server's MCP read limit (1 MiB by default); a larger file is an error (read it over REST). \
 Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
     )]
     async fn read_file(
@@ -216,8 +217,10 @@ Example: {\"session_id\": \"...\", \"path\": \"out/result.json\"}"
         Parameters(p): Parameters<PathParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let airlock = self.airlock();
+        let limit = airlock.config().mcp.max_read_file_bytes;
         self.on_session(&ctx, &p.session_id, |_, session| async move {
-            let (bytes, info) = session.read_file(&p.path).await?;
+            let (bytes, info) = airlock.read_file_at_most(&session, &p.path, limit).await?;
             let (content, content_b64) = match String::from_utf8(bytes) {
                 Ok(text) => (Some(text), None),
                 Err(e) => (

@@ -13,7 +13,7 @@ pub mod table;
 
 use self::table::{info, SessionInfo};
 use crate::api::{language_of, parse_timeout, ExecBody, SessionBody};
-use crate::error::Result;
+use crate::error::{Result, ServerError};
 use crate::keys::Caller;
 use crate::service::Airlock;
 use airlock::{CellRequest, CellResult, FileInfo, RunObserver, Session};
@@ -30,6 +30,7 @@ impl Airlock {
     pub async fn create_session(&self, caller: &Caller, body: &SessionBody) -> Result<SessionInfo> {
         self.check_not_draining()?;
         let language = language_of(body.language.as_deref(), &body.spec.sandbox)?;
+        self.check_egress(&body.spec.sandbox)?;
         let secrets = self.resolve_secrets(caller, &body.spec.secrets).await?;
         let mut options = body.spec.to_options(&caller.tenant, language, secrets)?;
         self.fit_sandbox(caller, &mut options.spec)?;
@@ -167,6 +168,50 @@ impl Airlock {
         path: &str,
         bytes: &[u8],
     ) -> Result<FileInfo> {
+        let limit_bytes = self.config().files.max_bytes;
+        if bytes.len() > limit_bytes {
+            return Err(ServerError::TooLarge { limit_bytes });
+        }
         Ok(session.write_file(path, bytes).await?)
+    }
+
+    /// Reads a file of a session, holding at most `[files] max_bytes` of
+    /// it: a larger file is refused (`file_too_large`, 413) as soon as it
+    /// passes the cap.
+    ///
+    /// # Errors
+    /// 404, 409 (busy), 413, the orchestrator's errors.
+    pub async fn read_file(&self, session: &Session, path: &str) -> Result<(Vec<u8>, FileInfo)> {
+        self.read_file_at_most(session, path, self.config().files.max_bytes)
+            .await
+    }
+
+    /// [`Airlock::read_file`] with a lower cap (MCP's `read_file`).
+    ///
+    /// # Errors
+    /// As [`Airlock::read_file`].
+    pub async fn read_file_at_most(
+        &self,
+        session: &Session,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, FileInfo)> {
+        let limited = max_bytes < self.config().files.max_bytes;
+        let max_bytes = max_bytes.min(self.config().files.max_bytes) as u64;
+        match session.read_file_at_most(path, max_bytes).await {
+            Err(airlock::SessionError::Exec(airlock::ExecError::File {
+                source: airlock_protocol::ProtocolError::FileTooLarge { .. },
+                ..
+            })) => Err(ServerError::FileTooLarge {
+                path: path.to_owned(),
+                limit_bytes: max_bytes,
+                where_else: if limited {
+                    ": read it with GET /v1/sessions/{id}/files/{path}"
+                } else {
+                    ""
+                },
+            }),
+            other => Ok(other?),
+        }
     }
 }

@@ -92,13 +92,16 @@ pub trait SandboxVm: Send + Sync {
     /// [`ExecError::File`].
     fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>>;
 
-    /// Reads a file of the sandbox home (checked by sha256).
+    /// Reads a file of the sandbox home (checked by sha256), holding at
+    /// most `max_bytes` of it (a larger file fails as soon as it passes
+    /// the limit; `u64::MAX`: the client's own limit).
     ///
     /// # Errors
-    /// [`ExecError::File`].
+    /// [`ExecError::File`] (its source `FileTooLarge` past `max_bytes`).
     fn download<'a>(
         &'a self,
         path: &'a str,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>>;
 
     /// Lists a directory of the sandbox home, sorted by name.

@@ -49,8 +49,9 @@ impl SandboxVm for Vm {
     fn download<'a>(
         &'a self,
         path: &'a str,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
-        Box::pin(async move { files::download(self.id(), self.client()?, path).await })
+        Box::pin(async move { files::download(self.id(), self.client()?, path, max_bytes).await })
     }
 
     fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ExecError>> {

@@ -136,7 +136,7 @@ async fn a_body_over_the_limit_is_413() {
 #[tokio::test]
 async fn a_file_over_the_limit_is_413() {
     let h = Harness::with_config(ServerConfig {
-        max_file_bytes: 16,
+        files: crate::config::FileLimits { max_bytes: 16 },
         ..ServerConfig::default()
     });
     let id = h.session(KEY_A).await;

@@ -12,6 +12,7 @@
 
 mod attack;
 mod attack_cache;
+mod attack_policy;
 mod attack_tenancy;
 mod auth;
 mod errors;
@@ -108,6 +109,21 @@ impl Harness {
     /// No keys file: every request acts for the local user.
     pub fn keyless() -> Self {
         Self::build(ServerConfig::default(), None, true)
+    }
+
+    /// Keys for `alice` and `bob` read from a keys file in `dir` (mode
+    /// 0600), named in the configuration: what SIGHUP reloads.
+    pub fn with_keys_file(dir: &std::path::Path, config: ServerConfig) -> Self {
+        let path = dir.join("keys.toml");
+        two_tenants_file().save(&path).expect("write the keys file");
+        let config = ServerConfig {
+            keys_file: Some(path),
+            ..config
+        };
+        let keyring = Keyring::of_config(&config)
+            .expect("a private keys file loads")
+            .expect("a keys file is named");
+        Self::build(config, Some(keyring), true)
     }
 
     fn build(config: ServerConfig, keyring: Option<Keyring>, with_secrets: bool) -> Self {
@@ -287,7 +303,12 @@ impl Harness {
 
 /// The keys of `alice` and `bob`, both with `quotas`.
 fn two_tenants(quotas: Quotas) -> Keyring {
-    let file = KeysFile {
+    Keyring::new(&two_tenants_file(), quotas)
+}
+
+/// The keys file of `alice` and `bob`, without quota overrides.
+fn two_tenants_file() -> KeysFile {
+    KeysFile {
         keys: [(KEY_A, "alice"), (KEY_B, "bob")]
             .into_iter()
             .map(|(key, tenant)| KeyEntry {
@@ -298,8 +319,7 @@ fn two_tenants(quotas: Quotas) -> Keyring {
                 quotas: QuotaOverrides::default(),
             })
             .collect(),
-    };
-    Keyring::new(&file, quotas)
+    }
 }
 
 /// `{language, code}` with the fields of `extra` (an object) added.
