@@ -80,6 +80,12 @@ pub struct Config {
     /// `max_concurrent_vms` free. Default none (the one-shot CLI keeps no
     /// pool).
     pub warm_pools: Vec<crate::spec::PoolConfig>,
+    /// The QEMU jail when this process runs as root (`jail.rs`; on by
+    /// default, `AIRLOCK_JAIL=0` turns it off).
+    pub jail: crate::jail::JailConfig,
+    /// The disk budget of each VM's console log and of its QEMU log
+    /// (`capped_log.rs`; default 4 MiB each).
+    pub console_log_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -105,6 +111,8 @@ impl Default for Config {
             ca_bundle: crate::spec::CaBundle::default(),
             secrets_ca_dir: dirs.cache.join("secrets-ca"),
             warm_pools: Vec::new(),
+            jail: crate::jail::JailConfig::default(),
+            console_log_max_bytes: crate::capped_log::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         }
     }
 }
@@ -130,6 +138,13 @@ impl Config {
             return Err(Error::Config("boot_timeout must be at least 100 ms".into()));
         }
         crate::spec::validate_pools(&self.warm_pools, self.max_concurrent_vms)?;
+        self.jail.validate().map_err(Error::Config)?;
+        if self.console_log_max_bytes < crate::capped_log::MIN_CONSOLE_LOG_MAX_BYTES {
+            return Err(Error::Config(format!(
+                "console_log_max_bytes must be at least {}",
+                crate::capped_log::MIN_CONSOLE_LOG_MAX_BYTES
+            )));
+        }
         // A work dir is run_dir/vms/<16 hex>/ and the longest socket name is
         // "event.sock": keep room under the 108-byte sun_path.
         let longest = self.run_dir.as_os_str().len() + "/vms/".len() + 16 + "/event.sock".len();

@@ -62,6 +62,7 @@
 
 mod artifacts;
 mod builder;
+mod capped_log;
 mod catalog;
 mod close;
 mod config;
@@ -73,6 +74,7 @@ mod files;
 mod guest;
 mod host;
 mod images;
+pub mod jail;
 mod launcher;
 mod machine;
 mod manager;

@@ -215,7 +215,8 @@ impl WorkDir {
         self.path.join("console.log")
     }
 
-    /// QEMU's own stdout and stderr.
+    /// QEMU's own messages (its stderr; its stdout too when the console
+    /// is not on it).
     pub fn qemu_log(&self) -> PathBuf {
         self.path.join("qemu.log")
     }

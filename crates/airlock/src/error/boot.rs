@@ -70,6 +70,16 @@ pub enum BootError {
     /// A file-system step failed (the error names the step and the path).
     #[error(transparent)]
     Io(#[from] IoError),
+    /// QEMU's jail could not be readied (its uid, its work dir's owner,
+    /// its files).
+    #[error("vm {vm_id}: cannot jail QEMU: {source}; check that /run is writable and the jail's uid range is free, or turn the jail off (`[jail] enabled = false`, AIRLOCK_JAIL=0)")]
+    Jail {
+        /// The VM.
+        vm_id: String,
+        /// The failing step (named in its message).
+        #[source]
+        source: std::io::Error,
+    },
     /// QEMU could not be started.
     #[error("vm {vm_id}: cannot start {program}: {source}")]
     Spawn {
