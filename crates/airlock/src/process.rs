@@ -159,6 +159,14 @@ impl QemuProcess {
         }
     }
 
+    /// The uid QEMU runs as: its jail uid, else this process's.
+    pub fn uid(&self) -> u32 {
+        self.jail.as_ref().map_or_else(
+            || nix::unistd::geteuid().as_raw(),
+            crate::jail::UidLease::uid,
+        )
+    }
+
     /// QEMU's pid (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid

@@ -148,7 +148,7 @@ pub enum BootError {
         qemu_pid: u32,
         /// The peer's uid.
         peer_uid: u32,
-        /// Our uid (QEMU's).
+        /// Our QEMU's uid (ours, or its jail uid).
         our_uid: u32,
     },
     /// Talking to the guest agent failed while the VM was made ready
