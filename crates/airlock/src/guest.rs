@@ -311,8 +311,12 @@ mod tests {
         let _server = listener.accept().await.unwrap();
         // The peer is this test process.
         let ours = std::process::id();
-        check_peer(&client, &path, "vm", ours).unwrap();
-        let err = check_peer(&client, &path, "vm", ours + 1).unwrap_err();
+        let uid = nix::unistd::geteuid().as_raw();
+        check_peer(&client, &path, "vm", (ours, uid)).unwrap();
+        let err = check_peer(&client, &path, "vm", (ours + 1, uid)).unwrap_err();
+        assert!(matches!(err, BootError::PeerMismatch { .. }), "{err}");
+        // A jailed QEMU's uid is expected: this process is not it.
+        let err = check_peer(&client, &path, "vm", (ours, uid + 1)).unwrap_err();
         assert!(matches!(err, BootError::PeerMismatch { .. }), "{err}");
     }
 

@@ -107,6 +107,7 @@ mod workdir;
 
 pub use airlock_protocol::Language;
 pub use airlock_sys_util::ChildExit;
+pub use capped_log::{DEFAULT_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_MAX_BYTES};
 pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
 pub use close::CloseReason;
 pub use config::{cache_dir, default_run_dir, dirs, Config};
