@@ -37,7 +37,7 @@ impl CappedLog {
     /// # Errors
     /// The creation's I/O error.
     pub async fn create(path: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        let file = tokio::fs::File::create(path).await?;
+        let file = open_new(path, false).await?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -82,13 +82,33 @@ impl CappedLog {
     }
 
     /// The current file becomes `<path>.1`; a new, empty one is started.
+    /// The log's dir may belong to a jailed QEMU, which could put a link
+    /// where the new file goes: it is made with `O_EXCL` (no link is
+    /// followed, nothing there is reused), and the rename moves a name,
+    /// never writes through a link.
     async fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush().await?;
         tokio::fs::rename(&self.path, Self::previous_part(&self.path)).await?;
-        self.file = tokio::fs::File::create(&self.path).await?;
+        self.file = open_new(&self.path, true).await?;
         self.written = 0;
         Ok(())
     }
+}
+
+/// Opens `path` for writing, truncated, following no symbolic link;
+/// `exclusive`: it must not exist.
+async fn open_new(path: &Path, exclusive: bool) -> std::io::Result<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .mode(0o600);
+    if exclusive {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    options.open(path).await
 }
 
 #[cfg(test)]
@@ -132,6 +152,29 @@ mod tests {
         let kept = std::fs::read(&path).unwrap();
         assert_eq!(kept.len(), 50);
         assert!(kept.ends_with(b"aEND"));
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_where_the_log_goes_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("host-file");
+        std::fs::write(&target, "keep").unwrap();
+        let path = dir.path().join("console.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(CappedLog::create(&path, 100).await.is_err());
+        // The rotation's new file: a link there (planted after the
+        // rename) is an error, not followed.
+        assert!(open_new(&path, true).await.is_err());
+        std::fs::remove_file(&path).unwrap();
+        let mut log = CappedLog::create(&path, 100).await.unwrap();
+        log.write(&[b'x'; 40]).await.unwrap();
+        // Planted before a rotation: the rename moves the link aside.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        log.write(&[b'y'; 40]).await.unwrap();
+        log.flush().await.unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(std::fs::read(&path).unwrap(), [b'y'; 40]);
     }
 
     #[tokio::test]

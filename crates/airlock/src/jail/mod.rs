@@ -352,18 +352,30 @@ fn lend(lease: &mut UidLease, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives `dir` and everything under it, but `keep`, to `uid` (gid the
-/// same). Symbolic links are not followed.
+/// Gives the work dir `dir` and its files, but `keep`, to `uid` (gid the
+/// same). Its subdirs (gvproxy's `net/`) stay root's, where root keeps
+/// writing while QEMU runs: they only become traversable, and the sockets
+/// in them QEMU connects to are given to `uid`. Symbolic links are not
+/// followed.
 fn give_tree(dir: &Path, uid: u32, keep: &[PathBuf]) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if keep.contains(&path) {
+        let kind = entry.file_type()?;
+        if keep.contains(&path) || kind.is_symlink() {
             continue;
         }
-        if entry.file_type()?.is_dir() {
-            give_tree(&path, uid, keep)?;
+        if kind.is_dir() {
+            let mode = std::fs::metadata(&path)?.mode() & 0o7777;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o111))?;
+            for inner in std::fs::read_dir(&path)? {
+                let inner = inner?;
+                if inner.file_type()?.is_socket() {
+                    std::os::unix::fs::lchown(inner.path(), Some(uid), Some(uid))?;
+                }
+            }
         } else {
             std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
         }
@@ -468,23 +480,34 @@ mod tests {
     }
 
     #[test]
-    fn giving_a_tree_keeps_the_named_files_and_follows_no_link() {
+    fn giving_a_work_dir_keeps_the_named_files_subdirs_and_link_targets_root_s() {
         if !nix::unistd::geteuid().is_root() {
             return; // chown needs root
         }
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("vm");
         std::fs::create_dir_all(work.join("net")).unwrap();
-        std::fs::write(work.join("net/sock"), "").unwrap();
+        std::fs::set_permissions(work.join("net"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(work.join("net/q.sock")).unwrap();
+        std::fs::write(work.join("net/gvproxy.log"), "").unwrap();
+        std::fs::write(work.join("root.qcow2"), "").unwrap();
         std::fs::write(work.join("owner"), "").unwrap();
         let outside = dir.path().join("outside");
         std::fs::write(&outside, "").unwrap();
         std::os::unix::fs::symlink(&outside, work.join("link")).unwrap();
         give_tree(&work, 5555, &[work.join("owner")]).unwrap();
-        let uid = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
-        assert_eq!(uid(&work), 5555);
-        assert_eq!(uid(&work.join("net/sock")), 5555);
-        assert_eq!(uid(&work.join("owner")), 0);
-        assert_eq!(uid(&outside), 0, "the link's target stays root's");
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        assert_eq!(meta(&work).uid(), 5555);
+        assert_eq!(meta(&work.join("root.qcow2")).uid(), 5555);
+        assert_eq!(
+            meta(&work.join("net/q.sock")).uid(),
+            5555,
+            "QEMU connects to it"
+        );
+        assert_eq!(meta(&work.join("net")).uid(), 0);
+        assert_eq!(meta(&work.join("net")).mode() & 0o777, 0o711);
+        assert_eq!(meta(&work.join("net/gvproxy.log")).uid(), 0);
+        assert_eq!(meta(&work.join("owner")).uid(), 0);
+        assert_eq!(meta(&outside).uid(), 0, "the link's target stays root's");
     }
 }
