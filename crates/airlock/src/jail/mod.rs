@@ -9,7 +9,7 @@
 //!   only what its command line names, each at its host path
 //!   (`plan.rs`): `/usr` (and `/lib*`) read-only, the loader cache,
 //!   `/dev/null`, `/dev/urandom` (`/dev/kvm` under KVM), its work dir
-//!   (writable, chowned to its uid, mode 0700), its images and layer
+//!   (writable, given to its uid, mode 0700), its images and layer
 //!   read-only, and its template's memory file.
 //!
 //! A template's memory file: QEMU 7.2 opens a `memory-backend-file`
@@ -353,10 +353,10 @@ fn lend(lease: &mut UidLease, path: &Path) -> io::Result<()> {
 }
 
 /// Gives the work dir `dir` and its files, but `keep`, to `uid` (gid the
-/// same). Its subdirs (gvproxy's `net/`) stay root's, where root keeps
-/// writing while QEMU runs: they only become traversable, and the sockets
-/// in them QEMU connects to are given to `uid`. Symbolic links are not
-/// followed.
+/// same). Its subdirs (gvproxy's `net/`, its user's) keep their owner,
+/// who keeps writing there while QEMU runs: they only become searchable,
+/// and the sockets in them (the one QEMU connects to) are given to
+/// `uid`. Symbolic links are not followed.
 fn give_tree(dir: &Path, uid: u32, keep: &[PathBuf]) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
