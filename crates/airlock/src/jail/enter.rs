@@ -1,12 +1,14 @@
 //! Entering the jail, between fork and exec in QEMU's child: a new mount
 //! namespace whose root is a tmpfs holding only the [`Plan`]'s paths,
-//! then the credentials of the jail uid and no capabilities.
+//! then the credentials of the jail uid and no capabilities
+//! (`airlock_sys_util::privileges`).
 //!
 //! Everything the child needs is made before the fork ([`Entry::new`]:
 //! C strings, the group list); the child only makes syscalls, which is
 //! what may run between fork and exec (no allocation, no lock).
 
 use super::plan::{Access, Op, Plan};
+use airlock_sys_util::privileges::{check_syscall as check, drop_privileges, Credentials};
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -46,9 +48,6 @@ const JAIL_FS: &CStr = c"airlock-jail";
 const ROOT_OPTIONS: &CStr = c"mode=0755,size=1m";
 const DOT: &CStr = c".";
 const SLASH: &CStr = c"/";
-/// prctl's unused arguments must be zero in full `unsigned long`s.
-const ZERO: libc::c_ulong = 0;
-const ONE: libc::c_ulong = 1;
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {
@@ -110,10 +109,9 @@ impl Entry {
 
     /// Enters the jail (in the child).
     fn enter(&self) -> io::Result<()> {
-        // SAFETY: plain syscalls on NUL-terminated strings owned by `self`
-        // and on a gid array of `self.groups.len()` elements; none
-        // allocates or takes a lock, so they are safe between fork and
-        // exec.
+        // SAFETY: plain syscalls on NUL-terminated strings owned by
+        // `self`; none allocates or takes a lock, so they are safe between
+        // fork and exec.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS))?;
             // Nothing done here reaches the host's mounts.
@@ -180,32 +178,16 @@ impl Entry {
             check(libc::syscall(libc::SYS_pivot_root, DOT.as_ptr(), DOT.as_ptr()) as libc::c_int)?;
             check(libc::umount2(DOT.as_ptr(), libc::MNT_DETACH))?;
             check(libc::chdir(SLASH.as_ptr()))?;
-            // No capability can come back, even through a setuid program.
-            for cap in 0..64u8 {
-                libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    libc::c_ulong::from(cap),
-                    ZERO,
-                    ZERO,
-                    ZERO,
-                );
-            }
-            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
-            check(libc::setresgid(self.gid, self.gid, self.gid))?;
-            // From uid 0 to another: the kernel clears the permitted and
-            // effective capability sets.
-            check(libc::setresuid(self.uid, self.uid, self.uid))?;
-            check(libc::prctl(
-                libc::PR_SET_NO_NEW_PRIVS,
-                ONE,
-                ZERO,
-                ZERO,
-                ZERO,
-            ))?;
             // What QEMU makes (sockets, logs) is its own only.
             libc::umask(0o077);
         }
-        Ok(())
+        // No capability left, none to come back (not even through a
+        // setuid program): the jail uid, its groups, `no_new_privs`.
+        drop_privileges(Some(Credentials {
+            uid: self.uid,
+            gid: self.gid,
+            groups: &self.groups,
+        }))
     }
 }
 
@@ -216,15 +198,6 @@ fn remount_flags(access: Access) -> libc::c_ulong {
         Access::ReadOnly => libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         Access::Writable => libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         Access::Device => libc::MS_NOSUID | libc::MS_NOEXEC,
-    }
-}
-
-/// A syscall's `-1` as the error it left in `errno`.
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
