@@ -471,6 +471,64 @@ mod tests {
     }
 
     #[test]
+    fn a_jailed_child_runs_as_its_uid_and_sees_only_its_paths() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the jail needs root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (root, work) = (dir.path().join("root"), dir.path().join("vm"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("mine"), "").unwrap();
+        let uid = DEFAULT_UID_BASE + DEFAULT_UID_COUNT - 7;
+        give_tree(&work, uid, &[]).unwrap();
+        let system = plan::SystemPaths::probe(Path::new("/usr/bin/sh"));
+        let needs = plan::Needs {
+            work_dir: work.clone(),
+            read_only: Vec::new(),
+            writable: Vec::new(),
+            devices: vec!["/dev/null".into()],
+        };
+        let plan = plan::Plan::build(&root, &system, &needs).unwrap();
+        let entry = Entry::new(&root, &plan, uid, Vec::new()).unwrap();
+        let script = format!(
+            "id -u; id -G; ls /; ls {}; grep -c . /etc/passwd; echo x > /usr/x",
+            work.display()
+        );
+        let mut cmd = std::process::Command::new("/usr/bin/sh");
+        cmd.args(["-c", &script]);
+        entry.install(&mut cmd);
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines.first(),
+            Some(&uid.to_string().as_str()),
+            "{stdout} {stderr}"
+        );
+        assert_eq!(
+            lines.get(1),
+            Some(&uid.to_string().as_str()),
+            "no other group"
+        );
+        assert!(lines.contains(&"usr") && lines.contains(&"dev"), "{stdout}");
+        for hidden in ["root", "home", "proc", "boot"] {
+            assert!(
+                !lines.contains(&hidden),
+                "{hidden} is in the jail: {stdout}"
+            );
+        }
+        assert!(lines.contains(&"mine"), "its work dir: {stdout}");
+        assert!(
+            stderr.contains("/etc/passwd"),
+            "the host's /etc is hidden: {stderr}"
+        );
+        assert!(stderr.contains("/usr/x"), "/usr is read-only: {stderr}");
+        assert!(!Path::new("/usr/x").exists());
+    }
+
+    #[test]
     fn a_disabled_jail_is_never_in_force() {
         let off = JailConfig {
             enabled: false,
