@@ -72,7 +72,7 @@ pub enum BootError {
     Io(#[from] IoError),
     /// QEMU's jail could not be readied (its uid, its work dir's owner,
     /// its files).
-    #[error("vm {vm_id}: cannot jail QEMU: {source}; check that /run is writable and the jail's uid range is free, or turn the jail off (`[jail] enabled = false`, AIRLOCK_JAIL=0)")]
+    #[error("vm {vm_id}: cannot jail QEMU: {source}")]
     Jail {
         /// The VM.
         vm_id: String,
@@ -277,6 +277,9 @@ impl BootError {
                 Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
             }
             Self::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
+            Self::Jail { .. } => Some(
+                "the jail needs /run/airlock-jail writable and a free uid in its range; see docs/security.md (\"Layer 4\"), or turn it off with AIRLOCK_JAIL=0 / [jail] enabled = false",
+            ),
             Self::SecretsCa { .. } => Some(
                 "the CA lives under the cache (secrets-ca): remove a damaged file to make a new one; see docs/secrets.md",
             ),
@@ -374,6 +377,24 @@ fn vm_prefix(vm_id: &Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jail_error_names_the_vm_and_the_step_is_final_and_has_a_hint() {
+        let err = BootError::Jail {
+            vm_id: "vm-j".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "take a jail uid: every jail uid of 10+2 is taken",
+            ),
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("vm-j") && text.contains("take a jail uid"),
+            "{text}"
+        );
+        assert!(!err.is_transient());
+        assert!(err.hint().is_some_and(|h| h.contains("AIRLOCK_JAIL=0")));
+    }
 
     fn died_with(status: Option<ChildExit>) -> BootError {
         BootError::VmDied {
