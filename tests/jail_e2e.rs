@@ -65,6 +65,30 @@ fn command(argv: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs `argv` as `uid` (gid the same) in the mount namespace of `pid`.
+fn in_namespace(pid: &str, uid: &str, argv: &[&str]) -> (bool, String) {
+    let mut full = vec![
+        "nsenter", "--target", pid, "--mount", "--setuid", uid, "--setgid", uid, "--",
+    ];
+    full.extend_from_slice(argv);
+    command(&full)
+}
+
+/// Runs `argv` as `uid` (gid the same, no groups) on the host.
+fn as_uid(uid: &str, argv: &[&str]) -> (bool, String) {
+    let mut full = vec![
+        "setpriv",
+        "--reuid",
+        uid,
+        "--regid",
+        uid,
+        "--clear-groups",
+        "--",
+    ];
+    full.extend_from_slice(argv);
+    command(&full)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_qemu_runs_as_its_own_unprivileged_uid_and_sees_no_other_vm() {
     if images_or_skip("jail").is_none() {
@@ -158,62 +182,19 @@ async fn each_qemu_runs_as_its_own_unprivileged_uid_and_sees_no_other_vm() {
             !root.join("etc/shadow").exists(),
             "the host's /etc is in the jail"
         );
-        let (listed, out) = command(&[
-            "nsenter",
-            "--target",
-            &pid,
-            "--mount",
-            "--setuid",
-            my_uid,
-            "--setgid",
-            my_uid,
-            "--",
-            "ls",
-            &me.work_dir.display().to_string(),
-        ]);
-        assert!(listed && out.contains("qmp.sock"), "its own dir: {out}");
+        let mine = me.work_dir.display().to_string();
         let other_owner = other.work_dir.join("owner").display().to_string();
-        let (read, out) = command(&[
-            "nsenter",
-            "--target",
-            &pid,
-            "--mount",
-            "--setuid",
-            my_uid,
-            "--setgid",
-            my_uid,
-            "--",
-            "cat",
-            &other_owner,
-        ]);
+        let (listed, out) = in_namespace(&pid, my_uid, &["ls", &mine]);
+        assert!(listed && out.contains("qmp.sock"), "its own dir: {out}");
+        let (read, out) = in_namespace(&pid, my_uid, &["cat", &other_owner]);
         assert!(!read, "read the other VM's file in its namespace: {out}");
         // On the host too, its uid can open its own work dir, not the other's.
-        let (listed, out) = command(&[
-            "setpriv",
-            "--reuid",
-            my_uid,
-            "--regid",
-            my_uid,
-            "--clear-groups",
-            "--",
-            "ls",
-            &me.work_dir.display().to_string(),
-        ]);
+        let (listed, out) = as_uid(my_uid, &["ls", &mine]);
         assert!(
             listed && out.contains("qmp.sock"),
             "its own dir on the host: {out}"
         );
-        let (read, out) = command(&[
-            "setpriv",
-            "--reuid",
-            my_uid,
-            "--regid",
-            my_uid,
-            "--clear-groups",
-            "--",
-            "ls",
-            &other.work_dir.display().to_string(),
-        ]);
+        let (read, out) = as_uid(my_uid, &["ls", &other.work_dir.display().to_string()]);
         assert!(!read, "listed the other VM's work dir on the host: {out}");
         assert!(out.contains("Permission denied"), "{out}");
     }
