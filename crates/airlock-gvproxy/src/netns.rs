@@ -374,13 +374,7 @@ impl CoverPlan {
     }
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+use airlock_sys_util::privileges::check_syscall as check;
 
 /// Writes `data` to the file at `path` (async-signal-safe).
 fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {

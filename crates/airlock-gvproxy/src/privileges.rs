@@ -29,25 +29,6 @@ use std::path::Path;
 /// The user looked up when no [`RunAs`] is given.
 pub const DEFAULT_USER: &str = "nobody";
 
-/// `_LINUX_CAPABILITY_VERSION_3`.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct` (version 3 takes two).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// The unprivileged uid and gid gvproxy runs as when Airlock is root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunAs {
@@ -136,66 +117,17 @@ impl PrivilegeDrop {
     }
 
     /// The child-side work (async-signal-safe: syscalls on copied
-    /// integers only).
+    /// integers only; `airlock_sys_util::privileges`).
     pub(crate) fn apply(self) -> io::Result<()> {
-        // Emptied first: dropping from the bounding set needs CAP_SETPCAP.
-        // prctl is variadic: every argument is passed as the `unsigned
-        // long` the kernel reads.
-        const ZERO: libc::c_ulong = 0;
-        for cap in ZERO.. {
-            // SAFETY: plain syscall with integer arguments.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, ZERO, ZERO, ZERO) } == -1 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINVAL) {
-                    break; // past the last capability this kernel knows
-                }
-                return Err(err);
-            }
+        use airlock_sys_util::privileges::{drop_privileges, Credentials};
+        match self {
+            Self::ToUser(run_as) => drop_privileges(Some(Credentials {
+                uid: run_as.uid,
+                gid: run_as.gid,
+                groups: &[],
+            })),
+            Self::CapabilitiesOnly => drop_privileges(None),
         }
-        // SAFETY: plain syscall with integer arguments.
-        check(unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                ZERO,
-                ZERO,
-                ZERO,
-            )
-        })?;
-        if let Self::ToUser(run_as) = self {
-            // SAFETY: plain syscalls; an empty group list needs no buffer.
-            check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
-            // SAFETY: as above.
-            check(unsafe { libc::setresgid(run_as.gid, run_as.gid, run_as.gid) })?;
-            // SAFETY: as above. With every uid non-zero the kernel clears
-            // the permitted and effective capabilities.
-            check(unsafe { libc::setresuid(run_as.uid, run_as.uid, run_as.uid) })?;
-        }
-        let header = CapHeader {
-            version: CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let data = [CapData {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }; 2];
-        // SAFETY: a valid version-3 header and its two data structs, on the
-        // stack; pid 0 is this thread.
-        check(unsafe {
-            libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr())
-                as libc::c_int
-        })?;
-        // SAFETY: plain syscall with integer arguments.
-        check(unsafe {
-            libc::prctl(
-                libc::PR_SET_NO_NEW_PRIVS,
-                1 as libc::c_ulong,
-                ZERO,
-                ZERO,
-                ZERO,
-            )
-        })
     }
 }
 
@@ -303,14 +235,6 @@ impl ExecPlan {
             );
         }
         io::Error::last_os_error()
-    }
-}
-
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 

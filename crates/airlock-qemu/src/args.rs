@@ -18,6 +18,17 @@ use std::path::Path;
 pub const MIN_QEMU: (u32, u32) = (6, 0);
 /// Oldest QEMU with `-netdev stream`.
 pub const MIN_QEMU_NETDEV_STREAM: (u32, u32) = (7, 2);
+/// Oldest QEMU that maps a memory file privately and writably while
+/// opening it read-only (`readonly=on,rom=off`); before it, `readonly=on`
+/// makes the guest RAM a ROM, so the file is opened read-write.
+pub const MIN_QEMU_READ_ONLY_MEMORY_FILE: (u32, u32) = (8, 2);
+
+/// Whether QEMU of `caps` opens a privately mapped memory file
+/// ([`MemorySharing::Private`]) read-only.
+pub fn private_memory_file_read_only(caps: &HostCaps) -> bool {
+    let (major, minor) = MIN_QEMU_READ_ONLY_MEMORY_FILE;
+    caps.qemu_version.at_least(major, minor)
+}
 
 /// The argv builder. See [`QemuArgs::build`].
 #[derive(Debug, Clone, Copy)]
@@ -58,10 +69,14 @@ impl QemuArgs {
             spec.translation_cache_mib,
         );
         if let Some(memory) = &spec.memory_file {
-            argv.push_memory_file(memory, spec.memory_mib);
+            argv.push_memory_file(memory, spec.memory_mib, private_memory_file_read_only(caps));
         }
         argv.push_boot(&spec.boot.kernel, &spec.boot.initramfs, &cmdline);
-        argv.push_console(&spec.console_log);
+        if spec.console_on_stdout {
+            argv.push_console_stdout();
+        } else {
+            argv.push_console(&spec.console_log);
+        }
         argv.push_rng();
         argv.push_root(spec, caps);
         argv.push_extra_drives(spec, caps);
@@ -211,15 +226,25 @@ impl Argv {
     /// Guest RAM from a file: the backend object, and the machine told to
     /// use it. QEMU merges a second `-machine` into the first, so the base
     /// options stay the same for every VM and the probe.
-    pub(crate) fn push_memory_file(&mut self, memory: &MemoryFile, memory_mib: u32) {
-        self.opt(
-            "-object",
-            OptList::new("memory-backend-file")
-                .set("id", MEMORY_BACKEND_ID)
-                .set("size", format!("{memory_mib}M"))
-                .set("mem-path", &memory.path)
-                .flag("share", memory.sharing == MemorySharing::Shared),
-        );
+    pub(crate) fn push_memory_file(
+        &mut self,
+        memory: &MemoryFile,
+        memory_mib: u32,
+        private_read_only: bool,
+    ) {
+        let backend = OptList::new("memory-backend-file")
+            .set("id", MEMORY_BACKEND_ID)
+            .set("size", format!("{memory_mib}M"))
+            .set("mem-path", &memory.path)
+            .flag("share", memory.sharing == MemorySharing::Shared);
+        let backend = if private_read_only && memory.sharing == MemorySharing::Private {
+            // Opened read-only, mapped copy-on-write: the file is never
+            // written, and a jailed QEMU needs no write access to it.
+            backend.flag("readonly", true).flag("rom", false)
+        } else {
+            backend
+        };
+        self.opt("-object", backend);
         self.opt(
             "-machine",
             OptList::empty().set("memory-backend", MEMORY_BACKEND_ID),
@@ -241,6 +266,18 @@ impl Argv {
             OptList::new("file")
                 .set("id", "console")
                 .set("path", console_log),
+        );
+        self.pair("-serial", "chardev:console");
+    }
+
+    /// The serial console on QEMU's stdout (stdin is not read: QEMU gets
+    /// `/dev/null`; `signal=off`: no control character ends QEMU).
+    pub(crate) fn push_console_stdout(&mut self) {
+        self.opt(
+            "-chardev",
+            OptList::new("stdio")
+                .set("id", "console")
+                .flag("signal", false),
         );
         self.pair("-serial", "chardev:console");
     }
@@ -624,6 +661,47 @@ mod tests {
         )
         .unwrap();
         assert!(value_after(&without, "-drive")[0].contains("aio=threads"));
+    }
+
+    #[test]
+    fn a_private_memory_file_is_opened_read_only_from_qemu_8_2_only() {
+        let mut s = spec();
+        s.memory_file = Some(MemoryFile {
+            path: "/t/memory".into(),
+            sharing: MemorySharing::Private,
+        });
+        let old = value_after(&QemuArgs::build(&s, &caps()).unwrap(), "-object").join(" ");
+        assert!(
+            old.contains("share=off") && !old.contains("readonly"),
+            "{old}"
+        );
+        let mut new_caps = caps();
+        new_caps.qemu_version = QemuVersion::new(8, 2, 0);
+        let new = value_after(&QemuArgs::build(&s, &new_caps).unwrap(), "-object").join(" ");
+        assert!(new.contains("share=off,readonly=on,rom=off"), "{new}");
+        s.memory_file = Some(MemoryFile {
+            path: "/t/memory".into(),
+            sharing: MemorySharing::Shared,
+        });
+        let shared = value_after(&QemuArgs::build(&s, &new_caps).unwrap(), "-object").join(" ");
+        assert!(
+            !shared.contains("readonly"),
+            "a template's own boot writes it: {shared}"
+        );
+    }
+
+    #[test]
+    fn a_console_on_stdout_names_no_log_file() {
+        let mut s = spec();
+        s.console_on_stdout = true;
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        let chardevs = value_after(&argv, "-chardev");
+        assert!(
+            chardevs.contains(&"stdio,id=console,signal=off".to_string()),
+            "{chardevs:?}"
+        );
+        assert!(!chardevs.join(" ").contains("console.log"), "{chardevs:?}");
+        assert_eq!(value_after(&argv, "-serial"), ["chardev:console"]);
     }
 
     #[test]

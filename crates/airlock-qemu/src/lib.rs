@@ -65,7 +65,10 @@ pub mod qmp;
 mod spec;
 
 pub use accel::{choose_accel, parse_accel_override, AccelChoice, AccelVerdict};
-pub use args::{argv_to_lines, kernel_cmdline, QemuArgs, MIN_QEMU, MIN_QEMU_NETDEV_STREAM};
+pub use args::{
+    argv_to_lines, kernel_cmdline, private_memory_file_read_only, QemuArgs, MIN_QEMU,
+    MIN_QEMU_NETDEV_STREAM, MIN_QEMU_READ_ONLY_MEMORY_FILE,
+};
 pub use caps::{Accel, Arch, HostCaps, QemuVersion};
 pub use error::QemuError;
 pub use opts::escape_value;

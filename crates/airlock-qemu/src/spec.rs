@@ -259,8 +259,14 @@ pub struct VmSpec {
     pub extra_kernel_args: Vec<String>,
     /// The root disk.
     pub root: RootDisk,
-    /// File receiving the serial console (kernel and init messages).
+    /// File receiving the serial console (kernel and init messages),
+    /// unless [`VmSpec::console_on_stdout`].
     pub console_log: PathBuf,
+    /// The serial console goes to QEMU's stdout (`-chardev stdio`)
+    /// instead of `console_log`: the spawner reads it and caps what it
+    /// keeps, and a jailed QEMU needs no log file. Off in
+    /// [`VmSpec::new`].
+    pub console_on_stdout: bool,
     /// Unix socket QEMU serves for the `airlock.cmd` port.
     pub cmd_socket: PathBuf,
     /// Unix socket QEMU serves for the `airlock.event` port.
@@ -317,6 +323,7 @@ impl VmSpec {
             extra_kernel_args: Vec::new(),
             root,
             console_log: work_dir.join("console.log"),
+            console_on_stdout: false,
             cmd_socket: work_dir.join("cmd.sock"),
             event_socket: work_dir.join("event.sock"),
             qmp_socket: work_dir.join("qmp.sock"),

@@ -32,6 +32,10 @@
 //! header_read_timeout_s = 10
 //! idle_timeout_s = 60
 //! request_body_timeout_s = 120
+//! [jail]                   # QEMU as an unprivileged uid when root (docs/security.md)
+//! enabled = true
+//! uid_base = 1900000000
+//! uid_count = 65536
 //! [streams]                # server-sent events of one request
 //! max_events = 65536
 //! max_bytes = 33554432
@@ -143,6 +147,12 @@ pub struct ServerConfig {
     pub mcp: McpLimits,
     /// What tenants' VMs may reach on the network.
     pub egress: EgressPolicy,
+    /// The QEMU jail (`docs/security.md`, "The QEMU jail").
+    pub jail: JailSection,
+    /// The disk budget of each VM's console log (and of its QEMU log),
+    /// in bytes: a guest printing without end keeps only its newest
+    /// output.
+    pub console_log_max_bytes: u64,
 }
 
 /// [`ServerConfig::cache`]: what tenants can make the host build and keep.
@@ -474,6 +484,32 @@ impl Default for McpLimits {
     }
 }
 
+/// [`ServerConfig::jail`]: each VM's QEMU runs as a uid of its own from
+/// this range, without capabilities, in a mount namespace showing only
+/// its own files, whenever the server runs as root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailSection {
+    /// Jail QEMU when the server runs as root (`AIRLOCK_JAIL=0` also
+    /// turns it off). Without root QEMU runs as the server's user.
+    pub enabled: bool,
+    /// The first uid (and gid) of the range; `uid_base - 1` is the group
+    /// of templates' memory files. Must be free on the host.
+    pub uid_base: u32,
+    /// How many uids the range holds.
+    pub uid_count: u32,
+}
+
+impl Default for JailSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            uid_base: airlock::jail::DEFAULT_UID_BASE,
+            uid_count: airlock::jail::DEFAULT_UID_COUNT,
+        }
+    }
+}
+
 /// [`ServerConfig::listener`]: the limits of the HTTP listener, each
 /// closing a connection that holds the server without using it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -679,6 +715,8 @@ impl Default for ServerConfig {
             files: FileLimits::default(),
             mcp: McpLimits::default(),
             egress: EgressPolicy::default(),
+            jail: JailSection::default(),
+            console_log_max_bytes: airlock::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         }
     }
 }
@@ -916,10 +954,17 @@ impl ServerConfig {
         let mut config = airlock::Config {
             queue_timeout: Duration::from_secs(self.queue_timeout_s),
             restore_templates: self.restore_templates,
+            console_log_max_bytes: self.console_log_max_bytes,
             ..airlock::Config::default()
         };
         // The variable (read by the default) or the file turns it on.
         config.egress_allow_documentation_ranges |= self.egress.allow_documentation_ranges;
+        config.jail = airlock::jail::JailConfig {
+            // The environment's AIRLOCK_JAIL=0 turns it off too.
+            enabled: self.jail.enabled && config.jail.enabled,
+            uid_base: self.jail.uid_base,
+            uid_count: self.jail.uid_count,
+        };
         if let Some(n) = self.max_concurrent_vms {
             config.max_concurrent_vms = n;
             config.overlay_pool_target = n.min(8);
@@ -1223,6 +1268,34 @@ mod tests {
             ..ServerConfig::default()
         };
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn the_jail_and_the_console_budget_reach_the_orchestrator_and_are_checked() {
+        let config = ServerConfig::parse(
+            Path::new("s.toml"),
+            "console_log_max_bytes = 1048576\n[jail]\nenabled = false\nuid_base = 500000\n",
+        )
+        .unwrap();
+        let orchestrator = config.orchestrator();
+        assert!(!orchestrator.jail.enabled);
+        assert_eq!(orchestrator.jail.uid_base, 500_000);
+        assert_eq!(
+            orchestrator.jail.uid_count,
+            airlock::jail::DEFAULT_UID_COUNT
+        );
+        assert_eq!(orchestrator.console_log_max_bytes, 1 << 20);
+        config.validate().unwrap();
+        assert!(ServerConfig::default().jail.enabled, "on by default");
+        let mut bad = ServerConfig::default();
+        bad.jail.uid_base = 0;
+        assert!(bad.validate().unwrap_err().to_string().contains("jail"));
+        let tiny = ServerConfig {
+            console_log_max_bytes: 10,
+            ..ServerConfig::default()
+        };
+        let err = tiny.validate().unwrap_err().to_string();
+        assert!(err.contains("console_log_max_bytes"), "{err}");
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub mod id;
 pub mod image_manifest;
 pub mod io_error;
 pub mod private_file;
+pub mod privileges;
 pub mod proc_scan;
 pub mod process_group;
 pub mod tail;

@@ -22,12 +22,28 @@ pub fn tail_text(text: &str, max_bytes: usize) -> String {
 
 /// The last `max_bytes` of the file at `path`, as (lossy) text; `""` when
 /// it cannot be read (a missing log is not an error worth a second one).
+/// A symbolic link is not followed (`""`): the log may sit in a dir that
+/// a less trusted process (a jailed QEMU) owns, and must not make this
+/// process read another file. Only the end is read.
 pub fn file_tail(path: &Path, max_bytes: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path);
+    let Ok(mut file) = opened else {
         return String::new();
     };
-    let start = bytes.len().saturating_sub(max_bytes);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max_bytes as u64);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(max_bytes as u64).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The last bytes written to a stream, at most `capacity` of them: drain a
@@ -108,6 +124,17 @@ mod tests {
         let mut t = TailBuffer::new(0);
         t.push(b"abc");
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn file_tail_follows_no_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "private").unwrap();
+        let log = dir.path().join("console.log");
+        std::os::unix::fs::symlink(&secret, &log).unwrap();
+        assert_eq!(file_tail(&log, 100), "");
+        assert_eq!(file_tail(&secret, 3), "ate");
     }
 
     #[test]

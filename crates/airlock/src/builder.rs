@@ -359,9 +359,17 @@ impl Built {
 /// Copies what the guest writes to its console log to stderr, as it comes
 /// (`--debug`). Ends when aborted (at teardown).
 async fn echo_console(path: PathBuf) {
+    use std::os::unix::fs::MetadataExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The log is in the VM's work dir, which a jailed QEMU owns: no link
+    // is followed.
+    let mut options = tokio::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    let open = || options.open(&path);
     let mut file = loop {
-        match tokio::fs::File::open(&path).await {
+        match open().await {
             Ok(f) => break f,
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -370,7 +378,20 @@ async fn echo_console(path: PathBuf) {
     let mut buf = vec![0u8; 8192];
     loop {
         match file.read(&mut buf).await {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(0) => {
+                // At the end: a rotated log (`capped_log.rs`) goes on in a
+                // new file at the same path.
+                let inode = |m: std::io::Result<std::fs::Metadata>| m.ok().map(|m| m.ino());
+                let current = inode(file.metadata().await);
+                let at_path = inode(tokio::fs::symlink_metadata(&path).await);
+                if at_path.is_some() && at_path != current {
+                    if let Ok(f) = open().await {
+                        file = f;
+                        continue;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Ok(n) => {
                 let _ = stderr.write_all(&buf[..n]).await;
             }

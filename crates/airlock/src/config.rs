@@ -105,6 +105,12 @@ pub struct Config {
     /// Longest wait for another request's install of the same package
     /// layer; past it the request fails as busy (retry later).
     pub layer_wait: Duration,
+    /// The QEMU jail when this process runs as root (`jail.rs`; on by
+    /// default, `AIRLOCK_JAIL=0` turns it off).
+    pub jail: crate::jail::JailConfig,
+    /// The disk budget of each VM's console log and of its QEMU log
+    /// (`capped_log.rs`; default 4 MiB each).
+    pub console_log_max_bytes: u64,
 }
 
 /// The variable that lets the egress proxy reach documentation addresses
@@ -145,6 +151,8 @@ impl Default for Config {
             layers_budget: None,
             template_wait: Duration::from_secs(60),
             layer_wait: Duration::from_secs(900),
+            jail: crate::jail::JailConfig::default(),
+            console_log_max_bytes: crate::capped_log::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         }
     }
 }
@@ -184,6 +192,13 @@ impl Config {
                     "{name} must be above zero (leave it unset for no budget)"
                 )));
             }
+        }
+        self.jail.validate().map_err(Error::Config)?;
+        if self.console_log_max_bytes < crate::capped_log::MIN_CONSOLE_LOG_MAX_BYTES {
+            return Err(Error::Config(format!(
+                "console_log_max_bytes must be at least {}",
+                crate::capped_log::MIN_CONSOLE_LOG_MAX_BYTES
+            )));
         }
         // A work dir is run_dir/vms/<16 hex>/ and the longest socket name is
         // "event.sock": keep room under the 108-byte sun_path.

@@ -120,6 +120,7 @@ pub async fn checks() -> Vec<Check> {
         found: config.run_dir.display().to_string(),
         fix: config.validate().err().map(|e| e.to_string()),
     });
+    out.push(jail_check(&config.jail, nix::unistd::geteuid().is_root()));
     match airlock_gvproxy::find_gvproxy_cached().await {
         Ok(gvproxy) => out.push(Check {
             name: "gvproxy",
@@ -135,6 +136,41 @@ pub async fn checks() -> Vec<Check> {
         }),
     }
     out
+}
+
+/// Whether VMs are jailed (`jail.rs`): as root, each QEMU runs as a uid
+/// of its own range without capabilities; not as root, it runs as the
+/// caller, which has nothing more to drop.
+fn jail_check(config: &crate::jail::JailConfig, root: bool) -> Check {
+    let range = format!(
+        "uids {}..{}",
+        config.uid_base,
+        u64::from(config.uid_base) + u64::from(config.uid_count)
+    );
+    let (ok, found, fix) = match (config.enabled, root) {
+        (true, true) => (
+            true,
+            format!("VMs are jailed: QEMU as {range}, no capabilities, a mount namespace of its own"),
+            None,
+        ),
+        (false, true) => (
+            // It works, less safely: the fix says what to change.
+            true,
+            "VMs are not jailed: QEMU runs as root (turned off by AIRLOCK_JAIL=0 or [jail] enabled = false)".into(),
+            Some("unset AIRLOCK_JAIL (or set [jail] enabled = true): a QEMU escape is root on the host otherwise".into()),
+        ),
+        (_, false) => (
+            true,
+            "VMs are not jailed: not running as root, QEMU runs as this user".into(),
+            None,
+        ),
+    };
+    Check {
+        name: "jail",
+        ok,
+        found,
+        fix,
+    }
 }
 
 /// The line about what dead Airlock processes had left, swept just now.
@@ -211,6 +247,31 @@ fn image_checks(images: &Images) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jail_line_says_whether_vms_are_jailed_and_warns_root_without_it() {
+        let on = crate::jail::JailConfig {
+            enabled: true,
+            uid_base: 1000,
+            uid_count: 10,
+        };
+        let jailed = jail_check(&on, true);
+        assert!(
+            jailed.ok && jailed.found.contains("uids 1000..1010"),
+            "{jailed:?}"
+        );
+        let off = crate::jail::JailConfig {
+            enabled: false,
+            ..on.clone()
+        };
+        let root_unjailed = jail_check(&off, true);
+        assert!(root_unjailed.found.contains("not jailed") && root_unjailed.fix.is_some());
+        let user = jail_check(&on, false);
+        assert!(
+            user.ok && user.found.contains("not running as root"),
+            "{user:?}"
+        );
+    }
 
     #[test]
     fn each_image_is_listed_with_its_disk_or_how_to_build_it() {

@@ -150,12 +150,12 @@ pub async fn wait_ready(
     deadline: Instant,
 ) -> Result<Agent, BootError> {
     let waited = deadline.saturating_duration_since(Instant::now());
-    let pid = qemu.pid();
-    race_death(paths, qemu, waited, connect_agent(paths, pid, deadline)).await
+    let peer = (qemu.pid(), qemu.uid());
+    race_death(paths, qemu, waited, connect_agent(paths, peer, deadline)).await
 }
 
-/// Connects to the agent's sockets (served by the QEMU of pid `qemu_pid`)
-/// and waits for its answer; `None` when the deadline passed. Does not
+/// Connects to the agent's sockets (served by the QEMU of `qemu`: its pid
+/// and uid, [`QemuProcess::uid`]) and waits for its answer; `None` when the deadline passed. Does not
 /// watch the machine: race it with [`race_death`].
 ///
 /// # Errors
@@ -163,7 +163,7 @@ pub async fn wait_ready(
 /// another protocol version.
 pub async fn connect_agent(
     paths: &GuestPaths<'_>,
-    qemu_pid: u32,
+    qemu: (u32, u32),
     deadline: Instant,
 ) -> Result<Option<Agent>, BootError> {
     let cmd = connect(paths.cmd_socket, deadline).await;
@@ -172,7 +172,7 @@ pub async fn connect_agent(
         return Ok(None);
     };
     for (stream, path) in [(&cmd, paths.cmd_socket), (&event, paths.event_socket)] {
-        check_peer(stream, path, paths.vm_id, qemu_pid)?;
+        check_peer(stream, path, paths.vm_id, qemu)?;
     }
     let client = Client::new(event, cmd);
     let info = await_agent(&client, paths.vm_id, deadline).await?;
@@ -243,20 +243,19 @@ async fn connect(path: &Path, deadline: Instant) -> Option<UnixStream> {
 }
 
 /// Checks with SO_PEERCRED that the socket is served by our QEMU: its pid,
-/// and our own uid (QEMU runs as the user that started it; a pid alone
-/// could be matched by a reused pid of another user's process).
+/// and its uid (ours, or its jail uid; a pid alone could be matched by a
+/// reused pid of another user's process).
 fn check_peer(
     stream: &UnixStream,
     path: &Path,
     vm_id: &str,
-    qemu_pid: u32,
+    (qemu_pid, qemu_uid): (u32, u32),
 ) -> Result<(), BootError> {
     let cred = stream
         .peer_cred()
         .map_err(|e| BootError::io("read peer credentials of", path, e))?;
     let peer_pid = cred.pid().unwrap_or(-1);
-    let our_uid = nix::unistd::geteuid().as_raw();
-    if is_our_qemu((peer_pid, cred.uid()), (qemu_pid, our_uid)) {
+    if is_our_qemu((peer_pid, cred.uid()), (qemu_pid, qemu_uid)) {
         Ok(())
     } else {
         Err(BootError::PeerMismatch {
@@ -265,7 +264,7 @@ fn check_peer(
             peer_pid,
             qemu_pid,
             peer_uid: cred.uid(),
-            our_uid,
+            our_uid: qemu_uid,
         })
     }
 }
@@ -312,8 +311,12 @@ mod tests {
         let _server = listener.accept().await.unwrap();
         // The peer is this test process.
         let ours = std::process::id();
-        check_peer(&client, &path, "vm", ours).unwrap();
-        let err = check_peer(&client, &path, "vm", ours + 1).unwrap_err();
+        let uid = nix::unistd::geteuid().as_raw();
+        check_peer(&client, &path, "vm", (ours, uid)).unwrap();
+        let err = check_peer(&client, &path, "vm", (ours + 1, uid)).unwrap_err();
+        assert!(matches!(err, BootError::PeerMismatch { .. }), "{err}");
+        // A jailed QEMU's uid is expected: this process is not it.
+        let err = check_peer(&client, &path, "vm", (ours, uid + 1)).unwrap_err();
         assert!(matches!(err, BootError::PeerMismatch { .. }), "{err}");
     }
 

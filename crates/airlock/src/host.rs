@@ -15,6 +15,11 @@ pub struct Host {
     pub caps: HostCaps,
     /// Why this accelerator (one line).
     pub accel_reason: String,
+    /// The jail QEMU runs in (`None`: as this process; see `jail.rs`).
+    /// Set from the configuration by the VM manager.
+    pub jail: Option<crate::jail::Jail>,
+    /// The budget of each VM's console log and QEMU log.
+    pub console_log_max_bytes: u64,
 }
 
 impl Host {
@@ -41,6 +46,8 @@ impl Host {
             qemu_binary: report.qemu_binary,
             caps: report.caps,
             accel_reason,
+            jail: None,
+            console_log_max_bytes: crate::capped_log::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         })
     }
 }

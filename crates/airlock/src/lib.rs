@@ -62,6 +62,7 @@
 
 mod artifacts;
 mod builder;
+mod capped_log;
 mod catalog;
 mod close;
 mod config;
@@ -74,6 +75,7 @@ mod flight;
 mod guest;
 mod host;
 mod images;
+pub mod jail;
 mod launcher;
 mod machine;
 mod manager;
@@ -106,6 +108,7 @@ mod workdir;
 
 pub use airlock_protocol::Language;
 pub use airlock_sys_util::ChildExit;
+pub use capped_log::{DEFAULT_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_MAX_BYTES};
 pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
 pub use close::CloseReason;
 pub use config::{cache_dir, default_run_dir, dirs, Config, ALLOW_DOC_RANGES_ENV};

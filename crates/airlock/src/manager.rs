@@ -57,7 +57,9 @@ impl VmManager {
         config.validate()?;
         let dir = config.images_dir.clone();
         let images = blocking("load the images manifest", move || Images::load(&dir)).await??;
-        let host = Host::probe(&images).await?;
+        let mut host = Host::probe(&images).await?;
+        host.jail = config.jail.resolve();
+        host.console_log_max_bytes = config.console_log_max_bytes;
         let limiter = blocking("probe the limits backend", || {
             Limiter::probe(&airlock_limits::ProbeConfig::default())
         })

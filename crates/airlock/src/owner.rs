@@ -203,9 +203,31 @@ pub enum OwnerFile {
 }
 
 impl OwnerFile {
-    /// Reads the owner file at `path` (blocking).
+    /// Reads the owner file at `path` (blocking). A file this process's
+    /// user did not write (or a link) is not trusted: the work dir may
+    /// belong to a jailed QEMU, which could put a record there naming
+    /// host processes for the sweep to kill.
     pub fn read(path: &std::path::Path) -> Self {
-        Self::from_read(std::fs::read_to_string(path))
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(path);
+        let read = opened.and_then(|mut file| {
+            let uid = file.metadata()?.uid();
+            let me = nix::unistd::geteuid().as_raw();
+            if uid != me {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("owned by uid {uid}, not by this process's user {me}"),
+                ));
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        Self::from_read(read)
     }
 
     /// What the result of reading an owner file says. Pure.
@@ -254,6 +276,27 @@ fn stamp(pid: &str, start: &str) -> Option<ProcessStamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_file_of_another_user_or_a_link_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, record().render()).unwrap();
+        assert!(OwnerFile::read(&real).record().is_some());
+        let link = dir.path().join("owner");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(
+            OwnerFile::read(&link),
+            OwnerFile::Unrecognised { .. }
+        ));
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::lchown(&real, Some(4242), Some(4242)).unwrap();
+            let OwnerFile::Unrecognised { reason } = OwnerFile::read(&real) else {
+                panic!("a record written by uid 4242 was trusted");
+            };
+            assert!(reason.contains("uid 4242"), "{reason}");
+        }
+    }
     use proptest::prelude::*;
 
     fn stat_line(comm: &str, state: char, start: u64) -> String {

@@ -4,6 +4,7 @@
 //! manager's [`ProcessRegistry`], which kills what is left when the last
 //! handle to the manager (and so to the scheduler) drops.
 
+use crate::capped_log::CappedLog;
 use crate::error::{BootError, Result};
 use airlock_sys_util::TailBuffer;
 use nix::sys::signal::Signal;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
@@ -40,22 +41,66 @@ pub struct QemuProcess {
     status: Option<ExitStatus>,
     /// The registry tracking it (see [`QemuProcess::track`]).
     registry: Weak<ProcessRegistry>,
+    /// The jail uid it runs as (released after the kill of the drop).
+    jail: Option<crate::jail::UidLease>,
+}
+
+/// Where a QEMU's output goes ([`QemuProcess::spawn_logged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLogs {
+    /// QEMU's own messages (stderr).
+    pub qemu_log: PathBuf,
+    /// The guest console (stdout), when QEMU writes it there.
+    pub console_log: Option<PathBuf>,
+    /// The budget of each log ([`CappedLog`]).
+    pub max_bytes: u64,
 }
 
 impl QemuProcess {
     /// Spawns `cmd` in a new process group, with stdin closed and
-    /// stdout/stderr drained into `log` (stderr also into an in-memory tail).
-    /// The child is killed if this value is dropped, and by the kernel if
-    /// this process dies (it is forked by the spawner thread with a
-    /// parent-death signal, see `spawner.rs`).
+    /// stdout/stderr drained into `log` (stderr also into an in-memory tail),
+    /// `log` capped at the default console budget. See
+    /// [`QemuProcess::spawn_logged`].
     ///
     /// # Errors
     /// [`BootError::Spawn`]; [`BootError::Io`] when the log cannot be created.
-    pub async fn spawn(mut cmd: Command, vm_id: &str, log: &Path) -> Result<Self, BootError> {
+    #[cfg(test)]
+    pub(crate) async fn spawn(cmd: Command, vm_id: &str, log: &Path) -> Result<Self, BootError> {
+        let logs = OutputLogs {
+            qemu_log: log.to_path_buf(),
+            console_log: None,
+            max_bytes: crate::capped_log::DEFAULT_CONSOLE_LOG_MAX_BYTES,
+        };
+        Self::spawn_logged(cmd, vm_id, &logs).await
+    }
+
+    /// Spawns `cmd` in a new process group, with stdin closed, stderr
+    /// drained into `logs.qemu_log` and an in-memory tail, and stdout into
+    /// `logs.console_log` (the guest console, `-chardev stdio`) or, without
+    /// one, into the QEMU log too; each log capped at `logs.max_bytes`
+    /// ([`CappedLog`]). The child is killed if this value is dropped, and
+    /// by the kernel if this process dies (it is forked by the spawner
+    /// thread with a parent-death signal, see `spawner.rs`).
+    ///
+    /// # Errors
+    /// [`BootError::Spawn`]; [`BootError::Io`] when a log cannot be created.
+    pub async fn spawn_logged(
+        mut cmd: Command,
+        vm_id: &str,
+        logs: &OutputLogs,
+    ) -> Result<Self, BootError> {
         let program = PathBuf::from(cmd.as_std().get_program());
-        let log_file = tokio::fs::File::create(log)
-            .await
-            .map_err(|e| BootError::io("create", log, e))?;
+        let create = |path: PathBuf| async move {
+            CappedLog::create(&path, logs.max_bytes)
+                .await
+                .map(|log| Arc::new(tokio::sync::Mutex::new(log)))
+                .map_err(|e| BootError::io("create", &path, e))
+        };
+        let qemu_log = create(logs.qemu_log.clone()).await?;
+        let console_log = match &logs.console_log {
+            Some(path) => create(path.clone()).await?,
+            None => Arc::clone(&qemu_log),
+        };
         cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -69,16 +114,15 @@ impl QemuProcess {
                 source,
             })?;
         let pid = child.id().unwrap_or_default();
-        let log = Arc::new(tokio::sync::Mutex::new(log_file));
         let stderr_tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
         let mut drains = Vec::new();
         if let Some(out) = child.stdout.take() {
-            drains.push(tokio::spawn(drain(out, Arc::clone(&log), None)));
+            drains.push(tokio::spawn(drain(out, console_log, None)));
         }
         if let Some(err) = child.stderr.take() {
             drains.push(tokio::spawn(drain(
                 err,
-                log,
+                qemu_log,
                 Some(Arc::clone(&stderr_tail)),
             )));
         }
@@ -89,7 +133,14 @@ impl QemuProcess {
             drains,
             status: None,
             registry: Weak::new(),
+            jail: None,
         })
+    }
+
+    /// Keeps `lease` (the jail uid QEMU runs as) for as long as this
+    /// process is held: the uid is free again only after QEMU was killed.
+    pub(crate) fn hold_jail(&mut self, lease: crate::jail::UidLease) {
+        self.jail = Some(lease);
     }
 
     /// Registers QEMU in `registry` (as serving `vm_id`) until it is
@@ -106,6 +157,14 @@ impl QemuProcess {
         if let Some(registry) = self.registry.upgrade() {
             registry.unregister(self.pid);
         }
+    }
+
+    /// The uid QEMU runs as: its jail uid, else this process's.
+    pub fn uid(&self) -> u32 {
+        self.jail.as_ref().map_or_else(
+            || nix::unistd::geteuid().as_raw(),
+            crate::jail::UidLease::uid,
+        )
     }
 
     /// QEMU's pid (also its process group id).
@@ -246,7 +305,7 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 
 async fn drain<R: AsyncRead + Unpin>(
     mut from: R,
-    log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    log: Arc<tokio::sync::Mutex<CappedLog>>,
     tail: Option<Arc<Mutex<TailBuffer>>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -259,7 +318,7 @@ async fn drain<R: AsyncRead + Unpin>(
                 }
                 let mut file = log.lock().await;
                 // A failing log must not stop the draining.
-                let _ = file.write_all(&buf[..n]).await;
+                let _ = file.write(&buf[..n]).await;
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::error::{BootError, Result};
 use crate::guest::{self, Agent, GuestFiles};
 use crate::host::Host;
 use crate::launcher::{Launcher, MachinePlan};
-use crate::process::QemuProcess;
+use crate::process::{OutputLogs, QemuProcess};
 use crate::qemu_spec::vm_spec;
 use crate::task::BoxFuture;
 use airlock_limits::VmGroup;
@@ -59,9 +59,11 @@ impl QemuLauncher {
     }
 }
 
-/// Spawns QEMU for `spec` (the machine of `plan`) inside `group`, its
-/// output drained (the builder records it in the work dir's owner record). Shared by the
-/// cold-boot and the restore launchers.
+/// Spawns QEMU for `spec` (the machine of `plan`) inside `group`, jailed
+/// when `host` has a jail (`jail.rs`), its console and own messages
+/// drained into capped logs in the work dir (the builder records it in
+/// the work dir's owner record). Shared by the cold-boot and the restore
+/// launchers.
 pub(crate) async fn spawn_spec(
     host: &Host,
     spec: &VmSpec,
@@ -72,6 +74,21 @@ pub(crate) async fn spawn_spec(
         Some(&plan.vm_id),
         "build the QEMU command line",
     ))?;
+    let jail = match &host.jail {
+        Some(jail) => Some(
+            crate::jail::prepare_async(
+                jail,
+                spec,
+                plan.workdir.path().to_path_buf(),
+                vec![plan.workdir.owner_file()],
+                host.qemu_binary.clone(),
+                host.caps.accel == airlock_qemu::Accel::Kvm,
+                airlock_qemu::private_memory_file_read_only(&host.caps),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut cmd = Command::new(&host.qemu_binary);
     cmd.args(&argv);
     // QEMU joins its group between fork and exec: limited from its
@@ -82,7 +99,21 @@ pub(crate) async fn spawn_spec(
             Some(&plan.vm_id),
             "put QEMU in its limits group",
         ))?;
-    let qemu = QemuProcess::spawn(cmd, &plan.vm_id, &plan.workdir.qemu_log()).await?;
+    // After the group's hook: the group is joined in the host's view.
+    let lease = jail.map(|jail| {
+        jail.entry.install(cmd.as_std_mut());
+        jail.lease
+    });
+    let logs = OutputLogs {
+        qemu_log: plan.workdir.qemu_log(),
+        console_log: spec.console_on_stdout.then(|| plan.workdir.console_log()),
+        max_bytes: host.console_log_max_bytes,
+    };
+    let mut qemu = QemuProcess::spawn_logged(cmd, &plan.vm_id, &logs).await?;
+    if let Some(lease) = lease {
+        tracing::debug!(vm_id = plan.vm_id, uid = lease.uid(), "QEMU jailed");
+        qemu.hold_jail(lease);
+    }
     tracing::debug!(vm_id = plan.vm_id, pid = qemu.pid(), "QEMU started");
     Ok(qemu)
 }

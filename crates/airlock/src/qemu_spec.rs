@@ -23,6 +23,8 @@ pub fn vm_spec(plan: &MachinePlan, boot: &BootImages) -> VmSpec {
     spec.vcpus = plan.vcpus;
     spec.translation_cache_mib = plan.translation_cache_mib;
     spec.console_log = workdir.console_log();
+    // Read by the host into a capped log (`capped_log.rs`).
+    spec.console_on_stdout = true;
     spec.cmd_socket = workdir.cmd_socket();
     spec.event_socket = workdir.event_socket();
     spec.qmp_socket = workdir.qmp_socket();

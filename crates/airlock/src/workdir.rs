@@ -5,7 +5,7 @@
 
 use crate::error::{BootError, Result};
 use crate::owner::{parse_stat, process_line, OwnerRecord, ProcessStamp};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Refuses `dir` unless it is a real directory (not a symlink) owned by
@@ -134,18 +134,30 @@ impl WorkDir {
     pub async fn set_tenant(&self, tenant: &str) -> Result<(), BootError> {
         let (file, tenant) = (self.owner_file(), tenant.to_owned());
         crate::task::blocking("rewrite an owner record", move || {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| BootError::io("read", &file, e))?;
-            let mut record = OwnerRecord::parse(&text).ok_or_else(|| {
-                BootError::io(
-                    "parse",
-                    &file,
-                    std::io::Error::from(std::io::ErrorKind::InvalidData),
-                )
-            })?;
+            // Read as the sweep reads it: no link, only a file of ours.
+            let mut record = match crate::owner::OwnerFile::read(&file) {
+                crate::owner::OwnerFile::Record(record) => record,
+                crate::owner::OwnerFile::Missing => {
+                    let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+                    return Err(BootError::io("read", &file, missing));
+                }
+                crate::owner::OwnerFile::Unrecognised { reason } => {
+                    let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, reason);
+                    return Err(BootError::io("parse", &file, bad));
+                }
+            };
             record.tenant = tenant;
             let temp = file.with_extension("tmp");
-            std::fs::write(&temp, record.render()).map_err(|e| BootError::io("write", &temp, e))?;
+            // The dir may be a jailed QEMU's: the new file is made afresh
+            // (O_EXCL), never written through a link planted there.
+            let _ = std::fs::remove_file(&temp);
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&temp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, record.render().as_bytes()));
+            written.map_err(|e| BootError::io("write", &temp, e))?;
             std::fs::rename(&temp, &file).map_err(|e| BootError::io("rename", &file, e))
         })
         .await?
@@ -170,6 +182,8 @@ impl WorkDir {
         let file = self.owner_file();
         let mut record = tokio::fs::OpenOptions::new()
             .append(true)
+            // Not through a link a jailed QEMU (owning the dir) put there.
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&file)
             .await
             .map_err(|e| BootError::io("open", &file, e))?;
@@ -215,7 +229,8 @@ impl WorkDir {
         self.path.join("console.log")
     }
 
-    /// QEMU's own stdout and stderr.
+    /// QEMU's own messages (its stderr; its stdout too when the console
+    /// is not on it).
     pub fn qemu_log(&self) -> PathBuf {
         self.path.join("qemu.log")
     }
@@ -322,6 +337,29 @@ mod tests {
         let run = tempfile::tempdir().unwrap();
         WorkDir::create(run.path(), "abc").unwrap();
         assert!(WorkDir::create(run.path(), "abc").is_err());
+    }
+
+    #[tokio::test]
+    async fn records_are_never_written_through_a_link_planted_in_the_work_dir() {
+        let run = tempfile::tempdir().unwrap();
+        let wd = WorkDir::create_owned(run.path(), "vm-l", "team-a")
+            .await
+            .unwrap();
+        let target = run.path().join("host-file");
+        std::fs::write(&target, "keep").unwrap();
+        // A link where the rewrite's temporary file goes is removed, not
+        // followed.
+        std::os::unix::fs::symlink(&target, wd.owner_file().with_extension("tmp")).unwrap();
+        wd.set_tenant("team-b").await.unwrap();
+        assert!(std::fs::read_to_string(wd.owner_file())
+            .unwrap()
+            .contains("tenant team-b"));
+        // The record itself replaced by a link: no append, no rewrite.
+        std::fs::remove_file(wd.owner_file()).unwrap();
+        std::os::unix::fs::symlink(&target, wd.owner_file()).unwrap();
+        assert!(wd.record_process("qemu", std::process::id()).await.is_err());
+        assert!(wd.set_tenant("team-c").await.is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 
     #[tokio::test]

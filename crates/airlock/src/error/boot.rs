@@ -70,6 +70,16 @@ pub enum BootError {
     /// A file-system step failed (the error names the step and the path).
     #[error(transparent)]
     Io(#[from] IoError),
+    /// QEMU's jail could not be readied (its uid, its work dir's owner,
+    /// its files).
+    #[error("vm {vm_id}: cannot jail QEMU: {source}")]
+    Jail {
+        /// The VM.
+        vm_id: String,
+        /// The failing step (named in its message).
+        #[source]
+        source: std::io::Error,
+    },
     /// QEMU could not be started.
     #[error("vm {vm_id}: cannot start {program}: {source}")]
     Spawn {
@@ -138,7 +148,7 @@ pub enum BootError {
         qemu_pid: u32,
         /// The peer's uid.
         peer_uid: u32,
-        /// Our uid (QEMU's).
+        /// Our QEMU's uid (ours, or its jail uid).
         our_uid: u32,
     },
     /// Talking to the guest agent failed while the VM was made ready
@@ -267,6 +277,9 @@ impl BootError {
                 Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
             }
             Self::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
+            Self::Jail { .. } => Some(
+                "the jail needs /run/airlock-jail writable and a free uid in its range; see docs/security.md (\"Layer 6\"), or turn it off with AIRLOCK_JAIL=0 / [jail] enabled = false",
+            ),
             Self::SecretsCa { .. } => Some(
                 "the CA lives under the cache (secrets-ca): remove a damaged file to make a new one; see docs/secrets.md",
             ),
@@ -371,6 +384,24 @@ fn vm_prefix(vm_id: &Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jail_error_names_the_vm_and_the_step_is_final_and_has_a_hint() {
+        let err = BootError::Jail {
+            vm_id: "vm-j".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "take a jail uid: every jail uid of 10+2 is taken",
+            ),
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("vm-j") && text.contains("take a jail uid"),
+            "{text}"
+        );
+        assert!(!err.is_transient());
+        assert!(err.hint().is_some_and(|h| h.contains("AIRLOCK_JAIL=0")));
+    }
 
     fn died_with(status: Option<ChildExit>) -> BootError {
         BootError::VmDied {

@@ -76,7 +76,7 @@ impl RestoreLauncher {
         let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
         let paths = files.paths();
         let waited = deadline.saturating_duration_since(Instant::now());
-        let pid = process.pid();
+        let (pid, uid) = (process.pid(), process.uid());
         let mut timings = RestoreTimings::default();
         let start = Instant::now();
         let resumed = guest::race_death(&paths, process, waited, async {
@@ -92,7 +92,7 @@ impl RestoreLauncher {
             &paths,
             process,
             waited,
-            guest::connect_agent(&paths, pid, deadline),
+            guest::connect_agent(&paths, (pid, uid), deadline),
         )
         .await?;
         timings.agent_ms = ms(agent_start.elapsed());
