@@ -339,3 +339,88 @@ async fn a_template_of_other_inputs_or_altered_files_is_rebuilt_never_restored()
     let needle = dir.path().to_string_lossy().into_owned();
     assert!(qemu_processes_mentioning(&needle).is_empty());
 }
+
+/// Over its disk budget, the template store loses the least recently
+/// used template after a build, never the one just built: with a budget
+/// of one byte, a raw template used an hour ago (its `uses` file aged by
+/// hand) goes when another shape's template is built, the new one stays,
+/// and the next run of the first shape builds it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_disk_budget_the_least_recently_used_template_goes_never_the_new_one() {
+    let Some(_) = images_or_skip("template_budget") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = airlock::Scheduler::start(airlock::Config {
+        templates_dir: dir.path().to_path_buf(),
+        restore_templates: true,
+        overlay_pool_target: 0,
+        templates_budget: Some(1),
+        // What eviction spares is derived from these: keep it short.
+        queue_timeout: Duration::from_secs(30),
+        template_wait: Duration::from_secs(1),
+        boot_timeout: Duration::from_secs(60),
+        boot_attempts: 1,
+        ..airlock::Config::default()
+    })
+    .await
+    .expect("scheduler start");
+    let small = |code: &str| {
+        let mut request = request(Language::Raw, code);
+        request.spec.shape.memory_mib = 256;
+        request
+    };
+    let run_request = |request: RunRequest| {
+        let scheduler = scheduler.clone();
+        async move {
+            let mut stages = Stages::default();
+            let result = scheduler.run_observed(request, &mut stages).await.unwrap();
+            assert_eq!(
+                text(&result.stdout).trim(),
+                "ok",
+                "{}",
+                text(&result.stderr)
+            );
+            stages.0.contains(&Stage::BuildingTemplate)
+        }
+    };
+    assert!(
+        run_request(small("echo ok")).await,
+        "the 256 MiB template is built"
+    );
+    let store = scheduler.templates().expect("templates").store().clone();
+    let listed = store.list();
+    let [old] = &listed[..] else {
+        panic!("one template: {listed:?}");
+    };
+    let old_key = old.key.clone();
+    // Last used an hour ago.
+    std::fs::File::options()
+        .write(true)
+        .open(old.dir.join(airlock::template::store::USES_FILE))
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+
+    assert!(
+        run_request(request(Language::Raw, "echo ok")).await,
+        "the 512 MiB template is built"
+    );
+    let keys: Vec<String> = store.list().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_ne!(
+        keys[0], old_key,
+        "the old template went, the new one stayed"
+    );
+    assert!(!old.dir.exists());
+
+    assert!(
+        run_request(small("echo ok")).await,
+        "the evicted shape's template is built again"
+    );
+    assert!(
+        !run_request(request(Language::Raw, "echo ok")).await,
+        "the template just looked up is spared: restored, not rebuilt"
+    );
+    scheduler.shutdown().await;
+}
