@@ -104,6 +104,21 @@ fn counter(h: &Harness, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The SSE frames of a streamed answer read to its end, each frame
+/// within 20 s (`what` says what the wait is for).
+async fn read_frames(mut body: Body, what: &str) -> Vec<(Option<String>, Option<String>)> {
+    let mut text = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+    {
+        if let Ok(data) = frame.expect("a frame").into_data() {
+            text.extend_from_slice(&data);
+        }
+    }
+    super::sse_frames(&String::from_utf8(text).unwrap())
+}
+
 const HEALTH: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 #[tokio::test]
@@ -409,18 +424,7 @@ async fn a_client_that_does_not_read_a_stream_holds_its_run_not_the_servers_memo
         1,
         "the run is held while its client does not read"
     );
-    let mut body = response.into_body();
-    let mut text = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame())
-        .await
-        .expect("the stream goes on once read")
-    {
-        if let Ok(data) = frame.expect("a frame").into_data() {
-            text.extend_from_slice(&data);
-        }
-    }
-    let text = String::from_utf8(text).unwrap();
-    let frames = super::sse_frames(&text);
+    let frames = read_frames(response.into_body(), "the stream goes on once read").await;
     let stdout: Vec<_> = frames
         .iter()
         .filter(|(name, _)| name.as_deref() == Some("stdout"))
@@ -477,18 +481,11 @@ async fn a_client_that_stops_reading_cannot_hold_its_vm_past_the_stall_limit() {
         "{:?}",
         started.elapsed()
     );
-    let mut body = response.into_body();
-    let mut text = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame())
-        .await
-        .expect("the rest of the stream comes once read")
-    {
-        if let Ok(data) = frame.expect("a frame").into_data() {
-            text.extend_from_slice(&data);
-        }
-    }
-    let text = String::from_utf8(text).unwrap();
-    let frames = super::sse_frames(&text);
+    let frames = read_frames(
+        response.into_body(),
+        "the rest of the stream comes once read",
+    )
+    .await;
     let names: Vec<_> = frames.iter().filter_map(|(n, _)| n.as_deref()).collect();
     let stdout = names.iter().filter(|n| **n == "stdout").count();
     assert!(stdout < 32, "events past the stall were dropped: {stdout}");
