@@ -202,6 +202,18 @@ def sessions(c, sid):
     assert put.status_code == 200 and put.json()["size"] == 3, put.text
     got = c.get(f"/v1/sessions/{sid}/files/data/in.txt", headers=a)
     assert got.content == b"abc" and got.headers["x-sha256"] == put.json()["sha256"], got.headers
+    big = bytes((i * 7919) % 251 for i in range(3 * 1024 * 1024 + 5))
+    pieces = (big[i:i + 100_000] for i in range(0, len(big), 100_000))
+    put = c.put(f"/v1/sessions/{sid}/files/data/big.bin", content=pieces, headers=a)
+    assert put.status_code == 200 and put.json()["size"] == len(big), put.text
+    assert put.json()["sha256"] == hashlib.sha256(big).hexdigest(), put.text
+    with c.stream("GET", f"/v1/sessions/{sid}/files/data/big.bin", headers=a) as got:
+        assert got.status_code == 200, got.status_code
+        assert "x-sha256" not in got.headers, got.headers
+        assert got.headers.get("trailer") == "x-sha256", got.headers
+        back = b"".join(got.iter_bytes())
+    assert back == big, (len(back), len(big))
+    print("ok a 3 MiB body without a length streams in, and streams back whole")
     listed = c.get(f"/v1/sessions/{sid}/files", params={"dir": "data"}, headers=a)
     assert "in.txt" in listed.text, listed.text
     expect_error(c.get(f"/v1/sessions/{sid}/files/nope.txt", headers=a), 404, "file_not_found")

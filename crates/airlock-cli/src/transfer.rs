@@ -127,17 +127,7 @@ fn parent_dir(local: &Path) -> &Path {
 /// # Errors
 /// [`CliError::Io`] naming the step and the path.
 pub fn write_atomic(local: &Path, content: &[u8]) -> Result<()> {
-    let dir = parent_dir(local);
-    let name = local.file_name().ok_or_else(|| {
-        CliError::invalid("downloads", format!("{} names no file", local.display()))
-    })?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(
-        ".airlock-{:016x}.tmp",
-        rand::Rng::gen::<u64>(&mut rand::thread_rng())
-    ));
-    let temp = dir.join(temp_name);
+    let temp = temp_beside(local)?;
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -151,6 +141,57 @@ pub fn write_atomic(local: &Path, content: &[u8]) -> Result<()> {
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// A fresh temporary name beside `local` (hidden, random), where a file
+/// is written before it is renamed over `local`.
+fn temp_beside(local: &Path) -> Result<PathBuf> {
+    let name = local.file_name().ok_or_else(|| {
+        CliError::invalid("downloads", format!("{} names no file", local.display()))
+    })?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(
+        ".airlock-{:016x}.tmp",
+        rand::Rng::gen::<u64>(&mut rand::thread_rng())
+    ));
+    Ok(parent_dir(local).join(temp_name))
+}
+
+/// Streams a download into `local` atomically, as [`write_atomic`] but
+/// never holding the file: `fill` writes into a temporary file beside
+/// `local` (created exclusively, mode 0644), which is synced and renamed
+/// over `local` when `fill` succeeds, and removed otherwise.
+///
+/// # Errors
+/// `fill`'s error, or [`CliError::Io`] naming the step and the path.
+pub async fn stream_atomic<T, F, Fut>(local: &Path, fill: F) -> Result<T>
+where
+    F: FnOnce(tokio::fs::File) -> Fut,
+    Fut: std::future::Future<Output = Result<(T, tokio::fs::File)>>,
+{
+    let temp = temp_beside(local)?;
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .await
+        .map_err(|e| CliError::io("create", &temp, e))?;
+    let written = async {
+        let (value, file) = fill(file).await?;
+        file.sync_all()
+            .await
+            .map_err(|e| CliError::io("write", &temp, e))?;
+        tokio::fs::rename(&temp, local)
+            .await
+            .map_err(|e| CliError::io("rename into place", local, e))?;
+        Ok(value)
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&temp).await;
     }
     written
 }
@@ -183,6 +224,50 @@ mod tests {
             },
             Ok(ok) => panic!("expected a refused argument, got {ok:?}"),
         }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_streamed_download_lands_whole_under_its_name_and_nothing_else() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("out.bin");
+        std::fs::write(&local, b"old").unwrap();
+        let size = stream_atomic(&local, |mut file| async move {
+            for _ in 0..4 {
+                file.write_all(&[9u8; 100_000]).await.unwrap();
+            }
+            Ok((400_000u64, file))
+        })
+        .await
+        .unwrap();
+        assert_eq!(size, 400_000);
+        assert_eq!(std::fs::read(&local).unwrap(), vec![9u8; 400_000]);
+        assert_eq!(names(dir.path()), ["out.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_streamed_download_leaves_the_old_file_and_no_temporary() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("out.bin");
+        std::fs::write(&local, b"old").unwrap();
+        let failed = stream_atomic(&local, |mut file| async move {
+            file.write_all(b"partial").await.unwrap();
+            Err::<((), tokio::fs::File), _>(CliError::invalid("remote", "the VM died"))
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&local).unwrap(), b"old");
+        assert_eq!(names(dir.path()), ["out.bin"]);
     }
 
     #[test]

@@ -19,7 +19,10 @@ use crate::error::CliError;
 use crate::flags::VmFlags;
 use crate::process::{self, exit_status, Detail, Interrupts, EXIT_AIRLOCK_FAILED};
 use crate::results::ResultWriter;
-use crate::transfer::{check_local_target, save_download};
+use crate::transfer::{check_local_target, stream_atomic};
+
+/// Largest file `:download` takes (its deadline follows from it).
+const MAX_DOWNLOAD_BYTES: u64 = 16 << 30;
 use airlock::{CellRequest, Session};
 use airlock_protocol::{FileKind, Language};
 use reedline::{
@@ -324,10 +327,15 @@ async fn run_command(session: &Session, command: ReplCommand) -> Result<(), Stop
         ReplCommand::Help => println!("{HELP}"),
         ReplCommand::Upload { local, remote } => {
             airlock::validate_guest_path("remote", &remote).map_err(CliError::from)?;
-            let content = tokio::fs::read(&local).await.map_err(|e| {
+            let unreadable = |e: std::io::Error| {
                 CliError::invalid("local", format!("cannot read {}: {e}", local.display()))
-            })?;
-            let info = session.write_file(&remote, &content).await?;
+            };
+            // Streamed from the file: a large one is never held whole.
+            let mut file = tokio::fs::File::open(&local).await.map_err(unreadable)?;
+            let size = file.metadata().await.map_err(unreadable)?.len();
+            let info = session
+                .write_file_from(&remote, Some(size), &mut file, size)
+                .await?;
             println!(
                 "uploaded {} -> {} ({} bytes, sha256 {})",
                 local.display(),
@@ -338,8 +346,14 @@ async fn run_command(session: &Session, command: ReplCommand) -> Result<(), Stop
         }
         ReplCommand::Download { remote, local } => {
             check_local_target(&local)?;
-            let (content, info) = session.read_file(&remote).await?;
-            save_download(local.clone(), content).await?;
+            // Streamed into a temporary file renamed into place at the end.
+            let info = stream_atomic(&local, |mut file| async move {
+                let info = session
+                    .read_file_into(&remote, MAX_DOWNLOAD_BYTES, &mut file)
+                    .await?;
+                Ok((info, file))
+            })
+            .await?;
             println!(
                 "downloaded {} -> {} ({} bytes, sha256 {})",
                 info.path,

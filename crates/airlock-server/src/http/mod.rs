@@ -3,6 +3,7 @@
 //! (docs/api.md describes each route).
 
 mod extract;
+mod file_body;
 pub mod keyless;
 pub mod openapi;
 pub(crate) mod runs;
@@ -37,7 +38,7 @@ struct TenantName(String);
 pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router {
     let body_limit = airlock.config().max_body_bytes;
     let mut authed = Router::new().route("/v1/runs", post(runs::create));
-    authed = sessions::routes(authed, airlock.config().files.max_bytes);
+    authed = sessions::routes(authed);
     authed = secrets::routes(authed);
     if let Some(mcp) = mcp {
         authed = authed.route(

@@ -210,9 +210,9 @@ fn session_paths(paths: &mut serde_json::Map<String, Value>) {
     }));
     paths.insert("/v1/sessions/{id}/files/{path}".into(), json!({
         "parameters": [id, path],
-        "get": {"summary": "Read a file: raw bytes, `x-sha256` header", "operationId": "readFile", "responses": with_errors(json!({"200": {
+        "get": {"summary": "Read a file: raw bytes streamed from the VM; `x-sha256` header up to 256 KiB, trailer beyond", "operationId": "readFile", "responses": with_errors(json!({"200": {
                     "description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                    "headers": {"x-sha256": {"description": "The sha256 of the bytes, in hex", "schema": {"type": "string"}}}
+                    "headers": {"x-sha256": {"description": "The sha256 of the bytes, in hex (for a file over 256 KiB: an HTTP trailer, announced by `Trailer: x-sha256`)", "schema": {"type": "string"}}}
                 }, "404": not_found, "409": busy}))},
         "put": {"summary": "Write a file: raw body", "operationId": "writeFile", "requestBody": {"required": false, "description": "The file's bytes; none (or an empty body) writes an empty file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": with_errors(json!({"200": json_answer("Written: `{path, size, sha256}`", schema_ref("FileInfo"), written_links), "404": not_found, "409": busy}))}

@@ -9,17 +9,18 @@ use crate::error::ServerError;
 use crate::keys::Caller;
 use crate::service::Airlock;
 use airlock::Discard;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
+use tokio_stream::StreamExt;
+use tokio_util::io::StreamReader;
 
 /// The session routes, added to the authenticated router. File bodies
-/// are read by [`write_file`] itself, under `max_file_bytes`.
-pub fn routes(router: Router<Airlock>, max_file_bytes: usize) -> Router<Airlock> {
+/// are streamed by [`write_file`] itself, under `[files] max_bytes`.
+pub fn routes(router: Router<Airlock>) -> Router<Airlock> {
     router
         .route("/v1/sessions", post(create).get(list))
         .route("/v1/sessions/{id}", get(show).delete(close))
@@ -28,9 +29,7 @@ pub fn routes(router: Router<Airlock>, max_file_bytes: usize) -> Router<Airlock>
         .route("/v1/sessions/{id}/files", get(list_files))
         .route(
             "/v1/sessions/{id}/files/{*path}",
-            get(read_file)
-                .put(write_file)
-                .layer(DefaultBodyLimit::max(max_file_bytes)),
+            get(read_file).put(write_file),
         )
 }
 
@@ -126,28 +125,29 @@ async fn list_files(
     Ok(Json(serde_json::json!({"entries": entries})).into_response())
 }
 
+/// `GET`: the file streamed as it comes from the guest. A refusal (not
+/// found, busy, over `[files] max_bytes`) is answered with its status
+/// before any byte; see [`super::file_body`] for what follows.
 async fn read_file(
     State(airlock): State<Airlock>,
     Extension(caller): Extension<Caller>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ServerError> {
     let session = airlock.session(&caller, &id)?;
-    let (bytes, info) = airlock.read_file(&session, &path).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::HeaderName::from_static("x-sha256"), info.sha256),
-        ],
-        bytes,
-    )
-        .into_response())
+    session.check_ready()?;
+    super::file_body::respond(move |mut sink| async move {
+        airlock.read_file_into(&session, &path, &mut sink).await
+    })
+    .await
 }
 
 /// `PUT`: everything that can refuse the upload is checked from the
 /// headers first (the session is the caller's and live, not busy, the
 /// declared length within `[files] max_bytes`), and a refusal is answered
 /// at once with the body unread and the connection closed
-/// ([`super::refuse`]); only then is the body read, never past the cap.
+/// ([`super::refuse`]); only then is the body streamed into the guest a
+/// chunk at a time, never past the cap (a body cut short, or over the
+/// cap, leaves no file).
 async fn write_file(
     State(airlock): State<Airlock>,
     Extension(caller): Extension<Caller>,
@@ -162,20 +162,19 @@ async fn write_file(
         Ok(session) => session,
         Err(e) => return super::refuse(request, e).await,
     };
-    if declared_length(request.headers()).is_some_and(|len| len > limit_bytes as u64) {
+    let declared = declared_length(request.headers());
+    if declared.is_some_and(|len| len > limit_bytes as u64) {
         return super::refuse(request, ServerError::TooLarge { limit_bytes }).await;
     }
-    let bytes = match Bytes::from_request(request, &airlock).await {
-        Ok(bytes) => bytes,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ServerError::TooLarge { limit_bytes }.into_response()
-        }
-        Err(rejection) => {
-            return ServerError::bad_request(format!("cannot read the body: {rejection}"))
-                .into_response()
-        }
-    };
-    match airlock.write_file(&session, &path, &bytes).await {
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let mut source = StreamReader::new(body);
+    match airlock
+        .write_file(&session, &path, declared, &mut source)
+        .await
+    {
         Ok(info) => Json(info).into_response(),
         Err(e) => e.into_response(),
     }

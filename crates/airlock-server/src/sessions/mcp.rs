@@ -200,7 +200,11 @@ Example: {\"session_id\": \"...\", \"path\": \"data/in.csv\", \"content\": \"a,b
         };
         let airlock = self.airlock();
         self.on_session(&ctx, &p.session_id, |_, session| async move {
-            airlock.write_file(&session, &p.path, &bytes?).await
+            let bytes = bytes?;
+            let mut source = &bytes[..];
+            airlock
+                .write_file(&session, &p.path, Some(bytes.len() as u64), &mut source)
+                .await
         })
         .await
     }

@@ -16,7 +16,11 @@ use crate::api::{language_of, parse_timeout, ExecBody, SessionBody};
 use crate::error::{Result, ServerError};
 use crate::keys::Caller;
 use crate::service::Airlock;
-use airlock::{CellRequest, CellResult, FileInfo, RunObserver, Session};
+use airlock::{
+    CellRequest, CellResult, ExecError, FileInfo, FileSink, FileSource, RunObserver, Session,
+    SessionError,
+};
+use airlock_protocol::ProtocolError;
 use std::sync::Arc;
 
 impl Airlock {
@@ -158,38 +162,65 @@ impl Airlock {
         self.update_session_gauges();
     }
 
-    /// Writes a file into a session.
+    /// Writes a file into a session from `source`, streamed (the server
+    /// holds one chunk of it), at most `[files] max_bytes`: a declared
+    /// `size` over the cap is refused before anything is read, and a
+    /// source that passes it fails as soon as it does, leaving no file.
     ///
     /// # Errors
-    /// 404, 409, the orchestrator's errors.
+    /// 404, 409, 413 over the cap, 400 when `source` fails (a body cut
+    /// short), the orchestrator's errors.
     pub async fn write_file(
         &self,
         session: &Session,
         path: &str,
-        bytes: &[u8],
+        size: Option<u64>,
+        source: FileSource<'_>,
     ) -> Result<FileInfo> {
         let limit_bytes = self.config().files.max_bytes;
-        if bytes.len() > limit_bytes {
+        if size.is_some_and(|size| size > limit_bytes as u64) {
             return Err(ServerError::TooLarge { limit_bytes });
         }
-        Ok(session.write_file(path, bytes).await?)
+        match session
+            .write_file_from(path, size, source, limit_bytes as u64)
+            .await
+        {
+            Err(SessionError::Exec(ExecError::File { source, .. })) if is_host_side(&source) => {
+                Err(match source {
+                    ProtocolError::HostStream { source, .. } => {
+                        ServerError::bad_request(format!("cannot read the body: {source}"))
+                    }
+                    _ => ServerError::TooLarge { limit_bytes },
+                })
+            }
+            other => Ok(other?),
+        }
     }
 
-    /// Reads a file of a session, holding at most `[files] max_bytes` of
-    /// it: a larger file is refused (`file_too_large`, 413) as soon as it
-    /// passes the cap.
+    /// Reads a file of a session into `sink`, streamed (the server holds
+    /// one chunk of it), at most `[files] max_bytes`: a larger file is
+    /// refused (`file_too_large`, 413) before any of it reaches `sink`.
+    /// After an error, what `sink` got is not the file.
     ///
     /// # Errors
     /// 404, 409 (busy), 413, the orchestrator's errors.
-    pub async fn read_file(&self, session: &Session, path: &str) -> Result<(Vec<u8>, FileInfo)> {
-        self.read_file_at_most(session, path, self.config().files.max_bytes)
-            .await
+    pub async fn read_file_into(
+        &self,
+        session: &Session,
+        path: &str,
+        sink: FileSink<'_>,
+    ) -> Result<FileInfo> {
+        let max_bytes = self.config().files.max_bytes as u64;
+        let read = session.read_file_into(path, max_bytes, sink).await;
+        file_too_large(read, path, max_bytes, "")
     }
 
-    /// [`Airlock::read_file`] with a lower cap (MCP's `read_file`).
+    /// Reads a whole file of a session into memory, at most `max_bytes`
+    /// (and `[files] max_bytes`): MCP's `read_file`, whose answer holds
+    /// the content.
     ///
     /// # Errors
-    /// As [`Airlock::read_file`].
+    /// As [`Airlock::read_file_into`].
     pub async fn read_file_at_most(
         &self,
         session: &Session,
@@ -198,20 +229,41 @@ impl Airlock {
     ) -> Result<(Vec<u8>, FileInfo)> {
         let limited = max_bytes < self.config().files.max_bytes;
         let max_bytes = max_bytes.min(self.config().files.max_bytes) as u64;
-        match session.read_file_at_most(path, max_bytes).await {
-            Err(airlock::SessionError::Exec(airlock::ExecError::File {
-                source: airlock_protocol::ProtocolError::FileTooLarge { .. },
-                ..
-            })) => Err(ServerError::FileTooLarge {
-                path: path.to_owned(),
-                limit_bytes: max_bytes,
-                where_else: if limited {
-                    ": read it with GET /v1/sessions/{id}/files/{path}"
-                } else {
-                    ""
-                },
-            }),
-            other => Ok(other?),
-        }
+        let where_else = if limited {
+            ": read it with GET /v1/sessions/{id}/files/{path}"
+        } else {
+            ""
+        };
+        let read = session.read_file_at_most(path, max_bytes).await;
+        file_too_large(read, path, max_bytes, where_else)
+    }
+}
+
+/// Whether a file transfer failed on this side (the cap, the body or the
+/// response), not in the guest.
+fn is_host_side(error: &ProtocolError) -> bool {
+    matches!(
+        error,
+        ProtocolError::FileTooLarge { .. } | ProtocolError::HostStream { .. }
+    )
+}
+
+/// A read's result, a file over the cap told as `file_too_large` (413).
+fn file_too_large<T>(
+    read: std::result::Result<T, SessionError>,
+    path: &str,
+    limit_bytes: u64,
+    where_else: &'static str,
+) -> Result<T> {
+    match read {
+        Err(SessionError::Exec(ExecError::File {
+            source: ProtocolError::FileTooLarge { .. },
+            ..
+        })) => Err(ServerError::FileTooLarge {
+            path: path.to_owned(),
+            limit_bytes,
+            where_else,
+        }),
+        other => Ok(other?),
     }
 }

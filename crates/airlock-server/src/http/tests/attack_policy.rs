@@ -432,3 +432,98 @@ async fn a_wildcard_over_a_public_suffix_is_refused_with_or_without_an_operator_
         "{err}"
     );
 }
+
+/// A body of `chunks` pieces of `piece` bytes that never ends after them.
+fn endless_after(piece: usize, chunks: usize) -> Body {
+    let head = tokio_stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::io::Error>(Bytes::from(vec![7u8; piece]))),
+    );
+    Body::from_stream(tokio_stream::StreamExt::chain(
+        head,
+        tokio_stream::pending::<Result<Bytes, std::io::Error>>(),
+    ))
+}
+
+#[tokio::test]
+async fn a_put_without_a_length_is_cut_at_the_cap_and_leaves_no_file() {
+    let config = ServerConfig {
+        files: FileLimits { max_bytes: 1000 },
+        ..ServerConfig::default()
+    };
+    let h = Harness::with_config(config);
+    let id = h.session(KEY_A).await;
+    let request = Harness::request(
+        Method::PUT,
+        &format!("/v1/sessions/{id}/files/up"),
+        KEY_A,
+        &[("content-type", "application/octet-stream")],
+        endless_after(600, 4),
+    );
+
+    let reply = answered_at_once(&h, request).await;
+
+    reply.error(413, "body_too_large");
+    assert!(library_session(&h, &id).read_file("up").await.is_err());
+}
+
+#[tokio::test]
+async fn a_put_whose_body_breaks_half_way_is_400_and_leaves_no_file() {
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    let broken = tokio_stream::iter([
+        Ok(Bytes::from(vec![1u8; 70_000])),
+        Err(std::io::Error::other("the client went away")),
+    ]);
+    let request = Harness::request(
+        Method::PUT,
+        &format!("/v1/sessions/{id}/files/up"),
+        KEY_A,
+        &[("content-type", "application/octet-stream")],
+        Body::from_stream(broken),
+    );
+
+    let reply = answered_at_once(&h, request).await;
+
+    let message = reply.error(400, "invalid_input");
+    assert!(
+        message.contains("cannot read the body: the client went away"),
+        "{message}"
+    );
+    assert!(library_session(&h, &id).read_file("up").await.is_err());
+    // The session is free again.
+    h.put(KEY_A, &format!("/v1/sessions/{id}/files/up"), b"ok")
+        .await
+        .ok(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_file_larger_than_a_chunk_is_streamed_back_with_its_sha256_as_a_trailer() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    let content: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let put = h
+        .put(KEY_A, &format!("/v1/sessions/{id}/files/big.bin"), &content)
+        .await
+        .ok(StatusCode::OK);
+    let mut request = Harness::request(
+        Method::GET,
+        &format!("/v1/sessions/{id}/files/big.bin"),
+        KEY_A,
+        &[],
+        Body::empty(),
+    );
+    request
+        .headers_mut()
+        .insert(header::HOST, header::HeaderValue::from_static("127.0.0.1"));
+
+    let response = h.router.clone().oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::TRAILER], "x-sha256");
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("a trailer");
+    assert_eq!(trailers["x-sha256"], put["sha256"].as_str().unwrap());
+    assert!(collected.to_bytes() == content);
+}
