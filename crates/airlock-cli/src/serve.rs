@@ -58,6 +58,17 @@ pub struct ServeArgs {
     /// After SIGTERM, how long running requests may go on, in seconds.
     #[arg(long)]
     pub drain_grace_s: Option<u64>,
+    /// This node's name in a cluster: carried by every session id
+    /// (`s-<node>-<hex>`) so a proxy routes each session's calls to it
+    /// (default: the host name; in Kubernetes, the pod name). Lowercase
+    /// letters, digits and `-`.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Refuse new runs and sessions with 503 `node_full` when every VM
+    /// slot is taken, instead of queueing them: for a cluster's nodes,
+    /// whose proxy then tries another node.
+    #[arg(long)]
+    pub refuse_when_full: bool,
     /// Log format on stderr.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
@@ -207,6 +218,12 @@ impl ServeArgs {
         );
         if let Some(format) = self.log_format {
             c.log_format = format.into();
+        }
+        if self.node_name.is_some() {
+            c.node_name.clone_from(&self.node_name);
+        }
+        if self.refuse_when_full {
+            c.refuse_when_full = true;
         }
         if self.keys_file.is_some() {
             c.keys_file.clone_from(&self.keys_file);

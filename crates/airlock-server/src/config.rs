@@ -6,6 +6,8 @@
 //! keys_file = "/etc/airlock/keys.toml"
 //! max_concurrent_vms = 4
 //! drain_grace_s = 30
+//! node_name = "airlock-0"  # in a cluster: carried by session ids (default: the host name)
+//! refuse_when_full = false # true on a cluster's nodes: 503 node_full instead of queueing
 //! log_format = "json"
 //! secrets_key_file = "/etc/airlock/secrets.key"  # 32 bytes, hex (mode 0600)
 //! [quotas]                 # every tenant's defaults (a key may override)
@@ -64,6 +66,32 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// A host name made into a node name: its first label, lowercased,
+/// characters other than letters, digits and `-` replaced by `-`, cut to
+/// [`airlock::MAX_NODE_NAME_LEN`], `-` trimmed from both ends; `node` when
+/// nothing is left.
+pub fn node_name_from_host(host: &str) -> String {
+    let label = host.trim().split('.').next().unwrap_or_default();
+    let mapped: String = label
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(airlock::MAX_NODE_NAME_LEN)
+        .collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "node".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 
@@ -114,6 +142,17 @@ pub struct ServerConfig {
     /// After SIGTERM: how long running requests may go on before every VM
     /// is destroyed, in seconds.
     pub drain_grace_s: u64,
+    /// This node's name in a cluster, carried by every session id
+    /// (`s-<node>-<16 hex>`), every answer (`x-airlock-node`) and the
+    /// readiness answer, so a proxy routes a session's calls to its node
+    /// (`docs/deploy.md`). A DNS label (lowercase letters, digits, `-`;
+    /// in Kubernetes the pod name). Default: the host name, made into one.
+    pub node_name: Option<String>,
+    /// New runs and sessions are refused at once with 503 `node_full`
+    /// (`Retry-After: 1`) when every VM slot is taken, instead of waiting
+    /// in their tenant's line: for a cluster's nodes, whose proxy then
+    /// tries another node. Off by default (one host queues).
+    pub refuse_when_full: bool,
     /// Text or JSON logs.
     pub log_format: LogFormat,
     /// Runs without a network restore from memory templates instead of
@@ -702,6 +741,8 @@ impl Default for ServerConfig {
             max_concurrent_vms: None,
             queue_timeout_s: 120,
             drain_grace_s: 30,
+            node_name: None,
+            refuse_when_full: false,
             log_format: LogFormat::Text,
             restore_templates: true,
             quotas: Quotas::default(),
@@ -949,9 +990,19 @@ impl ServerConfig {
             .map_err(|e| bad(e.to_string()))
     }
 
+    /// This node's name: `node_name`, else the host name made into a DNS
+    /// label ([`node_name_from_host`]).
+    pub fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            node_name_from_host(&host)
+        })
+    }
+
     /// The orchestrator's configuration for this server.
     pub fn orchestrator(&self) -> airlock::Config {
         let mut config = airlock::Config {
+            node_name: Some(self.node()),
             queue_timeout: Duration::from_secs(self.queue_timeout_s),
             restore_templates: self.restore_templates,
             console_log_max_bytes: self.console_log_max_bytes,
@@ -1079,6 +1130,32 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_name_becomes_a_valid_node_name() {
+        assert_eq!(node_name_from_host("Worker_7.example.com\n"), "worker-7");
+        assert_eq!(node_name_from_host("airlock-0"), "airlock-0");
+        assert_eq!(node_name_from_host("--"), "node");
+        assert_eq!(node_name_from_host(""), "node");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_host_name_gives_a_node_name_the_orchestrator_accepts(host in ".{0,80}") {
+            let node = node_name_from_host(&host);
+            proptest::prop_assert!(airlock::check_node_name(&node).is_ok(), "{host:?} -> {node:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_node_name_is_refused_naming_it() {
+        let config = ServerConfig {
+            node_name: Some("Not A Label".into()),
+            ..ServerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("Not A Label"), "{err}");
+    }
 
     #[test]
     fn the_default_pool_is_one_python_vm_when_two_slots_allow_it() {

@@ -131,6 +131,17 @@ pub enum ServerError {
     /// The server is draining (SIGTERM) and takes no new work.
     #[error("the server is shutting down and takes no new work")]
     Draining,
+    /// Every VM slot of this node is taken and the operator asked for
+    /// new work to be refused rather than queued (`refuse_when_full`, set
+    /// on a cluster's nodes): a proxy in front retries another node.
+    /// Answered with `Retry-After`.
+    #[error("node {node} has no free VM slot ({slots} in use): try another node, or retry later")]
+    NodeFull {
+        /// This node's name.
+        node: String,
+        /// Its VM slots for tenants.
+        slots: usize,
+    },
     /// The orchestrator refused or failed (boxed: the orchestrator's errors
     /// are large, and this enum travels in every `Result`).
     #[error(transparent)]
@@ -258,7 +269,7 @@ impl ServerError {
             Self::Quota { .. } | Self::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ExposeDisabled => StatusCode::FORBIDDEN,
             Self::ExposeRefused { .. } => StatusCode::BAD_REQUEST,
-            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Draining | Self::NodeFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Orchestrator(e) => orchestrator_status(e),
             Self::Config { .. }
             | Self::Keys { .. }
@@ -287,6 +298,7 @@ impl ServerError {
             Self::ExposeRefused { .. } => "expose_refused",
             Self::UploadsTooLarge { .. } => "uploads_too_large",
             Self::Draining => "draining",
+            Self::NodeFull { .. } => "node_full",
             Self::Orchestrator(e) => orchestrator_kind(e),
             Self::Config { .. } => "config",
             Self::Keys { .. } => "keys",
@@ -595,10 +607,15 @@ impl IntoResponse for ServerError {
         let status = self.status();
         // `body` logs the whole error when it tells less, or failed.
         let mut response = (status, axum::Json(self.body())).into_response();
-        if let Self::QueueTimeout { retry_after_s, .. } = &self {
+        let retry_after_s = match &self {
+            Self::QueueTimeout { retry_after_s, .. } => Some(*retry_after_s),
+            Self::NodeFull { .. } => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after_s {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(*retry_after_s),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         // Carried to the metrics and the request log.
@@ -729,6 +746,13 @@ mod tests {
                 429,
             ),
             (ServerError::Draining, 503),
+            (
+                ServerError::NodeFull {
+                    node: "n1".into(),
+                    slots: 4,
+                },
+                503,
+            ),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

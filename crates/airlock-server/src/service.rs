@@ -43,6 +43,8 @@ struct Inner {
     /// The kernel's ephemeral ports: the only fixed host ports a tenant
     /// may expose.
     ephemeral_ports: std::ops::RangeInclusive<u16>,
+    /// This node's name ([`Airlock::node`]).
+    node: String,
 }
 
 /// The tenant name of the local user (`airlock mcp`, and a server without
@@ -135,6 +137,7 @@ impl Airlock {
             tenant: local_tenant(),
             quotas: config.quotas,
         };
+        let scheduler_node = scheduler.config().node_name.clone();
         Self {
             inner: Arc::new(Inner {
                 scheduler,
@@ -148,6 +151,8 @@ impl Airlock {
                 cache_usage: std::sync::Mutex::default(),
                 fair: config.fair_share(),
                 ephemeral_ports: crate::config::ephemeral_port_range(),
+                // The scheduler's, which its session ids carry.
+                node: scheduler_node.unwrap_or_else(|| config.node()),
                 config,
             }),
         }
@@ -171,6 +176,17 @@ impl Airlock {
     /// The tenants' fair shares of the VM slots.
     pub fn fair_share(&self) -> &crate::fair::FairShare {
         &self.inner.fair
+    }
+
+    /// This node's name (`docs/deploy.md`), as its session ids carry it.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// VM slots free for tenants now.
+    pub fn free_slots(&self) -> usize {
+        let (held, _) = self.inner.fair.totals();
+        self.inner.fair.capacity().saturating_sub(held)
     }
 
     /// Fits a sandbox to the caller and the operator's policy: its VM
@@ -237,6 +253,12 @@ impl Airlock {
                 self.inner.ledger.start_session(tenant, quotas, 0)?
             }
         };
+        if self.inner.config.refuse_when_full && self.free_slots() == 0 {
+            return Err(ServerError::NodeFull {
+                node: self.inner.node.clone(),
+                slots: self.inner.fair.capacity(),
+            });
+        }
         let slot = tokio::select! {
             slot = self.inner.fair.acquire(tenant) => slot?,
             () = self.inner.draining.cancelled() => return Err(ServerError::Draining),

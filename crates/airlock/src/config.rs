@@ -108,6 +108,10 @@ pub struct Config {
     /// The QEMU jail when this process runs as root (`jail.rs`; on by
     /// default, `AIRLOCK_JAIL=0` turns it off).
     pub jail: crate::jail::JailConfig,
+    /// This host's name in a cluster (`None`: alone): every session id
+    /// carries it (`s-<node>-<16 hex>`), so a proxy in front of several
+    /// hosts routes a session's calls by its id ([`check_node_name`]).
+    pub node_name: Option<String>,
     /// The disk budget of each VM's console log and of its QEMU log
     /// (`capped_log.rs`; default 4 MiB each).
     pub console_log_max_bytes: u64,
@@ -148,6 +152,7 @@ impl Default for Config {
             warm_pools: Vec::new(),
             template_shapes: None,
             templates_budget: None,
+            node_name: None,
             layers_budget: None,
             template_wait: Duration::from_secs(60),
             layer_wait: Duration::from_secs(900),
@@ -194,6 +199,9 @@ impl Config {
             }
         }
         self.jail.validate().map_err(Error::Config)?;
+        if let Some(node) = &self.node_name {
+            check_node_name(node).map_err(Error::Config)?;
+        }
         if self.console_log_max_bytes < crate::capped_log::MIN_CONSOLE_LOG_MAX_BYTES {
             return Err(Error::Config(format!(
                 "console_log_max_bytes must be at least {}",
@@ -211,6 +219,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Longest node name ([`Config::node_name`]).
+pub const MAX_NODE_NAME_LEN: usize = 40;
+
+/// Checks a node name: 1 to [`MAX_NODE_NAME_LEN`] lowercase letters,
+/// digits and `-`, starting and ending with a letter or digit (a DNS
+/// label, as a Kubernetes pod name is), so a session id carrying it stays
+/// a URL path segment and a proxy can take it back out.
+///
+/// # Errors
+/// Why the name is refused.
+pub fn check_node_name(name: &str) -> std::result::Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if name.is_empty() || name.len() > MAX_NODE_NAME_LEN {
+        return Err(format!(
+            "node name {name:?} must be 1 to {MAX_NODE_NAME_LEN} characters"
+        ));
+    }
+    if !name.chars().all(ok_char) || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "node name {name:?} must be lowercase letters, digits and `-` (not first or last), \
+             like a Kubernetes pod name"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -271,6 +305,30 @@ mod tests {
     fn zero_concurrency_is_refused() {
         let config = Config {
             max_concurrent_vms: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn node_names_are_dns_labels_and_a_bad_one_is_refused_at_validate() {
+        for good in ["a", "airlock-0", "node-12", &"x".repeat(MAX_NODE_NAME_LEN)] {
+            assert_eq!(check_node_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Node",
+            "a_b",
+            "a.b",
+            "a/b",
+            &"x".repeat(MAX_NODE_NAME_LEN + 1),
+        ] {
+            assert!(check_node_name(bad).is_err(), "{bad:?}");
+        }
+        let config = Config {
+            node_name: Some("Bad Name".into()),
             ..Config::default()
         };
         assert!(config.validate().is_err());

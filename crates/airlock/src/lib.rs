@@ -111,7 +111,10 @@ pub use airlock_sys_util::ChildExit;
 pub use capped_log::{DEFAULT_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_MAX_BYTES};
 pub use catalog::{Artifacts, LayerEntry, TemplateEntry};
 pub use close::CloseReason;
-pub use config::{cache_dir, default_run_dir, dirs, Config, ALLOW_DOC_RANGES_ENV};
+pub use config::{
+    cache_dir, check_node_name, default_run_dir, dirs, Config, ALLOW_DOC_RANGES_ENV,
+    MAX_NODE_NAME_LEN,
+};
 pub use error::{
     BootError, Error, ExecError, InputError, PackageError, Result, RunError, SessionError,
 };

@@ -223,8 +223,18 @@ impl Scheduler {
                 start_ms: ms(started.elapsed()),
                 base_env: opened.env,
                 ca: self.ca_bundle_of(&options.spec),
+                node: self.config().node_name.clone(),
             },
         ))
+    }
+}
+
+/// A session's id: `s-<vm id>`, or `s-<node>-<vm id>` in a cluster, so
+/// a proxy routes by it (the VM id is 16 hex digits, the node a DNS label).
+fn session_id(node: Option<&str>, vm_id: &str) -> String {
+    match node {
+        Some(node) => format!("s-{node}-{vm_id}"),
+        None => format!("s-{vm_id}"),
     }
 }
 
@@ -235,6 +245,8 @@ struct SessionExtras {
     base_env: BTreeMap<String, String>,
     /// The CA bundle an install trusts.
     ca: CaBundle,
+    /// The host's node name, carried by the id ([`crate::Config::node_name`]).
+    node: Option<String>,
 }
 
 /// A VM kept across calls, with its persistent interpreter (see the module
@@ -293,10 +305,11 @@ impl Session {
             start_ms,
             base_env,
             ca,
+            node,
         } = extras;
         let now = Instant::now();
         let inner = Arc::new(Inner {
-            id: format!("s-{}", vm.id()),
+            id: session_id(node.as_deref(), vm.id()),
             tenant: options.spec.tenant.clone(),
             language: options.language(),
             created_at: SystemTime::now(),

@@ -21,7 +21,7 @@ use crate::keys::Caller;
 use crate::metrics::{KindLabel, Metrics, RequestLabels};
 use crate::service::Airlock;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,6 +55,7 @@ pub fn router(airlock: Airlock, mcp: Option<crate::mcp::HttpService>) -> Router 
     ));
     let open = Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/health/ready", get(ready))
         .route("/v1/openapi.json", get(openapi_document))
         .route("/metrics", get(metrics));
     let mut router = open
@@ -149,7 +150,11 @@ async fn log_request(State(airlock): State<Airlock>, request: Request, next: Nex
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // Which node answered: a proxy's routing is checkable from outside.
+    if let Ok(node) = HeaderValue::from_str(airlock.node()) {
+        response.headers_mut().insert(NODE_HEADER, node);
+    }
     let status = response.status().as_u16();
     let tenant = response
         .extensions()
@@ -185,13 +190,43 @@ async fn log_request(State(airlock): State<Airlock>, request: Request, next: Nex
     response
 }
 
+/// The header naming the node that answered (every answer).
+pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-airlock-node");
+
 async fn health(State(airlock): State<Airlock>) -> Json<serde_json::Value> {
     let status = if airlock.check_not_draining().is_ok() {
         "ok"
     } else {
         "draining"
     };
-    Json(serde_json::json!({"status": status, "version": env!("CARGO_PKG_VERSION")}))
+    Json(serde_json::json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": airlock.node(),
+    }))
+}
+
+/// Readiness, for a proxy or Kubernetes: 200 while the node takes new
+/// work, 503 while it drains or (with `refuse_when_full`) has no free VM
+/// slot; the body says which, with the free slots, either way.
+async fn ready(State(airlock): State<Airlock>) -> Response {
+    let draining = airlock.check_not_draining().is_err();
+    let free_slots = airlock.free_slots();
+    let full = airlock.config().refuse_when_full && free_slots == 0;
+    let ready = !draining && !full;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "node": airlock.node(),
+        "draining": draining,
+        "free_slots": free_slots,
+        "slots": airlock.fair_share().capacity(),
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(airlock): State<Airlock>) -> impl IntoResponse {

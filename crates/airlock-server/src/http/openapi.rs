@@ -20,6 +20,7 @@ const EVENTS: &str = "With `Accept: text/event-stream`, events in the order the 
 /// describes and the router serves (a unit test holds them together).
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/health"),
+    ("get", "/v1/health/ready"),
     ("get", "/v1/openapi.json"),
     ("get", "/metrics"),
     ("post", "/v1/runs"),
@@ -36,6 +37,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/secrets/{name}"),
     ("delete", "/v1/secrets/{name}"),
 ];
+
+/// `/v1/health/ready`'s answer, 200 or 503 alike.
+fn ready_schema() -> Value {
+    json!({
+        "type": "object", "required": ["ready", "node", "draining", "free_slots", "slots"],
+        "properties": {
+            "ready": {"type": "boolean"}, "node": {"type": "string"}, "draining": {"type": "boolean"},
+            "free_slots": {"type": "integer", "minimum": 0}, "slots": {"type": "integer", "minimum": 1}
+        }
+    })
+}
 
 fn error_response(description: &str) -> Value {
     json!({
@@ -298,9 +310,16 @@ pub fn openapi() -> Value {
             "/v1/health": {"get": {
                 "summary": "Liveness (no key needed)", "operationId": "health", "security": [],
                 "responses": {"200": json_answer("`{\"status\": \"ok\" | \"draining\", \"version\"}`", json!({
-                    "type": "object", "required": ["status", "version"],
-                    "properties": {"status": {"type": "string", "enum": ["ok", "draining"]}, "version": {"type": "string"}}
+                    "type": "object", "required": ["status", "version", "node"],
+                    "properties": {"status": {"type": "string", "enum": ["ok", "draining"]}, "version": {"type": "string"}, "node": {"type": "string"}}
                 }), Value::Null)}
+            }},
+            "/v1/health/ready": {"get": {
+                "summary": "Readiness for a proxy or Kubernetes (no key needed): 503 while draining or, with `refuse_when_full`, full", "operationId": "ready", "security": [],
+                "responses": {
+                    "200": json_answer("The node takes new work", ready_schema(), Value::Null),
+                    "503": json_answer("The node drains or has no free VM slot", ready_schema(), Value::Null)
+                }
             }},
             "/v1/openapi.json": {"get": {
                 "summary": "This document (no key needed)", "operationId": "openapi", "security": [],
@@ -501,7 +520,10 @@ mod tests {
         for (_, method, path, op) in operations(&doc) {
             for (status, response) in op["responses"].as_object().unwrap() {
                 let json = &response["content"]["application/json"];
-                if status.starts_with('4') || status.starts_with('5') {
+                // Readiness's 503 is a state (draining, full), told in
+                // the same shape as its 200.
+                let is_state = op["operationId"] == "ready";
+                if (status.starts_with('4') || status.starts_with('5')) && !is_state {
                     assert_eq!(
                         json["schema"]["$ref"], "#/components/schemas/Error",
                         "{method} {path} {status}"

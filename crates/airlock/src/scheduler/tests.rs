@@ -535,6 +535,21 @@ async fn a_session_warms_its_interpreter_and_runs_cells_in_one_vm() {
 }
 
 #[tokio::test]
+async fn a_clusters_node_name_is_carried_by_every_session_id() {
+    let config = Config {
+        node_name: Some("node-2".into()),
+        ..test_config()
+    };
+    let fakes = FakeSetup::with(config, &[]);
+    let session = session(&fakes, |_| {}).await;
+    assert!(
+        session.id().starts_with("s-node-2-cold-"),
+        "{}",
+        session.id()
+    );
+}
+
+#[tokio::test]
 async fn a_sessions_spec_and_lifetime_reach_its_vm() {
     let fakes = FakeSetup::new();
     let session = session(&fakes, |o| {

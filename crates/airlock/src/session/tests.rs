@@ -111,6 +111,7 @@ async fn fixture(tweak: impl FnOnce(&mut SessionOptions)) -> Fixture {
             start_ms: 0,
             base_env: BTreeMap::new(),
             ca: crate::packages::CaBundle::default(),
+            node: None,
         },
     );
     Fixture {

@@ -147,6 +147,8 @@ impl Harness {
         let fakes = FakeSetup::with(
             airlock::Config {
                 secrets_ca_dir: secrets_dir.path().join("ca"),
+                // As `ServerConfig::orchestrator` does, when the test names one.
+                node_name: config.node_name.clone().or(fakes.node_name.clone()),
                 ..fakes
             },
             &[],

@@ -83,3 +83,64 @@ async fn every_documented_route_is_served() {
         }
     }
 }
+
+fn cluster_node(name: &str, slots: usize) -> crate::config::ServerConfig {
+    crate::config::ServerConfig {
+        node_name: Some(name.into()),
+        refuse_when_full: true,
+        max_concurrent_vms: Some(slots),
+        pools: Some(vec![]),
+        ..crate::config::ServerConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_nodes_name_is_in_its_session_ids_every_answer_and_its_health() {
+    let h = Harness::with_config(cluster_node("node-b", 4));
+    let id = h.session(KEY_A).await;
+    assert!(id.starts_with("s-node-b-"), "{id}");
+    let shown = h.get(KEY_A, &format!("/v1/sessions/{id}")).await;
+    assert_eq!(shown.headers["x-airlock-node"], "node-b");
+    let missing = h.get(KEY_A, "/v1/sessions/s-node-b-0000000000000000").await;
+    assert_eq!(missing.headers["x-airlock-node"], "node-b");
+    let health = h.get(NO_KEY, "/v1/health").await.ok(StatusCode::OK);
+    assert_eq!(health["node"], "node-b");
+}
+
+#[tokio::test]
+async fn readiness_is_200_with_free_slots_then_503_when_full_or_draining() {
+    let h = Harness::with_config(cluster_node("n1", 2));
+    let ready = h.get(NO_KEY, "/v1/health/ready").await.ok(StatusCode::OK);
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["free_slots"], 2);
+    assert_eq!(ready["node"], "n1");
+
+    h.session(KEY_A).await;
+    h.session(super::KEY_B).await;
+    let full = h.get(NO_KEY, "/v1/health/ready").await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(full.json()["free_slots"], 0);
+
+    h.airlock.drain();
+    let draining = h.get(NO_KEY, "/v1/health/ready").await;
+    assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(draining.json()["draining"], true);
+}
+
+#[tokio::test]
+async fn a_full_node_refuses_new_work_at_once_with_503_and_retry_after() {
+    let h = Harness::with_config(cluster_node("n1", 1));
+    h.session(KEY_A).await;
+
+    let started = std::time::Instant::now();
+    let refused = h
+        .post(super::KEY_B, "/v1/sessions", &json!({"language": "python"}))
+        .await;
+
+    let message = refused.error(503, "node_full");
+    assert!(message.contains("n1"), "{message}");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let run = h.run(super::KEY_B, "print(1)", json!({})).await;
+    run.error(503, "node_full");
+}
