@@ -4,6 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:7000"
 //! keys_file = "/etc/airlock/keys.toml"
+//! keys_reload_s = 10       # also reload the keys file when it changes (else SIGHUP only)
 //! max_concurrent_vms = 4
 //! drain_grace_s = 30
 //! node_name = "airlock-0"  # in a cluster: carried by session ids (default: the host name)
@@ -123,6 +124,10 @@ pub struct ServerConfig {
     pub secrets_key_file: Option<PathBuf>,
     /// The secrets store (default `<cache>/server/secrets.json`).
     pub secrets_file: Option<PathBuf>,
+    /// With a keys file: also reload it whenever its content changed,
+    /// checked every this many seconds (a Kubernetes Secret is updated in
+    /// place); `None`: on SIGHUP only.
+    pub keys_reload_s: Option<u64>,
     /// Largest JSON request body, in bytes (larger ones get 413).
     pub max_body_bytes: usize,
     /// The old spelling of `[files] max_bytes`, still read (a file that
@@ -743,6 +748,7 @@ impl Default for ServerConfig {
             drain_grace_s: 30,
             node_name: None,
             refuse_when_full: false,
+            keys_reload_s: None,
             log_format: LogFormat::Text,
             restore_templates: true,
             quotas: Quotas::default(),
@@ -845,6 +851,11 @@ impl ServerConfig {
                  give --keys-file (make keys with `airlock serve keys add`) or listen on 127.0.0.1",
                 self.listen
             )));
+        }
+        if self.keys_reload_s == Some(0) {
+            return Err(bad(
+                "keys_reload_s must be at least 1 (leave it unset to reload on SIGHUP only)".into(),
+            ));
         }
         for (name, value) in [
             ("max_body_bytes", self.max_body_bytes as u64),

@@ -96,30 +96,63 @@ pub async fn run<S: Display>(
     Ok(())
 }
 
-/// With a keys file: on each SIGHUP, reloads it ([`Airlock::reload_keys`]),
-/// so a key revoked from the file stops working without a restart; a bad
-/// file keeps the old keys and is logged as an error. Never returns
-/// (without a keys file, or when SIGHUP cannot be handled, it only
-/// waits); the server's life owns it and drops it when it ends.
+/// With a keys file: on each SIGHUP, and when `keys_reload_s` is set,
+/// whenever the file's content changed (checked that often: a Kubernetes
+/// Secret updated in place), reloads it ([`Airlock::reload_keys`]), so a
+/// key revoked from the file stops working without a restart; a bad file
+/// keeps the old keys and is logged as an error. Never returns (without a
+/// keys file it only waits); the server's life owns it and drops it when
+/// it ends.
 pub async fn reload_keys_on_hangup(airlock: &Airlock) {
     use tokio::signal::unix::{signal, SignalKind};
-    if airlock.is_keyless() || airlock.config().keys_file.is_none() {
+    let Some(path) = airlock.config().keys_file.clone() else {
+        return std::future::pending().await;
+    };
+    if airlock.is_keyless() {
         return std::future::pending().await;
     }
     let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(stream) => stream,
+        Ok(stream) => Some(stream),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot handle SIGHUP: the keys file is read at start only");
-            return std::future::pending().await;
+            tracing::warn!(error = %e, "cannot handle SIGHUP: the keys file is reloaded only when it changes, if keys_reload_s is set");
+            None
         }
     };
-    while hangups.recv().await.is_some() {
+    let period = airlock
+        .config()
+        .keys_reload_s
+        .map(std::time::Duration::from_secs);
+    let digest = |bytes: &[u8]| airlock_sys_util::sha256_hex(bytes);
+    // Unknown at first: the first check reloads once (the file may have
+    // changed since the server read it at start).
+    let mut seen: Option<String> = None;
+    loop {
+        let why = tokio::select! {
+            Some(()) = async {
+                match hangups.as_mut() {
+                    Some(stream) => stream.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+            () = async {
+                match period {
+                    Some(period) => tokio::time::sleep(period).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = tokio::fs::read(&path).await.ok().map(|b| digest(&b));
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                seen = now;
+                "the keys file changed"
+            }
+        };
         match airlock.reload_keys().await {
-            Ok(keys) => tracing::info!(keys, "SIGHUP: keys file reloaded"),
+            Ok(keys) => tracing::info!(keys, why, "keys file reloaded"),
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: keys file not reloaded; the old keys stay")
+                tracing::error!(error = %e, why, "keys file not reloaded; the old keys stay")
             }
         }
     }
-    std::future::pending().await
 }

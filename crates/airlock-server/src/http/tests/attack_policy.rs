@@ -38,6 +38,38 @@ async fn a_key_revoked_in_the_file_gets_401_after_a_reload_without_a_restart() {
 }
 
 #[tokio::test]
+async fn with_keys_reload_s_a_changed_keys_file_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        keys_reload_s: Some(1),
+        ..ServerConfig::default()
+    };
+    let h = Harness::with_keys_file(dir.path(), config);
+    let airlock = h.airlock.clone();
+    // Owned by the test: aborted at its end.
+    let reloader =
+        tokio::spawn(async move { crate::server::reload_keys_on_hangup(&airlock).await });
+    h.get(KEY_B, "/v1/sessions").await.ok(StatusCode::OK);
+
+    revoke_in_file(&h, KEY_B);
+
+    let mut refused = false;
+    for _ in 0..50 {
+        if h.get(KEY_B, "/v1/sessions").await.status == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reloader.abort();
+    assert!(
+        refused,
+        "the revoked key still worked 5 s after the file changed"
+    );
+    h.get(KEY_A, "/v1/sessions").await.ok(StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_keys_file_made_world_writable_is_not_reloaded_and_the_old_keys_stay() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
