@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// address needs --keys-file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Also serve E2B's protocol here (`docs/e2b.md`): point the E2B
+    /// SDKs' E2B_API_URL and E2B_SANDBOX_URL at it. Same keys (`serve
+    /// keys add --format e2b`), tenants and quotas.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub e2b_listen: Option<SocketAddr>,
     /// The API keys file (`airlock serve keys add`). Without one every
     /// request acts for the local user (loopback only).
     #[arg(long, value_name = "FILE")]
@@ -234,6 +239,9 @@ impl ServeArgs {
         }
         if self.keys_file.is_some() {
             c.keys_file.clone_from(&self.keys_file);
+        }
+        if self.e2b_listen.is_some() {
+            c.e2b.listen = self.e2b_listen;
         }
         if self.secrets_key_file.is_some() {
             c.secrets_key_file.clone_from(&self.secrets_key_file);

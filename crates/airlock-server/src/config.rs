@@ -55,6 +55,11 @@
 //! [egress]                 # what tenants' VMs may reach
 //! allowed_patterns = ["*.github.com", "pypi.org"]
 //! allow_documentation_ranges = false
+//! [e2b]                    # E2B's protocol on a second listener (docs/e2b.md)
+//! listen = "127.0.0.1:3000"
+//! default_timeout_s = 300
+//! [e2b.templates]          # E2B template ids -> Airlock images (over the built-ins)
+//! my-data = "python-data"
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -153,6 +158,83 @@ pub struct ServerConfig {
     /// in bytes: a guest printing without end keeps only its newest
     /// output.
     pub console_log_max_bytes: u64,
+    /// E2B's protocol on a second listener (`docs/e2b.md`).
+    pub e2b: E2bConfig,
+}
+
+/// The template ids every E2B listener knows, and their images: the
+/// code-interpreter SDKs' default and the plain SDK's.
+pub const E2B_BUILTIN_TEMPLATES: [(&str, &str); 2] =
+    [("code-interpreter-v1", "python-data"), ("base", "raw")];
+
+/// [`ServerConfig::e2b`]: the E2B listener (`docs/e2b.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct E2bConfig {
+    /// Where to serve E2B's control plane and, by the `E2b-Sandbox-Id`
+    /// and `E2b-Sandbox-Port` headers, its sandbox planes; unset: no E2B
+    /// listener. The same keys (as `X-API-Key`), tenants and quotas as
+    /// the main listener; a non-loopback address needs a keys file.
+    pub listen: Option<SocketAddr>,
+    /// E2B template ids and the Airlock image each names (`python-data`,
+    /// `raw`, ...), over [`E2B_BUILTIN_TEMPLATES`].
+    pub templates: std::collections::BTreeMap<String, String>,
+    /// A sandbox's timeout when create names none, in seconds (E2B's 300).
+    pub default_timeout_s: u64,
+    /// Longest timeout create or set-timeout may give, in seconds (at
+    /// most a day, a session's longest life).
+    pub max_timeout_s: u64,
+}
+
+impl Default for E2bConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            templates: std::collections::BTreeMap::new(),
+            default_timeout_s: 300,
+            max_timeout_s: 24 * 3600,
+        }
+    }
+}
+
+impl E2bConfig {
+    /// The image a template id names: the operator's map first, then the
+    /// built-ins; `None` for an unknown id.
+    pub fn template_image(&self, template_id: &str) -> Option<airlock::spec::Image> {
+        let name = self
+            .templates
+            .get(template_id)
+            .map(String::as_str)
+            .or_else(|| {
+                E2B_BUILTIN_TEMPLATES
+                    .iter()
+                    .find(|(id, _)| *id == template_id)
+                    .map(|(_, image)| *image)
+            })?;
+        name.parse().ok()
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (id, image) in &self.templates {
+            if let Err(e) = image.parse::<airlock::spec::Image>() {
+                return Err(format!("e2b.templates.{id}: {e}"));
+            }
+        }
+        if self.default_timeout_s == 0 || self.default_timeout_s > self.max_timeout_s {
+            return Err(format!(
+                "e2b.default_timeout_s must be in 1..=e2b.max_timeout_s ({}), not {}",
+                self.max_timeout_s, self.default_timeout_s
+            ));
+        }
+        let day = airlock::MAX_SESSION_LIFETIME.as_secs();
+        if self.max_timeout_s == 0 || self.max_timeout_s > day {
+            return Err(format!(
+                "e2b.max_timeout_s must be in 1..={day} (a session's longest life), not {}",
+                self.max_timeout_s
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// [`ServerConfig::cache`]: what tenants can make the host build and keep.
@@ -717,6 +799,7 @@ impl Default for ServerConfig {
             egress: EgressPolicy::default(),
             jail: JailSection::default(),
             console_log_max_bytes: airlock::DEFAULT_CONSOLE_LOG_MAX_BYTES,
+            e2b: E2bConfig::default(),
         }
     }
 }
@@ -805,6 +888,20 @@ impl ServerConfig {
                 self.listen
             )));
         }
+        if let Some(e2b) = self.e2b.listen {
+            if !e2b.ip().is_loopback() && self.keys_file.is_none() {
+                return Err(bad(format!(
+                    "the E2B listener on {e2b} (not a loopback address) needs a keys file: \
+                     give --keys-file (make keys with `airlock serve keys add --format e2b`) or listen on 127.0.0.1"
+                )));
+            }
+            if e2b == self.listen {
+                return Err(bad(format!(
+                    "e2b.listen {e2b} is the main listener's address: give the E2B listener a port of its own"
+                )));
+            }
+        }
+        self.e2b.validate().map_err(bad)?;
         for (name, value) in [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("files.max_bytes", self.files.max_bytes as u64),

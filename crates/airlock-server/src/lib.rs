@@ -60,6 +60,7 @@
 
 pub mod api;
 pub mod config;
+pub mod e2b;
 mod error;
 pub mod fair;
 pub mod http;
