@@ -895,7 +895,7 @@ impl ServerConfig {
                      give --keys-file (make keys with `airlock serve keys add --format e2b`) or listen on 127.0.0.1"
                 )));
             }
-            if e2b == self.listen {
+            if e2b == self.listen && e2b.port() != 0 {
                 return Err(bad(format!(
                     "e2b.listen {e2b} is the main listener's address: give the E2B listener a port of its own"
                 )));

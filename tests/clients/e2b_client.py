@@ -1,0 +1,77 @@
+"""E2B's official Python SDK (`e2b-code-interpreter`, unchanged) against
+`airlock serve --e2b-listen`, in headers mode: E2B_API_URL and
+E2B_SANDBOX_URL both name the E2B listener (tests/e2b_e2e.rs).
+
+Usage: e2b_client.py URL KEY_OF_ALICE KEY_OF_BOB
+"""
+
+import asyncio
+import base64
+import os
+import sys
+
+URL, KEY_A, KEY_B = sys.argv[1:4]
+os.environ["E2B_API_URL"] = URL
+os.environ["E2B_SANDBOX_URL"] = URL
+os.environ["E2B_API_KEY"] = KEY_A
+
+from e2b import SandboxNotFoundException  # noqa: E402
+from e2b_code_interpreter import AsyncSandbox, Sandbox  # noqa: E402
+
+CHART = """import matplotlib.pyplot as plt
+plt.plot([1, 2, 3], [1, 4, 9])
+plt.show()"""
+
+
+def check_sync():
+    sbx = Sandbox.create(timeout=600)
+    try:
+        first = sbx.run_code("x = 1")
+        assert first.error is None, first.error
+        second = sbx.run_code("x + 1")
+        assert second.text == "2", second
+        chart = sbx.run_code(CHART)
+        assert chart.error is None, chart.error
+        png = base64.b64decode(chart.results[0].png)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", png[:16]
+        error = sbx.run_code("y_undefined")
+        assert error.error is not None and error.error.name == "NameError", error
+        hi = sbx.commands.run("echo hi")
+        assert hi.stdout == "hi\n" and hi.exit_code == 0, hi
+        info = sbx.files.write("/home/user/a.txt", "hello")
+        assert info.path == "/home/user/a.txt", info
+        assert sbx.files.read("/home/user/a.txt") == "hello"
+        names = [entry.name for entry in sbx.files.list("/home/user")]
+        assert "a.txt" in names, names
+        assert sbx.files.exists("/home/user/a.txt")
+        assert not sbx.files.exists("/home/user/nope.txt")
+        # Another tenant's key: not found, and kill says there was none.
+        try:
+            Sandbox.connect(sbx.sandbox_id, api_key=KEY_B)
+            raise AssertionError("another tenant connected")
+        except SandboxNotFoundException:
+            pass
+        assert Sandbox.kill(sbx.sandbox_id, api_key=KEY_B) is False
+        assert sbx.is_running()
+    finally:
+        killed = sbx.kill()
+    assert killed is True, killed
+    assert not sbx.is_running()
+    print("sync: ok")
+
+
+async def check_async():
+    sbx = await AsyncSandbox.create(timeout=600)
+    try:
+        await sbx.run_code("x = 40")
+        two = await sbx.run_code("x + 2")
+        assert two.text == "42", two
+        out = await sbx.commands.run("echo async")
+        assert out.stdout == "async\n", out
+    finally:
+        await sbx.kill()
+    print("async: ok")
+
+
+check_sync()
+asyncio.run(check_async())
