@@ -15,7 +15,11 @@ os.environ["E2B_API_URL"] = URL
 os.environ["E2B_SANDBOX_URL"] = URL
 os.environ["E2B_API_KEY"] = KEY_A
 
-from e2b import SandboxNotFoundException  # noqa: E402
+from e2b import (  # noqa: E402
+    CommandExitException,
+    SandboxNotFoundException,
+    TimeoutException,
+)
 from e2b_code_interpreter import AsyncSandbox, Sandbox  # noqa: E402
 
 CHART = """import matplotlib.pyplot as plt
@@ -45,6 +49,34 @@ def check_sync():
         assert "a.txt" in names, names
         assert sbx.files.exists("/home/user/a.txt")
         assert not sbx.files.exists("/home/user/nope.txt")
+        # A background command: its output reaches wait()'s callbacks (the
+        # sync SDK calls them there), in order.
+        lines = []
+        counting = sbx.commands.run(
+            "for i in 1 2 3; do echo $i; sleep 0.2; done", background=True
+        )
+        assert counting.pid, counting
+        done = counting.wait(on_stdout=lines.append)
+        assert "".join(lines) == "1\n2\n3\n", lines
+        assert done.exit_code == 0, done
+        # One that runs on until it is killed.
+        sleeper = sbx.commands.run("sleep 30", background=True)
+        assert sleeper.pid in [p.pid for p in sbx.commands.list()]
+        assert sleeper.kill() is True
+        try:
+            sleeper.wait()
+            raise AssertionError("a killed command ended well")
+        except CommandExitException as e:
+            assert e.exit_code == -1, e
+        # A cell past the client's timeout raises the SDK's timeout; the
+        # server interrupts it and the interpreter keeps its state.
+        try:
+            sbx.run_code("import time\ntime.sleep(60)", timeout=3)
+            raise AssertionError("no timeout")
+        except TimeoutException:
+            pass
+        still = sbx.run_code("x")
+        assert still.text == "1", still
         # Another tenant's key: not found, and kill says there was none.
         try:
             Sandbox.connect(sbx.sandbox_id, api_key=KEY_B)

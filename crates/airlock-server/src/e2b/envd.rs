@@ -196,11 +196,16 @@ async fn start(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Respo
         Err(e) => return e.into_response(),
     };
     let tenant = sandbox.caller.tenant.clone();
-    let response = start_stream(&e2b, &headers, &body, sandbox);
+    let response = start_stream(&e2b, &headers, &body, sandbox).await;
     for_tenant(response, &tenant)
 }
 
-fn start_stream(e2b: &E2b, headers: &HeaderMap, body: &[u8], sandbox: Arc<Sandbox>) -> Response {
+async fn start_stream(
+    e2b: &E2b,
+    headers: &HeaderMap,
+    body: &[u8],
+    sandbox: Arc<Sandbox>,
+) -> Response {
     let request: StartRequest = match connect::request_message(body)
         .and_then(|v| serde_json::from_value(v).map_err(|e| format!("the request: {e}")))
     {
@@ -213,8 +218,7 @@ fn start_stream(e2b: &E2b, headers: &HeaderMap, body: &[u8], sandbox: Arc<Sandbo
             "PTYs are not supported by this server (see docs/e2b.md)",
         );
     }
-    if let Err(e) = sandbox.session.check_ready() {
-        let e = ServerError::from(e);
+    if let Err(e) = super::wait_ready(&sandbox).await {
         let code = connect::code_of(e.status());
         return stream_error(code, &e.public().message);
     }
@@ -359,10 +363,9 @@ const NOT_DIR: &str = "airlock:not_dir";
 
 /// Runs a filesystem script; its stdout, or the Connect error.
 async fn shell(sandbox: &Sandbox, script: String) -> Result<String, E2bError> {
-    sandbox
-        .session
-        .check_ready()
-        .map_err(|e| unary_error(&e.into()))?;
+    super::wait_ready(sandbox)
+        .await
+        .map_err(|e| unary_error(&e))?;
     let mut request = CellRequest::new(script);
     request.timeout = FS_TIMEOUT;
     let done = sandbox
@@ -582,6 +585,9 @@ async fn download(
     let answer = async {
         let path = query.path.unwrap_or_default();
         let rel = files_path(&path)?;
+        super::wait_ready(&sandbox)
+            .await
+            .map_err(|e| E2bError::server(Plane::Files, &e))?;
         match e2b.airlock.read_file(&sandbox.session, &rel).await {
             Ok((bytes, _)) => {
                 Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -669,6 +675,9 @@ async fn write_files(
             }
         };
         let rel = files_path(&target)?;
+        super::wait_ready(sandbox)
+            .await
+            .map_err(|e| E2bError::server(Plane::Files, &e))?;
         e2b.airlock
             .write_file(&sandbox.session, &rel, part.body)
             .await

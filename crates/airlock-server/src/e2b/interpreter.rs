@@ -184,7 +184,7 @@ async fn execute(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Res
         Err(refused) => return refused.into_response(),
     };
     let tenant = sandbox.caller.tenant.clone();
-    let response = match prepare(&sandbox, &body) {
+    let response = match prepare(&sandbox, &body).await {
         Ok((language, request)) => {
             let max_bytes = e2b.airlock.config().streams.max_bytes;
             let session = Arc::clone(&sandbox.session);
@@ -210,7 +210,7 @@ async fn execute(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Res
 
 /// The cell of an `/execute`, checked before the stream starts (a refusal
 /// is a plain status, which the SDKs raise).
-fn prepare(sandbox: &Sandbox, body: &[u8]) -> Result<(Language, CellRequest), E2bError> {
+async fn prepare(sandbox: &Sandbox, body: &[u8]) -> Result<(Language, CellRequest), E2bError> {
     let body: ExecuteBody = serde_json::from_slice(body)
         .map_err(|e| E2bError::bad_request(Plane::Code, format!("the request body: {e}")))?;
     let language = match (&body.context_id, &body.language) {
@@ -236,10 +236,9 @@ fn prepare(sandbox: &Sandbox, body: &[u8]) -> Result<(Language, CellRequest), E2
         (None, Some(name)) => language_named(name)?,
         (None, None) => sandbox.image.language(),
     };
-    sandbox
-        .session
-        .check_ready()
-        .map_err(|e| E2bError::server(Plane::Code, &e.into()))?;
+    super::wait_ready(sandbox)
+        .await
+        .map_err(|e| E2bError::server(Plane::Code, &e))?;
     let mut request = CellRequest::new(body.code);
     // E2B's cells run until the client's own timeout (300 s by default);
     // here the tenant's longest timeout bounds them.

@@ -342,6 +342,28 @@ pub(crate) fn sandbox_of(
     Ok(sandbox)
 }
 
+/// Longest a sandbox-plane call waits for the call before it to end.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (up to [`READY_WAIT`]) until `sandbox`'s session runs no call:
+/// an E2B client sends its next request as soon as the last one's answer
+/// ended, or as soon as it left one (a timeout, a kill), while the
+/// session may still be finishing it; E2B's own servers queue these.
+///
+/// # Errors
+/// The session's `Busy` past the wait, or `Closed`.
+pub(crate) async fn wait_ready(sandbox: &Sandbox) -> Result<(), ServerError> {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    loop {
+        match sandbox.session.check_ready() {
+            Err(airlock::SessionError::Busy { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Tags `response` with `tenant` for the request log.
 pub(crate) fn for_tenant(mut response: Response, tenant: &str) -> Response {
     response
