@@ -49,6 +49,17 @@ def check_sync():
         assert "a.txt" in names, names
         assert sbx.files.exists("/home/user/a.txt")
         assert not sbx.files.exists("/home/user/nope.txt")
+        assert sbx.files.get_info("/home/user/a.txt").size == 5
+        assert sbx.files.make_dir("/home/user/d") is True
+        assert sbx.files.make_dir("/home/user/d") is False
+        moved = sbx.files.rename("/home/user/a.txt", "/home/user/d/b.txt")
+        assert moved.path == "/home/user/d/b.txt", moved
+        deep = [e.path for e in sbx.files.list("/home/user", depth=2)]
+        assert "/home/user/d/b.txt" in deep, deep
+        where = sbx.commands.run("pwd; cat b.txt; echo $K", cwd="/home/user/d", envs={"K": "V"})
+        assert where.stdout == "/home/sandbox/d\nhelloV\n", where
+        sbx.files.remove("/home/user/d")
+        assert not sbx.files.exists("/home/user/d")
         # A background command: its output reaches wait()'s callbacks (the
         # sync SDK calls them there), in order.
         lines = []
