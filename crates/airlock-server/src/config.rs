@@ -1178,6 +1178,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_e2b_section_maps_templates_over_the_built_ins_and_is_checked() {
+        let path = Path::new("server.toml");
+        let check = |text: &str| ServerConfig::parse(path, text).and_then(|c| c.validate());
+        let config = ServerConfig::parse(
+            path,
+            "[e2b]\nlisten = \"127.0.0.1:3000\"\n[e2b.templates]\nmine = \"python\"\nbase = \"python-data\"\n",
+        )
+        .unwrap();
+        let e2b = &config.e2b;
+        assert_eq!(
+            e2b.template_image("mine"),
+            Some(airlock::spec::Image::Python)
+        );
+        assert_eq!(
+            e2b.template_image("base"),
+            Some(airlock::spec::Image::PythonData)
+        );
+        assert_eq!(
+            e2b.template_image("code-interpreter-v1"),
+            Some(airlock::spec::Image::PythonData)
+        );
+        assert_eq!(e2b.template_image("nope"), None);
+        let bad_image = "[e2b.templates]\nx = \"cobol\"\n";
+        assert!(check(bad_image).is_err());
+        let public = "[e2b]\nlisten = \"0.0.0.0:3000\"\n";
+        let error = check(public).unwrap_err().to_string();
+        assert!(error.contains("needs a keys file"), "{error}");
+        let same = "listen = \"127.0.0.1:7000\"\n[e2b]\nlisten = \"127.0.0.1:7000\"\n";
+        assert!(check(same).is_err());
+        let long = "[e2b]\nmax_timeout_s = 100000\n";
+        assert!(check(long).is_err());
+        assert!(check("[e2b]\nlisten = \"127.0.0.1:0\"\n").is_ok());
+    }
+
+    #[test]
     fn the_default_pool_is_one_python_vm_when_two_slots_allow_it() {
         let mut config = ServerConfig {
             max_concurrent_vms: Some(4),

@@ -111,7 +111,8 @@ impl Planes {
             // every E2B request carries already need a CORS preflight,
             // which this server never answers.
             if let Err(e) = crate::http::keyless::check(request.headers(), false, false) {
-                return crate::http::refuse(request, e).await;
+                let refusal = E2bError::from(e).into_response();
+                return crate::http::refuse_with(request, refusal).await;
             }
         }
         let headers = request.headers();

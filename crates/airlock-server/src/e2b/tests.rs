@@ -545,3 +545,24 @@ async fn the_e2b_routes_are_in_the_request_metrics_by_plane() {
     let rendered = h.inner.airlock.metrics().render();
     assert!(rendered.contains("e2b-api /v2/sandboxes"), "{rendered}");
 }
+
+#[tokio::test]
+async fn a_keyless_server_takes_any_key_on_loopback_only() {
+    let inner = Harness::keyless();
+    let h = E2bHarness {
+        router: super::router(inner.airlock.clone()),
+        inner,
+    };
+    let made = h
+        .create("e2b_anything", json!({"templateID": "base"}))
+        .await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("/sandboxes/{}", made.id))
+        .header("host", "evil.example")
+        .header("x-api-key", "e2b_anything")
+        .body(Body::empty())
+        .unwrap();
+    let rebound = h.inner.send_to(&h.router, request).await;
+    assert_eq!(rebound.ok(StatusCode::FORBIDDEN)["code"], 403);
+}
