@@ -566,3 +566,32 @@ async fn a_keyless_server_takes_any_key_on_loopback_only() {
     let rebound = h.inner.send_to(&h.router, request).await;
     assert_eq!(rebound.ok(StatusCode::FORBIDDEN)["code"], 403);
 }
+
+#[tokio::test]
+async fn a_list_pages_by_the_next_token_header() {
+    let h = E2bHarness::new();
+    for _ in 0..3 {
+        h.create(KEY_A, json!({"templateID": "base"})).await;
+    }
+    let first = h
+        .api(Method::GET, KEY_A, "/v2/sandboxes?limit=2", None)
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.json().as_array().unwrap().len(), 2);
+    let token = first.headers["x-next-token"].to_str().unwrap().to_owned();
+    let last = h
+        .api(
+            Method::GET,
+            KEY_A,
+            &format!("/v2/sandboxes?limit=2&nextToken={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(last.json().as_array().unwrap().len(), 1);
+    assert!(last.headers.get("x-next-token").is_none());
+    let paused = h
+        .api(Method::GET, KEY_A, "/v2/sandboxes?state=paused", None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(paused, json!([]));
+}
