@@ -21,7 +21,6 @@ use super::sandboxes::Sandbox;
 use super::stream::{spawn_body, Frames};
 use super::{for_tenant, sandbox_of, streamed, E2b, E2bError, Plane, ACCESS_TOKEN};
 use crate::error::ServerError;
-use crate::service::Airlock;
 use airlock::{CellRequest, CellResult, Discard, OutputStream, RunObserver};
 use airlock_protocol::Language;
 use axum::body::Bytes;
@@ -41,7 +40,7 @@ use std::time::{Duration, SystemTime};
 const FS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// envd's routes.
-pub(super) fn routes(_airlock: &Airlock) -> Router<E2b> {
+pub(super) fn routes() -> Router<E2b> {
     let mut router = Router::new()
         .route("/process.Process/Start", post(start))
         .route("/process.Process/List", post(list))

@@ -5,19 +5,19 @@
 //!
 //! One listener serves three planes, told apart by headers as the SDKs
 //! send them ([`router`]):
-//! - no `E2b-Sandbox-Id`: the control plane ([`control`]: create, list,
+//! - no `E2b-Sandbox-Id`: the control plane (`control`: create, list,
 //!   get, kill, set timeout, connect; `X-API-Key` is an Airlock key of
 //!   either form, `serve keys add --format e2b`);
-//! - `E2b-Sandbox-Port: 49983`: envd ([`envd`]: processes, filesystem,
+//! - `E2b-Sandbox-Port: 49983`: envd (`envd`: processes, filesystem,
 //!   `/files`; `X-Access-Token` is the sandbox's `envdAccessToken`);
-//! - `E2b-Sandbox-Port: 49999`: the code interpreter ([`interpreter`]:
+//! - `E2b-Sandbox-Port: 49999`: the code interpreter (`interpreter`:
 //!   `/execute`, `/contexts`; the sandbox's `trafficAccessToken` or
 //!   `envdAccessToken`).
 //!
-//! An E2B sandbox is an Airlock server session ([`sandboxes`]): the same
+//! An E2B sandbox is an Airlock server session (`sandboxes`): the same
 //! tenancy, quotas (live sessions, memory, requests per minute), request
 //! log and metrics (routes labelled `e2b-api`, `e2b-envd`, `e2b-code`),
-//! and drain. Errors take each plane's shape ([`E2bError`]): `{"code":
+//! and drain. Errors take each plane's shape (`E2bError`): `{"code":
 //! <status>, "message"}` on the control plane, Connect's `{"code":
 //! "<name>", "message"}` on envd, plain text on the code interpreter, and
 //! E2B's proxy answer (502, "The sandbox was not found") for a sandbox
@@ -87,7 +87,7 @@ pub fn router(airlock: Airlock) -> Router {
     };
     let planes = Arc::new(Planes {
         control: log(control::routes(&airlock)),
-        envd: log(envd::routes(&airlock)),
+        envd: log(envd::routes()),
         interpreter: log(interpreter::routes()),
         keyless: airlock.is_keyless(),
     });
