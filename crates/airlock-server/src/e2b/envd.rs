@@ -18,7 +18,7 @@
 use super::connect::{self, STREAM_CONTENT_TYPE};
 use super::paths::{home_relative, shell_quote, to_e2b, to_guest, E2B_HOME};
 use super::sandboxes::Sandbox;
-use super::stream::{spawn_body, Frames};
+use super::stream::{spawn_body, Frames, KEEPALIVE_EVERY};
 use super::{for_tenant, sandbox_of, streamed, E2b, E2bError, Plane, ACCESS_TOKEN};
 use crate::error::ServerError;
 use airlock::{CellRequest, CellResult, Discard, OutputStream, RunObserver};
@@ -229,13 +229,25 @@ async fn start_stream(
     let pid = sandbox.start_process(config, request.tag);
     let max_bytes = e2b.airlock.config().streams.max_bytes;
     let session = Arc::clone(&sandbox.session);
-    let body = spawn_body(max_bytes, session.canceller(), move |frames| async move {
-        frames.last(connect::frame(&json!({"event": {"start": {"pid": pid}}})));
-        let mut events = ProcessEvents { frames };
-        let result = session.run_process(Language::Raw, cell, &mut events).await;
-        let signalled = sandbox.end_process(pid);
-        events.finish(result, signalled);
-    });
+    // The client's `Keepalive-Ping-Interval` (seconds), when shorter.
+    let every = super::header_str(headers, "keepalive-ping-interval")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(KEEPALIVE_EVERY, |s| {
+            Duration::from_secs(s).min(KEEPALIVE_EVERY)
+        });
+    let keepalive = (connect::frame(&json!({"event": {"keepalive": {}}})), every);
+    let body = spawn_body(
+        max_bytes,
+        session.canceller(),
+        keepalive,
+        move |frames| async move {
+            frames.last(connect::frame(&json!({"event": {"start": {"pid": pid}}})));
+            let mut events = ProcessEvents { frames };
+            let result = session.run_process(Language::Raw, cell, &mut events).await;
+            let signalled = sandbox.end_process(pid);
+            events.finish(result, signalled);
+        },
+    );
     streamed(STREAM_CONTENT_TYPE, body)
 }
 

@@ -189,18 +189,27 @@ async fn execute(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Res
             let max_bytes = e2b.airlock.config().streams.max_bytes;
             let session = Arc::clone(&sandbox.session);
             let airlock = e2b.airlock.clone();
-            let body = spawn_body(max_bytes, session.canceller(), move |frames| async move {
-                let mut lines = Lines::new(frames);
-                let result = session.exec_in(language, request, &mut lines).await;
-                if let Ok(done) = &result {
-                    airlock
-                        .metrics()
-                        .exec_seconds
-                        .observe(done.duration_ms as f64 / 1000.0);
-                }
-                let count = sandbox.executions.fetch_add(1, Ordering::Relaxed) + 1;
-                lines.finish(result, count);
-            });
+            let keepalive = (
+                Lines::line(&json!({"type": "keepalive"})),
+                super::stream::KEEPALIVE_EVERY,
+            );
+            let body = spawn_body(
+                max_bytes,
+                session.canceller(),
+                keepalive,
+                move |frames| async move {
+                    let mut lines = Lines::new(frames);
+                    let result = session.exec_in(language, request, &mut lines).await;
+                    if let Ok(done) = &result {
+                        airlock
+                            .metrics()
+                            .exec_seconds
+                            .observe(done.duration_ms as f64 / 1000.0);
+                    }
+                    let count = sandbox.executions.fetch_add(1, Ordering::Relaxed) + 1;
+                    lines.finish(result, count);
+                },
+            );
             streamed("application/json", body)
         }
         Err(e) => e.into_response(),
