@@ -1,6 +1,7 @@
 //! The Python clients of the server tests: a venv under the Airlock cache
 //! (`<cache>/venv-clients`) with the pinned packages of
-//! `tests/clients/requirements.txt` (httpx, the official `mcp`, schemathesis), made with
+//! `tests/clients/requirements.txt` (httpx, the official `mcp`, schemathesis,
+//! E2B's `e2b` and `e2b-code-interpreter`), made with
 //! Debian's `python3 -m venv` and filled from PyPI once; remade when the
 //! requirements change.
 

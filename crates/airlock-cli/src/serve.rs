@@ -12,7 +12,7 @@
 
 use crate::process::{self, STOP_SIGNALS};
 use airlock_server::config::{LogFormat, PoolSpec};
-use airlock_server::keys::{default_keys_file, Keyring, KeysFile};
+use airlock_server::keys::{default_keys_file, KeyFormat, Keyring, KeysFile};
 use airlock_server::quota::QuotaOverrides;
 use airlock_server::{server, ServerConfig, ServerError};
 use clap::{Args, Subcommand};
@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// address needs --keys-file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Also serve E2B's protocol here (`docs/e2b.md`): point the E2B
+    /// SDKs' E2B_API_URL and E2B_SANDBOX_URL at it. Same keys (`serve
+    /// keys add --format e2b`), tenants and quotas.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub e2b_listen: Option<SocketAddr>,
     /// The API keys file (`airlock serve keys add`). Without one every
     /// request acts for the local user (loopback only).
     #[arg(long, value_name = "FILE")]
@@ -125,6 +130,24 @@ impl From<LogFormatArg> for LogFormat {
     }
 }
 
+/// `serve keys add --format` (the server's [`KeyFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyFormatArg {
+    /// `airlock_` and 64 hex digits.
+    Airlock,
+    /// `e2b_` and 40 hex digits.
+    E2b,
+}
+
+impl From<KeyFormatArg> for KeyFormat {
+    fn from(format: KeyFormatArg) -> Self {
+        match format {
+            KeyFormatArg::Airlock => KeyFormat::Airlock,
+            KeyFormatArg::E2b => KeyFormat::E2b,
+        }
+    }
+}
+
 /// Subcommands of `airlock serve`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ServeCommand {
@@ -170,6 +193,12 @@ pub enum KeysAction {
         /// This key's quota: requests per minute.
         #[arg(long)]
         requests_per_minute: Option<u32>,
+        /// The key's form: `airlock` (`airlock_` + 64 hex, for
+        /// `Authorization: Bearer`) or `e2b` (`e2b_` + 40 hex, the form
+        /// E2B's SDKs accept as `E2B_API_KEY`). Both work on both
+        /// listeners.
+        #[arg(long, value_enum, default_value_t = KeyFormatArg::Airlock)]
+        format: KeyFormatArg,
     },
     /// List the keys (id, tenant, age, quotas; never the key).
     List {
@@ -228,6 +257,9 @@ impl ServeArgs {
         if self.keys_file.is_some() {
             c.keys_file.clone_from(&self.keys_file);
         }
+        if self.e2b_listen.is_some() {
+            c.e2b.listen = self.e2b_listen;
+        }
         if self.secrets_key_file.is_some() {
             c.secrets_key_file.clone_from(&self.secrets_key_file);
         }
@@ -265,6 +297,7 @@ fn keys(action: KeysAction) -> Result<(), ServerError> {
             memory_mib,
             timeout_s,
             requests_per_minute,
+            format,
         } => {
             let path = keys_file.unwrap_or_else(default_keys_file);
             let mut file = KeysFile::load(&path, true)?;
@@ -277,7 +310,7 @@ fn keys(action: KeysAction) -> Result<(), ServerError> {
                 // vCPUs: the server's defaults, or the keys file's table.
                 ..QuotaOverrides::default()
             };
-            let (key, entry) = file.add(&tenant, quotas, now_unix())?;
+            let (key, entry) = file.add_of(format.into(), &tenant, quotas, now_unix())?;
             file.save(&path)?;
             println!("{key}");
             eprintln!(
@@ -453,6 +486,7 @@ mod tests {
             memory_mib: None,
             timeout_s: None,
             requests_per_minute: None,
+            format: KeyFormatArg::E2b,
         })
         .unwrap();
         let file = KeysFile::load(&path, false).unwrap();

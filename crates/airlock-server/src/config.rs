@@ -58,6 +58,11 @@
 //! [egress]                 # what tenants' VMs may reach
 //! allowed_patterns = ["*.github.com", "pypi.org"]
 //! allow_documentation_ranges = false
+//! [e2b]                    # E2B's protocol on a second listener (docs/e2b.md)
+//! listen = "127.0.0.1:3000"
+//! default_timeout_s = 300
+//! [e2b.templates]          # E2B template ids -> Airlock images (over the built-ins)
+//! my-data = "python-data"
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -197,6 +202,83 @@ pub struct ServerConfig {
     /// in bytes: a guest printing without end keeps only its newest
     /// output.
     pub console_log_max_bytes: u64,
+    /// E2B's protocol on a second listener (`docs/e2b.md`).
+    pub e2b: E2bConfig,
+}
+
+/// The template ids every E2B listener knows, and their images: the
+/// code-interpreter SDKs' default and the plain SDK's.
+pub const E2B_BUILTIN_TEMPLATES: [(&str, &str); 2] =
+    [("code-interpreter-v1", "python-data"), ("base", "raw")];
+
+/// [`ServerConfig::e2b`]: the E2B listener (`docs/e2b.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct E2bConfig {
+    /// Where to serve E2B's control plane and, by the `E2b-Sandbox-Id`
+    /// and `E2b-Sandbox-Port` headers, its sandbox planes; unset: no E2B
+    /// listener. The same keys (as `X-API-Key`), tenants and quotas as
+    /// the main listener; a non-loopback address needs a keys file.
+    pub listen: Option<SocketAddr>,
+    /// E2B template ids and the Airlock image each names (`python-data`,
+    /// `raw`, ...), over [`E2B_BUILTIN_TEMPLATES`].
+    pub templates: std::collections::BTreeMap<String, String>,
+    /// A sandbox's timeout when create names none, in seconds (E2B's 300).
+    pub default_timeout_s: u64,
+    /// Longest timeout create or set-timeout may give, in seconds (at
+    /// most a day, a session's longest life).
+    pub max_timeout_s: u64,
+}
+
+impl Default for E2bConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            templates: std::collections::BTreeMap::new(),
+            default_timeout_s: 300,
+            max_timeout_s: 24 * 3600,
+        }
+    }
+}
+
+impl E2bConfig {
+    /// The image a template id names: the operator's map first, then the
+    /// built-ins; `None` for an unknown id.
+    pub fn template_image(&self, template_id: &str) -> Option<airlock::spec::Image> {
+        let name = self
+            .templates
+            .get(template_id)
+            .map(String::as_str)
+            .or_else(|| {
+                E2B_BUILTIN_TEMPLATES
+                    .iter()
+                    .find(|(id, _)| *id == template_id)
+                    .map(|(_, image)| *image)
+            })?;
+        name.parse().ok()
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (id, image) in &self.templates {
+            if let Err(e) = image.parse::<airlock::spec::Image>() {
+                return Err(format!("e2b.templates.{id}: {e}"));
+            }
+        }
+        if self.default_timeout_s == 0 || self.default_timeout_s > self.max_timeout_s {
+            return Err(format!(
+                "e2b.default_timeout_s must be in 1..=e2b.max_timeout_s ({}), not {}",
+                self.max_timeout_s, self.default_timeout_s
+            ));
+        }
+        let day = airlock::MAX_SESSION_LIFETIME.as_secs();
+        if self.max_timeout_s == 0 || self.max_timeout_s > day {
+            return Err(format!(
+                "e2b.max_timeout_s must be in 1..={day} (a session's longest life), not {}",
+                self.max_timeout_s
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// [`ServerConfig::cache`]: what tenants can make the host build and keep.
@@ -764,6 +846,7 @@ impl Default for ServerConfig {
             egress: EgressPolicy::default(),
             jail: JailSection::default(),
             console_log_max_bytes: airlock::DEFAULT_CONSOLE_LOG_MAX_BYTES,
+            e2b: E2bConfig::default(),
         }
     }
 }
@@ -857,6 +940,20 @@ impl ServerConfig {
                 "keys_reload_s must be at least 1 (leave it unset to reload on SIGHUP only)".into(),
             ));
         }
+        if let Some(e2b) = self.e2b.listen {
+            if !e2b.ip().is_loopback() && self.keys_file.is_none() {
+                return Err(bad(format!(
+                    "the E2B listener on {e2b} (not a loopback address) needs a keys file: \
+                     give --keys-file (make keys with `airlock serve keys add --format e2b`) or listen on 127.0.0.1"
+                )));
+            }
+            if e2b == self.listen && e2b.port() != 0 {
+                return Err(bad(format!(
+                    "e2b.listen {e2b} is the main listener's address: give the E2B listener a port of its own"
+                )));
+            }
+        }
+        self.e2b.validate().map_err(bad)?;
         for (name, value) in [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("files.max_bytes", self.files.max_bytes as u64),
@@ -1166,6 +1263,41 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("Not A Label"), "{err}");
+    }
+
+    #[test]
+    fn the_e2b_section_maps_templates_over_the_built_ins_and_is_checked() {
+        let path = Path::new("server.toml");
+        let check = |text: &str| ServerConfig::parse(path, text).and_then(|c| c.validate());
+        let config = ServerConfig::parse(
+            path,
+            "[e2b]\nlisten = \"127.0.0.1:3000\"\n[e2b.templates]\nmine = \"python\"\nbase = \"python-data\"\n",
+        )
+        .unwrap();
+        let e2b = &config.e2b;
+        assert_eq!(
+            e2b.template_image("mine"),
+            Some(airlock::spec::Image::Python)
+        );
+        assert_eq!(
+            e2b.template_image("base"),
+            Some(airlock::spec::Image::PythonData)
+        );
+        assert_eq!(
+            e2b.template_image("code-interpreter-v1"),
+            Some(airlock::spec::Image::PythonData)
+        );
+        assert_eq!(e2b.template_image("nope"), None);
+        let bad_image = "[e2b.templates]\nx = \"cobol\"\n";
+        assert!(check(bad_image).is_err());
+        let public = "[e2b]\nlisten = \"0.0.0.0:3000\"\n";
+        let error = check(public).unwrap_err().to_string();
+        assert!(error.contains("needs a keys file"), "{error}");
+        let same = "listen = \"127.0.0.1:7000\"\n[e2b]\nlisten = \"127.0.0.1:7000\"\n";
+        assert!(check(same).is_err());
+        let long = "[e2b]\nmax_timeout_s = 100000\n";
+        assert!(check(long).is_err());
+        assert!(check("[e2b]\nlisten = \"127.0.0.1:0\"\n").is_ok());
     }
 
     #[test]

@@ -26,6 +26,22 @@ use std::path::{Path, PathBuf};
 /// The prefix of every key (it makes keys easy to spot in logs and by
 /// secret scanners).
 pub const KEY_PREFIX: &str = "airlock_";
+/// The prefix of an E2B-format key ([`KeyFormat::E2b`]): E2B's SDKs
+/// (earlier 2.x releases) refuse a key not matching `^e2b_[0-9a-f]+$`.
+pub const E2B_KEY_PREFIX: &str = "e2b_";
+
+/// The form of a new key. Both forms authenticate alike (by hash), on
+/// either listener; only the text differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// [`KEY_PREFIX`] and 64 hex digits (Airlock's API: `Authorization:
+    /// Bearer`).
+    #[default]
+    Airlock,
+    /// [`E2B_KEY_PREFIX`] and 40 hex digits, the form E2B's SDKs accept
+    /// as `E2B_API_KEY` (sent as `X-API-Key` to the E2B listener).
+    E2b,
+}
 
 /// One key's entry in the keys file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +91,18 @@ pub fn hash_key(key: &str) -> String {
 
 /// A new random key: [`KEY_PREFIX`] and 32 random bytes in hex.
 pub fn new_key() -> String {
+    new_key_of(KeyFormat::Airlock)
+}
+
+/// A new random key of `format`: [`KEY_PREFIX`] and 32 random bytes in
+/// hex, or [`E2B_KEY_PREFIX`] and 20 (160 bits, E2B's own length).
+pub fn new_key_of(format: KeyFormat) -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("{KEY_PREFIX}{}", hex::encode(bytes))
+    match format {
+        KeyFormat::Airlock => format!("{KEY_PREFIX}{}", hex::encode(bytes)),
+        KeyFormat::E2b => format!("{E2B_KEY_PREFIX}{}", hex::encode(&bytes[..20])),
+    }
 }
 
 impl KeysFile {
@@ -176,9 +201,24 @@ impl KeysFile {
         quotas: QuotaOverrides,
         now_unix: u64,
     ) -> Result<(String, KeyEntry)> {
+        self.add_of(KeyFormat::Airlock, tenant, quotas, now_unix)
+    }
+
+    /// [`KeysFile::add`] with a key of `format` (`serve keys add --format
+    /// e2b`).
+    ///
+    /// # Errors
+    /// As [`KeysFile::add`].
+    pub fn add_of(
+        &mut self,
+        format: KeyFormat,
+        tenant: &str,
+        quotas: QuotaOverrides,
+        now_unix: u64,
+    ) -> Result<(String, KeyEntry)> {
         airlock_sys_util::check_id(tenant)
             .map_err(|e| ServerError::bad_request(format!("tenant {tenant:?}: {e}")))?;
-        let key = new_key();
+        let key = new_key_of(format);
         let sha256 = hash_key(&key);
         let entry = KeyEntry {
             id: sha256[..12].to_owned(),
@@ -301,6 +341,21 @@ mod tests {
         let ring = Keyring::new(&KeysFile::load(&path, false).unwrap(), Quotas::default());
         assert_eq!(ring.authenticate(&key).unwrap().tenant, "alice");
         assert!(ring.authenticate("airlock_wrong").is_none());
+    }
+
+    #[test]
+    fn an_e2b_key_has_the_form_the_e2b_sdks_check_and_authenticates() {
+        let mut file = KeysFile::default();
+        let (key, _) = file
+            .add_of(KeyFormat::E2b, "alice", QuotaOverrides::default(), 0)
+            .unwrap();
+        let hex = key.strip_prefix(E2B_KEY_PREFIX).expect("the e2b_ prefix");
+        assert_eq!(hex.len(), 40, "{key}");
+        assert!(hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let ring = Keyring::new(&file, Quotas::default());
+        assert_eq!(ring.authenticate(&key).unwrap().tenant, "alice");
     }
 
     #[test]

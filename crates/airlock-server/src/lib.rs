@@ -19,6 +19,10 @@
 //!   refused against the published schema.
 //! - MCP ([`mcp`], rmcp): the same operations as tools, over stdio
 //!   (`airlock mcp`) and streamable HTTP at `/mcp`.
+//! - E2B's protocol ([`e2b`], `docs/e2b.md`): E2B's SDKs unchanged, on a
+//!   second listener (`[e2b] listen`): its REST API and, by the
+//!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers, its envd and
+//!   code-interpreter planes, each sandbox a session.
 //! - A life ([`server`]): listen on loopback by default, refuse a public
 //!   address without keys, drain on SIGTERM and destroy every VM.
 //! - The listener ([`listener`], hyper): connection caps in all and per
@@ -60,6 +64,7 @@
 
 pub mod api;
 pub mod config;
+pub mod e2b;
 mod error;
 pub mod fair;
 pub mod http;

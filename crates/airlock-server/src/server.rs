@@ -36,6 +36,7 @@ pub async fn run<S: Display>(
         );
     }
     let listen = config.listen;
+    let e2b_listen = config.e2b.listen;
     let grace = config.drain_grace();
     let airlock = tokio::select! {
         started = Airlock::start(config, keyring) => started?,
@@ -54,23 +55,56 @@ pub async fn run<S: Display>(
             });
         }
     };
+    let e2b_listener = match e2b_listen {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(source) => {
+                airlock.shutdown().await;
+                return Err(ServerError::Bind { addr, source });
+            }
+        },
+    };
     let local = listener
         .local_addr()
         .map_err(|e| ServerError::internal("read the listen address", e))?;
     let router = crate::http::router(airlock.clone(), Some(crate::mcp::http_service(&airlock)));
+    // The E2B listener (`docs/e2b.md`): the same listener code, limits,
+    // metrics and drain over E2B's router; it ends with the main one.
+    let e2b_server = match e2b_listener {
+        Some(e2b_listener) => {
+            let e2b_local = e2b_listener
+                .local_addr()
+                .map_err(|e| ServerError::internal("read the E2B listen address", e))?;
+            tracing::info!(listen = %e2b_local, "airlock serve: E2B protocol listening");
+            eprintln!("airlock: E2B API listening on http://{e2b_local}");
+            let drain = airlock.clone();
+            Some(crate::listener::serve(
+                e2b_listener,
+                crate::e2b::router(airlock.clone()),
+                airlock.config().listener.clone(),
+                airlock.metrics().clone(),
+                async move { drain.draining().await },
+            ))
+        }
+        None => None,
+    };
     tracing::info!(listen = %local, "airlock serve: listening");
-    // The line a supervisor (or a test) waits for.
+    // The line a supervisor (or a test) waits for (after the E2B one).
     eprintln!("airlock: listening on http://{local}");
     let drain = airlock.clone();
-    // Boxed so that it can be dropped (with the connections it owns, and
-    // their requests) below.
-    let mut server = Box::pin(crate::listener::serve(
+    let main_server = crate::listener::serve(
         listener,
         router,
         airlock.config().listener.clone(),
         airlock.metrics().clone(),
         async move { drain.draining().await },
-    ));
+    );
+    // Boxed so that it can be dropped (with the connections it owns, and
+    // their requests) below.
+    let mut server = Box::pin(async move {
+        tokio::join!(main_server, maybe(e2b_server));
+    });
     let stopped_by = tokio::select! {
         () = &mut server => None,
         stop = &mut shutdown => Some(stop),
@@ -154,5 +188,12 @@ pub async fn reload_keys_on_hangup(airlock: &Airlock) {
                 tracing::error!(error = %e, why, "keys file not reloaded; the old keys stay")
             }
         }
+    }
+}
+
+/// `future`, or a future that is ready at once when there is none.
+async fn maybe(future: Option<impl Future<Output = ()>>) {
+    if let Some(future) = future {
+        future.await;
     }
 }

@@ -136,7 +136,7 @@ pub use request::{
 pub use scheduler::{Scheduler, SchedulerParts};
 pub use session::{
     CellRequest, CellResult, Session, SessionCanceller, SessionOptions, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_LIFETIME,
+    DEFAULT_MAX_LIFETIME, MAX_SESSION_LIFETIME,
 };
 pub use source::{FileSink, FileSource, SandboxVm, VmSource};
 pub use spec::{

@@ -402,6 +402,52 @@ impl Session {
         request: CellRequest,
         observer: &mut dyn RunObserver,
     ) -> Result<CellResult, SessionError> {
+        self.exec_as(ExecMode::Cell, self.inner.language, request, observer)
+            .await
+    }
+
+    /// Runs a cell of `language`'s persistent interpreter in this
+    /// session's VM: the agent keeps one interpreter per language, so a
+    /// session of one language can hold a second, separate state in
+    /// another (E2B's code contexts). The language must be in the VM's
+    /// image.
+    ///
+    /// # Errors
+    /// As [`Session::exec`].
+    pub async fn exec_in(
+        &self,
+        language: Language,
+        request: CellRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<CellResult, SessionError> {
+        self.exec_as(ExecMode::Cell, language, request, observer)
+            .await
+    }
+
+    /// Runs `request.code` as a new process of `language` (`bash -c`,
+    /// `python3 -c`, ...) in the session's VM, beside its interpreter:
+    /// nothing survives it but what it wrote to disk. One call at a time,
+    /// as every call; [`Session::canceller`] interrupts it.
+    ///
+    /// # Errors
+    /// As [`Session::exec`].
+    pub async fn run_process(
+        &self,
+        language: Language,
+        request: CellRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<CellResult, SessionError> {
+        self.exec_as(ExecMode::Process, language, request, observer)
+            .await
+    }
+
+    async fn exec_as(
+        &self,
+        mode: ExecMode,
+        language: Language,
+        request: CellRequest,
+        observer: &mut dyn RunObserver,
+    ) -> Result<CellResult, SessionError> {
         request.validate()?;
         let mut call = self.inner.begin()?;
         let started = Instant::now();
@@ -414,8 +460,8 @@ impl Session {
             }
         };
         let exec = ExecRequest {
-            mode: ExecMode::Cell,
-            language: self.inner.language,
+            mode,
+            language,
             code: request.code,
             timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
             env: crate::packages::ca::with_ca_env(request.env, self.inner.base_env.clone()),

@@ -41,7 +41,7 @@ type Read = Result<FileInfo, ServerError>;
 /// # Errors
 /// `read`'s error when it fails before the first chunk is full (or the
 /// file ends); an internal error when its task panics.
-pub(super) async fn respond<F, Fut>(read: F) -> Result<Response, ServerError>
+pub(crate) async fn respond<F, Fut>(read: F) -> Result<Response, ServerError>
 where
     F: FnOnce(DuplexStream) -> Fut,
     Fut: Future<Output = Read> + Send + 'static,

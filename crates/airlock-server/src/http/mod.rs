@@ -3,7 +3,7 @@
 //! (docs/api.md describes each route).
 
 mod extract;
-mod file_body;
+pub(crate) mod file_body;
 pub mod keyless;
 pub mod openapi;
 pub(crate) mod runs;
@@ -11,7 +11,7 @@ mod secrets;
 mod sessions;
 pub(crate) mod sse;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use extract::ApiJson;
 pub use openapi::openapi;
@@ -31,7 +31,13 @@ use std::time::Instant;
 /// The tenant a response was for (a response extension the request log
 /// reads).
 #[derive(Debug, Clone)]
-struct TenantName(String);
+pub(crate) struct TenantName(pub(crate) String);
+
+/// A prefix of the route label in the request log and metrics (a request
+/// extension): the E2B listener's planes (`e2b-api `, ...), whose paths
+/// would read like the REST API's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoutePlane(pub(crate) &'static str);
 
 /// The routes every caller must authenticate for, and the open ones.
 /// `mcp` is served at `/mcp` behind the same keys and quotas.
@@ -91,6 +97,11 @@ const REFUSAL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// and dropped first, for at most 2 s; any other body is left unread, so
 /// a refused client cannot make the server read or hold much.
 pub(crate) async fn refuse(request: Request, error: ServerError) -> Response {
+    refuse_with(request, error.into_response()).await
+}
+
+/// [`refuse`] with an answer of its own shape (the E2B listener's).
+pub(crate) async fn refuse_with(request: Request, mut response: Response) -> Response {
     let small = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -102,7 +113,6 @@ pub(crate) async fn refuse(request: Request, error: ServerError) -> Response {
         let body = axum::body::to_bytes(request.into_body(), limit);
         let _ = tokio::time::timeout(REFUSAL_DRAIN_TIMEOUT, body).await;
     }
-    let mut response = error.into_response();
     response.headers_mut().insert(
         header::CONNECTION,
         header::HeaderValue::from_static("close"),
@@ -143,12 +153,20 @@ async fn authenticate(
 
 /// One log line and one metric per request: tenant, route, status,
 /// latency.
-async fn log_request(State(airlock): State<Airlock>, request: Request, next: Next) -> Response {
+pub(crate) async fn log_request(
+    State(airlock): State<Airlock>,
+    request: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = match request.extensions().get::<RoutePlane>() {
+        Some(plane) => format!("{}{route}", plane.0),
+        None => route,
+    };
     let method = request.method().clone();
     let mut response = next.run(request).await;
     // Which node answered: a proxy's routing is checkable from outside.

@@ -39,9 +39,9 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 /// Tenant `alice`'s key.
-pub(super) const KEY_A: &str = "airlock_test_alice";
+pub(crate) const KEY_A: &str = "airlock_test_alice";
 /// Tenant `bob`'s key.
-pub(super) const KEY_B: &str = "airlock_test_bob";
+pub(crate) const KEY_B: &str = "airlock_test_bob";
 /// No key at all.
 pub(super) const NO_KEY: &str = "";
 
@@ -50,7 +50,7 @@ pub(super) const NO_KEY: &str = "";
 const ANSWER_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The router of a server over fakes, with two tenants' keys.
-pub(super) struct Harness {
+pub(crate) struct Harness {
     pub airlock: Airlock,
     pub fakes: FakeSetup,
     router: Router,
@@ -174,15 +174,20 @@ impl Harness {
     }
 
     /// Sends `request` through the router and reads the whole answer.
-    pub async fn send(&self, mut request: Request<Body>) -> Reply {
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        self.send_to(&self.router, request).await
+    }
+
+    /// Sends `request` through `router` (the E2B listener's, over this
+    /// harness's server) and reads the whole answer.
+    pub async fn send_to(&self, router: &Router, mut request: Request<Body>) -> Reply {
         // A keyless server checks the Host (DNS rebinding); a client sends
         // one (a test may send its own).
         request
             .headers_mut()
             .entry(header::HOST)
             .or_insert(header::HeaderValue::from_static("127.0.0.1"));
-        let response = self
-            .router
+        let response = router
             .clone()
             .oneshot(request)
             .await
@@ -334,7 +339,7 @@ pub(super) fn body(language: &str, code: &str, extra: Value) -> Value {
 }
 
 /// A whole answer.
-pub(super) struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,

@@ -1,0 +1,757 @@
+//! E2B's envd plane (port 49983): processes and the filesystem over the
+//! Connect protocol (JSON), and `/files` uploads and downloads.
+//!
+//! - `Process/Start` runs the command as a new bash process in the
+//!   sandbox's VM, streaming `start`, `data` (stdout/stderr, base64) and
+//!   `end`. A session runs one call at a time, so one command (or cell)
+//!   runs at once: a background command holds the sandbox until it ends
+//!   or `SendSignal` stops it (`List` shows it). `Connect`, stdin, PTYs
+//!   and watchers answer `unimplemented`.
+//! - The filesystem calls (`Stat`, `ListDir`, `MakeDir`, `Move`,
+//!   `Remove`) run GNU `find`, `mkdir`, `mv` and `rm` the same way, as the
+//!   sandbox user; paths under `/home/user` are the sandbox home
+//!   ([`super::paths`]).
+//! - `/files` reads and writes files of the sandbox home through the
+//!   agent (sha256-checked, `[files] max_bytes`); multipart uploads of one
+//!   or several files.
+
+use super::connect::{self, STREAM_CONTENT_TYPE};
+use super::paths::{home_relative, shell_quote, to_e2b, to_guest, E2B_HOME};
+use super::sandboxes::Sandbox;
+use super::stream::{spawn_body, Frames, KEEPALIVE_EVERY};
+use super::{for_tenant, sandbox_of, streamed, E2b, E2bError, Plane, ACCESS_TOKEN};
+use crate::error::ServerError;
+use airlock::{CellRequest, CellResult, Discard, OutputStream, RunObserver};
+use airlock_protocol::Language;
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Longest a filesystem call may run in the VM.
+const FS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// envd's routes.
+pub(super) fn routes() -> Router<E2b> {
+    let mut router = Router::new()
+        .route("/process.Process/Start", post(start))
+        .route("/process.Process/List", post(list))
+        .route("/process.Process/SendSignal", post(send_signal))
+        .route("/filesystem.Filesystem/Stat", post(stat))
+        .route("/filesystem.Filesystem/ListDir", post(list_dir))
+        .route("/filesystem.Filesystem/MakeDir", post(make_dir))
+        .route("/filesystem.Filesystem/Move", post(move_entry))
+        .route("/filesystem.Filesystem/Remove", post(remove))
+        .route("/files", get(download).post(upload))
+        .route("/health", get(health));
+    for stream in [
+        "/process.Process/Connect",
+        "/filesystem.Filesystem/WatchDir",
+    ] {
+        router = router.route(stream, post(stream_unimplemented));
+    }
+    for unary in [
+        "/process.Process/SendInput",
+        "/process.Process/StreamInput",
+        "/process.Process/CloseStdin",
+        "/process.Process/Update",
+        "/filesystem.Filesystem/CreateWatcher",
+        "/filesystem.Filesystem/GetWatcherEvents",
+        "/filesystem.Filesystem/RemoveWatcher",
+    ] {
+        router = router.route(unary, post(unary_unimplemented));
+    }
+    router.fallback(not_found)
+}
+
+/// The sandbox of an envd request, by its `X-Access-Token`.
+fn sandbox(e2b: &E2b, headers: &HeaderMap, plane: Plane) -> Result<Arc<Sandbox>, E2bError> {
+    sandbox_of(
+        e2b,
+        headers,
+        plane,
+        |s| vec![s.access_token.as_str()],
+        &[ACCESS_TOKEN],
+    )
+}
+
+async fn not_found(request: Request) -> Response {
+    connect::coded_error(
+        "not_found",
+        &format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn health(State(e2b): State<E2b>, headers: HeaderMap) -> Response {
+    let id = super::header_str(&headers, super::SANDBOX_ID).unwrap_or_default();
+    match e2b.sandboxes.get(None, id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => E2bError::sandbox_gone(id).into_response(),
+    }
+}
+
+fn unsupported_message(path: &str) -> String {
+    let what = path.rsplit('/').next().unwrap_or(path);
+    format!(
+        "{what} is not supported by this server (Airlock runs one command at a time per sandbox, \
+         without stdin, PTYs or watchers; see docs/e2b.md)"
+    )
+}
+
+async fn unary_unimplemented(request: Request) -> Response {
+    connect::coded_error("unimplemented", &unsupported_message(request.uri().path()))
+}
+
+async fn stream_unimplemented(request: Request) -> Response {
+    let message = unsupported_message(request.uri().path());
+    stream_error("unimplemented", &message)
+}
+
+/// A stream that ends at once with `code`: streams carry their errors in
+/// the end frame (the JS SDK reads an HTTP error on a stream as
+/// `unimplemented`).
+fn stream_error(code: &str, message: &str) -> Response {
+    let mut response = streamed(
+        STREAM_CONTENT_TYPE,
+        axum::body::Body::from(connect::end_frame(Some((code, message)))),
+    );
+    response
+        .extensions_mut()
+        .insert(crate::error::ErrorKind("e2b_stream_error"));
+    response
+}
+
+/// The JSON of a unary request.
+fn unary_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, E2bError> {
+    serde_json::from_slice(body)
+        .map_err(|e| E2bError::connect("invalid_argument", format!("the request: {e}")))
+}
+
+/// A server error as a unary Connect answer.
+fn unary_error(error: &ServerError) -> E2bError {
+    E2bError::server(Plane::Envd, error)
+}
+
+#[derive(Debug, Deserialize)]
+struct StartRequest {
+    process: ProcessConfig,
+    pty: Option<Value>,
+    tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+struct ProcessConfig {
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    envs: BTreeMap<String, String>,
+    cwd: Option<String>,
+}
+
+impl ProcessConfig {
+    /// The bash code that runs it: `bash -c X` (with or without `-l`) is
+    /// X; anything else is exec'd with its arguments quoted. A `cwd` is
+    /// entered first.
+    fn code(&self) -> String {
+        let is_shell = matches!(self.cmd.as_str(), "/bin/bash" | "bash" | "/bin/sh" | "sh");
+        let script = match self.args.as_slice() {
+            [flag, c, script] if is_shell && flag == "-l" && c == "-c" => script.clone(),
+            [c, script] if is_shell && c == "-c" => script.clone(),
+            _ => std::iter::once(&self.cmd)
+                .chain(&self.args)
+                .map(|word| shell_quote(word))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        match &self.cwd {
+            Some(cwd) => format!("cd {} || exit 1\n{script}", shell_quote(&to_guest(cwd))),
+            None => script,
+        }
+    }
+}
+
+/// The timeout of a call: `Connect-Timeout-Ms` when it is sent, within
+/// the tenant's longest timeout.
+fn timeout_of(headers: &HeaderMap, sandbox: &Sandbox) -> Duration {
+    let longest = Duration::from_secs(sandbox.caller.quotas.timeout_s);
+    super::header_str(headers, "connect-timeout-ms")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(longest, |ms| Duration::from_millis(ms).min(longest))
+}
+
+async fn start(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let tenant = sandbox.caller.tenant.clone();
+    let response = start_stream(&e2b, &headers, &body, sandbox).await;
+    for_tenant(response, &tenant)
+}
+
+async fn start_stream(
+    e2b: &E2b,
+    headers: &HeaderMap,
+    body: &[u8],
+    sandbox: Arc<Sandbox>,
+) -> Response {
+    let request: StartRequest = match connect::request_message(body)
+        .and_then(|v| serde_json::from_value(v).map_err(|e| format!("the request: {e}")))
+    {
+        Ok(r) => r,
+        Err(message) => return stream_error("invalid_argument", &message),
+    };
+    if request.pty.is_some() {
+        return stream_error(
+            "unimplemented",
+            "PTYs are not supported by this server (see docs/e2b.md)",
+        );
+    }
+    if let Err(e) = super::wait_ready(&sandbox).await {
+        let code = connect::code_of(e.status());
+        return stream_error(code, &e.public().message);
+    }
+    let mut cell = CellRequest::new(request.process.code());
+    cell.timeout = timeout_of(headers, &sandbox);
+    cell.env = sandbox.env_vars.clone();
+    cell.env.extend(request.process.envs.clone());
+    let config = serde_json::to_value(&request.process).unwrap_or(Value::Null);
+    let pid = sandbox.start_process(config, request.tag);
+    let max_bytes = e2b.airlock.config().streams.max_bytes;
+    let session = Arc::clone(&sandbox.session);
+    // The client's `Keepalive-Ping-Interval` (seconds), when shorter.
+    let every = super::header_str(headers, "keepalive-ping-interval")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(KEEPALIVE_EVERY, |s| {
+            Duration::from_secs(s).min(KEEPALIVE_EVERY)
+        });
+    let keepalive = (connect::frame(&json!({"event": {"keepalive": {}}})), every);
+    let body = spawn_body(
+        max_bytes,
+        session.canceller(),
+        keepalive,
+        move |frames| async move {
+            frames.last(connect::frame(&json!({"event": {"start": {"pid": pid}}})));
+            let mut events = ProcessEvents { frames };
+            let result = session.run_process(Language::Raw, cell, &mut events).await;
+            let signalled = sandbox.end_process(pid);
+            events.finish(result, signalled);
+        },
+    );
+    streamed(STREAM_CONTENT_TYPE, body)
+}
+
+/// A process's `data` events.
+struct ProcessEvents {
+    frames: Frames,
+}
+
+impl RunObserver for ProcessEvents {
+    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
+        let name = match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        };
+        let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let event = json!({"event": {"data": {name: data}}});
+        if self.frames.output(connect::frame(&event)) {
+            let note = base64::engine::general_purpose::STANDARD
+                .encode("[airlock: output cut at the stream's cap ([streams] max_bytes)]\n");
+            self.frames.last(connect::frame(
+                &json!({"event": {"data": {"stderr": note}}}),
+            ));
+        }
+    }
+}
+
+impl ProcessEvents {
+    /// The `end` event and the end of the stream.
+    fn finish(self, result: Result<CellResult, airlock::SessionError>, signalled: bool) {
+        match result {
+            Ok(done) => {
+                let end = if signalled {
+                    json!({"exitCode": -1, "status": "signal: killed"})
+                } else {
+                    let mut end = json!({"exited": true, "status": format!("exit status {}", done.exit_code)});
+                    if done.exit_code != 0 {
+                        end["exitCode"] = done.exit_code.into();
+                    }
+                    end
+                };
+                self.frames
+                    .last(connect::frame(&json!({"event": {"end": end}})));
+                let error = done.timed_out.then_some((
+                    "deadline_exceeded",
+                    "the command ran past its timeout and was stopped",
+                ));
+                self.frames.last(connect::end_frame(error));
+            }
+            Err(e) => {
+                let e = ServerError::from(e);
+                let code = connect::code_of(e.status());
+                self.frames
+                    .last(connect::end_frame(Some((code, &e.public().message))));
+            }
+        }
+    }
+}
+
+async fn list(State(e2b): State<E2b>, headers: HeaderMap) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let processes: Vec<Value> = sandbox
+        .running()
+        .into_iter()
+        .filter(|r| !r.signalled)
+        .map(|r| {
+            let mut p = json!({"config": r.config, "pid": r.pid});
+            if let Some(tag) = r.tag {
+                p["tag"] = tag.into();
+            }
+            p
+        })
+        .collect();
+    for_tenant(
+        connect::ok(json!({"processes": processes})),
+        &sandbox.caller.tenant,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct SignalRequest {
+    process: Selector,
+}
+
+#[derive(Debug, Deserialize)]
+struct Selector {
+    pid: Option<u32>,
+    tag: Option<String>,
+}
+
+async fn send_signal(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let answer = match unary_body::<SignalRequest>(&body) {
+        Err(refused) => refused.into_response(),
+        Ok(request) => {
+            let selector = request.process;
+            if sandbox.signal_process(selector.pid, selector.tag.as_deref()) {
+                // SIGTERM and SIGKILL alike: the agent interrupts, then
+                // kills the process group after its grace.
+                sandbox.session.canceller().cancel();
+                connect::ok(json!({}))
+            } else {
+                connect::coded_error("not_found", "no such process is running in this sandbox")
+            }
+        }
+    };
+    for_tenant(answer, &sandbox.caller.tenant)
+}
+
+/// The `find -printf` format of one entry: type, size, mode bits,
+/// permissions, owner, group, mtime, symlink target, path.
+const ENTRY_FORMAT: &str = r"%y\t%s\t%m\t%M\t%u\t%g\t%T@\t%l\t%p\n";
+/// What a script prints for a path that is not there.
+const NOT_FOUND: &str = "airlock:not_found";
+/// ... that is there already.
+const EXISTS: &str = "airlock:exists";
+/// ... that is not a directory.
+const NOT_DIR: &str = "airlock:not_dir";
+
+/// Runs a filesystem script; its stdout, or the Connect error.
+async fn shell(sandbox: &Sandbox, script: String) -> Result<String, E2bError> {
+    super::wait_ready(sandbox)
+        .await
+        .map_err(|e| unary_error(&e))?;
+    let mut request = CellRequest::new(script);
+    request.timeout = FS_TIMEOUT;
+    let done = sandbox
+        .session
+        .run_process(Language::Raw, request, &mut Discard)
+        .await
+        .map_err(|e| unary_error(&e.into()))?;
+    let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
+    let first = stdout.lines().next().unwrap_or_default();
+    let refused = |code: &'static str, what: &str| Err(E2bError::connect(code, what));
+    match first {
+        NOT_FOUND => return refused("not_found", "no such file or directory"),
+        EXISTS => return refused("already_exists", "the path exists already"),
+        NOT_DIR => return refused("invalid_argument", "the path is not a directory"),
+        _ => {}
+    }
+    if done.exit_code != 0 {
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        let code = if stderr.contains("Permission denied") || stderr.contains("Read-only") {
+            "permission_denied"
+        } else {
+            "internal"
+        };
+        return refused(code, stderr.trim());
+    }
+    Ok(stdout)
+}
+
+/// One entry of `find -printf ENTRY_FORMAT` as E2B's `EntryInfo`.
+fn entry_info(line: &str) -> Option<Value> {
+    let fields: Vec<&str> = line.splitn(9, '\t').collect();
+    let [kind, size, mode, permissions, owner, group, mtime, target, path] = fields.as_slice()
+    else {
+        return None;
+    };
+    let kind = match *kind {
+        "f" => "FILE_TYPE_FILE",
+        "d" => "FILE_TYPE_DIRECTORY",
+        "l" => "FILE_TYPE_SYMLINK",
+        _ => "FILE_TYPE_UNSPECIFIED",
+    };
+    let path = path.trim_end_matches('/');
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let mtime = mtime
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .map(|d| super::control::rfc3339(SystemTime::UNIX_EPOCH + d));
+    let mut entry = json!({
+        "name": name,
+        "type": kind,
+        "path": to_e2b(if path.is_empty() { "/" } else { path }),
+        "size": size,
+        "mode": u32::from_str_radix(mode, 8).unwrap_or(0),
+        "permissions": permissions,
+        "owner": owner,
+        "group": group,
+    });
+    if let Some(mtime) = mtime {
+        entry["modifiedTime"] = mtime.into();
+    }
+    if !target.is_empty() {
+        entry["symlinkTarget"] = to_e2b(target).into();
+    }
+    Some(entry)
+}
+
+fn entries(stdout: &str) -> Vec<Value> {
+    stdout.lines().filter_map(entry_info).collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct PathRequest {
+    path: String,
+    depth: Option<u32>,
+}
+
+/// A unary filesystem call: the sandbox, the parsed request, the answer.
+async fn fs_call<T, F, Fut>(e2b: &E2b, headers: &HeaderMap, body: &[u8], call: F) -> Response
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(Arc<Sandbox>, T) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, E2bError>>,
+{
+    let sandbox = match sandbox(e2b, headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let tenant = sandbox.caller.tenant.clone();
+    let answer = match unary_body::<T>(body) {
+        Ok(request) => match call(sandbox, request).await {
+            Ok(value) => connect::ok(value),
+            Err(refused) => refused.into_response(),
+        },
+        Err(refused) => refused.into_response(),
+    };
+    for_tenant(answer, &tenant)
+}
+
+fn exists_check(path: &str) -> String {
+    format!(
+        "p={}\nif [ ! -e \"$p\" ] && [ ! -L \"$p\" ]; then echo {NOT_FOUND}; exit 0; fi\n",
+        shell_quote(&to_guest(path))
+    )
+}
+
+async fn stat(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    fs_call(
+        &e2b,
+        &headers,
+        &body,
+        |sandbox, r: PathRequest| async move {
+            let script = format!(
+                "{}find \"$p\" -maxdepth 0 -printf '{ENTRY_FORMAT}'",
+                exists_check(&r.path)
+            );
+            let out = shell(&sandbox, script).await?;
+            let entry = entries(&out).into_iter().next().unwrap_or(Value::Null);
+            Ok(json!({"entry": entry}))
+        },
+    )
+    .await
+}
+
+async fn list_dir(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    fs_call(&e2b, &headers, &body, |sandbox, r: PathRequest| async move {
+        let depth = r.depth.unwrap_or(1).max(1);
+        let script = format!(
+            "{}if [ ! -d \"$p\" ]; then echo {NOT_DIR}; exit 0; fi\nfind \"$p\" -mindepth 1 -maxdepth {depth} -printf '{ENTRY_FORMAT}' | sort -t\"$(printf '\\t')\" -k9",
+            exists_check(&r.path)
+        );
+        let out = shell(&sandbox, script).await?;
+        Ok(json!({"entries": entries(&out)}))
+    })
+    .await
+}
+
+async fn make_dir(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    fs_call(&e2b, &headers, &body, |sandbox, r: PathRequest| async move {
+        let script = format!(
+            "p={}\nif [ -e \"$p\" ] || [ -L \"$p\" ]; then echo {EXISTS}; exit 0; fi\nmkdir -p \"$p\" && find \"$p\" -maxdepth 0 -printf '{ENTRY_FORMAT}'",
+            shell_quote(&to_guest(&r.path))
+        );
+        let out = shell(&sandbox, script).await?;
+        let entry = entries(&out).into_iter().next().unwrap_or(Value::Null);
+        Ok(json!({"entry": entry}))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+struct MoveRequest {
+    source: String,
+    destination: String,
+}
+
+async fn move_entry(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    fs_call(&e2b, &headers, &body, |sandbox, r: MoveRequest| async move {
+        let script = format!(
+            "{}d={}\nmkdir -p \"$(dirname \"$d\")\" && mv -T \"$p\" \"$d\" && find \"$d\" -maxdepth 0 -printf '{ENTRY_FORMAT}'",
+            exists_check(&r.source),
+            shell_quote(&to_guest(&r.destination))
+        );
+        let out = shell(&sandbox, script).await?;
+        let entry = entries(&out).into_iter().next().unwrap_or(Value::Null);
+        Ok(json!({"entry": entry}))
+    })
+    .await
+}
+
+async fn remove(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    fs_call(
+        &e2b,
+        &headers,
+        &body,
+        |sandbox, r: PathRequest| async move {
+            let script = format!("{}rm -rf \"$p\"", exists_check(&r.path));
+            shell(&sandbox, script).await?;
+            Ok(json!({}))
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+struct FilesQuery {
+    path: Option<String>,
+}
+
+/// A `/files` error: `{"code": <status>, "message"}`.
+fn files_error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> E2bError {
+    E2bError::new(Plane::Files, status, kind, message)
+}
+
+/// The home-relative path of a `/files` path, or the refusal.
+fn files_path(path: &str) -> Result<String, E2bError> {
+    match home_relative(path) {
+        Some(rel) if !rel.is_empty() => Ok(rel),
+        _ => Err(files_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!("path {path:?}: this server reads and writes files under {E2B_HOME} only"),
+        )),
+    }
+}
+
+async fn download(
+    State(e2b): State<E2b>,
+    headers: HeaderMap,
+    Query(query): Query<FilesQuery>,
+) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Files) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let tenant = sandbox.caller.tenant.clone();
+    let answer = async {
+        let path = query.path.unwrap_or_default();
+        let rel = files_path(&path)?;
+        super::wait_ready(&sandbox)
+            .await
+            .map_err(|e| E2bError::server(Plane::Files, &e))?;
+        let airlock = e2b.airlock.clone();
+        let session = sandbox.session.clone();
+        let read = rel.clone();
+        // Streamed from the VM, as the REST route's (`file_body`).
+        let streamed = crate::http::file_body::respond(move |mut sink| async move {
+            airlock.read_file_into(&session, &read, &mut sink).await
+        })
+        .await;
+        match streamed {
+            Ok(response) => Ok(response),
+            Err(e) if e.status() == StatusCode::NOT_FOUND => Err(files_error(
+                StatusCode::NOT_FOUND,
+                "file_not_found",
+                format!("path '{path}' does not exist"),
+            )),
+            Err(e) => Err(E2bError::server(Plane::Files, &e)),
+        }
+    }
+    .await;
+    for_tenant(answer.unwrap_or_else(IntoResponse::into_response), &tenant)
+}
+
+async fn upload(
+    State(e2b): State<E2b>,
+    Query(query): Query<FilesQuery>,
+    request: Request,
+) -> Response {
+    let sandbox = match sandbox(&e2b, request.headers(), Plane::Files) {
+        Ok(s) => s,
+        Err(e) => return crate::http::refuse_with(request, e.into_response()).await,
+    };
+    let tenant = sandbox.caller.tenant.clone();
+    let answer = write_files(&e2b, &sandbox, query.path, request).await;
+    for_tenant(answer.unwrap_or_else(IntoResponse::into_response), &tenant)
+}
+
+async fn write_files(
+    e2b: &E2b,
+    sandbox: &Sandbox,
+    path: Option<String>,
+    request: Request,
+) -> Result<Response, E2bError> {
+    let limit = e2b.airlock.config().files.max_bytes;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let boundary = super::multipart::boundary(&content_type).ok_or_else(|| {
+        files_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!(
+                "a body of type {content_type:?}: this server takes multipart/form-data uploads"
+            ),
+        )
+    })?;
+    // The parts' headers and boundaries come on top of the files.
+    let body = axum::body::to_bytes(request.into_body(), limit.saturating_add(64 * 1024))
+        .await
+        .map_err(|_| {
+            files_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!(
+                    "the upload is over this server's cap of {limit} bytes ([files] max_bytes)"
+                ),
+            )
+        })?;
+    let parts = super::multipart::parts(&body, &boundary)
+        .map_err(|e| files_error(StatusCode::BAD_REQUEST, "invalid_input", e))?;
+    if parts.is_empty() {
+        return Err(files_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "the upload holds no file",
+        ));
+    }
+    let mut written = Vec::new();
+    for part in &parts {
+        let target = match (&path, &part.filename) {
+            (Some(path), _) if parts.len() == 1 => path.clone(),
+            (_, Some(name)) => name.clone(),
+            _ => {
+                return Err(files_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "a part without a filename, and no path",
+                ))
+            }
+        };
+        let rel = files_path(&target)?;
+        super::wait_ready(sandbox)
+            .await
+            .map_err(|e| E2bError::server(Plane::Files, &e))?;
+        let mut source = part.body;
+        e2b.airlock
+            .write_file(
+                &sandbox.session,
+                &rel,
+                Some(part.body.len() as u64),
+                &mut source,
+            )
+            .await
+            .map_err(|e| E2bError::server(Plane::Files, &e))?;
+        let shown = to_e2b(&to_guest(&rel));
+        let name = shown.rsplit('/').next().unwrap_or_default().to_owned();
+        written.push(json!({"name": name, "type": "file", "path": shown}));
+    }
+    Ok(axum::Json(Value::Array(written)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bash_c_command_runs_as_is_and_others_are_quoted() {
+        let config = |cmd: &str, args: &[&str], cwd: Option<&str>| ProcessConfig {
+            cmd: cmd.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            envs: BTreeMap::new(),
+            cwd: cwd.map(str::to_owned),
+        };
+        assert_eq!(
+            config("/bin/bash", &["-l", "-c", "echo hi"], None).code(),
+            "echo hi"
+        );
+        assert_eq!(config("ls", &["a b"], None).code(), "'ls' 'a b'");
+        assert_eq!(
+            config("/bin/bash", &["-c", "pwd"], Some("/home/user/d")).code(),
+            "cd '/home/sandbox/d' || exit 1\npwd"
+        );
+    }
+
+    #[test]
+    fn a_find_line_is_an_entry_info_under_the_e2b_home() {
+        let line = "f\t5\t644\t-rw-r--r--\tsandbox\tsandbox\t1765000000.5\t\t/home/sandbox/a.txt";
+        let entry = entry_info(line).unwrap();
+        assert_eq!(entry["name"], "a.txt");
+        assert_eq!(entry["type"], "FILE_TYPE_FILE");
+        assert_eq!(entry["path"], "/home/user/a.txt");
+        assert_eq!(entry["size"], "5");
+        assert_eq!(entry["mode"], 0o644);
+        assert!(entry["modifiedTime"]
+            .as_str()
+            .unwrap()
+            .starts_with("2025-12-06T"));
+        assert!(entry.get("symlinkTarget").is_none());
+        let link = entry_info("l\t3\t777\tlrwxrwxrwx\ts\ts\t0\t/tmp\t/home/sandbox/t").unwrap();
+        assert_eq!(link["type"], "FILE_TYPE_SYMLINK");
+        assert_eq!(link["symlinkTarget"], "/tmp");
+        assert!(entry_info("garbage").is_none());
+    }
+}

@@ -1,0 +1,597 @@
+//! The E2B listener's router over the fake VMs (`airlock::testing`): the
+//! shapes and statuses E2B's SDKs branch on, for each plane, and tenant
+//! isolation. What the fakes do with code (`show`, `raise`, `exit N`,
+//! echo) is listed in `airlock::testing`.
+
+use crate::config::ServerConfig;
+use crate::http::tests::{Harness, Reply, KEY_A, KEY_B};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct E2bHarness {
+    inner: Harness,
+    router: Router,
+}
+
+/// A sandbox as create answered it.
+struct Made {
+    id: String,
+    token: String,
+    traffic: String,
+}
+
+impl E2bHarness {
+    fn new() -> Self {
+        Self::with_config(ServerConfig::default())
+    }
+
+    fn with_config(config: ServerConfig) -> Self {
+        let inner = Harness::with_config(config);
+        let router = super::router(inner.airlock.clone());
+        Self { inner, router }
+    }
+
+    async fn api(&self, method: Method, key: &str, path: &str, body: Option<Value>) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        if !key.is_empty() {
+            builder = builder.header("x-api-key", key);
+        }
+        let body = match body {
+            Some(v) => {
+                builder = builder.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.inner
+            .send_to(&self.router, builder.body(body).unwrap())
+            .await
+    }
+
+    async fn create(&self, key: &str, body: Value) -> Made {
+        let reply = self
+            .api(Method::POST, key, "/v2/sandboxes", Some(body))
+            .await;
+        let made = reply.ok(StatusCode::CREATED);
+        for field in ["templateID", "sandboxID", "clientID", "envdVersion"] {
+            assert!(made[field].is_string(), "{field}: {made}");
+        }
+        Made {
+            id: made["sandboxID"].as_str().unwrap().to_owned(),
+            token: made["envdAccessToken"].as_str().unwrap().to_owned(),
+            traffic: made["trafficAccessToken"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// A sandbox-plane request to `port` of `id` with `headers`: a POST
+    /// with `body`, a GET when it is empty.
+    async fn plane(
+        &self,
+        id: &str,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Reply {
+        let body: Body = body.into();
+        let method = if http_body::Body::size_hint(&body).exact() == Some(0) {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("e2b-sandbox-id", id)
+            .header("e2b-sandbox-port", port.to_string());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        self.inner
+            .send_to(&self.router, builder.body(body).unwrap())
+            .await
+    }
+
+    async fn execute(&self, made: &Made, code: &str) -> Vec<Value> {
+        let reply = self
+            .plane(
+                &made.id,
+                49999,
+                "/execute",
+                &[
+                    ("x-access-token", &made.token),
+                    ("content-type", "application/json"),
+                ],
+                json!({"code": code, "context_id": null, "language": null, "env_vars": null})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A Connect server stream's frames: (flags, JSON).
+    async fn start(&self, made: &Made, command: &str) -> Vec<(u8, Value)> {
+        let message =
+            json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", command]}, "stdin": false});
+        let reply = self
+            .plane(
+                &made.id,
+                49983,
+                "/process.Process/Start",
+                &[
+                    ("x-access-token", &made.token),
+                    ("content-type", "application/connect+json"),
+                ],
+                super::connect::frame(&message),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        frames(&reply.body)
+    }
+}
+
+fn frames(mut bytes: &[u8]) -> Vec<(u8, Value)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        out.push((
+            bytes[0],
+            serde_json::from_slice(&bytes[5..5 + len]).unwrap(),
+        ));
+        bytes = &bytes[5 + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn create_get_list_and_kill_answer_e2b_s_shapes() {
+    let h = E2bHarness::new();
+    let made = h
+        .create(
+            KEY_A,
+            json!({"templateID": "code-interpreter-v1", "timeout": 120, "metadata": {"a": "b"}, "envVars": {}}),
+        )
+        .await;
+    let detail = h
+        .api(Method::GET, KEY_A, &format!("/sandboxes/{}", made.id), None)
+        .await
+        .ok(StatusCode::OK);
+    for field in [
+        "templateID",
+        "sandboxID",
+        "clientID",
+        "startedAt",
+        "endAt",
+        "envdVersion",
+        "cpuCount",
+        "memoryMB",
+        "diskSizeMB",
+        "state",
+    ] {
+        assert!(!detail[field].is_null(), "{field}: {detail}");
+    }
+    assert_eq!(detail["state"], "running");
+    assert_eq!(detail["metadata"]["a"], "b");
+    let list = h
+        .api(
+            Method::GET,
+            KEY_A,
+            "/v2/sandboxes?metadata=a%3Db&state=running",
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let none = h
+        .api(Method::GET, KEY_A, "/v2/sandboxes?metadata=a%3Dc", None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(none, json!([]));
+    let gone = h
+        .api(
+            Method::DELETE,
+            KEY_A,
+            &format!("/sandboxes/{}", made.id),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text());
+    let after = h
+        .api(Method::GET, KEY_A, &format!("/sandboxes/{}", made.id), None)
+        .await;
+    assert_eq!(after.ok(StatusCode::NOT_FOUND)["code"], 404);
+    // The session went with it.
+    h.inner
+        .until("the session is closed", |h| h.airlock.sessions().is_empty())
+        .await;
+}
+
+#[tokio::test]
+async fn another_tenant_s_sandbox_is_not_found_on_every_plane() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let path = format!("/sandboxes/{}", made.id);
+    for (method, path, body) in [
+        (Method::GET, path.clone(), None),
+        (Method::DELETE, path.clone(), None),
+        (
+            Method::POST,
+            format!("{path}/timeout"),
+            Some(json!({"timeout": 60})),
+        ),
+        (
+            Method::POST,
+            format!("/v2/sandboxes/{}/connect", made.id),
+            Some(json!({})),
+        ),
+    ] {
+        let reply = h.api(method.clone(), KEY_B, &path, body).await;
+        let body = reply.ok(StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], 404, "{method} {path}: {body}");
+    }
+    let listed = h
+        .api(Method::GET, KEY_B, "/v2/sandboxes", None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(listed, json!([]));
+    // Its own key still reaches it.
+    h.api(Method::GET, KEY_A, &path, None)
+        .await
+        .ok(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_templates_and_unsupported_calls_are_refused_in_e2b_s_shape() {
+    let h = E2bHarness::new();
+    let missing = h
+        .api(
+            Method::POST,
+            "",
+            "/v2/sandboxes",
+            Some(json!({"templateID": "base"})),
+        )
+        .await;
+    assert_eq!(missing.ok(StatusCode::UNAUTHORIZED)["code"], 401);
+    let unknown = h
+        .api(
+            Method::POST,
+            "e2b_0000",
+            "/v2/sandboxes",
+            Some(json!({"templateID": "base"})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    let template = h
+        .api(
+            Method::POST,
+            KEY_A,
+            "/v2/sandboxes",
+            Some(json!({"templateID": "nope"})),
+        )
+        .await;
+    assert_eq!(template.ok(StatusCode::NOT_FOUND)["code"], 404);
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let pause = h
+        .api(
+            Method::POST,
+            KEY_A,
+            &format!("/sandboxes/{}/pause", made.id),
+            Some(json!({})),
+        )
+        .await;
+    let body = pause.ok(StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(body["code"], 501);
+    assert!(
+        body["message"].as_str().unwrap().contains("not supported"),
+        "{body}"
+    );
+    assert_eq!(pause.headers["should-retry"], "false");
+    let too_long = h
+        .api(
+            Method::POST,
+            KEY_A,
+            "/v2/sandboxes",
+            Some(json!({"templateID": "base", "timeout": 999_999})),
+        )
+        .await;
+    assert_eq!(too_long.ok(StatusCode::BAD_REQUEST)["code"], 400);
+}
+
+#[tokio::test]
+async fn a_sandbox_ends_at_its_timeout_and_set_timeout_moves_the_end() {
+    let h = E2bHarness::new();
+    let made = h
+        .create(KEY_A, json!({"templateID": "base", "timeout": 1}))
+        .await;
+    let later = h
+        .create(KEY_A, json!({"templateID": "base", "timeout": 1}))
+        .await;
+    let moved = h
+        .api(
+            Method::POST,
+            KEY_A,
+            &format!("/sandboxes/{}/timeout", later.id),
+            Some(json!({"timeout": 300})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::NO_CONTENT, "{}", moved.text());
+    let path = format!("/sandboxes/{}", made.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = h.api(Method::GET, KEY_A, &path, None).await;
+        if reply.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other one lives on past its first timeout.
+    h.api(
+        Method::GET,
+        KEY_A,
+        &format!("/sandboxes/{}", later.id),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    let gone = h
+        .plane(&made.id, 49983, "/health", &[], Body::empty())
+        .await;
+    assert_eq!(gone.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn sandbox_planes_need_the_sandbox_s_token_and_a_live_sandbox() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let unknown = h
+        .plane(
+            "s-nope",
+            49983,
+            "/filesystem.Filesystem/ListDir",
+            &[("x-access-token", &made.token)],
+            "{}",
+        )
+        .await;
+    let body = unknown.ok(StatusCode::BAD_GATEWAY);
+    assert!(
+        body["message"].as_str().unwrap().contains("was not found"),
+        "{body}"
+    );
+    assert_eq!(body["sandboxId"], "s-nope");
+    let wrong = h
+        .plane(
+            &made.id,
+            49983,
+            "/filesystem.Filesystem/ListDir",
+            &[("x-access-token", "ea_wrong")],
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        wrong.ok(StatusCode::UNAUTHORIZED)["code"],
+        "unauthenticated"
+    );
+    let no_port = h
+        .plane(&made.id, 8080, "/", &[("x-access-token", &made.token)], "")
+        .await;
+    assert_eq!(no_port.status, StatusCode::BAD_GATEWAY);
+    // `/contexts` carry only the traffic token.
+    let contexts = h
+        .plane(
+            &made.id,
+            49999,
+            "/contexts",
+            &[("e2b-traffic-access-token", &made.traffic)],
+            "",
+        )
+        .await;
+    assert_eq!(contexts.ok(StatusCode::OK)[0]["language"], "bash");
+    let health = h
+        .plane(&made.id, 49983, "/health", &[], Body::empty())
+        .await;
+    assert_eq!(health.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn execute_streams_e2b_s_lines_and_counts_executions() {
+    let h = E2bHarness::new();
+    let made = h
+        .create(KEY_A, json!({"templateID": "code-interpreter-v1"}))
+        .await;
+    let first = h.execute(&made, "show 2").await;
+    assert_eq!(first[0]["type"], "result", "{first:?}");
+    assert_eq!(first[0]["text"], "2");
+    assert_eq!(first[0]["is_main_result"], true);
+    let count = first
+        .iter()
+        .find(|l| l["type"] == "number_of_executions")
+        .unwrap();
+    assert_eq!(count["execution_count"], 1);
+    assert_eq!(first.last().unwrap()["type"], "end_of_execution");
+    let second = h.execute(&made, "hello").await;
+    assert_eq!(second[0]["type"], "stdout");
+    assert!(second[0]["timestamp"].is_string());
+    let count = second
+        .iter()
+        .find(|l| l["type"] == "number_of_executions")
+        .unwrap();
+    assert_eq!(count["execution_count"], 2);
+    let error = h.execute(&made, "raise NameError nope").await;
+    let error = error.iter().find(|l| l["type"] == "error").unwrap();
+    assert_eq!(error["name"], "NameError");
+    assert_eq!(error["value"], "nope");
+    assert!(error["traceback"].is_string());
+}
+
+#[tokio::test]
+async fn contexts_are_one_per_language() {
+    let h = E2bHarness::new();
+    let made = h
+        .create(KEY_A, json!({"templateID": "code-interpreter-v1"}))
+        .await;
+    let headers = [("e2b-traffic-access-token", made.traffic.as_str())];
+    let list = h.plane(&made.id, 49999, "/contexts", &headers, "").await;
+    // GET is the list; POST makes one.
+    assert_eq!(list.status, StatusCode::OK);
+    let bash = h
+        .plane(
+            &made.id,
+            49999,
+            "/contexts",
+            &headers,
+            json!({"language": "bash"}).to_string(),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        bash,
+        json!({"id": "bash", "language": "bash", "cwd": "/home/user"})
+    );
+    let again = h
+        .plane(
+            &made.id,
+            49999,
+            "/contexts",
+            &headers,
+            json!({"language": "python"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::NOT_IMPLEMENTED,
+        "{}",
+        again.text()
+    );
+}
+
+#[tokio::test]
+async fn a_command_streams_start_data_end_and_the_end_of_stream() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let frames = h.start(&made, "hi").await;
+    assert_eq!(frames[0].1["event"]["start"]["pid"], 1000, "{frames:?}");
+    let data = &frames[1].1["event"]["data"]["stdout"];
+    assert_eq!(data, "aGk=", "{frames:?}");
+    let end = &frames[frames.len() - 2].1["event"]["end"];
+    assert_eq!(end["exited"], true, "{frames:?}");
+    assert!(
+        end.get("exitCode").is_none(),
+        "an exit code of 0 is left out: {end}"
+    );
+    assert_eq!(frames.last().unwrap(), &(2, json!({})));
+    let failed = h.start(&made, "exit 3").await;
+    let end = &failed[failed.len() - 2].1["event"]["end"];
+    assert_eq!(end["exitCode"], 3);
+}
+
+#[tokio::test]
+async fn files_go_in_as_multipart_and_come_back_whole() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let body = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/a.txt\"\r\n\r\nhello\r\n--B--\r\n";
+    let written = h
+        .plane(
+            &made.id,
+            49983,
+            "/files?path=%2Fhome%2Fuser%2Fa.txt",
+            &[
+                ("x-access-token", &made.token),
+                ("content-type", "multipart/form-data; boundary=B"),
+            ],
+            body,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        written,
+        json!([{"name": "a.txt", "type": "file", "path": "/home/user/a.txt"}])
+    );
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/files?path=%2Fhome%2Fuser%2Fa.txt")
+        .header("e2b-sandbox-id", &made.id)
+        .header("e2b-sandbox-port", "49983")
+        .header("x-access-token", &made.token)
+        .body(Body::empty())
+        .unwrap();
+    let read = h.inner.send_to(&h.router, request).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.text(), "hello");
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/files?path=%2Fhome%2Fuser%2Fnope.txt")
+        .header("e2b-sandbox-id", &made.id)
+        .header("e2b-sandbox-port", "49983")
+        .header("x-access-token", &made.token)
+        .body(Body::empty())
+        .unwrap();
+    let missing = h.inner.send_to(&h.router, request).await;
+    assert_eq!(missing.ok(StatusCode::NOT_FOUND)["code"], 404);
+}
+
+#[tokio::test]
+async fn the_e2b_routes_are_in_the_request_metrics_by_plane() {
+    let h = E2bHarness::new();
+    h.create(KEY_A, json!({"templateID": "base"})).await;
+    let rendered = h.inner.airlock.metrics().render();
+    assert!(rendered.contains("e2b-api /v2/sandboxes"), "{rendered}");
+}
+
+#[tokio::test]
+async fn a_keyless_server_takes_any_key_on_loopback_only() {
+    let inner = Harness::keyless();
+    let h = E2bHarness {
+        router: super::router(inner.airlock.clone()),
+        inner,
+    };
+    let made = h
+        .create("e2b_anything", json!({"templateID": "base"}))
+        .await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("/sandboxes/{}", made.id))
+        .header("host", "evil.example")
+        .header("x-api-key", "e2b_anything")
+        .body(Body::empty())
+        .unwrap();
+    let rebound = h.inner.send_to(&h.router, request).await;
+    assert_eq!(rebound.ok(StatusCode::FORBIDDEN)["code"], 403);
+}
+
+#[tokio::test]
+async fn a_list_pages_by_the_next_token_header() {
+    let h = E2bHarness::new();
+    for _ in 0..3 {
+        h.create(KEY_A, json!({"templateID": "base"})).await;
+    }
+    let first = h
+        .api(Method::GET, KEY_A, "/v2/sandboxes?limit=2", None)
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.json().as_array().unwrap().len(), 2);
+    let token = first.headers["x-next-token"].to_str().unwrap().to_owned();
+    let last = h
+        .api(
+            Method::GET,
+            KEY_A,
+            &format!("/v2/sandboxes?limit=2&nextToken={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(last.json().as_array().unwrap().len(), 1);
+    assert!(last.headers.get("x-next-token").is_none());
+    let paused = h
+        .api(Method::GET, KEY_A, "/v2/sandboxes?state=paused", None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(paused, json!([]));
+}

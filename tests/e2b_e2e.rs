@@ -1,0 +1,73 @@
+//! E2B's official Python SDK (`e2b-code-interpreter`, from PyPI,
+//! unchanged) against `airlock serve --e2b-listen`, in headers mode
+//! (`E2B_API_URL` = `E2B_SANDBOX_URL` = the E2B listener):
+//! `tests/clients/e2b_client.py` creates a sandbox (`code-interpreter-v1`,
+//! the `python-data` image), runs `x = 1` then `x + 1` (text `2`), a
+//! matplotlib chart (`results[0].png` is a PNG), an error, `echo hi`,
+//! writes, reads and lists a file, checks that another tenant's key gets
+//! `SandboxNotFoundException` (and `kill` false), kills it; then the async
+//! client does a shorter round. `cargo xtask test` makes the clients'
+//! venv and sets `AIRLOCK_TEST_PYTHON`.
+//!
+//! One VM test function (two sandboxes, one after the other): VM tests
+//! are slow under TCG. It is parallel-safe: its own run dir, cache dir
+//! (the data image's template is built there), keys file and ports.
+
+#[path = "server_support.rs"]
+mod server_support;
+
+use airlock_tests::{images_or_skip, vm_tests_required};
+use server_support::{add_key, python, python_or_skip, run_dir, Server};
+
+#[test]
+fn the_e2b_python_sdk_runs_code_commands_and_files_against_airlock_serve() {
+    let test = "the_e2b_python_sdk_runs_code_commands_and_files_against_airlock_serve";
+    let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+        return;
+    };
+    if images.disk(airlock::Image::PythonData).is_err() {
+        assert!(
+            !vm_tests_required(),
+            "{test}: no python-data disk (cargo xtask images builds it)"
+        );
+        eprintln!("SKIP {test}: no python-data disk (cargo xtask images builds it)");
+        return;
+    }
+    let dir = run_dir();
+    let keys = dir.path().join("keys.toml");
+    let key_a = add_key(&keys, "alice", &["--format", "e2b"]);
+    let key_b = add_key(&keys, "bob", &["--format", "e2b"]);
+    assert!(key_a.starts_with("e2b_") && key_a.len() == 44, "{key_a}");
+    let run = dir.path().join("run");
+    let keys_arg = keys.to_string_lossy().into_owned();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "pools = []\n").expect("write the config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let cache = dir.path().join("cache");
+    let mut server = Server::start_with_env(
+        &run,
+        &[
+            "--keys-file",
+            &keys_arg,
+            "--config",
+            &config_arg,
+            "--e2b-listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("AIRLOCK_CACHE_DIR", &cache),
+            ("AIRLOCK_IMAGES", &images.dir),
+        ],
+    );
+    let url = server
+        .e2b_url
+        .clone()
+        .unwrap_or_else(|| panic!("no E2B listener line:\n{}", server.log()));
+    python(&py, &["e2b_client.py", &url, &key_a, &key_b], &[]);
+    let log = server.log();
+    assert!(
+        log.contains("route=\"e2b-code /execute\"") || log.contains("e2b-code /execute"),
+        "{log}"
+    );
+    server.terminate_and_check(&run);
+}
