@@ -18,17 +18,42 @@ pub const PYTHON_ENV: &str = "AIRLOCK_TEST_PYTHON";
 /// # Errors
 /// When the venv cannot be made or pip fails.
 pub fn ensure() -> Result<PathBuf> {
+    ensure_venv(
+        "venv-clients",
+        "tests/clients/requirements.txt",
+        "test clients'",
+    )
+}
+
+/// The deployment checks' venv (`<cache>/venv-deploy`: `kubernetes-validate`
+/// and `checkov`, pinned in `deploy/requirements.txt`), apart from the
+/// clients' so that checkov's many pins cannot clash with theirs.
+///
+/// # Errors
+/// As [`ensure`].
+pub fn ensure_deploy() -> Result<PathBuf> {
+    ensure_venv(
+        "venv-deploy",
+        "deploy/requirements.txt",
+        "deployment checks'",
+    )
+}
+
+/// Makes (or reuses) `<cache>/<name>` with the pinned packages of
+/// `requirements` (relative to the workspace), remade when they change;
+/// returns its `python`.
+fn ensure_venv(name: &str, requirements: &str, what: &str) -> Result<PathBuf> {
     let dirs = airlock_sys_util::AirlockDirs::from_env().context("find the Airlock cache dir")?;
-    let venv = dirs.cache.join("venv-clients");
+    let venv = dirs.cache.join(name);
     let python = venv.join("bin").join("python");
-    let requirements = workspace_root().join("tests/clients/requirements.txt");
+    let requirements = workspace_root().join(requirements);
     let wanted = std::fs::read_to_string(&requirements)
         .with_context(|| format!("read {}", requirements.display()))?;
     let stamp = venv.join("requirements.installed");
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
     }
-    eprintln!("xtask: making the test clients' venv at {}", venv.display());
+    eprintln!("xtask: making the {what} venv at {}", venv.display());
     if venv.exists() {
         std::fs::remove_dir_all(&venv).with_context(|| format!("remove {}", venv.display()))?;
     }

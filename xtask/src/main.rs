@@ -7,6 +7,7 @@
 mod bench;
 mod bench_server;
 mod clients;
+mod cluster;
 mod demo;
 mod host;
 mod images;
@@ -39,6 +40,10 @@ enum Task {
     /// Measure cold runs against the floor and the overlay pool; write
     /// docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// The Kubernetes manifests validated and checked, then three
+    /// `airlock serve` nodes in network namespaces behind nginx with the
+    /// shipped routing (root; `test` runs it too): docs/deploy.md.
+    ClusterTest,
     /// Fault soak (not part of `test`): runs mixing languages, timeouts,
     /// kills and signals, then a report of leftovers and of a long-lived
     /// orchestrator's descriptors and memory; `--write` updates
@@ -56,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Soak(args) => soak::run(&args),
+        Task::ClusterTest => cluster::run(),
     }
 }

@@ -25,7 +25,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The images are built: VM tests must run, never skip.
     test.args(["test", "--workspace", "--no-fail-fast"])
         .env("AIRLOCK_REQUIRE_VM_TESTS", "1")
-        .env(crate::clients::PYTHON_ENV, python);
+        .env(crate::clients::PYTHON_ENV, &python);
     if let Some(answer) = registry_answered_with_documentation_address() {
         // The egress proxy refuses documentation addresses; the tests
         // that install packages must reach the registries all the same.
@@ -34,7 +34,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         );
         test.env(DOC_RANGES_ENV, "1");
     }
-    run_checked(&mut test)
+    run_checked(&mut test)?;
+    // Last: the deployment checks and three nodes behind a proxy.
+    crate::cluster::run_prepared(&python)
 }
 
 /// The library's variable that lets the egress proxy reach documentation

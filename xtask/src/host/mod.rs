@@ -36,7 +36,8 @@ impl Requirement {
         }
     }
 
-    fn new(probe: impl Into<String>, package: impl Into<String>) -> Self {
+    /// A requirement: `probe` found means `package` is installed.
+    pub fn new(probe: impl Into<String>, package: impl Into<String>) -> Self {
         Self {
             probe: probe.into(),
             package: package.into(),
