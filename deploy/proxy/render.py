@@ -9,8 +9,9 @@ test; only the addresses differ:
       the cluster's DNS at request time; new work through the ClusterIP
       Service, which only lists ready nodes.
 
-  render.py static --listen ADDR NAME=HOST:PORT ...
-      fixed addresses (what `cargo xtask cluster-test` uses).
+  render.py static --listen ADDR --e2b-listen ADDR NAME=HOST ...
+      fixed addresses (what `cargo xtask cluster-test` uses); each node's
+      REST API on port 7000, its E2B listener on 3000.
 
 Imported, `render()` does the same (tests/clients/cluster_client.py).
 """
@@ -24,30 +25,37 @@ TEMPLATE = pathlib.Path(__file__).with_name("airlock.conf.in")
 KUBERNETES_OUTPUT = pathlib.Path(__file__).parent.parent / "kubernetes" / "proxy" / "airlock.conf"
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 PORT = 7000
+E2B_PORT = 3000
 
 
-def render(listen, nodes, any_node_servers, resolver=None, template=TEMPLATE):
+def render(listen, e2b_listen, nodes, any_node_hosts, resolver=None, template=TEMPLATE):
     """The template with its @...@ lines filled in.
 
-    listen: nginx's `listen` argument; nodes: (name, "host:port") pairs,
-    the address each node's sessions go to; any_node_servers: the
-    `server` lines' addresses for new work; resolver: a `resolver`
-    directive's arguments (needed when addresses are host names).
+    listen, e2b_listen: nginx's `listen` arguments of the REST and the E2B
+    front doors; nodes: (name, host) pairs, where each node's sessions and
+    sandboxes go (its REST API on PORT, its E2B listener on E2B_PORT);
+    any_node_hosts: the hosts new work goes to; resolver: a `resolver`
+    directive's arguments (needed when hosts are names).
     """
     for name, _ in nodes:
         if not NODE_NAME.match(name):
             raise ValueError(f"node name {name!r} is not a DNS label")
     text = pathlib.Path(template).read_text()
-    node_map = "\n".join(f"    {name} {address};" for name, address in nodes)
-    servers = "\n".join(
-        f"    server {address} max_fails=1 fail_timeout=2s;" for address in any_node_servers
-    )
+
+    def servers(port):
+        return "\n".join(
+            f"    server {host}:{port} max_fails=1 fail_timeout=2s;" for host in any_node_hosts
+        )
+
     resolver_line = f"resolver {resolver};" if resolver else "# (addresses are fixed: no resolver)"
     for key, value in {
         "@RESOLVER@": resolver_line,
-        "@NODE_MAP@": node_map,
-        "@ANY_NODE_SERVERS@": servers,
+        "@NODE_MAP@": "\n".join(f"    {name} {host}:{PORT};" for name, host in nodes),
+        "@NODE_E2B_MAP@": "\n".join(f"    {name} {host}:{E2B_PORT};" for name, host in nodes),
+        "@ANY_NODE_SERVERS@": servers(PORT),
+        "@ANY_NODE_E2B_SERVERS@": servers(E2B_PORT),
         "@LISTEN@": listen,
+        "@E2B_LISTEN@": e2b_listen,
     }.items():
         if key not in text:
             raise ValueError(f"the template has no {key}")
@@ -58,17 +66,15 @@ def render(listen, nodes, any_node_servers, resolver=None, template=TEMPLATE):
 def kubernetes(replicas=3, namespace="airlock"):
     """The rendering the Kubernetes ConfigMap ships."""
     domain = f"{namespace}.svc.cluster.local"
-    nodes = [
-        (f"airlock-{i}", f"airlock-{i}.airlock-nodes.{domain}:{PORT}") for i in range(replicas)
-    ]
-    # The ClusterIP Service sends to ready pods only (readiness is
-    # /v1/health/ready: not draining, not full); listed once per node so
-    # that nginx's retries have somewhere to go.
-    servers = [f"airlock.{domain}:{PORT}"] * replicas
+    nodes = [(f"airlock-{i}", f"airlock-{i}.airlock-nodes.{domain}") for i in range(replicas)]
+    # The ClusterIP Service sends to ready pods only (not draining, not
+    # full); listed once per node so that nginx's retries have somewhere
+    # to go.
     return render(
         "8080",
+        "8081",
         nodes,
-        servers,
+        [f"airlock.{domain}"] * replicas,
         resolver="kube-dns.kube-system.svc.cluster.local valid=10s ipv6=off",
     )
 
@@ -81,13 +87,14 @@ def main(argv):
     k8s.add_argument("--namespace", default="airlock")
     static = sub.add_parser("static", help="fixed node addresses")
     static.add_argument("--listen", required=True)
-    static.add_argument("nodes", nargs="+", metavar="NAME=HOST:PORT")
+    static.add_argument("--e2b-listen", required=True)
+    static.add_argument("nodes", nargs="+", metavar="NAME=HOST")
     args = parser.parse_args(argv)
     if args.target == "kubernetes":
         sys.stdout.write(kubernetes(args.replicas, args.namespace))
     else:
         nodes = [tuple(n.split("=", 1)) for n in args.nodes]
-        sys.stdout.write(render(args.listen, nodes, [address for _, address in nodes]))
+        sys.stdout.write(render(args.listen, args.e2b_listen, nodes, [host for _, host in nodes]))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class Node:
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, AIRLOCK, "serve",
                  "--listen", f"{self.address}:7000", "--node-name", self.name,
+                 "--e2b-listen", f"{self.address}:{render.E2B_PORT}",
                  "--keys-file", str(self.keys), "--config", str(self.config)],
                 env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
             )
@@ -165,14 +166,14 @@ class Proxy:
     def __init__(self, work, nodes):
         self.dir = work / "nginx"
         self.dir.mkdir()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port, self.e2b_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.e2b_url = f"http://127.0.0.1:{self.e2b_port}"
         routing = render.render(
             f"127.0.0.1:{self.port}",
-            [(n.name, f"{n.address}:7000") for n in nodes],
-            [f"{n.address}:7000" for n in nodes],
+            f"127.0.0.1:{self.e2b_port}",
+            [(n.name, n.address) for n in nodes],
+            [n.address for n in nodes],
         )
         (self.dir / "airlock.conf").write_text(routing)
         d = self.dir
@@ -201,7 +202,8 @@ class Proxy:
         )
         for _ in range(100):
             with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                for port in (self.port, self.e2b_port):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return
             time.sleep(0.1)
         raise AssertionError("nginx did not listen")
@@ -210,6 +212,12 @@ class Proxy:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def node_of(session_id):
@@ -238,8 +246,30 @@ def expect_kind(reply, status, kind):
     assert reply.json()["error"]["kind"] == kind, reply.text
 
 
-def scenario(client, nodes):
+def e2b_sandboxes(proxy, e2b_key):
+    """E2B's official SDK through the proxy's E2B door: sandboxes spread,
+    each one's calls (the sandbox plane, by header) on its node."""
+    os.environ.update(E2B_API_URL=proxy.e2b_url, E2B_SANDBOX_URL=proxy.e2b_url, E2B_API_KEY=e2b_key)
+    from e2b import Sandbox  # the official SDK, unchanged
+
+    made = [Sandbox.create(template="base", timeout=120) for _ in range(3)]
+    try:
+        homes = {node_of(sbx.sandbox_id) for sbx in made}
+        assert len(homes) == 3, [sbx.sandbox_id for sbx in made]
+        for sbx in made:
+            ran = sbx.commands.run("echo hi from $(hostname)")
+            assert ran.stdout.startswith("hi from"), ran
+            sbx.files.write("note.txt", sbx.sandbox_id)
+            assert sbx.files.read("note.txt") == sbx.sandbox_id
+    finally:
+        for sbx in made:
+            assert Sandbox.kill(sbx.sandbox_id), sbx.sandbox_id
+    log("ok E2B's SDK through the proxy: 3 sandboxes on 3 nodes, each one's calls on its node")
+
+
+def scenario(client, nodes, proxy, e2b_key):
     by_name = {n.name: n for n in nodes}
+    e2b_sandboxes(proxy, e2b_key)
 
     # 12 sessions, spread; each one's calls on its node.
     sessions = [create_session(client) for _ in range(12)]
@@ -342,10 +372,13 @@ def main():
     started = time.monotonic()
     work = pathlib.Path(tempfile.mkdtemp(prefix="alc-", dir="/tmp"))
     keys = work / "keys.toml"
-    key = subprocess.run(
-        [AIRLOCK, "serve", "keys", "add", "--tenant", "cluster", "--keys-file", str(keys)],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    def add_key(*extra):
+        return subprocess.run(
+            [AIRLOCK, "serve", "keys", "add", "--tenant", "cluster", "--keys-file", str(keys), *extra],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+
+    key, e2b_key = add_key(), add_key("--format", "e2b")
     nodes, proxy = [], None
     ok = False
     try:
@@ -363,7 +396,7 @@ def main():
             log(f"three nodes ready behind nginx at {proxy.url} in {time.monotonic() - started:.1f} s")
             headers = {"Authorization": f"Bearer {key}"}
             with httpx.Client(base_url=proxy.url, headers=headers, timeout=TIMEOUT) as client:
-                scenario(client, nodes)
+                scenario(client, nodes, proxy, e2b_key)
             ok = True
     finally:
         if proxy:
