@@ -133,6 +133,7 @@ impl PackageDisk {
                 format: DiskFormat::Raw,
                 access,
                 serial: PACKAGES_SERIAL.into(),
+                backing: None,
             },
             mount.kernel_arg(),
         )

@@ -143,6 +143,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 access: DiskAccess::ReadOnly,
                 serial: "airlock-packages".into(),
+                backing: None,
             }]
         );
         assert_eq!(spec.extra_kernel_args, ["airlock.packages=ro"]);
