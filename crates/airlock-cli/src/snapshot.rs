@@ -256,6 +256,7 @@ mod tests {
             image: None,
             memory_mib: 512,
             vcpus: 1,
+            disk_mib: 0,
         };
         let templates = [
             TemplateEntry {

@@ -112,6 +112,9 @@ pub(crate) struct Needs {
     pub writable: Vec<PathBuf>,
     /// Device nodes.
     pub devices: Vec<PathBuf>,
+    /// Host directories shared with the guest (virtio-9p), and whether
+    /// QEMU may write in them.
+    pub shared_dirs: Vec<(PathBuf, bool)>,
 }
 
 /// Why a plan cannot be made.
@@ -162,6 +165,14 @@ impl Plan {
         }
         for file in &needs.read_only {
             plan.bind_file(root, file, Access::ReadOnly)?;
+        }
+        for (dir, writable) in &needs.shared_dirs {
+            let access = if *writable {
+                Access::Writable
+            } else {
+                Access::ReadOnly
+            };
+            plan.bind_dir(root, dir, access)?;
         }
         Ok(plan)
     }
@@ -267,6 +278,7 @@ mod tests {
             ],
             writable: vec!["/root/.cache/airlock/templates/k/memory".into()],
             devices: vec!["/dev/null".into(), "/dev/urandom".into()],
+            shared_dirs: Vec::new(),
         }
     }
 
@@ -306,6 +318,25 @@ mod tests {
             ],
             "the overlay inside the work dir needs no bind of its own"
         );
+    }
+
+    #[test]
+    fn shared_dirs_are_bound_read_only_unless_asked_writable() {
+        let mut needs = needs();
+        needs.shared_dirs = vec![
+            ("/home/me/data".into(), false),
+            ("/home/me/out".into(), true),
+        ];
+        let plan = Plan::build(Path::new("/j"), &system(), &needs).unwrap();
+        let binds = binds(&plan);
+        assert_eq!(
+            binds[binds.len() - 2..],
+            [
+                ("/home/me/data".to_string(), Access::ReadOnly),
+                ("/home/me/out".to_string(), Access::Writable),
+            ]
+        );
+        assert!(plan.ops.contains(&Op::Dir("/j/home/me/data".into())));
     }
 
     #[test]
