@@ -71,7 +71,9 @@ pub struct AgentConfig {
     /// [`airlock_protocol::result::MAX_RESULT_BYTES`] and at
     /// `max_line_bytes`.
     pub results_cap_bytes: u64,
-    /// Largest file written or read.
+    /// Largest file written or read: only a sanity bound, as files move
+    /// in chunks and are never held whole on either side (the space of
+    /// the home is the real limit, and the host's own caps).
     pub max_file_bytes: u64,
     /// Largest total size of the extra environment of an exec (names plus
     /// values plus 2 bytes per variable).
@@ -118,7 +120,7 @@ impl Default for AgentConfig {
             stdout_cap_bytes: 4 * 1024 * 1024,
             stderr_cap_bytes: 1024 * 1024,
             results_cap_bytes: 64 * 1024 * 1024,
-            max_file_bytes: 512 * 1024 * 1024,
+            max_file_bytes: 64 * 1024 * 1024 * 1024,
             max_env_bytes: 128 * 1024,
             output_flush_bytes: 64 * 1024,
             output_flush_interval: Duration::from_millis(50),

@@ -219,6 +219,7 @@ fn create_temp(
 #[derive(Debug)]
 pub(crate) struct FileReader {
     path: String,
+    opened_size: u64,
     file: tokio::fs::File,
     max_file_bytes: u64,
     read_bytes: u64,
@@ -232,7 +233,7 @@ impl FileReader {
         let home = config.home.clone();
         let max_file_bytes = config.max_file_bytes;
         let owned_path = path.to_owned();
-        let fd = blocking(move || {
+        let (fd, size) = blocking(move || {
             let path = owned_path;
             let fd = Home::open(&home)?
                 .open_beneath(&rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)
@@ -250,11 +251,12 @@ impl FileReader {
                     limit_bytes: max_file_bytes,
                 });
             }
-            Ok(fd)
+            Ok((fd, size))
         })
         .await?;
         Ok(FileReader {
             path: path.to_owned(),
+            opened_size: size,
             file: tokio::fs::File::from_std(std::fs::File::from(fd)),
             max_file_bytes,
             read_bytes: 0,
@@ -290,6 +292,11 @@ impl FileReader {
         }
         self.hasher.update(&chunk);
         Ok(Some(chunk))
+    }
+
+    /// The file's size when it was opened (it may change while read).
+    pub(crate) fn opened_size(&self) -> u64 {
+        self.opened_size
     }
 
     /// Size and hex sha256 of what was read.

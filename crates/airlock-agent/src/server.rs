@@ -161,6 +161,8 @@ struct OpSlot {
     chunks: Option<mpsc::Sender<WriteInput>>,
     /// Set for execs: turned true by a `cancel`.
     cancel: Option<watch::Sender<bool>>,
+    /// A file read or write: a `cancel` ends it at once, unanswered.
+    file: bool,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = EventBody> + Send>>;
@@ -305,12 +307,29 @@ impl Dispatcher {
         }
         if let RequestBody::Cancel { target } = body {
             // Not answered; an unknown or finished target is ignored.
-            match self.ops.get(&target).and_then(|slot| slot.cancel.as_ref()) {
-                Some(cancel) => {
-                    tracing::info!(op, target, "exec cancelled");
-                    cancel.send_replace(true);
+            let Some(slot) = self.ops.get(&target) else {
+                tracing::debug!(op, target, "cancel for no running operation: ignored");
+                return Ok(());
+            };
+            if let Some(cancel) = &slot.cancel {
+                tracing::info!(op, target, "exec cancelled");
+                cancel.send_replace(true);
+            } else if slot.file {
+                // The host gave up on a transfer: end it now (a write's
+                // temporary file is removed), send nothing more for it,
+                // and drop the chunks still on their way.
+                let was_write = slot.chunks.is_some();
+                self.ops.remove(&target);
+                if was_write {
+                    self.remember_failed_write(target);
                 }
-                None => tracing::debug!(op, target, "cancel for no running exec: ignored"),
+                tracing::info!(op, target, "file transfer abandoned by the host");
+            } else {
+                tracing::debug!(
+                    op,
+                    target,
+                    "cancel for an operation that cannot be cancelled: ignored"
+                );
             }
             return Ok(());
         }
@@ -338,6 +357,7 @@ impl Dispatcher {
         };
         let mut chunks = None;
         let mut cancel = None;
+        let mut file = false;
         let work: OpFuture = match body {
             RequestBody::Ping => {
                 let pong = EventBody::Pong {
@@ -361,9 +381,13 @@ impl Dispatcher {
             RequestBody::WriteFile { path, mode, size } => {
                 let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                 chunks = Some(tx);
+                file = true;
                 Box::pin(ctx.write(path, mode, size, rx))
             }
-            RequestBody::ReadFile { path } => Box::pin(ctx.read(path)),
+            RequestBody::ReadFile { path } => {
+                file = true;
+                Box::pin(ctx.read(path))
+            }
             RequestBody::ListFiles { path } => Box::pin(ctx.list(path)),
             RequestBody::WarmRepl { language } => Box::pin(ctx.warm(language)),
             RequestBody::Reseed {
@@ -396,6 +420,7 @@ impl Dispatcher {
                 _task: AbortOnDrop(task),
                 chunks,
                 cancel,
+                file,
             },
         );
         Ok(())
@@ -558,9 +583,13 @@ impl OpCtx {
     async fn read(self, path: String) -> EventBody {
         let result = async {
             let mut reader = FileReader::open(&self.config, &path).await?;
+            // The first chunk says the size, so that a host streaming the
+            // file on can refuse it before passing any of it.
+            let mut size = Some(reader.opened_size());
             while let Some(chunk) = reader.next_chunk().await? {
                 self.emit(EventBody::FileData {
                     data: Data::base64(chunk),
+                    size: size.take(),
                 })
                 .await?;
             }

@@ -982,3 +982,197 @@ async fn warm_repl_through_the_client_reports_the_completion() {
         .unwrap();
     assert_eq!(completion.exit_code, 0);
 }
+
+/// A source that gives `good` bytes, then fails.
+struct FailingSource {
+    good: usize,
+}
+
+impl tokio::io::AsyncRead for FailingSource {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.good == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("the client went away")));
+        }
+        let n = self.good.min(buf.remaining());
+        buf.put_slice(&vec![7u8; n]);
+        self.good -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Waits (bounded) until the home holds exactly `expected` names.
+async fn home_settles_to(home: &std::path::Path, expected: &[&str]) {
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(home)
+            .expect("the home lists")
+            .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    for _ in 0..100 {
+        if names() == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(names(), expected, "the home did not settle");
+}
+
+#[tokio::test]
+async fn a_streamed_upload_and_download_move_many_chunks_and_agree_on_the_sha256() {
+    use airlock_protocol::client::FILE_CHUNK_BYTES;
+    let agent = start().await;
+    let content: Vec<u8> = (0..(FILE_CHUNK_BYTES * 7 / 2) as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let mut source = &content[..];
+    let written = agent
+        .client
+        .write_file_from("s/in.bin", 0o644, None, &mut source, u64::MAX, T)
+        .await
+        .unwrap();
+    assert_eq!(written.size, content.len() as u64);
+    assert_eq!(written.sha256, sha256_hex(&content));
+
+    let mut sink = Vec::new();
+    let read = agent
+        .client
+        .read_file_into("s/in.bin", u64::MAX, &mut sink, T)
+        .await
+        .unwrap();
+    assert_eq!(read, written);
+    assert!(sink == content);
+}
+
+#[tokio::test]
+async fn an_upload_whose_source_fails_half_way_leaves_no_file_and_no_temporary() {
+    let agent = start().await;
+    let mut source = FailingSource { good: 600 * 1024 };
+    let err = agent
+        .client
+        .write_file_from("half.bin", 0o644, None, &mut source, u64::MAX, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::HostStream { path, action: "read the source", .. } if path == "half.bin"),
+        "{err}"
+    );
+    // The guest was told: its temporary file goes, nothing appears.
+    home_settles_to(agent.home.path(), &[]).await;
+    assert!(agent.client.ping(T).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_upload_past_its_cap_fails_naming_the_path_and_leaves_nothing() {
+    let agent = start().await;
+    let content = vec![1u8; 1_000_000];
+    let mut source = &content[..];
+    let err = agent
+        .client
+        .write_file_from("capped.bin", 0o644, None, &mut source, 300_000, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::FileTooLarge { path, limit_bytes: 300_000 } if path == "capped.bin"),
+        "{err}"
+    );
+    home_settles_to(agent.home.path(), &[]).await;
+    // A declared size over the cap is refused before anything is sent.
+    let mut source = &content[..];
+    let err = agent
+        .client
+        .write_file_from(
+            "capped.bin",
+            0o644,
+            Some(1_000_000),
+            &mut source,
+            300_000,
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProtocolError::FileTooLarge { .. }), "{err}");
+    assert_eq!(
+        source.len(),
+        content.len(),
+        "nothing was read from the source"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_upload_is_cancelled_in_the_guest() {
+    let agent = start().await;
+    // A source that never ends after its first chunk: the write hangs
+    // until its future is dropped.
+    let (mut feed, mut source) = tokio::io::duplex(64 * 1024);
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = feed.write_all(&[5u8; 300 * 1024]).await;
+        // Keep the pipe open until the upload is dropped.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let upload = agent
+        .client
+        .write_file_from("dropped.bin", 0o644, None, &mut source, u64::MAX, T);
+    assert!(tokio::time::timeout(Duration::from_millis(500), upload)
+        .await
+        .is_err());
+    writer.abort();
+    home_settles_to(agent.home.path(), &[]).await;
+    assert!(agent.client.ping(T).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_read_over_its_cap_is_refused_before_any_byte_reaches_the_sink() {
+    let agent = start().await;
+    std::fs::write(agent.home.path().join("big.bin"), vec![3u8; 900_000]).unwrap();
+    let mut sink = Vec::new();
+    let err = agent
+        .client
+        .read_file_into("big.bin", 100_000, &mut sink, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::FileTooLarge { path, limit_bytes: 100_000 } if path == "big.bin"),
+        "{err}"
+    );
+    assert!(
+        sink.is_empty(),
+        "{} bytes leaked before the refusal",
+        sink.len()
+    );
+    assert!(agent.client.ping(T).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_read_whose_destination_fails_ends_with_a_host_stream_error() {
+    let agent = start().await;
+    std::fs::write(agent.home.path().join("f.bin"), vec![3u8; 900_000]).unwrap();
+    // A destination that takes a little, then refuses.
+    let (sink, reader) = tokio::io::duplex(1024);
+    drop(reader);
+    let mut sink = sink;
+    let err = agent
+        .client
+        .read_file_into("f.bin", u64::MAX, &mut sink, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ProtocolError::HostStream {
+                action: "write the destination",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The channel is still good for the next call.
+    let back = agent.client.read_file("f.bin", T).await.unwrap();
+    assert_eq!(back.data.len(), 900_000);
+}

@@ -79,16 +79,32 @@ pub enum ProtocolError {
         reason: String,
     },
     /// A file read from the guest is larger than the client may hold in
-    /// memory ([`crate::client::ClientConfig::max_read_file_bytes`]).
+    /// memory ([`crate::client::ClientConfig::max_read_file_bytes`]), or a
+    /// streamed transfer passed the caller's cap.
     #[error(
-        "file {path:?} is larger than the limit of {limit_bytes} bytes for reading into memory: \
-         raise ClientConfig::max_read_file_bytes or read a smaller file"
+        "file {path:?} is larger than the limit of {limit_bytes} bytes: move a smaller file, \
+         or raise the limit (ClientConfig::max_read_file_bytes for a read into memory, \
+         the caller's own cap for a streamed transfer)"
     )]
     FileTooLarge {
         /// The path in the sandbox home.
         path: String,
         /// The limit.
         limit_bytes: u64,
+    },
+    /// A streamed file transfer failed on the host's side: the source of
+    /// an upload could not be read, or the destination of a download
+    /// could not be written (a client that went away). The guest's side
+    /// of the transfer was abandoned, and a partial upload never appears.
+    #[error("the host side of the transfer of {path:?} failed to {action}: {source}")]
+    HostStream {
+        /// The path in the sandbox home.
+        path: String,
+        /// `read the source` or `write the destination`.
+        action: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
     },
     /// The command channel failed during an earlier send (a line may have
     /// been cut): every later send fails.

@@ -349,6 +349,11 @@ pub enum EventBody {
     FileData {
         /// The bytes.
         data: Data,
+        /// The file's size when it was opened, on the first chunk only: a
+        /// host that streams the file on can refuse one over its limit
+        /// before it passes any of it on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// The file read is complete.
     FileDone {

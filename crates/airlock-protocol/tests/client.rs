@@ -228,9 +228,11 @@ fn hello_in_two_chunks() -> Vec<EventBody> {
     vec![
         EventBody::FileData {
             data: Data::base64("hel"),
+            size: Some(5),
         },
         EventBody::FileData {
             data: Data::base64("lo"),
+            size: None,
         },
         EventBody::FileDone {
             size: 5,
@@ -246,6 +248,7 @@ async fn read_file_verifies_the_checksum() {
         _ => vec![
             EventBody::FileData {
                 data: Data::base64("hello"),
+                size: None,
             },
             EventBody::FileDone {
                 size: 5,

@@ -110,6 +110,7 @@ fn all_events() -> Vec<Event> {
         },
         EventBody::FileData {
             data: Data::base64("abc"),
+            size: Some(3),
         },
         EventBody::FileDone {
             size: 3,

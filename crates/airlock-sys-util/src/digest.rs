@@ -19,6 +19,39 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A sha256 computed piece by piece, for content that is moved in chunks
+/// and never held whole (a file streamed to or from a guest); its
+/// [`Sha256Hex::finish`] spells the digest as [`sha256_hex`] does.
+#[derive(Debug, Clone, Default)]
+pub struct Sha256Hex {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Sha256Hex {
+    /// A digest of nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next piece of the content.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.hasher.update(piece);
+        self.bytes += piece.len() as u64;
+    }
+
+    /// How many bytes were added so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The size and the digest of everything added, as 64 lowercase hex
+    /// digits.
+    pub fn finish(self) -> (u64, String) {
+        (self.bytes, hex::encode(self.hasher.finalize()))
+    }
+}
+
 /// The sha256 of a file's content, as 64 lowercase hex digits. Streamed,
 /// so a large file is not read into memory; blocking (call it off async
 /// threads, e.g. in `spawn_blocking`).
@@ -41,6 +74,20 @@ mod tests {
         assert_eq!(
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn a_digest_fed_in_pieces_equals_the_digest_of_the_whole() {
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut streamed = Sha256Hex::new();
+        for piece in content.chunks(7_777) {
+            streamed.update(piece);
+        }
+        assert_eq!(streamed.bytes(), content.len() as u64);
+        assert_eq!(
+            streamed.finish(),
+            (content.len() as u64, sha256_hex(&content))
         );
     }
 

@@ -72,7 +72,7 @@ pub use backoff::retry_until;
 pub use backoff::Backoff;
 #[cfg(feature = "tokio")]
 pub use child::{output_with_deadline, ChildOutput};
-pub use digest::{sha256_file_hex, sha256_hex};
+pub use digest::{sha256_file_hex, sha256_hex, Sha256Hex};
 pub use dirs::AirlockDirs;
 pub use error::SysError;
 pub use executable::{find_executable, is_executable, path_candidates, which};

@@ -25,7 +25,7 @@ pub const DEFAULT_FILE_MODE: u32 = 0o644;
 /// guest channel moves tens of MiB/s under TCG; this only guards against a
 /// stuck guest).
 pub(crate) fn transfer_timeout(bytes: u64) -> Duration {
-    Duration::from_secs(60) + Duration::from_millis(bytes / 1024 / 1024 * 500)
+    Duration::from_secs(60) + Duration::from_millis((bytes / 1024 / 1024).saturating_mul(500))
 }
 
 /// A file to write into the sandbox home.
@@ -162,45 +162,67 @@ pub fn validate_guest_dir(field: &'static str, path: &str) -> Result<(), InputEr
     Ok(())
 }
 
-/// Writes `upload` through `client`; the sha256 is compared by the client.
-pub(crate) async fn upload(
+/// Most of a file read into memory ([`crate::SandboxVm::download`],
+/// [`crate::Session::read_file`]); streamed reads have only their caller's
+/// cap.
+pub const MAX_READ_INTO_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
+
+/// A streamed upload's target and limits ([`upload_from`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamedUpload<'a> {
+    /// Path relative to the sandbox home.
+    pub path: &'a str,
+    /// Permission bits.
+    pub mode: u32,
+    /// The announced size, when known.
+    pub size: Option<u64>,
+    /// The cap on what the source may give.
+    pub max_bytes: u64,
+}
+
+/// Writes `upload` through `client` from `source`, streamed; the sha256 is
+/// compared by the client.
+pub(crate) async fn upload_from(
     vm_id: &str,
     client: &Client,
-    upload: &FileUpload,
+    upload: StreamedUpload<'_>,
+    source: crate::source::FileSource<'_>,
 ) -> Result<FileInfo, ExecError> {
-    let size = upload.content.len() as u64;
-    let sha256 = client
-        .write_file(
-            &upload.path,
+    let timeout = transfer_timeout(upload.size.unwrap_or(upload.max_bytes));
+    let written = client
+        .write_file_from(
+            upload.path,
             upload.mode,
-            &upload.content,
-            transfer_timeout(size),
+            upload.size,
+            source,
+            upload.max_bytes,
+            timeout,
         )
         .await
         .map_err(|source| ExecError::File {
             vm_id: vm_id.to_owned(),
-            path: upload.path.clone(),
+            path: upload.path.to_owned(),
             action: "write",
             source,
         })?;
     Ok(FileInfo {
-        path: upload.path.clone(),
-        size,
-        sha256,
+        path: upload.path.to_owned(),
+        size: written.size,
+        sha256: written.sha256,
     })
 }
 
-/// Reads `path` through `client`, holding at most `max_bytes` (and the
-/// client's own limit); the sha256 is compared by the client.
-pub(crate) async fn download(
+/// Reads `path` through `client` into `sink`, streamed, holding at most
+/// `max_bytes`; the sha256 is compared by the client.
+pub(crate) async fn download_into(
     vm_id: &str,
     client: &Client,
     path: &str,
     max_bytes: u64,
-) -> Result<(Vec<u8>, FileInfo), ExecError> {
-    let timeout = transfer_timeout(client.config().max_read_file_bytes.min(max_bytes));
-    let content = client
-        .read_file_at_most(path, max_bytes, timeout)
+    sink: crate::source::FileSink<'_>,
+) -> Result<FileInfo, ExecError> {
+    let read = client
+        .read_file_into(path, max_bytes, sink, transfer_timeout(max_bytes))
         .await
         .map_err(|source| ExecError::File {
             vm_id: vm_id.to_owned(),
@@ -208,12 +230,11 @@ pub(crate) async fn download(
             action: "read",
             source,
         })?;
-    let info = FileInfo {
+    Ok(FileInfo {
         path: path.to_owned(),
-        size: content.data.len() as u64,
-        sha256: content.sha256,
-    };
-    Ok((content.data, info))
+        size: read.size,
+        sha256: read.sha256,
+    })
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ pub use error::{
 };
 pub use files::{
     validate_guest_dir, validate_guest_path, Downloaded, FileInfo, FileUpload, DEFAULT_FILE_MODE,
+    MAX_READ_INTO_MEMORY_BYTES,
 };
 pub use host::Host;
 pub use images::{Image, ImageDisk, ImageLanguageMismatch, Images, UnknownImage};
@@ -134,7 +135,7 @@ pub use session::{
     CellRequest, CellResult, Session, SessionCanceller, SessionOptions, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LIFETIME,
 };
-pub use source::{SandboxVm, VmSource};
+pub use source::{FileSink, FileSource, SandboxVm, VmSource};
 pub use spec::{
     validate_identifier, CaBundle, MachineShape, PoolConfig, SandboxSpec, DEFAULT_MEMORY_MIB,
     MEMORY_MIB_RANGE, VCPUS_RANGE,

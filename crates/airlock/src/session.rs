@@ -27,10 +27,10 @@ mod lifetime;
 pub use crate::close::CloseReason;
 
 use crate::error::{ExecError, InputError, PackageError, Result, SessionError};
-use crate::files::{validate_guest_dir, validate_guest_path, FileInfo, FileUpload};
+use crate::files::{validate_guest_dir, validate_guest_path, FileInfo, DEFAULT_FILE_MODE};
 use crate::observer::{Discard, RunObserver};
 use crate::request::{validate_code, validate_env, validate_timeout, DEFAULT_TIMEOUT};
-use crate::source::SandboxVm;
+use crate::source::{FileSink, FileSource, SandboxVm};
 use crate::spec::{CaBundle, SandboxSpec};
 use crate::teardown::TeardownReport;
 use crate::vm::ExecOutcome;
@@ -439,11 +439,35 @@ impl Session {
     /// agent refuses or fails it, [`SessionError::Busy`],
     /// [`SessionError::Closed`].
     pub async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<FileInfo, SessionError> {
+        let size = bytes.len() as u64;
+        let mut source = bytes;
+        self.write_file_from(path, Some(size), &mut source, size)
+            .await
+    }
+
+    /// Writes a file into the sandbox home from `source`, streamed a chunk
+    /// at a time (a request body, a host file: never held whole), as
+    /// [`Session::write_file`] otherwise. `size` is announced when known;
+    /// more than `max_bytes` from the source fails as soon as it passes
+    /// the cap. A write that fails or is dropped half way leaves no file.
+    /// The session is busy for the whole transfer.
+    ///
+    /// # Errors
+    /// As [`Session::write_file`]; [`ExecError::File`] with a
+    /// `FileTooLarge` source past `max_bytes`, a `HostStream` one when
+    /// `source` fails.
+    pub async fn write_file_from(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        source: FileSource<'_>,
+        max_bytes: u64,
+    ) -> Result<FileInfo, SessionError> {
         validate_guest_path("path", path)?;
         let mut call = self.inner.begin()?;
         let vm = call.vm();
-        let upload = FileUpload::new(path, bytes);
-        Ok(self.inner.until_shutdown(vm.upload(&upload)).await??)
+        let upload = vm.upload_from(path, DEFAULT_FILE_MODE, size, source, max_bytes);
+        Ok(self.inner.until_shutdown(upload).await??)
     }
 
     /// Reads a file of the sandbox home (at most 128 MiB), checked end to
@@ -473,6 +497,30 @@ impl Session {
             .inner
             .until_shutdown(vm.download(path, max_bytes))
             .await??)
+    }
+
+    /// Reads a file of the sandbox home into `sink`, each chunk as it
+    /// arrives (a response body, a host file: never held whole), checked
+    /// by sha256 at the end. A file over `max_bytes` fails before any of
+    /// it reaches `sink` (its size is known when the guest opens it).
+    /// After an error, what `sink` got is not the file: a caller streaming
+    /// it on must cut its output, not end it cleanly. The session is busy
+    /// for the whole transfer.
+    ///
+    /// # Errors
+    /// As [`Session::read_file_at_most`]; a `HostStream` source when
+    /// `sink` fails.
+    pub async fn read_file_into(
+        &self,
+        path: &str,
+        max_bytes: u64,
+        sink: FileSink<'_>,
+    ) -> Result<FileInfo, SessionError> {
+        validate_guest_path("path", path)?;
+        let mut call = self.inner.begin()?;
+        let vm = call.vm();
+        let download = vm.download_into(path, max_bytes, sink);
+        Ok(self.inner.until_shutdown(download).await??)
     }
 
     /// Refuses at once, as a call would, when the session is busy with

@@ -33,13 +33,14 @@
 //! (echoing the packages) and fail without one, as the real ones do.
 
 use crate::error::{BootError, ExecError, PackageError};
-use crate::files::{FileInfo, FileUpload};
+use crate::files::FileInfo;
 use crate::machine::VmOptions;
 use crate::network::ExposedAddr;
 use crate::observer::{RunObserver, Stage};
 use crate::packages::install::{InstallLimits, PackagesReport};
 use crate::packages::PackageList;
 use crate::scheduler::{Scheduler, SchedulerParts};
+use crate::source::{FileSink, FileSource};
 use crate::source::{
     OutputSink, PackagePreparer, PreparedPackages, SandboxVm, SourceKind, VmSource,
 };
@@ -59,6 +60,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Makes the error of a scripted failure (errors are not `Clone`).
 pub type MakeError<E> = Box<dyn FnOnce() -> E + Send>;
@@ -412,32 +414,72 @@ impl SandboxVm for FakeVm {
         })
     }
 
-    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
+    fn upload_from<'a>(
+        &'a self,
+        path: &'a str,
+        _mode: u32,
+        size: Option<u64>,
+        source: FileSource<'a>,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
                 return Err(e);
             }
-            crate::files::validate_guest_path("path", &upload.path)
-                .map_err(|_| self.file_error(&upload.path, "write", ErrorKind::InvalidPath))?;
-            if upload.path.starts_with("hang") {
+            crate::files::validate_guest_path("path", path)
+                .map_err(|_| self.file_error(path, "write", ErrorKind::InvalidPath))?;
+            if path.starts_with("hang") {
                 // A guest that never acknowledges the write: the caller's
                 // deadline ends it.
                 std::future::pending::<()>().await;
             }
-            lock(&self.files).insert(upload.path.clone(), upload.content.clone());
-            Ok(FileInfo {
-                path: upload.path.clone(),
-                size: upload.content.len() as u64,
-                sha256: sha256_hex(&upload.content),
-            })
+            let too_large = || ExecError::File {
+                vm_id: self.id.clone(),
+                path: path.to_owned(),
+                action: "write",
+                source: ProtocolError::FileTooLarge {
+                    path: path.to_owned(),
+                    limit_bytes: max_bytes,
+                },
+            };
+            if size.is_some_and(|size| size > max_bytes) {
+                return Err(too_large());
+            }
+            // As the real client: never more than the cap (and a byte) read.
+            let mut content = Vec::new();
+            let mut limited = source.take(max_bytes.saturating_add(1));
+            limited
+                .read_to_end(&mut content)
+                .await
+                .map_err(|e| ExecError::File {
+                    vm_id: self.id.clone(),
+                    path: path.to_owned(),
+                    action: "write",
+                    source: ProtocolError::HostStream {
+                        path: path.to_owned(),
+                        action: "read the source",
+                        source: e,
+                    },
+                })?;
+            if content.len() as u64 > max_bytes {
+                return Err(too_large());
+            }
+            let info = FileInfo {
+                path: path.to_owned(),
+                size: content.len() as u64,
+                sha256: sha256_hex(&content),
+            };
+            lock(&self.files).insert(path.to_owned(), content);
+            Ok(info)
         })
     }
 
-    fn download<'a>(
+    fn download_into<'a>(
         &'a self,
         path: &'a str,
         max_bytes: u64,
-    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
+        sink: FileSink<'a>,
+    ) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
         Box::pin(async move {
             if let Some(e) = self.gone() {
                 return Err(e);
@@ -456,12 +498,24 @@ impl SandboxVm for FakeVm {
                     },
                 });
             }
-            let info = FileInfo {
+            // In chunks, as the real one.
+            for chunk in content.chunks(airlock_protocol::client::FILE_CHUNK_BYTES) {
+                sink.write_all(chunk).await.map_err(|e| ExecError::File {
+                    vm_id: self.id.clone(),
+                    path: path.to_owned(),
+                    action: "read",
+                    source: ProtocolError::HostStream {
+                        path: path.to_owned(),
+                        action: "write the destination",
+                        source: e,
+                    },
+                })?;
+            }
+            Ok(FileInfo {
                 path: path.to_owned(),
                 size: content.len() as u64,
                 sha256: sha256_hex(&content),
-            };
-            Ok((content, info))
+            })
         })
     }
 

@@ -171,6 +171,22 @@ impl Channel {
         sent
     }
 
+    /// Queues `request` for the writer without waiting, for a `Drop` that
+    /// cannot await (an abandoned transfer's cancel). Best effort: `false`
+    /// when the channel is broken, full or closed, or the line cannot be
+    /// encoded.
+    pub(super) fn send_nowait(&self, request: &Request) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        let Ok(line) = encode_line_within(request, self.max_line_bytes) else {
+            return false;
+        };
+        // Nobody waits for this write: the writer's report goes nowhere.
+        let (done, _written) = oneshot::channel();
+        self.outgoing.try_send(Outgoing { line, done }).is_ok()
+    }
+
     /// Registers a new operation and sends its first request.
     pub(super) async fn open(
         &self,
@@ -280,9 +296,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The next event of an operation; a guest error event becomes an error.
 pub(super) async fn next(rx: &mut mpsc::Receiver<EventBody>) -> Result<EventBody, ProtocolError> {
     match rx.recv().await {
-        Some(EventBody::Error { kind, message }) => Err(ProtocolError::Guest { kind, message }),
-        Some(event) => Ok(event),
+        Some(event) => guest_error(event),
         None => Err(ProtocolError::Closed),
+    }
+}
+
+/// `event`, or [`ProtocolError::Guest`] when it is the guest's error.
+pub(super) fn guest_error(event: EventBody) -> Result<EventBody, ProtocolError> {
+    match event {
+        EventBody::Error { kind, message } => Err(ProtocolError::Guest { kind, message }),
+        event => Ok(event),
     }
 }
 

@@ -47,7 +47,7 @@ pub use caps::{CappedExecOutput, ExecOutput};
 pub use channel::AgentInfo;
 pub use config::ClientConfig;
 pub use exec::{ExecEvent, ExecStream};
-pub use files::{FileContent, FILE_CHUNK_BYTES};
+pub use files::{FileContent, Transferred, FILE_CHUNK_BYTES};
 pub use handle::Client;
 
 /// Hex sha256 of bytes (as both sides report it); the one helper of

@@ -23,6 +23,7 @@ pub use real::{ColdSource, LayerPreparer, PoolSource, TemplateSource};
 
 use crate::error::{BootError, ExecError, PackageError};
 use crate::files::{FileInfo, FileUpload};
+
 use crate::machine::{PackageDisk, VmOptions};
 use crate::network::ExposedAddr;
 use crate::observer::RunObserver;
@@ -33,6 +34,12 @@ use crate::teardown::TeardownReport;
 use crate::vm::{BootTimings, ExecOutcome, ExecProgress};
 use airlock_gvproxy::NetworkMode;
 use airlock_protocol::{ExecRequest, FileEntry, Language};
+
+/// Where a streamed upload's bytes come from (a request body, a file).
+pub type FileSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
+
+/// Where a streamed download's bytes go (a response body, a file).
+pub type FileSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
 
 /// Where the output and results of an exec go, as they arrive.
 pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
@@ -85,24 +92,72 @@ pub trait SandboxVm: Send + Sync {
         self.exec_interruptible(request, on_output, Box::pin(std::future::pending()))
     }
 
-    /// Writes a file into the sandbox home (atomically, checked by
-    /// sha256).
+    /// Writes a file into the sandbox home from `source`, streamed a chunk
+    /// at a time (never held whole), atomically and checked by sha256;
+    /// `size` is announced when known. More than `max_bytes` from the
+    /// source fails as soon as it passes the cap, and a write given up
+    /// half way leaves no file.
+    ///
+    /// # Errors
+    /// [`ExecError::File`] (its source `FileTooLarge` past `max_bytes`,
+    /// `HostStream` when `source` fails).
+    fn upload_from<'a>(
+        &'a self,
+        path: &'a str,
+        mode: u32,
+        size: Option<u64>,
+        source: FileSource<'a>,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<FileInfo, ExecError>>;
+
+    /// Reads a file of the sandbox home into `sink`, each chunk as it
+    /// arrives (never held whole), checked by sha256 at the end. A file
+    /// over `max_bytes` fails before any of it reaches `sink` when its size
+    /// is known at open, else as soon as it passes the cap; after any error
+    /// what `sink` got is not the file.
+    ///
+    /// # Errors
+    /// [`ExecError::File`] (its source `FileTooLarge` past `max_bytes`,
+    /// `HostStream` when `sink` fails).
+    fn download_into<'a>(
+        &'a self,
+        path: &'a str,
+        max_bytes: u64,
+        sink: FileSink<'a>,
+    ) -> BoxFuture<'a, Result<FileInfo, ExecError>>;
+
+    /// Writes a file held in memory ([`SandboxVm::upload_from`] over its
+    /// bytes).
     ///
     /// # Errors
     /// [`ExecError::File`].
-    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>>;
+    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
+        Box::pin(async move {
+            let size = upload.content.len() as u64;
+            let mut source = &upload.content[..];
+            self.upload_from(&upload.path, upload.mode, Some(size), &mut source, size)
+                .await
+        })
+    }
 
-    /// Reads a file of the sandbox home (checked by sha256), holding at
-    /// most `max_bytes` of it (a larger file fails as soon as it passes
-    /// the limit; `u64::MAX`: the client's own limit).
+    /// Reads a file into memory ([`SandboxVm::download_into`] into a
+    /// buffer), holding at most `max_bytes` of it and never more than
+    /// [`MAX_READ_INTO_MEMORY_BYTES`](crate::files::MAX_READ_INTO_MEMORY_BYTES).
     ///
     /// # Errors
-    /// [`ExecError::File`] (its source `FileTooLarge` past `max_bytes`).
+    /// [`ExecError::File`] (its source `FileTooLarge` past the cap).
     fn download<'a>(
         &'a self,
         path: &'a str,
         max_bytes: u64,
-    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>>;
+    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
+        Box::pin(async move {
+            let cap = max_bytes.min(crate::files::MAX_READ_INTO_MEMORY_BYTES);
+            let mut content = Vec::new();
+            let info = self.download_into(path, cap, &mut content).await?;
+            Ok((content, info))
+        })
+    }
 
     /// Lists a directory of the sandbox home, sorted by name.
     ///

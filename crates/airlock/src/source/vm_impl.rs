@@ -1,9 +1,9 @@
 //! [`crate::Vm`] as a [`SandboxVm`]: each step through the VM's protocol
 //! client, errors carrying the VM id.
 
-use super::{OutputSink, SandboxVm};
+use super::{FileSink, FileSource, OutputSink, SandboxVm};
 use crate::error::{ExecError, PackageError};
-use crate::files::{self, FileInfo, FileUpload};
+use crate::files::{self, FileInfo};
 use crate::network::ExposedAddr;
 use crate::spec::CaBundle;
 use crate::task::BoxFuture;
@@ -42,16 +42,34 @@ impl SandboxVm for Vm {
         Box::pin(Vm::exec_streaming(self, request, on_output, interrupt))
     }
 
-    fn upload<'a>(&'a self, upload: &'a FileUpload) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
-        Box::pin(async move { files::upload(self.id(), self.client()?, upload).await })
+    fn upload_from<'a>(
+        &'a self,
+        path: &'a str,
+        mode: u32,
+        size: Option<u64>,
+        source: FileSource<'a>,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
+        Box::pin(async move {
+            let upload = files::StreamedUpload {
+                path,
+                mode,
+                size,
+                max_bytes,
+            };
+            files::upload_from(self.id(), self.client()?, upload, source).await
+        })
     }
 
-    fn download<'a>(
+    fn download_into<'a>(
         &'a self,
         path: &'a str,
         max_bytes: u64,
-    ) -> BoxFuture<'a, Result<(Vec<u8>, FileInfo), ExecError>> {
-        Box::pin(async move { files::download(self.id(), self.client()?, path, max_bytes).await })
+        sink: FileSink<'a>,
+    ) -> BoxFuture<'a, Result<FileInfo, ExecError>> {
+        Box::pin(async move {
+            files::download_into(self.id(), self.client()?, path, max_bytes, sink).await
+        })
     }
 
     fn list_files<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ExecError>> {
