@@ -1009,7 +1009,12 @@ async fn home_settles_to(home: &std::path::Path, expected: &[&str]) {
     let names = || {
         let mut names: Vec<String> = std::fs::read_dir(home)
             .expect("the home lists")
-            .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
         names

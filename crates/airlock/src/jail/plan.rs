@@ -38,6 +38,11 @@ pub(crate) enum Op {
         /// The link, inside the jail's root.
         link: PathBuf,
     },
+    /// Mount a procfs on `target` showing the jail uid its own processes
+    /// only (`hidepid=invisible,subset=pid`: no `/proc/sys`, no other
+    /// process): QEMU's 9p server changes a shared file's mode through
+    /// `/proc/self/fd/N` (`fchmodat_nofollow`), so a share needs it.
+    Proc(PathBuf),
     /// Bind-mount `source` (a host path) on `target` (inside the root).
     Bind {
         /// The host path.
@@ -173,6 +178,13 @@ impl Plan {
                 Access::ReadOnly
             };
             plan.bind_dir(root, dir, access)?;
+        }
+        if !needs.shared_dirs.is_empty() {
+            let proc = inside(root, Path::new("/proc"))?;
+            if plan.made.insert(proc.clone()) {
+                plan.ops.push(Op::Dir(proc.clone()));
+            }
+            plan.ops.push(Op::Proc(proc));
         }
         Ok(plan)
     }
@@ -322,12 +334,12 @@ mod tests {
 
     #[test]
     fn shared_dirs_are_bound_read_only_unless_asked_writable() {
-        let mut needs = needs();
-        needs.shared_dirs = vec![
+        let mut shared = needs();
+        shared.shared_dirs = vec![
             ("/home/me/data".into(), false),
             ("/home/me/out".into(), true),
         ];
-        let plan = Plan::build(Path::new("/j"), &system(), &needs).unwrap();
+        let plan = Plan::build(Path::new("/j"), &system(), &shared).unwrap();
         let binds = binds(&plan);
         assert_eq!(
             binds[binds.len() - 2..],
@@ -337,11 +349,16 @@ mod tests {
             ]
         );
         assert!(plan.ops.contains(&Op::Dir("/j/home/me/data".into())));
+        assert_eq!(plan.ops.last(), Some(&Op::Proc("/j/proc".into())));
+        let without = Plan::build(Path::new("/j"), &system(), &needs()).unwrap();
+        assert!(!without.ops.iter().any(|op| matches!(op, Op::Proc(_))));
     }
 
     #[test]
     fn every_mount_point_has_its_parents_made_first_and_once() {
-        let plan = Plan::build(Path::new("/j"), &system(), &needs()).unwrap();
+        let mut shared = needs();
+        shared.shared_dirs = vec![("/home/me/data".into(), true)];
+        let plan = Plan::build(Path::new("/j"), &system(), &shared).unwrap();
         let mut made = BTreeSet::new();
         made.insert(PathBuf::from("/j"));
         for op in &plan.ops {
@@ -349,8 +366,11 @@ mod tests {
                 Op::Dir(p) => (p, true),
                 Op::File(p) => (p, false),
                 Op::Link { link, .. } => (link, false),
-                Op::Bind { target, .. } => {
-                    assert!(made.contains(target), "{target:?} bound before it was made");
+                Op::Bind { target, .. } | Op::Proc(target) => {
+                    assert!(
+                        made.contains(target),
+                        "{target:?} mounted before it was made"
+                    );
                     continue;
                 }
             };
