@@ -67,6 +67,10 @@ fn options(language: Language, memory_mib: u32, network: NetworkRequest) -> VmOp
         memory_mib,
         vcpus: 1,
         network,
+        // The RAM home and /tmp with their tmpfs caps, which these
+        // attacks fill (the workspace disk's ENOSPC: workspace_e2e.rs).
+        disk_mib: 0,
+        mounts: Vec::new(),
     }
 }
 

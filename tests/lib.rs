@@ -523,6 +523,7 @@ pub fn default_shape(language: Language) -> airlock::template::TemplateShape {
         image: None,
         memory_mib: defaults.spec.shape.memory_mib,
         vcpus: defaults.spec.shape.vcpus,
+        disk_mib: defaults.spec.shape.disk_mib,
     }
 }
 

@@ -79,6 +79,8 @@ fn options(network: NetworkRequest) -> VmOptions {
         memory_mib: 512,
         vcpus: 1,
         network,
+        disk_mib: airlock::spec::DEFAULT_DISK_MIB,
+        mounts: Vec::new(),
     }
 }
 

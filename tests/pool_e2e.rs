@@ -154,6 +154,8 @@ async fn a_warm_pool_serves_paused_clones_refills_restores_on_demand_and_leaves_
         memory_mib: shape().memory_mib,
         vcpus: shape().vcpus,
         network: Default::default(),
+        disk_mib: shape().disk_mib,
+        mounts: Vec::new(),
     };
     let mut held = Vec::new();
     while pool.stats().taken_on_demand == 0 && held.len() < 4 {

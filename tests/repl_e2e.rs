@@ -71,6 +71,8 @@ async fn boot(scheduler: &Scheduler, language: Language) -> Vm {
             network: Default::default(),
             packages: None,
             secrets: None,
+            disk_mib: defaults.spec.shape.disk_mib,
+            mounts: Vec::new(),
         })
         .await
         .unwrap()

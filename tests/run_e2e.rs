@@ -22,6 +22,8 @@ fn options(language: Language) -> VmOptions {
         memory_mib: 512,
         vcpus: 1,
         network: Default::default(),
+        disk_mib: airlock::spec::DEFAULT_DISK_MIB,
+        mounts: Vec::new(),
     }
 }
 

@@ -14,6 +14,8 @@
 mod ab;
 /// The data rows: the python-data image's import, chart cells, memory.
 mod data;
+/// The workspace disk rows: a run with the disk against one without.
+mod disk;
 /// The secrets rows: what interception costs an HTTPS request.
 mod secrets;
 /// The session rows: a cell's round trip, a session's start.
@@ -88,6 +90,9 @@ pub enum Rows {
     /// The egress proxy: an HTTPS request to a host with a bound secret
     /// against one to a host without (issue 21). No VM.
     Secrets,
+    /// The workspace disk: a run with `--disk 2048` against `--disk 0`,
+    /// cold and restored (issue 23).
+    Disk,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -177,7 +182,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut only = args.only.clone();
     if only.is_empty() {
-        only.extend([Rows::Standard, Rows::Data, Rows::Secrets]);
+        only.extend([Rows::Standard, Rows::Data, Rows::Secrets, Rows::Disk]);
         if args.baseline.is_some() {
             only.push(Rows::Ab);
         }
@@ -199,6 +204,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if only.contains(&Rows::Secrets) {
             doc.push_str(&secrets::render(&secrets::measure(secrets::REQUESTS)?)?);
+        }
+        if only.contains(&Rows::Disk) {
+            doc.push_str(&disk::render(&disk::measure(&airlock, args.runs)?)?);
         }
         current = Some(airlock);
     }

@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(shape.image(), airlock::Image::PythonData);
         assert_eq!(
             build_shape(Some("js"), None, 256, 2).unwrap().to_string(),
-            "javascript 256 MiB 2 vCPU"
+            "javascript 256 MiB 2 vCPU 2048 MiB disk"
         );
         let mismatch = build_shape(Some("raw"), Some(airlock::Image::PythonData), 512, 1);
         assert_eq!(
@@ -256,6 +256,7 @@ mod tests {
             image: None,
             memory_mib: 512,
             vcpus: 1,
+            disk_mib: 0,
         };
         let templates = [
             TemplateEntry {
@@ -292,7 +293,7 @@ mod tests {
         };
         let data_line = listing(&[data], &[]);
         assert!(
-            data_line.contains("t3\tpython-data 512 MiB 1 vCPU\t"),
+            data_line.contains("t3\tpython-data 512 MiB 1 vCPU 2048 MiB disk\t"),
             "the shape names its image: {data_line}"
         );
         let text = listing(&templates, &layers);

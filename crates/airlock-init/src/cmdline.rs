@@ -1,7 +1,10 @@
 //! The kernel command line contract: the `airlock.*` arguments init reads.
 
 use crate::InitError;
-use airlock_protocol::abi::{PackagesMount, HOME_MIB_ARG, PACKAGES_ARG, TMP_MIB_ARG};
+use airlock_protocol::abi::{
+    GuestMount, PackagesMount, HOME_MIB_ARG, MAX_MOUNTS, MOUNT_ARG, PACKAGES_ARG, TMP_MIB_ARG,
+    WORKSPACE_ARG, WORKSPACE_FS,
+};
 
 /// Default size cap of `/tmp`, in MiB.
 pub const DEFAULT_TMP_MIB: u64 = 64;
@@ -26,6 +29,15 @@ pub struct BootArgs {
     /// [`airlock_protocol::abi::PACKAGES_MOUNT`], read-only (runs) or writable (the
     /// install VM). `None`: no layer.
     pub packages: Option<PackagesMount>,
+    /// `airlock.workspace=ext4`: a workspace disk (serial
+    /// [`airlock_protocol::abi::WORKSPACE_SERIAL`]) holds the sandbox home
+    /// and `/tmp` (then `tmp_mib` sizes `/dev/shm` only, `home_mib` is
+    /// unused).
+    pub workspace: bool,
+    /// `airlock.mount=TAG:ro|rw:DIR`, each occurrence one host folder
+    /// over virtio-9p, in order (at most
+    /// [`airlock_protocol::abi::MAX_MOUNTS`], no dir twice).
+    pub mounts: Vec<GuestMount>,
 }
 
 impl Default for BootArgs {
@@ -34,6 +46,8 @@ impl Default for BootArgs {
             tmp_mib: DEFAULT_TMP_MIB,
             home_mib: DEFAULT_HOME_MIB,
             packages: None,
+            workspace: false,
+            mounts: Vec::new(),
         }
     }
 }
@@ -51,6 +65,28 @@ impl BootArgs {
                 TMP_MIB_ARG => args.tmp_mib = parse_mib(key, value)?,
                 HOME_MIB_ARG => args.home_mib = parse_mib(key, value)?,
                 PACKAGES_ARG => args.packages = parse_packages(key, value)?,
+                WORKSPACE_ARG => args.workspace = parse_workspace(key, value)?,
+                MOUNT_ARG => {
+                    let bad = |reason: String| InitError::BadArg {
+                        arg: key.to_owned(),
+                        value: value.to_owned(),
+                        reason,
+                    };
+                    let mount = GuestMount::parse(value).map_err(bad)?;
+                    if args.mounts.len() >= MAX_MOUNTS {
+                        return Err(bad(format!("more than {MAX_MOUNTS} mounts")));
+                    }
+                    if args
+                        .mounts
+                        .iter()
+                        .any(|m| m.tag == mount.tag || nested(&m.dir, &mount.dir))
+                    {
+                        return Err(bad(
+                            "its tag or dir repeats, or holds, another mount's".into()
+                        ));
+                    }
+                    args.mounts.push(mount);
+                }
                 _ => {}
             }
         }
@@ -87,6 +123,28 @@ fn split_words(cmdline: &str) -> Vec<String> {
         words.push(current);
     }
     words
+}
+
+/// Whether one of two guest dirs is the other or below it.
+fn nested(a: &str, b: &str) -> bool {
+    let below = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
+    };
+    below(a, b) || below(b, a)
+}
+
+fn parse_workspace(arg: &str, value: &str) -> Result<bool, InitError> {
+    match value {
+        WORKSPACE_FS => Ok(true),
+        "none" => Ok(false),
+        _ => Err(InitError::BadArg {
+            arg: arg.to_owned(),
+            value: value.to_owned(),
+            reason: format!("expected {WORKSPACE_FS} or none"),
+        }),
+    }
 }
 
 fn parse_packages(arg: &str, value: &str) -> Result<Option<PackagesMount>, InitError> {
@@ -132,7 +190,7 @@ mod tests {
             BootArgs {
                 tmp_mib: 64,
                 home_mib: 256,
-                packages: None,
+                ..BootArgs::default()
             }
         );
     }
@@ -146,7 +204,7 @@ mod tests {
             BootArgs {
                 tmp_mib: 16,
                 home_mib: 512,
-                packages: None,
+                ..BootArgs::default()
             }
         );
     }
@@ -174,6 +232,47 @@ mod tests {
             None
         );
         assert!(BootArgs::parse("airlock.packages=yes").is_err());
+    }
+
+    #[test]
+    fn reads_the_workspace_and_the_mounts_in_order() {
+        let line = "airlock.workspace=ext4 airlock.mount=mount0:ro:/mnt/in \
+                    airlock.mount=mount1:rw:/home/sandbox/out";
+        let args = BootArgs::parse(line).unwrap();
+        assert!(args.workspace);
+        let dirs: Vec<_> = args
+            .mounts
+            .iter()
+            .map(|m| (m.dir.as_str(), m.read_only))
+            .collect();
+        assert_eq!(dirs, [("/mnt/in", true), ("/home/sandbox/out", false)]);
+        assert!(!BootArgs::parse("airlock.workspace=none").unwrap().workspace);
+        assert!(BootArgs::parse("airlock.workspace=xfs").is_err());
+    }
+
+    #[test]
+    fn repeated_or_nested_mounts_and_too_many_are_refused() {
+        for line in [
+            "airlock.mount=mount0:ro:/mnt/a airlock.mount=mount0:ro:/mnt/b",
+            "airlock.mount=mount0:ro:/mnt/a airlock.mount=mount1:ro:/mnt/a",
+            "airlock.mount=mount0:ro:/mnt/a airlock.mount=mount1:ro:/mnt/a/b",
+            "airlock.mount=mount0:ro:/mnt/a/b airlock.mount=mount1:ro:/mnt/a",
+            "airlock.mount=mount0:ro:/etc",
+        ] {
+            assert!(BootArgs::parse(line).is_err(), "{line}");
+        }
+        assert!(
+            BootArgs::parse("airlock.mount=mount0:ro:/mnt/a airlock.mount=mount1:ro:/mnt/ab")
+                .is_ok()
+        );
+        let nine: Vec<String> = (0..9)
+            .map(|i| format!("airlock.mount=mount{i}:ro:/mnt/d{i}"))
+            .collect();
+        assert!(BootArgs::parse(&nine.join(" ")).is_err());
+        assert_eq!(
+            BootArgs::parse(&nine[..8].join(" ")).unwrap().mounts.len(),
+            8
+        );
     }
 
     #[test]
@@ -215,7 +314,7 @@ mod tests {
         fn any_valid_size_round_trips(tmp in 1u64..=MAX_TMPFS_MIB, home in 1u64..=MAX_TMPFS_MIB) {
             let line = format!("x=1 airlock.home_mib={home} y airlock.tmp_mib={tmp}");
             let args = BootArgs::parse(&line).unwrap();
-            prop_assert_eq!(args, BootArgs { tmp_mib: tmp, home_mib: home, packages: None });
+            prop_assert_eq!(args, BootArgs { tmp_mib: tmp, home_mib: home, ..BootArgs::default() });
         }
     }
 }

@@ -11,8 +11,8 @@ use airlock_init::{
     describe_disks, find_root_disk, BootArgs, DiskSerial, InitError, Milestones, PackagesMount,
 };
 use airlock_protocol::abi::{
-    AGENT_PATH, INIT_LOG_PREFIX as LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL, ROOT_SERIAL,
-    SANDBOX_HOME, SANDBOX_UID,
+    GuestMount, AGENT_PATH, INIT_LOG_PREFIX as LOG_PREFIX, PACKAGES_MOUNT, PACKAGES_SERIAL,
+    ROOT_SERIAL, SANDBOX_HOME, SANDBOX_UID, WORKSPACE_SERIAL,
 };
 use airlock_sys_util::IoResultExt;
 use nix::mount::{mount, MsFlags};
@@ -21,7 +21,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::{chdir, chroot, Pid};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -38,6 +38,15 @@ const CGROUP2_DIR: &str = "/sys/fs/cgroup";
 const RUN_MIB: u64 = 16;
 /// Where the kernel takes the machine restart method.
 const REBOOT_TYPE: &str = "/sys/kernel/reboot/type";
+/// Where the workspace disk is mounted in the new root (under `/run`, a
+/// root-only dir): its `home` and `tmp` dirs are bound on the sandbox
+/// home and `/tmp`.
+const WORKSPACE_DIR: &str = "/run/airlock-workspace";
+/// Size cap of the tmpfs made on `/mnt` when a host folder goes there.
+const MNT_MIB: u64 = 1;
+/// 9p's largest message over virtio in this kernel (about 500 KiB): fewer
+/// round trips for big reads and writes.
+const NINEP_MSIZE: u32 = 512_000;
 /// The agent's PATH.
 const AGENT_PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -67,7 +76,13 @@ fn boot() -> Result<String, InitError> {
         Some(mode) => Some((wait_for_disk(PACKAGES_SERIAL)?, mode)),
         None => None,
     };
-    mount_new_root(&disk, &args, packages)?;
+    let workspace = if args.workspace {
+        Some(wait_for_disk(WORKSPACE_SERIAL)?)
+    } else {
+        None
+    };
+    mount_new_root(&disk, &args, packages, workspace.as_deref())?;
+    mount_shares(&args.mounts)?;
     switch_root()?;
     let root_ms = boottime_ms();
     let agent = spawn_agent()?;
@@ -139,14 +154,16 @@ fn read_disk_serials() -> Vec<DiskSerial> {
 }
 
 /// The root disk read-only under [`NEW_ROOT`] (and the package layer on
-/// its `/opt` when there is one), with size-capped tmpfs for
-/// `/tmp`, `/run` and the sandbox home, `/dev/pts` and `/dev/shm` (both
-/// `noexec`), and cgroup2 on `/sys/fs/cgroup` (the agent gives each exec
-/// its own cgroup there).
+/// its `/opt` when there is one), a size-capped tmpfs for `/run`, the
+/// sandbox home and `/tmp` on the workspace disk when there is one (else
+/// size-capped tmpfs), `/dev/pts` and `/dev/shm` (both `noexec`), and
+/// cgroup2 on `/sys/fs/cgroup` (the agent gives each exec its own cgroup
+/// there).
 fn mount_new_root(
     disk: &str,
     args: &BootArgs,
     packages: Option<(String, PackagesMount)>,
+    workspace: Option<&str>,
 ) -> Result<(), InitError> {
     let root_flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(disk, NEW_ROOT, "ext4", root_flags, None)?;
@@ -155,13 +172,6 @@ fn mount_new_root(
     }
     let scratch = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let tmp = format!("mode=1777,size={}m", args.tmp_mib);
-    mount_fs(
-        "tmpfs",
-        &format!("{NEW_ROOT}/tmp"),
-        "tmpfs",
-        scratch,
-        Some(&tmp),
-    )?;
     let run = format!("mode=0755,size={RUN_MIB}m");
     mount_fs(
         "tmpfs",
@@ -170,17 +180,29 @@ fn mount_new_root(
         scratch,
         Some(&run),
     )?;
-    let home = format!(
-        "mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID},size={}m",
-        args.home_mib
-    );
-    mount_fs(
-        "tmpfs",
-        &format!("{NEW_ROOT}{SANDBOX_HOME}"),
-        "tmpfs",
-        scratch,
-        Some(&home),
-    )?;
+    match workspace {
+        Some(workspace_disk) => mount_workspace(workspace_disk)?,
+        None => {
+            mount_fs(
+                "tmpfs",
+                &format!("{NEW_ROOT}/tmp"),
+                "tmpfs",
+                scratch,
+                Some(&tmp),
+            )?;
+            let home = format!(
+                "mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID},size={}m",
+                args.home_mib
+            );
+            mount_fs(
+                "tmpfs",
+                &format!("{NEW_ROOT}{SANDBOX_HOME}"),
+                "tmpfs",
+                scratch,
+                Some(&home),
+            )?;
+        }
+    }
     for dir in ["/dev", "/proc", "/sys"] {
         move_mount(dir, &format!("{NEW_ROOT}{dir}"))?;
     }
@@ -209,6 +231,96 @@ fn mount_new_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )
+}
+
+/// Mounts the workspace disk (ext4, made by the host) on
+/// [`WORKSPACE_DIR`] of the new root, `nosuid,nodev,noatime`, and binds
+/// its `home` (the sandbox user's, 0700) on the sandbox home and its `tmp`
+/// (1777) on `/tmp`; both are made on first boot. A full disk is the
+/// code's `ENOSPC`, as on any file system.
+fn mount_workspace(disk: &str) -> Result<(), InitError> {
+    let dir = format!("{NEW_ROOT}{WORKSPACE_DIR}");
+    make_dir(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_path("make private", &dir)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+    mount_fs(disk, &dir, "ext4", flags, None)?;
+    for (name, target, mode, owner) in [
+        ("home", SANDBOX_HOME, 0o700, SANDBOX_UID),
+        ("tmp", "/tmp", 0o1777, 0),
+    ] {
+        let source = format!("{dir}/{name}");
+        make_dir(&source)?;
+        std::os::unix::fs::chown(&source, Some(owner), Some(owner))
+            .with_path("give to its user", &source)?;
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(mode))
+            .with_path("set the mode of", &source)?;
+        let target = format!("{NEW_ROOT}{target}");
+        mount(
+            Some(source.as_str()),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|err| sys(format!("bind {source} on {target}"), err))?;
+    }
+    Ok(())
+}
+
+/// Mounts each host folder (virtio-9p, `nosuid,nodev`, read-only when
+/// asked) on its guest dir in the new root, making the dir first: as the
+/// sandbox user below its home, on a small tmpfs made on `/mnt` for those
+/// below it (the root disk is read-only).
+fn mount_shares(mounts: &[GuestMount]) -> Result<(), InitError> {
+    if mounts.iter().any(|m| m.dir.starts_with("/mnt/")) {
+        let mnt = format!("mode=0755,size={MNT_MIB}m");
+        mount_fs(
+            "tmpfs",
+            &format!("{NEW_ROOT}/mnt"),
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(&mnt),
+        )?;
+    }
+    for share in mounts {
+        let owner = if share.dir.starts_with(SANDBOX_HOME) {
+            SANDBOX_UID
+        } else {
+            0
+        };
+        make_dirs_as(&format!("{NEW_ROOT}{}", share.dir), NEW_ROOT, owner)?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if share.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        let data = format!("trans=virtio,version=9p2000.L,msize={NINEP_MSIZE}");
+        mount_fs(
+            &share.tag,
+            &format!("{NEW_ROOT}{}", share.dir),
+            "9p",
+            flags,
+            Some(&data),
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `path` and the missing dirs above it (below `stop`), each
+/// 0755 and owned by `owner`.
+fn make_dirs_as(path: &str, stop: &str, owner: u32) -> Result<(), InitError> {
+    let path = Path::new(path);
+    if path.is_dir() || path == Path::new(stop) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        make_dirs_as(&parent.to_string_lossy(), stop, owner)?;
+    }
+    let text = path.to_string_lossy();
+    make_dir(&text)?;
+    std::os::unix::fs::chown(path, Some(owner), Some(owner))
+        .with_path("give to its user", &*text)
+        .map_err(InitError::from)
 }
 
 /// Mounts the package layer disk on [`PACKAGES_MOUNT`] of the new root:

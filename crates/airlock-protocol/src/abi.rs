@@ -6,7 +6,10 @@
 //! is one edit and cannot leave the two sides disagreeing:
 //!
 //! - the block devices, found by their virtio serial: [`ROOT_SERIAL`],
-//!   [`PACKAGES_SERIAL`];
+//!   [`PACKAGES_SERIAL`], [`WORKSPACE_SERIAL`];
+//! - the host folders shared over virtio-9p: [`GuestMount`] (its tag and
+//!   [`MOUNT_ARG`]), the guest dirs they may go to
+//!   ([`check_guest_mount_dir`]);
 //! - the virtio-serial ports of the protocol: [`CMD_PORT_NAME`],
 //!   [`EVENT_PORT_NAME`];
 //! - the kernel command line arguments `airlock-init` reads:
@@ -36,6 +39,131 @@ pub const ROOT_SERIAL: &str = "airlock-root";
 /// Serial of a package layer disk: init waits for it when the command line
 /// has [`PACKAGES_ARG`].
 pub const PACKAGES_SERIAL: &str = "airlock-packages";
+
+/// Serial of the workspace disk: init waits for it when the command line
+/// has [`WORKSPACE_ARG`].
+pub const WORKSPACE_SERIAL: &str = "airlock-workspace";
+
+/// `airlock.workspace=ext4`: a workspace disk ([`WORKSPACE_SERIAL`], an
+/// ext4 file system made by the host) is attached; init mounts it and
+/// puts [`SANDBOX_HOME`] and `/tmp` on it instead of tmpfs.
+pub const WORKSPACE_ARG: &str = "airlock.workspace";
+
+/// The one value of [`WORKSPACE_ARG`].
+pub const WORKSPACE_FS: &str = "ext4";
+
+/// `airlock.mount=TAG:ro|rw:DIR`, once per shared host folder
+/// ([`GuestMount`]).
+pub const MOUNT_ARG: &str = "airlock.mount";
+
+/// Most host folders one VM may mount.
+pub const MAX_MOUNTS: usize = 8;
+
+/// Longest guest dir of a mount, in bytes.
+pub const MAX_GUEST_MOUNT_DIR_BYTES: usize = 200;
+
+/// The guest dirs below which host folders may be mounted: the sandbox
+/// home, and `/mnt` (a small tmpfs init makes when a mount asks for it;
+/// the root disk is read-only).
+pub const GUEST_MOUNT_PARENTS: [&str; 2] = [SANDBOX_HOME, "/mnt"];
+
+/// A host folder shared over virtio-9p, as the guest mounts it: the
+/// device's mount tag, read-only or not, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestMount {
+    /// The 9p mount tag (`mount<N>`: [`GuestMount::tag_of`]).
+    pub tag: String,
+    /// Mounted read-only (writes fail with `EROFS`).
+    pub read_only: bool,
+    /// The guest dir ([`check_guest_mount_dir`]).
+    pub dir: String,
+}
+
+impl GuestMount {
+    /// The mount tag of the `index`th mount of a VM.
+    pub fn tag_of(index: usize) -> String {
+        format!("mount{index}")
+    }
+
+    /// The kernel argument, e.g. `airlock.mount=mount0:ro:/mnt/data`.
+    pub fn kernel_arg(&self) -> String {
+        let access = if self.read_only { "ro" } else { "rw" };
+        format!("{MOUNT_ARG}={}:{access}:{}", self.tag, self.dir)
+    }
+
+    /// Reads the value of a [`MOUNT_ARG`].
+    ///
+    /// # Errors
+    /// What is wrong with it, in words.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut parts = value.splitn(3, ':');
+        let (Some(tag), Some(access), Some(dir)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err("expected TAG:ro|rw:DIR".to_owned());
+        };
+        let tag_ok = (1..=31).contains(&tag.len())
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !tag_ok {
+            return Err(format!("bad mount tag {tag:?}"));
+        }
+        let read_only = match access {
+            "ro" => true,
+            "rw" => false,
+            other => return Err(format!("expected ro or rw, got {other:?}")),
+        };
+        check_guest_mount_dir(dir)?;
+        Ok(Self {
+            tag: tag.to_owned(),
+            read_only,
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+/// Checks a guest dir a host folder is mounted on: absolute, at most
+/// [`MAX_GUEST_MOUNT_DIR_BYTES`], each part of `[A-Za-z0-9._-]` (not `.`
+/// or `..`, no empty part), strictly below one of [`GUEST_MOUNT_PARENTS`].
+/// The characters are those the kernel command line carries as they are.
+///
+/// # Errors
+/// Why it is refused, in words.
+pub fn check_guest_mount_dir(dir: &str) -> Result<(), String> {
+    if dir.len() > MAX_GUEST_MOUNT_DIR_BYTES {
+        return Err(format!(
+            "the guest dir is longer than {MAX_GUEST_MOUNT_DIR_BYTES} bytes"
+        ));
+    }
+    let Some(rest) = dir.strip_prefix('/') else {
+        return Err(format!("the guest dir {dir:?} must be absolute"));
+    };
+    for part in rest.split('/') {
+        let ok = !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(format!(
+                "the guest dir {dir:?} must be a plain path: parts of [A-Za-z0-9._-], \
+                 no `.`, `..`, empty part or trailing `/`"
+            ));
+        }
+    }
+    let below = GUEST_MOUNT_PARENTS.iter().any(|parent| {
+        dir.strip_prefix(parent)
+            .is_some_and(|tail| tail.len() > 1 && tail.starts_with('/'))
+    });
+    if !below {
+        return Err(format!(
+            "the guest dir {dir:?} must be below {} or {} (the root disk is read-only)",
+            GUEST_MOUNT_PARENTS[0], GUEST_MOUNT_PARENTS[1]
+        ));
+    }
+    Ok(())
+}
 
 /// Name of the virtio-serial port that carries requests (host -> guest).
 pub const CMD_PORT_NAME: &str = "airlock.cmd";
@@ -131,6 +259,61 @@ mod tests {
         for value in ["none", "", "RO", "ro ", "yes"] {
             assert_eq!(PackagesMount::parse(value), None, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_mount_argument_parses_back_to_the_same_mount() {
+        for read_only in [true, false] {
+            let mount = GuestMount {
+                tag: GuestMount::tag_of(3),
+                read_only,
+                dir: "/home/sandbox/data.v2".into(),
+            };
+            let arg = mount.kernel_arg();
+            let value = arg.strip_prefix("airlock.mount=").unwrap();
+            assert_eq!(GuestMount::parse(value), Ok(mount));
+        }
+    }
+
+    #[test]
+    fn mount_arguments_with_a_bad_part_are_refused() {
+        for value in [
+            "",
+            "mount0:ro",
+            "Mount0:ro:/mnt/a",
+            "mount0:RO:/mnt/a",
+            "mount0:ro:mnt/a",
+            "mount0:ro:/etc/x",
+        ] {
+            assert!(GuestMount::parse(value).is_err(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn guest_dirs_must_be_plain_paths_strictly_below_home_or_mnt() {
+        for good in ["/mnt/data", "/home/sandbox/in/put", "/mnt/a.b-c_d"] {
+            assert_eq!(check_guest_mount_dir(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "/mnt",
+            "/mnt/",
+            "/home/sandbox",
+            "/home/sandboxes/x",
+            "/mntx/a",
+            "/etc/passwd",
+            "/mnt/../etc",
+            "/mnt/./a",
+            "/mnt//a",
+            "/mnt/a/",
+            "/mnt/a b",
+            "/mnt/a:b",
+            "/mnt/a,b",
+            "relative/mnt",
+        ] {
+            assert!(check_guest_mount_dir(bad).is_err(), "{bad}");
+        }
+        let long = format!("/mnt/{}", "a".repeat(MAX_GUEST_MOUNT_DIR_BYTES));
+        assert!(check_guest_mount_dir(&long).is_err());
     }
 
     #[test]

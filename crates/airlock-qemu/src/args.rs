@@ -80,6 +80,7 @@ impl QemuArgs {
         argv.push_rng();
         argv.push_root(spec, caps);
         argv.push_extra_drives(spec, caps);
+        argv.push_shares(spec);
         argv.push_ports(spec);
         argv.push_network(&spec.network);
         // QMP on a unix socket QEMU serves; the host connects when it needs it.
@@ -320,17 +321,45 @@ impl Argv {
 
     fn push_extra_drives(&mut self, spec: &VmSpec, caps: &HostCaps) {
         for drive in &spec.extra_drives {
-            let opts = OptList::empty()
+            let mut opts = OptList::empty()
                 .set("id", &drive.id)
                 .set("if", "none")
                 .set("format", drive.format.as_str())
                 .set("file", &drive.path);
+            if let Some(backing) = &drive.backing {
+                opts = opts
+                    .set("backing.driver", "qcow2")
+                    .set("backing.file.filename", backing);
+            }
             self.opt("-drive", drive_tuning(opts, drive.access, caps));
             self.opt(
                 "-device",
                 OptList::new("virtio-blk-device")
                     .set("drive", &drive.id)
                     .set("serial", &drive.serial),
+            );
+        }
+    }
+
+    /// The host directories shared over virtio-9p: one `-fsdev local` and
+    /// one `virtio-9p-device` (virtio-mmio) each.
+    fn push_shares(&mut self, spec: &VmSpec) {
+        for (index, share) in spec.shares.iter().enumerate() {
+            let id = format!("share{index}");
+            self.opt(
+                "-fsdev",
+                OptList::new("local")
+                    .set("id", &id)
+                    .set("path", &share.path)
+                    .set("security_model", "none")
+                    .set("multidevs", "forbid")
+                    .flag("readonly", share.read_only),
+            );
+            self.opt(
+                "-device",
+                OptList::new("virtio-9p-device")
+                    .set("fsdev", &id)
+                    .set("mount_tag", &share.tag),
             );
         }
     }
@@ -471,8 +500,15 @@ fn drive_tuning(opts: OptList, access: DiskAccess, caps: &HostCaps) -> OptList {
         .set("aio", if caps.io_uring { "io_uring" } else { "threads" });
     match access {
         DiskAccess::ReadOnly => opts,
-        // Zeroed or discarded blocks free overlay space instead of filling it.
-        DiskAccess::ReadWrite => opts.set("discard", "unmap").set("detect-zeroes", "unmap"),
+        // Zeroed or discarded blocks free overlay space instead of filling
+        // it. A write or read the host cannot do (its disk full) is an I/O
+        // error in the guest, never a paused VM (QEMU's default stops the
+        // VM on ENOSPC).
+        DiskAccess::ReadWrite => opts
+            .set("discard", "unmap")
+            .set("detect-zeroes", "unmap")
+            .set("werror", "report")
+            .set("rerror", "report"),
     }
 }
 
@@ -715,7 +751,10 @@ mod tests {
         s.root.access = DiskAccess::ReadWrite;
         let rw = &value_after(&QemuArgs::build(&s, &caps()).unwrap(), "-drive")[0];
         assert!(rw.contains("read-only=off,cache=unsafe"), "{rw}");
-        assert!(rw.ends_with("discard=unmap,detect-zeroes=unmap"), "{rw}");
+        assert!(
+            rw.ends_with("discard=unmap,detect-zeroes=unmap,werror=report,rerror=report"),
+            "{rw}"
+        );
     }
 
     #[test]
@@ -779,6 +818,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 access: DiskAccess::ReadWrite,
                 serial: "airlock-data".into(),
+                backing: None,
             }],
             ..spec()
         };
@@ -788,6 +828,76 @@ mod tests {
         assert!(drives[1].starts_with("id=data,if=none,format=raw,file=/work/vm-1/data.img"));
         assert!(value_after(&argv, "-device")
             .contains(&"virtio-blk-device,drive=data,serial=airlock-data".to_owned()));
+    }
+
+    #[test]
+    fn a_backed_drive_pins_its_base_and_reports_host_errors_to_the_guest() {
+        let s = VmSpec {
+            extra_drives: vec![ExtraDrive {
+                id: "workspace".into(),
+                path: "/work/vm-1/workspace.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                access: DiskAccess::ReadWrite,
+                serial: "airlock-workspace".into(),
+                backing: Some("/cache/ws,1.qcow2".into()),
+            }],
+            ..spec()
+        };
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        let drive = &value_after(&argv, "-drive")[1];
+        assert!(drive.contains(",backing.driver=qcow2,backing.file.filename=/cache/ws,,1.qcow2,"));
+        assert!(drive.contains(",werror=report,rerror=report"), "{drive}");
+    }
+
+    #[test]
+    fn a_share_is_a_local_fsdev_on_a_virtio_9p_device() {
+        use crate::spec::Share;
+        let s = VmSpec {
+            shares: vec![
+                Share {
+                    tag: "mount0".into(),
+                    path: "/data/in,put".into(),
+                    read_only: true,
+                },
+                Share {
+                    tag: "mount1".into(),
+                    path: "/data/out".into(),
+                    read_only: false,
+                },
+            ],
+            ..spec()
+        };
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        assert_eq!(
+            value_after(&argv, "-fsdev"),
+            [
+                "local,id=share0,path=/data/in,,put,security_model=none,multidevs=forbid,readonly=on",
+                "local,id=share1,path=/data/out,security_model=none,multidevs=forbid,readonly=off",
+            ]
+        );
+        let devices = value_after(&argv, "-device");
+        assert!(devices.contains(&"virtio-9p-device,fsdev=share0,mount_tag=mount0".to_owned()));
+        assert!(devices.contains(&"virtio-9p-device,fsdev=share1,mount_tag=mount1".to_owned()));
+    }
+
+    #[test]
+    fn shares_with_bad_or_repeated_tags_or_relative_paths_are_refused() {
+        use crate::spec::Share;
+        let share = |tag: &str, path: &str| Share {
+            tag: tag.into(),
+            path: path.into(),
+            read_only: true,
+        };
+        for shares in [
+            vec![share("Mount", "/a")],
+            vec![share("", "/a")],
+            vec![share(&"m".repeat(32), "/a")],
+            vec![share("m0", "/a"), share("m0", "/b")],
+            vec![share("m0", "relative")],
+        ] {
+            let s = VmSpec { shares, ..spec() };
+            assert!(QemuArgs::build(&s, &caps()).is_err(), "{:?}", s.shares);
+        }
     }
 
     #[test]

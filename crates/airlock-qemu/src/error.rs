@@ -151,6 +151,17 @@ pub enum QemuError {
         reason: String,
     },
 
+    /// A shared directory (virtio-9p) is misconfigured.
+    #[error("vm {vm_id}: shared directory {tag:?}: {reason}")]
+    InvalidShare {
+        /// The VM.
+        vm_id: String,
+        /// The share's mount tag.
+        tag: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The snapshot descriptor for `-incoming fd:` is a standard stream.
     #[error("vm {vm_id}: incoming migration descriptor {fd} is not usable: pass an open descriptor >= 3")]
     InvalidIncomingFd {

@@ -76,9 +76,9 @@ pub use probe::{probe_host, HostProber, HostReport, ProbeConfig};
 pub use qmp::QmpClient;
 pub use spec::{
     validate_vm_id, BootImages, DiskAccess, DiskFormat, ExtraDrive, ForwardProtocol, HostForward,
-    IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, RootDisk, VmSpec,
+    IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, RootDisk, Share, VmSpec,
     DEFAULT_MEMORY_MIB, GATEWAY_IPV4, GUEST_IPV4, GUEST_KERNEL_HZ, GUEST_MAC, GUEST_NET,
     GUEST_NET_PREFIX_LEN, HOST_IPV4, MAX_DRIVE_SERIAL_BYTES, MAX_KERNEL_CMDLINE_BYTES,
-    MAX_MEMORY_MIB, MAX_SOCKET_PATH_BYTES, MAX_TRANSLATION_CACHE_MIB, MAX_VCPUS, MEMORY_BACKEND_ID,
-    MIN_MEMORY_MIB, MIN_TRANSLATION_CACHE_MIB, TCG_TB_SIZE_MIB,
+    MAX_MEMORY_MIB, MAX_SHARE_TAG_BYTES, MAX_SOCKET_PATH_BYTES, MAX_TRANSLATION_CACHE_MIB,
+    MAX_VCPUS, MEMORY_BACKEND_ID, MIN_MEMORY_MIB, MIN_TRANSLATION_CACHE_MIB, TCG_TB_SIZE_MIB,
 };

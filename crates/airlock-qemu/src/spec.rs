@@ -123,6 +123,29 @@ pub struct ExtraDrive {
     pub access: DiskAccess,
     /// The virtio serial the guest sees (`[A-Za-z0-9_-]`, at most 20 bytes).
     pub serial: String,
+    /// The qcow2 file under a qcow2 `path`, pinned on the command line as
+    /// the root disk's base is (QEMU opens exactly it, read-only, whatever
+    /// the overlay's header says). `None`: a drive without a backing file.
+    pub backing: Option<PathBuf>,
+}
+
+/// A host directory shared with the guest over virtio-9p
+/// (`-fsdev local` + `virtio-9p-device` on virtio-mmio).
+///
+/// Always `security_model=none` (files keep the host's owners and modes;
+/// QEMU opens them as its own user) and `multidevs=forbid` (a share that
+/// spans several host file systems is refused instead of aliasing inode
+/// numbers). QEMU's 9p server resolves every path below the share without
+/// following symbolic links, so a link inside it cannot reach outside:
+/// the guest sees the link and resolves it in its own file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The guest's mount tag, `[a-z0-9_-]{1,31}`, unique.
+    pub tag: String,
+    /// The host directory (absolute).
+    pub path: PathBuf,
+    /// Read-only (`readonly=on`: writes fail with `EROFS` in the guest).
+    pub read_only: bool,
 }
 
 /// Transport protocol of a host forward.
@@ -277,6 +300,8 @@ pub struct VmSpec {
     pub network: NetworkAttachment,
     /// Additional disks.
     pub extra_drives: Vec<ExtraDrive>,
+    /// Host directories shared over virtio-9p.
+    pub shares: Vec<Share>,
     /// Restore from a snapshot instead of booting.
     pub incoming: Option<IncomingMigration>,
     /// Guest RAM in a file instead of anonymous memory (templates).
@@ -329,6 +354,7 @@ impl VmSpec {
             qmp_socket: work_dir.join("qmp.sock"),
             network: NetworkAttachment::None,
             extra_drives: Vec::new(),
+            shares: Vec::new(),
             incoming: None,
             memory_file: None,
             translation_cache_mib: TCG_TB_SIZE_MIB,
@@ -405,6 +431,7 @@ impl VmSpec {
             validate_kernel_arg(&self.vm_id, arg)?;
         }
         validate_drives(self)?;
+        validate_shares(self)?;
         files.extend(sockets);
         files.extend(
             self.extra_drives
@@ -529,6 +556,43 @@ fn validate_drives(spec: &VmSpec) -> Result<(), QemuError> {
             )));
         }
         check_path(&spec.vm_id, "extra drive", &drive.path)?;
+        if let Some(backing) = &drive.backing {
+            check_path(&spec.vm_id, "extra drive backing", backing)?;
+            if drive.format != DiskFormat::Qcow2 {
+                return Err(bad("only a qcow2 drive has a backing file".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Longest 9p mount tag the guest reads whole (QEMU's limit is larger).
+pub const MAX_SHARE_TAG_BYTES: usize = 31;
+
+fn validate_shares(spec: &VmSpec) -> Result<(), QemuError> {
+    let mut tags = HashSet::new();
+    for share in &spec.shares {
+        let bad = |reason: String| QemuError::InvalidShare {
+            vm_id: spec.vm_id.clone(),
+            tag: share.tag.clone(),
+            reason,
+        };
+        let tag_ok = (1..=MAX_SHARE_TAG_BYTES).contains(&share.tag.len())
+            && share
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !tag_ok {
+            return Err(bad(format!(
+                "use 1 to {MAX_SHARE_TAG_BYTES} characters from [a-z0-9_-] as tag"
+            )));
+        }
+        if !tags.insert(share.tag.as_str()) {
+            return Err(bad(
+                "the tag is already used: give each share its own".into()
+            ));
+        }
+        check_path(&spec.vm_id, "shared directory", &share.path)?;
     }
     Ok(())
 }
@@ -588,6 +652,7 @@ mod tests {
             format: DiskFormat::Raw,
             access: DiskAccess::ReadWrite,
             serial: serial.into(),
+            backing: None,
         }
     }
 

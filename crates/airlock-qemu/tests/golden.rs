@@ -10,7 +10,7 @@ use airlock_qemu::probe::kvm::probe_args;
 use airlock_qemu::{
     argv_to_lines, Accel, Arch, BootImages, DiskAccess, DiskFormat, ExtraDrive, HostCaps,
     HostForward, IncomingMigration, MemoryFile, MemorySharing, NetworkAttachment, QemuArgs,
-    QemuVersion, RootDisk, VmSpec,
+    QemuVersion, RootDisk, Share, VmSpec,
 };
 use std::path::{Path, PathBuf};
 
@@ -81,13 +81,36 @@ fn cases() -> Vec<(String, String)> {
     full.vcpus = 2;
     full.root.access = DiskAccess::ReadWrite;
     full.extra_kernel_args = vec!["airlock.tmp_mib=32".into()];
-    full.extra_drives = vec![ExtraDrive {
-        id: "data".into(),
-        path: Path::new(WORK_DIR).join("data.img"),
-        format: DiskFormat::Raw,
-        access: DiskAccess::ReadOnly,
-        serial: "airlock-data".into(),
-    }];
+    full.extra_drives = vec![
+        ExtraDrive {
+            id: "data".into(),
+            path: Path::new(WORK_DIR).join("data.img"),
+            format: DiskFormat::Raw,
+            access: DiskAccess::ReadOnly,
+            serial: "airlock-data".into(),
+            backing: None,
+        },
+        ExtraDrive {
+            id: "workspace".into(),
+            path: Path::new(WORK_DIR).join("workspace.qcow2"),
+            format: DiskFormat::Qcow2,
+            access: DiskAccess::ReadWrite,
+            serial: "airlock-workspace".into(),
+            backing: Some("/cache/workspace/ext4-2048m.qcow2".into()),
+        },
+    ];
+    full.shares = vec![
+        Share {
+            tag: "mount0".into(),
+            path: "/home/me/data,set".into(),
+            read_only: true,
+        },
+        Share {
+            tag: "mount1".into(),
+            path: "/home/me/out".into(),
+            read_only: false,
+        },
+    ];
     full.incoming = Some(IncomingMigration::Fd(3));
     let plain_host = HostCaps {
         io_uring: false,

@@ -301,6 +301,7 @@ async fn built_argv_runs_on_the_installed_qemu_for_every_network() {
                 format: DiskFormat::Raw,
                 access: DiskAccess::ReadWrite,
                 serial: "airlock-data".into(),
+                backing: None,
             });
             spec.vcpus = 2;
         }

@@ -63,6 +63,9 @@
 //! default_timeout_s = 300
 //! [e2b.templates]          # E2B template ids -> Airlock images (over the built-ins)
 //! my-data = "python-data"
+//! [mounts.roots]           # host folders tenants may mount (none by default)
+//! "*" = ["/srv/datasets"]  # every tenant
+//! team-a = ["/srv/team-a"]
 //! ```
 
 use crate::error::{Result, ServerError};
@@ -198,6 +201,8 @@ pub struct ServerConfig {
     pub egress: EgressPolicy,
     /// The QEMU jail (`docs/security.md`, "The QEMU jail").
     pub jail: JailSection,
+    /// The host folders tenants may mount (`mounts` of a sandbox).
+    pub mounts: MountsConfig,
     /// The disk budget of each VM's console log (and of its QEMU log),
     /// in bytes: a guest printing without end keeps only its newest
     /// output.
@@ -356,6 +361,9 @@ pub struct ShapeSpec {
     /// vCPUs.
     #[serde(default = "default_pool_vcpus")]
     pub vcpus: u32,
+    /// Workspace disk in MiB (0: none).
+    #[serde(default = "default_disk_mib")]
+    pub disk_mib: u32,
 }
 
 impl ShapeSpec {
@@ -364,6 +372,7 @@ impl ShapeSpec {
         airlock::spec::MachineShape {
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
+            disk_mib: self.disk_mib,
             ..airlock::spec::MachineShape::of_image(self.image)
         }
     }
@@ -746,6 +755,9 @@ pub struct PoolSpec {
     /// Their vCPUs.
     #[serde(default = "default_pool_vcpus")]
     pub vcpus: u32,
+    /// Their workspace disk in MiB (0: none).
+    #[serde(default = "default_disk_mib")]
+    pub disk_mib: u32,
     /// VMs kept waiting.
     #[serde(default = "default_pool_size")]
     pub size: usize,
@@ -759,6 +771,9 @@ fn default_pool_memory() -> u32 {
 }
 fn default_pool_vcpus() -> u32 {
     1
+}
+fn default_disk_mib() -> u32 {
+    airlock::spec::DEFAULT_DISK_MIB
 }
 fn default_pool_size() -> usize {
     1
@@ -775,6 +790,7 @@ impl PoolSpec {
             image: None,
             memory_mib: default_pool_memory(),
             vcpus: default_pool_vcpus(),
+            disk_mib: default_disk_mib(),
             size,
             max_idle_s: default_pool_max_idle(),
         }
@@ -809,6 +825,7 @@ impl PoolSpec {
                 image: self.image,
                 memory_mib: self.memory_mib,
                 vcpus: self.vcpus,
+                disk_mib: self.disk_mib,
             },
             size: self.size,
             max_idle: Duration::from_secs(self.max_idle_s),
@@ -845,9 +862,76 @@ impl Default for ServerConfig {
             mcp: McpLimits::default(),
             egress: EgressPolicy::default(),
             jail: JailSection::default(),
+            mounts: MountsConfig::default(),
             console_log_max_bytes: airlock::DEFAULT_CONSOLE_LOG_MAX_BYTES,
             e2b: E2bConfig::default(),
         }
+    }
+}
+
+/// [`ServerConfig::mounts`]: per tenant (`"*"`: every tenant), the host
+/// dirs at or below which its sandboxes may mount folders. None by
+/// default: a server refuses every mount (403 `mount_refused`) until its
+/// operator lists roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountsConfig {
+    /// Tenant (or `"*"`) to its roots (absolute dirs).
+    pub roots: std::collections::BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl MountsConfig {
+    /// The roots of `tenant`: its own and those of `"*"`.
+    pub fn roots_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a PathBuf> + 'a {
+        self.roots
+            .iter()
+            .filter(move |(name, _)| *name == "*" || *name == tenant)
+            .flat_map(|(_, roots)| roots)
+    }
+
+    /// Checks that every root is an absolute path.
+    ///
+    /// # Errors
+    /// A message naming the root.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (tenant, roots) in &self.roots {
+            if let Some(root) = roots.iter().find(|r| !r.is_absolute()) {
+                return Err(format!(
+                    "mounts.roots.{tenant}: {} is not an absolute path",
+                    root.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves each mount's host dir (symbolic links and `..` followed,
+    /// blocking) and checks it is a directory at or below one of
+    /// `tenant`'s roots (resolved the same way); the mounts then name the
+    /// resolved dirs, which QEMU opens.
+    ///
+    /// # Errors
+    /// [`ServerError::MountRefused`], naming the folder, without saying
+    /// which roots exist.
+    pub fn resolve(&self, tenant: &str, mounts: &mut [airlock::spec::Mount]) -> Result<()> {
+        let roots: Vec<PathBuf> = self
+            .roots_of(tenant)
+            .filter_map(|root| std::fs::canonicalize(root).ok())
+            .collect();
+        for mount in mounts {
+            let refused = || ServerError::MountRefused {
+                message: format!(
+                    "{} is not a folder this tenant may mount",
+                    mount.host.display()
+                ),
+            };
+            let real = std::fs::canonicalize(&mount.host).map_err(|_| refused())?;
+            if !real.is_dir() || !roots.iter().any(|root| real.starts_with(root)) {
+                return Err(refused());
+            }
+            mount.host = real;
+        }
+        Ok(())
     }
 }
 
@@ -864,6 +948,7 @@ impl ServerConfig {
             quotas: Quotas {
                 vcpus: u32::MAX,
                 vcpus_per_vm: *airlock::spec::VCPUS_RANGE.end(),
+                disk_mib: *airlock::spec::DISK_MIB_RANGE.end(),
                 ..defaults.quotas
             },
             tenancy: TenancyConfig {
@@ -928,6 +1013,7 @@ impl ServerConfig {
             source_name: "settings".into(),
             message,
         };
+        self.mounts.validate().map_err(bad)?;
         if !self.listen.ip().is_loopback() && self.keys_file.is_none() {
             return Err(bad(format!(
                 "listening on {} (not a loopback address) needs a keys file: anyone who can reach it could run code; \
@@ -1002,6 +1088,7 @@ impl ServerConfig {
             ("cache.layer_wait_s", self.cache.layer_wait_s),
             ("quotas.vcpus", u64::from(self.quotas.vcpus)),
             ("quotas.vcpus_per_vm", u64::from(self.quotas.vcpus_per_vm)),
+            ("quotas.disk_mib", u64::from(self.quotas.disk_mib)),
             ("tenancy.queue_timeout_s", self.tenancy.queue_timeout_s),
             ("expose.max_per_vm", self.expose.max_per_vm as u64),
             ("uploads.max_bytes", self.uploads.max_bytes as u64),
@@ -1298,6 +1385,57 @@ mod tests {
         let long = "[e2b]\nmax_timeout_s = 100000\n";
         assert!(check(long).is_err());
         assert!(check("[e2b]\nlisten = \"127.0.0.1:0\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_mount_is_allowed_only_at_or_below_its_tenants_roots_and_named_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("shared");
+        let other = dir.path().join("private");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::os::unix::fs::symlink(&other, root.join("escape")).unwrap();
+        std::fs::write(root.join("file"), "x").unwrap();
+        let config: ServerConfig = toml::from_str(&format!(
+            "[mounts.roots]\nteam-a = [{:?}]\n",
+            root.display().to_string()
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        let mount = |host: &std::path::Path| airlock::spec::Mount {
+            host: host.to_path_buf(),
+            guest: "/mnt/x".into(),
+            read_only: true,
+        };
+        let mut ok = [mount(&root.join("data/../data"))];
+        config.mounts.resolve("team-a", &mut ok).unwrap();
+        assert_eq!(
+            ok[0].host,
+            std::fs::canonicalize(root.join("data")).unwrap()
+        );
+        for refused in [
+            ("team-b", root.join("data")),
+            ("team-a", other.clone()),
+            ("team-a", root.join("escape")),
+            ("team-a", root.join("file")),
+            ("team-a", root.join("missing")),
+        ] {
+            let mut mounts = [mount(&refused.1)];
+            let err = config.mounts.resolve(refused.0, &mut mounts).unwrap_err();
+            assert_eq!(err.kind(), "mount_refused", "{refused:?}");
+        }
+        let mut none = [mount(&root)];
+        let err = ServerConfig::default()
+            .mounts
+            .resolve("team-a", &mut none)
+            .unwrap_err();
+        assert_eq!(err.kind(), "mount_refused");
+    }
+
+    #[test]
+    fn relative_mount_roots_are_refused_at_start() {
+        let config: ServerConfig = toml::from_str("[mounts.roots]\n\"*\" = [\"srv\"]\n").unwrap();
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -117,6 +117,13 @@ pub enum ServerError {
         /// What is refused and what is accepted.
         message: String,
     },
+    /// A host folder the request mounts is not under a root the operator
+    /// lists for its tenant (`[mounts.roots]`), or not a directory.
+    #[error("mounts: {message}")]
+    MountRefused {
+        /// What is refused and why.
+        message: String,
+    },
     /// A run's uploaded files are larger, together, than the server
     /// accepts (`[uploads] max_bytes`).
     #[error(
@@ -269,6 +276,7 @@ impl ServerError {
             Self::Quota { .. } | Self::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ExposeDisabled => StatusCode::FORBIDDEN,
             Self::ExposeRefused { .. } => StatusCode::BAD_REQUEST,
+            Self::MountRefused { .. } => StatusCode::FORBIDDEN,
             Self::Draining | Self::NodeFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Orchestrator(e) => orchestrator_status(e),
             Self::Config { .. }
@@ -296,6 +304,7 @@ impl ServerError {
             Self::QueueTimeout { .. } => "queue_timeout",
             Self::ExposeDisabled => "expose_disabled",
             Self::ExposeRefused { .. } => "expose_refused",
+            Self::MountRefused { .. } => "mount_refused",
             Self::UploadsTooLarge { .. } => "uploads_too_large",
             Self::Draining => "draining",
             Self::NodeFull { .. } => "node_full",
@@ -325,6 +334,9 @@ impl ServerError {
             ),
             Self::ExposeRefused { .. } => Some(
                 "expose GUEST ports only (the server picks a free host port and reports it), at most `[expose] max_per_vm` of them",
+            ),
+            Self::MountRefused { .. } => Some(
+                "mount only folders below a root the operator lists for your tenant in `[mounts.roots]` (docs/persistence.md)",
             ),
             Self::UploadsTooLarge { .. } => Some(
                 "send fewer or smaller files with the run, or write them into a session with PUT /v1/sessions/{id}/files/{path}",

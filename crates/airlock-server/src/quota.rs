@@ -32,6 +32,9 @@ pub struct Quotas {
     pub vcpus: u32,
     /// Largest vCPU count of one VM.
     pub vcpus_per_vm: u32,
+    /// Largest workspace disk of one VM, in MiB (`disk_mib`; the host
+    /// stores only what the guest writes, up to this).
+    pub disk_mib: u32,
 }
 
 impl Default for Quotas {
@@ -44,6 +47,7 @@ impl Default for Quotas {
             requests_per_minute: 600,
             vcpus: 8,
             vcpus_per_vm: 4,
+            disk_mib: 4096,
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct QuotaOverrides {
     /// See [`Quotas::vcpus_per_vm`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus_per_vm: Option<u32>,
+    /// See [`Quotas::disk_mib`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u32>,
 }
 
 impl QuotaOverrides {
@@ -89,6 +96,7 @@ impl QuotaOverrides {
                 .unwrap_or(defaults.requests_per_minute),
             vcpus: self.vcpus.unwrap_or(defaults.vcpus),
             vcpus_per_vm: self.vcpus_per_vm.unwrap_or(defaults.vcpus_per_vm),
+            disk_mib: self.disk_mib.unwrap_or(defaults.disk_mib),
         }
     }
 }
@@ -124,6 +132,21 @@ impl Quotas {
             ));
         }
         self.check_timeout(tenant, timeout)
+    }
+
+    /// Checks one VM's workspace disk against [`Quotas::disk_mib`].
+    ///
+    /// # Errors
+    /// [`ServerError::Quota`] for `disk_mib`.
+    pub fn check_disk(&self, tenant: &str, disk_mib: u32) -> Result<()> {
+        if disk_mib > self.disk_mib {
+            return Err(quota(
+                tenant,
+                "disk_mib",
+                format!("{disk_mib} MiB asked, at most {} MiB", self.disk_mib),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a timeout against [`Quotas::timeout_s`].
@@ -397,6 +420,22 @@ impl Drop for Place {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_over_the_quota_is_refused_and_a_key_may_raise_it() {
+        let q = Quotas::default();
+        q.check_disk("t", 4096).unwrap();
+        match q.check_disk("t", 4097) {
+            Err(ServerError::Quota { quota, .. }) => assert_eq!(quota, "disk_mib"),
+            other => panic!("{other:?}"),
+        }
+        let raised = QuotaOverrides {
+            disk_mib: Some(8192),
+            ..QuotaOverrides::default()
+        }
+        .over(q);
+        raised.check_disk("t", 8192).unwrap();
+    }
 
     #[test]
     fn vcpus_are_held_from_the_slot_on_and_given_back_with_the_place() {

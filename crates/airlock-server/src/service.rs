@@ -210,6 +210,7 @@ impl Airlock {
             spec.shape.vcpus,
             std::time::Duration::ZERO,
         )?;
+        quotas.check_disk(&caller.tenant, spec.shape.disk_mib)?;
         self.inner
             .config
             .expose
@@ -226,6 +227,33 @@ impl Airlock {
             self.inner.scheduler.config().template_shapes.as_deref(),
             quotas.memory_mib,
         );
+        Ok(())
+    }
+
+    /// Checks the sandbox's host folders against the operator's roots for
+    /// the caller's tenant (`[mounts.roots]`) and makes them name the
+    /// resolved dirs, on a blocking thread (it follows links on disk).
+    ///
+    /// # Errors
+    /// [`ServerError::MountRefused`].
+    pub async fn fit_mounts(
+        &self,
+        caller: &Caller,
+        spec: &mut airlock::spec::SandboxSpec,
+    ) -> Result<()> {
+        if spec.mounts.is_empty() {
+            return Ok(());
+        }
+        let config = self.inner.config.mounts.clone();
+        let (tenant, mut mounts) = (caller.tenant.clone(), std::mem::take(&mut spec.mounts));
+        spec.mounts = tokio::task::spawn_blocking(move || {
+            config.resolve(&tenant, &mut mounts).map(|()| mounts)
+        })
+        .await
+        .map_err(|e| ServerError::Internal {
+            action: "check the mounts",
+            message: format!("the task failed: {e}"),
+        })??;
         Ok(())
     }
 
@@ -425,6 +453,7 @@ impl Airlock {
         }
         request.upload_timeout = std::time::Duration::from_secs(uploads.timeout_s);
         self.fit_sandbox(caller, &mut request.spec)?;
+        self.fit_mounts(caller, &mut request.spec).await?;
         let place = self
             .take_place(
                 caller,

@@ -159,6 +159,7 @@ async fn run_steps(
     let disk = take_overlay(ctx.disks, base, &workdir).await?;
     timings.overlay_ms = ms(disk.elapsed);
     timings.overlay_pool_hit = disk.pool_hit;
+    let workspace_base = take_workspace(ctx, options, &workdir).await?;
 
     let group = create_group(ctx, options, &vm_id).await?;
     let group = guard.parts().group.insert(group).clone();
@@ -175,7 +176,15 @@ async fn run_steps(
         workdir.record_process("gvproxy", pid).await?;
     }
 
-    let plan = machine_plan(ctx.config, options, &vm_id, &workdir, base, network_socket);
+    let plan = machine_plan(
+        ctx.config,
+        options,
+        &vm_id,
+        &workdir,
+        base,
+        network_socket,
+        workspace_base,
+    );
     let spawn_start = Instant::now();
     let mut process = ctx.launcher.spawn(&plan, &group).await?;
     process.track(ctx.processes, &vm_id);
@@ -212,6 +221,32 @@ async fn take_overlay(
     workdir: &WorkDir,
 ) -> Result<DiskAcquired, BootError> {
     disks.acquire(base, &workdir.overlay()).await
+}
+
+/// Step 3a': the workspace disk, when the VM has one: an overlay (from
+/// the pool, as the root disk's) over the launcher's base (a template's
+/// own disk) or the blank ext4 base of its size (made once per size).
+/// Returns the base.
+async fn take_workspace(
+    ctx: &BootContext<'_>,
+    options: &VmOptions,
+    workdir: &WorkDir,
+) -> Result<Option<PathBuf>, BootError> {
+    if options.disk_mib == 0 {
+        return Ok(None);
+    }
+    let base = match ctx.launcher.workspace_base() {
+        Some(base) => base.to_path_buf(),
+        None => crate::disk::workspace_base(&ctx.config.workspace_dir, options.disk_mib).await?,
+    };
+    let taken = ctx.disks.acquire(&base, &workdir.workspace()).await?;
+    tracing::debug!(
+        disk_mib = options.disk_mib,
+        elapsed_ms = ms(taken.elapsed),
+        pool_hit = taken.pool_hit,
+        "workspace disk taken"
+    );
+    Ok(Some(base))
 }
 
 /// Step 3b: the limits group the VM's processes start in. Made on the
@@ -295,6 +330,7 @@ fn machine_plan(
     workdir: &WorkDir,
     base: &Path,
     network_socket: Option<PathBuf>,
+    workspace_base: Option<PathBuf>,
 ) -> MachinePlan {
     MachinePlan {
         vm_id: vm_id.to_owned(),
@@ -306,6 +342,8 @@ fn machine_plan(
         verbose_console: config.debug_console,
         packages: options.packages.clone(),
         translation_cache_mib: options.image().translation_cache_mib(),
+        workspace_base,
+        mounts: options.mounts.clone(),
     }
 }
 

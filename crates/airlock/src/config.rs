@@ -72,6 +72,9 @@ pub struct Config {
     pub restore_templates: bool,
     /// Where package layers are stored (`<cache>/packages`).
     pub packages_dir: PathBuf,
+    /// Where the blank workspace disks are kept, one per size
+    /// (`<cache>/workspace`; `disk.rs`).
+    pub workspace_dir: PathBuf,
     /// The CA bundle guests with a network trust (default: the host's
     /// system bundle; `--ca-bundle` picks a file).
     pub ca_bundle: crate::spec::CaBundle,
@@ -147,6 +150,7 @@ impl Default for Config {
             templates_dir: dirs.cache.join("templates"),
             restore_templates: false,
             packages_dir: dirs.cache.join("packages"),
+            workspace_dir: dirs.cache.join("workspace"),
             ca_bundle: crate::spec::CaBundle::default(),
             secrets_ca_dir: dirs.cache.join("secrets-ca"),
             warm_pools: Vec::new(),

@@ -40,6 +40,11 @@ pub struct MachinePlan {
     /// The TCG translation cache in MiB
     /// ([`crate::spec::Image::translation_cache_mib`]).
     pub translation_cache_mib: u32,
+    /// The workspace disk: the work dir's overlay over this read-only
+    /// qcow2 base (`None`: no disk, the home in RAM).
+    pub workspace_base: Option<PathBuf>,
+    /// Host folders over virtio-9p.
+    pub mounts: Vec<crate::spec::Mount>,
 }
 
 /// Starts a machine and reaches its agent: the only part of a VM's boot
@@ -51,6 +56,13 @@ pub struct MachinePlan {
 pub trait Launcher: Send + Sync {
     /// A short name for logs (`qemu-cold-boot`).
     fn name(&self) -> &'static str;
+
+    /// The base the workspace disk's overlay must have, when the machine
+    /// comes from one (a template's own disk, which its memory expects);
+    /// `None` (the default): a blank disk of the asked size.
+    fn workspace_base(&self) -> Option<&std::path::Path> {
+        None
+    }
 
     /// Starts the machine's process, inside `group` from its first
     /// instruction, and returns once it runs. Must not wait for the guest.

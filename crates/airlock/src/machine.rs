@@ -5,7 +5,7 @@
 //! the spec.
 
 use crate::network::NetworkRequest;
-use crate::spec::{Image, MachineShape, SandboxSpec};
+use crate::spec::{Image, MachineShape, Mount, SandboxSpec};
 use airlock_protocol::abi::PackagesMount;
 use airlock_protocol::Language;
 use airlock_qemu::{DiskAccess, DiskFormat, ExtraDrive};
@@ -38,8 +38,12 @@ pub struct VmOptions {
     /// (`None`: none). Set by the scheduler per VM: placeholders are new
     /// for every VM.
     pub secrets: Option<crate::network::VmSecrets>,
-    // Where this wave's spec fields land: `mounts` as extra 9p devices,
-    // `disk_mib` as a workspace drive, both read by `qemu_spec.rs`.
+    /// The workspace disk in MiB (`0`: none; [`MachineShape::disk_mib`]):
+    /// a qcow2 overlay in the work dir over a blank ext4 base of that size
+    /// (or over a template's own disk), attached by `qemu_spec.rs`.
+    pub disk_mib: u32,
+    /// Host folders over virtio-9p (`qemu_spec.rs` adds one device each).
+    pub mounts: Vec<Mount>,
 }
 
 impl VmOptions {
@@ -59,6 +63,8 @@ impl VmOptions {
             network: spec.network.with_secret_hosts(&spec.secrets),
             packages,
             secrets: None,
+            disk_mib: spec.shape.disk_mib,
+            mounts: spec.mounts.clone(),
         }
     }
 
@@ -74,6 +80,8 @@ impl VmOptions {
             network: NetworkRequest::default(),
             packages: None,
             secrets: None,
+            disk_mib: shape.disk_mib,
+            mounts: Vec::new(),
         }
     }
 
@@ -89,6 +97,7 @@ impl VmOptions {
             image: self.image,
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
+            disk_mib: self.disk_mib,
         }
     }
 }
@@ -133,6 +142,7 @@ impl PackageDisk {
                 format: DiskFormat::Raw,
                 access,
                 serial: PACKAGES_SERIAL.into(),
+                backing: None,
             },
             mount.kernel_arg(),
         )

@@ -2,7 +2,10 @@
 //! (pure: no file or process is touched).
 
 use crate::launcher::MachinePlan;
-use airlock_qemu::{BootImages, DiskAccess, NetworkAttachment, RootDisk, VmSpec};
+use airlock_protocol::abi::{GuestMount, WORKSPACE_ARG, WORKSPACE_FS, WORKSPACE_SERIAL};
+use airlock_qemu::{
+    BootImages, DiskAccess, DiskFormat, ExtraDrive, NetworkAttachment, RootDisk, Share, VmSpec,
+};
 
 /// The QEMU spec of the machine `plan` describes, booting `boot`: its root
 /// disk is the work dir's overlay over the read-only base; its sockets and
@@ -40,6 +43,31 @@ pub fn vm_spec(plan: &MachinePlan, boot: &BootImages) -> VmSpec {
         spec.extra_drives.push(drive);
         spec.extra_kernel_args.push(kernel_arg);
     }
+    if let Some(base) = &plan.workspace_base {
+        spec.extra_drives.push(ExtraDrive {
+            id: "workspace".into(),
+            path: workdir.workspace(),
+            format: DiskFormat::Qcow2,
+            access: DiskAccess::ReadWrite,
+            serial: WORKSPACE_SERIAL.into(),
+            backing: Some(base.clone()),
+        });
+        spec.extra_kernel_args
+            .push(format!("{WORKSPACE_ARG}={WORKSPACE_FS}"));
+    }
+    for (index, mount) in plan.mounts.iter().enumerate() {
+        let guest = GuestMount {
+            tag: GuestMount::tag_of(index),
+            read_only: mount.read_only,
+            dir: mount.guest.clone(),
+        };
+        spec.extra_kernel_args.push(guest.kernel_arg());
+        spec.shares.push(Share {
+            tag: guest.tag,
+            path: mount.host.clone(),
+            read_only: mount.read_only,
+        });
+    }
     spec
 }
 
@@ -51,6 +79,8 @@ mod tests {
 
     fn plan(network_socket: Option<PathBuf>, verbose_console: bool) -> MachinePlan {
         MachinePlan {
+            workspace_base: None,
+            mounts: Vec::new(),
             vm_id: "0123456789abcdef".into(),
             memory_mib: 768,
             vcpus: 2,
@@ -68,6 +98,67 @@ mod tests {
             kernel: PathBuf::from("/images/bzImage"),
             initramfs: PathBuf::from("/images/initramfs"),
         }
+    }
+
+    #[test]
+    fn a_workspace_is_a_writable_overlay_in_the_work_dir_announced_to_init() {
+        let mut with = plan(None, false);
+        with.workspace_base = Some(PathBuf::from("/cache/workspace/ext4-2048m.qcow2"));
+        let spec = vm_spec(&with, &boot());
+        assert_eq!(
+            spec.extra_drives,
+            [ExtraDrive {
+                id: "workspace".into(),
+                path: PathBuf::from("/run/airlock/vms/0123456789abcdef/workspace.qcow2"),
+                format: DiskFormat::Qcow2,
+                access: DiskAccess::ReadWrite,
+                serial: "airlock-workspace".into(),
+                backing: Some(PathBuf::from("/cache/workspace/ext4-2048m.qcow2")),
+            }]
+        );
+        assert_eq!(spec.extra_kernel_args, ["airlock.workspace=ext4"]);
+        let without = vm_spec(&plan(None, false), &boot());
+        assert!(without.extra_drives.is_empty() && without.extra_kernel_args.is_empty());
+    }
+
+    #[test]
+    fn each_mount_is_a_share_and_a_kernel_argument_with_the_same_tag() {
+        let mut with = plan(None, false);
+        with.mounts = vec![
+            crate::spec::Mount::parse("/data/in:/mnt/in").unwrap(),
+            crate::spec::Mount::parse("/data/out:/home/sandbox/out:rw").unwrap(),
+        ];
+        let spec = vm_spec(&with, &boot());
+        assert_eq!(
+            spec.shares,
+            [
+                Share {
+                    tag: "mount0".into(),
+                    path: "/data/in".into(),
+                    read_only: true
+                },
+                Share {
+                    tag: "mount1".into(),
+                    path: "/data/out".into(),
+                    read_only: false
+                },
+            ]
+        );
+        assert_eq!(
+            spec.extra_kernel_args,
+            [
+                "airlock.mount=mount0:ro:/mnt/in",
+                "airlock.mount=mount1:rw:/home/sandbox/out"
+            ]
+        );
+        let caps = airlock_qemu::HostCaps {
+            arch: airlock_qemu::Arch::X86_64,
+            accel: airlock_qemu::Accel::Tcg,
+            qemu_version: airlock_qemu::QemuVersion::new(7, 2, 0),
+            io_uring: false,
+            tsc_khz: None,
+        };
+        airlock_qemu::QemuArgs::build(&spec, &caps).unwrap();
     }
 
     #[test]
@@ -143,6 +234,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 access: DiskAccess::ReadOnly,
                 serial: "airlock-packages".into(),
+                backing: None,
             }]
         );
         assert_eq!(spec.extra_kernel_args, ["airlock.packages=ro"]);

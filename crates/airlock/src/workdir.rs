@@ -209,6 +209,12 @@ impl WorkDir {
         self.path.join("root.qcow2")
     }
 
+    /// The qcow2 overlay QEMU opens as the workspace disk (when the VM has
+    /// one).
+    pub fn workspace(&self) -> PathBuf {
+        self.path.join("workspace.qcow2")
+    }
+
     /// The socket of the `airlock.cmd` port.
     pub fn cmd_socket(&self) -> PathBuf {
         self.path.join("cmd.sock")

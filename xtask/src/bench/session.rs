@@ -60,6 +60,7 @@ pub(super) fn measure(starts: usize) -> Result<SessionNumbers> {
                     image: None,
                     memory_mib: options.spec.shape.memory_mib,
                     vcpus: options.spec.shape.vcpus,
+                    disk_mib: options.spec.shape.disk_mib,
                 };
                 scheduler
                     .templates()

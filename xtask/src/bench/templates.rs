@@ -113,6 +113,8 @@ fn python_options() -> VmOptions {
         vcpus: shape.vcpus,
         network: Default::default(),
         secrets: None,
+        disk_mib: shape.disk_mib,
+        mounts: Vec::new(),
     }
 }
 
@@ -122,6 +124,7 @@ fn python_shape() -> TemplateShape {
         image: None,
         memory_mib: airlock::DEFAULT_MEMORY_MIB,
         vcpus: 1,
+        disk_mib: airlock::spec::DEFAULT_DISK_MIB,
     }
 }
 

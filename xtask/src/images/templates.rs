@@ -19,6 +19,7 @@ pub fn default_shapes() -> Vec<TemplateShape> {
             image: None,
             memory_mib: airlock::DEFAULT_MEMORY_MIB,
             vcpus: 1,
+            disk_mib: airlock::spec::DEFAULT_DISK_MIB,
         })
         .collect()
 }

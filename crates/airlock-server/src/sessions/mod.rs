@@ -38,6 +38,7 @@ impl Airlock {
         let secrets = self.resolve_secrets(caller, &body.spec.secrets).await?;
         let mut options = body.spec.to_options(&caller.tenant, language, secrets)?;
         self.fit_sandbox(caller, &mut options.spec)?;
+        self.fit_mounts(caller, &mut options.spec).await?;
         // Sessions the orchestrator closed (idle, lifetime) give their
         // places back here.
         self.sweep_sessions();

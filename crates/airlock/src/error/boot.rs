@@ -205,6 +205,15 @@ pub enum BootError {
         #[source]
         source: Box<airlock_overlay::OverlayError>,
     },
+    /// A workspace disk could not be made (its blank ext4 base, or a
+    /// template's copy of its disk).
+    #[error("workspace disk of {disk_mib} MiB: {reason}")]
+    Workspace {
+        /// Its size.
+        disk_mib: u32,
+        /// What failed, with the tool's own words.
+        reason: String,
+    },
     /// A limits-group step failed (creating, joining or moving a VM's
     /// group).
     #[error("{}{action}: {source}", vm_prefix(.vm_id))]
@@ -277,6 +286,9 @@ impl BootError {
                 Some("raise max_concurrent_vms, or retry when fewer runs are in flight")
             }
             Self::ExposeBind { .. } => Some("choose another host port, or let Airlock pick one"),
+            Self::Workspace { .. } => Some(
+                "the workspace disk needs mkfs.ext4 (e2fsprogs) and qemu-img on the host and room in the cache dir; --disk 0 keeps the home in RAM",
+            ),
             Self::Jail { .. } => Some(
                 "the jail needs /run/airlock-jail writable and a free uid in its range; see docs/security.md (\"Layer 6\"), or turn it off with AIRLOCK_JAIL=0 / [jail] enabled = false",
             ),

@@ -300,6 +300,8 @@ pub(crate) fn options(language: Language) -> VmOptions {
         memory_mib: 256,
         vcpus: 1,
         network: Default::default(),
+        disk_mib: 0,
+        mounts: Vec::new(),
     }
 }
 

@@ -29,6 +29,7 @@ enum Step {
         /// The flags of the bind's remount (the bind itself cannot set them).
         remount: libc::c_ulong,
     },
+    Proc(CString),
 }
 
 /// A jail ready to be entered by a child.
@@ -46,6 +47,9 @@ const JAIL_FS: &CStr = c"airlock-jail";
 /// The root holds only mount points: small, and no devices, setuid or
 /// programs of its own.
 const ROOT_OPTIONS: &CStr = c"mode=0755,size=1m";
+const PROC: &CStr = c"proc";
+/// The jail uid sees its own processes only, and no `/proc/sys`.
+const PROC_OPTIONS: &CStr = c"hidepid=invisible,subset=pid";
 const DOT: &CStr = c".";
 const SLASH: &CStr = c"/";
 
@@ -70,6 +74,7 @@ impl Entry {
         for op in &plan.ops {
             steps.push(match op {
                 Op::Dir(path) => Step::Dir(c_path(path)?),
+                Op::Proc(path) => Step::Proc(c_path(path)?),
                 Op::File(path) => Step::File(c_path(path)?),
                 Op::Link { target, link } => Step::Link {
                     target: c_path(target)?,
@@ -150,6 +155,15 @@ impl Entry {
                     }
                     Step::Link { target, link } => {
                         check(libc::symlink(target.as_ptr(), link.as_ptr()))?;
+                    }
+                    Step::Proc(path) => {
+                        check(libc::mount(
+                            PROC.as_ptr(),
+                            path.as_ptr(),
+                            PROC.as_ptr(),
+                            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                            PROC_OPTIONS.as_ptr().cast(),
+                        ))?;
                     }
                     Step::Bind {
                         source,

@@ -261,6 +261,13 @@ impl Jail {
             ],
             writable: Vec::new(),
             devices: vec!["/dev/null".into(), "/dev/urandom".into()],
+            // Seen with their host owners and modes: the jail uid reads
+            // (and, read-write, writes) what "others" may.
+            shared_dirs: spec
+                .shares
+                .iter()
+                .map(|share| (share.path.clone(), !share.read_only))
+                .collect(),
         };
         let mut groups = Vec::new();
         if kvm {
@@ -273,6 +280,9 @@ impl Jail {
         }
         let outside = |path: &Path| !path.starts_with(work_dir);
         for drive in &spec.extra_drives {
+            if let Some(backing) = &drive.backing {
+                needs.read_only.push(backing.clone());
+            }
             match drive.access {
                 DiskAccess::ReadOnly => needs.read_only.push(drive.path.clone()),
                 DiskAccess::ReadWrite if outside(&drive.path) => {
@@ -488,6 +498,7 @@ mod tests {
             read_only: Vec::new(),
             writable: Vec::new(),
             devices: vec!["/dev/null".into()],
+            shared_dirs: Vec::new(),
         };
         let plan = plan::Plan::build(&root, &system, &needs).unwrap();
         let entry = Entry::new(&root, &plan, uid, Vec::new()).unwrap();

@@ -38,6 +38,11 @@ pub(crate) enum Op {
         /// The link, inside the jail's root.
         link: PathBuf,
     },
+    /// Mount a procfs on `target` showing the jail uid its own processes
+    /// only (`hidepid=invisible,subset=pid`: no `/proc/sys`, no other
+    /// process): QEMU's 9p server changes a shared file's mode through
+    /// `/proc/self/fd/N` (`fchmodat_nofollow`), so a share needs it.
+    Proc(PathBuf),
     /// Bind-mount `source` (a host path) on `target` (inside the root).
     Bind {
         /// The host path.
@@ -112,6 +117,9 @@ pub(crate) struct Needs {
     pub writable: Vec<PathBuf>,
     /// Device nodes.
     pub devices: Vec<PathBuf>,
+    /// Host directories shared with the guest (virtio-9p), and whether
+    /// QEMU may write in them.
+    pub shared_dirs: Vec<(PathBuf, bool)>,
 }
 
 /// Why a plan cannot be made.
@@ -162,6 +170,21 @@ impl Plan {
         }
         for file in &needs.read_only {
             plan.bind_file(root, file, Access::ReadOnly)?;
+        }
+        for (dir, writable) in &needs.shared_dirs {
+            let access = if *writable {
+                Access::Writable
+            } else {
+                Access::ReadOnly
+            };
+            plan.bind_dir(root, dir, access)?;
+        }
+        if !needs.shared_dirs.is_empty() {
+            let proc = inside(root, Path::new("/proc"))?;
+            if plan.made.insert(proc.clone()) {
+                plan.ops.push(Op::Dir(proc.clone()));
+            }
+            plan.ops.push(Op::Proc(proc));
         }
         Ok(plan)
     }
@@ -267,6 +290,7 @@ mod tests {
             ],
             writable: vec!["/root/.cache/airlock/templates/k/memory".into()],
             devices: vec!["/dev/null".into(), "/dev/urandom".into()],
+            shared_dirs: Vec::new(),
         }
     }
 
@@ -309,8 +333,32 @@ mod tests {
     }
 
     #[test]
+    fn shared_dirs_are_bound_read_only_unless_asked_writable() {
+        let mut shared = needs();
+        shared.shared_dirs = vec![
+            ("/home/me/data".into(), false),
+            ("/home/me/out".into(), true),
+        ];
+        let plan = Plan::build(Path::new("/j"), &system(), &shared).unwrap();
+        let binds = binds(&plan);
+        assert_eq!(
+            binds[binds.len() - 2..],
+            [
+                ("/home/me/data".to_string(), Access::ReadOnly),
+                ("/home/me/out".to_string(), Access::Writable),
+            ]
+        );
+        assert!(plan.ops.contains(&Op::Dir("/j/home/me/data".into())));
+        assert_eq!(plan.ops.last(), Some(&Op::Proc("/j/proc".into())));
+        let without = Plan::build(Path::new("/j"), &system(), &needs()).unwrap();
+        assert!(!without.ops.iter().any(|op| matches!(op, Op::Proc(_))));
+    }
+
+    #[test]
     fn every_mount_point_has_its_parents_made_first_and_once() {
-        let plan = Plan::build(Path::new("/j"), &system(), &needs()).unwrap();
+        let mut shared = needs();
+        shared.shared_dirs = vec![("/home/me/data".into(), true)];
+        let plan = Plan::build(Path::new("/j"), &system(), &shared).unwrap();
         let mut made = BTreeSet::new();
         made.insert(PathBuf::from("/j"));
         for op in &plan.ops {
@@ -318,8 +366,11 @@ mod tests {
                 Op::Dir(p) => (p, true),
                 Op::File(p) => (p, false),
                 Op::Link { link, .. } => (link, false),
-                Op::Bind { target, .. } => {
-                    assert!(made.contains(target), "{target:?} bound before it was made");
+                Op::Bind { target, .. } | Op::Proc(target) => {
+                    assert!(
+                        made.contains(target),
+                        "{target:?} mounted before it was made"
+                    );
                     continue;
                 }
             };

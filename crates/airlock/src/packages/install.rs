@@ -44,8 +44,6 @@ use std::time::{Duration, Instant};
 /// Apparent size of a layer's disk, in MiB (sparse: only what is written
 /// takes space).
 pub const LAYER_DISK_MIB: u64 = 4096;
-/// Deadline of `mkfs.ext4`.
-const MKFS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of the listing of what was installed.
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Host-side slack over a guest deadline.
@@ -384,6 +382,9 @@ async fn build_in(
             writable: true,
         }),
         secrets: None,
+        // The install writes to the layer; its home stays in RAM.
+        disk_mib: 0,
+        mounts: Vec::new(),
     };
     let mut vm = manager.boot(&options).await?;
     let ran = install_and_list(&vm, list, settings).await;
@@ -537,39 +538,20 @@ fn parse_listing(stdout: &[u8]) -> Vec<String> {
 /// system whose root the sandbox user owns (the host never reads what the
 /// guest writes into it).
 async fn make_blank_image(image: &Path) -> Result<(), PackageError> {
-    let mut cmd = tokio::process::Command::new("mkfs.ext4");
-    cmd.args([
-        "-q",
-        "-F",
-        "-m",
-        "0",
-        "-O",
-        "^has_journal",
-        "-L",
+    let args = crate::disk::mkfs_ext4_args(
+        image,
+        LAYER_DISK_MIB,
         "airlock-pkgs",
-    ])
-    .args([
-        "-E",
-        &format!("root_owner={SANDBOX_ID}:{SANDBOX_ID},nodiscard"),
-    ])
-    .arg(image)
-    .arg(format!("{LAYER_DISK_MIB}M"));
-    let failed = |reason: String| PackageError::Install {
-        vm_id: None,
-        packages: String::new(),
-        reason: format!("mkfs.ext4 {}: {reason}", image.display()),
-    };
-    let output = airlock_sys_util::output_with_deadline(&mut cmd, None, MKFS_TIMEOUT)
+        Some(SANDBOX_ID),
+        false,
+    );
+    crate::disk::run_tool("mkfs.ext4", &args)
         .await
-        .map_err(|e| failed(format!("{e} (install e2fsprogs)")))?;
-    if !output.status.success() {
-        return Err(failed(format!(
-            "{}: {}",
-            output.exit(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
+        .map_err(|reason| PackageError::Install {
+            vm_id: None,
+            packages: String::new(),
+            reason: format!("{} (install e2fsprogs)", reason),
+        })
 }
 
 /// Installs `packages` into the sandbox user's own space of a running VM

@@ -110,6 +110,7 @@ fn shape() -> MachineShape {
         image: None,
         memory_mib: 256,
         vcpus: 1,
+        disk_mib: 0,
     }
 }
 

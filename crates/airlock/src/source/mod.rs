@@ -278,12 +278,15 @@ pub fn choose_source(
     pools: &[MachineShape],
     templates: Templating<'_>,
 ) -> SourceKind {
-    let no_network = options.network.mode() == NetworkMode::None;
+    // A host folder is bound when QEMU starts: a clone's 9p device would
+    // have to be in its template already, unmounted, with the same tag
+    // (`docs/persistence.md`, "Host folders and templates").
+    let restorable = options.network.mode() == NetworkMode::None && options.mounts.is_empty();
     let shape = options.shape();
     let templated = templates.covers(&shape);
-    if no_network && options.packages.is_none() && pools.contains(&shape) {
+    if restorable && options.packages.is_none() && pools.contains(&shape) {
         SourceKind::Pool
-    } else if no_network && templated {
+    } else if restorable && templated {
         SourceKind::Template
     } else {
         SourceKind::Cold
@@ -291,7 +294,8 @@ pub fn choose_source(
 }
 
 /// The smallest of `shapes` that holds `shape` (pure): same image,
-/// language and vCPUs (a request never gets more CPU than it asked for),
+/// language, vCPUs (a request never gets more CPU than it asked for) and
+/// workspace disk (the disk is the tenant's quota),
 /// at least its memory and at most `max_memory_mib`. `shape` itself when
 /// it is one of them; `None` when none holds it (it boots cold). A server
 /// rounds requests' memory up with it so that a few template shapes serve
@@ -307,6 +311,7 @@ pub fn round_up_shape(
             s.language == shape.language
                 && s.image == shape.image
                 && s.vcpus == shape.vcpus
+                && s.disk_mib == shape.disk_mib
                 && s.memory_mib >= shape.memory_mib
                 && s.memory_mib <= max_memory_mib.max(shape.memory_mib)
         })
@@ -332,6 +337,25 @@ mod tests {
                 .unwrap_or_default();
         assert_eq!(options.network.mode(), NetworkMode::Ports);
         options
+    }
+
+    #[test]
+    fn a_vm_with_a_host_folder_boots_cold() {
+        let mut python = options(Language::Python);
+        python.mounts = vec![crate::spec::Mount::parse("/data:/mnt/data").unwrap()];
+        let pools = [python.shape()];
+        assert_eq!(choose_source(&python, &pools, ANY), SourceKind::Cold);
+    }
+
+    #[test]
+    fn a_template_of_another_disk_size_does_not_hold_a_shape() {
+        let shape = MachineShape::new(Language::Python);
+        let other = MachineShape {
+            disk_mib: 4096,
+            ..shape
+        };
+        assert_eq!(round_up_shape(shape, &[other], 16384), None);
+        assert_eq!(round_up_shape(shape, &[other, shape], 16384), Some(shape));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! | egress            | `--network`, `--allow-domain`| `network: {allow_domains}`    |
 //! | exposed ports     | `--expose GUEST[:HOST]`      | `network: {expose}`           |
 //! | packages          | `--packages SPEC[,SPEC]`     | `packages`                    |
+//! | workspace disk    | `--disk MIB` (2048; 0: RAM)  | `disk_mib` (2048)             |
+//! | host folders      | `--mount HOST:GUEST[:ro|rw]` | `mounts` (the same strings)   |
 //! | idle timeout      | `--idle-timeout S` (600)     | `idle_timeout_s` (600)        |
 //! | max lifetime      | `--max-lifetime S` (3600)    | `max_lifetime_s` (3600)       |
 //!
@@ -26,7 +28,7 @@
 //! library's [`SandboxSpec`] and [`crate::SessionOptions`], with the
 //! library's errors.
 
-use super::{Image, SandboxSpec, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use super::{Image, Mount, SandboxSpec, DEFAULT_DISK_MIB, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use crate::error::{InputError, Result};
 use crate::network::NetworkRequest;
 use airlock_protocol::Language;
@@ -45,6 +47,10 @@ fn default_memory_mib() -> u32 {
 
 fn default_cpus() -> u32 {
     DEFAULT_VCPUS
+}
+
+fn default_disk_mib() -> u32 {
+    DEFAULT_DISK_MIB
 }
 
 fn default_idle_timeout_s() -> u64 {
@@ -85,6 +91,16 @@ pub struct ShapeArgs {
     #[serde(default = "default_cpus")]
     #[schemars(range(min = 1, max = 16))]
     pub cpus: u32,
+    /// The workspace disk in MiB: the sandbox home and /tmp live on a
+    /// sparse ext4 disk of this size (a full disk is ENOSPC for the code).
+    /// 0: no disk, both in RAM (256 and 64 MiB).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "disk", value_name = "MIB", default_value_t = DEFAULT_DISK_MIB)
+    )]
+    #[serde(default = "default_disk_mib")]
+    #[schemars(range(max = 262_144))]
+    pub disk_mib: u32,
 }
 
 impl Default for ShapeArgs {
@@ -93,6 +109,7 @@ impl Default for ShapeArgs {
             image: None,
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_VCPUS,
+            disk_mib: DEFAULT_DISK_MIB,
         }
     }
 }
@@ -185,6 +202,15 @@ pub struct SandboxArgs {
     )]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
+    /// A host folder the guest sees: HOST_DIR:GUEST_DIR[:ro|rw]
+    /// (repeatable; read-only unless `rw`; GUEST_DIR below /home/sandbox
+    /// or /mnt). A sandbox with mounts boots cold.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "mount", value_name = "HOST_DIR:GUEST_DIR[:ro|rw]")
+    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
 }
 
 impl SandboxArgs {
@@ -202,8 +228,14 @@ impl SandboxArgs {
         tenant.clone_into(&mut spec.tenant);
         spec.shape.memory_mib = self.shape.memory_mib;
         spec.shape.vcpus = self.shape.cpus;
+        spec.shape.disk_mib = self.shape.disk_mib;
         spec.network = self.network.to_request(language)?;
         spec.packages.clone_from(&self.packages);
+        spec.mounts = self
+            .mounts
+            .iter()
+            .map(|text| Mount::parse(text))
+            .collect::<Result<_, _>>()?;
         spec.validate()?;
         Ok(spec)
     }
@@ -281,7 +313,8 @@ mod tests {
             ShapeArgs {
                 image: None,
                 memory_mib: 256,
-                cpus: 2
+                cpus: 2,
+                disk_mib: DEFAULT_DISK_MIB,
             }
         );
         let spec = args.to_spec("t", Language::Python).unwrap();
@@ -487,7 +520,8 @@ mod tests {
                 ShapeArgs {
                     image: None,
                     memory_mib: 256,
-                    cpus: 2
+                    cpus: 2,
+                    disk_mib: DEFAULT_DISK_MIB,
                 }
             );
             assert!(cmd.sandbox.network.egress);

@@ -44,6 +44,14 @@ pub const DEFAULT_MEMORY_MIB: u32 = 512;
 pub const DEFAULT_VCPUS: u32 = 1;
 /// The tenant of a spec that names none.
 pub const DEFAULT_TENANT: &str = "default";
+/// Default size of the workspace disk, in MiB ([`MachineShape::disk_mib`]).
+pub const DEFAULT_DISK_MIB: u32 = 2048;
+/// Workspace disk bounds, in MiB, when there is one (`0`: none).
+pub const DISK_MIB_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
 
 /// What a machine is: the shape a memory template and a warm pool serve.
 ///
@@ -65,16 +73,24 @@ pub struct MachineShape {
     pub memory_mib: u32,
     /// vCPUs.
     pub vcpus: u32,
+    /// The workspace disk in MiB: a sparse ext4 disk holding the sandbox
+    /// home and `/tmp` (`docs/persistence.md`). `0`: none, both are tmpfs
+    /// in the guest's RAM (256 and 64 MiB). Left out of the JSON when `0`,
+    /// so the keys of templates without a disk are those they always had.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disk_mib: u32,
 }
 
 impl MachineShape {
-    /// A shape of `language` with the default memory and vCPUs.
+    /// A shape of `language` with the default memory, vCPUs and workspace
+    /// disk.
     pub fn new(language: Language) -> Self {
         Self {
             language,
             image: None,
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: DEFAULT_VCPUS,
+            disk_mib: DEFAULT_DISK_MIB,
         }
     }
 
@@ -109,6 +125,7 @@ impl MachineShape {
     /// [`InputError::Invalid`] for `memory_mib`, `vcpus` or `image`.
     pub fn validate(&self) -> Result<(), InputError> {
         validate_shape(self.memory_mib, self.vcpus)?;
+        validate_disk(self.disk_mib)?;
         if let Some(image) = self.image {
             image
                 .check_language(self.language)
@@ -126,7 +143,11 @@ impl std::fmt::Display for MachineShape {
             self.image(),
             self.memory_mib,
             self.vcpus
-        )
+        )?;
+        if self.disk_mib > 0 {
+            write!(f, " {} MiB disk", self.disk_mib)?;
+        }
+        Ok(())
     }
 }
 
@@ -174,10 +195,148 @@ pub struct SandboxSpec {
     /// the layer is not stored yet (default: 1 GiB, 600 s; the server
     /// sets its tenant's quotas).
     pub install: InstallLimits,
-    // This wave's fields go here, each checked in `validate`:
-    // - `mounts: Vec<Mount>` (host folders over virtio-9p, read-only by
-    //   default), becoming extra drives in `VmOptions`;
-    // - `disk_mib: Option<u32>` (a sparse per-VM workspace disk).
+    /// Host folders shared with the VM over virtio-9p
+    /// (`docs/persistence.md`), at most
+    /// [`airlock_protocol::abi::MAX_MOUNTS`]. A sandbox with mounts boots
+    /// cold (see [`Mount`]). Empty: none.
+    pub mounts: Vec<Mount>,
+}
+
+/// A host folder seen in the guest: `HOST_DIR:GUEST_DIR[:ro|rw]`
+/// ([`Mount::parse`]), read-only unless `rw`.
+///
+/// Over virtio-9p with QEMU's `security_model=none`: files keep their host
+/// owners and modes, and QEMU reads and writes them as its own user (the
+/// jail's uid when Airlock runs as root: the folder must let "others" read
+/// it, and write it for `rw`). Symbolic links in the folder are resolved
+/// by the guest, in the guest: none reaches a host file outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The host directory (absolute).
+    pub host: PathBuf,
+    /// Where the guest sees it: strictly below `/home/sandbox` or `/mnt`
+    /// ([`airlock_protocol::abi::check_guest_mount_dir`]).
+    pub guest: String,
+    /// Writes fail with `EROFS` in the guest.
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// Reads `HOST_DIR:GUEST_DIR[:ro|rw]` (read-only by default) and checks
+    /// it ([`Mount::validate`]). The host dir cannot hold a `:`.
+    ///
+    /// # Errors
+    /// [`InputError::Invalid`] for `mounts`, saying what to fix.
+    pub fn parse(text: &str) -> Result<Self, InputError> {
+        let bad = |why: String| {
+            InputError::invalid(
+                "mounts",
+                format!("{text:?}: {why} (expected HOST_DIR:GUEST_DIR[:ro|rw])"),
+            )
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let (host, guest, read_only) = match parts.as_slice() {
+            [host, guest] => (*host, *guest, true),
+            [host, guest, "ro"] => (*host, *guest, true),
+            [host, guest, "rw"] => (*host, *guest, false),
+            [_, _, access] => return Err(bad(format!("{access:?} is neither ro nor rw"))),
+            _ => return Err(bad("wrong number of `:`-separated parts".into())),
+        };
+        let mount = Self {
+            host: PathBuf::from(host),
+            guest: guest.to_owned(),
+            read_only,
+        };
+        mount.validate()?;
+        Ok(mount)
+    }
+
+    /// Checks the paths: the host dir absolute and plain (no `..`, no
+    /// NUL or newline), the guest dir as
+    /// [`airlock_protocol::abi::check_guest_mount_dir`] says. Whether the
+    /// host dir exists is checked when the VM starts.
+    ///
+    /// # Errors
+    /// [`InputError::Invalid`] for `mounts`.
+    pub fn validate(&self) -> Result<(), InputError> {
+        let bad = |why: String| InputError::invalid("mounts", why);
+        let host = self.host.as_os_str().to_string_lossy();
+        if !self.host.is_absolute() {
+            return Err(bad(format!("the host dir {host:?} must be absolute")));
+        }
+        if self
+            .host
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+            || host.contains(['\0', '\n'])
+        {
+            return Err(bad(format!(
+                "the host dir {host:?} must be a plain path (no `..`, NUL or newline)"
+            )));
+        }
+        airlock_protocol::abi::check_guest_mount_dir(&self.guest).map_err(bad)
+    }
+
+    /// The text [`Mount::parse`] reads back.
+    pub fn to_arg(&self) -> String {
+        let access = if self.read_only { "ro" } else { "rw" };
+        format!("{}:{}:{access}", self.host.display(), self.guest)
+    }
+}
+
+/// Checks a set of mounts: each one, at most
+/// [`airlock_protocol::abi::MAX_MOUNTS`], no guest dir at or below
+/// another's.
+///
+/// # Errors
+/// [`InputError::Invalid`] for `mounts`.
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), InputError> {
+    let max = airlock_protocol::abi::MAX_MOUNTS;
+    if mounts.len() > max {
+        return Err(InputError::invalid(
+            "mounts",
+            format!("{} mounts: at most {max}", mounts.len()),
+        ));
+    }
+    for (i, mount) in mounts.iter().enumerate() {
+        mount.validate()?;
+        let within = |inner: &str, outer: &str| {
+            inner
+                .strip_prefix(outer)
+                .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
+        };
+        if let Some(other) = mounts[..i]
+            .iter()
+            .find(|o| within(&o.guest, &mount.guest) || within(&mount.guest, &o.guest))
+        {
+            return Err(InputError::invalid(
+                "mounts",
+                format!(
+                    "{} and {} overlap in the guest: give each its own dir",
+                    other.guest, mount.guest
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a workspace disk size: `0` (none) or within [`DISK_MIB_RANGE`].
+///
+/// # Errors
+/// [`InputError::Invalid`] for `disk_mib`.
+pub(crate) fn validate_disk(disk_mib: u32) -> Result<(), InputError> {
+    if disk_mib == 0 || DISK_MIB_RANGE.contains(&disk_mib) {
+        return Ok(());
+    }
+    Err(InputError::invalid(
+        "disk_mib",
+        format!(
+            "{disk_mib} MiB is outside {} ..= {} MiB (0: no disk, the home in RAM)",
+            DISK_MIB_RANGE.start(),
+            DISK_MIB_RANGE.end()
+        ),
+    ))
 }
 
 impl SandboxSpec {
@@ -192,6 +351,7 @@ impl SandboxSpec {
             ca_bundle: None,
             secrets: Vec::new(),
             install: InstallLimits::default(),
+            mounts: Vec::new(),
         }
     }
 
@@ -215,6 +375,7 @@ impl SandboxSpec {
         validate_identifier("tenant", &self.tenant)?;
         self.network.validate()?;
         validate_secrets(&self.secrets)?;
+        validate_mounts(&self.mounts)?;
         if let (Some(image), false) = (self.shape.image, self.packages.is_empty()) {
             // A layer is installed by a VM of the language's own image and
             // keyed by its root disk: it is not known to work over another.
@@ -343,6 +504,9 @@ impl PoolConfig {
         }
         if !VCPUS_RANGE.contains(&self.shape.vcpus) {
             return fail("vcpus is outside VCPUS_RANGE");
+        }
+        if validate_disk(self.shape.disk_mib).is_err() {
+            return fail("disk_mib is neither 0 nor within DISK_MIB_RANGE");
         }
         if let Some(Err(e)) = self
             .shape
@@ -518,9 +682,105 @@ mod tests {
     }
 
     #[test]
-    fn the_shape_serializes_as_template_keys_always_did() {
-        let json = serde_json::to_string(&MachineShape::new(Language::Raw)).unwrap();
+    fn a_shape_without_disk_serializes_as_template_keys_always_did() {
+        let shape = MachineShape {
+            disk_mib: 0,
+            ..MachineShape::new(Language::Raw)
+        };
+        let json = serde_json::to_string(&shape).unwrap();
         assert_eq!(json, r#"{"language":"raw","memory_mib":512,"vcpus":1}"#);
+        assert_eq!(serde_json::from_str::<MachineShape>(&json).unwrap(), shape);
+        let with_disk = serde_json::to_string(&MachineShape::new(Language::Raw)).unwrap();
+        assert_eq!(
+            with_disk,
+            r#"{"language":"raw","memory_mib":512,"vcpus":1,"disk_mib":2048}"#
+        );
+    }
+
+    #[test]
+    fn a_disk_is_none_or_within_its_range() {
+        let mut shape = MachineShape::new(Language::Python);
+        for ok in [0, 64, 2048, 262_144] {
+            shape.disk_mib = ok;
+            shape.validate().unwrap();
+        }
+        for bad in [1, 63, 262_145] {
+            shape.disk_mib = bad;
+            assert_eq!(field_of(shape.validate()), "disk_mib");
+        }
+    }
+
+    #[test]
+    fn a_mount_reads_host_guest_and_access_read_only_by_default() {
+        let ro = Mount::parse("/srv/data:/mnt/data").unwrap();
+        assert_eq!(
+            ro,
+            Mount {
+                host: "/srv/data".into(),
+                guest: "/mnt/data".into(),
+                read_only: true
+            }
+        );
+        assert!(Mount::parse("/srv/data:/mnt/data:ro").unwrap().read_only);
+        assert!(
+            !Mount::parse("/srv/out:/home/sandbox/out:rw")
+                .unwrap()
+                .read_only
+        );
+        for bad in [
+            "",
+            "/srv/data",
+            "/srv/data:/mnt/data:rx",
+            "/srv/data:/mnt/data:ro:x",
+            "srv/data:/mnt/data",
+            "/srv/../etc:/mnt/data",
+            "/srv/data:/etc/data",
+            "/srv/data:/mnt",
+            "/srv/data:mnt/data",
+        ] {
+            assert_eq!(field_of(Mount::parse(bad).map(drop)), "mounts", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mounts_that_overlap_in_the_guest_or_are_too_many_are_refused() {
+        let mount = |text: &str| Mount::parse(text).unwrap();
+        let mut spec = SandboxSpec::new(Language::Python);
+        spec.mounts = vec![mount("/a:/mnt/a"), mount("/b:/mnt/a/b")];
+        assert_eq!(field_of(spec.validate()), "mounts");
+        spec.mounts = vec![mount("/a:/mnt/a"), mount("/b:/mnt/ab")];
+        spec.validate().unwrap();
+        spec.mounts = (0..9).map(|i| mount(&format!("/d{i}:/mnt/d{i}"))).collect();
+        assert_eq!(field_of(spec.validate()), "mounts");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_mount_text_parses_or_is_refused_without_panicking(text in ".{0,80}") {
+            let _ = Mount::parse(&text);
+        }
+
+        #[test]
+        fn a_valid_mount_round_trips_through_its_text(
+            host in "(/[a-z0-9_-][a-z0-9._-]{0,11}){1,4}",
+            guest in "(/home/sandbox|/mnt)(/[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,11}){1,3}",
+            read_only in proptest::bool::ANY,
+        ) {
+            let mount = Mount { host: host.into(), guest, read_only };
+            let parsed = Mount::parse(&mount.to_arg()).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(parsed, Ok(mount));
+        }
+
+        #[test]
+        fn a_parsed_mount_is_always_below_home_or_mnt_and_plain(text in "[a-z/:.]{0,40}") {
+            if let Ok(mount) = Mount::parse(&text) {
+                proptest::prop_assert!(mount.host.is_absolute());
+                proptest::prop_assert!(
+                    mount.guest.starts_with("/home/sandbox/") || mount.guest.starts_with("/mnt/")
+                );
+                proptest::prop_assert!(!mount.guest.split('/').any(|p| p == ".."));
+            }
+        }
     }
 
     #[test]
@@ -529,11 +789,14 @@ mod tests {
         assert_eq!(shape.language, Language::Python);
         assert_eq!(shape.image(), Image::PythonData);
         shape.validate().unwrap();
-        assert_eq!(shape.to_string(), "python-data 512 MiB 1 vCPU");
+        assert_eq!(
+            shape.to_string(),
+            "python-data 512 MiB 1 vCPU 2048 MiB disk"
+        );
         let json = serde_json::to_string(&shape).unwrap();
         assert_eq!(
             json,
-            r#"{"language":"python","image":"python-data","memory_mib":512,"vcpus":1}"#
+            r#"{"language":"python","image":"python-data","memory_mib":512,"vcpus":1,"disk_mib":2048}"#
         );
         assert_eq!(serde_json::from_str::<MachineShape>(&json).unwrap(), shape);
     }
@@ -585,6 +848,7 @@ mod tests {
             image: None,
             memory_mib: 256,
             vcpus: 1,
+            disk_mib: 0,
         }
     }
 

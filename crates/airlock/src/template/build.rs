@@ -5,7 +5,7 @@
 //! dir and renamed into the store whole.
 
 use super::key::TemplateInputs;
-use super::store::{Template, TemplateStore, MEMORY_FILE, STATE_FILE};
+use super::store::{Template, TemplateStore, MEMORY_FILE, STATE_FILE, WORKSPACE_FILE};
 use crate::error::{BootError, Result};
 use crate::machine::VmOptions;
 use crate::manager::VmManager;
@@ -94,14 +94,49 @@ async fn boot_and_save(
                 writable: false,
             }),
         secrets: None,
+        // Attached and mounted before the template is taken: each clone
+        // gets a copy-on-write disk over the one this VM leaves
+        // (`save_workspace`), byte for byte what its memory expects.
+        disk_mib: inputs.shape.disk_mib,
+        mounts: Vec::new(),
     };
     let mut vm = manager.boot_with(&options, &launcher).await?;
-    let saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;
+    let mut saved = warm_and_save(&vm, &staging.join(STATE_FILE)).await;
+    if saved.is_ok() && options.disk_mib > 0 {
+        saved = save_workspace(&vm, options.disk_mib, &staging.join(WORKSPACE_FILE)).await;
+    }
     let report = vm.destroy().await;
     for problem in &report.problems {
         tracing::warn!(vm_id = report.vm_id, problem, "teardown of a template VM");
     }
     saved
+}
+
+/// Copies the paused template VM's workspace disk (its overlay over the
+/// blank base) into `dest` as one standalone qcow2 (`qemu-img convert`:
+/// only written clusters are stored). The VM is paused and its state
+/// saved, so QEMU has written everything out; `-U` reads past the lock
+/// the still-running QEMU holds. Clones start from this file, so the
+/// disk under them is byte for byte what the guest's memory expects.
+async fn save_workspace(vm: &Vm, disk_mib: u32, dest: &Path) -> Result<(), BootError> {
+    let source = vm.workdir().workspace();
+    let args: Vec<std::ffi::OsString> = vec![
+        "convert".into(),
+        "-q".into(),
+        "-U".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-O".into(),
+        "qcow2".into(),
+        source.into_os_string(),
+        dest.as_os_str().to_owned(),
+    ];
+    crate::disk::run_tool("qemu-img", &args)
+        .await
+        .map_err(|reason| BootError::Workspace {
+            disk_mib,
+            reason: format!("save the template's disk: {reason}"),
+        })
 }
 
 /// How a template's interpreter is warmed.

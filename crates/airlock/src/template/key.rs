@@ -74,6 +74,7 @@ pub(crate) fn test_inputs(language: Language, memory_mib: u32) -> TemplateInputs
             image: None,
             memory_mib,
             vcpus: 1,
+            disk_mib: 0,
         },
         kernel_hash: "k".into(),
         initramfs_hash: "i".into(),

@@ -481,6 +481,8 @@ fn argv_hash(shape: TemplateShape, caps: &HostCaps, layer: bool) -> Result<Strin
             writable: false,
         }),
         translation_cache_mib: shape.image().translation_cache_mib(),
+        workspace_base: (shape.disk_mib > 0).then(|| fixed.join("workspace.qcow2")),
+        mounts: Vec::new(),
     };
     let boot = BootImages {
         kernel: fixed.join("kernel"),
@@ -514,6 +516,7 @@ mod tests {
             image: None,
             memory_mib,
             vcpus: 1,
+            disk_mib: 0,
         }
     }
 
@@ -529,6 +532,7 @@ mod tests {
                 memory_bytes: 512 << 20,
                 state_bytes: 0,
                 state_sha256: String::new(),
+                workspace_bytes: 0,
             },
         };
         let host = |other: &TemplateInputs| {

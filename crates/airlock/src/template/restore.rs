@@ -46,15 +46,18 @@ pub struct RestoreLauncher {
     host: Host,
     boot: BootImages,
     template: Template,
+    workspace: Option<std::path::PathBuf>,
 }
 
 impl RestoreLauncher {
     /// A launcher restoring `template` with the QEMU of `host`.
     pub fn new(host: Host, boot: BootImages, template: Template) -> Self {
+        let workspace = template.workspace_file();
         Self {
             host,
             boot,
             template,
+            workspace,
         }
     }
 
@@ -169,6 +172,13 @@ impl Launcher for RestoreLauncher {
         "qemu-template-restore"
     }
 
+    /// The template's own disk: its memory holds the guest's view of it
+    /// (page cache, the mounted ext4's state), so each clone's disk is an
+    /// overlay over exactly it.
+    fn workspace_base(&self) -> Option<&Path> {
+        self.workspace.as_deref()
+    }
+
     fn spawn<'a>(
         &'a self,
         plan: &'a MachinePlan,
@@ -195,6 +205,8 @@ mod tests {
 
     fn plan() -> MachinePlan {
         MachinePlan {
+            workspace_base: None,
+            mounts: Vec::new(),
             packages: None,
             vm_id: "0123456789abcdef".into(),
             memory_mib: 512,

@@ -19,6 +19,9 @@ use std::time::Duration;
 pub const MEMORY_FILE: &str = "memory";
 /// The device state (a migration stream without RAM).
 pub const STATE_FILE: &str = "state";
+/// The workspace disk as the template VM left it (a standalone qcow2),
+/// when its shape has one: each clone's disk is an overlay over it.
+pub const WORKSPACE_FILE: &str = "workspace.qcow2";
 /// What the template is, as JSON.
 pub const METADATA_FILE: &str = "template.json";
 /// One byte appended per restore: its size is the use count.
@@ -43,10 +46,16 @@ impl ArtifactStore<TemplateDetails> {
     ) -> io::Result<Template> {
         self.publish_staged(staging, inputs, build, |dir| {
             let state = std::fs::read(dir.join(STATE_FILE))?;
+            let workspace_bytes = if inputs.shape.disk_mib > 0 {
+                std::fs::metadata(dir.join(WORKSPACE_FILE))?.len()
+            } else {
+                0
+            };
             Ok(TemplateDetails {
                 memory_bytes: std::fs::metadata(dir.join(MEMORY_FILE))?.len(),
                 state_bytes: state.len() as u64,
                 state_sha256: sha256_hex(&state),
+                workspace_bytes,
             })
         })
     }
@@ -65,6 +74,14 @@ pub struct TemplateDetails {
     pub state_bytes: u64,
     /// Hex sha256 of the state file.
     pub state_sha256: String,
+    /// Size of the workspace disk file (`0`: the shape has no disk; then
+    /// left out, so `template.json` keeps its earlier layout).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub workspace_bytes: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Artifact for TemplateDetails {
@@ -98,6 +115,15 @@ impl Artifact for TemplateDetails {
         if sha256_hex(&state) != metadata.state_sha256 {
             return Err("the state file's sha256 differs from the recorded one".into());
         }
+        if metadata.inputs.shape.disk_mib > 0 {
+            let workspace_bytes = artifacts::file_len(&dir.join(WORKSPACE_FILE))?;
+            if workspace_bytes != metadata.workspace_bytes {
+                return Err(format!(
+                    "the workspace disk has {workspace_bytes} bytes, not {}",
+                    metadata.workspace_bytes
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -114,6 +140,11 @@ impl Stored<TemplateDetails> {
     /// The device state file.
     pub fn state_file(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
+    }
+
+    /// The workspace disk clones start from, when the shape has one.
+    pub fn workspace_file(&self) -> Option<PathBuf> {
+        (self.metadata.inputs.shape.disk_mib > 0).then(|| self.dir.join(WORKSPACE_FILE))
     }
 }
 

@@ -21,11 +21,13 @@ fn two_shapes() -> Harness {
                     image: airlock::Image::Python,
                     memory_mib: 512,
                     vcpus: 1,
+                    disk_mib: airlock::spec::DEFAULT_DISK_MIB,
                 },
                 ShapeSpec {
                     image: airlock::Image::Python,
                     memory_mib: 1024,
                     vcpus: 2,
+                    disk_mib: airlock::spec::DEFAULT_DISK_MIB,
                 },
             ]),
             ..CacheConfig::default()
