@@ -28,6 +28,12 @@ pub(crate) fn transfer_timeout(bytes: u64) -> Duration {
     Duration::from_secs(60) + Duration::from_millis((bytes / 1024 / 1024).saturating_mul(500))
 }
 
+/// Where a streamed upload's bytes come from (a request body, a file).
+pub type FileSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
+
+/// Where a streamed download's bytes go (a response body, a file).
+pub type FileSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
+
 /// A file to write into the sandbox home.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FileUpload {
@@ -186,7 +192,7 @@ pub(crate) async fn upload_from(
     vm_id: &str,
     client: &Client,
     upload: StreamedUpload<'_>,
-    source: crate::source::FileSource<'_>,
+    source: FileSource<'_>,
 ) -> Result<FileInfo, ExecError> {
     let timeout = transfer_timeout(upload.size.unwrap_or(upload.max_bytes));
     let written = client
@@ -219,7 +225,7 @@ pub(crate) async fn download_into(
     client: &Client,
     path: &str,
     max_bytes: u64,
-    sink: crate::source::FileSink<'_>,
+    sink: FileSink<'_>,
 ) -> Result<FileInfo, ExecError> {
     let read = client
         .read_file_into(path, max_bytes, sink, transfer_timeout(max_bytes))

@@ -22,6 +22,7 @@ mod vm_impl;
 pub use real::{ColdSource, LayerPreparer, PoolSource, TemplateSource};
 
 use crate::error::{BootError, ExecError, PackageError};
+pub use crate::files::{FileSink, FileSource};
 use crate::files::{FileInfo, FileUpload};
 
 use crate::machine::{PackageDisk, VmOptions};
@@ -34,12 +35,6 @@ use crate::teardown::TeardownReport;
 use crate::vm::{BootTimings, ExecOutcome, ExecProgress};
 use airlock_gvproxy::NetworkMode;
 use airlock_protocol::{ExecRequest, FileEntry, Language};
-
-/// Where a streamed upload's bytes come from (a request body, a file).
-pub type FileSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
-
-/// Where a streamed download's bytes go (a response body, a file).
-pub type FileSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
 
 /// Where the output and results of an exec go, as they arrive.
 pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
