@@ -24,7 +24,8 @@ use server_support::{add_key, node, node_path_or_skip, python, python_or_skip, r
 
 #[test]
 fn the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve() {
-    let test = "the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve";
+    let test =
+        "the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve";
     let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
         return;
     };

@@ -4,7 +4,8 @@
 //! against cached runs), the fast paths (memory templates, the warm
 //! pool, idle cost: [`templates`]), sessions (a cell's round trip, a
 //! session's start: `bench/session.rs`) and runs and session execs
-//! through `airlock serve` (`bench_server.rs`); writes
+//! through `airlock serve` (`bench_server.rs`), E2B's Python SDK against
+//! `airlock serve --e2b-listen` (`bench/e2b.rs`); writes
 //! `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
@@ -14,6 +15,8 @@
 mod ab;
 /// The data rows: the python-data image's import, chart cells, memory.
 mod data;
+/// The E2B rows: E2B's Python SDK against `airlock serve --e2b-listen`.
+mod e2b;
 /// The secrets rows: what interception costs an HTTPS request.
 mod secrets;
 /// The session rows: a cell's round trip, a session's start.
@@ -40,8 +43,8 @@ pub struct BenchArgs {
     pub acquires: usize,
     /// Measure only these groups of rows (repeat or comma-separate); the
     /// sections they write replace the same sections of
-    /// docs/benchmarks.md, the others are kept. Default: `standard` and
-    /// `data`, and `ab` when `--baseline` is given.
+    /// docs/benchmarks.md, the others are kept. Default: `standard`,
+    /// `data`, `secrets` and `e2b`, and `ab` when `--baseline` is given.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Rows>,
     /// The `airlock` binary of the A/B's baseline (built from the
@@ -88,6 +91,9 @@ pub enum Rows {
     /// The egress proxy: an HTTPS request to a host with a bound secret
     /// against one to a host without (issue 21). No VM.
     Secrets,
+    /// E2B's Python SDK against `airlock serve --e2b-listen` with a warm
+    /// pool: create + first cell, a cell in a live sandbox (issue 25).
+    E2b,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -177,7 +183,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut only = args.only.clone();
     if only.is_empty() {
-        only.extend([Rows::Standard, Rows::Data, Rows::Secrets]);
+        only.extend([Rows::Standard, Rows::Data, Rows::Secrets, Rows::E2b]);
         if args.baseline.is_some() {
             only.push(Rows::Ab);
         }
@@ -199,6 +205,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if only.contains(&Rows::Secrets) {
             doc.push_str(&secrets::render(&secrets::measure(secrets::REQUESTS)?)?);
+        }
+        if only.contains(&Rows::E2b) {
+            doc.push_str(&e2b::render(&e2b::measure(&airlock, args.runs)?)?);
         }
         current = Some(airlock);
     }
