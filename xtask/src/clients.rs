@@ -92,8 +92,14 @@ pub fn ensure_node() -> Result<PathBuf> {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     }
-    // Debian's npm (a host requirement of the tests); `ci` installs
-    // exactly the lock's versions and checks their hashes.
+    // `ci` installs exactly the lock's versions and checks their hashes.
+    // npm is not a host requirement: Debian's `npm` package conflicts with
+    // NodeSource's `nodejs`, which bundles npm.
+    if airlock_sys_util::which("npm").is_none() {
+        anyhow::bail!(
+            "no npm for the JavaScript test clients: install Debian's `npm` package (apt-get install npm) or a nodejs that bundles it"
+        );
+    }
     run_checked(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])

@@ -51,8 +51,6 @@ pub fn test_requirements() -> Vec<Requirement> {
         // `python3 -m venv` for the server tests' real clients (httpx, mcp).
         Requirement::new("/usr/share/doc/python3-venv", "python3-venv"),
         Requirement::new("node", "nodejs"),
-        // `npm ci` installs E2B's JavaScript SDK for tests/e2b_e2e.rs.
-        Requirement::new("npm", "npm"),
         Requirement::new("bash", "bash"),
     ]
 }
