@@ -6,25 +6,30 @@
 //! matplotlib chart (`results[0].png` is a PNG), an error, `echo hi`,
 //! writes, reads and lists a file, checks that another tenant's key gets
 //! `SandboxNotFoundException` (and `kill` false), kills it; then the async
-//! client does a shorter round. `cargo xtask test` makes the clients'
-//! venv and sets `AIRLOCK_TEST_PYTHON`.
+//! client does a shorter round. Then E2B's JavaScript SDK
+//! (`@e2b/code-interpreter` from npm, under Node) does the same flow
+//! through `tests/clients/e2b_client.cjs`, against the same server.
+//! `cargo xtask test` makes the clients' venv and `node_modules` and sets
+//! `AIRLOCK_TEST_PYTHON` and `AIRLOCK_TEST_NODE_PATH`.
 //!
-//! One VM test function (two sandboxes, one after the other): VM tests
-//! are slow under TCG. It is parallel-safe: its own run dir, cache dir
+//! One VM test function (three sandboxes, one after the other, one
+//! server start): VM tests are slow under TCG. It is parallel-safe: its own run dir, cache dir
 //! (the data image's template is built there), keys file and ports.
 
 #[path = "server_support.rs"]
 mod server_support;
 
 use airlock_tests::{images_or_skip, vm_tests_required};
-use server_support::{add_key, python, python_or_skip, run_dir, Server};
+use server_support::{add_key, node, node_path_or_skip, python, python_or_skip, run_dir, Server};
 
 #[test]
-fn the_e2b_python_sdk_runs_code_commands_and_files_against_airlock_serve() {
-    let test = "the_e2b_python_sdk_runs_code_commands_and_files_against_airlock_serve";
+fn the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve() {
+    let test =
+        "the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve";
     let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
         return;
     };
+    let node_path = node_path_or_skip(test);
     if images.disk(airlock::Image::PythonData).is_err() {
         assert!(
             !vm_tests_required(),
@@ -64,6 +69,9 @@ fn the_e2b_python_sdk_runs_code_commands_and_files_against_airlock_serve() {
         .clone()
         .unwrap_or_else(|| panic!("no E2B listener line:\n{}", server.log()));
     python(&py, &["e2b_client.py", &url, &key_a, &key_b], &[]);
+    if let Some(node_path) = &node_path {
+        node(node_path, &["e2b_client.cjs", &url, &key_a, &key_b]);
+    }
     let log = server.log();
     assert!(
         log.contains("route=\"e2b-code /execute\"") || log.contains("e2b-code /execute"),

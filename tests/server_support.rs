@@ -1,7 +1,7 @@
 //! What the tests that start `airlock serve` share: a private run dir,
 //! keys made with `airlock serve keys add`, the server process with its
 //! log (and the URLs it prints), the clients' Python
-//! (`AIRLOCK_TEST_PYTHON`), and the check that no VM is left. Included by
+//! (`AIRLOCK_TEST_PYTHON`) and Node modules (`AIRLOCK_TEST_NODE_PATH`), and the check that no VM is left. Included by
 //! `server_e2e.rs` and `e2b_e2e.rs` (`#[path]` module: integration tests
 //! see `CARGO_BIN_EXE_*`, the library does not).
 
@@ -26,6 +26,41 @@ pub fn python_or_skip(test: &str) -> Option<PathBuf> {
     );
     eprintln!("SKIP {test}: AIRLOCK_TEST_PYTHON is not set (run `cargo xtask test`)");
     None
+}
+
+/// The `node_modules` of the JavaScript test clients (E2B's
+/// `@e2b/code-interpreter`, `AIRLOCK_TEST_NODE_PATH`), or `None` after
+/// printing why the JavaScript part is skipped.
+pub fn node_path_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("AIRLOCK_TEST_NODE_PATH") {
+        return Some(PathBuf::from(path));
+    }
+    assert!(
+        !vm_tests_required(),
+        "{test}: AIRLOCK_TEST_NODE_PATH is not set: run `cargo xtask test`, which installs the JavaScript clients"
+    );
+    eprintln!(
+        "SKIP {test} (JavaScript part): AIRLOCK_TEST_NODE_PATH is not set (run `cargo xtask test`)"
+    );
+    None
+}
+
+/// Runs Debian's `node` on a script of `tests/clients` with `NODE_PATH`
+/// set to the clients' `node_modules`; fails the test when it fails.
+pub fn node(node_path: &Path, args: &[&str]) {
+    let out = Command::new("node")
+        .args(args)
+        .env("NODE_PATH", node_path)
+        .current_dir(clients_dir())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "node {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn binary() -> &'static str {

@@ -4,7 +4,8 @@
 //! against cached runs), the fast paths (memory templates, the warm
 //! pool, idle cost: [`templates`]), sessions (a cell's round trip, a
 //! session's start: `bench/session.rs`) and runs and session execs
-//! through `airlock serve` (`bench_server.rs`); writes
+//! through `airlock serve` (`bench_server.rs`), E2B's Python SDK against
+//! `airlock serve --e2b-listen` (`bench/e2b.rs`); writes
 //! `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
@@ -16,6 +17,8 @@ mod ab;
 mod data;
 /// The workspace disk rows: a run with the disk against one without.
 mod disk;
+/// The E2B rows: E2B's Python SDK against `airlock serve --e2b-listen`.
+mod e2b;
 /// The secrets rows: what interception costs an HTTPS request.
 mod secrets;
 /// The session rows: a cell's round trip, a session's start.
@@ -42,8 +45,8 @@ pub struct BenchArgs {
     pub acquires: usize,
     /// Measure only these groups of rows (repeat or comma-separate); the
     /// sections they write replace the same sections of
-    /// docs/benchmarks.md, the others are kept. Default: `standard` and
-    /// `data`, and `ab` when `--baseline` is given.
+    /// docs/benchmarks.md, the others are kept. Default: `standard`,
+    /// `data`, `secrets` and `e2b`, and `ab` when `--baseline` is given.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Rows>,
     /// The `airlock` binary of the A/B's baseline (built from the
@@ -93,6 +96,9 @@ pub enum Rows {
     /// The workspace disk: a run with `--disk 2048` against `--disk 0`,
     /// cold and restored (issue 23).
     Disk,
+    /// E2B's Python SDK against `airlock serve --e2b-listen` with a warm
+    /// pool: create + first cell, a cell in a live sandbox (issue 25).
+    E2b,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -182,7 +188,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut only = args.only.clone();
     if only.is_empty() {
-        only.extend([Rows::Standard, Rows::Data, Rows::Secrets, Rows::Disk]);
+        only.extend([
+            Rows::Standard,
+            Rows::Data,
+            Rows::Secrets,
+            Rows::Disk,
+            Rows::E2b,
+        ]);
         if args.baseline.is_some() {
             only.push(Rows::Ab);
         }
@@ -207,6 +219,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if only.contains(&Rows::Disk) {
             doc.push_str(&disk::render(&disk::measure(&airlock, args.runs)?)?);
+        }
+        if only.contains(&Rows::E2b) {
+            doc.push_str(&e2b::render(&e2b::measure(&airlock, args.runs)?)?);
         }
         current = Some(airlock);
     }

@@ -3,7 +3,10 @@
 //! `tests/clients/requirements.txt` (httpx, the official `mcp`, schemathesis,
 //! E2B's `e2b` and `e2b-code-interpreter`), made with
 //! Debian's `python3 -m venv` and filled from PyPI once; remade when the
-//! requirements change.
+//! requirements change. And the JavaScript clients: E2B's
+//! `@e2b/code-interpreter` under Debian's Node, installed with `npm ci`
+//! from `tests/clients/node/package-lock.json` into `<cache>/node-clients`
+//! once; remade when the lock changes.
 
 use crate::host::{run_checked, workspace_root};
 use anyhow::{Context, Result};
@@ -12,6 +15,10 @@ use std::process::Command;
 
 /// The variable that tells the server tests which Python to use.
 pub const PYTHON_ENV: &str = "AIRLOCK_TEST_PYTHON";
+
+/// The variable that tells the server tests where the JavaScript clients'
+/// `node_modules` is (they run `node` with it as `NODE_PATH`).
+pub const NODE_PATH_ENV: &str = "AIRLOCK_TEST_NODE_PATH";
 
 /// Makes (or reuses) the venv; returns its `python`.
 ///
@@ -77,4 +84,52 @@ fn ensure_venv(name: &str, requirements: &str, what: &str) -> Result<PathBuf> {
     )?;
     std::fs::write(&stamp, wanted).with_context(|| format!("write {}", stamp.display()))?;
     Ok(python)
+}
+
+/// Makes (or reuses) `<cache>/node-clients` with `npm ci` from the pinned
+/// lock; returns its `node_modules`.
+///
+/// # Errors
+/// When the files cannot be copied or npm fails.
+pub fn ensure_node() -> Result<PathBuf> {
+    let dirs = airlock_sys_util::AirlockDirs::from_env().context("find the Airlock cache dir")?;
+    let dir = dirs.cache.join("node-clients");
+    let modules = dir.join("node_modules");
+    let source = workspace_root().join("tests/clients/node");
+    let read = |name: &str| {
+        let path = source.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+    };
+    let (manifest, lock) = (read("package.json")?, read("package-lock.json")?);
+    let stamp = dir.join("lock.installed");
+    if modules.is_dir() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == lock) {
+        return Ok(modules);
+    }
+    eprintln!(
+        "xtask: installing the JavaScript test clients into {}",
+        dir.display()
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("make {}", dir.display()))?;
+    for (name, text) in [("package.json", &manifest), ("package-lock.json", &lock)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    // `ci` installs exactly the lock's versions and checks their hashes.
+    // npm is not a host requirement: Debian's `npm` package conflicts with
+    // NodeSource's `nodejs`, which bundles npm.
+    if airlock_sys_util::which("npm").is_none() {
+        anyhow::bail!(
+            "no npm for the JavaScript test clients: install Debian's `npm` package (apt-get install npm) or a nodejs that bundles it"
+        );
+    }
+    run_checked(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir),
+    )?;
+    std::fs::write(&stamp, lock).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(modules)
 }

@@ -17,6 +17,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     host::ensure_gvproxy()?;
     crate::images::ensure()?;
     let python = crate::clients::ensure()?;
+    let node_path = crate::clients::ensure_node()?;
     if !args.no_lint {
         crate::lint::run()?;
     }
@@ -25,7 +26,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The images are built: VM tests must run, never skip.
     test.args(["test", "--workspace", "--no-fail-fast"])
         .env("AIRLOCK_REQUIRE_VM_TESTS", "1")
-        .env(crate::clients::PYTHON_ENV, &python);
+        .env(crate::clients::PYTHON_ENV, &python)
+        .env(crate::clients::NODE_PATH_ENV, node_path);
     if let Some(answer) = registry_answered_with_documentation_address() {
         // The egress proxy refuses documentation addresses; the tests
         // that install packages must reach the registries all the same.

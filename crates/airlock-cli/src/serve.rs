@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// keys add --format e2b`), tenants and quotas.
     #[arg(long, value_name = "ADDR:PORT")]
     pub e2b_listen: Option<SocketAddr>,
+    /// E2B's host-name mode on the E2B listener: a request whose Host is
+    /// `<port>-<sandbox id>.DOMAIN` goes to that sandbox (wildcard DNS;
+    /// TLS is yours, in front of the listener, for now).
+    #[arg(long, value_name = "DOMAIN")]
+    pub e2b_domain: Option<String>,
     /// The API keys file (`airlock serve keys add`). Without one every
     /// request acts for the local user (loopback only).
     #[arg(long, value_name = "FILE")]
@@ -259,6 +264,9 @@ impl ServeArgs {
         }
         if self.e2b_listen.is_some() {
             c.e2b.listen = self.e2b_listen;
+        }
+        if self.e2b_domain.is_some() {
+            c.e2b.domain.clone_from(&self.e2b_domain);
         }
         if self.secrets_key_file.is_some() {
             c.secrets_key_file.clone_from(&self.secrets_key_file);

@@ -60,6 +60,7 @@
 //! allow_documentation_ranges = false
 //! [e2b]                    # E2B's protocol on a second listener (docs/e2b.md)
 //! listen = "127.0.0.1:3000"
+//! domain = "sandboxes.example.com"   # also route by Host: <port>-<id>.<domain>
 //! default_timeout_s = 300
 //! [e2b.templates]          # E2B template ids -> Airlock images (over the built-ins)
 //! my-data = "python-data"
@@ -225,6 +226,11 @@ pub struct E2bConfig {
     /// listener. The same keys (as `X-API-Key`), tenants and quotas as
     /// the main listener; a non-loopback address needs a keys file.
     pub listen: Option<SocketAddr>,
+    /// E2B's host-name mode: a request whose `Host` is
+    /// `<port>-<sandbox id>.<domain>` goes to that sandbox's port, as the
+    /// headers would route it (for operators with wildcard DNS and their own
+    /// TLS in front of the listener). Unset: headers only.
+    pub domain: Option<String>,
     /// E2B template ids and the Airlock image each names (`python-data`,
     /// `raw`, ...), over [`E2B_BUILTIN_TEMPLATES`].
     pub templates: std::collections::BTreeMap<String, String>,
@@ -239,6 +245,7 @@ impl Default for E2bConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            domain: None,
             templates: std::collections::BTreeMap::new(),
             default_timeout_s: 300,
             max_timeout_s: 24 * 3600,
@@ -264,6 +271,22 @@ impl E2bConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(domain) = &self.domain {
+            let labels_ok = domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+            if !labels_ok || domain.len() > 253 {
+                return Err(format!(
+                    "e2b.domain {domain:?} is not a DNS name: give one like sandboxes.example.com (no scheme, port or trailing dot)"
+                ));
+            }
+        }
         for (id, image) in &self.templates {
             if let Err(e) = image.parse::<airlock::spec::Image>() {
                 return Err(format!("e2b.templates.{id}: {e}"));
@@ -1385,6 +1408,18 @@ mod tests {
         let long = "[e2b]\nmax_timeout_s = 100000\n";
         assert!(check(long).is_err());
         assert!(check("[e2b]\nlisten = \"127.0.0.1:0\"\n").is_ok());
+        assert!(check("[e2b]\ndomain = \"sandboxes.example.com\"\n").is_ok());
+        for bad in [
+            "https://x.example",
+            "x.example:443",
+            "x..example",
+            "-x.example",
+            "",
+        ] {
+            let text = format!("[e2b]\ndomain = {bad:?}\n");
+            let error = check(&text).unwrap_err().to_string();
+            assert!(error.contains("is not a DNS name"), "{bad}: {error}");
+        }
     }
 
     #[test]

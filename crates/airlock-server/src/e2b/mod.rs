@@ -14,6 +14,12 @@
 //!   `/execute`, `/contexts`; the sandbox's `trafficAccessToken` or
 //!   `envdAccessToken`).
 //!
+//! With a domain (`--e2b-domain`, `[e2b] domain`), a request without the
+//! headers whose `Host` is `<port>-<sandbox id>.<domain>` goes to that
+//! sandbox's port as if it carried them ([`sandbox_of_host`]): E2B's
+//! host-name mode, for operators with wildcard DNS in front of the
+//! listener.
+//!
 //! An E2B sandbox is an Airlock server session (`sandboxes`): the same
 //! tenancy, quotas (live sessions, memory, requests per minute), request
 //! log and metrics (routes labelled `e2b-api`, `e2b-envd`, `e2b-code`),
@@ -90,6 +96,7 @@ pub fn router(airlock: Airlock) -> Router {
         envd: log(envd::routes()),
         interpreter: log(interpreter::routes()),
         keyless: airlock.is_keyless(),
+        domain: airlock.config().e2b.domain.clone(),
     });
     Router::new().fallback(move |request: Request| {
         let planes = Arc::clone(&planes);
@@ -102,6 +109,8 @@ struct Planes {
     envd: Router,
     interpreter: Router,
     keyless: bool,
+    /// `[e2b] domain`: route by `Host: <port>-<id>.<domain>` too.
+    domain: Option<String>,
 }
 
 impl Planes {
@@ -114,6 +123,9 @@ impl Planes {
                 let refusal = E2bError::from(e).into_response();
                 return crate::http::refuse_with(request, refusal).await;
             }
+        }
+        if let Some(domain) = &self.domain {
+            route_by_host(request.headers_mut(), domain);
         }
         let headers = request.headers();
         let (router, plane) = if !headers.contains_key(SANDBOX_ID) {
@@ -134,6 +146,40 @@ impl Planes {
             Ok(response) => response,
             Err(never) => match never {},
         }
+    }
+}
+
+/// The sandbox and port a `Host` names in host-name mode:
+/// `<port>-<sandbox id>.<domain>` (any `:port` of the listener after it,
+/// names compared without case); `None` for any other host (`api.<domain>`
+/// and the rest are the control plane).
+pub(crate) fn sandbox_of_host(host: &str, domain: &str) -> Option<(u16, String)> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let label = name.strip_suffix(&format!(".{}", domain.to_ascii_lowercase()))?;
+    let (port, id) = label.split_once('-')?;
+    let port = port.parse::<u16>().ok()?;
+    let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    id_ok.then(|| (port, id.to_owned()))
+}
+
+/// A request with no `E2b-Sandbox-Id` whose `Host` names a sandbox (see
+/// [`sandbox_of_host`]) gets the two headers it would carry in headers
+/// mode, so every plane reads them alike.
+fn route_by_host(headers: &mut HeaderMap, domain: &str) {
+    if headers.contains_key(SANDBOX_ID) {
+        return;
+    }
+    let Some((port, id)) = header_str(headers, "host").and_then(|h| sandbox_of_host(h, domain))
+    else {
+        return;
+    };
+    if let Ok(id) = HeaderValue::from_str(&id) {
+        headers.insert(SANDBOX_ID, id);
+        headers.insert(SANDBOX_PORT, HeaderValue::from(port));
     }
 }
 

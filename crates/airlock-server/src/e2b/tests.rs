@@ -595,3 +595,114 @@ async fn a_list_pages_by_the_next_token_header() {
         .ok(StatusCode::OK);
     assert_eq!(paused, json!([]));
 }
+
+#[test]
+fn a_host_names_a_sandbox_and_port_under_the_domain_only() {
+    let of = super::sandbox_of_host;
+    let d = "sandboxes.test";
+    assert_eq!(
+        of("49999-s-ab12.sandboxes.test", d),
+        Some((49999, "s-ab12".into()))
+    );
+    assert_eq!(
+        of("49983-S-AB12.Sandboxes.Test:8443", d),
+        Some((49983, "s-ab12".into()))
+    );
+    assert_eq!(
+        of("49983-s-ab12.sandboxes.test.", d),
+        Some((49983, "s-ab12".into()))
+    );
+    for other in [
+        "api.sandboxes.test",
+        "sandboxes.test",
+        "49999-s-ab12.other.test",
+        "49999-s-ab12.evilsandboxes.test",
+        "x-s-ab12.sandboxes.test",
+        "99999-s-ab12.sandboxes.test",
+        "49999-.sandboxes.test",
+        "49999-s_ab.sandboxes.test",
+        "a.49999-s-ab12.sandboxes.test",
+    ] {
+        assert_eq!(of(other, d), None, "{other}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_domain_the_host_routes_to_the_sandbox_and_api_to_the_control_plane() {
+    let mut config = ServerConfig::default();
+    config.e2b.domain = Some("sandboxes.test".into());
+    let h = E2bHarness::with_config(config);
+    let made = h
+        .create(KEY_A, json!({"templateID": "code-interpreter-v1"}))
+        .await;
+    let by_host = |host: String, path: &str, body: String| {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", host)
+            .header("x-access-token", &made.token)
+            .header("content-type", "application/json");
+        if path.starts_with("/v2") {
+            builder = builder.header("x-api-key", KEY_A);
+        }
+        builder.body(Body::from(body)).unwrap()
+    };
+    let cell = json!({"code": "show 2", "context_id": null, "language": null, "env_vars": null});
+    let reply = h
+        .inner
+        .send_to(
+            &h.router,
+            by_host(
+                format!("49999-{}.sandboxes.test", made.id),
+                "/execute",
+                cell.to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.text().contains("\"text\":\"2\""), "{}", reply.text());
+    // Another port of the sandbox: E2B's "not reachable" answer.
+    let closed = h
+        .inner
+        .send_to(
+            &h.router,
+            by_host(
+                format!("8080-{}.sandboxes.test", made.id),
+                "/",
+                String::new(),
+            ),
+        )
+        .await;
+    assert_eq!(closed.status, StatusCode::BAD_GATEWAY, "{}", closed.text());
+    // api.<domain> is the control plane.
+    let api = h
+        .inner
+        .send_to(
+            &h.router,
+            by_host(
+                "api.sandboxes.test".into(),
+                "/v2/sandboxes",
+                json!({"templateID": "base"}).to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::CREATED, "{}", api.text());
+}
+
+#[tokio::test]
+async fn without_a_domain_a_sandbox_host_is_the_control_plane() {
+    let h = E2bHarness::new();
+    let made = h
+        .create(KEY_A, json!({"templateID": "code-interpreter-v1"}))
+        .await;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/execute")
+        .header("host", format!("49999-{}.sandboxes.test", made.id))
+        .header("x-api-key", KEY_A)
+        .header("content-type", "application/json")
+        .body(Body::from("{\"code\": \"show 2\"}"))
+        .unwrap();
+    let reply = h.inner.send_to(&h.router, request).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+}

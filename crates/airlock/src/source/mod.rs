@@ -22,8 +22,8 @@ mod vm_impl;
 pub use real::{ColdSource, LayerPreparer, PoolSource, TemplateSource};
 
 use crate::error::{BootError, ExecError, PackageError};
-pub use crate::files::{FileSink, FileSource};
 use crate::files::{FileInfo, FileUpload};
+pub use crate::files::{FileSink, FileSource};
 
 use crate::machine::{PackageDisk, VmOptions};
 use crate::network::ExposedAddr;
