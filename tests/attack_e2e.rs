@@ -717,12 +717,17 @@ async fn the_file_api_stays_inside_the_home() {
         "{:?}",
         started.elapsed()
     );
-    // A write announced over the size cap (512 MiB) is refused before any byte is sent.
-    let huge = vec![0u8; (512 << 20) + 1];
+    // A write announced over the agent's size cap (64 GiB: a sanity bound,
+    // as files are streamed) is refused before any byte is sent: the
+    // source here has none to give.
+    let over_cap = (64u64 << 30) + 1;
+    let mut nothing: &[u8] = &[];
     let started = Instant::now();
     refused(
         "write over the cap",
-        client.write_file("huge", 0o644, &huge, t).await,
+        client
+            .write_file_from("huge", 0o644, Some(over_cap), &mut nothing, u64::MAX, t)
+            .await,
         LimitExceeded,
     );
     assert!(
@@ -730,7 +735,6 @@ async fn the_file_api_stays_inside_the_home() {
         "{:?}",
         started.elapsed()
     );
-    drop(huge);
     let after = run(
         &mut vm,
         Language::Raw,
