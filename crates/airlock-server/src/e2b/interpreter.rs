@@ -14,7 +14,7 @@
 use super::sandboxes::Sandbox;
 use super::stream::{spawn_body, Frames};
 use super::{for_tenant, sandbox_of, streamed, E2b, E2bError, Plane, ACCESS_TOKEN, TRAFFIC_TOKEN};
-use crate::http::sse::utf8_cut;
+use crate::http::sse::WholeUtf8;
 use airlock::{CellRequest, OutputStream, RunObserver};
 use airlock_protocol::{ExecResult, Language};
 use axum::body::Bytes;
@@ -261,14 +261,14 @@ async fn prepare(sandbox: &Sandbox, body: &[u8]) -> Result<(Language, CellReques
 struct Lines {
     frames: Frames,
     /// An incomplete UTF-8 sequence held back per stream.
-    pending: [Vec<u8>; 2],
+    pending: WholeUtf8,
 }
 
 impl Lines {
     fn new(frames: Frames) -> Self {
         Self {
             frames,
-            pending: [Vec::new(), Vec::new()],
+            pending: WholeUtf8::default(),
         }
     }
 
@@ -300,8 +300,8 @@ impl Lines {
     }
 
     fn flush(&mut self) {
-        for index in 0..2 {
-            let rest = std::mem::take(&mut self.pending[index]);
+        for (index, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
+            let rest = self.pending.take(stream);
             self.text(index, &rest);
         }
     }
@@ -344,15 +344,9 @@ impl RunObserver for Lines {
             OutputStream::Stdout => 0,
             OutputStream::Stderr => 1,
         };
-        let pending = &mut self.pending[index];
-        pending.extend_from_slice(bytes);
-        let cut = utf8_cut(pending);
-        if cut == 0 {
-            return;
+        if let Some(chunk) = self.pending.push(stream, bytes) {
+            self.text(index, &chunk);
         }
-        let rest = pending.split_off(cut);
-        let chunk = std::mem::replace(pending, rest);
-        self.text(index, &chunk);
     }
 
     fn result(&mut self, result: &ExecResult) {

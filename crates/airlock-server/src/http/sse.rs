@@ -118,21 +118,24 @@ impl Outbox {
 #[derive(Debug)]
 pub struct EventObserver {
     out: Outbox,
-    pending: [Vec<u8>; 2],
+    pending: WholeUtf8,
 }
 
 impl EventObserver {
     fn new(out: Outbox) -> Self {
         Self {
             out,
-            pending: [Vec::new(), Vec::new()],
+            pending: WholeUtf8::default(),
         }
     }
 
     /// Sends what is still held back (an incomplete UTF-8 tail) as bytes.
     fn flush(&mut self) {
-        for (index, name) in [(0, "stdout"), (1, "stderr")] {
-            let rest = std::mem::take(&mut self.pending[index]);
+        for (stream, name) in [
+            (OutputStream::Stdout, "stdout"),
+            (OutputStream::Stderr, "stderr"),
+        ] {
+            let rest = self.pending.take(stream);
             if !rest.is_empty() {
                 self.out.push_capped(name, output_data(&rest));
             }
@@ -184,19 +187,13 @@ impl Answer for CellResult {
 
 impl RunObserver for EventObserver {
     fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        let (index, name) = match stream {
-            OutputStream::Stdout => (0, "stdout"),
-            OutputStream::Stderr => (1, "stderr"),
+        let name = match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
         };
-        let pending = &mut self.pending[index];
-        pending.extend_from_slice(bytes);
-        let cut = utf8_cut(pending);
-        if cut == 0 {
-            return;
+        if let Some(chunk) = self.pending.push(stream, bytes) {
+            self.out.push_capped(name, output_data(&chunk));
         }
-        let rest = pending.split_off(cut);
-        let chunk = std::mem::replace(pending, rest);
-        self.out.push_capped(name, output_data(&chunk));
     }
 
     fn result(&mut self, result: &ExecResult) {
@@ -206,6 +203,42 @@ impl RunObserver for EventObserver {
             Ok(data) => self.out.push_capped("result", data),
             Err(e) => tracing::warn!(error = %e, "cannot encode a result event"),
         }
+    }
+}
+
+/// The output of the two streams, each held back while it ends inside a
+/// UTF-8 sequence (a chunk boundary can cut one), so that text is handed
+/// on as whole text: the SSE events and E2B's NDJSON lines alike.
+#[derive(Debug, Default)]
+pub(crate) struct WholeUtf8 {
+    pending: [Vec<u8>; 2],
+}
+
+impl WholeUtf8 {
+    fn slot(&mut self, stream: OutputStream) -> &mut Vec<u8> {
+        match stream {
+            OutputStream::Stdout => &mut self.pending[0],
+            OutputStream::Stderr => &mut self.pending[1],
+        }
+    }
+
+    /// Appends `bytes` of `stream`; the part that ends whole, if any (an
+    /// incomplete tail stays held back).
+    pub(crate) fn push(&mut self, stream: OutputStream, bytes: &[u8]) -> Option<Vec<u8>> {
+        let pending = self.slot(stream);
+        pending.extend_from_slice(bytes);
+        let cut = utf8_cut(pending);
+        if cut == 0 {
+            return None;
+        }
+        let rest = pending.split_off(cut);
+        Some(std::mem::replace(pending, rest))
+    }
+
+    /// What is held back of `stream` (at the end, or before a result),
+    /// taken.
+    pub(crate) fn take(&mut self, stream: OutputStream) -> Vec<u8> {
+        std::mem::take(self.slot(stream))
     }
 }
 
