@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use airlock_tests::images_or_skip;
+use airlock_tests::{data_images_or_skip, images_or_skip};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -236,13 +236,9 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 
 #[test]
 fn a_data_run_prints_the_frame_and_saves_the_chart_as_a_png() {
-    let Some(images) = images_or_skip("cli_data") else {
+    let Some(images) = data_images_or_skip("cli_data") else {
         return;
     };
-    if images.disk(airlock::Image::PythonData).is_err() {
-        eprintln!("SKIP cli_data: no python-data disk (cargo xtask images builds it)");
-        return;
-    }
     // Templates in a dir of this test's own (the images are the shared ones).
     let cache = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();

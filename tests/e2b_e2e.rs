@@ -19,25 +19,17 @@
 #[path = "server_support.rs"]
 mod server_support;
 
-use airlock_tests::{images_or_skip, vm_tests_required};
+use airlock_tests::data_images_or_skip;
 use server_support::{add_key, node, node_path_or_skip, python, python_or_skip, run_dir, Server};
 
 #[test]
 fn the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve() {
     let test =
         "the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airlock_serve";
-    let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+    let (Some(images), Some(py)) = (data_images_or_skip(test), python_or_skip(test)) else {
         return;
     };
     let node_path = node_path_or_skip(test);
-    if images.disk(airlock::Image::PythonData).is_err() {
-        assert!(
-            !vm_tests_required(),
-            "{test}: no python-data disk (cargo xtask images builds it)"
-        );
-        eprintln!("SKIP {test}: no python-data disk (cargo xtask images builds it)");
-        return;
-    }
     let dir = run_dir();
     let keys = dir.path().join("keys.toml");
     let key_a = add_key(&keys, "alice", &["--format", "e2b"]);

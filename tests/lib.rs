@@ -52,6 +52,22 @@ pub fn vm_tests_required() -> bool {
     std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
 }
 
+/// As [`images_or_skip`], for a test that needs the python-data image too.
+///
+/// # Panics
+/// As [`images_or_skip`], and when that disk is missing while VM tests
+/// are required.
+pub fn data_images_or_skip(test: &str) -> Option<Images> {
+    let images = images_or_skip(test)?;
+    if images.disk(airlock::Image::PythonData).is_ok() {
+        return Some(images);
+    }
+    let why = "no python-data disk (cargo xtask images builds it)";
+    assert!(!vm_tests_required(), "{test}: {why}");
+    eprintln!("SKIP {test}: {why}");
+    None
+}
+
 /// The guest images and a QEMU binary, or `None` after printing why the
 /// test is skipped.
 ///

@@ -13,7 +13,7 @@
 #[path = "server_support.rs"]
 mod server_support;
 
-use airlock_tests::{images_or_skip, qemu_processes_mentioning, vm_tests_required};
+use airlock_tests::{data_images_or_skip, images_or_skip, qemu_processes_mentioning};
 use server_support::{add_key, binary, no_vm_left, python, python_or_skip, run_dir, Server};
 use std::io::Write;
 use std::net::TcpStream;
@@ -213,17 +213,9 @@ fn a_restart_after_sigkill_sweeps_what_the_killed_server_left() {
 #[test]
 fn python_data_results_reach_rest_and_mcp_clients_as_html_and_png() {
     let test = "python_data_results_reach_rest_and_mcp_clients_as_html_and_png";
-    let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+    let (Some(images), Some(py)) = (data_images_or_skip(test), python_or_skip(test)) else {
         return;
     };
-    if images.disk(airlock::Image::PythonData).is_err() {
-        assert!(
-            !vm_tests_required(),
-            "{test}: no python-data disk (cargo xtask images builds it)"
-        );
-        eprintln!("SKIP {test}: no python-data disk (cargo xtask images builds it)");
-        return;
-    }
     let dir = run_dir();
     let keys = dir.path().join("keys.toml");
     let key = add_key(&keys, "alice", &[]);
