@@ -58,18 +58,12 @@ pub fn measure(airlock: &Path, runs: usize) -> Result<ServerNumbers> {
         .spawn()
         .with_context(|| format!("start {} serve", airlock.display()))?;
     let (url, drain) = until_listening(&mut server)?;
-    let out = Command::new(&python)
+    let mut client = Command::new(&python);
+    client
         .arg(workspace_root().join("tests/clients/bench_client.py"))
-        .args([&url, &runs.to_string(), "20", "8"])
-        .output()
-        .context("run the bench client");
-    // SIGTERM: the server drains and destroys its VMs.
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
-    let _ = drain.join();
-    let out = out?;
+        .args([&url, &runs.to_string(), "20", "8"]);
+    let out =
+        run_client_then_stop(&mut client, &mut server, drain).context("run the bench client")?;
     if !out.status.success() {
         bail!(
             "bench client failed: {}",
@@ -87,13 +81,29 @@ pub fn measure(airlock: &Path, runs: usize) -> Result<ServerNumbers> {
 /// # Errors
 /// When it ends before listening.
 pub fn until_listening(server: &mut Child) -> Result<(String, std::thread::JoinHandle<()>)> {
+    let (url, _, drain) = until_listening_with_e2b(server)?;
+    Ok((url, drain))
+}
+
+/// As [`until_listening`], also returning the E2B listener's URL when the
+/// server has one (its line comes before the main one).
+///
+/// # Errors
+/// As [`until_listening`].
+pub fn until_listening_with_e2b(
+    server: &mut Child,
+) -> Result<(String, Option<String>, std::thread::JoinHandle<()>)> {
     let stderr = server.stderr.take().context("the server's stderr")?;
     let mut lines = BufReader::new(stderr).lines();
+    let mut e2b = None;
     let url = loop {
         match lines.next() {
             Some(Ok(line)) => {
                 if let Some(url) = line.strip_prefix("airlock: listening on ") {
                     break url.to_owned();
+                }
+                if let Some(url) = line.strip_prefix("airlock: E2B API listening on ") {
+                    e2b = Some(url.to_owned());
                 }
             }
             _ => {
@@ -103,7 +113,27 @@ pub fn until_listening(server: &mut Child) -> Result<(String, std::thread::JoinH
             }
         }
     };
-    Ok((url, std::thread::spawn(move || lines.for_each(drop))))
+    Ok((url, e2b, std::thread::spawn(move || lines.for_each(drop))))
+}
+
+/// Runs `client` against a started server, then stops the server
+/// (SIGTERM: it drains and destroys its VMs) and its log's drain, whatever
+/// the client did; the client's output.
+///
+/// # Errors
+/// When the client cannot be run.
+pub fn run_client_then_stop(
+    client: &mut Command,
+    server: &mut Child,
+    drain: std::thread::JoinHandle<()>,
+) -> std::io::Result<std::process::Output> {
+    let out = client.output();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    let _ = drain.join();
+    out
 }
 
 /// `met` or `not met`, for a goal's column.

@@ -10,9 +10,8 @@ use super::{load_average, met, percentiles};
 use crate::host::workspace_root;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// Goal: create + first cell, wall p50, ms.
 const CREATE_P50_GOAL_MS: f64 = 400.0;
@@ -52,24 +51,24 @@ pub(super) fn measure(airlock: &Path, runs: usize) -> Result<Numbers> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start {} serve", airlock.display()))?;
-    let (url, drain) = until_e2b_listening(&mut server)?;
+    let (_, e2b, drain) = crate::bench_server::until_listening_with_e2b(&mut server)?;
+    let Some(url) = e2b else {
+        let _ = server.kill();
+        let _ = server.wait();
+        bail!("airlock serve printed no E2B listener line");
+    };
     eprintln!("xtask: bench e2b: {runs} creates against {url}");
-    let out = Command::new(&python)
+    let mut client = Command::new(&python);
+    client
         .arg(workspace_root().join("tests/clients/bench_e2b_client.py"))
         .args([
             url.as_str(),
             &runs.to_string(),
             &(runs * EXECS_PER_CREATE).to_string(),
         ])
-        .stdin(Stdio::null())
-        .output()
-        .context("run the E2B bench client");
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
-    let _ = drain.join();
-    let out = out?;
+        .stdin(Stdio::null());
+    let out = crate::bench_server::run_client_then_stop(&mut client, &mut server, drain)
+        .context("run the E2B bench client")?;
     if !out.status.success() {
         bail!(
             "the E2B bench client failed: {}",
@@ -82,38 +81,6 @@ pub(super) fn measure(airlock: &Path, runs: usize) -> Result<Numbers> {
         client,
         load: [load_before, load_average()],
     })
-}
-
-/// Waits for the lines of `server` (an `airlock serve --e2b-listen` with its
-/// stderr piped) saying where it listens (the E2B line comes first);
-/// returns the E2B URL and the thread that keeps draining its log. Kills and
-/// reaps it when it ends before listening.
-fn until_e2b_listening(server: &mut Child) -> Result<(String, std::thread::JoinHandle<()>)> {
-    let stderr = server.stderr.take().context("the server's stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut e2b = None;
-    loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("airlock: E2B API listening on ") {
-                    e2b = Some(url.to_owned());
-                } else if line.starts_with("airlock: listening on ") {
-                    break;
-                }
-            }
-            _ => {
-                let _ = server.kill();
-                let _ = server.wait();
-                bail!("airlock serve ended before listening");
-            }
-        }
-    }
-    let Some(url) = e2b else {
-        let _ = server.kill();
-        let _ = server.wait();
-        bail!("airlock serve printed no E2B listener line");
-    };
-    Ok((url, std::thread::spawn(move || lines.for_each(drop))))
 }
 
 /// The section of docs/benchmarks.md.
