@@ -36,25 +36,11 @@ fn the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airloc
     let key_b = add_key(&keys, "bob", &["--format", "e2b"]);
     assert!(key_a.starts_with("e2b_") && key_a.len() == 44, "{key_a}");
     let run = dir.path().join("run");
-    let keys_arg = keys.to_string_lossy().into_owned();
-    let config = dir.path().join("server.toml");
-    std::fs::write(&config, "pools = []\n").expect("write the config");
-    let config_arg = config.to_string_lossy().into_owned();
-    let cache = dir.path().join("cache");
-    let mut server = Server::start_with_env(
-        &run,
-        &[
-            "--keys-file",
-            &keys_arg,
-            "--config",
-            &config_arg,
-            "--e2b-listen",
-            "127.0.0.1:0",
-        ],
-        &[
-            ("AIRLOCK_CACHE_DIR", &cache),
-            ("AIRLOCK_IMAGES", &images.dir),
-        ],
+    let mut server = Server::start_keyed_without_pool(
+        dir.path(),
+        &keys,
+        &images.dir,
+        &["--e2b-listen", "127.0.0.1:0"],
     );
     let url = server
         .e2b_url

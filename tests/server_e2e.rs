@@ -220,19 +220,7 @@ fn python_data_results_reach_rest_and_mcp_clients_as_html_and_png() {
     let keys = dir.path().join("keys.toml");
     let key = add_key(&keys, "alice", &[]);
     let run = dir.path().join("run");
-    let keys_arg = keys.to_string_lossy().into_owned();
-    let config = dir.path().join("server.toml");
-    std::fs::write(&config, "pools = []\n").expect("write the config");
-    let config_arg = config.to_string_lossy().into_owned();
-    let cache = dir.path().join("cache");
-    let mut server = Server::start_with_env(
-        &run,
-        &["--keys-file", &keys_arg, "--config", &config_arg],
-        &[
-            ("AIRLOCK_CACHE_DIR", &cache),
-            ("AIRLOCK_IMAGES", &images.dir),
-        ],
-    );
+    let mut server = Server::start_keyed_without_pool(dir.path(), &keys, &images.dir, &[]);
     python(&py, &["data_client.py", &server.url, &key], &[]);
     server.terminate_and_check(&run);
 }

@@ -108,6 +108,31 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server with `keys`, no warm pool (templates are built on first
+    /// use), a cache dir of its own under `dir`, `images_dir`'s images and
+    /// `extra` flags; its run dir is `dir/run`.
+    pub fn start_keyed_without_pool(
+        dir: &Path,
+        keys: &Path,
+        images_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let config = dir.join("server.toml");
+        std::fs::write(&config, "pools = []\n").expect("write the config");
+        let (keys, config) = (keys.to_string_lossy(), config.to_string_lossy());
+        let mut args = vec!["--keys-file", &keys, "--config", &config];
+        args.extend_from_slice(extra);
+        let cache = dir.join("cache");
+        Self::start_with_env(
+            &dir.join("run"),
+            &args,
+            &[
+                ("AIRLOCK_CACHE_DIR", &cache),
+                ("AIRLOCK_IMAGES", images_dir),
+            ],
+        )
+    }
+
     pub fn start(run_dir: &Path, args: &[&str]) -> Self {
         Self::start_with_env(run_dir, args, &[])
     }
