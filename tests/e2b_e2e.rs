@@ -1,10 +1,18 @@
 //! E2B's official Python SDK (`e2b-code-interpreter`, from PyPI,
-//! unchanged) against `airlock serve --e2b-listen`, in headers mode
-//! (`E2B_API_URL` = `E2B_SANDBOX_URL` = the E2B listener):
-//! `tests/clients/e2b_client.py` creates a sandbox (`code-interpreter-v1`,
-//! the `python-data` image), runs `x = 1` then `x + 1` (text `2`), a
-//! matplotlib chart (`results[0].png` is a PNG), an error, `echo hi`,
-//! writes, reads and lists a file, checks that another tenant's key gets
+//! unchanged) against `airlock serve --e2b-listen`, in both routing modes
+//! on one listener:
+//! - headers (`E2B_API_URL` = `E2B_SANDBOX_URL` = the listener, plain
+//!   HTTP);
+//! - host names over TLS (`--e2b-domain localhost`, clients set only
+//!   `E2B_DOMAIN=localhost:PORT` and trust the local CA's `ca.pem`; glibc
+//!   resolves `*.localhost` through Debian's `libnss-myhostname`, which
+//!   `cargo xtask test` installs).
+//!
+//! In each mode `tests/clients/e2b_client.py` creates a sandbox
+//! (`code-interpreter-v1`, the `python-data` image), runs `x = 1` then
+//! `x + 1` (text `2`), a matplotlib chart (`results[0].png` is a PNG), an
+//! error, `echo hi`, writes, reads and lists a file, background commands,
+//! a cell past its timeout, checks that another tenant's key gets
 //! `SandboxNotFoundException` (and `kill` false), kills it; then the async
 //! client does a shorter round. Then E2B's JavaScript SDK
 //! (`@e2b/code-interpreter` from npm, under Node) does the same flow
@@ -12,9 +20,10 @@
 //! `cargo xtask test` makes the clients' venv and `node_modules` and sets
 //! `AIRLOCK_TEST_PYTHON` and `AIRLOCK_TEST_NODE_PATH`.
 //!
-//! One VM test function (three sandboxes, one after the other, one
-//! server start): VM tests are slow under TCG. It is parallel-safe: its own run dir, cache dir
-//! (the data image's template is built there), keys file and ports.
+//! One VM test function (sandboxes one after the other, one server
+//! start): VM tests are slow under TCG. It is parallel-safe: its own run
+//! dir, cache dir (the data image's template and the local CA are made
+//! there), keys file and ports.
 
 #[path = "server_support.rs"]
 mod server_support;
@@ -40,15 +49,35 @@ fn the_e2b_python_and_javascript_sdks_run_code_commands_and_files_against_airloc
         dir.path(),
         &keys,
         &images.dir,
-        &["--e2b-listen", "127.0.0.1:0"],
+        &["--e2b-listen", "127.0.0.1:0", "--e2b-domain", "localhost"],
     );
     let url = server
         .e2b_url
         .clone()
         .unwrap_or_else(|| panic!("no E2B listener line:\n{}", server.log()));
-    python(&py, &["e2b_client.py", &url, &key_a, &key_b], &[]);
-    if let Some(node_path) = &node_path {
-        node(node_path, &["e2b_client.cjs", &url, &key_a, &key_b]);
+    let port = url.rsplit(':').next().unwrap_or_default();
+    let domain = format!("localhost:{port}");
+    let ca = dir.path().join("cache").join("e2b").join("ca.pem");
+    assert!(ca.is_file(), "no local CA certificate at {}", ca.display());
+    let ca = ca.to_string_lossy().into_owned();
+    assert!(
+        server.log().contains(&ca),
+        "the server names the CA file:\n{}",
+        server.log()
+    );
+    for (mode, place) in [("headers", &url), ("domain", &domain)] {
+        python(
+            &py,
+            &["e2b_client.py", mode, place, &key_a, &key_b],
+            &[("SSL_CERT_FILE", &ca)],
+        );
+        if let Some(node_path) = &node_path {
+            node(
+                node_path,
+                &["e2b_client.cjs", mode, place, &key_a, &key_b],
+                &[("NODE_EXTRA_CA_CERTS", &ca)],
+            );
+        }
     }
     let log = server.log();
     assert!(

@@ -46,11 +46,13 @@ pub fn node_path_or_skip(test: &str) -> Option<PathBuf> {
 }
 
 /// Runs Debian's `node` on a script of `tests/clients` with `NODE_PATH`
-/// set to the clients' `node_modules`; fails the test when it fails.
-pub fn node(node_path: &Path, args: &[&str]) {
+/// set to the clients' `node_modules` and `envs`; fails the test when it
+/// fails.
+pub fn node(node_path: &Path, args: &[&str], envs: &[(&str, &str)]) {
     let out = Command::new("node")
         .args(args)
         .env("NODE_PATH", node_path)
+        .envs(envs.iter().copied())
         .current_dir(clients_dir())
         .output()
         .expect("run node");

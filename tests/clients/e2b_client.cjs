@@ -1,15 +1,30 @@
 // E2B's official JavaScript SDK (`@e2b/code-interpreter` from npm,
-// unchanged) under Node against `airlock serve --e2b-listen`, in headers
-// mode: E2B_API_URL and E2B_SANDBOX_URL both name the E2B listener
-// (tests/e2b_e2e.rs). The SDK comes from NODE_PATH (<cache>/node-clients,
-// made by `cargo xtask test` from tests/clients/node/package-lock.json).
+// unchanged) under Node against `airlock serve --e2b-listen`, in either
+// routing mode (tests/e2b_e2e.rs):
+// - `headers URL`: E2B_API_URL and E2B_SANDBOX_URL both name the E2B
+//   listener (plain HTTP; the sandbox is named in headers);
+// - `domain DOMAIN`: only E2B_DOMAIN (`localhost:PORT`), so the SDK builds
+//   `https://api.DOMAIN` and `https://<port>-<id>.DOMAIN`; Node trusts the
+//   listener's local CA through NODE_EXTRA_CA_CERTS (set by the test: Node
+//   reads it at start).
+// The SDK comes from NODE_PATH (<cache>/node-clients, made by
+// `cargo xtask test` from tests/clients/node/package-lock.json).
 //
-// Usage: node e2b_client.cjs URL KEY_OF_ALICE KEY_OF_BOB
+// Usage: node e2b_client.cjs headers URL KEY_OF_ALICE KEY_OF_BOB
+//        node e2b_client.cjs domain DOMAIN KEY_OF_ALICE KEY_OF_BOB
 'use strict'
 
-const [URL, KEY_A, KEY_B] = process.argv.slice(2)
-process.env.E2B_API_URL = URL
-process.env.E2B_SANDBOX_URL = URL
+const [MODE, WHERE, KEY_A, KEY_B] = process.argv.slice(2)
+for (const name of ['E2B_API_URL', 'E2B_SANDBOX_URL', 'E2B_DOMAIN']) delete process.env[name]
+if (MODE === 'headers') {
+  process.env.E2B_API_URL = WHERE
+  process.env.E2B_SANDBOX_URL = WHERE
+} else if (MODE === 'domain') {
+  if (!process.env.NODE_EXTRA_CA_CERTS) throw new Error('domain mode needs NODE_EXTRA_CA_CERTS')
+  process.env.E2B_DOMAIN = WHERE
+} else {
+  throw new Error(`unknown mode ${MODE}: headers or domain`)
+}
 process.env.E2B_API_KEY = KEY_A
 
 const { Sandbox } = require('@e2b/code-interpreter')
@@ -77,7 +92,7 @@ async function main() {
   }
   assert.equal(killed, true)
   assert.equal(await sbx.isRunning(), false)
-  console.log('node: ok')
+  console.log(`node (${MODE}): ok`)
 }
 
 main().catch((e) => {

@@ -1,8 +1,15 @@
 """E2B's official Python SDK (`e2b-code-interpreter`, unchanged) against
-`airlock serve --e2b-listen`, in headers mode: E2B_API_URL and
-E2B_SANDBOX_URL both name the E2B listener (tests/e2b_e2e.rs).
+`airlock serve --e2b-listen`, in either routing mode (tests/e2b_e2e.rs):
 
-Usage: e2b_client.py URL KEY_OF_ALICE KEY_OF_BOB
+- `headers URL`: E2B_API_URL and E2B_SANDBOX_URL both name the E2B
+  listener (plain HTTP; the sandbox is named in headers);
+- `domain DOMAIN`: only E2B_DOMAIN is set (`localhost:PORT`), so the SDK
+  builds `https://api.DOMAIN` and `https://<port>-<id>.DOMAIN` and checks
+  the listener's certificates against SSL_CERT_FILE (the local CA's
+  `ca.pem`, set by the test).
+
+Usage: e2b_client.py headers URL KEY_OF_ALICE KEY_OF_BOB
+       e2b_client.py domain DOMAIN KEY_OF_ALICE KEY_OF_BOB
 """
 
 import asyncio
@@ -10,9 +17,17 @@ import base64
 import os
 import sys
 
-URL, KEY_A, KEY_B = sys.argv[1:4]
-os.environ["E2B_API_URL"] = URL
-os.environ["E2B_SANDBOX_URL"] = URL
+MODE, WHERE, KEY_A, KEY_B = sys.argv[1:5]
+for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
+    os.environ.pop(name, None)
+if MODE == "headers":
+    os.environ["E2B_API_URL"] = WHERE
+    os.environ["E2B_SANDBOX_URL"] = WHERE
+elif MODE == "domain":
+    assert os.environ.get("SSL_CERT_FILE"), "domain mode needs SSL_CERT_FILE"
+    os.environ["E2B_DOMAIN"] = WHERE
+else:
+    sys.exit(f"unknown mode {MODE!r}: headers or domain")
 os.environ["E2B_API_KEY"] = KEY_A
 
 from e2b import (  # noqa: E402
@@ -100,7 +115,10 @@ def check_sync():
         killed = sbx.kill()
     assert killed is True, killed
     assert not sbx.is_running()
-    print("sync: ok")
+    if MODE == "domain":
+        host = sbx.connection_config.get_sandbox_url(sbx.sandbox_id, sbx.sandbox_domain, 49999)
+        assert host.startswith("https://49999-"), host
+    print(f"sync ({MODE}): ok")
 
 
 async def check_async():
@@ -113,7 +131,7 @@ async def check_async():
         assert out.stdout == "async\n", out
     finally:
         await sbx.kill()
-    print("async: ok")
+    print(f"async ({MODE}): ok")
 
 
 check_sync()

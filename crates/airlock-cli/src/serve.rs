@@ -39,10 +39,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub e2b_listen: Option<SocketAddr>,
     /// E2B's host-name mode on the E2B listener: a request whose Host is
-    /// `<port>-<sandbox id>.DOMAIN` goes to that sandbox (wildcard DNS;
-    /// TLS is yours, in front of the listener, for now).
+    /// `<port>-<sandbox id>.DOMAIN` goes to that sandbox, and the listener
+    /// also speaks TLS for `api.DOMAIN` and `*.DOMAIN` (plain HTTP still
+    /// works). Clients set E2B_DOMAIN=DOMAIN (or DOMAIN:PORT off port
+    /// 443). `localhost` works on one host with Debian's
+    /// libnss-myhostname.
     #[arg(long, value_name = "DOMAIN")]
     pub e2b_domain: Option<String>,
+    /// The TLS certificate chain (PEM) for --e2b-domain: a wildcard
+    /// `*.DOMAIN` that also names `api.DOMAIN`. Without it a local CA
+    /// under the cache signs one per name; clients trust
+    /// `<cache>/e2b/ca.pem` (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS).
+    #[arg(long, value_name = "FILE", requires = "e2b_key")]
+    pub e2b_cert: Option<PathBuf>,
+    /// The private key (PEM) of --e2b-cert.
+    #[arg(long, value_name = "FILE", requires = "e2b_cert")]
+    pub e2b_key: Option<PathBuf>,
     /// The API keys file (`airlock serve keys add`). Without one every
     /// request acts for the local user (loopback only).
     #[arg(long, value_name = "FILE")]
@@ -267,6 +279,10 @@ impl ServeArgs {
         }
         if self.e2b_domain.is_some() {
             c.e2b.domain.clone_from(&self.e2b_domain);
+        }
+        if self.e2b_cert.is_some() {
+            c.e2b.cert.clone_from(&self.e2b_cert);
+            c.e2b.key.clone_from(&self.e2b_key);
         }
         if self.secrets_key_file.is_some() {
             c.secrets_key_file.clone_from(&self.secrets_key_file);

@@ -32,6 +32,11 @@ pub const CA_FILE_NAME: &str = "airlock-ca.pem";
 pub const CA_COMMON_NAME: &str = "Airlock sandbox egress CA";
 /// Most leaf certificates kept in memory; past it the cache starts again.
 const MAX_CACHED_LEAVES: usize = 1024;
+/// How long a leaf is valid.
+const LEAF_VALIDITY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Age past which a kept leaf is made again: well before it expires, so a
+/// process that runs for weeks never hands out an expired one.
+const LEAF_RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Why the CA cannot be made or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +83,13 @@ pub struct AirlockCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
     cert_der: CertificateDer<'static>,
-    leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    leaves: Mutex<HashMap<String, Leaf>>,
+}
+
+/// A leaf kept in the cache, with when it was made.
+struct Leaf {
+    made: std::time::Instant,
+    key: Arc<CertifiedKey>,
 }
 
 impl std::fmt::Debug for AirlockCa {
@@ -91,10 +102,10 @@ impl std::fmt::Debug for AirlockCa {
 
 /// The CA's fixed parameters. Fixed so that the issuer rebuilt from the
 /// stored key names exactly the certificate stored beside it.
-fn ca_params() -> CertificateParams {
+fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "Airlock");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -120,9 +131,21 @@ impl AirlockCa {
     /// # Errors
     /// [`CaError`] naming the file and what to do.
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
+        Self::load_or_create_named(dir, CA_COMMON_NAME)
+    }
+
+    /// As [`AirlockCa::load_or_create`], for a CA whose certificate is
+    /// named `common_name` (what clients show): another use of the same
+    /// machinery, such as the E2B listener's local CA, with a key of its
+    /// own in a directory of its own. The name must be the same at every
+    /// load of one directory.
+    ///
+    /// # Errors
+    /// [`CaError`] naming the file and what to do.
+    pub fn load_or_create_named(dir: &Path, common_name: &str) -> Result<Self, CaError> {
         let path = dir.join(CA_FILE_NAME);
         match std::fs::read_to_string(&path) {
-            Ok(text) => return Self::load(&path, &text),
+            Ok(text) => return Self::load(&path, &text, common_name),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(CaError::Io {
@@ -138,13 +161,13 @@ impl AirlockCa {
             source,
         })?;
         let key = KeyPair::generate().map_err(|e| CaError::Certificate {
-            name: CA_COMMON_NAME.into(),
+            name: common_name.into(),
             reason: e.to_string(),
         })?;
-        let cert = ca_params()
+        let cert = ca_params(common_name)
             .self_signed(&key)
             .map_err(|e| CaError::Certificate {
-                name: CA_COMMON_NAME.into(),
+                name: common_name.into(),
                 reason: e.to_string(),
             })?;
         let text = format!("{}{}", key.serialize_pem(), cert.pem());
@@ -172,10 +195,10 @@ impl AirlockCa {
         let linked = std::fs::hard_link(&aside, &path);
         let _ = std::fs::remove_file(&aside);
         match linked {
-            Ok(()) => Self::load(&path, &text),
+            Ok(()) => Self::load(&path, &text, common_name),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
-                Self::load(&path, &text)
+                Self::load(&path, &text, common_name)
             }
             Err(source) => Err(CaError::Io {
                 action: "create",
@@ -185,7 +208,7 @@ impl AirlockCa {
         }
     }
 
-    fn load(path: &Path, text: &str) -> Result<Self, CaError> {
+    fn load(path: &Path, text: &str, common_name: &str) -> Result<Self, CaError> {
         let corrupt = |reason: &str| CaError::Corrupt {
             path: path.to_owned(),
             reason: reason.to_owned(),
@@ -213,7 +236,7 @@ impl AirlockCa {
         let cert_der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| corrupt(&format!("certificate: {e}")))?;
         Ok(AirlockCa {
-            issuer: Issuer::new(ca_params(), key),
+            issuer: Issuer::new(ca_params(common_name), key),
             cert_pem: cert_pem.to_owned(),
             cert_der,
             leaves: Mutex::new(HashMap::new()),
@@ -231,24 +254,33 @@ impl AirlockCa {
     }
 
     /// The leaf certificate and key for `name` (a validated DNS name),
-    /// made on first use and kept.
+    /// made on first use and kept; made again once a day, so a kept leaf
+    /// is never near its end.
     ///
     /// # Errors
     /// [`CaError::Certificate`].
     pub fn leaf_for(&self, name: &str) -> Result<Arc<CertifiedKey>, CaError> {
         if let Some(leaf) = self.cache().get(name) {
-            return Ok(Arc::clone(leaf));
+            if leaf.made.elapsed() < LEAF_RENEW_AFTER {
+                return Ok(Arc::clone(&leaf.key));
+            }
         }
-        let leaf = Arc::new(self.make_leaf(name)?);
+        let key = Arc::new(self.make_leaf(name)?);
         let mut cache = self.cache();
         if cache.len() >= MAX_CACHED_LEAVES {
             cache.clear();
         }
-        cache.insert(name.to_owned(), Arc::clone(&leaf));
-        Ok(leaf)
+        cache.insert(
+            name.to_owned(),
+            Leaf {
+                made: std::time::Instant::now(),
+                key: Arc::clone(&key),
+            },
+        );
+        Ok(key)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CertifiedKey>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Leaf>> {
         // A panic while holding the lock leaves a map that is still whole.
         self.leaves
             .lock()
@@ -270,7 +302,7 @@ impl AirlockCa {
         params.use_authority_key_identifier_extension = true;
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(7);
+        params.not_after = now + LEAF_VALIDITY;
         let key = KeyPair::generate().map_err(|e| fail(e.to_string()))?;
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -338,36 +370,46 @@ mod tests {
         // certificate: the rebuilt issuer names the same CA.
         let reloaded = AirlockCa::load_or_create(dir.path()).expect("loaded");
         let leaf = reloaded.leaf_for("api.example.com").expect("leaf");
+        assert!(
+            verifies(&made, &leaf, "api.example.com"),
+            "the leaf verifies against the CA"
+        );
+        assert!(!verifies(&made, &leaf, "other.example.com"));
+    }
+
+    #[test]
+    fn a_named_ca_is_its_own_and_its_reloaded_leaves_verify_against_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let named = AirlockCa::load_or_create_named(dir.path(), "Test listener CA").expect("made");
+        let egress = tempfile::tempdir().expect("tempdir");
+        let default = AirlockCa::load_or_create(egress.path()).expect("made");
+        assert_ne!(named.cert_pem(), default.cert_pem());
+        let reloaded =
+            AirlockCa::load_or_create_named(dir.path(), "Test listener CA").expect("again");
+        let leaf = reloaded.leaf_for("api.localhost").expect("leaf");
+        assert!(verifies(&named, &leaf, "api.localhost"));
+        assert!(!verifies(&default, &leaf, "api.localhost"));
+    }
+
+    /// Whether `leaf` verifies for `name` against `ca` as its only root.
+    fn verifies(ca: &AirlockCa, leaf: &CertifiedKey, name: &str) -> bool {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(made.cert_der().clone()).expect("root");
+        roots.add(ca.cert_der().clone()).expect("root");
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             Arc::new(rustls::crypto::ring::default_provider()),
         )
         .build()
         .expect("verifier");
-        let name = rustls::pki_types::ServerName::try_from("api.example.com").expect("name");
-        let now = rustls::pki_types::UnixTime::now();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
         rustls::client::danger::ServerCertVerifier::verify_server_cert(
             verifier.as_ref(),
             &leaf.cert[0],
             &leaf.cert[1..],
             &name,
             &[],
-            now,
+            rustls::pki_types::UnixTime::now(),
         )
-        .expect("the leaf verifies against the CA");
-        let other = rustls::pki_types::ServerName::try_from("other.example.com").expect("name");
-        assert!(
-            rustls::client::danger::ServerCertVerifier::verify_server_cert(
-                verifier.as_ref(),
-                &leaf.cert[0],
-                &leaf.cert[1..],
-                &other,
-                &[],
-                now,
-            )
-            .is_err()
-        );
+        .is_ok()
     }
 }

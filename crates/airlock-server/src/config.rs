@@ -60,7 +60,9 @@
 //! allow_documentation_ranges = false
 //! [e2b]                    # E2B's protocol on a second listener (docs/e2b.md)
 //! listen = "127.0.0.1:3000"
-//! domain = "sandboxes.example.com"   # also route by Host: <port>-<id>.<domain>
+//! domain = "sandboxes.example.com"   # also route by Host: <port>-<id>.<domain>, over TLS
+//! cert = "/etc/airlock/e2b.crt"      # *.<domain> (unset: a local CA under the cache)
+//! key = "/etc/airlock/e2b.key"
 //! default_timeout_s = 300
 //! [e2b.templates]          # E2B template ids -> Airlock images (over the built-ins)
 //! my-data = "python-data"
@@ -228,9 +230,19 @@ pub struct E2bConfig {
     pub listen: Option<SocketAddr>,
     /// E2B's host-name mode: a request whose `Host` is
     /// `<port>-<sandbox id>.<domain>` goes to that sandbox's port, as the
-    /// headers would route it (for operators with wildcard DNS and their own
-    /// TLS in front of the listener). Unset: headers only.
+    /// headers would route it, and the listener also speaks TLS for
+    /// `api.<domain>` and `*.<domain>` (a connection whose first byte is a
+    /// TLS handshake; plain HTTP still works for the headers mode). Unset:
+    /// headers only, plain HTTP.
     pub domain: Option<String>,
+    /// The operator's certificate chain (PEM) for the domain's TLS: a
+    /// wildcard `*.<domain>` plus `api.<domain>` (or `<domain>`) in its
+    /// names. Unset: a local CA under the cache (`<cache>/e2b/`) signs a
+    /// certificate per name, and its certificate is `<cache>/e2b/ca.pem`
+    /// for clients to trust. Needs `domain` and `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of [`E2bConfig::cert`].
+    pub key: Option<std::path::PathBuf>,
     /// E2B template ids and the Airlock image each names (`python-data`,
     /// `raw`, ...), over [`E2B_BUILTIN_TEMPLATES`].
     pub templates: std::collections::BTreeMap<String, String>,
@@ -246,6 +258,8 @@ impl Default for E2bConfig {
         Self {
             listen: None,
             domain: None,
+            cert: None,
+            key: None,
             templates: std::collections::BTreeMap::new(),
             default_timeout_s: 300,
             max_timeout_s: 24 * 3600,
@@ -270,6 +284,21 @@ impl E2bConfig {
         name.parse().ok()
     }
 
+    /// The domain and where its TLS certificates come from: the
+    /// operator's files, else a local CA under the cache. `None` without a
+    /// domain (no TLS).
+    pub fn tls_source(&self) -> Option<(String, crate::tls::TlsSource)> {
+        let domain = self.domain.clone()?;
+        let source = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => crate::tls::TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => crate::tls::TlsSource::LocalCa(airlock::cache_dir().join(crate::tls::E2B_CA_DIR)),
+        };
+        Some((domain, source))
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(domain) = &self.domain {
             let labels_ok = domain.split('.').all(|label| {
@@ -286,6 +315,20 @@ impl E2bConfig {
                     "e2b.domain {domain:?} is not a DNS name: give one like sandboxes.example.com (no scheme, port or trailing dot)"
                 ));
             }
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "e2b.cert and e2b.key go together: give both (--e2b-cert and --e2b-key), or neither for the local CA"
+                        .into(),
+                );
+            }
+            (Some(_), Some(_)) if self.domain.is_none() => {
+                return Err(
+                    "e2b.cert is served for the domain's host names: give e2b.domain (--e2b-domain) too".into(),
+                );
+            }
+            _ => {}
         }
         for (id, image) in &self.templates {
             if let Err(e) = image.parse::<airlock::spec::Image>() {

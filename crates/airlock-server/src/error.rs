@@ -195,6 +195,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The E2B listener's TLS cannot be set up (its certificate, key or
+    /// local CA).
+    #[error("E2B listener TLS: {}: {reason}; give a PEM certificate chain and its key (--e2b-cert, --e2b-key), or neither for the local CA", path.display())]
+    Tls {
+        /// The file or directory at fault.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A step of the server itself failed (a task, the HTTP loop, stdio).
     #[error("{action}: {message}")]
     Internal {
@@ -283,6 +292,7 @@ impl ServerError {
             | Self::Keys { .. }
             | Self::Secrets { .. }
             | Self::Bind { .. }
+            | Self::Tls { .. }
             | Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -315,6 +325,7 @@ impl ServerError {
             Self::SecretNotFound { .. } => "secret_not_found",
             Self::SecretsDisabled => "secrets_disabled",
             Self::Bind { .. } => "bind",
+            Self::Tls { .. } => "tls",
             Self::Internal { .. } => "internal",
         }
     }

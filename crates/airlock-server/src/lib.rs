@@ -78,6 +78,7 @@ pub mod secrets;
 pub mod server;
 mod service;
 pub mod sessions;
+pub mod tls;
 
 pub use config::ServerConfig;
 pub use error::{redact_host_paths, ErrorKind, PublicError, Result, ServerError};

@@ -25,8 +25,11 @@
 //!   ends when all have. Dropping it aborts the connections left, and
 //!   with them their requests.
 //!
-//! HTTP/2 is not served (put a reverse proxy in front for it, and for
-//! TLS): one protocol, one set of deadlines.
+//! HTTP/2 is not served (put a reverse proxy in front for it): one
+//! protocol, one set of deadlines. TLS is served only where asked
+//! ([`serve_tls`]: the E2B listener's host names, `tls.rs`), on the same
+//! port as plain HTTP; for the main listener put a TLS terminator in
+//! front.
 
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::error::{Result, ServerError};
@@ -50,6 +53,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Descriptors kept free beside the connections: the VMs' sockets,
 /// logs, pipes and the server's own files.
@@ -231,6 +237,21 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, router, limits, metrics, None, shutdown).await;
+}
+
+/// As [`serve`], and with `tls` a connection whose first byte opens a TLS
+/// handshake (0x16) is served over TLS, any other as plain HTTP: one port
+/// for both (the E2B listener's host names and its headers mode). The
+/// handshake must end within the header timeout, counted from the accept.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ListenerConfig,
+    metrics: Metrics,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Slots {
         max: limits.max_connections,
         per_address: limits.max_connections_per_address,
@@ -273,7 +294,7 @@ pub async fn serve(
             peer,
             stop: stop.clone(),
         };
-        connections.spawn(connection.serve(stream, slot));
+        connections.spawn(connection.serve(stream, slot, tls.clone()));
     }
     drop(listener);
     stop.cancel();
@@ -291,13 +312,48 @@ struct Connection {
 
 impl Connection {
     /// Serves the connection until it closes, a deadline passes or the
-    /// server stops; `_slot` is given back when it ends.
-    async fn serve(self, stream: TcpStream, _slot: Slot) {
+    /// server stops; `_slot` is given back when it ends. With `tls`, a
+    /// connection that opens with a TLS handshake is served over TLS.
+    async fn serve(self, stream: TcpStream, _slot: Slot, tls: Option<tokio_rustls::TlsAcceptor>) {
         let watch = Arc::new(Watch::new());
-        let io = TokioIo::new(Watched {
+        let watched = Watched {
             inner: stream,
             watch: Arc::clone(&watch),
-        });
+        };
+        let Some(acceptor) = tls else {
+            return self.serve_io(TokioIo::new(watched), watch).await;
+        };
+        let deadline = self.limits.header_read_timeout();
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(deadline, watched.inner.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+            // Plain HTTP (or a connection closed at once: hyper sees it).
+            Ok(Ok(_)) => return self.serve_io(TokioIo::new(watched), watch).await,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "connection failed before its first byte");
+                return;
+            }
+            Err(_) => {
+                Metrics::count(&self.metrics.connections_closed, "header_timeout");
+                return;
+            }
+        }
+        match tokio::time::timeout(deadline, acceptor.accept(watched)).await {
+            Ok(Ok(tls)) => self.serve_io(TokioIo::new(tls), watch).await,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                Metrics::count(&self.metrics.connections_closed, "tls_handshake");
+            }
+            Err(_) => Metrics::count(&self.metrics.connections_closed, "header_timeout"),
+        }
+    }
+
+    /// Serves HTTP/1.1 on `io` (plain or TLS) under the deadlines `watch`
+    /// keeps.
+    async fn serve_io<I>(self, io: TokioIo<I>, watch: Arc<Watch>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let service = {
             let watch = Arc::clone(&watch);
             let router = self.router.clone();

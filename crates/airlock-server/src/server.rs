@@ -37,6 +37,14 @@ pub async fn run<S: Display>(
     }
     let listen = config.listen;
     let e2b_listen = config.e2b.listen;
+    let e2b_tls = match (e2b_listen, config.e2b.tls_source()) {
+        (Some(_), Some((domain, source))) => Some(
+            tokio::task::spawn_blocking(move || crate::tls::ListenerTls::build(&domain, &source))
+                .await
+                .map_err(|e| ServerError::internal("set up the E2B listener's TLS", e))??,
+        ),
+        _ => None,
+    };
     let grace = config.drain_grace();
     let airlock = tokio::select! {
         started = Airlock::start(config, keyring) => started?,
@@ -77,13 +85,27 @@ pub async fn run<S: Display>(
                 .local_addr()
                 .map_err(|e| ServerError::internal("read the E2B listen address", e))?;
             tracing::info!(listen = %e2b_local, "airlock serve: E2B protocol listening");
+            if let (Some(tls), Some(domain)) = (&e2b_tls, &airlock.config().e2b.domain) {
+                let port = match e2b_local.port() {
+                    443 => String::new(),
+                    port => format!(":{port}"),
+                };
+                eprintln!("airlock: E2B TLS for api.{domain} and *.{domain}: clients set E2B_DOMAIN={domain}{port}");
+                if let Some(ca) = &tls.ca_cert {
+                    eprintln!(
+                        "airlock: E2B TLS certificates from a local CA: clients trust {} (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS)",
+                        ca.display()
+                    );
+                }
+            }
             eprintln!("airlock: E2B API listening on http://{e2b_local}");
             let drain = airlock.clone();
-            Some(crate::listener::serve(
+            Some(crate::listener::serve_tls(
                 e2b_listener,
                 crate::e2b::router(airlock.clone()),
                 airlock.config().listener.clone(),
                 airlock.metrics().clone(),
+                e2b_tls.map(|tls| tls.acceptor),
                 async move { drain.draining().await },
             ))
         }

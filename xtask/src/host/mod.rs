@@ -53,6 +53,9 @@ pub fn test_requirements() -> Vec<Requirement> {
         Requirement::new("/usr/share/doc/python3-venv", "python3-venv"),
         Requirement::new("node", "nodejs"),
         Requirement::new("bash", "bash"),
+        // glibc resolves `*.localhost` to loopback through it: the E2B
+        // test's host-name mode (`--e2b-domain localhost`).
+        Requirement::new("/usr/share/doc/libnss-myhostname", "libnss-myhostname"),
     ]
 }
 

@@ -109,7 +109,25 @@ fn has_body(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim() != "0")
 }
 
-/// Whether `authority` (`host[:port]`) names the loopback: `localhost`,
+/// Whether `host` is a name under `localhost` (`api.localhost`,
+/// `49999-<id>.localhost`: the E2B listener's host names with
+/// `--e2b-domain localhost`). RFC 6761 keeps such names on the loopback:
+/// no DNS server may answer them, so no page can rebind one.
+fn is_under_localhost(host: &str) -> bool {
+    let lower = host.to_ascii_lowercase();
+    lower.strip_suffix(".localhost").is_some_and(|labels| {
+        labels.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+    })
+}
+
+/// Whether `authority` (`host[:port]`) names the loopback: `localhost` (or
+/// a name under it),
 /// an IPv4 loopback literal (`127.0.0.1`, or the `127.0.0.2` a server may
 /// listen on: a literal is never a rebound name) or `[::1]`, with a
 /// numeric port or none.
@@ -129,6 +147,7 @@ pub fn is_loopback_authority(authority: &str) -> bool {
             !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
         });
     let host_ok = host.eq_ignore_ascii_case("localhost")
+        || is_under_localhost(host)
         || host
             .parse::<std::net::Ipv4Addr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -160,6 +179,8 @@ mod tests {
             "[::1]:7000",
             "127.0.0.2",
             "127.3.4.5:7000",
+            "api.localhost:3000",
+            "49999-s-n1-0a1b.LocalHost",
         ] {
             assert!(is_loopback_authority(ok), "{ok}");
         }
@@ -178,6 +199,10 @@ mod tests {
             "::1",
             "0.0.0.0:7000",
             "localhost:7000@evil",
+            ".localhost",
+            "a..localhost",
+            "evil.example.localhost.evil.example",
+            "a_b.localhost",
         ] {
             assert!(!is_loopback_authority(bad), "{bad}");
         }
