@@ -69,12 +69,25 @@ async function main() {
     assert.equal(lines.join(''), '1\n2\n3\n')
     assert.equal(done.exitCode, 0)
 
-    // One that runs on until it is killed.
-    const sleeper = await sbx.commands.run('sleep 30', { background: true })
+    // One that runs on until it is killed: the sandbox does other work
+    // meanwhile, and a second client follows it (commands.connect).
+    const ticker = await sbx.commands.run('for i in $(seq 1 600); do echo tick $i; sleep 0.1; done', {
+      background: true,
+    })
     const pids = (await sbx.commands.list()).map((p) => p.pid)
-    assert.ok(pids.includes(sleeper.pid), String(pids))
-    assert.equal(await sleeper.kill(), true)
-    await assert.rejects(sleeper.wait(), CommandExitError)
+    assert.ok(pids.includes(ticker.pid), String(pids))
+    const beside = await sbx.runCode('x + 10')
+    assert.equal(beside.text, '11', JSON.stringify(beside))
+    assert.equal((await sbx.commands.run('echo beside')).stdout, 'beside\n')
+    const followed = []
+    const follower = await sbx.commands.connect(ticker.pid, { onStdout: (data) => followed.push(data) })
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    assert.equal(await ticker.kill(), true)
+    await assert.rejects(ticker.wait(), CommandExitError)
+    await assert.rejects(follower.wait(), CommandExitError)
+    assert.ok(followed.join('').includes('tick'), JSON.stringify(followed))
+    const after = (await sbx.commands.list()).map((p) => p.pid)
+    assert.ok(!after.includes(ticker.pid), String(after))
 
     // A cell past its timeout raises the SDK's TimeoutError; the
     // interpreter keeps its state.

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import os
 import sys
+import time
 
 MODE, WHERE, KEY_A, KEY_B = sys.argv[1:5]
 for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
@@ -85,15 +86,27 @@ def check_sync():
         done = counting.wait(on_stdout=lines.append)
         assert "".join(lines) == "1\n2\n3\n", lines
         assert done.exit_code == 0, done
-        # One that runs on until it is killed.
-        sleeper = sbx.commands.run("sleep 30", background=True)
-        assert sleeper.pid in [p.pid for p in sbx.commands.list()]
-        assert sleeper.kill() is True
-        try:
-            sleeper.wait()
-            raise AssertionError("a killed command ended well")
-        except CommandExitException as e:
-            assert e.exit_code == -1, e
+        # One that runs on until it is killed: the sandbox does other work
+        # meanwhile, and a second client follows it (commands.connect).
+        ticker = sbx.commands.run(
+            "for i in $(seq 1 600); do echo tick $i; sleep 0.1; done", background=True
+        )
+        assert ticker.pid in [p.pid for p in sbx.commands.list()]
+        beside = sbx.run_code("x + 10")
+        assert beside.text == "11", beside
+        assert sbx.commands.run("echo beside").stdout == "beside\n"
+        follower = sbx.commands.connect(ticker.pid)
+        time.sleep(1)
+        assert sbx.commands.kill(ticker.pid) is True
+        followed = []
+        for handle in (ticker, follower):
+            try:
+                handle.wait(on_stdout=followed.append)
+                raise AssertionError("a killed command ended well")
+            except CommandExitException as e:
+                assert e.exit_code == -1, e
+        assert "tick" in "".join(followed), followed
+        assert ticker.pid not in [p.pid for p in sbx.commands.list()]
         # A cell past the client's timeout raises the SDK's timeout; the
         # server interrupts it and the interpreter keeps its state.
         try:

@@ -384,7 +384,7 @@ impl Built {
             reaper,
             running: Running {
                 process,
-                client: agent.client,
+                client: std::sync::Arc::new(agent.client),
                 group,
                 slot,
                 network: parts.network.take(),

@@ -30,8 +30,9 @@ use crate::error::{ExecError, InputError, PackageError, Result, SessionError};
 use crate::files::{validate_guest_dir, validate_guest_path, FileInfo, DEFAULT_FILE_MODE};
 use crate::observer::{Discard, RunObserver};
 use crate::request::{validate_code, validate_env, validate_timeout, DEFAULT_TIMEOUT};
-use crate::source::{FileSink, FileSource, SandboxVm};
+use crate::source::{FileSink, FileSource, SandboxVm, SideChannel};
 use crate::spec::{CaBundle, SandboxSpec};
+use crate::task::BoxFuture;
 use crate::teardown::TeardownReport;
 use crate::vm::ExecOutcome;
 use crate::{ms, Scheduler};
@@ -287,6 +288,9 @@ struct Inner {
     exposed: Vec<crate::network::ExposedAddr>,
     /// The VM; `None` once closed. Held by the call that runs (busy).
     vm: AsyncMutex<Option<Box<dyn SandboxVm>>>,
+    /// The VM's side channel, as last seen while the VM was free or held
+    /// by a call ([`Session::run_process_beside`]).
+    side: Mutex<Option<Arc<dyn SideChannel>>>,
     /// Why the session ended, once it has (the first reason wins).
     closed: Mutex<Option<CloseReason>>,
     /// Set once the session ends: a running call stops at once.
@@ -319,6 +323,7 @@ impl Session {
             install_timeout: options.spec.install.timeout,
             boot_timings: vm.boot_timings().clone(),
             exposed: vm.exposed().to_vec(),
+            side: Mutex::new(vm.side_channel()),
             vm: AsyncMutex::new(Some(vm)),
             closed: Mutex::new(None),
             shutdown: watch::channel(false).0,
@@ -477,6 +482,49 @@ impl Session {
             ))
             .await?;
         let outcome = call.check_vm(outcome).await?;
+        Ok(CellResult::new(outcome, ms(started.elapsed())))
+    }
+
+    /// Runs `request.code` as a new process of `language` beside whatever
+    /// else runs in the session (a cell, a file transfer, other such
+    /// processes): E2B's background commands. It does not make the
+    /// session busy, and [`Session::canceller`] does not reach it: it is
+    /// interrupted when `interrupt` completes (SIGINT to its group, then
+    /// the kill a timeout gets; exit code 130). It keeps the session from
+    /// idling out while it runs, and ends when the session does.
+    ///
+    /// # Errors
+    /// [`SessionError::Input`] for a refused request,
+    /// [`SessionError::Closed`] after the end, [`SessionError::Exec`] when
+    /// the agent fails or the VM goes away.
+    pub async fn run_process_beside(
+        &self,
+        language: Language,
+        request: CellRequest,
+        observer: &mut dyn RunObserver,
+        interrupt: BoxFuture<'_, ()>,
+    ) -> Result<CellResult, SessionError> {
+        request.validate()?;
+        let side = self.inner.side_channel()?;
+        let started = Instant::now();
+        let exec = ExecRequest {
+            mode: ExecMode::Process,
+            language,
+            code: request.code,
+            timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+            env: crate::packages::ca::with_ca_env(request.env, self.inner.base_env.clone()),
+            cwd: None,
+        };
+        lock(&self.inner.activity).begin_call();
+        let _ends = EndsCall(&self.inner);
+        let outcome = self
+            .inner
+            .until_shutdown(side.exec(
+                exec,
+                &mut |piece| crate::observer::forward(observer, piece),
+                interrupt,
+            ))
+            .await??;
         Ok(CellResult::new(outcome, ms(started.elapsed())))
     }
 
@@ -673,6 +721,17 @@ impl SessionCanceller {
     }
 }
 
+/// A call that does not hold the VM ([`Session::run_process_beside`]):
+/// marks the session used again when dropped.
+struct EndsCall<'a>(&'a Inner);
+
+impl Drop for EndsCall<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.activity).end_call(Instant::now(), SystemTime::now());
+        self.0.used.notify_one();
+    }
+}
+
 /// One call holding the session; marks it used again when dropped.
 struct Call<'a> {
     inner: &'a Inner,
@@ -741,7 +800,22 @@ impl Inner {
             return Err(self.closed_error(reason));
         }
         lock(&self.activity).begin_call();
+        *lock(&self.side) = vm.as_ref().and_then(|vm| vm.side_channel());
         Ok(Call { inner: self, vm })
+    }
+
+    /// The VM's side channel: fresh from the VM when no call holds it,
+    /// else the one the running call's start saw (the same VM).
+    fn side_channel(&self) -> Result<Arc<dyn SideChannel>, SessionError> {
+        if let Some(reason) = self.closed_reason() {
+            return Err(self.closed_error(reason));
+        }
+        if let Ok(vm) = self.vm.try_lock() {
+            *lock(&self.side) = vm.as_ref().and_then(|vm| vm.side_channel());
+        }
+        lock(&self.side)
+            .clone()
+            .ok_or_else(|| self.closed_error(self.closed_reason().unwrap_or(CloseReason::Closed)))
     }
 
     /// Runs `fut` unless the session ends first (then

@@ -89,7 +89,7 @@ pub struct VmParts {
     /// Its machine's process.
     pub process: Option<QemuProcess>,
     /// The channel to its agent.
-    pub client: Option<Client>,
+    pub client: Option<std::sync::Arc<Client>>,
     /// The `--debug` console echo.
     pub console_echo: Option<JoinHandle<()>>,
     /// Its VM slot, freed once everything else is gone.

@@ -40,7 +40,7 @@ use crate::observer::{RunObserver, Stage};
 use crate::packages::install::{InstallLimits, PackagesReport};
 use crate::packages::PackageList;
 use crate::scheduler::{Scheduler, SchedulerParts};
-use crate::source::{FileSink, FileSource};
+use crate::source::{FileSink, FileSource, SideChannel};
 use crate::source::{
     OutputSink, PackagePreparer, PreparedPackages, SandboxVm, SourceKind, VmSource,
 };
@@ -57,7 +57,7 @@ use airlock_protocol::{
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -200,6 +200,8 @@ pub struct FakeVm {
     files: Mutex<BTreeMap<String, Vec<u8>>>,
     destroyed: bool,
     dead: bool,
+    /// Set when the VM is destroyed or dies: its side channels fail then.
+    ended: Arc<AtomicBool>,
     state: Arc<SourceState>,
 }
 
@@ -237,6 +239,7 @@ impl FakeVm {
             files: Mutex::default(),
             destroyed: false,
             dead: false,
+            ended: Arc::new(AtomicBool::new(false)),
             state,
         }
     }
@@ -320,6 +323,110 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// What a fake VM does with an exec (see the module docs), for the VM and
+/// its side channel alike.
+async fn fake_exec(
+    id: &str,
+    state: &SourceState,
+    request: ExecRequest,
+    on_output: OutputSink<'_>,
+    interrupt: BoxFuture<'_, ()>,
+) -> Result<ExecOutcome, ExecError> {
+    lock(&state.execs).push(request.clone());
+    let code = request.code.trim_end();
+    let mut outcome = ExecOutcome {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        results: Vec::new(),
+        error: None,
+        completion: completion(0),
+    };
+    let mut streamed = false;
+    if let Some((byte, count, chunk)) = code.strip_prefix("bytes ").and_then(bytes_spec) {
+        outcome.stdout = vec![byte; count];
+        for piece in outcome.stdout.chunks(chunk) {
+            on_output(ExecProgress::Output(OutputStream::Stdout, piece));
+            tokio::task::yield_now().await;
+        }
+        streamed = true;
+    } else if let Some(n) = code.strip_prefix("exit ") {
+        outcome.completion.exit_code = n.trim().parse().unwrap_or(1);
+    } else if let Some(text) = code.strip_prefix("stderr ") {
+        outcome.stderr = format!("{text}\n").into_bytes();
+    } else if let Some(name) = code.strip_prefix("env ") {
+        outcome.stdout = request
+            .env
+            .get(name.trim())
+            .cloned()
+            .unwrap_or_default()
+            .into_bytes();
+    } else if code == "hang" {
+        let timeout = Duration::from_millis(request.timeout_ms);
+        tokio::select! {
+            () = tokio::time::sleep(timeout) => {
+                outcome.completion.timed_out = true;
+                outcome.completion.exit_code = 137;
+                outcome.completion.state_lost = request.mode == ExecMode::Cell;
+            }
+            () = interrupt => outcome.completion.exit_code = 130,
+        }
+    } else if code == "lose-state" {
+        outcome.completion.exit_code = 137;
+        outcome.completion.state_lost = true;
+    } else if code == "die" {
+        return Err(ExecError::VmDied {
+            vm_id: id.to_owned(),
+            status: Some(airlock_sys_util::ChildExit::Signal(9)),
+            stderr_tail: String::new(),
+            console_tail: String::new(),
+        });
+    } else if is_result_script(code) {
+        run_result_script(code, &mut outcome);
+    } else {
+        outcome.stdout = request.code.clone().into_bytes();
+    }
+    if !outcome.stdout.is_empty() && !streamed {
+        on_output(ExecProgress::Output(OutputStream::Stdout, &outcome.stdout));
+    }
+    for result in &outcome.results {
+        on_output(ExecProgress::Result(result));
+    }
+    if !outcome.stderr.is_empty() {
+        on_output(ExecProgress::Output(OutputStream::Stderr, &outcome.stderr));
+    }
+    Ok(outcome)
+}
+
+/// A fake VM's [`SideChannel`]: the same exec, on a VM that has not ended.
+struct FakeSide {
+    id: String,
+    state: Arc<SourceState>,
+    ended: Arc<AtomicBool>,
+}
+
+impl SideChannel for FakeSide {
+    fn exec<'a>(
+        &'a self,
+        request: ExecRequest,
+        on_output: OutputSink<'a>,
+        interrupt: BoxFuture<'a, ()>,
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
+        Box::pin(async move {
+            if self.ended.load(Ordering::SeqCst) {
+                return Err(ExecError::Protocol {
+                    vm_id: self.id.clone(),
+                    source: ProtocolError::Closed,
+                });
+            }
+            let result = fake_exec(&self.id, &self.state, request, on_output, interrupt).await;
+            if let Err(ExecError::VmDied { .. }) = &result {
+                self.ended.store(true, Ordering::SeqCst);
+            }
+            result
+        })
+    }
+}
+
 impl SandboxVm for FakeVm {
     fn id(&self) -> &str {
         &self.id
@@ -347,71 +454,24 @@ impl SandboxVm for FakeVm {
             if let Some(e) = self.gone() {
                 return Err(e);
             }
-            lock(&self.state.execs).push(request.clone());
-            let code = request.code.trim_end();
-            let mut outcome = ExecOutcome {
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                results: Vec::new(),
-                error: None,
-                completion: completion(0),
-            };
-            let mut streamed = false;
-            if let Some((byte, count, chunk)) = code.strip_prefix("bytes ").and_then(bytes_spec) {
-                outcome.stdout = vec![byte; count];
-                for piece in outcome.stdout.chunks(chunk) {
-                    on_output(ExecProgress::Output(OutputStream::Stdout, piece));
-                    tokio::task::yield_now().await;
-                }
-                streamed = true;
-            } else if let Some(n) = code.strip_prefix("exit ") {
-                outcome.completion.exit_code = n.trim().parse().unwrap_or(1);
-            } else if let Some(text) = code.strip_prefix("stderr ") {
-                outcome.stderr = format!("{text}\n").into_bytes();
-            } else if let Some(name) = code.strip_prefix("env ") {
-                outcome.stdout = request
-                    .env
-                    .get(name.trim())
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_bytes();
-            } else if code == "hang" {
-                let timeout = Duration::from_millis(request.timeout_ms);
-                tokio::select! {
-                    () = tokio::time::sleep(timeout) => {
-                        outcome.completion.timed_out = true;
-                        outcome.completion.exit_code = 137;
-                        outcome.completion.state_lost = request.mode == ExecMode::Cell;
-                    }
-                    () = interrupt => outcome.completion.exit_code = 130,
-                }
-            } else if code == "lose-state" {
-                outcome.completion.exit_code = 137;
-                outcome.completion.state_lost = true;
-            } else if code == "die" {
+            let result = fake_exec(&self.id, &self.state, request, on_output, interrupt).await;
+            if let Err(ExecError::VmDied { .. }) = &result {
                 self.dead = true;
-                return Err(ExecError::VmDied {
-                    vm_id: self.id.clone(),
-                    status: Some(airlock_sys_util::ChildExit::Signal(9)),
-                    stderr_tail: String::new(),
-                    console_tail: String::new(),
-                });
-            } else if is_result_script(code) {
-                run_result_script(code, &mut outcome);
-            } else {
-                outcome.stdout = request.code.clone().into_bytes();
+                self.ended.store(true, Ordering::SeqCst);
             }
-            if !outcome.stdout.is_empty() && !streamed {
-                on_output(ExecProgress::Output(OutputStream::Stdout, &outcome.stdout));
-            }
-            for result in &outcome.results {
-                on_output(ExecProgress::Result(result));
-            }
-            if !outcome.stderr.is_empty() {
-                on_output(ExecProgress::Output(OutputStream::Stderr, &outcome.stderr));
-            }
-            Ok(outcome)
+            result
         })
+    }
+
+    fn side_channel(&self) -> Option<Arc<dyn SideChannel>> {
+        if self.gone().is_some() {
+            return None;
+        }
+        Some(Arc::new(FakeSide {
+            id: self.id.clone(),
+            state: Arc::clone(&self.state),
+            ended: Arc::clone(&self.ended),
+        }))
     }
 
     fn upload_from<'a>(
@@ -588,6 +648,7 @@ impl SandboxVm for FakeVm {
             if std::mem::replace(&mut self.destroyed, true) {
                 return TeardownReport::nothing_left(self.id.clone());
             }
+            self.ended.store(true, Ordering::SeqCst);
             self.state.destroyed.fetch_add(1, Ordering::SeqCst);
             TeardownReport {
                 workdir_removed: true,

@@ -13,12 +13,13 @@ use airlock_limits::VmGroup;
 use airlock_protocol::client::{AgentInfo, CappedExecOutput, Client, ExecEvent};
 use airlock_protocol::{Completion, ExecRequest, Language, ProtocolError};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// Extra time the host waits for an exec beyond its timeout and the agent's
 /// kill grace, before it declares the guest stuck.
-const EXEC_HOST_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const EXEC_HOST_MARGIN: Duration = Duration::from_secs(10);
 
 /// Where a VM's boot time went, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -86,8 +87,9 @@ pub enum OutputStream {
 pub(crate) struct Running {
     /// The machine's process.
     pub process: QemuProcess,
-    /// The channel to the agent.
-    pub client: Client,
+    /// The channel to the agent (shared with the VM's side channel,
+    /// [`crate::source::SideChannel`]).
+    pub client: Arc<Client>,
     /// The limits group.
     pub group: VmGroup,
     /// The VM slot it occupies.
@@ -271,11 +273,18 @@ impl Vm {
     /// [`ExecError::Protocol`] after the VM was destroyed.
     pub fn client(&self) -> Result<&Client, ExecError> {
         self.running()
-            .map(|r| &r.client)
+            .map(|r| &*r.client)
             .ok_or_else(|| ExecError::Protocol {
                 vm_id: self.id.clone(),
                 source: ProtocolError::Closed,
             })
+    }
+
+    /// A shared handle on the agent channel, for execs beside the
+    /// VM's one-at-a-time user (`source::SideChannel`); `None` once
+    /// destroyed.
+    pub(crate) fn shared_client(&self) -> Option<Arc<Client>> {
+        self.running().map(|r| Arc::clone(&r.client))
     }
 
     /// Runs code, handing output to `on_output` as it arrives, racing QEMU's
@@ -407,12 +416,15 @@ async fn died(
 /// handing `on_progress` what was kept and each result, as they arrive. When `interrupt`
 /// completes, a `cancel` is sent for the exec (once) and its end is still
 /// awaited.
-async fn collect_exec(
+pub(crate) async fn collect_exec<F>(
     client: &Client,
     request: ExecRequest,
-    on_progress: &mut (impl FnMut(ExecProgress<'_>) + Send),
+    on_progress: &mut F,
     interrupt: impl std::future::Future<Output = ()> + Send,
-) -> std::result::Result<ExecOutcome, ProtocolError> {
+) -> std::result::Result<ExecOutcome, ProtocolError>
+where
+    F: FnMut(ExecProgress<'_>) + Send + ?Sized,
+{
     let mut stream = client.exec(request).await?;
     let mut output = CappedExecOutput::new(client.config());
     let mut interrupt = std::pin::pin!(interrupt);
@@ -459,7 +471,10 @@ async fn send_cancel(client: &Client, target: airlock_protocol::OpId) {
 }
 
 /// Hands `kept` to `on_progress` unless nothing was kept (past the cap).
-fn emit(on_progress: &mut impl FnMut(ExecProgress<'_>), stream: OutputStream, kept: &[u8]) {
+fn emit<F>(on_progress: &mut F, stream: OutputStream, kept: &[u8])
+where
+    F: FnMut(ExecProgress<'_>) + ?Sized,
+{
     if !kept.is_empty() {
         on_progress(ExecProgress::Output(stream, kept));
     }

@@ -2,11 +2,12 @@
 //! Connect protocol (JSON), and `/files` uploads and downloads.
 //!
 //! - `Process/Start` runs the command as a new bash process in the
-//!   sandbox's VM, streaming `start`, `data` (stdout/stderr, base64) and
-//!   `end`. A session runs one call at a time, so one command (or cell)
-//!   runs at once: a background command holds the sandbox until it ends
-//!   or `SendSignal` stops it (`List` shows it). `Connect`, stdin, PTYs
-//!   and watchers answer `unimplemented`.
+//!   sandbox's VM beside everything else it runs (cells, file transfers,
+//!   other commands: `processes.rs`), streaming `start`, `data`
+//!   (stdout/stderr, base64) and `end`. `Connect` follows a running one
+//!   from then on, `List` lists them, `SendSignal` stops one. A client
+//!   that leaves a stream leaves the process running. Stdin, PTYs and
+//!   watchers answer `unimplemented`.
 //! - The filesystem calls (`Stat`, `ListDir`, `MakeDir`, `Move`,
 //!   `Remove`) run GNU `find`, `mkdir`, `mv` and `rm` the same way, as the
 //!   sandbox user; paths under `/home/user` are the sandbox home
@@ -17,11 +18,12 @@
 
 use super::connect::{self, STREAM_CONTENT_TYPE};
 use super::paths::{home_relative, shell_quote, to_e2b, to_guest, E2B_HOME};
+use super::processes::{Ended, ProcessEvent};
 use super::sandboxes::Sandbox;
-use super::stream::{spawn_body, Frames, KEEPALIVE_EVERY};
+use super::stream::{watching_body, Frames, KEEPALIVE_EVERY};
 use super::{for_tenant, sandbox_of, streamed, E2b, E2bError, Plane, ACCESS_TOKEN};
 use crate::error::ServerError;
-use airlock::{CellRequest, CellResult, Discard, OutputStream, RunObserver};
+use airlock::{CellRequest, Discard, OutputStream};
 use airlock_protocol::Language;
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
@@ -35,6 +37,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
 
 /// Longest a filesystem call may run in the VM.
 const FS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +48,7 @@ pub(super) fn routes() -> Router<E2b> {
         .route("/process.Process/Start", post(start))
         .route("/process.Process/List", post(list))
         .route("/process.Process/SendSignal", post(send_signal))
+        .route("/process.Process/Connect", post(connect_to))
         .route("/filesystem.Filesystem/Stat", post(stat))
         .route("/filesystem.Filesystem/ListDir", post(list_dir))
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
@@ -52,12 +56,10 @@ pub(super) fn routes() -> Router<E2b> {
         .route("/filesystem.Filesystem/Remove", post(remove))
         .route("/files", get(download).post(upload))
         .route("/health", get(health));
-    for stream in [
-        "/process.Process/Connect",
+    router = router.route(
         "/filesystem.Filesystem/WatchDir",
-    ] {
-        router = router.route(stream, post(stream_unimplemented));
-    }
+        post(stream_unimplemented),
+    );
     for unary in [
         "/process.Process/SendInput",
         "/process.Process/StreamInput",
@@ -217,18 +219,34 @@ async fn start_stream(
             "PTYs are not supported by this server (see docs/e2b.md)",
         );
     }
-    if let Err(e) = super::wait_ready(&sandbox).await {
-        let code = connect::code_of(e.status());
-        return stream_error(code, &e.public().message);
+    if let Some(reason) = sandbox.session.close_reason() {
+        let e = ServerError::from(airlock::SessionError::Closed {
+            session_id: sandbox.id.clone(),
+            reason,
+        });
+        return stream_error(connect::code_of(e.status()), &e.public().message);
     }
     let mut cell = CellRequest::new(request.process.code());
     cell.timeout = timeout_of(headers, &sandbox);
     cell.env = sandbox.env_vars.clone();
     cell.env.extend(request.process.envs.clone());
     let config = serde_json::to_value(&request.process).unwrap_or(Value::Null);
-    let pid = sandbox.start_process(config, request.tag);
+    let (pid, events) =
+        sandbox
+            .processes
+            .start(Arc::clone(&sandbox.session), cell, config, request.tag);
+    follow(e2b, headers, pid, events)
+}
+
+/// The stream of a process from now on: `start` (its pid), its `data`,
+/// its `end`, with keepalives while it is silent.
+fn follow(
+    e2b: &E2b,
+    headers: &HeaderMap,
+    pid: u32,
+    events: broadcast::Receiver<ProcessEvent>,
+) -> Response {
     let max_bytes = e2b.airlock.config().streams.max_bytes;
-    let session = Arc::clone(&sandbox.session);
     // The client's `Keepalive-Ping-Interval` (seconds), when shorter.
     let every = super::header_str(headers, "keepalive-ping-interval")
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -236,74 +254,108 @@ async fn start_stream(
             Duration::from_secs(s).min(KEEPALIVE_EVERY)
         });
     let keepalive = (connect::frame(&json!({"event": {"keepalive": {}}})), every);
-    let body = spawn_body(
-        max_bytes,
-        session.canceller(),
-        keepalive,
-        move |frames| async move {
-            frames.last(connect::frame(&json!({"event": {"start": {"pid": pid}}})));
-            let mut events = ProcessEvents { frames };
-            let result = session.run_process(Language::Raw, cell, &mut events).await;
-            let signalled = sandbox.end_process(pid);
-            events.finish(result, signalled);
-        },
-    );
+    let body = watching_body(max_bytes, keepalive, move |frames| {
+        forward(pid, events, frames)
+    });
     streamed(STREAM_CONTENT_TYPE, body)
 }
 
-/// A process's `data` events.
-struct ProcessEvents {
-    frames: Frames,
-}
-
-impl RunObserver for ProcessEvents {
-    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        let name = match stream {
-            OutputStream::Stdout => "stdout",
-            OutputStream::Stderr => "stderr",
+/// Writes a process's events as Connect frames until its end, or until
+/// the client leaves.
+async fn forward(pid: u32, mut events: broadcast::Receiver<ProcessEvent>, mut frames: Frames) {
+    frames.last(connect::frame(&json!({"event": {"start": {"pid": pid}}})));
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = frames.closed() => return,
         };
-        let data = base64::engine::general_purpose::STANDARD.encode(bytes);
-        let event = json!({"event": {"data": {name: data}}});
-        if self.frames.output(connect::frame(&event)) {
-            let note = base64::engine::general_purpose::STANDARD
-                .encode("[airlock: output cut at the stream's cap ([streams] max_bytes)]\n");
-            self.frames.last(connect::frame(
-                &json!({"event": {"data": {"stderr": note}}}),
-            ));
+        match event {
+            Ok(ProcessEvent::Data { stream, bytes }) => data_frame(&mut frames, stream, &bytes),
+            Ok(ProcessEvent::End(ended)) => return end_frames(&frames, ended),
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                let note = format!(
+                    "[airlock: {lost} pieces of output lost: this stream fell behind the process]\n"
+                );
+                data_frame(&mut frames, OutputStream::Stderr, note.as_bytes());
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                frames.last(connect::end_frame(Some((
+                    "unavailable",
+                    "the sandbox ended while the process ran",
+                ))));
+                return;
+            }
         }
     }
 }
 
-impl ProcessEvents {
-    /// The `end` event and the end of the stream.
-    fn finish(self, result: Result<CellResult, airlock::SessionError>, signalled: bool) {
-        match result {
-            Ok(done) => {
-                let end = if signalled {
-                    json!({"exitCode": -1, "status": "signal: killed"})
-                } else {
-                    let mut end = json!({"exited": true, "status": format!("exit status {}", done.exit_code)});
-                    if done.exit_code != 0 {
-                        end["exitCode"] = done.exit_code.into();
-                    }
-                    end
-                };
-                self.frames
-                    .last(connect::frame(&json!({"event": {"end": end}})));
-                let error = done.timed_out.then_some((
-                    "deadline_exceeded",
-                    "the command ran past its timeout and was stopped",
-                ));
-                self.frames.last(connect::end_frame(error));
-            }
-            Err(e) => {
-                let e = ServerError::from(e);
-                let code = connect::code_of(e.status());
-                self.frames
-                    .last(connect::end_frame(Some((code, &e.public().message))));
-            }
+/// A `data` event, within the stream's cap.
+fn data_frame(frames: &mut Frames, stream: OutputStream, bytes: &[u8]) {
+    let name = match stream {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+    };
+    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let event = json!({"event": {"data": {name: data}}});
+    if frames.output(connect::frame(&event)) {
+        let note = base64::engine::general_purpose::STANDARD
+            .encode("[airlock: output cut at the stream's cap ([streams] max_bytes)]\n");
+        frames.last(connect::frame(
+            &json!({"event": {"data": {"stderr": note}}}),
+        ));
+    }
+}
+
+/// The `end` event and the end of the stream.
+fn end_frames(frames: &Frames, ended: Ended) {
+    match ended {
+        Ended::Exited {
+            exit_code,
+            signalled,
+            timed_out,
+        } => {
+            let end = if signalled {
+                json!({"exitCode": -1, "status": "signal: killed"})
+            } else {
+                let mut end = json!({"exited": true, "status": format!("exit status {exit_code}")});
+                if exit_code != 0 {
+                    end["exitCode"] = exit_code.into();
+                }
+                end
+            };
+            frames.last(connect::frame(&json!({"event": {"end": end}})));
+            let error = timed_out.then_some((
+                "deadline_exceeded",
+                "the command ran past its timeout and was stopped",
+            ));
+            frames.last(connect::end_frame(error));
+        }
+        Ended::Failed { code, message } => {
+            frames.last(connect::end_frame(Some((code, &message))));
         }
     }
+}
+
+async fn connect_to(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let request: SignalRequest = match connect::request_message(&body)
+        .and_then(|v| serde_json::from_value(v).map_err(|e| format!("the request: {e}")))
+    {
+        Ok(r) => r,
+        Err(message) => return stream_error("invalid_argument", &message),
+    };
+    let selector = request.process;
+    let response = match sandbox
+        .processes
+        .subscribe(selector.pid, selector.tag.as_deref())
+    {
+        Some((pid, events)) => follow(&e2b, &headers, pid, events),
+        None => stream_error("not_found", "no such process is running in this sandbox"),
+    };
+    for_tenant(response, &sandbox.caller.tenant)
 }
 
 async fn list(State(e2b): State<E2b>, headers: HeaderMap) -> Response {
@@ -312,9 +364,9 @@ async fn list(State(e2b): State<E2b>, headers: HeaderMap) -> Response {
         Err(e) => return e.into_response(),
     };
     let processes: Vec<Value> = sandbox
-        .running()
+        .processes
+        .list()
         .into_iter()
-        .filter(|r| !r.signalled)
         .map(|r| {
             let mut p = json!({"config": r.config, "pid": r.pid});
             if let Some(tag) = r.tag {
@@ -349,10 +401,12 @@ async fn send_signal(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) ->
         Err(refused) => refused.into_response(),
         Ok(request) => {
             let selector = request.process;
-            if sandbox.signal_process(selector.pid, selector.tag.as_deref()) {
-                // SIGTERM and SIGKILL alike: the agent interrupts, then
-                // kills the process group after its grace.
-                sandbox.session.canceller().cancel();
+            // SIGTERM and SIGKILL alike: the agent interrupts, then kills
+            // the process group after its grace.
+            if sandbox
+                .processes
+                .signal(selector.pid, selector.tag.as_deref())
+            {
                 connect::ok(json!({}))
             } else {
                 connect::coded_error("not_found", "no such process is running in this sandbox")
@@ -372,16 +426,19 @@ const EXISTS: &str = "airlock:exists";
 /// ... that is not a directory.
 const NOT_DIR: &str = "airlock:not_dir";
 
-/// Runs a filesystem script; its stdout, or the Connect error.
+/// Runs a filesystem script beside whatever else the sandbox runs; its
+/// stdout, or the Connect error.
 async fn shell(sandbox: &Sandbox, script: String) -> Result<String, E2bError> {
-    super::wait_ready(sandbox)
-        .await
-        .map_err(|e| unary_error(&e))?;
     let mut request = CellRequest::new(script);
     request.timeout = FS_TIMEOUT;
     let done = sandbox
         .session
-        .run_process(Language::Raw, request, &mut Discard)
+        .run_process_beside(
+            Language::Raw,
+            request,
+            &mut Discard,
+            Box::pin(std::future::pending()),
+        )
         .await
         .map_err(|e| unary_error(&e.into()))?;
     let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
@@ -635,79 +692,69 @@ async fn upload(
     for_tenant(answer.unwrap_or_else(IntoResponse::into_response), &tenant)
 }
 
+/// Most files one upload may hold.
+const MAX_UPLOAD_FILES: usize = 256;
+
+/// Writes each file of a `multipart/form-data` upload into the sandbox
+/// as its part arrives (multer reads the body; the server holds one chunk
+/// at a time). A part goes to its `filename` when that is an absolute
+/// path (the SDKs' multi-file form), else the first part to the `path`
+/// query. Each file is capped at `[files] max_bytes`; a failure stops the
+/// upload there, leaving the files written before it.
 async fn write_files(
     e2b: &E2b,
     sandbox: &Sandbox,
     path: Option<String>,
     request: Request,
 ) -> Result<Response, E2bError> {
-    let limit = e2b.airlock.config().files.max_bytes;
+    let bad = |message: String| files_error(StatusCode::BAD_REQUEST, "invalid_input", message);
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let boundary = super::multipart::boundary(&content_type).ok_or_else(|| {
-        files_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            format!(
-                "a body of type {content_type:?}: this server takes multipart/form-data uploads"
-            ),
-        )
+    let boundary = multer::parse_boundary(&content_type).map_err(|_| {
+        bad(format!(
+            "a body of type {content_type:?}: this server takes multipart/form-data uploads"
+        ))
     })?;
-    // The parts' headers and boundaries come on top of the files.
-    let body = axum::body::to_bytes(request.into_body(), limit.saturating_add(64 * 1024))
-        .await
-        .map_err(|_| {
-            files_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "file_too_large",
-                format!(
-                    "the upload is over this server's cap of {limit} bytes ([files] max_bytes)"
-                ),
-            )
-        })?;
-    let parts = super::multipart::parts(&body, &boundary)
-        .map_err(|e| files_error(StatusCode::BAD_REQUEST, "invalid_input", e))?;
-    if parts.is_empty() {
-        return Err(files_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            "the upload holds no file",
-        ));
-    }
+    let mut multipart = multer::Multipart::new(request.into_body().into_data_stream(), boundary);
     let mut written = Vec::new();
-    for part in &parts {
-        let target = match (&path, &part.filename) {
-            (Some(path), _) if parts.len() == 1 => path.clone(),
-            (_, Some(name)) => name.clone(),
-            _ => {
-                return Err(files_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_input",
-                    "a part without a filename, and no path",
-                ))
-            }
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("the multipart body: {e}")))?
+    {
+        if written.len() == MAX_UPLOAD_FILES {
+            return Err(bad(format!(
+                "more than {MAX_UPLOAD_FILES} files in one upload: send them in several"
+            )));
+        }
+        let target = match (field.file_name(), &path) {
+            (Some(name), _) if name.starts_with('/') => name.to_owned(),
+            (_, Some(path)) if written.is_empty() => path.clone(),
+            (Some(name), _) => name.to_owned(),
+            (None, _) => return Err(bad("a part without a filename, and no path".into())),
         };
         let rel = files_path(&target)?;
         super::wait_ready(sandbox)
             .await
             .map_err(|e| E2bError::server(Plane::Files, &e))?;
-        let mut source = part.body;
+        let chunks = tokio_stream::StreamExt::map(field, |chunk| {
+            chunk.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        });
+        let mut source = tokio_util::io::StreamReader::new(chunks);
         e2b.airlock
-            .write_file(
-                &sandbox.session,
-                &rel,
-                Some(part.body.len() as u64),
-                &mut source,
-            )
+            .write_file(&sandbox.session, &rel, None, &mut source)
             .await
             .map_err(|e| E2bError::server(Plane::Files, &e))?;
         let shown = to_e2b(&to_guest(&rel));
         let name = shown.rsplit('/').next().unwrap_or_default().to_owned();
         written.push(json!({"name": name, "type": "file", "path": shown}));
+    }
+    if written.is_empty() {
+        return Err(bad("the upload holds no file".into()));
     }
     Ok(axum::Json(Value::Array(written)).into_response())
 }

@@ -33,8 +33,8 @@ mod connect;
 mod control;
 mod envd;
 mod interpreter;
-mod multipart;
 mod paths;
+mod processes;
 pub(crate) mod sandboxes;
 mod stream;
 #[cfg(test)]

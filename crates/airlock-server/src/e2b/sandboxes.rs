@@ -51,11 +51,8 @@ pub(crate) struct Sandbox {
     pub session: Arc<Session>,
     /// The code contexts made beside the image's own language's.
     contexts: Mutex<Vec<airlock_protocol::Language>>,
-    /// The envd process that runs now, if any (a session runs one call
-    /// at a time).
-    running: Mutex<Option<Running>>,
-    /// The next envd pid to hand out.
-    next_pid: std::sync::atomic::AtomicU32,
+    /// Its envd processes, each running beside the session's other calls.
+    pub processes: Arc<super::processes::Processes>,
     /// Wakes the timer when the end time moves (its own `Arc`: the timer
     /// waits on it without holding the sandbox).
     moved: Arc<tokio::sync::Notify>,
@@ -105,19 +102,6 @@ pub(crate) struct NewSandbox {
     pub timeout: Duration,
 }
 
-/// An envd process running in a sandbox.
-#[derive(Debug, Clone)]
-pub(crate) struct Running {
-    /// Its pid as the SDKs see it (the server's number, not the guest's).
-    pub pid: u32,
-    /// Its `ProcessConfig` (cmd, args, envs, cwd), for `List`.
-    pub config: serde_json::Value,
-    /// Its tag, if Start gave one.
-    pub tag: Option<String>,
-    /// Whether SendSignal stopped it.
-    pub signalled: bool,
-}
-
 impl Sandbox {
     /// The code contexts made beside the default one.
     pub fn contexts(&self) -> Vec<airlock_protocol::Language> {
@@ -129,47 +113,6 @@ impl Sandbox {
         let mut contexts = lock(&self.contexts);
         if !contexts.contains(&language) {
             contexts.push(language);
-        }
-    }
-
-    /// Records a process that starts now; returns its pid.
-    pub fn start_process(&self, config: serde_json::Value, tag: Option<String>) -> u32 {
-        let pid = self
-            .next_pid
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *lock(&self.running) = Some(Running {
-            pid,
-            config,
-            tag,
-            signalled: false,
-        });
-        pid
-    }
-
-    /// The running process, if any.
-    pub fn running(&self) -> Option<Running> {
-        lock(&self.running).clone()
-    }
-
-    /// Marks process `pid` (or the one tagged `tag`) signalled; whether
-    /// it runs.
-    pub fn signal_process(&self, pid: Option<u32>, tag: Option<&str>) -> bool {
-        let mut running = lock(&self.running);
-        match running.as_mut() {
-            Some(r) if pid == Some(r.pid) || (tag.is_some() && tag == r.tag.as_deref()) => {
-                r.signalled = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Forgets process `pid` once it ended; whether it was signalled.
-    pub fn end_process(&self, pid: u32) -> bool {
-        let mut running = lock(&self.running);
-        match running.as_ref() {
-            Some(r) if r.pid == pid => running.take().is_some_and(|r| r.signalled),
-            _ => false,
         }
     }
 
@@ -235,8 +178,7 @@ impl Sandboxes {
             executions: std::sync::atomic::AtomicU64::new(0),
             session,
             contexts: Mutex::new(Vec::new()),
-            running: Mutex::new(None),
-            next_pid: std::sync::atomic::AtomicU32::new(1000),
+            processes: Arc::default(),
             moved: Arc::new(tokio::sync::Notify::new()),
             timer: Mutex::new(None),
         });

@@ -61,6 +61,11 @@ impl Frames {
     pub fn last(&self, frame: Bytes) {
         let _ = self.tx.send(frame);
     }
+
+    /// Resolves once the body is gone (the client left).
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }
 
 /// A body whose frames `work` makes in a task of its own, with
@@ -82,6 +87,17 @@ where
         keepalive,
         work,
     )
+}
+
+/// As [`spawn_body`] for a call the body does not own (a subscription to
+/// an envd process): the client leaving does nothing to it; `work` sees
+/// it through [`Frames::closed`].
+pub(crate) fn watching_body<F, Fut>(max_bytes: usize, keepalive: (Bytes, Duration), work: F) -> Body
+where
+    F: FnOnce(Frames) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fed_body(max_bytes, Box::new(|| {}), keepalive, work)
 }
 
 /// [`spawn_body`] with any `on_leave` (run when the body goes before the

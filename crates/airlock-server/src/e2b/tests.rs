@@ -138,6 +138,52 @@ impl E2bHarness {
     }
 }
 
+impl E2bHarness {
+    /// A unary envd call (Connect JSON); the reply.
+    async fn unary(&self, made: &Made, path: &str, message: Value) -> Reply {
+        self.plane(
+            &made.id,
+            49983,
+            path,
+            &[
+                ("x-access-token", &made.token),
+                ("content-type", "application/json"),
+            ],
+            message.to_string(),
+        )
+        .await
+    }
+
+    /// The pids `Process/List` shows.
+    async fn pids(&self, made: &Made) -> Vec<u64> {
+        let reply = self.unary(made, "/process.Process/List", json!({})).await;
+        reply.ok(StatusCode::OK)["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// `Process/Connect` to `pid`: the stream's frames.
+    async fn connect(&self, made: &Made, pid: u64) -> Vec<(u8, Value)> {
+        let reply = self
+            .plane(
+                &made.id,
+                49983,
+                "/process.Process/Connect",
+                &[
+                    ("x-access-token", &made.token),
+                    ("content-type", "application/connect+json"),
+                ],
+                super::connect::frame(&json!({"process": {"pid": pid}})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        frames(&reply.body)
+    }
+}
+
 fn frames(mut bytes: &[u8]) -> Vec<(u8, Value)> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
@@ -494,6 +540,95 @@ async fn a_command_streams_start_data_end_and_the_end_of_stream() {
 }
 
 #[tokio::test]
+async fn a_background_command_runs_beside_cells_and_commands_and_connect_follows_it_to_its_signal()
+{
+    // Arrange: a command that runs until it is stopped.
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let background = h.start(&made, "hang");
+    let others = async {
+        let pid = loop {
+            if let Some(pid) = h.pids(&made).await.first() {
+                break *pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Act: a cell and another command while it runs, then a second
+        // client follows it while it is stopped.
+        let cell = h.execute(&made, "show 2").await;
+        let quick = h.start(&made, "hi").await;
+        let follow = h.connect(&made, pid);
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let stopped = h
+                .unary(
+                    &made,
+                    "/process.Process/SendSignal",
+                    json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+                )
+                .await;
+            assert_eq!(stopped.status, StatusCode::OK, "{}", stopped.text());
+        };
+        let (followed, ()) = tokio::join!(follow, stop);
+        let missing = h
+            .unary(
+                &made,
+                "/process.Process/SendSignal",
+                json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+            )
+            .await;
+        (pid, cell, quick, followed, missing, h.pids(&made).await)
+    };
+    let (started, (pid, cell, quick, followed, missing, left)) =
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(background, others)
+        })
+        .await
+        .expect("nothing waits for the background command");
+
+    // Assert: the cell and the command ran to their ends meanwhile; both
+    // streams of the stopped command end as a kill; it is gone after.
+    assert!(
+        cell.iter()
+            .any(|l| l["type"] == "result" && l["text"] == "2"),
+        "{cell:?}"
+    );
+    let quick_end = &quick[quick.len() - 2].1["event"]["end"];
+    assert_eq!(quick_end["exited"], true, "{quick:?}");
+    assert_eq!(started[0].1["event"]["start"]["pid"], pid);
+    for frames in [&started, &followed] {
+        let end = &frames[frames.len() - 2].1["event"]["end"];
+        assert_eq!(end["exitCode"], -1, "{frames:?}");
+        assert_eq!(end["status"], "signal: killed", "{frames:?}");
+    }
+    assert_eq!(followed[0].1["event"]["start"]["pid"], pid, "{followed:?}");
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn connect_to_a_process_that_is_not_running_is_not_found() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let reply = h
+        .plane(
+            &made.id,
+            49983,
+            "/process.Process/Connect",
+            &[
+                ("x-access-token", &made.token),
+                ("content-type", "application/connect+json"),
+            ],
+            super::connect::frame(&json!({"process": {"pid": 4242}})),
+        )
+        .await;
+    let frames = frames(&reply.body);
+    let (flags, end) = frames.last().unwrap();
+    assert_eq!(*flags, 2, "{frames:?}");
+    assert_eq!(end["error"]["code"], "not_found", "{frames:?}");
+}
+
+#[tokio::test]
 async fn files_go_in_as_multipart_and_come_back_whole() {
     let h = E2bHarness::new();
     let made = h.create(KEY_A, json!({"templateID": "base"})).await;
@@ -536,6 +671,91 @@ async fn files_go_in_as_multipart_and_come_back_whole() {
         .unwrap();
     let missing = h.inner.send_to(&h.router, request).await;
     assert_eq!(missing.ok(StatusCode::NOT_FOUND)["code"], 404);
+}
+
+impl E2bHarness {
+    /// A multipart upload of `body` (boundary `B`) to `/files` with
+    /// `query`.
+    async fn upload(&self, made: &Made, query: &str, body: &'static str) -> Reply {
+        self.plane(
+            &made.id,
+            49983,
+            &format!("/files{query}"),
+            &[
+                ("x-access-token", &made.token),
+                ("content-type", "multipart/form-data; boundary=B"),
+            ],
+            body,
+        )
+        .await
+    }
+
+    /// `/files` download of `path` (URL-encoded).
+    async fn download(&self, made: &Made, path: &str) -> Reply {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/files?path={path}"))
+            .header("e2b-sandbox-id", &made.id)
+            .header("e2b-sandbox-port", "49983")
+            .header("x-access-token", &made.token)
+            .body(Body::empty())
+            .unwrap();
+        self.inner.send_to(&self.router, request).await
+    }
+}
+
+#[tokio::test]
+async fn several_files_stream_in_one_upload_each_to_its_filename() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let body = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/one.txt\"\r\n\r\nfirst\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/d/two.txt\"\r\nContent-Type: application/octet-stream\r\n\r\nsecond\nline\r\n--B--\r\n";
+    let written = h.upload(&made, "", body).await.ok(StatusCode::OK);
+    assert_eq!(
+        written,
+        json!([
+            {"name": "one.txt", "type": "file", "path": "/home/user/one.txt"},
+            {"name": "two.txt", "type": "file", "path": "/home/user/d/two.txt"},
+        ])
+    );
+    assert_eq!(
+        h.download(&made, "%2Fhome%2Fuser%2Fone.txt").await.text(),
+        "first"
+    );
+    assert_eq!(
+        h.download(&made, "%2Fhome%2Fuser%2Fd%2Ftwo.txt")
+            .await
+            .text(),
+        "second\nline"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_or_empty_upload_is_refused_with_400() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    // Cut before its closing boundary.
+    let cut = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/c.txt\"\r\n\r\nno end";
+    let reply = h.upload(&made, "", cut).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(
+        h.download(&made, "%2Fhome%2Fuser%2Fc.txt").await.status,
+        StatusCode::NOT_FOUND,
+        "a cut part leaves no file"
+    );
+    let empty = h.upload(&made, "", "--B--\r\n").await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST, "{}", empty.text());
+    let nameless = "--B\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--B--\r\n";
+    let reply = h.upload(&made, "", nameless).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    // With a path, a nameless single part goes there.
+    let reply = h
+        .upload(&made, "?path=%2Fhome%2Fuser%2Fn.txt", nameless)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        h.download(&made, "%2Fhome%2Fuser%2Fn.txt").await.text(),
+        "x"
+    );
 }
 
 #[tokio::test]

@@ -219,6 +219,100 @@ async fn a_second_call_during_a_cell_is_refused_at_once_and_cancel_interrupts_th
 }
 
 #[tokio::test]
+async fn a_process_beside_runs_while_a_cell_holds_the_session_and_stops_at_its_own_interrupt() {
+    // Arrange: a cell that runs until cancelled holds the session.
+    let mut f = fixture(|_| {}).await;
+    let session = &f.session;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cell = async {
+        session
+            .exec(CellRequest::new("block"), &mut Collect::default())
+            .await
+    };
+    let beside = async {
+        let Some(Seen::Exec { op: cell_op, .. }) = f.seen.recv().await else {
+            panic!("no cell")
+        };
+        // Act: a process beside the cell runs to its end at once...
+        let mut out = Collect::default();
+        let quick = session
+            .run_process_beside(
+                Language::Raw,
+                CellRequest::new("echo beside"),
+                &mut out,
+                Box::pin(std::future::pending()),
+            )
+            .await
+            .unwrap();
+        let quick_seen = f.seen.recv().await;
+        // ...and a blocking one ends at its own interrupt, not the
+        // session's canceller.
+        let mut blocked_out = Collect::default();
+        let blocking = session.run_process_beside(
+            Language::Raw,
+            CellRequest::new("block"),
+            &mut blocked_out,
+            Box::pin(async {
+                let _ = stop_rx.await;
+            }),
+        );
+        let interrupt = async {
+            let Some(Seen::Exec { op, .. }) = f.seen.recv().await else {
+                panic!("no process")
+            };
+            stop_tx.send(()).unwrap();
+            let cancelled = f.seen.recv().await;
+            assert_eq!(cancelled, Some(Seen::Cancel { target: op }));
+            session.canceller().cancel();
+            let cancelled = f.seen.recv().await;
+            assert_eq!(cancelled, Some(Seen::Cancel { target: cell_op }));
+        };
+        let (blocked, ()) = tokio::join!(blocking, interrupt);
+        (quick, out, quick_seen, blocked.unwrap())
+    };
+    let (cell, (quick, out, quick_seen, blocked)) =
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(cell, beside)
+        })
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        (quick.exit_code, out.0.as_slice()),
+        (0, &b"echo beside"[..])
+    );
+    assert!(
+        matches!(
+            quick_seen,
+            Some(Seen::Exec {
+                mode: ExecMode::Process,
+                ..
+            })
+        ),
+        "{quick_seen:?}"
+    );
+    assert_eq!(blocked.exit_code, 130);
+    assert_eq!(cell.unwrap().exit_code, 130);
+}
+
+#[tokio::test]
+async fn a_process_beside_is_refused_once_the_session_is_closed() {
+    let f = fixture(|_| {}).await;
+    f.session.close().await;
+    let result = f
+        .session
+        .run_process_beside(
+            Language::Raw,
+            CellRequest::new("echo late"),
+            &mut Collect::default(),
+            Box::pin(std::future::pending()),
+        )
+        .await;
+    assert_eq!(closed_reason(result), CloseReason::Closed);
+}
+
+#[tokio::test]
 async fn a_cancel_while_no_cell_runs_does_not_touch_the_next_cell() {
     let mut f = fixture(|_| {}).await;
     f.session.canceller().cancel();

@@ -39,6 +39,26 @@ use airlock_protocol::{ExecRequest, FileEntry, Language};
 /// Where the output and results of an exec go, as they arrive.
 pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
 
+/// Execs beside a VM's one-call-at-a-time user: a shared handle on the
+/// same agent (whose protocol multiplexes operations), so a session can
+/// run background processes while a cell or another process runs (E2B's
+/// commands). It outlives no VM: once the VM is destroyed its execs fail
+/// ([`ExecError::Protocol`], the channel closed).
+pub trait SideChannel: Send + Sync {
+    /// Runs `request` as [`SandboxVm::exec_interruptible`] does, without
+    /// the VM's exclusive borrow. A VM that dies fails it as a closed
+    /// channel (the session's own next call reports the death).
+    ///
+    /// # Errors
+    /// [`ExecError::Protocol`] when the agent failed or went away.
+    fn exec<'a>(
+        &'a self,
+        request: ExecRequest,
+        on_output: OutputSink<'a>,
+        interrupt: BoxFuture<'a, ()>,
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>>;
+}
+
 /// A running VM whose agent answers: what runs and sessions do with it.
 /// Every method is a step a run or a session takes; none blocks.
 pub trait SandboxVm: Send + Sync {
@@ -59,6 +79,10 @@ pub trait SandboxVm: Send + Sync {
     fn qemu_pid(&self) -> Option<u32> {
         None
     }
+
+    /// A handle running execs beside this VM's exclusive user
+    /// ([`SideChannel`]); `None` when the VM has none (destroyed).
+    fn side_channel(&self) -> Option<std::sync::Arc<dyn SideChannel>>;
 
     /// Runs code, handing output and results to `on_output` as they
     /// arrive; when

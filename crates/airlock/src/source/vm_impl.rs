@@ -1,7 +1,7 @@
 //! [`crate::Vm`] as a [`SandboxVm`]: each step through the VM's protocol
 //! client, errors carrying the VM id.
 
-use super::{FileSink, FileSource, OutputSink, SandboxVm};
+use super::{FileSink, FileSource, OutputSink, SandboxVm, SideChannel};
 use crate::error::{ExecError, PackageError};
 use crate::files::{self, FileInfo};
 use crate::network::ExposedAddr;
@@ -9,8 +9,44 @@ use crate::spec::CaBundle;
 use crate::task::BoxFuture;
 use crate::teardown::TeardownReport;
 use crate::vm::{BootTimings, ExecOutcome, Vm};
+use airlock_protocol::client::Client;
+use airlock_protocol::ProtocolError;
 use airlock_protocol::{ExecRequest, FileEntry, Language};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A real VM's [`SideChannel`]: its agent's client, shared.
+struct AgentSide {
+    vm_id: String,
+    client: Arc<Client>,
+}
+
+impl SideChannel for AgentSide {
+    fn exec<'a>(
+        &'a self,
+        request: ExecRequest,
+        on_output: OutputSink<'a>,
+        interrupt: BoxFuture<'a, ()>,
+    ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
+        Box::pin(async move {
+            let protocol = |source| ExecError::Protocol {
+                vm_id: self.vm_id.clone(),
+                source,
+            };
+            // As `Vm::exec_streaming`: the agent enforces the timeout, the
+            // host deadline guards against a stuck guest.
+            let deadline = Duration::from_millis(request.timeout_ms) + crate::vm::EXEC_HOST_MARGIN;
+            let run = crate::vm::collect_exec(&self.client, request, on_output, interrupt);
+            match tokio::time::timeout(deadline, run).await {
+                Ok(result) => result.map_err(protocol),
+                Err(_) => Err(protocol(ProtocolError::Timeout {
+                    what: "exec".into(),
+                    after: deadline,
+                })),
+            }
+        })
+    }
+}
 
 impl SandboxVm for Vm {
     fn id(&self) -> &str {
@@ -31,6 +67,14 @@ impl SandboxVm for Vm {
 
     fn qemu_pid(&self) -> Option<u32> {
         Vm::qemu_pid(self)
+    }
+
+    fn side_channel(&self) -> Option<Arc<dyn SideChannel>> {
+        let client = self.shared_client()?;
+        Some(Arc::new(AgentSide {
+            vm_id: self.id().to_owned(),
+            client,
+        }))
     }
 
     fn exec_interruptible<'a>(
