@@ -69,6 +69,13 @@ async function main() {
     assert.equal(lines.join(''), '1\n2\n3\n')
     assert.equal(done.exitCode, 0)
 
+    // A command that reads what the client writes to its stdin.
+    const reader = await sbx.commands.run('cat; echo end', { background: true, stdin: true })
+    await sbx.commands.sendStdin(reader.pid, 'fed through stdin\n')
+    await sbx.commands.closeStdin(reader.pid)
+    const fed = await reader.wait()
+    assert.equal(fed.stdout, 'fed through stdin\nend\n')
+
     // One that runs on until it is killed: the sandbox does other work
     // meanwhile, and a second client follows it (commands.connect).
     const ticker = await sbx.commands.run('for i in $(seq 1 600); do echo tick $i; sleep 0.1; done', {

@@ -86,6 +86,12 @@ def check_sync():
         done = counting.wait(on_stdout=lines.append)
         assert "".join(lines) == "1\n2\n3\n", lines
         assert done.exit_code == 0, done
+        # A command that reads what the client writes to its stdin.
+        reader = sbx.commands.run("cat; echo end", background=True, stdin=True)
+        sbx.commands.send_stdin(reader.pid, "fed through stdin\n")
+        sbx.commands.close_stdin(reader.pid)
+        fed = reader.wait()
+        assert fed.stdout == "fed through stdin\nend\n", fed
         # One that runs on until it is killed: the sandbox does other work
         # meanwhile, and a second client follows it (commands.connect).
         ticker = sbx.commands.run(

@@ -204,7 +204,7 @@ pub fn plan_install(
 }
 
 /// One process to run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct ExecSpec {
     /// What to start.
     pub plan: ExecPlan,
@@ -219,6 +219,52 @@ pub(crate) struct ExecSpec {
     /// Turns true when the host cancels the exec: SIGINT to the group,
     /// then SIGKILL after the grace.
     pub cancel: Option<watch::Receiver<bool>>,
+    /// What the host writes to the process's stdin (`piped_process`);
+    /// `None`: stdin is `/dev/null` (or the code, when it is too long for
+    /// an argument).
+    pub input: Option<StdinFeed>,
+}
+
+/// Most bytes queued for one process's stdin; past it `stdin` requests
+/// are dropped (the process does not read, and the agent must not hold
+/// what the host sends without end).
+pub(crate) const MAX_STDIN_QUEUED_BYTES: usize = 8 << 20;
+
+/// What the host sends to a process's stdin.
+#[derive(Debug)]
+pub(crate) enum StdinInput {
+    /// Bytes to write.
+    Data(bytes::Bytes),
+    /// Close the pipe once what came before is written.
+    Close,
+}
+
+/// The receiving end of a process's stdin queue.
+#[derive(Debug)]
+pub(crate) struct StdinFeed {
+    /// The queue, in the order the host sent.
+    pub rx: mpsc::UnboundedReceiver<StdinInput>,
+    /// Bytes queued and not yet written (shared with the sender, which
+    /// checks [`MAX_STDIN_QUEUED_BYTES`]).
+    pub queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Writes the host's stdin queue into `stdin` until a close, the end of
+/// the queue (the exec ended) or a failed write (the process closed its
+/// stdin); dropping `stdin` then closes the pipe.
+async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut feed: StdinFeed) {
+    while let Some(input) = feed.rx.recv().await {
+        match input {
+            StdinInput::Data(bytes) => {
+                feed.queued
+                    .fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                if stdin.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            StdinInput::Close => return,
+        }
+    }
 }
 
 /// Where a process's output goes.
@@ -323,7 +369,12 @@ pub(crate) async fn run(
         None => None,
     };
 
-    let stdin = if spec.plan.stdin.is_some() {
+    if spec.plan.stdin.is_some() && spec.input.is_some() {
+        return Err(AgentError::InvalidRequest(format!(
+            "a piped_process's code must fit in an argument ({MAX_ARG_CODE_BYTES} bytes, no NUL): its stdin is the host's"
+        )));
+    }
+    let stdin = if spec.plan.stdin.is_some() || spec.input.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
@@ -362,11 +413,12 @@ pub(crate) async fn run(
         "spawned"
     );
 
-    let feeder = match (child.stdin.take(), spec.plan.stdin) {
-        (Some(mut stdin), Some(code)) => Some(AbortOnDrop(tokio::spawn(async move {
+    let feeder = match (child.stdin.take(), spec.plan.stdin, spec.input) {
+        (Some(mut stdin), Some(code), _) => Some(AbortOnDrop(tokio::spawn(async move {
             // The process may exit without reading: EPIPE is fine.
             let _ = stdin.write_all(code.as_bytes()).await;
         }))),
+        (Some(stdin), None, Some(feed)) => Some(AbortOnDrop(tokio::spawn(feed_stdin(stdin, feed)))),
         _ => None,
     };
     let sink = Sink {

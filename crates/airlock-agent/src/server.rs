@@ -12,7 +12,10 @@
 //! op 0), an op id already in flight or a chunk without an open write with
 //! `bad_state`.
 
-use crate::exec::{self, plan_exec, plan_install, AbortOnDrop, ExecSpec};
+use crate::exec::{
+    self, plan_exec, plan_install, AbortOnDrop, ExecSpec, StdinFeed, StdinInput,
+    MAX_STDIN_QUEUED_BYTES,
+};
 use crate::files::{list_dir, FileReader, FileWriter};
 use crate::packages::InstallTarget;
 use crate::repl::Repls;
@@ -24,6 +27,7 @@ use airlock_protocol::{
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -163,6 +167,14 @@ struct OpSlot {
     cancel: Option<watch::Sender<bool>>,
     /// A file read or write: a `cancel` ends it at once, unanswered.
     file: bool,
+    /// Set for `piped_process` execs: where `stdin` and `close_stdin` go.
+    stdin: Option<StdinQueue>,
+}
+
+/// The sending end of a process's stdin queue.
+struct StdinQueue {
+    tx: mpsc::UnboundedSender<StdinInput>,
+    queued: Arc<AtomicUsize>,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = EventBody> + Send>>;
@@ -305,6 +317,29 @@ impl Dispatcher {
                 )
                 .await;
         }
+        if let RequestBody::Stdin { target, .. } | RequestBody::CloseStdin { target } = &body {
+            let target = *target;
+            let Some(queue) = self.ops.get(&target).and_then(|slot| slot.stdin.as_ref()) else {
+                tracing::debug!(op, target, "stdin for no piped process: ignored");
+                return Ok(());
+            };
+            let input = match body {
+                RequestBody::Stdin { data, .. } => {
+                    let bytes = data.into_bytes();
+                    let queued = queue.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+                    if queued + bytes.len() > MAX_STDIN_QUEUED_BYTES {
+                        queue.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                        tracing::warn!(op, target, "stdin dropped: the process does not read it");
+                        return Ok(());
+                    }
+                    StdinInput::Data(bytes)
+                }
+                _ => StdinInput::Close,
+            };
+            // A closed queue: the process has ended or closed its stdin.
+            let _ = queue.tx.send(input);
+            return Ok(());
+        }
         if let RequestBody::Cancel { target } = body {
             // Not answered; an unknown or finished target is ignored.
             let Some(slot) = self.ops.get(&target) else {
@@ -358,6 +393,7 @@ impl Dispatcher {
         let mut chunks = None;
         let mut cancel = None;
         let mut file = false;
+        let mut stdin = None;
         let work: OpFuture = match body {
             RequestBody::Ping => {
                 let pong = EventBody::Pong {
@@ -374,10 +410,21 @@ impl Dispatcher {
             }
             RequestBody::Exec(request) => {
                 cancel = Some(cancel_tx);
-                Box::pin(ctx.exec(request))
+                let input = (request.mode == ExecMode::PipedProcess).then(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let queued = Arc::new(AtomicUsize::new(0));
+                    stdin = Some(StdinQueue {
+                        tx,
+                        queued: Arc::clone(&queued),
+                    });
+                    StdinFeed { rx, queued }
+                });
+                Box::pin(ctx.exec(request, input))
             }
-            // Handled above; never an operation of its own.
-            RequestBody::Cancel { .. } => return Ok(()),
+            // Handled above; never operations of their own.
+            RequestBody::Cancel { .. }
+            | RequestBody::Stdin { .. }
+            | RequestBody::CloseStdin { .. } => return Ok(()),
             RequestBody::WriteFile { path, mode, size } => {
                 let (tx, rx) = mpsc::channel(WRITE_QUEUE);
                 chunks = Some(tx);
@@ -390,6 +437,9 @@ impl Dispatcher {
             }
             RequestBody::ListFiles { path } => Box::pin(ctx.list(path)),
             RequestBody::WarmRepl { language } => Box::pin(ctx.warm(language)),
+            RequestBody::ResetRepl { language } => {
+                Box::pin(async move { EventBody::Complete(ctx.repls.reset(language).await) })
+            }
             RequestBody::Reseed {
                 entropy,
                 unix_time_ns,
@@ -421,6 +471,7 @@ impl Dispatcher {
                 chunks,
                 cancel,
                 file,
+                stdin,
             },
         );
         Ok(())
@@ -468,8 +519,8 @@ impl OpCtx {
         )
     }
 
-    async fn exec(self, request: ExecRequest) -> EventBody {
-        if request.mode != ExecMode::Process {
+    async fn exec(self, request: ExecRequest, input: Option<StdinFeed>) -> EventBody {
+        if !request.mode.spawns_process() {
             return last_event(
                 self.repls
                     .run_cell(self.op, request, &self.events, self.cancel.clone())
@@ -484,6 +535,7 @@ impl OpCtx {
             timeout: Duration::from_millis(request.timeout_ms),
             forward_output: true,
             cancel: Some(self.cancel.clone()),
+            input,
         };
         self.run_process(spec).await
     }
@@ -531,6 +583,7 @@ impl OpCtx {
             timeout: Duration::from_millis(timeout_ms),
             forward_output: true,
             cancel: None,
+            input: None,
         };
         let done = self.run_process(spec).await;
         if !layer {

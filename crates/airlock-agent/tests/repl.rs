@@ -527,3 +527,24 @@ async fn warm_repl_starts_the_interpreter_the_cells_use() {
     let err = c.exec_collect(with_cwd, T).await.unwrap_err();
     assert!(err.to_string().contains("cwd"), "{err}");
 }
+
+#[tokio::test]
+async fn a_reset_interpreter_starts_fresh_without_reporting_its_state_lost() {
+    let cells = start_cells("reset").await;
+    let client = &cells.agent.client;
+    assert_cell(
+        &cell(client, Language::Python, "x = 41").await,
+        0,
+        "",
+        false,
+    );
+    let reset = client.reset_repl(Language::Python, T).await.unwrap();
+    assert_eq!(reset.exit_code, 0);
+    let after = cell(client, Language::Python, "print('x' in globals())").await;
+    assert_cell(&after, 0, "False\n", false);
+    // Resetting an interpreter that does not run is a no-op.
+    assert_eq!(
+        client.reset_repl(Language::Raw, T).await.unwrap().exit_code,
+        0
+    );
+}

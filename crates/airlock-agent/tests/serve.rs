@@ -5,8 +5,8 @@ mod common;
 
 use airlock_protocol::client::sha256_hex;
 use airlock_protocol::{
-    Data, ErrorKind, EventBody, FileKind, Language, ProtocolError, RequestBody, HELLO_OP,
-    PROTOCOL_VERSION,
+    Data, ErrorKind, EventBody, ExecMode, ExecRequest, FileKind, Language, ProtocolError,
+    RequestBody, HELLO_OP, PROTOCOL_VERSION,
 };
 use common::*;
 use std::collections::BTreeMap;
@@ -1180,4 +1180,82 @@ async fn a_read_whose_destination_fails_ends_with_a_host_stream_error() {
     // The channel is still good for the next call.
     let back = agent.client.read_file("f.bin", T).await.unwrap();
     assert_eq!(back.data.len(), 900_000);
+}
+
+/// A `piped_process` exec of `code` (bash).
+fn piped(code: &str) -> ExecRequest {
+    ExecRequest {
+        mode: ExecMode::PipedProcess,
+        ..exec_request(Language::Raw, code)
+    }
+}
+
+#[tokio::test]
+async fn a_piped_process_reads_what_the_host_sends_until_it_closes_stdin() {
+    let agent = start().await;
+    let mut stream = agent.client.exec(piped("cat; echo done")).await.unwrap();
+    let op = stream.op();
+    agent.client.send_stdin(op, b"hello\n").await.unwrap();
+    agent.client.send_stdin(op, &[0xff, b'\n']).await.unwrap();
+    agent.client.close_stdin(op).await.unwrap();
+    // Sent after the close: dropped, as for a finished target.
+    agent.client.send_stdin(op, b"late\n").await.unwrap();
+    let out = tokio::time::timeout(T, async {
+        let mut stdout = Vec::new();
+        while let Some(event) = stream.next().await.unwrap() {
+            match event {
+                airlock_protocol::client::ExecEvent::Stdout(b) => stdout.extend_from_slice(&b),
+                airlock_protocol::client::ExecEvent::Complete(c) => return (stdout, c),
+                _ => {}
+            }
+        }
+        panic!("no completion")
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0, b"hello\n\xff\ndone\n");
+    assert_eq!(out.1.exit_code, 0);
+}
+
+#[tokio::test]
+async fn a_plain_process_has_no_stdin_and_stdin_to_it_is_ignored() {
+    let agent = start().await;
+    let mut stream = agent
+        .client
+        .exec(exec_request(Language::Raw, "cat; echo eof"))
+        .await
+        .unwrap();
+    agent
+        .client
+        .send_stdin(stream.op(), b"ignored\n")
+        .await
+        .unwrap();
+    agent.client.close_stdin(424_242).await.unwrap();
+    let mut stdout = Vec::new();
+    while let Some(event) = tokio::time::timeout(T, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if let airlock_protocol::client::ExecEvent::Stdout(b) = event {
+            stdout.extend_from_slice(&b);
+        }
+    }
+    assert_eq!(stdout, b"eof\n");
+    assert!(agent.client.ping(T).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_piped_process_whose_code_needs_stdin_is_refused() {
+    let agent = start().await;
+    let long = format!("echo {}", "x".repeat(200_000));
+    let err = agent
+        .client
+        .exec(piped(&long))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("piped_process"), "{err}");
 }

@@ -61,7 +61,7 @@ pub use result::{is_binary_mime, CellError, ExecResult, MimeBundle};
 /// `complete`, `cancel`.
 /// 4: `result` (MIME bundles) and `cell_error` events of cells and
 /// one-shot runs.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The operation of the agent's hello: a `pong` the agent sends unasked
 /// each time its channel opens. A ping the host sends before the guest has

@@ -152,6 +152,14 @@ pub enum RequestBody {
         /// The interpreter to warm.
         language: Language,
     },
+    /// Ends the language's persistent interpreter, if one runs (its
+    /// globals go with it); the next cell starts a fresh one. Answered by
+    /// [`EventBody::Complete`] once it has ended; a cell running in it is
+    /// waited for first.
+    ResetRepl {
+        /// The interpreter to end.
+        language: Language,
+    },
     /// After a restore from a memory template, before any user code: credit
     /// fresh host entropy to the guest kernel's pool (`RNDADDENTROPY`) and
     /// set the guest's wall clock. Answered by [`EventBody::Reseeded`].
@@ -168,6 +176,23 @@ pub enum RequestBody {
     /// finished target is ignored.
     Cancel {
         /// The op of the exec to interrupt.
+        target: OpId,
+    },
+    /// Bytes for the stdin of the exec `target` (one started in
+    /// [`ExecMode::PipedProcess`]), written in the order sent. Not
+    /// answered; an unknown or finished target, or one without a pipe, is
+    /// ignored.
+    Stdin {
+        /// The op of the exec whose stdin gets the bytes.
+        target: OpId,
+        /// The bytes.
+        data: Data,
+    },
+    /// Closes the stdin of the exec `target`: it reads end-of-file once
+    /// what was sent before is written. Not answered; ignored as
+    /// [`RequestBody::Stdin`] is.
+    CloseStdin {
+        /// The op of the exec whose stdin closes.
         target: OpId,
     },
     /// Install packages with the language's package manager: answered like
@@ -201,8 +226,11 @@ impl RequestBody {
             RequestBody::ReadFile { .. } => "read_file",
             RequestBody::ListFiles { .. } => "list_files",
             RequestBody::WarmRepl { .. } => "warm_repl",
+            RequestBody::ResetRepl { .. } => "reset_repl",
             RequestBody::Reseed { .. } => "reseed",
             RequestBody::Cancel { .. } => "cancel",
+            RequestBody::Stdin { .. } => "stdin",
+            RequestBody::CloseStdin { .. } => "close_stdin",
             RequestBody::InstallPackages { .. } => "install_packages",
         }
     }
@@ -217,8 +245,11 @@ impl RequestBody {
         "read_file",
         "list_files",
         "warm_repl",
+        "reset_repl",
         "reseed",
         "cancel",
+        "stdin",
+        "close_stdin",
         "install_packages",
     ];
 }
@@ -280,12 +311,23 @@ pub enum ExecMode {
     /// SIGKILL after the grace), so exit codes and output are those a new
     /// process would give. The interpreter does not survive the interrupt.
     OneShot,
+    /// As [`ExecMode::Process`], with the process's stdin a pipe the host
+    /// writes ([`RequestBody::Stdin`]) and closes
+    /// ([`RequestBody::CloseStdin`]) instead of `/dev/null`. The code must
+    /// fit in an argument (it cannot also come on stdin).
+    PipedProcess,
 }
 
 impl ExecMode {
     /// Whether this is [`ExecMode::Process`] (the wire default).
     pub fn is_process(&self) -> bool {
         matches!(self, ExecMode::Process)
+    }
+
+    /// Whether the exec is a new process ([`ExecMode::Process`] or
+    /// [`ExecMode::PipedProcess`]), not a cell of an interpreter.
+    pub fn spawns_process(&self) -> bool {
+        matches!(self, ExecMode::Process | ExecMode::PipedProcess)
     }
 }
 

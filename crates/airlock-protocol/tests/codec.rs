@@ -60,6 +60,22 @@ fn all_requests() -> Vec<Request> {
             cwd: None,
         }),
         RequestBody::Cancel { target: 7 },
+        RequestBody::Exec(ExecRequest {
+            mode: ExecMode::PipedProcess,
+            language: Language::Raw,
+            code: "cat".into(),
+            timeout_ms: 5,
+            env: BTreeMap::new(),
+            cwd: None,
+        }),
+        RequestBody::Stdin {
+            target: 7,
+            data: Data::text_or_base64(b"line\n\xff".to_vec()),
+        },
+        RequestBody::CloseStdin { target: 7 },
+        RequestBody::ResetRepl {
+            language: Language::Javascript,
+        },
         RequestBody::InstallPackages {
             language: Language::Python,
             packages: vec!["numpy".into()],

@@ -138,7 +138,7 @@ pub use session::{
     CellRequest, CellResult, Session, SessionCanceller, SessionOptions, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LIFETIME, MAX_SESSION_LIFETIME,
 };
-pub use source::{FileSink, FileSource, SandboxVm, VmSource};
+pub use source::{FileSink, FileSource, ProcessInput, SandboxVm, StdinChunk, VmSource};
 pub use spec::{
     validate_identifier, CaBundle, MachineShape, PoolConfig, SandboxSpec, DEFAULT_MEMORY_MIB,
     MEMORY_MIB_RANGE, VCPUS_RANGE,

@@ -30,7 +30,7 @@ use crate::error::{ExecError, InputError, PackageError, Result, SessionError};
 use crate::files::{validate_guest_dir, validate_guest_path, FileInfo, DEFAULT_FILE_MODE};
 use crate::observer::{Discard, RunObserver};
 use crate::request::{validate_code, validate_env, validate_timeout, DEFAULT_TIMEOUT};
-use crate::source::{FileSink, FileSource, SandboxVm, SideChannel};
+use crate::source::{FileSink, FileSource, ProcessInput, SandboxVm, SideChannel};
 use crate::spec::{CaBundle, SandboxSpec};
 use crate::task::BoxFuture;
 use crate::teardown::TeardownReport;
@@ -491,7 +491,9 @@ impl Session {
     /// session busy, and [`Session::canceller`] does not reach it: it is
     /// interrupted when `interrupt` completes (SIGINT to its group, then
     /// the kill a timeout gets; exit code 130). It keeps the session from
-    /// idling out while it runs, and ends when the session does.
+    /// idling out while it runs, and ends when the session does. With
+    /// `input` its stdin is a pipe fed from it (else `/dev/null`); its code
+    /// must then fit in an argument.
     ///
     /// # Errors
     /// [`SessionError::Input`] for a refused request,
@@ -503,12 +505,17 @@ impl Session {
         request: CellRequest,
         observer: &mut dyn RunObserver,
         interrupt: BoxFuture<'_, ()>,
+        input: Option<ProcessInput>,
     ) -> Result<CellResult, SessionError> {
         request.validate()?;
         let side = self.inner.side_channel()?;
         let started = Instant::now();
         let exec = ExecRequest {
-            mode: ExecMode::Process,
+            mode: if input.is_some() {
+                ExecMode::PipedProcess
+            } else {
+                ExecMode::Process
+            },
             language,
             code: request.code,
             timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
@@ -523,6 +530,7 @@ impl Session {
                 exec,
                 &mut |piece| crate::observer::forward(observer, piece),
                 interrupt,
+                input,
             ))
             .await??;
         Ok(CellResult::new(outcome, ms(started.elapsed())))
@@ -651,6 +659,20 @@ impl Session {
             return Err(inner.closed_error(reason));
         }
         Ok(())
+    }
+
+    /// Ends `language`'s persistent interpreter in this session's VM: its
+    /// globals and imports go, and the next cell of it starts fresh (not
+    /// reported as `state_lost`: it was asked for). E2B's restart of a
+    /// code context. A call like `exec`.
+    ///
+    /// # Errors
+    /// [`SessionError::Busy`], [`SessionError::Closed`], the VM's errors.
+    pub async fn reset_interpreter(&self, language: Language) -> Result<(), SessionError> {
+        let mut call = self.inner.begin()?;
+        let vm = call.vm();
+        let reset = self.inner.until_shutdown(vm.reset_repl(language)).await?;
+        call.check_vm(reset).await
     }
 
     /// Lists a directory of the sandbox home (`""` or `"."`: the home),

@@ -40,7 +40,7 @@ use crate::observer::{RunObserver, Stage};
 use crate::packages::install::{InstallLimits, PackagesReport};
 use crate::packages::PackageList;
 use crate::scheduler::{Scheduler, SchedulerParts};
-use crate::source::{FileSink, FileSource, SideChannel};
+use crate::source::{FileSink, FileSource, ProcessInput, SideChannel, StdinChunk};
 use crate::source::{
     OutputSink, PackagePreparer, PreparedPackages, SandboxVm, SourceKind, VmSource,
 };
@@ -86,6 +86,8 @@ struct SourceState {
     destroyed: AtomicUsize,
     /// Interpreter warm-ups asked for.
     warmed: AtomicUsize,
+    /// Interpreter resets, in order.
+    resets: Mutex<Vec<Language>>,
     /// Ids handed out so far.
     next_id: AtomicU64,
     /// How long an acquire takes.
@@ -155,6 +157,11 @@ impl FakeVmSource {
     /// Every package install its VMs ran, in order.
     pub fn installs(&self) -> Vec<Vec<String>> {
         lock(&self.state.installs).clone()
+    }
+
+    /// Interpreter resets asked of its VMs, in order.
+    pub fn resets(&self) -> Vec<Language> {
+        lock(&self.state.resets).clone()
     }
 
     /// Interpreter warm-ups asked of its VMs.
@@ -397,6 +404,28 @@ async fn fake_exec(
     Ok(outcome)
 }
 
+/// A process with stdin on a fake VM: `cat`, whatever its code (its
+/// stdin comes back as its stdout, until the host closes it).
+async fn fake_cat(mut input: ProcessInput, on_output: OutputSink<'_>) -> ExecOutcome {
+    let mut stdout = Vec::new();
+    while let Some(chunk) = input.recv().await {
+        match chunk {
+            StdinChunk::Data(bytes) => {
+                on_output(ExecProgress::Output(OutputStream::Stdout, &bytes));
+                stdout.extend_from_slice(&bytes);
+            }
+            StdinChunk::Close => break,
+        }
+    }
+    ExecOutcome {
+        stdout,
+        stderr: Vec::new(),
+        results: Vec::new(),
+        error: None,
+        completion: completion(0),
+    }
+}
+
 /// A fake VM's [`SideChannel`]: the same exec, on a VM that has not ended.
 struct FakeSide {
     id: String,
@@ -410,8 +439,12 @@ impl SideChannel for FakeSide {
         request: ExecRequest,
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
+        input: Option<ProcessInput>,
     ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
         Box::pin(async move {
+            if let Some(input) = input {
+                return Ok(fake_cat(input, on_output).await);
+            }
             if self.ended.load(Ordering::SeqCst) {
                 return Err(ExecError::Protocol {
                     vm_id: self.id.clone(),
@@ -607,6 +640,16 @@ impl SandboxVm for FakeVm {
                 return Err(self.file_error(dir, "list", ErrorKind::NotFound));
             }
             Ok(entries)
+        })
+    }
+
+    fn reset_repl(&self, language: Language) -> BoxFuture<'_, Result<(), ExecError>> {
+        Box::pin(async move {
+            if let Some(e) = self.gone() {
+                return Err(e);
+            }
+            lock(&self.state.resets).push(language);
+            Ok(())
         })
     }
 

@@ -355,7 +355,7 @@ impl Vm {
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
         let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
-        let run = collect_exec(client, request, &mut on_progress, interrupt);
+        let run = collect_exec(client, request, &mut on_progress, interrupt, None);
         let console_log = self.workdir.console_log();
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
@@ -421,6 +421,7 @@ pub(crate) async fn collect_exec<F>(
     request: ExecRequest,
     on_progress: &mut F,
     interrupt: impl std::future::Future<Output = ()> + Send,
+    mut input: Option<crate::source::ProcessInput>,
 ) -> std::result::Result<ExecOutcome, ProtocolError>
 where
     F: FnMut(ExecProgress<'_>) + Send + ?Sized,
@@ -435,6 +436,19 @@ where
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
                 send_cancel(client, stream.op()).await;
+                continue;
+            }
+            chunk = next_input(&mut input) => {
+                match chunk {
+                    Some(crate::source::StdinChunk::Data(bytes)) => {
+                        client.send_stdin(stream.op(), &bytes).await?;
+                    }
+                    Some(crate::source::StdinChunk::Close) => {
+                        client.close_stdin(stream.op()).await?;
+                    }
+                    // The sender is gone: nothing more will come.
+                    None => input = None,
+                }
                 continue;
             }
         };
@@ -460,6 +474,16 @@ where
         }
     }
     Err(ProtocolError::Closed)
+}
+
+/// The next piece of a process's stdin; pends for ever without an input.
+async fn next_input(
+    input: &mut Option<crate::source::ProcessInput>,
+) -> Option<crate::source::StdinChunk> {
+    match input {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Asks the agent to interrupt the exec running under `target`. A failure
@@ -565,6 +589,7 @@ mod tests {
                 }
             },
             std::future::pending(),
+            None,
         )
         .await
         .unwrap();
@@ -588,6 +613,7 @@ mod tests {
             request(),
             &mut |_: ExecProgress<'_>| {},
             std::future::pending(),
+            None,
         )
         .await
         .unwrap();

@@ -235,6 +235,27 @@ impl Repls {
         })
     }
 
+    /// Ends `language`'s interpreter, if one runs (after the cell running
+    /// in it, if any); the next cell starts a fresh one and does not
+    /// report its state lost: the end was asked for.
+    pub(crate) async fn reset(&self, language: Language) -> Completion {
+        let started = Instant::now();
+        let mut slot = self.slots[index(language)].lock().await;
+        if let Some(interpreter) = slot.interpreter.take() {
+            interpreter.end().await;
+        }
+        slot.lost = false;
+        Completion {
+            exit_code: 0,
+            timed_out: false,
+            duration_ms: elapsed_ms(started),
+            spawn_ms: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            state_lost: false,
+        }
+    }
+
     /// After the kernel was reseeded (a restore from a memory template):
     /// reseeds the running Python and bash interpreters and ends a running
     /// Node that may be shared (see the module docs). An interpreter that

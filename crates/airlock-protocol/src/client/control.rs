@@ -78,6 +78,29 @@ impl Client {
         }
     }
 
+    /// Ends `language`'s persistent interpreter (the next cell starts a
+    /// fresh one); returns once it has ended.
+    ///
+    /// # Errors
+    /// As [`Client::ping`], or [`ProtocolError::Guest`].
+    pub async fn reset_repl(
+        &self,
+        language: Language,
+        timeout: Duration,
+    ) -> Result<Completion, ProtocolError> {
+        let (op, mut rx) = self
+            .channel
+            .open(RequestBody::ResetRepl { language })
+            .await?;
+        let answer = within(timeout, "reset_repl", next(&mut rx)).await;
+        self.channel.close(op);
+        match answer? {
+            EventBody::Complete(completion) => Ok(completion),
+            EventBody::Error { kind, message } => Err(ProtocolError::Guest { kind, message }),
+            other => Err(unexpected("reset_repl", other)),
+        }
+    }
+
     /// Sends fresh `entropy` and the host's wall clock (`unix_time_ns`) to
     /// a restored guest; returns `(entropy_bytes, clock_step_ms)` as the
     /// agent reports them.

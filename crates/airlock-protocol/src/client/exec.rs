@@ -96,13 +96,41 @@ impl Client {
     /// # Errors
     /// [`ProtocolError::Closed`] or a transport error.
     pub async fn cancel(&self, target: OpId) -> Result<(), ProtocolError> {
+        self.send_to_exec(RequestBody::Cancel { target }).await
+    }
+}
+
+impl Client {
+    /// Writes `data` to the stdin of the exec running under `target` (one
+    /// started in [`crate::ExecMode::PipedProcess`]), after what was sent
+    /// before. Not answered; the agent ignores an unknown or finished
+    /// target.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Closed`] or a transport error.
+    pub async fn send_stdin(&self, target: OpId, data: &[u8]) -> Result<(), ProtocolError> {
+        self.send_to_exec(RequestBody::Stdin {
+            target,
+            data: crate::Data::text_or_base64(data.to_vec()),
+        })
+        .await
+    }
+
+    /// Closes the stdin of the exec running under `target` once what was
+    /// sent before is written. Not answered.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Closed`] or a transport error.
+    pub async fn close_stdin(&self, target: OpId) -> Result<(), ProtocolError> {
+        self.send_to_exec(RequestBody::CloseStdin { target }).await
+    }
+
+    async fn send_to_exec(&self, body: RequestBody) -> Result<(), ProtocolError> {
         if self.channel.is_closed() {
             return Err(ProtocolError::Closed);
         }
         let op = self.channel.new_op();
-        self.channel
-            .send(&Request::new(op, RequestBody::Cancel { target }))
-            .await
+        self.channel.send(&Request::new(op, body)).await
     }
 }
 

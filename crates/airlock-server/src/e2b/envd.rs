@@ -5,9 +5,10 @@
 //!   sandbox's VM beside everything else it runs (cells, file transfers,
 //!   other commands: `processes.rs`), streaming `start`, `data`
 //!   (stdout/stderr, base64) and `end`. `Connect` follows a running one
-//!   from then on, `List` lists them, `SendSignal` stops one. A client
-//!   that leaves a stream leaves the process running. Stdin, PTYs and
-//!   watchers answer `unimplemented`.
+//!   from then on, `List` lists them, `SendSignal` stops one. A command
+//!   started with `stdin` reads what `SendInput` writes until
+//!   `CloseStdin`. A client that leaves a stream leaves the process
+//!   running. `StreamInput`, PTYs and watchers answer `unimplemented`.
 //! - The filesystem calls (`Stat`, `ListDir`, `MakeDir`, `Move`,
 //!   `Remove`) run GNU `find`, `mkdir`, `mv` and `rm` the same way, as the
 //!   sandbox user; paths under `/home/user` are the sandbox home
@@ -18,7 +19,7 @@
 
 use super::connect::{self, STREAM_CONTENT_TYPE};
 use super::paths::{home_relative, shell_quote, to_e2b, to_guest, E2B_HOME};
-use super::processes::{Ended, ProcessEvent};
+use super::processes::{Ended, InputRefused, ProcessEvent};
 use super::sandboxes::Sandbox;
 use super::stream::{watching_body, Frames, KEEPALIVE_EVERY};
 use super::{for_tenant, sandbox_of, streamed, E2b, E2bError, Plane, ACCESS_TOKEN};
@@ -49,6 +50,8 @@ pub(super) fn routes() -> Router<E2b> {
         .route("/process.Process/List", post(list))
         .route("/process.Process/SendSignal", post(send_signal))
         .route("/process.Process/Connect", post(connect_to))
+        .route("/process.Process/SendInput", post(send_input))
+        .route("/process.Process/CloseStdin", post(close_stdin))
         .route("/filesystem.Filesystem/Stat", post(stat))
         .route("/filesystem.Filesystem/ListDir", post(list_dir))
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
@@ -61,9 +64,7 @@ pub(super) fn routes() -> Router<E2b> {
         post(stream_unimplemented),
     );
     for unary in [
-        "/process.Process/SendInput",
         "/process.Process/StreamInput",
-        "/process.Process/CloseStdin",
         "/process.Process/Update",
         "/filesystem.Filesystem/CreateWatcher",
         "/filesystem.Filesystem/GetWatcherEvents",
@@ -147,6 +148,9 @@ struct StartRequest {
     process: ProcessConfig,
     pty: Option<Value>,
     tag: Option<String>,
+    /// Whether the process gets a stdin the client writes (`SendInput`).
+    #[serde(default)]
+    stdin: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -231,10 +235,13 @@ async fn start_stream(
     cell.env = sandbox.env_vars.clone();
     cell.env.extend(request.process.envs.clone());
     let config = serde_json::to_value(&request.process).unwrap_or(Value::Null);
-    let (pid, events) =
-        sandbox
-            .processes
-            .start(Arc::clone(&sandbox.session), cell, config, request.tag);
+    let (pid, events) = sandbox.processes.start(
+        Arc::clone(&sandbox.session),
+        cell,
+        config,
+        request.tag,
+        request.stdin.unwrap_or(false),
+    );
     follow(e2b, headers, pid, events)
 }
 
@@ -416,6 +423,91 @@ async fn send_signal(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) ->
     for_tenant(answer, &sandbox.caller.tenant)
 }
 
+#[derive(Debug, Deserialize)]
+struct InputRequest {
+    process: Selector,
+    input: ProcessInput,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProcessInput {
+    /// Base64 (protobuf JSON's bytes).
+    stdin: Option<String>,
+    /// A PTY's input: there are no PTYs here.
+    pty: Option<String>,
+}
+
+/// The Connect error of input that cannot reach a process.
+fn input_refused(refused: InputRefused) -> Response {
+    match refused {
+        InputRefused::NotFound => {
+            connect::coded_error("not_found", "no such process is running in this sandbox")
+        }
+        InputRefused::NoStdin => connect::coded_error(
+            "failed_precondition",
+            "the process has no stdin: start it with stdin=True (and not after close_stdin)",
+        ),
+    }
+}
+
+async fn send_input(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let answer = match unary_body::<InputRequest>(&body) {
+        Err(refused) => refused.into_response(),
+        Ok(InputRequest {
+            input: ProcessInput { pty: Some(_), .. },
+            ..
+        }) => connect::coded_error(
+            "unimplemented",
+            "PTYs are not supported by this server (see docs/e2b.md)",
+        ),
+        Ok(request) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(request.input.stdin.unwrap_or_default());
+            match bytes {
+                Err(e) => connect::coded_error("invalid_argument", &format!("input.stdin: {e}")),
+                Ok(bytes) => {
+                    let selector = request.process;
+                    match sandbox
+                        .processes
+                        .send_input(selector.pid, selector.tag.as_deref(), bytes.into())
+                        .await
+                    {
+                        Ok(()) => connect::ok(json!({})),
+                        Err(refused) => input_refused(refused),
+                    }
+                }
+            }
+        }
+    };
+    for_tenant(answer, &sandbox.caller.tenant)
+}
+
+async fn close_stdin(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
+    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let answer = match unary_body::<SignalRequest>(&body) {
+        Err(refused) => refused.into_response(),
+        Ok(request) => {
+            let selector = request.process;
+            match sandbox
+                .processes
+                .close_input(selector.pid, selector.tag.as_deref())
+                .await
+            {
+                Ok(()) => connect::ok(json!({})),
+                Err(refused) => input_refused(refused),
+            }
+        }
+    };
+    for_tenant(answer, &sandbox.caller.tenant)
+}
+
 /// The `find -printf` format of one entry: type, size, mode bits,
 /// permissions, owner, group, mtime, symlink target, path.
 const ENTRY_FORMAT: &str = r"%y\t%s\t%m\t%M\t%u\t%g\t%T@\t%l\t%p\n";
@@ -438,6 +530,7 @@ async fn shell(sandbox: &Sandbox, script: String) -> Result<String, E2bError> {
             request,
             &mut Discard,
             Box::pin(std::future::pending()),
+            None,
         )
         .await
         .map_err(|e| unary_error(&e.into()))?;

@@ -6,10 +6,12 @@
 //! A context is one language's persistent interpreter in the sandbox's
 //! VM (the agent keeps one per language): the image's own language is
 //! the default context, `create_code_context(language=...)` adds another
-//! language's (bash in every image, javascript where node is). A second
-//! context of one language, restart and delete need more than one
-//! interpreter per language, which the agent does not have: they answer
-//! 501 with the reason.
+//! language's (bash in every image, javascript where node is). Restart
+//! ends the context's interpreter (the next cell starts a fresh one);
+//! delete does too and forgets a context made beside the default (the
+//! default one stays, fresh). A second context of one language needs
+//! more than one interpreter per language, which the agent does not
+//! have: it answers 501 with the reason.
 
 use super::sandboxes::Sandbox;
 use super::stream::{spawn_body, Frames};
@@ -35,8 +37,8 @@ pub(super) fn routes() -> Router<E2b> {
     Router::new()
         .route("/execute", post(execute))
         .route("/contexts", get(list_contexts).post(create_context))
-        .route("/contexts/{id}/restart", post(not_supported))
-        .route("/contexts/{id}", delete(not_supported))
+        .route("/contexts/{id}/restart", post(restart_context))
+        .route("/contexts/{id}", delete(delete_context))
         .route("/health", get(health))
         .fallback(not_found)
 }
@@ -66,13 +68,69 @@ async fn not_found(request: axum::extract::Request) -> E2bError {
     )
 }
 
-async fn not_supported() -> E2bError {
-    E2bError::new(
-        Plane::Code,
-        StatusCode::NOT_IMPLEMENTED,
-        "not_supported",
-        "restarting or removing a code context is not supported by this server: \
-         each language has one interpreter per sandbox (Airlock; see docs/e2b.md)",
+/// The language of the context `id` of `sandbox`.
+fn context_named(sandbox: &Sandbox, id: &str) -> Result<Language, E2bError> {
+    contexts(sandbox)
+        .into_iter()
+        .find(|language| e2b_name(*language) == id)
+        .ok_or_else(|| {
+            E2bError::new(
+                Plane::Code,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("this sandbox has no code context {id:?}"),
+            )
+        })
+}
+
+/// Ends the interpreter of context `id` (once the sandbox is free).
+async fn reset_context(sandbox: &Sandbox, id: &str) -> Result<Language, E2bError> {
+    let language = context_named(sandbox, id)?;
+    super::wait_ready(sandbox)
+        .await
+        .map_err(|e| E2bError::server(Plane::Code, &e))?;
+    sandbox
+        .session
+        .reset_interpreter(language)
+        .await
+        .map_err(|e| E2bError::server(Plane::Code, &e.into()))?;
+    Ok(language)
+}
+
+async fn restart_context(
+    State(e2b): State<E2b>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let sandbox = match sandbox(&e2b, &headers) {
+        Ok(s) => s,
+        Err(refused) => return refused.into_response(),
+    };
+    let answer = reset_context(&sandbox, &id)
+        .await
+        .map(|_| StatusCode::NO_CONTENT.into_response());
+    for_tenant(
+        answer.unwrap_or_else(IntoResponse::into_response),
+        &sandbox.caller.tenant,
+    )
+}
+
+async fn delete_context(
+    State(e2b): State<E2b>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let sandbox = match sandbox(&e2b, &headers) {
+        Ok(s) => s,
+        Err(refused) => return refused.into_response(),
+    };
+    let answer = reset_context(&sandbox, &id).await.map(|language| {
+        sandbox.remove_context(language);
+        StatusCode::NO_CONTENT.into_response()
+    });
+    for_tenant(
+        answer.unwrap_or_else(IntoResponse::into_response),
+        &sandbox.caller.tenant,
     )
 }
 

@@ -58,9 +58,10 @@ pub const ENVD_PORT: u16 = 49983;
 /// The code interpreter's port.
 pub const INTERPRETER_PORT: u16 = 49999;
 /// The envd version create and connect report: the SDKs gate features on
-/// it (below 0.4.0 they send `Authorization: Basic`; 0.5.7 would promise
-/// octet-stream and gzip uploads, which this server does not take).
-pub const ENVD_VERSION: &str = "0.4.0";
+/// it (below 0.4.0 they send `Authorization: Basic`; from 0.5.2 they send
+/// `CloseStdin`, which this server serves; 0.5.7 would promise
+/// octet-stream and gzip uploads, which it does not take).
+pub const ENVD_VERSION: &str = "0.5.2";
 
 /// The E2B listener's state: the server and its E2B sandboxes.
 #[derive(Clone)]

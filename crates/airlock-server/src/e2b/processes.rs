@@ -2,6 +2,9 @@
 //! sandbox does (cells, file transfers, other processes), through
 //! [`airlock::Session::run_process_beside`], in a task the sandbox owns.
 //!
+//! A process started with stdin gets a pipe fed by `SendInput` and closed
+//! by `CloseStdin`; without, its stdin is `/dev/null`.
+//!
 //! A process's output and end go out on a broadcast channel: `Start`'s
 //! stream is its first subscriber (subscribed before the process runs,
 //! so it misses nothing), `Connect` adds one later (it sees what comes
@@ -14,18 +17,22 @@
 //! This module does not speak Connect: `envd.rs` turns the events into
 //! frames.
 
-use airlock::{CellRequest, CellResult, OutputStream, RunObserver, Session, SessionError};
+use airlock::{
+    CellRequest, CellResult, OutputStream, RunObserver, Session, SessionError, StdinChunk,
+};
 use airlock_protocol::Language;
 use axum::body::Bytes;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Events kept for a subscriber that falls behind; past it the
 /// subscriber is told how many it lost.
 const EVENTS_KEPT: usize = 1024;
+/// Pieces of stdin queued for a process before `SendInput` waits.
+const STDIN_QUEUED: usize = 64;
 /// The first pid handed out (E2B's pids are the guest's; these are the
 /// server's own numbers).
 const FIRST_PID: u32 = 1000;
@@ -101,7 +108,18 @@ struct Entry {
     info: ProcessInfo,
     events: broadcast::Sender<ProcessEvent>,
     stop: watch::Sender<bool>,
+    /// Its stdin, when it was started with one (until `CloseStdin`).
+    stdin: Option<mpsc::Sender<StdinChunk>>,
     task: Option<JoinHandle<()>>,
+}
+
+/// Why input cannot reach a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InputRefused {
+    /// No such process runs.
+    NotFound,
+    /// It was started without stdin, or its stdin was closed.
+    NoStdin,
 }
 
 /// A sandbox's processes.
@@ -134,20 +152,27 @@ impl Processes {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts `cell` as a bash process of `session`; its pid and a
-    /// subscription that sees all it reports.
+    /// Starts `cell` as a bash process of `session` (with a stdin pipe
+    /// when `stdin`); its pid and a subscription that sees all it reports.
     pub fn start(
         self: &Arc<Self>,
         session: Arc<Session>,
         cell: CellRequest,
         config: serde_json::Value,
         tag: Option<String>,
+        stdin: bool,
     ) -> (u32, broadcast::Receiver<ProcessEvent>) {
         let pid = FIRST_PID + self.next_pid.fetch_add(1, Ordering::Relaxed);
         let (events, first) = broadcast::channel(EVENTS_KEPT);
         let (stop, mut stopped) = watch::channel(false);
         let table = Arc::downgrade(self);
         let sender = events.clone();
+        let (input, feed) = if stdin {
+            let (tx, rx) = mpsc::channel(STDIN_QUEUED);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         // The table's lock is held until the entry is in: the task's own
         // removal at its end waits for it.
         let mut locked = self.lock();
@@ -160,7 +185,7 @@ impl Processes {
             });
             let mut output = Broadcast(sender.clone());
             let result = session
-                .run_process_beside(Language::Raw, cell, &mut output, interrupt)
+                .run_process_beside(Language::Raw, cell, &mut output, interrupt, feed)
                 .await;
             let signalled = finish(&table, pid);
             let _ = sender.send(ProcessEvent::End(Ended::of(result, signalled)));
@@ -171,6 +196,7 @@ impl Processes {
                 info: ProcessInfo { pid, config, tag },
                 events,
                 stop,
+                stdin: input,
                 task: Some(task),
             },
         );
@@ -208,6 +234,58 @@ impl Processes {
         let table = self.lock();
         let pid = Self::find(&table, pid, tag)?;
         table.get(&pid).map(|e| (pid, e.events.subscribe()))
+    }
+
+    /// Writes `bytes` to the stdin of the process named by `pid` or `tag`
+    /// (after what was sent before; waits while its queue is full).
+    ///
+    /// # Errors
+    /// [`InputRefused`].
+    pub async fn send_input(
+        &self,
+        pid: Option<u32>,
+        tag: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<(), InputRefused> {
+        let stdin = self.stdin_of(pid, tag)?;
+        stdin
+            .send(StdinChunk::Data(bytes))
+            .await
+            .map_err(|_| InputRefused::NotFound)
+    }
+
+    /// Closes the stdin of the process named by `pid` or `tag` once what
+    /// was sent before is written; later input is refused.
+    ///
+    /// # Errors
+    /// [`InputRefused`].
+    pub async fn close_input(
+        &self,
+        pid: Option<u32>,
+        tag: Option<&str>,
+    ) -> Result<(), InputRefused> {
+        let stdin = {
+            let mut table = self.lock();
+            let pid = Self::find(&table, pid, tag).ok_or(InputRefused::NotFound)?;
+            let entry = table.get_mut(&pid).ok_or(InputRefused::NotFound)?;
+            entry.stdin.take().ok_or(InputRefused::NoStdin)?
+        };
+        stdin
+            .send(StdinChunk::Close)
+            .await
+            .map_err(|_| InputRefused::NotFound)
+    }
+
+    /// The stdin sender of a process (cloned out of the lock).
+    fn stdin_of(
+        &self,
+        pid: Option<u32>,
+        tag: Option<&str>,
+    ) -> Result<mpsc::Sender<StdinChunk>, InputRefused> {
+        let table = self.lock();
+        let pid = Self::find(&table, pid, tag).ok_or(InputRefused::NotFound)?;
+        let entry = table.get(&pid).ok_or(InputRefused::NotFound)?;
+        entry.stdin.clone().ok_or(InputRefused::NoStdin)
     }
 
     /// Stops the process named by `pid` or `tag`; whether one ran.

@@ -116,6 +116,15 @@ impl Sandbox {
         }
     }
 
+    /// Forgets the context of `language` made beside the default one;
+    /// whether there was one.
+    pub fn remove_context(&self, language: airlock_protocol::Language) -> bool {
+        let mut contexts = lock(&self.contexts);
+        let before = contexts.len();
+        contexts.retain(|made| *made != language);
+        contexts.len() != before
+    }
+
     /// When it ends.
     pub fn end_at(&self) -> SystemTime {
         *lock(&self.end_at)

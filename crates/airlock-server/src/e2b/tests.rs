@@ -520,6 +520,68 @@ async fn contexts_are_one_per_language() {
 }
 
 #[tokio::test]
+async fn restart_and_delete_end_a_context_s_interpreter_and_delete_forgets_a_made_one() {
+    let h = E2bHarness::new();
+    let made = h
+        .create(KEY_A, json!({"templateID": "code-interpreter-v1"}))
+        .await;
+    let token = [("e2b-traffic-access-token", made.traffic.as_str())];
+    h.plane(
+        &made.id,
+        49999,
+        "/contexts",
+        &token,
+        json!({"language": "bash"}).to_string(),
+    )
+    .await
+    .ok(StatusCode::OK);
+    let call = |method: Method, path: String| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("e2b-sandbox-id", &made.id)
+            .header("e2b-sandbox-port", "49999")
+            .header("e2b-traffic-access-token", &made.traffic)
+            .body(Body::empty())
+            .unwrap();
+        h.inner.send_to(&h.router, request)
+    };
+    let restarted = call(Method::POST, "/contexts/python/restart".into()).await;
+    assert_eq!(
+        restarted.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        restarted.text()
+    );
+    let deleted = call(Method::DELETE, "/contexts/bash".into()).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text());
+    let unknown = call(Method::DELETE, "/contexts/ruby".into()).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text());
+    let list = h.plane(&made.id, 49999, "/contexts", &token, "").await;
+    let ids: Vec<Value> = list
+        .ok(StatusCode::OK)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!("python")], "bash is forgotten");
+    let resets = [
+        h.inner.fakes.cold.resets(),
+        h.inner.fakes.template.resets(),
+        h.inner.fakes.pool.resets(),
+    ]
+    .concat();
+    assert_eq!(
+        resets,
+        vec![
+            airlock_protocol::Language::Python,
+            airlock_protocol::Language::Raw
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_command_streams_start_data_end_and_the_end_of_stream() {
     let h = E2bHarness::new();
     let made = h.create(KEY_A, json!({"templateID": "base"})).await;
@@ -604,6 +666,128 @@ async fn a_background_command_runs_beside_cells_and_commands_and_connect_follows
     assert_eq!(followed[0].1["event"]["start"]["pid"], pid, "{followed:?}");
     assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_command_started_with_stdin_reads_send_input_until_close_stdin() {
+    // Arrange: the fake VM's piped process echoes its stdin.
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let message =
+        json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", "cat"]}, "stdin": true});
+    let headers = [
+        ("x-access-token", made.token.as_str()),
+        ("content-type", "application/connect+json"),
+    ];
+    let started = h.plane(
+        &made.id,
+        49983,
+        "/process.Process/Start",
+        &headers,
+        super::connect::frame(&message),
+    );
+    let feed = async {
+        let pid = loop {
+            if let Some(pid) = h.pids(&made).await.first() {
+                break *pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Act
+        let sent = h
+            .unary(
+                &made,
+                "/process.Process/SendInput",
+                json!({"process": {"pid": pid}, "input": {"stdin": "aGVsbG8K"}}),
+            )
+            .await;
+        let closed = h
+            .unary(
+                &made,
+                "/process.Process/CloseStdin",
+                json!({"process": {"pid": pid}}),
+            )
+            .await;
+        let again = h
+            .unary(
+                &made,
+                "/process.Process/CloseStdin",
+                json!({"process": {"pid": pid}}),
+            )
+            .await;
+        (sent, closed, again)
+    };
+    let (started, (sent, closed, again)) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(started, feed)
+    })
+    .await
+    .unwrap();
+
+    // Assert: what was sent came back, and the close ended it.
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.text());
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.text());
+    assert_ne!(
+        again.status,
+        StatusCode::OK,
+        "a second close: {}",
+        again.text()
+    );
+    let frames = frames(&started.body);
+    assert_eq!(
+        frames[1].1["event"]["data"]["stdout"], "aGVsbG8K",
+        "{frames:?}"
+    );
+    assert_eq!(frames[frames.len() - 2].1["event"]["end"]["exited"], true);
+    // A command without stdin takes none.
+    let plain = h.start(&made, "hi").await;
+    assert_eq!(plain[0].1["event"]["start"]["pid"], 1001, "{plain:?}");
+}
+
+#[tokio::test]
+async fn input_to_a_command_without_stdin_is_refused() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let background = h.start(&made, "hang");
+    let probe = async {
+        let pid = loop {
+            if let Some(pid) = h.pids(&made).await.first() {
+                break *pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let sent = h
+            .unary(
+                &made,
+                "/process.Process/SendInput",
+                json!({"process": {"pid": pid}, "input": {"stdin": "eA=="}}),
+            )
+            .await;
+        let missing = h
+            .unary(
+                &made,
+                "/process.Process/SendInput",
+                json!({"process": {"pid": 4242}, "input": {"stdin": "eA=="}}),
+            )
+            .await;
+        h.unary(
+            &made,
+            "/process.Process/SendSignal",
+            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+        )
+        .await;
+        (sent, missing)
+    };
+    let (_, (sent, missing)) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(background, probe)
+    })
+    .await
+    .unwrap();
+    assert!(
+        sent.text().contains("failed_precondition"),
+        "{}",
+        sent.text()
+    );
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
 }
 
 #[tokio::test]

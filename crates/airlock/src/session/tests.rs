@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::factory::tests::{alive, options, Setup};
+use crate::source::StdinChunk;
 use crate::testing::completion;
 use crate::vm::OutputStream;
 use airlock_protocol::{Data, Event, EventBody, FrameReader, FrameWriter, OpId, RequestBody};
@@ -58,7 +59,7 @@ fn fake_agent(peer: tokio::io::DuplexStream) -> mpsc::UnboundedReceiver<Seen> {
                         code: exec.code.clone(),
                         mode: exec.mode,
                     });
-                    if exec.code == "block" {
+                    if exec.code == "block" || exec.mode == ExecMode::PipedProcess {
                         blocked.insert(request.op, ());
                     } else {
                         send(EventBody::Stdout {
@@ -82,6 +83,13 @@ fn fake_agent(peer: tokio::io::DuplexStream) -> mpsc::UnboundedReceiver<Seen> {
                     entries: Vec::new(),
                 }),
                 RequestBody::WarmRepl { .. } => send(EventBody::Complete(completion(0))),
+                // A piped process echoes its stdin and ends at its close.
+                RequestBody::Stdin { target, data } => {
+                    let _ = out_tx.send(Event::new(target, EventBody::Stdout { data }));
+                }
+                RequestBody::CloseStdin { target } => {
+                    let _ = out_tx.send(Event::new(target, EventBody::Complete(completion(0))));
+                }
                 _ => {}
             }
         }
@@ -241,6 +249,7 @@ async fn a_process_beside_runs_while_a_cell_holds_the_session_and_stops_at_its_o
                 CellRequest::new("echo beside"),
                 &mut out,
                 Box::pin(std::future::pending()),
+                None,
             )
             .await
             .unwrap();
@@ -255,6 +264,7 @@ async fn a_process_beside_runs_while_a_cell_holds_the_session_and_stops_at_its_o
             Box::pin(async {
                 let _ = stop_rx.await;
             }),
+            None,
         );
         let interrupt = async {
             let Some(Seen::Exec { op, .. }) = f.seen.recv().await else {
@@ -297,6 +307,37 @@ async fn a_process_beside_runs_while_a_cell_holds_the_session_and_stops_at_its_o
 }
 
 #[tokio::test]
+async fn a_process_beside_with_input_runs_piped_and_gets_what_the_host_sends() {
+    let mut f = fixture(|_| {}).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(StdinChunk::Data("one ".into())).await.unwrap();
+    tx.send(StdinChunk::Data("two".into())).await.unwrap();
+    tx.send(StdinChunk::Close).await.unwrap();
+    let mut out = Collect::default();
+    let done = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.session.run_process_beside(
+            Language::Raw,
+            CellRequest::new("cat"),
+            &mut out,
+            Box::pin(std::future::pending()),
+            Some(rx),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((done.exit_code, out.0.as_slice()), (0, &b"one two"[..]));
+    assert!(matches!(
+        f.seen.recv().await,
+        Some(Seen::Exec {
+            mode: ExecMode::PipedProcess,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
 async fn a_process_beside_is_refused_once_the_session_is_closed() {
     let f = fixture(|_| {}).await;
     f.session.close().await;
@@ -307,6 +348,7 @@ async fn a_process_beside_is_refused_once_the_session_is_closed() {
             CellRequest::new("echo late"),
             &mut Collect::default(),
             Box::pin(std::future::pending()),
+            None,
         )
         .await;
     assert_eq!(closed_reason(result), CloseReason::Closed);

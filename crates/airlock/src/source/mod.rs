@@ -39,6 +39,21 @@ use airlock_protocol::{ExecRequest, FileEntry, Language};
 /// Where the output and results of an exec go, as they arrive.
 pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
 
+/// What a host writes to a process's stdin ([`SideChannel::exec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinChunk {
+    /// Bytes, after those sent before.
+    Data(bytes::Bytes),
+    /// Close the pipe once those are written: the process reads
+    /// end-of-file.
+    Close,
+}
+
+/// The stdin of a process run with one ([`SideChannel::exec`]): what the
+/// host sends, in order. Dropping the sender sends nothing more (and does
+/// not close the pipe).
+pub type ProcessInput = tokio::sync::mpsc::Receiver<StdinChunk>;
+
 /// Execs beside a VM's one-call-at-a-time user: a shared handle on the
 /// same agent (whose protocol multiplexes operations), so a session can
 /// run background processes while a cell or another process runs (E2B's
@@ -47,7 +62,9 @@ pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
 pub trait SideChannel: Send + Sync {
     /// Runs `request` as [`SandboxVm::exec_interruptible`] does, without
     /// the VM's exclusive borrow. A VM that dies fails it as a closed
-    /// channel (the session's own next call reports the death).
+    /// channel (the session's own next call reports the death). With
+    /// `input` (and `request.mode` [`airlock_protocol::ExecMode::PipedProcess`]) what
+    /// it yields goes to the process's stdin.
     ///
     /// # Errors
     /// [`ExecError::Protocol`] when the agent failed or went away.
@@ -56,6 +73,7 @@ pub trait SideChannel: Send + Sync {
         request: ExecRequest,
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
+        input: Option<ProcessInput>,
     ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>>;
 }
 
@@ -190,6 +208,13 @@ pub trait SandboxVm: Send + Sync {
     /// # Errors
     /// [`crate::ExecError::Protocol`].
     fn warm_repl(&self) -> BoxFuture<'_, Result<(), ExecError>>;
+
+    /// Ends `language`'s persistent interpreter (its state goes); the next
+    /// cell of it starts a fresh one.
+    ///
+    /// # Errors
+    /// [`crate::ExecError::Protocol`].
+    fn reset_repl(&self, language: Language) -> BoxFuture<'_, Result<(), ExecError>>;
 
     /// Installs pinned packages into the home with the language's package
     /// manager, trusting `ca` (the VM needs a network to the registries),

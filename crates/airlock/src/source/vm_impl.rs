@@ -1,7 +1,7 @@
 //! [`crate::Vm`] as a [`SandboxVm`]: each step through the VM's protocol
 //! client, errors carrying the VM id.
 
-use super::{FileSink, FileSource, OutputSink, SandboxVm, SideChannel};
+use super::{FileSink, FileSource, OutputSink, ProcessInput, SandboxVm, SideChannel};
 use crate::error::{ExecError, PackageError};
 use crate::files::{self, FileInfo};
 use crate::network::ExposedAddr;
@@ -27,6 +27,7 @@ impl SideChannel for AgentSide {
         request: ExecRequest,
         on_output: OutputSink<'a>,
         interrupt: BoxFuture<'a, ()>,
+        input: Option<ProcessInput>,
     ) -> BoxFuture<'a, Result<ExecOutcome, ExecError>> {
         Box::pin(async move {
             let protocol = |source| ExecError::Protocol {
@@ -36,7 +37,7 @@ impl SideChannel for AgentSide {
             // As `Vm::exec_streaming`: the agent enforces the timeout, the
             // host deadline guards against a stuck guest.
             let deadline = Duration::from_millis(request.timeout_ms) + crate::vm::EXEC_HOST_MARGIN;
-            let run = crate::vm::collect_exec(&self.client, request, on_output, interrupt);
+            let run = crate::vm::collect_exec(&self.client, request, on_output, interrupt, input);
             match tokio::time::timeout(deadline, run).await {
                 Ok(result) => result.map_err(protocol),
                 Err(_) => Err(protocol(ProtocolError::Timeout {
@@ -125,6 +126,19 @@ impl SandboxVm for Vm {
                     vm_id: self.id().to_owned(),
                     path: dir.to_owned(),
                     action: "list",
+                    source,
+                })
+        })
+    }
+
+    fn reset_repl(&self, language: Language) -> BoxFuture<'_, Result<(), ExecError>> {
+        Box::pin(async move {
+            self.client()?
+                .reset_repl(language, airlock_protocol::abi::HOST_WARM_TIMEOUT)
+                .await
+                .map(drop)
+                .map_err(|source| ExecError::Protocol {
+                    vm_id: self.id().to_owned(),
                     source,
                 })
         })
