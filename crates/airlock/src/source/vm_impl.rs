@@ -33,6 +33,10 @@ impl SandboxVm for Vm {
         Vm::qemu_pid(self)
     }
 
+    fn as_machine(&self) -> Option<&Vm> {
+        Some(self)
+    }
+
     fn exec_interruptible<'a>(
         &'a mut self,
         request: ExecRequest,
