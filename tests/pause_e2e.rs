@@ -130,3 +130,70 @@ async fn a_paused_session_resumes_with_its_variable_file_and_background_work() {
     resumed.close().await;
     scheduler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_of_three_sees_the_parents_variable_and_draws_its_own_random_numbers() {
+    let Some(_images) = images_or_skip("pause_e2e_fork") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let scheduler = scheduler(cache.path(), false).await;
+    let parent = scheduler
+        .session(SessionOptions::new(Language::Python))
+        .await
+        .unwrap();
+    ok(
+        &parent,
+        "import os, random\nsecret = 'from the parent'\nopen('shared.txt', 'w').write('parent file')",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let children = parent.fork(&scheduler, 3).await.unwrap();
+    eprintln!("fork of 3 ready in {:?}", started.elapsed());
+    assert_eq!(children.len(), 3);
+    let mut ids: Vec<&str> = children.iter().map(Session::id).collect();
+    ids.push(parent.id());
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "every child has its own id");
+    let mut draws = Vec::new();
+    for child in &children {
+        assert_eq!(ok(child, "print(secret)").await, "from the parent");
+        assert_eq!(
+            ok(child, "print(open('shared.txt').read())").await,
+            "parent file"
+        );
+        draws.push(ok(child, "print(random.getrandbits(64), os.urandom(8).hex())").await);
+        // Each child's disk is its own.
+        ok(
+            child,
+            "open('shared.txt', 'w').write('child ' + str(id(secret)))",
+        )
+        .await;
+    }
+    draws.sort_unstable();
+    draws.dedup();
+    assert_eq!(
+        draws.len(),
+        3,
+        "each child draws its own numbers: {draws:?}"
+    );
+    // The parent runs on, unchanged by its children.
+    assert_eq!(ok(&parent, "print(secret)").await, "from the parent");
+    assert_eq!(
+        ok(&parent, "print(open('shared.txt').read())").await,
+        "parent file"
+    );
+    assert!(matches!(
+        parent.fork(&scheduler, 9).await,
+        Err(SessionError::Pause(airlock::PauseError::InvalidCount {
+            count: 9,
+            ..
+        }))
+    ));
+    for child in &children {
+        child.close().await;
+    }
+    parent.close().await;
+    scheduler.shutdown().await;
+}
