@@ -392,6 +392,11 @@ impl Session {
         &self.inner.tenant
     }
 
+    /// Its machine shape (image, memory, vCPUs, disk).
+    pub fn shape(&self) -> crate::spec::MachineShape {
+        self.inner.facts.shape
+    }
+
     /// When it started.
     pub fn created_at(&self) -> SystemTime {
         self.inner.created_at

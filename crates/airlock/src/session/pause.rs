@@ -301,6 +301,7 @@ impl Session {
             session_id = inner.id,
             state_bytes = meta.state_bytes,
             disk_bytes = meta.disk_bytes,
+            named_ram = meta.named_ram,
             stopped_ms,
             "session paused"
         );

@@ -6,13 +6,16 @@ use crate::quota::Quotas;
 use base64::Engine;
 use serde_json::json;
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 11] = [
     "close_session",
     "create_session",
     "exec_in_session",
+    "fork_session",
     "install_packages",
     "list_files",
+    "pause_session",
     "read_file",
+    "resume_session",
     "run_code",
     "write_file",
 ];
