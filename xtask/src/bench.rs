@@ -5,8 +5,8 @@
 //! pool, idle cost: [`templates`]), sessions (a cell's round trip, a
 //! session's start: `bench/session.rs`) and runs and session execs
 //! through `airlock serve` (`bench_server.rs`), E2B's Python SDK against
-//! `airlock serve --e2b-listen` (`bench/e2b.rs`); writes
-//! `docs/benchmarks.md`.
+//! `airlock serve --e2b-listen` (`bench/e2b.rs`), a session's pause,
+//! resume and fork (`bench/pause.rs`); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.

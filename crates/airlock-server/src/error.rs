@@ -612,7 +612,7 @@ fn pause_status(e: &airlock::PauseError) -> StatusCode {
     match e {
         P::NotFound { .. } => StatusCode::NOT_FOUND,
         P::NotPausable { .. } | P::Incompatible { .. } => StatusCode::CONFLICT,
-        P::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        P::QuotaExceeded { .. } | P::NoSlots { .. } => StatusCode::TOO_MANY_REQUESTS,
         P::InvalidCount { .. } => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -626,6 +626,7 @@ fn pause_kind(e: &airlock::PauseError) -> &'static str {
         P::NotPausable { .. } => "not_pausable",
         P::Incompatible { .. } => "paused_incompatible",
         P::QuotaExceeded { .. } => "quota_exceeded",
+        P::NoSlots { .. } => "overloaded",
         P::InvalidCount { .. } => "invalid_input",
         _ => "internal",
     }

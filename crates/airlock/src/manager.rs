@@ -191,6 +191,11 @@ impl VmManager {
         self.inner.factory.boot_with(options, launcher).await
     }
 
+    /// VM slots free now (of [`Config::max_concurrent_vms`]).
+    pub fn free_slots(&self) -> usize {
+        self.inner.factory.slots_available()
+    }
+
     /// The guest images in use.
     pub fn images(&self) -> &Images {
         self.inner.factory.images()

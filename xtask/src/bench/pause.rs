@@ -77,6 +77,8 @@ async fn measure_into(paused: &std::path::Path, rounds: usize) -> Result<PauseNu
     let scheduler = Scheduler::start(Config {
         restore_templates: true,
         overlay_pool_target: 0,
+        // The session and its children at once.
+        max_concurrent_vms: FORKS + 1,
         paused_dir: paused.to_path_buf(),
         ..Config::default()
     })

@@ -48,6 +48,19 @@ pub enum PauseError {
         /// The tenant's quota.
         quota_bytes: u64,
     },
+    /// A fork needs more VM slots than are free
+    /// ([`crate::Config::max_concurrent_vms`]); nothing was saved.
+    #[error(
+        "forking session {session_id} into {needed} needs {needed} free VM slots; {free} are free"
+    )]
+    NoSlots {
+        /// The session.
+        session_id: String,
+        /// The children asked for.
+        needed: usize,
+        /// Free slots when asked.
+        free: usize,
+    },
     /// A fork count outside 1..=[`crate::pause::MAX_FORKS`].
     #[error("fork count {count} is outside 1..={max}")]
     InvalidCount {
@@ -101,6 +114,7 @@ impl PauseError {
             ),
             Self::QuotaExceeded { .. } => Some("resume or delete paused sessions of the tenant first"),
             Self::InvalidCount { .. } => Some("ask for 1 to 8 forks"),
+            Self::NoSlots { .. } => Some("close sessions or raise max_concurrent_vms, then fork again"),
             Self::Qemu { .. } | Self::Disk { .. } | Self::Io(_) => {
                 Some("check free disk space in the cache dir; the session is unchanged when a pause fails before its VM is gone")
             }
@@ -118,6 +132,7 @@ impl PauseError {
                 | Self::Incompatible { .. }
                 | Self::QuotaExceeded { .. }
                 | Self::InvalidCount { .. }
+                | Self::NoSlots { .. }
         )
     }
 

@@ -298,9 +298,11 @@ impl PausedStore {
         Ok(tenant_bytes(&self.list()?, tenant))
     }
 
-    /// Deletes the paused sessions expired at `now_ms`, and what crashed
-    /// pauses and resumes left (staging and claimed dirs older than
-    /// `stale`); returns the ids of the expired ones deleted.
+    /// Deletes the paused sessions expired at `now_ms` and what crashed
+    /// pauses left (staging dirs older than `stale`), and gives back the
+    /// sessions a crashed resume claimed (claimed dirs older than
+    /// `stale`: paused again); returns the ids of the expired ones
+    /// deleted.
     ///
     /// # Errors
     /// As [`PausedStore::list`].
@@ -317,15 +319,29 @@ impl PausedStore {
         };
         for dirent in read.flatten() {
             let name = dirent.file_name().to_string_lossy().into_owned();
-            let leftover = name.ends_with(STAGING_SUFFIX) || name.ends_with(CLAIMED_SUFFIX);
             let old = dirent
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age >= stale);
-            if leftover && old {
+            if !old {
+                continue;
+            }
+            if name.ends_with(STAGING_SUFFIX) {
                 remove_dir(&dirent.path())?;
+            } else if let Some(id) = name.strip_suffix(CLAIMED_SUFFIX) {
+                let dir = self.dir(id);
+                if is_session_id(id) && !dir.exists() {
+                    std::fs::rename(dirent.path(), &dir)
+                        .map_err(|e| PauseError::io("give back", &dir, e))?;
+                    tracing::info!(
+                        session_id = id,
+                        "a crashed resume's session is paused again"
+                    );
+                } else {
+                    remove_dir(&dirent.path())?;
+                }
             }
         }
         Ok(removed)
@@ -452,8 +468,14 @@ mod tests {
             std::fs::write(staging.join(STATE_FILE), b"x").unwrap();
             store.install(&staging, &meta(id, "t", 1, expires)).unwrap();
         }
-        // A pause that crashed half way, and garbage that is no session.
+        // A pause that crashed half way, a resume that crashed after its
+        // claim, and garbage that is no session.
         std::fs::create_dir(root.path().join("s-crashed.saving")).unwrap();
+        let staging = store.staging("s-claimed").unwrap();
+        store
+            .install(&staging, &meta("s-claimed", "t", 1, u64::MAX))
+            .unwrap();
+        store.claim("s-claimed").unwrap();
         std::fs::create_dir(root.path().join("s-nometa")).unwrap();
         let ids: Vec<String> = store
             .list()
@@ -466,6 +488,7 @@ mod tests {
         assert!(store.get("s-old").is_err());
         assert!(store.get("s-new").is_ok());
         assert!(!root.path().join("s-crashed.saving").exists());
+        assert!(store.get("s-claimed").is_ok(), "given back, not deleted");
     }
 
     #[test]

@@ -317,7 +317,8 @@ impl Session {
     /// a VM slot; a failed fork leaves none behind.
     ///
     /// # Errors
-    /// [`PauseError::InvalidCount`], [`PauseError::NotPausable`], a save
+    /// [`PauseError::InvalidCount`], [`PauseError::NotPausable`],
+    /// [`PauseError::NoSlots`] when fewer VM slots are free, a save
     /// failure, [`SessionError::Boot`] for a child, [`SessionError::Busy`],
     /// [`SessionError::Closed`].
     pub async fn fork(
@@ -330,6 +331,17 @@ impl Session {
         let inner = &self.inner;
         self.check_saveable(scheduler)?;
         let (manager, _) = machinery(scheduler, &inner.id)?;
+        // Each child takes a slot: refused now rather than queued behind
+        // the parent's own slot after its state is saved.
+        let free = manager.free_slots();
+        if free < count {
+            return Err(PauseError::NoSlots {
+                session_id: inner.id.clone(),
+                needed: count,
+                free,
+            }
+            .into());
+        }
         let dir = fork_dir(&scheduler.config().run_dir, &inner.id);
         tokio::fs::create_dir_all(&dir)
             .await
