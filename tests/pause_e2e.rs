@@ -197,3 +197,52 @@ async fn a_fork_of_three_sees_the_parents_variable_and_draws_its_own_random_numb
     parent.close().await;
     scheduler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn airlock_session_resume_continues_a_paused_session_on_the_command_line() {
+    let Some(images) = images_or_skip("pause_e2e_cli") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let scheduler = scheduler(cache.path(), false).await;
+    let session = scheduler
+        .session(SessionOptions::new(Language::Python))
+        .await
+        .unwrap();
+    ok(&session, "x = 6 * 7").await;
+    let meta = session
+        .pause(&scheduler, &PauseOptions::default())
+        .await
+        .unwrap();
+    scheduler.shutdown().await;
+    // The command line finds it in its cache dir's `paused`.
+    let (cache_dir, images_dir) = (
+        cache.path().to_string_lossy().into_owned(),
+        images.dir.to_string_lossy().into_owned(),
+    );
+    let id = meta.session_id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        airlock_tests::run_with_stdin(
+            env!("CARGO_BIN_EXE_airlock-under-test"),
+            &["session", "--resume", &id],
+            &[
+                ("AIRLOCK_CACHE_DIR", cache_dir.as_str()),
+                ("AIRLOCK_IMAGES", images_dir.as_str()),
+            ],
+            "print(x)\n",
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "42\n");
+    assert!(
+        !cache.path().join("paused").join(&meta.session_id).exists(),
+        "the paused copy is gone once resumed"
+    );
+}
