@@ -10,7 +10,7 @@
 //! - **Store** ([`PausedStore`]): one dir per paused session under
 //!   [`crate::Config::paused_dir`], with [`PausedMeta`] (tenant, shape,
 //!   sizes, expiry, and the machine inputs a host must match to load it).
-//! - **Load** ([`ResumeLauncher`]): a [`crate::launcher::Launcher`] over
+//! - **Load** ([`ResumeLauncher`]): a `Launcher` over
 //!   the VM-source seam, so the VM is built the normal way (slot, limits
 //!   group, root overlay): QEMU starts with the same machine and
 //!   `-incoming defer`, the stream loads, `cont`, the agent is reached

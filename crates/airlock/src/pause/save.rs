@@ -30,7 +30,7 @@ pub struct SavedMachine {
 /// Stops `vm`, saves its whole state into `dir` ([`STATE_FILE`]) and its
 /// workspace disk ([`WORKSPACE_FILE`], when it has one), then runs it on
 /// when `run_on` (a fork's parent), else leaves it stopped (a pause: the
-/// caller destroys it, or runs it on with [`run_on`] when the pause is
+/// caller destroys it, or runs it on with `run_on` when the pause is
 /// refused after all). A failed save runs the VM on.
 ///
 /// # Errors

@@ -114,7 +114,9 @@ impl Scheduler {
     /// Resumes paused session `id`: its machine loaded whole (interpreter
     /// state, files, running processes), its clock set, under the same
     /// id; the paused copy is deleted once it runs. It takes a VM slot as
-    /// any session does. A failed resume leaves it paused.
+    /// any session does. A failed resume leaves it paused. Any tenant's
+    /// session is resumed: a server checks that it is the caller's first
+    /// ([`Scheduler::paused_sessions`]).
     ///
     /// # Errors
     /// [`PauseError::NotFound`], [`PauseError::Incompatible`] (the host
