@@ -150,6 +150,9 @@ async fn a_fork_of_three_sees_the_parents_variable_and_draws_its_own_random_numb
     let started = std::time::Instant::now();
     let children = parent.fork(&scheduler, 3).await.unwrap();
     eprintln!("fork of 3 ready in {:?}", started.elapsed());
+    for child in &children {
+        eprintln!("child {}: {:?}", child.id(), child.boot_timings());
+    }
     assert_eq!(children.len(), 3);
     let mut ids: Vec<&str> = children.iter().map(Session::id).collect();
     ids.push(parent.id());
