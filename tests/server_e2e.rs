@@ -352,6 +352,11 @@ fn a_paused_session_survives_a_server_restart_and_resumes_over_rest() {
     server.terminate_and_check(&run);
     drop(server);
     let mut server = Server::start_keyed_without_pool(dir.path(), &keys, &images.dir, &[]);
+    assert!(
+        server.log().contains("paused sessions found"),
+        "the restarted server found the paused session:\n{}",
+        server.log()
+    );
     python(
         &py,
         &["pause_client.py", "resume", &server.url, &key, &id],
