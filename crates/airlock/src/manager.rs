@@ -92,8 +92,11 @@ impl VmManager {
         // and start time; pools of processes that are gone are swept.
         let pools = config.run_dir.join("overlays");
         let swept_pools = pools.clone();
+        let forks = config.run_dir.join(crate::pause::FORKS_DIR);
         let pool_name = blocking("sweep overlay pools", move || {
             crate::process_dirs::sweep_dead_process_dirs(&swept_pools);
+            // And what forks of dead processes left (`Session::fork`).
+            crate::process_dirs::sweep_dead_process_dirs(&forks);
             crate::process_dirs::process_dir_name(&crate::builder::new_vm_id())
         })
         .await?

@@ -33,6 +33,12 @@ pub use store::{
 
 use crate::error::PauseError;
 
+/// Where a fork's saved parent waits for its children to load, under the
+/// run dir: on the work dirs' file system, so each child's disk base is a
+/// hard link to one saved copy. One dir per fork, named after its process
+/// (`process_dirs.rs`): a dead process's are swept by the next fork.
+pub(crate) const FORKS_DIR: &str = "forks";
+
 /// The most sessions one fork makes.
 pub const MAX_FORKS: usize = 8;
 

@@ -344,10 +344,19 @@ impl Session {
             }
             .into());
         }
-        let dir = fork_dir(&scheduler.config().run_dir, &inner.id);
-        tokio::fs::create_dir_all(&dir)
+        let forks = scheduler.config().run_dir.join(crate::pause::FORKS_DIR);
+        let dir = {
+            let (forks, suffix) = (
+                forks.clone(),
+                format!("{}-{}", inner.id, crate::builder::new_vm_id()),
+            );
+            blocking("make a fork's scratch dir", move || {
+                crate::process_dirs::fresh_staging_dir(&forks, &suffix)
+                    .map_err(|e| PauseError::io("create a fork's dir under", &forks, e))
+            })
             .await
-            .map_err(|e| PauseError::io("create", &dir, e))?;
+        };
+        let dir = flatten(dir)?;
         let forked = self
             .fork_from(scheduler, manager, &dir, count, started)
             .await;
@@ -470,14 +479,6 @@ impl Session {
             reason: "its VM is not a QEMU machine".into(),
         }
     }
-}
-
-/// A fork's scratch dir for the parent's saved state: under the run dir,
-/// on the file system of the VMs' work dirs, so each child's disk base
-/// is a hard link to one saved copy.
-fn fork_dir(run_dir: &Path, session_id: &str) -> PathBuf {
-    let nonce = crate::builder::new_vm_id();
-    run_dir.join("forks").join(format!("{session_id}-{nonce}"))
 }
 
 fn flatten<T>(joined: Result<Result<T, PauseError>, crate::BootError>) -> Result<T, PauseError> {
