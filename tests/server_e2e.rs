@@ -315,3 +315,52 @@ fn a_client_that_leaves_an_event_stream_ends_the_run_and_its_vm() {
         server.log()
     );
 }
+
+/// A session paused over REST (`tests/clients/pause_client.py`), the
+/// server stopped and started again on the same cache dir, then the
+/// session found listed as paused and resumed with its variable, its file
+/// and its counting thread. The server restores memory templates, as by
+/// default, so the paused VM is a template clone (its RAM a named
+/// backend).
+#[test]
+fn a_paused_session_survives_a_server_restart_and_resumes_over_rest() {
+    let test = "a_paused_session_survives_a_server_restart_and_resumes_over_rest";
+    let (Some(images), Some(py)) = (images_or_skip(test), python_or_skip(test)) else {
+        return;
+    };
+    let dir = run_dir();
+    let keys = dir.path().join("keys.toml");
+    let key = add_key(&keys, "alice", &[]);
+    let run = dir.path().join("run");
+    let mut server = Server::start_keyed_without_pool(dir.path(), &keys, &images.dir, &[]);
+    let out = python(&py, &["pause_client.py", "pause", &server.url, &key], &[]);
+    let id = out
+        .lines()
+        .find_map(|line| line.strip_prefix("id "))
+        .expect("the client printed the session id")
+        .to_owned();
+    // The text log colours its fields: compare without the escapes.
+    let log = server
+        .log()
+        .replace("\u{1b}[0m", "")
+        .replace("\u{1b}[2m", "")
+        .replace("\u{1b}[3m", "");
+    assert!(
+        log.contains("session paused") && log.contains("named_ram=true"),
+        "the paused VM was a template clone:\n{log}"
+    );
+    server.terminate_and_check(&run);
+    drop(server);
+    let mut server = Server::start_keyed_without_pool(dir.path(), &keys, &images.dir, &[]);
+    assert!(
+        server.log().contains("paused sessions found"),
+        "the restarted server found the paused session:\n{}",
+        server.log()
+    );
+    python(
+        &py,
+        &["pause_client.py", "resume", &server.url, &key, &id],
+        &[],
+    );
+    server.terminate_and_check(&run);
+}

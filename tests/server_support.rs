@@ -236,7 +236,7 @@ impl Drop for Server {
     }
 }
 
-pub fn python(python: &Path, args: &[&str], envs: &[(&str, &str)]) {
+pub fn python(python: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
     let out = Command::new(python)
         .args(args)
         .envs(envs.iter().copied())
@@ -250,6 +250,7 @@ pub fn python(python: &Path, args: &[&str], envs: &[(&str, &str)]) {
         "{args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout.into_owned()
 }
 
 pub fn no_vm_left(run_dir: &Path) {

@@ -27,6 +27,9 @@ EXPECTED = {
     "list_files",
     "install_packages",
     "close_session",
+    "pause_session",
+    "resume_session",
+    "fork_session",
 }
 
 

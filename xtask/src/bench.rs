@@ -5,8 +5,8 @@
 //! pool, idle cost: [`templates`]), sessions (a cell's round trip, a
 //! session's start: `bench/session.rs`) and runs and session execs
 //! through `airlock serve` (`bench_server.rs`), E2B's Python SDK against
-//! `airlock serve --e2b-listen` (`bench/e2b.rs`); writes
-//! `docs/benchmarks.md`.
+//! `airlock serve --e2b-listen` (`bench/e2b.rs`), a session's pause,
+//! resume and fork (`bench/pause.rs`); writes `docs/benchmarks.md`.
 //!
 //! Speed goals are checked here and written into the table, never asserted
 //! in timed tests.
@@ -19,6 +19,8 @@ mod data;
 mod disk;
 /// The E2B rows: E2B's Python SDK against `airlock serve --e2b-listen`.
 mod e2b;
+/// The pause rows: pause, resume and fork of a session.
+mod pause;
 /// The secrets rows: what interception costs an HTTPS request.
 mod secrets;
 /// The session rows: a cell's round trip, a session's start.
@@ -99,6 +101,10 @@ pub enum Rows {
     /// E2B's Python SDK against `airlock serve --e2b-listen` with a warm
     /// pool: create + first cell, a cell in a live sandbox (issue 25).
     E2b,
+    /// A session paused to disk, resumed, forked into 4, against a
+    /// template restore (issue 23). Through the library: no release
+    /// binary is built for these rows alone.
+    Pause,
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -194,6 +200,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Rows::Secrets,
             Rows::Disk,
             Rows::E2b,
+            Rows::Pause,
         ]);
         if args.baseline.is_some() {
             only.push(Rows::Ab);
@@ -204,7 +211,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut doc = String::new();
     let mut current = None;
-    if only != [Rows::Ab] || !args.ab_without_current {
+    if only.contains(&Rows::Pause) {
+        doc.push_str(&pause::render(&pause::measure(args.runs)?)?);
+    }
+    // The other rows (and the A/B's current side) need the release binary.
+    let rest: Vec<Rows> = only.iter().copied().filter(|r| *r != Rows::Pause).collect();
+    if !rest.is_empty() && (rest != [Rows::Ab] || !args.ab_without_current) {
         host::ensure_all()?;
         let manifest = images::ensure()?;
         let airlock = host::release_airlock()?;

@@ -70,6 +70,8 @@ impl QemuArgs {
         );
         if let Some(memory) = &spec.memory_file {
             argv.push_memory_file(memory, spec.memory_mib, private_memory_file_read_only(caps));
+        } else if spec.named_ram {
+            argv.push_named_ram(spec.memory_mib);
         }
         argv.push_boot(&spec.boot.kernel, &spec.boot.initramfs, &cmdline);
         if spec.console_on_stdout {
@@ -246,6 +248,22 @@ impl Argv {
             backend
         };
         self.opt("-object", backend);
+        self.opt(
+            "-machine",
+            OptList::empty().set("memory-backend", MEMORY_BACKEND_ID),
+        );
+    }
+
+    /// Anonymous guest RAM in a backend object named as a memory file's
+    /// ([`MEMORY_BACKEND_ID`]): the RAM block has the same name in the
+    /// migration stream, so a template clone's saved state loads into it.
+    pub(crate) fn push_named_ram(&mut self, memory_mib: u32) {
+        self.opt(
+            "-object",
+            OptList::new("memory-backend-ram")
+                .set("id", MEMORY_BACKEND_ID)
+                .set("size", format!("{memory_mib}M")),
+        );
         self.opt(
             "-machine",
             OptList::empty().set("memory-backend", MEMORY_BACKEND_ID),
@@ -724,6 +742,30 @@ mod tests {
             !shared.contains("readonly"),
             "a template's own boot writes it: {shared}"
         );
+    }
+
+    #[test]
+    fn named_ram_is_an_anonymous_backend_with_the_memory_file_id() {
+        let mut s = spec();
+        s.named_ram = true;
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        let objects = value_after(&argv, "-object").join(" ");
+        assert!(
+            objects.contains("memory-backend-ram,id=airlock-mem,size="),
+            "{objects}"
+        );
+        assert!(value_after(&argv, "-machine")
+            .iter()
+            .any(|m| m == "memory-backend=airlock-mem"));
+        // A memory file wins: one backend only.
+        s.memory_file = Some(MemoryFile {
+            path: "/t/memory".into(),
+            sharing: MemorySharing::Private,
+        });
+        let argv = QemuArgs::build(&s, &caps()).unwrap();
+        assert!(!value_after(&argv, "-object")
+            .join(" ")
+            .contains("memory-backend-ram"));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   an open file, with `x-ignore-shared` (its RAM is already in its
 //!   shared memory file, so the stream holds only device state);
 //! - [`QmpClient::load_device_state`]: the same file into a clone started
-//!   with `-incoming defer`.
+//!   with `-incoming defer`;
+//! - [`QmpClient::save_full_state`] / [`QmpClient::load_full_state`]: a
+//!   whole stopped VM, RAM included, to a file and back (pausing a
+//!   session to disk, forking it).
 //!
 //! QEMU runs under `-sandbox ...,spawn=deny`, which forbids `exec:` URIs;
 //! files travel as descriptors (`fd:NAME` after `getfd`). A clone must be
@@ -30,6 +33,10 @@ use tokio::time::Instant;
 
 /// The descriptor name a migration file is registered under (`getfd`).
 pub const MIGRATION_FD_NAME: &str = "airlock-state";
+/// The migration bandwidth cap while saving a whole VM to a file, in
+/// bytes per second: QEMU 7.2 caps it at 128 MiB/s by default (meant for
+/// a live migration over a network); a file takes what the disk gives.
+const UNCAPPED_BANDWIDTH: u64 = 64 << 30;
 /// Longest QMP line accepted (QEMU's answers here are a few KiB).
 const MAX_LINE_BYTES: usize = 1 << 20;
 /// How often a migration's progress is polled.
@@ -221,7 +228,53 @@ impl QmpClient {
         file: BorrowedFd<'_>,
         deadline: Instant,
     ) -> Result<(), QemuError> {
-        self.ignore_shared(deadline).await?;
+        self.set_ignore_shared(true, deadline).await?;
+        self.migrate_to(file, deadline).await
+    }
+
+    /// Saves the whole state of a stopped VM, its RAM included, to `file`
+    /// (`x-ignore-shared` off, the bandwidth cap lifted: the stream goes
+    /// to a file, not a network), and waits until the migration
+    /// completed. The VM stays paused: [`QmpClient::cont`] runs it on.
+    ///
+    /// # Errors
+    /// As [`QmpClient::save_device_state`].
+    pub async fn save_full_state(
+        &mut self,
+        file: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<(), QemuError> {
+        self.set_ignore_shared(false, deadline).await?;
+        let unlimited = json!({ "max-bandwidth": UNCAPPED_BANDWIDTH });
+        self.execute("migrate-set-parameters", Some(unlimited), deadline)
+            .await?;
+        self.migrate_to(file, deadline).await
+    }
+
+    /// The ids of the VM's memory backends (`query-memdev`): a VM whose
+    /// RAM is a named backend ([`crate::MEMORY_BACKEND_ID`]) lists it.
+    ///
+    /// # Errors
+    /// As [`QmpClient::execute`].
+    pub async fn memory_backends(&mut self, deadline: Instant) -> Result<Vec<String>, QemuError> {
+        let answer = self.execute("query-memdev", None, deadline).await?;
+        Ok(answer
+            .as_array()
+            .map(|devs| {
+                devs.iter()
+                    .filter_map(|d| d.get("id").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Migrates the stopped VM to `file` and waits for the end.
+    async fn migrate_to(
+        &mut self,
+        file: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<(), QemuError> {
         self.send_fd(MIGRATION_FD_NAME, file, deadline).await?;
         let uri = format!("fd:{MIGRATION_FD_NAME}");
         self.execute("migrate", Some(json!({ "uri": uri })), deadline)
@@ -261,7 +314,31 @@ impl QmpClient {
         file: BorrowedFd<'_>,
         deadline: Instant,
     ) -> Result<(), QemuError> {
-        self.ignore_shared(deadline).await?;
+        self.set_ignore_shared(true, deadline).await?;
+        self.migrate_from(file, deadline).await
+    }
+
+    /// Loads a whole saved state ([`QmpClient::save_full_state`]: RAM
+    /// included) into a VM started with `-incoming defer` with the same
+    /// machine, and waits until the load ended. The VM is then paused.
+    ///
+    /// # Errors
+    /// As [`QmpClient::load_device_state`].
+    pub async fn load_full_state(
+        &mut self,
+        file: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<(), QemuError> {
+        self.set_ignore_shared(false, deadline).await?;
+        self.migrate_from(file, deadline).await
+    }
+
+    /// Loads the stream in `file` and waits until the VM is paused.
+    async fn migrate_from(
+        &mut self,
+        file: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<(), QemuError> {
         self.send_fd(MIGRATION_FD_NAME, file, deadline).await?;
         let uri = format!("fd:{MIGRATION_FD_NAME}");
         self.execute("migrate-incoming", Some(json!({ "uri": uri })), deadline)
@@ -286,8 +363,8 @@ impl QmpClient {
         }
     }
 
-    async fn ignore_shared(&mut self, deadline: Instant) -> Result<(), QemuError> {
-        let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+    async fn set_ignore_shared(&mut self, on: bool, deadline: Instant) -> Result<(), QemuError> {
+        let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] });
         self.execute("migrate-set-capabilities", Some(caps), deadline)
             .await
             .map(drop)

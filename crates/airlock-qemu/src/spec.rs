@@ -306,6 +306,11 @@ pub struct VmSpec {
     pub incoming: Option<IncomingMigration>,
     /// Guest RAM in a file instead of anonymous memory (templates).
     pub memory_file: Option<MemoryFile>,
+    /// Without a memory file: the anonymous guest RAM is a backend object
+    /// named [`MEMORY_BACKEND_ID`] (`memory-backend-ram`) instead of the
+    /// machine's default one. A paused template clone is resumed so: its
+    /// migration stream names its RAM block after the backend.
+    pub named_ram: bool,
     /// The TCG translation cache in MiB (`-accel tcg,tb-size=`); ignored
     /// under KVM. Default [`crate::TCG_TB_SIZE_MIB`]; an image whose code
     /// does not fit (the data stack) asks for more, or the cache fills,
@@ -357,6 +362,7 @@ impl VmSpec {
             shares: Vec::new(),
             incoming: None,
             memory_file: None,
+            named_ram: false,
             translation_cache_mib: TCG_TB_SIZE_MIB,
         }
     }

@@ -110,6 +110,16 @@ impl SessionSpec {
     }
 }
 
+/// `POST /v1/sessions/{id}/fork`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkBody {
+    /// How many new sessions (1..=8), each a copy of the session's
+    /// memory, files and running threads, reseeded.
+    #[schemars(range(min = 1, max = 8))]
+    pub count: usize,
+}
+
 /// `POST /v1/sessions/{id}/exec`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

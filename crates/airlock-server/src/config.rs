@@ -1155,6 +1155,8 @@ impl ServerConfig {
             ("quotas.vcpus", u64::from(self.quotas.vcpus)),
             ("quotas.vcpus_per_vm", u64::from(self.quotas.vcpus_per_vm)),
             ("quotas.disk_mib", u64::from(self.quotas.disk_mib)),
+            ("quotas.paused_mib", u64::from(self.quotas.paused_mib)),
+            ("quotas.paused_ttl_s", self.quotas.paused_ttl_s),
             ("tenancy.queue_timeout_s", self.tenancy.queue_timeout_s),
             ("expose.max_per_vm", self.expose.max_per_vm as u64),
             ("uploads.max_bytes", self.uploads.max_bytes as u64),

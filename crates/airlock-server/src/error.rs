@@ -510,6 +510,7 @@ enum Cause<'a> {
     Busy,
     InstallBusy,
     Closed,
+    Pause(&'a airlock::PauseError),
     Other,
 }
 
@@ -551,6 +552,7 @@ impl<'a> Cause<'a> {
             }
             OrchestratorError::Session(S::Busy { .. }) => Cause::Busy,
             OrchestratorError::Session(S::Closed { .. }) => Cause::Closed,
+            OrchestratorError::Session(S::Pause(p)) => Cause::Pause(p),
             _ => Cause::Other,
         }
     }
@@ -573,6 +575,7 @@ fn orchestrator_status(e: &OrchestratorError) -> StatusCode {
         Cause::Busy => StatusCode::CONFLICT,
         Cause::InstallBusy => StatusCode::SERVICE_UNAVAILABLE,
         Cause::Closed => StatusCode::NOT_FOUND,
+        Cause::Pause(p) => pause_status(p),
         Cause::Exec(x) => match file_kind(x) {
             Some(K::NotFound) => StatusCode::NOT_FOUND,
             Some(K::InvalidPath | K::LimitExceeded) => StatusCode::BAD_REQUEST,
@@ -598,6 +601,7 @@ fn orchestrator_kind(e: &OrchestratorError) -> &'static str {
         Cause::Busy => "session_busy",
         Cause::InstallBusy => "install_busy",
         Cause::Closed => "session_not_found",
+        Cause::Pause(p) => pause_kind(p),
         Cause::Exec(x) => match file_kind(x) {
             Some(K::NotFound) => "file_not_found",
             Some(K::InvalidPath | K::LimitExceeded) => "invalid_input",
@@ -610,6 +614,32 @@ fn orchestrator_kind(e: &OrchestratorError) -> &'static str {
         Cause::Boot(b) if b.is_transient() => "vm_failed",
         Cause::Boot(airlock::BootError::ImagesMissing { .. }) => "images_missing",
         Cause::Boot(_) | Cause::Other => "internal",
+    }
+}
+
+/// The status of a refused or failed pause, resume or fork.
+fn pause_status(e: &airlock::PauseError) -> StatusCode {
+    use airlock::PauseError as P;
+    match e {
+        P::NotFound { .. } => StatusCode::NOT_FOUND,
+        P::NotPausable { .. } | P::Incompatible { .. } => StatusCode::CONFLICT,
+        P::QuotaExceeded { .. } | P::NoSlots { .. } => StatusCode::TOO_MANY_REQUESTS,
+        P::InvalidCount { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The kind of a refused or failed pause, resume or fork.
+fn pause_kind(e: &airlock::PauseError) -> &'static str {
+    use airlock::PauseError as P;
+    match e {
+        P::NotFound { .. } => "session_not_found",
+        P::NotPausable { .. } => "not_pausable",
+        P::Incompatible { .. } => "paused_incompatible",
+        P::QuotaExceeded { .. } => "quota_exceeded",
+        P::NoSlots { .. } => "overloaded",
+        P::InvalidCount { .. } => "invalid_input",
+        _ => "internal",
     }
 }
 

@@ -35,6 +35,13 @@ pub struct Quotas {
     /// Largest workspace disk of one VM, in MiB (`disk_mib`; the host
     /// stores only what the guest writes, up to this).
     pub disk_mib: u32,
+    /// What the tenant's paused sessions may take on disk together, in
+    /// MiB (memory and disk saved); a pause past it gets 429 and the
+    /// session runs on.
+    pub paused_mib: u32,
+    /// How long a paused session is kept before it is deleted, in
+    /// seconds (default 7 days).
+    pub paused_ttl_s: u64,
 }
 
 impl Default for Quotas {
@@ -48,6 +55,8 @@ impl Default for Quotas {
             vcpus: 8,
             vcpus_per_vm: 4,
             disk_mib: 4096,
+            paused_mib: 8192,
+            paused_ttl_s: 7 * 24 * 3600,
         }
     }
 }
@@ -81,6 +90,12 @@ pub struct QuotaOverrides {
     /// See [`Quotas::disk_mib`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u32>,
+    /// See [`Quotas::paused_mib`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_mib: Option<u32>,
+    /// See [`Quotas::paused_ttl_s`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_ttl_s: Option<u64>,
 }
 
 impl QuotaOverrides {
@@ -97,11 +112,22 @@ impl QuotaOverrides {
             vcpus: self.vcpus.unwrap_or(defaults.vcpus),
             vcpus_per_vm: self.vcpus_per_vm.unwrap_or(defaults.vcpus_per_vm),
             disk_mib: self.disk_mib.unwrap_or(defaults.disk_mib),
+            paused_mib: self.paused_mib.unwrap_or(defaults.paused_mib),
+            paused_ttl_s: self.paused_ttl_s.unwrap_or(defaults.paused_ttl_s),
         }
     }
 }
 
 impl Quotas {
+    /// How a pause of the tenant's session is bounded: its paused
+    /// sessions' storage quota and their expiry.
+    pub fn pause_options(&self) -> airlock::PauseOptions {
+        airlock::PauseOptions {
+            ttl: std::time::Duration::from_secs(self.paused_ttl_s),
+            quota_bytes: Some(u64::from(self.paused_mib) << 20),
+        }
+    }
+
     /// Checks one VM's memory and vCPUs, and one run's (or exec's)
     /// timeout, against the limits.
     ///

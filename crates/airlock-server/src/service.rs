@@ -121,6 +121,22 @@ impl Airlock {
             None => tracing::info!("no secrets key: this server keeps no secrets"),
         }
         let scheduler = Scheduler::start(config.orchestrator()).await?;
+        // Paused sessions outlive the server: expired ones go now, the
+        // others are listed (and resumable) as before the restart.
+        match scheduler.sweep_paused().await {
+            Ok(expired) if !expired.is_empty() => {
+                tracing::info!(?expired, "paused sessions expired");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot sweep the paused sessions"),
+        }
+        match scheduler.paused_sessions().await {
+            Ok(paused) if !paused.is_empty() => {
+                tracing::info!(count = paused.len(), dir = %scheduler.config().paused_dir.display(), "paused sessions found");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot list the paused sessions"),
+        }
         Ok(Self::new(scheduler, config, keyring, secrets))
     }
 

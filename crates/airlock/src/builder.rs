@@ -235,6 +235,9 @@ async fn take_workspace(
     if options.disk_mib == 0 {
         return Ok(None);
     }
+    if let Some(placed) = ctx.launcher.place_workspace(workdir) {
+        return placed.await.map(Some);
+    }
     let base = match ctx.launcher.workspace_base() {
         Some(base) => base.to_path_buf(),
         None => crate::disk::workspace_base(&ctx.config.workspace_dir, options.disk_mib).await?,

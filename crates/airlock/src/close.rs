@@ -15,6 +15,9 @@ pub enum CloseReason {
     MaxLifetime,
     /// Its VM died.
     VmDied,
+    /// It was paused to disk ([`crate::Session::pause`]); resume it by id
+    /// ([`crate::Scheduler::resume`]).
+    Paused,
 }
 
 impl std::fmt::Display for CloseReason {
@@ -24,6 +27,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::IdleTimeout => "it was idle for longer than its idle timeout",
             CloseReason::MaxLifetime => "it reached its maximum lifetime",
             CloseReason::VmDied => "its VM died",
+            CloseReason::Paused => "it was paused to disk (resume it by its id)",
         })
     }
 }

@@ -75,6 +75,9 @@ pub struct Config {
     /// Where the blank workspace disks are kept, one per size
     /// (`<cache>/workspace`; `disk.rs`).
     pub workspace_dir: PathBuf,
+    /// Where paused sessions are kept, one dir each (`<cache>/paused`;
+    /// [`crate::pause`]).
+    pub paused_dir: PathBuf,
     /// The CA bundle guests with a network trust (default: the host's
     /// system bundle; `--ca-bundle` picks a file).
     pub ca_bundle: crate::spec::CaBundle,
@@ -151,6 +154,7 @@ impl Default for Config {
             restore_templates: false,
             packages_dir: dirs.cache.join("packages"),
             workspace_dir: dirs.cache.join("workspace"),
+            paused_dir: dirs.cache.join("paused"),
             ca_bundle: crate::spec::CaBundle::default(),
             secrets_ca_dir: dirs.cache.join("secrets-ca"),
             warm_pools: Vec::new(),

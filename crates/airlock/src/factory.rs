@@ -135,7 +135,6 @@ impl VmFactory {
     }
 
     /// Slots free now.
-    #[cfg(test)]
     pub(crate) fn slots_available(&self) -> usize {
         self.slots.available()
     }

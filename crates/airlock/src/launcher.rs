@@ -64,6 +64,19 @@ pub trait Launcher: Send + Sync {
         None
     }
 
+    /// Puts the workspace disk into `workdir` itself (at
+    /// [`WorkDir::workspace`], an overlay over a base it also places
+    /// there: a resumed or forked session's own saved disk) and returns
+    /// that base; `None` (the default): the builder takes an overlay from
+    /// the pool over [`Launcher::workspace_base`] or the blank disk.
+    fn place_workspace<'a>(
+        &'a self,
+        workdir: &'a WorkDir,
+    ) -> Option<BoxFuture<'a, Result<PathBuf, BootError>>> {
+        let _ = workdir;
+        None
+    }
+
     /// Starts the machine's process, inside `group` from its first
     /// instruction, and returns once it runs. Must not wait for the guest.
     ///

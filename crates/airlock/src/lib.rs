@@ -83,6 +83,7 @@ mod network;
 mod observer;
 mod owner;
 pub mod packages;
+pub mod pause;
 pub mod pool;
 mod process;
 mod process_dirs;
@@ -116,7 +117,8 @@ pub use config::{
     MAX_NODE_NAME_LEN,
 };
 pub use error::{
-    BootError, Error, ExecError, InputError, PackageError, Result, RunError, SessionError,
+    BootError, Error, ExecError, InputError, PackageError, PauseError, Result, RunError,
+    SessionError,
 };
 pub use files::{
     validate_guest_dir, validate_guest_path, Downloaded, FileInfo, FileUpload, DEFAULT_FILE_MODE,
@@ -135,8 +137,8 @@ pub use request::{
 };
 pub use scheduler::{Scheduler, SchedulerParts};
 pub use session::{
-    CellRequest, CellResult, Session, SessionCanceller, SessionOptions, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_LIFETIME, MAX_SESSION_LIFETIME,
+    CellRequest, CellResult, PauseOptions, Session, SessionCanceller, SessionOptions,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME, MAX_SESSION_LIFETIME,
 };
 pub use source::{FileSink, FileSource, ProcessInput, SandboxVm, StdinChunk, VmSource};
 pub use spec::{

@@ -92,8 +92,11 @@ impl VmManager {
         // and start time; pools of processes that are gone are swept.
         let pools = config.run_dir.join("overlays");
         let swept_pools = pools.clone();
+        let forks = config.run_dir.join(crate::pause::FORKS_DIR);
         let pool_name = blocking("sweep overlay pools", move || {
             crate::process_dirs::sweep_dead_process_dirs(&swept_pools);
+            // And what forks of dead processes left (`Session::fork`).
+            crate::process_dirs::sweep_dead_process_dirs(&forks);
             crate::process_dirs::process_dir_name(&crate::builder::new_vm_id())
         })
         .await?
@@ -189,6 +192,11 @@ impl VmManager {
         launcher: &dyn crate::launcher::Launcher,
     ) -> Result<Vm, BootError> {
         self.inner.factory.boot_with(options, launcher).await
+    }
+
+    /// VM slots free now (of [`Config::max_concurrent_vms`]).
+    pub fn free_slots(&self) -> usize {
+        self.inner.factory.slots_available()
     }
 
     /// The guest images in use.

@@ -110,6 +110,8 @@ pub(crate) struct Opened {
     pub env: BTreeMap<String, String>,
     /// The package layer attached, for the run result.
     pub packages: Option<PackagesReport>,
+    /// Its disk (a pause records it).
+    pub disk: Option<crate::machine::PackageDisk>,
 }
 
 /// Runs requests, each in its own VM, and starts sessions; cheap to clone.
@@ -262,6 +264,7 @@ impl Scheduler {
             mut vm,
             env,
             packages,
+            ..
         } = self.open::<RunError>(&spec, env, observer).await?;
         observer.exposed(vm.exposed());
         observer.stage(Stage::Running);
@@ -364,14 +367,19 @@ impl Scheduler {
             )
             .await?;
         let (disk, packages) = prepared.map(|p| (p.disk, p.report)).unzip();
-        let mut options = VmOptions::for_spec(spec, disk);
+        let mut options = VmOptions::for_spec(spec, disk.clone());
         options.secrets = self.vm_secrets::<E>(spec).await?;
         let mut vm = self.start_vm(&options, observer).await?;
         match self
             .guest_env(vm.as_ref(), spec, options.secrets.as_ref(), env)
             .await
         {
-            Ok(env) => Ok(Opened { vm, env, packages }),
+            Ok(env) => Ok(Opened {
+                vm,
+                env,
+                packages,
+                disk,
+            }),
             Err(e) => {
                 vm.destroy().await;
                 Err(e)

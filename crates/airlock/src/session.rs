@@ -23,6 +23,9 @@
 //!   manager's reaper) and stops its watchdog.
 
 mod lifetime;
+mod pause;
+
+pub use pause::PauseOptions;
 
 pub use crate::close::CloseReason;
 
@@ -225,6 +228,8 @@ impl Scheduler {
                 base_env: opened.env,
                 ca: self.ca_bundle_of(&options.spec),
                 node: self.config().node_name.clone(),
+                packages: opened.disk.map(|disk| disk.image),
+                resumed: None,
             },
         ))
     }
@@ -248,6 +253,22 @@ struct SessionExtras {
     ca: CaBundle,
     /// The host's node name, carried by the id ([`crate::Config::node_name`]).
     node: Option<String>,
+    /// The package layer image attached (a pause records it).
+    packages: Option<std::path::PathBuf>,
+    /// The id and start time a resumed session keeps.
+    resumed: Option<(String, SystemTime)>,
+}
+
+/// What a pause or a fork needs to know of the sandbox a session was
+/// started with.
+#[derive(Debug, Clone)]
+struct SandboxFacts {
+    shape: crate::spec::MachineShape,
+    packages: Option<std::path::PathBuf>,
+    has_network: bool,
+    mounts: usize,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
 }
 
 /// A VM kept across calls, with its persistent interpreter (see the module
@@ -286,6 +307,8 @@ struct Inner {
     boot_timings: crate::vm::BootTimings,
     /// The guest ports served on the host.
     exposed: Vec<crate::network::ExposedAddr>,
+    /// What a pause or a fork needs of its sandbox.
+    facts: SandboxFacts,
     /// The VM; `None` once closed. Held by the call that runs (busy).
     vm: AsyncMutex<Option<Box<dyn SandboxVm>>>,
     /// The VM's side channel, as last seen while the VM was free or held
@@ -310,13 +333,31 @@ impl Session {
             base_env,
             ca,
             node,
+            packages,
+            resumed,
         } = extras;
         let now = Instant::now();
+        let (id, created_at) =
+            resumed.unwrap_or_else(|| (session_id(node.as_deref(), vm.id()), SystemTime::now()));
+        let facts = SandboxFacts {
+            shape: options.spec.shape,
+            packages,
+            has_network: options
+                .spec
+                .network
+                .with_secret_hosts(&options.spec.secrets)
+                .mode()
+                != airlock_gvproxy::NetworkMode::None,
+            mounts: options.spec.mounts.len(),
+            idle_timeout: options.idle_timeout,
+            max_lifetime: options.max_lifetime,
+        };
         let inner = Arc::new(Inner {
-            id: session_id(node.as_deref(), vm.id()),
+            id,
             tenant: options.spec.tenant.clone(),
             language: options.language(),
-            created_at: SystemTime::now(),
+            created_at,
+            facts,
             start_ms,
             base_env,
             ca,
@@ -354,6 +395,11 @@ impl Session {
     /// Who it is for.
     pub fn tenant(&self) -> &str {
         &self.inner.tenant
+    }
+
+    /// Its machine shape (image, memory, vCPUs, disk).
+    pub fn shape(&self) -> crate::spec::MachineShape {
+        self.inner.facts.shape
     }
 
     /// When it started.

@@ -64,7 +64,6 @@ impl Slots {
     }
 
     /// Slots free now.
-    #[cfg(test)]
     pub fn available(&self) -> usize {
         self.semaphore.available_permits()
     }

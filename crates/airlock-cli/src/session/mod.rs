@@ -67,6 +67,11 @@ pub struct SessionArgs {
     /// `-q/--quiet`, `--debug`, `--cold` (as `airlock run`'s).
     #[command(flatten)]
     pub flags: VmFlags,
+    /// Resume the session paused (`:pause`) under this id instead of
+    /// starting one: its variables, files and running threads are back.
+    /// The sandbox flags are ignored (the session keeps its own).
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
 }
 
 impl SessionArgs {
@@ -180,10 +185,19 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
         }
     };
     if !args.flags.quiet && std::io::stderr().is_terminal() {
-        eprintln!("airlock: starting a {} session...", options.language());
+        match &args.resume {
+            Some(id) => eprintln!("airlock: resuming session {id}..."),
+            None => eprintln!("airlock: starting a {} session...", options.language()),
+        }
     }
+    let start = async {
+        match &args.resume {
+            Some(id) => scheduler.resume(id).await,
+            None => scheduler.session(options).await,
+        }
+    };
     let started = tokio::select! {
-        started = scheduler.session(options) => started,
+        started = start => started,
         stop = first_stop(interrupts, &mut sigint) => {
             scheduler.shutdown().await;
             eprintln!("airlock: interrupted ({stop}) while starting the session: nothing was left behind");
@@ -212,6 +226,7 @@ pub async fn run(args: SessionArgs, interrupts: &mut Interrupts) -> i32 {
     let mut results = ResultWriter::new(args.output.output_dir.clone(), args.flags.quiet);
     let code = if let Some(sigint) = sigint.as_mut() {
         repl::run(
+            &scheduler,
             &session,
             args.flags,
             timeout,

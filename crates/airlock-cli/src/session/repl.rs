@@ -10,6 +10,8 @@
 //! - Ctrl-D at the prompt ends the session.
 //! - An error (a refused path, a failed download) is printed and the REPL
 //!   goes on; a closed session (idle timeout, lifetime, dead VM) ends it.
+//! - `:pause` saves the session to disk and ends the REPL;
+//!   `airlock session --resume ID` starts a REPL in it again.
 //! - SIGTERM and SIGHUP end it like `airlock run`: the VM is destroyed and
 //!   the status is 128 + the signal.
 
@@ -23,7 +25,7 @@ use crate::transfer::{check_local_target, stream_atomic};
 
 /// Largest file `:download` takes (its deadline follows from it).
 const MAX_DOWNLOAD_BYTES: u64 = 16 << 30;
-use airlock::{CellRequest, Session};
+use airlock::{CellRequest, Scheduler, Session};
 use airlock_protocol::{FileKind, Language};
 use reedline::{
     FileBackedHistory, Prompt, PromptEditMode, PromptHistorySearch, Reedline, Signal,
@@ -45,6 +47,8 @@ Ctrl-C interrupts the running cell (the session goes on); Ctrl-D ends the sessio
   :download REMOTE LOCAL  copy a file of the sandbox home to the host
   :ls [DIR]               list a directory of the sandbox home
   :install PKG...         install pinned packages (pip name==version, npm name@version)
+  :pause                  save the whole session to disk and end; `airlock session --resume ID`
+                          brings it back (variables, files, running threads)
   :help                   this text";
 
 /// A `:` command of the REPL.
@@ -58,6 +62,8 @@ pub(crate) enum ReplCommand {
     List { dir: String },
     /// `:install PKG...`.
     Install { packages: Vec<String> },
+    /// `:pause`: the session saved to disk, the REPL ends.
+    Pause,
     /// `:help`.
     Help,
 }
@@ -95,6 +101,8 @@ pub(crate) fn parse_command(
         ("install", packages) => Ok(ReplCommand::Install {
             packages: packages.iter().map(|p| (*p).to_owned()).collect(),
         }),
+        ("pause", []) => Ok(ReplCommand::Pause),
+        ("pause", _) => usage(":pause"),
         ("help" | "h" | "?", _) => Ok(ReplCommand::Help),
         _ if language == Language::Raw => return None,
         _ => Err(format!("unknown command :{name} (see :help)")),
@@ -197,6 +205,7 @@ fn start_editor(
 
 /// Runs the REPL until Ctrl-D, a stop signal or the session's end.
 pub(super) async fn run(
+    scheduler: &Scheduler,
     session: &Session,
     args: VmFlags,
     timeout: Duration,
@@ -238,6 +247,10 @@ pub(super) async fn run(
         };
         if !line.trim().is_empty() {
             let outcome = match parse_command(language, &line) {
+                Some(Ok(ReplCommand::Pause)) => match pause(scheduler, session).await {
+                    Ok(()) => return status,
+                    Err(e) => Err(e),
+                },
                 Some(Ok(command)) => run_command(session, command).await.map(|()| None),
                 Some(Err(usage)) => {
                     eprintln!("airlock: {usage}");
@@ -321,10 +334,27 @@ async fn run_cell(
     Ok(Some(cell_status(&result)))
 }
 
+/// `:pause`: saves the session and tells how to resume it.
+async fn pause(scheduler: &Scheduler, session: &Session) -> Result<(), Stop> {
+    let meta = session
+        .pause(scheduler, &airlock::PauseOptions::default())
+        .await?;
+    eprintln!(
+        "airlock: session {} paused ({:.1} MiB on disk, kept {} days); resume it with: airlock session --resume {}",
+        meta.session_id,
+        meta.bytes() as f64 / f64::from(1u32 << 20),
+        airlock::pause::DEFAULT_PAUSED_TTL.as_secs() / 86400,
+        meta.session_id
+    );
+    Ok(())
+}
+
 /// Runs a `:` command, printing what it did.
 async fn run_command(session: &Session, command: ReplCommand) -> Result<(), Stop> {
     match command {
         ReplCommand::Help => println!("{HELP}"),
+        // Handled by the loop (it ends the REPL).
+        ReplCommand::Pause => {}
         ReplCommand::Upload { local, remote } => {
             airlock::validate_guest_path("remote", &remote).map_err(CliError::from)?;
             let unreadable = |e: std::io::Error| {
@@ -422,6 +452,8 @@ mod tests {
             }))
         );
         assert_eq!(command(py, ":help"), Some(Ok(ReplCommand::Help)));
+        assert_eq!(command(py, ":pause"), Some(Ok(ReplCommand::Pause)));
+        assert!(command(py, ":pause now").unwrap().is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}"),
     ("delete", "/v1/sessions/{id}"),
     ("post", "/v1/sessions/{id}/exec"),
+    ("post", "/v1/sessions/{id}/pause"),
+    ("post", "/v1/sessions/{id}/resume"),
+    ("post", "/v1/sessions/{id}/fork"),
     ("post", "/v1/sessions/{id}/packages"),
     ("get", "/v1/sessions/{id}/files"),
     ("get", "/v1/sessions/{id}/files/{path}"),
@@ -98,6 +101,7 @@ fn body_schemas() -> serde_json::Map<String, Value> {
     let _ = generator.subschema_for::<RunBody>();
     let _ = generator.subschema_for::<SessionBody>();
     let _ = generator.subschema_for::<ExecBody>();
+    let _ = generator.subschema_for::<crate::api::ForkBody>();
     let _ = generator.subschema_for::<PackagesBody>();
     let _ = generator.subschema_for::<SecretBody>();
     let _ = generator.subschema_for::<SecretInfo>();
@@ -139,6 +143,9 @@ pub const SESSION_OPERATIONS: &[(&str, &str, &str)] = &[
     ("getSession", "get", "/v1/sessions/{id}"),
     ("closeSession", "delete", "/v1/sessions/{id}"),
     ("execCell", "post", "/v1/sessions/{id}/exec"),
+    ("pauseSession", "post", "/v1/sessions/{id}/pause"),
+    ("resumeSession", "post", "/v1/sessions/{id}/resume"),
+    ("forkSession", "post", "/v1/sessions/{id}/fork"),
     ("installPackages", "post", "/v1/sessions/{id}/packages"),
     ("listFiles", "get", "/v1/sessions/{id}/files"),
     ("readFile", "get", "/v1/sessions/{id}/files/{path}"),
@@ -207,6 +214,26 @@ fn session_paths(paths: &mut serde_json::Map<String, Value>) {
                      "application/json": {"schema": schema_ref("CellResult")},
                      "text/event-stream": {"schema": {"type": "string"}}
                  }}, "404": not_found, "409": busy}))}
+    }));
+    let conflict = error_response("The session is busy, has a network or host folders (it cannot be saved), or was paused on another host's QEMU or images");
+    let over = error_response("Over the tenant's quota (`paused_mib` for a pause; live sessions or vCPUs for a resume or fork)");
+    paths.insert("/v1/sessions/{id}/pause".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Pause the session to disk (its VM is freed); listed as `paused` with its size until resumed, deleted or expired", "operationId": "pauseSession",
+                 "responses": with_errors(json!({"200": json_answer("The paused session (`state: paused`, `bytes`, `expires_at`)", schema_ref("SessionInfo"), Value::Null),
+                     "404": not_found, "409": conflict, "429": over}))}
+    }));
+    paths.insert("/v1/sessions/{id}/resume".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Resume a paused session under the same id (memory, files and running threads as they were)", "operationId": "resumeSession",
+                 "responses": with_errors(json!({"200": session.clone(), "404": not_found, "409": conflict, "429": over}))}
+    }));
+    paths.insert("/v1/sessions/{id}/fork".into(), json!({
+        "parameters": [id],
+        "post": {"summary": "Fork the session into `count` new sessions (1..=8) with its state, each reseeded; the session goes on", "operationId": "forkSession", "requestBody": body("ForkBody"),
+                 "responses": with_errors(json!({"201": json_answer("`{sessions: [SessionInfo]}`", json!({
+                     "type": "object", "required": ["sessions"], "properties": {"sessions": {"type": "array", "items": schema_ref("SessionInfo")}}
+                 }), Value::Null), "404": not_found, "409": conflict, "429": over}))}
     }));
     paths.insert("/v1/sessions/{id}/packages".into(), json!({
         "parameters": [id],

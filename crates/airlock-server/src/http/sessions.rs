@@ -1,10 +1,10 @@
 //! The session routes: create, list, show, delete, exec (JSON or SSE),
-//! files (PUT, GET, list) and packages.
+//! files (PUT, GET, list), packages, and pause, resume and fork.
 
 use super::extract::ApiJson;
 use super::runs::wants_events;
 use super::sse;
-use crate::api::{ExecBody, PackagesBody, SessionBody};
+use crate::api::{ExecBody, ForkBody, PackagesBody, SessionBody};
 use crate::error::ServerError;
 use crate::keys::Caller;
 use crate::service::Airlock;
@@ -25,6 +25,9 @@ pub fn routes(router: Router<Airlock>) -> Router<Airlock> {
         .route("/v1/sessions", post(create).get(list))
         .route("/v1/sessions/{id}", get(show).delete(close))
         .route("/v1/sessions/{id}/exec", post(exec))
+        .route("/v1/sessions/{id}/pause", post(pause))
+        .route("/v1/sessions/{id}/resume", post(resume))
+        .route("/v1/sessions/{id}/fork", post(fork))
         .route("/v1/sessions/{id}/packages", post(packages))
         .route("/v1/sessions/{id}/files", get(list_files))
         .route(
@@ -45,8 +48,9 @@ async fn create(
 async fn list(
     State(airlock): State<Airlock>,
     Extension(caller): Extension<Caller>,
-) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"sessions": airlock.list_sessions(&caller)}))
+) -> Result<Json<serde_json::Value>, ServerError> {
+    let sessions = airlock.list_sessions(&caller).await?;
+    Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
 async fn show(
@@ -54,7 +58,37 @@ async fn show(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ServerError> {
-    Ok(Json(airlock.session_info(&caller, &id)?).into_response())
+    Ok(Json(airlock.session_info(&caller, &id).await?).into_response())
+}
+
+async fn pause(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ServerError> {
+    Ok(Json(airlock.pause_session(&caller, &id).await?).into_response())
+}
+
+async fn resume(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ServerError> {
+    Ok(Json(airlock.resume_session(&caller, &id).await?).into_response())
+}
+
+async fn fork(
+    State(airlock): State<Airlock>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ForkBody>,
+) -> Result<Response, ServerError> {
+    let sessions = airlock.fork_session(&caller, &id, body.count).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "sessions": sessions })),
+    )
+        .into_response())
 }
 
 async fn close(

@@ -298,6 +298,15 @@ pub struct Closed {
 
 impl ToolOutput for Closed {}
 
+/// `fork_session`'s output.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Forked {
+    /// The new sessions.
+    pub sessions: Vec<crate::sessions::table::SessionInfo>,
+}
+
+impl ToolOutput for Forked {}
+
 impl ToolOutput for crate::sessions::table::SessionInfo {}
 
 impl ToolOutput for airlock::FileInfo {}

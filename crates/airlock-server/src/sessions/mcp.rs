@@ -1,10 +1,11 @@
 //! The session tools of the MCP server: create, exec, files, packages,
-//! close (each described for a language model, with an example).
+//! close, pause, resume, fork (each described for a language model, with
+//! an example).
 
 use crate::api::{ExecBody, SessionBody, SessionSpec};
 use crate::json::Strict;
 use crate::keys::Caller;
-use crate::mcp::output::{answer, CellSummary, Closed, FileList, FileRead, ToolOutput};
+use crate::mcp::output::{answer, CellSummary, Closed, FileList, FileRead, Forked, ToolOutput};
 use crate::mcp::McpTools;
 use crate::sessions::table::SessionInfo;
 use airlock::FileInfo;
@@ -101,6 +102,16 @@ pub struct PackagesParams {
 pub struct SessionParams {
     /// The session.
     pub session_id: String,
+}
+
+/// Input of `fork_session`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkParams {
+    /// The session to copy.
+    pub session_id: String,
+    /// How many copies (1..=8).
+    pub count: usize,
 }
 
 impl McpTools {
@@ -301,5 +312,61 @@ Example: {\"session_id\": \"...\"}"
                 closed: p.session_id,
             });
         Ok(answer(result))
+    }
+
+    #[tool(
+        name = "pause_session",
+        output_schema = schema_for_output::<SessionInfo>(),
+        description = "Pause a session to disk: its whole VM (variables, imports, running threads, files) is saved and the VM freed, so it costs no memory or CPU until resume_session brings it back under the same id, also after a server restart. \
+Paused sessions are kept 7 days by default and count against a per-user storage quota; the answer says state \"paused\" and its size in bytes. \
+Not possible for a session with a network or host folders. \
+Example: {\"session_id\": \"...\"}"
+    )]
+    async fn pause_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        Ok(answer(
+            self.airlock().pause_session(&caller, &p.session_id).await,
+        ))
+    }
+
+    #[tool(
+        name = "resume_session",
+        output_schema = schema_for_output::<SessionInfo>(),
+        description = "Resume a session paused with pause_session: everything is as it was (variables, files, running threads), under the same id; its clock is set to now. \
+Example: {\"session_id\": \"...\"}"
+    )]
+    async fn resume_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        Ok(answer(
+            self.airlock().resume_session(&caller, &p.session_id).await,
+        ))
+    }
+
+    #[tool(
+        name = "fork_session",
+        output_schema = schema_for_output::<Forked>(),
+        description = "Copy a live session into `count` new sessions (1..=8) to try several things from the same state: each new session has the variables, files and running threads of the original, its own id and disk, and fresh randomness. The original goes on unchanged. Each copy counts as a session against the quotas. \
+Example: {\"session_id\": \"...\", \"count\": 3}"
+    )]
+    async fn fork_session(
+        &self,
+        Parameters(p): Parameters<ForkParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        let forked = self
+            .airlock()
+            .fork_session(&caller, &p.session_id, p.count)
+            .await
+            .map(|sessions| Forked { sessions });
+        Ok(answer(forked))
     }
 }

@@ -11,7 +11,7 @@
 pub mod mcp;
 pub mod table;
 
-use self::table::{info, SessionInfo};
+use self::table::{info, paused_info, SessionInfo};
 use crate::api::{language_of, parse_timeout, ExecBody, SessionBody};
 use crate::error::{Result, ServerError};
 use crate::keys::Caller;
@@ -72,30 +72,173 @@ impl Airlock {
         metrics.vms_live.inc_by(live - before);
     }
 
-    /// The caller's live sessions.
-    pub fn list_sessions(&self, caller: &Caller) -> Vec<SessionInfo> {
+    /// The caller's sessions: the live ones, then the paused ones (found
+    /// on disk, after a restart too; expired ones are deleted first).
+    ///
+    /// # Errors
+    /// 500 when the paused sessions cannot be read.
+    pub async fn list_sessions(&self, caller: &Caller) -> Result<Vec<SessionInfo>> {
         self.sweep_sessions();
-        self.sessions().list(&caller.tenant)
+        let mut sessions = self.sessions().list(&caller.tenant);
+        sessions.extend(
+            self.paused_of(&caller.tenant)
+                .await?
+                .iter()
+                .map(|entry| paused_info(&entry.meta)),
+        );
+        Ok(sessions)
     }
 
-    /// One of the caller's sessions.
+    /// The tenant's paused sessions, after the expired ones are swept.
+    async fn paused_of(&self, tenant: &str) -> Result<Vec<airlock::pause::PausedEntry>> {
+        let scheduler = self.scheduler();
+        let swept = scheduler.sweep_paused().await.map_err(SessionError::from)?;
+        if !swept.is_empty() {
+            tracing::info!(expired = ?swept, "paused sessions expired");
+        }
+        let mut entries = scheduler
+            .paused_sessions()
+            .await
+            .map_err(SessionError::from)?;
+        entries.retain(|e| e.meta.tenant == tenant);
+        Ok(entries)
+    }
+
+    /// The caller's paused session `id`.
+    async fn paused_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<airlock::pause::PausedEntry> {
+        self.paused_of(&caller.tenant)
+            .await?
+            .into_iter()
+            .find(|e| e.meta.session_id == id)
+            .ok_or_else(|| ServerError::SessionNotFound {
+                session_id: id.to_owned(),
+            })
+    }
+
+    /// One of the caller's sessions, live or paused.
     ///
     /// # Errors
     /// 404 for an unknown, closed or other tenant's session.
-    pub fn session_info(&self, caller: &Caller, id: &str) -> Result<SessionInfo> {
-        let session = self.sessions().get(&caller.tenant, id)?;
-        Ok(info(&session))
+    pub async fn session_info(&self, caller: &Caller, id: &str) -> Result<SessionInfo> {
+        match self.sessions().get(&caller.tenant, id) {
+            Ok(session) => Ok(info(&session)),
+            Err(not_live) => match self.paused_session(caller, id).await {
+                Ok(entry) => Ok(paused_info(&entry.meta)),
+                Err(_) => Err(not_live),
+            },
+        }
     }
 
-    /// Closes one of the caller's sessions and destroys its VM.
+    /// Closes one of the caller's sessions and destroys its VM; a paused
+    /// one is deleted from disk.
     ///
     /// # Errors
     /// 404 as [`Airlock::session_info`].
     pub async fn close_session(&self, caller: &Caller, id: &str) -> Result<()> {
-        let session = self.sessions().remove(&caller.tenant, id)?;
+        let session = match self.sessions().remove(&caller.tenant, id) {
+            Ok(session) => session,
+            Err(not_live) => {
+                if self.paused_session(caller, id).await.is_err() {
+                    return Err(not_live);
+                }
+                self.scheduler()
+                    .discard_paused(id)
+                    .await
+                    .map_err(SessionError::from)?;
+                return Ok(());
+            }
+        };
         session.close().await;
         self.update_session_gauges();
         Ok(())
+    }
+
+    /// Pauses one of the caller's sessions to disk (`docs/persistence.md`):
+    /// its VM is destroyed and its quota place given back; it is listed as
+    /// paused with its size until resumed, deleted, or expired.
+    ///
+    /// # Errors
+    /// 404, 409 (busy, or a session with a network or host folders), 429
+    /// over the tenant's `paused_mib` (the session runs on), 503 while
+    /// draining, the orchestrator's errors.
+    pub async fn pause_session(&self, caller: &Caller, id: &str) -> Result<SessionInfo> {
+        let session = self.session(caller, id)?;
+        // Expired ones do not count against the quota.
+        self.paused_of(&caller.tenant).await?;
+        let meta = session
+            .pause(self.scheduler(), &caller.quotas.pause_options())
+            .await?;
+        // Closed now: its place goes back.
+        self.sweep_sessions();
+        Ok(paused_info(&meta))
+    }
+
+    /// Resumes one of the caller's paused sessions, under the same id
+    /// (memory, files and running threads as they were); it takes a
+    /// session's quota place and a VM slot again.
+    ///
+    /// # Errors
+    /// 404 for no such paused session of the caller's, 409 when the host
+    /// changed since the pause, 429 over the live-sessions or vCPU quota,
+    /// 503 while draining, the orchestrator's errors.
+    pub async fn resume_session(&self, caller: &Caller, id: &str) -> Result<SessionInfo> {
+        self.check_not_draining()?;
+        let entry = self.paused_session(caller, id).await?;
+        self.sweep_sessions();
+        let place = self
+            .take_place(
+                caller,
+                crate::quota::PlaceKind::Session,
+                entry.meta.shape.vcpus,
+            )
+            .await?;
+        let session = self.scheduler().resume(id).await?;
+        self.metrics().sessions_created.inc();
+        let session = self.sessions().insert(session, place);
+        self.update_session_gauges();
+        Ok(info(&session))
+    }
+
+    /// Forks one of the caller's sessions into `count` new ones (1..=8),
+    /// each counted against the tenant's quotas as a new session: all
+    /// places are taken before anything is saved, so a fork over the
+    /// quota is refused cleanly and changes nothing.
+    ///
+    /// # Errors
+    /// 400 for a count outside 1..=8, 404, 409 (busy, network, host
+    /// folders), 429 over the quotas, the orchestrator's errors.
+    pub async fn fork_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+        count: usize,
+    ) -> Result<Vec<SessionInfo>> {
+        airlock::pause::validate_fork_count(count).map_err(SessionError::from)?;
+        let parent = self.session(caller, id)?;
+        self.sweep_sessions();
+        let vcpus = parent.shape().vcpus;
+        let mut places = Vec::with_capacity(count);
+        for _ in 0..count {
+            places.push(
+                self.take_place(caller, crate::quota::PlaceKind::Session, vcpus)
+                    .await?,
+            );
+        }
+        let children = parent.fork(self.scheduler(), count).await?;
+        self.metrics()
+            .sessions_created
+            .inc_by(children.len() as u64);
+        let infos = children
+            .into_iter()
+            .zip(places)
+            .map(|(child, place)| info(&self.sessions().insert(child, place)))
+            .collect();
+        self.update_session_gauges();
+        Ok(infos)
     }
 
     /// The caller's session `id`, for a call.

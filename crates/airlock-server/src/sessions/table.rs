@@ -19,8 +19,28 @@ pub struct SessionInfo {
     pub language: String,
     /// When it started (seconds since the epoch).
     pub created_at: u64,
-    /// When it was last used (seconds since the epoch).
+    /// When it was last used (seconds since the epoch); for a paused
+    /// session, when it was paused.
     pub last_used: u64,
+    /// `running`, or `paused` (saved to disk, no VM: `POST
+    /// /v1/sessions/{id}/resume` brings it back).
+    pub state: SessionState,
+    /// A paused session's size on disk (its memory and disk saved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// When a paused session is deleted (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// Whether a session runs or is paused to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Its VM runs.
+    Running,
+    /// Saved to disk; no VM.
+    Paused,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -34,6 +54,22 @@ pub(crate) fn info(session: &Session) -> SessionInfo {
         language: session.language().to_string(),
         created_at: unix(session.created_at()),
         last_used: unix(session.last_used()),
+        state: SessionState::Running,
+        bytes: None,
+        expires_at: None,
+    }
+}
+
+/// What the API says of a paused session.
+pub(crate) fn paused_info(meta: &airlock::pause::PausedMeta) -> SessionInfo {
+    SessionInfo {
+        id: meta.session_id.clone(),
+        language: meta.language.to_string(),
+        created_at: meta.created_at_ms / 1000,
+        last_used: meta.paused_at_ms / 1000,
+        state: SessionState::Paused,
+        bytes: Some(meta.bytes()),
+        expires_at: Some(meta.expires_at_ms / 1000),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`ExecError`]: running code in a ready VM or moving its files.
 //! - [`InputError`]: a request refused before anything started.
 //! - [`PackageError`]: preparing a package layer.
+//! - [`PauseError`]: pausing a session to disk, resuming it, forking it.
 //! - [`RunError`]: a run ([`crate::Scheduler::run`]): one of the above.
 //! - [`SessionError`]: a session and its calls: one of the above, or the
 //!   session busy or closed.
@@ -19,6 +20,7 @@ mod boot;
 mod exec;
 mod input;
 mod packages;
+mod pause;
 mod run;
 mod session;
 
@@ -26,6 +28,7 @@ pub use boot::BootError;
 pub use exec::ExecError;
 pub use input::InputError;
 pub use packages::PackageError;
+pub use pause::PauseError;
 pub use run::RunError;
 pub use session::SessionError;
 

@@ -5,6 +5,7 @@ use super::boot::BootError;
 use super::exec::ExecError;
 use super::input::InputError;
 use super::packages::PackageError;
+use super::pause::PauseError;
 use crate::close::CloseReason;
 
 /// Starting a session, or one of its calls (a cell, a file operation),
@@ -25,6 +26,9 @@ pub enum SessionError {
     /// agent failed, a file was refused).
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// Pausing, resuming or forking the session failed.
+    #[error(transparent)]
+    Pause(#[from] PauseError),
     /// The session already runs a call: one call at a time, a second one
     /// is refused at once, never queued.
     #[error("session {session_id} is busy: it runs one call at a time")]
@@ -51,6 +55,7 @@ impl SessionError {
             Self::Packages(e) => e.hint(),
             Self::Boot(e) => e.hint(),
             Self::Exec(e) => e.hint(),
+            Self::Pause(e) => e.hint(),
             Self::Busy { .. } => Some(
                 "wait for the running call to end, or interrupt it with the session's canceller",
             ),

@@ -120,6 +120,8 @@ async fn fixture(tweak: impl FnOnce(&mut SessionOptions)) -> Fixture {
             base_env: BTreeMap::new(),
             ca: crate::packages::CaBundle::default(),
             node: None,
+            packages: None,
+            resumed: None,
         },
     );
     Fixture {

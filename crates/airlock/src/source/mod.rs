@@ -231,6 +231,12 @@ pub trait SandboxVm: Send + Sync {
 
     /// Destroys the VM (never fails, safe twice) and reports what it did.
     fn destroy(&mut self) -> BoxFuture<'_, TeardownReport>;
+
+    /// The QEMU machine underneath, which a pause or a fork saves
+    /// (`None`, the default: a VM that cannot be saved, as a fake).
+    fn as_machine(&self) -> Option<&crate::Vm> {
+        None
+    }
 }
 
 /// Where ready VMs come from: a warm pool, a memory template, a cold boot

@@ -78,6 +78,10 @@ impl SandboxVm for Vm {
         }))
     }
 
+    fn as_machine(&self) -> Option<&Vm> {
+        Some(self)
+    }
+
     fn exec_interruptible<'a>(
         &'a mut self,
         request: ExecRequest,

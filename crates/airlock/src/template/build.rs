@@ -119,19 +119,7 @@ async fn boot_and_save(
 /// the still-running QEMU holds. Clones start from this file, so the
 /// disk under them is byte for byte what the guest's memory expects.
 async fn save_workspace(vm: &Vm, disk_mib: u32, dest: &Path) -> Result<(), BootError> {
-    let source = vm.workdir().workspace();
-    let args: Vec<std::ffi::OsString> = vec![
-        "convert".into(),
-        "-q".into(),
-        "-U".into(),
-        "-f".into(),
-        "qcow2".into(),
-        "-O".into(),
-        "qcow2".into(),
-        source.into_os_string(),
-        dest.as_os_str().to_owned(),
-    ];
-    crate::disk::run_tool("qemu-img", &args)
+    crate::pause::save::copy_disk(&vm.workdir().workspace(), dest)
         .await
         .map_err(|reason| BootError::Workspace {
             disk_mib,

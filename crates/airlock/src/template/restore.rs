@@ -76,76 +76,104 @@ impl RestoreLauncher {
         process: &mut QemuProcess,
         deadline: Instant,
     ) -> Result<Agent, BootError> {
-        let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
-        let paths = files.paths();
-        let waited = deadline.saturating_duration_since(Instant::now());
-        let (pid, uid) = (process.pid(), process.uid());
-        let mut timings = RestoreTimings::default();
-        let start = Instant::now();
-        let resumed = guest::race_death(&paths, process, waited, async {
-            self.load_and_resume(plan, deadline, &mut timings).await?;
-            Ok(Some(()))
-        })
-        .await;
-        resumed?;
-        let agent_start = Instant::now();
-        // What is left of the deadline after the load, for the error's text.
-        let waited = deadline.saturating_duration_since(agent_start);
-        let mut agent = guest::race_death(
-            &paths,
-            process,
-            waited,
-            guest::connect_agent(&paths, (pid, uid), deadline),
-        )
-        .await?;
-        timings.agent_ms = ms(agent_start.elapsed());
-        let reseed_start = Instant::now();
-        reseed(&agent.client, &plan.vm_id).await?;
-        timings.reseed_ms = ms(reseed_start.elapsed());
+        let saved = SavedState {
+            path: &self.template.state_file(),
+            label: &self.template.metadata.key,
+            whole_machine: false,
+        };
+        let agent = load_and_reach_agent(plan, process, deadline, saved).await?;
         tracing::info!(
             vm_id = plan.vm_id,
             template = self.template.metadata.key,
-            load_ms = timings.load_ms,
-            resume_ms = timings.resume_ms,
-            agent_ms = timings.agent_ms,
-            reseed_ms = timings.reseed_ms,
-            total_ms = ms(start.elapsed()),
+            timings = ?agent.restore,
             "restored from a memory template"
         );
-        agent.restore = Some(timings);
         Ok(agent)
     }
+}
 
-    async fn load_and_resume(
-        &self,
-        plan: &MachinePlan,
-        deadline: Instant,
-        timings: &mut RestoreTimings,
-    ) -> Result<(), BootError> {
-        let start = Instant::now();
-        let state_path = self.template.state_file();
-        let state = tokio::fs::File::open(&state_path)
-            .await
-            .map_err(|e| BootError::io("open", &state_path, e))?
-            .into_std()
-            .await;
-        let restore = |source| BootError::Restore {
-            vm_id: plan.vm_id.clone(),
-            template: self.template.metadata.key.clone(),
-            source: Box::new(source),
-        };
-        let mut qmp = QmpClient::connect(&plan.workdir.qmp_socket(), deadline)
-            .await
-            .map_err(restore)?;
-        qmp.load_device_state(state.as_fd(), deadline)
-            .await
-            .map_err(restore)?;
-        timings.load_ms = ms(start.elapsed());
-        let resume = Instant::now();
-        qmp.cont(deadline).await.map_err(restore)?;
-        timings.resume_ms = ms(resume.elapsed());
-        Ok(())
-    }
+/// A saved machine state a VM started with `-incoming defer` loads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SavedState<'a> {
+    /// The migration stream.
+    pub path: &'a Path,
+    /// What it is, for errors (a template's key, a paused session's id).
+    pub label: &'a str,
+    /// The stream holds the RAM too (a paused or forked session), not
+    /// only the device state (a template, whose RAM is its memory file).
+    pub whole_machine: bool,
+}
+
+/// Loads `saved` into the machine of `plan` (spawned with `-incoming
+/// defer`), resumes it, reaches its agent and reseeds it (fresh entropy,
+/// the host's clock), racing the process's death, by `deadline`: the
+/// restore of a template clone, a resumed and a forked session alike.
+pub(crate) async fn load_and_reach_agent(
+    plan: &MachinePlan,
+    process: &mut QemuProcess,
+    deadline: Instant,
+    saved: SavedState<'_>,
+) -> Result<Agent, BootError> {
+    let files = GuestFiles::in_workdir(&plan.vm_id, &plan.workdir);
+    let paths = files.paths();
+    let waited = deadline.saturating_duration_since(Instant::now());
+    let (pid, uid) = (process.pid(), process.uid());
+    let mut timings = RestoreTimings::default();
+    let resumed = guest::race_death(&paths, process, waited, async {
+        load_and_resume(plan, deadline, saved, &mut timings).await?;
+        Ok(Some(()))
+    })
+    .await;
+    resumed?;
+    let agent_start = Instant::now();
+    // What is left of the deadline after the load, for the error's text.
+    let waited = deadline.saturating_duration_since(agent_start);
+    let mut agent = guest::race_death(
+        &paths,
+        process,
+        waited,
+        guest::connect_agent(&paths, (pid, uid), deadline),
+    )
+    .await?;
+    timings.agent_ms = ms(agent_start.elapsed());
+    let reseed_start = Instant::now();
+    reseed(&agent.client, &plan.vm_id).await?;
+    timings.reseed_ms = ms(reseed_start.elapsed());
+    agent.restore = Some(timings);
+    Ok(agent)
+}
+
+async fn load_and_resume(
+    plan: &MachinePlan,
+    deadline: Instant,
+    saved: SavedState<'_>,
+    timings: &mut RestoreTimings,
+) -> Result<(), BootError> {
+    let start = Instant::now();
+    let state = tokio::fs::File::open(saved.path)
+        .await
+        .map_err(|e| BootError::io("open", saved.path, e))?
+        .into_std()
+        .await;
+    let restore = |source| BootError::Restore {
+        vm_id: plan.vm_id.clone(),
+        template: saved.label.to_owned(),
+        source: Box::new(source),
+    };
+    let mut qmp = QmpClient::connect(&plan.workdir.qmp_socket(), deadline)
+        .await
+        .map_err(restore)?;
+    let loaded = if saved.whole_machine {
+        qmp.load_full_state(state.as_fd(), deadline).await
+    } else {
+        qmp.load_device_state(state.as_fd(), deadline).await
+    };
+    loaded.map_err(restore)?;
+    timings.load_ms = ms(start.elapsed());
+    let resume = Instant::now();
+    qmp.cont(deadline).await.map_err(restore)?;
+    timings.resume_ms = ms(resume.elapsed());
+    Ok(())
 }
 
 /// Sends fresh entropy and the host's clock to a restored agent (also

@@ -6,13 +6,16 @@ use crate::quota::Quotas;
 use base64::Engine;
 use serde_json::json;
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 11] = [
     "close_session",
     "create_session",
     "exec_in_session",
+    "fork_session",
     "install_packages",
     "list_files",
+    "pause_session",
     "read_file",
+    "resume_session",
     "run_code",
     "write_file",
 ];
@@ -254,6 +257,25 @@ async fn close_session_destroys_the_vm_and_later_calls_fail() {
 }
 
 #[tokio::test]
+async fn pause_and_fork_tools_refuse_what_cannot_be_saved_and_bad_counts() {
+    let h = Harness::new();
+    let mut mcp = Mcp::connect(&h, KEY_A).await;
+    let id = mcp.session().await;
+    // Fake VMs are no QEMU machines: refused, and the session runs on.
+    mcp.call_err("pause_session", json!({"session_id": id}), "not_pausable")
+        .await;
+    mcp.call_err(
+        "fork_session",
+        json!({"session_id": id, "count": 0}),
+        "invalid_input",
+    )
+    .await;
+    assert_eq!(h.fakes.live(), 1);
+    mcp.call_ok("exec_in_session", json!({"session_id": id, "code": "1"}))
+        .await;
+}
+
+#[tokio::test]
 async fn another_tenants_session_is_not_found_over_mcp() {
     let h = Harness::new();
     let mut alice = Mcp::connect(&h, KEY_A).await;
@@ -263,6 +285,9 @@ async fn another_tenants_session_is_not_found_over_mcp() {
         ("exec_in_session", json!({"session_id": id, "code": "1"})),
         ("read_file", json!({"session_id": id, "path": "a"})),
         ("close_session", json!({"session_id": id})),
+        ("pause_session", json!({"session_id": id})),
+        ("resume_session", json!({"session_id": id})),
+        ("fork_session", json!({"session_id": id, "count": 1})),
     ] {
         bob.call_err(tool, args, "session_not_found").await;
     }

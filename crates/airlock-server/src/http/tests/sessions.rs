@@ -207,3 +207,46 @@ async fn shutdown_closes_every_session() {
     assert_eq!(h.fakes.live(), 0);
     h.get(KEY_A, "/v1/sessions").await.error(503, "draining");
 }
+
+#[tokio::test]
+async fn a_session_whose_vm_cannot_be_saved_is_refused_409_and_runs_on() {
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    let message = h
+        .post(KEY_A, &format!("/v1/sessions/{id}/pause"), &json!({}))
+        .await
+        .error(409, "not_pausable");
+    assert!(message.contains("cannot be paused"), "{message}");
+    let shown = h
+        .get(KEY_A, &format!("/v1/sessions/{id}"))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(shown["state"], "running");
+}
+
+#[tokio::test]
+async fn a_fork_count_outside_one_to_eight_is_400() {
+    let h = Harness::new();
+    let id = h.session(KEY_A).await;
+    for count in [0, 9] {
+        h.post(
+            KEY_A,
+            &format!("/v1/sessions/{id}/fork"),
+            &json!({ "count": count }),
+        )
+        .await
+        .error(400, "invalid_input");
+    }
+    assert_eq!(h.fakes.live(), 1, "no child was started");
+}
+
+#[tokio::test]
+async fn resuming_an_unknown_or_another_tenants_session_is_404() {
+    let h = Harness::new();
+    h.post(KEY_A, "/v1/sessions/s-0123456789abcdef/resume", &json!({}))
+        .await
+        .error(404, "session_not_found");
+    h.post(KEY_A, "/v1/sessions/..%2Fetc/resume", &json!({}))
+        .await
+        .error(404, "session_not_found");
+}

@@ -1,0 +1,223 @@
+//! The resume [`Launcher`]: QEMU started with the saved machine and
+//! `-incoming defer`, the whole saved state loaded over QMP, `cont`, the
+//! agent reached and given the host's clock. The builder around it is the
+//! normal one (slot, limits group, root overlay, teardown).
+
+use crate::error::{BootError, Result};
+use crate::guest::Agent;
+use crate::host::Host;
+use crate::launcher::{Launcher, MachinePlan};
+use crate::process::QemuProcess;
+use crate::qemu_launcher::spawn_spec;
+use crate::qemu_spec::vm_spec;
+use crate::task::BoxFuture;
+use crate::template::restore::{load_and_reach_agent, SavedState};
+use crate::workdir::WorkDir;
+use airlock_limits::VmGroup;
+use airlock_qemu::{BootImages, IncomingMigration, VmSpec};
+use std::path::{Path, PathBuf};
+use tokio::time::Instant;
+
+/// The name of a resumed VM's saved workspace disk in its work dir (the
+/// base of its workspace overlay).
+const WORKSPACE_BASE: &str = "workspace-base.qcow2";
+
+/// Starts VMs from one saved machine: a paused session's, or a fork's
+/// (each child one VM).
+#[derive(Debug, Clone)]
+pub struct ResumeLauncher {
+    host: Host,
+    boot: BootImages,
+    state: PathBuf,
+    workspace: Option<PathBuf>,
+    named_ram: bool,
+    label: String,
+}
+
+impl ResumeLauncher {
+    /// A launcher loading the state stream `state` (and the saved disk
+    /// `workspace`, if any) with the QEMU of `host`; `named_ram` as the
+    /// saved VM's RAM was; `label` names it in errors and logs.
+    pub fn new(
+        host: Host,
+        boot: BootImages,
+        state: PathBuf,
+        workspace: Option<PathBuf>,
+        named_ram: bool,
+        label: String,
+    ) -> Self {
+        Self {
+            host,
+            boot,
+            state,
+            workspace,
+            named_ram,
+            label,
+        }
+    }
+
+    async fn place(&self, workdir: &WorkDir, saved: &Path) -> Result<PathBuf, BootError> {
+        let base = workdir.path().join(WORKSPACE_BASE);
+        link_or_copy(saved, &base).await?;
+        let overlay = workdir.workspace();
+        let args: Vec<std::ffi::OsString> = vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-F".into(),
+            "qcow2".into(),
+            "-b".into(),
+            base.as_os_str().to_owned(),
+            overlay.as_os_str().to_owned(),
+        ];
+        crate::disk::run_tool("qemu-img", &args)
+            .await
+            .map_err(|reason| BootError::Workspace {
+                disk_mib: 0,
+                reason: format!(
+                    "put an overlay over the saved disk of {}: {reason}",
+                    self.label
+                ),
+            })?;
+        Ok(base)
+    }
+
+    async fn load(
+        &self,
+        plan: &MachinePlan,
+        process: &mut QemuProcess,
+        deadline: Instant,
+    ) -> Result<Agent, BootError> {
+        let saved = SavedState {
+            path: &self.state,
+            label: &self.label,
+            whole_machine: true,
+        };
+        let agent = load_and_reach_agent(plan, process, deadline, saved).await?;
+        tracing::info!(vm_id = plan.vm_id, saved = self.label, timings = ?agent.restore, "machine loaded from a saved state");
+        Ok(agent)
+    }
+}
+
+/// The QEMU spec of a VM loading a saved machine (pure): the cold-boot
+/// spec of `plan`, its RAM named as the saved one's, waiting for its
+/// state.
+pub fn resume_spec(plan: &MachinePlan, boot: &BootImages, named_ram: bool) -> VmSpec {
+    let mut spec = vm_spec(plan, boot);
+    spec.named_ram = named_ram;
+    spec.incoming = Some(IncomingMigration::Defer);
+    spec
+}
+
+/// Hard-links `from` to `to` (a fork's children share one saved disk,
+/// read-only under their overlays), copying when they are on different
+/// file systems (a paused session's disk in the cache).
+async fn link_or_copy(from: &Path, to: &Path) -> Result<(), BootError> {
+    match tokio::fs::hard_link(from, to).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(nix::libc::EXDEV)
+                || e.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tokio::fs::copy(from, to)
+                .await
+                .map(drop)
+                .map_err(|e| BootError::io("copy the saved disk to", to, e))
+        }
+        Err(e) => Err(BootError::io("link the saved disk to", to, e)),
+    }
+}
+
+impl Launcher for ResumeLauncher {
+    fn name(&self) -> &'static str {
+        "qemu-resume"
+    }
+
+    fn place_workspace<'a>(
+        &'a self,
+        workdir: &'a WorkDir,
+    ) -> Option<BoxFuture<'a, Result<PathBuf, BootError>>> {
+        let saved = self.workspace.as_deref()?;
+        Some(Box::pin(self.place(workdir, saved)))
+    }
+
+    fn spawn<'a>(
+        &'a self,
+        plan: &'a MachinePlan,
+        group: &'a VmGroup,
+    ) -> BoxFuture<'a, Result<QemuProcess, BootError>> {
+        Box::pin(async move {
+            let spec = resume_spec(plan, &self.boot, self.named_ram);
+            spawn_spec(&self.host, &spec, plan, group).await
+        })
+    }
+
+    fn reach_agent<'a>(
+        &'a self,
+        plan: &'a MachinePlan,
+        process: &'a mut QemuProcess,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Agent, BootError>> {
+        Box::pin(self.load(plan, process, deadline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> MachinePlan {
+        MachinePlan {
+            workspace_base: Some(PathBuf::from("/run/vms/v/workspace-base.qcow2")),
+            mounts: Vec::new(),
+            packages: None,
+            vm_id: "0123456789abcdef".into(),
+            memory_mib: 512,
+            vcpus: 1,
+            workdir: WorkDir::at(PathBuf::from("/run/vms/v")),
+            root_base: PathBuf::from("/images/rootfs-python.qcow2"),
+            network_socket: None,
+            verbose_console: false,
+            translation_cache_mib: airlock_qemu::TCG_TB_SIZE_MIB,
+        }
+    }
+
+    fn boot() -> BootImages {
+        BootImages {
+            kernel: "/images/bzImage".into(),
+            initramfs: "/images/initramfs".into(),
+        }
+    }
+
+    #[test]
+    fn a_resumed_vm_is_the_cold_machine_waiting_for_its_state() {
+        let cold = vm_spec(&plan(), &boot());
+        let resumed = resume_spec(&plan(), &boot(), true);
+        assert_eq!(resumed.incoming, Some(IncomingMigration::Defer));
+        assert!(resumed.named_ram);
+        assert_eq!(resumed.memory_file, None);
+        assert_eq!(
+            VmSpec {
+                incoming: None,
+                named_ram: false,
+                ..resumed
+            },
+            cold
+        );
+        assert!(!resume_spec(&plan(), &boot(), false).named_ram);
+    }
+
+    #[tokio::test]
+    async fn a_saved_disk_is_linked_on_the_same_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&from, b"disk").unwrap();
+        link_or_copy(&from, &to).await.unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&from).unwrap().ino(),
+            std::fs::metadata(&to).unwrap().ino()
+        );
+    }
+}
