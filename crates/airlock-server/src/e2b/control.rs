@@ -282,6 +282,16 @@ fn detail_json(sandbox: &Sandbox, with_token: bool) -> Value {
     value
 }
 
+/// An RFC 3339 time (or one without an offset, as Python's `isoformat`
+/// writes a naive time: taken as UTC).
+fn parse_time(text: &str) -> Option<SystemTime> {
+    use time::format_description::well_known::Rfc3339;
+    let parsed = time::OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(&format!("{text}Z"), &Rfc3339))
+        .ok()?;
+    Some(SystemTime::from(parsed))
+}
+
 /// `t` as RFC 3339 in UTC, to the microsecond.
 pub(super) fn rfc3339(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
@@ -393,11 +403,33 @@ async fn list(
         None => usize::MAX,
     };
     let template = query.get("template");
-    let matching: Vec<Arc<Sandbox>> = e2b
-        .sandboxes
-        .list(&caller.tenant)
+    let newest_first = match query.get("order").map(String::as_str) {
+        None | Some("" | "desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(E2bError::bad_request(
+                Plane::Api,
+                format!("order {other:?}: asc or desc"),
+            ))
+        }
+    };
+    let started_after = match query.get("startedAfter").filter(|t| !t.is_empty()) {
+        Some(text) => Some(parse_time(text).ok_or_else(|| {
+            E2bError::bad_request(
+                Plane::Api,
+                format!("startedAfter {text:?} is not an RFC 3339 time"),
+            )
+        })?),
+        None => None,
+    };
+    let mut listed = e2b.sandboxes.list(&caller.tenant);
+    if newest_first {
+        listed.reverse();
+    }
+    let matching: Vec<Arc<Sandbox>> = listed
         .into_iter()
         .filter(|_| wants_running)
+        .filter(|s| started_after.is_none_or(|after| s.started_at > after))
         .filter(|s| template.is_none_or(|t| *t == s.template_id))
         .filter(|s| {
             filter

@@ -104,8 +104,8 @@ async fn health(State(e2b): State<E2b>, headers: HeaderMap) -> Response {
 fn unsupported_message(path: &str) -> String {
     let what = path.rsplit('/').next().unwrap_or(path);
     format!(
-        "{what} is not supported by this server (Airlock runs one command at a time per sandbox, \
-         without stdin, PTYs or watchers; see docs/e2b.md)"
+        "{what} is not supported by this server (Airlock has no PTYs, input streams or \
+         filesystem watchers; see docs/e2b.md)"
     )
 }
 
@@ -510,7 +510,7 @@ async fn close_stdin(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) ->
 
 /// The `find -printf` format of one entry: type, size, mode bits,
 /// permissions, owner, group, mtime, symlink target, path.
-const ENTRY_FORMAT: &str = r"%y\t%s\t%m\t%M\t%u\t%g\t%T@\t%l\t%p\n";
+const ENTRY_FORMAT: &str = r"%Y\t%s\t%m\t%M\t%u\t%g\t%T@\t%l\t%p\n";
 /// What a script prints for a path that is not there.
 const NOT_FOUND: &str = "airlock:not_found";
 /// ... that is there already.
@@ -562,13 +562,23 @@ fn entry_info(line: &str) -> Option<Value> {
     else {
         return None;
     };
+    // `%Y`: the type of what a symlink points to, as E2B's envd reports
+    // it (`N`, `L`, `?`: a dangling link, a loop, an error).
     let kind = match *kind {
         "f" => "FILE_TYPE_FILE",
         "d" => "FILE_TYPE_DIRECTORY",
-        "l" => "FILE_TYPE_SYMLINK",
+        "l" | "N" | "L" | "?" => "FILE_TYPE_SYMLINK",
         _ => "FILE_TYPE_UNSPECIFIED",
     };
     let path = path.trim_end_matches('/');
+    // The guest's one user is E2B's `user`, as its home is `/home/user`.
+    let shown_user = |name: &str| {
+        if name == "sandbox" {
+            "user".to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
     let name = path.rsplit('/').next().unwrap_or(path);
     let mtime = mtime
         .parse::<f64>()
@@ -582,14 +592,22 @@ fn entry_info(line: &str) -> Option<Value> {
         "size": size,
         "mode": u32::from_str_radix(mode, 8).unwrap_or(0),
         "permissions": permissions,
-        "owner": owner,
-        "group": group,
+        "owner": shown_user(owner),
+        "group": shown_user(group),
     });
     if let Some(mtime) = mtime {
         entry["modifiedTime"] = mtime.into();
     }
     if !target.is_empty() {
-        entry["symlinkTarget"] = to_e2b(target).into();
+        // Absolute, as envd gives it: a relative target is from the link's
+        // directory.
+        let absolute = if target.starts_with('/') {
+            (*target).to_owned()
+        } else {
+            let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+            format!("{dir}/{target}")
+        };
+        entry["symlinkTarget"] = to_e2b(&absolute).into();
     }
     Some(entry)
 }
@@ -703,7 +721,9 @@ async fn remove(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Resp
         &headers,
         &body,
         |sandbox, r: PathRequest| async move {
-            let script = format!("{}rm -rf \"$p\"", exists_check(&r.path));
+            // A path that is not there is removed already (envd's
+            // `os.RemoveAll`).
+            let script = format!("p={}\nrm -rf \"$p\"", shell_quote(&to_guest(&r.path)));
             shell(&sandbox, script).await?;
             Ok(json!({}))
         },
@@ -889,9 +909,21 @@ mod tests {
             .unwrap()
             .starts_with("2025-12-06T"));
         assert!(entry.get("symlinkTarget").is_none());
-        let link = entry_info("l\t3\t777\tlrwxrwxrwx\ts\ts\t0\t/tmp\t/home/sandbox/t").unwrap();
-        assert_eq!(link["type"], "FILE_TYPE_SYMLINK");
+        assert_eq!(
+            (entry["owner"].as_str(), entry["group"].as_str()),
+            (Some("user"), Some("user"))
+        );
+        let link = entry_info("d\t3\t777\tlrwxrwxrwx\ts\ts\t0\t/tmp\t/home/sandbox/t").unwrap();
+        assert_eq!(
+            link["type"], "FILE_TYPE_DIRECTORY",
+            "a link is its target's type"
+        );
         assert_eq!(link["symlinkTarget"], "/tmp");
+        let relative =
+            entry_info("f\t3\t777\tlrwxrwxrwx\ts\ts\t0\ta.txt\t/home/sandbox/d/t").unwrap();
+        assert_eq!(relative["symlinkTarget"], "/home/user/d/a.txt");
+        let dangling = entry_info("N\t3\t777\tlrwxrwxrwx\ts\ts\t0\tnope\t/home/sandbox/t").unwrap();
+        assert_eq!(dangling["type"], "FILE_TYPE_SYMLINK");
         assert!(entry_info("garbage").is_none());
     }
 }

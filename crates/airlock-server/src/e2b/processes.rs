@@ -81,6 +81,13 @@ impl Ended {
                 signalled,
                 timed_out: done.timed_out,
             },
+            // The sandbox ended under it (killed, its timeout): envd's
+            // `unavailable`, on which the SDKs probe the sandbox and
+            // report it gone (not the session's "not found").
+            Err(SessionError::Closed { .. }) => Ended::Failed {
+                code: "unavailable",
+                message: "the sandbox ended while the process ran".into(),
+            },
             Err(e) => {
                 let e = crate::error::ServerError::from(e);
                 Ended::Failed {

@@ -791,6 +791,35 @@ async fn input_to_a_command_without_stdin_is_refused() {
 }
 
 #[tokio::test]
+async fn a_command_whose_sandbox_is_killed_ends_unavailable_not_not_found() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let running = h.start(&made, "hang");
+    let kill = async {
+        while h.pids(&made).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let gone = h
+            .api(
+                Method::DELETE,
+                KEY_A,
+                &format!("/sandboxes/{}", made.id),
+                None,
+            )
+            .await;
+        assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text());
+    };
+    let (frames, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(running, kill)
+    })
+    .await
+    .unwrap();
+    let (flags, end) = frames.last().unwrap();
+    assert_eq!(*flags, 2, "{frames:?}");
+    assert_eq!(end["error"]["code"], "unavailable", "{frames:?}");
+}
+
+#[tokio::test]
 async fn connect_to_a_process_that_is_not_running_is_not_found() {
     let h = E2bHarness::new();
     let made = h.create(KEY_A, json!({"templateID": "base"})).await;
@@ -998,6 +1027,74 @@ async fn a_list_pages_by_the_next_token_header() {
         .await
         .ok(StatusCode::OK);
     assert_eq!(paused, json!([]));
+}
+
+#[tokio::test]
+async fn a_list_is_newest_first_unless_asked_and_filters_by_start_time() {
+    let h = E2bHarness::new();
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(h.create(KEY_A, json!({"templateID": "base"})).await.id);
+        // Distinct start times, to the microsecond E2B shows.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ids = |reply: Reply| -> Vec<String> {
+        reply
+            .ok(StatusCode::OK)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sandboxID"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let newest: Vec<String> = made.iter().rev().cloned().collect();
+    assert_eq!(
+        ids(h.api(Method::GET, KEY_A, "/v2/sandboxes", None).await),
+        newest
+    );
+    assert_eq!(
+        ids(h
+            .api(Method::GET, KEY_A, "/v2/sandboxes?order=desc&limit=1", None)
+            .await),
+        newest[..1].to_vec()
+    );
+    assert_eq!(
+        ids(h
+            .api(Method::GET, KEY_A, "/v2/sandboxes?order=asc", None)
+            .await),
+        made
+    );
+    let later = h
+        .api(
+            Method::GET,
+            KEY_A,
+            "/v2/sandboxes?startedAfter=2030-01-01T00%3A00%3A00%2B00%3A00",
+            None,
+        )
+        .await;
+    assert!(ids(later).is_empty());
+    let naive = h
+        .api(
+            Method::GET,
+            KEY_A,
+            "/v2/sandboxes?startedAfter=2020-01-01T00%3A00%3A00.5",
+            None,
+        )
+        .await;
+    assert_eq!(ids(naive).len(), 3, "a time without an offset is UTC");
+    let bad = h
+        .api(Method::GET, KEY_A, "/v2/sandboxes?order=sideways", None)
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let bad = h
+        .api(
+            Method::GET,
+            KEY_A,
+            "/v2/sandboxes?startedAfter=yesterday",
+            None,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
 
 #[test]
