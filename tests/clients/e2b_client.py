@@ -130,6 +130,16 @@ def check_sync():
             pass
         assert Sandbox.kill(sbx.sandbox_id, api_key=KEY_B) is False
         assert sbx.is_running()
+        # Paused to disk, then resumed by a connect: the interpreter's
+        # state and the files come back (docs/persistence.md).
+        sbx.files.write("/home/user/kept.txt", "kept")
+        assert sbx.pause() is True
+        assert str(Sandbox.get_info(sbx.sandbox_id).state) == "paused"
+        assert sbx.pause() is False, "paused already"
+        resumed = Sandbox.connect(sbx.sandbox_id)
+        assert resumed.run_code("x").text == "1"
+        assert resumed.files.read("/home/user/kept.txt") == "kept"
+        assert str(Sandbox.get_info(sbx.sandbox_id).state) == "running"
     finally:
         killed = sbx.kill()
     assert killed is True, killed

@@ -299,6 +299,23 @@ impl E2bConfig {
         Some((domain, source))
     }
 
+    /// The template id of `image`: the operator's first id for it, else
+    /// the built-in one, else the image's name (a sandbox resumed after a
+    /// restart has only its image).
+    pub fn template_of(&self, image: airlock::spec::Image) -> String {
+        self.templates
+            .iter()
+            .find(|(_, name)| name.as_str() == image.name())
+            .map(|(id, _)| id.clone())
+            .or_else(|| {
+                E2B_BUILTIN_TEMPLATES
+                    .iter()
+                    .find(|(_, name)| *name == image.name())
+                    .map(|(id, _)| (*id).to_owned())
+            })
+            .unwrap_or_else(|| image.name().to_owned())
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(domain) = &self.domain {
             let labels_ok = domain.split('.').all(|label| {

@@ -30,8 +30,8 @@ pub(super) fn routes(airlock: &Airlock) -> Router<E2b> {
         .route("/sandboxes/{id}", get(show).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/{id}/pause", post(not_supported))
-        .route("/sandboxes/{id}/resume", post(not_supported))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(not_supported))
         .route("/sandboxes/metrics", get(not_supported))
         .route("/sandboxes/{id}/snapshots", post(not_supported))
@@ -306,13 +306,169 @@ fn lookup(e2b: &E2b, caller: &Caller, id: &str) -> Result<Arc<Sandbox>, E2bError
         .ok_or_else(|| E2bError::sandbox_not_found(id))
 }
 
+/// The caller's paused sandbox `id` (the session saved to disk), if any.
+async fn paused_meta(
+    e2b: &E2b,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<airlock::pause::PausedMeta>, E2bError> {
+    Ok(e2b
+        .airlock
+        .paused_sessions(caller)
+        .await?
+        .into_iter()
+        .find(|meta| meta.session_id == id))
+}
+
+/// What get and list answer for a paused sandbox.
+fn paused_detail_json(e2b: &E2b, meta: &airlock::pause::PausedMeta) -> Value {
+    let record = e2b.sandboxes.paused_record(&meta.session_id);
+    let image = meta
+        .shape
+        .image
+        .unwrap_or_else(|| airlock::spec::Image::of_language(meta.language));
+    let template_id = record.as_ref().map_or_else(
+        || e2b.airlock.config().e2b.template_of(image),
+        |r| r.template_id.clone(),
+    );
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let started = record
+        .as_ref()
+        .map_or_else(|| at(meta.created_at_ms), |r| r.started_at);
+    json!({
+        "templateID": template_id,
+        "alias": template_id,
+        "sandboxID": meta.session_id,
+        "clientID": "airlock",
+        "startedAt": rfc3339(started),
+        // A paused sandbox ends when its saved copy expires.
+        "endAt": rfc3339(at(meta.expires_at_ms)),
+        "cpuCount": meta.shape.vcpus,
+        "memoryMB": meta.shape.memory_mib,
+        "diskSizeMB": meta.shape.disk_mib,
+        "metadata": record.map(|r| r.metadata).unwrap_or_default(),
+        "state": "paused",
+        "envdVersion": ENVD_VERSION,
+        "domain": null,
+    })
+}
+
 async fn show(
     State(e2b): State<E2b>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, E2bError> {
-    let sandbox = lookup(&e2b, &caller, &id)?;
-    Ok(Json(detail_json(&sandbox, true)))
+    match lookup(&e2b, &caller, &id) {
+        Ok(sandbox) => Ok(Json(detail_json(&sandbox, true))),
+        Err(not_live) => match paused_meta(&e2b, &caller, &id).await? {
+            Some(meta) => Ok(Json(paused_detail_json(&e2b, &meta))),
+            None => Err(not_live),
+        },
+    }
+}
+
+/// Pauses a sandbox: its whole machine (memory, processes, files) saved
+/// to disk (`docs/persistence.md`), its VM and quota place freed; E2B's
+/// metadata kept here for the resume.
+async fn pause(
+    State(e2b): State<E2b>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, E2bError> {
+    let sandbox = match lookup(&e2b, &caller, &id) {
+        Ok(sandbox) => sandbox,
+        Err(not_live) => {
+            if paused_meta(&e2b, &caller, &id).await?.is_some() {
+                return Err(E2bError::new(
+                    Plane::Api,
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("sandbox {id} is already paused"),
+                ));
+            }
+            return Err(not_live);
+        }
+    };
+    if let Err(e) = e2b.airlock.pause_session(&caller, &id).await {
+        // E2B's SDKs read a 409 as "paused already": a sandbox that
+        // cannot be paused (or is busy) is a 400 with the reason here.
+        if e.status() == StatusCode::CONFLICT {
+            return Err(E2bError::bad_request(Plane::Api, e.public().message));
+        }
+        return Err(e.into());
+    }
+    e2b.sandboxes.keep_paused(&sandbox);
+    e2b.sandboxes.remove(&caller.tenant, &id);
+    tracing::info!(sandbox_id = id, "e2b sandbox paused");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resumes the caller's paused sandbox `id` under the same id, its E2B
+/// metadata as it was (if this process paused it), ending `timeout`
+/// seconds from now (the default when `None`).
+async fn resume_paused(
+    e2b: &E2b,
+    caller: &Caller,
+    id: &str,
+    timeout: Option<u64>,
+) -> Result<Arc<Sandbox>, E2bError> {
+    let meta = paused_meta(e2b, caller, id)
+        .await?
+        .ok_or_else(|| E2bError::sandbox_not_found(id))?;
+    let airlock = &e2b.airlock;
+    let timeout = timeout_of(airlock, timeout)?;
+    airlock.resume_session(caller, id).await?;
+    let session = airlock.session(caller, id)?;
+    let image = meta
+        .shape
+        .image
+        .unwrap_or_else(|| airlock::spec::Image::of_language(meta.language));
+    let record = e2b.sandboxes.paused_record(id);
+    e2b.sandboxes.forget_paused(id);
+    let (template_id, metadata, env_vars) = match record {
+        Some(r) => (r.template_id, r.metadata, r.env_vars),
+        None => (
+            airlock.config().e2b.template_of(image),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        ),
+    };
+    let sandbox = e2b.sandboxes.insert(
+        airlock,
+        session,
+        NewSandbox {
+            caller: caller.clone(),
+            template_id,
+            image,
+            metadata,
+            env_vars,
+            memory_mib: meta.shape.memory_mib,
+            vcpus: meta.shape.vcpus,
+            timeout,
+        },
+    );
+    tracing::info!(sandbox_id = id, "e2b sandbox resumed");
+    Ok(sandbox)
+}
+
+/// E2B's older resume call (the SDKs now resume through connect).
+async fn resume(
+    State(e2b): State<E2b>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, E2bError> {
+    let body: ConnectBody = parse(&body)?;
+    if lookup(&e2b, &caller, &id).is_ok() {
+        return Err(E2bError::new(
+            Plane::Api,
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("sandbox {id} is already running"),
+        ));
+    }
+    let sandbox = resume_paused(&e2b, &caller, &id, body.timeout).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&sandbox))).into_response())
 }
 
 async fn kill(
@@ -320,11 +476,19 @@ async fn kill(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, E2bError> {
-    let sandbox = e2b
+    let Some(sandbox) = e2b
         .sandboxes
         .remove(&caller.tenant, &id)
         .filter(|s| s.is_live())
-        .ok_or_else(|| E2bError::sandbox_not_found(&id))?;
+    else {
+        // A paused one: its saved copy is deleted.
+        if paused_meta(&e2b, &caller, &id).await?.is_some() {
+            e2b.airlock.close_session(&caller, &id).await?;
+            e2b.sandboxes.forget_paused(&id);
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        return Err(E2bError::sandbox_not_found(&id));
+    };
     match e2b.airlock.close_session(&caller, &sandbox.id).await {
         // Closed meanwhile (its timer, the REST API): killed all the same.
         Ok(()) | Err(ServerError::SessionNotFound { .. }) => Ok(StatusCode::NO_CONTENT),
@@ -359,9 +523,19 @@ async fn connect(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, E2bError> {
+) -> Result<Response, E2bError> {
     let body: ConnectBody = parse(&body)?;
-    let sandbox = lookup(&e2b, &caller, &id)?;
+    let sandbox = match lookup(&e2b, &caller, &id) {
+        Ok(sandbox) => sandbox,
+        // Connecting to a paused sandbox resumes it (201, as E2B).
+        Err(not_live) => {
+            if paused_meta(&e2b, &caller, &id).await?.is_none() {
+                return Err(not_live);
+            }
+            let sandbox = resume_paused(&e2b, &caller, &id, body.timeout).await?;
+            return Ok((StatusCode::CREATED, Json(sandbox_json(&sandbox))).into_response());
+        }
+    };
     if let Some(seconds) = body.timeout {
         let timeout = timeout_of(&e2b.airlock, Some(seconds))?;
         // Connecting never shortens a sandbox's life.
@@ -369,7 +543,7 @@ async fn connect(
             sandbox.set_timeout(timeout);
         }
     }
-    Ok(Json(sandbox_json(&sandbox)))
+    Ok(Json(sandbox_json(&sandbox)).into_response())
 }
 
 async fn list(
@@ -381,9 +555,12 @@ async fn list(
         Some(text) => metadata_filter(text)?,
         None => Vec::new(),
     };
-    let wants_running = query
-        .get("state")
-        .is_none_or(|states| states.split(',').any(|s| s.trim() == "running"));
+    let wants = |state: &str| {
+        query
+            .get("state")
+            .is_none_or(|states| states.split(',').any(|s| s.trim() == state))
+    };
+    let (wants_running, wants_paused) = (wants("running"), wants("paused"));
     let offset: usize = match query.get("nextToken").filter(|t| !t.is_empty()) {
         Some(token) => token.parse().map_err(|_| {
             E2bError::bad_request(
@@ -422,27 +599,47 @@ async fn list(
         })?),
         None => None,
     };
-    let mut listed = e2b.sandboxes.list(&caller.tenant);
+    // (started, template, metadata, detail) of each running and paused
+    // sandbox of the caller.
+    let mut listed: Vec<(SystemTime, String, Value)> = Vec::new();
+    if wants_running {
+        for s in e2b.sandboxes.list(&caller.tenant) {
+            listed.push((s.started_at, s.template_id.clone(), detail_json(&s, false)));
+        }
+    }
+    if wants_paused {
+        for meta in e2b.airlock.paused_sessions(&caller).await? {
+            let detail = paused_detail_json(&e2b, &meta);
+            let started = detail["startedAt"]
+                .as_str()
+                .and_then(parse_time)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let template_id = detail["templateID"].as_str().unwrap_or_default().to_owned();
+            listed.push((started, template_id, detail));
+        }
+    }
+    listed.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.2["sandboxID"].as_str().cmp(&b.2["sandboxID"].as_str()))
+    });
     if newest_first {
         listed.reverse();
     }
-    let matching: Vec<Arc<Sandbox>> = listed
+    let matching: Vec<Value> = listed
         .into_iter()
-        .filter(|_| wants_running)
-        .filter(|s| started_after.is_none_or(|after| s.started_at > after))
-        .filter(|s| template.is_none_or(|t| *t == s.template_id))
-        .filter(|s| {
-            filter
-                .iter()
-                .all(|(k, v)| s.metadata.get(k).is_some_and(|have| have == v))
+        .filter(|(started, _, _)| started_after.is_none_or(|after| *started > after))
+        .filter(|(_, template_id, _)| template.is_none_or(|t| t == template_id))
+        .filter(|(_, _, detail)| {
+            filter.iter().all(|(k, v)| {
+                detail["metadata"]
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .is_some_and(|have| have == v)
+            })
         })
+        .map(|(_, _, detail)| detail)
         .collect();
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|s| detail_json(s, false))
-        .collect();
+    let page: Vec<Value> = matching.iter().skip(offset).take(limit).cloned().collect();
     let mut response = Json(Value::Array(page)).into_response();
     let next = offset.saturating_add(limit);
     if next < matching.len() {

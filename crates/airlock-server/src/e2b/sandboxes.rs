@@ -156,10 +156,27 @@ pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The live E2B sandboxes, by id.
+/// What E2B says of a paused sandbox, kept to give it back at resume
+/// (the machine itself is a paused session on disk). Lost with the
+/// server process: a sandbox paused before a restart resumes with its
+/// template id from its image and no metadata or env vars.
+#[derive(Debug, Clone)]
+pub(crate) struct PausedRecord {
+    /// The template id create named.
+    pub template_id: String,
+    /// Create's `metadata`.
+    pub metadata: BTreeMap<String, String>,
+    /// Create's `envVars`.
+    pub env_vars: BTreeMap<String, String>,
+    /// When it first started.
+    pub started_at: SystemTime,
+}
+
+/// The live E2B sandboxes, by id, and what E2B says of the paused ones.
 #[derive(Default)]
 pub(crate) struct Sandboxes {
     map: Mutex<HashMap<String, Arc<Sandbox>>>,
+    paused: Mutex<HashMap<String, PausedRecord>>,
 }
 
 impl Sandboxes {
@@ -219,6 +236,29 @@ impl Sandboxes {
             Some(s) if s.caller.tenant == tenant => map.remove(id),
             _ => None,
         }
+    }
+
+    /// Keeps what E2B says of `sandbox`, now paused.
+    pub fn keep_paused(&self, sandbox: &Sandbox) {
+        lock(&self.paused).insert(
+            sandbox.id.clone(),
+            PausedRecord {
+                template_id: sandbox.template_id.clone(),
+                metadata: sandbox.metadata.clone(),
+                env_vars: sandbox.env_vars.clone(),
+                started_at: sandbox.started_at,
+            },
+        );
+    }
+
+    /// What E2B said of paused sandbox `id`, if this process paused it.
+    pub fn paused_record(&self, id: &str) -> Option<PausedRecord> {
+        lock(&self.paused).get(id).cloned()
+    }
+
+    /// Forgets paused sandbox `id` (resumed or killed).
+    pub fn forget_paused(&self, id: &str) {
+        lock(&self.paused).remove(id);
     }
 
     /// `tenant`'s live sandboxes, oldest first.

@@ -325,6 +325,23 @@ async fn keys_templates_and_unsupported_calls_are_refused_in_e2b_s_shape() {
         .await;
     assert_eq!(template.ok(StatusCode::NOT_FOUND)["code"], 404);
     let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let snapshot = h
+        .api(
+            Method::POST,
+            KEY_A,
+            &format!("/sandboxes/{}/snapshots", made.id),
+            Some(json!({})),
+        )
+        .await;
+    let body = snapshot.ok(StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(body["code"], 501);
+    assert!(
+        body["message"].as_str().unwrap().contains("not supported"),
+        "{body}"
+    );
+    assert_eq!(snapshot.headers["should-retry"], "false");
+    // A machine that cannot be paused (the fakes have none) is refused in
+    // E2B's shape and runs on.
     let pause = h
         .api(
             Method::POST,
@@ -333,13 +350,36 @@ async fn keys_templates_and_unsupported_calls_are_refused_in_e2b_s_shape() {
             Some(json!({})),
         )
         .await;
-    let body = pause.ok(StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(body["code"], 501);
-    assert!(
-        body["message"].as_str().unwrap().contains("not supported"),
-        "{body}"
+    // (A 409 would tell the SDKs it was paused already.)
+    assert_eq!(pause.ok(StatusCode::BAD_REQUEST)["code"], 400);
+    let still = h
+        .api(Method::GET, KEY_A, &format!("/sandboxes/{}", made.id), None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(still["state"], "running");
+    let resume = h
+        .api(
+            Method::POST,
+            KEY_A,
+            &format!("/sandboxes/{}/resume", made.id),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        resume.status,
+        StatusCode::CONFLICT,
+        "a running one: {}",
+        resume.text()
     );
-    assert_eq!(pause.headers["should-retry"], "false");
+    let missing = h
+        .api(
+            Method::POST,
+            KEY_A,
+            "/sandboxes/s-nope/resume",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
     let too_long = h
         .api(
             Method::POST,

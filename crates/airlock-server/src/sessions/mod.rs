@@ -89,6 +89,23 @@ impl Airlock {
         Ok(sessions)
     }
 
+    /// The caller's paused sessions (what was saved of each), after the
+    /// expired ones are swept.
+    ///
+    /// # Errors
+    /// 500 when the paused sessions cannot be read.
+    pub async fn paused_sessions(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<airlock::pause::PausedMeta>> {
+        Ok(self
+            .paused_of(&caller.tenant)
+            .await?
+            .into_iter()
+            .map(|entry| entry.meta)
+            .collect())
+    }
+
     /// The tenant's paused sessions, after the expired ones are swept.
     async fn paused_of(&self, tenant: &str) -> Result<Vec<airlock::pause::PausedEntry>> {
         let scheduler = self.scheduler();
