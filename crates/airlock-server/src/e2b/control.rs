@@ -139,11 +139,18 @@ struct CreateBody {
     #[serde(default)]
     env_vars: Option<BTreeMap<String, String>>,
     auto_pause: Option<bool>,
+    auto_resume: Option<AutoResume>,
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
     network: Option<Value>,
     mcp: Option<Value>,
     volume_mounts: Option<Value>,
+}
+
+/// Create's `autoResume`.
+#[derive(Debug, Deserialize)]
+struct AutoResume {
+    enabled: bool,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, E2bError> {
@@ -184,8 +191,8 @@ async fn create(
             format!("{what} is not supported by this server (Airlock; see docs/e2b.md)"),
         ))
     };
-    if body.auto_pause == Some(true) {
-        return refuse("autoPause (pausing sandboxes)");
+    if body.auto_resume.as_ref().is_some_and(|r| r.enabled) {
+        return refuse("autoResume (resuming a paused sandbox on traffic: connect resumes it)");
     }
     if body.allow_internet_access == Some(true) || body.network.is_some() {
         return refuse("internet access and network rules for E2B sandboxes");
@@ -234,6 +241,7 @@ async fn create(
             memory_mib,
             vcpus,
             timeout,
+            auto_pause: body.auto_pause == Some(true),
         },
     );
     tracing::info!(
@@ -425,12 +433,13 @@ async fn resume_paused(
         .unwrap_or_else(|| airlock::spec::Image::of_language(meta.language));
     let record = e2b.sandboxes.paused_record(id);
     e2b.sandboxes.forget_paused(id);
-    let (template_id, metadata, env_vars) = match record {
-        Some(r) => (r.template_id, r.metadata, r.env_vars),
+    let (template_id, metadata, env_vars, auto_pause) = match record {
+        Some(r) => (r.template_id, r.metadata, r.env_vars, r.auto_pause),
         None => (
             airlock.config().e2b.template_of(image),
             BTreeMap::new(),
             BTreeMap::new(),
+            false,
         ),
     };
     let sandbox = e2b.sandboxes.insert(
@@ -445,6 +454,7 @@ async fn resume_paused(
             memory_mib: meta.shape.memory_mib,
             vcpus: meta.shape.vcpus,
             timeout,
+            auto_pause,
         },
     );
     tracing::info!(sandbox_id = id, "e2b sandbox resumed");

@@ -37,6 +37,8 @@ pub(crate) struct Sandbox {
     pub vcpus: u32,
     /// When it started.
     pub started_at: SystemTime,
+    /// Create's `autoPause`: at its end it is paused, not killed.
+    pub auto_pause: bool,
     /// When it ends (create's timeout, moved by `set_timeout`).
     end_at: Mutex<SystemTime>,
     /// The envd token (`envdAccessToken`, sent as `X-Access-Token`).
@@ -100,6 +102,8 @@ pub(crate) struct NewSandbox {
     pub vcpus: u32,
     /// The timeout from now.
     pub timeout: Duration,
+    /// Create's `autoPause`: at its end it is paused, not killed.
+    pub auto_pause: bool,
 }
 
 impl Sandbox {
@@ -170,13 +174,29 @@ pub(crate) struct PausedRecord {
     pub env_vars: BTreeMap<String, String>,
     /// When it first started.
     pub started_at: SystemTime,
+    /// Create's `autoPause`, for its next end.
+    pub auto_pause: bool,
+}
+
+impl PausedRecord {
+    fn of(sandbox: &Sandbox) -> Self {
+        Self {
+            template_id: sandbox.template_id.clone(),
+            metadata: sandbox.metadata.clone(),
+            env_vars: sandbox.env_vars.clone(),
+            started_at: sandbox.started_at,
+            auto_pause: sandbox.auto_pause,
+        }
+    }
 }
 
 /// The live E2B sandboxes, by id, and what E2B says of the paused ones.
 #[derive(Default)]
 pub(crate) struct Sandboxes {
     map: Mutex<HashMap<String, Arc<Sandbox>>>,
-    paused: Mutex<HashMap<String, PausedRecord>>,
+    /// Shared with the timers, which pause sandboxes made with
+    /// `autoPause`.
+    paused: Arc<Mutex<HashMap<String, PausedRecord>>>,
 }
 
 impl Sandboxes {
@@ -198,6 +218,7 @@ impl Sandboxes {
             memory_mib: new.memory_mib,
             vcpus: new.vcpus,
             started_at: now,
+            auto_pause: new.auto_pause,
             end_at: Mutex::new(now + new.timeout),
             access_token: new_token("ea_"),
             traffic_token: new_token("et_"),
@@ -208,7 +229,11 @@ impl Sandboxes {
             moved: Arc::new(tokio::sync::Notify::new()),
             timer: Mutex::new(None),
         });
-        let timer = tokio::spawn(expire(Arc::downgrade(&sandbox), airlock.clone()));
+        let timer = tokio::spawn(expire(
+            Arc::downgrade(&sandbox),
+            airlock.clone(),
+            Arc::clone(&self.paused),
+        ));
         *lock(&sandbox.timer) = Some(timer);
         lock(&self.map).insert(sandbox.id.clone(), sandbox.clone());
         sandbox
@@ -240,15 +265,7 @@ impl Sandboxes {
 
     /// Keeps what E2B says of `sandbox`, now paused.
     pub fn keep_paused(&self, sandbox: &Sandbox) {
-        lock(&self.paused).insert(
-            sandbox.id.clone(),
-            PausedRecord {
-                template_id: sandbox.template_id.clone(),
-                metadata: sandbox.metadata.clone(),
-                env_vars: sandbox.env_vars.clone(),
-                started_at: sandbox.started_at,
-            },
-        );
+        lock(&self.paused).insert(sandbox.id.clone(), PausedRecord::of(sandbox));
     }
 
     /// What E2B said of paused sandbox `id`, if this process paused it.
@@ -277,7 +294,11 @@ impl Sandboxes {
 
 /// The timer of one sandbox: sleeps until its end time (again when it
 /// moves), then closes its session. Ends when the sandbox is gone.
-async fn expire(sandbox: Weak<Sandbox>, airlock: Airlock) {
+async fn expire(
+    sandbox: Weak<Sandbox>,
+    airlock: Airlock,
+    paused: Arc<Mutex<HashMap<String, PausedRecord>>>,
+) {
     loop {
         let Some(live) = sandbox.upgrade() else {
             return;
@@ -286,6 +307,20 @@ async fn expire(sandbox: Weak<Sandbox>, airlock: Airlock) {
             .end_at()
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
+        if left.is_zero() && live.auto_pause {
+            // Its record first: a resume may come as soon as it is paused.
+            lock(&paused).insert(live.id.clone(), PausedRecord::of(&live));
+            match airlock.pause_session(&live.caller, &live.id).await {
+                Ok(_) => {
+                    tracing::info!(sandbox_id = live.id, "e2b sandbox timed out: paused");
+                    return;
+                }
+                Err(e) => {
+                    lock(&paused).remove(&live.id);
+                    tracing::warn!(sandbox_id = live.id, error = %e, "e2b sandbox timed out: cannot pause it, killed");
+                }
+            }
+        }
         if left.is_zero() {
             tracing::info!(
                 sandbox_id = live.id,

@@ -392,6 +392,42 @@ async fn keys_templates_and_unsupported_calls_are_refused_in_e2b_s_shape() {
 }
 
 #[tokio::test]
+async fn auto_pause_is_taken_and_auto_resume_refused() {
+    let h = E2bHarness::new();
+    let resume = h
+        .api(
+            Method::POST,
+            KEY_A,
+            "/v2/sandboxes",
+            Some(json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}})),
+        )
+        .await;
+    assert_eq!(resume.ok(StatusCode::BAD_REQUEST)["code"], 400);
+    let made = h
+        .api(
+            Method::POST,
+            KEY_A,
+            "/v2/sandboxes",
+            Some(json!({"templateID": "base", "autoPause": true, "timeout": 1})),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    let id = made["sandboxID"].as_str().unwrap().to_owned();
+    // The fakes cannot be paused: at its end it is killed instead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = h
+            .api(Method::GET, KEY_A, &format!("/sandboxes/{id}"), None)
+            .await;
+        if got.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_sandbox_ends_at_its_timeout_and_set_timeout_moves_the_end() {
     let h = E2bHarness::new();
     let made = h
