@@ -197,11 +197,6 @@ impl Interpreter {
         }
     }
 
-    /// The interpreter's language.
-    pub(crate) fn language(&self) -> Language {
-        self.language
-    }
-
     /// Whether the driver process still runs.
     pub(crate) fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -495,7 +490,9 @@ impl Interpreter {
         }
     }
 
-    /// Asks the driver to reseed its random state after a restore.
+    /// Asks the driver to reseed its random state after a restore (Node's
+    /// driver answers `error` when it cannot: see the module docs of
+    /// [`crate::repl`]).
     ///
     /// # Errors
     /// A message when it does not answer `reseeded` in time.
