@@ -724,6 +724,27 @@ mod tests {
         product - minus.trim().parse::<usize>().unwrap()
     }
 
+    /// The host's `node` runs the real driver (no agent: an agent's
+    /// reseed would set the host's clock).
+    #[tokio::test]
+    async fn a_node_reseeds_math_random_once_and_refuses_a_context_seeded_before() {
+        let home = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            home: home.path().to_owned(),
+            run_as: None,
+            ..AgentConfig::default()
+        };
+        let mut node = Interpreter::start(Language::Javascript, &config)
+            .await
+            .unwrap();
+        // Never drawn in its main context: seeded from the agent's seed.
+        assert_eq!(node.reseed(u32::MAX).await, Ok(()));
+        // Now it is: a second reseed cannot reach it.
+        let again = node.reseed(7).await.unwrap_err();
+        assert!(again.contains("seeded before"), "{again}");
+        node.end().await;
+    }
+
     #[test]
     fn the_python_driver_cuts_results_under_the_agents_payload_limit() {
         let cap = driver_constant("RESULT_CAP");

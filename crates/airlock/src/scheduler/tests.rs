@@ -10,6 +10,7 @@ use crate::network::NetworkRequest;
 use crate::session::{CellRequest, SessionOptions};
 use crate::testing::{test_config, FakeSetup};
 use crate::CloseReason;
+use airlock_protocol::Language;
 use std::time::Duration;
 
 /// Records stages and output.
