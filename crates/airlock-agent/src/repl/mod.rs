@@ -42,8 +42,8 @@
 //!   once the clock is more than their reseed interval from their last
 //!   seeding. A Node started for a template runs with the clock a day back
 //!   ([`crate::reseed::lag_clock_for_template`]); the clone's reseed sets
-//!   the real time and the driver draws once: every DRBG reseeds from the
-//!   clone's kernel.
+//!   the real time: each DRBG reseeds (the primary from the clone's kernel)
+//!   on its first draw, whenever the run makes it.
 //!
 //! A Node that was running at this agent's first reseed but did not start
 //! on a template's lagging clock cannot be reseeded in place: it is ended

@@ -236,7 +236,9 @@ process.on('unhandledRejection', (err) => {
 // crypto: the agent started this Node with the clock a day back and the
 // clone's reseed set the real time, so OpenSSL's DRBGs, which reseed when
 // the clock is more than their interval from their last seeding, reseed
-// from the clone's kernel on their first draw: draw once now.
+// from the clone's kernel on their first draw, whenever it comes: nothing
+// to do here (a draw now would cost a run that never uses crypto about
+// 200 ms under TCG).
 //
 // performance.timeOrigin was read from the clock when this Node started
 // (in the template, a day back): it is rebased so that timeOrigin +
@@ -255,7 +257,6 @@ function reseed(word) {
     v8.setFlagsFromString('--random-seed=0');
   }
   if (!fresh) return 'error Math.random was seeded before the reseed';
-  require('crypto').randomFillSync(Buffer.alloc(1));
   const { performance } = require('perf_hooks');
   Object.defineProperty(performance, 'timeOrigin', {
     value: Date.now() - performance.now(),
