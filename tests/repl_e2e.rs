@@ -290,10 +290,12 @@ async fn cells_keep_state_and_survive_errors_timeouts_cancels_spoofing_and_child
     sched.shutdown().await;
 }
 
-/// Restored one-shot runs (in the template's warm interpreter for python
-/// and raw) match cold runs: output, exit codes, timeouts; the clone's home
-/// and /tmp are empty; two clones restored at once draw different random
-/// numbers, and `getrandom` does not block after the restore.
+/// Restored one-shot runs (in the template's warm interpreter, Node
+/// included) match cold runs: output, exit codes, timeouts; the clone's
+/// home and /tmp are empty; two clones restored at once draw different
+/// random numbers (Node: `crypto.randomBytes`, `Math.random` and
+/// `crypto.randomUUID` in the template's Node, reseeded in place), and
+/// `getrandom` does not block after the restore.
 #[tokio::test(flavor = "multi_thread")]
 async fn restored_runs_match_cold_runs_and_clones_draw_their_own_randomness() {
     let Some(_) = images_or_skip("repl_restored_runs") else {
@@ -363,7 +365,13 @@ async fn restored_runs_match_cold_runs_and_clones_draw_their_own_randomness() {
 
     // Two clones at once draw different numbers; getrandom does not block.
     let py_probe = "import os, random, time\nt = time.monotonic()\nos.getrandom(16)\nprint(os.urandom(16).hex(), random.random(), time.monotonic() - t < 0.5)";
-    let js_probe = "console.log(require('crypto').randomBytes(16).toString('hex'), Math.random())";
+    // The last two words: the run was in the template's Node, reseeded in
+    // place (the driver rebased its timeOrigin, read on the template's
+    // lagging clock), and timeOrigin + performance.now() is the clock.
+    let js_probe = "const c = require('crypto');\n\
+        console.log(c.randomBytes(16).toString('hex'), Math.random(), c.randomUUID(), \
+        Object.hasOwn(performance, 'timeOrigin'), \
+        Math.abs(performance.timeOrigin + performance.now() - Date.now()) < 5000)";
     for (language, probe) in [
         (Language::Python, py_probe),
         (Language::Javascript, js_probe),
@@ -378,11 +386,21 @@ async fn restored_runs_match_cold_runs_and_clones_draw_their_own_randomness() {
             b.split_whitespace().collect(),
         );
         assert_eq!((wa.len(), wb.len()), (wb.len(), wa.len()), "{a} / {b}");
-        for (x, y) in wa.iter().zip(&wb).take(2) {
+        let draws = match language {
+            Language::Javascript => 3,
+            _ => 2,
+        };
+        for (x, y) in wa.iter().zip(&wb).take(draws) {
             assert_ne!(x, y, "{language}: two clones printed the same {x}");
         }
         if language == Language::Python {
             assert_eq!((wa[2], wb[2]), ("True", "True"), "getrandom blocked");
+        } else {
+            assert_eq!(
+                (&wa[3..], &wb[3..]),
+                (&["true", "true"][..], &["true", "true"][..]),
+                "not run in the template's reseeded Node: {a} / {b}"
+            );
         }
     }
 

@@ -4,10 +4,16 @@
 //!
 //! Every clone of a template starts with the template's random state and
 //! the clock it was saved with; this is what makes clones differ and tell
-//! the time. Interpreters already running in the guest would keep their
-//! own seeded state: templates hold none today (each exec starts a new
-//! process, which seeds from the kernel), so there is nothing else to
-//! reseed until persistent interpreters exist.
+//! the time. The persistent interpreters a template holds are reseeded
+//! after the kernel ([`crate::repl::Repls::reseed`]).
+//!
+//! A template's clock runs [`TEMPLATE_CLOCK_LAG`] behind from its warm-up
+//! to its save ([`lag_clock_for_template`], `warm_repl` with
+//! `for_template`): OpenSSL's DRBGs (Node's `crypto`) reseed themselves
+//! from the kernel on their first draw once the clock is more than their
+//! reseed interval (an hour at most) away from their last seeding, so a
+//! clone, whose clock the reseed sets to the host's, reseeds every DRBG
+//! the template's interpreter holds from its own freshly reseeded kernel.
 
 use crate::error::AgentError;
 use airlock_protocol::{EventBody, MIN_RESEED_ENTROPY_BYTES};
@@ -52,6 +58,34 @@ pub(crate) fn reseed(entropy: &[u8], unix_time_ns: u64) -> Result<EventBody, Age
     })
 }
 
+/// How far a template's clock is set back before its interpreter starts:
+/// more than the longest time-based reseed interval of OpenSSL's DRBGs
+/// (an hour for the primary one, seven minutes for the others), with room
+/// for the host's clock to be corrected backwards between the template's
+/// build and a clone's restore.
+pub(crate) const TEMPLATE_CLOCK_LAG: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Sets `CLOCK_REALTIME` [`TEMPLATE_CLOCK_LAG`] back, for a VM about to be
+/// saved as a template (its clones' reseed sets the real time). Returns
+/// the step in milliseconds (negative).
+///
+/// # Errors
+/// [`AgentError::Io`] when the clock cannot be read or set.
+pub(crate) fn lag_clock_for_template() -> Result<i64, AgentError> {
+    let now = clock_gettime(ClockId::CLOCK_REALTIME)
+        .map_err(|e| io("read the clock", "CLOCK_REALTIME", e.into()))?;
+    let now = Duration::from(now);
+    let target = lagged(now);
+    clock_settime(ClockId::CLOCK_REALTIME, TimeSpec::from_duration(target))
+        .map_err(|e| io("set the clock", "CLOCK_REALTIME", e.into()))?;
+    Ok(clock_step_ms(now, target))
+}
+
+/// `now` less [`TEMPLATE_CLOCK_LAG`], never before the epoch.
+fn lagged(now: Duration) -> Duration {
+    now.saturating_sub(TEMPLATE_CLOCK_LAG)
+}
+
 /// Refuses fewer than [`MIN_RESEED_ENTROPY_BYTES`] bytes.
 fn check_entropy(entropy: &[u8]) -> Result<(), AgentError> {
     if entropy.len() < MIN_RESEED_ENTROPY_BYTES {
@@ -84,6 +118,16 @@ mod tests {
         assert!(matches!(err, AgentError::InvalidRequest(_)), "{err}");
         assert!(err.to_string().contains("at least 32"), "{err}");
         check_entropy(&[7u8; 32]).unwrap();
+    }
+
+    #[test]
+    fn a_template_clock_lags_a_day_which_is_past_every_drbg_reseed_interval() {
+        let s = Duration::from_secs;
+        // OpenSSL's primary DRBG reseeds after an hour, the others after 7 min.
+        assert!(TEMPLATE_CLOCK_LAG > s(60 * 60));
+        assert_eq!(lagged(s(1_800_000_000)), s(1_800_000_000 - 86_400));
+        assert_eq!(lagged(s(5)), Duration::ZERO);
+        assert_eq!(clock_step_ms(s(100_000), lagged(s(100_000))), -86_400_000);
     }
 
     #[test]

@@ -436,7 +436,10 @@ impl Dispatcher {
                 Box::pin(ctx.read(path))
             }
             RequestBody::ListFiles { path } => Box::pin(ctx.list(path)),
-            RequestBody::WarmRepl { language } => Box::pin(ctx.warm(language)),
+            RequestBody::WarmRepl {
+                language,
+                for_template,
+            } => Box::pin(ctx.warm(language, for_template)),
             RequestBody::ResetRepl { language } => {
                 Box::pin(async move { EventBody::Complete(ctx.repls.reset(language).await) })
             }
@@ -540,8 +543,13 @@ impl OpCtx {
         self.run_process(spec).await
     }
 
-    async fn warm(self, language: Language) -> EventBody {
-        last_event(self.repls.warm(language).await.map(EventBody::Complete))
+    async fn warm(self, language: Language, for_template: bool) -> EventBody {
+        last_event(
+            self.repls
+                .warm(language, for_template)
+                .await
+                .map(EventBody::Complete),
+        )
     }
 
     /// Installs into the writable package layer when the guest has one

@@ -695,6 +695,7 @@ async fn warm_repl_completes_without_output() {
             1,
             RequestBody::WarmRepl {
                 language: Language::Python,
+                for_template: false,
             },
         )
         .await;
@@ -703,6 +704,7 @@ async fn warm_repl_completes_without_output() {
             2,
             RequestBody::WarmRepl {
                 language: Language::Raw,
+                for_template: false,
             },
         )
         .await;

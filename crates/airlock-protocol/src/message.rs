@@ -151,6 +151,13 @@ pub enum RequestBody {
     WarmRepl {
         /// The interpreter to warm.
         language: Language,
+        /// The VM is about to be saved as a memory template: the agent
+        /// first sets its clock one day back (`TEMPLATE_CLOCK_LAG`), so
+        /// that every OpenSSL DRBG the interpreter seeds looks a day stale
+        /// to the clones, whose `reseed` sets the real time: their first
+        /// draw reseeds each DRBG from the clone's kernel. Absent: false.
+        #[serde(default, skip_serializing_if = "is_false")]
+        for_template: bool,
     },
     /// Ends the language's persistent interpreter, if one runs (its
     /// globals go with it); the next cell starts a fresh one. Answered by

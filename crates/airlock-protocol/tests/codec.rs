@@ -38,6 +38,11 @@ fn all_requests() -> Vec<Request> {
         RequestBody::ListFiles { path: "".into() },
         RequestBody::WarmRepl {
             language: Language::Python,
+            for_template: false,
+        },
+        RequestBody::WarmRepl {
+            language: Language::Javascript,
+            for_template: true,
         },
         RequestBody::Reseed {
             entropy: Data::base64(vec![9u8; 32]),
@@ -204,6 +209,30 @@ fn every_event_round_trips() {
         let line = encode_line(&event).unwrap();
         assert_eq!(decode_event(&line[..line.len() - 1]).unwrap(), event);
     }
+}
+
+#[test]
+fn warm_repl_without_for_template_is_a_plain_warm_up_and_false_is_not_sent() {
+    let plain = br#"{"op":7,"action":"warm_repl","language":"javascript"}"#;
+    let request = decode_request(plain).unwrap();
+    assert_eq!(
+        request.body,
+        RequestBody::WarmRepl {
+            language: Language::Javascript,
+            for_template: false,
+        }
+    );
+    let line = encode_line(&request).unwrap();
+    assert!(!String::from_utf8_lossy(&line).contains("for_template"));
+    let templated = Request::new(
+        7,
+        RequestBody::WarmRepl {
+            language: Language::Javascript,
+            for_template: true,
+        },
+    );
+    let line = encode_line(&templated).unwrap();
+    assert!(String::from_utf8_lossy(&line).contains(r#""for_template":true"#));
 }
 
 #[test]

@@ -23,29 +23,28 @@ use crate::source::{
     TemplateSource, Templating, VmSource,
 };
 use crate::spec::{CaBundle, Image, MachineShape, SandboxSpec};
-use crate::template::{warm_of, Templates, Warm};
+use crate::template::Templates;
 use crate::vm::BootTimings;
 use airlock_egress::{AirlockCa, SecretSet, UpstreamRoots};
-use airlock_protocol::{ExecMode, ExecRequest, Language};
+use airlock_protocol::{ExecMode, ExecRequest};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// How a one-shot run's code runs. In a VM restored from a template that
-/// holds its language's interpreter warm (python, raw: see
-/// [`crate::template::warm_of`]) it runs in that interpreter
-/// ([`ExecMode::OneShot`]): no process is spawned (under TCG a new
-/// interpreter process costs hundreds of ms), the clone is fresh (empty
-/// home and /tmp, nothing run before) and destroyed after, and a timeout
-/// ends it as it ends a process, so output, exit codes and timeouts are a
-/// cold run's. A VM from a warm pool holds its interpreter warm in every
-/// language (the fill started it after its reseed, Node included). Otherwise
-/// (a cold boot, a javascript template, which holds no running Node) a
-/// process: starting the cell driver would cost more. An image that is
-/// not a language's own (`python-data`) always runs in its interpreter,
-/// even cold: rich results are what it is for (`docs/outputs.md`).
+/// How a one-shot run's code runs. In a VM restored from a template (which
+/// holds its language's interpreter warm, reseeded after the restore:
+/// `docs/templates.md`) it runs in that interpreter ([`ExecMode::OneShot`]):
+/// no process is spawned (under TCG a new interpreter process costs
+/// hundreds of ms), the clone is fresh (empty home and /tmp, nothing run
+/// before) and destroyed after, and a timeout ends it as it ends a
+/// process, so output, exit codes and timeouts are a cold run's. A VM from
+/// a warm pool holds its interpreter warm too (the fill started it after
+/// its reseed). Otherwise (a cold boot) a process: starting the cell
+/// driver would cost more. An image that is not a language's own
+/// (`python-data`) always runs in its interpreter, even cold: rich results
+/// are what it is for (`docs/outputs.md`).
 pub fn one_shot_mode(boot: &BootTimings, image: Image) -> ExecMode {
-    if has_warm_interpreter(boot, image.language()) || !image.is_language_default() {
+    if has_warm_interpreter(boot) || !image.is_language_default() {
         ExecMode::OneShot
     } else {
         ExecMode::Process
@@ -53,9 +52,9 @@ pub fn one_shot_mode(boot: &BootTimings, image: Image) -> ExecMode {
 }
 
 /// Whether a VM with these boot timings holds a warm interpreter: taken
-/// from a pool, or restored from a template that holds one.
-fn has_warm_interpreter(boot: &BootTimings, language: Language) -> bool {
-    boot.from_warm_pool || (boot.restore.is_some() && warm_of(language) == Warm::Interpreter)
+/// from a pool, or restored from a template.
+fn has_warm_interpreter(boot: &BootTimings) -> bool {
+    boot.from_warm_pool || boot.restore.is_some()
 }
 
 /// What a [`Scheduler`] is built from: its VM sources, its package
@@ -274,7 +273,7 @@ impl Scheduler {
         // A one-shot run in a VM without a warm interpreter starts it first,
         // under the warm-up's deadline rather than the code's timeout.
         let cold_interpreter =
-            mode == ExecMode::OneShot && !has_warm_interpreter(vm.boot_timings(), language);
+            mode == ExecMode::OneShot && !has_warm_interpreter(vm.boot_timings());
         let exec = ExecRequest {
             mode,
             language,

@@ -197,11 +197,6 @@ impl Interpreter {
         }
     }
 
-    /// The interpreter's language.
-    pub(crate) fn language(&self) -> Language {
-        self.language
-    }
-
     /// Whether the driver process still runs.
     pub(crate) fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -495,7 +490,9 @@ impl Interpreter {
         }
     }
 
-    /// Asks the driver to reseed its random state after a restore.
+    /// Asks the driver to reseed its random state after a restore (Node's
+    /// driver answers `error` when it cannot: see the module docs of
+    /// [`crate::repl`]).
     ///
     /// # Errors
     /// A message when it does not answer `reseeded` in time.
@@ -725,6 +722,27 @@ mod tests {
             .map(|n| n.trim().parse::<usize>().unwrap())
             .product();
         product - minus.trim().parse::<usize>().unwrap()
+    }
+
+    /// The host's `node` runs the real driver (no agent: an agent's
+    /// reseed would set the host's clock).
+    #[tokio::test]
+    async fn a_node_reseeds_math_random_once_and_refuses_a_context_seeded_before() {
+        let home = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            home: home.path().to_owned(),
+            run_as: None,
+            ..AgentConfig::default()
+        };
+        let mut node = Interpreter::start(Language::Javascript, &config)
+            .await
+            .unwrap();
+        // Never drawn in its main context: seeded from the agent's seed.
+        assert_eq!(node.reseed(u32::MAX).await, Ok(()));
+        // Now it is: a second reseed cannot reach it.
+        let again = node.reseed(7).await.unwrap_err();
+        assert!(again.contains("seeded before"), "{again}");
+        node.end().await;
     }
 
     #[test]

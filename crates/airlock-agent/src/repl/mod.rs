@@ -30,20 +30,29 @@
 //!
 //! After a restore from a memory template ([`Repls::reseed`]), running
 //! interpreters are reseeded: Python's `random` from the freshly reseeded
-//! kernel, bash's `$RANDOM` from a fresh seed. Node cannot be: `Math.random`
-//! is V8's per-isolate xorshift state, seeded once at isolate start and not
-//! reseedable from JavaScript, and `crypto` draws from OpenSSL's DRBG,
-//! seeded at start-up and reseeded only on its own schedule; two clones of
-//! a template holding a live Node would print the same numbers. So a Node
-//! interpreter that was already running at this agent's first reseed (it
-//! may have been saved in a template and so be shared) is ended then (the
-//! next cell starts a fresh one and says `state_lost`), and JavaScript
-//! templates do not hold one (the template builder only warms Node's files
-//! into the page cache). A Node started after the first reseed seeded
-//! itself from this clone's reseeded kernel: no other VM shares its state,
-//! so later reseeds (a warm pool's take, after the fill reseeded the clone
-//! and started Node) keep it. The host never snapshots a VM after its
-//! first reseed.
+//! kernel, bash's `$RANDOM` from a fresh seed, and Node's two generators
+//! (`docs/templates.md`, "After a restore, before user code"):
+//! - `Math.random`: V8 seeds a context's generator on its first
+//!   `Math.random()`, from `--random-seed` when that flag is set. The
+//!   driver sets it to a fresh seed from the agent, draws once in its
+//!   (never drawn) main context and once in a new context, and sets it back
+//!   to 0; the two draws are equal only if the main context was unseeded,
+//!   else the driver answers an error.
+//! - `crypto`: OpenSSL's DRBGs reseed from the kernel on their first draw
+//!   once the clock is more than their reseed interval from their last
+//!   seeding. A Node started for a template runs with the clock a day back
+//!   ([`crate::reseed::lag_clock_for_template`]); the clone's reseed sets
+//!   the real time: each DRBG reseeds (the primary from the clone's kernel)
+//!   on its first draw, whenever the run makes it.
+//!
+//! A Node that was running at this agent's first reseed but did not start
+//! on a template's lagging clock cannot be reseeded in place: it is ended
+//! (the next cell starts a fresh one and says `state_lost`), as is any
+//! interpreter whose driver does not answer its reseed. A Node started
+//! after the first reseed seeded itself from this clone's reseeded kernel,
+//! as does one reseeded in place: no other VM shares its state, so later
+//! reseeds (a warm pool's take, after the fill's) keep it. The host never
+//! snapshots a VM after its first reseed.
 
 pub mod control;
 mod interpreter;
@@ -57,6 +66,7 @@ use interpreter::{elapsed_ms, CellInput, Interpreter};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -71,9 +81,35 @@ struct Slot {
     /// An interpreter was ended outside a cell (reseed): the next cell
     /// reports the state lost.
     lost: bool,
-    /// The running interpreter started after this agent's first reseed,
-    /// so its random state is this VM's own.
+    /// The running interpreter's random state is this VM's own: it started
+    /// after this agent's first reseed, or was reseeded in place.
     seeded_here: bool,
+    /// The running interpreter started while the clock lagged for a
+    /// template (before any reseed): its OpenSSL DRBGs reseed themselves
+    /// once a reseed sets the real time.
+    on_template_clock: bool,
+}
+
+/// What a reseed does to a running interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReseedAction {
+    /// Nothing: its state is this VM's own already.
+    Keep,
+    /// Ask its driver to reseed itself.
+    Reseed,
+    /// End it: its state may be shared and cannot be reseeded in place.
+    End,
+}
+
+/// What a reseed does to an interpreter of `language` (see the module
+/// docs).
+fn reseed_action(language: Language, seeded_here: bool, on_template_clock: bool) -> ReseedAction {
+    match language {
+        Language::Python | Language::Raw => ReseedAction::Reseed,
+        Language::Javascript if seeded_here => ReseedAction::Keep,
+        Language::Javascript if on_template_clock => ReseedAction::Reseed,
+        Language::Javascript => ReseedAction::End,
+    }
 }
 
 /// The persistent interpreters of one agent, one per language. Share it
@@ -83,7 +119,10 @@ pub struct Repls {
     slots: [Mutex<Slot>; 3],
     /// Whether a reseed has run (interpreters started after it seeded
     /// from a kernel no template shares).
-    reseeded: std::sync::atomic::AtomicBool,
+    reseeded: AtomicBool,
+    /// Whether the clock was set back for a template (and no reseed has
+    /// set it since).
+    template_clock: AtomicBool,
 }
 
 impl std::fmt::Debug for Repls {
@@ -106,7 +145,8 @@ impl Repls {
         Self {
             config,
             slots: Default::default(),
-            reseeded: std::sync::atomic::AtomicBool::new(false),
+            reseeded: AtomicBool::new(false),
+            template_clock: AtomicBool::new(false),
         }
     }
 
@@ -148,7 +188,7 @@ impl Repls {
                 state_lost = true;
             }
             slot.interpreter = Some(Interpreter::start(request.language, config).await?);
-            slot.seeded_here = self.reseeded.load(std::sync::atomic::Ordering::SeqCst);
+            self.mark_started(&mut slot);
             spawn_ms = elapsed_ms(started);
         }
         let Some(interpreter) = slot.interpreter.as_mut() else {
@@ -206,14 +246,31 @@ impl Repls {
         })
     }
 
+    /// Where a just started interpreter's random state comes from.
+    fn mark_started(&self, slot: &mut Slot) {
+        slot.seeded_here = self.reseeded.load(Ordering::SeqCst);
+        slot.on_template_clock = !slot.seeded_here && self.template_clock.load(Ordering::SeqCst);
+    }
+
     /// Starts `language`'s interpreter (its common modules imported) unless
-    /// it runs already.
+    /// it runs already. `for_template`: the VM is about to be saved as a
+    /// memory template; the clock is first set a day back (once, and never
+    /// after a reseed: a clone is not a template), so that the OpenSSL
+    /// DRBGs the interpreter seeds reseed themselves in every clone.
     ///
     /// # Errors
-    /// [`AgentError::Spawn`] when it cannot start.
-    pub(crate) async fn warm(&self, language: Language) -> Result<Completion, AgentError> {
+    /// [`AgentError::Spawn`] when it cannot start; [`AgentError::Io`] when
+    /// the clock cannot be set back.
+    pub(crate) async fn warm(
+        &self,
+        language: Language,
+        for_template: bool,
+    ) -> Result<Completion, AgentError> {
         let started = Instant::now();
         let mut slot = self.slots[index(language)].lock().await;
+        if for_template && !self.reseeded.load(Ordering::SeqCst) {
+            self.lag_clock_once()?;
+        }
         let mut spawn_ms = 0;
         if !slot.interpreter.as_mut().is_some_and(Interpreter::is_alive) {
             if let Some(dead) = slot.interpreter.take() {
@@ -221,7 +278,7 @@ impl Repls {
                 slot.lost = true;
             }
             slot.interpreter = Some(Interpreter::start(language, &self.config).await?);
-            slot.seeded_here = self.reseeded.load(std::sync::atomic::Ordering::SeqCst);
+            self.mark_started(&mut slot);
             spawn_ms = elapsed_ms(started);
         }
         Ok(Completion {
@@ -256,14 +313,25 @@ impl Repls {
         }
     }
 
-    /// After the kernel was reseeded (a restore from a memory template):
-    /// reseeds the running Python and bash interpreters and ends a running
-    /// Node that may be shared (see the module docs). An interpreter that
-    /// does not answer is ended too: better a lost state than a shared
-    /// random stream.
+    /// Sets the clock back for a template, once.
+    fn lag_clock_once(&self) -> Result<(), AgentError> {
+        if self.template_clock.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let step_ms = crate::reseed::lag_clock_for_template()?;
+        self.template_clock.store(true, Ordering::SeqCst);
+        tracing::info!(step_ms, "clock set back for a template");
+        Ok(())
+    }
+
+    /// After the kernel was reseeded and the clock set (a restore from a
+    /// memory template): reseeds the running interpreters, or ends a
+    /// running Node that may be shared and cannot be reseeded in place (see
+    /// the module docs). An interpreter that does not answer is ended too:
+    /// better a lost state than a shared random stream.
     pub(crate) async fn reseed(&self) {
-        self.reseeded
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reseeded.store(true, Ordering::SeqCst);
+        self.template_clock.store(false, Ordering::SeqCst);
         for language in Language::ALL {
             let Ok(mut slot) =
                 tokio::time::timeout(RESEED_LOCK_TIMEOUT, self.slots[index(language)].lock()).await
@@ -271,24 +339,33 @@ impl Repls {
                 tracing::warn!(%language, "interpreter busy during reseed: not reseeded");
                 continue;
             };
-            let seeded_here = slot.seeded_here;
+            let action = reseed_action(language, slot.seeded_here, slot.on_template_clock);
             let Some(interpreter) = slot.interpreter.as_mut() else {
                 continue;
             };
-            let reseeded = match interpreter.language() {
-                Language::Javascript if seeded_here => Ok(()),
-                Language::Javascript => Err("Node cannot be reseeded in place".to_owned()),
-                _ => match fresh_seed().await {
+            let reseeded = match action {
+                ReseedAction::Keep => Ok(()),
+                ReseedAction::End => Err(
+                    "a Node that did not start on a template's clock cannot be reseeded in place"
+                        .to_owned(),
+                ),
+                ReseedAction::Reseed => match fresh_seed(language).await {
                     Ok(seed) => interpreter.reseed(seed).await,
                     Err(e) => Err(e.to_string()),
                 },
             };
-            if let Err(reason) = reseeded {
-                tracing::info!(%language, %reason, "interpreter ended at reseed");
-                if let Some(ended) = slot.interpreter.take() {
-                    ended.end().await;
+            match reseeded {
+                Ok(()) => {
+                    slot.seeded_here = true;
+                    slot.on_template_clock = false;
                 }
-                slot.lost = true;
+                Err(reason) => {
+                    tracing::info!(%language, %reason, "interpreter ended at reseed");
+                    if let Some(ended) = slot.interpreter.take() {
+                        ended.end().await;
+                    }
+                    slot.lost = true;
+                }
             }
         }
     }
@@ -303,17 +380,29 @@ impl Repls {
     }
 }
 
-/// A seed from the kernel (reseeded just before).
-async fn fresh_seed() -> Result<u32, AgentError> {
-    blocking(|| {
+/// A seed for `language`'s driver from the kernel (reseeded just before).
+async fn fresh_seed(language: Language) -> Result<u32, AgentError> {
+    blocking(move || {
         let mut bytes = [0u8; 4];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
             .with_path("read", "/dev/urandom")?;
-        // bash's $RANDOM takes a 31-bit seed.
-        Ok(u32::from_ne_bytes(bytes) & 0x7fff_ffff)
+        Ok(seed_of(language, bytes))
     })
     .await
+}
+
+/// The seed `language`'s driver takes from four random bytes: bash's
+/// `$RANDOM` a 31-bit one; Node all 32 bits but never 0 (the driver passes
+/// it to V8 as `--random-seed`, a 32-bit int where 0 means "none"); Python
+/// seeds itself from the kernel and ignores it.
+fn seed_of(language: Language, bytes: [u8; 4]) -> u32 {
+    let seed = u32::from_ne_bytes(bytes);
+    match language {
+        Language::Raw => seed & 0x7fff_ffff,
+        Language::Javascript => seed.max(1),
+        Language::Python => seed,
+    }
 }
 
 /// A cell's code in a root-owned file the interpreter can read but the
@@ -369,5 +458,40 @@ impl Drop for CellFile {
                 tracing::warn!(path = %self.path.display(), error = %e, "cell file not removed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_and_bash_are_reseeded_at_every_reseed() {
+        for language in [Language::Python, Language::Raw] {
+            for (seeded_here, on_template_clock) in [(false, false), (true, false), (false, true)] {
+                assert_eq!(
+                    reseed_action(language, seeded_here, on_template_clock),
+                    ReseedAction::Reseed,
+                    "{language}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_is_reseeded_in_place_only_when_it_started_on_a_template_clock() {
+        let js = Language::Javascript;
+        assert_eq!(reseed_action(js, false, true), ReseedAction::Reseed);
+        assert_eq!(reseed_action(js, false, false), ReseedAction::End);
+        // Its state is this clone's own already (a warm pool's take).
+        assert_eq!(reseed_action(js, true, false), ReseedAction::Keep);
+    }
+
+    #[test]
+    fn node_seeds_are_never_zero_and_bash_seeds_fit_31_bits() {
+        assert_eq!(seed_of(Language::Javascript, [0; 4]), 1);
+        assert_eq!(seed_of(Language::Javascript, [0xff; 4]), u32::MAX);
+        assert_eq!(seed_of(Language::Raw, [0xff; 4]), 0x7fff_ffff);
+        assert_eq!(seed_of(Language::Python, [0xff; 4]), u32::MAX);
     }
 }

@@ -66,9 +66,37 @@ impl Client {
         language: Language,
         timeout: Duration,
     ) -> Result<Completion, ProtocolError> {
+        self.warm(language, false, timeout).await
+    }
+
+    /// [`Client::warm_repl`] in a VM about to be saved as a memory
+    /// template: the agent first sets the guest clock a day back, so that
+    /// the clones' reseed (which sets the real time) makes every OpenSSL
+    /// DRBG the interpreter seeded reseed itself from the clone's kernel
+    /// (`docs/templates.md`, "After a restore, before user code").
+    ///
+    /// # Errors
+    /// As [`Client::warm_repl`].
+    pub async fn warm_repl_for_template(
+        &self,
+        language: Language,
+        timeout: Duration,
+    ) -> Result<Completion, ProtocolError> {
+        self.warm(language, true, timeout).await
+    }
+
+    async fn warm(
+        &self,
+        language: Language,
+        for_template: bool,
+        timeout: Duration,
+    ) -> Result<Completion, ProtocolError> {
         let (op, mut rx) = self
             .channel
-            .open(RequestBody::WarmRepl { language })
+            .open(RequestBody::WarmRepl {
+                language,
+                for_template,
+            })
             .await?;
         let answer = within(timeout, "warm_repl", next(&mut rx)).await;
         self.channel.close(op);

@@ -10,6 +10,7 @@ use crate::network::NetworkRequest;
 use crate::session::{CellRequest, SessionOptions};
 use crate::testing::{test_config, FakeSetup};
 use crate::CloseReason;
+use airlock_protocol::Language;
 use std::time::Duration;
 
 /// Records stages and output.
@@ -778,14 +779,10 @@ fn restored_runs_are_cells_of_the_warm_interpreter_and_cold_ones_processes() {
         from_warm_pool: true,
         ..BootTimings::default()
     };
-    assert_eq!(one_shot_mode(&restored, Image::Python), ExecMode::OneShot);
-    assert_eq!(one_shot_mode(&restored, Image::Raw), ExecMode::OneShot);
-    assert_eq!(
-        one_shot_mode(&restored, Image::Javascript),
-        ExecMode::Process
-    );
+    // Every language's template holds its interpreter, Node included.
     for language in Language::ALL {
         let image = Image::of_language(language);
+        assert_eq!(one_shot_mode(&restored, image), ExecMode::OneShot);
         assert_eq!(
             one_shot_mode(&BootTimings::default(), image),
             ExecMode::Process

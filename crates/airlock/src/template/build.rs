@@ -1,5 +1,5 @@
 //! Building a template: a VM of the shape booted through the normal
-//! builder with its RAM in a shared file, its interpreter warmed ([`Warm`]), then
+//! builder with its RAM in a shared file, its interpreter warmed, then
 //! paused and its device state saved over QMP (`x-ignore-shared`: the RAM
 //! is already in the file), then ended. The files are made in a staging
 //! dir and renamed into the store whole.
@@ -13,7 +13,6 @@ use crate::network::NetworkRequest;
 use crate::qemu_launcher::QemuLauncher;
 use crate::task::blocking;
 use crate::vm::Vm;
-use airlock_protocol::{ExecMode, ExecRequest, Language};
 use airlock_qemu::{BootImages, QmpClient};
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -127,31 +126,6 @@ async fn save_workspace(vm: &Vm, disk_mib: u32, dest: &Path) -> Result<(), BootE
         })
 }
 
-/// How a template's interpreter is warmed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Warm {
-    /// `warm_repl`: the template holds the live cell interpreter, common
-    /// modules imported; a restored clone's first cell runs in it at once
-    /// (the agent reseeds it after the restore).
-    Interpreter,
-    /// Run this code once as a process (`mode: process`): the
-    /// interpreter's files are in the page cache, no interpreter is left
-    /// running.
-    PageCache(&'static str),
-}
-
-/// The warm-up of `language`'s templates. JavaScript only warms the page
-/// cache: a Node running in a template could not be reseeded in its clones
-/// (V8's `Math.random` state and OpenSSL's DRBG are seeded at start-up and
-/// cannot be reseeded from outside; the agent would have to restart it
-/// after every restore), so every clone would pay the restart anyway.
-pub fn warm_of(language: Language) -> Warm {
-    match language {
-        Language::Javascript => Warm::PageCache("0"),
-        Language::Python | Language::Raw => Warm::Interpreter,
-    }
-}
-
 /// Warms the interpreter, pauses the VM and saves its device state.
 async fn warm_and_save(vm: &Vm, state: &Path) -> Result<(), BootError> {
     let protocol = |source| BootError::Protocol {
@@ -159,28 +133,14 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<(), BootError> {
         source,
     };
     let client = vm.client()?;
-    let completion = match warm_of(vm.language()) {
-        Warm::Interpreter => client
-            .warm_repl(vm.language(), airlock_protocol::abi::HOST_WARM_TIMEOUT)
-            .await
-            .map_err(protocol)?,
-        Warm::PageCache(code) => {
-            let request = ExecRequest {
-                mode: ExecMode::Process,
-                language: vm.language(),
-                code: code.to_owned(),
-                timeout_ms: u64::try_from(airlock_protocol::abi::HOST_WARM_TIMEOUT.as_millis())
-                    .unwrap_or(u64::MAX),
-                env: Default::default(),
-                cwd: None,
-            };
-            client
-                .exec_collect(request, airlock_protocol::abi::HOST_WARM_TIMEOUT)
-                .await
-                .map_err(protocol)?
-                .completion
-        }
-    };
+    // Every template holds its language's live cell interpreter, started
+    // on a clock a day back (`warm_repl` with `for_template`): its clones'
+    // reseed sets the real time, which makes Node's OpenSSL DRBGs reseed
+    // from the clone's kernel (`docs/templates.md`, "After a restore").
+    let completion = client
+        .warm_repl_for_template(vm.language(), airlock_protocol::abi::HOST_WARM_TIMEOUT)
+        .await
+        .map_err(protocol)?;
     if completion.exit_code != 0 {
         tracing::warn!(
             vm_id = vm.id(),
@@ -211,16 +171,4 @@ async fn warm_and_save(vm: &Vm, state: &Path) -> Result<(), BootError> {
             "save the template's device state",
         ))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_interpreters_that_can_be_reseeded_stay_running_in_a_template() {
-        assert_eq!(warm_of(Language::Python), Warm::Interpreter);
-        assert_eq!(warm_of(Language::Raw), Warm::Interpreter);
-        assert!(matches!(warm_of(Language::Javascript), Warm::PageCache(_)));
-    }
 }

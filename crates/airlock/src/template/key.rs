@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// when either changes, so older templates are never taken for new ones.
 /// 2: python and raw templates hold their live cell interpreter;
 /// javascript templates hold none (Node cannot be reseeded in place).
-pub const TEMPLATE_FORMAT: u32 = 2;
+/// 3: javascript templates hold their live Node too, started on a clock a
+/// day back so that its clones can reseed it (`docs/templates.md`).
+pub const TEMPLATE_FORMAT: u32 = 3;
 
 /// The shape of the VMs a template serves: the spec's machine shape.
 pub type TemplateShape = crate::spec::MachineShape;

@@ -21,7 +21,6 @@ pub mod key;
 pub mod restore;
 pub mod store;
 
-pub use build::{warm_of, Warm};
 pub use key::{TemplateInputs, TemplateShape, TEMPLATE_FORMAT};
 pub(crate) use restore::reseed;
 pub use restore::{clone_spec, RestoreLauncher};

@@ -21,6 +21,8 @@ const fs = require('fs');
 const net = require('net');
 const repl = require('repl');
 const util = require('util');
+const v8 = require('v8');
+const vm = require('vm');
 const { Writable, Readable } = require('stream');
 
 // Common modules, loaded once so that a cell requiring them is fast.
@@ -218,6 +220,52 @@ process.on('unhandledRejection', (err) => {
   if (current) current.status = 1;
 });
 
+// After a restore from a memory template (crates/airlock-agent/src/repl,
+// docs/templates.md): every clone of the template holds this process with
+// the same random state. Returns the report line.
+//
+// Math.random: V8 seeds a context's generator on its first Math.random(),
+// from --random-seed when set (else from the isolate's own generator, which
+// the clones share). This driver never draws in the main context, so with
+// the agent's fresh seed set, the main context's first draw seeds it, and
+// equals the first draw of a context made now; if they differ, the main
+// context was seeded before (in the template: shared), and nothing here
+// can reseed it. The flag goes back to 0 so that later contexts (and
+// workers) seed themselves from their isolate's generator as usual.
+//
+// crypto: the agent started this Node with the clock a day back and the
+// clone's reseed set the real time, so OpenSSL's DRBGs, which reseed when
+// the clock is more than their interval from their last seeding, reseed
+// from the clone's kernel on their first draw, whenever it comes: nothing
+// to do here (a draw now would cost a run that never uses crypto about
+// 200 ms under TCG).
+//
+// performance.timeOrigin was read from the clock when this Node started
+// (in the template, a day back): it is rebased so that timeOrigin +
+// performance.now() is the wall clock again, as in a Node started now.
+function reseed(word) {
+  const seed = Number(word) | 0;
+  if (!/^[0-9]+$/.test(word) || seed === 0) return 'error bad seed';
+  let fresh;
+  try {
+    v8.setFlagsFromString(`--random-seed=${seed}`);
+    const first = vm.runInNewContext('Math.random()');
+    fresh = Math.random() === first;
+  } catch (e) {
+    return `error ${String(e).replace(/\s+/g, ' ').slice(0, 120)}`;
+  } finally {
+    v8.setFlagsFromString('--random-seed=0');
+  }
+  if (!fresh) return 'error Math.random was seeded before the reseed';
+  const { performance } = require('perf_hooks');
+  Object.defineProperty(performance, 'timeOrigin', {
+    value: Date.now() - performance.now(),
+    enumerable: true,
+    configurable: true,
+  });
+  return 'reseeded';
+}
+
 let pending = '';
 let expected = null;
 const commands = new net.Socket({ fd: COMMANDS, readable: true, writable: false });
@@ -258,6 +306,8 @@ function handle(line) {
     const count = Number(words[3]);
     if (count === 0) return run(words[1], words[2], []);
     expected = { id: words[1], path: words[2], count, env: [] };
+  } else if (words[0] === 'reseed' && words.length === 2 && !current) {
+    report(reseed(words[1]));
   } else {
     report('error unknown command');
   }
