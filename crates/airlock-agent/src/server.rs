@@ -446,11 +446,12 @@ impl Dispatcher {
             RequestBody::Reseed {
                 entropy,
                 unix_time_ns,
+                copy,
             } => Box::pin(async move {
                 let reseeded = crate::reseed::reseed(entropy.as_bytes(), unix_time_ns);
                 if reseeded.is_ok() {
                     // The kernel first: the interpreters draw from it.
-                    ctx.repls.reseed().await;
+                    ctx.repls.reseed(copy).await;
                 }
                 last_event(reseeded)
             }),

@@ -175,6 +175,12 @@ pub enum RequestBody {
         entropy: Data,
         /// The host's wall clock, in nanoseconds since the Unix epoch.
         unix_time_ns: u64,
+        /// The VM is one of several copies of one live machine (a fork):
+        /// an interpreter whose random state cannot be made fresh in place
+        /// (a Node that has run in that machine) is ended, even though it
+        /// started there.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        copy: bool,
     },
     /// Interrupt the exec running under `target` (Ctrl-C in a session): a
     /// cell gets SIGINT first where its interpreter survives it, then the

@@ -47,6 +47,12 @@ fn all_requests() -> Vec<Request> {
         RequestBody::Reseed {
             entropy: Data::base64(vec![9u8; 32]),
             unix_time_ns: u64::MAX,
+            copy: false,
+        },
+        RequestBody::Reseed {
+            entropy: Data::base64(vec![9u8; 32]),
+            unix_time_ns: 1,
+            copy: true,
         },
         RequestBody::Exec(ExecRequest {
             mode: ExecMode::Cell,

@@ -141,7 +141,7 @@ impl TemplateSource {
         qmp.cont(deadline)
             .await
             .map_err(BootError::qemu(Some(vm.id()), "resume it from the pool"))?;
-        reseed(vm.client()?, vm.id()).await
+        reseed(vm.client()?, vm.id(), false).await
     }
 }
 

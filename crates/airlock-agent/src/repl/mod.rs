@@ -329,7 +329,11 @@ impl Repls {
     /// running Node that may be shared and cannot be reseeded in place (see
     /// the module docs). An interpreter that does not answer is ended too:
     /// better a lost state than a shared random stream.
-    pub(crate) async fn reseed(&self) {
+    ///
+    /// With `copy` (one of several copies of one live machine, a fork) a
+    /// Node that started in that machine is ended all the same: its state
+    /// is every copy's.
+    pub(crate) async fn reseed(&self, copy: bool) {
         self.reseeded.store(true, Ordering::SeqCst);
         self.template_clock.store(false, Ordering::SeqCst);
         for language in Language::ALL {
@@ -339,7 +343,7 @@ impl Repls {
                 tracing::warn!(%language, "interpreter busy during reseed: not reseeded");
                 continue;
             };
-            let action = reseed_action(language, slot.seeded_here, slot.on_template_clock);
+            let action = reseed_action(language, slot.seeded_here && !copy, slot.on_template_clock);
             let Some(interpreter) = slot.interpreter.as_mut() else {
                 continue;
             };

@@ -141,9 +141,25 @@ impl Client {
         unix_time_ns: u64,
         timeout: Duration,
     ) -> Result<(u64, i64), ProtocolError> {
+        self.reseed_as(entropy, unix_time_ns, false, timeout).await
+    }
+
+    /// As [`Client::reseed`]; `copy` for one of several copies of one live
+    /// machine (a fork: see [`RequestBody::Reseed`]).
+    ///
+    /// # Errors
+    /// As [`Client::reseed`].
+    pub async fn reseed_as(
+        &self,
+        entropy: &[u8],
+        unix_time_ns: u64,
+        copy: bool,
+        timeout: Duration,
+    ) -> Result<(u64, i64), ProtocolError> {
         let body = RequestBody::Reseed {
             entropy: Data::base64(entropy.to_vec()),
             unix_time_ns,
+            copy,
         };
         let (op, mut rx) = self.channel.open(body).await?;
         let answer = within(timeout, "reseed", next(&mut rx)).await;

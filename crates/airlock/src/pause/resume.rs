@@ -32,9 +32,21 @@ pub struct ResumeLauncher {
     workspace: Option<PathBuf>,
     named_ram: bool,
     label: String,
+    /// Loads copies of a live machine (a fork's children), not the one
+    /// machine a pause saved.
+    copies: bool,
 }
 
 impl ResumeLauncher {
+    /// The same launcher for a fork's children: each is one of several
+    /// copies of a live machine, so its reseed ends the interpreters whose
+    /// random state all copies would share (a Node: `docs/templates.md`).
+    #[must_use]
+    pub fn for_copies(mut self) -> Self {
+        self.copies = true;
+        self
+    }
+
     /// A launcher loading the state stream `state` (and the saved disk
     /// `workspace`, if any) with the QEMU of `host`; `named_ram` as the
     /// saved VM's RAM was; `label` names it in errors and logs.
@@ -53,6 +65,7 @@ impl ResumeLauncher {
             workspace,
             named_ram,
             label,
+            copies: false,
         }
     }
 
@@ -93,6 +106,7 @@ impl ResumeLauncher {
             path: &self.state,
             label: &self.label,
             whole_machine: true,
+            copy: self.copies,
         };
         let agent = load_and_reach_agent(plan, process, deadline, saved).await?;
         tracing::info!(vm_id = plan.vm_id, saved = self.label, timings = ?agent.restore, "machine loaded from a saved state");

@@ -389,7 +389,8 @@ impl Session {
             (saved.disk_bytes > 0).then(|| dir.join(WORKSPACE_FILE)),
             saved.named_ram,
             format!("fork of {}", inner.id),
-        );
+        )
+        .for_copies();
         // The children load at once: each is its own QEMU.
         let mut boots = tokio::task::JoinSet::new();
         for _ in 0..count {

@@ -80,6 +80,8 @@ impl RestoreLauncher {
             path: &self.template.state_file(),
             label: &self.template.metadata.key,
             whole_machine: false,
+            // A template's interpreters are reseeded as a template's.
+            copy: false,
         };
         let agent = load_and_reach_agent(plan, process, deadline, saved).await?;
         tracing::info!(
@@ -102,6 +104,10 @@ pub(crate) struct SavedState<'a> {
     /// The stream holds the RAM too (a paused or forked session), not
     /// only the device state (a template, whose RAM is its memory file).
     pub whole_machine: bool,
+    /// The machine is one of several copies of a live one (a fork's
+    /// child): its reseed ends the interpreters whose random state every
+    /// copy shares (`RequestBody::Reseed::copy`).
+    pub copy: bool,
 }
 
 /// Loads `saved` into the machine of `plan` (spawned with `-incoming
@@ -137,7 +143,7 @@ pub(crate) async fn load_and_reach_agent(
     .await?;
     timings.agent_ms = ms(agent_start.elapsed());
     let reseed_start = Instant::now();
-    reseed(&agent.client, &plan.vm_id).await?;
+    reseed(&agent.client, &plan.vm_id, saved.copy).await?;
     timings.reseed_ms = ms(reseed_start.elapsed());
     agent.restore = Some(timings);
     Ok(agent)
@@ -177,15 +183,15 @@ async fn load_and_resume(
 }
 
 /// Sends fresh entropy and the host's clock to a restored agent (also
-/// used when a paused pool VM is resumed).
-pub(crate) async fn reseed(client: &Client, vm_id: &str) -> Result<(), BootError> {
+/// used when a paused pool VM is resumed); `copy` for a fork's child.
+pub(crate) async fn reseed(client: &Client, vm_id: &str, copy: bool) -> Result<(), BootError> {
     let mut entropy = [0u8; RESEED_ENTROPY_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
     let now_ns = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let (credited, step_ms) = client
-        .reseed(&entropy, now_ns, RESEED_TIMEOUT)
+        .reseed_as(&entropy, now_ns, copy, RESEED_TIMEOUT)
         .await
         .map_err(|source| BootError::Protocol {
             vm_id: vm_id.to_owned(),
