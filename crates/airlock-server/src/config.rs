@@ -284,21 +284,6 @@ impl E2bConfig {
         name.parse().ok()
     }
 
-    /// The domain and where its TLS certificates come from: the
-    /// operator's files, else a local CA under the cache. `None` without a
-    /// domain (no TLS).
-    pub fn tls_source(&self) -> Option<(String, crate::tls::TlsSource)> {
-        let domain = self.domain.clone()?;
-        let source = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => crate::tls::TlsSource::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            _ => crate::tls::TlsSource::LocalCa(airlock::cache_dir().join(crate::tls::E2B_CA_DIR)),
-        };
-        Some((domain, source))
-    }
-
     /// The template id of `image`: the operator's first id for it, else
     /// the built-in one, else the image's name (a sandbox resumed after a
     /// restart has only its image).

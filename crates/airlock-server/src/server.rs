@@ -37,7 +37,7 @@ pub async fn run<S: Display>(
     }
     let listen = config.listen;
     let e2b_listen = config.e2b.listen;
-    let e2b_tls = match (e2b_listen, config.e2b.tls_source()) {
+    let e2b_tls = match (e2b_listen, crate::tls::TlsSource::of(&config.e2b)) {
         (Some(_), Some((domain, source))) => Some(
             tokio::task::spawn_blocking(move || crate::tls::ListenerTls::build(&domain, &source))
                 .await

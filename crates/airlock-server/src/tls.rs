@@ -72,6 +72,23 @@ impl std::fmt::Debug for ListenerTls {
     }
 }
 
+impl TlsSource {
+    /// The domain of `config` and where its TLS certificates come from:
+    /// the operator's files, else a local CA under the cache. `None`
+    /// without a domain (no TLS).
+    pub fn of(config: &crate::config::E2bConfig) -> Option<(String, TlsSource)> {
+        let domain = config.domain.clone()?;
+        let source = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => TlsSource::LocalCa(airlock::cache_dir().join(E2B_CA_DIR)),
+        };
+        Some((domain, source))
+    }
+}
+
 impl ListenerTls {
     /// Builds the TLS of `domain` from `source`. Blocking file work (and,
     /// the first time, key generation): call it inside `spawn_blocking`.

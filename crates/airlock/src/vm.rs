@@ -421,7 +421,7 @@ pub(crate) async fn collect_exec<F>(
     request: ExecRequest,
     on_progress: &mut F,
     interrupt: impl std::future::Future<Output = ()> + Send,
-    mut input: Option<crate::source::ProcessInput>,
+    mut input: Option<ProcessInput>,
 ) -> std::result::Result<ExecOutcome, ProtocolError>
 where
     F: FnMut(ExecProgress<'_>) + Send + ?Sized,
@@ -440,10 +440,10 @@ where
             }
             chunk = next_input(&mut input) => {
                 match chunk {
-                    Some(crate::source::StdinChunk::Data(bytes)) => {
+                    Some(StdinChunk::Data(bytes)) => {
                         client.send_stdin(stream.op(), &bytes).await?;
                     }
-                    Some(crate::source::StdinChunk::Close) => {
+                    Some(StdinChunk::Close) => {
                         client.close_stdin(stream.op()).await?;
                     }
                     // The sender is gone: nothing more will come.
@@ -477,14 +477,27 @@ where
 }
 
 /// The next piece of a process's stdin; pends for ever without an input.
-async fn next_input(
-    input: &mut Option<crate::source::ProcessInput>,
-) -> Option<crate::source::StdinChunk> {
+async fn next_input(input: &mut Option<ProcessInput>) -> Option<StdinChunk> {
     match input {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
+
+/// What a host writes to a process's stdin (`source::SideChannel::exec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinChunk {
+    /// Bytes, after those sent before.
+    Data(bytes::Bytes),
+    /// Close the pipe once those are written: the process reads
+    /// end-of-file.
+    Close,
+}
+
+/// The stdin of a process run with one (`source::SideChannel::exec`): what the
+/// host sends, in order. Dropping the sender sends nothing more (and does
+/// not close the pipe).
+pub type ProcessInput = tokio::sync::mpsc::Receiver<StdinChunk>;
 
 /// Asks the agent to interrupt the exec running under `target`. A failure
 /// is only logged: the exec's own deadline still ends it.

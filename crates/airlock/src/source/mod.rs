@@ -39,20 +39,7 @@ use airlock_protocol::{ExecRequest, FileEntry, Language};
 /// Where the output and results of an exec go, as they arrive.
 pub type OutputSink<'a> = &'a mut (dyn FnMut(ExecProgress<'_>) + Send);
 
-/// What a host writes to a process's stdin ([`SideChannel::exec`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StdinChunk {
-    /// Bytes, after those sent before.
-    Data(bytes::Bytes),
-    /// Close the pipe once those are written: the process reads
-    /// end-of-file.
-    Close,
-}
-
-/// The stdin of a process run with one ([`SideChannel::exec`]): what the
-/// host sends, in order. Dropping the sender sends nothing more (and does
-/// not close the pipe).
-pub type ProcessInput = tokio::sync::mpsc::Receiver<StdinChunk>;
+pub use crate::vm::{ProcessInput, StdinChunk};
 
 /// Execs beside a VM's one-call-at-a-time user: a shared handle on the
 /// same agent (whose protocol multiplexes operations), so a session can
