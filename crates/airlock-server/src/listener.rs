@@ -323,9 +323,10 @@ impl Connection {
         let Some(acceptor) = tls else {
             return self.serve_io(TokioIo::new(watched), watch).await;
         };
-        let deadline = self.limits.header_read_timeout();
+        // One deadline from the accept for the first byte and the handshake.
+        let deadline = tokio::time::Instant::now() + self.limits.header_read_timeout();
         let mut first = [0u8; 1];
-        match tokio::time::timeout(deadline, watched.inner.peek(&mut first)).await {
+        match tokio::time::timeout_at(deadline, watched.inner.peek(&mut first)).await {
             Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
             // Plain HTTP (or a connection closed at once: hyper sees it).
             Ok(Ok(_)) => return self.serve_io(TokioIo::new(watched), watch).await,
@@ -338,7 +339,7 @@ impl Connection {
                 return;
             }
         }
-        match tokio::time::timeout(deadline, acceptor.accept(watched)).await {
+        match tokio::time::timeout_at(deadline, acceptor.accept(watched)).await {
             Ok(Ok(tls)) => self.serve_io(TokioIo::new(tls), watch).await,
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");

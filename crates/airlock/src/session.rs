@@ -910,6 +910,8 @@ impl Inner {
             tracing::info!(session_id = self.id, %reason, "session closed");
         }
         drop(closed);
+        // The agent's client goes with the VM, not with this handle.
+        *lock(&self.side) = None;
         self.shutdown.send_replace(true);
     }
 

@@ -355,7 +355,14 @@ impl Vm {
         // The agent enforces the timeout (plus its 2 s kill grace); the
         // host deadline only guards against a stuck guest.
         let deadline = Duration::from_millis(request.timeout_ms) + EXEC_HOST_MARGIN;
-        let run = collect_exec(client, request, &mut on_progress, interrupt, None);
+        let run = collect_exec(
+            client,
+            request,
+            &mut on_progress,
+            interrupt,
+            None,
+            Forward::Kept,
+        );
         let console_log = self.workdir.console_log();
         let result = tokio::select! {
             result = tokio::time::timeout(deadline, run) => result,
@@ -412,16 +419,28 @@ async fn died(
     }
 }
 
+/// How much of an exec's output [`collect_exec`] hands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forward {
+    /// What is kept (within the client's caps): a run's or a cell's.
+    Kept,
+    /// All of it, as it comes, while only the capped part is kept: a
+    /// process beside a session's calls (E2B's commands, which stream
+    /// without end).
+    All,
+}
+
 /// Runs an exec to its end, keeping its output within `client`'s caps and
-/// handing `on_progress` what was kept and each result, as they arrive. When `interrupt`
-/// completes, a `cancel` is sent for the exec (once) and its end is still
-/// awaited.
+/// handing `on_progress` what was kept (or all of it, `forward`) and each
+/// result, as they arrive. When `interrupt` completes, a `cancel` is sent
+/// for the exec (once) and its end is still awaited.
 pub(crate) async fn collect_exec<F>(
     client: &Client,
     request: ExecRequest,
     on_progress: &mut F,
     interrupt: impl std::future::Future<Output = ()> + Send,
     mut input: Option<ProcessInput>,
+    forward: Forward,
 ) -> std::result::Result<ExecOutcome, ProtocolError>
 where
     F: FnMut(ExecProgress<'_>) + Send + ?Sized,
@@ -454,6 +473,14 @@ where
         };
         let Some(event) = event else { break };
         match event {
+            ExecEvent::Stdout(b) if forward == Forward::All => {
+                emit(on_progress, OutputStream::Stdout, &b);
+                output.push_stdout(&b);
+            }
+            ExecEvent::Stderr(b) if forward == Forward::All => {
+                emit(on_progress, OutputStream::Stderr, &b);
+                output.push_stderr(&b);
+            }
             ExecEvent::Stdout(b) => emit(on_progress, OutputStream::Stdout, output.push_stdout(&b)),
             ExecEvent::Stderr(b) => emit(on_progress, OutputStream::Stderr, output.push_stderr(&b)),
             ExecEvent::Result(result) => {
@@ -603,6 +630,7 @@ mod tests {
             },
             std::future::pending(),
             None,
+            Forward::Kept,
         )
         .await
         .unwrap();
@@ -627,6 +655,7 @@ mod tests {
             &mut |_: ExecProgress<'_>| {},
             std::future::pending(),
             None,
+            Forward::Kept,
         )
         .await
         .unwrap();

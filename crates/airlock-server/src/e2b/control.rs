@@ -397,7 +397,10 @@ async fn pause(
             return Err(not_live);
         }
     };
+    // The record first: a connect may resume it as soon as it is paused.
+    e2b.sandboxes.keep_paused(&sandbox);
     if let Err(e) = e2b.airlock.pause_session(&caller, &id).await {
+        e2b.sandboxes.forget_paused(&id);
         // E2B's SDKs read a 409 as "paused already": a sandbox that
         // cannot be paused (or is busy) is a 400 with the reason here.
         if e.status() == StatusCode::CONFLICT {
@@ -405,8 +408,17 @@ async fn pause(
         }
         return Err(e.into());
     }
-    e2b.sandboxes.keep_paused(&sandbox);
-    e2b.sandboxes.remove(&caller.tenant, &id);
+    // Only this sandbox: one resumed meanwhile under the same id stays.
+    e2b.sandboxes.remove_this(&sandbox);
+    // Records of paused sandboxes that expired meanwhile go.
+    let paused: Vec<String> = e2b
+        .airlock
+        .paused_sessions(&caller)
+        .await?
+        .into_iter()
+        .map(|meta| meta.session_id)
+        .collect();
+    e2b.sandboxes.prune_paused(&caller.tenant, &paused);
     tracing::info!(sandbox_id = id, "e2b sandbox paused");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -230,6 +230,15 @@ async fn start_stream(
         });
         return stream_error(connect::code_of(e.status()), &e.public().message);
     }
+    if sandbox.processes.list().len() >= super::processes::MAX_PROCESSES {
+        return stream_error(
+            "resource_exhausted",
+            &format!(
+                "this sandbox runs {} commands already: wait for one to end or kill one",
+                super::processes::MAX_PROCESSES
+            ),
+        );
+    }
     let mut cell = CellRequest::new(request.process.code());
     cell.timeout = timeout_of(headers, &sandbox);
     cell.env = sandbox.env_vars.clone();
@@ -807,6 +816,47 @@ async fn upload(
 
 /// Most files one upload may hold.
 const MAX_UPLOAD_FILES: usize = 256;
+/// Most bytes of an upload that are not the files' data (boundaries, the
+/// parts' headers): 4 KiB a file and then some.
+const MAX_UPLOAD_FRAMING: u64 = (MAX_UPLOAD_FILES as u64) * 4096 + 64 * 1024;
+
+/// An upload's body as multer reads it, failing once more than
+/// [`MAX_UPLOAD_FRAMING`] of it is not files' data handed on (`delivered`
+/// counts those): multer buffers a part's headers until it finds their
+/// end, so without this a body of endless "headers" would be held whole.
+struct Framing<S> {
+    inner: S,
+    passed: u64,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<S> futures_core::Stream for Framing<S>
+where
+    S: futures_core::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        let std::task::Poll::Ready(Some(Ok(bytes))) = polled else {
+            return polled.map(|item| item.map(|r| r.map_err(std::io::Error::other)));
+        };
+        self.passed += bytes.len() as u64;
+        let delivered = self.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        // What multer may hold now: what passed, less what went out as
+        // data, less this chunk (it may be all data).
+        let held = self.passed.saturating_sub(delivered + bytes.len() as u64);
+        if held > MAX_UPLOAD_FRAMING {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::other(format!(
+                "more than {MAX_UPLOAD_FRAMING} bytes of the upload are not files' data"
+            )))));
+        }
+        std::task::Poll::Ready(Some(Ok(bytes)))
+    }
+}
 
 /// Writes each file of a `multipart/form-data` upload into the sandbox
 /// as its part arrives (multer reads the body; the server holds one chunk
@@ -832,7 +882,20 @@ async fn write_files(
             "a body of type {content_type:?}: this server takes multipart/form-data uploads"
         ))
     })?;
-    let mut multipart = multer::Multipart::new(request.into_body().into_data_stream(), boundary);
+    // A part's data past the file cap fails in `write_file` (413); the
+    // rest of the body (boundaries, a part's headers), which multer holds
+    // until it has read them whole, may not pass MAX_UPLOAD_FRAMING bytes
+    // (`Framing`), so no body makes the server hold more.
+    let per_part = e2b.airlock.config().files.max_bytes as u64 + 64 * 1024;
+    let limits =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(per_part));
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let framing = Framing {
+        inner: request.into_body().into_data_stream(),
+        passed: 0,
+        delivered: Arc::clone(&delivered),
+    };
+    let mut multipart = multer::Multipart::with_constraints(framing, boundary, limits);
     let mut written = Vec::new();
     while let Some(field) = multipart
         .next_field()
@@ -854,7 +917,11 @@ async fn write_files(
         super::wait_ready(sandbox)
             .await
             .map_err(|e| E2bError::server(Plane::Files, &e))?;
-        let chunks = tokio_stream::StreamExt::map(field, |chunk| {
+        let counted = Arc::clone(&delivered);
+        let chunks = tokio_stream::StreamExt::map(field, move |chunk| {
+            if let Ok(bytes) = &chunk {
+                counted.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             chunk.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         });
         let mut source = tokio_util::io::StreamReader::new(chunks);

@@ -33,6 +33,9 @@ use tokio::task::JoinHandle;
 const EVENTS_KEPT: usize = 1024;
 /// Pieces of stdin queued for a process before `SendInput` waits.
 const STDIN_QUEUED: usize = 64;
+/// Most processes one sandbox runs at once: each holds an agent
+/// operation, and the sandbox's own cells and file calls need some.
+pub(crate) const MAX_PROCESSES: usize = 32;
 /// The first pid handed out (E2B's pids are the guest's; these are the
 /// server's own numbers).
 const FIRST_PID: u32 = 1000;

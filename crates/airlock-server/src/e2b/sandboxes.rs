@@ -176,6 +176,8 @@ pub(crate) struct PausedRecord {
     pub started_at: SystemTime,
     /// Create's `autoPause`, for its next end.
     pub auto_pause: bool,
+    /// Its tenant (records are pruned per tenant).
+    pub tenant: String,
 }
 
 impl PausedRecord {
@@ -186,6 +188,7 @@ impl PausedRecord {
             env_vars: sandbox.env_vars.clone(),
             started_at: sandbox.started_at,
             auto_pause: sandbox.auto_pause,
+            tenant: sandbox.caller.tenant.clone(),
         }
     }
 }
@@ -271,6 +274,24 @@ impl Sandboxes {
     /// What E2B said of paused sandbox `id`, if this process paused it.
     pub fn paused_record(&self, id: &str) -> Option<PausedRecord> {
         lock(&self.paused).get(id).cloned()
+    }
+
+    /// Forgets the records of `tenant`'s paused sandboxes that are not in
+    /// `paused` (their saved copies expired).
+    pub fn prune_paused(&self, tenant: &str, paused: &[String]) {
+        lock(&self.paused)
+            .retain(|id, record| record.tenant != tenant || paused.iter().any(|p| p == id));
+    }
+
+    /// Takes `sandbox` out of the table if it is still the one there.
+    pub fn remove_this(&self, sandbox: &Arc<Sandbox>) {
+        let mut map = lock(&self.map);
+        if map
+            .get(&sandbox.id)
+            .is_some_and(|s| Arc::ptr_eq(s, sandbox))
+        {
+            map.remove(&sandbox.id);
+        }
     }
 
     /// Forgets paused sandbox `id` (resumed or killed).

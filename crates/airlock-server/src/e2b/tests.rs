@@ -5,7 +5,7 @@
 
 use crate::config::ServerConfig;
 use crate::http::tests::{Harness, Reply, KEY_A, KEY_B};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
@@ -1016,6 +1016,65 @@ async fn several_files_stream_in_one_upload_each_to_its_filename() {
             .text(),
         "second\nline"
     );
+}
+
+#[tokio::test]
+async fn an_upload_of_endless_part_headers_is_refused_not_held() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    // 4 MiB of "headers" that never end: multer would hold them all.
+    let mut body =
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/h.txt\"\r\n"
+            .to_vec();
+    while body.len() < 4 << 20 {
+        body.extend_from_slice(
+            b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        );
+    }
+    let reply = h
+        .plane(
+            &made.id,
+            49983,
+            "/files",
+            &[
+                ("x-access-token", &made.token),
+                ("content-type", "multipart/form-data; boundary=B"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn a_large_upload_in_many_chunks_goes_through_whole() {
+    let h = E2bHarness::new();
+    let made = h.create(KEY_A, json!({"templateID": "base"})).await;
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut body = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/big.bin\"\r\n\r\n".to_vec();
+    body.extend_from_slice(&data);
+    body.extend_from_slice(b"\r\n--B--\r\n");
+    let chunks: Vec<Result<Bytes, std::io::Error>> = body
+        .chunks(16 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let streamed = Body::from_stream(tokio_stream::iter(chunks));
+    let reply = h
+        .plane(
+            &made.id,
+            49983,
+            "/files",
+            &[
+                ("x-access-token", &made.token),
+                ("content-type", "multipart/form-data; boundary=B"),
+            ],
+            streamed,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let back = h.download(&made, "%2Fhome%2Fuser%2Fbig.bin").await;
+    assert_eq!(back.status, StatusCode::OK);
+    assert!(back.body[..] == data[..], "the file came back whole");
 }
 
 #[tokio::test]

@@ -37,7 +37,16 @@ impl SideChannel for AgentSide {
             // As `Vm::exec_streaming`: the agent enforces the timeout, the
             // host deadline guards against a stuck guest.
             let deadline = Duration::from_millis(request.timeout_ms) + crate::vm::EXEC_HOST_MARGIN;
-            let run = crate::vm::collect_exec(&self.client, request, on_output, interrupt, input);
+            // A process beside the session's calls streams all it writes
+            // (E2B's commands run without end); what is kept stays capped.
+            let run = crate::vm::collect_exec(
+                &self.client,
+                request,
+                on_output,
+                interrupt,
+                input,
+                crate::vm::Forward::All,
+            );
             match tokio::time::timeout(deadline, run).await {
                 Ok(result) => result.map_err(protocol),
                 Err(_) => Err(protocol(ProtocolError::Timeout {
