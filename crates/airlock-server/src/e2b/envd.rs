@@ -409,27 +409,24 @@ struct Selector {
 }
 
 async fn send_signal(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let answer = match unary_body::<SignalRequest>(&body) {
-        Err(refused) => refused.into_response(),
-        Ok(request) => {
-            let selector = request.process;
+    unary_call(
+        &e2b,
+        &headers,
+        &body,
+        |sandbox, r: SignalRequest| async move {
             // SIGTERM and SIGKILL alike: the agent interrupts, then kills
             // the process group after its grace.
             if sandbox
                 .processes
-                .signal(selector.pid, selector.tag.as_deref())
+                .signal(r.process.pid, r.process.tag.as_deref())
             {
-                connect::ok(json!({}))
+                Ok(json!({}))
             } else {
-                connect::coded_error("not_found", "no such process is running in this sandbox")
+                Err(input_refused(InputRefused::NotFound))
             }
-        }
-    };
-    for_tenant(answer, &sandbox.caller.tenant)
+        },
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,13 +443,13 @@ struct ProcessInput {
     pty: Option<String>,
 }
 
-/// The Connect error of input that cannot reach a process.
-fn input_refused(refused: InputRefused) -> Response {
+/// The Connect error of a process call that cannot reach its process.
+fn input_refused(refused: InputRefused) -> E2bError {
     match refused {
         InputRefused::NotFound => {
-            connect::coded_error("not_found", "no such process is running in this sandbox")
+            E2bError::connect("not_found", "no such process is running in this sandbox")
         }
-        InputRefused::NoStdin => connect::coded_error(
+        InputRefused::NoStdin => E2bError::connect(
             "failed_precondition",
             "the process has no stdin: start it with stdin=True (and not after close_stdin)",
         ),
@@ -460,61 +457,46 @@ fn input_refused(refused: InputRefused) -> Response {
 }
 
 async fn send_input(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let answer = match unary_body::<InputRequest>(&body) {
-        Err(refused) => refused.into_response(),
-        Ok(InputRequest {
-            input: ProcessInput { pty: Some(_), .. },
-            ..
-        }) => connect::coded_error(
-            "unimplemented",
-            "PTYs are not supported by this server (see docs/e2b.md)",
-        ),
-        Ok(request) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(request.input.stdin.unwrap_or_default());
-            match bytes {
-                Err(e) => connect::coded_error("invalid_argument", &format!("input.stdin: {e}")),
-                Ok(bytes) => {
-                    let selector = request.process;
-                    match sandbox
-                        .processes
-                        .send_input(selector.pid, selector.tag.as_deref(), bytes.into())
-                        .await
-                    {
-                        Ok(()) => connect::ok(json!({})),
-                        Err(refused) => input_refused(refused),
-                    }
-                }
+    unary_call(
+        &e2b,
+        &headers,
+        &body,
+        |sandbox, r: InputRequest| async move {
+            if r.input.pty.is_some() {
+                return Err(E2bError::connect(
+                    "unimplemented",
+                    "PTYs are not supported by this server (see docs/e2b.md)",
+                ));
             }
-        }
-    };
-    for_tenant(answer, &sandbox.caller.tenant)
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(r.input.stdin.unwrap_or_default())
+                .map_err(|e| E2bError::connect("invalid_argument", format!("input.stdin: {e}")))?;
+            sandbox
+                .processes
+                .send_input(r.process.pid, r.process.tag.as_deref(), bytes.into())
+                .await
+                .map_err(input_refused)?;
+            Ok(json!({}))
+        },
+    )
+    .await
 }
 
 async fn close_stdin(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    let sandbox = match sandbox(&e2b, &headers, Plane::Envd) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let answer = match unary_body::<SignalRequest>(&body) {
-        Err(refused) => refused.into_response(),
-        Ok(request) => {
-            let selector = request.process;
-            match sandbox
+    unary_call(
+        &e2b,
+        &headers,
+        &body,
+        |sandbox, r: SignalRequest| async move {
+            sandbox
                 .processes
-                .close_input(selector.pid, selector.tag.as_deref())
+                .close_input(r.process.pid, r.process.tag.as_deref())
                 .await
-            {
-                Ok(()) => connect::ok(json!({})),
-                Err(refused) => input_refused(refused),
-            }
-        }
-    };
-    for_tenant(answer, &sandbox.caller.tenant)
+                .map_err(input_refused)?;
+            Ok(json!({}))
+        },
+    )
+    .await
 }
 
 /// The `find -printf` format of one entry: type, size, mode bits,
@@ -632,7 +614,9 @@ struct PathRequest {
 }
 
 /// A unary filesystem call: the sandbox, the parsed request, the answer.
-async fn fs_call<T, F, Fut>(e2b: &E2b, headers: &HeaderMap, body: &[u8], call: F) -> Response
+/// A unary envd call (a process or filesystem call): the sandbox by its
+/// token, the request parsed, `call`'s answer or Connect error.
+async fn unary_call<T, F, Fut>(e2b: &E2b, headers: &HeaderMap, body: &[u8], call: F) -> Response
 where
     T: serde::de::DeserializeOwned,
     F: FnOnce(Arc<Sandbox>, T) -> Fut,
@@ -661,7 +645,7 @@ fn exists_check(path: &str) -> String {
 }
 
 async fn stat(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    fs_call(
+    unary_call(
         &e2b,
         &headers,
         &body,
@@ -679,7 +663,7 @@ async fn stat(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Respon
 }
 
 async fn list_dir(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    fs_call(&e2b, &headers, &body, |sandbox, r: PathRequest| async move {
+    unary_call(&e2b, &headers, &body, |sandbox, r: PathRequest| async move {
         let depth = r.depth.unwrap_or(1).max(1);
         let script = format!(
             "{}if [ ! -d \"$p\" ]; then echo {NOT_DIR}; exit 0; fi\nfind \"$p\" -mindepth 1 -maxdepth {depth} -printf '{ENTRY_FORMAT}' | sort -t\"$(printf '\\t')\" -k9",
@@ -692,7 +676,7 @@ async fn list_dir(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Re
 }
 
 async fn make_dir(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    fs_call(&e2b, &headers, &body, |sandbox, r: PathRequest| async move {
+    unary_call(&e2b, &headers, &body, |sandbox, r: PathRequest| async move {
         let script = format!(
             "p={}\nif [ -e \"$p\" ] || [ -L \"$p\" ]; then echo {EXISTS}; exit 0; fi\nmkdir -p \"$p\" && find \"$p\" -maxdepth 0 -printf '{ENTRY_FORMAT}'",
             shell_quote(&to_guest(&r.path))
@@ -711,7 +695,7 @@ struct MoveRequest {
 }
 
 async fn move_entry(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    fs_call(&e2b, &headers, &body, |sandbox, r: MoveRequest| async move {
+    unary_call(&e2b, &headers, &body, |sandbox, r: MoveRequest| async move {
         let script = format!(
             "{}d={}\nmkdir -p \"$(dirname \"$d\")\" && mv -T \"$p\" \"$d\" && find \"$d\" -maxdepth 0 -printf '{ENTRY_FORMAT}'",
             exists_check(&r.source),
@@ -725,7 +709,7 @@ async fn move_entry(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> 
 }
 
 async fn remove(State(e2b): State<E2b>, headers: HeaderMap, body: Bytes) -> Response {
-    fs_call(
+    unary_call(
         &e2b,
         &headers,
         &body,
