@@ -21,6 +21,10 @@
 //!   orchestrator needs (pause, resume, and saving and loading a memory
 //!   template's device state over a descriptor passed with `getfd`).
 //!
+//! - **Migration streams** ([`stream`]): a saved machine's stream copied
+//!   without the RAM pages a base memory file already holds, so a VM
+//!   mapping that file loads only what differs (a fork's children).
+//!
 //! It does not spawn or supervise VMs, or create overlays and sockets: the
 //! orchestrator (`airlock`) does, with this argv and this client.
 //!
@@ -63,6 +67,7 @@ mod opts;
 pub mod probe;
 pub mod qmp;
 mod spec;
+pub mod stream;
 
 pub use accel::{choose_accel, parse_accel_override, AccelChoice, AccelVerdict};
 pub use args::{
@@ -82,3 +87,4 @@ pub use spec::{
     MAX_MEMORY_MIB, MAX_SHARE_TAG_BYTES, MAX_SOCKET_PATH_BYTES, MAX_TRANSLATION_CACHE_MIB,
     MAX_VCPUS, MEMORY_BACKEND_ID, MIN_MEMORY_MIB, MIN_TRANSLATION_CACHE_MIB, TCG_TB_SIZE_MIB,
 };
+pub use stream::{delta_against_base, DeltaStats, StreamError};
