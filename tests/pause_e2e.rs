@@ -28,6 +28,19 @@ async fn scheduler(cache: &Path, templates: bool) -> Scheduler {
     .unwrap()
 }
 
+/// A scheduler restoring sessions from the shared memory templates (the
+/// ones `cargo xtask test` builds), its paused sessions under `cache`.
+async fn scheduler_over_shared_templates(cache: &Path) -> Scheduler {
+    Scheduler::start(Config {
+        restore_templates: true,
+        paused_dir: cache.join("paused"),
+        overlay_pool_target: 0,
+        ..Config::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs a cell that must succeed; its stdout, trimmed.
 async fn ok(session: &Session, code: &str) -> String {
     let mut request = CellRequest::new(code);
@@ -137,14 +150,16 @@ async fn a_fork_of_three_sees_the_parents_variable_and_draws_its_own_random_numb
         return;
     };
     let cache = tempfile::tempdir().unwrap();
-    let scheduler = scheduler(cache.path(), false).await;
+    // The parent is a template clone: its children load only the pages
+    // that differ from the template's memory file, which they map.
+    let scheduler = scheduler_over_shared_templates(cache.path()).await;
     let parent = scheduler
         .session(SessionOptions::new(Language::Python))
         .await
         .unwrap();
     ok(
         &parent,
-        "import os, random\nsecret = 'from the parent'\nopen('shared.txt', 'w').write('parent file')",
+        "import os, random\nsecret = 'from the parent'\nopen('shared.txt', 'w').write('parent file')\nbig = bytes(range(256)) * 40000",
     )
     .await;
     let started = std::time::Instant::now();
@@ -194,10 +209,26 @@ async fn a_fork_of_three_sees_the_parents_variable_and_draws_its_own_random_numb
             ..
         }))
     ));
+    // Each child loaded a fraction of what saving the parent whole
+    // takes: the pages its template's memory file did not hold.
+    let loaded: Vec<u64> = children
+        .iter()
+        .map(|c| c.boot_timings().restore.map_or(0, |r| r.state_bytes))
+        .collect();
     for child in &children {
         child.close().await;
     }
-    parent.close().await;
+    let whole = parent
+        .pause(&scheduler, &PauseOptions::default())
+        .await
+        .unwrap()
+        .state_bytes;
+    for bytes in loaded {
+        assert!(
+            bytes > 10_000_000 && bytes < whole / 2,
+            "a child loaded {bytes} bytes; the parent's whole state is {whole}"
+        );
+    }
     scheduler.shutdown().await;
 }
 

@@ -98,6 +98,10 @@ pub struct RestoreTimings {
     pub agent_ms: u64,
     /// Entropy and clock sent and applied.
     pub reseed_ms: u64,
+    /// Size of the saved state loaded: a template's device state, a
+    /// paused session's whole machine, or a fork's pages that differ from
+    /// its template (`docs/persistence.md`).
+    pub state_bytes: u64,
 }
 
 /// Races `agent` (which yields `None` once its deadline passed) against the

@@ -436,6 +436,7 @@ mod tests {
                 resume_ms: 9,
                 agent_ms: 10,
                 reseed_ms: 11,
+                state_bytes: 12,
             }),
             from_warm_pool: true,
         };

@@ -20,6 +20,7 @@
 //! The session-level calls are [`crate::Session::pause`],
 //! [`crate::Session::fork`] and [`crate::Scheduler::resume`].
 
+pub mod fork;
 mod resume;
 pub(crate) mod save;
 pub mod store;

@@ -14,7 +14,7 @@ use crate::task::BoxFuture;
 use crate::template::restore::{load_and_reach_agent, SavedState};
 use crate::workdir::WorkDir;
 use airlock_limits::VmGroup;
-use airlock_qemu::{BootImages, IncomingMigration, VmSpec};
+use airlock_qemu::{BootImages, IncomingMigration, MemoryFile, MemorySharing, VmSpec};
 use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
@@ -35,6 +35,10 @@ pub struct ResumeLauncher {
     /// Loads copies of a live machine (a fork's children), not the one
     /// machine a pause saved.
     copies: bool,
+    /// The guest RAM starts as this memory file mapped privately (a
+    /// template's), and `state` holds only the pages that differ from it
+    /// (`pause/fork.rs`); `None`: the RAM starts empty.
+    base_memory: Option<PathBuf>,
 }
 
 impl ResumeLauncher {
@@ -44,6 +48,16 @@ impl ResumeLauncher {
     #[must_use]
     pub fn for_copies(mut self) -> Self {
         self.copies = true;
+        self
+    }
+
+    /// The same launcher with the guest RAM starting as `memory` mapped
+    /// privately, copy on write, as a template clone's: `state` must then
+    /// be a stream filtered against that file
+    /// ([`airlock_qemu::delta_against_base`]).
+    #[must_use]
+    pub fn with_base_memory(mut self, memory: PathBuf) -> Self {
+        self.base_memory = Some(memory);
         self
     }
 
@@ -66,7 +80,18 @@ impl ResumeLauncher {
             named_ram,
             label,
             copies: false,
+            base_memory: None,
         }
+    }
+
+    /// The QEMU spec of a VM of `plan` this launcher starts (pure).
+    fn spec(&self, plan: &MachinePlan) -> VmSpec {
+        let mut spec = resume_spec(plan, &self.boot, self.named_ram);
+        spec.memory_file = self.base_memory.as_ref().map(|path| MemoryFile {
+            path: path.clone(),
+            sharing: MemorySharing::Private,
+        });
+        spec
     }
 
     async fn place(&self, workdir: &WorkDir, saved: &Path) -> Result<PathBuf, BootError> {
@@ -162,7 +187,7 @@ impl Launcher for ResumeLauncher {
         group: &'a VmGroup,
     ) -> BoxFuture<'a, Result<QemuProcess, BootError>> {
         Box::pin(async move {
-            let spec = resume_spec(plan, &self.boot, self.named_ram);
+            let spec = self.spec(plan);
             spawn_spec(&self.host, &spec, plan, group).await
         })
     }
@@ -220,6 +245,44 @@ mod tests {
             cold
         );
         assert!(!resume_spec(&plan(), &boot(), false).named_ram);
+    }
+
+    #[test]
+    fn a_fork_child_maps_its_base_memory_privately_and_a_resume_starts_empty() {
+        let host = Host {
+            qemu_binary: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            caps: airlock_qemu::HostCaps {
+                arch: airlock_qemu::Arch::X86_64,
+                accel: airlock_qemu::Accel::Tcg,
+                qemu_version: airlock_qemu::QemuVersion::new(7, 2, 0),
+                io_uring: false,
+                tsc_khz: None,
+            },
+            accel_reason: "tests".into(),
+            jail: None,
+            console_log_max_bytes: 1 << 20,
+        };
+        let launcher = ResumeLauncher::new(
+            host,
+            boot(),
+            PathBuf::from("/run/forks/f/state.delta"),
+            None,
+            true,
+            "fork of s".into(),
+        );
+        assert_eq!(launcher.spec(&plan()).memory_file, None);
+        let child = launcher
+            .for_copies()
+            .with_base_memory(PathBuf::from("/templates/t/memory"));
+        let spec = child.spec(&plan());
+        assert_eq!(
+            spec.memory_file,
+            Some(MemoryFile {
+                path: PathBuf::from("/templates/t/memory"),
+                sharing: MemorySharing::Private,
+            })
+        );
+        assert_eq!(spec.incoming, Some(IncomingMigration::Defer));
     }
 
     #[tokio::test]

@@ -61,9 +61,15 @@ fn machine_inputs(
     shape: crate::spec::MachineShape,
     packages: Option<&Path>,
 ) -> Result<TemplateInputs, SessionError> {
+    Ok(templates.inputs_over(shape, layer_key(packages).as_deref())?)
+}
+
+/// The key of the package layer image `packages`, if any.
+fn layer_key(packages: Option<&Path>) -> Option<String> {
     let disk = packages.map(|p| PackageDisk::read_only(p.to_path_buf()));
-    let layer = disk.as_ref().and_then(PackageDisk::layer_key);
-    Ok(templates.inputs_over(shape, layer)?)
+    disk.as_ref()
+        .and_then(PackageDisk::layer_key)
+        .map(str::to_owned)
 }
 
 fn boot_images(manager: &VmManager) -> BootImages {
@@ -382,15 +388,28 @@ impl Session {
         };
         let mut options = VmOptions::of_shape(inner.facts.shape, &inner.tenant);
         options.packages = inner.facts.packages.clone().map(PackageDisk::read_only);
-        let launcher = ResumeLauncher::new(
+        let (_, templates) = machinery(scheduler, &inner.id)?;
+        let source = crate::pause::fork::child_source(
+            templates,
+            inner.facts.shape,
+            layer_key(inner.facts.packages.as_deref()).as_deref(),
+            saved.named_ram,
+            &dir.join(STATE_FILE),
+            &inner.id,
+        )
+        .await;
+        let mut launcher = ResumeLauncher::new(
             manager.host().clone(),
             boot_images(manager),
-            dir.join(STATE_FILE),
+            source.state,
             (saved.disk_bytes > 0).then(|| dir.join(WORKSPACE_FILE)),
             saved.named_ram,
             format!("fork of {}", inner.id),
         )
         .for_copies();
+        if let Some(memory) = source.base_memory {
+            launcher = launcher.with_base_memory(memory);
+        }
         // The children load at once: each is its own QEMU.
         let mut boots = tokio::task::JoinSet::new();
         for _ in 0..count {

@@ -161,6 +161,10 @@ async fn load_and_resume(
         .map_err(|e| BootError::io("open", saved.path, e))?
         .into_std()
         .await;
+    timings.state_bytes = state
+        .metadata()
+        .map_err(|e| BootError::io("measure", saved.path, e))?
+        .len();
     let restore = |source| BootError::Restore {
         vm_id: plan.vm_id.clone(),
         template: saved.label.to_owned(),
