@@ -26,7 +26,7 @@ pub(crate) mod save;
 pub mod store;
 
 pub use resume::ResumeLauncher;
-pub use save::{save_machine, SavedMachine};
+pub use save::{save_machine, save_machine_into, SavedMachine, StateSink};
 pub use store::{
     PausedEntry, PausedMeta, PausedStore, DEFAULT_PAUSED_TTL, META_FILE, PAUSED_FORMAT, STATE_FILE,
     WORKSPACE_FILE,

@@ -9,8 +9,9 @@ use crate::manager::VmManager;
 use crate::ms;
 use crate::pause::store::{unix_ms, within_quota};
 use crate::pause::{
-    save_machine, unpausable_reason, validate_fork_count, PausedEntry, PausedMeta, PausedStore,
-    ResumeLauncher, DEFAULT_PAUSED_TTL, PAUSED_FORMAT, STATE_FILE, WORKSPACE_FILE,
+    save_machine, save_machine_into, unpausable_reason, validate_fork_count, PausedEntry,
+    PausedMeta, PausedStore, ResumeLauncher, StateSink, DEFAULT_PAUSED_TTL, PAUSED_FORMAT,
+    STATE_FILE, WORKSPACE_FILE,
 };
 use crate::spec::SandboxSpec;
 use crate::task::blocking;
@@ -381,33 +382,52 @@ impl Session {
         started: Instant,
     ) -> Result<Vec<Session>, SessionError> {
         let inner = &self.inner;
-        let saved = {
-            let mut call = inner.begin()?;
-            let vm = call.vm().as_machine().ok_or_else(|| self.not_a_machine())?;
-            save_machine(vm, &inner.id, dir, true).await?
-        };
-        let mut options = VmOptions::of_shape(inner.facts.shape, &inner.tenant);
-        options.packages = inner.facts.packages.clone().map(PackageDisk::read_only);
         let (_, templates) = machinery(scheduler, &inner.id)?;
-        let source = crate::pause::fork::child_source(
+        let base = crate::pause::fork::template_memory(
             templates,
             inner.facts.shape,
             layer_key(inner.facts.packages.as_deref()).as_deref(),
-            saved.named_ram,
-            &dir.join(STATE_FILE),
             &inner.id,
         )
         .await;
+        let delta = dir.join(crate::pause::fork::DELTA_FILE);
+        let sink = match &base {
+            Some(base) => StateSink::Filtered {
+                base,
+                delta: &delta,
+            },
+            None => StateSink::File,
+        };
+        let saved = {
+            let mut call = inner.begin()?;
+            let vm = call.vm().as_machine().ok_or_else(|| self.not_a_machine())?;
+            save_machine_into(vm, &inner.id, dir, true, sink).await?
+        };
+        let mut options = VmOptions::of_shape(inner.facts.shape, &inner.tenant);
+        options.packages = inner.facts.packages.clone().map(PackageDisk::read_only);
+        let (state, base) = match (saved.filtered, base) {
+            (Some(stats), Some(base)) => {
+                tracing::info!(
+                    session_id = inner.id,
+                    pages = stats.pages,
+                    kept = stats.kept,
+                    bytes = stats.bytes_out,
+                    "the children load the pages that differ from their template"
+                );
+                (delta, Some(base))
+            }
+            _ => (dir.join(STATE_FILE), None),
+        };
         let mut launcher = ResumeLauncher::new(
             manager.host().clone(),
             boot_images(manager),
-            source.state,
+            state,
             (saved.disk_bytes > 0).then(|| dir.join(WORKSPACE_FILE)),
             saved.named_ram,
             format!("fork of {}", inner.id),
         )
         .for_copies();
-        if let Some(memory) = source.base_memory {
+        if let Some(memory) = base {
             launcher = launcher.with_base_memory(memory);
         }
         // The children load at once: each is its own QEMU.
