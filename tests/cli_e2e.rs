@@ -312,6 +312,102 @@ fn a_data_run_prints_the_frame_and_saves_the_chart_as_a_png() {
     );
 }
 
+/// Three figures left open by a one-shot run, and each one's savefig PNG
+/// printed (base64, one a line): an opaque chart (sent raw as RGB, the
+/// host writes the PNG), one with a transparent face (raw RGBA), and one
+/// of 1600x1200 px, past the raw limit (the guest writes the PNG itself).
+const THREE_FIGURES: &str = "import base64, io\n\
+import matplotlib.pyplot as plt\n\
+f1 = plt.figure(); plt.plot([1, 3, 2]); plt.title('opaque')\n\
+f2 = plt.figure(facecolor=(1, 1, 1, 0)); plt.plot([1, 3, 2])\n\
+f3 = plt.figure(figsize=(16, 12)); plt.plot([1, 3, 2])\n\
+for f in (f1, f2, f3):\n    \
+    buf = io.BytesIO(); f.savefig(buf, format='png'); print(base64.b64encode(buf.getvalue()).decode())\n";
+
+/// A PNG's size and pixels as 8-bit RGBA.
+fn rgba_of_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let rgba = match info.color_type {
+        png::ColorType::Rgba => buf,
+        png::ColorType::Rgb => buf
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    (info.width, info.height, rgba)
+}
+
+#[test]
+fn figures_come_back_as_pngs_of_savefigs_pixels_opaque_translucent_or_large() {
+    use base64::Engine as _;
+    let Some(images) = data_images_or_skip("cli_figures") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let o = airlock_tests::run_with_stdin(
+        env!("CARGO_BIN_EXE_airlock-under-test"),
+        &[
+            "run",
+            "--json",
+            "--image",
+            "python-data",
+            "-t",
+            "120",
+            THREE_FIGURES,
+        ],
+        &[
+            ("AIRLOCK_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("AIRLOCK_IMAGES", images.dir.to_str().unwrap()),
+        ],
+        "",
+        Some(work.path()),
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let stdout = v["stdout"].as_str().unwrap();
+    let wanted: Vec<&str> = stdout.lines().collect();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!((wanted.len(), results.len()), (3, 3), "{stdout}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (i, ((want, result), size)) in wanted
+        .iter()
+        .zip(results)
+        .zip([(640, 480), (640, 480), (1600, 1200)])
+        .enumerate()
+    {
+        let keys: Vec<&String> = result["data"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["image/png", "text/plain"],
+            "figure {i}: only image/png reaches a front end"
+        );
+        let got = b64
+            .decode(result["data"]["image/png"].as_str().unwrap())
+            .unwrap();
+        let (w, h, got) = rgba_of_png(&got);
+        let (ww, wh, want) = rgba_of_png(&b64.decode(want).unwrap());
+        assert_eq!(((w, h), (ww, wh)), (size, size), "figure {i}");
+        assert!(got == want, "figure {i}: the pixels differ from savefig's");
+        if i == 1 {
+            assert!(
+                got.chunks_exact(4).any(|p| p[3] != 255),
+                "the face is transparent"
+            );
+        }
+    }
+    assert!(
+        !v["stderr"].as_str().unwrap_or("").contains("[airlock:"),
+        "{v}"
+    );
+}
+
 /// Python that builds a whole 640x480 grayscale PNG with the standard
 /// library and displays it as a raw bundle, then leaves a value.
 const PNG_BY_HAND: &str = "import base64, struct, zlib\n\

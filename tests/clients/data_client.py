@@ -29,8 +29,9 @@ CHART = """import matplotlib.pyplot as plt
 fig, ax = plt.subplots()
 ax.plot(df["x"], df["y"]);"""
 
-# The PNG the driver wrote (its own encoder, not savefig's), decoded by PIL
-# in the guest, against the same figure saved by savefig: the same pixels.
+# The PNG the client got (the host wrote it from the figure's raw pixels,
+# not savefig), decoded by PIL in the guest, against the same figure saved
+# by savefig: the same pixels.
 SAME_PIXELS = """import base64, io, numpy as np
 from PIL import Image
 fig, ax = plt.subplots()

@@ -10,6 +10,13 @@
 //! in order with the exec's output; `is_main_result` marks the value of the
 //! cell's last expression. An uncaught exception is one [`CellError`]
 //! (`cell_error` event), besides the traceback on stderr.
+//!
+//! Between the agent and the host only, a figure may travel as raw pixels
+//! ([`RAW_PIXELS_MIME`], a [`RawPixels`]) rather than `image/png`: the
+//! guest runs under TCG, where compressing a PNG costs a chart cell a
+//! fifth of its time, and the host writes the PNG natively before any
+//! front end sees the result. Nothing past the host library ever sees
+//! this representation.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -22,6 +29,33 @@ use std::collections::BTreeMap;
 /// representations (the largest first, `text/plain` last) to stay under it
 /// and says so with [`ExecResult::truncated`].
 pub const MAX_RESULT_BYTES: usize = crate::DEFAULT_MAX_LINE_BYTES - 1024;
+
+/// The key of the internal raw-pixel representation of a figure in a
+/// bundle from the agent: a [`RawPixels`] object, which the host library
+/// turns into `image/png` as it receives the result (never seen by a
+/// front end). Not a binary type: its value is an object, not base64.
+pub const RAW_PIXELS_MIME: &str = "application/x-airlock-raw-pixels";
+
+/// The most bytes of pixels ([`RawPixels::data`] decoded) a raw
+/// representation may carry: the cell driver writes the PNG itself for a
+/// larger figure, and the host refuses a larger one. Small enough that the
+/// PNG the host writes from them (at most a little larger than the pixels)
+/// stays far under [`MAX_RESULT_BYTES`] as base64.
+pub const MAX_RAW_PIXEL_BYTES: usize = 4 * 1024 * 1024;
+
+/// A figure's pixels as the cell driver sends them ([`RAW_PIXELS_MIME`]):
+/// 8-bit RGB or RGBA, rows top to bottom, no padding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawPixels {
+    /// Columns.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Bytes per pixel: 3 (RGB) or 4 (RGBA, straight alpha).
+    pub channels: u8,
+    /// The `width * height * channels` bytes, base64.
+    pub data: String,
+}
 
 /// MIME type -> representation.
 pub type MimeBundle = BTreeMap<String, serde_json::Value>;

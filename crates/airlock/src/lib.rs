@@ -84,6 +84,7 @@ mod observer;
 mod owner;
 pub mod packages;
 pub mod pause;
+mod pixels;
 pub mod pool;
 mod process;
 mod process_dirs;

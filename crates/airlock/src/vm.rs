@@ -483,7 +483,16 @@ where
             }
             ExecEvent::Stdout(b) => emit(on_progress, OutputStream::Stdout, output.push_stdout(&b)),
             ExecEvent::Stderr(b) => emit(on_progress, OutputStream::Stderr, output.push_stderr(&b)),
-            ExecEvent::Result(result) => {
+            ExecEvent::Result(mut result) => {
+                // A figure's raw pixels become its image/png here, before
+                // anything hands the result on (`pixels`).
+                if let Some(note) = encode_figure(&mut result).await {
+                    emit(
+                        on_progress,
+                        OutputStream::Stderr,
+                        output.push_stderr(note.as_bytes()),
+                    );
+                }
                 on_progress(ExecProgress::Result(&result));
                 output.push_result(result);
             }
@@ -501,6 +510,37 @@ where
         }
     }
     Err(ProtocolError::Closed)
+}
+
+/// Writes the PNG of `result`'s raw pixels, if it has some
+/// ([`crate::pixels::encode_raw_pixels`]), on a blocking thread (a few
+/// milliseconds of compression); the error note when they were bad.
+async fn encode_figure(result: &mut airlock_protocol::ExecResult) -> Option<String> {
+    if !crate::pixels::has_raw_pixels(result) {
+        return None;
+    }
+    let mut owned = std::mem::replace(
+        result,
+        airlock_protocol::ExecResult {
+            data: Default::default(),
+            is_main_result: result.is_main_result,
+            truncated: result.truncated,
+        },
+    );
+    match tokio::task::spawn_blocking(move || {
+        let note = crate::pixels::encode_raw_pixels(&mut owned);
+        (owned, note)
+    })
+    .await
+    {
+        Ok((encoded, note)) => {
+            *result = encoded;
+            note
+        }
+        Err(e) => Some(format!(
+            "\n[airlock: a figure could not be turned into image/png: the encoder failed: {e}]\n"
+        )),
+    }
 }
 
 /// The next piece of a process's stdin; pends for ever without an input.

@@ -755,4 +755,19 @@ mod tests {
             "{cap}: needlessly small"
         );
     }
+
+    #[test]
+    fn the_python_driver_sends_raw_pixels_within_the_hosts_limit() {
+        use airlock_protocol::result::{MAX_RAW_PIXEL_BYTES, RAW_PIXELS_MIME};
+        assert_eq!(driver_constant("PIXELS_MAX"), MAX_RAW_PIXEL_BYTES);
+        assert!(PYTHON_DRIVER.contains(&format!("PIXELS_MIME = \"{RAW_PIXELS_MIME}\"")));
+        // A cell's raw figures stay well within its results cap.
+        let per_cell = driver_constant("PIXELS_PER_CELL");
+        assert!(per_cell >= MAX_RAW_PIXEL_BYTES, "{per_cell}");
+        assert!(
+            (per_cell as u64) * 4 / 3
+                <= crate::config::AgentConfig::default().results_cap_bytes / 2,
+            "{per_cell}"
+        );
+    }
 }
