@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 /// javascript templates hold none (Node cannot be reseeded in place).
 /// 3: javascript templates hold their live Node too, started on a clock a
 /// day back so that its clones can reseed it (`docs/templates.md`).
-pub const TEMPLATE_FORMAT: u32 = 3;
+/// 4: a template with a workspace disk has written and removed a file in
+/// its home and `/tmp` (ext4's allocator state of that disk is warm).
+pub const TEMPLATE_FORMAT: u32 = 4;
 
 /// The shape of the VMs a template serves: the spec's machine shape.
 pub type TemplateShape = crate::spec::MachineShape;
