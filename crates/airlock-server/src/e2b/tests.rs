@@ -923,16 +923,7 @@ async fn files_go_in_as_multipart_and_come_back_whole() {
     let made = h.create(KEY_A, json!({"templateID": "base"})).await;
     let body = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/a.txt\"\r\n\r\nhello\r\n--B--\r\n";
     let written = h
-        .plane(
-            &made.id,
-            49983,
-            "/files?path=%2Fhome%2Fuser%2Fa.txt",
-            &[
-                ("x-access-token", &made.token),
-                ("content-type", "multipart/form-data; boundary=B"),
-            ],
-            body,
-        )
+        .upload(&made, "?path=%2Fhome%2Fuser%2Fa.txt", body)
         .await
         .ok(StatusCode::OK);
     assert_eq!(
@@ -965,7 +956,7 @@ async fn files_go_in_as_multipart_and_come_back_whole() {
 impl E2bHarness {
     /// A multipart upload of `body` (boundary `B`) to `/files` with
     /// `query`.
-    async fn upload(&self, made: &Made, query: &str, body: &'static str) -> Reply {
+    async fn upload(&self, made: &Made, query: &str, body: impl Into<Body>) -> Reply {
         self.plane(
             &made.id,
             49983,
@@ -1031,18 +1022,7 @@ async fn an_upload_of_endless_part_headers_is_refused_not_held() {
             b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
         );
     }
-    let reply = h
-        .plane(
-            &made.id,
-            49983,
-            "/files",
-            &[
-                ("x-access-token", &made.token),
-                ("content-type", "multipart/form-data; boundary=B"),
-            ],
-            body,
-        )
-        .await;
+    let reply = h.upload(&made, "", body).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
 }
 
@@ -1059,18 +1039,7 @@ async fn a_large_upload_in_many_chunks_goes_through_whole() {
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
     let streamed = Body::from_stream(tokio_stream::iter(chunks));
-    let reply = h
-        .plane(
-            &made.id,
-            49983,
-            "/files",
-            &[
-                ("x-access-token", &made.token),
-                ("content-type", "multipart/form-data; boundary=B"),
-            ],
-            streamed,
-        )
-        .await;
+    let reply = h.upload(&made, "", streamed).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let back = h.download(&made, "%2Fhome%2Fuser%2Fbig.bin").await;
     assert_eq!(back.status, StatusCode::OK);

@@ -339,7 +339,7 @@ impl Session {
         validate_fork_count(count)?;
         let inner = &self.inner;
         self.check_saveable(scheduler)?;
-        let (manager, _) = machinery(scheduler, &inner.id)?;
+        let (manager, templates) = machinery(scheduler, &inner.id)?;
         // Each child takes a slot: refused now rather than queued behind
         // the parent's own slot after its state is saved.
         let free = manager.free_slots();
@@ -365,7 +365,7 @@ impl Session {
         };
         let dir = flatten(dir)?;
         let forked = self
-            .fork_from(scheduler, manager, &dir, count, started)
+            .fork_from(scheduler, (manager, templates), &dir, count, started)
             .await;
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a fork's saved state");
@@ -376,13 +376,12 @@ impl Session {
     async fn fork_from(
         &self,
         scheduler: &Scheduler,
-        manager: &VmManager,
+        (manager, templates): (&VmManager, &Templates),
         dir: &Path,
         count: usize,
         started: Instant,
     ) -> Result<Vec<Session>, SessionError> {
         let inner = &self.inner;
-        let (_, templates) = machinery(scheduler, &inner.id)?;
         let base = crate::pause::fork::template_memory(
             templates,
             inner.facts.shape,
