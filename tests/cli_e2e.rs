@@ -243,11 +243,15 @@ fn a_data_run_prints_the_frame_and_saves_the_chart_as_a_png() {
     let cache = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let images_dir = images.dir.to_str().unwrap();
-    let code = "import pandas as pd\n\
+    // The driver's warm-up (two charts before `ready`, then gc.freeze())
+    // leaves no figure open: the user's first one is number 1.
+    let code = "import gc\n\
+                import pandas as pd\n\
                 import matplotlib.pyplot as plt\n\
                 df = pd.DataFrame({'x': [1, 2, 3], 'y': [4, 5, 6]})\n\
-                print('drawn')\n\
+                print('drawn', plt.get_fignums(), gc.get_freeze_count() > 0)\n\
                 plt.plot(df.x, df.y)\n\
+                print(plt.gcf().number)\n\
                 plt.show()\n\
                 df.head()\n";
     let o = airlock_tests::run_with_stdin(
@@ -263,7 +267,7 @@ fn a_data_run_prints_the_frame_and_saves_the_chart_as_a_png() {
     assert_eq!(o.status.code(), Some(0), "stderr: {}", err(&o));
     assert_eq!(
         out(&o),
-        "drawn\n   x  y\n0  1  4\n1  2  5\n2  3  6\n",
+        "drawn [] True\n1\n   x  y\n0  1  4\n1  2  5\n2  3  6\n",
         "the output, then the value of the last line; stderr: {}",
         err(&o)
     );
