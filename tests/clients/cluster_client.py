@@ -14,8 +14,8 @@ Shown, through the proxy only:
 - SIGTERM of a node: it takes no new work, finishes what runs, exits 0;
 - the killed node restarted: it rejoins and takes new sessions.
 
-Needs root (namespaces), `ip`, nginx, and the `airlock` binary in
-$AIRLOCK_BIN with its images built. Everything it makes is removed at
+Needs root (namespaces), `ip`, nginx, the `airlock` binary in
+$AIRLOCK_BIN and its built images in $AIRLOCK_IMAGES. Everything it makes is removed at
 the end, whatever happens.
 """
 
@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT / "deploy" / "proxy"))
 import render  # noqa: E402  (the one renderer of the routing)
 
 AIRLOCK = os.environ["AIRLOCK_BIN"]
+# The built images every node uses (each node has a cache of its own).
+IMAGES = os.environ["AIRLOCK_IMAGES"]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TAG = f"{os.getpid() % 10000:04d}"
 OCTET = 100 + os.getpid() % 150
@@ -97,6 +99,8 @@ class Node:
         self.url = f"http://{address}:7000"
         self.run_dir = work / f"run-{name}"
         self.run_dir.mkdir(exist_ok=True)
+        self.cache_dir = work / f"cache-{name}"
+        self.cache_dir.mkdir(exist_ok=True)
         self.config = work / f"{name}.toml"
         self.config.write_text(
             f"max_concurrent_vms = {SLOTS}\n"
@@ -113,7 +117,12 @@ class Node:
 
     def start(self):
         log(f"starting {self.name} at {self.url}")
-        env = dict(os.environ, AIRLOCK_RUN_DIR=str(self.run_dir))
+        # A cache of its own, as each Kubernetes node has (its memory
+        # templates built there), over the one set of images. Sharing the
+        # cache would also share the templates' memory files, which each
+        # node's jail gives to its own group (docs/security.md).
+        env = dict(os.environ, AIRLOCK_RUN_DIR=str(self.run_dir),
+                   AIRLOCK_CACHE_DIR=str(self.cache_dir), AIRLOCK_IMAGES=IMAGES)
         with open(self.log_path, "ab") as sink:
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, AIRLOCK, "serve",

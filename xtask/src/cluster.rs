@@ -51,11 +51,14 @@ pub fn run_prepared(python: &std::path::Path) -> Result<()> {
     eprintln!("xtask: building the airlock binary");
     run_checked(cargo().args(["build", "-p", "airlock-cli", "--bin", "airlock"]))?;
     let airlock = host::target_dir().join("debug").join("airlock");
+    // Each node gets a cache of its own over these images.
+    let images = airlock_sys_util::AirlockDirs::from_env()?.images;
     let started = std::time::Instant::now();
     run_checked(
         Command::new(python)
             .arg(workspace_root().join("tests/clients/cluster_client.py"))
-            .env("AIRLOCK_BIN", airlock),
+            .env("AIRLOCK_BIN", airlock)
+            .env("AIRLOCK_IMAGES", images),
     )?;
     eprintln!(
         "xtask: cluster test passed in {:.0} s",

@@ -697,7 +697,8 @@ pub struct JailSection {
     /// turns it off). Without root QEMU runs as the server's user.
     pub enabled: bool,
     /// The first uid (and gid) of the range; `uid_base - 1` is the group
-    /// of templates' memory files. Must be free on the host.
+    /// of templates' memory files (QEMU < 8.2), so servers sharing a
+    /// cache dir must share it. Must be free on the host.
     pub uid_base: u32,
     /// How many uids the range holds.
     pub uid_count: u32,
