@@ -247,7 +247,8 @@ pub fn python(python: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
     eprintln!("{stdout}");
     assert!(
         out.status.success(),
-        "{args:?} failed:\n{stdout}\n{}",
+        "{args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     stdout.into_owned()
