@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from clean_exit import exit_ok
+
 URL, CREATES, EXECS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 os.environ["E2B_API_URL"] = URL
 os.environ["E2B_SANDBOX_URL"] = URL
@@ -63,9 +65,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    # Measured and printed: leave without the interpreter's teardown
-    # (tests/clients/e2b_client.py: the SDK's dependencies as resolved on
-    # 2026-12-07 sometimes abort there).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_ok()

@@ -34,6 +34,8 @@ import time
 
 import httpx
 
+from clean_exit import exit_ok
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "proxy"))
 import render  # noqa: E402  (the one renderer of the routing)
@@ -424,10 +426,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    # Every check passed: leave without the interpreter's teardown. With
-    # the SDK's dependencies as PyPI resolved them on 2026-12-07, the
-    # process sometimes aborted there (SIGABRT, no Python frame left),
-    # after the last check; a failed check still exits 1 above.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_ok()

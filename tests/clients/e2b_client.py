@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from clean_exit import exit_ok
+
 MODE, WHERE, KEY_A, KEY_B = sys.argv[1:5]
 for name in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
     os.environ.pop(name, None)
@@ -166,13 +168,7 @@ async def check_async():
 def main():
     check_sync()
     asyncio.run(check_async())
-    # Every check passed: leave without the interpreter's teardown. With
-    # the SDK's dependencies as PyPI resolved them on 2026-12-07, the
-    # process sometimes aborted there (SIGABRT, no Python frame left),
-    # after the last check; a failed check still exits 1 above.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_ok()
 
 
 main()
