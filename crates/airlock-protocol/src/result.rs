@@ -44,7 +44,8 @@ pub const RAW_PIXELS_MIME: &str = "application/x-airlock-raw-pixels";
 pub const MAX_RAW_PIXEL_BYTES: usize = 4 * 1024 * 1024;
 
 /// A figure's pixels as the cell driver sends them ([`RAW_PIXELS_MIME`]):
-/// 8-bit RGB or RGBA, rows top to bottom, no padding.
+/// 8-bit RGB or RGBA, rows top to bottom, no padding, laid out in `data`
+/// as [`PixelEncoding`] says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawPixels {
     /// Columns.
@@ -53,8 +54,39 @@ pub struct RawPixels {
     pub height: u32,
     /// Bytes per pixel: 3 (RGB) or 4 (RGBA, straight alpha).
     pub channels: u8,
-    /// The `width * height * channels` bytes, base64.
+    /// How `data` holds the pixels (absent: [`PixelEncoding::Raw`]).
+    #[serde(default, skip_serializing_if = "PixelEncoding::is_raw")]
+    pub encoding: PixelEncoding,
+    /// The `channels` bytes of every pixel a [`PixelEncoding::Masked`]
+    /// mask leaves out (a chart's background); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<Vec<u8>>,
+    /// The pixels, base64, as `encoding` lays them out.
     pub data: String,
+}
+
+/// How [`RawPixels::data`] holds the pixels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelEncoding {
+    /// The `width * height * channels` bytes of every pixel.
+    #[default]
+    Raw,
+    /// A bitmask of `width * height` bits, most significant bit first
+    /// (numpy's `packbits`), padded with zero bits to a whole byte: a set
+    /// bit is a pixel whose `channels` bytes follow the mask, in order; a
+    /// clear one is [`RawPixels::background`]. A chart is mostly its
+    /// background: a 640x480 pandas line chart is 1.2 MB of base64 raw
+    /// and about 120 KB masked; under TCG, a cell that sent 1.2 MB took
+    /// 110-150 ms more than one that sent 100 bytes.
+    Masked,
+}
+
+impl PixelEncoding {
+    /// Whether this is [`PixelEncoding::Raw`] (left off the wire).
+    pub fn is_raw(&self) -> bool {
+        *self == PixelEncoding::Raw
+    }
 }
 
 /// MIME type -> representation.

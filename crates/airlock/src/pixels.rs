@@ -13,7 +13,9 @@
 //! writes at its defaults): 8-bit RGB when every pixel is opaque (a
 //! quarter less to compress), RGBA otherwise, no metadata.
 
-use airlock_protocol::result::{ExecResult, RawPixels, MAX_RAW_PIXEL_BYTES, RAW_PIXELS_MIME};
+use airlock_protocol::result::{
+    ExecResult, PixelEncoding, RawPixels, MAX_RAW_PIXEL_BYTES, RAW_PIXELS_MIME,
+};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
@@ -65,6 +67,22 @@ pub(crate) enum PixelsError {
         want: usize,
         /// What `data` decoded to.
         got: usize,
+    },
+    /// A masked representation whose background is not one pixel.
+    #[error("masked raw pixels with {channels} channels and a background of {got} bytes; hint: the guest images and this host library are out of step")]
+    Background {
+        /// Bytes per pixel.
+        channels: u8,
+        /// The background's length (0: none).
+        got: usize,
+    },
+    /// A masked representation whose mask sets bits past the last pixel.
+    #[error("masked raw pixels of {width}x{height} whose mask sets bits past the last pixel")]
+    Mask {
+        /// Columns.
+        width: u32,
+        /// Rows.
+        height: u32,
     },
     /// The encoder failed (it should not, on validated input).
     #[error("cannot write the PNG of {width}x{height} pixels: {source}")]
@@ -120,6 +138,8 @@ pub(crate) fn png_of_raw(raw: &RawPixels) -> Result<Vec<u8>, PixelsError> {
         width,
         height,
         channels,
+        encoding,
+        ref background,
         ref data,
     } = *raw;
     if channels != 3 && channels != 4 {
@@ -138,20 +158,30 @@ pub(crate) fn png_of_raw(raw: &RawPixels) -> Result<Vec<u8>, PixelsError> {
             max: MAX_RAW_PIXEL_BYTES,
         });
     }
-    // Base64 of `want` bytes is 4 * ceil(want / 3) long: refuse a longer
-    // string before decoding it (the payload cap bounds it anyway).
-    if data.len() > want.div_ceil(3).saturating_mul(4) {
+    let count = want / usize::from(channels);
+    // The most `data` may decode to: a mask over every pixel, then every
+    // pixel. Base64 of n bytes is 4 * ceil(n / 3) long: a longer string is
+    // refused before it is decoded (the payload cap bounds it anyway).
+    let most = match encoding {
+        PixelEncoding::Raw => want,
+        PixelEncoding::Masked => count.div_ceil(8) + want,
+    };
+    if data.len() > most.div_ceil(3).saturating_mul(4) {
         return Err(PixelsError::Length {
             width,
             height,
             channels,
-            want,
+            want: most,
             got: data.len() / 4 * 3,
         });
     }
-    let pixels = STANDARD
+    let decoded = STANDARD
         .decode(data.as_bytes())
         .map_err(|source| PixelsError::Base64 { source })?;
+    let pixels = match encoding {
+        PixelEncoding::Raw => decoded,
+        PixelEncoding::Masked => unmask(raw, background.as_deref(), &decoded)?,
+    };
     if pixels.len() != want {
         return Err(PixelsError::Length {
             width,
@@ -172,6 +202,69 @@ pub(crate) fn png_of_raw(raw: &RawPixels) -> Result<Vec<u8>, PixelsError> {
         height,
         source,
     })
+}
+
+/// Every pixel of a [`PixelEncoding::Masked`] representation whose
+/// `decoded` data is its mask then its pixels: a set bit takes the next
+/// pixel, a clear one `background`. The caller has checked the size.
+///
+/// # Errors
+/// [`PixelsError::Background`] when `background` is not one pixel,
+/// [`PixelsError::Mask`] for bits set past the last pixel,
+/// [`PixelsError::Length`] when the pixels after the mask are not as
+/// many as its set bits.
+fn unmask(
+    raw: &RawPixels,
+    background: Option<&[u8]>,
+    decoded: &[u8],
+) -> Result<Vec<u8>, PixelsError> {
+    let (width, height, channels) = (raw.width, raw.height, raw.channels);
+    let size = usize::from(channels);
+    let background = match background {
+        Some(pixel) if pixel.len() == size => pixel,
+        other => {
+            return Err(PixelsError::Background {
+                channels,
+                got: other.map_or(0, <[u8]>::len),
+            })
+        }
+    };
+    // Sizes were checked against MAX_RAW_PIXEL_BYTES: no overflow.
+    let count = width as usize * height as usize;
+    let length = |got: usize| PixelsError::Length {
+        width,
+        height,
+        channels,
+        want: count * size,
+        got,
+    };
+    let mask_len = count.div_ceil(8);
+    if decoded.len() < mask_len {
+        return Err(length(decoded.len()));
+    }
+    let (mask, values) = decoded.split_at(mask_len);
+    let spare = mask_len * 8 - count;
+    if spare > 0 && mask[mask_len - 1] & ((1u8 << spare) - 1) != 0 {
+        return Err(PixelsError::Mask { width, height });
+    }
+    let set: usize = mask.iter().map(|b| b.count_ones() as usize).sum();
+    if values.len() != set * size {
+        // What the pixels would have made: the mask's clear bits as
+        // background, the bytes after it as they are.
+        return Err(length((count - set) * size + values.len()));
+    }
+    let mut pixels = Vec::with_capacity(count * size);
+    let mut next = values.chunks_exact(size);
+    for i in 0..count {
+        let pixel = if mask[i / 8] & (0x80 >> (i % 8)) != 0 {
+            // As many as the set bits: counted above.
+            next.next().unwrap_or(background)
+        } else {
+            background
+        };
+        pixels.extend_from_slice(pixel);
+    }
+    Ok(pixels)
 }
 
 /// The RGB bytes of opaque RGBA pixels (alpha dropped).
@@ -219,7 +312,7 @@ mod tests {
         for y in 0..height {
             for x in 0..width {
                 let frame = x == 80 || y == 58 || x == 576 || y == 427;
-                let line = (x as i64 - (y as i64) * 4 / 3).abs() < 2;
+                let line = (x as i64 - (y as i64) * 4 / 3 - 40).abs() < 2;
                 let speck = (x * 7 + y * 13) % 97 == 0 && y > 430;
                 let rgb = if line {
                     [31, 119, 180]
@@ -240,7 +333,34 @@ mod tests {
             width,
             height,
             channels,
+            encoding: PixelEncoding::Raw,
+            background: None,
             data: STANDARD.encode(pixels),
+        }
+    }
+
+    /// `pixels` masked as the python driver masks them: the pixels that
+    /// differ from the first one after a bitmask of which ones do.
+    fn masked(width: u32, height: u32, channels: u8, pixels: &[u8]) -> RawPixels {
+        let size = usize::from(channels);
+        let background = pixels[..size].to_vec();
+        let count = pixels.len() / size;
+        let mut mask = vec![0u8; count.div_ceil(8)];
+        let mut values = Vec::new();
+        for (i, pixel) in pixels.chunks_exact(size).enumerate() {
+            if pixel != background.as_slice() {
+                mask[i / 8] |= 0x80 >> (i % 8);
+                values.extend_from_slice(pixel);
+            }
+        }
+        mask.extend_from_slice(&values);
+        RawPixels {
+            width,
+            height,
+            channels,
+            encoding: PixelEncoding::Masked,
+            background: Some(background),
+            data: STANDARD.encode(mask),
         }
     }
 
@@ -342,6 +462,107 @@ mod tests {
             "{b64}"
         );
         assert_eq!(decode(&png).3, noise);
+    }
+
+    #[test]
+    fn masked_pixels_give_the_png_of_the_same_pixels_raw() {
+        let rgba = chart(640, 480, 255);
+        let rgb = rgb_of_rgba(&rgba);
+        let mut translucent = chart(64, 48, 255);
+        translucent[7] = 128;
+        for (w, h, c, pixels) in [
+            (640, 480, 4, &rgba),
+            (640, 480, 3, &rgb),
+            (64, 48, 4, &translucent),
+        ] {
+            let masked = masked(w, h, c, pixels);
+            // A chart is mostly its background: far less to send.
+            let sizes = (masked.data.len(), raw(w, h, c, pixels).data.len());
+            assert!(sizes.0 * 5 < sizes.1, "{sizes:?}");
+            assert_eq!(
+                decode(&png_of_raw(&masked).unwrap()),
+                decode(&png_of_raw(&raw(w, h, c, pixels)).unwrap())
+            );
+        }
+        // 33 x 7 pixels: the mask ends inside a byte.
+        let odd = rgb_of_rgba(&chart(33, 7, 255));
+        assert_eq!(decode(&png_of_raw(&masked(33, 7, 3, &odd)).unwrap()).3, odd);
+    }
+
+    #[test]
+    fn masked_pixels_with_a_bad_background_mask_or_length_are_refused() {
+        let rgb = rgb_of_rgba(&chart(33, 7, 255));
+        let good = masked(33, 7, 3, &rgb);
+        let mut bad = good.clone();
+        bad.background = None;
+        let e = png_of_raw(&bad).unwrap_err();
+        assert!(matches!(e, PixelsError::Background { got: 0, .. }), "{e}");
+        bad.background = Some(vec![255; 4]);
+        let e = png_of_raw(&bad).unwrap_err();
+        assert!(matches!(e, PixelsError::Background { got: 4, .. }), "{e}");
+        let bytes = STANDARD.decode(&good.data).unwrap();
+        let mask_len = (33 * 7usize).div_ceil(8);
+        let with = |bytes: &[u8]| RawPixels {
+            data: STANDARD.encode(bytes),
+            ..good.clone()
+        };
+        // A bit set past the 231st pixel.
+        let mut past = bytes.clone();
+        past[mask_len - 1] |= 1;
+        past.extend_from_slice(&[0, 0, 0]);
+        let e = png_of_raw(&with(&past)).unwrap_err();
+        assert!(matches!(e, PixelsError::Mask { .. }), "{e}");
+        // One pixel short, one too many, no room for the mask.
+        for data in [
+            &bytes[..bytes.len() - 3],
+            &[bytes.as_slice(), &[1, 2, 3]].concat()[..],
+            &bytes[..mask_len - 1],
+        ] {
+            let e = png_of_raw(&with(data)).unwrap_err();
+            assert!(matches!(e, PixelsError::Length { .. }), "{e}");
+        }
+        // Longer than a mask and every pixel could be: refused undecoded.
+        let e = png_of_raw(&with(&vec![0xff; mask_len + 33 * 7 * 3 + 3])).unwrap_err();
+        assert!(matches!(e, PixelsError::Length { .. }), "{e}");
+    }
+
+    #[test]
+    fn masked_pixels_travel_as_encoding_and_background_fields() {
+        let value = serde_json::to_value(masked(2, 1, 3, &[1, 2, 3, 4, 5, 6])).unwrap();
+        assert_eq!(value["encoding"], "masked");
+        assert_eq!(value["background"], serde_json::json!([1, 2, 3]));
+        // The raw form keeps its old shape: a host still reads older guests.
+        let value = serde_json::to_value(raw(1, 1, 3, &[1, 2, 3])).unwrap();
+        assert_eq!(
+            value.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["channels", "data", "height", "width"]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn masking_any_pixels_gives_the_same_png(
+            width in 1u32..40,
+            height in 1u32..12,
+            alpha in proptest::bool::ANY,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let channels = if alpha { 4 } else { 3 };
+            let mut state = seed | 1;
+            // Few colours, so that both the background and the others occur.
+            let pixels: Vec<u8> = (0..width * height)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let shade = [0u8, 128, 255][(state % 3) as usize];
+                    vec![shade; usize::from(channels)]
+                })
+                .collect();
+            let from_raw = png_of_raw(&raw(width, height, channels, &pixels)).unwrap();
+            let from_masked = png_of_raw(&masked(width, height, channels, &pixels)).unwrap();
+            proptest::prop_assert_eq!(decode(&from_masked), decode(&from_raw));
+        }
     }
 
     #[test]
