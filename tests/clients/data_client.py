@@ -25,17 +25,27 @@ FRAME = """import pandas as pd
 df = pd.DataFrame({"x": range(10), "y": [v * v for v in range(10)]})
 df.head()"""
 
-CHART = """import matplotlib.pyplot as plt
-fig, ax = plt.subplots()
-ax.plot(df["x"], df["y"]);"""
+# Figures the driver sends as pixels in each of their layouts: a chart
+# (opaque, masked against its background), a translucent one (RGBA,
+# masked) and noise over the whole figure (every pixel: masking would not
+# make it smaller). Each draws `fig` the same way every time.
+FIGURES = {
+    "a line chart": """fig, ax = plt.subplots()
+ax.plot(df["x"], df["y"]);""",
+    "a translucent chart": """fig, ax = plt.subplots()
+fig.patch.set_alpha(0.5)
+ax.plot(df["x"], df["y"]);""",
+    "noise": """import numpy as np
+fig = plt.figure()
+fig.figimage(np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8));""",
+}
 
-# The PNG the client got (the host wrote it from the figure's raw pixels,
-# not savefig), decoded by PIL in the guest, against the same figure saved
-# by savefig: the same pixels.
+# The PNG the client got (the host wrote it from the figure's pixels, not
+# savefig), decoded by PIL in the guest, against the same figure saved by
+# savefig: the same pixels.
 SAME_PIXELS = """import base64, io, numpy as np
 from PIL import Image
-fig, ax = plt.subplots()
-ax.plot(df["x"], df["y"])
+{draw}
 buf = io.BytesIO(); fig.savefig(buf, format="png"); plt.close(fig)
 got = np.asarray(Image.open(io.BytesIO(base64.b64decode(PNG))).convert("RGBA"))
 want = np.asarray(Image.open(buf).convert("RGBA"))
@@ -69,21 +79,23 @@ def rest(url, key):
             assert "x" in main["data"]["text/plain"], main
             print("ok df.head() comes back as text/html and text/plain")
 
-            r = c.post(f"/v1/sessions/{sid}/exec", json={"code": CHART, "timeout_s": CELL_TIMEOUT_S})
-            cell = r.json()
-            assert r.status_code == 200 and cell["exit_code"] == 0, r.text
-            pngs = [res["data"]["image/png"] for res in cell.get("results", []) if "image/png" in res["data"]]
-            assert len(pngs) == 1, cell
-            size = png_size(base64.b64decode(pngs[0]))
-            assert size == (640, 480), size
-            print(f"ok the figure comes back as a base64 PNG of {size[0]}x{size[1]}")
+            for name, draw in FIGURES.items():
+                code = "import matplotlib.pyplot as plt\n" + draw
+                r = c.post(f"/v1/sessions/{sid}/exec", json={"code": code, "timeout_s": CELL_TIMEOUT_S})
+                cell = r.json()
+                assert r.status_code == 200 and cell["exit_code"] == 0, r.text
+                pngs = [res["data"]["image/png"] for res in cell.get("results", []) if "image/png" in res["data"]]
+                assert len(pngs) == 1, cell
+                size = png_size(base64.b64decode(pngs[0]))
+                assert size == (640, 480), size
+                print(f"ok {name} comes back as a base64 PNG of {size[0]}x{size[1]}")
 
-            code = f"PNG = {pngs[0]!r}\n" + SAME_PIXELS
-            r = c.post(f"/v1/sessions/{sid}/exec", json={"code": code, "timeout_s": CELL_TIMEOUT_S})
-            cell = r.json()
-            assert r.status_code == 200 and cell["exit_code"] == 0, r.text
-            assert cell["stdout"] == "(480, 640, 4) True\n", cell
-            print("ok the PNG decodes to savefig's pixels")
+                code = f"PNG = {pngs[0]!r}\n" + SAME_PIXELS.format(draw=draw)
+                r = c.post(f"/v1/sessions/{sid}/exec", json={"code": code, "timeout_s": CELL_TIMEOUT_S})
+                cell = r.json()
+                assert r.status_code == 200 and cell["exit_code"] == 0, r.text
+                assert cell["stdout"] == "(480, 640, 4) True\n", (name, cell)
+                print(f"ok the PNG of {name} decodes to savefig's pixels")
         finally:
             assert c.delete(f"/v1/sessions/{sid}").status_code == 204
 
