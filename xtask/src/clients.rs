@@ -1,7 +1,8 @@
 //! The Python clients of the server tests: a venv under the Airlock cache
 //! (`<cache>/venv-clients`) with the pinned packages of
 //! `tests/clients/requirements.txt` (httpx, the official `mcp`, schemathesis,
-//! E2B's `e2b` and `e2b-code-interpreter`), made with
+//! E2B's `e2b` and `e2b-code-interpreter`) and their dependencies at the
+//! versions of `tests/clients/constraints.txt`, made with
 //! Debian's `python3 -m venv` and filled from PyPI once; remade when the
 //! requirements change. And the JavaScript clients: E2B's
 //! `@e2b/code-interpreter` under Debian's Node, installed with `npm ci`
@@ -28,6 +29,7 @@ pub fn ensure() -> Result<PathBuf> {
     ensure_venv(
         "venv-clients",
         "tests/clients/requirements.txt",
+        "tests/clients/constraints.txt",
         "test clients'",
     )
 }
@@ -42,20 +44,32 @@ pub fn ensure_deploy() -> Result<PathBuf> {
     ensure_venv(
         "venv-deploy",
         "deploy/requirements.txt",
+        "deploy/constraints.txt",
         "deployment checks'",
     )
 }
 
 /// Makes (or reuses) `<cache>/<name>` with the pinned packages of
-/// `requirements` (relative to the workspace), remade when they change;
-/// returns its `python`.
-fn ensure_venv(name: &str, requirements: &str, what: &str) -> Result<PathBuf> {
+/// `requirements`, every dependency pinned by `constraints` (both relative
+/// to the workspace: a fresh machine gets what the tests were green with,
+/// not what PyPI resolves that day), remade when either changes; returns
+/// its `python`.
+fn ensure_venv(name: &str, requirements: &str, constraints: &str, what: &str) -> Result<PathBuf> {
     let dirs = airlock_sys_util::AirlockDirs::from_env().context("find the Airlock cache dir")?;
     let venv = dirs.cache.join(name);
     let python = venv.join("bin").join("python");
-    let requirements = workspace_root().join(requirements);
-    let wanted = std::fs::read_to_string(&requirements)
-        .with_context(|| format!("read {}", requirements.display()))?;
+    let (requirements, constraints) = (
+        workspace_root().join(requirements),
+        workspace_root().join(constraints),
+    );
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+    };
+    let wanted = format!(
+        "{}\n# constraints\n{}",
+        read(&requirements)?,
+        read(&constraints)?
+    );
     let stamp = venv.join("requirements.installed");
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
@@ -78,8 +92,10 @@ fn ensure_venv(name: &str, requirements: &str, what: &str) -> Result<PathBuf> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "-r",
+                "-c",
             ])
+            .arg(&constraints)
+            .arg("-r")
             .arg(&requirements),
     )?;
     std::fs::write(&stamp, wanted).with_context(|| format!("write {}", stamp.display()))?;
