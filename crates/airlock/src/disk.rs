@@ -52,15 +52,23 @@ pub const WORKSPACE_LABEL: &str = "airlock-work";
 /// Deadline of one `mkfs.ext4` or `qemu-img convert`.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The layout of the workspace file system [`mkfs_ext4_args`] makes, in
+/// its base's name: a base made with other options is never taken for
+/// one of these. 2: no metadata checksums.
+const WORKSPACE_FS_LAYOUT: u32 = 2;
+
 /// The file name of the blank workspace base of `disk_mib` MiB.
 pub fn workspace_base_name(disk_mib: u32) -> String {
-    format!("ext4-{disk_mib}m.qcow2")
+    format!("ext4-v{WORKSPACE_FS_LAYOUT}-{disk_mib}m.qcow2")
 }
 
 /// What a blank ext4 file system is made with (pure): `mkfs.ext4` over a
 /// sparse raw `image` of `mib` MiB, no reserved blocks (the sandbox user
 /// may fill it all), no journal (a VM's disk is thrown away with it; a
-/// journal doubles metadata writes). `write_inode_tables`: zero the inode
+/// journal doubles metadata writes), no metadata checksums (they guard
+/// metadata across crashes and media errors a throw-away disk never
+/// lives through; under TCG a restored run that wrote one file took 6 ms
+/// less without them, of the 20 the disk added). `write_inode_tables`: zero the inode
 /// tables now (`lazy_itable_init=0`; else the guest kernel zeroes them in
 /// the background of every boot); they take space in the raw file, which
 /// a conversion to qcow2 gives back.
@@ -84,7 +92,7 @@ pub fn mkfs_ext4_args(
         "-m",
         "0",
         "-O",
-        "^has_journal",
+        "^has_journal,^metadata_csum",
         "-L",
         label,
         "-E",
@@ -179,7 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_workspace_file_system_has_no_journal_no_reserve_and_its_tables_written() {
+    fn a_workspace_file_system_has_no_journal_no_checksums_no_reserve_and_its_tables_written() {
         let args = mkfs_ext4_args(Path::new("/d/x.raw"), 2048, WORKSPACE_LABEL, None, true);
         let words: Vec<String> = args
             .iter()
@@ -193,7 +201,7 @@ mod tests {
                 "-m",
                 "0",
                 "-O",
-                "^has_journal",
+                "^has_journal,^metadata_csum",
                 "-L",
                 "airlock-work",
                 "-E",
@@ -217,7 +225,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let base = workspace_base(dir.path(), 256).await.unwrap();
-        assert_eq!(base, dir.path().join("ext4-256m.qcow2"));
+        assert_eq!(base, dir.path().join("ext4-v2-256m.qcow2"));
         let meta = std::fs::metadata(&base).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o644);
         assert!(
@@ -233,5 +241,30 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names.len(), 1, "no scratch file left: {names:?}");
+        // Made as asked: no journal, no metadata checksums.
+        if airlock_sys_util::which("dumpe2fs").is_some() {
+            let raw = dir.path().join("check.raw");
+            let converted = std::process::Command::new("qemu-img")
+                .args(["convert", "-f", "qcow2", "-O", "raw"])
+                .arg(&base)
+                .arg(&raw)
+                .status()
+                .unwrap();
+            assert!(converted.success());
+            let out = std::process::Command::new("dumpe2fs")
+                .arg("-h")
+                .arg(&raw)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let features = text
+                .lines()
+                .find(|l| l.starts_with("Filesystem features:"))
+                .unwrap_or_else(|| panic!("no features in {text}"));
+            assert!(features.contains("extent"), "{features}");
+            for off in ["has_journal", "metadata_csum"] {
+                assert!(!features.contains(off), "{features}");
+            }
+        }
     }
 }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// day back so that its clones can reseed it (`docs/templates.md`).
 /// 4: a template with a workspace disk has written and removed a file in
 /// its home and `/tmp` (ext4's allocator state of that disk is warm).
-pub const TEMPLATE_FORMAT: u32 = 4;
+/// 5: a template's workspace disk has no metadata checksums
+/// (`disk::mkfs_ext4_args`).
+pub const TEMPLATE_FORMAT: u32 = 5;
 
 /// The shape of the VMs a template serves: the spec's machine shape.
 pub type TemplateShape = crate::spec::MachineShape;
