@@ -1,5 +1,5 @@
 //! Saving a running VM's whole machine into a dir: its state stream (RAM
-//! included; for a fork, also filtered against a memory file as it is
+//! included; for a fork, filtered against a memory file as it is
 //! written) and its workspace disk.
 
 use super::store::{STATE_FILE, WORKSPACE_FILE};
@@ -20,7 +20,8 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct SavedMachine {
     /// The RAM was a named backend (a template clone).
     pub named_ram: bool,
-    /// Size of the state stream.
+    /// Size of the state stream (when filtered, as QEMU wrote it: the
+    /// whole stream is then not kept, see [`StateSink::Filtered`]).
     pub state_bytes: u64,
     /// Size of the saved workspace disk (0: none).
     pub disk_bytes: u64,
@@ -33,15 +34,19 @@ pub struct SavedMachine {
     pub filtered: Option<airlock_qemu::DeltaStats>,
 }
 
-/// Where a save's state stream goes, besides [`STATE_FILE`] in the save's
-/// dir, which always receives it whole.
+/// Where a save's state stream goes.
 #[derive(Debug, Clone, Copy)]
 pub enum StateSink<'a> {
-    /// Only the file (a pause).
+    /// [`STATE_FILE`] in the save's dir, whole.
     File,
-    /// Also `delta`: the stream without the pages `base` (a template's
-    /// memory file) holds, filtered as QEMU writes it
+    /// `delta`: the stream without the pages `base` (a template's memory
+    /// file) holds, filtered as QEMU writes it
     /// ([`airlock_qemu::delta_against_base`]; a fork's children load it).
+    /// The whole stream is not kept: only when the filter refuses it is
+    /// the VM saved again, whole, into [`STATE_FILE`] (QEMU 7.2 will not
+    /// migrate a VM a migration left paused, so it is run on and stopped
+    /// again first). Writing both every time made a fork's save wait on
+    /// the 70 MB file.
     /// Ignored when the VM's RAM has no name a memory file could take.
     Filtered {
         /// The memory file the children's RAM starts as.
@@ -58,9 +63,9 @@ pub enum StateSink<'a> {
 const FILTER_PIPE_BYTES: i32 = 1 << 20;
 
 /// Stops `vm`, saves its whole state into `dir` ([`STATE_FILE`]) and its
-/// workspace disk ([`WORKSPACE_FILE`], when it has one), then runs it on
-/// when `run_on` (a fork's parent), else leaves it stopped (a pause: the
-/// caller destroys it, or runs it on with `run_on` when the pause is
+/// workspace disk ([`WORKSPACE_FILE`], when it has one), then
+/// runs it on when `run_on_after`, else leaves it stopped (a pause: the
+/// caller destroys it, or runs it on with [`run_on`] when the pause is
 /// refused after all). A failed save runs the VM on.
 ///
 /// # Errors
@@ -74,7 +79,7 @@ pub async fn save_machine(
     save_machine_into(vm, session_id, dir, run_on_after, StateSink::File).await
 }
 
-/// [`save_machine`], the stream also going to `sink`.
+/// [`save_machine`], the stream going to `sink`.
 ///
 /// # Errors
 /// As [`save_machine`].
@@ -139,7 +144,17 @@ async fn save_stopped(
     let (state_bytes, filtered) = match sink {
         StateSink::File => (save_to_file(session_id, qmp, &state, deadline).await?, None),
         StateSink::Filtered { base, delta } => {
-            save_filtered(session_id, qmp, &state, base, delta, deadline).await?
+            let (bytes, filtered) = save_filtered(session_id, qmp, base, delta, deadline).await?;
+            if filtered.is_none() {
+                // The whole stream, for the copies to load instead. QEMU
+                // will not migrate a VM a migration left paused: it runs
+                // for the moment between `cont` and `stop`.
+                let qemu = |action| PauseError::qemu(session_id, action);
+                qmp.cont(deadline).await.map_err(qemu("run it on"))?;
+                qmp.stop(deadline).await.map_err(qemu("stop it again"))?;
+                save_to_file(session_id, qmp, &state, deadline).await?;
+            }
+            (bytes, filtered)
         }
     };
     let workspace = vm.workdir().workspace();
@@ -182,21 +197,20 @@ async fn save_to_file(
 }
 
 /// Saves the stopped VM's whole state through a pipe that a blocking task
-/// reads as QEMU writes it: into `state` whole, and filtered against
-/// `base` into `delta`. A filter that refuses the stream only leaves
-/// `delta` unusable (logged; `None`); the task reads the stream to its end
-/// either way, so `state` is whole. QEMU closes its end of the pipe when
-/// its migration ends, failed or not: the task then ends too.
+/// reads as QEMU writes it, filtered against `base` into `delta`; returns
+/// the stream's size. A filter that refuses the stream leaves `delta`
+/// unusable (logged; `None`); the task reads the stream to its end
+/// either way, so QEMU's migration completes. QEMU closes its end of the
+/// pipe when its migration ends, failed or not: the task then ends too.
 async fn save_filtered(
     session_id: &str,
     qmp: &mut QmpClient,
-    state: &Path,
     base: &Path,
     delta: &Path,
     deadline: Instant,
 ) -> Result<(u64, Option<airlock_qemu::DeltaStats>), PauseError> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| PauseError::io("make a pipe for the state of", state, e.into()))?;
+        .map_err(|e| PauseError::io("make a pipe for the state filtered into", delta, e.into()))?;
     // Best effort: a smaller pipe only costs speed.
     let _ = nix::fcntl::fcntl(
         write.as_raw_fd(),
@@ -210,15 +224,13 @@ async fn save_filtered(
         };
         opened.map_err(|e| PauseError::io(if create { "create" } else { "open" }, path, e))
     };
-    let (whole, base_file, delta_file) =
-        (open(state, true)?, open(base, false)?, open(delta, true)?);
-    let (state_path, sid) = (state.to_path_buf(), session_id.to_owned());
+    let (base_file, delta_file) = (open(base, false)?, open(delta, true)?);
+    let (delta_path, sid) = (delta.to_path_buf(), session_id.to_owned());
     let reader = tokio::task::spawn_blocking(move || {
-        let (bytes, filtered) =
-            tee_and_filter(std::fs::File::from(read), whole, delta_file, &base_file)
-                .map_err(|e| PauseError::io("write", state_path, e))?;
+        let (bytes, filtered) = filter_to_end(std::fs::File::from(read), delta_file, &base_file)
+            .map_err(|e| PauseError::io("read the state filtered into", delta_path, e))?;
         if let Err(e) = &filtered {
-            tracing::warn!(session_id = sid, error = %e, "state not filtered: the whole stream is loaded instead");
+            tracing::warn!(session_id = sid, error = %e, "state not filtered: it is saved again whole, and loaded so");
         }
         Ok((bytes, filtered.ok()))
     });
@@ -230,8 +242,8 @@ async fn save_filtered(
     }
     let read = reader.await.map_err(|e| {
         PauseError::io(
-            "read the saved state into",
-            state,
+            "read the state filtered into",
+            delta,
             std::io::Error::other(e.to_string()),
         )
     });
@@ -239,42 +251,35 @@ async fn save_filtered(
     read?
 }
 
-/// Reads the stream `from` to its end into `whole`, filtering it against
-/// `base` into `delta` on the way; the bytes read, and the filter's
-/// outcome (its refusal leaves `whole` whole all the same).
+/// Filters the stream `from` against `base` into `delta`, then reads
+/// what the filter left of it to its end (so that the writer never
+/// blocks); the bytes read, and the filter's outcome.
 ///
 /// # Errors
-/// Reading `from` or writing `whole` failed.
-fn tee_and_filter(
+/// Reading `from` failed.
+fn filter_to_end(
     from: impl std::io::Read,
-    whole: impl std::io::Write,
     delta: impl std::io::Write,
     base: &std::fs::File,
 ) -> std::io::Result<(
     u64,
     Result<airlock_qemu::DeltaStats, airlock_qemu::StreamError>,
 )> {
-    let mut tee = Tee {
-        from,
-        to: whole,
-        bytes: 0,
-    };
-    let filtered = airlock_qemu::delta_against_base(&mut tee, delta, MEMORY_BACKEND_ID, base);
-    std::io::copy(&mut tee, &mut std::io::sink())?;
-    Ok((tee.bytes, filtered))
+    let mut counted = Counted { from, bytes: 0 };
+    let filtered = airlock_qemu::delta_against_base(&mut counted, delta, MEMORY_BACKEND_ID, base);
+    std::io::copy(&mut counted, &mut std::io::sink())?;
+    Ok((counted.bytes, filtered))
 }
 
-/// A reader that also writes what it reads.
-struct Tee<R, W> {
+/// A reader that counts what it reads.
+struct Counted<R> {
     from: R,
-    to: W,
     bytes: u64,
 }
 
-impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
+impl<R: std::io::Read> std::io::Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.from.read(buf)?;
-        std::io::Write::write_all(&mut self.to, &buf[..n])?;
         self.bytes += n as u64;
         Ok(n)
     }
@@ -305,14 +310,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stream_the_filter_refuses_is_still_written_whole() {
+    fn a_stream_the_filter_refuses_is_still_read_to_its_end() {
         let base = tempfile::tempfile().unwrap();
         let stream: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let (mut whole, mut delta) = (Vec::new(), Vec::new());
-        let (bytes, filtered) =
-            tee_and_filter(stream.as_slice(), &mut whole, &mut delta, &base).unwrap();
+        let mut from = stream.as_slice();
+        let mut delta = Vec::new();
+        let (bytes, filtered) = filter_to_end(&mut from, &mut delta, &base).unwrap();
         assert!(filtered.is_err());
         assert_eq!(bytes, stream.len() as u64);
-        assert_eq!(whole, stream);
+        assert!(from.is_empty(), "{} bytes left unread", from.len());
     }
 }
