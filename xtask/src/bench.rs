@@ -102,9 +102,44 @@ pub enum Rows {
     /// pool: create + first cell, a cell in a live sandbox (issue 25).
     E2b,
     /// A session paused to disk, resumed, forked into 4, against a
-    /// template restore (issue 23). Through the library: no release
-    /// binary is built for these rows alone.
+    /// template restore (issue 23). Through the library, built for release
+    /// (a release xtask measures them).
     Pause,
+}
+
+/// The pause rows' section, measured in a release build: they time the
+/// library's own work (a fork's save reads a 70 MB stream as QEMU writes
+/// it), which `cargo xtask` runs unoptimised; the server runs it
+/// optimised. A debug xtask builds the release one and has it measure
+/// ([`pause_section_into`]).
+fn pause_section(runs: usize) -> Result<String> {
+    if !cfg!(debug_assertions) {
+        return pause::render(&pause::measure(runs)?);
+    }
+    eprintln!("xtask: building xtask (release) for the pause rows");
+    run_checked(host::cargo().args(["build", "--release", "-p", "xtask"]))?;
+    let out = std::env::temp_dir().join(format!("airlock-pause-rows-{}.md", std::process::id()));
+    let measured = run_checked(
+        Command::new(host::target_dir().join("release").join("xtask"))
+            .args(["bench-pause-section", "--runs", &runs.to_string(), "--out"])
+            .arg(&out)
+            .current_dir(workspace_root()),
+    )
+    .and_then(|()| {
+        std::fs::read_to_string(&out).with_context(|| format!("read {}", out.display()))
+    });
+    let _ = std::fs::remove_file(&out);
+    measured
+}
+
+/// `cargo xtask bench-pause-section`: the pause rows measured here,
+/// their section written to `out`.
+///
+/// # Errors
+/// A measurement failed, or `out` cannot be written.
+pub fn pause_section_into(runs: usize, out: &Path) -> Result<()> {
+    let section = pause::render(&pause::measure(runs)?)?;
+    std::fs::write(out, section).with_context(|| format!("write {}", out.display()))
 }
 
 /// Goal: Airlock's overhead over the floor, interpreter start excluded.
@@ -212,7 +247,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut doc = String::new();
     let mut current = None;
     if only.contains(&Rows::Pause) {
-        doc.push_str(&pause::render(&pause::measure(args.runs)?)?);
+        doc.push_str(&pause_section(args.runs)?);
     }
     // The other rows (and the A/B's current side) need the release binary.
     let rest: Vec<Rows> = only.iter().copied().filter(|r| *r != Rows::Pause).collect();

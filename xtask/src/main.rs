@@ -50,6 +50,17 @@ enum Task {
     /// docs/reliability.md. `--server`: `airlock serve` under clients
     /// without a key, and a stream to a client that does not read.
     Soak(soak::SoakArgs),
+    /// (Internal) the pause rows of `bench`, measured by a release build
+    /// of xtask, their section written to `out`.
+    #[command(hide = true)]
+    BenchPauseSection {
+        /// Rounds.
+        #[arg(long)]
+        runs: usize,
+        /// Where the section goes.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::Soak(args) => soak::run(&args),
         Task::ClusterTest => cluster::run(),
+        Task::BenchPauseSection { runs, out } => bench::pause_section_into(runs, &out),
     }
 }
