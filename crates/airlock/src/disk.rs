@@ -62,41 +62,48 @@ pub fn workspace_base_name(disk_mib: u32) -> String {
     format!("ext4-v{WORKSPACE_FS_LAYOUT}-{disk_mib}m.qcow2")
 }
 
+/// What an ext4 file system [`mkfs_ext4_args`] makes is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ext4Use {
+    /// A VM's workspace, written by its code and thrown away with it (or
+    /// kept whole with a paused session): no metadata checksums (they
+    /// guard metadata across crashes and media errors a throw-away disk
+    /// does not live through; under TCG a restored run that wrote one
+    /// file took 6 ms less without them, of the 20 the disk added), and
+    /// the inode tables zeroed now (`lazy_itable_init=0`; else the guest
+    /// kernel zeroes them in the background of every boot). Both make
+    /// mkfs write every table into the raw file, which the conversion to
+    /// qcow2 gives back.
+    Workspace,
+    /// A package layer, written once by its install VM, then read-only:
+    /// mkfs's defaults, so the raw file it keeps stays sparse (without
+    /// the checksums no block group can be left uninitialised).
+    Layer,
+}
+
 /// What a blank ext4 file system is made with (pure): `mkfs.ext4` over a
 /// sparse raw `image` of `mib` MiB, no reserved blocks (the sandbox user
 /// may fill it all), no journal (a VM's disk is thrown away with it; a
-/// journal doubles metadata writes), no metadata checksums (they guard
-/// metadata across crashes and media errors a throw-away disk never
-/// lives through; under TCG a restored run that wrote one file took 6 ms
-/// less without them, of the 20 the disk added). `write_inode_tables`: zero the inode
-/// tables now (`lazy_itable_init=0`; else the guest kernel zeroes them in
-/// the background of every boot); they take space in the raw file, which
-/// a conversion to qcow2 gives back.
+/// journal doubles metadata writes), the rest as `purpose` asks.
 pub fn mkfs_ext4_args(
     image: &Path,
     mib: u64,
     label: &str,
     root_owner: Option<u32>,
-    write_inode_tables: bool,
+    purpose: Ext4Use,
 ) -> Vec<std::ffi::OsString> {
-    let mut extended = "nodiscard".to_owned();
-    if write_inode_tables {
-        extended.insert_str(0, "lazy_itable_init=0,");
-    }
+    let (features, mut extended) = match purpose {
+        Ext4Use::Workspace => (
+            "^has_journal,^metadata_csum",
+            "lazy_itable_init=0,nodiscard".to_owned(),
+        ),
+        Ext4Use::Layer => ("^has_journal", "nodiscard".to_owned()),
+    };
     if let Some(uid) = root_owner {
         extended.push_str(&format!(",root_owner={uid}:{uid}"));
     }
     let mut args: Vec<std::ffi::OsString> = [
-        "-q",
-        "-F",
-        "-m",
-        "0",
-        "-O",
-        "^has_journal,^metadata_csum",
-        "-L",
-        label,
-        "-E",
-        &extended,
+        "-q", "-F", "-m", "0", "-O", features, "-L", label, "-E", &extended,
     ]
     .into_iter()
     .map(Into::into)
@@ -147,7 +154,13 @@ pub async fn workspace_base(dir: &Path, disk_mib: u32) -> Result<std::path::Path
     let made = async {
         run_tool(
             "mkfs.ext4",
-            &mkfs_ext4_args(&raw, u64::from(disk_mib), WORKSPACE_LABEL, None, true),
+            &mkfs_ext4_args(
+                &raw,
+                u64::from(disk_mib),
+                WORKSPACE_LABEL,
+                None,
+                Ext4Use::Workspace,
+            ),
         )
         .await?;
         let convert: Vec<std::ffi::OsString> = vec![
@@ -188,7 +201,13 @@ mod tests {
 
     #[test]
     fn a_workspace_file_system_has_no_journal_no_checksums_no_reserve_and_its_tables_written() {
-        let args = mkfs_ext4_args(Path::new("/d/x.raw"), 2048, WORKSPACE_LABEL, None, true);
+        let args = mkfs_ext4_args(
+            Path::new("/d/x.raw"),
+            2048,
+            WORKSPACE_LABEL,
+            None,
+            Ext4Use::Workspace,
+        );
         let words: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -210,7 +229,8 @@ mod tests {
                 "2048M"
             ]
         );
-        let owned = mkfs_ext4_args(Path::new("/d/x.raw"), 1, "l", Some(1000), false);
+        let owned = mkfs_ext4_args(Path::new("/d/x.raw"), 1, "l", Some(1000), Ext4Use::Layer);
+        assert_eq!(owned[5], "^has_journal");
         assert_eq!(owned[9], "nodiscard,root_owner=1000:1000");
     }
 

@@ -543,7 +543,7 @@ async fn make_blank_image(image: &Path) -> Result<(), PackageError> {
         LAYER_DISK_MIB,
         "airlock-pkgs",
         Some(SANDBOX_ID),
-        false,
+        crate::disk::Ext4Use::Layer,
     );
     crate::disk::run_tool("mkfs.ext4", &args)
         .await

@@ -300,9 +300,10 @@ mod tests {
     fn a_template_json_of_the_layout_before_the_generic_store_still_reads() {
         let (_root, store, template) = with_one();
         // Keys never change silently: existing templates keep theirs (this
-        // one moved with protocol 5, whose agent a template must hold, and
-        // with template format 4, whose disk's allocator is warm).
-        assert_eq!(template.metadata.key, "raw-64m-1c-6b72fed55a474ffc");
+        // one moved with protocol 5, whose agent a template must hold,
+        // with template format 4, whose disk's allocator is warm, and with
+        // format 5, whose disk has no metadata checksums).
+        assert_eq!(template.metadata.key, "raw-64m-1c-755d39430a2091f4");
         let old = serde_json::json!({
             "key": template.metadata.key,
             "inputs": inputs(64),
