@@ -1,4 +1,5 @@
-//! A fork's children over their template's memory file.
+//! A fork's children, and a resumed session, over their template's
+//! memory file.
 //!
 //! A session's RAM is a private mapping of its template's memory file (a
 //! template clone) or anonymous (a resumed session), so the parent's save
@@ -11,6 +12,12 @@
 //! privately, as a template clone does, and loads only the pages that
 //! differ. The children then share, copy on write, every page of the
 //! template none of them changed, and each reads a fraction of the stream.
+//!
+//! A resumed session does the same with its saved stream
+//! ([`delta_of_saved`]): a pause keeps the whole stream (it must outlive
+//! its template), and the resume filters it against the template's memory
+//! file of the day. The filter compares content, so any file is a correct
+//! base: pages it does not hold are kept.
 //!
 //! Why not one shared file of the parent's whole RAM (a *loader* QEMU
 //! loading the stream into a shared memory file the children then map):
@@ -48,6 +55,46 @@ pub(crate) async fn template_memory(
         Err(e) => {
             tracing::warn!(session_id, error = %e, "no template to fork over: the children load the whole state");
             None
+        }
+    }
+}
+
+/// Filters the saved whole stream `state` against the memory file `base`
+/// into `delta` (on a blocking thread). `false` (logged) when the filter
+/// refuses the stream or a file cannot be read: then the whole stream is
+/// loaded, as before.
+pub(crate) async fn delta_of_saved(
+    state: PathBuf,
+    base: PathBuf,
+    delta: PathBuf,
+    session_id: &str,
+) -> bool {
+    let filtered = crate::task::blocking("filter a saved state", move || {
+        let open = |path: &PathBuf| {
+            std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))
+        };
+        let (from, base) = (open(&state)?, open(&base)?);
+        let to = std::fs::File::create(&delta)
+            .map_err(|e| format!("create {}: {e}", delta.display()))?;
+        airlock_qemu::delta_against_base(from, to, airlock_qemu::MEMORY_BACKEND_ID, &base)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|filtered| filtered);
+    match filtered {
+        Ok(stats) => {
+            tracing::debug!(
+                session_id,
+                kept = stats.kept,
+                pages = stats.pages,
+                "the saved state filtered against its template"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::warn!(session_id, %error, "the saved state is loaded whole");
+            false
         }
     }
 }

@@ -174,15 +174,53 @@ impl Scheduler {
         }
         let mut options = VmOptions::of_shape(meta.shape, &meta.tenant);
         options.packages = meta.packages.clone().map(PackageDisk::read_only);
-        let launcher = ResumeLauncher::new(
+        // Over the template's memory file when the RAM was a template's
+        // (named): the VM loads only the pages that differ from it and
+        // shares the rest with its clones (`pause/fork.rs`).
+        let base = if meta.named_ram {
+            crate::pause::fork::template_memory(
+                templates,
+                meta.shape,
+                layer_key(meta.packages.as_deref()).as_deref(),
+                &meta.session_id,
+            )
+            .await
+        } else {
+            None
+        };
+        let delta = claimed.dir.join(crate::pause::fork::DELTA_FILE);
+        let base = match base {
+            Some(base)
+                if crate::pause::fork::delta_of_saved(
+                    claimed.dir.join(STATE_FILE),
+                    base.clone(),
+                    delta.clone(),
+                    &meta.session_id,
+                )
+                .await =>
+            {
+                Some(base)
+            }
+            _ => None,
+        };
+        let mut launcher = ResumeLauncher::new(
             manager.host().clone(),
             boot_images(manager),
-            claimed.dir.join(STATE_FILE),
+            match base {
+                Some(_) => delta.clone(),
+                None => claimed.dir.join(STATE_FILE),
+            },
             (meta.disk_bytes > 0).then(|| claimed.dir.join(WORKSPACE_FILE)),
             meta.named_ram,
             meta.session_id.clone(),
         );
-        let vm = manager.boot_with(&options, &launcher).await?;
+        if let Some(memory) = base {
+            launcher = launcher.with_base_memory(memory);
+        }
+        let booted = manager.boot_with(&options, &launcher).await;
+        // The paused copy is given back whole if the resume failed.
+        let _ = tokio::fs::remove_file(&delta).await;
+        let vm = booted?;
         let mut spec = SandboxSpec::new(meta.language);
         spec.tenant = meta.tenant.clone();
         spec.shape = meta.shape;
