@@ -14,6 +14,8 @@ use tokio::time::Instant;
 
 /// Longest wait for stopping a VM, saving it and copying its disk.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for running a VM on after its save (or a failed one).
+const RUN_ON_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a save wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +109,10 @@ pub async fn save_machine_into(
     qmp.stop(deadline).await.map_err(qemu("stop it"))?;
     let saved = save_stopped(vm, session_id, &mut qmp, dir, sink, deadline).await;
     if saved.is_err() || run_on_after {
-        qmp.cont(deadline).await.map_err(qemu("run it on"))?;
+        // A deadline of its own: a save that used up the whole of its
+        // own must still leave the VM running.
+        let resume_by = Instant::now() + RUN_ON_TIMEOUT;
+        qmp.cont(resume_by).await.map_err(qemu("run it on"))?;
     }
     let (state_bytes, disk_bytes, filtered) = saved?;
     Ok(SavedMachine {
@@ -152,9 +157,11 @@ async fn save_stopped(
                 let qemu = |action| PauseError::qemu(session_id, action);
                 qmp.cont(deadline).await.map_err(qemu("run it on"))?;
                 qmp.stop(deadline).await.map_err(qemu("stop it again"))?;
-                save_to_file(session_id, qmp, &state, deadline).await?;
+                let whole = save_to_file(session_id, qmp, &state, deadline).await?;
+                (whole, None)
+            } else {
+                (bytes, filtered)
             }
-            (bytes, filtered)
         }
     };
     let workspace = vm.workdir().workspace();
@@ -187,9 +194,13 @@ async fn save_to_file(
         .map_err(|e| PauseError::io("create", state, e))?
         .into_std()
         .await;
-    qmp.save_full_state(file.as_fd(), deadline)
-        .await
-        .map_err(PauseError::qemu(session_id, "save its state"))?;
+    if let Err(e) = qmp.save_full_state(file.as_fd(), deadline).await {
+        // A migration still running would keep the VM from running on.
+        let _ = qmp
+            .execute("migrate_cancel", None, Instant::now() + RUN_ON_TIMEOUT)
+            .await;
+        return Err(PauseError::qemu(session_id, "save its state")(e));
+    }
     Ok(file
         .metadata()
         .map_err(|e| PauseError::io("measure", state, e))?
