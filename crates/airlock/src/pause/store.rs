@@ -246,6 +246,7 @@ impl PausedStore {
     /// [`PauseError::Io`].
     pub fn release(&self, claimed: &PausedEntry) -> Result<(), PauseError> {
         let dir = self.dir(&claimed.meta.session_id);
+        drop_resume_scratch(&claimed.dir);
         std::fs::rename(&claimed.dir, &dir).map_err(|e| PauseError::io("give back", &dir, e))
     }
 
@@ -333,6 +334,7 @@ impl PausedStore {
             } else if let Some(id) = name.strip_suffix(CLAIMED_SUFFIX) {
                 let dir = self.dir(id);
                 if is_session_id(id) && !dir.exists() {
+                    drop_resume_scratch(&dirent.path());
                     std::fs::rename(dirent.path(), &dir)
                         .map_err(|e| PauseError::io("give back", &dir, e))?;
                     tracing::info!(
@@ -383,6 +385,18 @@ fn remove_dir(dir: &Path) -> Result<bool, PauseError> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(PauseError::io("remove", dir, e)),
+    }
+}
+
+/// Removes what a resume wrote into the dir it claimed (the saved stream
+/// filtered against a template, [`super::fork::DELTA_FILE`]) before the
+/// dir is given back: a paused session holds only what its pause saved.
+fn drop_resume_scratch(claimed: &Path) {
+    let scratch = claimed.join(super::fork::DELTA_FILE);
+    if let Err(e) = std::fs::remove_file(&scratch) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = %scratch.display(), error = %e, "cannot remove a resume's scratch file");
+        }
     }
 }
 
@@ -475,7 +489,9 @@ mod tests {
         store
             .install(&staging, &meta("s-claimed", "t", 1, u64::MAX))
             .unwrap();
-        store.claim("s-claimed").unwrap();
+        let claimed = store.claim("s-claimed").unwrap();
+        // What its resume wrote before it crashed.
+        std::fs::write(claimed.dir.join(crate::pause::fork::DELTA_FILE), b"d").unwrap();
         std::fs::create_dir(root.path().join("s-nometa")).unwrap();
         let ids: Vec<String> = store
             .list()
@@ -488,7 +504,8 @@ mod tests {
         assert!(store.get("s-old").is_err());
         assert!(store.get("s-new").is_ok());
         assert!(!root.path().join("s-crashed.saving").exists());
-        assert!(store.get("s-claimed").is_ok(), "given back, not deleted");
+        let given_back = store.get("s-claimed").expect("given back, not deleted");
+        assert!(!given_back.dir.join(crate::pause::fork::DELTA_FILE).exists());
     }
 
     #[test]
@@ -505,8 +522,14 @@ mod tests {
             Err(PauseError::NotFound { .. })
         ));
         assert!(store.list().unwrap().is_empty());
+        std::fs::write(claimed.dir.join(crate::pause::fork::DELTA_FILE), b"d").unwrap();
         store.release(&claimed).unwrap();
-        assert_eq!(store.get("s-1").unwrap().meta.session_id, "s-1");
+        let back = store.get("s-1").unwrap();
+        assert_eq!(back.meta.session_id, "s-1");
+        assert!(
+            !back.dir.join(crate::pause::fork::DELTA_FILE).exists(),
+            "the resume's scratch stays behind"
+        );
         assert!(matches!(
             store.get("../x"),
             Err(PauseError::NotFound { .. })
