@@ -38,7 +38,7 @@ pub struct ResumeLauncher {
     /// The guest RAM starts as this memory file mapped privately (a
     /// template's), and `state` holds only the pages that differ from it
     /// (`pause/fork.rs`); `None`: the RAM starts empty.
-    base_memory: Option<PathBuf>,
+    base_memory: Option<super::fork::BaseMemory>,
 }
 
 impl ResumeLauncher {
@@ -54,9 +54,10 @@ impl ResumeLauncher {
     /// The same launcher with the guest RAM starting as `memory` mapped
     /// privately, copy on write, as a template clone's: `state` must then
     /// be a stream filtered against that file
-    /// ([`airlock_qemu::delta_against_base`]).
+    /// ([`airlock_qemu::delta_against_base`]). Once loaded, QEMU is
+    /// checked to map that very file.
     #[must_use]
-    pub fn with_base_memory(mut self, memory: PathBuf) -> Self {
+    pub fn with_base_memory(mut self, memory: super::fork::BaseMemory) -> Self {
         self.base_memory = Some(memory);
         self
     }
@@ -87,8 +88,8 @@ impl ResumeLauncher {
     /// The QEMU spec of a VM of `plan` this launcher starts (pure).
     fn spec(&self, plan: &MachinePlan) -> VmSpec {
         let mut spec = resume_spec(plan, &self.boot, self.named_ram);
-        spec.memory_file = self.base_memory.as_ref().map(|path| MemoryFile {
-            path: path.clone(),
+        spec.memory_file = self.base_memory.as_ref().map(|base| MemoryFile {
+            path: base.path.clone(),
             sharing: MemorySharing::Private,
         });
         spec
@@ -134,6 +135,12 @@ impl ResumeLauncher {
             copy: self.copies,
         };
         let agent = load_and_reach_agent(plan, process, deadline, saved).await?;
+        // Checked once QEMU is surely up (it maps its RAM as it starts,
+        // before QMP answers); a VM over another file is torn down before
+        // anyone sees it.
+        if let Some(base) = &self.base_memory {
+            base.check_mapped_by(process.pid()).await?;
+        }
         tracing::info!(vm_id = plan.vm_id, saved = self.label, timings = ?agent.restore, "machine loaded from a saved state");
         Ok(agent)
     }
@@ -273,7 +280,11 @@ mod tests {
         assert_eq!(launcher.spec(&plan()).memory_file, None);
         let child = launcher
             .for_copies()
-            .with_base_memory(PathBuf::from("/templates/t/memory"));
+            .with_base_memory(crate::pause::fork::BaseMemory {
+                path: PathBuf::from("/templates/t/memory"),
+                dev: 1,
+                ino: 2,
+            });
         let spec = child.spec(&plan());
         assert_eq!(
             spec.memory_file,

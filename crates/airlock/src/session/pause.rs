@@ -193,7 +193,7 @@ impl Scheduler {
             Some(base)
                 if crate::pause::fork::delta_of_saved(
                     claimed.dir.join(STATE_FILE),
-                    base.clone(),
+                    base.path.clone(),
                     delta.clone(),
                     &meta.session_id,
                 )
@@ -430,7 +430,7 @@ impl Session {
         let delta = dir.join(crate::pause::fork::DELTA_FILE);
         let sink = match &base {
             Some(base) => StateSink::Filtered {
-                base,
+                base: &base.path,
                 delta: &delta,
             },
             None => StateSink::File,
