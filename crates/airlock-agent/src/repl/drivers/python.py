@@ -244,12 +244,13 @@ def pixels_of(rgba, channels):
     rgba = numpy.ascontiguousarray(rgba)
     flat = rgba.reshape(-1, 4)
     words = flat.view(numpy.uint32).ravel()
-    differs = words != words[0]
-    count = int(numpy.count_nonzero(differs))
-    if (words.size + 7) // 8 + count * channels < words.size * channels:
-        data = numpy.packbits(differs).tobytes() + flat[differs][:, :channels].tobytes()
-        background = [int(v) for v in flat[0, :channels]]
-        return Pixels(width, height, channels, base64.b64encode(data), background)
+    if words.size:
+        differs = words != words[0]
+        count = int(numpy.count_nonzero(differs))
+        if (words.size + 7) // 8 + count * channels < words.size * channels:
+            data = numpy.packbits(differs).tobytes() + flat[differs][:, :channels].tobytes()
+            background = [int(v) for v in flat[0, :channels]]
+            return Pixels(width, height, channels, base64.b64encode(data), background)
     pixels = numpy.ascontiguousarray(rgba[:, :, :3]) if channels == 3 else rgba
     return Pixels(width, height, channels, base64.b64encode(pixels))
 
