@@ -139,7 +139,7 @@ pub(crate) fn png_of_raw(raw: &RawPixels) -> Result<Vec<u8>, PixelsError> {
         height,
         channels,
         encoding,
-        ref background,
+        background: _,
         ref data,
     } = *raw;
     if channels != 3 && channels != 4 {
@@ -180,7 +180,7 @@ pub(crate) fn png_of_raw(raw: &RawPixels) -> Result<Vec<u8>, PixelsError> {
         .map_err(|source| PixelsError::Base64 { source })?;
     let pixels = match encoding {
         PixelEncoding::Raw => decoded,
-        PixelEncoding::Masked => unmask(raw, background.as_deref(), &decoded)?,
+        PixelEncoding::Masked => unmask(raw, &decoded)?,
     };
     if pixels.len() != want {
         return Err(PixelsError::Length {
@@ -213,14 +213,10 @@ pub(crate) fn png_of_raw(raw: &RawPixels) -> Result<Vec<u8>, PixelsError> {
 /// [`PixelsError::Mask`] for bits set past the last pixel,
 /// [`PixelsError::Length`] when the pixels after the mask are not as
 /// many as its set bits.
-fn unmask(
-    raw: &RawPixels,
-    background: Option<&[u8]>,
-    decoded: &[u8],
-) -> Result<Vec<u8>, PixelsError> {
+fn unmask(raw: &RawPixels, decoded: &[u8]) -> Result<Vec<u8>, PixelsError> {
     let (width, height, channels) = (raw.width, raw.height, raw.channels);
     let size = usize::from(channels);
-    let background = match background {
+    let background = match raw.background.as_deref() {
         Some(pixel) if pixel.len() == size => pixel,
         other => {
             return Err(PixelsError::Background {

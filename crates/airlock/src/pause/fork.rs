@@ -74,7 +74,7 @@ impl BaseMemory {
 /// Whether a `/proc/PID/maps` text has a mapping of the file of device
 /// `dev` and inode `ino` (pure). Its fields: range, perms, offset,
 /// `major:minor` in hex, inode, path.
-pub(crate) fn maps_this_file(maps: &str, dev: u64, ino: u64) -> bool {
+fn maps_this_file(maps: &str, dev: u64, ino: u64) -> bool {
     let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
     maps.lines().any(|line| {
         let mut fields = line.split_whitespace().skip(3);
@@ -133,23 +133,24 @@ pub(crate) async fn template_memory(
 }
 
 /// Filters the saved whole stream `state` against the memory file `base`
-/// into `delta` (on a blocking thread). `false` (logged) when the filter
-/// refuses the stream or a file cannot be read: then the whole stream is
-/// loaded, as before.
+/// into `delta` (on a blocking thread); `base` again when it did, for the
+/// VM to map. `None` (logged) when the filter refuses the stream or a file
+/// cannot be read: then the whole stream is loaded, as before.
 pub(crate) async fn delta_of_saved(
     state: PathBuf,
-    base: PathBuf,
+    base: BaseMemory,
     delta: PathBuf,
     session_id: &str,
-) -> bool {
+) -> Option<BaseMemory> {
+    let memory = base.path.clone();
     let filtered = crate::task::blocking("filter a saved state", move || {
         let open = |path: &PathBuf| {
             std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))
         };
-        let (from, base) = (open(&state)?, open(&base)?);
+        let (from, memory) = (open(&state)?, open(&memory)?);
         let to = std::fs::File::create(&delta)
             .map_err(|e| format!("create {}: {e}", delta.display()))?;
-        airlock_qemu::delta_against_base(from, to, airlock_qemu::MEMORY_BACKEND_ID, &base)
+        airlock_qemu::delta_against_base(from, to, airlock_qemu::MEMORY_BACKEND_ID, &memory)
             .map_err(|e| e.to_string())
     })
     .await
@@ -163,11 +164,11 @@ pub(crate) async fn delta_of_saved(
                 pages = stats.pages,
                 "the saved state filtered against its template"
             );
-            true
+            Some(base)
         }
         Err(error) => {
             tracing::warn!(session_id, %error, "the saved state is loaded whole");
-            false
+            None
         }
     }
 }

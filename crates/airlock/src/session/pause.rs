@@ -190,26 +190,21 @@ impl Scheduler {
         };
         let delta = claimed.dir.join(crate::pause::fork::DELTA_FILE);
         let base = match base {
-            Some(base)
-                if crate::pause::fork::delta_of_saved(
-                    claimed.dir.join(STATE_FILE),
-                    base.path.clone(),
-                    delta.clone(),
-                    &meta.session_id,
-                )
-                .await =>
-            {
-                Some(base)
+            Some(base) => {
+                let state = claimed.dir.join(STATE_FILE);
+                crate::pause::fork::delta_of_saved(state, base, delta.clone(), &meta.session_id)
+                    .await
             }
-            _ => None,
+            None => None,
+        };
+        let state = match base {
+            Some(_) => delta.clone(),
+            None => claimed.dir.join(STATE_FILE),
         };
         let mut launcher = ResumeLauncher::new(
             manager.host().clone(),
             boot_images(manager),
-            match base {
-                Some(_) => delta.clone(),
-                None => claimed.dir.join(STATE_FILE),
-            },
+            state,
             (meta.disk_bytes > 0).then(|| claimed.dir.join(WORKSPACE_FILE)),
             meta.named_ram,
             meta.session_id.clone(),
