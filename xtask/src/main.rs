@@ -63,8 +63,21 @@ enum Task {
     },
 }
 
+/// With `AIRLOCK_LOG` set (a `tracing` filter, e.g. `airlock=debug`),
+/// the library's log goes to stderr with timestamps: the step timings
+/// behind a bench row (a VM's boot, a fork's save).
+fn log_when_asked() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    log_when_asked();
     match cli.task {
         Task::Images(args) => images::run(&args).map(|_| ()),
         Task::Test(args) => test::run(&args),
