@@ -19,7 +19,7 @@ use crate::error::{OverlayError, Result};
 use crate::naming::{temp_name, BaseId};
 use crate::pool_dir::PoolDir;
 use crate::pool_state::{HitOutcome, MoveError, Shared};
-use crate::qemu_img::{create_overlay, remove_quietly};
+use crate::qemu_img::{create_seeded, remove_quietly};
 use crate::refill;
 
 /// How long `new` waits for `qemu-img --version`.
@@ -292,11 +292,11 @@ impl OverlayPool {
         dest: &Path,
         start: std::time::Instant,
     ) -> Result<Acquired> {
-        let backing = self
+        let (backing, seed) = self
             .shared
             .lock_bases()
             .get(base)
-            .map(|s| s.backing.clone())
+            .map(|s| (s.backing.clone(), s.seed.clone()))
             .ok_or(OverlayError::Stopped)?;
         let out = self
             .shared
@@ -304,20 +304,27 @@ impl OverlayPool {
             .path
             .join(temp_name(&id, self.shared.next_seq()));
         let spec = self.shared.spec(backing.clone(), out.clone());
-        let created = create_overlay(
+        let created = create_seeded(
             &spec,
+            seed.as_ref(),
             base,
             self.shared.config.create_timeout,
             self.shared.shutdown_receiver(),
         )
         .await;
-        if let Err(error) = created {
-            if !matches!(error, OverlayError::Stopped) {
-                if let Some(state) = self.shared.lock_bases().get_mut(base) {
-                    state.record_failure(&error, None);
+        let seed = match created {
+            Ok(seed) => seed,
+            Err(error) => {
+                if !matches!(error, OverlayError::Stopped) {
+                    if let Some(state) = self.shared.lock_bases().get_mut(base) {
+                        state.record_failure(&error, None);
+                    }
                 }
+                return Err(error);
             }
-            return Err(error);
+        };
+        if let Some(state) = self.shared.lock_bases().get_mut(base) {
+            state.keep_seed(id, seed);
         }
         let shared = Arc::clone(&self.shared);
         let (out_owned, dest_owned) = (out.clone(), dest.to_path_buf());

@@ -19,7 +19,7 @@ use crate::config::PoolConfig;
 use crate::error::{OverlayError, Result};
 use crate::naming::{ready_name, temp_name, BaseId, BaseStat};
 use crate::pool_dir::{device_of, rename_noreplace, PoolDir};
-use crate::qemu_img::{remove_quietly, CreateSpec};
+use crate::qemu_img::{remove_quietly, CreateSpec, Seed};
 use crate::refill_plan::{next_retry, plan_refill, retry_delay, Completion, Job, RefillNeed};
 
 /// Per-base pool state.
@@ -37,6 +37,9 @@ pub(crate) struct BaseState {
     pub(crate) created: u64,
     pub(crate) retired: u64,
     pub(crate) create_failures: u64,
+    /// What qemu-img made for this version: the next overlays are
+    /// written from it ([`crate::qemu_img::Seed`]).
+    pub(crate) seed: Option<Seed>,
 }
 
 impl BaseState {
@@ -54,6 +57,7 @@ impl BaseState {
             created: 0,
             retired: 0,
             create_failures: 0,
+            seed: None,
         }
     }
 
@@ -64,9 +68,17 @@ impl BaseState {
         self.failures = 0;
         self.retry_at = None;
         self.last_error = None;
+        self.seed = None;
         let old: Vec<PathBuf> = self.ready.drain(..).collect();
         self.retired += old.len() as u64;
         old
+    }
+
+    /// Keeps `seed`, made for version `id`, unless the base moved on.
+    pub(crate) fn keep_seed(&mut self, id: BaseId, seed: Option<Seed>) {
+        if self.id == id && self.seed.is_none() {
+            self.seed = seed;
+        }
     }
 
     pub(crate) fn record_failure(&mut self, error: &OverlayError, backoff: Option<Duration>) {
@@ -230,6 +242,7 @@ impl Shared {
                 id: state.id,
                 spec: self.spec(state.backing.clone(), out),
                 ready_path: self.dir.path.join(ready_name(&state.id, seq)),
+                seed: state.seed.clone(),
             });
         }
         let needs: Vec<RefillNeed> = keys
@@ -250,6 +263,7 @@ impl Shared {
                 return;
             };
             state.creating = state.creating.saturating_sub(1);
+            state.keep_seed(done.id, done.seed);
             match done.result {
                 Ok(path) if state.id == done.id && !self.is_stopped() => {
                     state.ready.push_back(path);

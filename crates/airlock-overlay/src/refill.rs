@@ -18,14 +18,14 @@ use tokio::time::Instant;
 
 use crate::error::OverlayError;
 use crate::pool_state::Shared;
-use crate::qemu_img::{create_overlay, remove_quietly};
+use crate::qemu_img::{create_seeded, remove_quietly};
 use crate::refill_plan::{Completion, Job};
 
 /// Creates one overlay under its temp name, then renames it to its ready
 /// name, so a half-made overlay never carries a ready name.
 async fn create_one(job: Job, timeout: Duration, cancel: watch::Receiver<bool>) -> Completion {
     let result = async {
-        create_overlay(&job.spec, &job.key, timeout, cancel).await?;
+        let seed = create_seeded(&job.spec, job.seed.as_ref(), &job.key, timeout, cancel).await?;
         if let Err(source) = tokio::fs::rename(&job.spec.out, &job.ready_path).await {
             remove_quietly(&job.spec.out).await;
             return Err(OverlayError::from(IoError::new(
@@ -34,13 +34,18 @@ async fn create_one(job: Job, timeout: Duration, cancel: watch::Receiver<bool>) 
                 source,
             )));
         }
-        Ok(job.ready_path.clone())
+        Ok((job.ready_path.clone(), seed))
     }
     .await;
+    let (result, seed) = match result {
+        Ok((path, seed)) => (Ok(path), seed),
+        Err(error) => (Err(error), None),
+    };
     Completion {
         key: job.key,
         id: job.id,
         result,
+        seed,
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::naming::BaseId;
-use crate::qemu_img::CreateSpec;
+use crate::qemu_img::{CreateSpec, Seed};
 
 /// What the planner needs to know about one base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,9 @@ pub struct Job {
     pub spec: CreateSpec,
     /// Where the finished overlay goes in the pool directory.
     pub ready_path: PathBuf,
+    /// The base version's seed, when one was kept: the overlay is written
+    /// from it instead of by qemu-img.
+    pub seed: Option<Seed>,
 }
 
 /// How a background creation ended.
@@ -108,6 +111,8 @@ pub struct Completion {
     pub id: BaseId,
     /// The finished overlay's path, or why there is none.
     pub result: Result<PathBuf>,
+    /// A seed qemu-img's overlay gave (the job had none).
+    pub seed: Option<Seed>,
 }
 
 #[cfg(test)]

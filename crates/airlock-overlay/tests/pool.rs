@@ -471,3 +471,106 @@ async fn measure_acquire_latency() {
     // asserted here because CPU contention from other work moves it.
     assert!(bench.hit.p50 < bench.miss.p50, "{bench:?}");
 }
+
+/// A `qemu-img` that logs each `create` into `log`, then runs the real one.
+fn counting_qemu_img(dir: &Path, log: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("qemu-img-counting");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = create ] && echo create >> '{}'\nexec qemu-img \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn creates(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlays_after_the_first_are_written_from_its_seed_byte_for_byte() {
+    let dir = TempDir::new().unwrap();
+    let base = make_base(dir.path(), "base.qcow2").await;
+    let log = dir.path().join("creates.log");
+    let pool = OverlayPool::new(PoolConfig {
+        qemu_img: counting_qemu_img(dir.path(), &log),
+        ..config(dir.path(), 0)
+    })
+    .await
+    .unwrap();
+    let mut made = Vec::new();
+    for n in 0..3 {
+        let dest = dir.path().join(format!("vm-{n}.qcow2"));
+        let acquired = pool.acquire(&base, &dest).await.unwrap();
+        assert!(!acquired.pool_hit);
+        assert_valid_overlay(&dest, &base).await;
+        made.push(dest);
+    }
+    assert_eq!(creates(&log), 1, "only the first overlay runs qemu-img");
+    // What qemu-img itself makes for the same base and options.
+    let by_qemu_img = dir.path().join("by-qemu-img.qcow2");
+    let canonical = std::fs::canonicalize(&base).unwrap();
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            canonical.to_str().unwrap(),
+            "-o",
+            "cluster_size=65536,lazy_refcounts=on",
+            by_qemu_img.to_str().unwrap(),
+        ],
+    )
+    .await;
+    for path in &made {
+        assert_eq!(sha256(path), sha256(&by_qemu_img), "{}", path.display());
+    }
+    // Each is a file of its own: a write to one leaves the others alone.
+    run_ok(
+        "qemu-io",
+        &["-c", "write -P 0x5a 0 64k", made[0].to_str().unwrap()],
+    )
+    .await;
+    assert_ne!(sha256(&made[0]), sha256(&made[1]));
+    assert_eq!(sha256(&made[1]), sha256(&by_qemu_img));
+    pool.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_base_is_never_served_from_the_old_versions_seed() {
+    let dir = TempDir::new().unwrap();
+    let base = make_base(dir.path(), "base.qcow2").await;
+    let log = dir.path().join("creates.log");
+    let pool = OverlayPool::new(PoolConfig {
+        qemu_img: counting_qemu_img(dir.path(), &log),
+        ..config(dir.path(), 0)
+    })
+    .await
+    .unwrap();
+    pool.acquire(&base, dir.path().join("vm-1.qcow2"))
+        .await
+        .unwrap();
+    // Rebuilt twice the size: a seed of the old version would say 16 MiB.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    std::fs::remove_file(&base).unwrap();
+    run_ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "32M"],
+    )
+    .await;
+    let dest = dir.path().join("vm-2.qcow2");
+    pool.acquire(&base, &dest).await.unwrap();
+    assert_eq!(qemu_img_info(&dest).await["virtual-size"], 32 * 1024 * 1024);
+    assert_eq!(creates(&log), 2);
+    pool.stop().await;
+}
