@@ -25,7 +25,8 @@ const CONNECT_BACKOFF: Backoff = Backoff {
     jitter: JITTER,
 };
 
-/// Waits for a pong before pinging again: 20 ms doubling to 80 ms.
+/// Waits before pinging again (the earlier pings still wait for their
+/// pong, [`PONG_WAIT`]): 20 ms doubling to 80 ms.
 const PING_WAIT: Backoff = Backoff {
     first: Duration::from_millis(20),
     max: Duration::from_millis(80),
@@ -187,6 +188,24 @@ pub async fn connect_agent(
     }))
 }
 
+/// How long one ping waits for its pong. Pings are sent every
+/// [`PING_WAIT`] meanwhile, each still waiting: a pong that comes after
+/// the next ping was sent still counts (under load a restored agent's
+/// first answer came after 20 ms, and waiting for the next one only lost
+/// time).
+const PONG_WAIT: Duration = Duration::from_secs(1);
+
+/// A ping in flight.
+type Ping<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<AgentInfo, ProtocolError>> + Send + 'a>>;
+
+/// What woke [`await_agent`].
+enum Woke {
+    Hello(Result<AgentInfo, ProtocolError>),
+    Pong(usize, Result<AgentInfo, ProtocolError>),
+    PingDue,
+}
+
 /// Waits for the agent: its hello (sent when its port opens), or a pong
 /// to one of the pings sent meanwhile (they cover an agent that was up
 /// before we connected). `None` when the deadline passed.
@@ -202,14 +221,34 @@ async fn await_agent(
     let hello = client.hello(deadline.saturating_duration_since(Instant::now()));
     tokio::pin!(hello);
     let mut hello_pending = true;
+    let mut pings: Vec<Ping<'_>> = Vec::new();
     let mut attempt = 0;
+    let mut next_ping = Instant::now();
     while Instant::now() < deadline {
-        // Short, capped waits: a ping sent before the agent opened its port
-        // is lost, and the next one must follow soon.
-        let wait = PING_WAIT.delay(attempt);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let answer = tokio::select! {
-            said = &mut hello, if hello_pending => {
+        if Instant::now() >= next_ping {
+            // Short, capped gaps: a ping sent before the agent opened its
+            // port is lost, and the next one must follow soon.
+            let wait = PONG_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+            pings.push(Box::pin(client.handshake(wait)));
+            next_ping = Instant::now() + PING_WAIT.delay(attempt);
+            attempt += 1;
+        }
+        let pong = std::future::poll_fn(|cx| {
+            for (index, ping) in pings.iter_mut().enumerate() {
+                if let std::task::Poll::Ready(answer) = ping.as_mut().poll(cx) {
+                    return std::task::Poll::Ready((index, answer));
+                }
+            }
+            std::task::Poll::Pending
+        });
+        let woke = tokio::select! {
+            said = &mut hello, if hello_pending => Woke::Hello(said),
+            (index, answer) = pong => Woke::Pong(index, answer),
+            () = tokio::time::sleep_until(next_ping.min(deadline)) => Woke::PingDue,
+        };
+        let answer = match woke {
+            Woke::PingDue => continue,
+            Woke::Hello(said) => {
                 hello_pending = false;
                 match said {
                     Ok(info) => Ok(info),
@@ -219,11 +258,14 @@ async fn await_agent(
                     Err(_) => continue,
                 }
             }
-            ping = client.handshake(wait.min(remaining)) => ping,
+            Woke::Pong(index, answer) => {
+                drop(pings.swap_remove(index));
+                answer
+            }
         };
         match answer {
             Ok(info) => return Ok(Some(info)),
-            Err(ProtocolError::Timeout { .. }) => attempt += 1,
+            Err(ProtocolError::Timeout { .. }) => {}
             Err(e @ ProtocolError::VersionMismatch { .. }) => return Err(refused(e)),
             // The channel closed (QEMU going away): let the caller's race
             // report the death, or time out.
