@@ -39,6 +39,15 @@ pub enum BootError {
         /// Why it failed.
         message: String,
     },
+    /// A fork's child was built while its parent was saved, and the save
+    /// wrote nothing it can load (`pause/gate.rs`).
+    #[error("{label}: the parent's save did not finish: {reason}")]
+    ParentSave {
+        /// The fork (`fork of s-...`).
+        label: String,
+        /// Why.
+        reason: String,
+    },
     /// Airlock's CA, which signs the certificates of the hosts a secret is
     /// bound to, cannot be made or loaded.
     #[error("Airlock's CA for secrets: {source}")]

@@ -21,6 +21,7 @@
 //! [`crate::Session::fork`] and [`crate::Scheduler::resume`].
 
 pub mod fork;
+pub(crate) mod gate;
 mod resume;
 pub(crate) mod save;
 pub mod store;

@@ -39,6 +39,13 @@ pub struct ResumeLauncher {
     /// template's), and `state` holds only the pages that differ from it
     /// (`pause/fork.rs`); `None`: the RAM starts empty.
     base_memory: Option<super::fork::BaseMemory>,
+    /// The saved machine is still being written (a fork's children are
+    /// built while their parent is saved): its disk is placed, and its
+    /// state loaded, once the gate says so.
+    gate: Option<super::gate::Gate>,
+    /// The workspace overlay of the first VM placed, for the others
+    /// (copies of one machine) to be written from.
+    overlay_seed: std::sync::Arc<tokio::sync::OnceCell<Option<airlock_overlay::Seed>>>,
 }
 
 impl ResumeLauncher {
@@ -62,6 +69,15 @@ impl ResumeLauncher {
         self
     }
 
+    /// The same launcher for a machine still being saved: it places the
+    /// disk and loads the state only once `gate` lets it
+    /// (`pause/gate.rs`).
+    #[must_use]
+    pub(crate) fn after(mut self, gate: super::gate::Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     /// A launcher loading the state stream `state` (and the saved disk
     /// `workspace`, if any) with the QEMU of `host`; `named_ram` as the
     /// saved VM's RAM was; `label` names it in errors and logs.
@@ -82,6 +98,8 @@ impl ResumeLauncher {
             label,
             copies: false,
             base_memory: None,
+            gate: None,
+            overlay_seed: std::sync::Arc::default(),
         }
     }
 
@@ -96,29 +114,54 @@ impl ResumeLauncher {
     }
 
     async fn place(&self, workdir: &WorkDir, saved: &Path) -> Result<PathBuf, BootError> {
+        if let Some(gate) = &self.gate {
+            gate.disk_saved(&self.label).await?;
+        }
         let base = workdir.path().join(WORKSPACE_BASE);
         link_or_copy(saved, &base).await?;
         let overlay = workdir.workspace();
-        let args: Vec<std::ffi::OsString> = vec![
-            "create".into(),
-            "-q".into(),
-            "-f".into(),
-            "qcow2".into(),
-            "-F".into(),
-            "qcow2".into(),
-            "-b".into(),
-            base.as_os_str().to_owned(),
-            overlay.as_os_str().to_owned(),
-        ];
-        crate::disk::run_tool("qemu-img", &args)
-            .await
-            .map_err(|reason| BootError::Workspace {
-                disk_mib: 0,
-                reason: format!(
-                    "put an overlay over the saved disk of {}: {reason}",
-                    self.label
-                ),
-            })?;
+        let failed = |reason: String| BootError::Workspace {
+            disk_mib: 0,
+            reason: format!(
+                "put an overlay over the saved disk of {}: {reason}",
+                self.label
+            ),
+        };
+        // Its backing named relatively (the base beside it), every copy's
+        // overlay is the same file: the first is made by qemu-img, the
+        // others written from it.
+        let create = || async {
+            let args: Vec<std::ffi::OsString> = vec![
+                "create".into(),
+                "-q".into(),
+                "-f".into(),
+                "qcow2".into(),
+                "-F".into(),
+                "qcow2".into(),
+                "-b".into(),
+                WORKSPACE_BASE.into(),
+                overlay.as_os_str().to_owned(),
+            ];
+            crate::disk::run_tool("qemu-img", &args)
+                .await
+                .map_err(failed)
+        };
+        let mut made_here = false;
+        let seed = self
+            .overlay_seed
+            .get_or_try_init(|| async {
+                made_here = true;
+                create().await?;
+                Ok::<_, BootError>(airlock_overlay::read_seed(&overlay).await)
+            })
+            .await?;
+        match seed {
+            _ if made_here => {}
+            Some(seed) => airlock_overlay::write_from_seed(&overlay, seed)
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+            None => create().await?,
+        }
         Ok(base)
     }
 
@@ -128,6 +171,9 @@ impl ResumeLauncher {
         process: &mut QemuProcess,
         deadline: Instant,
     ) -> Result<Agent, BootError> {
+        if let Some(gate) = &self.gate {
+            gate.saved(&self.label).await?;
+        }
         let saved = SavedState {
             path: &self.state,
             label: &self.label,
@@ -254,9 +300,8 @@ mod tests {
         assert!(!resume_spec(&plan(), &boot(), false).named_ram);
     }
 
-    #[test]
-    fn a_fork_child_maps_its_base_memory_privately_and_a_resume_starts_empty() {
-        let host = Host {
+    fn test_host() -> Host {
+        Host {
             qemu_binary: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             caps: airlock_qemu::HostCaps {
                 arch: airlock_qemu::Arch::X86_64,
@@ -268,9 +313,13 @@ mod tests {
             accel_reason: "tests".into(),
             jail: None,
             console_log_max_bytes: 1 << 20,
-        };
+        }
+    }
+
+    #[test]
+    fn a_fork_child_maps_its_base_memory_privately_and_a_resume_starts_empty() {
         let launcher = ResumeLauncher::new(
-            host,
+            test_host(),
             boot(),
             PathBuf::from("/run/forks/f/state.delta"),
             None,
@@ -294,6 +343,46 @@ mod tests {
             })
         );
         assert_eq!(spec.incoming, Some(IncomingMigration::Defer));
+    }
+
+    #[tokio::test]
+    async fn copies_of_one_machine_get_the_same_overlay_each_over_its_own_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("saved.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&saved)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let launcher = ResumeLauncher::new(
+            test_host(),
+            boot(),
+            dir.path().join("state"),
+            Some(saved.clone()),
+            true,
+            "fork of s".into(),
+        )
+        .for_copies();
+        let mut overlays = Vec::new();
+        for n in 0..3 {
+            let workdir = WorkDir::at(dir.path().join(format!("vm-{n}")));
+            std::fs::create_dir(workdir.path()).unwrap();
+            let base = launcher.clone().place(&workdir, &saved).await.unwrap();
+            assert_eq!(base, workdir.path().join(WORKSPACE_BASE));
+            // The chain a later save reads: the overlay, then its own base.
+            let info = std::process::Command::new("qemu-img")
+                .args(["info", "--backing-chain", "--output=json"])
+                .arg(workdir.workspace())
+                .output()
+                .unwrap();
+            assert!(info.status.success());
+            let chain: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            assert_eq!(chain[1]["filename"], base.to_str().unwrap(), "{chain}");
+            overlays.push(std::fs::read(workdir.workspace()).unwrap());
+        }
+        assert!(overlays.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[tokio::test]

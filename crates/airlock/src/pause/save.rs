@@ -2,6 +2,7 @@
 //! included; for a fork, filtered against a memory file as it is
 //! written) and its workspace disk.
 
+use super::gate::GateSender;
 use super::store::{STATE_FILE, WORKSPACE_FILE};
 use crate::error::PauseError;
 use crate::ms;
@@ -92,36 +93,145 @@ pub async fn save_machine_into(
     run_on_after: bool,
     sink: StateSink<'_>,
 ) -> Result<SavedMachine, PauseError> {
-    let deadline = Instant::now() + SAVE_TIMEOUT;
-    let qemu = |action| PauseError::qemu(session_id, action);
-    let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
+    Saver::connect(vm, session_id)
+        .await?
+        .save(dir, run_on_after, sink, None)
         .await
-        .map_err(qemu("connect to QMP"))?;
-    let named_ram = qmp
-        .memory_backends(deadline)
-        .await
-        .map_err(qemu("list its memory backends"))?
-        .iter()
-        .any(|id| id == MEMORY_BACKEND_ID);
-    // A memory file can only stand for a RAM block of the same name.
-    let sink = if named_ram { sink } else { StateSink::File };
-    let stopped = Instant::now();
-    qmp.stop(deadline).await.map_err(qemu("stop it"))?;
-    let saved = save_stopped(vm, session_id, &mut qmp, dir, sink, deadline).await;
-    if saved.is_err() || run_on_after {
-        // A deadline of its own: a save that used up the whole of its
-        // own must still leave the VM running.
-        let resume_by = Instant::now() + RUN_ON_TIMEOUT;
-        qmp.cont(resume_by).await.map_err(qemu("run it on"))?;
+}
+
+/// A running VM about to be saved: connected to its QMP socket, what its
+/// save will write known before it starts (a fork builds its children
+/// meanwhile: `pause/gate.rs`).
+pub(crate) struct Saver<'a> {
+    vm: &'a Vm,
+    session_id: &'a str,
+    qmp: QmpClient,
+    deadline: Instant,
+    /// The VM's RAM is the named backend (a template clone's): a memory
+    /// file can stand for it, and a loading VM must name its RAM alike.
+    pub(crate) named_ram: bool,
+    /// The VM has a workspace disk, which the save copies.
+    pub(crate) has_disk: bool,
+}
+
+impl<'a> Saver<'a> {
+    /// Connects to `vm`'s QMP socket and reads what the save will need.
+    ///
+    /// # Errors
+    /// [`PauseError::Qemu`].
+    pub(crate) async fn connect(vm: &'a Vm, session_id: &'a str) -> Result<Self, PauseError> {
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let qemu = |action| PauseError::qemu(session_id, action);
+        let mut qmp = QmpClient::connect(&vm.workdir().qmp_socket(), deadline)
+            .await
+            .map_err(qemu("connect to QMP"))?;
+        let named_ram = qmp
+            .memory_backends(deadline)
+            .await
+            .map_err(qemu("list its memory backends"))?
+            .iter()
+            .any(|id| id == MEMORY_BACKEND_ID);
+        let has_disk = tokio::fs::try_exists(vm.workdir().workspace())
+            .await
+            .unwrap_or(false);
+        Ok(Self {
+            vm,
+            session_id,
+            qmp,
+            deadline,
+            named_ram,
+            has_disk,
+        })
     }
-    let (state_bytes, disk_bytes, filtered) = saved?;
-    Ok(SavedMachine {
-        named_ram,
-        state_bytes,
-        disk_bytes,
-        stopped_ms: ms(stopped.elapsed()),
-        filtered,
-    })
+
+    /// Stops the VM and saves it into `dir` (as [`save_machine`]), the
+    /// stream going to `sink`; `progress` is told when the disk is saved.
+    ///
+    /// # Errors
+    /// As [`save_machine`].
+    pub(crate) async fn save(
+        mut self,
+        dir: &Path,
+        run_on_after: bool,
+        sink: StateSink<'_>,
+        progress: Option<&GateSender>,
+    ) -> Result<SavedMachine, PauseError> {
+        let (session_id, deadline) = (self.session_id, self.deadline);
+        let qemu = |action| PauseError::qemu(session_id, action);
+        // A memory file can only stand for a RAM block of the same name.
+        let sink = if self.named_ram {
+            sink
+        } else {
+            StateSink::File
+        };
+        let stopped = Instant::now();
+        self.qmp.stop(deadline).await.map_err(qemu("stop it"))?;
+        let saved = self.save_stopped(dir, sink, progress).await;
+        if saved.is_err() || run_on_after {
+            // A deadline of its own: a save that used up the whole of its
+            // own must still leave the VM running.
+            let resume_by = Instant::now() + RUN_ON_TIMEOUT;
+            self.qmp.cont(resume_by).await.map_err(qemu("run it on"))?;
+        }
+        let (state_bytes, disk_bytes, filtered) = saved?;
+        Ok(SavedMachine {
+            named_ram: self.named_ram,
+            state_bytes,
+            disk_bytes,
+            stopped_ms: ms(stopped.elapsed()),
+            filtered,
+        })
+    }
+
+    /// The state and the disk of the stopped VM, saved at once: the VM is
+    /// stopped, so QEMU flushed its disk (`stop` drains and flushes every
+    /// drive) and writes no more to it while its state streams.
+    async fn save_stopped(
+        &mut self,
+        dir: &Path,
+        sink: StateSink<'_>,
+        progress: Option<&GateSender>,
+    ) -> Result<(u64, u64, Option<airlock_qemu::DeltaStats>), PauseError> {
+        let (session_id, deadline) = (self.session_id, self.deadline);
+        let state = dir.join(STATE_FILE);
+        let (vm, has_disk) = (self.vm, self.has_disk);
+        let disk = async {
+            let bytes = save_disk(vm, session_id, has_disk, dir).await?;
+            if let Some(progress) = progress {
+                progress.disk_saved();
+            }
+            Ok::<_, PauseError>(bytes)
+        };
+        let qmp = &mut self.qmp;
+        let stream = async {
+            match sink {
+                StateSink::File => {
+                    Ok((save_to_file(session_id, qmp, &state, deadline).await?, None))
+                }
+                StateSink::Filtered { base, delta } => {
+                    save_filtered(session_id, qmp, base, delta, deadline).await
+                }
+            }
+        };
+        let (stream, disk) = tokio::join!(stream, disk);
+        let ((state_bytes, filtered), mut disk_bytes) = (stream?, disk?);
+        if matches!(sink, StateSink::Filtered { .. }) && filtered.is_none() {
+            // The whole stream, for the copies to load instead. QEMU will
+            // not migrate a VM a migration left paused: it runs for the
+            // moment between `cont` and `stop`, and may write to its disk
+            // then, so the disk is saved again after.
+            let qemu = |action| PauseError::qemu(session_id, action);
+            self.qmp.cont(deadline).await.map_err(qemu("run it on"))?;
+            self.qmp
+                .stop(deadline)
+                .await
+                .map_err(qemu("stop it again"))?;
+            let whole = save_to_file(session_id, &mut self.qmp, &state, deadline).await?;
+            disk_bytes = save_disk(vm, session_id, has_disk, dir).await?;
+            return Ok((whole, disk_bytes, None));
+        }
+        Ok((state_bytes, disk_bytes, filtered))
+    }
 }
 
 /// Runs a VM left stopped by [`save_machine`] on.
@@ -137,50 +247,35 @@ pub async fn run_on(vm: &Vm, session_id: &str) -> Result<(), PauseError> {
     qmp.cont(deadline).await.map_err(qemu("run it on"))
 }
 
-async fn save_stopped(
+/// Copies the stopped `vm`'s workspace disk into `dir`
+/// ([`WORKSPACE_FILE`], a new file: a copy that forked children already
+/// link stays theirs); its size, 0 when it has none (`has_disk`).
+async fn save_disk(
     vm: &Vm,
     session_id: &str,
-    qmp: &mut QmpClient,
+    has_disk: bool,
     dir: &Path,
-    sink: StateSink<'_>,
-    deadline: Instant,
-) -> Result<(u64, u64, Option<airlock_qemu::DeltaStats>), PauseError> {
-    let state = dir.join(STATE_FILE);
-    let (state_bytes, filtered) = match sink {
-        StateSink::File => (save_to_file(session_id, qmp, &state, deadline).await?, None),
-        StateSink::Filtered { base, delta } => {
-            let (bytes, filtered) = save_filtered(session_id, qmp, base, delta, deadline).await?;
-            if filtered.is_none() {
-                // The whole stream, for the copies to load instead. QEMU
-                // will not migrate a VM a migration left paused: it runs
-                // for the moment between `cont` and `stop`.
-                let qemu = |action| PauseError::qemu(session_id, action);
-                qmp.cont(deadline).await.map_err(qemu("run it on"))?;
-                qmp.stop(deadline).await.map_err(qemu("stop it again"))?;
-                let whole = save_to_file(session_id, qmp, &state, deadline).await?;
-                (whole, None)
-            } else {
-                (bytes, filtered)
-            }
+) -> Result<u64, PauseError> {
+    if !has_disk {
+        return Ok(0);
+    }
+    let dest = dir.join(WORKSPACE_FILE);
+    match tokio::fs::remove_file(&dest).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(PauseError::io("remove", &dest, e));
         }
-    };
-    let workspace = vm.workdir().workspace();
-    let disk_bytes = if tokio::fs::try_exists(&workspace).await.unwrap_or(false) {
-        let dest = dir.join(WORKSPACE_FILE);
-        copy_disk(&workspace, &dest)
-            .await
-            .map_err(|reason| PauseError::Disk {
-                session_id: session_id.to_owned(),
-                reason,
-            })?;
-        tokio::fs::metadata(&dest)
-            .await
-            .map_err(|e| PauseError::io("measure", &dest, e))?
-            .len()
-    } else {
-        0
-    };
-    Ok((state_bytes, disk_bytes, filtered))
+        _ => {}
+    }
+    copy_disk(&vm.workdir().workspace(), &dest)
+        .await
+        .map_err(|reason| PauseError::Disk {
+            session_id: session_id.to_owned(),
+            reason,
+        })?;
+    Ok(tokio::fs::metadata(&dest)
+        .await
+        .map_err(|e| PauseError::io("measure", &dest, e))?
+        .len())
 }
 
 async fn save_to_file(

@@ -3,23 +3,27 @@
 //! machinery is in [`crate::pause`].
 
 use super::{CloseReason, Session, SessionError, SessionExtras, SessionOptions};
+use crate::error::BootError;
 use crate::error::PauseError;
 use crate::machine::{PackageDisk, VmOptions};
 use crate::manager::VmManager;
 use crate::ms;
+use crate::pause::gate::{gate, Gate};
+use crate::pause::save::Saver;
 use crate::pause::store::{unix_ms, within_quota};
 use crate::pause::{
-    save_machine, save_machine_into, unpausable_reason, validate_fork_count, PausedEntry,
-    PausedMeta, PausedStore, ResumeLauncher, StateSink, DEFAULT_PAUSED_TTL, PAUSED_FORMAT,
-    STATE_FILE, WORKSPACE_FILE,
+    save_machine, unpausable_reason, validate_fork_count, PausedEntry, PausedMeta, PausedStore,
+    ResumeLauncher, StateSink, DEFAULT_PAUSED_TTL, PAUSED_FORMAT, STATE_FILE, WORKSPACE_FILE,
 };
 use crate::spec::SandboxSpec;
 use crate::task::blocking;
 use crate::template::{TemplateInputs, Templates};
+use crate::vm::Vm;
 use crate::Scheduler;
 use airlock_qemu::BootImages;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::task::JoinSet;
 
 /// How a session is paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,6 +410,13 @@ impl Session {
         forked
     }
 
+    /// Saves the parent into `dir` while its children are built: each
+    /// child's work dir, root overlay, limits group and QEMU owe nothing
+    /// to the save, so they are made meanwhile, and each child waits only
+    /// for what it needs (`pause/gate.rs`). Should the filter refuse the
+    /// parent's stream, the parent is saved again whole (`save.rs`): the
+    /// children built meanwhile are failed by the gate, and new ones
+    /// load the whole state.
     async fn fork_from(
         &self,
         scheduler: &Scheduler,
@@ -423,73 +434,71 @@ impl Session {
         )
         .await;
         let delta = dir.join(crate::pause::fork::DELTA_FILE);
-        let sink = match &base {
-            Some(base) => StateSink::Filtered {
-                base: &base.path,
-                delta: &delta,
-            },
-            None => StateSink::File,
-        };
-        let saved = {
-            let mut call = inner.begin()?;
-            let vm = call.vm().as_machine().ok_or_else(|| self.not_a_machine())?;
-            save_machine_into(vm, &inner.id, dir, true, sink).await?
-        };
         let mut options = VmOptions::of_shape(inner.facts.shape, &inner.tenant);
         options.packages = inner.facts.packages.clone().map(PackageDisk::read_only);
-        let (state, base) = match (saved.filtered, base) {
-            (Some(stats), Some(base)) => {
-                tracing::info!(
-                    session_id = inner.id,
-                    pages = stats.pages,
-                    kept = stats.kept,
-                    bytes = stats.bytes_out,
-                    "the children load the pages that differ from their template"
-                );
-                (delta, Some(base))
+        let (saved, early, launcher, base) = {
+            let mut call = inner.begin()?;
+            let vm = call.vm().as_machine().ok_or_else(|| self.not_a_machine())?;
+            let saver = Saver::connect(vm, &inner.id).await?;
+            // A memory file can only stand for a RAM block of its name.
+            let base = base.filter(|_| saver.named_ram);
+            let launcher = ChildLauncher {
+                manager,
+                dir,
+                has_disk: saver.has_disk,
+                named_ram: saver.named_ram,
+                label: format!("fork of {}", inner.id),
+            };
+            let (sink, state) = match &base {
+                Some(base) => (
+                    StateSink::Filtered {
+                        base: &base.path,
+                        delta: &delta,
+                    },
+                    delta.clone(),
+                ),
+                None => (StateSink::File, dir.join(STATE_FILE)),
+            };
+            let (progress, gate) = gate();
+            let early = launcher.boot(&options, count, state, base.clone(), Some(gate));
+            let saved = saver.save(dir, true, sink, Some(&progress)).await;
+            match &saved {
+                Ok(saved) if base.is_none() || saved.filtered.is_some() => progress.saved(),
+                Ok(_) => progress
+                    .fail("the parent's stream was not filtered: other children load it whole"),
+                Err(e) => progress.fail(e.to_string()),
             }
-            _ => (dir.join(STATE_FILE), None),
+            (saved, early, launcher, base)
         };
-        let mut launcher = ResumeLauncher::new(
-            manager.host().clone(),
-            boot_images(manager),
-            state,
-            (saved.disk_bytes > 0).then(|| dir.join(WORKSPACE_FILE)),
-            saved.named_ram,
-            format!("fork of {}", inner.id),
-        )
-        .for_copies();
-        if let Some(memory) = base {
-            launcher = launcher.with_base_memory(memory);
-        }
-        // The children load at once: each is its own QEMU.
-        let mut boots = tokio::task::JoinSet::new();
-        for _ in 0..count {
-            let (manager, options, launcher) = (manager.clone(), options.clone(), launcher.clone());
-            boots.spawn(async move { manager.boot_with(&options, &launcher).await });
-        }
-        let mut vms = Vec::with_capacity(count);
-        let mut failed = None;
-        while let Some(joined) = boots.join_next().await {
-            match joined {
-                Ok(Ok(vm)) => vms.push(vm),
-                Ok(Err(e)) => {
-                    failed.get_or_insert(SessionError::Boot(e));
-                }
-                Err(e) => {
-                    failed.get_or_insert(SessionError::Boot(crate::BootError::TaskFailed {
-                        task: "fork a session",
-                        message: e.to_string(),
-                    }));
-                }
+        // The parent runs on (and takes calls) while its children load.
+        let early = gather(early).await;
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                destroy_all(early).await;
+                return Err(e.into());
             }
-        }
-        if let Some(e) = failed {
-            for mut vm in vms {
-                vm.destroy().await;
+        };
+        let vms = match (saved.filtered, base) {
+            (None, Some(_)) => {
+                // Refused by the filter: the gate failed these children.
+                destroy_all(early).await;
+                let whole = launcher.boot(&options, count, dir.join(STATE_FILE), None, None);
+                gather(whole).await?
             }
-            return Err(e);
-        }
+            (filtered, _) => {
+                if let Some(stats) = filtered {
+                    tracing::info!(
+                        session_id = inner.id,
+                        pages = stats.pages,
+                        kept = stats.kept,
+                        bytes = stats.bytes_out,
+                        "the children load the pages that differ from their template"
+                    );
+                }
+                early?
+            }
+        };
         let mut spec = SandboxSpec::new(inner.language);
         spec.tenant = inner.tenant.clone();
         spec.shape = inner.facts.shape;
@@ -550,6 +559,88 @@ impl Session {
             session_id: self.inner.id.clone(),
             reason: "its VM is not a QEMU machine".into(),
         }
+    }
+}
+
+/// Builds a fork's children from the parent's saved machine in `dir`.
+struct ChildLauncher<'a> {
+    manager: &'a VmManager,
+    dir: &'a Path,
+    has_disk: bool,
+    named_ram: bool,
+    label: String,
+}
+
+impl ChildLauncher<'_> {
+    /// Starts `count` boots at once (each is its own QEMU), loading the
+    /// stream `state` over the memory file `base` (or into empty RAM),
+    /// after `gate` when the save is still running. The set owns them: a
+    /// boot dropped unfinished tears down what it made.
+    fn boot(
+        &self,
+        options: &VmOptions,
+        count: usize,
+        state: PathBuf,
+        base: Option<crate::pause::fork::BaseMemory>,
+        gate: Option<Gate>,
+    ) -> JoinSet<Result<Vm, BootError>> {
+        let mut launcher = ResumeLauncher::new(
+            self.manager.host().clone(),
+            boot_images(self.manager),
+            state,
+            self.has_disk.then(|| self.dir.join(WORKSPACE_FILE)),
+            self.named_ram,
+            self.label.clone(),
+        )
+        .for_copies();
+        if let Some(memory) = base {
+            launcher = launcher.with_base_memory(memory);
+        }
+        if let Some(gate) = gate {
+            launcher = launcher.after(gate);
+        }
+        let mut boots = JoinSet::new();
+        for _ in 0..count {
+            let (manager, options, launcher) =
+                (self.manager.clone(), options.clone(), launcher.clone());
+            boots.spawn(async move { manager.boot_with(&options, &launcher).await });
+        }
+        boots
+    }
+}
+
+/// Every child of `boots`, or the first error (the children built then
+/// destroyed).
+async fn gather(mut boots: JoinSet<Result<Vm, BootError>>) -> Result<Vec<Vm>, SessionError> {
+    let mut vms = Vec::with_capacity(boots.len());
+    let mut failed = None;
+    while let Some(joined) = boots.join_next().await {
+        match joined {
+            Ok(Ok(vm)) => vms.push(vm),
+            Ok(Err(e)) => {
+                failed.get_or_insert(SessionError::Boot(e));
+            }
+            Err(e) => {
+                failed.get_or_insert(SessionError::Boot(BootError::TaskFailed {
+                    task: "fork a session",
+                    message: e.to_string(),
+                }));
+            }
+        }
+    }
+    match failed {
+        Some(e) => {
+            destroy_all(Ok(vms)).await;
+            Err(e)
+        }
+        None => Ok(vms),
+    }
+}
+
+/// Destroys the children `gathered` holds, if any.
+async fn destroy_all(gathered: Result<Vec<Vm>, SessionError>) {
+    for mut vm in gathered.unwrap_or_default() {
+        vm.destroy().await;
     }
 }
 
