@@ -184,8 +184,8 @@ pub(super) fn render(n: &PauseNumbers) -> Result<String> {
         d,
         "A python session of the default shape restored from its memory template, a cell \
          (`x = list(range(100000))`), forked into {FORKS} (`Session::fork`: the parent saved \
-         once, the stream filtered against the template's memory file, the children loaded \
-         from it at once over that file, each reseeded), then paused to disk \
+         once, the stream filtered against the template's memory file, the children built \
+         meanwhile and loaded from it at once over that file, each reseeded), then paused to disk \
          (`Session::pause`: the whole RAM migrated to a file, the workspace disk copied), \
          resumed (`Scheduler::resume`) and forked into {FORKS} again, {} rounds, through the \
          library built for release; the load average (1 min) was {} at the start and {} at \
