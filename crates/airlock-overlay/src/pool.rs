@@ -296,7 +296,7 @@ impl OverlayPool {
             .shared
             .lock_bases()
             .get(base)
-            .map(|s| (s.backing.clone(), s.seed.clone()))
+            .map(|s| (s.backing.clone(), s.seed.clone().filter(|_| s.id == id)))
             .ok_or(OverlayError::Stopped)?;
         let out = self
             .shared

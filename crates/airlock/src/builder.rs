@@ -156,20 +156,22 @@ async fn run_steps(
     let workdir = guard.workdir.clone();
     let mut timings = BootTimings::default();
 
-    // Both disks at once: without a warm pool each is a `qemu-img` run
-    // (about 8 ms). Both are awaited to the end, so that a failed one
-    // never leaves the other half made; the work dir holds what each made.
-    let (disk, workspace_base) = tokio::join!(
+    // Both disks and the limits group at once: none needs another, and a
+    // disk may wait (a fork's child waits for its parent's saved disk:
+    // `pause/gate.rs`). All are awaited to the end, so that a failed one
+    // never leaves another half made: the work dir holds what the disks
+    // made, the guard the group.
+    let (disk, workspace_base, group) = tokio::join!(
         take_overlay(ctx.disks, base, &workdir),
-        take_workspace(ctx, options, &workdir)
+        take_workspace(ctx, options, &workdir),
+        create_group(ctx, options, &vm_id)
     );
+    let group = group.map(|group| guard.parts().group.insert(group).clone());
     let disk = disk?;
     timings.overlay_ms = ms(disk.elapsed);
     timings.overlay_pool_hit = disk.pool_hit;
     let workspace_base = workspace_base?;
-
-    let group = create_group(ctx, options, &vm_id).await?;
-    let group = guard.parts().group.insert(group).clone();
+    let group = group?;
 
     let mut network = start_network(ctx, options, &vm_id, &workdir, &group).await?;
     if let Some(network) = &mut network {

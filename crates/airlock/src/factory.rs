@@ -118,6 +118,26 @@ impl VmFactory {
         options: &VmOptions,
         launcher: &dyn Launcher,
     ) -> Result<Vm, BootError> {
+        self.boot_waiting(options, launcher, Duration::ZERO).await
+    }
+
+    /// [`VmFactory::boot_with`] for a launcher that first waits, up to
+    /// `wait`, for its machine to exist (a fork's child, built while its
+    /// parent is saved: `pause/gate.rs`): each attempt may take that much
+    /// longer, so that a long save does not eat the child's own boot time.
+    ///
+    /// # Errors
+    /// As [`VmFactory::boot`].
+    pub async fn boot_waiting(
+        &self,
+        options: &VmOptions,
+        launcher: &dyn Launcher,
+        wait: Duration,
+    ) -> Result<Vm, BootError> {
+        let policy = RetryPolicy {
+            attempt_timeout: self.retry.attempt_timeout.saturating_add(wait),
+            ..self.retry
+        };
         let slot = self.slots.acquire().await?;
         let ctx = BootContext {
             config: &self.config,
@@ -130,7 +150,7 @@ impl VmFactory {
             processes: &self.processes,
         };
         let Retried { result, attempts } =
-            retry(&self.retry, |_, deadline| build(&ctx, options, deadline)).await;
+            retry(&policy, |_, deadline| build(&ctx, options, deadline)).await;
         result?.into_vm(slot, attempts).await
     }
 

@@ -194,6 +194,23 @@ impl VmManager {
         self.inner.factory.boot_with(options, launcher).await
     }
 
+    /// [`VmManager::boot_with`] for a launcher that first waits up to
+    /// `wait` for its machine ([`crate::factory::VmFactory::boot_waiting`]).
+    ///
+    /// # Errors
+    /// As [`VmManager::boot`].
+    pub(crate) async fn boot_waiting(
+        &self,
+        options: &VmOptions,
+        launcher: &dyn crate::launcher::Launcher,
+        wait: std::time::Duration,
+    ) -> Result<Vm, BootError> {
+        self.inner
+            .factory
+            .boot_waiting(options, launcher, wait)
+            .await
+    }
+
     /// VM slots free now (of [`Config::max_concurrent_vms`]).
     pub fn free_slots(&self) -> usize {
         self.inner.factory.slots_available()

@@ -216,6 +216,29 @@ impl Channel {
     pub(super) fn close(&self, op: OpId) {
         lock(&self.routes).remove(&op);
     }
+
+    /// A guard that ends operation `op` when dropped.
+    pub(super) fn closing(&self, op: OpId) -> ClosingOp<'_> {
+        ClosingOp { channel: self, op }
+    }
+
+    /// How many operations have a route (tests).
+    #[cfg(test)]
+    pub(super) fn open_routes(&self) -> usize {
+        lock(&self.routes).len()
+    }
+}
+
+/// Ends its operation when dropped ([`Channel::closing`]).
+pub(super) struct ClosingOp<'a> {
+    channel: &'a Channel,
+    op: OpId,
+}
+
+impl Drop for ClosingOp<'_> {
+    fn drop(&mut self) {
+        self.channel.close(self.op);
+    }
 }
 
 /// Writes each queued line whole, in order, and reports each write. After a

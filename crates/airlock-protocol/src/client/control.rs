@@ -16,8 +16,10 @@ impl Client {
     /// error.
     pub async fn ping(&self, timeout: Duration) -> Result<AgentInfo, ProtocolError> {
         let (op, mut rx) = self.channel.open(RequestBody::Ping).await?;
+        // Closed however this ends: a ping dropped while waiting (one of
+        // several in flight, the first answer taken) leaves no route.
+        let _route = self.channel.closing(op);
         let answer = within(timeout, "ping", next(&mut rx)).await;
-        self.channel.close(op);
         match answer? {
             EventBody::Pong { version, protocol } => Ok(AgentInfo { version, protocol }),
             other => Err(unexpected("ping", other)),
@@ -195,5 +197,31 @@ impl Client {
         .await;
         self.channel.close(op);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ping_dropped_while_it_waits_leaves_no_route() {
+        // A guest that reads the ping and never answers.
+        let (host_cmd, mut agent_cmd) = tokio::io::duplex(1 << 16);
+        let (_agent_event, host_event) = tokio::io::duplex(1 << 16);
+        let drain = tokio::spawn(async move {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut agent_cmd, &mut sink).await;
+        });
+        let client = Client::new(host_event, host_cmd);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            client.ping(Duration::from_secs(30)),
+        )
+        .await;
+        assert!(waited.is_err(), "the guest never answers");
+        assert_eq!(client.channel.open_routes(), 0);
+        drop(client);
+        drain.abort();
     }
 }

@@ -1,12 +1,14 @@
 //! What a fork's children wait for while their parent is being saved.
 //!
-//! A fork's children are built while the parent is saved, not after: a
-//! child's work dir, root overlay, limits group and QEMU process owe
-//! nothing to the save, and on a 2-core host the save (QEMU's migration
-//! thread) leaves a core mostly idle. A child waits only where it needs
-//! what the save writes: its workspace overlay needs the saved disk
-//! ([`Gate::disk_saved`]; the disk is copied while the RAM streams), and
-//! its load needs the state stream ([`Gate::saved`]).
+//! A fork's children are built while the parent is saved, not after: on
+//! a 2-core host the save (QEMU's migration thread) leaves a core mostly
+//! idle. A child's work dir, root overlay and limits group owe nothing to
+//! the save and are made at once; its workspace overlay needs the saved
+//! disk ([`Gate::disk_saved`]: the disk is copied while the RAM streams,
+//! so it comes early), and its QEMU starts once that overlay is placed
+//! (the drive is on its command line); its load needs the state stream
+//! ([`Gate::saved`]). A child with no workspace disk starts its QEMU at
+//! once.
 //!
 //! The save's side ([`GateSender`]) moves the gate forward; dropped
 //! before [`Stage::Saved`] (the save failed, or the fork was cancelled),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Longest wait for stopping a VM, saving it and copying its disk.
-const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for running a VM on after its save (or a failed one).
 const RUN_ON_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -183,9 +183,13 @@ impl<'a> Saver<'a> {
         })
     }
 
-    /// The state and the disk of the stopped VM, saved at once: the VM is
-    /// stopped, so QEMU flushed its disk (`stop` drains and flushes every
-    /// drive) and writes no more to it while its state streams.
+    /// The state and the disk of the stopped VM, saved at once. `stop`
+    /// drained and flushed every drive: the guest's data and the overlay's
+    /// tables are in the file, and no guest write comes while the state
+    /// streams. At the migration's end QEMU inactivates the drive, which
+    /// may rewrite the qcow2 header to clear its dirty bit (the overlays
+    /// use lazy refcounts) while `qemu-img convert` reads: a read-only open
+    /// ignores that bit and reads no refcounts, so the copy is the same.
     async fn save_stopped(
         &mut self,
         dir: &Path,
@@ -394,8 +398,8 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
 /// Copies a stopped VM's workspace disk (its overlay and what is under
 /// it) into `dest` as one standalone qcow2 (`qemu-img convert`: only
 /// written clusters are stored; `-U` reads past the running QEMU's lock,
-/// safe as the VM is stopped and its state saved, so QEMU wrote
-/// everything out). A template's disk is saved the same way.
+/// safe as the VM is stopped: `stop` flushed its data and tables, see
+/// [`Saver::save`]). A template's disk is saved the same way.
 pub(crate) async fn copy_disk(source: &Path, dest: &Path) -> Result<(), String> {
     let args: Vec<std::ffi::OsString> = vec![
         "convert".into(),

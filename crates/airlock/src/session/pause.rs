@@ -411,9 +411,9 @@ impl Session {
     }
 
     /// Saves the parent into `dir` while its children are built: each
-    /// child's work dir, root overlay, limits group and QEMU owe nothing
-    /// to the save, so they are made meanwhile, and each child waits only
-    /// for what it needs (`pause/gate.rs`). Should the filter refuse the
+    /// child makes what owes nothing to the save at once, and waits only
+    /// for what it needs, the saved disk and then the state
+    /// (`pause/gate.rs`). Should the filter refuse the
     /// parent's stream, the parent is saved again whole (`save.rs`): the
     /// children built meanwhile are failed by the gate, and new ones
     /// load the whole state.
@@ -596,14 +596,18 @@ impl ChildLauncher<'_> {
         if let Some(memory) = base {
             launcher = launcher.with_base_memory(memory);
         }
+        // A child built during the save may wait for it as long as the
+        // save may take, on top of its own boot.
+        let mut wait = Duration::ZERO;
         if let Some(gate) = gate {
             launcher = launcher.after(gate);
+            wait = crate::pause::save::SAVE_TIMEOUT;
         }
         let mut boots = JoinSet::new();
         for _ in 0..count {
             let (manager, options, launcher) =
                 (self.manager.clone(), options.clone(), launcher.clone());
-            boots.spawn(async move { manager.boot_with(&options, &launcher).await });
+            boots.spawn(async move { manager.boot_waiting(&options, &launcher, wait).await });
         }
         boots
     }
