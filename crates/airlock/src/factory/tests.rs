@@ -39,7 +39,14 @@ pub(crate) enum Boot {
     /// Starting the machine never finishes (a step that ignores the
     /// attempt's deadline).
     SpawnHangs,
+    /// The agent answers after [`LATE`] (a launcher that first waits for
+    /// its machine, as a fork's child waits for its parent's save).
+    Late,
 }
+
+/// How long a [`Boot::Late`] agent takes: past a 300 ms attempt and
+/// the slack of its cut ([`crate::retry::CUT_SLACK`]).
+const LATE: Duration = Duration::from_millis(1500);
 
 /// A launcher that plays a script of boots (then `Ready` for ever).
 #[derive(Default)]
@@ -160,6 +167,14 @@ impl Launcher for FakeLauncher {
                 Boot::Ready => {
                     let agent = self.agent();
                     race_death(&paths, process, waited, async { Ok(Some(agent)) }).await
+                }
+                Boot::Late => {
+                    let agent = self.agent();
+                    let late = async {
+                        tokio::time::sleep(LATE).await;
+                        Ok(Some(agent))
+                    };
+                    race_death(&paths, process, waited, late).await
                 }
                 Boot::Blocks => {
                     self.blocked.notify_one();
@@ -437,6 +452,31 @@ async fn a_step_that_hangs_in_every_attempt_fails_as_a_transient_attempt_timeout
     assert_eq!(setup.launcher.spawned(), 2);
     setup.flush().await;
     assert!(setup.nothing_left());
+}
+
+#[tokio::test]
+async fn a_boot_that_waits_for_its_machine_gets_that_wait_on_top_of_the_boot_timeout() {
+    // Within the boot timeout alone, the late agent fails every attempt.
+    let tight = |c: &mut Config| {
+        c.boot_timeout = Duration::from_millis(300);
+        c.boot_attempts = 1;
+    };
+    let setup = Setup::with(&[Boot::Late], tight, false);
+    assert!(boot(&setup).await.unwrap_err().is_transient());
+    setup.flush().await;
+    // Given the wait, the same boot succeeds in one attempt.
+    let setup = Setup::with(&[Boot::Late], tight, false);
+    let mut vm = setup
+        .factory
+        .boot_waiting(
+            &options(Language::Raw),
+            setup.launcher.as_ref(),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(vm.boot_timings().attempts, 1);
+    vm.destroy().await;
 }
 
 #[tokio::test]
