@@ -1,6 +1,7 @@
 use super::*;
 use proptest::prelude::*;
-use std::io::Cursor;
+use std::collections::HashMap;
+use std::io;
 
 const TARGET: &str = "airlock-mem";
 const OTHER: &str = "microvm.rom";
@@ -199,8 +200,33 @@ fn filter(
     input: &[u8],
     base: &tempfile::NamedTempFile,
 ) -> Result<(Vec<u8>, DeltaStats), StreamError> {
+    filter_in_reads_of(input, base, usize::MAX)
+}
+
+/// A reader that gives at most `most` bytes a read (a pipe's way): pages
+/// then lie across the filter's buffer ends.
+struct Chunked<'a> {
+    rest: &'a [u8],
+    most: usize,
+}
+
+impl io::Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.rest.len().min(buf.len()).min(self.most);
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
+    }
+}
+
+fn filter_in_reads_of(
+    input: &[u8],
+    base: &tempfile::NamedTempFile,
+    most: usize,
+) -> Result<(Vec<u8>, DeltaStats), StreamError> {
     let mut out = Vec::new();
-    let stats = delta_against_base(Cursor::new(input), &mut out, TARGET, base.as_file())?;
+    let reader = Chunked { rest: input, most };
+    let stats = delta_against_base(reader, &mut out, TARGET, base.as_file())?;
     Ok((out, stats))
 }
 
@@ -213,6 +239,7 @@ proptest! {
         order in any::<u64>(),
         cuts in proptest::collection::vec(any::<u16>(), 0..4),
         device in proptest::collection::vec(any::<u8>(), 0..64),
+        most in prop_oneof![Just(usize::MAX), 1usize..9000],
     ) {
         let pages = base_seeds.len();
         let blocks: Vec<(&'static str, usize)> = if other_seeds.is_empty() {
@@ -243,7 +270,7 @@ proptest! {
         let input = stream(&blocks, &sections, &device);
         let base = base_file(&base_seeds);
 
-        let (delta, stats) = filter(&input, &base).unwrap();
+        let (delta, stats) = filter_in_reads_of(&input, &base, most).unwrap();
 
         let (want, want_device) = load(&input, memory_of(&blocks, |_, _| 0));
         let (got, got_device) = load(&delta, memory_of(&blocks, |block, i| match block {
