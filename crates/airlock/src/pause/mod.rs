@@ -5,8 +5,11 @@
 //!   whole (RAM included: a template clone maps its template's memory
 //!   privately, so `x-ignore-shared` cannot apply) into a file passed as
 //!   a descriptor (`getfd`: QEMU's sandbox forbids `exec:`), its
-//!   workspace disk copied into one standalone qcow2 (`qemu-img convert
-//!   -U`, as a template's), and the VM then left paused or run on.
+//!   workspace disk copied meanwhile into one standalone qcow2
+//!   (`qemu-img convert -U`, as a template's), and the VM then left
+//!   paused or run on.
+//! - **Fork**: the parent is saved once while its children are built;
+//!   each waits at a gate (`gate.rs`) for the saved disk, then the state.
 //! - **Store** ([`PausedStore`]): one dir per paused session under
 //!   [`crate::Config::paused_dir`], with [`PausedMeta`] (tenant, shape,
 //!   sizes, expiry, and the machine inputs a host must match to load it).
