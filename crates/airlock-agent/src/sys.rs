@@ -118,15 +118,16 @@ pub fn protect_from_oom_killer() {
 /// still root: an unprivileged process may not move itself), reset its
 /// `oom_score_adj` to 0, drop to the
 /// sandbox identity (`setgroups(0)`, `setgid`, `setuid`), change into the
-/// working directory and set `PR_SET_NO_NEW_PRIVS` (set-uid programs cannot
-/// raise its privileges). A failing step fails the spawn: user code never
-/// runs outside its cgroup or as root.
+/// working directory, set `PR_SET_NO_NEW_PRIVS` (set-uid programs cannot
+/// raise its privileges) and give SIGINT and SIGQUIT their default
+/// action back. A failing step fails the spawn: user code never runs
+/// outside its cgroup or as root.
 pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: ChildSetup) {
     let in_child = move || -> io::Result<()> {
-        // SAFETY: write, setgroups, setgid, setuid, fchdir, fcntl, dup2 and prctl are
-        // async-signal-safe system calls on plain integers and a static
-        // buffer; the descriptors are open in the parent at fork time, so
-        // they are open in the child.
+        // SAFETY: write, setgroups, setgid, setuid, fchdir, fcntl, dup2, prctl and
+        // signal are async-signal-safe system calls on plain integers and a
+        // static buffer; the descriptors are open in the parent at fork
+        // time, so they are open in the child.
         unsafe {
             if let Some(fd) = setup.cgroup_procs {
                 // "0" is the writing process.
@@ -175,6 +176,16 @@ pub(crate) fn set_child_setup(command: &mut tokio::process::Command, setup: Chil
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // A cell is interrupted with SIGINT (Python's KeyboardInterrupt,
+            // bash's trap). An ignored signal stays ignored across exec, and
+            // whatever started the agent may have ignored it (a shell's
+            // background job ignores SIGINT and SIGQUIT): the interpreter
+            // would then be deaf to interrupts and killed instead.
+            for signal in [libc::SIGINT, libc::SIGQUIT] {
+                if libc::signal(signal, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         Ok(())

@@ -548,3 +548,32 @@ async fn a_reset_interpreter_starts_fresh_without_reporting_its_state_lost() {
         0
     );
 }
+
+#[tokio::test]
+#[allow(unsafe_code)] // one `signal` call, to start as a background job does
+async fn a_cell_is_interrupted_even_when_the_agent_started_with_sigint_ignored() {
+    // A shell's background job starts with SIGINT and SIGQUIT ignored, and
+    // an ignored signal stays ignored across exec: the agent's
+    // interpreters must get the default action back. (The other tests of
+    // this binary only gain from the same start.)
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGQUIT,
+    ] {
+        // SAFETY: installs SIG_IGN, which runs no code in this process.
+        unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) }.unwrap();
+    }
+    let cells = start_cells("sigint-ignored").await;
+    let c = &cells.agent.client;
+    assert_cell(&cell(c, Language::Python, "kept = 5").await, 0, "", false);
+    let out = cell_with(c, cell_request(Language::Python, "while True: pass", 500)).await;
+    assert!(out.completion.timed_out, "{out:?}");
+    assert_eq!(out.completion.exit_code, 130, "{}", text(&out.stderr));
+    assert!(!out.completion.state_lost, "SIGINT sufficed");
+    assert_cell(
+        &cell(c, Language::Python, "print(kept)").await,
+        0,
+        "5\n",
+        false,
+    );
+}
