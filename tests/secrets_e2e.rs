@@ -162,9 +162,13 @@ try:
 except Exception as e:
     out["other"] = ["error", repr(e)]
 found = []
+# The value is never made here (its bytes would stay in freed memory,
+# where the host's search below finds them): the reversed environment is
+# searched for the reversed value.
+needle = os.environ["NEEDLE"].encode()
 for path in glob.glob("/proc/[0-9]*/environ"):
     try:
-        if os.environ["NEEDLE"][::-1].encode() in open(path, "rb").read():
+        if needle in open(path, "rb").read()[::-1]:
             found.append(path)
     except OSError:
         pass
@@ -191,7 +195,9 @@ print(json.dumps(out))
     let mut cell = CellRequest::new(code);
     cell.timeout = Duration::from_secs(240);
     // The guest searches its processes' environments for the value, given
-    // reversed (so that no environment holds it because of the search).
+    // reversed (so that no environment holds it because of the search),
+    // and never builds the value itself: it searches the reversed
+    // environments for the reversed value.
     cell.env
         .insert("NEEDLE".into(), value.chars().rev().collect());
     let result = session.exec(cell, &mut Discard).await.unwrap();
