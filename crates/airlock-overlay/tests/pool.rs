@@ -488,12 +488,9 @@ fn counting_qemu_img(dir: &Path, log: &Path) -> PathBuf {
     script
 }
 
-fn creates(log: &Path) -> usize {
-    std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlays_after_the_first_are_written_from_its_seed_byte_for_byte() {
+/// A pool with no target over a fresh base, its `qemu-img` counting
+/// creations into the returned log.
+async fn pool_counting_creates() -> (TempDir, PathBuf, PathBuf, OverlayPool) {
     let dir = TempDir::new().unwrap();
     let base = make_base(dir.path(), "base.qcow2").await;
     let log = dir.path().join("creates.log");
@@ -503,6 +500,16 @@ async fn overlays_after_the_first_are_written_from_its_seed_byte_for_byte() {
     })
     .await
     .unwrap();
+    (dir, base, log, pool)
+}
+
+fn creates(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlays_after_the_first_are_written_from_its_seed_byte_for_byte() {
+    let (dir, base, log, pool) = pool_counting_creates().await;
     let mut made = Vec::new();
     for n in 0..3 {
         let dest = dir.path().join(format!("vm-{n}.qcow2"));
@@ -548,15 +555,7 @@ async fn overlays_after_the_first_are_written_from_its_seed_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_base_is_never_served_from_the_old_versions_seed() {
-    let dir = TempDir::new().unwrap();
-    let base = make_base(dir.path(), "base.qcow2").await;
-    let log = dir.path().join("creates.log");
-    let pool = OverlayPool::new(PoolConfig {
-        qemu_img: counting_qemu_img(dir.path(), &log),
-        ..config(dir.path(), 0)
-    })
-    .await
-    .unwrap();
+    let (dir, base, log, pool) = pool_counting_creates().await;
     pool.acquire(&base, dir.path().join("vm-1.qcow2"))
         .await
         .unwrap();

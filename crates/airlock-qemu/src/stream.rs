@@ -237,6 +237,14 @@ fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// What `reader` holds buffered, filled when empty; nothing consumed.
+fn buffered(reader: &mut impl io::BufRead) -> Result<&[u8], StreamError> {
+    reader.fill_buf().map_err(|source| StreamError::Io {
+        action: "read the saved state",
+        source,
+    })
+}
+
 /// A reader or writer that counts its bytes.
 struct Counting<T> {
     inner: T,
@@ -464,14 +472,7 @@ impl<R: io::BufRead, W: Write> Filter<'_, R, W> {
     /// some 70 MB.
     fn held_in_place(&mut self, offset: u64) -> Result<Option<bool>, StreamError> {
         let page = PAGE_SIZE as usize;
-        let buffered = self
-            .input
-            .inner
-            .fill_buf()
-            .map_err(|source| StreamError::Io {
-                action: "read the saved state",
-                source,
-            })?;
+        let buffered = buffered(&mut self.input.inner)?;
         let Some(bytes) = buffered.get(..page) else {
             return Ok(None);
         };
@@ -549,15 +550,7 @@ impl<R: io::BufRead, W: Write> Filter<'_, R, W> {
 
     /// Whether a next byte exists; it is left unread in `buf`.
     fn peek(&mut self, buf: &mut [u8; 1]) -> Result<bool, StreamError> {
-        let available = self
-            .input
-            .inner
-            .fill_buf()
-            .map_err(|source| StreamError::Io {
-                action: "read the saved state",
-                source,
-            })?;
-        match available.first() {
+        match buffered(&mut self.input.inner)?.first() {
             Some(&b) => {
                 buf[0] = b;
                 Ok(true)
